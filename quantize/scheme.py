@@ -54,6 +54,7 @@ class QuantArgs:
     block_structure: (rows, cols) of a weight tile for BLOCK.
     dynamic: activations only; scales computed at run time rather than from calibration.
     observer: how static ranges are chosen ("minmax", "mse", "percentile", "kl").
+    actorder: GPTQ act-order with non-contiguous groups; the layer then stores g_idx [K].
     """
 
     num_bits: int = 4
@@ -65,6 +66,7 @@ class QuantArgs:
     block_structure: tuple[int, int] | None = None
     dynamic: bool = False
     observer: str = "minmax"
+    actorder: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "type", QuantType(self.type))
@@ -149,6 +151,10 @@ class QuantScheme:
         act = self.input_activations
         if act is not None and act.strategy in (Strategy.CHANNEL, Strategy.BLOCK):
             raise SchemeError(f"activations cannot use the {act.strategy.value} strategy; use token, group or tensor")
+        if act is not None and (not act.symmetric or act.num_bits != 8):
+            raise SchemeError(f"input activations must be symmetric 8-bit, got {act.describe()}")
+        if act is not None and not act.dynamic and act.strategy is not Strategy.TENSOR:
+            raise SchemeError("static input activations use one scale per tensor (strategy tensor)")
         if self.weights.strategy is Strategy.TOKEN:
             raise SchemeError("weights cannot use the token strategy; use channel")
 

@@ -1,0 +1,60 @@
+"""qtool's operators, declared once in the `qtool` torch.library namespace.
+
+Each op's default implementation is the pure-PyTorch reference (`reference.py`), which runs
+on any device; `build.py` registers the CUDA kernels over it when the extension is built.
+Each op also has a fake (meta) implementation so torch.compile and CUDA graphs can trace it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import reference
+
+Tensor = torch.Tensor
+
+
+@torch.library.custom_op("qtool::weight_only_linear", mutates_args=())
+def weight_only_linear(x: Tensor, qweight: Tensor, scale: Tensor, zero_point: Tensor | None, g_idx: Tensor | None,
+                       bias: Tensor | None, num_bits: int, group_size: int, in_features: int) -> Tensor:
+    """y = x @ dequant(W)^T + bias for integer weights; shapes as in `reference.weight_only_linear`."""
+    return reference.weight_only_linear(x, qweight, scale, zero_point, g_idx, bias, num_bits, group_size, in_features)
+
+
+@weight_only_linear.register_fake
+def _(x, qweight, scale, zero_point, g_idx, bias, num_bits, group_size, in_features):
+    return x.new_empty(*x.shape[:-1], qweight.shape[0])
+
+
+@torch.library.custom_op("qtool::quantize_activation", mutates_args=())
+def quantize_activation(x: Tensor, fmt: str, group_size: int, static_scale: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Symmetric INT8/FP8 activation codes and float32 scales; see `reference.quantize_activation`."""
+    return reference.quantize_activation(x, fmt, group_size, static_scale)
+
+
+@quantize_activation.register_fake
+def _(x, fmt, group_size, static_scale):
+    dtype = torch.int8 if fmt == "int8" else getattr(torch, {"e4m3": "float8_e4m3fn", "e5m2": "float8_e5m2"}[fmt])
+    m, k = x.shape
+    if static_scale is not None:
+        ncols = None
+    else:
+        ncols = -(-k // group_size) if group_size > 0 else 1
+    scale = x.new_empty((1,) if ncols is None else (m, ncols), dtype=torch.float32)
+    return x.new_empty((m, k), dtype=dtype), scale
+
+
+@torch.library.custom_op("qtool::scaled_linear", mutates_args=())
+def scaled_linear(xq: Tensor, x_scale: Tensor, wq: Tensor, w_scale: Tensor, bias: Tensor | None, x_group_size: int,
+                  w_block_n: int, w_block_k: int, out_dtype: torch.dtype) -> Tensor:
+    """W8A8 GEMM (INT8 or FP8) with scales applied per token/group and per channel/block."""
+    return reference.scaled_linear(xq, x_scale, wq, w_scale, bias, x_group_size, w_block_n, w_block_k, out_dtype)
+
+
+@scaled_linear.register_fake
+def _(xq, x_scale, wq, w_scale, bias, x_group_size, w_block_n, w_block_k, out_dtype):
+    return xq.new_empty((xq.shape[0], wq.shape[0]), dtype=out_dtype)
+
+
+OPS = {"weight_only_linear": weight_only_linear, "quantize_activation": quantize_activation,
+       "scaled_linear": scaled_linear}

@@ -1,0 +1,191 @@
+"""qtool checkpoints: safetensors shards plus config.json with a typed `quantization_config`.
+
+Layout of a checkpoint directory:
+  config.json                      the model's config plus `quantization_config` (scheme.QuantizationConfig)
+  model.safetensors                or model-0000i-of-0000n.safetensors + model.safetensors.index.json
+  layer_errors.json                per-layer relative output error and method statistics
+  tokenizer files, generation_config.json   copied from the source model
+Every file is written into a temporary directory beside the target, which is renamed into
+place only when complete: a crash never leaves a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .linear import QuantLinear, replace_linears
+from .scheme import QuantizationConfig, SchemeError
+
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_NAME = "model.safetensors"
+COPIED_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "generation_config.json")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, incomplete or does not fit its config; the message names the file."""
+
+
+def _unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """State dict without aliases: a tensor shared by several names (tied embeddings) is written once."""
+    seen: dict[tuple[int, int], str] = {}
+    out = {}
+    for name, t in model.state_dict().items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset()) if t.device.type != "meta" else (id(t), 0)
+        if key in seen:
+            continue
+        seen[key] = name
+        out[name] = t.detach().contiguous().cpu()
+    return out
+
+
+def _shard(tensors: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch.Tensor]]:
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, t in tensors.items():
+        n = t.numel() * t.element_size()
+        if shards[-1] and size + n > max_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        size += n
+    return shards
+
+
+def save_checkpoint(model: nn.Module, qconfig: QuantizationConfig, out_dir: str | Path, *,
+                    source_dir: str | Path | None = None, overwrite: bool = False,
+                    max_shard_bytes: int = 4 << 30, extra_json: dict[str, Any] | None = None) -> Path:
+    """Write `model` (with QuantLinear modules) as a qtool checkpoint; returns the directory."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise CheckpointError(f"output directory exists: {out_dir} (pass --overwrite to replace it)")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        tensors = _unique_state_dict(model)
+        shards = _shard(tensors, max_shard_bytes)
+        meta = {"format": "pt", "producer": "qtool"}
+        if len(shards) == 1:
+            save_file(shards[0], tmp / SINGLE_NAME, metadata=meta)
+        else:
+            weight_map = {}
+            for i, shard in enumerate(shards):
+                fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+                save_file(shard, tmp / fname, metadata=meta)
+                weight_map.update(dict.fromkeys(shard, fname))
+            total = sum(t.numel() * t.element_size() for t in tensors.values())
+            (tmp / INDEX_NAME).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
+                                                     indent=2))
+        config = model.config.to_dict()
+        config["quantization_config"] = qconfig.to_dict()
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str))
+        for name, data in (extra_json or {}).items():
+            (tmp / name).write_text(json.dumps(data, indent=2))
+        if source_dir is not None:
+            for fname in COPIED_FILES:
+                if (Path(source_dir) / fname).is_file():
+                    shutil.copy2(Path(source_dir) / fname, tmp / fname)
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            out_dir.rename(old)
+            tmp.rename(out_dir)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def read_quantization_config(path: str | Path) -> QuantizationConfig:
+    path = Path(path)
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise CheckpointError(f"not a model directory (no config.json): {path}")
+    try:
+        raw = json.loads(cfg_file.read_text()).get("quantization_config")
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"corrupt {cfg_file}: {err}") from None
+    if raw is None:
+        raise CheckpointError(f"{path} is not quantized (config.json has no quantization_config)")
+    try:
+        return QuantizationConfig.from_dict(raw)
+    except (SchemeError, KeyError, TypeError) as err:
+        raise CheckpointError(f"corrupt quantization_config in {cfg_file}: {err}") from None
+
+
+def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint directory (single file or sharded with an index)."""
+    path = Path(path)
+    if (path / INDEX_NAME).is_file():
+        files = sorted(set(json.loads((path / INDEX_NAME).read_text())["weight_map"].values()))
+    elif (path / SINGLE_NAME).is_file():
+        files = [SINGLE_NAME]
+    else:
+        raise CheckpointError(f"no safetensors weights in {path}")
+    tensors = {}
+    for fname in files:
+        if not (path / fname).is_file():
+            raise CheckpointError(f"checkpoint shard missing: {path / fname}")
+        try:
+            tensors.update(load_file(path / fname))
+        except (SafetensorError, OSError) as err:
+            raise CheckpointError(f"corrupt checkpoint file {path / fname}: {err}") from None
+    return tensors
+
+
+def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
+                    dtype: torch.dtype | None = None) -> tuple[nn.Module, QuantizationConfig]:
+    """Build the model of a qtool checkpoint with QuantLinear modules and load its tensors."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = Path(path)
+    qconfig = read_quantization_config(path)
+    config = AutoConfig.from_pretrained(path)
+    del config.quantization_config
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype or getattr(config, "dtype", None))
+    replace_linears(model, qconfig.module_schemes(), device="meta")
+    tensors = read_tensors(path)
+    expected = set(model.state_dict())
+    tied = set(_tied_names(model))
+    missing = sorted(expected - set(tensors) - tied)
+    unexpected = sorted(set(tensors) - expected)
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint {path} does not match its config: missing {missing[:5]}"
+                              f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}")
+    try:
+        model.load_state_dict(tensors, strict=False, assign=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"checkpoint {path}: {str(err).splitlines()[-1].strip()}") from None
+    if tied & (expected - set(tensors)):
+        model.tie_weights()
+    for name, param in list(model.named_parameters()):
+        if param.device.type == "meta":
+            raise CheckpointError(f"checkpoint {path} has no tensor for {name}")
+    model.to(device).eval()
+    return model, qconfig
+
+
+def _tied_names(model: nn.Module) -> list[str]:
+    """Names of parameters that are filled by weight tying rather than stored (lm_head.weight)."""
+    if not getattr(model.config, "tie_word_embeddings", False):
+        return []
+    keys = getattr(model, "_tied_weights_keys", None) or []
+    return list(keys.keys() if isinstance(keys, dict) else keys)
+
+
+def quantized_layers(model: nn.Module) -> dict[str, QuantLinear]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear)}

@@ -1,0 +1,146 @@
+"""QuantLinear: packed buffers plus one call to a qtool op.
+
+Buffer names follow compressed-tensors (`weight_packed`, `weight_scale`, `weight_zero_point`,
+`weight_g_idx`, `input_scale`) so that the two checkpoint formats differ only in their config.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import qtool_kernels  # noqa: F401  (registers torch.ops.qtool)
+
+from .primitives import QTensor, dequantize, pack_factor, pack_int, scale_shape, unpack_int
+from .scheme import QuantScheme, Strategy
+
+
+def _packs(scheme: QuantScheme) -> bool:
+    """Integer weights below 8 bits are packed into int32 words; 8-bit codes are stored as they are."""
+    w = scheme.weights
+    return not w.is_float and w.num_bits < 8
+
+
+class QuantLinear(nn.Module):
+    """A linear layer whose weight is stored quantized.
+
+    Buffers (N = out_features, K = in_features):
+      weight_packed     [N, ceil(K / (32 // bits))] int32   integer weights below 8 bits
+      weight_shape      [2] int64 = (N, K)                  with weight_packed
+      weight            [N, K] int8 or float8               8-bit integer or FP8 weights
+      weight_scale      float32, shape from `primitives.scale_shape`
+      weight_zero_point int8 like weight_scale              asymmetric only
+      weight_g_idx      [K] int32                           act-order only
+      input_scale       [1] float32                         static activation quantization only
+    """
+
+    def __init__(self, in_features: int, out_features: int, scheme: QuantScheme, bias: bool = False,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.scheme = in_features, out_features, scheme
+        w = scheme.weights
+        n, k = out_features, in_features
+        if _packs(scheme):
+            self.register_buffer("weight_packed", torch.zeros(n, math.ceil(k / pack_factor(w.num_bits)),
+                                                              dtype=torch.int32, device=device))
+            # Packing hides K; stored so a checkpoint describes itself (as compressed-tensors does).
+            self.register_buffer("weight_shape", torch.tensor([n, k], dtype=torch.int64, device=device))
+        else:
+            store = getattr(torch, w.torch_dtype_name)
+            self.register_buffer("weight", torch.zeros(n, k, dtype=store, device=device))
+        sshape = scale_shape((n, k), w)
+        self.register_buffer("weight_scale", torch.ones(sshape, dtype=torch.float32, device=device))
+        if not w.symmetric:
+            self.register_buffer("weight_zero_point", torch.zeros(sshape, dtype=torch.int8, device=device))
+        if w.actorder:
+            self.register_buffer("weight_g_idx", torch.zeros(k, dtype=torch.int32, device=device))
+        act = scheme.input_activations
+        if act is not None and not act.dynamic:
+            self.register_buffer("input_scale", torch.ones(1, dtype=torch.float32, device=device))
+        self.bias = nn.Parameter(torch.zeros(n, dtype=dtype, device=device), requires_grad=False) if bias else None
+
+    # --- construction ---------------------------------------------------------------------
+
+    @classmethod
+    def from_qtensor(cls, qt: QTensor, scheme: QuantScheme, bias: torch.Tensor | None = None,
+                     input_scale: torch.Tensor | None = None) -> QuantLinear:
+        """Build from a quantized weight (codes [N, K]); `bias` [N] keeps its dtype."""
+        n, k = qt.values.shape
+        layer = cls(k, n, scheme, bias=bias is not None, dtype=bias.dtype if bias is not None else torch.float32,
+                    device=qt.values.device)
+        if _packs(scheme):
+            layer.weight_packed.copy_(pack_int(qt.values, scheme.weights.num_bits))
+            layer.weight_shape.copy_(torch.tensor([n, k]))
+        else:
+            layer.weight.copy_(qt.values)
+        layer.weight_scale.copy_(qt.scale)
+        if qt.zero_point is not None:
+            layer.weight_zero_point.copy_(qt.zero_point)
+        if scheme.weights.actorder:
+            if qt.g_idx is None:
+                raise ValueError("scheme has actorder=True but the quantized weight has no g_idx")
+            layer.weight_g_idx.copy_(qt.g_idx)
+        if bias is not None:
+            layer.bias.data.copy_(bias)
+        if input_scale is not None:
+            layer.input_scale.copy_(input_scale.reshape(1))
+        return layer
+
+    def codes(self) -> torch.Tensor:
+        """Unpacked weight codes [N, K] (int8 or FP8)."""
+        if _packs(self.scheme):
+            return unpack_int(self.weight_packed, self.scheme.weights.num_bits, self.in_features)
+        return self.weight
+
+    def dequantize_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The weight this layer computes with, [N, K] in `dtype`."""
+        return dequantize(self.codes(), self.weight_scale, getattr(self, "weight_zero_point", None),
+                          self.scheme.weights, dtype, getattr(self, "weight_g_idx", None))
+
+    # --- forward --------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.scheme.weights
+        if self.scheme.input_activations is not None:
+            return self._forward_w8a8(x)
+        if not w.is_float and w.strategy in (Strategy.GROUP, Strategy.CHANNEL):
+            qweight = self.weight_packed if _packs(self.scheme) else self.weight
+            return torch.ops.qtool.weight_only_linear(
+                x, qweight, self.weight_scale, getattr(self, "weight_zero_point", None),
+                getattr(self, "weight_g_idx", None), self.bias, w.num_bits,
+                w.group_size if w.strategy is Strategy.GROUP else -1, self.in_features)
+        # FP8 weight-only and per-tensor/block integer weights: dequantize, then a plain GEMM.
+        return F.linear(x, self.dequantize_weight(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+    def _forward_w8a8(self, x: torch.Tensor) -> torch.Tensor:
+        act, w = self.scheme.input_activations, self.scheme.weights
+        fmt = act.fp_format if act.is_float else "int8"
+        x2 = x.reshape(-1, self.in_features)
+        group = act.group_size if act.strategy is Strategy.GROUP else 0
+        xq, xs = torch.ops.qtool.quantize_activation(x2, fmt, group, getattr(self, "input_scale", None))
+        bn, bk = w.block_structure if w.strategy is Strategy.BLOCK else (0, 0)
+        out = torch.ops.qtool.scaled_linear(xq, xs, self.weight, self.weight_scale, self.bias, group, bn, bk, x.dtype)
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, {self.scheme.describe()}"
+
+
+def set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, child, module)
+
+
+def replace_linears(model: nn.Module, schemes: dict[str, QuantScheme], device: torch.device | str | None = None) -> None:
+    """Swap each named nn.Linear for an empty QuantLinear of its scheme (filled by a state dict later)."""
+    for name, scheme in schemes.items():
+        old = model.get_submodule(name)
+        if not isinstance(old, nn.Linear):
+            raise ValueError(f"{name} is a {type(old).__name__}, not a Linear; the checkpoint does not fit this model")
+        bias_dtype = old.bias.dtype if old.bias is not None else torch.float32
+        new = QuantLinear(old.in_features, old.out_features, scheme, bias=old.bias is not None,
+                          dtype=bias_dtype, device=device)
+        set_submodule(model, name, new)

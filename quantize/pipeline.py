@@ -1,0 +1,284 @@
+"""The layer-by-layer driver: the one place that moves decoder blocks between devices.
+
+Flow (one block on the device at a time):
+  1. capture the inputs of block 0 with a forward pre-hook (with kwargs) that stops the
+     forward pass by raising a private exception;
+  2. for each block: move it to the device; run the cached inputs through it once, recording
+     sampled linear outputs (for the error report) and feeding observers (static activation
+     scales); let each method quantize its linears (methods may run the block again, e.g. to
+     gather Hessians); swap the linears for QuantLinear; run the block again to produce the
+     next block's inputs, so quantization error propagates as in deployment; move it back.
+
+Peak device memory is one block plus one batch of activations (plus the cached block inputs
+when `offload_activations=False`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from .linear import QuantLinear, set_submodule
+from .mappings import Architecture, find_architecture, find_blocks
+from .primitives import QTensor, quantize_weight
+from .scheme import QuantScheme
+
+
+class _StopForward(Exception):
+    """Raised by the capture hook once block 0's inputs are recorded."""
+
+
+@dataclass
+class Cached:
+    """One calibration batch at a block boundary: positional args (hidden states first) and kwargs."""
+
+    args: tuple
+    kwargs: dict[str, Any]
+
+
+def _move(obj: Any, device: torch.device | str) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, tuple | list):
+        return type(obj)(_move(o, device) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _move(v, device) for k, v in obj.items()}
+    return obj
+
+
+@dataclass
+class BlockContext:
+    """What a method sees of one decoder block.
+
+    block: the block, on `device`; names below are relative to it ("self_attn.q_proj").
+    inputs: cached calibration batches at the block's input, each hidden state [B, T, hidden].
+    """
+
+    index: int
+    prefix: str
+    block: nn.Module
+    inputs: list[Cached]
+    arch: Architecture
+    device: torch.device
+    stats: dict[str, dict[str, float]] = field(default_factory=dict)
+    messages: list[str] = field(default_factory=list)
+
+    def run(self, keep_outputs: bool = True) -> list[torch.Tensor]:
+        """Run every cached batch through the block; returns hidden states [B, T, hidden] on the cache's device."""
+        outs = []
+        with torch.no_grad():
+            for c in self.inputs:
+                home = c.args[0].device
+                out = self.block(*_move(c.args, self.device), **_move(c.kwargs, self.device))
+                out = out[0] if isinstance(out, tuple) else out
+                if keep_outputs:
+                    outs.append(out.to(home))
+        return outs
+
+    def capture(self, names: Iterable[str], fn: Callable[[str, torch.Tensor, torch.Tensor], None],
+                keep_outputs: bool = False) -> list[torch.Tensor]:
+        """Run the block once, calling fn(name, x, y) with each named module's input x [tokens, in]
+        and output y [tokens, out] (the first element where a module returns a tuple); returns the
+        block's outputs when `keep_outputs`."""
+        handles = []
+        for name in names:
+            def hook(mod, args, kwargs, out, name=name):
+                x = args[0] if args else kwargs["hidden_states"]
+                y = out[0] if isinstance(out, tuple) else out
+                fn(name, x.detach().reshape(-1, x.shape[-1]), y.detach().reshape(-1, y.shape[-1]))
+            handles.append(self.block.get_submodule(name).register_forward_hook(hook, with_kwargs=True))
+        try:
+            return self.run(keep_outputs=keep_outputs)
+        finally:
+            for h in handles:
+                h.remove()
+
+    def record(self, name: str, key: str, value: float) -> None:
+        self.stats.setdefault(name, {})[key] = float(value)
+
+
+# A method quantizes some linears of one block: (ctx, {local name: scheme}, **settings) -> {local name: QTensor}.
+# It may change the block in place (AWQ and SmoothQuant fold scales into norms and weights) as long
+# as the block's float function is unchanged.
+BlockMethod = Callable[..., dict[str, QTensor]]
+
+
+def capture_block_inputs(model: nn.Module, blocks: nn.ModuleList, batches: Iterable[torch.Tensor],
+                         device: torch.device, cache_device: torch.device | str) -> list[Cached]:
+    """Run the model up to block 0 for each batch of input ids [B, T] and cache that block's inputs."""
+    cached: list[Cached] = []
+
+    def hook(module, args, kwargs):
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("past_key_values", "past_key_value")}
+        cached.append(Cached(_move(tuple(a.detach() if torch.is_tensor(a) else a for a in args), cache_device),
+                             _move(kwargs, cache_device)))
+        raise _StopForward
+
+    handle = blocks[0].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                try:
+                    model(input_ids=batch.to(device), use_cache=False)
+                except _StopForward:
+                    pass
+    finally:
+        handle.remove()
+    return cached
+
+
+def _non_block_modules(model: nn.Module, blocks: nn.ModuleList) -> list[nn.Module]:
+    """Leaf-level modules outside the blocks (embeddings, rotary, final norm, lm_head)."""
+    block_ids = {id(m) for m in blocks.modules()}
+    return [m for m in model.modules() if id(m) not in block_ids and not list(m.children())]
+
+
+@dataclass
+class QuantizeReport:
+    """Per-layer results of a quantization run, for `layer_errors.json`."""
+
+    layers: list[dict[str, Any]] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layers": self.layers, "messages": self.messages, "seconds": self.seconds}
+
+
+def _sample_rows(t: torch.Tensor, limit: int = 256) -> torch.Tensor:
+    return t[:: max(1, t.shape[0] // limit)][:limit].float().cpu()
+
+
+def quantize_sequential(
+    model: nn.Module,
+    plan: dict[str, tuple[QuantScheme, str, dict[str, Any]]],
+    methods: dict[str, BlockMethod],
+    batches: list[torch.Tensor] | None,
+    *,
+    device: torch.device | str = "cpu",
+    offload_activations: bool = True,
+    input_scales: dict[str, torch.Tensor] | None = None,
+    observer_factory: Callable[[QuantScheme], Any] | None = None,
+    progress: bool = True,
+) -> QuantizeReport:
+    """Quantize `model` in place, block by block.
+
+    plan: full module name -> (scheme, method name, method settings).
+    batches: calibration input ids, each [B, T]; None for methods that need no data (RTN).
+    input_scales: static activation scales from `qtool calibrate`, by full module name.
+    observer_factory: builds an observer for a static-activation scheme (needs `observe`/`result`).
+    """
+    device = torch.device(device)
+    arch = find_architecture(model)
+    prefix, blocks = find_blocks(model, arch)
+    report = QuantizeReport()
+    start = time.perf_counter()
+    input_scales = dict(input_scales or {})
+    cache_device = "cpu" if offload_activations else device
+
+    inputs: list[Cached] = []
+    if batches is not None:
+        outside = _non_block_modules(model, blocks)
+        for m in outside:
+            m.to(device)
+        inputs = capture_block_inputs(model, blocks, batches, device, cache_device)
+        for m in outside:
+            m.to("cpu")
+
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} blocks"),
+               TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, disable=not progress, transient=False) as bar:
+        task = bar.add_task("quantizing", total=len(blocks), rate="")
+        for i, block in enumerate(blocks):
+            t0 = time.perf_counter()
+            block_prefix = f"{prefix}.{i}."
+            local = {n[len(block_prefix):]: spec for n, spec in plan.items() if n.startswith(block_prefix)}
+            block.to(device)
+            ctx = BlockContext(i, block_prefix, block, inputs, arch, device)
+            float_out: dict[str, torch.Tensor] = {}
+            observers: dict[str, Any] = {}
+            if inputs:
+                static = {n for n, (s, _, _) in local.items()
+                          if s.input_activations is not None and not s.input_activations.dynamic
+                          and block_prefix + n not in input_scales}
+                if static and observer_factory is None:
+                    raise ValueError("static activation scales need calibration statistics: run `qtool calibrate` "
+                                     "and pass --calibration, or use a dynamic scheme")
+                observers = {n: observer_factory(local[n][0]) for n in static}
+
+                def pre(name, x, y):
+                    float_out.setdefault(name, _sample_rows(y))
+                    if name in observers:
+                        observers[name].observe(x)
+                ctx.capture(local, pre)
+                for n, obs in observers.items():
+                    lo, hi = obs.result()
+                    input_scales[block_prefix + n] = _static_scale(lo, hi, local[n][0])
+
+            by_method: dict[str, dict[str, QuantScheme]] = {}
+            for n, (scheme, method, _) in local.items():
+                by_method.setdefault(method, {})[n] = scheme
+            qtensors: dict[str, QTensor] = {}
+            for method, schemes in by_method.items():
+                settings = next(a for (s, m, a) in local.values() if m == method)
+                qtensors.update(methods[method](ctx, schemes, **settings))
+
+            for n, qt in qtensors.items():
+                lin = block.get_submodule(n)
+                scale = input_scales.get(block_prefix + n)
+                q = QuantLinear.from_qtensor(qt, local[n][0], lin.bias, None if scale is None else scale.to(device))
+                set_submodule(block, n, q)
+
+            if inputs:
+                errors: dict[str, float] = {}
+
+                def post(name, x, y):
+                    if name in float_out and name not in errors:
+                        ref = float_out[name]
+                        errors[name] = float((_sample_rows(y) - ref).norm() / ref.norm().clamp_min(1e-12))
+                outs = ctx.capture(local, post, keep_outputs=True)
+                inputs = [Cached((o, *c.args[1:]), c.kwargs) for o, c in zip(outs, inputs, strict=True)]
+            else:
+                errors = {}
+            for n in local:
+                report.layers.append({"name": block_prefix + n, "block": i, "kind": n,
+                                      "rel_error": errors.get(n), "method_stats": ctx.stats.get(n, {})})
+            report.messages.extend(f"{block_prefix}{m}" for m in ctx.messages)
+            block.to("cpu")
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            dt = time.perf_counter() - t0
+            rate = f"{sum(c.args[0].shape[0] for c in inputs) / dt:.1f} samples/s" if inputs else ""
+            bar.update(task, advance=1, rate=rate)
+
+    _quantize_outside_blocks(model, plan, blocks, block_prefix_root=prefix)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _static_scale(lo: torch.Tensor, hi: torch.Tensor, scheme: QuantScheme) -> torch.Tensor:
+    from .primitives import qparams_from_range
+    scale, _ = qparams_from_range(lo.reshape(1), hi.reshape(1), scheme.input_activations)
+    return scale
+
+
+def _quantize_outside_blocks(model: nn.Module, plan: dict[str, tuple[QuantScheme, str, dict[str, Any]]],
+                             blocks: nn.ModuleList, block_prefix_root: str) -> None:
+    """Linears outside the decoder blocks (an lm_head that is not ignored) get round-to-nearest weights."""
+    for name, (scheme, _, _) in plan.items():
+        if name.startswith(block_prefix_root + "."):
+            continue
+        lin = model.get_submodule(name)
+        if scheme.input_activations is not None and not scheme.input_activations.dynamic:
+            raise ValueError(f"{name} is outside the decoder blocks and cannot use static activation scales")
+        # A tied lm_head shares its weight with the embeddings; quantizing it must not change them.
+        if getattr(model.config, "tie_word_embeddings", False):
+            model.config.tie_word_embeddings = False
+        qt = quantize_weight(lin.weight.detach().float(), scheme.weights)
+        set_submodule(model, name, QuantLinear.from_qtensor(qt, scheme, lin.bias))

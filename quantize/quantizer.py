@@ -1,0 +1,101 @@
+"""The Python API: load a model, quantize it with a recipe, save and load checkpoints.
+
+    import quantize
+    model, tokenizer = quantize.load_model("models/smollm2")
+    recipe = quantize.Recipe.single(quantize.preset("w4a16"), "gptq")
+    result = quantize.quantize_model(model, recipe, calibration=batches)
+    quantize.save_checkpoint(model, result.config, "out/w4a16", source_dir="models/smollm2")
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .methods import METHODS, NEEDS_DATA, get_method
+from .pipeline import QuantizeReport, quantize_sequential
+from .recipe import Recipe
+from .scheme import Assignment, QuantizationConfig, QuantScheme, SchemeError, Strategy
+
+
+class ModelError(ValueError):
+    """A model that cannot be found or loaded; the message names it."""
+
+
+def load_model(name_or_path: str | Path, *, dtype: torch.dtype | None = torch.float32, device: str = "cpu"):
+    """A Hugging Face causal LM and its tokenizer, from a local directory or (where reachable) the hub."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    name = str(name_or_path)
+    local = Path(name)
+    if not local.exists() and (name.startswith((".", "/", "~")) or name.count("/") != 1):
+        raise ModelError(f"model not found: {name} (not a local directory, and not a hub id of the form org/name)")
+    if local.exists() and not (local / "config.json").is_file():
+        raise ModelError(f"not a model directory (no config.json): {name}")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype).to(device).eval()
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except OSError as err:
+        raise ModelError(f"could not load model {name}: {str(err).splitlines()[0]}") from None
+    return model, tokenizer
+
+
+@dataclass
+class QuantizeResult:
+    config: QuantizationConfig
+    report: QuantizeReport
+
+
+def validate_scheme(scheme: QuantScheme, model: nn.Module, names: list[str]) -> None:
+    """Errors that name the value: a group or block larger than the layer it applies to."""
+    w = scheme.weights
+    for name in names:
+        lin = model.get_submodule(name)
+        if w.strategy is Strategy.GROUP and w.group_size > lin.in_features:
+            raise SchemeError(f"group size {w.group_size} is larger than {name}'s {lin.in_features} input features")
+
+
+def quantize_model(model: nn.Module, recipe: Recipe, *, calibration: list[torch.Tensor] | None = None,
+                   device: str | torch.device = "cpu", offload_activations: bool = True,
+                   input_scales: dict[str, torch.Tensor] | None = None, observer: str = "minmax",
+                   progress: bool = True) -> QuantizeResult:
+    """Quantize `model` in place according to `recipe`.
+
+    calibration: batches of input ids [B, T]; required by gptq, awq and smoothquant and by
+    static activation scales (unless `input_scales` come from `qtool calibrate`).
+    """
+    for method in recipe.methods:
+        get_method(method)
+    assigned = recipe.assign(model)
+    needs_data = {e.method for e in assigned.values()} & NEEDS_DATA
+    if needs_data and not calibration:
+        raise SchemeError(f"method {sorted(needs_data)[0]} needs calibration data (--dataset)")
+    by_entry: dict[int, list[str]] = {}
+    for name, entry in assigned.items():
+        by_entry.setdefault(id(entry), []).append(name)
+    for entry in recipe.entries:
+        validate_scheme(entry.scheme, model, by_entry.get(id(entry), []))
+
+    def observer_factory(scheme: QuantScheme) -> Any:
+        from .observers import make_observer
+        return make_observer(observer, scheme.input_activations)
+
+    plan = {n: (e.scheme, e.method, e.method_args) for n, e in assigned.items()}
+    report = quantize_sequential(model, plan, METHODS, calibration, device=device,
+                                 offload_activations=offload_activations, input_scales=input_scales,
+                                 observer_factory=observer_factory, progress=progress)
+    groups = {}
+    for i, entry in enumerate(recipe.entries):
+        modules = tuple(by_entry.get(id(entry), []))
+        if modules:
+            # Schemes stored in a checkpoint apply to exact module names, not regexes.
+            groups[f"group_{i}"] = Assignment(replace(entry.scheme, targets=(), ignore=()), modules)
+    methods = sorted({e.method for e in assigned.values()})
+    config = QuantizationConfig(groups=groups, method="+".join(methods),
+                                method_args={e.method: e.method_args for e in recipe.entries},
+                                ignore=recipe.ignore)
+    return QuantizeResult(config, report)
