@@ -108,6 +108,9 @@ class BlockContext:
 # as the block's float function is unchanged.
 BlockMethod = Callable[..., dict[str, QTensor]]
 
+# Full module name -> (scheme, method name, method settings).
+Plan = dict[str, tuple[QuantScheme, str, dict[str, Any]]]
+
 
 def capture_block_inputs(model: nn.Module, blocks: nn.ModuleList, batches: Iterable[torch.Tensor],
                          device: torch.device, cache_device: torch.device | str) -> list[Cached]:
@@ -157,7 +160,7 @@ def _sample_rows(t: torch.Tensor, limit: int = 256) -> torch.Tensor:
 
 def quantize_sequential(
     model: nn.Module,
-    plan: dict[str, tuple[QuantScheme, str, dict[str, Any]]],
+    plan: Plan,
     methods: dict[str, BlockMethod],
     batches: list[torch.Tensor] | None,
     *,
@@ -201,51 +204,17 @@ def quantize_sequential(
             local = {n[len(block_prefix):]: spec for n, spec in plan.items() if n.startswith(block_prefix)}
             block.to(device)
             ctx = BlockContext(i, block_prefix, block, inputs, arch, device)
-            float_out: dict[str, torch.Tensor] = {}
-            observers: dict[str, Any] = {}
-            if inputs:
-                static = {n for n, (s, _, _) in local.items()
-                          if s.input_activations is not None and not s.input_activations.dynamic
-                          and block_prefix + n not in input_scales}
-                if static and observer_factory is None:
-                    raise ValueError("static activation scales need calibration statistics: run `qtool calibrate` "
-                                     "and pass --calibration, or use a dynamic scheme")
-                observers = {n: observer_factory(local[n][0]) for n in static}
-
-                def pre(name, x, y):
-                    float_out.setdefault(name, _sample_rows(y))
-                    if name in observers:
-                        observers[name].observe(x)
-                ctx.capture(local, pre)
-                for n, obs in observers.items():
-                    lo, hi = obs.result()
-                    input_scales[block_prefix + n] = _static_scale(lo, hi, local[n][0])
-
-            by_method: dict[str, dict[str, QuantScheme]] = {}
-            for n, (scheme, method, _) in local.items():
-                by_method.setdefault(method, {})[n] = scheme
-            qtensors: dict[str, QTensor] = {}
-            for method, schemes in by_method.items():
-                settings = next(a for (s, m, a) in local.values() if m == method)
-                qtensors.update(methods[method](ctx, schemes, **settings))
-
+            float_out = _observe(ctx, local, input_scales, observer_factory) if inputs else {}
+            qtensors = _apply_methods(ctx, local, methods)
             for n, qt in qtensors.items():
-                lin = block.get_submodule(n)
                 scale = input_scales.get(block_prefix + n)
-                q = QuantLinear.from_qtensor(qt, local[n][0], lin.bias, None if scale is None else scale.to(device))
+                q = QuantLinear.from_qtensor(qt, local[n][0], block.get_submodule(n).bias,
+                                             None if scale is None else scale.to(device))
                 set_submodule(block, n, q)
-
+            errors: dict[str, float] = {}
             if inputs:
-                errors: dict[str, float] = {}
-
-                def post(name, x, y):
-                    if name in float_out and name not in errors:
-                        ref = float_out[name]
-                        errors[name] = float((_sample_rows(y) - ref).norm() / ref.norm().clamp_min(1e-12))
-                outs = ctx.capture(local, post, keep_outputs=True)
+                outs = _measure(ctx, local, float_out, errors)
                 inputs = [Cached((o, *c.args[1:]), c.kwargs) for o, c in zip(outs, inputs, strict=True)]
-            else:
-                errors = {}
             for n in local:
                 report.layers.append({"name": block_prefix + n, "block": i, "kind": n,
                                       "rel_error": errors.get(n), "method_stats": ctx.stats.get(n, {})})
@@ -262,13 +231,61 @@ def quantize_sequential(
     return report
 
 
+def _observe(ctx: BlockContext, local: Plan, input_scales: dict[str, torch.Tensor],
+             observer_factory: Callable[[QuantScheme], Any] | None) -> dict[str, torch.Tensor]:
+    """Float pass over the block: sample each linear's output rows and observe static-activation inputs."""
+    static = [n for n, (s, _, _) in local.items() if s.input_activations is not None
+              and not s.input_activations.dynamic and ctx.prefix + n not in input_scales]
+    if static and observer_factory is None:
+        raise ValueError("static activation scales need calibration statistics: run `qtool calibrate` "
+                         "and pass --calibration, or use a dynamic scheme")
+    observers = {n: observer_factory(local[n][0]) for n in static}
+    float_out: dict[str, torch.Tensor] = {}
+
+    def hook(name, x, y):
+        float_out.setdefault(name, _sample_rows(y))
+        if name in observers:
+            try:
+                observers[name].observe(x)
+            except ValueError as err:
+                raise ValueError(f"{ctx.prefix}{name}: {err}") from None
+    ctx.capture(local, hook)
+    for n, obs in observers.items():
+        lo, hi = obs.result()
+        input_scales[ctx.prefix + n] = _static_scale(lo, hi, local[n][0])
+    return float_out
+
+
+def _apply_methods(ctx: BlockContext, local: Plan, methods: dict[str, BlockMethod]) -> dict[str, QTensor]:
+    """Run each method over the linears assigned to it, in the order they first appear."""
+    by_method: dict[str, dict[str, QuantScheme]] = {}
+    settings: dict[str, dict[str, Any]] = {}
+    for n, (scheme, method, args) in local.items():
+        by_method.setdefault(method, {})[n] = scheme
+        settings.setdefault(method, args)
+    qtensors: dict[str, QTensor] = {}
+    for method, schemes in by_method.items():
+        qtensors.update(methods[method](ctx, schemes, **settings[method]))
+    return qtensors
+
+
+def _measure(ctx: BlockContext, local: Plan, float_out: dict[str, torch.Tensor],
+             errors: dict[str, float]) -> list[torch.Tensor]:
+    """Quantized pass: relative error of each linear's sampled output rows; returns the block outputs."""
+    def hook(name, x, y):
+        if name in float_out and name not in errors:
+            ref = float_out[name]
+            errors[name] = float((_sample_rows(y) - ref).norm() / ref.norm().clamp_min(1e-12))
+    return ctx.capture(local, hook, keep_outputs=True)
+
+
 def _static_scale(lo: torch.Tensor, hi: torch.Tensor, scheme: QuantScheme) -> torch.Tensor:
     from .primitives import qparams_from_range
     scale, _ = qparams_from_range(lo.reshape(1), hi.reshape(1), scheme.input_activations)
     return scale
 
 
-def _quantize_outside_blocks(model: nn.Module, plan: dict[str, tuple[QuantScheme, str, dict[str, Any]]],
+def _quantize_outside_blocks(model: nn.Module, plan: Plan,
                              blocks: nn.ModuleList, block_prefix_root: str) -> None:
     """Linears outside the decoder blocks (an lm_head that is not ignored) get round-to-nearest weights."""
     for name, (scheme, _, _) in plan.items():

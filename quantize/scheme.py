@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, replace
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 
-class Strategy(str, Enum):
+class Strategy(StrEnum):
     """Which elements share one scale."""
 
     TENSOR = "tensor"  # one scale for the whole tensor
@@ -28,7 +28,7 @@ class Strategy(str, Enum):
     TOKEN = "token"  # one per row of an activation [tokens, features]
 
 
-class QuantType(str, Enum):
+class QuantType(StrEnum):
     INT = "int"
     FLOAT = "float"
 

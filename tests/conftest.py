@@ -36,3 +36,29 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data/wikitext-2 not present")
     return SHARED_DATA
+
+
+def tiny_tokenizer(vocab_size: int = 128):
+    """A word-level tokenizer built in memory (no downloads): words of the test texts, the rest <unk>."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ("the of and to in a is was for on as with by he at from his an were are which this be or has "
+             "had first one their its new after who they have her she two been other when there all during "
+             "into school time may years more most only over city some world would where later up such used "
+             "many can state about national out known university united then made").split()
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    for w in words[: vocab_size - len(vocab)]:
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path):
+    """A tiny Llama saved as a Hugging Face directory with a tokenizer."""
+    path = tmp_path / "tiny"
+    tiny_llama().save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return path

@@ -1,0 +1,66 @@
+"""The qtool command: quantize and inspect work, bad input is one line and exit code 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from quantize.cli import app
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.mark.parametrize("extra", [
+    ["--method", "rtn", "--bits", "4", "--group-size", "64"],
+    ["--method", "rtn", "--bits", "8"],
+    ["--scheme", "w4a16-asym", "--group-size", "32"],
+    ["--method", "fp8"],
+    ["--method", "int8"],
+    ["--scheme", "fp8-block"],
+])
+def test_quantize_then_inspect(tiny_model_dir, tmp_path, extra):
+    out = tmp_path / "q"
+    res = run("quantize", tiny_model_dir, "--output", out, *extra)
+    assert res.exit_code == 0, res.output
+    assert (out / "config.json").is_file() and (out / "tokenizer.json").is_file()
+    res = run("inspect", out, "--json", tmp_path / "i.json")
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "i.json").read_text())
+    assert summary["quantized_layers"] == 14  # 7 linears x 2 blocks; lm_head ignored
+    assert summary["compression_vs_bf16"] > 1.0
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--method", "magic"], "unknown method 'magic'"),
+    (["--scheme", "w5a16"], "unknown scheme preset 'w5a16'"),
+    (["--bits", "9"], "bits must be 2..8, got 9"),
+    (["--group-size", "4096"], "group size 4096 is larger"),
+    (["--method", "fp8", "--bits", "4"], "--bits 4"),
+    (["--recipe", "nope.yaml"], "recipe file not found: nope.yaml"),
+])
+def test_bad_input_is_one_line_exit_2(tiny_model_dir, tmp_path, args, fragment):
+    res = run("quantize", tiny_model_dir, "--output", tmp_path / "q", *args)
+    assert res.exit_code == 2
+    assert fragment in res.output
+    assert "Traceback" not in res.output
+    assert not (tmp_path / "q").exists()
+
+
+def test_missing_model_and_existing_output(tiny_model_dir, tmp_path):
+    res = run("quantize", tmp_path / "no-such-model", "--output", tmp_path / "q")
+    assert res.exit_code == 2 and "model not found" in res.output
+    (tmp_path / "q").mkdir()
+    res = run("quantize", tiny_model_dir, "--output", tmp_path / "q")
+    assert res.exit_code == 2 and "--overwrite" in res.output
+    assert run("quantize", tiny_model_dir, "--output", tmp_path / "q", "--overwrite", "--group-size", "32").exit_code == 0
+
+
+def test_inspect_rejects_float_model(tiny_model_dir):
+    res = run("inspect", tiny_model_dir)
+    assert res.exit_code == 2 and "not quantized" in res.output
