@@ -1,0 +1,303 @@
+"""Speed of a causal LM: decode and prefill throughput, and peak GPU memory.
+
+Decode is greedy `generate` with a fixed number of new tokens. On CUDA it uses a static KV
+cache, which makes transformers compile the forward pass with torch.compile in
+"reduce-overhead" mode (CUDA graphs): the setting gpt-fast and the transformers docs use to
+measure memory-bound decoding, where a quantized model's smaller weights should show.
+Prefill is one forward pass over a random prompt: the compute-bound side.
+
+Timing uses CUDA events on GPU and `time.perf_counter` on CPU, reporting the median of
+`repeats` runs after `warmup` runs (the warmup absorbs compilation and CUDA-graph capture).
+`random_model` builds a model with random weights from a config, so speed can be measured
+at real shapes (e.g. Llama-3-8B) without downloading weights.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+
+# Shapes of Meta-Llama-3-8B (config.json on the hub); weights are random.
+LLAMA_8B = {
+    "model_type": "llama",
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "vocab_size": 128256,
+    "max_position_embeddings": 8192,
+    "rms_norm_eps": 1e-5,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0},
+    "tie_word_embeddings": False,
+    "bos_token_id": 128000,
+    "eos_token_id": 128001,
+}
+
+# Same layout at toy size, for tests and smoke runs on CPU.
+TINY = {
+    "model_type": "llama",
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 256,
+    "max_position_embeddings": 4096,
+    "tie_word_embeddings": False,
+}
+
+CONFIGS: dict[str, dict] = {"llama-8b": LLAMA_8B, "tiny": TINY}
+
+
+@dataclass
+class DecodeResult:
+    """Greedy generation of `new_tokens` tokens for `batch_size` prompts.
+
+    tokens_per_s = batch_size * new_tokens / seconds. `seconds` covers the whole `generate`
+    call, so it includes one prefill of the short prompt (prompt_len tokens per row).
+    """
+
+    batch_size: int
+    new_tokens: int
+    seconds: float
+    tokens_per_s: float
+    peak_memory_bytes: int | None = None  # CUDA only: weights + KV cache + activations
+
+
+@dataclass
+class BenchResult:
+    device: str
+    dtype: str
+    compiled: bool  # static cache + torch.compile used for decoding
+    prompt_len: int
+    prefill_len: int
+    prefill_batch: int
+    prefill_seconds: float
+    prefill_tokens_per_s: float
+    decode: list[DecodeResult] = field(default_factory=list)
+    prefill_peak_memory_bytes: int | None = None
+    peak_memory_bytes: int | None = None  # the largest of all measurements; None off CUDA
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def random_model(
+    config: str | Path | dict,
+    dtype: torch.dtype = torch.bfloat16,
+    device: torch.device | str = "cpu",
+    *,
+    seed: int = 0,
+) -> PreTrainedModel:
+    """A causal LM with randomly initialised weights, in eval mode.
+
+    config: a name in CONFIGS ("llama-8b", "tiny"), a local model directory or config.json,
+        or a config dict with a "model_type" key.
+    The weights are allocated directly on `device`, so an 8B model never passes through host
+    memory (and initialises in seconds on a GPU rather than minutes on a CPU).
+    """
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(_resolve_config(config), dtype=dtype)
+    return model.eval()
+
+
+def bench_model(
+    model: nn.Module,
+    *,
+    batch_sizes: Sequence[int] = (1, 16),
+    decode_tokens: int = 64,
+    prompt_len: int = 16,
+    prefill_len: int = 2048,
+    prefill_batch: int = 1,
+    warmup: int = 2,
+    repeats: int = 5,
+    compile: bool | None = None,
+    device: torch.device | str | None = None,
+) -> BenchResult:
+    """Measure decode throughput per batch size, prefill throughput, and peak GPU memory.
+
+    batch_sizes: decode batch sizes; each decodes `decode_tokens` new tokens after a random
+        prompt of `prompt_len` tokens (EOS is suppressed, so the count is exact).
+    prefill_len, prefill_batch: shape [prefill_batch, prefill_len] of the prefill prompt.
+    compile: static KV cache + torch.compile (CUDA graphs) for decoding; defaults to on for
+        CUDA, and is refused elsewhere since transformers only auto-compiles on accelerators.
+    device: where the prompts go; defaults to the device of the model's first parameter.
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    compiled = device.type == "cuda" if compile is None else compile
+    if compiled and device.type != "cuda":
+        raise ValueError(f"compiled decoding needs a CUDA device, got {device}")
+    if min(batch_sizes, default=1) < 1 or decode_tokens < 1 or prompt_len < 1 or prefill_len < 1:
+        raise ValueError("batch sizes, decode_tokens, prompt_len and prefill_len must be >= 1")
+    model.eval()
+    vocab_size = model.config.vocab_size
+    peaks = []
+
+    decode = []
+    for batch_size in batch_sizes:
+        prompt = torch.randint(0, vocab_size, (batch_size, prompt_len), device=device)
+        run = _decode_fn(model, prompt, decode_tokens, compiled)
+        seconds, peak = _time(run, device, warmup, repeats)
+        decode.append(
+            DecodeResult(batch_size, decode_tokens, seconds, batch_size * decode_tokens / seconds, peak)
+        )
+        peaks.append(peak)
+
+    prompt = torch.randint(0, vocab_size, (prefill_batch, prefill_len), device=device)
+    prefill_seconds, prefill_peak = _time(_prefill_fn(model, prompt), device, warmup, repeats)
+    peaks.append(prefill_peak)
+
+    return BenchResult(
+        device=str(device),
+        dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+        compiled=compiled,
+        prompt_len=prompt_len,
+        prefill_len=prefill_len,
+        prefill_batch=prefill_batch,
+        prefill_seconds=prefill_seconds,
+        prefill_tokens_per_s=prefill_batch * prefill_len / prefill_seconds,
+        decode=decode,
+        prefill_peak_memory_bytes=prefill_peak,
+        peak_memory_bytes=max(peaks) if device.type == "cuda" else None,
+    )
+
+
+def compare(base: BenchResult, quant: BenchResult) -> dict[str, float]:
+    """Ratios quant / base: >1 means faster for throughput, <1 means smaller for memory.
+
+    Keys: "decode_bs{n}" for each batch size measured in both, "prefill", and
+    "peak_memory" when both runs were on CUDA.
+    """
+    ratios = {}
+    base_decode = {d.batch_size: d for d in base.decode}
+    for d in quant.decode:
+        if d.batch_size in base_decode:
+            ratios[f"decode_bs{d.batch_size}"] = d.tokens_per_s / base_decode[d.batch_size].tokens_per_s
+    ratios["prefill"] = quant.prefill_tokens_per_s / base.prefill_tokens_per_s
+    if base.peak_memory_bytes and quant.peak_memory_bytes:
+        ratios["peak_memory"] = quant.peak_memory_bytes / base.peak_memory_bytes
+    return ratios
+
+
+def print_bench(
+    result: BenchResult,
+    title: str = "speed",
+    *,
+    baseline: BenchResult | None = None,
+    console: Console | None = None,
+) -> None:
+    """Print throughputs (and memory) as a rich table; with `baseline`, add a ratio column."""
+    ratios = compare(baseline, result) if baseline is not None else {}
+    compiled = "static cache + torch.compile" if result.compiled else "eager"
+    table = Table(title=f"{title} ({result.device}, {result.dtype}, {compiled})")
+    for name in ("measurement", "tokens/s", "peak memory"):
+        table.add_column(name, justify="left" if name == "measurement" else "right")
+    if baseline is not None:
+        table.add_column("vs baseline", justify="right")
+
+    def add(label: str, tokens_per_s: float, peak: int | None, key: str) -> None:
+        cells = [label, f"{tokens_per_s:,.1f}", _gib(peak)]
+        if baseline is not None:
+            cells.append(f"{ratios[key]:.2f}x" if key in ratios else "-")
+        table.add_row(*cells)
+
+    for d in result.decode:
+        add(f"decode bs={d.batch_size} ({d.new_tokens} tokens)", d.tokens_per_s, d.peak_memory_bytes,
+            f"decode_bs{d.batch_size}")
+    add(f"prefill {result.prefill_batch}x{result.prefill_len}", result.prefill_tokens_per_s,
+        result.prefill_peak_memory_bytes, "prefill")
+    (console or Console()).print(table)
+
+
+def _decode_fn(model: nn.Module, prompt: torch.Tensor, new_tokens: int, compiled: bool) -> Callable[[], None]:
+    """A closure running one greedy generation of exactly `new_tokens` tokens per row."""
+    # Passed to generate() rather than written into model.generation_config, so the
+    # model is left as it was given.
+    options = {"cache_implementation": "static"} if compiled else {"disable_compile": True}
+
+    def run() -> None:
+        out = model.generate(
+            prompt,
+            attention_mask=torch.ones_like(prompt),
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,  # suppresses EOS so every run decodes the same count
+            do_sample=False,
+            pad_token_id=0,  # silences the "no pad token" warning; prompts are unpadded
+            **options,
+        )
+        if out.shape[1] != prompt.shape[1] + new_tokens:
+            raise RuntimeError(f"generate returned {out.shape[1] - prompt.shape[1]} tokens, asked {new_tokens}")
+
+    return run
+
+
+def _prefill_fn(model: nn.Module, prompt: torch.Tensor) -> Callable[[], None]:
+    """A closure running one forward pass over `prompt` [B, T]."""
+
+    def run() -> None:
+        with torch.inference_mode():
+            # Serving computes logits for the last position only; all T x 128k would add
+            # a large LM-head matmul and its memory that prefill does not need.
+            model(input_ids=prompt, use_cache=False, logits_to_keep=1)
+
+    return run
+
+
+def _time(fn: Callable[[], None], device: torch.device, warmup: int, repeats: int) -> tuple[float, int | None]:
+    """Median seconds of `repeats` calls after `warmup` calls, and the peak CUDA memory of those calls."""
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats}, {warmup}")
+    for _ in range(warmup):
+        fn()
+    if device.type != "cuda":
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times), None
+
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1000)  # elapsed_time is in milliseconds
+    return statistics.median(times), torch.cuda.max_memory_allocated(device)
+
+
+def _resolve_config(config: str | Path | dict):
+    """A transformers config from a CONFIGS name, a local path, or a dict with "model_type"."""
+    if isinstance(config, str) and config in CONFIGS:
+        config = CONFIGS[config]
+    elif isinstance(config, str | Path):
+        path = Path(config)
+        if path.is_dir():
+            return AutoConfig.from_pretrained(path)
+        if not path.is_file():
+            raise ValueError(f"{config!r} is neither a built-in config {sorted(CONFIGS)} nor a local path")
+        config = json.loads(path.read_text())
+    if "model_type" not in config:
+        raise ValueError("a config dict needs a 'model_type' key, e.g. 'llama'")
+    options = dict(config)
+    return AutoConfig.for_model(options.pop("model_type"), **options)
+
+
+def _gib(num_bytes: int | None) -> str:
+    return "-" if num_bytes is None else f"{num_bytes / 2**30:.2f} GiB"

@@ -1,0 +1,122 @@
+"""bench: structure and sanity of speed measurements on a tiny CPU model (no timing assertions)."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+from rich.console import Console
+
+from quantize.bench import (
+    CONFIGS,
+    BenchResult,
+    DecodeResult,
+    _decode_fn,
+    bench_model,
+    compare,
+    print_bench,
+    random_model,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return random_model("tiny", dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def result(tiny):
+    return bench_model(tiny, batch_sizes=(1, 3), decode_tokens=4, prefill_len=32, prefill_batch=2,
+                       warmup=1, repeats=2)
+
+
+def test_random_model_from_each_kind_of_config(tmp_path):
+    by_name = random_model("tiny", dtype=torch.float32)
+    assert by_name.config.hidden_size == 64 and not by_name.training
+    assert by_name.dtype == torch.float32
+
+    by_dict = random_model({**CONFIGS["tiny"], "num_hidden_layers": 1}, dtype=torch.bfloat16)
+    assert by_dict.config.num_hidden_layers == 1 and by_dict.dtype == torch.bfloat16
+
+    (tmp_path / "config.json").write_text(json.dumps(CONFIGS["tiny"]))
+    by_dir = random_model(tmp_path)
+    by_file = random_model(tmp_path / "config.json")
+    assert by_dir.config.vocab_size == by_file.config.vocab_size == 256
+
+    # Same seed, same weights.
+    torch.testing.assert_close(random_model("tiny").lm_head.weight, random_model("tiny").lm_head.weight)
+
+
+def test_random_model_on_meta_device_has_llama_8b_shapes():
+    # The meta device allocates nothing, so the real 8B layout can be checked on a laptop.
+    model = random_model("llama-8b", device="meta")
+    assert model.config.rope_parameters["rope_theta"] == 500000.0
+    attention = model.model.layers[0].self_attn
+    assert attention.k_proj.weight.shape == (8 * 128, 4096)  # 8 KV heads of head_dim 128
+    assert model.model.layers[0].mlp.gate_proj.weight.shape == (14336, 4096)
+    assert model.lm_head.weight.shape == (128256, 4096)
+    assert len(model.model.layers) == 32
+    assert 7.9e9 < sum(p.numel() for p in model.parameters()) < 8.1e9
+
+
+def test_random_model_rejects_unknown_configs(tmp_path):
+    with pytest.raises(ValueError, match="built-in config"):
+        random_model("no-such-model")
+    with pytest.raises(ValueError, match="model_type"):
+        random_model({"hidden_size": 64})
+
+
+def test_bench_result_structure(result):
+    assert isinstance(result, BenchResult)
+    assert [d.batch_size for d in result.decode] == [1, 3]
+    for d in result.decode:
+        assert isinstance(d, DecodeResult)
+        assert d.new_tokens == 4 and d.seconds > 0 and d.tokens_per_s > 0
+        assert d.peak_memory_bytes is None  # CPU
+    assert result.prefill_seconds > 0 and result.prefill_tokens_per_s > 0
+    assert (result.prefill_len, result.prefill_batch) == (32, 2)
+    assert result.device == "cpu" and result.dtype == "float32" and not result.compiled
+    assert result.peak_memory_bytes is None
+    assert json.loads(json.dumps(result.to_dict()))["decode"][1]["batch_size"] == 3
+
+
+def test_bench_leaves_generation_config_alone(tiny):
+    before = tiny.generation_config.to_dict()
+    bench_model(tiny, batch_sizes=(1,), decode_tokens=2, prefill_len=8, warmup=0, repeats=1)
+    assert tiny.generation_config.to_dict() == before
+
+
+def test_compiled_decoding_needs_cuda(tiny):
+    with pytest.raises(ValueError, match="CUDA"):
+        bench_model(tiny, compile=True, batch_sizes=(1,), decode_tokens=2, prefill_len=8)
+
+
+def test_compare_gives_ratios(result):
+    faster = replace(
+        result,
+        decode=[replace(d, tokens_per_s=2 * d.tokens_per_s) for d in result.decode],
+        prefill_tokens_per_s=3 * result.prefill_tokens_per_s,
+    )
+    assert compare(result, faster) == pytest.approx({"decode_bs1": 2.0, "decode_bs3": 2.0, "prefill": 3.0})
+    one_batch = replace(faster, decode=faster.decode[1:])
+    assert set(compare(result, one_batch)) == {"decode_bs3", "prefill"}
+    assert compare(replace(result, peak_memory_bytes=1000), replace(result, peak_memory_bytes=500))[
+        "peak_memory"
+    ] == pytest.approx(0.5)
+
+
+def test_print_bench_with_baseline(result):
+    out = io.StringIO()
+    print_bench(result, "tiny", baseline=result, console=Console(file=out, width=120))
+    text = out.getvalue()
+    assert "decode bs=3" in text and "prefill 2x32" in text and "1.00x" in text
+
+
+def test_static_cache_decoding_runs_off_cuda(tiny):
+    # On CUDA this path is also compiled; on CPU transformers leaves it eager, which at
+    # least checks the generate() options and the token count.
+    prompt = torch.randint(0, 256, (2, 5))
+    _decode_fn(tiny, prompt, 3, compiled=True)()
