@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from ..pipeline import BlockMethod
-from . import rtn
+from . import awq, rtn
 
 METHODS: dict[str, BlockMethod] = {
     "rtn": rtn.quantize_block,
+    "awq": awq.quantize_block,
 }
 
 # Methods that only pick a default scheme; their weights are rounded to nearest.
