@@ -7,6 +7,7 @@
     model, config = quantize.load_checkpoint("out/w4a16")
 """
 
+from . import _kernels  # noqa: F401  (first: makes this tree's kernels/ the qtool_kernels package)
 from .checkpoint import load_checkpoint, save_checkpoint
 from .linear import QuantLinear
 from .quantizer import load_model, quantize_model
