@@ -188,11 +188,12 @@ def quantize_sequential(
     inputs: list[Cached] = []
     if batches is not None:
         outside = _non_block_modules(model, blocks)
+        homes = [next(m.parameters(), torch.empty(0)).device for m in outside]
         for m in outside:
             m.to(device)
         inputs = capture_block_inputs(model, blocks, batches, device, cache_device)
-        for m in outside:
-            m.to("cpu")
+        for m, home in zip(outside, homes, strict=True):
+            m.to(home)
 
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} blocks"),
                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn()]
@@ -202,6 +203,7 @@ def quantize_sequential(
             t0 = time.perf_counter()
             block_prefix = f"{prefix}.{i}."
             local = {n[len(block_prefix):]: spec for n, spec in plan.items() if n.startswith(block_prefix)}
+            home = next(block.parameters()).device
             block.to(device)
             ctx = BlockContext(i, block_prefix, block, inputs, arch, device)
             float_out = _observe(ctx, local, input_scales, observer_factory) if inputs else {}
@@ -219,8 +221,8 @@ def quantize_sequential(
                 report.layers.append({"name": block_prefix + n, "block": i, "kind": n,
                                       "rel_error": errors.get(n), "method_stats": ctx.stats.get(n, {})})
             report.messages.extend(f"{block_prefix}{m}" for m in ctx.messages)
-            block.to("cpu")
-            if device.type == "cuda":
+            block.to(home)
+            if device.type == "cuda" and home != device:
                 torch.cuda.empty_cache()
             dt = time.perf_counter() - t0
             rate = f"{sum(c.args[0].shape[0] for c in inputs) / dt:.1f} samples/s" if inputs else ""
