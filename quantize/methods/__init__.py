@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from ..pipeline import BlockMethod
-from . import awq, rtn
+from . import awq, rtn, smoothquant
 
 METHODS: dict[str, BlockMethod] = {
     "rtn": rtn.quantize_block,
     "awq": awq.quantize_block,
+    "smoothquant": smoothquant.quantize_block,
 }
 
 # Methods that only pick a default scheme; their weights are rounded to nearest.
