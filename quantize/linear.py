@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import math
 
-import qtool_kernels  # noqa: F401  (registers torch.ops.qtool)
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+import qtool_kernels  # noqa: F401  (registers torch.ops.qtool)
 
 from .primitives import QTensor, dequantize, pack_factor, pack_int, scale_shape, unpack_int
 from .scheme import QuantScheme, Strategy

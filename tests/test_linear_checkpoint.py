@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_llama
 
+from conftest import tiny_llama
 from quantize.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from quantize.linear import QuantLinear
 from quantize.primitives import fake_quantize, quantize_weight
