@@ -158,6 +158,57 @@ def _sample_rows(t: torch.Tensor, limit: int = 256) -> torch.Tensor:
     return t[:: max(1, t.shape[0] // limit)][:limit].float().cpu()
 
 
+def run_sequential(
+    model: nn.Module,
+    batches: list[torch.Tensor] | None,
+    process: Callable[[BlockContext], list[torch.Tensor] | None],
+    *,
+    device: torch.device | str = "cpu",
+    offload_activations: bool = True,
+    progress: bool = True,
+    description: str = "blocks",
+) -> None:
+    """Walk the decoder blocks one at a time on `device`, calling `process(ctx)` for each.
+
+    batches: input ids, each [B, T]; None walks the blocks without data (ctx.inputs is empty).
+    process: returns the block's outputs for the cached inputs (the next block's inputs), or None
+    to have them computed with a plain forward pass.
+    """
+    device = torch.device(device)
+    arch = find_architecture(model)
+    prefix, blocks = find_blocks(model, arch)
+    cache_device = "cpu" if offload_activations else device
+    inputs: list[Cached] = []
+    if batches is not None:
+        outside = _non_block_modules(model, blocks)
+        homes = [next(m.parameters(), torch.empty(0)).device for m in outside]
+        for m in outside:
+            m.to(device)
+        inputs = capture_block_inputs(model, blocks, batches, device, cache_device)
+        for m, home in zip(outside, homes, strict=True):
+            m.to(home)
+
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} blocks"),
+               TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn()]
+    samples = sum(c.args[0].shape[0] for c in inputs)
+    with Progress(*columns, disable=not progress, transient=False) as bar:
+        task = bar.add_task(description, total=len(blocks), rate="")
+        for i, block in enumerate(blocks):
+            t0 = time.perf_counter()
+            home = next(block.parameters()).device
+            block.to(device)
+            ctx = BlockContext(i, f"{prefix}.{i}.", block, inputs, arch, device)
+            outs = process(ctx)
+            if inputs:
+                outs = ctx.run() if outs is None else outs
+                inputs = [Cached((o, *c.args[1:]), c.kwargs) for o, c in zip(outs, inputs, strict=True)]
+            block.to(home)
+            if device.type == "cuda" and home != device:
+                torch.cuda.empty_cache()
+            rate = f"{samples / (time.perf_counter() - t0):.1f} samples/s" if inputs else ""
+            bar.update(task, advance=1, rate=rate)
+
+
 def quantize_sequential(
     model: nn.Module,
     plan: Plan,
@@ -177,58 +228,29 @@ def quantize_sequential(
     input_scales: static activation scales from `qtool calibrate`, by full module name.
     observer_factory: builds an observer for a static-activation scheme (needs `observe`/`result`).
     """
-    device = torch.device(device)
-    arch = find_architecture(model)
-    prefix, blocks = find_blocks(model, arch)
     report = QuantizeReport()
     start = time.perf_counter()
     input_scales = dict(input_scales or {})
-    cache_device = "cpu" if offload_activations else device
 
-    inputs: list[Cached] = []
-    if batches is not None:
-        outside = _non_block_modules(model, blocks)
-        homes = [next(m.parameters(), torch.empty(0)).device for m in outside]
-        for m in outside:
-            m.to(device)
-        inputs = capture_block_inputs(model, blocks, batches, device, cache_device)
-        for m, home in zip(outside, homes, strict=True):
-            m.to(home)
+    def process(ctx: BlockContext) -> list[torch.Tensor] | None:
+        local = {n[len(ctx.prefix):]: spec for n, spec in plan.items() if n.startswith(ctx.prefix)}
+        float_out = _observe(ctx, local, input_scales, observer_factory) if ctx.inputs else {}
+        for n, qt in _apply_methods(ctx, local, methods).items():
+            scale = input_scales.get(ctx.prefix + n)
+            q = QuantLinear.from_qtensor(qt, local[n][0], ctx.block.get_submodule(n).bias,
+                                         None if scale is None else scale.to(ctx.device))
+            set_submodule(ctx.block, n, q)
+        errors: dict[str, float] = {}
+        outs = _measure(ctx, local, float_out, errors) if ctx.inputs else None
+        for n in local:
+            report.layers.append({"name": ctx.prefix + n, "block": ctx.index, "kind": n,
+                                  "rel_error": errors.get(n), "method_stats": ctx.stats.get(n, {})})
+        report.messages.extend(f"{ctx.prefix}{m}" for m in ctx.messages)
+        return outs
 
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} blocks"),
-               TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn()]
-    with Progress(*columns, disable=not progress, transient=False) as bar:
-        task = bar.add_task("quantizing", total=len(blocks), rate="")
-        for i, block in enumerate(blocks):
-            t0 = time.perf_counter()
-            block_prefix = f"{prefix}.{i}."
-            local = {n[len(block_prefix):]: spec for n, spec in plan.items() if n.startswith(block_prefix)}
-            home = next(block.parameters()).device
-            block.to(device)
-            ctx = BlockContext(i, block_prefix, block, inputs, arch, device)
-            float_out = _observe(ctx, local, input_scales, observer_factory) if inputs else {}
-            qtensors = _apply_methods(ctx, local, methods)
-            for n, qt in qtensors.items():
-                scale = input_scales.get(block_prefix + n)
-                q = QuantLinear.from_qtensor(qt, local[n][0], block.get_submodule(n).bias,
-                                             None if scale is None else scale.to(device))
-                set_submodule(block, n, q)
-            errors: dict[str, float] = {}
-            if inputs:
-                outs = _measure(ctx, local, float_out, errors)
-                inputs = [Cached((o, *c.args[1:]), c.kwargs) for o, c in zip(outs, inputs, strict=True)]
-            for n in local:
-                report.layers.append({"name": block_prefix + n, "block": i, "kind": n,
-                                      "rel_error": errors.get(n), "method_stats": ctx.stats.get(n, {})})
-            report.messages.extend(f"{block_prefix}{m}" for m in ctx.messages)
-            block.to(home)
-            if device.type == "cuda" and home != device:
-                torch.cuda.empty_cache()
-            dt = time.perf_counter() - t0
-            rate = f"{sum(c.args[0].shape[0] for c in inputs) / dt:.1f} samples/s" if inputs else ""
-            bar.update(task, advance=1, rate=rate)
-
-    _quantize_outside_blocks(model, plan, blocks, block_prefix_root=prefix)
+    run_sequential(model, batches, process, device=device, offload_activations=offload_activations,
+                   progress=progress, description="quantizing")
+    _quantize_outside_blocks(model, plan, find_blocks(model, find_architecture(model))[0])
     report.seconds = time.perf_counter() - start
     return report
 
@@ -287,8 +309,7 @@ def _static_scale(lo: torch.Tensor, hi: torch.Tensor, scheme: QuantScheme) -> to
     return scale
 
 
-def _quantize_outside_blocks(model: nn.Module, plan: Plan,
-                             blocks: nn.ModuleList, block_prefix_root: str) -> None:
+def _quantize_outside_blocks(model: nn.Module, plan: Plan, block_prefix_root: str) -> None:
     """Linears outside the decoder blocks (an lm_head that is not ignored) get round-to-nearest weights."""
     for name, (scheme, _, _) in plan.items():
         if name.startswith(block_prefix_root + "."):
