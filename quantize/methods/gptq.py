@@ -1,0 +1,227 @@
+"""GPTQ: quantize one linear layer column by column, feeding each column's rounding error forward.
+
+Follows Frantar et al., "GPTQ: Accurate Post-Training Quantization for Generative Pre-trained
+Transformers" (2022), Algorithm 1: with H = 2/n X^T X the layer's Hessian of ||X W^T - X Q^T||^2
+and U the upper Cholesky factor of H^-1, column i is rounded and the remaining columns absorb its
+error, W[:, i:] -= (w_i - q_i) / U_ii * U[i, i:]. Updates are applied lazily, one block of
+columns at a time. Symbols W, H, Hinv are the paper's; the public API spells names out.
+
+Scales: channel, tensor and block strategies, and groups with `static_groups`, are fixed up front
+from the original weights. Other groups are chosen when the loop reaches their first column, from
+the error-updated weights of that group (with `act_order`, groups are runs of the permuted order,
+described by `g_idx`). Integer formats only: FP8 arguments are rejected (FP8 weights use RTN).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from ..primitives import (
+    QTensor,
+    choose_qparams,
+    dequantize,
+    expand,
+    group_index,
+    qparams_from_range,
+    quantize,
+)
+from ..scheme import QuantArgs, Strategy
+
+MAX_DAMP_RETRIES = 4  # each multiplies damp by 10: 0.01 -> 100; a Hessian that needs more is broken
+FIRST_RETRY_DAMP = 0.01  # the retry after a failure at damp=0 (10 * 0 would not help)
+
+
+class Hessian:
+    """Running H = 2/n * sum over tokens of x^T x for one linear layer's inputs x [..., K].
+
+    The running-mean update keeps H at the scale of one token whatever the number of batches.
+    float32 suffices: entries stay O(E[x^2]) instead of growing with n, so each update rounds at
+    ~1e-7 relative, far below the 1% dampening GPTQ adds, and GPTQ itself runs in float32.
+    float64 (`dtype=`) halves speed on CPUs and is far slower on most GPUs.
+    The matrix lives on the device of the first batch.
+    """
+
+    def __init__(self, in_features: int, dtype: torch.dtype = torch.float32) -> None:
+        self.in_features = in_features
+        self.dtype = dtype
+        self.num_tokens = 0
+        self._matrix: torch.Tensor | None = None
+
+    def add_batch(self, inputs: torch.Tensor) -> None:
+        """Add a batch of inputs [..., K]; every leading index is one token."""
+        if inputs.shape[-1] != self.in_features:
+            raise ValueError(f"expected inputs [..., {self.in_features}], got {tuple(inputs.shape)}")
+        x = inputs.detach().reshape(-1, self.in_features)
+        if not torch.isfinite(x).all():
+            raise ValueError("calibration inputs contain NaN or Inf")
+        m = x.shape[0]
+        if m == 0:
+            return
+        if self._matrix is None:
+            self._matrix = torch.zeros(self.in_features, self.in_features, dtype=self.dtype, device=x.device)
+        x = x.to(device=self._matrix.device, dtype=self.dtype)
+        n = self.num_tokens
+        self._matrix.mul_(n / (n + m))
+        x = x * math.sqrt(2 / (n + m))
+        self._matrix.addmm_(x.T, x)
+        self.num_tokens = n + m
+
+    @property
+    def matrix(self) -> torch.Tensor:
+        """H [K, K]."""
+        if self._matrix is None:
+            raise ValueError("no inputs were added to this Hessian")
+        return self._matrix
+
+
+@dataclass
+class GPTQResult:
+    """qtensor: codes [N, K] in the original column order, scale/zero_point [N, G] (or the strategy's
+    shape), g_idx [K] only for act-order groups whose columns are not contiguous.
+    loss: the GPTQ objective over the layer, sum of (w - q)^2 / d^2 / 2 with d the diagonal of the
+    upper Cholesky factor of H^-1; equals tr((W - Q) H (W - Q)^T) / 2 for the damped H.
+    damp_used: the dampening fraction that worked. messages: what the caller should log (retries)."""
+
+    qtensor: QTensor
+    loss: float
+    damp_used: float
+    messages: list[str] = field(default_factory=list)
+
+
+def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, args: QuantArgs, *, damp: float = 0.01,
+                  block_size: int = 128, act_order: bool = False, static_groups: bool = False) -> GPTQResult:
+    """Quantize weight [N, K] given its inputs' Hessian [K, K] (see `Hessian`).
+
+    damp: fraction of mean(diag(H)) added to H's diagonal; multiplied by 10 (up to
+        MAX_DAMP_RETRIES times) while the Cholesky factorization fails.
+    block_size: columns per lazy update; only speed depends on it (blocks are cut so that a
+        group starting inside a block ends in it, which keeps group scales from current weights).
+    act_order: process columns by descending diag(H).
+    static_groups: group scales from the original weights, so act_order needs no g_idx.
+    Computes in float32 on weight's device.
+    """
+    _check_inputs(weight, hessian, args, damp, block_size)
+    W = weight.detach().to(torch.float32, copy=True)
+    H = hessian.detach().to(device=W.device, dtype=torch.float32, copy=True)
+    N, K = W.shape
+
+    dead = torch.nonzero(torch.diagonal(H) == 0).flatten()  # inputs that were always zero
+    H[dead, dead] = 1
+    W[:, dead] = 0
+
+    group = args.group_size if args.strategy is Strategy.GROUP else None
+    dynamic = group is not None and not static_groups  # scales chosen inside the loop
+    if dynamic:
+        scale = torch.ones(N, math.ceil(K / group), device=W.device)
+        zero_point = None if args.symmetric else torch.zeros(scale.shape, dtype=torch.int8, device=W.device)
+    else:
+        scale, zero_point = choose_qparams(W, args)
+        column_scale = expand(scale, W.shape, args).expand(N, K)
+        column_zero = None if zero_point is None else expand(zero_point, W.shape, args).expand(N, K)
+
+    perm = torch.argsort(torch.diagonal(H), descending=True, stable=True) if act_order else None
+    if perm is not None:
+        W, H = W[:, perm], H[perm][:, perm]
+        if not dynamic:
+            column_scale = column_scale[:, perm]
+            column_zero = None if column_zero is None else column_zero[:, perm]
+
+    Hinv, damp_used, messages = _upper_cholesky_of_inverse(H, damp)
+    column_args = replace(args, strategy=Strategy.CHANNEL)  # one column: one scale per row
+    codes = torch.empty(N, K, dtype=torch.int8, device=W.device)
+    row_loss = torch.zeros(N, device=W.device)
+    s = z = None
+    i1 = 0
+    while i1 < K:
+        i2 = _block_end(i1, K, block_size, group if dynamic else None)
+        W1 = W[:, i1:i2]  # a view: in-place updates keep W current
+        Err1 = torch.empty_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            j = i1 + i
+            if dynamic and j % group == 0:
+                cols = W[:, j:j + group]  # current: the group starts the block or ends inside it
+                s, z = qparams_from_range(cols.amin(1), cols.amax(1), args)
+                scale[:, j // group] = s
+                if zero_point is not None:
+                    zero_point[:, j // group] = z
+            elif not dynamic:
+                s = column_scale[:, j]
+                z = None if column_zero is None else column_zero[:, j]
+            s1, z1 = s[:, None], None if z is None else z[:, None]
+            q = quantize(W1[:, i:i + 1], s1, z1, column_args)
+            codes[:, j] = q[:, 0]
+            err = (W1[:, i] - dequantize(q, s1, z1, column_args)[:, 0]) / Hinv1[i, i]
+            row_loss += err.square()
+            W1[:, i:].addr_(err, Hinv1[i, i:], alpha=-1)
+            Err1[:, i] = err
+        W[:, i2:].addmm_(Err1, Hinv[i1:i2, i2:], alpha=-1)
+        i1 = i2
+
+    g_idx = None
+    if perm is not None:
+        inverse = torch.argsort(perm)
+        codes = codes[:, inverse]
+        if dynamic:
+            g_idx = group_index(K, group, W.device)[inverse]
+            if torch.equal(g_idx, group_index(K, group, W.device)):
+                g_idx = None  # the permutation kept every column in its natural group
+    loss = float(row_loss.sum()) / 2
+    if not math.isfinite(loss):
+        raise ValueError(f"GPTQ produced a non-finite loss ({loss}) with damp={damp_used}")
+    return GPTQResult(QTensor(codes, scale, zero_point, args, g_idx), loss, damp_used, messages)
+
+
+def _check_inputs(weight: torch.Tensor, hessian: torch.Tensor, args: QuantArgs, damp: float,
+                  block_size: int) -> None:
+    if args.is_float:
+        raise ValueError(f"GPTQ supports integer formats only, got {args.describe()}; use RTN for FP8")
+    if args.strategy is Strategy.TOKEN:
+        raise ValueError("the token strategy is for activations; weights use channel, group, tensor or block")
+    if weight.dim() != 2:
+        raise ValueError(f"weight must be [N, K], got shape {tuple(weight.shape)}")
+    k = weight.shape[1]
+    if tuple(hessian.shape) != (k, k):
+        raise ValueError(f"hessian must be [{k}, {k}] for weight {tuple(weight.shape)}, got {tuple(hessian.shape)}")
+    if not torch.isfinite(weight).all():
+        raise ValueError("weight contains NaN or Inf")
+    if not torch.isfinite(hessian).all():
+        raise ValueError("hessian contains NaN or Inf")
+    if (torch.diagonal(hessian) < 0).any():
+        raise ValueError("hessian has negative diagonal entries; it is not X^T X of any inputs")
+    if damp < 0 or block_size < 1:
+        raise ValueError(f"need damp >= 0 and block_size >= 1, got damp={damp}, block_size={block_size}")
+
+
+def _upper_cholesky_of_inverse(H: torch.Tensor, damp: float) -> tuple[torch.Tensor, float, list[str]]:
+    """U with U^T U = (H + damp * mean(diag(H)) I)^-1, raising damp while a factorization fails."""
+    messages = []
+    mean_diag = torch.diagonal(H).mean()
+    for attempt in range(MAX_DAMP_RETRIES + 1):
+        Hd = H.clone()
+        torch.diagonal(Hd).add_(damp * mean_diag)
+        L, info = torch.linalg.cholesky_ex(Hd)
+        if info == 0:
+            Hinv, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
+            if info == 0 and torch.isfinite(Hinv).all():
+                return Hinv, damp, messages
+        if attempt == MAX_DAMP_RETRIES:
+            break
+        retry = damp * 10 if damp > 0 else FIRST_RETRY_DAMP
+        messages.append(f"Cholesky of the Hessian failed with damp={damp:g}; retrying with damp={retry:g}")
+        damp = retry
+    raise ValueError(f"Cholesky of the Hessian failed even with damp={damp:g} "
+                     f"({MAX_DAMP_RETRIES + 1} attempts); it is far from positive definite")
+
+
+def _block_end(start: int, K: int, block_size: int, group: int | None) -> int:
+    """End of the lazy block from `start`: cut before a group that would cross the block's end."""
+    end = min(start + block_size, K)
+    if group is not None:
+        last_group_start = (end - 1) // group * group
+        if start < last_group_start and min(last_group_start + group, K) > end:
+            end = last_group_start
+    return end
