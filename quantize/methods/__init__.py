@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from ..pipeline import BlockMethod
-from . import awq, rtn, smoothquant
+from . import awq, gptq, rtn, smoothquant
 
 METHODS: dict[str, BlockMethod] = {
     "rtn": rtn.quantize_block,
     "awq": awq.quantize_block,
+    "gptq": gptq.quantize_block,
     "smoothquant": smoothquant.quantize_block,
 }
 

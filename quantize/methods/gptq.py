@@ -225,3 +225,58 @@ def _block_end(start: int, K: int, block_size: int, group: int | None) -> int:
         if start < last_group_start and min(last_group_start + group, K) > end:
             end = last_group_start
     return end
+
+
+# --- over one decoder block ---------------------------------------------------------------------
+
+def _groups(ctx, names: list[str], true_sequential: bool) -> list[list[str]]:
+    """Linears in the order they are quantized: the architecture's sequential groups, or all at once."""
+    if not true_sequential:
+        return [names]
+    order = [[n for n in group if n in names] for group in ctx.arch.sequential]
+    order = [g for g in order if g]
+    rest = [n for n in names if not any(n in g for g in order)]
+    return order + ([rest] if rest else [])
+
+
+def quantize_block(ctx, schemes: dict, *, damp: float = 0.01, block_size: int = 128, act_order: bool = False,
+                   static_groups: bool = False, true_sequential: bool = True,
+                   min_tokens_per_feature: float = 1.0) -> dict[str, QTensor]:
+    """GPTQ every named linear of the block (ctx: pipeline.BlockContext, schemes: {name: QuantScheme}).
+
+    true_sequential: quantize q/k/v, then o, then gate/up, then down, gathering each group's
+    Hessians with the earlier groups already quantized (inputs as in deployment).
+    min_tokens_per_feature: warn when fewer calibration tokens than this many per input feature
+    were seen, as the Hessian is then poorly conditioned.
+    """
+    for name, scheme in schemes.items():
+        wants_gidx = act_order and not static_groups and scheme.weights.strategy is Strategy.GROUP
+        if wants_gidx != scheme.weights.actorder:
+            raise ValueError(f"{ctx.prefix}{name}: act_order without static_groups stores g_idx, so the scheme "
+                             f"needs actorder={wants_gidx} (got {scheme.weights.actorder})")
+    out: dict[str, QTensor] = {}
+    for group in _groups(ctx, list(schemes), true_sequential):
+        hessians = {n: Hessian(ctx.block.get_submodule(n).in_features) for n in group}
+
+        def add(name, x, y, hessians=hessians):
+            try:
+                hessians[name].add_batch(x)
+            except ValueError as err:
+                raise ValueError(f"{ctx.prefix}{name}: {err}") from None
+        ctx.capture(group, add)
+        for name in group:
+            layer = ctx.block.get_submodule(name)
+            h = hessians[name]
+            if h.num_tokens < min_tokens_per_feature * layer.in_features:
+                ctx.messages.append(f"{name}: only {h.num_tokens} calibration tokens for {layer.in_features} "
+                                    "input features; the Hessian is poorly conditioned (use more --num-samples)")
+            if not torch.isfinite(layer.weight).all():
+                raise ValueError(f"{ctx.prefix}{name}: weight contains NaN or Inf")
+            result = gptq_quantize(layer.weight.data, h.matrix, schemes[name].weights, damp=damp,
+                                   block_size=block_size, act_order=act_order, static_groups=static_groups)
+            ctx.messages.extend(f"{name}: {m}" for m in result.messages)
+            ctx.record(name, "gptq_loss", result.loss)
+            out[name] = result.qtensor
+            # Later groups must see this layer's quantized output.
+            layer.weight.data = result.qtensor.dequantize(layer.weight.dtype)
+    return out
