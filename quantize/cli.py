@@ -118,6 +118,18 @@ def quantize(
     seq_len: SeqLenOpt = 512,
     batch_size: BatchSizeOpt = 4,
     seed: SeedOpt = 0,
+    damp: Annotated[float, typer.Option(help="GPTQ: dampening, a fraction of the mean Hessian diagonal.")] = 0.01,
+    act_order: Annotated[bool, typer.Option("--act-order", help="GPTQ: columns by descending Hessian diagonal.")] = False,
+    static_groups: Annotated[bool, typer.Option("--static-groups", help="GPTQ: group scales fixed up front "
+                                                "(with --act-order: no g_idx, kernels stay fast).")] = False,
+    true_sequential: Annotated[bool, typer.Option("--true-sequential/--no-true-sequential",
+                                                  help="GPTQ: re-collect inputs after each group of linears.")] = True,
+    clip: Annotated[bool, typer.Option("--clip/--no-clip", help="AWQ: search per-group clipping.")] = True,
+    alpha: Annotated[float, typer.Option(help="SmoothQuant migration strength.")] = 0.5,
+    weights_method: Annotated[str, typer.Option("--weights", help="SmoothQuant: quantize the smoothed weights "
+                                                "with rtn or gptq.")] = "rtn",
+    calibration: Annotated[Path | None, typer.Option(help="Statistics from `qtool calibrate` (static activation scales).")] = None,
+    observer: Annotated[str, typer.Option(help="Observer for inline static activation calibration.")] = "minmax",
     device: DeviceOpt = "cpu",
     overwrite: OverwriteOpt = False,
 ) -> None:
@@ -141,11 +153,26 @@ def quantize(
                                                 if v is not None})
         else:
             chosen = _default_scheme(method, bits, group_size, symmetric)
-        plan = Recipe.single(chosen, method)
+        settings = {
+            "gptq": dict(damp=damp, act_order=act_order, static_groups=static_groups, true_sequential=true_sequential),
+            "awq": dict(clip=clip),
+            "smoothquant": dict(alpha=alpha, weights=weights_method),
+        }.get(method, {})
+        if method == "smoothquant" and weights_method == "gptq":
+            settings.update(damp=damp, act_order=act_order, static_groups=static_groups,
+                            true_sequential=true_sequential)
+        if act_order and not static_groups and chosen.weights.strategy.value == "group":
+            chosen = chosen.with_weights(actorder=True)  # groups become non-contiguous: store g_idx
+        plan = Recipe.single(chosen, method, settings)
     float_model, tokenizer = load_model(model)
     batches = _calibration(float_model, tokenizer, dataset, dataset_config, split, text_column, num_samples,
                            seq_len, seed, batch_size)
-    result = quantize_model(float_model, plan, calibration=batches, device=device)
+    input_scales = None
+    if calibration is not None:
+        from .calibration import load_stats
+        input_scales = load_stats(calibration).input_scales(plan, float_model)
+    result = quantize_model(float_model, plan, calibration=batches, device=device, input_scales=input_scales,
+                            observer=observer)
     save_checkpoint(float_model, result.config, output, source_dir=model if Path(model).is_dir() else None,
                     overwrite=overwrite, extra_json={"layer_errors.json": result.report.to_dict()})
     for message in result.report.messages:
@@ -202,141 +229,58 @@ def inspect(
         json_out.write_text(json.dumps(summary, indent=2))
 
 
-def _load_any(path: str, device: str):
-    """A qtool checkpoint or a plain HF model, with its tokenizer."""
-    from transformers import AutoTokenizer
-
-    from .checkpoint import load_checkpoint
-    from .quantizer import load_model
-
-    if Path(path, "config.json").is_file() and "quantization_config" in json.loads(Path(path, "config.json").read_text()):
-        model, _ = load_checkpoint(path, device=device)
-        return model, AutoTokenizer.from_pretrained(path)
-    return load_model(path, device=device)
-
-
-@app.command("eval")
+@app.command()
 @handles_errors
-def eval_(
-    model: Annotated[str, typer.Argument(help="A qtool checkpoint or a Hugging Face model directory.")],
-    perplexity: Annotated[bool, typer.Option("--perplexity/--no-perplexity", help="Perplexity by the standard protocol.")] = True,
-    dataset: Annotated[str, typer.Option(help="Evaluation text: hub name or local file (rows joined with blank lines).")] = "wikitext",
+def calibrate(
+    model: ModelArg,
+    output: OutputOpt,
+    dataset: DatasetOpt = None,
     dataset_config: DatasetConfigOpt = None,
-    split: Annotated[str, typer.Option(help="Dataset split.")] = "test",
+    split: SplitOpt = "train",
     text_column: TextColumnOpt = "text",
-    seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per window.")] = 2048,
-    max_windows: Annotated[int | None, typer.Option("--max-windows", help="Evaluate the first N windows only.")] = None,
-    batch_size: BatchSizeOpt = 1,
-    base: Annotated[str | None, typer.Option(help="Unquantized model: adds KL divergence and top-1 agreement.")] = None,
-    tasks: Annotated[str | None, typer.Option(help="lm-evaluation-harness tasks, comma-separated (needs lm-eval).")] = None,
+    num_samples: NumSamplesOpt = 128,
+    seq_len: SeqLenOpt = 2048,
+    batch_size: BatchSizeOpt = 4,
+    seed: SeedOpt = 0,
+    observer: Annotated[str, typer.Option(help="minmax, percentile, mse or kl.")] = "minmax",
+    percentile: Annotated[float, typer.Option(help="Percentile observer: which percentile of |x|.")] = 99.99,
+    target: Annotated[str, typer.Option(help="Format the ranges are chosen for: int8, e4m3 or e5m2.")] = "int8",
     device: DeviceOpt = "cpu",
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write every figure and its settings as JSON.")] = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
-    """Perplexity, and with --base the KL divergence and top-1 agreement, in one pass over the data."""
-    from . import data
-    from .evaluate import evaluate, print_table
+    """Run calibration data through MODEL block by block and save per-layer activation statistics."""
+    from .calibration import calibrate as run_calibration
+    from .observers import make_observer
+    from .quantizer import load_model
+    from .scheme import QuantArgs
 
-    if tasks is not None:
-        import importlib.util
-        if importlib.util.find_spec("lm_eval") is None:
-            raise ValueError("--tasks needs lm-evaluation-harness: pip install 'qtool[eval]'")
-    qmodel, tokenizer = _load_any(model, device)
-    base_model = _load_any(base, device)[0] if base else None
-    texts = data.load_texts(dataset, config=dataset_config, split=split, text_column=text_column)
-    windows = data.evaluation_windows(tokenizer, texts, seq_len=seq_len, max_windows=max_windows)
-    result = evaluate(qmodel, windows, batch_size=batch_size, base=base_model, device=device) if perplexity else None
-    figures = {"model": model, "base": base, "dataset": dataset, "dataset_config": dataset_config, "split": split,
-               "seq_len": seq_len, "max_windows": max_windows, "batch_size": batch_size, "device": device}
-    if result is not None:
-        print_table(result, title=model, console=console)
-        figures.update(result.to_dict())
-    if tasks is not None:
-        figures["tasks"] = _run_lm_eval(qmodel, tokenizer, tasks.split(","), batch_size)
-    if json_out:
-        json_out.write_text(json.dumps(figures, indent=2))
-
-
-def _run_lm_eval(model, tokenizer, tasks: list[str], batch_size: int) -> dict:
-    from lm_eval import simple_evaluate
-    from lm_eval.models.huggingface import HFLM
-
-    results = simple_evaluate(model=HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size), tasks=tasks)
-    table = Table(title="lm-evaluation-harness")
-    for col in ("task", "metric", "value"):
+    if output.exists() and not overwrite:
+        raise ValueError(f"output directory exists: {output} (pass --overwrite to replace it)")
+    if dataset is None:
+        raise ValueError("--dataset is required (a hub name, a local file or folder, or 'synthetic')")
+    formats = {"int8": QuantArgs(num_bits=8, strategy="tensor"),
+               "e4m3": QuantArgs(num_bits=8, type="float", fp_format="e4m3", strategy="tensor"),
+               "e5m2": QuantArgs(num_bits=8, type="float", fp_format="e5m2", strategy="tensor")}
+    if target not in formats:
+        raise ValueError(f"unknown --target {target!r}; choose from {', '.join(formats)}")
+    observer_args = {"percentile": percentile} if observer == "percentile" else {}
+    make_observer(observer, formats[target], **observer_args)
+    float_model, tokenizer = load_model(model)
+    batches = _calibration(float_model, tokenizer, dataset, dataset_config, split, text_column, num_samples,
+                           seq_len, seed, batch_size)
+    stats = run_calibration(float_model, batches, observer=observer, target=formats[target], device=device,
+                            observer_args=observer_args)
+    stats.save(output, overwrite=overwrite)
+    table = Table(title=f"{observer} ranges of linear inputs ({target})")
+    for col in ("layer", "min", "max", "scale"):
         table.add_column(col)
-    for task, metrics in results["results"].items():
-        for metric, value in metrics.items():
-            if isinstance(value, float):
-                table.add_row(task, metric, f"{value:.4f}")
+    for name, meta in stats.meta.items():
+        table.add_row(name, f"{meta['range'][0]:.4g}", f"{meta['range'][1]:.4g}", f"{meta['scale']:.4g}")
     console.print(table)
-    return results["results"]
+    console.print(f"wrote {output}")
 
 
-@app.command()
-@handles_errors
-def report(
-    checkpoint: Annotated[Path, typer.Argument(help="A qtool checkpoint directory (reads layer_errors.json).")],
-    worst: Annotated[int, typer.Option(help="How many of the worst layers to list.")] = 10,
-    plot: Annotated[Path | None, typer.Option(help="Draw a block x projection heatmap to this PNG.")] = None,
-) -> None:
-    """Per-layer relative output error recorded while quantizing, worst first."""
-    from .report import load_errors, plot_errors, print_worst
-
-    records = load_errors(checkpoint)
-    print_worst(records, worst, console=console)
-    if plot is not None:
-        plot_errors(records, plot, title=f"{checkpoint.name}: relative output error per layer")
-        console.print(f"wrote {plot}")
-
-
-@app.command()
-@handles_errors
-def bench(
-    model: Annotated[str, typer.Argument(help="A qtool checkpoint, or with --random-weights a config name "
-                                              "(llama-8b, tiny), directory or config.json.")],
-    base: Annotated[str | None, typer.Option(help="Model to compare against in the same run.")] = None,
-    random_weights: Annotated[bool, typer.Option("--random-weights", help="Build MODEL from a config with random weights.")] = False,
-    scheme: Annotated[str | None, typer.Option(help="With --random-weights: quantize with this preset (RTN).")] = None,
-    batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Decode batch sizes, comma-separated.")] = "1,16",
-    decode_tokens: Annotated[int, typer.Option("--decode-tokens")] = 64,
-    prefill_len: Annotated[int, typer.Option("--prefill-len")] = 2048,
-    device: DeviceOpt = "cuda",
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the figures as JSON.")] = None,
-) -> None:
-    """Decode and prefill tokens/s (and peak GPU memory) of a model and optionally a base, in one run."""
-    import torch
-
-    from .bench import bench_model, compare, print_bench, random_model
-
-    sizes = tuple(int(b) for b in batch_sizes.split(","))
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    if random_weights:
-        base_model = random_model(model, dtype=dtype, device=device)
-        base_result = bench_model(base_model, batch_sizes=sizes, decode_tokens=decode_tokens, prefill_len=prefill_len)
-        print_bench(base_result, f"{model} bf16", console=console)
-        if scheme is None:
-            results = {"base": base_result.to_dict()}
-        else:
-            from .quantizer import quantize_model
-            from .recipe import Recipe
-            from .scheme import preset
-            quantize_model(base_model, Recipe.single(preset(scheme), "rtn"), device=device, progress=False)
-            q_result = bench_model(base_model, batch_sizes=sizes, decode_tokens=decode_tokens, prefill_len=prefill_len)
-            print_bench(q_result, f"{model} {scheme}", baseline=base_result, console=console)
-            results = {"base": base_result.to_dict(), "quantized": q_result.to_dict(),
-                       "ratios": compare(base_result, q_result)}
-    else:
-        q_result = bench_model(_load_any(model, device)[0], batch_sizes=sizes, decode_tokens=decode_tokens,
-                               prefill_len=prefill_len)
-        results = {"quantized": q_result.to_dict()}
-        baseline = None
-        if base is not None:
-            baseline = bench_model(_load_any(base, device)[0], batch_sizes=sizes, decode_tokens=decode_tokens,
-                                   prefill_len=prefill_len)
-            results.update(base=baseline.to_dict(), ratios=compare(baseline, q_result))
-        print_bench(q_result, model, baseline=baseline, console=console)
-    if json_out:
-        json_out.write_text(json.dumps(results, indent=2))
+from . import cli_tools  # noqa: E402,F401  (registers eval, report, bench on `app`)
 
 
 def main() -> None:  # pragma: no cover
