@@ -150,11 +150,12 @@ class HistogramObserver(Observer):
         if self.counts is None:
             self.counts = torch.zeros(channels, width, dtype=torch.float64, device=rows.device)
             self.bound = torch.zeros(channels, device=rows.device)
-        self._grow(rows.abs().amax(1))
+        magnitude = rows.abs()
+        self._grow(magnitude.amax(1))
         bound = torch.where(self.bound > 0, self.bound, torch.ones_like(self.bound))[:, None]
         # Bins are closed on the side away from zero, so |x| == bound needs no clamping; that is
         # what makes merging after growth give the same counts as binning at the final bound.
-        magnitude = (torch.ceil(rows.abs() / bound * self.bins) - 1).long().clamp(0, self.bins - 1)
+        magnitude = (torch.ceil(magnitude / bound * self.bins) - 1).long().clamp(0, self.bins - 1)
         index = torch.where(rows >= 0, self.bins + magnitude, self.bins - 1 - magnitude)
         # One bincount over all channels: channel c owns the slots [c * width, (c + 1) * width).
         index += torch.arange(channels, device=rows.device)[:, None] * width
