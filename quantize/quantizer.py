@@ -74,6 +74,11 @@ def quantize_model(model: nn.Module, recipe: Recipe, *, calibration: list[torch.
     needs_data = {e.method for e in assigned.values()} & NEEDS_DATA
     if needs_data and not calibration:
         raise SchemeError(f"method {sorted(needs_data)[0]} needs calibration data (--dataset)")
+    static = [n for n, e in assigned.items() if e.scheme.input_activations is not None
+              and not e.scheme.input_activations.dynamic and n not in (input_scales or {})]
+    if static and not calibration:
+        raise SchemeError(f"static activation scales for {static[0]} need calibration statistics: run "
+                          "`qtool calibrate` and pass --calibration STATS, or give --dataset to calibrate inline")
     by_entry: dict[int, list[str]] = {}
     for name, entry in assigned.items():
         by_entry.setdefault(id(entry), []).append(name)
