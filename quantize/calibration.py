@@ -11,8 +11,6 @@ FP8 alike.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
+from .checkpoint import atomic_directory
 from .observers import make_observer
 from .pipeline import BlockContext, run_sequential
 from .primitives import qparams_from_range
@@ -42,24 +41,13 @@ class CalibrationStats:
     settings: dict[str, Any] = field(default_factory=dict)
 
     def save(self, out_dir: str | Path, overwrite: bool = False) -> Path:
-        out_dir = Path(out_dir)
-        if out_dir.exists() and not overwrite:
-            raise ValueError(f"output directory exists: {out_dir} (pass --overwrite to replace it)")
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-        try:
+        with atomic_directory(out_dir, overwrite) as tmp:
             flat = {f"{layer}::{key}": t.contiguous() for layer, ts in self.tensors.items() for key, t in ts.items()}
             save_file(flat, tmp / STATS_TENSORS)
             doc = {"observer": self.observer, "target": self.target.to_dict(), "settings": self.settings,
                    "layers": self.meta}
             (tmp / STATS_JSON).write_text(json.dumps(doc, indent=2))
-            if out_dir.exists():
-                shutil.rmtree(out_dir)
-            tmp.rename(out_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return out_dir
+        return Path(out_dir)
 
     def input_scales(self, recipe: Recipe, model: nn.Module) -> dict[str, torch.Tensor]:
         """Static activation scale [1] for every layer whose scheme quantizes its inputs statically."""

@@ -15,6 +15,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -62,16 +64,33 @@ def _shard(tensors: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, t
     return shards
 
 
-def save_checkpoint(model: nn.Module, qconfig: QuantizationConfig, out_dir: str | Path, *,
-                    source_dir: str | Path | None = None, overwrite: bool = False,
-                    max_shard_bytes: int = 4 << 30, extra_json: dict[str, Any] | None = None) -> Path:
-    """Write `model` (with QuantLinear modules) as a qtool checkpoint; returns the directory."""
+@contextmanager
+def atomic_directory(out_dir: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory beside `out_dir` that replaces it only if the block succeeds."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise CheckpointError(f"output directory exists: {out_dir} (pass --overwrite to replace it)")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
+        yield tmp
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            out_dir.rename(old)
+            tmp.rename(out_dir)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def save_checkpoint(model: nn.Module, qconfig: QuantizationConfig, out_dir: str | Path, *,
+                    source_dir: str | Path | None = None, overwrite: bool = False,
+                    max_shard_bytes: int = 4 << 30, extra_json: dict[str, Any] | None = None) -> Path:
+    """Write `model` (with QuantLinear modules) as a qtool checkpoint; returns the directory."""
+    with atomic_directory(out_dir, overwrite) as tmp:
         tensors = _unique_state_dict(model)
         shards = _shard(tensors, max_shard_bytes)
         meta = {"format": "pt", "producer": "qtool"}
@@ -95,17 +114,7 @@ def save_checkpoint(model: nn.Module, qconfig: QuantizationConfig, out_dir: str 
             for fname in COPIED_FILES:
                 if (Path(source_dir) / fname).is_file():
                     shutil.copy2(Path(source_dir) / fname, tmp / fname)
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+    return Path(out_dir)
 
 
 def read_quantization_config(path: str | Path) -> QuantizationConfig:
