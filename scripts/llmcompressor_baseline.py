@@ -1,0 +1,82 @@
+"""Run llm-compressor on SmolLM2 with the same calibration tokens and evaluation protocol as qtool.
+
+Runs in its OWN virtual environment (llm-compressor pins its own stack):
+    python3 -m venv .lcvenv && . .lcvenv/bin/activate
+    pip install torch==2.13.0 && pip install llmcompressor gguf rich
+    python scripts/llmcompressor_baseline.py --model models/smollm2 --config gptq-w4g64 --out runs/llmc
+It imports qtool's data and evaluate modules from this checkout (plain PyTorch + transformers), so the
+calibration windows (128 x 512 tokens of WikiText-2 validation, seed 0) and the metrics are identical.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from quantize.data import calibration_batches, evaluation_windows, load_texts  # noqa: E402
+from quantize.evaluate import evaluate  # noqa: E402
+
+
+def weights(bits: int, group: int, symmetric: bool) -> dict:
+    return {"num_bits": bits, "type": "int", "symmetric": symmetric, "strategy": "group", "group_size": group}
+
+
+def recipe(name: str):
+    from llmcompressor.modifiers.awq import AWQModifier
+    from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier
+
+    if name == "fp8-dynamic":
+        return QuantizationModifier(targets="Linear", scheme="FP8_DYNAMIC", ignore=["lm_head"])
+    method, spec = name.split("-", 1)
+    bits, group = {"w4g64": (4, 64), "w4g128": (4, 128), "w3g128": (3, 128), "w3g64": (3, 64)}[spec]
+    groups = {"group_0": {"targets": ["Linear"], "weights": weights(bits, group, method == "gptq")}}
+    if method == "gptq":
+        return GPTQModifier(config_groups=groups, ignore=["lm_head"], dampening_frac=0.01)
+    return AWQModifier(config_groups=groups, ignore=["lm_head"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", type=Path, default=ROOT / "models" / "smollm2")
+    parser.add_argument("--config", required=True, help="gptq-w4g64, awq-w4g64, gptq-w3g128, fp8-dynamic, ...")
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "wikitext-2")
+    parser.add_argument("--windows", type=int, default=40)
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "llmc")
+    args = parser.parse_args()
+
+    import llmcompressor
+    from datasets import Dataset
+    from llmcompressor import oneshot
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    calib = calibration_batches(tokenizer, load_texts(str(args.data / "wiki.valid.tokens")),
+                                num_samples=128, seq_len=512, seed=0)
+    ds = Dataset.from_dict({"input_ids": calib.input_ids.tolist(),
+                            "attention_mask": torch.ones_like(calib.input_ids).tolist()})
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    start = time.perf_counter()
+    oneshot(model=model, dataset=ds, recipe=recipe(args.config), max_seq_length=512, num_calibration_samples=128)
+    seconds = time.perf_counter() - start
+
+    base = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
+    windows = evaluation_windows(tokenizer, load_texts(str(args.data / "test.jsonl"), split="test"),
+                                 seq_len=512, max_windows=args.windows)
+    result = evaluate(model.eval(), windows, base=base, progress=False)
+    args.out.mkdir(parents=True, exist_ok=True)
+    figures = {"config": args.config, "llmcompressor": llmcompressor.__version__, "seconds": seconds,
+               "torch": torch.__version__, **result.to_dict()}
+    (args.out / f"{args.config}.json").write_text(json.dumps(figures, indent=2))
+    print(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
