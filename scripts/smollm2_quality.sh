@@ -40,7 +40,7 @@ for name in "${names[@]}"; do
   # shellcheck disable=SC2086
   qtool quantize "$MODEL" $args --device "$DEVICE" --output "$OUT/$name" --overwrite > "$OUT/$name.quantize.log" 2>&1
   echo "{\"seconds\": $(( $(date +%s) - start )), \"args\": \"$args\"}" > "$OUT/$name.time.json"
-  qtool eval "$OUT/$name" --base "$MODEL" --dataset "$DATA/test.jsonl" --seq-len 512 --max-windows "$WINDOWS" \
+  qtool eval "$OUT/$name" --base "$MODEL" --dataset "$DATA/test.jsonl" --seq-len 512 --max-windows "$WINDOWS" --batch-size 8 \
     --device "$DEVICE" --json "$OUT/$name.eval.json" > "$OUT/$name.eval.log" 2>&1
   echo "$name done"
 done

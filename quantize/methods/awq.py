@@ -31,23 +31,40 @@ def _fake_quant(w: torch.Tensor, args: QuantArgs) -> torch.Tensor:
 
 
 class _Inputs:
-    """Positional args and kwargs of every call of one module during a block pass."""
+    """Positional args and kwargs of the calls of one module during a block pass, up to `limit` tokens."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int) -> None:
         self.calls: list[tuple[tuple, dict]] = []
+        self.limit, self.tokens = limit, 0
 
     def hook(self, module, args, kwargs):
+        x = args[0] if args else kwargs["hidden_states"]
+        if self.calls and self.tokens + x.shape[:-1].numel() > self.limit:
+            return
         self.calls.append((args, kwargs))
+        self.tokens += x.shape[:-1].numel()
 
 
-def _capture_calls(ctx: BlockContext, name: str) -> list[tuple[tuple, dict]]:
-    rec = _Inputs()
+def _capture_calls(ctx: BlockContext, name: str, limit: int) -> list[tuple[tuple, dict]]:
+    """The first calls of module `name` holding up to `limit` tokens (at least one call)."""
+    rec = _Inputs(limit)
     handle = ctx.block.get_submodule(name).register_forward_pre_hook(rec.hook, with_kwargs=True)
     try:
         ctx.run(keep_outputs=False)
     finally:
         handle.remove()
     return rec.calls
+
+
+def _mean_abs_input(ctx: BlockContext, name: str) -> torch.Tensor:
+    """mean |x| per input channel of module `name` over all calibration tokens, [in_features]."""
+    acc: dict = {"sum": 0.0, "tokens": 0}
+
+    def add(_, x, y):
+        acc["sum"] = acc["sum"] + x.abs().float().sum(0)
+        acc["tokens"] += x.shape[0]
+    ctx.capture([name], add)
+    return acc["sum"] / acc["tokens"]
 
 
 def _run(module: nn.Module, calls: list[tuple[tuple, dict]]) -> list[torch.Tensor]:
@@ -59,21 +76,19 @@ def _run(module: nn.Module, calls: list[tuple[tuple, dict]]) -> list[torch.Tenso
     return outs
 
 
-def _input_of(calls: list[tuple[tuple, dict]]) -> torch.Tensor:
-    """The hidden states of the captured calls, flattened to [tokens, features]."""
-    xs = [a[0] if a else k["hidden_states"] for a, k in calls]
-    return torch.cat([x.reshape(-1, x.shape[-1]) for x in xs])
+def search_scale(ctx: BlockContext, smooth: Smooth, args: QuantArgs,
+                 search_tokens: int = 16384) -> tuple[torch.Tensor, float, float]:
+    """Best per-channel scale s [in_features] for `smooth`, its grid ratio, and the MSE it gives.
 
-
-def search_scale(ctx: BlockContext, smooth: Smooth, args: QuantArgs) -> tuple[torch.Tensor, float, float]:
-    """Best per-channel scale s [in_features] for `smooth`, its grid ratio, and the MSE it gives."""
+    mean|x| comes from all calibration tokens; the 20 candidate scales are scored on the first
+    `search_tokens` of them, which bounds the cost of the grid (20 passes of the inspected module).
+    """
     block = ctx.block
     balance = [block.get_submodule(n) for n in smooth.balance]
     inspect_name = smooth.inspect or smooth.balance[0]
     inspect = block.get_submodule(inspect_name)
-    inspect_calls = _capture_calls(ctx, inspect_name)
-    x = _input_of(_capture_calls(ctx, smooth.balance[0])) if smooth.inspect else _input_of(inspect_calls)
-    x_mean = x.abs().float().mean(0)
+    x_mean = _mean_abs_input(ctx, smooth.balance[0])
+    inspect_calls = _capture_calls(ctx, inspect_name, search_tokens)
     reference = _run(inspect, inspect_calls)
     originals = [b.weight.data.clone() for b in balance]
     best = (float("inf"), 0.0, torch.ones_like(x_mean))
@@ -126,9 +141,8 @@ def search_clip(weight: torch.Tensor, x: torch.Tensor, args: QuantArgs, *, max_s
 
 
 def quantize_block(ctx: BlockContext, schemes: dict[str, QuantScheme], *, clip: bool = True,
-                   duo_scaling: bool = False) -> dict[str, QTensor]:
+                   search_tokens: int = 16384) -> dict[str, QTensor]:
     """Scale search and folding over every applicable mapping, then clipping search, then rounding."""
-    del duo_scaling  # reserved: scales from weights and activations together (AutoAWQ's option)
     for s in schemes.values():
         w = s.weights
         if w.is_float or w.strategy not in (Strategy.GROUP, Strategy.CHANNEL):
@@ -138,7 +152,7 @@ def quantize_block(ctx: BlockContext, schemes: dict[str, QuantScheme], *, clip: 
         if not all(b in schemes for b in smooth.balance) or not applicable(ctx.block, smooth):
             continue
         args = schemes[smooth.balance[0]].weights
-        s, ratio, _ = search_scale(ctx, smooth, args)
+        s, ratio, _ = search_scale(ctx, smooth, args, search_tokens)
         apply_scale(ctx.block, smooth, s, ctx.arch.norm_offset)
         for b in smooth.balance:
             ctx.record(b, "awq_ratio", ratio)
