@@ -31,7 +31,7 @@ from .scheme import QuantScheme
 
 
 class _StopForward(Exception):
-    """Raised by the capture hook once block 0's inputs are recorded."""
+    """Raised by a hook once a pass has recorded what it needs (block 0's inputs, a capture's modules)."""
 
 
 @dataclass
@@ -75,7 +75,10 @@ class BlockContext:
         with torch.no_grad():
             for c in self.inputs:
                 home = c.args[0].device
-                out = self.block(*_move(c.args, self.device), **_move(c.kwargs, self.device))
+                try:
+                    out = self.block(*_move(c.args, self.device), **_move(c.kwargs, self.device))
+                except _StopForward:
+                    continue  # a capture that has seen all it needs of this batch
                 out = out[0] if isinstance(out, tuple) else out
                 if keep_outputs:
                     outs.append(out.to(home))
@@ -85,13 +88,20 @@ class BlockContext:
                 keep_outputs: bool = False) -> list[torch.Tensor]:
         """Run the block once, calling fn(name, x, y) with each named module's input x [tokens, in]
         and output y [tokens, out] (the first element where a module returns a tuple); returns the
-        block's outputs when `keep_outputs`."""
-        handles = []
+        block's outputs when `keep_outputs`. Otherwise each batch stops as soon as every named module
+        has run once, which skips the rest of the block (true-sequential GPTQ gathers q/k/v inputs
+        without running the MLP)."""
+        names = list(names)
+        handles, seen = [], set()
         for name in names:
             def hook(mod, args, kwargs, out, name=name):
                 x = args[0] if args else kwargs["hidden_states"]
                 y = out[0] if isinstance(out, tuple) else out
                 fn(name, x.detach().reshape(-1, x.shape[-1]), y.detach().reshape(-1, y.shape[-1]))
+                seen.add(name)
+                if not keep_outputs and len(seen) == len(names):
+                    seen.clear()
+                    raise _StopForward
             handles.append(self.block.get_submodule(name).register_forward_hook(hook, with_kwargs=True))
         try:
             return self.run(keep_outputs=keep_outputs)
