@@ -69,11 +69,12 @@ class BlockContext:
     stats: dict[str, dict[str, float]] = field(default_factory=dict)
     messages: list[str] = field(default_factory=list)
 
-    def run(self, keep_outputs: bool = True) -> list[torch.Tensor]:
-        """Run every cached batch through the block; returns hidden states [B, T, hidden] on the cache's device."""
+    def run(self, keep_outputs: bool = True, batches: int | None = None) -> list[torch.Tensor]:
+        """Run the cached batches (the first `batches` of them, or all) through the block; returns
+        hidden states [B, T, hidden] on the cache's device."""
         outs = []
         with torch.no_grad():
-            for c in self.inputs:
+            for c in self.inputs[:batches]:
                 home = c.args[0].device
                 try:
                     out = self.block(*_move(c.args, self.device), **_move(c.kwargs, self.device))
@@ -85,7 +86,7 @@ class BlockContext:
         return outs
 
     def capture(self, names: Iterable[str], fn: Callable[[str, torch.Tensor, torch.Tensor], None],
-                keep_outputs: bool = False) -> list[torch.Tensor]:
+                keep_outputs: bool = False, batches: int | None = None) -> list[torch.Tensor]:
         """Run the block once, calling fn(name, x, y) with each named module's input x [tokens, in]
         and output y [tokens, out] (the first element where a module returns a tuple); returns the
         block's outputs when `keep_outputs`. Otherwise each batch stops as soon as every named module
@@ -104,7 +105,7 @@ class BlockContext:
                     raise _StopForward
             handles.append(self.block.get_submodule(name).register_forward_hook(hook, with_kwargs=True))
         try:
-            return self.run(keep_outputs=keep_outputs)
+            return self.run(keep_outputs=keep_outputs, batches=batches)
         finally:
             for h in handles:
                 h.remove()
@@ -283,7 +284,8 @@ def _observe(ctx: BlockContext, local: Plan, input_scales: dict[str, torch.Tenso
                 observers[name].observe(x)
             except ValueError as err:
                 raise ValueError(f"{ctx.prefix}{name}: {err}") from None
-    ctx.capture(local, hook)
+    # The error report samples rows of the first batch only; observers need every batch.
+    ctx.capture(local, hook, batches=None if observers else 1)
     for n, obs in observers.items():
         lo, hi = obs.result()
         input_scales[ctx.prefix + n] = _static_scale(lo, hi, local[n][0])
