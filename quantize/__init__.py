@@ -5,10 +5,17 @@
     result = quantize.quantize_model(model, quantize.Recipe.single(quantize.preset("w4a16"), "rtn"))
     quantize.save_checkpoint(model, result.config, "out/w4a16", source_dir="models/smollm2")
     model, config = quantize.load_checkpoint("out/w4a16")
+
+After `import quantize`, transformers' `AutoModelForCausalLM.from_pretrained` loads qtool checkpoints too
+(quantize/hf.py), and quantize.export_compressed_tensors writes the compressed-tensors format.
 """
 
+import importlib
+
 from . import _kernels  # noqa: F401  (first: makes this tree's kernels/ the qtool_kernels package)
+from ._hooks import after_import
 from .checkpoint import load_checkpoint, save_checkpoint
+from .compressed import export_compressed_tensors, import_compressed_tensors
 from .linear import QuantLinear
 from .quantizer import load_model, quantize_model
 from .recipe import Recipe, RecipeEntry
@@ -16,4 +23,9 @@ from .scheme import PRESETS, QuantArgs, QuantizationConfig, QuantScheme, Strateg
 
 __version__ = "0.1.0"
 __all__ = ["PRESETS", "QuantArgs", "QuantLinear", "QuantScheme", "QuantizationConfig", "Recipe", "RecipeEntry",
-           "Strategy", "load_checkpoint", "load_model", "preset", "quantize_model", "save_checkpoint"]
+           "Strategy", "export_compressed_tensors", "import_compressed_tensors", "load_checkpoint", "load_model",
+           "preset", "quantize_model", "save_checkpoint"]
+
+# Register quant_method "qtool" with transformers (importing quantize.hf does) once transformers imports
+# its quantizer registry, not before: that import takes seconds, and `import quantize` need not pay for it.
+after_import("transformers.quantizers.auto", lambda: importlib.import_module(f"{__name__}.hf"))

@@ -38,7 +38,7 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, incomplete or does not fit its config; the message names the file."""
 
 
-def _unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+def unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """State dict without aliases: a tensor shared by several names (tied embeddings) is written once."""
     seen: dict[tuple[int, int], str] = {}
     out = {}
@@ -64,6 +64,15 @@ def _shard(tensors: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, t
     return shards
 
 
+# transformers reads this config.json field as the name of the weights file and refuses any name
+# that is not *.safetensors, quoting it: plain transformers, which does not know quant_method "qtool"
+# (it warns and would load random weights), stops with this message instead. quantize.hf removes it
+# before transformers resolves the files.
+TRANSFORMERS_GUARD_KEY = "transformers_weights"
+TRANSFORMERS_GUARD = ("this is a qtool checkpoint (quant_method 'qtool') that transformers cannot load by itself: "
+                      "pip install qtool, then `import quantize` before from_pretrained")
+
+
 @contextmanager
 def atomic_directory(out_dir: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory beside `out_dir` that replaces it only if the block succeeds."""
@@ -86,14 +95,13 @@ def atomic_directory(out_dir: str | Path, overwrite: bool = False) -> Iterator[P
         raise
 
 
-def save_checkpoint(model: nn.Module, qconfig: QuantizationConfig, out_dir: str | Path, *,
-                    source_dir: str | Path | None = None, overwrite: bool = False,
-                    max_shard_bytes: int = 4 << 30, extra_json: dict[str, Any] | None = None) -> Path:
-    """Write `model` (with QuantLinear modules) as a qtool checkpoint; returns the directory."""
+def write_checkpoint(tensors: dict[str, torch.Tensor], config: dict[str, Any], out_dir: str | Path, *,
+                     source_dir: str | Path | None = None, overwrite: bool = False, max_shard_bytes: int = 4 << 30,
+                     extra_json: dict[str, Any] | None = None, producer: str = "qtool") -> Path:
+    """Write safetensors shards, config.json and the source's tokenizer files via a temporary directory."""
     with atomic_directory(out_dir, overwrite) as tmp:
-        tensors = _unique_state_dict(model)
         shards = _shard(tensors, max_shard_bytes)
-        meta = {"format": "pt", "producer": "qtool"}
+        meta = {"format": "pt", "producer": producer}
         if len(shards) == 1:
             save_file(shards[0], tmp / SINGLE_NAME, metadata=meta)
         else:
@@ -105,8 +113,6 @@ def save_checkpoint(model: nn.Module, qconfig: QuantizationConfig, out_dir: str 
             total = sum(t.numel() * t.element_size() for t in tensors.values())
             (tmp / INDEX_NAME).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
                                                      indent=2))
-        config = model.config.to_dict()
-        config["quantization_config"] = qconfig.to_dict()
         (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str))
         for name, data in (extra_json or {}).items():
             (tmp / name).write_text(json.dumps(data, indent=2))
@@ -117,7 +123,19 @@ def save_checkpoint(model: nn.Module, qconfig: QuantizationConfig, out_dir: str 
     return Path(out_dir)
 
 
-def read_quantization_config(path: str | Path) -> QuantizationConfig:
+def save_checkpoint(model: nn.Module, qconfig: QuantizationConfig, out_dir: str | Path, *,
+                    source_dir: str | Path | None = None, overwrite: bool = False,
+                    max_shard_bytes: int = 4 << 30, extra_json: dict[str, Any] | None = None) -> Path:
+    """Write `model` (with QuantLinear modules) as a qtool checkpoint; returns the directory."""
+    config = model.config.to_dict()
+    config["quantization_config"] = qconfig.to_dict()
+    config[TRANSFORMERS_GUARD_KEY] = TRANSFORMERS_GUARD
+    return write_checkpoint(unique_state_dict(model), config, out_dir, source_dir=source_dir, overwrite=overwrite,
+                            max_shard_bytes=max_shard_bytes, extra_json=extra_json)
+
+
+def raw_quantization_config(path: str | Path) -> dict[str, Any]:
+    """config.json's `quantization_config` as stored (qtool's or compressed-tensors')."""
     path = Path(path)
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
@@ -128,10 +146,15 @@ def read_quantization_config(path: str | Path) -> QuantizationConfig:
         raise CheckpointError(f"corrupt {cfg_file}: {err}") from None
     if raw is None:
         raise CheckpointError(f"{path} is not quantized (config.json has no quantization_config)")
+    return raw
+
+
+def read_quantization_config(path: str | Path) -> QuantizationConfig:
+    raw = raw_quantization_config(path)
     try:
         return QuantizationConfig.from_dict(raw)
     except (SchemeError, KeyError, TypeError) as err:
-        raise CheckpointError(f"corrupt quantization_config in {cfg_file}: {err}") from None
+        raise CheckpointError(f"corrupt quantization_config in {Path(path) / 'config.json'}: {err}") from None
 
 
 def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
@@ -154,27 +177,35 @@ def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def read_checkpoint(path: str | Path) -> tuple[QuantizationConfig, dict[str, torch.Tensor]]:
+    """A checkpoint's config and tensors in qtool's layout; compressed-tensors checkpoints are converted."""
+    if raw_quantization_config(path).get("quant_method") == "compressed-tensors":
+        from .compressed import import_compressed_tensors
+
+        return import_compressed_tensors(path)
+    return read_quantization_config(path), read_tensors(path)
+
+
 def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
                     dtype: torch.dtype | None = None) -> tuple[nn.Module, QuantizationConfig]:
-    """Build the model of a qtool checkpoint with QuantLinear modules and load its tensors."""
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM
+    """Build the model of a checkpoint with QuantLinear modules and load its tensors.
 
+    Reads qtool checkpoints and compressed-tensors ones (converted by `compressed.import_compressed_tensors`).
+    """
     path = Path(path)
-    qconfig = read_quantization_config(path)
-    config = AutoConfig.from_pretrained(path)
-    del config.quantization_config
-    with init_empty_weights(include_buffers=False):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype or getattr(config, "dtype", None))
+    qconfig, tensors = read_checkpoint(path)
+    model = empty_model(path, dtype)
     replace_linears(model, qconfig.module_schemes(), device="meta")
-    tensors = read_tensors(path)
-    expected = set(model.state_dict())
+    slots = model.state_dict()
+    expected = set(slots)
     tied = set(_tied_names(model))
     missing = sorted(expected - set(tensors) - tied)
     unexpected = sorted(set(tensors) - expected)
     if missing or unexpected:
         raise CheckpointError(f"checkpoint {path} does not match its config: missing {missing[:5]}"
                               f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}")
+    # assign=True keeps each tensor's dtype: cast floats to the model's (scales and FP8 codes keep theirs).
+    tensors = {k: t.to(slots[k].dtype) if t.is_floating_point() else t for k, t in tensors.items()}
     try:
         model.load_state_dict(tensors, strict=False, assign=True)
     except RuntimeError as err:
@@ -186,6 +217,19 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
             raise CheckpointError(f"checkpoint {path} has no tensor for {name}")
     model.to(device).eval()
     return model, qconfig
+
+
+def empty_model(path: str | Path, dtype: torch.dtype | None = None) -> nn.Module:
+    """The float model of a checkpoint's config on the meta device (parameters only; no memory, no weights)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(path)
+    for key in ("quantization_config", TRANSFORMERS_GUARD_KEY):
+        if hasattr(config, key):
+            delattr(config, key)
+    with init_empty_weights(include_buffers=False):
+        return AutoModelForCausalLM.from_config(config, dtype=dtype or getattr(config, "dtype", None))
 
 
 def _tied_names(model: nn.Module) -> list[str]:

@@ -33,6 +33,15 @@ NumSamplesOpt = Annotated[int, typer.Option("--num-samples", help="Calibration w
 SeqLenOpt = Annotated[int, typer.Option("--seq-len", help="Tokens per calibration window.")]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Windows per forward pass.")]
 SeedOpt = Annotated[int, typer.Option(help="Seed for window sampling.")]
+CheckpointArg = Annotated[Path, typer.Argument(help="A checkpoint directory (qtool or compressed-tensors).")]
+FormatOpt = Annotated[str, typer.Option("--format", help="Checkpoint format to write: qtool or compressed-tensors "
+                                                         "(what llm-compressor writes; vLLM and SGLang load it).")]
+FORMATS = ("qtool", "compressed-tensors")
+
+
+def _check_format(format: str) -> None:
+    if format not in FORMATS:
+        raise ValueError(f"unknown --format {format!r}; choose from {', '.join(FORMATS)}")
 
 
 def _fail(message: str) -> None:
@@ -131,15 +140,18 @@ def quantize(
     calibration: Annotated[Path | None, typer.Option(help="Statistics from `qtool calibrate` (static activation scales).")] = None,
     observer: Annotated[str, typer.Option(help="Observer for inline static activation calibration.")] = "minmax",
     device: DeviceOpt = "cpu",
+    format: FormatOpt = "qtool",
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Quantize MODEL layer by layer and write a packed safetensors checkpoint."""
     from .checkpoint import CheckpointError, save_checkpoint
+    from .compressed import check_exportable, write_compressed_tensors
     from .methods import get_method
     from .quantizer import load_model, quantize_model
     from .recipe import Recipe
     from .scheme import preset
 
+    _check_format(format)
     if output.exists() and not overwrite:
         raise CheckpointError(f"output directory exists: {output} (pass --overwrite to replace it)")
     if recipe is not None:
@@ -165,6 +177,9 @@ def quantize(
             chosen = chosen.with_weights(actorder=True)  # groups become non-contiguous: store g_idx
         plan = Recipe.single(chosen, method, settings)
     float_model, tokenizer = load_model(model)
+    if format == "compressed-tensors":  # fail before quantizing, not after
+        for name, entry in plan.assign(float_model).items():
+            check_exportable(name, entry.scheme, float_model.get_submodule(name).in_features)
     batches = _calibration(float_model, tokenizer, dataset, dataset_config, split, text_column, num_samples,
                            seq_len, seed, batch_size)
     input_scales = None
@@ -173,8 +188,11 @@ def quantize(
         input_scales = load_stats(calibration).input_scales(plan, float_model)
     result = quantize_model(float_model, plan, calibration=batches, device=device, input_scales=input_scales,
                             observer=observer)
-    save_checkpoint(float_model, result.config, output, source_dir=model if Path(model).is_dir() else None,
-                    overwrite=overwrite, extra_json={"layer_errors.json": result.report.to_dict()})
+    source, extra = model if Path(model).is_dir() else None, {"layer_errors.json": result.report.to_dict()}
+    if format == "compressed-tensors":
+        write_compressed_tensors(float_model, output, source_dir=source, overwrite=overwrite, extra_json=extra)
+    else:
+        save_checkpoint(float_model, result.config, output, source_dir=source, overwrite=overwrite, extra_json=extra)
     for message in result.report.messages:
         err_console.print(f"[yellow]note:[/] {message}")
     console.print(f"wrote {output} ({_dir_size(output) / 2**20:.1f} MiB) in {result.report.seconds:.1f} s")
@@ -187,14 +205,13 @@ def _dir_size(path: Path) -> int:
 @app.command()
 @handles_errors
 def inspect(
-    checkpoint: Annotated[Path, typer.Argument(help="A qtool checkpoint directory.")],
+    checkpoint: CheckpointArg,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the summary as JSON.")] = None,
 ) -> None:
     """Show a checkpoint's schemes, per-layer formats and sizes, and its compression ratio."""
-    from .checkpoint import read_quantization_config, read_tensors
+    from .checkpoint import read_checkpoint
 
-    qconfig = read_quantization_config(checkpoint)
-    tensors = read_tensors(checkpoint)
+    qconfig, tensors = read_checkpoint(checkpoint)
     schemes = qconfig.module_schemes()
     rows, stored, original = [], 0, 0
     for name, scheme in schemes.items():
@@ -278,6 +295,34 @@ def calibrate(
         table.add_row(name, f"{meta['range'][0]:.4g}", f"{meta['range'][1]:.4g}", f"{meta['scale']:.4g}")
     console.print(table)
     console.print(f"wrote {output}")
+
+
+
+# --- export: other checkpoint formats ---------------------------------------------------------
+
+
+@app.command()
+@handles_errors
+def export(
+    checkpoint: CheckpointArg,
+    output: OutputOpt,
+    format: FormatOpt = "compressed-tensors",
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Convert CHECKPOINT to another format, e.g. compressed-tensors for vLLM and SGLang.
+
+    Example: qtool export out/w4a16 --format compressed-tensors --output out/w4a16-ct
+    """
+    from .checkpoint import load_checkpoint, save_checkpoint
+    from .compressed import export_compressed_tensors
+
+    _check_format(format)
+    if format == "compressed-tensors":
+        export_compressed_tensors(checkpoint, output, overwrite=overwrite)
+    else:
+        model, qconfig = load_checkpoint(checkpoint)
+        save_checkpoint(model, qconfig, output, source_dir=checkpoint, overwrite=overwrite)
+    console.print(f"wrote {output} ({format}, {_dir_size(output) / 2**20:.1f} MiB)")
 
 
 from . import cli_tools  # noqa: E402,F401  (registers eval, report, bench on `app`)

@@ -1,7 +1,8 @@
 """QuantLinear: packed buffers plus one call to a qtool op.
 
 Buffer names follow compressed-tensors (`weight_packed`, `weight_scale`, `weight_zero_point`,
-`weight_g_idx`, `input_scale`) so that the two checkpoint formats differ only in their config.
+`weight_g_idx`, `input_scale`); quantize/compressed.py converts where the layouts differ (packed zero
+points, packed 8-bit and odd-width codes, group sizes).
 """
 
 from __future__ import annotations

@@ -190,7 +190,7 @@ def quantize_weight(weight: torch.Tensor, args: QuantArgs) -> QTensor:
 
 
 # --- INT packing -----------------------------------------------------------------------------
-# Layout (the same as compressed-tensors' `pack_to_int32`): codes are offset to unsigned
+# Layout (compressed-tensors' `pack_to_int32` before 0.18; see compressed.py): codes are offset to unsigned
 # u = q + 2^(b-1); along the last dim, each run of 32 // b consecutive codes fills one int32,
 # code j of a run at bits [j*b, (j+1)*b). 4 bits: 8 codes per word; 3 bits: 10 (2 bits unused);
 # 2 bits: 16. The last word of a row is zero-padded.

@@ -90,3 +90,21 @@ def smollm2_dir(tmp_path_factory):
     script = Path(__file__).resolve().parents[1] / "scripts" / "prepare_smollm2.py"
     subprocess.run([sys.executable, str(script), "--output", str(out)], check=True, capture_output=True)
     return out
+
+
+def quantized_checkpoint(path, scheme, *, input_scale=None, **overrides):
+    """An RTN checkpoint of tiny_llama(**overrides) under `scheme`, written by quantize.save_checkpoint.
+
+    input_scale: the static activation scale given to every quantized linear (static schemes).
+    """
+    from quantize.checkpoint import save_checkpoint
+    from quantize.quantizer import quantize_model
+    from quantize.recipe import Recipe
+
+    model = tiny_llama(**overrides)
+    scales = None
+    if input_scale is not None:
+        scales = {n: torch.tensor([input_scale]) for n, m in model.named_modules()
+                  if isinstance(m, torch.nn.Linear) and n != "lm_head"}
+    result = quantize_model(model, Recipe.single(scheme, "rtn"), input_scales=scales, progress=False)
+    return save_checkpoint(model, result.config, path)
