@@ -59,7 +59,8 @@ def quantize_activation(
     static_scale: torch.Tensor | None,  # [1] float32 from calibration; None for dynamic
 ) -> tuple[torch.Tensor, torch.Tensor]:  # codes [M, K] (int8 or fp8), scale [M, 1] / [M, ceil(K/g)] / [1]
     args = activation_args(fmt, group_size, static_scale is not None)
-    scale = static_scale.float().reshape(1) if static_scale is not None else choose_qparams(x, args)[0]
+    # a copy: a custom op may not return a view of its input
+    scale = static_scale.float().reshape(1).clone() if static_scale is not None else choose_qparams(x, args)[0]
     return quantize(x, scale, None, args), scale
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-import qtool_kernels  # noqa: F401  (registers torch.ops.qtool)
+import qtool_kernels  # registers torch.ops.qtool; CUDA kernels for the forward
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -106,6 +106,8 @@ class QuantLinear(nn.Module):
         if self.scheme.input_activations is not None:
             return self._forward_w8a8(x)
         if not w.is_float and w.strategy in (Strategy.GROUP, Strategy.CHANNEL):
+            if x.is_cuda and (y := qtool_kernels.cuda_linear(self, x)) is not None:
+                return y  # CUDA kernels on a copy repacked once at first use (kernels/weight_only.py)
             qweight = self.weight_packed if _packs(self.scheme) else self.weight
             return torch.ops.qtool.weight_only_linear(
                 x, qweight, self.weight_scale, getattr(self, "weight_zero_point", None),

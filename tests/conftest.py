@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2"
+KERNELS_DIR = Path(__file__).resolve().parents[1] / "kernels"
+
+
+def _import_checkout_kernels() -> None:
+    """Make `qtool_kernels` this checkout's kernels/ even when an installed qtool maps it to another checkout
+    (pyproject's pythonpath does the same for `quantize`, but kernels/ installs under another name)."""
+    loaded = sys.modules.get("qtool_kernels")
+    if loaded is not None:
+        assert Path(loaded.__file__).resolve().parent == KERNELS_DIR, f"qtool_kernels came from {loaded.__file__}"
+        return
+    spec = importlib.util.spec_from_file_location("qtool_kernels", KERNELS_DIR / "__init__.py",
+                                                  submodule_search_locations=[str(KERNELS_DIR)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["qtool_kernels"] = module
+    spec.loader.exec_module(module)
+
+
+_import_checkout_kernels()
 
 
 def tiny_llama(seed: int = 0, **overrides):
