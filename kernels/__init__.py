@@ -11,4 +11,7 @@ import sys
 if __name__ != "qtool_kernels":
     sys.modules[__name__] = importlib.import_module("qtool_kernels")
 else:
-    from . import ops  # noqa: F401  (registers the qtool:: ops)
+    # Importing compiles nothing: the CUDA extension is built on first use with a CUDA tensor (`build`).
+    from . import ops, scaled_mm, weight_only  # noqa: F401  (the qtool:: ops, then their CUDA implementations)
+    from .build import available_ops, info, load_extension  # noqa: F401
+    from .weight_only import cuda_linear, prepare_for_cuda  # noqa: F401

@@ -147,3 +147,37 @@ def bench(
         print_bench(q_result, model, baseline=baseline, console=console)
     if json_out:
         json_out.write_text(json.dumps(results, indent=2))
+
+
+kernels_app = typer.Typer(no_args_is_help=True, help="The bundled CUDA kernels extension.")
+app.add_typer(kernels_app, name="kernels")
+
+
+@kernels_app.command("info")
+@handles_errors
+def kernels_info(json_out: Annotated[Path | None, typer.Option("--json", help="Also write it as JSON.")] = None) -> None:
+    """What was built, for which GPU, and which implementation each qtool op uses."""
+    import qtool_kernels
+
+    info = qtool_kernels.info()
+    table = Table(title="qtool kernels")
+    table.add_column("key")
+    table.add_column("value")
+    for key, value in info.items():
+        table.add_row(key, json.dumps(value) if isinstance(value, list | dict) else str(value))
+    console.print(table)
+    if json_out:
+        json_out.write_text(json.dumps(info, indent=2))
+
+
+@kernels_app.command("build")
+@handles_errors
+def kernels_build() -> None:
+    """Compile the CUDA extension ahead of time (otherwise it is built on first use)."""
+    import qtool_kernels.build as build
+
+    try:
+        build.build()
+    except RuntimeError as err:
+        raise ValueError(str(err)) from None
+    console.print(f"built: {', '.join(build.available_ops())}")

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import qtool_kernels  # noqa: F401  (registers torch.ops.qtool)
+import qtool_kernels  # registers torch.ops.qtool; CUDA kernels for the forward
 
 from .primitives import QTensor, dequantize, pack_factor, pack_int, scale_shape, unpack_int
 from .scheme import QuantScheme, Strategy
@@ -108,6 +108,8 @@ class QuantLinear(nn.Module):
         if self.scheme.input_activations is not None:
             return self._forward_w8a8(x)
         if not w.is_float and w.strategy in (Strategy.GROUP, Strategy.CHANNEL):
+            if x.is_cuda and (y := qtool_kernels.cuda_linear(self, x)) is not None:
+                return y  # CUDA kernels on a copy repacked once at first use (kernels/weight_only.py)
             qweight = self.weight_packed if _packs(self.scheme) else self.weight
             return torch.ops.qtool.weight_only_linear(
                 x, qweight, self.weight_scale, getattr(self, "weight_zero_point", None),

@@ -88,3 +88,17 @@ def test_eval_tasks_without_lm_eval(wide_model_dir, eval_file):
         pytest.skip("lm-eval is installed")
     res = run("eval", wide_model_dir, "--dataset", eval_file, "--tasks", "hellaswag")
     assert res.exit_code == 2 and "lm-evaluation-harness" in res.output
+
+
+def test_kernels_info_and_build_without_gpu(tmp_path):
+    import torch
+
+    res = run("kernels", "info", "--json", tmp_path / "k.json")
+    assert res.exit_code == 0, res.output
+    info = json.loads((tmp_path / "k.json").read_text())
+    assert set(info["cuda_implementations"]) == {"qtool::weight_only_linear", "qtool::scaled_linear",
+                                                 "qtool::quantize_activation"}
+    if not torch.cuda.is_available():
+        assert info["available"] is False
+        res = run("kernels", "build")
+        assert res.exit_code == 2 and "could not be built" in res.output

@@ -17,10 +17,10 @@ import sys
 
 import pytest
 import torch
-from conftest import quantized_checkpoint, tiny_llama
 from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
+from conftest import quantized_checkpoint, tiny_llama
 from quantize.checkpoint import load_checkpoint, save_checkpoint, write_checkpoint
 from quantize.cli import app
 from quantize.compressed import (

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import quantized_checkpoint
 from transformers import AutoModelForCausalLM
 
 import quantize  # noqa: F401  (registers quant_method "qtool" with transformers)
+from conftest import quantized_checkpoint
 from quantize.checkpoint import TRANSFORMERS_GUARD, load_checkpoint, read_quantization_config, read_tensors
 from quantize.linear import QuantLinear
 from quantize.scheme import preset

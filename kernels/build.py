@@ -1,0 +1,171 @@
+"""Build and load qtool's CUDA extension (csrc/) with torch.utils.cpp_extension.load.
+
+Nothing is compiled at import time. `load_extension()` builds on first use (minutes, once: the
+result is cached under ~/.cache/qtool/kernels/<torch+CUDA+Python>; $QTOOL_KERNELS_CACHE overrides
+the root) and returns the `torch.ops.qtool_cuda` namespace, or None with one warning when there is
+no CUDA device, no CUDA build of PyTorch, no nvcc, or the build fails; every qtool op then runs
+its PyTorch reference. `python -m qtool_kernels.build` builds ahead of time and prints `info()`.
+
+Compile check on a machine without a GPU (CPU-only PyTorch, nvcc 13.0), the flags below:
+  TI=$(python -c "import torch, os; print(os.path.dirname(torch.__file__))")/include
+  mkdir -p /tmp/qtool_shim/c10/cuda/impl   # the CPU wheel lacks this generated header
+  printf '#pragma once\\n#define C10_CUDA_BUILD_SHARED_LIBS\\n' > /tmp/qtool_shim/c10/cuda/impl/cuda_cmake_macros.h
+  for f in wo_gemv wo_gemm dequant; do
+    nvcc -std=c++17 -O3 -lineinfo --expt-relaxed-constexpr -D__CUDA_NO_HALF_OPERATORS__ \\
+      -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__ -D__CUDA_NO_HALF2_OPERATORS__ \\
+      -gencode=arch=compute_80,code=sm_80 -gencode=arch=compute_89,code=sm_89 \\
+      -gencode=arch=compute_90,code=sm_90 -gencode=arch=compute_90,code=compute_90 -Xcompiler -fPIC \\
+      -c kernels/csrc/$f.cu
+  done
+  g++ -std=c++20 -O3 -fPIC -D_GLIBCXX_USE_CXX11_ABI=1 -I$TI -I$TI/torch/csrc/api/include \\
+    -I/usr/local/cuda/include -I/tmp/qtool_shim -c kernels/csrc/ops.cpp
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+CSRC = Path(__file__).resolve().parent / "csrc"
+SOURCES = ("ops.cpp", "wo_gemv.cu", "wo_gemm.cu", "dequant.cu")
+HEADERS = ("wo_kernels.h", "wo_decode.cuh", "wo_common.cuh")
+NAME = "qtool_cuda"
+ARCHS = ("80", "89", "90")  # the kernels need sm_80+ (bf16 mma.sync, cp.async, ldmatrix)
+CXX_FLAGS = ["-O3"]
+NVCC_FLAGS = [
+    "-O3",
+    "-lineinfo",  # source lines for compute-sanitizer and Nsight, no runtime cost
+    "--expt-relaxed-constexpr",
+    *(f"-gencode=arch=compute_{a},code=sm_{a}" for a in ARCHS),
+    f"-gencode=arch=compute_{ARCHS[-1]},code=compute_{ARCHS[-1]}",  # PTX for newer GPUs
+]
+RAW_OPS = ("wo_gemv", "wo_gemm", "dequant_int")
+
+
+def build_dir() -> Path:
+    """Where the extension is built: one directory per torch, CUDA and Python version."""
+    import os
+
+    root = Path(os.environ.get("QTOOL_KERNELS_CACHE", "~/.cache/qtool/kernels")).expanduser()
+    key = f"torch{torch.__version__}-cuda{torch.version.cuda}-py{sys.version_info.major}{sys.version_info.minor}"
+    return root / re.sub(r"[^A-Za-z0-9._-]", "_", key)
+
+
+def unavailable_reason() -> str | None:
+    """Why the extension cannot be built or used here, or None when it can."""
+    if torch.version.cuda is None:
+        return "this PyTorch build has no CUDA support"
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    major, minor = torch.cuda.get_device_capability()
+    if major < 8:
+        return f"the GPU is sm_{major}{minor}; the kernels need sm_80 or newer"
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    if CUDA_HOME is None or not (Path(CUDA_HOME) / "bin" / "nvcc").exists():
+        return "nvcc was not found (set CUDA_HOME to the CUDA toolkit)"
+    return None
+
+
+def _register_fakes() -> None:
+    """Shapes of the raw ops for torch.compile and opcheck (their kernels live in C++)."""
+
+    def wo_linear(x, qweight, scale, zero, bias, num_bits, group_size, out_features, activation):
+        return x.new_empty(x.shape[0], out_features)
+
+    def dequant_int(qweight, scale, zero, num_bits, group_size, out_features, dtype):
+        return qweight.new_empty(out_features, qweight.shape[1] * (256 // num_bits), dtype=dtype)
+
+    torch.library.register_fake(f"{NAME}::wo_gemv")(wo_linear)
+    torch.library.register_fake(f"{NAME}::wo_gemm")(wo_linear)
+    torch.library.register_fake(f"{NAME}::dequant_int")(dequant_int)
+
+
+class _Loader:
+    """Loads once per process; remembers why it could not."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.tried, self.ops, self.reason = False, None, None
+
+    def load(self, verbose: bool = False):
+        if self.tried:
+            return self.ops
+        self.tried = True
+        self.reason = unavailable_reason()
+        if self.reason is None:
+            from torch.utils import cpp_extension
+
+            directory = build_dir()
+            directory.mkdir(parents=True, exist_ok=True)
+            try:
+                cpp_extension.load(name=NAME, sources=[str(CSRC / s) for s in SOURCES], extra_cflags=CXX_FLAGS,
+                                   extra_cuda_cflags=NVCC_FLAGS, extra_include_paths=[str(CSRC)],
+                                   build_directory=str(directory), is_python_module=False, verbose=verbose)
+            except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
+                self.reason = f"building {NAME} in {directory} failed: {e}"
+            else:
+                _register_fakes()
+                self.ops = getattr(torch.ops, NAME)
+        if self.ops is None:
+            warnings.warn(f"qtool CUDA kernels are not available ({self.reason}); qtool ops use their PyTorch "
+                          "reference", RuntimeWarning, stacklevel=3)
+        return self.ops
+
+
+_loader = _Loader()
+
+
+def load_extension(verbose: bool = False):
+    """`torch.ops.qtool_cuda` with the kernels loaded (built on first call), or None; see module docstring."""
+    return _loader.load(verbose)
+
+
+def available_ops() -> list[str]:
+    """Names of the loaded raw kernel ops (empty when the extension is not loaded)."""
+    return [f"{NAME}::{op}" for op in RAW_OPS] if _loader.ops is not None else []
+
+
+def info() -> dict:
+    """What was built, for which GPU and architectures, and which ops run on CUDA kernels."""
+    ops = load_extension()
+    cuda = torch.cuda.is_available()
+    capability = "sm_{}{}".format(*torch.cuda.get_device_capability()) if cuda else None
+    return {
+        "available": ops is not None,
+        "reason": _loader.reason,
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "device": torch.cuda.get_device_name() if cuda else None,
+        "capability": capability,
+        "built_for": [f"sm_{a}" for a in ARCHS],
+        "build_dir": str(build_dir()),
+        "ops": available_ops(),
+        "cuda_implementations": {
+            "qtool::weight_only_linear": "qtool_cuda kernels" if ops is not None else "reference",
+            "qtool::scaled_linear": "torch._scaled_mm / torch._int_mm" if cuda else "reference",
+            "qtool::quantize_activation": "reference",
+        },
+    }
+
+
+def build(verbose: bool = True) -> dict:
+    """Build (or load the cached build) now; raises RuntimeError when the extension cannot be used."""
+    if load_extension(verbose) is None:
+        raise RuntimeError(f"qtool CUDA kernels could not be built: {_loader.reason}")
+    return info()
+
+
+if __name__ == "__main__":
+    # Use the package's copy of this module, so the loader state is the one every qtool op sees.
+    import importlib
+
+    print(json.dumps(importlib.import_module(f"{__spec__.parent}.build").build(), indent=2))

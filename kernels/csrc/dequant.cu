@@ -1,0 +1,66 @@
+// Dequantize the repacked weight to a dense [n, k_padded] bf16/fp16 matrix, for large m where a
+// cuBLAS GEMM on the dense weight is compute-bound and the extra pass over the weight is cheap.
+// One warp per (stripe, chunk): each lane decodes its 16 bytes and writes its pairs where the
+// fragment layout says they belong; (q - z) * s is computed in float32 and rounded once, exactly
+// as the reference does.
+#include <cstdint>
+
+#include "wo_common.cuh"
+
+namespace qtool {
+namespace {
+
+constexpr int kWarps = 8;  // (stripe, chunk) pairs per block
+
+template <typename T,   // output type: __half or __nv_bfloat16
+          int BITS>     // weight code width: 4 or 8
+__global__ void __launch_bounds__(kWarps * 32) dequant_kernel(const PackedWeightView w,  // the weight
+                                                               T* __restrict__ out) {    // [n, k_padded]
+  constexpr int SUB = 16 / BITS;
+  constexpr int KC = chunk_k(BITS);
+  constexpr float kBias = BITS == 4 ? kInt4Bias : kInt8Bias;
+  const int lane = threadIdx.x % 32;
+  const int nchunks = w.k_padded / KC;
+  const size_t tile = static_cast<size_t>(blockIdx.x) * kWarps + threadIdx.x / 32;  // stripe * nchunks + chunk
+  if (tile >= static_cast<size_t>(w.n_padded / kStripeRows) * nchunks) return;
+  const int stripe = static_cast<int>(tile / nchunks), chunk = static_cast<int>(tile % nchunks);
+
+  uint32_t words[4];
+  words_of(load_streaming(reinterpret_cast<const uint4*>(w.qweight) + tile * 32 + lane), words);
+  float v[SUB][4][2];
+  decode_chunk<BITS>(words, v);
+#pragma unroll
+  for (int j = 0; j < SUB; ++j) {
+    const int k0 = chunk * KC + 16 * j;
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int row = stripe * kStripeRows + frag_row(lane, r);
+      if (row >= w.n) continue;
+      const float2 sz = group_params(w, k0 >> w.group_shift, row);
+      const float z = kBias + sz.y;
+      const uint32_t pair = float2_to_pair((v[j][r][0] - z) * sz.x, (v[j][r][1] - z) * sz.x, T{});
+      *reinterpret_cast<uint32_t*>(out + static_cast<size_t>(row) * w.k_padded + k0 + frag_col(lane, r)) = pair;
+    }
+  }
+}
+
+template <typename T>  // output type
+void launch_typed(const PackedWeightView& w,  // the weight
+                  void* out,                  // [n, k_padded] of T
+                  cudaStream_t stream) {      // the caller's stream
+  const size_t tiles = static_cast<size_t>(w.n_padded / kStripeRows) * (w.k_padded / chunk_k(w.num_bits));
+  const unsigned blocks = static_cast<unsigned>((tiles + kWarps - 1) / kWarps);
+  if (w.num_bits == 4) {
+    dequant_kernel<T, 4><<<blocks, kWarps * 32, 0, stream>>>(w, static_cast<T*>(out));
+  } else {
+    dequant_kernel<T, 8><<<blocks, kWarps * 32, 0, stream>>>(w, static_cast<T*>(out));
+  }
+}
+
+}  // namespace
+
+void launch_dequant(const PackedWeightView& w, ScalarKind dtype, void* out, cudaStream_t stream) {
+  dtype == ScalarKind::kBFloat16 ? launch_typed<__nv_bfloat16>(w, out, stream) : launch_typed<__half>(w, out, stream);
+}
+
+}  // namespace qtool

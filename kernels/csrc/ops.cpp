@@ -1,0 +1,172 @@
+// PyTorch bindings of the weight-only kernels, as ops in the `qtool_cuda` namespace:
+//   torch.ops.qtool_cuda.wo_gemv      CUDA-core GEMV, 1 <= m <= 8
+//   torch.ops.qtool_cuda.wo_gemm      tensor-core GEMM, any m (best for small to moderate m)
+//   torch.ops.qtool_cuda.dequant_int  dense [n, k_padded] weight for cuBLAS at large m
+// All take the repacked layout of kernels/layout.py; qtool::weight_only_linear (declared in Python)
+// dispatches to them by m. Every check names the tensor and the shape it got.
+#include <optional>
+#include <string>
+
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "wo_kernels.h"
+
+namespace qtool {
+namespace {
+
+Activation parse_activation(const std::string& name) {
+  if (name == "none") return Activation::kNone;
+  if (name == "silu") return Activation::kSilu;
+  if (name == "gelu") return Activation::kGelu;
+  TORCH_CHECK(false, "activation must be 'none', 'silu' or 'gelu', got '", name, "'");
+}
+
+ScalarKind scalar_kind(at::ScalarType dtype, const char* op) {
+  TORCH_CHECK(dtype == at::kHalf || dtype == at::kBFloat16, op, ": activations must be float16 or bfloat16, got ",
+              dtype);
+  return dtype == at::kHalf ? ScalarKind::kHalf : ScalarKind::kBFloat16;
+}
+
+int group_shift(int64_t group_size, const char* op) {
+  if (group_size <= 0) return 31;  // one group per row
+  int shift = 0;
+  while ((int64_t{1} << shift) < group_size) ++shift;
+  TORCH_CHECK(group_size >= 16 && (int64_t{1} << shift) == group_size, op,
+              ": group_size must be a power of two >= 16, or -1 for one scale per row; got ", group_size);
+  return shift;
+}
+
+PackedWeightView check_weight(const char* op,                         // op name for messages
+                              const at::Tensor& qweight,              // [n_padded/16, k_padded/chunk, 32, 4] int32
+                              const at::Tensor& scale,                // [groups_padded, n_padded] float32
+                              const std::optional<at::Tensor>& zero,  // like scale, or none
+                              int64_t num_bits,                       // 4 or 8
+                              int64_t group_size,                     // power of two >= 16, or -1
+                              int64_t out_features) {                 // n
+  TORCH_CHECK(num_bits == 4 || num_bits == 8, op, ": num_bits must be 4 or 8, got ", num_bits);
+  TORCH_CHECK(qweight.is_cuda() && qweight.scalar_type() == at::kInt && qweight.dim() == 4 && qweight.size(2) == 32 &&
+                  qweight.size(3) == 4 && qweight.is_contiguous(),
+              op, ": qweight must be a contiguous CUDA int32 tensor [n_padded / 16, k_padded / ",
+              chunk_k(static_cast<int>(num_bits)), ", 32, 4] (kernels/layout.py), got ", qweight.scalar_type(), " ",
+              qweight.sizes(), " on ", qweight.device());
+  const int64_t n_padded = qweight.size(0) * kStripeRows;
+  const int64_t k_padded = qweight.size(1) * chunk_k(static_cast<int>(num_bits));
+  TORCH_CHECK(out_features > n_padded - kStripeRows && out_features <= n_padded, op, ": out_features=", out_features,
+              " does not fit qweight ", qweight.sizes(), " (", qweight.size(0), " stripes of 16 rows)");
+  TORCH_CHECK(k_padded % kPadK == 0, op, ": qweight ", qweight.sizes(), " covers k_padded=", k_padded,
+              ", which is not a multiple of ", kPadK);
+  const int shift = group_shift(group_size, op);
+  const int64_t groups = group_size <= 0 ? 1 : (k_padded + group_size - 1) / group_size;
+  TORCH_CHECK(scale.scalar_type() == at::kFloat && scale.is_contiguous() && scale.device() == qweight.device() &&
+                  scale.sizes() == at::IntArrayRef({groups, n_padded}),
+              op, ": scale must be contiguous float32 [groups_padded=", groups, ", n_padded=", n_padded,
+              "] on qweight's device for group_size=", group_size, " and k_padded=", k_padded, ", got ",
+              scale.scalar_type(), " ", scale.sizes(), " on ", scale.device());
+  if (zero.has_value()) {
+    TORCH_CHECK(zero->scalar_type() == at::kFloat && zero->is_contiguous() && zero->device() == qweight.device() &&
+                    zero->sizes() == scale.sizes(),
+                op, ": zero must be contiguous float32 shaped like scale ", scale.sizes(), ", got ",
+                zero->scalar_type(), " ", zero->sizes(), " on ", zero->device());
+  }
+  return PackedWeightView{qweight.data_ptr<int32_t>(),
+                          scale.data_ptr<float>(),
+                          zero.has_value() ? zero->data_ptr<float>() : nullptr,
+                          static_cast<int>(out_features),
+                          static_cast<int>(n_padded),
+                          static_cast<int>(k_padded),
+                          shift,
+                          static_cast<int>(num_bits)};
+}
+
+// Checks x and bias against the weight and fills everything but y and workspace.
+WoProblem make_problem(const char* op, const at::Tensor& x, const PackedWeightView& w, const at::Tensor& qweight,
+                       const std::optional<at::Tensor>& bias, at::Tensor& bias_f32, const std::string& activation) {
+  TORCH_CHECK(x.device() == qweight.device() && x.dim() == 2 && x.size(1) == w.k_padded && x.is_contiguous(), op,
+              ": x must be contiguous [m, k_padded=", w.k_padded, "] on ", qweight.device(), ", got ", x.sizes(),
+              " on ", x.device());
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0, op,
+              ": x must be 16-byte aligned (a fresh tensor, not an offset view)");
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->device() == x.device() && bias->dim() == 1 && bias->size(0) == w.n, op,
+                ": bias must be [out_features=", w.n, "] on ", x.device(), ", got ", bias->sizes(), " on ",
+                bias->device());
+    bias_f32 = bias->to(at::kFloat).contiguous();
+  }
+  return WoProblem{x.data_ptr(), w, bias.has_value() ? bias_f32.data_ptr<float>() : nullptr, nullptr, nullptr,
+                   static_cast<int>(x.size(0)), scalar_kind(x.scalar_type(), op), parse_activation(activation)};
+}
+
+at::Tensor wo_gemv(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scale,
+                   const std::optional<at::Tensor>& zero, const std::optional<at::Tensor>& bias, int64_t num_bits,
+                   int64_t group_size, int64_t out_features, const std::string& activation) {
+  const PackedWeightView w = check_weight("wo_gemv", qweight, scale, zero, num_bits, group_size, out_features);
+  at::Tensor bias_f32;
+  WoProblem p = make_problem("wo_gemv", x, w, qweight, bias, bias_f32, activation);
+  TORCH_CHECK(p.m <= kMaxGemvTokens, "wo_gemv: at most ", kMaxGemvTokens, " tokens, got x ", x.sizes());
+  at::Tensor y = at::empty({x.size(0), out_features}, x.options());
+  if (p.m == 0) return y;
+  const c10::cuda::CUDAGuard guard(x.device());
+  p.y = y.data_ptr();
+  launch_wo_gemv(p, c10::cuda::getCurrentCUDAStream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return y;
+}
+
+at::Tensor wo_gemm(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scale,
+                   const std::optional<at::Tensor>& zero, const std::optional<at::Tensor>& bias, int64_t num_bits,
+                   int64_t group_size, int64_t out_features, const std::string& activation) {
+  const PackedWeightView w = check_weight("wo_gemm", qweight, scale, zero, num_bits, group_size, out_features);
+  at::Tensor bias_f32;
+  WoProblem p = make_problem("wo_gemm", x, w, qweight, bias, bias_f32, activation);
+  at::Tensor y = at::empty({x.size(0), out_features}, x.options());
+  if (p.m == 0) return y;
+  const c10::cuda::CUDAGuard guard(x.device());
+  int num_sms = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, x.device().index()));
+  const int splits = wo_gemm_splits(p, num_sms);
+  at::Tensor workspace;
+  if (splits > 1) {
+    workspace = at::zeros({x.size(0), out_features}, x.options().dtype(at::kFloat));
+    p.workspace = workspace.data_ptr<float>();
+  }
+  p.y = y.data_ptr();
+  launch_wo_gemm(p, splits, c10::cuda::getCurrentCUDAStream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return y;
+}
+
+at::Tensor dequant_int(const at::Tensor& qweight, const at::Tensor& scale, const std::optional<at::Tensor>& zero,
+                       int64_t num_bits, int64_t group_size, int64_t out_features, at::ScalarType dtype) {
+  const PackedWeightView w = check_weight("dequant_int", qweight, scale, zero, num_bits, group_size, out_features);
+  const ScalarKind kind = scalar_kind(dtype, "dequant_int");
+  at::Tensor out = at::empty({out_features, w.k_padded}, qweight.options().dtype(dtype));
+  const c10::cuda::CUDAGuard guard(qweight.device());
+  launch_dequant(w, kind, out.data_ptr(), c10::cuda::getCurrentCUDAStream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+}  // namespace
+}  // namespace qtool
+
+TORCH_LIBRARY(qtool_cuda, m) {
+  m.def(
+      "wo_gemv(Tensor x, Tensor qweight, Tensor scale, Tensor? zero, Tensor? bias, int num_bits, int group_size, "
+      "int out_features, str activation) -> Tensor");
+  m.def(
+      "wo_gemm(Tensor x, Tensor qweight, Tensor scale, Tensor? zero, Tensor? bias, int num_bits, int group_size, "
+      "int out_features, str activation) -> Tensor");
+  m.def(
+      "dequant_int(Tensor qweight, Tensor scale, Tensor? zero, int num_bits, int group_size, int out_features, "
+      "ScalarType dtype) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(qtool_cuda, CUDA, m) {
+  m.impl("wo_gemv", &qtool::wo_gemv);
+  m.impl("wo_gemm", &qtool::wo_gemm);
+  m.impl("dequant_int", &qtool::dequant_int);
+}

@@ -1,0 +1,147 @@
+// Device helpers shared by the weight-only kernels: memory access with cache hints, the
+// tensor-core instructions (as inline PTX, sm_80+), dtype conversions and the epilogue.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "wo_decode.cuh"
+#include "wo_kernels.h"
+
+namespace qtool {
+
+// Weights are read exactly once per kernel: load them past L1 so they do not evict the
+// activations, which every warp re-reads.
+__device__ inline uint4 load_streaming(const uint4* ptr) {  // 16-byte aligned global address
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(ptr));
+  return v;
+}
+
+__device__ inline void words_of(const uint4& v,       // a 16-byte load
+                                uint32_t (&w)[4]) {  // out: its words, for decode_chunk
+  w[0] = v.x;
+  w[1] = v.y;
+  w[2] = v.z;
+  w[3] = v.w;
+}
+
+// 16-byte asynchronous copy global -> shared; when `valid` is false, the 16 bytes are zero-filled
+// (src-size 0) and `src` is not read.
+__device__ inline void cp_async_16(void* smem,        // 16-byte aligned shared address
+                                   const void* src,   // 16-byte aligned global address
+                                   bool valid) {      // false: write zeros
+  const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));
+}
+
+__device__ inline void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
+
+template <int N>  // groups allowed to stay in flight
+__device__ inline void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(N));
+}
+
+// Four 8x8 b16 matrices from shared memory; lanes 8i..8i+7 give the row addresses of matrix i.
+__device__ inline void ldmatrix_x4(uint32_t (&r)[4],   // out: r[i] = this lane's pair of matrix i
+                                   const void* row) {  // 16-byte aligned shared address of this lane's row
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+
+// Two 8x8 matrices; lanes 0..15 give the row addresses.
+__device__ inline void ldmatrix_x2(uint32_t (&r)[2],   // out: r[i] = this lane's pair of matrix i
+                                   const void* row) {  // 16-byte aligned shared address (lanes 0..15)
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];" : "=r"(r[0]), "=r"(r[1]) : "r"(a));
+}
+
+// d += A (16x16, row-major) * B (16x8, column-major), float32 accumulation. Fragments as in the
+// PTX ISA for mma.m16n8k16: a = 4 registers of 2 elements, b0/b1 = k 0..7 / 8..15 of column lane / 4.
+template <typename T>  // element type of A and B: __half or __nv_bfloat16
+__device__ inline void mma_16816(float (&d)[4],            // C fragment, accumulated in place
+                                 const uint32_t (&a)[4],   // A fragment
+                                 uint32_t b0, uint32_t b1);  // B fragment
+
+template <>
+__device__ inline void mma_16816<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+template <>
+__device__ inline void mma_16816<__half>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// --- conversions between 32-bit registers, pairs and floats -------------------------------
+template <typename T2>  // __half2 or __nv_bfloat162
+__device__ inline uint32_t as_u32(T2 v) {
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+template <typename T2>  // __half2 or __nv_bfloat162
+__device__ inline T2 as_pair(uint32_t u) {
+  return *reinterpret_cast<T2*>(&u);
+}
+
+__device__ inline float2 pair_to_float2(uint32_t u, __nv_bfloat16) {
+  return __bfloat1622float2(as_pair<__nv_bfloat162>(u));
+}
+__device__ inline float2 pair_to_float2(uint32_t u, __half) { return __half22float2(as_pair<__half2>(u)); }
+
+__device__ inline uint32_t float2_to_pair(float lo, float hi, __nv_bfloat16) {
+  return as_u32(__floats2bfloat162_rn(lo, hi));
+}
+__device__ inline uint32_t float2_to_pair(float lo, float hi, __half) { return as_u32(__floats2half2_rn(lo, hi)); }
+
+__device__ inline uint32_t float_to_pair(float v, __nv_bfloat16) { return as_u32(__float2bfloat162_rn(v)); }
+__device__ inline uint32_t float_to_pair(float v, __half) { return as_u32(__float2half2_rn(v)); }
+
+__device__ inline uint32_t sub_pair(uint32_t a, uint32_t b, __nv_bfloat16) {
+  return as_u32(__hsub2(as_pair<__nv_bfloat162>(a), as_pair<__nv_bfloat162>(b)));
+}
+__device__ inline uint32_t sub_pair(uint32_t a, uint32_t b, __half) {
+  return as_u32(__hsub2(as_pair<__half2>(a), as_pair<__half2>(b)));
+}
+
+__device__ inline void store(__nv_bfloat16* y, float v) { *y = __float2bfloat16_rn(v); }
+__device__ inline void store(__half* y, float v) { *y = __float2half_rn(v); }
+
+// --- epilogue ------------------------------------------------------------------------------
+__device__ inline float activate(float v,            // the biased output
+                                 Activation act) {  // which function
+  switch (act) {
+    case Activation::kSilu:
+      return v / (1.0f + __expf(-v));
+    case Activation::kGelu:  // the exact (erf) GELU, as torch.nn.functional.gelu by default
+      return 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
+    default:
+      return v;
+  }
+}
+
+__device__ inline float bias_at(const float* bias, int n) { return bias == nullptr ? 0.0f : __ldg(bias + n); }
+
+// Scale and zero point of `row` for group `grp`; the zero point is 0 when symmetric.
+__device__ inline float2 group_params(const PackedWeightView& w,  // the weight
+                                     int grp,                     // group index along k
+                                     int row) {                   // weight row < n_padded
+  const size_t i = static_cast<size_t>(grp) * w.n_padded + row;
+  return make_float2(__ldg(w.scale + i), w.zero == nullptr ? 0.0f : __ldg(w.zero + i));
+}
+
+}  // namespace qtool

@@ -1,0 +1,106 @@
+// Decoding packed integer codes into floating point with bit tricks instead of int->float
+// conversions. Everything here is __host__ __device__ so tests/kernels_host_check.cu can run it
+// on the CPU against kernels/layout.py.
+//
+// Where codes sit (one lane's 16-byte chunk = words w[0..3], see wo_kernels.h):
+//   int4: word j is 16x16 subtile j; its nibble s (bits 4s..4s+3) is register p = s % 4, half
+//         h = s / 4. So a shift by 4p puts the pair (p, h=0) at bits 0..3 and (p, h=1) at 16..19,
+//         which is exactly what the packed-pair trick below needs.
+//   int8: subtile j is words 2j (registers 0, 1) and 2j + 1 (registers 2, 3); byte
+//         b = 2 * (p % 2) + h of its word holds register p, half h.
+// Codes are unsigned: u = q + 8 (int4) or q + 128 (int8), q the signed code.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+// `#pragma unroll` for loops that must unroll on the GPU (so arrays stay in registers), hidden from
+// the host compiler, which has its own spelling.
+#ifdef __CUDA_ARCH__
+#define QTOOL_UNROLL _Pragma("unroll")
+#else
+#define QTOOL_UNROLL
+#endif
+
+namespace qtool {
+
+__host__ __device__ inline float bits_to_float(uint32_t u) {
+#ifdef __CUDA_ARCH__
+  return __uint_as_float(u);
+#else
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+#endif
+}
+
+// --- to float32: "biased" values 128 + u (int4) and 256 + u (int8) -----------------------
+// A float32 in [2^e, 2^(e+1)) has a mantissa step of 2^(e-23). With exponent 7 (128.0f =
+// 0x43000000) the step is 2^-16, so a nibble OR-ed into mantissa bits 16..19 reads as 128 + u.
+// With exponent 8 (256.0f = 0x43800000) the step is 2^-15: a byte at bits 15..22 reads as
+// 256 + u. One shift and one AND-OR (a single LOP3 on the GPU) per value, exact.
+constexpr float kInt4Bias = 128.0f + 8.0f;    // biased value of q = 0
+constexpr float kInt8Bias = 256.0f + 128.0f;  // biased value of q = 0
+
+__host__ __device__ inline float int4_biased(uint32_t word,  // eight nibbles
+                                             int slot) {     // nibble 0..7
+  const uint32_t moved = slot <= 4 ? word << (16 - 4 * slot) : word >> (4 * slot - 16);
+  return bits_to_float((moved & 0x000F0000u) | 0x43000000u);
+}
+
+__host__ __device__ inline float int8_biased(uint32_t word,  // four bytes
+                                             int byte) {     // byte 0..3
+  const uint32_t moved = byte == 0 ? word << 15 : byte == 1 ? word << 7 : word >> (8 * byte - 15);
+  return bits_to_float((moved & 0x007F8000u) | 0x43800000u);
+}
+
+// Biased values of one lane's chunk in fragment order: v[j][p][h] = subtile j, register p, half h.
+template <int BITS>  // 4 or 8
+__host__ __device__ inline void decode_chunk(const uint32_t (&w)[4],         // the lane's 16 bytes
+                                             float (&v)[16 / BITS][4][2]) {  // out: 4 (int4) / 2 (int8) subtiles
+  QTOOL_UNROLL
+  for (int j = 0; j < 16 / BITS; ++j)
+    QTOOL_UNROLL
+    for (int p = 0; p < 4; ++p)
+      QTOOL_UNROLL
+      for (int h = 0; h < 2; ++h)
+        v[j][p][h] = BITS == 4 ? int4_biased(w[j], p + 4 * h) : int8_biased(w[2 * j + p / 2], 2 * (p % 2) + h);
+}
+
+// --- int4 straight to a packed pair of halves / bfloat16s ----------------------------------
+// The same trick in 16 bits: bf16 128.0 = 0x4300 has a mantissa step of 1 (7 mantissa bits), and
+// fp16 1024.0 = 0x6400 has a step of 1 (10 bits). (word >> 4p) & 0x000F000F leaves register p's
+// two nibbles at the bottom of each 16-bit half; OR-ing the magic gives (base + u_lo, base + u_hi),
+// and one packed subtraction of (base + 8 + zero point) yields q - zero_point exactly.
+template <typename T>  // __half or __nv_bfloat16
+struct PairTraits;
+
+template <>
+struct PairTraits<__nv_bfloat16> {
+  using T2 = __nv_bfloat162;
+  static constexpr uint32_t kMagic = 0x43004300u;  // (128, 128)
+  static constexpr float kBase = 128.0f;
+};
+
+template <>
+struct PairTraits<__half> {
+  using T2 = __half2;
+  static constexpr uint32_t kMagic = 0x64006400u;  // (1024, 1024)
+  static constexpr float kBase = 1024.0f;
+};
+
+template <typename T>  // __half or __nv_bfloat16
+__host__ __device__ inline uint32_t int4_pair_biased(uint32_t word,  // eight nibbles of one subtile
+                                                     int p) {        // register 0..3
+  return ((word >> (4 * p)) & 0x000F000Fu) | PairTraits<T>::kMagic;
+}
+
+// A-fragment coordinates of mma.m16n8k16 (row-major A, 16-bit types): the first element of
+// register p of `lane` sits at (frag_row, frag_col); the second is one column to the right.
+__host__ __device__ constexpr int frag_row(int lane, int p) { return lane / 4 + 8 * (p % 2); }
+__host__ __device__ constexpr int frag_col(int lane, int p) { return 2 * (lane % 4) + 8 * (p / 2); }
+
+}  // namespace qtool

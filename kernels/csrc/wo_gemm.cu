@@ -1,0 +1,238 @@
+// Weight-only GEMM on tensor cores (mma.sync.m16n8k16, bf16/fp16 in, float32 accumulation).
+//
+// The product is computed transposed, Y^T = W * X^T, so that the weights are the 16-row A operand
+// and up to 64 tokens are the B operand in n-tiles of 8: small m wastes at most 7 of 8 columns
+// instead of 15 of 16 rows. Block = 8 warps = 8 stripes (128 weight rows) x up to 64 tokens x a
+// K range (split-K over blockIdx.y when there are too few blocks to fill the GPU; tokens beyond 64
+// over blockIdx.z). Per step of 128 k:
+//   - activations [tokens, 128] are copied to shared memory with cp.async (double buffered,
+//     zero-filled past m and k_padded) and read back as B fragments with ldmatrix;
+//   - each warp loads its stripe's weights straight into registers (the repacked layout puts each
+//     lane's A fragments in its own 16 bytes, so no shared memory and no shuffles), one step ahead;
+//   - codes become A = q - zero_point, exact small integers in bf16/fp16 (int4: one shift, one LOP3
+//     and one packed subtraction per pair, see wo_decode.cuh);
+//   - the mma accumulates sum (q - z) * x per group in float32, and at each group boundary the
+//     float32 scale of the lane's row is applied: acc += scale * group_sum. Scales stay float32,
+//     so the result is as accurate as dequantizing in float32 (better than the bf16 weights of
+//     the reference) and the scale costs one FMA per accumulator per group, not one per weight.
+#include <cstdint>
+
+#include "wo_common.cuh"
+
+namespace qtool {
+namespace {
+
+constexpr int kWarps = 8;                 // stripes per block, one per warp: 128 weight rows
+constexpr int kPieceK = 128;              // k of activations staged in shared memory per step
+constexpr int kRowStride = kPieceK + 8;   // shared row stride (elements); +16 bytes puts the 8 rows
+                                          // one ldmatrix phase reads in 8 distinct bank groups
+constexpr int kMinPiecesPerSplit = 4;     // keep the pipeline warm in each split
+constexpr int kTargetBlocksPerSm = 2;
+
+int tokens_per_block(int m) { return m <= 8 ? 8 : m <= 16 ? 16 : m <= 32 ? 32 : 64; }
+
+template <typename T,    // activation and output type: __half or __nv_bfloat16
+          int BITS,      // weight code width: 4 or 8
+          int MT>        // n-tiles of 8 tokens per block: 1, 2, 4 or 8
+__global__ void __launch_bounds__(kWarps * 32) wo_gemm_kernel(const WoProblem p,         // the problem
+                                                               int pieces_per_split) {  // 128-k steps per blockIdx.y
+  constexpr int SUB = 16 / BITS;        // 16x16 subtiles per chunk
+  constexpr int KC = chunk_k(BITS);     // k per chunk
+  constexpr int CPP = kPieceK / KC;     // chunks per step: 2 (int4) or 4 (int8)
+  constexpr int TOK = 8 * MT;           // tokens per block
+  constexpr int SEGS = kPieceK / 8;     // 16-byte segments per staged activation row
+  __shared__ __align__(16) T xs[2][TOK][kRowStride];
+
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int stripe = blockIdx.x * kWarps + warp;
+  const bool active = stripe < p.w.n_padded / kStripeRows;  // warp-uniform
+  const int row0 = stripe * kStripeRows + lane / 4;         // this lane's rows: row0, row0 + 8
+  const int tok0 = blockIdx.z * TOK;
+  const int nchunks = p.w.k_padded / KC;
+  const int npieces = (p.w.k_padded + kPieceK - 1) / kPieceK;
+  const int piece_begin = blockIdx.y * pieces_per_split;
+  const int piece_end = min(npieces, piece_begin + pieces_per_split);
+  const T* x = static_cast<const T*>(p.x);
+  const uint4* wq = reinterpret_cast<const uint4*>(p.w.qweight) + static_cast<size_t>(stripe) * nchunks * 32 + lane;
+
+  float acc[MT][4] = {};   // scaled sums; C fragment: rows row0 (i < 2) / row0 + 8, token 2 * (lane % 4) + i % 2
+  float gacc[MT][4] = {};  // unscaled sums of the current group
+  float2 sz0 = make_float2(0.0f, 0.0f), sz1 = sz0;  // (scale, zero point) of row0 / row0 + 8
+  int cur_grp = -1;
+
+  auto flush = [&]() {
+#pragma unroll
+    for (int nt = 0; nt < MT; ++nt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        acc[nt][i] = fmaf(i < 2 ? sz0.x : sz1.x, gacc[nt][i], acc[nt][i]);
+        gacc[nt][i] = 0.0f;
+      }
+  };
+
+  auto stage = [&](int piece, int buf) {  // activations [TOK, kPieceK] -> xs[buf]
+    for (int i = threadIdx.x; i < TOK * SEGS; i += kWarps * 32) {
+      const int r = i / SEGS, col = (i % SEGS) * 8;
+      const int tok = tok0 + r, k = piece * kPieceK + col;
+      const bool valid = tok < p.m && k < p.w.k_padded;
+      cp_async_16(&xs[buf][r][col], valid ? x + static_cast<size_t>(tok) * p.w.k_padded + k : x, valid);
+    }
+  };
+
+  auto load_weights = [&](int piece, uint4 (&dst)[CPP]) {
+#pragma unroll
+    for (int cc = 0; cc < CPP; ++cc) {
+      const int c = piece * CPP + cc;
+      dst[cc] = active && c < nchunks ? load_streaming(wq + static_cast<size_t>(c) * 32) : make_uint4(0, 0, 0, 0);
+    }
+  };
+
+  auto compute = [&](int piece, int buf, const uint4 (&packed)[CPP]) {
+#pragma unroll
+    for (int cc = 0; cc < CPP; ++cc) {
+      const int c = piece * CPP + cc;
+      if (c >= nchunks) break;
+      uint32_t words[4];
+      words_of(packed[cc], words);
+      float v[SUB][4][2];  // int8 only: biased float values
+      if constexpr (BITS == 8) decode_chunk<8>(words, v);
+#pragma unroll
+      for (int j = 0; j < SUB; ++j) {
+        const int k0 = c * KC + 16 * j;
+        const int grp = k0 >> p.w.group_shift;
+        if (grp != cur_grp) {  // warp-uniform
+          flush();
+          sz0 = group_params(p.w, grp, row0);
+          sz1 = group_params(p.w, grp, row0 + 8);
+          cur_grp = grp;
+        }
+        uint32_t a[4];  // A fragment: q - zero_point
+        if constexpr (BITS == 4) {
+          const uint32_t z0 = float_to_pair(PairTraits<T>::kBase + 8.0f + sz0.y, T{});
+          const uint32_t z1 = float_to_pair(PairTraits<T>::kBase + 8.0f + sz1.y, T{});
+#pragma unroll
+          for (int r = 0; r < 4; ++r) a[r] = sub_pair(int4_pair_biased<T>(words[j], r), r % 2 ? z1 : z0, T{});
+        } else {
+          const float z0 = kInt8Bias + sz0.y, z1 = kInt8Bias + sz1.y;
+#pragma unroll
+          for (int r = 0; r < 4; ++r) {
+            const float z = r % 2 ? z1 : z0;
+            a[r] = float2_to_pair(v[j][r][0] - z, v[j][r][1] - z, T{});
+          }
+        }
+        const int kk = k0 - piece * kPieceK + 8 * ((lane / 8) % 2);  // ldmatrix: odd matrices are k + 8
+        if constexpr (MT == 1) {
+          uint32_t b[2];
+          ldmatrix_x2(b, &xs[buf][lane % 8][kk]);
+          mma_16816<T>(gacc[0], a, b[0], b[1]);
+        } else {
+#pragma unroll
+          for (int nt = 0; nt < MT; nt += 2) {  // matrices: (nt, k), (nt, k + 8), (nt + 1, k), (nt + 1, k + 8)
+            uint32_t b[4];
+            ldmatrix_x4(b, &xs[buf][8 * nt + lane % 8 + 8 * (lane / 16)][kk]);
+            mma_16816<T>(gacc[nt], a, b[0], b[1]);
+            mma_16816<T>(gacc[nt + 1], a, b[2], b[3]);
+          }
+        }
+      }
+    }
+  };
+
+  if (piece_begin < piece_end) {
+    uint4 cur[CPP], next[CPP];
+    stage(piece_begin, 0);
+    cp_async_commit();
+    load_weights(piece_begin, cur);
+    for (int piece = piece_begin; piece < piece_end; ++piece) {
+      const int buf = (piece - piece_begin) % 2;
+      const bool more = piece + 1 < piece_end;
+      if (more) {
+        stage(piece + 1, buf ^ 1);
+        load_weights(piece + 1, next);
+      }
+      cp_async_commit();
+      cp_async_wait<1>();  // this step's activations have landed
+      __syncthreads();
+      if (active) compute(piece, buf, cur);
+      __syncthreads();  // xs[buf] is free for step piece + 2
+      if (more) {
+#pragma unroll
+        for (int cc = 0; cc < CPP; ++cc) cur[cc] = next[cc];
+      }
+    }
+  }
+  flush();
+  if (!active) return;
+
+  const int col0 = tok0 + 2 * (lane % 4);
+#pragma unroll
+  for (int nt = 0; nt < MT; ++nt)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int row = row0 + 8 * (i / 2), tok = col0 + 8 * nt + i % 2;
+      if (row >= p.w.n || tok >= p.m) continue;
+      const size_t idx = static_cast<size_t>(tok) * p.w.n + row;
+      if (p.workspace != nullptr) {
+        atomicAdd(p.workspace + idx, acc[nt][i]);
+      } else {
+        store(static_cast<T*>(p.y) + idx, activate(acc[nt][i] + bias_at(p.bias, row), p.act));
+      }
+    }
+}
+
+// After split-K: y = act(workspace + bias).
+template <typename T>  // output type
+__global__ void finish_split_k(const WoProblem p) {  // the problem whose workspace holds the sums
+  const size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= static_cast<size_t>(p.m) * p.w.n) return;
+  const int n = static_cast<int>(i % p.w.n);
+  store(static_cast<T*>(p.y) + i, activate(p.workspace[i] + bias_at(p.bias, n), p.act));
+}
+
+template <typename T,    // activation and output type
+          int BITS>      // weight code width
+void launch_typed(const WoProblem& p,     // the problem (workspace set when splits > 1)
+                  int splits,             // split-K factor from wo_gemm_splits
+                  cudaStream_t stream) {  // the caller's stream
+  const int tok = tokens_per_block(p.m);
+  const int npieces = (p.w.k_padded + kPieceK - 1) / kPieceK;
+  const int pieces_per_split = (npieces + splits - 1) / splits;
+  const dim3 grid((p.w.n_padded / kStripeRows + kWarps - 1) / kWarps, (npieces + pieces_per_split - 1) / pieces_per_split,
+                  (p.m + tok - 1) / tok);
+  const dim3 block(kWarps * 32);
+  switch (tok) {
+    case 8: wo_gemm_kernel<T, BITS, 1><<<grid, block, 0, stream>>>(p, pieces_per_split); break;
+    case 16: wo_gemm_kernel<T, BITS, 2><<<grid, block, 0, stream>>>(p, pieces_per_split); break;
+    case 32: wo_gemm_kernel<T, BITS, 4><<<grid, block, 0, stream>>>(p, pieces_per_split); break;
+    default: wo_gemm_kernel<T, BITS, 8><<<grid, block, 0, stream>>>(p, pieces_per_split); break;
+  }
+  if (p.workspace != nullptr) {
+    const size_t total = static_cast<size_t>(p.m) * p.w.n;
+    finish_split_k<T><<<static_cast<unsigned>((total + 255) / 256), 256, 0, stream>>>(p);
+  }
+}
+
+}  // namespace
+
+int wo_gemm_splits(const WoProblem& p, int num_sms) {
+  const int tok = tokens_per_block(p.m);
+  const int blocks = (p.w.n_padded / kStripeRows + kWarps - 1) / kWarps * ((p.m + tok - 1) / tok);
+  const int target = kTargetBlocksPerSm * num_sms;
+  const int npieces = (p.w.k_padded + kPieceK - 1) / kPieceK;
+  const int max_splits = npieces / kMinPiecesPerSplit > 1 ? npieces / kMinPiecesPerSplit : 1;
+  int splits = (target + blocks - 1) / blocks;
+  splits = splits < 1 ? 1 : splits > max_splits ? max_splits : splits;
+  const int pieces_per_split = (npieces + splits - 1) / splits;
+  return (npieces + pieces_per_split - 1) / pieces_per_split;  // no empty splits
+}
+
+void launch_wo_gemm(const WoProblem& p, int splits, cudaStream_t stream) {
+  const bool bf16 = p.dtype == ScalarKind::kBFloat16;
+  if (p.w.num_bits == 4) {
+    bf16 ? launch_typed<__nv_bfloat16, 4>(p, splits, stream) : launch_typed<__half, 4>(p, splits, stream);
+  } else {
+    bf16 ? launch_typed<__nv_bfloat16, 8>(p, splits, stream) : launch_typed<__half, 8>(p, splits, stream);
+  }
+}
+
+}  // namespace qtool

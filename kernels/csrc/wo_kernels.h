@@ -1,0 +1,66 @@
+// Interface between ops.cpp (PyTorch-facing checks, compiled by the host compiler) and the
+// weight-only CUDA kernels (.cu files, which include no PyTorch headers).
+//
+// Weight layout (written by kernels/layout.py, read by every kernel here):
+//   qweight [n_padded / 16, k_padded / chunk_k, 32, 4] int32. One "stripe" is 16 weight rows;
+//   one "chunk" is the k-range one lane covers with one 16-byte load: 64 k for int4, 32 for int8.
+//   Lane l of a warp loads element [stripe, chunk, l, :] and finds there exactly its A fragments of
+//   mma.m16n8k16 (PTX ISA, "Matrix Fragments for mma.m16n8k16") for the 16x16 subtiles of the chunk:
+//   register p (0..3) of lane l = two consecutive k of row 8 * (p & 1) + l / 4, starting at
+//   k = 2 * (l % 4) + 8 * (p / 2). Codes are unsigned (q + 8 or q + 128); wo_decode.cuh says where
+//   each code sits inside a word. A warp reading one chunk of a stripe reads 512 contiguous bytes.
+//   scale, zero [groups_padded, n_padded] float32: group-major, so the 16 rows a warp needs for one
+//   group are 64 contiguous bytes. Padding rows have scale 0; padding k have code = zero point.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime_api.h>
+
+namespace qtool {
+
+enum class ScalarKind { kHalf, kBFloat16 };
+enum class Activation { kNone, kSilu, kGelu };
+
+constexpr int kStripeRows = 16;  // weight rows per stripe: the M of mma.m16n8k16
+constexpr int kPadK = 64;        // K is padded to a multiple of this at repack time
+constexpr int kMaxGemvTokens = 8;
+
+// k covered by one lane's 16-byte load: 4096 / bits codes per warp over 16 rows.
+constexpr int chunk_k(int bits) { return 256 / bits; }
+
+struct PackedWeightView {
+  const int32_t* qweight;  // [n_padded / 16, k_padded / chunk_k, 32, 4] fragment-ordered codes
+  const float* scale;      // [groups_padded, n_padded]
+  const float* zero;       // [groups_padded, n_padded] zero points; nullptr when symmetric
+  int n;                   // output features
+  int n_padded;            // n rounded up to 16
+  int k_padded;            // input features rounded up to kPadK
+  int group_shift;         // log2(group size); 31 when one group spans the row (per channel)
+  int num_bits;            // 4 or 8
+};
+
+struct WoProblem {
+  const void* x;       // [m, k_padded] fp16/bf16 activations, row-major, 16-byte aligned
+  PackedWeightView w;  // the weight
+  const float* bias;   // [n] float32, or nullptr
+  void* y;             // [m, n] output in x's dtype
+  float* workspace;    // [m, n] zeroed float32 for split-K partial sums (wo_gemm), or nullptr
+  int m;               // tokens
+  ScalarKind dtype;    // dtype of x and y
+  Activation act;      // epilogue after the bias
+};
+
+// CUDA-core GEMV for 1 <= m <= kMaxGemvTokens (wo_gemv.cu).
+void launch_wo_gemv(const WoProblem& p, cudaStream_t stream);
+
+// Tensor-core kernel for any m (wo_gemm.cu); tokens are processed in slices of up to 64.
+// wo_gemm_splits() is the split-K factor for this problem on `num_sms` SMs: when it is > 1 the
+// caller passes a zeroed workspace and the launcher adds the bias/activation pass.
+int wo_gemm_splits(const WoProblem& p, int num_sms);
+void launch_wo_gemm(const WoProblem& p, int splits, cudaStream_t stream);
+
+// Dequantize to a dense [n, k_padded] matrix of `dtype` (dequant.cu), for cuBLAS at large m.
+void launch_dequant(const PackedWeightView& w, ScalarKind dtype, void* out, cudaStream_t stream);
+
+}  // namespace qtool

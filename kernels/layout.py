@@ -1,0 +1,190 @@
+"""The kernel layout of integer weights, built and read back in plain PyTorch.
+
+Checkpoints keep the compressed-tensors layout (quantize/primitives.py: 8 consecutive K-codes per
+int32). The CUDA kernels (csrc/wo_*.cu) want a layout where every lane of a warp reads 16 bytes that
+already are its A fragments of mma.m16n8k16, for both the tensor-core and the CUDA-core kernels:
+
+  qweight [N_pad/16, K_pad/chunk, 32, 4] int32   stripes of 16 rows, chunks of 64 k (int4) / 32 k (int8);
+                                                 lane l, word w, code slot s -> (row, k) by `_fragment_map`
+  scale   [G_pad, N_pad] float32                 group-major; padding has scale 0
+  zero    [G_pad, N_pad] float32 or None         the zero point in the signed domain, as a float
+
+Codes are stored unsigned (q + 8, q + 128). K is padded to a multiple of 64 with the row's zero point,
+so padded weights dequantize to exactly 0; N is padded to 16. Act-order (g_idx) is removed here by
+sorting the input columns by group (`act_order_permutation`): the forward pass then gathers the
+activations with the same permutation, so kernels only ever see contiguous groups.
+Scales stay float32: the kernels apply them in float32, as the reference does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+TILE_N = 16  # rows per stripe: the M of mma.m16n8k16
+PAD_K = 64  # K padding unit (the int4 chunk)
+ACTIVATIONS = {"none": lambda y: y, "silu": F.silu, "gelu": F.gelu}
+
+
+class UnsupportedLayout(ValueError):
+    """A weight the kernels cannot take (bits, group size or act-order pattern); use the reference."""
+
+
+def chunk_k(num_bits: int) -> int:
+    """k covered by one lane's 16-byte load: 64 for int4, 32 for int8."""
+    return 256 // num_bits
+
+
+def kernel_group_size(num_bits: int, group_size: int) -> int:
+    """The group size the kernels take: a power of two >= 16, or -1 for one scale per row."""
+    if num_bits not in (4, 8):
+        raise UnsupportedLayout(f"kernels take 4- or 8-bit weights, not {num_bits}-bit")
+    if group_size <= 0:
+        return -1
+    if group_size < 16 or group_size & (group_size - 1):
+        raise UnsupportedLayout(f"kernels take power-of-two group sizes >= 16, not {group_size}")
+    return group_size
+
+
+@dataclass
+class PackedWeight:
+    """A weight in the kernel layout (see module docstring); the arguments of torch.ops.qtool_cuda.*."""
+
+    qweight: torch.Tensor  # int32 [N_pad/16, K_pad/chunk, 32, 4]
+    scale: torch.Tensor  # float32 [G_pad, N_pad]
+    zero: torch.Tensor | None  # float32 [G_pad, N_pad], None when symmetric
+    perm: torch.Tensor | None  # int64 [K]: kernel input column j is activation column perm[j]; None: identity
+    num_bits: int
+    group_size: int  # power of two >= 16, or -1 per channel
+    in_features: int
+    out_features: int
+
+    @property
+    def k_padded(self) -> int:
+        return self.qweight.shape[1] * chunk_k(self.num_bits)
+
+
+def _fragment_map(num_bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, k) inside a stripe chunk of code slot s of word w of lane l, each [32, 4, slots].
+
+    Register p of lane l (PTX mma.m16n8k16, A fragments) holds row l // 4 + 8 * (p % 2) at
+    k = 2 * (l % 4) + 8 * (p // 2) + h, h = 0, 1. Where a (subtile j, p, h) code sits (csrc/wo_decode.cuh):
+    int4: word j, nibble p + 4h;  int8: word 2j + p // 2, byte 2 * (p % 2) + h.
+    """
+    slots = 32 // num_bits
+    lane = torch.arange(32).view(32, 1, 1)
+    word = torch.arange(4).view(1, 4, 1)
+    slot = torch.arange(slots).view(1, 1, slots)
+    if num_bits == 4:
+        j, p, h = word, slot % 4, slot // 4
+    else:
+        j, p, h = word // 2, 2 * (word % 2) + slot // 2, slot % 2
+    row = lane // 4 + 8 * (p % 2)
+    k = 16 * j + 2 * (lane % 4) + 8 * (p // 2) + h
+    return row.expand(32, 4, slots), k.expand(32, 4, slots)
+
+
+def act_order_permutation(g_idx: torch.Tensor | None, group_size: int, in_features: int) -> torch.Tensor | None:
+    """Column order that makes act-order groups contiguous, or None when they already are.
+
+    Sorting the columns by group (stably) works when every group has group_size members, the last
+    possibly fewer: then sorted column j is in group j // group_size, as the kernels assume.
+    """
+    if g_idx is None:
+        return None
+    g = g_idx.long()
+    perm = torch.argsort(g, stable=True)
+    if group_size <= 0 or not torch.equal(g[perm], torch.arange(in_features, device=g.device) // group_size):
+        raise UnsupportedLayout("act-order groups are not all group_size long, so sorting K cannot make them contiguous")
+    return None if torch.equal(perm, torch.arange(in_features, device=g.device)) else perm
+
+
+def _expand_groups(param: torch.Tensor, group_size: int, k: int) -> torch.Tensor:
+    """[rows, G] per-group values -> [rows, k], group of column c = c // group_size (or one group)."""
+    if group_size <= 0:
+        return param[:, :1].expand(-1, k)
+    return param.repeat_interleave(group_size, dim=1)[:, :k]
+
+
+def pack_weight(codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None,
+                g_idx: torch.Tensor | None, num_bits: int, group_size: int) -> PackedWeight:
+    """Checkpoint quantities -> kernel layout; raises UnsupportedLayout for weights the kernels cannot take.
+
+    codes [N, K] int8 signed; scale [N, G] float32; zero_point [N, G] int8 or None; g_idx [K] or None;
+    group_size <= 0 means one scale per row.
+    """
+    gs = kernel_group_size(num_bits, group_size)
+    n, k = codes.shape
+    perm = act_order_permutation(g_idx, group_size, k)
+    if perm is not None:
+        codes = codes.index_select(1, perm)
+    n_pad, k_pad = -(-n // TILE_N) * TILE_N, -(-k // PAD_K) * PAD_K
+    groups = 1 if gs < 0 else -(-k_pad // gs)
+    pad = (0, groups - scale.shape[1], 0, n_pad - n)
+    scale_p = F.pad(scale.float(), pad)
+    zero_p = None if zero_point is None else F.pad(zero_point.float(), pad)
+
+    # Padding columns take the zero point of their row and group, so they dequantize to 0.
+    full = torch.zeros(n_pad, k_pad, dtype=torch.int16, device=codes.device)
+    if zero_p is not None:
+        full.copy_(_expand_groups(zero_p.to(torch.int16), gs, k_pad))
+    full[:n, :k] = codes
+    unsigned = (full + (1 << (num_bits - 1))).to(torch.uint8)
+
+    kc = chunk_k(num_bits)
+    stripes, chunks = n_pad // TILE_N, k_pad // kc
+    tiles = unsigned.view(stripes, TILE_N, chunks, kc).permute(0, 2, 1, 3).reshape(stripes, chunks, TILE_N * kc)
+    row, col = _fragment_map(num_bits)
+    flat = (row * kc + col).to(codes.device)
+    words = torch.zeros(stripes, chunks, 32, 4, dtype=torch.int64, device=codes.device)
+    for s in range(flat.shape[-1]):
+        part = tiles.index_select(2, flat[..., s].reshape(-1)).view(stripes, chunks, 32, 4)
+        words |= part.to(torch.int64) << (num_bits * s)
+    words = torch.where(words >= 1 << 31, words - (1 << 32), words).to(torch.int32)
+    return PackedWeight(words, scale_p.t().contiguous(), None if zero_p is None else zero_p.t().contiguous(),
+                        perm, num_bits, gs, k, n)
+
+
+def unpack_codes(qweight: torch.Tensor, num_bits: int) -> torch.Tensor:
+    """Inverse of the packing step: kernel-layout words -> signed codes [N_pad, K_pad] int8."""
+    stripes, chunks = qweight.shape[:2]
+    kc = chunk_k(num_bits)
+    row, col = _fragment_map(num_bits)
+    words = qweight.to(torch.int64) & 0xFFFFFFFF
+    tiles = torch.zeros(stripes, chunks, TILE_N * kc, dtype=torch.int64, device=qweight.device)
+    mask = (1 << num_bits) - 1
+    for s in range(row.shape[-1]):
+        flat = (row[..., s] * kc + col[..., s]).reshape(-1).to(qweight.device)
+        tiles[:, :, flat] = ((words >> (num_bits * s)) & mask).reshape(stripes, chunks, -1)
+    unsigned = tiles.view(stripes, chunks, TILE_N, kc).permute(0, 2, 1, 3).reshape(stripes * TILE_N, chunks * kc)
+    return (unsigned - (1 << (num_bits - 1))).to(torch.int8)
+
+
+def dequantize_packed(qweight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, num_bits: int,
+                      group_size: int, out_features: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Dense [N, K_pad] weight of the kernel layout, (q - z) * s in float32: what dequant_int computes."""
+    q = unpack_codes(qweight, num_bits)[:out_features].float()
+    k_pad = q.shape[1]
+    if zero is not None:
+        q = q - _expand_groups(zero.t()[:out_features], group_size, k_pad)
+    return (q * _expand_groups(scale.t()[:out_features], group_size, k_pad)).to(dtype)
+
+
+class ReferenceOps:
+    """The torch.ops.qtool_cuda kernels in PyTorch, argument for argument (CPU tests, GPU oracle)."""
+
+    @staticmethod
+    def wo_gemv(x, qweight, scale, zero, bias, num_bits, group_size, out_features, activation):
+        w = dequantize_packed(qweight, scale, zero, num_bits, group_size, out_features)
+        y = x.float() @ w.T
+        if bias is not None:
+            y = y + bias.float()
+        return ACTIVATIONS[activation](y).to(x.dtype)
+
+    wo_gemm = wo_gemv
+
+    @staticmethod
+    def dequant_int(qweight, scale, zero, num_bits, group_size, out_features, dtype):
+        return dequantize_packed(qweight, scale, zero, num_bits, group_size, out_features, dtype)

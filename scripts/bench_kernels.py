@@ -1,0 +1,191 @@
+"""Weight-only CUDA kernels against bf16 F.linear, measured in the same run on the GPU.
+
+    python scripts/bench_kernels.py --json bench.json [--quick]
+
+For each shape (K x N), token count M and format (W4A16 g128, W8A16 per channel): median time of
+bf16 F.linear and of qtool's dispatcher (kernels/weight_only.packed_linear), the speedup against the
+issue-6 bar, the achieved bandwidth of the qtool path ((weight + scale bytes) / time) next to the
+device-to-device copy bandwidth measured here, and the time of each kernel alone (wo_gemv, wo_gemm,
+dequant_int + cuBLAS) to tune GEMV_MAX_M and GEMM_MAX_M. Timing: triton.testing.do_bench when
+triton imports, else CUDA events; weights rotate over enough copies that they cannot sit in L2, and
+L2 is flushed before each timed call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from qtool_kernels import build
+from qtool_kernels.layout import PackedWeight, pack_weight
+from qtool_kernels.weight_only import packed_linear
+
+SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096), (8192, 8192), (8192, 28672), (28672, 8192)]  # (K, N)
+TOKENS = [1, 16, 64, 128, 512, 4096]
+FORMATS = {"w4a16-g128": (4, 128), "w8a16-channel": (8, -1)}
+ROTATE_BYTES = 512 << 20  # weight copies per case cover this much, 10x the H100's 50 MB L2
+
+
+def bar(fmt: str, m: int) -> float | None:
+    """The issue-6 speedup bar over bf16 F.linear, or None where there is none."""
+    if fmt.startswith("w4a16"):
+        return 3.0 if m == 1 else 2.5 if m == 16 else 1.5 if m == 64 else 0.95 if m >= 128 else None
+    return 1.8 if m == 1 else None
+
+
+def make_timer():
+    """fn -> median milliseconds; with L2 flushed before each call."""
+    try:
+        from triton.testing import do_bench
+    except ImportError:
+        do_bench = None
+    if do_bench is not None:
+        return "triton.testing.do_bench", lambda fn: do_bench(fn, warmup=25, rep=100, return_mode="median")
+    flush = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
+
+    def events(fn, reps: int = 50) -> float:
+        for _ in range(5):
+            fn()
+        times = []
+        for _ in range(reps):
+            flush.zero_()  # also gives the CPU a head start, so launch overhead is not timed
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        return statistics.median(times)
+
+    return "cuda events", events
+
+
+class Rotation:
+    """Cycles through copies of the same operand so consecutive calls read different memory."""
+
+    def __init__(self, items: list) -> None:
+        self.items, self.i = items, 0
+
+    def __call__(self):
+        self.i = (self.i + 1) % len(self.items)
+        return self.items[self.i]
+
+
+def copies_for(nbytes: int) -> int:
+    return max(2, math.ceil(ROTATE_BYTES / nbytes))
+
+
+def packed_copies(bits: int, group_size: int, k: int, n: int) -> list[PackedWeight]:
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    groups = 1 if group_size <= 0 else -(-k // group_size)
+    codes = torch.randint(lo, hi + 1, (n, k), device="cuda", dtype=torch.int8)
+    p = pack_weight(codes, torch.rand(n, groups, device="cuda") / 100, None, None, bits, group_size)
+    del codes
+    count = copies_for(p.qweight.numel() * 4 + p.scale.numel() * 4)
+    return [PackedWeight(p.qweight.clone(), p.scale.clone(), None, None, bits, p.group_size, k, n) for _ in range(count)]
+
+
+def copy_bandwidth(timer) -> float:
+    """Device-to-device copy of 1 GiB: bytes read + written per second, in GB/s."""
+    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    ms = timer(lambda: dst.copy_(src))
+    return 2 * src.numel() / ms / 1e6
+
+
+def bench_tokens(timer, kernels, x: torch.Tensor, dense: Rotation, packed: Rotation, fmt: str) -> dict:
+    """One row: bf16 F.linear, the qtool dispatcher, and each kernel alone, for activations x [M, K]."""
+    bits, _ = FORMATS[fmt]
+    (m, k), p0 = x.shape, packed.items[0]
+    n = p0.out_features
+
+    def raw(name):
+        p = packed()
+        return getattr(kernels, name)(x, p.qweight, p.scale, None, None, bits, p.group_size, n, "none")
+
+    def dequant_gemm():
+        p = packed()
+        return F.linear(x, kernels.dequant_int(p.qweight, p.scale, None, bits, p.group_size, n, x.dtype))
+
+    t_bf16 = timer(lambda: F.linear(x, dense()))
+    t_auto = timer(lambda: packed_linear(x, packed(), None, "none", kernels))
+    kernel_ms = {"wo_gemv": timer(lambda: raw("wo_gemv")) if m <= 8 else None,
+                 "wo_gemm": timer(lambda: raw("wo_gemm")) if m <= 1024 else None,
+                 "dequant+cublas": timer(dequant_gemm)}
+    weight_bytes = p0.qweight.numel() * 4 + p0.scale.numel() * 4
+    return {"K": k, "N": n, "format": fmt, "M": m, "bf16_ms": t_bf16, "qtool_ms": t_auto,
+            "speedup": t_bf16 / t_auto, "bar": bar(fmt, m), "weight_bytes": weight_bytes,
+            "qtool_GBps": weight_bytes / t_auto / 1e6, "bf16_GBps": 2 * n * k / t_bf16 / 1e6,
+            "kernel_ms": kernel_ms, "best_kernel": min((v, key) for key, v in kernel_ms.items() if v)[1]}
+
+
+def bench_case(timer, kernels, k: int, n: int, fmt: str, tokens: list[int]) -> list[dict]:
+    bits, group_size = FORMATS[fmt]
+    dense = Rotation([torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(copies_for(2 * n * k))])
+    packed = Rotation(packed_copies(bits, group_size, k, n))
+    return [bench_tokens(timer, kernels, torch.randn(m, k, device="cuda", dtype=torch.bfloat16), dense, packed, fmt)
+            for m in tokens]
+
+
+def show(result: dict) -> None:
+    rows = result["rows"]
+    header = ["K x N", "format", "M", "bf16 us", "qtool us", "speedup", "bar", "qtool GB/s", "% copy BW", "best kernel"]
+    table = []
+    for r in rows:
+        verdict = "" if r["bar"] is None else (" ok" if r["speedup"] >= r["bar"] else " MISS")
+        table.append([f"{r['K']}x{r['N']}", r["format"], str(r["M"]), f"{r['bf16_ms'] * 1e3:.1f}",
+                      f"{r['qtool_ms'] * 1e3:.1f}", f"{r['speedup']:.2f}x",
+                      "" if r["bar"] is None else f"{r['bar']:.2f}x{verdict}", f"{r['qtool_GBps']:.0f}",
+                      f"{100 * r['qtool_GBps'] / result['copy_GBps']:.0f}", r["best_kernel"]])
+    title = (f"{result['device']}  torch {result['torch']}  timer: {result['timer']}  "
+             f"copy bandwidth {result['copy_GBps']:.0f} GB/s")
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        print(title)
+        print(" | ".join(header))
+        for line in table:
+            print(" | ".join(line))
+        return
+    t = Table(title=title)
+    for h in header:
+        t.add_column(h, justify="left" if h in ("K x N", "format", "best kernel") else "right")
+    for line in table:
+        t.add_row(*line)
+    Console(width=160).print(t)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--quick", action="store_true", help="two shapes, M in 1, 16, 64")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("bench_kernels.py needs a CUDA device")
+    kernels = build.load_extension()
+    if kernels is None:
+        sys.exit(f"the CUDA extension is not available: {build._loader.reason}")
+    torch.manual_seed(0)
+    name, timer = make_timer()
+    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "timer": name,
+              "copy_GBps": copy_bandwidth(timer), "rows": []}
+    shapes, tokens = (SHAPES[:2], TOKENS[:3]) if args.quick else (SHAPES, TOKENS)
+    for k, n in shapes:
+        for fmt in FORMATS:
+            result["rows"] += bench_case(timer, kernels, k, n, fmt, tokens)
+            torch.cuda.empty_cache()
+    show(result)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

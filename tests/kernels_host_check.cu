@@ -1,0 +1,45 @@
+// Runs the kernels' decode helpers (kernels/csrc/wo_decode.cuh, all __host__ __device__) on the
+// CPU, so tests/test_kernels.py can check them against kernels/layout.py without a GPU.
+// stdin: "bits lanes" then 4 unsigned words per lane (one lane's 16 bytes of a chunk each).
+// stdout: one line per code: lane j p h row col f32 bf16 fp16, where (row, col) is the code's place
+// in its 16 x chunk tile by frag_row/frag_col, f32 the decode_chunk value (128 + u or 256 + u) and
+// bf16/fp16 the int4_pair_biased values (base + u; 0 for int8).
+#include <cstdio>
+
+#include "wo_decode.cuh"
+
+using namespace qtool;
+
+template <int BITS>
+void decode_lane(int lane, const uint32_t (&w)[4]) {
+  float v[16 / BITS][4][2];
+  decode_chunk<BITS>(w, v);
+  for (int j = 0; j < 16 / BITS; ++j)
+    for (int p = 0; p < 4; ++p)
+      for (int h = 0; h < 2; ++h) {
+        float bf = 0.0f, hf = 0.0f;
+        if (BITS == 4) {
+          const uint32_t b = int4_pair_biased<__nv_bfloat16>(w[j], p), f = int4_pair_biased<__half>(w[j], p);
+          __nv_bfloat16_raw braw;
+          braw.x = static_cast<unsigned short>(h ? b >> 16 : b & 0xFFFFu);
+          __half_raw hraw;
+          hraw.x = static_cast<unsigned short>(h ? f >> 16 : f & 0xFFFFu);
+          bf = __bfloat162float(__nv_bfloat16(braw));
+          hf = __half2float(__half(hraw));
+        }
+        std::printf("%d %d %d %d %d %d %.1f %.1f %.1f\n", lane, j, p, h, frag_row(lane % 32, p),
+                    16 * j + frag_col(lane % 32, p) + h, v[j][p][h], bf, hf);
+      }
+}
+
+int main() {
+  int bits = 0, lanes = 0;
+  if (std::scanf("%d %d", &bits, &lanes) != 2) return 2;
+  for (int lane = 0; lane < lanes; ++lane) {
+    uint32_t w[4];
+    for (auto& x : w)
+      if (std::scanf("%u", &x) != 1) return 2;
+    bits == 4 ? decode_lane<4>(lane, w) : decode_lane<8>(lane, w);
+  }
+  return 0;
+}

@@ -1,0 +1,218 @@
+"""CPU tests of the CUDA kernels' Python side: the repacked layout, act-order removal, dispatch (with the
+PyTorch emulation of the kernels in place of the kernels), W8A8 on torch's GEMMs, and the loader.
+The decode helpers of the kernels run on the CPU through nvcc when it is installed."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+import qtool_kernels
+from qtool_kernels import build, layout, reference, scaled_mm, weight_only
+from qtool_kernels.layout import ReferenceOps, UnsupportedLayout, pack_weight
+from quantize.linear import QuantLinear
+from quantize.primitives import QTensor
+from quantize.scheme import QuantArgs, QuantScheme, Strategy
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def random_weight(n, k, bits, group_size, symmetric=True, act_order=False, seed=0):
+    """Random codes, scales, zero points and (optionally) an act-order g_idx, as a checkpoint stores them."""
+    g = torch.Generator().manual_seed(seed)
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    groups = 1 if group_size <= 0 else -(-k // group_size)
+    codes = torch.randint(lo, hi + 1, (n, k), generator=g, dtype=torch.int8)
+    scale = torch.rand(n, groups, generator=g) * 0.02 + 0.001
+    zero = None if symmetric else torch.randint(lo, hi + 1, (n, groups), generator=g, dtype=torch.int8)
+    g_idx = None
+    if act_order:
+        g_idx = (torch.arange(k) // group_size)[torch.randperm(k, generator=g)].to(torch.int32)
+    return codes, scale, zero, g_idx
+
+
+def decode_by_ptx_rule(qweight, bits):
+    """Signed codes [N_pad, K_pad] read back with the PTX A-fragment rule, independently of layout.py."""
+    stripes, chunks = qweight.shape[:2]
+    kc, mask, offset = 256 // bits, (1 << bits) - 1, 1 << (bits - 1)
+    words = qweight.to(torch.int64) & 0xFFFFFFFF
+    out = torch.full((stripes, 16, chunks, kc), 99, dtype=torch.int64)
+    for lane in range(32):
+        g, t = divmod(lane, 4)
+        for j in range(16 // bits):
+            for p in range(4):
+                for h in range(2):
+                    row, k = g + 8 * (p % 2), 16 * j + 2 * t + 8 * (p // 2) + h
+                    word, shift = (j, 4 * (p + 4 * h)) if bits == 4 else (2 * j + p // 2, 8 * (2 * (p % 2) + h))
+                    out[:, row, :, k] = ((words[:, :, lane, word] >> shift) & mask) - offset
+    return out.reshape(stripes * 16, chunks * kc)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("n,k,group_size", [(40, 576, 128), (16, 600, 32), (24, 100, -1), (32, 4096, 64)])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_pack_round_trips_and_pads_with_zero_point(bits, n, k, group_size, symmetric):
+    codes, scale, zero, _ = random_weight(n, k, bits, group_size, symmetric)
+    p = pack_weight(codes, scale, zero, None, bits, group_size)
+    n_pad, k_pad = -(-n // 16) * 16, -(-k // 64) * 64
+    assert p.qweight.shape == (n_pad // 16, k_pad // layout.chunk_k(bits), 32, 4) and p.k_padded == k_pad
+    unpacked = layout.unpack_codes(p.qweight, bits)
+    assert torch.equal(decode_by_ptx_rule(p.qweight, bits), unpacked.long())
+    assert torch.equal(unpacked[:n, :k], codes)
+    groups = 1 if group_size <= 0 else -(-k_pad // group_size)
+    assert p.scale.shape == (groups, n_pad) and torch.equal(p.scale[: scale.shape[1], :n], scale.t())
+    assert not p.scale[scale.shape[1]:].any() and not p.scale[:, n:].any()
+    dense = layout.dequantize_packed(p.qweight, p.scale, p.zero, bits, p.group_size, n)
+    assert not dense[:, k:].any(), "padding columns must dequantize to 0"
+    args = reference.weight_args(bits, group_size, symmetric)
+    expected = QTensor(codes, scale, zero, args).dequantize()
+    torch.testing.assert_close(dense[:, :k], expected, rtol=0, atol=0)
+
+
+def test_act_order_is_removed_by_sorting_columns():
+    codes, scale, zero, g_idx = random_weight(32, 320, 4, 64, symmetric=False, act_order=True)
+    p = pack_weight(codes, scale, zero, g_idx, 4, 64)
+    assert p.perm is not None and torch.equal(g_idx[p.perm].long(), torch.arange(320) // 64)
+    dense = layout.dequantize_packed(p.qweight, p.scale, p.zero, 4, 64, 32)[:, :320]
+    expected = QTensor(codes, scale, zero, reference.weight_args(4, 64, False), g_idx).dequantize()
+    torch.testing.assert_close(dense, expected[:, p.perm], rtol=0, atol=0)
+    assert layout.act_order_permutation(torch.arange(320, dtype=torch.int32) // 64, 64, 320) is None
+    with pytest.raises(UnsupportedLayout):  # group 0 has 65 members: not what sorting can fix
+        layout.act_order_permutation(torch.cat([torch.zeros(65), torch.arange(255) // 64 + 1]).int(), 64, 320)
+
+
+@pytest.mark.parametrize("bits,group_size", [(3, 128), (4, 96), (4, 8), (2, -1)])
+def test_unsupported_layouts_raise(bits, group_size):
+    codes, scale, zero, _ = random_weight(16, 192, 4, 64)
+    with pytest.raises(UnsupportedLayout):
+        pack_weight(codes, scale, zero, None, bits, group_size)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("m", [1, 5, 300])  # one per dispatch branch: wo_gemv, wo_gemm, dequant + GEMM
+@pytest.mark.parametrize("symmetric,act_order", [(True, False), (False, True)])
+def test_packed_linear_matches_reference_op(bits, m, symmetric, act_order):
+    n, k, gs = 48, 576, 128
+    codes, scale, zero, g_idx = random_weight(n, k, bits, gs, symmetric, act_order)
+    qweight = codes if bits == 8 else layout_checkpoint_pack(codes, bits)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(1))
+    bias = torch.randn(n)
+    expected = reference.weight_only_linear(x, qweight, scale, zero, g_idx, bias, bits, gs, k)
+    packed = pack_weight(codes, scale, zero, g_idx, bits, gs)
+    got = weight_only.packed_linear(x, packed, bias, "none", ReferenceOps)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
+    silu = weight_only.packed_linear(x, packed, bias, "silu", ReferenceOps)
+    torch.testing.assert_close(silu, torch.nn.functional.silu(expected), rtol=1e-5, atol=1e-4)
+
+
+def layout_checkpoint_pack(codes, bits):
+    from quantize.primitives import pack_int
+
+    return pack_int(codes, bits)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_pack_layer_serves_quantlinear(symmetric):
+    n, k, gs = 32, 256, 64
+    codes, scale, zero, g_idx = random_weight(n, k, 4, gs, symmetric, act_order=True)
+    args = QuantArgs(num_bits=4, symmetric=symmetric, strategy=Strategy.GROUP, group_size=gs, actorder=True)
+    layer = QuantLinear.from_qtensor(QTensor(codes, scale, zero, args, g_idx), QuantScheme(weights=args),
+                                     bias=torch.randn(n))
+    x = torch.randn(3, 7, k)
+    packed = weight_only.pack_layer(layer)
+    got = weight_only.packed_linear(x, packed, layer.bias, "none", ReferenceOps)
+    torch.testing.assert_close(got, layer(x), rtol=1e-5, atol=1e-4)
+    fp8 = QuantScheme(weights=QuantArgs(num_bits=8, type="float", fp_format="e4m3", strategy=Strategy.CHANNEL))
+    assert weight_only.pack_layer(QuantLinear(k, n, fp8)) is None
+
+
+def test_host_decode_helpers_match_layout(tmp_path):
+    """Compile tests/kernels_host_check.cu (host code only) and decode packed chunks with the kernels' helpers."""
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("nvcc not installed")
+    exe = tmp_path / "host_check"
+    subprocess.run([nvcc, "-std=c++17", "-I", str(ROOT / "kernels" / "csrc"), str(ROOT / "tests" / "kernels_host_check.cu"),
+                    "-o", str(exe)], check=True, capture_output=True)
+    for bits in (4, 8):
+        codes, scale, zero, _ = random_weight(32, 128, bits, 64, symmetric=False, seed=bits)
+        p = pack_weight(codes, scale, zero, None, bits, 64)
+        words = (p.qweight.to(torch.int64) & 0xFFFFFFFF).reshape(-1, 4)  # (stripe, chunk, lane) order
+        stdin = f"{bits} {words.shape[0]}\n" + "\n".join(" ".join(map(str, w)) for w in words.tolist())
+        out = subprocess.run([str(exe)], input=stdin, capture_output=True, text=True, check=True).stdout.split("\n")
+        unsigned = layout.unpack_codes(p.qweight, bits).long() + (1 << (bits - 1))
+        kc, chunks = layout.chunk_k(bits), p.qweight.shape[1]
+        lines = [list(map(float, line.split())) for line in out if line]
+        assert len(lines) == words.shape[0] * 8 * (16 // bits)
+        for lane, _, _, _, row, col, f32, bf16, fp16 in lines:
+            stripe, chunk = divmod(int(lane) // 32, chunks)
+            u = unsigned[stripe * 16 + int(row), chunk * kc + int(col)].item()
+            assert f32 == (128 if bits == 4 else 256) + u
+            if bits == 4:
+                assert (bf16, fp16) == (128 + u, 1024 + u)
+
+
+def test_scaled_mm_paths_match_reference():
+    g = torch.Generator().manual_seed(0)
+    for m in (3, 40):
+        xq = torch.randint(-127, 128, (m, 64), generator=g, dtype=torch.int8)
+        wq = torch.randint(-127, 128, (32, 64), generator=g, dtype=torch.int8)
+        xs, ws, bias = torch.rand(m, 1, generator=g) / 100, torch.rand(32, 1, generator=g) / 100, torch.randn(32)
+        got = scaled_mm.scaled_mm(xq, xs, wq, ws, bias, 0, 0, 0, torch.float32)
+        torch.testing.assert_close(got, reference.scaled_linear(xq, xs, wq, ws, bias, 0, 0, 0, torch.float32))
+        static = torch.tensor([0.01])
+        got = scaled_mm.scaled_mm(xq, static, wq, ws, None, 0, 0, 0, torch.float32)
+        torch.testing.assert_close(got, reference.scaled_linear(xq, static, wq, ws, None, 0, 0, 0, torch.float32))
+    xf = torch.randn(40, 64, generator=g).to(torch.float8_e4m3fn)
+    wf = torch.randn(32, 64, generator=g).to(torch.float8_e4m3fn)
+    got = scaled_mm.scaled_mm(xf, xs, wf, ws, bias, 0, 0, 0, torch.bfloat16)
+    expected = reference.scaled_linear(xf, xs, wf, ws, bias, 0, 0, 0, torch.bfloat16)
+    torch.testing.assert_close(got.float(), expected.float(), rtol=1e-2, atol=1e-2)
+    assert scaled_mm.scaled_mm(xf, xs.expand(40, 2), wf, ws, None, 32, 0, 0, torch.bfloat16) is None  # groups
+    assert scaled_mm.scaled_mm(xf[:, :40], xs, wf[:, :40], ws, None, 0, 0, 0, torch.bfloat16) is None  # K % 16
+
+
+def test_load_extension_returns_none_with_one_warning_without_gpu():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    build._loader.reset()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert build.load_extension() is None
+            assert build.load_extension() is None
+        assert len(caught) == 1 and "PyTorch reference" in str(caught[0].message)
+        assert qtool_kernels.prepare_for_cuda(QuantLinear(64, 16, QuantScheme(weights=QuantArgs()))) is None
+        assert build.available_ops() == []
+    finally:
+        build._loader.reset()
+
+
+def test_info_reports_no_gpu():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        info = build.info()
+    assert info["available"] is False and info["device"] is None and info["capability"] is None
+    assert info["ops"] == [] and info["reason"]
+    assert info["cuda_implementations"]["qtool::weight_only_linear"] == "reference"
+    assert Path(info["build_dir"]).parent.parts[-2:] == ("qtool", "kernels")
+
+
+def test_import_compiles_nothing():
+    code = f"""
+import importlib.util, sys
+root = {str(ROOT / 'kernels')!r}
+spec = importlib.util.spec_from_file_location("qtool_kernels", root + "/__init__.py", submodule_search_locations=[root])
+module = importlib.util.module_from_spec(spec); sys.modules["qtool_kernels"] = module; spec.loader.exec_module(module)
+assert not module.build._loader.tried
+assert "torch.utils.cpp_extension" not in sys.modules
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

@@ -1,0 +1,201 @@
+"""CUDA kernels against float64 references on fresh random inputs (run on a GPU: scripts/gpu_check.sh).
+
+Every output lands in memory poisoned with NaN first, so an element a kernel fails to write fails the test.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from qtool_kernels import build, ops, reference, scaled_mm, weight_only
+from qtool_kernels.layout import ReferenceOps, dequantize_packed, pack_weight
+from quantize.linear import QuantLinear
+from quantize.primitives import QTensor, pack_int
+from quantize.scheme import QuantArgs, QuantScheme, Strategy
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+DTYPES = [torch.bfloat16, torch.float16]
+TOKENS = [1, 3, 16, 17, 64, 129, 1000]
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    ops_ = build.load_extension(verbose=True)
+    if ops_ is None:
+        pytest.fail(f"the CUDA extension did not load: {build._loader.reason}")
+    return ops_
+
+
+def poison_cache() -> None:
+    """Fill free blocks of both caching-allocator pools with NaN (0xFF bytes) before an op allocates."""
+    blocks = [torch.full((64 << 20,), 0xFF, dtype=torch.uint8, device="cuda")]
+    blocks += [torch.full((256 << 10,), 0xFF, dtype=torch.uint8, device="cuda") for _ in range(16)]
+    del blocks
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out.double() - ref).norm() / ref.norm()).item()
+
+
+@functools.lru_cache(maxsize=4)
+def make_weight(bits, group_size, symmetric, act_order, k, n, seed=0):
+    """Random codes/scales/zero points on the GPU, the checkpoint tensors, and the float64 dense weight."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    groups = 1 if group_size <= 0 else -(-k // group_size)
+    codes = torch.randint(lo, hi + 1, (n, k), generator=g, device="cuda", dtype=torch.int8)
+    scale = torch.rand(n, groups, generator=g, device="cuda") * 0.01 + 0.002
+    zero = None if symmetric else torch.randint(lo, hi + 1, (n, groups), generator=g, device="cuda", dtype=torch.int8)
+    g_idx = None
+    if act_order:
+        perm = torch.randperm(k, generator=g, device="cuda")
+        g_idx = (torch.arange(k, device="cuda") // group_size)[perm].to(torch.int32)
+    strategy = Strategy.GROUP if group_size > 0 else Strategy.CHANNEL
+    args = QuantArgs(num_bits=bits, symmetric=symmetric, strategy=strategy,
+                     group_size=group_size if group_size > 0 else None, actorder=act_order)
+    qt = QTensor(codes, scale, zero, args, g_idx)
+    dense = qt.dequantize(torch.float64)
+    return qt, args, dense
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k,n", [(576, 1536), (4096, 4096), (576, 4096), (4096, 1536)])
+@pytest.mark.parametrize("symmetric,act_order", [(True, False), (False, False), (True, True), (False, True)])
+@pytest.mark.parametrize("group_size", [32, 64, 128, -1])
+@pytest.mark.parametrize("bits", [4, 8])
+def test_quantlinear_matches_float64(kernels, bits, group_size, symmetric, act_order, k, n, dtype):
+    if act_order and group_size <= 0:
+        pytest.skip("act-order needs groups")
+    qt, args, dense = make_weight(bits, group_size, symmetric, act_order, k, n)
+    bias = torch.randn(n, device="cuda")
+    layer = QuantLinear.from_qtensor(qt, QuantScheme(weights=args), bias=bias)
+    for m in TOKENS:
+        x = torch.randn(m, k, device="cuda", dtype=dtype)
+        poison_cache()
+        out = layer(x)
+        assert layer.cuda_qweight is not None, "the layer did not take the kernel path"
+        ref = x.double() @ dense.T + bias.double()
+        assert out.dtype == dtype and out.shape == (m, n)
+        assert rel_err(out, ref) < 1e-2, f"m={m}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bits,group_size,symmetric,act_order", [(4, 128, True, False), (4, 64, False, True),
+                                                                 (8, -1, True, False), (8, 32, False, True)])
+def test_weight_only_linear_op_matches_float64(kernels, bits, group_size, symmetric, act_order, dtype):
+    """The op itself (repacks per call) with checkpoint-layout arguments, 3-D activations."""
+    qt, args, dense = make_weight(bits, group_size, symmetric, act_order, 576, 1536)
+    qweight = pack_int(qt.values, bits) if bits < 8 else qt.values
+    for m in (1, 17, 1000):
+        x = torch.randn(2, m, 576, device="cuda", dtype=dtype)
+        poison_cache()
+        out = ops.weight_only_linear(x, qweight, qt.scale, qt.zero_point, qt.g_idx, None, bits, group_size, 576)
+        assert rel_err(out, x.double() @ dense.T) < 1e-2
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bits,group_size,symmetric", [(4, 128, True), (4, 32, False), (8, -1, False), (8, 64, True)])
+def test_raw_kernels_match_emulation(kernels, bits, group_size, symmetric, dtype):
+    """Each kernel at every token count it serves, with bias and each epilogue, against layout.ReferenceOps."""
+    qt, _, _ = make_weight(bits, group_size, symmetric, False, 4096, 1536, seed=1)
+    p = pack_weight(qt.values, qt.scale, qt.zero_point, None, bits, group_size)
+    w = (p.qweight, p.scale, p.zero)
+    bias = torch.randn(1536, device="cuda")
+    cases = [("wo_gemv", m) for m in range(1, 9)] + [("wo_gemm", m) for m in (1, 8, 9, 16, 31, 33, 64, 65, 200)]
+    for name, m in cases:
+        for activation in ("none", "silu", "gelu"):
+            x = torch.randn(m, p.k_padded, device="cuda", dtype=dtype)
+            poison_cache()
+            out = getattr(kernels, name)(x, *w, bias, bits, p.group_size, 1536, activation)
+            ref = ReferenceOps.wo_gemv(x, *w, bias, bits, p.group_size, 1536, activation)
+            assert rel_err(out, ref.double()) < 1e-2, f"{name} m={m} {activation}"
+    poison_cache()
+    dense = kernels.dequant_int(*w, bits, p.group_size, 1536, dtype)
+    expected = dequantize_packed(*w, bits, p.group_size, 1536, dtype)
+    torch.testing.assert_close(dense, expected, rtol=1e-2, atol=1e-6)
+
+
+def test_kernel_errors_name_shapes(kernels):
+    qt, _, _ = make_weight(4, 128, True, False, 576, 1536)
+    p = pack_weight(qt.values, qt.scale, None, None, 4, 128)
+    x = torch.randn(3, 512, device="cuda", dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match=r"k_padded=576.*\[3, 512\]"):
+        kernels.wo_gemm(x, p.qweight, p.scale, None, None, 4, 128, 1536, "none")
+    with pytest.raises(RuntimeError, match="scale must be"):
+        kernels.wo_gemv(x[:, :1], p.qweight, p.scale[:, :16], None, None, 4, 128, 1536, "none")
+
+
+def test_opcheck(kernels):
+    qt, _, _ = make_weight(4, 128, False, True, 576, 1536)
+    x = torch.randn(5, 576, device="cuda", dtype=torch.bfloat16)
+    bias = torch.randn(1536, device="cuda", dtype=torch.bfloat16)
+    torch.library.opcheck(ops.weight_only_linear, (x, pack_int(qt.values, 4), qt.scale, qt.zero_point, qt.g_idx, bias,
+                                                   4, 128, 576))
+    p = pack_weight(qt.values, qt.scale, qt.zero_point, None, 4, 128)
+    for name, m in (("wo_gemv", 3), ("wo_gemm", 40)):
+        args = (x.new_empty(m, 576).normal_(), p.qweight, p.scale, p.zero, bias.float(), 4, 128, 1536, "silu")
+        torch.library.opcheck(getattr(torch.ops.qtool_cuda, name).default, args)
+    torch.library.opcheck(torch.ops.qtool_cuda.dequant_int.default,
+                          (p.qweight, p.scale, p.zero, 4, 128, 1536, torch.float16))
+
+
+def test_quantlinear_repacks_after_load_state_dict(kernels):
+    qt, args, dense = make_weight(4, 128, True, False, 576, 1536)
+    layer = QuantLinear.from_qtensor(qt, QuantScheme(weights=args))
+    x = torch.randn(2, 576, device="cuda", dtype=torch.bfloat16)
+    layer(x)
+    keys = set(layer.state_dict())
+    assert not any(key.startswith("cuda_") for key in keys)
+    qt2, _, dense2 = make_weight(4, 128, True, False, 576, 1536, seed=7)
+    layer.load_state_dict(QuantLinear.from_qtensor(qt2, QuantScheme(weights=args)).state_dict())
+    assert rel_err(layer(x), x.double() @ dense2.T) < 1e-2
+
+
+def test_quantlinear_under_torch_compile(kernels):
+    qt, args, dense = make_weight(4, 128, False, True, 576, 1536)
+    layer = QuantLinear.from_qtensor(qt, QuantScheme(weights=args))
+    x = torch.randn(4, 576, device="cuda", dtype=torch.bfloat16)
+    layer(x)  # eager forward prepares the kernel layout
+    compiled = torch.compile(layer)
+    for m in (4, 40):
+        x = torch.randn(m, 576, device="cuda", dtype=torch.bfloat16)
+        assert rel_err(compiled(x), x.double() @ dense.T) < 1e-2
+
+
+@pytest.mark.parametrize("out_dtype", DTYPES)
+@pytest.mark.parametrize("m", [1, 5, 64, 300])
+def test_scaled_linear_on_torch_gemms(m, out_dtype):
+    g = torch.Generator(device="cuda").manual_seed(m)
+    k, n = 512, 768
+    x = torch.randn(m, k, device="cuda", generator=g, dtype=out_dtype)
+    w = torch.randn(n, k, device="cuda", generator=g)
+    bias = torch.randn(n, device="cuda")
+    for fmt, static in (("int8", False), ("int8", True), ("e4m3", False)):
+        static_scale = torch.tensor([x.abs().max().item() / 127], device="cuda") if static else None
+        xq, xs = ops.quantize_activation(x, fmt, 0, static_scale)
+        wdtype = torch.int8 if fmt == "int8" else torch.float8_e4m3fn
+        wmax = 127.0 if fmt == "int8" else 448.0
+        ws = w.abs().amax(1, keepdim=True) / wmax
+        wq = (w / ws).round().clamp(-127, 127).to(wdtype) if fmt == "int8" else (w / ws).to(wdtype)
+        direct = scaled_mm.scaled_mm(xq, xs, wq, ws, bias, 0, 0, 0, out_dtype)
+        assert direct is not None, f"{fmt} fell back to the reference"
+        poison_cache()
+        out = ops.scaled_linear(xq, xs, wq, ws, bias, 0, 0, 0, out_dtype)
+        ref = reference.scaled_linear(xq.cpu(), xs.cpu(), wq.cpu(), ws.cpu(), bias.cpu(), 0, 0, 0, torch.float32)
+        assert out.dtype == out_dtype and rel_err(out.cpu(), ref.double()) < 1e-2, fmt
+
+
+def test_smoke_all_paths(kernels):
+    """Small and quick: every kernel and dispatch branch once (scripts/gpu_check.sh runs it under compute-sanitizer)."""
+    for bits, gs, sym, act in ((4, 128, True, False), (4, 64, False, True), (8, -1, False, False)):
+        qt, args, dense = make_weight(bits, gs, sym, act, 576, 1536)
+        layer = QuantLinear.from_qtensor(qt, QuantScheme(weights=args), bias=torch.randn(1536, device="cuda"))
+        for m in (1, weight_only.GEMV_MAX_M + 1, 70, weight_only.GEMM_MAX_M + 1):
+            x = torch.randn(m, 576, device="cuda", dtype=torch.bfloat16)
+            ref = x.double() @ dense.T + layer.bias.double()
+            assert rel_err(layer(x), ref) < 1e-2
+    torch.cuda.synchronize()
