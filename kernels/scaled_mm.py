@@ -10,12 +10,27 @@ Activation groups and weight blocks (e.g. FP8 block-128) and any other shape use
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 
 from . import ops, reference
 
 INT_MM_MIN_M = 17  # torch._int_mm on CUDA needs more than 16 rows
+FP8_MIN_CAPABILITY = (8, 9)  # FP8 matrix units: Ada (sm_89) and Hopper (sm_90) onwards
+_warned: set[str] = set()
+
+
+def _has_fp8_units(device: torch.device) -> bool:
+    """Whether the GPU multiplies FP8 natively; warns once, and the caller dequantizes, when it does not."""
+    if torch.cuda.get_device_capability(device) >= FP8_MIN_CAPABILITY:
+        return True
+    if "fp8" not in _warned:
+        _warned.add("fp8")
+        warnings.warn(f"{torch.cuda.get_device_name(device)} has no FP8 matrix units: FP8 layers run as "
+                      "dequantize + 16-bit GEMM (weight-only speed)", RuntimeWarning, stacklevel=3)
+    return False
 
 
 def _rowwise(scale: torch.Tensor, rows: int) -> torch.Tensor:
@@ -40,7 +55,7 @@ def scaled_mm(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale
         acc = torch._int_mm(xp.contiguous(), wq.t())[:m]
         y = acc.float() * sx * sw
     elif xq.dtype == wq.dtype == torch.float8_e4m3fn:
-        if k % 16 or n % 16:
+        if k % 16 or n % 16 or not _has_fp8_units(xq.device):
             return None
         mm_dtype = torch.bfloat16 if out_dtype == torch.bfloat16 else torch.float32
         y = torch._scaled_mm(xq.contiguous(), wq.t(), scale_a=sx, scale_b=sw.contiguous(), out_dtype=mm_dtype)
