@@ -24,7 +24,7 @@ _warned: set[str] = set()
 
 def _has_fp8_units(device: torch.device) -> bool:
     """Whether the GPU multiplies FP8 natively; warns once, and the caller dequantizes, when it does not."""
-    if torch.cuda.get_device_capability(device) >= FP8_MIN_CAPABILITY:
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) >= FP8_MIN_CAPABILITY:
         return True
     if "fp8" not in _warned:
         _warned.add("fp8")

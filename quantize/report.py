@@ -83,7 +83,10 @@ def plot_errors(records: list[LayerError], out_png: str | Path, title: str | Non
     smallest positive error; layers outside the blocks are not drawn (print_worst lists
     them). Small grids are annotated with values.
     """
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise ValueError("--plot needs matplotlib: pip install 'qtool[plot]'") from None
 
     matplotlib.use("Agg")  # files only: no display on servers and in tests
     import matplotlib.pyplot as plt
