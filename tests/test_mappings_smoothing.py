@@ -135,14 +135,13 @@ def test_awq_folded_model_equals_unscaled_before_quantization(calib_ids):
     inputs = capture_block_inputs(model, blocks, calib_ids, torch.device("cpu"), "cpu")
     ctx = BlockContext(0, "model.layers.0.", blocks[0], inputs, arch, torch.device("cpu"))
     args = preset("w4a16").weights.__class__(num_bits=4, strategy="group", group_size=32)
-    applied = 0
-    for m in arch.smooth:
-        if applicable(blocks[0], m):
-            s, ratio, _ = awq.search_scale(ctx, m, args)
-            assert 0.0 <= ratio < 1.0
-            apply_scale(blocks[0], m, s, arch.norm_offset)
-            applied += 1
-    assert applied == 4
+    mappings = [m for m in arch.smooth if applicable(blocks[0], m)]
+    assert len(mappings) == 4
+    for m, inputs in zip(mappings, awq.gather_inputs(ctx, mappings, 10_000), strict=True):
+        inspect = blocks[0].get_submodule(m.inspect or m.balance[0])
+        s, ratio, _ = awq.search_scale(inspect, [blocks[0].get_submodule(b) for b in m.balance], inputs, args)
+        assert 0.0 <= ratio < 1.0
+        apply_scale(blocks[0], m, s, arch.norm_offset)
     with torch.no_grad():
         torch.testing.assert_close(model(ids).logits, before, rtol=1e-4, atol=1e-4)
 

@@ -13,6 +13,8 @@ Search and application are separate: `search_scale` returns data, `apply_scale` 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn as nn
 
@@ -30,41 +32,52 @@ def _fake_quant(w: torch.Tensor, args: QuantArgs) -> torch.Tensor:
     return dequantize(quantize(w, scale, zp, args), scale, zp, args, w.dtype)
 
 
-class _Inputs:
-    """Positional args and kwargs of the calls of one module during a block pass, up to `limit` tokens."""
+@dataclass
+class MappingInputs:
+    """What the scale search of one mapping needs, gathered in a single pass over the block.
 
-    def __init__(self, limit: int) -> None:
-        self.calls: list[tuple[tuple, dict]] = []
-        self.limit, self.tokens = limit, 0
+    x_mean: mean |x| per input channel of the balance linears over all calibration tokens, [K].
+    calls: (args, kwargs) of the first calls of the inspected module, up to the token budget.
+    """
 
-    def hook(self, module, args, kwargs):
-        x = args[0] if args else kwargs["hidden_states"]
-        if self.calls and self.tokens + x.shape[:-1].numel() > self.limit:
-            return
-        self.calls.append((args, kwargs))
-        self.tokens += x.shape[:-1].numel()
+    x_mean: torch.Tensor
+    calls: list[tuple[tuple, dict]] = field(default_factory=list)
+    tokens: int = 0
+    abs_sum: torch.Tensor | float = 0.0
+    count: int = 0
 
 
-def _capture_calls(ctx: BlockContext, name: str, limit: int) -> list[tuple[tuple, dict]]:
-    """The first calls of module `name` holding up to `limit` tokens (at least one call)."""
-    rec = _Inputs(limit)
-    handle = ctx.block.get_submodule(name).register_forward_pre_hook(rec.hook, with_kwargs=True)
+def gather_inputs(ctx: BlockContext, mappings: list[Smooth], search_tokens: int) -> list[MappingInputs]:
+    """One float pass over the block recording every mapping's statistics.
+
+    One pass suffices because folding one mapping's scales never changes the inputs another mapping
+    inspects: each fold only rescales the output of its own `prev` and the inputs of its own linears.
+    """
+    stats = [MappingInputs(torch.empty(0)) for _ in mappings]
+    handles = []
+    for st, m in zip(stats, mappings, strict=True):
+        def record(module, args, kwargs, st=st):
+            x = args[0] if args else kwargs["hidden_states"]
+            n = x.shape[:-1].numel()
+            if not st.calls or st.tokens + n <= search_tokens:
+                st.calls.append((args, kwargs))
+                st.tokens += n
+
+        def accumulate(module, args, st=st):
+            x = args[0]
+            st.abs_sum = st.abs_sum + x.abs().float().reshape(-1, x.shape[-1]).sum(0)
+            st.count += x.shape[:-1].numel()
+        block = ctx.block
+        handles.append(block.get_submodule(m.inspect or m.balance[0]).register_forward_pre_hook(record, with_kwargs=True))
+        handles.append(block.get_submodule(m.balance[0]).register_forward_pre_hook(accumulate))
     try:
         ctx.run(keep_outputs=False)
     finally:
-        handle.remove()
-    return rec.calls
-
-
-def _mean_abs_input(ctx: BlockContext, name: str) -> torch.Tensor:
-    """mean |x| per input channel of module `name` over all calibration tokens, [in_features]."""
-    acc: dict = {"sum": 0.0, "tokens": 0}
-
-    def add(_, x, y):
-        acc["sum"] = acc["sum"] + x.abs().float().sum(0)
-        acc["tokens"] += x.shape[0]
-    ctx.capture([name], add)
-    return acc["sum"] / acc["tokens"]
+        for h in handles:
+            h.remove()
+    for st in stats:
+        st.x_mean = st.abs_sum / st.count
+    return stats
 
 
 def _run(module: nn.Module, calls: list[tuple[tuple, dict]]) -> list[torch.Tensor]:
@@ -76,30 +89,24 @@ def _run(module: nn.Module, calls: list[tuple[tuple, dict]]) -> list[torch.Tenso
     return outs
 
 
-def search_scale(ctx: BlockContext, smooth: Smooth, args: QuantArgs,
-                 search_tokens: int = 16384) -> tuple[torch.Tensor, float, float]:
-    """Best per-channel scale s [in_features] for `smooth`, its grid ratio, and the MSE it gives.
+def search_scale(inspect: nn.Module, balance: list[nn.Linear], inputs: MappingInputs,
+                 args: QuantArgs) -> tuple[torch.Tensor, float, float]:
+    """Best per-channel scale s [K] for the balance linears, its grid ratio, and the MSE it gives.
 
-    mean|x| comes from all calibration tokens; the 20 candidate scales are scored on the first
-    `search_tokens` of them, which bounds the cost of the grid (20 passes of the inspected module).
+    Each of the 20 candidates s = mean|x|^ratio is scored by the MSE of `inspect`'s output on the
+    recorded calls when the balance weights are replaced by Q(W * s) / s. Weights are restored.
     """
-    block = ctx.block
-    balance = [block.get_submodule(n) for n in smooth.balance]
-    inspect_name = smooth.inspect or smooth.balance[0]
-    inspect = block.get_submodule(inspect_name)
-    x_mean = _mean_abs_input(ctx, smooth.balance[0])
-    inspect_calls = _capture_calls(ctx, inspect_name, search_tokens)
-    reference = _run(inspect, inspect_calls)
+    reference = _run(inspect, inputs.calls)
     originals = [b.weight.data.clone() for b in balance]
-    best = (float("inf"), 0.0, torch.ones_like(x_mean))
+    best = (float("inf"), 0.0, torch.ones_like(inputs.x_mean))
     try:
         for i in range(GRID):
             ratio = i / GRID
-            s = x_mean.clamp_min(1e-4).pow(ratio)
+            s = inputs.x_mean.clamp_min(1e-4).pow(ratio)
             s = s / torch.exp(torch.log(s).mean())  # geometric mean 1
             for b, w in zip(balance, originals, strict=True):
                 b.weight.data = (_fake_quant(w.float() * s, args) / s).to(w.dtype)
-            out = _run(inspect, inspect_calls)
+            out = _run(inspect, inputs.calls)
             mse = float(sum(((o - r).float() ** 2).sum() for o, r in zip(out, reference, strict=True)))
             mse /= sum(r.numel() for r in reference)
             if mse < best[0]:
@@ -147,13 +154,15 @@ def quantize_block(ctx: BlockContext, schemes: dict[str, QuantScheme], *, clip: 
         w = s.weights
         if w.is_float or w.strategy not in (Strategy.GROUP, Strategy.CHANNEL):
             raise ValueError(f"AWQ quantizes integer weights per group or channel, got {w.describe()}")
+    mappings = [m for m in ctx.arch.smooth
+                if all(b in schemes for b in m.balance) and applicable(ctx.block, m)]
     used = set()
-    for smooth in ctx.arch.smooth:
-        if not all(b in schemes for b in smooth.balance) or not applicable(ctx.block, smooth):
-            continue
-        args = schemes[smooth.balance[0]].weights
-        s, ratio, _ = search_scale(ctx, smooth, args, search_tokens)
-        apply_scale(ctx.block, smooth, s, ctx.arch.norm_offset)
+    for smooth, inputs in zip(mappings, gather_inputs(ctx, mappings, search_tokens), strict=True):
+        block = ctx.block
+        s, ratio, _ = search_scale(block.get_submodule(smooth.inspect or smooth.balance[0]),
+                                   [block.get_submodule(b) for b in smooth.balance], inputs,
+                                   schemes[smooth.balance[0]].weights)
+        apply_scale(block, smooth, s, ctx.arch.norm_offset)
         for b in smooth.balance:
             ctx.record(b, "awq_ratio", ratio)
         used.update(smooth.balance)
