@@ -8,6 +8,8 @@ points, packed 8-bit and odd-width codes, group sizes).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
@@ -62,6 +64,7 @@ class QuantLinear(nn.Module):
         if act is not None and not act.dynamic:
             self.register_buffer("input_scale", torch.ones(1, dtype=torch.float32, device=device))
         self.bias = nn.Parameter(torch.zeros(n, dtype=dtype, device=device), requires_grad=False) if bias else None
+        self.dense_weight: torch.Tensor | None = None  # see `dequantized_weights`
 
     # --- construction ---------------------------------------------------------------------
 
@@ -107,6 +110,10 @@ class QuantLinear(nn.Module):
         w = self.scheme.weights
         if self.scheme.input_activations is not None:
             return self._forward_w8a8(x)
+        if self.dense_weight is not None and not x.is_cuda:
+            # Set by `dequantized_weights` while the pipeline runs many batches through one block on
+            # the CPU: the same arithmetic as the reference op without unpacking the weight every call.
+            return F.linear(x, self.dense_weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
         if not w.is_float and w.strategy in (Strategy.GROUP, Strategy.CHANNEL):
             if x.is_cuda and (y := qtool_kernels.cuda_linear(self, x)) is not None:
                 return y  # CUDA kernels on a copy repacked once at first use (kernels/weight_only.py)
@@ -130,6 +137,20 @@ class QuantLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, {self.scheme.describe()}"
+
+
+@contextmanager
+def dequantized_weights(module: nn.Module) -> Iterator[None]:
+    """Within the block, weight-only QuantLinear layers on the CPU compute with their weight
+    dequantized once (float32) instead of once per call; the results are the reference op's."""
+    layers = [m for m in module.modules() if isinstance(m, QuantLinear) and m.scheme.input_activations is None]
+    for layer in layers:
+        layer.dense_weight = layer.dequantize_weight(torch.float32)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.dense_weight = None
 
 
 def set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:

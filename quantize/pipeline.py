@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .linear import QuantLinear, set_submodule
+from .linear import QuantLinear, dequantized_weights, set_submodule
 from .mappings import Architecture, find_architecture, find_blocks
 from .primitives import QTensor, quantize_weight
 from .scheme import QuantScheme
@@ -312,7 +312,8 @@ def _measure(ctx: BlockContext, local: Plan, float_out: dict[str, torch.Tensor],
         if name in float_out and name not in errors:
             ref = float_out[name]
             errors[name] = float((_sample_rows(y) - ref).norm() / ref.norm().clamp_min(1e-12))
-    return ctx.capture(local, hook, keep_outputs=True)
+    with dequantized_weights(ctx.block):
+        return ctx.capture(local, hook, keep_outputs=True)
 
 
 def _static_scale(lo: torch.Tensor, hi: torch.Tensor, scheme: QuantScheme) -> torch.Tensor:
