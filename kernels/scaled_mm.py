@@ -10,6 +10,7 @@ Activation groups and weight blocks (e.g. FP8 block-128) and any other shape use
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import torch
@@ -31,6 +32,17 @@ def _has_fp8_units(device: torch.device) -> bool:
         warnings.warn(f"{torch.cuda.get_device_name(device)} has no FP8 matrix units: FP8 layers run as "
                       "dequantize + 16-bit GEMM (weight-only speed)", RuntimeWarning, stacklevel=3)
     return False
+
+
+@functools.cache
+def _cpu_has_rowwise_fp8() -> bool:
+    """Whether this PyTorch's CPU torch._scaled_mm takes row-wise scales (2.13 does; 2.11 is per-tensor only)."""
+    a = torch.ones(2, 16).to(torch.float8_e4m3fn)
+    try:
+        torch._scaled_mm(a, a.t(), scale_a=torch.ones(2, 1), scale_b=torch.ones(1, 2), out_dtype=torch.float32)
+    except RuntimeError:
+        return False
+    return True
 
 
 def _rowwise(scale: torch.Tensor, rows: int) -> torch.Tensor:
@@ -56,6 +68,8 @@ def scaled_mm(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale
         y = acc.float() * sx * sw
     elif xq.dtype == wq.dtype == torch.float8_e4m3fn:
         if k % 16 or n % 16 or not _has_fp8_units(xq.device):
+            return None
+        if xq.device.type == "cpu" and not _cpu_has_rowwise_fp8():
             return None
         mm_dtype = torch.bfloat16 if out_dtype == torch.bfloat16 else torch.float32
         y = torch._scaled_mm(xq.contiguous(), wq.t(), scale_a=sx, scale_b=sw.contiguous(), out_dtype=mm_dtype)

@@ -139,6 +139,9 @@ def quantize(
                                                 "with rtn or gptq.")] = "rtn",
     calibration: Annotated[Path | None, typer.Option(help="Statistics from `qtool calibrate` (static activation scales).")] = None,
     observer: Annotated[str, typer.Option(help="Observer for inline static activation calibration.")] = "minmax",
+    offload_activations: Annotated[bool | None, typer.Option(
+        "--offload-activations/--keep-activations", help="Cache block inputs in CPU memory, or on the device; "
+        "default: on the device when they fit in a quarter of its free memory.")] = None,
     device: DeviceOpt = "cpu",
     format: FormatOpt = "qtool",
     overwrite: OverwriteOpt = False,
@@ -187,7 +190,7 @@ def quantize(
         from .calibration import load_stats
         input_scales = load_stats(calibration).input_scales(plan, float_model)
     result = quantize_model(float_model, plan, calibration=batches, device=device, input_scales=input_scales,
-                            observer=observer)
+                            offload_activations=offload_activations, observer=observer)
     source, extra = model if Path(model).is_dir() else None, {"layer_errors.json": result.report.to_dict()}
     if format == "compressed-tensors":
         write_compressed_tensors(float_model, output, source_dir=source, overwrite=overwrite, extra_json=extra)

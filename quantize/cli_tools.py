@@ -11,18 +11,21 @@ from rich.table import Table
 
 from .cli import BatchSizeOpt, DatasetConfigOpt, DeviceOpt, TextColumnOpt, app, console, handles_errors
 
+DTYPES = ("float32", "bfloat16", "float16")
 
-def _load_any(path: str, device: str):
-    """A qtool checkpoint or a plain HF model, with its tokenizer."""
+
+def _load_any(path: str, device: str, dtype: str = "float32"):
+    """A qtool checkpoint or a plain HF model, with its tokenizer; float tensors in `dtype`."""
+    import torch
     from transformers import AutoTokenizer
 
     from .checkpoint import load_checkpoint
     from .quantizer import load_model
 
     if Path(path, "config.json").is_file() and "quantization_config" in json.loads(Path(path, "config.json").read_text()):
-        model, _ = load_checkpoint(path, device=device)
+        model, _ = load_checkpoint(path, device=device, dtype=getattr(torch, dtype))
         return model, AutoTokenizer.from_pretrained(path)
-    return load_model(path, device=device)
+    return load_model(path, device=device, dtype=getattr(torch, dtype))
 
 
 @app.command("eval")
@@ -40,6 +43,8 @@ def eval_(
     base: Annotated[str | None, typer.Option(help="Unquantized model: adds KL divergence and top-1 agreement.")] = None,
     tasks: Annotated[str | None, typer.Option(help="lm-evaluation-harness tasks, comma-separated (needs lm-eval).")] = None,
     device: DeviceOpt = "cpu",
+    dtype: Annotated[str, typer.Option(help="Float dtype of activations and unquantized weights: "
+                                            "float32, bfloat16 or float16 (the CUDA kernels take the last two).")] = "float32",
     json_out: Annotated[Path | None, typer.Option("--json", help="Write every figure and its settings as JSON.")] = None,
 ) -> None:
     """Perplexity, and with --base the KL divergence and top-1 agreement, in one pass over the data."""
@@ -50,13 +55,15 @@ def eval_(
         import importlib.util
         if importlib.util.find_spec("lm_eval") is None:
             raise ValueError("--tasks needs lm-evaluation-harness: pip install 'qtool[eval]'")
-    qmodel, tokenizer = _load_any(model, device)
-    base_model = _load_any(base, device)[0] if base else None
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown --dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    qmodel, tokenizer = _load_any(model, device, dtype)
+    base_model = _load_any(base, device, dtype)[0] if base else None
     texts = data.load_texts(dataset, config=dataset_config, split=split, text_column=text_column)
     windows = data.evaluation_windows(tokenizer, texts, seq_len=seq_len, max_windows=max_windows)
     result = evaluate(qmodel, windows, batch_size=batch_size, base=base_model, device=device) if perplexity else None
     figures = {"model": model, "base": base, "dataset": dataset, "dataset_config": dataset_config, "split": split,
-               "seq_len": seq_len, "max_windows": max_windows, "batch_size": batch_size, "device": device}
+               "seq_len": seq_len, "max_windows": max_windows, "batch_size": batch_size, "device": device, "dtype": dtype}
     if result is not None:
         print_table(result, title=model, console=console)
         figures.update(result.to_dict())
@@ -136,12 +143,13 @@ def bench(
             results = {"base": base_result.to_dict(), "quantized": q_result.to_dict(),
                        "ratios": compare(base_result, q_result)}
     else:
-        q_result = bench_model(_load_any(model, device)[0], batch_sizes=sizes, decode_tokens=decode_tokens,
+        dtype_name = str(dtype).removeprefix("torch.")
+        q_result = bench_model(_load_any(model, device, dtype_name)[0], batch_sizes=sizes, decode_tokens=decode_tokens,
                                prefill_len=prefill_len)
         results = {"quantized": q_result.to_dict()}
         baseline = None
         if base is not None:
-            baseline = bench_model(_load_any(base, device)[0], batch_sizes=sizes, decode_tokens=decode_tokens,
+            baseline = bench_model(_load_any(base, device, dtype_name)[0], batch_sizes=sizes, decode_tokens=decode_tokens,
                                    prefill_len=prefill_len)
             results.update(base=baseline.to_dict(), ratios=compare(baseline, q_result))
         print_bench(q_result, model, baseline=baseline, console=console)

@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import datasets
 import torch
 
 # Config used when a hub dataset is named without one; "wikitext" alone is ambiguous on the hub.
@@ -94,7 +93,10 @@ def load_texts(dataset: str, *, config: str | None = None, split: str = "train",
     return rows
 
 
-def _load_split(source: DatasetSource, split: str) -> datasets.Dataset:
+def _load_split(source: DatasetSource, split: str):
+    """A `datasets.Dataset`; imported here so plain-text files need no `datasets` (or pyarrow) at all."""
+    import datasets
+
     if source.kind == "saved":
         loaded = datasets.load_from_disk(source.location)
         if isinstance(loaded, datasets.DatasetDict):
@@ -116,7 +118,7 @@ def _load_split(source: DatasetSource, split: str) -> datasets.Dataset:
         raise DataError(f"cannot load dataset {source.location}: {_first_line(err)}") from err
 
 
-def _read_column(ds: datasets.Dataset, text_column: str, dataset: str) -> list[str]:
+def _read_column(ds, text_column: str, dataset: str) -> list[str]:
     if text_column not in ds.column_names:
         raise DataError(f"dataset {dataset} has no column {text_column!r}; columns: {', '.join(ds.column_names)}")
     rows = ["" if value is None else value for value in ds[text_column]]

@@ -9,8 +9,10 @@ Flow (one block on the device at a time):
      gather Hessians); swap the linears for QuantLinear; run the block again to produce the
      next block's inputs, so quantization error propagates as in deployment; move it back.
 
-Peak device memory is one block plus one batch of activations (plus the cached block inputs
-when `offload_activations=False`).
+Peak device memory is one block plus one batch of activations, plus the cached block inputs and
+outputs when they stay on the device. `offload_activations=None` (the default) keeps them there when
+twice their size fits in a quarter of the free device memory (a 135M model's 128 x 512 tokens: 0.3 GB;
+an 8B model's: 2.1 GB), else in CPU memory; each pass over a block then copies them both ways.
 """
 
 from __future__ import annotations
@@ -147,6 +149,18 @@ def capture_block_inputs(model: nn.Module, blocks: nn.ModuleList, batches: Itera
     return cached
 
 
+def _cache_fits(model: nn.Module, batches: list[torch.Tensor] | None, device: torch.device) -> bool:
+    """Whether the cached block inputs and outputs ([B, T, hidden] each, in the model's dtype) take at most
+    a quarter of the free memory of a CUDA `device`; on the CPU, keeping them "on the device" is free."""
+    if device.type != "cuda" or not batches:
+        return device.type != "cuda"
+    hidden = model.get_input_embeddings().embedding_dim
+    itemsize = next(model.parameters()).element_size()
+    need = 2 * sum(b.numel() for b in batches) * hidden * itemsize
+    free, _ = torch.cuda.mem_get_info(device)
+    return need <= free / 4
+
+
 def _non_block_modules(model: nn.Module, blocks: nn.ModuleList) -> list[nn.Module]:
     """Leaf-level modules outside the blocks (embeddings, rotary, final norm, lm_head)."""
     block_ids = {id(m) for m in blocks.modules()}
@@ -175,7 +189,7 @@ def run_sequential(
     process: Callable[[BlockContext], list[torch.Tensor] | None],
     *,
     device: torch.device | str = "cpu",
-    offload_activations: bool = True,
+    offload_activations: bool | None = None,
     progress: bool = True,
     description: str = "blocks",
 ) -> None:
@@ -188,6 +202,8 @@ def run_sequential(
     device = torch.device(device)
     arch = find_architecture(model)
     prefix, blocks = find_blocks(model, arch)
+    if offload_activations is None:
+        offload_activations = not _cache_fits(model, batches, device)
     cache_device = "cpu" if offload_activations else device
     inputs: list[Cached] = []
     if batches is not None:
@@ -227,7 +243,7 @@ def quantize_sequential(
     batches: list[torch.Tensor] | None,
     *,
     device: torch.device | str = "cpu",
-    offload_activations: bool = True,
+    offload_activations: bool | None = None,
     input_scales: dict[str, torch.Tensor] | None = None,
     observer_factory: Callable[[QuantScheme], Any] | None = None,
     progress: bool = True,

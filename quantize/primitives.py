@@ -110,18 +110,25 @@ def reduce_range(x: torch.Tensor, args: QuantArgs) -> tuple[torch.Tensor, torch.
 
 
 def qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, args: QuantArgs) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Scale and zero point (None when symmetric) from per-scale ranges; shapes unchanged."""
-    lo = torch.minimum(lo.float(), torch.zeros_like(lo, dtype=torch.float32))
-    hi = torch.maximum(hi.float(), torch.zeros_like(hi, dtype=torch.float32))
+    """Scale and zero point (None when symmetric) from per-scale ranges; shapes unchanged.
+
+    The division runs in float64 and rounds once to float32. CUDA divides a tensor by a Python
+    scalar as a multiplication by its rounded reciprocal, so a float32 amax / 7.5 can differ from
+    the CPU's by one ulp; the extreme weights of a group sit exactly on a rounding tie (+-7.5 steps
+    at 4 bits), and that ulp flips them. Measured on SmolLM2 W4 g128 RTN: 43.82 vs 44.79 perplexity.
+    """
+    lo = torch.minimum(lo.double(), torch.zeros_like(lo, dtype=torch.float64))
+    hi = torch.maximum(hi.double(), torch.zeros_like(hi, dtype=torch.float64))
     if args.is_float:
-        scale = torch.maximum(-lo, hi) / fp8_max(args)
+        scale = (torch.maximum(-lo, hi) / fp8_max(args)).float()
         return torch.where(scale > 0, scale, torch.ones_like(scale)), None
     qmin, qmax = int_range(args.num_bits)
     if args.symmetric:
-        scale = torch.maximum(-lo, hi) / ((qmax - qmin) / 2)
+        scale = (torch.maximum(-lo, hi) / ((qmax - qmin) / 2)).float()
         return torch.where(scale > 0, scale, torch.ones_like(scale)), None
-    scale = (hi - lo) / (qmax - qmin)
+    scale = ((hi - lo) / (qmax - qmin)).float()
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    lo = lo.float()
     zero_point = (qmin - torch.round(lo / scale)).clamp(qmin, qmax).to(torch.int8)
     return scale, zero_point
 

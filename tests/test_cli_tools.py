@@ -82,6 +82,16 @@ def test_eval_with_base_and_report_plot(wide_model_dir, tmp_path, text_file, eva
     assert all(e["rel_error"] > 0 and "gptq_loss" in e["method_stats"] for e in errors)
 
 
+def test_eval_dtype(wide_model_dir, tmp_path, eval_file):
+    res = run("eval", wide_model_dir, "--dataset", eval_file, "--split", "train", "--seq-len", 32, "--dtype", "float64")
+    assert res.exit_code == 2 and "float64" in res.output
+    res = run("eval", wide_model_dir, "--dataset", eval_file, "--split", "train", "--seq-len", 32,
+              "--dtype", "bfloat16", "--json", tmp_path / "e.json")
+    assert res.exit_code == 0, res.output
+    figures = json.loads((tmp_path / "e.json").read_text())
+    assert figures["dtype"] == "bfloat16" and figures["perplexity"] > 1
+
+
 def test_eval_tasks_without_lm_eval(wide_model_dir, eval_file):
     import importlib.util
     if importlib.util.find_spec("lm_eval") is not None:

@@ -172,6 +172,9 @@ def test_scaled_mm_paths_match_reference():
     xf = torch.randn(40, 64, generator=g).to(torch.float8_e4m3fn)
     wf = torch.randn(32, 64, generator=g).to(torch.float8_e4m3fn)
     got = scaled_mm.scaled_mm(xf, xs, wf, ws, bias, 0, 0, 0, torch.bfloat16)
+    if not scaled_mm._cpu_has_rowwise_fp8():
+        assert got is None  # the reference serves older PyTorch's CPU
+        return
     expected = reference.scaled_linear(xf, xs, wf, ws, bias, 0, 0, 0, torch.bfloat16)
     torch.testing.assert_close(got.float(), expected.float(), rtol=1e-2, atol=1e-2)
     assert scaled_mm.scaled_mm(xf, xs.expand(40, 2), wf, ws, None, 32, 0, 0, torch.bfloat16) is None  # groups

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -18,6 +19,7 @@ from quantize.primitives import (
     int_range,
     pack_factor,
     pack_int,
+    qparams_from_range,
     quantize,
     scale_shape,
     unpack_int,
@@ -123,3 +125,24 @@ def test_act_order_gidx_expand():
     scale = torch.tensor([[1.0, 10.0]])
     g_idx = torch.tensor([1, 0, 1, 0], dtype=torch.int32)
     assert expand(scale, (1, 4), args, g_idx).tolist() == [[10.0, 1.0, 10.0, 1.0]]
+
+
+@pytest.mark.parametrize("bits,symmetric", [(4, True), (4, False), (3, True), (8, True)])
+def test_scales_are_correctly_rounded_divisions(bits, symmetric):
+    """Scales are the exact quotient amax / 7.5 (or range / 15) rounded once to float32, on any device.
+
+    CUDA multiplies by a rounded reciprocal when a tensor is divided by a Python scalar; that ulp
+    flips the group extremes, which sit on a rounding tie, and moved SmolLM2 W4 RTN perplexity by 2%.
+    """
+    g = torch.Generator().manual_seed(bits)
+    lo = -torch.rand(50_000, generator=g) * torch.logspace(-4, 2, 50_000)
+    hi = torch.rand(50_000, generator=g) * torch.logspace(2, -4, 50_000)
+    args = QuantArgs(num_bits=bits, symmetric=symmetric, strategy=Strategy.CHANNEL)
+    scale, _ = qparams_from_range(lo, hi, args)
+    qmin, qmax = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    if symmetric:
+        expected = np.maximum(-lo.numpy(), hi.numpy()) / np.float32((qmax - qmin) / 2)
+    else:
+        expected = (hi.numpy().astype(np.float64) - lo.numpy()) / (qmax - qmin)  # exact range, rounded once
+    assert scale.dtype == torch.float32
+    assert np.array_equal(scale.numpy(), expected.astype(np.float32))
