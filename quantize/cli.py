@@ -39,6 +39,19 @@ FormatOpt = Annotated[str, typer.Option("--format", help="Checkpoint format to w
 FORMATS = ("qtool", "compressed-tensors")
 
 
+def _float_option(option: str, value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"{option} must be a number, got {value!r}") from None
+
+
+def _smoothquant_alpha(alpha: str) -> float | str:
+    from .methods.smoothquant import check_alpha
+
+    return check_alpha(alpha if alpha == "auto" else _float_option("--alpha", alpha))
+
+
 def _check_format(format: str) -> None:
     if format not in FORMATS:
         raise ValueError(f"unknown --format {format!r}; choose from {', '.join(FORMATS)}")
@@ -134,7 +147,8 @@ def quantize(
     true_sequential: Annotated[bool, typer.Option("--true-sequential/--no-true-sequential",
                                                   help="GPTQ: re-collect inputs after each group of linears.")] = True,
     clip: Annotated[bool, typer.Option("--clip/--no-clip", help="AWQ: search per-group clipping.")] = True,
-    alpha: Annotated[float, typer.Option(help="SmoothQuant migration strength.")] = 0.5,
+    alpha: Annotated[str, typer.Option(help="SmoothQuant migration strength in [0, 1], or 'auto' "
+                                            "(searched per layer).")] = "0.5",
     weights_method: Annotated[str, typer.Option("--weights", help="SmoothQuant: quantize the smoothed weights "
                                                 "with rtn or gptq.")] = "rtn",
     calibration: Annotated[Path | None, typer.Option(help="Statistics from `qtool calibrate` (static activation scales).")] = None,
@@ -171,7 +185,7 @@ def quantize(
         settings = {
             "gptq": dict(damp=damp, act_order=act_order, static_groups=static_groups, true_sequential=true_sequential),
             "awq": dict(clip=clip),
-            "smoothquant": dict(alpha=alpha, weights=weights_method),
+            "smoothquant": dict(alpha=_smoothquant_alpha(alpha), weights=weights_method),
         }.get(method, {})
         if method == "smoothquant" and weights_method == "gptq":
             settings.update(damp=damp, act_order=act_order, static_groups=static_groups,

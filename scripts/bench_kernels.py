@@ -8,7 +8,8 @@ issue-6 bar, the achieved bandwidth of the qtool path ((weight + scale bytes) / 
 device-to-device copy bandwidth measured here, and the time of each kernel alone (wo_gemv, wo_gemm,
 dequant_int + cuBLAS) to tune GEMV_MAX_M and GEMM_MAX_M. Timing: triton.testing.do_bench when
 triton imports, else CUDA events; weights rotate over enough copies that they cannot sit in L2, and
-L2 is flushed before each timed call.
+L2 is flushed before each timed call. The graph columns time 20 calls captured in one CUDA graph
+(rotating weights, no flush): GPU time without the per-call launch and dispatch cost.
 """
 
 from __future__ import annotations
@@ -67,6 +68,35 @@ def make_timer():
     return "cuda events", events
 
 
+def graph_ms(call, reps: int = 20, replays: int = 10) -> float | None:
+    """Median time per call of `reps` calls captured in one CUDA graph: GPU time with the CPU's launch
+    and dispatch cost taken out (a decode step under CUDA graphs sees this). None if capture fails.
+    `call` rotates its weights, so the captured calls read `reps` different copies."""
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # capture wants the first calls (allocations, autotuning) done
+            for _ in range(3):
+                call()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(reps):
+                call()
+    except RuntimeError as err:
+        print(f"graph capture failed: {str(err).splitlines()[0]}")
+        return None
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / reps)
+    return statistics.median(times)
+
+
 class Rotation:
     """Cycles through copies of the same operand so consecutive calls read different memory."""
 
@@ -116,6 +146,8 @@ def bench_tokens(timer, kernels, x: torch.Tensor, dense: Rotation, packed: Rotat
 
     t_bf16 = timer(lambda: F.linear(x, dense()))
     t_auto = timer(lambda: packed_linear(x, packed(), None, "none", kernels))
+    g_bf16 = graph_ms(lambda: F.linear(x, dense()))
+    g_auto = graph_ms(lambda: packed_linear(x, packed(), None, "none", kernels))
     kernel_ms = {"wo_gemv": timer(lambda: raw("wo_gemv")) if m <= 8 else None,
                  "wo_gemm": timer(lambda: raw("wo_gemm")) if m <= 1024 else None,
                  "dequant+cublas": timer(dequant_gemm)}
@@ -123,6 +155,8 @@ def bench_tokens(timer, kernels, x: torch.Tensor, dense: Rotation, packed: Rotat
     return {"K": k, "N": n, "format": fmt, "M": m, "bf16_ms": t_bf16, "qtool_ms": t_auto,
             "speedup": t_bf16 / t_auto, "bar": bar(fmt, m), "weight_bytes": weight_bytes,
             "qtool_GBps": weight_bytes / t_auto / 1e6, "bf16_GBps": 2 * n * k / t_bf16 / 1e6,
+            "graph_bf16_ms": g_bf16, "graph_qtool_ms": g_auto,
+            "graph_speedup": g_bf16 / g_auto if g_bf16 and g_auto else None,
             "kernel_ms": kernel_ms, "best_kernel": min((v, key) for key, v in kernel_ms.items() if v)[1]}
 
 
@@ -136,14 +170,18 @@ def bench_case(timer, kernels, k: int, n: int, fmt: str, tokens: list[int]) -> l
 
 def show(result: dict) -> None:
     rows = result["rows"]
-    header = ["K x N", "format", "M", "bf16 us", "qtool us", "speedup", "bar", "qtool GB/s", "% copy BW", "best kernel"]
+    header = ["K x N", "format", "M", "bf16 us", "qtool us", "speedup", "bar", "qtool GB/s", "% copy BW",
+              "graph bf16/qtool us", "graph speedup", "best kernel"]
     table = []
     for r in rows:
         verdict = "" if r["bar"] is None else (" ok" if r["speedup"] >= r["bar"] else " MISS")
         table.append([f"{r['K']}x{r['N']}", r["format"], str(r["M"]), f"{r['bf16_ms'] * 1e3:.1f}",
                       f"{r['qtool_ms'] * 1e3:.1f}", f"{r['speedup']:.2f}x",
                       "" if r["bar"] is None else f"{r['bar']:.2f}x{verdict}", f"{r['qtool_GBps']:.0f}",
-                      f"{100 * r['qtool_GBps'] / result['copy_GBps']:.0f}", r["best_kernel"]])
+                      f"{100 * r['qtool_GBps'] / result['copy_GBps']:.0f}",
+                      "-" if r["graph_speedup"] is None else
+                      f"{r['graph_bf16_ms'] * 1e3:.1f}/{r['graph_qtool_ms'] * 1e3:.1f}",
+                      "-" if r["graph_speedup"] is None else f"{r['graph_speedup']:.2f}x", r["best_kernel"]])
     title = (f"{result['device']}  torch {result['torch']}  timer: {result['timer']}  "
              f"copy bandwidth {result['copy_GBps']:.0f} GB/s")
     try:

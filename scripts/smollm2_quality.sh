@@ -33,6 +33,7 @@ declare -A CONFIGS=(
   [fp8-block]="--scheme fp8-block"
   [int8-w8a8]="--method int8"
   [smoothquant-w8a8]="--method smoothquant --alpha 0.5 ${CALIB[*]}"
+  [smoothquant-auto-w8a8]="--method smoothquant --alpha auto ${CALIB[*]}"
 )
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=("${!CONFIGS[@]}")

@@ -7,6 +7,7 @@ import torch
 
 from conftest import tiny_llama
 from quantize.mappings import ArchitectureError, applicable, find_architecture, find_blocks
+from quantize.methods import smoothquant
 from quantize.methods.scaling import apply_scale
 from quantize.methods.smoothquant import smoothing_factors
 from quantize.quantizer import quantize_model
@@ -119,6 +120,42 @@ def test_smoothquant_beats_plain_int8_on_outliers(family, calib_ids):
             quantize_model(model, Recipe.single(preset("w8a8-int8"), method), calibration=calib_ids, progress=False)
             return float((model(ids).logits - ref).norm() / ref.norm())
     assert run("smoothquant") < run("int8")
+
+
+def test_smoothquant_auto_alpha(calib_ids):
+    """alpha='auto' picks a grid alpha per mapping, records it, and does no worse than 0.5 on the logits."""
+    ids = torch.randint(0, 128, (4, 32), generator=torch.Generator().manual_seed(3))
+
+    def run(alpha):
+        model = outlier_llama()
+        with torch.no_grad():
+            ref = model(ids).logits
+            result = quantize_model(model, Recipe.single(preset("w8a8-int8"), "smoothquant", {"alpha": alpha}),
+                                    calibration=calib_ids, progress=False)
+            return float((model(ids).logits - ref).norm() / ref.norm()), result.report.layers
+
+    auto_err, layers = run("auto")
+    fixed_err, _ = run(0.5)
+    alphas = {e["name"]: e["method_stats"]["smooth_alpha"] for e in layers if "smooth_alpha" in e["method_stats"]}
+    assert alphas and all(a in smoothquant.ALPHA_GRID for a in alphas.values())
+    assert auto_err <= fixed_err * 1.05, (auto_err, fixed_err)
+
+
+def test_search_alpha_prefers_smoothing_for_outliers():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 64, generator=g)
+    x[:, 3] *= 60.0  # one outlier channel, as in SmoothQuant's figure 4
+    w = [torch.randn(48, 64, generator=g) / 8]
+    scheme = preset("w8a8-int8")
+    alpha, errors = smoothquant.search_alpha(x, x.abs().amax(0), w, [scheme])
+    assert alpha >= 0.3 and errors[alpha] < errors[0.2] and set(errors) == set(smoothquant.ALPHA_GRID)
+
+
+@pytest.mark.parametrize("alpha", [1.5, "half", -0.1])
+def test_smoothquant_rejects_bad_alpha(alpha, calib_ids):
+    with pytest.raises(ValueError, match="alpha"):
+        quantize_model(tiny_llama(), Recipe.single(preset("w8a8-int8"), "smoothquant", {"alpha": alpha}),
+                       calibration=calib_ids, progress=False)
 
 
 def test_awq_folded_model_equals_unscaled_before_quantization(calib_ids):

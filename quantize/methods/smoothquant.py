@@ -7,6 +7,10 @@ linears' input columns by s leaves the float function unchanged while flattening
 channels that per-token INT8 quantization struggles with. Mappings whose `prev` is a linear
 (v -> o, up -> down) are left alone, as in the paper. The smoothed weights are then quantized
 with round-to-nearest, or with GPTQ (`weights="gptq"`).
+
+`alpha="auto"` picks alpha per mapping from a grid (0.2 to 0.95), minimizing the squared error of
+the mapping's linear outputs under the layers' own W8A8 fake quantization, on a sample of 128 tokens
+per calibration batch: one alpha cannot suit every layer (activation outliers grow with depth).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import torch.nn as nn
 
 from ..mappings import applicable
 from ..pipeline import BlockContext
-from ..primitives import QTensor
+from ..primitives import QTensor, fake_quantize
 from ..scheme import QuantScheme
 from . import rtn
 from .scaling import apply_scale
@@ -29,26 +33,74 @@ def smoothing_factors(act_max: torch.Tensor, weights: list[torch.Tensor], alpha:
     return s.clamp_min(1e-5)
 
 
-def quantize_block(ctx: BlockContext, schemes: dict[str, QuantScheme], *, alpha: float = 0.5,
+ALPHA_GRID = tuple(round(0.05 * i, 2) for i in range(4, 20))  # 0.2, 0.25, ..., 0.95
+SAMPLE_ROWS = 128  # tokens kept per calibration batch for the alpha search
+
+
+def search_alpha(x: torch.Tensor, act_max: torch.Tensor, weights: list[torch.Tensor],
+                 schemes: list[QuantScheme]) -> tuple[float, dict[float, float]]:
+    """Alpha of ALPHA_GRID with the least output error, and every alpha's relative error.
+
+    x: [T, K] sampled inputs of the mapping's linears; act_max: [K] max |x| over all calibration
+    tokens; weights: each [N_i, K]; schemes: each linear's scheme (weights and input activations).
+    """
+    x = x.float()
+    refs = [x @ w.float().T for w in weights]
+    norm = sum(r.pow(2).sum() for r in refs)
+    errors = {}
+    for alpha in ALPHA_GRID:
+        s = smoothing_factors(act_max, weights, alpha)
+        err = 0.0
+        for w, scheme, ref in zip(weights, schemes, refs, strict=True):
+            xs = x / s
+            if scheme.input_activations is not None:
+                xs = fake_quantize(xs, scheme.input_activations)
+            err += (xs @ fake_quantize(w.float() * s, scheme.weights).T - ref).pow(2).sum()
+        errors[alpha] = float(err / norm)
+    return min(errors, key=errors.get), errors
+
+
+def check_alpha(alpha: float | str) -> float | str:
+    if alpha == "auto":
+        return alpha
+    try:
+        value = float(alpha)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"SmoothQuant alpha must be in [0, 1] or 'auto', got {alpha!r}")
+    return value
+
+
+def quantize_block(ctx: BlockContext, schemes: dict[str, QuantScheme], *, alpha: float | str = 0.5,
                    weights: str = "rtn", **weight_args) -> dict[str, QTensor]:
     """Smooth every norm-fed mapping of the block, then quantize the weights (rtn or gptq)."""
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"SmoothQuant alpha must be in [0, 1], got {alpha}")
+    alpha = check_alpha(alpha)
     mappings = [m for m in ctx.arch.smooth
                 if applicable(ctx.block, m) and all(b in schemes for b in m.balance)
                 and not isinstance(ctx.block.get_submodule(m.prev), nn.Linear)]
     act_max: dict[str, torch.Tensor] = {}
+    samples: dict[str, list[torch.Tensor]] = {}
 
     def observe(name, x, y):
         m = x.abs().amax(0).float()
         act_max[name] = torch.maximum(act_max[name], m) if name in act_max else m
+        if alpha == "auto":
+            samples.setdefault(name, []).append(x[:: max(1, x.shape[0] // SAMPLE_ROWS)][:SAMPLE_ROWS].float())
     ctx.capture([m.balance[0] for m in mappings], observe)
     for m in mappings:
+        first = m.balance[0]
         lins = [ctx.block.get_submodule(b).weight.detach() for b in m.balance]
-        s = smoothing_factors(act_max[m.balance[0]], lins, alpha)
+        chosen = alpha
+        if alpha == "auto":
+            chosen, errors = search_alpha(torch.cat(samples.pop(first)), act_max[first], lins,
+                                          [schemes[b] for b in m.balance])
+            ctx.record(first, "smooth_error", errors[chosen])
+        s = smoothing_factors(act_max[first], lins, chosen)
         apply_scale(ctx.block, m, s, ctx.arch.norm_offset)
         for b in m.balance:
             ctx.record(b, "smooth_max", float(s.max()))
+            ctx.record(b, "smooth_alpha", chosen)
     if weights == "rtn":
         if weight_args:
             raise ValueError(f"unknown SmoothQuant setting(s) {sorted(weight_args)}")
