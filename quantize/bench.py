@@ -145,6 +145,11 @@ def bench_model(
     vocab_size = model.config.vocab_size
     peaks = []
 
+    with torch.inference_mode():
+        # One eager forward first: quantized layers repack their weights for the CUDA kernels on
+        # their first eager call, and a compiled graph only reuses what that call prepared.
+        model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=device), use_cache=False)
+
     decode = []
     for batch_size in batch_sizes:
         prompt = torch.randint(0, vocab_size, (batch_size, prompt_len), device=device)

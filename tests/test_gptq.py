@@ -241,6 +241,25 @@ def test_hessian_rejects_bad_inputs():
     assert hessian.num_tokens == 0
 
 
+@pytest.mark.parametrize("args", [QuantArgs(num_bits=8, type="float", strategy="channel"),
+                                  QuantArgs(num_bits=8, type="float", fp_format="e5m2", strategy="tensor"),
+                                  QuantArgs(num_bits=8, type="float", strategy="block", block_structure=(16, 64))],
+                         ids=["e4m3-channel", "e5m2-tensor", "e4m3-block"])
+@pytest.mark.parametrize("act_order", [False, True])
+def test_fp8_weights(args, act_order):
+    """FP8 casts take the place of integer rounding: lower output error than the plain cast, and the
+    loss is the objective of the FP8 weight the QTensor holds."""
+    x, weight, hessian = layer()
+    result = gptq_quantize(weight, hessian, args, act_order=act_order)
+    qt = result.qtensor
+    assert qt.values.dtype == {"e4m3": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2}[args.fp_format]
+    assert qt.values.shape == weight.shape and qt.zero_point is None and qt.g_idx is None
+    q = qt.dequantize()
+    assert output_error(x, weight, q) < 0.9 * output_error(x, weight, quantize_weight(weight, args).dequantize())
+    e = weight.double() - q.double()
+    assert result.loss == pytest.approx(0.5 * torch.trace(e @ damped(hessian, 0.01) @ e.T).item(), rel=1e-4)
+
+
 def test_gptq_rejects_bad_inputs():
     _, weight, hessian = layer()
     bad = weight.clone()
@@ -250,8 +269,6 @@ def test_gptq_rejects_bad_inputs():
     bad[3, 4] = float("-inf")
     with pytest.raises(ValueError, match="weight contains NaN or Inf"):
         gptq_quantize(bad, hessian, QuantArgs())
-    with pytest.raises(ValueError, match="integer formats only"):
-        gptq_quantize(weight, hessian, QuantArgs(num_bits=8, type="float", strategy="channel"))
     with pytest.raises(ValueError, match="hessian must be"):
         gptq_quantize(weight, hessian[:-1, :-1], QuantArgs())
     with pytest.raises(ValueError, match="negative diagonal"):

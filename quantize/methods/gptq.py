@@ -9,7 +9,8 @@ columns at a time. Symbols W, H, Hinv are the paper's; the public API spells nam
 Scales: channel, tensor and block strategies, and groups with `static_groups`, are fixed up front
 from the original weights. Other groups are chosen when the loop reaches their first column, from
 the error-updated weights of that group (with `act_order`, groups are runs of the permuted order,
-described by `g_idx`). Integer formats only: FP8 arguments are rejected (FP8 weights use RTN).
+described by `g_idx`). FP8 formats work the same way: the column's "rounding" is the cast to
+E4M3/E5M2 under its scale, and its error is fed forward just the same.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ..primitives import (
     choose_qparams,
     dequantize,
     expand,
+    fp8_dtype,
     group_index,
     qparams_from_range,
     quantize,
@@ -131,7 +133,8 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, args: QuantArgs, 
 
     Hinv, damp_used, messages = _upper_cholesky_of_inverse(H, damp)
     column_args = replace(args, strategy=Strategy.CHANNEL)  # one column: one scale per row
-    codes = torch.empty(N, K, dtype=torch.int8, device=W.device)
+    # FP8 codes are kept as their bytes: indexing float8 tensors is not implemented everywhere.
+    codes = torch.empty(N, K, dtype=torch.uint8 if args.is_float else torch.int8, device=W.device)
     row_loss = torch.zeros(N, device=W.device)
     s = z = None
     i1 = 0
@@ -153,7 +156,7 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, args: QuantArgs, 
                 z = None if column_zero is None else column_zero[:, j]
             s1, z1 = s[:, None], None if z is None else z[:, None]
             q = quantize(W1[:, i:i + 1], s1, z1, column_args)
-            codes[:, j] = q[:, 0]
+            codes[:, j] = q[:, 0].view(codes.dtype)
             err = (W1[:, i] - dequantize(q, s1, z1, column_args)[:, 0]) / Hinv1[i, i]
             row_loss += err.square()
             W1[:, i:].addr_(err, Hinv1[i, i:], alpha=-1)
@@ -169,6 +172,8 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, args: QuantArgs, 
             g_idx = group_index(K, group, W.device)[inverse]
             if torch.equal(g_idx, group_index(K, group, W.device)):
                 g_idx = None  # the permutation kept every column in its natural group
+    if args.is_float:
+        codes = codes.view(fp8_dtype(args))
     loss = float(row_loss.sum()) / 2
     if not math.isfinite(loss):
         raise ValueError(f"GPTQ produced a non-finite loss ({loss}) with damp={damp_used}")
@@ -177,8 +182,6 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, args: QuantArgs, 
 
 def _check_inputs(weight: torch.Tensor, hessian: torch.Tensor, args: QuantArgs, damp: float,
                   block_size: int) -> None:
-    if args.is_float:
-        raise ValueError(f"GPTQ supports integer formats only, got {args.describe()}; use RTN for FP8")
     if args.strategy is Strategy.TOKEN:
         raise ValueError("the token strategy is for activations; weights use channel, group, tensor or block")
     if weight.dim() != 2:
