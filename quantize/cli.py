@@ -141,9 +141,12 @@ def quantize(
     batch_size: BatchSizeOpt = 4,
     seed: SeedOpt = 0,
     damp: Annotated[float, typer.Option(help="GPTQ: dampening, a fraction of the mean Hessian diagonal.")] = 0.01,
-    act_order: Annotated[bool, typer.Option("--act-order", help="GPTQ: columns by descending Hessian diagonal.")] = False,
-    static_groups: Annotated[bool, typer.Option("--static-groups", help="GPTQ: group scales fixed up front "
-                                                "(with --act-order: no g_idx, kernels stay fast).")] = False,
+    act_order: Annotated[bool, typer.Option("--act-order/--no-act-order",
+                                            help="GPTQ: columns by descending Hessian diagonal.")] = True,
+    static_groups: Annotated[bool | None, typer.Option(
+        "--static-groups/--dynamic-groups", help="GPTQ: group scales fixed up front from the float weights (no "
+        "g_idx, kernels stay fast), or chosen as the loop reaches each group (with act-order: stores g_idx). "
+        "Default: static with act-order.")] = None,
     true_sequential: Annotated[bool, typer.Option("--true-sequential/--no-true-sequential",
                                                   help="GPTQ: re-collect inputs after each group of linears.")] = True,
     clip: Annotated[bool, typer.Option("--clip/--no-clip", help="AWQ: search per-group clipping.")] = True,
@@ -190,7 +193,9 @@ def quantize(
         if method == "smoothquant" and weights_method == "gptq":
             settings.update(damp=damp, act_order=act_order, static_groups=static_groups,
                             true_sequential=true_sequential)
-        if act_order and not static_groups and chosen.weights.strategy.value == "group":
+        uses_gptq = method == "gptq" or (method == "smoothquant" and weights_method == "gptq")
+        static = act_order if static_groups is None else static_groups
+        if uses_gptq and act_order and not static and chosen.weights.strategy.value == "group":
             chosen = chosen.with_weights(actorder=True)  # groups become non-contiguous: store g_idx
         plan = Recipe.single(chosen, method, settings)
     float_model, tokenizer = load_model(model)

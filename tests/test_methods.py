@@ -37,9 +37,18 @@ def test_gptq_beats_rtn_on_a_model(calib, bits, group):
     assert all(layer["method_stats"]["gptq_loss"] >= 0 for layer in result.report.layers)
 
 
+def test_gptq_defaults_to_static_act_order(calib):
+    scheme = preset("w4a16").with_weights(group_size=32)
+    default, model, _ = logits_error("gptq", scheme, calib)
+    static, _, _ = logits_error("gptq", scheme, calib, {"act_order": True, "static_groups": True})
+    plain, _, _ = logits_error("gptq", scheme, calib, {"act_order": False})
+    assert default == static != plain
+    assert not hasattr(model.get_submodule("model.layers.0.mlp.down_proj"), "weight_g_idx")
+
+
 def test_act_order_checkpoint_round_trip(calib, tmp_path):
     scheme = preset("w4a16").with_weights(group_size=32, actorder=True)
-    _, model, result = logits_error("gptq", scheme, calib, {"act_order": True})
+    _, model, result = logits_error("gptq", scheme, calib, {"act_order": True, "static_groups": False})
     layer = model.get_submodule("model.layers.0.mlp.down_proj")
     assert layer.weight_g_idx.shape == (160,)
     assert not torch.equal(layer.weight_g_idx, torch.arange(160, dtype=torch.int32) // 32)
@@ -52,7 +61,8 @@ def test_act_order_checkpoint_round_trip(calib, tmp_path):
 
 def test_act_order_needs_g_idx_in_scheme(calib):
     with pytest.raises(ValueError, match="actorder"):
-        logits_error("gptq", preset("w4a16").with_weights(group_size=32), calib, {"act_order": True})
+        logits_error("gptq", preset("w4a16").with_weights(group_size=32), calib,
+                     {"act_order": True, "static_groups": False})
 
 
 def test_methods_needing_data_say_so():

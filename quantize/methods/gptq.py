@@ -242,8 +242,8 @@ def _groups(ctx, names: list[str], true_sequential: bool) -> list[list[str]]:
     return order + ([rest] if rest else [])
 
 
-def quantize_block(ctx, schemes: dict, *, damp: float = 0.01, block_size: int = 128, act_order: bool = False,
-                   static_groups: bool = False, true_sequential: bool = True,
+def quantize_block(ctx, schemes: dict, *, damp: float = 0.01, block_size: int = 128, act_order: bool = True,
+                   static_groups: bool | None = None, true_sequential: bool = True,
                    min_tokens_per_feature: float = 1.0) -> dict[str, QTensor]:
     """GPTQ every named linear of the block (ctx: pipeline.BlockContext, schemes: {name: QuantScheme}).
 
@@ -251,7 +251,11 @@ def quantize_block(ctx, schemes: dict, *, damp: float = 0.01, block_size: int = 
     Hessians with the earlier groups already quantized (inputs as in deployment).
     min_tokens_per_feature: warn when fewer calibration tokens than this many per input feature
     were seen, as the Hessian is then poorly conditioned.
+    act_order, static_groups: by default columns go in descending Hessian diagonal order with group
+    scales fixed up front (static_groups=None follows act_order), as llm-compressor does; on SmolLM2
+    W4 g64 this took perplexity from about 40 to 37.6 and needs no g_idx (BENCHMARKS.md).
     """
+    static_groups = act_order if static_groups is None else static_groups
     for name, scheme in schemes.items():
         wants_gidx = act_order and not static_groups and scheme.weights.strategy is Strategy.GROUP
         if wants_gidx != scheme.weights.actorder:
