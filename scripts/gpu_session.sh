@@ -6,11 +6,12 @@
 #                                                              bash scripts/gpu_session.sh models
 #
 # Call 1 stashes the GGUF's first half in /root/stash (it lives as long as the machine stays warm,
-# 30 s after a call), builds the kernels for sm_90, runs the GPU tests and the kernel benchmark.
-# Call 2 joins the halves, writes the float model, and runs: every preset quantized on the GPU and
-# evaluated there (float32 for the quality table, bfloat16 through the kernels), the llm-compressor
-# baselines, and `qtool bench` on SmolLM2 and on an 8B-shaped Llama. Results land in $OUT (8 files
-# at most): log, bench.json, quality.tgz. Each step has a time limit so the call ends within 10 min.
+# 30 s after a call), builds the kernels for sm_90, runs the GPU tests, the kernel benchmark and
+# `qtool bench` on an 8B-shaped Llama (W4A16 vs bf16). Call 2 joins the halves, writes the float
+# model, quantizes GPTQ/AWQ and every 8-bit preset on the GPU and evaluates each there (float32 for the
+# quality table, bfloat16 through the kernels and torch._scaled_mm), then runs the llm-compressor
+# baselines. Results land in $OUT (8 files at most): logs, bench*.json, quality.tgz. Each step has a
+# time limit so that each call ends within 10 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_out}
@@ -24,9 +25,21 @@ step() { echo; echo "=== $* [$(date -u +%H:%M:%S)]"; }
 
 kernels() {
   mkdir -p /root/stash && cp .gpu/part1 /root/stash/part1
-  timeout 240 bash scripts/gpu_check.sh quick
-  timeout 150 bash scripts/gpu_check.sh test
-  timeout 120 bash scripts/gpu_check.sh bench
+  timeout 150 bash scripts/gpu_check.sh quick          # build (sm_90, ~20 s), smoke test, quick benchmark
+  timeout 120 bash scripts/gpu_check.sh test
+  timeout 90 bash scripts/gpu_check.sh bench
+  step "8B-shaped Llama, W4A16 vs bf16 decode (batch 1)"
+  timeout 240 qtool bench llama-8b --random-weights --scheme w4a16 --decode-tokens 32 --batch-sizes 1 \
+    --json "$OUT/bench-8b.json"
+}
+
+quality() {  # quantize on the GPU, evaluate there in float32 (the table) and bfloat16 (kernels, _scaled_mm)
+  for name in "$@"; do
+    DEVICE=cuda DATA=.gpu/data OUT_DIR=runs/quality timeout 150 bash scripts/smollm2_quality.sh "$name"
+    [ -d "runs/quality/$name" ] || continue
+    timeout 60 qtool eval "runs/quality/$name" --base models/smollm2 --dataset .gpu/data/test.jsonl --seq-len 512 \
+      --max-windows 40 --batch-size 8 --device cuda --dtype bfloat16 --json "runs/quality/$name.bf16.json" | tail -3
+  done
 }
 
 models() {
@@ -34,28 +47,18 @@ models() {
   cat /root/stash/part1 .gpu/part2 > /tmp/smollm2.gguf || { echo "part1 is gone: the machine went cold"; exit 3; }
   python3 scripts/prepare_smollm2.py --gguf /tmp/smollm2.gguf --output models/smollm2 2>&1 | tail -1
   mkdir -p runs
-  step "quality (float32 evaluation)"
-  DEVICE=cuda DATA=.gpu/data OUT_DIR=runs/quality timeout 300 bash scripts/smollm2_quality.sh \
-    gptq-w4g64 awq-w4g64 gptq-w4g64-static-actorder fp8-dynamic fp8-block int8-w8a8 smoothquant-w8a8 rtn-w8a16
-  step "the same checkpoints in bfloat16 (kernels, torch._scaled_mm)"
-  for name in awq-w4g64 fp8-dynamic fp8-block int8-w8a8 rtn-w8a16; do
-    [ -d "runs/quality/$name" ] || continue
-    timeout 40 qtool eval "runs/quality/$name" --base models/smollm2 --dataset .gpu/data/test.jsonl --seq-len 512 \
-      --max-windows 40 --batch-size 8 --device cuda --dtype bfloat16 --json "runs/quality/$name.bf16.json" | tail -4
-  done
+  step "GPTQ and AWQ wall time, activations cached on the GPU"
+  quality gptq-w4g64 awq-w4g64
+  step "presets"
+  quality fp8-dynamic fp8-block int8-w8a8 rtn-w8a16 smoothquant-auto-w8a8 gptq-fp8-weight-only
   step "llm-compressor"
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/lcwhl/*.whl
   for config in awq-w4g64 gptq-w4g64; do
-    timeout 120 python3 scripts/llmcompressor_baseline.py --model models/smollm2 --config "$config" --data .gpu/data \
+    timeout 200 python3 scripts/llmcompressor_baseline.py --model models/smollm2 --config "$config" --data .gpu/data \
       --out runs/llmc > "runs/llmc-$config.log" 2>&1 || echo "llm-compressor $config failed"
     tail -3 "runs/llmc-$config.log"
   done
   tar czf "$OUT/quality.tgz" runs/quality/*.json runs/quality/*.log runs/llmc* 2>/dev/null
-  step "bench"
-  timeout 60 qtool bench runs/quality/awq-w4g64 --base models/smollm2 --json runs/bench-smollm2.json
-  timeout 150 qtool bench llama-8b --random-weights --scheme w4a16 --decode-tokens 32 --batch-sizes 1 \
-    --json "$OUT/bench-8b.json"
-  cp runs/bench-smollm2.json "$OUT/" 2>/dev/null
 }
 
 case "${1:-}" in
