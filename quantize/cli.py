@@ -151,7 +151,7 @@ def quantize(
                                                   help="GPTQ: re-collect inputs after each group of linears.")] = True,
     clip: Annotated[bool, typer.Option("--clip/--no-clip", help="AWQ: search per-group clipping.")] = True,
     alpha: Annotated[str, typer.Option(help="SmoothQuant migration strength in [0, 1], or 'auto' "
-                                            "(searched per layer).")] = "0.5",
+                                            "(searched per layer).")] = "auto",
     weights_method: Annotated[str, typer.Option("--weights", help="SmoothQuant: quantize the smoothed weights "
                                                 "with rtn or gptq.")] = "rtn",
     calibration: Annotated[Path | None, typer.Option(help="Statistics from `qtool calibrate` (static activation scales).")] = None,
