@@ -22,11 +22,11 @@ import torch
 
 from ..primitives import (
     QTensor,
+    cast_fp8,
     choose_qparams,
-    dequantize,
     expand,
-    fp8_dtype,
     group_index,
+    int_range,
     qparams_from_range,
     quantize,
 )
@@ -132,9 +132,6 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, args: QuantArgs, 
             column_zero = None if column_zero is None else column_zero[:, perm]
 
     Hinv, damp_used, messages = _upper_cholesky_of_inverse(H, damp)
-    column_args = replace(args, strategy=Strategy.CHANNEL)  # one column: one scale per row
-    # FP8 codes are kept as their bytes: indexing float8 tensors is not implemented everywhere.
-    codes = torch.empty(N, K, dtype=torch.uint8 if args.is_float else torch.int8, device=W.device)
     row_loss = torch.zeros(N, device=W.device)
     s = z = None
     i1 = 0
@@ -154,30 +151,50 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, args: QuantArgs, 
             elif not dynamic:
                 s = column_scale[:, j]
                 z = None if column_zero is None else column_zero[:, j]
-            s1, z1 = s[:, None], None if z is None else z[:, None]
-            q = quantize(W1[:, i:i + 1], s1, z1, column_args)
-            codes[:, j] = q[:, 0].view(codes.dtype)
-            err = (W1[:, i] - dequantize(q, s1, z1, column_args)[:, 0]) / Hinv1[i, i]
-            row_loss += err.square()
+            err = (W1[:, i] - _round_column(W1[:, i], s, z, args)) / Hinv1[i, i]
+            # Column i is updated too: it becomes its rounded value (up to float rounding, far below
+            # half a step), so the codes are read off W once at the end, not stored per column.
             W1[:, i:].addr_(err, Hinv1[i, i:], alpha=-1)
             Err1[:, i] = err
+        row_loss += Err1.square().sum(1)
         W[:, i2:].addmm_(Err1, Hinv[i1:i2, i2:], alpha=-1)
         i1 = i2
+
+    # W now holds the rounded weights in processing order; their codes, with the scales used.
+    if dynamic:
+        full_scale = expand(scale, W.shape, args).expand(N, K)
+        full_zero = None if zero_point is None else expand(zero_point, W.shape, args).expand(N, K)
+    else:
+        full_scale, full_zero = column_scale, column_zero
+    codes = quantize(W, full_scale, full_zero, replace(args, strategy=Strategy.CHANNEL))
 
     g_idx = None
     if perm is not None:
         inverse = torch.argsort(perm)
-        codes = codes[:, inverse]
+        # FP8 codes travel as their bytes: indexing float8 tensors is not implemented everywhere.
+        codes = codes.view(torch.uint8)[:, inverse].view(codes.dtype) if args.is_float else codes[:, inverse]
         if dynamic:
             g_idx = group_index(K, group, W.device)[inverse]
             if torch.equal(g_idx, group_index(K, group, W.device)):
                 g_idx = None  # the permutation kept every column in its natural group
-    if args.is_float:
-        codes = codes.view(fp8_dtype(args))
     loss = float(row_loss.sum()) / 2
     if not math.isfinite(loss):
         raise ValueError(f"GPTQ produced a non-finite loss ({loss}) with damp={damp_used}")
     return GPTQResult(QTensor(codes, scale, zero_point, args, g_idx), loss, damp_used, messages)
+
+
+def _round_column(w: torch.Tensor, s: torch.Tensor, z: torch.Tensor | None, args: QuantArgs) -> torch.Tensor:
+    """Column w [N] rounded to its grid (scale s [N], zero point z [N] or None), dequantized: the
+    arithmetic of primitives.quantize + dequantize in four to six in-place steps, since GPTQ's
+    column loop runs once per input feature and its cost on a GPU is the number of launches."""
+    if args.is_float:
+        return cast_fp8(w / s, args).float().mul_(s)
+    qmin, qmax = int_range(args.num_bits)
+    q = torch.round(w / s)
+    if z is None:
+        return q.clamp_(qmin, qmax).mul_(s)
+    zf = z.float()
+    return q.add_(zf).clamp_(qmin, qmax).sub_(zf).mul_(s)
 
 
 def _check_inputs(weight: torch.Tensor, hessian: torch.Tensor, args: QuantArgs, damp: float,
