@@ -25,7 +25,9 @@ _warned: set[str] = set()
 
 def _has_fp8_units(device: torch.device) -> bool:
     """Whether the GPU multiplies FP8 natively; warns once, and the caller dequantizes, when it does not."""
-    if device.type != "cuda" or torch.cuda.get_device_capability(device) >= FP8_MIN_CAPABILITY:
+    if device.type != "cuda":
+        return _cpu_has_rowwise_fp8()  # CPU tensors only reach here from tests
+    if torch.cuda.get_device_capability(device) >= FP8_MIN_CAPABILITY:
         return True
     if "fp8" not in _warned:
         _warned.add("fp8")
@@ -68,8 +70,6 @@ def scaled_mm(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale
         y = acc.float() * sx * sw
     elif xq.dtype == wq.dtype == torch.float8_e4m3fn:
         if k % 16 or n % 16 or not _has_fp8_units(xq.device):
-            return None
-        if xq.device.type == "cpu" and not _cpu_has_rowwise_fp8():
             return None
         mm_dtype = torch.bfloat16 if out_dtype == torch.bfloat16 else torch.float32
         y = torch._scaled_mm(xq.contiguous(), wq.t(), scale_a=sx, scale_b=sw.contiguous(), out_dtype=mm_dtype)

@@ -39,19 +39,6 @@ FormatOpt = Annotated[str, typer.Option("--format", help="Checkpoint format to w
 FORMATS = ("qtool", "compressed-tensors")
 
 
-def _float_option(option: str, value: str) -> float:
-    try:
-        return float(value)
-    except ValueError:
-        raise ValueError(f"{option} must be a number, got {value!r}") from None
-
-
-def _smoothquant_alpha(alpha: str) -> float | str:
-    from .methods.smoothquant import check_alpha
-
-    return check_alpha(alpha if alpha == "auto" else _float_option("--alpha", alpha))
-
-
 def _check_format(format: str) -> None:
     if format not in FORMATS:
         raise ValueError(f"unknown --format {format!r}; choose from {', '.join(FORMATS)}")
@@ -167,6 +154,7 @@ def quantize(
     from .checkpoint import CheckpointError, save_checkpoint
     from .compressed import check_exportable, write_compressed_tensors
     from .methods import get_method
+    from .methods.smoothquant import check_alpha
     from .quantizer import load_model, quantize_model
     from .recipe import Recipe
     from .scheme import preset
@@ -188,7 +176,7 @@ def quantize(
         settings = {
             "gptq": dict(damp=damp, act_order=act_order, static_groups=static_groups, true_sequential=true_sequential),
             "awq": dict(clip=clip),
-            "smoothquant": dict(alpha=_smoothquant_alpha(alpha), weights=weights_method),
+            "smoothquant": dict(alpha=check_alpha(alpha), weights=weights_method),
         }.get(method, {})
         if method == "smoothquant" and weights_method == "gptq":
             settings.update(damp=damp, act_order=act_order, static_groups=static_groups,

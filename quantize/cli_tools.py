@@ -126,7 +126,8 @@ def bench(
     from .bench import bench_model, compare, print_bench, random_model
 
     sizes = tuple(int(b) for b in batch_sizes.split(","))
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    dtype_name = "bfloat16" if device.startswith("cuda") else "float32"
+    dtype = getattr(torch, dtype_name)
     if random_weights:
         base_model = random_model(model, dtype=dtype, device=device)
         base_result = bench_model(base_model, batch_sizes=sizes, decode_tokens=decode_tokens, prefill_len=prefill_len)
@@ -143,7 +144,6 @@ def bench(
             results = {"base": base_result.to_dict(), "quantized": q_result.to_dict(),
                        "ratios": compare(base_result, q_result)}
     else:
-        dtype_name = str(dtype).removeprefix("torch.")
         q_result = bench_model(_load_any(model, device, dtype_name)[0], batch_sizes=sizes, decode_tokens=decode_tokens,
                                prefill_len=prefill_len)
         results = {"quantized": q_result.to_dict()}

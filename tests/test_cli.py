@@ -43,7 +43,7 @@ def test_quantize_then_inspect(tiny_model_dir, tmp_path, extra):
     (["--group-size", "4096"], "group size 4096 is larger"),
     (["--method", "fp8", "--bits", "4"], "--bits 4"),
     (["--recipe", "nope.yaml"], "recipe file not found: nope.yaml"),
-    (["--method", "smoothquant", "--alpha", "strong"], "--alpha must be a number, got 'strong'"),
+    (["--method", "smoothquant", "--alpha", "strong"], "alpha must be in [0, 1] or 'auto', got 'strong'"),
     (["--method", "smoothquant", "--alpha", "1.5"], "alpha must be in [0, 1]"),
 ])
 def test_bad_input_is_one_line_exit_2(tiny_model_dir, tmp_path, args, fragment):

@@ -51,12 +51,14 @@ def search_alpha(x: torch.Tensor, act_max: torch.Tensor, weights: list[torch.Ten
     errors = {}
     for alpha in ALPHA_GRID:
         s = smoothing_factors(act_max, weights, alpha)
+        xs = x / s
+        seen = {}  # the linears share their input: fake-quantize it once per activation format
         err = 0.0
         for w, scheme, ref in zip(weights, schemes, refs, strict=True):
-            xs = x / s
-            if scheme.input_activations is not None:
-                xs = fake_quantize(xs, scheme.input_activations)
-            err += (xs @ fake_quantize(w.float() * s, scheme.weights).T - ref).pow(2).sum()
+            act = scheme.input_activations
+            if act not in seen:
+                seen[act] = xs if act is None else fake_quantize(xs, act)
+            err += (seen[act] @ fake_quantize(w.float() * s, scheme.weights).T - ref).pow(2).sum()
         errors[alpha] = float(err / norm)
     return min(errors, key=errors.get), errors
 
