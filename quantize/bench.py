@@ -1,9 +1,13 @@
 """Speed of a causal LM: decode and prefill throughput, and peak GPU memory.
 
-Decode is greedy `generate` with a fixed number of new tokens. On CUDA it uses a static KV
-cache, which makes transformers compile the forward pass with torch.compile in
-"reduce-overhead" mode (CUDA graphs): the setting gpt-fast and the transformers docs use to
-measure memory-bound decoding, where a quantized model's smaller weights should show.
+Decode produces a fixed number of greedy tokens, in one of two ways:
+- "loop" (the default): the token loop of gpt-fast. A transformers StaticCache, one eager prefill,
+  then one single-token forward + argmax per step, compiled with torch.compile in
+  "reduce-overhead" mode on CUDA (CUDA graphs). Only kernel time and one graph launch per token
+  remain, so a quantized model's smaller weights show as they would in a serving engine.
+- "generate": `model.generate` with a static cache (transformers then compiles the forward the
+  same way), which adds generate's per-step Python work (logits processors, stopping criteria).
+Tokens/s counts the decoded tokens of the timed call, which includes the prefill of the short prompt.
 Prefill is one forward pass over a random prompt: the compute-bound side.
 
 Timing uses CUDA events on GPU and `time.perf_counter` on CPU, reporting the median of
@@ -25,7 +29,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, StaticCache
 
 # Shapes of Meta-Llama-3-8B (config.json on the hub); weights are random.
 LLAMA_8B = {
@@ -80,6 +84,7 @@ class BenchResult:
     device: str
     dtype: str
     compiled: bool  # static cache + torch.compile used for decoding
+    decode_mode: str  # "loop" or "generate" (module docstring)
     prompt_len: int
     prefill_len: int
     prefill_batch: int
@@ -88,6 +93,8 @@ class BenchResult:
     decode: list[DecodeResult] = field(default_factory=list)
     prefill_peak_memory_bytes: int | None = None
     peak_memory_bytes: int | None = None  # the largest of all measurements; None off CUDA
+    # With profile=True on CUDA: GPU time per decoded token by kernel name (top entries), in us.
+    kernel_profile: dict[str, float] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -124,6 +131,8 @@ def bench_model(
     warmup: int = 2,
     repeats: int = 5,
     compile: bool | None = None,
+    decode_mode: str = "loop",
+    profile: bool = False,
     device: torch.device | str | None = None,
 ) -> BenchResult:
     """Measure decode throughput per batch size, prefill throughput, and peak GPU memory.
@@ -133,12 +142,17 @@ def bench_model(
     prefill_len, prefill_batch: shape [prefill_batch, prefill_len] of the prefill prompt.
     compile: static KV cache + torch.compile (CUDA graphs) for decoding; defaults to on for
         CUDA, and is refused elsewhere since transformers only auto-compiles on accelerators.
+    decode_mode: "loop" (gpt-fast's token loop, the default) or "generate" (module docstring).
+    profile: on CUDA, profile one decode at the first batch size and report GPU time per token
+        by kernel (BenchResult.kernel_profile), to see where decode time goes.
     device: where the prompts go; defaults to the device of the model's first parameter.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     compiled = device.type == "cuda" if compile is None else compile
     if compiled and device.type != "cuda":
         raise ValueError(f"compiled decoding needs a CUDA device, got {device}")
+    if decode_mode not in DECODE_MODES:
+        raise ValueError(f"unknown decode mode {decode_mode!r}; choose one of {', '.join(DECODE_MODES)}")
     if min(batch_sizes, default=1) < 1 or decode_tokens < 1 or prompt_len < 1 or prefill_len < 1:
         raise ValueError("batch sizes, decode_tokens, prompt_len and prefill_len must be >= 1")
     model.eval()
@@ -151,10 +165,13 @@ def bench_model(
         model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=device), use_cache=False)
 
     decode = []
+    kernel_profile = None
     for batch_size in batch_sizes:
         prompt = torch.randint(0, vocab_size, (batch_size, prompt_len), device=device)
-        run = _decode_fn(model, prompt, decode_tokens, compiled)
+        run = DECODE_MODES[decode_mode](model, prompt, decode_tokens, compiled)
         seconds, peak = _time(run, device, warmup, repeats)
+        if profile and kernel_profile is None and device.type == "cuda":
+            kernel_profile = _profile_kernels(run, batch_size * decode_tokens)
         decode.append(
             DecodeResult(batch_size, decode_tokens, seconds, batch_size * decode_tokens / seconds, peak)
         )
@@ -168,6 +185,7 @@ def bench_model(
         device=str(device),
         dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
         compiled=compiled,
+        decode_mode=decode_mode,
         prompt_len=prompt_len,
         prefill_len=prefill_len,
         prefill_batch=prefill_batch,
@@ -176,6 +194,7 @@ def bench_model(
         decode=decode,
         prefill_peak_memory_bytes=prefill_peak,
         peak_memory_bytes=max(peaks) if device.type == "cuda" else None,
+        kernel_profile=kernel_profile,
     )
 
 
@@ -205,7 +224,7 @@ def print_bench(
 ) -> None:
     """Print throughputs (and memory) as a rich table; with `baseline`, add a ratio column."""
     ratios = compare(baseline, result) if baseline is not None else {}
-    compiled = "static cache + torch.compile" if result.compiled else "eager"
+    compiled = f"{result.decode_mode}, " + ("static cache + torch.compile" if result.compiled else "eager")
     table = Table(title=f"{title} ({result.device}, {result.dtype}, {compiled})")
     for name in ("measurement", "tokens/s", "peak memory"):
         table.add_column(name, justify="left" if name == "measurement" else "right")
@@ -224,15 +243,23 @@ def print_bench(
     add(f"prefill {result.prefill_batch}x{result.prefill_len}", result.prefill_tokens_per_s,
         result.prefill_peak_memory_bytes, "prefill")
     (console or Console()).print(table)
+    if result.kernel_profile:
+        kernels = Table(title=f"{title}: GPU time per decoded token (first batch size)")
+        kernels.add_column("kernel")
+        kernels.add_column("us/token", justify="right")
+        for name, us in result.kernel_profile.items():
+            kernels.add_row(name[:90], f"{us:,.1f}")
+        (console or Console()).print(kernels)
 
 
-def _decode_fn(model: nn.Module, prompt: torch.Tensor, new_tokens: int, compiled: bool) -> Callable[[], None]:
-    """A closure running one greedy generation of exactly `new_tokens` tokens per row."""
+def _decode_fn(model: nn.Module, prompt: torch.Tensor, new_tokens: int, compiled: bool) -> Callable[[], torch.Tensor]:
+    """A closure running one greedy generation of exactly `new_tokens` tokens per row; it returns
+    them, [B, new_tokens]."""
     # Passed to generate() rather than written into model.generation_config, so the
     # model is left as it was given.
     options = {"cache_implementation": "static"} if compiled else {"disable_compile": True}
 
-    def run() -> None:
+    def run() -> torch.Tensor:
         out = model.generate(
             prompt,
             attention_mask=torch.ones_like(prompt),
@@ -244,8 +271,68 @@ def _decode_fn(model: nn.Module, prompt: torch.Tensor, new_tokens: int, compiled
         )
         if out.shape[1] != prompt.shape[1] + new_tokens:
             raise RuntimeError(f"generate returned {out.shape[1] - prompt.shape[1]} tokens, asked {new_tokens}")
+        return out[:, prompt.shape[1]:]
 
     return run
+
+
+def _decode_loop_fn(model: nn.Module, prompt: torch.Tensor, new_tokens: int,
+                    compiled: bool) -> Callable[[], torch.Tensor]:
+    """A closure decoding `new_tokens` greedy tokens per row with gpt-fast's loop (module docstring);
+    it returns them, [B, new_tokens].
+
+    prompt: [B, T] token ids. The cache is allocated once and reset per call, so its tensors keep
+    their addresses, which CUDA-graph replays need.
+    """
+    batch, prompt_len = prompt.shape
+    device = prompt.device
+    cache = StaticCache(config=model.config, max_cache_len=prompt_len + new_tokens)
+    # reduce-overhead = CUDA graphs; no fullgraph, so a model with an untraceable corner still
+    # runs (a graph break splits the graph instead of failing).
+    step = torch.compile(_next_token, mode="reduce-overhead") if compiled else _next_token
+
+    def run() -> torch.Tensor:
+        # no_grad rather than inference_mode: the cache tensors are created on the first call and
+        # must stay ordinary tensors to be reset in place and used by compiled graphs.
+        with torch.no_grad():
+            cache.reset()
+            positions = torch.arange(prompt_len, device=device)
+            tokens = [_next_token(model, prompt, cache, positions)]
+            position = torch.tensor([prompt_len], device=device)
+            for _ in range(new_tokens - 1):
+                # Cloned: a CUDA-graph output is overwritten by the next replay.
+                tokens.append(step(model, tokens[-1], cache, position).clone())
+                position += 1
+        return torch.cat(tokens, dim=1)
+
+    return run
+
+
+def _next_token(model: nn.Module, tokens: torch.Tensor, cache: StaticCache, positions: torch.Tensor) -> torch.Tensor:
+    """Greedy next token [B, 1] after `tokens` [B, T] written at cache positions `positions` [T]."""
+    logits = model(input_ids=tokens, past_key_values=cache, cache_position=positions, use_cache=True,
+                   logits_to_keep=1).logits
+    return logits[:, -1].argmax(-1, keepdim=True)
+
+
+DECODE_MODES: dict[str, Callable[..., Callable[[], torch.Tensor]]] = {"loop": _decode_loop_fn, "generate": _decode_fn}
+
+
+def _profile_kernels(run: Callable[[], object], tokens: int, top: int = 12) -> dict[str, float]:
+    """GPU time per decoded token (us) of the `top` kernels by total time, plus "total"."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        run()
+        torch.cuda.synchronize()
+    totals: dict[str, float] = {}
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            totals[event.name] = totals.get(event.name, 0.0) + event.time_range.elapsed_us()
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1])[:top]
+    result = {name[:120]: us / tokens for name, us in ranked}
+    result["total"] = sum(totals.values()) / tokens
+    return result
 
 
 def _prefill_fn(model: nn.Module, prompt: torch.Tensor) -> Callable[[], None]:
@@ -260,7 +347,7 @@ def _prefill_fn(model: nn.Module, prompt: torch.Tensor) -> Callable[[], None]:
     return run
 
 
-def _time(fn: Callable[[], None], device: torch.device, warmup: int, repeats: int) -> tuple[float, int | None]:
+def _time(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> tuple[float, int | None]:
     """Median seconds of `repeats` calls after `warmup` calls, and the peak CUDA memory of those calls."""
     if repeats < 1 or warmup < 0:
         raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats}, {warmup}")

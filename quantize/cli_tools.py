@@ -117,6 +117,9 @@ def bench(
     batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Decode batch sizes, comma-separated.")] = "1,16",
     decode_tokens: Annotated[int, typer.Option("--decode-tokens")] = 64,
     prefill_len: Annotated[int, typer.Option("--prefill-len")] = 2048,
+    decode_mode: Annotated[str, typer.Option("--decode-mode", help="loop (gpt-fast's token loop, CUDA graphs) "
+                                             "or generate (model.generate with a static cache).")] = "loop",
+    profile: Annotated[bool, typer.Option("--profile", help="Also report GPU time per decoded token by kernel.")] = False,
     device: DeviceOpt = "cuda",
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the figures as JSON.")] = None,
 ) -> None:
@@ -126,11 +129,13 @@ def bench(
     from .bench import bench_model, compare, print_bench, random_model
 
     sizes = tuple(int(b) for b in batch_sizes.split(","))
+    opts = dict(batch_sizes=sizes, decode_tokens=decode_tokens, prefill_len=prefill_len, decode_mode=decode_mode,
+                profile=profile)
     dtype_name = "bfloat16" if device.startswith("cuda") else "float32"
     dtype = getattr(torch, dtype_name)
     if random_weights:
         base_model = random_model(model, dtype=dtype, device=device)
-        base_result = bench_model(base_model, batch_sizes=sizes, decode_tokens=decode_tokens, prefill_len=prefill_len)
+        base_result = bench_model(base_model, **opts)
         print_bench(base_result, f"{model} bf16", console=console)
         if scheme is None:
             results = {"base": base_result.to_dict()}
@@ -139,18 +144,16 @@ def bench(
             from .recipe import Recipe
             from .scheme import preset
             quantize_model(base_model, Recipe.single(preset(scheme), "rtn"), device=device, progress=False)
-            q_result = bench_model(base_model, batch_sizes=sizes, decode_tokens=decode_tokens, prefill_len=prefill_len)
+            q_result = bench_model(base_model, **opts)
             print_bench(q_result, f"{model} {scheme}", baseline=base_result, console=console)
             results = {"base": base_result.to_dict(), "quantized": q_result.to_dict(),
                        "ratios": compare(base_result, q_result)}
     else:
-        q_result = bench_model(_load_any(model, device, dtype_name)[0], batch_sizes=sizes, decode_tokens=decode_tokens,
-                               prefill_len=prefill_len)
+        q_result = bench_model(_load_any(model, device, dtype_name)[0], **opts)
         results = {"quantized": q_result.to_dict()}
         baseline = None
         if base is not None:
-            baseline = bench_model(_load_any(base, device, dtype_name)[0], batch_sizes=sizes, decode_tokens=decode_tokens,
-                                   prefill_len=prefill_len)
+            baseline = bench_model(_load_any(base, device, dtype_name)[0], **opts)
             results.update(base=baseline.to_dict(), ratios=compare(baseline, q_result))
         print_bench(q_result, model, baseline=baseline, console=console)
     if json_out:

@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # Everything GPU-side in two device calls (prepare .gpu/ first: scripts/gpu_payload.sh).
 #
-#   call 1, carry [".gpu/part1", ".gpu/whl"]:                 bash scripts/gpu_session.sh kernels
+#   call 1, carry [".gpu/part1", ".gpu/whl"]:        bash scripts/gpu_session.sh stash kernels bench8b
 #   call 2, carry [".gpu/part2", ".gpu/whl", ".gpu/lcwhl", ".gpu/data"], within 30 s of call 1:
-#                                                              bash scripts/gpu_session.sh models
+#                                                     bash scripts/gpu_session.sh models
 #
-# Call 1 stashes the GGUF's first half in /root/stash (it lives as long as the machine stays warm,
-# 30 s after a call), builds the kernels for sm_90, runs the GPU tests, the kernel benchmark and
-# `qtool bench` on an 8B-shaped Llama (W4A16 vs bf16). Call 2 joins the halves, writes the float
-# model, quantizes GPTQ/AWQ and every 8-bit preset on the GPU and evaluates each there (float32 for the
-# quality table, bfloat16 through the kernels and torch._scaled_mm), then runs the llm-compressor
-# baselines. Results land in $OUT (8 files at most): logs, bench*.json, quality.tgz. Each step has a
-# time limit so that each call ends within 10 minutes.
+# stash keeps the GGUF's first half in /root/stash (it lives as long as the machine stays warm, 30 s
+# after a call); build installs the checkout and builds the extension; kernels builds the extension for sm_90 and runs the GPU tests and the kernel
+# benchmark; bench8b runs `qtool bench` on an 8B-shaped Llama (W4A16 vs bf16, kernel profile).
+# models joins the halves, writes the float model, quantizes every 8-bit preset, GPTQ and AWQ on the GPU
+# and evaluates each there (float32 for the quality table, bfloat16 through the kernels and
+# torch._scaled_mm), and runs llm-compressor's AWQ. Results land in $OUT: logs, bench*.json,
+# quality.tgz. Each step has a time limit so that each call ends within 10 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_out}
@@ -23,14 +23,20 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site
 step() { echo; echo "=== $* [$(date -u +%H:%M:%S)]"; }
 
+stash() { mkdir -p /root/stash && cp .gpu/part1 /root/stash/part1; }
+
+build() { timeout 150 bash scripts/gpu_check.sh build; }
+
 kernels() {
-  mkdir -p /root/stash && cp .gpu/part1 /root/stash/part1
   timeout 150 bash scripts/gpu_check.sh quick          # build (sm_90, ~20 s), smoke test, quick benchmark
   timeout 120 bash scripts/gpu_check.sh test
   timeout 90 bash scripts/gpu_check.sh bench
-  step "8B-shaped Llama, W4A16 vs bf16 decode (batch 1)"
-  timeout 240 qtool bench llama-8b --random-weights --scheme w4a16 --decode-tokens 32 --batch-sizes 1 \
-    --json "$OUT/bench-8b.json"
+}
+
+bench8b() {
+  step "8B-shaped Llama, W4A16 vs bf16 decode (batch 1, token loop with CUDA graphs, kernel profile)"
+  timeout "${BENCH_TIMEOUT:-300}" qtool bench llama-8b --random-weights --scheme w4a16 --decode-tokens 64 --batch-sizes 1 \
+    --prefill-len 2048 --profile --json "$OUT/bench-8b.json"
 }
 
 quality() {  # quantize on the GPU, evaluate there in float32 (the table) and bfloat16 (kernels, _scaled_mm)
@@ -44,25 +50,32 @@ quality() {  # quantize on the GPU, evaluate there in float32 (the table) and bf
 
 models() {
   step "model"
-  cat /root/stash/part1 .gpu/part2 > /tmp/smollm2.gguf || { echo "part1 is gone: the machine went cold"; exit 3; }
-  python3 scripts/prepare_smollm2.py --gguf /tmp/smollm2.gguf --output models/smollm2 2>&1 | tail -1
+  if [ ! -f models/smollm2/config.json ]; then
+    cat /root/stash/part1 .gpu/part2 > /tmp/smollm2.gguf || { echo "part1 is gone: the machine went cold"; exit 3; }
+    python3 scripts/prepare_smollm2.py --gguf /tmp/smollm2.gguf --output models/smollm2 2>&1 | tail -1
+  fi
   mkdir -p runs
-  step "GPTQ and AWQ wall time, activations cached on the GPU"
-  quality gptq-w4g64 awq-w4g64
-  step "presets"
-  quality fp8-dynamic fp8-block int8-w8a8 rtn-w8a16 smoothquant-auto-w8a8 gptq-fp8-weight-only
-  step "llm-compressor"
+  step "presets, six at once (no timings taken from these)"
+  for name in fp8-dynamic fp8-block int8-w8a8 rtn-w8a16 smoothquant-auto-w8a8 gptq-fp8-weight-only; do
+    quality "$name" > "runs/preset-$name.log" 2>&1 &
+  done
+  wait
+  tail -n 2 runs/preset-*.log
+  step "llm-compressor AWQ g64 (alone on the machine)"
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/lcwhl/*.whl
-  for config in awq-w4g64 gptq-w4g64; do
-    timeout 200 python3 scripts/llmcompressor_baseline.py --model models/smollm2 --config "$config" --data .gpu/data \
+  for config in ${LLMC_CONFIGS:-awq-w4g64}; do
+    timeout 170 python3 scripts/llmcompressor_baseline.py --model models/smollm2 --config "$config" --data .gpu/data \
       --out runs/llmc > "runs/llmc-$config.log" 2>&1 || echo "llm-compressor $config failed"
     tail -3 "runs/llmc-$config.log"
   done
-  tar czf "$OUT/quality.tgz" runs/quality/*.json runs/quality/*.log runs/llmc* 2>/dev/null
+  step "our GPTQ and AWQ g64, activations cached on the GPU (alone on the machine)"
+  quality gptq-w4g64 awq-w4g64
+  tar czf "$OUT/quality.tgz" runs/quality/*.json runs/quality/*.log runs/llmc* runs/preset-*.log 2>/dev/null
 }
 
-case "${1:-}" in
-  kernels) kernels ;;
-  models) models ;;
-  *) echo "usage: bash scripts/gpu_session.sh kernels|models"; exit 2 ;;
-esac
+for stage in "$@"; do
+  case "$stage" in
+    stash | build | kernels | bench8b | models) "$stage" ;;
+    *) echo "usage: bash scripts/gpu_session.sh STAGE... (stash build kernels bench8b models)"; exit 2 ;;
+  esac
+done

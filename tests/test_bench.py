@@ -14,7 +14,9 @@ from quantize.bench import (
     CONFIGS,
     BenchResult,
     DecodeResult,
+    DECODE_MODES,
     _decode_fn,
+    _decode_loop_fn,
     bench_model,
     compare,
     print_bench,
@@ -120,3 +122,21 @@ def test_static_cache_decoding_runs_off_cuda(tiny):
     # least checks the generate() options and the token count.
     prompt = torch.randint(0, 256, (2, 5))
     _decode_fn(tiny, prompt, 3, compiled=True)()
+
+
+def test_decode_loop_matches_generate(tiny):
+    # The token loop (static cache, one step per token) must decode exactly what generate() does.
+    prompt = torch.randint(0, 256, (3, 7), generator=torch.Generator().manual_seed(1))
+    expected = _decode_fn(tiny, prompt, 6, compiled=False)()
+    run = _decode_loop_fn(tiny, prompt, 6, compiled=False)
+    assert torch.equal(run(), expected)
+    assert torch.equal(run(), expected)  # the cache is reset between calls
+
+
+def test_bench_decode_modes(tiny):
+    for mode in DECODE_MODES:
+        result = bench_model(tiny, batch_sizes=(2,), decode_tokens=3, prefill_len=8, warmup=0, repeats=1,
+                             decode_mode=mode)
+        assert result.decode_mode == mode and result.decode[0].tokens_per_s > 0
+    with pytest.raises(ValueError, match="'beam'"):
+        bench_model(tiny, batch_sizes=(1,), decode_tokens=2, prefill_len=8, decode_mode="beam")
