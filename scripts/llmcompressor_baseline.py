@@ -43,7 +43,7 @@ def recipe(name: str):
     # Since 0.14 AWQModifier only smooths; the weights are quantized by a QuantizationModifier after it.
     # (The deprecated `modifiers.awq.AWQModifier(config_groups=...)` shim left this model in float:
     # KL 1e-9 against the base, measured on the H100.)
-    return [AWQModifier(ignore=["lm_head"]), QuantizationModifier(config_groups=groups, ignore=["lm_head"])]
+    return [AWQModifier(), QuantizationModifier(config_groups=groups, ignore=["lm_head"])]
 
 
 def main() -> None:
