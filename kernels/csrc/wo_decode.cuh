@@ -95,7 +95,15 @@ struct PairTraits<__half> {
 template <typename T>  // __half or __nv_bfloat16
 __host__ __device__ inline uint32_t int4_pair_biased(uint32_t word,  // eight nibbles of one subtile
                                                      int p) {        // register 0..3
+#ifdef __CUDA_ARCH__
+  // One LOP3 for (a & mask) | magic: written as C++, the compiler keeps both constants as
+  // immediates, and LOP3 takes only one, so it emits an AND and an OR.
+  uint32_t r;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(r) : "r"(word >> (4 * p)), "r"(0x000F000Fu), "r"(PairTraits<T>::kMagic));
+  return r;
+#else
   return ((word >> (4 * p)) & 0x000F000Fu) | PairTraits<T>::kMagic;
+#endif
 }
 
 // --- int8 with one byte permute (PRMT) per register or value ---------------------------------

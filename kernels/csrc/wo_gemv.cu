@@ -86,9 +86,11 @@ __global__ void __launch_bounds__(kWarps * 32) wo_gemv_kernel(const WoProblem p)
   if (!has_par) par = p.w.scale;
   par += stripe * kStripeRows + g + 8 * (t % 2);
 
-  // B fragment: token g, words (k / 2) t and t + 4 of each 16-k subtile; tokens >= m read as 0.
-  const bool has_x = g < p.m;
-  const uint32_t* x = static_cast<const uint32_t*>(p.x) + (has_x ? g : 0) * (p.w.k_padded / 2) + t;
+  // B fragment: token g, words (k / 2) t and t + 4 of each 16-k subtile. Lanes of tokens >= m read
+  // token 0 again instead of predicated zeros: column n of an mma result depends on column n of B
+  // only, those columns are never stored, and the loads hit the same L1 lines as token 0's.
+  const uint32_t* x = static_cast<const uint32_t*>(p.x) + (g < p.m ? g : 0) * (p.w.k_padded / 2) + t;
+  const uint32_t gstride = p.w.n_padded;  // between groups of the parameters; 32 bits suffice
 
   const int quad = lane & ~3;
   float acc[4] = {};  // C fragment: (row g, token 2t), (g, 2t + 1), (g + 8, 2t), (g + 8, 2t + 1)
@@ -106,7 +108,7 @@ __global__ void __launch_bounds__(kWarps * 32) wo_gemv_kernel(const WoProblem p)
 #pragma unroll
         for (int gi = 0; gi < GPC; ++gi) {
           const int grp = (c * KC + gi * (KC / GPC)) >> p.w.group_shift;
-          if (has_par) prm[u][gi] = __ldg(par + static_cast<size_t>(grp) * p.w.n_padded);
+          if (has_par) prm[u][gi] = __ldg(par + static_cast<uint32_t>(grp) * gstride);
         }
       }
     }
@@ -116,6 +118,7 @@ __global__ void __launch_bounds__(kWarps * 32) wo_gemv_kernel(const WoProblem p)
       if (c >= nchunks) break;  // warp-uniform
       uint32_t w[4];
       words_of(packed[u], w);
+      const uint32_t* xc = x + c * (KC / 2);  // the chunk's activations: subtile j at words 8j + t, 8j + t + 4
 #pragma unroll
       for (int gi = 0; gi < GPC; ++gi) {
         const float s0 = __shfl_sync(0xffffffffu, prm[u][gi], quad);
@@ -131,11 +134,9 @@ __global__ void __launch_bounds__(kWarps * 32) wo_gemv_kernel(const WoProblem p)
 #pragma unroll
         for (int jj = 0; jj < SPG; ++jj) {
           const int j = gi * SPG + jj;
-          const int kw = (c * KC + 16 * j) / 2;  // first activation word of the subtile
           uint32_t a[4];
           a_fragment<T, BITS>(w, j, zf, zp, a);
-          const uint32_t b0 = has_x ? __ldg(x + kw) : 0u;
-          const uint32_t b1 = has_x ? __ldg(x + kw + 4) : 0u;
+          const uint32_t b0 = __ldg(xc + 8 * j), b1 = __ldg(xc + 8 * j + 4);
           mma_16816<T>(d, a, b0, b1);
         }
         acc[0] = fmaf(s0, d[0], acc[0]);
