@@ -78,6 +78,7 @@ __global__ void __launch_bounds__(kWarps * 32) wo_gemv_kernel(const WoProblem p)
   const int g = lane / 4, t = lane % 4;  // A: rows g, g + 8 of the stripe; B: token g, k pairs t, t + 4
   const int stripe = blockIdx.x;
   const int nchunks = p.w.k_padded / KC;
+  // This lane's 16 bytes of chunk 0 (a stripe is < 2^32 bytes, so offsets inside it are 32-bit).
   const uint4* wq = reinterpret_cast<const uint4*>(p.w.qweight) + static_cast<size_t>(stripe) * nchunks * 32 + lane;
 
   // Group parameter of this lane: t = 0, 1 -> scale of row g / g + 8; t = 2, 3 -> zero point.
@@ -92,39 +93,51 @@ __global__ void __launch_bounds__(kWarps * 32) wo_gemv_kernel(const WoProblem p)
   const uint32_t* x = static_cast<const uint32_t*>(p.x) + (g < p.m ? g : 0) * (p.w.k_padded / 2) + t;
   const uint32_t gstride = p.w.n_padded;  // between groups of the parameters; 32 bits suffice
 
+  // Slot u of the ring holds chunk c0 + u * kWarps of the current pass. All slots are loaded before
+  // any math; after the math of slot u, it is refilled with the same slot of the next pass (the
+  // chunk kWarps * BATCH further), so up to BATCH loads per lane stay in flight across passes without
+  // a second set of registers.
+  uint4 packed[BATCH];
+  float prm[BATCH][GPC];
+  auto load = [&](int u, int c) {  // chunk c into slot u; zeros past the end
+    packed[u] = make_uint4(0, 0, 0, 0);
+#pragma unroll
+    for (int gi = 0; gi < GPC; ++gi) prm[u][gi] = 0.0f;
+    if (c < nchunks) {
+      packed[u] = load_streaming(wq + static_cast<uint32_t>(c) * 32u);
+      // The chunk's activations (words 0..KC/2 - 1 from xc - t), so that the math finds them in L1
+      // instead of waiting for L2 after the weights arrive: first and last word cover both lines.
+      prefetch_l1(x + c * (KC / 2));
+      prefetch_l1(x + c * (KC / 2) + (KC / 2 - 4));
+#pragma unroll
+      for (int gi = 0; gi < GPC; ++gi) {
+        const int grp = (c * KC + gi * (KC / GPC)) >> p.w.group_shift;
+        if (has_par) prm[u][gi] = __ldg(par + static_cast<uint32_t>(grp) * gstride);
+      }
+    }
+  };
+#pragma unroll
+  for (int u = 0; u < BATCH; ++u) load(u, warp + u * kWarps);
+
   const int quad = lane & ~3;
   float acc[4] = {};  // C fragment: (row g, token 2t), (g, 2t + 1), (g + 8, 2t), (g + 8, 2t + 1)
   for (int c0 = warp; c0 < nchunks; c0 += kWarps * BATCH) {
-    uint4 packed[BATCH];
-    float prm[BATCH][GPC];
-#pragma unroll
-    for (int u = 0; u < BATCH; ++u) {  // issue every load of the batch before any math
-      const int c = c0 + u * kWarps;
-      packed[u] = make_uint4(0, 0, 0, 0);
-#pragma unroll
-      for (int gi = 0; gi < GPC; ++gi) prm[u][gi] = 0.0f;
-      if (c < nchunks) {
-        packed[u] = load_streaming(wq + static_cast<size_t>(c) * 32);
-#pragma unroll
-        for (int gi = 0; gi < GPC; ++gi) {
-          const int grp = (c * KC + gi * (KC / GPC)) >> p.w.group_shift;
-          if (has_par) prm[u][gi] = __ldg(par + static_cast<uint32_t>(grp) * gstride);
-        }
-      }
-    }
 #pragma unroll
     for (int u = 0; u < BATCH; ++u) {
       const int c = c0 + u * kWarps;
-      if (c >= nchunks) break;  // warp-uniform
+      if (c >= nchunks) break;  // warp-uniform; later slots and passes are past the end too
       uint32_t w[4];
       words_of(packed[u], w);
+      float gp[GPC];
+#pragma unroll
+      for (int gi = 0; gi < GPC; ++gi) gp[gi] = prm[u][gi];
       const uint32_t* xc = x + c * (KC / 2);  // the chunk's activations: subtile j at words 8j + t, 8j + t + 4
 #pragma unroll
       for (int gi = 0; gi < GPC; ++gi) {
-        const float s0 = __shfl_sync(0xffffffffu, prm[u][gi], quad);
-        const float s1 = __shfl_sync(0xffffffffu, prm[u][gi], quad + 1);
-        const float zf[2] = {kCodeOffset<T, BITS> + __shfl_sync(0xffffffffu, prm[u][gi], quad + 2),
-                             kCodeOffset<T, BITS> + __shfl_sync(0xffffffffu, prm[u][gi], quad + 3)};
+        const float s0 = __shfl_sync(0xffffffffu, gp[gi], quad);
+        const float s1 = __shfl_sync(0xffffffffu, gp[gi], quad + 1);
+        const float zf[2] = {kCodeOffset<T, BITS> + __shfl_sync(0xffffffffu, gp[gi], quad + 2),
+                             kCodeOffset<T, BITS> + __shfl_sync(0xffffffffu, gp[gi], quad + 3)};
         uint32_t zp[2] = {0u, 0u};
         if constexpr (!kViaFloat<T, BITS>) {
           zp[0] = float_to_pair(zf[0], T{});
@@ -144,6 +157,7 @@ __global__ void __launch_bounds__(kWarps * 32) wo_gemv_kernel(const WoProblem p)
         acc[2] = fmaf(s1, d[2], acc[2]);
         acc[3] = fmaf(s1, d[3], acc[3]);
       }
+      load(u, c + kWarps * BATCH);
     }
   }
 
