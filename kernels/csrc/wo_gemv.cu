@@ -3,9 +3,10 @@
 // At small m the product is a stream over the weights, so everything here serves one goal: keep
 // enough weight bytes in flight and spend few instructions per byte (NOTES.md, "v2").
 //   - One block per 16-row stripe, 8 warps taking interleaved chunks (the block reads 4 KB of
-//     contiguous codes per step). Each lane issues the 16-byte loads of up to kBatch chunks, and the
-//     group parameters they need, before any math: at K = 4096 (int4) that is a warp's whole share
-//     of the stripe, so the kernel pays DRAM latency once instead of once per 4 chunks.
+//     contiguous codes per step). Each lane keeps a ring of BATCH (8) chunks' 16-byte loads and
+//     their group parameters in flight: all are issued before any math, and each slot is refilled
+//     right after its math. At K = 4096 (int4) one ring is a warp's whole share of the stripe, so
+//     the kernel pays DRAM latency about once (v1: twice, with nothing overlapping).
 //   - The math runs on the tensor cores (mma.m16n8k16, float32 accumulation), with the m tokens as
 //     the 8 columns of B. The repacked layout already is the A fragment (wo_kernels.h), so a 16x16
 //     subtile costs a few LOP3/PRMT and packed subtractions (A = q - zero_point, exact small
@@ -78,7 +79,7 @@ __global__ void __launch_bounds__(kWarps * 32) wo_gemv_kernel(const WoProblem p)
   const int g = lane / 4, t = lane % 4;  // A: rows g, g + 8 of the stripe; B: token g, k pairs t, t + 4
   const int stripe = blockIdx.x;
   const int nchunks = p.w.k_padded / KC;
-  // This lane's 16 bytes of chunk 0 (a stripe is < 2^32 bytes, so offsets inside it are 32-bit).
+  // This lane's 16 bytes of chunk 0; offsets of chunks inside the stripe fit 32 bits.
   const uint4* wq = reinterpret_cast<const uint4*>(p.w.qweight) + static_cast<size_t>(stripe) * nchunks * 32 + lane;
 
   // Group parameter of this lane: t = 0, 1 -> scale of row g / g + 8; t = 2, 3 -> zero point.
@@ -105,8 +106,9 @@ __global__ void __launch_bounds__(kWarps * 32) wo_gemv_kernel(const WoProblem p)
     for (int gi = 0; gi < GPC; ++gi) prm[u][gi] = 0.0f;
     if (c < nchunks) {
       packed[u] = load_streaming(wq + static_cast<uint32_t>(c) * 32u);
-      // The chunk's activations (words 0..KC/2 - 1 from xc - t), so that the math finds them in L1
-      // instead of waiting for L2 after the weights arrive: first and last word cover both lines.
+      // The chunk's activations (KC / 2 words of token g; this lane's x is offset by t), so the
+      // math finds them in L1 instead of waiting for L2 after the weights arrive. First and last
+      // word: the KC / 2 words may straddle two lines.
       prefetch_l1(x + c * (KC / 2));
       prefetch_l1(x + c * (KC / 2) + (KC / 2 - 4));
 #pragma unroll
