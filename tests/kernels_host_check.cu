@@ -3,7 +3,8 @@
 // stdin: "bits lanes" then 4 unsigned words per lane (one lane's 16 bytes of a chunk each).
 // stdout: one line per code: lane j p h row col f32 bf16 fp16, where (row, col) is the code's place
 // in its 16 x chunk tile by frag_row/frag_col, f32 the decode_chunk value (128 + u or 256 + u) and
-// bf16/fp16 the int4_pair_biased values (base + u; 0 for int8).
+// bf16/fp16 the int4_pair_biased values (base + u). For int8 (the GEMV's decodes): bf16 = u from
+// int8_f32_magic (2^23 + u, minus 2^23) and fp16 = the int8_pair_biased_half value (1024 + u).
 #include <cstdio>
 
 #include "wo_decode.cuh"
@@ -25,6 +26,13 @@ void decode_lane(int lane, const uint32_t (&w)[4]) {
           __half_raw hraw;
           hraw.x = static_cast<unsigned short>(h ? f >> 16 : f & 0xFFFFu);
           bf = __bfloat162float(__nv_bfloat16(braw));
+          hf = __half2float(__half(hraw));
+        } else {
+          const uint32_t word = w[2 * j + p / 2];
+          bf = int8_f32_magic(word, 2 * (p % 2) + h) - kInt8Magic;
+          const uint32_t f = int8_pair_biased_half(word, p);
+          __half_raw hraw;
+          hraw.x = static_cast<unsigned short>(h ? f >> 16 : f & 0xFFFFu);
           hf = __half2float(__half(hraw));
         }
         std::printf("%d %d %d %d %d %d %.1f %.1f %.1f\n", lane, j, p, h, frag_row(lane % 32, p),

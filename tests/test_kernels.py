@@ -154,8 +154,7 @@ def test_host_decode_helpers_match_layout(tmp_path):
             stripe, chunk = divmod(int(lane) // 32, chunks)
             u = unsigned[stripe * 16 + int(row), chunk * kc + int(col)].item()
             assert f32 == (128 if bits == 4 else 256) + u
-            if bits == 4:
-                assert (bf16, fp16) == (128 + u, 1024 + u)
+            assert (bf16, fp16) == ((128 + u, 1024 + u) if bits == 4 else (u, 1024 + u))
 
 
 def test_scaled_mm_paths_match_reference():

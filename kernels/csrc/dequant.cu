@@ -1,8 +1,9 @@
 // Dequantize the repacked weight to a dense [n, k_padded] bf16/fp16 matrix, for large m where a
 // cuBLAS GEMM on the dense weight is compute-bound and the extra pass over the weight is cheap.
-// One warp per (stripe, chunk): each lane decodes its 16 bytes and writes its pairs where the
-// fragment layout says they belong; (q - z) * s is computed in float32 and rounded once, exactly
-// as the reference does.
+// One warp per (stripe, chunk): each lane decodes its 16 bytes and computes (q - z) * s in float32,
+// rounded once, exactly as the reference does. The pairs go to shared memory in fragment order
+// first and leave as 16-byte row segments: written straight from the fragment layout, a warp store
+// touched 8 rows x 16 bytes, half of each 32-byte sector (NOTES.md, hypothesis 4).
 #include <cstdint>
 
 #include "wo_common.cuh"
@@ -29,18 +30,34 @@ __global__ void __launch_bounds__(kWarps * 32) dequant_kernel(const PackedWeight
   words_of(load_streaming(reinterpret_cast<const uint4*>(w.qweight) + tile * 32 + lane), words);
   float v[SUB][4][2];
   decode_chunk<BITS>(words, v);
+
+  // The warp's 16 x KC tile; rows padded by 16 bytes so that the 8 rows one store instruction
+  // touches fall in distinct banks (row stride = 4 banks mod 32), and rows stay 16-byte aligned.
+  constexpr int kRowWords = KC / 2 + 4;
+  __shared__ __align__(16) uint32_t staged[kWarps][kStripeRows][kRowWords];
+  uint32_t (&st)[kStripeRows][kRowWords] = staged[threadIdx.x / 32];
+  const int row0 = stripe * kStripeRows + lane / 4;  // this lane's rows: row0 (r even), row0 + 8 (r odd)
 #pragma unroll
   for (int j = 0; j < SUB; ++j) {
     const int k0 = chunk * KC + 16 * j;
+    const float2 sz[2] = {group_params(w, k0 >> w.group_shift, row0), group_params(w, k0 >> w.group_shift, row0 + 8)};
 #pragma unroll
     for (int r = 0; r < 4; ++r) {
-      const int row = stripe * kStripeRows + frag_row(lane, r);
-      if (row >= w.n) continue;
-      const float2 sz = group_params(w, k0 >> w.group_shift, row);
-      const float z = kBias + sz.y;
-      const uint32_t pair = float2_to_pair((v[j][r][0] - z) * sz.x, (v[j][r][1] - z) * sz.x, T{});
-      *reinterpret_cast<uint32_t*>(out + static_cast<size_t>(row) * w.k_padded + k0 + frag_col(lane, r)) = pair;
+      const float z = kBias + sz[r % 2].y, s = sz[r % 2].x;
+      st[frag_row(lane, r)][(16 * j + frag_col(lane, r)) / 2] = float2_to_pair((v[j][r][0] - z) * s, (v[j][r][1] - z) * s, T{});
     }
+  }
+  __syncwarp();
+
+  constexpr int SEGS = KC / 8;  // 16-byte segments (8 elements) per row of the tile
+  T* dst = out + static_cast<size_t>(chunk) * KC;
+#pragma unroll
+  for (int i = lane; i < kStripeRows * SEGS; i += 32) {
+    const int r = i / SEGS, seg = i % SEGS;
+    const int row = stripe * kStripeRows + r;
+    if (row < w.n)
+      *reinterpret_cast<uint4*>(dst + static_cast<size_t>(row) * w.k_padded + 8 * seg) =
+          *reinterpret_cast<const uint4*>(&st[r][4 * seg]);
   }
 }
 

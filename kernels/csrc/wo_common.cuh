@@ -22,6 +22,9 @@ __device__ inline uint4 load_streaming(const uint4* ptr) {  // 16-byte aligned g
   return v;
 }
 
+// Pulls the line holding `ptr` into L1 without waiting for it and without a register.
+__device__ inline void prefetch_l1(const void* ptr) { asm volatile("prefetch.global.L1 [%0];" ::"l"(ptr)); }
+
 __device__ inline void words_of(const uint4& v,       // a 16-byte load
                                 uint32_t (&w)[4]) {  // out: its words, for decode_chunk
   w[0] = v.x;

@@ -95,7 +95,45 @@ struct PairTraits<__half> {
 template <typename T>  // __half or __nv_bfloat16
 __host__ __device__ inline uint32_t int4_pair_biased(uint32_t word,  // eight nibbles of one subtile
                                                      int p) {        // register 0..3
+#ifdef __CUDA_ARCH__
+  // One LOP3 for (a & mask) | magic: written as C++, the compiler keeps both constants as
+  // immediates, and LOP3 takes only one, so it emits an AND and an OR.
+  uint32_t r;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(r) : "r"(word >> (4 * p)), "r"(0x000F000Fu), "r"(PairTraits<T>::kMagic));
+  return r;
+#else
   return ((word >> (4 * p)) & 0x000F000Fu) | PairTraits<T>::kMagic;
+#endif
+}
+
+// --- int8 with one byte permute (PRMT) per register or value ---------------------------------
+// PRMT builds a word from any four bytes of two words: byte i of the result is byte sel[4i+2..4i] of
+// (b:a), bytes 0..3 from a and 4..7 from b. With the magic in b, one PRMT places a code byte under a
+// float exponent, which shifts and masks would take two or three instructions to do.
+__host__ __device__ inline uint32_t byte_perm(uint32_t a, uint32_t b, uint32_t sel) {
+#ifdef __CUDA_ARCH__
+  return __byte_perm(a, b, sel);
+#else
+  const uint64_t ab = (static_cast<uint64_t>(b) << 32) | a;
+  uint32_t r = 0;
+  for (int i = 0; i < 4; ++i) r |= static_cast<uint32_t>((ab >> (8 * ((sel >> (4 * i)) & 7))) & 0xFFu) << (8 * i);
+  return r;
+#endif
+}
+
+// int8 register p (0..3) of a subtile as the fp16 pair (1024 + u_lo, 1024 + u_hi): its two bytes
+// 2 * (p % 2) + h of word 2j + p / 2 go under fp16 1024.0 = 0x6400 (step 1, so any byte fits).
+// bf16 has no such magic for 8-bit codes (7 mantissa bits): see int8_f32_magic.
+__host__ __device__ inline uint32_t int8_pair_biased_half(uint32_t word,  // word 2j + p / 2 of the chunk
+                                                          int p) {        // register 0..3
+  return byte_perm(word, 0x64646464u, p % 2 ? 0x4342u : 0x4140u);
+}
+
+// One byte as the float32 2^23 + u (0x4B0000uu: mantissa step 1 at exponent 23), exact.
+constexpr float kInt8Magic = 8388608.0f;
+__host__ __device__ inline float int8_f32_magic(uint32_t word,  // four bytes
+                                                int byte) {     // byte 0..3
+  return bits_to_float(byte_perm(word, 0x4B000000u, 0x7440u | static_cast<uint32_t>(byte)));
 }
 
 // A-fragment coordinates of mma.m16n8k16 (row-major A, 16-bit types): the first element of

@@ -1,126 +1,201 @@
-// Weight-only GEMV on CUDA cores for 1 <= m <= 8 tokens: y = act(x @ dequant(W)^T + bias).
+// Weight-only GEMV for 1 <= m <= 8 tokens: y = act(x @ dequant(W)^T + bias).
 //
-// At small m the GEMM is a stream over the weights, so the kernel is organized around reading
-// them at full bandwidth: one block per 16-row stripe, its 8 warps taking interleaved chunks
-// (512 contiguous bytes per warp and load, 4 loads in flight per lane). Each lane holds two rows
-// (the mma fragment layout of wo_kernels.h, shared with the tensor-core kernel), decodes its codes
-// with the bit tricks of wo_decode.cuh, dequantizes in float32 exactly as the reference does
-// ((q - zero_point) * scale, scale kept float32) and accumulates in float32. Activations are read
-// as bf16/fp16 pairs through L1, where all warps of the SM share them. The 4 lanes of a row group
-// are reduced with shuffles, the 8 warps through shared memory, then bias and activation are fused.
+// At small m the product is a stream over the weights, so everything here serves one goal: keep
+// enough weight bytes in flight and spend few instructions per byte (NOTES.md, "v2").
+//   - One block per 16-row stripe, 8 warps taking interleaved chunks (the block reads 4 KB of
+//     contiguous codes per step). Each lane keeps a ring of BATCH (8) chunks' 16-byte loads and
+//     their group parameters in flight: all are issued before any math, and each slot is refilled
+//     right after its math. At K = 4096 (int4) one ring is a warp's whole share of the stripe, so
+//     the kernel pays DRAM latency about once (v1: twice, with nothing overlapping).
+//   - The math runs on the tensor cores (mma.m16n8k16, float32 accumulation), with the m tokens as
+//     the 8 columns of B. The repacked layout already is the A fragment (wo_kernels.h), so a 16x16
+//     subtile costs a few LOP3/PRMT and packed subtractions (A = q - zero_point, exact small
+//     integers in bf16/fp16) plus one mma, against ~150 instructions per 16 bytes for float32
+//     dequantization and FMAs on CUDA cores (v1). Products of bf16/fp16 values are exact in float32
+//     and the sums are float32, the arithmetic of wo_gemm; the float32 scale multiplies the sum of
+//     each group: acc += scale * sum_group (q - z) * x.
+//   - Group parameters: lane t of each 4-lane quad loads one of (scale row g, scale row g + 8,
+//     zero row g, zero row g + 8) and the quad shares them by shuffles, so a chunk in flight costs
+//     one register per group, not four.
+// The 8 warps' partial sums are added in shared memory, then bias and activation are applied.
 #include <cstdint>
+#include <type_traits>
 
 #include "wo_common.cuh"
 
 namespace qtool {
 namespace {
 
-constexpr int kWarps = 8;   // warps per block, all on the same stripe, splitting its chunks
-constexpr int kUnroll = 4;  // 16-byte weight loads each lane keeps in flight
+constexpr int kWarps = 8;  // warps per block, all on the same stripe, splitting its chunks
 
-template <typename T,    // activation and output type: __half or __nv_bfloat16
-          int BITS,      // weight code width: 4 or 8
-          int M>         // tokens, 1..8: each lane keeps 2 * M float32 partial sums
-__device__ inline void gemv_chunk(const uint4& packed,            // this lane's 16 bytes of the chunk
-                                  int k_base,                     // first k of the chunk
-                                  int row0,                       // first row of this lane (second: row0 + 8)
-                                  const PackedWeightView& w,      // scales, zero points, sizes
-                                  const uint32_t* __restrict__ x, // [M, k_padded / 2] activation pairs
-                                  float (&acc)[M][2]) {           // partial sums of (token, row0 / row0 + 8)
-  constexpr int SUB = 16 / BITS;  // 16x16 subtiles per chunk
-  constexpr float kBias = BITS == 4 ? kInt4Bias : kInt8Bias;
-  uint32_t words[4];
-  words_of(packed, words);
-  float v[SUB][4][2];
-  decode_chunk<BITS>(words, v);
-  const int t = threadIdx.x % 4;
-  const int x_row = w.k_padded / 2;
+// Chunks per lane whose loads are issued together: 8 x 16 bytes covers K = 4096 int4 with 8 warps.
+// With 4 groups per chunk (int4 g16) the parameters take 4 registers per chunk, so fewer chunks.
+template <int GPC>  // groups per chunk
+constexpr int batch_chunks() {
+  return GPC <= 2 ? 8 : 4;
+}
+
+// bf16 holds integers exactly only up to 256 and has no "magic + byte" form with step 1, so int8
+// codes for bf16 go through float32 (2^23 + u, minus 2^23 + 128 + z, exact) and then to bf16.
+template <typename T, int BITS>
+constexpr bool kViaFloat = BITS == 8 && std::is_same_v<T, __nv_bfloat16>;
+
+// What is subtracted from a biased code to leave q - zero_point (the zero point is added per group):
+// int4: base + 8 (PairTraits); int8 fp16: 1024 + 128; int8 bf16 (float32): 2^23 + 128.
+template <typename T, int BITS>
+constexpr float kCodeOffset = BITS == 4 ? PairTraits<T>::kBase + 8.0f : kViaFloat<T, BITS> ? kInt8Magic + 128.0f : 1152.0f;
+
+// A fragment (q - z, one pair per register) of subtile j of a lane's chunk. zf: the row's
+// kCodeOffset + z as float32 (exact: a small integer); zp: the same as a pair of T.
+template <typename T, int BITS>
+__device__ inline void a_fragment(const uint32_t (&w)[4],    // the lane's 16 bytes
+                                  int j,                     // subtile
+                                  const float (&zf)[2],      // rows g / g + 8 (register p: row p % 2)
+                                  const uint32_t (&zp)[2],   // same, packed
+                                  uint32_t (&a)[4]) {        // out
 #pragma unroll
-  for (int j = 0; j < SUB; ++j) {
-    const int k0 = k_base + 16 * j;
-    const int grp = k0 >> w.group_shift;
-    const float2 sz0 = group_params(w, grp, row0), sz1 = group_params(w, grp, row0 + 8);
-    // (v - (bias + z)) * s as one FMA: v * s + c with c = -(bias + z) * s. Rounding c costs at most
-    // 2^-24 * 151 * s, far below the bf16 step of any nonzero weight (>= s).
-    const float c0 = -(kBias + sz0.y) * sz0.x, c1 = -(kBias + sz1.y) * sz1.x;
-    float wt[4][2];
-#pragma unroll
-    for (int p = 0; p < 4; ++p)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) wt[p][h] = fmaf(v[j][p][h], p % 2 ? sz1.x : sz0.x, p % 2 ? c1 : c0);
-#pragma unroll
-    for (int m = 0; m < M; ++m) {
-      // Registers 0, 1 cover k0 + 2t + {0, 1}; registers 2, 3 the same 8 columns to the right.
-      const float2 xa = pair_to_float2(__ldg(x + m * x_row + k0 / 2 + t), T{});
-      const float2 xb = pair_to_float2(__ldg(x + m * x_row + k0 / 2 + t + 4), T{});
-      acc[m][0] += wt[0][0] * xa.x + wt[0][1] * xa.y + wt[2][0] * xb.x + wt[2][1] * xb.y;
-      acc[m][1] += wt[1][0] * xa.x + wt[1][1] * xa.y + wt[3][0] * xb.x + wt[3][1] * xb.y;
+  for (int r = 0; r < 4; ++r) {
+    if constexpr (BITS == 4) {
+      a[r] = sub_pair(int4_pair_biased<T>(w[j], r), zp[r % 2], T{});
+    } else if constexpr (!kViaFloat<T, BITS>) {
+      a[r] = sub_pair(int8_pair_biased_half(w[2 * j + r / 2], r), zp[r % 2], T{});
+    } else {
+      const uint32_t word = w[2 * j + r / 2];
+      const int b = 2 * (r % 2);
+      a[r] = float2_to_pair(int8_f32_magic(word, b) - zf[r % 2], int8_f32_magic(word, b + 1) - zf[r % 2], T{});
     }
   }
 }
 
 template <typename T,    // activation and output type: __half or __nv_bfloat16
           int BITS,      // weight code width: 4 or 8
-          int M>         // tokens, 1..8
+          int GPC>       // groups per chunk: 1 (group >= chunk_k or per channel), 2 or 4
 __global__ void __launch_bounds__(kWarps * 32) wo_gemv_kernel(const WoProblem p) {  // grid: one block per stripe
-  constexpr int KC = chunk_k(BITS);
+  constexpr int SUB = 16 / BITS;     // 16x16 subtiles per chunk
+  constexpr int KC = chunk_k(BITS);  // k per chunk
+  constexpr int SPG = SUB / GPC;     // subtiles per group
+  constexpr int BATCH = batch_chunks<GPC>();
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int g = lane / 4, t = lane % 4;  // A: rows g, g + 8 of the stripe; B: token g, k pairs t, t + 4
   const int stripe = blockIdx.x;
-  const int row0 = stripe * kStripeRows + lane / 4;
   const int nchunks = p.w.k_padded / KC;
+  // This lane's 16 bytes of chunk 0; offsets of chunks inside the stripe fit 32 bits.
   const uint4* wq = reinterpret_cast<const uint4*>(p.w.qweight) + static_cast<size_t>(stripe) * nchunks * 32 + lane;
-  const uint32_t* x = static_cast<const uint32_t*>(p.x);
 
-  float acc[M][2] = {};
-  for (int c0 = warp; c0 < nchunks; c0 += kWarps * kUnroll) {
-    uint4 packed[kUnroll];
+  // Group parameter of this lane: t = 0, 1 -> scale of row g / g + 8; t = 2, 3 -> zero point.
+  const float* par = (t < 2 ? p.w.scale : p.w.zero);
+  const bool has_par = par != nullptr;  // false for the zero lanes of a symmetric weight (zero = 0)
+  if (!has_par) par = p.w.scale;
+  par += stripe * kStripeRows + g + 8 * (t % 2);
+
+  // B fragment: token g, words (k / 2) t and t + 4 of each 16-k subtile. Lanes of tokens >= m read
+  // token 0 again instead of predicated zeros: column n of an mma result depends on column n of B
+  // only, those columns are never stored, and the loads hit the same L1 lines as token 0's.
+  const uint32_t* x = static_cast<const uint32_t*>(p.x) + (g < p.m ? g : 0) * (p.w.k_padded / 2) + t;
+  const uint32_t gstride = p.w.n_padded;  // between groups of the parameters; 32 bits suffice
+
+  // Slot u of the ring holds chunk c0 + u * kWarps of the current pass. All slots are loaded before
+  // any math; after the math of slot u, it is refilled with the same slot of the next pass (the
+  // chunk kWarps * BATCH further), so up to BATCH loads per lane stay in flight across passes without
+  // a second set of registers.
+  uint4 packed[BATCH];
+  float prm[BATCH][GPC];
+  auto load = [&](int u, int c) {  // chunk c into slot u; zeros past the end
+    packed[u] = make_uint4(0, 0, 0, 0);
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {  // issue all loads first so they overlap
-      const int c = c0 + u * kWarps;
-      packed[u] = c < nchunks ? load_streaming(wq + static_cast<size_t>(c) * 32) : make_uint4(0, 0, 0, 0);
+    for (int gi = 0; gi < GPC; ++gi) prm[u][gi] = 0.0f;
+    if (c < nchunks) {
+      packed[u] = load_streaming(wq + static_cast<uint32_t>(c) * 32u);
+      // The chunk's activations (KC / 2 words of token g; this lane's x is offset by t), so the
+      // math finds them in L1 instead of waiting for L2 after the weights arrive. First and last
+      // word: the KC / 2 words may straddle two lines.
+      prefetch_l1(x + c * (KC / 2));
+      prefetch_l1(x + c * (KC / 2) + (KC / 2 - 4));
+#pragma unroll
+      for (int gi = 0; gi < GPC; ++gi) {
+        const int grp = (c * KC + gi * (KC / GPC)) >> p.w.group_shift;
+        if (has_par) prm[u][gi] = __ldg(par + static_cast<uint32_t>(grp) * gstride);
+      }
     }
+  };
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
+  for (int u = 0; u < BATCH; ++u) load(u, warp + u * kWarps);
+
+  const int quad = lane & ~3;
+  float acc[4] = {};  // C fragment: (row g, token 2t), (g, 2t + 1), (g + 8, 2t), (g + 8, 2t + 1)
+  for (int c0 = warp; c0 < nchunks; c0 += kWarps * BATCH) {
+#pragma unroll
+    for (int u = 0; u < BATCH; ++u) {
       const int c = c0 + u * kWarps;
-      if (c < nchunks) gemv_chunk<T, BITS, M>(packed[u], c * KC, row0, p.w, x, acc);
+      if (c >= nchunks) break;  // warp-uniform; later slots and passes are past the end too
+      uint32_t w[4];
+      words_of(packed[u], w);
+      float gp[GPC];
+#pragma unroll
+      for (int gi = 0; gi < GPC; ++gi) gp[gi] = prm[u][gi];
+      const uint32_t* xc = x + c * (KC / 2);  // the chunk's activations: subtile j at words 8j + t, 8j + t + 4
+#pragma unroll
+      for (int gi = 0; gi < GPC; ++gi) {
+        const float s0 = __shfl_sync(0xffffffffu, gp[gi], quad);
+        const float s1 = __shfl_sync(0xffffffffu, gp[gi], quad + 1);
+        const float zf[2] = {kCodeOffset<T, BITS> + __shfl_sync(0xffffffffu, gp[gi], quad + 2),
+                             kCodeOffset<T, BITS> + __shfl_sync(0xffffffffu, gp[gi], quad + 3)};
+        uint32_t zp[2] = {0u, 0u};
+        if constexpr (!kViaFloat<T, BITS>) {
+          zp[0] = float_to_pair(zf[0], T{});
+          zp[1] = float_to_pair(zf[1], T{});
+        }
+        float d[4] = {};  // this group's sum of (q - z) * x
+#pragma unroll
+        for (int jj = 0; jj < SPG; ++jj) {
+          const int j = gi * SPG + jj;
+          uint32_t a[4];
+          a_fragment<T, BITS>(w, j, zf, zp, a);
+          const uint32_t b0 = __ldg(xc + 8 * j), b1 = __ldg(xc + 8 * j + 4);
+          mma_16816<T>(d, a, b0, b1);
+        }
+        acc[0] = fmaf(s0, d[0], acc[0]);
+        acc[1] = fmaf(s0, d[1], acc[1]);
+        acc[2] = fmaf(s1, d[2], acc[2]);
+        acc[3] = fmaf(s1, d[3], acc[3]);
+      }
+      load(u, c + kWarps * BATCH);
     }
   }
 
-  // Sum the 4 lanes (k columns) of each row group, then the warps.
-  __shared__ float partial[kWarps][M][kStripeRows];
-#pragma unroll
-  for (int m = 0; m < M; ++m)
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      acc[m][r] += __shfl_xor_sync(0xffffffffu, acc[m][r], 1);
-      acc[m][r] += __shfl_xor_sync(0xffffffffu, acc[m][r], 2);
-      if (lane % 4 == 0) partial[warp][m][lane / 4 + 8 * r] = acc[m][r];
-    }
+  // Sum the warps (each holds every row and token of the stripe for its chunks), then the epilogue.
+  __shared__ float partial[kWarps][kStripeRows][kMaxGemvTokens];
+  partial[warp][g][2 * t] = acc[0];
+  partial[warp][g][2 * t + 1] = acc[1];
+  partial[warp][g + 8][2 * t] = acc[2];
+  partial[warp][g + 8][2 * t + 1] = acc[3];
   __syncthreads();
-  if (threadIdx.x < M * kStripeRows) {
+  if (threadIdx.x < p.m * kStripeRows) {
     const int m = threadIdx.x / kStripeRows, r = threadIdx.x % kStripeRows;
     const int n = stripe * kStripeRows + r;
     if (n < p.w.n) {
       float v = bias_at(p.bias, n);
 #pragma unroll
-      for (int i = 0; i < kWarps; ++i) v += partial[i][m][r];
+      for (int i = 0; i < kWarps; ++i) v += partial[i][r][m];
       store(static_cast<T*>(p.y) + static_cast<size_t>(m) * p.w.n + n, activate(v, p.act));
     }
   }
 }
 
-// Instantiates the kernel for M = p.m by recursion over M (the kernel needs M at compile time).
 template <typename T,    // activation and output type
-          int BITS,      // weight code width
-          int M>         // candidate token count, 1..kMaxGemvTokens
-void launch_m(const WoProblem& p,         // the problem, 1 <= p.m <= kMaxGemvTokens
-              cudaStream_t stream) {      // the caller's stream
-  if constexpr (M <= kMaxGemvTokens) {
-    if (p.m == M) {
-      wo_gemv_kernel<T, BITS, M><<<p.w.n_padded / kStripeRows, kWarps * 32, 0, stream>>>(p);
-      return;
-    }
-    launch_m<T, BITS, M + 1>(p, stream);
+          int BITS>      // weight code width
+void launch_typed(const WoProblem& p,     // the problem, 1 <= p.m <= kMaxGemvTokens
+                  cudaStream_t stream) {  // the caller's stream
+  // Groups per chunk: chunk_k is 64 = 2^6 (int4) or 32 = 2^5 (int8) k; groups are >= 16 = 2^4 (ops.cpp).
+  const int chunk_shift = BITS == 4 ? 6 : 5;
+  const int gpc = p.w.group_shift >= chunk_shift ? 1 : 1 << (chunk_shift - p.w.group_shift);
+  const dim3 grid(p.w.n_padded / kStripeRows), block(kWarps * 32);
+  if (gpc == 1) {
+    wo_gemv_kernel<T, BITS, 1><<<grid, block, 0, stream>>>(p);
+  } else if (gpc == 2) {
+    wo_gemv_kernel<T, BITS, 2><<<grid, block, 0, stream>>>(p);
+  } else if constexpr (BITS == 4) {  // int4 g16; int8 chunks hold at most 2 groups of 16
+    wo_gemv_kernel<T, BITS, 4><<<grid, block, 0, stream>>>(p);
   }
 }
 
@@ -129,9 +204,9 @@ void launch_m(const WoProblem& p,         // the problem, 1 <= p.m <= kMaxGemvTo
 void launch_wo_gemv(const WoProblem& p, cudaStream_t stream) {
   const bool bf16 = p.dtype == ScalarKind::kBFloat16;
   if (p.w.num_bits == 4) {
-    bf16 ? launch_m<__nv_bfloat16, 4, 1>(p, stream) : launch_m<__half, 4, 1>(p, stream);
+    bf16 ? launch_typed<__nv_bfloat16, 4>(p, stream) : launch_typed<__half, 4>(p, stream);
   } else {
-    bf16 ? launch_m<__nv_bfloat16, 8, 1>(p, stream) : launch_m<__half, 8, 1>(p, stream);
+    bf16 ? launch_typed<__nv_bfloat16, 8>(p, stream) : launch_typed<__half, 8>(p, stream);
   }
 }
 
