@@ -137,13 +137,17 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, args: QuantArgs, 
     i1 = 0
     while i1 < K:
         i2 = _block_end(i1, K, block_size, group if dynamic else None)
-        W1 = W[:, i1:i2]  # a view: in-place updates keep W current
+        # A contiguous copy of the block, written back below: the rank-1 updates on a strided view
+        # of W run at half speed on the CPU.
+        W1 = W[:, i1:i2].clone()
         Err1 = torch.empty_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]
         for i in range(i2 - i1):
             j = i1 + i
             if dynamic and j % group == 0:
-                cols = W[:, j:j + group]  # current: the group starts the block or ends inside it
+                # Current values: a group starts its block (W is then current, and a group longer
+                # than the block reads on past it) or ends inside it (_block_end).
+                cols = W[:, j:j + group] if i == 0 else W1[:, i:i + group]
                 s, z = qparams_from_range(cols.amin(1), cols.amax(1), args)
                 scale[:, j // group] = s
                 if zero_point is not None:
@@ -156,6 +160,7 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, args: QuantArgs, 
             # half a step), so the codes are read off W once at the end, not stored per column.
             W1[:, i:].addr_(err, Hinv1[i, i:], alpha=-1)
             Err1[:, i] = err
+        W[:, i1:i2] = W1
         row_loss += Err1.square().sum(1)
         W[:, i2:].addmm_(Err1, Hinv[i1:i2, i2:], alpha=-1)
         i1 = i2
