@@ -61,7 +61,23 @@ TINY = {
     "tie_word_embeddings": False,
 }
 
-CONFIGS: dict[str, dict] = {"llama-8b": LLAMA_8B, "tiny": TINY}
+# SmolLM2-135M's shapes (the model of the quality tables), for timing methods without its weights.
+SMOLLM2_135M = {
+    "model_type": "llama",
+    "hidden_size": 576,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "head_dim": 64,
+    "vocab_size": 49152,
+    "max_position_embeddings": 8192,
+    "rms_norm_eps": 1e-5,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 100000.0},
+    "tie_word_embeddings": True,
+}
+
+CONFIGS: dict[str, dict] = {"llama-8b": LLAMA_8B, "smollm2-135m": SMOLLM2_135M, "tiny": TINY}
 
 
 @dataclass

@@ -10,7 +10,8 @@
 # benchmark; bench8b runs `qtool bench` on an 8B-shaped Llama (W4A16 vs bf16, kernel profile).
 # models joins the halves, writes the float model, quantizes every 8-bit preset, GPTQ and AWQ on the GPU
 # and evaluates each there (float32 for the quality table, bfloat16 through the kernels and
-# torch._scaled_mm), and runs llm-compressor's AWQ. Results land in $OUT: logs, bench*.json,
+# torch._scaled_mm), and runs llm-compressor's AWQ; profile times GPTQ and AWQ by function
+# (scripts/profile_method.py). Results land in $OUT: logs, bench*.json,
 # quality.tgz. Each step has a time limit so that each call ends within 10 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -39,6 +40,14 @@ bench8b() {
     --prefill-len 2048 --profile --json "$OUT/bench-8b.json"
 }
 
+profile() {  # where GPTQ's and AWQ's time goes on the GPU (random SmolLM2-shaped model; no GGUF needed)
+  for method in gptq awq; do
+    step "profile $method"
+    timeout 200 python3 scripts/profile_method.py --method "$method" --config smollm2-135m --device cuda --top 25 \
+      --json "$OUT/profile-$method.json"
+  done
+}
+
 quality() {  # quantize on the GPU, evaluate there in float32 (the table) and bfloat16 (kernels, _scaled_mm)
   for name in "$@"; do
     DEVICE=cuda DATA=.gpu/data OUT_DIR=runs/quality timeout 150 bash scripts/smollm2_quality.sh "$name"
@@ -56,10 +65,12 @@ models() {
   fi
   mkdir -p runs
   step "presets, six at once (no timings taken from these)"
+  local jobs=()
   for name in fp8-dynamic fp8-block int8-w8a8 rtn-w8a16 smoothquant-auto-w8a8 gptq-fp8-weight-only; do
     quality "$name" > "runs/preset-$name.log" 2>&1 &
+    jobs+=($!)
   done
-  wait
+  wait "${jobs[@]}"  # not a bare `wait`: that also waits for the tee behind `exec > >(tee ...)`, forever
   tail -n 2 runs/preset-*.log
   step "llm-compressor AWQ g64 (alone on the machine)"
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/lcwhl/*.whl
@@ -75,7 +86,7 @@ models() {
 
 for stage in "$@"; do
   case "$stage" in
-    stash | build | kernels | bench8b | models) "$stage" ;;
-    *) echo "usage: bash scripts/gpu_session.sh STAGE... (stash build kernels bench8b models)"; exit 2 ;;
+    stash | build | kernels | bench8b | models | profile) "$stage" ;;
+    *) echo "usage: bash scripts/gpu_session.sh STAGE... (stash build kernels bench8b models profile)"; exit 2 ;;
   esac
 done

@@ -64,6 +64,15 @@ def test_random_model_on_meta_device_has_llama_8b_shapes():
     assert 7.9e9 < sum(p.numel() for p in model.parameters()) < 8.1e9
 
 
+def test_random_model_has_smollm2_shapes():
+    # scripts/profile_method.py times methods on these shapes without the GGUF: they must be SmolLM2-135M's
+    # (134,515,008 parameters with tied embeddings, as prepare_smollm2.py reports).
+    model = random_model("smollm2-135m", device="meta")
+    assert model.model.layers[0].self_attn.k_proj.weight.shape == (3 * 64, 576)
+    assert model.model.layers[0].mlp.down_proj.weight.shape == (576, 1536)
+    assert sum(p.numel() for p in model.parameters()) == 134_515_008
+
+
 def test_random_model_rejects_unknown_configs(tmp_path):
     with pytest.raises(ValueError, match="built-in config"):
         random_model("no-such-model")
