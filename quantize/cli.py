@@ -137,6 +137,8 @@ def quantize(
     true_sequential: Annotated[bool, typer.Option("--true-sequential/--no-true-sequential",
                                                   help="GPTQ: re-collect inputs after each group of linears.")] = True,
     clip: Annotated[bool, typer.Option("--clip/--no-clip", help="AWQ: search per-group clipping.")] = True,
+    duo_scaling: Annotated[bool, typer.Option("--duo-scaling", help="AWQ: scale candidates mean|x|^a / "
+                                              "mean|w|^(1-a) (llm-compressor's default).")] = False,
     alpha: Annotated[str, typer.Option(help="SmoothQuant migration strength in [0, 1], or 'auto' "
                                             "(searched per layer).")] = "auto",
     weights_method: Annotated[str, typer.Option("--weights", help="SmoothQuant: quantize the smoothed weights "
@@ -175,7 +177,7 @@ def quantize(
             chosen = _default_scheme(method, bits, group_size, symmetric)
         settings = {
             "gptq": dict(damp=damp, act_order=act_order, static_groups=static_groups, true_sequential=true_sequential),
-            "awq": dict(clip=clip),
+            "awq": dict(clip=clip, duo_scaling=duo_scaling),
             "smoothquant": dict(alpha=check_alpha(alpha), weights=weights_method),
         }.get(method, {})
         if method == "smoothquant" and weights_method == "gptq":

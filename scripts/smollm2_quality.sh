@@ -21,6 +21,7 @@ declare -A CONFIGS=(
   [rtn-w4g64]="--method rtn --bits 4 --group-size 64"
   [gptq-w4g64]="--method gptq --bits 4 --group-size 64 ${CALIB[*]}"
   [awq-w4g64]="--method awq --bits 4 --group-size 64 ${CALIB[*]}"
+  [awq-w4g64-duo]="--method awq --bits 4 --group-size 64 --duo-scaling ${CALIB[*]}"
   [rtn-w3g128]="--method rtn --bits 3 --group-size 128"
   [gptq-w3g128]="--method gptq --bits 3 --group-size 128 ${CALIB[*]}"
   [awq-w3g128]="--method awq --bits 3 --group-size 128 ${CALIB[*]}"

@@ -158,7 +158,8 @@ def test_smoothquant_rejects_bad_alpha(alpha, calib_ids):
                        calibration=calib_ids, progress=False)
 
 
-def test_awq_folded_model_equals_unscaled_before_quantization(calib_ids):
+@pytest.mark.parametrize("duo_scaling", [False, True])
+def test_awq_folded_model_equals_unscaled_before_quantization(calib_ids, duo_scaling):
     """AWQ's search + folding, with rounding switched off, must not change the float model."""
     from quantize.methods import awq
     from quantize.pipeline import BlockContext, capture_block_inputs
@@ -176,20 +177,45 @@ def test_awq_folded_model_equals_unscaled_before_quantization(calib_ids):
     assert len(mappings) == 4
     for m, inputs in zip(mappings, awq.gather_inputs(ctx, mappings, 10_000), strict=True):
         inspect = blocks[0].get_submodule(m.inspect or m.balance[0])
-        s, ratio, _ = awq.search_scale(inspect, [blocks[0].get_submodule(b) for b in m.balance], inputs, args)
+        balance = [blocks[0].get_submodule(b) for b in m.balance]
+        s, ratio, _ = awq.search_scale(inspect, balance, inputs, args, duo_scaling=duo_scaling)
         assert 0.0 <= ratio < 1.0
+        w_mean = awq.weight_mean(balance, args) if duo_scaling else None
+        torch.testing.assert_close(s, awq.candidate_scale(inputs.x_mean, ratio, w_mean))
         apply_scale(blocks[0], m, s, arch.norm_offset)
     with torch.no_grad():
         torch.testing.assert_close(model(ids).logits, before, rtol=1e-4, atol=1e-4)
 
 
-def test_awq_beats_rtn_on_activation_outliers(calib_ids):
-    def run(method):
+@pytest.mark.parametrize("duo_scaling", [False, True])
+def test_awq_beats_rtn_on_activation_outliers(calib_ids, duo_scaling):
+    def run(method, args=None):
         model = outlier_llama()
         ids = torch.randint(0, 128, (4, 32), generator=torch.Generator().manual_seed(3))
         with torch.no_grad():
             ref = model(ids).logits
             scheme = preset("w3a16").with_weights(group_size=32, symmetric=False)
-            quantize_model(model, Recipe.single(scheme, method), calibration=calib_ids, progress=False)
+            quantize_model(model, Recipe.single(scheme, method, args), calibration=calib_ids, progress=False)
             return float((model(ids).logits - ref).norm() / ref.norm())
-    assert run("awq") < run("rtn")
+    assert run("awq", {"duo_scaling": duo_scaling}) < run("rtn")
+
+
+def test_awq_weight_mean_and_candidates():
+    from quantize.methods import awq
+
+    args = preset("w4a16").weights.__class__(num_bits=4, strategy="group", group_size=4)
+    a, b = torch.nn.Linear(6, 3, bias=False), torch.nn.Linear(6, 2, bias=False)  # K = 6: groups of 4 and 2
+    for layer in (a, b):
+        torch.nn.init.normal_(layer.weight)
+    expected = []
+    for layer in (a, b):
+        w = layer.weight.detach().abs()
+        expected.append(torch.cat([w[:, :4] / w[:, :4].amax(1, keepdim=True), w[:, 4:] / w[:, 4:].amax(1, keepdim=True)], 1))
+    w_mean = awq.weight_mean([a, b], args)
+    torch.testing.assert_close(w_mean, torch.cat(expected).mean(0))
+    x_mean = torch.rand(6) + 0.1
+    for ratio, w in ((0.0, None), (0.35, None), (0.0, w_mean), (0.35, w_mean)):
+        s = awq.candidate_scale(x_mean, ratio, w_mean=w)
+        assert abs(float(torch.log(s).mean())) < 1e-6  # geometric mean 1
+        raw = x_mean ** ratio / (1 if w is None else w ** (1 - ratio))
+        torch.testing.assert_close(s / s[0], raw / raw[0])

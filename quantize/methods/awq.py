@@ -89,21 +89,45 @@ def _run(module: nn.Module, calls: list[tuple[tuple, dict]]) -> list[torch.Tenso
     return outs
 
 
+def weight_mean(balance: list[nn.Linear], args: QuantArgs) -> torch.Tensor:
+    """Mean over the balance linears' rows of |W| relative to its group's max |W|, per input channel [K]."""
+    rows = []
+    for b in balance:
+        w = b.weight.data.float().abs()
+        n, k = w.shape
+        g = args.group_size if args.strategy is Strategy.GROUP else k
+        pad = -k % g  # a shorter last group (576 = 4 x 128 + 64) is padded with zeros for the max
+        wg = torch.nn.functional.pad(w, (0, pad)).view(n, -1, g)
+        rows.append((wg / wg.amax(-1, keepdim=True).clamp_min(1e-12)).view(n, -1)[:, :k])
+    return torch.cat(rows).mean(0)
+
+
+def candidate_scale(x_mean: torch.Tensor, ratio: float, w_mean: torch.Tensor | None = None) -> torch.Tensor:
+    """s = mean|x|^ratio, or with w_mean (duo scaling) mean|x|^ratio / w_mean^(1 - ratio); geometric mean 1.
+
+    x_mean, w_mean: [K] per input channel (MappingInputs.x_mean, weight_mean)."""
+    s = x_mean.clamp_min(1e-4).pow(ratio)
+    if w_mean is not None:
+        s = s / w_mean.clamp_min(1e-4).pow(1 - ratio)
+    return s / torch.exp(torch.log(s).mean())
+
+
 def search_scale(inspect: nn.Module, balance: list[nn.Linear], inputs: MappingInputs,
-                 args: QuantArgs) -> tuple[torch.Tensor, float, float]:
+                 args: QuantArgs, *, duo_scaling: bool = False) -> tuple[torch.Tensor, float, float]:
     """Best per-channel scale s [K] for the balance linears, its grid ratio, and the MSE it gives.
 
-    Each of the 20 candidates s = mean|x|^ratio is scored by the MSE of `inspect`'s output on the
-    recorded calls when the balance weights are replaced by Q(W * s) / s. Weights are restored.
+    Each of the 20 candidates (`candidate_scale`; with duo_scaling, weight magnitudes enter too, as
+    llm-compressor's default does) is scored by the MSE of `inspect`'s output on the recorded calls
+    when the balance weights are replaced by Q(W * s) / s. Weights are restored.
     """
     reference = _run(inspect, inputs.calls)
     originals = [b.weight.data.clone() for b in balance]
+    w_mean = weight_mean(balance, args).to(inputs.x_mean.device) if duo_scaling else None
     best = (float("inf"), 0.0, torch.ones_like(inputs.x_mean))
     try:
         for i in range(GRID):
             ratio = i / GRID
-            s = inputs.x_mean.clamp_min(1e-4).pow(ratio)
-            s = s / torch.exp(torch.log(s).mean())  # geometric mean 1
+            s = candidate_scale(inputs.x_mean, ratio, w_mean)
             for b, w in zip(balance, originals, strict=True):
                 b.weight.data = (_fake_quant(w.float() * s, args) / s).to(w.dtype)
             out = _run(inspect, inputs.calls)
@@ -148,8 +172,9 @@ def search_clip(weight: torch.Tensor, x: torch.Tensor, args: QuantArgs, *, max_s
 
 
 def quantize_block(ctx: BlockContext, schemes: dict[str, QuantScheme], *, clip: bool = True,
-                   search_tokens: int = 16384) -> dict[str, QTensor]:
-    """Scale search and folding over every applicable mapping, then clipping search, then rounding."""
+                   duo_scaling: bool = False, search_tokens: int = 16384) -> dict[str, QTensor]:
+    """Scale search and folding over every applicable mapping, then clipping search, then rounding.
+    duo_scaling: candidates divide by weight magnitudes too (`candidate_scale`)."""
     for s in schemes.values():
         w = s.weights
         if w.is_float or w.strategy not in (Strategy.GROUP, Strategy.CHANNEL):
@@ -161,7 +186,7 @@ def quantize_block(ctx: BlockContext, schemes: dict[str, QuantScheme], *, clip: 
         block = ctx.block
         s, ratio, _ = search_scale(block.get_submodule(smooth.inspect or smooth.balance[0]),
                                    [block.get_submodule(b) for b in smooth.balance], inputs,
-                                   schemes[smooth.balance[0]].weights)
+                                   schemes[smooth.balance[0]].weights, duo_scaling=duo_scaling)
         apply_scale(block, smooth, s, ctx.arch.norm_offset)
         for b in smooth.balance:
             ctx.record(b, "awq_ratio", ratio)
