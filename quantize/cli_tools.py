@@ -136,7 +136,7 @@ def bench(
     if random_weights:
         base_model = random_model(model, dtype=dtype, device=device)
         base_result = bench_model(base_model, **opts)
-        print_bench(base_result, f"{model} bf16", console=console)
+        print_bench(base_result, f"{model} {dtype_name}", console=console)
         if scheme is None:
             results = {"base": base_result.to_dict()}
         else:
