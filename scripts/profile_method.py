@@ -45,8 +45,7 @@ def main() -> None:
         model.config.num_hidden_layers = args.layers
     scheme = preset(args.scheme)
     if scheme.weights.group_size is not None and args.group_size:
-        from dataclasses import replace
-        scheme = replace(scheme, weights=replace(scheme.weights, group_size=args.group_size))
+        scheme = scheme.with_weights(group_size=args.group_size)
     gen = torch.Generator().manual_seed(0)
     vocab = model.config.vocab_size
     batches = [torch.randint(0, vocab, (args.batch_size, args.seq_len), generator=gen)

@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from ..mappings import Smooth, applicable
 from ..pipeline import BlockContext
-from ..primitives import QTensor, dequantize, qparams_from_range, quantize, reduce_range
+from ..primitives import QTensor, dequantize, expand, qparams_from_range, quantize, reduce_range
 from ..scheme import QuantArgs, QuantScheme, Strategy
 from .scaling import apply_scale
 
@@ -94,11 +94,8 @@ def weight_mean(balance: list[nn.Linear], args: QuantArgs) -> torch.Tensor:
     rows = []
     for b in balance:
         w = b.weight.data.float().abs()
-        n, k = w.shape
-        g = args.group_size if args.strategy is Strategy.GROUP else k
-        pad = -k % g  # a shorter last group (576 = 4 x 128 + 64) is padded with zeros for the max
-        wg = torch.nn.functional.pad(w, (0, pad)).view(n, -1, g)
-        rows.append((wg / wg.amax(-1, keepdim=True).clamp_min(1e-12)).view(n, -1)[:, :k])
+        group_max = expand(reduce_range(w, args)[1], w.shape, args)  # shorter last groups included
+        rows.append(w / group_max.clamp_min(1e-12))
     return torch.cat(rows).mean(0)
 
 
