@@ -14,13 +14,21 @@ Folding the permutation into the producer of x would remove it; that needs model
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
 from . import build, ops, reference
 from .layout import ACTIVATIONS, PackedWeight, UnsupportedLayout, pack_weight
 
+# $QTOOL_GEMV_MAX_M (0..8, read at import) overrides the GEMV cut-off, to measure wo_gemv against
+# wo_gemm at m = 5..8 without editing this file (scripts/gpu_ab.sh).
 GEMV_MAX_M = 4
+if os.environ.get("QTOOL_GEMV_MAX_M"):
+    GEMV_MAX_M = int(os.environ["QTOOL_GEMV_MAX_M"])
+    if not 0 <= GEMV_MAX_M <= 8:  # wo_gemv takes at most 8 tokens (wo_kernels.h, kMaxGemvTokens)
+        raise ValueError(f"QTOOL_GEMV_MAX_M must be in 0..8, got {GEMV_MAX_M}")
 GEMM_MAX_M = 256
 KERNEL_DTYPES = (torch.float16, torch.bfloat16)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -205,6 +206,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--quick", action="store_true", help="two shapes, M in 1, 16, 64")
+    parser.add_argument("--tokens", help="comma-separated M values, replacing the default list (e.g. 1,4,5,8)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_kernels.py needs a CUDA device")
@@ -214,8 +216,12 @@ def main() -> None:
     torch.manual_seed(0)
     name, timer = make_timer()
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "timer": name,
-              "copy_GBps": copy_bandwidth(timer), "rows": []}
+              "copy_GBps": copy_bandwidth(timer), "rows": [],
+              # run-time switches of the kernels (kernels/csrc/wo_launch.cuh, kernels/weight_only.py)
+              "env": {key: os.environ.get(key) for key in ("QTOOL_PDL", "QTOOL_GEMV_MAX_M")}}
     shapes, tokens = (SHAPES[:2], TOKENS[:3]) if args.quick else (SHAPES, TOKENS)
+    if args.tokens:
+        tokens = [int(t) for t in args.tokens.split(",")]
     for k, n in shapes:
         for fmt in FORMATS:
             result["rows"] += bench_case(timer, kernels, k, n, fmt, tokens)

@@ -18,10 +18,14 @@
 //     zero row g, zero row g + 8) and the quad shares them by shuffles, so a chunk in flight costs
 //     one register per group, not four.
 // The 8 warps' partial sums are added in shared memory, then bias and activation are applied.
+// v3: launched with Programmatic Dependent Launch on sm_90+ (wo_launch.cuh, QTOOL_PDL): the
+// launch and block start-up overlap the previous kernel's tail, and with QTOOL_PDL=2 the first ring
+// of weight loads is in flight before the previous kernel has finished.
 #include <cstdint>
 #include <type_traits>
 
 #include "wo_common.cuh"
+#include "wo_launch.cuh"
 
 namespace qtool {
 namespace {
@@ -70,7 +74,8 @@ __device__ inline void a_fragment(const uint32_t (&w)[4],    // the lane's 16 by
 template <typename T,    // activation and output type: __half or __nv_bfloat16
           int BITS,      // weight code width: 4 or 8
           int GPC>       // groups per chunk: 1 (group >= chunk_k or per channel), 2 or 4
-__global__ void __launch_bounds__(kWarps * 32) wo_gemv_kernel(const WoProblem p) {  // grid: one block per stripe
+__global__ void __launch_bounds__(kWarps * 32) wo_gemv_kernel(const WoProblem p,            // grid: one block per stripe
+                                                               bool weights_before_wait) {  // PdlMode::kWeightsFirst
   constexpr int SUB = 16 / BITS;     // 16x16 subtiles per chunk
   constexpr int KC = chunk_k(BITS);  // k per chunk
   constexpr int SPG = SUB / GPC;     // subtiles per group
@@ -91,7 +96,8 @@ __global__ void __launch_bounds__(kWarps * 32) wo_gemv_kernel(const WoProblem p)
   // B fragment: token g, words (k / 2) t and t + 4 of each 16-k subtile. Lanes of tokens >= m read
   // token 0 again instead of predicated zeros: column n of an mma result depends on column n of B
   // only, those columns are never stored, and the loads hit the same L1 lines as token 0's.
-  const uint32_t* x = static_cast<const uint32_t*>(p.x) + (g < p.m ? g : 0) * (p.w.k_padded / 2) + t;
+  // Set after pdl_wait (opaque): nothing reads the activations before the previous kernel is done.
+  const uint32_t* x = nullptr;
   const uint32_t gstride = p.w.n_padded;  // between groups of the parameters; 32 bits suffice
 
   // Slot u of the ring holds chunk c0 + u * kWarps of the current pass. All slots are loaded before
@@ -100,17 +106,12 @@ __global__ void __launch_bounds__(kWarps * 32) wo_gemv_kernel(const WoProblem p)
   // a second set of registers.
   uint4 packed[BATCH];
   float prm[BATCH][GPC];
-  auto load = [&](int u, int c) {  // chunk c into slot u; zeros past the end
+  auto load_weights = [&](int u, int c) {  // chunk c's codes and parameters into slot u; zeros past the end
     packed[u] = make_uint4(0, 0, 0, 0);
 #pragma unroll
     for (int gi = 0; gi < GPC; ++gi) prm[u][gi] = 0.0f;
     if (c < nchunks) {
       packed[u] = load_streaming(wq + static_cast<uint32_t>(c) * 32u);
-      // The chunk's activations (KC / 2 words of token g; this lane's x is offset by t), so the
-      // math finds them in L1 instead of waiting for L2 after the weights arrive. First and last
-      // word: the KC / 2 words may straddle two lines.
-      prefetch_l1(x + c * (KC / 2));
-      prefetch_l1(x + c * (KC / 2) + (KC / 2 - 4));
 #pragma unroll
       for (int gi = 0; gi < GPC; ++gi) {
         const int grp = (c * KC + gi * (KC / GPC)) >> p.w.group_shift;
@@ -118,8 +119,29 @@ __global__ void __launch_bounds__(kWarps * 32) wo_gemv_kernel(const WoProblem p)
       }
     }
   };
+  // The chunk's activations (KC / 2 words of token g; this lane's x is offset by t) into L1, so the
+  // math finds them there instead of waiting for L2 after the weights arrive. First and last word:
+  // the KC / 2 words may straddle two lines. Only after pdl_wait: a line prefetched earlier could
+  // hold the previous kernel's stale data.
+  auto prefetch_x = [&](int c) {
+    if (c < nchunks) {
+      prefetch_l1(x + c * (KC / 2));
+      prefetch_l1(x + c * (KC / 2) + (KC / 2 - 4));
+    }
+  };
+
+  // Programmatic Dependent Launch (wo_launch.cuh): the weights and group parameters are constants of
+  // the model, so with kWeightsFirst their first ring is requested before waiting for the previous
+  // kernel; activations, bias and y are touched only after the wait. Every thread waits exactly once.
+  if (!weights_before_wait) pdl_wait();
 #pragma unroll
-  for (int u = 0; u < BATCH; ++u) load(u, warp + u * kWarps);
+  for (int u = 0; u < BATCH; ++u) load_weights(u, warp + u * kWarps);
+  if (weights_before_wait) pdl_wait();
+  x = opaque(static_cast<const uint32_t*>(p.x)) + (g < p.m ? g : 0) * (p.w.k_padded / 2) + t;
+#pragma unroll
+  for (int u = 0; u < BATCH; ++u) prefetch_x(warp + u * kWarps);
+  // The next kernel may start (and request its own weights) once all our blocks got here.
+  pdl_launch_dependents();
 
   const int quad = lane & ~3;
   float acc[4] = {};  // C fragment: (row g, token 2t), (g, 2t + 1), (g + 8, 2t), (g + 8, 2t + 1)
@@ -159,7 +181,8 @@ __global__ void __launch_bounds__(kWarps * 32) wo_gemv_kernel(const WoProblem p)
         acc[2] = fmaf(s1, d[2], acc[2]);
         acc[3] = fmaf(s1, d[3], acc[3]);
       }
-      load(u, c + kWarps * BATCH);
+      load_weights(u, c + kWarps * BATCH);
+      prefetch_x(c + kWarps * BATCH);
     }
   }
 
@@ -174,7 +197,7 @@ __global__ void __launch_bounds__(kWarps * 32) wo_gemv_kernel(const WoProblem p)
     const int m = threadIdx.x / kStripeRows, r = threadIdx.x % kStripeRows;
     const int n = stripe * kStripeRows + r;
     if (n < p.w.n) {
-      float v = bias_at(p.bias, n);
+      float v = bias_at(opaque(p.bias), n);
 #pragma unroll
       for (int i = 0; i < kWarps; ++i) v += partial[i][r][m];
       store(static_cast<T*>(p.y) + static_cast<size_t>(m) * p.w.n + n, activate(v, p.act));
@@ -190,12 +213,14 @@ void launch_typed(const WoProblem& p,     // the problem, 1 <= p.m <= kMaxGemvTo
   const int chunk_shift = BITS == 4 ? 6 : 5;
   const int gpc = p.w.group_shift >= chunk_shift ? 1 : 1 << (chunk_shift - p.w.group_shift);
   const dim3 grid(p.w.n_padded / kStripeRows), block(kWarps * 32);
+  const PdlMode pdl = pdl_mode();
+  const bool on = pdl != PdlMode::kOff, early = pdl == PdlMode::kWeightsFirst;
   if (gpc == 1) {
-    wo_gemv_kernel<T, BITS, 1><<<grid, block, 0, stream>>>(p);
+    launch_kernel(wo_gemv_kernel<T, BITS, 1>, grid, block, stream, on, p, early);
   } else if (gpc == 2) {
-    wo_gemv_kernel<T, BITS, 2><<<grid, block, 0, stream>>>(p);
+    launch_kernel(wo_gemv_kernel<T, BITS, 2>, grid, block, stream, on, p, early);
   } else if constexpr (BITS == 4) {  // int4 g16; int8 chunks hold at most 2 groups of 16
-    wo_gemv_kernel<T, BITS, 4><<<grid, block, 0, stream>>>(p);
+    launch_kernel(wo_gemv_kernel<T, BITS, 4>, grid, block, stream, on, p, early);
   }
 }
 
