@@ -40,6 +40,16 @@ bench8b() {
     --prefill-len 2048 --profile --json "$OUT/bench-8b.json"
 }
 
+ncu_gemv() {  # hardware counters of wo_gemv at the 8B's decode shapes (Nsight Compute)
+  [ -d build/pythonpath ] && export PYTHONPATH=$PWD:$PWD/build/pythonpath:$PYTHONPATH
+  step "ncu wo_gemv"
+  timeout 240 ncu --clock-control none -k regex:wo_gemv --launch-skip 0 --section SpeedOfLight \
+    --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy --section LaunchStats \
+    --section SchedulerStats python3 scripts/ncu_gemv.py > "$OUT/ncu-gemv.txt" 2>&1
+  grep -E "^  wo_gemv|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers|Grid Size|Block Size|Stall" \
+    "$OUT/ncu-gemv.txt" | head -120
+}
+
 profile() {  # where GPTQ's and AWQ's time goes on the GPU (random SmolLM2-shaped model; no GGUF needed)
   for method in gptq awq; do
     step "profile $method"
@@ -86,7 +96,7 @@ models() {
 
 for stage in "$@"; do
   case "$stage" in
-    stash | build | kernels | bench8b | models | profile) "$stage" ;;
-    *) echo "usage: bash scripts/gpu_session.sh STAGE... (stash build kernels bench8b models profile)"; exit 2 ;;
+    stash | build | kernels | bench8b | models | profile | ncu_gemv) "$stage" ;;
+    *) echo "usage: bash scripts/gpu_session.sh STAGE... (stash build kernels bench8b models profile ncu_gemv)"; exit 2 ;;
   esac
 done
