@@ -50,6 +50,17 @@ ncu_gemv() {  # hardware counters of wo_gemv at the 8B's decode shapes (Nsight C
     "$OUT/ncu-gemv.txt" | head -120
 }
 
+xs_ab() {  # wo_gemv v4 (x staged in shared memory) against v2's global x reads, QTOOL_GEMV_XS=1/0
+  [ -d build/pythonpath ] && export PYTHONPATH=$PWD:$PWD/build/pythonpath:$PYTHONPATH
+  step "GPU kernel tests"
+  timeout 200 python3 -m pytest -q -m gpu tests/test_kernels_gpu.py -x 2>&1 | tail -5
+  for xs in 0 1; do
+    step "bench --quick --tokens 1,4,8, QTOOL_GEMV_XS=$xs"
+    QTOOL_GEMV_XS=$xs timeout 120 python3 scripts/bench_kernels.py --quick --tokens 1,4,8 --json "$OUT/bench-xs$xs.json" \
+      | grep -E "w4a16|w8a16|copy bandwidth"
+  done
+}
+
 profile() {  # where GPTQ's and AWQ's time goes on the GPU (random SmolLM2-shaped model; no GGUF needed)
   for method in gptq awq; do
     step "profile $method"
@@ -96,7 +107,7 @@ models() {
 
 for stage in "$@"; do
   case "$stage" in
-    stash | build | kernels | bench8b | models | profile | ncu_gemv) "$stage" ;;
-    *) echo "usage: bash scripts/gpu_session.sh STAGE... (stash build kernels bench8b models profile ncu_gemv)"; exit 2 ;;
+    stash | build | kernels | bench8b | models | profile | ncu_gemv | xs_ab) "$stage" ;;
+    *) echo "usage: bash scripts/gpu_session.sh STAGE... (stash build kernels bench8b models profile ncu_gemv xs_ab)"; exit 2 ;;
   esac
 done

@@ -119,6 +119,23 @@ def test_raw_kernels_match_emulation(kernels, bits, group_size, symmetric, dtype
     torch.testing.assert_close(dense, expected, rtol=1e-2, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bits,group_size,symmetric", [(4, 128, False), (8, 32, True)])
+def test_gemv_both_activation_paths(kernels, bits, group_size, symmetric, dtype):
+    """wo_gemv stages x in shared memory while m * K * 2 bytes fit 96 KB (m <= 3 at K = 14336) and reads
+    it from global memory above: both paths against layout.ReferenceOps, n not a multiple of 16."""
+    k, n = 14336, 200
+    qt, _, _ = make_weight(bits, group_size, symmetric, False, k, n, seed=2)
+    p = pack_weight(qt.values, qt.scale, qt.zero_point, None, bits, group_size)
+    w = (p.qweight, p.scale, p.zero)
+    for m in range(1, 9):
+        x = torch.randn(m, p.k_padded, device="cuda", dtype=dtype)
+        poison_cache()
+        out = kernels.wo_gemv(x, *w, None, bits, p.group_size, n, "none")
+        ref = ReferenceOps.wo_gemv(x, *w, None, bits, p.group_size, n, "none")
+        assert out.shape == (m, n) and rel_err(out, ref.double()) < 1e-2, f"m={m}"
+
+
 BAD_CALLS = """
 import pytest, torch
 from qtool_kernels import build

@@ -213,10 +213,10 @@ void launch_typed(const WoProblem& p,     // the problem (workspace set when spl
   const PdlMode pdl = pdl_mode();
   const bool on = pdl != PdlMode::kOff, early = pdl == PdlMode::kWeightsFirst;
   switch (tok) {
-    case 8: launch_kernel(wo_gemm_kernel<T, BITS, 1>, grid, block, stream, on, p, pieces_per_split, early); break;
-    case 16: launch_kernel(wo_gemm_kernel<T, BITS, 2>, grid, block, stream, on, p, pieces_per_split, early); break;
-    case 32: launch_kernel(wo_gemm_kernel<T, BITS, 4>, grid, block, stream, on, p, pieces_per_split, early); break;
-    default: launch_kernel(wo_gemm_kernel<T, BITS, 8>, grid, block, stream, on, p, pieces_per_split, early); break;
+    case 8: launch_kernel(wo_gemm_kernel<T, BITS, 1>, grid, block, 0, stream, on, p, pieces_per_split, early); break;
+    case 16: launch_kernel(wo_gemm_kernel<T, BITS, 2>, grid, block, 0, stream, on, p, pieces_per_split, early); break;
+    case 32: launch_kernel(wo_gemm_kernel<T, BITS, 4>, grid, block, 0, stream, on, p, pieces_per_split, early); break;
+    default: launch_kernel(wo_gemm_kernel<T, BITS, 8>, grid, block, 0, stream, on, p, pieces_per_split, early); break;
   }
   // finish_split_k is launched plainly: it starts after wo_gemm_kernel has completed.
   if (p.workspace != nullptr) {

@@ -22,6 +22,8 @@
 // launch and block start-up overlap the previous kernel's tail, and with QTOOL_PDL=2 the first ring
 // of weight loads is in flight before the previous kernel has finished.
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <type_traits>
 
 #include "wo_common.cuh"
@@ -31,6 +33,18 @@ namespace qtool {
 namespace {
 
 constexpr int kWarps = 8;  // warps per block, all on the same stripe, splitting its chunks
+
+// v4: the block stages all m tokens of x in shared memory (one cp.async pass issued right after the
+// first weight ring), when that takes at most this many bytes; above it the v2 path reads x from
+// global memory per subtile. ncu on the H100 (v2) showed why: x loads issued after the weights
+// arrived stalled each warp once per chunk on an L2 round trip (L1 hit rate 18-31%, 0.2-0.8
+// eligible warps per scheduler, DRAM at 7-53% of peak), so the kernel was latency-bound on x.
+// Rows are padded by 4 words: token g's words then start in bank 4g, and the B loads of the 32
+// lanes (words 8j + t (+ 4) of token g) fall in 32 distinct banks.
+constexpr int kXsPadWords = 4;
+constexpr int kXsMaxBytes = 96 << 10;
+
+__host__ __device__ constexpr int xs_row_words(int k_padded) { return k_padded / 2 + kXsPadWords; }
 
 // Chunks per lane whose loads are issued together: 8 x 16 bytes covers K = 4096 int4 with 8 warps.
 // With 4 groups per chunk (int4 g16) the parameters take 4 registers per chunk, so fewer chunks.
@@ -73,9 +87,11 @@ __device__ inline void a_fragment(const uint32_t (&w)[4],    // the lane's 16 by
 
 template <typename T,    // activation and output type: __half or __nv_bfloat16
           int BITS,      // weight code width: 4 or 8
-          int GPC>       // groups per chunk: 1 (group >= chunk_k or per channel), 2 or 4
+          int GPC,       // groups per chunk: 1 (group >= chunk_k or per channel), 2 or 4
+          bool XS>       // x staged in shared memory (dynamic: m * xs_row_words(k_padded) words)
 __global__ void __launch_bounds__(kWarps * 32) wo_gemv_kernel(const WoProblem p,            // grid: one block per stripe
                                                                bool weights_before_wait) {  // PdlMode::kWeightsFirst
+  extern __shared__ uint4 xs_dyn[];  // XS only
   constexpr int SUB = 16 / BITS;     // 16x16 subtiles per chunk
   constexpr int KC = chunk_k(BITS);  // k per chunk
   constexpr int SPG = SUB / GPC;     // subtiles per group
@@ -124,7 +140,7 @@ __global__ void __launch_bounds__(kWarps * 32) wo_gemv_kernel(const WoProblem p,
   // the KC / 2 words may straddle two lines. Only after pdl_wait: a line prefetched earlier could
   // hold the previous kernel's stale data.
   auto prefetch_x = [&](int c) {
-    if (c < nchunks) {
+    if (!XS && c < nchunks) {
       prefetch_l1(x + c * (KC / 2));
       prefetch_l1(x + c * (KC / 2) + (KC / 2 - 4));
     }
@@ -137,11 +153,27 @@ __global__ void __launch_bounds__(kWarps * 32) wo_gemv_kernel(const WoProblem p,
 #pragma unroll
   for (int u = 0; u < BATCH; ++u) load_weights(u, warp + u * kWarps);
   if (weights_before_wait) pdl_wait();
-  x = opaque(static_cast<const uint32_t*>(p.x)) + (g < p.m ? g : 0) * (p.w.k_padded / 2) + t;
+  if constexpr (XS) {
+    // Copy x into shared memory while the weight ring is in flight: 16 bytes per thread per step.
+    const int vecs = p.w.k_padded / 8, row_vecs = xs_row_words(p.w.k_padded) / 4;
+    const uint4* xg = opaque(static_cast<const uint4*>(p.x));
+    for (int i = threadIdx.x; i < p.m * vecs; i += kWarps * 32) {
+      const int tok = i / vecs;
+      cp_async_16(xs_dyn + tok * row_vecs + (i - tok * vecs), xg + i, true);
+    }
+    cp_async_commit();
+    x = reinterpret_cast<const uint32_t*>(xs_dyn) + (g < p.m ? g : 0) * xs_row_words(p.w.k_padded) + t;
+  } else {
+    x = opaque(static_cast<const uint32_t*>(p.x)) + (g < p.m ? g : 0) * (p.w.k_padded / 2) + t;
+  }
 #pragma unroll
   for (int u = 0; u < BATCH; ++u) prefetch_x(warp + u * kWarps);
   // The next kernel may start (and request its own weights) once all our blocks got here.
   pdl_launch_dependents();
+  if constexpr (XS) {
+    cp_async_wait<0>();
+    __syncthreads();
+  }
 
   const int quad = lane & ~3;
   float acc[4] = {};  // C fragment: (row g, token 2t), (g, 2t + 1), (g + 8, 2t), (g + 8, 2t + 1)
@@ -173,7 +205,14 @@ __global__ void __launch_bounds__(kWarps * 32) wo_gemv_kernel(const WoProblem p,
           const int j = gi * SPG + jj;
           uint32_t a[4];
           a_fragment<T, BITS>(w, j, zf, zp, a);
-          const uint32_t b0 = __ldg(xc + 8 * j), b1 = __ldg(xc + 8 * j + 4);
+          uint32_t b0, b1;
+          if constexpr (XS) {
+            b0 = xc[8 * j];
+            b1 = xc[8 * j + 4];
+          } else {
+            b0 = __ldg(xc + 8 * j);
+            b1 = __ldg(xc + 8 * j + 4);
+          }
           mma_16816<T>(d, a, b0, b1);
         }
         acc[0] = fmaf(s0, d[0], acc[0]);
@@ -205,6 +244,28 @@ __global__ void __launch_bounds__(kWarps * 32) wo_gemv_kernel(const WoProblem p,
   }
 }
 
+// QTOOL_GEMV_XS=0 turns the shared-memory staging of x off (the v2 path), for A/B runs.
+inline bool xs_staging_enabled() {
+  static const bool on = [] {
+    const char* s = std::getenv("QTOOL_GEMV_XS");
+    return s == nullptr || *s == '\0' || std::strcmp(s, "0") != 0;
+  }();
+  return on;
+}
+
+template <typename T, int BITS, int GPC, bool XS>
+void launch_variant(const WoProblem& p,     // the problem
+                    int smem,               // dynamic shared memory bytes (XS: the staged x)
+                    cudaStream_t stream) {  // the caller's stream
+  const dim3 grid(p.w.n_padded / kStripeRows), block(kWarps * 32);
+  if (smem > (48 << 10)) {  // above 48 KB a kernel must opt in; cheap, and per device, so every time
+    cudaFuncSetAttribute(wo_gemv_kernel<T, BITS, GPC, XS>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  }
+  const PdlMode pdl = pdl_mode();
+  launch_kernel(wo_gemv_kernel<T, BITS, GPC, XS>, grid, block, smem, stream, pdl != PdlMode::kOff, p,
+                pdl == PdlMode::kWeightsFirst);
+}
+
 template <typename T,    // activation and output type
           int BITS>      // weight code width
 void launch_typed(const WoProblem& p,     // the problem, 1 <= p.m <= kMaxGemvTokens
@@ -212,15 +273,14 @@ void launch_typed(const WoProblem& p,     // the problem, 1 <= p.m <= kMaxGemvTo
   // Groups per chunk: chunk_k is 64 = 2^6 (int4) or 32 = 2^5 (int8) k; groups are >= 16 = 2^4 (ops.cpp).
   const int chunk_shift = BITS == 4 ? 6 : 5;
   const int gpc = p.w.group_shift >= chunk_shift ? 1 : 1 << (chunk_shift - p.w.group_shift);
-  const dim3 grid(p.w.n_padded / kStripeRows), block(kWarps * 32);
-  const PdlMode pdl = pdl_mode();
-  const bool on = pdl != PdlMode::kOff, early = pdl == PdlMode::kWeightsFirst;
+  const int xs_bytes = p.m * xs_row_words(p.w.k_padded) * 4;
+  const bool xs = xs_bytes <= kXsMaxBytes && xs_staging_enabled();
   if (gpc == 1) {
-    launch_kernel(wo_gemv_kernel<T, BITS, 1>, grid, block, stream, on, p, early);
+    xs ? launch_variant<T, BITS, 1, true>(p, xs_bytes, stream) : launch_variant<T, BITS, 1, false>(p, 0, stream);
   } else if (gpc == 2) {
-    launch_kernel(wo_gemv_kernel<T, BITS, 2>, grid, block, stream, on, p, early);
+    xs ? launch_variant<T, BITS, 2, true>(p, xs_bytes, stream) : launch_variant<T, BITS, 2, false>(p, 0, stream);
   } else if constexpr (BITS == 4) {  // int4 g16; int8 chunks hold at most 2 groups of 16
-    launch_kernel(wo_gemv_kernel<T, BITS, 4>, grid, block, stream, on, p, early);
+    xs ? launch_variant<T, BITS, 4, true>(p, xs_bytes, stream) : launch_variant<T, BITS, 4, false>(p, 0, stream);
   }
 }
 
