@@ -61,29 +61,6 @@ xs_ab() {  # wo_gemv v4 (x staged in shared memory) against v2's global x reads,
   done
 }
 
-throwcheck() {  # the open bug: does a bad-shape call into the raw ops raise with the system g++ as host compiler?
-  [ -d build/pythonpath ] && export PYTHONPATH=$PWD:$PWD/build/pythonpath:$PYTHONPATH
-  step "host compilers"
-  echo "CXX=${CXX:-unset} CC=${CC:-unset}"; command -v g++; g++ --version | head -1; /usr/bin/g++ --version | head -1
-  python3 -c "import torch; print([l for l in torch.__config__.show().splitlines() if 'GCC' in l or 'CXX_COMPILER' in l][:3])"
-  for cxx in /usr/bin/g++; do
-    step "raw-op error test, extension built with CXX=$cxx"
-    CXX=$cxx QTOOL_KERNELS_CACHE=/tmp/qk-$(basename "$cxx") timeout 240 python3 -m pytest -q -m gpu \
-      tests/test_kernels_gpu.py -k errors_name 2>&1 | tail -15
-  done
-}
-
-warps_ab() {  # wo_gemv with 8 or 16 warps per block (QTOOL_GEMV_WARPS), tests with 16, graph timings of both
-  [ -d build/pythonpath ] && export PYTHONPATH=$PWD:$PWD/build/pythonpath:$PYTHONPATH
-  step "GPU kernel tests, QTOOL_GEMV_WARPS=16"
-  QTOOL_GEMV_WARPS=16 timeout 120 python3 -m pytest -q -m gpu tests/test_kernels_gpu.py -x -k "gemv or emulation or float64" 2>&1 | tail -3
-  for w in 8 16; do
-    step "bench --quick --tokens 1,4, QTOOL_GEMV_WARPS=$w"
-    QTOOL_GEMV_WARPS=$w timeout 120 python3 scripts/bench_kernels.py --quick --tokens 1,4 --json "$OUT/bench-warps$w.json" \
-      | grep -E "w4a16|w8a16"
-  done
-}
-
 profile() {  # where GPTQ's and AWQ's time goes on the GPU (random SmolLM2-shaped model; no GGUF needed)
   for method in gptq awq; do
     step "profile $method"
@@ -130,7 +107,7 @@ models() {
 
 for stage in "$@"; do
   case "$stage" in
-    stash | build | kernels | bench8b | models | profile | ncu_gemv | xs_ab | throwcheck | warps_ab) "$stage" ;;
-    *) echo "usage: bash scripts/gpu_session.sh STAGE... (stash build kernels bench8b models profile ncu_gemv xs_ab throwcheck warps_ab)"; exit 2 ;;
+    stash | build | kernels | bench8b | models | profile | ncu_gemv | xs_ab) "$stage" ;;
+    *) echo "usage: bash scripts/gpu_session.sh STAGE... (stash build kernels bench8b models profile ncu_gemv xs_ab)"; exit 2 ;;
   esac
 done

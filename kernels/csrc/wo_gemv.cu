@@ -32,13 +32,7 @@
 namespace qtool {
 namespace {
 
-constexpr int kWarps = 8;  // warps per block, all on the same stripe, splitting its chunks (v2 default)
-// v4 option (QTOOL_GEMV_WARPS=16, x staged only): 16 warps per stripe with a ring of 4 chunks and
-// 64 registers (2 blocks of 512 threads per SM). ncu showed v4 at 8 warps issue-latency bound on
-// grids of 256 stripes (~2 blocks per SM, 0.7 eligible warps per scheduler, 10.6 cycles between a
-// warp's instructions): halving each warp's chain of chunks and doubling the warps per SM is the
-// cheapest way to overlap more of it.
-constexpr int kWideWarps = 16;
+constexpr int kWarps = 8;  // warps per block, all on the same stripe, splitting its chunks
 
 // v4: the block stages all m tokens of x in shared memory (one cp.async pass issued right after the
 // first weight ring), when that takes at most this many bytes; above it the v2 path reads x from
@@ -94,15 +88,14 @@ __device__ inline void a_fragment(const uint32_t (&w)[4],    // the lane's 16 by
 template <typename T,    // activation and output type: __half or __nv_bfloat16
           int BITS,      // weight code width: 4 or 8
           int GPC,       // groups per chunk: 1 (group >= chunk_k or per channel), 2 or 4
-          bool XS,       // x staged in shared memory (dynamic: m * xs_row_words(k_padded) words)
-          int W>         // warps per block: kWarps or kWideWarps
-__global__ void __launch_bounds__(W * 32, W == kWideWarps ? 2 : XS ? 3 : 1) wo_gemv_kernel(const WoProblem p,            // grid: one block per stripe
+          bool XS>       // x staged in shared memory (dynamic: m * xs_row_words(k_padded) words)
+__global__ void __launch_bounds__(kWarps * 32) wo_gemv_kernel(const WoProblem p,            // grid: one block per stripe
                                                                bool weights_before_wait) {  // PdlMode::kWeightsFirst
   extern __shared__ uint4 xs_dyn[];  // XS only
   constexpr int SUB = 16 / BITS;     // 16x16 subtiles per chunk
   constexpr int KC = chunk_k(BITS);  // k per chunk
   constexpr int SPG = SUB / GPC;     // subtiles per group
-  constexpr int BATCH = W == kWideWarps ? 4 : batch_chunks<GPC>();
+  constexpr int BATCH = batch_chunks<GPC>();
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int g = lane / 4, t = lane % 4;  // A: rows g, g + 8 of the stripe; B: token g, k pairs t, t + 4
   const int stripe = blockIdx.x;
@@ -123,9 +116,9 @@ __global__ void __launch_bounds__(W * 32, W == kWideWarps ? 2 : XS ? 3 : 1) wo_g
   const uint32_t* x = nullptr;
   const uint32_t gstride = p.w.n_padded;  // between groups of the parameters; 32 bits suffice
 
-  // Slot u of the ring holds chunk c0 + u * W of the current pass. All slots are loaded before
+  // Slot u of the ring holds chunk c0 + u * kWarps of the current pass. All slots are loaded before
   // any math; after the math of slot u, it is refilled with the same slot of the next pass (the
-  // chunk W * BATCH further), so up to BATCH loads per lane stay in flight across passes without
+  // chunk kWarps * BATCH further), so up to BATCH loads per lane stay in flight across passes without
   // a second set of registers.
   uint4 packed[BATCH];
   float prm[BATCH][GPC];
@@ -158,13 +151,13 @@ __global__ void __launch_bounds__(W * 32, W == kWideWarps ? 2 : XS ? 3 : 1) wo_g
   // kernel; activations, bias and y are touched only after the wait. Every thread waits exactly once.
   if (!weights_before_wait) pdl_wait();
 #pragma unroll
-  for (int u = 0; u < BATCH; ++u) load_weights(u, warp + u * W);
+  for (int u = 0; u < BATCH; ++u) load_weights(u, warp + u * kWarps);
   if (weights_before_wait) pdl_wait();
   if constexpr (XS) {
     // Copy x into shared memory while the weight ring is in flight: 16 bytes per thread per step.
     const int vecs = p.w.k_padded / 8, row_vecs = xs_row_words(p.w.k_padded) / 4;
     const uint4* xg = opaque(static_cast<const uint4*>(p.x));
-    for (int i = threadIdx.x; i < p.m * vecs; i += W * 32) {
+    for (int i = threadIdx.x; i < p.m * vecs; i += kWarps * 32) {
       const int tok = i / vecs;
       cp_async_16(xs_dyn + tok * row_vecs + (i - tok * vecs), xg + i, true);
     }
@@ -174,7 +167,7 @@ __global__ void __launch_bounds__(W * 32, W == kWideWarps ? 2 : XS ? 3 : 1) wo_g
     x = opaque(static_cast<const uint32_t*>(p.x)) + (g < p.m ? g : 0) * (p.w.k_padded / 2) + t;
   }
 #pragma unroll
-  for (int u = 0; u < BATCH; ++u) prefetch_x(warp + u * W);
+  for (int u = 0; u < BATCH; ++u) prefetch_x(warp + u * kWarps);
   // The next kernel may start (and request its own weights) once all our blocks got here.
   pdl_launch_dependents();
   if constexpr (XS) {
@@ -184,10 +177,10 @@ __global__ void __launch_bounds__(W * 32, W == kWideWarps ? 2 : XS ? 3 : 1) wo_g
 
   const int quad = lane & ~3;
   float acc[4] = {};  // C fragment: (row g, token 2t), (g, 2t + 1), (g + 8, 2t), (g + 8, 2t + 1)
-  for (int c0 = warp; c0 < nchunks; c0 += W * BATCH) {
+  for (int c0 = warp; c0 < nchunks; c0 += kWarps * BATCH) {
 #pragma unroll
     for (int u = 0; u < BATCH; ++u) {
-      const int c = c0 + u * W;
+      const int c = c0 + u * kWarps;
       if (c >= nchunks) break;  // warp-uniform; later slots and passes are past the end too
       uint32_t w[4];
       words_of(packed[u], w);
@@ -227,13 +220,13 @@ __global__ void __launch_bounds__(W * 32, W == kWideWarps ? 2 : XS ? 3 : 1) wo_g
         acc[2] = fmaf(s1, d[2], acc[2]);
         acc[3] = fmaf(s1, d[3], acc[3]);
       }
-      load_weights(u, c + W * BATCH);
-      prefetch_x(c + W * BATCH);
+      load_weights(u, c + kWarps * BATCH);
+      prefetch_x(c + kWarps * BATCH);
     }
   }
 
   // Sum the warps (each holds every row and token of the stripe for its chunks), then the epilogue.
-  __shared__ float partial[W][kStripeRows][kMaxGemvTokens];
+  __shared__ float partial[kWarps][kStripeRows][kMaxGemvTokens];
   partial[warp][g][2 * t] = acc[0];
   partial[warp][g][2 * t + 1] = acc[1];
   partial[warp][g + 8][2 * t] = acc[2];
@@ -245,7 +238,7 @@ __global__ void __launch_bounds__(W * 32, W == kWideWarps ? 2 : XS ? 3 : 1) wo_g
     if (n < p.w.n) {
       float v = bias_at(opaque(p.bias), n);
 #pragma unroll
-      for (int i = 0; i < W; ++i) v += partial[i][r][m];
+      for (int i = 0; i < kWarps; ++i) v += partial[i][r][m];
       store(static_cast<T*>(p.y) + static_cast<size_t>(m) * p.w.n + n, activate(v, p.act));
     }
   }
@@ -260,34 +253,17 @@ inline bool xs_staging_enabled() {
   return on;
 }
 
-// QTOOL_GEMV_WARPS=16 selects the 16-warp blocks for the x-staged kernels (see kWideWarps).
-inline bool wide_blocks() {
-  static const bool on = [] {
-    const char* s = std::getenv("QTOOL_GEMV_WARPS");
-    return s != nullptr && std::strcmp(s, "16") == 0;
-  }();
-  return on;
-}
-
-template <typename T, int BITS, int GPC, bool XS, int W>
-void launch_with(const WoProblem& p,     // the problem
-                 int smem,               // dynamic shared memory bytes (XS: the staged x)
-                 cudaStream_t stream) {  // the caller's stream
-  const dim3 grid(p.w.n_padded / kStripeRows), block(W * 32);
+template <typename T, int BITS, int GPC, bool XS>
+void launch_variant(const WoProblem& p,     // the problem
+                    int smem,               // dynamic shared memory bytes (XS: the staged x)
+                    cudaStream_t stream) {  // the caller's stream
+  const dim3 grid(p.w.n_padded / kStripeRows), block(kWarps * 32);
   if (smem > (48 << 10)) {  // above 48 KB a kernel must opt in; cheap, and per device, so every time
-    cudaFuncSetAttribute(wo_gemv_kernel<T, BITS, GPC, XS, W>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    cudaFuncSetAttribute(wo_gemv_kernel<T, BITS, GPC, XS>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   }
   const PdlMode pdl = pdl_mode();
-  launch_kernel(wo_gemv_kernel<T, BITS, GPC, XS, W>, grid, block, smem, stream, pdl != PdlMode::kOff, p,
+  launch_kernel(wo_gemv_kernel<T, BITS, GPC, XS>, grid, block, smem, stream, pdl != PdlMode::kOff, p,
                 pdl == PdlMode::kWeightsFirst);
-}
-
-template <typename T, int BITS, int GPC, bool XS>
-void launch_variant(const WoProblem& p, int smem, cudaStream_t stream) {
-  if constexpr (XS) {
-    if (wide_blocks()) return launch_with<T, BITS, GPC, XS, kWideWarps>(p, smem, stream);
-  }
-  launch_with<T, BITS, GPC, XS, kWarps>(p, smem, stream);
 }
 
 template <typename T,    // activation and output type
