@@ -23,9 +23,11 @@ Compile check on a machine without a GPU (CPU-only PyTorch, nvcc 13.0), the flag
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import warnings
@@ -51,10 +53,24 @@ NVCC_FLAGS = [
 RAW_OPS = ("wo_gemv", "wo_gemm", "dequant_int")
 
 
+def host_compiler() -> str | None:
+    """The C++ compiler for the host code: $QTOOL_CXX, else the `c++` on PATH, else None ($CXX or
+    PyTorch's default).
+
+    Why not $CXX first: on the H100 image (torch 2.11, 2026-11-23) CXX names a separate GCC install
+    (/opt/gcc), and an extension built with it segfaulted whenever an op threw (a bad-shape call)
+    instead of raising a RuntimeError; built with the system `c++` the same call raises. Exceptions
+    thrown from our object code unwind through the system libstdc++ that PyTorch was linked with.
+    """
+    return os.environ.get("QTOOL_CXX") or shutil.which("c++")
+
+
 def build_dir() -> Path:
-    """Where the extension is built: one directory per torch, CUDA and Python version."""
+    """Where the extension is built: one directory per torch, CUDA, Python version and host compiler."""
     root = Path(os.environ.get("QTOOL_KERNELS_CACHE", "~/.cache/qtool/kernels")).expanduser()
     key = f"torch{torch.__version__}-cuda{torch.version.cuda}-py{sys.version_info.major}{sys.version_info.minor}"
+    cxx = host_compiler() or os.environ.get("CXX", "")
+    key += "-cxx" + hashlib.sha1(cxx.encode()).hexdigest()[:8] if cxx else ""
     return root / re.sub(r"[^A-Za-z0-9._-]", "_", key)
 
 
@@ -107,6 +123,9 @@ class _Loader:
 
             directory = build_dir()
             directory.mkdir(parents=True, exist_ok=True)
+            saved_cxx, cxx = os.environ.get("CXX"), host_compiler()
+            if cxx:
+                os.environ["CXX"] = cxx  # cpp_extension reads it, for both g++ and nvcc's -ccbin
             try:
                 cpp_extension.load(name=NAME, sources=[str(CSRC / s) for s in SOURCES], extra_cflags=CXX_FLAGS,
                                    extra_cuda_cflags=NVCC_FLAGS, extra_include_paths=[str(CSRC)],
@@ -116,6 +135,11 @@ class _Loader:
             else:
                 _register_fakes()
                 self.ops = getattr(torch.ops, NAME)
+            finally:
+                if saved_cxx is None:
+                    os.environ.pop("CXX", None)
+                else:
+                    os.environ["CXX"] = saved_cxx
         if self.ops is None:
             warnings.warn(f"qtool CUDA kernels are not available ({self.reason}); qtool ops use their PyTorch "
                           "reference", RuntimeWarning, stacklevel=3)

@@ -61,6 +61,18 @@ xs_ab() {  # wo_gemv v4 (x staged in shared memory) against v2's global x reads,
   done
 }
 
+throwcheck() {  # the open bug: does a bad-shape call into the raw ops raise with the system g++ as host compiler?
+  [ -d build/pythonpath ] && export PYTHONPATH=$PWD:$PWD/build/pythonpath:$PYTHONPATH
+  step "host compilers"
+  echo "CXX=${CXX:-unset} CC=${CC:-unset}"; command -v g++; g++ --version | head -1; /usr/bin/g++ --version | head -1
+  python3 -c "import torch; print([l for l in torch.__config__.show().splitlines() if 'GCC' in l or 'CXX_COMPILER' in l][:3])"
+  for cxx in /usr/bin/g++; do
+    step "raw-op error test, extension built with CXX=$cxx"
+    CXX=$cxx QTOOL_KERNELS_CACHE=/tmp/qk-$(basename "$cxx") timeout 240 python3 -m pytest -q -m gpu \
+      tests/test_kernels_gpu.py -k errors_name 2>&1 | tail -15
+  done
+}
+
 profile() {  # where GPTQ's and AWQ's time goes on the GPU (random SmolLM2-shaped model; no GGUF needed)
   for method in gptq awq; do
     step "profile $method"
@@ -107,7 +119,7 @@ models() {
 
 for stage in "$@"; do
   case "$stage" in
-    stash | build | kernels | bench8b | models | profile | ncu_gemv | xs_ab) "$stage" ;;
-    *) echo "usage: bash scripts/gpu_session.sh STAGE... (stash build kernels bench8b models profile ncu_gemv xs_ab)"; exit 2 ;;
+    stash | build | kernels | bench8b | models | profile | ncu_gemv | xs_ab | throwcheck) "$stage" ;;
+    *) echo "usage: bash scripts/gpu_session.sh STAGE... (stash build kernels bench8b models profile ncu_gemv xs_ab throwcheck)"; exit 2 ;;
   esac
 done
