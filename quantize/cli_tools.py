@@ -114,6 +114,8 @@ def bench(
     base: Annotated[str | None, typer.Option(help="Model to compare against in the same run.")] = None,
     random_weights: Annotated[bool, typer.Option("--random-weights", help="Build MODEL from a config with random weights.")] = False,
     scheme: Annotated[str | None, typer.Option(help="With --random-weights: quantize with this preset (RTN).")] = None,
+    quantize_lm_head: Annotated[bool, typer.Option("--quantize-lm-head", help="With --scheme: quantize lm_head too "
+                                                   "(presets leave it in the original precision).")] = False,
     batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Decode batch sizes, comma-separated.")] = "1,16",
     decode_tokens: Annotated[int, typer.Option("--decode-tokens")] = 64,
     prefill_len: Annotated[int, typer.Option("--prefill-len")] = 2048,
@@ -124,10 +126,15 @@ def bench(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the figures as JSON.")] = None,
 ) -> None:
     """Decode and prefill tokens/s (and peak GPU memory) of a model and optionally a base, in one run."""
+    from dataclasses import replace
+
     import torch
 
     from .bench import bench_model, compare, print_bench, random_model
 
+    if quantize_lm_head and (scheme is None or not random_weights):
+        raise ValueError("--quantize-lm-head applies to --random-weights --scheme runs; a checkpoint's lm_head "
+                         "is whatever its recipe made it")
     sizes = tuple(int(b) for b in batch_sizes.split(","))
     opts = dict(batch_sizes=sizes, decode_tokens=decode_tokens, prefill_len=prefill_len, decode_mode=decode_mode,
                 profile=profile)
@@ -143,7 +150,8 @@ def bench(
             from .quantizer import quantize_model
             from .recipe import Recipe
             from .scheme import preset
-            quantize_model(base_model, Recipe.single(preset(scheme), "rtn"), device=device, progress=False)
+            chosen = replace(preset(scheme), ignore=()) if quantize_lm_head else preset(scheme)
+            quantize_model(base_model, Recipe.single(chosen, "rtn"), device=device, progress=False)
             q_result = bench_model(base_model, **opts)
             print_bench(q_result, f"{model} {scheme}", baseline=base_result, console=console)
             results = {"base": base_result.to_dict(), "quantized": q_result.to_dict(),

@@ -149,3 +149,21 @@ def test_bench_decode_modes(tiny):
         assert result.decode_mode == mode and result.decode[0].tokens_per_s > 0
     with pytest.raises(ValueError, match="'beam'"):
         bench_model(tiny, batch_sizes=(1,), decode_tokens=2, prefill_len=8, decode_mode="beam")
+
+
+def test_bench_cli_quantizes_lm_head_on_request(tmp_path):
+    """`qtool bench --random-weights --scheme ... --quantize-lm-head` on the CPU; the flag needs --scheme."""
+    from typer.testing import CliRunner
+
+    from quantize.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "bench.json"
+    common = ["bench", "tiny", "--random-weights", "--device", "cpu", "--batch-sizes", "1", "--decode-tokens", "2",
+              "--prefill-len", "8"]
+    res = runner.invoke(app, [*common, "--scheme", "w8a16", "--quantize-lm-head", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    figures = json.loads(out.read_text())
+    assert figures["quantized"]["decode"][0]["new_tokens"] == 2 and "decode_bs1" in figures["ratios"]
+    res = runner.invoke(app, [*common, "--quantize-lm-head"])
+    assert res.exit_code == 2 and "--quantize-lm-head" in res.output
