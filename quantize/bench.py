@@ -7,7 +7,9 @@ Decode produces a fixed number of greedy tokens, in one of two ways:
   remain, so a quantized model's smaller weights show as they would in a serving engine.
 - "generate": `model.generate` with a static cache (transformers then compiles the forward the
   same way), which adds generate's per-step Python work (logits processors, stopping criteria).
-Tokens/s counts the decoded tokens of the timed call, which includes the prefill of the short prompt.
+Tokens/s counts the decoded tokens of the timed call, which includes the prefill of the short prompt
+(run eagerly in loop mode, so its Python overhead counts); loop mode also reports the single-token
+steps alone ("decode steps"), the steady-state speed a serving engine sees.
 Prefill is one forward pass over a random prompt: the compute-bound side.
 
 Timing uses CUDA events on GPU and `time.perf_counter` on CPU, reporting the median of
@@ -93,6 +95,11 @@ class DecodeResult:
     seconds: float
     tokens_per_s: float
     peak_memory_bytes: int | None = None  # CUDA only: weights + KV cache + activations
+    # Loop mode only: median seconds of the new_tokens - 1 single-token steps after the prompt's
+    # prefill, and batch_size * (new_tokens - 1) / step_seconds. The steady-state decode speed,
+    # without the one eager prefill of the prompt that `seconds` includes.
+    step_seconds: float | None = None
+    step_tokens_per_s: float | None = None
 
 
 @dataclass
@@ -186,10 +193,13 @@ def bench_model(
         prompt = torch.randint(0, vocab_size, (batch_size, prompt_len), device=device)
         run = DECODE_MODES[decode_mode](model, prompt, decode_tokens, compiled)
         seconds, peak = _time(run, device, warmup, repeats)
+        steps = getattr(run, "step_seconds", [])[-repeats:]
+        step_seconds = statistics.median(steps) if steps and decode_tokens > 1 else None
         if profile and kernel_profile is None and device.type == "cuda":
             kernel_profile = _profile_kernels(run, batch_size * decode_tokens)
         decode.append(
-            DecodeResult(batch_size, decode_tokens, seconds, batch_size * decode_tokens / seconds, peak)
+            DecodeResult(batch_size, decode_tokens, seconds, batch_size * decode_tokens / seconds, peak,
+                         step_seconds, batch_size * (decode_tokens - 1) / step_seconds if step_seconds else None)
         )
         peaks.append(peak)
 
@@ -217,14 +227,18 @@ def bench_model(
 def compare(base: BenchResult, quant: BenchResult) -> dict[str, float]:
     """Ratios quant / base: >1 means faster for throughput, <1 means smaller for memory.
 
-    Keys: "decode_bs{n}" for each batch size measured in both, "prefill", and
+    Keys: "decode_bs{n}" for each batch size measured in both (and "decode_steps_bs{n}" for the
+    single-token steps alone, loop mode), "prefill", and
     "peak_memory" when both runs were on CUDA.
     """
     ratios = {}
     base_decode = {d.batch_size: d for d in base.decode}
     for d in quant.decode:
         if d.batch_size in base_decode:
-            ratios[f"decode_bs{d.batch_size}"] = d.tokens_per_s / base_decode[d.batch_size].tokens_per_s
+            b = base_decode[d.batch_size]
+            ratios[f"decode_bs{d.batch_size}"] = d.tokens_per_s / b.tokens_per_s
+            if d.step_tokens_per_s and b.step_tokens_per_s:
+                ratios[f"decode_steps_bs{d.batch_size}"] = d.step_tokens_per_s / b.step_tokens_per_s
     ratios["prefill"] = quant.prefill_tokens_per_s / base.prefill_tokens_per_s
     if base.peak_memory_bytes and quant.peak_memory_bytes:
         ratios["peak_memory"] = quant.peak_memory_bytes / base.peak_memory_bytes
@@ -254,8 +268,11 @@ def print_bench(
         table.add_row(*cells)
 
     for d in result.decode:
-        add(f"decode bs={d.batch_size} ({d.new_tokens} tokens)", d.tokens_per_s, d.peak_memory_bytes,
-            f"decode_bs{d.batch_size}")
+        add(f"decode bs={d.batch_size} ({d.new_tokens} tokens, prompt prefill included)", d.tokens_per_s,
+            d.peak_memory_bytes, f"decode_bs{d.batch_size}")
+        if d.step_tokens_per_s:
+            add(f"decode steps bs={d.batch_size} ({d.new_tokens - 1} single-token steps)", d.step_tokens_per_s,
+                None, f"decode_steps_bs{d.batch_size}")
     add(f"prefill {result.prefill_batch}x{result.prefill_len}", result.prefill_tokens_per_s,
         result.prefill_peak_memory_bytes, "prefill")
     (console or Console()).print(table)
@@ -315,13 +332,36 @@ def _decode_loop_fn(model: nn.Module, prompt: torch.Tensor, new_tokens: int,
             positions = torch.arange(prompt_len, device=device)
             tokens = [_next_token(model, prompt, cache, positions)]
             position = torch.tensor([prompt_len], device=device)
+            clock = _Clock(device)
             for _ in range(new_tokens - 1):
                 # Cloned: a CUDA-graph output is overwritten by the next replay.
                 tokens.append(step(model, tokens[-1], cache, position).clone())
                 position += 1
+            run.step_seconds.append(clock.seconds())
         return torch.cat(tokens, dim=1)
 
+    run.step_seconds = []  # one entry per call: seconds of its single-token steps
     return run
+
+
+class _Clock:
+    """Elapsed seconds since construction: CUDA events on a GPU (stream time), else wall time."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            self.start = torch.cuda.Event(enable_timing=True)
+            self.start.record()
+        else:
+            self.start = time.perf_counter()
+
+    def seconds(self) -> float:
+        if not self.cuda:
+            return time.perf_counter() - self.start
+        end = torch.cuda.Event(enable_timing=True)
+        end.record()
+        end.synchronize()
+        return self.start.elapsed_time(end) / 1000
 
 
 def _next_token(model: nn.Module, tokens: torch.Tensor, cache: StaticCache, positions: torch.Tensor) -> torch.Tensor:

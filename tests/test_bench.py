@@ -87,6 +87,9 @@ def test_bench_result_structure(result):
         assert isinstance(d, DecodeResult)
         assert d.new_tokens == 4 and d.seconds > 0 and d.tokens_per_s > 0
         assert d.peak_memory_bytes is None  # CPU
+        # the 3 single-token steps take part of the whole call (which adds the prompt's prefill)
+        assert 0 < d.step_seconds < d.seconds
+        assert d.step_tokens_per_s == pytest.approx(d.batch_size * 3 / d.step_seconds)
     assert result.prefill_seconds > 0 and result.prefill_tokens_per_s > 0
     assert (result.prefill_len, result.prefill_batch) == (32, 2)
     assert result.device == "cpu" and result.dtype == "float32" and not result.compiled
@@ -108,12 +111,14 @@ def test_compiled_decoding_needs_cuda(tiny):
 def test_compare_gives_ratios(result):
     faster = replace(
         result,
-        decode=[replace(d, tokens_per_s=2 * d.tokens_per_s) for d in result.decode],
+        decode=[replace(d, tokens_per_s=2 * d.tokens_per_s, step_tokens_per_s=4 * d.step_tokens_per_s)
+                for d in result.decode],
         prefill_tokens_per_s=3 * result.prefill_tokens_per_s,
     )
-    assert compare(result, faster) == pytest.approx({"decode_bs1": 2.0, "decode_bs3": 2.0, "prefill": 3.0})
+    assert compare(result, faster) == pytest.approx({"decode_bs1": 2.0, "decode_bs3": 2.0, "decode_steps_bs1": 4.0,
+                                                     "decode_steps_bs3": 4.0, "prefill": 3.0})
     one_batch = replace(faster, decode=faster.decode[1:])
-    assert set(compare(result, one_batch)) == {"decode_bs3", "prefill"}
+    assert set(compare(result, one_batch)) == {"decode_bs3", "decode_steps_bs3", "prefill"}
     assert compare(replace(result, peak_memory_bytes=1000), replace(result, peak_memory_bytes=500))[
         "peak_memory"
     ] == pytest.approx(0.5)
