@@ -37,7 +37,7 @@ kernels() {
 bench8b() {
   step "8B-shaped Llama, W4A16 vs bf16 decode (batch 1, token loop with CUDA graphs, kernel profile)"
   timeout "${BENCH_TIMEOUT:-300}" qtool bench llama-8b --random-weights --scheme w4a16 --decode-tokens 64 --batch-sizes 1 \
-    --prefill-len 2048 --profile --json "$OUT/bench-8b.json"
+    --prefill-len 2048 --profile --json "$OUT/bench-8b${BENCH_TAG:-}.json" ${BENCH_ARGS:-}
 }
 
 ncu_gemv() {  # hardware counters of wo_gemv at the 8B's decode shapes (Nsight Compute)
