@@ -10,4 +10,4 @@ Importing compiles nothing: the CUDA extension is built on first use with a CUDA
 if __name__ == "qtool_kernels":
     from . import ops, scaled_mm, weight_only  # noqa: F401  (the qtool:: ops, then their CUDA implementations)
     from .build import available_ops, info, load_extension  # noqa: F401
-    from .weight_only import cuda_linear, prepare_for_cuda  # noqa: F401
+    from .weight_only import cuda_linear, link_prefetch, prepare_for_cuda  # noqa: F401

@@ -95,7 +95,7 @@ def unavailable_reason() -> str | None:
 def _register_fakes() -> None:
     """Shapes of the raw ops for torch.compile and opcheck (their kernels live in C++)."""
 
-    def wo_linear(x, qweight, scale, zero, bias, num_bits, group_size, out_features, activation):
+    def wo_linear(x, qweight, scale, zero, bias, num_bits, group_size, out_features, activation, prefetch=None):
         return x.new_empty(x.shape[0], out_features)
 
     def dequant_int(qweight, scale, zero, num_bits, group_size, out_features, dtype):

@@ -176,14 +176,17 @@ class ReferenceOps:
     """The torch.ops.qtool_cuda kernels in PyTorch, argument for argument (CPU tests, GPU oracle)."""
 
     @staticmethod
-    def wo_gemv(x, qweight, scale, zero, bias, num_bits, group_size, out_features, activation):
+    def wo_gemv(x, qweight, scale, zero, bias, num_bits, group_size, out_features, activation, prefetch=None):
+        # prefetch (an L2 hint for the next layer's weight in the CUDA kernel) changes nothing here
         w = dequantize_packed(qweight, scale, zero, num_bits, group_size, out_features)
         y = x.float() @ w.T
         if bias is not None:
             y = y + bias.float()
         return ACTIVATIONS[activation](y).to(x.dtype)
 
-    wo_gemm = wo_gemv
+    @staticmethod
+    def wo_gemm(x, qweight, scale, zero, bias, num_bits, group_size, out_features, activation):
+        return ReferenceOps.wo_gemv(x, qweight, scale, zero, bias, num_bits, group_size, out_features, activation)
 
     @staticmethod
     def dequant_int(qweight, scale, zero, num_bits, group_size, out_features, dtype):

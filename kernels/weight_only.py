@@ -45,15 +45,20 @@ def _kernel_input(x2: torch.Tensor, w: PackedWeight) -> torch.Tensor:
     return x2.clone() if x2.data_ptr() % 16 else x2
 
 
-def packed_linear(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, activation: str, kernels) -> torch.Tensor:
-    """act(x @ W^T + bias) for x [..., K]; `kernels` is torch.ops.qtool_cuda or layout.ReferenceOps."""
+def packed_linear(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, activation: str, kernels,
+                  prefetch: torch.Tensor | None = None) -> torch.Tensor:
+    """act(x @ W^T + bias) for x [..., K]; `kernels` is torch.ops.qtool_cuda or layout.ReferenceOps.
+
+    prefetch: a tensor (the next layer's packed weight, see `link_prefetch`) the GEMV pulls into L2
+    after its own weight loads; a hint only, ignored by the other kernels.
+    """
     lead = x.shape[:-1]
     x2 = _kernel_input(x.reshape(-1, x.shape[-1]), w)
     m = x2.shape[0]
     args = (w.qweight, w.scale, w.zero)
     meta = (w.num_bits, w.group_size, w.out_features)
     if m <= GEMV_MAX_M:
-        y = kernels.wo_gemv(x2, *args, bias, *meta, activation)
+        y = kernels.wo_gemv(x2, *args, bias, *meta, activation, prefetch)
     elif m <= GEMM_MAX_M:
         y = kernels.wo_gemm(x2, *args, bias, *meta, activation)
     else:
@@ -140,4 +145,20 @@ def cuda_linear(layer, x: torch.Tensor) -> torch.Tensor | None:
     packed = _prepared(layer) if torch.compiler.is_compiling() else prepare_for_cuda(layer)
     if packed is None:
         return None
-    return packed_linear(x, packed, layer.cuda_bias, "none", torch.ops.qtool_cuda)
+    return packed_linear(x, packed, layer.cuda_bias, "none", torch.ops.qtool_cuda, getattr(layer, "cuda_prefetch", None))
+
+
+def link_prefetch(layers) -> int:
+    """Make each of `layers` (QuantLinears in the order a forward pass calls them) prefetch the packed
+    weight of the next one into L2 during its GEMV, and the last one the first's (the next token
+    starts there). Layers the kernels cannot serve are skipped. Returns the number of links.
+
+    Why: between two GEMVs of a decode step run small kernels (norms, attention) that leave DRAM idle;
+    a prefetch issued at the end of one GEMV moves the next one's weight during that time. The link is
+    a plain attribute (not a buffer), so state_dict and .to() are unchanged; run after one eager
+    forward has prepared the layers (prepare_for_cuda).
+    """
+    ready = [layer for layer in layers if _prepared(layer) is not None]
+    for layer, nxt in zip(ready, ready[1:] + ready[:1], strict=True):
+        layer.cuda_prefetch = nxt.cuda_qweight if len(ready) > 1 else None
+    return len(ready) if len(ready) > 1 else 0

@@ -8,7 +8,7 @@ points, packed 8-bit and odd-width codes, group sizes).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -137,6 +137,29 @@ class QuantLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, {self.scheme.describe()}"
+
+
+def call_order(model: nn.Module, forward: Callable[[], object]) -> list[QuantLinear]:
+    """The QuantLinear layers of `model` in the order `forward()` first calls them."""
+    order: dict[int, QuantLinear] = {}
+
+    def record(module: nn.Module, args: tuple) -> None:
+        order.setdefault(id(module), module)
+
+    handles = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, QuantLinear)]
+    try:
+        forward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return list(order.values())
+
+
+def link_weight_prefetch(model: nn.Module, forward: Callable[[], object]) -> int:
+    """Run `forward()` (one eager pass, which also prepares the CUDA layouts) and chain the layers it
+    called so each GEMV prefetches the next one's weight into L2 (qtool_kernels.link_prefetch).
+    Returns the number of linked layers (0 off CUDA)."""
+    return qtool_kernels.link_prefetch(call_order(model, forward))
 
 
 @contextmanager

@@ -136,6 +136,31 @@ def test_gemv_both_activation_paths(kernels, bits, group_size, symmetric, dtype)
         assert out.shape == (m, n) and rel_err(out, ref.double()) < 1e-2, f"m={m}"
 
 
+def test_gemv_prefetch_changes_nothing(kernels):
+    """The L2 prefetch of another tensor (link_prefetch) leaves wo_gemv's output bit-identical, for
+    prefetch ranges smaller and larger than a block's slice; a linked chain of QuantLinears under
+    torch.compile (CUDA graphs) gives the unlinked chain's result."""
+    qt, args, dense = make_weight(4, 128, False, False, 4096, 1536, seed=3)
+    p = pack_weight(qt.values, qt.scale, qt.zero_point, None, 4, 128)
+    x = torch.randn(1, p.k_padded, device="cuda", dtype=torch.bfloat16)
+    plain = kernels.wo_gemv(x, p.qweight, p.scale, p.zero, None, 4, 128, 1536, "none")
+    for other in (torch.empty(48, dtype=torch.uint8, device="cuda"), torch.empty(40 << 20, dtype=torch.uint8, device="cuda")):
+        out = kernels.wo_gemv(x, p.qweight, p.scale, p.zero, None, 4, 128, 1536, "none", other)
+        assert torch.equal(out, plain)
+
+    from quantize.linear import link_weight_prefetch
+
+    weights = [make_weight(4, 128, True, False, 1024, 1024, seed=s) for s in range(3)]
+    layers = torch.nn.Sequential(*[QuantLinear.from_qtensor(q, QuantScheme(weights=a)) for q, a, _ in weights])
+    h = torch.randn(1, 1024, device="cuda", dtype=torch.bfloat16)
+    expected = layers(h)
+    assert link_weight_prefetch(layers, lambda: layers(h)) == 3
+    assert layers[0].cuda_prefetch is layers[1].cuda_qweight and layers[2].cuda_prefetch is layers[0].cuda_qweight
+    compiled = torch.compile(layers, mode="reduce-overhead")
+    for _ in range(3):
+        assert torch.equal(compiled(h), expected)
+
+
 BAD_CALLS = """
 import pytest, torch
 from qtool_kernels import build

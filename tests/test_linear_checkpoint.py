@@ -135,3 +135,23 @@ def test_ops_pass_opcheck():
     wq = torch.randint(-127, 128, (16, 64), dtype=torch.int8)
     torch.library.opcheck(torch.ops.qtool.scaled_linear.default,
                           (xq, xs, wq, torch.rand(16, 1), None, 0, 0, 0, torch.float32))
+
+
+def test_call_order_follows_the_forward_pass():
+    """call_order lists QuantLinears as a forward calls them (the order link_weight_prefetch chains);
+    off CUDA nothing is linked and the logits are unchanged."""
+    from quantize.linear import call_order, link_weight_prefetch
+
+    model = tiny_llama()
+    quantize_model(model, Recipe.single(preset("w8a16"), "rtn"), progress=False)
+    ids = torch.randint(0, 128, (1, 5), generator=torch.Generator().manual_seed(0))
+    before = model(ids).logits
+    names = {id(m): n for n, m in model.named_modules()}
+    order = [names[id(m)] for m in call_order(model, lambda: model(ids))]
+    per_block = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                 "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+    assert order == [f"model.layers.{i}.{p}" for i in range(2) for p in per_block]
+    assert link_weight_prefetch(model, lambda: model(ids)) == 0
+    assert not any(hasattr(m, "cuda_prefetch") for m in model.modules())
+    assert not any(m._forward_pre_hooks for m in model.modules())  # the recording hooks are gone
+    torch.testing.assert_close(model(ids).logits, before, rtol=0, atol=0)

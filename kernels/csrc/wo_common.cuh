@@ -22,6 +22,23 @@ __device__ inline uint4 load_streaming(const uint4* ptr) {  // 16-byte aligned g
   return v;
 }
 
+// Asks for bytes [ptr, ptr + bytes) to be brought into L2 and returns at once: on sm_90 one bulk
+// (TMA) prefetch per 4 KB piece, below it one prefetch per 128-byte line. `ptr` and `bytes` are
+// multiples of 16. Nothing waits for it; a kernel may exit with it in flight.
+__device__ inline void prefetch_l2_range(const char* ptr, long long bytes, int thread, int threads) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  constexpr long long kPiece = 4096;
+  for (long long off = static_cast<long long>(thread) * kPiece; off < bytes; off += static_cast<long long>(threads) * kPiece) {
+    const unsigned size = static_cast<unsigned>(bytes - off < kPiece ? bytes - off : kPiece);
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(ptr + off), "r"(size) : "memory");
+  }
+#else
+  for (long long off = static_cast<long long>(thread) * 128; off < bytes; off += static_cast<long long>(threads) * 128) {
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(ptr + off));
+  }
+#endif
+}
+
 // Pulls the line holding `ptr` into L1 without waiting for it and without a register.
 __device__ inline void prefetch_l1(const void* ptr) { asm volatile("prefetch.global.L1 [%0];" ::"l"(ptr)); }
 

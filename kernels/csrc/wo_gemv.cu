@@ -235,6 +235,18 @@ __global__ void __launch_bounds__(kWarps * 32) wo_gemv_kernel(const WoProblem p,
     }
   }
 
+  // All our weight loads have landed: start pulling the next layer's weight into L2, so that its
+  // DRAM traffic overlaps our epilogue and the small kernels (norm, attention) between the two
+  // GEMVs, when DRAM would otherwise sit idle. Block b takes the b-th slice of the range.
+  if (p.prefetch != nullptr) {
+    const long long slice = ((p.prefetch_bytes + gridDim.x - 1) / gridDim.x + 15) & ~15LL;
+    const long long begin = slice * blockIdx.x;
+    if (begin < p.prefetch_bytes) {
+      const long long bytes = p.prefetch_bytes - begin < slice ? p.prefetch_bytes - begin : slice;
+      prefetch_l2_range(static_cast<const char*>(p.prefetch) + begin, bytes, threadIdx.x, kWarps * 32);
+    }
+  }
+
   // Sum the warps (each holds every row and token of the stripe for its chunks), then the epilogue.
   __shared__ float partial[kWarps][kStripeRows][kMaxGemvTokens];
   partial[warp][g][2 * t] = acc[0];

@@ -49,6 +49,10 @@ struct WoProblem {
   int m;               // tokens
   ScalarKind dtype;    // dtype of x and y
   Activation act;      // epilogue after the bias
+  // wo_gemv only: bytes to pull into L2 once this kernel's own weight loads are done, normally the
+  // next layer's packed weight (kernels/weight_only.py, link_prefetch), or nullptr / 0.
+  const void* prefetch = nullptr;
+  long long prefetch_bytes = 0;
 };
 
 // CUDA-core GEMV for 1 <= m <= kMaxGemvTokens (wo_gemv.cu).
