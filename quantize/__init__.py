@@ -16,6 +16,7 @@ from . import _kernels  # noqa: F401  (first: makes this tree's kernels/ the qto
 from ._hooks import after_import
 from .checkpoint import load_checkpoint, save_checkpoint
 from .compressed import export_compressed_tensors, import_compressed_tensors
+from .fusion import fuse_projections
 from .linear import QuantLinear
 from .quantizer import load_model, quantize_model
 from .recipe import Recipe, RecipeEntry
@@ -23,8 +24,8 @@ from .scheme import PRESETS, QuantArgs, QuantizationConfig, QuantScheme, Strateg
 
 __version__ = "0.1.0"
 __all__ = ["PRESETS", "QuantArgs", "QuantLinear", "QuantScheme", "QuantizationConfig", "Recipe", "RecipeEntry",
-           "Strategy", "export_compressed_tensors", "import_compressed_tensors", "load_checkpoint", "load_model",
-           "preset", "quantize_model", "save_checkpoint"]
+           "Strategy", "export_compressed_tensors", "fuse_projections", "import_compressed_tensors", "load_checkpoint",
+           "load_model", "preset", "quantize_model", "save_checkpoint"]
 
 # Register quant_method "qtool" with transformers (importing quantize.hf does) once transformers imports
 # its quantizer registry, not before: that import takes seconds, and `import quantize` need not pay for it.

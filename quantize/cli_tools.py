@@ -122,6 +122,8 @@ def bench(
     decode_mode: Annotated[str, typer.Option("--decode-mode", help="loop (gpt-fast's token loop, CUDA graphs) "
                                              "or generate (model.generate with a static cache).")] = "loop",
     profile: Annotated[bool, typer.Option("--profile", help="Also report GPU time per decoded token by kernel.")] = False,
+    fuse: Annotated[bool, typer.Option("--fuse/--no-fuse", help="Run each block's q/k/v and gate/up projections "
+                                       "as one quantized layer each (quantize/fusion.py).")] = True,
     device: DeviceOpt = "cuda",
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the figures as JSON.")] = None,
 ) -> None:
@@ -152,20 +154,36 @@ def bench(
             from .scheme import preset
             chosen = replace(preset(scheme), ignore=()) if quantize_lm_head else preset(scheme)
             quantize_model(base_model, Recipe.single(chosen, "rtn"), device=device, progress=False)
+            fused = _fuse(base_model, fuse, f"{model} {scheme}")
             q_result = bench_model(base_model, **opts)
             print_bench(q_result, f"{model} {scheme}", baseline=base_result, console=console)
             results = {"base": base_result.to_dict(), "quantized": q_result.to_dict(),
-                       "ratios": compare(base_result, q_result)}
+                       "ratios": compare(base_result, q_result), "fused_groups": fused}
     else:
-        q_result = bench_model(_load_any(model, device, dtype_name)[0], **opts)
-        results = {"quantized": q_result.to_dict()}
+        q_model = _load_any(model, device, dtype_name)[0]
+        results = {"fused_groups": _fuse(q_model, fuse, model)}
+        q_result = bench_model(q_model, **opts)
+        results["quantized"] = q_result.to_dict()
         baseline = None
         if base is not None:
-            baseline = bench_model(_load_any(base, device, dtype_name)[0], **opts)
+            base_model = _load_any(base, device, dtype_name)[0]
+            _fuse(base_model, fuse, base)  # fuses nothing unless the base is quantized too
+            baseline = bench_model(base_model, **opts)
             results.update(base=baseline.to_dict(), ratios=compare(baseline, q_result))
         print_bench(q_result, model, baseline=baseline, console=console)
     if json_out:
         json_out.write_text(json.dumps(results, indent=2))
+
+
+def _fuse(model, fuse: bool, label: str) -> int | None:
+    """Fuse `model`'s projections when asked and say how many groups; None when not asked."""
+    if not fuse:
+        return None
+    from .fusion import fuse_projections
+
+    count = fuse_projections(model)
+    console.print(f"{label}: fused {count} projection groups (q/k/v, gate/up; --no-fuse to keep them apart)")
+    return count
 
 
 kernels_app = typer.Typer(no_args_is_help=True, help="The bundled CUDA kernels extension.")

@@ -3,7 +3,9 @@
 A new model family is a new `Architecture` entry, not a new branch in the code. Names are
 relative to one decoder block. `Smooth` entries say where per-channel scales can migrate
 (AWQ, SmoothQuant): out of `prev` (a norm or a linear) and into the linears in `balance`,
-which all read `prev`'s output and nothing else.
+which all read `prev`'s output and nothing else. `fusions` name the linears that read the same
+input one after another in the model's forward, in call order (quantize/fusion.py runs each group
+as one layer at inference).
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ class Architecture:
     sequential: tuple[tuple[str, ...], ...]  # true-sequential order: each group reads the previous group's output
     smooth: tuple[Smooth, ...]
     norm_offset: float = 0.0  # 1.0 where RMSNorm multiplies by (1 + weight) (Gemma)
+    # Linears that read the same tensor, in the order forward calls them (first one first); empty
+    # where the checkpoint already fuses them (Phi-3's qkv_proj) or the order is not known.
+    fusions: tuple[tuple[str, ...], ...] = ()
 
 
 _LLAMA_SEQ = (
@@ -41,6 +46,9 @@ _LLAMA_SEQ = (
     ("mlp.down_proj",),
 )
 _QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+# Checked against transformers 5.x modeling code of every model_type below: attention calls q, k, v
+# on hidden_states in that order, the MLP computes act(gate_proj(x)) * up_proj(x).
+_LLAMA_FUSIONS = (_QKV, ("mlp.gate_proj", "mlp.up_proj"))
 
 
 def _llama_smooth(mlp_norm: str) -> tuple[Smooth, ...]:
@@ -58,13 +66,14 @@ _BLOCKS = ("model.layers", "model.language_model.layers", "language_model.model.
 ARCHITECTURES: tuple[Architecture, ...] = (
     Architecture("llama", ("llama", "mistral", "qwen2", "qwen3", "smollm3", "granite"),
                  ("LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer"),
-                 _BLOCKS, _LLAMA_SEQ, _llama_smooth("post_attention_layernorm")),
+                 _BLOCKS, _LLAMA_SEQ, _llama_smooth("post_attention_layernorm"), fusions=_LLAMA_FUSIONS),
     # Gemma 2/3 have sandwich norms: post_attention_layernorm sits after attention, before the
     # residual add, so it does NOT feed the MLP; pre_feedforward_layernorm does.
     Architecture("gemma", ("gemma2", "gemma3", "gemma3_text"), ("Gemma2DecoderLayer", "Gemma3DecoderLayer"),
-                 _BLOCKS, _LLAMA_SEQ, _llama_smooth("pre_feedforward_layernorm"), norm_offset=1.0),
+                 _BLOCKS, _LLAMA_SEQ, _llama_smooth("pre_feedforward_layernorm"), norm_offset=1.0,
+                 fusions=_LLAMA_FUSIONS),
     Architecture("gemma1", ("gemma",), ("GemmaDecoderLayer",), _BLOCKS, _LLAMA_SEQ,
-                 _llama_smooth("post_attention_layernorm"), norm_offset=1.0),
+                 _llama_smooth("post_attention_layernorm"), norm_offset=1.0, fusions=_LLAMA_FUSIONS),
     Architecture("phi3", ("phi3",), ("Phi3DecoderLayer",), _BLOCKS,
                  (("self_attn.qkv_proj",), ("self_attn.o_proj",), ("mlp.gate_up_proj",), ("mlp.down_proj",)),
                  (Smooth("input_layernorm", ("self_attn.qkv_proj",), inspect="self_attn"),

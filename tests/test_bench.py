@@ -12,9 +12,9 @@ from rich.console import Console
 
 from quantize.bench import (
     CONFIGS,
+    DECODE_MODES,
     BenchResult,
     DecodeResult,
-    DECODE_MODES,
     _decode_fn,
     _decode_loop_fn,
     bench_model,

@@ -1,0 +1,148 @@
+"""Fused q/k/v and gate/up projections compute what the separate layers do, eager and compiled."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from transformers import StaticCache
+from typer.testing import CliRunner
+
+from quantize.bench import random_model
+from quantize.cli import app
+from quantize.fusion import FusedHead, FusedModelError, FusedTail, fuse_group, fuse_projections
+from quantize.linear import QuantLinear
+from quantize.quantizer import quantize_model
+from quantize.recipe import Recipe, RecipeEntry
+from quantize.scheme import QuantArgs, QuantScheme, Strategy, preset
+
+W4_G32_ASYM = QuantScheme(weights=QuantArgs(num_bits=4, symmetric=False, group_size=32))
+W4_CHANNEL = QuantScheme(weights=QuantArgs(num_bits=4, strategy=Strategy.CHANNEL, group_size=None))
+W8 = preset("w8a16")
+SCHEMES = {"w4-g32-asym": W4_G32_ASYM, "w4-channel": W4_CHANNEL, "w8": W8}
+# float32 throughout. The reference op dequantizes and multiplies row by row, and the stacked
+# layer's rows are the members' rows, so the results agree to rounding of the matmul's blocking.
+TOL = dict(rtol=1e-5, atol=1e-6)
+
+
+def quantized_tiny(recipe: Recipe) -> torch.nn.Module:
+    model = random_model("tiny", dtype=torch.float32)  # 2 blocks, hidden 64, 4 heads, 2 KV heads
+    quantize_model(model, recipe, device="cpu", progress=False)
+    return model
+
+
+@pytest.fixture(scope="module", params=list(SCHEMES))
+def pair(request):
+    """(unfused, fused) copies of one quantized tiny Llama, and the fused group count."""
+    model = quantized_tiny(Recipe.single(SCHEMES[request.param], "rtn"))
+    fused = copy.deepcopy(model)
+    return model, fused, fuse_projections(fused)
+
+
+def ids(batch: int = 2, length: int = 9) -> torch.Tensor:
+    return torch.randint(0, 256, (batch, length), generator=torch.Generator().manual_seed(0))
+
+
+def logits(model, tokens: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(tokens).logits
+
+
+def test_fused_logits_equal_unfused(pair):
+    model, fused, count = pair
+    assert count == 2 * 2  # q/k/v and gate/up in each of 2 blocks
+    attn, mlp = fused.model.layers[0].self_attn, fused.model.layers[0].mlp
+    assert isinstance(attn.q_proj, FusedHead) and isinstance(attn.v_proj, FusedTail)
+    assert attn.q_proj.fused.out_features == 64 + 32 + 32 and mlp.gate_proj.fused.out_features == 2 * 128
+    torch.testing.assert_close(logits(fused, ids()), logits(model, ids()), **TOL)
+    assert attn.q_proj.group.pending is None
+
+
+def test_fusing_twice_fuses_nothing(pair):
+    assert fuse_projections(copy.deepcopy(pair[1])) == 0
+
+
+def test_mixed_schemes_are_left_alone():
+    # k_proj and up_proj on another scheme: neither group qualifies.
+    w8_some = QuantScheme(weights=W8.weights, targets=(r"k_proj$", r"up_proj$"))
+    model = quantized_tiny(Recipe((RecipeEntry(w8_some, "rtn"), RecipeEntry(W4_G32_ASYM, "rtn"))))
+    before = logits(model, ids())
+    assert fuse_projections(model) == 0
+    assert isinstance(model.model.layers[1].self_attn.q_proj, QuantLinear)
+    assert torch.equal(logits(model, ids()), before)
+
+
+def test_act_order_group_is_left_alone():
+    # GPTQ act-order without static groups stores one input permutation (g_idx) per layer.
+    scheme = QuantScheme(weights=QuantArgs(num_bits=4, group_size=32, actorder=True))
+    model = random_model("tiny", dtype=torch.float32)
+    quantize_model(model, Recipe.single(scheme, "gptq", {"static_groups": False}),
+                   calibration=[ids(2, 32)], device="cpu", progress=False)
+    before = logits(model, ids())
+    assert fuse_projections(model) == 0
+    assert isinstance(model.model.layers[0].mlp.gate_proj, QuantLinear)
+    assert torch.equal(logits(model, ids()), before)
+
+
+def test_missing_member_is_left_alone(pair):
+    block = copy.deepcopy(pair[0].model.layers[0])
+    assert not fuse_group(block, ("self_attn.q_proj", "self_attn.no_such_proj"))
+    assert isinstance(block.self_attn.q_proj, QuantLinear)
+
+
+def test_tail_without_its_head_computes_its_slice(pair):
+    model, fused, _ = pair
+    ref, got = model.model.layers[0].self_attn, fused.model.layers[0].self_attn
+    x, other = torch.randn(2, 3, 64), torch.randn(2, 3, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(got.k_proj(x), ref.k_proj(x), **TOL)  # no head call at all
+        q = got.q_proj(x)
+        torch.testing.assert_close(got.v_proj(other), ref.v_proj(other), **TOL)  # head saw another tensor
+        k = got.k_proj(x)  # its slot: a view of the head's output, no copy
+        torch.testing.assert_close(k, ref.k_proj(x), **TOL)
+        assert k.untyped_storage().data_ptr() == q.untyped_storage().data_ptr()
+        torch.testing.assert_close(got.k_proj(x), ref.k_proj(x), **TOL)  # slot taken: computes again
+        torch.testing.assert_close(got.v_proj(x), ref.v_proj(x), **TOL)
+    assert got.q_proj.group.pending is None
+
+
+def _step(model, tokens, cache, positions):
+    """One decode step as bench's token loop runs it: logits [B, 1, V] of the last position."""
+    return model(input_ids=tokens, past_key_values=cache, cache_position=positions, use_cache=True,
+                 logits_to_keep=1).logits
+
+
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+def test_compiled_decode_step_equals_eager(backend):
+    model = quantized_tiny(Recipe.single(W4_G32_ASYM, "rtn"))
+    fused = copy.deepcopy(model)
+    fuse_projections(fused)
+    torch._dynamo.reset()
+    step = torch.compile(_step, backend=backend, fullgraph=True)  # fullgraph: the stash must not break the graph
+    prompt = ids(2, 5)
+    out = {}
+    for name, net, fn in (("eager", model, _step), ("compiled", fused, step)):
+        cache = StaticCache(config=model.config, max_cache_len=8)
+        with torch.no_grad():
+            _step(net, prompt, cache, torch.arange(5))
+            out[name] = torch.cat([fn(net, prompt[:, i:i + 1], cache, torch.tensor([5 + i])) for i in range(3)], 1)
+    torch.testing.assert_close(out["compiled"], out["eager"], **TOL)
+    assert fused.model.layers[0].mlp.gate_proj.group.pending is None  # nothing stashed outlives the graph
+
+
+def test_fused_model_refuses_state_dict(pair):
+    with pytest.raises(FusedModelError, match="save the model before|Save the model before"):
+        pair[1].state_dict()
+
+
+def test_bench_cli_fuses_by_default(tmp_path):
+    common = ["bench", "tiny", "--random-weights", "--scheme", "w8a16", "--device", "cpu", "--batch-sizes", "1",
+              "--decode-tokens", "2", "--prefill-len", "8"]
+    for flag, expected in (("--fuse", 4), ("--no-fuse", None)):
+        out = tmp_path / f"{flag}.json"
+        res = CliRunner().invoke(app, [*common, flag, "--json", str(out)])
+        assert res.exit_code == 0, res.output
+        assert json.loads(out.read_text())["fused_groups"] == expected
+    assert "fused 4 projection groups" in CliRunner().invoke(app, common).output
