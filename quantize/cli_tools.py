@@ -132,7 +132,8 @@ def bench(
 
     import torch
 
-    from .bench import bench_model, compare, print_bench, random_model
+    from .bench import bench_model, compare, print_bench
+    from .shapes import random_model
 
     if quantize_lm_head and (scheme is None or not random_weights):
         raise ValueError("--quantize-lm-head applies to --random-weights --scheme runs; a checkpoint's lm_head "

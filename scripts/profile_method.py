@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from quantize.bench import random_model
 from quantize.quantizer import quantize_model
 from quantize.recipe import Recipe
 from quantize.scheme import preset
+from quantize.shapes import random_model
 
 
 def main() -> None:

@@ -10,13 +10,13 @@ import torch
 from transformers import StaticCache
 from typer.testing import CliRunner
 
-from quantize.bench import random_model
 from quantize.cli import app
 from quantize.fusion import FusedHead, FusedModelError, FusedTail, fuse_group, fuse_projections
 from quantize.linear import QuantLinear
 from quantize.quantizer import quantize_model
 from quantize.recipe import Recipe, RecipeEntry
 from quantize.scheme import QuantArgs, QuantScheme, Strategy, preset
+from quantize.shapes import random_model
 
 W4_G32_ASYM = QuantScheme(weights=QuantArgs(num_bits=4, symmetric=False, group_size=32))
 W4_CHANNEL = QuantScheme(weights=QuantArgs(num_bits=4, strategy=Strategy.CHANNEL, group_size=None))
