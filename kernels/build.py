@@ -70,7 +70,7 @@ def build_dir() -> Path:
     root = Path(os.environ.get("QTOOL_KERNELS_CACHE", "~/.cache/qtool/kernels")).expanduser()
     key = f"torch{torch.__version__}-cuda{torch.version.cuda}-py{sys.version_info.major}{sys.version_info.minor}"
     cxx = host_compiler() or os.environ.get("CXX", "")
-    if extra := os.environ.get("QTOOL_NVCC_FLAGS"):  # experiment builds (e.g. -DQTOOL_GEMV_SPLIT_ACC=1) apart
+    if extra := os.environ.get("QTOOL_NVCC_FLAGS"):  # experiment builds (-D switches) apart
         key += "-x" + hashlib.sha1(extra.encode()).hexdigest()[:8]
     key += "-cxx" + hashlib.sha1(cxx.encode()).hexdigest()[:8] if cxx else ""
     return root / re.sub(r"[^A-Za-z0-9._-]", "_", key)

@@ -73,17 +73,8 @@ throwcheck() {  # the open bug: does a bad-shape call into the raw ops raise wit
   done
 }
 
-splitacc_ab() {  # wo_gemv with two accumulators per group (-DQTOOL_GEMV_SPLIT_ACC=1) against one, and ncu's
-                 # per-instruction stall sampling of the default build at 4096 x 4096
+ncu_source() {  # ncu's per-instruction stall sampling of wo_gemv at 4096 x 4096 (SASS lines with stall reasons)
   [ -d build/pythonpath ] && export PYTHONPATH=$PWD:$PWD/build/pythonpath:$PYTHONPATH
-  step "split accumulators: GPU tests"
-  QTOOL_NVCC_FLAGS=-DQTOOL_GEMV_SPLIT_ACC=1 timeout 200 python3 -m pytest -q -m gpu tests/test_kernels_gpu.py -x \
-    -k "gemv or emulation or float64" 2>&1 | tail -3
-  for flags in "" -DQTOOL_GEMV_SPLIT_ACC=1; do
-    step "bench --quick --tokens 1,4 with QTOOL_NVCC_FLAGS='$flags'"
-    QTOOL_NVCC_FLAGS=$flags timeout 120 python3 scripts/bench_kernels.py --quick --tokens 1,4 \
-      --json "$OUT/bench-acc${flags:+split}.json" | grep -E "w4a16|w8a16"
-  done
   step "ncu source-level sampling, 4096 x 4096 (4th launch)"
   timeout 150 ncu --clock-control none --set full -k regex:wo_gemv --launch-skip 3 --launch-count 1 -f \
     -o "$OUT/gemv4096" python3 scripts/ncu_gemv.py > /dev/null 2>&1
@@ -138,7 +129,7 @@ models() {
 
 for stage in "$@"; do
   case "$stage" in
-    stash | build | kernels | bench8b | models | profile | ncu_gemv | xs_ab | throwcheck | splitacc_ab) "$stage" ;;
-    *) echo "usage: bash scripts/gpu_session.sh STAGE... (stash build kernels bench8b models profile ncu_gemv xs_ab throwcheck splitacc_ab)"; exit 2 ;;
+    stash | build | kernels | bench8b | models | profile | ncu_gemv | xs_ab | throwcheck | ncu_source) "$stage" ;;
+    *) echo "usage: bash scripts/gpu_session.sh STAGE... (stash build kernels bench8b models profile ncu_gemv xs_ab throwcheck ncu_source)"; exit 2 ;;
   esac
 done

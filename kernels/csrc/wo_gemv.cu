@@ -32,10 +32,6 @@
 namespace qtool {
 namespace {
 
-#ifndef QTOOL_GEMV_SPLIT_ACC
-#define QTOOL_GEMV_SPLIT_ACC 0
-#endif
-
 constexpr int kWarps = 8;  // warps per block, all on the same stripe, splitting its chunks
 
 // v4: the block stages all m tokens of x in shared memory (one cp.async pass issued right after the
@@ -203,10 +199,9 @@ __global__ void __launch_bounds__(kWarps * 32) wo_gemv_kernel(const WoProblem p,
           zp[0] = float_to_pair(zf[0], T{});
           zp[1] = float_to_pair(zf[1], T{});
         }
-        // This group's sum of (q - z) * x, in NACC independent accumulators so that consecutive mma
-        // do not wait on each other (A/B: build with -DQTOOL_GEMV_SPLIT_ACC=1 via QTOOL_NVCC_FLAGS).
-        constexpr int NACC = QTOOL_GEMV_SPLIT_ACC && SPG >= 2 ? 2 : 1;
-        float dd[NACC][4] = {};
+        // This group's sum of (q - z) * x. (Two accumulators, so that consecutive mma do not wait on
+        // each other, measured no faster on the H100: NOTES.md, v4.)
+        float d[4] = {};
 #pragma unroll
         for (int jj = 0; jj < SPG; ++jj) {
           const int j = gi * SPG + jj;
@@ -220,11 +215,8 @@ __global__ void __launch_bounds__(kWarps * 32) wo_gemv_kernel(const WoProblem p,
             b0 = __ldg(xc + 8 * j);
             b1 = __ldg(xc + 8 * j + 4);
           }
-          mma_16816<T>(dd[jj % NACC], a, b0, b1);
+          mma_16816<T>(d, a, b0, b1);
         }
-        float d[4];
-#pragma unroll
-        for (int i = 0; i < 4; ++i) d[i] = NACC == 2 ? dd[0][i] + dd[NACC - 1][i] : dd[0][i];
         acc[0] = fmaf(s0, d[0], acc[0]);
         acc[1] = fmaf(s0, d[1], acc[1]);
         acc[2] = fmaf(s1, d[2], acc[2]);
