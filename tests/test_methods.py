@@ -76,3 +76,23 @@ def test_awq_rejects_fp8():
         g = torch.Generator().manual_seed(1)
         quantize_model(tiny_llama(), Recipe.single(preset("fp8"), "awq"),
                        calibration=[torch.randint(0, 128, (2, 16), generator=g)], progress=False)
+
+
+@pytest.mark.parametrize("true_sequential", [True, False])
+def test_gptq_shares_hessians_of_linears_reading_one_tensor(calib, monkeypatch, true_sequential):
+    """q/k/v (and gate/up) read the same tensor, so GPTQ accumulates one Hessian for each such set
+    (Architecture.fusions); the codes, scales and losses equal those of one Hessian per linear."""
+    import dataclasses
+
+    import quantize.pipeline as pipeline
+
+    scheme = preset("w4a16").with_weights(group_size=32)
+    settings = {"true_sequential": true_sequential}
+    _, shared, shared_result = logits_error("gptq", scheme, calib, settings)
+    real = pipeline.find_architecture
+    monkeypatch.setattr(pipeline, "find_architecture", lambda m: dataclasses.replace(real(m), fusions=()))
+    _, separate, separate_result = logits_error("gptq", scheme, calib, settings)
+    for (name, a), (_, b) in zip(shared.state_dict().items(), separate.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    losses = [[layer["method_stats"]["gptq_loss"] for layer in r.report.layers] for r in (shared_result, separate_result)]
+    assert losses[0] == losses[1]
