@@ -156,7 +156,8 @@ def link_prefetch(layers) -> int:
     Why: between two GEMVs of a decode step run small kernels (norms, attention) that leave DRAM idle;
     a prefetch issued at the end of one GEMV moves the next one's weight during that time. The link is
     a plain attribute (not a buffer), so state_dict and .to() are unchanged; run after one eager
-    forward has prepared the layers (prepare_for_cuda).
+    forward has prepared the layers (prepare_for_cuda), and again after moving or reloading them: a
+    link keeps the packed weight it points to alive.
     """
     ready = [layer for layer in layers if _prepared(layer) is not None]
     for layer, nxt in zip(ready, ready[1:] + ready[:1], strict=True):
