@@ -124,6 +124,9 @@ def bench(
     profile: Annotated[bool, typer.Option("--profile", help="Also report GPU time per decoded token by kernel.")] = False,
     fuse: Annotated[bool, typer.Option("--fuse/--no-fuse", help="Run each block's q/k/v and gate/up projections "
                                        "as one quantized layer each (quantize/fusion.py).")] = True,
+    attn_implementation: Annotated[str | None, typer.Option(
+        "--attn-implementation", help="Attention of every model in the run (sdpa, eager, ...); transformers' "
+        "default when not given.")] = None,
     device: DeviceOpt = "cuda",
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the figures as JSON.")] = None,
 ) -> None:
@@ -143,8 +146,19 @@ def bench(
                 profile=profile)
     dtype_name = "bfloat16" if device.startswith("cuda") else "float32"
     dtype = getattr(torch, dtype_name)
+    used_attention = set()
+
+    def attention(m):
+        if attn_implementation is not None:
+            try:
+                m.set_attn_implementation(attn_implementation)
+            except (ValueError, ImportError) as err:
+                raise ValueError(f"--attn-implementation {attn_implementation!r}: {err}") from None
+        used_attention.add(m.config._attn_implementation)
+        return m
+
     if random_weights:
-        base_model = random_model(model, dtype=dtype, device=device)
+        base_model = attention(random_model(model, dtype=dtype, device=device))
         base_result = bench_model(base_model, **opts)
         print_bench(base_result, f"{model} {dtype_name}", console=console)
         if scheme is None:
@@ -161,17 +175,18 @@ def bench(
             results = {"base": base_result.to_dict(), "quantized": q_result.to_dict(),
                        "ratios": compare(base_result, q_result), "fused_groups": fused}
     else:
-        q_model = _load_any(model, device, dtype_name)[0]
+        q_model = attention(_load_any(model, device, dtype_name)[0])
         results = {"fused_groups": _fuse(q_model, fuse, model)}
         q_result = bench_model(q_model, **opts)
         results["quantized"] = q_result.to_dict()
         baseline = None
         if base is not None:
-            base_model = _load_any(base, device, dtype_name)[0]
+            base_model = attention(_load_any(base, device, dtype_name)[0])
             _fuse(base_model, fuse, base)  # fuses nothing unless the base is quantized too
             baseline = bench_model(base_model, **opts)
             results.update(base=baseline.to_dict(), ratios=compare(baseline, q_result))
         print_bench(q_result, model, baseline=baseline, console=console)
+    results["attn_implementation"] = sorted(used_attention)
     if json_out:
         json_out.write_text(json.dumps(results, indent=2))
 

@@ -172,3 +172,19 @@ def test_bench_cli_quantizes_lm_head_on_request(tmp_path):
     assert figures["quantized"]["decode"][0]["new_tokens"] == 2 and "decode_bs1" in figures["ratios"]
     res = runner.invoke(app, [*common, "--quantize-lm-head"])
     assert res.exit_code == 2 and "--quantize-lm-head" in res.output
+
+
+def test_bench_cli_attention_implementation(tmp_path):
+    """--attn-implementation reaches the model (eager attention on the CPU); an unknown one is one line."""
+    from typer.testing import CliRunner
+
+    from quantize.cli import app
+
+    common = ["bench", "tiny", "--random-weights", "--device", "cpu", "--batch-sizes", "1", "--decode-tokens", "2",
+              "--prefill-len", "8"]
+    out = tmp_path / "bench.json"
+    res = CliRunner().invoke(app, [*common, "--attn-implementation", "eager", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(out.read_text())["attn_implementation"] == ["eager"]
+    res = CliRunner().invoke(app, [*common, "--attn-implementation", "no-such-attention"])
+    assert res.exit_code == 2 and "no-such-attention" in res.output
