@@ -70,8 +70,6 @@ def build_dir() -> Path:
     root = Path(os.environ.get("QTOOL_KERNELS_CACHE", "~/.cache/qtool/kernels")).expanduser()
     key = f"torch{torch.__version__}-cuda{torch.version.cuda}-py{sys.version_info.major}{sys.version_info.minor}"
     cxx = host_compiler() or os.environ.get("CXX", "")
-    if extra := os.environ.get("QTOOL_NVCC_FLAGS"):  # experiment builds (-D switches) apart
-        key += "-x" + hashlib.sha1(extra.encode()).hexdigest()[:8]
     key += "-cxx" + hashlib.sha1(cxx.encode()).hexdigest()[:8] if cxx else ""
     return root / re.sub(r"[^A-Za-z0-9._-]", "_", key)
 
@@ -127,10 +125,10 @@ class _Loader:
             directory.mkdir(parents=True, exist_ok=True)
             saved_cxx, cxx = os.environ.get("CXX"), host_compiler()
             if cxx:
-                os.environ["CXX"] = cxx  # cpp_extension reads it, for both g++ and nvcc's -ccbin
+                os.environ["CXX"] = cxx  # cpp_extension compiles ops.cpp and links the extension with it
             try:
                 cpp_extension.load(name=NAME, sources=[str(CSRC / s) for s in SOURCES], extra_cflags=CXX_FLAGS,
-                                   extra_cuda_cflags=NVCC_FLAGS + os.environ.get("QTOOL_NVCC_FLAGS", "").split(), extra_include_paths=[str(CSRC)],
+                                   extra_cuda_cflags=NVCC_FLAGS, extra_include_paths=[str(CSRC)],
                                    build_directory=str(directory), is_python_module=False, verbose=verbose)
             except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
                 self.reason = f"building {NAME} in {directory} failed: {e}"

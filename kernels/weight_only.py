@@ -23,7 +23,7 @@ from . import build, ops, reference
 from .layout import ACTIVATIONS, PackedWeight, UnsupportedLayout, pack_weight
 
 # $QTOOL_GEMV_MAX_M (0..8, read at import) overrides the GEMV cut-off, to measure wo_gemv against
-# wo_gemm at m = 5..8 without editing this file (scripts/gpu_ab.sh).
+# wo_gemm at m = 5..8 without editing this file (scripts/gpu_session.sh pdl_ab).
 GEMV_MAX_M = 4
 if os.environ.get("QTOOL_GEMV_MAX_M"):
     GEMV_MAX_M = int(os.environ["QTOOL_GEMV_MAX_M"])
@@ -160,6 +160,8 @@ def link_prefetch(layers) -> int:
     link keeps the packed weight it points to alive.
     """
     ready = [layer for layer in layers if _prepared(layer) is not None]
+    if len(ready) < 2:
+        return 0
     for layer, nxt in zip(ready, ready[1:] + ready[:1], strict=True):
-        layer.cuda_prefetch = nxt.cuda_qweight if len(ready) > 1 else None
-    return len(ready) if len(ready) > 1 else 0
+        layer.cuda_prefetch = nxt.cuda_qweight
+    return len(ready)

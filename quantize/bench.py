@@ -32,7 +32,6 @@ from torch import nn
 from transformers import StaticCache
 
 from .linear import link_weight_prefetch
-from .shapes import CONFIGS, LLAMA_8B, SMOLLM2_135M, TINY, random_model  # noqa: F401  (re-exported)
 
 
 @dataclass
@@ -344,25 +343,16 @@ def _time(fn: Callable[[], object], device: torch.device, warmup: int, repeats: 
         raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats}, {warmup}")
     for _ in range(warmup):
         fn()
-    if device.type != "cuda":
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        return statistics.median(times), None
-
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
     times = []
     for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
+        clock = _Clock(device)
         fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1000)  # elapsed_time is in milliseconds
-    return statistics.median(times), torch.cuda.max_memory_allocated(device)
+        times.append(clock.seconds())
+    return statistics.median(times), torch.cuda.max_memory_allocated(device) if cuda else None
 
 
 def _gib(num_bytes: int | None) -> str:

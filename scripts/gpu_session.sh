@@ -40,6 +40,29 @@ bench8b() {
     --prefill-len 2048 --profile --json "$OUT/bench-8b${BENCH_TAG:-}.json" ${BENCH_ARGS:-}
 }
 
+pdl_ab() {  # QTOOL_PDL=0/1/2 (kernels/csrc/wo_launch.cuh) and QTOOL_GEMV_MAX_M 4 vs 8 at M = 4..8, in one call
+  [ -d build/pythonpath ] && export PYTHONPATH=$PWD:$PWD/build/pythonpath:$PYTHONPATH
+  local PY=python3 quick=--quick  # each bench prints its table; the JSON files hold every column
+  run() { "$@" || echo "FAILED (exit $?): $*"; }
+  for pdl in 1 2; do
+    step "GPU correctness tests, QTOOL_PDL=$pdl"
+    run env QTOOL_PDL=$pdl "$PY" -m pytest -q -m gpu tests/test_kernels_gpu.py -x -k "emulation or float64 or smoke or compile"
+  done
+
+  for pdl in 0 1 2; do
+    step "bench $quick QTOOL_PDL=$pdl"
+    run env QTOOL_PDL=$pdl "$PY" scripts/bench_kernels.py $quick --json "$OUT/bench-pdl$pdl.json"
+  done
+
+  # GEMV against GEMM at M = 5..8: the dispatcher's graph time with the cut-off at 4 (wo_gemm) and 8 (wo_gemv);
+  # the raw kernel_ms columns time both kernels in either run.
+  for cut in 4 8; do
+    step "bench M = 4..8, QTOOL_GEMV_MAX_M=$cut (QTOOL_PDL=1)"
+    run env QTOOL_PDL=1 QTOOL_GEMV_MAX_M=$cut "$PY" scripts/bench_kernels.py --quick --tokens 4,5,8 \
+      --json "$OUT/bench-m58-gemv$cut.json"
+  done
+}
+
 ncu_gemv() {  # hardware counters of wo_gemv at the 8B's decode shapes (Nsight Compute)
   [ -d build/pythonpath ] && export PYTHONPATH=$PWD:$PWD/build/pythonpath:$PYTHONPATH
   step "ncu wo_gemv"
@@ -129,7 +152,7 @@ models() {
 
 for stage in "$@"; do
   case "$stage" in
-    stash | build | kernels | bench8b | models | profile | ncu_gemv | xs_ab | throwcheck | ncu_source) "$stage" ;;
-    *) echo "usage: bash scripts/gpu_session.sh STAGE... (stash build kernels bench8b models profile ncu_gemv xs_ab throwcheck ncu_source)"; exit 2 ;;
+    stash | build | kernels | bench8b | models | profile | ncu_gemv | xs_ab | throwcheck | ncu_source | pdl_ab) "$stage" ;;
+    *) echo "usage: bash scripts/gpu_session.sh STAGE... (stash build kernels bench8b models profile ncu_gemv xs_ab throwcheck ncu_source pdl_ab)"; exit 2 ;;
   esac
 done

@@ -11,7 +11,6 @@ import torch
 from rich.console import Console
 
 from quantize.bench import (
-    CONFIGS,
     DECODE_MODES,
     BenchResult,
     DecodeResult,
@@ -20,8 +19,8 @@ from quantize.bench import (
     bench_model,
     compare,
     print_bench,
-    random_model,
 )
+from quantize.shapes import CONFIGS, random_model
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@
 // All take the repacked layout of kernels/layout.py; qtool::weight_only_linear (declared in Python)
 // dispatches to them by m. Every check names the tensor and the shape it got.
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <optional>
 #include <string>
@@ -110,7 +111,14 @@ WoProblem make_problem(const char* op, const at::Tensor& x, const PackedWeightVi
 long long prefetch_cap_bytes() {
   static const long long cap = [] {
     const char* s = std::getenv("QTOOL_PREFETCH_MB");
-    return (s == nullptr || *s == '\0' ? 4LL : std::atoll(s)) << 20;
+    if (s == nullptr || *s == '\0') return 4LL << 20;
+    char* end = nullptr;
+    const long long mb = std::strtoll(s, &end, 10);
+    if (*end != '\0' || mb < 0 || mb > 1024) {
+      std::fprintf(stderr, "qtool: QTOOL_PREFETCH_MB must be a whole number of MB in 0..1024, got '%s'; using 4\n", s);
+      return 4LL << 20;
+    }
+    return mb << 20;
   }();
   return cap;
 }
