@@ -38,16 +38,27 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, incomplete or does not fit its config; the message names the file."""
 
 
-def unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """State dict without aliases: a tensor shared by several names (tied embeddings) is written once."""
+def unique_state_dict(model: nn.Module, dtype: torch.dtype | None = None,
+                      prefix: str = "") -> dict[str, torch.Tensor]:
+    """State dict without aliases: a tensor shared by several names (tied embeddings) is written once.
+
+    dtype: floating parameters (embeddings, norms, biases: what stays unquantized) are stored in it;
+    buffers (scales) keep theirs. Tensors on the meta device (not loaded: a released block) are left out.
+    """
+    params = {prefix + n for n, _ in model.named_parameters(remove_duplicate=False)}
     seen: dict[tuple[int, int], str] = {}
     out = {}
-    for name, t in model.state_dict().items():
-        key = (t.untyped_storage().data_ptr(), t.storage_offset()) if t.device.type != "meta" else (id(t), 0)
+    for name, t in model.state_dict(prefix=prefix).items():
+        if t.device.type == "meta":
+            continue
+        key = (t.untyped_storage().data_ptr(), t.storage_offset())
         if key in seen:
             continue
         seen[key] = name
-        out[name] = t.detach().contiguous().cpu()
+        t = t.detach()
+        if dtype is not None and name in params and t.is_floating_point():
+            t = t.to(dtype)
+        out[name] = t.contiguous().cpu()
     return out
 
 
@@ -83,16 +94,21 @@ def atomic_directory(out_dir: str | Path, overwrite: bool = False) -> Iterator[P
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         yield tmp
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out_dir)
+        publish(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def publish(tmp: Path, out_dir: Path) -> None:
+    """Rename the finished directory `tmp` to `out_dir`, replacing what is there."""
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        out_dir.rename(old)
+        tmp.rename(out_dir)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(out_dir)
 
 
 def write_checkpoint(tensors: dict[str, torch.Tensor], config: dict[str, Any], out_dir: str | Path, *,
@@ -111,27 +127,47 @@ def write_checkpoint(tensors: dict[str, torch.Tensor], config: dict[str, Any], o
                 save_file(shard, tmp / fname, metadata=meta)
                 weight_map.update(dict.fromkeys(shard, fname))
             total = sum(t.numel() * t.element_size() for t in tensors.values())
-            (tmp / INDEX_NAME).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
-                                                     indent=2))
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str))
-        for name, data in (extra_json or {}).items():
-            (tmp / name).write_text(json.dumps(data, indent=2))
-        if source_dir is not None:
-            for fname in COPIED_FILES:
-                if (Path(source_dir) / fname).is_file():
-                    shutil.copy2(Path(source_dir) / fname, tmp / fname)
+            write_index(tmp, weight_map, total)
+        write_metadata(tmp, config, extra_json, source_dir)
     return Path(out_dir)
+
+
+def write_index(directory: Path, weight_map: dict[str, str], total_bytes: int) -> None:
+    (directory / INDEX_NAME).write_text(json.dumps({"metadata": {"total_size": total_bytes},
+                                                    "weight_map": weight_map}, indent=2))
+
+
+def write_metadata(directory: Path, config: dict[str, Any], extra_json: dict[str, Any] | None,
+                   source_dir: str | Path | None) -> None:
+    """config.json, the extra JSON files and the source's tokenizer files."""
+    (directory / "config.json").write_text(json.dumps(config, indent=2, default=str))
+    for name, data in (extra_json or {}).items():
+        (directory / name).write_text(json.dumps(data, indent=2))
+    if source_dir is not None:
+        for fname in COPIED_FILES:
+            if (Path(source_dir) / fname).is_file():
+                shutil.copy2(Path(source_dir) / fname, directory / fname)
 
 
 def save_checkpoint(model: nn.Module, qconfig: QuantizationConfig, out_dir: str | Path, *,
                     source_dir: str | Path | None = None, overwrite: bool = False,
-                    max_shard_bytes: int = 4 << 30, extra_json: dict[str, Any] | None = None) -> Path:
-    """Write `model` (with QuantLinear modules) as a qtool checkpoint; returns the directory."""
-    config = model.config.to_dict()
+                    max_shard_bytes: int = 4 << 30, extra_json: dict[str, Any] | None = None,
+                    dtype: torch.dtype | None = None) -> Path:
+    """Write `model` (with QuantLinear modules) as a qtool checkpoint; returns the directory.
+    dtype: of the unquantized float tensors (default: as they are in `model`)."""
+    config = checkpoint_config(model.config, qconfig, dtype)
+    return write_checkpoint(unique_state_dict(model, dtype), config, out_dir, source_dir=source_dir,
+                            overwrite=overwrite, max_shard_bytes=max_shard_bytes, extra_json=extra_json)
+
+
+def checkpoint_config(model_config: Any, qconfig: QuantizationConfig, dtype: torch.dtype | None) -> dict[str, Any]:
+    """config.json of a checkpoint: the model's, its quantization_config, the guard, the stored float dtype."""
+    config = model_config.to_dict()
     config["quantization_config"] = qconfig.to_dict()
     config[TRANSFORMERS_GUARD_KEY] = TRANSFORMERS_GUARD
-    return write_checkpoint(unique_state_dict(model), config, out_dir, source_dir=source_dir, overwrite=overwrite,
-                            max_shard_bytes=max_shard_bytes, extra_json=extra_json)
+    if dtype is not None:
+        config["dtype"] = str(dtype).removeprefix("torch.")
+    return config
 
 
 def raw_quantization_config(path: str | Path) -> dict[str, Any]:

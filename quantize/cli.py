@@ -151,15 +151,26 @@ def quantize(
     device: DeviceOpt = "cpu",
     format: FormatOpt = "qtool",
     overwrite: OverwriteOpt = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its last "
+                                         "finished block (same options as the interrupted run).")] = False,
+    dtype: Annotated[str, typer.Option(help="dtype of the unquantized tensors written (embeddings, norms): "
+                                       "auto (the source's), bfloat16, float16 or float32.")] = "auto",
 ) -> None:
-    """Quantize MODEL layer by layer and write a packed safetensors checkpoint."""
+    """Quantize MODEL layer by layer and write a packed safetensors checkpoint.
+
+    A safetensors MODEL directory is read one block at a time and the checkpoint written block by block
+    (host memory independent of depth); Ctrl-C or a crash leaves a partial directory that --resume continues.
+    """
     from .checkpoint import CheckpointError, save_checkpoint
     from .compressed import check_exportable, write_compressed_tensors
     from .methods import get_method
     from .methods.smoothquant import check_alpha
-    from .quantizer import load_model, quantize_model
+    from .pipeline import Streaming
+    from .quantizer import load_model, quantize_model, source_dtype
     from .recipe import Recipe
     from .scheme import preset
+    from .streaming import StreamSettings, open_lazily, quantize_to_checkpoint
+    from .writer import partial_dir
 
     _check_format(format)
     if output.exists() and not overwrite:
@@ -188,7 +199,11 @@ def quantize(
         if uses_gptq and act_order and not static and chosen.weights.strategy.value == "group":
             chosen = chosen.with_weights(actorder=True)  # groups become non-contiguous: store g_idx
         plan = Recipe.single(chosen, method, settings)
-    float_model, tokenizer = load_model(model)
+    store_dtype = None if dtype == "auto" else _float_dtype(dtype)
+    lazy = format == "qtool" and dataset != "synthetic" and open_lazily(model)
+    float_model, tokenizer = lazy if lazy else load_model(model)
+    if resume and not lazy:
+        raise ValueError("--resume needs a safetensors model directory and --format qtool")
     if format == "compressed-tensors":  # fail before quantizing, not after
         for name, entry in plan.assign(float_model).items():
             check_exportable(name, entry.scheme, float_model.get_submodule(name).in_features)
@@ -198,16 +213,38 @@ def quantize(
     if calibration is not None:
         from .calibration import load_stats
         input_scales = load_stats(calibration).input_scales(plan, float_model)
-    result = quantize_model(float_model, plan, calibration=batches, device=device, input_scales=input_scales,
-                            offload_activations=offload_activations, observer=observer)
+    if lazy:
+        settings = StreamSettings(dtype=store_dtype, resume=resume, overwrite=overwrite)
+        try:
+            result = quantize_to_checkpoint(model, plan, output, calibration=batches, device=device,
+                                            settings=settings, skeleton_model=float_model, input_scales=input_scales,
+                                            observer=observer, offload_activations=offload_activations)
+        except KeyboardInterrupt:
+            err_console.print(f"interrupted: finished blocks are kept in {partial_dir(output)}; continue with "
+                              "the same command and --resume")
+            raise typer.Exit(130) from None
+    else:
+        store_dtype = store_dtype or source_dtype(model)
+        result = quantize_model(float_model, plan, calibration=batches, device=device, input_scales=input_scales,
+                                offload_activations=offload_activations, observer=observer,
+                                streaming=Streaming(store_dtype=store_dtype))
     source, extra = model if Path(model).is_dir() else None, {"layer_errors.json": result.report.to_dict()}
     if format == "compressed-tensors":
         write_compressed_tensors(float_model, output, source_dir=source, overwrite=overwrite, extra_json=extra)
-    else:
-        save_checkpoint(float_model, result.config, output, source_dir=source, overwrite=overwrite, extra_json=extra)
+    elif not lazy:
+        save_checkpoint(float_model, result.config, output, source_dir=source, overwrite=overwrite,
+                        extra_json=extra, dtype=store_dtype)
     for message in result.report.messages:
         err_console.print(f"[yellow]note:[/] {message}")
     console.print(f"wrote {output} ({_dir_size(output) / 2**20:.1f} MiB) in {result.report.seconds:.1f} s")
+
+
+def _float_dtype(name: str):
+    import torch
+
+    if name not in ("bfloat16", "float16", "float32"):
+        raise ValueError(f"unknown --dtype {name!r}; choose from auto, bfloat16, float16, float32")
+    return getattr(torch, name)
 
 
 def _dir_size(path: Path) -> int:

@@ -18,7 +18,8 @@ an 8B model's: 2.1 GB), else in CPU memory; each pass over a block then copies t
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,14 +45,19 @@ class Cached:
     kwargs: dict[str, Any]
 
 
-def _move(obj: Any, device: torch.device | str) -> Any:
+def _move(obj: Any, device: torch.device | str, dtype: torch.dtype | None = None) -> Any:
+    """`obj` with its tensors on `device`; floating tensors cast to `dtype` when one is given."""
     if isinstance(obj, torch.Tensor):
-        return obj.to(device)
+        return obj.to(device, dtype) if dtype is not None and obj.is_floating_point() else obj.to(device)
     if isinstance(obj, tuple | list):
-        return type(obj)(_move(o, device) for o in obj)
+        return type(obj)(_move(o, device, dtype) for o in obj)
     if isinstance(obj, dict):
-        return {k: _move(v, device) for k, v in obj.items()}
+        return {k: _move(v, device, dtype) for k, v in obj.items()}
     return obj
+
+
+def _float_dtype(module: nn.Module) -> torch.dtype | None:
+    return next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
 
 
 @dataclass
@@ -75,16 +81,18 @@ class BlockContext:
         """Run the cached batches (the first `batches` of them, or all) through the block; returns
         hidden states [B, T, hidden] on the cache's device."""
         outs = []
+        # The cache may hold a narrower dtype than the block computes in (bf16 activations, float32 block).
+        dtype = _float_dtype(self.block)
         with torch.no_grad():
             for c in self.inputs[:batches]:
-                home = c.args[0].device
+                home = c.args[0]
                 try:
-                    out = self.block(*_move(c.args, self.device), **_move(c.kwargs, self.device))
+                    out = self.block(*_move(c.args, self.device, dtype), **_move(c.kwargs, self.device, dtype))
                 except _StopForward:
                     continue  # a capture that has seen all it needs of this batch
                 out = out[0] if isinstance(out, tuple) else out
                 if keep_outputs:
-                    outs.append(out.to(home))
+                    outs.append(out.to(home.device, home.dtype))
         return outs
 
     def capture(self, names: Iterable[str], fn: Callable[[str, torch.Tensor, torch.Tensor], None],
@@ -126,14 +134,16 @@ Plan = dict[str, tuple[QuantScheme, str, dict[str, Any]]]
 
 
 def capture_block_inputs(model: nn.Module, blocks: nn.ModuleList, batches: Iterable[torch.Tensor],
-                         device: torch.device, cache_device: torch.device | str) -> list[Cached]:
-    """Run the model up to block 0 for each batch of input ids [B, T] and cache that block's inputs."""
+                         device: torch.device, cache_device: torch.device | str,
+                         cache_dtype: torch.dtype | None = None) -> list[Cached]:
+    """Run the model up to block 0 for each batch of input ids [B, T] and cache that block's inputs
+    (floating tensors in `cache_dtype`, default: as the model computes them)."""
     cached: list[Cached] = []
 
     def hook(module, args, kwargs):
         kwargs = {k: v for k, v in kwargs.items() if k not in ("past_key_values", "past_key_value")}
-        cached.append(Cached(_move(tuple(a.detach() if torch.is_tensor(a) else a for a in args), cache_device),
-                             _move(kwargs, cache_device)))
+        args = tuple(a.detach() if torch.is_tensor(a) else a for a in args)
+        cached.append(Cached(_move(args, cache_device, cache_dtype), _move(kwargs, cache_device, cache_dtype)))
         raise _StopForward
 
     handle = blocks[0].register_forward_pre_hook(hook, with_kwargs=True)
@@ -149,13 +159,14 @@ def capture_block_inputs(model: nn.Module, blocks: nn.ModuleList, batches: Itera
     return cached
 
 
-def _cache_fits(model: nn.Module, batches: list[torch.Tensor] | None, device: torch.device) -> bool:
-    """Whether the cached block inputs and outputs ([B, T, hidden] each, in the model's dtype) take at most
+def _cache_fits(model: nn.Module, batches: list[torch.Tensor] | None, device: torch.device,
+                cache_dtype: torch.dtype | None = None) -> bool:
+    """Whether the cached block inputs and outputs ([B, T, hidden] each, in the cache's dtype) take at most
     a quarter of the free memory of a CUDA `device`; on the CPU, keeping them "on the device" is free."""
     if device.type != "cuda" or not batches:
         return device.type != "cuda"
     hidden = model.get_input_embeddings().embedding_dim
-    itemsize = next(model.parameters()).element_size()
+    itemsize = (cache_dtype or next(model.parameters()).dtype).itemsize
     need = 2 * sum(b.numel() for b in batches) * hidden * itemsize
     free, _ = torch.cuda.mem_get_info(device)
     return need <= free / 4
@@ -165,6 +176,36 @@ def _non_block_modules(model: nn.Module, blocks: nn.ModuleList) -> list[nn.Modul
     """Leaf-level modules outside the blocks (embeddings, rotary, final norm, lm_head)."""
     block_ids = {id(m) for m in blocks.modules()}
     return [m for m in model.modules() if id(m) not in block_ids and not list(m.children())]
+
+
+class ResidentBlocks:
+    """Block loader for a model held in memory: each block moves to the device for its turn and back.
+
+    A loader has three steps (quantize/loading.py's LazyBlocks reads blocks from the safetensors
+    shards instead): `outside` puts what runs before block 0 on the device for the input capture,
+    `load` and `release` bring one block to the device and take it away.
+    """
+
+    @contextmanager
+    def outside(self, model: nn.Module, blocks: nn.ModuleList, device: torch.device) -> Iterator[None]:
+        outside = _non_block_modules(model, blocks)
+        homes = [next(m.parameters(), torch.empty(0)).device for m in outside]
+        for m in outside:
+            m.to(device)
+        try:
+            yield
+        finally:
+            for m, home in zip(outside, homes, strict=True):
+                m.to(home)
+
+    def load(self, index: int, block: nn.Module, device: torch.device) -> None:
+        self._home, self._device = next(block.parameters()).device, device
+        block.to(device)
+
+    def release(self, index: int, block: nn.Module) -> None:
+        block.to(self._home)
+        if self._device.type == "cuda" and self._home != self._device:
+            torch.cuda.empty_cache()
 
 
 @dataclass
@@ -192,28 +233,28 @@ def run_sequential(
     offload_activations: bool | None = None,
     progress: bool = True,
     description: str = "blocks",
+    loader: ResidentBlocks | None = None,
+    cache_dtype: torch.dtype | None = None,
 ) -> None:
     """Walk the decoder blocks one at a time on `device`, calling `process(ctx)` for each.
 
     batches: input ids, each [B, T]; None walks the blocks without data (ctx.inputs is empty).
     process: returns the block's outputs for the cached inputs (the next block's inputs), or None
     to have them computed with a plain forward pass.
+    loader: brings each block to the device and takes it away (default: `ResidentBlocks`).
+    cache_dtype: dtype of the cached activations (default: the dtype the model computes in).
     """
     device = torch.device(device)
+    loader = loader or ResidentBlocks()
     arch = find_architecture(model)
     prefix, blocks = find_blocks(model, arch)
     if offload_activations is None:
-        offload_activations = not _cache_fits(model, batches, device)
+        offload_activations = not _cache_fits(model, batches, device, cache_dtype)
     cache_device = "cpu" if offload_activations else device
     inputs: list[Cached] = []
     if batches is not None:
-        outside = _non_block_modules(model, blocks)
-        homes = [next(m.parameters(), torch.empty(0)).device for m in outside]
-        for m in outside:
-            m.to(device)
-        inputs = capture_block_inputs(model, blocks, batches, device, cache_device)
-        for m, home in zip(outside, homes, strict=True):
-            m.to(home)
+        with loader.outside(model, blocks, device):
+            inputs = capture_block_inputs(model, blocks, batches, device, cache_device, cache_dtype)
 
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} blocks"),
                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn()]
@@ -222,18 +263,35 @@ def run_sequential(
         task = bar.add_task(description, total=len(blocks), rate="")
         for i, block in enumerate(blocks):
             t0 = time.perf_counter()
-            home = next(block.parameters()).device
-            block.to(device)
+            loader.load(i, block, device)
             ctx = BlockContext(i, f"{prefix}.{i}.", block, inputs, arch, device)
             outs = process(ctx)
             if inputs:
                 outs = ctx.run() if outs is None else outs
                 inputs = [Cached((o, *c.args[1:]), c.kwargs) for o, c in zip(outs, inputs, strict=True)]
-            block.to(home)
-            if device.type == "cuda" and home != device:
-                torch.cuda.empty_cache()
+            loader.release(i, block)
             rate = f"{samples / (time.perf_counter() - t0):.1f} samples/s" if inputs else ""
             bar.update(task, advance=1, rate=rate)
+
+
+@dataclass
+class Streaming:
+    """How quantize_sequential handles blocks beyond quantizing them (all optional).
+
+    loader: brings each block to the device and takes it away (default: pipeline.ResidentBlocks).
+    cache_dtype: dtype of the cached activations (default: the dtype the model computes in).
+    store_dtype: dtype the block's float parameters (norms, biases) are written in; they are rounded
+        to it before the block produces the next block's inputs, so a checkpoint replays exactly.
+    done: blocks below this index are already quantized (a resumed run): only run to get their outputs.
+    on_block: called with each newly quantized block and the report so far, before the block is released
+        (the streaming writer).
+    """
+
+    loader: ResidentBlocks | None = None
+    cache_dtype: torch.dtype | None = None
+    store_dtype: torch.dtype | None = None
+    done: int = 0
+    on_block: Callable[[BlockContext, QuantizeReport], None] | None = None
 
 
 def quantize_sequential(
@@ -247,8 +305,9 @@ def quantize_sequential(
     input_scales: dict[str, torch.Tensor] | None = None,
     observer_factory: Callable[[QuantScheme], Any] | None = None,
     progress: bool = True,
+    streaming: Streaming | None = None,
 ) -> QuantizeReport:
-    """Quantize `model` in place, block by block.
+    """Quantize the decoder blocks of `model` in place, block by block (`quantize_outside_blocks` does the rest).
 
     plan: full module name -> (scheme, method name, method settings).
     batches: calibration input ids, each [B, T]; None for methods that need no data (RTN).
@@ -258,8 +317,12 @@ def quantize_sequential(
     report = QuantizeReport()
     start = time.perf_counter()
     input_scales = dict(input_scales or {})
+    streaming = streaming or Streaming()
 
     def process(ctx: BlockContext) -> list[torch.Tensor] | None:
+        if ctx.index < streaming.done:
+            with dequantized_weights(ctx.block):
+                return ctx.run() if ctx.inputs else None
         local = {n[len(ctx.prefix):]: spec for n, spec in plan.items() if n.startswith(ctx.prefix)}
         float_out = _observe(ctx, local, input_scales, observer_factory) if ctx.inputs else {}
         for n, qt in _apply_methods(ctx, local, methods).items():
@@ -267,19 +330,32 @@ def quantize_sequential(
             q = QuantLinear.from_qtensor(qt, local[n][0], ctx.block.get_submodule(n).bias,
                                          None if scale is None else scale.to(ctx.device))
             set_submodule(ctx.block, n, q)
+        if streaming.store_dtype is not None:
+            round_parameters(ctx.block, streaming.store_dtype)
         errors: dict[str, float] = {}
         outs = _measure(ctx, local, float_out, errors) if ctx.inputs else None
         for n in local:
             report.layers.append({"name": ctx.prefix + n, "block": ctx.index, "kind": n,
                                   "rel_error": errors.get(n), "method_stats": ctx.stats.get(n, {})})
         report.messages.extend(f"{ctx.prefix}{m}" for m in ctx.messages)
+        if streaming.on_block is not None:
+            streaming.on_block(ctx, report)
         return outs
 
     run_sequential(model, batches, process, device=device, offload_activations=offload_activations,
-                   progress=progress, description="quantizing")
-    _quantize_outside_blocks(model, plan, find_blocks(model, find_architecture(model))[0])
+                   progress=progress, description="quantizing", loader=streaming.loader,
+                   cache_dtype=streaming.cache_dtype)
     report.seconds = time.perf_counter() - start
     return report
+
+
+@torch.no_grad()
+def round_parameters(module: nn.Module, dtype: torch.dtype) -> None:
+    """Round the floating parameters of `module` to `dtype`, keeping their own dtype: what the block
+    computes with afterwards is exactly what a checkpoint in `dtype` stores."""
+    for p in module.parameters():
+        if p.is_floating_point() and p.dtype != dtype:
+            p.copy_(p.to(dtype))
 
 
 def _observe(ctx: BlockContext, local: Plan, input_scales: dict[str, torch.Tensor],
@@ -338,8 +414,9 @@ def _static_scale(lo: torch.Tensor, hi: torch.Tensor, scheme: QuantScheme) -> to
     return scale
 
 
-def _quantize_outside_blocks(model: nn.Module, plan: Plan, block_prefix_root: str) -> None:
+def quantize_outside_blocks(model: nn.Module, plan: Plan) -> None:
     """Linears outside the decoder blocks (an lm_head that is not ignored) get round-to-nearest weights."""
+    block_prefix_root = find_blocks(model, find_architecture(model))[0]
     for name, (scheme, _, _) in plan.items():
         if name.startswith(block_prefix_root + "."):
             continue

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from .methods import METHODS, NEEDS_DATA, get_method
-from .pipeline import QuantizeReport, quantize_sequential
+from .pipeline import Plan, QuantizeReport, Streaming, quantize_outside_blocks, quantize_sequential
 from .recipe import Recipe
 from .scheme import Assignment, QuantizationConfig, QuantScheme, SchemeError, Strategy
 
@@ -44,6 +45,17 @@ def load_model(name_or_path: str | Path, *, dtype: torch.dtype | None = torch.fl
     return model, tokenizer
 
 
+def source_dtype(model_dir: str | Path) -> torch.dtype | None:
+    """The float dtype a model directory's config.json declares (`dtype`, or `torch_dtype` before
+    transformers 5), or None."""
+    config = Path(model_dir) / "config.json"
+    if not config.is_file():
+        return None
+    raw = json.loads(config.read_text())
+    name = raw.get("dtype") or raw.get("torch_dtype")
+    return getattr(torch, name) if isinstance(name, str) and isinstance(getattr(torch, name, None), torch.dtype) else None
+
+
 @dataclass
 class QuantizeResult:
     config: QuantizationConfig
@@ -62,12 +74,32 @@ def validate_scheme(scheme: QuantScheme, model: nn.Module, names: list[str]) -> 
 def quantize_model(model: nn.Module, recipe: Recipe, *, calibration: list[torch.Tensor] | None = None,
                    device: str | torch.device = "cpu", offload_activations: bool | None = None,
                    input_scales: dict[str, torch.Tensor] | None = None, observer: str = "minmax",
-                   progress: bool = True) -> QuantizeResult:
+                   progress: bool = True, streaming: Streaming | None = None) -> QuantizeResult:
     """Quantize `model` in place according to `recipe`.
 
     calibration: batches of input ids [B, T]; required by gptq, awq and smoothquant and by
     static activation scales (unless `input_scales` come from `qtool calibrate`).
+    streaming: dtypes, loader and callbacks of a streamed run; with a loader of its own (quantize/streaming.py)
+    the linears outside the decoder blocks are the caller's to quantize.
     """
+    plan, config = plan_quantization(model, recipe, calibration=calibration, input_scales=input_scales)
+
+    def observer_factory(scheme: QuantScheme) -> Any:
+        from .observers import make_observer
+        return make_observer(observer, scheme.input_activations)
+
+    report = quantize_sequential(model, plan, METHODS, calibration, device=device,
+                                 offload_activations=offload_activations, input_scales=input_scales,
+                                 observer_factory=observer_factory, progress=progress, streaming=streaming)
+    if streaming is None or streaming.loader is None:
+        quantize_outside_blocks(model, plan)
+    return QuantizeResult(config, report)
+
+
+def plan_quantization(model: nn.Module, recipe: Recipe, *, calibration: list[torch.Tensor] | None = None,
+                      input_scales: dict[str, torch.Tensor] | None = None) -> tuple[Plan, QuantizationConfig]:
+    """Which scheme and method each linear of `model` gets, checked, and the config a checkpoint stores.
+    Needs only the model's structure: a skeleton on the meta device will do."""
     for method in recipe.methods:
         get_method(method)
     assigned = recipe.assign(model)
@@ -84,15 +116,7 @@ def quantize_model(model: nn.Module, recipe: Recipe, *, calibration: list[torch.
         by_entry.setdefault(id(entry), []).append(name)
     for entry in recipe.entries:
         validate_scheme(entry.scheme, model, by_entry.get(id(entry), []))
-
-    def observer_factory(scheme: QuantScheme) -> Any:
-        from .observers import make_observer
-        return make_observer(observer, scheme.input_activations)
-
     plan = {n: (e.scheme, e.method, e.method_args) for n, e in assigned.items()}
-    report = quantize_sequential(model, plan, METHODS, calibration, device=device,
-                                 offload_activations=offload_activations, input_scales=input_scales,
-                                 observer_factory=observer_factory, progress=progress)
     groups = {}
     for i, entry in enumerate(recipe.entries):
         modules = tuple(by_entry.get(id(entry), []))
@@ -103,4 +127,4 @@ def quantize_model(model: nn.Module, recipe: Recipe, *, calibration: list[torch.
     config = QuantizationConfig(groups=groups, method="+".join(methods),
                                 method_args={e.method: e.method_args for e in recipe.entries},
                                 ignore=recipe.ignore)
-    return QuantizeResult(config, report)
+    return plan, config

@@ -1,0 +1,142 @@
+"""Streaming checkpoint writer: each finished block goes to its own shard in a partial directory
+beside the output, with a resume state; the directory is renamed into place when complete.
+
+Layout of the partial directory `.NAME.partial` (NAME: the output directory's name):
+  block-00000.safetensors ...   one per finished decoder block (quantized linears, float rest)
+  progress.json                 `ResumeState`: what the run is (fingerprint), blocks done, their reports
+At the end the rest (embeddings, final norm, lm_head) is written, the shards are renamed to
+model-0000i-of-0000n.safetensors with an index, config.json and tokenizer files are added, and the
+directory is renamed to NAME. A crash, SIGKILL or Ctrl-C leaves the partial directory, and a run
+with the same settings and `resume=True` continues after its last finished block.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from .checkpoint import CheckpointError, publish, write_index, write_metadata
+
+STATE_NAME = "progress.json"
+_META = {"format": "pt", "producer": "qtool"}
+
+
+def partial_dir(out_dir: str | Path) -> Path:
+    out_dir = Path(out_dir)
+    return out_dir.with_name(f".{out_dir.name}.partial")
+
+
+def fingerprint(settings: dict[str, Any]) -> str:
+    """A short hash of everything that decides the checkpoint (source, plan, data, dtypes)."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class ResumeState:
+    """progress.json: `done` blocks are in their shards; `layers` and `messages` are their reports."""
+
+    fingerprint: str
+    done: int = 0
+    layers: list[dict[str, Any]] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
+
+
+class ShardWriter:
+    """Writes one checkpoint block by block; see the module docstring for the layout.
+
+    settings: what decides the checkpoint (hashed into the resume state; a resumed run must match).
+    resume: continue the partial directory a previous run left; otherwise an existing partial
+        directory is an error, unless `overwrite` (which also allows replacing the output).
+    """
+
+    def __init__(self, out_dir: str | Path, settings: dict[str, Any], *, resume: bool = False,
+                 overwrite: bool = False) -> None:
+        self.out_dir = Path(out_dir)
+        self.dir = partial_dir(self.out_dir)
+        if self.out_dir.exists() and not overwrite:
+            raise CheckpointError(f"output directory exists: {self.out_dir} (pass --overwrite to replace it)")
+        key = fingerprint(settings)
+        if self.dir.exists() and resume:
+            self.state = self._read_state(key)
+            return
+        if self.dir.exists() and not overwrite:
+            raise CheckpointError(f"an interrupted run left {self.dir}: pass --resume to continue it "
+                                  "or --overwrite to start over")
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir.mkdir(parents=True)
+        self.state = ResumeState(key)
+        self._write_state()
+
+    def _read_state(self, key: str) -> ResumeState:
+        try:
+            state = ResumeState(**json.loads((self.dir / STATE_NAME).read_text()))
+        except (OSError, json.JSONDecodeError, TypeError) as err:
+            raise CheckpointError(f"cannot resume from {self.dir}: unreadable {STATE_NAME} ({err})") from None
+        if state.fingerprint != key:
+            raise CheckpointError(f"cannot resume from {self.dir}: it was started with other settings (model, "
+                                  "method, scheme, data or dtype); pass --overwrite to start over")
+        return state
+
+    def _write_state(self) -> None:
+        tmp = self.dir / f"{STATE_NAME}.tmp"
+        tmp.write_text(json.dumps(asdict(self.state), indent=1))
+        os.replace(tmp, self.dir / STATE_NAME)
+
+    def _block_file(self, index: int) -> Path:
+        return self.dir / f"block-{index:05d}.safetensors"
+
+    def write_block(self, index: int, tensors: dict[str, torch.Tensor], layers: list[dict[str, Any]],
+                    messages: list[str]) -> None:
+        """Store block `index` (full tensor names) and mark it done; blocks come in order."""
+        if index != self.state.done:
+            raise RuntimeError(f"block {index} written after {self.state.done} finished blocks")
+        path = self._block_file(index)
+        save_file(tensors, path.with_suffix(".tmp"), metadata=_META)
+        os.replace(path.with_suffix(".tmp"), path)  # a kill mid-write leaves no truncated shard
+        self.state.done = index + 1
+        self.state.layers.extend(layers)
+        self.state.messages.extend(messages)
+        self._write_state()
+
+    def read_block(self, index: int) -> dict[str, torch.Tensor]:
+        return load_file(self._block_file(index))
+
+    def finish(self, rest: dict[str, torch.Tensor], config: dict[str, Any], *,
+               extra_json: dict[str, Any] | None = None, source_dir: str | Path | None = None) -> Path:
+        """Write the tensors outside the blocks, the index and metadata; rename into place."""
+        save_file(rest, self.dir / "rest.safetensors", metadata=_META)
+        parts = [self._block_file(i) for i in range(self.state.done)] + [self.dir / "rest.safetensors"]
+        weight_map, total = {}, 0  # names and sizes from the shards' headers, without reading the tensors
+        for i, part in enumerate(parts):
+            name = f"model-{i + 1:05d}-of-{len(parts):05d}.safetensors"
+            with safe_open(part, framework="pt") as fh:
+                for key in fh.keys():
+                    weight_map[key] = name
+                    sl = fh.get_slice(key)
+                    total += _nbytes(sl.get_shape(), sl.get_dtype())
+            part.rename(self.dir / name)
+        write_index(self.dir, weight_map, total)
+        write_metadata(self.dir, config, extra_json, source_dir)
+        (self.dir / STATE_NAME).unlink()
+        publish(self.dir, self.out_dir)
+        return self.out_dir
+
+
+_ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "F16": 2, "BF16": 2,
+             "I32": 4, "F32": 4, "I64": 8, "F64": 8}
+
+
+def _nbytes(shape: list[int], dtype: str) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n * _ITEMSIZE[dtype]
