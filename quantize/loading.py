@@ -165,5 +165,28 @@ class LazyBlocks:
 
 
 def _to_meta(module: nn.Module) -> None:
-    """Drop the tensors of `module` (parameters and buffers) by moving them to the meta device."""
+    """Drop the tensors of `module` (parameters and buffers) by moving them to the meta device, and give
+    the freed pages back: glibc serves allocations of tens of MB from its heap once a few were freed,
+    and without a trim the resident size of a run grows with every block (measured: +70 MB per block
+    of 1024 x 4096 linears)."""
     module.to("meta")
+    _trim_heap()
+
+
+def _trim_heap() -> None:
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _load_libc():
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+_LIBC = _load_libc()

@@ -30,6 +30,10 @@ LLAMA_8B = {
     "eos_token_id": 128001,
 }
 
+# Llama-3-70B's shapes (hidden 8192, intermediate 28672, 64 heads, 8 KV heads, 80 blocks).
+LLAMA_70B = {**LLAMA_8B, "hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 80,
+             "num_attention_heads": 64, "num_key_value_heads": 8}
+
 # Same layout at toy size, for tests and smoke runs on CPU.
 TINY = {
     "model_type": "llama",
@@ -59,7 +63,8 @@ SMOLLM2_135M = {
     "tie_word_embeddings": True,
 }
 
-CONFIGS: dict[str, dict] = {"llama-8b": LLAMA_8B, "smollm2-135m": SMOLLM2_135M, "tiny": TINY}
+CONFIGS: dict[str, dict] = {"llama-8b": LLAMA_8B, "llama-70b": LLAMA_70B, "smollm2-135m": SMOLLM2_135M,
+                            "tiny": TINY}
 
 
 def random_model(
@@ -97,3 +102,48 @@ def _resolve_config(config: str | Path | dict):
         raise ValueError("a config dict needs a 'model_type' key, e.g. 'llama'")
     options = dict(config)
     return AutoConfig.for_model(options.pop("model_type"), **options)
+
+
+def write_random_model(config: str | Path | dict, out_dir: str | Path, *, layers: int | None = None,
+                       dtype: torch.dtype = torch.bfloat16, seed: int = 0, std: float = 0.02) -> Path:
+    """Write a model with random weights as a sharded safetensors directory (config.json, index, one
+    shard per decoder block plus one for the rest), holding one block in memory at a time.
+
+    layers: number of decoder blocks (default: the config's). Linear and embedding weights are
+    N(0, std), norm weights 1; transformers loads the result like any checkpoint.
+    """
+    from accelerate import init_empty_weights
+    from safetensors.torch import save_file
+
+    from .checkpoint import write_index
+    from .mappings import find_architecture, find_blocks
+
+    cfg = _resolve_config(config)
+    if layers is not None:
+        cfg.num_hidden_layers = layers
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+    prefix, blocks = find_blocks(model, find_architecture(model))
+    params = dict(model.named_parameters())  # tied parameters appear once, under the embedding's name
+    groups = [[n for n in params if n.startswith(f"{prefix}.{i}.")] for i in range(len(blocks))]
+    groups.append([n for n in params if not n.startswith(prefix + ".")])
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(seed)
+    weight_map, total = {}, 0
+    for i, names in enumerate(groups):
+        tensors = {n: _random_tensor(params[n], gen, std, dtype) for n in names}
+        fname = f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors"
+        save_file(tensors, out_dir / fname, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(tensors, fname))
+        total += sum(t.numel() * t.element_size() for t in tensors.values())
+    write_index(out_dir, weight_map, total)
+    cfg.dtype = dtype
+    cfg.save_pretrained(out_dir)
+    return out_dir
+
+
+def _random_tensor(param: torch.Tensor, gen: torch.Generator, std: float, dtype: torch.dtype) -> torch.Tensor:
+    if param.dim() == 1:  # norm weights and biases
+        return torch.ones(param.shape, dtype=dtype)
+    return (torch.randn(param.shape, generator=gen) * std).to(dtype)
