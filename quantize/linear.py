@@ -110,9 +110,10 @@ class QuantLinear(nn.Module):
         w = self.scheme.weights
         if self.scheme.input_activations is not None:
             return self._forward_w8a8(x)
-        if self.dense_weight is not None and not x.is_cuda:
-            # Set by `dequantized_weights` while the pipeline runs many batches through one block on
-            # the CPU: the same arithmetic as the reference op without unpacking the weight every call.
+        if self.dense_weight is not None:
+            # Set by `dequantized_weights` while the pipeline runs many batches through one block: the
+            # reference op's arithmetic without unpacking the weight every call (on a GPU, the decode
+            # kernels would repack a copy of each layer for batches of thousands of tokens).
             return F.linear(x, self.dense_weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
         if not w.is_float and w.strategy in (Strategy.GROUP, Strategy.CHANNEL):
             if x.is_cuda and (y := qtool_kernels.cuda_linear(self, x)) is not None:
@@ -164,8 +165,8 @@ def link_weight_prefetch(model: nn.Module, forward: Callable[[], object]) -> int
 
 @contextmanager
 def dequantized_weights(module: nn.Module) -> Iterator[None]:
-    """Within the block, weight-only QuantLinear layers on the CPU compute with their weight
-    dequantized once (float32) instead of once per call; the results are the reference op's."""
+    """Within the block, weight-only QuantLinear layers compute with their weight dequantized once
+    (float32) instead of once per call; the results are the reference op's."""
     layers = [m for m in module.modules() if isinstance(m, QuantLinear) and m.scheme.input_activations is None]
     for layer in layers:
         layer.dense_weight = layer.dequantize_weight(torch.float32)

@@ -67,17 +67,24 @@ class Hessian:
         self._matrix.mul_(n / (n + m))
         x = x * math.sqrt(2 / (n + m))
         self._matrix.addmm_(x.T, x)
+        # On a GPU the check waits for the device, once per batch and linear, and the host stops
+        # queueing work ahead; a NaN stays in H, so checking when H is read catches it as well.
+        if not self._matrix.is_cuda:
+            self._check_finite()
+        self.num_tokens = n + m
+
+    def _check_finite(self) -> None:
         # diag(H) sums squares of every input, so it is finite iff all inputs were (checking K
         # numbers instead of every token's: the isfinite pass over x cost ~5% of a CPU GPTQ run).
         if not torch.isfinite(torch.diagonal(self._matrix)).all():
             raise ValueError("calibration inputs contain NaN or Inf (or values whose squares overflow float32)")
-        self.num_tokens = n + m
 
     @property
     def matrix(self) -> torch.Tensor:
         """H [K, K]."""
         if self._matrix is None:
             raise ValueError("no inputs were added to this Hessian")
+        self._check_finite()
         return self._matrix
 
 
