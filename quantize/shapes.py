@@ -105,12 +105,14 @@ def _resolve_config(config: str | Path | dict):
 
 
 def write_random_model(config: str | Path | dict, out_dir: str | Path, *, layers: int | None = None,
-                       dtype: torch.dtype = torch.bfloat16, seed: int = 0, std: float = 0.02) -> Path:
+                       dtype: torch.dtype = torch.bfloat16, seed: int = 0, std: float = 0.02,
+                       device: torch.device | str = "cpu") -> Path:
     """Write a model with random weights as a sharded safetensors directory (config.json, index, one
     shard per decoder block plus one for the rest), holding one block in memory at a time.
 
     layers: number of decoder blocks (default: the config's). Linear and embedding weights are
     N(0, std), norm weights 1; transformers loads the result like any checkpoint.
+    device: where the random numbers are drawn ("cuda" is much faster for an 8B or 70B model).
     """
     from accelerate import init_empty_weights
     from safetensors.torch import save_file
@@ -129,7 +131,7 @@ def write_random_model(config: str | Path | dict, out_dir: str | Path, *, layers
     groups.append([n for n in params if not n.startswith(prefix + ".")])
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device).manual_seed(seed)
     weight_map, total = {}, 0
     for i, names in enumerate(groups):
         tensors = {n: _random_tensor(params[n], gen, std, dtype) for n in names}
@@ -146,4 +148,4 @@ def write_random_model(config: str | Path | dict, out_dir: str | Path, *, layers
 def _random_tensor(param: torch.Tensor, gen: torch.Generator, std: float, dtype: torch.dtype) -> torch.Tensor:
     if param.dim() == 1:  # norm weights and biases
         return torch.ones(param.shape, dtype=dtype)
-    return (torch.randn(param.shape, generator=gen) * std).to(dtype)
+    return (torch.randn(param.shape, generator=gen, device=gen.device) * std).to(dtype).cpu()

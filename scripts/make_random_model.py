@@ -45,10 +45,12 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--text", type=Path, default=None, help="text file whose words make the tokenizer")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where the random numbers are drawn")
     args = parser.parse_args()
     start = time.perf_counter()
     out = write_random_model(args.config, args.output, layers=args.layers, dtype=getattr(torch, args.dtype),
-                             seed=args.seed)
+                             seed=args.seed, device=args.device)
     from transformers import AutoConfig
 
     word_tokenizer(args.text, AutoConfig.from_pretrained(out).vocab_size).save_pretrained(out)

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Big-model measurements for issue 17 in ONE device call (H200, <= 9 minutes): random-weight bf16 models
+# written one block at a time (scripts/make_random_model.py), quantized with lazy loading and streaming
+# writes, each run recorded by dev/measure_run.py (wall time, per-block time, peak host RSS, peak GPU
+# memory) into $OUT/*.json, and the checkpoint sizes into $OUT/sizes.txt.
+#
+#   bash dev/measure_big.sh                    # all stages
+#   bash dev/measure_big.sh build8 rtn8 gptq8  # some of them: build8 rtn8 gptq8 awq8 build70 gptq70
+#   DEVICE=cpu CONFIG8=tiny CONFIG70=tiny SAMPLES=4 SEQ=64 GROUP=32 bash dev/measure_big.sh   # a smoke test on a CPU
+#
+# Needs nothing beyond the checkout and the machine's torch/transformers/accelerate/safetensors
+# (no `datasets`, no internet): calibration text is $DATA if it exists (WikiText-2 validation, e.g.
+# carried shared/data/wikitext-2/wiki.valid.tokens), else a generated text file. Models go to $WORK
+# (default /tmp/big; ~15 GB for 8B, ~11 GB for the 4-block 70B shape, plus the checkpoints).
+# Every stage has its own time limit; a stage that fails or times out is logged and the next runs.
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/measure_out}
+WORK=${WORK:-/tmp/big}
+mkdir -p "$OUT" "$WORK" build/pythonpath
+ln -sfn ../../kernels build/pythonpath/qtool_kernels  # import the kernels package without installing
+export PYTHONPATH=$PWD:$PWD/build/pythonpath${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+exec > >(tee -a "$OUT/measure_big.log") 2>&1
+PY=${PY:-python3}
+QTOOL=("$PY" -c "from quantize.cli import app; app()")
+CAL=(--num-samples "${SAMPLES:-128}" --seq-len "${SEQ:-2048}")
+
+step() { echo; echo "=== $* [$(date -u +%H:%M:%S)]"; }
+run() { "$@" || echo "FAILED (exit $?): $*"; }
+
+data() {
+  DATA=${DATA:-}
+  for f in "$DATA" ../shared/data/wikitext-2/wiki.valid.tokens shared/data/wikitext-2/wiki.valid.tokens; do
+    if [ -n "$f" ] && [ -f "$f" ]; then DATA=$f; echo "calibration text: $DATA"; return; fi
+  done
+  DATA=$WORK/calib.txt
+  # Random words: the models are random too, and speed does not depend on the text.
+  "$PY" -c "
+import random; random.seed(0)
+words = [''.join(random.choices('abcdefghijklmnopqrstuvwxyz', k=random.randint(2, 9))) for _ in range(20000)]
+open('$DATA', 'w').write('\n'.join(' '.join(random.choices(words, k=100)) for _ in range(30000)))"
+  echo "calibration text: generated $DATA"
+}
+
+quant() {  # quant NAME MODEL TIMEOUT ARGS...: one measured `qtool quantize` into $WORK/q-NAME
+  local name=$1 model=$2 limit=$3; shift 3
+  rm -rf "$WORK/q-$name" "$WORK/.q-$name.partial"
+  step "$name: qtool quantize $model $*"
+  run "$PY" dev/measure_run.py --name "$name" --json "$OUT/$name.json" --timeout "$limit" \
+      --partial "$WORK/.q-$name.partial" -- "${QTOOL[@]}" quantize "$model" --output "$WORK/q-$name" \
+      --device "${DEVICE:-cuda}" "$@"
+  [ -d "$WORK/q-$name" ] && du -sm "$WORK/q-$name" | tee -a "$OUT/sizes.txt"
+  rm -rf "$WORK/q-$name" "$WORK/.q-$name.partial"  # disk: the next model needs the room
+}
+
+build8() {
+  step "build the Llama-3-8B-shaped model (32 blocks, bf16)"
+  [ -f "$WORK/m8b/config.json" ] || run timeout 240 "$PY" scripts/make_random_model.py "${CONFIG8:-llama-8b}" "$WORK/m8b" --text "$DATA"
+  du -sm "$WORK/m8b" | tee -a "$OUT/sizes.txt"
+}
+rtn8() { quant rtn-8b "$WORK/m8b" 120 --method rtn --bits 4 --group-size "${GROUP:-128}"; }
+gptq8() { quant gptq-8b "$WORK/m8b" "${GPTQ8_TIMEOUT:-240}" --method gptq --bits 4 --group-size "${GROUP:-128}" --dataset "$DATA" "${CAL[@]}"; }
+awq8() { quant awq-8b "$WORK/m8b" "${AWQ8_TIMEOUT:-240}" --method awq --bits 4 --group-size "${GROUP:-128}" --dataset "$DATA" "${CAL[@]}"; }
+
+build70() {
+  rm -rf "$WORK/m8b"  # disk
+  step "build the Llama-3-70B-shaped model with ${LAYERS70:-4} blocks (bf16)"
+  [ -f "$WORK/m70b/config.json" ] || run timeout 180 "$PY" scripts/make_random_model.py "${CONFIG70:-llama-70b}" "$WORK/m70b" \
+      --layers "${LAYERS70:-4}" --text "$DATA"
+  du -sm "$WORK/m70b" | tee -a "$OUT/sizes.txt"
+}
+gptq70() { quant "gptq-70b-${LAYERS70:-4}l" "$WORK/m70b" "${GPTQ70_TIMEOUT:-200}" --method gptq --bits 4 --group-size "${GROUP:-128}" --dataset "$DATA" "${CAL[@]}"; }
+
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+"$PY" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+data
+stages=("$@")
+[ ${#stages[@]} -eq 0 ] && stages=(build8 rtn8 gptq8 build70 gptq70)
+for s in "${stages[@]}"; do "$s"; done
+step "done"; cat "$OUT"/*.json 2>/dev/null | "$PY" -c "import sys; print(sys.stdin.read()[-4000:])"
