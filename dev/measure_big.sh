@@ -6,6 +6,7 @@
 #
 #   bash dev/measure_big.sh                    # all stages
 #   bash dev/measure_big.sh build8 rtn8 gptq8  # some of them: build8 rtn8 gptq8 awq8 build70 gptq70
+#   COMPUTE=float32 bash dev/measure_big.sh build8 gptq8   # blocks in float32 (default here: bfloat16)
 #   DEVICE=cpu CONFIG8=tiny CONFIG70=tiny SAMPLES=4 SEQ=64 GROUP=32 bash dev/measure_big.sh   # a smoke test on a CPU
 #
 # Needs nothing beyond the checkout and the machine's torch/transformers/accelerate/safetensors
@@ -23,7 +24,7 @@ export PYTHONPATH=$PWD:$PWD/build/pythonpath${PYTHONPATH:+:$PYTHONPATH} PYTHONUN
 exec > >(tee -a "$OUT/measure_big.log") 2>&1
 PY=${PY:-python3}
 QTOOL=("$PY" -c "from quantize.cli import app; app()")
-CAL=(--num-samples "${SAMPLES:-128}" --seq-len "${SEQ:-2048}")
+CAL=(--num-samples "${SAMPLES:-128}" --seq-len "${SEQ:-2048}" --compute-dtype "${COMPUTE:-bfloat16}")
 
 step() { echo; echo "=== $* [$(date -u +%H:%M:%S)]"; }
 run() { "$@" || echo "FAILED (exit $?): $*"; }
@@ -59,8 +60,8 @@ build8() {
   du -sm "$WORK/m8b" | tee -a "$OUT/sizes.txt"
 }
 rtn8() { quant rtn-8b "$WORK/m8b" 120 --method rtn --bits 4 --group-size "${GROUP:-128}"; }
-gptq8() { quant gptq-8b "$WORK/m8b" "${GPTQ8_TIMEOUT:-240}" --method gptq --bits 4 --group-size "${GROUP:-128}" --dataset "$DATA" "${CAL[@]}"; }
-awq8() { quant awq-8b "$WORK/m8b" "${AWQ8_TIMEOUT:-240}" --method awq --bits 4 --group-size "${GROUP:-128}" --dataset "$DATA" "${CAL[@]}"; }
+gptq8() { quant "gptq-8b-${COMPUTE:-bfloat16}" "$WORK/m8b" "${GPTQ8_TIMEOUT:-240}" --method gptq --bits 4 --group-size "${GROUP:-128}" --dataset "$DATA" "${CAL[@]}"; }
+awq8() { quant "awq-8b-${COMPUTE:-bfloat16}" "$WORK/m8b" "${AWQ8_TIMEOUT:-240}" --method awq --bits 4 --group-size "${GROUP:-128}" --dataset "$DATA" "${CAL[@]}"; }
 
 build70() {
   rm -rf "$WORK/m8b"  # disk

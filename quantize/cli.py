@@ -155,6 +155,9 @@ def quantize(
                                          "finished block (same options as the interrupted run).")] = False,
     dtype: Annotated[str, typer.Option(help="dtype of the unquantized tensors written (embeddings, norms): "
                                        "auto (the source's), bfloat16, float16 or float32.")] = "auto",
+    compute_dtype: Annotated[str, typer.Option("--compute-dtype", help="dtype each block runs in on the device: "
+                                               "float32 (reproducible), or bfloat16/float16 (several times faster "
+                                               "on a GPU; methods keep float32 arithmetic).")] = "float32",
 ) -> None:
     """Quantize MODEL layer by layer and write a packed safetensors checkpoint.
 
@@ -199,9 +202,10 @@ def quantize(
         if uses_gptq and act_order and not static and chosen.weights.strategy.value == "group":
             chosen = chosen.with_weights(actorder=True)  # groups become non-contiguous: store g_idx
         plan = Recipe.single(chosen, method, settings)
-    store_dtype = None if dtype == "auto" else _float_dtype(dtype)
+    store_dtype = None if dtype == "auto" else _float_dtype(dtype, "--dtype")
+    compute = _float_dtype(compute_dtype, "--compute-dtype")
     lazy = format == "qtool" and dataset != "synthetic" and open_lazily(model)
-    float_model, tokenizer = lazy if lazy else load_model(model)
+    float_model, tokenizer = lazy if lazy else load_model(model, dtype=compute)
     if resume and not lazy:
         raise ValueError("--resume needs a safetensors model directory and --format qtool")
     if format == "compressed-tensors":  # fail before quantizing, not after
@@ -214,7 +218,7 @@ def quantize(
         from .calibration import load_stats
         input_scales = load_stats(calibration).input_scales(plan, float_model)
     if lazy:
-        settings = StreamSettings(dtype=store_dtype, resume=resume, overwrite=overwrite)
+        settings = StreamSettings(dtype=store_dtype, compute_dtype=compute, resume=resume, overwrite=overwrite)
         try:
             result = quantize_to_checkpoint(model, plan, output, calibration=batches, device=device,
                                             settings=settings, skeleton_model=float_model, input_scales=input_scales,
@@ -239,11 +243,12 @@ def quantize(
     console.print(f"wrote {output} ({_dir_size(output) / 2**20:.1f} MiB) in {result.report.seconds:.1f} s")
 
 
-def _float_dtype(name: str):
+def _float_dtype(name: str, option: str):
     import torch
 
     if name not in ("bfloat16", "float16", "float32"):
-        raise ValueError(f"unknown --dtype {name!r}; choose from auto, bfloat16, float16, float32")
+        raise ValueError(f"unknown {option} {name!r}; choose from {'auto, ' if option == '--dtype' else ''}"
+                         "bfloat16, float16, float32")
     return getattr(torch, name)
 
 
