@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 import torch.nn as nn
@@ -32,6 +33,49 @@ _FLOAT_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.floa
 
 class LazyLoadError(ValueError):
     """The model cannot be read block by block from its files (no safetensors, or renamed keys)."""
+
+
+class BlockLoader(Protocol):
+    """How the pipeline gets blocks onto the device: `outside` puts what runs before block 0 there for
+    the input capture, `load` and `release` bring one block to the device and take it away."""
+
+    def outside(self, model: nn.Module, blocks: nn.ModuleList,
+                device: torch.device) -> AbstractContextManager[None]: ...
+
+    def load(self, index: int, block: nn.Module, device: torch.device) -> None: ...
+
+    def release(self, index: int, block: nn.Module) -> None: ...
+
+
+def _non_block_modules(model: nn.Module, blocks: nn.ModuleList) -> list[nn.Module]:
+    """Leaf-level modules outside the blocks (embeddings, rotary, final norm, lm_head)."""
+    block_ids = {id(m) for m in blocks.modules()}
+    return [m for m in model.modules() if id(m) not in block_ids and not list(m.children())]
+
+
+class ResidentBlocks:
+    """Block loader for a model held in memory: each block moves to the device for its turn and back."""
+
+    @contextmanager
+    def outside(self, model: nn.Module, blocks: nn.ModuleList, device: torch.device) -> Iterator[None]:
+        outside = _non_block_modules(model, blocks)
+        homes = [next(m.parameters(), torch.empty(0)).device for m in outside]
+        for m in outside:
+            m.to(device)
+        try:
+            yield
+        finally:
+            for m, home in zip(outside, homes, strict=True):
+                m.to(home)
+
+    def load(self, index: int, block: nn.Module, device: torch.device) -> None:
+        self._home, self._device = next(block.parameters()).device, device
+        block.to(device)
+
+    def release(self, index: int, block: nn.Module) -> None:
+        block.to(self._home)
+        if self._device.type == "cuda" and self._home != self._device:
+            torch.cuda.empty_cache()
 
 
 @dataclass
@@ -95,7 +139,7 @@ def skeleton(directory: str | Path, weights: SourceWeights) -> nn.Module:
 
 
 class LazyBlocks:
-    """Block loader (see pipeline.ResidentBlocks) that reads each block from the source shards.
+    """Block loader (`BlockLoader`) that reads each block from the source shards.
 
     compute_dtype: the dtype blocks compute in on the device (float32: what the eager path uses).
     done, partial: blocks below `done` are already quantized and read from the partial output

@@ -18,8 +18,7 @@ an 8B model's: 2.1 GB), else in CPU memory; each pass over a block then copies t
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +27,7 @@ import torch.nn as nn
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .linear import QuantLinear, dequantized_weights, set_submodule
+from .loading import BlockLoader, ResidentBlocks
 from .mappings import Architecture, find_architecture, find_blocks
 from .primitives import QTensor, quantize_weight
 from .scheme import QuantScheme
@@ -172,42 +172,6 @@ def _cache_fits(model: nn.Module, batches: list[torch.Tensor] | None, device: to
     return need <= free / 4
 
 
-def _non_block_modules(model: nn.Module, blocks: nn.ModuleList) -> list[nn.Module]:
-    """Leaf-level modules outside the blocks (embeddings, rotary, final norm, lm_head)."""
-    block_ids = {id(m) for m in blocks.modules()}
-    return [m for m in model.modules() if id(m) not in block_ids and not list(m.children())]
-
-
-class ResidentBlocks:
-    """Block loader for a model held in memory: each block moves to the device for its turn and back.
-
-    A loader has three steps (quantize/loading.py's LazyBlocks reads blocks from the safetensors
-    shards instead): `outside` puts what runs before block 0 on the device for the input capture,
-    `load` and `release` bring one block to the device and take it away.
-    """
-
-    @contextmanager
-    def outside(self, model: nn.Module, blocks: nn.ModuleList, device: torch.device) -> Iterator[None]:
-        outside = _non_block_modules(model, blocks)
-        homes = [next(m.parameters(), torch.empty(0)).device for m in outside]
-        for m in outside:
-            m.to(device)
-        try:
-            yield
-        finally:
-            for m, home in zip(outside, homes, strict=True):
-                m.to(home)
-
-    def load(self, index: int, block: nn.Module, device: torch.device) -> None:
-        self._home, self._device = next(block.parameters()).device, device
-        block.to(device)
-
-    def release(self, index: int, block: nn.Module) -> None:
-        block.to(self._home)
-        if self._device.type == "cuda" and self._home != self._device:
-            torch.cuda.empty_cache()
-
-
 @dataclass
 class QuantizeReport:
     """Per-layer results of a quantization run, for `layer_errors.json`."""
@@ -233,7 +197,7 @@ def run_sequential(
     offload_activations: bool | None = None,
     progress: bool = True,
     description: str = "blocks",
-    loader: ResidentBlocks | None = None,
+    loader: BlockLoader | None = None,
     cache_dtype: torch.dtype | None = None,
 ) -> None:
     """Walk the decoder blocks one at a time on `device`, calling `process(ctx)` for each.
@@ -278,7 +242,7 @@ def run_sequential(
 class Streaming:
     """How quantize_sequential handles blocks beyond quantizing them (all optional).
 
-    loader: brings each block to the device and takes it away (default: pipeline.ResidentBlocks).
+    loader: brings each block to the device and takes it away (default: loading.ResidentBlocks).
     cache_dtype: dtype of the cached activations (default: the dtype the model computes in).
     store_dtype: dtype the block's float parameters (norms, biases) are written in; they are rounded
         to it before the block produces the next block's inputs, so a checkpoint replays exactly.
@@ -287,7 +251,7 @@ class Streaming:
         (the streaming writer).
     """
 
-    loader: ResidentBlocks | None = None
+    loader: BlockLoader | None = None
     cache_dtype: torch.dtype | None = None
     store_dtype: torch.dtype | None = None
     done: int = 0
