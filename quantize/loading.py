@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,6 +153,8 @@ class LazyBlocks:
         self.model, self.weights, self.compute_dtype = model, weights, compute_dtype
         self.prefix, self.blocks = find_blocks(model, find_architecture(model))
         self.done, self.partial, self.schemes, self.replay = done, partial, schemes or {}, replay
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qtool-read")
+        self._next: tuple[int, Future] | None = None
 
     def outside_names(self) -> list[str]:
         """Stored tensors outside the decoder blocks (embeddings, final norm, lm_head)."""
@@ -185,6 +188,12 @@ class LazyBlocks:
             if id(module) not in block_ids:
                 _to_meta(module)
 
+    def _read_block(self, index: int) -> dict[str, torch.Tensor]:
+        """Block `index`'s stored tensors by local name, on the CPU in the source dtype."""
+        prefix = f"{self.prefix}.{index}."
+        names = [n for n in self.weights.files if n.startswith(prefix)]
+        return {k[len(prefix):]: v for k, v in self.weights.read(names).items()}
+
     def load(self, index: int, block: nn.Module, device: torch.device) -> None:
         prefix = f"{self.prefix}.{index}."
         if index < self.done:
@@ -193,8 +202,11 @@ class LazyBlocks:
             replace_linears(block, self.schemes.get(index, {}), device="meta")
             tensors = {k[len(prefix):]: v for k, v in self.partial(index).items()}
         else:
-            names = [n for n in self.weights.files if n.startswith(prefix)]
-            tensors = {k[len(prefix):]: v for k, v in self.weights.read(names).items()}
+            pending = self._next if self._next is not None and self._next[0] == index else None
+            tensors = pending[1].result() if pending else self._read_block(index)
+            # The next block is read from disk while this one is on the device (one more block in host memory).
+            if index + 1 < len(self.blocks):
+                self._next = (index + 1, self._reader.submit(self._read_block, index + 1))
         # Floating parameters compute in compute_dtype; quantized buffers (codes, scales) keep theirs.
         params = {n for n, _ in block.named_parameters()}
         tensors = {k: v.to(device, self.compute_dtype) if k in params and v.is_floating_point() else v.to(device)
