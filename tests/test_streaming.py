@@ -65,6 +65,27 @@ def test_lazy_equals_eager(tmp_path, method):
     assert not partial_dir(tmp_path / "lazy").exists()
 
 
+@pytest.mark.parametrize("model_type, method, extra", [
+    ("qwen2", "gptq", {}), ("gemma3_text", "awq", {"sliding_window": 16}),
+    ("phi3", "gptq", {"tie_word_embeddings": False, "pad_token_id": 0, "eos_token_id": 2})])
+def test_lazy_equals_eager_across_families(tmp_path, model_type, method, extra):
+    """Biases (Qwen2), offset norms and sliding windows (Gemma-3), fused projections (Phi-3)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    cfg = AutoConfig.for_model(model_type, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=2, head_dim=32, vocab_size=128,
+                               max_position_embeddings=256, **extra)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path / "src")
+    tiny_tokenizer().save_pretrained(tmp_path / "src")
+    recipe = Recipe.single(preset("w4a16-asym").with_weights(group_size=64), method)
+    quantize_to_checkpoint(tmp_path / "src", recipe, tmp_path / "lazy", calibration=_batches(2), progress=False)
+    model, _ = load_model(tmp_path / "src")
+    result = quantize_model(model, recipe, calibration=_batches(2), progress=False)
+    save_checkpoint(model, result.config, tmp_path / "eager")
+    _assert_same(tmp_path / "lazy", tmp_path / "eager")
+
+
 def test_bf16_source_keeps_bf16(tmp_path):
     """Unquantized tensors stay bf16 on both paths, which give the same checkpoint with the same dtypes."""
     src = _random_dir(tmp_path / "src", layers=2)
