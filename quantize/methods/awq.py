@@ -175,9 +175,12 @@ def search_clip(weight: torch.Tensor, x: torch.Tensor, args: QuantArgs, *, max_s
 
 
 def quantize_block(ctx: BlockContext, schemes: dict[str, QuantScheme], *, clip: bool = True,
-                   duo_scaling: bool = False, search_tokens: int = 16384) -> dict[str, QTensor]:
+                   duo_scaling: bool = False, search_tokens: int = 4096) -> dict[str, QTensor]:
     """Scale search and folding over every applicable mapping, then clipping search, then rounding.
-    duo_scaling: candidates divide by weight magnitudes too (`candidate_scale`)."""
+    duo_scaling: candidates divide by weight magnitudes too (`candidate_scale`).
+    search_tokens: calibration tokens each of the 20 candidate scales is scored on (mean |x| uses all).
+    The search is most of AWQ's time; on SmolLM2 (32 x 512 WikiText-2 tokens, blocks 0-1) 4096 tokens
+    chose the same scales and gave the same codes as 16384 in a quarter of the search time."""
     for s in schemes.values():
         w = s.weights
         if w.is_float or w.strategy not in (Strategy.GROUP, Strategy.CHANNEL):
