@@ -113,9 +113,11 @@ def test_dtype_option_overrides(tmp_path):
 
 
 def _peak_rss_mib(model_dir: Path, out: Path) -> float:
-    code = ("import resource, sys; from quantize.cli import app\n"
+    # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over exec from the forking (pytest) process.
+    code = ("import sys; from quantize.cli import app\n"
             "try:\n    app(sys.argv[1:])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+            "hwm = next(l for l in open('/proc/self/status') if l.startswith('VmHWM'))\n"
+            "print(int(hwm.split()[1]) / 1024)")
     proc = subprocess.run([sys.executable, "-c", code, "quantize", str(model_dir), "--output", str(out),
                            "--method", "rtn", "--group-size", "128"],
                           capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
