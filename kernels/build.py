@@ -36,8 +36,8 @@ from pathlib import Path
 import torch
 
 CSRC = Path(__file__).resolve().parent / "csrc"
-SOURCES = ("ops.cpp", "wo_gemv.cu", "wo_gemm.cu", "dequant.cu")
-HEADERS = ("wo_kernels.h", "wo_decode.cuh", "wo_common.cuh", "wo_launch.cuh")
+SOURCES = ("ops.cpp", "wo_gemv.cu", "wo_gemm.cu", "dequant.cu", "ops_w8a8.cpp", "act_quant.cu", "w8_gemv.cu")
+HEADERS = ("wo_kernels.h", "wo_decode.cuh", "wo_common.cuh", "wo_launch.cuh", "w8a8.h", "sm90/sm90_scaled_mm.h")
 NAME = "qtool_cuda"
 # The kernels need sm_80+ (bf16 mma.sync, cp.async, ldmatrix). QTOOL_CUDA_ARCHS="90" builds one target
 # (a third of the compile time) where the GPU is known.
@@ -50,7 +50,7 @@ NVCC_FLAGS = [
     *(f"-gencode=arch=compute_{a},code=sm_{a}" for a in ARCHS),
     f"-gencode=arch=compute_{ARCHS[-1]},code=compute_{ARCHS[-1]}",  # PTX for newer GPUs
 ]
-RAW_OPS = ("wo_gemv", "wo_gemm", "dequant_int")
+RAW_OPS = ("wo_gemv", "wo_gemm", "dequant_int", "act_quant", "w8_gemv", "sm90_scaled_mm")
 
 
 def host_compiler() -> str | None:
@@ -99,6 +99,23 @@ def _register_fakes() -> None:
     def dequant_int(qweight, scale, zero, num_bits, group_size, out_features, dtype):
         return qweight.new_empty(out_features, qweight.shape[1] * (256 // num_bits), dtype=dtype)
 
+    def act_quant(x, fmt, group_size, static_scale):
+        m, k = x.shape
+        codes = x.new_empty(m, k, dtype=torch.int8 if fmt == "int8" else getattr(
+            torch, {"e4m3": "float8_e4m3fn", "e5m2": "float8_e5m2"}[fmt]))
+        if group_size > 0 and static_scale is None:  # column-major, as ops_w8a8.cpp writes it
+            return codes, x.new_empty_strided((m, -(-k // group_size)), (1, max(m, 1)), dtype=torch.float32)
+        return codes, x.new_empty(m, 1, dtype=torch.float32)
+
+    def w8_gemv(x, w, scale, bias, block_n, block_k):
+        return x.new_empty(x.shape[0], w.shape[0])
+
+    def sm90_scaled_mm(a, b, a_scale, b_scale, bias, out_dtype):
+        return a.new_empty(a.shape[0], b.shape[0], dtype=out_dtype)
+
+    torch.library.register_fake(f"{NAME}::act_quant")(act_quant)
+    torch.library.register_fake(f"{NAME}::w8_gemv")(w8_gemv)
+    torch.library.register_fake(f"{NAME}::sm90_scaled_mm")(sm90_scaled_mm)
     torch.library.register_fake(f"{NAME}::wo_gemv")(wo_linear)
     torch.library.register_fake(f"{NAME}::wo_gemm")(wo_linear)
     torch.library.register_fake(f"{NAME}::dequant_int")(dequant_int)
@@ -176,10 +193,19 @@ def info() -> dict:
         "ops": available_ops(),
         "cuda_implementations": {
             "qtool::weight_only_linear": "qtool_cuda kernels" if ops is not None else "reference",
-            "qtool::scaled_linear": "torch._scaled_mm / torch._int_mm" if cuda else "reference",
-            "qtool::quantize_activation": "reference",
+            "qtool::scaled_linear": _scaled_linear_path() if cuda else "reference",
+            "qtool::quantize_activation": "qtool_cuda fused kernel" if ops is not None else "reference",
+            "qtool::w8a8_linear": ("qtool_cuda w8_gemv (m <= 16), fused activation quantization + "
+                                   + _scaled_linear_path()) if ops is not None else "reference",
         },
     }
+
+
+def _scaled_linear_path() -> str:
+    from . import sm90  # imports this module
+
+    hopper = "CUTLASS sm90 (libqtool_sm90)" if sm90.load() else f"no CUTLASS sm90 GEMM ({sm90.reason()})"
+    return f"{hopper}; torch._scaled_mm / torch._int_mm; F.scaled_mm block-wise"
 
 
 def build(verbose: bool = True) -> dict:

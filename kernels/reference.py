@@ -92,3 +92,19 @@ def scaled_linear(
         out = out + bias.float()
     return out.to(out_dtype)
 
+
+
+def w8a8_linear(
+    x: torch.Tensor,  # [M, K] fp16/bf16/fp32 activations
+    weight: torch.Tensor,  # [N, K] int8 or fp8 codes
+    weight_scale: torch.Tensor,  # as w_scale of `scaled_linear`
+    bias: torch.Tensor | None,  # [N]
+    input_scale: torch.Tensor | None,  # [1] static activation scale, None for dynamic
+    fmt: str,  # activation format: "int8" | "e4m3" | "e5m2"
+    act_group_size: int,  # 0: per token (or static); g > 0: 1 x g activation groups
+    block_n: int,  # weight blocks, 0 if per channel/tensor
+    block_k: int,
+) -> torch.Tensor:  # [M, N] in x.dtype
+    xq, xs = quantize_activation(x, fmt, act_group_size, input_scale)
+    group = act_group_size if input_scale is None else 0
+    return scaled_linear(xq, xs, weight, weight_scale, bias, group, block_n, block_k, x.dtype)

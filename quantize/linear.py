@@ -128,11 +128,10 @@ class QuantLinear(nn.Module):
     def _forward_w8a8(self, x: torch.Tensor) -> torch.Tensor:
         act, w = self.scheme.input_activations, self.scheme.weights
         fmt = act.fp_format if act.is_float else "int8"
-        x2 = x.reshape(-1, self.in_features)
         group = act.group_size if act.strategy is Strategy.GROUP else 0
-        xq, xs = torch.ops.qtool.quantize_activation(x2, fmt, group, getattr(self, "input_scale", None))
         bn, bk = w.block_structure if w.strategy is Strategy.BLOCK else (0, 0)
-        out = torch.ops.qtool.scaled_linear(xq, xs, self.weight, self.weight_scale, self.bias, group, bn, bk, x.dtype)
+        out = torch.ops.qtool.w8a8_linear(x.reshape(-1, self.in_features), self.weight, self.weight_scale, self.bias,
+                                          getattr(self, "input_scale", None), fmt, group, bn, bk)
         return out.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
