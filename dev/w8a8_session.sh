@@ -10,7 +10,9 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 QTOOL_CUDA_ARCHS=${QTOOL_CUDA_ARCHS:-90} MAX_JOBS=${MAX_JOBS:-16} PYTHONPATH=$PWD
+# kernels/ imports as qtool_kernels, as an install would name it
+mkdir -p /tmp/qk && ln -sfn "$PWD/kernels" /tmp/qk/qtool_kernels
+export PYTHONUNBUFFERED=1 QTOOL_CUDA_ARCHS=${QTOOL_CUDA_ARCHS:-90} MAX_JOBS=${MAX_JOBS:-16} PYTHONPATH=$PWD:/tmp/qk
 exec > >(tee -a "$OUT/session.log") 2>&1
 step() { echo; echo "=== $* [$(date -u +%H:%M:%S)]"; }
 
