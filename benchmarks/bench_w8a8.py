@@ -98,7 +98,7 @@ def _fp8_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def anchors(x: torch.Tensor, fp8: Rotation, fp8_scale: torch.Tensor, blocks: Rotation, block_scale: torch.Tensor,
-            int8: Rotation) -> dict:
+            int8: Rotation, int8_scale: torch.Tensor) -> dict:
     """Torch's own building blocks on the same weights (see module docstring)."""
     m, k = x.shape
     ws = fp8_scale.reshape(1, -1)
@@ -119,6 +119,12 @@ def anchors(x: torch.Tensor, fp8: Rotation, fp8_scale: torch.Tensor, blocks: Rot
         out["blockwise_gemm"] = graph_us(lambda: F.scaled_mm(xq, blocks().t(), xs, ScalingType.BlockWise1x128, sb,
                                                              ScalingType.BlockWise128x128,
                                                              output_dtype=torch.bfloat16))
+    # qtool's fused quantization feeding torch's GEMMs: where these beat the CUTLASS path, dispatch to them.
+    fp8_scale_col, int8_scale_col = fp8_scale.reshape(-1, 1), int8_scale.reshape(-1, 1)
+    out["fp8_act_quant+scaled_mm"] = graph_us(lambda: scaled_mm.torch_scaled_mm(
+        *torch.ops.qtool_cuda.act_quant(x, "e4m3", 0, None), fp8(), fp8_scale_col, None, x.dtype))
+    out["int8_act_quant+int_mm"] = graph_us(lambda: scaled_mm.torch_scaled_mm(
+        *torch.ops.qtool_cuda.act_quant(x, "int8", 0, None), int8(), int8_scale_col, None, x.dtype))
     xi = torch.randint(-127, 128, (max(m, 17), k), device=x.device, dtype=torch.int8)
     out["int_mm_gemm"] = graph_us(lambda: torch._int_mm(xi, int8().t()))
     return out
@@ -143,8 +149,9 @@ def bench_shape(k: int, n: int, tokens: list[int], schemes: list[str]) -> list[d
         if fp8_rows is not None and int8_rows is not None and block_items is not None:
             fp8_scale = layers["fp8"].items[0].weight_scale.reshape(-1).contiguous()
             bscale = block_items[0].weight_scale
+            int8_scale = layers["w8a8-int8"].items[0].weight_scale.reshape(-1).contiguous()
             for key, us in anchors(x, fp8_rows, fp8_scale, Rotation([b.weight for b in block_items]), bscale,
-                                   int8_rows).items():
+                                   int8_rows, int8_scale).items():
                 row[f"{key}_us"] = us
         for key in list(row):
             if key.endswith("_us") and key != "bf16_us" and row[key] and row["bf16_us"]:
@@ -175,7 +182,8 @@ def act_quant_bandwidth() -> dict:
 
 
 def show(rows: list[dict], schemes: list[str]) -> None:
-    keys = [*schemes, "scaled_mm+compile", "blockwise_gemm", "int_mm_gemm"]
+    keys = [*schemes, "scaled_mm+compile", "blockwise_gemm", "int_mm_gemm", "fp8_act_quant+scaled_mm",
+            "int8_act_quant+int_mm"]
     tokens = sorted({r["M"] for r in rows})
     print("\nspeedup over bf16 F.linear (graph replay); columns M")
     print(f"{'variant':20s} {'K x N':12s} " + " ".join(f"{m:>6d}" for m in tokens))

@@ -88,6 +88,13 @@ def scaled_mm(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale
     if _sm90_fits(xq, wq, out_dtype):
         return torch.ops.qtool_cuda.sm90_scaled_mm(xq.contiguous(), wq.contiguous(), _vector(x_scale, m),
                                                    _vector(w_scale, n), bias, out_dtype)
+    return torch_scaled_mm(xq, x_scale, wq, w_scale, bias, out_dtype)
+
+
+def torch_scaled_mm(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor,
+                    bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor | None:
+    """Per-token x per-channel scaled GEMM on torch._scaled_mm (FP8) / torch._int_mm (INT8); None if neither fits."""
+    (m, k), n = xq.shape, wq.shape[0]
     sx = _rowwise(x_scale, m)  # [m, 1]
     sw = _rowwise(w_scale, n).t()  # [1, n]
     if xq.dtype == torch.int8 and wq.dtype == torch.int8:
@@ -114,8 +121,9 @@ BLOCK = 128  # the one block size torch's block-wise FP8 GEMM takes (1x128 activ
 def _blockwise(xq, x_scale, wq, w_scale, bias, x_group_size, w_block_n, w_block_k, out_dtype):
     """FP8 1x128 x 128x128 through F.scaled_mm (cuBLAS), with the scale layouts `_block_layout` found."""
     k = xq.shape[1]
+    # cuBLAS wants the weight scales' row stride (k / 128 floats) 16-byte aligned: k % 512 == 0.
     fits = (xq.is_cuda and xq.dtype == wq.dtype == torch.float8_e4m3fn and x_group_size == BLOCK
-            and (w_block_n, w_block_k) == (BLOCK, BLOCK) and k % BLOCK == 0 and hasattr(F, "scaled_mm"))
+            and (w_block_n, w_block_k) == (BLOCK, BLOCK) and k % (4 * BLOCK) == 0 and hasattr(F, "scaled_mm"))
     layout = _block_layout(xq.device.index or 0) if fits else None
     if layout is None:
         return None
@@ -143,10 +151,10 @@ def _block_layout(device_index: int) -> tuple[bool, bool] | None:
     device on a small random problem against the reference; None when none does (older GPUs, builds)."""
     device = torch.device("cuda", device_index)
     g = torch.Generator(device=device).manual_seed(0)
-    x = torch.randn(256, 256, device=device, generator=g)
-    w = torch.randn(256, 256, device=device, generator=g)
+    x = torch.randn(256, 512, device=device, generator=g)
+    w = torch.randn(384, 512, device=device, generator=g)
     xq, xs = reference.quantize_activation(x, "e4m3", BLOCK, None)
-    ws = w.reshape(2, BLOCK, 2, BLOCK).abs().amax((1, 3)) / 448
+    ws = w.reshape(3, BLOCK, 4, BLOCK).abs().amax((1, 3)) / 448
     wq = (w / ws.repeat_interleave(BLOCK, 0).repeat_interleave(BLOCK, 1)).to(torch.float8_e4m3fn)
     want = reference.scaled_linear(xq, xs, wq, ws, None, BLOCK, BLOCK, BLOCK, torch.float32)
     for layout in ((True, False), (True, True), (False, False), (False, True)):

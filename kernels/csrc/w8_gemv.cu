@@ -2,7 +2,7 @@
 // activations, for m <= 16 tokens: the W8A8 layers' path at decode sizes, where the weight bytes set
 // the time and quantizing the activations would only add a launch (issue 18).
 //
-// Work split. A block of kWarps warps owns kRowsPerBlock = 32 weight rows (two "stripes" of 16, the M of
+// Work split. A block of kWarps warps owns one or two "stripes" of 16 weight rows (the M of
 // mma.m16n8k16); its warps split k into 64-wide tiles taken round-robin, so together they stream
 // 8 x 64 contiguous codes of every row at a time. Partial sums meet in shared memory at the end.
 //
@@ -26,21 +26,32 @@ namespace qtool {
 namespace {
 
 constexpr int kWarps = 8;
-constexpr int kStripes = 2;  // 16-row stripes per warp (and per block)
-constexpr int kRowsPerBlock = 16 * kStripes;
 constexpr int kTileK = 64;
-constexpr int kUnroll = 2;  // tiles in flight per warp: 2 x kStripes x 2 rows x 16 bytes per lane
+constexpr int kUnroll = 4;  // tiles in flight per warp: 4 x kStripes x 2 rows x 16 bytes per lane
+// 16-row stripes per block: two share the activation loads, one gives twice the blocks (n < this).
+constexpr int kTwoStripesMinN = 16384;
 
-// Four codes (one 32-bit word) -> two packed pairs of T: (c0, c1) and (c2, c3).
+// Four codes (one 32-bit word) -> two packed pairs of T: (c0, c1) and (c2, c3), exactly.
+// int8 without integer-to-float instructions (a quarter of the FMA rate): flipping the sign bit gives
+// u = c + 128 in 0..255, which placed in the low mantissa bits of a float (fp16: 1024 + u as 0x64uu;
+// fp32 for bf16: 2^23 + u) is one subtraction away from c.
 template <typename T, CodeFormat F>
 __device__ inline void decode4(uint32_t word, uint32_t& lo, uint32_t& hi) {
   if constexpr (F == CodeFormat::kInt8) {
-    const float c0 = static_cast<float>(static_cast<int8_t>(word & 0xff));
-    const float c1 = static_cast<float>(static_cast<int8_t>((word >> 8) & 0xff));
-    const float c2 = static_cast<float>(static_cast<int8_t>((word >> 16) & 0xff));
-    const float c3 = static_cast<float>(static_cast<int8_t>(word >> 24));
-    lo = float2_to_pair(c0, c1, T{});
-    hi = float2_to_pair(c2, c3, T{});
+    const uint32_t u = word ^ 0x80808080u;
+    if constexpr (std::is_same_v<T, __half>) {
+      const uint32_t bias = 0x64806480u;  // (1024 + 128, 1024 + 128)
+      lo = sub_pair(__byte_perm(u, 0x64646464u, 0x5140), bias, __half{});
+      hi = sub_pair(__byte_perm(u, 0x64646464u, 0x7362), bias, __half{});
+    } else {
+      constexpr float kMagic = 8388736.0f;  // 2^23 + 128
+      const float c0 = __uint_as_float(0x4B000000u | (u & 0xff)) - kMagic;
+      const float c1 = __uint_as_float(0x4B000000u | ((u >> 8) & 0xff)) - kMagic;
+      const float c2 = __uint_as_float(0x4B000000u | ((u >> 16) & 0xff)) - kMagic;
+      const float c3 = __uint_as_float(0x4B000000u | (u >> 24)) - kMagic;
+      lo = float2_to_pair(c0, c1, T{});
+      hi = float2_to_pair(c2, c3, T{});
+    }
   } else {
     constexpr __nv_fp8_interpretation_t kind = F == CodeFormat::kE4M3 ? __NV_E4M3 : __NV_E5M2;
     const __half2_raw a = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(word & 0xffff), kind);
@@ -56,8 +67,9 @@ __device__ inline void decode4(uint32_t word, uint32_t& lo, uint32_t& hi) {
   }
 }
 
-template <typename T, CodeFormat F, int TokenTiles, bool Blocked>
+template <typename T, CodeFormat F, int TokenTiles, bool Blocked, int kStripes>
 __global__ void __launch_bounds__(kWarps * 32) w8_gemv(W8GemvProblem p) {
+  constexpr int kRowsPerBlock = 16 * kStripes;
   __shared__ float partial[kWarps][kStripes][TokenTiles][32][4];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
@@ -151,13 +163,21 @@ __global__ void __launch_bounds__(kWarps * 32) w8_gemv(W8GemvProblem p) {
   }
 }
 
+template <typename T, CodeFormat F, int TokenTiles, int Stripes>
+void launch_stripes(const W8GemvProblem& p, cudaStream_t stream) {
+  const unsigned blocks = static_cast<unsigned>((p.n + 16 * Stripes - 1) / (16 * Stripes));
+  if (p.block_n > 0)
+    w8_gemv<T, F, TokenTiles, true, Stripes><<<blocks, kWarps * 32, 0, stream>>>(p);
+  else
+    w8_gemv<T, F, TokenTiles, false, Stripes><<<blocks, kWarps * 32, 0, stream>>>(p);
+}
+
 template <typename T, CodeFormat F, int TokenTiles>
 void launch_tiles(const W8GemvProblem& p, cudaStream_t stream) {
-  const unsigned blocks = static_cast<unsigned>((p.n + kRowsPerBlock - 1) / kRowsPerBlock);
-  if (p.block_n > 0)
-    w8_gemv<T, F, TokenTiles, true><<<blocks, kWarps * 32, 0, stream>>>(p);
+  if (p.n >= kTwoStripesMinN)
+    launch_stripes<T, F, TokenTiles, 2>(p, stream);
   else
-    w8_gemv<T, F, TokenTiles, false><<<blocks, kWarps * 32, 0, stream>>>(p);
+    launch_stripes<T, F, TokenTiles, 1>(p, stream);
 }
 
 template <typename T, CodeFormat F>

@@ -36,8 +36,17 @@ Stride packed_rows(int64_t rows, int64_t cols) {
   return s;
 }
 
+int sm_count() {
+  static const int count = [] {
+    int device = 0;
+    cudaGetDevice(&device);
+    return cutlass::KernelHardwareInfo::query_device_multiprocessor_count(device);
+  }();
+  return count;
+}
+
 template <class ElementAB, class ElementD, class TileShape, class ClusterShape, class KernelSchedule,
-          class EpilogueSchedule>
+          class EpilogueSchedule, class Scheduler>
 struct ScaledGemm {
   using ElementAcc = std::conditional_t<std::is_same_v<ElementAB, int8_t>, int32_t, float>;
   static constexpr int kAlignAB = 16;  // elements: 16 bytes of 8-bit codes, what TMA wants
@@ -66,8 +75,7 @@ struct ScaledGemm {
       cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
       KernelSchedule>::CollectiveOp;
 
-  using Kernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, Mainloop, Epilogue,
-                                                      cutlass::gemm::PersistentScheduler>;
+  using Kernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, Mainloop, Epilogue, Scheduler>;
   using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
 
   static typename Gemm::Arguments arguments(const ScaledMmArgs& p) {
@@ -82,11 +90,13 @@ struct ScaledGemm {
         {{p.b_scale, 0.0f, {_0{}, _1{}, 0}}, {}, {}},                   // AccTimesChannel: ChannelScale, Acc, Mul
         {p.bias, 0.0f, {_0{}, _1{}, 0}},                                // Bias (nullptr: 0)
         {}};                                                            // Fma
-    return typename Gemm::Arguments{
+    typename Gemm::Arguments args{
         cutlass::gemm::GemmUniversalMode::kGemm,
         {p.m, p.n, p.k, 1},
         {static_cast<const ElementAB*>(p.a), sa, static_cast<const ElementAB*>(p.b), sb},
         {tree, nullptr, sd, static_cast<ElementD*>(p.d), sd}};
+    args.hw_info.sm_count = sm_count();  // else CUTLASS queries the device on every call
+    return args;
   }
 
   static size_t workspace(const ScaledMmArgs& p) { return Gemm::get_workspace_size(arguments(p)); }
@@ -102,16 +112,25 @@ struct ScaledGemm {
   }
 };
 
-// Two shapes: skinny m keeps one 64-row tile per column tile (ping-pong: one warpgroup's epilogue
-// overlaps the other's math); large m takes 128 x 128 tiles split between two consumer warpgroups,
-// with a 2-CTA cluster multicasting the weight tile.
+// FP8 accumulates in the tensor cores' own precision between k-tiles ("fast accumulation", as the
+// FP8 GEMMs of vLLM and TensorRT-LLM do for inference); int8 accumulates exactly in int32.
+template <class AB>
+using CooperativeSchedule =
+    std::conditional_t<std::is_same_v<AB, int8_t>, cutlass::gemm::KernelTmaWarpSpecializedCooperative,
+                       cutlass::gemm::KernelTmaWarpSpecializedCooperativeFP8FastAccum>;
+
+// Two shapes. Skinny m (up to kSkinnyMaxM tokens) is bound by the weight bytes and has few output
+// tiles, fewer than the 132 SMs for n <= 16k: stream-K splits the k loop of the tiles across all
+// SMs. Large m is bound by the tensor cores: 128 x 256 tiles (FP8) or 128 x 128 (int8, whose wider
+// accumulators leave less room), two consumer warpgroups, a 2-CTA cluster multicasting the weights.
 template <class AB, class D>
-using Skinny = ScaledGemm<AB, D, Shape<_64, _128, _128>, Shape<_1, _1, _1>,
-                          cutlass::gemm::KernelTmaWarpSpecializedPingpong, cutlass::epilogue::TmaWarpSpecialized>;
+using Skinny = ScaledGemm<AB, D, Shape<_128, _128, _128>, Shape<_1, _1, _1>, CooperativeSchedule<AB>,
+                          cutlass::epilogue::TmaWarpSpecializedCooperative, cutlass::gemm::StreamKScheduler>;
 template <class AB, class D>
-using Large = ScaledGemm<AB, D, Shape<_128, _128, _128>, Shape<_2, _1, _1>,
-                         cutlass::gemm::KernelTmaWarpSpecializedCooperative,
-                         cutlass::epilogue::TmaWarpSpecializedCooperative>;
+using Large = ScaledGemm<AB, D, std::conditional_t<std::is_same_v<AB, int8_t>, Shape<_128, _128, _128>,
+                                                   Shape<_128, _256, _128>>,
+                         Shape<_2, _1, _1>, CooperativeSchedule<AB>, cutlass::epilogue::TmaWarpSpecializedCooperative,
+                         cutlass::gemm::PersistentScheduler>;
 
 constexpr int kSkinnyMaxM = 128;
 
