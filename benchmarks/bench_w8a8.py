@@ -64,7 +64,7 @@ def graph_us(call) -> float | None:
         with torch.cuda.graph(graph):
             for _ in range(CALLS):
                 call()
-    except (RuntimeError, NotImplementedError) as err:
+    except (RuntimeError, NotImplementedError, ValueError) as err:
         print(f"  capture failed: {str(err).splitlines()[0][:200]}")
         return None
     times = []
@@ -108,17 +108,10 @@ def anchors(x: torch.Tensor, fp8: Rotation, fp8_scale: torch.Tensor, blocks: Rot
         return torch._scaled_mm(xq, fp8().t(), scale_a=s, scale_b=ws, out_dtype=torch.bfloat16)
 
     out = {"scaled_mm+compile": graph_us(fp8_rowwise)}
-    layout = scaled_mm._block_layout(x.device.index or 0) if k % 128 == 0 and hasattr(F, "scaled_mm") else None
-    if layout is not None:
-        from torch.nn.functional import ScalingType
-
+    if k % 512 == 0 and hasattr(F, "scaled_mm"):
         xq = x.to(torch.float8_e4m3fn)
         xs = torch.ones(m, k // 128, device=x.device)
-        xs = xs.t().contiguous().t() if layout[0] else xs
-        sb = block_scale.t().contiguous() if layout[1] else block_scale.t()
-        out["blockwise_gemm"] = graph_us(lambda: F.scaled_mm(xq, blocks().t(), xs, ScalingType.BlockWise1x128, sb,
-                                                             ScalingType.BlockWise128x128,
-                                                             output_dtype=torch.bfloat16))
+        out["blockwise_gemm"] = graph_us(lambda: scaled_mm.block_mm(xq, xs, blocks(), block_scale))
     # qtool's fused quantization feeding torch's GEMMs: where these beat the CUTLASS path, dispatch to them.
     fp8_scale_col, int8_scale_col = fp8_scale.reshape(-1, 1), int8_scale.reshape(-1, 1)
     out["fp8_act_quant+scaled_mm"] = graph_us(lambda: scaled_mm.torch_scaled_mm(
