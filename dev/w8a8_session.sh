@@ -50,8 +50,8 @@ bench() {
 bench8b() {
   for scheme in ${SCHEMES_8B:-fp8 w8a8-int8 fp8-block}; do
     step "8B-shaped Llama, $scheme vs bf16"
-    timeout 200 python3 -m quantize bench llama-8b --random-weights --scheme "$scheme" --decode-tokens 64 \
-      --batch-sizes 1,16 --prefill-len 2048 --json "$OUT/bench8b-$scheme.json" 2>&1 | tail -30
+    timeout 200 python3 -m quantize bench llama-8b --random-weights --scheme "$scheme" --decode-tokens 32 \
+      --batch-sizes 1,16 --prefill-len 2048 --json "$OUT/bench8b-$scheme.json" 2>&1 | tail -22
   done
 }
 

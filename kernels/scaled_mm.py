@@ -69,10 +69,23 @@ def _vector(scale: torch.Tensor, rows: int) -> torch.Tensor:
     return flat.expand(rows).contiguous() if flat.numel() == 1 and rows != 1 else flat.contiguous()
 
 
+SM90_SKINNY_MAX_M = 128  # scaled_mm_sm90.cu, kSkinnyMaxM
+SM90_FP8_TILE = (128, 256)  # its FP8 tile above that
+
+
 def _sm90_fits(xq: torch.Tensor, wq: torch.Tensor, out_dtype: torch.dtype) -> bool:
-    k, n = xq.shape[1], wq.shape[0]
-    return (xq.is_cuda and out_dtype in KERNEL_DTYPES and xq.dtype == wq.dtype
+    """Whether libqtool_sm90 takes this GEMM and is the fastest choice for it.
+
+    Measured on the H200 (BENCHMARKS.md): above the skinny range, an FP8 problem with fewer 128 x 256
+    output tiles than SMs leaves SMs idle, and cuBLAS's row-wise FP8 GEMM (torch._scaled_mm) is
+    faster there (1.24x against 0.82x bf16 at 512 x 4096 x 4096); int8 has no such alternative."""
+    (m, k), n = xq.shape, wq.shape[0]
+    fits = (xq.is_cuda and out_dtype in KERNEL_DTYPES and xq.dtype == wq.dtype
             and xq.dtype in (torch.int8, torch.float8_e4m3fn) and k % 16 == 0 and n % 8 == 0 and sm90.load())
+    if fits and xq.dtype == torch.float8_e4m3fn and m > SM90_SKINNY_MAX_M:
+        tiles = -(-m // SM90_FP8_TILE[0]) * -(-n // SM90_FP8_TILE[1])
+        return tiles >= torch.cuda.get_device_properties(xq.device).multi_processor_count
+    return fits
 
 
 def scaled_mm(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor,

@@ -114,23 +114,26 @@ struct ScaledGemm {
 
 // FP8 accumulates in the tensor cores' own precision between k-tiles ("fast accumulation", as the
 // FP8 GEMMs of vLLM and TensorRT-LLM do for inference); int8 accumulates exactly in int32.
-template <class AB>
-using CooperativeSchedule =
-    std::conditional_t<std::is_same_v<AB, int8_t>, cutlass::gemm::KernelTmaWarpSpecializedCooperative,
-                       cutlass::gemm::KernelTmaWarpSpecializedCooperativeFP8FastAccum>;
+template <class AB, class Exact, class Fast>
+using Schedule = std::conditional_t<std::is_same_v<AB, int8_t>, Exact, Fast>;
 
-// Two shapes. Skinny m (up to kSkinnyMaxM tokens) is bound by the weight bytes and has few output
-// tiles, fewer than the 132 SMs for n <= 16k: stream-K splits the k loop of the tiles across all
-// SMs. Large m is bound by the tensor cores: 128 x 256 tiles (FP8) or 128 x 128 (int8, whose wider
-// accumulators leave less room), two consumer warpgroups, a 2-CTA cluster multicasting the weights.
+// Two shapes, measured on the H200 (BENCHMARKS.md). Skinny m (up to kSkinnyMaxM tokens) is bound by
+// the weight bytes: one 64-row tile per column tile, two warpgroups in ping-pong so one's epilogue
+// overlaps the other's math (a 128-row stream-K variant measured 0.5-0.9x of this at n = 4096).
+// Large m is bound by the tensor cores: 128 x 256 tiles (FP8) or 128 x 128 (int8), two consumer
+// warpgroups, a 2-CTA cluster multicasting the weight tile.
 template <class AB, class D>
-using Skinny = ScaledGemm<AB, D, Shape<_128, _128, _128>, Shape<_1, _1, _1>, CooperativeSchedule<AB>,
-                          cutlass::epilogue::TmaWarpSpecializedCooperative, cutlass::gemm::StreamKScheduler>;
+using Skinny = ScaledGemm<AB, D, Shape<_64, _128, _128>, Shape<_1, _1, _1>,
+                          Schedule<AB, cutlass::gemm::KernelTmaWarpSpecializedPingpong,
+                                   cutlass::gemm::KernelTmaWarpSpecializedPingpongFP8FastAccum>,
+                          cutlass::epilogue::TmaWarpSpecialized, cutlass::gemm::PersistentScheduler>;
 template <class AB, class D>
 using Large = ScaledGemm<AB, D, std::conditional_t<std::is_same_v<AB, int8_t>, Shape<_128, _128, _128>,
                                                    Shape<_128, _256, _128>>,
-                         Shape<_2, _1, _1>, CooperativeSchedule<AB>, cutlass::epilogue::TmaWarpSpecializedCooperative,
-                         cutlass::gemm::PersistentScheduler>;
+                         Shape<_2, _1, _1>,
+                         Schedule<AB, cutlass::gemm::KernelTmaWarpSpecializedCooperative,
+                                  cutlass::gemm::KernelTmaWarpSpecializedCooperativeFP8FastAccum>,
+                         cutlass::epilogue::TmaWarpSpecializedCooperative, cutlass::gemm::PersistentScheduler>;
 
 constexpr int kSkinnyMaxM = 128;
 
