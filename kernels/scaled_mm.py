@@ -82,7 +82,8 @@ def _sm90_fits(xq: torch.Tensor, wq: torch.Tensor, out_dtype: torch.dtype) -> bo
     (m, k), n = xq.shape, wq.shape[0]
     fits = (xq.is_cuda and out_dtype in KERNEL_DTYPES and xq.dtype == wq.dtype
             and xq.dtype in (torch.int8, torch.float8_e4m3fn) and k % 16 == 0 and n % 8 == 0 and sm90.load())
-    if fits and xq.dtype == torch.float8_e4m3fn and m > SM90_SKINNY_MAX_M:
+    cublas_takes_it = k % 16 == 0 and n % 16 == 0
+    if fits and xq.dtype == torch.float8_e4m3fn and m > SM90_SKINNY_MAX_M and cublas_takes_it:
         tiles = -(-m // SM90_FP8_TILE[0]) * -(-n // SM90_FP8_TILE[1])
         return tiles >= torch.cuda.get_device_properties(xq.device).multi_processor_count
     return fits
