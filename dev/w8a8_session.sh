@@ -58,7 +58,7 @@ bench8b() {
 sanitize() {
   step "compute-sanitizer memcheck and racecheck on dev/sanitize_w8a8.py"
   for tool in memcheck racecheck; do
-    timeout 240 compute-sanitizer --tool $tool --error-exitcode 3 python3 dev/sanitize_w8a8.py 2>&1 | tail -4
+    timeout 150 compute-sanitizer --tool $tool --error-exitcode 3 python3 dev/sanitize_w8a8.py 2>&1 | tail -4
   done
 }
 
