@@ -21,17 +21,17 @@ from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
 from conftest import quantized_checkpoint, tiny_llama
-from quantize.checkpoint import load_checkpoint, save_checkpoint, write_checkpoint
+from quantize.checkpoint import save_checkpoint, write_checkpoint
 from quantize.cli import app
 from quantize.compressed import (
     CT_VERSION,
     CompressedTensorsError,
-    export_compressed_tensors,
     pack_dense,
     unpack_dense,
 )
 from quantize.hf import compressed_tensors_via_qtool
 from quantize.linear import QuantLinear, set_submodule
+from quantize.loading import export_compressed_tensors, load_checkpoint
 from quantize.primitives import QTensor, pack_int
 from quantize.quantizer import quantize_model
 from quantize.recipe import Recipe

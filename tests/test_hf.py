@@ -14,8 +14,9 @@ from transformers import AutoModelForCausalLM
 
 import quantize  # noqa: F401  (registers quant_method "qtool" with transformers)
 from conftest import quantized_checkpoint
-from quantize.checkpoint import TRANSFORMERS_GUARD, load_checkpoint, read_quantization_config, read_tensors
+from quantize.checkpoint import TRANSFORMERS_GUARD, read_quantization_config, read_tensors
 from quantize.linear import QuantLinear
+from quantize.loading import load_checkpoint
 from quantize.scheme import preset
 
 SCHEMES = {
