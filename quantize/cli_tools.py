@@ -9,7 +9,15 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .cli import BatchSizeOpt, DatasetConfigOpt, DeviceOpt, TextColumnOpt, app, console, handles_errors
+from .cli_options import (
+    BatchSizeOpt,
+    DatasetConfigOpt,
+    DeviceOpt,
+    TextColumnOpt,
+    app,
+    console,
+    handles_errors,
+)
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -19,7 +27,7 @@ def _load_any(path: str, device: str, dtype: str = "float32"):
     import torch
     from transformers import AutoTokenizer
 
-    from .checkpoint import load_checkpoint
+    from .loading import load_checkpoint
     from .quantizer import load_model
 
     if Path(path, "config.json").is_file() and "quantization_config" in json.loads(Path(path, "config.json").read_text()):

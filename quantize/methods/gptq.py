@@ -32,6 +32,39 @@ from ..primitives import (
 )
 from ..scheme import QuantArgs, Strategy
 
+
+@dataclass(frozen=True)
+class GPTQSettings:
+    """What `quantize_block` accepts: `method_args` of gptq in recipes, `--damp` etc. on the command line.
+
+    act_order, static_groups: by default columns go in descending Hessian diagonal order with group
+    scales fixed up front (static_groups=None follows act_order), as llm-compressor does; on SmolLM2
+    W4 g64 this took perplexity from about 40 to 37.6 and needs no g_idx (BENCHMARKS.md).
+    true_sequential: quantize q/k/v, then o, then gate/up, then down, gathering each group's
+    Hessians with the earlier groups already quantized (inputs as in deployment).
+    """
+
+    damp: float = 0.01  # a fraction of the mean Hessian diagonal
+    act_order: bool = True
+    static_groups: bool | None = None
+    true_sequential: bool = True
+    block_size: int = 128  # columns per lazy update
+
+    def __post_init__(self) -> None:
+        if not self.damp >= 0:
+            raise ValueError(f"damp must be >= 0, got {self.damp}")
+        if self.block_size < 1:
+            raise ValueError(f"block_size must be positive, got {self.block_size}")
+
+    @property
+    def static(self) -> bool:
+        return self.act_order if self.static_groups is None else self.static_groups
+
+    def stores_g_idx(self, weights: QuantArgs) -> bool:
+        """Act-order with group scales chosen in the loop makes groups non-contiguous: the layer stores g_idx."""
+        return self.act_order and not self.static and weights.strategy is Strategy.GROUP
+
+
 MAX_DAMP_RETRIES = 4  # each multiplies damp by 10: 0.01 -> 100; a Hessian that needs more is broken
 FIRST_RETRY_DAMP = 0.01  # the retry after a failure at damp=0 (10 * 0 would not help)
 
@@ -281,19 +314,16 @@ def _input_owners(arch, group: list[str]) -> dict[str, str]:
 def quantize_block(ctx, schemes: dict, *, damp: float = 0.01, block_size: int = 128, act_order: bool = True,
                    static_groups: bool | None = None, true_sequential: bool = True,
                    min_tokens_per_feature: float = 1.0) -> dict[str, QTensor]:
-    """GPTQ every named linear of the block (ctx: pipeline.BlockContext, schemes: {name: QuantScheme}).
+    """GPTQ every named linear of the block (ctx: pipeline.BlockContext, schemes: {name: QuantScheme});
+    settings as in `GPTQSettings`.
 
-    true_sequential: quantize q/k/v, then o, then gate/up, then down, gathering each group's
-    Hessians with the earlier groups already quantized (inputs as in deployment).
     min_tokens_per_feature: warn when fewer calibration tokens than this many per input feature
     were seen, as the Hessian is then poorly conditioned.
-    act_order, static_groups: by default columns go in descending Hessian diagonal order with group
-    scales fixed up front (static_groups=None follows act_order), as llm-compressor does; on SmolLM2
-    W4 g64 this took perplexity from about 40 to 37.6 and needs no g_idx (BENCHMARKS.md).
     """
-    static_groups = act_order if static_groups is None else static_groups
+    settings = GPTQSettings(damp, act_order, static_groups, true_sequential, block_size)
+    static_groups = settings.static
     for name, scheme in schemes.items():
-        wants_gidx = act_order and not static_groups and scheme.weights.strategy is Strategy.GROUP
+        wants_gidx = settings.stores_g_idx(scheme.weights)
         if wants_gidx != scheme.weights.actorder:
             raise ValueError(f"{ctx.prefix}{name}: act_order without static_groups stores g_idx, so the scheme "
                              f"needs actorder={wants_gidx} (got {scheme.weights.actorder})")
