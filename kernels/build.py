@@ -37,7 +37,7 @@ import torch
 
 CSRC = Path(__file__).resolve().parent / "csrc"
 SOURCES = ("ops.cpp", "wo_gemv.cu", "wo_gemm.cu", "dequant.cu")
-HEADERS = ("wo_kernels.h", "wo_decode.cuh", "wo_common.cuh", "wo_launch.cuh")
+HEADERS = ("wo_kernels.h", "wo_decode.cuh", "wo_common.cuh")
 NAME = "qtool_cuda"
 # The kernels need sm_80+ (bf16 mma.sync, cp.async, ldmatrix). $QTOOL_CUDA_ARCHS="90" (a build option,
 # README "Build options") builds one target, a third of the compile time, where the GPU is known.
