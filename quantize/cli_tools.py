@@ -1,4 +1,4 @@
-"""`qtool eval`, `qtool report` and `qtool bench`: registered on the app defined in cli.py."""
+"""`qtool eval`, `qtool report`, `qtool bench` and `qtool kernels`: registered on the app of cli_options.py."""
 
 from __future__ import annotations
 
@@ -218,9 +218,9 @@ app.add_typer(kernels_app, name="kernels")
 @handles_errors
 def kernels_info(json_out: Annotated[Path | None, typer.Option("--json", help="Also write it as JSON.")] = None) -> None:
     """What was built, for which GPU, and which implementation each qtool op uses."""
-    import qtool_kernels
+    from qtool_kernels import build
 
-    info = qtool_kernels.info()
+    info = build.info()
     table = Table(title="qtool kernels")
     table.add_column("key")
     table.add_column("value")
@@ -235,7 +235,7 @@ def kernels_info(json_out: Annotated[Path | None, typer.Option("--json", help="A
 @handles_errors
 def kernels_build() -> None:
     """Compile the CUDA extension ahead of time (otherwise it is built on first use)."""
-    import qtool_kernels.build as build
+    from qtool_kernels import build
 
     try:
         build.build()
