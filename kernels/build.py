@@ -35,6 +35,8 @@ from pathlib import Path
 
 import torch
 
+from .layout import chunk_k
+
 CSRC = Path(__file__).resolve().parent / "csrc"
 SOURCES = ("ops.cpp", "wo_gemv.cu", "wo_gemm.cu", "dequant.cu")
 HEADERS = ("wo_kernels.h", "wo_decode.cuh", "wo_common.cuh")
@@ -99,7 +101,7 @@ def _register_fakes() -> None:
         return x.new_empty(x.shape[0], out_features)
 
     def dequant_int(qweight, scale, zero, num_bits, group_size, out_features, dtype):
-        return qweight.new_empty(out_features, qweight.shape[1] * (256 // num_bits), dtype=dtype)
+        return qweight.new_empty(out_features, qweight.shape[1] * chunk_k(num_bits), dtype=dtype)
 
     torch.library.register_fake(f"{NAME}::wo_gemv")(wo_linear)
     torch.library.register_fake(f"{NAME}::wo_gemm")(wo_linear)
@@ -192,8 +194,10 @@ def info() -> dict:
         "build_dir": str(build_dir()),
         "ops": available_ops(),
         "cuda_implementations": {
-            # QuantLinear runs the qtool_cuda kernels directly (quantize/linear.py); the op is the reference.
+            # Weight-only QuantLinear layers call the qtool_cuda kernels directly (quantize/linear.py);
+            # the op itself is the reference, for every layout the kernels do not take.
             "weight-only QuantLinear": "qtool_cuda kernels" if ops is not None else "reference",
+            "qtool::weight_only_linear": "reference",
             "qtool::scaled_linear": "torch._scaled_mm / torch._int_mm" if cuda else "reference",
             "qtool::quantize_activation": "reference",
         },

@@ -14,20 +14,36 @@ from rich.table import Table
 
 from . import cli_tools  # noqa: F401  (registers eval, report, bench and kernels on `app`)
 from .cli_options import (
+    ActOrderOpt,
+    AlphaOpt,
     BatchSizeOpt,
+    BitsOpt,
+    CalibrationOpt,
     CheckpointArg,
+    ClipOpt,
+    DampOpt,
     DatasetConfigOpt,
     DatasetOpt,
     DeviceOpt,
+    DuoScalingOpt,
     FormatOpt,
+    GroupSizeOpt,
+    MethodOpt,
     ModelArg,
     NumSamplesOpt,
+    OffloadOpt,
     OutputOpt,
     OverwriteOpt,
+    RecipeOpt,
+    SchemeOpt,
     SeedOpt,
     SeqLenOpt,
     SplitOpt,
+    StaticGroupsOpt,
+    SymmetricOpt,
     TextColumnOpt,
+    TrueSequentialOpt,
+    WeightsOpt,
     app,
     console,
     err_console,
@@ -101,17 +117,12 @@ def single_recipe(method: str, scheme: str | None, bits: int | None, group_size:
 def quantize(
     model: ModelArg,
     output: OutputOpt,
-    method: Annotated[str | None, typer.Option(help="rtn (default), gptq, awq, smoothquant, int8 or fp8.")] = None,
-    scheme: Annotated[str | None, typer.Option(help="Named preset, e.g. w4a16, w8a8-int8, fp8-block; "
-                                                    "default: the method's (w4a16; awq: w4a16-asym; "
-                                                    "smoothquant, int8: w8a8-int8; fp8: fp8).")] = None,
-    recipe: Annotated[Path | None, typer.Option(help="YAML recipe (configs/*.yaml), instead of --method, --scheme "
-                                                     "and the weight and method options.")] = None,
-    bits: Annotated[int | None, typer.Option(help="Weight bits (2-8) of integer weight-only schemes.")] = None,
-    group_size: Annotated[int | None, typer.Option("--group-size", help="Inputs per scale of integer weight-only "
-                                                   "schemes; -1 = one scale per output channel.")] = None,
-    symmetric: Annotated[bool | None, typer.Option("--symmetric/--asymmetric", help="Zero points or not "
-                                                   "(integer weight-only schemes).")] = None,
+    method: MethodOpt = None,
+    scheme: SchemeOpt = None,
+    recipe: RecipeOpt = None,
+    bits: BitsOpt = None,
+    group_size: GroupSizeOpt = None,
+    symmetric: SymmetricOpt = None,
     dataset: DatasetOpt = None,
     dataset_config: DatasetConfigOpt = None,
     split: SplitOpt = "train",
@@ -120,31 +131,17 @@ def quantize(
     seq_len: SeqLenOpt = 512,
     batch_size: BatchSizeOpt = 4,
     seed: SeedOpt = 0,
-    damp: Annotated[float | None, typer.Option(help="GPTQ: dampening, a fraction of the mean Hessian diagonal "
-                                                    "[default: 0.01].")] = None,
-    act_order: Annotated[bool | None, typer.Option("--act-order/--no-act-order", help="GPTQ: columns by descending "
-                                                   "Hessian diagonal [default: on].")] = None,
-    static_groups: Annotated[bool | None, typer.Option(
-        "--static-groups/--dynamic-groups", help="GPTQ: group scales fixed up front from the float weights (no "
-        "g_idx, kernels stay fast), or chosen as the loop reaches each group (with act-order: stores g_idx). "
-        "Default: static with act-order.")] = None,
-    true_sequential: Annotated[bool | None, typer.Option(
-        "--true-sequential/--no-true-sequential",
-        help="GPTQ: re-collect inputs after each group of linears [default: on].")] = None,
-    clip: Annotated[bool | None, typer.Option("--clip/--no-clip", help="AWQ: search per-group clipping "
-                                              "[default: on].")] = None,
-    duo_scaling: Annotated[bool | None, typer.Option(
-        "--duo-scaling/--no-duo-scaling",
-        help="AWQ: scale candidates mean|x|^a / mean|w|^(1-a) (llm-compressor's default) [default: off].")] = None,
-    alpha: Annotated[str | None, typer.Option(help="SmoothQuant migration strength in [0, 1], or 'auto' "
-                                                   "(searched per layer) [default: auto].")] = None,
-    weights_method: Annotated[str | None, typer.Option("--weights", help="SmoothQuant: quantize the smoothed "
-                                                       "weights with rtn or gptq [default: rtn].")] = None,
-    calibration: Annotated[Path | None, typer.Option(help="Statistics from `qtool calibrate` (static activation scales).")] = None,
+    damp: DampOpt = None,
+    act_order: ActOrderOpt = None,
+    static_groups: StaticGroupsOpt = None,
+    true_sequential: TrueSequentialOpt = None,
+    clip: ClipOpt = None,
+    duo_scaling: DuoScalingOpt = None,
+    alpha: AlphaOpt = None,
+    weights_method: WeightsOpt = None,
+    calibration: CalibrationOpt = None,
     observer: Annotated[str, typer.Option(help="Observer for inline static activation calibration.")] = "minmax",
-    offload_activations: Annotated[bool | None, typer.Option(
-        "--offload-activations/--keep-activations", help="Cache block inputs in CPU memory, or on the device; "
-        "default: on the device when they fit in a quarter of its free memory.")] = None,
+    offload_activations: OffloadOpt = None,
     device: DeviceOpt = "cpu",
     format: FormatOpt = "qtool",
     overwrite: OverwriteOpt = False,

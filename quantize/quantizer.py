@@ -5,6 +5,10 @@
     recipe = quantize.Recipe.single(quantize.preset("w4a16"), "gptq")
     result = quantize.quantize_model(model, recipe, calibration=batches)
     quantize.save_checkpoint(model, result.config, "out/w4a16", source_dir="models/smollm2")
+
+Every recipe entry is resolved against its method's record (`resolve_recipe`: known settings, the
+scheme the method writes), so the API, recipes and the CLI follow the same rules. `qtool quantize` is
+`quantize_to_directory`: load, assign the recipe once, quantize, write.
 """
 
 from __future__ import annotations
