@@ -174,7 +174,7 @@ def run_compressed_tensors(tmp_path, checkpoints) -> dict:
     script, ids = tmp_path / "ct_check.py", tmp_path / "ids.pt"
     script.write_text(CT_CHECK)
     torch.save(IDS, ids)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the repo's kernels/ would import quantize
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # a process that never saw this checkout
     proc = subprocess.run([sys.executable, script, ids, *checkpoints], capture_output=True, text=True, cwd=tmp_path,
                           env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -102,8 +102,8 @@ assert "quantize" not in sys.modules
 
 
 def _clean_env() -> dict[str, str]:
-    # Without the repository on the path: its kernels/ folder would pass for Hugging Face's `kernels`,
-    # which transformers probes, and import quantize behind the test's back.
+    # Without the repository on the path: a process that has never seen this checkout, like a user of
+    # plain transformers.
     return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
 

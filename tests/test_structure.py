@@ -85,3 +85,21 @@ def test_kernels_package_imports_nothing_under_another_name():
     tree = ast.parse((ROOT / "kernels" / "__init__.py").read_text())
     assert not [n for n in ast.walk(tree) if isinstance(n, ast.Import | ast.ImportFrom)]
     assert (ROOT / "qtool_kernels").resolve() == (ROOT / "kernels").resolve()
+
+
+def test_transformers_probe_from_a_checkout_root_is_harmless():
+    """From the repository root transformers finds kernels/ while probing for Hugging Face's `kernels`
+    and imports it: that must register nothing (quantize then registers the ops once) and read as
+    "not installed"."""
+    import subprocess
+    import sys
+
+    code = ("from transformers.utils.import_utils import is_kernels_available\n"
+            "assert not is_kernels_available()\n"
+            "import sys, torch, quantize\n"
+            "from transformers import AutoModelForCausalLM\n"
+            "assert sys.modules['kernels'].__file__.endswith('kernels/__init__.py')  # the probe imported it\n"
+            "assert 'kernels.ops' not in sys.modules and 'qtool_kernels.ops' in sys.modules\n"
+            "assert torch.ops.qtool.weight_only_linear is not None\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
