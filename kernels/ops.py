@@ -1,7 +1,10 @@
 """qtool's operators, declared once in the `qtool` torch.library namespace.
 
 Each op's default implementation is the pure-PyTorch reference (`reference.py`), which runs
-on any device; `build.py` registers the CUDA kernels over it when the extension is built.
+on any device; `scaled_mm.py` registers a CUDA implementation of qtool::scaled_linear over it.
+qtool::weight_only_linear stays the reference on every device: the weight-only CUDA kernels
+(torch.ops.qtool_cuda, built by `build.py`) take a repacked weight, which quantize/linear.py
+prepares once per layer and passes to `weight_only.packed_linear`.
 Each op also has a fake (meta) implementation so torch.compile and CUDA graphs can trace it.
 """
 

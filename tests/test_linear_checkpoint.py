@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from conftest import tiny_llama
-from quantize.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from quantize.checkpoint import CheckpointError, save_checkpoint
 from quantize.linear import QuantLinear
+from quantize.loading import load_checkpoint
 from quantize.primitives import fake_quantize, quantize_weight
 from quantize.quantizer import quantize_model
 from quantize.recipe import Recipe
