@@ -57,9 +57,15 @@ bench8b() {
 
 sanitize() {
   step "compute-sanitizer memcheck and racecheck on dev/sanitize_w8a8.py"
-  for tool in memcheck racecheck; do
+  for tool in ${SANITIZE_TOOLS:-memcheck racecheck}; do
     timeout 150 compute-sanitizer --tool $tool --error-exitcode 3 python3 dev/sanitize_w8a8.py 2>&1 | tail -4
   done
+}
+
+bench8b_w4() {  # issue 15's after-figure: the third H100 session's W4A16 decode protocol
+  step "8B-shaped Llama, w4a16 (fused, lm_head W4) vs bf16"
+  timeout 200 python3 -m quantize bench llama-8b --random-weights --scheme w4a16 --decode-tokens 64 --batch-sizes 1 \
+    --prefill-len 2048 --quantize-lm-head --json "$OUT/bench8b-w4a16.json" 2>&1 | tail -16
 }
 
 stages=("$@"); [ ${#stages[@]} -eq 0 ] && stages=(tests bench)
