@@ -6,17 +6,13 @@ Layout of a checkpoint directory:
   layer_errors.json                per-layer relative output error and method statistics
   tokenizer files, generation_config.json   copied from the source model
 Every file is written into a temporary directory beside the target, which is renamed into
-place only when complete: a crash never leaves a half-written checkpoint.
+place only when complete: a crash never leaves a half-written checkpoint (quantize/destination.py).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +21,10 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .destination import atomic_directory
 from .linear import QuantLinear, replace_linears
 from .scheme import QuantizationConfig, SchemeError
+from .validation import check_layer_sizes, check_tensor_layouts
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -71,28 +69,6 @@ def _shard(tensors: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, t
 TRANSFORMERS_GUARD_KEY = "transformers_weights"
 TRANSFORMERS_GUARD = ("this is a qtool checkpoint (quant_method 'qtool') that transformers cannot load by itself: "
                       "pip install qtool, then `import quantize` before from_pretrained")
-
-
-@contextmanager
-def atomic_directory(out_dir: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary directory beside `out_dir` that replaces it only if the block succeeds."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise CheckpointError(f"output directory exists: {out_dir} (pass --overwrite to replace it)")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        yield tmp
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def write_checkpoint(tensors: dict[str, torch.Tensor], config: dict[str, Any], out_dir: str | Path, *,
@@ -186,11 +162,13 @@ def read_checkpoint(path: str | Path) -> tuple[QuantizationConfig, dict[str, tor
     return read_quantization_config(path), read_tensors(path)
 
 
-def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
-                    dtype: torch.dtype | None = None) -> tuple[nn.Module, QuantizationConfig]:
-    """Build the model of a checkpoint with QuantLinear modules and load its tensors.
+def read_validated(path: str | Path, dtype: torch.dtype | None = None
+                   ) -> tuple[nn.Module, QuantizationConfig, dict[str, torch.Tensor]]:
+    """A checkpoint's config and tensors, checked against the model its config describes.
 
-    Reads qtool checkpoints and compressed-tensors ones (converted by `compressed.import_compressed_tensors`).
+    Returns that model on the meta device with QuantLinear modules (no memory), the config and
+    the tensors. Raises CheckpointError naming the first tensor that is missing, unexpected, or
+    of another dtype or shape than the config implies (quantize/validation.py).
     """
     path = Path(path)
     qconfig, tensors = read_checkpoint(path)
@@ -204,6 +182,24 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
     if missing or unexpected:
         raise CheckpointError(f"checkpoint {path} does not match its config: missing {missing[:5]}"
                               f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}")
+    try:
+        check_tensor_layouts(slots, tensors, f"checkpoint {path}")
+        check_layer_sizes(model, tensors, f"checkpoint {path}")
+    except ValueError as err:
+        raise CheckpointError(str(err)) from None
+    return model, qconfig, tensors
+
+
+def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
+                    dtype: torch.dtype | None = None) -> tuple[nn.Module, QuantizationConfig]:
+    """Build the model of a checkpoint with QuantLinear modules and load its tensors.
+
+    Reads qtool checkpoints and compressed-tensors ones (converted by `compressed.import_compressed_tensors`).
+    """
+    path = Path(path)
+    model, qconfig, tensors = read_validated(path, dtype)
+    slots = model.state_dict()
+    expected, tied = set(slots), set(_tied_names(model))
     # assign=True keeps each tensor's dtype: cast floats to the model's (scales and FP8 codes keep theirs).
     tensors = {k: t.to(slots[k].dtype) if t.is_floating_point() else t for k, t in tensors.items()}
     try:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import functools
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -13,7 +11,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+from .errors import CommandGroup, handles_errors
+
+# Plain click help (rich_markup_mode=None) wraps at 80 columns instead of truncating option names.
+app = typer.Typer(add_completion=False, no_args_is_help=True, cls=CommandGroup, rich_markup_mode=None,
                   help="qtool: post-training quantization for large language models.")
 console = Console()
 err_console = Console(stderr=True)
@@ -42,26 +43,6 @@ FORMATS = ("qtool", "compressed-tensors")
 def _check_format(format: str) -> None:
     if format not in FORMATS:
         raise ValueError(f"unknown --format {format!r}; choose from {', '.join(FORMATS)}")
-
-
-def _fail(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
-
-
-def handles_errors(fn):
-    """Bad input becomes one line on stderr and exit code 2 (QTOOL_DEBUG=1 shows the traceback)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (ValueError, FileNotFoundError, NotADirectoryError, KeyError) as err:
-            if os.environ.get("QTOOL_DEBUG"):
-                raise
-            _fail(str(err).splitlines()[0] if str(err) else type(err).__name__)
-
-    return wrapper
 
 
 def _calibration(model, tokenizer, dataset, dataset_config, split, text_column, num_samples, seq_len, seed,
@@ -93,7 +74,7 @@ def _default_scheme(method: str, bits: int | None, group_size: int | None, symme
         if bits not in (None, 8):
             raise ValueError(f"--method {method} quantizes to 8 bits, got --bits {bits}")
         return scheme
-    bits = bits or 4
+    bits = 4 if bits is None else bits  # 0 is a value to refuse, not "unset"
     base = "w4a16-asym" if method == "awq" else "w4a16"
     scheme = preset(base)
     if symmetric is not None:
@@ -153,17 +134,22 @@ def quantize(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Quantize MODEL layer by layer and write a packed safetensors checkpoint."""
-    from .checkpoint import CheckpointError, save_checkpoint
+    from .checkpoint import save_checkpoint
     from .compressed import check_exportable, write_compressed_tensors
+    from .destination import check_output
     from .methods import get_method
     from .methods.smoothquant import check_alpha
     from .quantizer import load_model, quantize_model
     from .recipe import Recipe
+    from .report import summarize_notes
     from .scheme import preset
+    from .validation import check_device, check_positive, check_range
 
     _check_format(format)
-    if output.exists() and not overwrite:
-        raise CheckpointError(f"output directory exists: {output} (pass --overwrite to replace it)")
+    check_positive(num_samples=num_samples, seq_len=seq_len, batch_size=batch_size)
+    check_range("--damp", damp, low=0)
+    check_device(device)
+    check_output(output, overwrite=overwrite, reads=(model, calibration))
     if recipe is not None:
         plan = Recipe.load(recipe)
     else:
@@ -205,8 +191,8 @@ def quantize(
         write_compressed_tensors(float_model, output, source_dir=source, overwrite=overwrite, extra_json=extra)
     else:
         save_checkpoint(float_model, result.config, output, source_dir=source, overwrite=overwrite, extra_json=extra)
-    for message in result.report.messages:
-        err_console.print(f"[yellow]note:[/] {message}")
+    for message in summarize_notes(result.report.messages, output / "layer_errors.json"):
+        err_console.print(f"[yellow]note:[/] {message}", highlight=False)
     console.print(f"wrote {output} ({_dir_size(output) / 2**20:.1f} MiB) in {result.report.seconds:.1f} s")
 
 
@@ -221,9 +207,11 @@ def inspect(
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the summary as JSON.")] = None,
 ) -> None:
     """Show a checkpoint's schemes, per-layer formats and sizes, and its compression ratio."""
-    from .checkpoint import read_checkpoint
+    from .checkpoint import read_validated
+    from .destination import check_output_file
 
-    qconfig, tensors = read_checkpoint(checkpoint)
+    check_output_file(json_out, "--json")
+    _, qconfig, tensors = read_validated(checkpoint)
     schemes = qconfig.module_schemes()
     rows, stored, original = [], 0, 0
     for name, scheme in schemes.items():
@@ -242,7 +230,8 @@ def inspect(
     original += sum(t.numel() * 2 for t in rest)  # the bf16 baseline stores everything in 2 bytes
     total = stored + other
     table = Table(title=f"{checkpoint}  method={qconfig.method}")
-    for col in ("layer", "scheme", "shape", "bytes"):
+    table.add_column("layer", overflow="fold")  # long module names wrap at 80 columns, never cut
+    for col in ("scheme", "shape", "bytes"):
         table.add_column(col)
     for name, desc, shape, nbytes in rows:
         table.add_row(name, desc, shape, f"{nbytes:,}")
@@ -279,12 +268,16 @@ def calibrate(
 ) -> None:
     """Run calibration data through MODEL block by block and save per-layer activation statistics."""
     from .calibration import calibrate as run_calibration
+    from .destination import check_output
     from .observers import make_observer
     from .quantizer import load_model
     from .scheme import QuantArgs
+    from .validation import check_device, check_positive, check_range
 
-    if output.exists() and not overwrite:
-        raise ValueError(f"output directory exists: {output} (pass --overwrite to replace it)")
+    check_positive(num_samples=num_samples, seq_len=seq_len, batch_size=batch_size)
+    check_range("--percentile", percentile, low=0, high=100, low_open=True)
+    check_device(device)
+    check_output(output, overwrite=overwrite, reads=(model,))
     if dataset is None:
         raise ValueError("--dataset is required (a hub name, a local file or folder, or 'synthetic')")
     formats = {"int8": QuantArgs(num_bits=8, strategy="tensor"),
@@ -327,8 +320,10 @@ def export(
     """
     from .checkpoint import load_checkpoint, save_checkpoint
     from .compressed import export_compressed_tensors
+    from .destination import check_output
 
     _check_format(format)
+    check_output(output, overwrite=overwrite, reads=(checkpoint,))
     if format == "compressed-tensors":
         export_compressed_tensors(checkpoint, output, overwrite=overwrite)
     else:

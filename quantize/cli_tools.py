@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from .cli import BatchSizeOpt, DatasetConfigOpt, DeviceOpt, TextColumnOpt, app, console, handles_errors
+from .errors import CommandGroup
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -97,12 +98,17 @@ def report(
     plot: Annotated[Path | None, typer.Option(help="Draw a block x projection heatmap to this PNG.")] = None,
 ) -> None:
     """Per-layer relative output error recorded while quantizing, worst first."""
+    from .destination import check_output_file
     from .report import load_errors, plot_errors, print_worst
+    from .validation import check_positive
 
+    check_positive(worst=worst)
+    check_output_file(plot, "--plot")
     records = load_errors(checkpoint)
     print_worst(records, worst, console=console)
     if plot is not None:
-        plot_errors(records, plot, title=f"{checkpoint.name}: relative output error per layer")
+        measure = records[0].measure if records else "output"
+        plot_errors(records, plot, title=f"{checkpoint.name}: relative {measure} error per layer")
         console.print(f"wrote {plot}")
 
 
@@ -202,7 +208,7 @@ def _fuse(model, fuse: bool, label: str) -> int | None:
     return count
 
 
-kernels_app = typer.Typer(no_args_is_help=True, help="The bundled CUDA kernels extension.")
+kernels_app = typer.Typer(no_args_is_help=True, cls=CommandGroup, rich_markup_mode=None, help="The bundled CUDA kernels extension.")
 app.add_typer(kernels_app, name="kernels")
 
 
