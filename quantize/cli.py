@@ -51,10 +51,9 @@ def _calibration(model, tokenizer, dataset, dataset_config, split, text_column, 
     if dataset is None:
         return None
     from . import data
+    from .validation import check_seq_len
 
-    max_len = getattr(model.config, "max_position_embeddings", None)
-    if max_len is not None and seq_len > max_len:
-        raise ValueError(f"--seq-len {seq_len} is above the model's maximum of {max_len} positions")
+    check_seq_len(model, seq_len)
     if dataset == "synthetic":
         calib = data.synthetic_texts(model, tokenizer, num_samples=num_samples, seq_len=seq_len, seed=seed)
     else:

@@ -50,7 +50,9 @@ def eval_(
 ) -> None:
     """Perplexity, and with --base the KL divergence and top-1 agreement, in one pass over the data."""
     from . import data
+    from .destination import check_output_file
     from .evaluate import evaluate, print_table
+    from .validation import check_device, check_positive, check_scores, check_seq_len
 
     if tasks is not None:
         import importlib.util
@@ -58,7 +60,11 @@ def eval_(
             raise ValueError("--tasks needs lm-evaluation-harness: pip install 'qtool[eval]'")
     if dtype not in DTYPES:
         raise ValueError(f"unknown --dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    check_positive(seq_len=seq_len, max_windows=max_windows, batch_size=batch_size)
+    check_device(device)
+    check_output_file(json_out, "--json")
     qmodel, tokenizer = _load_any(model, device, dtype)
+    check_seq_len(qmodel, seq_len)
     base_model = _load_any(base, device, dtype)[0] if base else None
     texts = data.load_texts(dataset, config=dataset_config, split=split, text_column=text_column)
     windows = data.evaluation_windows(tokenizer, texts, seq_len=seq_len, max_windows=max_windows)
@@ -66,6 +72,7 @@ def eval_(
     figures = {"model": model, "base": base, "dataset": dataset, "dataset_config": dataset_config, "split": split,
                "seq_len": seq_len, "max_windows": max_windows, "batch_size": batch_size, "device": device, "dtype": dtype}
     if result is not None:
+        check_scores(result.to_dict())
         print_table(result, title=model, console=console)
         figures.update(result.to_dict())
     if tasks is not None:
@@ -142,12 +149,17 @@ def bench(
     import torch
 
     from .bench import bench_model, compare, print_bench
+    from .destination import check_output_file
     from .shapes import random_model
+    from .validation import check_device, check_positive
 
+    check_positive(decode_tokens=decode_tokens, prefill_len=prefill_len)
+    check_device(device)
+    check_output_file(json_out, "--json")
     if quantize_lm_head and (scheme is None or not random_weights):
         raise ValueError("--quantize-lm-head applies to --random-weights --scheme runs; a checkpoint's lm_head "
                          "is whatever its recipe made it")
-    sizes = tuple(int(b) for b in batch_sizes.split(","))
+    sizes = _batch_sizes(batch_sizes)
     opts = dict(batch_sizes=sizes, decode_tokens=decode_tokens, prefill_len=prefill_len, decode_mode=decode_mode,
                 profile=profile)
     dtype_name = "bfloat16" if device.startswith("cuda") else "float32"
@@ -197,6 +209,16 @@ def bench(
         json_out.write_text(json.dumps(results, indent=2))
 
 
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(b) for b in text.split(","))
+    except ValueError:
+        raise ValueError(f"--batch-sizes must be positive integers separated by commas, got {text!r}") from None
+    if any(b < 1 for b in sizes):
+        raise ValueError(f"--batch-sizes must be positive integers separated by commas, got {text!r}")
+    return sizes
+
+
 def _fuse(model, fuse: bool, label: str) -> int | None:
     """Fuse `model`'s projections when asked and say how many groups; None when not asked."""
     if not fuse:
@@ -216,9 +238,17 @@ app.add_typer(kernels_app, name="kernels")
 @handles_errors
 def kernels_info(json_out: Annotated[Path | None, typer.Option("--json", help="Also write it as JSON.")] = None) -> None:
     """What was built, for which GPU, and which implementation each qtool op uses."""
+    import warnings
+
     import qtool_kernels
 
-    info = qtool_kernels.info()
+    from .destination import check_output_file
+
+    check_output_file(json_out, "--json")
+    with warnings.catch_warnings():
+        # Without CUDA the loader warns why; the table's "reason" row says it already.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        info = qtool_kernels.info()
     table = Table(title="qtool kernels")
     table.add_column("key")
     table.add_column("value")

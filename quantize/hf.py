@@ -91,12 +91,18 @@ class QtoolHfQuantizer(HfQuantizer):
         super().__init__(quantization_config, **kwargs)
         self.ct_layers: dict[str, CtLayer] = {}
 
+    # The guard that stops plain transformers (checkpoint.TRANSFORMERS_GUARD) must be gone before
+    # transformers resolves the weight files. Which HfQuantizer hook sees the model config before
+    # that differs between releases (5.0-5.17: update_tp_plan and update_ep_plan; later:
+    # update_attn_implementation), so every config hook drops it and the first one called wins.
+    def update_tp_plan(self, config):
+        return _drop_guard(config)
+
+    def update_ep_plan(self, config):
+        return _drop_guard(config)
+
     def update_attn_implementation(self, config):
-        # The one hook that sees the model config before transformers resolves the weight files:
-        # drop the guard that stops plain transformers (checkpoint.TRANSFORMERS_GUARD).
-        if getattr(config, TRANSFORMERS_GUARD_KEY, None) == TRANSFORMERS_GUARD:
-            delattr(config, TRANSFORMERS_GUARD_KEY)
-        return config
+        return _drop_guard(config)
 
     def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs):
         config = self.quantization_config
@@ -127,6 +133,16 @@ class QtoolHfQuantizer(HfQuantizer):
     @property
     def is_trainable(self) -> bool:
         return False
+
+
+# Hooks transformers calls with the model config before resolving the weight files, in some release.
+CONFIG_HOOKS = ("update_tp_plan", "update_ep_plan", "update_attn_implementation")
+
+
+def _drop_guard(config):
+    if getattr(config, TRANSFORMERS_GUARD_KEY, None) == TRANSFORMERS_GUARD:
+        delattr(config, TRANSFORMERS_GUARD_KEY)
+    return config
 
 
 Layout = dict[str, tuple[tuple[int, ...], torch.dtype]]  # local tensor name -> (shape, dtype)

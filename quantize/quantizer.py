@@ -32,15 +32,21 @@ def load_model(name_or_path: str | Path, *, dtype: torch.dtype | None = torch.fl
 
     name = str(name_or_path)
     local = Path(name)
+    missing = f"model not found: the folder {name} does not exist"
     if not local.exists() and (name.startswith((".", "/", "~")) or name.count("/") != 1):
-        raise ModelError(f"model not found: {name} (not a local directory, and not a hub id of the form org/name)")
+        raise ModelError(f"{missing} (and {name} is not a hub id of the form org/name)")
+    if not local.exists() and local.parent.is_dir():
+        raise ModelError(missing)  # "models/nope" where ./models exists: a typo, not a hub id
     if local.exists() and not (local / "config.json").is_file():
         raise ModelError(f"not a model directory (no config.json): {name}")
     try:
         model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype).to(device).eval()
         tokenizer = AutoTokenizer.from_pretrained(name)
     except OSError as err:
-        raise ModelError(f"could not load model {name}: {str(err).splitlines()[0]}") from None
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if not local.exists():  # a hub id: say first that there is no such folder, the usual mistake
+            raise ModelError(f"{missing}, and no hub model {name} could be loaded from here ({reason})") from None
+        raise ModelError(f"could not load model {name}: {reason}") from None
     return model, tokenizer
 
 

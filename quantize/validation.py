@@ -2,6 +2,8 @@
 
   check_device          --device names a device this machine has (CUDA without CUDA is one line)
   check_range           numeric options: 0 and negatives are values to check, not "unset"
+  check_seq_len         windows no longer than the model's positions
+  check_scores          an evaluation that computed NaN is an error, not a perplexity of nan
   check_finite          weights with NaN or Inf are refused by every method, not rounded into codes
   check_tensor_layouts  every stored tensor has the dtype and shape the checkpoint's config implies,
                         and finite floats; a checkpoint edited by hand or damaged on disk fails to
@@ -55,6 +57,22 @@ def check_positive(**options: int | float | None) -> None:
     """Each keyword is an option name without dashes (num_samples -> --num-samples)."""
     for name, value in options.items():
         check_range("--" + name.replace("_", "-"), value, low=0, low_open=True)
+
+
+def check_seq_len(model: nn.Module, seq_len: int) -> None:
+    """Refuse windows longer than the model's positions (a long wait, then garbage or a crash)."""
+    max_len = getattr(model.config, "max_position_embeddings", None)
+    if max_len is not None and seq_len > max_len:
+        raise ValueError(f"--seq-len {seq_len} is above the model's maximum of {max_len} positions")
+
+
+def check_scores(figures: dict[str, float | None]) -> None:
+    """Refuse evaluation figures that are NaN or Inf: a broken model, not a result to report."""
+    bad = {k: v for k, v in figures.items() if isinstance(v, float) and not math.isfinite(v)}
+    if bad:
+        name, value = next(iter(bad.items()))
+        raise ValueError(f"{name} is {value}: the model computes NaN or Inf logits, so it is broken "
+                         "(`qtool inspect` checks a checkpoint's tensors)")
 
 
 def check_finite(module: nn.Module, prefix: str = "", names: Iterable[str] | None = None) -> None:
