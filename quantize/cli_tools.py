@@ -25,7 +25,11 @@ def _load_any(path: str, device: str, dtype: str = "float32"):
 
     if Path(path, "config.json").is_file() and "quantization_config" in json.loads(Path(path, "config.json").read_text()):
         model, _ = load_checkpoint(path, device=device, dtype=getattr(torch, dtype))
-        return model, AutoTokenizer.from_pretrained(path)
+        try:
+            return model, AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{path} has no usable tokenizer (quantize with the float model's folder "
+                             f"as input copies it): {str(err).strip().splitlines()[0]}") from None
     return load_model(path, device=device, dtype=getattr(torch, dtype))
 
 

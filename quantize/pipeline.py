@@ -258,9 +258,9 @@ def quantize_sequential(
     """
     report = QuantizeReport()
     start = time.perf_counter()
-    blocks_root = find_blocks(model, find_architecture(model))[1]
-    for module in _non_block_modules(model, blocks_root):
-        check_finite(module, "outside the decoder blocks: ")
+    names = {id(m): n for n, m in model.named_modules()}
+    for module in _non_block_modules(model, find_blocks(model, find_architecture(model))[1]):
+        check_finite(module, names[id(module)] + ".")
     input_scales = dict(input_scales or {})
 
     def process(ctx: BlockContext) -> list[torch.Tensor] | None:

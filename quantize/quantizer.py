@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,9 @@ def load_model(name_or_path: str | Path, *, dtype: torch.dtype | None = torch.fl
         raise ModelError(missing)  # "models/nope" where ./models exists: a typo, not a hub id
     if local.exists() and not (local / "config.json").is_file():
         raise ModelError(f"not a model directory (no config.json): {name}")
+    if local.is_dir() and "quantization_config" in _read_config(local / "config.json"):
+        raise ModelError(f"{name} is already quantized (its config.json has a quantization_config); "
+                         "quantize the float model it was made from")
     try:
         model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype).to(device).eval()
         tokenizer = AutoTokenizer.from_pretrained(name)
@@ -48,6 +52,16 @@ def load_model(name_or_path: str | Path, *, dtype: torch.dtype | None = torch.fl
             raise ModelError(f"{missing}, and no hub model {name} could be loaded from here ({reason})") from None
         raise ModelError(f"could not load model {name}: {reason}") from None
     return model, tokenizer
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelError(f"corrupt {path}: {err}") from None
+    if not isinstance(config, dict):
+        raise ModelError(f"corrupt {path}: expected a JSON object")
+    return config
 
 
 @dataclass
