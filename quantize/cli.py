@@ -17,7 +17,7 @@ from .errors import CommandGroup, handles_errors
 app = typer.Typer(add_completion=False, no_args_is_help=True, cls=CommandGroup, rich_markup_mode=None,
                   help="qtool: post-training quantization for large language models.")
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # a note is one line, however long
 
 # --- options, defined once ------------------------------------------------------------------
 ModelArg = Annotated[str, typer.Argument(help="Local Hugging Face model directory (or hub id where reachable).")]
@@ -192,7 +192,8 @@ def quantize(
         save_checkpoint(float_model, result.config, output, source_dir=source, overwrite=overwrite, extra_json=extra)
     for message in summarize_notes(result.report.messages, output / "layer_errors.json"):
         err_console.print(f"[yellow]note:[/] {message}", highlight=False)
-    console.print(f"wrote {output} ({_dir_size(output) / 2**20:.1f} MiB) in {result.report.seconds:.1f} s")
+    console.print(f"wrote {output} ({_dir_size(output) / 2**20:.1f} MiB) in {result.report.seconds:.1f} s",
+                  soft_wrap=True)
 
 
 def _dir_size(path: Path) -> int:
