@@ -27,7 +27,7 @@ def _load_any(path: str, device: str, dtype: str = "float32"):
         model, _ = load_checkpoint(path, device=device, dtype=getattr(torch, dtype))
         try:
             return model, AutoTokenizer.from_pretrained(path)
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, ImportError) as err:  # ImportError: transformers wants a converter
             raise ValueError(f"{path} has no usable tokenizer (quantize with the float model's folder "
                              f"as input copies it): {str(err).strip().splitlines()[0]}") from None
     return load_model(path, device=device, dtype=getattr(torch, dtype))

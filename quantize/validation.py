@@ -91,12 +91,14 @@ def _describe(t: torch.Tensor) -> str:
     return f"{str(t.dtype).removeprefix('torch.')} {list(t.shape)}"
 
 
-def check_tensor_layouts(slots: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], where: str) -> None:
+def check_tensor_layouts(slots: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], where: str,
+                         values: bool = True) -> None:
     """Each stored tensor against its slot in the model the config describes.
 
     slots: the model's state dict on the meta device (QuantLinear buffers in their stored dtypes).
     Integer and FP8 tensors must match the slot's dtype exactly (their bits are codes); plain float
-    tensors may be any plain float dtype (they are cast on load) but must be finite.
+    tensors may be any plain float dtype (they are cast on load) but must be finite (`values`:
+    tensors read from a file, not placeholders on the meta device made from its header).
     """
     for name, tensor in tensors.items():
         slot = slots.get(name)
@@ -107,7 +109,7 @@ def check_tensor_layouts(slots: dict[str, torch.Tensor], tensors: dict[str, torc
                 or (not exact and tensor.dtype not in _PLAIN_FLOATS):
             raise ValueError(f"{where}: tensor {name} is {_describe(tensor)}, but the config implies "
                              f"{_describe(slot)}; the checkpoint is damaged or does not match its config.json")
-        if not exact and not torch.isfinite(tensor).all():
+        if values and not exact and not torch.isfinite(tensor).all():
             raise ValueError(f"{where}: tensor {name} contains NaN or Inf; the checkpoint is broken")
 
 

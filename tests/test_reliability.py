@@ -328,3 +328,18 @@ def test_every_config_hook_drops_the_guard():
     for hook in CONFIG_HOOKS:
         config = LlamaConfig(**{TRANSFORMERS_GUARD_KEY: TRANSFORMERS_GUARD})
         assert getattr(quantizer, hook)(config) is config and not hasattr(config, TRANSFORMERS_GUARD_KEY), hook
+
+
+def test_from_pretrained_refuses_a_retyped_tensor(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    import quantize  # noqa: F401
+    from broken import copy_with_tensor
+    from conftest import quantized_checkpoint
+    from quantize.scheme import preset
+
+    ck = quantized_checkpoint(tmp_path / "ck", preset("w4a16").with_weights(group_size=32))
+    name = "model.layers.0.self_attn.q_proj.weight_packed"
+    retyped = copy_with_tensor(ck, tmp_path / "retyped", name, lambda t: t.float())
+    with pytest.raises(ValueError, match=f"{name} is float32 \\[96, 12\\], but the config implies int32"):
+        AutoModelForCausalLM.from_pretrained(retyped)
