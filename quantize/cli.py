@@ -294,7 +294,8 @@ def calibrate(
                             observer_args=observer_args)
     stats.save(output, overwrite=overwrite)
     table = Table(title=f"{observer} ranges of linear inputs ({target})")
-    for col in ("layer", "min", "max", "scale"):
+    table.add_column("layer", overflow="fold")  # long module names wrap at 80 columns, never cut
+    for col in ("min", "max", "scale"):
         table.add_column(col)
     for name, meta in stats.meta.items():
         table.add_row(name, f"{meta['range'][0]:.4g}", f"{meta['range'][1]:.4g}", f"{meta['scale']:.4g}")

@@ -155,7 +155,7 @@ def bench(
     from .bench import bench_model, compare, print_bench
     from .destination import check_output_file
     from .shapes import random_model
-    from .validation import check_device, check_positive
+    from .validation import check_device, check_positive, check_seq_len
 
     check_positive(decode_tokens=decode_tokens, prefill_len=prefill_len)
     check_device(device)
@@ -171,6 +171,7 @@ def bench(
     used_attention = set()
 
     def attention(m):
+        check_seq_len(m, prefill_len + decode_tokens, "--prefill-len + --decode-tokens")
         if attn_implementation is not None:
             try:
                 m.set_attn_implementation(attn_implementation)

@@ -59,11 +59,11 @@ def check_positive(**options: int | float | None) -> None:
         check_range("--" + name.replace("_", "-"), value, low=0, low_open=True)
 
 
-def check_seq_len(model: nn.Module, seq_len: int) -> None:
+def check_seq_len(model: nn.Module, seq_len: int, option: str = "--seq-len") -> None:
     """Refuse windows longer than the model's positions (a long wait, then garbage or a crash)."""
     max_len = getattr(model.config, "max_position_embeddings", None)
     if max_len is not None and seq_len > max_len:
-        raise ValueError(f"--seq-len {seq_len} is above the model's maximum of {max_len} positions")
+        raise ValueError(f"{option} {seq_len} is above the model's maximum of {max_len} positions")
 
 
 def check_scores(figures: dict[str, float | None]) -> None:

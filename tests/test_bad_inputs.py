@@ -199,6 +199,8 @@ CASES = {
     "b-config": (["bench", "huge-9000", "--random-weights", "--device", "cpu"], "huge-9000"),
     "b-lm-head": (["bench", "{ck}", "--device", "cpu", "--quantize-lm-head"], "--quantize-lm-head applies to"),
     "b-json-dir": (BENCH + ["--json", "{exists}"], "is a folder"),
+    "b-positions": (["bench", "{ck}", "--device", "cpu", "--prefill-len", "300"],
+                    "--prefill-len + --decode-tokens 364 is above the model's maximum of 256"),
     "b-missing": (["bench", "{root}/nope", "--device", "cpu"], "does not exist"),
     # kernels
     "k-unknown": (["kernels", "frob"], "No such command 'frob'"),

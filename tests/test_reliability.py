@@ -331,10 +331,10 @@ def test_every_config_hook_drops_the_guard():
 
 
 def test_from_pretrained_refuses_a_retyped_tensor(tmp_path):
+    from broken import copy_with_tensor
     from transformers import AutoModelForCausalLM
 
     import quantize  # noqa: F401
-    from broken import copy_with_tensor
     from conftest import quantized_checkpoint
     from quantize.scheme import preset
 
