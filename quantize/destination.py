@@ -147,8 +147,12 @@ def atomic_directory(out_dir: str | Path, overwrite: bool = False) -> Iterator[P
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
             out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old)
+            try:
+                tmp.rename(out_dir)
+            except BaseException:  # a signal between the two renames: put the previous output back
+                old.rename(out_dir)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(out_dir)
     except BaseException as err:
