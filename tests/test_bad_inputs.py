@@ -65,6 +65,7 @@ def world(tmp_path_factory) -> dict[str, Path]:
 
 
 QUANTIZE = ["quantize", "{tiny}", "--output", "{root}/out", "--group-size", "32"]
+GPTQ = [*QUANTIZE, "--method", "gptq"]  # options that apply to GPTQ, refused whatever the method's rules
 CALIB = ["--dataset", "{text}", "--num-samples", "2", "--seq-len", "16"]
 CALIBRATE = ["calibrate", "{tiny}", "--output", "{root}/stats", "--dataset", "{text}", "--num-samples", "2",
              "--seq-len", "16"]
@@ -82,14 +83,14 @@ CASES = {
     "q-group-0": (QUANTIZE[:-2] + ["--group-size", "0"], "positive group_size, got 0"),
     "q-group-neg": (QUANTIZE[:-2] + ["--group-size", "-8"], "got -8"),
     "q-group-big": (QUANTIZE[:-2] + ["--group-size", "4096"], "group size 4096 is larger"),
-    "q-num-samples-0": (QUANTIZE + ["--num-samples", "0"], "--num-samples must be > 0, got 0"),
-    "q-num-samples-neg": (QUANTIZE + ["--num-samples", "-3"], "--num-samples must be > 0"),
-    "q-seq-len-0": (QUANTIZE + ["--seq-len", "0"], "--seq-len must be > 0"),
+    "q-num-samples-0": (GPTQ + ["--num-samples", "0"], "--num-samples must be > 0, got 0"),
+    "q-num-samples-neg": (GPTQ + ["--num-samples", "-3"], "--num-samples must be > 0"),
+    "q-seq-len-0": (GPTQ + ["--seq-len", "0"], "--seq-len must be > 0"),
     "q-seq-len-big": (QUANTIZE + ["--method", "gptq", "--dataset", "{text}", "--seq-len", "100000"],
                       "above the model's maximum of 256"),
-    "q-batch-0": (QUANTIZE + ["--batch-size", "0"], "--batch-size must be > 0"),
-    "q-damp-neg": (QUANTIZE + ["--damp", "-0.1"], "--damp must be >= 0"),
-    "q-damp-nan": (QUANTIZE + ["--damp", "nan"], "--damp must be a finite number"),
+    "q-batch-0": (GPTQ + ["--batch-size", "0"], "--batch-size must be > 0"),
+    "q-damp-neg": (GPTQ + ["--damp", "-0.1"], "--damp must be >= 0"),
+    "q-damp-nan": (GPTQ + ["--damp", "nan"], "--damp must be a finite number"),
     "q-method": (QUANTIZE + ["--method", "magic"], "unknown method 'magic'"),
     "q-scheme": (QUANTIZE + ["--scheme", "w5a16"], "unknown scheme preset 'w5a16'"),
     "q-recipe": (QUANTIZE + ["--recipe", "{root}/nope.yaml"], "recipe file not found"),
