@@ -7,6 +7,9 @@ Layout of a checkpoint directory:
   tokenizer files, generation_config.json   copied from the source model
 Every file is written into a temporary directory beside the target, which is renamed into
 place only when complete: a crash never leaves a half-written checkpoint (quantize/destination.py).
+
+This module writes and reads qtool's own format; loading.py loads any checkpoint qtool reads
+(this format and compressed-tensors, which compressed.py converts) into a model.
 """
 
 from __future__ import annotations
@@ -22,9 +25,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .destination import atomic_directory
-from .linear import QuantLinear, replace_linears
+from .linear import QuantLinear
 from .scheme import QuantizationConfig, SchemeError
-from .validation import check_layer_sizes, check_tensor_layouts
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -153,68 +155,6 @@ def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def read_checkpoint(path: str | Path) -> tuple[QuantizationConfig, dict[str, torch.Tensor]]:
-    """A checkpoint's config and tensors in qtool's layout; compressed-tensors checkpoints are converted."""
-    if raw_quantization_config(path).get("quant_method") == "compressed-tensors":
-        from .compressed import import_compressed_tensors
-
-        return import_compressed_tensors(path)
-    return read_quantization_config(path), read_tensors(path)
-
-
-def read_validated(path: str | Path, dtype: torch.dtype | None = None
-                   ) -> tuple[nn.Module, QuantizationConfig, dict[str, torch.Tensor]]:
-    """A checkpoint's config and tensors, checked against the model its config describes.
-
-    Returns that model on the meta device with QuantLinear modules (no memory), the config and
-    the tensors. Raises CheckpointError naming the first tensor that is missing, unexpected, or
-    of another dtype or shape than the config implies (quantize/validation.py).
-    """
-    path = Path(path)
-    qconfig, tensors = read_checkpoint(path)
-    model = empty_model(path, dtype)
-    replace_linears(model, qconfig.module_schemes(), device="meta")
-    slots = model.state_dict()
-    expected = set(slots)
-    tied = set(_tied_names(model))
-    missing = sorted(expected - set(tensors) - tied)
-    unexpected = sorted(set(tensors) - expected)
-    if missing or unexpected:
-        raise CheckpointError(f"checkpoint {path} does not match its config: missing {missing[:5]}"
-                              f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}")
-    try:
-        check_tensor_layouts(slots, tensors, f"checkpoint {path}")
-        check_layer_sizes(model, tensors, f"checkpoint {path}")
-    except ValueError as err:
-        raise CheckpointError(str(err)) from None
-    return model, qconfig, tensors
-
-
-def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
-                    dtype: torch.dtype | None = None) -> tuple[nn.Module, QuantizationConfig]:
-    """Build the model of a checkpoint with QuantLinear modules and load its tensors.
-
-    Reads qtool checkpoints and compressed-tensors ones (converted by `compressed.import_compressed_tensors`).
-    """
-    path = Path(path)
-    model, qconfig, tensors = read_validated(path, dtype)
-    slots = model.state_dict()
-    expected, tied = set(slots), set(_tied_names(model))
-    # assign=True keeps each tensor's dtype: cast floats to the model's (scales and FP8 codes keep theirs).
-    tensors = {k: t.to(slots[k].dtype) if t.is_floating_point() else t for k, t in tensors.items()}
-    try:
-        model.load_state_dict(tensors, strict=False, assign=True)
-    except RuntimeError as err:
-        raise CheckpointError(f"checkpoint {path}: {str(err).splitlines()[-1].strip()}") from None
-    if tied & (expected - set(tensors)):
-        model.tie_weights()
-    for name, param in list(model.named_parameters()):
-        if param.device.type == "meta":
-            raise CheckpointError(f"checkpoint {path} has no tensor for {name}")
-    model.to(device).eval()
-    return model, qconfig
-
-
 def empty_model(path: str | Path, dtype: torch.dtype | None = None) -> nn.Module:
     """The float model of a checkpoint's config on the meta device (parameters only; no memory, no weights)."""
     from accelerate import init_empty_weights
@@ -226,14 +166,6 @@ def empty_model(path: str | Path, dtype: torch.dtype | None = None) -> nn.Module
             delattr(config, key)
     with init_empty_weights(include_buffers=False):
         return AutoModelForCausalLM.from_config(config, dtype=dtype or getattr(config, "dtype", None))
-
-
-def _tied_names(model: nn.Module) -> list[str]:
-    """Names of parameters that are filled by weight tying rather than stored (lm_head.weight)."""
-    if not getattr(model.config, "tie_word_embeddings", False):
-        return []
-    keys = getattr(model, "_tied_weights_keys", None) or []
-    return list(keys.keys() if isinstance(keys, dict) else keys)
 
 
 def quantized_layers(model: nn.Module) -> dict[str, QuantLinear]:

@@ -1,4 +1,4 @@
-"""`qtool eval`, `qtool report` and `qtool bench`: registered on the app defined in cli.py."""
+"""`qtool eval`, `qtool report`, `qtool bench` and `qtool kernels`: registered on the app of cli_options.py."""
 
 from __future__ import annotations
 
@@ -9,8 +9,16 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .cli import BatchSizeOpt, DatasetConfigOpt, DeviceOpt, TextColumnOpt, app, console, handles_errors
-from .errors import CommandGroup
+from .cli_options import (
+    BatchSizeOpt,
+    CommandGroup,
+    DatasetConfigOpt,
+    DeviceOpt,
+    TextColumnOpt,
+    app,
+    console,
+    handles_errors,
+)
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -20,7 +28,7 @@ def _load_any(path: str, device: str, dtype: str = "float32"):
     import torch
     from transformers import AutoTokenizer
 
-    from .checkpoint import load_checkpoint
+    from .loading import load_checkpoint
     from .quantizer import load_model
 
     if Path(path, "config.json").is_file() and "quantization_config" in json.loads(Path(path, "config.json").read_text()):
@@ -148,13 +156,10 @@ def bench(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the figures as JSON.")] = None,
 ) -> None:
     """Decode and prefill tokens/s (and peak GPU memory) of a model and optionally a base, in one run."""
-    from dataclasses import replace
-
     import torch
 
     from .bench import bench_model, compare, print_bench
     from .destination import check_output_file
-    from .shapes import random_model
     from .validation import check_device, check_positive, check_seq_len
 
     check_positive(decode_tokens=decode_tokens, prefill_len=prefill_len)
@@ -181,22 +186,7 @@ def bench(
         return m
 
     if random_weights:
-        base_model = attention(random_model(model, dtype=dtype, device=device))
-        base_result = bench_model(base_model, **opts)
-        print_bench(base_result, f"{model} {dtype_name}", console=console)
-        if scheme is None:
-            results = {"base": base_result.to_dict()}
-        else:
-            from .quantizer import quantize_model
-            from .recipe import Recipe
-            from .scheme import preset
-            chosen = replace(preset(scheme), ignore=()) if quantize_lm_head else preset(scheme)
-            quantize_model(base_model, Recipe.single(chosen, "rtn"), device=device, progress=False)
-            fused = _fuse(base_model, fuse, f"{model} {scheme}")
-            q_result = bench_model(base_model, **opts)
-            print_bench(q_result, f"{model} {scheme}", baseline=base_result, console=console)
-            results = {"base": base_result.to_dict(), "quantized": q_result.to_dict(),
-                       "ratios": compare(base_result, q_result), "fused_groups": fused}
+        results = _bench_random_weights(model, scheme, quantize_lm_head, fuse, device, dtype, attention, opts)
     else:
         q_model = attention(_load_any(model, device, dtype_name)[0])
         results = {"fused_groups": _fuse(q_model, fuse, model)}
@@ -224,6 +214,32 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
+def _bench_random_weights(config: str, scheme: str | None, quantize_lm_head: bool, fuse: bool, device: str, dtype,
+                          attention, opts: dict) -> dict:
+    """`qtool bench --random-weights`: the float model of `config`, then (with a scheme) its RTN quantization."""
+    from dataclasses import replace
+
+    from .bench import bench_model, compare, print_bench
+    from .quantizer import quantize_model
+    from .recipe import Recipe
+    from .scheme import preset
+    from .shapes import random_model
+
+    label = f"{config} {str(dtype).removeprefix('torch.')}"
+    base_model = attention(random_model(config, dtype=dtype, device=device))
+    base_result = bench_model(base_model, **opts)
+    print_bench(base_result, label, console=console)
+    if scheme is None:
+        return {"base": base_result.to_dict()}
+    chosen = replace(preset(scheme), ignore=()) if quantize_lm_head else preset(scheme)
+    quantize_model(base_model, Recipe.single(chosen, "rtn"), device=device, progress=False)
+    fused = _fuse(base_model, fuse, f"{config} {scheme}")
+    q_result = bench_model(base_model, **opts)
+    print_bench(q_result, f"{config} {scheme}", baseline=base_result, console=console)
+    return {"base": base_result.to_dict(), "quantized": q_result.to_dict(),
+            "ratios": compare(base_result, q_result), "fused_groups": fused}
+
+
 def _fuse(model, fuse: bool, label: str) -> int | None:
     """Fuse `model`'s projections when asked and say how many groups; None when not asked."""
     if not fuse:
@@ -245,7 +261,7 @@ def kernels_info(json_out: Annotated[Path | None, typer.Option("--json", help="A
     """What was built, for which GPU, and which implementation each qtool op uses."""
     import warnings
 
-    import qtool_kernels
+    from qtool_kernels import build
 
     from .destination import check_output_file
 
@@ -253,7 +269,7 @@ def kernels_info(json_out: Annotated[Path | None, typer.Option("--json", help="A
     with warnings.catch_warnings():
         # Without CUDA the loader warns why; the table's "reason" row says it already.
         warnings.simplefilter("ignore", RuntimeWarning)
-        info = qtool_kernels.info()
+        info = build.info()
     table = Table(title="qtool kernels")
     table.add_column("key")
     table.add_column("value")
@@ -268,7 +284,7 @@ def kernels_info(json_out: Annotated[Path | None, typer.Option("--json", help="A
 @handles_errors
 def kernels_build() -> None:
     """Compile the CUDA extension ahead of time (otherwise it is built on first use)."""
-    import qtool_kernels.build as build
+    from qtool_kernels import build
 
     try:
         build.build()

@@ -36,9 +36,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .linear import QuantLinear, _packs, set_submodule
+from .linear import QuantLinear, kernel_args, set_submodule
 from .mappings import ArchitectureError, find_architecture, find_blocks
-from .scheme import Strategy
 
 # Checkpoint tensors stacked along N (dim 0); QuantLinear's other buffers are excluded by `incompatibility`
 # (weight_g_idx, input_scale) or rebuilt (weight_shape).
@@ -125,7 +124,7 @@ def incompatibility(members: list[nn.Module]) -> str | None:
         return "not all QuantLinear"
     first = members[0]
     w = first.scheme.weights
-    if first.scheme.input_activations is not None or w.is_float or w.strategy not in (Strategy.GROUP, Strategy.CHANNEL):
+    if kernel_args(first.scheme) is None:
         return f"scheme {first.scheme.describe()} is not weight-only integer with group or channel scales"
     if w.actorder:
         return "act-order weights"
@@ -161,7 +160,7 @@ def fuse_layers(members: list[QuantLinear]) -> QuantLinear:
             continue
         stacked = torch.cat([getattr(m, name).detach() for m in members], dim=0)
         setattr(fused, name, nn.Parameter(stacked, requires_grad=False) if name == "bias" else stacked)
-    if _packs(first.scheme):
+    if first.scheme.weights.packed:
         fused.weight_shape = torch.tensor([n, k], dtype=torch.int64, device=device)
     left = [name for name, t in (*fused.named_buffers(), *fused.named_parameters()) if t.is_meta]
     if left:

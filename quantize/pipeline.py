@@ -321,15 +321,15 @@ def _observe(ctx: BlockContext, local: Plan, input_scales: dict[str, torch.Tenso
 
 
 def _apply_methods(ctx: BlockContext, local: Plan, methods: dict[str, BlockMethod]) -> dict[str, QTensor]:
-    """Run each method over the linears assigned to it, in the order they first appear."""
-    by_method: dict[str, dict[str, QuantScheme]] = {}
-    settings: dict[str, dict[str, Any]] = {}
+    """Run each method over the linears assigned to it, once per distinct settings (two recipe entries
+    may use one method with different settings), in the order they first appear."""
+    runs: dict[tuple, tuple[str, dict[str, Any], dict[str, QuantScheme]]] = {}
     for n, (scheme, method, args) in local.items():
-        by_method.setdefault(method, {})[n] = scheme
-        settings.setdefault(method, args)
+        key = (method, repr(sorted(args.items())))
+        runs.setdefault(key, (method, args, {}))[2][n] = scheme
     qtensors: dict[str, QTensor] = {}
-    for method, schemes in by_method.items():
-        qtensors.update(methods[method](ctx, schemes, **settings[method]))
+    for method, args, schemes in runs.values():
+        qtensors.update(methods[method](ctx, schemes, **args))
     return qtensors
 
 

@@ -5,11 +5,16 @@
     recipe = quantize.Recipe.single(quantize.preset("w4a16"), "gptq")
     result = quantize.quantize_model(model, recipe, calibration=batches)
     quantize.save_checkpoint(model, result.config, "out/w4a16", source_dir="models/smollm2")
+
+Every recipe entry is resolved against its method's record (`resolve_recipe`: known settings, the
+scheme the method writes), so the API, recipes and the CLI follow the same rules. `qtool quantize` is
+`quantize_to_directory`: load, assign the recipe once, quantize, write.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -17,10 +22,12 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .methods import METHODS, NEEDS_DATA, get_method
+from .methods import METHODS, get_method
 from .pipeline import QuantizeReport, quantize_sequential
-from .recipe import Recipe
+from .recipe import Recipe, RecipeEntry
 from .scheme import Assignment, QuantizationConfig, QuantScheme, SchemeError, Strategy
+
+FORMATS = ("qtool", "compressed-tensors")  # checkpoint formats `quantize_to_directory` writes
 
 
 class ModelError(ValueError):
@@ -79,21 +86,34 @@ def validate_scheme(scheme: QuantScheme, model: nn.Module, names: list[str]) -> 
             raise SchemeError(f"group size {w.group_size} is larger than {name}'s {lin.in_features} input features")
 
 
+def resolve_recipe(recipe: Recipe) -> Recipe:
+    """`recipe` with every entry checked against its method's record: the method exists, its settings
+    are ones the method accepts, and the scheme is what the method writes with them (GPTQ act-order)."""
+    entries = []
+    for entry in recipe.entries:
+        method = get_method(entry.method)
+        settings = method.parse_settings(entry.method_args)
+        entries.append(replace(entry, scheme=method.resolve(entry.scheme, settings)))
+    return replace(recipe, entries=tuple(entries))
+
+
 def quantize_model(model: nn.Module, recipe: Recipe, *, calibration: list[torch.Tensor] | None = None,
                    device: str | torch.device = "cpu", offload_activations: bool | None = None,
                    input_scales: dict[str, torch.Tensor] | None = None, observer: str = "minmax",
-                   progress: bool = True) -> QuantizeResult:
+                   progress: bool = True, assigned: dict[str, RecipeEntry] | None = None) -> QuantizeResult:
     """Quantize `model` in place according to `recipe`.
 
     calibration: batches of input ids [B, T]; required by gptq, awq and smoothquant and by
     static activation scales (unless `input_scales` come from `qtool calibrate`).
+    assigned: `recipe.assign(model)` where the caller already computed it, `recipe` then being resolved
+    (`resolve_recipe`) by the caller too, so that the assignment's entries are the recipe's.
     """
-    for method in recipe.methods:
-        get_method(method)
-    assigned = recipe.assign(model)
-    needs_data = {e.method for e in assigned.values()} & NEEDS_DATA
+    if assigned is None:
+        recipe = resolve_recipe(recipe)
+        assigned = recipe.assign(model)
+    needs_data = sorted(e.method for e in assigned.values() if METHODS[e.method].needs_data)
     if needs_data and not calibration:
-        raise SchemeError(f"method {sorted(needs_data)[0]} needs calibration data (--dataset)")
+        raise SchemeError(f"method {needs_data[0]} needs calibration data (--dataset)")
     static = [n for n, e in assigned.items() if e.scheme.input_activations is not None
               and not e.scheme.input_activations.dynamic and n not in (input_scales or {})]
     if static and not calibration:
@@ -110,7 +130,8 @@ def quantize_model(model: nn.Module, recipe: Recipe, *, calibration: list[torch.
         return make_observer(observer, scheme.input_activations)
 
     plan = {n: (e.scheme, e.method, e.method_args) for n, e in assigned.items()}
-    report = quantize_sequential(model, plan, METHODS, calibration, device=device,
+    blocks = {name: m.quantize_block for name, m in METHODS.items()}
+    report = quantize_sequential(model, plan, blocks, calibration, device=device,
                                  offload_activations=offload_activations, input_scales=input_scales,
                                  observer_factory=observer_factory, progress=progress)
     groups = {}
@@ -120,7 +141,54 @@ def quantize_model(model: nn.Module, recipe: Recipe, *, calibration: list[torch.
             # Schemes stored in a checkpoint apply to exact module names, not regexes.
             groups[f"group_{i}"] = Assignment(replace(entry.scheme, targets=(), ignore=()), modules)
     methods = sorted({e.method for e in assigned.values()})
-    config = QuantizationConfig(groups=groups, method="+".join(methods),
-                                method_args={e.method: e.method_args for e in recipe.entries},
+    config = QuantizationConfig(groups=groups, method="+".join(methods), method_args=_method_args(recipe),
                                 ignore=recipe.ignore)
     return QuantizeResult(config, report)
+
+
+def _method_args(recipe: Recipe) -> dict[str, Any]:
+    """Settings by method for the checkpoint; a method whose entries differ keeps each entry's (a list)."""
+    out: dict[str, Any] = {}
+    for e in recipe.entries:
+        seen = out.setdefault(e.method, [])
+        if e.method_args not in seen:
+            seen.append(e.method_args)
+    return {m: args[0] if len(args) == 1 else args for m, args in out.items()}
+
+
+def quantize_to_directory(model_path: str | Path, output: str | Path, recipe: Recipe, *,
+                          calibration: Callable[[nn.Module, Any], list[torch.Tensor] | None] | None = None,
+                          calibration_stats: str | Path | None = None, observer: str = "minmax",
+                          offload_activations: bool | None = None, device: str = "cpu", format: str = "qtool",
+                          overwrite: bool = False) -> QuantizeResult:
+    """Load the model at `model_path`, quantize it by `recipe` and write the checkpoint to `output`
+    (`qtool quantize`). calibration: (model, tokenizer) -> batches of input ids [B, T], or None;
+    calibration_stats: a `qtool calibrate` directory for static activation scales."""
+    from .checkpoint import save_checkpoint
+    from .compressed import check_exportable, write_compressed_tensors
+    from .destination import check_output
+    from .validation import check_device
+
+    if format not in FORMATS:
+        raise ValueError(f"unknown --format {format!r}; choose from {', '.join(FORMATS)}")
+    check_device(device)
+    check_output(output, overwrite=overwrite, reads=(model_path, calibration_stats))  # before any work
+    recipe = resolve_recipe(recipe)
+    model, tokenizer = load_model(model_path)
+    assigned = recipe.assign(model)
+    if format == "compressed-tensors":  # fail before quantizing, not after
+        for name, entry in assigned.items():
+            check_exportable(name, entry.scheme, model.get_submodule(name).in_features)
+    batches = calibration(model, tokenizer) if calibration is not None else None
+    input_scales = None
+    if calibration_stats is not None:
+        from .calibration import load_stats
+        input_scales = load_stats(calibration_stats).input_scales({n: e.scheme for n, e in assigned.items()})
+    result = quantize_model(model, recipe, calibration=batches, device=device, input_scales=input_scales,
+                            offload_activations=offload_activations, observer=observer, assigned=assigned)
+    source, extra = model_path if Path(model_path).is_dir() else None, {"layer_errors.json": result.report.to_dict()}
+    if format == "compressed-tensors":
+        write_compressed_tensors(model, output, source_dir=source, overwrite=overwrite, extra_json=extra)
+    else:
+        save_checkpoint(model, result.config, output, source_dir=source, overwrite=overwrite, extra_json=extra)
+    return result

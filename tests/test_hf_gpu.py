@@ -15,8 +15,8 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 def test_from_pretrained_device_map_cuda_matches_cpu(tmp_path, scheme):
     from transformers import AutoModelForCausalLM
 
-    import qtool_kernels
     import quantize  # noqa: F401  (registers quant_method "qtool")
+    from qtool_kernels import build
     from quantize.linear import QuantLinear
 
     # 256 wide: whole groups of 128, the kernels' shapes.
@@ -27,7 +27,7 @@ def test_from_pretrained_device_map_cuda_matches_cpu(tmp_path, scheme):
     layers = [m for m in on_gpu.modules() if isinstance(m, QuantLinear)]
     assert len(layers) == 14  # 7 linears x 2 blocks; lm_head stays a Linear
     assert all(t.is_cuda for m in layers for t in m.buffers())
-    assert qtool_kernels.info()["available"], qtool_kernels.info()["reason"]
+    assert build.info()["available"], build.info()["reason"]
     with torch.no_grad():
         got = on_gpu(ids.cuda()).logits.float().cpu()
         want = on_cpu(ids).logits

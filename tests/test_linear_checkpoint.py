@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from conftest import tiny_llama
-from quantize.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from quantize.checkpoint import CheckpointError, save_checkpoint
 from quantize.linear import QuantLinear
+from quantize.loading import load_checkpoint
 from quantize.primitives import fake_quantize, quantize_weight
 from quantize.quantizer import quantize_model
 from quantize.recipe import Recipe
@@ -135,6 +136,13 @@ def test_ops_pass_opcheck():
     wq = torch.randint(-127, 128, (16, 64), dtype=torch.int8)
     torch.library.opcheck(torch.ops.qtool.scaled_linear.default,
                           (xq, xs, wq, torch.rand(16, 1), None, 0, 0, 0, torch.float32))
+    ws = torch.rand(16, 1)
+    torch.library.opcheck(torch.ops.qtool.w8a8_linear.default, (x, wq, ws, torch.randn(16), None, "int8", 0, 0, 0))
+    # The layer op is quantize_activation followed by scaled_linear, also with a static scale.
+    static = torch.tensor([0.01])
+    xq, xs = torch.ops.qtool.quantize_activation(x, "int8", 0, static)
+    want = torch.ops.qtool.scaled_linear(xq, xs, wq, ws, None, 0, 0, 0, torch.float32)
+    assert torch.equal(torch.ops.qtool.w8a8_linear(x, wq, ws, None, static, "int8", 0, 0, 0), want)
 
 
 def test_call_order_follows_the_forward_pass():

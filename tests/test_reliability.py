@@ -141,8 +141,8 @@ def no_work(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("the command started working before checking its output")
 
-    for target in ("quantize.quantizer.load_model", "quantize.compressed.export_compressed_tensors",
-                   "quantize.checkpoint.load_checkpoint"):
+    for target in ("quantize.quantizer.load_model", "quantize.loading.export_compressed_tensors",
+                   "quantize.loading.load_checkpoint"):
         monkeypatch.setattr(target, forbidden)
 
 
