@@ -6,7 +6,7 @@ Layout of a checkpoint directory:
   layer_errors.json                per-layer relative output error and method statistics
   tokenizer files, generation_config.json   copied from the source model
 Every file is written into a temporary directory beside the target, which is renamed into
-place only when complete: a crash never leaves a half-written checkpoint.
+place only when complete: a crash never leaves a half-written checkpoint (quantize/destination.py).
 
 This module writes and reads qtool's own format; loading.py loads any checkpoint qtool reads
 (this format and compressed-tensors, which compressed.py converts) into a model.
@@ -15,11 +15,7 @@ This module writes and reads qtool's own format; loading.py loads any checkpoint
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +24,7 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .destination import atomic_directory
 from .linear import QuantLinear
 from .scheme import QuantizationConfig, SchemeError
 
@@ -74,28 +71,6 @@ def _shard(tensors: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, t
 TRANSFORMERS_GUARD_KEY = "transformers_weights"
 TRANSFORMERS_GUARD = ("this is a qtool checkpoint (quant_method 'qtool') that transformers cannot load by itself: "
                       "pip install qtool, then `import quantize` before from_pretrained")
-
-
-@contextmanager
-def atomic_directory(out_dir: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary directory beside `out_dir` that replaces it only if the block succeeds."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise CheckpointError(f"output directory exists: {out_dir} (pass --overwrite to replace it)")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        yield tmp
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def write_checkpoint(tensors: dict[str, torch.Tensor], config: dict[str, Any], out_dir: str | Path, *,

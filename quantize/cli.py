@@ -57,10 +57,9 @@ def _calibration(model, tokenizer, dataset, dataset_config, split, text_column, 
     if dataset is None:
         return None
     from . import data
+    from .validation import check_seq_len
 
-    max_len = getattr(model.config, "max_position_embeddings", None)
-    if max_len is not None and seq_len > max_len:
-        raise ValueError(f"--seq-len {seq_len} is above the model's maximum of {max_len} positions")
+    check_seq_len(model, seq_len)
     if dataset == "synthetic":
         calib = data.synthetic_texts(model, tokenizer, num_samples=num_samples, seq_len=seq_len, seed=seed)
     else:
@@ -151,7 +150,11 @@ def quantize(
 
     from .quantizer import quantize_to_directory
     from .recipe import Recipe
+    from .report import summarize_notes
+    from .validation import check_positive, check_range
 
+    check_positive(num_samples=num_samples, seq_len=seq_len, batch_size=batch_size)
+    check_range("--damp", damp, low=0)
     values = (damp, act_order, static_groups, true_sequential, clip, duo_scaling, alpha, weights_method)
     settings = {name: v for name, v in zip(SETTING_OPTIONS.values(), values, strict=True) if v is not None}
     if recipe is not None:
@@ -168,9 +171,10 @@ def quantize(
     result = quantize_to_directory(model, output, plan, calibration=data, calibration_stats=calibration,
                                    observer=observer, offload_activations=offload_activations, device=device,
                                    format=format, overwrite=overwrite)
-    for message in result.report.messages:
-        err_console.print(f"[yellow]note:[/] {message}")
-    console.print(f"wrote {output} ({_dir_size(output) / 2**20:.1f} MiB) in {result.report.seconds:.1f} s")
+    for message in summarize_notes(result.report.messages, output / "layer_errors.json"):
+        err_console.print(f"[yellow]note:[/] {message}", highlight=False)
+    console.print(f"wrote {output} ({_dir_size(output) / 2**20:.1f} MiB) in {result.report.seconds:.1f} s",
+                  soft_wrap=True)
 
 
 def _dir_size(path: Path) -> int:
@@ -184,9 +188,11 @@ def inspect(
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the summary as JSON.")] = None,
 ) -> None:
     """Show a checkpoint's schemes, per-layer formats and sizes, and its compression ratio."""
-    from .loading import read_checkpoint
+    from .destination import check_output_file
+    from .loading import read_validated
 
-    qconfig, tensors = read_checkpoint(checkpoint)
+    check_output_file(json_out, "--json")
+    _, qconfig, tensors = read_validated(checkpoint)
     schemes = qconfig.module_schemes()
     rows, stored, original = [], 0, 0
     for name, scheme in schemes.items():
@@ -205,7 +211,8 @@ def inspect(
     original += sum(t.numel() * 2 for t in rest)  # the bf16 baseline stores everything in 2 bytes
     total = stored + other
     table = Table(title=f"{checkpoint}  method={qconfig.method}")
-    for col in ("layer", "scheme", "shape", "bytes"):
+    table.add_column("layer", overflow="fold")  # long module names wrap at 80 columns, never cut
+    for col in ("scheme", "shape", "bytes"):
         table.add_column(col)
     for name, desc, shape, nbytes in rows:
         table.add_row(name, desc, shape, f"{nbytes:,}")
@@ -242,12 +249,16 @@ def calibrate(
 ) -> None:
     """Run calibration data through MODEL block by block and save per-layer activation statistics."""
     from .calibration import calibrate as run_calibration
+    from .destination import check_output
     from .observers import make_observer
     from .quantizer import load_model
     from .scheme import QuantArgs
+    from .validation import check_device, check_positive, check_range
 
-    if output.exists() and not overwrite:
-        raise ValueError(f"output directory exists: {output} (pass --overwrite to replace it)")
+    check_positive(num_samples=num_samples, seq_len=seq_len, batch_size=batch_size)
+    check_range("--percentile", percentile, low=0, high=100, low_open=True)
+    check_device(device)
+    check_output(output, overwrite=overwrite, reads=(model,))
     if dataset is None:
         raise ValueError("--dataset is required (a hub name, a local file or folder, or 'synthetic')")
     formats = {"int8": QuantArgs(num_bits=8, strategy="tensor"),
@@ -264,7 +275,8 @@ def calibrate(
                             observer_args=observer_args)
     stats.save(output, overwrite=overwrite)
     table = Table(title=f"{observer} ranges of linear inputs ({target})")
-    for col in ("layer", "min", "max", "scale"):
+    table.add_column("layer", overflow="fold")  # long module names wrap at 80 columns, never cut
+    for col in ("min", "max", "scale"):
         table.add_column(col)
     for name, meta in stats.meta.items():
         table.add_row(name, f"{meta['range'][0]:.4g}", f"{meta['range'][1]:.4g}", f"{meta['scale']:.4g}")
@@ -289,11 +301,13 @@ def export(
     Example: qtool export out/w4a16 --format compressed-tensors --output out/w4a16-ct
     """
     from .checkpoint import save_checkpoint
+    from .destination import check_output
     from .loading import export_compressed_tensors, load_checkpoint
     from .quantizer import FORMATS
 
     if format not in FORMATS:
         raise ValueError(f"unknown --format {format!r}; choose from {', '.join(FORMATS)}")
+    check_output(output, overwrite=overwrite, reads=(checkpoint,))
     if format == "compressed-tensors":
         export_compressed_tensors(checkpoint, output, overwrite=overwrite)
     else:

@@ -3,18 +3,21 @@ error handling. cli.py and cli_tools.py register their commands on `app`."""
 
 from __future__ import annotations
 
-import functools
-import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+# The error boundary (one `error:` line, exit 2; click usage errors and SIGTERM too) is errors.py's;
+# commands take `handles_errors` and `fail` from here with the rest of what they share.
+from .errors import CommandGroup, fail, handles_errors  # noqa: F401
+
+# Plain click help (rich_markup_mode=None) wraps at 80 columns instead of truncating option names.
+app = typer.Typer(add_completion=False, no_args_is_help=True, cls=CommandGroup, rich_markup_mode=None,
                   help="qtool: post-training quantization for large language models.")
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # a note is one line, however long
 
 # --- options, defined once ------------------------------------------------------------------
 ModelArg = Annotated[str, typer.Argument(help="Local Hugging Face model directory (or hub id where reachable).")]
@@ -73,22 +76,3 @@ CalibrationOpt = Annotated[Path | None, typer.Option(help="Statistics from `qtoo
 OffloadOpt = Annotated[bool | None, typer.Option(
     "--offload-activations/--keep-activations", help="Cache block inputs in CPU memory, or on the device; "
     "default: on the device when they fit in a quarter of its free memory.")]
-
-def fail(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
-
-
-def handles_errors(fn):
-    """Bad input becomes one line on stderr and exit code 2 (QTOOL_DEBUG=1 shows the traceback)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (ValueError, FileNotFoundError, NotADirectoryError, KeyError) as err:
-            if os.environ.get("QTOOL_DEBUG"):
-                raise
-            fail(str(err).splitlines()[0] if str(err) else type(err).__name__)
-
-    return wrapper

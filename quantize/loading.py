@@ -22,6 +22,7 @@ from .checkpoint import (
 from .compressed import import_compressed_tensors, write_compressed_tensors
 from .linear import replace_linears
 from .scheme import QuantizationConfig
+from .validation import check_layer_sizes, check_tensor_layouts
 
 
 def read_checkpoint(path: str | Path) -> tuple[QuantizationConfig, dict[str, torch.Tensor]]:
@@ -31,11 +32,13 @@ def read_checkpoint(path: str | Path) -> tuple[QuantizationConfig, dict[str, tor
     return read_quantization_config(path), read_tensors(path)
 
 
-def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
-                    dtype: torch.dtype | None = None) -> tuple[nn.Module, QuantizationConfig]:
-    """Build the model of a checkpoint with QuantLinear modules and load its tensors.
+def read_validated(path: str | Path, dtype: torch.dtype | None = None
+                   ) -> tuple[nn.Module, QuantizationConfig, dict[str, torch.Tensor]]:
+    """A checkpoint's config and tensors, checked against the model its config describes.
 
-    Reads qtool checkpoints and compressed-tensors ones (converted by `compressed.import_compressed_tensors`).
+    Returns that model on the meta device with QuantLinear modules (no memory), the config and
+    the tensors. Raises CheckpointError naming the first tensor that is missing, unexpected, or
+    of another dtype or shape than the config implies (quantize/validation.py).
     """
     path = Path(path)
     qconfig, tensors = read_checkpoint(path)
@@ -49,6 +52,25 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
     if missing or unexpected:
         raise CheckpointError(f"checkpoint {path} does not match its config: missing {missing[:5]}"
                               f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}")
+    try:
+        check_tensor_layouts(slots, tensors, f"checkpoint {path}")
+        check_layer_sizes(model, tensors, f"checkpoint {path}")
+    except ValueError as err:
+        raise CheckpointError(str(err)) from None
+    return model, qconfig, tensors
+
+
+def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
+                    dtype: torch.dtype | None = None) -> tuple[nn.Module, QuantizationConfig]:
+    """Build the model of a checkpoint with QuantLinear modules and load its tensors.
+
+    Reads qtool checkpoints and compressed-tensors ones (converted by `compressed.import_compressed_tensors`),
+    checked first by `read_validated`.
+    """
+    path = Path(path)
+    model, qconfig, tensors = read_validated(path, dtype)
+    slots = model.state_dict()
+    expected, tied = set(slots), set(_tied_names(model))
     # assign=True keeps each tensor's dtype: cast floats to the model's (scales and FP8 codes keep theirs).
     tensors = {k: t.to(slots[k].dtype) if t.is_floating_point() else t for k, t in tensors.items()}
     try:

@@ -30,6 +30,7 @@ from .linear import QuantLinear, dequantized_weights, set_submodule
 from .mappings import Architecture, find_architecture, find_blocks
 from .primitives import QTensor, quantize_weight
 from .scheme import QuantScheme
+from .validation import check_finite
 
 
 class _StopForward(Exception):
@@ -257,12 +258,18 @@ def quantize_sequential(
     """
     report = QuantizeReport()
     start = time.perf_counter()
+    names = {id(m): n for n, m in model.named_modules()}
+    for module in _non_block_modules(model, find_blocks(model, find_architecture(model))[1]):
+        check_finite(module, names[id(module)] + ".")
     input_scales = dict(input_scales or {})
 
     def process(ctx: BlockContext) -> list[torch.Tensor] | None:
         local = {n[len(ctx.prefix):]: spec for n, spec in plan.items() if n.startswith(ctx.prefix)}
+        check_finite(ctx.block, ctx.prefix)  # every method, before AWQ/SmoothQuant fold scales into weights
         float_out = _observe(ctx, local, input_scales, observer_factory) if ctx.inputs else {}
         for n, qt in _apply_methods(ctx, local, methods).items():
+            if not ctx.inputs:  # no output error without data: record how far rounding moved the weight
+                ctx.record(n, "weight_rel_error", _weight_error(ctx.block.get_submodule(n).weight, qt))
             scale = input_scales.get(ctx.prefix + n)
             q = QuantLinear.from_qtensor(qt, local[n][0], ctx.block.get_submodule(n).bias,
                                          None if scale is None else scale.to(ctx.device))
@@ -280,6 +287,11 @@ def quantize_sequential(
     _quantize_outside_blocks(model, plan, find_blocks(model, find_architecture(model))[0])
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _weight_error(weight: torch.Tensor, qt: QTensor) -> float:
+    w = weight.detach().float()
+    return float((qt.dequantize(torch.float32) - w).norm() / w.norm().clamp_min(1e-12))
 
 
 def _observe(ctx: BlockContext, local: Plan, input_scales: dict[str, torch.Tensor],

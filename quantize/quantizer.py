@@ -13,6 +13,7 @@ scheme the method writes), so the API, recipes and the CLI follow the same rules
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -39,16 +40,35 @@ def load_model(name_or_path: str | Path, *, dtype: torch.dtype | None = torch.fl
 
     name = str(name_or_path)
     local = Path(name)
+    missing = f"model not found: the folder {name} does not exist"
     if not local.exists() and (name.startswith((".", "/", "~")) or name.count("/") != 1):
-        raise ModelError(f"model not found: {name} (not a local directory, and not a hub id of the form org/name)")
+        raise ModelError(f"{missing} (and {name} is not a hub id of the form org/name)")
+    if not local.exists() and local.parent.is_dir():
+        raise ModelError(missing)  # "models/nope" where ./models exists: a typo, not a hub id
     if local.exists() and not (local / "config.json").is_file():
         raise ModelError(f"not a model directory (no config.json): {name}")
+    if local.is_dir() and "quantization_config" in _read_config(local / "config.json"):
+        raise ModelError(f"{name} is already quantized (its config.json has a quantization_config); "
+                         "quantize the float model it was made from")
     try:
         model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype).to(device).eval()
         tokenizer = AutoTokenizer.from_pretrained(name)
     except OSError as err:
-        raise ModelError(f"could not load model {name}: {str(err).splitlines()[0]}") from None
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if not local.exists():  # a hub id: say first that there is no such folder, the usual mistake
+            raise ModelError(f"{missing}, and no hub model {name} could be loaded from here ({reason})") from None
+        raise ModelError(f"could not load model {name}: {reason}") from None
     return model, tokenizer
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelError(f"corrupt {path}: {err}") from None
+    if not isinstance(config, dict):
+        raise ModelError(f"corrupt {path}: expected a JSON object")
+    return config
 
 
 @dataclass
@@ -144,13 +164,15 @@ def quantize_to_directory(model_path: str | Path, output: str | Path, recipe: Re
     """Load the model at `model_path`, quantize it by `recipe` and write the checkpoint to `output`
     (`qtool quantize`). calibration: (model, tokenizer) -> batches of input ids [B, T], or None;
     calibration_stats: a `qtool calibrate` directory for static activation scales."""
-    from .checkpoint import CheckpointError, save_checkpoint
+    from .checkpoint import save_checkpoint
     from .compressed import check_exportable, write_compressed_tensors
+    from .destination import check_output
+    from .validation import check_device
 
     if format not in FORMATS:
         raise ValueError(f"unknown --format {format!r}; choose from {', '.join(FORMATS)}")
-    if Path(output).exists() and not overwrite:
-        raise CheckpointError(f"output directory exists: {output} (pass --overwrite to replace it)")
+    check_device(device)
+    check_output(output, overwrite=overwrite, reads=(model_path, calibration_stats))  # before any work
     recipe = resolve_recipe(recipe)
     model, tokenizer = load_model(model_path)
     assigned = recipe.assign(model)

@@ -88,7 +88,7 @@ def test_save_refuses_existing_and_leaves_nothing_half_written(tmp_path, monkeyp
     result = quantize_model(model, Recipe.single(preset("w4a16").with_weights(group_size=32), "rtn"), progress=False)
     out = tmp_path / "ck"
     out.mkdir()
-    with pytest.raises(CheckpointError, match="exists"):
+    with pytest.raises(ValueError, match="exists"):
         save_checkpoint(model, result.config, out)
     import quantize.checkpoint as ck
 
