@@ -35,12 +35,14 @@ from pathlib import Path
 
 import torch
 
+from .layout import chunk_k
+
 CSRC = Path(__file__).resolve().parent / "csrc"
-SOURCES = ("ops.cpp", "wo_gemv.cu", "wo_gemm.cu", "dequant.cu")
-HEADERS = ("wo_kernels.h", "wo_decode.cuh", "wo_common.cuh", "wo_launch.cuh")
+SOURCES = ("ops.cpp", "wo_gemv.cu", "wo_gemm.cu", "dequant.cu", "ops_w8a8.cpp", "act_quant.cu", "w8_gemv.cu")
+HEADERS = ("wo_kernels.h", "wo_decode.cuh", "wo_common.cuh", "w8a8.h", "sm90/sm90_scaled_mm.h")
 NAME = "qtool_cuda"
-# The kernels need sm_80+ (bf16 mma.sync, cp.async, ldmatrix). QTOOL_CUDA_ARCHS="90" builds one target
-# (a third of the compile time) where the GPU is known.
+# The kernels need sm_80+ (bf16 mma.sync, cp.async, ldmatrix). $QTOOL_CUDA_ARCHS="90" (a build option,
+# README "Build options") builds one target, a third of the compile time, where the GPU is known.
 ARCHS = tuple(os.environ.get("QTOOL_CUDA_ARCHS", "80 89 90").split())
 CXX_FLAGS = ["-O3"]
 NVCC_FLAGS = [
@@ -50,7 +52,7 @@ NVCC_FLAGS = [
     *(f"-gencode=arch=compute_{a},code=sm_{a}" for a in ARCHS),
     f"-gencode=arch=compute_{ARCHS[-1]},code=compute_{ARCHS[-1]}",  # PTX for newer GPUs
 ]
-RAW_OPS = ("wo_gemv", "wo_gemm", "dequant_int")
+RAW_OPS = ("wo_gemv", "wo_gemm", "dequant_int", "act_quant", "w8_gemv", "sm90_scaled_mm")
 
 
 def host_compiler() -> str | None:
@@ -66,9 +68,11 @@ def host_compiler() -> str | None:
 
 
 def build_dir() -> Path:
-    """Where the extension is built: one directory per torch, CUDA, Python version and host compiler."""
+    """Where the extension is built: one directory per torch, CUDA, Python version, target architectures
+    and host compiler (so `_compile` need only compare the library's age with the sources')."""
     root = Path(os.environ.get("QTOOL_KERNELS_CACHE", "~/.cache/qtool/kernels")).expanduser()
     key = f"torch{torch.__version__}-cuda{torch.version.cuda}-py{sys.version_info.major}{sys.version_info.minor}"
+    key += "-sm" + "_".join(ARCHS)
     cxx = host_compiler() or os.environ.get("CXX", "")
     key += "-cxx" + hashlib.sha1(cxx.encode()).hexdigest()[:8] if cxx else ""
     return root / re.sub(r"[^A-Za-z0-9._-]", "_", key)
@@ -97,11 +101,55 @@ def _register_fakes() -> None:
         return x.new_empty(x.shape[0], out_features)
 
     def dequant_int(qweight, scale, zero, num_bits, group_size, out_features, dtype):
-        return qweight.new_empty(out_features, qweight.shape[1] * (256 // num_bits), dtype=dtype)
+        return qweight.new_empty(out_features, qweight.shape[1] * chunk_k(num_bits), dtype=dtype)
 
+    def act_quant(x, fmt, group_size, static_scale):
+        m, k = x.shape
+        codes = x.new_empty(m, k, dtype=torch.int8 if fmt == "int8" else getattr(
+            torch, {"e4m3": "float8_e4m3fn", "e5m2": "float8_e5m2"}[fmt]))
+        if group_size > 0 and static_scale is None:  # column-major, as ops_w8a8.cpp writes it
+            return codes, x.new_empty_strided((m, -(-k // group_size)), (1, max(m, 1)), dtype=torch.float32)
+        return codes, x.new_empty(m, 1, dtype=torch.float32)
+
+    def w8_gemv(x, w, scale, bias, block_n, block_k):
+        return x.new_empty(x.shape[0], w.shape[0])
+
+    def sm90_scaled_mm(a, b, a_scale, b_scale, bias, out_dtype):
+        return a.new_empty(a.shape[0], b.shape[0], dtype=out_dtype)
+
+    torch.library.register_fake(f"{NAME}::act_quant")(act_quant)
+    torch.library.register_fake(f"{NAME}::w8_gemv")(w8_gemv)
+    torch.library.register_fake(f"{NAME}::sm90_scaled_mm")(sm90_scaled_mm)
     torch.library.register_fake(f"{NAME}::wo_gemv")(wo_linear)
     torch.library.register_fake(f"{NAME}::wo_gemm")(wo_linear)
     torch.library.register_fake(f"{NAME}::dequant_int")(dequant_int)
+
+
+def _compile(directory: Path, verbose: bool) -> None:
+    """Build the extension into `directory` unless the library there is newer than every source.
+
+    In a child process: cpp_extension takes the host compiler only from $CXX, and setting it here
+    would change it for everything else this process builds; the child gets it in its own environment.
+    """
+    library = directory / f"{NAME}.so"
+    newest = max((CSRC / f).stat().st_mtime for f in SOURCES + HEADERS)
+    if library.is_file() and library.stat().st_mtime > newest:
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    kwargs = dict(name=NAME, sources=[str(CSRC / s) for s in SOURCES], extra_cflags=CXX_FLAGS,
+                  extra_cuda_cflags=NVCC_FLAGS, extra_include_paths=[str(CSRC)], build_directory=str(directory),
+                  is_python_module=False, verbose=verbose)
+    code = "import json, sys; from torch.utils import cpp_extension; cpp_extension.load(**json.loads(sys.argv[1]))"
+    env = dict(os.environ, **({"CXX": cxx} if (cxx := host_compiler()) else {}))
+    subprocess.run([sys.executable, "-c", code, json.dumps(kwargs)], env=env, check=True,
+                   stdout=None if verbose else subprocess.DEVNULL, stderr=None if verbose else subprocess.PIPE, text=True)
+
+
+def _last_line(err: Exception) -> str:
+    """The useful line of a build failure: the child's last line of stderr, else the error itself."""
+    stderr = getattr(err, "stderr", None) or ""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    return lines[-1] if lines else str(err)
 
 
 class _Loader:
@@ -119,27 +167,15 @@ class _Loader:
         self.tried = True
         self.reason = unavailable_reason()
         if self.reason is None:
-            from torch.utils import cpp_extension
-
             directory = build_dir()
-            directory.mkdir(parents=True, exist_ok=True)
-            saved_cxx, cxx = os.environ.get("CXX"), host_compiler()
-            if cxx:
-                os.environ["CXX"] = cxx  # cpp_extension compiles ops.cpp and links the extension with it
             try:
-                cpp_extension.load(name=NAME, sources=[str(CSRC / s) for s in SOURCES], extra_cflags=CXX_FLAGS,
-                                   extra_cuda_cflags=NVCC_FLAGS, extra_include_paths=[str(CSRC)],
-                                   build_directory=str(directory), is_python_module=False, verbose=verbose)
+                _compile(directory, verbose)
+                torch.ops.load_library(str(directory / f"{NAME}.so"))
             except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
-                self.reason = f"building {NAME} in {directory} failed: {e}"
+                self.reason = f"building {NAME} in {directory} failed: {_last_line(e)}"
             else:
                 _register_fakes()
                 self.ops = getattr(torch.ops, NAME)
-            finally:
-                if saved_cxx is None:
-                    os.environ.pop("CXX", None)
-                else:
-                    os.environ["CXX"] = saved_cxx
         if self.ops is None:
             warnings.warn(f"qtool CUDA kernels are not available ({self.reason}); qtool ops use their PyTorch "
                           "reference", RuntimeWarning, stacklevel=3)
@@ -175,11 +211,23 @@ def info() -> dict:
         "build_dir": str(build_dir()),
         "ops": available_ops(),
         "cuda_implementations": {
-            "qtool::weight_only_linear": "qtool_cuda kernels" if ops is not None else "reference",
-            "qtool::scaled_linear": "torch._scaled_mm / torch._int_mm" if cuda else "reference",
-            "qtool::quantize_activation": "reference",
+            # Weight-only QuantLinear layers call the qtool_cuda kernels directly (quantize/linear.py);
+            # the op itself is the reference, for every layout the kernels do not take.
+            "weight-only QuantLinear": "qtool_cuda kernels" if ops is not None else "reference",
+            "qtool::weight_only_linear": "reference",
+            "qtool::scaled_linear": _scaled_linear_path() if cuda else "reference",
+            "qtool::quantize_activation": "qtool_cuda fused kernel" if ops is not None else "reference",
+            "qtool::w8a8_linear": ("qtool_cuda w8_gemv (m <= 16), fused activation quantization + "
+                                   + _scaled_linear_path()) if ops is not None else "reference",
         },
     }
+
+
+def _scaled_linear_path() -> str:
+    from . import sm90  # imports this module
+
+    hopper = "CUTLASS sm90 (libqtool_sm90)" if sm90.load() else f"no CUTLASS sm90 GEMM ({sm90.reason()})"
+    return f"{hopper}; torch._scaled_mm / torch._int_mm; F.scaled_mm block-wise"
 
 
 def build(verbose: bool = True) -> dict:

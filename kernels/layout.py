@@ -23,9 +23,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .reference import expand_groups
+
 TILE_N = 16  # rows per stripe: the M of mma.m16n8k16
 PAD_K = 64  # K padding unit (the int4 chunk)
-ACTIVATIONS = {"none": lambda y: y, "silu": F.silu, "gelu": F.gelu}
+# The raw ops keep a `str activation` epilogue argument in their C++ schema; qtool only ever passes this.
+EPILOGUE = "none"
 
 
 class UnsupportedLayout(ValueError):
@@ -33,7 +36,7 @@ class UnsupportedLayout(ValueError):
 
 
 def chunk_k(num_bits: int) -> int:
-    """k covered by one lane's 16-byte load: 64 for int4, 32 for int8."""
+    """k covered by one lane's 16-byte load: 64 for int4, 32 for int8 (csrc/wo_kernels.h derives the same)."""
     return 256 // num_bits
 
 
@@ -101,13 +104,6 @@ def act_order_permutation(g_idx: torch.Tensor | None, group_size: int, in_featur
     return None if torch.equal(perm, torch.arange(in_features, device=g.device)) else perm
 
 
-def _expand_groups(param: torch.Tensor, group_size: int, k: int) -> torch.Tensor:
-    """[rows, G] per-group values -> [rows, k], group of column c = c // group_size (or one group)."""
-    if group_size <= 0:
-        return param[:, :1].expand(-1, k)
-    return param.repeat_interleave(group_size, dim=1)[:, :k]
-
-
 def pack_weight(codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None,
                 g_idx: torch.Tensor | None, num_bits: int, group_size: int) -> PackedWeight:
     """Checkpoint quantities -> kernel layout; raises UnsupportedLayout for weights the kernels cannot take.
@@ -129,7 +125,7 @@ def pack_weight(codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tens
     # Padding columns take the zero point of their row and group, so they dequantize to 0.
     full = torch.zeros(n_pad, k_pad, dtype=torch.int16, device=codes.device)
     if zero_p is not None:
-        full.copy_(_expand_groups(zero_p.to(torch.int16), gs, k_pad))
+        full.copy_(expand_groups(zero_p.to(torch.int16), gs, k_pad))
     full[:n, :k] = codes
     unsigned = (full + (1 << (num_bits - 1))).to(torch.uint8)
 
@@ -168,8 +164,8 @@ def dequantize_packed(qweight: torch.Tensor, scale: torch.Tensor, zero: torch.Te
     q = unpack_codes(qweight, num_bits)[:out_features].float()
     k_pad = q.shape[1]
     if zero is not None:
-        q = q - _expand_groups(zero.t()[:out_features], group_size, k_pad)
-    return (q * _expand_groups(scale.t()[:out_features], group_size, k_pad)).to(dtype)
+        q = q - expand_groups(zero.t()[:out_features], group_size, k_pad)
+    return (q * expand_groups(scale.t()[:out_features], group_size, k_pad)).to(dtype)
 
 
 class ReferenceOps:
@@ -178,11 +174,13 @@ class ReferenceOps:
     @staticmethod
     def wo_gemv(x, qweight, scale, zero, bias, num_bits, group_size, out_features, activation, prefetch=None):
         # prefetch (an L2 hint for the next layer's weight in the CUDA kernel) changes nothing here
+        if activation != EPILOGUE:
+            raise ValueError(f"qtool's kernels run without an epilogue ({EPILOGUE!r}), got activation={activation!r}")
         w = dequantize_packed(qweight, scale, zero, num_bits, group_size, out_features)
         y = x.float() @ w.T
         if bias is not None:
             y = y + bias.float()
-        return ACTIVATIONS[activation](y).to(x.dtype)
+        return y.to(x.dtype)
 
     @staticmethod
     def wo_gemm(x, qweight, scale, zero, bias, num_bits, group_size, out_features, activation):

@@ -1,7 +1,10 @@
 """qtool's operators, declared once in the `qtool` torch.library namespace.
 
 Each op's default implementation is the pure-PyTorch reference (`reference.py`), which runs
-on any device; `build.py` registers the CUDA kernels over it when the extension is built.
+on any device; `scaled_mm.py` registers a CUDA implementation of qtool::scaled_linear over it.
+qtool::weight_only_linear stays the reference on every device: the weight-only CUDA kernels
+(torch.ops.qtool_cuda, built by `build.py`) take a repacked weight, which quantize/linear.py
+prepares once per layer and passes to `weight_only.packed_linear`.
 Each op also has a fake (meta) implementation so torch.compile and CUDA graphs can trace it.
 """
 
@@ -56,5 +59,17 @@ def _(xq, x_scale, wq, w_scale, bias, x_group_size, w_block_n, w_block_k, out_dt
     return xq.new_empty((xq.shape[0], wq.shape[0]), dtype=out_dtype)
 
 
+@torch.library.custom_op("qtool::w8a8_linear", mutates_args=())
+def w8a8_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Tensor | None, input_scale: Tensor | None,
+                fmt: str, act_group_size: int, block_n: int, block_k: int) -> Tensor:
+    """A W8A8 layer: quantize x [M, K], then the 8-bit GEMM with weight [N, K]; see `reference.w8a8_linear`."""
+    return reference.w8a8_linear(x, weight, weight_scale, bias, input_scale, fmt, act_group_size, block_n, block_k)
+
+
+@w8a8_linear.register_fake
+def _(x, weight, weight_scale, bias, input_scale, fmt, act_group_size, block_n, block_k):
+    return x.new_empty((x.shape[0], weight.shape[0]))
+
+
 OPS = {"weight_only_linear": weight_only_linear, "quantize_activation": quantize_activation,
-       "scaled_linear": scaled_linear}
+       "scaled_linear": scaled_linear, "w8a8_linear": w8a8_linear}

@@ -1,7 +1,14 @@
 """Pure-PyTorch reference of every qtool op: the CPU path and the oracle the CUDA kernels are tested against.
 
 Each function mirrors one op in `ops.py` argument for argument. They compute in float32
-(dequantize, then matmul) and return the activation dtype.
+(dequantize, then matmul) and return the activation dtype. Self-contained on purpose: kernels/ is a
+leaf that takes tensors and ints, so the checkpoint conventions it relies on are restated here:
+  - integer codes are signed, [-2^(b-1), 2^(b-1) - 1]; a weight is (q - zero_point) * scale;
+  - codes below 8 bits are packed 32 // b per int32 along K, code j of a word at bits [j*b, (j+1)*b),
+    offset to unsigned (q + 2^(b-1)); 8-bit codes are stored as int8 [N, K];
+  - group g covers input columns [g * group_size, (g + 1) * group_size), or g_idx[k] with act-order;
+  - symmetric 8-bit activation scales are max|x| / 127.5 (int8: the whole code range, as the weights)
+    or max|x| / 448 (e4m3), divided in float64 and rounded once to float32, 1 where max|x| = 0.
 """
 
 from __future__ import annotations
@@ -9,20 +16,28 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from quantize.primitives import choose_qparams, dequantize, quantize, unpack_int
-from quantize.scheme import QuantArgs, QuantType, Strategy
-
-
-def weight_args(num_bits: int, group_size: int, symmetric: bool) -> QuantArgs:
-    """QuantArgs of an integer weight; group_size <= 0 means one scale per output channel."""
-    if group_size <= 0:
-        return QuantArgs(num_bits=num_bits, symmetric=symmetric, strategy=Strategy.CHANNEL)
-    return QuantArgs(num_bits=num_bits, symmetric=symmetric, strategy=Strategy.GROUP, group_size=group_size)
+FP8_DTYPES = {"e4m3": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2}
 
 
 def unpack_weight(qweight: torch.Tensor, num_bits: int, in_features: int) -> torch.Tensor:
     """qweight: [N, ceil(K / (32 // bits))] int32 for bits < 8, or [N, K] int8 -> codes [N, K] int8."""
-    return qweight if num_bits == 8 else unpack_int(qweight, num_bits, in_features)
+    if num_bits == 8:
+        return qweight
+    per_word = 32 // num_bits
+    shifts = torch.arange(per_word, device=qweight.device, dtype=torch.int32) * num_bits
+    u = (qweight.unsqueeze(-1) >> shifts) & ((1 << num_bits) - 1)
+    u = u.reshape(*qweight.shape[:-1], -1)[..., :in_features]
+    return (u - (1 << (num_bits - 1))).to(torch.int8)
+
+
+def expand_groups(param: torch.Tensor, group_size: int, in_features: int,
+                  g_idx: torch.Tensor | None = None) -> torch.Tensor:
+    """[rows, G] per-group values -> [rows, in_features]; group_size <= 0: one value per row ([rows, 1])."""
+    if group_size <= 0:
+        return param[:, :1].expand(-1, in_features)
+    if g_idx is None:
+        return param.repeat_interleave(group_size, dim=1)[:, :in_features]
+    return param.index_select(1, g_idx.to(device=param.device, dtype=torch.long))
 
 
 def weight_only_linear(
@@ -36,20 +51,22 @@ def weight_only_linear(
     group_size: int,  # <= 0: per output channel
     in_features: int,
 ) -> torch.Tensor:  # [..., N] in x.dtype
-    args = weight_args(num_bits, group_size, zero_point is None)
-    q = unpack_weight(qweight, num_bits, in_features)
-    w = dequantize(q, scale, zero_point, args, x.dtype, g_idx)
-    return F.linear(x, w, None if bias is None else bias.to(x.dtype))
+    w = unpack_weight(qweight, num_bits, in_features).float()
+    if zero_point is not None:
+        w = w - expand_groups(zero_point, group_size, in_features, g_idx).float()
+    w = w * expand_groups(scale, group_size, in_features, g_idx)
+    return F.linear(x, w.to(x.dtype), None if bias is None else bias.to(x.dtype))
 
 
-def activation_args(fmt: str, group_size: int, static: bool) -> QuantArgs:
-    """QuantArgs of a symmetric activation: fmt "int8" | "e4m3" | "e5m2"; group_size 0 = per token."""
-    kw = dict(num_bits=8, type=QuantType.INT) if fmt == "int8" else dict(num_bits=8, type=QuantType.FLOAT, fp_format=fmt)
-    if static:
-        return QuantArgs(**kw, strategy=Strategy.TENSOR)
+def activation_scale(x: torch.Tensor, fmt: str, group_size: int) -> torch.Tensor:
+    """Dynamic symmetric scales of x [M, K]: [M, 1] per token (group_size 0) or [M, ceil(K/g)] per 1 x g group."""
+    a = x.float().abs()
     if group_size > 0:
-        return QuantArgs(**kw, strategy=Strategy.GROUP, group_size=group_size, dynamic=True)
-    return QuantArgs(**kw, strategy=Strategy.TOKEN, dynamic=True)
+        a = F.pad(a, (0, (-a.shape[1]) % group_size)).reshape(a.shape[0], -1, group_size)
+    amax = a.amax(-1, keepdim=group_size <= 0).double()
+    top = float(torch.finfo(FP8_DTYPES[fmt]).max) if fmt in FP8_DTYPES else 255 / 2
+    scale = (amax / top).float()
+    return torch.where(scale > 0, scale, torch.ones_like(scale))
 
 
 def quantize_activation(
@@ -58,10 +75,16 @@ def quantize_activation(
     group_size: int,  # 0: one scale per token; g > 0: one per 1 x g group
     static_scale: torch.Tensor | None,  # [1] float32 from calibration; None for dynamic
 ) -> tuple[torch.Tensor, torch.Tensor]:  # codes [M, K] (int8 or fp8), scale [M, 1] / [M, ceil(K/g)] / [1]
-    args = activation_args(fmt, group_size, static_scale is not None)
+    if fmt != "int8" and fmt not in FP8_DTYPES:
+        raise ValueError(f"activation format must be int8, e4m3 or e5m2, got {fmt!r}")
     # A copy of the static scale: a custom op's outputs may not alias its inputs.
-    scale = static_scale.float().reshape(1).clone() if static_scale is not None else choose_qparams(x, args)[0]
-    return quantize(x, scale, None, args), scale
+    scale = static_scale.float().reshape(1).clone() if static_scale is not None else activation_scale(x, fmt, group_size)
+    grouped = static_scale is None and group_size > 0
+    y = x.float() / (expand_groups(scale, group_size, x.shape[1]) if grouped else scale)
+    if fmt == "int8":
+        return torch.round(y).clamp(-128, 127).to(torch.int8), scale
+    top = float(torch.finfo(FP8_DTYPES[fmt]).max)
+    return y.clamp(-top, top).to(FP8_DTYPES[fmt]), scale
 
 
 def scaled_linear(
@@ -92,3 +115,18 @@ def scaled_linear(
         out = out + bias.float()
     return out.to(out_dtype)
 
+
+def w8a8_linear(
+    x: torch.Tensor,  # [M, K] fp16/bf16/fp32 activations
+    weight: torch.Tensor,  # [N, K] int8 or fp8 codes
+    weight_scale: torch.Tensor,  # as w_scale of `scaled_linear`
+    bias: torch.Tensor | None,  # [N]
+    input_scale: torch.Tensor | None,  # [1] static activation scale, None for dynamic
+    fmt: str,  # activation format: "int8" | "e4m3" | "e5m2"
+    act_group_size: int,  # 0: per token (or static); g > 0: 1 x g activation groups
+    block_n: int,  # weight blocks, 0 if per channel/tensor
+    block_k: int,
+) -> torch.Tensor:  # [M, N] in x.dtype
+    xq, xs = quantize_activation(x, fmt, act_group_size, input_scale)
+    group = act_group_size if input_scale is None else 0
+    return scaled_linear(xq, xs, weight, weight_scale, bias, group, block_n, block_k, x.dtype)

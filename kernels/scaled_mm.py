@@ -1,11 +1,20 @@
-"""CUDA implementation of qtool::scaled_linear on PyTorch's own GEMMs, until qtool has W8A8 kernels (issue 7).
+"""CUDA implementations of the W8A8 ops: qtool::w8a8_linear (what a W8A8 QuantLinear calls),
+qtool::quantize_activation and qtool::scaled_linear.
 
-  FP8 (e4m3 x e4m3)  torch._scaled_mm with row-wise scales: per-token (or per-tensor, broadcast) x
-                     per-channel (or per-tensor); needs K and N multiples of 16. Row-wise scaling
-                     writes bfloat16 (or float32 for other output dtypes, then cast).
-  INT8               torch._int_mm (int32 accumulation; needs m > 16, K and N multiples of 8: small m
-                     is zero-padded to 17 rows), then scales and bias in float32.
-Activation groups and weight blocks (e.g. FP8 block-128) and any other shape use the reference.
+qtool::w8a8_linear on CUDA, fp16/bf16 activations, by token count m:
+  m <= W8_GEMV_MAX_M  qtool_cuda::w8_gemv: the 8-bit weights with 16-bit activations, no activation
+                      quantization (at these m the weight bytes set the time; more accurate too)
+  otherwise           qtool_cuda::act_quant (one fused pass), then `scaled_mm` below
+On CPU, and for float32 activations, every op runs its reference (kernels/reference.py).
+
+`scaled_mm`, the GEMM with its scales, first that fits:
+  INT8 / FP8 E4M3, per-token (or static) x per-channel (or tensor) scales:
+                     qtool_cuda::sm90_scaled_mm, CUTLASS wgmma with the scales and bias in the epilogue
+                     (Hopper, libqtool_sm90: kernels/sm90.py); K % 16 == 0, N % 8 == 0
+  FP8 E4M3, same scales  torch._scaled_mm with row-wise scales (K, N multiples of 16)
+  INT8, same scales  torch._int_mm (m > 16, K and N multiples of 8; small m zero-padded), scales after
+  FP8 1x128 activation groups x 128x128 weight blocks: F.scaled_mm block-wise (K % 128 == 0)
+Anything else returns None and the caller runs the reference.
 """
 
 from __future__ import annotations
@@ -16,8 +25,10 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from . import ops, reference
+from . import build, ops, reference, sm90
 
+KERNEL_DTYPES = (torch.float16, torch.bfloat16)
+W8_GEMV_MAX_M = 16  # qtool_cuda::w8_gemv takes up to 16 tokens (w8a8.h, kMaxW8Tokens)
 INT_MM_MIN_M = 17  # torch._int_mm on CUDA needs more than 16 rows
 FP8_MIN_CAPABILITY = (8, 9)  # FP8 matrix units: Ada (sm_89) and Hopper (sm_90) onwards
 _warned: set[str] = set()
@@ -52,14 +63,52 @@ def _rowwise(scale: torch.Tensor, rows: int) -> torch.Tensor:
     return scale.float().reshape(-1, 1).expand(rows, 1).contiguous()
 
 
+def _vector(scale: torch.Tensor, rows: int) -> torch.Tensor:
+    """Contiguous float32 [rows] from per-row scales or one per-tensor scale."""
+    flat = scale.float().reshape(-1)
+    return flat.expand(rows).contiguous() if flat.numel() == 1 and rows != 1 else flat.contiguous()
+
+
+SM90_SKINNY_MAX_M = 128  # scaled_mm_sm90.cu, kSkinnyMaxM
+SM90_FP8_TILE = (128, 256)  # its FP8 tile above that
+
+
+def _sm90_fits(xq: torch.Tensor, wq: torch.Tensor, out_dtype: torch.dtype) -> bool:
+    """Whether libqtool_sm90 takes this GEMM and is the fastest choice for it.
+
+    Measured on the H200 (BENCHMARKS.md): above the skinny range, an FP8 problem with fewer 128 x 256
+    output tiles than SMs leaves SMs idle, and cuBLAS's row-wise FP8 GEMM (torch._scaled_mm) is
+    faster there (1.24x against 0.82x bf16 at 512 x 4096 x 4096); int8 has no such alternative."""
+    (m, k), n = xq.shape, wq.shape[0]
+    fits = (xq.is_cuda and out_dtype in KERNEL_DTYPES and xq.dtype == wq.dtype
+            and xq.dtype in (torch.int8, torch.float8_e4m3fn) and k % 16 == 0 and n % 8 == 0 and sm90.load())
+    cublas_takes_it = k % 16 == 0 and n % 16 == 0
+    if fits and xq.dtype == torch.float8_e4m3fn and m > SM90_SKINNY_MAX_M and cublas_takes_it:
+        tiles = -(-m // SM90_FP8_TILE[0]) * -(-n // SM90_FP8_TILE[1])
+        return tiles >= torch.cuda.get_device_properties(xq.device).multi_processor_count
+    return fits
+
+
 def scaled_mm(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor,
               bias: torch.Tensor | None, x_group_size: int, w_block_n: int, w_block_k: int,
               out_dtype: torch.dtype) -> torch.Tensor | None:
-    """qtool::scaled_linear on torch._scaled_mm / torch._int_mm; None when neither fits (see module docstring)."""
+    """qtool::scaled_linear on the GEMMs of the module docstring; None when none fits."""
     m, k = xq.shape
-    if x_group_size > 0 or w_block_n > 0 or m == 0:
+    if m == 0:
         return None
+    if x_group_size > 0 or w_block_n > 0:
+        return _blockwise(xq, x_scale, wq, w_scale, bias, x_group_size, w_block_n, w_block_k, out_dtype)
     n = wq.shape[0]
+    if _sm90_fits(xq, wq, out_dtype):
+        return torch.ops.qtool_cuda.sm90_scaled_mm(xq.contiguous(), wq.contiguous(), _vector(x_scale, m),
+                                                   _vector(w_scale, n), bias, out_dtype)
+    return torch_scaled_mm(xq, x_scale, wq, w_scale, bias, out_dtype)
+
+
+def torch_scaled_mm(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor,
+                    bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor | None:
+    """Per-token x per-channel scaled GEMM on torch._scaled_mm (FP8) / torch._int_mm (INT8); None if neither fits."""
+    (m, k), n = xq.shape, wq.shape[0]
     sx = _rowwise(x_scale, m)  # [m, 1]
     sw = _rowwise(w_scale, n).t()  # [1, n]
     if xq.dtype == torch.int8 and wq.dtype == torch.int8:
@@ -78,6 +127,101 @@ def scaled_mm(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale
     if bias is not None:
         y = y.float() + bias.float()
     return y.to(out_dtype)
+
+
+BLOCK = 128  # the one block size torch's block-wise FP8 GEMM takes (1x128 activations, 128x128 weights)
+
+
+_blockwise_failed: set[str] = set()
+
+
+def _blockwise(xq, x_scale, wq, w_scale, bias, x_group_size, w_block_n, w_block_k, out_dtype):
+    """FP8 1x128 x 128x128 through F.scaled_mm (cuBLAS); None where it does not apply."""
+    k = xq.shape[1]
+    # cuBLAS wants the weight scales' row stride (k / 128 floats) 16-byte aligned: k % 512 == 0.
+    fits = (xq.is_cuda and xq.dtype == wq.dtype == torch.float8_e4m3fn and x_group_size == BLOCK
+            and (w_block_n, w_block_k) == (BLOCK, BLOCK) and k % (4 * BLOCK) == 0 and hasattr(F, "scaled_mm")
+            and not _blockwise_failed)
+    if not fits:
+        return None
+    try:
+        y = block_mm(xq, x_scale, wq, w_scale)
+    except (RuntimeError, ValueError) as err:  # a PyTorch or cuBLAS without block-wise FP8 on this GPU
+        _blockwise_failed.add(str(err).splitlines()[0])
+        warnings.warn(f"F.scaled_mm block-wise FP8 failed ({str(err).splitlines()[0][:200]}); fp8-block layers "
+                      "use the reference from now on", RuntimeWarning, stacklevel=3)
+        return None
+    if bias is not None:
+        y = y + bias.to(y.dtype)
+    return y.to(out_dtype)
+
+
+def block_mm(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
+    """bf16 [m, n] = (xq [m, k] with scales [m, k/128]) @ (wq [n, k] with scales [n/128, k/128])^T.
+
+    cuBLAS reads the activation scales M-major with a 16-byte aligned stride, so m is padded to a
+    multiple of 4 (zero codes, unit scales), and the weight scales k-major (the stored layout).
+    """
+    from torch.nn.functional import ScalingType
+
+    m = xq.shape[0]
+    pad = (-m) % 4
+    if pad:
+        xq = F.pad(xq.view(torch.uint8), (0, 0, 0, pad)).view(xq.dtype)
+        x_scale = F.pad(x_scale.float(), (0, 0, 0, pad), value=1.0)
+    sa = x_scale.float().t().contiguous().t()  # no copy when act_quant wrote it column-major
+    y = F.scaled_mm(xq.contiguous(), wq.t(), sa, ScalingType.BlockWise1x128, w_scale.float().t(),
+                    ScalingType.BlockWise128x128, output_dtype=torch.bfloat16)
+    return y[:m] if pad else y
+
+
+def quantize_activation_cuda(x: torch.Tensor, fmt: str, group_size: int,
+                             static_scale: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fused kernel where it fits (scale [m, 1] per token and static, [m, groups] column-major), else
+    the reference (scale [1] when static)."""
+    kernels = build.load_extension()
+    rows_ok = x.dim() == 2 and x.stride(1) == 1 and x.dtype in KERNEL_DTYPES
+    groups_ok = group_size <= 0 or static_scale is not None or (
+        8 <= group_size <= 256 and group_size & (group_size - 1) == 0 and x.shape[1] % 8 == 0
+        and x.stride(0) % 8 == 0 and x.data_ptr() % 16 == 0)
+    if kernels is None or not rows_ok or not groups_ok:
+        return reference.quantize_activation(x, fmt, group_size, static_scale)
+    return kernels.act_quant(x, fmt, group_size, static_scale)
+
+
+def _w8_gemv(x, weight, weight_scale, bias, block_n, block_k) -> torch.Tensor | None:
+    """qtool_cuda::w8_gemv when the shapes fit (k % 16 == 0; blocks of 32k x 64k), else None."""
+    n, k = weight.shape
+    if k % 16 or (block_n > 0 and (block_n % 32 or block_k % 64)) or not weight.is_contiguous():
+        return None
+    scale = weight_scale.float().contiguous() if block_n > 0 else _vector(weight_scale, n)
+    x = x.contiguous()
+    if x.data_ptr() % 16:
+        x = x.clone()
+    return torch.ops.qtool_cuda.w8_gemv(x, weight, scale, bias, block_n, block_k)
+
+
+@ops.w8a8_linear.register_kernel("cuda")
+def _w8a8_linear_cuda(x, weight, weight_scale, bias, input_scale, fmt, act_group_size, block_n, block_k):
+    args = (x, weight, weight_scale, bias, input_scale, fmt, act_group_size, block_n, block_k)
+    if build.load_extension() is None or x.dtype not in KERNEL_DTYPES:
+        return reference.w8a8_linear(*args)
+    if x.shape[0] <= W8_GEMV_MAX_M and (y := _w8_gemv(x, weight, weight_scale, bias, block_n, block_k)) is not None:
+        return y
+    xq, xs = quantize_activation_cuda(x, fmt, act_group_size, input_scale)
+    group = act_group_size if input_scale is None else 0
+    y = scaled_mm(xq, xs, weight, weight_scale, bias, group, block_n, block_k, x.dtype)
+    if y is None:
+        return reference.scaled_linear(xq, xs, weight, weight_scale, bias, group, block_n, block_k, x.dtype)
+    return y
+
+
+@ops.quantize_activation.register_kernel("cuda")
+def _quantize_activation_cuda(x, fmt, group_size, static_scale):
+    xq, xs = quantize_activation_cuda(x, fmt, group_size, static_scale)
+    if static_scale is not None:  # the op's contract: the static scale itself, [1]
+        return xq, static_scale.float().reshape(1).clone()
+    return xq, xs.contiguous()
 
 
 @ops.scaled_linear.register_kernel("cuda")

@@ -12,12 +12,12 @@ After `import quantize`, transformers' `AutoModelForCausalLM.from_pretrained` lo
 
 import importlib
 
-from . import _kernels  # noqa: F401  (first: makes this tree's kernels/ the qtool_kernels package)
 from ._hooks import after_import
-from .checkpoint import load_checkpoint, save_checkpoint
-from .compressed import export_compressed_tensors, import_compressed_tensors
+from .checkpoint import save_checkpoint
+from .compressed import import_compressed_tensors
 from .fusion import fuse_projections
 from .linear import QuantLinear
+from .loading import export_compressed_tensors, load_checkpoint
 from .quantizer import load_model, quantize_model
 from .recipe import Recipe, RecipeEntry
 from .scheme import PRESETS, QuantArgs, QuantizationConfig, QuantScheme, Strategy, preset

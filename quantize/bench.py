@@ -121,21 +121,14 @@ def bench_model(
         link_weight_prefetch(model, lambda: model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=device),
                                                   use_cache=False))
 
-    decode = []
-    kernel_profile = None
+    decode, kernel_profile = [], None
     for batch_size in batch_sizes:
         prompt = torch.randint(0, vocab_size, (batch_size, prompt_len), device=device)
         run = DECODE_MODES[decode_mode](model, prompt, decode_tokens, compiled)
-        seconds, peak = _time(run, device, warmup, repeats)
-        steps = getattr(run, "step_seconds", [])[-repeats:]
-        step_seconds = statistics.median(steps) if steps and decode_tokens > 1 else None
+        decode.append(_decode_result(run, batch_size, decode_tokens, device, warmup, repeats))
+        peaks.append(decode[-1].peak_memory_bytes)
         if profile and kernel_profile is None and device.type == "cuda":
             kernel_profile = _profile_kernels(run, batch_size * decode_tokens)
-        decode.append(
-            DecodeResult(batch_size, decode_tokens, seconds, batch_size * decode_tokens / seconds, peak,
-                         step_seconds, batch_size * (decode_tokens - 1) / step_seconds if step_seconds else None)
-        )
-        peaks.append(peak)
 
     prompt = torch.randint(0, vocab_size, (prefill_batch, prefill_len), device=device)
     prefill_seconds, prefill_peak = _time(_prefill_fn(model, prompt), device, warmup, repeats)
@@ -156,6 +149,16 @@ def bench_model(
         peak_memory_bytes=max(peaks) if device.type == "cuda" else None,
         kernel_profile=kernel_profile,
     )
+
+
+def _decode_result(run: Callable[[], object], batch_size: int, decode_tokens: int, device: torch.device,
+                   warmup: int, repeats: int) -> DecodeResult:
+    """Time `run` (one decode of `decode_tokens` tokens for `batch_size` sequences) and its steps."""
+    seconds, peak = _time(run, device, warmup, repeats)
+    steps = getattr(run, "step_seconds", [])[-repeats:]
+    step_seconds = statistics.median(steps) if steps and decode_tokens > 1 else None
+    return DecodeResult(batch_size, decode_tokens, seconds, batch_size * decode_tokens / seconds, peak,
+                        step_seconds, batch_size * (decode_tokens - 1) / step_seconds if step_seconds else None)
 
 
 def compare(base: BenchResult, quant: BenchResult) -> dict[str, float]:

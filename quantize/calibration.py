@@ -1,9 +1,8 @@
-"""`qtool calibrate`: observe every target linear's inputs (and weights) block by block, save the statistics.
+"""`qtool calibrate`: observe every target linear's inputs block by block, save the statistics.
 
 A statistics directory holds `stats.safetensors` (per layer: the observer's state, e.g. running
-min/max or its histogram, the per-input-channel max |x| that SmoothQuant uses, and the weight's
-per-row range) and `stats.json` (the observer, its target format, and per layer the chosen
-range and scale). Static activation scales for `qtool quantize --calibration` are recomputed
+min/max or its histogram) and `stats.json` (the observer, its target format, and per layer the
+chosen range and scale). Static activation scales for `qtool quantize --calibration` are recomputed
 from the saved observer state for each layer's own scheme, so one calibration serves INT8 and
 FP8 alike.
 """
@@ -23,8 +22,7 @@ from .checkpoint import atomic_directory
 from .observers import make_observer
 from .pipeline import BlockContext, run_sequential
 from .primitives import qparams_from_range
-from .recipe import Recipe
-from .scheme import QuantArgs, SchemeError
+from .scheme import QuantArgs, QuantScheme, SchemeError
 
 STATS_TENSORS = "stats.safetensors"
 STATS_JSON = "stats.json"
@@ -49,11 +47,12 @@ class CalibrationStats:
             (tmp / STATS_JSON).write_text(json.dumps(doc, indent=2))
         return Path(out_dir)
 
-    def input_scales(self, recipe: Recipe, model: nn.Module) -> dict[str, torch.Tensor]:
-        """Static activation scale [1] for every layer whose scheme quantizes its inputs statically."""
+    def input_scales(self, schemes: dict[str, QuantScheme]) -> dict[str, torch.Tensor]:
+        """Static activation scale [1] for every layer (full name -> scheme) whose scheme quantizes its
+        inputs statically."""
         scales = {}
-        for name, entry in recipe.assign(model).items():
-            act = entry.scheme.input_activations
+        for name, scheme in schemes.items():
+            act = scheme.input_activations
             if act is None or act.dynamic:
                 continue
             if name not in self.tensors:
@@ -93,25 +92,19 @@ def calibrate(model: nn.Module, batches: list[torch.Tensor], *, observer: str = 
     def process(ctx: BlockContext) -> None:
         names = [n for n, m in ctx.block.named_modules() if isinstance(m, nn.Linear)]
         observers = {n: make_observer(observer, target, **(observer_args or {})) for n in names}
-        channel_max: dict[str, torch.Tensor] = {}
 
         def hook(name, x, y):
             try:
                 observers[name].observe(x)
             except ValueError as err:
                 raise ValueError(f"{ctx.prefix}{name}: {err}") from None
-            m = x.abs().amax(0).float().cpu()
-            channel_max[name] = torch.maximum(channel_max[name], m) if name in channel_max else m
         ctx.capture(names, hook)
         for n in names:
             full = ctx.prefix + n
             tensors, meta = observers[n].state_dict()
             lo, hi = observers[n].result()
             scale, _ = qparams_from_range(lo, hi, target)
-            w = ctx.block.get_submodule(n).weight.detach().float()
-            stats.tensors[full] = {**{f"input.{k}": v.cpu() for k, v in tensors.items()},
-                                   "input_channel_absmax": channel_max[n],
-                                   "weight_min": w.amin(1).cpu(), "weight_max": w.amax(1).cpu()}
+            stats.tensors[full] = {f"input.{k}": v.cpu() for k, v in tensors.items()}
             stats.meta[full] = {"input": meta, "range": [float(lo.min()), float(hi.max())],
                                 "scale": float(scale.max()), "tokens": observers[n].num_observed}
         return None

@@ -6,17 +6,16 @@ Layout of a checkpoint directory:
   layer_errors.json                per-layer relative output error and method statistics
   tokenizer files, generation_config.json   copied from the source model
 Every file is written into a temporary directory beside the target, which is renamed into
-place only when complete: a crash never leaves a half-written checkpoint.
+place only when complete: a crash never leaves a half-written checkpoint (quantize/destination.py).
+
+This module writes and reads qtool's own format; loading.py loads any checkpoint qtool reads
+(this format and compressed-tensors, which compressed.py converts) into a model.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,8 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .linear import QuantLinear, replace_linears
+from .destination import atomic_directory
+from .linear import QuantLinear
 from .scheme import QuantizationConfig, SchemeError
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -82,33 +82,6 @@ def _shard(tensors: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, t
 TRANSFORMERS_GUARD_KEY = "transformers_weights"
 TRANSFORMERS_GUARD = ("this is a qtool checkpoint (quant_method 'qtool') that transformers cannot load by itself: "
                       "pip install qtool, then `import quantize` before from_pretrained")
-
-
-@contextmanager
-def atomic_directory(out_dir: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary directory beside `out_dir` that replaces it only if the block succeeds."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise CheckpointError(f"output directory exists: {out_dir} (pass --overwrite to replace it)")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        yield tmp
-        publish(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def publish(tmp: Path, out_dir: Path) -> None:
-    """Rename the finished directory `tmp` to `out_dir`, replacing what is there."""
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        out_dir.rename(old)
-        tmp.rename(out_dir)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(out_dir)
 
 
 def write_checkpoint(tensors: dict[str, torch.Tensor], config: dict[str, Any], out_dir: str | Path, *,
@@ -213,48 +186,6 @@ def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def read_checkpoint(path: str | Path) -> tuple[QuantizationConfig, dict[str, torch.Tensor]]:
-    """A checkpoint's config and tensors in qtool's layout; compressed-tensors checkpoints are converted."""
-    if raw_quantization_config(path).get("quant_method") == "compressed-tensors":
-        from .compressed import import_compressed_tensors
-
-        return import_compressed_tensors(path)
-    return read_quantization_config(path), read_tensors(path)
-
-
-def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
-                    dtype: torch.dtype | None = None) -> tuple[nn.Module, QuantizationConfig]:
-    """Build the model of a checkpoint with QuantLinear modules and load its tensors.
-
-    Reads qtool checkpoints and compressed-tensors ones (converted by `compressed.import_compressed_tensors`).
-    """
-    path = Path(path)
-    qconfig, tensors = read_checkpoint(path)
-    model = empty_model(path, dtype)
-    replace_linears(model, qconfig.module_schemes(), device="meta")
-    slots = model.state_dict()
-    expected = set(slots)
-    tied = set(_tied_names(model))
-    missing = sorted(expected - set(tensors) - tied)
-    unexpected = sorted(set(tensors) - expected)
-    if missing or unexpected:
-        raise CheckpointError(f"checkpoint {path} does not match its config: missing {missing[:5]}"
-                              f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}")
-    # assign=True keeps each tensor's dtype: cast floats to the model's (scales and FP8 codes keep theirs).
-    tensors = {k: t.to(slots[k].dtype) if t.is_floating_point() else t for k, t in tensors.items()}
-    try:
-        model.load_state_dict(tensors, strict=False, assign=True)
-    except RuntimeError as err:
-        raise CheckpointError(f"checkpoint {path}: {str(err).splitlines()[-1].strip()}") from None
-    if tied & (expected - set(tensors)):
-        model.tie_weights()
-    for name, param in list(model.named_parameters()):
-        if param.device.type == "meta":
-            raise CheckpointError(f"checkpoint {path} has no tensor for {name}")
-    model.to(device).eval()
-    return model, qconfig
-
-
 def empty_model(path: str | Path, dtype: torch.dtype | None = None) -> nn.Module:
     """The float model of a checkpoint's config on the meta device (parameters only; no memory, no weights)."""
     from accelerate import init_empty_weights
@@ -266,14 +197,6 @@ def empty_model(path: str | Path, dtype: torch.dtype | None = None) -> nn.Module
             delattr(config, key)
     with init_empty_weights(include_buffers=False):
         return AutoModelForCausalLM.from_config(config, dtype=dtype or getattr(config, "dtype", None))
-
-
-def _tied_names(model: nn.Module) -> list[str]:
-    """Names of parameters that are filled by weight tying rather than stored (lm_head.weight)."""
-    if not getattr(model.config, "tie_word_embeddings", False):
-        return []
-    keys = getattr(model, "_tied_weights_keys", None) or []
-    return list(keys.keys() if isinstance(keys, dict) else keys)
 
 
 def quantized_layers(model: nn.Module) -> dict[str, QuantLinear]:

@@ -1,67 +1,57 @@
-"""The `qtool` command. Each command is thin: parse options (defined once below), call the API."""
+"""The `qtool` command. Each command is thin: parse options (defined once in cli_options.py), call the API.
+
+quantize, inspect, calibrate and export live here; eval, report, bench and kernels in cli_tools.py.
+"""
 
 from __future__ import annotations
 
-import functools
 import json
-import os
-import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="qtool: post-training quantization for large language models.")
-console = Console()
-err_console = Console(stderr=True)
-
-# --- options, defined once ------------------------------------------------------------------
-ModelArg = Annotated[str, typer.Argument(help="Local Hugging Face model directory (or hub id where reachable).")]
-OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="Checkpoint directory to write.")]
-OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output directory.")]
-DeviceOpt = Annotated[str, typer.Option(help="Device for the block being processed: cpu, cuda, cuda:1.")]
-DatasetOpt = Annotated[str | None, typer.Option(
-    help="Calibration data: a hub dataset name, a local .txt/.jsonl/.json/.parquet/.csv file or folder, "
-         "or 'synthetic' (text the model generates itself).")]
-DatasetConfigOpt = Annotated[str | None, typer.Option("--dataset-config", help="Dataset configuration name.")]
-SplitOpt = Annotated[str, typer.Option(help="Dataset split.")]
-TextColumnOpt = Annotated[str, typer.Option("--text-column", help="Column holding the text.")]
-NumSamplesOpt = Annotated[int, typer.Option("--num-samples", help="Calibration windows.")]
-SeqLenOpt = Annotated[int, typer.Option("--seq-len", help="Tokens per calibration window.")]
-BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Windows per forward pass.")]
-SeedOpt = Annotated[int, typer.Option(help="Seed for window sampling.")]
-CheckpointArg = Annotated[Path, typer.Argument(help="A checkpoint directory (qtool or compressed-tensors).")]
-FormatOpt = Annotated[str, typer.Option("--format", help="Checkpoint format to write: qtool or compressed-tensors "
-                                                         "(what llm-compressor writes; vLLM and SGLang load it).")]
-FORMATS = ("qtool", "compressed-tensors")
-
-
-def _check_format(format: str) -> None:
-    if format not in FORMATS:
-        raise ValueError(f"unknown --format {format!r}; choose from {', '.join(FORMATS)}")
-
-
-def _fail(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
-
-
-def handles_errors(fn):
-    """Bad input becomes one line on stderr and exit code 2 (QTOOL_DEBUG=1 shows the traceback)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (ValueError, FileNotFoundError, NotADirectoryError, KeyError) as err:
-            if os.environ.get("QTOOL_DEBUG"):
-                raise
-            _fail(str(err).splitlines()[0] if str(err) else type(err).__name__)
-
-    return wrapper
+from . import cli_tools  # noqa: F401  (registers eval, report, bench and kernels on `app`)
+from .cli_options import (
+    ActOrderOpt,
+    AlphaOpt,
+    BatchSizeOpt,
+    BitsOpt,
+    CalibrationOpt,
+    CheckpointArg,
+    ClipOpt,
+    ComputeDtypeOpt,
+    DampOpt,
+    DatasetConfigOpt,
+    DatasetOpt,
+    DeviceOpt,
+    DtypeOpt,
+    DuoScalingOpt,
+    FormatOpt,
+    GroupSizeOpt,
+    MethodOpt,
+    ModelArg,
+    NumSamplesOpt,
+    OffloadOpt,
+    OutputOpt,
+    OverwriteOpt,
+    RecipeOpt,
+    ResumeOpt,
+    SchemeOpt,
+    SeedOpt,
+    SeqLenOpt,
+    SplitOpt,
+    StaticGroupsOpt,
+    SymmetricOpt,
+    TextColumnOpt,
+    TrueSequentialOpt,
+    WeightsOpt,
+    app,
+    console,
+    err_console,
+    handles_errors,
+)
 
 
 def _calibration(model, tokenizer, dataset, dataset_config, split, text_column, num_samples, seq_len, seed,
@@ -70,10 +60,9 @@ def _calibration(model, tokenizer, dataset, dataset_config, split, text_column, 
     if dataset is None:
         return None
     from . import data
+    from .validation import check_seq_len
 
-    max_len = getattr(model.config, "max_position_embeddings", None)
-    if max_len is not None and seq_len > max_len:
-        raise ValueError(f"--seq-len {seq_len} is above the model's maximum of {max_len} positions")
+    check_seq_len(model, seq_len)
     if dataset == "synthetic":
         calib = data.synthetic_texts(model, tokenizer, num_samples=num_samples, seq_len=seq_len, seed=seed)
     else:
@@ -84,28 +73,45 @@ def _calibration(model, tokenizer, dataset, dataset_config, split, text_column, 
     return list(calib.batches(batch_size))
 
 
-def _default_scheme(method: str, bits: int | None, group_size: int | None, symmetric: bool | None):
-    from .methods import SCHEME_METHODS
+# Method settings on the command line: option name -> setting name (methods/*.py, the *Settings records).
+SETTING_OPTIONS = {"--damp": "damp", "--act-order": "act_order", "--static-groups": "static_groups",
+                   "--true-sequential": "true_sequential", "--clip": "clip", "--duo-scaling": "duo_scaling",
+                   "--alpha": "alpha", "--weights": "weights"}
+
+
+def single_recipe(method: str, scheme: str | None, bits: int | None, group_size: int | None,
+                  symmetric: bool | None, settings: dict[str, Any]):
+    """The recipe of `qtool quantize` without --recipe: `method`'s record picks the default scheme and
+    checks the settings; every weight option given either applies or raises an error naming it."""
+    from dataclasses import fields, replace
+
+    from .methods import get_method
+    from .recipe import Recipe
     from .scheme import preset
 
-    if method in SCHEME_METHODS or method == "smoothquant":
-        scheme = preset(SCHEME_METHODS.get(method, "w8a8-int8"))
-        if bits not in (None, 8):
-            raise ValueError(f"--method {method} quantizes to 8 bits, got --bits {bits}")
-        return scheme
-    bits = bits or 4
-    base = "w4a16-asym" if method == "awq" else "w4a16"
-    scheme = preset(base)
-    if symmetric is not None:
-        scheme = scheme.with_weights(symmetric=symmetric)
-    if bits == 8 and group_size is None:
-        scheme = scheme.with_weights(num_bits=8, strategy="channel")
-    else:
-        scheme = scheme.with_weights(num_bits=bits)
+    record = get_method(method)
+    accepted = {f.name for f in fields(record.settings)}
+    for option, name in SETTING_OPTIONS.items():
+        if name in settings and name not in accepted:
+            raise ValueError(f"{option} does not apply to --method {method}")
+    chosen = preset(scheme or record.default_scheme)
+    w = chosen.weights
+    given = [f"--bits {bits}" if bits is not None else None,
+             f"--group-size {group_size}" if group_size is not None else None,
+             {True: "--symmetric", False: "--asymmetric", None: None}[symmetric]]
+    for option in filter(None, given):
+        if w.is_float or chosen.input_activations is not None:
+            raise ValueError(f"{option} applies to integer weight-only schemes, not {chosen.describe()} "
+                             f"(--method {method}{f' --scheme {scheme}' if scheme else ''})")
+    if bits is not None:
+        # 8-bit weights without a scheme or group size default to per channel, as w8a16 does.
+        w = w.with_group_size(None) if bits == 8 and scheme is None and group_size is None else w
+        w = replace(w, num_bits=bits)
     if group_size is not None:
-        scheme = (scheme.with_weights(strategy="channel") if group_size == -1
-                  else scheme.with_weights(strategy="group", group_size=group_size))
-    return scheme
+        w = w.with_group_size(group_size)
+    if symmetric is not None:
+        w = replace(w, symmetric=symmetric)
+    return Recipe.single(replace(chosen, weights=w), method, settings)
 
 
 @app.command()
@@ -113,12 +119,12 @@ def _default_scheme(method: str, bits: int | None, group_size: int | None, symme
 def quantize(
     model: ModelArg,
     output: OutputOpt,
-    method: Annotated[str, typer.Option(help="rtn, gptq, awq, smoothquant, int8 or fp8.")] = "rtn",
-    scheme: Annotated[str | None, typer.Option(help="Named preset, e.g. w4a16, w8a8-int8, fp8-block.")] = None,
-    recipe: Annotated[Path | None, typer.Option(help="YAML recipe (configs/*.yaml); overrides --method/--scheme.")] = None,
-    bits: Annotated[int | None, typer.Option(help="Weight bits (2-8).")] = None,
-    group_size: Annotated[int | None, typer.Option("--group-size", help="Inputs per scale; -1 = per channel.")] = None,
-    symmetric: Annotated[bool | None, typer.Option("--symmetric/--asymmetric", help="Zero points or not.")] = None,
+    method: MethodOpt = None,
+    scheme: SchemeOpt = None,
+    recipe: RecipeOpt = None,
+    bits: BitsOpt = None,
+    group_size: GroupSizeOpt = None,
+    symmetric: SymmetricOpt = None,
     dataset: DatasetOpt = None,
     dataset_config: DatasetConfigOpt = None,
     split: SplitOpt = "train",
@@ -127,120 +133,61 @@ def quantize(
     seq_len: SeqLenOpt = 512,
     batch_size: BatchSizeOpt = 4,
     seed: SeedOpt = 0,
-    damp: Annotated[float, typer.Option(help="GPTQ: dampening, a fraction of the mean Hessian diagonal.")] = 0.01,
-    act_order: Annotated[bool, typer.Option("--act-order/--no-act-order",
-                                            help="GPTQ: columns by descending Hessian diagonal.")] = True,
-    static_groups: Annotated[bool | None, typer.Option(
-        "--static-groups/--dynamic-groups", help="GPTQ: group scales fixed up front from the float weights (no "
-        "g_idx, kernels stay fast), or chosen as the loop reaches each group (with act-order: stores g_idx). "
-        "Default: static with act-order.")] = None,
-    true_sequential: Annotated[bool, typer.Option("--true-sequential/--no-true-sequential",
-                                                  help="GPTQ: re-collect inputs after each group of linears.")] = True,
-    clip: Annotated[bool, typer.Option("--clip/--no-clip", help="AWQ: search per-group clipping.")] = True,
-    duo_scaling: Annotated[bool, typer.Option("--duo-scaling", help="AWQ: scale candidates mean|x|^a / "
-                                              "mean|w|^(1-a) (llm-compressor's default).")] = False,
-    alpha: Annotated[str, typer.Option(help="SmoothQuant migration strength in [0, 1], or 'auto' "
-                                            "(searched per layer).")] = "auto",
-    weights_method: Annotated[str, typer.Option("--weights", help="SmoothQuant: quantize the smoothed weights "
-                                                "with rtn or gptq.")] = "rtn",
-    calibration: Annotated[Path | None, typer.Option(help="Statistics from `qtool calibrate` (static activation scales).")] = None,
+    damp: DampOpt = None,
+    act_order: ActOrderOpt = None,
+    static_groups: StaticGroupsOpt = None,
+    true_sequential: TrueSequentialOpt = None,
+    clip: ClipOpt = None,
+    duo_scaling: DuoScalingOpt = None,
+    alpha: AlphaOpt = None,
+    weights_method: WeightsOpt = None,
+    calibration: CalibrationOpt = None,
     observer: Annotated[str, typer.Option(help="Observer for inline static activation calibration.")] = "minmax",
-    offload_activations: Annotated[bool | None, typer.Option(
-        "--offload-activations/--keep-activations", help="Cache block inputs in CPU memory, or on the device; "
-        "default: on the device when they fit in a quarter of its free memory.")] = None,
+    offload_activations: OffloadOpt = None,
     device: DeviceOpt = "cpu",
     format: FormatOpt = "qtool",
     overwrite: OverwriteOpt = False,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its last "
-                                         "finished block (same options as the interrupted run).")] = False,
-    dtype: Annotated[str, typer.Option(help="dtype of the unquantized tensors written (embeddings, norms): "
-                                       "auto (the source's), bfloat16, float16 or float32.")] = "auto",
-    compute_dtype: Annotated[str, typer.Option("--compute-dtype", help="dtype each block runs in on the device: "
-                                               "float32 (reproducible), or bfloat16/float16 (several times faster "
-                                               "on a GPU; methods keep float32 arithmetic).")] = "float32",
+    resume: ResumeOpt = False,
+    dtype: DtypeOpt = "auto",
+    compute_dtype: ComputeDtypeOpt = "float32",
 ) -> None:
     """Quantize MODEL layer by layer and write a packed safetensors checkpoint.
 
     A safetensors MODEL directory is read one block at a time and the checkpoint written block by block
     (host memory independent of depth); Ctrl-C or a crash leaves a partial directory that --resume continues.
     """
-    from .checkpoint import CheckpointError, save_checkpoint
-    from .compressed import check_exportable, write_compressed_tensors
-    from .methods import get_method
-    from .methods.smoothquant import check_alpha
-    from .pipeline import Streaming
-    from .quantizer import load_model, quantize_model, source_dtype
-    from .recipe import Recipe
-    from .scheme import preset
-    from .streaming import StreamSettings, open_lazily, quantize_to_checkpoint
-    from .writer import partial_dir
+    from functools import partial
 
-    _check_format(format)
-    if output.exists() and not overwrite:
-        raise CheckpointError(f"output directory exists: {output} (pass --overwrite to replace it)")
+    from .quantizer import quantize_to_directory
+    from .recipe import Recipe
+    from .report import summarize_notes
+    from .validation import check_positive, check_range
+
+    check_positive(num_samples=num_samples, seq_len=seq_len, batch_size=batch_size)
+    check_range("--damp", damp, low=0)
+    values = (damp, act_order, static_groups, true_sequential, clip, duo_scaling, alpha, weights_method)
+    settings = {name: v for name, v in zip(SETTING_OPTIONS.values(), values, strict=True) if v is not None}
     if recipe is not None:
+        given = [opt for opt, value in (("--method", method), ("--scheme", scheme), ("--bits", bits),
+                                        ("--group-size", group_size), ("--symmetric/--asymmetric", symmetric))
+                 if value is not None] + [o for o, n in SETTING_OPTIONS.items() if n in settings]
+        if given:
+            raise ValueError(f"{given[0]} does not apply with --recipe: set it in the recipe {recipe}")
         plan = Recipe.load(recipe)
     else:
-        get_method(method)
-        if scheme is not None:
-            chosen = preset(scheme)
-            if bits is not None or group_size is not None:
-                chosen = chosen.with_weights(**{k: v for k, v in (("num_bits", bits), ("group_size", group_size))
-                                                if v is not None})
-        else:
-            chosen = _default_scheme(method, bits, group_size, symmetric)
-        settings = {
-            "gptq": dict(damp=damp, act_order=act_order, static_groups=static_groups, true_sequential=true_sequential),
-            "awq": dict(clip=clip, duo_scaling=duo_scaling),
-            "smoothquant": dict(alpha=check_alpha(alpha), weights=weights_method),
-        }.get(method, {})
-        if method == "smoothquant" and weights_method == "gptq":
-            settings.update(damp=damp, act_order=act_order, static_groups=static_groups,
-                            true_sequential=true_sequential)
-        uses_gptq = method == "gptq" or (method == "smoothquant" and weights_method == "gptq")
-        static = act_order if static_groups is None else static_groups
-        if uses_gptq and act_order and not static and chosen.weights.strategy.value == "group":
-            chosen = chosen.with_weights(actorder=True)  # groups become non-contiguous: store g_idx
-        plan = Recipe.single(chosen, method, settings)
-    store_dtype = None if dtype == "auto" else _float_dtype(dtype, "--dtype")
-    compute = _float_dtype(compute_dtype, "--compute-dtype")
-    lazy = format == "qtool" and dataset != "synthetic" and open_lazily(model)
-    float_model, tokenizer = lazy if lazy else load_model(model, dtype=compute)
-    if resume and not lazy:
-        raise ValueError("--resume needs a safetensors model directory and --format qtool")
-    if format == "compressed-tensors":  # fail before quantizing, not after
-        for name, entry in plan.assign(float_model).items():
-            check_exportable(name, entry.scheme, float_model.get_submodule(name).in_features)
-    batches = _calibration(float_model, tokenizer, dataset, dataset_config, split, text_column, num_samples,
-                           seq_len, seed, batch_size)
-    input_scales = None
-    if calibration is not None:
-        from .calibration import load_stats
-        input_scales = load_stats(calibration).input_scales(plan, float_model)
-    if lazy:
-        settings = StreamSettings(dtype=store_dtype, compute_dtype=compute, resume=resume, overwrite=overwrite)
-        try:
-            result = quantize_to_checkpoint(model, plan, output, calibration=batches, device=device,
-                                            settings=settings, skeleton_model=float_model, input_scales=input_scales,
-                                            observer=observer, offload_activations=offload_activations)
-        except KeyboardInterrupt:
-            err_console.print(f"interrupted: finished blocks are kept in {partial_dir(output)}; continue with "
-                              "the same command and --resume")
-            raise typer.Exit(130) from None
-    else:
-        store_dtype = store_dtype or source_dtype(model)
-        result = quantize_model(float_model, plan, calibration=batches, device=device, input_scales=input_scales,
-                                offload_activations=offload_activations, observer=observer,
-                                streaming=Streaming(store_dtype=store_dtype))
-    source, extra = model if Path(model).is_dir() else None, {"layer_errors.json": result.report.to_dict()}
-    if format == "compressed-tensors":
-        write_compressed_tensors(float_model, output, source_dir=source, overwrite=overwrite, extra_json=extra)
-    elif not lazy:
-        save_checkpoint(float_model, result.config, output, source_dir=source, overwrite=overwrite,
-                        extra_json=extra, dtype=store_dtype)
-    for message in result.report.messages:
-        err_console.print(f"[yellow]note:[/] {message}")
-    console.print(f"wrote {output} ({_dir_size(output) / 2**20:.1f} MiB) in {result.report.seconds:.1f} s")
+        plan = single_recipe(method or "rtn", scheme, bits, group_size, symmetric, settings)
+    data = partial(_calibration, dataset=dataset, dataset_config=dataset_config, split=split,
+                   text_column=text_column, num_samples=num_samples, seq_len=seq_len, seed=seed, batch_size=batch_size)
+    result = quantize_to_directory(model, output, plan, calibration=data, calibration_stats=calibration,
+                                   observer=observer, offload_activations=offload_activations, device=device,
+                                   format=format, overwrite=overwrite, resume=resume,
+                                   dtype=None if dtype == "auto" else _float_dtype(dtype, "--dtype"),
+                                   compute_dtype=_float_dtype(compute_dtype, "--compute-dtype"),
+                                   stream=dataset != "synthetic")  # data-free calibration samples the whole model
+    for message in summarize_notes(result.report.messages, output / "layer_errors.json"):
+        err_console.print(f"[yellow]note:[/] {message}", highlight=False)
+    console.print(f"wrote {output} ({_dir_size(output) / 2**20:.1f} MiB) in {result.report.seconds:.1f} s",
+                  soft_wrap=True)
 
 
 def _float_dtype(name: str, option: str):
@@ -263,9 +210,11 @@ def inspect(
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the summary as JSON.")] = None,
 ) -> None:
     """Show a checkpoint's schemes, per-layer formats and sizes, and its compression ratio."""
-    from .checkpoint import read_checkpoint
+    from .destination import check_output_file
+    from .loading import read_validated
 
-    qconfig, tensors = read_checkpoint(checkpoint)
+    check_output_file(json_out, "--json")
+    _, qconfig, tensors = read_validated(checkpoint)
     schemes = qconfig.module_schemes()
     rows, stored, original = [], 0, 0
     for name, scheme in schemes.items():
@@ -284,7 +233,8 @@ def inspect(
     original += sum(t.numel() * 2 for t in rest)  # the bf16 baseline stores everything in 2 bytes
     total = stored + other
     table = Table(title=f"{checkpoint}  method={qconfig.method}")
-    for col in ("layer", "scheme", "shape", "bytes"):
+    table.add_column("layer", overflow="fold")  # long module names wrap at 80 columns, never cut
+    for col in ("scheme", "shape", "bytes"):
         table.add_column(col)
     for name, desc, shape, nbytes in rows:
         table.add_row(name, desc, shape, f"{nbytes:,}")
@@ -321,12 +271,16 @@ def calibrate(
 ) -> None:
     """Run calibration data through MODEL block by block and save per-layer activation statistics."""
     from .calibration import calibrate as run_calibration
+    from .destination import check_output
     from .observers import make_observer
     from .quantizer import load_model
     from .scheme import QuantArgs
+    from .validation import check_device, check_positive, check_range
 
-    if output.exists() and not overwrite:
-        raise ValueError(f"output directory exists: {output} (pass --overwrite to replace it)")
+    check_positive(num_samples=num_samples, seq_len=seq_len, batch_size=batch_size)
+    check_range("--percentile", percentile, low=0, high=100, low_open=True)
+    check_device(device)
+    check_output(output, overwrite=overwrite, reads=(model,))
     if dataset is None:
         raise ValueError("--dataset is required (a hub name, a local file or folder, or 'synthetic')")
     formats = {"int8": QuantArgs(num_bits=8, strategy="tensor"),
@@ -343,7 +297,8 @@ def calibrate(
                             observer_args=observer_args)
     stats.save(output, overwrite=overwrite)
     table = Table(title=f"{observer} ranges of linear inputs ({target})")
-    for col in ("layer", "min", "max", "scale"):
+    table.add_column("layer", overflow="fold")  # long module names wrap at 80 columns, never cut
+    for col in ("min", "max", "scale"):
         table.add_column(col)
     for name, meta in stats.meta.items():
         table.add_row(name, f"{meta['range'][0]:.4g}", f"{meta['range'][1]:.4g}", f"{meta['scale']:.4g}")
@@ -367,20 +322,17 @@ def export(
 
     Example: qtool export out/w4a16 --format compressed-tensors --output out/w4a16-ct
     """
-    from .checkpoint import load_checkpoint, save_checkpoint
-    from .compressed import export_compressed_tensors
+    from .checkpoint import save_checkpoint
+    from .destination import check_output
+    from .loading import export_compressed_tensors, load_checkpoint
+    from .quantizer import FORMATS
 
-    _check_format(format)
+    if format not in FORMATS:
+        raise ValueError(f"unknown --format {format!r}; choose from {', '.join(FORMATS)}")
+    check_output(output, overwrite=overwrite, reads=(checkpoint,))
     if format == "compressed-tensors":
         export_compressed_tensors(checkpoint, output, overwrite=overwrite)
     else:
         model, qconfig = load_checkpoint(checkpoint)
         save_checkpoint(model, qconfig, output, source_dir=checkpoint, overwrite=overwrite)
     console.print(f"wrote {output} ({format}, {_dir_size(output) / 2**20:.1f} MiB)")
-
-
-from . import cli_tools  # noqa: E402,F401  (registers eval, report, bench on `app`)
-
-
-def main() -> None:  # pragma: no cover
-    sys.exit(app())

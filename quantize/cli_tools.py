@@ -1,4 +1,4 @@
-"""`qtool eval`, `qtool report` and `qtool bench`: registered on the app defined in cli.py."""
+"""`qtool eval`, `qtool report`, `qtool bench` and `qtool kernels`: registered on the app of cli_options.py."""
 
 from __future__ import annotations
 
@@ -9,7 +9,16 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .cli import BatchSizeOpt, DatasetConfigOpt, DeviceOpt, TextColumnOpt, app, console, handles_errors
+from .cli_options import (
+    BatchSizeOpt,
+    CommandGroup,
+    DatasetConfigOpt,
+    DeviceOpt,
+    TextColumnOpt,
+    app,
+    console,
+    handles_errors,
+)
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -19,12 +28,16 @@ def _load_any(path: str, device: str, dtype: str = "float32"):
     import torch
     from transformers import AutoTokenizer
 
-    from .checkpoint import load_checkpoint
+    from .loading import load_checkpoint
     from .quantizer import load_model
 
     if Path(path, "config.json").is_file() and "quantization_config" in json.loads(Path(path, "config.json").read_text()):
         model, _ = load_checkpoint(path, device=device, dtype=getattr(torch, dtype))
-        return model, AutoTokenizer.from_pretrained(path)
+        try:
+            return model, AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError, ImportError) as err:  # ImportError: transformers wants a converter
+            raise ValueError(f"{path} has no usable tokenizer (quantize with the float model's folder "
+                             f"as input copies it): {str(err).strip().splitlines()[0]}") from None
     return load_model(path, device=device, dtype=getattr(torch, dtype))
 
 
@@ -49,7 +62,9 @@ def eval_(
 ) -> None:
     """Perplexity, and with --base the KL divergence and top-1 agreement, in one pass over the data."""
     from . import data
+    from .destination import check_output_file
     from .evaluate import evaluate, print_table
+    from .validation import check_device, check_positive, check_scores, check_seq_len
 
     if tasks is not None:
         import importlib.util
@@ -57,7 +72,11 @@ def eval_(
             raise ValueError("--tasks needs lm-evaluation-harness: pip install 'qtool[eval]'")
     if dtype not in DTYPES:
         raise ValueError(f"unknown --dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    check_positive(seq_len=seq_len, max_windows=max_windows, batch_size=batch_size)
+    check_device(device)
+    check_output_file(json_out, "--json")
     qmodel, tokenizer = _load_any(model, device, dtype)
+    check_seq_len(qmodel, seq_len)
     base_model = _load_any(base, device, dtype)[0] if base else None
     texts = data.load_texts(dataset, config=dataset_config, split=split, text_column=text_column)
     windows = data.evaluation_windows(tokenizer, texts, seq_len=seq_len, max_windows=max_windows)
@@ -65,6 +84,7 @@ def eval_(
     figures = {"model": model, "base": base, "dataset": dataset, "dataset_config": dataset_config, "split": split,
                "seq_len": seq_len, "max_windows": max_windows, "batch_size": batch_size, "device": device, "dtype": dtype}
     if result is not None:
+        check_scores(result.to_dict())
         print_table(result, title=model, console=console)
         figures.update(result.to_dict())
     if tasks is not None:
@@ -97,12 +117,17 @@ def report(
     plot: Annotated[Path | None, typer.Option(help="Draw a block x projection heatmap to this PNG.")] = None,
 ) -> None:
     """Per-layer relative output error recorded while quantizing, worst first."""
+    from .destination import check_output_file
     from .report import load_errors, plot_errors, print_worst
+    from .validation import check_positive
 
+    check_positive(worst=worst)
+    check_output_file(plot, "--plot")
     records = load_errors(checkpoint)
     print_worst(records, worst, console=console)
     if plot is not None:
-        plot_errors(records, plot, title=f"{checkpoint.name}: relative output error per layer")
+        measure = records[0].measure if records else "output"
+        plot_errors(records, plot, title=f"{checkpoint.name}: relative {measure} error per layer")
         console.print(f"wrote {plot}")
 
 
@@ -131,17 +156,19 @@ def bench(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the figures as JSON.")] = None,
 ) -> None:
     """Decode and prefill tokens/s (and peak GPU memory) of a model and optionally a base, in one run."""
-    from dataclasses import replace
-
     import torch
 
     from .bench import bench_model, compare, print_bench
-    from .shapes import random_model
+    from .destination import check_output_file
+    from .validation import check_device, check_positive, check_seq_len
 
+    check_positive(decode_tokens=decode_tokens, prefill_len=prefill_len)
+    check_device(device)
+    check_output_file(json_out, "--json")
     if quantize_lm_head and (scheme is None or not random_weights):
         raise ValueError("--quantize-lm-head applies to --random-weights --scheme runs; a checkpoint's lm_head "
                          "is whatever its recipe made it")
-    sizes = tuple(int(b) for b in batch_sizes.split(","))
+    sizes = _batch_sizes(batch_sizes)
     opts = dict(batch_sizes=sizes, decode_tokens=decode_tokens, prefill_len=prefill_len, decode_mode=decode_mode,
                 profile=profile)
     dtype_name = "bfloat16" if device.startswith("cuda") else "float32"
@@ -149,6 +176,7 @@ def bench(
     used_attention = set()
 
     def attention(m):
+        check_seq_len(m, prefill_len + decode_tokens, "--prefill-len + --decode-tokens")
         if attn_implementation is not None:
             try:
                 m.set_attn_implementation(attn_implementation)
@@ -158,22 +186,7 @@ def bench(
         return m
 
     if random_weights:
-        base_model = attention(random_model(model, dtype=dtype, device=device))
-        base_result = bench_model(base_model, **opts)
-        print_bench(base_result, f"{model} {dtype_name}", console=console)
-        if scheme is None:
-            results = {"base": base_result.to_dict()}
-        else:
-            from .quantizer import quantize_model
-            from .recipe import Recipe
-            from .scheme import preset
-            chosen = replace(preset(scheme), ignore=()) if quantize_lm_head else preset(scheme)
-            quantize_model(base_model, Recipe.single(chosen, "rtn"), device=device, progress=False)
-            fused = _fuse(base_model, fuse, f"{model} {scheme}")
-            q_result = bench_model(base_model, **opts)
-            print_bench(q_result, f"{model} {scheme}", baseline=base_result, console=console)
-            results = {"base": base_result.to_dict(), "quantized": q_result.to_dict(),
-                       "ratios": compare(base_result, q_result), "fused_groups": fused}
+        results = _bench_random_weights(model, scheme, quantize_lm_head, fuse, device, dtype, attention, opts)
     else:
         q_model = attention(_load_any(model, device, dtype_name)[0])
         results = {"fused_groups": _fuse(q_model, fuse, model)}
@@ -191,6 +204,42 @@ def bench(
         json_out.write_text(json.dumps(results, indent=2))
 
 
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(b) for b in text.split(","))
+    except ValueError:
+        raise ValueError(f"--batch-sizes must be positive integers separated by commas, got {text!r}") from None
+    if any(b < 1 for b in sizes):
+        raise ValueError(f"--batch-sizes must be positive integers separated by commas, got {text!r}")
+    return sizes
+
+
+def _bench_random_weights(config: str, scheme: str | None, quantize_lm_head: bool, fuse: bool, device: str, dtype,
+                          attention, opts: dict) -> dict:
+    """`qtool bench --random-weights`: the float model of `config`, then (with a scheme) its RTN quantization."""
+    from dataclasses import replace
+
+    from .bench import bench_model, compare, print_bench
+    from .quantizer import quantize_model
+    from .recipe import Recipe
+    from .scheme import preset
+    from .shapes import random_model
+
+    label = f"{config} {str(dtype).removeprefix('torch.')}"
+    base_model = attention(random_model(config, dtype=dtype, device=device))
+    base_result = bench_model(base_model, **opts)
+    print_bench(base_result, label, console=console)
+    if scheme is None:
+        return {"base": base_result.to_dict()}
+    chosen = replace(preset(scheme), ignore=()) if quantize_lm_head else preset(scheme)
+    quantize_model(base_model, Recipe.single(chosen, "rtn"), device=device, progress=False)
+    fused = _fuse(base_model, fuse, f"{config} {scheme}")
+    q_result = bench_model(base_model, **opts)
+    print_bench(q_result, f"{config} {scheme}", baseline=base_result, console=console)
+    return {"base": base_result.to_dict(), "quantized": q_result.to_dict(),
+            "ratios": compare(base_result, q_result), "fused_groups": fused}
+
+
 def _fuse(model, fuse: bool, label: str) -> int | None:
     """Fuse `model`'s projections when asked and say how many groups; None when not asked."""
     if not fuse:
@@ -202,7 +251,7 @@ def _fuse(model, fuse: bool, label: str) -> int | None:
     return count
 
 
-kernels_app = typer.Typer(no_args_is_help=True, help="The bundled CUDA kernels extension.")
+kernels_app = typer.Typer(no_args_is_help=True, cls=CommandGroup, rich_markup_mode=None, help="The bundled CUDA kernels extension.")
 app.add_typer(kernels_app, name="kernels")
 
 
@@ -210,9 +259,17 @@ app.add_typer(kernels_app, name="kernels")
 @handles_errors
 def kernels_info(json_out: Annotated[Path | None, typer.Option("--json", help="Also write it as JSON.")] = None) -> None:
     """What was built, for which GPU, and which implementation each qtool op uses."""
-    import qtool_kernels
+    import warnings
 
-    info = qtool_kernels.info()
+    from qtool_kernels import build
+
+    from .destination import check_output_file
+
+    check_output_file(json_out, "--json")
+    with warnings.catch_warnings():
+        # Without CUDA the loader warns why; the table's "reason" row says it already.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        info = build.info()
     table = Table(title="qtool kernels")
     table.add_column("key")
     table.add_column("value")
@@ -227,7 +284,7 @@ def kernels_info(json_out: Annotated[Path | None, typer.Option("--json", help="A
 @handles_errors
 def kernels_build() -> None:
     """Compile the CUDA extension ahead of time (otherwise it is built on first use)."""
-    import qtool_kernels.build as build
+    from qtool_kernels import build
 
     try:
         build.build()

@@ -41,7 +41,6 @@ from .checkpoint import (
     TRANSFORMERS_GUARD_KEY,
     CheckpointError,
     empty_model,
-    load_checkpoint,
     quantized_layers,
     raw_quantization_config,
     read_tensors,
@@ -214,13 +213,6 @@ def write_compressed_tensors(model: nn.Module, out_dir: str | Path, *, source_di
                             extra_json=extra_json, producer="qtool")
 
 
-def export_compressed_tensors(checkpoint_dir: str | Path, out_dir: str | Path, *,
-                              overwrite: bool = False) -> Path:
-    """Convert a qtool checkpoint directory into a compressed-tensors one; returns `out_dir`."""
-    model, _ = load_checkpoint(checkpoint_dir)
-    return write_compressed_tensors(model, out_dir, source_dir=checkpoint_dir, overwrite=overwrite)
-
-
 # --- import ----------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -322,7 +314,7 @@ def layer_to_qtool(local: dict[str, torch.Tensor], layer: CtLayer, n: int, k: in
     else:
         codes = local["weight"]
     out: dict[str, torch.Tensor] = {}
-    if not w.is_float and w.num_bits < 8:
+    if w.packed:
         out["weight_packed"] = pack_int(codes.to(torch.int8), w.num_bits)
         out["weight_shape"] = torch.tensor([n, k], dtype=torch.int64, device=codes.device)
     else:

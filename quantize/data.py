@@ -15,6 +15,7 @@ csv, parquet) or are read directly (plain text); only a bare name goes to the hu
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,6 +105,8 @@ def _load_split(source: DatasetSource, split: str):
                 raise DataError(f"unknown split {split!r} in {source.location}; splits: {', '.join(loaded)}")
             return loaded[split]
         return loaded
+    if source.kind == "file" and Path(source.location).suffix.lower() == ".jsonl":
+        _check_json_lines(Path(source.location))
     try:
         if source.kind == "file":
             builder = BUILDER_FOR_SUFFIX[Path(source.location).suffix.lower()]
@@ -116,6 +119,23 @@ def _load_split(source: DatasetSource, split: str):
         raise DataError(f"cannot load dataset {source.location}: {_first_line(err)}") from err
     except (ConnectionError, FileNotFoundError) as err:
         raise DataError(f"cannot load dataset {source.location}: {_first_line(err)}") from err
+    except datasets.exceptions.DatasetGenerationError as err:
+        # The useful part (which file, what parser error) is the cause, 200 lines down the traceback.
+        raise DataError(f"cannot read dataset {source.location}: {_first_line(err.__cause__ or err)}") from err
+
+
+def _check_json_lines(path: Path) -> None:
+    """Name the file and line of the first malformed JSON line (datasets buries it in a long traceback)."""
+    with path.open(encoding="utf-8", errors="replace") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}, line {number}: not valid JSON ({err.msg} at column {err.colno})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}, line {number}: expected a JSON object, got {type(row).__name__}")
 
 
 def _read_column(ds, text_column: str, dataset: str) -> list[str]:

@@ -8,18 +8,14 @@ two argmaxes agree are averaged over the same tokens. Dettmers & Zettlemoyer ("T
 4-bit precision", 2023) and Dutta et al. ("Accuracy is not all you need", 2024) argue that
 KL and agreement ("flips") expose quantization damage that perplexity averages away.
 
-The base model can be resident (both models in memory, one pass) or streamed: run
-`save_base_logits` once with the base model, free it, then `evaluate(..., base_logits_dir=)`.
+The base model is resident: both models in memory, one pass.
 All losses use float32 log-softmax whatever the model's dtype; sums are accumulated in float64.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -35,17 +31,11 @@ from rich.progress import (
 )
 from rich.table import Table
 from rich.text import Text
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 # Positions scored at a time: bounds the float32 [positions, vocab] temporaries to
 # 2^24 elements (64 MiB each) even for 128k vocabularies and long windows.
 _CHUNK_ELEMENTS = 1 << 24
-_MANIFEST = "manifest.json"
-
-# Relative rounding error of a float16 value (unit roundoff, half an ulp).
-FLOAT16_UNIT_ROUNDOFF = 2.0**-11
 
 
 @dataclass
@@ -93,7 +83,6 @@ def evaluate(
     *,
     batch_size: int = 1,
     base: nn.Module | None = None,
-    base_logits_dir: str | Path | None = None,
     device: torch.device | str | None = None,
     progress: bool = True,
 ) -> EvalResult:
@@ -102,16 +91,10 @@ def evaluate(
     windows: LongTensor [W, L], W windows of L tokens each (L >= 2).
     batch_size: windows per forward pass; results do not depend on it beyond float rounding.
     base: a resident reference model (same tokenizer); adds KL, top-1 agreement, base perplexity.
-    base_logits_dir: a directory written by `save_base_logits` for these same windows; gives
-        the same extra scores without the base in memory (KL within the float16 bound of
-        `save_base_logits`). Mutually exclusive with `base`.
     device: where the windows are sent; defaults to the device of the model's first parameter.
     Models are put in eval mode; no gradients are kept.
     """
     _check_windows(windows, batch_size)
-    if base is not None and base_logits_dir is not None:
-        raise ValueError("give either `base` or `base_logits_dir`, not both")
-    reader = _BaseLogitsReader(base_logits_dir, windows) if base_logits_dir is not None else None
     device = torch.device(device) if device is not None else _first_device(model)
     model.eval()
     if base is not None:
@@ -123,13 +106,9 @@ def evaluate(
         task = bar.add_task("evaluate", total=windows.numel())
         for start in range(0, num_windows, batch_size):
             ids = windows[start : start + batch_size].to(device, torch.int64)
-            base_logits = stored = None
-            if base is not None:
-                base_logits = _forward_logits(base, ids.to(_first_device(base)))
-            if reader is not None:
-                stored = reader.read(start, start + ids.shape[0])
+            base_logits = None if base is None else _forward_logits(base, ids.to(_first_device(base)))
             logits = _forward_logits(model, ids)
-            totals.add(_score_batch(logits, ids, base_logits, stored))
+            totals.add(_score_batch(logits, ids, base_logits))
             bar.advance(task, ids.numel())
 
     nll = totals.nll / totals.tokens
@@ -140,84 +119,11 @@ def evaluate(
         num_windows=num_windows,
         seq_len=seq_len,
     )
-    if base is not None or reader is not None:
+    if base is not None:
         result.kl_divergence = totals.kl / totals.tokens
         result.top1_agreement = totals.agree / totals.tokens
         result.base_perplexity = math.exp(totals.base_nll / totals.tokens)
     return result
-
-
-def save_base_logits(
-    base: nn.Module,
-    windows: torch.Tensor,
-    out_dir: str | Path,
-    *,
-    batch_size: int = 1,
-    device: torch.device | str | None = None,
-    progress: bool = True,
-) -> Path:
-    """Write the base model's next-token log-probabilities for later `evaluate(base_logits_dir=)`.
-
-    windows: LongTensor [W, L]. One safetensors file per batch holds
-      log_probs  float16 [B, L-1, V]  log-softmax of the float32 logits
-      nll        float32 [B, L-1]     the base's exact per-token NLL (so base perplexity is exact)
-    plus `manifest.json` with the shapes and a SHA-256 of `windows`, checked when reading.
-
-    Size: W * (L-1) * V * 2 bytes. Llama-3 (V = 128256) with 40 windows of 2048 tokens
-    needs 40 * 2047 * 128256 * 2 B = 21 GB; 256 windows of 2048 tokens need 134 GB.
-
-    Float16 error bound: each stored log-prob l_v = log p_v carries a relative rounding error
-    of at most u = 2^-11, so to first order in u the KL at one position changes by at most
-        u * sum_v p_v * |l_v| * (1 + |l_v - log q_v|)
-    (q: the model's distribution), i.e. about u * entropy for close models: ~1e-3 nats for a
-    2-nat entropy, far below the gaps between quantization methods. `kl_rounding_bound`
-    computes this per position. It is a worst case: the roundings have both signs and
-    mostly cancel (the tests see 1.5e-6 against a bound of 2.8e-3). Top-1 agreement can only differ at positions where the
-    base's two largest log-probs round to the same float16 value (rounding is monotone).
-    """
-    _check_windows(windows, batch_size)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    device = torch.device(device) if device is not None else _first_device(base)
-    base.eval()
-    files = []
-    with _progress_bar(progress) as bar, torch.inference_mode():
-        task = bar.add_task("base logits", total=windows.numel())
-        for index, start in enumerate(range(0, windows.shape[0], batch_size)):
-            ids = windows[start : start + batch_size].to(device, torch.int64)
-            logits = _forward_logits(base, ids)
-            rows, length, vocab = logits.shape
-            log_probs = torch.empty(rows, length - 1, vocab, dtype=torch.float16)
-            nll = torch.empty(rows, length - 1, dtype=torch.float32)
-            for row, cols in _chunks(logits):
-                lp = F.log_softmax(logits[row, cols].float(), dim=-1)
-                log_probs[row, cols] = lp.to(torch.float16).cpu()
-                nll[row, cols] = -lp.gather(-1, ids[row, 1:][cols, None]).squeeze(-1).cpu()
-            name = f"batch_{index:05d}.safetensors"
-            save_file({"log_probs": log_probs, "nll": nll}, str(out_dir / name))
-            files.append({"file": name, "start": start, "end": start + ids.shape[0]})
-            bar.advance(task, ids.numel())
-
-    manifest = {
-        "num_windows": windows.shape[0],
-        "seq_len": windows.shape[1],
-        "vocab_size": vocab,
-        "windows_sha256": _fingerprint(windows),
-        "files": files,
-    }
-    (out_dir / _MANIFEST).write_text(json.dumps(manifest, indent=1))
-    return out_dir
-
-
-def kl_rounding_bound(base_log_probs: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:
-    """First-order bound on how much float16 storage of `base_log_probs` can move the KL.
-
-    base_log_probs, log_probs: [..., V] exact (float32/64) log-probs of base and model.
-    Returns [...]: u * sum_v p_v |l_v| (1 + |l_v - log q_v|) with u = 2^-11.
-    """
-    p = base_log_probs.exp()
-    terms = p * base_log_probs.abs() * (1 + (base_log_probs - log_probs).abs())
-    return FLOAT16_UNIT_ROUNDOFF * torch.where(p > 0, terms, 0).sum(-1)
 
 
 def print_table(result: EvalResult, title: str = "evaluation", console: Console | None = None) -> None:
@@ -240,12 +146,10 @@ def _score_batch(
     logits: torch.Tensor,
     ids: torch.Tensor,
     base_logits: torch.Tensor | None,
-    stored: dict[str, torch.Tensor] | None,
 ) -> _Sums:
     """Totals for one batch.
 
     logits, base_logits: [B, L, V] in any dtype; ids: [B, L].
-    stored: {"log_probs": float16 [B, L-1, V], "nll": float32 [B, L-1]} from `save_base_logits`.
     """
     # [nll, base_nll, kl, agreeing positions], kept on the device so that a GPU
     # synchronises once per batch rather than once per chunk.
@@ -254,21 +158,16 @@ def _score_batch(
         targets = ids[row, 1:][cols, None]
         lp = F.log_softmax(logits[row, cols].float(), dim=-1)
         totals[0] -= lp.gather(-1, targets).double().sum()
-        if base_logits is not None:
-            base_lp = F.log_softmax(base_logits[row, cols].to(lp.device, torch.float32), dim=-1)
-            totals[1] -= base_lp.gather(-1, targets).double().sum()
-        elif stored is not None:
-            base_lp = stored["log_probs"][row, cols].to(lp.device, torch.float32)
-        else:
+        if base_logits is None:
             continue
+        base_lp = F.log_softmax(base_logits[row, cols].to(lp.device, torch.float32), dim=-1)
+        totals[1] -= base_lp.gather(-1, targets).double().sum()
         p = base_lp.exp()
         # p == 0 (underflow or a masked token) contributes nothing, not 0 * -inf = nan.
         kl_terms = torch.where(p > 0, p * (base_lp - lp), 0)
         totals[2] += kl_terms.sum(-1).double().sum()
         totals[3] += (lp.argmax(-1) == base_lp.argmax(-1)).sum()
     nll, base_nll, kl, agree = totals.tolist()
-    if stored is not None:
-        base_nll = stored["nll"].double().sum().item()
     return _Sums(nll, base_nll, kl, round(agree), tokens=ids.shape[0] * (ids.shape[1] - 1))
 
 
@@ -283,39 +182,6 @@ def _chunks(logits: torch.Tensor):
 def _forward_logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     """Logits [B, L, V] of one forward pass without a KV cache."""
     return model(input_ids=ids, use_cache=False).logits
-
-
-class _BaseLogitsReader:
-    """Rows of stored base log-probs for any window range, whatever batch size wrote them."""
-
-    def __init__(self, directory: str | Path, windows: torch.Tensor):
-        self.directory = Path(directory)
-        manifest_path = self.directory / _MANIFEST
-        if not manifest_path.is_file():
-            raise ValueError(f"{manifest_path}: not found; write it with save_base_logits")
-        manifest = json.loads(manifest_path.read_text())
-        if manifest["windows_sha256"] != _fingerprint(windows) or list(windows.shape) != [
-            manifest["num_windows"],
-            manifest["seq_len"],
-        ]:
-            raise ValueError(f"{manifest_path}: stored for different windows than the ones evaluated")
-        self.files = manifest["files"]
-
-    def read(self, start: int, end: int) -> dict[str, torch.Tensor]:
-        """{"log_probs": float16 [end-start, L-1, V], "nll": float32 [end-start, L-1]}."""
-        parts: dict[str, list[torch.Tensor]] = {"log_probs": [], "nll": []}
-        for entry in self.files:
-            lo, hi = max(start, entry["start"]), min(end, entry["end"])
-            if lo >= hi:
-                continue
-            with safe_open(str(self.directory / entry["file"]), framework="pt") as f:
-                for key, chunks in parts.items():
-                    chunks.append(f.get_slice(key)[lo - entry["start"] : hi - entry["start"]])
-        return {key: torch.cat(chunks) for key, chunks in parts.items()}
-
-
-def _fingerprint(windows: torch.Tensor) -> str:
-    return hashlib.sha256(windows.to(torch.int64).cpu().contiguous().numpy().tobytes()).hexdigest()
 
 
 def _check_windows(windows: torch.Tensor, batch_size: int) -> None:

@@ -1,4 +1,4 @@
-"""Horizontal fusion of weight-only quantized projections that read the same input, for decode speed.
+"""Horizontal fusion of quantized projections that read the same input, for decode speed.
 
 At batch-1 decode every QuantLinear is one GEMV launch whose fixed cost dominates small layers
 (k_proj and v_proj have 1024 outputs on Llama-3-8B). q/k/v read the same hidden states, as do
@@ -36,7 +36,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .linear import QuantLinear, _packs, set_submodule
+from .linear import QuantLinear, kernel_args, set_submodule
 from .mappings import ArchitectureError, find_architecture, find_blocks
 from .scheme import Strategy
 
@@ -117,20 +117,22 @@ def _refuse_state_dict(module: nn.Module, prefix: str, keep_vars: bool) -> None:
 def incompatibility(members: list[nn.Module]) -> str | None:
     """Why `members` cannot run as one layer, or None when they can.
 
-    They must all be weight-only integer QuantLinears with GROUP or CHANNEL scales, equal weight
-    arguments, equal in_features, one device, no act-order (each layer has its own input
-    permutation), the same bias presence and tensor dtypes; and carry no hooks (fusion would drop them).
+    They must all be QuantLinears of one scheme whose scales stack along the rows
+    (`_scheme_incompatibility`), with equal in_features, one device, no act-order (each layer has
+    its own input permutation), the same bias presence and tensor dtypes; and carry no hooks (fusion
+    would drop them).
     """
     if not all(type(m) is QuantLinear for m in members):
         return "not all QuantLinear"
     first = members[0]
     w = first.scheme.weights
-    if first.scheme.input_activations is not None or w.is_float or w.strategy not in (Strategy.GROUP, Strategy.CHANNEL):
-        return f"scheme {first.scheme.describe()} is not weight-only integer with group or channel scales"
+    reason = _scheme_incompatibility(members)
+    if reason is not None:
+        return reason
     if w.actorder:
         return "act-order weights"
     for m in members:
-        if m.scheme.weights != w or m.scheme.input_activations is not None:
+        if m.scheme != first.scheme:
             return "different schemes"
         if m.in_features != first.in_features:
             return "different in_features"
@@ -141,6 +143,25 @@ def incompatibility(members: list[nn.Module]) -> str | None:
     for name in _ROW_TENSORS:  # torch.cat would promote mixed dtypes silently
         if len({None if (t := getattr(m, name, None)) is None else t.dtype for m in members}) > 1:
             return f"{name} differs in presence or dtype"
+    return None
+
+
+def _scheme_incompatibility(members: list[QuantLinear]) -> str | None:
+    """Weight-only integer layers need group or channel scales (the kernels' layouts). W8A8 layers
+    stack per-channel and block scales (blocks whole in every member), not a per-tensor weight scale
+    (one number per member), and a static activation scale only when all members share it."""
+    first = members[0]
+    act, w = first.scheme.input_activations, first.scheme.weights
+    if act is None:
+        if kernel_args(first.scheme) is None:
+            return f"scheme {first.scheme.describe()} is not weight-only integer with group or channel scales"
+        return None
+    if w.strategy is Strategy.TENSOR:
+        return "per-tensor weight scales"
+    if w.strategy is Strategy.BLOCK and any(m.out_features % w.block_structure[0] for m in members):
+        return "a member's rows do not fill whole weight blocks"
+    if not act.dynamic and any(not torch.equal(m.input_scale, first.input_scale) for m in members):
+        return "different static activation scales"
     return None
 
 
@@ -161,8 +182,10 @@ def fuse_layers(members: list[QuantLinear]) -> QuantLinear:
             continue
         stacked = torch.cat([getattr(m, name).detach() for m in members], dim=0)
         setattr(fused, name, nn.Parameter(stacked, requires_grad=False) if name == "bias" else stacked)
-    if _packs(first.scheme):
+    if first.scheme.weights.packed:
         fused.weight_shape = torch.tensor([n, k], dtype=torch.int64, device=device)
+    if hasattr(first, "input_scale"):  # equal in every member (`incompatibility`)
+        fused.input_scale = first.input_scale.detach().clone()
     left = [name for name, t in (*fused.named_buffers(), *fused.named_parameters()) if t.is_meta]
     if left:
         raise AssertionError(f"fuse_layers left {left} unset: _ROW_TENSORS misses a QuantLinear buffer")

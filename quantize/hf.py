@@ -43,10 +43,15 @@ from .checkpoint import TRANSFORMERS_GUARD, TRANSFORMERS_GUARD_KEY
 from .compressed import CT_METHOD, CtLayer, layer_to_qtool, plan_import
 from .linear import QuantLinear, replace_linears
 from .scheme import QUANT_METHOD, QuantizationConfig
+from .validation import check_tensor_layouts
 
 # safetensors dtype names of the integer and FP8 tensors a compressed-tensors layer stores;
 # float tensors (scales) are staged as float32 and cast by transformers' loader.
 _STORED_DTYPES = {"I8": torch.int8, "I32": torch.int32, "I64": torch.int64, "F8_E4M3": torch.float8_e4m3fn}
+# Every safetensors dtype name a qtool checkpoint can hold, to check stored tensors exactly.
+_HEADER_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                  "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                  "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
 
 
 class QtoolConfig(QuantizationConfigMixin):
@@ -91,12 +96,18 @@ class QtoolHfQuantizer(HfQuantizer):
         super().__init__(quantization_config, **kwargs)
         self.ct_layers: dict[str, CtLayer] = {}
 
+    # The guard that stops plain transformers (checkpoint.TRANSFORMERS_GUARD) must be gone before
+    # transformers resolves the weight files. Which HfQuantizer hook sees the model config before
+    # that differs between releases (5.0-5.17: update_tp_plan and update_ep_plan; later:
+    # update_attn_implementation), so every config hook drops it and the first one called wins.
+    def update_tp_plan(self, config):
+        return _drop_guard(config)
+
+    def update_ep_plan(self, config):
+        return _drop_guard(config)
+
     def update_attn_implementation(self, config):
-        # The one hook that sees the model config before transformers resolves the weight files:
-        # drop the guard that stops plain transformers (checkpoint.TRANSFORMERS_GUARD).
-        if getattr(config, TRANSFORMERS_GUARD_KEY, None) == TRANSFORMERS_GUARD:
-            delattr(config, TRANSFORMERS_GUARD_KEY)
-        return config
+        return _drop_guard(config)
 
     def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs):
         config = self.quantization_config
@@ -111,6 +122,8 @@ class QtoolHfQuantizer(HfQuantizer):
                 empty = {key: torch.empty(shape, dtype=dtype, device="meta")
                          for key, (shape, dtype) in stored[name].items()}
                 _replace_buffers(model.get_submodule(name), empty)
+        elif checkpoint_files:
+            _check_stored(model, checkpoint_files, set(config.qconfig.module_schemes()))
         return model
 
     def _process_model_after_weight_loading(self, model, **kwargs):
@@ -129,21 +142,48 @@ class QtoolHfQuantizer(HfQuantizer):
         return False
 
 
+# Hooks transformers calls with the model config before resolving the weight files, in some release.
+CONFIG_HOOKS = ("update_tp_plan", "update_ep_plan", "update_attn_implementation")
+
+
+def _drop_guard(config):
+    if getattr(config, TRANSFORMERS_GUARD_KEY, None) == TRANSFORMERS_GUARD:
+        delattr(config, TRANSFORMERS_GUARD_KEY)
+    return config
+
+
 Layout = dict[str, tuple[tuple[int, ...], torch.dtype]]  # local tensor name -> (shape, dtype)
 
 
-def _stored_layouts(files: list[str], modules: set[str]) -> dict[str, Layout]:
-    """Shape and dtype of every stored tensor (but bias) of `modules`, read from the safetensors headers."""
-    out: dict[str, Layout] = {m: {} for m in modules}
+def _headers(files: list[str], modules: set[str]) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Shape and safetensors dtype name of every stored tensor of `modules`, read from the file headers."""
+    out = {}
     for file in files:
         with safe_open(file, framework="pt") as fh:
             for key in fh.keys():
-                module, _, local = key.rpartition(".")
-                if module in out and local != "bias":
+                if key.rpartition(".")[0] in modules:
                     tensor = fh.get_slice(key)
-                    dtype = _STORED_DTYPES.get(tensor.get_dtype(), torch.float32)
-                    out[module][local] = (tuple(tensor.get_shape()), dtype)
+                    out[key] = (tuple(tensor.get_shape()), tensor.get_dtype())
     return out
+
+
+def _stored_layouts(files: list[str], modules: set[str]) -> dict[str, Layout]:
+    """Shape and staging dtype of every stored tensor (but bias) of `modules`."""
+    out: dict[str, Layout] = {m: {} for m in modules}
+    for key, (shape, dtype) in _headers(files, modules).items():
+        module, _, local = key.rpartition(".")
+        if local != "bias":
+            out[module][local] = (shape, _STORED_DTYPES.get(dtype, torch.float32))
+    return out
+
+
+def _check_stored(model: nn.Module, files: list[str], modules: set[str]) -> None:
+    """Refuse a qtool checkpoint whose stored tensors do not have the dtype and shape of the buffers
+    its config implies (transformers' loader would cast an int32 code tensor stored as float)."""
+    slots = {f"{name}.{key}": t for name in modules for key, t in model.get_submodule(name).state_dict().items()}
+    stored = {key: torch.empty(shape, dtype=_HEADER_DTYPES.get(dtype, torch.uint8), device="meta")
+              for key, (shape, dtype) in _headers(files, modules).items()}
+    check_tensor_layouts(slots, stored, f"checkpoint {Path(files[0]).parent}", values=False)
 
 
 def _replace_buffers(module: QuantLinear, tensors: dict[str, torch.Tensor]) -> None:

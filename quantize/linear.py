@@ -1,8 +1,14 @@
-"""QuantLinear: packed buffers plus one call to a qtool op.
+"""QuantLinear: packed buffers plus one call to a qtool op, and everything about running it on CUDA.
 
 Buffer names follow compressed-tensors (`weight_packed`, `weight_scale`, `weight_zero_point`,
 `weight_g_idx`, `input_scale`); quantize/compressed.py converts where the layouts differ (packed zero
 points, packed 8-bit and odd-width codes, group sizes).
+
+The one CUDA route of weight-only layers: `QuantLinear.forward` -> `cuda_linear`, which repacks the
+checkpoint buffers into the kernels' layout once (`prepare_for_cuda`, kept as non-persistent `cuda_*`
+buffers) and calls `qtool_kernels.weight_only.packed_linear`. This module is the only reader of a
+layer's scheme on that route (`kernel_args`); qtool_kernels takes tensors and ints and knows nothing
+of QuantLinear. Everything the kernels cannot take runs the `qtool::weight_only_linear` reference op.
 """
 
 from __future__ import annotations
@@ -15,16 +21,22 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import qtool_kernels  # registers torch.ops.qtool; CUDA kernels for the forward
+# ops declares torch.ops.qtool.*; scaled_mm registers qtool::scaled_linear's CUDA implementation.
+from qtool_kernels import build, ops, scaled_mm  # noqa: F401
+from qtool_kernels.layout import PackedWeight, UnsupportedLayout, pack_weight
+from qtool_kernels.weight_only import KERNEL_DTYPES, packed_linear
 
 from .primitives import QTensor, dequantize, pack_factor, pack_int, scale_shape, unpack_int
 from .scheme import QuantScheme, Strategy
 
 
-def _packs(scheme: QuantScheme) -> bool:
-    """Integer weights below 8 bits are packed into int32 words; 8-bit codes are stored as they are."""
+def kernel_args(scheme: QuantScheme) -> tuple[int, int] | None:
+    """(num_bits, group_size) of a weight-only integer scheme as the weight-only ops take them
+    (group_size -1: one scale per output channel); None for schemes they do not serve."""
     w = scheme.weights
-    return not w.is_float and w.num_bits < 8
+    if scheme.input_activations is not None or w.kernel_group_size is None:
+        return None
+    return w.num_bits, w.kernel_group_size
 
 
 class QuantLinear(nn.Module):
@@ -46,7 +58,7 @@ class QuantLinear(nn.Module):
         self.in_features, self.out_features, self.scheme = in_features, out_features, scheme
         w = scheme.weights
         n, k = out_features, in_features
-        if _packs(scheme):
+        if scheme.weights.packed:
             self.register_buffer("weight_packed", torch.zeros(n, math.ceil(k / pack_factor(w.num_bits)),
                                                               dtype=torch.int32, device=device))
             # Packing hides K; stored so a checkpoint describes itself (as compressed-tensors does).
@@ -75,7 +87,7 @@ class QuantLinear(nn.Module):
         n, k = qt.values.shape
         layer = cls(k, n, scheme, bias=bias is not None, dtype=bias.dtype if bias is not None else torch.float32,
                     device=qt.values.device)
-        if _packs(scheme):
+        if scheme.weights.packed:
             layer.weight_packed.copy_(pack_int(qt.values, scheme.weights.num_bits))
             layer.weight_shape.copy_(torch.tensor([n, k]))
         else:
@@ -95,7 +107,7 @@ class QuantLinear(nn.Module):
 
     def codes(self) -> torch.Tensor:
         """Unpacked weight codes [N, K] (int8 or FP8)."""
-        if _packs(self.scheme):
+        if self.scheme.weights.packed:
             return unpack_int(self.weight_packed, self.scheme.weights.num_bits, self.in_features)
         return self.weight
 
@@ -107,7 +119,6 @@ class QuantLinear(nn.Module):
     # --- forward --------------------------------------------------------------------------
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.scheme.weights
         if self.scheme.input_activations is not None:
             return self._forward_w8a8(x)
         if self.dense_weight is not None:
@@ -115,25 +126,23 @@ class QuantLinear(nn.Module):
             # reference op's arithmetic without unpacking the weight every call (on a GPU, the decode
             # kernels would repack a copy of each layer for batches of thousands of tokens).
             return F.linear(x, self.dense_weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
-        if not w.is_float and w.strategy in (Strategy.GROUP, Strategy.CHANNEL):
-            if x.is_cuda and (y := qtool_kernels.cuda_linear(self, x)) is not None:
-                return y  # CUDA kernels on a copy repacked once at first use (kernels/weight_only.py)
-            qweight = self.weight_packed if _packs(self.scheme) else self.weight
+        if (args := kernel_args(self.scheme)) is not None:
+            if x.is_cuda and (y := cuda_linear(self, x)) is not None:
+                return y
+            qweight = self.weight_packed if self.scheme.weights.packed else self.weight
             return torch.ops.qtool.weight_only_linear(
                 x, qweight, self.weight_scale, getattr(self, "weight_zero_point", None),
-                getattr(self, "weight_g_idx", None), self.bias, w.num_bits,
-                w.group_size if w.strategy is Strategy.GROUP else -1, self.in_features)
+                getattr(self, "weight_g_idx", None), self.bias, *args, self.in_features)
         # FP8 weight-only and per-tensor/block integer weights: dequantize, then a plain GEMM.
         return F.linear(x, self.dequantize_weight(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
     def _forward_w8a8(self, x: torch.Tensor) -> torch.Tensor:
         act, w = self.scheme.input_activations, self.scheme.weights
         fmt = act.fp_format if act.is_float else "int8"
-        x2 = x.reshape(-1, self.in_features)
         group = act.group_size if act.strategy is Strategy.GROUP else 0
-        xq, xs = torch.ops.qtool.quantize_activation(x2, fmt, group, getattr(self, "input_scale", None))
         bn, bk = w.block_structure if w.strategy is Strategy.BLOCK else (0, 0)
-        out = torch.ops.qtool.scaled_linear(xq, xs, self.weight, self.weight_scale, self.bias, group, bn, bk, x.dtype)
+        out = torch.ops.qtool.w8a8_linear(x.reshape(-1, self.in_features), self.weight, self.weight_scale, self.bias,
+                                          getattr(self, "input_scale", None), fmt, group, bn, bk)
         return out.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
@@ -158,9 +167,9 @@ def call_order(model: nn.Module, forward: Callable[[], object]) -> list[QuantLin
 
 def link_weight_prefetch(model: nn.Module, forward: Callable[[], object]) -> int:
     """Run `forward()` (one eager pass, which also prepares the CUDA layouts) and chain the layers it
-    called so each GEMV prefetches the next one's weight into L2 (qtool_kernels.link_prefetch).
+    called so each GEMV prefetches the next one's weight into L2 (`link_prefetch`).
     Returns the number of linked layers (0 off CUDA)."""
-    return qtool_kernels.link_prefetch(call_order(model, forward))
+    return link_prefetch(call_order(model, forward))
 
 
 @contextmanager
@@ -192,3 +201,86 @@ def replace_linears(model: nn.Module, schemes: dict[str, QuantScheme], device: t
         new = QuantLinear(old.in_features, old.out_features, scheme, bias=old.bias is not None,
                           dtype=bias_dtype, device=device)
         set_submodule(model, name, new)
+
+
+# --- the CUDA route ---------------------------------------------------------------------------
+
+_SOURCES = ("weight_packed", "weight", "weight_scale", "weight_zero_point", "weight_g_idx", "bias")
+_BUFFERS = ("cuda_qweight", "cuda_scale", "cuda_zero", "cuda_perm", "cuda_bias")
+
+
+def pack_layer(layer: QuantLinear) -> PackedWeight | None:
+    """A QuantLinear's weight in the kernel layout, on its device; None when the kernels cannot take it."""
+    args = kernel_args(layer.scheme)
+    if args is None:
+        return None
+    try:
+        return pack_weight(layer.codes(), layer.weight_scale, getattr(layer, "weight_zero_point", None),
+                           getattr(layer, "weight_g_idx", None), *args)
+    except UnsupportedLayout:
+        return None
+
+
+def _source_key(layer: QuantLinear) -> tuple:
+    """Changes when any checkpoint tensor is replaced, moved or written in place."""
+    return tuple((t.data_ptr(), t._version) for name in _SOURCES if (t := getattr(layer, name, None)) is not None)
+
+
+def prepare_for_cuda(layer: QuantLinear) -> PackedWeight | None:
+    """Repack `layer` into the kernel layout once and keep it as non-persistent buffers.
+
+    The checkpoint buffers are untouched and state_dict() is unchanged; the repack is redone when a
+    checkpoint buffer changes (load_state_dict, .to()). None when the kernels are not available or
+    cannot take this layer's scheme, in which case the layer runs the reference op.
+    Under torch.compile the layout an eager forward prepared is used as is (run one eager forward first).
+    """
+    if build.load_extension() is None:
+        return None
+    key = _source_key(layer)
+    if getattr(layer, "_cuda_layout_key", None) != key:
+        packed = pack_layer(layer)
+        bias = None if packed is None or layer.bias is None else layer.bias.detach().float()
+        tensors = (None,) * 5 if packed is None else (packed.qweight, packed.scale, packed.zero, packed.perm, bias)
+        for name, t in zip(_BUFFERS, tensors, strict=True):
+            layer.register_buffer(name, t, persistent=False)
+        layer._cuda_layout = None if packed is None else (packed.num_bits, packed.group_size, packed.in_features,
+                                                          packed.out_features)
+        layer._cuda_layout_key = key
+    return _prepared(layer)
+
+
+def _prepared(layer: QuantLinear) -> PackedWeight | None:
+    meta = getattr(layer, "_cuda_layout", None)
+    if meta is None:
+        return None
+    return PackedWeight(layer.cuda_qweight, layer.cuda_scale, layer.cuda_zero, layer.cuda_perm, *meta)
+
+
+def cuda_linear(layer: QuantLinear, x: torch.Tensor) -> torch.Tensor | None:
+    """The layer's forward on the CUDA kernels for x [..., K] -> [..., N], or None when they cannot
+    serve this layer and input."""
+    if not x.is_cuda or x.dtype not in KERNEL_DTYPES:
+        return None
+    packed = _prepared(layer) if torch.compiler.is_compiling() else prepare_for_cuda(layer)
+    if packed is None:
+        return None
+    return packed_linear(x, packed, layer.cuda_bias, torch.ops.qtool_cuda, getattr(layer, "cuda_prefetch", None))
+
+
+def link_prefetch(layers: list[QuantLinear]) -> int:
+    """Make each of `layers` (QuantLinears in the order a forward pass calls them) prefetch the packed
+    weight of the next one into L2 during its GEMV, and the last one the first's (the next token
+    starts there). Layers the kernels cannot serve are skipped. Returns the number of links.
+
+    Why: between two GEMVs of a decode step run small kernels (norms, attention) that leave DRAM idle;
+    a prefetch issued at the end of one GEMV moves the next one's weight during that time (the kernel
+    caps it at 4 MB, csrc/ops.cpp). The link is a plain attribute (not a buffer), so state_dict and
+    .to() are unchanged; run after one eager forward has prepared the layers (prepare_for_cuda), and
+    again after moving or reloading them: a link keeps the packed weight it points to alive.
+    """
+    ready = [layer for layer in layers if _prepared(layer) is not None]
+    if len(ready) < 2:
+        return 0
+    for layer, nxt in zip(ready, ready[1:] + ready[:1], strict=True):
+        layer.cuda_prefetch = nxt.cuda_qweight
+    return len(ready)

@@ -37,6 +37,9 @@ class Architecture:
     # Linears that read the same tensor, in the order forward calls them (first one first); empty
     # where the checkpoint already fuses them (Phi-3's qkv_proj) or the order is not known.
     fusions: tuple[tuple[str, ...], ...] = ()
+    # Linears whose outputs enter the model only through the attention scores q k^T (AWQ leaves
+    # their ranges unclipped, as the reference implementation does).
+    attention_scores: tuple[str, ...] = ()
 
 
 _LLAMA_SEQ = (
@@ -49,6 +52,7 @@ _QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
 # Checked against transformers 5.x modeling code of every model_type below: attention calls q, k, v
 # on hidden_states in that order, the MLP computes act(gate_proj(x)) * up_proj(x).
 _LLAMA_FUSIONS = (_QKV, ("mlp.gate_proj", "mlp.up_proj"))
+_QK = ("self_attn.q_proj", "self_attn.k_proj")
 
 
 def _llama_smooth(mlp_norm: str) -> tuple[Smooth, ...]:
@@ -66,18 +70,22 @@ _BLOCKS = ("model.layers", "model.language_model.layers", "language_model.model.
 ARCHITECTURES: tuple[Architecture, ...] = (
     Architecture("llama", ("llama", "mistral", "qwen2", "qwen3", "smollm3", "granite"),
                  ("LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer"),
-                 _BLOCKS, _LLAMA_SEQ, _llama_smooth("post_attention_layernorm"), fusions=_LLAMA_FUSIONS),
+                 _BLOCKS, _LLAMA_SEQ, _llama_smooth("post_attention_layernorm"), fusions=_LLAMA_FUSIONS,
+                 attention_scores=_QK),
     # Gemma 2/3 have sandwich norms: post_attention_layernorm sits after attention, before the
     # residual add, so it does NOT feed the MLP; pre_feedforward_layernorm does.
     Architecture("gemma", ("gemma2", "gemma3", "gemma3_text"), ("Gemma2DecoderLayer", "Gemma3DecoderLayer"),
                  _BLOCKS, _LLAMA_SEQ, _llama_smooth("pre_feedforward_layernorm"), norm_offset=1.0,
-                 fusions=_LLAMA_FUSIONS),
+                 fusions=_LLAMA_FUSIONS, attention_scores=_QK),
     Architecture("gemma1", ("gemma",), ("GemmaDecoderLayer",), _BLOCKS, _LLAMA_SEQ,
-                 _llama_smooth("post_attention_layernorm"), norm_offset=1.0, fusions=_LLAMA_FUSIONS),
+                 _llama_smooth("post_attention_layernorm"), norm_offset=1.0, fusions=_LLAMA_FUSIONS,
+                 attention_scores=_QK),
     Architecture("phi3", ("phi3",), ("Phi3DecoderLayer",), _BLOCKS,
                  (("self_attn.qkv_proj",), ("self_attn.o_proj",), ("mlp.gate_up_proj",), ("mlp.down_proj",)),
                  (Smooth("input_layernorm", ("self_attn.qkv_proj",), inspect="self_attn"),
-                  Smooth("post_attention_layernorm", ("mlp.gate_up_proj",), inspect="mlp"))),
+                  Smooth("post_attention_layernorm", ("mlp.gate_up_proj",), inspect="mlp")),
+                 # q, k and v in one linear: its output is mostly q and k, so it stays unclipped too.
+                 attention_scores=("self_attn.qkv_proj",)),
 )
 
 

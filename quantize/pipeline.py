@@ -26,11 +26,12 @@ import torch
 import torch.nn as nn
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from .lazy import BlockLoader, ResidentBlocks, non_block_modules
 from .linear import QuantLinear, dequantized_weights, set_submodule
-from .loading import BlockLoader, ResidentBlocks
 from .mappings import Architecture, find_architecture, find_blocks
 from .primitives import QTensor, quantize_weight
 from .scheme import QuantScheme
+from .validation import check_finite
 
 
 class _StopForward(Exception):
@@ -242,7 +243,7 @@ def run_sequential(
 class Streaming:
     """How quantize_sequential handles blocks beyond quantizing them (all optional).
 
-    loader: brings each block to the device and takes it away (default: loading.ResidentBlocks).
+    loader: brings each block to the device and takes it away (default: lazy.ResidentBlocks).
     cache_dtype: dtype of the cached activations (default: the dtype the model computes in).
     store_dtype: dtype the block's float parameters (norms, biases) are written in; they are rounded
         to it before the block produces the next block's inputs, so a checkpoint replays exactly.
@@ -280,6 +281,9 @@ def quantize_sequential(
     """
     report = QuantizeReport()
     start = time.perf_counter()
+    names = {id(m): n for n, m in model.named_modules()}
+    for module in non_block_modules(model, find_blocks(model, find_architecture(model))[1]):
+        check_finite(module, names[id(module)] + ".")
     input_scales = dict(input_scales or {})
     streaming = streaming or Streaming()
 
@@ -288,8 +292,11 @@ def quantize_sequential(
             with dequantized_weights(ctx.block):
                 return ctx.run() if ctx.inputs else None
         local = {n[len(ctx.prefix):]: spec for n, spec in plan.items() if n.startswith(ctx.prefix)}
+        check_finite(ctx.block, ctx.prefix)  # every method, before AWQ/SmoothQuant fold scales into weights
         float_out = _observe(ctx, local, input_scales, observer_factory) if ctx.inputs else {}
         for n, qt in _apply_methods(ctx, local, methods).items():
+            if not ctx.inputs:  # no output error without data: record how far rounding moved the weight
+                ctx.record(n, "weight_rel_error", _weight_error(ctx.block.get_submodule(n).weight, qt))
             scale = input_scales.get(ctx.prefix + n)
             q = QuantLinear.from_qtensor(qt, local[n][0], ctx.block.get_submodule(n).bias,
                                          None if scale is None else scale.to(ctx.device))
@@ -322,6 +329,11 @@ def round_parameters(module: nn.Module, dtype: torch.dtype) -> None:
             p.copy_(p.to(dtype))
 
 
+def _weight_error(weight: torch.Tensor, qt: QTensor) -> float:
+    w = weight.detach().float()
+    return float((qt.dequantize(torch.float32) - w).norm() / w.norm().clamp_min(1e-12))
+
+
 def _observe(ctx: BlockContext, local: Plan, input_scales: dict[str, torch.Tensor],
              observer_factory: Callable[[QuantScheme], Any] | None) -> dict[str, torch.Tensor]:
     """Float pass over the block: sample each linear's output rows and observe static-activation inputs."""
@@ -349,15 +361,15 @@ def _observe(ctx: BlockContext, local: Plan, input_scales: dict[str, torch.Tenso
 
 
 def _apply_methods(ctx: BlockContext, local: Plan, methods: dict[str, BlockMethod]) -> dict[str, QTensor]:
-    """Run each method over the linears assigned to it, in the order they first appear."""
-    by_method: dict[str, dict[str, QuantScheme]] = {}
-    settings: dict[str, dict[str, Any]] = {}
+    """Run each method over the linears assigned to it, once per distinct settings (two recipe entries
+    may use one method with different settings), in the order they first appear."""
+    runs: dict[tuple, tuple[str, dict[str, Any], dict[str, QuantScheme]]] = {}
     for n, (scheme, method, args) in local.items():
-        by_method.setdefault(method, {})[n] = scheme
-        settings.setdefault(method, args)
+        key = (method, repr(sorted(args.items())))
+        runs.setdefault(key, (method, args, {}))[2][n] = scheme
     qtensors: dict[str, QTensor] = {}
-    for method, schemes in by_method.items():
-        qtensors.update(methods[method](ctx, schemes, **settings[method]))
+    for method, args, schemes in runs.values():
+        qtensors.update(methods[method](ctx, schemes, **args))
     return qtensors
 
 

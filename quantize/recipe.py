@@ -13,7 +13,8 @@ YAML form:
         targets: ['model\\.layers\\.0\\.']
         method: rtn              # optional per-entry method
       - scheme: w4a16
-        group_size: 64           # optional overrides of the weight arguments
+        group_size: 64           # optional overrides of the weight arguments (group_size -1: per channel)
+        method_args: {damp: 0.1} # per-entry settings, merged over the recipe's
 """
 
 from __future__ import annotations
@@ -88,6 +89,8 @@ class Recipe:
                 scheme = replace(scheme, ignore=tuple(e.pop("ignore")))
             method = e.pop("method", default_method)
             args = {**default_args, **(e.pop("method_args", None) or {})}
+            if "group_size" in e:  # -1 or null: per channel, as on the command line
+                scheme = replace(scheme, weights=scheme.weights.with_group_size(e.pop("group_size")))
             weight_overrides = {k: e.pop(k) for k in list(e) if k in scheme.weights.__dataclass_fields__}
             if weight_overrides:
                 scheme = scheme.with_weights(**weight_overrides)

@@ -5,15 +5,18 @@ The quantization step writes, into the checkpoint directory,
                  "kind": "self_attn.q_proj", "rel_error": 0.012,
                  "method_stats": {"gptq_loss": 1.2}}, ...]}
 where rel_error is the layer's relative output error and method_stats holds whatever the
-method reports (GPTQ's loss, AWQ's chosen ratio, or nothing). `block` is the decoder block
-index, or null for a layer outside the blocks (e.g. lm_head).
+method reports (GPTQ's loss, AWQ's chosen ratio, or nothing). Without calibration data (RTN with
+no --dataset) there is no output error: rel_error is null and method_stats holds
+"weight_rel_error", ||W - Q|| / ||W||, which is then what this module ranks and draws.
+`block` is the decoder block index, or null for a layer outside the blocks (e.g. lm_head).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +33,9 @@ class LayerError:
     name: str  # full module path
     block: int | None  # decoder block index; None outside the blocks
     kind: str  # the module path inside its block, e.g. "mlp.down_proj"
-    rel_error: float
+    rel_error: float | None  # None where no calibration data was run (see `measure`)
     method_stats: dict[str, float] = field(default_factory=dict)
+    measure: str = "output"  # what rel_error measures: "output" error, or "weight" error without data
 
 
 def load_errors(path: str | Path) -> list[LayerError]:
@@ -49,7 +53,30 @@ def load_errors(path: str | Path) -> list[LayerError]:
         raise ValueError(f"{path}: not valid JSON ({error})") from error
     if not isinstance(data, dict) or not isinstance(data.get("layers"), list):
         raise ValueError(f'{path}: expected an object with a "layers" list')
-    return [_parse_record(entry, path, index) for index, entry in enumerate(data["layers"])]
+    return _known_errors([_parse_record(entry, path, index) for index, entry in enumerate(data["layers"])], path)
+
+
+def _known_errors(records: list[LayerError], path: Path) -> list[LayerError]:
+    """The records with the output error, or where none was measured, with the weight error."""
+    if all(r.rel_error is not None for r in records):
+        return records
+    if all(r.rel_error is None and "weight_rel_error" in r.method_stats for r in records):
+        return [replace(r, rel_error=r.method_stats["weight_rel_error"], measure="weight") for r in records]
+    unknown = next(r for r in records if r.rel_error is None)
+    raise ValueError(f"{path}: no error recorded for {unknown.name}: the checkpoint was quantized without "
+                     "calibration data (no --dataset), and by a qtool that did not record the weight error; "
+                     "quantize again to get one")
+
+
+def summarize_notes(messages: list[str], details: str | Path) -> list[str]:
+    """One line per kind of note: per-layer notes ("<layer>: <text>") that differ only in their
+    numbers are counted rather than repeated (GPTQ notes one per layer); all stay in `details`."""
+    groups: dict[str, list[str]] = {}
+    for message in messages:
+        text = message.partition(": ")[2] or message
+        groups.setdefault(re.sub(r"\d+(\.\d+)?", "#", text), []).append(message)
+    return [found[0] if len(found) == 1 else f"{len(found)} layers like {found[0]} (each one in {details})"
+            for found in groups.values()]
 
 
 def worst(records: list[LayerError], n: int = 10) -> list[LayerError]:
@@ -61,11 +88,12 @@ def worst(records: list[LayerError], n: int = 10) -> list[LayerError]:
 def print_worst(records: list[LayerError], n: int = 10, console: Console | None = None) -> None:
     """Print the `n` worst layers as a rich table, with each method's statistics."""
     rows = worst(records, n)
-    stat_names = sorted({key for r in rows for key in r.method_stats})
-    table = Table(title=f"{len(rows)} worst of {len(records)} layers by relative error")
+    measure = rows[0].measure if rows else "output"
+    stat_names = sorted({key for r in rows for key in r.method_stats} - {f"{measure}_rel_error"})
+    table = Table(title=f"{len(rows)} worst of {len(records)} layers by relative {measure} error")
     table.add_column("#", justify="right")
-    table.add_column("layer")
-    table.add_column("relative error", justify="right")
+    table.add_column("layer", overflow="fold")  # long module names wrap at 80 columns, never cut
+    table.add_column(f"relative {measure} error", justify="right")
     for name in stat_names:
         table.add_column(name, justify="right")
     for rank, r in enumerate(rows, 1):
@@ -123,7 +151,7 @@ def plot_errors(records: list[LayerError], out_png: str | Path, title: str | Non
     if grid.size <= _ANNOTATE_MAX_CELLS:
         _annotate(ax, grid, missing, image)
     colorbar = fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02)
-    colorbar.set_label("relative error (log scale)")
+    colorbar.set_label(f"relative {records[0].measure} error (log scale)")
     fig.tight_layout()
     out_png = Path(out_png)
     fig.savefig(out_png, dpi=150)
@@ -179,13 +207,13 @@ def _parse_record(entry: object, path: Path, index: int) -> LayerError:
     block, rel_error, stats = entry.get("block"), entry["rel_error"], entry.get("method_stats") or {}
     if block is not None and (not isinstance(block, int) or isinstance(block, bool) or block < 0):
         raise ValueError(f"{where}: block must be a non-negative integer or null, got {block!r}")
-    if not _is_number(rel_error) or rel_error < 0:
-        raise ValueError(f"{where}: rel_error must be a non-negative number, got {rel_error!r}")
+    if rel_error is not None and (not _is_number(rel_error) or rel_error < 0):
+        raise ValueError(f"{where}: rel_error must be a non-negative number or null, got {rel_error!r}")
     if not isinstance(stats, dict) or not all(_is_number(v) for v in stats.values()):
         raise ValueError(f"{where}: method_stats must map names to numbers, got {stats!r}")
     if not isinstance(entry["name"], str) or not isinstance(entry["kind"], str):
         raise ValueError(f"{where}: name and kind must be strings")
-    return LayerError(entry["name"], block, entry["kind"], float(rel_error),
+    return LayerError(entry["name"], block, entry["kind"], None if rel_error is None else float(rel_error),
                       {k: float(v) for k, v in stats.items()})
 
 

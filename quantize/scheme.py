@@ -100,6 +100,28 @@ class QuantArgs:
         return self.type is QuantType.FLOAT
 
     @property
+    def packed(self) -> bool:
+        """Integer codes below 8 bits are packed into int32 words (primitives.pack_int); 8-bit codes are stored as they are."""
+        return not self.is_float and self.num_bits < 8
+
+    @property
+    def kernel_group_size(self) -> int | None:
+        """The group size the weight-only ops take: group_size, -1 for one scale per output channel,
+        None for strategies they do not take (tensor, block) and for float weights."""
+        if self.is_float or self.strategy not in (Strategy.GROUP, Strategy.CHANNEL):
+            return None
+        return self.group_size if self.strategy is Strategy.GROUP else -1
+
+    def with_group_size(self, group_size: int | None) -> QuantArgs:
+        """These arguments with `group_size` inputs per scale; None or -1 means one scale per output channel.
+        The one place where the CLI's and recipes' -1 becomes a strategy."""
+        if group_size is None or group_size == -1:
+            return replace(self, strategy=Strategy.CHANNEL, group_size=None)
+        if group_size < 1:
+            raise SchemeError(f"group size must be a positive number of inputs, or -1 for per channel; got {group_size}")
+        return replace(self, strategy=Strategy.GROUP, group_size=group_size)
+
+    @property
     def torch_dtype_name(self) -> str:
         """Name of the torch dtype the quantized values are stored in."""
         return FP8_FORMATS[self.fp_format] if self.is_float else "int8"
@@ -196,9 +218,7 @@ class QuantScheme:
 
 
 def _int_weights(bits: int, group_size: int | None = 128, symmetric: bool = True) -> QuantArgs:
-    if group_size is None or group_size == -1:
-        return QuantArgs(num_bits=bits, symmetric=symmetric, strategy=Strategy.CHANNEL)
-    return QuantArgs(num_bits=bits, symmetric=symmetric, strategy=Strategy.GROUP, group_size=group_size)
+    return QuantArgs(num_bits=bits, symmetric=symmetric).with_group_size(group_size)
 
 
 _FP8 = dict(num_bits=8, type=QuantType.FLOAT, fp_format="e4m3")

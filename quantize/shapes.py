@@ -1,7 +1,7 @@
 """Model shapes for speed measurements: built-in configs and models with random weights.
 
 Speed depends on shapes, not on weight values, so `qtool bench --random-weights` and
-scripts/profile_method.py build models from these configs (or any local config) without downloading
+benchmarks/profile_method.py build models from these configs (or any local config) without downloading
 a checkpoint.
 """
 

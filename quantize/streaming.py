@@ -1,8 +1,11 @@
-"""Quantize a model straight from its safetensors files to a checkpoint, one block in memory at a time.
+"""The parts of a streamed run: quantizing a model straight from its safetensors files to a checkpoint,
+one block in memory at a time. `quantizer.quantize_to_checkpoint` runs them (and `qtool quantize`,
+through `quantize_to_directory`); they sit below quantizer.py so that imports form no circle:
 
+    from quantize.quantizer import quantize_to_checkpoint
     result = quantize_to_checkpoint("models/llama-8b", recipe, "out/gptq", calibration=batches, device="cuda")
 
-The model is a skeleton on the meta device (quantize/loading.py); each decoder block is read when its
+The model is a skeleton on the meta device (quantize/lazy.py); each decoder block is read when its
 turn comes, quantized, written to its shard (quantize/writer.py) and dropped. Host memory is a block
 or two, the embeddings while the calibration inputs are captured and while the rest is written, and
 the cached activations when they do not fit on the device. Unquantized tensors are written in the
@@ -19,14 +22,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .checkpoint import checkpoint_config, unique_state_dict
-from .loading import LazyBlocks, LazyLoadError, SourceWeights, skeleton
-from .mappings import find_architecture, find_blocks
-from .pipeline import BlockContext, Plan, QuantizeReport, Streaming, quantize_outside_blocks
-from .quantizer import QuantizeResult, plan_quantization, quantize_model
-from .recipe import Recipe
+from .checkpoint import unique_state_dict
+from .lazy import LazyBlocks, LazyLoadError, SourceWeights, skeleton
+from .pipeline import Plan, quantize_outside_blocks
 from .scheme import QuantScheme
-from .writer import ShardWriter
 
 
 @dataclass(frozen=True)
@@ -60,49 +59,7 @@ def open_lazily(model_dir: str | Path) -> tuple[nn.Module, Any] | None:
         raise ValueError(f"could not load the tokenizer of {model_dir}: {str(err).splitlines()[0]}") from None
 
 
-def quantize_to_checkpoint(model_dir: str | Path, recipe: Recipe, output: str | Path, *,
-                           calibration: list[torch.Tensor] | None = None, device: str | torch.device = "cpu",
-                           settings: StreamSettings = StreamSettings(), skeleton_model: nn.Module | None = None,
-                           input_scales: dict[str, torch.Tensor] | None = None, observer: str = "minmax",
-                           offload_activations: bool | None = None, progress: bool = True,
-                           extra_json: dict[str, Any] | None = None) -> QuantizeResult:
-    """Quantize the model in `model_dir` with `recipe` and write the checkpoint `output` block by block.
-
-    The returned report covers every block, those of a resumed run's earlier part included; it is
-    also written as layer_errors.json next to the entries of `extra_json`.
-    """
-    weights = SourceWeights.open(model_dir)
-    model = skeleton_model if skeleton_model is not None else skeleton(model_dir, weights)
-    store = settings.dtype or weights.dtype
-    cache = settings.cache_dtype or weights.dtype
-    plan, config = plan_quantization(model, recipe, calibration=calibration, input_scales=input_scales)
-    fingerprint = _fingerprint_settings(model_dir, config.to_dict(), calibration, input_scales, observer)
-    fingerprint.update(dtype=str(store), cache_dtype=str(cache), compute_dtype=str(settings.compute_dtype))
-    writer = ShardWriter(output, fingerprint,
-                         resume=settings.resume, overwrite=settings.overwrite)
-    prefix, _ = find_blocks(model, find_architecture(model))
-    loader = LazyBlocks(model, weights, compute_dtype=settings.compute_dtype, done=writer.state.done, partial=writer.read_block,
-                        schemes=_block_schemes(plan, prefix), replay=calibration is not None)
-
-    def on_block(ctx: BlockContext, report: QuantizeReport) -> None:
-        layers = [entry for entry in report.layers if entry["block"] == ctx.index]
-        messages = [m for m in report.messages if m.startswith(ctx.prefix)]
-        writer.write_block(ctx.index, unique_state_dict(ctx.block, store, prefix=ctx.prefix), layers, messages)
-
-    streaming = Streaming(loader=loader, cache_dtype=cache, store_dtype=store, done=writer.state.done,
-                          on_block=on_block)
-    result = quantize_model(model, recipe, calibration=calibration, device=device,
-                            offload_activations=offload_activations, input_scales=input_scales, observer=observer,
-                            progress=progress, streaming=streaming)
-    result.report.layers, result.report.messages = writer.state.layers, writer.state.messages
-    rest = _outside_tensors(model, loader, plan, store)
-    extra = {**(extra_json or {}), "layer_errors.json": result.report.to_dict()}
-    writer.finish(rest, checkpoint_config(model.config, config, store), extra_json=extra,
-                  source_dir=model_dir)
-    return result
-
-
-def _outside_tensors(model: nn.Module, loader: LazyBlocks, plan: Plan, store: torch.dtype) -> dict[str, torch.Tensor]:
+def outside_tensors(model: nn.Module, loader: LazyBlocks, plan: Plan, store: torch.dtype) -> dict[str, torch.Tensor]:
     """Embeddings, final norm and lm_head, read in the source dtype (never up-cast on the host), the
     linears among them that the plan names quantized by round-to-nearest as the eager path does."""
     loader.materialize(loader.outside_names(), "cpu", None)
@@ -114,7 +71,7 @@ def _outside_tensors(model: nn.Module, loader: LazyBlocks, plan: Plan, store: to
     return rest
 
 
-def _block_schemes(plan: Plan, prefix: str) -> dict[int, dict[str, QuantScheme]]:
+def block_schemes(plan: Plan, prefix: str) -> dict[int, dict[str, QuantScheme]]:
     """Per block index, the schemes of its quantized linears by local name (to rebuild finished blocks)."""
     out: dict[int, dict[str, QuantScheme]] = {}
     for name, (scheme, _, _) in plan.items():
@@ -124,7 +81,7 @@ def _block_schemes(plan: Plan, prefix: str) -> dict[int, dict[str, QuantScheme]]
     return out
 
 
-def _fingerprint_settings(model_dir: str | Path, config: dict[str, Any], calibration: list[torch.Tensor] | None,
+def fingerprint_settings(model_dir: str | Path, config: dict[str, Any], calibration: list[torch.Tensor] | None,
                           input_scales: dict[str, torch.Tensor] | None, observer: str) -> dict[str, Any]:
     """What decides the checkpoint, for ShardWriter: a resumed run must agree on all of it."""
     data = hashlib.sha256()

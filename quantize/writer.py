@@ -24,7 +24,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from .checkpoint import CheckpointError, publish, write_index, write_metadata
+from .checkpoint import CheckpointError, write_index, write_metadata
+from .destination import publish, remove_stale
 
 STATE_NAME = "progress.json"
 _META = {"format": "pt", "producer": "qtool"}
@@ -62,6 +63,7 @@ class ShardWriter:
                  overwrite: bool = False) -> None:
         self.out_dir = Path(out_dir)
         self.dir = partial_dir(self.out_dir)
+        remove_stale(self.out_dir)  # what a killed eager run left (.NAME.tmp-PID-*); never the partial directory
         if self.out_dir.exists() and not overwrite:
             raise CheckpointError(f"output directory exists: {self.out_dir} (pass --overwrite to replace it)")
         key = fingerprint(settings)
@@ -75,6 +77,10 @@ class ShardWriter:
         self.dir.mkdir(parents=True)
         self.state = ResumeState(key)
         self._write_state()
+
+    def discard(self) -> None:
+        """Remove the partial directory: for bad input, which a resumed run would only meet again."""
+        shutil.rmtree(self.dir, ignore_errors=True)
 
     def _read_state(self, key: str) -> ResumeState:
         try:

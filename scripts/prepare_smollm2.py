@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +55,12 @@ def main() -> None:
     tmp = args.output.with_name(args.output.name + ".tmp")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    # transformers writes model.safetensors 0600 (a private temporary file, renamed): give every
+    # file the mode the umask asks for, so others on a shared machine can read the model.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for path in tmp.iterdir():
+        path.chmod(0o666 & ~mask)
     tmp.rename(args.output)
     print(f"wrote {args.output} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters)")
 

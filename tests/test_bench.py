@@ -64,7 +64,7 @@ def test_random_model_on_meta_device_has_llama_8b_shapes():
 
 
 def test_random_model_has_smollm2_shapes():
-    # scripts/profile_method.py times methods on these shapes without the GGUF: they must be SmolLM2-135M's
+    # benchmarks/profile_method.py times methods on these shapes without the GGUF: they must be SmolLM2-135M's
     # (134,515,008 parameters with tied embeddings, as prepare_smollm2.py reports).
     model = random_model("smollm2-135m", device="meta")
     assert model.model.layers[0].self_attn.k_proj.weight.shape == (3 * 64, 576)

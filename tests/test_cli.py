@@ -45,6 +45,18 @@ def test_quantize_then_inspect(tiny_model_dir, tmp_path, extra):
     (["--recipe", "nope.yaml"], "recipe file not found: nope.yaml"),
     (["--method", "smoothquant", "--alpha", "strong"], "alpha must be in [0, 1] or 'auto', got 'strong'"),
     (["--method", "smoothquant", "--alpha", "1.5"], "alpha must be in [0, 1]"),
+    # every option either applies or is refused, never silently dropped
+    (["--method", "int8", "--group-size", "64"], "--group-size 64 applies to integer weight-only schemes"),
+    (["--method", "fp8", "--group-size", "64"], "--group-size 64 applies to integer weight-only schemes"),
+    (["--method", "smoothquant", "--group-size", "64"], "--group-size 64 applies to integer weight-only schemes"),
+    (["--scheme", "w8a8-int8", "--asymmetric"], "--asymmetric applies to integer weight-only"),
+    (["--method", "rtn", "--damp", "0.1"], "--damp does not apply to --method rtn"),
+    (["--method", "awq", "--act-order"], "--act-order does not apply to --method awq"),
+    (["--method", "gptq", "--clip"], "--clip does not apply to --method gptq"),
+    (["--method", "smoothquant", "--damp", "0.1"], "damp apply to SmoothQuant with weights='gptq'"),
+    (["--group-size", "0"], "group size must be a positive number of inputs, or -1 for per channel; got 0"),
+    (["--recipe", "configs/w4a16-rtn.yaml", "--group-size", "32"], "--group-size does not apply with --recipe"),
+    (["--recipe", "configs/w4a16-rtn.yaml", "--method", "gptq"], "--method does not apply with --recipe"),
 ])
 def test_bad_input_is_one_line_exit_2(tiny_model_dir, tmp_path, args, fragment):
     res = run("quantize", tiny_model_dir, "--output", tmp_path / "q", *args)
@@ -66,3 +78,33 @@ def test_missing_model_and_existing_output(tiny_model_dir, tmp_path):
 def test_inspect_rejects_float_model(tiny_model_dir):
     res = run("inspect", tiny_model_dir)
     assert res.exit_code == 2 and "not quantized" in res.output
+
+
+def quantized_weights(out):
+    from quantize.checkpoint import read_quantization_config
+
+    return {s.weights for s in read_quantization_config(out).module_schemes().values()}
+
+
+@pytest.mark.parametrize("extra, strategy, group_size", [
+    (["--scheme", "w8a16", "--group-size", "32"], "group", 32),  # was silently per channel
+    (["--scheme", "w4a16", "--group-size", "-1"], "channel", None),  # raised although -1 means per channel
+    (["--method", "rtn", "--bits", "4", "--group-size", "-1"], "channel", None),
+    (["--bits", "8"], "channel", None),  # 8 bits without a scheme: per channel, like w8a16
+])
+def test_group_size_applies_and_minus_one_is_per_channel(tiny_model_dir, tmp_path, extra, strategy, group_size):
+    out = tmp_path / "q"
+    res = run("quantize", tiny_model_dir, "--output", out, *extra)
+    assert res.exit_code == 0, res.output
+    (weights,) = quantized_weights(out)
+    assert (weights.strategy.value, weights.group_size) == (strategy, group_size)
+
+
+def test_gptq_act_order_rule_comes_from_the_method_record(tiny_model_dir, tmp_path):
+    """--dynamic-groups with act-order stores g_idx; the method record, not the CLI, sets actorder."""
+    out = tmp_path / "q"
+    res = run("quantize", tiny_model_dir, "--output", out, "--method", "gptq", "--group-size", "32",
+              "--dynamic-groups", "--dataset", "synthetic", "--num-samples", "2", "--seq-len", "16")
+    assert res.exit_code == 0, res.output
+    (weights,) = quantized_weights(out)
+    assert weights.actorder and weights.group_size == 32

@@ -106,8 +106,9 @@ def test_kernels_info_and_build_without_gpu(tmp_path):
     res = run("kernels", "info", "--json", tmp_path / "k.json")
     assert res.exit_code == 0, res.output
     info = json.loads((tmp_path / "k.json").read_text())
-    assert set(info["cuda_implementations"]) == {"qtool::weight_only_linear", "qtool::scaled_linear",
-                                                 "qtool::quantize_activation"}
+    assert set(info["cuda_implementations"]) == {"weight-only QuantLinear", "qtool::weight_only_linear",
+                                                 "qtool::scaled_linear", "qtool::quantize_activation",
+                                                 "qtool::w8a8_linear"}
     if not torch.cuda.is_available():
         assert info["available"] is False
         res = run("kernels", "build")

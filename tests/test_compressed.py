@@ -21,17 +21,17 @@ from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
 from conftest import quantized_checkpoint, tiny_llama
-from quantize.checkpoint import load_checkpoint, save_checkpoint, write_checkpoint
+from quantize.checkpoint import save_checkpoint, write_checkpoint
 from quantize.cli import app
 from quantize.compressed import (
     CT_VERSION,
     CompressedTensorsError,
-    export_compressed_tensors,
     pack_dense,
     unpack_dense,
 )
 from quantize.hf import compressed_tensors_via_qtool
 from quantize.linear import QuantLinear, set_submodule
+from quantize.loading import export_compressed_tensors, load_checkpoint
 from quantize.primitives import QTensor, pack_int
 from quantize.quantizer import quantize_model
 from quantize.recipe import Recipe
@@ -174,7 +174,7 @@ def run_compressed_tensors(tmp_path, checkpoints) -> dict:
     script, ids = tmp_path / "ct_check.py", tmp_path / "ids.pt"
     script.write_text(CT_CHECK)
     torch.save(IDS, ids)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the repo's kernels/ would import quantize
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # a process that never saw this checkout
     proc = subprocess.run([sys.executable, script, ids, *checkpoints], capture_output=True, text=True, cwd=tmp_path,
                           env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from quantize.checkpoint import load_checkpoint
 from quantize.cli import app
-from quantize.methods import NEEDS_DATA
+from quantize.loading import load_checkpoint
+from quantize.methods import METHODS
 from quantize.recipe import Recipe
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
@@ -19,7 +19,7 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"
 def test_recipe_runs(path, wide_model_dir, tmp_path):
     recipe = Recipe.load(path)
     args = ["quantize", str(wide_model_dir), "--recipe", str(path), "--output", str(tmp_path / "q")]
-    if set(recipe.methods) & NEEDS_DATA:
+    if any(METHODS[m].needs_data for m in recipe.methods):
         args += ["--dataset", "synthetic", "--num-samples", "4", "--seq-len", "16"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output

@@ -21,15 +21,18 @@ from quantize.shapes import random_model
 W4_G32_ASYM = QuantScheme(weights=QuantArgs(num_bits=4, symmetric=False, group_size=32))
 W4_CHANNEL = QuantScheme(weights=QuantArgs(num_bits=4, strategy=Strategy.CHANNEL, group_size=None))
 W8 = preset("w8a16")
-SCHEMES = {"w4-g32-asym": W4_G32_ASYM, "w4-channel": W4_CHANNEL, "w8": W8}
+# W8A8 too: q/k/v see one input, so per-token activation scales (and codes) are the same for the
+# stacked layer as for each member.
+SCHEMES = {"w4-g32-asym": W4_G32_ASYM, "w4-channel": W4_CHANNEL, "w8": W8, "w8a8-int8": preset("w8a8-int8"),
+           "fp8": preset("fp8")}
 # float32 throughout. The reference op dequantizes and multiplies row by row, and the stacked
 # layer's rows are the members' rows, so the results agree to rounding of the matmul's blocking.
 TOL = dict(rtol=1e-5, atol=1e-6)
 
 
-def quantized_tiny(recipe: Recipe) -> torch.nn.Module:
+def quantized_tiny(recipe: Recipe, calibration: list | None = None) -> torch.nn.Module:
     model = random_model("tiny", dtype=torch.float32)  # 2 blocks, hidden 64, 4 heads, 2 KV heads
-    quantize_model(model, recipe, device="cpu", progress=False)
+    quantize_model(model, recipe, calibration=calibration, device="cpu", progress=False)
     return model
 
 
@@ -72,6 +75,34 @@ def test_mixed_schemes_are_left_alone():
     assert fuse_projections(model) == 0
     assert isinstance(model.model.layers[1].self_attn.q_proj, QuantLinear)
     assert torch.equal(logits(model, ids()), before)
+
+
+@pytest.mark.parametrize("name, groups", [("fp8-static", 0), ("fp8-block", 2)])
+def test_w8a8_groups_stack_only_whole_scales(name, groups):
+    # fp8-static: one weight scale per tensor (per member): nothing fuses. fp8-block: 128-row blocks,
+    # so gate/up (128 rows each) fuse and q/k/v (64, 32, 32 rows) stay apart.
+    model = quantized_tiny(Recipe.single(preset(name), "rtn"), calibration=[ids(2, 32)])
+    before = logits(model, ids())
+    assert fuse_projections(model) == groups
+    assert isinstance(model.model.layers[0].self_attn.q_proj, QuantLinear)
+    torch.testing.assert_close(logits(model, ids()), before, **TOL)
+
+
+def test_w8a8_static_scales_fuse_only_when_equal():
+    scheme = preset("w8a8-int8-static")
+    model = quantized_tiny(Recipe.single(scheme, "rtn"), calibration=[ids(2, 32)])
+    for layer in model.modules():
+        if isinstance(layer, QuantLinear):
+            layer.input_scale.fill_(1.0)
+    attn = model.model.layers[0].self_attn
+    for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
+        proj.input_scale.fill_(0.03)
+    attn.k_proj.input_scale.fill_(0.05)  # block 0's q/k/v differ; every other group shares 1.0
+    before = logits(model, ids())
+    fused = copy.deepcopy(model)
+    assert fuse_projections(fused) == 3
+    assert isinstance(fused.model.layers[0].self_attn.q_proj, QuantLinear)
+    torch.testing.assert_close(logits(fused, ids()), before, **TOL)
 
 
 def test_act_order_group_is_left_alone():

@@ -14,8 +14,9 @@ from transformers import AutoModelForCausalLM
 
 import quantize  # noqa: F401  (registers quant_method "qtool" with transformers)
 from conftest import quantized_checkpoint
-from quantize.checkpoint import TRANSFORMERS_GUARD, load_checkpoint, read_quantization_config, read_tensors
+from quantize.checkpoint import TRANSFORMERS_GUARD, read_quantization_config, read_tensors
 from quantize.linear import QuantLinear
+from quantize.loading import load_checkpoint
 from quantize.scheme import preset
 
 SCHEMES = {
@@ -101,8 +102,8 @@ assert "quantize" not in sys.modules
 
 
 def _clean_env() -> dict[str, str]:
-    # Without the repository on the path: its kernels/ folder would pass for Hugging Face's `kernels`,
-    # which transformers probes, and import quantize behind the test's back.
+    # Without the repository on the path: a process that has never seen this checkout, like a user of
+    # plain transformers.
     return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
 

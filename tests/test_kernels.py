@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import qtool_kernels
 from qtool_kernels import build, layout, reference, scaled_mm, weight_only
 from qtool_kernels.layout import ReferenceOps, UnsupportedLayout, pack_weight
-from quantize.linear import QuantLinear
+from quantize.linear import QuantLinear, pack_layer, prepare_for_cuda
 from quantize.primitives import QTensor
 from quantize.scheme import QuantArgs, QuantScheme, Strategy
 
@@ -70,7 +69,7 @@ def test_pack_round_trips_and_pads_with_zero_point(bits, n, k, group_size, symme
     assert not p.scale[scale.shape[1]:].any() and not p.scale[:, n:].any()
     dense = layout.dequantize_packed(p.qweight, p.scale, p.zero, bits, p.group_size, n)
     assert not dense[:, k:].any(), "padding columns must dequantize to 0"
-    args = reference.weight_args(bits, group_size, symmetric)
+    args = QuantArgs(num_bits=bits, symmetric=symmetric).with_group_size(group_size)
     expected = QTensor(codes, scale, zero, args).dequantize()
     torch.testing.assert_close(dense[:, :k], expected, rtol=0, atol=0)
 
@@ -80,7 +79,7 @@ def test_act_order_is_removed_by_sorting_columns():
     p = pack_weight(codes, scale, zero, g_idx, 4, 64)
     assert p.perm is not None and torch.equal(g_idx[p.perm].long(), torch.arange(320) // 64)
     dense = layout.dequantize_packed(p.qweight, p.scale, p.zero, 4, 64, 32)[:, :320]
-    expected = QTensor(codes, scale, zero, reference.weight_args(4, 64, False), g_idx).dequantize()
+    expected = QTensor(codes, scale, zero, QuantArgs(symmetric=False, group_size=64), g_idx).dequantize()
     torch.testing.assert_close(dense, expected[:, p.perm], rtol=0, atol=0)
     assert layout.act_order_permutation(torch.arange(320, dtype=torch.int32) // 64, 64, 320) is None
     with pytest.raises(UnsupportedLayout):  # group 0 has 65 members: not what sorting can fix
@@ -105,10 +104,31 @@ def test_packed_linear_matches_reference_op(bits, m, symmetric, act_order):
     bias = torch.randn(n)
     expected = reference.weight_only_linear(x, qweight, scale, zero, g_idx, bias, bits, gs, k)
     packed = pack_weight(codes, scale, zero, g_idx, bits, gs)
-    got = weight_only.packed_linear(x, packed, bias, "none", ReferenceOps)
+    got = weight_only.packed_linear(x, packed, bias, ReferenceOps)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
-    silu = weight_only.packed_linear(x, packed, bias, "silu", ReferenceOps)
-    torch.testing.assert_close(silu, torch.nn.functional.silu(expected), rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match="epilogue"):  # the raw ops' activation argument is always "none"
+        ReferenceOps.wo_gemm(x, packed.qweight, packed.scale, packed.zero, bias, bits, gs, n, "silu")
+
+
+@pytest.mark.parametrize("fmt,group_size,static", [("int8", 0, False), ("int8", 32, False), ("e4m3", 0, False),
+                                                    ("e4m3", 48, False), ("int8", 0, True), ("e5m2", 0, True)])
+def test_reference_activation_quantization_matches_primitives(fmt, group_size, static):
+    """kernels/ restates the activation conventions instead of importing them: both must agree."""
+    from quantize.primitives import choose_qparams, quantize
+
+    x = torch.randn(5, 100, generator=torch.Generator().manual_seed(0)) * 3
+    x[0] = 0  # an all-zero token takes scale 1
+    kw = dict(num_bits=8) if fmt == "int8" else dict(num_bits=8, type="float", fp_format=fmt)
+    if static:
+        args = QuantArgs(**kw, strategy="tensor")
+    elif group_size:
+        args = QuantArgs(**kw, strategy="group", group_size=group_size, dynamic=True)
+    else:
+        args = QuantArgs(**kw, strategy="token", dynamic=True)
+    scale = torch.tensor([0.02]) if static else choose_qparams(x, args)[0]
+    codes, got_scale = reference.quantize_activation(x, fmt, group_size, scale if static else None)
+    assert torch.equal(got_scale, scale)
+    assert torch.equal(codes.float(), quantize(x, scale, None, args).float())
 
 
 def layout_checkpoint_pack(codes, bits):
@@ -125,11 +145,11 @@ def test_pack_layer_serves_quantlinear(symmetric):
     layer = QuantLinear.from_qtensor(QTensor(codes, scale, zero, args, g_idx), QuantScheme(weights=args),
                                      bias=torch.randn(n))
     x = torch.randn(3, 7, k)
-    packed = weight_only.pack_layer(layer)
-    got = weight_only.packed_linear(x, packed, layer.bias, "none", ReferenceOps)
+    packed = pack_layer(layer)
+    got = weight_only.packed_linear(x, packed, layer.bias, ReferenceOps)
     torch.testing.assert_close(got, layer(x), rtol=1e-5, atol=1e-4)
     fp8 = QuantScheme(weights=QuantArgs(num_bits=8, type="float", fp_format="e4m3", strategy=Strategy.CHANNEL))
-    assert weight_only.pack_layer(QuantLinear(k, n, fp8)) is None
+    assert pack_layer(QuantLinear(k, n, fp8)) is None
 
 
 def test_host_decode_helpers_match_layout(tmp_path):
@@ -190,7 +210,7 @@ def test_load_extension_returns_none_with_one_warning_without_gpu():
             assert build.load_extension() is None
             assert build.load_extension() is None
         assert len(caught) == 1 and "PyTorch reference" in str(caught[0].message)
-        assert qtool_kernels.prepare_for_cuda(QuantLinear(64, 16, QuantScheme(weights=QuantArgs()))) is None
+        assert prepare_for_cuda(QuantLinear(64, 16, QuantScheme(weights=QuantArgs()))) is None
         assert build.available_ops() == []
     finally:
         build._loader.reset()
@@ -204,17 +224,17 @@ def test_info_reports_no_gpu():
         info = build.info()
     assert info["available"] is False and info["device"] is None and info["capability"] is None
     assert info["ops"] == [] and info["reason"]
-    assert info["cuda_implementations"]["qtool::weight_only_linear"] == "reference"
+    assert info["cuda_implementations"]["weight-only QuantLinear"] == "reference"
     assert Path(info["build_dir"]).parent.parts[-2:] == ("qtool", "kernels")
 
 
 def test_import_compiles_nothing():
-    code = f"""
-import importlib.util, sys
-root = {str(ROOT / 'kernels')!r}
-spec = importlib.util.spec_from_file_location("qtool_kernels", root + "/__init__.py", submodule_search_locations=[root])
-module = importlib.util.module_from_spec(spec); sys.modules["qtool_kernels"] = module; spec.loader.exec_module(module)
-assert not module.build._loader.tried
+    """From a checkout's root, the ordinary import (through the qtool_kernels link) builds nothing."""
+    code = """
+import sys
+import qtool_kernels.build, qtool_kernels.ops, qtool_kernels.scaled_mm, qtool_kernels.weight_only
+assert qtool_kernels.__file__.endswith("kernels/__init__.py") and "quantize" not in sys.modules
+assert not qtool_kernels.build._loader.tried
 assert "torch.utils.cpp_extension" not in sys.modules
 """
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

@@ -1,4 +1,4 @@
-"""CUDA kernels against float64 references on fresh random inputs (run on a GPU: scripts/gpu_check.sh).
+"""CUDA kernels against float64 references on fresh random inputs (run on a GPU: dev/gpu_check.sh).
 
 Every output lands in memory poisoned with NaN first, so an element a kernel fails to write fails the test.
 """
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from qtool_kernels import build, ops, reference, scaled_mm, weight_only
-from qtool_kernels.layout import ReferenceOps, dequantize_packed, pack_weight
+from qtool_kernels.layout import EPILOGUE, ReferenceOps, dequantize_packed, pack_weight
 from quantize.linear import QuantLinear
 from quantize.primitives import QTensor, pack_int
 from quantize.scheme import QuantArgs, QuantScheme, Strategy
@@ -87,7 +87,8 @@ def test_quantlinear_matches_float64(kernels, bits, group_size, symmetric, act_o
 @pytest.mark.parametrize("bits,group_size,symmetric,act_order", [(4, 128, True, False), (4, 64, False, True),
                                                                  (8, -1, True, False), (8, 32, False, True)])
 def test_weight_only_linear_op_matches_float64(kernels, bits, group_size, symmetric, act_order, dtype):
-    """The op itself (repacks per call) with checkpoint-layout arguments, 3-D activations."""
+    """The op itself on CUDA tensors in the checkpoint layout, 3-D activations: its PyTorch reference
+    (QuantLinear is the one route to the kernels, quantize/linear.py)."""
     qt, args, dense = make_weight(bits, group_size, symmetric, act_order, 576, 1536)
     qweight = pack_int(qt.values, bits) if bits < 8 else qt.values
     for m in (1, 17, 1000):
@@ -100,19 +101,18 @@ def test_weight_only_linear_op_matches_float64(kernels, bits, group_size, symmet
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("bits,group_size,symmetric", [(4, 128, True), (4, 32, False), (8, -1, False), (8, 64, True)])
 def test_raw_kernels_match_emulation(kernels, bits, group_size, symmetric, dtype):
-    """Each kernel at every token count it serves, with bias and each epilogue, against layout.ReferenceOps."""
+    """Each kernel at every token count it serves, with bias, against layout.ReferenceOps."""
     qt, _, _ = make_weight(bits, group_size, symmetric, False, 4096, 1536, seed=1)
     p = pack_weight(qt.values, qt.scale, qt.zero_point, None, bits, group_size)
     w = (p.qweight, p.scale, p.zero)
     bias = torch.randn(1536, device="cuda")
     cases = [("wo_gemv", m) for m in range(1, 9)] + [("wo_gemm", m) for m in (1, 8, 9, 16, 31, 33, 64, 65, 200)]
     for name, m in cases:
-        for activation in ("none", "silu", "gelu"):
-            x = torch.randn(m, p.k_padded, device="cuda", dtype=dtype)
-            poison_cache()
-            out = getattr(kernels, name)(x, *w, bias, bits, p.group_size, 1536, activation)
-            ref = ReferenceOps.wo_gemv(x, *w, bias, bits, p.group_size, 1536, activation)
-            assert rel_err(out, ref.double()) < 1e-2, f"{name} m={m} {activation}"
+        x = torch.randn(m, p.k_padded, device="cuda", dtype=dtype)
+        poison_cache()
+        out = getattr(kernels, name)(x, *w, bias, bits, p.group_size, 1536, EPILOGUE)
+        ref = ReferenceOps.wo_gemv(x, *w, bias, bits, p.group_size, 1536, EPILOGUE)
+        assert rel_err(out, ref.double()) < 1e-2, f"{name} m={m}"
     poison_cache()
     dense = kernels.dequant_int(*w, bits, p.group_size, 1536, dtype)
     expected = dequantize_packed(*w, bits, p.group_size, 1536, dtype)
@@ -198,7 +198,7 @@ def test_opcheck(kernels):
                                                    4, 128, 576))
     p = pack_weight(qt.values, qt.scale, qt.zero_point, None, 4, 128)
     for name, m in (("wo_gemv", 3), ("wo_gemm", 40)):
-        args = (x.new_empty(m, 576).normal_(), p.qweight, p.scale, p.zero, bias.float(), 4, 128, 1536, "silu")
+        args = (x.new_empty(m, 576).normal_(), p.qweight, p.scale, p.zero, bias.float(), 4, 128, 1536, EPILOGUE)
         torch.library.opcheck(getattr(torch.ops.qtool_cuda, name).default, args)
     torch.library.opcheck(torch.ops.qtool_cuda.dequant_int.default,
                           (p.qweight, p.scale, p.zero, 4, 128, 1536, torch.float16))
@@ -251,7 +251,7 @@ def test_scaled_linear_on_torch_gemms(m, out_dtype):
 
 
 def test_smoke_all_paths(kernels):
-    """Small and quick: every kernel and dispatch branch once (scripts/gpu_check.sh runs it under compute-sanitizer)."""
+    """Small and quick: every kernel and dispatch branch once (dev/gpu_check.sh runs it under compute-sanitizer)."""
     for bits, gs, sym, act in ((4, 128, True, False), (4, 64, False, True), (8, -1, False, False)):
         qt, args, dense = make_weight(bits, gs, sym, act, 576, 1536)
         layer = QuantLinear.from_qtensor(qt, QuantScheme(weights=args), bias=torch.randn(1536, device="cuda"))

@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from conftest import tiny_llama
-from quantize.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from quantize.checkpoint import CheckpointError, save_checkpoint
 from quantize.linear import QuantLinear
+from quantize.loading import load_checkpoint
 from quantize.primitives import fake_quantize, quantize_weight
 from quantize.quantizer import quantize_model
 from quantize.recipe import Recipe
@@ -87,7 +88,7 @@ def test_save_refuses_existing_and_leaves_nothing_half_written(tmp_path, monkeyp
     result = quantize_model(model, Recipe.single(preset("w4a16").with_weights(group_size=32), "rtn"), progress=False)
     out = tmp_path / "ck"
     out.mkdir()
-    with pytest.raises(CheckpointError, match="exists"):
+    with pytest.raises(ValueError, match="exists"):
         save_checkpoint(model, result.config, out)
     import quantize.checkpoint as ck
 
@@ -135,6 +136,13 @@ def test_ops_pass_opcheck():
     wq = torch.randint(-127, 128, (16, 64), dtype=torch.int8)
     torch.library.opcheck(torch.ops.qtool.scaled_linear.default,
                           (xq, xs, wq, torch.rand(16, 1), None, 0, 0, 0, torch.float32))
+    ws = torch.rand(16, 1)
+    torch.library.opcheck(torch.ops.qtool.w8a8_linear.default, (x, wq, ws, torch.randn(16), None, "int8", 0, 0, 0))
+    # The layer op is quantize_activation followed by scaled_linear, also with a static scale.
+    static = torch.tensor([0.01])
+    xq, xs = torch.ops.qtool.quantize_activation(x, "int8", 0, static)
+    want = torch.ops.qtool.scaled_linear(xq, xs, wq, ws, None, 0, 0, 0, torch.float32)
+    assert torch.equal(torch.ops.qtool.w8a8_linear(x, wq, ws, None, static, "int8", 0, 0, 0), want)
 
 
 def test_call_order_follows_the_forward_pass():

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from conftest import tiny_llama
-from quantize.checkpoint import load_checkpoint, save_checkpoint
+from quantize.checkpoint import save_checkpoint
+from quantize.loading import load_checkpoint
+from quantize.methods import METHODS
 from quantize.quantizer import quantize_model
 from quantize.recipe import Recipe
 from quantize.scheme import SchemeError, preset
@@ -59,10 +61,17 @@ def test_act_order_checkpoint_round_trip(calib, tmp_path):
         torch.testing.assert_close(loaded(ids).logits, model(ids).logits)
 
 
-def test_act_order_needs_g_idx_in_scheme(calib):
-    with pytest.raises(ValueError, match="actorder"):
-        logits_error("gptq", preset("w4a16").with_weights(group_size=32), calib,
-                     {"act_order": True, "static_groups": False})
+def test_act_order_rule_is_derived_for_python_api_users(calib):
+    """Act-order with dynamic groups stores g_idx: the gptq record sets actorder on the scheme (and
+    clears it where static groups store none), so API users need not know the rule."""
+    _, model, result = logits_error("gptq", preset("w4a16").with_weights(group_size=32), calib,
+                                    {"act_order": True, "static_groups": False})
+    assert model.get_submodule("model.layers.0.mlp.down_proj").weight_g_idx.shape == (160,)
+    assert all(s.weights.actorder for s in result.config.module_schemes().values())
+    gptq = METHODS["gptq"]
+    assert not gptq.resolve(preset("w4a16").with_weights(actorder=True), gptq.parse_settings({})).weights.actorder
+    with pytest.raises(SchemeError, match="accepts: damp, act_order"):
+        gptq.parse_settings({"dampening": 0.1})
 
 
 def test_methods_needing_data_say_so():

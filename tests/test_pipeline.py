@@ -49,3 +49,23 @@ def test_blocks_return_to_their_device(llama, calib_ids):
     run_sequential(llama, calib_ids, process, progress=False)
     assert devices == ["cpu", "cpu"]
     assert {p.device.type for p in llama.parameters()} == {"cpu"}
+
+
+def test_two_entries_of_one_method_keep_their_settings(llama):
+    """Each recipe entry's method_args reach the method, even when two entries share a method and a block."""
+    from quantize.methods import rtn
+    from quantize.pipeline import quantize_sequential
+    from quantize.scheme import preset
+
+    calls = []
+
+    def recording(ctx, schemes, **settings):
+        calls.append((ctx.index, sorted(schemes), settings))
+        return rtn.quantize_block(ctx, schemes)
+
+    scheme = preset("w8a16")
+    plan = {f"model.layers.{i}.self_attn.q_proj": (scheme, "m", {"tag": "q"}) for i in range(2)}
+    plan |= {f"model.layers.{i}.mlp.down_proj": (scheme, "m", {"tag": "down"}) for i in range(2)}
+    quantize_sequential(llama, plan, {"m": recording}, None, progress=False)
+    assert calls == [(0, ["self_attn.q_proj"], {"tag": "q"}), (0, ["mlp.down_proj"], {"tag": "down"}),
+                     (1, ["self_attn.q_proj"], {"tag": "q"}), (1, ["mlp.down_proj"], {"tag": "down"})]

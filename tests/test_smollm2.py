@@ -8,8 +8,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from quantize.checkpoint import load_checkpoint
 from quantize.cli import app
+from quantize.loading import load_checkpoint
 from quantize.primitives import fake_quantize
 from quantize.quantizer import load_model
 

@@ -16,14 +16,14 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import save_tiny, tiny_tokenizer
-from quantize.checkpoint import load_checkpoint, read_tensors, save_checkpoint
+from quantize.checkpoint import read_tensors, save_checkpoint
 from quantize.cli import app
+from quantize.loading import load_checkpoint
 from quantize.pipeline import Streaming
-from quantize.quantizer import load_model, quantize_model
+from quantize.quantizer import load_model, quantize_model, quantize_to_checkpoint
 from quantize.recipe import Recipe
 from quantize.scheme import preset
 from quantize.shapes import write_random_model
-from quantize.streaming import quantize_to_checkpoint
 from quantize.writer import ShardWriter, partial_dir
 
 ROOT = Path(__file__).resolve().parents[1]

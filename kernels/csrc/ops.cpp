@@ -5,8 +5,6 @@
 // All take the repacked layout of kernels/layout.py; qtool::weight_only_linear (declared in Python)
 // dispatches to them by m. Every check names the tensor and the shape it got.
 #include <algorithm>
-#include <cstdio>
-#include <cstdlib>
 #include <optional>
 #include <string>
 
@@ -103,25 +101,12 @@ WoProblem make_problem(const char* op, const at::Tensor& x, const PackedWeightVi
                    static_cast<int>(x.size(0)), scalar_kind(x.scalar_type(), op), parse_activation(activation)};
 }
 
-// $QTOOL_PREFETCH_MB (read once; default 4, 0 turns it off): the most of a `prefetch` tensor wo_gemv
-// pulls into L2. Measured on the H100 (8B W4A16 decode, batch 1, 2026-11-23): 24 MB made decode
-// slower (280.6 against 304.4 tokens/s without; the prefetches compete with the GEMV's own stream and
-// lines are evicted before use), 4 MB faster (351.2 against 344.0 with fused projections): enough to
-// hide the next GEMV's first DRAM round trip, little enough to stay in L2.
-long long prefetch_cap_bytes() {
-  static const long long cap = [] {
-    const char* s = std::getenv("QTOOL_PREFETCH_MB");
-    if (s == nullptr || *s == '\0') return 4LL << 20;
-    char* end = nullptr;
-    const long long mb = std::strtoll(s, &end, 10);
-    if (*end != '\0' || mb < 0 || mb > 1024) {
-      std::fprintf(stderr, "qtool: QTOOL_PREFETCH_MB must be a whole number of MB in 0..1024, got '%s'; using 4\n", s);
-      return 4LL << 20;
-    }
-    return mb << 20;
-  }();
-  return cap;
-}
+// The most of a `prefetch` tensor wo_gemv pulls into L2. Measured on the H100 (8B W4A16 decode, batch 1,
+// 2026-11-23, BENCHMARKS.md third session): 24 MB made decode slower (280.6 against 304.4 tokens/s
+// without; the prefetches compete with the GEMV's own stream and lines are evicted before use), 4 MB
+// faster (351.2 against 344.0 with fused projections): enough to hide the next GEMV's first DRAM round
+// trip, little enough to stay in L2.
+constexpr long long kPrefetchCapBytes = 4LL << 20;
 
 at::Tensor wo_gemv(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scale,
                    const std::optional<at::Tensor>& zero, const std::optional<at::Tensor>& bias, int64_t num_bits,
@@ -137,7 +122,7 @@ at::Tensor wo_gemv(const at::Tensor& x, const at::Tensor& qweight, const at::Ten
   p.y = y.data_ptr();
   if (prefetch.has_value() && prefetch->device() == x.device() && prefetch->is_contiguous()) {
     p.prefetch = prefetch->data_ptr();
-    p.prefetch_bytes = std::min<long long>(prefetch->numel() * prefetch->element_size(), prefetch_cap_bytes()) & ~15LL;
+    p.prefetch_bytes = std::min<long long>(prefetch->numel() * prefetch->element_size(), kPrefetchCapBytes) & ~15LL;
   }
   launch_wo_gemv(p, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();

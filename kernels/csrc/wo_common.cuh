@@ -66,29 +66,10 @@ __device__ inline void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;" ::"n"(N));
 }
 
-// --- Programmatic Dependent Launch (wo_launch.cuh) ----------------------------------------
-// Waits until the previous kernel in the stream (the PDL primary) has completed and its writes are
-// visible; returns at once when the kernel was launched without the PDL attribute. Every thread of
-// a PDL-launched kernel calls it exactly once, before reading activations, bias or workspace and
-// before writing anything. No-op below sm_90.
-__device__ inline void pdl_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-
-// Lets the next PDL-launched kernel in the stream start once every block of this grid has called
-// this or exited. Implies nothing about this kernel's writes (the dependent's pdl_wait covers
-// them). Called after pdl_wait, so at most two of our kernels overlap. No-op below sm_90.
-__device__ inline void pdl_launch_dependents() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-
 // A pointer whose value the compiler cannot know before this point: loads through the result cannot
-// be hoisted above an earlier pdl_wait, not even __ldg loads, which the compiler may treat as
-// loads of invariant memory and move freely.
+// be hoisted above it, not even __ldg loads, which the compiler may treat as loads of invariant
+// memory and move freely. The kernels use it to keep their activation loads behind the weight loads
+// they issue first (the order every measurement in kernels/NOTES.md ran with).
 template <typename P>
 __device__ inline P* opaque(P* ptr) {
   asm volatile("" : "+l"(ptr));

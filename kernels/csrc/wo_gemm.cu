@@ -18,7 +18,6 @@
 #include <cstdint>
 
 #include "wo_common.cuh"
-#include "wo_launch.cuh"
 
 namespace qtool {
 namespace {
@@ -36,8 +35,7 @@ template <typename T,    // activation and output type: __half or __nv_bfloat16
           int BITS,      // weight code width: 4 or 8
           int MT>        // n-tiles of 8 tokens per block: 1, 2, 4 or 8
 __global__ void __launch_bounds__(kWarps * 32) wo_gemm_kernel(const WoProblem p,         // the problem
-                                                               int pieces_per_split,    // 128-k steps per blockIdx.y
-                                                               bool weights_before_wait) {  // PdlMode::kWeightsFirst
+                                                               int pieces_per_split) {  // 128-k steps per blockIdx.y
   constexpr int SUB = 16 / BITS;        // 16x16 subtiles per chunk
   constexpr int KC = chunk_k(BITS);     // k per chunk
   constexpr int CPP = kPieceK / KC;     // chunks per step: 2 (int4) or 4 (int8)
@@ -54,7 +52,7 @@ __global__ void __launch_bounds__(kWarps * 32) wo_gemm_kernel(const WoProblem p,
   const int npieces = (p.w.k_padded + kPieceK - 1) / kPieceK;
   const int piece_begin = blockIdx.y * pieces_per_split;
   const int piece_end = min(npieces, piece_begin + pieces_per_split);
-  const T* x = nullptr;  // set after pdl_wait (opaque)
+  const T* x = nullptr;  // set below (opaque)
   const uint4* wq = reinterpret_cast<const uint4*>(p.w.qweight) + static_cast<size_t>(stripe) * nchunks * 32 + lane;
 
   float acc[MT][4] = {};   // scaled sums; C fragment: rows row0 (i < 2) / row0 + 8, token 2 * (lane % 4) + i % 2
@@ -140,19 +138,12 @@ __global__ void __launch_bounds__(kWarps * 32) wo_gemm_kernel(const WoProblem p,
     }
   };
 
-  // Programmatic Dependent Launch (wo_launch.cuh): with kWeightsFirst the first step's weights are
-  // requested before waiting for the previous kernel (they are constants of the model); activations,
-  // bias, workspace and y only after it. Every thread, active or not, waits exactly once.
   uint4 cur[CPP], next[CPP];
-  const bool has_work = piece_begin < piece_end;
-  if (weights_before_wait && has_work) load_weights(piece_begin, cur);
-  pdl_wait();
   x = opaque(static_cast<const T*>(p.x));
-  pdl_launch_dependents();  // the next kernel may start once all our blocks got here
-  if (has_work) {
+  if (piece_begin < piece_end) {
     stage(piece_begin, 0);
     cp_async_commit();
-    if (!weights_before_wait) load_weights(piece_begin, cur);
+    load_weights(piece_begin, cur);
     for (int piece = piece_begin; piece < piece_end; ++piece) {
       const int buf = (piece - piece_begin) % 2;
       const bool more = piece + 1 < piece_end;
@@ -210,15 +201,12 @@ void launch_typed(const WoProblem& p,     // the problem (workspace set when spl
   const dim3 grid((p.w.n_padded / kStripeRows + kWarps - 1) / kWarps, (npieces + pieces_per_split - 1) / pieces_per_split,
                   (p.m + tok - 1) / tok);
   const dim3 block(kWarps * 32);
-  const PdlMode pdl = pdl_mode();
-  const bool on = pdl != PdlMode::kOff, early = pdl == PdlMode::kWeightsFirst;
   switch (tok) {
-    case 8: launch_kernel(wo_gemm_kernel<T, BITS, 1>, grid, block, 0, stream, on, p, pieces_per_split, early); break;
-    case 16: launch_kernel(wo_gemm_kernel<T, BITS, 2>, grid, block, 0, stream, on, p, pieces_per_split, early); break;
-    case 32: launch_kernel(wo_gemm_kernel<T, BITS, 4>, grid, block, 0, stream, on, p, pieces_per_split, early); break;
-    default: launch_kernel(wo_gemm_kernel<T, BITS, 8>, grid, block, 0, stream, on, p, pieces_per_split, early); break;
+    case 8: wo_gemm_kernel<T, BITS, 1><<<grid, block, 0, stream>>>(p, pieces_per_split); break;
+    case 16: wo_gemm_kernel<T, BITS, 2><<<grid, block, 0, stream>>>(p, pieces_per_split); break;
+    case 32: wo_gemm_kernel<T, BITS, 4><<<grid, block, 0, stream>>>(p, pieces_per_split); break;
+    default: wo_gemm_kernel<T, BITS, 8><<<grid, block, 0, stream>>>(p, pieces_per_split); break;
   }
-  // finish_split_k is launched plainly: it starts after wo_gemm_kernel has completed.
   if (p.workspace != nullptr) {
     const size_t total = static_cast<size_t>(p.m) * p.w.n;
     finish_split_k<T><<<static_cast<unsigned>((total + 255) / 256), 256, 0, stream>>>(p);

@@ -18,16 +18,11 @@
 //     zero row g, zero row g + 8) and the quad shares them by shuffles, so a chunk in flight costs
 //     one register per group, not four.
 // The 8 warps' partial sums are added in shared memory, then bias and activation are applied.
-// v3: launched with Programmatic Dependent Launch on sm_90+ (wo_launch.cuh, QTOOL_PDL): the
-// launch and block start-up overlap the previous kernel's tail, and with QTOOL_PDL=2 the first ring
-// of weight loads is in flight before the previous kernel has finished.
+// (v3 tried Programmatic Dependent Launch: no consistent gain on the H100, kernels/NOTES.md; removed.)
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 #include <type_traits>
 
 #include "wo_common.cuh"
-#include "wo_launch.cuh"
 
 namespace qtool {
 namespace {
@@ -89,8 +84,7 @@ template <typename T,    // activation and output type: __half or __nv_bfloat16
           int BITS,      // weight code width: 4 or 8
           int GPC,       // groups per chunk: 1 (group >= chunk_k or per channel), 2 or 4
           bool XS>       // x staged in shared memory (dynamic: m * xs_row_words(k_padded) words)
-__global__ void __launch_bounds__(kWarps * 32) wo_gemv_kernel(const WoProblem p,            // grid: one block per stripe
-                                                               bool weights_before_wait) {  // PdlMode::kWeightsFirst
+__global__ void __launch_bounds__(kWarps * 32) wo_gemv_kernel(const WoProblem p) {  // grid: one block per stripe
   extern __shared__ uint4 xs_dyn[];  // XS only
   constexpr int SUB = 16 / BITS;     // 16x16 subtiles per chunk
   constexpr int KC = chunk_k(BITS);  // k per chunk
@@ -112,7 +106,7 @@ __global__ void __launch_bounds__(kWarps * 32) wo_gemv_kernel(const WoProblem p,
   // B fragment: token g, words (k / 2) t and t + 4 of each 16-k subtile. Lanes of tokens >= m read
   // token 0 again instead of predicated zeros: column n of an mma result depends on column n of B
   // only, those columns are never stored, and the loads hit the same L1 lines as token 0's.
-  // Set after pdl_wait (opaque): nothing reads the activations before the previous kernel is done.
+  // Set after the first weight ring is issued (opaque): the activation loads stay behind it.
   const uint32_t* x = nullptr;
   const uint32_t gstride = p.w.n_padded;  // between groups of the parameters; 32 bits suffice
 
@@ -137,8 +131,7 @@ __global__ void __launch_bounds__(kWarps * 32) wo_gemv_kernel(const WoProblem p,
   };
   // The chunk's activations (KC / 2 words of token g; this lane's x is offset by t) into L1, so the
   // math finds them there instead of waiting for L2 after the weights arrive. First and last word:
-  // the KC / 2 words may straddle two lines. Only after pdl_wait: a line prefetched earlier could
-  // hold the previous kernel's stale data.
+  // the KC / 2 words may straddle two lines.
   auto prefetch_x = [&](int c) {
     if (!XS && c < nchunks) {
       prefetch_l1(x + c * (KC / 2));
@@ -146,13 +139,8 @@ __global__ void __launch_bounds__(kWarps * 32) wo_gemv_kernel(const WoProblem p,
     }
   };
 
-  // Programmatic Dependent Launch (wo_launch.cuh): the weights and group parameters are constants of
-  // the model, so with kWeightsFirst their first ring is requested before waiting for the previous
-  // kernel; activations, bias and y are touched only after the wait. Every thread waits exactly once.
-  if (!weights_before_wait) pdl_wait();
 #pragma unroll
   for (int u = 0; u < BATCH; ++u) load_weights(u, warp + u * kWarps);
-  if (weights_before_wait) pdl_wait();
   if constexpr (XS) {
     // Copy x into shared memory while the weight ring is in flight: 16 bytes per thread per step.
     const int vecs = p.w.k_padded / 8, row_vecs = xs_row_words(p.w.k_padded) / 4;
@@ -168,8 +156,6 @@ __global__ void __launch_bounds__(kWarps * 32) wo_gemv_kernel(const WoProblem p,
   }
 #pragma unroll
   for (int u = 0; u < BATCH; ++u) prefetch_x(warp + u * kWarps);
-  // The next kernel may start (and request its own weights) once all our blocks got here.
-  pdl_launch_dependents();
   if constexpr (XS) {
     cp_async_wait<0>();
     __syncthreads();
@@ -258,15 +244,6 @@ __global__ void __launch_bounds__(kWarps * 32) wo_gemv_kernel(const WoProblem p,
   }
 }
 
-// QTOOL_GEMV_XS=0 turns the shared-memory staging of x off (the v2 path), for A/B runs.
-inline bool xs_staging_enabled() {
-  static const bool on = [] {
-    const char* s = std::getenv("QTOOL_GEMV_XS");
-    return s == nullptr || *s == '\0' || std::strcmp(s, "0") != 0;
-  }();
-  return on;
-}
-
 template <typename T, int BITS, int GPC, bool XS>
 void launch_variant(const WoProblem& p,     // the problem
                     int smem,               // dynamic shared memory bytes (XS: the staged x)
@@ -275,9 +252,7 @@ void launch_variant(const WoProblem& p,     // the problem
   if (smem > (48 << 10)) {  // above 48 KB a kernel must opt in; cheap, and per device, so every time
     cudaFuncSetAttribute(wo_gemv_kernel<T, BITS, GPC, XS>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   }
-  const PdlMode pdl = pdl_mode();
-  launch_kernel(wo_gemv_kernel<T, BITS, GPC, XS>, grid, block, smem, stream, pdl != PdlMode::kOff, p,
-                pdl == PdlMode::kWeightsFirst);
+  wo_gemv_kernel<T, BITS, GPC, XS><<<grid, block, smem, stream>>>(p);
 }
 
 template <typename T,    // activation and output type
@@ -288,7 +263,7 @@ void launch_typed(const WoProblem& p,     // the problem, 1 <= p.m <= kMaxGemvTo
   const int chunk_shift = BITS == 4 ? 6 : 5;
   const int gpc = p.w.group_shift >= chunk_shift ? 1 : 1 << (chunk_shift - p.w.group_shift);
   const int xs_bytes = p.m * xs_row_words(p.w.k_padded) * 4;
-  const bool xs = xs_bytes <= kXsMaxBytes && xs_staging_enabled();
+  const bool xs = xs_bytes <= kXsMaxBytes;  // else the v2 path: x read from global memory
   if (gpc == 1) {
     xs ? launch_variant<T, BITS, 1, true>(p, xs_bytes, stream) : launch_variant<T, BITS, 1, false>(p, 0, stream);
   } else if (gpc == 2) {

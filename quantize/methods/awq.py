@@ -174,6 +174,14 @@ def search_clip(weight: torch.Tensor, x: torch.Tensor, args: QuantArgs, *, max_s
     return best_lo.reshape(lo0.shape), best_hi.reshape(hi0.shape)
 
 
+@dataclass(frozen=True)
+class AWQSettings:
+    """What `quantize_block` accepts: `method_args` of awq in recipes, `--clip`, `--duo-scaling` on the command line."""
+
+    clip: bool = True  # search per-group clipping after the scales
+    duo_scaling: bool = False  # candidates mean|x|^a / mean|w|^(1-a) (llm-compressor's default)
+
+
 def quantize_block(ctx: BlockContext, schemes: dict[str, QuantScheme], *, clip: bool = True,
                    duo_scaling: bool = False, search_tokens: int = 4096) -> dict[str, QTensor]:
     """Scale search and folding over every applicable mapping, then clipping search, then rounding.
@@ -209,7 +217,7 @@ def quantize_block(ctx: BlockContext, schemes: dict[str, QuantScheme], *, clip: 
         args = scheme.weights
         # Query and key outputs only enter a softmax through their product: the reference
         # implementation does not clip them, and neither do we.
-        if clip and not name.endswith(("q_proj", "k_proj", "qkv_proj")):
+        if clip and name not in ctx.arch.attention_scores:
             lo, hi = search_clip(w, torch.cat(inputs[name]), args)
         else:
             lo, hi = reduce_range(w, args)

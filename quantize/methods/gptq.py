@@ -32,6 +32,39 @@ from ..primitives import (
 )
 from ..scheme import QuantArgs, Strategy
 
+
+@dataclass(frozen=True)
+class GPTQSettings:
+    """What `quantize_block` accepts: `method_args` of gptq in recipes, `--damp` etc. on the command line.
+
+    act_order, static_groups: by default columns go in descending Hessian diagonal order with group
+    scales fixed up front (static_groups=None follows act_order), as llm-compressor does; on SmolLM2
+    W4 g64 this took perplexity from about 40 to 37.6 and needs no g_idx (BENCHMARKS.md).
+    true_sequential: quantize q/k/v, then o, then gate/up, then down, gathering each group's
+    Hessians with the earlier groups already quantized (inputs as in deployment).
+    """
+
+    damp: float = 0.01  # a fraction of the mean Hessian diagonal
+    act_order: bool = True
+    static_groups: bool | None = None
+    true_sequential: bool = True
+    block_size: int = 128  # columns per lazy update
+
+    def __post_init__(self) -> None:
+        if not self.damp >= 0:
+            raise ValueError(f"damp must be >= 0, got {self.damp}")
+        if self.block_size < 1:
+            raise ValueError(f"block_size must be positive, got {self.block_size}")
+
+    @property
+    def static(self) -> bool:
+        return self.act_order if self.static_groups is None else self.static_groups
+
+    def stores_g_idx(self, weights: QuantArgs) -> bool:
+        """Act-order with group scales chosen in the loop makes groups non-contiguous: the layer stores g_idx."""
+        return self.act_order and not self.static and weights.strategy is Strategy.GROUP
+
+
 MAX_DAMP_RETRIES = 4  # each multiplies damp by 10: 0.01 -> 100; a Hessian that needs more is broken
 FIRST_RETRY_DAMP = 0.01  # the retry after a failure at damp=0 (10 * 0 would not help)
 
@@ -125,13 +158,7 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, args: QuantArgs, 
 
     group = args.group_size if args.strategy is Strategy.GROUP else None
     dynamic = group is not None and not static_groups  # scales chosen inside the loop
-    if dynamic:
-        scale = torch.ones(N, math.ceil(K / group), device=W.device)
-        zero_point = None if args.symmetric else torch.zeros(scale.shape, dtype=torch.int8, device=W.device)
-    else:
-        scale, zero_point = choose_qparams(W, args)
-        column_scale = expand(scale, W.shape, args).expand(N, K)
-        column_zero = None if zero_point is None else expand(zero_point, W.shape, args).expand(N, K)
+    scale, zero_point, column_scale, column_zero = _initial_qparams(W, args, group if dynamic else None)
 
     perm = torch.argsort(torch.diagonal(H), descending=True, stable=True) if act_order else None
     if perm is not None:
@@ -176,25 +203,46 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, args: QuantArgs, 
 
     # W now holds the rounded weights in processing order; their codes, with the scales used.
     if dynamic:
-        full_scale = expand(scale, W.shape, args).expand(N, K)
-        full_zero = None if zero_point is None else expand(zero_point, W.shape, args).expand(N, K)
-    else:
-        full_scale, full_zero = column_scale, column_zero
-    codes = quantize(W, full_scale, full_zero, replace(args, strategy=Strategy.CHANNEL))
-
-    g_idx = None
-    if perm is not None:
-        inverse = torch.argsort(perm)
-        # FP8 codes travel as their bytes: indexing float8 tensors is not implemented everywhere.
-        codes = codes.view(torch.uint8)[:, inverse].view(codes.dtype) if args.is_float else codes[:, inverse]
-        if dynamic:
-            g_idx = group_index(K, group, W.device)[inverse]
-            if torch.equal(g_idx, group_index(K, group, W.device)):
-                g_idx = None  # the permutation kept every column in its natural group
+        column_scale = expand(scale, W.shape, args).expand(N, K)
+        column_zero = None if zero_point is None else expand(zero_point, W.shape, args).expand(N, K)
+    codes = quantize(W, column_scale, column_zero, replace(args, strategy=Strategy.CHANNEL))
+    codes, g_idx = _original_order(codes, perm, group if dynamic else None, args)
     loss = float(row_loss.sum()) / 2
     if not math.isfinite(loss):
         raise ValueError(f"GPTQ produced a non-finite loss ({loss}) with damp={damp_used}")
     return GPTQResult(QTensor(codes, scale, zero_point, args, g_idx), loss, damp_used, messages)
+
+
+def _initial_qparams(W: torch.Tensor, args: QuantArgs, dynamic_group: int | None) -> tuple:
+    """(scale, zero_point, column_scale, column_zero) before the loop. With `dynamic_group` the
+    scales [N, G] are placeholders the loop fills and there are no column values yet (None);
+    otherwise they come from W [N, K] and are broadcast to one value per column [N, K]."""
+    N, K = W.shape
+    if dynamic_group is not None:
+        scale = torch.ones(N, math.ceil(K / dynamic_group), device=W.device)
+        zero_point = None if args.symmetric else torch.zeros(scale.shape, dtype=torch.int8, device=W.device)
+        return scale, zero_point, None, None
+    scale, zero_point = choose_qparams(W, args)
+    column_zero = None if zero_point is None else expand(zero_point, W.shape, args).expand(N, K)
+    return scale, zero_point, expand(scale, W.shape, args).expand(N, K), column_zero
+
+
+def _original_order(codes: torch.Tensor, perm: torch.Tensor | None, dynamic_group: int | None,
+                    args: QuantArgs) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Codes [N, K] in processing order -> original column order, and g_idx [K] where act-order with
+    groups chosen in the loop left columns outside their natural group (else None)."""
+    if perm is None:
+        return codes, None
+    K = codes.shape[1]
+    inverse = torch.argsort(perm)
+    # FP8 codes travel as their bytes: indexing float8 tensors is not implemented everywhere.
+    codes = codes.view(torch.uint8)[:, inverse].view(codes.dtype) if args.is_float else codes[:, inverse]
+    if dynamic_group is None:
+        return codes, None
+    g_idx = group_index(K, dynamic_group, codes.device)[inverse]
+    if torch.equal(g_idx, group_index(K, dynamic_group, codes.device)):
+        return codes, None  # the permutation kept every column in its natural group
+    return codes, g_idx
 
 
 def _round_column(w: torch.Tensor, s: torch.Tensor, z: torch.Tensor | None, args: QuantArgs) -> torch.Tensor:
@@ -288,19 +336,16 @@ def _input_owners(arch, group: list[str]) -> dict[str, str]:
 def quantize_block(ctx, schemes: dict, *, damp: float = 0.01, block_size: int = 128, act_order: bool = True,
                    static_groups: bool | None = None, true_sequential: bool = True,
                    min_tokens_per_feature: float = 1.0) -> dict[str, QTensor]:
-    """GPTQ every named linear of the block (ctx: pipeline.BlockContext, schemes: {name: QuantScheme}).
+    """GPTQ every named linear of the block (ctx: pipeline.BlockContext, schemes: {name: QuantScheme});
+    settings as in `GPTQSettings`.
 
-    true_sequential: quantize q/k/v, then o, then gate/up, then down, gathering each group's
-    Hessians with the earlier groups already quantized (inputs as in deployment).
     min_tokens_per_feature: warn when fewer calibration tokens than this many per input feature
     were seen, as the Hessian is then poorly conditioned.
-    act_order, static_groups: by default columns go in descending Hessian diagonal order with group
-    scales fixed up front (static_groups=None follows act_order), as llm-compressor does; on SmolLM2
-    W4 g64 this took perplexity from about 40 to 37.6 and needs no g_idx (BENCHMARKS.md).
     """
-    static_groups = act_order if static_groups is None else static_groups
+    settings = GPTQSettings(damp, act_order, static_groups, true_sequential, block_size)
+    static_groups = settings.static
     for name, scheme in schemes.items():
-        wants_gidx = act_order and not static_groups and scheme.weights.strategy is Strategy.GROUP
+        wants_gidx = settings.stores_g_idx(scheme.weights)
         if wants_gidx != scheme.weights.actorder:
             raise ValueError(f"{ctx.prefix}{name}: act_order without static_groups stores g_idx, so the scheme "
                              f"needs actorder={wants_gidx} (got {scheme.weights.actorder})")

@@ -2,7 +2,7 @@
 # Quality table on SmolLM2-135M: quantize with each method/scheme, then perplexity, KL and top-1
 # agreement against the float model on the WikiText-2 raw test split (512-token windows).
 # Calibration: 128 x 512 tokens of the WikiText-2 *validation* split (never the test split).
-#   bash scripts/smollm2_quality.sh [CONFIG ...]      (WINDOWS=40 by default; all configs if none given)
+#   bash benchmarks/smollm2_quality.sh [CONFIG ...]      (WINDOWS=40 by default; all configs if none given)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data/wikitext-2}

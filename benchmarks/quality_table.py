@@ -1,6 +1,6 @@
-"""Markdown table of the SmolLM2 quality runs (scripts/smollm2_quality.sh, scripts/llmcompressor_baseline.py).
+"""Markdown table of the SmolLM2 quality runs (benchmarks/smollm2_quality.sh, benchmarks/llmcompressor_baseline.py).
 
-    python scripts/quality_table.py runs/quality runs/llmc
+    python benchmarks/quality_table.py runs/quality runs/llmc
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Run wo_gemv once per decode-sized shape, for Nsight Compute to read its counters.
 
-    ncu --clock-control none -k regex:wo_gemv --section SpeedOfLight ... python3 scripts/ncu_gemv.py
+    ncu --clock-control none -k regex:wo_gemv --section SpeedOfLight ... python3 dev/ncu_gemv.py
 
 Shapes are the 8B Llama's projections at batch 1 (K x N): k/v_proj, q/o_proj, fused q/k/v, gate/up,
 fused gate/up, down. Each shape is called 3 times (ncu's --launch-skip can drop the first).
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from qtool_kernels import build
-from qtool_kernels.layout import pack_weight
+from qtool_kernels.layout import EPILOGUE, pack_weight
 
 SHAPES = [(4096, 1024), (4096, 4096), (4096, 6144), (4096, 14336), (4096, 28672), (14336, 4096)]
 
@@ -25,7 +25,7 @@ def main() -> None:
         p = pack_weight(codes, torch.rand(n, groups, device="cuda") / 100, None, None, 4, 128)
         x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
         for _ in range(3):
-            kernels.wo_gemv(x, p.qweight, p.scale, None, None, 4, p.group_size, n, "none")
+            kernels.wo_gemv(x, p.qweight, p.scale, None, None, 4, p.group_size, n, EPILOGUE)
         torch.cuda.synchronize()
         print(f"{k}x{n} done")
 

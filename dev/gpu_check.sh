@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Everything the CUDA kernels need checked on a GPU machine, output tee'd into $OUT/log.
 #
-#   bash scripts/gpu_check.sh [all | build | test | sanitize | bench | quick]
+#   bash dev/gpu_check.sh [all | build | test | sanitize | bench | quick]
 #
 #   build     install this checkout (pip -e, no deps), build the extension, print what was built
 #   test      pytest -m gpu tests/test_kernels_gpu.py, then the CPU kernel tests
 #   sanitize  compute-sanitizer memcheck + racecheck over the small smoke test (skipped if absent)
-#   bench     scripts/bench_kernels.py -> $OUT/bench.json
+#   bench     benchmarks/bench_kernels.py -> $OUT/bench.json
 #   quick     build, the smoke test and bench --quick: a first look in a few minutes
 #   all       build, test, sanitize, bench (the default; may exceed 10 minutes, run steps separately then)
 #
@@ -30,9 +30,8 @@ install() {
   fi
   step "install this checkout"
   if ! "$PY" -m pip install --no-deps --no-build-isolation -q -e .; then
-    echo "pip install -e failed; importing qtool_kernels through build/pythonpath instead"
-    mkdir -p build/pythonpath && ln -sfn ../../kernels build/pythonpath/qtool_kernels
-    export PYTHONPATH=$PWD:$PWD/build/pythonpath${PYTHONPATH:+:$PYTHONPATH}
+    echo "pip install -e failed; importing quantize and qtool_kernels (a link to kernels/) from the checkout"
+    export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
   fi
 }
 
@@ -66,7 +65,7 @@ do_sanitize() {
 
 do_bench() {
   step "benchmark $*"
-  run "$PY" scripts/bench_kernels.py --json "$OUT/bench${1:+-quick}.json" "$@"
+  run "$PY" benchmarks/bench_kernels.py --json "$OUT/bench${1:+-quick}.json" "$@"
 }
 
 install

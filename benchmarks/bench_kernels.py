@@ -1,6 +1,6 @@
 """Weight-only CUDA kernels against bf16 F.linear, measured in the same run on the GPU.
 
-    python scripts/bench_kernels.py --json bench.json [--quick]
+    python benchmarks/bench_kernels.py --json bench.json [--quick]
 
 For each shape (K x N), token count M and format (W4A16 g128, W8A16 per channel): median time of
 bf16 F.linear and of qtool's dispatcher (kernels/weight_only.packed_linear), the speedup against the
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -26,8 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from qtool_kernels import build
-from qtool_kernels.layout import PackedWeight, pack_weight
-from qtool_kernels.weight_only import packed_linear
+from qtool_kernels.layout import EPILOGUE, PackedWeight, pack_weight
+from qtool_kernels.weight_only import GEMV_MAX_M, packed_linear
 
 SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096), (8192, 8192), (8192, 28672), (28672, 8192)]  # (K, N)
 TOKENS = [1, 16, 64, 128, 512, 4096]
@@ -139,16 +138,16 @@ def bench_tokens(timer, kernels, x: torch.Tensor, dense: Rotation, packed: Rotat
 
     def raw(name):
         p = packed()
-        return getattr(kernels, name)(x, p.qweight, p.scale, None, None, bits, p.group_size, n, "none")
+        return getattr(kernels, name)(x, p.qweight, p.scale, None, None, bits, p.group_size, n, EPILOGUE)
 
     def dequant_gemm():
         p = packed()
         return F.linear(x, kernels.dequant_int(p.qweight, p.scale, None, bits, p.group_size, n, x.dtype))
 
     t_bf16 = timer(lambda: F.linear(x, dense()))
-    t_auto = timer(lambda: packed_linear(x, packed(), None, "none", kernels))
+    t_auto = timer(lambda: packed_linear(x, packed(), None, kernels))
     g_bf16 = graph_ms(lambda: F.linear(x, dense()))
-    g_auto = graph_ms(lambda: packed_linear(x, packed(), None, "none", kernels))
+    g_auto = graph_ms(lambda: packed_linear(x, packed(), None, kernels))
     kernel_ms = {"wo_gemv": timer(lambda: raw("wo_gemv")) if m <= 8 else None,
                  "wo_gemm": timer(lambda: raw("wo_gemm")) if m <= 1024 else None,
                  "dequant+cublas": timer(dequant_gemm)}
@@ -216,9 +215,7 @@ def main() -> None:
     torch.manual_seed(0)
     name, timer = make_timer()
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "timer": name,
-              "copy_GBps": copy_bandwidth(timer), "rows": [],
-              # run-time switches of the kernels (kernels/csrc/wo_launch.cuh, kernels/weight_only.py)
-              "env": {key: os.environ.get(key) for key in ("QTOOL_PDL", "QTOOL_GEMV_MAX_M")}}
+              "copy_GBps": copy_bandwidth(timer), "rows": [], "gemv_max_m": GEMV_MAX_M}
     shapes, tokens = (SHAPES[:2], TOKENS[:3]) if args.quick else (SHAPES, TOKENS)
     if args.tokens:
         tokens = [int(t) for t in args.tokens.split(",")]

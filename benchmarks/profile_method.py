@@ -1,7 +1,7 @@
 """Where a quantization method spends its time: cProfile of one `quantize_model` run on a model with
 random weights and random calibration tokens (no download, no dataset), e.g. on the H100:
 
-    python3 scripts/profile_method.py --method gptq --config smollm2-135m --device cuda --json $OUT/prof-gptq.json
+    python3 benchmarks/profile_method.py --method gptq --config smollm2-135m --device cuda --json $OUT/prof-gptq.json
 
 On a GPU, GPTQ's column loop is bound by the host issuing small kernels, so host-side time per
 function is the useful view; time spent waiting on the GPU shows up in the functions that synchronize.

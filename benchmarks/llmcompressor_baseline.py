@@ -3,7 +3,7 @@
 Runs in its OWN virtual environment (llm-compressor pins its own stack):
     python3 -m venv .lcvenv && . .lcvenv/bin/activate
     pip install torch==2.13.0 && pip install llmcompressor gguf rich
-    python scripts/llmcompressor_baseline.py --model models/smollm2 --config gptq-w4g64 --out runs/llmc
+    python benchmarks/llmcompressor_baseline.py --model models/smollm2 --config gptq-w4g64 --out runs/llmc
 It imports qtool's data and evaluate modules from this checkout (plain PyTorch + transformers), so the
 calibration windows (128 x 512 tokens of WikiText-2 validation, seed 0) and the metrics are identical.
 """

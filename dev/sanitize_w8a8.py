@@ -1,0 +1,32 @@
+"""Small calls of every W8A8 kernel, for compute-sanitizer (dev/w8a8_session.sh sanitize): ragged k and n,
+static and dynamic scales, 1 to 300 tokens. Exits non-zero if an output differs from the reference."""
+
+import torch
+
+import quantize  # noqa: F401  (registers the qtool ops)
+from qtool_kernels import reference, scaled_mm, sm90
+
+ops = torch.ops.qtool_cuda
+torch.manual_seed(0)
+sm90.load()
+for m in (1, 5, 16, 17, 300):
+    for k, n in ((576, 1000), (1024, 1536)):
+        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        for fmt, wdtype in (("int8", torch.int8), ("e4m3", torch.float8_e4m3fn)):
+            for group in (0, 64):
+                q, s = ops.act_quant(x, fmt, group, None)
+                rq, rs = reference.quantize_activation(x, fmt, group, None)
+                assert torch.equal(q.view(torch.uint8), rq.view(torch.uint8)), (m, k, fmt, group)
+            w = (torch.randn(n, k, device="cuda") * 30).clamp(-127, 127).to(wdtype)
+            ws = torch.rand(n, 1, device="cuda") / 100
+            want = x.double() @ (w.double() * ws.double()).T
+            if m <= 16:
+                got = scaled_mm._w8_gemv(x, w, ws, None, 0, 0)
+                assert ((got.double() - want).norm() / want.norm()) < 1e-2, (m, k, n, fmt)
+            xq, xs = ops.act_quant(x, fmt, 0, None)
+            y = scaled_mm.scaled_mm(xq, xs, w, ws, None, 0, 0, 0, torch.bfloat16)
+            if y is not None:
+                ref = reference.scaled_linear(xq, xs, w, ws, None, 0, 0, 0, torch.float64)
+                assert ((y.double() - ref).norm() / ref.norm()) < 1e-2, (m, k, n, fmt)
+torch.cuda.synchronize()
+print("sanitize_w8a8: all outputs match")

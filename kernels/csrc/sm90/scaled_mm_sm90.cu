@@ -1,0 +1,174 @@
+// W8A8 GEMM for Hopper (sm_90a) on CUTLASS 3.x: D[m, n] = sa[m] * (A[m, k] . B[n, k]^T) * sb[n] + bias[n],
+// A and B int8 (int32 accumulation) or FP8 E4M3 (float32 accumulation with periodic promotion), D in
+// bf16 or fp16. wgmma fed by TMA, warp-specialized, persistent; the per-token and per-channel scales
+// and the bias are one epilogue visitor tree, so the accumulators are scaled in registers and D is
+// written once.
+//
+// Built apart from the PyTorch extension, as a plain shared library with a C entry point
+// (kernels/build.py: nvcc -gencode arch=compute_90a,code=sm_90a, CUTLASS headers from the
+// `nvidia-cutlass` package), so a missing CUTLASS or a non-Hopper GPU costs nothing but this path;
+// ops_w8a8.cpp finds `qtool_sm90_scaled_mm` by name once Python has loaded the library.
+#include <cstdio>
+
+#include <cuda_runtime.h>
+
+#include "cute/tensor.hpp"
+#include "cutlass/cutlass.h"
+#include "cutlass/epilogue/collective/collective_builder.hpp"
+#include "cutlass/epilogue/fusion/sm90_callbacks_tma_warpspecialized.hpp"
+#include "cutlass/gemm/collective/collective_builder.hpp"
+#include "cutlass/gemm/device/gemm_universal_adapter.h"
+#include "cutlass/gemm/kernel/gemm_universal.hpp"
+
+#include "sm90_scaled_mm.h"
+
+namespace qtool::sm90 {
+namespace {
+
+using namespace cute;
+
+// Stride of a packed row-major [rows, cols] operand in CUTLASS 3's (leading, unit, batch) form.
+template <class Stride>
+Stride packed_rows(int64_t rows, int64_t cols) {
+  Stride s{};
+  get<0>(s) = cols;
+  get<2>(s) = rows * cols;
+  return s;
+}
+
+int sm_count() {
+  static const int count = [] {
+    int device = 0;
+    cudaGetDevice(&device);
+    return cutlass::KernelHardwareInfo::query_device_multiprocessor_count(device);
+  }();
+  return count;
+}
+
+template <class ElementAB, class ElementD, class TileShape, class ClusterShape, class KernelSchedule,
+          class EpilogueSchedule, class Scheduler>
+struct ScaledGemm {
+  using ElementAcc = std::conditional_t<std::is_same_v<ElementAB, int8_t>, int32_t, float>;
+  static constexpr int kAlignAB = 16;  // elements: 16 bytes of 8-bit codes, what TMA wants
+  static constexpr int kAlignD = 8;    // 16 bytes of bf16 / fp16
+
+  // The epilogue tree: sa[m] * (acc * sb[n]) + bias[n], in float32, one rounding to ElementD.
+  using Acc = cutlass::epilogue::fusion::Sm90AccFetch;
+  using TokenScale = cutlass::epilogue::fusion::Sm90ColBroadcast<0, TileShape, float, float, Stride<_1, _0, int64_t>>;
+  using ChannelScale = cutlass::epilogue::fusion::Sm90RowBroadcast<0, TileShape, float, float, Stride<_0, _1, int64_t>>;
+  using Bias = cutlass::epilogue::fusion::Sm90RowBroadcast<0, TileShape, float, float, Stride<_0, _1, int64_t>>;
+  using Mul = cutlass::epilogue::fusion::Sm90Compute<cutlass::multiplies, float, float,
+                                                     cutlass::FloatRoundStyle::round_to_nearest>;
+  using Fma = cutlass::epilogue::fusion::Sm90Compute<cutlass::homogeneous_multiply_add, ElementD, float,
+                                                     cutlass::FloatRoundStyle::round_to_nearest>;
+  using AccTimesChannel = cutlass::epilogue::fusion::Sm90EVT<Mul, ChannelScale, Acc>;
+  using Tree = cutlass::epilogue::fusion::Sm90EVT<Fma, TokenScale, AccTimesChannel, Bias>;
+
+  using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
+      cutlass::epilogue::collective::EpilogueTileAuto, ElementAcc, float, void, cutlass::layout::RowMajor, kAlignD,
+      ElementD, cutlass::layout::RowMajor, kAlignD, EpilogueSchedule, Tree>::CollectiveOp;
+
+  using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, ElementAB, cutlass::layout::RowMajor, kAlignAB, ElementAB,
+      cutlass::layout::ColumnMajor, kAlignAB, ElementAcc, TileShape, ClusterShape,
+      cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
+      KernelSchedule>::CollectiveOp;
+
+  using Kernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, Mainloop, Epilogue, Scheduler>;
+  using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+
+  static typename Gemm::Arguments arguments(const ScaledMmArgs& p) {
+    using StrideA = typename Kernel::StrideA;
+    using StrideB = typename Kernel::StrideB;
+    using StrideD = typename Kernel::StrideD;
+    const StrideA sa = packed_rows<StrideA>(p.m, p.k);
+    const StrideB sb = packed_rows<StrideB>(p.n, p.k);
+    const StrideD sd = packed_rows<StrideD>(p.m, p.n);
+    typename Tree::Arguments tree{
+        {p.a_scale, 0.0f, {_1{}, _0{}, 0}},                             // TokenScale
+        {{p.b_scale, 0.0f, {_0{}, _1{}, 0}}, {}, {}},                   // AccTimesChannel: ChannelScale, Acc, Mul
+        {p.bias, 0.0f, {_0{}, _1{}, 0}},                                // Bias (nullptr: 0)
+        {}};                                                            // Fma
+    typename Gemm::Arguments args{
+        cutlass::gemm::GemmUniversalMode::kGemm,
+        {p.m, p.n, p.k, 1},
+        {static_cast<const ElementAB*>(p.a), sa, static_cast<const ElementAB*>(p.b), sb},
+        {tree, nullptr, sd, static_cast<ElementD*>(p.d), sd}};
+    args.hw_info.sm_count = sm_count();  // else CUTLASS queries the device on every call
+    return args;
+  }
+
+  static size_t workspace(const ScaledMmArgs& p) { return Gemm::get_workspace_size(arguments(p)); }
+
+  static const char* run(const ScaledMmArgs& p, cudaStream_t stream) {
+    Gemm gemm;
+    const auto args = arguments(p);
+    if (gemm.can_implement(args) != cutlass::Status::kSuccess) return "CUTLASS cannot implement this problem";
+    if (Gemm::get_workspace_size(args) > p.workspace_bytes) return "workspace too small";
+    if (gemm.initialize(args, p.workspace, stream) != cutlass::Status::kSuccess) return "CUTLASS initialize failed";
+    if (gemm.run(stream) != cutlass::Status::kSuccess) return "CUTLASS run failed";
+    return nullptr;
+  }
+};
+
+// FP8 accumulates in the tensor cores' own precision between k-tiles ("fast accumulation", as the
+// FP8 GEMMs of vLLM and TensorRT-LLM do for inference); int8 accumulates exactly in int32.
+template <class AB, class Exact, class Fast>
+using Schedule = std::conditional_t<std::is_same_v<AB, int8_t>, Exact, Fast>;
+
+// Two shapes, measured on the H200 (BENCHMARKS.md). Skinny m (up to kSkinnyMaxM tokens) is bound by
+// the weight bytes: one 64-row tile per column tile, two warpgroups in ping-pong so one's epilogue
+// overlaps the other's math (a 128-row stream-K variant measured 0.5-0.9x of this at n = 4096).
+// Large m is bound by the tensor cores: 128 x 256 tiles (FP8) or 128 x 128 (int8), two consumer
+// warpgroups, a 2-CTA cluster multicasting the weight tile.
+template <class AB, class D>
+using Skinny = ScaledGemm<AB, D, Shape<_64, _128, _128>, Shape<_1, _1, _1>,
+                          Schedule<AB, cutlass::gemm::KernelTmaWarpSpecializedPingpong,
+                                   cutlass::gemm::KernelTmaWarpSpecializedPingpongFP8FastAccum>,
+                          cutlass::epilogue::TmaWarpSpecialized, cutlass::gemm::PersistentScheduler>;
+template <class AB, class D>
+using Large = ScaledGemm<AB, D, std::conditional_t<std::is_same_v<AB, int8_t>, Shape<_128, _128, _128>,
+                                                   Shape<_128, _256, _128>>,
+                         Shape<_2, _1, _1>,
+                         Schedule<AB, cutlass::gemm::KernelTmaWarpSpecializedCooperative,
+                                  cutlass::gemm::KernelTmaWarpSpecializedCooperativeFP8FastAccum>,
+                         cutlass::epilogue::TmaWarpSpecializedCooperative, cutlass::gemm::PersistentScheduler>;
+
+constexpr int kSkinnyMaxM = 128;
+
+template <class AB, class D>
+const char* dispatch_m(const ScaledMmArgs& p, cudaStream_t stream, size_t* workspace) {
+  if (p.m <= kSkinnyMaxM) {
+    if (workspace != nullptr) return (*workspace = Skinny<AB, D>::workspace(p)), nullptr;
+    return Skinny<AB, D>::run(p, stream);
+  }
+  if (workspace != nullptr) return (*workspace = Large<AB, D>::workspace(p)), nullptr;
+  return Large<AB, D>::run(p, stream);
+}
+
+template <class AB>
+const char* dispatch_out(const ScaledMmArgs& p, cudaStream_t stream, size_t* workspace) {
+  if (p.out_half) return dispatch_m<AB, cutlass::half_t>(p, stream, workspace);
+  return dispatch_m<AB, cutlass::bfloat16_t>(p, stream, workspace);
+}
+
+const char* dispatch(const ScaledMmArgs& p, cudaStream_t stream, size_t* workspace) {
+  if (p.fp8) return dispatch_out<cutlass::float_e4m3_t>(p, stream, workspace);
+  return dispatch_out<int8_t>(p, stream, workspace);
+}
+
+}  // namespace
+}  // namespace qtool::sm90
+
+extern "C" size_t qtool_sm90_workspace(const qtool::sm90::ScaledMmArgs* p) {
+  size_t bytes = 0;
+  qtool::sm90::dispatch(*p, nullptr, &bytes);
+  return bytes;
+}
+
+extern "C" const char* qtool_sm90_scaled_mm(const qtool::sm90::ScaledMmArgs* p, cudaStream_t stream) {
+  if (const char* err = qtool::sm90::dispatch(*p, stream, nullptr)) return err;
+  const cudaError_t status = cudaGetLastError();
+  return status == cudaSuccess ? nullptr : cudaGetErrorString(status);
+}

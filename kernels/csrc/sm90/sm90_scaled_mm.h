@@ -1,0 +1,33 @@
+// C interface of libqtool_sm90 (scaled_mm_sm90.cu), shared with ops_w8a8.cpp, which looks the two
+// functions up by name (dlsym) once kernels/build.py has loaded the library: the PyTorch extension
+// neither links against it nor needs CUTLASS to build.
+#pragma once
+
+#include <cstddef>
+
+#include <cuda_runtime_api.h>
+
+namespace qtool::sm90 {
+
+struct ScaledMmArgs {
+  const void* a;          // [m, k] int8 or float8_e4m3fn codes, row-major, 16-byte aligned
+  const void* b;          // [n, k] codes of the same type, row-major (B^T), 16-byte aligned
+  const float* a_scale;   // [m] per-token scales
+  const float* b_scale;   // [n] per-channel scales
+  const float* bias;      // [n] float32, or nullptr
+  void* d;                // [m, n] bf16 or fp16 out, row-major
+  void* workspace;        // qtool_sm90_workspace() bytes of device memory (may be nullptr when 0)
+  size_t workspace_bytes;
+  int m, n, k;            // k % 16 == 0, n % 8 == 0
+  int fp8;                // 1: float8_e4m3fn, 0: int8
+  int out_half;           // 1: fp16 out, 0: bf16 out
+};
+
+}  // namespace qtool::sm90
+
+extern "C" {
+typedef size_t (*QtoolSm90Workspace)(const qtool::sm90::ScaledMmArgs*);
+typedef const char* (*QtoolSm90ScaledMm)(const qtool::sm90::ScaledMmArgs*, cudaStream_t);
+size_t qtool_sm90_workspace(const qtool::sm90::ScaledMmArgs* p);
+const char* qtool_sm90_scaled_mm(const qtool::sm90::ScaledMmArgs* p, cudaStream_t stream);
+}

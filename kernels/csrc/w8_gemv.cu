@@ -1,0 +1,210 @@
+// GEMV/skinny GEMM for 8-bit weights (int8, FP8 E4M3/E5M2) stored row-major [n, k], with 16-bit
+// activations, for m <= 16 tokens: the W8A8 layers' path at decode sizes, where the weight bytes set
+// the time and quantizing the activations would only add a launch (issue 18).
+//
+// Work split. A block of kWarps warps owns one or two "stripes" of 16 weight rows (the M of
+// mma.m16n8k16); its warps split k into 64-wide tiles taken round-robin, so together they stream
+// 8 x 64 contiguous codes of every row at a time. Partial sums meet in shared memory at the end.
+//
+// Fragments without shuffles. Lane (g = lane / 4, t = lane % 4) loads 16 codes of rows g and g + 8 at
+// k0 + 16 t and the 16 activations of token g at the same k. Because a dot product may visit k in any
+// order, step j (0..3) of the tile feeds mma with the lane's codes 4j..4j+3 in the places the PTX ISA
+// gives to logical k {2t, 2t+1, 2t+8, 2t+9}, and the activations of the same physical k in B: every
+// operand arrives in registers straight from a 16-byte load. The codes convert exactly to fp16/bf16
+// (int8 and both FP8 formats fit), the tensor cores accumulate in float32, and the scale is applied once
+// per row (per channel) or once per 64-k tile and row block (block scales).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+
+#include <type_traits>
+
+#include "w8a8.h"
+#include "wo_common.cuh"
+
+namespace qtool {
+namespace {
+
+constexpr int kWarps = 8;
+constexpr int kTileK = 64;
+constexpr int kUnroll = 4;  // tiles in flight per warp: 4 x kStripes x 2 rows x 16 bytes per lane
+// 16-row stripes per block: two share the activation loads, one gives twice the blocks (n < this).
+constexpr int kTwoStripesMinN = 16384;
+
+// Four codes (one 32-bit word) -> two packed pairs of T: (c0, c1) and (c2, c3), exactly.
+// int8 without integer-to-float instructions (a quarter of the FMA rate): flipping the sign bit gives
+// u = c + 128 in 0..255, which placed in the low mantissa bits of a float (fp16: 1024 + u as 0x64uu;
+// fp32 for bf16: 2^23 + u) is one subtraction away from c.
+template <typename T, CodeFormat F>
+__device__ inline void decode4(uint32_t word, uint32_t& lo, uint32_t& hi) {
+  if constexpr (F == CodeFormat::kInt8) {
+    const uint32_t u = word ^ 0x80808080u;
+    if constexpr (std::is_same_v<T, __half>) {
+      const uint32_t bias = 0x64806480u;  // (1024 + 128, 1024 + 128)
+      lo = sub_pair(__byte_perm(u, 0x64646464u, 0x5140), bias, __half{});
+      hi = sub_pair(__byte_perm(u, 0x64646464u, 0x7362), bias, __half{});
+    } else {
+      constexpr float kMagic = 8388736.0f;  // 2^23 + 128
+      const float c0 = __uint_as_float(0x4B000000u | (u & 0xff)) - kMagic;
+      const float c1 = __uint_as_float(0x4B000000u | ((u >> 8) & 0xff)) - kMagic;
+      const float c2 = __uint_as_float(0x4B000000u | ((u >> 16) & 0xff)) - kMagic;
+      const float c3 = __uint_as_float(0x4B000000u | (u >> 24)) - kMagic;
+      lo = float2_to_pair(c0, c1, T{});
+      hi = float2_to_pair(c2, c3, T{});
+    }
+  } else {
+    constexpr __nv_fp8_interpretation_t kind = F == CodeFormat::kE4M3 ? __NV_E4M3 : __NV_E5M2;
+    const __half2_raw a = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(word & 0xffff), kind);
+    const __half2_raw b = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(word >> 16), kind);
+    if constexpr (std::is_same_v<T, __half>) {
+      lo = as_u32(__half2(a));
+      hi = as_u32(__half2(b));
+    } else {  // fp16 -> bf16 is exact for every FP8 value
+      const float2 fa = __half22float2(__half2(a)), fb = __half22float2(__half2(b));
+      lo = float2_to_pair(fa.x, fa.y, T{});
+      hi = float2_to_pair(fb.x, fb.y, T{});
+    }
+  }
+}
+
+template <typename T, CodeFormat F, int TokenTiles, bool Blocked, int kStripes>
+__global__ void __launch_bounds__(kWarps * 32) w8_gemv(W8GemvProblem p) {
+  constexpr int kRowsPerBlock = 16 * kStripes;
+  __shared__ float partial[kWarps][kStripes][TokenTiles][32][4];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int row0 = blockIdx.x * kRowsPerBlock;
+  const int tiles = (p.k + kTileK - 1) / kTileK;
+  const T* x = static_cast<const T*>(p.x);
+
+  float acc[kStripes][TokenTiles][4] = {};
+  for (int tile0 = warp; tile0 < tiles; tile0 += kWarps * kUnroll) {
+    uint4 w[kUnroll][kStripes][2];           // [tile][stripe][row g / g + 8]
+    uint4 xv[kUnroll][TokenTiles][2];        // [tile][token tile][k 0..7 / 8..15]
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int k = (tile0 + u * kWarps) * kTileK + 16 * t;
+      const bool k_ok = tile0 + u * kWarps < tiles && k < p.k;  // k % 16 == 0: a load is all in or out
+#pragma unroll
+      for (int s = 0; s < kStripes; ++s) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int row = row0 + 16 * s + g + 8 * h;
+          w[u][s][h] = k_ok && row < p.n
+                           ? load_streaming(reinterpret_cast<const uint4*>(p.w + static_cast<long long>(row) * p.k + k))
+                           : make_uint4(0, 0, 0, 0);
+        }
+      }
+#pragma unroll
+      for (int tt = 0; tt < TokenTiles; ++tt) {
+        const int token = tt * 8 + g;
+        const uint4* src = reinterpret_cast<const uint4*>(x + static_cast<long long>(token) * p.k + k);
+        const bool ok = k_ok && token < p.m;
+        xv[u][tt][0] = ok ? __ldg(src) : make_uint4(0, 0, 0, 0);
+        xv[u][tt][1] = ok ? __ldg(src + 1) : make_uint4(0, 0, 0, 0);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      float tile_acc[kStripes][TokenTiles][4] = {};
+      float(&dst)[kStripes][TokenTiles][4] = Blocked ? tile_acc : acc;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+#pragma unroll
+        for (int s = 0; s < kStripes; ++s) {
+          const uint32_t lo_word = (&w[u][s][0].x)[j], hi_word = (&w[u][s][1].x)[j];
+          uint32_t a[4];
+          decode4<T, F>(lo_word, a[0], a[2]);  // row g: k +0,+1 and +2,+3
+          decode4<T, F>(hi_word, a[1], a[3]);  // row g + 8
+#pragma unroll
+          for (int tt = 0; tt < TokenTiles; ++tt) {
+            const uint32_t* xw = &xv[u][tt][0].x;  // 8 words = 16 activations; word i = k 2i, 2i + 1
+            mma_16816<T>(dst[s][tt], a, xw[2 * j], xw[2 * j + 1]);
+          }
+        }
+      }
+      if constexpr (Blocked) {
+        const int tile = tile0 + u * kWarps;
+        if (tile < tiles) {
+          const int kb = tile * kTileK / p.block_k;
+          const int kblocks = (p.k + p.block_k - 1) / p.block_k;
+          const float sc = __ldg(p.scale + static_cast<long long>(row0 / p.block_n) * kblocks + kb);
+#pragma unroll
+          for (int s = 0; s < kStripes; ++s)
+#pragma unroll
+            for (int tt = 0; tt < TokenTiles; ++tt)
+#pragma unroll
+              for (int r = 0; r < 4; ++r) acc[s][tt][r] += tile_acc[s][tt][r] * sc;
+        }
+      }
+    }
+  }
+
+#pragma unroll
+  for (int s = 0; s < kStripes; ++s)
+#pragma unroll
+    for (int tt = 0; tt < TokenTiles; ++tt)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) partial[warp][s][tt][lane][r] = acc[s][tt][r];
+  __syncthreads();
+
+  constexpr int kOutputs = kStripes * TokenTiles * 32 * 4;
+  for (int e = threadIdx.x; e < kOutputs; e += kWarps * 32) {
+    const int r = e % 4, l = (e / 4) % 32, tt = (e / 128) % TokenTiles, s = e / (128 * TokenTiles);
+    float sum = 0.0f;
+#pragma unroll
+    for (int wi = 0; wi < kWarps; ++wi) sum += partial[wi][s][tt][l][r];
+    const int row = row0 + 16 * s + l / 4 + 8 * (r / 2);
+    const int token = tt * 8 + 2 * (l % 4) + (r % 2);
+    if (row < p.n && token < p.m) {
+      const float v = (Blocked ? sum : sum * __ldg(p.scale + row)) + bias_at(p.bias, row);
+      store(static_cast<T*>(p.y) + static_cast<long long>(token) * p.n + row, v);
+    }
+  }
+}
+
+template <typename T, CodeFormat F, int TokenTiles, int Stripes>
+void launch_stripes(const W8GemvProblem& p, cudaStream_t stream) {
+  const unsigned blocks = static_cast<unsigned>((p.n + 16 * Stripes - 1) / (16 * Stripes));
+  if (p.block_n > 0)
+    w8_gemv<T, F, TokenTiles, true, Stripes><<<blocks, kWarps * 32, 0, stream>>>(p);
+  else
+    w8_gemv<T, F, TokenTiles, false, Stripes><<<blocks, kWarps * 32, 0, stream>>>(p);
+}
+
+template <typename T, CodeFormat F, int TokenTiles>
+void launch_tiles(const W8GemvProblem& p, cudaStream_t stream) {
+  if (p.n >= kTwoStripesMinN)
+    launch_stripes<T, F, TokenTiles, 2>(p, stream);
+  else
+    launch_stripes<T, F, TokenTiles, 1>(p, stream);
+}
+
+template <typename T, CodeFormat F>
+void launch_format(const W8GemvProblem& p, cudaStream_t stream) {
+  if (p.m <= 8)
+    launch_tiles<T, F, 1>(p, stream);
+  else
+    launch_tiles<T, F, 2>(p, stream);
+}
+
+template <typename T>
+void launch_typed(const W8GemvProblem& p, cudaStream_t stream) {
+  switch (p.format) {
+    case CodeFormat::kInt8: launch_format<T, CodeFormat::kInt8>(p, stream); break;
+    case CodeFormat::kE4M3: launch_format<T, CodeFormat::kE4M3>(p, stream); break;
+    default: launch_format<T, CodeFormat::kE5M2>(p, stream); break;
+  }
+}
+
+}  // namespace
+
+void launch_w8_gemv(const W8GemvProblem& p, cudaStream_t stream) {
+  if (p.m == 0 || p.n == 0) return;
+  if (p.dtype == ScalarKind::kBFloat16)
+    launch_typed<__nv_bfloat16>(p, stream);
+  else
+    launch_typed<__half>(p, stream);
+}
+
+}  // namespace qtool

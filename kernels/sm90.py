@@ -1,0 +1,108 @@
+"""Build and load libqtool_sm90, the Hopper W8A8 GEMM (csrc/sm90/scaled_mm_sm90.cu, CUTLASS 3.x).
+
+It is a plain shared library with a C entry point, compiled by nvcc for sm_90a and loaded with
+ctypes (RTLD_GLOBAL) so that `torch.ops.qtool_cuda.sm90_scaled_mm` (ops_w8a8.cpp) can find it by name.
+Kept apart from the PyTorch extension because it needs the CUTLASS headers and a Hopper GPU, and
+takes about a minute to compile: without it everything else still builds, and W8A8 layers use
+torch._scaled_mm / torch._int_mm instead.
+
+CUTLASS headers: $QTOOL_CUTLASS_INCLUDE, else the `nvidia-cutlass` package (headers only are used:
+`pip install --no-deps nvidia-cutlass`). The result is cached beside the extension's build
+(build.build_dir()), named by a hash of the sources and flags, so a prebuilt copy is reused.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import importlib.util
+import os
+import subprocess
+import warnings
+from pathlib import Path
+
+import torch
+
+from . import build
+
+SOURCE = build.CSRC / "sm90" / "scaled_mm_sm90.cu"
+HEADER = build.CSRC / "sm90" / "sm90_scaled_mm.h"
+FLAGS = ["-std=c++17", "-O3", "-DNDEBUG", "--expt-relaxed-constexpr", "-lineinfo",
+         "-gencode=arch=compute_90a,code=sm_90a", "-Xcompiler", "-fPIC", "-shared"]
+
+
+def cutlass_include() -> Path | None:
+    """The CUTLASS include directory, or None when neither the variable nor the package gives one."""
+    if os.environ.get("QTOOL_CUTLASS_INCLUDE"):
+        return Path(os.environ["QTOOL_CUTLASS_INCLUDE"])
+    spec = importlib.util.find_spec("cutlass_library")
+    if spec is None or spec.origin is None:
+        return None
+    include = Path(spec.origin).parent / "source" / "include"
+    return include if (include / "cutlass" / "cutlass.h").is_file() else None
+
+
+def library_path() -> Path:
+    digest = hashlib.sha1(SOURCE.read_bytes() + HEADER.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:12]
+    return build.build_dir() / f"libqtool_sm90-{digest}.so"
+
+
+class _Sm90:
+    """Builds and loads once per process; remembers why it could not."""
+
+    def __init__(self) -> None:
+        self.tried, self.loaded, self.reason = False, False, None
+
+    def _unavailable(self) -> str | None:
+        if build.load_extension() is None:
+            return "the qtool CUDA extension is not available"
+        if torch.cuda.get_device_capability() != (9, 0):
+            return "the GPU is not a Hopper (sm_90)"
+        if cutlass_include() is None and not library_path().is_file():
+            return "CUTLASS headers not found (pip install --no-deps nvidia-cutlass, or set QTOOL_CUTLASS_INCLUDE)"
+        return None
+
+    def load(self) -> bool:
+        if self.tried:
+            return self.loaded
+        self.tried = True
+        self.reason = self._unavailable()
+        if self.reason is None:
+            path = library_path()
+            try:
+                if not path.is_file():
+                    self._compile(path)
+                ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+                self.loaded = True
+            except (OSError, subprocess.CalledProcessError) as e:
+                self.reason = f"building or loading {path.name} failed: {e}"
+        if not self.loaded:
+            warnings.warn(f"qtool's Hopper W8A8 GEMM is not available ({self.reason}); W8A8 layers use "
+                          "torch._scaled_mm / torch._int_mm", RuntimeWarning, stacklevel=3)
+        return self.loaded
+
+    @staticmethod
+    def _compile(path: Path) -> None:
+        from torch.utils.cpp_extension import CUDA_HOME
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        cmd = [str(Path(CUDA_HOME) / "bin" / "nvcc"), *FLAGS, f"-I{cutlass_include()}", f"-I{SOURCE.parent}",
+               str(SOURCE), "-o", str(tmp)]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            tmp.unlink(missing_ok=True)
+            raise subprocess.CalledProcessError(result.returncode, cmd[0], stderr=result.stderr[-2000:])
+        tmp.replace(path)  # atomic: a concurrent process never loads half a library
+
+
+_sm90 = _Sm90()
+
+
+def load() -> bool:
+    """Whether torch.ops.qtool_cuda.sm90_scaled_mm can run (builds libqtool_sm90 on first call)."""
+    return _sm90.load()
+
+
+def reason() -> str | None:
+    return _sm90.reason

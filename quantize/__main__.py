@@ -1,0 +1,5 @@
+"""`python -m quantize ...` runs the qtool command (what `torchrun -m quantize` starts)."""
+
+from .cli import app
+
+app(prog_name="qtool")

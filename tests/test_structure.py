@@ -1,0 +1,105 @@
+"""The package structure the issue-15 boundaries promise: imports inside quantize/ form no cycle, and
+kernels/ (installed as qtool_kernels) is a leaf that imports nothing from quantize."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path: Path) -> set[str]:
+    """Every module `path` imports, at any depth of the file (function-level imports count too), as
+    absolute names. `from . import x` names the submodule x only: a package's modules importing their
+    siblings that way is not an arrow back to the package's __init__."""
+    package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            if node.module is not None:
+                found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return found
+
+
+def graph(package: str) -> dict[str, set[str]]:
+    """Module -> the modules of `package` it imports (a package counts as its __init__)."""
+    files = {module_name(p): p for p in (ROOT / package).rglob("*.py")}
+    return {name: {m for m in imports(path) if m in files and m != name} for name, path in files.items()}
+
+
+def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of the directed graph as a list of modules, or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(edges.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(edges):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_find_cycle_finds_one():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_quantize_imports_form_no_cycle():
+    edges = graph("quantize")
+    assert edges["quantize.cli"] >= {"quantize.cli_tools", "quantize.cli_options"}
+    assert find_cycle(edges) is None, " -> ".join(find_cycle(edges))
+
+
+def test_kernels_import_nothing_from_quantize():
+    for path in (ROOT / "kernels").rglob("*.py"):
+        bad = sorted(m for m in imports(path) if m == "quantize" or m.startswith("quantize."))
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+def test_kernels_package_imports_nothing_under_another_name():
+    """transformers imports this folder as `kernels` from a checkout's root: its __init__ must not import."""
+    tree = ast.parse((ROOT / "kernels" / "__init__.py").read_text())
+    assert not [n for n in ast.walk(tree) if isinstance(n, ast.Import | ast.ImportFrom)]
+    assert (ROOT / "qtool_kernels").resolve() == (ROOT / "kernels").resolve()
+
+
+def test_transformers_probe_from_a_checkout_root_is_harmless():
+    """From the repository root transformers finds kernels/ while probing for Hugging Face's `kernels`
+    and imports it: that must register nothing (quantize then registers the ops once) and read as
+    "not installed"."""
+    import subprocess
+    import sys
+
+    code = ("from transformers.utils.import_utils import is_kernels_available\n"
+            "assert not is_kernels_available()\n"
+            "import sys, torch, quantize\n"
+            "from transformers import AutoModelForCausalLM\n"
+            "assert sys.modules['kernels'].__file__.endswith('kernels/__init__.py')  # the probe imported it\n"
+            "assert 'kernels.ops' not in sys.modules and 'qtool_kernels.ops' in sys.modules\n"
+            "assert torch.ops.qtool.weight_only_linear is not None\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -1,0 +1,181 @@
+"""The W8A8 kernels (fused activation quantization, 8-bit-weight GEMV, Hopper W8A8 GEMM, block-wise FP8)
+against the reference on fresh random inputs, on a GPU.
+
+Bounds: activation codes and scales are bit-exact (the kernel follows the reference's arithmetic);
+GEMM outputs are within 1e-2 relative (Frobenius) of a float64 product of the same codes and scales:
+bf16/fp16 output rounding is ~4e-3, float32 accumulation far below.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qtool_kernels import build, reference, scaled_mm, sm90
+from quantize.linear import QuantLinear
+from quantize.primitives import quantize_weight
+from quantize.scheme import preset
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+DTYPES = [torch.bfloat16, torch.float16]
+FP8 = {"e4m3": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2}
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    ops_ = build.load_extension(verbose=True)
+    if ops_ is None:
+        pytest.fail(f"the CUDA extension did not load: {build._loader.reason}")
+    return ops_
+
+
+def poison() -> None:
+    """Fill free allocator blocks with NaN bytes so an unwritten output element fails the test."""
+    blocks = [torch.full((64 << 20,), 0xFF, dtype=torch.uint8, device="cuda")]
+    blocks += [torch.full((256 << 10,), 0xFF, dtype=torch.uint8, device="cuda") for _ in range(16)]
+    del blocks
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+def as_bytes(t: torch.Tensor) -> torch.Tensor:
+    return t.view(torch.uint8) if t.dtype != torch.int8 else t
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("fmt", ["int8", "e4m3", "e5m2"])
+@pytest.mark.parametrize("group", [0, 128, 32])
+@pytest.mark.parametrize("m, k", [(1, 4096), (5, 576), (300, 1000), (33, 4104)])
+def test_act_quant_matches_reference_bit_for_bit(kernels, dtype, fmt, group, m, k):
+    if group and k % 8:
+        pytest.skip("groups need k % 8 == 0")
+    g = torch.Generator(device="cuda").manual_seed(m * k + group)
+    x = (torch.randn(m, k, device="cuda", generator=g) * torch.rand(m, 1, device="cuda", generator=g) * 8).to(dtype)
+    x[0, : min(k, 64)] = 0  # an all-zero group gets scale 1
+    poison()
+    q, s = kernels.act_quant(x, fmt, group, None)
+    rq, rs = reference.quantize_activation(x, fmt, group, None)
+    assert torch.equal(s.reshape(rs.shape), rs)
+    assert torch.equal(as_bytes(q), as_bytes(rq))
+    if group:
+        assert s.stride() == (1, m)  # column-major: what block-wise GEMMs read
+
+
+@pytest.mark.parametrize("fmt", ["int8", "e4m3"])
+def test_act_quant_static_and_strided_rows(kernels, fmt):
+    x = torch.randn(64, 3001, device="cuda", dtype=torch.bfloat16)[:, :2000]  # rows 3001 apart: scalar loads
+    static = torch.tensor([0.02], device="cuda")
+    q, s = kernels.act_quant(x, fmt, 0, static)
+    rq, rs = reference.quantize_activation(x, fmt, 0, static)
+    assert torch.equal(as_bytes(q), as_bytes(rq)) and s.shape == (64, 1) and bool((s == rs).all())
+    q, s = kernels.act_quant(x, fmt, 0, None)
+    rq, rs = reference.quantize_activation(x, fmt, 0, None)
+    assert torch.equal(as_bytes(q), as_bytes(rq)) and torch.equal(s, rs)
+
+
+def weight_codes(fmt: str, n: int, k: int, g: torch.Generator) -> torch.Tensor:
+    if fmt == "int8":
+        return torch.randint(-128, 128, (n, k), device="cuda", generator=g, dtype=torch.int8)
+    return (torch.randn(n, k, device="cuda", generator=g) * 40).to(FP8[fmt])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("fmt", ["int8", "e4m3", "e5m2"])
+@pytest.mark.parametrize("scales", ["channel", "tensor", "block"])
+@pytest.mark.parametrize("m", [1, 2, 7, 8, 9, 16])
+@pytest.mark.parametrize("n, k", [(1536, 576), (100, 4096), (4096, 1040)])
+def test_w8_gemv(kernels, dtype, fmt, scales, m, n, k):
+    g = torch.Generator(device="cuda").manual_seed(m + n + k)
+    w = weight_codes(fmt, n, k, g)
+    if scales == "block":
+        scale = torch.rand(-(-n // 128), -(-k // 128), device="cuda", generator=g) / 100 + 1e-3
+        dense = w.double() * scale.double().repeat_interleave(128, 0)[:n].repeat_interleave(128, 1)[:, :k]
+        bn = bk = 128
+    else:
+        scale = torch.rand(n if scales == "channel" else 1, 1, device="cuda", generator=g) / 100 + 1e-3
+        dense, bn, bk = w.double() * scale.double(), 0, 0
+    x = torch.randn(m, k, device="cuda", generator=g).to(dtype)
+    bias = torch.randn(n, device="cuda", generator=g)
+    poison()
+    y = scaled_mm._w8_gemv(x, w, scale, bias, bn, bk)
+    assert y is not None and y.dtype == dtype and y.shape == (m, n)
+    assert rel_err(y, x.double() @ dense.T + bias.double()) < 1e-2
+
+
+def test_sm90_gemm_loads_on_hopper():
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("not a Hopper GPU")
+    assert sm90.load(), sm90.reason()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("fmt", ["int8", "e4m3"])
+@pytest.mark.parametrize("m", [17, 64, 129, 300, 2048])
+@pytest.mark.parametrize("n, k", [(1536, 576), (4096, 4096), (1000, 2064)])
+def test_scaled_mm_gemms(kernels, dtype, fmt, m, n, k):
+    g = torch.Generator(device="cuda").manual_seed(m * 3 + n + k)
+    x = torch.randn(m, k, device="cuda", generator=g).to(dtype)
+    w = weight_codes(fmt, n, k, g)
+    ws = torch.rand(n, 1, device="cuda", generator=g) / 100 + 1e-3
+    bias = torch.randn(n, device="cuda", generator=g)
+    xq, xs = kernels.act_quant(x, fmt, 0, None)
+    poison()
+    y = scaled_mm.scaled_mm(xq, xs, w, ws, bias, 0, 0, 0, dtype)
+    assert y is not None and y.dtype == dtype
+    ref = reference.scaled_linear(xq.cpu(), xs.cpu(), w.cpu(), ws.cpu(), bias.cpu(), 0, 0, 0, torch.float64)
+    assert rel_err(y.cpu(), ref) < 1e-2
+
+
+@pytest.mark.parametrize("name", ["fp8", "fp8-static", "w8a8-int8", "w8a8-int8-static", "fp8-block"])
+@pytest.mark.parametrize("m", [1, 16, 17, 300, 2048])
+@pytest.mark.parametrize("k, n", [(4096, 1536), (576, 1536)])
+def test_w8a8_layers_match_reference(kernels, name, m, k, n):
+    scheme = preset(name)
+    g = torch.Generator(device="cuda").manual_seed(m + k)
+    w = torch.randn(n, k, device="cuda", generator=g) / k**0.5
+    layer = QuantLinear.from_qtensor(quantize_weight(w, scheme.weights), scheme,
+                                     bias=torch.randn(n, device="cuda", generator=g).to(torch.bfloat16))
+    if hasattr(layer, "input_scale"):
+        layer.input_scale.fill_(0.02)
+    x = torch.randn(3, m, k, device="cuda", generator=g).to(torch.bfloat16)
+    poison()
+    y = layer(x)
+    assert y.shape == (3, m, n) and y.dtype == torch.bfloat16
+    if 3 * m <= scaled_mm.W8_GEMV_MAX_M:  # W8A16: the 8-bit weights times the unquantized activations
+        ref = x.double() @ layer.dequantize_weight(torch.float64).T + layer.bias.double()
+    else:  # the float32 reference path, which emulates W8A8 exactly
+        ref = layer.to("cpu")(x.cpu().float()).double()
+    assert rel_err(y.cpu(), ref.cpu()) < 1e-2
+
+
+def test_w8a8_layer_in_cuda_graph_and_compile(kernels):
+    scheme = preset("fp8")
+    w = torch.randn(2048, 1024, device="cuda")
+    layer = QuantLinear.from_qtensor(quantize_weight(w, scheme.weights), scheme)
+    for m in (4, 64):
+        x = torch.randn(m, 1024, device="cuda", dtype=torch.bfloat16)
+        want = layer(x)
+        graph = torch.cuda.CUDAGraph()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            layer(x)
+        torch.cuda.current_stream().wait_stream(side)
+        with torch.cuda.graph(graph):
+            out = layer(x)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, want)
+        assert torch.equal(torch.compile(layer, fullgraph=True)(x), want)
+
+
+def test_w8a8_op_opcheck(kernels):
+    x = torch.randn(20, 256, device="cuda", dtype=torch.bfloat16)
+    w = torch.randint(-127, 128, (128, 256), device="cuda", dtype=torch.int8)  # opcheck multiplies inputs: no FP8
+    ws = torch.rand(128, 1, device="cuda") / 10
+    for m in (4, 20):
+        torch.library.opcheck(torch.ops.qtool.w8a8_linear.default, (x[:m], w, ws, None, None, "int8", 0, 0, 0))
+    torch.library.opcheck(torch.ops.qtool.quantize_activation.default, (x, "e4m3", 128, None))
