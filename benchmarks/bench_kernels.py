@@ -83,7 +83,7 @@ def graph_ms(call, reps: int = 20, replays: int = 10) -> float | None:
         with torch.cuda.graph(graph):
             for _ in range(reps):
                 call()
-    except RuntimeError as err:
+    except (RuntimeError, NotImplementedError, ValueError) as err:  # a path this GPU/PyTorch lacks
         print(f"graph capture failed: {str(err).splitlines()[0]}")
         return None
     times = []

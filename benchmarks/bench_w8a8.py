@@ -20,12 +20,12 @@ import argparse
 import copy
 import json
 import math
-import statistics
 import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from bench_kernels import Rotation, graph_ms  # this folder is on sys.path when run as a script
 
 from qtool_kernels import build, scaled_mm, sm90
 from qtool_kernels.scaled_mm import W8_GEMV_MAX_M
@@ -40,43 +40,10 @@ ROTATE_BYTES = 600 << 20  # 10x the H200's 60 MB L2
 CALLS, REPLAYS = 20, 20
 
 
-class Rotation:
-    """Cycles through copies so consecutive calls read different memory."""
-
-    def __init__(self, items: list) -> None:
-        self.items, self.i = items, 0
-
-    def __call__(self):
-        self.i = (self.i + 1) % len(self.items)
-        return self.items[self.i]
-
-
 def graph_us(call) -> float | None:
-    """Median microseconds per call of CALLS calls captured in one CUDA graph, over REPLAYS replays."""
-    try:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                call()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            for _ in range(CALLS):
-                call()
-    except (RuntimeError, NotImplementedError, ValueError) as err:
-        print(f"  capture failed: {str(err).splitlines()[0][:200]}")
-        return None
-    times = []
-    for _ in range(REPLAYS):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / CALLS)
-    del graph
-    return statistics.median(times)
+    """Median microseconds per call: CALLS calls in one CUDA graph, REPLAYS replays (bench_kernels.graph_ms)."""
+    ms = graph_ms(call, reps=CALLS, replays=REPLAYS)
+    return None if ms is None else ms * 1e3
 
 
 def copies(nbytes: int) -> int:

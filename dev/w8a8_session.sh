@@ -10,9 +10,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
-# kernels/ imports as qtool_kernels, as an install would name it
-mkdir -p /tmp/qk && ln -sfn "$PWD/kernels" /tmp/qk/qtool_kernels
-export PYTHONUNBUFFERED=1 QTOOL_CUDA_ARCHS=${QTOOL_CUDA_ARCHS:-90} MAX_JOBS=${MAX_JOBS:-16} PYTHONPATH=$PWD:/tmp/qk
+# the checkout's qtool_kernels -> kernels symlink makes the kernels importable without an install
+export PYTHONUNBUFFERED=1 QTOOL_CUDA_ARCHS=${QTOOL_CUDA_ARCHS:-90} MAX_JOBS=${MAX_JOBS:-16} PYTHONPATH=$PWD
 exec > >(tee -a "$OUT/session.log") 2>&1
 step() { echo; echo "=== $* [$(date -u +%H:%M:%S)]"; }
 

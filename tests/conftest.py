@@ -108,3 +108,30 @@ def quantized_checkpoint(path, scheme, *, input_scale=None, **overrides):
                   if isinstance(m, torch.nn.Linear) and n != "lm_head"}
     result = quantize_model(model, Recipe.single(scheme, "rtn"), input_scales=scales, progress=False)
     return save_checkpoint(model, result.config, path)
+
+
+# --- GPU kernel tests (tests/test_kernels_gpu.py, tests/test_w8a8_gpu.py) ----------------------
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    """torch.ops.qtool_cuda with the extension built; fails (not skips) when a CUDA machine cannot build it."""
+    from qtool_kernels import build
+
+    ops = build.load_extension(verbose=True)
+    if ops is None:
+        pytest.fail(f"the CUDA extension did not load: {build._loader.reason}")
+    return ops
+
+
+def poison_cache() -> None:
+    """Fill free blocks of both caching-allocator pools with NaN (0xFF bytes) before an op allocates,
+    so an output element a kernel fails to write fails the test."""
+    blocks = [torch.full((64 << 20,), 0xFF, dtype=torch.uint8, device="cuda")]
+    blocks += [torch.full((256 << 10,), 0xFF, dtype=torch.uint8, device="cuda") for _ in range(16)]
+    del blocks
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """Relative Frobenius error of `out` against `ref`, in float64."""
+    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()

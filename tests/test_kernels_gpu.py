@@ -10,7 +10,8 @@ import functools
 import pytest
 import torch
 
-from qtool_kernels import build, ops, reference, scaled_mm, weight_only
+from conftest import poison_cache, rel_err
+from qtool_kernels import ops, reference, scaled_mm, weight_only
 from qtool_kernels.layout import EPILOGUE, ReferenceOps, dequantize_packed, pack_weight
 from quantize.linear import QuantLinear
 from quantize.primitives import QTensor, pack_int
@@ -20,25 +21,6 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 DTYPES = [torch.bfloat16, torch.float16]
 TOKENS = [1, 3, 16, 17, 64, 129, 1000]
-
-
-@pytest.fixture(scope="module")
-def kernels():
-    ops_ = build.load_extension(verbose=True)
-    if ops_ is None:
-        pytest.fail(f"the CUDA extension did not load: {build._loader.reason}")
-    return ops_
-
-
-def poison_cache() -> None:
-    """Fill free blocks of both caching-allocator pools with NaN (0xFF bytes) before an op allocates."""
-    blocks = [torch.full((64 << 20,), 0xFF, dtype=torch.uint8, device="cuda")]
-    blocks += [torch.full((256 << 10,), 0xFF, dtype=torch.uint8, device="cuda") for _ in range(16)]
-    del blocks
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((out.double() - ref).norm() / ref.norm()).item()
 
 
 @functools.lru_cache(maxsize=4)

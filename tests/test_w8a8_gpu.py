@@ -11,7 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qtool_kernels import build, reference, scaled_mm, sm90
+from conftest import poison_cache, rel_err
+from qtool_kernels import reference, scaled_mm, sm90
 from quantize.linear import QuantLinear
 from quantize.primitives import quantize_weight
 from quantize.scheme import preset
@@ -20,25 +21,6 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 DTYPES = [torch.bfloat16, torch.float16]
 FP8 = {"e4m3": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2}
-
-
-@pytest.fixture(scope="module")
-def kernels():
-    ops_ = build.load_extension(verbose=True)
-    if ops_ is None:
-        pytest.fail(f"the CUDA extension did not load: {build._loader.reason}")
-    return ops_
-
-
-def poison() -> None:
-    """Fill free allocator blocks with NaN bytes so an unwritten output element fails the test."""
-    blocks = [torch.full((64 << 20,), 0xFF, dtype=torch.uint8, device="cuda")]
-    blocks += [torch.full((256 << 10,), 0xFF, dtype=torch.uint8, device="cuda") for _ in range(16)]
-    del blocks
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
 
 
 def as_bytes(t: torch.Tensor) -> torch.Tensor:
@@ -55,7 +37,7 @@ def test_act_quant_matches_reference_bit_for_bit(kernels, dtype, fmt, group, m, 
     g = torch.Generator(device="cuda").manual_seed(m * k + group)
     x = (torch.randn(m, k, device="cuda", generator=g) * torch.rand(m, 1, device="cuda", generator=g) * 8).to(dtype)
     x[0, : min(k, 64)] = 0  # an all-zero group gets scale 1
-    poison()
+    poison_cache()
     q, s = kernels.act_quant(x, fmt, group, None)
     rq, rs = reference.quantize_activation(x, fmt, group, None)
     assert torch.equal(s.reshape(rs.shape), rs)
@@ -99,7 +81,7 @@ def test_w8_gemv(kernels, dtype, fmt, scales, m, n, k):
         dense, bn, bk = w.double() * scale.double(), 0, 0
     x = torch.randn(m, k, device="cuda", generator=g).to(dtype)
     bias = torch.randn(n, device="cuda", generator=g)
-    poison()
+    poison_cache()
     y = scaled_mm._w8_gemv(x, w, scale, bias, bn, bk)
     assert y is not None and y.dtype == dtype and y.shape == (m, n)
     assert rel_err(y, x.double() @ dense.T + bias.double()) < 1e-2
@@ -122,7 +104,7 @@ def test_scaled_mm_gemms(kernels, dtype, fmt, m, n, k):
     ws = torch.rand(n, 1, device="cuda", generator=g) / 100 + 1e-3
     bias = torch.randn(n, device="cuda", generator=g)
     xq, xs = kernels.act_quant(x, fmt, 0, None)
-    poison()
+    poison_cache()
     y = scaled_mm.scaled_mm(xq, xs, w, ws, bias, 0, 0, 0, dtype)
     assert y is not None and y.dtype == dtype
     ref = reference.scaled_linear(xq.cpu(), xs.cpu(), w.cpu(), ws.cpu(), bias.cpu(), 0, 0, 0, torch.float64)
@@ -141,7 +123,7 @@ def test_w8a8_layers_match_reference(kernels, name, m, k, n):
     if hasattr(layer, "input_scale"):
         layer.input_scale.fill_(0.02)
     x = torch.randn(3, m, k, device="cuda", generator=g).to(torch.bfloat16)
-    poison()
+    poison_cache()
     y = layer(x)
     assert y.shape == (3, m, n) and y.dtype == torch.bfloat16
     if 3 * m <= scaled_mm.W8_GEMV_MAX_M:  # W8A16: the 8-bit weights times the unquantized activations
