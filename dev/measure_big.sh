@@ -42,7 +42,7 @@ data() {
   "$PY" -c "
 import random; random.seed(0)
 words = [''.join(random.choices('abcdefghijklmnopqrstuvwxyz', k=random.randint(2, 9))) for _ in range(20000)]
-open('$DATA', 'w').write('\n'.join(' '.join(random.choices(words, k=100)) for _ in range(30000)))"
+open('$DATA', 'w').write('\n'.join(' '.join(random.choices(words, k=100)) for _ in range(6000)))"
   echo "calibration text: generated $DATA"
 }
 
