@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from qtool_kernels import build
-from qtool_kernels.layout import EPILOGUE, PackedWeight, pack_weight
+from qtool_kernels import build, mixed_mm
+from qtool_kernels.layout import EPILOGUE, PackedWeight, pack_weight, unpack_codes
 from qtool_kernels.weight_only import GEMV_MAX_M, packed_linear
 
 SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096), (8192, 8192), (8192, 28672), (28672, 8192)]  # (K, N)
@@ -119,7 +119,13 @@ def packed_copies(bits: int, group_size: int, k: int, n: int) -> list[PackedWeig
     p = pack_weight(codes, torch.rand(n, groups, device="cuda") / 100, None, None, bits, group_size)
     del codes
     count = copies_for(p.qweight.numel() * 4 + p.scale.numel() * 4)
-    return [PackedWeight(p.qweight.clone(), p.scale.clone(), None, None, bits, p.group_size, k, n) for _ in range(count)]
+    mixed = None
+    if mixed_mm.takes(bits, p.group_size, p.k_padded) and mixed_mm.available():  # the Hopper W4A16 GEMM's copy
+        mixed = mixed_mm.pack_mixed(unpack_codes(p.qweight, bits), p.scale, None, p.group_size)
+    return [PackedWeight(p.qweight.clone(), p.scale.clone(), None, None, bits, p.group_size, k, n,
+                         None if mixed is None else mixed_mm.MixedWeight(mixed.w.clone(), mixed.scale.clone(),
+                                                                          mixed.zero.clone(), mixed.group))
+            for _ in range(count)]
 
 
 def copy_bandwidth(timer) -> float:
@@ -151,13 +157,19 @@ def bench_tokens(timer, kernels, x: torch.Tensor, dense: Rotation, packed: Rotat
     kernel_ms = {"wo_gemv": timer(lambda: raw("wo_gemv")) if m <= 8 else None,
                  "wo_gemm": timer(lambda: raw("wo_gemm")) if m <= 1024 else None,
                  "dequant+cublas": timer(dequant_gemm)}
+    # The same in CUDA graphs (the protocol's view: no launch or Python cost), with the Hopper W4A16
+    # GEMM, which is called through ctypes and so only fairly timed in a graph.
+    graph_kernel_ms = {"wo_gemm": graph_ms(lambda: raw("wo_gemm")) if 8 <= m <= 1024 else None,
+                       "sm90_mixed": graph_ms(lambda: mixed_mm.mixed_linear(x, packed().mixed))
+                       if p0.mixed is not None and m >= 8 else None,
+                       "dequant+cublas": graph_ms(dequant_gemm) if m >= 8 else None}
     weight_bytes = p0.qweight.numel() * 4 + p0.scale.numel() * 4
     return {"K": k, "N": n, "format": fmt, "M": m, "bf16_ms": t_bf16, "qtool_ms": t_auto,
             "speedup": t_bf16 / t_auto, "bar": bar(fmt, m), "weight_bytes": weight_bytes,
             "qtool_GBps": weight_bytes / t_auto / 1e6, "bf16_GBps": 2 * n * k / t_bf16 / 1e6,
             "graph_bf16_ms": g_bf16, "graph_qtool_ms": g_auto,
             "graph_speedup": g_bf16 / g_auto if g_bf16 and g_auto else None,
-            "kernel_ms": kernel_ms, "best_kernel": min((v, key) for key, v in kernel_ms.items() if v)[1]}
+            "kernel_ms": kernel_ms, "graph_kernel_ms": graph_kernel_ms, "best_kernel": min((v, key) for key, v in kernel_ms.items() if v)[1]}
 
 
 def bench_case(timer, kernels, k: int, n: int, fmt: str, tokens: list[int]) -> list[dict]:
@@ -206,6 +218,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--quick", action="store_true", help="two shapes, M in 1, 16, 64")
     parser.add_argument("--tokens", help="comma-separated M values, replacing the default list (e.g. 1,4,5,8)")
+    parser.add_argument("--formats", help=f"comma-separated subset of {', '.join(FORMATS)}")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_kernels.py needs a CUDA device")
@@ -220,7 +233,7 @@ def main() -> None:
     if args.tokens:
         tokens = [int(t) for t in args.tokens.split(",")]
     for k, n in shapes:
-        for fmt in FORMATS:
+        for fmt in args.formats.split(",") if args.formats else FORMATS:
             result["rows"] += bench_case(timer, kernels, k, n, fmt, tokens)
             torch.cuda.empty_cache()
     show(result)

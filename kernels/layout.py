@@ -63,6 +63,7 @@ class PackedWeight:
     group_size: int  # power of two >= 16, or -1 per channel
     in_features: int
     out_features: int
+    mixed: object = None  # mixed_mm.MixedWeight: the same weight for the Hopper W4A16 GEMM, where built
 
     @property
     def k_padded(self) -> int:

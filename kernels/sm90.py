@@ -1,10 +1,14 @@
-"""Build and load libqtool_sm90, the Hopper W8A8 GEMM (csrc/sm90/scaled_mm_sm90.cu, CUTLASS 3.x).
+"""Build and load the Hopper GEMM libraries on CUTLASS 3.x (csrc/sm90/):
 
-It is a plain shared library with a C entry point, compiled by nvcc for sm_90a and loaded with
-ctypes (RTLD_GLOBAL) so that `torch.ops.qtool_cuda.sm90_scaled_mm` (ops_w8a8.cpp) can find it by name.
-Kept apart from the PyTorch extension because it needs the CUTLASS headers and a Hopper GPU, and
-takes about a minute to compile: without it everything else still builds, and W8A8 layers use
-torch._scaled_mm / torch._int_mm instead.
+  libqtool_sm90        scaled_mm_sm90.cu  W8A8 (int8 / FP8) GEMM; `torch.ops.qtool_cuda.sm90_scaled_mm`
+                                          (ops_w8a8.cpp) finds its C entry point by name
+  libqtool_sm90_mixed  mixed_mm_sm90.cu   W4A16 GEMM (int4 weights dequantized in registers);
+                                          kernels/mixed_mm.py calls it through ctypes
+
+Each is a plain shared library with a C entry point, compiled by nvcc for sm_90a and loaded with
+ctypes (RTLD_GLOBAL). Kept apart from the PyTorch extension because they need the CUTLASS headers
+and a Hopper GPU, and take a minute or more to compile: without them everything else still builds,
+W8A8 layers use torch._scaled_mm / torch._int_mm and W4A16 layers qtool's mma.sync GEMM.
 
 CUTLASS headers: $QTOOL_CUTLASS_INCLUDE, else the `nvidia-cutlass` package (headers only are used:
 `pip install --no-deps nvidia-cutlass`). The result is cached beside the extension's build
@@ -42,23 +46,25 @@ def cutlass_include() -> Path | None:
     return include if (include / "cutlass" / "cutlass.h").is_file() else None
 
 
-def library_path() -> Path:
-    digest = hashlib.sha1(SOURCE.read_bytes() + HEADER.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:12]
-    return build.build_dir() / f"libqtool_sm90-{digest}.so"
+class Library:
+    """One of the libraries above: builds and loads once per process; remembers why it could not."""
 
-
-class _Sm90:
-    """Builds and loads once per process; remembers why it could not."""
-
-    def __init__(self) -> None:
+    def __init__(self, stem: str, source: Path, header: Path, what: str, fallback: str) -> None:
+        self.stem, self.source, self.header, self.what, self.fallback = stem, source, header, what, fallback
         self.tried, self.loaded, self.reason = False, False, None
+
+    def path(self) -> Path:
+        """Cached beside the extension's build, named by a hash of the sources and flags."""
+        digest = hashlib.sha1(self.source.read_bytes() + self.header.read_bytes()
+                              + " ".join(FLAGS).encode()).hexdigest()[:12]
+        return build.build_dir() / f"{self.stem}-{digest}.so"
 
     def _unavailable(self) -> str | None:
         if build.load_extension() is None:
             return "the qtool CUDA extension is not available"
         if torch.cuda.get_device_capability() != (9, 0):
             return "the GPU is not a Hopper (sm_90)"
-        if cutlass_include() is None and not library_path().is_file():
+        if cutlass_include() is None and not self.path().is_file():
             return "CUTLASS headers not found (pip install --no-deps nvidia-cutlass, or set QTOOL_CUTLASS_INCLUDE)"
         return None
 
@@ -68,7 +74,7 @@ class _Sm90:
         self.tried = True
         self.reason = self._unavailable()
         if self.reason is None:
-            path = library_path()
+            path = self.path()
             try:
                 if not path.is_file():
                     self._compile(path)
@@ -77,18 +83,17 @@ class _Sm90:
             except (OSError, subprocess.CalledProcessError) as e:
                 self.reason = f"building or loading {path.name} failed: {e}"
         if not self.loaded:
-            warnings.warn(f"qtool's Hopper W8A8 GEMM is not available ({self.reason}); W8A8 layers use "
-                          "torch._scaled_mm / torch._int_mm", RuntimeWarning, stacklevel=3)
+            warnings.warn(f"qtool's Hopper {self.what} is not available ({self.reason}); {self.fallback}",
+                          RuntimeWarning, stacklevel=3)
         return self.loaded
 
-    @staticmethod
-    def _compile(path: Path) -> None:
+    def _compile(self, path: Path) -> None:
         from torch.utils.cpp_extension import CUDA_HOME
 
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        cmd = [str(Path(CUDA_HOME) / "bin" / "nvcc"), *FLAGS, f"-I{cutlass_include()}", f"-I{SOURCE.parent}",
-               str(SOURCE), "-o", str(tmp)]
+        cmd = [str(Path(CUDA_HOME) / "bin" / "nvcc"), *FLAGS, f"-I{cutlass_include()}", f"-I{self.source.parent}",
+               str(self.source), "-o", str(tmp)]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
             tmp.unlink(missing_ok=True)
@@ -96,7 +101,13 @@ class _Sm90:
         tmp.replace(path)  # atomic: a concurrent process never loads half a library
 
 
-_sm90 = _Sm90()
+_sm90 = Library("libqtool_sm90", SOURCE, HEADER, "W8A8 GEMM", "W8A8 layers use torch._scaled_mm / torch._int_mm")
+mixed = Library("libqtool_sm90_mixed", build.CSRC / "sm90" / "mixed_mm_sm90.cu", build.CSRC / "sm90" / "sm90_mixed_mm.h",
+                "W4A16 GEMM", "W4A16 layers use qtool's mma.sync GEMM")
+
+
+def library_path() -> Path:
+    return _sm90.path()
 
 
 def load() -> bool:

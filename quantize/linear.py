@@ -22,8 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # ops declares torch.ops.qtool.*; scaled_mm registers qtool::scaled_linear's CUDA implementation.
-from qtool_kernels import build, ops, scaled_mm  # noqa: F401
-from qtool_kernels.layout import PackedWeight, UnsupportedLayout, pack_weight
+from qtool_kernels import build, mixed_mm, ops, scaled_mm  # noqa: F401
+from qtool_kernels.layout import PackedWeight, UnsupportedLayout, pack_weight, unpack_codes
 from qtool_kernels.weight_only import KERNEL_DTYPES, packed_linear
 
 from .primitives import QTensor, dequantize, pack_factor, pack_int, scale_shape, unpack_int
@@ -207,6 +207,7 @@ def replace_linears(model: nn.Module, schemes: dict[str, QuantScheme], device: t
 
 _SOURCES = ("weight_packed", "weight", "weight_scale", "weight_zero_point", "weight_g_idx", "bias")
 _BUFFERS = ("cuda_qweight", "cuda_scale", "cuda_zero", "cuda_perm", "cuda_bias")
+_MIXED = ("cuda_mixed_w", "cuda_mixed_scale", "cuda_mixed_zero")
 
 
 def pack_layer(layer: QuantLinear) -> PackedWeight | None:
@@ -245,15 +246,33 @@ def prepare_for_cuda(layer: QuantLinear) -> PackedWeight | None:
             layer.register_buffer(name, t, persistent=False)
         layer._cuda_layout = None if packed is None else (packed.num_bits, packed.group_size, packed.in_features,
                                                           packed.out_features)
+        mixed = _pack_mixed(packed)
+        for name, t in zip(_MIXED, (None,) * 3 if mixed is None else (mixed.w, mixed.scale, mixed.zero), strict=True):
+            layer.register_buffer(name, t, persistent=False)
+        layer._cuda_mixed_group = None if mixed is None else mixed.group
         layer._cuda_layout_key = key
     return _prepared(layer)
+
+
+def _pack_mixed(packed: PackedWeight | None) -> mixed_mm.MixedWeight | None:
+    """The Hopper W4A16 GEMM's copy of a packed weight (batches of tokens), where it applies.
+    It holds the codes a second time (N * K / 2 bytes), the price of the faster batched path."""
+    if packed is None or not packed.qweight.is_cuda or not mixed_mm.takes(packed.num_bits, packed.group_size,
+                                                                           packed.k_padded):
+        return None
+    if not mixed_mm.available():
+        return None
+    return mixed_mm.pack_mixed(unpack_codes(packed.qweight, 4), packed.scale, packed.zero, packed.group_size)
 
 
 def _prepared(layer: QuantLinear) -> PackedWeight | None:
     meta = getattr(layer, "_cuda_layout", None)
     if meta is None:
         return None
-    return PackedWeight(layer.cuda_qweight, layer.cuda_scale, layer.cuda_zero, layer.cuda_perm, *meta)
+    group = getattr(layer, "_cuda_mixed_group", None)
+    mixed = None if group is None else mixed_mm.MixedWeight(layer.cuda_mixed_w, layer.cuda_mixed_scale,
+                                                             layer.cuda_mixed_zero, group)
+    return PackedWeight(layer.cuda_qweight, layer.cuda_scale, layer.cuda_zero, layer.cuda_perm, *meta, mixed)
 
 
 def cuda_linear(layer: QuantLinear, x: torch.Tensor) -> torch.Tensor | None:

@@ -1,0 +1,120 @@
+// W4A16 GEMM for Hopper (sm_90a) on CUTLASS 3.x's mixed-input collective: Y[m, n] = X[m, k] . W[n, k]^T
+// with W int4 codes dequantized in registers as q * scale + zero (bf16, per group of k) right before
+// wgmma. wgmma reads only its A operand from registers, so the product is computed transposed,
+// Y^T = W . X^T: the weights are A (tiles of 128 rows), the tokens are B (tiles of 32 to 256), and a
+// batch of a few tokens wastes no 64-row tile. Stream-K splits the k loop when the output tiles are
+// fewer than the SMs (a 4096-wide layer has 32 tiles of 128 rows for 132 SMs).
+//
+// Built apart from the PyTorch extension, like libqtool_sm90 (kernels/mixed_mm.py).
+#include <cuda_runtime.h>
+
+#include "cute/tensor.hpp"
+#include "cutlass/cutlass.h"
+#include "cutlass/epilogue/collective/collective_builder.hpp"
+#include "cutlass/gemm/collective/collective_builder.hpp"
+#include "cutlass/gemm/device/gemm_universal_adapter.h"
+#include "cutlass/gemm/kernel/gemm_universal.hpp"
+
+#include "sm90_mixed_mm.h"
+
+namespace qtool::sm90 {
+namespace {
+
+using namespace cute;
+
+int sm_count() {
+  static const int count = [] {
+    int device = 0;
+    cudaGetDevice(&device);
+    return cutlass::KernelHardwareInfo::query_device_multiprocessor_count(device);
+  }();
+  return count;
+}
+
+template <class TileShape>  // (weight rows, tokens, k) per CTA
+struct MixedGemm {
+  using Q = cutlass::int4b_t;
+  using T = cutlass::bfloat16_t;
+  using ClusterShape = Shape<_1, _1, _1>;
+  static constexpr int kAlignQ = 128 / cutlass::sizeof_bits<Q>::value;  // 16 bytes
+  static constexpr int kAlignT = 8;
+
+  // D' = Y^T [n, m] column-major is Y [m, n] row-major.
+  using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
+      cutlass::epilogue::collective::EpilogueTileAuto, float, float, void, cutlass::layout::ColumnMajor, kAlignT, T,
+      cutlass::layout::ColumnMajor, kAlignT, cutlass::epilogue::TmaWarpSpecializedCooperative>::CollectiveOp;
+
+  using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, cute::tuple<Q, T, T>, cutlass::layout::RowMajor, kAlignQ, T,
+      cutlass::layout::ColumnMajor, kAlignT, float, TileShape, ClusterShape,
+      cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
+      cutlass::gemm::KernelTmaWarpSpecializedCooperative>::CollectiveOp;
+
+  using Kernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, Mainloop, Epilogue,
+                                                      cutlass::gemm::StreamKScheduler>;
+  using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+
+  static typename Gemm::Arguments arguments(const MixedMmArgs& p) {
+    typename Kernel::StrideA sw{};  // [n, k] k-major
+    get<0>(sw) = p.k;
+    get<2>(sw) = static_cast<int64_t>(p.n) * p.k;
+    typename Kernel::StrideB sx{};  // [m, k] k-major
+    get<0>(sx) = p.k;
+    get<2>(sx) = static_cast<int64_t>(p.m) * p.k;
+    typename Kernel::StrideD sy{};  // [n, m] n-major
+    get<1>(sy) = p.n;
+    get<2>(sy) = static_cast<int64_t>(p.n) * p.m;
+    const int groups = (p.k + p.group - 1) / p.group;
+    typename Mainloop::StrideScale ss{};  // [n, groups] n-major
+    get<1>(ss) = p.n;
+    get<2>(ss) = static_cast<int64_t>(p.n) * groups;
+    typename Gemm::Arguments args{
+        cutlass::gemm::GemmUniversalMode::kGemm,
+        {p.n, p.m, p.k, 1},
+        {static_cast<const Q*>(p.w), sw, static_cast<const T*>(p.x), sx, static_cast<const T*>(p.scale), ss, p.group,
+         static_cast<const T*>(p.zero)},
+        {{1.0f, 0.0f}, nullptr, sy, static_cast<T*>(p.y), sy}};
+    args.hw_info.sm_count = sm_count();
+    return args;
+  }
+
+  static size_t workspace(const MixedMmArgs& p) { return Gemm::get_workspace_size(arguments(p)); }
+
+  static const char* run(const MixedMmArgs& p, cudaStream_t stream) {
+    Gemm gemm;
+    const auto args = arguments(p);
+    if (gemm.can_implement(args) != cutlass::Status::kSuccess) return "CUTLASS cannot implement this problem";
+    if (Gemm::get_workspace_size(args) > p.workspace_bytes) return "workspace too small";
+    if (gemm.initialize(args, p.workspace, stream) != cutlass::Status::kSuccess) return "CUTLASS initialize failed";
+    if (gemm.run(stream) != cutlass::Status::kSuccess) return "CUTLASS run failed";
+    return nullptr;
+  }
+};
+
+// Token tiles by batch size: the smallest tile that holds the batch wastes the least of each wgmma.
+template <class Fn>
+const char* by_tokens(int m, Fn&& fn) {
+  if (m <= 32) return fn(MixedGemm<Shape<_128, _32, _64>>{});
+  if (m <= 64) return fn(MixedGemm<Shape<_128, _64, _64>>{});
+  if (m <= 128) return fn(MixedGemm<Shape<_128, _128, _64>>{});
+  return fn(MixedGemm<Shape<_128, _256, _64>>{});
+}
+
+}  // namespace
+}  // namespace qtool::sm90
+
+extern "C" size_t qtool_sm90_mixed_workspace(const qtool::sm90::MixedMmArgs* p) {
+  size_t bytes = 0;
+  qtool::sm90::by_tokens(p->m, [&](auto g) -> const char* {
+    bytes = decltype(g)::workspace(*p);
+    return nullptr;
+  });
+  return bytes;
+}
+
+extern "C" const char* qtool_sm90_mixed_mm(const qtool::sm90::MixedMmArgs* p, cudaStream_t stream) {
+  if (const char* err = qtool::sm90::by_tokens(p->m, [&](auto g) { return decltype(g)::run(*p, stream); })) return err;
+  const cudaError_t status = cudaGetLastError();
+  return status == cudaSuccess ? nullptr : cudaGetErrorString(status);
+}

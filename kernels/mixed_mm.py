@@ -1,0 +1,108 @@
+"""W4A16 on Hopper's wgmma: libqtool_sm90_mixed (csrc/sm90/mixed_mm_sm90.cu) behind `qtool_cuda_mixed::w4_mm`.
+
+The batched case of weight-only layers (tens to thousands of tokens) is bound by the tensor cores,
+which qtool's mma.sync GEMM (csrc/wo_gemm.cu) does not keep busy past ~32 tokens: it reads and
+decodes every weight once per 64 tokens. CUTLASS's mixed-input mainloop stages the int4 weights with
+TMA, converts them in registers (q * scale + zero, bf16) and feeds wgmma, with stream-K filling the
+GPU when the output tiles are few.
+
+Its layout (`MixedWeight`, built from the kernel layout by `pack_mixed`):
+  w      [N_pad, K_pad / 2] uint8   signed int4 codes, two per byte, even k in the low nibble
+  scale  [G, N_pad] bf16            group-major, as PackedWeight.scale
+  zero   [G, N_pad] bf16            -zero_point * scale, so that w = q * scale + zero
+Scales and zeros are rounded to bf16 (the kernels of the mma.sync path keep float32 scales): the
+dequantized weight carries a relative error of about 2^-8 of a quantization step, far below the
+rounding to the 4-bit grid itself. Group sizes must be multiples of 64 (the k tile) or per channel.
+
+The call goes through ctypes in a `torch.library.custom_op`, so CUDA graphs capture the launch and
+torch.compile treats it as one opaque op.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+
+import torch
+
+from . import sm90
+
+TILE_K = 64  # the mainloop's k tile: group sizes must be multiples of it
+
+
+@dataclass
+class MixedWeight:
+    w: torch.Tensor  # uint8 [N_pad, K_pad / 2]
+    scale: torch.Tensor  # bf16 [G, N_pad]
+    zero: torch.Tensor  # bf16 [G, N_pad]
+    group: int  # k per scale (K_pad when per channel)
+
+
+class _Args(ctypes.Structure):  # csrc/sm90/sm90_mixed_mm.h, MixedMmArgs
+    _fields_ = [("w", ctypes.c_void_p), ("x", ctypes.c_void_p), ("scale", ctypes.c_void_p),
+                ("zero", ctypes.c_void_p), ("y", ctypes.c_void_p), ("workspace", ctypes.c_void_p),
+                ("workspace_bytes", ctypes.c_size_t), ("m", ctypes.c_int), ("n", ctypes.c_int),
+                ("k", ctypes.c_int), ("group", ctypes.c_int)]
+
+
+_functions: tuple | None = None
+
+
+def _entry_points() -> tuple:
+    global _functions
+    if _functions is None:
+        lib = ctypes.CDLL(str(sm90.mixed.path()), mode=ctypes.RTLD_GLOBAL)
+        lib.qtool_sm90_mixed_workspace.restype = ctypes.c_size_t
+        lib.qtool_sm90_mixed_workspace.argtypes = [ctypes.POINTER(_Args)]
+        lib.qtool_sm90_mixed_mm.restype = ctypes.c_char_p
+        lib.qtool_sm90_mixed_mm.argtypes = [ctypes.POINTER(_Args), ctypes.c_void_p]
+        _functions = (lib.qtool_sm90_mixed_workspace, lib.qtool_sm90_mixed_mm)
+    return _functions
+
+
+def available() -> bool:
+    """Whether `w4_mm` can run here (a Hopper GPU and the library built or buildable)."""
+    return torch.cuda.is_available() and sm90.mixed.load()
+
+
+def takes(num_bits: int, group_size: int, k_padded: int) -> bool:
+    """Whether a packed weight of this format fits the mainloop (4-bit; groups a multiple of TILE_K)."""
+    return num_bits == 4 and k_padded % TILE_K == 0 and (group_size <= 0 or group_size % TILE_K == 0)
+
+
+def pack_mixed(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, group_size: int) -> MixedWeight:
+    """codes [N_pad, K_pad] signed int4 values (int8); scale, zero [G, N_pad] float32 as in PackedWeight
+    (zero: the signed-domain zero point, None when symmetric); group_size -1: per channel."""
+    n, k = codes.shape
+    nibbles = (codes.to(torch.int16) & 0xF).to(torch.uint8).view(n, k // 2, 2)
+    w = (nibbles[..., 0] | (nibbles[..., 1] << 4)).contiguous()
+    zero_f = torch.zeros_like(scale) if zero is None else -zero * scale
+    return MixedWeight(w, scale.to(torch.bfloat16).contiguous(), zero_f.to(torch.bfloat16).contiguous(),
+                       k if group_size <= 0 else group_size)
+
+
+@torch.library.custom_op("qtool_cuda_mixed::w4_mm", mutates_args=())
+def w4_mm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group: int) -> torch.Tensor:
+    """y [m, N_pad] bf16 = x [m, K_pad] bf16 . dequant(w)^T (see module docstring for the layout)."""
+    workspace_of, run = _entry_points()
+    m, k = x.shape
+    n = w.shape[0]
+    y = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    args = _Args(w.data_ptr(), x.data_ptr(), scale.data_ptr(), zero.data_ptr(), y.data_ptr(), None, 0, m, n, k, group)
+    need = workspace_of(ctypes.byref(args))
+    workspace = torch.empty(max(need, 1), dtype=torch.uint8, device=x.device)
+    args.workspace, args.workspace_bytes = workspace.data_ptr(), need
+    err = run(ctypes.byref(args), torch.cuda.current_stream(x.device).cuda_stream)
+    if err is not None:
+        raise RuntimeError(f"w4_mm: {err.decode()} (m={m}, n={n}, k={k}, group={group})")
+    return y
+
+
+@w4_mm.register_fake
+def _(x, w, scale, zero, group):
+    return x.new_empty(x.shape[0], w.shape[0])
+
+
+def mixed_linear(x2: torch.Tensor, mixed: MixedWeight) -> torch.Tensor:
+    """x2 [m, K_pad] bf16, contiguous -> [m, N_pad] bf16."""
+    return torch.ops.qtool_cuda_mixed.w4_mm(x2, mixed.w, mixed.scale, mixed.zero, mixed.group)

@@ -1,0 +1,88 @@
+"""The Hopper W4A16 GEMM (kernels/mixed_mm.py, csrc/sm90/mixed_mm_sm90.cu) against float64 on fresh
+random weights: symmetric and asymmetric, groups of 64 and 128, per channel, a ragged last group
+(K = 576 at g128), N not a multiple of the 128-row tile, and every token tile (m from 17 to 4096).
+
+Bound: relative Frobenius error <= 1e-2 against x . dequant(W)^T in float64 (the kernel's bf16 scales
+and zeros, and its bf16 output, give ~3e-3); the mma.sync path is held to the same bound.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import poison_cache, rel_err
+from qtool_kernels import mixed_mm
+from qtool_kernels.layout import PackedWeight, dequantize_packed, pack_weight, unpack_codes
+from qtool_kernels.weight_only import packed_linear
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+
+@pytest.fixture(scope="module")
+def hopper(kernels):
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the W4A16 wgmma GEMM is for Hopper (sm_90)")
+    assert mixed_mm.available(), "libqtool_sm90_mixed did not build or load"
+    return kernels
+
+
+def random_weight(n: int, k: int, group: int, symmetric: bool, seed: int) -> PackedWeight:
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    groups = 1 if group <= 0 else -(-k // group)
+    codes = torch.randint(-8, 8, (n, k), device="cuda", dtype=torch.int8, generator=g)
+    scale = torch.rand(n, groups, device="cuda", generator=g) / 50 + 1e-3
+    zero = None if symmetric else torch.randint(-8, 8, (n, groups), device="cuda", dtype=torch.int8, generator=g)
+    p = pack_weight(codes, scale, zero, None, 4, group)
+    p.mixed = mixed_mm.pack_mixed(unpack_codes(p.qweight, 4), p.scale, p.zero, p.group_size)
+    return p
+
+
+@pytest.mark.parametrize("k,n,group,symmetric", [(4096, 4096, 128, True), (4096, 1000, 128, False),
+                                                  (576, 1536, 128, False), (1024, 768, 64, True),
+                                                  (2048, 512, -1, False)])
+@pytest.mark.parametrize("m", [17, 32, 33, 64, 100, 128, 256, 1000, 4096])
+def test_w4_mm_matches_float64(hopper, k, n, group, symmetric, m):
+    p = random_weight(n, k, group, symmetric, seed=k + n + m)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    poison_cache()
+    y = mixed_mm.mixed_linear(x, p.mixed)[:, :n]
+    ref = x.double() @ dequantize_packed(p.qweight, p.scale, p.zero, 4, p.group_size, n, torch.float64)[:, :k].T
+    assert y.shape == (m, n) and y.dtype == torch.bfloat16
+    assert torch.isfinite(y).all()
+    assert rel_err(y, ref) <= 1e-2
+
+
+def test_dispatch_uses_it_and_quantlinear_matches(hopper):
+    """QuantLinear's CUDA route builds the copy and sends batches of >= MIXED_MIN_M tokens to it."""
+    from quantize.linear import QuantLinear, prepare_for_cuda
+    from quantize.primitives import QTensor
+    from quantize.scheme import QuantArgs, QuantScheme
+
+    args = QuantArgs(num_bits=4, group_size=128, symmetric=False)
+    w = torch.randn(512, 576, device="cuda") * 0.05
+    from quantize.primitives import choose_qparams, quantize
+
+    scale, zp = choose_qparams(w, args)
+    layer = QuantLinear.from_qtensor(QTensor(quantize(w, scale, zp, args), scale, zp, args), QuantScheme(weights=args))
+    packed = prepare_for_cuda(layer)
+    assert packed is not None and packed.mixed is not None
+    x = torch.randn(3, 40, 576, device="cuda", dtype=torch.bfloat16)
+    y = layer(x)
+    ref = x.double() @ layer.dequantize_weight(torch.float64).T
+    assert rel_err(y, ref) <= 1e-2
+    y_small = layer(x[:1, :2])  # the GEMV
+    assert rel_err(y_small, ref[:1, :2]) <= 1e-2
+    assert torch.allclose(packed_linear(x.reshape(-1, 576), packed, None, hopper).reshape(y.shape), y)
+
+
+def test_w4_mm_in_cuda_graph(hopper):
+    p = random_weight(1024, 1024, 128, False, seed=5)
+    x = torch.randn(64, 1024, device="cuda", dtype=torch.bfloat16)
+    eager = mixed_mm.mixed_linear(x, p.mixed)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = mixed_mm.mixed_linear(x, p.mixed)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, eager)
