@@ -159,9 +159,15 @@ def bench_tokens(timer, kernels, x: torch.Tensor, dense: Rotation, packed: Rotat
                  "dequant+cublas": timer(dequant_gemm)}
     # The same in CUDA graphs (the protocol's view: no launch or Python cost), with the Hopper W4A16
     # GEMM, which is called through ctypes and so only fairly timed in a graph.
+    mixed = p0.mixed is not None and m >= 8
     graph_kernel_ms = {"wo_gemm": graph_ms(lambda: raw("wo_gemm")) if 8 <= m <= 1024 else None,
-                       "sm90_mixed": graph_ms(lambda: mixed_mm.mixed_linear(x, packed().mixed))
-                       if p0.mixed is not None and m >= 8 else None,
+                       "sm90_mixed": graph_ms(lambda: mixed_mm.mixed_linear(x, packed().mixed)) if mixed else None,
+                       "sm90_mixed_nosplit": graph_ms(lambda: mixed_mm.mixed_linear(x, packed().mixed, split=1))
+                       if mixed and m <= 256 else None,
+                       "sm90_mixed_streamk": graph_ms(lambda: mixed_mm.mixed_linear(x, packed().mixed, split=-1))
+                       if mixed and m <= 256 else None,
+                       "sm90_mixed_pingpong": graph_ms(lambda: mixed_mm.mixed_linear(x, packed().mixed, pingpong=1))
+                       if mixed and m <= 64 else None,
                        "dequant+cublas": graph_ms(dequant_gemm) if m >= 8 else None}
     weight_bytes = p0.qweight.numel() * 4 + p0.scale.numel() * 4
     return {"K": k, "N": n, "format": fmt, "M": m, "bf16_ms": t_bf16, "qtool_ms": t_auto,

@@ -45,19 +45,21 @@ bench() {
   python3 - "$OUT/w4.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
-print("K x N, M: graph us  bf16 | auto | wo_gemm | sm90_mixed | dequant+cublas   (speedup of auto, of mixed)")
+keys = ["wo_gemm", "sm90_mixed", "sm90_mixed_nosplit", "sm90_mixed_streamk", "sm90_mixed_pingpong", "dequant+cublas"]
+print("K x N, M: graph us  bf16 | auto (speedup) | " + " | ".join(keys))
 for row in r["rows"]:
     g = row["graph_kernel_ms"]; f = lambda v: "-" if v is None else f"{v * 1e3:.1f}"
-    b = row["graph_bf16_ms"]; a = row["graph_qtool_ms"]; mx = g.get("sm90_mixed")
-    print(f"{row['K']}x{row['N']} M={row['M']}: {f(b)} | {f(a)} | {f(g.get('wo_gemm'))} | {f(mx)} | "
-          f"{f(g.get('dequant+cublas'))}   ({b / a:.2f}x, {'-' if not mx else f'{b / mx:.2f}x'})")
+    b = row["graph_bf16_ms"]; a = row["graph_qtool_ms"]
+    print(f"{row['K']}x{row['N']} M={row['M']}: {f(b)} | {f(a)} ({b / a:.2f}x) | " + " | ".join(f(g.get(k)) for k in keys))
 PY
 }
 
 bench8b() {
-  step "8B-shaped Llama, w4a16 vs bf16"
-  timeout 200 python3 -m quantize bench llama-8b --random-weights --scheme w4a16 --decode-tokens 32 \
-    --batch-sizes 1,16 --prefill-len 2048 --json "$OUT/bench8b-w4a16.json" 2>&1 | tail -22
+  for scheme in ${SCHEMES_8B:-w4a16}; do
+    step "8B-shaped Llama, $scheme vs bf16"
+    timeout 200 python3 -m quantize bench llama-8b --random-weights --scheme "$scheme" --decode-tokens 32 \
+      --batch-sizes 1,16 --prefill-len 2048 --json "$OUT/bench8b-$scheme.json" 2>&1 | tail -22
+  done
 }
 
 big70() {

@@ -42,7 +42,7 @@ class _Args(ctypes.Structure):  # csrc/sm90/sm90_mixed_mm.h, MixedMmArgs
     _fields_ = [("w", ctypes.c_void_p), ("x", ctypes.c_void_p), ("scale", ctypes.c_void_p),
                 ("zero", ctypes.c_void_p), ("y", ctypes.c_void_p), ("workspace", ctypes.c_void_p),
                 ("workspace_bytes", ctypes.c_size_t), ("m", ctypes.c_int), ("n", ctypes.c_int),
-                ("k", ctypes.c_int), ("group", ctypes.c_int)]
+                ("k", ctypes.c_int), ("group", ctypes.c_int), ("split", ctypes.c_int), ("pingpong", ctypes.c_int)]
 
 
 _functions: tuple | None = None
@@ -82,13 +82,18 @@ def pack_mixed(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | No
 
 
 @torch.library.custom_op("qtool_cuda_mixed::w4_mm", mutates_args=())
-def w4_mm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group: int) -> torch.Tensor:
-    """y [m, N_pad] bf16 = x [m, K_pad] bf16 . dequant(w)^T (see module docstring for the layout)."""
+def w4_mm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group: int,
+          split: int = 0, pingpong: int = 0) -> torch.Tensor:
+    """y [m, N_pad] bf16 = x [m, K_pad] bf16 . dequant(w)^T (see module docstring for the layout).
+
+    split: 0 splits k when the output tiles leave SMs idle (the default), 1 never, s > 1 in s parts,
+    -1 stream-K; pingpong: 1 for 64-row tiles with two warpgroups alternating (m <= 64)."""
     workspace_of, run = _entry_points()
     m, k = x.shape
     n = w.shape[0]
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
-    args = _Args(w.data_ptr(), x.data_ptr(), scale.data_ptr(), zero.data_ptr(), y.data_ptr(), None, 0, m, n, k, group)
+    args = _Args(w.data_ptr(), x.data_ptr(), scale.data_ptr(), zero.data_ptr(), y.data_ptr(), None, 0, m, n, k, group,
+                 split, pingpong)
     need = workspace_of(ctypes.byref(args))
     workspace = torch.empty(max(need, 1), dtype=torch.uint8, device=x.device)
     args.workspace, args.workspace_bytes = workspace.data_ptr(), need
@@ -99,10 +104,10 @@ def w4_mm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zero: torch.Ten
 
 
 @w4_mm.register_fake
-def _(x, w, scale, zero, group):
+def _(x, w, scale, zero, group, split=0, pingpong=0):
     return x.new_empty(x.shape[0], w.shape[0])
 
 
-def mixed_linear(x2: torch.Tensor, mixed: MixedWeight) -> torch.Tensor:
-    """x2 [m, K_pad] bf16, contiguous -> [m, N_pad] bf16."""
-    return torch.ops.qtool_cuda_mixed.w4_mm(x2, mixed.w, mixed.scale, mixed.zero, mixed.group)
+def mixed_linear(x2: torch.Tensor, mixed: MixedWeight, split: int = 0, pingpong: int = 0) -> torch.Tensor:
+    """x2 [m, K_pad] bf16, contiguous -> [m, N_pad] bf16; split, pingpong as in `w4_mm`."""
+    return torch.ops.qtool_cuda_mixed.w4_mm(x2, mixed.w, mixed.scale, mixed.zero, mixed.group, split, pingpong)

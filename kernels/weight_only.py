@@ -2,7 +2,8 @@
 
 Dispatch on m = tokens:
   m <= GEMV_MAX_M   qtool_cuda::wo_gemv   CUDA cores; the weights are streamed once
-  m >= MIXED_MIN_M  qtool_cuda_mixed::w4_mm (mixed_mm.py) where the weight has a Hopper copy (4-bit,
+  MIXED_MIN_M <= m <= MIXED_MAX_M
+                    qtool_cuda_mixed::w4_mm (mixed_mm.py) where the weight has a Hopper copy (4-bit,
                     bf16): wgmma with the weights converted in registers
   m <= GEMM_MAX_M   qtool_cuda::wo_gemm   tensor cores; the weights are streamed once per 64 tokens
   otherwise         qtool_cuda::dequant_int + cuBLAS: compute-bound, so one extra weight pass is cheap
@@ -28,7 +29,10 @@ from .mixed_mm import mixed_linear
 # try another value edit this constant and compare with `benchmarks/bench_kernels.py --tokens 4,5,8`.
 GEMV_MAX_M = 4
 GEMM_MAX_M = 256
-MIXED_MIN_M = 17  # measured crossover with wo_gemm on the H200 (BENCHMARKS.md, issue 19)
+# Measured crossovers on the H200 (BENCHMARKS.md, issue 19): below MIXED_MIN_M the mma.sync GEMM
+# is as fast or faster; above MIXED_MAX_M dequantization + cuBLAS is (the GEMM is compute-bound there).
+MIXED_MIN_M = 17
+MIXED_MAX_M = 2048
 KERNEL_DTYPES = (torch.float16, torch.bfloat16)
 
 
@@ -59,7 +63,7 @@ def packed_linear(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, k
     meta = (w.num_bits, w.group_size, w.out_features)
     if m <= GEMV_MAX_M:
         y = kernels.wo_gemv(x2, *args, bias, *meta, EPILOGUE, prefetch)
-    elif m >= MIXED_MIN_M and w.mixed is not None and x2.dtype == torch.bfloat16:
+    elif MIXED_MIN_M <= m <= MIXED_MAX_M and w.mixed is not None and x2.dtype == torch.bfloat16:
         y = mixed_linear(x2, w.mixed)[:, :w.out_features]
         if bias is not None:
             y = y + bias.to(y.dtype)

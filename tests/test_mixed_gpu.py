@@ -86,3 +86,16 @@ def test_w4_mm_in_cuda_graph(hopper):
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(out, eager)
+
+
+@pytest.mark.parametrize("split,pingpong", [(1, 0), (4, 0), (-1, 0), (0, 1), (3, 1)])
+@pytest.mark.parametrize("m", [17, 64, 200])
+def test_w4_mm_schedules(hopper, split, pingpong, m):
+    """Every schedule the dispatcher or the benchmark can pick: no split, split-K, stream-K, ping-pong."""
+    n, k = 768, 2048
+    p = random_weight(n, k, 128, False, seed=m + split)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    poison_cache()
+    y = mixed_mm.mixed_linear(x, p.mixed, split=split, pingpong=pingpong)[:, :n]
+    ref = x.double() @ dequantize_packed(p.qweight, p.scale, p.zero, 4, p.group_size, n, torch.float64)[:, :k].T
+    assert rel_err(y, ref) <= 1e-2

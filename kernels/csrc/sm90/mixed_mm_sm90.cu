@@ -1,11 +1,14 @@
 // W4A16 GEMM for Hopper (sm_90a) on CUTLASS 3.x's mixed-input collective: Y[m, n] = X[m, k] . W[n, k]^T
 // with W int4 codes dequantized in registers as q * scale + zero (bf16, per group of k) right before
 // wgmma. wgmma reads only its A operand from registers, so the product is computed transposed,
-// Y^T = W . X^T: the weights are A (tiles of 128 rows), the tokens are B (tiles of 32 to 256), and a
-// batch of a few tokens wastes no 64-row tile. Stream-K splits the k loop when the output tiles are
-// fewer than the SMs (a 4096-wide layer has 32 tiles of 128 rows for 132 SMs).
+// Y^T = W . X^T: the weights are A (tiles of 128 rows, or 64 in ping-pong), the tokens are B (tiles
+// of 32 to 256), and a batch of a few tokens wastes no 64-row tile. When the output tiles are fewer
+// than half the SMs (a 4096-wide layer has 32 tiles of 128 rows for 132 SMs), the k loop is split so
+// that every SM streams weights: at small m the layer is bound by reading them.
 //
 // Built apart from the PyTorch extension, like libqtool_sm90 (kernels/mixed_mm.py).
+#include <algorithm>
+
 #include <cuda_runtime.h>
 
 #include "cute/tensor.hpp"
@@ -31,7 +34,8 @@ int sm_count() {
   return count;
 }
 
-template <class TileShape>  // (weight rows, tokens, k) per CTA
+template <class TileShape,  // (weight rows, tokens, k) per CTA
+          bool PingPong>    // 64-row tiles, two warpgroups alternating; else 128-row cooperative tiles
 struct MixedGemm {
   using Q = cutlass::int4b_t;
   using T = cutlass::bfloat16_t;
@@ -43,16 +47,22 @@ struct MixedGemm {
   using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
       cutlass::epilogue::collective::EpilogueTileAuto, float, float, void, cutlass::layout::ColumnMajor, kAlignT, T,
-      cutlass::layout::ColumnMajor, kAlignT, cutlass::epilogue::TmaWarpSpecializedCooperative>::CollectiveOp;
+      cutlass::layout::ColumnMajor, kAlignT,
+      std::conditional_t<PingPong, cutlass::epilogue::TmaWarpSpecialized,
+                         cutlass::epilogue::TmaWarpSpecializedCooperative>>::CollectiveOp;
 
   using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, cute::tuple<Q, T, T>, cutlass::layout::RowMajor, kAlignQ, T,
       cutlass::layout::ColumnMajor, kAlignT, float, TileShape, ClusterShape,
       cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
-      cutlass::gemm::KernelTmaWarpSpecializedCooperative>::CollectiveOp;
+      std::conditional_t<PingPong, cutlass::gemm::KernelTmaWarpSpecializedPingpong,
+                         cutlass::gemm::KernelTmaWarpSpecializedCooperative>>::CollectiveOp;
 
-  using Kernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, Mainloop, Epilogue,
-                                                      cutlass::gemm::StreamKScheduler>;
+  // Ping-pong kernels take no stream-K scheduler (so no split-K): their 64-row tiles are the way
+  // they fill the SMs.
+  using Kernel = cutlass::gemm::kernel::GemmUniversal<
+      Shape<int, int, int, int>, Mainloop, Epilogue,
+      std::conditional_t<PingPong, cutlass::gemm::PersistentScheduler, cutlass::gemm::StreamKScheduler>>;
   using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
 
   static typename Gemm::Arguments arguments(const MixedMmArgs& p) {
@@ -76,7 +86,27 @@ struct MixedGemm {
          static_cast<const T*>(p.zero)},
         {{1.0f, 0.0f}, nullptr, sy, static_cast<T*>(p.y), sy}};
     args.hw_info.sm_count = sm_count();
+    if constexpr (!PingPong) set_split(args, p);
     return args;
+  }
+
+  static void set_split(typename Gemm::Arguments& args, const MixedMmArgs& p) {
+    using Mode = typename Kernel::TileScheduler::DecompositionMode;
+    const int tiles = ((p.n + size<0>(TileShape{}) - 1) / size<0>(TileShape{})) *
+                      ((p.m + size<1>(TileShape{}) - 1) / size<1>(TileShape{}));
+    const int k_tiles = (p.k + size<2>(TileShape{}) - 1) / size<2>(TileShape{});
+    int split = p.split;
+    if (split == 0) {  // fill the SMs, keeping at least 8 k tiles per split for the pipeline
+      split = 2 * tiles <= sm_count() ? std::min(sm_count() / tiles, k_tiles / 8) : 1;
+    }
+    if (split > 1) {
+      args.scheduler.splits = split;
+      args.scheduler.decomposition_mode = Mode::SplitK;
+    } else if (split < 0) {
+      args.scheduler.decomposition_mode = Mode::StreamK;
+    } else {
+      args.scheduler.decomposition_mode = Mode::DataParallel;
+    }
   }
 
   static size_t workspace(const MixedMmArgs& p) { return Gemm::get_workspace_size(arguments(p)); }
@@ -94,11 +124,13 @@ struct MixedGemm {
 
 // Token tiles by batch size: the smallest tile that holds the batch wastes the least of each wgmma.
 template <class Fn>
-const char* by_tokens(int m, Fn&& fn) {
-  if (m <= 32) return fn(MixedGemm<Shape<_128, _32, _64>>{});
-  if (m <= 64) return fn(MixedGemm<Shape<_128, _64, _64>>{});
-  if (m <= 128) return fn(MixedGemm<Shape<_128, _128, _64>>{});
-  return fn(MixedGemm<Shape<_128, _256, _64>>{});
+const char* by_tokens(int m, int pingpong, Fn&& fn) {
+  if (pingpong && m <= 32) return fn(MixedGemm<Shape<_64, _32, _64>, true>{});
+  if (pingpong && m <= 64) return fn(MixedGemm<Shape<_64, _64, _64>, true>{});
+  if (m <= 32) return fn(MixedGemm<Shape<_128, _32, _64>, false>{});
+  if (m <= 64) return fn(MixedGemm<Shape<_128, _64, _64>, false>{});
+  if (m <= 128) return fn(MixedGemm<Shape<_128, _128, _64>, false>{});
+  return fn(MixedGemm<Shape<_128, _256, _64>, false>{});
 }
 
 }  // namespace
@@ -106,7 +138,7 @@ const char* by_tokens(int m, Fn&& fn) {
 
 extern "C" size_t qtool_sm90_mixed_workspace(const qtool::sm90::MixedMmArgs* p) {
   size_t bytes = 0;
-  qtool::sm90::by_tokens(p->m, [&](auto g) -> const char* {
+  qtool::sm90::by_tokens(p->m, p->pingpong, [&](auto g) -> const char* {
     bytes = decltype(g)::workspace(*p);
     return nullptr;
   });
@@ -114,7 +146,7 @@ extern "C" size_t qtool_sm90_mixed_workspace(const qtool::sm90::MixedMmArgs* p) 
 }
 
 extern "C" const char* qtool_sm90_mixed_mm(const qtool::sm90::MixedMmArgs* p, cudaStream_t stream) {
-  if (const char* err = qtool::sm90::by_tokens(p->m, [&](auto g) { return decltype(g)::run(*p, stream); })) return err;
+  if (const char* err = qtool::sm90::by_tokens(p->m, p->pingpong, [&](auto g) { return decltype(g)::run(*p, stream); })) return err;
   const cudaError_t status = cudaGetLastError();
   return status == cudaSuccess ? nullptr : cudaGetErrorString(status);
 }

@@ -18,6 +18,8 @@ struct MixedMmArgs {
   size_t workspace_bytes;
   int m, n, k;            // k % 64 == 0, n % 8 == 0
   int group;              // k (one scale per row) or a multiple of 64
+  int split;              // 0: split-K when the output tiles leave SMs idle; 1: none; > 1: that many; -1: stream-K
+  int pingpong;           // 1: 64-row tiles, two warpgroups in ping-pong (m <= 64); 0: 128-row cooperative tiles
 };
 
 }  // namespace qtool::sm90
