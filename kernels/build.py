@@ -213,7 +213,7 @@ def info() -> dict:
         "cuda_implementations": {
             # Weight-only QuantLinear layers call the qtool_cuda kernels directly (quantize/linear.py);
             # the op itself is the reference, for every layout the kernels do not take.
-            "weight-only QuantLinear": "qtool_cuda kernels" if ops is not None else "reference",
+            "weight-only QuantLinear": _weight_only_path() if ops is not None else "reference",
             "qtool::weight_only_linear": "reference",
             "qtool::scaled_linear": _scaled_linear_path() if cuda else "reference",
             "qtool::quantize_activation": "qtool_cuda fused kernel" if ops is not None else "reference",
@@ -221,6 +221,14 @@ def info() -> dict:
                                    + _scaled_linear_path()) if ops is not None else "reference",
         },
     }
+
+
+def _weight_only_path() -> str:
+    from . import sm90  # imports this module
+
+    mixed = ("CUTLASS sm90 W4A16 (libqtool_sm90_mixed) for 17-2048 tokens, 4-bit bf16" if sm90.mixed.load()
+             else f"no W4A16 wgmma GEMM ({sm90.mixed.reason})")
+    return f"qtool_cuda wo_gemv (m <= 4), wo_gemm (m <= 16 or 256); {mixed}; dequant_int + cuBLAS"
 
 
 def _scaled_linear_path() -> str:
