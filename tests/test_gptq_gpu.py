@@ -100,11 +100,11 @@ def test_column_kernel_under_interpreter():
         Hinv, _, _ = gptq._upper_cholesky_of_inverse(hessian.clone(), 0.01)
         scale, zero, cs, cz = gptq._initial_qparams(weight, args, None)
         W_ref = weight.clone()
-        loop = gptq._ColumnLoop(W_ref, Hinv, args, scale, zero, cs, cz, None)
+        loop = gptq_columns.ColumnLoop(W_ref, Hinv, args, scale, zero, cs, cz, None)
         loop.kernel = False
         err_ref = loop.run_block(0, 96)
         W = weight.clone()
-        qmin, qmax = gptq.int_range(args.num_bits)
+        qmin, qmax = gptq_columns.int_range(args.num_bits)
         err = gptq_columns.run_block(W, cs.float().contiguous(), None if cz is None else cz.float().contiguous(),
                                      Hinv.contiguous(), qmin, qmax)
         assert torch.equal(err, err_ref) and torch.equal(W, W_ref)

@@ -1,4 +1,4 @@
-"""GPTQ's column loop as one GPU kernel per lazy block.
+"""GPTQ's column loop over one lazy block of columns (`ColumnLoop`): a GPU kernel, or torch ops.
 
 The loop in `gptq.gptq_quantize` rounds one column at a time and feeds its error into the columns
 after it. Written with torch ops, every column costs about a dozen kernel launches, so on a GPU the
@@ -17,6 +17,9 @@ Integer formats only; FP8 columns (a cast, not a rounding) stay on the torch loo
 from __future__ import annotations
 
 import torch
+
+from ..primitives import cast_fp8, int_range, qparams_from_range
+from ..scheme import QuantArgs
 
 try:  # Triton ships with CUDA builds of torch; CPU-only installs run the torch loop.
     import triton
@@ -88,3 +91,99 @@ def run_block(W1: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, 
     _column_loop[grid](W1, scale, z, Hinv1, err, N, float(qmin), float(qmax), n_cols=C, HAS_ZERO=zero is not None,
                        BLOCK_N=ROWS_PER_PROGRAM, BLOCK_C=triton.next_power_of_2(C), num_warps=4)
     return err
+
+
+class ColumnLoop:
+    """Rounds one lazy block of columns of W [N, K] (processing order, updated in place) and returns
+    its scaled errors; group scales chosen in the loop (`dynamic_group`) are written into scale and
+    zero_point [N, G]. On a GPU, integer formats run one Triton launch per block (the kernel above);
+    elsewhere the torch loop below, whose cost on a GPU is a dozen launches per column."""
+
+    def __init__(self, W, Hinv, args, scale, zero_point, column_scale, column_zero, dynamic_group):
+        self.W, self.Hinv, self.args, self.group = W, Hinv, args, dynamic_group
+        self.scale, self.zero_point, self.column_scale, self.column_zero = scale, zero_point, column_scale, column_zero
+        self.kernel = available(W, args.is_float) and (dynamic_group or 0) <= MAX_COLUMNS
+        self.s = self.z = None  # the torch loop's current group scale: a group may span blocks
+
+    def block_end(self, start: int, block_size: int) -> int:
+        K = self.W.shape[1]
+        if not self.kernel:
+            return _block_end(start, K, block_size, self.group)
+        # The kernel takes a block's scales up front, so a block is exactly one dynamic group.
+        return min(start + (self.group or min(block_size, MAX_COLUMNS)), K)
+
+    def run_block(self, i1: int, i2: int) -> torch.Tensor:
+        if self.kernel:
+            return self._run_kernel(i1, i2)
+        return self._run_torch(i1, i2)
+
+    def _run_kernel(self, i1: int, i2: int) -> torch.Tensor:
+        W1 = self.W[:, i1:i2].contiguous()
+        if self.group is not None:
+            s, z = qparams_from_range(W1.amin(1), W1.amax(1), self.args)
+            self.scale[:, i1 // self.group] = s
+            if self.zero_point is not None:
+                self.zero_point[:, i1 // self.group] = z
+            S1 = s.float()[:, None].expand_as(W1).contiguous()
+            Z1 = None if z is None else z.float()[:, None].expand_as(W1).contiguous()
+        else:
+            S1 = self.column_scale[:, i1:i2].float().contiguous()
+            Z1 = None if self.column_zero is None else self.column_zero[:, i1:i2].float().contiguous()
+        qmin, qmax = int_range(self.args.num_bits)
+        Err1 = run_block(W1, S1, Z1, self.Hinv[i1:i2, i1:i2].contiguous(), qmin, qmax)
+        self.W[:, i1:i2] = W1
+        return Err1
+
+    def _run_torch(self, i1: int, i2: int) -> torch.Tensor:
+        W, args, group = self.W, self.args, self.group
+        # A contiguous copy of the block, written back below: the rank-1 updates on a strided view
+        # of W run at half speed on the CPU.
+        W1 = W[:, i1:i2].clone()
+        Err1 = torch.empty_like(W1)
+        Hinv1 = self.Hinv[i1:i2, i1:i2]
+        s, z = self.s, self.z
+        for i in range(i2 - i1):
+            j = i1 + i
+            if group is not None and j % group == 0:
+                # Current values: a group starts its block (W is then current, and a group longer
+                # than the block reads on past it) or ends inside it (_block_end).
+                cols = W[:, j:j + group] if i == 0 else W1[:, i:i + group]
+                s, z = qparams_from_range(cols.amin(1), cols.amax(1), args)
+                self.scale[:, j // group] = s
+                if self.zero_point is not None:
+                    self.zero_point[:, j // group] = z
+            elif group is None:
+                s = self.column_scale[:, j]
+                z = None if self.column_zero is None else self.column_zero[:, j]
+            err = (W1[:, i] - _round_column(W1[:, i], s, z, args)) / Hinv1[i, i]
+            # Column i is updated too: it becomes its rounded value (up to float rounding, far below
+            # half a step), so the codes are read off W once at the end, not stored per column.
+            W1[:, i:].addr_(err, Hinv1[i, i:], alpha=-1)
+            Err1[:, i] = err
+        W[:, i1:i2] = W1
+        self.s, self.z = s, z
+        return Err1
+
+
+def _round_column(w: torch.Tensor, s: torch.Tensor, z: torch.Tensor | None, args: QuantArgs) -> torch.Tensor:
+    """Column w [N] rounded to its grid (scale s [N], zero point z [N] or None), dequantized: the
+    arithmetic of primitives.quantize + dequantize in four to six in-place steps, since GPTQ's
+    column loop runs once per input feature and its cost on a GPU is the number of launches."""
+    if args.is_float:
+        return cast_fp8(w / s, args).float().mul_(s)
+    qmin, qmax = int_range(args.num_bits)
+    q = torch.round(w / s)
+    if z is None:
+        return q.clamp_(qmin, qmax).mul_(s)
+    zf = z.float()
+    return q.add_(zf).clamp_(qmin, qmax).sub_(zf).mul_(s)
+
+
+def _block_end(start: int, K: int, block_size: int, group: int | None) -> int:
+    """End of the lazy block from `start`: cut before a group that would cross the block's end."""
+    end = min(start + block_size, K)
+    if group is not None:
+        last_group_start = (end - 1) // group * group
+        if start < last_group_start and min(last_group_start + group, K) > end:
+            end = last_group_start
+    return end
