@@ -21,6 +21,7 @@ tokenizer files.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import warnings
 from collections import Counter
@@ -109,11 +110,15 @@ def trace(model: nn.Module, layers: list[nn.Module]):
         set_submodule(model, name, _Placeholder(index, layer.out_features))
     ids = torch.zeros(2, 8, dtype=torch.int64)  # not 1: torch.export would fix a size-1 dim
     dims = {"input_ids": {0: torch.export.Dim("batch"), 1: torch.export.Dim("sequence")}}
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)  # notes about torchvision ops that no language model uses
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporter's deprecation and progress chatter
+        warnings.simplefilter("ignore")  # the exporter's deprecation notes
         program = torch.onnx.export(_Logits(model).eval(), (ids,), dynamo=True, opset_version=OPSET,
                                     input_names=["input_ids"], output_names=["logits"], dynamic_shapes=dims,
                                     custom_translation_table=_translation(), verbose=False, report=False)
+    exporter_log.setLevel(level)
     return program.model_proto
 
 

@@ -21,6 +21,7 @@ from quantize.loading import load_checkpoint
 from quantize.onnx_export import export_onnx
 from quantize.onnx_layers import MS_DOMAIN, OnnxExportError, linear_nodes
 from quantize.primitives import QTensor, quantize_weight
+from quantize.recipe import Recipe
 from quantize.scheme import QuantArgs, QuantScheme, Strategy, preset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,3 +175,28 @@ def test_cli_refuses_unexportable_checkpoint_without_writing(tmp_path):
     assert res.exit_code == 2
     assert "activation groups" in res.output and len(res.output.strip().splitlines()) == 1
     assert not out.exists() and not list(tmp_path.glob(".onnx.*"))
+
+
+@pytest.mark.slow
+def test_smollm2_onnx_perplexity_matches_qtool(smollm2_dir, shared_data, tmp_path):
+    """SmolLM2-135M W4A16 g128 (K = 576: the last group of 128 is 64 wide), perplexity within 0.5%."""
+    from transformers import AutoTokenizer
+
+    from quantize import data, load_model, quantize_model, save_checkpoint
+    from quantize.evaluate import evaluate
+
+    model, _ = load_model(smollm2_dir)
+    result = quantize_model(model, Recipe.single(preset("w4a16"), "rtn"), progress=False)
+    checkpoint = save_checkpoint(model, result.config, tmp_path / "w4", source_dir=smollm2_dir)
+    out = export_onnx(checkpoint, tmp_path / "onnx")
+    windows = data.evaluation_windows(AutoTokenizer.from_pretrained(checkpoint),
+                                      data.load_texts(str(shared_data / "test.jsonl")), seq_len=512, max_windows=6)
+    model, _ = load_checkpoint(checkpoint)
+    ours = evaluate(model, windows, progress=False).perplexity
+    np.save(tmp_path / "windows.npy", windows.numpy())
+    done = subprocess.run([sys.executable, str(EVAL_SCRIPT), str(out), "--windows", str(tmp_path / "windows.npy")],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    theirs = json.loads(done.stdout.splitlines()[-1])
+    assert theirs["imported_qtool"] is False
+    assert abs(theirs["perplexity"] / ours - 1) < 0.005, (theirs["perplexity"], ours)
