@@ -5,8 +5,9 @@
         --dataset ../shared/data/wikitext-2/test.jsonl --seq-len 512 --max-windows 40
 
 The windows are `qtool eval`'s (quantize/data.py); onnxruntime runs in its own process through
-scripts/onnx_eval.py, which imports only numpy and onnxruntime, once with float32 activations
-(accuracy level 0, as qtool computes) and once with onnxruntime's int8-activation MatMulNBits (level 4).
+scripts/onnx_eval.py, which imports only numpy and onnxruntime, at each of --accuracy-levels: 0
+computes as qtool does; 4 (onnxruntime's default) lets it rewrite the QDQ layers (8-bit, 3-bit) into
+MatMulNBits with int8 activations (the MatMulNBits nodes qtool writes keep their own accuracy_level 0).
 Prints one JSON object.
 """
 
@@ -44,6 +45,7 @@ def main() -> None:
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--max-windows", type=int, default=40)
+    parser.add_argument("--accuracy-levels", default="0", help="comma-separated, e.g. 0,4")
     args = parser.parse_args()
     model, _ = load_checkpoint(args.checkpoint)
     tokenizer = AutoTokenizer.from_pretrained(args.checkpoint)
@@ -53,7 +55,7 @@ def main() -> None:
     qtool = evaluate(model, windows, progress=False)
     result = {"windows": list(windows.shape), "qtool": {"perplexity": qtool.perplexity,
                                                         "seconds": round(time.perf_counter() - start, 2)}}
-    for level in (0, 4):
+    for level in (int(v) for v in args.accuracy_levels.split(",")):
         result[f"onnxruntime_accuracy_level_{level}"] = onnx_perplexity(args.onnx_dir, windows.numpy(), level)
         result[f"relative_difference_level_{level}"] = (
             result[f"onnxruntime_accuracy_level_{level}"]["perplexity"] / qtool.perplexity - 1)
