@@ -94,14 +94,6 @@ def _translation():
     return {torch.ops.qtool_export.quant_linear.default: quant_linear}
 
 
-def _require_onnx() -> None:
-    import importlib.util
-
-    missing = [m for m in ("onnx", "onnxscript", "ml_dtypes") if importlib.util.find_spec(m) is None]
-    if missing:
-        raise OnnxExportError(f"ONNX export needs {', '.join(missing)}: pip install 'qtool[onnx]'")
-
-
 def trace(model: nn.Module, layers: list[nn.Module]):
     """The ONNX model of `model` with layer i as a placeholder node (attribute layer=i); `model` is
     changed in place (its QuantLinear modules replaced)."""
@@ -152,7 +144,6 @@ def replace_placeholders(proto, named_layers: list[tuple[str, nn.Module]]) -> di
 
 def export_onnx(checkpoint_dir: str | Path, out_dir: str | Path, *, overwrite: bool = False) -> Path:
     """Write the ONNX model of a qtool (or compressed-tensors) checkpoint into `out_dir`; returns it."""
-    _require_onnx()
     import onnx
 
     checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)

@@ -23,24 +23,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import ml_dtypes
 import numpy as np
 import torch
-from onnx import NodeProto, TensorProto, helper, numpy_helper
 
 from qtool_kernels.layout import UnsupportedLayout, act_order_permutation
 
 from .linear import QuantLinear
 from .scheme import Strategy
 
+
+class OnnxExportError(ValueError):
+    """A layer or model that the ONNX export cannot express, or a missing package; the message says which."""
+
+
+try:  # the optional `onnx` extra; onnxscript is what torch.onnx's exporter translates with
+    import ml_dtypes
+    import onnxscript  # noqa: F401
+    from onnx import NodeProto, TensorProto, helper, numpy_helper
+except ImportError as err:
+    raise OnnxExportError(f"ONNX export needs {err.name or 'onnx'}, which is not installed: "
+                          "pip install 'qtool[onnx]'") from None
+
 MS_DOMAIN = "com.microsoft"
 NBITS = (2, 4)  # bits MatMulNBits runs on CPU that QDQ would not store as compactly (8-bit is QDQ)
 _FP8_NUMPY = {"e4m3": ml_dtypes.float8_e4m3fn, "e5m2": ml_dtypes.float8_e5m2}
 _FP8_ONNX = {"e4m3": TensorProto.FLOAT8E4M3FN, "e5m2": TensorProto.FLOAT8E5M2}
-
-
-class OnnxExportError(ValueError):
-    """A layer or model that the ONNX export cannot express; the message names it."""
 
 
 @dataclass

@@ -71,6 +71,7 @@ LAYER_CASES = {
                                                      block_structure=(64, 128))), "QDQ float8_e5m2 block 128"),
     "fp8-w8a8": (preset("fp8"), "QDQ float8_e4m3fn + activation QDQ"),
     "int8-w8a8": (preset("w8a8-int8"), "QDQ int8 + activation QDQ"),
+    "int8-w8a8-static": (preset("w8a8-int8-static"), "QDQ int8 + activation QDQ"),
 }
 
 
@@ -79,7 +80,9 @@ def test_layer_matches_quantlinear(case):
     scheme, form = LAYER_CASES[case]
     torch.manual_seed(0)
     weight, bias = torch.randn(40, 576), torch.randn(40)
-    layer = QuantLinear.from_qtensor(quantize_weight(weight, scheme.weights), scheme, bias=bias)
+    static = scheme.input_activations is not None and not scheme.input_activations.dynamic
+    layer = QuantLinear.from_qtensor(quantize_weight(weight, scheme.weights), scheme, bias=bias,
+                                     input_scale=torch.tensor([0.02]) if static else None)
     x = torch.randn(7, 576)
     got, kind = run_layer(layer, x)
     assert kind == form
@@ -166,6 +169,18 @@ def test_cli_export_onnx(tmp_path):
     assert "wrote" in res.output and (out / "model.onnx").is_file()
     res = CliRunner().invoke(app, ["export", str(checkpoint), "--format", "onnx", "--output", str(out)])
     assert res.exit_code == 2 and "exists" in res.output
+
+
+def test_cli_without_the_onnx_packages_says_what_to_install(tmp_path):
+    checkpoint = quantized_checkpoint(tmp_path / "q", preset("w4a16").with_weights(group_size=64))
+    code = ("import sys; sys.modules['onnxscript'] = None\n"  # as if it were not installed
+            "from quantize.cli import app\n"
+            f"app(['export', {str(checkpoint)!r}, '--format', 'onnx', '--output', {str(tmp_path / 'o')!r}])")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip() == ("error: ONNX export needs onnxscript, which is not installed: "
+                                   "pip install 'qtool[onnx]'")
+    assert not (tmp_path / "o").exists()
 
 
 def test_cli_refuses_unexportable_checkpoint_without_writing(tmp_path):
