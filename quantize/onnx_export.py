@@ -94,23 +94,27 @@ def _translation():
     return {torch.ops.qtool_export.quant_linear.default: quant_linear}
 
 
-def trace(model: nn.Module, layers: list[nn.Module]):
-    """The ONNX model of `model` with layer i as a placeholder node (attribute layer=i); `model` is
-    changed in place (its QuantLinear modules replaced)."""
-    names = [name for name, m in model.named_modules() if any(m is layer for layer in layers)]
-    for index, (name, layer) in enumerate(zip(names, layers, strict=True)):
+def trace(model: nn.Module, named_layers: list[tuple[str, nn.Module]]):
+    """The ONNX model of `model` with layer i of `named_layers` as a placeholder node (attribute
+    layer=i); `model` is changed in place (its QuantLinear modules replaced)."""
+    for index, (name, layer) in enumerate(named_layers):
         set_submodule(model, name, _Placeholder(index, layer.out_features))
     ids = torch.zeros(2, 8, dtype=torch.int64)  # not 1: torch.export would fix a size-1 dim
     dims = {"input_ids": {0: torch.export.Dim("batch"), 1: torch.export.Dim("sequence")}}
     exporter_log = logging.getLogger("torch.onnx")
     level = exporter_log.level
     exporter_log.setLevel(logging.ERROR)  # notes about torchvision ops that no language model uses
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporter's deprecation notes
-        program = torch.onnx.export(_Logits(model).eval(), (ids,), dynamo=True, opset_version=OPSET,
-                                    input_names=["input_ids"], output_names=["logits"], dynamic_shapes=dims,
-                                    custom_translation_table=_translation(), verbose=False, report=False)
-    exporter_log.setLevel(level)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's deprecation notes
+            program = torch.onnx.export(_Logits(model).eval(), (ids,), dynamo=True, opset_version=OPSET,
+                                        input_names=["input_ids"], output_names=["logits"], dynamic_shapes=dims,
+                                        custom_translation_table=_translation(), verbose=False, report=False)
+    except Exception as err:  # the exporter's errors are pages long: keep the first line, say what failed
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise OnnxExportError(f"torch.onnx could not export {type(model).__name__}: {first}") from err
+    finally:
+        exporter_log.setLevel(level)
     return program.model_proto
 
 
@@ -152,7 +156,7 @@ def export_onnx(checkpoint_dir: str | Path, out_dir: str | Path, *, overwrite: b
     named = list(quantized_layers(model).items())
     for name, layer in named:  # refuse what cannot be written before the slow trace
         linear_nodes(name, layer, "x", "y")
-    proto = trace(model, [layer for _, layer in named])
+    proto = trace(model, named)
     kinds = replace_placeholders(proto, named)
     size = sum(len(t.raw_data) for t in proto.graph.initializer)
     with atomic_directory(out_dir, overwrite) as tmp:
