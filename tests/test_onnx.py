@@ -72,6 +72,7 @@ LAYER_CASES = {
     "fp8-w8a8": (preset("fp8"), "QDQ float8_e4m3fn + activation QDQ"),
     "int8-w8a8": (preset("w8a8-int8"), "QDQ int8 + activation QDQ"),
     "int8-w8a8-static": (preset("w8a8-int8-static"), "QDQ int8 + activation QDQ"),
+    "fp8-static": (preset("fp8-static"), "QDQ float8_e4m3fn + activation QDQ"),  # one weight scale
 }
 
 
