@@ -6,6 +6,8 @@ qtool::weight_only_linear stays the reference on every device: the weight-only C
 (torch.ops.qtool_cuda, built by `build.py`) take a repacked weight, which quantize/linear.py
 prepares once per layer and passes to `weight_only.packed_linear`.
 Each op also has a fake (meta) implementation so torch.compile and CUDA graphs can trace it.
+The two linear ops have a backward for their float inputs (`register_autograd`, below), so gradients
+flow through frozen quantized layers to whatever is trained around them (LoRA adapters, QAT inputs).
 """
 
 from __future__ import annotations
@@ -70,6 +72,56 @@ def w8a8_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Tensor | 
 def _(x, weight, weight_scale, bias, input_scale, fmt, act_group_size, block_n, block_k):
     return x.new_empty((x.shape[0], weight.shape[0]))
 
+
+# --- autograd: gradients for the activations (and bias), none for the quantized weight -------------
+# y = x @ W^T + b with W the dequantized weight, so dx = dy @ W and db = sum of dy over tokens. The codes,
+# scales and zero points are constants (integer or frozen): their gradients are None. W8A8 layers
+# quantize x in the forward; the backward passes the gradient straight through that rounding
+# (the straight-through estimator), as quantization-aware training does.
+
+
+def _linear_backward(ctx, grad: Tensor, weight: Tensor):
+    """(dx, db) for y = x @ weight^T + b; weight [N, K] float32, grad [..., N]."""
+    grad_x = grad @ weight.to(grad.dtype) if ctx.needs_input_grad[0] else None
+    grad_bias = None
+    if ctx.bias_needs_grad:
+        grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0).to(ctx.bias_dtype)
+    return grad_x, grad_bias
+
+
+def _save_bias(ctx, bias: Tensor | None) -> None:
+    ctx.bias_needs_grad = bias is not None and bias.requires_grad
+    ctx.bias_dtype = None if bias is None else bias.dtype
+
+
+def _weight_only_setup(ctx, inputs, output):
+    x, qweight, scale, zero_point, g_idx, bias, num_bits, group_size, in_features = inputs
+    ctx.save_for_backward(qweight, scale, zero_point, g_idx)
+    ctx.meta = (num_bits, group_size, in_features)
+    _save_bias(ctx, bias)
+
+
+def _weight_only_backward(ctx, grad):
+    weight = reference.dequantize_weight(*ctx.saved_tensors, *ctx.meta)
+    grad_x, grad_bias = _linear_backward(ctx, grad, weight)
+    return grad_x, None, None, None, None, grad_bias, None, None, None
+
+
+def _w8a8_setup(ctx, inputs, output):
+    x, weight, weight_scale, bias, input_scale, fmt, act_group_size, block_n, block_k = inputs
+    ctx.save_for_backward(weight, weight_scale)
+    ctx.blocks = (block_n, block_k)
+    _save_bias(ctx, bias)
+
+
+def _w8a8_backward(ctx, grad):
+    weight = reference.dequantize_scaled_weight(*ctx.saved_tensors, *ctx.blocks)
+    grad_x, grad_bias = _linear_backward(ctx, grad, weight)
+    return grad_x, None, None, grad_bias, None, None, None, None, None
+
+
+weight_only_linear.register_autograd(_weight_only_backward, setup_context=_weight_only_setup)
+w8a8_linear.register_autograd(_w8a8_backward, setup_context=_w8a8_setup)
 
 OPS = {"weight_only_linear": weight_only_linear, "quantize_activation": quantize_activation,
        "scaled_linear": scaled_linear, "w8a8_linear": w8a8_linear}

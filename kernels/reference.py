@@ -51,11 +51,17 @@ def weight_only_linear(
     group_size: int,  # <= 0: per output channel
     in_features: int,
 ) -> torch.Tensor:  # [..., N] in x.dtype
+    w = dequantize_weight(qweight, scale, zero_point, g_idx, num_bits, group_size, in_features)
+    return F.linear(x, w.to(x.dtype), None if bias is None else bias.to(x.dtype))
+
+
+def dequantize_weight(qweight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None,
+                      g_idx: torch.Tensor | None, num_bits: int, group_size: int, in_features: int) -> torch.Tensor:
+    """The float32 weight [N, K] of `weight_only_linear`'s arguments: (q - zero_point) * scale."""
     w = unpack_weight(qweight, num_bits, in_features).float()
     if zero_point is not None:
         w = w - expand_groups(zero_point, group_size, in_features, g_idx).float()
-    w = w * expand_groups(scale, group_size, in_features, g_idx)
-    return F.linear(x, w.to(x.dtype), None if bias is None else bias.to(x.dtype))
+    return w * expand_groups(scale, group_size, in_features, g_idx)
 
 
 def activation_scale(x: torch.Tensor, fmt: str, group_size: int) -> torch.Tensor:
@@ -104,16 +110,19 @@ def scaled_linear(
         x = x * x_scale.float().repeat_interleave(x_group_size, -1)[:, :k]
     else:
         x = x * x_scale.float()
-    w = wq.float()
-    if w_block_n > 0:
-        n = w.shape[0]
-        w = w * w_scale.float().repeat_interleave(w_block_n, 0)[:n].repeat_interleave(w_block_k, 1)[:, :k]
-    else:
-        w = w * w_scale.float()
-    out = x @ w.T
+    out = x @ dequantize_scaled_weight(wq, w_scale, w_block_n, w_block_k).T
     if bias is not None:
         out = out + bias.float()
     return out.to(out_dtype)
+
+
+def dequantize_scaled_weight(wq: torch.Tensor, w_scale: torch.Tensor, w_block_n: int, w_block_k: int) -> torch.Tensor:
+    """The float32 weight [N, K] of `scaled_linear`'s wq [N, K] and w_scale (per channel, tensor or block)."""
+    w = wq.float()
+    if w_block_n > 0:
+        n, k = w.shape
+        return w * w_scale.float().repeat_interleave(w_block_n, 0)[:n].repeat_interleave(w_block_k, 1)[:, :k]
+    return w * w_scale.float()
 
 
 def w8a8_linear(

@@ -7,7 +7,8 @@
     model, config = quantize.load_checkpoint("out/w4a16")
 
 After `import quantize`, transformers' `AutoModelForCausalLM.from_pretrained` loads qtool checkpoints too
-(quantize/hf.py), and quantize.export_compressed_tensors writes the compressed-tensors format.
+(quantize/hf.py), quantize.export_compressed_tensors writes the compressed-tensors format and
+quantize.export_onnx an ONNX model for onnxruntime (needs `pip install 'qtool[onnx]'`).
 """
 
 import importlib
@@ -24,9 +25,18 @@ from .scheme import PRESETS, QuantArgs, QuantizationConfig, QuantScheme, Strateg
 
 __version__ = "0.1.0"
 __all__ = ["PRESETS", "QuantArgs", "QuantLinear", "QuantScheme", "QuantizationConfig", "Recipe", "RecipeEntry",
-           "Strategy", "export_compressed_tensors", "fuse_projections", "import_compressed_tensors", "load_checkpoint",
+           "Strategy", "export_compressed_tensors", "export_onnx", "fuse_projections", "import_compressed_tensors", "load_checkpoint",
            "load_model", "preset", "quantize_model", "save_checkpoint"]
 
 # Register quant_method "qtool" with transformers (importing quantize.hf does) once transformers imports
 # its quantizer registry, not before: that import takes seconds, and `import quantize` need not pay for it.
 after_import("transformers.quantizers.auto", lambda: importlib.import_module(f"{__name__}.hf"))
+
+
+def __getattr__(name: str):
+    # Imported on first use: the ONNX export needs the optional onnx packages and registers an op.
+    if name == "export_onnx":
+        from .onnx_export import export_onnx
+
+        return export_onnx
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -28,6 +28,7 @@ from .cli_options import (
     DeviceOpt,
     DtypeOpt,
     DuoScalingOpt,
+    ExportFormatOpt,
     FormatOpt,
     GroupSizeOpt,
     MethodOpt,
@@ -315,10 +316,10 @@ def calibrate(
 def export(
     checkpoint: CheckpointArg,
     output: OutputOpt,
-    format: FormatOpt = "compressed-tensors",
+    format: ExportFormatOpt = "compressed-tensors",
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Convert CHECKPOINT to another format, e.g. compressed-tensors for vLLM and SGLang.
+    """Convert CHECKPOINT to another format: compressed-tensors for vLLM and SGLang, ONNX for onnxruntime.
 
     Example: qtool export out/w4a16 --format compressed-tensors --output out/w4a16-ct
     """
@@ -327,9 +328,16 @@ def export(
     from .loading import export_compressed_tensors, load_checkpoint
     from .quantizer import FORMATS
 
-    if format not in FORMATS:
-        raise ValueError(f"unknown --format {format!r}; choose from {', '.join(FORMATS)}")
+    if format not in (*FORMATS, "onnx"):
+        raise ValueError(f"unknown --format {format!r}; choose from {', '.join((*FORMATS, 'onnx'))}")
     check_output(output, overwrite=overwrite, reads=(checkpoint,))
+    if format == "onnx":
+        from .onnx_export import export_onnx
+
+        export_onnx(checkpoint, output, overwrite=overwrite)
+        size = sum(f.stat().st_size for f in output.glob("model.onnx*"))
+        console.print(f"wrote {output} (onnx, {size / 2**20:.1f} MiB)")
+        return
     if format == "compressed-tensors":
         export_compressed_tensors(checkpoint, output, overwrite=overwrite)
     else:

@@ -44,6 +44,8 @@ SeedOpt = Annotated[int, typer.Option(help="Seed for window sampling.")]
 CheckpointArg = Annotated[Path, typer.Argument(help="A checkpoint directory (qtool or compressed-tensors).")]
 FormatOpt = Annotated[str, typer.Option("--format", help="Checkpoint format to write: qtool or compressed-tensors "
                                                          "(what llm-compressor writes; vLLM and SGLang load it).")]
+ExportFormatOpt = Annotated[str, typer.Option("--format", help="Format to write: qtool, compressed-tensors (vLLM, "
+                                                               "SGLang) or onnx (onnxruntime; needs qtool[onnx]).")]
 
 
 # --- qtool quantize: what to quantize to, and each method's settings (methods/*.py *Settings) ----------

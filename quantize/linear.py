@@ -127,7 +127,8 @@ class QuantLinear(nn.Module):
             # kernels would repack a copy of each layer for batches of thousands of tokens).
             return F.linear(x, self.dense_weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
         if (args := kernel_args(self.scheme)) is not None:
-            if x.is_cuda and (y := cuda_linear(self, x)) is not None:
+            # The CUDA kernels have no backward; when x needs a gradient the reference op (which has one) runs.
+            if x.is_cuda and not (x.requires_grad and torch.is_grad_enabled()) and (y := cuda_linear(self, x)) is not None:
                 return y
             qweight = self.weight_packed if self.scheme.weights.packed else self.weight
             return torch.ops.qtool.weight_only_linear(
