@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from . import cli_tools  # noqa: F401  (registers eval, report, bench and kernels on `app`)
+from . import cli_finetune, cli_tools  # noqa: F401  (register finetune, eval, report, bench, kernels on `app`)
 from .cli_options import (
     ActOrderOpt,
     AlphaOpt,

@@ -53,7 +53,7 @@ SchemeOpt = Annotated[str | None, typer.Option(help="Named preset, e.g. w4a16, w
                                                     "fp8: fp8).")]
 RecipeOpt = Annotated[Path | None, typer.Option(help="YAML recipe (configs/*.yaml), instead of --method, --scheme "
                                                      "and the weight and method options.")]
-BitsOpt = Annotated[int | None, typer.Option(help="Weight bits (2-8) of integer weight-only schemes.")]
+BitsOpt = Annotated[int | None, typer.Option(help="Weight bits (1-8; 1: binary) of integer weight-only schemes.")]
 GroupSizeOpt = Annotated[int | None, typer.Option("--group-size", help="Inputs per scale of integer weight-only "
                                                   "schemes; -1 = one scale per output channel.")]
 SymmetricOpt = Annotated[bool | None, typer.Option("--symmetric/--asymmetric", help="Zero points or not "

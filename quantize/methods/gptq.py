@@ -9,7 +9,8 @@ columns at a time. Symbols W, H, Hinv are the paper's; the public API spells nam
 Scales: channel, tensor and block strategies, and groups with `static_groups`, are fixed up front
 from the original weights. Other groups are chosen when the loop reaches their first column, from
 the error-updated weights of that group (with `act_order`, groups are runs of the permuted order,
-described by `g_idx`). FP8 formats work the same way: the column's "rounding" is the cast to
+described by `g_idx`). 1-bit codes take sign(w) * mean|w| of the (updated) group as their rounding.
+FP8 formats work the same way: the column's "rounding" is the cast to
 E4M3/E5M2 under its scale, and its error is fed forward just the same.
 """
 
@@ -22,13 +23,14 @@ import torch
 
 from ..primitives import (
     QTensor,
+    binarize,
     cast_fp8,
     choose_qparams,
     expand,
     group_index,
     int_range,
-    qparams_from_range,
     quantize,
+    row_qparams,
 )
 from ..scheme import QuantArgs, Strategy
 
@@ -184,7 +186,7 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, args: QuantArgs, 
                 # Current values: a group starts its block (W is then current, and a group longer
                 # than the block reads on past it) or ends inside it (_block_end).
                 cols = W[:, j:j + group] if i == 0 else W1[:, i:i + group]
-                s, z = qparams_from_range(cols.amin(1), cols.amax(1), args)
+                s, z = row_qparams(cols, args)
                 scale[:, j // group] = s
                 if zero_point is not None:
                     zero_point[:, j // group] = z
@@ -251,6 +253,8 @@ def _round_column(w: torch.Tensor, s: torch.Tensor, z: torch.Tensor | None, args
     column loop runs once per input feature and its cost on a GPU is the number of launches."""
     if args.is_float:
         return cast_fp8(w / s, args).float().mul_(s)
+    if args.binary:
+        return binarize(w / s).mul_(s)
     qmin, qmax = int_range(args.num_bits)
     q = torch.round(w / s)
     if z is None:
