@@ -23,8 +23,10 @@ from .cli_options import (
     StaticGroupsOpt,
     SymmetricOpt,
     TextColumnOpt,
+    _calibration,
     app,
     console,
+    single_recipe,
 )
 from .errors import handles_errors
 
@@ -71,7 +73,6 @@ def finetune(
     """
     from functools import partial
 
-    from .cli import _calibration, single_recipe
     from .finetune import FinetuneSettings, finetune_to_directory
     from .validation import check_positive
 
