@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -226,7 +227,10 @@ def _checkpoint_init(path: str) -> tuple[QuantScheme, InitFn]:
     schemes = {s.to_json() for s in qconfig.module_schemes().values()}
     if len(schemes) != 1:
         raise SchemeError(f"--init {path}: finetune starts from a checkpoint with one scheme, it has {len(schemes)}")
-    scheme = QuantScheme.from_json(schemes.pop())
+    # Stored schemes name no targets (their modules are listed): train exactly the modules it quantized.
+    modules = sorted(qconfig.module_schemes())
+    scheme = dataclasses.replace(QuantScheme.from_json(schemes.pop()), ignore=(),
+                                 targets=tuple(f"^{re.escape(m)}$" for m in modules))
     check_trainable(scheme)
 
     def init(ctx: BlockContext, local: dict[str, QuantScheme]) -> dict[str, QTensor]:
@@ -252,7 +256,7 @@ def resolve_init(scheme: QuantScheme | None, settings: FinetuneSettings) -> tupl
 
     if settings.init not in ("rtn", "gptq"):
         given, init = _checkpoint_init(settings.init)
-        if scheme is not None and scheme != given:
+        if scheme is not None and (scheme.weights, scheme.input_activations) != (given.weights, given.input_activations):
             raise SchemeError(f"--init {settings.init} holds {given.describe()}, not {scheme.describe()}; "
                               "leave out --scheme to finetune it as it is")
         if given.weights.actorder:  # its g_idx is kept: plan it as GPTQ's dynamic groups write it

@@ -105,3 +105,11 @@ def test_quantize_model_w1a16_rtn_and_gptq(calib_ids):
         layer = model.model.layers[0].mlp.down_proj
         assert isinstance(layer, QuantLinear) and layer.scheme.weights.num_bits == 1
         assert torch.isfinite(model(calib_ids[0]).logits).all()
+
+
+def test_awq_refuses_1_bit(calib_ids):
+    import quantize
+
+    recipe = quantize.Recipe.single(preset("w1a16").with_weights(group_size=32), "awq")
+    with pytest.raises(SchemeError, match="awq does not take 1-bit"):
+        quantize.quantize_model(tiny_llama(), recipe, calibration=calib_ids, progress=False)

@@ -165,3 +165,24 @@ def test_cli_finetune_bad_input(tiny_model_dir, tmp_path, args, message):
 def test_finetune_without_data_is_refused():
     with pytest.raises(SchemeError, match="needs training data"):
         finetune_model(tiny_llama(), preset("w4a16"), [], FinetuneSettings(), progress=False)
+
+
+def test_init_from_checkpoint_reproduces_it(tmp_path, calib_ids):
+    """Zero steps from a checkpoint (GPTQ, act-order g_idx included) write the same tensors back."""
+    import quantize
+    from quantize.checkpoint import read_tensors, save_checkpoint
+
+    model = tiny_llama()
+    scheme = preset("w3a16").with_weights(group_size=32)
+    recipe = quantize.Recipe.single(scheme, "gptq", {"static_groups": False})
+    result = quantize.quantize_model(model, recipe, calibration=calib_ids, progress=False)
+    save_checkpoint(model, result.config, tmp_path / "gptq")
+    again = tiny_llama()
+    config, _ = finetune_model(again, None, calib_ids, FinetuneSettings(init=str(tmp_path / "gptq"), steps=0),
+                               progress=False)
+    save_checkpoint(again, config, tmp_path / "qat")
+    before, after = read_tensors(tmp_path / "gptq"), read_tensors(tmp_path / "qat")
+    assert before.keys() == after.keys()
+    assert any(k.endswith("weight_g_idx") for k in before)
+    for key in before:
+        assert torch.equal(before[key], after[key]), key
