@@ -35,9 +35,12 @@ InitOpt = Annotated[str, typer.Option(help="Starting point: rtn, gptq (on the sa
 StepsOpt = Annotated[int, typer.Option(help="Optimizer steps per decoder block (block output MSE), one batch each.")]
 E2EStepsOpt = Annotated[int, typer.Option("--e2e-steps", help="Then steps of end-to-end KL distillation on the "
                                           "float model's logits (scales and zero points only).")]
-LrOpt = Annotated[float, typer.Option(help="Adam learning rate of the float32 master weights.")]
-ScaleLrOpt = Annotated[float, typer.Option("--scale-lr", help="Adam learning rate of scales and zero points.")]
-E2ELrOpt = Annotated[float, typer.Option("--e2e-lr", help="Learning rate of the end-to-end phase.")]
+LrOpt = Annotated[float, typer.Option(help="Adam learning rate of the float32 master weights and zero points, in "
+                                           "quantization steps (the layer's mean scale) per step.")]
+ScaleLrOpt = Annotated[float, typer.Option("--scale-lr", help="Adam learning rate of the scales, relative to the "
+                                                            "layer's mean scale.")]
+E2ELrOpt = Annotated[float, typer.Option("--e2e-lr", help="Learning rate of the scales in the end-to-end phase "
+                                                          "(relative, as --scale-lr).")]
 
 
 @app.command()
@@ -59,9 +62,9 @@ def finetune(
     seed: SeedOpt = 0,
     steps: StepsOpt = 100,
     e2e_steps: E2EStepsOpt = 0,
-    lr: LrOpt = 5e-5,
-    scale_lr: ScaleLrOpt = 1e-4,
-    e2e_lr: E2ELrOpt = 2e-5,
+    lr: LrOpt = 1e-3,
+    scale_lr: ScaleLrOpt = 1e-3,
+    e2e_lr: E2ELrOpt = 5e-4,
     static_groups: StaticGroupsOpt = None,
     device: DeviceOpt = "cpu",
     overwrite: OverwriteOpt = False,

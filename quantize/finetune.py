@@ -40,15 +40,17 @@ class FinetuneSettings:
     init: "rtn", "gptq" (with `static_groups`, GPTQ's option) or the path of a qtool checkpoint.
     steps: optimizer steps per decoder block (block output MSE), one batch each.
     e2e_steps: optimizer steps of end-to-end KL distillation on the logits (scales and zero points only).
-    lr, scale_lr: Adam learning rates of the master weights and of the scales/zero points (cosine decay).
+    lr: Adam learning rate of the master weights and zero points, in quantization steps (the layer's mean
+        scale) per Adam step; scale_lr, e2e_lr: of the scales, relative to the layer's mean scale, in the
+        block-wise and end-to-end phases. Cosine decay to 0 in each phase.
     """
 
     init: str = "rtn"
     steps: int = 100
     e2e_steps: int = 0
-    lr: float = 5e-5
-    scale_lr: float = 1e-4
-    e2e_lr: float = 2e-5
+    lr: float = 1e-3
+    scale_lr: float = 1e-3
+    e2e_lr: float = 5e-4
     static_groups: bool | None = None
     seed: int = 0
 
@@ -96,12 +98,11 @@ class _Trainer:
     """Adam with cosine decay over the fake-quant parameters of `module` (everything else frozen);
     `step(loss)` also keeps scales positive and zero points in range."""
 
-    def __init__(self, module: nn.Module, steps: int, weight_lr: float | None, scale_lr: float) -> None:
+    def __init__(self, module: nn.Module, steps: int, step_lr: float | None, scale_lr: float) -> None:
         for p in module.parameters():
             p.requires_grad_(False)
-        groups = trainable(module, weights=weight_lr is not None)
+        groups = trainable(module, step_lr, scale_lr)
         for g in groups:
-            g["lr"] = weight_lr if g["kind"] == "weight" else scale_lr
             for p in g["params"]:
                 p.requires_grad_(True)
         self.module, self.layers = module, list(fake_layers(module).values())

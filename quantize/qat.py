@@ -29,19 +29,21 @@ MIN_SCALE = 1e-8  # scales are clamped to this after each step: a step below it 
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
-    """round(x) forward, identity backward."""
-    return x + (torch.round(x) - x).detach()
+    """round(x) forward, identity backward. Written as value + (t - t.detach()) so the forward is the value
+    bit for bit (x + (round(x) - x) can be an ulp off an integer): the export must reproduce it exactly."""
+    return torch.round(x).detach() + (x - x.detach())
 
 
 def sign_ste(x: torch.Tensor) -> torch.Tensor:
     """sign(x) (sign(0) = +1) forward; gradient passed where |x| <= 1 (BinaryConnect's clipped identity)."""
     clipped = x.clamp(-1, 1)
-    return clipped + (binarize(x) - clipped).detach()
+    return binarize(x).detach() + (clipped - clipped.detach())
 
 
 def grad_scale(x: torch.Tensor, factor: float) -> torch.Tensor:
-    """x forward, gradient multiplied by `factor` (LSQ's step-size gradient scale)."""
-    return (x - x * factor).detach() + x * factor
+    """x forward (exactly), gradient multiplied by `factor` (LSQ's step-size gradient scale)."""
+    scaled = x * factor
+    return x.detach() + (scaled - scaled.detach())
 
 
 def lsq_factor(args: QuantArgs, shape: tuple[int, int]) -> float:
@@ -136,11 +138,18 @@ def fake_layers(module: nn.Module) -> dict[str, FakeQuantLinear]:
     return {n: m for n, m in module.named_modules() if isinstance(m, FakeQuantLinear)}
 
 
-def trainable(module: nn.Module, weights: bool = True) -> list[dict]:
-    """Optimizer parameter groups of the fake-quant layers in `module`: weights, then scales and zero points."""
-    layers = fake_layers(module).values()
-    groups = [{"params": [m.scale for m in layers] + [m.zero_point for m in layers if m.zero_point is not None],
-               "kind": "scale"}]
-    if weights:
-        groups.insert(0, {"params": [m.weight for m in layers], "kind": "weight"})
+def trainable(module: nn.Module, step_lr: float | None, scale_lr: float) -> list[dict]:
+    """Optimizer parameter groups of the fake-quant layers in `module`, with learning rates in the units of
+    each layer's own quantization step (its mean scale): weights move `step_lr` steps per Adam step, scales
+    change by `scale_lr` of themselves, zero points (already in steps) by `step_lr`. One absolute rate would
+    not fit: scales differ by more than 10x between layers, and Adam's updates do not scale with gradients.
+    step_lr None: weights and zero points stay frozen (only scales learn)."""
+    groups = []
+    for m in fake_layers(module).values():
+        unit = float(m.scale.detach().abs().mean())
+        groups.append({"params": [m.scale], "lr": scale_lr * unit})
+        if step_lr is not None:
+            groups.append({"params": [m.weight], "lr": step_lr * unit})
+            if m.zero_point is not None:
+                groups.append({"params": [m.zero_point], "lr": step_lr})
     return groups

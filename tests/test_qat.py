@@ -96,7 +96,7 @@ def test_finetune_lowers_block_loss(name, init):
     model = tiny_llama()
     batches = _batches()
     scheme = preset(name).with_weights(group_size=32)
-    settings = FinetuneSettings(init=init, steps=12, lr=1e-4, scale_lr=1e-4)
+    settings = FinetuneSettings(init=init, steps=12, lr=2e-2, scale_lr=1e-2)
     config, report = finetune_model(model, scheme, batches, settings, progress=False)
     assert len(report.blocks) == 2
     for block in report.blocks:
@@ -119,7 +119,7 @@ def test_checkpoint_matches_fake_quant_forward(tmp_path):
     schemes = {f"model.layers.{i}.{n}": scheme for i in range(2)
                for n in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                          "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")}
-    finetune_blocks(model, schemes, batches, FinetuneSettings(steps=5, lr=1e-3, scale_lr=1e-3))
+    finetune_blocks(model, schemes, batches, FinetuneSettings(steps=5, lr=5e-2, scale_lr=1e-2))
     assert len(fake_layers(model)) == len(schemes)
     with torch.no_grad():
         fake = model(batches[0]).logits
@@ -186,3 +186,19 @@ def test_init_from_checkpoint_reproduces_it(tmp_path, calib_ids):
     assert any(k.endswith("weight_g_idx") for k in before)
     for key in before:
         assert torch.equal(before[key], after[key]), key
+
+
+def test_learning_rates_are_in_units_of_each_layers_step():
+    from quantize.qat import trainable
+
+    linear = torch.nn.Linear(64, 8)
+    small = FakeQuantLinear.from_linear(linear, QuantArgs(num_bits=4, group_size=32))
+    big = FakeQuantLinear.from_linear(linear, QuantArgs(num_bits=4, group_size=32))
+    with torch.no_grad():
+        big.scale.mul_(10)
+    groups = trainable(torch.nn.ModuleList([small, big]), step_lr=0.5, scale_lr=0.01)
+    lr = {id(g["params"][0]): g["lr"] for g in groups}
+    assert lr[id(big.weight)] == pytest.approx(10 * lr[id(small.weight)])
+    assert lr[id(small.weight)] == pytest.approx(0.5 * float(small.scale.mean()))
+    assert lr[id(big.scale)] == pytest.approx(0.01 * float(big.scale.mean()))
+    assert id(small.weight) not in {id(g["params"][0]) for g in trainable(small, None, 0.01)}
