@@ -123,5 +123,17 @@ def _w8a8_backward(ctx, grad):
 weight_only_linear.register_autograd(_weight_only_backward, setup_context=_weight_only_setup)
 w8a8_linear.register_autograd(_w8a8_backward, setup_context=_w8a8_setup)
 
+@torch.library.custom_op("qtool::binary_linear", mutates_args=())
+def binary_linear(x: Tensor, qweight: Tensor, scale: Tensor, bias: Tensor | None, group_size: int,
+                  in_features: int) -> Tensor:
+    """W1A1: binarized x [M, K] (per-token scale) times 1-bit weights; see `reference.binary_linear`."""
+    return reference.binary_linear(x, qweight, scale, bias, group_size, in_features)
+
+
+@binary_linear.register_fake
+def _(x, qweight, scale, bias, group_size, in_features):
+    return x.new_empty((x.shape[0], qweight.shape[0]))
+
+
 OPS = {"weight_only_linear": weight_only_linear, "quantize_activation": quantize_activation,
-       "scaled_linear": scaled_linear, "w8a8_linear": w8a8_linear}
+       "scaled_linear": scaled_linear, "w8a8_linear": w8a8_linear, "binary_linear": binary_linear}

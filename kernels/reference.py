@@ -6,6 +6,7 @@ leaf that takes tensors and ints, so the checkpoint conventions it relies on are
   - integer codes are signed, [-2^(b-1), 2^(b-1) - 1]; a weight is (q - zero_point) * scale;
   - codes below 8 bits are packed 32 // b per int32 along K, code j of a word at bits [j*b, (j+1)*b),
     offset to unsigned (q + 2^(b-1)); 8-bit codes are stored as int8 [N, K];
+  - 1-bit codes are +-1 (binary weights), 32 per int32, bit j set where code j is +1;
   - group g covers input columns [g * group_size, (g + 1) * group_size), or g_idx[k] with act-order;
   - symmetric 8-bit activation scales are max|x| / 127.5 (int8: the whole code range, as the weights)
     or max|x| / 448 (e4m3), divided in float64 and rounded once to float32, 1 where max|x| = 0.
@@ -27,6 +28,8 @@ def unpack_weight(qweight: torch.Tensor, num_bits: int, in_features: int) -> tor
     shifts = torch.arange(per_word, device=qweight.device, dtype=torch.int32) * num_bits
     u = (qweight.unsqueeze(-1) >> shifts) & ((1 << num_bits) - 1)
     u = u.reshape(*qweight.shape[:-1], -1)[..., :in_features]
+    if num_bits == 1:
+        return (2 * u - 1).to(torch.int8)
     return (u - (1 << (num_bits - 1))).to(torch.int8)
 
 
@@ -139,3 +142,28 @@ def w8a8_linear(
     xq, xs = quantize_activation(x, fmt, act_group_size, input_scale)
     group = act_group_size if input_scale is None else 0
     return scaled_linear(xq, xs, weight, weight_scale, bias, group, block_n, block_k, x.dtype)
+
+
+def binary_activation(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] -> (signs [M, K] float32 in {-1, +1}, sign(0) = +1; scales [M, 1] = mean|x| per token, 1 where 0)."""
+    xf = x.float()
+    scale = xf.abs().mean(-1, keepdim=True)
+    return torch.where(xf >= 0, 1.0, -1.0), torch.where(scale > 0, scale, torch.ones_like(scale))
+
+
+def binary_linear(
+    x: torch.Tensor,  # [M, K] fp16/bf16/fp32 activations, binarized here
+    qweight: torch.Tensor,  # [N, ceil(K/32)] int32, 1-bit codes
+    scale: torch.Tensor,  # [N, G] float32 (G = 1 per channel)
+    bias: torch.Tensor | None,  # [N]
+    group_size: int,  # <= 0: per output channel
+    in_features: int,
+) -> torch.Tensor:  # [M, N] in x.dtype
+    """W1A1 (XNOR-Net): sign(x) * mean|x| per token times sign(W) * scale. With one scale per row the
+    product is popcount arithmetic: (K - 2 * popcount(xbits ^ wbits)) * x_scale * w_scale."""
+    signs, x_scale = binary_activation(x)
+    w = unpack_weight(qweight, 1, in_features).float() * expand_groups(scale, group_size, in_features)
+    out = (signs @ w.T) * x_scale
+    if bias is not None:
+        out = out + bias.float()
+    return out.to(x.dtype)

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from . import cli_tools  # noqa: F401  (registers eval, report, bench and kernels on `app`)
+from . import cli_finetune, cli_tools  # noqa: F401  (register finetune, eval, report, bench, kernels on `app`)
 from .cli_options import (
+    SETTING_OPTIONS,
     ActOrderOpt,
     AlphaOpt,
     BatchSizeOpt,
@@ -48,71 +49,13 @@ from .cli_options import (
     TextColumnOpt,
     TrueSequentialOpt,
     WeightsOpt,
+    _calibration,
     app,
     console,
     err_console,
     handles_errors,
+    single_recipe,
 )
-
-
-def _calibration(model, tokenizer, dataset, dataset_config, split, text_column, num_samples, seq_len, seed,
-                 batch_size):
-    """Calibration batches [B, T] from the dataset options, or None when no dataset was given."""
-    if dataset is None:
-        return None
-    from . import data
-    from .validation import check_seq_len
-
-    check_seq_len(model, seq_len)
-    if dataset == "synthetic":
-        calib = data.synthetic_texts(model, tokenizer, num_samples=num_samples, seq_len=seq_len, seed=seed)
-    else:
-        texts = data.load_texts(dataset, config=dataset_config, split=split, text_column=text_column)
-        calib = data.calibration_batches(tokenizer, texts, num_samples=num_samples, seq_len=seq_len, seed=seed)
-    for w in calib.warnings:
-        err_console.print(f"[yellow]warning:[/] {w}")
-    return list(calib.batches(batch_size))
-
-
-# Method settings on the command line: option name -> setting name (methods/*.py, the *Settings records).
-SETTING_OPTIONS = {"--damp": "damp", "--act-order": "act_order", "--static-groups": "static_groups",
-                   "--true-sequential": "true_sequential", "--clip": "clip", "--duo-scaling": "duo_scaling",
-                   "--alpha": "alpha", "--weights": "weights"}
-
-
-def single_recipe(method: str, scheme: str | None, bits: int | None, group_size: int | None,
-                  symmetric: bool | None, settings: dict[str, Any]):
-    """The recipe of `qtool quantize` without --recipe: `method`'s record picks the default scheme and
-    checks the settings; every weight option given either applies or raises an error naming it."""
-    from dataclasses import fields, replace
-
-    from .methods import get_method
-    from .recipe import Recipe
-    from .scheme import preset
-
-    record = get_method(method)
-    accepted = {f.name for f in fields(record.settings)}
-    for option, name in SETTING_OPTIONS.items():
-        if name in settings and name not in accepted:
-            raise ValueError(f"{option} does not apply to --method {method}")
-    chosen = preset(scheme or record.default_scheme)
-    w = chosen.weights
-    given = [f"--bits {bits}" if bits is not None else None,
-             f"--group-size {group_size}" if group_size is not None else None,
-             {True: "--symmetric", False: "--asymmetric", None: None}[symmetric]]
-    for option in filter(None, given):
-        if w.is_float or chosen.input_activations is not None:
-            raise ValueError(f"{option} applies to integer weight-only schemes, not {chosen.describe()} "
-                             f"(--method {method}{f' --scheme {scheme}' if scheme else ''})")
-    if bits is not None:
-        # 8-bit weights without a scheme or group size default to per channel, as w8a16 does.
-        w = w.with_group_size(None) if bits == 8 and scheme is None and group_size is None else w
-        w = replace(w, num_bits=bits)
-    if group_size is not None:
-        w = w.with_group_size(group_size)
-    if symmetric is not None:
-        w = replace(w, symmetric=symmetric)
-    return Recipe.single(replace(chosen, weights=w), method, settings)
 
 
 @app.command()

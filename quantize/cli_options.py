@@ -1,10 +1,11 @@
-"""What every `qtool` command shares: the typer app, the consoles, the options (defined once) and the
-error handling. cli.py and cli_tools.py register their commands on `app`."""
+"""What every `qtool` command shares: the typer app, the consoles, the options (defined once), the error
+handling, and turning the data and scheme options into calibration batches and a recipe. cli.py,
+cli_tools.py and cli_finetune.py register their commands on `app`."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -55,7 +56,7 @@ SchemeOpt = Annotated[str | None, typer.Option(help="Named preset, e.g. w4a16, w
                                                     "fp8: fp8).")]
 RecipeOpt = Annotated[Path | None, typer.Option(help="YAML recipe (configs/*.yaml), instead of --method, --scheme "
                                                      "and the weight and method options.")]
-BitsOpt = Annotated[int | None, typer.Option(help="Weight bits (2-8) of integer weight-only schemes.")]
+BitsOpt = Annotated[int | None, typer.Option(help="Weight bits (1-8; 1: binary) of integer weight-only schemes.")]
 GroupSizeOpt = Annotated[int | None, typer.Option("--group-size", help="Inputs per scale of integer weight-only "
                                                   "schemes; -1 = one scale per output channel.")]
 SymmetricOpt = Annotated[bool | None, typer.Option("--symmetric/--asymmetric", help="Zero points or not "
@@ -85,3 +86,65 @@ CalibrationOpt = Annotated[Path | None, typer.Option(help="Statistics from `qtoo
 OffloadOpt = Annotated[bool | None, typer.Option(
     "--offload-activations/--keep-activations", help="Cache block inputs in CPU memory, or on the device; "
     "default: on the device when they fit in a quarter of its free memory.")]
+
+
+# --- what the options become ----------------------------------------------------------------
+
+def _calibration(model, tokenizer, dataset, dataset_config, split, text_column, num_samples, seq_len, seed,
+                 batch_size):
+    """Calibration batches [B, T] from the dataset options, or None when no dataset was given."""
+    if dataset is None:
+        return None
+    from . import data
+    from .validation import check_seq_len
+
+    check_seq_len(model, seq_len)
+    if dataset == "synthetic":
+        calib = data.synthetic_texts(model, tokenizer, num_samples=num_samples, seq_len=seq_len, seed=seed)
+    else:
+        texts = data.load_texts(dataset, config=dataset_config, split=split, text_column=text_column)
+        calib = data.calibration_batches(tokenizer, texts, num_samples=num_samples, seq_len=seq_len, seed=seed)
+    for w in calib.warnings:
+        err_console.print(f"[yellow]warning:[/] {w}")
+    return list(calib.batches(batch_size))
+
+
+# Method settings on the command line: option name -> setting name (methods/*.py, the *Settings records).
+SETTING_OPTIONS = {"--damp": "damp", "--act-order": "act_order", "--static-groups": "static_groups",
+                   "--true-sequential": "true_sequential", "--clip": "clip", "--duo-scaling": "duo_scaling",
+                   "--alpha": "alpha", "--weights": "weights"}
+
+
+def single_recipe(method: str, scheme: str | None, bits: int | None, group_size: int | None,
+                  symmetric: bool | None, settings: dict[str, Any]):
+    """The recipe of `qtool quantize` without --recipe: `method`'s record picks the default scheme and
+    checks the settings; every weight option given either applies or raises an error naming it."""
+    from dataclasses import fields, replace
+
+    from .methods import get_method
+    from .recipe import Recipe
+    from .scheme import preset
+
+    record = get_method(method)
+    accepted = {f.name for f in fields(record.settings)}
+    for option, name in SETTING_OPTIONS.items():
+        if name in settings and name not in accepted:
+            raise ValueError(f"{option} does not apply to --method {method}")
+    chosen = preset(scheme or record.default_scheme)
+    w = chosen.weights
+    given = [f"--bits {bits}" if bits is not None else None,
+             f"--group-size {group_size}" if group_size is not None else None,
+             {True: "--symmetric", False: "--asymmetric", None: None}[symmetric]]
+    for option in filter(None, given):
+        if w.is_float or chosen.input_activations is not None:
+            raise ValueError(f"{option} applies to integer weight-only schemes, not {chosen.describe()} "
+                             f"(--method {method}{f' --scheme {scheme}' if scheme else ''})")
+    if bits is not None:
+        # 8-bit weights without a scheme or group size default to per channel, as w8a16 does.
+        w = w.with_group_size(None) if bits == 8 and scheme is None and group_size is None else w
+        w = replace(w, num_bits=bits)
+    if group_size is not None:
+        w = w.with_group_size(group_size)
+    if symmetric is not None:
+        w = replace(w, symmetric=symmetric)
+    return Recipe.single(replace(chosen, weights=w), method, settings)

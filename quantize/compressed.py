@@ -121,6 +121,9 @@ def ct_args(args: QuantArgs, group_size: int | None = None) -> dict[str, Any]:
 
 def check_exportable(name: str, scheme: QuantScheme, in_features: int) -> None:
     """Raise CompressedTensorsError when compressed-tensors cannot express `scheme` on layer `name`."""
+    if scheme.weights.binary:
+        raise CompressedTensorsError(f"{name}: compressed-tensors has no 1-bit (sign times scale) format; "
+                                     "keep the qtool format")
     for args in (scheme.weights, scheme.input_activations):
         if args is not None and args.is_float and args.fp_format != "e4m3":
             raise CompressedTensorsError(f"{name}: compressed-tensors stores FP8 as E4M3 only, "

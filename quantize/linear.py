@@ -119,6 +119,8 @@ class QuantLinear(nn.Module):
     # --- forward --------------------------------------------------------------------------
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.scheme.input_activations is not None and self.scheme.input_activations.binary:
+            return self._forward_w1a1(x)
         if self.scheme.input_activations is not None:
             return self._forward_w8a8(x)
         if self.dense_weight is not None:
@@ -144,6 +146,12 @@ class QuantLinear(nn.Module):
         bn, bk = w.block_structure if w.strategy is Strategy.BLOCK else (0, 0)
         out = torch.ops.qtool.w8a8_linear(x.reshape(-1, self.in_features), self.weight, self.weight_scale, self.bias,
                                           getattr(self, "input_scale", None), fmt, group, bn, bk)
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def _forward_w1a1(self, x: torch.Tensor) -> torch.Tensor:
+        # The reference op on every device until an XNOR-popcount kernel exists (issue 21).
+        out = torch.ops.qtool.binary_linear(x.reshape(-1, self.in_features), self.weight_packed, self.weight_scale,
+                                            self.bias, self.scheme.weights.kernel_group_size, self.in_features)
         return out.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:

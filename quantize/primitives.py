@@ -7,7 +7,12 @@ Conventions (shared with GPTQ's reference code and compressed-tensors):
   (for 4 bits, max|x| maps to 7.5 and the largest positive value is clipped by half a step);
 - asymmetric ranges always include 0 so that zero is exact (padding, ReLU outputs);
 - scales are float32; an all-zero group gets scale 1 rather than a division by zero;
-- FP8 casts saturate to the format's largest finite value instead of overflowing.
+- FP8 casts saturate to the format's largest finite value instead of overflowing;
+- 1-bit ("binary") codes are +-1, never 0: x ~ sign(x) * scale with scale = mean|x| of its group,
+  the L2-optimal scale for fixed signs (Rastegari et al., XNOR-Net, 2016; BinaryConnect's signs).
+  sign(0) is +1. No zero point: XNOR-Net's optional mean offset would need a float offset per group,
+  which the (q - zero_point) * scale format has no place for, and with groups of 64 the group means
+  are small next to mean|x|.
 
 Scale shapes, for a weight [N, K] (activations [..., K] follow the same rules on the last dim):
   tensor  [1]         channel [N, 1]        token [..., 1]
@@ -27,7 +32,9 @@ from .scheme import QuantArgs, Strategy
 
 
 def int_range(num_bits: int) -> tuple[int, int]:
-    """Smallest and largest integer of a signed `num_bits` code."""
+    """Smallest and largest integer of a signed `num_bits` code (1 bit: -1 and +1, see module docstring)."""
+    if num_bits == 1:
+        return -1, 1
     return -(1 << (num_bits - 1)), (1 << (num_bits - 1)) - 1
 
 
@@ -133,9 +140,32 @@ def qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, args: QuantArgs) -> t
     return scale, zero_point
 
 
+def binary_scale(x: torch.Tensor, args: QuantArgs) -> torch.Tensor:
+    """mean|x| per scale (padding excluded): the scale of 1-bit codes, float32, 1 where all of x is 0."""
+    total = _blocked(x.float().abs(), args).sum(-1)
+    count = _blocked(torch.ones_like(x, dtype=torch.float32), args).sum(-1)
+    scale = total / count
+    return torch.where(scale > 0, scale, torch.ones_like(scale))
+
+
 def choose_qparams(x: torch.Tensor, args: QuantArgs) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """MinMax scale and zero point for `x` under `args`."""
+    """MinMax scale and zero point for `x` under `args` (1-bit: mean|x|, no zero point)."""
+    if args.binary:
+        return binary_scale(x, args), None
     return qparams_from_range(*reduce_range(x, args), args)
+
+
+def row_qparams(cols: torch.Tensor, args: QuantArgs) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Scale and zero point [N] of one group given as its columns [N, g] (GPTQ's groups chosen in its loop)."""
+    if args.binary:
+        scale = cols.float().abs().mean(1)
+        return torch.where(scale > 0, scale, torch.ones_like(scale)), None
+    return qparams_from_range(cols.amin(1), cols.amax(1), args)
+
+
+def binarize(y: torch.Tensor) -> torch.Tensor:
+    """sign(y) with sign(0) = +1, as float: the rounding of 1-bit codes."""
+    return torch.where(y >= 0, 1.0, -1.0).to(y.dtype)
 
 
 def cast_fp8(x: torch.Tensor, args: QuantArgs) -> torch.Tensor:
@@ -150,6 +180,8 @@ def quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | No
     s = expand(scale, x.shape, args, g_idx)
     if args.is_float:
         return cast_fp8(x.float() / s, args)
+    if args.binary:
+        return binarize(x.float() / s).to(torch.int8)
     qmin, qmax = int_range(args.num_bits)
     q = torch.round(x.float() / s)
     if zero_point is not None:
@@ -201,18 +233,25 @@ def quantize_weight(weight: torch.Tensor, args: QuantArgs) -> QTensor:
 # u = q + 2^(b-1); along the last dim, each run of 32 // b consecutive codes fills one int32,
 # code j of a run at bits [j*b, (j+1)*b). 4 bits: 8 codes per word; 3 bits: 10 (2 bits unused);
 # 2 bits: 16. The last word of a row is zero-padded.
+# 1 bit: 32 codes per word, bit j set where code j is +1 (u = (q + 1) / 2), clear where it is -1.
 
 
 def pack_factor(num_bits: int) -> int:
     return 32 // num_bits
 
 
+def to_unsigned(q: torch.Tensor, num_bits: int) -> torch.Tensor:
+    """Signed codes -> the unsigned field stored in a word (int32)."""
+    q = q.to(torch.int32)
+    return (q > 0).to(torch.int32) if num_bits == 1 else q + (1 << (num_bits - 1))
+
+
 def pack_int(q: torch.Tensor, num_bits: int) -> torch.Tensor:
     """q: [..., K] int8 codes in the signed range -> [..., ceil(K / (32 // num_bits))] int32."""
-    if not 2 <= num_bits <= 7:
-        raise ValueError(f"packing is for 2..7-bit codes, got num_bits={num_bits}")
+    if not 1 <= num_bits <= 7:
+        raise ValueError(f"packing is for 1..7-bit codes, got num_bits={num_bits}")
     pf = pack_factor(num_bits)
-    u = (q.to(torch.int32) + (1 << (num_bits - 1)))
+    u = to_unsigned(q, num_bits)
     k = u.shape[-1]
     u = F.pad(u, (0, (-k) % pf)).reshape(*u.shape[:-1], -1, pf)
     packed = torch.zeros(u.shape[:-1], dtype=torch.int32, device=q.device)
@@ -227,4 +266,6 @@ def unpack_int(packed: torch.Tensor, num_bits: int, k: int) -> torch.Tensor:
     shifts = torch.arange(pf, device=packed.device, dtype=torch.int32) * num_bits
     u = (packed.unsqueeze(-1) >> shifts) & ((1 << num_bits) - 1)
     u = u.reshape(*packed.shape[:-1], -1)[..., :k]
+    if num_bits == 1:
+        return (2 * u - 1).to(torch.int8)
     return (u - (1 << (num_bits - 1))).to(torch.int8)

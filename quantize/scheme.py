@@ -45,7 +45,7 @@ class SchemeError(ValueError):
 class QuantArgs:
     """How one tensor is quantized.
 
-    num_bits: 2..8 for integers, 8 for floats.
+    num_bits: 1..8 for integers (1: binary, sign(w) * scale; see primitives.py), 8 for floats.
     type: "int" or "float".
     fp_format: "e4m3" or "e5m2" when type is "float".
     symmetric: integers only; False stores a zero point per scale.
@@ -74,8 +74,11 @@ class QuantArgs:
         if self.block_structure is not None:
             object.__setattr__(self, "block_structure", tuple(int(b) for b in self.block_structure))
         if self.type is QuantType.INT:
-            if not 2 <= self.num_bits <= 8:
-                raise SchemeError(f"integer bits must be 2..8, got {self.num_bits}")
+            if not 1 <= self.num_bits <= 8:
+                raise SchemeError(f"integer bits must be 1..8, got {self.num_bits}")
+            if self.binary and not self.symmetric:
+                # Codes are +-1 and zero points are integers: (q - z) * s with z != 0 is no longer binary.
+                raise SchemeError("1-bit weights are sign(w) * scale and take no zero point; use symmetric")
             if self.fp_format is not None:
                 raise SchemeError(f"fp_format={self.fp_format!r} given for an integer type")
         else:
@@ -98,6 +101,11 @@ class QuantArgs:
     @property
     def is_float(self) -> bool:
         return self.type is QuantType.FLOAT
+
+    @property
+    def binary(self) -> bool:
+        """1-bit integer codes: +-1 (never 0), scale = mean |x| per group (XNOR-Net)."""
+        return not self.is_float and self.num_bits == 1
 
     @property
     def packed(self) -> bool:
@@ -173,8 +181,11 @@ class QuantScheme:
         act = self.input_activations
         if act is not None and act.strategy in (Strategy.CHANNEL, Strategy.BLOCK):
             raise SchemeError(f"activations cannot use the {act.strategy.value} strategy; use token, group or tensor")
-        if act is not None and (not act.symmetric or act.num_bits != 8):
-            raise SchemeError(f"input activations must be symmetric 8-bit, got {act.describe()}")
+        if act is not None and act.binary:
+            if not (act.dynamic and act.strategy is Strategy.TOKEN and self.weights.binary):
+                raise SchemeError("binary (1-bit) activations are dynamic per token, with 1-bit weights (w1a1)")
+        elif act is not None and (not act.symmetric or act.num_bits != 8):
+            raise SchemeError(f"input activations must be symmetric 8-bit (or 1-bit in w1a1), got {act.describe()}")
         if act is not None and not act.dynamic and act.strategy is not Strategy.TENSOR:
             raise SchemeError("static input activations use one scale per tensor (strategy tensor)")
         if self.weights.strategy is Strategy.TOKEN:
@@ -227,6 +238,12 @@ PRESETS: dict[str, QuantScheme] = {
     "w4a16": QuantScheme(weights=_int_weights(4)),
     "w4a16-asym": QuantScheme(weights=_int_weights(4, symmetric=False)),
     "w3a16": QuantScheme(weights=_int_weights(3)),
+    "w2a16": QuantScheme(weights=_int_weights(2, group_size=64)),
+    # Binary weights: sign(w) times a per-group scale mean|w| (XNOR-Net), 32 codes per int32.
+    "w1a16": QuantScheme(weights=_int_weights(1, group_size=64)),
+    # Binary weights and activations (XNOR-Net): activations sign(x) * mean|x| per token, at run time.
+    "w1a1": QuantScheme(weights=_int_weights(1, group_size=None),
+                        input_activations=QuantArgs(num_bits=1, strategy=Strategy.TOKEN, dynamic=True)),
     "w8a16": QuantScheme(weights=_int_weights(8, group_size=None)),
     "w8a8-int8": QuantScheme(
         weights=QuantArgs(num_bits=8, strategy=Strategy.CHANNEL),

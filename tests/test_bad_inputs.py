@@ -75,7 +75,7 @@ BENCH = ["bench", "tiny", "--random-weights", "--device", "cpu", "--batch-sizes"
 
 CASES = {
     # quantize: numbers (0 and negatives are values, not "unset")
-    "q-bits-0": (QUANTIZE + ["--bits", "0"], "bits must be 2..8, got 0"),
+    "q-bits-0": (QUANTIZE + ["--bits", "0"], "bits must be 1..8, got 0"),
     "q-bits-neg": (QUANTIZE + ["--bits", "-4"], "got -4"),
     "q-bits-9": (QUANTIZE + ["--bits", "9"], "got 9"),
     "q-bits-0-scheme": (QUANTIZE + ["--scheme", "w4a16", "--bits", "0"], "got 0"),

@@ -39,7 +39,7 @@ def test_quantize_then_inspect(tiny_model_dir, tmp_path, extra):
 @pytest.mark.parametrize("args, fragment", [
     (["--method", "magic"], "unknown method 'magic'"),
     (["--scheme", "w5a16"], "unknown scheme preset 'w5a16'"),
-    (["--bits", "9"], "bits must be 2..8, got 9"),
+    (["--bits", "9"], "bits must be 1..8, got 9"),
     (["--group-size", "4096"], "group size 4096 is larger"),
     (["--method", "fp8", "--bits", "4"], "--bits 4"),
     (["--recipe", "nope.yaml"], "recipe file not found: nope.yaml"),

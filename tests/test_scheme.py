@@ -26,8 +26,8 @@ def test_required_presets_exist():
 
 
 @pytest.mark.parametrize("kwargs, fragment", [
-    (dict(num_bits=9), "2..8"),
-    (dict(num_bits=1), "2..8"),
+    (dict(num_bits=9), "1..8"),
+    (dict(num_bits=0), "1..8"),
     (dict(type="float", fp_format="e3m4"), "e3m4"),
     (dict(strategy="group", group_size=0), "group_size"),
     (dict(strategy="block"), "block_structure"),

@@ -30,6 +30,7 @@ class Method:
     settings: type = NoSettings  # frozen dataclass of the accepted settings, each with its default
     needs_data: bool = False
     fixed_bits: int | None = None  # the only weight width the method produces (8-bit W8A8 methods)
+    binary: bool = False  # takes 1-bit weights (sign times mean|w|); AWQ's clipping search assumes a range
     description: str = ""
 
     def parse_settings(self, args: dict[str, Any] | None) -> Any:
@@ -47,6 +48,8 @@ class Method:
     def resolve(self, scheme: QuantScheme, settings: Any) -> QuantScheme:
         """`scheme` as this method with `settings` writes it: GPTQ's act-order with groups chosen in the
         loop stores g_idx (actorder=True); any other combination stores none."""
+        if scheme.weights.binary and not self.binary:
+            raise SchemeError(f"method {self.name} does not take 1-bit weights; use rtn, gptq or qtool finetune")
         if self.fixed_bits is not None and not scheme.weights.is_float and scheme.weights.num_bits != self.fixed_bits:
             raise SchemeError(f"method {self.name} quantizes weights to {self.fixed_bits} bits, not "
                               f"{scheme.weights.num_bits} ({scheme.weights.describe()})")
@@ -56,8 +59,8 @@ class Method:
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("rtn", rtn.quantize_block, "w4a16", description="round to nearest, no data"),
-    Method("gptq", gptq.quantize_block, "w4a16", gptq.GPTQSettings, needs_data=True,
+    Method("rtn", rtn.quantize_block, "w4a16", binary=True, description="round to nearest, no data"),
+    Method("gptq", gptq.quantize_block, "w4a16", gptq.GPTQSettings, needs_data=True, binary=True,
            description="GPTQ: error feedback through the inputs' Hessian"),
     Method("awq", awq.quantize_block, "w4a16-asym", awq.AWQSettings, needs_data=True,
            description="AWQ: activation-aware scales folded into the previous layer"),

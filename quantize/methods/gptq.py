@@ -9,7 +9,8 @@ columns at a time. Symbols W, H, Hinv are the paper's; the public API spells nam
 Scales: channel, tensor and block strategies, and groups with `static_groups`, are fixed up front
 from the original weights. Other groups are chosen when the loop reaches their first column, from
 the error-updated weights of that group (with `act_order`, groups are runs of the permuted order,
-described by `g_idx`). FP8 formats work the same way: the column's "rounding" is the cast to
+described by `g_idx`). 1-bit codes take sign(w) * mean|w| of the (updated) group as their rounding.
+FP8 formats work the same way: the column's "rounding" is the cast to
 E4M3/E5M2 under its scale, and its error is fed forward just the same.
 """
 

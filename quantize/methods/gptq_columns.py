@@ -11,14 +11,15 @@ The arithmetic is the torch loop's, step for step (round half to even, IEEE divi
 agree with it except where float contraction (a fused multiply-add in the update) moves a value
 across a rounding boundary; tests/test_gptq_gpu.py bounds that.
 
-Integer formats only; FP8 columns (a cast, not a rounding) stay on the torch loop.
+Integer formats of 2-8 bits only; FP8 columns (a cast, not a rounding) and 1-bit ones (sign) stay
+on the torch loop.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..primitives import cast_fp8, int_range, qparams_from_range
+from ..primitives import binarize, cast_fp8, int_range, row_qparams
 from ..scheme import QuantArgs
 
 try:  # Triton ships with CUDA builds of torch; CPU-only installs run the torch loop.
@@ -102,7 +103,7 @@ class ColumnLoop:
     def __init__(self, W, Hinv, args, scale, zero_point, column_scale, column_zero, dynamic_group):
         self.W, self.Hinv, self.args, self.group = W, Hinv, args, dynamic_group
         self.scale, self.zero_point, self.column_scale, self.column_zero = scale, zero_point, column_scale, column_zero
-        self.kernel = available(W, args.is_float) and (dynamic_group or 0) <= MAX_COLUMNS
+        self.kernel = available(W, args.is_float or args.binary) and (dynamic_group or 0) <= MAX_COLUMNS
         self.s = self.z = None  # the torch loop's current group scale: a group may span blocks
 
     def block_end(self, start: int, block_size: int) -> int:
@@ -120,7 +121,7 @@ class ColumnLoop:
     def _run_kernel(self, i1: int, i2: int) -> torch.Tensor:
         W1 = self.W[:, i1:i2].contiguous()
         if self.group is not None:
-            s, z = qparams_from_range(W1.amin(1), W1.amax(1), self.args)
+            s, z = row_qparams(W1, self.args)
             self.scale[:, i1 // self.group] = s
             if self.zero_point is not None:
                 self.zero_point[:, i1 // self.group] = z
@@ -148,7 +149,7 @@ class ColumnLoop:
                 # Current values: a group starts its block (W is then current, and a group longer
                 # than the block reads on past it) or ends inside it (_block_end).
                 cols = W[:, j:j + group] if i == 0 else W1[:, i:i + group]
-                s, z = qparams_from_range(cols.amin(1), cols.amax(1), args)
+                s, z = row_qparams(cols, args)
                 self.scale[:, j // group] = s
                 if self.zero_point is not None:
                     self.zero_point[:, j // group] = z
@@ -171,6 +172,8 @@ def _round_column(w: torch.Tensor, s: torch.Tensor, z: torch.Tensor | None, args
     column loop runs once per input feature and its cost on a GPU is the number of launches."""
     if args.is_float:
         return cast_fp8(w / s, args).float().mul_(s)
+    if args.binary:
+        return binarize(w / s).mul_(s)
     qmin, qmax = int_range(args.num_bits)
     q = torch.round(w / s)
     if z is None:
