@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from .distributed import LOCAL, Collective, current, merge_observer
 from .lazy import BlockLoader, ResidentBlocks, non_block_modules
 from .linear import QuantLinear, dequantized_weights, set_submodule
 from .mappings import Architecture, find_architecture, find_blocks
@@ -77,6 +78,9 @@ class BlockContext:
     device: torch.device
     stats: dict[str, dict[str, float]] = field(default_factory=dict)
     messages: list[str] = field(default_factory=list)
+    # This process's share of the work when several run (distributed.py): `inputs` are its batches only,
+    # and methods reduce what they learn from them through it. LOCAL (one process) reduces nothing.
+    group: Collective = LOCAL
 
     def run(self, keep_outputs: bool = True, batches: int | None = None) -> list[torch.Tensor]:
         """Run the cached batches (the first `batches` of them, or all) through the block; returns
@@ -200,6 +204,7 @@ def run_sequential(
     description: str = "blocks",
     loader: BlockLoader | None = None,
     cache_dtype: torch.dtype | None = None,
+    group: Collective = LOCAL,
 ) -> None:
     """Walk the decoder blocks one at a time on `device`, calling `process(ctx)` for each.
 
@@ -208,6 +213,7 @@ def run_sequential(
     to have them computed with a plain forward pass.
     loader: brings each block to the device and takes it away (default: `ResidentBlocks`).
     cache_dtype: dtype of the cached activations (default: the dtype the model computes in).
+    group: the processes sharing the work; `batches` are then this process's share (Collective.shard).
     """
     device = torch.device(device)
     loader = loader or ResidentBlocks()
@@ -224,12 +230,12 @@ def run_sequential(
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} blocks"),
                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn()]
     samples = sum(c.args[0].shape[0] for c in inputs)
-    with Progress(*columns, disable=not progress, transient=False) as bar:
+    with Progress(*columns, disable=not progress or not group.is_writer, transient=False) as bar:
         task = bar.add_task(description, total=len(blocks), rate="")
         for i, block in enumerate(blocks):
             t0 = time.perf_counter()
             loader.load(i, block, device)
-            ctx = BlockContext(i, f"{prefix}.{i}.", block, inputs, arch, device)
+            ctx = BlockContext(i, f"{prefix}.{i}.", block, inputs, arch, device, group=group)
             outs = process(ctx)
             if inputs:
                 outs = ctx.run() if outs is None else outs
@@ -250,6 +256,8 @@ class Streaming:
     done: blocks below this index are already quantized (a resumed run): only run to get their outputs.
     on_block: called with each newly quantized block and the report so far, before the block is released
         (the streaming writer).
+    all_experts: mixture-of-experts blocks send every calibration token through every expert while methods
+        gather statistics (the block's output still follows the router), so no expert is left without data.
     """
 
     loader: BlockLoader | None = None
@@ -257,6 +265,7 @@ class Streaming:
     store_dtype: torch.dtype | None = None
     done: int = 0
     on_block: Callable[[BlockContext, QuantizeReport], None] | None = None
+    all_experts: bool = False
 
 
 def quantize_sequential(
@@ -286,6 +295,8 @@ def quantize_sequential(
         check_finite(module, names[id(module)] + ".")
     input_scales = dict(input_scales or {})
     streaming = streaming or Streaming()
+    group = current(device)  # several processes (torchrun): each calibrates on its share of the batches
+    batches = group.shard(batches)
 
     def process(ctx: BlockContext) -> list[torch.Tensor] | None:
         if ctx.index < streaming.done:
@@ -315,7 +326,7 @@ def quantize_sequential(
 
     run_sequential(model, batches, process, device=device, offload_activations=offload_activations,
                    progress=progress, description="quantizing", loader=streaming.loader,
-                   cache_dtype=streaming.cache_dtype)
+                   cache_dtype=streaming.cache_dtype, group=group)
     report.seconds = time.perf_counter() - start
     return report
 
@@ -355,6 +366,7 @@ def _observe(ctx: BlockContext, local: Plan, input_scales: dict[str, torch.Tenso
     # The error report samples rows of the first batch only; observers need every batch.
     ctx.capture(local, hook, batches=None if observers else 1)
     for n, obs in observers.items():
+        merge_observer(obs, ctx.group)
         lo, hi = obs.result()
         input_scales[ctx.prefix + n] = _static_scale(lo, hi, local[n][0])
     return float_out
