@@ -28,6 +28,7 @@ from .checkpoint import INDEX_NAME, SINGLE_NAME, empty_model
 from .linear import replace_linears
 from .loading import tied_names
 from .mappings import find_architecture, find_blocks
+from .moe import split_expert_tensors, unfuse_experts
 from .scheme import QuantScheme
 
 _FLOAT_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64}
@@ -137,6 +138,7 @@ def skeleton(directory: str | Path, weights: SourceWeights) -> nn.Module:
     if missing:
         raise LazyLoadError(f"{len(missing)} tensors of the model are not stored under their names "
                             f"(e.g. {missing[0]})")
+    unfuse_experts(model)  # LazyBlocks reads 3-D experts as per-expert linears (split_expert_tensors)
     return model
 
 
@@ -193,7 +195,7 @@ class LazyBlocks:
         """Block `index`'s stored tensors by local name, on the CPU in the source dtype."""
         prefix = f"{self.prefix}.{index}."
         names = [n for n in self.weights.files if n.startswith(prefix)]
-        return {k[len(prefix):]: v for k, v in self.weights.read(names).items()}
+        return split_expert_tensors({k[len(prefix):]: v for k, v in self.weights.read(names).items()})
 
     def load(self, index: int, block: nn.Module, device: torch.device) -> None:
         prefix = f"{self.prefix}.{index}."

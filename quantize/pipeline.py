@@ -30,6 +30,7 @@ from .distributed import LOCAL, Collective, current, merge_observer
 from .lazy import BlockLoader, ResidentBlocks, non_block_modules
 from .linear import QuantLinear, dequantized_weights, set_submodule
 from .mappings import Architecture, find_architecture, find_blocks
+from .moe import calibrating_all_experts
 from .primitives import QTensor, quantize_weight
 from .scheme import QuantScheme
 from .validation import check_finite
@@ -235,7 +236,7 @@ def run_sequential(
         for i, block in enumerate(blocks):
             t0 = time.perf_counter()
             loader.load(i, block, device)
-            ctx = BlockContext(i, f"{prefix}.{i}.", block, inputs, arch, device, group=group)
+            ctx = BlockContext(i, f"{prefix}.{i}.", block, inputs, arch.for_block(block), device, group=group)
             outs = process(ctx)
             if inputs:
                 outs = ctx.run() if outs is None else outs
@@ -304,18 +305,14 @@ def quantize_sequential(
                 return ctx.run() if ctx.inputs else None
         local = {n[len(ctx.prefix):]: spec for n, spec in plan.items() if n.startswith(ctx.prefix)}
         check_finite(ctx.block, ctx.prefix)  # every method, before AWQ/SmoothQuant fold scales into weights
-        float_out = _observe(ctx, local, input_scales, observer_factory) if ctx.inputs else {}
-        for n, qt in _apply_methods(ctx, local, methods).items():
-            if not ctx.inputs:  # no output error without data: record how far rounding moved the weight
-                ctx.record(n, "weight_rel_error", _weight_error(ctx.block.get_submodule(n).weight, qt))
-            scale = input_scales.get(ctx.prefix + n)
-            q = QuantLinear.from_qtensor(qt, local[n][0], ctx.block.get_submodule(n).bias,
-                                         None if scale is None else scale.to(ctx.device))
-            set_submodule(ctx.block, n, q)
-        if streaming.store_dtype is not None:
-            round_parameters(ctx.block, streaming.store_dtype)
         errors: dict[str, float] = {}
-        outs = _measure(ctx, local, float_out, errors) if ctx.inputs else None
+        # Experts see every token in all passes, or in none: the error report compares the same rows.
+        with calibrating_all_experts(ctx.block, streaming.all_experts):
+            float_out = _observe(ctx, local, input_scales, observer_factory) if ctx.inputs else {}
+            _swap_linears(ctx, local, _apply_methods(ctx, local, methods), input_scales)
+            if streaming.store_dtype is not None:
+                round_parameters(ctx.block, streaming.store_dtype)
+            outs = _measure(ctx, local, float_out, errors) if ctx.inputs else None
         for n in local:
             report.layers.append({"name": ctx.prefix + n, "block": ctx.index, "kind": n,
                                   "rel_error": errors.get(n), "method_stats": ctx.stats.get(n, {})})
@@ -329,6 +326,18 @@ def quantize_sequential(
                    cache_dtype=streaming.cache_dtype, group=group)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _swap_linears(ctx: BlockContext, local: Plan, qtensors: dict[str, QTensor],
+                  input_scales: dict[str, torch.Tensor]) -> None:
+    """Replace each quantized linear of the block by its QuantLinear."""
+    for n, qt in qtensors.items():
+        if not ctx.inputs:  # no output error without data: record how far rounding moved the weight
+            ctx.record(n, "weight_rel_error", _weight_error(ctx.block.get_submodule(n).weight, qt))
+        scale = input_scales.get(ctx.prefix + n)
+        q = QuantLinear.from_qtensor(qt, local[n][0], ctx.block.get_submodule(n).bias,
+                                     None if scale is None else scale.to(ctx.device))
+        set_submodule(ctx.block, n, q)
 
 
 @torch.no_grad()
@@ -389,9 +398,10 @@ def _measure(ctx: BlockContext, local: Plan, float_out: dict[str, torch.Tensor],
              errors: dict[str, float]) -> list[torch.Tensor]:
     """Quantized pass: relative error of each linear's sampled output rows; returns the block outputs."""
     def hook(name, x, y):
-        if name in float_out and name not in errors:
-            ref = float_out[name]
-            errors[name] = float((_sample_rows(y) - ref).norm() / ref.norm().clamp_min(1e-12))
+        ref = float_out.get(name)
+        # An expert may be routed other tokens once earlier layers are quantized: no comparison then.
+        if ref is not None and name not in errors and (rows := _sample_rows(y)).shape == ref.shape:
+            errors[name] = float((rows - ref).norm() / ref.norm().clamp_min(1e-12))
     with dequantized_weights(ctx.block):
         return ctx.capture(local, hook, keep_outputs=True)
 

@@ -24,6 +24,7 @@ import torch.nn as nn
 
 from .distributed import DistributedError, current
 from .methods import METHODS, get_method
+from .moe import unfuse_experts
 from .pipeline import Plan, QuantizeReport, Streaming, quantize_outside_blocks, quantize_sequential
 from .recipe import Recipe, RecipeEntry
 from .scheme import Assignment, QuantizationConfig, QuantScheme, SchemeError, Strategy
@@ -54,6 +55,7 @@ def load_model(name_or_path: str | Path, *, dtype: torch.dtype | None = torch.fl
                          "quantize the float model it was made from")
     try:
         model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype).to(device).eval()
+        unfuse_experts(model)
         tokenizer = AutoTokenizer.from_pretrained(name)
     except Exception as err:  # noqa: BLE001  (disk full: OSError, or safetensors' own error)
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -124,6 +126,7 @@ def quantize_model(model: nn.Module, recipe: Recipe, *, calibration: list[torch.
     assigned: `recipe.assign(model)` where the caller already computed it, `recipe` then being resolved
     (`resolve_recipe`) by the caller too, so that the assignment's entries are the recipe's.
     """
+    unfuse_experts(model)  # a mixture of experts built by the caller: experts as linears (moe.py)
     plan, config = plan_quantization(model, recipe, calibration=calibration, input_scales=input_scales,
                                      assigned=assigned)
 
