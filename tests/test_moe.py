@@ -115,6 +115,12 @@ def test_moe_quantize_save_load_evaluate(tmp_path, kind, method, scheme):
     quantized = _eval(model, windows).perplexity
     assert math.isfinite(quantized) and abs(quantized / base - 1) < 0.2, (quantized, base)
     assert result.report.layers
+    if method == "rtn":  # transformers' own loader (quantize/hf.py) reads the per-expert layout too
+        from transformers import AutoModelForCausalLM
+
+        with torch.no_grad():
+            hf = AutoModelForCausalLM.from_pretrained(tmp_path / "q")
+            torch.testing.assert_close(hf(windows).logits, model(windows).logits)
 
 
 def test_unrouted_expert_falls_back_to_rtn_with_a_note(tmp_path):
