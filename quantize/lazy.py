@@ -127,19 +127,24 @@ class SourceWeights:
 def skeleton(directory: str | Path, weights: SourceWeights) -> nn.Module:
     """The model of `directory` on the meta device (buffers such as rotary frequencies are real),
     checked against the stored tensor names: every parameter must be stored under one of its names
-    (a tied lm_head is stored as the embedding)."""
+    (a tied lm_head is stored as the embedding). Experts become per-expert linears (moe.py), stored
+    either as transformers 5 saves them (3-D, split by LazyBlocks) or one linear each (hub Qwen3-MoE)."""
     model = empty_model(directory, weights.dtype).eval()
+    missing = _unstored(model, weights)
+    if unfuse_experts(model) and missing:
+        missing = _unstored(model, weights)
+    if missing:
+        raise LazyLoadError(f"{len(missing)} tensors of the model are not stored under their names "
+                            f"(e.g. {missing[0]})")
+    return model
+
+
+def _unstored(model: nn.Module, weights: SourceWeights) -> list[str]:
     names_of: dict[int, list[str]] = {}
     for name, param in model.named_parameters(remove_duplicate=False):
         names_of.setdefault(id(param), []).append(name)
     tied = set(tied_names(model))  # filled by model.tie_weights() once the embedding is read
-    missing = [names[0] for names in names_of.values()
-               if not any(n in weights.files or n in tied for n in names)]
-    if missing:
-        raise LazyLoadError(f"{len(missing)} tensors of the model are not stored under their names "
-                            f"(e.g. {missing[0]})")
-    unfuse_experts(model)  # LazyBlocks reads 3-D experts as per-expert linears (split_expert_tensors)
-    return model
+    return [names[0] for names in names_of.values() if not any(n in weights.files or n in tied for n in names)]
 
 
 class LazyBlocks:

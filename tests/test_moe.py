@@ -12,7 +12,7 @@ from conftest import tiny_tokenizer
 from quantize.evaluate import evaluate
 from quantize.loading import load_checkpoint
 from quantize.mappings import find_architecture
-from quantize.moe import LinearExperts, calibrating_all_experts, unfuse_experts
+from quantize.moe import LinearExperts, calibrating_all_experts, split_expert_tensors, unfuse_experts
 from quantize.primitives import quantize_weight
 from quantize.quantizer import quantize_to_directory
 from quantize.recipe import Recipe
@@ -121,6 +121,28 @@ def test_moe_quantize_save_load_evaluate(tmp_path, kind, method, scheme):
         with torch.no_grad():
             hf = AutoModelForCausalLM.from_pretrained(tmp_path / "q")
             torch.testing.assert_close(hf(windows).logits, model(windows).logits)
+
+
+def test_hub_qwen3_moe_layout_is_read_lazily(tmp_path):
+    """Hub Qwen3-MoE checkpoints store each expert's projections apart (`mlp.experts.3.up_proj.weight`),
+    the layout qtool uses: they stream block by block like the 3-D layout transformers 5 saves."""
+    from safetensors.torch import save_file
+
+    from quantize.streaming import open_lazily
+
+    float_model = tiny_moe("qwen3_moe")
+    src = save(float_model, tmp_path / "src")
+    (src / "model.safetensors").unlink()
+    save_file(split_expert_tensors(dict(float_model.state_dict())), src / "model.safetensors")
+    assert open_lazily(src) is not None
+    recipe = Recipe.single(preset("w4a16").with_weights(group_size=32), "gptq")
+    calib = calibration()
+    quantize_to_directory(src, tmp_path / "q", recipe, calibration=lambda m, t: calib)
+    fused = quantize_to_directory(save(float_model, tmp_path / "fused"), tmp_path / "q2", recipe,
+                                  calibration=lambda m, t: calib)
+    assert fused.report.layers
+    a, b = load_checkpoint(tmp_path / "q")[0], load_checkpoint(tmp_path / "q2")[0]
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
 
 
 def test_unrouted_expert_falls_back_to_rtn_with_a_note(tmp_path):
