@@ -115,3 +115,20 @@ def test_methods_and_experts_on_two_processes_match_one(tmp_path):
     results = [(job["method"], job["scheme"], *compare(tmp_path / f"one-{i}", tmp_path / f"two-{i}"))
                for i, job in enumerate(jobs)]
     assert all(same >= 0.999 and ppl < 1e-3 for _, _, same, ppl in results), results
+
+
+def test_bad_process_settings_are_one_line_errors(tmp_path):
+    from typer.testing import CliRunner
+
+    from quantize import distributed
+    from quantize.cli import app
+
+    model = save_tiny(tmp_path / "tiny")
+    result = CliRunner().invoke(app, ["quantize", str(model), "--gpus", "0", "--output", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "--gpus" in result.output and "0" in result.output, result.output
+    os.environ.update(WORLD_SIZE="2", LOCAL_RANK="0")
+    try:
+        with pytest.raises(DistributedError, match="--device cuda:1 names one GPU"):
+            distributed.start("cuda:1")
+    finally:
+        del os.environ["WORLD_SIZE"], os.environ["LOCAL_RANK"]
