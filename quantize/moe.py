@@ -116,6 +116,11 @@ def split_expert_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Te
     return out
 
 
+# The note GPTQ and AWQ leave for a linear no calibration token reached.
+UNROUTED_NOTE = ("no calibration tokens reached this layer (an expert the router never chose); quantized by "
+                 "round-to-nearest instead (--moe-calibrate-all-experts gives every expert data)")
+
+
 @contextmanager
 def calibrating_all_experts(module: nn.Module, enabled: bool = True) -> Iterator[None]:
     """Within the block, every `LinearExperts` runs every token through every expert (statistics only)."""

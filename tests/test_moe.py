@@ -166,3 +166,15 @@ def test_unrouted_expert_falls_back_to_rtn_with_a_note(tmp_path):
     assert not any("no calibration tokens" in m for m in again.report.messages)
     gptq_loss = {e["name"]: e["method_stats"] for e in again.report.layers}
     assert "gptq_loss" in gptq_loss["model.layers.0.mlp.experts.0.gate_proj"]
+
+
+def test_awq_notes_unrouted_experts(tmp_path):
+    float_model = tiny_moe("mixtral", num_local_experts=5)
+    never_route_expert_zero(float_model)
+    src = save(float_model, tmp_path / "src")
+    recipe = Recipe.single(preset("w4a16-asym").with_weights(group_size=32), "awq")
+    calib = calibration()
+    result = quantize_to_directory(src, tmp_path / "q", recipe, calibration=lambda m, t: calib)
+    noted = {m.partition(":")[0] for m in result.report.messages if "no calibration tokens" in m}
+    assert {f"model.layers.{i}.mlp.experts.0.{p}_proj" for i in (0, 1) for p in ("gate", "up", "down")} == noted
+    assert math.isfinite(_eval(load_checkpoint(tmp_path / "q")[0], torch.cat(calibration(2, 48))).perplexity)

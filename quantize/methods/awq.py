@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..mappings import Smooth, applicable
+from ..moe import UNROUTED_NOTE
 from ..pipeline import BlockContext
 from ..primitives import QTensor, dequantize, expand, qparams_from_range, quantize, reduce_range
 from ..scheme import QuantArgs, QuantScheme, Strategy
@@ -54,7 +55,7 @@ def gather_inputs(ctx: BlockContext, mappings: list[Smooth], search_tokens: int)
     One pass suffices because folding one mapping's scales never changes the inputs another mapping
     inspects: each fold only rescales the output of its own `prev` and the inputs of its own linears.
     With several processes (ctx.group) the sums cover every rank's tokens and the recorded calls are
-    rank 0's, which holds the first calibration batches: the calls one process would record.
+    the first ones of all ranks in rank order, which is batch order: the calls one process records.
     """
     stats = [MappingInputs(torch.empty(0)) for _ in mappings]
     handles = []
@@ -240,6 +241,9 @@ def quantize_block(ctx: BlockContext, schemes: dict[str, QuantScheme], *, clip: 
     # Every rank's sampled rows, in batch order, for the clipping search of each linear's owner.
     rows = {n: ctx.group.gather_rows(torch.cat(samples[n]) if n in samples else _no_rows(ctx, n))
             for n in schemes} if clip else {}
+    unrouted = [n for n in schemes if (clip and not rows[n].shape[0])
+                or any(n in m.balance for m, st in zip(mappings, inputs, strict=True) if not st.count)]
+    ctx.messages.extend(f"{n}: {UNROUTED_NOTE}" for n in unrouted)
     ranks = ctx.group.assign({n: float(ctx.block.get_submodule(n).weight.numel()) for n in schemes})
     mine = {n: _round(ctx, n, schemes[n].weights, rows.get(n)) for n in ctx.group.mine(ranks)}
     return ctx.group.share(mine, ranks)

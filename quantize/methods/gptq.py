@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from ..moe import UNROUTED_NOTE
 from ..primitives import (
     QTensor,
     cast_fp8,
@@ -399,9 +400,7 @@ def _quantize_layer(ctx, name: str, layer, h: Hessian, args: QuantArgs, settings
     if not torch.isfinite(layer.weight).all():
         raise ValueError(f"{ctx.prefix}{name}: weight contains NaN or Inf")
     if h.num_tokens == 0:
-        return quantize_weight(layer.weight.detach().float(), args), None, [
-            f"{name}: no calibration tokens reached this layer (an expert the router never chose); "
-            "quantized by round-to-nearest instead (--moe-calibrate-all-experts gives every expert data)"]
+        return quantize_weight(layer.weight.detach().float(), args), None, [f"{name}: {UNROUTED_NOTE}"]
     messages = []
     if h.num_tokens < min_tokens_per_feature * layer.in_features:
         messages.append(f"{name}: only {h.num_tokens} calibration tokens for {layer.in_features} "
