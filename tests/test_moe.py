@@ -145,13 +145,20 @@ def test_hub_qwen3_moe_layout_is_read_lazily(tmp_path):
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
 
 
-def test_unrouted_expert_falls_back_to_rtn_with_a_note(tmp_path):
+def _unrouted_run(tmp_path, scheme: str, method: str, **options):
+    """A Mixtral whose routers never pick expert 0, quantized from its directory: (model, src, recipe, result)."""
     float_model = tiny_moe("mixtral", num_local_experts=5)
     never_route_expert_zero(float_model)
     src = save(float_model, tmp_path / "src")
-    recipe = Recipe.single(preset("w4a16").with_weights(group_size=32), "gptq")
+    recipe = Recipe.single(preset(scheme).with_weights(group_size=32), method)
     calib = calibration()
-    result = quantize_to_directory(src, tmp_path / "q", recipe, calibration=lambda m, t: calib)
+    result = quantize_to_directory(src, tmp_path / "q", recipe, calibration=lambda m, t: calib, **options)
+    return float_model, src, recipe, result
+
+
+def test_unrouted_expert_falls_back_to_rtn_with_a_note(tmp_path):
+    float_model, src, recipe, result = _unrouted_run(tmp_path, "w4a16", "gptq")
+    calib = calibration()
     notes = [m for m in result.report.messages if "no calibration tokens" in m]
     assert any(m.startswith("model.layers.0.mlp.experts.0.gate_proj:") for m in notes), notes
     assert not any(".experts.1." in m for m in notes)
@@ -169,12 +176,7 @@ def test_unrouted_expert_falls_back_to_rtn_with_a_note(tmp_path):
 
 
 def test_awq_notes_unrouted_experts(tmp_path):
-    float_model = tiny_moe("mixtral", num_local_experts=5)
-    never_route_expert_zero(float_model)
-    src = save(float_model, tmp_path / "src")
-    recipe = Recipe.single(preset("w4a16-asym").with_weights(group_size=32), "awq")
-    calib = calibration()
-    result = quantize_to_directory(src, tmp_path / "q", recipe, calibration=lambda m, t: calib)
+    result = _unrouted_run(tmp_path, "w4a16-asym", "awq")[3]
     noted = {m.partition(":")[0] for m in result.report.messages if "no calibration tokens" in m}
     assert {f"model.layers.{i}.mlp.experts.0.{p}_proj" for i in (0, 1) for p in ("gate", "up", "down")} == noted
     assert math.isfinite(_eval(load_checkpoint(tmp_path / "q")[0], torch.cat(calibration(2, 48))).perplexity)
