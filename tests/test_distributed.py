@@ -71,15 +71,16 @@ def test_gpus_2_on_gloo_matches_one_process(tmp_path):
 
     from quantize.cli import app
 
-    model = save_tiny(tmp_path / "tiny", hidden_size=128, intermediate_size=256)
+    # Every word of the tokenizer (about 100) and a model narrower than that: block 0 reads the embeddings
+    # of the distinct tokens, and with fewer of them than its width its Hessians are singular and GPTQ's
+    # choices hang on float rounding (a real model's inputs are full rank).
+    model = save_tiny(tmp_path / "tiny", hidden_size=64, intermediate_size=128)
     text = tmp_path / "text.txt"
-    # Every word of the tokenizer: with few distinct tokens the Hessians are far from full rank, and
-    # GPTQ's choices on them would hang on float rounding (a real model's inputs are full rank).
     words = [w for w in tiny_tokenizer().get_vocab() if not w.startswith("<")]
     g = torch.Generator().manual_seed(0)
     text.write_text("\n".join(" ".join(words[i] for i in torch.randint(0, len(words), (200,), generator=g))
                               for _ in range(60)))
-    args = ["quantize", str(model), "--method", "gptq", "--group-size", "64", "--dataset", str(text),
+    args = ["quantize", str(model), "--method", "gptq", "--group-size", "32", "--dataset", str(text),
             "--num-samples", "16", "--seq-len", "64", "--batch-size", "2"]
     single = CliRunner().invoke(app, [*args, "--output", str(tmp_path / "one")])
     assert single.exit_code == 0, single.output
