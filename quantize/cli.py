@@ -31,9 +31,11 @@ from .cli_options import (
     DuoScalingOpt,
     ExportFormatOpt,
     FormatOpt,
+    GpusOpt,
     GroupSizeOpt,
     MethodOpt,
     ModelArg,
+    MoEAllExpertsOpt,
     NumSamplesOpt,
     OffloadOpt,
     OutputOpt,
@@ -94,20 +96,30 @@ def quantize(
     resume: ResumeOpt = False,
     dtype: DtypeOpt = "auto",
     compute_dtype: ComputeDtypeOpt = "float32",
+    gpus: GpusOpt = None,
+    moe_calibrate_all_experts: MoEAllExpertsOpt = False,
 ) -> None:
     """Quantize MODEL layer by layer and write a packed safetensors checkpoint.
 
     A safetensors MODEL directory is read one block at a time and the checkpoint written block by block
     (host memory independent of depth); Ctrl-C or a crash leaves a partial directory that --resume continues.
+    Several GPUs: --gpus N, or `torchrun --nproc-per-node N -m quantize quantize ...` (README, "Several GPUs").
     """
+    import sys
     from functools import partial
 
+    from . import distributed
     from .quantizer import quantize_to_directory
     from .recipe import Recipe
     from .report import summarize_notes
     from .validation import check_positive, check_range
 
     check_positive(num_samples=num_samples, seq_len=seq_len, batch_size=batch_size)
+    if gpus is not None:
+        check_positive(gpus=gpus)
+        if gpus > 1 and not distributed.launched():  # the children see WORLD_SIZE and run below
+            raise typer.Exit(distributed.relaunch(sys.argv[1:], gpus))
+    group, device = distributed.start(device)
     check_range("--damp", damp, low=0)
     values = (damp, act_order, static_groups, true_sequential, clip, duo_scaling, alpha, weights_method)
     settings = {name: v for name, v in zip(SETTING_OPTIONS.values(), values, strict=True) if v is not None}
@@ -127,7 +139,11 @@ def quantize(
                                    format=format, overwrite=overwrite, resume=resume,
                                    dtype=None if dtype == "auto" else _float_dtype(dtype, "--dtype"),
                                    compute_dtype=_float_dtype(compute_dtype, "--compute-dtype"),
-                                   stream=dataset != "synthetic")  # data-free calibration samples the whole model
+                                   stream=dataset != "synthetic",  # data-free calibration samples the whole model
+                                   all_experts=moe_calibrate_all_experts)
+    distributed.stop()
+    if not group.is_writer:
+        return
     for message in summarize_notes(result.report.messages, output / "layer_errors.json"):
         err_console.print(f"[yellow]note:[/] {message}", highlight=False)
     console.print(f"wrote {output} ({_dir_size(output) / 2**20:.1f} MiB) in {result.report.seconds:.1f} s",

@@ -83,6 +83,13 @@ WeightsOpt = Annotated[str | None, typer.Option("--weights", help="SmoothQuant: 
                                                 "with rtn or gptq [default: rtn].")]
 CalibrationOpt = Annotated[Path | None, typer.Option(help="Statistics from `qtool calibrate` (static activation "
                                                           "scales).")]
+GpusOpt = Annotated[int | None, typer.Option(
+    "--gpus", help="Processes on this machine, one per GPU (qtool starts torchrun; with --device cpu, CPU "
+    "processes on gloo). Several machines: start `torchrun ... -m quantize quantize` on each instead.")]
+MoEAllExpertsOpt = Annotated[bool, typer.Option(
+    "--moe-calibrate-all-experts", help="Mixture of experts: every calibration token goes through every expert "
+    "for the statistics (the output still follows the router); otherwise an expert no token reached is "
+    "quantized by round-to-nearest, with a note naming it.")]
 OffloadOpt = Annotated[bool | None, typer.Option(
     "--offload-activations/--keep-activations", help="Cache block inputs in CPU memory, or on the device; "
     "default: on the device when they fit in a quarter of its free memory.")]

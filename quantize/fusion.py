@@ -217,4 +217,4 @@ def fuse_projections(model: nn.Module) -> int:
         _, blocks = find_blocks(model, arch)
     except ArchitectureError:
         return 0
-    return sum(fuse_group(block, names) for block in blocks for names in arch.fusions)
+    return sum(fuse_group(block, names) for block in blocks for names in arch.for_block(block).fusions)

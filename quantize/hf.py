@@ -42,6 +42,7 @@ from transformers.utils.quantization_config import QuantizationConfigMixin
 from .checkpoint import TRANSFORMERS_GUARD, TRANSFORMERS_GUARD_KEY
 from .compressed import CT_METHOD, CtLayer, layer_to_qtool, plan_import
 from .linear import QuantLinear, replace_linears
+from .moe import unfuse_experts
 from .scheme import QUANT_METHOD, QuantizationConfig
 from .validation import check_tensor_layouts
 
@@ -113,6 +114,7 @@ class QtoolHfQuantizer(HfQuantizer):
         config = self.quantization_config
         if config.qconfig is None:
             config.qconfig, self.ct_layers = plan_import(model, config.compressed_tensors)
+        unfuse_experts(model)  # qtool stores experts as per-expert linears (quantize/moe.py)
         replace_linears(model, config.qconfig.module_schemes(), device="meta")
         if self.ct_layers:
             stored = _stored_layouts(checkpoint_files or [], set(self.ct_layers))

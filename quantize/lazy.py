@@ -28,6 +28,7 @@ from .checkpoint import INDEX_NAME, SINGLE_NAME, empty_model
 from .linear import replace_linears
 from .loading import tied_names
 from .mappings import find_architecture, find_blocks
+from .moe import split_expert_tensors, unfuse_experts
 from .scheme import QuantScheme
 
 _FLOAT_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64}
@@ -126,18 +127,24 @@ class SourceWeights:
 def skeleton(directory: str | Path, weights: SourceWeights) -> nn.Module:
     """The model of `directory` on the meta device (buffers such as rotary frequencies are real),
     checked against the stored tensor names: every parameter must be stored under one of its names
-    (a tied lm_head is stored as the embedding)."""
+    (a tied lm_head is stored as the embedding). Experts become per-expert linears (moe.py), stored
+    either as transformers 5 saves them (3-D, split by LazyBlocks) or one linear each (hub Qwen3-MoE)."""
     model = empty_model(directory, weights.dtype).eval()
-    names_of: dict[int, list[str]] = {}
-    for name, param in model.named_parameters(remove_duplicate=False):
-        names_of.setdefault(id(param), []).append(name)
-    tied = set(tied_names(model))  # filled by model.tie_weights() once the embedding is read
-    missing = [names[0] for names in names_of.values()
-               if not any(n in weights.files or n in tied for n in names)]
+    missing = _unstored(model, weights)
+    if unfuse_experts(model) and missing:
+        missing = _unstored(model, weights)
     if missing:
         raise LazyLoadError(f"{len(missing)} tensors of the model are not stored under their names "
                             f"(e.g. {missing[0]})")
     return model
+
+
+def _unstored(model: nn.Module, weights: SourceWeights) -> list[str]:
+    names_of: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names_of.setdefault(id(param), []).append(name)
+    tied = set(tied_names(model))  # filled by model.tie_weights() once the embedding is read
+    return [names[0] for names in names_of.values() if not any(n in weights.files or n in tied for n in names)]
 
 
 class LazyBlocks:
@@ -193,7 +200,7 @@ class LazyBlocks:
         """Block `index`'s stored tensors by local name, on the CPU in the source dtype."""
         prefix = f"{self.prefix}.{index}."
         names = [n for n in self.weights.files if n.startswith(prefix)]
-        return {k[len(prefix):]: v for k, v in self.weights.read(names).items()}
+        return split_expert_tensors({k[len(prefix):]: v for k, v in self.weights.read(names).items()})
 
     def load(self, index: int, block: nn.Module, device: torch.device) -> None:
         prefix = f"{self.prefix}.{index}."

@@ -21,6 +21,7 @@ from .checkpoint import (
 )
 from .compressed import import_compressed_tensors, write_compressed_tensors
 from .linear import replace_linears
+from .moe import unfuse_experts
 from .scheme import QuantizationConfig
 from .validation import check_layer_sizes, check_tensor_layouts
 
@@ -43,6 +44,7 @@ def read_validated(path: str | Path, dtype: torch.dtype | None = None
     path = Path(path)
     qconfig, tensors = read_checkpoint(path)
     model = empty_model(path, dtype)
+    unfuse_experts(model)  # checkpoints store experts as per-expert linears (moe.py)
     replace_linears(model, qconfig.module_schemes(), device="meta")
     slots = model.state_dict()
     expected = set(slots)

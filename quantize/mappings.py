@@ -10,7 +10,7 @@ as one layer at inference).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch.nn as nn
 
@@ -41,6 +41,32 @@ class Architecture:
     # their ranges unclipped, as the reference implementation does).
     attention_scores: tuple[str, ...] = ()
 
+    def for_block(self, block: nn.Module) -> Architecture:
+        """This entry with every `*` in a name replaced by each child of the module before it in `block`
+        (`mlp.experts.*.up_proj` -> `mlp.experts.0.up_proj`, ...): a mixture of experts is one entry
+        whatever its number of experts. Entries without `*` are returned as they are."""
+        names = [n for g in (*self.sequential, *self.fusions) for n in g]
+        names += [n for s in self.smooth for n in (s.prev, *s.balance)]
+        if not any("*" in n for n in names):
+            return self
+        smooth = tuple(Smooth(inst[0], inst[1:-1], inst[-1] or None) for s in self.smooth
+                       for inst in _instances((s.prev, *s.balance, s.inspect or ""), block))
+        return replace(self, sequential=tuple(tuple(n for name in g for (n,) in _instances((name,), block))
+                                              for g in self.sequential),
+                       fusions=tuple(inst for f in self.fusions for inst in _instances(f, block)), smooth=smooth)
+
+
+def _instances(names: tuple[str, ...], block: nn.Module) -> list[tuple[str, ...]]:
+    """`names` once per child index of the module the first `*` name points into (none when it is missing)."""
+    starred = next((n for n in names if "*" in n), None)
+    if starred is None:
+        return [names]
+    try:
+        container = block.get_submodule(starred.split("*")[0].rstrip("."))
+    except AttributeError:
+        return []
+    return [tuple(n.replace("*", index) for n in names) for index, _ in container.named_children()]
+
 
 _LLAMA_SEQ = (
     ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
@@ -65,6 +91,16 @@ def _llama_smooth(mlp_norm: str) -> tuple[Smooth, ...]:
     )
 
 
+# Mixtral, Qwen3-MoE (transformers 5): experts become per-expert linears (quantize/moe.py); the router
+# `mlp.gate` is no Linear and stays in float. The norm -> experts mapping is left out: the router reads
+# that norm too. Qwen3-MoE's dense layers (mlp_only_layers) use the plain mlp names.
+_EXPERT = "mlp.experts.*."
+_MOE_SEQ = (_QKV, ("self_attn.o_proj",),
+            ("mlp.gate_proj", "mlp.up_proj", _EXPERT + "gate_proj", _EXPERT + "up_proj"),
+            ("mlp.down_proj", _EXPERT + "down_proj"))
+_MOE_SMOOTH = (*_llama_smooth("post_attention_layernorm"), Smooth(_EXPERT + "up_proj", (_EXPERT + "down_proj",)))
+_MOE_FUSIONS = (*_LLAMA_FUSIONS, (_EXPERT + "gate_proj", _EXPERT + "up_proj"))
+
 _BLOCKS = ("model.layers", "model.language_model.layers", "language_model.model.layers")
 
 ARCHITECTURES: tuple[Architecture, ...] = (
@@ -80,6 +116,8 @@ ARCHITECTURES: tuple[Architecture, ...] = (
     Architecture("gemma1", ("gemma",), ("GemmaDecoderLayer",), _BLOCKS, _LLAMA_SEQ,
                  _llama_smooth("post_attention_layernorm"), norm_offset=1.0, fusions=_LLAMA_FUSIONS,
                  attention_scores=_QK),
+    Architecture("moe", ("mixtral", "qwen3_moe"), ("MixtralDecoderLayer", "Qwen3MoeDecoderLayer"), _BLOCKS,
+                 _MOE_SEQ, _MOE_SMOOTH, fusions=_MOE_FUSIONS, attention_scores=_QK),
     Architecture("phi3", ("phi3",), ("Phi3DecoderLayer",), _BLOCKS,
                  (("self_attn.qkv_proj",), ("self_attn.o_proj",), ("mlp.gate_up_proj",), ("mlp.down_proj",)),
                  (Smooth("input_layernorm", ("self_attn.qkv_proj",), inspect="self_attn"),

@@ -26,9 +26,11 @@ import torch
 import torch.nn as nn
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from .distributed import LOCAL, Collective, current, merge_observer
 from .lazy import BlockLoader, ResidentBlocks, non_block_modules
 from .linear import QuantLinear, dequantized_weights, set_submodule
 from .mappings import Architecture, find_architecture, find_blocks
+from .moe import calibrating_all_experts
 from .primitives import QTensor, quantize_weight
 from .scheme import QuantScheme
 from .validation import check_finite
@@ -77,6 +79,9 @@ class BlockContext:
     device: torch.device
     stats: dict[str, dict[str, float]] = field(default_factory=dict)
     messages: list[str] = field(default_factory=list)
+    # This process's share of the work when several run (distributed.py): `inputs` are its batches only,
+    # and methods reduce what they learn from them through it. LOCAL (one process) reduces nothing.
+    group: Collective = LOCAL
 
     def run(self, keep_outputs: bool = True, batches: int | None = None) -> list[torch.Tensor]:
         """Run the cached batches (the first `batches` of them, or all) through the block; returns
@@ -200,6 +205,7 @@ def run_sequential(
     description: str = "blocks",
     loader: BlockLoader | None = None,
     cache_dtype: torch.dtype | None = None,
+    group: Collective = LOCAL,
 ) -> None:
     """Walk the decoder blocks one at a time on `device`, calling `process(ctx)` for each.
 
@@ -208,6 +214,7 @@ def run_sequential(
     to have them computed with a plain forward pass.
     loader: brings each block to the device and takes it away (default: `ResidentBlocks`).
     cache_dtype: dtype of the cached activations (default: the dtype the model computes in).
+    group: the processes sharing the work; `batches` are then this process's share (Collective.shard).
     """
     device = torch.device(device)
     loader = loader or ResidentBlocks()
@@ -224,12 +231,12 @@ def run_sequential(
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} blocks"),
                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn()]
     samples = sum(c.args[0].shape[0] for c in inputs)
-    with Progress(*columns, disable=not progress, transient=False) as bar:
+    with Progress(*columns, disable=not progress or not group.is_writer, transient=False) as bar:
         task = bar.add_task(description, total=len(blocks), rate="")
         for i, block in enumerate(blocks):
             t0 = time.perf_counter()
             loader.load(i, block, device)
-            ctx = BlockContext(i, f"{prefix}.{i}.", block, inputs, arch, device)
+            ctx = BlockContext(i, f"{prefix}.{i}.", block, inputs, arch.for_block(block), device, group=group)
             outs = process(ctx)
             if inputs:
                 outs = ctx.run() if outs is None else outs
@@ -250,6 +257,8 @@ class Streaming:
     done: blocks below this index are already quantized (a resumed run): only run to get their outputs.
     on_block: called with each newly quantized block and the report so far, before the block is released
         (the streaming writer).
+    all_experts: mixture-of-experts blocks send every calibration token through every expert while methods
+        gather statistics (the block's output still follows the router), so no expert is left without data.
     """
 
     loader: BlockLoader | None = None
@@ -257,6 +266,7 @@ class Streaming:
     store_dtype: torch.dtype | None = None
     done: int = 0
     on_block: Callable[[BlockContext, QuantizeReport], None] | None = None
+    all_experts: bool = False
 
 
 def quantize_sequential(
@@ -286,6 +296,8 @@ def quantize_sequential(
         check_finite(module, names[id(module)] + ".")
     input_scales = dict(input_scales or {})
     streaming = streaming or Streaming()
+    group = current(device)  # several processes (torchrun): each calibrates on its share of the batches
+    batches = group.shard(batches)
 
     def process(ctx: BlockContext) -> list[torch.Tensor] | None:
         if ctx.index < streaming.done:
@@ -293,18 +305,14 @@ def quantize_sequential(
                 return ctx.run() if ctx.inputs else None
         local = {n[len(ctx.prefix):]: spec for n, spec in plan.items() if n.startswith(ctx.prefix)}
         check_finite(ctx.block, ctx.prefix)  # every method, before AWQ/SmoothQuant fold scales into weights
-        float_out = _observe(ctx, local, input_scales, observer_factory) if ctx.inputs else {}
-        for n, qt in _apply_methods(ctx, local, methods).items():
-            if not ctx.inputs:  # no output error without data: record how far rounding moved the weight
-                ctx.record(n, "weight_rel_error", _weight_error(ctx.block.get_submodule(n).weight, qt))
-            scale = input_scales.get(ctx.prefix + n)
-            q = QuantLinear.from_qtensor(qt, local[n][0], ctx.block.get_submodule(n).bias,
-                                         None if scale is None else scale.to(ctx.device))
-            set_submodule(ctx.block, n, q)
-        if streaming.store_dtype is not None:
-            round_parameters(ctx.block, streaming.store_dtype)
         errors: dict[str, float] = {}
-        outs = _measure(ctx, local, float_out, errors) if ctx.inputs else None
+        # Experts see every token in all passes, or in none: the error report compares the same rows.
+        with calibrating_all_experts(ctx.block, streaming.all_experts):
+            float_out = _observe(ctx, local, input_scales, observer_factory) if ctx.inputs else {}
+            _swap_linears(ctx, local, _apply_methods(ctx, local, methods), input_scales)
+            if streaming.store_dtype is not None:
+                round_parameters(ctx.block, streaming.store_dtype)
+            outs = _measure(ctx, local, float_out, errors) if ctx.inputs else None
         for n in local:
             report.layers.append({"name": ctx.prefix + n, "block": ctx.index, "kind": n,
                                   "rel_error": errors.get(n), "method_stats": ctx.stats.get(n, {})})
@@ -315,9 +323,21 @@ def quantize_sequential(
 
     run_sequential(model, batches, process, device=device, offload_activations=offload_activations,
                    progress=progress, description="quantizing", loader=streaming.loader,
-                   cache_dtype=streaming.cache_dtype)
+                   cache_dtype=streaming.cache_dtype, group=group)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _swap_linears(ctx: BlockContext, local: Plan, qtensors: dict[str, QTensor],
+                  input_scales: dict[str, torch.Tensor]) -> None:
+    """Replace each quantized linear of the block by its QuantLinear."""
+    for n, qt in qtensors.items():
+        if not ctx.inputs:  # no output error without data: record how far rounding moved the weight
+            ctx.record(n, "weight_rel_error", _weight_error(ctx.block.get_submodule(n).weight, qt))
+        scale = input_scales.get(ctx.prefix + n)
+        q = QuantLinear.from_qtensor(qt, local[n][0], ctx.block.get_submodule(n).bias,
+                                     None if scale is None else scale.to(ctx.device))
+        set_submodule(ctx.block, n, q)
 
 
 @torch.no_grad()
@@ -355,6 +375,7 @@ def _observe(ctx: BlockContext, local: Plan, input_scales: dict[str, torch.Tenso
     # The error report samples rows of the first batch only; observers need every batch.
     ctx.capture(local, hook, batches=None if observers else 1)
     for n, obs in observers.items():
+        merge_observer(obs, ctx.group)
         lo, hi = obs.result()
         input_scales[ctx.prefix + n] = _static_scale(lo, hi, local[n][0])
     return float_out
@@ -377,9 +398,10 @@ def _measure(ctx: BlockContext, local: Plan, float_out: dict[str, torch.Tensor],
              errors: dict[str, float]) -> list[torch.Tensor]:
     """Quantized pass: relative error of each linear's sampled output rows; returns the block outputs."""
     def hook(name, x, y):
-        if name in float_out and name not in errors:
-            ref = float_out[name]
-            errors[name] = float((_sample_rows(y) - ref).norm() / ref.norm().clamp_min(1e-12))
+        ref = float_out.get(name)
+        # An expert may be routed other tokens once earlier layers are quantized: no comparison then.
+        if ref is not None and name not in errors and (rows := _sample_rows(y)).shape == ref.shape:
+            errors[name] = float((rows - ref).norm() / ref.norm().clamp_min(1e-12))
     with dequantized_weights(ctx.block):
         return ctx.capture(local, hook, keep_outputs=True)
 

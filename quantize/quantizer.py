@@ -22,7 +22,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .distributed import DistributedError, current
 from .methods import METHODS, get_method
+from .moe import unfuse_experts
 from .pipeline import Plan, QuantizeReport, Streaming, quantize_outside_blocks, quantize_sequential
 from .recipe import Recipe, RecipeEntry
 from .scheme import Assignment, QuantizationConfig, QuantScheme, SchemeError, Strategy
@@ -53,6 +55,7 @@ def load_model(name_or_path: str | Path, *, dtype: torch.dtype | None = torch.fl
                          "quantize the float model it was made from")
     try:
         model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype).to(device).eval()
+        unfuse_experts(model)
         tokenizer = AutoTokenizer.from_pretrained(name)
     except Exception as err:  # noqa: BLE001  (disk full: OSError, or safetensors' own error)
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -123,6 +126,7 @@ def quantize_model(model: nn.Module, recipe: Recipe, *, calibration: list[torch.
     assigned: `recipe.assign(model)` where the caller already computed it, `recipe` then being resolved
     (`resolve_recipe`) by the caller too, so that the assignment's entries are the recipe's.
     """
+    unfuse_experts(model)  # a mixture of experts built by the caller: experts as linears (moe.py)
     plan, config = plan_quantization(model, recipe, calibration=calibration, input_scales=input_scales,
                                      assigned=assigned)
 
@@ -214,12 +218,18 @@ def quantize_to_checkpoint(model_dir: str | Path, recipe: Recipe, output: str | 
         assigned = recipe.assign(model)
     plan, config = plan_quantization(model, recipe, calibration=calibration, input_scales=input_scales,
                                      assigned=assigned)
+    group = current(device)
+    if settings.resume and group.active:
+        raise DistributedError("--resume runs in one process: continue the run without torchrun or --gpus")
     fingerprint = fingerprint_settings(model_dir, config.to_dict(), calibration, input_scales, observer)
     fingerprint.update(dtype=str(store), cache_dtype=str(cache), compute_dtype=str(settings.compute_dtype))
-    writer = ShardWriter(output, fingerprint,
-                         resume=settings.resume, overwrite=settings.overwrite)
+    # Rank 0 alone writes (several processes: distributed.py); the others compute the same blocks.
+    writer = ShardWriter(output, fingerprint, resume=settings.resume,
+                         overwrite=settings.overwrite) if group.is_writer else None
+    done = writer.state.done if writer else 0
     prefix, _ = find_blocks(model, find_architecture(model))
-    loader = LazyBlocks(model, weights, compute_dtype=settings.compute_dtype, done=writer.state.done, partial=writer.read_block,
+    loader = LazyBlocks(model, weights, compute_dtype=settings.compute_dtype, done=done,
+                        partial=writer.read_block if writer else None,
                         schemes=block_schemes(plan, prefix), replay=calibration is not None)
 
     def on_block(ctx: BlockContext, report: QuantizeReport) -> None:
@@ -227,8 +237,8 @@ def quantize_to_checkpoint(model_dir: str | Path, recipe: Recipe, output: str | 
         messages = [m for m in report.messages if m.startswith(ctx.prefix)]
         writer.write_block(ctx.index, unique_state_dict(ctx.block, store, prefix=ctx.prefix), layers, messages)
 
-    streaming = Streaming(loader=loader, cache_dtype=cache, store_dtype=store, done=writer.state.done,
-                          on_block=on_block)
+    streaming = Streaming(loader=loader, cache_dtype=cache, store_dtype=store, done=done,
+                          on_block=on_block if writer else None, all_experts=settings.all_experts)
     try:
         # Embeddings, final norm and lm_head before any work (the pipeline checks each block in its turn).
         for name in loader.outside_names():  # one at a time: the host holds no more than the end does
@@ -236,13 +246,17 @@ def quantize_to_checkpoint(model_dir: str | Path, recipe: Recipe, output: str | 
         result = quantize_model(model, recipe, calibration=calibration, device=device,
                                 offload_activations=offload_activations, input_scales=input_scales, observer=observer,
                                 progress=progress, streaming=streaming, assigned=assigned)
-        result.report.layers, result.report.messages = writer.state.layers, writer.state.messages
-        rest = outside_tensors(model, loader, plan, store)
-        extra = {**(extra_json or {}), "layer_errors.json": result.report.to_dict()}
-        writer.finish(rest, checkpoint_config(model.config, config, store), extra_json=extra,
-                      source_dir=model_dir)
+        group.barrier()  # every rank has finished its blocks before rank 0 publishes
+        if writer:
+            result.report.layers, result.report.messages = writer.state.layers, writer.state.messages
+            rest = outside_tensors(model, loader, plan, store)
+            extra = {**(extra_json or {}), "layer_errors.json": result.report.to_dict()}
+            writer.finish(rest, checkpoint_config(model.config, config, store), extra_json=extra,
+                          source_dir=model_dir)
+        group.barrier()  # and the others return only once the checkpoint is in place
     except ValueError:  # bad input (NaN weights, ...): a resumed run would meet it again, so leave nothing
-        writer.discard()
+        if writer:
+            writer.discard()
         raise
     except Exception as err:  # noqa: BLE001  (disk full: OSError, or safetensors' own error)
         if is_disk_full(err):
@@ -260,7 +274,8 @@ def quantize_to_directory(model_path: str | Path, output: str | Path, recipe: Re
                           calibration_stats: str | Path | None = None, observer: str = "minmax",
                           offload_activations: bool | None = None, device: str = "cpu", format: str = "qtool",
                           overwrite: bool = False, resume: bool = False, dtype: torch.dtype | None = None,
-                          compute_dtype: torch.dtype = torch.float32, stream: bool = True) -> QuantizeResult:
+                          compute_dtype: torch.dtype = torch.float32, stream: bool = True,
+                          all_experts: bool = False) -> QuantizeResult:
     """Load the model at `model_path`, quantize it by `recipe` and write the checkpoint to `output`
     (`qtool quantize`). calibration: (model, tokenizer) -> batches of input ids [B, T], or None;
     calibration_stats: a `qtool calibrate` directory for static activation scales.
@@ -269,7 +284,9 @@ def quantize_to_directory(model_path: str | Path, output: str | Path, recipe: Re
     checkpoint written block by block (quantize/streaming.py; `stream=False` loads it whole, as data-free
     calibration needs); an interrupted streamed run leaves `.NAME.partial` beside `output`, which
     `resume=True` continues. dtype: of the unquantized tensors written (None: the source's);
-    compute_dtype: what each block runs in."""
+    compute_dtype: what each block runs in; all_experts: mixture-of-experts blocks run every calibration token
+    through every expert for statistics (`Streaming.all_experts`). Under torchrun each process calibrates
+    on its share of the batches and rank 0 writes (quantize/distributed.py)."""
     from .checkpoint import save_checkpoint
     from .compressed import check_exportable, write_compressed_tensors
     from .destination import check_output
@@ -295,7 +312,8 @@ def quantize_to_directory(model_path: str | Path, output: str | Path, recipe: Re
         from .calibration import load_stats
         input_scales = load_stats(calibration_stats).input_scales({n: e.scheme for n, e in assigned.items()})
     if lazy:
-        settings = StreamSettings(dtype=dtype, compute_dtype=compute_dtype, resume=resume, overwrite=overwrite)
+        settings = StreamSettings(dtype=dtype, compute_dtype=compute_dtype, resume=resume, overwrite=overwrite,
+                                  all_experts=all_experts)
         return quantize_to_checkpoint(model_path, recipe, output, calibration=batches, device=device,
                                       settings=settings, skeleton_model=model, input_scales=input_scales,
                                       observer=observer, offload_activations=offload_activations,
@@ -303,7 +321,9 @@ def quantize_to_directory(model_path: str | Path, output: str | Path, recipe: Re
     store_dtype = dtype or source_dtype(model_path)
     result = quantize_model(model, recipe, calibration=batches, device=device, input_scales=input_scales,
                             offload_activations=offload_activations, observer=observer, assigned=assigned,
-                            streaming=Streaming(store_dtype=store_dtype))
+                            streaming=Streaming(store_dtype=store_dtype, all_experts=all_experts))
+    if not current(device).is_writer:
+        return result
     source, extra = model_path if Path(model_path).is_dir() else None, {"layer_errors.json": result.report.to_dict()}
     if format == "compressed-tensors":
         write_compressed_tensors(model, output, source_dir=source, overwrite=overwrite, extra_json=extra)

@@ -34,6 +34,31 @@ LLAMA_8B = {
 LLAMA_70B = {**LLAMA_8B, "hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 80,
              "num_attention_heads": 64, "num_key_value_heads": 8}
 
+# Qwen3-30B-A3B's shapes (config.json on the hub): 48 blocks of attention plus 128 experts, 8 per token,
+# each 2048 -> 768 -> 2048; `--layers` keeps a few blocks (one is 1.2 GB of experts in bf16).
+QWEN3_MOE_30B_A3B = {
+    "model_type": "qwen3_moe",
+    "hidden_size": 2048,
+    "intermediate_size": 6144,
+    "moe_intermediate_size": 768,
+    "num_experts": 128,
+    "num_experts_per_tok": 8,
+    "norm_topk_prob": True,
+    "decoder_sparse_step": 1,
+    "mlp_only_layers": [],
+    "num_hidden_layers": 48,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 4,
+    "head_dim": 128,
+    "vocab_size": 151936,
+    "max_position_embeddings": 40960,
+    "rms_norm_eps": 1e-6,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0},
+    "tie_word_embeddings": False,
+    "bos_token_id": 151643,
+    "eos_token_id": 151645,
+}
+
 # Same layout at toy size, for tests and smoke runs on CPU.
 TINY = {
     "model_type": "llama",
@@ -46,6 +71,11 @@ TINY = {
     "max_position_embeddings": 4096,
     "tie_word_embeddings": False,
 }
+
+TINY_MOE = {**QWEN3_MOE_30B_A3B, "hidden_size": 64, "intermediate_size": 128, "moe_intermediate_size": 32,
+            "num_experts": 8, "num_experts_per_tok": 2, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 256, "max_position_embeddings": 4096,
+            "bos_token_id": 1, "eos_token_id": 2}
 
 # SmolLM2-135M's shapes (the model of the quality tables), for timing methods without its weights.
 SMOLLM2_135M = {
@@ -64,7 +94,7 @@ SMOLLM2_135M = {
 }
 
 CONFIGS: dict[str, dict] = {"llama-8b": LLAMA_8B, "llama-70b": LLAMA_70B, "smollm2-135m": SMOLLM2_135M,
-                            "tiny": TINY}
+                            "qwen3-moe-30b-a3b": QWEN3_MOE_30B_A3B, "tiny": TINY, "tiny-moe": TINY_MOE}
 
 
 def random_model(
@@ -146,6 +176,7 @@ def write_random_model(config: str | Path | dict, out_dir: str | Path, *, layers
 
 
 def _random_tensor(param: torch.Tensor, gen: torch.Generator, std: float, dtype: torch.dtype) -> torch.Tensor:
+    """N(0, std) for matrices and 3-D experts [E, N, K]; ones for vectors."""
     if param.dim() == 1:  # norm weights and biases
         return torch.ones(param.shape, dtype=dtype)
     return (torch.randn(param.shape, generator=gen, device=gen.device) * std).to(dtype).cpu()

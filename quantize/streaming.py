@@ -33,13 +33,15 @@ class StreamSettings:
     """dtype: of the unquantized tensors written (None: the source's). cache_dtype: of the cached
     calibration activations (None: the source's, so bf16 for a bf16 model; float32 on request).
     compute_dtype: what each block computes in on the device; float32 gives the eager path's results,
-    bfloat16 is several times faster on a GPU (methods still do their own arithmetic in float32)."""
+    bfloat16 is several times faster on a GPU (methods still do their own arithmetic in float32).
+    all_experts: as `pipeline.Streaming.all_experts`."""
 
     dtype: torch.dtype | None = None
     cache_dtype: torch.dtype | None = None
     compute_dtype: torch.dtype = torch.float32
     resume: bool = False
     overwrite: bool = False
+    all_experts: bool = False
 
 
 def open_lazily(model_dir: str | Path) -> tuple[nn.Module, Any] | None:

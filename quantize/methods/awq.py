@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..mappings import Smooth, applicable
+from ..moe import UNROUTED_NOTE
 from ..pipeline import BlockContext
 from ..primitives import QTensor, dequantize, expand, qparams_from_range, quantize, reduce_range
 from ..scheme import QuantArgs, QuantScheme, Strategy
@@ -53,22 +54,21 @@ def gather_inputs(ctx: BlockContext, mappings: list[Smooth], search_tokens: int)
 
     One pass suffices because folding one mapping's scales never changes the inputs another mapping
     inspects: each fold only rescales the output of its own `prev` and the inputs of its own linears.
+    With several processes (ctx.group) the sums cover every rank's tokens and the recorded calls are
+    the first ones of all ranks in rank order, which is batch order: the calls one process records.
     """
     stats = [MappingInputs(torch.empty(0)) for _ in mappings]
     handles = []
     for st, m in zip(stats, mappings, strict=True):
         def record(module, args, kwargs, st=st):
-            x = args[0] if args else kwargs["hidden_states"]
-            n = x.shape[:-1].numel()
-            if not st.calls or st.tokens + n <= search_tokens:
-                st.calls.append((args, kwargs))
-                st.tokens += n
+            _keep_call(st, args, kwargs, search_tokens)
 
         def accumulate(module, args, st=st):
             x = args[0]
             st.abs_sum = st.abs_sum + x.abs().float().reshape(-1, x.shape[-1]).sum(0)
             st.count += x.shape[:-1].numel()
         block = ctx.block
+        st.abs_sum = torch.zeros(block.get_submodule(m.balance[0]).in_features, device=ctx.device)
         handles.append(block.get_submodule(m.inspect or m.balance[0]).register_forward_pre_hook(record, with_kwargs=True))
         handles.append(block.get_submodule(m.balance[0]).register_forward_pre_hook(accumulate))
     try:
@@ -77,8 +77,32 @@ def gather_inputs(ctx: BlockContext, mappings: list[Smooth], search_tokens: int)
         for h in handles:
             h.remove()
     for st in stats:
-        st.x_mean = st.abs_sum / st.count
+        st.count = int(ctx.group.count(st.count))
+        st.x_mean = ctx.group.sum_(st.abs_sum) / max(st.count, 1)
+        if ctx.group.active:
+            st.calls, st.tokens = _first_calls(ctx, st.calls, search_tokens)
     return stats
+
+
+def _keep_call(st: MappingInputs, args: tuple, kwargs: dict, search_tokens: int) -> None:
+    """Record a call of the inspected module while the calls stay within `search_tokens` (the first always)."""
+    x = args[0] if args else kwargs["hidden_states"]
+    n = x.shape[:-1].numel()
+    if not st.calls or st.tokens + n <= search_tokens:
+        st.calls.append((args, kwargs))
+        st.tokens += n
+
+
+def _first_calls(ctx: BlockContext, local: list, search_tokens: int) -> tuple[list, int]:
+    """The calls one process would record over all batches: each rank's, in rank order (the batch order),
+    kept by the same rule. A rank's own list holds every call of its batches that the rule can keep."""
+    merged = MappingInputs(torch.empty(0))
+    for rank in range(ctx.group.size):
+        if merged.tokens >= search_tokens:
+            break
+        for args, kwargs in ctx.group.broadcast(local, src=rank):
+            _keep_call(merged, args, kwargs, search_tokens)
+    return merged.calls, merged.tokens
 
 
 def _run(module: nn.Module, calls: list[tuple[tuple, dict]]) -> list[torch.Tensor]:
@@ -195,32 +219,57 @@ def quantize_block(ctx: BlockContext, schemes: dict[str, QuantScheme], *, clip: 
             raise ValueError(f"AWQ quantizes integer weights per group or channel, got {w.describe()}")
     mappings = [m for m in ctx.arch.smooth
                 if all(b in schemes for b in m.balance) and applicable(ctx.block, m)]
-    used = set()
-    for smooth, inputs in zip(mappings, gather_inputs(ctx, mappings, search_tokens), strict=True):
-        block = ctx.block
-        s, ratio, _ = search_scale(block.get_submodule(smooth.inspect or smooth.balance[0]),
-                                   [block.get_submodule(b) for b in smooth.balance], inputs,
-                                   schemes[smooth.balance[0]].weights, duo_scaling=duo_scaling)
-        apply_scale(block, smooth, s, ctx.arch.norm_offset)
-        for b in smooth.balance:
-            ctx.record(b, "awq_ratio", ratio)
-        used.update(smooth.balance)
-    if not used:
+    if not mappings:
         raise ValueError(f"no AWQ mapping of architecture {ctx.arch.name!r} applies to {sorted(schemes)}; "
                          "add one in quantize/mappings.py or use --method gptq")
-    inputs: dict[str, list[torch.Tensor]] = {}
+    inputs = gather_inputs(ctx, mappings, search_tokens)
+    # A mapping whose linears saw no token (an expert the router never chose) keeps its weights as they are.
+    searched = {str(i): (m, st) for i, (m, st) in enumerate(zip(mappings, inputs, strict=True)) if st.count}
+    # Searches are independent (each scores its own module with the weights it had before any fold),
+    # so ranks search different mappings and the folds follow in the mappings' order on every rank.
+    ranks = ctx.group.assign({k: float(sum(ctx.block.get_submodule(b).weight.numel() for b in m.balance))
+                              for k, (m, _) in searched.items()})
+    found = {k: _search(ctx, *searched[k], schemes, duo_scaling) for k in ctx.group.mine(ranks)}
+    for k, (s, ratio) in ctx.group.share(found, ranks).items():
+        smooth = searched[k][0]
+        apply_scale(ctx.block, smooth, s.to(ctx.device), ctx.arch.norm_offset)
+        for b in smooth.balance:
+            ctx.record(b, "awq_ratio", ratio)
+    samples: dict[str, list[torch.Tensor]] = {}
     if clip:
-        ctx.capture(schemes, lambda n, x, y: inputs.setdefault(n, []).append(x[:: max(1, x.shape[0] // 64)]))
-    out = {}
-    for name, scheme in schemes.items():
-        w = ctx.block.get_submodule(name).weight.data.float()
-        args = scheme.weights
-        # Query and key outputs only enter a softmax through their product: the reference
-        # implementation does not clip them, and neither do we.
-        if clip and name not in ctx.arch.attention_scores:
-            lo, hi = search_clip(w, torch.cat(inputs[name]), args)
-        else:
-            lo, hi = reduce_range(w, args)
-        scale, zp = qparams_from_range(lo, hi, args)
-        out[name] = QTensor(quantize(w, scale, zp, args), scale, zp, args)
-    return out
+        ctx.capture(schemes, lambda n, x, y: samples.setdefault(n, []).append(x[:: max(1, x.shape[0] // 64)]))
+    # Every rank's sampled rows, in batch order, for the clipping search of each linear's owner.
+    rows = {n: ctx.group.gather_rows(torch.cat(samples[n]) if n in samples else _no_rows(ctx, n))
+            for n in schemes} if clip else {}
+    unrouted = [n for n in schemes if (clip and not rows[n].shape[0])
+                or any(n in m.balance for m, st in zip(mappings, inputs, strict=True) if not st.count)]
+    ctx.messages.extend(f"{n}: {UNROUTED_NOTE}" for n in unrouted)
+    ranks = ctx.group.assign({n: float(ctx.block.get_submodule(n).weight.numel()) for n in schemes})
+    mine = {n: _round(ctx, n, schemes[n].weights, rows.get(n)) for n in ctx.group.mine(ranks)}
+    return ctx.group.share(mine, ranks)
+
+
+def _search(ctx: BlockContext, smooth: Smooth, inputs: MappingInputs, schemes: dict[str, QuantScheme],
+            duo_scaling: bool) -> tuple[torch.Tensor, float]:
+    block = ctx.block
+    s, ratio, _ = search_scale(block.get_submodule(smooth.inspect or smooth.balance[0]),
+                               [block.get_submodule(b) for b in smooth.balance], inputs,
+                               schemes[smooth.balance[0]].weights, duo_scaling=duo_scaling)
+    return s, ratio
+
+
+def _no_rows(ctx: BlockContext, name: str) -> torch.Tensor:
+    return torch.empty(0, ctx.block.get_submodule(name).in_features, device=ctx.device)
+
+
+def _round(ctx: BlockContext, name: str, args: QuantArgs, x: torch.Tensor | None) -> QTensor:
+    """The linear's codes: clipping searched on its sampled inputs x [tokens, K] (None: no clipping)."""
+    w = ctx.block.get_submodule(name).weight.data.float()
+    # Query and key outputs only enter a softmax through their product: the reference
+    # implementation does not clip them, and neither do we. A linear without inputs is not clipped.
+    if x is not None and x.shape[0] and name not in ctx.arch.attention_scores:
+        lo, hi = search_clip(w, x, args)
+    else:
+        lo, hi = reduce_range(w, args)
+    scale, zp = qparams_from_range(lo, hi, args)
+    return QTensor(quantize(w, scale, zp, args), scale, zp, args)

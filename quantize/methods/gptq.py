@@ -21,12 +21,14 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from ..moe import UNROUTED_NOTE
 from ..primitives import (
     QTensor,
     choose_qparams,
     expand,
     group_index,
     quantize,
+    quantize_weight,
 )
 from ..scheme import QuantArgs, Strategy
 from . import gptq_columns
@@ -110,6 +112,19 @@ class Hessian:
         if not self._matrix.is_cuda:
             self._check_finite()
         self.num_tokens = n + m
+
+    def merge(self, group) -> None:
+        """Combine the Hessians of all ranks (group: distributed.Collective): each rank's running mean
+        weighted by its token count, so H is the mean over every token as one process computes it.
+        Nothing happens with one process."""
+        if not group.active:
+            return
+        total = group.count(self.num_tokens)
+        if self._matrix is None:  # this rank saw no token of this layer
+            self._matrix = torch.zeros(self.in_features, self.in_features, dtype=self.dtype, device=group.device)
+        self._matrix.mul_(self.num_tokens / total if total else 0.0)
+        group.sum_(self._matrix)
+        self.num_tokens = int(total)
 
     def _check_finite(self) -> None:
         # diag(H) sums squares of every input, so it is finite iff all inputs were (checking K
@@ -310,7 +325,6 @@ def quantize_block(ctx, schemes: dict, *, damp: float = 0.01, block_size: int = 
     were seen, as the Hessian is then poorly conditioned.
     """
     settings = GPTQSettings(damp, act_order, static_groups, true_sequential, block_size)
-    static_groups = settings.static
     for name, scheme in schemes.items():
         wants_gidx = settings.stores_g_idx(scheme.weights)
         if wants_gidx != scheme.weights.actorder:
@@ -319,7 +333,8 @@ def quantize_block(ctx, schemes: dict, *, damp: float = 0.01, block_size: int = 
     out: dict[str, QTensor] = {}
     for group in _groups(ctx, list(schemes), true_sequential):
         owner = _input_owners(ctx.arch, group)
-        hessians = {n: Hessian(ctx.block.get_submodule(n).in_features) for n in set(owner.values())}
+        # An ordered dict, not a set: with several processes every rank must merge in the same order.
+        hessians = {n: Hessian(ctx.block.get_submodule(n).in_features) for n in dict.fromkeys(owner.values())}
 
         def add(name, x, y, hessians=hessians):
             try:
@@ -328,19 +343,35 @@ def quantize_block(ctx, schemes: dict, *, damp: float = 0.01, block_size: int = 
                 raise ValueError(f"{ctx.prefix}{name}: {err}") from None
         # Only the owners run: the pass over each batch stops once they have (q alone for q/k/v).
         ctx.capture([n for n in group if owner[n] == n], add)
-        for name in group:
-            layer = ctx.block.get_submodule(name)
-            h = hessians[owner[name]]
-            if h.num_tokens < min_tokens_per_feature * layer.in_features:
-                ctx.messages.append(f"{name}: only {h.num_tokens} calibration tokens for {layer.in_features} "
-                                    "input features; the Hessian is poorly conditioned (use more --num-samples)")
-            if not torch.isfinite(layer.weight).all():
-                raise ValueError(f"{ctx.prefix}{name}: weight contains NaN or Inf")
-            result = gptq_quantize(layer.weight.data, h.matrix, schemes[name].weights, damp=damp,
-                                   block_size=block_size, act_order=act_order, static_groups=static_groups)
-            ctx.messages.extend(f"{name}: {m}" for m in result.messages)
-            ctx.record(name, "gptq_loss", result.loss)
-            out[name] = result.qtensor
+        for h in hessians.values():
+            h.merge(ctx.group)
+        layers = {name: ctx.block.get_submodule(name) for name in group}
+        # With several processes each linear is quantized by one rank and sent to all (distributed.py).
+        ranks = ctx.group.assign({n: lin.in_features * (lin.in_features + lin.out_features) for n, lin in layers.items()})
+        mine = {name: _quantize_layer(ctx, name, layers[name], hessians[owner[name]], schemes[name].weights,
+                                      settings, min_tokens_per_feature) for name in ctx.group.mine(ranks)}
+        for name, (qtensor, loss, messages) in ctx.group.share(mine, ranks).items():
+            ctx.messages.extend(messages)
+            if loss is not None:
+                ctx.record(name, "gptq_loss", loss)
+            out[name] = qtensor
             # Later groups must see this layer's quantized output.
-            layer.weight.data = result.qtensor.dequantize(layer.weight.dtype)
+            layers[name].weight.data = qtensor.dequantize(layers[name].weight.dtype)
     return out
+
+
+def _quantize_layer(ctx, name: str, layer, h: Hessian, args: QuantArgs, settings: GPTQSettings,
+                    min_tokens_per_feature: float) -> tuple[QTensor, float | None, list[str]]:
+    """(codes, GPTQ loss or None, notes) of one linear. A linear that saw no calibration token (an expert
+    the router never chose) has no Hessian: it gets round-to-nearest, and a note naming it."""
+    if not torch.isfinite(layer.weight).all():
+        raise ValueError(f"{ctx.prefix}{name}: weight contains NaN or Inf")
+    if h.num_tokens == 0:
+        return quantize_weight(layer.weight.detach().float(), args), None, [f"{name}: {UNROUTED_NOTE}"]
+    messages = []
+    if h.num_tokens < min_tokens_per_feature * layer.in_features:
+        messages.append(f"{name}: only {h.num_tokens} calibration tokens for {layer.in_features} "
+                        "input features; the Hessian is poorly conditioned (use more --num-samples)")
+    result = gptq_quantize(layer.weight.data, h.matrix, args, damp=settings.damp, block_size=settings.block_size,
+                           act_order=settings.act_order, static_groups=settings.static)
+    return result.qtensor, result.loss, messages + [f"{name}: {m}" for m in result.messages]

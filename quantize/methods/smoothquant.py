@@ -95,6 +95,16 @@ class SmoothQuantSettings:
         return self.weights == "gptq" and GPTQSettings(**self.gptq_args()).stores_g_idx(weights)
 
 
+def _choose_alpha(ctx: BlockContext, m, rows: torch.Tensor | None, act_max: torch.Tensor,
+                  schemes: dict[str, QuantScheme], alpha: float | str) -> tuple[float, float | None]:
+    """(alpha, its relative error or None): the given alpha, or the grid's best on the sampled rows."""
+    if alpha != "auto":
+        return alpha, None
+    lins = [ctx.block.get_submodule(b).weight.detach() for b in m.balance]
+    chosen, errors = search_alpha(rows, act_max, lins, [schemes[b] for b in m.balance])
+    return chosen, errors[chosen]
+
+
 def check_alpha(alpha: float | str) -> float | str:
     if alpha == "auto":
         return alpha
@@ -125,14 +135,22 @@ def quantize_block(ctx: BlockContext, schemes: dict[str, QuantScheme], *, alpha:
         if alpha == "auto":
             samples.setdefault(name, []).append(x[:: max(1, x.shape[0] // SAMPLE_ROWS)][:SAMPLE_ROWS].float())
     ctx.capture([m.balance[0] for m in mappings], observe)
+    searched = {}
     for m in mappings:
         first = m.balance[0]
+        # Several processes (ctx.group): maxima over every rank's tokens, sampled rows in batch order.
+        act_max[first] = ctx.group.max_(act_max[first])
+        rows = ctx.group.gather_rows(torch.cat(samples.pop(first))) if alpha == "auto" else None
+        searched[first] = (m, rows)
+    # Mappings are independent (each reads only its own linears), so ranks search different ones.
+    ranks = ctx.group.assign({k: float(sum(ctx.block.get_submodule(b).weight.numel() for b in m.balance))
+                              for k, (m, _) in searched.items()})
+    found = {k: _choose_alpha(ctx, *searched[k], act_max[k], schemes, alpha) for k in ctx.group.mine(ranks)}
+    for first, (chosen, error) in ctx.group.share(found, ranks).items():
+        m = searched[first][0]
+        if error is not None:
+            ctx.record(first, "smooth_error", error)
         lins = [ctx.block.get_submodule(b).weight.detach() for b in m.balance]
-        chosen = alpha
-        if alpha == "auto":
-            chosen, errors = search_alpha(torch.cat(samples.pop(first)), act_max[first], lins,
-                                          [schemes[b] for b in m.balance])
-            ctx.record(first, "smooth_error", errors[chosen])
         s = smoothing_factors(act_max[first], lins, chosen)
         apply_scale(ctx.block, m, s, ctx.arch.norm_offset)
         for b in m.balance:
