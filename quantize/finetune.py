@@ -68,7 +68,7 @@ class FinetuneSettings:
 
 @dataclass
 class FinetuneReport:
-    """Per block: mean output MSE at init and after training; e2e: KL of its first and last steps."""
+    """Per block: mean output MSE at init and after training; e2e: mean KL on the check batches before and after."""
 
     blocks: list[dict[str, float]] = field(default_factory=list)
     e2e: dict[str, float] = field(default_factory=dict)
@@ -178,28 +178,48 @@ def finetune_blocks(model: nn.Module, schemes: dict[str, QuantScheme], batches: 
     return report
 
 
+KL_CHECK_BATCHES = 4  # batches on which the end-to-end phase is scored before and after
+
+
+def _kl(student: nn.Module, teacher: nn.Module, ids: torch.Tensor, autocast: bool) -> torch.Tensor:
+    """Mean KL(teacher || student) per token of the next-token distributions on input ids [B, T]."""
+    with torch.no_grad(), torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=autocast):
+        target = F.log_softmax(teacher(input_ids=ids, use_cache=False).logits.float(), -1)
+    with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=autocast):
+        logits = student(input_ids=ids, use_cache=False).logits
+    return F.kl_div(F.log_softmax(logits.float(), -1).flatten(0, 1), target.flatten(0, 1),
+                    log_target=True, reduction="batchmean")
+
+
 def distill(student: nn.Module, teacher: nn.Module, batches: list[torch.Tensor], settings: FinetuneSettings,
             *, device: str | torch.device = "cpu", tick: Callable[[float], None] = lambda loss: None) -> dict:
     """End-to-end KL(teacher || student) over next-token distributions, training only the scales and zero
-    points of the student's fake-quant layers (EfficientQAT's E2E-QP); both models on `device`."""
+    points of the student's fake-quant layers (EfficientQAT's E2E-QP); both models on `device`. Scored on
+    the first KL_CHECK_BATCHES batches before and after: a phase that ends worse is undone (`reverted`)."""
     device = torch.device(device)
     autocast = device.type == "cuda"
     student.to(device)
     teacher.to(device)
+    check = [b.to(device) for b in batches[:KL_CHECK_BATCHES]]
+
+    def score() -> float:
+        with torch.no_grad():
+            return sum(float(_kl(student, teacher, ids, autocast)) for ids in check) / len(check)
+
+    before = score()
+    start = {n: p.detach().clone() for n, p in student.named_parameters() if n.endswith(("scale", "zero_point"))}
     trainer = _Trainer(student, settings.e2e_steps, None, settings.e2e_lr)
-    losses = []
     for step in range(settings.e2e_steps):
-        ids = batches[step % len(batches)].to(device)
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            target = F.log_softmax(teacher(input_ids=ids, use_cache=False).logits.float(), -1)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            logits = student(input_ids=ids, use_cache=False).logits
-        loss = F.kl_div(F.log_softmax(logits.float(), -1).flatten(0, 1), target.flatten(0, 1),
-                        log_target=True, reduction="batchmean")
-        losses.append(trainer.step(loss))
-        tick(losses[-1])
+        tick(trainer.step(_kl(student, teacher, batches[step % len(batches)].to(device), autocast)))
     trainer.finish()
-    return {"kl_first": losses[0], "kl_last": losses[-1]} if losses else {}
+    after = score()
+    if after > before:
+        with torch.no_grad():
+            for n, p in student.named_parameters():
+                if n in start:
+                    p.copy_(start[n])
+        return {"kl_init": before, "kl_final": before, "kl_trained": after, "reverted": 1.0}
+    return {"kl_init": before, "kl_final": after}
 
 
 def to_quant_linears(model: nn.Module, scheme: QuantScheme) -> None:

@@ -142,7 +142,7 @@ def test_cli_finetune_writes_a_checkpoint(tiny_model_dir, tmp_path, shared_data)
     stored = json.loads((out / "config.json").read_text())["quantization_config"]
     assert stored["method"] == "qat" and stored["method_args"]["qat"]["e2e_steps"] == 2
     report = json.loads((out / "finetune.json").read_text())
-    assert len(report["blocks"]) == 2 and "kl_last" in report["e2e"]
+    assert len(report["blocks"]) == 2 and report["e2e"]["kl_final"] <= report["e2e"]["kl_init"]
     model, _ = load_checkpoint(out)
     assert torch.isfinite(model(torch.tensor([[1, 2, 3]])).logits).all()
 
@@ -202,3 +202,17 @@ def test_learning_rates_are_in_units_of_each_layers_step():
     assert lr[id(small.weight)] == pytest.approx(0.5 * float(small.scale.mean()))
     assert lr[id(big.scale)] == pytest.approx(0.01 * float(big.scale.mean()))
     assert id(small.weight) not in {id(g["params"][0]) for g in trainable(small, None, 0.01)}
+
+
+def test_end_to_end_phase_that_hurts_is_undone():
+    """A learning rate far too high makes KL worse: the scales go back to where the block phase left them."""
+    batches, scheme = _batches(), preset("w3a16").with_weights(group_size=32)
+    outputs = {}
+    for e2e_steps in (0, 3):
+        model = tiny_llama()
+        settings = FinetuneSettings(steps=2, e2e_steps=e2e_steps, e2e_lr=5.0)
+        _, report = finetune_model(model, scheme, batches, settings, teacher=tiny_llama(), progress=False)
+        with torch.no_grad():
+            outputs[e2e_steps] = model(batches[0]).logits
+    assert report.e2e["reverted"] == 1.0 and report.e2e["kl_trained"] > report.e2e["kl_init"]
+    assert torch.equal(outputs[0], outputs[3])
