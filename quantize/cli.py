@@ -90,7 +90,7 @@ def quantize(
     calibration: CalibrationOpt = None,
     observer: Annotated[str, typer.Option(help="Observer for inline static activation calibration.")] = "minmax",
     offload_activations: OffloadOpt = None,
-    device: DeviceOpt = "cpu",
+    device: DeviceOpt = None,
     format: FormatOpt = "qtool",
     overwrite: OverwriteOpt = False,
     resume: ResumeOpt = False,
@@ -115,6 +115,8 @@ def quantize(
     from .validation import check_positive, check_range
 
     check_positive(num_samples=num_samples, seq_len=seq_len, batch_size=batch_size)
+    # --gpus N means GPUs unless --device says otherwise (N CPU processes are for tests and CPU clusters).
+    device = device or ("cuda" if gpus is not None and gpus > 1 else "cpu")
     if gpus is not None:
         check_positive(gpus=gpus)
         if gpus > 1 and not distributed.launched():  # the children see WORLD_SIZE and run below

@@ -84,8 +84,9 @@ WeightsOpt = Annotated[str | None, typer.Option("--weights", help="SmoothQuant: 
 CalibrationOpt = Annotated[Path | None, typer.Option(help="Statistics from `qtool calibrate` (static activation "
                                                           "scales).")]
 GpusOpt = Annotated[int | None, typer.Option(
-    "--gpus", help="Processes on this machine, one per GPU (qtool starts torchrun; with --device cpu, CPU "
-    "processes on gloo). Several machines: start `torchrun ... -m quantize quantize` on each instead.")]
+    "--gpus", help="Processes on this machine, one per GPU (qtool starts torchrun; --device defaults to cuda, "
+    "--device cpu gives CPU processes on gloo). Several machines: start `torchrun ... -m quantize quantize` "
+    "on each instead.")]
 MoEAllExpertsOpt = Annotated[bool, typer.Option(
     "--moe-calibrate-all-experts", help="Mixture of experts: every calibration token goes through every expert "
     "for the statistics (the output still follows the router); otherwise an expert no token reached is "
