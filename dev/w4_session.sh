@@ -3,34 +3,10 @@
 #
 #   carry [".gpu/w8a8"]: bash dev/w4_session.sh [tests] [bench] [bench8b] [big70]
 #
-# .gpu/w8a8 (git-ignored) holds the nvidia-cutlass wheel (headers for kernels/csrc/sm90) and the
-# libqtool_sm90*.so libraries prebuilt on the development machine with the same nvcc, copied into
-# the build cache so the device does not spend minutes compiling CUTLASS.
-set -uo pipefail
+# .gpu/w8a8 (git-ignored): the nvidia-cutlass wheel and prebuilt libraries (dev/gpu_setup.sh).
 cd "$(dirname "$0")/.."
-OUT=${OUT:-$PWD/gpu_out}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 QTOOL_CUDA_ARCHS=${QTOOL_CUDA_ARCHS:-90} MAX_JOBS=${MAX_JOBS:-16} PYTHONPATH=$PWD
-exec > >(tee -a "$OUT/w4_session.log") 2>&1
-step() { echo; echo "=== $* [$(date -u +%H:%M:%S)]"; }
-
-step "CUTLASS headers, prebuilt Hopper libraries, extension build"
-mkdir -p /tmp/cutlass && (cd /tmp/cutlass && python3 -m zipfile -e "$OLDPWD"/.gpu/w8a8/nvidia_cutlass-*.whl . )
-export QTOOL_CUTLASS_INCLUDE=/tmp/cutlass/cutlass_library/source/include
-python3 - <<'PY'
-import shutil, time
-from pathlib import Path
-import quantize  # noqa: F401  (makes qtool_kernels importable)
-from qtool_kernels import build, mixed_mm, sm90
-t = time.time(); assert build.load_extension(verbose=False) is not None, build._loader.reason
-print(f"extension built in {time.time() - t:.0f} s")
-for lib in (sm90._sm90, sm90.mixed):
-    target = lib.path()
-    pre = Path(".gpu/w8a8") / target.name
-    if pre.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True); shutil.copy(pre, target); print("prebuilt", target.name)
-t = time.time(); print("mixed GEMM loaded:", mixed_mm.available(), sm90.mixed.reason, f"{time.time() - t:.0f} s")
-PY
+LOG=w4_session.log
+source dev/gpu_setup.sh
 
 tests() {
   step "GPU tests"

@@ -3,35 +3,10 @@
 #
 #   carry [".gpu/w8a8"]: bash dev/w8a8_session.sh [tests] [bench] [bench8b]
 #
-# .gpu/w8a8 (git-ignored) holds the nvidia-cutlass wheel (headers for kernels/csrc/sm90) and, when one
-# was built on the development machine with the same nvcc, libqtool_sm90-*.so, copied into the build
-# cache so the device does not spend a minute compiling CUTLASS.
-set -uo pipefail
+# .gpu/w8a8 (git-ignored): the nvidia-cutlass wheel and prebuilt libraries (dev/gpu_setup.sh).
 cd "$(dirname "$0")/.."
-OUT=${OUT:-$PWD/gpu_out}
-mkdir -p "$OUT"
-# the checkout's qtool_kernels -> kernels symlink makes the kernels importable without an install
-export PYTHONUNBUFFERED=1 QTOOL_CUDA_ARCHS=${QTOOL_CUDA_ARCHS:-90} MAX_JOBS=${MAX_JOBS:-16} PYTHONPATH=$PWD
-exec > >(tee -a "$OUT/session.log") 2>&1
-step() { echo; echo "=== $* [$(date -u +%H:%M:%S)]"; }
-
-step "CUTLASS headers, prebuilt libqtool_sm90, extension build"
-mkdir -p /tmp/cutlass && (cd /tmp/cutlass && python3 -m zipfile -e "$OLDPWD"/.gpu/w8a8/nvidia_cutlass-*.whl . )
-export QTOOL_CUTLASS_INCLUDE=/tmp/cutlass/cutlass_library/source/include
-python3 - <<'PY'
-import shutil, time
-from pathlib import Path
-import quantize  # noqa: F401  (makes qtool_kernels importable)
-from qtool_kernels import build, sm90
-t = time.time(); assert build.load_extension(verbose=False) is not None, build._loader.reason
-print(f"extension built in {time.time() - t:.0f} s")
-pre = sorted(Path(".gpu/w8a8").glob("libqtool_sm90-*.so"))
-target = sm90.library_path()
-if pre and pre[-1].name == target.name:
-    target.parent.mkdir(parents=True, exist_ok=True); shutil.copy(pre[-1], target); print("prebuilt", target.name)
-t = time.time(); print("sm90 GEMM loaded:", sm90.load(), sm90.reason(), f"{time.time() - t:.0f} s")
-print(build.info())
-PY
+LOG=session.log
+source dev/gpu_setup.sh
 cuobjdump -sass "$(python3 -c 'import quantize; from qtool_kernels import sm90; print(sm90.library_path())')" 2>/dev/null \
   | grep -oE "(H|Q|I)GMMA[.A-Z0-9]*" | sort | uniq -c | head
 

@@ -19,11 +19,15 @@ Scales stay float32: the kernels apply them in float32, as the reference does.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from .reference import expand_groups
+
+if TYPE_CHECKING:  # mixed_mm imports build, which imports this module
+    from .mixed_mm import MixedWeight
 
 TILE_N = 16  # rows per stripe: the M of mma.m16n8k16
 PAD_K = 64  # K padding unit (the int4 chunk)
@@ -63,7 +67,7 @@ class PackedWeight:
     group_size: int  # power of two >= 16, or -1 per channel
     in_features: int
     out_features: int
-    mixed: object = None  # mixed_mm.MixedWeight: the same weight for the Hopper W4A16 GEMM, where built
+    mixed: MixedWeight | None = None  # the same weight for the Hopper W4A16 GEMM (mixed_mm.py), where built
 
     @property
     def k_padded(self) -> int:

@@ -102,7 +102,8 @@ class Hessian:
             # Products of 16-bit values are exact in float32 and the tensor cores accumulate in
             # float32: the H of float32 inputs at ~10x the speed of a float32 GEMM (on an 8B-shaped
             # block, down_proj's 14336 x 14336 Hessian over 262k tokens took ~2 s in float32).
-            self._matrix = _addmm_float32(self._matrix, x, n / (n + m), 2 / (n + m))
+            self._matrix = torch.addmm(self._matrix, x.T, x, beta=n / (n + m), alpha=2 / (n + m),
+                                       out_dtype=torch.float32)
         else:
             x = x.to(self.dtype) * math.sqrt(2 / (n + m))
             self._matrix.mul_(n / (n + m))
@@ -139,15 +140,6 @@ class Hessian:
             raise ValueError("no inputs were added to this Hessian")
         self._check_finite()
         return self._matrix
-
-
-def _addmm_float32(H: torch.Tensor, x: torch.Tensor, beta: float, alpha: float) -> torch.Tensor:
-    """beta * H + alpha * x^T x for 16-bit x [T, K] into float32 H [K, K] (cuBLAS, float32 accumulate)."""
-    try:
-        return torch.addmm(H, x.T, x, beta=beta, alpha=alpha, out_dtype=torch.float32)
-    except (RuntimeError, TypeError):  # a torch without addmm's out_dtype: the float32 GEMM
-        x = x.float()
-        return torch.addmm(H, x.T, x, beta=beta, alpha=alpha)
 
 
 @dataclass

@@ -1,0 +1,30 @@
+# Sourced by the device session scripts (w8a8_session.sh, w4_session.sh) with LOG set: logging to
+# $OUT/$LOG, the CUTLASS headers from the carried nvidia-cutlass wheel, the extension build, and the
+# libqtool_sm90*.so libraries prebuilt on the development machine (.gpu/w8a8, same nvcc) copied into
+# the build cache so the device does not spend minutes compiling CUTLASS.
+set -uo pipefail
+OUT=${OUT:-$PWD/gpu_out}
+mkdir -p "$OUT"
+# the checkout's qtool_kernels -> kernels symlink makes the kernels importable without an install
+export PYTHONUNBUFFERED=1 QTOOL_CUDA_ARCHS=${QTOOL_CUDA_ARCHS:-90} MAX_JOBS=${MAX_JOBS:-16} PYTHONPATH=$PWD
+exec > >(tee -a "$OUT/$LOG") 2>&1
+step() { echo; echo "=== $* [$(date -u +%H:%M:%S)]"; }
+
+step "CUTLASS headers, prebuilt Hopper libraries, extension build"
+mkdir -p /tmp/cutlass && (cd /tmp/cutlass && python3 -m zipfile -e "$OLDPWD"/.gpu/w8a8/nvidia_cutlass-*.whl . )
+export QTOOL_CUTLASS_INCLUDE=/tmp/cutlass/cutlass_library/source/include
+python3 - <<'PY'
+import shutil, time
+from pathlib import Path
+import quantize  # noqa: F401  (makes qtool_kernels importable)
+from qtool_kernels import build, sm90
+t = time.time(); assert build.load_extension(verbose=False) is not None, build._loader.reason
+print(f"extension built in {time.time() - t:.0f} s")
+for lib in (sm90._sm90, sm90.mixed):
+    target = lib.path()
+    pre = Path(".gpu/w8a8") / target.name
+    if pre.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True); shutil.copy(pre, target); print("prebuilt", target.name)
+    t = time.time(); print(lib.stem, "loaded:", lib.load(), lib.reason, f"{time.time() - t:.0f} s")
+print(build.info())
+PY
