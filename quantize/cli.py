@@ -112,6 +112,7 @@ def quantize(
     from .quantizer import quantize_to_directory
     from .recipe import Recipe
     from .report import summarize_notes
+    from .timeline import mark
     from .validation import check_positive, check_range
 
     check_positive(num_samples=num_samples, seq_len=seq_len, batch_size=batch_size)
@@ -121,7 +122,9 @@ def quantize(
         check_positive(gpus=gpus)
         if gpus > 1 and not distributed.launched():  # the children see WORLD_SIZE and run below
             raise typer.Exit(distributed.relaunch(sys.argv[1:], gpus))
+    mark("command line parsed")
     group, device = distributed.start(device)
+    mark("process group")
     check_range("--damp", damp, low=0)
     values = (damp, act_order, static_groups, true_sequential, clip, duo_scaling, alpha, weights_method)
     settings = {name: v for name, v in zip(SETTING_OPTIONS.values(), values, strict=True) if v is not None}

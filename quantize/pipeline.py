@@ -33,6 +33,7 @@ from .mappings import Architecture, find_architecture, find_blocks
 from .moe import calibrating_all_experts
 from .primitives import QTensor, quantize_weight
 from .scheme import QuantScheme
+from .timeline import MARKS, mark
 from .validation import check_finite
 
 
@@ -187,7 +188,7 @@ class QuantizeReport:
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"layers": self.layers, "messages": self.messages, "seconds": self.seconds}
+        return {"layers": self.layers, "messages": self.messages, "seconds": self.seconds, "timeline": dict(MARKS)}
 
 
 def _sample_rows(t: torch.Tensor, limit: int = 256) -> torch.Tensor:
@@ -227,6 +228,7 @@ def run_sequential(
     if batches is not None:
         with loader.outside(model, blocks, device):
             inputs = capture_block_inputs(model, blocks, batches, device, cache_device, cache_dtype)
+        mark("block inputs")
 
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} blocks"),
                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn()]

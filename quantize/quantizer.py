@@ -29,6 +29,7 @@ from .pipeline import Plan, QuantizeReport, Streaming, quantize_outside_blocks, 
 from .recipe import Recipe, RecipeEntry
 from .scheme import Assignment, QuantizationConfig, QuantScheme, SchemeError, Strategy
 from .streaming import StreamSettings
+from .timeline import mark
 
 FORMATS = ("qtool", "compressed-tensors")  # checkpoint formats `quantize_to_directory` writes
 
@@ -246,6 +247,7 @@ def quantize_to_checkpoint(model_dir: str | Path, recipe: Recipe, output: str | 
         result = quantize_model(model, recipe, calibration=calibration, device=device,
                                 offload_activations=offload_activations, input_scales=input_scales, observer=observer,
                                 progress=progress, streaming=streaming, assigned=assigned)
+        mark("blocks")
         group.barrier()  # every rank has finished its blocks before rank 0 publishes
         if writer:
             result.report.layers, result.report.messages = writer.state.layers, writer.state.messages
@@ -253,6 +255,7 @@ def quantize_to_checkpoint(model_dir: str | Path, recipe: Recipe, output: str | 
             extra = {**(extra_json or {}), "layer_errors.json": result.report.to_dict()}
             writer.finish(rest, checkpoint_config(model.config, config, store), extra_json=extra,
                           source_dir=model_dir)
+            mark("checkpoint written")
         group.barrier()  # and the others return only once the checkpoint is in place
     except ValueError:  # bad input (NaN weights, ...): a resumed run would meet it again, so leave nothing
         if writer:
@@ -299,6 +302,7 @@ def quantize_to_directory(model_path: str | Path, output: str | Path, recipe: Re
     check_output(output, overwrite=overwrite, reads=(model_path, calibration_stats))  # before any work
     recipe = resolve_recipe(recipe)
     lazy = open_lazily(model_path) if stream and format == "qtool" else None
+    mark("model skeleton and tokenizer")
     if resume and not lazy:
         raise ValueError("--resume needs a safetensors model directory and --format qtool")
     model, tokenizer = lazy if lazy else load_model(model_path, dtype=compute_dtype)
@@ -307,6 +311,7 @@ def quantize_to_directory(model_path: str | Path, output: str | Path, recipe: Re
         for name, entry in assigned.items():
             check_exportable(name, entry.scheme, model.get_submodule(name).in_features)
     batches = calibration(model, tokenizer) if calibration is not None else None
+    mark("calibration data")
     input_scales = None
     if calibration_stats is not None:
         from .calibration import load_stats

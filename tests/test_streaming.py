@@ -166,7 +166,11 @@ def test_interrupted_run_resumes_to_same_checkpoint(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     _assert_same(tmp_path / "full", out)
     full_report = json.loads((tmp_path / "full" / "layer_errors.json").read_text())["layers"]
-    assert json.loads((out / "layer_errors.json").read_text())["layers"] == full_report
+    report = json.loads((out / "layer_errors.json").read_text())
+    assert report["layers"] == full_report
+    # Where the time went (quantize/timeline.py): phases in order, in seconds since the process started.
+    phases = [report["timeline"][k] for k in ("calibration data", "block inputs", "blocks")]
+    assert phases == sorted(phases) and phases[0] >= 0
 
 
 def test_killed_run_resumes_to_same_checkpoint(tmp_path):

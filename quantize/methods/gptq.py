@@ -338,11 +338,11 @@ def quantize_block(ctx, schemes: dict, *, damp: float = 0.01, block_size: int = 
         for h in hessians.values():
             h.merge(ctx.group)
         layers = {name: ctx.block.get_submodule(name) for name in group}
-        # With several processes each linear is quantized by one rank and sent to all (distributed.py).
-        ranks = ctx.group.assign({n: lin.in_features * (lin.in_features + lin.out_features) for n, lin in layers.items()})
-        mine = {name: _quantize_layer(ctx, name, layers[name], hessians[owner[name]], schemes[name].weights,
-                                      settings, min_tokens_per_feature) for name in ctx.group.mine(ranks)}
-        for name, (qtensor, loss, messages) in ctx.group.share(mine, ranks).items():
+
+        def one(name, rows=slice(None), hessians=hessians, layers=layers, owner=owner):
+            return _quantize_layer(ctx, name, layers[name].weight.data[rows], hessians[owner[name]],
+                                   schemes[name].weights, settings, min_tokens_per_feature)
+        for name, (qtensor, loss, messages) in _quantize_shared(ctx, layers, schemes, one).items():
             ctx.messages.extend(messages)
             if loss is not None:
                 ctx.record(name, "gptq_loss", loss)
@@ -352,18 +352,57 @@ def quantize_block(ctx, schemes: dict, *, damp: float = 0.01, block_size: int = 
     return out
 
 
-def _quantize_layer(ctx, name: str, layer, h: Hessian, args: QuantArgs, settings: GPTQSettings,
+def _quantize_shared(ctx, layers: dict, schemes: dict, one) -> dict[str, tuple]:
+    """{name: (codes, loss, notes)} of a true-sequential group's linears, `one(name, rows)` quantizing
+    the rows `rows` of one. With several processes (distributed.py) every rank quantizes its contiguous
+    slice of the rows of each linear whose scales are per row (GPTQ treats rows independently given H,
+    and every rank holds the same reduced H), and the slices are exchanged and joined: the work divides
+    evenly however few linears the group has (down_proj alone). Linears with per-tensor or 2-D block
+    scales, and every linear of a group of many, go whole to one rank each."""
+    group = ctx.group
+    if not group.active:
+        return {name: one(name) for name in layers}
+    # Many linears (a mixture of experts' group) divide well whole, without repeating each H's inverse.
+    few = len(layers) < 4 * group.size
+    split = [n for n, lin in layers.items() if few and lin.out_features >= 16 * group.size
+             and schemes[n].weights.strategy in (Strategy.CHANNEL, Strategy.GROUP)]
+    whole = group.assign({n: lin.in_features * (lin.in_features + lin.out_features)
+                          for n, lin in layers.items() if n not in split})
+    owners = {**whole, **{f"{n}@{r}": r for n in split for r in range(group.size)}}
+    mine = {n: one(n) for n in group.mine(whole)}
+    for n in split:
+        rows = layers[n].out_features
+        mine[f"{n}@{group.rank}"] = one(n, slice(group.rank * rows // group.size, (group.rank + 1) * rows // group.size))
+    shared = group.share(mine, owners)
+    out = {n: shared[n] for n in whole}
+    for n in split:
+        parts = [shared[f"{n}@{r}"] for r in range(group.size)]
+        out[n] = (_join_rows([p[0] for p in parts]),
+                  None if any(p[1] is None for p in parts) else sum(p[1] for p in parts),
+                  list(dict.fromkeys(m for p in parts for m in p[2])))  # every slice notes the same things
+    return {n: out[n] for n in layers}
+
+
+def _join_rows(parts: list[QTensor]) -> QTensor:
+    """One QTensor from row slices of per-row-scaled codes (g_idx, a property of H, is the same in all)."""
+    zero = None if parts[0].zero_point is None else torch.cat([p.zero_point for p in parts])
+    return QTensor(torch.cat([p.values for p in parts]), torch.cat([p.scale for p in parts]), zero,
+                   parts[0].args, parts[0].g_idx)
+
+
+def _quantize_layer(ctx, name: str, weight: torch.Tensor, h: Hessian, args: QuantArgs, settings: GPTQSettings,
                     min_tokens_per_feature: float) -> tuple[QTensor, float | None, list[str]]:
-    """(codes, GPTQ loss or None, notes) of one linear. A linear that saw no calibration token (an expert
-    the router never chose) has no Hessian: it gets round-to-nearest, and a note naming it."""
-    if not torch.isfinite(layer.weight).all():
+    """(codes, GPTQ loss or None, notes) of one linear's weight [N, K] (or a slice of its rows). A linear
+    that saw no calibration token (an expert the router never chose) has no Hessian: it gets
+    round-to-nearest, and a note naming it."""
+    if not torch.isfinite(weight).all():
         raise ValueError(f"{ctx.prefix}{name}: weight contains NaN or Inf")
     if h.num_tokens == 0:
-        return quantize_weight(layer.weight.detach().float(), args), None, [f"{name}: {UNROUTED_NOTE}"]
+        return quantize_weight(weight.detach().float(), args), None, [f"{name}: {UNROUTED_NOTE}"]
     messages = []
-    if h.num_tokens < min_tokens_per_feature * layer.in_features:
-        messages.append(f"{name}: only {h.num_tokens} calibration tokens for {layer.in_features} "
+    if h.num_tokens < min_tokens_per_feature * weight.shape[1]:
+        messages.append(f"{name}: only {h.num_tokens} calibration tokens for {weight.shape[1]} "
                         "input features; the Hessian is poorly conditioned (use more --num-samples)")
-    result = gptq_quantize(layer.weight.data, h.matrix, args, damp=settings.damp, block_size=settings.block_size,
+    result = gptq_quantize(weight, h.matrix, args, damp=settings.damp, block_size=settings.block_size,
                            act_order=settings.act_order, static_groups=settings.static)
     return result.qtensor, result.loss, messages + [f"{name}: {m}" for m in result.messages]
