@@ -4,6 +4,7 @@
 mkdir -p "$OUT" "$WORK" build/pythonpath
 ln -sfn ../../kernels build/pythonpath/qtool_kernels  # import the kernels package without installing
 export PYTHONPATH=$PWD:$PWD/build/pythonpath${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+export QTOOL_TIMELINE=${QTOOL_TIMELINE:-1}  # each run's phases on stderr (quantize/timeline.py)
 exec > >(tee -a "$OUT/$LOG") 2>&1
 PY=${PY:-python3}
 QTOOL=("$PY" -c "from quantize.cli import app; app()")

@@ -43,6 +43,11 @@ buildmoe() { build "$WORK/mmoe" "${CONFIGMOE:-qwen3-moe-30b-a3b}" "${BUILDMOE_TI
 gptqmoe_1() { method gptq-moe-1gpu "$WORK/mmoe" "${GPTQMOE_1_TIMEOUT:-60}" 1 gptq; }
 gptqmoe_2() { method gptq-moe-2gpu "$WORK/mmoe" "${GPTQMOE_2_TIMEOUT:-45}" 2 gptq; }
 
+# The 70B shape with ${LAYERS70:-4} blocks: per-block work dominates there, as on a whole 70B model.
+build70() { build "$WORK/m70b" "${CONFIG70:-llama-70b}" "${BUILD70_TIMEOUT:-120}" --layers "${LAYERS70:-4}"; }
+gptq70_1() { method gptq-70b-1gpu "$WORK/m70b" "${GPTQ70_1_TIMEOUT:-80}" 1 gptq; }
+gptq70_2() { method gptq-70b-2gpu "$WORK/m70b" "${GPTQ70_2_TIMEOUT:-60}" 2 gptq; }
+
 compare8() {  # needs KEEP=1 and both 8B GPTQ runs finished
   step "compare the 1-GPU and 2-GPU GPTQ checkpoints"
   run "$PY" dev/compare_checkpoints.py "$WORK/q-gptq-8b-1gpu" "$WORK/q-gptq-8b-2gpu" --device "${DEVICE:-cuda}" \

@@ -14,19 +14,17 @@ quantize.export_onnx an ONNX model for onnxruntime (needs `pip install 'qtool[on
 import importlib
 
 from ._hooks import after_import
-from .checkpoint import save_checkpoint
-from .compressed import import_compressed_tensors
-from .fusion import fuse_projections
-from .linear import QuantLinear
-from .loading import export_compressed_tensors, load_checkpoint
-from .quantizer import load_model, quantize_model
-from .recipe import Recipe, RecipeEntry
-from .scheme import PRESETS, QuantArgs, QuantizationConfig, QuantScheme, Strategy, preset
 
 __version__ = "0.1.0"
-__all__ = ["PRESETS", "QuantArgs", "QuantLinear", "QuantScheme", "QuantizationConfig", "Recipe", "RecipeEntry",
-           "Strategy", "export_compressed_tensors", "export_onnx", "fuse_projections", "import_compressed_tensors", "load_checkpoint",
-           "load_model", "preset", "quantize_model", "save_checkpoint"]
+# The public API, imported on first use: `import quantize` costs no torch import, so `qtool quantize
+# --gpus N` relaunches itself under torchrun before paying for one (and `qtool --help` is quick).
+_API = {"save_checkpoint": "checkpoint", "import_compressed_tensors": "compressed", "fuse_projections": "fusion",
+        "QuantLinear": "linear", "export_compressed_tensors": "loading", "load_checkpoint": "loading",
+        "load_model": "quantizer", "quantize_model": "quantizer", "Recipe": "recipe", "RecipeEntry": "recipe",
+        "PRESETS": "scheme", "QuantArgs": "scheme", "QuantizationConfig": "scheme", "QuantScheme": "scheme",
+        "Strategy": "scheme", "preset": "scheme",
+        "export_onnx": "onnx_export"}  # needs the optional onnx packages, and registers an op
+__all__ = sorted(_API)
 
 # Register quant_method "qtool" with transformers (importing quantize.hf does) once transformers imports
 # its quantizer registry, not before: that import takes seconds, and `import quantize` need not pay for it.
@@ -34,9 +32,12 @@ after_import("transformers.quantizers.auto", lambda: importlib.import_module(f"{
 
 
 def __getattr__(name: str):
-    # Imported on first use: the ONNX export needs the optional onnx packages and registers an op.
-    if name == "export_onnx":
-        from .onnx_export import export_onnx
-
-        return export_onnx
+    if name in _API:
+        value = getattr(importlib.import_module(f"{__name__}.{_API[name]}"), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_API})

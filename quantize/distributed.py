@@ -263,7 +263,11 @@ def relaunch_args(argv: list[str], processes: int) -> list[str]:
 
 def relaunch(argv: list[str], processes: int) -> int:
     """Run qtool again under torchrun in `processes` processes of this machine; returns its exit code."""
+    import os
     import subprocess
     import sys
 
-    return subprocess.call([sys.executable, "-m", "torch.distributed.run", *relaunch_args(argv, processes)])
+    # torchrun gives each process one CPU thread unless told otherwise; the work on the host (reading
+    # and checking shards, tokenizing) then runs serially. Share this machine's cores instead.
+    env = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // processes)), **os.environ}
+    return subprocess.call([sys.executable, "-m", "torch.distributed.run", *relaunch_args(argv, processes)], env=env)

@@ -96,7 +96,7 @@ def test_transformers_probe_from_a_checkout_root_is_harmless():
 
     code = ("from transformers.utils.import_utils import is_kernels_available\n"
             "assert not is_kernels_available()\n"
-            "import sys, torch, quantize\n"
+            "import sys, torch, quantize.linear  # QuantLinear's module registers the ops\n"
             "from transformers import AutoModelForCausalLM\n"
             "assert sys.modules['kernels'].__file__.endswith('kernels/__init__.py')  # the probe imported it\n"
             "assert 'kernels.ops' not in sys.modules and 'qtool_kernels.ops' in sys.modules\n"
