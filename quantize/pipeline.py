@@ -33,7 +33,7 @@ from .mappings import Architecture, find_architecture, find_blocks
 from .moe import calibrating_all_experts
 from .primitives import QTensor, quantize_weight
 from .scheme import QuantScheme
-from .timeline import MARKS, mark
+from .timeline import MARKS, mark, phase
 from .validation import check_finite
 
 
@@ -237,7 +237,8 @@ def run_sequential(
         task = bar.add_task(description, total=len(blocks), rate="")
         for i, block in enumerate(blocks):
             t0 = time.perf_counter()
-            loader.load(i, block, device)
+            with phase("load block", device):
+                loader.load(i, block, device)
             ctx = BlockContext(i, f"{prefix}.{i}.", block, inputs, arch.for_block(block), device, group=group)
             outs = process(ctx)
             if inputs:
@@ -310,17 +311,22 @@ def quantize_sequential(
         errors: dict[str, float] = {}
         # Experts see every token in all passes, or in none: the error report compares the same rows.
         with calibrating_all_experts(ctx.block, streaming.all_experts):
-            float_out = _observe(ctx, local, input_scales, observer_factory) if ctx.inputs else {}
-            _swap_linears(ctx, local, _apply_methods(ctx, local, methods), input_scales)
+            with phase("observe", ctx.device):
+                float_out = _observe(ctx, local, input_scales, observer_factory) if ctx.inputs else {}
+            with phase("methods", ctx.device):
+                found = _apply_methods(ctx, local, methods)
+            _swap_linears(ctx, local, found, input_scales)
             if streaming.store_dtype is not None:
                 round_parameters(ctx.block, streaming.store_dtype)
-            outs = _measure(ctx, local, float_out, errors) if ctx.inputs else None
+            with phase("measure", ctx.device):
+                outs = _measure(ctx, local, float_out, errors) if ctx.inputs else None
         for n in local:
             report.layers.append({"name": ctx.prefix + n, "block": ctx.index, "kind": n,
                                   "rel_error": errors.get(n), "method_stats": ctx.stats.get(n, {})})
         report.messages.extend(f"{ctx.prefix}{m}" for m in ctx.messages)
         if streaming.on_block is not None:
-            streaming.on_block(ctx, report)
+            with phase("write block", ctx.device):
+                streaming.on_block(ctx, report)
         return outs
 
     run_sequential(model, batches, process, device=device, offload_activations=offload_activations,

@@ -29,7 +29,7 @@ from .pipeline import Plan, QuantizeReport, Streaming, quantize_outside_blocks, 
 from .recipe import Recipe, RecipeEntry
 from .scheme import Assignment, QuantizationConfig, QuantScheme, SchemeError, Strategy
 from .streaming import StreamSettings
-from .timeline import mark
+from .timeline import mark, print_totals
 
 FORMATS = ("qtool", "compressed-tensors")  # checkpoint formats `quantize_to_directory` writes
 
@@ -248,6 +248,7 @@ def quantize_to_checkpoint(model_dir: str | Path, recipe: Recipe, output: str | 
                                 offload_activations=offload_activations, input_scales=input_scales, observer=observer,
                                 progress=progress, streaming=streaming, assigned=assigned)
         mark("blocks")
+        print_totals()
         group.barrier()  # every rank has finished its blocks before rank 0 publishes
         if writer:
             result.report.layers, result.report.messages = writer.state.layers, writer.state.messages

@@ -11,6 +11,10 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
 
 
 def _process_age() -> float:
@@ -35,3 +39,30 @@ def mark(label: str) -> None:
     if os.environ.get("QTOOL_TIMELINE"):
         print(f"[timeline rank {os.environ.get('RANK', '0')}] {MARKS[label]:8.2f} s  {label}", file=sys.stderr,
               flush=True)
+
+
+TOTALS: dict[str, float] = {}
+
+
+@contextmanager
+def phase(label: str, device: torch.device | None = None) -> Iterator[None]:
+    """With QTOOL_TIMELINE=1, add the time spent inside to TOTALS[label], waiting for `device` (a GPU)
+    at both ends so that queued work is charged where it was queued; a no-op otherwise (no waiting)."""
+    if not os.environ.get("QTOOL_TIMELINE"):
+        yield
+        return
+    sync = torch.cuda.synchronize if device is not None and device.type == "cuda" else (lambda *_: None)
+    sync(device)
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        sync(device)
+        TOTALS[label] = TOTALS.get(label, 0.0) + time.perf_counter() - t0
+
+
+def print_totals() -> None:
+    """The phase totals so far, to stderr (QTOOL_TIMELINE=1 only)."""
+    if os.environ.get("QTOOL_TIMELINE") and TOTALS:
+        parts = ", ".join(f"{k} {v:.2f} s" for k, v in sorted(TOTALS.items(), key=lambda kv: -kv[1]))
+        print(f"[timeline rank {os.environ.get('RANK', '0')}] phases: {parts}", file=sys.stderr, flush=True)

@@ -31,6 +31,7 @@ from ..primitives import (
     quantize_weight,
 )
 from ..scheme import QuantArgs, Strategy
+from ..timeline import phase
 from . import gptq_columns
 
 
@@ -334,15 +335,19 @@ def quantize_block(ctx, schemes: dict, *, damp: float = 0.01, block_size: int = 
             except ValueError as err:
                 raise ValueError(f"{ctx.prefix}{name}: {err}") from None
         # Only the owners run: the pass over each batch stops once they have (q alone for q/k/v).
-        ctx.capture([n for n in group if owner[n] == n], add)
-        for h in hessians.values():
-            h.merge(ctx.group)
+        with phase("gptq capture", ctx.device):
+            ctx.capture([n for n in group if owner[n] == n], add)
+        with phase("gptq merge", ctx.device):
+            for h in hessians.values():
+                h.merge(ctx.group)
         layers = {name: ctx.block.get_submodule(name) for name in group}
 
         def one(name, rows=slice(None), hessians=hessians, layers=layers, owner=owner):
             return _quantize_layer(ctx, name, layers[name].weight.data[rows], hessians[owner[name]],
                                    schemes[name].weights, settings, min_tokens_per_feature)
-        for name, (qtensor, loss, messages) in _quantize_shared(ctx, layers, schemes, one).items():
+        with phase("gptq quantize", ctx.device):
+            found = _quantize_shared(ctx, layers, schemes, one)
+        for name, (qtensor, loss, messages) in found.items():
             ctx.messages.extend(messages)
             if loss is not None:
                 ctx.record(name, "gptq_loss", loss)
@@ -373,7 +378,8 @@ def _quantize_shared(ctx, layers: dict, schemes: dict, one) -> dict[str, tuple]:
     for n in split:
         rows = layers[n].out_features
         mine[f"{n}@{group.rank}"] = one(n, slice(group.rank * rows // group.size, (group.rank + 1) * rows // group.size))
-    shared = group.share(mine, owners)
+    with phase("gptq share", ctx.device):
+        shared = group.share(mine, owners)
     out = {n: shared[n] for n in whole}
     for n in split:
         parts = [shared[f"{n}@{r}"] for r in range(group.size)]
