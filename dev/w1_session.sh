@@ -13,7 +13,7 @@ source dev/gpu_setup.sh
 stats() {
   step "ptxas: registers and spills of the 1-bit kernels (sm_90)"
   for f in w1_gemv w1a1; do
-    nvcc -std=c++17 -O3 --expt-relaxed-constexpr -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ \
+    "${CUDA_HOME:-/usr/local/cuda}"/bin/nvcc -std=c++17 -O3 --expt-relaxed-constexpr -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ \
       -D__CUDA_NO_BFLOAT16_CONVERSIONS__ -D__CUDA_NO_HALF2_OPERATORS__ -gencode=arch=compute_90,code=sm_90 \
       -Xptxas -v -c kernels/csrc/$f.cu -o /tmp/$f.o 2>&1 | grep -E "registers|spill" | paste - - | sort | uniq -c | head -12
   done
