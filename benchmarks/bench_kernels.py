@@ -24,18 +24,24 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from qtool_kernels import build, mixed_mm
+from qtool_kernels import binary, build, mixed_mm
 from qtool_kernels.layout import EPILOGUE, PackedWeight, pack_weight, unpack_codes
 from qtool_kernels.weight_only import GEMV_MAX_M, packed_linear
+from quantize.primitives import pack_int
 
 SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096), (8192, 8192), (8192, 28672), (28672, 8192)]  # (K, N)
 TOKENS = [1, 16, 64, 128, 512, 4096]
 FORMATS = {"w4a16-g128": (4, 128), "w8a16-channel": (8, -1)}
+# 1-bit formats (issue 21), each with its group size and default token counts: the W1A16 GEMV serves
+# decode (m <= 8), the W1A1 GEMM batches (the issue's bar is at M = 4096).
+BINARY_FORMATS = {"w1a16": (64, [1, 2, 4, 8]), "w1a1": (-1, [256, 1024, 4096, 8192])}
 ROTATE_BYTES = 512 << 20  # weight copies per case cover this much, 10x the H100's 50 MB L2
 
 
 def bar(fmt: str, m: int) -> float | None:
-    """The issue-6 speedup bar over bf16 F.linear, or None where there is none."""
+    """The issue-6 (issue-21 for 1-bit) speedup bar over bf16 F.linear, or None where there is none."""
+    if fmt in BINARY_FORMATS:
+        return 4.0 if (fmt, m) in (("w1a16", 1), ("w1a1", 4096)) else None
     if fmt.startswith("w4a16"):
         return 3.0 if m == 1 else 2.5 if m == 16 else 1.5 if m == 64 else 0.95 if m >= 128 else None
     return 1.8 if m == 1 else None
@@ -186,6 +192,53 @@ def bench_case(timer, kernels, k: int, n: int, fmt: str, tokens: list[int]) -> l
             for m in tokens]
 
 
+def binary_copies(fmt: str, k: int, n: int) -> list:
+    """Rotating copies of a random 1-bit weight in the layout of `fmt`'s kernel (qtool_kernels.binary)."""
+    group_size = BINARY_FORMATS[fmt][0]
+    codes = (torch.randint(0, 2, (n, k), device="cuda", dtype=torch.int8) * 2 - 1).to(torch.int8)
+    scale = torch.rand(n, 1 if group_size <= 0 else -(-k // group_size), device="cuda") + 0.5
+    pack = binary.pack_gemv if fmt == "w1a16" else binary.pack_gemm
+    w = pack(pack_int(codes, 1), scale, group_size, k)
+    del codes
+    tensors = [t for t in vars(w).values() if isinstance(t, torch.Tensor)]
+    count = copies_for(sum(t.numel() * t.element_size() for t in tensors))
+    return [type(w)(**{key: v.clone() if isinstance(v, torch.Tensor) else v for key, v in vars(w).items()})
+            for _ in range(count)]
+
+
+def bench_binary_tokens(timer, kernels, x: torch.Tensor, dense: Rotation, packed: Rotation, fmt: str) -> dict:
+    """One 1-bit row: bf16 F.linear against the W1A16 GEMV or W1A1 binarize + GEMM, for x [M, K]."""
+    (m, k), p0 = x.shape, packed.items[0]
+    n = p0.out_features
+    weight_bytes = sum(t.numel() * t.element_size() for t in vars(p0).values() if isinstance(t, torch.Tensor))
+    if fmt == "w1a16":
+        def call():
+            return binary.binary_gemv_linear(x, packed(), None, kernels)
+        kernel_ms = {"w1_gemv": timer(call)}
+    else:
+        def call():
+            return binary.binary_gemm_linear(x, packed(), None, kernels)
+        xb = kernels.binarize(x, p0.group_size, p0.k_padded)
+        kernel_ms = {"binarize": timer(lambda: kernels.binarize(x, p0.group_size, p0.k_padded)),
+                     "w1a1_gemm": timer(lambda: kernels.w1a1_gemm(*xb, p0.bits, p0.scale, p0.cterm, None, m, n,
+                                                                  p0.group_size, x.dtype))}
+    t_bf16, t_q = timer(lambda: F.linear(x, dense())), timer(call)
+    g_bf16, g_q = graph_ms(lambda: F.linear(x, dense())), graph_ms(call)
+    return {"K": k, "N": n, "format": fmt, "M": m, "bf16_ms": t_bf16, "qtool_ms": t_q, "speedup": t_bf16 / t_q,
+            "bar": bar(fmt, m), "weight_bytes": weight_bytes, "qtool_GBps": weight_bytes / t_q / 1e6,
+            "bf16_GBps": 2 * n * k / t_bf16 / 1e6, "bf16_TFLOPs": 2 * m * n * k / t_bf16 / 1e9,
+            "qtool_TOPs": 2 * m * n * k / t_q / 1e9, "graph_bf16_ms": g_bf16, "graph_qtool_ms": g_q,
+            "graph_speedup": g_bf16 / g_q if g_bf16 and g_q else None, "kernel_ms": kernel_ms,
+            "graph_kernel_ms": {}, "best_kernel": "w1_gemv" if fmt == "w1a16" else "binarize+w1a1_gemm"}
+
+
+def bench_binary_case(timer, kernels, k: int, n: int, fmt: str, tokens: list[int]) -> list[dict]:
+    dense = Rotation([torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(copies_for(2 * n * k))])
+    packed = Rotation(binary_copies(fmt, k, n))
+    return [bench_binary_tokens(timer, kernels, torch.randn(m, k, device="cuda", dtype=torch.bfloat16), dense,
+                                packed, fmt) for m in tokens]
+
+
 def show(result: dict) -> None:
     rows = result["rows"]
     header = ["K x N", "format", "M", "bf16 us", "qtool us", "speedup", "bar", "qtool GB/s", "% copy BW",
@@ -224,7 +277,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--quick", action="store_true", help="two shapes, M in 1, 16, 64")
     parser.add_argument("--tokens", help="comma-separated M values, replacing the default list (e.g. 1,4,5,8)")
-    parser.add_argument("--formats", help=f"comma-separated subset of {', '.join(FORMATS)}")
+    parser.add_argument("--formats", help=f"comma-separated subset of {', '.join([*FORMATS, *BINARY_FORMATS])}")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_kernels.py needs a CUDA device")
@@ -240,7 +293,11 @@ def main() -> None:
         tokens = [int(t) for t in args.tokens.split(",")]
     for k, n in shapes:
         for fmt in args.formats.split(",") if args.formats else FORMATS:
-            result["rows"] += bench_case(timer, kernels, k, n, fmt, tokens)
+            if fmt in BINARY_FORMATS:
+                result["rows"] += bench_binary_case(timer, kernels, k, n, fmt,
+                                                    tokens if args.tokens else BINARY_FORMATS[fmt][1])
+            else:
+                result["rows"] += bench_case(timer, kernels, k, n, fmt, tokens)
             torch.cuda.empty_cache()
     show(result)
     if args.json:

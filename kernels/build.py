@@ -10,7 +10,7 @@ Compile check on a machine without a GPU (CPU-only PyTorch, nvcc 13.0), the flag
   TI=$(python -c "import torch, os; print(os.path.dirname(torch.__file__))")/include
   mkdir -p /tmp/qtool_shim/c10/cuda/impl   # the CPU wheel lacks this generated header
   printf '#pragma once\\n#define C10_CUDA_BUILD_SHARED_LIBS\\n' > /tmp/qtool_shim/c10/cuda/impl/cuda_cmake_macros.h
-  for f in wo_gemv wo_gemm dequant; do
+  for f in wo_gemv wo_gemm dequant act_quant w8_gemv w1_gemv w1a1; do
     nvcc -std=c++17 -O3 -lineinfo --expt-relaxed-constexpr -D__CUDA_NO_HALF_OPERATORS__ \\
       -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__ -D__CUDA_NO_HALF2_OPERATORS__ \\
       -gencode=arch=compute_80,code=sm_80 -gencode=arch=compute_89,code=sm_89 \\
@@ -18,7 +18,7 @@ Compile check on a machine without a GPU (CPU-only PyTorch, nvcc 13.0), the flag
       -c kernels/csrc/$f.cu
   done
   g++ -std=c++20 -O3 -fPIC -D_GLIBCXX_USE_CXX11_ABI=1 -I$TI -I$TI/torch/csrc/api/include \\
-    -I/usr/local/cuda/include -I/tmp/qtool_shim -c kernels/csrc/ops.cpp
+    -I/usr/local/cuda/include -I/tmp/qtool_shim -Ikernels/csrc -c kernels/csrc/ops.cpp  # and ops_w8a8.cpp, ops_w1.cpp
 """
 
 from __future__ import annotations
@@ -38,8 +38,9 @@ import torch
 from .layout import chunk_k
 
 CSRC = Path(__file__).resolve().parent / "csrc"
-SOURCES = ("ops.cpp", "wo_gemv.cu", "wo_gemm.cu", "dequant.cu", "ops_w8a8.cpp", "act_quant.cu", "w8_gemv.cu")
-HEADERS = ("wo_kernels.h", "wo_decode.cuh", "wo_common.cuh", "w8a8.h", "sm90/sm90_scaled_mm.h")
+SOURCES = ("ops.cpp", "wo_gemv.cu", "wo_gemm.cu", "dequant.cu", "ops_w8a8.cpp", "act_quant.cu", "w8_gemv.cu",
+           "ops_w1.cpp", "w1_gemv.cu", "w1a1.cu")
+HEADERS = ("wo_kernels.h", "wo_decode.cuh", "wo_common.cuh", "w8a8.h", "sm90/sm90_scaled_mm.h", "w1_kernels.h")
 NAME = "qtool_cuda"
 # The kernels need sm_80+ (bf16 mma.sync, cp.async, ldmatrix). $QTOOL_CUDA_ARCHS="90" (a build option,
 # README "Build options") builds one target, a third of the compile time, where the GPU is known.
@@ -52,7 +53,8 @@ NVCC_FLAGS = [
     *(f"-gencode=arch=compute_{a},code=sm_{a}" for a in ARCHS),
     f"-gencode=arch=compute_{ARCHS[-1]},code=compute_{ARCHS[-1]}",  # PTX for newer GPUs
 ]
-RAW_OPS = ("wo_gemv", "wo_gemm", "dequant_int", "act_quant", "w8_gemv", "sm90_scaled_mm")
+RAW_OPS = ("wo_gemv", "wo_gemm", "dequant_int", "act_quant", "w8_gemv", "sm90_scaled_mm", "w1_gemv", "binarize",
+           "w1a1_gemm")
 
 
 def host_compiler() -> str | None:
@@ -117,6 +119,22 @@ def _register_fakes() -> None:
     def sm90_scaled_mm(a, b, a_scale, b_scale, bias, out_dtype):
         return a.new_empty(a.shape[0], b.shape[0], dtype=out_dtype)
 
+    def w1_gemv(x, qweight, scale, bias, group_size, out_features):
+        return x.new_empty(x.shape[0], out_features)
+
+    def binarize(x, group_size, k_padded):
+        m, k = x.shape
+        m_padded = max(128, -(-m // 128) * 128)  # csrc/w1_kernels.h, kW1A1PadM
+        groups = 1 if group_size <= 0 else -(-k // group_size)
+        return (x.new_empty(m_padded, k_padded // 32, dtype=torch.int32), x.new_empty(m_padded, dtype=torch.float32),
+                x.new_empty(groups, m_padded, dtype=torch.int32))
+
+    def w1a1_gemm(xbits, xscale, xpopc, wbits, wscale, cterm, bias, m, out_features, group_size, out_dtype):
+        return xbits.new_empty(m, out_features, dtype=out_dtype)
+
+    torch.library.register_fake(f"{NAME}::w1_gemv")(w1_gemv)
+    torch.library.register_fake(f"{NAME}::binarize")(binarize)
+    torch.library.register_fake(f"{NAME}::w1a1_gemm")(w1a1_gemm)
     torch.library.register_fake(f"{NAME}::act_quant")(act_quant)
     torch.library.register_fake(f"{NAME}::w8_gemv")(w8_gemv)
     torch.library.register_fake(f"{NAME}::sm90_scaled_mm")(sm90_scaled_mm)
@@ -215,6 +233,9 @@ def info() -> dict:
             # the op itself is the reference, for every layout the kernels do not take.
             "weight-only QuantLinear": _weight_only_path() if ops is not None else "reference",
             "qtool::weight_only_linear": "reference",
+            # 1-bit QuantLinear layers call them directly too (quantize/linear.py, kernels/binary.py).
+            "w1a16 QuantLinear": "qtool_cuda w1_gemv (m <= 8), else reference" if ops is not None else "reference",
+            "w1a1 QuantLinear": "qtool_cuda binarize + w1a1_gemm (b1 mma.sync)" if ops is not None else "reference",
             "qtool::scaled_linear": _scaled_linear_path() if cuda else "reference",
             "qtool::quantize_activation": "qtool_cuda fused kernel" if ops is not None else "reference",
             "qtool::w8a8_linear": ("qtool_cuda w8_gemv (m <= 16), fused activation quantization + "

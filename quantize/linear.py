@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # ops declares torch.ops.qtool.*; scaled_mm registers qtool::scaled_linear's CUDA implementation.
-from qtool_kernels import build, mixed_mm, ops, scaled_mm  # noqa: F401
+from qtool_kernels import binary, build, mixed_mm, ops, scaled_mm  # noqa: F401
 from qtool_kernels.layout import PackedWeight, UnsupportedLayout, pack_weight, unpack_codes
 from qtool_kernels.weight_only import KERNEL_DTYPES, packed_linear
 
@@ -149,7 +149,8 @@ class QuantLinear(nn.Module):
         return out.reshape(*x.shape[:-1], self.out_features)
 
     def _forward_w1a1(self, x: torch.Tensor) -> torch.Tensor:
-        # The reference op on every device until an XNOR-popcount kernel exists (issue 21).
+        if x.is_cuda and (y := binary_cuda_linear(self, x)) is not None:
+            return y
         out = torch.ops.qtool.binary_linear(x.reshape(-1, self.in_features), self.weight_packed, self.weight_scale,
                                             self.bias, self.scheme.weights.kernel_group_size, self.in_features)
         return out.reshape(*x.shape[:-1], self.out_features)
@@ -289,6 +290,8 @@ def cuda_linear(layer: QuantLinear, x: torch.Tensor) -> torch.Tensor | None:
     serve this layer and input."""
     if not x.is_cuda or x.dtype not in KERNEL_DTYPES:
         return None
+    if layer.scheme.weights.binary:
+        return binary_cuda_linear(layer, x)
     packed = _prepared(layer) if torch.compiler.is_compiling() else prepare_for_cuda(layer)
     if packed is None:
         return None
@@ -312,3 +315,52 @@ def link_prefetch(layers: list[QuantLinear]) -> int:
     for layer, nxt in zip(ready, ready[1:] + ready[:1], strict=True):
         layer.cuda_prefetch = nxt.cuda_qweight
     return len(ready)
+
+
+# --- 1-bit layers (qtool_kernels.binary) -------------------------------------------------------
+
+_BINARY = ("cuda_w1_bits", "cuda_w1_scale", "cuda_w1_cterm", "cuda_w1_bias")
+
+
+def _prepare_binary(layer: QuantLinear) -> binary.GemvWeight | binary.GemmWeight | None:
+    """The 1-bit layer's weight in its kernel's layout (W1A1: the GEMM's, W1A16: the GEMV's), kept as
+    non-persistent buffers and rebuilt when a checkpoint buffer changes, as `prepare_for_cuda` does."""
+    w1a1 = layer.scheme.input_activations is not None
+    if not torch.compiler.is_compiling() and getattr(layer, "_cuda_binary_key", None) != (key := _source_key(layer)):
+        args = (layer.weight_packed, layer.weight_scale, layer.scheme.weights.kernel_group_size, layer.in_features)
+        try:
+            packed = binary.pack_gemm(*args) if w1a1 else binary.pack_gemv(*args)
+        except UnsupportedLayout:
+            packed = None
+        tensors = (None,) * 3 if packed is None else (
+            (packed.bits, packed.scale, packed.cterm) if w1a1 else (packed.qweight, packed.scale, None))
+        bias = None if packed is None or layer.bias is None else layer.bias.detach().float()
+        for name, t in zip(_BINARY, (*tensors, bias), strict=True):
+            layer.register_buffer(name, t, persistent=False)
+        layer._cuda_binary_group = None if packed is None else packed.group_size
+        layer._cuda_binary_key = key
+    group = getattr(layer, "_cuda_binary_group", None)
+    if group is None:
+        return None
+    if w1a1:
+        return binary.GemmWeight(layer.cuda_w1_bits, layer.cuda_w1_scale, layer.cuda_w1_cterm, group,
+                                 layer.in_features, layer.out_features)
+    return binary.GemvWeight(layer.cuda_w1_bits, layer.cuda_w1_scale, group, layer.in_features, layer.out_features)
+
+
+def binary_cuda_linear(layer: QuantLinear, x: torch.Tensor) -> torch.Tensor | None:
+    """A 1-bit layer's forward on the CUDA kernels: W1A1 at any m (binarize + b1 GEMM), W1A16 at m <= 8
+    (the GEMV); None where they do not serve (larger m for W1A16, float32 x, x needing a gradient)."""
+    if x.dtype not in binary.KERNEL_DTYPES or (x.requires_grad and torch.is_grad_enabled()):
+        return None
+    x2 = x.reshape(-1, layer.in_features)
+    w1a1 = layer.scheme.input_activations is not None
+    if (not w1a1 and x2.shape[0] > binary.GEMV_MAX_M) or build.load_extension() is None:
+        return None
+    packed = _prepare_binary(layer)
+    if packed is None:
+        return None
+    kernels = torch.ops.qtool_cuda
+    y = (binary.binary_gemm_linear(x2.contiguous(), packed, layer.cuda_w1_bias, kernels) if w1a1
+         else binary.binary_gemv_linear(x2, packed, layer.cuda_w1_bias, kernels))
+    return y.reshape(*x.shape[:-1], layer.out_features)

@@ -1,0 +1,335 @@
+// W1A1 (XNOR-Net, Rastegari et al. 2016): activations binarized per token, times 1-bit weights, on the
+// b1 tensor cores (issue 21).
+//
+// binarize: one warp per row of x, one pass: the sign bits (bit set where x >= 0), mean |x| and the
+// popcount of each weight group, so the GEMM needs no other look at x.
+//
+// w1a1_gemm: mma.sync.m16n8k256 with .and.popc. ptxas for sm_90 expands .xor.popc into more
+// instructions (the same 4-register mma compiles to 48 instructions with XOR against 32 with AND;
+// on sm_80 both are 32), so the product of +-1 values a = 2 abit - 1, b = 2 bbit - 1 over a group of
+// K_g valid bits comes from the AND count: sum a b = 4 popc(abit & bbit) - 2 popc(abit) - 2 popc(bbit) + K_g.
+// Padding bits are 0 in both operands, so they add nothing to any count, and K_g counts only valid k.
+// popc(abit) per token and group comes from binarize; the weight terms are folded into one float per
+// output feature (cterm, kernels/binary.py). The integer sum is exact; scales are applied in float32.
+//
+// Tiling: block 128 x 256 (tokens x features) per channel, 8 warps of 64 x 64; k in stages of 512 bits
+// through shared memory with cp.async, 4 stages in flight; fragments via ldmatrix (a b1 fragment of
+// m16n8k256 is an 8 x 128-bit matrix per register: the b16 ldmatrix layout). Groups of >= 256 k are
+// whole mma steps (their integer sums are scaled at the group's last step); groups of 32..128 split
+// each step with masked B fragments (one mma per group), a slower path kept for correctness.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "w1_kernels.h"
+#include "wo_common.cuh"
+
+namespace qtool {
+namespace {
+
+// --- binarize -----------------------------------------------------------------------------------
+
+template <typename T>
+__global__ void __launch_bounds__(256) binarize_kernel(const BinarizeProblem p) {
+  const int lane = threadIdx.x % 32;
+  const int row = blockIdx.x * 8 + threadIdx.x / 32;
+  if (row >= p.m_padded) return;
+  const bool live = row < p.m;
+  const T* x = static_cast<const T*>(p.x) + static_cast<long long>(live ? row : 0) * p.x_stride;
+  uint8_t* out = reinterpret_cast<uint8_t*>(p.bits) + static_cast<size_t>(row) * (p.k_padded / 8);
+  const bool vec = (p.k % 8 == 0) && (p.x_stride % 8 == 0) && (reinterpret_cast<uintptr_t>(p.x) % 16 == 0);
+  const int gs = p.group_size > 0 ? p.group_size : p.k_padded;  // one group spans the row
+  float asum = 0.0f;
+  int run = 0;  // set bits of this lane in the current group (groups >= 256)
+  for (int base = 0; base < p.k_padded; base += 256) {
+    const int k0 = base + 8 * lane;  // this lane's 8 elements: one byte of bits
+    float v[8];
+    if (live && vec && k0 + 8 <= p.k) {
+      const uint4 raw = __ldg(reinterpret_cast<const uint4*>(x + k0));
+      const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float2 f = pair_to_float2(w[i], T{});
+        v[2 * i] = f.x;
+        v[2 * i + 1] = f.y;
+      }
+    } else {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) v[e] = live && k0 + e < p.k ? pair_to_float2(static_cast<uint32_t>(
+          *reinterpret_cast<const uint16_t*>(x + k0 + e)), T{}).x : 0.0f;
+    }
+    uint32_t byte = 0;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      if (live && k0 + e < p.k) {
+        byte |= (v[e] >= 0.0f ? 1u : 0u) << e;
+        asum += fabsf(v[e]);
+      }
+    }
+    out[k0 / 8] = static_cast<uint8_t>(byte);
+    int pc = __popc(byte);
+    if (gs < 256) {  // several groups per 256 k: reduce over the gs / 8 lanes of each
+      for (int off = 1; off < gs / 8; off *= 2) pc += __shfl_xor_sync(0xffffffffu, pc, off);
+      const int grp = k0 / gs;
+      if (lane % (gs / 8) == 0 && grp < p.groups) p.popc[static_cast<size_t>(grp) * p.m_padded + row] = pc;
+    } else {
+      run += pc;
+      if ((base + 256) % gs == 0 || base + 256 >= p.k_padded) {
+        const int total = __reduce_add_sync(0xffffffffu, run);
+        const int grp = base / gs;
+        if (lane == 0 && grp < p.groups) p.popc[static_cast<size_t>(grp) * p.m_padded + row] = total;
+        run = 0;
+      }
+    }
+  }
+  for (int off = 16; off > 0; off /= 2) asum += __shfl_xor_sync(0xffffffffu, asum, off);
+  if (lane == 0) {
+    const float mean = live ? asum / static_cast<float>(p.k) : 0.0f;
+    p.scale[row] = mean > 0.0f ? mean : 1.0f;
+  }
+}
+
+// --- GEMM ---------------------------------------------------------------------------------------
+
+constexpr int kWarpsM = 2, kWarpsN = 4;  // warp grid of a block
+constexpr int kStageBytes = 64;          // k per stage and row: 512 bits = 2 mma steps
+constexpr int kStages = 4;               // cp.async pipeline depth
+
+// d += popc(a & b) over 256 k; fragments as in the PTX ISA for mma.m16n8k256 (.b1): a0 / a2 = row g,
+// k 32t..32t+31 / 128 + 32t.., a1 / a3 the same for row g + 8; b0 / b1 = column g at the same k.
+__device__ inline void mma_b1(int (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k256.row.col.s32.b1.b1.s32.and.popc {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Shared-memory tile rows are 64 bytes (four 16-byte chunks); chunk c of row r sits at c ^ ((r / 2) % 4),
+// so the 8 row addresses of an ldmatrix (rows r..r+7, same logical chunk) hit 8 distinct 16-byte bank groups.
+__device__ inline int swizzle(int row, int chunk) { return row * 4 + (chunk ^ ((row >> 1) & 3)); }
+
+template <typename Out>
+__device__ inline void store_out(Out* y, int n, int n_total, float v0, float v1) {  // (n, n + 1) of a row
+  if constexpr (std::is_same_v<Out, float>) {
+    if (n_total % 2 == 0) {
+      *reinterpret_cast<float2*>(y + n) = make_float2(v0, v1);
+      return;
+    }
+    y[n] = v0;
+    if (n + 1 < n_total) y[n + 1] = v1;
+  } else {
+    if (n_total % 2 == 0) {
+      *reinterpret_cast<uint32_t*>(y + n) = float2_to_pair(v0, v1, Out{});
+      return;
+    }
+    store(y + n, v0);
+    if (n + 1 < n_total) store(y + n + 1, v1);
+  }
+}
+
+template <typename Out,  // __half, __nv_bfloat16 or float
+          int WM,        // 16-row (token) fragments per warp
+          int WN,        // 8-column (feature) fragments per warp, even
+          int SUB,       // groups per 256-k step: 1 (per channel or groups of >= 256), 2, 4 or 8
+          bool GROUPED>  // scales per group (else one per row, applied once at the end)
+__global__ void __launch_bounds__(kWarpsM * kWarpsN * 32) w1a1_gemm_kernel(const W1A1Problem p) {
+  constexpr int BM = kWarpsM * WM * 16, BN = kWarpsN * WN * 8;
+  constexpr int kThreads = kWarpsM * kWarpsN * 32;
+  extern __shared__ uint4 smem[];
+  uint4* sa = smem;                                // [kStages][BM * 4]
+  uint4* sb = smem + kStages * BM * 4;             // [kStages][BN * 4]
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int g = lane / 4, t = lane % 4;
+  const int wm0 = (warp / kWarpsN) * WM * 16, wn0 = (warp % kWarpsN) * WN * 8;
+  const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+  const int row_words = p.k_padded / 32;
+  const int ktiles = p.k_padded / (kStageBytes * 8);
+  const uint4* xa = reinterpret_cast<const uint4*>(p.xbits + static_cast<size_t>(m0) * row_words);
+  const uint4* wb = reinterpret_cast<const uint4*>(p.wbits + static_cast<size_t>(n0) * row_words);
+  const int row_vecs = row_words / 4;
+
+  auto load_stage = [&](int stage, int kt) {  // every row exists: m_padded, n_padded are tile multiples
+#pragma unroll
+    for (int i = threadIdx.x; i < BM * 4; i += kThreads) {
+      const int r = i / 4, c = i % 4;
+      cp_async_16(sa + stage * BM * 4 + swizzle(r, c), xa + static_cast<size_t>(r) * row_vecs + kt * 4 + c, true);
+    }
+#pragma unroll
+    for (int i = threadIdx.x; i < BN * 4; i += kThreads) {
+      const int r = i / 4, c = i % 4;
+      cp_async_16(sb + stage * BN * 4 + swizzle(r, c), wb + static_cast<size_t>(r) * row_vecs + kt * 4 + c, true);
+    }
+  };
+
+  int pc[WM][WN][4] = {};      // AND-popcounts of the current group (all of k per channel)
+  float acc[GROUPED ? WM : 1][GROUPED ? WN : 1][4] = {};  // sum over finished groups of scale * (4 P - 2 A)
+  const int steps_per_group = p.group_size >= 256 ? p.group_size / 256 : 1;
+  const int last_step = p.k_padded / 256 - 1;
+
+  // Adds scale * (4 P - 2 A) of group grp to acc (groups past the last hold only padding: skipped).
+  auto finish_group = [&](int grp, int (&d)[WM][WN][4]) {
+    if constexpr (GROUPED) {
+      if (grp < p.groups) {
+        float2 ws[WN];
+#pragma unroll
+        for (int ni = 0; ni < WN; ++ni) {
+          ws[ni] = __ldg(reinterpret_cast<const float2*>(p.wscale + static_cast<size_t>(grp) * p.n_padded + n0 + wn0 +
+                                                         8 * ni + 2 * t));
+        }
+#pragma unroll
+        for (int mi = 0; mi < WM; ++mi) {
+          const int32_t* ap = p.xpopc + static_cast<size_t>(grp) * p.m_padded + m0 + wm0 + 16 * mi + g;
+          const int a0 = __ldg(ap), a1 = __ldg(ap + 8);
+#pragma unroll
+          for (int ni = 0; ni < WN; ++ni) {
+            acc[mi][ni][0] = fmaf(ws[ni].x, static_cast<float>(4 * d[mi][ni][0] - 2 * a0), acc[mi][ni][0]);
+            acc[mi][ni][1] = fmaf(ws[ni].y, static_cast<float>(4 * d[mi][ni][1] - 2 * a0), acc[mi][ni][1]);
+            acc[mi][ni][2] = fmaf(ws[ni].x, static_cast<float>(4 * d[mi][ni][2] - 2 * a1), acc[mi][ni][2]);
+            acc[mi][ni][3] = fmaf(ws[ni].y, static_cast<float>(4 * d[mi][ni][3] - 2 * a1), acc[mi][ni][3]);
+          }
+        }
+      }
+    }
+  };
+
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < ktiles) load_stage(s, s);
+    cp_async_commit();
+  }
+  for (int kt = 0; kt < ktiles; ++kt) {
+    cp_async_wait<kStages - 2>();
+    __syncthreads();  // stage kt landed for every thread; stage kt - 1 is free to overwrite
+    if (kt + kStages - 1 < ktiles) load_stage((kt + kStages - 1) % kStages, kt + kStages - 1);
+    cp_async_commit();
+    const uint4* ta = sa + (kt % kStages) * BM * 4;
+    const uint4* tb = sb + (kt % kStages) * BN * 4;
+#pragma unroll
+    for (int ks = 0; ks < 2; ++ks) {
+      const int q = lane / 8, r8 = lane % 8;
+      uint32_t a[WM][4], b[WN][2];
+#pragma unroll
+      for (int mi = 0; mi < WM; ++mi) {  // matrices: (rows 0-7, k lo), (8-15, lo), (0-7, hi), (8-15, hi)
+        const int r = wm0 + 16 * mi + (q % 2) * 8 + r8;
+        ldmatrix_x4(a[mi], ta + swizzle(r, 2 * ks + q / 2));
+      }
+#pragma unroll
+      for (int np = 0; np < WN / 2; ++np) {  // matrices: (cols 0-7, k lo), (0-7, hi), (8-15, lo), (8-15, hi)
+        const int r = wn0 + 16 * np + (q / 2) * 8 + r8;
+        uint32_t v[4];
+        ldmatrix_x4(v, tb + swizzle(r, 2 * ks + q % 2));
+        b[2 * np][0] = v[0];
+        b[2 * np][1] = v[1];
+        b[2 * np + 1][0] = v[2];
+        b[2 * np + 1][1] = v[3];
+      }
+      const int step = kt * 2 + ks;
+      if constexpr (SUB == 1) {
+#pragma unroll
+        for (int mi = 0; mi < WM; ++mi) {
+#pragma unroll
+          for (int ni = 0; ni < WN; ++ni) mma_b1(pc[mi][ni], a[mi], b[ni][0], b[ni][1]);
+        }
+        if (GROUPED && ((step + 1) % steps_per_group == 0 || step == last_step)) {
+          finish_group(step / steps_per_group, pc);
+#pragma unroll
+          for (int mi = 0; mi < WM; ++mi) {
+#pragma unroll
+            for (int ni = 0; ni < WN; ++ni) {
+#pragma unroll
+              for (int e = 0; e < 4; ++e) pc[mi][ni][e] = 0;
+            }
+          }
+        }
+      } else {
+        // Group s of this step is k [s * 256 / SUB, (s + 1) * 256 / SUB): b0 covers k 32t.., b1 128 + 32t..
+        const int sub0 = (32 * t) / (256 / SUB), sub1 = (128 + 32 * t) / (256 / SUB);
+#pragma unroll
+        for (int s = 0; s < SUB; ++s) {
+#pragma unroll
+          for (int mi = 0; mi < WM; ++mi) {
+#pragma unroll
+            for (int ni = 0; ni < WN; ++ni) {
+              pc[mi][ni][0] = pc[mi][ni][1] = pc[mi][ni][2] = pc[mi][ni][3] = 0;
+              mma_b1(pc[mi][ni], a[mi], sub0 == s ? b[ni][0] : 0u, sub1 == s ? b[ni][1] : 0u);
+            }
+          }
+          finish_group(step * SUB + s, pc);
+        }
+      }
+    }
+  }
+  cp_async_wait<0>();
+
+  // Epilogue: y = x_scale * (acc + cterm) + bias, rows (tokens) < m.
+  Out* y = static_cast<Out*>(p.y);
+#pragma unroll
+  for (int mi = 0; mi < WM; ++mi) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int row = m0 + wm0 + 16 * mi + g + 8 * half;
+      if (row >= p.m) continue;
+      const float xs = __ldg(p.xscale + row);
+      const int apop = GROUPED ? 0 : __ldg(p.xpopc + row);
+#pragma unroll
+      for (int ni = 0; ni < WN; ++ni) {
+        const int n = n0 + wn0 + 8 * ni + 2 * t;
+        if (n >= p.n) continue;
+        float v[2];
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float dot;
+          if constexpr (GROUPED) {
+            dot = acc[mi][ni][2 * half + e];
+          } else {
+            dot = __ldg(p.wscale + n + e) * static_cast<float>(4 * pc[mi][ni][2 * half + e] - 2 * apop);
+          }
+          v[e] = xs * (dot + __ldg(p.cterm + n + e)) + bias_at(p.bias, n + e < p.n ? n + e : n);
+        }
+        store_out(y + static_cast<size_t>(row) * p.n, n, p.n, v[0], v[1]);
+      }
+    }
+  }
+}
+
+template <typename Out, int WM, int WN, int SUB, bool GROUPED>
+void launch_gemm_variant(const W1A1Problem& p, cudaStream_t stream) {
+  constexpr int BM = kWarpsM * WM * 16, BN = kWarpsN * WN * 8;
+  const int smem = kStages * (BM + BN) * kStageBytes;
+  auto kernel = w1a1_gemm_kernel<Out, WM, WN, SUB, GROUPED>;
+  cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  const dim3 grid(p.n_padded / BN, p.m_padded / BM);
+  kernel<<<grid, kWarpsM * kWarpsN * 32, smem, stream>>>(p);
+}
+
+template <typename Out>
+void launch_gemm_typed(const W1A1Problem& p, cudaStream_t stream) {
+  if (p.group_size <= 0) return launch_gemm_variant<Out, 4, 8, 1, false>(p, stream);  // 128 x 256 tiles
+  switch (p.group_size) {  // ops_w1.cpp admits 32, 64, 128 and multiples of 256
+    case 32: return launch_gemm_variant<Out, 2, 4, 8, true>(p, stream);
+    case 64: return launch_gemm_variant<Out, 2, 4, 4, true>(p, stream);
+    case 128: return launch_gemm_variant<Out, 2, 4, 2, true>(p, stream);
+    default: return launch_gemm_variant<Out, 2, 4, 1, true>(p, stream);
+  }
+}
+
+}  // namespace
+
+void launch_binarize(const BinarizeProblem& p, cudaStream_t stream) {
+  const dim3 grid((p.m_padded + 7) / 8);
+  if (p.dtype == ScalarKind::kBFloat16) {
+    binarize_kernel<__nv_bfloat16><<<grid, 256, 0, stream>>>(p);
+  } else {
+    binarize_kernel<__half><<<grid, 256, 0, stream>>>(p);
+  }
+}
+
+void launch_w1a1_gemm(const W1A1Problem& p, cudaStream_t stream) {
+  switch (p.out) {
+    case OutKind::kHalf: return launch_gemm_typed<__half>(p, stream);
+    case OutKind::kBFloat16: return launch_gemm_typed<__nv_bfloat16>(p, stream);
+    default: return launch_gemm_typed<float>(p, stream);
+  }
+}
+
+}  // namespace qtool

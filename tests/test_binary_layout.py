@@ -1,0 +1,127 @@
+"""The 1-bit kernels' layouts (qtool_kernels.binary) on the CPU: round trips, and models of the kernels'
+arithmetic over them (csrc/w1_gemv.cu's fragment decode, csrc/w1a1.cu's AND-popcount identity) against
+the float64 reference. The kernels themselves run in tests/test_binary_gpu.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import qtool_kernels.reference as ref
+from qtool_kernels import binary
+from qtool_kernels.layout import UnsupportedLayout
+from quantize.primitives import pack_int
+
+GROUPS = [32, 64, 128, 256, 512, -1]
+
+
+def make(n, k, group_size, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    codes = (torch.randint(0, 2, (n, k), generator=g) * 2 - 1).to(torch.int8)
+    groups = 1 if group_size <= 0 else -(-k // group_size)
+    scale = torch.rand(n, groups, generator=g) + 0.5
+    dense = codes.double() * ref.expand_groups(scale.double(), group_size, k)
+    return pack_int(codes, 1), scale, dense
+
+
+def test_gemv_bit_map_is_a_bijection():
+    row, k = binary.gemv_bit_map()
+    flat = (row * 256 + k).reshape(-1)
+    assert torch.equal(flat.sort().values, torch.arange(16 * 256))
+
+
+@pytest.mark.parametrize("group_size", GROUPS)
+def test_gemv_layout_round_trip(group_size):
+    qweight, scale, dense = make(40, 576, group_size)
+    w = binary.pack_gemv(qweight, scale, group_size, 576)
+    assert w.qweight.shape == (4, 3, 32, 4) and w.k_padded == 768
+    codes, per_k = binary.unpack_gemv(w)
+    torch.testing.assert_close((codes.double() * per_k.double())[:40, :576], dense, rtol=0, atol=0)
+    assert torch.equal(codes[40:], -torch.ones_like(codes[40:]))  # padding rows decode to -1 with scale 0
+    assert per_k[40:].abs().max() == 0
+
+
+def emulate_w1_gemv(x: torch.Tensor, w: binary.GemvWeight) -> torch.Tensor:
+    """csrc/w1_gemv.cu's math, lane by lane: sign_pair decode, the permuted B loads, mma.m16n8k16 as
+    A @ B over logical k, per-group float scaling; x [m, K_pad] float64 -> [m, N]."""
+    stripes, chunks = w.qweight.shape[:2]
+    gpc = binary.gemv_groups_per_chunk(w.group_size)
+    ns = max(gpc, 1)
+    words = w.qweight.long() & 0xFFFFFFFF
+    lane = torch.arange(32)
+    g, t = lane // 4, lane % 4
+    y = torch.zeros(stripes * 16, x.shape[0], dtype=torch.float64)
+    for s in range(stripes):
+        for c in range(chunks):
+            for q in range(ns):
+                d = torch.zeros(16, x.shape[0], dtype=torch.float64)
+                for j in range(q * 16 // ns, (q + 1) * 16 // ns):
+                    a = torch.zeros(16, 16, dtype=torch.float64)
+                    for p in range(4):
+                        v = (words[s, c, :, j // 4] << (4 * (j % 4) + p)) & 0x80008000
+                        for h, bit in ((0, 0x8000), (1, 0x80000000)):
+                            a[g + 8 * (p % 2), 2 * t + 8 * (p // 2) + h] = torch.where(v & bit != 0, 1.0, -1.0).double()
+                    b = torch.zeros(16, x.shape[0], dtype=torch.float64)
+                    base = c * 256 + 16 * j
+                    for tt in range(4):
+                        for h in range(2):
+                            b[2 * tt + h] = x[:, base + 4 * tt + h]
+                            b[2 * tt + 8 + h] = x[:, base + 4 * tt + 2 + h]
+                    d += a @ b
+                if gpc == 0:
+                    y[16 * s:16 * s + 16] += d
+                else:
+                    sc = w.scale[s, c, :, :, q].double().T.reshape(16)  # [row // 8, g] -> row 8 * (row // 8) + g
+                    y[16 * s:16 * s + 16] += sc[:, None] * d
+    if gpc == 0:
+        y *= w.scale.double()[:, None]
+    return y[: w.out_features].T
+
+
+@pytest.mark.parametrize("group_size", GROUPS)
+def test_gemv_kernel_model_matches_reference(group_size):
+    qweight, scale, dense = make(40, 576, group_size, seed=1)
+    w = binary.pack_gemv(qweight, scale, group_size, 576)
+    x = torch.randn(3, 576, dtype=torch.float64)
+    out = emulate_w1_gemv(torch.nn.functional.pad(x, (0, w.k_padded - 576)), w)
+    torch.testing.assert_close(out, x @ dense.T)
+
+
+def test_unsupported_groups_raise():
+    qweight, scale, _ = make(8, 96, 48)
+    with pytest.raises(UnsupportedLayout):
+        binary.pack_gemv(qweight, scale, 48, 96)
+    with pytest.raises(UnsupportedLayout):
+        binary.pack_gemm(qweight, scale, 48, 96)
+
+
+def emulate_w1a1(x: torch.Tensor, w: binary.GemmWeight) -> tuple[torch.Tensor, torch.Tensor]:
+    """csrc/w1a1.cu's arithmetic: binarize, then per group scale * (4 popc(a & b) - 2 popc(a)) plus cterm,
+    times mean|x|. Returns (output float64 [m, N], integer +-1 dot products per channel [m, N])."""
+    k = w.in_features
+    xb = torch.nn.functional.pad((x >= 0).long(), (0, w.k_padded - k))
+    wb = ((w.bits.long() & 0xFFFFFFFF)[..., None] >> torch.arange(32)) & 1
+    wb = wb.reshape(w.bits.shape[0], -1)
+    width = k if w.group_size < 0 else w.group_size
+    acc = torch.zeros(x.shape[0], wb.shape[0], dtype=torch.float64)
+    for grp in range(w.scale.shape[0]):
+        cols = slice(grp * width, min((grp + 1) * width, w.k_padded))
+        pop = xb[:, cols] @ wb[:, cols].T
+        acc += w.scale[grp].double() * (4 * pop - 2 * xb[:, cols].sum(1, keepdim=True))
+    xs = x.double().abs().mean(1, keepdim=True)
+    out = torch.where(xs > 0, xs, 1.0) * (acc + w.cterm.double())
+    dots = 4 * (xb @ wb.T) - 2 * xb.sum(1, keepdim=True) - 2 * wb.sum(1) + k
+    return out[:, : w.out_features], dots[:, : w.out_features]
+
+
+@pytest.mark.parametrize("group_size", GROUPS)
+def test_w1a1_identity_matches_reference(group_size):
+    qweight, scale, dense = make(40, 576, group_size, seed=2)
+    w = binary.pack_gemm(qweight, scale, group_size, 576)
+    assert w.bits.shape == (256, 32) and w.scale.shape[1] == 256
+    x = torch.randn(5, 576)
+    out, dots = emulate_w1a1(x, w)
+    xs = x.double().abs().mean(1, keepdim=True)
+    torch.testing.assert_close(out, (torch.where(x >= 0, 1.0, -1.0).double() * xs) @ dense.T, rtol=1e-5, atol=1e-5)  # cterm is float32
+    signs = torch.where(x >= 0, 1, -1)
+    assert torch.equal(dots, signs @ ref.unpack_weight(qweight, 1, 576).long().T)
