@@ -108,7 +108,8 @@ def test_kernels_info_and_build_without_gpu(tmp_path):
     info = json.loads((tmp_path / "k.json").read_text())
     assert set(info["cuda_implementations"]) == {"weight-only QuantLinear", "qtool::weight_only_linear",
                                                  "qtool::scaled_linear", "qtool::quantize_activation",
-                                                 "qtool::w8a8_linear"}
+                                                 "qtool::w8a8_linear", "w1a16 QuantLinear",
+                                                 "w1a1 QuantLinear"}
     if not torch.cuda.is_available():
         assert info["available"] is False
         res = run("kernels", "build")
