@@ -169,8 +169,8 @@ def bench_tokens(timer, kernels, x: torch.Tensor, dense: Rotation, packed: Rotat
                        "sm90_mixed_pingpong": graph_ms(lambda: mixed_mm.mixed_linear(x, packed().mixed, pingpong=1))
                        if mixed and m <= 64 else None,
                        "dequant+cublas": graph_ms(dequant_gemm) if m >= 8 else None}
-    # wo_gemm_v3's variants (kernels/NOTES.md): a = default (ring of 8), b = ring of 4, c = no split-K,
-    # d = twice the splits.
+    # wo_gemm_v3's variants (kernels/NOTES.md): a = default (ring of 8 chunks, 4 at M > 32), b = the other
+    # ring depth, c = no split-K, d = twice the splits.
     for variant, tag in enumerate("abcd"):
         graph_kernel_ms[f"wo_gemm_v3_{tag}"] = graph_ms(lambda v=variant: raw("wo_gemm_v3", v)) if m <= 64 else None
     weight_bytes = p0.qweight.numel() * 4 + p0.scale.numel() * 4

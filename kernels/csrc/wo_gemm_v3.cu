@@ -47,11 +47,72 @@ __host__ __device__ inline int stage_bytes(int tok, int element_bytes, int group
   return tok * kRowStride * element_bytes + groups_per_piece(group_shift) * kTileRows * 4 * (asym ? 2 : 1);
 }
 
+// The block's partial tile (its split of K) to shared memory, then y = act(sum over the cluster's
+// partials + bias): rank r of the (1, splits, 1) cluster sums the r-th share of the tile's float4s
+// (4 rows of one token) over every rank's partial, in rank order, through distributed shared memory.
+template <typename T,  // output type
+          int MT>      // n-tiles of 8 tokens
+__device__ void reduce_and_store(const WoProblem& p,       // the problem
+                                 const float (&acc)[MT][4],  // this lane's C fragments
+                                 float* red,                 // shared [8 * MT][kRedStride], free to overwrite
+                                 int lrow,                   // the lane's first row in the tile
+                                 int tile_row0, int tok0) {  // the tile's first row and token
+  constexpr int TOK = 8 * MT;
+  const int lane = threadIdx.x % 32;
+  cp_async_wait<0>();  // the stages (which `red` overlays) take no more copies ...
+  __syncthreads();     // ... and no warp reads them any more
+#pragma unroll
+  for (int nt = 0; nt < MT; ++nt)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) red[(8 * nt + 2 * (lane % 4) + i % 2) * kRedStride + lrow + 8 * (i / 2)] = acc[nt][i];
+
+  const int splits = gridDim.y, rank = blockIdx.y;  // the cluster spans blockIdx.y: rank = blockIdx.y
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  cg::cluster_group cluster = cg::this_cluster();
+  if (splits > 1) {
+    cluster.sync();
+  } else {
+    __syncthreads();
+  }
+#else
+  __syncthreads();  // one split: the launcher never splits without clusters
+#endif
+  const int quads = min(TOK, p.m - tok0) * (kTileRows / 4);
+  const int q_beg = quads * rank / splits, q_end = quads * (rank + 1) / splits;
+  const float* bias = opaque(p.bias);
+  for (int q = q_beg + static_cast<int>(threadIdx.x); q < q_end; q += kWarps * 32) {
+    const int t = q / (kTileRows / 4), r4 = (q % (kTileRows / 4)) * 4;
+    float sum[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int src = 0; src < splits; ++src) {
+      const float* part = red;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+      if (splits > 1) part = cluster.map_shared_rank(red, src);
+#endif
+      const float4 v = *reinterpret_cast<const float4*>(part + t * kRedStride + r4);
+      sum[0] += v.x;
+      sum[1] += v.y;
+      sum[2] += v.z;
+      sum[3] += v.w;
+    }
+    const size_t base = static_cast<size_t>(tok0 + t) * p.w.n;
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int row = tile_row0 + r4 + e;
+      if (row < p.w.n) store(static_cast<T*>(p.y) + base + row, activate(sum[e] + bias_at(bias, row), p.act));
+    }
+  }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (splits > 1) cluster.sync();  // no block leaves while another still reads its partial
+#endif
+}
+
 template <typename T,    // activation and output type: __half or __nv_bfloat16
           int BITS,      // weight code width: 4 or 8
           int MT,        // n-tiles of 8 tokens per block: 1, 2, 4 or 8
           int DEPTH>     // chunks per lane in flight (the ring); a multiple of the chunks per piece
-__global__ void __launch_bounds__(kWarps * 32, MT <= 4 ? 2 : 1)
+// 2 blocks per SM (<= 128 registers) everywhere but 64 tokens with a ring of 8 (195 registers; no spills
+// at 128 for any other instantiation, sm_90 and sm_80).
+__global__ void __launch_bounds__(kWarps * 32, MT <= 4 || DEPTH <= 4 ? 2 : 1)
     wo_gemm_v3_kernel(const WoProblem p,         // the problem
                       int pieces_per_split) {    // 128-k pieces per blockIdx.y (the cluster rank)
   constexpr int SUB = 16 / BITS;        // 16x16 subtiles per chunk
@@ -200,61 +261,14 @@ __global__ void __launch_bounds__(kWarps * 32, MT <= 4 ? 2 : 1)
   }
   flush();
 
-  // Partial tile -> shared memory (over the stages: every copy has landed, every warp is done).
-  cp_async_wait<0>();
-  __syncthreads();
-  float* red = reinterpret_cast<float*>(smem);  // [TOK][kRedStride]
-#pragma unroll
-  for (int nt = 0; nt < MT; ++nt)
-#pragma unroll
-    for (int i = 0; i < 4; ++i) red[(8 * nt + 2 * (lane % 4) + i % 2) * kRedStride + lrow + 8 * (i / 2)] = acc[nt][i];
-
-  const int splits = gridDim.y, rank = blockIdx.y;  // the cluster is (1, splits, 1): rank = blockIdx.y
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  cg::cluster_group cluster = cg::this_cluster();
-  if (splits > 1) {
-    cluster.sync();
-  } else {
-    __syncthreads();
-  }
-#else
-  __syncthreads();  // one split: the launcher never splits without clusters
-#endif
-
-  // Rank r sums its share of the tile's float4s (4 rows of one token) over all partials.
-  const int toks = min(TOK, p.m - tok0);
-  const int quads = toks * (kTileRows / 4);
-  const int q_beg = quads * rank / splits, q_end = quads * (rank + 1) / splits;
-  const float* bias = opaque(p.bias);
-  for (int q = q_beg + threadIdx.x; q < q_end; q += kWarps * 32) {
-    const int t = q / (kTileRows / 4), r4 = (q % (kTileRows / 4)) * 4;
-    float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    for (int src = 0; src < splits; ++src) {
-      const float* part = red;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-      if (splits > 1) part = cluster.map_shared_rank(red, src);
-#endif
-      const float4 v = *reinterpret_cast<const float4*>(part + t * kRedStride + r4);
-      sum.x += v.x;
-      sum.y += v.y;
-      sum.z += v.z;
-      sum.w += v.w;
-    }
-    const float vals[4] = {sum.x, sum.y, sum.z, sum.w};
-    const size_t base = static_cast<size_t>(tok0 + t) * p.w.n;
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int row = tile_row0 + r4 + e;
-      if (row < p.w.n) store(static_cast<T*>(p.y) + base + row, activate(vals[e] + bias_at(bias, row), p.act));
-    }
-  }
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  if (splits > 1) cluster.sync();  // no block leaves while another still reads its partial
-#endif
+  reduce_and_store<T, MT>(p, acc, reinterpret_cast<float*>(smem), lrow, tile_row0, tok0);
 }
 
-// Chunks in flight per lane for each variant (wo_gemm_v3's `variant`, kernels/NOTES.md).
-int depth_of(int variant) { return variant == 1 ? 4 : 8; }
+// Chunks in flight per lane (kernels/NOTES.md, "wo_gemm v3"): 8 up to 32 tokens, where a ring of 8
+// still fits 128 registers (2 blocks, 16 warps, 64 KB in flight per SM); 4 at 64 tokens, where the
+// accumulators take 64 registers and a ring of 8 would need 195 (1 block, 8 warps, 32 KB). Variant 1
+// takes the other depth, so the A/B exists at every m.
+int depth_of(int variant, int tok) { return (tok == 64) != (variant == 1) ? 4 : 8; }
 
 // Resident blocks per SM of one instantiation at `smem` bytes, asked once per (kernel, smem, device).
 int blocks_per_sm(const void* kernel, int smem) {
@@ -332,7 +346,7 @@ cudaError_t launch_variant(const WoProblem& p, int variant, int num_sms, bool cl
 template <typename T, int BITS>
 cudaError_t launch_typed(const WoProblem& p, int variant, int num_sms, bool clusters, cudaStream_t stream) {
   const int tok = p.m <= 8 ? 8 : p.m <= 16 ? 16 : p.m <= 32 ? 32 : 64;
-  if (depth_of(variant) == 4) {
+  if (depth_of(variant, tok) == 4) {
     switch (tok) {
       case 8: return launch_variant<T, BITS, 1, 4>(p, variant, num_sms, clusters, stream);
       case 16: return launch_variant<T, BITS, 2, 4>(p, variant, num_sms, clusters, stream);
