@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call for the weight-only kernels (issue 19) and the 70B depth check (issue 17).
 #
-#   carry [".gpu/w8a8"]: bash dev/w4_session.sh [tests] [bench] [bench8b] [big70] [v3]
+#   carry [".gpu/w8a8"]: bash dev/w4_session.sh [tests] [bench] [bench8b] [big70] [v3 | v3test v3bench]
 #
 # .gpu/w8a8 (git-ignored): the nvidia-cutlass wheel and prebuilt libraries (dev/gpu_setup.sh).
 cd "$(dirname "$0")/.."
@@ -45,14 +45,20 @@ PY
 }
 
 # Issue 19: wo_gemm_v3 (kernels/NOTES.md) correctness, then its variants against wo_gemm, w4_mm and bf16.
-v3() {
+# `v3` = both; each half fits a 10-minute device call with the build (~2 min) in front of it.
+v3test() {
   step "wo_gemm v3: GPU tests (v3 cases, raw kernels, dispatcher smoke, opcheck)"
-  timeout 420 python3 -m pytest -q -x -m gpu tests/test_kernels_gpu.py -k "v3 or raw_kernels or smoke or opcheck" 2>&1 | tail -8
+  timeout 240 python3 -m pytest -q -x -m gpu tests/test_kernels_gpu.py -k "v3 or raw_kernels or smoke or opcheck" 2>&1 | tail -8
+}
+
+v3bench() {
   step "wo_gemm v3: graph replay, M = ${V3_TOKENS:-16,32,64}"
-  timeout 540 python3 benchmarks/bench_kernels.py --tokens "${V3_TOKENS:-16,32,64}" --formats "${V3_FORMATS:-w4a16-g128,w8a16-channel}" \
+  timeout 330 python3 benchmarks/bench_kernels.py --tokens "${V3_TOKENS:-16,32,64}" --formats "${V3_FORMATS:-w4a16-g128,w8a16-channel}" \
     --json "$OUT/v3.json" 2>&1 | tail -45
   summary "$OUT/v3.json"
 }
+
+v3() { v3test; v3bench; }
 
 bench8b() {
   for scheme in ${SCHEMES_8B:-w4a16}; do
