@@ -148,9 +148,9 @@ def bench_tokens(timer, kernels, x: torch.Tensor, dense: Rotation, packed: Rotat
     (m, k), p0 = x.shape, packed.items[0]
     n = p0.out_features
 
-    def raw(name):
+    def raw(name, *extra):
         p = packed()
-        return getattr(kernels, name)(x, p.qweight, p.scale, None, None, bits, p.group_size, n, EPILOGUE)
+        return getattr(kernels, name)(x, p.qweight, p.scale, None, None, bits, p.group_size, n, EPILOGUE, *extra)
 
     def dequant_gemm():
         p = packed()
@@ -175,6 +175,10 @@ def bench_tokens(timer, kernels, x: torch.Tensor, dense: Rotation, packed: Rotat
                        "sm90_mixed_pingpong": graph_ms(lambda: mixed_mm.mixed_linear(x, packed().mixed, pingpong=1))
                        if mixed and m <= 64 else None,
                        "dequant+cublas": graph_ms(dequant_gemm) if m >= 8 else None}
+    # wo_gemm_v3's variants (kernels/NOTES.md): a = default (ring of 8 chunks, 4 at M > 32), b = the other
+    # ring depth, c = no split-K, d = twice the splits.
+    for variant, tag in enumerate("abcd"):
+        graph_kernel_ms[f"wo_gemm_v3_{tag}"] = graph_ms(lambda v=variant: raw("wo_gemm_v3", v)) if m <= 64 else None
     weight_bytes = p0.qweight.numel() * 4 + p0.scale.numel() * 4
     return {"K": k, "N": n, "format": fmt, "M": m, "bf16_ms": t_bf16, "qtool_ms": t_auto,
             "speedup": t_bf16 / t_auto, "bar": bar(fmt, m), "weight_bytes": weight_bytes,

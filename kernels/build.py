@@ -10,7 +10,7 @@ Compile check on a machine without a GPU (CPU-only PyTorch, nvcc 13.0), the flag
   TI=$(python -c "import torch, os; print(os.path.dirname(torch.__file__))")/include
   mkdir -p /tmp/qtool_shim/c10/cuda/impl   # the CPU wheel lacks this generated header
   printf '#pragma once\\n#define C10_CUDA_BUILD_SHARED_LIBS\\n' > /tmp/qtool_shim/c10/cuda/impl/cuda_cmake_macros.h
-  for f in wo_gemv wo_gemm dequant act_quant w8_gemv w1_gemv w1a1; do
+  for f in wo_gemv wo_gemm wo_gemm_v3 dequant act_quant w8_gemv w1_gemv w1a1; do
     nvcc -std=c++17 -O3 -lineinfo --expt-relaxed-constexpr -D__CUDA_NO_HALF_OPERATORS__ \\
       -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__ -D__CUDA_NO_HALF2_OPERATORS__ \\
       -gencode=arch=compute_80,code=sm_80 -gencode=arch=compute_89,code=sm_89 \\
@@ -38,8 +38,8 @@ import torch
 from .layout import chunk_k
 
 CSRC = Path(__file__).resolve().parent / "csrc"
-SOURCES = ("ops.cpp", "wo_gemv.cu", "wo_gemm.cu", "dequant.cu", "ops_w8a8.cpp", "act_quant.cu", "w8_gemv.cu",
-           "ops_w1.cpp", "w1_gemv.cu", "w1a1.cu")
+SOURCES = ("ops.cpp", "wo_gemv.cu", "wo_gemm.cu", "wo_gemm_v3.cu", "dequant.cu", "ops_w8a8.cpp", "act_quant.cu",
+           "w8_gemv.cu", "ops_w1.cpp", "w1_gemv.cu", "w1a1.cu")
 HEADERS = ("wo_kernels.h", "wo_decode.cuh", "wo_common.cuh", "w8a8.h", "sm90/sm90_scaled_mm.h", "w1_kernels.h")
 NAME = "qtool_cuda"
 # The kernels need sm_80+ (bf16 mma.sync, cp.async, ldmatrix). $QTOOL_CUDA_ARCHS="90" (a build option,
@@ -53,8 +53,8 @@ NVCC_FLAGS = [
     *(f"-gencode=arch=compute_{a},code=sm_{a}" for a in ARCHS),
     f"-gencode=arch=compute_{ARCHS[-1]},code=compute_{ARCHS[-1]}",  # PTX for newer GPUs
 ]
-RAW_OPS = ("wo_gemv", "wo_gemm", "dequant_int", "act_quant", "w8_gemv", "sm90_scaled_mm", "w1_gemv", "binarize",
-           "w1a1_gemm")
+RAW_OPS = ("wo_gemv", "wo_gemm", "wo_gemm_v3", "dequant_int", "act_quant", "w8_gemv", "sm90_scaled_mm", "w1_gemv",
+           "binarize", "w1a1_gemm")
 
 
 def host_compiler() -> str | None:
@@ -102,6 +102,9 @@ def _register_fakes() -> None:
     def wo_linear(x, qweight, scale, zero, bias, num_bits, group_size, out_features, activation, prefetch=None):
         return x.new_empty(x.shape[0], out_features)
 
+    def wo_gemm_v3(x, qweight, scale, zero, bias, num_bits, group_size, out_features, activation, variant=0):
+        return x.new_empty(x.shape[0], out_features)
+
     def dequant_int(qweight, scale, zero, num_bits, group_size, out_features, dtype):
         return qweight.new_empty(out_features, qweight.shape[1] * chunk_k(num_bits), dtype=dtype)
 
@@ -140,6 +143,7 @@ def _register_fakes() -> None:
     torch.library.register_fake(f"{NAME}::sm90_scaled_mm")(sm90_scaled_mm)
     torch.library.register_fake(f"{NAME}::wo_gemv")(wo_linear)
     torch.library.register_fake(f"{NAME}::wo_gemm")(wo_linear)
+    torch.library.register_fake(f"{NAME}::wo_gemm_v3")(wo_gemm_v3)
     torch.library.register_fake(f"{NAME}::dequant_int")(dequant_int)
 
 
@@ -249,7 +253,10 @@ def _weight_only_path() -> str:
 
     mixed = ("CUTLASS sm90 W4A16 (libqtool_sm90_mixed) for 17-2048 tokens, 4-bit bf16" if sm90.mixed.load()
              else f"no W4A16 wgmma GEMM ({sm90.mixed.reason})")
-    return f"qtool_cuda wo_gemv (m <= 4), wo_gemm (m <= 16 or 256); {mixed}; dequant_int + cuBLAS"
+    from .weight_only import GEMV_MAX_M, V3_MAX_M
+
+    return (f"qtool_cuda wo_gemv (m <= {GEMV_MAX_M}), wo_gemm_v3 (m <= {V3_MAX_M}; wo_gemm before sm_90), "
+            f"wo_gemm (m <= 256); {mixed}; dequant_int + cuBLAS")
 
 
 def _scaled_linear_path() -> str:

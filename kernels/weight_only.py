@@ -2,6 +2,8 @@
 
 Dispatch on m = tokens:
   m <= GEMV_MAX_M   qtool_cuda::wo_gemv   CUDA cores; the weights are streamed once
+  m <= V3_MAX_M     qtool_cuda::wo_gemm_v3  tensor cores, the weights streamed once with many loads in
+                    flight per SM, split-K reduced in thread block clusters (runs wo_gemm before sm_90)
   MIXED_MIN_M <= m <= MIXED_MAX_M
                     qtool_cuda_mixed::w4_mm (mixed_mm.py) where the weight has a Hopper copy (4-bit,
                     bf16): wgmma with the weights converted in registers
@@ -28,6 +30,12 @@ from .mixed_mm import mixed_linear
 # measurement ran with (BENCHMARKS.md); the 4-vs-8 A/B of kernels/NOTES.md (v3) left no result, so to
 # try another value edit this constant and compare with `benchmarks/bench_kernels.py --tokens 4,5,8`.
 GEMV_MAX_M = 4
+# wo_gemm_v3 (kernels/NOTES.md, "wo_gemm v3") takes GEMV_MAX_M < m <= V3_MAX_M, every format and dtype,
+# ahead of the Hopper W4A16 GEMM below. 64 is its largest token tile (the kernel slices more over
+# blockIdx.z); move it after measuring against w4_mm (`bash dev/w4_session.sh v3`). V3_VARIANT is the
+# op's `variant` (0 default; 1-3 the A/B knobs of bench_kernels.py's wo_gemm_v3_* columns).
+V3_MAX_M = 64
+V3_VARIANT = 0
 GEMM_MAX_M = 256
 # Measured crossovers on the H200 (BENCHMARKS.md, issue 19): below MIXED_MIN_M the mma.sync GEMM
 # is as fast or faster; above MIXED_MAX_M dequantization + cuBLAS is (the GEMM is compute-bound there).
@@ -63,6 +71,8 @@ def packed_linear(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, k
     meta = (w.num_bits, w.group_size, w.out_features)
     if m <= GEMV_MAX_M:
         y = kernels.wo_gemv(x2, *args, bias, *meta, EPILOGUE, prefetch)
+    elif m <= V3_MAX_M:
+        y = kernels.wo_gemm_v3(x2, *args, bias, *meta, EPILOGUE, V3_VARIANT)
     elif MIXED_MIN_M <= m <= MIXED_MAX_M and w.mixed is not None and x2.dtype == torch.bfloat16:
         y = mixed_linear(x2, w.mixed)[:, :w.out_features]
         if bias is not None:

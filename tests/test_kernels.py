@@ -94,7 +94,7 @@ def test_unsupported_layouts_raise(bits, group_size):
 
 
 @pytest.mark.parametrize("bits", [4, 8])
-@pytest.mark.parametrize("m", [1, 5, 300])  # one per dispatch branch: wo_gemv, wo_gemm, dequant + GEMM
+@pytest.mark.parametrize("m", [1, 5, 100, 300])  # one per dispatch branch: wo_gemv, wo_gemm_v3, wo_gemm, dequant
 @pytest.mark.parametrize("symmetric,act_order", [(True, False), (False, True)])
 def test_packed_linear_matches_reference_op(bits, m, symmetric, act_order):
     n, k, gs = 48, 576, 128

@@ -89,6 +89,7 @@ def test_raw_kernels_match_emulation(kernels, bits, group_size, symmetric, dtype
     w = (p.qweight, p.scale, p.zero)
     bias = torch.randn(1536, device="cuda")
     cases = [("wo_gemv", m) for m in range(1, 9)] + [("wo_gemm", m) for m in (1, 8, 9, 16, 31, 33, 64, 65, 200)]
+    cases += [("wo_gemm_v3", m) for m in (1, 5, 8, 9, 16, 17, 31, 33, 64, 65, 200)]
     for name, m in cases:
         x = torch.randn(m, p.k_padded, device="cuda", dtype=dtype)
         poison_cache()
@@ -116,6 +117,44 @@ def test_gemv_both_activation_paths(kernels, bits, group_size, symmetric, dtype)
         out = kernels.wo_gemv(x, *w, None, bits, p.group_size, n, "none")
         ref = ReferenceOps.wo_gemv(x, *w, None, bits, p.group_size, n, "none")
         assert out.shape == (m, n) and rel_err(out, ref.double()) < 1e-2, f"m={m}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("group_size", [16, 32, 64, 128, 256, -1])
+@pytest.mark.parametrize("bits", [4, 8])
+def test_gemm_v3_matches_float64(kernels, bits, group_size, symmetric, dtype):
+    """wo_gemm_v3 at every m in 1..64 (and 65, 130: token slices over blockIdx.z), each of its variants
+    (ring depth, split-K choice) in turn, against x @ W^T in float64 from the checkpoint tensors.
+    Ragged shapes: K = 576 and 960 end in half a 128-k piece (and, at g128, in a group that piece only
+    half covers); N = 200 and 1000 end inside a 128-row tile and a 16-row stripe. K = 4096, N = 1536
+    splits K over a cluster on sm_90."""
+    for k, n, tokens in ((576, 200, range(1, 65)), (960, 1000, range(1, 65, 3)), (4096, 1536, (5, 16, 17, 33, 64, 65, 130))):
+        qt, _, dense = make_weight(bits, group_size, symmetric, False, k, n, seed=k)
+        p = pack_weight(qt.values, qt.scale, qt.zero_point, None, bits, group_size)
+        bias = torch.randn(n, device="cuda")
+        for m in tokens:
+            x = torch.randn(m, k, device="cuda", dtype=dtype)
+            xp = torch.nn.functional.pad(x, (0, p.k_padded - k))
+            ref = x.double() @ dense.T + bias.double()
+            poison_cache()
+            out = kernels.wo_gemm_v3(xp, p.qweight, p.scale, p.zero, bias, bits, p.group_size, n, EPILOGUE, m % 4)
+            assert out.shape == (m, n) and rel_err(out, ref) < 1e-2, f"k={k} n={n} m={m} variant={m % 4}"
+
+
+def test_gemm_v3_variants_agree_and_repeat(kernels):
+    """Every variant gives the float64 result, and a variant gives the same bits twice (the cluster
+    reduction sums partials in a fixed order)."""
+    qt, _, dense = make_weight(4, 128, False, False, 14336, 1024, seed=5)
+    p = pack_weight(qt.values, qt.scale, qt.zero_point, None, 4, 128)
+    for m in (5, 16, 32, 64):
+        x = torch.randn(m, p.k_padded, device="cuda", dtype=torch.bfloat16)
+        ref = x.double() @ dense.T
+        args = (x, p.qweight, p.scale, p.zero, None, 4, 128, 1024, EPILOGUE)
+        for variant in range(4):
+            first = kernels.wo_gemm_v3(*args, variant)
+            assert rel_err(first, ref) < 1e-2, f"m={m} variant={variant}"
+            assert torch.equal(kernels.wo_gemm_v3(*args, variant), first), f"m={m} variant={variant} is not deterministic"
 
 
 def test_gemv_prefetch_changes_nothing(kernels):
@@ -179,7 +218,7 @@ def test_opcheck(kernels):
     torch.library.opcheck(ops.weight_only_linear, (x, pack_int(qt.values, 4), qt.scale, qt.zero_point, qt.g_idx, bias,
                                                    4, 128, 576))
     p = pack_weight(qt.values, qt.scale, qt.zero_point, None, 4, 128)
-    for name, m in (("wo_gemv", 3), ("wo_gemm", 40)):
+    for name, m in (("wo_gemv", 3), ("wo_gemm", 40), ("wo_gemm_v3", 40)):
         args = (x.new_empty(m, 576).normal_(), p.qweight, p.scale, p.zero, bias.float(), 4, 128, 1536, EPILOGUE)
         torch.library.opcheck(getattr(torch.ops.qtool_cuda, name).default, args)
     torch.library.opcheck(torch.ops.qtool_cuda.dequant_int.default,
@@ -237,7 +276,7 @@ def test_smoke_all_paths(kernels):
     for bits, gs, sym, act in ((4, 128, True, False), (4, 64, False, True), (8, -1, False, False)):
         qt, args, dense = make_weight(bits, gs, sym, act, 576, 1536)
         layer = QuantLinear.from_qtensor(qt, QuantScheme(weights=args), bias=torch.randn(1536, device="cuda"))
-        for m in (1, weight_only.GEMV_MAX_M + 1, 70, weight_only.GEMM_MAX_M + 1):
+        for m in (1, weight_only.GEMV_MAX_M + 1, weight_only.V3_MAX_M + 1, weight_only.GEMM_MAX_M + 1):
             x = torch.randn(m, 576, device="cuda", dtype=torch.bfloat16)
             ref = x.double() @ dense.T + layer.bias.double()
             assert rel_err(layer(x), ref) < 1e-2

@@ -1,6 +1,7 @@
 // PyTorch bindings of the weight-only kernels, as ops in the `qtool_cuda` namespace:
 //   torch.ops.qtool_cuda.wo_gemv      CUDA-core GEMV, 1 <= m <= 8
 //   torch.ops.qtool_cuda.wo_gemm      tensor-core GEMM, any m (best for small to moderate m)
+//   torch.ops.qtool_cuda.wo_gemm_v3   tensor-core GEMM for small m (5..64), deep weight stream, sm_90 clusters
 //   torch.ops.qtool_cuda.dequant_int  dense [n, k_padded] weight for cuBLAS at large m
 // All take the repacked layout of kernels/layout.py; qtool::weight_only_linear (declared in Python)
 // dispatches to them by m. Every check names the tensor and the shape it got.
@@ -152,6 +153,28 @@ at::Tensor wo_gemm(const at::Tensor& x, const at::Tensor& qweight, const at::Ten
   return y;
 }
 
+// v3 (wo_gemm_v3.cu) reduces split-K inside thread block clusters, which need sm_90; before that
+// it would run unsplit (a few blocks on a large GPU at small n), so the op runs wo_gemm instead.
+at::Tensor wo_gemm_v3(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scale,
+                      const std::optional<at::Tensor>& zero, const std::optional<at::Tensor>& bias, int64_t num_bits,
+                      int64_t group_size, int64_t out_features, const std::string& activation, int64_t variant) {
+  TORCH_CHECK(variant >= 0 && variant <= 3, "wo_gemm_v3: variant must be 0..3, got ", variant);
+  const PackedWeightView w = check_weight("wo_gemm_v3", qweight, scale, zero, num_bits, group_size, out_features);
+  at::Tensor bias_f32;
+  WoProblem p = make_problem("wo_gemm_v3", x, w, qweight, bias, bias_f32, activation);
+  const c10::cuda::CUDAGuard guard(x.device());
+  int major = 0, num_sms = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, x.device().index()));
+  if (major < 9) return wo_gemm(x, qweight, scale, zero, bias, num_bits, group_size, out_features, activation);
+  at::Tensor y = at::empty({x.size(0), out_features}, x.options());
+  if (p.m == 0) return y;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, x.device().index()));
+  p.y = y.data_ptr();
+  C10_CUDA_CHECK(launch_wo_gemm_v3(p, static_cast<int>(variant), num_sms, true, c10::cuda::getCurrentCUDAStream()));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return y;
+}
+
 at::Tensor dequant_int(const at::Tensor& qweight, const at::Tensor& scale, const std::optional<at::Tensor>& zero,
                        int64_t num_bits, int64_t group_size, int64_t out_features, at::ScalarType dtype) {
   const PackedWeightView w = check_weight("dequant_int", qweight, scale, zero, num_bits, group_size, out_features);
@@ -174,6 +197,9 @@ TORCH_LIBRARY(qtool_cuda, m) {
       "wo_gemm(Tensor x, Tensor qweight, Tensor scale, Tensor? zero, Tensor? bias, int num_bits, int group_size, "
       "int out_features, str activation) -> Tensor");
   m.def(
+      "wo_gemm_v3(Tensor x, Tensor qweight, Tensor scale, Tensor? zero, Tensor? bias, int num_bits, int group_size, "
+      "int out_features, str activation, int variant=0) -> Tensor");
+  m.def(
       "dequant_int(Tensor qweight, Tensor scale, Tensor? zero, int num_bits, int group_size, int out_features, "
       "ScalarType dtype) -> Tensor");
 }
@@ -181,5 +207,6 @@ TORCH_LIBRARY(qtool_cuda, m) {
 TORCH_LIBRARY_IMPL(qtool_cuda, CUDA, m) {
   m.impl("wo_gemv", &qtool::wo_gemv);
   m.impl("wo_gemm", &qtool::wo_gemm);
+  m.impl("wo_gemm_v3", &qtool::wo_gemm_v3);
   m.impl("dequant_int", &qtool::dequant_int);
 }

@@ -20,7 +20,6 @@
 // The 8 warps' partial sums are added in shared memory, then bias and activation are applied.
 // (v3 tried Programmatic Dependent Launch: no consistent gain on the H100, kernels/NOTES.md; removed.)
 #include <cstdint>
-#include <type_traits>
 
 #include "wo_common.cuh"
 
@@ -46,38 +45,6 @@ __host__ __device__ constexpr int xs_row_words(int k_padded) { return k_padded /
 template <int GPC>  // groups per chunk
 constexpr int batch_chunks() {
   return GPC <= 2 ? 8 : 4;
-}
-
-// bf16 holds integers exactly only up to 256 and has no "magic + byte" form with step 1, so int8
-// codes for bf16 go through float32 (2^23 + u, minus 2^23 + 128 + z, exact) and then to bf16.
-template <typename T, int BITS>
-constexpr bool kViaFloat = BITS == 8 && std::is_same_v<T, __nv_bfloat16>;
-
-// What is subtracted from a biased code to leave q - zero_point (the zero point is added per group):
-// int4: base + 8 (PairTraits); int8 fp16: 1024 + 128; int8 bf16 (float32): 2^23 + 128.
-template <typename T, int BITS>
-constexpr float kCodeOffset = BITS == 4 ? PairTraits<T>::kBase + 8.0f : kViaFloat<T, BITS> ? kInt8Magic + 128.0f : 1152.0f;
-
-// A fragment (q - z, one pair per register) of subtile j of a lane's chunk. zf: the row's
-// kCodeOffset + z as float32 (exact: a small integer); zp: the same as a pair of T.
-template <typename T, int BITS>
-__device__ inline void a_fragment(const uint32_t (&w)[4],    // the lane's 16 bytes
-                                  int j,                     // subtile
-                                  const float (&zf)[2],      // rows g / g + 8 (register p: row p % 2)
-                                  const uint32_t (&zp)[2],   // same, packed
-                                  uint32_t (&a)[4]) {        // out
-#pragma unroll
-  for (int r = 0; r < 4; ++r) {
-    if constexpr (BITS == 4) {
-      a[r] = sub_pair(int4_pair_biased<T>(w[j], r), zp[r % 2], T{});
-    } else if constexpr (!kViaFloat<T, BITS>) {
-      a[r] = sub_pair(int8_pair_biased_half(w[2 * j + r / 2], r), zp[r % 2], T{});
-    } else {
-      const uint32_t word = w[2 * j + r / 2];
-      const int b = 2 * (r % 2);
-      a[r] = float2_to_pair(int8_f32_magic(word, b) - zf[r % 2], int8_f32_magic(word, b + 1) - zf[r % 2], T{});
-    }
-  }
 }
 
 template <typename T,    // activation and output type: __half or __nv_bfloat16

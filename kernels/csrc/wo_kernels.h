@@ -64,6 +64,13 @@ void launch_wo_gemv(const WoProblem& p, cudaStream_t stream);
 int wo_gemm_splits(const WoProblem& p, int num_sms);
 void launch_wo_gemm(const WoProblem& p, int splits, cudaStream_t stream);
 
+// v3 tensor-core kernel for small m (wo_gemm_v3.cu): a ring of weight loads per lane, x and the group
+// parameters staged per block, split-K reduced inside a thread block cluster (`clusters`: sm_90+;
+// without them it never splits). `variant` picks the design knobs compared on the GPU (NOTES.md):
+// 0 the default, 1 the other ring depth (4 <-> 8 chunks), 2 no split-K, 3 twice the splits.
+// Returns the launch status.
+cudaError_t launch_wo_gemm_v3(const WoProblem& p, int variant, int num_sms, bool clusters, cudaStream_t stream);
+
 // Dequantize to a dense [n, k_padded] matrix of `dtype` (dequant.cu), for cuBLAS at large m.
 void launch_dequant(const PackedWeightView& w, ScalarKind dtype, void* out, cudaStream_t stream);
 
