@@ -200,8 +200,28 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | 
 
 def fake_quantize(x: torch.Tensor, args: QuantArgs, g_idx: torch.Tensor | None = None) -> torch.Tensor:
     """Quantize and dequantize with MinMax params, returning the dtype of `x`."""
-    scale, zp = choose_qparams(x, args)
-    return dequantize(quantize(x, scale, zp, args, g_idx), scale, zp, args, x.dtype, g_idx)
+    if g_idx is not None or args.binary or args.is_float or args.strategy is Strategy.BLOCK:
+        scale, zp = choose_qparams(x, args)
+        return dequantize(quantize(x, scale, zp, args, g_idx), scale, zp, args, x.dtype, g_idx)
+    # The arithmetic of quantize + dequantize, element for element (same results to the bit), on the
+    # [..., scales, elements per scale] view with broadcast parameters instead of scale and zero point
+    # expanded to x's shape: AWQ fake-quantizes the weights of each of its grid candidates, and the
+    # expansions (index_select) and int8 round trips were most of that cost.
+    b = _blocked(x.float(), args)
+    zero = torch.zeros((), device=x.device)
+    scale, zp = qparams_from_range(torch.minimum(b.amin(-1), zero), torch.maximum(b.amax(-1), zero), args)
+    qmin, qmax = int_range(args.num_bits)
+    scale = scale.unsqueeze(-1)
+    y = torch.round(b / scale)
+    if zp is not None:
+        zp = zp.unsqueeze(-1).float()
+        y = y.add_(zp).clamp_(qmin, qmax).sub_(zp)
+    else:
+        y = y.clamp_(qmin, qmax)
+    y = y.mul_(scale)
+    if args.strategy is Strategy.GROUP:  # drop the zero padding of a short last group
+        y = y.reshape(*y.shape[:-2], -1)[..., : x.shape[-1]]
+    return y.reshape(x.shape).to(x.dtype)
 
 
 @dataclass

@@ -187,6 +187,32 @@ def test_awq_folded_model_equals_unscaled_before_quantization(calib_ids, duo_sca
         torch.testing.assert_close(model(ids).logits, before, rtol=1e-4, atol=1e-4)
 
 
+def test_awq_two_stage_search_matches_every_candidate_on_every_call(calib_ids):
+    """search_scale scores all candidates on the first half of the calls and its finalists on all of them:
+    with FINALISTS = GRID that is the exhaustive search, and here the three finalists already find its choice."""
+    from quantize.methods import awq
+    from quantize.pipeline import BlockContext, capture_block_inputs
+
+    model = outlier_llama()
+    arch = find_architecture(model)
+    _, blocks = find_blocks(model, arch)
+    inputs = capture_block_inputs(model, blocks, calib_ids, torch.device("cpu"), "cpu")
+    ctx = BlockContext(0, "model.layers.0.", blocks[0], inputs, arch, torch.device("cpu"))
+    args = preset("w3a16").with_weights(group_size=32, symmetric=False).weights
+    mappings = [m for m in arch.smooth if applicable(blocks[0], m)]
+    for m, st in zip(mappings, awq.gather_inputs(ctx, mappings, 10_000), strict=True):
+        assert len(st.calls) > 1 and awq._half(st.calls) == len(st.calls) // 2
+        inspect = blocks[0].get_submodule(m.inspect or m.balance[0])
+        balance = [blocks[0].get_submodule(b) for b in m.balance]
+        found = awq.search_scale(inspect, balance, st, args)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(awq, "FINALISTS", awq.GRID)
+            exhaustive = awq.search_scale(inspect, balance, st, args)
+        assert found[1] == exhaustive[1]
+        torch.testing.assert_close(found[2], exhaustive[2])
+    assert awq._half([((torch.zeros(1, 8, 4),), {})]) == 1  # one call: every candidate sees all of it
+
+
 @pytest.mark.parametrize("duo_scaling", [False, True])
 def test_awq_beats_rtn_on_activation_outliers(calib_ids, duo_scaling):
     def run(method, args=None):

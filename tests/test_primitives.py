@@ -146,3 +146,20 @@ def test_scales_are_correctly_rounded_divisions(bits, symmetric):
         expected = (hi.numpy().astype(np.float64) - lo.numpy()) / (qmax - qmin)  # exact range, rounded once
     assert scale.dtype == torch.float32
     assert np.array_equal(scale.numpy(), expected.astype(np.float32))
+
+
+@pytest.mark.parametrize("args", [
+    QuantArgs(num_bits=4, symmetric=False, strategy="group", group_size=128),
+    QuantArgs(num_bits=4, strategy="group", group_size=64),
+    QuantArgs(num_bits=8, strategy="channel"),
+    QuantArgs(num_bits=8, strategy="token"),
+    QuantArgs(num_bits=8, symmetric=False, strategy="tensor"),
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_fake_quantize_equals_quantize_dequantize_to_the_bit(args, dtype):
+    """fake_quantize's broadcast path (AWQ's search calls it per candidate) is quantize + dequantize exactly."""
+    x = (torch.randn(2, 96, 576, generator=torch.Generator().manual_seed(0)) * torch.rand(576) * 3).to(dtype)
+    x = x[0] if args.strategy is not Strategy.TOKEN else x  # a short last group at 576 inputs and g128
+    x[0, :7] = 0
+    scale, zp = choose_qparams(x, args)
+    assert torch.equal(fake_quantize(x, args), dequantize(quantize(x, scale, zp, args), scale, zp, args, dtype))
