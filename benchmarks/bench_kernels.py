@@ -282,6 +282,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="two shapes, M in 1, 16, 64")
     parser.add_argument("--tokens", help="comma-separated M values, replacing the default list (e.g. 1,4,5,8)")
     parser.add_argument("--formats", help=f"comma-separated subset of {', '.join([*FORMATS, *BINARY_FORMATS])}")
+    parser.add_argument("--shapes", help="comma-separated KxN shapes, replacing the default list (e.g. 8192x8192)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_kernels.py needs a CUDA device")
@@ -295,6 +296,8 @@ def main() -> None:
     shapes, tokens = (SHAPES[:2], TOKENS[:3]) if args.quick else (SHAPES, TOKENS)
     if args.tokens:
         tokens = [int(t) for t in args.tokens.split(",")]
+    if args.shapes:
+        shapes = [tuple(int(d) for d in s.lower().split("x")) for s in args.shapes.split(",")]
     for k, n in shapes:
         for fmt in args.formats.split(",") if args.formats else FORMATS:
             if fmt in BINARY_FORMATS:
@@ -303,6 +306,8 @@ def main() -> None:
             else:
                 result["rows"] += bench_case(timer, kernels, k, n, fmt, tokens)
             torch.cuda.empty_cache()
+            if args.json:  # after each case: a run cut short by a time limit keeps what it measured
+                args.json.write_text(json.dumps(result, indent=2))
     show(result)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
