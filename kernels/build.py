@@ -253,10 +253,10 @@ def _weight_only_path() -> str:
 
     mixed = ("CUTLASS sm90 W4A16 (libqtool_sm90_mixed) for 17-2048 tokens, 4-bit bf16" if sm90.mixed.load()
              else f"no W4A16 wgmma GEMM ({sm90.mixed.reason})")
-    from .weight_only import GEMV_MAX_M, V3_MAX_M
+    from .weight_only import GEMM_MAX_M, GEMV_MAX_M, V3_MAX_M, V3_MIN_M
 
-    return (f"qtool_cuda wo_gemv (m <= {GEMV_MAX_M}), wo_gemm_v3 (m <= {V3_MAX_M}; wo_gemm before sm_90), "
-            f"wo_gemm (m <= 256); {mixed}; dequant_int + cuBLAS")
+    return (f"qtool_cuda wo_gemv (m <= {GEMV_MAX_M}); {mixed}; otherwise wo_gemm_v3 ({V3_MIN_M}-{V3_MAX_M} tokens; "
+            f"wo_gemm before sm_90), wo_gemm (m <= {GEMM_MAX_M}); dequant_int + cuBLAS")
 
 
 def _scaled_linear_path() -> str:

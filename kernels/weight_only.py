@@ -2,11 +2,12 @@
 
 Dispatch on m = tokens:
   m <= GEMV_MAX_M   qtool_cuda::wo_gemv   CUDA cores; the weights are streamed once
-  m <= V3_MAX_M     qtool_cuda::wo_gemm_v3  tensor cores, the weights streamed once with many loads in
-                    flight per SM, split-K reduced in thread block clusters (runs wo_gemm before sm_90)
   MIXED_MIN_M <= m <= MIXED_MAX_M
                     qtool_cuda_mixed::w4_mm (mixed_mm.py) where the weight has a Hopper copy (4-bit,
                     bf16): wgmma with the weights converted in registers
+  V3_MIN_M <= m <= V3_MAX_M
+                    qtool_cuda::wo_gemm_v3  tensor cores, many weight loads in flight per SM, split-K
+                    reduced in thread block clusters (runs wo_gemm before sm_90): 8-bit, fp16, asym
   m <= GEMM_MAX_M   qtool_cuda::wo_gemm   tensor cores; the weights are streamed once per 64 tokens
   otherwise         qtool_cuda::dequant_int + cuBLAS: compute-bound, so one extra weight pass is cheap
 
@@ -30,17 +31,18 @@ from .mixed_mm import mixed_linear
 # measurement ran with (BENCHMARKS.md); the 4-vs-8 A/B of kernels/NOTES.md (v3) left no result, so to
 # try another value edit this constant and compare with `benchmarks/bench_kernels.py --tokens 4,5,8`.
 GEMV_MAX_M = 4
-# wo_gemm_v3 (kernels/NOTES.md, "wo_gemm v3") takes GEMV_MAX_M < m <= V3_MAX_M, every format and dtype,
-# ahead of the Hopper W4A16 GEMM below. 64 is its largest token tile (the kernel slices more over
-# blockIdx.z); move it after measuring against w4_mm (`bash dev/w4_session.sh v3`). V3_VARIANT is the
-# op's `variant` (0 default; 1-3 the A/B knobs of bench_kernels.py's wo_gemm_v3_* columns).
-V3_MAX_M = 64
-V3_VARIANT = 0
 GEMM_MAX_M = 256
 # Measured crossovers on the H200 (BENCHMARKS.md, issue 19): below MIXED_MIN_M the mma.sync GEMM
 # is as fast or faster; above MIXED_MAX_M dequantization + cuBLAS is (the GEMM is compute-bound there).
 MIXED_MIN_M = 17
 MIXED_MAX_M = 2048
+# wo_gemm_v3 (kernels/NOTES.md, "wo_gemm v3") measured on the H200 at M = 16, 32, 64 (BENCHMARKS.md):
+# it loses to w4_mm everywhere, and at M = 16 it ties wo_gemm; at 32 and 64 its variant 3 (twice the
+# split-K slices) beats wo_gemm by 0-30% on 7 of the 9 (shape, M) cells of W8 g-1. So it serves the
+# weights w4_mm cannot take, past 16 tokens, with variant 3.
+V3_MIN_M = 17
+V3_MAX_M = 64
+V3_VARIANT = 3
 KERNEL_DTYPES = (torch.float16, torch.bfloat16)
 
 
@@ -71,12 +73,12 @@ def packed_linear(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, k
     meta = (w.num_bits, w.group_size, w.out_features)
     if m <= GEMV_MAX_M:
         y = kernels.wo_gemv(x2, *args, bias, *meta, EPILOGUE, prefetch)
-    elif m <= V3_MAX_M:
-        y = kernels.wo_gemm_v3(x2, *args, bias, *meta, EPILOGUE, V3_VARIANT)
     elif MIXED_MIN_M <= m <= MIXED_MAX_M and w.mixed is not None and x2.dtype == torch.bfloat16:
         y = mixed_linear(x2, w.mixed)[:, :w.out_features]
         if bias is not None:
             y = y + bias.to(y.dtype)
+    elif V3_MIN_M <= m <= V3_MAX_M:
+        y = kernels.wo_gemm_v3(x2, *args, bias, *meta, EPILOGUE, V3_VARIANT)
     elif m <= GEMM_MAX_M:
         y = kernels.wo_gemm(x2, *args, bias, *meta, EPILOGUE)
     else:
