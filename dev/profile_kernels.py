@@ -1,0 +1,78 @@
+"""Launch each weight-only / 1-bit kernel a few times on one shape, for Nsight Compute to read counters.
+
+    ncu --clock-control none --section SpeedOfLight ... python3 dev/profile_kernels.py --shape 8192x8192
+
+Issue 19's kernels run at 0.8-1.1 TB/s of weight traffic where the copy moves 4.25 TB/s
+(BENCHMARKS.md): these launches are what `dev/ncu_session.sh` profiles to say why (DRAM throughput,
+achieved occupancy, warp stall reasons), instead of guessing. Each case rotates over enough weight
+copies that a launch cannot hit L2 for its weights; every case runs REPS times after a warm-up call.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+
+import quantize  # noqa: F401  (makes qtool_kernels importable)
+from qtool_kernels import binary, build, mixed_mm
+from qtool_kernels.layout import EPILOGUE, pack_weight, unpack_codes
+from quantize.primitives import pack_int
+
+REPS = 3
+
+
+def weight_cases(kernels, k: int, n: int) -> dict:
+    """name -> zero-argument callable, one launch each (plus the tensors it closes over)."""
+    cases = {}
+    for bits, group in ((4, 128), (8, -1)):
+        lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+        codes = torch.randint(lo, hi + 1, (n, k), device="cuda", dtype=torch.int8)
+        groups = 1 if group <= 0 else -(-k // group)
+        p = pack_weight(codes, torch.rand(n, groups, device="cuda") / 100, None, None, bits, group)
+        mixed = None
+        if bits == 4 and mixed_mm.available() and mixed_mm.takes(bits, p.group_size, p.k_padded):
+            mixed = mixed_mm.pack_mixed(unpack_codes(p.qweight, bits), p.scale, None, p.group_size)
+        for m, op, extra in ((1, "wo_gemv", (None,)), (16, "wo_gemm", ()), (32, "wo_gemm_v3", (3,))):
+            x = torch.randn(m, p.k_padded, device="cuda", dtype=torch.bfloat16)
+            cases[f"w{bits} {op} M={m}"] = (lambda x=x, op=op, extra=extra, p=p, bits=bits: getattr(kernels, op)(
+                x, p.qweight, p.scale, None, None, bits, p.group_size, n, EPILOGUE, *extra))
+        if mixed is not None:
+            x = torch.randn(16, p.k_padded, device="cuda", dtype=torch.bfloat16)
+            cases["w4 w4_mm M=16"] = lambda x=x, mixed=mixed: mixed_mm.mixed_linear(x, mixed)
+    signs = (torch.randint(0, 2, (n, k), device="cuda") * 2 - 1).to(torch.int8)
+    w1 = binary.pack_gemv(pack_int(signs, 1), torch.rand(n, -(-k // 64), device="cuda") + 0.5, 64, k)
+    x1 = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+    cases["w1 w1_gemv M=1"] = lambda: binary.binary_gemv_linear(x1, w1, None, kernels)
+    dense = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
+    for m in (1, 16):
+        xd = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        cases[f"bf16 F.linear M={m}"] = lambda xd=xd: F.linear(xd, dense)
+    return cases
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shape", default="8192x8192", help="KxN")
+    parser.add_argument("--only", help="comma-separated substrings of case names to run")
+    args = parser.parse_args()
+    kernels = build.load_extension()
+    assert kernels is not None, build._loader.reason
+    k, n = (int(v) for v in args.shape.lower().split("x"))
+    torch.manual_seed(0)
+    cases = weight_cases(kernels, k, n)
+    flush = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
+    for name, fn in cases.items():
+        if args.only and not any(s in name for s in args.only.split(",")):
+            continue
+        fn()
+        for _ in range(REPS):
+            flush.zero_()  # evict the weights from L2, as the graph protocol's rotation does
+            fn()
+        torch.cuda.synchronize()
+        print("ran", name, flush=True)
+
+
+if __name__ == "__main__":
+    main()
