@@ -24,19 +24,19 @@
 
 #include <type_traits>
 
+#include "w1_gemv_plan.h"
 #include "w1_kernels.h"
 #include "wo_common.cuh"
 
 namespace qtool {
 namespace {
 
-constexpr int kWarps = 8;
+constexpr int kWarps = kW1Warps;
 constexpr int kStripes = 2;        // 16-row stripes per block
 constexpr int kSteps = 16;         // 16-k mma steps per chunk
-constexpr int kXsPadWords = 8;     // 32 bytes: the 8-byte B loads of lanes (g, t) hit distinct banks
-constexpr int kXsMaxBytes = 96 << 10;
+static_assert(kW1PlanRows == kW1GemvRows && kW1PlanTokens == kMaxW1GemvTokens, "w1_gemv_plan.h is out of date");
 
-__host__ __device__ constexpr int xs_row_words(int k_padded) { return k_padded / 2 + kXsPadWords; }
+__host__ __device__ constexpr int xs_row_words(int k_padded) { return w1_xs_row_bytes(k_padded) / 4; }
 
 template <typename T>
 constexpr uint32_t kMinusOnes = std::is_same_v<T, __half> ? 0xBC00BC00u : 0xBF80BF80u;  // (-1, -1)
@@ -51,7 +51,7 @@ template <typename T,    // activation and output type: __half or __nv_bfloat16
           int GPC,       // scale groups per chunk: 1, 2, 4, 8; 0: one scale per row (applied at the end)
           bool XS>       // x staged in shared memory (else its B loads go to global memory through L1)
 __global__ void __launch_bounds__(kWarps * 32) w1_gemv_kernel(const W1GemvProblem p) {
-  extern __shared__ uint4 xs_dyn[];
+  extern __shared__ uint4 xs_dyn[];  // all shared memory (w1_gemv_plan.h): [x staged, if XS][partial sums]
   constexpr int NS = GPC == 0 ? 1 : GPC;  // scale groups per chunk held per row
   constexpr int SPG = kSteps / NS;        // steps per group
   constexpr int SLOTS = GPC >= 8 ? 1 : 2;  // chunks in flight per lane (each for both stripes)
@@ -162,7 +162,9 @@ __global__ void __launch_bounds__(kWarps * 32) w1_gemv_kernel(const W1GemvProble
   }
 
   // Sum the warps (each holds every row and token of both stripes for its chunks), then the epilogue.
-  __shared__ float partial[kWarps][kW1GemvRows][kMaxW1GemvTokens];
+  // Dynamic, not static: the launch plan must count every byte (w1_gemv_plan.h). After the staged x.
+  auto& partial = *reinterpret_cast<float(*)[kWarps][kW1GemvRows][kMaxW1GemvTokens]>(
+      reinterpret_cast<char*>(xs_dyn) + w1_partial_offset(XS, p.m, p.k_padded));
 #pragma unroll
   for (int s = 0; s < kStripes; ++s) {
     partial[warp][16 * s + g][2 * t] = acc[s][0];
@@ -185,18 +187,21 @@ __global__ void __launch_bounds__(kWarps * 32) w1_gemv_kernel(const W1GemvProble
   }
 }
 
+int smem_optin_bytes() {  // per device; cheap (a cached attribute), so asked at every launch
+  int device = 0, bytes = 0;
+  cudaGetDevice(&device);
+  cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  return bytes;
+}
+
 template <typename T, int GPC>
 void launch_variant(const W1GemvProblem& p, cudaStream_t stream) {
-  const dim3 grid(p.n_padded / kW1GemvRows), block(kWarps * 32);
-  const int smem = p.m * xs_row_words(p.k_padded) * 4;
-  if (smem > kXsMaxBytes) {
-    w1_gemv_kernel<T, GPC, false><<<grid, block, 0, stream>>>(p);
-    return;
+  const W1GemvPlan plan = plan_w1_gemv(p.m, p.n_padded, p.k_padded, smem_optin_bytes());
+  auto kernel = plan.xs ? w1_gemv_kernel<T, GPC, true> : w1_gemv_kernel<T, GPC, false>;
+  if (plan.opt_in) {  // per device and cheap, so every time; an error here is reported by the launch check
+    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, plan.smem_bytes);
   }
-  if (smem > (48 << 10)) {  // above 48 KB a kernel must opt in; cheap, and per device, so every time
-    cudaFuncSetAttribute(w1_gemv_kernel<T, GPC, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-  }
-  w1_gemv_kernel<T, GPC, true><<<grid, block, smem, stream>>>(p);
+  kernel<<<plan.blocks, plan.threads, plan.smem_bytes, stream>>>(p);
 }
 
 template <typename T>
