@@ -150,11 +150,11 @@ def plan_exe(tmp_path_factory) -> Path:
 
 
 def gemv_plans(exe, cases):
-    """cases: (m, n_padded, k_padded, optin) -> dict of the plan's fields per case, from the C++ header."""
+    """cases: (m, n_padded, k_padded, gpc, optin) -> dict of the plan's fields per case, from the C++ header."""
     stdin = "\n".join(" ".join(map(str, c)) for c in cases) + "\n"
-    out = subprocess.run([str(exe)], input=stdin, capture_output=True, text=True,
-                         check=True).stdout.split()
-    keys = ("blocks", "threads", "xs", "partial_offset", "smem", "opt_in", "xs_row_bytes", "partial_bytes")
+    out = subprocess.run([str(exe)], input=stdin, capture_output=True, text=True, check=True).stdout.split()
+    keys = ("blocks", "threads", "xs", "ring_offset", "partial_offset", "smem", "opt_in", "xs_row_bytes",
+            "ring_bytes", "partial_bytes")
     rows = [dict(zip(keys, map(int, out[i:i + len(keys)]), strict=True)) for i in range(0, len(out), len(keys))]
     assert len(rows) == len(cases)
     return rows
@@ -168,26 +168,57 @@ def test_w1_gemv_kernel_has_no_static_shared_memory():
     assert not static, static
 
 
-def test_w1_gemv_launch_plan_fits_shared_memory(plan_exe):
+def ring_slot_bytes(gpc):
+    return 2 * 32 * 16 + (2 * 8 * 2 * gpc * 4 if gpc else 0)  # both stripes' lane words, then their scales
+
+
+@pytest.mark.parametrize("gpc", [0, 1, 2, 4, 8])
+def test_w1_gemv_launch_plan_fits_shared_memory(plan_exe, gpc):
     ks = [256 * i for i in range(1, 257)]  # every k_padded up to 65536
-    cases = [(m, 64, k, optin) for optin in OPTIN.values() for k in ks for m in range(1, binary.GEMV_MAX_M + 1)]
-    for (m, n_pad, k_pad, optin), p in zip(cases, gemv_plans(plan_exe, cases), strict=True):
-        where = f"m={m} k_padded={k_pad} optin={optin}: {p}"
+    cases = [(m, 64, k, gpc, optin) for optin in OPTIN.values() for k in ks for m in range(1, binary.GEMV_MAX_M + 1)]
+    for (m, n_pad, k_pad, _, optin), p in zip(cases, gemv_plans(plan_exe, cases), strict=True):
+        where = f"m={m} k_padded={k_pad} gpc={gpc} optin={optin}: {p}"
         assert p["smem"] <= optin, where
         assert p["opt_in"] == (p["smem"] > 48 << 10), where  # every byte above 48 KB needs the opt-in
-        assert p["partial_offset"] + p["partial_bytes"] == p["smem"] and p["partial_offset"] % 16 == 0, where
         assert p["blocks"] * binary.GEMV_ROWS == n_pad and p["threads"] >= m * binary.GEMV_ROWS, where
+        # regions in order, 16-byte aligned, none overlapping: [x][8 warps' rings][partial sums]
+        assert p["ring_offset"] % 16 == 0 and p["partial_offset"] % 16 == 0, where
+        assert p["ring_bytes"] == 8 * 4 * ring_slot_bytes(gpc), where  # the kernel's last slot: warp 7, slot 3
+        assert p["ring_offset"] + p["ring_bytes"] == p["partial_offset"], where
+        assert p["partial_offset"] + p["partial_bytes"] == p["smem"], where
         if p["xs"]:
             row = p["xs_row_bytes"]
             assert row % 16 == 0 and row >= 2 * k_pad, where
             # the last byte cp.async writes, and the last 8-byte B load (token m - 1, lane t = 3, last step)
-            assert (m - 1) * row + 2 * k_pad <= p["partial_offset"], where
-            assert (m - 1) * row + 4 * (k_pad // 2 - 8 + 2 * 3 + 2) <= p["partial_offset"], where
+            assert (m - 1) * row + 2 * k_pad <= p["ring_offset"], where
+            assert (m - 1) * row + 4 * (k_pad // 2 - 8 + 2 * 3 + 2) <= p["ring_offset"], where
+            assert 2 * p["smem"] + 2048 <= optin, where  # x is staged only while two blocks fit an SM
         else:
-            assert p["partial_offset"] == 0, where
+            assert p["ring_offset"] == 0, where
 
 
 def test_w1_gemv_plan_stages_x_where_the_gpu_tests_expect(plan_exe):
-    """test_w1_gemv_both_activation_paths relies on K = 14336 staging x up to m = 3 on the H200."""
-    cases = [(m, 64, 14336, OPTIN["sm_90"]) for m in range(1, 9)]
-    assert [p["xs"] for p in gemv_plans(plan_exe, cases)] == [1, 1, 1, 0, 0, 0, 0, 0]
+    """test_w1_gemv_both_activation_paths needs both paths at K = 14336, g64 on the H200: m = 1 staged,
+    m = 3, 4, 8 through L1; 8192 x 8192 stages x up to m = 3."""
+    cases = [(m, 64, k, 4, OPTIN["sm_90"]) for k in (14336, 8192) for m in range(1, 9)]
+    assert [p["xs"] for p in gemv_plans(plan_exe, cases)] == [1, 1, 0, 0, 0, 0, 0, 0] + [1, 1, 1, 0, 0, 0, 0, 0]
+
+
+@pytest.mark.parametrize("group_size", [32, 64, 128, 512, -1])
+def test_w1_gemv_global_reads_stay_in_the_layout(group_size):
+    """csrc/w1_gemv.cu's cp.async source indices (uint4 units), every block, warp, lane and chunk, against the
+    sizes of the tensors pack_gemv builds."""
+    qweight, scale, _ = make(96, 1000, group_size)
+    w = binary.pack_gemv(qweight, scale, group_size, 1000)
+    stripes, nchunks = w.qweight.shape[:2]
+    ns = max(binary.gemv_groups_per_chunk(w.group_size), 1)
+    block, s, c, lane = torch.meshgrid(torch.arange(stripes // 2), torch.arange(2), torch.arange(nchunks),
+                                       torch.arange(32), indexing="ij")
+    bits = (2 * block + s) * nchunks * 32 + c * 32 + lane
+    assert bits.max() < w.qweight.numel() // 4 and torch.equal(bits.flatten().sort().values, torch.arange(bits.numel()))
+    if w.scale.dim() > 1:
+        i = torch.arange(2 * 4 * ns)  # pieces of one chunk, both stripes
+        s2 = i // (4 * ns)
+        src = (2 * block[..., :1] * nchunks + s2 * nchunks + c[..., :1]) * 4 * ns + (i - s2 * 4 * ns)
+        assert src.max() < w.scale.numel() // 4
+        assert torch.equal(src.flatten().unique(), torch.arange(w.scale.numel() // 4))  # each piece, all of them
