@@ -45,8 +45,8 @@ def test_w1_gemv_matches_float64(kernels, group_size, k, n, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_w1_gemv_both_activation_paths(kernels, dtype):
-    """x is staged in shared memory while m * K * 2 bytes fit 96 KB (m <= 3 at K = 14336), else read from
-    global memory: both against the layout's own reference."""
+    """x is staged in shared memory while two blocks still fit an SM (csrc/w1_gemv_plan.h: m <= 2 at K = 14336,
+    g64, on the H200), else read from global memory: both against the layout's own reference."""
     _, qweight, scale, _ = make(64, 14336, 64, seed=3)
     w = binary.pack_gemv(qweight, scale, 64, 14336)
     for m in (1, 3, 4, 8):

@@ -4,6 +4,10 @@ the float64 reference. The kernels themselves run in tests/test_binary_gpu.py.""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -125,3 +129,96 @@ def test_w1a1_identity_matches_reference(group_size):
     torch.testing.assert_close(out, (torch.where(x >= 0, 1.0, -1.0).double() * xs) @ dense.T, rtol=1e-5, atol=1e-5)  # cterm is float32
     signs = torch.where(x >= 0, 1, -1)
     assert torch.equal(dots, signs @ ref.unpack_weight(qweight, 1, 576).long().T)
+
+
+# --- the W1A16 launch plan (csrc/w1_gemv_plan.h) against the hardware's shared-memory rules ----------
+
+ROOT = Path(__file__).resolve().parents[1]
+OPTIN = {"sm_90": 227 << 10, "sm_80": 163 << 10, "sm_89": 99 << 10}  # cudaDevAttrMaxSharedMemoryPerBlockOptin
+
+
+@pytest.fixture(scope="module")
+def plan_exe(tmp_path_factory) -> Path:
+    """tests/w1_gemv_plan_check.cu compiled (host code only)."""
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("nvcc not installed")
+    exe = tmp_path_factory.mktemp("w1plan") / "w1_gemv_plan_check"
+    subprocess.run([nvcc, "-std=c++17", "-I", str(ROOT / "kernels" / "csrc"), str(ROOT / "tests" / "w1_gemv_plan_check.cu"),
+                    "-o", str(exe)], check=True, capture_output=True)
+    return exe
+
+
+def gemv_plans(exe, cases):
+    """cases: (m, n_padded, k_padded, gpc, optin) -> dict of the plan's fields per case, from the C++ header."""
+    stdin = "\n".join(" ".join(map(str, c)) for c in cases) + "\n"
+    out = subprocess.run([str(exe)], input=stdin, capture_output=True, text=True, check=True).stdout.split()
+    keys = ("blocks", "threads", "xs", "ring_offset", "partial_offset", "smem", "opt_in", "xs_row_bytes",
+            "ring_bytes", "partial_bytes")
+    rows = [dict(zip(keys, map(int, out[i:i + len(keys)]), strict=True)) for i in range(0, len(out), len(keys))]
+    assert len(rows) == len(cases)
+    return rows
+
+
+def test_w1_gemv_kernel_has_no_static_shared_memory():
+    """The plan counts dynamic shared memory only; a static __shared__ array would be invisible to it (the
+    first GPU run: 41 KB of x + 8 KB static partial sums > 48 KB without the opt-in, launch refused)."""
+    src = (ROOT / "kernels" / "csrc" / "w1_gemv.cu").read_text()
+    static = [line for line in src.splitlines() if "__shared__" in line and "extern" not in line]
+    assert not static, static
+
+
+def ring_slot_bytes(gpc):
+    return 2 * 32 * 16 + (2 * 8 * 2 * gpc * 4 if gpc else 0)  # both stripes' lane words, then their scales
+
+
+@pytest.mark.parametrize("gpc", [0, 1, 2, 4, 8])
+def test_w1_gemv_launch_plan_fits_shared_memory(plan_exe, gpc):
+    ks = [256 * i for i in range(1, 257)]  # every k_padded up to 65536
+    cases = [(m, 64, k, gpc, optin) for optin in OPTIN.values() for k in ks for m in range(1, binary.GEMV_MAX_M + 1)]
+    for (m, n_pad, k_pad, _, optin), p in zip(cases, gemv_plans(plan_exe, cases), strict=True):
+        where = f"m={m} k_padded={k_pad} gpc={gpc} optin={optin}: {p}"
+        assert p["smem"] <= optin, where
+        assert p["opt_in"] == (p["smem"] > 48 << 10), where  # every byte above 48 KB needs the opt-in
+        assert p["blocks"] * binary.GEMV_ROWS == n_pad and p["threads"] >= m * binary.GEMV_ROWS, where
+        # regions in order, 16-byte aligned, none overlapping: [x][8 warps' rings][partial sums]
+        assert p["ring_offset"] % 16 == 0 and p["partial_offset"] % 16 == 0, where
+        assert p["ring_bytes"] == 8 * 4 * ring_slot_bytes(gpc), where  # the kernel's last slot: warp 7, slot 3
+        assert p["ring_offset"] + p["ring_bytes"] == p["partial_offset"], where
+        assert p["partial_offset"] + p["partial_bytes"] == p["smem"], where
+        if p["xs"]:
+            row = p["xs_row_bytes"]
+            assert row % 16 == 0 and row >= 2 * k_pad, where
+            # the last byte cp.async writes, and the last 8-byte B load (token m - 1, lane t = 3, last step)
+            assert (m - 1) * row + 2 * k_pad <= p["ring_offset"], where
+            assert (m - 1) * row + 4 * (k_pad // 2 - 8 + 2 * 3 + 2) <= p["ring_offset"], where
+            assert 2 * p["smem"] + 2048 <= optin, where  # x is staged only while two blocks fit an SM
+        else:
+            assert p["ring_offset"] == 0, where
+
+
+def test_w1_gemv_plan_stages_x_where_the_gpu_tests_expect(plan_exe):
+    """test_w1_gemv_both_activation_paths needs both paths at K = 14336, g64 on the H200: m = 1 staged,
+    m = 3, 4, 8 through L1; 8192 x 8192 stages x up to m = 3."""
+    cases = [(m, 64, k, 4, OPTIN["sm_90"]) for k in (14336, 8192) for m in range(1, 9)]
+    assert [p["xs"] for p in gemv_plans(plan_exe, cases)] == [1, 1, 0, 0, 0, 0, 0, 0] + [1, 1, 1, 0, 0, 0, 0, 0]
+
+
+@pytest.mark.parametrize("group_size", [32, 64, 128, 512, -1])
+def test_w1_gemv_global_reads_stay_in_the_layout(group_size):
+    """csrc/w1_gemv.cu's cp.async source indices (uint4 units), every block, warp, lane and chunk, against the
+    sizes of the tensors pack_gemv builds."""
+    qweight, scale, _ = make(96, 1000, group_size)
+    w = binary.pack_gemv(qweight, scale, group_size, 1000)
+    stripes, nchunks = w.qweight.shape[:2]
+    ns = max(binary.gemv_groups_per_chunk(w.group_size), 1)
+    block, s, c, lane = torch.meshgrid(torch.arange(stripes // 2), torch.arange(2), torch.arange(nchunks),
+                                       torch.arange(32), indexing="ij")
+    bits = (2 * block + s) * nchunks * 32 + c * 32 + lane
+    assert bits.max() < w.qweight.numel() // 4 and torch.equal(bits.flatten().sort().values, torch.arange(bits.numel()))
+    if w.scale.dim() > 1:
+        i = torch.arange(2 * 4 * ns)  # pieces of one chunk, both stripes
+        s2 = i // (4 * ns)
+        src = (2 * block[..., :1] * nchunks + s2 * nchunks + c[..., :1]) * 4 * ns + (i - s2 * 4 * ns)
+        assert src.max() < w.scale.numel() // 4
+        assert torch.equal(src.flatten().unique(), torch.arange(w.scale.numel() // 4))  # each piece, all of them

@@ -45,9 +45,10 @@ at::Tensor w1_gemv(const at::Tensor& x, const at::Tensor& qweight, const at::Ten
   const ScalarKind kind = w1_kind(x, "w1_gemv");
   check_group(group_size, "w1_gemv");
   TORCH_CHECK(qweight.is_cuda() && qweight.scalar_type() == at::kInt && qweight.dim() == 4 && qweight.size(2) == 32 &&
-                  qweight.size(3) == 4 && qweight.is_contiguous() && qweight.size(0) % 2 == 0,
-              "w1_gemv: qweight must be a contiguous CUDA int32 [n_padded / 16 (even), k_padded / 256, 32, 4] tensor "
-              "(kernels/binary.py), got ", qweight.scalar_type(), " ", qweight.sizes(), " on ", qweight.device());
+                  qweight.size(3) == 4 && qweight.is_contiguous() && qweight.size(0) % 2 == 0 &&
+                  reinterpret_cast<uintptr_t>(qweight.data_ptr()) % 16 == 0,
+              "w1_gemv: qweight must be a contiguous, 16-byte aligned CUDA int32 [n_padded / 16 (even), k_padded / 256, "
+              "32, 4] tensor (kernels/binary.py), got ", qweight.scalar_type(), " ", qweight.sizes(), " on ", qweight.device());
   const int64_t n_padded = qweight.size(0) * 16, chunks = qweight.size(1), k_padded = chunks * kW1ChunkK;
   TORCH_CHECK(out_features > n_padded - kW1GemvRows && out_features <= n_padded, "w1_gemv: out_features=",
               out_features, " does not fit qweight ", qweight.sizes());
@@ -59,8 +60,8 @@ at::Tensor w1_gemv(const at::Tensor& x, const at::Tensor& qweight, const at::Ten
   const auto expected = gpc == 0 ? std::vector<int64_t>{n_padded}
                                  : std::vector<int64_t>{n_padded / 16, chunks, 8, 2, gpc};
   TORCH_CHECK(scale.scalar_type() == at::kFloat && scale.is_contiguous() && scale.device() == x.device() &&
-                  scale.sizes() == at::IntArrayRef(expected),
-              "w1_gemv: scale must be contiguous float32 ", at::IntArrayRef(expected), " for group_size=", group_size,
+                  scale.sizes() == at::IntArrayRef(expected) && reinterpret_cast<uintptr_t>(scale.data_ptr()) % 16 == 0,
+              "w1_gemv: scale must be contiguous, 16-byte aligned float32 ", at::IntArrayRef(expected), " for group_size=", group_size,
               ", got ", scale.scalar_type(), " ", scale.sizes(), " on ", scale.device());
   at::Tensor keep;
   const float* b = bias_f32(bias, out_features, x, keep, "w1_gemv");

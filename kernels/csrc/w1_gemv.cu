@@ -15,28 +15,30 @@
 // 2t+9) are the physical k 4t..4t+3: one 8-byte shared-memory load per step.
 //
 // Work split. A block owns two 16-row stripes (x staged once for 32 rows); its 8 warps take the
-// 256-k chunks round-robin and serve both stripes from each B load. Each lane keeps a ring of chunks
-// in flight (16 bytes of codes per stripe plus their scales, fragment-ordered so a lane's scales are one
-// or two 16-byte loads), issued before any math and refilled right after each chunk's math. Per-group
-// partial sums are scaled in float32 once per group; one scale per row is applied in the epilogue.
+// 256-k chunks round-robin and serve both stripes from each B load. The weight stream goes through a
+// per-warp ring of kW1Ring chunk slots in shared memory, filled with cp.async (16 bytes of codes per lane
+// and stripe, then the chunk's fragment-ordered scales), so the loads in flight cost no registers: at
+// K = 8192 every warp asks for all of its chunks before any math (the register ring it replaced kept two,
+// and paid a DRAM round trip per refill; kernels/NOTES.md). Per-group partial sums are scaled in float32
+// once per group; one scale per row is applied in the epilogue. Launch plan: w1_gemv_plan.h.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <type_traits>
 
+#include "w1_gemv_plan.h"
 #include "w1_kernels.h"
 #include "wo_common.cuh"
 
 namespace qtool {
 namespace {
 
-constexpr int kWarps = 8;
+constexpr int kWarps = kW1Warps;
 constexpr int kStripes = 2;        // 16-row stripes per block
 constexpr int kSteps = 16;         // 16-k mma steps per chunk
-constexpr int kXsPadWords = 8;     // 32 bytes: the 8-byte B loads of lanes (g, t) hit distinct banks
-constexpr int kXsMaxBytes = 96 << 10;
+static_assert(kW1PlanRows == kW1GemvRows && kW1PlanTokens == kMaxW1GemvTokens, "w1_gemv_plan.h is out of date");
 
-__host__ __device__ constexpr int xs_row_words(int k_padded) { return k_padded / 2 + kXsPadWords; }
+__host__ __device__ constexpr int xs_row_words(int k_padded) { return w1_xs_row_bytes(k_padded) / 4; }
 
 template <typename T>
 constexpr uint32_t kMinusOnes = std::is_same_v<T, __half> ? 0xBC00BC00u : 0xBF80BF80u;  // (-1, -1)
@@ -47,122 +49,154 @@ __device__ inline uint32_t sign_pair(uint32_t word, int s) {
   return ((word << s) & 0x80008000u) ^ kMinusOnes<T>;
 }
 
-template <typename T,    // activation and output type: __half or __nv_bfloat16
-          int GPC,       // scale groups per chunk: 1, 2, 4, 8; 0: one scale per row (applied at the end)
-          bool XS>       // x staged in shared memory (else its B loads go to global memory through L1)
-__global__ void __launch_bounds__(kWarps * 32) w1_gemv_kernel(const W1GemvProblem p) {
-  extern __shared__ uint4 xs_dyn[];
-  constexpr int NS = GPC == 0 ? 1 : GPC;  // scale groups per chunk held per row
-  constexpr int SPG = kSteps / NS;        // steps per group
-  constexpr int SLOTS = GPC >= 8 ? 1 : 2;  // chunks in flight per lane (each for both stripes)
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int g = lane / 4, t = lane % 4;   // A: rows g, g + 8; B and C: token g / tokens 2t, 2t + 1
-  const int stripe0 = blockIdx.x * kStripes;
-  const int nchunks = p.k_padded / kW1ChunkK;
-  const size_t stripe_words = static_cast<size_t>(nchunks) * 32;  // uint4 per stripe
-  const uint4* wq = reinterpret_cast<const uint4*>(p.qweight) + stripe0 * stripe_words + lane;
-  // Grouped scales: chunk c of stripe s at (s * nchunks + c) * 16 * NS floats; this lane's 2 * NS at g.
-  const float* sq = p.scale + (static_cast<size_t>(stripe0) * nchunks * 8 + g) * 2 * NS;
+// This lane's words of one chunk (both stripes) and its rows' scales of the chunk's groups, from a ring slot.
+template <int GPC>
+struct ChunkRegs {
+  static constexpr int NS = GPC == 0 ? 1 : GPC;
+  uint32_t w[kStripes][4];
+  float sc[kStripes][2 * NS];  // [stripe][row g: groups 0..NS-1, row g + 8: groups]
 
-  uint4 bits[SLOTS][kStripes];
-  float sc[SLOTS][kStripes][2 * NS];  // [row g: groups 0..NS-1][row g + 8: groups]
-  auto load = [&](int u, int c) {     // chunk c into slot u; zeros past the end
+  __device__ void read(const uint4* slot, int lane) {
 #pragma unroll
-    for (int s = 0; s < kStripes; ++s) {
-      bits[u][s] = make_uint4(0, 0, 0, 0);
+    for (int s = 0; s < kStripes; ++s) words_of(slot[s * 32 + lane], w[s]);
+    if constexpr (GPC > 0) {
+      const float* f = reinterpret_cast<const float*>(slot + kStripes * 32) + (lane / 4) * 2 * NS;
 #pragma unroll
-      for (int i = 0; i < 2 * NS; ++i) sc[u][s][i] = 0.0f;
-      if (c < nchunks) {
-        bits[u][s] = load_streaming(wq + s * stripe_words + static_cast<uint32_t>(c) * 32u);
-        if constexpr (GPC > 0) {
-          const float* src = sq + (static_cast<size_t>(s) * nchunks + c) * 16 * NS;
-          if constexpr (NS == 1) {
-            const float2 v = __ldg(reinterpret_cast<const float2*>(src));
-            sc[u][s][0] = v.x;
-            sc[u][s][1] = v.y;
-          } else {
+      for (int s = 0; s < kStripes; ++s) {
+        if constexpr (NS == 1) {
+          const float2 v = *reinterpret_cast<const float2*>(f + s * 16 * NS);
+          sc[s][0] = v.x;
+          sc[s][1] = v.y;
+        } else {
 #pragma unroll
-            for (int i = 0; i < NS / 2; ++i) {
-              const float4 v = __ldg(reinterpret_cast<const float4*>(src) + i);
-              sc[u][s][4 * i] = v.x;
-              sc[u][s][4 * i + 1] = v.y;
-              sc[u][s][4 * i + 2] = v.z;
-              sc[u][s][4 * i + 3] = v.w;
-            }
+          for (int i = 0; i < NS / 2; ++i) {
+            const float4 v = *reinterpret_cast<const float4*>(f + s * 16 * NS + 4 * i);
+            sc[s][4 * i] = v.x;
+            sc[s][4 * i + 1] = v.y;
+            sc[s][4 * i + 2] = v.z;
+            sc[s][4 * i + 3] = v.w;
           }
         }
       }
     }
+  }
+};
+
+// One chunk's 16 mma steps for both stripes, scaled per group into acc. xc: this lane's B words of the chunk.
+template <typename T, int GPC, bool XS>
+__device__ inline void chunk_math(const ChunkRegs<GPC>& cr, const uint32_t* xc, float (&acc)[kStripes][4]) {
+  constexpr int NS = ChunkRegs<GPC>::NS, SPG = kSteps / NS;
+#pragma unroll
+  for (int q = 0; q < NS; ++q) {
+    float d[kStripes][4] = {};
+#pragma unroll
+    for (int jj = 0; jj < SPG; ++jj) {
+      const int j = q * SPG + jj;
+      uint2 b;
+      if constexpr (XS) {
+        b = *reinterpret_cast<const uint2*>(xc + 8 * j);
+      } else {
+        b = __ldg(reinterpret_cast<const uint2*>(xc + 8 * j));
+      }
+#pragma unroll
+      for (int s = 0; s < kStripes; ++s) {
+        uint32_t a[4];
+#pragma unroll
+        for (int r = 0; r < 4; ++r) a[r] = sign_pair<T>(cr.w[s][j / 4], 4 * (j % 4) + r);
+        mma_16816<T>(d[s], a, b.x, b.y);
+      }
+    }
+#pragma unroll
+    for (int s = 0; s < kStripes; ++s) {
+      if constexpr (GPC > 0) {
+        acc[s][0] = fmaf(cr.sc[s][q], d[s][0], acc[s][0]);
+        acc[s][1] = fmaf(cr.sc[s][q], d[s][1], acc[s][1]);
+        acc[s][2] = fmaf(cr.sc[s][NS + q], d[s][2], acc[s][2]);
+        acc[s][3] = fmaf(cr.sc[s][NS + q], d[s][3], acc[s][3]);
+      } else {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) acc[s][i] += d[s][i];
+      }
+    }
+  }
+}
+
+template <typename T,    // activation and output type: __half or __nv_bfloat16
+          int GPC,       // scale groups per chunk: 1, 2, 4, 8; 0: one scale per row (applied at the end)
+          bool XS>       // x staged in shared memory (else its B loads go to global memory through L1)
+__global__ void __launch_bounds__(kWarps * 32) w1_gemv_kernel(const W1GemvProblem p) {
+  extern __shared__ uint4 smem[];  // all shared memory, laid out by w1_gemv_plan.h
+  constexpr int NS = ChunkRegs<GPC>::NS;  // scale groups per chunk held per row
+  constexpr int kSlotVecs = w1_slot_bytes(GPC) / 16;
+  constexpr int kScaleVecs = GPC == 0 ? 0 : kStripes * 4 * NS;  // 16-byte pieces of a chunk's scales, both stripes
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int g = lane / 4, t = lane % 4;   // A: rows g, g + 8; B and C: token g / tokens 2t, 2t + 1
+  const int stripe0 = blockIdx.x * kStripes;
+  const int nchunks = p.k_padded / kW1ChunkK;
+  const size_t stripe_vecs = static_cast<size_t>(nchunks) * 32;  // uint4 per stripe
+  const uint4* wq = reinterpret_cast<const uint4*>(p.qweight) + stripe0 * stripe_vecs + lane;
+  // Grouped scales [stripe, chunk, 8, 2, NS] floats: 4 NS uint4 per (stripe, chunk).
+  const uint4* sq = reinterpret_cast<const uint4*>(p.scale) + static_cast<size_t>(stripe0) * nchunks * 4 * NS;
+  uint4* ring = smem + w1_ring_offset(XS, p.m, p.k_padded) / 16 + warp * kW1Ring * kSlotVecs;
+
+  // Chunk c into ring slot `slot`, by this warp's lanes; one cp.async group per call (empty past the end, so
+  // that "all but the newest kW1Ring - 1 groups" is always the oldest chunk).
+  auto issue = [&](int slot, int c) {
+    if (c < nchunks) {
+      uint4* dst = ring + slot * kSlotVecs;
+#pragma unroll
+      for (int s = 0; s < kStripes; ++s) cp_async_16(dst + s * 32 + lane, wq + s * stripe_vecs + c * 32, true);
+#pragma unroll
+      for (int i = lane; i < kScaleVecs; i += 32) {
+        const int s = i / (4 * NS);
+        cp_async_16(dst + kStripes * 32 + i, sq + (static_cast<size_t>(s) * nchunks + c) * 4 * NS + (i - s * 4 * NS),
+                    true);
+      }
+    }
+    cp_async_commit();
   };
 
-#pragma unroll
-  for (int u = 0; u < SLOTS; ++u) load(u, warp + u * kWarps);
   // B: token g (token 0 for g >= m: those mma columns are never stored), words 2t, 2t + 1 of each step.
+  // x goes first (one small group, mostly L2 hits), then every warp asks for its first kW1Ring chunks: at
+  // K = 8192 that is all of them, 48 KB per block at g64, before any math.
   const uint32_t* x;
   if constexpr (XS) {
     const int vecs = p.k_padded / 8, row_vecs = xs_row_words(p.k_padded) / 4;
     const uint4* xg = opaque(static_cast<const uint4*>(p.x));
     for (int i = threadIdx.x; i < p.m * vecs; i += kWarps * 32) {
       const int tok = i / vecs;
-      cp_async_16(xs_dyn + tok * row_vecs + (i - tok * vecs), xg + i, true);
+      cp_async_16(smem + tok * row_vecs + (i - tok * vecs), xg + i, true);
     }
     cp_async_commit();
-    x = reinterpret_cast<const uint32_t*>(xs_dyn) + (g < p.m ? g : 0) * xs_row_words(p.k_padded) + 2 * t;
-    cp_async_wait<0>();
-    __syncthreads();
+    x = reinterpret_cast<const uint32_t*>(smem) + (g < p.m ? g : 0) * xs_row_words(p.k_padded) + 2 * t;
   } else {
     x = opaque(static_cast<const uint32_t*>(p.x)) + (g < p.m ? g : 0) * (p.k_padded / 2) + 2 * t;
   }
-
-  float acc[kStripes][4] = {};  // C fragments: (row g, token 2t), (g, 2t + 1), (g + 8, 2t), (g + 8, 2t + 1)
-  for (int c0 = warp; c0 < nchunks; c0 += kWarps * SLOTS) {
 #pragma unroll
-    for (int u = 0; u < SLOTS; ++u) {
-      const int c = c0 + u * kWarps;
-      if (c >= nchunks) break;  // warp-uniform
-      uint32_t w[kStripes][4];
-#pragma unroll
-      for (int s = 0; s < kStripes; ++s) words_of(bits[u][s], w[s]);
-      const uint32_t* xc = x + c * (kW1ChunkK / 2);  // step j at words 8j + 2t, 8j + 2t + 1
-#pragma unroll
-      for (int q = 0; q < NS; ++q) {
-        float d[kStripes][4] = {};
-#pragma unroll
-        for (int jj = 0; jj < SPG; ++jj) {
-          const int j = q * SPG + jj;
-          uint2 b;
-          if constexpr (XS) {
-            b = *reinterpret_cast<const uint2*>(xc + 8 * j);
-          } else {
-            b = __ldg(reinterpret_cast<const uint2*>(xc + 8 * j));
-          }
-#pragma unroll
-          for (int s = 0; s < kStripes; ++s) {
-            uint32_t a[4];
-#pragma unroll
-            for (int r = 0; r < 4; ++r) a[r] = sign_pair<T>(w[s][j / 4], 4 * (j % 4) + r);
-            mma_16816<T>(d[s], a, b.x, b.y);
-          }
-        }
-#pragma unroll
-        for (int s = 0; s < kStripes; ++s) {
-          if constexpr (GPC > 0) {
-            acc[s][0] = fmaf(sc[u][s][q], d[s][0], acc[s][0]);
-            acc[s][1] = fmaf(sc[u][s][q], d[s][1], acc[s][1]);
-            acc[s][2] = fmaf(sc[u][s][NS + q], d[s][2], acc[s][2]);
-            acc[s][3] = fmaf(sc[u][s][NS + q], d[s][3], acc[s][3]);
-          } else {
-#pragma unroll
-            for (int i = 0; i < 4; ++i) acc[s][i] += d[s][i];
-          }
-        }
-      }
-      load(u, c + kWarps * SLOTS);
-    }
+  for (int r = 0; r < kW1Ring; ++r) issue(r, warp + r * kWarps);
+  if constexpr (XS) {
+    cp_async_wait<kW1Ring>();  // the x group, the oldest
+    __syncthreads();
   }
 
+  float acc[kStripes][4] = {};  // C fragments: (row g, token 2t), (g, 2t + 1), (g + 8, 2t), (g + 8, 2t + 1)
+  int slot = 0;
+  for (int c = warp; c < nchunks; c += kWarps) {  // warp-uniform
+    cp_async_wait<kW1Ring - 1>();  // chunk c has landed (this lane's copies) ...
+    __syncwarp();                  // ... and every lane's (the scales are copied by a few lanes)
+    ChunkRegs<GPC> cr;
+    cr.read(ring + slot * kSlotVecs, lane);
+    __syncwarp();  // every lane holds its slot data: refill the slot now, a whole ring ahead
+    issue(slot, c + kW1Ring * kWarps);
+    slot = slot + 1 == kW1Ring ? 0 : slot + 1;
+
+    chunk_math<T, GPC, XS>(cr, x + c * (kW1ChunkK / 2), acc);  // step j of chunk c at words 8j + 2t, +1
+  }
+  cp_async_wait<0>();  // no copy may still be writing shared memory when the block exits
+
   // Sum the warps (each holds every row and token of both stripes for its chunks), then the epilogue.
-  __shared__ float partial[kWarps][kW1GemvRows][kMaxW1GemvTokens];
+  auto& partial = *reinterpret_cast<float(*)[kWarps][kW1GemvRows][kMaxW1GemvTokens]>(
+      reinterpret_cast<char*>(smem) + w1_partial_offset(XS, p.m, p.k_padded, GPC));
 #pragma unroll
   for (int s = 0; s < kStripes; ++s) {
     partial[warp][16 * s + g][2 * t] = acc[s][0];
@@ -185,18 +219,21 @@ __global__ void __launch_bounds__(kWarps * 32) w1_gemv_kernel(const W1GemvProble
   }
 }
 
+int smem_optin_bytes() {  // per device; cheap (a cached attribute), so asked at every launch
+  int device = 0, bytes = 0;
+  cudaGetDevice(&device);
+  cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  return bytes;
+}
+
 template <typename T, int GPC>
 void launch_variant(const W1GemvProblem& p, cudaStream_t stream) {
-  const dim3 grid(p.n_padded / kW1GemvRows), block(kWarps * 32);
-  const int smem = p.m * xs_row_words(p.k_padded) * 4;
-  if (smem > kXsMaxBytes) {
-    w1_gemv_kernel<T, GPC, false><<<grid, block, 0, stream>>>(p);
-    return;
+  const W1GemvPlan plan = plan_w1_gemv(p.m, p.n_padded, p.k_padded, GPC, smem_optin_bytes());
+  auto kernel = plan.xs ? w1_gemv_kernel<T, GPC, true> : w1_gemv_kernel<T, GPC, false>;
+  if (plan.opt_in) {  // per device and cheap, so every time; an error here is reported by the launch check
+    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, plan.smem_bytes);
   }
-  if (smem > (48 << 10)) {  // above 48 KB a kernel must opt in; cheap, and per device, so every time
-    cudaFuncSetAttribute(w1_gemv_kernel<T, GPC, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-  }
-  w1_gemv_kernel<T, GPC, true><<<grid, block, smem, stream>>>(p);
+  kernel<<<plan.blocks, plan.threads, plan.smem_bytes, stream>>>(p);
 }
 
 template <typename T>

@@ -216,7 +216,9 @@ void launch_variant(const WoProblem& p,     // the problem
                     int smem,               // dynamic shared memory bytes (XS: the staged x)
                     cudaStream_t stream) {  // the caller's stream
   const dim3 grid(p.w.n_padded / kStripeRows), block(kWarps * 32);
-  if (smem > (48 << 10)) {  // above 48 KB a kernel must opt in; cheap, and per device, so every time
+  // Above 48 KB in all (the static partial sums count too) a kernel must opt in; cheap, per device, every time.
+  constexpr int kStaticBytes = kWarps * kStripeRows * kMaxGemvTokens * 4;  // wo_gemv_kernel's `partial`
+  if (smem + kStaticBytes > (48 << 10)) {
     cudaFuncSetAttribute(wo_gemv_kernel<T, BITS, GPC, XS>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   }
   wo_gemv_kernel<T, BITS, GPC, XS><<<grid, block, smem, stream>>>(p);
