@@ -257,7 +257,8 @@ def _weight_only_path() -> str:
     from .weight_only import GEMM_MAX_M, GEMV_MAX_M, V3_MAX_M, V3_MIN_M
 
     return (f"qtool_cuda wo_gemv (m <= {GEMV_MAX_M}); {mixed}; otherwise wo_gemm_v3 ({V3_MIN_M}-{V3_MAX_M} tokens; "
-            f"wo_gemm before sm_90), wo_gemm (m <= {GEMM_MAX_M}); dequant_int + cuBLAS")
+            f"wo_gemm before sm_90), wo_gemm (m <= {GEMM_MAX_M}); dequant_int + cuBLAS; 2-3-bit layers on the "
+            "4-bit kernels, 5-7-bit on the 8-bit ones (codes widened when packed)")
 
 
 def _scaled_linear_path() -> str:

@@ -223,11 +223,16 @@ _MIXED = ("cuda_mixed_w", "cuda_mixed_scale", "cuda_mixed_zero")
 def pack_layer(layer: QuantLinear) -> PackedWeight | None:
     """A QuantLinear's weight in the kernel layout, on its device; None when the kernels cannot take it."""
     args = kernel_args(layer.scheme)
-    if args is None:
+    if args is None or args[0] < 2:  # 1-bit layers have kernels of their own (binary_cuda_linear)
         return None
+    # The kernels decode 4- and 8-bit codes. Narrower codes are widened here: 2- and 3-bit codes are
+    # 4-bit codes using part of the range, 5- to 7-bit ones 8-bit codes, and (q - z) * s is the same
+    # number. So every width runs on the kernels, at the speed of the wider one, not on the reference
+    # (which unpacks the whole weight on every call); the checkpoint keeps its own width.
+    bits = 4 if args[0] <= 4 else 8
     try:
         return pack_weight(layer.codes(), layer.weight_scale, getattr(layer, "weight_zero_point", None),
-                           getattr(layer, "weight_g_idx", None), *args)
+                           getattr(layer, "weight_g_idx", None), bits, args[1])
     except UnsupportedLayout:
         return None
 

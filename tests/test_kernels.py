@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import rel_err
 from qtool_kernels import build, layout, reference, scaled_mm, weight_only
 from qtool_kernels.layout import ReferenceOps, UnsupportedLayout, pack_weight
 from quantize.linear import QuantLinear, pack_layer, prepare_for_cuda
@@ -150,6 +151,27 @@ def test_pack_layer_serves_quantlinear(symmetric):
     torch.testing.assert_close(got, layer(x), rtol=1e-5, atol=1e-4)
     fp8 = QuantScheme(weights=QuantArgs(num_bits=8, type="float", fp_format="e4m3", strategy=Strategy.CHANNEL))
     assert pack_layer(QuantLinear(k, n, fp8)) is None
+
+
+@pytest.mark.parametrize("bits,group_size", [(2, 64), (3, 128), (3, -1), (5, 32), (6, -1), (7, 64)])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_narrow_codes_run_on_the_wider_kernels(bits, group_size, symmetric):
+    """2-3-bit layers pack as 4-bit kernel weights, 5-7-bit as 8-bit: the kernel route computes what
+    the layer's own reference does (float64 dequantized weight) at these widths, ragged K included."""
+    n, k = 40, 200
+    codes, scale, zero, _ = random_weight(n, k, bits, group_size, symmetric, act_order=False)
+    strategy = Strategy.GROUP if group_size > 0 else Strategy.CHANNEL
+    args = QuantArgs(num_bits=bits, symmetric=symmetric, strategy=strategy,
+                     group_size=group_size if group_size > 0 else None)
+    qt = QTensor(codes, scale, zero, args)
+    layer = QuantLinear.from_qtensor(qt, QuantScheme(weights=args), bias=torch.randn(n))
+    packed = pack_layer(layer)
+    assert packed is not None and packed.num_bits == (4 if bits < 4 else 8)
+    x = torch.randn(5, k)
+    got = weight_only.packed_linear(x, packed, layer.bias.float(), ReferenceOps)
+    want = x.double() @ qt.dequantize(torch.float64).T + layer.bias.double()
+    assert rel_err(got, want) < 1e-5
+    torch.testing.assert_close(got, layer(x), rtol=1e-5, atol=1e-4)
 
 
 def test_host_decode_helpers_match_layout(tmp_path):

@@ -65,6 +65,22 @@ def test_quantlinear_matches_float64(kernels, bits, group_size, symmetric, act_o
         assert rel_err(out, ref) < 1e-2, f"m={m}"
 
 
+@pytest.mark.parametrize("bits,group_size,symmetric", [(2, 64, True), (2, 32, False), (3, 128, True), (3, 64, False),
+                                                      (3, -1, True), (5, 32, False), (6, -1, True), (7, 128, False)])
+def test_narrow_widths_take_the_kernels(kernels, bits, group_size, symmetric):
+    """2-3-bit layers run on the 4-bit kernels and 5-7-bit on the 8-bit ones (codes widened when packed),
+    every token count and so every kernel of the dispatcher, K = 576 ragged at g128."""
+    k, n = 576, 1536
+    qt, args, dense = make_weight(bits, group_size, symmetric, False, k, n)
+    layer = QuantLinear.from_qtensor(qt, QuantScheme(weights=args), bias=None)
+    for m in TOKENS:
+        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        poison_cache()
+        out = layer(x)
+        assert layer.cuda_qweight is not None, "the layer did not take the kernel path"
+        assert rel_err(out, x.double() @ dense.T) < 1e-2, f"m={m}"
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("bits,group_size,symmetric,act_order", [(4, 128, True, False), (4, 64, False, True),
                                                                  (8, -1, True, False), (8, 32, False, True)])
