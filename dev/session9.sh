@@ -26,9 +26,9 @@ w1() {
 }
 
 table() {
-  step "weight-only dispatcher vs bf16, every shape, M = ${TOKENS:-1,16,32,64,256,4096}"
+  step "weight-only dispatcher vs bf16, every shape, M = ${TOKENS:-1,8,16,32,64,256,4096}"
   timeout 260 python3 benchmarks/bench_kernels.py --formats w4a16-g128,w8a16-channel \
-    --tokens "${TOKENS:-1,16,32,64,256,4096}" --json "$OUT/table.json" 2>&1 | tail -45
+    --tokens "${TOKENS:-1,8,16,32,64,256,4096}" --json "$OUT/table.json" 2>&1 | tail -45
 }
 
 ncu() {
