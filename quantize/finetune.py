@@ -273,7 +273,7 @@ def resolve_init(scheme: QuantScheme | None, settings: FinetuneSettings) -> tupl
     """(scheme as written, init function, planning method, its settings) for settings.init."""
     from .methods import get_method
     from .methods.gptq import GPTQSettings
-    from .methods.gptq import quantize_block as gptq_block
+    from .methods.gptq_block import quantize_block as gptq_block
 
     if settings.init not in ("rtn", "gptq"):
         given, init = _checkpoint_init(settings.init)

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..pipeline import BlockMethod
 from ..scheme import QuantScheme, SchemeError
-from . import awq, gptq, rtn, smoothquant
+from . import awq, gptq, gptq_block, rtn, smoothquant
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class Method:
 
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("rtn", rtn.quantize_block, "w4a16", binary=True, description="round to nearest, no data"),
-    Method("gptq", gptq.quantize_block, "w4a16", gptq.GPTQSettings, needs_data=True, binary=True,
+    Method("gptq", gptq_block.quantize_block, "w4a16", gptq.GPTQSettings, needs_data=True, binary=True,
            description="GPTQ: error feedback through the inputs' Hessian"),
     Method("awq", awq.quantize_block, "w4a16-asym", awq.AWQSettings, needs_data=True,
            description="AWQ: activation-aware scales folded into the previous layer"),

@@ -12,6 +12,9 @@ the error-updated weights of that group (with `act_order`, groups are runs of th
 described by `g_idx`). 1-bit codes take sign(w) * mean|w| of the (updated) group as their rounding.
 FP8 formats work the same way: the column's "rounding" is the cast to
 E4M3/E5M2 under its scale, and its error is fed forward just the same.
+
+A decoder block's linears (true-sequential groups, shared Hessians, several ranks) are quantized by
+gptq_block.py.
 """
 
 from __future__ import annotations
@@ -21,17 +24,8 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from ..moe import UNROUTED_NOTE
-from ..primitives import (
-    QTensor,
-    choose_qparams,
-    expand,
-    group_index,
-    quantize,
-    quantize_weight,
-)
+from ..primitives import QTensor, choose_qparams, expand, group_index, quantize
 from ..scheme import QuantArgs, Strategy
-from ..timeline import phase
 from . import gptq_columns
 
 
@@ -149,12 +143,15 @@ class GPTQResult:
     shape), g_idx [K] only for act-order groups whose columns are not contiguous.
     loss: the GPTQ objective over the layer, sum of (w - q)^2 / d^2 / 2 with d the diagonal of the
     upper Cholesky factor of H^-1; equals tr((W - Q) H (W - Q)^T) / 2 for the damped H.
-    damp_used: the dampening fraction that worked. messages: what the caller should log (retries)."""
+    damp_used: the dampening fraction that worked. messages: what the caller should log (retries).
+    row_loss [N]: each row's part of `loss` (rows are independent given H, so linears quantized as one
+    stacked matrix recover each one's loss from its rows: gptq_block.py)."""
 
     qtensor: QTensor
     loss: float
     damp_used: float
     messages: list[str] = field(default_factory=list)
+    row_loss: torch.Tensor | None = None
 
 
 def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, args: QuantArgs, *, damp: float = 0.01,
@@ -206,10 +203,11 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, args: QuantArgs, 
         column_zero = None if zero_point is None else expand(zero_point, W.shape, args).expand(N, K)
     codes = quantize(W, column_scale, column_zero, replace(args, strategy=Strategy.CHANNEL))
     codes, g_idx = _original_order(codes, perm, group if dynamic else None, args)
-    loss = float(row_loss.sum()) / 2
+    row_loss.mul_(0.5)  # exact (a power of two): the sum is the unhalved sum / 2, as it always was
+    loss = float(row_loss.sum())
     if not math.isfinite(loss):
         raise ValueError(f"GPTQ produced a non-finite loss ({loss}) with damp={damp_used}")
-    return GPTQResult(QTensor(codes, scale, zero_point, args, g_idx), loss, damp_used, messages)
+    return GPTQResult(QTensor(codes, scale, zero_point, args, g_idx), loss, damp_used, messages, row_loss)
 
 
 def _initial_qparams(W: torch.Tensor, args: QuantArgs, dynamic_group: int | None) -> tuple:
@@ -282,133 +280,3 @@ def _upper_cholesky_of_inverse(H: torch.Tensor, damp: float) -> tuple[torch.Tens
         damp = retry
     raise ValueError(f"Cholesky of the Hessian failed even with damp={damp:g} "
                      f"({MAX_DAMP_RETRIES + 1} attempts); it is far from positive definite")
-
-
-# --- over one decoder block ---------------------------------------------------------------------
-
-def _groups(ctx, names: list[str], true_sequential: bool) -> list[list[str]]:
-    """Linears in the order they are quantized: the architecture's sequential groups, or all at once."""
-    if not true_sequential:
-        return [names]
-    order = [[n for n in group if n in names] for group in ctx.arch.sequential]
-    order = [g for g in order if g]
-    rest = [n for n in names if not any(n in g for g in order)]
-    return order + ([rest] if rest else [])
-
-
-def _input_owners(arch, group: list[str]) -> dict[str, str]:
-    """name -> the linear of `group` whose Hessian it uses: linears that read the same tensor
-    (the architecture's `fusions`: q/k/v, gate/up) have the same Hessian, so the first of them present
-    accumulates it once for all (the same numbers, a third of the work for q/k/v)."""
-    owner = {n: n for n in group}
-    for names in arch.fusions:
-        present = [n for n in names if n in owner]
-        for n in present:
-            owner[n] = present[0]
-    return owner
-
-
-def quantize_block(ctx, schemes: dict, *, damp: float = 0.01, block_size: int = 128, act_order: bool = True,
-                   static_groups: bool | None = None, true_sequential: bool = True,
-                   min_tokens_per_feature: float = 1.0) -> dict[str, QTensor]:
-    """GPTQ every named linear of the block (ctx: pipeline.BlockContext, schemes: {name: QuantScheme});
-    settings as in `GPTQSettings`.
-
-    min_tokens_per_feature: warn when fewer calibration tokens than this many per input feature
-    were seen, as the Hessian is then poorly conditioned.
-    """
-    settings = GPTQSettings(damp, act_order, static_groups, true_sequential, block_size)
-    for name, scheme in schemes.items():
-        wants_gidx = settings.stores_g_idx(scheme.weights)
-        if wants_gidx != scheme.weights.actorder:
-            raise ValueError(f"{ctx.prefix}{name}: act_order without static_groups stores g_idx, so the scheme "
-                             f"needs actorder={wants_gidx} (got {scheme.weights.actorder})")
-    out: dict[str, QTensor] = {}
-    for group in _groups(ctx, list(schemes), true_sequential):
-        owner = _input_owners(ctx.arch, group)
-        # An ordered dict, not a set: with several processes every rank must merge in the same order.
-        hessians = {n: Hessian(ctx.block.get_submodule(n).in_features) for n in dict.fromkeys(owner.values())}
-
-        def add(name, x, y, hessians=hessians):
-            try:
-                hessians[name].add_batch(x)
-            except ValueError as err:
-                raise ValueError(f"{ctx.prefix}{name}: {err}") from None
-        # Only the owners run: the pass over each batch stops once they have (q alone for q/k/v).
-        with phase("gptq capture", ctx.device):
-            ctx.capture([n for n in group if owner[n] == n], add)
-        with phase("gptq merge", ctx.device):
-            for h in hessians.values():
-                h.merge(ctx.group)
-        layers = {name: ctx.block.get_submodule(name) for name in group}
-
-        def one(name, rows=slice(None), hessians=hessians, layers=layers, owner=owner):
-            return _quantize_layer(ctx, name, layers[name].weight.data[rows], hessians[owner[name]],
-                                   schemes[name].weights, settings, min_tokens_per_feature)
-        with phase("gptq quantize", ctx.device):
-            found = _quantize_shared(ctx, layers, schemes, one)
-        for name, (qtensor, loss, messages) in found.items():
-            ctx.messages.extend(messages)
-            if loss is not None:
-                ctx.record(name, "gptq_loss", loss)
-            out[name] = qtensor
-            # Later groups must see this layer's quantized output.
-            layers[name].weight.data = qtensor.dequantize(layers[name].weight.dtype)
-    return out
-
-
-def _quantize_shared(ctx, layers: dict, schemes: dict, one) -> dict[str, tuple]:
-    """{name: (codes, loss, notes)} of a true-sequential group's linears, `one(name, rows)` quantizing
-    the rows `rows` of one. With several processes (distributed.py) every rank quantizes its contiguous
-    slice of the rows of each linear whose scales are per row (GPTQ treats rows independently given H,
-    and every rank holds the same reduced H), and the slices are exchanged and joined: the work divides
-    evenly however few linears the group has (down_proj alone). Linears with per-tensor or 2-D block
-    scales, and every linear of a group of many, go whole to one rank each."""
-    group = ctx.group
-    if not group.active:
-        return {name: one(name) for name in layers}
-    # Many linears (a mixture of experts' group) divide well whole, without repeating each H's inverse.
-    few = len(layers) < 4 * group.size
-    split = [n for n, lin in layers.items() if few and lin.out_features >= 16 * group.size
-             and schemes[n].weights.strategy in (Strategy.CHANNEL, Strategy.GROUP)]
-    whole = group.assign({n: lin.in_features * (lin.in_features + lin.out_features)
-                          for n, lin in layers.items() if n not in split})
-    owners = {**whole, **{f"{n}@{r}": r for n in split for r in range(group.size)}}
-    mine = {n: one(n) for n in group.mine(whole)}
-    for n in split:
-        rows = layers[n].out_features
-        mine[f"{n}@{group.rank}"] = one(n, slice(group.rank * rows // group.size, (group.rank + 1) * rows // group.size))
-    with phase("gptq share", ctx.device):
-        shared = group.share(mine, owners)
-    out = {n: shared[n] for n in whole}
-    for n in split:
-        parts = [shared[f"{n}@{r}"] for r in range(group.size)]
-        out[n] = (_join_rows([p[0] for p in parts]),
-                  None if any(p[1] is None for p in parts) else sum(p[1] for p in parts),
-                  list(dict.fromkeys(m for p in parts for m in p[2])))  # every slice notes the same things
-    return {n: out[n] for n in layers}
-
-
-def _join_rows(parts: list[QTensor]) -> QTensor:
-    """One QTensor from row slices of per-row-scaled codes (g_idx, a property of H, is the same in all)."""
-    zero = None if parts[0].zero_point is None else torch.cat([p.zero_point for p in parts])
-    return QTensor(torch.cat([p.values for p in parts]), torch.cat([p.scale for p in parts]), zero,
-                   parts[0].args, parts[0].g_idx)
-
-
-def _quantize_layer(ctx, name: str, weight: torch.Tensor, h: Hessian, args: QuantArgs, settings: GPTQSettings,
-                    min_tokens_per_feature: float) -> tuple[QTensor, float | None, list[str]]:
-    """(codes, GPTQ loss or None, notes) of one linear's weight [N, K] (or a slice of its rows). A linear
-    that saw no calibration token (an expert the router never chose) has no Hessian: it gets
-    round-to-nearest, and a note naming it."""
-    if not torch.isfinite(weight).all():
-        raise ValueError(f"{ctx.prefix}{name}: weight contains NaN or Inf")
-    if h.num_tokens == 0:
-        return quantize_weight(weight.detach().float(), args), None, [f"{name}: {UNROUTED_NOTE}"]
-    messages = []
-    if h.num_tokens < min_tokens_per_feature * weight.shape[1]:
-        messages.append(f"{name}: only {h.num_tokens} calibration tokens for {weight.shape[1]} "
-                        "input features; the Hessian is poorly conditioned (use more --num-samples)")
-    result = gptq_quantize(weight, h.matrix, args, damp=settings.damp, block_size=settings.block_size,
-                           act_order=settings.act_order, static_groups=settings.static)
-    return result.qtensor, result.loss, messages + [f"{name}: {m}" for m in result.messages]

@@ -26,7 +26,7 @@ from ..mappings import applicable
 from ..pipeline import BlockContext
 from ..primitives import QTensor, fake_quantize
 from ..scheme import QuantArgs, QuantScheme
-from . import gptq, rtn
+from . import gptq_block, rtn
 from .gptq import GPTQSettings
 from .scaling import apply_scale
 
@@ -158,5 +158,5 @@ def quantize_block(ctx: BlockContext, schemes: dict[str, QuantScheme], *, alpha:
             ctx.record(b, "smooth_alpha", chosen)
     if settings.weights == "rtn":
         return rtn.quantize_block(ctx, schemes)
-    return gptq.quantize_block(ctx, schemes, **settings.gptq_args())
+    return gptq_block.quantize_block(ctx, schemes, **settings.gptq_args())
 
