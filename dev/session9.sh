@@ -4,9 +4,10 @@
 #    layers on the widened kernels, the dispatcher after the v3 measurement);
 # 2. the 1-bit rows (issue 21's goals) and the dispatcher's weight-only table at every shape
 #    (issue 19's protocol), with w3/w2 (widened) beside w4;
-# 3. Nsight Compute counters of each weight-only kernel (why 1 TB/s), if the runtime allows.
+# 3. GPTQ with stacked q/k/v and gate/up on 4 blocks of the 8B shape;
+# 4. Nsight Compute counters of each weight-only kernel (why 1 TB/s), if the runtime allows.
 #
-#   bash dev/session9.sh [tests] [w1] [table] [ncu]        (about 8 minutes in all)
+#   bash dev/session9.sh [tests] [w1] [table] [gptq] [ncu]        (about 8 minutes in all)
 cd "$(dirname "$0")/.."
 LOG=session9.log
 source dev/gpu_setup.sh
@@ -31,12 +32,19 @@ table() {
     --tokens "${TOKENS:-1,8,16,32,64,256,4096}" --json "$OUT/table.json" 2>&1 | tail -45
 }
 
+gptq() {  # the stacked GPTQ (q/k/v, gate/up as one matrix) against session 8's 1.45 s/block, "gptq quantize" 3.68 s
+  step "GPTQ W4 g128 on the 8B shape, 4 blocks, 128 x 2048 tokens (phases on stderr)"
+  ( WORK=/tmp/big LOG=gptq4.log; source dev/measure_lib.sh; data
+    run timeout 60 "$PY" scripts/make_random_model.py llama-8b "$WORK/m8b" --layers 4 --text "$DATA"
+    quant gptq-8b-4l "$WORK/m8b" 90 --method gptq --bits 4 --group-size 128 --dataset "$DATA" "${CAL[@]}" )
+}
+
 ncu() {
   step "Nsight Compute"
   timeout 200 bash dev/ncu_session.sh ncu 2>&1 | tail -30
 }
 
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(tests w1 table ncu)
+[ ${#stages[@]} -eq 0 ] && stages=(tests w1 table gptq ncu)
 for s in "${stages[@]}"; do "$s"; done
 step "done"
