@@ -7,7 +7,7 @@
 # 3. GPTQ with stacked q/k/v and gate/up on 4 blocks of the 8B shape;
 # 4. Nsight Compute counters of each weight-only kernel (why 1 TB/s), if the runtime allows.
 #
-#   bash dev/session9.sh [tests] [w1] [table] [gptq] [ncu]        (about 8 minutes in all)
+#   bash dev/session9.sh [tests] [w1] [table] [gptqprof] [gptq] [ncu]        (about 8 minutes in all)
 cd "$(dirname "$0")/.."
 LOG=session9.log
 source dev/gpu_setup.sh
@@ -32,6 +32,11 @@ table() {
     --tokens "${TOKENS:-1,8,16,32,64,256,4096}" --json "$OUT/table.json" 2>&1 | tail -45
 }
 
+gptqprof() {
+  step "gptq_quantize per 8B linear (stacked), wall and GPU kernels"
+  timeout 120 python3 benchmarks/bench_gptq.py --json "$OUT/gptq_prof.json" 2>&1 | tail -8
+}
+
 gptq() {  # the stacked GPTQ (q/k/v, gate/up as one matrix) against session 8's 1.45 s/block, "gptq quantize" 3.68 s
   step "GPTQ W4 g128 on the 8B shape, 4 blocks, 128 x 2048 tokens (phases on stderr)"
   ( WORK=/tmp/big LOG=gptq4.log; source dev/measure_lib.sh; data
@@ -45,6 +50,6 @@ ncu() {
 }
 
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(tests w1 table gptq ncu)
+[ ${#stages[@]} -eq 0 ] && stages=(tests w1 table gptqprof gptq ncu)
 for s in "${stages[@]}"; do "$s"; done
 step "done"
