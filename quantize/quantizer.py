@@ -13,6 +13,7 @@ scheme the method writes), so the API, recipes and the CLI follow the same rules
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -188,6 +189,29 @@ def _method_args(recipe: Recipe) -> dict[str, Any]:
     return {m: args[0] if len(args) == 1 else args for m, args in out.items()}
 
 
+@contextlib.contextmanager
+def _keep_or_discard(writer, output: str | Path):
+    """What a failed streamed run leaves: nothing after bad input (a resumed run would meet it again),
+    the finished blocks after a full disk or an interrupt, with the message that says how to go on."""
+    from .destination import OutputError, is_disk_full
+    from .writer import partial_dir
+
+    try:
+        yield
+    except ValueError:  # bad input (NaN weights, ...)
+        if writer:
+            writer.discard()
+        raise
+    except Exception as err:  # noqa: BLE001  (disk full: OSError, or safetensors' own error)
+        if is_disk_full(err):
+            raise OutputError(f"no space left on the device to write {output}; finished blocks are kept in "
+                              f"{partial_dir(output)}: free some space and continue with --resume") from None
+        raise
+    except KeyboardInterrupt as err:  # SIGINT, or SIGTERM as quantize.errors.Terminated: say how to go on
+        raise type(err)(f"interrupted: finished blocks are kept in {partial_dir(output)}; continue with "
+                        "the same command and --resume") from None
+
+
 def quantize_to_checkpoint(model_dir: str | Path, recipe: Recipe, output: str | Path, *,
                            calibration: list[torch.Tensor] | None = None, device: str | torch.device = "cpu",
                            settings: StreamSettings | None = None, skeleton_model: nn.Module | None = None,
@@ -201,13 +225,12 @@ def quantize_to_checkpoint(model_dir: str | Path, recipe: Recipe, output: str | 
     also written as layer_errors.json next to the entries of `extra_json`. assigned: as for quantize_model.
     """
     from .checkpoint import checkpoint_config, unique_state_dict
-    from .destination import OutputError, is_disk_full
     from .lazy import LazyBlocks, SourceWeights, skeleton
     from .mappings import find_architecture, find_blocks
     from .pipeline import BlockContext
     from .streaming import block_schemes, fingerprint_settings, outside_tensors
     from .validation import check_finite_tensors
-    from .writer import ShardWriter, partial_dir
+    from .writer import ShardWriter
 
     settings = settings or StreamSettings()
     weights = SourceWeights.open(model_dir)
@@ -240,7 +263,7 @@ def quantize_to_checkpoint(model_dir: str | Path, recipe: Recipe, output: str | 
 
     streaming = Streaming(loader=loader, cache_dtype=cache, store_dtype=store, done=done,
                           on_block=on_block if writer else None, all_experts=settings.all_experts)
-    try:
+    with _keep_or_discard(writer, output):
         # Embeddings, final norm and lm_head before any work (the pipeline checks each block in its turn).
         for name in loader.outside_names():  # one at a time: the host holds no more than the end does
             check_finite_tensors(weights.read([name]))
@@ -258,18 +281,6 @@ def quantize_to_checkpoint(model_dir: str | Path, recipe: Recipe, output: str | 
                           source_dir=model_dir)
             mark("checkpoint written")
         group.barrier()  # and the others return only once the checkpoint is in place
-    except ValueError:  # bad input (NaN weights, ...): a resumed run would meet it again, so leave nothing
-        if writer:
-            writer.discard()
-        raise
-    except Exception as err:  # noqa: BLE001  (disk full: OSError, or safetensors' own error)
-        if is_disk_full(err):
-            raise OutputError(f"no space left on the device to write {output}; finished blocks are kept in "
-                              f"{partial_dir(output)}: free some space and continue with --resume") from None
-        raise
-    except KeyboardInterrupt as err:  # SIGINT, or SIGTERM as quantize.errors.Terminated: say how to go on
-        raise type(err)(f"interrupted: finished blocks are kept in {partial_dir(output)}; continue with "
-                        "the same command and --resume") from None
     return result
 
 
