@@ -85,6 +85,7 @@ __device__ void stage_piece(const WoProblem& p, const Tile& t, const T* x, int p
     const uint4* wq = reinterpret_cast<const uint4*>(p.w.qweight);
     unsigned char* wd = t.smem + s * t.sbytes;
     const int nstripes = p.w.n_padded / kStripeRows;
+#pragma unroll 1  // registers: the copies need no ILP (cp.async does not block)
     for (int i = threadIdx.x; i < kWarps * CPP * 32; i += kThreads) {  // i = (stripe in tile * CPP + cc) * 32 + lane
       const int stripe = t.tile_row0 / kStripeRows + i / (CPP * 32), c = piece * CPP + (i / 32) % CPP;
       const bool valid = stripe < nstripes && c < t.nchunks;
@@ -92,6 +93,7 @@ __device__ void stage_piece(const WoProblem& p, const Tile& t, const T* x, int p
       cp_async_16(wd + i * 16, valid ? src : wq, valid);
     }
     T* xd = t.xs<T, BITS>(s);
+#pragma unroll 1  // registers: the copies need no ILP (cp.async does not block)
     for (int i = threadIdx.x; i < TOK * (kPieceK / 8); i += kThreads) {
       const int r = i / (kPieceK / 8), col = (i % (kPieceK / 8)) * 8;
       const int tok = t.tok0 + r, k = piece * kPieceK + col;
@@ -100,6 +102,7 @@ __device__ void stage_piece(const WoProblem& p, const Tile& t, const T* x, int p
     }
     float* pd = t.prm<T, BITS, TOK>(s);
     const int g_first = (piece * kPieceK) >> t.shift, psegs = t.gpp * (kTileRows / 4);  // 16 bytes = 4 rows
+#pragma unroll 1  // registers: the copies need no ILP (cp.async does not block)
     for (int i = threadIdx.x; i < psegs * (t.asym ? 2 : 1); i += kThreads) {
       const int which = i / psegs, j = i % psegs;
       const int grp = g_first + j / (kTileRows / 4), r4 = (j % (kTileRows / 4)) * 4, row = t.tile_row0 + r4;
