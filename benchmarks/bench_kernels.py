@@ -179,6 +179,8 @@ def bench_tokens(timer, kernels, x: torch.Tensor, dense: Rotation, packed: Rotat
     # ring depth, c = no split-K, d = twice the splits.
     for variant, tag in enumerate("abcd"):
         graph_kernel_ms[f"wo_gemm_v3_{tag}"] = graph_ms(lambda v=variant: raw("wo_gemm_v3", v)) if m <= 64 else None
+    # wo_gemm_v4 (kernels/NOTES.md, "wo_gemm v4"): cp.async-staged weights; not in the dispatcher until measured.
+    graph_kernel_ms["wo_gemm_v4"] = graph_ms(lambda: raw("wo_gemm_v4")) if 5 <= m <= 256 else None
     weight_bytes = p0.qweight.numel() * 4 + p0.scale.numel() * 4
     return {"K": k, "N": n, "format": fmt, "M": m, "bf16_ms": t_bf16, "qtool_ms": t_auto,
             "speedup": t_bf16 / t_auto, "bar": bar(fmt, m), "weight_bytes": weight_bytes,

@@ -34,7 +34,8 @@ def weight_cases(kernels, k: int, n: int) -> dict:
         mixed = None
         if bits == 4 and mixed_mm.available() and mixed_mm.takes(bits, p.group_size, p.k_padded):
             mixed = mixed_mm.pack_mixed(unpack_codes(p.qweight, bits), p.scale, None, p.group_size)
-        for m, op, extra in ((1, "wo_gemv", (None,)), (16, "wo_gemm", ()), (32, "wo_gemm_v3", (3,))):
+        for m, op, extra in ((1, "wo_gemv", (None,)), (16, "wo_gemm", ()), (32, "wo_gemm_v3", (3,)),
+                             (16, "wo_gemm_v4", ()), (64, "wo_gemm_v4", ())):
             x = torch.randn(m, p.k_padded, device="cuda", dtype=torch.bfloat16)
             cases[f"w{bits} {op} M={m}"] = (lambda x=x, op=op, extra=extra, p=p, bits=bits: getattr(kernels, op)(
                 x, p.qweight, p.scale, None, None, bits, p.group_size, n, EPILOGUE, *extra))

@@ -7,6 +7,9 @@
 # 3. GPTQ with stacked q/k/v and gate/up on 4 blocks of the 8B shape;
 # 4. Nsight Compute counters of each weight-only kernel (why 1 TB/s), if the runtime allows.
 #
+# wo_gemm_v4 (kernels/NOTES.md, "wo_gemm v4"): its GPU tests run in `tests`, its graph times print after
+# the `table` stage's table (kernels_table).
+#
 #   bash dev/session9.sh [tests] [w1] [table] [gptqprof] [gptq] [ncu]        (about 8 minutes in all)
 cd "$(dirname "$0")/.."
 LOG=session9.log
@@ -30,6 +33,23 @@ table() {
   step "weight-only dispatcher vs bf16, every shape, M = ${TOKENS:-1,8,16,32,64,256,4096}"
   timeout 260 python3 benchmarks/bench_kernels.py --formats w4a16-g128,w8a16-channel \
     --tokens "${TOKENS:-1,8,16,32,64,256,4096}" --json "$OUT/table.json" 2>&1 | tail -45
+  kernels_table "$OUT/table.json"
+}
+
+kernels_table() {  # graph-replay us per kernel (bench_kernels.py keeps them in the JSON only): v4 beside wo_gemm, w4_mm
+  python3 - "$1" <<'PY'
+import json, sys
+cols = ("wo_gemm", "wo_gemm_v4", "sm90_mixed", "wo_gemm_v3_d")
+print("K x N | format | M | graph bf16 us | " + " | ".join(cols) + " | v4 vs bf16")
+for r in json.load(open(sys.argv[1]))["rows"]:
+    g = r.get("graph_kernel_ms") or {}
+    if r["M"] < 8 or r["M"] > 256 or not g:
+        continue
+    us = [("-" if g.get(c) is None else f"{g[c] * 1e3:.1f}") for c in cols]
+    bf = r.get("graph_bf16_ms")
+    ratio = f"{bf / g['wo_gemm_v4']:.2f}x" if bf and g.get("wo_gemm_v4") else "-"
+    print(f"{r['K']}x{r['N']} | {r['format']} | {r['M']} | {bf * 1e3 if bf else 0:.1f} | " + " | ".join(us) + f" | {ratio}")
+PY
 }
 
 gptqprof() {

@@ -196,5 +196,9 @@ class ReferenceOps:
         return ReferenceOps.wo_gemv(x, qweight, scale, zero, bias, num_bits, group_size, out_features, activation)
 
     @staticmethod
+    def wo_gemm_v4(x, qweight, scale, zero, bias, num_bits, group_size, out_features, activation):
+        return ReferenceOps.wo_gemv(x, qweight, scale, zero, bias, num_bits, group_size, out_features, activation)
+
+    @staticmethod
     def dequant_int(qweight, scale, zero, num_bits, group_size, out_features, dtype):
         return dequantize_packed(qweight, scale, zero, num_bits, group_size, out_features, dtype)

@@ -2,6 +2,8 @@
 
 Dispatch on m = tokens:
   m <= GEMV_MAX_M   qtool_cuda::wo_gemv   CUDA cores; the weights are streamed once
+  m <= V4_MAX_M     qtool_cuda::wo_gemm_v4  tensor cores, weights staged through a cp.async pipeline
+                    (off: V4_MAX_M = 0 until measured)
   MIXED_MIN_M <= m <= MIXED_MAX_M
                     qtool_cuda_mixed::w4_mm (mixed_mm.py) where the weight has a Hopper copy (4-bit,
                     bf16): wgmma with the weights converted in registers
@@ -43,6 +45,10 @@ MIXED_MAX_M = 2048
 V3_MIN_M = 17
 V3_MAX_M = 64
 V3_VARIANT = 3
+# wo_gemm_v4 (kernels/NOTES.md, "wo_gemm v4"): written without a GPU and not yet measured, so it serves
+# nothing (0). After bench_kernels.py's wo_gemm_v4 column beats wo_gemm and w4_mm (sm90_mixed) at a token
+# count, set this to the largest such count; it then runs before w4_mm, v3 and wo_gemm for every format.
+V4_MAX_M = 0
 KERNEL_DTYPES = (torch.float16, torch.bfloat16)
 
 
@@ -73,6 +79,8 @@ def packed_linear(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, k
     meta = (w.num_bits, w.group_size, w.out_features)
     if m <= GEMV_MAX_M:
         y = kernels.wo_gemv(x2, *args, bias, *meta, EPILOGUE, prefetch)
+    elif m <= V4_MAX_M:
+        y = kernels.wo_gemm_v4(x2, *args, bias, *meta, EPILOGUE)
     elif MIXED_MIN_M <= m <= MIXED_MAX_M and w.mixed is not None and x2.dtype == torch.bfloat16:
         y = mixed_linear(x2, w.mixed)[:, :w.out_features]
         if bias is not None:

@@ -17,13 +17,11 @@
 //     memory (fixed order: deterministic) and stores y. One launch: no workspace, no memset, no
 //     second kernel. Without clusters (before sm_90) ops.cpp runs wo_gemm.cu instead.
 #include <cstdint>
-#include <mutex>
-#include <map>
-#include <tuple>
 
 #include <cooperative_groups.h>
 
 #include "wo_common.cuh"
+#include "wo_occupancy.h"
 
 namespace qtool {
 namespace {
@@ -270,23 +268,6 @@ __global__ void __launch_bounds__(kWarps * 32, MT <= 4 || DEPTH <= 4 ? 2 : 1)
 // takes the other depth, so the A/B exists at every m.
 int depth_of(int variant, int tok) { return (tok == 64) != (variant == 1) ? 4 : 8; }
 
-// Resident blocks per SM of one instantiation at `smem` bytes, asked once per (kernel, smem, device).
-int blocks_per_sm(const void* kernel, int smem) {
-  static std::mutex mutex;
-  static std::map<std::tuple<const void*, int, int>, int> cache;
-  int device = 0;
-  cudaGetDevice(&device);
-  const std::lock_guard<std::mutex> lock(mutex);
-  const auto key = std::make_tuple(kernel, smem, device);
-  auto it = cache.find(key);
-  if (it == cache.end()) {
-    int blocks = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kWarps * 32, smem) != cudaSuccess) blocks = 1;
-    it = cache.emplace(key, blocks < 1 ? 1 : blocks).first;
-  }
-  return it->second;
-}
-
 // Split-K factor: the one (<= kMaxSplits, >= kMinPiecesPerSplit pieces each) whose blocks fill the
 // resident slots of `slots` best in whole waves; ties go to fewer splits (less to reduce).
 // variant 2: never split; variant 3: aim at two waves of slots (more, shorter splits).
@@ -324,7 +305,7 @@ cudaError_t launch_variant(const WoProblem& p, int variant, int num_sms, bool cl
   const int tiles_x = (p.w.n_padded / kStripeRows + kWarps - 1) / kWarps;
   const int slices = (p.m + TOK - 1) / TOK;
   const int npieces = (p.w.k_padded + kPieceK - 1) / kPieceK;
-  const int slots = blocks_per_sm(reinterpret_cast<const void*>(kernel), smem) * num_sms;
+  const int slots = blocks_per_sm(reinterpret_cast<const void*>(kernel), kWarps * 32, smem) * num_sms;
   const int splits = clusters ? choose_splits(tiles_x * slices, npieces, slots, variant) : 1;
   const int pieces_per_split = (npieces + splits - 1) / splits;
 
