@@ -103,37 +103,19 @@ def bench_model(
     device: where the prompts go; defaults to the device of the model's first parameter.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    compiled = device.type == "cuda" if compile is None else compile
-    if compiled and device.type != "cuda":
-        raise ValueError(f"compiled decoding needs a CUDA device, got {device}")
-    if decode_mode not in DECODE_MODES:
-        raise ValueError(f"unknown decode mode {decode_mode!r}; choose one of {', '.join(DECODE_MODES)}")
-    if min(batch_sizes, default=1) < 1 or decode_tokens < 1 or prompt_len < 1 or prefill_len < 1:
-        raise ValueError("batch sizes, decode_tokens, prompt_len and prefill_len must be >= 1")
+    compiled = _check_settings(device, compile, decode_mode, batch_sizes, decode_tokens, prompt_len, prefill_len)
     model.eval()
-    vocab_size = model.config.vocab_size
-    peaks = []
-
     with torch.inference_mode():
         # One eager forward first: quantized layers repack their weights for the CUDA kernels on
         # their first eager call, and a compiled graph only reuses what that call prepared. The same
         # pass orders the layers so each GEMV prefetches the next one's weight into L2.
         link_weight_prefetch(model, lambda: model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=device),
                                                   use_cache=False))
-
-    decode, kernel_profile = [], None
-    for batch_size in batch_sizes:
-        prompt = torch.randint(0, vocab_size, (batch_size, prompt_len), device=device)
-        run = DECODE_MODES[decode_mode](model, prompt, decode_tokens, compiled)
-        decode.append(_decode_result(run, batch_size, decode_tokens, device, warmup, repeats))
-        peaks.append(decode[-1].peak_memory_bytes)
-        if profile and kernel_profile is None and device.type == "cuda":
-            kernel_profile = _profile_kernels(run, batch_size * decode_tokens)
-
-    prompt = torch.randint(0, vocab_size, (prefill_batch, prefill_len), device=device)
+    decode, kernel_profile = _bench_decode(model, batch_sizes, decode_tokens, prompt_len, DECODE_MODES[decode_mode],
+                                           compiled, profile, device, warmup, repeats)
+    prompt = torch.randint(0, model.config.vocab_size, (prefill_batch, prefill_len), device=device)
     prefill_seconds, prefill_peak = _time(_prefill_fn(model, prompt), device, warmup, repeats)
-    peaks.append(prefill_peak)
-
+    peaks = [d.peak_memory_bytes for d in decode] + [prefill_peak]
     return BenchResult(
         device=str(device),
         dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
@@ -149,6 +131,33 @@ def bench_model(
         peak_memory_bytes=max(peaks) if device.type == "cuda" else None,
         kernel_profile=kernel_profile,
     )
+
+
+def _check_settings(device: torch.device, compile: bool | None, decode_mode: str, batch_sizes: Sequence[int],
+                    decode_tokens: int, prompt_len: int, prefill_len: int) -> bool:
+    """Whether decoding is compiled (by default on CUDA only), after refusing settings that cannot run."""
+    compiled = device.type == "cuda" if compile is None else compile
+    if compiled and device.type != "cuda":
+        raise ValueError(f"compiled decoding needs a CUDA device, got {device}")
+    if decode_mode not in DECODE_MODES:
+        raise ValueError(f"unknown decode mode {decode_mode!r}; choose one of {', '.join(DECODE_MODES)}")
+    if min(batch_sizes, default=1) < 1 or decode_tokens < 1 or prompt_len < 1 or prefill_len < 1:
+        raise ValueError("batch sizes, decode_tokens, prompt_len and prefill_len must be >= 1")
+    return compiled
+
+
+def _bench_decode(model: nn.Module, batch_sizes: Sequence[int], decode_tokens: int, prompt_len: int,
+                  make_decode: Callable[..., Callable[[], torch.Tensor]], compiled: bool, profile: bool,
+                  device: torch.device, warmup: int, repeats: int) -> tuple[list[DecodeResult], dict[str, float] | None]:
+    """Time decoding at each batch size; with `profile` on CUDA, the kernels of the first one too."""
+    decode, kernel_profile = [], None
+    for batch_size in batch_sizes:
+        prompt = torch.randint(0, model.config.vocab_size, (batch_size, prompt_len), device=device)
+        run = make_decode(model, prompt, decode_tokens, compiled)
+        decode.append(_decode_result(run, batch_size, decode_tokens, device, warmup, repeats))
+        if profile and kernel_profile is None and device.type == "cuda":
+            kernel_profile = _profile_kernels(run, batch_size * decode_tokens)
+    return decode, kernel_profile
 
 
 def _decode_result(run: Callable[[], object], batch_size: int, decode_tokens: int, device: torch.device,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -59,6 +59,11 @@ from .cli_options import (
     single_recipe,
 )
 
+if TYPE_CHECKING:
+    from .distributed import Collective
+    from .quantizer import QuantizeResult
+    from .recipe import Recipe
+
 
 @app.command()
 @handles_errors
@@ -105,38 +110,18 @@ def quantize(
     (host memory independent of depth); Ctrl-C or a crash leaves a partial directory that --resume continues.
     Several GPUs: --gpus N, or `torchrun --nproc-per-node N -m quantize quantize ...` (README, "Several GPUs").
     """
-    import sys
     from functools import partial
 
     from . import distributed
     from .quantizer import quantize_to_directory
-    from .recipe import Recipe
-    from .report import summarize_notes
-    from .timeline import mark
     from .validation import check_positive, check_range
 
     check_positive(num_samples=num_samples, seq_len=seq_len, batch_size=batch_size)
-    # --gpus N means GPUs unless --device says otherwise (N CPU processes are for tests and CPU clusters).
-    device = device or ("cuda" if gpus is not None and gpus > 1 else "cpu")
-    if gpus is not None:
-        check_positive(gpus=gpus)
-        if gpus > 1 and not distributed.launched():  # the children see WORLD_SIZE and run below
-            raise typer.Exit(distributed.relaunch(sys.argv[1:], gpus))
-    mark("command line parsed")
-    group, device = distributed.start(device)
-    mark("process group")
+    group, device = _start_processes(device, gpus)
     check_range("--damp", damp, low=0)
     values = (damp, act_order, static_groups, true_sequential, clip, duo_scaling, alpha, weights_method)
     settings = {name: v for name, v in zip(SETTING_OPTIONS.values(), values, strict=True) if v is not None}
-    if recipe is not None:
-        given = [opt for opt, value in (("--method", method), ("--scheme", scheme), ("--bits", bits),
-                                        ("--group-size", group_size), ("--symmetric/--asymmetric", symmetric))
-                 if value is not None] + [o for o, n in SETTING_OPTIONS.items() if n in settings]
-        if given:
-            raise ValueError(f"{given[0]} does not apply with --recipe: set it in the recipe {recipe}")
-        plan = Recipe.load(recipe)
-    else:
-        plan = single_recipe(method or "rtn", scheme, bits, group_size, symmetric, settings)
+    plan = _choose_recipe(recipe, method, scheme, bits, group_size, symmetric, settings)
     data = partial(_calibration, dataset=dataset, dataset_config=dataset_config, split=split,
                    text_column=text_column, num_samples=num_samples, seq_len=seq_len, seed=seed, batch_size=batch_size)
     result = quantize_to_directory(model, output, plan, calibration=data, calibration_stats=calibration,
@@ -147,8 +132,51 @@ def quantize(
                                    stream=dataset != "synthetic",  # data-free calibration samples the whole model
                                    all_experts=moe_calibrate_all_experts)
     distributed.stop()
-    if not group.is_writer:
-        return
+    if group.is_writer:
+        _print_result(result, output)
+
+
+def _start_processes(device: str | None, gpus: int | None) -> tuple[Collective, str]:
+    """The process group of this run and its device; with --gpus N (N > 1) outside torchrun, this process
+    relaunches the command as N children and exits with their status."""
+    import sys
+
+    from . import distributed
+    from .timeline import mark
+    from .validation import check_positive
+
+    # --gpus N means GPUs unless --device says otherwise (N CPU processes are for tests and CPU clusters).
+    device = device or ("cuda" if gpus is not None and gpus > 1 else "cpu")
+    if gpus is not None:
+        check_positive(gpus=gpus)
+        if gpus > 1 and not distributed.launched():  # the children see WORLD_SIZE and run below
+            raise typer.Exit(distributed.relaunch(sys.argv[1:], gpus))
+    mark("command line parsed")
+    group, device = distributed.start(device)
+    mark("process group")
+    return group, device
+
+
+def _choose_recipe(recipe: Path | None, method: str | None, scheme: str | None, bits: int | None,
+                   group_size: int | None, symmetric: bool | None, settings: dict) -> Recipe:
+    """The recipe file, which then must be the only source of method, scheme and settings; else a
+    one-entry recipe from the options."""
+    from .recipe import Recipe
+
+    if recipe is None:
+        return single_recipe(method or "rtn", scheme, bits, group_size, symmetric, settings)
+    given = [opt for opt, value in (("--method", method), ("--scheme", scheme), ("--bits", bits),
+                                    ("--group-size", group_size), ("--symmetric/--asymmetric", symmetric))
+             if value is not None] + [o for o, n in SETTING_OPTIONS.items() if n in settings]
+    if given:
+        raise ValueError(f"{given[0]} does not apply with --recipe: set it in the recipe {recipe}")
+    return Recipe.load(recipe)
+
+
+def _print_result(result: QuantizeResult, output: Path) -> None:
+    """The run's notes (from its layer errors) on stderr, then what was written and how long it took."""
+    from .report import summarize_notes
+
     for message in summarize_notes(result.report.messages, output / "layer_errors.json"):
         err_console.print(f"[yellow]note:[/] {message}", highlight=False)
     console.print(f"wrote {output} ({_dir_size(output) / 2**20:.1f} MiB) in {result.report.seconds:.1f} s",

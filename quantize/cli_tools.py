@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -158,9 +159,8 @@ def bench(
     """Decode and prefill tokens/s (and peak GPU memory) of a model and optionally a base, in one run."""
     import torch
 
-    from .bench import bench_model, compare, print_bench
     from .destination import check_output_file
-    from .validation import check_device, check_positive, check_seq_len
+    from .validation import check_device, check_positive
 
     check_positive(decode_tokens=decode_tokens, prefill_len=prefill_len)
     check_device(device)
@@ -172,36 +172,53 @@ def bench(
     opts = dict(batch_sizes=sizes, decode_tokens=decode_tokens, prefill_len=prefill_len, decode_mode=decode_mode,
                 profile=profile)
     dtype_name = "bfloat16" if device.startswith("cuda") else "float32"
-    dtype = getattr(torch, dtype_name)
     used_attention = set()
+    attention = _attention_setter(attn_implementation, prefill_len + decode_tokens, used_attention)
+    if random_weights:
+        results = _bench_random_weights(model, scheme, quantize_lm_head, fuse, device, getattr(torch, dtype_name),
+                                        attention, opts)
+    else:
+        results = _bench_checkpoints(model, base, fuse, device, dtype_name, attention, opts)
+    results["attn_implementation"] = sorted(used_attention)
+    if json_out:
+        json_out.write_text(json.dumps(results, indent=2))
+
+
+def _attention_setter(attn_implementation: str | None, tokens: int, used: set[str]) -> Callable:
+    """A function that checks a model takes `tokens` positions, sets its attention when one was asked for,
+    records in `used` which attention it runs, and returns it."""
+    from .validation import check_seq_len
 
     def attention(m):
-        check_seq_len(m, prefill_len + decode_tokens, "--prefill-len + --decode-tokens")
+        check_seq_len(m, tokens, "--prefill-len + --decode-tokens")
         if attn_implementation is not None:
             try:
                 m.set_attn_implementation(attn_implementation)
             except (ValueError, ImportError) as err:
                 raise ValueError(f"--attn-implementation {attn_implementation!r}: {err}") from None
-        used_attention.add(m.config._attn_implementation)
+        used.add(m.config._attn_implementation)
         return m
 
-    if random_weights:
-        results = _bench_random_weights(model, scheme, quantize_lm_head, fuse, device, dtype, attention, opts)
-    else:
-        q_model = attention(_load_any(model, device, dtype_name)[0])
-        results = {"fused_groups": _fuse(q_model, fuse, model)}
-        q_result = bench_model(q_model, **opts)
-        results["quantized"] = q_result.to_dict()
-        baseline = None
-        if base is not None:
-            base_model = attention(_load_any(base, device, dtype_name)[0])
-            _fuse(base_model, fuse, base)  # fuses nothing unless the base is quantized too
-            baseline = bench_model(base_model, **opts)
-            results.update(base=baseline.to_dict(), ratios=compare(baseline, q_result))
-        print_bench(q_result, model, baseline=baseline, console=console)
-    results["attn_implementation"] = sorted(used_attention)
-    if json_out:
-        json_out.write_text(json.dumps(results, indent=2))
+    return attention
+
+
+def _bench_checkpoints(model: str, base: str | None, fuse: bool, device: str, dtype_name: str, attention,
+                       opts: dict) -> dict:
+    """`qtool bench MODEL [--base BASE]`: the saved model, then the base in the same run for the ratios."""
+    from .bench import bench_model, compare, print_bench
+
+    q_model = attention(_load_any(model, device, dtype_name)[0])
+    results = {"fused_groups": _fuse(q_model, fuse, model)}
+    q_result = bench_model(q_model, **opts)
+    results["quantized"] = q_result.to_dict()
+    baseline = None
+    if base is not None:
+        base_model = attention(_load_any(base, device, dtype_name)[0])
+        _fuse(base_model, fuse, base)  # fuses nothing unless the base is quantized too
+        baseline = bench_model(base_model, **opts)
+        results.update(base=baseline.to_dict(), ratios=compare(baseline, q_result))
+    print_bench(q_result, model, baseline=baseline, console=console)
+    return results
 
 
 def _batch_sizes(text: str) -> tuple[int, ...]:

@@ -161,9 +161,7 @@ def quantize_sequential(
     """
     report = QuantizeReport()
     start = time.perf_counter()
-    names = {id(m): n for n, m in model.named_modules()}
-    for module in non_block_modules(model, find_blocks(model, find_architecture(model))[1]):
-        check_finite(module, names[id(module)] + ".")
+    _check_outside_blocks(model)
     input_scales = dict(input_scales or {})
     streaming = streaming or Streaming()
     group = current(device)  # several processes (torchrun): each calibrates on its share of the batches
@@ -175,18 +173,7 @@ def quantize_sequential(
                 return ctx.run() if ctx.inputs else None
         local = {n[len(ctx.prefix):]: spec for n, spec in plan.items() if n.startswith(ctx.prefix)}
         check_finite(ctx.block, ctx.prefix)  # every method, before AWQ/SmoothQuant fold scales into weights
-        errors: dict[str, float] = {}
-        # Experts see every token in all passes, or in none: the error report compares the same rows.
-        with calibrating_all_experts(ctx.block, streaming.all_experts):
-            with phase("observe", ctx.device):
-                float_out = _observe(ctx, local, input_scales, observer_factory) if ctx.inputs else {}
-            with phase("methods", ctx.device):
-                found = _apply_methods(ctx, local, methods)
-            _swap_linears(ctx, local, found, input_scales)
-            if streaming.store_dtype is not None:
-                round_parameters(ctx.block, streaming.store_dtype)
-            with phase("measure", ctx.device):
-                outs = _measure(ctx, local, float_out, errors) if ctx.inputs else None
+        outs, errors = _quantize_block(ctx, local, methods, input_scales, observer_factory, streaming)
         for n in local:
             report.layers.append({"name": ctx.prefix + n, "block": ctx.index, "kind": n,
                                   "rel_error": errors.get(n), "method_stats": ctx.stats.get(n, {})})
@@ -201,6 +188,33 @@ def quantize_sequential(
                    cache_dtype=streaming.cache_dtype, group=group)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _check_outside_blocks(model: nn.Module) -> None:
+    """Refuse NaN or infinite weights outside the decoder blocks before any block is quantized."""
+    names = {id(m): n for n, m in model.named_modules()}
+    for module in non_block_modules(model, find_blocks(model, find_architecture(model))[1]):
+        check_finite(module, names[id(module)] + ".")
+
+
+def _quantize_block(ctx: BlockContext, local: Plan, methods: dict[str, BlockMethod],
+                    input_scales: dict[str, torch.Tensor], observer_factory: Callable[[QuantScheme], Any] | None,
+                    streaming: Streaming) -> tuple[list[torch.Tensor] | None, dict[str, float]]:
+    """Observe, quantize and measure one block; its outputs for the next block (None without data) and
+    the relative output error of each linear."""
+    errors: dict[str, float] = {}
+    # Experts see every token in all passes, or in none: the error report compares the same rows.
+    with calibrating_all_experts(ctx.block, streaming.all_experts):
+        with phase("observe", ctx.device):
+            float_out = _observe(ctx, local, input_scales, observer_factory) if ctx.inputs else {}
+        with phase("methods", ctx.device):
+            found = _apply_methods(ctx, local, methods)
+        _swap_linears(ctx, local, found, input_scales)
+        if streaming.store_dtype is not None:
+            round_parameters(ctx.block, streaming.store_dtype)
+        with phase("measure", ctx.device):
+            outs = _measure(ctx, local, float_out, errors) if ctx.inputs else None
+    return outs, errors
 
 
 def _swap_linears(ctx: BlockContext, local: Plan, qtensors: dict[str, QTensor],

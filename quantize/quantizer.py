@@ -18,7 +18,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
@@ -31,6 +31,11 @@ from .recipe import Recipe, RecipeEntry
 from .scheme import Assignment, QuantizationConfig, QuantScheme, SchemeError, Strategy
 from .streaming import StreamSettings
 from .timeline import mark, print_totals
+
+if TYPE_CHECKING:
+    from .block import BlockContext
+    from .lazy import LazyBlocks
+    from .writer import ShardWriter
 
 FORMATS = ("qtool", "compressed-tensors")  # checkpoint formats `quantize_to_directory` writes
 
@@ -224,13 +229,10 @@ def quantize_to_checkpoint(model_dir: str | Path, recipe: Recipe, output: str | 
     The returned report covers every block, those of a resumed run's earlier part included; it is
     also written as layer_errors.json next to the entries of `extra_json`. assigned: as for quantize_model.
     """
-    from .checkpoint import checkpoint_config, unique_state_dict
     from .lazy import LazyBlocks, SourceWeights, skeleton
     from .mappings import find_architecture, find_blocks
-    from .pipeline import BlockContext
-    from .streaming import block_schemes, fingerprint_settings, outside_tensors
+    from .streaming import block_schemes
     from .validation import check_finite_tensors
-    from .writer import ShardWriter
 
     settings = settings or StreamSettings()
     weights = SourceWeights.open(model_dir)
@@ -245,24 +247,16 @@ def quantize_to_checkpoint(model_dir: str | Path, recipe: Recipe, output: str | 
     group = current(device)
     if settings.resume and group.active:
         raise DistributedError("--resume runs in one process: continue the run without torchrun or --gpus")
-    fingerprint = fingerprint_settings(model_dir, config.to_dict(), calibration, input_scales, observer)
-    fingerprint.update(dtype=str(store), cache_dtype=str(cache), compute_dtype=str(settings.compute_dtype))
     # Rank 0 alone writes (several processes: distributed.py); the others compute the same blocks.
-    writer = ShardWriter(output, fingerprint, resume=settings.resume,
-                         overwrite=settings.overwrite) if group.is_writer else None
+    writer = _open_writer(output, model_dir, config, calibration, input_scales, observer, settings,
+                          store, cache) if group.is_writer else None
     done = writer.state.done if writer else 0
     prefix, _ = find_blocks(model, find_architecture(model))
     loader = LazyBlocks(model, weights, compute_dtype=settings.compute_dtype, done=done,
                         partial=writer.read_block if writer else None,
                         schemes=block_schemes(plan, prefix), replay=calibration is not None)
-
-    def on_block(ctx: BlockContext, report: QuantizeReport) -> None:
-        layers = [entry for entry in report.layers if entry["block"] == ctx.index]
-        messages = [m for m in report.messages if m.startswith(ctx.prefix)]
-        writer.write_block(ctx.index, unique_state_dict(ctx.block, store, prefix=ctx.prefix), layers, messages)
-
     streaming = Streaming(loader=loader, cache_dtype=cache, store_dtype=store, done=done,
-                          on_block=on_block if writer else None, all_experts=settings.all_experts)
+                          on_block=_block_writer(writer, store) if writer else None, all_experts=settings.all_experts)
     with _keep_or_discard(writer, output):
         # Embeddings, final norm and lm_head before any work (the pipeline checks each block in its turn).
         for name in loader.outside_names():  # one at a time: the host holds no more than the end does
@@ -274,14 +268,49 @@ def quantize_to_checkpoint(model_dir: str | Path, recipe: Recipe, output: str | 
         print_totals()
         group.barrier()  # every rank has finished its blocks before rank 0 publishes
         if writer:
-            result.report.layers, result.report.messages = writer.state.layers, writer.state.messages
-            rest = outside_tensors(model, loader, plan, store)
-            extra = {**(extra_json or {}), "layer_errors.json": result.report.to_dict()}
-            writer.finish(rest, checkpoint_config(model.config, config, store), extra_json=extra,
-                          source_dir=model_dir)
+            _finish_checkpoint(writer, result, model, loader, plan, config, store, extra_json, model_dir)
             mark("checkpoint written")
         group.barrier()  # and the others return only once the checkpoint is in place
     return result
+
+
+def _open_writer(output: str | Path, model_dir: str | Path, config: QuantizationConfig,
+                 calibration: list[torch.Tensor] | None, input_scales: dict[str, torch.Tensor] | None,
+                 observer: str, settings: StreamSettings, store: torch.dtype, cache: torch.dtype) -> ShardWriter:
+    """The block writer of `output`, fingerprinted with everything that changes the result, so that
+    --resume refuses to continue a run made with other inputs."""
+    from .streaming import fingerprint_settings
+    from .writer import ShardWriter
+
+    fingerprint = fingerprint_settings(model_dir, config.to_dict(), calibration, input_scales, observer)
+    fingerprint.update(dtype=str(store), cache_dtype=str(cache), compute_dtype=str(settings.compute_dtype))
+    return ShardWriter(output, fingerprint, resume=settings.resume, overwrite=settings.overwrite)
+
+
+def _block_writer(writer: ShardWriter, store: torch.dtype) -> Callable[[BlockContext, QuantizeReport], None]:
+    """`Streaming.on_block` for `writer`: each quantized block with its part of the report, in `store`."""
+    from .checkpoint import unique_state_dict
+
+    def on_block(ctx: BlockContext, report: QuantizeReport) -> None:
+        layers = [entry for entry in report.layers if entry["block"] == ctx.index]
+        messages = [m for m in report.messages if m.startswith(ctx.prefix)]
+        writer.write_block(ctx.index, unique_state_dict(ctx.block, store, prefix=ctx.prefix), layers, messages)
+
+    return on_block
+
+
+def _finish_checkpoint(writer: ShardWriter, result: QuantizeResult, model: nn.Module, loader: LazyBlocks, plan: Plan,
+                       config: QuantizationConfig, store: torch.dtype, extra_json: dict[str, Any] | None,
+                       model_dir: str | Path) -> None:
+    """Publish the checkpoint: the tensors outside the blocks, the config and the report of every block
+    (a resumed run's earlier ones included, which `result.report` then takes from the writer)."""
+    from .checkpoint import checkpoint_config
+    from .streaming import outside_tensors
+
+    result.report.layers, result.report.messages = writer.state.layers, writer.state.messages
+    rest = outside_tensors(model, loader, plan, store)
+    extra = {**(extra_json or {}), "layer_errors.json": result.report.to_dict()}
+    writer.finish(rest, checkpoint_config(model.config, config, store), extra_json=extra, source_dir=model_dir)
 
 
 def quantize_to_directory(model_path: str | Path, output: str | Path, recipe: Recipe, *,
@@ -302,10 +331,8 @@ def quantize_to_directory(model_path: str | Path, output: str | Path, recipe: Re
     compute_dtype: what each block runs in; all_experts: mixture-of-experts blocks run every calibration token
     through every expert for statistics (`Streaming.all_experts`). Under torchrun each process calibrates
     on its share of the batches and rank 0 writes (quantize/distributed.py)."""
-    from .checkpoint import save_checkpoint
-    from .compressed import check_exportable, write_compressed_tensors
+    from .compressed import check_exportable
     from .destination import check_output
-    from .streaming import open_lazily
     from .validation import check_device
 
     if format not in FORMATS:
@@ -313,11 +340,7 @@ def quantize_to_directory(model_path: str | Path, output: str | Path, recipe: Re
     check_device(device)
     check_output(output, overwrite=overwrite, reads=(model_path, calibration_stats))  # before any work
     recipe = resolve_recipe(recipe)
-    lazy = open_lazily(model_path) if stream and format == "qtool" else None
-    mark("model skeleton and tokenizer")
-    if resume and not lazy:
-        raise ValueError("--resume needs a safetensors model directory and --format qtool")
-    model, tokenizer = lazy if lazy else load_model(model_path, dtype=compute_dtype)
+    lazy, model, tokenizer = _open_model(model_path, stream and format == "qtool", resume, compute_dtype)
     assigned = recipe.assign(model)
     if format == "compressed-tensors":  # fail before quantizing, not after
         for name, entry in assigned.items():
@@ -339,12 +362,34 @@ def quantize_to_directory(model_path: str | Path, output: str | Path, recipe: Re
     result = quantize_model(model, recipe, calibration=batches, device=device, input_scales=input_scales,
                             offload_activations=offload_activations, observer=observer, assigned=assigned,
                             streaming=Streaming(store_dtype=store_dtype, all_experts=all_experts))
-    if not current(device).is_writer:
-        return result
+    if current(device).is_writer:
+        _save_whole(model, result, model_path, output, format=format, overwrite=overwrite, dtype=store_dtype)
+    return result
+
+
+def _open_model(model_path: str | Path, stream: bool, resume: bool,
+                compute_dtype: torch.dtype) -> tuple[bool, nn.Module, Any]:
+    """Whether the run streams, and the model with its tokenizer: a skeleton whose blocks are read one at a
+    time (`stream` and a safetensors directory), else the whole model in `compute_dtype`."""
+    from .streaming import open_lazily
+
+    lazy = open_lazily(model_path) if stream else None
+    mark("model skeleton and tokenizer")
+    if resume and not lazy:
+        raise ValueError("--resume needs a safetensors model directory and --format qtool")
+    model, tokenizer = lazy if lazy else load_model(model_path, dtype=compute_dtype)
+    return bool(lazy), model, tokenizer
+
+
+def _save_whole(model: nn.Module, result: QuantizeResult, model_path: str | Path, output: str | Path, *,
+                format: str, overwrite: bool, dtype: torch.dtype | None) -> None:
+    """Write a model quantized in memory as one checkpoint in `format`, its layer errors beside it."""
+    from .checkpoint import save_checkpoint
+    from .compressed import write_compressed_tensors
+
     source, extra = model_path if Path(model_path).is_dir() else None, {"layer_errors.json": result.report.to_dict()}
     if format == "compressed-tensors":
         write_compressed_tensors(model, output, source_dir=source, overwrite=overwrite, extra_json=extra)
     else:
         save_checkpoint(model, result.config, output, source_dir=source, overwrite=overwrite, extra_json=extra,
-                        dtype=store_dtype)
-    return result
+                        dtype=dtype)
