@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -222,3 +223,124 @@ def test_w1_gemv_global_reads_stay_in_the_layout(group_size):
         src = (2 * block[..., :1] * nchunks + s2 * nchunks + c[..., :1]) * 4 * ns + (i - s2 * 4 * ns)
         assert src.max() < w.scale.numel() // 4
         assert torch.equal(src.flatten().unique(), torch.arange(w.scale.numel() // 4))  # each piece, all of them
+
+
+def w1_plan(m, k_padded, gpc, optin):
+    """plan_w1_gemv (csrc/w1_gemv_plan.h) in Python: (xs, ring_offset, partial_offset, smem_bytes)."""
+    slot = ring_slot_bytes(gpc)
+    ring, partial = 8 * 4 * slot, 8 * 32 * 8 * 4
+    xs_bytes = m * (2 * k_padded + 32)
+    xs = xs_bytes <= 96 << 10 and ring + partial + xs_bytes <= optin // 2 - 1024
+    ring_off = xs_bytes if xs else 0
+    return xs, ring_off, ring_off + ring, ring_off + ring + partial
+
+
+@pytest.mark.parametrize("group_size", [32, 64, 128, 512, -1])
+@pytest.mark.parametrize("k,m,optin", [(1000, 1, 227 << 10), (1000, 8, 99 << 10), (9000, 2, 227 << 10),
+                                       (9000, 5, 163 << 10)])
+def test_w1_gemv_ring_and_shared_addressing(group_size, k, m, optin):
+    """csrc/w1_gemv.cu's shared memory, block by block and warp by warp: x staged (when planned) and every ring
+    slot filled with cp.async, the commit/wait_group counts (kW1Ring = 4 groups in flight per warp, the x group
+    first), __syncwarp before a slot is refilled; each lane's words, scales and B loads read back from the byte
+    offsets the kernel computes, against pack_gemv's tensors. K = 9000 (36 chunks) refills every slot, K = 1000
+    (4 chunks) leaves warps 4..7 idle."""
+    qweight, scale, _ = make(96, k, group_size)
+    w = binary.pack_gemv(qweight, scale, group_size, k)
+    stripes, nchunks = w.qweight.shape[:2]
+    k_pad, gpc = w.k_padded, binary.gemv_groups_per_chunk(w.group_size)
+    ns = max(gpc, 1)
+    xs, ring_off, partial_off, smem = w1_plan(m, k_pad, gpc, optin)
+    slot_bytes, row_bytes = ring_slot_bytes(gpc), 2 * k_pad + 32
+    x = torch.randn(m, k_pad).half()
+    xb = x.view(torch.uint8).reshape(-1).numpy()
+    qb = w.qweight.view(torch.uint8).reshape(-1).numpy()
+    sb = w.scale.view(torch.uint8).reshape(-1).numpy() if gpc else None
+    def run_block(block):
+        stripe0 = 2 * block
+        mem = np.full(smem, 0xA5, np.uint8)
+        pend = np.zeros(smem // 16, np.int64)
+        groups = [[] for _ in range(8)]  # per warp: committed groups, oldest first
+        opened = [[] for _ in range(8)]
+
+        def copy(warp, dst, src):
+            assert dst % 16 == 0 and dst + 16 <= smem and src.size == 16
+            pend[dst // 16] += 1
+            opened[warp].append((dst, src))
+
+        def commit(warp):
+            groups[warp].append(opened[warp])
+            opened[warp] = []
+
+        def wait(warp, n):
+            while len(groups[warp]) > n:
+                for dst, src in groups[warp].pop(0):
+                    mem[dst:dst + 16] = src
+                    pend[dst // 16] -= 1
+
+        def read(off, nbytes):
+            assert off >= 0 and off + nbytes <= smem and not pend[off // 16:(off + nbytes - 1) // 16 + 1].any(), off
+            return mem[off:off + nbytes]
+
+        def issue(warp, slot, c):
+            if c < nchunks:
+                dst = ring_off + (warp * 4 + slot) * slot_bytes
+                assert ring_off <= dst and dst + slot_bytes <= partial_off
+                for s in range(2):
+                    for lane in range(32):
+                        src = ((stripe0 + s) * nchunks * 32 + c * 32 + lane) * 16
+                        assert src + 16 <= qb.size
+                        copy(warp, dst + (s * 32 + lane) * 16, qb[src:src + 16])
+                for i in range(2 * 4 * ns if gpc else 0):  # lanes i, i + 32, ...
+                    s = i // (4 * ns)
+                    src = ((stripe0 * nchunks * 4 * ns) + (s * nchunks + c) * 4 * ns + (i - s * 4 * ns)) * 16
+                    assert src + 16 <= sb.size
+                    copy(warp, dst + (2 * 32 + i) * 16, sb[src:src + 16])
+            commit(warp)
+
+        if xs:
+            vecs = k_pad // 8
+            for i in range(m * vecs):
+                tok = i // vecs
+                copy(i % 256 // 32, (tok * row_bytes // 16 + i - tok * vecs) * 16, xb[i * 16:i * 16 + 16])
+            for warp in range(8):
+                commit(warp)
+        for warp in range(8):
+            for r in range(4):
+                issue(warp, r, warp + r * 8)
+        if xs:
+            for warp in range(8):
+                wait(warp, 4)
+        for warp in range(8):  # warps are independent until the epilogue's __syncthreads
+            slot = 0
+            for c in range(warp, nchunks, 8):
+                wait(warp, 3)
+                base = ring_off + (warp * 4 + slot) * slot_bytes
+                for s in range(2):
+                    words = read(base + s * 32 * 16, 512)
+                    st = ((stripe0 + s) * nchunks + c) * 512
+                    assert np.array_equal(words, qb[st:st + 512]), (block, warp, c, s)
+                    if gpc:
+                        for lane in range(32):
+                            f = base + 1024 + ((lane // 4) * 2 * ns + s * 16 * ns) * 4
+                            got = read(f, 8 * ns).view(np.float32)
+                            want = w.scale[stripe0 + s, c, lane // 4].reshape(-1).numpy()  # [row // 8, q]
+                            assert np.array_equal(got, want), (block, warp, c, s, lane)
+                issue(warp, slot, c + 32)  # after __syncwarp: every lane holds the slot's words and scales
+                slot = (slot + 1) % 4
+                for lane in range(32):
+                    g, t = lane // 4, lane % 4
+                    tok = g if g < m else 0
+                    for j in range(16):
+                        k0 = c * 256 + 16 * j + 4 * t
+                        if xs:
+                            off = (tok * (row_bytes // 4) + 2 * t + c * 128 + 8 * j) * 4
+                            assert off + 8 <= ring_off
+                            assert np.array_equal(read(off, 8).view(np.float16), x[tok, k0:k0 + 4].numpy())
+                        else:
+                            assert (tok * (k_pad // 2) + 2 * t + c * 128 + 8 * j) * 4 + 8 <= x.numel() * 2
+            wait(warp, 0)
+        assert not pend.any()
+        assert partial_off + 8 * 32 * 8 * 4 == smem
+
+    for block in range(stripes // 2):
+        run_block(block)

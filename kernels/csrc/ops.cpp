@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <optional>
 #include <string>
+#include <utility>
 
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
@@ -183,6 +184,12 @@ at::Tensor wo_gemm_v4(const at::Tensor& x, const at::Tensor& qweight, const at::
   const PackedWeightView w = check_weight("wo_gemm_v4", qweight, scale, zero, num_bits, group_size, out_features);
   at::Tensor bias_f32;
   WoProblem p = make_problem("wo_gemm_v4", x, w, qweight, bias, bias_f32, activation);
+  // cp.async copies qweight, scale and zero in 16-byte pieces: an offset view would fault on the GPU.
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor*>{"qweight", &qweight}, {"scale", &scale},
+                                {"zero", zero.has_value() ? &*zero : nullptr}}) {
+    TORCH_CHECK(t == nullptr || reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 == 0, "wo_gemm_v4: ", name,
+                " must be 16-byte aligned (a fresh tensor, not an offset view)");
+  }
   at::Tensor y = at::empty({x.size(0), out_features}, x.options());
   if (p.m == 0) return y;
   const c10::cuda::CUDAGuard guard(x.device());
