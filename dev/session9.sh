@@ -22,8 +22,8 @@ tests() {
 }
 
 w1() {
-  step "w1a16 M=1,8 and w1a1 M=4096, 8192x8192"
-  timeout 40 python3 benchmarks/bench_kernels.py --formats w1a16 --tokens 1,8 --shapes 8192x8192 \
+  step "w1a16 M=1,8,16,32 and w1a1 M=4096, 8192x8192"
+  timeout 40 python3 benchmarks/bench_kernels.py --formats w1a16 --tokens 1,8,16,32 --shapes 8192x8192 \
     --json "$OUT/w1a16.json" 2>&1 | tail -6
   timeout 40 python3 benchmarks/bench_kernels.py --formats w1a1 --tokens 4096 --shapes 8192x8192 \
     --json "$OUT/w1a1.json" 2>&1 | tail -5

@@ -2,8 +2,8 @@
 and the two forward passes over them (issue 21).
 
 Checkpoints keep 32 codes per int32 along K, bit j set where code j is +1 (quantize/primitives.py).
-  W1A16, qtool_cuda::w1_gemv (m <= 8): each lane of a warp reads 16 bytes that are its mma.m16n8k16 A
-    fragments as sign bits (csrc/w1_gemv.cu):
+  W1A16, qtool_cuda::w1_gemv (m <= 8 per call, larger m in slices): each lane of a warp reads 16 bytes
+    that are its mma.m16n8k16 A fragments as sign bits (csrc/w1_gemv.cu):
       qweight [N_pad/16, K_pad/256, 32, 4] int32   bit b of word w of lane l -> (row, k) by `gemv_bit_map`
       scale   [N_pad/16, K_pad/256, 8, 2, gpc]     lane (g, t) reads rows g, g + 8 of the chunk's gpc groups
               [N_pad] per channel
@@ -30,6 +30,10 @@ from .reference import unpack_weight
 GEMV_CHUNK_K = 256
 GEMV_ROWS = 32  # csrc/w1_kernels.h, kW1GemvRows
 GEMV_MAX_M = 8  # kMaxW1GemvTokens
+# W1A16 above 8 tokens runs the GEMV once per 8 tokens up to CHUNKED_MAX_M: each call streams the
+# 1-bit weights again (~13-15 us at 8192 x 8192 on the H200), so 16 tokens cost about one bf16 GEMM and
+# 32 about 1.7, still far below the reference's unpack of the whole weight per call; above, the reference.
+CHUNKED_MAX_M = 32
 GEMM_PAD_N, GEMM_PAD_K = 256, 512  # kW1A1PadN, kW1A1PadK
 KERNEL_DTYPES = (torch.float16, torch.bfloat16)
 
@@ -197,8 +201,12 @@ def binary_gemm_linear(x: torch.Tensor, w: GemmWeight, bias: torch.Tensor | None
 
 
 def binary_gemv_linear(x: torch.Tensor, w: GemvWeight, bias: torch.Tensor | None, kernels) -> torch.Tensor:
-    """W1A16 forward over the GEMV layout for x [m <= 8, K]: zero-pads x to K_pad (16-byte aligned)."""
+    """W1A16 forward over the GEMV layout for x [m <= CHUNKED_MAX_M, K] -> [m, N]: zero-pads x to K_pad
+    (16-byte aligned) and runs the GEMV on each slice of up to GEMV_MAX_M tokens."""
     x2 = F.pad(x, (0, w.k_padded - x.shape[1])).contiguous()
     if not torch.compiler.is_compiling() and x2.data_ptr() % 16:
         x2 = x2.clone()
-    return kernels.w1_gemv(x2, w.qweight, w.scale, bias, w.group_size, w.out_features)
+    # Each slice of a contiguous [m, K_pad] with K_pad a multiple of 16 elements stays 16-byte aligned.
+    parts = [kernels.w1_gemv(x2[i:i + GEMV_MAX_M], w.qweight, w.scale, bias, w.group_size, w.out_features)
+             for i in range(0, x2.shape[0], GEMV_MAX_M)]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)

@@ -240,7 +240,7 @@ def info() -> dict:
             "weight-only QuantLinear": _weight_only_path() if ops is not None else "reference",
             "qtool::weight_only_linear": "reference",
             # 1-bit QuantLinear layers call them directly too (quantize/linear.py, kernels/binary.py).
-            "w1a16 QuantLinear": "qtool_cuda w1_gemv (m <= 8), else reference" if ops is not None else "reference",
+            "w1a16 QuantLinear": "qtool_cuda w1_gemv (8 tokens per call, m <= 32), else reference" if ops is not None else "reference",
             "w1a1 QuantLinear": "qtool_cuda binarize + w1a1_gemm (b1 mma.sync)" if ops is not None else "reference",
             "qtool::scaled_linear": _scaled_linear_path() if cuda else "reference",
             "qtool::quantize_activation": "qtool_cuda fused kernel" if ops is not None else "reference",

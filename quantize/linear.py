@@ -354,13 +354,14 @@ def _prepare_binary(layer: QuantLinear) -> binary.GemvWeight | binary.GemmWeight
 
 
 def binary_cuda_linear(layer: QuantLinear, x: torch.Tensor) -> torch.Tensor | None:
-    """A 1-bit layer's forward on the CUDA kernels: W1A1 at any m (binarize + b1 GEMM), W1A16 at m <= 8
-    (the GEMV); None where they do not serve (larger m for W1A16, float32 x, x needing a gradient)."""
+    """A 1-bit layer's forward on the CUDA kernels: W1A1 at any m (binarize + b1 GEMM), W1A16 at
+    m <= binary.CHUNKED_MAX_M (the GEMV, 8 tokens per call); None where they do not serve (larger m for
+    W1A16, float32 x, x needing a gradient)."""
     if x.dtype not in binary.KERNEL_DTYPES or (x.requires_grad and torch.is_grad_enabled()):
         return None
     x2 = x.reshape(-1, layer.in_features)
     w1a1 = layer.scheme.input_activations is not None
-    if (not w1a1 and x2.shape[0] > binary.GEMV_MAX_M) or build.load_extension() is None:
+    if (not w1a1 and x2.shape[0] > binary.CHUNKED_MAX_M) or build.load_extension() is None:
         return None
     packed = _prepare_binary(layer)
     if packed is None:

@@ -99,7 +99,8 @@ def test_quantlinear_takes_the_1bit_kernels(kernels, act, group_size):
     acts = None if act is None else QuantArgs(num_bits=1, strategy=Strategy.TOKEN, dynamic=True)
     scheme = QuantScheme(weights=args, input_activations=acts)
     layer = QuantLinear.from_qtensor(QTensor(codes, scale, None, args), scheme)
-    for m in (1, 5, 300) if act else (1, 4):  # W1A16 takes the GEMV up to 8 tokens (2 x 4 here)
+    # W1A16 takes the GEMV up to 8 tokens per call, 32 in all (2 x 4, 2 x 7 -> two calls, 2 x 16 -> four)
+    for m in (1, 5, 300) if act else (1, 4, 7, 16):
         x = torch.randn(2, m, 576, device="cuda", dtype=torch.bfloat16)
         out = layer(x)
         assert layer.cuda_w1_bits is not None, "the layer did not take the kernel path"
