@@ -135,3 +135,17 @@ def poison_cache() -> None:
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     """Relative Frobenius error of `out` against `ref`, in float64."""
     return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+def random_weight(n, k, bits, group_size, symmetric=True, act_order=False, seed=0):
+    """Random codes, scales, zero points and (optionally) an act-order g_idx, as a checkpoint stores them."""
+    g = torch.Generator().manual_seed(seed)
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    groups = 1 if group_size <= 0 else -(-k // group_size)
+    codes = torch.randint(lo, hi + 1, (n, k), generator=g, dtype=torch.int8)
+    scale = torch.rand(n, groups, generator=g) * 0.02 + 0.001
+    zero = None if symmetric else torch.randint(lo, hi + 1, (n, groups), generator=g, dtype=torch.int8)
+    g_idx = None
+    if act_order:
+        g_idx = (torch.arange(k) // group_size)[torch.randperm(k, generator=g)].to(torch.int32)
+    return codes, scale, zero, g_idx

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import rel_err
+from conftest import random_weight, rel_err
 from qtool_kernels import build, layout, reference, scaled_mm, weight_only
 from qtool_kernels.layout import ReferenceOps, UnsupportedLayout, pack_weight
 from quantize.linear import QuantLinear, pack_layer, prepare_for_cuda
@@ -21,20 +21,6 @@ from quantize.primitives import QTensor
 from quantize.scheme import QuantArgs, QuantScheme, Strategy
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def random_weight(n, k, bits, group_size, symmetric=True, act_order=False, seed=0):
-    """Random codes, scales, zero points and (optionally) an act-order g_idx, as a checkpoint stores them."""
-    g = torch.Generator().manual_seed(seed)
-    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    groups = 1 if group_size <= 0 else -(-k // group_size)
-    codes = torch.randint(lo, hi + 1, (n, k), generator=g, dtype=torch.int8)
-    scale = torch.rand(n, groups, generator=g) * 0.02 + 0.001
-    zero = None if symmetric else torch.randint(lo, hi + 1, (n, groups), generator=g, dtype=torch.int8)
-    g_idx = None
-    if act_order:
-        g_idx = (torch.arange(k) // group_size)[torch.randperm(k, generator=g)].to(torch.int32)
-    return codes, scale, zero, g_idx
 
 
 def decode_by_ptx_rule(qweight, bits):

@@ -136,6 +136,22 @@ def test_gemv_both_activation_paths(kernels, bits, group_size, symmetric, dtype)
         assert out.shape == (m, n) and rel_err(out, ref.double()) < 1e-2, f"m={m}"
 
 
+def check_gemm_against_float64(call, bits, group_size, symmetric, dtype, shapes):
+    """call(x padded to K_pad, packed weight, bias, m) -> [m, N] against x @ W^T + bias in float64 from the
+    checkpoint tensors, for each (K, N, token counts) of `shapes`, output memory poisoned first."""
+    for k, n, tokens in shapes:
+        qt, _, dense = make_weight(bits, group_size, symmetric, False, k, n, seed=k)
+        p = pack_weight(qt.values, qt.scale, qt.zero_point, None, bits, group_size)
+        bias = torch.randn(n, device="cuda")
+        for m in tokens:
+            x = torch.randn(m, k, device="cuda", dtype=dtype)
+            xp = torch.nn.functional.pad(x, (0, p.k_padded - k))
+            ref = x.double() @ dense.T + bias.double()
+            poison_cache()
+            out = call(xp, p, bias, m)
+            assert out.shape == (m, n) and rel_err(out, ref) < 1e-2, f"k={k} n={n} m={m}"
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("symmetric", [True, False])
 @pytest.mark.parametrize("group_size", [16, 32, 64, 128, 256, -1])
@@ -146,17 +162,10 @@ def test_gemm_v3_matches_float64(kernels, bits, group_size, symmetric, dtype):
     Ragged shapes: K = 576 and 960 end in half a 128-k piece (and, at g128, in a group that piece only
     half covers); N = 200 and 1000 end inside a 128-row tile and a 16-row stripe. K = 4096, N = 1536
     splits K over a cluster on sm_90."""
-    for k, n, tokens in ((576, 200, range(1, 65)), (960, 1000, range(1, 65, 3)), (4096, 1536, (5, 16, 17, 33, 64, 65, 130))):
-        qt, _, dense = make_weight(bits, group_size, symmetric, False, k, n, seed=k)
-        p = pack_weight(qt.values, qt.scale, qt.zero_point, None, bits, group_size)
-        bias = torch.randn(n, device="cuda")
-        for m in tokens:
-            x = torch.randn(m, k, device="cuda", dtype=dtype)
-            xp = torch.nn.functional.pad(x, (0, p.k_padded - k))
-            ref = x.double() @ dense.T + bias.double()
-            poison_cache()
-            out = kernels.wo_gemm_v3(xp, p.qweight, p.scale, p.zero, bias, bits, p.group_size, n, EPILOGUE, m % 4)
-            assert out.shape == (m, n) and rel_err(out, ref) < 1e-2, f"k={k} n={n} m={m} variant={m % 4}"
+    shapes = ((576, 200, range(1, 65)), (960, 1000, range(1, 65, 3)), (4096, 1536, (5, 16, 17, 33, 64, 65, 130)))
+    check_gemm_against_float64(lambda xp, p, bias, m: kernels.wo_gemm_v3(  # variant m % 4: each in turn
+        xp, p.qweight, p.scale, p.zero, bias, bits, p.group_size, p.out_features, EPILOGUE, m % 4),
+        bits, group_size, symmetric, dtype, shapes)
 
 
 def test_gemm_v3_variants_agree_and_repeat(kernels):
@@ -185,17 +194,9 @@ def test_gemm_v4_matches_float64(kernels, bits, group_size, symmetric, dtype):
     split K (partials reduced by the last block of each tile), K = 576 mostly does not."""
     shapes = ((576, 200, (5, 7, 8, 9, 16, 17, 31, 32, 33, 63, 64, 65, 100, 128, 129, 200, 256)),
               (4096, 1000, (5, 16, 33, 64, 130, 256)), (14336, 1024, (16, 64)))
-    for k, n, tokens in shapes:
-        qt, _, dense = make_weight(bits, group_size, symmetric, False, k, n, seed=k)
-        p = pack_weight(qt.values, qt.scale, qt.zero_point, None, bits, group_size)
-        bias = torch.randn(n, device="cuda")
-        for m in tokens:
-            x = torch.randn(m, k, device="cuda", dtype=dtype)
-            xp = torch.nn.functional.pad(x, (0, p.k_padded - k))
-            ref = x.double() @ dense.T + bias.double()
-            poison_cache()
-            out = kernels.wo_gemm_v4(xp, p.qweight, p.scale, p.zero, bias, bits, p.group_size, n, EPILOGUE)
-            assert out.shape == (m, n) and rel_err(out, ref) < 1e-2, f"k={k} n={n} m={m}"
+    check_gemm_against_float64(lambda xp, p, bias, m: kernels.wo_gemm_v4(
+        xp, p.qweight, p.scale, p.zero, bias, bits, p.group_size, p.out_features, EPILOGUE),
+        bits, group_size, symmetric, dtype, shapes)
 
 
 def test_gemm_v4_repeats_bitwise(kernels):

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import random_weight
 from qtool_kernels.layout import ReferenceOps, chunk_k, pack_weight, unpack_codes
 
 WARPS, STRIPE, TILE_ROWS, PIECE_K, ROW_STRIDE, MAX_STAGES, MAX_SPLITS, MIN_PIECES = 8, 16, 128, 128, 136, 8, 16, 2
@@ -277,12 +278,7 @@ def emulate(x, p, bias, device="sm_90", num_sms=132, splits=None, seed=0):
 
 
 def make_packed(bits, group_size, symmetric, k, n, seed):
-    g = torch.Generator().manual_seed(seed)
-    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    groups = 1 if group_size <= 0 else -(-k // group_size)
-    codes = torch.randint(lo, hi + 1, (n, k), generator=g, dtype=torch.int8)
-    scale = torch.rand(n, groups, generator=g) * 0.02 + 0.001
-    zero = None if symmetric else torch.randint(lo, hi + 1, (n, groups), generator=g, dtype=torch.int8)
+    codes, scale, zero, _ = random_weight(n, k, bits, group_size, symmetric, seed=seed)
     return pack_weight(codes, scale, zero, None, bits, group_size)
 
 

@@ -22,23 +22,16 @@
 
 #include "wo_common.cuh"
 #include "wo_occupancy.h"
+#include "wo_piece.cuh"
 
 namespace qtool {
 namespace {
 
 namespace cg = cooperative_groups;
 
-constexpr int kWarps = 8;                       // stripes per block, one per warp
-constexpr int kTileRows = kWarps * kStripeRows;  // 128 weight rows per block
-constexpr int kPieceK = 128;                    // k per pipeline stage
-constexpr int kRowStride = kPieceK + 8;         // staged x row (elements): +16 bytes, conflict-free ldmatrix
 constexpr int kStages = 4;                      // pieces in flight: 3 ahead of the one being used
 constexpr int kRedStride = kTileRows + 4;       // partial-tile row (floats): tokens 2t apart land 8t banks apart
 constexpr int kMaxSplits = 8;                   // portable cluster size
-constexpr int kMinPiecesPerSplit = 2;           // a split shorter than this is mostly ramp and drain
-
-// Groups of parameters one piece spans: 128 k over the group size, at least 1 (per channel: shift 31).
-__host__ __device__ inline int groups_per_piece(int group_shift) { return group_shift >= 7 ? 1 : 1 << (7 - group_shift); }
 
 // Bytes of one pipeline stage: x [tok][kRowStride] then scale [gpp][kTileRows] (then zero, same shape).
 __host__ __device__ inline int stage_bytes(int tok, int element_bytes, int group_shift, bool asym) {
@@ -135,8 +128,9 @@ __global__ void __launch_bounds__(kWarps * 32, MT <= 4 || DEPTH <= 4 ? 2 : 1)
   const int c_beg = p_beg * CPP, c_end = min(nchunks, p_end * CPP);
   const int shift = p.w.group_shift;
   const int gpp = groups_per_piece(shift);
-  const int ngroups = ((p.w.k_padded - 1) >> shift) + 1;  // groups_padded (ops.cpp checks scale's shape)
   const bool asym = p.w.zero != nullptr;
+  const int ngroups = ((p.w.k_padded - 1) >> shift) + 1;  // groups_padded (ops.cpp checks scale's shape)
+  const PieceStage where{tok0, tile_row0, shift, gpp, ngroups, asym};
   const int sbytes = stage_bytes(TOK, sizeof(T), shift, asym);
   auto xs = [&](int s) { return reinterpret_cast<T*>(smem + s * sbytes); };
   auto prm = [&](int s) { return reinterpret_cast<float*>(smem + s * sbytes + TOK * kRowStride * sizeof(T)); };
@@ -153,47 +147,13 @@ __global__ void __launch_bounds__(kWarps * 32, MT <= 4 || DEPTH <= 4 ? 2 : 1)
   // wait_group count stays one group per piece). Tokens >= m and k >= k_padded are zero-filled;
   // so are groups >= ngroups and rows >= n_padded of the parameters.
   auto stage = [&](int piece, int s) {
-    if (piece < p_end) {
-      T* xd = xs(s);
-      for (int i = threadIdx.x; i < TOK * SEGS; i += kWarps * 32) {
-        const int r = i / SEGS, col = (i % SEGS) * 8;
-        const int tok = tok0 + r, k = piece * kPieceK + col;
-        const bool valid = tok < p.m && k < p.w.k_padded;
-        cp_async_16(xd + r * kRowStride + col, valid ? x + static_cast<size_t>(tok) * p.w.k_padded + k : x, valid);
-      }
-      float* pd = prm(s);
-      const int g_first = (piece * kPieceK) >> shift;
-      const int psegs = gpp * (kTileRows / 4);  // 16 bytes = 4 rows
-      for (int i = threadIdx.x; i < psegs * (asym ? 2 : 1); i += kWarps * 32) {
-        const int which = i / psegs, j = i % psegs;
-        const int gl = j / (kTileRows / 4), r4 = (j % (kTileRows / 4)) * 4;
-        const int grp = g_first + gl, row = tile_row0 + r4;
-        const bool valid = grp < ngroups && row < p.w.n_padded;
-        const float* src = (which ? p.w.zero : p.w.scale) + static_cast<size_t>(grp) * p.w.n_padded + row;
-        cp_async_16(pd + (which * gpp + gl) * kTileRows + r4, valid ? src : p.w.scale, valid);
-      }
-    }
+    if (piece < p_end) stage_x_and_params<T, TOK>(p, where, x, piece, xs(s), prm(s));
     cp_async_commit();
   };
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) stage(p_beg + s, s);
 
-  float acc[MT][4] = {};   // scaled sums; C fragment: rows lrow (i < 2) / lrow + 8, token 2 * (lane % 4) + i % 2
-  float gacc[MT][4] = {};  // unscaled sums of the current group
-  float s0 = 0.0f, s1 = 0.0f;     // scales of rows lrow / lrow + 8 in the current group
-  float zf[2] = {0.0f, 0.0f};     // kCodeOffset + zero point of the two rows
-  uint32_t zp[2] = {0u, 0u};      // the same as pairs of T
-  int cur_grp = -1;
-
-  auto flush = [&]() {
-#pragma unroll
-    for (int nt = 0; nt < MT; ++nt)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        acc[nt][i] = fmaf(i < 2 ? s0 : s1, gacc[nt][i], acc[nt][i]);
-        gacc[nt][i] = 0.0f;
-      }
-  };
+  GroupAccum<T, BITS, MT> st;
 
   // The math of chunk c (its codes in `packed`), which lies in piece `piece`, staged in stage s.
   auto compute_chunk = [&](const uint4& packed, int c, int piece, int s) {
@@ -204,35 +164,9 @@ __global__ void __launch_bounds__(kWarps * 32, MT <= 4 || DEPTH <= 4 ? 2 : 1)
     for (int j = 0; j < SUB; ++j) {
       const int k0 = c * KC + 16 * j;
       const int grp = k0 >> shift;
-      if (grp != cur_grp) {  // warp-uniform
-        flush();
-        const float* ps = prm(s) + (grp - ((piece * kPieceK) >> shift)) * kTileRows + lrow;
-        s0 = ps[0];
-        s1 = ps[8];
-        zf[0] = kCodeOffset<T, BITS> + (asym ? ps[gpp * kTileRows] : 0.0f);
-        zf[1] = kCodeOffset<T, BITS> + (asym ? ps[gpp * kTileRows + 8] : 0.0f);
-        if constexpr (!kViaFloat<T, BITS>) {
-          zp[0] = float_to_pair(zf[0], T{});
-          zp[1] = float_to_pair(zf[1], T{});
-        }
-        cur_grp = grp;
-      }
-      uint32_t a[4];
-      a_fragment<T, BITS>(words, j, zf, zp, a);
-      const int kk = k0 - piece * kPieceK + 8 * ((lane / 8) % 2);  // ldmatrix: odd matrices are k + 8
-      if constexpr (MT == 1) {
-        uint32_t b[2];
-        ldmatrix_x2(b, xsb + (lane % 8) * kRowStride + kk);
-        mma_16816<T>(gacc[0], a, b[0], b[1]);
-      } else {
-#pragma unroll
-        for (int nt = 0; nt < MT; nt += 2) {  // matrices: (nt, k), (nt, k + 8), (nt + 1, k), (nt + 1, k + 8)
-          uint32_t b[4];
-          ldmatrix_x4(b, xsb + (8 * nt + lane % 8 + 8 * (lane / 16)) * kRowStride + kk);
-          mma_16816<T>(gacc[nt], a, b[0], b[1]);
-          mma_16816<T>(gacc[nt + 1], a, b[2], b[3]);
-        }
-      }
+      if (grp != st.cur_grp)  // warp-uniform
+        st.enter_group(grp, prm(s) + (grp - ((piece * kPieceK) >> shift)) * kTileRows + lrow, gpp, asym);
+      st.mma_subtile(words, j, xsb, k0 - piece * kPieceK + 8 * ((lane / 8) % 2));  // ldmatrix: odd matrices are k + 8
     }
   };
 
@@ -257,9 +191,9 @@ __global__ void __launch_bounds__(kWarps * 32, MT <= 4 || DEPTH <= 4 ? 2 : 1)
       }
     }
   }
-  flush();
+  st.flush();
 
-  reduce_and_store<T, MT>(p, acc, reinterpret_cast<float*>(smem), lrow, tile_row0, tok0);
+  reduce_and_store<T, MT>(p, st.acc, reinterpret_cast<float*>(smem), lrow, tile_row0, tok0);
 }
 
 // Chunks in flight per lane (kernels/NOTES.md, "wo_gemm v3"): 8 up to 32 tokens, where a ring of 8
@@ -268,27 +202,11 @@ __global__ void __launch_bounds__(kWarps * 32, MT <= 4 || DEPTH <= 4 ? 2 : 1)
 // takes the other depth, so the A/B exists at every m.
 int depth_of(int variant, int tok) { return (tok == 64) != (variant == 1) ? 4 : 8; }
 
-// Split-K factor: the one (<= kMaxSplits, >= kMinPiecesPerSplit pieces each) whose blocks fill the
-// resident slots of `slots` best in whole waves; ties go to fewer splits (less to reduce).
-// variant 2: never split; variant 3: aim at two waves of slots (more, shorter splits).
-int choose_splits(int tiles, int npieces, int slots, int variant) {
+// Split-K factor (wo_piece.cuh's choose_splits, at most a portable cluster) for the A/B variants:
+// variant 2 never splits; variant 3 aims at two waves of slots (more, shorter splits).
+int splits_for_variant(int tiles, int npieces, int slots, int variant) {
   if (variant == 2) return 1;
-  if (variant == 3) slots *= 2;
-  const int max_splits = npieces / kMinPiecesPerSplit < 1 ? 1 : npieces / kMinPiecesPerSplit;
-  int best = 1;
-  double best_fill = 0.0;
-  for (int s = 1; s <= kMaxSplits && s <= max_splits; ++s) {
-    const int pps = (npieces + s - 1) / s;
-    if ((npieces + pps - 1) / pps != s) continue;  // would leave an empty split
-    const long long blocks = static_cast<long long>(tiles) * s;
-    const long long waves = (blocks + slots - 1) / slots;
-    const double fill = static_cast<double>(blocks) / static_cast<double>(waves * slots);
-    if (fill > best_fill + 0.02) {
-      best = s;
-      best_fill = fill;
-    }
-  }
-  return best;
+  return choose_splits(tiles, npieces, variant == 3 ? 2 * slots : slots, kMaxSplits);
 }
 
 template <typename T, int BITS, int MT, int DEPTH>
@@ -306,7 +224,7 @@ cudaError_t launch_variant(const WoProblem& p, int variant, int num_sms, bool cl
   const int slices = (p.m + TOK - 1) / TOK;
   const int npieces = (p.w.k_padded + kPieceK - 1) / kPieceK;
   const int slots = blocks_per_sm(reinterpret_cast<const void*>(kernel), kWarps * 32, smem) * num_sms;
-  const int splits = clusters ? choose_splits(tiles_x * slices, npieces, slots, variant) : 1;
+  const int splits = clusters ? splits_for_variant(tiles_x * slices, npieces, slots, variant) : 1;
   const int pieces_per_split = (npieces + splits - 1) / splits;
 
   cudaLaunchConfig_t config = {};

@@ -24,20 +24,15 @@
 
 #include "wo_common.cuh"
 #include "wo_occupancy.h"
+#include "wo_piece.cuh"
 
 namespace qtool {
 namespace {
 
-constexpr int kWarps = 8;                        // stripes per block, one per warp
 constexpr int kThreads = kWarps * 32;
-constexpr int kTileRows = kWarps * kStripeRows;  // 128 weight rows per block
-constexpr int kPieceK = 128;                     // k per pipeline stage
-constexpr int kRowStride = kPieceK + 8;          // staged x row (elements): +16 bytes, conflict-free ldmatrix
 constexpr int kMaxStages = 8;                    // wait_pending covers 0..kMaxStages - 2
 constexpr int kMaxSplits = 16;
-constexpr int kMinPiecesPerSplit = 2;            // a shorter split is all ramp and drain
 
-__host__ __device__ constexpr int groups_per_piece(int group_shift) { return group_shift >= 7 ? 1 : 1 << (7 - group_shift); }
 __host__ __device__ constexpr int weight_stage_bytes(int bits) { return kWarps * (kPieceK / chunk_k(bits)) * 512; }
 
 // One stage: codes [kWarps][chunks per piece][32 lanes] x 16 B, then x [tok][kRowStride] (2-byte
@@ -60,10 +55,8 @@ __device__ inline void wait_pending(int n) {
 }
 
 // Where a block sits in the problem, and the pointers into one stage's shared memory.
-struct Tile {
-  int tile_row0, tok0, p_beg, p_end, nchunks, shift, gpp, ngroups;
-  bool asym;
-  int sbytes;
+struct Tile : PieceStage {
+  int p_beg, p_end, nchunks, sbytes;
   unsigned char* smem;
   template <int BITS> __device__ const uint4* codes(int s) const { return reinterpret_cast<const uint4*>(smem + s * sbytes); }
   template <typename T, int BITS> __device__ T* xs(int s) const {
@@ -92,67 +85,15 @@ __device__ void stage_piece(const WoProblem& p, const Tile& t, const T* x, int p
       const uint4* src = wq + (static_cast<size_t>(stripe) * t.nchunks + c) * 32 + i % 32;
       cp_async_16(wd + i * 16, valid ? src : wq, valid);
     }
-    T* xd = t.xs<T, BITS>(s);
-#pragma unroll 1  // registers: the copies need no ILP (cp.async does not block)
-    for (int i = threadIdx.x; i < TOK * (kPieceK / 8); i += kThreads) {
-      const int r = i / (kPieceK / 8), col = (i % (kPieceK / 8)) * 8;
-      const int tok = t.tok0 + r, k = piece * kPieceK + col;
-      const bool valid = tok < p.m && k < p.w.k_padded;
-      cp_async_16(xd + r * kRowStride + col, valid ? x + static_cast<size_t>(tok) * p.w.k_padded + k : x, valid);
-    }
-    float* pd = t.prm<T, BITS, TOK>(s);
-    const int g_first = (piece * kPieceK) >> t.shift, psegs = t.gpp * (kTileRows / 4);  // 16 bytes = 4 rows
-#pragma unroll 1  // registers: the copies need no ILP (cp.async does not block)
-    for (int i = threadIdx.x; i < psegs * (t.asym ? 2 : 1); i += kThreads) {
-      const int which = i / psegs, j = i % psegs;
-      const int grp = g_first + j / (kTileRows / 4), r4 = (j % (kTileRows / 4)) * 4, row = t.tile_row0 + r4;
-      const bool valid = grp < t.ngroups && row < p.w.n_padded;
-      const float* src = (which ? p.w.zero : p.w.scale) + static_cast<size_t>(grp) * p.w.n_padded + row;
-      cp_async_16(pd + (which * t.gpp + j / (kTileRows / 4)) * kTileRows + r4, valid ? src : p.w.scale, valid);
-    }
+    stage_x_and_params<T, TOK>(p, t, x, piece, t.xs<T, BITS>(s), t.prm<T, BITS, TOK>(s));
   }
   cp_async_commit();
 }
 
-// A lane's running sums: acc = sum over finished groups of scale * group sum; gacc = the current group.
-template <typename T, int BITS, int MT>
-struct Accum {
-  float acc[MT][4] = {};   // C fragment: rows lrow (i < 2) / lrow + 8, token 2 * (lane % 4) + i % 2 (+ 8 nt)
-  float gacc[MT][4] = {};
-  float s0 = 0.0f, s1 = 0.0f;  // scales of rows lrow / lrow + 8 in the current group
-  float zf[2] = {0.0f, 0.0f};  // kCodeOffset + zero point of the two rows
-  uint32_t zp[2] = {0u, 0u};   // the same as pairs of T
-  int cur_grp = -1;
-
-  __device__ void flush() {
-#pragma unroll
-    for (int nt = 0; nt < MT; ++nt)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        acc[nt][i] = fmaf(i < 2 ? s0 : s1, gacc[nt][i], acc[nt][i]);
-        gacc[nt][i] = 0.0f;
-      }
-  }
-
-  // New group: flush, then the two rows' parameters from the stage (ps = scale of row lrow).
-  __device__ void enter_group(int grp, const float* ps, int gpp, bool asym) {
-    flush();
-    s0 = ps[0];
-    s1 = ps[8];
-    zf[0] = kCodeOffset<T, BITS> + (asym ? ps[gpp * kTileRows] : 0.0f);
-    zf[1] = kCodeOffset<T, BITS> + (asym ? ps[gpp * kTileRows + 8] : 0.0f);
-    if constexpr (!kViaFloat<T, BITS>) {
-      zp[0] = float_to_pair(zf[0], T{});
-      zp[1] = float_to_pair(zf[1], T{});
-    }
-    cur_grp = grp;
-  }
-};
-
 // The math of chunk c (codes `packed`) of piece `piece`, staged in stage s: one A fragment per 16x16
 // subtile, B from the staged x with ldmatrix, one mma per n-tile.
 template <typename T, int BITS, int MT>
-__device__ void compute_chunk(Accum<T, BITS, MT>& st, const Tile& t, const uint4& packed, int c, int piece, int s,
+__device__ void compute_chunk(GroupAccum<T, BITS, MT>& st, const Tile& t, const uint4& packed, int c, int piece, int s,
                               int lrow) {
   constexpr int SUB = 16 / BITS, KC = chunk_k(BITS);
   const int lane = threadIdx.x % 32;
@@ -166,22 +107,7 @@ __device__ void compute_chunk(Accum<T, BITS, MT>& st, const Tile& t, const uint4
     if (grp != st.cur_grp)  // warp-uniform
       st.enter_group(grp, t.prm<T, BITS, 8 * MT>(s) + (grp - ((piece * kPieceK) >> t.shift)) * kTileRows + lrow, t.gpp,
                      t.asym);
-    uint32_t a[4];
-    a_fragment<T, BITS>(words, j, st.zf, st.zp, a);
-    const int kk = k0 - piece * kPieceK + 8 * ((lane / 8) % 2);  // ldmatrix: odd matrices are k + 8
-    if constexpr (MT == 1) {
-      uint32_t b[2];
-      ldmatrix_x2(b, xsb + (lane % 8) * kRowStride + kk);
-      mma_16816<T>(st.gacc[0], a, b[0], b[1]);
-    } else {
-#pragma unroll
-      for (int nt = 0; nt < MT; nt += 2) {  // matrices: (nt, k), (nt, k + 8), (nt + 1, k), (nt + 1, k + 8)
-        uint32_t b[4];
-        ldmatrix_x4(b, xsb + (8 * nt + lane % 8 + 8 * (lane / 16)) * kRowStride + kk);
-        mma_16816<T>(st.gacc[nt], a, b[0], b[1]);
-        mma_16816<T>(st.gacc[nt + 1], a, b[2], b[3]);
-      }
-    }
+    st.mma_subtile(words, j, xsb, k0 - piece * kPieceK + 8 * ((lane / 8) % 2));  // ldmatrix: odd matrices are k + 8
   }
 }
 
@@ -258,7 +184,7 @@ __global__ void __launch_bounds__(kThreads, 2) wo_gemm_v4_kernel(const WoProblem
   const T* x = opaque(static_cast<const T*>(p.x));
 
   for (int s = 0; s < stages - 1; ++s) stage_piece<T, BITS, TOK>(p, t, x, t.p_beg + s, s);
-  Accum<T, BITS, MT> st;
+  GroupAccum<T, BITS, MT> st;
   for (int piece = t.p_beg; piece < t.p_end; ++piece) {
     const int i = piece - t.p_beg, slot = i % stages;
     wait_pending(stages - 2);  // piece i has landed (this thread's copies) ...
@@ -306,26 +232,6 @@ auto with_instance(const WoProblem& p, F&& f) {
               : by_tok(TypeTag<__half>{}, std::integral_constant<int, 8>{});
 }
 
-// Split-K factor: the one (<= kMaxSplits, >= kMinPiecesPerSplit pieces each, no empty split) whose
-// blocks fill the resident slots best in whole waves; ties (within 2%) go to fewer splits.
-int choose_splits(int tiles, int npieces, int slots) {
-  const int max_splits = npieces / kMinPiecesPerSplit < 1 ? 1 : npieces / kMinPiecesPerSplit;
-  int best = 1;
-  double best_fill = 0.0;
-  for (int s = 1; s <= kMaxSplits && s <= max_splits; ++s) {
-    const int pps = (npieces + s - 1) / s;
-    if ((npieces + pps - 1) / pps != s) continue;
-    const long long blocks = static_cast<long long>(tiles) * s;
-    const long long waves = (blocks + slots - 1) / slots;
-    const double fill = static_cast<double>(blocks) / static_cast<double>(waves * slots);
-    if (fill > best_fill + 0.02) {
-      best = s;
-      best_fill = fill;
-    }
-  }
-  return best;
-}
-
 // Stages: as many as fit (<= kMaxStages) with two blocks per SM, if that is at least 4; else as many
 // as fit one block per SM. Both minus the 1 KB the runtime reserves per block.
 int choose_stages(int sbytes) {
@@ -359,7 +265,7 @@ WoGemmV4Plan plan_wo_gemm_v4(const WoProblem& p, int num_sms) {
     const int npieces = (p.w.k_padded + kPieceK - 1) / kPieceK;
     plan.tiles = (p.w.n_padded + kTileRows - 1) / kTileRows * ((p.m + tok - 1) / tok);
     const int slots = blocks_per_sm(reinterpret_cast<const void*>(kernel), kThreads, plan.smem_bytes) * num_sms;
-    plan.splits = choose_splits(plan.tiles, npieces, slots);
+    plan.splits = choose_splits(plan.tiles, npieces, slots, kMaxSplits);
     plan.pieces_per_split = (npieces + plan.splits - 1) / plan.splits;
     return plan;
   });
