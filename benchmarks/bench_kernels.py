@@ -126,12 +126,27 @@ def packed_copies(bits: int, group_size: int, k: int, n: int) -> list[PackedWeig
     del codes
     count = copies_for(p.qweight.numel() * 4 + p.scale.numel() * 4)
     mixed = None
-    if mixed_mm.takes(bits, p.group_size, p.k_padded) and mixed_mm.available():  # the Hopper W4A16 GEMM's copy
-        mixed = mixed_mm.pack_mixed(unpack_codes(p.qweight, bits), p.scale, None, p.group_size)
+    if mixed_mm.takes(bits, p.group_size, p.k_padded) and mixed_mm.available(bits):  # the Hopper GEMM's copy
+        mixed = mixed_mm.pack_mixed(unpack_codes(p.qweight, bits), p.scale, None, p.group_size, bits)
     return [PackedWeight(p.qweight.clone(), p.scale.clone(), None, None, bits, p.group_size, k, n,
                          None if mixed is None else mixed_mm.MixedWeight(mixed.w.clone(), mixed.scale.clone(),
                                                                           mixed.zero.clone(), mixed.group))
             for _ in range(count)]
+
+
+def tinygemm_copies(k: int, n: int, group_size: int) -> list | None:
+    """Rotating copies of a random W4 weight for torch's tinygemm (`aten._weight_int4pack_mm`, torchao's
+    int4 path), the anchor issue 19 asks for beside ours; None where this torch or GPU refuses it."""
+    try:
+        q = torch.randint(0, 16, (n, k), device="cuda", dtype=torch.int32)
+        packed = ((q[:, ::2] << 4) | q[:, 1::2]).to(torch.uint8)
+        w = torch.ops.aten._convert_weight_to_int4pack(packed, 8)
+        sz = torch.rand(k // group_size, n, 2, device="cuda", dtype=torch.bfloat16) / 100
+        count = copies_for(w.numel() * w.element_size() + sz.numel() * 2)
+        return [(w.clone(), sz.clone()) for _ in range(count)]
+    except (RuntimeError, NotImplementedError) as err:
+        print(f"tinygemm unavailable: {str(err).splitlines()[0]}")
+        return None
 
 
 def copy_bandwidth(timer) -> float:
@@ -142,9 +157,11 @@ def copy_bandwidth(timer) -> float:
     return 2 * src.numel() / ms / 1e6
 
 
-def bench_tokens(timer, kernels, x: torch.Tensor, dense: Rotation, packed: Rotation, fmt: str) -> dict:
-    """One row: bf16 F.linear, the qtool dispatcher, and each kernel alone, for activations x [M, K]."""
-    bits, _ = FORMATS[fmt]
+def bench_tokens(timer, kernels, x: torch.Tensor, dense: Rotation, packed: Rotation, fmt: str,
+                 tiny: Rotation | None = None) -> dict:
+    """One row: bf16 F.linear, the qtool dispatcher, and each kernel alone, for activations x [M, K];
+    tiny: tinygemm copies of the same shape (W4 only), timed as an anchor."""
+    bits, group_size = FORMATS[fmt]
     (m, k), p0 = x.shape, packed.items[0]
     n = p0.out_features
 
@@ -163,7 +180,7 @@ def bench_tokens(timer, kernels, x: torch.Tensor, dense: Rotation, packed: Rotat
     kernel_ms = {"wo_gemv": timer(lambda: raw("wo_gemv")) if m <= 8 else None,
                  "wo_gemm": timer(lambda: raw("wo_gemm")) if m <= 1024 else None,
                  "dequant+cublas": timer(dequant_gemm)}
-    # The same in CUDA graphs (the protocol's view: no launch or Python cost), with the Hopper W4A16
+    # The same in CUDA graphs (the protocol's view: no launch or Python cost), with the Hopper W4A16/W8A16
     # GEMM, which is called through ctypes and so only fairly timed in a graph.
     mixed = p0.mixed is not None and m >= 8
     graph_kernel_ms = {"wo_gemm": graph_ms(lambda: raw("wo_gemm")) if 8 <= m <= 1024 else None,
@@ -181,6 +198,8 @@ def bench_tokens(timer, kernels, x: torch.Tensor, dense: Rotation, packed: Rotat
         graph_kernel_ms[f"wo_gemm_v3_{tag}"] = graph_ms(lambda v=variant: raw("wo_gemm_v3", v)) if m <= 64 else None
     # wo_gemm_v4 (kernels/NOTES.md, "wo_gemm v4"): cp.async-staged weights; not in the dispatcher until measured.
     graph_kernel_ms["wo_gemm_v4"] = graph_ms(lambda: raw("wo_gemm_v4")) if 5 <= m <= 256 else None
+    if tiny is not None:
+        graph_kernel_ms["tinygemm"] = graph_ms(lambda: torch.ops.aten._weight_int4pack_mm(x, *tiny(), group_size))
     weight_bytes = p0.qweight.numel() * 4 + p0.scale.numel() * 4
     return {"K": k, "N": n, "format": fmt, "M": m, "bf16_ms": t_bf16, "qtool_ms": t_auto,
             "speedup": t_bf16 / t_auto, "bar": bar(fmt, m), "weight_bytes": weight_bytes,
@@ -194,8 +213,10 @@ def bench_case(timer, kernels, k: int, n: int, fmt: str, tokens: list[int]) -> l
     bits, group_size = FORMATS[fmt]
     dense = Rotation([torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(copies_for(2 * n * k))])
     packed = Rotation(packed_copies(bits, group_size, k, n))
-    return [bench_tokens(timer, kernels, torch.randn(m, k, device="cuda", dtype=torch.bfloat16), dense, packed, fmt)
-            for m in tokens]
+    tiny = tinygemm_copies(k, n, group_size) if bits == 4 and group_size in (32, 64, 128, 256) else None
+    tiny = None if tiny is None else Rotation(tiny)
+    return [bench_tokens(timer, kernels, torch.randn(m, k, device="cuda", dtype=torch.bfloat16), dense, packed, fmt,
+                         tiny) for m in tokens]
 
 
 def binary_copies(fmt: str, k: int, n: int) -> list:

@@ -32,16 +32,18 @@ def weight_cases(kernels, k: int, n: int) -> dict:
         groups = 1 if group <= 0 else -(-k // group)
         p = pack_weight(codes, torch.rand(n, groups, device="cuda") / 100, None, None, bits, group)
         mixed = None
-        if bits == 4 and mixed_mm.available() and mixed_mm.takes(bits, p.group_size, p.k_padded):
-            mixed = mixed_mm.pack_mixed(unpack_codes(p.qweight, bits), p.scale, None, p.group_size)
+        if mixed_mm.available(bits) and mixed_mm.takes(bits, p.group_size, p.k_padded):
+            mixed = mixed_mm.pack_mixed(unpack_codes(p.qweight, bits), p.scale, None, p.group_size, bits)
         for m, op, extra in ((1, "wo_gemv", (None,)), (16, "wo_gemm", ()), (32, "wo_gemm_v3", (3,)),
                              (16, "wo_gemm_v4", ()), (64, "wo_gemm_v4", ())):
             x = torch.randn(m, p.k_padded, device="cuda", dtype=torch.bfloat16)
             cases[f"w{bits} {op} M={m}"] = (lambda x=x, op=op, extra=extra, p=p, bits=bits: getattr(kernels, op)(
                 x, p.qweight, p.scale, None, None, bits, p.group_size, n, EPILOGUE, *extra))
+        cases[f"w{bits} dequant_int"] = lambda p=p, bits=bits: kernels.dequant_int(
+            p.qweight, p.scale, None, bits, p.group_size, n, torch.bfloat16)
         if mixed is not None:
             x = torch.randn(16, p.k_padded, device="cuda", dtype=torch.bfloat16)
-            cases["w4 w4_mm M=16"] = lambda x=x, mixed=mixed: mixed_mm.mixed_linear(x, mixed)
+            cases[f"w{bits} w{bits}_mm M=16"] = lambda x=x, mixed=mixed: mixed_mm.mixed_linear(x, mixed)
     signs = (torch.randint(0, 2, (n, k), device="cuda") * 2 - 1).to(torch.int8)
     w1 = binary.pack_gemv(pack_int(signs, 1), torch.rand(n, -(-k // 64), device="cuda") + 0.5, 64, k)
     x1 = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)

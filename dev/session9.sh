@@ -36,21 +36,7 @@ table() {
   kernels_table "$OUT/table.json"
 }
 
-kernels_table() {  # graph-replay us per kernel (bench_kernels.py keeps them in the JSON only): v4 beside wo_gemm, w4_mm
-  python3 - "$1" <<'PY'
-import json, sys
-cols = ("wo_gemm", "wo_gemm_v4", "sm90_mixed", "wo_gemm_v3_d")
-print("K x N | format | M | graph bf16 us | " + " | ".join(cols) + " | v4 vs bf16")
-for r in json.load(open(sys.argv[1]))["rows"]:
-    g = r.get("graph_kernel_ms") or {}
-    if r["M"] < 8 or r["M"] > 256 or not g:
-        continue
-    us = [("-" if g.get(c) is None else f"{g[c] * 1e3:.1f}") for c in cols]
-    bf = r.get("graph_bf16_ms")
-    ratio = f"{bf / g['wo_gemm_v4']:.2f}x" if bf and g.get("wo_gemm_v4") else "-"
-    print(f"{r['K']}x{r['N']} | {r['format']} | {r['M']} | {bf * 1e3 if bf else 0:.1f} | " + " | ".join(us) + f" | {ratio}")
-PY
-}
+kernels_table() { python3 dev/kernels_table.py "$1"; }  # v4 beside wo_gemm, w4_mm (graph us per kernel)
 
 gptqprof() {
   step "gptq_quantize per 8B linear (stacked), wall and GPU kernels"

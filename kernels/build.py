@@ -252,10 +252,14 @@ def info() -> dict:
 
 def _weight_only_path() -> str:
     from . import sm90  # imports this module
+    from .weight_only import GEMM_MAX_M, GEMV_MAX_M, MIXED_MAX_M, MIXED_MIN_M, V3_MAX_M, V3_MIN_M
 
-    mixed = ("CUTLASS sm90 W4A16 (libqtool_sm90_mixed) for 17-2048 tokens, 4-bit bf16" if sm90.mixed.load()
-             else f"no W4A16 wgmma GEMM ({sm90.mixed.reason})")
-    from .weight_only import GEMM_MAX_M, GEMV_MAX_M, V3_MAX_M, V3_MIN_M
+    def mixed_path(bits: int) -> str:
+        lib = sm90.MIXED[bits]
+        return (f"CUTLASS sm90 W{bits}A16 ({lib.stem}) for {MIXED_MIN_M}-{MIXED_MAX_M} tokens, {bits}-bit bf16"
+                if lib.load() else f"no W{bits}A16 wgmma GEMM ({lib.reason})")
+
+    mixed = f"{mixed_path(4)}; {mixed_path(8)}"
 
     return (f"qtool_cuda wo_gemv (m <= {GEMV_MAX_M}); {mixed}; otherwise wo_gemm_v3 ({V3_MIN_M}-{V3_MAX_M} tokens; "
             f"wo_gemm before sm_90), wo_gemm (m <= {GEMM_MAX_M}); dequant_int + cuBLAS; 2-3-bit layers on the "

@@ -1,18 +1,24 @@
-"""W4A16 on Hopper's wgmma: libqtool_sm90_mixed (csrc/sm90/mixed_mm_sm90.cu) behind `qtool_cuda_mixed::w4_mm`.
+"""W4A16 and W8A16 on Hopper's wgmma: libqtool_sm90_mixed / libqtool_sm90_mixed8 (csrc/sm90/mixed_mm_sm90.cu,
+one build per code width) behind `qtool_cuda_mixed::w4_mm` and `qtool_cuda_mixed::w8_mm`.
 
 The batched case of weight-only layers (tens to thousands of tokens) is bound by the tensor cores,
 which qtool's mma.sync GEMM (csrc/wo_gemm.cu) does not keep busy past ~32 tokens: it reads and
-decodes every weight once per 64 tokens. CUTLASS's mixed-input mainloop stages the int4 weights with
-TMA, converts them in registers (q * scale + zero, bf16) and feeds wgmma, with stream-K filling the
-GPU when the output tiles are few.
+decodes every weight once per 64 tokens, and dequantization + cuBLAS pays a second pass over the
+weights in 16 bits. CUTLASS's mixed-input mainloop stages the int4 / int8 weights with TMA, converts
+them in registers (q * scale + zero, bf16) and feeds wgmma, with split-K filling the GPU when the
+output tiles are few.
 
 Its layout (`MixedWeight`, built from the kernel layout by `pack_mixed`):
-  w      [N_pad, K_pad / 2] uint8   signed int4 codes, two per byte, even k in the low nibble
+  w      [N_pad, K_pad / 2] uint8   4-bit: signed int4 codes, two per byte, even k in the low nibble
+         [N_pad, K_pad] int8        8-bit: the signed codes (the dtype tells the width)
   scale  [G, N_pad] bf16            group-major, as PackedWeight.scale
   zero   [G, N_pad] bf16            -zero_point * scale, so that w = q * scale + zero
 Scales and zeros are rounded to bf16 (the kernels of the mma.sync path keep float32 scales): the
 dequantized weight carries a relative error of about 2^-8 of a quantization step, far below the
-rounding to the 4-bit grid itself. Group sizes must be multiples of 64 (the k tile) or per channel.
+rounding to the 4-bit grid itself; at 8 bits the bf16 scale is a relative error of at most 2^-9 per
+output channel, that of a bf16 weight. Group sizes must be multiples of 64 (the k tile) or per channel.
+The Hopper copy is kept beside the kernel layout (which the GEMVs of 1-16 tokens read), so a CUDA layer
+with it holds its weight codes twice.
 
 The call goes through ctypes in a `torch.library.custom_op`, so CUDA graphs capture the launch and
 torch.compile treats it as one opaque op.
@@ -32,10 +38,14 @@ TILE_K = 64  # the mainloop's k tile: group sizes must be multiples of it
 
 @dataclass
 class MixedWeight:
-    w: torch.Tensor  # uint8 [N_pad, K_pad / 2]
+    w: torch.Tensor  # uint8 [N_pad, K_pad / 2] (4-bit) or int8 [N_pad, K_pad] (8-bit)
     scale: torch.Tensor  # bf16 [G, N_pad]
     zero: torch.Tensor  # bf16 [G, N_pad]
     group: int  # k per scale (K_pad when per channel)
+
+    @property
+    def bits(self) -> int:
+        return 8 if self.w.dtype == torch.int8 else 4
 
 
 class _Args(ctypes.Structure):  # csrc/sm90/sm90_mixed_mm.h, MixedMmArgs
@@ -45,50 +55,50 @@ class _Args(ctypes.Structure):  # csrc/sm90/sm90_mixed_mm.h, MixedMmArgs
                 ("k", ctypes.c_int), ("group", ctypes.c_int), ("split", ctypes.c_int), ("pingpong", ctypes.c_int)]
 
 
-_functions: tuple | None = None
+_functions: dict[int, tuple] = {}
 
 
-def _entry_points() -> tuple:
-    global _functions
-    if _functions is None:
-        lib = ctypes.CDLL(str(sm90.mixed.path()), mode=ctypes.RTLD_GLOBAL)
+def _entry_points(bits: int) -> tuple:
+    if bits not in _functions:
+        lib = ctypes.CDLL(str(sm90.MIXED[bits].path()))  # RTLD_LOCAL: both libraries export these names
         lib.qtool_sm90_mixed_workspace.restype = ctypes.c_size_t
         lib.qtool_sm90_mixed_workspace.argtypes = [ctypes.POINTER(_Args)]
         lib.qtool_sm90_mixed_mm.restype = ctypes.c_char_p
         lib.qtool_sm90_mixed_mm.argtypes = [ctypes.POINTER(_Args), ctypes.c_void_p]
-        _functions = (lib.qtool_sm90_mixed_workspace, lib.qtool_sm90_mixed_mm)
-    return _functions
+        _functions[bits] = (lib.qtool_sm90_mixed_workspace, lib.qtool_sm90_mixed_mm)
+    return _functions[bits]
 
 
-def available() -> bool:
-    """Whether `w4_mm` can run here (a Hopper GPU and the library built or buildable)."""
-    return torch.cuda.is_available() and sm90.mixed.load()
+def available(bits: int = 4) -> bool:
+    """Whether the GEMM of this code width (4: `w4_mm`, 8: `w8_mm`) can run here (a Hopper GPU and its
+    library built or buildable)."""
+    return torch.cuda.is_available() and bits in sm90.MIXED and sm90.MIXED[bits].load()
 
 
 def takes(num_bits: int, group_size: int, k_padded: int) -> bool:
-    """Whether a packed weight of this format fits the mainloop (4-bit; groups a multiple of TILE_K)."""
-    return num_bits == 4 and k_padded % TILE_K == 0 and (group_size <= 0 or group_size % TILE_K == 0)
+    """Whether a packed weight of this format fits the mainloop (4 or 8 bits; groups a multiple of TILE_K)."""
+    return num_bits in (4, 8) and k_padded % TILE_K == 0 and (group_size <= 0 or group_size % TILE_K == 0)
 
 
-def pack_mixed(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, group_size: int) -> MixedWeight:
-    """codes [N_pad, K_pad] signed int4 values (int8); scale, zero [G, N_pad] float32 as in PackedWeight
-    (zero: the signed-domain zero point, None when symmetric); group_size -1: per channel."""
+def pack_mixed(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, group_size: int,
+               bits: int = 4) -> MixedWeight:
+    """codes [N_pad, K_pad] signed int4 or int8 values (int8); scale, zero [G, N_pad] float32 as in
+    PackedWeight (zero: the signed-domain zero point, None when symmetric); group_size -1: per channel.
+    bits: 4 packs two codes per byte (uint8), 8 keeps the int8 codes."""
     n, k = codes.shape
-    nibbles = (codes.to(torch.int16) & 0xF).to(torch.uint8).view(n, k // 2, 2)
-    w = (nibbles[..., 0] | (nibbles[..., 1] << 4)).contiguous()
+    if bits == 8:
+        w = codes.to(torch.int8).contiguous()
+    else:
+        nibbles = (codes.to(torch.int16) & 0xF).to(torch.uint8).view(n, k // 2, 2)
+        w = (nibbles[..., 0] | (nibbles[..., 1] << 4)).contiguous()
     zero_f = torch.zeros_like(scale) if zero is None else -zero * scale
     return MixedWeight(w, scale.to(torch.bfloat16).contiguous(), zero_f.to(torch.bfloat16).contiguous(),
                        k if group_size <= 0 else group_size)
 
 
-@torch.library.custom_op("qtool_cuda_mixed::w4_mm", mutates_args=())
-def w4_mm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group: int,
-          split: int = 0, pingpong: int = 0) -> torch.Tensor:
-    """y [m, N_pad] bf16 = x [m, K_pad] bf16 . dequant(w)^T (see module docstring for the layout).
-
-    split: 0 splits k when the output tiles leave SMs idle (the default), 1 never, s > 1 in s parts,
-    -1 stream-K; pingpong: 1 for 64-row tiles with two warpgroups alternating (m <= 64)."""
-    workspace_of, run = _entry_points()
+def _run(bits: int, x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group: int,
+         split: int, pingpong: int) -> torch.Tensor:
+    workspace_of, run = _entry_points(bits)
     m, k = x.shape
     n = w.shape[0]
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
@@ -99,15 +109,34 @@ def w4_mm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zero: torch.Ten
     args.workspace, args.workspace_bytes = workspace.data_ptr(), need
     err = run(ctypes.byref(args), torch.cuda.current_stream(x.device).cuda_stream)
     if err is not None:
-        raise RuntimeError(f"w4_mm: {err.decode()} (m={m}, n={n}, k={k}, group={group})")
+        raise RuntimeError(f"w{bits}_mm: {err.decode()} (m={m}, n={n}, k={k}, group={group})")
     return y
 
 
+@torch.library.custom_op("qtool_cuda_mixed::w4_mm", mutates_args=())
+def w4_mm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group: int,
+          split: int = 0, pingpong: int = 0) -> torch.Tensor:
+    """y [m, N_pad] bf16 = x [m, K_pad] bf16 . dequant(w)^T, w uint8 [N_pad, K_pad / 2] (module docstring).
+
+    split: 0 splits k when the output tiles leave SMs idle (the default), 1 never, s > 1 in s parts,
+    -1 stream-K; pingpong: 1 for 64-row tiles with two warpgroups alternating (m <= 64)."""
+    return _run(4, x, w, scale, zero, group, split, pingpong)
+
+
+@torch.library.custom_op("qtool_cuda_mixed::w8_mm", mutates_args=())
+def w8_mm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group: int,
+          split: int = 0, pingpong: int = 0) -> torch.Tensor:
+    """`w4_mm` for int8 codes: w int8 [N_pad, K_pad]."""
+    return _run(8, x, w, scale, zero, group, split, pingpong)
+
+
 @w4_mm.register_fake
+@w8_mm.register_fake
 def _(x, w, scale, zero, group, split=0, pingpong=0):
     return x.new_empty(x.shape[0], w.shape[0])
 
 
 def mixed_linear(x2: torch.Tensor, mixed: MixedWeight, split: int = 0, pingpong: int = 0) -> torch.Tensor:
     """x2 [m, K_pad] bf16, contiguous -> [m, N_pad] bf16; split, pingpong as in `w4_mm`."""
-    return torch.ops.qtool_cuda_mixed.w4_mm(x2, mixed.w, mixed.scale, mixed.zero, mixed.group, split, pingpong)
+    op = torch.ops.qtool_cuda_mixed.w8_mm if mixed.bits == 8 else torch.ops.qtool_cuda_mixed.w4_mm
+    return op(x2, mixed.w, mixed.scale, mixed.zero, mixed.group, split, pingpong)

@@ -4,9 +4,12 @@
                                           (ops_w8a8.cpp) finds its C entry point by name
   libqtool_sm90_mixed  mixed_mm_sm90.cu   W4A16 GEMM (int4 weights dequantized in registers);
                                           kernels/mixed_mm.py calls it through ctypes
+  libqtool_sm90_mixed8 mixed_mm_sm90.cu   the same for int8 weights (W8A16), compiled with
+                                          QTOOL_MIXED_BITS=8
 
 Each is a plain shared library with a C entry point, compiled by nvcc for sm_90a and loaded with
-ctypes (RTLD_GLOBAL). Kept apart from the PyTorch extension because they need the CUTLASS headers
+ctypes (RTLD_GLOBAL for libqtool_sm90, whose entry point ops_w8a8.cpp looks up by name; the two
+mixed libraries export the same names and are loaded RTLD_LOCAL). Kept apart from the PyTorch extension because they need the CUTLASS headers
 and a Hopper GPU, and take a minute or more to compile: without them everything else still builds,
 W8A8 layers use torch._scaled_mm / torch._int_mm and W4A16 layers qtool's mma.sync GEMM.
 
@@ -49,14 +52,16 @@ def cutlass_include() -> Path | None:
 class Library:
     """One of the libraries above: builds and loads once per process; remembers why it could not."""
 
-    def __init__(self, stem: str, source: Path, header: Path, what: str, fallback: str) -> None:
+    def __init__(self, stem: str, source: Path, header: Path, what: str, fallback: str,
+                 defines: tuple[str, ...] = (), global_symbols: bool = True) -> None:
         self.stem, self.source, self.header, self.what, self.fallback = stem, source, header, what, fallback
+        self.defines, self.mode = list(defines), ctypes.RTLD_GLOBAL if global_symbols else ctypes.RTLD_LOCAL
         self.tried, self.loaded, self.reason = False, False, None
 
     def path(self) -> Path:
         """Cached beside the extension's build, named by a hash of the sources and flags."""
         digest = hashlib.sha1(self.source.read_bytes() + self.header.read_bytes()
-                              + " ".join(FLAGS).encode()).hexdigest()[:12]
+                              + " ".join(FLAGS + self.defines).encode()).hexdigest()[:12]
         return build.build_dir() / f"{self.stem}-{digest}.so"
 
     def _unavailable(self) -> str | None:
@@ -78,7 +83,7 @@ class Library:
             try:
                 if not path.is_file():
                     self._compile(path)
-                ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+                ctypes.CDLL(str(path), mode=self.mode)
                 self.loaded = True
             except (OSError, subprocess.CalledProcessError) as e:
                 self.reason = f"building or loading {path.name} failed: {e}"
@@ -92,7 +97,7 @@ class Library:
 
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        cmd = [str(Path(CUDA_HOME) / "bin" / "nvcc"), *FLAGS, f"-I{cutlass_include()}", f"-I{self.source.parent}",
+        cmd = [str(Path(CUDA_HOME) / "bin" / "nvcc"), *FLAGS, *self.defines, f"-I{cutlass_include()}", f"-I{self.source.parent}",
                str(self.source), "-o", str(tmp)]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
@@ -102,8 +107,12 @@ class Library:
 
 
 _sm90 = Library("libqtool_sm90", SOURCE, HEADER, "W8A8 GEMM", "W8A8 layers use torch._scaled_mm / torch._int_mm")
-mixed = Library("libqtool_sm90_mixed", build.CSRC / "sm90" / "mixed_mm_sm90.cu", build.CSRC / "sm90" / "sm90_mixed_mm.h",
-                "W4A16 GEMM", "W4A16 layers use qtool's mma.sync GEMM")
+_MIXED_SOURCES = (build.CSRC / "sm90" / "mixed_mm_sm90.cu", build.CSRC / "sm90" / "sm90_mixed_mm.h")
+mixed = Library("libqtool_sm90_mixed", *_MIXED_SOURCES, "W4A16 GEMM", "W4A16 layers use qtool's mma.sync GEMM",
+                ("-DQTOOL_MIXED_BITS=4",), global_symbols=False)
+mixed8 = Library("libqtool_sm90_mixed8", *_MIXED_SOURCES, "W8A16 GEMM", "W8A16 layers use qtool's mma.sync GEMM",
+                 ("-DQTOOL_MIXED_BITS=8",), global_symbols=False)
+MIXED = {4: mixed, 8: mixed8}  # code width -> library
 
 
 def library_path() -> Path:

@@ -5,12 +5,13 @@ Dispatch on m = tokens:
   m <= V4_MAX_M     qtool_cuda::wo_gemm_v4  tensor cores, weights staged through a cp.async pipeline
                     (off: V4_MAX_M = 0 until measured)
   MIXED_MIN_M <= m <= MIXED_MAX_M
-                    qtool_cuda_mixed::w4_mm (mixed_mm.py) where the weight has a Hopper copy (4-bit,
-                    bf16): wgmma with the weights converted in registers
+                    qtool_cuda_mixed::w4_mm / w8_mm (mixed_mm.py) where the weight has a Hopper copy
+                    (4- or 8-bit, bf16): wgmma with the weights converted in registers
   V3_MIN_M <= m <= V3_MAX_M
                     qtool_cuda::wo_gemm_v3  tensor cores, many weight loads in flight per SM, split-K
                     reduced in thread block clusters (runs wo_gemm before sm_90): 8-bit, fp16, asym
   m <= GEMM_MAX_M   qtool_cuda::wo_gemm   tensor cores; the weights are streamed once per 64 tokens
+                    (fp16 activations, or no Hopper copy)
   otherwise         qtool_cuda::dequant_int + cuBLAS: compute-bound, so one extra weight pass is cheap
 
 Act-order weights are stored with their input columns sorted by group (layout.act_order_permutation),
@@ -33,9 +34,12 @@ from .mixed_mm import mixed_linear
 # measurement ran with (BENCHMARKS.md); the 4-vs-8 A/B of kernels/NOTES.md (v3) left no result, so to
 # try another value edit this constant and compare with `benchmarks/bench_kernels.py --tokens 4,5,8`.
 GEMV_MAX_M = 4
-GEMM_MAX_M = 256
+# wo_gemm reads every weight once per 64 tokens, so past 64 dequantization + cuBLAS wins: at 256 tokens
+# on the H200 it took 176-593 us (W4) and 218-748 us (W8) where dequant + cuBLAS took 93-357 and 100-362.
+GEMM_MAX_M = 64
 # Measured crossovers on the H200 (BENCHMARKS.md, issue 19): below MIXED_MIN_M the mma.sync GEMM
 # is as fast or faster; above MIXED_MAX_M dequantization + cuBLAS is (the GEMM is compute-bound there).
+# The same bounds serve the 8-bit library (w8_mm) until its own columns are measured.
 MIXED_MIN_M = 17
 MIXED_MAX_M = 2048
 # wo_gemm_v3 (kernels/NOTES.md, "wo_gemm v3") measured on the H200 at M = 16, 32, 64 (BENCHMARKS.md):

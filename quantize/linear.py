@@ -270,14 +270,15 @@ def prepare_for_cuda(layer: QuantLinear) -> PackedWeight | None:
 
 
 def _pack_mixed(packed: PackedWeight | None) -> mixed_mm.MixedWeight | None:
-    """The Hopper W4A16 GEMM's copy of a packed weight (batches of tokens), where it applies.
-    It holds the codes a second time (N * K / 2 bytes), the price of the faster batched path."""
+    """The Hopper W4A16 / W8A16 GEMM's copy of a packed weight (batches of tokens), where it applies.
+    It holds the codes a second time (N * K * bits / 8 bytes), the price of the faster batched path."""
     if packed is None or not packed.qweight.is_cuda or not mixed_mm.takes(packed.num_bits, packed.group_size,
                                                                            packed.k_padded):
         return None
-    if not mixed_mm.available():
+    if not mixed_mm.available(packed.num_bits):
         return None
-    return mixed_mm.pack_mixed(unpack_codes(packed.qweight, 4), packed.scale, packed.zero, packed.group_size)
+    return mixed_mm.pack_mixed(unpack_codes(packed.qweight, packed.num_bits), packed.scale, packed.zero,
+                               packed.group_size, packed.num_bits)
 
 
 def _prepared(layer: QuantLinear) -> PackedWeight | None:

@@ -67,8 +67,9 @@ def test_w1a1_integer_dot_is_exact(kernels, group_size, k, n):
         x[0, :3] = 0.0  # sign(0) = +1, and mean|x| < 1 in that row: compared through the scale
         poison_cache()
         out = binary.binary_gemm_linear(x, w, None, kernels, torch.float32)
-        signs = torch.where(x >= 0, 1, -1).long()
-        dots = signs @ codes.long().T
+        # float64 holds these integer sums exactly (|dot| <= K < 2^53); CUDA has no int64 matmul
+        signs = torch.where(x >= 0, 1.0, -1.0).double()
+        dots = signs @ codes.double().T
         xs = x.float().abs().mean(1, keepdim=True)
         assert torch.equal(out[1:], dots[1:].float()), f"m={m}"
         torch.testing.assert_close(out[:1], dots[:1].float() * xs[:1], rtol=1e-6, atol=0)

@@ -1,5 +1,5 @@
-"""The Hopper W4A16 GEMM (kernels/mixed_mm.py, csrc/sm90/mixed_mm_sm90.cu) against float64 on fresh
-random weights: symmetric and asymmetric, groups of 64 and 128, per channel, a ragged last group
+"""The Hopper W4A16 and W8A16 GEMMs (kernels/mixed_mm.py, csrc/sm90/mixed_mm_sm90.cu) against float64 on
+fresh random weights: symmetric and asymmetric, groups of 64 and 128, per channel, a ragged last group
 (K = 576 at g128), N not a multiple of the 128-row tile, and every token tile (m from 17 to 4096).
 
 Bound: relative Frobenius error <= 1e-2 against x . dequant(W)^T in float64 (the kernel's bf16 scales
@@ -27,46 +27,51 @@ def hopper(kernels):
     return kernels
 
 
-def random_weight(n: int, k: int, group: int, symmetric: bool, seed: int) -> PackedWeight:
+def random_weight(n: int, k: int, group: int, symmetric: bool, seed: int, bits: int = 4) -> PackedWeight:
+    assert mixed_mm.available(bits), f"the {bits}-bit library did not build or load"
     g = torch.Generator(device="cuda").manual_seed(seed)
     groups = 1 if group <= 0 else -(-k // group)
-    codes = torch.randint(-8, 8, (n, k), device="cuda", dtype=torch.int8, generator=g)
+    lo, hi = -(1 << (bits - 1)), 1 << (bits - 1)
+    codes = torch.randint(lo, hi, (n, k), device="cuda", dtype=torch.int8, generator=g)
     scale = torch.rand(n, groups, device="cuda", generator=g) / 50 + 1e-3
-    zero = None if symmetric else torch.randint(-8, 8, (n, groups), device="cuda", dtype=torch.int8, generator=g)
-    p = pack_weight(codes, scale, zero, None, 4, group)
-    p.mixed = mixed_mm.pack_mixed(unpack_codes(p.qweight, 4), p.scale, p.zero, p.group_size)
+    zero = None if symmetric else torch.randint(lo, hi, (n, groups), device="cuda", dtype=torch.int8, generator=g)
+    p = pack_weight(codes, scale, zero, None, bits, group)
+    p.mixed = mixed_mm.pack_mixed(unpack_codes(p.qweight, bits), p.scale, p.zero, p.group_size, bits)
+    assert p.mixed.bits == bits
     return p
 
 
 @pytest.mark.parametrize("k,n,group,symmetric", [(4096, 4096, 128, True), (4096, 1000, 128, False),
                                                   (576, 1536, 128, False), (1024, 768, 64, True),
                                                   (2048, 512, -1, False)])
-@pytest.mark.parametrize("m", [17, 32, 33, 64, 100, 128, 256, 1000, 4096])
-def test_w4_mm_matches_float64(hopper, k, n, group, symmetric, m):
-    p = random_weight(n, k, group, symmetric, seed=k + n + m)
+@pytest.mark.parametrize("m", [5, 17, 32, 33, 64, 100, 128, 256, 1000, 4096])
+@pytest.mark.parametrize("bits", [4, 8])
+def test_mixed_mm_matches_float64(hopper, k, n, group, symmetric, m, bits):
+    p = random_weight(n, k, group, symmetric, seed=k + n + m, bits=bits)
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     poison_cache()
     y = mixed_mm.mixed_linear(x, p.mixed)[:, :n]
-    ref = x.double() @ dequantize_packed(p.qweight, p.scale, p.zero, 4, p.group_size, n, torch.float64)[:, :k].T
+    ref = x.double() @ dequantize_packed(p.qweight, p.scale, p.zero, bits, p.group_size, n, torch.float64)[:, :k].T
     assert y.shape == (m, n) and y.dtype == torch.bfloat16
     assert torch.isfinite(y).all()
     assert rel_err(y, ref) <= 1e-2
 
 
-def test_dispatch_uses_it_and_quantlinear_matches(hopper):
+@pytest.mark.parametrize("bits", [4, 8])
+def test_dispatch_uses_it_and_quantlinear_matches(hopper, bits):
     """QuantLinear's CUDA route builds the copy and sends batches of >= MIXED_MIN_M tokens to it."""
     from quantize.linear import QuantLinear, prepare_for_cuda
     from quantize.primitives import QTensor
     from quantize.scheme import QuantArgs, QuantScheme
 
-    args = QuantArgs(num_bits=4, group_size=128, symmetric=False)
+    args = QuantArgs(num_bits=bits, group_size=128, symmetric=False)
     w = torch.randn(512, 576, device="cuda") * 0.05
     from quantize.primitives import choose_qparams, quantize
 
     scale, zp = choose_qparams(w, args)
     layer = QuantLinear.from_qtensor(QTensor(quantize(w, scale, zp, args), scale, zp, args), QuantScheme(weights=args))
     packed = prepare_for_cuda(layer)
-    assert packed is not None and packed.mixed is not None
+    assert packed is not None and packed.mixed is not None and packed.mixed.bits == bits
     x = torch.randn(3, 40, 576, device="cuda", dtype=torch.bfloat16)
     y = layer(x)
     ref = x.double() @ layer.dequantize_weight(torch.float64).T
@@ -90,12 +95,13 @@ def test_w4_mm_in_cuda_graph(hopper):
 
 @pytest.mark.parametrize("split,pingpong", [(1, 0), (4, 0), (-1, 0), (0, 1), (3, 1)])
 @pytest.mark.parametrize("m", [17, 64, 200])
-def test_w4_mm_schedules(hopper, split, pingpong, m):
+@pytest.mark.parametrize("bits", [4, 8])
+def test_mixed_mm_schedules(hopper, split, pingpong, m, bits):
     """Every schedule the dispatcher or the benchmark can pick: no split, split-K, stream-K, ping-pong."""
     n, k = 768, 2048
-    p = random_weight(n, k, 128, False, seed=m + split)
+    p = random_weight(n, k, 128, False, seed=m + split, bits=bits)
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     poison_cache()
     y = mixed_mm.mixed_linear(x, p.mixed, split=split, pingpong=pingpong)[:, :n]
-    ref = x.double() @ dequantize_packed(p.qweight, p.scale, p.zero, 4, p.group_size, n, torch.float64)[:, :k].T
+    ref = x.double() @ dequantize_packed(p.qweight, p.scale, p.zero, bits, p.group_size, n, torch.float64)[:, :k].T
     assert rel_err(y, ref) <= 1e-2

@@ -1,6 +1,7 @@
-// W4A16 GEMM for Hopper (sm_90a) on CUTLASS 3.x's mixed-input collective: Y[m, n] = X[m, k] . W[n, k]^T
-// with W int4 codes dequantized in registers as q * scale + zero (bf16, per group of k) right before
-// wgmma. wgmma reads only its A operand from registers, so the product is computed transposed,
+// W4A16 / W8A16 GEMM for Hopper (sm_90a) on CUTLASS 3.x's mixed-input collective: Y[m, n] = X[m, k] . W[n, k]^T
+// with W int4 or int8 codes dequantized in registers as q * scale + zero (bf16, per group of k) right
+// before wgmma. One source, compiled once per code width (QTOOL_MIXED_BITS = 4 or 8, kernels/sm90.py):
+// each library holds the six token tiles of one width, so the two compile in parallel. wgmma reads only its A operand from registers, so the product is computed transposed,
 // Y^T = W . X^T: the weights are A (tiles of 128 rows, or 64 in ping-pong), the tokens are B (tiles
 // of 32 to 256), and a batch of a few tokens wastes no 64-row tile. When the output tiles are fewer
 // than half the SMs (a 4096-wide layer has 32 tiles of 128 rows for 132 SMs), the k loop is split so
@@ -8,6 +9,7 @@
 //
 // Built apart from the PyTorch extension, like libqtool_sm90 (kernels/mixed_mm.py).
 #include <algorithm>
+#include <type_traits>
 
 #include <cuda_runtime.h>
 
@@ -19,6 +21,11 @@
 #include "cutlass/gemm/kernel/gemm_universal.hpp"
 
 #include "sm90_mixed_mm.h"
+
+#ifndef QTOOL_MIXED_BITS
+#define QTOOL_MIXED_BITS 4
+#endif
+static_assert(QTOOL_MIXED_BITS == 4 || QTOOL_MIXED_BITS == 8, "QTOOL_MIXED_BITS is 4 or 8");
 
 namespace qtool::sm90 {
 namespace {
@@ -37,7 +44,7 @@ int sm_count() {
 template <class TileShape,  // (weight rows, tokens, k) per CTA
           bool PingPong>    // 64-row tiles, two warpgroups alternating; else 128-row cooperative tiles
 struct MixedGemm {
-  using Q = cutlass::int4b_t;
+  using Q = std::conditional_t<QTOOL_MIXED_BITS == 4, cutlass::int4b_t, int8_t>;
   using T = cutlass::bfloat16_t;
   using ClusterShape = Shape<_1, _1, _1>;
   static constexpr int kAlignQ = 128 / cutlass::sizeof_bits<Q>::value;  // 16 bytes

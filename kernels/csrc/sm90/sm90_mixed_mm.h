@@ -1,5 +1,6 @@
-// C interface of libqtool_sm90_mixed (mixed_mm_sm90.cu): 4-bit weights x 16-bit activations on
-// Hopper tensor cores. kernels/mixed_mm.py loads the library with ctypes and calls these by name.
+// C interface of libqtool_sm90_mixed and libqtool_sm90_mixed8 (mixed_mm_sm90.cu, one per code width):
+// 4- or 8-bit weights x 16-bit activations on Hopper tensor cores. kernels/mixed_mm.py loads each
+// library with ctypes (RTLD_LOCAL: both export the same names) and calls these by name.
 #pragma once
 
 #include <cstddef>
@@ -9,7 +10,8 @@
 namespace qtool::sm90 {
 
 struct MixedMmArgs {
-  const void* w;          // [n, k / 2] bytes: signed int4 codes, row-major, two per byte, even k in the low nibble
+  const void* w;          // signed codes, row-major: int4 [n, k / 2] bytes, two per byte, even k in the low
+                          // nibble (libqtool_sm90_mixed); int8 [n, k] (libqtool_sm90_mixed8)
   const void* x;          // [m, k] bf16 activations, row-major
   const void* scale;      // [ceil(k / group), n] bf16, group-major
   const void* zero;       // [ceil(k / group), n] bf16: w = q * scale + zero
