@@ -256,7 +256,7 @@ def _weight_only_path() -> str:
 
     def mixed_path(bits: int) -> str:
         lib = sm90.MIXED[bits]
-        return (f"CUTLASS sm90 W{bits}A16 ({lib.stem}) for {MIXED_MIN_M}-{MIXED_MAX_M} tokens, {bits}-bit bf16"
+        return (f"CUTLASS sm90 W{bits}A16 ({lib.stem}) for {MIXED_MIN_M[bits]}-{MIXED_MAX_M} tokens, {bits}-bit bf16"
                 if lib.load() else f"no W{bits}A16 wgmma GEMM ({lib.reason})")
 
     mixed = f"{mixed_path(4)}; {mixed_path(8)}"

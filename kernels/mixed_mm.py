@@ -27,6 +27,7 @@ torch.compile treats it as one opaque op.
 from __future__ import annotations
 
 import ctypes
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -134,6 +135,26 @@ def w8_mm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zero: torch.Ten
 @w8_mm.register_fake
 def _(x, w, scale, zero, group, split=0, pingpong=0):
     return x.new_empty(x.shape[0], w.shape[0])
+
+
+TILE_N = 128  # weight rows per output tile of the cooperative kernels (csrc/sm90/mixed_mm_sm90.cu)
+# Stream-K measured on the H200 (BENCHMARKS.md): 4-10% faster than the default schedule where the 128-row
+# tiles of one token tile outnumber the SMs (8192 x 28672: 224 tiles on 132 SMs, M = 8-128, W4 and W8),
+# slower where they fit in one wave (4096 x 14336) and at M = 256.
+STREAM_K_MAX_M = 128
+
+
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def mixed_split(m: int, n_padded: int, device: torch.device) -> int:
+    """The `split` argument for m tokens and n_padded weight rows: -1 (stream-K) when the output tiles
+    are more than one wave and not many, else 0 (split-K only when tiles leave SMs idle)."""
+    if m > STREAM_K_MAX_M or device.type != "cuda":
+        return 0
+    return -1 if n_padded > TILE_N * _sm_count(device.index or 0) else 0
 
 
 def mixed_linear(x2: torch.Tensor, mixed: MixedWeight, split: int = 0, pingpong: int = 0) -> torch.Tensor:

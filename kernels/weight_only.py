@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .layout import EPILOGUE, PackedWeight
-from .mixed_mm import mixed_linear
+from .mixed_mm import mixed_linear, mixed_split
 
 # wo_gemv serves up to 8 tokens (csrc/wo_kernels.h, kMaxGemvTokens). 4 is the cut-off every recorded
 # measurement ran with (BENCHMARKS.md); the 4-vs-8 A/B of kernels/NOTES.md (v3) left no result, so to
@@ -39,8 +39,9 @@ GEMV_MAX_M = 4
 GEMM_MAX_M = 64
 # Measured crossovers on the H200 (BENCHMARKS.md, issue 19): below MIXED_MIN_M the mma.sync GEMM
 # is as fast or faster; above MIXED_MAX_M dequantization + cuBLAS is (the GEMM is compute-bound there).
-# The same bounds serve the 8-bit library (w8_mm) until its own columns are measured.
-MIXED_MIN_M = 17
+# 8-bit: from 5 tokens (past the GEMV), where w8_mm beat wo_gemm on 4 of the 5 shapes measured at M = 8-16
+# (by up to 23%; 4096 x 4096 lost 18%); 4-bit: from 17, as wo_gemm wins at 8 and ties at 16.
+MIXED_MIN_M = {4: 17, 8: 5}
 MIXED_MAX_M = 2048
 # wo_gemm_v3 (kernels/NOTES.md, "wo_gemm v3") measured on the H200 at M = 16, 32, 64 (BENCHMARKS.md):
 # it loses to w4_mm everywhere, and at M = 16 it ties wo_gemm; at 32 and 64 its variant 3 (twice the
@@ -85,8 +86,8 @@ def packed_linear(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, k
         y = kernels.wo_gemv(x2, *args, bias, *meta, EPILOGUE, prefetch)
     elif m <= V4_MAX_M:
         y = kernels.wo_gemm_v4(x2, *args, bias, *meta, EPILOGUE)
-    elif MIXED_MIN_M <= m <= MIXED_MAX_M and w.mixed is not None and x2.dtype == torch.bfloat16:
-        y = mixed_linear(x2, w.mixed)[:, :w.out_features]
+    elif w.mixed is not None and MIXED_MIN_M[w.mixed.bits] <= m <= MIXED_MAX_M and x2.dtype == torch.bfloat16:
+        y = mixed_linear(x2, w.mixed, split=mixed_split(m, w.mixed.w.shape[0], x2.device))[:, :w.out_features]
         if bias is not None:
             y = y + bias.to(y.dtype)
     elif V3_MIN_M <= m <= V3_MAX_M:

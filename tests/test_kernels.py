@@ -246,3 +246,17 @@ assert not qtool_kernels.build._loader.tried
 assert "torch.utils.cpp_extension" not in sys.modules
 """
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_mixed_split_picks_stream_k_past_one_wave(monkeypatch):
+    """The Hopper GEMM's schedule (kernels/mixed_mm.py): stream-K only where the 128-row output tiles of a
+    batch of <= 128 tokens are more than the SMs (measured faster there, slower elsewhere)."""
+    from qtool_kernels import mixed_mm
+
+    monkeypatch.setattr(mixed_mm, "_sm_count", lambda index: 132)
+    gpu = torch.device("cuda", 0)
+    assert mixed_mm.mixed_split(16, 28672, gpu) == -1  # 224 tiles
+    assert mixed_mm.mixed_split(128, 28672, gpu) == -1
+    assert mixed_mm.mixed_split(16, 14336, gpu) == 0  # 112 tiles: one wave
+    assert mixed_mm.mixed_split(256, 28672, gpu) == 0
+    assert mixed_mm.mixed_split(16, 28672, torch.device("cpu")) == 0
