@@ -192,6 +192,11 @@ def bench_tokens(timer, kernels, x: torch.Tensor, dense: Rotation, packed: Rotat
                        "sm90_mixed_pingpong": graph_ms(lambda: mixed_mm.mixed_linear(x, packed().mixed, pingpong=1))
                        if mixed and m <= 64 else None,
                        "dequant+cublas": graph_ms(dequant_gemm) if m >= 8 else None}
+    k128 = mixed and mixed_mm.takes_ktile(128, m, p0.mixed.group, p0.k_padded)  # stages of 128 k (unmeasured)
+    graph_kernel_ms["sm90_mixed_k128"] = graph_ms(lambda: mixed_mm.mixed_linear(x, packed().mixed, ktile=128)) \
+        if k128 else None
+    graph_kernel_ms["sm90_mixed_k128_streamk"] = graph_ms(
+        lambda: mixed_mm.mixed_linear(x, packed().mixed, split=-1, ktile=128)) if k128 else None
     # wo_gemm_v3's variants (kernels/NOTES.md): a = default (ring of 8 chunks, 4 at M > 32), b = the other
     # ring depth, c = no split-K, d = twice the splits.
     for variant, tag in enumerate("abcd"):

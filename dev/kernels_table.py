@@ -7,7 +7,8 @@
 import json
 import sys
 
-COLS = ("wo_gemm", "wo_gemm_v4", "sm90_mixed", "sm90_mixed_streamk", "wo_gemm_v3_d", "dequant+cublas", "tinygemm")
+COLS = ("wo_gemm", "sm90_mixed", "sm90_mixed_streamk", "sm90_mixed_k128", "sm90_mixed_k128_streamk",
+        "wo_gemm_v3_d", "dequant+cublas", "tinygemm")
 
 
 def main(path: str) -> None:

@@ -5,15 +5,17 @@
 # so each of these calls ends within 9 minutes:
 #
 #   bash dev/measure_qat.sh                      # the W3 goal: model gptq3 qat3 (60 + 145 + 245 s at most)
-#   bash dev/measure_qat.sh gptq2 qat2 qat1      # W2 and W1 (145 + 185 + 185 s at most)
+#   bash dev/measure_qat.sh gptq2 qat2 qat1      # W2 and W1 (145 + 245 + 245 s at most; 465 s measured)
 #   STEPS=300 E2E=400 bash dev/measure_qat.sh model qat3   # a longer recipe (default STEPS=200 E2E=200)
 #   DEVICE=cpu SAMPLES=4 SEQ=64 STEPS=2 E2E=1 WINDOWS=2 bash dev/measure_qat.sh qat3   # smoke test here
 #
 # The device machine has torch and transformers but no gguf or datasets and no network, so a call carries
 # (prepare once here: bash dev/gpu_payload.sh && split -b 50M .gpu/smollm2.gguf .gpu/smollm2.gguf.part-):
 #   .gpu/whl (gguf, datasets wheels), .gpu/data (wiki.valid.tokens, test.jsonl) and SmolLM2's GGUF (98 MB,
-#   above one call's 64 MiB carry): call 1 `true` with carry [".gpu/smollm2.gguf.part-aa"], then while the
-#   machine is warm (ignored files stay) call 2 `bash dev/measure_qat.sh` with carry
+#   above one call's 64 MiB carry): call 1 `mkdir -p /tmp/keep && cp .gpu/smollm2.gguf.part-aa /tmp/keep/`
+#   with carry [".gpu/smollm2.gguf.part-aa"] (a carried path absent from the next call's carry is removed
+#   from the checkout there, so the half waits in /tmp), then while the machine is warm call 2
+#   `cp /tmp/keep/smollm2.gguf.part-aa .gpu/ && bash dev/measure_qat.sh` with carry
 #   [".gpu/whl", ".gpu/data", ".gpu/smollm2.gguf.part-ab"]. Results: $OUT/measure_qat.log and $OUT/*.eval.json.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -67,9 +69,9 @@ gptq3() { timed gptq-w3g128-dyn 100 "${QTOOL[@]}" quantize "$MODEL" --method gpt
 gptq2() { timed gptq-w2g64 100 "${QTOOL[@]}" quantize "$MODEL" --method gptq --bits 2 --group-size 64 "${TRAIN[@]}"; }
 qat3() { timed qat-w3g128 200 "${QTOOL[@]}" finetune "$MODEL" --scheme w3a16 --group-size 128 --init gptq \
   --dynamic-groups "${TRAIN[@]}" "${RECIPE[@]}"; }
-qat2() { timed qat-w2g64 140 "${QTOOL[@]}" finetune "$MODEL" --scheme w2a16 --group-size 64 --init gptq \
+qat2() { timed qat-w2g64 200 "${QTOOL[@]}" finetune "$MODEL" --scheme w2a16 --group-size 64 --init gptq \
   "${TRAIN[@]}" "${RECIPE[@]}"; }
-qat1() { timed qat-w1g64 140 "${QTOOL[@]}" finetune "$MODEL" --scheme w1a16 --group-size 64 --init gptq \
+qat1() { timed qat-w1g64 200 "${QTOOL[@]}" finetune "$MODEL" --scheme w1a16 --group-size 64 --init gptq \
   "${TRAIN[@]}" "${RECIPE[@]}"; }
 
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null

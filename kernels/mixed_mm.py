@@ -53,7 +53,8 @@ class _Args(ctypes.Structure):  # csrc/sm90/sm90_mixed_mm.h, MixedMmArgs
     _fields_ = [("w", ctypes.c_void_p), ("x", ctypes.c_void_p), ("scale", ctypes.c_void_p),
                 ("zero", ctypes.c_void_p), ("y", ctypes.c_void_p), ("workspace", ctypes.c_void_p),
                 ("workspace_bytes", ctypes.c_size_t), ("m", ctypes.c_int), ("n", ctypes.c_int),
-                ("k", ctypes.c_int), ("group", ctypes.c_int), ("split", ctypes.c_int), ("pingpong", ctypes.c_int)]
+                ("k", ctypes.c_int), ("group", ctypes.c_int), ("split", ctypes.c_int), ("pingpong", ctypes.c_int),
+                ("ktile", ctypes.c_int)]
 
 
 _functions: dict[int, tuple] = {}
@@ -98,13 +99,13 @@ def pack_mixed(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | No
 
 
 def _run(bits: int, x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group: int,
-         split: int, pingpong: int) -> torch.Tensor:
+         split: int, pingpong: int, ktile: int) -> torch.Tensor:
     workspace_of, run = _entry_points(bits)
     m, k = x.shape
     n = w.shape[0]
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
     args = _Args(w.data_ptr(), x.data_ptr(), scale.data_ptr(), zero.data_ptr(), y.data_ptr(), None, 0, m, n, k, group,
-                 split, pingpong)
+                 split, pingpong, ktile)
     need = workspace_of(ctypes.byref(args))
     workspace = torch.empty(max(need, 1), dtype=torch.uint8, device=x.device)
     args.workspace, args.workspace_bytes = workspace.data_ptr(), need
@@ -116,25 +117,38 @@ def _run(bits: int, x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zero:
 
 @torch.library.custom_op("qtool_cuda_mixed::w4_mm", mutates_args=())
 def w4_mm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group: int,
-          split: int = 0, pingpong: int = 0) -> torch.Tensor:
+          split: int = 0, pingpong: int = 0, ktile: int = 64) -> torch.Tensor:
     """y [m, N_pad] bf16 = x [m, K_pad] bf16 . dequant(w)^T, w uint8 [N_pad, K_pad / 2] (module docstring).
 
     split: 0 splits k when the output tiles leave SMs idle (the default), 1 never, s > 1 in s parts,
-    -1 stream-K; pingpong: 1 for 64-row tiles with two warpgroups alternating (m <= 64)."""
-    return _run(4, x, w, scale, zero, group, split, pingpong)
+    -1 stream-K; pingpong: 1 for 64-row tiles with two warpgroups alternating (m <= 64); ktile: k per
+    pipeline stage, 64 or 128 (`takes_ktile`)."""
+    return _run(4, x, w, scale, zero, group, split, pingpong, ktile)
 
 
 @torch.library.custom_op("qtool_cuda_mixed::w8_mm", mutates_args=())
 def w8_mm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group: int,
-          split: int = 0, pingpong: int = 0) -> torch.Tensor:
+          split: int = 0, pingpong: int = 0, ktile: int = 64) -> torch.Tensor:
     """`w4_mm` for int8 codes: w int8 [N_pad, K_pad]."""
-    return _run(8, x, w, scale, zero, group, split, pingpong)
+    return _run(8, x, w, scale, zero, group, split, pingpong, ktile)
 
 
 @w4_mm.register_fake
 @w8_mm.register_fake
-def _(x, w, scale, zero, group, split=0, pingpong=0):
+def _(x, w, scale, zero, group, split=0, pingpong=0, ktile=64):
     return x.new_empty(x.shape[0], w.shape[0])
+
+
+KTILE_MAX_M = 128  # the 128-k tiles are built for batches up to this many tokens (cooperative kernels)
+
+
+def takes_ktile(ktile: int, m: int, group: int, k_padded: int, pingpong: int = 0) -> bool:
+    """Whether a call can use `ktile` k per stage: 64 always; 128 for m <= KTILE_MAX_M tokens, not
+    ping-pong, with one scale per row or groups that are a multiple of 128 (the scales change at tile
+    edges only)."""
+    if ktile == 64:
+        return True
+    return ktile == 128 and not pingpong and m <= KTILE_MAX_M and (group == k_padded or group % 128 == 0)
 
 
 TILE_N = 128  # weight rows per output tile of the cooperative kernels (csrc/sm90/mixed_mm_sm90.cu)
@@ -157,7 +171,10 @@ def mixed_split(m: int, n_padded: int, device: torch.device) -> int:
     return -1 if n_padded > TILE_N * _sm_count(device.index or 0) else 0
 
 
-def mixed_linear(x2: torch.Tensor, mixed: MixedWeight, split: int = 0, pingpong: int = 0) -> torch.Tensor:
-    """x2 [m, K_pad] bf16, contiguous -> [m, N_pad] bf16; split, pingpong as in `w4_mm`."""
+def mixed_linear(x2: torch.Tensor, mixed: MixedWeight, split: int = 0, pingpong: int = 0,
+                 ktile: int = 64) -> torch.Tensor:
+    """x2 [m, K_pad] bf16, contiguous -> [m, N_pad] bf16; split, pingpong, ktile as in `w4_mm`."""
+    if not takes_ktile(ktile, x2.shape[0], mixed.group, x2.shape[1], pingpong):
+        raise ValueError(f"ktile={ktile} does not apply to m={x2.shape[0]}, group={mixed.group}, pingpong={pingpong}")
     op = torch.ops.qtool_cuda_mixed.w8_mm if mixed.bits == 8 else torch.ops.qtool_cuda_mixed.w4_mm
-    return op(x2, mixed.w, mixed.scale, mixed.zero, mixed.group, split, pingpong)
+    return op(x2, mixed.w, mixed.scale, mixed.zero, mixed.group, split, pingpong, ktile)

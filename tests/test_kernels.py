@@ -260,3 +260,17 @@ def test_mixed_split_picks_stream_k_past_one_wave(monkeypatch):
     assert mixed_mm.mixed_split(16, 14336, gpu) == 0  # 112 tiles: one wave
     assert mixed_mm.mixed_split(256, 28672, gpu) == 0
     assert mixed_mm.mixed_split(16, 28672, torch.device("cpu")) == 0
+
+
+def test_mixed_ktile_rules():
+    """128-k stages only where built (<= 128 tokens, cooperative) and where scales change at tile edges."""
+    from qtool_kernels import mixed_mm
+
+    assert mixed_mm.takes_ktile(64, 4096, 64, 4096)
+    assert mixed_mm.takes_ktile(128, 128, 128, 4096) and mixed_mm.takes_ktile(128, 16, 576, 576)
+    assert not mixed_mm.takes_ktile(128, 129, 128, 4096)
+    assert not mixed_mm.takes_ktile(128, 16, 64, 4096)
+    assert not mixed_mm.takes_ktile(128, 16, 128, 4096, pingpong=1)
+    w = mixed_mm.MixedWeight(torch.zeros(8, 64, dtype=torch.uint8), torch.ones(2, 8), torch.zeros(2, 8), 64)
+    with pytest.raises(ValueError, match="ktile=128"):
+        mixed_mm.mixed_linear(torch.zeros(4, 128), w, ktile=128)

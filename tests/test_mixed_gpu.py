@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import poison_cache, rel_err
 from qtool_kernels import mixed_mm
@@ -46,11 +47,14 @@ def random_weight(n: int, k: int, group: int, symmetric: bool, seed: int, bits: 
                                                   (2048, 512, -1, False)])
 @pytest.mark.parametrize("m", [5, 17, 32, 33, 64, 100, 128, 256, 1000, 4096])
 @pytest.mark.parametrize("bits", [4, 8])
-def test_mixed_mm_matches_float64(hopper, k, n, group, symmetric, m, bits):
+@pytest.mark.parametrize("ktile", [64, 128])
+def test_mixed_mm_matches_float64(hopper, k, n, group, symmetric, m, bits, ktile):
     p = random_weight(n, k, group, symmetric, seed=k + n + m, bits=bits)
+    if not mixed_mm.takes_ktile(ktile, m, p.mixed.group, p.k_padded):
+        pytest.skip(f"no {ktile}-k tiles for m={m}, group={group}")
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     poison_cache()
-    y = mixed_mm.mixed_linear(x, p.mixed)[:, :n]
+    y = mixed_mm.mixed_linear(F.pad(x, (0, p.k_padded - k)), p.mixed, ktile=ktile)[:, :n]
     ref = x.double() @ dequantize_packed(p.qweight, p.scale, p.zero, bits, p.group_size, n, torch.float64)[:, :k].T
     assert y.shape == (m, n) and y.dtype == torch.bfloat16
     assert torch.isfinite(y).all()
@@ -93,15 +97,21 @@ def test_w4_mm_in_cuda_graph(hopper):
     assert torch.equal(out, eager)
 
 
-@pytest.mark.parametrize("split,pingpong", [(1, 0), (4, 0), (-1, 0), (0, 1), (3, 1)])
-@pytest.mark.parametrize("m", [17, 64, 200])
+@pytest.mark.parametrize("split,pingpong,ktile", [(1, 0, 64), (4, 0, 64), (-1, 0, 64), (0, 1, 64), (3, 1, 64),
+                                                  (0, 0, 128), (4, 0, 128), (-1, 0, 128)])
+@pytest.mark.parametrize("m", [5, 17, 64, 128, 200])
 @pytest.mark.parametrize("bits", [4, 8])
-def test_mixed_mm_schedules(hopper, split, pingpong, m, bits):
-    """Every schedule the dispatcher or the benchmark can pick: no split, split-K, stream-K, ping-pong."""
+def test_mixed_mm_schedules(hopper, split, pingpong, ktile, m, bits):
+    """Every schedule the dispatcher or the benchmark can pick: no split, split-K, stream-K, ping-pong,
+    stages of 64 or 128 k."""
     n, k = 768, 2048
     p = random_weight(n, k, 128, False, seed=m + split, bits=bits)
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    if not mixed_mm.takes_ktile(ktile, m, p.mixed.group, k, pingpong):
+        with pytest.raises(ValueError, match="ktile"):
+            mixed_mm.mixed_linear(x, p.mixed, split=split, pingpong=pingpong, ktile=ktile)
+        return
     poison_cache()
-    y = mixed_mm.mixed_linear(x, p.mixed, split=split, pingpong=pingpong)[:, :n]
+    y = mixed_mm.mixed_linear(x, p.mixed, split=split, pingpong=pingpong, ktile=ktile)[:, :n]
     ref = x.double() @ dequantize_packed(p.qweight, p.scale, p.zero, bits, p.group_size, n, torch.float64)[:, :k].T
     assert rel_err(y, ref) <= 1e-2

@@ -130,8 +130,17 @@ struct MixedGemm {
 };
 
 // Token tiles by batch size: the smallest tile that holds the batch wastes the least of each wgmma.
+// ktile 128 (up to 128 tokens, cooperative only): each pipeline stage moves twice the weight bytes. At 8
+// bits the same stage count streamed 2.1-2.6 TB/s where 4-bit tiles of 64 k streamed 1.1 (H200,
+// kernels/NOTES.md): the per-stage cost, not DRAM, limits small batches, so larger stages should help.
 template <class Fn>
-const char* by_tokens(int m, int pingpong, Fn&& fn) {
+const char* by_tokens(int m, int pingpong, int ktile, Fn&& fn) {
+  if (ktile == 128) {
+    if (pingpong || m > 128) return nullptr;  // not built; the caller reports it
+    if (m <= 32) return fn(MixedGemm<Shape<_128, _32, _128>, false>{});
+    if (m <= 64) return fn(MixedGemm<Shape<_128, _64, _128>, false>{});
+    return fn(MixedGemm<Shape<_128, _128, _128>, false>{});
+  }
   if (pingpong && m <= 32) return fn(MixedGemm<Shape<_64, _32, _64>, true>{});
   if (pingpong && m <= 64) return fn(MixedGemm<Shape<_64, _64, _64>, true>{});
   if (m <= 32) return fn(MixedGemm<Shape<_128, _32, _64>, false>{});
@@ -143,9 +152,16 @@ const char* by_tokens(int m, int pingpong, Fn&& fn) {
 }  // namespace
 }  // namespace qtool::sm90
 
+namespace {
+bool built(const qtool::sm90::MixedMmArgs* p) {  // a tile configuration this library holds
+  return p->ktile == 64 || (p->ktile == 128 && !p->pingpong && p->m <= 128);
+}
+}  // namespace
+
 extern "C" size_t qtool_sm90_mixed_workspace(const qtool::sm90::MixedMmArgs* p) {
   size_t bytes = 0;
-  qtool::sm90::by_tokens(p->m, p->pingpong, [&](auto g) -> const char* {
+  if (!built(p)) return 0;
+  qtool::sm90::by_tokens(p->m, p->pingpong, p->ktile, [&](auto g) -> const char* {
     bytes = decltype(g)::workspace(*p);
     return nullptr;
   });
@@ -153,7 +169,9 @@ extern "C" size_t qtool_sm90_mixed_workspace(const qtool::sm90::MixedMmArgs* p) 
 }
 
 extern "C" const char* qtool_sm90_mixed_mm(const qtool::sm90::MixedMmArgs* p, cudaStream_t stream) {
-  if (const char* err = qtool::sm90::by_tokens(p->m, p->pingpong, [&](auto g) { return decltype(g)::run(*p, stream); })) return err;
+  if (!built(p)) return "no such tile configuration (ktile 128 takes m <= 128, cooperative only; else ktile 64)";
+  if (const char* err = qtool::sm90::by_tokens(p->m, p->pingpong, p->ktile,
+                                               [&](auto g) { return decltype(g)::run(*p, stream); })) return err;
   const cudaError_t status = cudaGetLastError();
   return status == cudaSuccess ? nullptr : cudaGetErrorString(status);
 }

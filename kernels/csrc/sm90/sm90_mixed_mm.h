@@ -19,9 +19,10 @@ struct MixedMmArgs {
   void* workspace;        // qtool_sm90_mixed_workspace() bytes of device memory (nullptr when 0)
   size_t workspace_bytes;
   int m, n, k;            // k % 64 == 0, n % 8 == 0
-  int group;              // k (one scale per row) or a multiple of 64
+  int group;              // k (one scale per row) or a multiple of 64 (of ktile)
   int split;              // 0: split-K when the output tiles leave SMs idle; 1: none; > 1: that many; -1: stream-K
   int pingpong;           // 1: 64-row tiles, two warpgroups in ping-pong (m <= 64); 0: 128-row cooperative tiles
+  int ktile;              // k per pipeline stage: 64, or 128 (m <= 128, cooperative; group a multiple of 128)
 };
 
 }  // namespace qtool::sm90
