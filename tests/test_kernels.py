@@ -274,3 +274,14 @@ def test_mixed_ktile_rules():
     w = mixed_mm.MixedWeight(torch.zeros(8, 64, dtype=torch.uint8), torch.ones(2, 8), torch.zeros(2, 8), 64)
     with pytest.raises(ValueError, match="ktile=128"):
         mixed_mm.mixed_linear(torch.zeros(4, 128), w, ktile=128)
+
+
+def test_hopper_copy_setting():
+    """QTOOL_HOPPER_COPY picks the code widths that get the Hopper GEMM's second copy of the codes."""
+    from qtool_kernels import mixed_mm
+
+    assert mixed_mm.copy_bits_from("4 8") == (4, 8) and mixed_mm.copy_bits_from("4") == (4,)
+    assert mixed_mm.copy_bits_from("") == () and mixed_mm.copy_bits_from("8,4") == (8, 4)
+    for bad in ("3", "four", "4 x"):
+        with pytest.raises(ValueError, match="QTOOL_HOPPER_COPY"):
+            mixed_mm.copy_bits_from(bad)
