@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # The next device calls (nvidia-h200, carry [".gpu/w8a8"]), prepared in session 9 without device time left:
 #   call 1: bash dev/session10.sh tests table4 table8        (~5 min)
-#   call 2: bash dev/session10.sh stalls e2e                  (~5 min)
+#   call 2: bash dev/session10.sh stalls b1 gptqprof e2e      (~7 min)
 # tests   the Hopper mixed-input GEMMs with 128-k stages (new, unmeasured) beside the 64-k ones, every
 #         weight-only kernel, the 1-bit kernels;
 # table4  W4A16 g128 at every shape and M = 1 ... 4096, with torch's tinygemm and the 128-k columns:
 #         set weight_only / mixed_mm thresholds from it (MIXED_MIN_M, a ktile choice, STREAM_K_MAX_M);
 # table8  the same for W8A16 per channel (28672 x 8192 was cut off in session 9);
 # stalls  Nsight Compute stall reasons per kernel (why v4 and w1_gemv do not stream: kernels/NOTES.md);
+# b1      the b1 mma.sync peak of the H200 (never measured): whether W1A1's 4x goal is reachable with
+#         mma.sync (its GEMM runs 1.15 P MAC/s, kernels/NOTES.md);
+# gptqprof gptq_quantize per 8B linear, and GPTQ's inverse factor as now vs one Cholesky + one
+#         triangular inverse (issue 20's serial chain: down_proj's 14336^2 inverse on every rank);
 # e2e     8B-shaped decode and prefill, W4A16 and W8A16 against bf16 (issue 19's end-to-end goals).
 cd "$(dirname "$0")/.."
 LOG=session10.log
@@ -29,6 +33,16 @@ table4() { table w4a16-g128 w4; }
 table8() { table w8a16-channel w8; }
 
 stalls() { timeout 280 bash dev/ncu_session.sh stalls 2>&1 | tail -40; }
+
+b1() {
+  step "b1 mma.sync peak beside bf16"
+  timeout 150 python3 benchmarks/bench_b1_mma.py --json "$OUT/b1_mma.json" 2>&1 | tail -8
+}
+
+gptqprof() {
+  step "gptq_quantize per 8B linear, and the two inverse factorizations"
+  timeout 150 python3 benchmarks/bench_gptq.py --json "$OUT/gptq_prof.json" 2>&1 | tail -6
+}
 
 e2e() {
   for scheme in w4a16 w8a16; do
