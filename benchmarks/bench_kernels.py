@@ -183,7 +183,9 @@ def bench_tokens(timer, kernels, x: torch.Tensor, dense: Rotation, packed: Rotat
     # The same in CUDA graphs (the protocol's view: no launch or Python cost), with the Hopper W4A16/W8A16
     # GEMM, which is called through ctypes and so only fairly timed in a graph.
     mixed = p0.mixed is not None and m >= 8
-    graph_kernel_ms = {"wo_gemm": graph_ms(lambda: raw("wo_gemm")) if 8 <= m <= 1024 else None,
+    graph_kernel_ms = {"wo_gemv": graph_ms(lambda: raw("wo_gemv")) if m <= 8 else None,
+                       "wo_gemv_lean": graph_ms(lambda: raw("wo_gemv", None, 1)) if m <= 8 else None,  # 4 blocks/SM
+                       "wo_gemm": graph_ms(lambda: raw("wo_gemm")) if 8 <= m <= 1024 else None,
                        "sm90_mixed": graph_ms(lambda: mixed_mm.mixed_linear(x, packed().mixed)) if mixed else None,
                        "sm90_mixed_nosplit": graph_ms(lambda: mixed_mm.mixed_linear(x, packed().mixed, split=1))
                        if mixed and m <= 256 else None,

@@ -34,10 +34,11 @@ def weight_cases(kernels, k: int, n: int) -> dict:
         mixed = None
         if mixed_mm.available(bits) and mixed_mm.takes(bits, p.group_size, p.k_padded):
             mixed = mixed_mm.pack_mixed(unpack_codes(p.qweight, bits), p.scale, None, p.group_size, bits)
-        for m, op, extra in ((1, "wo_gemv", (None,)), (16, "wo_gemm", ()), (32, "wo_gemm_v3", (3,)),
-                             (16, "wo_gemm_v4", ()), (64, "wo_gemm_v4", ())):
+        launches = (("", 1, "wo_gemv", (None,)), (" lean", 1, "wo_gemv", (None, 1)), ("", 16, "wo_gemm", ()),
+                    ("", 32, "wo_gemm_v3", (3,)), ("", 16, "wo_gemm_v4", ()), ("", 64, "wo_gemm_v4", ()))
+        for tag, m, op, extra in launches:
             x = torch.randn(m, p.k_padded, device="cuda", dtype=torch.bfloat16)
-            cases[f"w{bits} {op} M={m}"] = (lambda x=x, op=op, extra=extra, p=p, bits=bits: getattr(kernels, op)(
+            cases[f"w{bits} {op}{tag} M={m}"] = (lambda x=x, op=op, extra=extra, p=p, bits=bits: getattr(kernels, op)(
                 x, p.qweight, p.scale, None, None, bits, p.group_size, n, EPILOGUE, *extra))
         cases[f"w{bits} dequant_int"] = lambda p=p, bits=bits: kernels.dequant_int(
             p.qweight, p.scale, None, bits, p.group_size, n, torch.bfloat16)

@@ -3,9 +3,11 @@
 #   call 1: bash dev/session10.sh tests table4 table8        (~5 min)
 #   call 2: bash dev/session10.sh stalls b1 gptqprof e2e      (~7 min)
 # tests   the Hopper mixed-input GEMMs with 128-k stages (new, unmeasured) beside the 64-k ones, every
-#         weight-only kernel, the 1-bit kernels;
+#         weight-only kernel (wo_gemv's lean variant: 4 blocks per SM), the 1-bit kernels;
 # table4  W4A16 g128 at every shape and M = 1 ... 4096, with torch's tinygemm and the 128-k columns:
-#         set weight_only / mixed_mm thresholds from it (MIXED_MIN_M, a ktile choice, STREAM_K_MAX_M);
+#         set weight_only / mixed_mm thresholds from it (MIXED_MIN_M, a ktile choice, STREAM_K_MAX_M, and
+#         the GEMV's variant: wo_gemv_lean against wo_gemv at M = 1 and 8, e.g. where N / 16 blocks
+#         exceed 3 per SM);
 # table8  the same for W8A16 per channel (28672 x 8192 was cut off in session 9);
 # stalls  Nsight Compute stall reasons per kernel (why v4 and w1_gemv do not stream: kernels/NOTES.md);
 # b1      the b1 mma.sync peak of the H200 (never measured): whether W1A1's 4x goal is reachable with

@@ -103,6 +103,10 @@ def _register_fakes() -> None:
     def wo_linear(x, qweight, scale, zero, bias, num_bits, group_size, out_features, activation, prefetch=None):
         return x.new_empty(x.shape[0], out_features)
 
+    def wo_gemv(x, qweight, scale, zero, bias, num_bits, group_size, out_features, activation, prefetch=None,
+                variant=0):
+        return x.new_empty(x.shape[0], out_features)
+
     def wo_gemm_v3(x, qweight, scale, zero, bias, num_bits, group_size, out_features, activation, variant=0):
         return x.new_empty(x.shape[0], out_features)
 
@@ -142,7 +146,7 @@ def _register_fakes() -> None:
     torch.library.register_fake(f"{NAME}::act_quant")(act_quant)
     torch.library.register_fake(f"{NAME}::w8_gemv")(w8_gemv)
     torch.library.register_fake(f"{NAME}::sm90_scaled_mm")(sm90_scaled_mm)
-    torch.library.register_fake(f"{NAME}::wo_gemv")(wo_linear)
+    torch.library.register_fake(f"{NAME}::wo_gemv")(wo_gemv)
     torch.library.register_fake(f"{NAME}::wo_gemm")(wo_linear)
     torch.library.register_fake(f"{NAME}::wo_gemm_v3")(wo_gemm_v3)
     torch.library.register_fake(f"{NAME}::wo_gemm_v4")(wo_linear)

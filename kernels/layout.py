@@ -177,8 +177,10 @@ class ReferenceOps:
     """The torch.ops.qtool_cuda kernels in PyTorch, argument for argument (CPU tests, GPU oracle)."""
 
     @staticmethod
-    def wo_gemv(x, qweight, scale, zero, bias, num_bits, group_size, out_features, activation, prefetch=None):
-        # prefetch (an L2 hint for the next layer's weight in the CUDA kernel) changes nothing here
+    def wo_gemv(x, qweight, scale, zero, bias, num_bits, group_size, out_features, activation, prefetch=None,
+                variant=0):
+        # prefetch (an L2 hint for the next layer's weight in the CUDA kernel) and variant (its launch
+        # shape) change nothing here
         if activation != EPILOGUE:
             raise ValueError(f"qtool's kernels run without an epilogue ({EPILOGUE!r}), got activation={activation!r}")
         w = dequantize_packed(qweight, scale, zero, num_bits, group_size, out_features)

@@ -114,8 +114,9 @@ constexpr long long kPrefetchCapBytes = 4LL << 20;
 at::Tensor wo_gemv(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scale,
                    const std::optional<at::Tensor>& zero, const std::optional<at::Tensor>& bias, int64_t num_bits,
                    int64_t group_size, int64_t out_features, const std::string& activation,
-                   const std::optional<at::Tensor>& prefetch) {
+                   const std::optional<at::Tensor>& prefetch, int64_t variant) {
   const PackedWeightView w = check_weight("wo_gemv", qweight, scale, zero, num_bits, group_size, out_features);
+  TORCH_CHECK(variant == 0 || variant == 1, "wo_gemv: variant must be 0 (default) or 1 (lean), got ", variant);
   at::Tensor bias_f32;
   WoProblem p = make_problem("wo_gemv", x, w, qweight, bias, bias_f32, activation);
   TORCH_CHECK(p.m <= kMaxGemvTokens, "wo_gemv: at most ", kMaxGemvTokens, " tokens, got x ", x.sizes());
@@ -127,6 +128,7 @@ at::Tensor wo_gemv(const at::Tensor& x, const at::Tensor& qweight, const at::Ten
     p.prefetch = prefetch->data_ptr();
     p.prefetch_bytes = std::min<long long>(prefetch->numel() * prefetch->element_size(), kPrefetchCapBytes) & ~15LL;
   }
+  p.gemv_variant = static_cast<int>(variant);
   launch_wo_gemv(p, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return y;
@@ -227,7 +229,7 @@ at::Tensor dequant_int(const at::Tensor& qweight, const at::Tensor& scale, const
 TORCH_LIBRARY(qtool_cuda, m) {
   m.def(
       "wo_gemv(Tensor x, Tensor qweight, Tensor scale, Tensor? zero, Tensor? bias, int num_bits, int group_size, "
-      "int out_features, str activation, Tensor? prefetch=None) -> Tensor");
+      "int out_features, str activation, Tensor? prefetch=None, int variant=0) -> Tensor");
   m.def(
       "wo_gemm(Tensor x, Tensor qweight, Tensor scale, Tensor? zero, Tensor? bias, int num_bits, int group_size, "
       "int out_features, str activation) -> Tensor");

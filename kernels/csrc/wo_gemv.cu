@@ -42,21 +42,26 @@ __host__ __device__ constexpr int xs_row_words(int k_padded) { return k_padded /
 
 // Chunks per lane whose loads are issued together: 8 x 16 bytes covers K = 4096 int4 with 8 warps.
 // With 4 groups per chunk (int4 g16) the parameters take 4 registers per chunk, so fewer chunks.
-template <int GPC>  // groups per chunk
+// LEAN (gemv_variant 1): 4 chunks, and at most 64 registers (ptxas, sm_90: 56-64, no spills for one
+// group per chunk), so 4 blocks fit an SM where 80 registers fit 3: 8192 rows are 512 blocks, 1.3 waves
+// of 396 slots on the H200's 132 SMs but one wave of 528. 64 KB of weight loads in flight per SM
+// instead of 96 KB, above the ~48 KB that DRAM latency asks for (NOTES.md, v4). Unmeasured.
+template <int GPC, bool LEAN>  // groups per chunk
 constexpr int batch_chunks() {
-  return GPC <= 2 ? 8 : 4;
+  return LEAN || GPC > 2 ? 4 : 8;
 }
 
 template <typename T,    // activation and output type: __half or __nv_bfloat16
           int BITS,      // weight code width: 4 or 8
           int GPC,       // groups per chunk: 1 (group >= chunk_k or per channel), 2 or 4
-          bool XS>       // x staged in shared memory (dynamic: m * xs_row_words(k_padded) words)
-__global__ void __launch_bounds__(kWarps * 32) wo_gemv_kernel(const WoProblem p) {  // grid: one block per stripe
+          bool XS,       // x staged in shared memory (dynamic: m * xs_row_words(k_padded) words)
+          bool LEAN>     // gemv_variant 1: 4 blocks per SM (see batch_chunks)
+__global__ void __launch_bounds__(kWarps * 32, LEAN ? 4 : 1) wo_gemv_kernel(const WoProblem p) {  // one block per stripe
   extern __shared__ uint4 xs_dyn[];  // XS only
   constexpr int SUB = 16 / BITS;     // 16x16 subtiles per chunk
   constexpr int KC = chunk_k(BITS);  // k per chunk
   constexpr int SPG = SUB / GPC;     // subtiles per group
-  constexpr int BATCH = batch_chunks<GPC>();
+  constexpr int BATCH = batch_chunks<GPC, LEAN>();
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int g = lane / 4, t = lane % 4;  // A: rows g, g + 8 of the stripe; B: token g, k pairs t, t + 4
   const int stripe = blockIdx.x;
@@ -211,7 +216,7 @@ __global__ void __launch_bounds__(kWarps * 32) wo_gemv_kernel(const WoProblem p)
   }
 }
 
-template <typename T, int BITS, int GPC, bool XS>
+template <typename T, int BITS, int GPC, bool XS, bool LEAN = false>
 void launch_variant(const WoProblem& p,     // the problem
                     int smem,               // dynamic shared memory bytes (XS: the staged x)
                     cudaStream_t stream) {  // the caller's stream
@@ -219,9 +224,9 @@ void launch_variant(const WoProblem& p,     // the problem
   // Above 48 KB in all (the static partial sums count too) a kernel must opt in; cheap, per device, every time.
   constexpr int kStaticBytes = kWarps * kStripeRows * kMaxGemvTokens * 4;  // wo_gemv_kernel's `partial`
   if (smem + kStaticBytes > (48 << 10)) {
-    cudaFuncSetAttribute(wo_gemv_kernel<T, BITS, GPC, XS>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    cudaFuncSetAttribute(wo_gemv_kernel<T, BITS, GPC, XS, LEAN>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   }
-  wo_gemv_kernel<T, BITS, GPC, XS><<<grid, block, smem, stream>>>(p);
+  wo_gemv_kernel<T, BITS, GPC, XS, LEAN><<<grid, block, smem, stream>>>(p);
 }
 
 template <typename T,    // activation and output type
@@ -233,7 +238,10 @@ void launch_typed(const WoProblem& p,     // the problem, 1 <= p.m <= kMaxGemvTo
   const int gpc = p.w.group_shift >= chunk_shift ? 1 : 1 << (chunk_shift - p.w.group_shift);
   const int xs_bytes = p.m * xs_row_words(p.w.k_padded) * 4;
   const bool xs = xs_bytes <= kXsMaxBytes;  // else the v2 path: x read from global memory
-  if (gpc == 1) {
+  if (gpc == 1 && p.gemv_variant == 1) {
+    xs ? launch_variant<T, BITS, 1, true, true>(p, xs_bytes, stream)
+       : launch_variant<T, BITS, 1, false, true>(p, 0, stream);
+  } else if (gpc == 1) {
     xs ? launch_variant<T, BITS, 1, true>(p, xs_bytes, stream) : launch_variant<T, BITS, 1, false>(p, 0, stream);
   } else if (gpc == 2) {
     xs ? launch_variant<T, BITS, 2, true>(p, xs_bytes, stream) : launch_variant<T, BITS, 2, false>(p, 0, stream);

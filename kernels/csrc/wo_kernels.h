@@ -53,6 +53,9 @@ struct WoProblem {
   // next layer's packed weight (kernels/weight_only.py, link_prefetch), or nullptr / 0.
   const void* prefetch = nullptr;
   long long prefetch_bytes = 0;
+  // wo_gemv only (wo_gemv.cu): 0 the default; 1 "lean": at most 64 registers, so 4 blocks per SM instead
+  // of 3, with a ring of 4 chunks per lane instead of 8 (weights with one group per chunk; others run 0).
+  int gemv_variant = 0;
 };
 
 // CUDA-core GEMV for 1 <= m <= kMaxGemvTokens (wo_gemv.cu).
