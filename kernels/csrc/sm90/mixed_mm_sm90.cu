@@ -137,6 +137,7 @@ template <class Fn>
 const char* by_tokens(int m, int pingpong, int ktile, Fn&& fn) {
   if (ktile == 128) {
     if (pingpong || m > 128) return nullptr;  // not built; the caller reports it
+    if (m <= 16) return fn(MixedGemm<Shape<_128, _16, _128>, false>{});  // half the x stage of a 32 tile
     if (m <= 32) return fn(MixedGemm<Shape<_128, _32, _128>, false>{});
     if (m <= 64) return fn(MixedGemm<Shape<_128, _64, _128>, false>{});
     return fn(MixedGemm<Shape<_128, _128, _128>, false>{});
