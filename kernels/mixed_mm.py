@@ -40,16 +40,18 @@ TILE_K = 64  # the mainloop's k tile: group sizes must be multiples of it
 
 def copy_bits_from(text: str) -> tuple[int, ...]:
     """QTOOL_HOPPER_COPY's value ("4 8" by default; "" for none) -> the code widths that get a Hopper copy."""
-    bits = tuple(int(b) for b in text.replace(",", " ").split() if b.isdigit())
-    if len(bits) != len(text.replace(",", " ").split()) or any(b not in (4, 8) for b in bits):
+    parts = text.replace(",", " ").split()
+    if any(b not in ("4", "8") for b in parts):
         raise ValueError(f"QTOOL_HOPPER_COPY={text!r}: expected code widths among 4 and 8, e.g. '4 8', '4' or ''")
-    return bits
+    return tuple(int(b) for b in parts)
 
 
-# The Hopper copy costs memory: N x K / 2 bytes per 4-bit layer (the layer then holds 1 byte per weight,
-# half of bf16) and N x K per 8-bit layer (2 bytes per weight, as much as bf16). QTOOL_HOPPER_COPY="4"
-# keeps W8A16 layers at 1 byte per weight, on wo_gemm / dequant + cuBLAS past the GEMV.
-COPY_BITS = copy_bits_from(os.environ.get("QTOOL_HOPPER_COPY", "4 8"))
+def copy_bits() -> tuple[int, ...]:
+    """The code widths that get the Hopper copy. It costs memory: N x K / 2 bytes per 4-bit layer (the
+    layer then holds 1 byte per weight, half of bf16) and N x K per 8-bit layer (2 bytes per weight, as
+    much as bf16). QTOOL_HOPPER_COPY="4" keeps W8A16 layers at 1 byte per weight, on wo_gemm / dequant +
+    cuBLAS past the GEMV. Read when a layer is packed, so a bad value is an error of the command."""
+    return copy_bits_from(os.environ.get("QTOOL_HOPPER_COPY", "4 8"))
 
 
 @dataclass

@@ -275,7 +275,7 @@ def _pack_mixed(packed: PackedWeight | None) -> mixed_mm.MixedWeight | None:
     if packed is None or not packed.qweight.is_cuda or not mixed_mm.takes(packed.num_bits, packed.group_size,
                                                                            packed.k_padded):
         return None
-    if packed.num_bits not in mixed_mm.COPY_BITS or not mixed_mm.available(packed.num_bits):
+    if packed.num_bits not in mixed_mm.copy_bits() or not mixed_mm.available(packed.num_bits):
         return None
     return mixed_mm.pack_mixed(unpack_codes(packed.qweight, packed.num_bits), packed.scale, packed.zero,
                                packed.group_size, packed.num_bits)

@@ -1,7 +1,8 @@
-// W4A16 / W8A16 GEMM for Hopper (sm_90a) on CUTLASS 3.x's mixed-input collective: Y[m, n] = X[m, k] . W[n, k]^T
-// with W int4 or int8 codes dequantized in registers as q * scale + zero (bf16, per group of k) right
-// before wgmma. One source, compiled once per code width (QTOOL_MIXED_BITS = 4 or 8, kernels/sm90.py):
-// each library holds the six token tiles of one width, so the two compile in parallel. wgmma reads only its A operand from registers, so the product is computed transposed,
+// W4A16 / W8A16 GEMM for Hopper (sm_90a) on CUTLASS 3.x's mixed-input collective:
+// Y[m, n] = X[m, k] . W[n, k]^T with W int4 or int8 codes dequantized in registers as q * scale + zero
+// (bf16, per group of k) right before wgmma. One source, compiled once per code width
+// (QTOOL_MIXED_BITS = 4 or 8, kernels/sm90.py), so the two libraries compile in parallel.
+// wgmma reads only its A operand from registers, so the product is computed transposed,
 // Y^T = W . X^T: the weights are A (tiles of 128 rows, or 64 in ping-pong), the tokens are B (tiles
 // of 32 to 256), and a batch of a few tokens wastes no 64-row tile. When the output tiles are fewer
 // than half the SMs (a 4096-wide layer has 32 tiles of 128 rows for 132 SMs), the k loop is split so
@@ -133,10 +134,14 @@ struct MixedGemm {
 // ktile 128 (up to 128 tokens, cooperative only): each pipeline stage moves twice the weight bytes. At 8
 // bits the same stage count streamed 2.1-2.6 TB/s where 4-bit tiles of 64 k streamed 1.1 (H200,
 // kernels/NOTES.md): the per-stage cost, not DRAM, limits small batches, so larger stages should help.
+constexpr const char* kNoTile = "no such tile configuration (ktile 128 takes m <= 128, cooperative only; else ktile 64)";
+
+// fn's result (nullptr on success), or kNoTile for a configuration this library does not hold.
 template <class Fn>
 const char* by_tokens(int m, int pingpong, int ktile, Fn&& fn) {
+  if (ktile != 64 && ktile != 128) return kNoTile;
   if (ktile == 128) {
-    if (pingpong || m > 128) return nullptr;  // not built; the caller reports it
+    if (pingpong || m > 128) return kNoTile;
     if (m <= 16) return fn(MixedGemm<Shape<_128, _16, _128>, false>{});  // half the x stage of a 32 tile
     if (m <= 32) return fn(MixedGemm<Shape<_128, _32, _128>, false>{});
     if (m <= 64) return fn(MixedGemm<Shape<_128, _64, _128>, false>{});
@@ -153,15 +158,8 @@ const char* by_tokens(int m, int pingpong, int ktile, Fn&& fn) {
 }  // namespace
 }  // namespace qtool::sm90
 
-namespace {
-bool built(const qtool::sm90::MixedMmArgs* p) {  // a tile configuration this library holds
-  return p->ktile == 64 || (p->ktile == 128 && !p->pingpong && p->m <= 128);
-}
-}  // namespace
-
 extern "C" size_t qtool_sm90_mixed_workspace(const qtool::sm90::MixedMmArgs* p) {
-  size_t bytes = 0;
-  if (!built(p)) return 0;
+  size_t bytes = 0;  // stays 0 for a configuration not built: qtool_sm90_mixed_mm reports it
   qtool::sm90::by_tokens(p->m, p->pingpong, p->ktile, [&](auto g) -> const char* {
     bytes = decltype(g)::workspace(*p);
     return nullptr;
@@ -170,7 +168,6 @@ extern "C" size_t qtool_sm90_mixed_workspace(const qtool::sm90::MixedMmArgs* p) 
 }
 
 extern "C" const char* qtool_sm90_mixed_mm(const qtool::sm90::MixedMmArgs* p, cudaStream_t stream) {
-  if (!built(p)) return "no such tile configuration (ktile 128 takes m <= 128, cooperative only; else ktile 64)";
   if (const char* err = qtool::sm90::by_tokens(p->m, p->pingpong, p->ktile,
                                                [&](auto g) { return decltype(g)::run(*p, stream); })) return err;
   const cudaError_t status = cudaGetLastError();
