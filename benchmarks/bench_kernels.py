@@ -149,6 +149,12 @@ def tinygemm_copies(k: int, n: int, group_size: int) -> list | None:
         return None
 
 
+def _tinygemm(x: torch.Tensor, copy: tuple, group_size: int) -> torch.Tensor:
+    """x [M, K] bf16 times one tinygemm copy (packed weight, scales-and-zeros [K / group, N, 2])."""
+    weight, scales_and_zeros = copy
+    return torch.ops.aten._weight_int4pack_mm(x, weight, group_size, scales_and_zeros)
+
+
 def copy_bandwidth(timer) -> float:
     """Device-to-device copy of 1 GiB: bytes read + written per second, in GB/s."""
     src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
@@ -206,7 +212,7 @@ def bench_tokens(timer, kernels, x: torch.Tensor, dense: Rotation, packed: Rotat
     # wo_gemm_v4 (kernels/NOTES.md, "wo_gemm v4"): cp.async-staged weights; not in the dispatcher until measured.
     graph_kernel_ms["wo_gemm_v4"] = graph_ms(lambda: raw("wo_gemm_v4")) if 5 <= m <= 256 else None
     if tiny is not None:
-        graph_kernel_ms["tinygemm"] = graph_ms(lambda: torch.ops.aten._weight_int4pack_mm(x, *tiny(), group_size))
+        graph_kernel_ms["tinygemm"] = graph_ms(lambda: _tinygemm(x, tiny(), group_size))
     weight_bytes = p0.qweight.numel() * 4 + p0.scale.numel() * 4
     return {"K": k, "N": n, "format": fmt, "M": m, "bf16_ms": t_bf16, "qtool_ms": t_auto,
             "speedup": t_bf16 / t_auto, "bar": bar(fmt, m), "weight_bytes": weight_bytes,

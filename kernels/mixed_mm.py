@@ -168,6 +168,17 @@ def takes_ktile(ktile: int, m: int, group: int, k_padded: int, pingpong: int = 0
     return ktile == 128 and not pingpong and m <= KTILE_MAX_M and (group == k_padded or group % 128 == 0)
 
 
+# 128-k stages measured on the H200 (BENCHMARKS.md, session 10) against 64-k: W4 faster or equal at every
+# shape for 8-128 tokens (up to 14% at 64 tokens, 28672 x 8192); W8 up to 18% faster for 8-64 tokens but up
+# to 8% slower at 128 (8192 x 28672).
+KTILE128_MAX_M = {4: 128, 8: 64}
+
+
+def mixed_ktile(bits: int, m: int, group: int, k_padded: int) -> int:
+    """The pipeline stage depth in k (64 or 128) for m tokens of a `bits`-wide weight."""
+    return 128 if m <= KTILE128_MAX_M[bits] and takes_ktile(128, m, group, k_padded) else 64
+
+
 TILE_N = 128  # weight rows per output tile of the cooperative kernels (csrc/sm90/mixed_mm_sm90.cu)
 # Stream-K measured on the H200 (BENCHMARKS.md): 4-10% faster than the default schedule where the 128-row
 # tiles of one token tile outnumber the SMs (8192 x 28672: 224 tiles on 132 SMs, M = 8-128, W4 and W8),

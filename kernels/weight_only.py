@@ -6,7 +6,8 @@ Dispatch on m = tokens:
                     (off: V4_MAX_M = 0 until measured)
   MIXED_MIN_M <= m <= MIXED_MAX_M
                     qtool_cuda_mixed::w4_mm / w8_mm (mixed_mm.py) where the weight has a Hopper copy
-                    (4- or 8-bit, bf16): wgmma with the weights converted in registers
+                    (4- or 8-bit, bf16): wgmma with the weights converted in registers; not for small
+                    weights up to SMALL_GEMM_MAX_M tokens, where wo_gemm is faster
   V3_MIN_M <= m <= V3_MAX_M
                     qtool_cuda::wo_gemm_v3  tensor cores, many weight loads in flight per SM, split-K
                     reduced in thread block clusters (runs wo_gemm before sm_90): 8-bit, fp16, asym
@@ -28,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .layout import EPILOGUE, PackedWeight
-from .mixed_mm import mixed_linear, mixed_split
+from .mixed_mm import mixed_ktile, mixed_linear, mixed_split
 
 # wo_gemv serves up to 8 tokens (csrc/wo_kernels.h, kMaxGemvTokens). 4 is the cut-off every recorded
 # measurement ran with (BENCHMARKS.md); the 4-vs-8 A/B of kernels/NOTES.md (v3) left no result, so to
@@ -37,12 +38,16 @@ GEMV_MAX_M = 4
 # wo_gemm reads every weight once per 64 tokens, so past 64 dequantization + cuBLAS wins: at 256 tokens
 # on the H200 it took 176-593 us (W4) and 218-748 us (W8) where dequant + cuBLAS took 93-357 and 100-362.
 GEMM_MAX_M = 64
-# Measured crossovers on the H200 (BENCHMARKS.md, issue 19): below MIXED_MIN_M the mma.sync GEMM
-# is as fast or faster; above MIXED_MAX_M dequantization + cuBLAS is (the GEMM is compute-bound there).
-# 8-bit: from 5 tokens (past the GEMV), where w8_mm beat wo_gemm on 4 of the 5 shapes measured at M = 8-16
-# (by up to 23%; 4096 x 4096 lost 18%); 4-bit: from 17, as wo_gemm wins at 8 and ties at 16.
-MIXED_MIN_M = {4: 17, 8: 5}
+# Measured crossovers on the H200 (BENCHMARKS.md, issue 19, session 10 with 128-k stages): below MIXED_MIN_M
+# the mma.sync GEMM is as fast or faster; above MIXED_MAX_M dequantization + cuBLAS is (compute-bound there).
+# 8-bit: from 5 tokens (past the GEMV): w8_mm beat wo_gemm by 15-41% at M = 8 on five of six shapes;
+# 4-bit: from 9: wo_gemm won at 8 on four of six shapes (by up to 9%), w4_mm at 16 by 8-30% on the large ones.
+MIXED_MIN_M = {4: 9, 8: 5}
 MIXED_MAX_M = 2048
+# Small weights leave the Hopper GEMM most SMs idle (4096 x 4096: 32 tiles of 128 rows) and its ~15 us floor
+# shows: wo_gemm was 2-40% faster there up to 32 tokens for W4 and W8 (10.4 vs 15.8 us at M = 8).
+SMALL_WEIGHT = 4096 * 4096
+SMALL_GEMM_MAX_M = 32
 # wo_gemm_v3 (kernels/NOTES.md, "wo_gemm v3") measured on the H200 at M = 16, 32, 64 (BENCHMARKS.md):
 # it loses to w4_mm everywhere, and at M = 16 it ties wo_gemm; at 32 and 64 its variant 3 (twice the
 # split-K slices) beats wo_gemm by 0-30% on 7 of the 9 (shape, M) cells of W8 g-1. So it serves the
@@ -55,6 +60,25 @@ V3_VARIANT = 3
 # count, set this to the largest such count; it then runs before w4_mm, v3 and wo_gemm for every format.
 V4_MAX_M = 0
 KERNEL_DTYPES = (torch.float16, torch.bfloat16)
+
+
+# wo_gemv's lean launch (variant 1: 4 blocks per SM instead of 3) measured on the H200 at M = 1 (BENCHMARKS.md,
+# session 10): 6-12% faster where the weight has at least as many rows as columns (4096 x 14336, 8192 x 8192,
+# 8192 x 28672: more blocks than 3 per SM), 6-9% slower where K is long and N short (14336 x 4096, 28672 x 8192).
+def gemv_variant(w: PackedWeight) -> int:
+    """wo_gemv's `variant` argument for this weight."""
+    return 1 if w.out_features >= w.k_padded else 0
+
+
+def _small(w: PackedWeight, m: int) -> bool:
+    """Whether wo_gemm beats the tensor-core kernels with many weight loads in flight (w4_mm, v3)."""
+    return m <= SMALL_GEMM_MAX_M and w.out_features * w.in_features <= SMALL_WEIGHT
+
+
+def _takes_mixed(w: PackedWeight, m: int, dtype: torch.dtype) -> bool:
+    """Whether m tokens of `dtype` go to the Hopper mixed-input GEMM (where the weight has its copy)."""
+    return (w.mixed is not None and dtype == torch.bfloat16 and MIXED_MIN_M[w.mixed.bits] <= m <= MIXED_MAX_M
+            and not _small(w, m))
 
 
 def _kernel_input(x2: torch.Tensor, w: PackedWeight) -> torch.Tensor:
@@ -83,14 +107,15 @@ def packed_linear(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, k
     args = (w.qweight, w.scale, w.zero)
     meta = (w.num_bits, w.group_size, w.out_features)
     if m <= GEMV_MAX_M:
-        y = kernels.wo_gemv(x2, *args, bias, *meta, EPILOGUE, prefetch)
+        y = kernels.wo_gemv(x2, *args, bias, *meta, EPILOGUE, prefetch, gemv_variant(w))
     elif m <= V4_MAX_M:
         y = kernels.wo_gemm_v4(x2, *args, bias, *meta, EPILOGUE)
-    elif w.mixed is not None and MIXED_MIN_M[w.mixed.bits] <= m <= MIXED_MAX_M and x2.dtype == torch.bfloat16:
-        y = mixed_linear(x2, w.mixed, split=mixed_split(m, w.mixed.w.shape[0], x2.device))[:, :w.out_features]
+    elif _takes_mixed(w, m, x2.dtype):
+        y = mixed_linear(x2, w.mixed, split=mixed_split(m, w.mixed.w.shape[0], x2.device),
+                         ktile=mixed_ktile(w.mixed.bits, m, w.mixed.group, w.k_padded))[:, :w.out_features]
         if bias is not None:
             y = y + bias.to(y.dtype)
-    elif V3_MIN_M <= m <= V3_MAX_M:
+    elif V3_MIN_M <= m <= V3_MAX_M and not _small(w, m):
         y = kernels.wo_gemm_v3(x2, *args, bias, *meta, EPILOGUE, V3_VARIANT)
     elif m <= GEMM_MAX_M:
         y = kernels.wo_gemm(x2, *args, bias, *meta, EPILOGUE)

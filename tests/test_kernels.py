@@ -276,6 +276,48 @@ def test_mixed_ktile_rules():
         mixed_mm.mixed_linear(torch.zeros(4, 128), w, ktile=128)
 
 
+def test_dispatcher_routes_by_tokens_and_shape(monkeypatch):
+    """packed_linear's measured routes (kernels/weight_only.py): the GEMV's lean launch where rows >= columns,
+    wo_gemm for small weights up to 32 tokens, the Hopper GEMM with 128-k stages (W8: 64-k past 64 tokens)."""
+    from qtool_kernels import mixed_mm
+
+    calls = []
+
+    class Recorder:
+        def __getattr__(self, name):
+            def run(x, *args):
+                calls.append((name, args[-1] if name == "wo_gemv" else None))
+                if name == "dequant_int":  # (qweight, scale, zero, bits, group, n, dtype): dense [n, K_pad]
+                    return torch.zeros(args[4], x.shape[1] * layout.chunk_k(args[2]), dtype=args[5])
+                return torch.zeros(x.shape[0], args[6], dtype=x.dtype)
+            return run
+
+    def fake_mixed(x2, mixed, split=0, pingpong=0, ktile=64):
+        calls.append(("mixed", ktile))
+        return torch.zeros(x2.shape[0], mixed.w.shape[0], dtype=x2.dtype)
+
+    monkeypatch.setattr(weight_only, "mixed_linear", fake_mixed)
+
+    def route(bits, k, n, m):
+        codes = torch.zeros(16, 64, dtype=torch.int8)
+        w = pack_weight(codes, torch.ones(16, 1), None, None, bits, -1)
+        mixed = mixed_mm.MixedWeight(torch.zeros(n, 1, dtype=torch.int8 if bits == 8 else torch.uint8),
+                                      torch.ones(1, n), torch.zeros(1, n), k)
+        w = layout.PackedWeight(w.qweight.new_zeros(n // 16, k // layout.chunk_k(bits), 32, 4), w.scale, None, None,
+                                bits, -1, k, n, mixed)
+        calls.clear()
+        weight_only.packed_linear(torch.zeros(m, k, dtype=torch.bfloat16), w, None, Recorder())
+        return calls[0]
+
+    assert route(4, 8192, 8192, 1) == ("wo_gemv", 1) and route(4, 28672, 8192, 1) == ("wo_gemv", 0)
+    assert route(4, 8192, 8192, 8) == ("wo_gemm", None) and route(4, 8192, 8192, 16) == ("mixed", 128)
+    assert route(4, 4096, 4096, 16) == ("wo_gemm", None) and route(4, 4096, 4096, 32) == ("wo_gemm", None)
+    assert route(4, 4096, 4096, 64) == ("mixed", 128) and route(4, 8192, 8192, 128) == ("mixed", 128)
+    assert route(8, 8192, 8192, 8) == ("mixed", 128) and route(8, 8192, 8192, 128) == ("mixed", 64)
+    assert route(8, 4096, 4096, 8) == ("wo_gemm", None)
+    assert route(4, 8192, 8192, 4096) == ("dequant_int", None)
+
+
 def test_hopper_copy_setting():
     """QTOOL_HOPPER_COPY picks the code widths that get the Hopper GEMM's second copy of the codes."""
     from qtool_kernels import mixed_mm

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Compile the Hopper libraries (kernels/sm90.py) on the development machine into .gpu/w8a8, named as the
+# device's build cache expects them, so a device call copies them instead of spending minutes in nvcc.
+#   bash dev/prebuild_sm90.sh            (needs nvcc 13.0 and the nvidia-cutlass wheel in .gpu/w8a8)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p .gpu/w8a8 /tmp/cutlass
+ls .gpu/w8a8/nvidia_cutlass-*.whl >/dev/null 2>&1 || python3 -m pip download -q --no-deps --only-binary=:all: \
+  nvidia-cutlass==4.2.0 -d .gpu/w8a8
+[ -f /tmp/cutlass/cutlass_library/source/include/cutlass/cutlass.h ] || \
+  (cd /tmp/cutlass && python3 -m zipfile -e "$OLDPWD"/.gpu/w8a8/nvidia_cutlass-*.whl .)
+export QTOOL_CUTLASS_INCLUDE=/tmp/cutlass/cutlass_library/source/include
+libs=$(python3 -c 'import quantize
+from qtool_kernels import sm90
+for lib in (sm90._sm90, sm90.mixed, sm90.mixed8): print(lib.path().name, lib.source, " ".join(lib.defines))')
+while read -r name src defines; do
+  [ -f ".gpu/w8a8/$name" ] && { echo "have $name"; continue; }
+  echo "building $name"
+  nvcc -std=c++17 -O3 -DNDEBUG --expt-relaxed-constexpr -lineinfo -gencode=arch=compute_90a,code=sm_90a \
+    -Xcompiler -fPIC -shared $defines -I"$QTOOL_CUTLASS_INCLUDE" -I"$(dirname "$src")" "$src" \
+    -o ".gpu/w8a8/$name.tmp" && mv ".gpu/w8a8/$name.tmp" ".gpu/w8a8/$name" &
+done <<< "$libs"
+wait
+ls -la .gpu/w8a8
