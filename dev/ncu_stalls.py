@@ -8,6 +8,9 @@ import csv
 import sys
 
 PREFIX, SUFFIX = "smsp__average_warps_issue_stalled_", "_per_issue_active.ratio"
+EXTRA = {"warps active %": "sm__warps_active.avg.pct_of_peak_sustained_active",
+         "issue active %": "smsp__issue_active.avg.pct_of_peak_sustained_active",
+         "regs": "launch__registers_per_thread", "grid": "launch__grid_size"}
 
 
 def number(text: str) -> float | None:
@@ -29,7 +32,8 @@ def main(path: str) -> None:
         top = sorted(((v, k) for k, v in stalls.items() if v), reverse=True)[:5]
         dram = r[col["dram__throughput.avg.pct_of_peak_sustained_elapsed"]] if "dram__throughput.avg.pct_of_peak_sustained_elapsed" in col else "?"
         name = r[col["Kernel Name"]][:60] if "Kernel Name" in col else "?"
-        print(f"{name} | DRAM {dram}% | " + ", ".join(f"{k} {v:.2f}" for v, k in top))
+        extra = "".join(f" | {label} {r[col[metric]]}" for label, metric in EXTRA.items() if metric in col)
+        print(f"{name} | DRAM {dram}%{extra} | " + ", ".join(f"{k} {v:.2f}" for v, k in top))
 
 
 if __name__ == "__main__":

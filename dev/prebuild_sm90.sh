@@ -10,6 +10,13 @@ ls .gpu/w8a8/nvidia_cutlass-*.whl >/dev/null 2>&1 || python3 -m pip download -q 
 [ -f /tmp/cutlass/cutlass_library/source/include/cutlass/cutlass.h ] || \
   (cd /tmp/cutlass && python3 -m zipfile -e "$OLDPWD"/.gpu/w8a8/nvidia_cutlass-*.whl .)
 export QTOOL_CUTLASS_INCLUDE=/tmp/cutlass/cutlass_library/source/include
+# CUTLASS's tools/util headers include curand_kernel.h, which a toolkit without cuRAND (this machine's) lacks.
+CURAND=()
+if [ ! -f "$(dirname "$(command -v nvcc)")/../include/curand_kernel.h" ]; then
+  [ -d /tmp/curand/x ] || (python3 -m pip download -q --no-deps --only-binary=:all: nvidia-curand -d /tmp/curand &&
+                          cd /tmp/curand && python3 -m zipfile -e nvidia_curand-*.whl x)
+  CURAND=(-I"$(dirname "$(find /tmp/curand/x -name curand_kernel.h | head -1)")")
+fi
 libs=$(python3 -c 'import quantize
 from qtool_kernels import sm90
 for lib in (sm90._sm90, sm90.mixed, sm90.mixed8): print(lib.path().name, lib.source, " ".join(lib.defines))')
@@ -17,8 +24,7 @@ while read -r name src defines; do
   [ -f ".gpu/w8a8/$name" ] && { echo "have $name"; continue; }
   echo "building $name"
   nvcc -std=c++17 -O3 -DNDEBUG --expt-relaxed-constexpr -lineinfo -gencode=arch=compute_90a,code=sm_90a \
-    -Xcompiler -fPIC -shared $defines -I"$QTOOL_CUTLASS_INCLUDE" -I"$(dirname "$src")" "$src" \
-    -o ".gpu/w8a8/$name.tmp" && mv ".gpu/w8a8/$name.tmp" ".gpu/w8a8/$name" &
-done <<< "$libs"
-wait
+    -Xcompiler -fPIC -shared $defines -I"$QTOOL_CUTLASS_INCLUDE" -I"$QTOOL_CUTLASS_INCLUDE/../tools/util/include" "${CURAND[@]}" -I"$(dirname "$src")" "$src" \
+    -o ".gpu/w8a8/$name.tmp" && mv ".gpu/w8a8/$name.tmp" ".gpu/w8a8/$name"
+done <<< "$libs"  # one at a time: a CUTLASS library's cicc takes several GB, two at once swapped 24 GB
 ls -la .gpu/w8a8

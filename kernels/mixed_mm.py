@@ -60,6 +60,7 @@ class MixedWeight:
     scale: torch.Tensor  # bf16 [G, N_pad]
     zero: torch.Tensor  # bf16 [G, N_pad]
     group: int  # k per scale (K_pad when per channel)
+    shuffled: bool = False  # w in the shuffled layout (`shuffle_int4`): runs as variant 3 only
 
     @property
     def bits(self) -> int:
@@ -71,7 +72,7 @@ class _Args(ctypes.Structure):  # csrc/sm90/sm90_mixed_mm.h, MixedMmArgs
                 ("zero", ctypes.c_void_p), ("y", ctypes.c_void_p), ("workspace", ctypes.c_void_p),
                 ("workspace_bytes", ctypes.c_size_t), ("m", ctypes.c_int), ("n", ctypes.c_int),
                 ("k", ctypes.c_int), ("group", ctypes.c_int), ("split", ctypes.c_int), ("pingpong", ctypes.c_int),
-                ("ktile", ctypes.c_int)]
+                ("ktile", ctypes.c_int), ("variant", ctypes.c_int)]
 
 
 _functions: dict[int, tuple] = {}
@@ -84,8 +85,25 @@ def _entry_points(bits: int) -> tuple:
         lib.qtool_sm90_mixed_workspace.argtypes = [ctypes.POINTER(_Args)]
         lib.qtool_sm90_mixed_mm.restype = ctypes.c_char_p
         lib.qtool_sm90_mixed_mm.argtypes = [ctypes.POINTER(_Args), ctypes.c_void_p]
-        _functions[bits] = (lib.qtool_sm90_mixed_workspace, lib.qtool_sm90_mixed_mm)
+        lib.qtool_sm90_mixed_shuffle.restype = ctypes.c_char_p
+        lib.qtool_sm90_mixed_shuffle.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
+                                                 ctypes.c_void_p]
+        _functions[bits] = (lib.qtool_sm90_mixed_workspace, lib.qtool_sm90_mixed_mm, lib.qtool_sm90_mixed_shuffle)
     return _functions[bits]
+
+
+def shuffle_int4(codes: torch.Tensor) -> torch.Tensor:
+    """codes [N_pad, K_pad] int8 (signed 4-bit values, CUDA) -> uint8 [N_pad, K_pad / 2] in the shuffled layout
+    of `w4_mm`'s variant 3 (csrc/sm90/mixed_mm_sm90.cu, ShuffledLayout): each thread's 8 codes of a wgmma
+    fragment in one 32-bit word, so they load and convert as one."""
+    n, k = codes.shape
+    order = torch.empty(n * k, dtype=torch.int8, device=codes.device)
+    err = _entry_points(4)[2](codes.contiguous().data_ptr(), order.data_ptr(), n, k,
+                              torch.cuda.current_stream(codes.device).cuda_stream)
+    if err is not None:
+        raise RuntimeError(f"shuffle_int4: {err.decode()} (n={n}, k={k})")
+    nibbles = (order.to(torch.int16) & 0xF).to(torch.uint8).view(-1, 2)
+    return (nibbles[:, 0] | (nibbles[:, 1] << 4)).view(n, k // 2)
 
 
 def available(bits: int = 4) -> bool:
@@ -116,13 +134,13 @@ def pack_mixed(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | No
 
 
 def _run(bits: int, x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group: int,
-         split: int, pingpong: int, ktile: int) -> torch.Tensor:
-    workspace_of, run = _entry_points(bits)
+         split: int, pingpong: int, ktile: int, variant: int) -> torch.Tensor:
+    workspace_of, run, _ = _entry_points(bits)
     m, k = x.shape
     n = w.shape[0]
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
     args = _Args(w.data_ptr(), x.data_ptr(), scale.data_ptr(), zero.data_ptr(), y.data_ptr(), None, 0, m, n, k, group,
-                 split, pingpong, ktile)
+                 split, pingpong, ktile, variant)
     need = workspace_of(ctypes.byref(args))
     workspace = torch.empty(max(need, 1), dtype=torch.uint8, device=x.device)
     args.workspace, args.workspace_bytes = workspace.data_ptr(), need
@@ -134,25 +152,26 @@ def _run(bits: int, x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zero:
 
 @torch.library.custom_op("qtool_cuda_mixed::w4_mm", mutates_args=())
 def w4_mm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group: int,
-          split: int = 0, pingpong: int = 0, ktile: int = 64) -> torch.Tensor:
+          split: int = 0, pingpong: int = 0, ktile: int = 64, variant: int = 0) -> torch.Tensor:
     """y [m, N_pad] bf16 = x [m, K_pad] bf16 . dequant(w)^T, w uint8 [N_pad, K_pad / 2] (module docstring).
 
     split: 0 splits k when the output tiles leave SMs idle (the default), 1 never, s > 1 in s parts,
     -1 stream-K; pingpong: 1 for 64-row tiles with two warpgroups alternating (m <= 64); ktile: k per
-    pipeline stage, 64 or 128 (`takes_ktile`)."""
-    return _run(4, x, w, scale, zero, group, split, pingpong, ktile)
+    pipeline stage, 64 or 128 (`takes_ktile`); variant (ktile 128, m <= 64): 1 256-row tiles, 2 scale only
+    (symmetric weights: `zero` is ignored), 0 neither (csrc/sm90/mixed_mm_sm90.cu, by_variant)."""
+    return _run(4, x, w, scale, zero, group, split, pingpong, ktile, variant)
 
 
 @torch.library.custom_op("qtool_cuda_mixed::w8_mm", mutates_args=())
 def w8_mm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group: int,
-          split: int = 0, pingpong: int = 0, ktile: int = 64) -> torch.Tensor:
+          split: int = 0, pingpong: int = 0, ktile: int = 64, variant: int = 0) -> torch.Tensor:
     """`w4_mm` for int8 codes: w int8 [N_pad, K_pad]."""
-    return _run(8, x, w, scale, zero, group, split, pingpong, ktile)
+    return _run(8, x, w, scale, zero, group, split, pingpong, ktile, variant)
 
 
 @w4_mm.register_fake
 @w8_mm.register_fake
-def _(x, w, scale, zero, group, split=0, pingpong=0, ktile=64):
+def _(x, w, scale, zero, group, split=0, pingpong=0, ktile=64, variant=0):
     return x.new_empty(x.shape[0], w.shape[0])
 
 
@@ -200,9 +219,17 @@ def mixed_split(m: int, n_padded: int, device: torch.device) -> int:
 
 
 def mixed_linear(x2: torch.Tensor, mixed: MixedWeight, split: int = 0, pingpong: int = 0,
-                 ktile: int = 64) -> torch.Tensor:
-    """x2 [m, K_pad] bf16, contiguous -> [m, N_pad] bf16; split, pingpong, ktile as in `w4_mm`."""
+                 ktile: int = 64, variant: int = 0) -> torch.Tensor:
+    """x2 [m, K_pad] bf16, contiguous -> [m, N_pad] bf16; split, pingpong, ktile, variant as in `w4_mm`."""
     if not takes_ktile(ktile, x2.shape[0], mixed.group, x2.shape[1], pingpong):
         raise ValueError(f"ktile={ktile} does not apply to m={x2.shape[0]}, group={mixed.group}, pingpong={pingpong}")
+    m = x2.shape[0]
+    if variant and (variant not in (1, 2, 3) or ktile != 128 or m > (128 if variant == 3 else 64)
+                    or (variant == 3 and mixed.bits != 4)):
+        raise ValueError(f"variant={variant} needs 1 or 2 (m <= 64) or 3 (4-bit, m <= 128) with ktile=128, "
+                         f"got ktile={ktile}, m={m}, {mixed.bits}-bit")
+    if (variant == 3) != mixed.shuffled:
+        raise ValueError(f"variant={variant} with a {'shuffled' if mixed.shuffled else 'row-major'} weight: "
+                         "the shuffled layout runs as variant 3, and only it")
     op = torch.ops.qtool_cuda_mixed.w8_mm if mixed.bits == 8 else torch.ops.qtool_cuda_mixed.w4_mm
-    return op(x2, mixed.w, mixed.scale, mixed.zero, mixed.group, split, pingpong, ktile)
+    return op(x2, mixed.w, mixed.scale, mixed.zero, mixed.group, split, pingpong, ktile, variant)

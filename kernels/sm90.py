@@ -97,8 +97,10 @@ class Library:
 
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        cmd = [str(Path(CUDA_HOME) / "bin" / "nvcc"), *FLAGS, *self.defines, f"-I{cutlass_include()}", f"-I{self.source.parent}",
-               str(self.source), "-o", str(tmp)]
+        include = cutlass_include()
+        util = include.parent / "tools" / "util" / "include"  # cutlass/util/*.hpp, beside the headers in the package
+        cmd = [str(Path(CUDA_HOME) / "bin" / "nvcc"), *FLAGS, *self.defines, f"-I{include}", f"-I{util}",
+               f"-I{self.source.parent}", str(self.source), "-o", str(tmp)]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
             tmp.unlink(missing_ok=True)

@@ -8,6 +8,8 @@ and zeros, and its bf16 output, give ~3e-3); the mma.sync path is held to the sa
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -115,3 +117,50 @@ def test_mixed_mm_schedules(hopper, split, pingpong, ktile, m, bits):
     y = mixed_mm.mixed_linear(x, p.mixed, split=split, pingpong=pingpong, ktile=ktile)[:, :n]
     ref = x.double() @ dequantize_packed(p.qweight, p.scale, p.zero, bits, p.group_size, n, torch.float64)[:, :k].T
     assert rel_err(y, ref) <= 1e-2
+
+
+def shuffled(p: PackedWeight) -> PackedWeight:
+    """p with its Hopper copy in the shuffled layout of variant 3."""
+    p.mixed = dataclasses.replace(p.mixed, w=mixed_mm.shuffle_int4(unpack_codes(p.qweight, 4)), shuffled=True)
+    return p
+
+
+@pytest.mark.parametrize("variant,symmetric", [(1, False), (1, True), (2, True), (3, False), (3, True)])
+@pytest.mark.parametrize("k,n,group", [(4096, 1000, 128), (576, 1536, 128), (2048, 512, -1)])
+@pytest.mark.parametrize("m", [1, 5, 16, 17, 33, 64, 100, 128])
+@pytest.mark.parametrize("split", [0, -1])
+@pytest.mark.parametrize("bits", [4, 8])
+def test_mixed_mm_variants(hopper, variant, symmetric, k, n, group, m, split, bits):
+    """The 128-k tile variants: 256-row tiles and scale only (m <= 64), the shuffled 4-bit layout (m <= 128)."""
+    if (variant == 3 and bits != 4) or m > (128 if variant == 3 else 64):
+        pytest.skip("no such variant")
+    p = random_weight(n, k, group, symmetric, seed=k + n + m + variant, bits=bits)
+    if variant == 3:
+        p = shuffled(p)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    poison_cache()
+    y = mixed_mm.mixed_linear(F.pad(x, (0, p.k_padded - k)), p.mixed, split=split, ktile=128, variant=variant)[:, :n]
+    ref = x.double() @ dequantize_packed(p.qweight, p.scale, p.zero, bits, p.group_size, n, torch.float64)[:, :k].T
+    assert torch.isfinite(y).all()
+    assert rel_err(y, ref) <= 1e-2
+
+
+def test_mixed_mm_variant_rules(hopper):
+    p = random_weight(512, 1024, 128, True, seed=1)
+    x = torch.randn(65, 1024, device="cuda", dtype=torch.bfloat16)
+    for variant, ktile, m in ((1, 64, 16), (2, 128, 65), (4, 128, 16), (3, 128, 16)):
+        with pytest.raises(ValueError, match="variant"):
+            mixed_mm.mixed_linear(x[:m], p.mixed, ktile=ktile, variant=variant)
+    with pytest.raises(ValueError, match="variant=0 with a shuffled"):
+        mixed_mm.mixed_linear(x[:16], shuffled(p).mixed, ktile=128)
+
+
+def test_shuffle_is_a_permutation(hopper):
+    """shuffle_int4 moves every code once: the multiset of each 16 x 16 block's codes is kept, and distinct
+    inputs stay distinct (the map is a bijection)."""
+    n, k = 64, 256
+    codes = (torch.arange(n * k, device="cuda") % 16 - 8).to(torch.int8).view(n, k)
+    w = mixed_mm.shuffle_int4(codes)
+    lo, hi = (w & 0xF).to(torch.int16), (w >> 4).to(torch.int16)
+    got = torch.stack([lo, hi], -1).flatten()
+    assert torch.equal(torch.sort(got).values, torch.sort(codes.flatten().to(torch.int16) & 0xF).values)

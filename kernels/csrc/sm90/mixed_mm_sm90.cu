@@ -21,6 +21,8 @@
 #include "cutlass/gemm/device/gemm_universal_adapter.h"
 #include "cutlass/gemm/kernel/gemm_universal.hpp"
 
+#include "cutlass/util/mixed_dtype_utils.hpp"  // compute_memory_reordering_atom (CUTLASS tools/util)
+
 #include "sm90_mixed_mm.h"
 
 #ifndef QTOOL_MIXED_BITS
@@ -42,11 +44,27 @@ int sm_count() {
   return count;
 }
 
-template <class TileShape,  // (weight rows, tokens, k) per CTA
-          bool PingPong>    // 64-row tiles, two warpgroups alternating; else 128-row cooperative tiles
+using Q = std::conditional_t<QTOOL_MIXED_BITS == 4, cutlass::int4b_t, int8_t>;
+using T = cutlass::bfloat16_t;
+using RowMajorStride = cutlass::detail::TagToStrideA_t<cutlass::layout::RowMajor>;  // [n, k, batch], k-major
+
+// The shuffled weight layout (4-bit only): within each 16 x 16 block of one warp's wgmma A fragment, the
+// 8 codes a thread converts sit in one 32-bit word, in the order 0 2 4 6 1 3 5 7 (CUTLASS example 55).
+// One 32-bit shared-memory load per 8 codes instead of byte loads, and CUTLASS's converter turns a word
+// into 8 bf16 values with one shift and one LOP3 per pair. Blocks tile the weight N-fastest.
+using ShuffleAtom = decltype(cutlass::compute_memory_reordering_atom<T, Layout<Shape<_1, _1>>,
+                                                                     Layout<Shape<_2, _4>, Stride<_4, _1>>>());
+using ShuffledLayout = decltype(tile_to_shape(ShuffleAtom{}, Layout<Shape<int, int, int>, RowMajorStride>{}));
+
+template <class TileShape,         // (weight rows, tokens, k) per CTA
+          bool PingPong,           // 64-row tiles, two warpgroups alternating; else 128-row cooperative tiles
+          bool ScaleOnly = false,  // w = q * scale (symmetric weights): no zero tile loaded or added
+          bool Shuffled = false>   // weights in ShuffledLayout (qtool_sm90_mixed_shuffle), 4-bit only
 struct MixedGemm {
-  using Q = std::conditional_t<QTOOL_MIXED_BITS == 4, cutlass::int4b_t, int8_t>;
-  using T = cutlass::bfloat16_t;
+  static_assert(!Shuffled || QTOOL_MIXED_BITS == 4, "the shuffled layout is for 4-bit codes");
+  using LayoutW = std::conditional_t<Shuffled, ShuffledLayout, cutlass::layout::RowMajor>;
+  // (codes, scale, zero) converts as q * scale + zero; (codes, scale) as q * scale.
+  using Operands = std::conditional_t<ScaleOnly, cute::tuple<Q, T>, cute::tuple<Q, T, T>>;
   using ClusterShape = Shape<_1, _1, _1>;
   static constexpr int kAlignQ = 128 / cutlass::sizeof_bits<Q>::value;  // 16 bytes
   static constexpr int kAlignT = 8;
@@ -60,7 +78,7 @@ struct MixedGemm {
                          cutlass::epilogue::TmaWarpSpecializedCooperative>>::CollectiveOp;
 
   using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, cute::tuple<Q, T, T>, cutlass::layout::RowMajor, kAlignQ, T,
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, Operands, LayoutW, kAlignQ, T,
       cutlass::layout::ColumnMajor, kAlignT, float, TileShape, ClusterShape,
       cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
       std::conditional_t<PingPong, cutlass::gemm::KernelTmaWarpSpecializedPingpong,
@@ -74,9 +92,13 @@ struct MixedGemm {
   using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
 
   static typename Gemm::Arguments arguments(const MixedMmArgs& p) {
-    typename Kernel::StrideA sw{};  // [n, k] k-major
-    get<0>(sw) = p.k;
-    get<2>(sw) = static_cast<int64_t>(p.n) * p.k;
+    typename Kernel::StrideA sw{};  // [n, k] k-major, or the shuffled layout of that shape
+    if constexpr (Shuffled) {
+      sw = tile_to_shape(ShuffleAtom{}, make_shape(p.n, p.k, 1));
+    } else {
+      get<0>(sw) = p.k;
+      get<2>(sw) = static_cast<int64_t>(p.n) * p.k;
+    }
     typename Kernel::StrideB sx{};  // [m, k] k-major
     get<0>(sx) = p.k;
     get<2>(sx) = static_cast<int64_t>(p.m) * p.k;
@@ -134,12 +156,46 @@ struct MixedGemm {
 // ktile 128 (up to 128 tokens, cooperative only): each pipeline stage moves twice the weight bytes. At 8
 // bits the same stage count streamed 2.1-2.6 TB/s where 4-bit tiles of 64 k streamed 1.1 (H200,
 // kernels/NOTES.md): the per-stage cost, not DRAM, limits small batches, so larger stages should help.
-constexpr const char* kNoTile = "no such tile configuration (ktile 128 takes m <= 128, cooperative only; else ktile 64)";
+constexpr const char* kNoTile =
+    "no such tile configuration (ktile 128 takes m <= 128, cooperative only; else ktile 64; variants 1 and 2 take "
+    "ktile 128 and m <= 64, variant 3 ktile 128, m <= 128 and 4-bit codes)";
+
+// Variants of the 128-k cooperative tiles for m <= 64, to measure (BENCHMARKS.md, session 10): the W4 and W8
+// kernels took the same time at 8-64 tokens, so the converting warps, not the bytes, set the pace there.
+//   1: 256-row tiles: each consumer warpgroup converts and multiplies 128 rows per k block, twice the
+//      independent work between its waits on the tensor cores (half the tiles: split-K fills the SMs);
+//   2: scale only (symmetric weights, the zero tile is neither loaded nor added);
+//   3: weights in the shuffled layout (4-bit; up to 128 tokens).
+template <class Fn>
+const char* by_variant(int m, int variant, Fn&& fn) {
+  if (variant == 3) {
+#if QTOOL_MIXED_BITS == 4
+    if (m <= 16) return fn(MixedGemm<Shape<_128, _16, _128>, false, false, true>{});
+    if (m <= 32) return fn(MixedGemm<Shape<_128, _32, _128>, false, false, true>{});
+    if (m <= 64) return fn(MixedGemm<Shape<_128, _64, _128>, false, false, true>{});
+    return fn(MixedGemm<Shape<_128, _128, _128>, false, false, true>{});
+#else
+    return kNoTile;
+#endif
+  }
+  if (m > 64) return kNoTile;
+  if (variant == 1) {
+    if (m <= 16) return fn(MixedGemm<Shape<_256, _16, _128>, false>{});
+    if (m <= 32) return fn(MixedGemm<Shape<_256, _32, _128>, false>{});
+    return fn(MixedGemm<Shape<_256, _64, _128>, false>{});
+  }
+  if (m <= 16) return fn(MixedGemm<Shape<_128, _16, _128>, false, true>{});
+  if (m <= 32) return fn(MixedGemm<Shape<_128, _32, _128>, false, true>{});
+  return fn(MixedGemm<Shape<_128, _64, _128>, false, true>{});
+}
 
 // fn's result (nullptr on success), or kNoTile for a configuration this library does not hold.
 template <class Fn>
-const char* by_tokens(int m, int pingpong, int ktile, Fn&& fn) {
+const char* by_tokens(int m, int pingpong, int ktile, int variant, Fn&& fn) {
   if (ktile != 64 && ktile != 128) return kNoTile;
+  if (variant != 0) {
+    return ktile == 128 && !pingpong && m <= 128 && variant >= 1 && variant <= 3 ? by_variant(m, variant, fn) : kNoTile;
+  }
   if (ktile == 128) {
     if (pingpong || m > 128) return kNoTile;
     if (m <= 16) return fn(MixedGemm<Shape<_128, _16, _128>, false>{});  // half the x stage of a 32 tile
@@ -160,7 +216,7 @@ const char* by_tokens(int m, int pingpong, int ktile, Fn&& fn) {
 
 extern "C" size_t qtool_sm90_mixed_workspace(const qtool::sm90::MixedMmArgs* p) {
   size_t bytes = 0;  // stays 0 for a configuration not built: qtool_sm90_mixed_mm reports it
-  qtool::sm90::by_tokens(p->m, p->pingpong, p->ktile, [&](auto g) -> const char* {
+  qtool::sm90::by_tokens(p->m, p->pingpong, p->ktile, p->variant, [&](auto g) -> const char* {
     bytes = decltype(g)::workspace(*p);
     return nullptr;
   });
@@ -168,8 +224,35 @@ extern "C" size_t qtool_sm90_mixed_workspace(const qtool::sm90::MixedMmArgs* p) 
 }
 
 extern "C" const char* qtool_sm90_mixed_mm(const qtool::sm90::MixedMmArgs* p, cudaStream_t stream) {
-  if (const char* err = qtool::sm90::by_tokens(p->m, p->pingpong, p->ktile,
+  if (const char* err = qtool::sm90::by_tokens(p->m, p->pingpong, p->ktile, p->variant,
                                                [&](auto g) { return decltype(g)::run(*p, stream); })) return err;
+  const cudaError_t status = cudaGetLastError();
+  return status == cudaSuccess ? nullptr : cudaGetErrorString(status);
+}
+
+namespace qtool::sm90 {
+namespace {
+
+// One thread per code: out[shuffled(i, j)] = codes[i, j], one code per byte either side.
+__global__ void shuffle_kernel(const int8_t* codes, int8_t* out, int n, int k) {
+  const int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (index >= static_cast<int64_t>(n) * k) return;
+  const auto layout = tile_to_shape(ShuffleAtom{}, make_shape(n, k, 1));
+  out[layout(static_cast<int>(index / k), static_cast<int>(index % k), 0)] = codes[index];
+}
+
+}  // namespace
+}  // namespace qtool::sm90
+
+// codes [n, k] int8 (one signed 4-bit code per byte, row-major) -> out [n * k] int8, one code per byte
+// in the order of the shuffled layout (variant 3); the caller packs byte pairs into nibbles (even offset in
+// the low nibble). n % 16 == 0 and k % 16 == 0. Returns nullptr, or the error.
+extern "C" const char* qtool_sm90_mixed_shuffle(const void* codes, void* out, int n, int k, cudaStream_t stream) {
+  if (n % 16 || k % 16) return "the shuffled layout takes n and k multiples of 16";
+  const int64_t total = static_cast<int64_t>(n) * k;
+  const int threads = 256;
+  qtool::sm90::shuffle_kernel<<<static_cast<unsigned>((total + threads - 1) / threads), threads, 0, stream>>>(
+      static_cast<const int8_t*>(codes), static_cast<int8_t*>(out), n, k);
   const cudaError_t status = cudaGetLastError();
   return status == cudaSuccess ? nullptr : cudaGetErrorString(status);
 }

@@ -23,6 +23,8 @@ struct MixedMmArgs {
   int split;              // 0: split-K when the output tiles leave SMs idle; 1: none; > 1: that many; -1: stream-K
   int pingpong;           // 1: 64-row tiles, two warpgroups in ping-pong (m <= 64); 0: 128-row cooperative tiles
   int ktile;              // k per pipeline stage: 64, or 128 (m <= 128, cooperative; group a multiple of 128)
+  int variant;            // 0; 1: 256-row tiles; 2: scale only, zero ignored (both ktile 128, m <= 64);
+                          // 3: w in the shuffled layout (4-bit, ktile 128, m <= 128; qtool_sm90_mixed_shuffle)
 };
 
 }  // namespace qtool::sm90
@@ -30,4 +32,5 @@ struct MixedMmArgs {
 extern "C" {
 size_t qtool_sm90_mixed_workspace(const qtool::sm90::MixedMmArgs* p);
 const char* qtool_sm90_mixed_mm(const qtool::sm90::MixedMmArgs* p, cudaStream_t stream);
+const char* qtool_sm90_mixed_shuffle(const void* codes, void* out, int n, int k, cudaStream_t stream);
 }
