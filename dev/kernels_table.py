@@ -8,16 +8,19 @@ import json
 import sys
 
 COLS = ("wo_gemv", "wo_gemv_lean", "wo_gemm", "sm90_mixed", "sm90_mixed_streamk", "sm90_mixed_k128", "sm90_mixed_k128_streamk",
-        "wo_gemm_v3_d", "dequant+cublas", "tinygemm")
+        "sm90_mixed_k128_r256", "sm90_mixed_k128_sym", "sm90_mixed_k128_shuf", "wo_gemm_v3_d", "dequant+cublas", "tinygemm")
 
 
 def main(path: str) -> None:
-    print("K x N | format | M | graph bf16 us | " + " | ".join(COLS) + " | dispatcher us | dispatcher vs bf16")
-    for r in json.load(open(path))["rows"]:
+    rows = json.load(open(path))["rows"]
+    empty = {c for c in COLS if all((r.get("graph_kernel_ms") or {}).get(c) is None for r in rows)}
+    print("K x N | format | M | graph bf16 us | " + " | ".join(c for c in COLS if c not in empty)
+          + " | dispatcher us | dispatcher vs bf16")
+    for r in rows:
         g = r.get("graph_kernel_ms") or {}
         if r["M"] > 1024 or not g:
             continue
-        us = [("-" if g.get(c) is None else f"{g[c] * 1e3:.1f}") for c in COLS]
+        us = [("-" if g.get(c) is None else f"{g[c] * 1e3:.1f}") for c in COLS if c not in empty]
         bf, auto = r.get("graph_bf16_ms") or 0.0, r.get("graph_qtool_ms") or 0.0
         ratio = f"{bf / auto:.2f}x" if bf and auto else "-"
         print(f"{r['K']}x{r['N']} | {r['format']} | {r['M']} | {bf * 1e3:.1f} | " + " | ".join(us)

@@ -6,7 +6,7 @@
 cd "$(dirname "$0")/.."
 LOG=session10b.log
 source dev/gpu_setup.sh
-TOKENS=${TOKENS:-1,8,16,32,64}
+TOKENS=${TOKENS:-1,8,16,32,64,128}
 
 tests() {
   step "GPU tests: the Hopper GEMMs (variants included) and the dispatcher's kernels"
