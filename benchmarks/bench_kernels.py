@@ -130,11 +130,12 @@ def packed_copies(bits: int, group_size: int, k: int, n: int) -> list[PackedWeig
     if mixed_mm.takes(bits, p.group_size, p.k_padded) and mixed_mm.available(bits):  # the Hopper GEMM's copy
         mixed = mixed_mm.pack_mixed(unpack_codes(p.qweight, bits), p.scale, None, p.group_size, bits)
     copies = [PackedWeight(p.qweight.clone(), p.scale.clone(), None, None, bits, p.group_size, k, n,
-                           None if mixed is None else mixed_mm.MixedWeight(mixed.w.clone(), mixed.scale.clone(),
-                                                                            mixed.zero.clone(), mixed.group))
+                           None if mixed is None else dataclasses.replace(mixed, w=mixed.w.clone(),
+                                                                          scale=mixed.scale.clone(),
+                                                                          zero=mixed.zero.clone()))
               for _ in range(count)]
-    if mixed is not None and bits == 4:  # the same codes in the shuffled layout (w4_mm variant 3), per copy
-        shuffled = mixed_mm.shuffle_int4(unpack_codes(p.qweight, bits))
+    if mixed is not None and bits == 8:  # the same codes in the shuffled layout (optional at 8 bits), per copy
+        shuffled = mixed_mm.shuffle_codes(unpack_codes(p.qweight, bits), 8)
         for c in copies:
             c.shuffled = dataclasses.replace(c.mixed, w=shuffled.clone(), shuffled=True)
     return copies
@@ -211,17 +212,14 @@ def bench_tokens(timer, kernels, x: torch.Tensor, dense: Rotation, packed: Rotat
         if k128 else None
     graph_kernel_ms["sm90_mixed_k128_streamk"] = graph_ms(
         lambda: mixed_mm.mixed_linear(x, packed().mixed, split=-1, ktile=128)) if k128 else None
-    # The 128-k variants for m <= 64 (csrc/sm90/mixed_mm_sm90.cu, by_variant): 256-row tiles, and scale only
-    # (these weights are symmetric), each with the dispatcher's split rule.
+    # 256-row tiles (variant 1, m <= 64), and the shuffled 8-bit layout (4-bit codes always take it), each
+    # with the dispatcher's split rule.
     split = mixed_mm.mixed_split(m, n, x.device) if mixed else 0
-    if k128 and bits == 4 and m <= 128:  # the shuffled 4-bit layout (variant 3) of the same codes
+    graph_kernel_ms["sm90_mixed_k128_r256"] = graph_ms(
+        lambda: mixed_mm.mixed_linear(x, packed().mixed, ktile=128, variant=1)) if k128 and m <= 64 else None
+    if k128 and bits == 8:
         graph_kernel_ms["sm90_mixed_k128_shuf"] = graph_ms(
-            lambda: mixed_mm.mixed_linear(x, packed().shuffled, split=split, ktile=128, variant=3))
-    for variant, tag in ((1, "r256"), (2, "sym")):
-        graph_kernel_ms[f"sm90_mixed_k128_{tag}"] = graph_ms(
-            lambda v=variant, s=split if variant == 2 else 0: mixed_mm.mixed_linear(x, packed().mixed, split=s, ktile=128,
-                                                                                     variant=v)) \
-            if k128 and m <= 64 else None
+            lambda: mixed_mm.mixed_linear(x, packed().shuffled, split=split, ktile=128))
     # wo_gemm_v3's variants (kernels/NOTES.md): a = default (ring of 8 chunks, 4 at M > 32), b = the other
     # ring depth, c = no split-K, d = twice the splits.
     for variant, tag in enumerate("abcd"):

@@ -41,11 +41,11 @@ GEMM_MAX_M = 64
 # Measured crossovers on the H200 (BENCHMARKS.md, issue 19, session 10 with 128-k stages): below MIXED_MIN_M
 # the mma.sync GEMM is as fast or faster; above MIXED_MAX_M dequantization + cuBLAS is (compute-bound there).
 # 8-bit: from 5 tokens (past the GEMV): w8_mm beat wo_gemm by 15-41% at M = 8 on five of six shapes;
-# 4-bit: from 9: wo_gemm won at 8 on four of six shapes (by up to 9%), w4_mm at 16 by 8-30% on the large ones.
-MIXED_MIN_M = {4: 9, 8: 5}
+# 4-bit (shuffled codes, session 10 call 2): from 5: w4_mm beat wo_gemm by 3-29% at M = 8 on five of six shapes.
+MIXED_MIN_M = {4: 5, 8: 5}
 MIXED_MAX_M = 2048
 # Small weights leave the Hopper GEMM most SMs idle (4096 x 4096: 32 tiles of 128 rows) and its ~15 us floor
-# shows: wo_gemm was 2-40% faster there up to 32 tokens for W4 and W8 (10.4 vs 15.8 us at M = 8).
+# shows: wo_gemm was 2-40% faster there up to 32 tokens for W4 and W8 (W4 shuffled: 10.5 vs 14.5 us at M = 8).
 SMALL_WEIGHT = 4096 * 4096
 SMALL_GEMM_MAX_M = 32
 # wo_gemm_v3 (kernels/NOTES.md, "wo_gemm v3") measured on the H200 at M = 16, 32, 64 (BENCHMARKS.md):

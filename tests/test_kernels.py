@@ -310,7 +310,8 @@ def test_dispatcher_routes_by_tokens_and_shape(monkeypatch):
         return calls[0]
 
     assert route(4, 8192, 8192, 1) == ("wo_gemv", 1) and route(4, 28672, 8192, 1) == ("wo_gemv", 0)
-    assert route(4, 8192, 8192, 8) == ("wo_gemm", None) and route(4, 8192, 8192, 16) == ("mixed", 128)
+    assert route(4, 8192, 8192, 8) == ("mixed", 128) and route(4, 8192, 8192, 16) == ("mixed", 128)
+    assert route(4, 4096, 4096, 8) == ("wo_gemm", None)
     assert route(4, 4096, 4096, 16) == ("wo_gemm", None) and route(4, 4096, 4096, 32) == ("wo_gemm", None)
     assert route(4, 4096, 4096, 64) == ("mixed", 128) and route(4, 8192, 8192, 128) == ("mixed", 128)
     assert route(8, 8192, 8192, 8) == ("mixed", 128) and route(8, 8192, 8192, 128) == ("mixed", 64)

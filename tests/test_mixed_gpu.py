@@ -8,8 +8,6 @@ and zeros, and its bf16 output, give ~3e-3); the mma.sync path is held to the sa
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -30,7 +28,8 @@ def hopper(kernels):
     return kernels
 
 
-def random_weight(n: int, k: int, group: int, symmetric: bool, seed: int, bits: int = 4) -> PackedWeight:
+def random_weight(n: int, k: int, group: int, symmetric: bool, seed: int, bits: int = 4,
+                  shuffle8: bool = False) -> PackedWeight:
     assert mixed_mm.available(bits), f"the {bits}-bit library did not build or load"
     g = torch.Generator(device="cuda").manual_seed(seed)
     groups = 1 if group <= 0 else -(-k // group)
@@ -39,7 +38,7 @@ def random_weight(n: int, k: int, group: int, symmetric: bool, seed: int, bits: 
     scale = torch.rand(n, groups, device="cuda", generator=g) / 50 + 1e-3
     zero = None if symmetric else torch.randint(lo, hi, (n, groups), device="cuda", dtype=torch.int8, generator=g)
     p = pack_weight(codes, scale, zero, None, bits, group)
-    p.mixed = mixed_mm.pack_mixed(unpack_codes(p.qweight, bits), p.scale, p.zero, p.group_size, bits)
+    p.mixed = mixed_mm.pack_mixed(unpack_codes(p.qweight, bits), p.scale, p.zero, p.group_size, bits, shuffle8)
     assert p.mixed.bits == bits
     return p
 
@@ -119,24 +118,19 @@ def test_mixed_mm_schedules(hopper, split, pingpong, ktile, m, bits):
     assert rel_err(y, ref) <= 1e-2
 
 
-def shuffled(p: PackedWeight) -> PackedWeight:
-    """p with its Hopper copy in the shuffled layout of variant 3."""
-    p.mixed = dataclasses.replace(p.mixed, w=mixed_mm.shuffle_int4(unpack_codes(p.qweight, 4)), shuffled=True)
-    return p
-
-
-@pytest.mark.parametrize("variant,symmetric", [(1, False), (1, True), (2, True), (3, False), (3, True)])
+@pytest.mark.parametrize("variant,shuffle8", [(1, False), (0, True), (1, True)])
+@pytest.mark.parametrize("symmetric", [False, True])
 @pytest.mark.parametrize("k,n,group", [(4096, 1000, 128), (576, 1536, 128), (2048, 512, -1)])
 @pytest.mark.parametrize("m", [1, 5, 16, 17, 33, 64, 100, 128])
 @pytest.mark.parametrize("split", [0, -1])
 @pytest.mark.parametrize("bits", [4, 8])
-def test_mixed_mm_variants(hopper, variant, symmetric, k, n, group, m, split, bits):
-    """The 128-k tile variants: 256-row tiles and scale only (m <= 64), the shuffled 4-bit layout (m <= 128)."""
-    if (variant == 3 and bits != 4) or m > (128 if variant == 3 else 64):
-        pytest.skip("no such variant")
-    p = random_weight(n, k, group, symmetric, seed=k + n + m + variant, bits=bits)
-    if variant == 3:
-        p = shuffled(p)
+def test_mixed_mm_tiles_and_layouts(hopper, variant, shuffle8, symmetric, k, n, group, m, split, bits):
+    """256-row tiles (variant 1, m <= 64) and the shuffled 8-bit layout (ktile 128, m <= 128); 4-bit codes
+    are always shuffled."""
+    if m > (64 if variant else 128) or (shuffle8 and bits == 4):
+        pytest.skip("no such configuration")
+    p = random_weight(n, k, group, symmetric, seed=k + n + m + variant, bits=bits, shuffle8=shuffle8)
+    assert p.mixed.shuffled == (bits == 4 or shuffle8)
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     poison_cache()
     y = mixed_mm.mixed_linear(F.pad(x, (0, p.k_padded - k)), p.mixed, split=split, ktile=128, variant=variant)[:, :n]
@@ -145,22 +139,29 @@ def test_mixed_mm_variants(hopper, variant, symmetric, k, n, group, m, split, bi
     assert rel_err(y, ref) <= 1e-2
 
 
-def test_mixed_mm_variant_rules(hopper):
+def test_mixed_mm_configuration_rules(hopper):
     p = random_weight(512, 1024, 128, True, seed=1)
     x = torch.randn(65, 1024, device="cuda", dtype=torch.bfloat16)
-    for variant, ktile, m in ((1, 64, 16), (2, 128, 65), (4, 128, 16), (3, 128, 16)):
+    for variant, ktile, m in ((1, 64, 16), (1, 128, 65), (2, 128, 16)):
         with pytest.raises(ValueError, match="variant"):
             mixed_mm.mixed_linear(x[:m], p.mixed, ktile=ktile, variant=variant)
-    with pytest.raises(ValueError, match="variant=0 with a shuffled"):
-        mixed_mm.mixed_linear(x[:16], shuffled(p).mixed, ktile=128)
+    p8 = random_weight(512, 1024, 128, True, seed=1, bits=8, shuffle8=True)
+    with pytest.raises(ValueError, match="shuffled 8-bit"):
+        mixed_mm.mixed_linear(x[:16], p8.mixed, ktile=64)
+    with pytest.raises(RuntimeError, match="shuffled layout only"):  # the library refuses row-major 4-bit codes
+        torch.ops.qtool_cuda_mixed.w4_mm(x[:16], p.mixed.w, p.mixed.scale, p.mixed.zero, 128, 0, 0, 128, 0, 0)
 
 
-def test_shuffle_is_a_permutation(hopper):
-    """shuffle_int4 moves every code once: the multiset of each 16 x 16 block's codes is kept, and distinct
-    inputs stay distinct (the map is a bijection)."""
+@pytest.mark.parametrize("bits", [4, 8])
+def test_shuffle_is_a_permutation(hopper, bits):
+    """shuffle_codes moves every code once: the output holds the input's codes, each as often (a slot written
+    twice or never would change the counts). The GEMM tests check where they go."""
     n, k = 64, 256
-    codes = (torch.arange(n * k, device="cuda") % 16 - 8).to(torch.int8).view(n, k)
-    w = mixed_mm.shuffle_int4(codes)
-    lo, hi = (w & 0xF).to(torch.int16), (w >> 4).to(torch.int16)
-    got = torch.stack([lo, hi], -1).flatten()
-    assert torch.equal(torch.sort(got).values, torch.sort(codes.flatten().to(torch.int16) & 0xF).values)
+    codes = (torch.arange(n * k, device="cuda") % (1 << bits) - (1 << (bits - 1))).to(torch.int8).view(n, k)
+    w = mixed_mm.shuffle_codes(codes, bits)
+    if bits == 4:
+        got = torch.stack([(w & 0xF).to(torch.int16), (w >> 4).to(torch.int16)], -1).flatten()
+        want = codes.flatten().to(torch.int16) & 0xF
+    else:
+        got, want = w.flatten().to(torch.int16), codes.flatten().to(torch.int16)
+    assert torch.equal(torch.sort(got).values, torch.sort(want).values)

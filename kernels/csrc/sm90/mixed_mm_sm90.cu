@@ -48,23 +48,21 @@ using Q = std::conditional_t<QTOOL_MIXED_BITS == 4, cutlass::int4b_t, int8_t>;
 using T = cutlass::bfloat16_t;
 using RowMajorStride = cutlass::detail::TagToStrideA_t<cutlass::layout::RowMajor>;  // [n, k, batch], k-major
 
-// The shuffled weight layout (4-bit only): within each 16 x 16 block of one warp's wgmma A fragment, the
-// 8 codes a thread converts sit in one 32-bit word, in the order 0 2 4 6 1 3 5 7 (CUTLASS example 55).
-// One 32-bit shared-memory load per 8 codes instead of byte loads, and CUTLASS's converter turns a word
-// into 8 bf16 values with one shift and one LOP3 per pair. Blocks tile the weight N-fastest.
-using ShuffleAtom = decltype(cutlass::compute_memory_reordering_atom<T, Layout<Shape<_1, _1>>,
-                                                                     Layout<Shape<_2, _4>, Stride<_4, _1>>>());
+// The shuffled weight layout: within each 16 x 16 block of one warp's wgmma A fragment, the 8 codes a thread
+// converts sit in one word (CUTLASS example 55's reordering), so they reach registers in one shared-memory
+// load instead of byte (int4) or 16-bit (int8) loads. 4-bit codes are also permuted to 0 2 4 6 1 3 5 7 in
+// their 32-bit word, which CUTLASS's int4 -> bf16 converter turns into 8 values with one shift and one LOP3
+// per pair. Blocks tile the weight N-fastest. Measured on the H200 (session 10): 4-bit 1.2-1.9x faster than
+// row-major at 8-128 tokens, so every 4-bit tile takes it; 8-bit has it at ktile 128 to measure.
+using ValueOrder = std::conditional_t<QTOOL_MIXED_BITS == 4, Layout<Shape<_2, _4>, Stride<_4, _1>>, Layout<_1>>;
+using ShuffleAtom = decltype(cutlass::compute_memory_reordering_atom<T, Layout<Shape<_1, _1>>, ValueOrder>());
 using ShuffledLayout = decltype(tile_to_shape(ShuffleAtom{}, Layout<Shape<int, int, int>, RowMajorStride>{}));
 
-template <class TileShape,         // (weight rows, tokens, k) per CTA
-          bool PingPong,           // 64-row tiles, two warpgroups alternating; else 128-row cooperative tiles
-          bool ScaleOnly = false,  // w = q * scale (symmetric weights): no zero tile loaded or added
-          bool Shuffled = false>   // weights in ShuffledLayout (qtool_sm90_mixed_shuffle), 4-bit only
+template <class TileShape,  // (weight rows, tokens, k) per CTA
+          bool PingPong,    // 64-row tiles, two warpgroups alternating; else 128-row cooperative tiles
+          bool Shuffled>    // weights in ShuffledLayout (qtool_sm90_mixed_shuffle); else row-major
 struct MixedGemm {
-  static_assert(!Shuffled || QTOOL_MIXED_BITS == 4, "the shuffled layout is for 4-bit codes");
   using LayoutW = std::conditional_t<Shuffled, ShuffledLayout, cutlass::layout::RowMajor>;
-  // (codes, scale, zero) converts as q * scale + zero; (codes, scale) as q * scale.
-  using Operands = std::conditional_t<ScaleOnly, cute::tuple<Q, T>, cute::tuple<Q, T, T>>;
   using ClusterShape = Shape<_1, _1, _1>;
   static constexpr int kAlignQ = 128 / cutlass::sizeof_bits<Q>::value;  // 16 bytes
   static constexpr int kAlignT = 8;
@@ -78,7 +76,7 @@ struct MixedGemm {
                          cutlass::epilogue::TmaWarpSpecializedCooperative>>::CollectiveOp;
 
   using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, Operands, LayoutW, kAlignQ, T,
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, cute::tuple<Q, T, T>, LayoutW, kAlignQ, T,
       cutlass::layout::ColumnMajor, kAlignT, float, TileShape, ClusterShape,
       cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
       std::conditional_t<PingPong, cutlass::gemm::KernelTmaWarpSpecializedPingpong,
@@ -155,60 +153,49 @@ struct MixedGemm {
 // Token tiles by batch size: the smallest tile that holds the batch wastes the least of each wgmma.
 // ktile 128 (up to 128 tokens, cooperative only): each pipeline stage moves twice the weight bytes. At 8
 // bits the same stage count streamed 2.1-2.6 TB/s where 4-bit tiles of 64 k streamed 1.1 (H200,
-// kernels/NOTES.md): the per-stage cost, not DRAM, limits small batches, so larger stages should help.
+// kernels/NOTES.md): the per-stage cost, not DRAM, limits small batches, so larger stages help.
 constexpr const char* kNoTile =
-    "no such tile configuration (ktile 128 takes m <= 128, cooperative only; else ktile 64; variants 1 and 2 take "
-    "ktile 128 and m <= 64, variant 3 ktile 128, m <= 128 and 4-bit codes)";
+    "no such tile configuration (ktile 128 takes m <= 128, cooperative only; else ktile 64; 256-row tiles take "
+    "ktile 128 and m <= 64; 8-bit shuffled codes take ktile 128)";
 
-// Variants of the 128-k cooperative tiles for m <= 64, to measure (BENCHMARKS.md, session 10): the W4 and W8
-// kernels took the same time at 8-64 tokens, so the converting warps, not the bytes, set the pace there.
-//   1: 256-row tiles: each consumer warpgroup converts and multiplies 128 rows per k block, twice the
-//      independent work between its waits on the tensor cores (half the tiles: split-K fills the SMs);
-//   2: scale only (symmetric weights, the zero tile is neither loaded nor added);
-//   3: weights in the shuffled layout (4-bit; up to 128 tokens).
-template <class Fn>
-const char* by_variant(int m, int variant, Fn&& fn) {
-  if (variant == 3) {
-#if QTOOL_MIXED_BITS == 4
-    if (m <= 16) return fn(MixedGemm<Shape<_128, _16, _128>, false, false, true>{});
-    if (m <= 32) return fn(MixedGemm<Shape<_128, _32, _128>, false, false, true>{});
-    if (m <= 64) return fn(MixedGemm<Shape<_128, _64, _128>, false, false, true>{});
-    return fn(MixedGemm<Shape<_128, _128, _128>, false, false, true>{});
-#else
-    return kNoTile;
-#endif
-  }
-  if (m > 64) return kNoTile;
-  if (variant == 1) {
-    if (m <= 16) return fn(MixedGemm<Shape<_256, _16, _128>, false>{});
-    if (m <= 32) return fn(MixedGemm<Shape<_256, _32, _128>, false>{});
-    return fn(MixedGemm<Shape<_256, _64, _128>, false>{});
-  }
-  if (m <= 16) return fn(MixedGemm<Shape<_128, _16, _128>, false, true>{});
-  if (m <= 32) return fn(MixedGemm<Shape<_128, _32, _128>, false, true>{});
-  return fn(MixedGemm<Shape<_128, _64, _128>, false, true>{});
+template <bool S, class Fn>
+const char* by_k128(int m, Fn&& fn) {
+  if (m <= 16) return fn(MixedGemm<Shape<_128, _16, _128>, false, S>{});  // half the x stage of a 32 tile
+  if (m <= 32) return fn(MixedGemm<Shape<_128, _32, _128>, false, S>{});
+  if (m <= 64) return fn(MixedGemm<Shape<_128, _64, _128>, false, S>{});
+  return fn(MixedGemm<Shape<_128, _128, _128>, false, S>{});
 }
 
-// fn's result (nullptr on success), or kNoTile for a configuration this library does not hold.
+// rows256 (ktile 128, m <= 64): each consumer warpgroup converts and multiplies 128 rows per k block, twice
+// the independent work between its waits on the tensor cores (half the tiles: split-K fills the SMs).
+template <bool S, class Fn>
+const char* by_tile(int m, int pingpong, int ktile, int rows256, Fn&& fn) {
+  if (rows256) {
+    if (ktile != 128 || pingpong || m > 64) return kNoTile;
+    if (m <= 16) return fn(MixedGemm<Shape<_256, _16, _128>, false, S>{});
+    if (m <= 32) return fn(MixedGemm<Shape<_256, _32, _128>, false, S>{});
+    return fn(MixedGemm<Shape<_256, _64, _128>, false, S>{});
+  }
+  if (ktile == 128) return pingpong || m > 128 ? kNoTile : by_k128<S>(m, fn);
+  if (pingpong && m <= 32) return fn(MixedGemm<Shape<_64, _32, _64>, true, S>{});
+  if (pingpong && m <= 64) return fn(MixedGemm<Shape<_64, _64, _64>, true, S>{});
+  if (m <= 32) return fn(MixedGemm<Shape<_128, _32, _64>, false, S>{});
+  if (m <= 64) return fn(MixedGemm<Shape<_128, _64, _64>, false, S>{});
+  if (m <= 128) return fn(MixedGemm<Shape<_128, _128, _64>, false, S>{});
+  return fn(MixedGemm<Shape<_128, _256, _64>, false, S>{});
+}
+
+// fn's result (nullptr on success), or why this library holds no such configuration.
 template <class Fn>
-const char* by_tokens(int m, int pingpong, int ktile, int variant, Fn&& fn) {
-  if (ktile != 64 && ktile != 128) return kNoTile;
-  if (variant != 0) {
-    return ktile == 128 && !pingpong && m <= 128 && variant >= 1 && variant <= 3 ? by_variant(m, variant, fn) : kNoTile;
-  }
-  if (ktile == 128) {
-    if (pingpong || m > 128) return kNoTile;
-    if (m <= 16) return fn(MixedGemm<Shape<_128, _16, _128>, false>{});  // half the x stage of a 32 tile
-    if (m <= 32) return fn(MixedGemm<Shape<_128, _32, _128>, false>{});
-    if (m <= 64) return fn(MixedGemm<Shape<_128, _64, _128>, false>{});
-    return fn(MixedGemm<Shape<_128, _128, _128>, false>{});
-  }
-  if (pingpong && m <= 32) return fn(MixedGemm<Shape<_64, _32, _64>, true>{});
-  if (pingpong && m <= 64) return fn(MixedGemm<Shape<_64, _64, _64>, true>{});
-  if (m <= 32) return fn(MixedGemm<Shape<_128, _32, _64>, false>{});
-  if (m <= 64) return fn(MixedGemm<Shape<_128, _64, _64>, false>{});
-  if (m <= 128) return fn(MixedGemm<Shape<_128, _128, _64>, false>{});
-  return fn(MixedGemm<Shape<_128, _256, _64>, false>{});
+const char* by_tokens(const MixedMmArgs& p, Fn&& fn) {
+  if ((p.ktile != 64 && p.ktile != 128) || (p.variant != 0 && p.variant != 1)) return kNoTile;
+#if QTOOL_MIXED_BITS == 4
+  if (!p.shuffled) return "4-bit codes take the shuffled layout only (qtool_sm90_mixed_shuffle)";
+  return by_tile<true>(p.m, p.pingpong, p.ktile, p.variant, fn);
+#else
+  if (p.shuffled) return p.ktile != 128 || p.pingpong || p.variant || p.m > 128 ? kNoTile : by_k128<true>(p.m, fn);
+  return by_tile<false>(p.m, p.pingpong, p.ktile, p.variant, fn);
+#endif
 }
 
 }  // namespace
@@ -216,7 +203,7 @@ const char* by_tokens(int m, int pingpong, int ktile, int variant, Fn&& fn) {
 
 extern "C" size_t qtool_sm90_mixed_workspace(const qtool::sm90::MixedMmArgs* p) {
   size_t bytes = 0;  // stays 0 for a configuration not built: qtool_sm90_mixed_mm reports it
-  qtool::sm90::by_tokens(p->m, p->pingpong, p->ktile, p->variant, [&](auto g) -> const char* {
+  qtool::sm90::by_tokens(*p, [&](auto g) -> const char* {
     bytes = decltype(g)::workspace(*p);
     return nullptr;
   });
@@ -224,8 +211,7 @@ extern "C" size_t qtool_sm90_mixed_workspace(const qtool::sm90::MixedMmArgs* p) 
 }
 
 extern "C" const char* qtool_sm90_mixed_mm(const qtool::sm90::MixedMmArgs* p, cudaStream_t stream) {
-  if (const char* err = qtool::sm90::by_tokens(p->m, p->pingpong, p->ktile, p->variant,
-                                               [&](auto g) { return decltype(g)::run(*p, stream); })) return err;
+  if (const char* err = qtool::sm90::by_tokens(*p, [&](auto g) { return decltype(g)::run(*p, stream); })) return err;
   const cudaError_t status = cudaGetLastError();
   return status == cudaSuccess ? nullptr : cudaGetErrorString(status);
 }
@@ -244,9 +230,9 @@ __global__ void shuffle_kernel(const int8_t* codes, int8_t* out, int n, int k) {
 }  // namespace
 }  // namespace qtool::sm90
 
-// codes [n, k] int8 (one signed 4-bit code per byte, row-major) -> out [n * k] int8, one code per byte
-// in the order of the shuffled layout (variant 3); the caller packs byte pairs into nibbles (even offset in
-// the low nibble). n % 16 == 0 and k % 16 == 0. Returns nullptr, or the error.
+// codes [n, k] int8 (one signed code per byte, row-major) -> out [n * k] int8, one code per byte in the
+// order of ShuffledLayout; for 4-bit codes the caller packs byte pairs into nibbles (even offset in the low
+// nibble). n % 16 == 0 and k % 16 == 0. Returns nullptr, or the error.
 extern "C" const char* qtool_sm90_mixed_shuffle(const void* codes, void* out, int n, int k, cudaStream_t stream) {
   if (n % 16 || k % 16) return "the shuffled layout takes n and k multiples of 16";
   const int64_t total = static_cast<int64_t>(n) * k;
