@@ -134,10 +134,6 @@ def packed_copies(bits: int, group_size: int, k: int, n: int) -> list[PackedWeig
                                                                           scale=mixed.scale.clone(),
                                                                           zero=mixed.zero.clone()))
               for _ in range(count)]
-    if mixed is not None and bits == 8:  # the same codes in the shuffled layout (optional at 8 bits), per copy
-        shuffled = mixed_mm.shuffle_codes(unpack_codes(p.qweight, bits), 8)
-        for c in copies:
-            c.shuffled = dataclasses.replace(c.mixed, w=shuffled.clone(), shuffled=True)
     return copies
 
 
@@ -212,14 +208,9 @@ def bench_tokens(timer, kernels, x: torch.Tensor, dense: Rotation, packed: Rotat
         if k128 else None
     graph_kernel_ms["sm90_mixed_k128_streamk"] = graph_ms(
         lambda: mixed_mm.mixed_linear(x, packed().mixed, split=-1, ktile=128)) if k128 else None
-    # 256-row tiles (variant 1, m <= 64), and the shuffled 8-bit layout (4-bit codes always take it), each
-    # with the dispatcher's split rule.
-    split = mixed_mm.mixed_split(m, n, x.device) if mixed else 0
+    # 256-row tiles (variant 1, m <= 64)
     graph_kernel_ms["sm90_mixed_k128_r256"] = graph_ms(
         lambda: mixed_mm.mixed_linear(x, packed().mixed, ktile=128, variant=1)) if k128 and m <= 64 else None
-    if k128 and bits == 8:
-        graph_kernel_ms["sm90_mixed_k128_shuf"] = graph_ms(
-            lambda: mixed_mm.mixed_linear(x, packed().shuffled, split=split, ktile=128))
     # wo_gemm_v3's variants (kernels/NOTES.md): a = default (ring of 8 chunks, 4 at M > 32), b = the other
     # ring depth, c = no split-K, d = twice the splits.
     for variant, tag in enumerate("abcd"):

@@ -48,9 +48,6 @@ def weight_cases(kernels, k: int, n: int) -> dict:
             cases[f"w{bits} w{bits}_mm k128 M=16"] = lambda x=x, mixed=mixed: mixed_mm.mixed_linear(x, mixed, ktile=128)
             cases[f"w{bits} w{bits}_mm k128 r256 M=16"] = lambda x=x, mixed=mixed: mixed_mm.mixed_linear(
                 x, mixed, ktile=128, variant=1)
-            if bits == 8:
-                shuf = mixed_mm.pack_mixed(unpack_codes(p.qweight, 8), p.scale, None, p.group_size, 8, shuffle=True)
-                cases["w8 w8_mm k128 shuf M=16"] = lambda x=x, shuf=shuf: mixed_mm.mixed_linear(x, shuf, ktile=128)
     signs = (torch.randint(0, 2, (n, k), device="cuda") * 2 - 1).to(torch.int8)
     w1 = binary.pack_gemv(pack_int(signs, 1), torch.rand(n, -(-k // 64), device="cuda") + 0.5, 64, k)
     x1 = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)

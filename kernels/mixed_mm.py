@@ -10,10 +10,10 @@ output tiles are few.
 
 Its layout (`MixedWeight`, built from the kernel layout by `pack_mixed`):
   w      [N_pad, K_pad / 2] uint8   4-bit: signed int4 codes, two per byte, in the shuffled order
-         [N_pad, K_pad] int8        8-bit: the signed codes (the dtype tells the width), row-major or shuffled
+         [N_pad, K_pad] int8        8-bit: the signed codes (the dtype tells the width), shuffled
   The shuffled order (`shuffle_codes`, csrc/sm90/mixed_mm_sm90.cu ShuffledLayout) puts the 8 codes one
-  thread converts for a wgmma fragment into one word, so they load from shared memory at once; 4-bit
-  weights always take it (1.2-1.9x faster at 8-128 tokens on the H200), 8-bit ones optionally (ktile 128).
+  thread converts for a wgmma fragment into one word, so they load from shared memory at once (H200,
+  against row-major codes: 4-bit 1.1-1.3x faster at 8-1024 tokens, 8-bit 3-10% at 8-128).
   scale  [G, N_pad] bf16            group-major, as PackedWeight.scale
   zero   [G, N_pad] bf16            -zero_point * scale, so that w = q * scale + zero
 Scales and zeros are rounded to bf16 (the kernels of the mma.sync path keep float32 scales): the
@@ -63,7 +63,6 @@ class MixedWeight:
     scale: torch.Tensor  # bf16 [G, N_pad]
     zero: torch.Tensor  # bf16 [G, N_pad]
     group: int  # k per scale (K_pad when per channel)
-    shuffled: bool = False  # w in the shuffled layout (`shuffle_codes`): always for 4-bit, optional for 8-bit
 
     @property
     def bits(self) -> int:
@@ -75,7 +74,7 @@ class _Args(ctypes.Structure):  # csrc/sm90/sm90_mixed_mm.h, MixedMmArgs
                 ("zero", ctypes.c_void_p), ("y", ctypes.c_void_p), ("workspace", ctypes.c_void_p),
                 ("workspace_bytes", ctypes.c_size_t), ("m", ctypes.c_int), ("n", ctypes.c_int),
                 ("k", ctypes.c_int), ("group", ctypes.c_int), ("split", ctypes.c_int), ("pingpong", ctypes.c_int),
-                ("ktile", ctypes.c_int), ("variant", ctypes.c_int), ("shuffled", ctypes.c_int)]
+                ("ktile", ctypes.c_int), ("variant", ctypes.c_int)]
 
 
 _functions: dict[int, tuple] = {}
@@ -122,25 +121,23 @@ def takes(num_bits: int, group_size: int, k_padded: int) -> bool:
 
 
 def pack_mixed(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, group_size: int,
-               bits: int = 4, shuffle: bool = False) -> MixedWeight:
+               bits: int = 4) -> MixedWeight:
     """codes [N_pad, K_pad] signed int4 or int8 values (int8, on the GPU: the library shuffles them); scale,
     zero [G, N_pad] float32 as in PackedWeight (zero: the signed-domain zero point, None when symmetric);
-    group_size -1: per channel. bits 4 always takes the shuffled layout; bits 8 when `shuffle`."""
-    shuffle = shuffle or bits == 4
-    w = shuffle_codes(codes, bits) if shuffle else codes.to(torch.int8).contiguous()
+    group_size -1: per channel."""
     zero_f = torch.zeros_like(scale) if zero is None else -zero * scale
-    return MixedWeight(w, scale.to(torch.bfloat16).contiguous(), zero_f.to(torch.bfloat16).contiguous(),
-                       codes.shape[1] if group_size <= 0 else group_size, shuffle)
+    return MixedWeight(shuffle_codes(codes, bits), scale.to(torch.bfloat16).contiguous(),
+                       zero_f.to(torch.bfloat16).contiguous(), codes.shape[1] if group_size <= 0 else group_size)
 
 
 def _run(bits: int, x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group: int,
-         split: int, pingpong: int, ktile: int, variant: int, shuffled: int) -> torch.Tensor:
+         split: int, pingpong: int, ktile: int, variant: int) -> torch.Tensor:
     workspace_of, run, _ = _entry_points(bits)
     m, k = x.shape
     n = w.shape[0]
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
     args = _Args(w.data_ptr(), x.data_ptr(), scale.data_ptr(), zero.data_ptr(), y.data_ptr(), None, 0, m, n, k, group,
-                 split, pingpong, ktile, variant, shuffled)
+                 split, pingpong, ktile, variant)
     need = workspace_of(ctypes.byref(args))
     workspace = torch.empty(max(need, 1), dtype=torch.uint8, device=x.device)
     args.workspace, args.workspace_bytes = workspace.data_ptr(), need
@@ -152,26 +149,25 @@ def _run(bits: int, x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zero:
 
 @torch.library.custom_op("qtool_cuda_mixed::w4_mm", mutates_args=())
 def w4_mm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group: int,
-          split: int = 0, pingpong: int = 0, ktile: int = 64, variant: int = 0, shuffled: int = 1) -> torch.Tensor:
+          split: int = 0, pingpong: int = 0, ktile: int = 64, variant: int = 0) -> torch.Tensor:
     """y [m, N_pad] bf16 = x [m, K_pad] bf16 . dequant(w)^T, w uint8 [N_pad, K_pad / 2] shuffled (module docstring).
 
     split: 0 splits k when the output tiles leave SMs idle (the default), 1 never, s > 1 in s parts,
     -1 stream-K; pingpong: 1 for 64-row tiles with two warpgroups alternating (m <= 64); ktile: k per
-    pipeline stage, 64 or 128 (`takes_ktile`); variant 1: 256-row tiles (ktile 128, m <= 64), else 0;
-    shuffled: 1 when w is in the shuffled layout (always, for 4-bit codes)."""
-    return _run(4, x, w, scale, zero, group, split, pingpong, ktile, variant, shuffled)
+    pipeline stage, 64 or 128 (`takes_ktile`); variant 1: 256-row tiles (ktile 128, m <= 64), else 0."""
+    return _run(4, x, w, scale, zero, group, split, pingpong, ktile, variant)
 
 
 @torch.library.custom_op("qtool_cuda_mixed::w8_mm", mutates_args=())
 def w8_mm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group: int,
-          split: int = 0, pingpong: int = 0, ktile: int = 64, variant: int = 0, shuffled: int = 0) -> torch.Tensor:
-    """`w4_mm` for int8 codes: w int8 [N_pad, K_pad], row-major or (ktile 128) shuffled."""
-    return _run(8, x, w, scale, zero, group, split, pingpong, ktile, variant, shuffled)
+          split: int = 0, pingpong: int = 0, ktile: int = 64, variant: int = 0) -> torch.Tensor:
+    """`w4_mm` for int8 codes: w int8 [N_pad, K_pad], shuffled."""
+    return _run(8, x, w, scale, zero, group, split, pingpong, ktile, variant)
 
 
 @w4_mm.register_fake
 @w8_mm.register_fake
-def _(x, w, scale, zero, group, split=0, pingpong=0, ktile=64, variant=0, shuffled=0):
+def _(x, w, scale, zero, group, split=0, pingpong=0, ktile=64, variant=0):
     return x.new_empty(x.shape[0], w.shape[0])
 
 
@@ -227,7 +223,5 @@ def mixed_linear(x2: torch.Tensor, mixed: MixedWeight, split: int = 0, pingpong:
     if variant and (variant != 1 or ktile != 128 or m > 64 or pingpong):
         raise ValueError(f"variant={variant}: 1 (256-row tiles) takes ktile=128, m <= 64, no ping-pong; "
                          f"got ktile={ktile}, m={m}, pingpong={pingpong}")
-    if mixed.bits == 8 and mixed.shuffled and ktile != 128:
-        raise ValueError(f"shuffled 8-bit codes take ktile=128 (m <= {KTILE_MAX_M}), got ktile={ktile}")
     op = torch.ops.qtool_cuda_mixed.w8_mm if mixed.bits == 8 else torch.ops.qtool_cuda_mixed.w4_mm
-    return op(x2, mixed.w, mixed.scale, mixed.zero, mixed.group, split, pingpong, ktile, variant, int(mixed.shuffled))
+    return op(x2, mixed.w, mixed.scale, mixed.zero, mixed.group, split, pingpong, ktile, variant)

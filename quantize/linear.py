@@ -264,7 +264,7 @@ def prepare_for_cuda(layer: QuantLinear) -> PackedWeight | None:
         mixed = _pack_mixed(packed)
         for name, t in zip(_MIXED, (None,) * 3 if mixed is None else (mixed.w, mixed.scale, mixed.zero), strict=True):
             layer.register_buffer(name, t, persistent=False)
-        layer._cuda_mixed_group = None if mixed is None else (mixed.group, mixed.shuffled)
+        layer._cuda_mixed_group = None if mixed is None else mixed.group
         layer._cuda_layout_key = key
     return _prepared(layer)
 
@@ -287,7 +287,7 @@ def _prepared(layer: QuantLinear) -> PackedWeight | None:
         return None
     group = getattr(layer, "_cuda_mixed_group", None)
     mixed = None if group is None else mixed_mm.MixedWeight(layer.cuda_mixed_w, layer.cuda_mixed_scale,
-                                                             layer.cuda_mixed_zero, *group)
+                                                             layer.cuda_mixed_zero, group)
     return PackedWeight(layer.cuda_qweight, layer.cuda_scale, layer.cuda_zero, layer.cuda_perm, *meta, mixed)
 
 

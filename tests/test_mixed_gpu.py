@@ -28,8 +28,7 @@ def hopper(kernels):
     return kernels
 
 
-def random_weight(n: int, k: int, group: int, symmetric: bool, seed: int, bits: int = 4,
-                  shuffle8: bool = False) -> PackedWeight:
+def random_weight(n: int, k: int, group: int, symmetric: bool, seed: int, bits: int = 4) -> PackedWeight:
     assert mixed_mm.available(bits), f"the {bits}-bit library did not build or load"
     g = torch.Generator(device="cuda").manual_seed(seed)
     groups = 1 if group <= 0 else -(-k // group)
@@ -38,7 +37,7 @@ def random_weight(n: int, k: int, group: int, symmetric: bool, seed: int, bits: 
     scale = torch.rand(n, groups, device="cuda", generator=g) / 50 + 1e-3
     zero = None if symmetric else torch.randint(lo, hi, (n, groups), device="cuda", dtype=torch.int8, generator=g)
     p = pack_weight(codes, scale, zero, None, bits, group)
-    p.mixed = mixed_mm.pack_mixed(unpack_codes(p.qweight, bits), p.scale, p.zero, p.group_size, bits, shuffle8)
+    p.mixed = mixed_mm.pack_mixed(unpack_codes(p.qweight, bits), p.scale, p.zero, p.group_size, bits)
     assert p.mixed.bits == bits
     return p
 
@@ -118,22 +117,17 @@ def test_mixed_mm_schedules(hopper, split, pingpong, ktile, m, bits):
     assert rel_err(y, ref) <= 1e-2
 
 
-@pytest.mark.parametrize("variant,shuffle8", [(1, False), (0, True), (1, True)])
 @pytest.mark.parametrize("symmetric", [False, True])
 @pytest.mark.parametrize("k,n,group", [(4096, 1000, 128), (576, 1536, 128), (2048, 512, -1)])
-@pytest.mark.parametrize("m", [1, 5, 16, 17, 33, 64, 100, 128])
+@pytest.mark.parametrize("m", [1, 5, 16, 17, 33, 64])
 @pytest.mark.parametrize("split", [0, -1])
 @pytest.mark.parametrize("bits", [4, 8])
-def test_mixed_mm_tiles_and_layouts(hopper, variant, shuffle8, symmetric, k, n, group, m, split, bits):
-    """256-row tiles (variant 1, m <= 64) and the shuffled 8-bit layout (ktile 128, m <= 128); 4-bit codes
-    are always shuffled."""
-    if m > (64 if variant else 128) or (shuffle8 and bits == 4):
-        pytest.skip("no such configuration")
-    p = random_weight(n, k, group, symmetric, seed=k + n + m + variant, bits=bits, shuffle8=shuffle8)
-    assert p.mixed.shuffled == (bits == 4 or shuffle8)
+def test_mixed_mm_256_row_tiles(hopper, symmetric, k, n, group, m, split, bits):
+    """256-row tiles (variant 1: ktile 128, m <= 64)."""
+    p = random_weight(n, k, group, symmetric, seed=k + n + m, bits=bits)
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     poison_cache()
-    y = mixed_mm.mixed_linear(F.pad(x, (0, p.k_padded - k)), p.mixed, split=split, ktile=128, variant=variant)[:, :n]
+    y = mixed_mm.mixed_linear(F.pad(x, (0, p.k_padded - k)), p.mixed, split=split, ktile=128, variant=1)[:, :n]
     ref = x.double() @ dequantize_packed(p.qweight, p.scale, p.zero, bits, p.group_size, n, torch.float64)[:, :k].T
     assert torch.isfinite(y).all()
     assert rel_err(y, ref) <= 1e-2
@@ -145,11 +139,6 @@ def test_mixed_mm_configuration_rules(hopper):
     for variant, ktile, m in ((1, 64, 16), (1, 128, 65), (2, 128, 16)):
         with pytest.raises(ValueError, match="variant"):
             mixed_mm.mixed_linear(x[:m], p.mixed, ktile=ktile, variant=variant)
-    p8 = random_weight(512, 1024, 128, True, seed=1, bits=8, shuffle8=True)
-    with pytest.raises(ValueError, match="shuffled 8-bit"):
-        mixed_mm.mixed_linear(x[:16], p8.mixed, ktile=64)
-    with pytest.raises(RuntimeError, match="shuffled layout only"):  # the library refuses row-major 4-bit codes
-        torch.ops.qtool_cuda_mixed.w4_mm(x[:16], p.mixed.w, p.mixed.scale, p.mixed.zero, 128, 0, 0, 128, 0, 0)
 
 
 @pytest.mark.parametrize("bits", [4, 8])

@@ -52,8 +52,8 @@ using RowMajorStride = cutlass::detail::TagToStrideA_t<cutlass::layout::RowMajor
 // converts sit in one word (CUTLASS example 55's reordering), so they reach registers in one shared-memory
 // load instead of byte (int4) or 16-bit (int8) loads. 4-bit codes are also permuted to 0 2 4 6 1 3 5 7 in
 // their 32-bit word, which CUTLASS's int4 -> bf16 converter turns into 8 values with one shift and one LOP3
-// per pair. Blocks tile the weight N-fastest. Measured on the H200 (session 10): 4-bit 1.2-1.9x faster than
-// row-major at 8-128 tokens, so every 4-bit tile takes it; 8-bit has it at ktile 128 to measure.
+// per pair. Blocks tile the weight N-fastest. Measured on the H200 (session 10) against row-major codes:
+// 4-bit 1.1-1.3x faster at 8-128 tokens (and at 256-1024), 8-bit 3-10% at 8-128, so every tile takes it.
 using ValueOrder = std::conditional_t<QTOOL_MIXED_BITS == 4, Layout<Shape<_2, _4>, Stride<_4, _1>>, Layout<_1>>;
 using ShuffleAtom = decltype(cutlass::compute_memory_reordering_atom<T, Layout<Shape<_1, _1>>, ValueOrder>());
 using ShuffledLayout = decltype(tile_to_shape(ShuffleAtom{}, Layout<Shape<int, int, int>, RowMajorStride>{}));
@@ -156,7 +156,7 @@ struct MixedGemm {
 // kernels/NOTES.md): the per-stage cost, not DRAM, limits small batches, so larger stages help.
 constexpr const char* kNoTile =
     "no such tile configuration (ktile 128 takes m <= 128, cooperative only; else ktile 64; 256-row tiles take "
-    "ktile 128 and m <= 64; 8-bit shuffled codes take ktile 128)";
+    "ktile 128 and m <= 64)";
 
 template <bool S, class Fn>
 const char* by_k128(int m, Fn&& fn) {
@@ -185,17 +185,12 @@ const char* by_tile(int m, int pingpong, int ktile, int rows256, Fn&& fn) {
   return fn(MixedGemm<Shape<_128, _256, _64>, false, S>{});
 }
 
-// fn's result (nullptr on success), or why this library holds no such configuration.
+// fn's result (nullptr on success), or why this library holds no such configuration. Every tile takes the
+// weights in the shuffled layout (row-major ones are not built).
 template <class Fn>
 const char* by_tokens(const MixedMmArgs& p, Fn&& fn) {
   if ((p.ktile != 64 && p.ktile != 128) || (p.variant != 0 && p.variant != 1)) return kNoTile;
-#if QTOOL_MIXED_BITS == 4
-  if (!p.shuffled) return "4-bit codes take the shuffled layout only (qtool_sm90_mixed_shuffle)";
   return by_tile<true>(p.m, p.pingpong, p.ktile, p.variant, fn);
-#else
-  if (p.shuffled) return p.ktile != 128 || p.pingpong || p.variant || p.m > 128 ? kNoTile : by_k128<true>(p.m, fn);
-  return by_tile<false>(p.m, p.pingpong, p.ktile, p.variant, fn);
-#endif
 }
 
 }  // namespace

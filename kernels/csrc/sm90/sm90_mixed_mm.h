@@ -11,7 +11,8 @@ namespace qtool::sm90 {
 
 struct MixedMmArgs {
   const void* w;          // signed codes: int4 [n, k / 2] bytes, two per byte, even offset in the low nibble
-                          // (libqtool_sm90_mixed); int8 [n, k] (libqtool_sm90_mixed8); row-major or shuffled
+                          // (libqtool_sm90_mixed); int8 [n, k] (libqtool_sm90_mixed8); in the shuffled layout
+                          // of qtool_sm90_mixed_shuffle
   const void* x;          // [m, k] bf16 activations, row-major
   const void* scale;      // [ceil(k / group), n] bf16, group-major
   const void* zero;       // [ceil(k / group), n] bf16: w = q * scale + zero
@@ -24,8 +25,6 @@ struct MixedMmArgs {
   int pingpong;           // 1: 64-row tiles, two warpgroups in ping-pong (m <= 64); 0: 128-row cooperative tiles
   int ktile;              // k per pipeline stage: 64, or 128 (m <= 128, cooperative; group a multiple of 128)
   int variant;            // 0; 1: 256-row tiles (ktile 128, m <= 64)
-  int shuffled;           // 1: w in the shuffled layout (qtool_sm90_mixed_shuffle): 4-bit always, 8-bit with
-                          // ktile 128 only; 0: row-major (8-bit)
 };
 
 }  // namespace qtool::sm90
