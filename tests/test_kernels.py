@@ -201,21 +201,24 @@ def test_host_decode_helpers_match_layout(tmp_path):
     exe = tmp_path / "host_check"
     subprocess.run([nvcc, "-std=c++17", "-I", str(ROOT / "kernels" / "csrc"), str(ROOT / "tests" / "kernels_host_check.cu"),
                     "-o", str(exe)], check=True, capture_output=True)
-    for bits in (4, 8):
-        codes, scale, zero, _ = random_weight(32, 128, bits, 64, symmetric=False, seed=bits)
+    for bits in (2, 3, 4, 8):
+        codes, scale, zero, _ = random_weight(32, 256, bits, 64, symmetric=False, seed=bits)
         p = pack_weight(codes, scale, zero, None, bits, 64)
-        words = (p.qweight.to(torch.int64) & 0xFFFFFFFF).reshape(-1, 4)  # (stripe, chunk, lane) order
+        words = (p.qweight.to(torch.int64) & 0xFFFFFFFF)
+        if bits == 3:  # each lane's 16 bytes of low bits, then its 8 bytes of high bits
+            words = torch.cat([words[:, :, :32], words[:, :, 32:].reshape(*words.shape[:2], 32, 2)], dim=-1)
+        words = words.reshape(-1, words.shape[-1])  # (stripe, chunk, lane) order
         stdin = f"{bits} {words.shape[0]}\n" + "\n".join(" ".join(map(str, w)) for w in words.tolist())
         out = subprocess.run([str(exe)], input=stdin, capture_output=True, text=True, check=True).stdout.split("\n")
         unsigned = layout.unpack_codes(p.qweight, bits).long() + (1 << (bits - 1))
         kc, chunks = layout.chunk_k(bits), p.qweight.shape[1]
         lines = [list(map(float, line.split())) for line in out if line]
-        assert len(lines) == words.shape[0] * 8 * (16 // bits)
+        assert len(lines) == words.shape[0] * 8 * (kc // 16)
         for lane, _, _, _, row, col, f32, bf16, fp16 in lines:
             stripe, chunk = divmod(int(lane) // 32, chunks)
             u = unsigned[stripe * 16 + int(row), chunk * kc + int(col)].item()
-            assert f32 == (128 if bits == 4 else 256) + u
-            assert (bf16, fp16) == ((128 + u, 1024 + u) if bits == 4 else (u, 1024 + u))
+            assert f32 == (256 if bits == 8 else 128) + u
+            assert (bf16, fp16) == ((u, 1024 + u) if bits == 8 else (128 + u, 1024 + u))
 
 
 def test_scaled_mm_paths_match_reference():
