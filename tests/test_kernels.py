@@ -172,11 +172,13 @@ def test_pack_layer_serves_quantlinear(symmetric):
     assert pack_layer(QuantLinear(k, n, fp8)) is None
 
 
-@pytest.mark.parametrize("bits,group_size", [(2, 64), (3, 128), (3, -1), (5, 32), (6, -1), (7, 64)])
+@pytest.mark.parametrize("bits,group_size", [(2, 64), (3, 128), (3, -1), (2, 32), (3, 16), (2, 16), (5, 32),
+                                             (6, -1), (7, 64)])
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_narrow_codes_run_on_the_wider_kernels(bits, group_size, symmetric):
-    """2-3-bit layers pack as 4-bit kernel weights, 5-7-bit as 8-bit: the kernel route computes what
-    the layer's own reference does (float64 dequantized weight) at these widths, ragged K included."""
+    """2-3-bit layers pack natively (g16: as 4-bit kernel weights), 5-7-bit as 8-bit: the kernel route
+    computes what the layer's own reference does (float64 dequantized weight) at these widths, ragged K
+    included."""
     n, k = 40, 200
     codes, scale, zero, _ = random_weight(n, k, bits, group_size, symmetric, act_order=False)
     strategy = Strategy.GROUP if group_size > 0 else Strategy.CHANNEL
@@ -185,12 +187,13 @@ def test_narrow_codes_run_on_the_wider_kernels(bits, group_size, symmetric):
     qt = QTensor(codes, scale, zero, args)
     layer = QuantLinear.from_qtensor(qt, QuantScheme(weights=args), bias=torch.randn(n))
     packed = pack_layer(layer)
-    assert packed is not None and packed.num_bits == (4 if bits < 4 else 8)
-    x = torch.randn(5, k)
-    got = weight_only.packed_linear(x, packed, layer.bias.float(), ReferenceOps)
-    want = x.double() @ qt.dequantize(torch.float64).T + layer.bias.double()
-    assert rel_err(got, want) < 1e-5
-    torch.testing.assert_close(got, layer(x), rtol=1e-5, atol=1e-4)
+    assert packed is not None and packed.num_bits == (bits if bits < 4 and group_size != 16 else 4 if bits < 4 else 8)
+    for m in (1, 5, 9):  # low bits: wo_gemv up to 8 tokens, then dequant_int
+        x = torch.randn(m, k)
+        got = weight_only.packed_linear(x, packed, layer.bias.float(), ReferenceOps)
+        want = x.double() @ qt.dequantize(torch.float64).T + layer.bias.double()
+        assert rel_err(got, want) < 1e-5
+        torch.testing.assert_close(got, layer(x), rtol=1e-5, atol=1e-4)
 
 
 def test_host_decode_helpers_match_layout(tmp_path):
