@@ -32,7 +32,8 @@ from quantize.primitives import pack_int
 
 SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096), (8192, 8192), (8192, 28672), (28672, 8192)]  # (K, N)
 TOKENS = [1, 16, 64, 128, 512, 4096]
-FORMATS = {"w4a16-g128": (4, 128), "w8a16-channel": (8, -1)}
+# 2- and 3-bit (issue 19): the native layouts of kernels/layout.py, on wo_gemv and dequant_int + cuBLAS.
+FORMATS = {"w4a16-g128": (4, 128), "w8a16-channel": (8, -1), "w3a16-g128": (3, 128), "w2a16-g64": (2, 64)}
 # 1-bit formats (issue 21), each with its group size and default token counts: the W1A16 GEMV serves
 # decode (m <= 8), the W1A1 GEMM batches (the issue's bar is at M = 4096).
 BINARY_FORMATS = {"w1a16": (64, [1, 2, 4, 8]), "w1a1": (-1, [256, 1024, 4096, 8192])}
@@ -45,6 +46,8 @@ def bar(fmt: str, m: int) -> float | None:
         return 4.0 if (fmt, m) in (("w1a16", 1), ("w1a1", 4096)) else None
     if fmt.startswith("w4a16"):
         return 3.0 if m == 1 else 2.5 if m == 16 else 1.5 if m == 64 else 0.95 if m >= 128 else None
+    if fmt.startswith(("w3a16", "w2a16")):  # issue 19: decode only
+        return (3.0 if fmt.startswith("w3") else 3.3) if m == 1 else None
     return 1.8 if m == 1 else None
 
 
@@ -173,6 +176,7 @@ def bench_tokens(timer, kernels, x: torch.Tensor, dense: Rotation, packed: Rotat
     bits, group_size = FORMATS[fmt]
     (m, k), p0 = x.shape, packed.items[0]
     n = p0.out_features
+    gemm = bits in (4, 8)  # the tensor-core GEMMs take 4- and 8-bit weights only (2-/3-bit: wo_gemv, dequant)
 
     def raw(name, *extra):
         p = packed()
@@ -187,14 +191,14 @@ def bench_tokens(timer, kernels, x: torch.Tensor, dense: Rotation, packed: Rotat
     g_bf16 = graph_ms(lambda: F.linear(x, dense()))
     g_auto = graph_ms(lambda: packed_linear(x, packed(), None, kernels))
     kernel_ms = {"wo_gemv": timer(lambda: raw("wo_gemv")) if m <= 8 else None,
-                 "wo_gemm": timer(lambda: raw("wo_gemm")) if m <= 1024 else None,
+                 "wo_gemm": timer(lambda: raw("wo_gemm")) if gemm and m <= 1024 else None,
                  "dequant+cublas": timer(dequant_gemm)}
     # The same in CUDA graphs (the protocol's view: no launch or Python cost), with the Hopper W4A16/W8A16
     # GEMM, which is called through ctypes and so only fairly timed in a graph.
     mixed = p0.mixed is not None and m >= 8
     graph_kernel_ms = {"wo_gemv": graph_ms(lambda: raw("wo_gemv")) if m <= 8 else None,
                        "wo_gemv_lean": graph_ms(lambda: raw("wo_gemv", None, 1)) if m <= 8 else None,  # 4 blocks/SM
-                       "wo_gemm": graph_ms(lambda: raw("wo_gemm")) if 8 <= m <= 1024 else None,
+                       "wo_gemm": graph_ms(lambda: raw("wo_gemm")) if gemm and 8 <= m <= 1024 else None,
                        "sm90_mixed": graph_ms(lambda: mixed_mm.mixed_linear(x, packed().mixed)) if mixed else None,
                        "sm90_mixed_nosplit": graph_ms(lambda: mixed_mm.mixed_linear(x, packed().mixed, split=1))
                        if mixed and m <= 256 else None,
@@ -214,9 +218,10 @@ def bench_tokens(timer, kernels, x: torch.Tensor, dense: Rotation, packed: Rotat
     # wo_gemm_v3's variants (kernels/NOTES.md): a = default (ring of 8 chunks, 4 at M > 32), b = the other
     # ring depth, c = no split-K, d = twice the splits.
     for variant, tag in enumerate("abcd"):
-        graph_kernel_ms[f"wo_gemm_v3_{tag}"] = graph_ms(lambda v=variant: raw("wo_gemm_v3", v)) if m <= 64 else None
+        graph_kernel_ms[f"wo_gemm_v3_{tag}"] = graph_ms(lambda v=variant: raw("wo_gemm_v3", v)) \
+            if gemm and m <= 64 else None
     # wo_gemm_v4 (kernels/NOTES.md, "wo_gemm v4"): cp.async-staged weights; not in the dispatcher until measured.
-    graph_kernel_ms["wo_gemm_v4"] = graph_ms(lambda: raw("wo_gemm_v4")) if 5 <= m <= 256 else None
+    graph_kernel_ms["wo_gemm_v4"] = graph_ms(lambda: raw("wo_gemm_v4")) if gemm and 5 <= m <= 256 else None
     if tiny is not None:
         graph_kernel_ms["tinygemm"] = graph_ms(lambda: _tinygemm(x, tiny(), group_size))
     weight_bytes = p0.qweight.numel() * 4 + p0.scale.numel() * 4

@@ -256,7 +256,15 @@ def info() -> dict:
 
 def _weight_only_path() -> str:
     from . import sm90  # imports this module
-    from .weight_only import GEMM_MAX_M, GEMV_MAX_M, MIXED_MAX_M, MIXED_MIN_M, V3_MAX_M, V3_MIN_M
+    from .weight_only import (
+        GEMM_MAX_M,
+        GEMV_MAX_M,
+        LOW_BITS_GEMV_MAX_M,
+        MIXED_MAX_M,
+        MIXED_MIN_M,
+        V3_MAX_M,
+        V3_MIN_M,
+    )
 
     def mixed_path(bits: int) -> str:
         lib = sm90.MIXED[bits]
@@ -266,8 +274,9 @@ def _weight_only_path() -> str:
     mixed = f"{mixed_path(4)}; {mixed_path(8)}"
 
     return (f"qtool_cuda wo_gemv (m <= {GEMV_MAX_M}); {mixed}; otherwise wo_gemm_v3 ({V3_MIN_M}-{V3_MAX_M} tokens; "
-            f"wo_gemm before sm_90), wo_gemm (m <= {GEMM_MAX_M}); dequant_int + cuBLAS; 2-3-bit layers on the "
-            "4-bit kernels, 5-7-bit on the 8-bit ones (codes widened when packed)")
+            f"wo_gemm before sm_90), wo_gemm (m <= {GEMM_MAX_M}); dequant_int + cuBLAS; 2-3-bit layers at their "
+            f"own width: wo_gemv (m <= {LOW_BITS_GEMV_MAX_M}), then dequant_int + cuBLAS (groups of 16: on the "
+            "4-bit kernels); 5-7-bit on the 8-bit ones (codes widened when packed)")
 
 
 def _scaled_linear_path() -> str:

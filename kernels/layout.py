@@ -4,12 +4,17 @@ Checkpoints keep the compressed-tensors layout (quantize/primitives.py: 8 consec
 int32). The CUDA kernels (csrc/wo_*.cu) want a layout where every lane of a warp reads 16 bytes that
 already are its A fragments of mma.m16n8k16, for both the tensor-core and the CUDA-core kernels:
 
-  qweight [N_pad/16, K_pad/chunk, 32, 4] int32   stripes of 16 rows, chunks of 64 k (int4) / 32 k (int8);
-                                                 lane l, word w, code slot s -> (row, k) by `_fragment_map`
+  qweight [N_pad/16, K_pad/chunk, R, 4] int32   stripes of 16 rows, chunks of 128 k (2-, 3-bit) / 64 k (int4)
+                                                 / 32 k (int8); lane l, word w, code slot s -> (row, k) by
+                                                 `_fragment_map`; R = 32 rows of 16 bytes, one per lane, but
+                                                 48 for 3-bit: the low 2 bits of each code as the 2-bit layout
+                                                 (rows 0..31), then the high bits (rows 32..47, lane l's 8
+                                                 bytes at byte 8l), so every load stays aligned
   scale   [G_pad, N_pad] float32                 group-major; padding has scale 0
   zero    [G_pad, N_pad] float32 or None         the zero point in the signed domain, as a float
 
-Codes are stored unsigned (q + 8, q + 128). K is padded to a multiple of 64 with the row's zero point,
+Codes are stored unsigned (q + 2^(bits-1)). K is padded to a multiple of `pad_k` (64; 128 for 2- and 3-bit:
+one chunk) with the row's zero point,
 so padded weights dequantize to exactly 0; N is padded to 16. Act-order (g_idx) is removed here by
 sorting the input columns by group (`act_order_permutation`): the forward pass then gathers the
 activations with the same permutation, so kernels only ever see contiguous groups.
@@ -30,7 +35,9 @@ if TYPE_CHECKING:  # mixed_mm imports build, which imports this module
     from .mixed_mm import MixedWeight
 
 TILE_N = 16  # rows per stripe: the M of mma.m16n8k16
-PAD_K = 64  # K padding unit (the int4 chunk)
+PAD_K = 64  # K padding unit (the int4 chunk); 2- and 3-bit weights pad to their 128-k chunk (`pad_k`)
+KERNEL_BITS = (2, 3, 4, 8)  # code widths the kernel layout stores natively
+LOW_BITS = (2, 3)  # 128-k chunks: 8 subtiles per lane, so at least 32 k per group (4 groups per chunk)
 # The raw ops keep a `str activation` epilogue argument in their C++ schema; qtool only ever passes this.
 EPILOGUE = "none"
 
@@ -40,18 +47,27 @@ class UnsupportedLayout(ValueError):
 
 
 def chunk_k(num_bits: int) -> int:
-    """k covered by one lane's 16-byte load: 64 for int4, 32 for int8 (csrc/wo_kernels.h derives the same)."""
-    return 256 // num_bits
+    """k covered by one lane's 16-byte load of low codes: 128 for 2- and 3-bit (whose high bits come in
+    a second, 8-byte load), 64 for int4, 32 for int8 (csrc/wo_kernels.h derives the same)."""
+    return 128 if num_bits in LOW_BITS else 256 // num_bits
+
+
+def pad_k(num_bits: int) -> int:
+    """K of a packed weight is a multiple of this (csrc/wo_kernels.h, pad_k)."""
+    return max(PAD_K, chunk_k(num_bits))
 
 
 def kernel_group_size(num_bits: int, group_size: int) -> int:
-    """The group size the kernels take: a power of two >= 16, or -1 for one scale per row."""
-    if num_bits not in (4, 8):
-        raise UnsupportedLayout(f"kernels take 4- or 8-bit weights, not {num_bits}-bit")
+    """The group size the kernels take: a power of two >= 16 (>= 32 for 2- and 3-bit), or -1 for one
+    scale per row."""
+    if num_bits not in KERNEL_BITS:
+        raise UnsupportedLayout(f"kernels take 2-, 3-, 4- or 8-bit weights, not {num_bits}-bit")
     if group_size <= 0:
         return -1
-    if group_size < 16 or group_size & (group_size - 1):
-        raise UnsupportedLayout(f"kernels take power-of-two group sizes >= 16, not {group_size}")
+    smallest = 32 if num_bits in LOW_BITS else 16
+    if group_size < smallest or group_size & (group_size - 1):
+        raise UnsupportedLayout(f"kernels take power-of-two group sizes >= {smallest} for {num_bits}-bit weights, "
+                                f"not {group_size}")
     return group_size
 
 
@@ -59,7 +75,7 @@ def kernel_group_size(num_bits: int, group_size: int) -> int:
 class PackedWeight:
     """A weight in the kernel layout (see module docstring); the arguments of torch.ops.qtool_cuda.*."""
 
-    qweight: torch.Tensor  # int32 [N_pad/16, K_pad/chunk, 32, 4]
+    qweight: torch.Tensor  # int32 [N_pad/16, K_pad/chunk, 32, 4] ([.., 48, 4] for 3-bit)
     scale: torch.Tensor  # float32 [G_pad, N_pad]
     zero: torch.Tensor | None  # float32 [G_pad, N_pad], None when symmetric
     perm: torch.Tensor | None  # int64 [K]: kernel input column j is activation column perm[j]; None: identity
@@ -74,24 +90,44 @@ class PackedWeight:
         return self.qweight.shape[1] * chunk_k(self.num_bits)
 
 
-def _fragment_map(num_bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(row, k) inside a stripe chunk of code slot s of word w of lane l, each [32, 4, slots].
+def _fragment_map(num_bits: int, high_plane: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, k) inside a stripe chunk of code slot s of word w of lane l, each [32, words, slots].
 
     Register p of lane l (PTX mma.m16n8k16, A fragments) holds row l // 4 + 8 * (p % 2) at
     k = 2 * (l % 4) + 8 * (p // 2) + h, h = 0, 1. Where a (subtile j, p, h) code sits (csrc/wo_decode.cuh):
-    int4: word j, nibble p + 4h;  int8: word 2j + p // 2, byte 2 * (p % 2) + h.
+    int4: word j, nibble p + 4h;  int8: word 2j + p // 2, byte 2 * (p % 2) + h;
+    2-bit (and the low bits of 3-bit): word j // 2, 2-bit slot 2 * (p + 4h) + j % 2, i.e. bits 4i + 2 (j % 2)
+    with i = p + 4h: even subtiles in the low halves of the nibbles, odd ones in the high halves;
+    high_plane (3-bit): 2 words per lane, subtile j's bits in word j // 4 at bit 4i + (2 + j % 4) % 4, so
+    that the kernels merge each subtile into a word of 3-bit nibbles with one LOP3 (wo_decode.cuh).
     """
-    slots = 32 // num_bits
+    slots = 32 if high_plane else 16 if num_bits in LOW_BITS else 32 // num_bits
+    words = 2 if high_plane else 4
     lane = torch.arange(32).view(32, 1, 1)
-    word = torch.arange(4).view(1, 4, 1)
+    word = torch.arange(words).view(1, words, 1)
     slot = torch.arange(slots).view(1, 1, slots)
-    if num_bits == 4:
+    if high_plane:
+        i, b = slot // 4, slot % 4
+        j, p, h = 4 * word + (b + 2) % 4, i % 4, i // 4
+    elif num_bits in LOW_BITS:
+        i = slot // 2
+        j, p, h = 2 * word + slot % 2, i % 4, i // 4
+    elif num_bits == 4:
         j, p, h = word, slot % 4, slot // 4
     else:
         j, p, h = word // 2, 2 * (word % 2) + slot // 2, slot % 2
     row = lane // 4 + 8 * (p % 2)
     k = 16 * j + 2 * (lane % 4) + 8 * (p // 2) + h
-    return row.expand(32, 4, slots), k.expand(32, 4, slots)
+    shape = (32, words, slots)
+    return row.expand(shape), k.expand(shape)
+
+
+def _planes(num_bits: int) -> list[tuple[int, int, bool]]:
+    """(bit offset, width, high_plane) of each plane a code is split into: 3-bit codes are a 2-bit plane
+    (bits 0..1) and a 1-bit plane (bit 2); other widths are one plane."""
+    if num_bits == 3:
+        return [(0, 2, False), (2, 1, True)]
+    return [(0, 2 if num_bits == 2 else num_bits, False)]
 
 
 def act_order_permutation(g_idx: torch.Tensor | None, group_size: int, in_features: int) -> torch.Tensor | None:
@@ -121,7 +157,7 @@ def pack_weight(codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tens
     perm = act_order_permutation(g_idx, group_size, k)
     if perm is not None:
         codes = codes.index_select(1, perm)
-    n_pad, k_pad = -(-n // TILE_N) * TILE_N, -(-k // PAD_K) * PAD_K
+    n_pad, k_pad = -(-n // TILE_N) * TILE_N, -(-k // pad_k(num_bits)) * pad_k(num_bits)
     groups = 1 if gs < 0 else -(-k_pad // gs)
     pad = (0, groups - scale.shape[1], 0, n_pad - n)
     scale_p = F.pad(scale.float(), pad)
@@ -137,12 +173,16 @@ def pack_weight(codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tens
     kc = chunk_k(num_bits)
     stripes, chunks = n_pad // TILE_N, k_pad // kc
     tiles = unsigned.view(stripes, TILE_N, chunks, kc).permute(0, 2, 1, 3).reshape(stripes, chunks, TILE_N * kc)
-    row, col = _fragment_map(num_bits)
-    flat = (row * kc + col).to(codes.device)
-    words = torch.zeros(stripes, chunks, 32, 4, dtype=torch.int64, device=codes.device)
-    for s in range(flat.shape[-1]):
-        part = tiles.index_select(2, flat[..., s].reshape(-1)).view(stripes, chunks, 32, 4)
-        words |= part.to(torch.int64) << (num_bits * s)
+    planes = []
+    for offset, width, high in _planes(num_bits):
+        row, col = _fragment_map(num_bits, high)
+        flat = (row * kc + col).to(codes.device)
+        bits = (tiles.to(torch.int64) >> offset) & ((1 << width) - 1)
+        words = torch.zeros(stripes, chunks, 32, flat.shape[1], dtype=torch.int64, device=codes.device)
+        for s in range(flat.shape[-1]):
+            words |= bits.index_select(2, flat[..., s].reshape(-1)).view(stripes, chunks, 32, -1) << (width * s)
+        planes.append(words.view(stripes, chunks, -1, 4))  # the 1-bit plane: 8 bytes per lane, 2 lanes per row
+    words = torch.cat(planes, dim=2)
     words = torch.where(words >= 1 << 31, words - (1 << 32), words).to(torch.int32)
     return PackedWeight(words, scale_p.t().contiguous(), None if zero_p is None else zero_p.t().contiguous(),
                         perm, num_bits, gs, k, n)
@@ -152,13 +192,17 @@ def unpack_codes(qweight: torch.Tensor, num_bits: int) -> torch.Tensor:
     """Inverse of the packing step: kernel-layout words -> signed codes [N_pad, K_pad] int8."""
     stripes, chunks = qweight.shape[:2]
     kc = chunk_k(num_bits)
-    row, col = _fragment_map(num_bits)
     words = qweight.to(torch.int64) & 0xFFFFFFFF
     tiles = torch.zeros(stripes, chunks, TILE_N * kc, dtype=torch.int64, device=qweight.device)
-    mask = (1 << num_bits) - 1
-    for s in range(row.shape[-1]):
-        flat = (row[..., s] * kc + col[..., s]).reshape(-1).to(qweight.device)
-        tiles[:, :, flat] = ((words >> (num_bits * s)) & mask).reshape(stripes, chunks, -1)
+    first = 0
+    for offset, width, high in _planes(num_bits):
+        row, col = _fragment_map(num_bits, high)
+        rows = 32 * row.shape[1] // 4  # rows of 4 words this plane takes
+        plane = words[:, :, first:first + rows].reshape(stripes, chunks, 32, -1)
+        first += rows
+        for s in range(row.shape[-1]):
+            flat = (row[..., s] * kc + col[..., s]).reshape(-1).to(qweight.device)
+            tiles[:, :, flat] |= ((plane >> (width * s)) & ((1 << width) - 1)).reshape(stripes, chunks, -1) << offset
     unsigned = tiles.view(stripes, chunks, TILE_N, kc).permute(0, 2, 1, 3).reshape(stripes * TILE_N, chunks * kc)
     return (unsigned - (1 << (num_bits - 1))).to(torch.int8)
 

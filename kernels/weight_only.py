@@ -14,6 +14,8 @@ Dispatch on m = tokens:
   m <= GEMM_MAX_M   qtool_cuda::wo_gemm   tensor cores; the weights are streamed once per 64 tokens
                     (fp16 activations, or no Hopper copy)
   otherwise         qtool_cuda::dequant_int + cuBLAS: compute-bound, so one extra weight pass is cheap
+2- and 3-bit weights (layout.LOW_BITS) take wo_gemv up to LOW_BITS_GEMV_MAX_M tokens and dequant_int + cuBLAS
+above: the tensor-core GEMMs decode 4- and 8-bit chunks only.
 
 Act-order weights are stored with their input columns sorted by group (layout.act_order_permutation),
 so each call gathers the activations once, x.index_select(-1, perm): m * K elements read and written
@@ -28,7 +30,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .layout import EPILOGUE, PackedWeight
+from .layout import EPILOGUE, LOW_BITS, PackedWeight
 from .mixed_mm import mixed_ktile, mixed_linear, mixed_split
 
 # wo_gemv serves up to 8 tokens (csrc/wo_kernels.h, kMaxGemvTokens). 4 is the cut-off every recorded
@@ -60,6 +62,9 @@ V3_VARIANT = 3
 # count, set this to the largest such count; it then runs before w4_mm, v3 and wo_gemm for every format.
 V4_MAX_M = 0
 KERNEL_DTYPES = (torch.float16, torch.bfloat16)
+# 2- and 3-bit weights: wo_gemv serves up to its 8 tokens (csrc/wo_kernels.h, kMaxGemvTokens): it reads the
+# weight once at 2-3 bits where dequant_int + cuBLAS writes and reads it at 16. Unmeasured.
+LOW_BITS_GEMV_MAX_M = 8
 
 
 # wo_gemv's lean launch (variant 1: 4 blocks per SM instead of 3) measured on the H200 at M = 1 (BENCHMARKS.md,
@@ -106,7 +111,9 @@ def packed_linear(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, k
     m = x2.shape[0]
     args = (w.qweight, w.scale, w.zero)
     meta = (w.num_bits, w.group_size, w.out_features)
-    if m <= GEMV_MAX_M:
+    if w.num_bits in LOW_BITS:
+        y = _low_bits_linear(x2, w, bias, kernels, prefetch)
+    elif m <= GEMV_MAX_M:
         y = kernels.wo_gemv(x2, *args, bias, *meta, EPILOGUE, prefetch, gemv_variant(w))
     elif m <= V4_MAX_M:
         y = kernels.wo_gemm_v4(x2, *args, bias, *meta, EPILOGUE)
@@ -123,3 +130,14 @@ def packed_linear(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, k
         dense = kernels.dequant_int(*args, *meta, x.dtype)
         y = F.linear(x2, dense, None if bias is None else bias.to(x.dtype))
     return y.reshape(*lead, w.out_features)
+
+
+def _low_bits_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, kernels,
+                     prefetch: torch.Tensor | None) -> torch.Tensor:
+    """packed_linear for 2- and 3-bit weights: x2 [m, K_pad] -> [m, N]."""
+    args = (w.qweight, w.scale, w.zero)
+    meta = (w.num_bits, w.group_size, w.out_features)
+    if x2.shape[0] <= LOW_BITS_GEMV_MAX_M:
+        return kernels.wo_gemv(x2, *args, bias, *meta, EPILOGUE, prefetch, gemv_variant(w))
+    dense = kernels.dequant_int(*args, *meta, x2.dtype)
+    return F.linear(x2, dense, None if bias is None else bias.to(x2.dtype))

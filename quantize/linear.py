@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 # ops declares torch.ops.qtool.*; scaled_mm registers qtool::scaled_linear's CUDA implementation.
 from qtool_kernels import binary, build, mixed_mm, ops, scaled_mm  # noqa: F401
-from qtool_kernels.layout import PackedWeight, UnsupportedLayout, pack_weight, unpack_codes
+from qtool_kernels.layout import LOW_BITS, PackedWeight, UnsupportedLayout, pack_weight, unpack_codes
 from qtool_kernels.weight_only import KERNEL_DTYPES, packed_linear
 
 from .primitives import QTensor, dequantize, pack_factor, pack_int, scale_shape, unpack_int
@@ -225,16 +225,19 @@ def pack_layer(layer: QuantLinear) -> PackedWeight | None:
     args = kernel_args(layer.scheme)
     if args is None or args[0] < 2:  # 1-bit layers have kernels of their own (binary_cuda_linear)
         return None
-    # The kernels decode 4- and 8-bit codes. Narrower codes are widened here: 2- and 3-bit codes are
-    # 4-bit codes using part of the range, 5- to 7-bit ones 8-bit codes, and (q - z) * s is the same
-    # number. So every width runs on the kernels, at the speed of the wider one, not on the reference
-    # (which unpacks the whole weight on every call); the checkpoint keeps its own width.
-    bits = 4 if args[0] <= 4 else 8
-    try:
-        return pack_weight(layer.codes(), layer.weight_scale, getattr(layer, "weight_zero_point", None),
-                           getattr(layer, "weight_g_idx", None), bits, args[1])
-    except UnsupportedLayout:
-        return None
+    # The kernels decode 2-, 3-, 4- and 8-bit codes, 2- and 3-bit ones streamed at their own width (groups
+    # of 32 k or more, or per channel). Other widths are widened here: 5- to 7-bit codes are 8-bit codes
+    # using part of the range (and 2-, 3-bit ones 4-bit codes where their own layout cannot take the
+    # groups, g16), and (q - z) * s is the same number. So every width runs on the kernels, not on the
+    # reference (which unpacks the whole weight on every call); the checkpoint keeps its own width.
+    codes, zero, g_idx = layer.codes(), getattr(layer, "weight_zero_point", None), getattr(layer, "weight_g_idx", None)
+    widths = [args[0]] if args[0] in LOW_BITS else []
+    for bits in [*widths, 4 if args[0] <= 4 else 8]:
+        try:
+            return pack_weight(codes, layer.weight_scale, zero, g_idx, bits, args[1])
+        except UnsupportedLayout:
+            continue
+    return None
 
 
 def _source_key(layer: QuantLinear) -> tuple:

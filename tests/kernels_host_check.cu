@@ -1,10 +1,12 @@
 // Runs the kernels' decode helpers (kernels/csrc/wo_decode.cuh, all __host__ __device__) on the
 // CPU, so tests/test_kernels.py can check them against kernels/layout.py without a GPU.
-// stdin: "bits lanes" then 4 unsigned words per lane (one lane's 16 bytes of a chunk each).
+// stdin: "bits lanes" then 4 unsigned words per lane (one lane's 16 bytes of a chunk each), 6 for 3-bit
+// (the 16 bytes of low bits, then the lane's 8 bytes of high bits).
 // stdout: one line per code: lane j p h row col f32 bf16 fp16, where (row, col) is the code's place
 // in its 16 x chunk tile by frag_row/frag_col, f32 the decode_chunk value (128 + u or 256 + u) and
 // bf16/fp16 the int4_pair_biased values (base + u). For int8 (the GEMV's decodes): bf16 = u from
-// int8_f32_magic (2^23 + u, minus 2^23) and fp16 = the int8_pair_biased_half value (1024 + u).
+// int8_f32_magic (2^23 + u, minus 2^23) and fp16 = the int8_pair_biased_half value (1024 + u). 2- and
+// 3-bit: f32 from decode_low_chunk (128 + u), bf16/fp16 from nibble_pair_biased on low_bit_nibbles.
 #include <cstdio>
 
 #include "wo_decode.cuh"
@@ -40,14 +42,50 @@ void decode_lane(int lane, const uint32_t (&w)[4]) {
       }
 }
 
+float half_of(uint32_t pair, int h, __nv_bfloat16) {
+  __nv_bfloat16_raw raw;
+  raw.x = static_cast<unsigned short>(h ? pair >> 16 : pair & 0xFFFFu);
+  return __bfloat162float(__nv_bfloat16(raw));
+}
+
+float half_of(uint32_t pair, int h, __half) {
+  __half_raw raw;
+  raw.x = static_cast<unsigned short>(h ? pair >> 16 : pair & 0xFFFFu);
+  return __half2float(__half(raw));
+}
+
+template <int BITS>  // 2 or 3
+void decode_low_lane(int lane, const uint32_t (&lo)[4], const uint32_t (&hi)[2]) {
+  float v[8][4][2];
+  decode_low_chunk<BITS>(lo, hi, v);
+  for (int j = 0; j < 8; ++j)
+    for (int p = 0; p < 4; ++p)
+      for (int h = 0; h < 2; ++h) {
+        const uint32_t nib = low_bit_nibbles<BITS>(lo, hi, j);
+        const float bf = half_of(nibble_pair_biased<__nv_bfloat16, BITS>(nib, p), h, __nv_bfloat16{});
+        const float hf = half_of(nibble_pair_biased<__half, BITS>(nib, p), h, __half{});
+        std::printf("%d %d %d %d %d %d %.1f %.1f %.1f\n", lane, j, p, h, frag_row(lane % 32, p),
+                    16 * j + frag_col(lane % 32, p) + h, v[j][p][h], bf, hf);
+      }
+}
+
 int main() {
   int bits = 0, lanes = 0;
   if (std::scanf("%d %d", &bits, &lanes) != 2) return 2;
   for (int lane = 0; lane < lanes; ++lane) {
-    uint32_t w[4];
+    uint32_t w[4], hi[2] = {0u, 0u};
     for (auto& x : w)
       if (std::scanf("%u", &x) != 1) return 2;
-    bits == 4 ? decode_lane<4>(lane, w) : decode_lane<8>(lane, w);
+    if (bits == 3)
+      for (auto& x : hi)
+        if (std::scanf("%u", &x) != 1) return 2;
+    if (bits == 2) {
+      decode_low_lane<2>(lane, w, hi);
+    } else if (bits == 3) {
+      decode_low_lane<3>(lane, w, hi);
+    } else {
+      bits == 4 ? decode_lane<4>(lane, w) : decode_lane<8>(lane, w);
+    }
   }
   return 0;
 }

@@ -25,6 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def decode_by_ptx_rule(qweight, bits):
     """Signed codes [N_pad, K_pad] read back with the PTX A-fragment rule, independently of layout.py."""
+    if bits in (2, 3):
+        return decode_low_bits_as_kernels_do(qweight, bits)
     stripes, chunks = qweight.shape[:2]
     kc, mask, offset = 256 // bits, (1 << bits) - 1, 1 << (bits - 1)
     words = qweight.to(torch.int64) & 0xFFFFFFFF
@@ -40,14 +42,45 @@ def decode_by_ptx_rule(qweight, bits):
     return out.reshape(stripes * 16, chunks * kc)
 
 
-@pytest.mark.parametrize("bits", [4, 8])
-@pytest.mark.parametrize("n,k,group_size", [(40, 576, 128), (16, 600, 32), (24, 100, -1), (32, 4096, 64)])
+def decode_low_bits_as_kernels_do(qweight, bits):
+    """2- and 3-bit codes read back the way wo_decode.cuh's low_bit_nibbles merges them: low-plane word
+    j // 2 and (3-bit) high-plane word j // 4, shifted left by 2 for odd j // 2, become one word of
+    nibbles for subtile j (even j: bits 0..1 of each nibble of the low word, odd j: bits 2..3), whose
+    nibble p + 4h is register p, half h of the A fragment."""
+    stripes, chunks = qweight.shape[:2]
+    words = qweight.to(torch.int64) & 0xFFFFFFFF
+    lo = words[:, :, :32]  # [S, C, 32 lanes, 4]
+    hi = words[:, :, 32:].reshape(stripes, chunks, 32, 2) if bits == 3 else torch.zeros_like(lo[..., :2])
+    low_mask, u32 = 0x33333333, 0xFFFFFFFF
+    out = torch.full((stripes, 16, chunks, 128), 99, dtype=torch.int64)
+    for lane in range(32):
+        g, t = divmod(lane, 4)
+        for j in range(8):
+            w = lo[:, :, lane, j // 2]
+            hs = hi[:, :, lane, j // 4]
+            hs = (hs << 2) & u32 if (j // 2) % 2 else hs
+            if j % 2:
+                w, hs = w >> 2, hs >> 1
+            nib = (w & low_mask) | (hs & ~low_mask & u32)
+            for p in range(4):
+                for h in range(2):
+                    row, k = g + 8 * (p % 2), 16 * j + 2 * t + 8 * (p // 2) + h
+                    out[:, row, :, k] = ((nib >> (4 * (p + 4 * h))) & ((1 << bits) - 1)) - (1 << (bits - 1))
+    return out.reshape(stripes * 16, chunks * 128)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("n,k,group_size", [(40, 576, 128), (16, 600, 32), (24, 100, -1), (32, 4096, 64),
+                                            (20, 328, 256)])
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_pack_round_trips_and_pads_with_zero_point(bits, n, k, group_size, symmetric):
     codes, scale, zero, _ = random_weight(n, k, bits, group_size, symmetric)
     p = pack_weight(codes, scale, zero, None, bits, group_size)
-    n_pad, k_pad = -(-n // 16) * 16, -(-k // 64) * 64
-    assert p.qweight.shape == (n_pad // 16, k_pad // layout.chunk_k(bits), 32, 4) and p.k_padded == k_pad
+    unit = 128 if bits in (2, 3) else 64  # one 2-/3-bit chunk
+    n_pad, k_pad = -(-n // 16) * 16, -(-k // unit) * unit
+    rows = 48 if bits == 3 else 32  # 3-bit: 32 rows of low bits, 16 of high bits
+    assert p.qweight.shape == (n_pad // 16, k_pad // layout.chunk_k(bits), rows, 4) and p.k_padded == k_pad
+    assert p.qweight.numel() * 32 == n_pad * k_pad * bits, "codes are stored at their own width"
     unpacked = layout.unpack_codes(p.qweight, bits)
     assert torch.equal(decode_by_ptx_rule(p.qweight, bits), unpacked.long())
     assert torch.equal(unpacked[:n, :k], codes)
@@ -73,14 +106,14 @@ def test_act_order_is_removed_by_sorting_columns():
         layout.act_order_permutation(torch.cat([torch.zeros(65), torch.arange(255) // 64 + 1]).int(), 64, 320)
 
 
-@pytest.mark.parametrize("bits,group_size", [(3, 128), (4, 96), (4, 8), (2, -1)])
+@pytest.mark.parametrize("bits,group_size", [(3, 16), (2, 16), (4, 96), (4, 8), (5, -1), (2, 48)])
 def test_unsupported_layouts_raise(bits, group_size):
     codes, scale, zero, _ = random_weight(16, 192, 4, 64)
     with pytest.raises(UnsupportedLayout):
         pack_weight(codes, scale, zero, None, bits, group_size)
 
 
-@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
 @pytest.mark.parametrize("m", [1, 5, 100, 300])  # one per dispatch branch: wo_gemv, wo_gemm_v3, wo_gemm, dequant
 @pytest.mark.parametrize("symmetric,act_order", [(True, False), (False, True)])
 def test_packed_linear_matches_reference_op(bits, m, symmetric, act_order):
@@ -139,11 +172,13 @@ def test_pack_layer_serves_quantlinear(symmetric):
     assert pack_layer(QuantLinear(k, n, fp8)) is None
 
 
-@pytest.mark.parametrize("bits,group_size", [(2, 64), (3, 128), (3, -1), (5, 32), (6, -1), (7, 64)])
+@pytest.mark.parametrize("bits,group_size", [(2, 64), (3, 128), (3, -1), (2, 32), (3, 16), (2, 16), (5, 32),
+                                             (6, -1), (7, 64)])
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_narrow_codes_run_on_the_wider_kernels(bits, group_size, symmetric):
-    """2-3-bit layers pack as 4-bit kernel weights, 5-7-bit as 8-bit: the kernel route computes what
-    the layer's own reference does (float64 dequantized weight) at these widths, ragged K included."""
+    """2-3-bit layers pack natively (g16: as 4-bit kernel weights), 5-7-bit as 8-bit: the kernel route
+    computes what the layer's own reference does (float64 dequantized weight) at these widths, ragged K
+    included."""
     n, k = 40, 200
     codes, scale, zero, _ = random_weight(n, k, bits, group_size, symmetric, act_order=False)
     strategy = Strategy.GROUP if group_size > 0 else Strategy.CHANNEL
@@ -152,12 +187,13 @@ def test_narrow_codes_run_on_the_wider_kernels(bits, group_size, symmetric):
     qt = QTensor(codes, scale, zero, args)
     layer = QuantLinear.from_qtensor(qt, QuantScheme(weights=args), bias=torch.randn(n))
     packed = pack_layer(layer)
-    assert packed is not None and packed.num_bits == (4 if bits < 4 else 8)
-    x = torch.randn(5, k)
-    got = weight_only.packed_linear(x, packed, layer.bias.float(), ReferenceOps)
-    want = x.double() @ qt.dequantize(torch.float64).T + layer.bias.double()
-    assert rel_err(got, want) < 1e-5
-    torch.testing.assert_close(got, layer(x), rtol=1e-5, atol=1e-4)
+    assert packed is not None and packed.num_bits == (bits if bits < 4 and group_size != 16 else 4 if bits < 4 else 8)
+    for m in (1, 5, 9):  # low bits: wo_gemv up to 8 tokens, then dequant_int
+        x = torch.randn(m, k)
+        got = weight_only.packed_linear(x, packed, layer.bias.float(), ReferenceOps)
+        want = x.double() @ qt.dequantize(torch.float64).T + layer.bias.double()
+        assert rel_err(got, want) < 1e-5
+        torch.testing.assert_close(got, layer(x), rtol=1e-5, atol=1e-4)
 
 
 def test_host_decode_helpers_match_layout(tmp_path):
@@ -168,21 +204,24 @@ def test_host_decode_helpers_match_layout(tmp_path):
     exe = tmp_path / "host_check"
     subprocess.run([nvcc, "-std=c++17", "-I", str(ROOT / "kernels" / "csrc"), str(ROOT / "tests" / "kernels_host_check.cu"),
                     "-o", str(exe)], check=True, capture_output=True)
-    for bits in (4, 8):
-        codes, scale, zero, _ = random_weight(32, 128, bits, 64, symmetric=False, seed=bits)
+    for bits in (2, 3, 4, 8):
+        codes, scale, zero, _ = random_weight(32, 256, bits, 64, symmetric=False, seed=bits)
         p = pack_weight(codes, scale, zero, None, bits, 64)
-        words = (p.qweight.to(torch.int64) & 0xFFFFFFFF).reshape(-1, 4)  # (stripe, chunk, lane) order
+        words = (p.qweight.to(torch.int64) & 0xFFFFFFFF)
+        if bits == 3:  # each lane's 16 bytes of low bits, then its 8 bytes of high bits
+            words = torch.cat([words[:, :, :32], words[:, :, 32:].reshape(*words.shape[:2], 32, 2)], dim=-1)
+        words = words.reshape(-1, words.shape[-1])  # (stripe, chunk, lane) order
         stdin = f"{bits} {words.shape[0]}\n" + "\n".join(" ".join(map(str, w)) for w in words.tolist())
         out = subprocess.run([str(exe)], input=stdin, capture_output=True, text=True, check=True).stdout.split("\n")
         unsigned = layout.unpack_codes(p.qweight, bits).long() + (1 << (bits - 1))
         kc, chunks = layout.chunk_k(bits), p.qweight.shape[1]
         lines = [list(map(float, line.split())) for line in out if line]
-        assert len(lines) == words.shape[0] * 8 * (16 // bits)
+        assert len(lines) == words.shape[0] * 8 * (kc // 16)
         for lane, _, _, _, row, col, f32, bf16, fp16 in lines:
             stripe, chunk = divmod(int(lane) // 32, chunks)
             u = unsigned[stripe * 16 + int(row), chunk * kc + int(col)].item()
-            assert f32 == (128 if bits == 4 else 256) + u
-            assert (bf16, fp16) == ((128 + u, 1024 + u) if bits == 4 else (u, 1024 + u))
+            assert f32 == (256 if bits == 8 else 128) + u
+            assert (bf16, fp16) == ((u, 1024 + u) if bits == 8 else (128 + u, 1024 + u))
 
 
 def test_scaled_mm_paths_match_reference():

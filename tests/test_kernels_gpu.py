@@ -68,7 +68,7 @@ def test_quantlinear_matches_float64(kernels, bits, group_size, symmetric, act_o
 @pytest.mark.parametrize("bits,group_size,symmetric", [(2, 64, True), (2, 32, False), (3, 128, True), (3, 64, False),
                                                       (3, -1, True), (5, 32, False), (6, -1, True), (7, 128, False)])
 def test_narrow_widths_take_the_kernels(kernels, bits, group_size, symmetric):
-    """2-3-bit layers run on the 4-bit kernels and 5-7-bit on the 8-bit ones (codes widened when packed),
+    """2-3-bit layers run natively (tests/test_lowbit_gpu.py) and 5-7-bit on the 8-bit kernels (codes widened),
     every token count and so every kernel of the dispatcher, K = 576 ragged at g128."""
     k, n = 576, 1536
     qt, args, dense = make_weight(bits, group_size, symmetric, False, k, n)

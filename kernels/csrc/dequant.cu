@@ -14,22 +14,29 @@ namespace {
 constexpr int kWarps = 8;  // (stripe, chunk) pairs per block
 
 template <typename T,   // output type: __half or __nv_bfloat16
-          int BITS>     // weight code width: 4 or 8
+          int BITS>     // weight code width: 2, 3, 4 or 8
 __global__ void __launch_bounds__(kWarps * 32) dequant_kernel(const PackedWeightView w,  // the weight
                                                                T* __restrict__ out) {    // [n, k_padded]
-  constexpr int SUB = 16 / BITS;
+  constexpr int SUB = chunk_subtiles(BITS);
   constexpr int KC = chunk_k(BITS);
-  constexpr float kBias = BITS == 4 ? kInt4Bias : kInt8Bias;
+  constexpr float kBias = BITS == 8 ? kInt8Bias : kNibbleBias<BITS>;
   const int lane = threadIdx.x % 32;
   const int nchunks = w.k_padded / KC;
   const size_t tile = static_cast<size_t>(blockIdx.x) * kWarps + threadIdx.x / 32;  // stripe * nchunks + chunk
   if (tile >= static_cast<size_t>(w.n_padded / kStripeRows) * nchunks) return;
   const int stripe = static_cast<int>(tile / nchunks), chunk = static_cast<int>(tile % nchunks);
 
+  LaneChunk<BITS> chunk_words;
+  chunk_words.load(reinterpret_cast<const uint4*>(w.qweight) + tile * chunk_vecs(BITS), 0, lane);
   uint32_t words[4];
-  words_of(load_streaming(reinterpret_cast<const uint4*>(w.qweight) + tile * 32 + lane), words);
+  words_of(chunk_words.lo, words);
   float v[SUB][4][2];
-  decode_chunk<BITS>(words, v);
+  if constexpr (is_low_bits(BITS)) {
+    const uint32_t hi[2] = {chunk_words.hi.x, chunk_words.hi.y};
+    decode_low_chunk<BITS>(words, hi, v);
+  } else {
+    decode_chunk<BITS>(words, v);
+  }
 
   // The warp's 16 x KC tile; rows padded by 16 bytes so that the 8 rows one store instruction
   // touches fall in distinct banks (row stride = 4 banks mod 32), and rows stay 16-byte aligned.
@@ -67,10 +74,18 @@ void launch_typed(const PackedWeightView& w,  // the weight
                   cudaStream_t stream) {      // the caller's stream
   const size_t tiles = static_cast<size_t>(w.n_padded / kStripeRows) * (w.k_padded / chunk_k(w.num_bits));
   const unsigned blocks = static_cast<unsigned>((tiles + kWarps - 1) / kWarps);
-  if (w.num_bits == 4) {
-    dequant_kernel<T, 4><<<blocks, kWarps * 32, 0, stream>>>(w, static_cast<T*>(out));
-  } else {
-    dequant_kernel<T, 8><<<blocks, kWarps * 32, 0, stream>>>(w, static_cast<T*>(out));
+  switch (w.num_bits) {
+    case 2:
+      dequant_kernel<T, 2><<<blocks, kWarps * 32, 0, stream>>>(w, static_cast<T*>(out));
+      break;
+    case 3:
+      dequant_kernel<T, 3><<<blocks, kWarps * 32, 0, stream>>>(w, static_cast<T*>(out));
+      break;
+    case 4:
+      dequant_kernel<T, 4><<<blocks, kWarps * 32, 0, stream>>>(w, static_cast<T*>(out));
+      break;
+    default:
+      dequant_kernel<T, 8><<<blocks, kWarps * 32, 0, stream>>>(w, static_cast<T*>(out));
   }
 }
 

@@ -1,9 +1,9 @@
 // PyTorch bindings of the weight-only kernels, as ops in the `qtool_cuda` namespace:
-//   torch.ops.qtool_cuda.wo_gemv      CUDA-core GEMV, 1 <= m <= 8
+//   torch.ops.qtool_cuda.wo_gemv      CUDA-core GEMV, 1 <= m <= 8 (2-, 3-, 4- and 8-bit weights)
 //   torch.ops.qtool_cuda.wo_gemm      tensor-core GEMM, any m (best for small to moderate m)
 //   torch.ops.qtool_cuda.wo_gemm_v3   tensor-core GEMM for small m (5..64), deep weight stream, sm_90 clusters
 //   torch.ops.qtool_cuda.wo_gemm_v4   tensor-core GEMM for 5..256 tokens, weights staged by a cp.async pipeline
-//   torch.ops.qtool_cuda.dequant_int  dense [n, k_padded] weight for cuBLAS at large m
+//   torch.ops.qtool_cuda.dequant_int  dense [n, k_padded] weight for cuBLAS at large m (2-, 3-, 4-, 8-bit)
 // All take the repacked layout of kernels/layout.py; qtool::weight_only_linear (declared in Python)
 // dispatches to them by m. Every check names the tensor and the shape it got.
 #include <algorithm>
@@ -35,35 +35,38 @@ ScalarKind scalar_kind(at::ScalarType dtype, const char* op) {
   return dtype == at::kHalf ? ScalarKind::kHalf : ScalarKind::kBFloat16;
 }
 
-int group_shift(int64_t group_size, const char* op) {
+int group_shift(int64_t group_size, int num_bits, const char* op) {
   if (group_size <= 0) return 31;  // one group per row
   int shift = 0;
   while ((int64_t{1} << shift) < group_size) ++shift;
-  TORCH_CHECK(group_size >= 16 && (int64_t{1} << shift) == group_size, op,
-              ": group_size must be a power of two >= 16, or -1 for one scale per row; got ", group_size);
+  TORCH_CHECK(group_size >= min_group(num_bits) && (int64_t{1} << shift) == group_size, op,
+              ": group_size must be a power of two >= ", min_group(num_bits), " for ", num_bits,
+              "-bit weights, or -1 for one scale per row; got ", group_size);
   return shift;
 }
 
 PackedWeightView check_weight(const char* op,                         // op name for messages
-                              const at::Tensor& qweight,              // [n_padded/16, k_padded/chunk, 32, 4] int32
+                              const at::Tensor& qweight,              // [n_padded/16, k_padded/chunk, chunk_vecs, 4] int32
                               const at::Tensor& scale,                // [groups_padded, n_padded] float32
                               const std::optional<at::Tensor>& zero,  // like scale, or none
-                              int64_t num_bits,                       // 4 or 8
+                              int64_t num_bits,                       // 2, 3, 4 or 8
                               int64_t group_size,                     // power of two >= 16, or -1
                               int64_t out_features) {                 // n
-  TORCH_CHECK(num_bits == 4 || num_bits == 8, op, ": num_bits must be 4 or 8, got ", num_bits);
-  TORCH_CHECK(qweight.is_cuda() && qweight.scalar_type() == at::kInt && qweight.dim() == 4 && qweight.size(2) == 32 &&
-                  qweight.size(3) == 4 && qweight.is_contiguous(),
-              op, ": qweight must be a contiguous CUDA int32 tensor [n_padded / 16, k_padded / ",
-              chunk_k(static_cast<int>(num_bits)), ", 32, 4] (kernels/layout.py), got ", qweight.scalar_type(), " ",
+  TORCH_CHECK(num_bits == 2 || num_bits == 3 || num_bits == 4 || num_bits == 8, op,
+              ": num_bits must be 2, 3, 4 or 8, got ", num_bits);
+  const int bits = static_cast<int>(num_bits);
+  TORCH_CHECK(qweight.is_cuda() && qweight.scalar_type() == at::kInt && qweight.dim() == 4 &&
+                  qweight.size(2) == chunk_vecs(bits) && qweight.size(3) == 4 && qweight.is_contiguous(),
+              op, ": qweight must be a contiguous CUDA int32 tensor [n_padded / 16, k_padded / ", chunk_k(bits), ", ",
+              chunk_vecs(bits), ", 4] for ", bits, "-bit codes (kernels/layout.py), got ", qweight.scalar_type(), " ",
               qweight.sizes(), " on ", qweight.device());
   const int64_t n_padded = qweight.size(0) * kStripeRows;
-  const int64_t k_padded = qweight.size(1) * chunk_k(static_cast<int>(num_bits));
+  const int64_t k_padded = qweight.size(1) * chunk_k(bits);
   TORCH_CHECK(out_features > n_padded - kStripeRows && out_features <= n_padded, op, ": out_features=", out_features,
               " does not fit qweight ", qweight.sizes(), " (", qweight.size(0), " stripes of 16 rows)");
-  TORCH_CHECK(k_padded % kPadK == 0, op, ": qweight ", qweight.sizes(), " covers k_padded=", k_padded,
-              ", which is not a multiple of ", kPadK);
-  const int shift = group_shift(group_size, op);
+  TORCH_CHECK(k_padded % pad_k(bits) == 0, op, ": qweight ", qweight.sizes(), " covers k_padded=", k_padded,
+              ", which is not a multiple of ", pad_k(bits));
+  const int shift = group_shift(group_size, bits, op);
   const int64_t groups = group_size <= 0 ? 1 : (k_padded + group_size - 1) / group_size;
   TORCH_CHECK(scale.scalar_type() == at::kFloat && scale.is_contiguous() && scale.device() == qweight.device() &&
                   scale.sizes() == at::IntArrayRef({groups, n_padded}),
@@ -84,6 +87,13 @@ PackedWeightView check_weight(const char* op,                         // op name
                           static_cast<int>(k_padded),
                           shift,
                           static_cast<int>(num_bits)};
+}
+
+// The tensor-core GEMMs decode 4- and 8-bit chunks only; 2- and 3-bit weights take wo_gemv (up to 8
+// tokens) and dequant_int + cuBLAS (kernels/weight_only.py).
+void check_gemm_bits(const char* op, int64_t num_bits) {
+  TORCH_CHECK(num_bits == 4 || num_bits == 8, op, ": num_bits must be 4 or 8 (2- and 3-bit weights run on wo_gemv ",
+              "and dequant_int), got ", num_bits);
 }
 
 // Checks x and bias against the weight and fills everything but y and workspace.
@@ -137,6 +147,7 @@ at::Tensor wo_gemv(const at::Tensor& x, const at::Tensor& qweight, const at::Ten
 at::Tensor wo_gemm(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scale,
                    const std::optional<at::Tensor>& zero, const std::optional<at::Tensor>& bias, int64_t num_bits,
                    int64_t group_size, int64_t out_features, const std::string& activation) {
+  check_gemm_bits("wo_gemm", num_bits);
   const PackedWeightView w = check_weight("wo_gemm", qweight, scale, zero, num_bits, group_size, out_features);
   at::Tensor bias_f32;
   WoProblem p = make_problem("wo_gemm", x, w, qweight, bias, bias_f32, activation);
@@ -163,6 +174,7 @@ at::Tensor wo_gemm_v3(const at::Tensor& x, const at::Tensor& qweight, const at::
                       const std::optional<at::Tensor>& zero, const std::optional<at::Tensor>& bias, int64_t num_bits,
                       int64_t group_size, int64_t out_features, const std::string& activation, int64_t variant) {
   TORCH_CHECK(variant >= 0 && variant <= 3, "wo_gemm_v3: variant must be 0..3, got ", variant);
+  check_gemm_bits("wo_gemm_v3", num_bits);
   const PackedWeightView w = check_weight("wo_gemm_v3", qweight, scale, zero, num_bits, group_size, out_features);
   at::Tensor bias_f32;
   WoProblem p = make_problem("wo_gemm_v3", x, w, qweight, bias, bias_f32, activation);
@@ -183,6 +195,7 @@ at::Tensor wo_gemm_v3(const at::Tensor& x, const at::Tensor& qweight, const at::
 at::Tensor wo_gemm_v4(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scale,
                       const std::optional<at::Tensor>& zero, const std::optional<at::Tensor>& bias, int64_t num_bits,
                       int64_t group_size, int64_t out_features, const std::string& activation) {
+  check_gemm_bits("wo_gemm_v4", num_bits);
   const PackedWeightView w = check_weight("wo_gemm_v4", qweight, scale, zero, num_bits, group_size, out_features);
   at::Tensor bias_f32;
   WoProblem p = make_problem("wo_gemm_v4", x, w, qweight, bias, bias_f32, activation);

@@ -43,6 +43,31 @@ __device__ inline void prefetch_l2_range(const char* ptr, long long bytes, int t
 // Pulls the line holding `ptr` into L1 without waiting for it and without a register.
 __device__ inline void prefetch_l1(const void* ptr) { asm volatile("prefetch.global.L1 [%0];" ::"l"(ptr)); }
 
+// The 8-byte twin of load_streaming, for the high-bit plane of 3-bit chunks.
+__device__ inline uint2 load_streaming(const uint2* ptr) {  // 8-byte aligned global address
+  uint2 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(ptr));
+  return v;
+}
+
+// One lane's chunk of any width: its 16 bytes (low bits for 2-/3-bit) and, for 3-bit, its 8 bytes of
+// high bits (wo_kernels.h). `vecs` points at the stripe's chunk 0 without the lane offset.
+template <int BITS>
+struct LaneChunk {
+  uint4 lo;
+  uint2 hi;  // 3-bit only; the compiler drops it elsewhere
+
+  __device__ inline void load(const uint4* vecs, int chunk, int lane) {
+    const uint4* c = vecs + static_cast<uint32_t>(chunk) * static_cast<uint32_t>(chunk_vecs(BITS));
+    lo = load_streaming(c + lane);
+    if constexpr (BITS == 3) hi = load_streaming(reinterpret_cast<const uint2*>(c + 32) + lane);
+  }
+  __device__ inline void clear() {
+    lo = make_uint4(0, 0, 0, 0);
+    hi = make_uint2(0, 0);
+  }
+};
+
 __device__ inline void words_of(const uint4& v,       // a 16-byte load
                                 uint32_t (&w)[4]) {  // out: its words, for decode_chunk
   w[0] = v.x;
@@ -183,8 +208,10 @@ constexpr bool kViaFloat = BITS == 8 && std::is_same_v<T, __nv_bfloat16>;
 
 // What is subtracted from a biased code to leave q - zero_point (the zero point is added per group):
 // int4: base + 8 (PairTraits); int8 fp16: 1024 + 128; int8 bf16 (float32): 2^23 + 128.
+// 2-/3-bit: base + 2 / base + 4.
 template <typename T, int BITS>
-constexpr float kCodeOffset = BITS == 4 ? PairTraits<T>::kBase + 8.0f : kViaFloat<T, BITS> ? kInt8Magic + 128.0f : 1152.0f;
+constexpr float kCodeOffset = BITS <= 4 ? PairTraits<T>::kBase + (1 << (BITS - 1))
+                              : kViaFloat<T, BITS> ? kInt8Magic + 128.0f : 1152.0f;
 
 // A fragment (q - z, one pair per register) of subtile j of a lane's chunk. zf: the row's
 // kCodeOffset + z as float32 (exact: a small integer); zp: the same as a pair of T.
@@ -206,6 +233,18 @@ __device__ inline void a_fragment(const uint32_t (&w)[4],    // the lane's 16 by
       a[r] = float2_to_pair(int8_f32_magic(word, b) - zf[r % 2], int8_f32_magic(word, b + 1) - zf[r % 2], T{});
     }
   }
+}
+
+// The same for subtile j of a 2- or 3-bit chunk: a word of nibbles (low_bit_nibbles), then as int4.
+template <typename T, int BITS>  // BITS 2 or 3
+__device__ inline void a_fragment_low(const uint32_t (&lo)[4],   // the lane's 16 bytes of low bits
+                                      const uint32_t (&hi)[2],   // its 8 bytes of high bits (3-bit)
+                                      int j,                     // subtile 0..7
+                                      const uint32_t (&zp)[2],   // rows g / g + 8: kCodeOffset + z, packed
+                                      uint32_t (&a)[4]) {        // out
+  const uint32_t nib = low_bit_nibbles<BITS>(lo, hi, j);
+#pragma unroll
+  for (int r = 0; r < 4; ++r) a[r] = sub_pair(nibble_pair_biased<T, BITS>(nib, r), zp[r % 2], T{});
 }
 
 }  // namespace qtool

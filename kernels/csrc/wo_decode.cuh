@@ -8,7 +8,10 @@
 //         which is exactly what the packed-pair trick below needs.
 //   int8: subtile j is words 2j (registers 0, 1) and 2j + 1 (registers 2, 3); byte
 //         b = 2 * (p % 2) + h of its word holds register p, half h.
-// Codes are unsigned: u = q + 8 (int4) or q + 128 (int8), q the signed code.
+//   2-bit: word w holds subtiles 2w (bits 0..1 of each nibble) and 2w + 1 (bits 2..3); nibble i = p + 4h
+//         as for int4. 3-bit: the same for the low 2 bits, and the high bits in two more words, merged
+//         into one word of 3-bit nibbles per subtile by low_bit_nibbles, which then decodes like int4.
+// Codes are unsigned: u = q + 2^(bits - 1) (q + 8 for int4, q + 128 for int8), q the signed code.
 #pragma once
 
 #include <cstdint>
@@ -45,10 +48,38 @@ __host__ __device__ inline float bits_to_float(uint32_t u) {
 constexpr float kInt4Bias = 128.0f + 8.0f;    // biased value of q = 0
 constexpr float kInt8Bias = 256.0f + 128.0f;  // biased value of q = 0
 
+// Biased value 128 + u of q = 0 for codes of BITS <= 4 (all go under the same float exponent).
+template <int BITS>
+constexpr float kNibbleBias = 128.0f + (1 << (BITS - 1));
+
+// The low BITS bits of nibble `slot` as 128 + u (2- and 3-bit codes: a word from low_bit_nibbles).
+template <int BITS>  // 2, 3 or 4
+__host__ __device__ inline float nibble_biased(uint32_t word,  // eight nibbles
+                                               int slot) {     // nibble 0..7
+  const uint32_t moved = slot <= 4 ? word << (16 - 4 * slot) : word >> (4 * slot - 16);
+  return bits_to_float((moved & (((1u << BITS) - 1) << 16)) | 0x43000000u);
+}
+
 __host__ __device__ inline float int4_biased(uint32_t word,  // eight nibbles
                                              int slot) {     // nibble 0..7
-  const uint32_t moved = slot <= 4 ? word << (16 - 4 * slot) : word >> (4 * slot - 16);
-  return bits_to_float((moved & 0x000F0000u) | 0x43000000u);
+  return nibble_biased<4>(word, slot);
+}
+
+// --- 2- and 3-bit: one word of nibbles per subtile -----------------------------------------
+// Subtile j of a chunk as a word whose nibble p + 4h holds register p, half h in its low BITS bits (the
+// bits above are other codes: every decode masks them off). 2-bit: low word j / 2, shifted right by 2
+// for odd j. 3-bit: the same low bits and the high bits in one LOP3, (lo & 0x33333333) | (hi & ~..):
+// layout.py puts subtile j's high bits at nibble bit 2 of high word j / 4 after a left shift by 2 for
+// odd j / 2 and a right shift by 1 for odd j (bits 2, 3, 0, 1 of each nibble hold subtiles 4v + 0..3).
+template <int BITS>  // 2 or 3
+__host__ __device__ inline uint32_t low_bit_nibbles(const uint32_t (&lo)[4],  // the lane's 16 bytes
+                                                    const uint32_t (&hi)[2],  // its high bits (3-bit only)
+                                                    int j) {                  // subtile 0..7
+  constexpr uint32_t kLowBits = 0x33333333u;
+  const uint32_t w = lo[j / 2] >> (2 * (j % 2));
+  if (BITS == 2) return w;
+  const uint32_t h = (hi[j / 4] << (2 * ((j / 2) % 2))) >> (j % 2);
+  return (w & kLowBits) | (h & ~kLowBits);
 }
 
 __host__ __device__ inline float int8_biased(uint32_t word,  // four bytes
@@ -58,6 +89,7 @@ __host__ __device__ inline float int8_biased(uint32_t word,  // four bytes
 }
 
 // Biased values of one lane's chunk in fragment order: v[j][p][h] = subtile j, register p, half h.
+// (2- and 3-bit chunks: decode_low_chunk.)
 template <int BITS>  // 4 or 8
 __host__ __device__ inline void decode_chunk(const uint32_t (&w)[4],         // the lane's 16 bytes
                                              float (&v)[16 / BITS][4][2]) {  // out: 4 (int4) / 2 (int8) subtiles
@@ -68,6 +100,21 @@ __host__ __device__ inline void decode_chunk(const uint32_t (&w)[4],         // 
       QTOOL_UNROLL
       for (int h = 0; h < 2; ++h)
         v[j][p][h] = BITS == 4 ? int4_biased(w[j], p + 4 * h) : int8_biased(w[2 * j + p / 2], 2 * (p % 2) + h);
+}
+
+// The same for a 2- or 3-bit chunk: v[j][p][h] = 128 + u (kNibbleBias<BITS> for q = 0).
+template <int BITS>  // 2 or 3
+__host__ __device__ inline void decode_low_chunk(const uint32_t (&lo)[4],  // the lane's 16 bytes
+                                                 const uint32_t (&hi)[2],  // its high bits (3-bit only)
+                                                 float (&v)[8][4][2]) {    // out: 8 subtiles
+  QTOOL_UNROLL
+  for (int j = 0; j < 8; ++j) {
+    const uint32_t nib = low_bit_nibbles<BITS>(lo, hi, j);
+    QTOOL_UNROLL
+    for (int p = 0; p < 4; ++p)
+      QTOOL_UNROLL
+      for (int h = 0; h < 2; ++h) v[j][p][h] = nibble_biased<BITS>(nib, p + 4 * h);
+  }
 }
 
 // --- int4 straight to a packed pair of halves / bfloat16s ----------------------------------
@@ -92,18 +139,27 @@ struct PairTraits<__half> {
   static constexpr float kBase = 1024.0f;
 };
 
-template <typename T>  // __half or __nv_bfloat16
-__host__ __device__ inline uint32_t int4_pair_biased(uint32_t word,  // eight nibbles of one subtile
-                                                     int p) {        // register 0..3
+// 2- and 3-bit codes: the same with a 2- or 3-bit mask on a word from low_bit_nibbles.
+template <typename T,  // __half or __nv_bfloat16
+          int BITS>    // 2, 3 or 4
+__host__ __device__ inline uint32_t nibble_pair_biased(uint32_t word,  // eight nibbles of one subtile
+                                                       int p) {        // register 0..3
+  constexpr uint32_t kMask = ((1u << BITS) - 1) * 0x00010001u;
 #ifdef __CUDA_ARCH__
   // One LOP3 for (a & mask) | magic: written as C++, the compiler keeps both constants as
   // immediates, and LOP3 takes only one, so it emits an AND and an OR.
   uint32_t r;
-  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(r) : "r"(word >> (4 * p)), "r"(0x000F000Fu), "r"(PairTraits<T>::kMagic));
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(r) : "r"(word >> (4 * p)), "r"(kMask), "r"(PairTraits<T>::kMagic));
   return r;
 #else
-  return ((word >> (4 * p)) & 0x000F000Fu) | PairTraits<T>::kMagic;
+  return ((word >> (4 * p)) & kMask) | PairTraits<T>::kMagic;
 #endif
+}
+
+template <typename T>  // __half or __nv_bfloat16
+__host__ __device__ inline uint32_t int4_pair_biased(uint32_t word,  // eight nibbles of one subtile
+                                                     int p) {        // register 0..3
+  return nibble_pair_biased<T, 4>(word, p);
 }
 
 // --- int8 with one byte permute (PRMT) per register or value ---------------------------------

@@ -14,6 +14,9 @@
 //     dequantization and FMAs on CUDA cores (v1). Products of bf16/fp16 values are exact in float32
 //     and the sums are float32, the arithmetic of wo_gemm; the float32 scale multiplies the sum of
 //     each group: acc += scale * sum_group (q - z) * x.
+//   - 2- and 3-bit weights stream at their own width: 128-k chunks of 8 subtiles, 3-bit with a second
+//     8-byte load of high bits per chunk (wo_kernels.h); each subtile becomes a word of nibbles
+//     (wo_decode.cuh, low_bit_nibbles) and then costs what an int4 subtile costs.
 //   - Group parameters: lane t of each 4-lane quad loads one of (scale row g, scale row g + 8,
 //     zero row g, zero row g + 8) and the quad shares them by shuffles, so a chunk in flight costs
 //     one register per group, not four.
@@ -41,33 +44,36 @@ constexpr int kXsMaxBytes = 96 << 10;
 __host__ __device__ constexpr int xs_row_words(int k_padded) { return k_padded / 2 + kXsPadWords; }
 
 // Chunks per lane whose loads are issued together: 8 x 16 bytes covers K = 4096 int4 with 8 warps.
-// With 4 groups per chunk (int4 g16) the parameters take 4 registers per chunk, so fewer chunks.
+// With 4 groups per chunk (int4 g16, 2-/3-bit g32) the parameters take 4 registers per chunk, so fewer
+// chunks. 2- and 3-bit chunks hold 128 k, so 4 of them cover K = 4096 with 8 warps (the whole stripe
+// at that K, one DRAM round trip), and a deeper ring cost registers (3-bit: 108-128 with 8 chunks, 2
+// blocks per SM) for nothing at K <= 4096.
 // LEAN (gemv_variant 1): 4 chunks, and at most 64 registers (ptxas, sm_90: 56-64, no spills for one
 // group per chunk), so 4 blocks fit an SM where 80 registers fit 3: 8192 rows are 512 blocks, 1.3 waves
 // of 396 slots on the H200's 132 SMs but one wave of 528. 64 KB of weight loads in flight per SM
 // instead of 96 KB, above the ~48 KB that DRAM latency asks for (NOTES.md, v4). Unmeasured.
-template <int GPC, bool LEAN>  // groups per chunk
+template <int BITS, int GPC, bool LEAN>  // code width, groups per chunk, gemv_variant 1
 constexpr int batch_chunks() {
-  return LEAN || GPC > 2 ? 4 : 8;
+  return LEAN || GPC > 2 || is_low_bits(BITS) ? 4 : 8;
 }
 
 template <typename T,    // activation and output type: __half or __nv_bfloat16
-          int BITS,      // weight code width: 4 or 8
+          int BITS,      // weight code width: 2, 3, 4 or 8
           int GPC,       // groups per chunk: 1 (group >= chunk_k or per channel), 2 or 4
           bool XS,       // x staged in shared memory (dynamic: m * xs_row_words(k_padded) words)
           bool LEAN>     // gemv_variant 1: 4 blocks per SM (see batch_chunks)
 __global__ void __launch_bounds__(kWarps * 32, LEAN ? 4 : 1) wo_gemv_kernel(const WoProblem p) {  // one block per stripe
   extern __shared__ uint4 xs_dyn[];  // XS only
-  constexpr int SUB = 16 / BITS;     // 16x16 subtiles per chunk
+  constexpr int SUB = chunk_subtiles(BITS);  // 16x16 subtiles per chunk
   constexpr int KC = chunk_k(BITS);  // k per chunk
   constexpr int SPG = SUB / GPC;     // subtiles per group
-  constexpr int BATCH = batch_chunks<GPC, LEAN>();
+  constexpr int BATCH = batch_chunks<BITS, GPC, LEAN>();
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int g = lane / 4, t = lane % 4;  // A: rows g, g + 8 of the stripe; B: token g, k pairs t, t + 4
   const int stripe = blockIdx.x;
   const int nchunks = p.w.k_padded / KC;
-  // This lane's 16 bytes of chunk 0; offsets of chunks inside the stripe fit 32 bits.
-  const uint4* wq = reinterpret_cast<const uint4*>(p.w.qweight) + static_cast<size_t>(stripe) * nchunks * 32 + lane;
+  // The stripe's chunk 0; offsets of chunks inside the stripe fit 32 bits.
+  const uint4* wq = reinterpret_cast<const uint4*>(p.w.qweight) + static_cast<size_t>(stripe) * nchunks * chunk_vecs(BITS);
 
   // Group parameter of this lane: t = 0, 1 -> scale of row g / g + 8; t = 2, 3 -> zero point.
   const float* par = (t < 2 ? p.w.scale : p.w.zero);
@@ -86,14 +92,14 @@ __global__ void __launch_bounds__(kWarps * 32, LEAN ? 4 : 1) wo_gemv_kernel(cons
   // any math; after the math of slot u, it is refilled with the same slot of the next pass (the
   // chunk kWarps * BATCH further), so up to BATCH loads per lane stay in flight across passes without
   // a second set of registers.
-  uint4 packed[BATCH];
+  LaneChunk<BITS> packed[BATCH];
   float prm[BATCH][GPC];
   auto load_weights = [&](int u, int c) {  // chunk c's codes and parameters into slot u; zeros past the end
-    packed[u] = make_uint4(0, 0, 0, 0);
+    packed[u].clear();
 #pragma unroll
     for (int gi = 0; gi < GPC; ++gi) prm[u][gi] = 0.0f;
     if (c < nchunks) {
-      packed[u] = load_streaming(wq + static_cast<uint32_t>(c) * 32u);
+      packed[u].load(wq, c, lane);
 #pragma unroll
       for (int gi = 0; gi < GPC; ++gi) {
         const int grp = (c * KC + gi * (KC / GPC)) >> p.w.group_shift;
@@ -141,7 +147,8 @@ __global__ void __launch_bounds__(kWarps * 32, LEAN ? 4 : 1) wo_gemv_kernel(cons
       const int c = c0 + u * kWarps;
       if (c >= nchunks) break;  // warp-uniform; later slots and passes are past the end too
       uint32_t w[4];
-      words_of(packed[u], w);
+      words_of(packed[u].lo, w);
+      const uint32_t hi[2] = {packed[u].hi.x, packed[u].hi.y};  // 3-bit only
       float gp[GPC];
 #pragma unroll
       for (int gi = 0; gi < GPC; ++gi) gp[gi] = prm[u][gi];
@@ -164,7 +171,11 @@ __global__ void __launch_bounds__(kWarps * 32, LEAN ? 4 : 1) wo_gemv_kernel(cons
         for (int jj = 0; jj < SPG; ++jj) {
           const int j = gi * SPG + jj;
           uint32_t a[4];
-          a_fragment<T, BITS>(w, j, zf, zp, a);
+          if constexpr (is_low_bits(BITS)) {
+            a_fragment_low<T, BITS>(w, hi, j, zp, a);
+          } else {
+            a_fragment<T, BITS>(w, j, zf, zp, a);
+          }
           uint32_t b0, b1;
           if constexpr (XS) {
             b0 = xc[8 * j];
@@ -233,8 +244,9 @@ template <typename T,    // activation and output type
           int BITS>      // weight code width
 void launch_typed(const WoProblem& p,     // the problem, 1 <= p.m <= kMaxGemvTokens
                   cudaStream_t stream) {  // the caller's stream
-  // Groups per chunk: chunk_k is 64 = 2^6 (int4) or 32 = 2^5 (int8) k; groups are >= 16 = 2^4 (ops.cpp).
-  const int chunk_shift = BITS == 4 ? 6 : 5;
+  // Groups per chunk: chunk_k is 128 = 2^7 (2-, 3-bit), 64 = 2^6 (int4) or 32 = 2^5 (int8) k; groups are
+  // >= min_group = 16 (32 for 2-, 3-bit) k (ops.cpp), so at most 4 per chunk.
+  constexpr int chunk_shift = BITS == 8 ? 5 : BITS == 4 ? 6 : 7;
   const int gpc = p.w.group_shift >= chunk_shift ? 1 : 1 << (chunk_shift - p.w.group_shift);
   const int xs_bytes = p.m * xs_row_words(p.w.k_padded) * 4;
   const bool xs = xs_bytes <= kXsMaxBytes;  // else the v2 path: x read from global memory
@@ -245,7 +257,7 @@ void launch_typed(const WoProblem& p,     // the problem, 1 <= p.m <= kMaxGemvTo
     xs ? launch_variant<T, BITS, 1, true>(p, xs_bytes, stream) : launch_variant<T, BITS, 1, false>(p, 0, stream);
   } else if (gpc == 2) {
     xs ? launch_variant<T, BITS, 2, true>(p, xs_bytes, stream) : launch_variant<T, BITS, 2, false>(p, 0, stream);
-  } else if constexpr (BITS == 4) {  // int4 g16; int8 chunks hold at most 2 groups of 16
+  } else if constexpr (BITS != 8) {  // int4 g16, 2-/3-bit g32; int8 chunks hold at most 2 groups of 16
     xs ? launch_variant<T, BITS, 4, true>(p, xs_bytes, stream) : launch_variant<T, BITS, 4, false>(p, 0, stream);
   }
 }
@@ -254,10 +266,18 @@ void launch_typed(const WoProblem& p,     // the problem, 1 <= p.m <= kMaxGemvTo
 
 void launch_wo_gemv(const WoProblem& p, cudaStream_t stream) {
   const bool bf16 = p.dtype == ScalarKind::kBFloat16;
-  if (p.w.num_bits == 4) {
-    bf16 ? launch_typed<__nv_bfloat16, 4>(p, stream) : launch_typed<__half, 4>(p, stream);
-  } else {
-    bf16 ? launch_typed<__nv_bfloat16, 8>(p, stream) : launch_typed<__half, 8>(p, stream);
+  switch (p.w.num_bits) {
+    case 2:
+      bf16 ? launch_typed<__nv_bfloat16, 2>(p, stream) : launch_typed<__half, 2>(p, stream);
+      break;
+    case 3:
+      bf16 ? launch_typed<__nv_bfloat16, 3>(p, stream) : launch_typed<__half, 3>(p, stream);
+      break;
+    case 4:
+      bf16 ? launch_typed<__nv_bfloat16, 4>(p, stream) : launch_typed<__half, 4>(p, stream);
+      break;
+    default:
+      bf16 ? launch_typed<__nv_bfloat16, 8>(p, stream) : launch_typed<__half, 8>(p, stream);
   }
 }
 

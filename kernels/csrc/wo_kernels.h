@@ -2,13 +2,19 @@
 // weight-only CUDA kernels (.cu files, which include no PyTorch headers).
 //
 // Weight layout (written by kernels/layout.py, read by every kernel here):
-//   qweight [n_padded / 16, k_padded / chunk_k, 32, 4] int32. One "stripe" is 16 weight rows;
-//   one "chunk" is the k-range one lane covers with one 16-byte load: 64 k for int4, 32 for int8.
+//   qweight [n_padded / 16, k_padded / chunk_k, chunk_vecs, 4] int32. One "stripe" is 16 weight rows;
+//   one "chunk" is the k-range one lane covers with one 16-byte load: 128 k for 2- and 3-bit, 64 k for
+//   int4, 32 for int8.
 //   Lane l of a warp loads element [stripe, chunk, l, :] and finds there exactly its A fragments of
 //   mma.m16n8k16 (PTX ISA, "Matrix Fragments for mma.m16n8k16") for the 16x16 subtiles of the chunk:
 //   register p (0..3) of lane l = two consecutive k of row 8 * (p & 1) + l / 4, starting at
 //   k = 2 * (l % 4) + 8 * (p / 2). Codes are unsigned (q + 8 or q + 128); wo_decode.cuh says where
 //   each code sits inside a word. A warp reading one chunk of a stripe reads 512 contiguous bytes.
+//   2-bit: 8 subtiles per chunk, 2 per word. 3-bit: the low 2 bits of each code are a 2-bit chunk (32
+//   rows of 16 bytes), followed by the high bits: 16 more rows (256 bytes) where lane l's 8 bytes start at
+//   byte 8l, so the warp still reads 768 contiguous bytes per chunk, the low plane with aligned 16-byte
+//   loads and the high plane with 8-byte loads (chunk_vecs = 48 rows in all); wo_decode.cuh,
+//   low_bit_nibbles, merges the planes. 3 bits per weight, against 4 for a single 3-bit field padded.
 //   scale, zero [groups_padded, n_padded] float32: group-major, so the 16 rows a warp needs for one
 //   group are 64 contiguous bytes. Padding rows have scale 0; padding k have code = zero point.
 #pragma once
@@ -23,21 +29,36 @@ enum class ScalarKind { kHalf, kBFloat16 };
 enum class Activation { kNone, kSilu, kGelu };
 
 constexpr int kStripeRows = 16;  // weight rows per stripe: the M of mma.m16n8k16
-constexpr int kPadK = 64;        // K is padded to a multiple of this at repack time
+constexpr int kPadK = 64;        // K is padded to a multiple of this at repack time (pad_k: 128 for 2-/3-bit)
 constexpr int kMaxGemvTokens = 8;
 
-// k covered by one lane's 16-byte load: 4096 / bits codes per warp over 16 rows.
-constexpr int chunk_k(int bits) { return 256 / bits; }
+// 2- and 3-bit codes: 128-k chunks of 8 subtiles (the low 2 bits of each code in the 16-byte load).
+constexpr bool is_low_bits(int bits) { return bits == 2 || bits == 3; }
+
+// k covered by one lane's 16-byte load: 4096 / bits codes per warp over 16 rows (low bits: 2-bit codes).
+constexpr int chunk_k(int bits) { return is_low_bits(bits) ? 128 : 256 / bits; }
+
+// K of a packed weight is a multiple of this: whole chunks (kernels/layout.py, pad_k).
+constexpr int pad_k(int bits) { return chunk_k(bits) > kPadK ? chunk_k(bits) : kPadK; }
+
+// 16x16 subtiles per chunk.
+constexpr int chunk_subtiles(int bits) { return chunk_k(bits) / 16; }
+
+// 16-byte rows of qweight per chunk: one per lane, and 16 more for the high bits of 3-bit codes.
+constexpr int chunk_vecs(int bits) { return bits == 3 ? 48 : 32; }
+
+// Smallest group the kernels take: 16 k, or 32 for 128-k chunks (at most 4 groups per chunk).
+constexpr int min_group(int bits) { return is_low_bits(bits) ? 32 : 16; }
 
 struct PackedWeightView {
-  const int32_t* qweight;  // [n_padded / 16, k_padded / chunk_k, 32, 4] fragment-ordered codes
+  const int32_t* qweight;  // [n_padded / 16, k_padded / chunk_k, chunk_vecs, 4] fragment-ordered codes
   const float* scale;      // [groups_padded, n_padded]
   const float* zero;       // [groups_padded, n_padded] zero points; nullptr when symmetric
   int n;                   // output features
   int n_padded;            // n rounded up to 16
-  int k_padded;            // input features rounded up to kPadK
+  int k_padded;            // input features rounded up to pad_k(num_bits)
   int group_shift;         // log2(group size); 31 when one group spans the row (per channel)
-  int num_bits;            // 4 or 8
+  int num_bits;            // 2, 3, 4 or 8
 };
 
 struct WoProblem {
