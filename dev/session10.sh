@@ -14,6 +14,7 @@
 #         mma.sync (its GEMM runs 1.15 P MAC/s, kernels/NOTES.md);
 # gptqprof gptq_quantize per 8B linear, and GPTQ's inverse factor as now vs one Cholesky + one
 #         triangular inverse (issue 20's serial chain: down_proj's 14336^2 inverse on every rank);
+# tablelow the native 2- and 3-bit GEMV (w3a16 g128, w2a16 g64) at 1-16 tokens (goals 3.0x / 3.3x at M = 1);
 # e2e     8B-shaped decode and prefill, W4A16 and W8A16 against bf16 (issue 19's end-to-end goals).
 cd "$(dirname "$0")/.."
 LOG=session10.log
@@ -23,6 +24,7 @@ TOKENS=${TOKENS:-1,8,16,32,64,128,256,1024,4096}
 tests() {
   step "GPU tests: Hopper W4A16 / W8A16 (64- and 128-k stages), 1-bit, every weight-only kernel"
   timeout 200 python3 -m pytest -q -m gpu tests/test_mixed_gpu.py tests/test_binary_gpu.py tests/test_kernels_gpu.py \
+    tests/test_lowbit_gpu.py \
     --tb=line -rf 2>&1 | tail -15
 }
 
@@ -32,6 +34,7 @@ table() {  # table FORMAT NAME
   python3 dev/kernels_table.py "$OUT/$2.json"
 }
 table4() { table w4a16-g128 w4; }
+tablelow() { TOKENS=1,4,8,16 table w3a16-g128,w2a16-g64 low; }
 table8() { table w8a16-channel w8; }
 
 stalls() { timeout 280 bash dev/ncu_session.sh stalls 2>&1 | tail -40; }

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .layout import EPILOGUE, LOW_BITS, PackedWeight
-from .mixed_mm import mixed_ktile, mixed_linear, mixed_split
+from .mixed_mm import mixed_linear, mixed_schedule
 
 # wo_gemv serves up to 8 tokens (csrc/wo_kernels.h, kMaxGemvTokens). 4 is the cut-off every recorded
 # measurement ran with (BENCHMARKS.md); the 4-vs-8 A/B of kernels/NOTES.md (v3) left no result, so to
@@ -118,8 +118,7 @@ def packed_linear(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, k
     elif m <= V4_MAX_M:
         y = kernels.wo_gemm_v4(x2, *args, bias, *meta, EPILOGUE)
     elif _takes_mixed(w, m, x2.dtype):
-        y = mixed_linear(x2, w.mixed, split=mixed_split(m, w.mixed.w.shape[0], x2.device),
-                         ktile=mixed_ktile(w.mixed.bits, m, w.mixed.group, w.k_padded))[:, :w.out_features]
+        y = mixed_linear(x2, w.mixed, **mixed_schedule(m, w.mixed, w.k_padded, x2.device))[:, :w.out_features]
         if bias is not None:
             y = y + bias.to(y.dtype)
     elif V3_MIN_M <= m <= V3_MAX_M and not _small(w, m):

@@ -331,8 +331,8 @@ def test_dispatcher_routes_by_tokens_and_shape(monkeypatch):
                 return torch.zeros(x.shape[0], args[6], dtype=x.dtype)
             return run
 
-    def fake_mixed(x2, mixed, split=0, pingpong=0, ktile=64):
-        calls.append(("mixed", ktile))
+    def fake_mixed(x2, mixed, split=0, pingpong=0, ktile=64, variant=0):
+        calls.append(("mixed", ktile) if not variant else ("mixed", ktile, variant))
         return torch.zeros(x2.shape[0], mixed.w.shape[0], dtype=x2.dtype)
 
     monkeypatch.setattr(weight_only, "mixed_linear", fake_mixed)
@@ -356,6 +356,8 @@ def test_dispatcher_routes_by_tokens_and_shape(monkeypatch):
     assert route(8, 8192, 8192, 8) == ("mixed", 128) and route(8, 8192, 8192, 128) == ("mixed", 64)
     assert route(8, 4096, 4096, 8) == ("wo_gemm", None)
     assert route(4, 8192, 8192, 4096) == ("dequant_int", None)
+    assert route(4, 8192, 28672, 16) == ("mixed", 128, 1) and route(4, 8192, 28672, 128) == ("mixed", 128)
+    assert route(8, 8192, 28672, 16) == ("mixed", 128)
 
 
 def test_hopper_copy_setting():
