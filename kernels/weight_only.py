@@ -62,8 +62,10 @@ V3_VARIANT = 3
 # count, set this to the largest such count; it then runs before w4_mm, v3 and wo_gemm for every format.
 V4_MAX_M = 0
 KERNEL_DTYPES = (torch.float16, torch.bfloat16)
-# 2- and 3-bit weights: wo_gemv serves up to its 8 tokens (csrc/wo_kernels.h, kMaxGemvTokens): it reads the
-# weight once at 2-3 bits where dequant_int + cuBLAS writes and reads it at 16. Unmeasured.
+# 2- and 3-bit weights: wo_gemv serves up to its 8 tokens (csrc/wo_kernels.h, kMaxGemvTokens) where the layer
+# has no Hopper copy: it reads the weight once at 2-3 bits where dequant_int + cuBLAS writes and reads it at 16
+# (H200: 1.15-1.49x bf16 at 8 tokens, dequant + cuBLAS 0.42-0.64x at 16). With the copy (the codes widened to
+# 4 bits) they run as 4-bit layers past GEMV_MAX_M tokens: w4_mm measured 1.26-2.40x at 8 tokens.
 LOW_BITS_GEMV_MAX_M = 8
 
 
@@ -136,7 +138,13 @@ def _low_bits_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | Non
     """packed_linear for 2- and 3-bit weights: x2 [m, K_pad] -> [m, N]."""
     args = (w.qweight, w.scale, w.zero)
     meta = (w.num_bits, w.group_size, w.out_features)
-    if x2.shape[0] <= LOW_BITS_GEMV_MAX_M:
+    m = x2.shape[0]
+    # the Hopper copy holds the codes widened to 4 bits; any batch it takes beats dequant + cuBLAS
+    mixed = w.mixed is not None and x2.dtype == torch.bfloat16 and MIXED_MIN_M[4] <= m <= MIXED_MAX_M
+    if m <= (GEMV_MAX_M if mixed else LOW_BITS_GEMV_MAX_M):
         return kernels.wo_gemv(x2, *args, bias, *meta, EPILOGUE, prefetch, gemv_variant(w))
+    if mixed:
+        y = mixed_linear(x2, w.mixed, **mixed_schedule(m, w.mixed, w.k_padded, x2.device))[:, :w.out_features]
+        return y if bias is None else y + bias.to(y.dtype)
     dense = kernels.dequant_int(*args, *meta, x2.dtype)
     return F.linear(x2, dense, None if bias is None else bias.to(x2.dtype))

@@ -275,13 +275,15 @@ def prepare_for_cuda(layer: QuantLinear) -> PackedWeight | None:
 def _pack_mixed(packed: PackedWeight | None) -> mixed_mm.MixedWeight | None:
     """The Hopper W4A16 / W8A16 GEMM's copy of a packed weight (batches of tokens), where it applies.
     It holds the codes a second time (N * K * bits / 8 bytes), the price of the faster batched path."""
-    if packed is None or not packed.qweight.is_cuda or not mixed_mm.takes(packed.num_bits, packed.group_size,
-                                                                           packed.k_padded):
+    if packed is None or not packed.qweight.is_cuda:
         return None
-    if packed.num_bits not in mixed_mm.copy_bits() or not mixed_mm.available(packed.num_bits):
+    bits = 4 if packed.num_bits in LOW_BITS else packed.num_bits  # 2-3-bit codes fit int4: a 4-bit copy
+    if not mixed_mm.takes(bits, packed.group_size, packed.k_padded) or bits not in mixed_mm.copy_bits():
+        return None
+    if not mixed_mm.available(bits):
         return None
     return mixed_mm.pack_mixed(unpack_codes(packed.qweight, packed.num_bits), packed.scale, packed.zero,
-                               packed.group_size, packed.num_bits)
+                               packed.group_size, bits)
 
 
 def _prepared(layer: QuantLinear) -> PackedWeight | None:

@@ -337,13 +337,13 @@ def test_dispatcher_routes_by_tokens_and_shape(monkeypatch):
 
     monkeypatch.setattr(weight_only, "mixed_linear", fake_mixed)
 
-    def route(bits, k, n, m):
+    def route(bits, k, n, m, copy=True):
         codes = torch.zeros(16, 64, dtype=torch.int8)
         w = pack_weight(codes, torch.ones(16, 1), None, None, bits, -1)
         mixed = mixed_mm.MixedWeight(torch.zeros(n, 1, dtype=torch.int8 if bits == 8 else torch.uint8),
-                                      torch.ones(1, n), torch.zeros(1, n), k)
-        w = layout.PackedWeight(w.qweight.new_zeros(n // 16, k // layout.chunk_k(bits), 32, 4), w.scale, None, None,
-                                bits, -1, k, n, mixed)
+                                      torch.ones(1, n), torch.zeros(1, n), k) if copy else None
+        w = layout.PackedWeight(w.qweight.new_zeros(n // 16, k // layout.chunk_k(bits), w.qweight.shape[2], 4),
+                                w.scale, None, None, bits, -1, k, n, mixed)
         calls.clear()
         weight_only.packed_linear(torch.zeros(m, k, dtype=torch.bfloat16), w, None, Recorder())
         return calls[0]
@@ -358,6 +358,12 @@ def test_dispatcher_routes_by_tokens_and_shape(monkeypatch):
     assert route(4, 8192, 8192, 4096) == ("dequant_int", None)
     assert route(4, 8192, 28672, 16) == ("mixed", 128, 1) and route(4, 8192, 28672, 128) == ("mixed", 128)
     assert route(8, 8192, 28672, 16) == ("mixed", 128)
+    # 2- and 3-bit: the native GEMV up to 4 tokens with a (4-bit) Hopper copy, up to 8 without one
+    for bits in (2, 3):
+        assert route(bits, 8192, 8192, 4) == ("wo_gemv", 1) and route(bits, 8192, 8192, 16) == ("mixed", 128)
+        assert route(bits, 4096, 4096, 16) == ("mixed", 128)  # beats dequant + cuBLAS even where small
+        assert route(bits, 8192, 8192, 8, copy=False) == ("wo_gemv", 1)
+        assert route(bits, 8192, 8192, 9, copy=False) == ("dequant_int", None)
 
 
 def test_hopper_copy_setting():

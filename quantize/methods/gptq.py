@@ -66,75 +66,74 @@ FIRST_RETRY_DAMP = 0.01  # the retry after a failure at damp=0 (10 * 0 would not
 
 
 class Hessian:
-    """Running H = 2/n * sum over tokens of x^T x for one linear layer's inputs x [..., K].
+    """H = 2/n * sum over tokens of x^T x for one linear layer's inputs x [..., K].
 
-    The running-mean update keeps H at the scale of one token whatever the number of batches.
-    float32 suffices: entries stay O(E[x^2]) instead of growing with n, so each update rounds at
-    ~1e-7 relative, far below the 1% dampening GPTQ adds, and GPTQ itself runs in float32.
-    float64 (`dtype=`) halves speed on CPUs and is far slower on most GPUs.
-    The matrix lives on the device of the first batch.
+    The sum is kept and divided when H is read. On the CPU it accumulates in float64, from products of
+    float32 inputs that float64 holds exactly: the float32 H then comes out the same whatever the
+    order, batching or split of the tokens over processes (1 and N data-parallel ranks give the same
+    GPTQ codes: with 255 levels, a last-bit difference in H flips codes). On a GPU it accumulates in
+    float32 (float64 is far slower there), on the tensor cores for 16-bit inputs. `dtype` is that of
+    the matrix H returned. The sum lives on the device of the first batch.
     """
 
     def __init__(self, in_features: int, dtype: torch.dtype = torch.float32) -> None:
         self.in_features = in_features
         self.dtype = dtype
         self.num_tokens = 0
-        self._matrix: torch.Tensor | None = None
+        self._sum: torch.Tensor | None = None
+
+    def _zeros(self, device: torch.device) -> torch.Tensor:
+        acc = torch.float32 if device.type == "cuda" and self.dtype == torch.float32 else torch.float64
+        return torch.zeros(self.in_features, self.in_features, dtype=acc, device=device)
 
     def add_batch(self, inputs: torch.Tensor) -> None:
         """Add a batch of inputs [..., K]; every leading index is one token."""
         if inputs.shape[-1] != self.in_features:
             raise ValueError(f"expected inputs [..., {self.in_features}], got {tuple(inputs.shape)}")
         x = inputs.detach().reshape(-1, self.in_features)
-        m = x.shape[0]
-        if m == 0:
+        if x.shape[0] == 0:
             return
-        if self._matrix is None:
-            self._matrix = torch.zeros(self.in_features, self.in_features, dtype=self.dtype, device=x.device)
-        n = self.num_tokens
-        x = x.to(device=self._matrix.device)
-        if x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and self.dtype == torch.float32:
+        if self._sum is None:
+            self._sum = self._zeros(x.device)
+        x = x.to(device=self._sum.device)
+        if x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and self._sum.dtype == torch.float32:
             # Products of 16-bit values are exact in float32 and the tensor cores accumulate in
             # float32: the H of float32 inputs at ~10x the speed of a float32 GEMM (on an 8B-shaped
             # block, down_proj's 14336 x 14336 Hessian over 262k tokens took ~2 s in float32).
-            self._matrix = torch.addmm(self._matrix, x.T, x, beta=n / (n + m), alpha=2 / (n + m),
-                                       out_dtype=torch.float32)
+            self._sum = torch.addmm(self._sum, x.T, x, out_dtype=torch.float32)
         else:
-            x = x.to(self.dtype) * math.sqrt(2 / (n + m))
-            self._matrix.mul_(n / (n + m))
-            self._matrix.addmm_(x.T, x)
+            x = x.to(self._sum.dtype)
+            self._sum.addmm_(x.T, x)
         # On a GPU the check waits for the device, once per batch and linear, and the host stops
         # queueing work ahead; a NaN stays in H, so checking when H is read catches it as well.
-        if not self._matrix.is_cuda:
+        if not self._sum.is_cuda:
             self._check_finite()
-        self.num_tokens = n + m
+        self.num_tokens += x.shape[0]
 
     def merge(self, group) -> None:
-        """Combine the Hessians of all ranks (group: distributed.Collective): each rank's running mean
-        weighted by its token count, so H is the mean over every token as one process computes it.
-        Nothing happens with one process."""
+        """Combine the Hessians of all ranks (group: distributed.Collective): the sums and token counts
+        add up, so H is the mean over every token as one process computes it. Nothing happens with one
+        process."""
         if not group.active:
             return
-        total = group.count(self.num_tokens)
-        if self._matrix is None:  # this rank saw no token of this layer
-            self._matrix = torch.zeros(self.in_features, self.in_features, dtype=self.dtype, device=group.device)
-        self._matrix.mul_(self.num_tokens / total if total else 0.0)
-        group.sum_(self._matrix)
-        self.num_tokens = int(total)
+        if self._sum is None:  # this rank saw no token of this layer
+            self._sum = self._zeros(group.device)
+        group.sum_(self._sum)
+        self.num_tokens = int(group.count(self.num_tokens))
 
     def _check_finite(self) -> None:
         # diag(H) sums squares of every input, so it is finite iff all inputs were (checking K
         # numbers instead of every token's: the isfinite pass over x cost ~5% of a CPU GPTQ run).
-        if not torch.isfinite(torch.diagonal(self._matrix)).all():
+        if not torch.isfinite(torch.diagonal(self._sum)).all():
             raise ValueError("calibration inputs contain NaN or Inf (or values whose squares overflow float32)")
 
     @property
     def matrix(self) -> torch.Tensor:
-        """H [K, K]."""
-        if self._matrix is None:
+        """H [K, K] of `dtype`."""
+        if self._sum is None:
             raise ValueError("no inputs were added to this Hessian")
         self._check_finite()
-        return self._matrix
+        return (self._sum * (2 / max(self.num_tokens, 1))).to(self.dtype)
 
 
 @dataclass
