@@ -28,6 +28,12 @@ tests() {
     --tb=line -rf 2>&1 | tail -15
 }
 
+lowtests() {
+  step "GPU tests: native 2/3-bit, weight-only kernels, GPTQ on the GPU (the Hessian as a sum)"
+  timeout 150 python3 -m pytest -q -m gpu tests/test_lowbit_gpu.py tests/test_kernels_gpu.py tests/test_gptq_gpu.py \
+    --tb=line -rf 2>&1 | tail -8
+}
+
 table() {  # table FORMAT NAME
   step "$1 at every shape, M = $TOKENS"
   timeout 170 python3 benchmarks/bench_kernels.py --formats "$1" --tokens "$TOKENS" --json "$OUT/$2.json" 2>&1 | tail -60
@@ -52,7 +58,7 @@ gptqprof() {
 e2e() {
   for scheme in w4a16 w8a16; do
     step "8B decode / prefill, $scheme vs bf16"
-    timeout 140 python3 -m quantize bench llama-8b --random-weights --scheme "$scheme" --decode-tokens 32 \
+    timeout 150 python3 -m quantize bench llama-8b --random-weights --scheme "$scheme" --decode-tokens 32 \
       --batch-sizes 1,16 --prefill-len 2048 --json "$OUT/e2e-$scheme.json" 2>&1 | tail -14
   done
 }
