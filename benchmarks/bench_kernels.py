@@ -130,8 +130,9 @@ def packed_copies(bits: int, group_size: int, k: int, n: int) -> list[PackedWeig
     del codes
     count = copies_for(p.qweight.numel() * 4 + p.scale.numel() * 4)
     mixed = None
-    if mixed_mm.takes(bits, p.group_size, p.k_padded) and mixed_mm.available(bits):  # the Hopper GEMM's copy
-        mixed = mixed_mm.pack_mixed(unpack_codes(p.qweight, bits), p.scale, None, p.group_size, bits)
+    wide = 4 if bits in (2, 3) else bits  # 2-3-bit layers get a 4-bit copy, as quantize/linear.py builds it
+    if mixed_mm.takes(wide, p.group_size, p.k_padded) and mixed_mm.available(wide):  # the Hopper GEMM's copy
+        mixed = mixed_mm.pack_mixed(unpack_codes(p.qweight, bits), p.scale, None, p.group_size, wide)
     copies = [PackedWeight(p.qweight.clone(), p.scale.clone(), None, None, bits, p.group_size, k, n,
                            None if mixed is None else dataclasses.replace(mixed, w=mixed.w.clone(),
                                                                           scale=mixed.scale.clone(),

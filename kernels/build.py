@@ -275,8 +275,9 @@ def _weight_only_path() -> str:
 
     return (f"qtool_cuda wo_gemv (m <= {GEMV_MAX_M}); {mixed}; otherwise wo_gemm_v3 ({V3_MIN_M}-{V3_MAX_M} tokens; "
             f"wo_gemm before sm_90), wo_gemm (m <= {GEMM_MAX_M}); dequant_int + cuBLAS; 2-3-bit layers at their "
-            f"own width: wo_gemv (m <= {LOW_BITS_GEMV_MAX_M}), then dequant_int + cuBLAS (groups of 16: on the "
-            "4-bit kernels); 5-7-bit on the 8-bit ones (codes widened when packed)")
+            f"own width: wo_gemv (m <= {GEMV_MAX_M} with a 4-bit Hopper copy, which takes the batches past it; "
+            f"else m <= {LOW_BITS_GEMV_MAX_M}, then dequant_int + cuBLAS; groups of 16: on the 4-bit kernels); "
+            "5-7-bit on the 8-bit ones (codes widened when packed)")
 
 
 def _scaled_linear_path() -> str:

@@ -30,7 +30,6 @@ torch.compile treats it as one opaque op.
 from __future__ import annotations
 
 import ctypes
-import functools
 import os
 from dataclasses import dataclass
 
@@ -201,7 +200,7 @@ TILE_N = 128  # weight rows per output tile of the cooperative kernels (csrc/sm9
 STREAM_K_MAX_M = 128
 
 
-@functools.cache
+@torch.compiler.assume_constant_result  # torch.compile calls it once while tracing instead of tracing into it
 def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
