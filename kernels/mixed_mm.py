@@ -13,7 +13,7 @@ Its layout (`MixedWeight`, built from the kernel layout by `pack_mixed`):
          [N_pad, K_pad] int8        8-bit: the signed codes (the dtype tells the width), shuffled
   The shuffled order (`shuffle_codes`, csrc/sm90/mixed_mm_sm90.cu ShuffledLayout) puts the 8 codes one
   thread converts for a wgmma fragment into one word, so they load from shared memory at once (H200,
-  against row-major codes: 4-bit 1.1-1.3x faster at 8-1024 tokens, 8-bit 3-10% at 8-128).
+  against row-major codes: 4-bit 1.1-1.2x faster at 8-128 tokens, 1.07x at 256-1024, 8-bit 3-10% at 8-128).
   scale  [G, N_pad] bf16            group-major, as PackedWeight.scale
   zero   [G, N_pad] bf16            -zero_point * scale, so that w = q * scale + zero
 Scales and zeros are rounded to bf16 (the kernels of the mma.sync path keep float32 scales): the
@@ -51,8 +51,8 @@ def copy_bits_from(text: str) -> tuple[int, ...]:
 def copy_bits() -> tuple[int, ...]:
     """The code widths that get the Hopper copy. It costs memory: N x K / 2 bytes per 4-bit layer (the
     layer then holds 1 byte per weight, half of bf16) and N x K per 8-bit layer (2 bytes per weight, as
-    much as bf16). QTOOL_HOPPER_COPY="4" keeps W8A16 layers at 1 byte per weight, on wo_gemm / dequant +
-    cuBLAS past the GEMV. Read when a layer is packed, so a bad value is an error of the command."""
+    much as bf16; 2- and 3-bit layers get a 4-bit copy, under "4"). QTOOL_HOPPER_COPY="4" keeps W8A16 layers
+    at 1 byte per weight, on wo_gemm / dequant + cuBLAS past the GEMV. Read when a layer is packed, so a bad value is an error of the command."""
     return copy_bits_from(os.environ.get("QTOOL_HOPPER_COPY", "4 8"))
 
 

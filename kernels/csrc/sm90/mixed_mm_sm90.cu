@@ -53,7 +53,7 @@ using RowMajorStride = cutlass::detail::TagToStrideA_t<cutlass::layout::RowMajor
 // load instead of byte (int4) or 16-bit (int8) loads. 4-bit codes are also permuted to 0 2 4 6 1 3 5 7 in
 // their 32-bit word, which CUTLASS's int4 -> bf16 converter turns into 8 values with one shift and one LOP3
 // per pair. Blocks tile the weight N-fastest. Measured on the H200 (session 10) against row-major codes:
-// 4-bit 1.1-1.3x faster at 8-128 tokens (and at 256-1024), 8-bit 3-10% at 8-128, so every tile takes it.
+// 4-bit 1.1-1.2x faster at 8-128 tokens (1.07x at 256-1024), 8-bit 3-10% at 8-128, so every tile takes it.
 using ValueOrder = std::conditional_t<QTOOL_MIXED_BITS == 4, Layout<Shape<_2, _4>, Stride<_4, _1>>, Layout<_1>>;
 using ShuffleAtom = decltype(cutlass::compute_memory_reordering_atom<T, Layout<Shape<_1, _1>>, ValueOrder>());
 using ShuffledLayout = decltype(tile_to_shape(ShuffleAtom{}, Layout<Shape<int, int, int>, RowMajorStride>{}));
