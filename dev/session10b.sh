@@ -2,7 +2,7 @@
 # Session 10, call 2 (nvidia-h200, carry [".gpu/w8a8"]): the Hopper GEMM's variants for m <= 64 (256-row
 # tiles; scale only for symmetric weights), their GPU tests, both tables at 1-64 tokens, and the stall
 # reasons of the W4/W8 GEMMs at 16 tokens (call 1 showed W4 and W8 equally slow there: not the bytes).
-#   bash dev/session10b.sh tests table4 table8 stalls
+#   bash dev/session10b.sh tests table4 table8 stalls   (as run in session 10; scale-only was dropped after it)
 cd "$(dirname "$0")/.."
 LOG=session10b.log
 source dev/gpu_setup.sh
