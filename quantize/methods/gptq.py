@@ -68,12 +68,12 @@ FIRST_RETRY_DAMP = 0.01  # the retry after a failure at damp=0 (10 * 0 would not
 class Hessian:
     """H = 2/n * sum over tokens of x^T x for one linear layer's inputs x [..., K].
 
-    The sum is kept and divided when H is read. On the CPU it accumulates in float64, from products of
-    float32 inputs that float64 holds exactly: the float32 H then comes out the same whatever the
-    order, batching or split of the tokens over processes (1 and N data-parallel ranks give the same
-    GPTQ codes: with 255 levels, a last-bit difference in H flips codes). On a GPU it accumulates in
-    float32 (float64 is far slower there), on the tensor cores for 16-bit inputs. `dtype` is that of
-    the matrix H returned. The sum lives on the device of the first batch.
+    The sum is kept and divided when H is read. On the CPU each batch's X^T X (float32, the fast BLAS) is
+    added to a float64 sum: the float32 H then comes out the same whatever the order of the batches or
+    their split over processes (1 and N data-parallel ranks give the same GPTQ codes: with 255 levels, a
+    last-bit difference in H flips codes; a running float32 mean merged across ranks did that). On a GPU
+    it accumulates in float32 (float64 is far slower there), on the tensor cores for 16-bit inputs.
+    `dtype` is that of the matrix H returned. The sum lives on the device of the first batch.
     """
 
     def __init__(self, in_features: int, dtype: torch.dtype = torch.float32) -> None:
@@ -101,9 +101,9 @@ class Hessian:
             # float32: the H of float32 inputs at ~10x the speed of a float32 GEMM (on an 8B-shaped
             # block, down_proj's 14336 x 14336 Hessian over 262k tokens took ~2 s in float32).
             self._sum = torch.addmm(self._sum, x.T, x, out_dtype=torch.float32)
-        else:
-            x = x.to(self._sum.dtype)
-            self._sum.addmm_(x.T, x)
+        else:  # each batch's product at the matrix dtype (float32: the fast BLAS), summed in float64
+            x = x.to(self.dtype)
+            self._sum.add_(x.T @ x)
         # On a GPU the check waits for the device, once per batch and linear, and the host stops
         # queueing work ahead; a NaN stays in H, so checking when H is read catches it as well.
         if not self._sum.is_cuda:
@@ -261,23 +261,16 @@ def _check_inputs(weight: torch.Tensor, hessian: torch.Tensor, args: QuantArgs, 
 
 
 def _upper_cholesky_of_inverse(H: torch.Tensor, damp: float) -> tuple[torch.Tensor, float, list[str]]:
-    """U with U^T U = (H + damp * mean(diag(H)) I)^-1, raising damp while a factorization fails.
-
-    With J the exchange matrix (reversal), J Hd J = F F^T (F lower) gives Hd = (J F J)(J F J)^T with J F J
-    upper, so U = (J F J)^-1 = J F^-1 J: one Cholesky and one triangular inverse, where inverting Hd and
-    factoring the inverse again takes three factorizations' work (on the CPU 17-24x slower at K = 2048-4096,
-    for the same U to 4e-7 relative). That U depends on rounding is harmless for equal results across
-    processes: they see the same H (Hessian keeps float64 sums on the CPU)."""
+    """U with U^T U = (H + damp * mean(diag(H)) I)^-1, raising damp while a factorization fails."""
     messages = []
     mean_diag = torch.diagonal(H).mean()
     for attempt in range(MAX_DAMP_RETRIES + 1):
         Hd = H.clone()
         torch.diagonal(Hd).add_(damp * mean_diag)
-        F, info = torch.linalg.cholesky_ex(Hd.flip(0, 1))
+        L, info = torch.linalg.cholesky_ex(Hd)
         if info == 0:
-            eye = torch.eye(H.shape[0], dtype=F.dtype, device=F.device)
-            Hinv = torch.linalg.solve_triangular(F, eye, upper=False).flip(0, 1)
-            if torch.isfinite(Hinv).all():
+            Hinv, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
+            if info == 0 and torch.isfinite(Hinv).all():
                 return Hinv, damp, messages
         if attempt == MAX_DAMP_RETRIES:
             break
