@@ -120,9 +120,7 @@ def packed_linear(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, k
     elif m <= V4_MAX_M:
         y = kernels.wo_gemm_v4(x2, *args, bias, *meta, EPILOGUE)
     elif _takes_mixed(w, m, x2.dtype):
-        y = mixed_linear(x2, w.mixed, **mixed_schedule(m, w.mixed, w.k_padded, x2.device))[:, :w.out_features]
-        if bias is not None:
-            y = y + bias.to(y.dtype)
+        y = _hopper_linear(x2, w, bias)
     elif V3_MIN_M <= m <= V3_MAX_M and not _small(w, m):
         y = kernels.wo_gemm_v3(x2, *args, bias, *meta, EPILOGUE, V3_VARIANT)
     elif m <= GEMM_MAX_M:
@@ -131,6 +129,12 @@ def packed_linear(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, k
         dense = kernels.dequant_int(*args, *meta, x.dtype)
         y = F.linear(x2, dense, None if bias is None else bias.to(x.dtype))
     return y.reshape(*lead, w.out_features)
+
+
+def _hopper_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None) -> torch.Tensor:
+    """x2 [m, K_pad] bf16 on the weight's Hopper copy, with the measured schedule -> [m, N]."""
+    y = mixed_linear(x2, w.mixed, **mixed_schedule(x2.shape[0], w.mixed, w.k_padded, x2.device))[:, :w.out_features]
+    return y if bias is None else y + bias.to(y.dtype)
 
 
 def _low_bits_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, kernels,
@@ -144,7 +148,6 @@ def _low_bits_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | Non
     if m <= (GEMV_MAX_M if mixed else LOW_BITS_GEMV_MAX_M):
         return kernels.wo_gemv(x2, *args, bias, *meta, EPILOGUE, prefetch, gemv_variant(w))
     if mixed:
-        y = mixed_linear(x2, w.mixed, **mixed_schedule(m, w.mixed, w.k_padded, x2.device))[:, :w.out_features]
-        return y if bias is None else y + bias.to(y.dtype)
+        return _hopper_linear(x2, w, bias)
     dense = kernels.dequant_int(*args, *meta, x2.dtype)
     return F.linear(x2, dense, None if bias is None else bias.to(x2.dtype))

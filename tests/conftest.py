@@ -149,3 +149,26 @@ def random_weight(n, k, bits, group_size, symmetric=True, act_order=False, seed=
     if act_order:
         g_idx = (torch.arange(k) // group_size)[torch.randperm(k, generator=g)].to(torch.int32)
     return codes, scale, zero, g_idx
+
+
+def random_qtensor(bits, group_size, symmetric, act_order, k, n, seed=0, device="cuda"):
+    """Random codes, scales, zero points (and an act-order g_idx) on `device` as a QTensor, its QuantArgs,
+    and the float64 dense weight [n, k]."""
+    from quantize.primitives import QTensor
+    from quantize.scheme import QuantArgs, Strategy
+
+    g = torch.Generator(device=device).manual_seed(seed)
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    groups = 1 if group_size <= 0 else -(-k // group_size)
+    codes = torch.randint(lo, hi + 1, (n, k), generator=g, device=device, dtype=torch.int8)
+    scale = torch.rand(n, groups, generator=g, device=device) * 0.01 + 0.002
+    zero = None if symmetric else torch.randint(lo, hi + 1, (n, groups), generator=g, device=device, dtype=torch.int8)
+    g_idx = None
+    if act_order:
+        perm = torch.randperm(k, generator=g, device=device)
+        g_idx = (torch.arange(k, device=device) // group_size)[perm].to(torch.int32)
+    strategy = Strategy.GROUP if group_size > 0 else Strategy.CHANNEL
+    args = QuantArgs(num_bits=bits, symmetric=symmetric, strategy=strategy,
+                     group_size=group_size if group_size > 0 else None, actorder=act_order)
+    qt = QTensor(codes, scale, zero, args, g_idx)
+    return qt, args, qt.dequantize(torch.float64)

@@ -10,12 +10,12 @@ import functools
 import pytest
 import torch
 
-from conftest import poison_cache, rel_err
+from conftest import poison_cache, random_qtensor, rel_err
 from qtool_kernels import ops, reference, scaled_mm, weight_only
 from qtool_kernels.layout import EPILOGUE, ReferenceOps, dequantize_packed, pack_weight
 from quantize.linear import QuantLinear
-from quantize.primitives import QTensor, pack_int
-from quantize.scheme import QuantArgs, QuantScheme, Strategy
+from quantize.primitives import pack_int
+from quantize.scheme import QuantScheme
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -23,25 +23,7 @@ DTYPES = [torch.bfloat16, torch.float16]
 TOKENS = [1, 3, 16, 17, 64, 129, 1000]
 
 
-@functools.lru_cache(maxsize=4)
-def make_weight(bits, group_size, symmetric, act_order, k, n, seed=0):
-    """Random codes/scales/zero points on the GPU, the checkpoint tensors, and the float64 dense weight."""
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    groups = 1 if group_size <= 0 else -(-k // group_size)
-    codes = torch.randint(lo, hi + 1, (n, k), generator=g, device="cuda", dtype=torch.int8)
-    scale = torch.rand(n, groups, generator=g, device="cuda") * 0.01 + 0.002
-    zero = None if symmetric else torch.randint(lo, hi + 1, (n, groups), generator=g, device="cuda", dtype=torch.int8)
-    g_idx = None
-    if act_order:
-        perm = torch.randperm(k, generator=g, device="cuda")
-        g_idx = (torch.arange(k, device="cuda") // group_size)[perm].to(torch.int32)
-    strategy = Strategy.GROUP if group_size > 0 else Strategy.CHANNEL
-    args = QuantArgs(num_bits=bits, symmetric=symmetric, strategy=strategy,
-                     group_size=group_size if group_size > 0 else None, actorder=act_order)
-    qt = QTensor(codes, scale, zero, args, g_idx)
-    dense = qt.dequantize(torch.float64)
-    return qt, args, dense
+make_weight = functools.lru_cache(maxsize=4)(random_qtensor)  # (bits, group, sym, act_order, k, n, seed)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -11,30 +11,15 @@ import sys
 import pytest
 import torch
 
-from conftest import poison_cache, rel_err
+from conftest import poison_cache, random_qtensor, rel_err
 from qtool_kernels.layout import EPILOGUE, ReferenceOps, dequantize_packed, pack_weight
 from quantize.linear import QuantLinear
 from quantize.primitives import QTensor
-from quantize.scheme import QuantArgs, QuantScheme, Strategy
+from quantize.scheme import QuantScheme
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 DTYPES = [torch.bfloat16, torch.float16]
-
-
-def make_weight(bits, group_size, symmetric, k, n, seed=0):
-    """Random checkpoint quantities on the GPU (fresh per call) and the float64 dense weight [n, k]."""
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    groups = 1 if group_size <= 0 else -(-k // group_size)
-    codes = torch.randint(lo, hi + 1, (n, k), generator=g, device="cuda", dtype=torch.int8)
-    scale = torch.rand(n, groups, generator=g, device="cuda") * 0.01 + 0.002
-    zero = None if symmetric else torch.randint(lo, hi + 1, (n, groups), generator=g, device="cuda", dtype=torch.int8)
-    strategy = Strategy.GROUP if group_size > 0 else Strategy.CHANNEL
-    args = QuantArgs(num_bits=bits, symmetric=symmetric, strategy=strategy,
-                     group_size=group_size if group_size > 0 else None)
-    qt = QTensor(codes, scale, zero, args)
-    return qt, args, qt.dequantize(torch.float64)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -44,7 +29,7 @@ def make_weight(bits, group_size, symmetric, k, n, seed=0):
 @pytest.mark.parametrize("k,n", [(576, 1000), (4136, 1544)])  # ragged K (pads to 640 / 4224) and N
 def test_gemv_and_dequant_match_reference(kernels, bits, group_size, symmetric, dtype, k, n):
     """wo_gemv at 1..8 tokens (both launch variants, with bias) and dequant_int, native 2-/3-bit layout."""
-    qt, _, dense = make_weight(bits, group_size, symmetric, k, n, seed=k + bits)
+    qt, _, dense = random_qtensor(bits, group_size, symmetric, False, k, n, seed=k + bits)
     p = pack_weight(qt.values, qt.scale, qt.zero_point, None, bits, group_size)
     assert p.num_bits == bits and p.qweight.shape[2] == (48 if bits == 3 else 32)
     w = (p.qweight, p.scale, p.zero)
@@ -70,7 +55,7 @@ def test_gemv_and_dequant_match_reference(kernels, bits, group_size, symmetric, 
 def test_gemv_both_activation_paths(kernels, bits, group_size, symmetric, dtype):
     """K = 14336: x staged in shared memory up to m = 3, read from global memory above, N = 200 ragged."""
     k, n = 14336, 200
-    qt, _, dense = make_weight(bits, group_size, symmetric, k, n, seed=2)
+    qt, _, dense = random_qtensor(bits, group_size, symmetric, False, k, n, seed=2)
     p = pack_weight(qt.values, qt.scale, qt.zero_point, None, bits, group_size)
     w = (p.qweight, p.scale, p.zero)
     for m in range(1, 9):
@@ -89,7 +74,7 @@ def test_quantlinear_end_to_end(kernels, bits, group_size, symmetric, dtype):
     dequant_int + cuBLAS) against the same layer on the CPU (the reference op) and float64. g16 keeps the
     4-bit widening (the native layout takes groups >= 32)."""
     k, n = 576, 1536
-    qt, args, dense = make_weight(bits, group_size, symmetric, k, n, seed=5)
+    qt, args, dense = random_qtensor(bits, group_size, symmetric, False, k, n, seed=5)
     bias = torch.randn(n, device="cuda")
     layer = QuantLinear.from_qtensor(qt, QuantScheme(weights=args), bias=bias)
     cpu = QuantLinear.from_qtensor(QTensor(qt.values.cpu(), qt.scale.cpu(),
