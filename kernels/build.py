@@ -124,7 +124,7 @@ def _register_fakes() -> None:
     def w8_gemv(x, w, scale, bias, block_n, block_k):
         return x.new_empty(x.shape[0], w.shape[0])
 
-    def sm90_scaled_mm(a, b, a_scale, b_scale, bias, out_dtype):
+    def sm90_scaled_mm(a, b, a_scale, b_scale, bias, out_dtype, config=0):
         return a.new_empty(a.shape[0], b.shape[0], dtype=out_dtype)
 
     def w1_gemv(x, qweight, scale, bias, group_size, out_features):
@@ -260,7 +260,6 @@ def _weight_only_path() -> str:
         GEMM_MAX_M,
         GEMV_MAX_M,
         LOW_BITS_GEMV_MAX_M,
-        MIXED_MAX_M,
         MIXED_MIN_M,
         V3_MAX_M,
         V3_MIN_M,
@@ -268,8 +267,9 @@ def _weight_only_path() -> str:
 
     def mixed_path(bits: int) -> str:
         lib = sm90.MIXED[bits]
-        return (f"CUTLASS sm90 W{bits}A16 ({lib.stem}) for {MIXED_MIN_M[bits]}-{MIXED_MAX_M} tokens, {bits}-bit bf16"
-                if lib.load() else f"no W{bits}A16 wgmma GEMM ({lib.reason})")
+        return (f"CUTLASS sm90 W{bits}A16 ({lib.stem}) from {MIXED_MIN_M[bits]} tokens, {bits}-bit bf16, with the "
+                "schedule (or wo_gemm, or dequant_int + cuBLAS) measured fastest at the nearest shape and batch "
+                "(mixed_tuning.py)" if lib.load() else f"no W{bits}A16 wgmma GEMM ({lib.reason})")
 
     mixed = f"{mixed_path(4)}; {mixed_path(8)}"
 

@@ -73,7 +73,7 @@ class _Args(ctypes.Structure):  # csrc/sm90/sm90_mixed_mm.h, MixedMmArgs
                 ("zero", ctypes.c_void_p), ("y", ctypes.c_void_p), ("workspace", ctypes.c_void_p),
                 ("workspace_bytes", ctypes.c_size_t), ("m", ctypes.c_int), ("n", ctypes.c_int),
                 ("k", ctypes.c_int), ("group", ctypes.c_int), ("split", ctypes.c_int), ("pingpong", ctypes.c_int),
-                ("ktile", ctypes.c_int), ("variant", ctypes.c_int)]
+                ("ktile", ctypes.c_int), ("variant", ctypes.c_int), ("token_tile", ctypes.c_int)]
 
 
 _functions: dict[int, tuple] = {}
@@ -130,13 +130,13 @@ def pack_mixed(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | No
 
 
 def _run(bits: int, x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group: int,
-         split: int, pingpong: int, ktile: int, variant: int) -> torch.Tensor:
+         split: int, pingpong: int, ktile: int, variant: int, token_tile: int) -> torch.Tensor:
     workspace_of, run, _ = _entry_points(bits)
     m, k = x.shape
     n = w.shape[0]
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
     args = _Args(w.data_ptr(), x.data_ptr(), scale.data_ptr(), zero.data_ptr(), y.data_ptr(), None, 0, m, n, k, group,
-                 split, pingpong, ktile, variant)
+                 split, pingpong, ktile, variant, token_tile)
     need = workspace_of(ctypes.byref(args))
     workspace = torch.empty(max(need, 1), dtype=torch.uint8, device=x.device)
     args.workspace, args.workspace_bytes = workspace.data_ptr(), need
@@ -148,34 +148,36 @@ def _run(bits: int, x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zero:
 
 @torch.library.custom_op("qtool_cuda_mixed::w4_mm", mutates_args=())
 def w4_mm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group: int,
-          split: int = 0, pingpong: int = 0, ktile: int = 64, variant: int = 0) -> torch.Tensor:
+          split: int = 0, pingpong: int = 0, ktile: int = 64, variant: int = 0, token_tile: int = 0) -> torch.Tensor:
     """y [m, N_pad] bf16 = x [m, K_pad] bf16 . dequant(w)^T, w uint8 [N_pad, K_pad / 2] shuffled (module docstring).
 
     split: 0 splits k when the output tiles leave SMs idle (the default), 1 never, s > 1 in s parts,
-    -1 stream-K; pingpong: 1 for 64-row tiles with two warpgroups alternating (m <= 64); ktile: k per
-    pipeline stage, 64 or 128 (`takes_ktile`); variant 1: 256-row tiles (ktile 128, m <= 64), else 0."""
-    return _run(4, x, w, scale, zero, group, split, pingpong, ktile, variant)
+    -1 stream-K; pingpong: 1 for 64-row tiles with two warpgroups alternating (token tiles <= 64); ktile:
+    k per pipeline stage, 64 or 128 (`takes_ktile`); variant 0: 128-row tiles, 1: 256-row tiles (ktile 128,
+    token tiles <= 64), 2: 128-row tiles in clusters of two (ktile 64, cooperative); token_tile: 0 for the
+    smallest tile that holds m tokens, t for the smallest that holds t (16 to 256)."""
+    return _run(4, x, w, scale, zero, group, split, pingpong, ktile, variant, token_tile)
 
 
 @torch.library.custom_op("qtool_cuda_mixed::w8_mm", mutates_args=())
 def w8_mm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group: int,
-          split: int = 0, pingpong: int = 0, ktile: int = 64, variant: int = 0) -> torch.Tensor:
+          split: int = 0, pingpong: int = 0, ktile: int = 64, variant: int = 0, token_tile: int = 0) -> torch.Tensor:
     """`w4_mm` for int8 codes: w int8 [N_pad, K_pad], shuffled."""
-    return _run(8, x, w, scale, zero, group, split, pingpong, ktile, variant)
+    return _run(8, x, w, scale, zero, group, split, pingpong, ktile, variant, token_tile)
 
 
 @w4_mm.register_fake
 @w8_mm.register_fake
-def _(x, w, scale, zero, group, split=0, pingpong=0, ktile=64, variant=0):
+def _(x, w, scale, zero, group, split=0, pingpong=0, ktile=64, variant=0, token_tile=0):
     return x.new_empty(x.shape[0], w.shape[0])
 
 
-KTILE_MAX_M = 128  # the 128-k tiles are built for batches up to this many tokens (cooperative kernels)
+KTILE_MAX_M = 128  # the 128-k tiles are built for token tiles up to this many tokens (cooperative kernels)
 
 
 def takes_ktile(ktile: int, m: int, group: int, k_padded: int, pingpong: int = 0) -> bool:
-    """Whether a call can use `ktile` k per stage: 64 always; 128 for m <= KTILE_MAX_M tokens, not
-    ping-pong, with one scale per row or groups that are a multiple of 128 (the scales change at tile
+    """Whether a call can use `ktile` k per stage: 64 always; 128 for token tiles (m) of up to KTILE_MAX_M,
+    not ping-pong, with one scale per row or groups that are a multiple of 128 (the scales change at tile
     edges only)."""
     if ktile == 64:
         return True
@@ -228,14 +230,29 @@ def mixed_schedule(m: int, mixed: MixedWeight, k_padded: int, device: torch.devi
     return {"split": mixed_split(m, n, device), "ktile": ktile, "variant": 0}
 
 
+def check_schedule(m: int, group: int, k_padded: int, pingpong: int, ktile: int, variant: int,
+                   token_tile: int) -> None:
+    """Raise ValueError naming the argument when this library builds no tile for the schedule."""
+    t = token_tile or m  # the tile is chosen as if the batch held t tokens
+    if not 0 <= token_tile <= 256:
+        raise ValueError(f"token_tile={token_tile}: 0 (the batch's own) or 1-256")
+    if not takes_ktile(ktile, t, group, k_padded, pingpong):
+        raise ValueError(f"ktile={ktile} does not apply to token tile {t}, group={group}, pingpong={pingpong}")
+    if pingpong and t > 64:
+        raise ValueError(f"pingpong=1 takes token tiles up to 64, got {t}")
+    if variant == 1 and (ktile != 128 or t > 64 or pingpong):
+        raise ValueError(f"variant=1 (256-row tiles) takes ktile=128, token tiles <= 64, no ping-pong; "
+                         f"got ktile={ktile}, token tile {t}, pingpong={pingpong}")
+    if variant == 2 and (ktile != 64 or pingpong):
+        raise ValueError(f"variant=2 (clusters of two tiles) takes ktile=64, no ping-pong; got ktile={ktile}, "
+                         f"pingpong={pingpong}")
+    if variant not in (0, 1, 2):
+        raise ValueError(f"variant={variant}: 0, 1 (256-row tiles) or 2 (clusters of two tiles)")
+
+
 def mixed_linear(x2: torch.Tensor, mixed: MixedWeight, split: int = 0, pingpong: int = 0,
-                 ktile: int = 64, variant: int = 0) -> torch.Tensor:
-    """x2 [m, K_pad] bf16, contiguous -> [m, N_pad] bf16; split, pingpong, ktile, variant as in `w4_mm`."""
-    m = x2.shape[0]
-    if not takes_ktile(ktile, m, mixed.group, x2.shape[1], pingpong):
-        raise ValueError(f"ktile={ktile} does not apply to m={m}, group={mixed.group}, pingpong={pingpong}")
-    if variant and (variant != 1 or ktile != 128 or m > 64 or pingpong):
-        raise ValueError(f"variant={variant}: 1 (256-row tiles) takes ktile=128, m <= 64, no ping-pong; "
-                         f"got ktile={ktile}, m={m}, pingpong={pingpong}")
+                 ktile: int = 64, variant: int = 0, token_tile: int = 0) -> torch.Tensor:
+    """x2 [m, K_pad] bf16, contiguous -> [m, N_pad] bf16; the schedule arguments as in `w4_mm`."""
+    check_schedule(x2.shape[0], mixed.group, x2.shape[1], pingpong, ktile, variant, token_tile)
     op = torch.ops.qtool_cuda_mixed.w8_mm if mixed.bits == 8 else torch.ops.qtool_cuda_mixed.w4_mm
-    return op(x2, mixed.w, mixed.scale, mixed.zero, mixed.group, split, pingpong, ktile, variant)
+    return op(x2, mixed.w, mixed.scale, mixed.zero, mixed.group, split, pingpong, ktile, variant, token_tile)

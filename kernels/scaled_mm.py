@@ -89,6 +89,15 @@ def _sm90_fits(xq: torch.Tensor, wq: torch.Tensor, out_dtype: torch.dtype) -> bo
     return fits
 
 
+# libqtool_sm90's tile configurations (csrc/sm90/sm90_scaled_mm.h, config): 0 picks skinny or large by m.
+SM90_CONFIGS = {"auto": 0, "skinny": 1, "large": 2, "split": 3, "narrow": 4}
+
+
+def sm90_config(m: int, n: int, k: int) -> int:
+    """The tile configuration of libqtool_sm90 for an m x n x k problem (0 until measured otherwise)."""
+    return 0
+
+
 def scaled_mm(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor,
               bias: torch.Tensor | None, x_group_size: int, w_block_n: int, w_block_k: int,
               out_dtype: torch.dtype) -> torch.Tensor | None:
@@ -101,7 +110,7 @@ def scaled_mm(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale
     n = wq.shape[0]
     if _sm90_fits(xq, wq, out_dtype):
         return torch.ops.qtool_cuda.sm90_scaled_mm(xq.contiguous(), wq.contiguous(), _vector(x_scale, m),
-                                                   _vector(w_scale, n), bias, out_dtype)
+                                                   _vector(w_scale, n), bias, out_dtype, sm90_config(m, n, k))
     return torch_scaled_mm(xq, x_scale, wq, w_scale, bias, out_dtype)
 
 

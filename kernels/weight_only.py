@@ -4,18 +4,19 @@ Dispatch on m = tokens:
   m <= GEMV_MAX_M   qtool_cuda::wo_gemv   CUDA cores; the weights are streamed once
   m <= V4_MAX_M     qtool_cuda::wo_gemm_v4  tensor cores, weights staged through a cp.async pipeline
                     (off: V4_MAX_M = 0 until measured)
-  MIXED_MIN_M <= m <= MIXED_MAX_M
-                    qtool_cuda_mixed::w4_mm / w8_mm (mixed_mm.py) where the weight has a Hopper copy
-                    (4- or 8-bit, bf16): wgmma with the weights converted in registers; not for small
-                    weights up to SMALL_GEMM_MAX_M tokens, where wo_gemm is faster
+  m >= MIXED_MIN_M  where the weight has a Hopper copy (4- or 8-bit, bf16): the measured route of
+                    mixed_tuning.py, which is qtool_cuda_mixed::w4_mm / w8_mm (mixed_mm.py: wgmma with the
+                    weights converted in registers) with the schedule measured fastest, or wo_gemm, or
+                    dequantization + cuBLAS, whichever won at the nearest measured shape and batch
   V3_MIN_M <= m <= V3_MAX_M
                     qtool_cuda::wo_gemm_v3  tensor cores, many weight loads in flight per SM, split-K
                     reduced in thread block clusters (runs wo_gemm before sm_90): 8-bit, fp16, asym
   m <= GEMM_MAX_M   qtool_cuda::wo_gemm   tensor cores; the weights are streamed once per 64 tokens
                     (fp16 activations, or no Hopper copy)
   otherwise         qtool_cuda::dequant_int + cuBLAS: compute-bound, so one extra weight pass is cheap
-2- and 3-bit weights (layout.LOW_BITS) take wo_gemv up to LOW_BITS_GEMV_MAX_M tokens and dequant_int + cuBLAS
-above: the tensor-core GEMMs decode 4- and 8-bit chunks only.
+2- and 3-bit weights (layout.LOW_BITS) take wo_gemv up to GEMV_MAX_M tokens and their 4-bit Hopper copy above
+(the tensor-core GEMMs decode 4- and 8-bit chunks only); without a copy, wo_gemv up to LOW_BITS_GEMV_MAX_M
+tokens and dequant_int + cuBLAS above.
 
 Act-order weights are stored with their input columns sorted by group (layout.act_order_permutation),
 so each call gathers the activations once, x.index_select(-1, perm): m * K elements read and written
@@ -32,6 +33,7 @@ import torch.nn.functional as F
 
 from .layout import EPILOGUE, LOW_BITS, PackedWeight
 from .mixed_mm import mixed_linear, mixed_schedule
+from .mixed_tuning import fit, measured_route
 
 # wo_gemv serves up to 8 tokens (csrc/wo_kernels.h, kMaxGemvTokens). 4 is the cut-off every recorded
 # measurement ran with (BENCHMARKS.md); the 4-vs-8 A/B of kernels/NOTES.md (v3) left no result, so to
@@ -40,14 +42,11 @@ GEMV_MAX_M = 4
 # wo_gemm reads every weight once per 64 tokens, so past 64 dequantization + cuBLAS wins: at 256 tokens
 # on the H200 it took 176-593 us (W4) and 218-748 us (W8) where dequant + cuBLAS took 93-357 and 100-362.
 GEMM_MAX_M = 64
-# Measured crossovers on the H200 (BENCHMARKS.md, issue 19, session 10 with 128-k stages): below MIXED_MIN_M
-# the mma.sync GEMM is as fast or faster; above MIXED_MAX_M dequantization + cuBLAS is (compute-bound there).
-# 8-bit: from 5 tokens (past the GEMV): w8_mm beat wo_gemm by 15-41% at M = 8 on five of six shapes;
-# 4-bit (shuffled codes, session 10 call 2): from 5: w4_mm beat wo_gemm by 3-29% at M = 8 on five of six shapes.
+# Past the GEMV, a weight with a Hopper copy takes the measured route of mixed_tuning.py (the Hopper GEMM's
+# best schedule, wo_gemm or dequantization + cuBLAS).
 MIXED_MIN_M = {4: 5, 8: 5}
-MIXED_MAX_M = 2048
-# Small weights leave the Hopper GEMM most SMs idle (4096 x 4096: 32 tiles of 128 rows) and its ~15 us floor
-# shows: wo_gemm was 2-40% faster there up to 32 tokens for W4 and W8 (W4 shuffled: 10.5 vs 14.5 us at M = 8).
+# Without a copy: small weights run wo_gemm rather than wo_gemm_v3 up to SMALL_GEMM_MAX_M tokens (2-40% faster
+# on 4096 x 4096 up to 32 tokens, H200).
 SMALL_WEIGHT = 4096 * 4096
 SMALL_GEMM_MAX_M = 32
 # wo_gemm_v3 (kernels/NOTES.md, "wo_gemm v3") measured on the H200 at M = 16, 32, 64 (BENCHMARKS.md):
@@ -78,14 +77,34 @@ def gemv_variant(w: PackedWeight) -> int:
 
 
 def _small(w: PackedWeight, m: int) -> bool:
-    """Whether wo_gemm beats the tensor-core kernels with many weight loads in flight (w4_mm, v3)."""
+    """Whether wo_gemm beats wo_gemm_v3 (weights without a Hopper copy)."""
     return m <= SMALL_GEMM_MAX_M and w.out_features * w.in_features <= SMALL_WEIGHT
 
 
-def _takes_mixed(w: PackedWeight, m: int, dtype: torch.dtype) -> bool:
-    """Whether m tokens of `dtype` go to the Hopper mixed-input GEMM (where the weight has its copy)."""
-    return (w.mixed is not None and dtype == torch.bfloat16 and MIXED_MIN_M[w.mixed.bits] <= m <= MIXED_MAX_M
-            and not _small(w, m))
+def hopper_route(w: PackedWeight, m: int, dtype: torch.dtype, bits: int | None = None) -> dict | str | None:
+    """For m tokens of `dtype` on a weight with a Hopper copy: the measured route (mixed_tuning: a schedule of
+    the Hopper GEMM, "wo_gemm" or "dequant"); None without a copy, for fp16, or below MIXED_MIN_M tokens.
+    bits: the table to read (the copy's width by default)."""
+    if w.mixed is None or dtype != torch.bfloat16 or m < MIXED_MIN_M[w.mixed.bits]:
+        return None
+    route = measured_route(bits or w.mixed.bits, w.k_padded, w.out_features, m)
+    if route is None:  # no table for this width: the rules of session 10
+        return mixed_schedule(m, w.mixed, w.k_padded, torch.device("cuda"))
+    return fit(route, m, w.mixed.group, w.k_padded) if isinstance(route, dict) else route
+
+
+def route(w: PackedWeight, m: int, dtype: torch.dtype) -> dict | str:
+    """The kernel of `packed_linear` for m tokens of 4- or 8-bit weights: "wo_gemv", "wo_gemm_v4", a schedule
+    of the Hopper GEMM (a dict), "wo_gemm_v3", "wo_gemm" or "dequant"."""
+    if m <= GEMV_MAX_M:
+        return "wo_gemv"
+    if m <= V4_MAX_M:
+        return "wo_gemm_v4"
+    if (hopper := hopper_route(w, m, dtype)) is not None:
+        return hopper
+    if V3_MIN_M <= m <= V3_MAX_M and not _small(w, m):
+        return "wo_gemm_v3"
+    return "wo_gemm" if m <= GEMM_MAX_M else "dequant"
 
 
 def _kernel_input(x2: torch.Tensor, w: PackedWeight) -> torch.Tensor:
@@ -113,41 +132,45 @@ def packed_linear(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, k
     m = x2.shape[0]
     args = (w.qweight, w.scale, w.zero)
     meta = (w.num_bits, w.group_size, w.out_features)
-    if w.num_bits in LOW_BITS:
+    kernel = None if w.num_bits in LOW_BITS else route(w, m, x2.dtype)
+    if kernel is None:
         y = _low_bits_linear(x2, w, bias, kernels, prefetch)
-    elif m <= GEMV_MAX_M:
+    elif isinstance(kernel, dict):
+        y = _hopper_linear(x2, w, bias, kernel)
+    elif kernel == "wo_gemv":
         y = kernels.wo_gemv(x2, *args, bias, *meta, EPILOGUE, prefetch, gemv_variant(w))
-    elif m <= V4_MAX_M:
-        y = kernels.wo_gemm_v4(x2, *args, bias, *meta, EPILOGUE)
-    elif _takes_mixed(w, m, x2.dtype):
-        y = _hopper_linear(x2, w, bias)
-    elif V3_MIN_M <= m <= V3_MAX_M and not _small(w, m):
+    elif kernel == "wo_gemm_v3":
         y = kernels.wo_gemm_v3(x2, *args, bias, *meta, EPILOGUE, V3_VARIANT)
-    elif m <= GEMM_MAX_M:
-        y = kernels.wo_gemm(x2, *args, bias, *meta, EPILOGUE)
+    elif kernel in ("wo_gemm", "wo_gemm_v4"):
+        y = getattr(kernels, kernel)(x2, *args, bias, *meta, EPILOGUE)
     else:
-        dense = kernels.dequant_int(*args, *meta, x.dtype)
-        y = F.linear(x2, dense, None if bias is None else bias.to(x.dtype))
+        y = _dequant_linear(x2, w, bias, kernels)
     return y.reshape(*lead, w.out_features)
 
 
-def _hopper_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None) -> torch.Tensor:
-    """x2 [m, K_pad] bf16 on the weight's Hopper copy, with the measured schedule -> [m, N]."""
-    y = mixed_linear(x2, w.mixed, **mixed_schedule(x2.shape[0], w.mixed, w.k_padded, x2.device))[:, :w.out_features]
+def _dequant_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, kernels) -> torch.Tensor:
+    """x2 [m, K_pad] times the weight dequantized to x2's dtype, on cuBLAS -> [m, N]."""
+    dense = kernels.dequant_int(w.qweight, w.scale, w.zero, w.num_bits, w.group_size, w.out_features, x2.dtype)
+    return F.linear(x2, dense, None if bias is None else bias.to(x2.dtype))
+
+
+def _hopper_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, schedule: dict) -> torch.Tensor:
+    """x2 [m, K_pad] bf16 on the weight's Hopper copy with `schedule` (mixed_linear's arguments) -> [m, N]."""
+    y = mixed_linear(x2, w.mixed, **schedule)[:, :w.out_features]
     return y if bias is None else y + bias.to(y.dtype)
 
 
 def _low_bits_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, kernels,
                      prefetch: torch.Tensor | None) -> torch.Tensor:
     """packed_linear for 2- and 3-bit weights: x2 [m, K_pad] -> [m, N]."""
-    args = (w.qweight, w.scale, w.zero)
-    meta = (w.num_bits, w.group_size, w.out_features)
     m = x2.shape[0]
     # the Hopper copy holds the codes widened to 4 bits; any batch it takes beats dequant + cuBLAS
-    mixed = w.mixed is not None and x2.dtype == torch.bfloat16 and MIXED_MIN_M[4] <= m <= MIXED_MAX_M
-    if m <= (GEMV_MAX_M if mixed else LOW_BITS_GEMV_MAX_M):
-        return kernels.wo_gemv(x2, *args, bias, *meta, EPILOGUE, prefetch, gemv_variant(w))
-    if mixed:
-        return _hopper_linear(x2, w, bias)
-    dense = kernels.dequant_int(*args, *meta, x2.dtype)
-    return F.linear(x2, dense, None if bias is None else bias.to(x2.dtype))
+    hopper = hopper_route(w, m, x2.dtype, bits=4)
+    if m <= (GEMV_MAX_M if hopper is not None else LOW_BITS_GEMV_MAX_M):
+        return kernels.wo_gemv(x2, w.qweight, w.scale, w.zero, bias, w.num_bits, w.group_size, w.out_features,
+                               EPILOGUE, prefetch, gemv_variant(w))
+    if isinstance(hopper, dict):
+        return _hopper_linear(x2, w, bias, hopper)
+    if hopper == "wo_gemm":  # the 4-bit winner decodes 4-bit chunks only: the Hopper copy by the rules instead
+        return _hopper_linear(x2, w, bias, mixed_schedule(m, w.mixed, w.k_padded, x2.device))
+    return _dequant_linear(x2, w, bias, kernels)

@@ -313,57 +313,93 @@ def test_mixed_ktile_rules():
     w = mixed_mm.MixedWeight(torch.zeros(8, 64, dtype=torch.uint8), torch.ones(2, 8), torch.zeros(2, 8), 64)
     with pytest.raises(ValueError, match="ktile=128"):
         mixed_mm.mixed_linear(torch.zeros(4, 128), w, ktile=128)
+    with pytest.raises(ValueError, match="token tile 256"):  # a token tile past the 128-k tiles
+        mixed_mm.check_schedule(16, 128, 4096, 0, 128, 0, 256)
+    mixed_mm.check_schedule(300, 128, 4096, 0, 128, 0, 64)  # 64-token tiles of 128 k serve any batch
 
 
 def test_dispatcher_routes_by_tokens_and_shape(monkeypatch):
-    """packed_linear's measured routes (kernels/weight_only.py): the GEMV's lean launch where rows >= columns,
-    wo_gemm for small weights up to 32 tokens, the Hopper GEMM with 128-k stages (W8: 64-k past 64 tokens)."""
-    from qtool_kernels import mixed_mm
+    """packed_linear's routes (kernels/weight_only.py): the GEMV's lean launch where rows >= columns, then for a
+    weight with a Hopper copy the measured route of the nearest measured shape and the next measured batch
+    (kernels/mixed_tuning.py), then wo_gemm_v3 / wo_gemm / dequantization without one."""
+    from qtool_kernels import mixed_mm, mixed_tuning
 
     calls = []
 
     class Recorder:
         def __getattr__(self, name):
             def run(x, *args):
-                calls.append((name, args[-1] if name == "wo_gemv" else None))
+                calls.append((name,))
+                if name == "wo_gemv":
+                    calls[-1] = (name, args[-1])
                 if name == "dequant_int":  # (qweight, scale, zero, bits, group, n, dtype): dense [n, K_pad]
                     return torch.zeros(args[4], x.shape[1] * layout.chunk_k(args[2]), dtype=args[5])
                 return torch.zeros(x.shape[0], args[6], dtype=x.dtype)
             return run
 
-    def fake_mixed(x2, mixed, split=0, pingpong=0, ktile=64, variant=0):
-        calls.append(("mixed", ktile) if not variant else ("mixed", ktile, variant))
+    def fake_mixed(x2, mixed, split=0, pingpong=0, ktile=64, variant=0, token_tile=0):
+        calls.append(("mixed", ktile, token_tile, variant, split))
         return torch.zeros(x2.shape[0], mixed.w.shape[0], dtype=x2.dtype)
 
     monkeypatch.setattr(weight_only, "mixed_linear", fake_mixed)
+    monkeypatch.setattr(mixed_tuning, "SCHEDULES", {
+        (4, 4096, 4096): {8: "wo_gemm", 64: "k128 t32 v0 s2", 256: "k64 t64 v2 s1", 4096: "dequant"},
+        (4, 8192, 28672): {8: "k128 t16 v1 s0", 4096: "k64 t256 v0 s-1"},
+        (8, 4096, 4096): {8: "k128 t16 v0 s0"}})
+    mixed_tuning._nearest_shape.cache_clear()
 
-    def route(bits, k, n, m, copy=True):
+    def route(bits, k, n, m, copy=True, group=-1):
         codes = torch.zeros(16, 64, dtype=torch.int8)
         w = pack_weight(codes, torch.ones(16, 1), None, None, bits, -1)
         mixed = mixed_mm.MixedWeight(torch.zeros(n, 1, dtype=torch.int8 if bits == 8 else torch.uint8),
-                                      torch.ones(1, n), torch.zeros(1, n), k) if copy else None
+                                      torch.ones(1, n), torch.zeros(1, n), k if group < 0 else group) if copy else None
         w = layout.PackedWeight(w.qweight.new_zeros(n // 16, k // layout.chunk_k(bits), w.qweight.shape[2], 4),
                                 w.scale, None, None, bits, -1, k, n, mixed)
         calls.clear()
         weight_only.packed_linear(torch.zeros(m, k, dtype=torch.bfloat16), w, None, Recorder())
         return calls[0]
 
-    assert route(4, 8192, 8192, 1) == ("wo_gemv", 1) and route(4, 28672, 8192, 1) == ("wo_gemv", 0)
-    assert route(4, 8192, 8192, 8) == ("mixed", 128) and route(4, 8192, 8192, 16) == ("mixed", 128)
-    assert route(4, 4096, 4096, 8) == ("wo_gemm", None)
-    assert route(4, 4096, 4096, 16) == ("wo_gemm", None) and route(4, 4096, 4096, 32) == ("wo_gemm", None)
-    assert route(4, 4096, 4096, 64) == ("mixed", 128) and route(4, 8192, 8192, 128) == ("mixed", 128)
-    assert route(8, 8192, 8192, 8) == ("mixed", 128) and route(8, 8192, 8192, 128) == ("mixed", 64)
-    assert route(8, 4096, 4096, 8) == ("wo_gemm", None)
-    assert route(4, 8192, 8192, 4096) == ("dequant_int", None)
-    assert route(4, 8192, 28672, 16) == ("mixed", 128, 1) and route(4, 8192, 28672, 128) == ("mixed", 128)
-    assert route(8, 8192, 28672, 16) == ("mixed", 128)
-    # 2- and 3-bit: the native GEMV up to 4 tokens with a (4-bit) Hopper copy, up to 8 without one
-    for bits in (2, 3):
-        assert route(bits, 8192, 8192, 4) == ("wo_gemv", 1) and route(bits, 8192, 8192, 16) == ("mixed", 128)
-        assert route(bits, 4096, 4096, 16) == ("mixed", 128)  # beats dequant + cuBLAS even where small
-        assert route(bits, 8192, 8192, 8, copy=False) == ("wo_gemv", 1)
-        assert route(bits, 8192, 8192, 9, copy=False) == ("dequant_int", None)
+    try:
+        assert route(4, 8192, 8192, 1) == ("wo_gemv", 1) and route(4, 28672, 8192, 1) == ("wo_gemv", 0)
+        assert route(4, 4096, 4096, 8) == ("wo_gemm",) and route(4, 4096, 4096, 5) == ("wo_gemm",)
+        assert route(4, 4096, 4096, 9) == ("mixed", 128, 32, 0, 2) == route(4, 4096, 4096, 64)
+        assert route(4, 4096, 4096, 65) == ("mixed", 64, 64, 2, 1)
+        assert route(4, 4096, 4096, 300) == ("dequant_int",) and route(4, 4096, 4096, 9000) == ("dequant_int",)
+        assert route(4, 4096, 6144, 200) == ("mixed", 64, 64, 2, 1)  # the nearest measured shape
+        assert route(4, 8192, 14336, 8) == ("mixed", 128, 16, 1, 0)
+        assert route(4, 4096, 4096, 16, group=64) == ("mixed", 64, 32, 0, 2)  # g64: no 128-k stages
+        assert route(8, 8192, 8192, 16) == ("mixed", 128, 16, 0, 0)
+        # no copy: wo_gemm_v3 past 16 tokens where the weight is large, wo_gemm to 64, then dequantization
+        assert route(4, 8192, 8192, 16, copy=False) == ("wo_gemm",)
+        assert route(4, 8192, 8192, 32, copy=False) == ("wo_gemm_v3",) and route(4, 4096, 4096, 32, copy=False) == (
+            "wo_gemm",)
+        assert route(4, 8192, 8192, 65, copy=False) == ("dequant_int",)
+        # 2- and 3-bit: the native GEMV up to 4 tokens with a (4-bit) Hopper copy, up to 8 without one; the
+        # copy takes the 4-bit route, and where that is wo_gemm (4-bit chunks only) the copy by the rules
+        for bits in (2, 3):
+            assert route(bits, 8192, 8192, 4) == ("wo_gemv", 1) and route(bits, 8192, 28672, 16)[0] == "mixed"
+            assert route(bits, 4096, 4096, 8)[0] == "mixed" and route(bits, 4096, 4096, 300) == ("dequant_int",)
+            assert route(bits, 8192, 8192, 8, copy=False) == ("wo_gemv", 1)
+            assert route(bits, 8192, 8192, 9, copy=False) == ("dequant_int",)
+    finally:
+        mixed_tuning._nearest_shape.cache_clear()
+
+
+def test_measured_schedules_are_valid():
+    """Every route in kernels/mixed_tuning.py parses, and each schedule is one the libraries build at the batch
+    it was measured at (group 128, and per channel for 8 bits)."""
+    from qtool_kernels import mixed_mm, mixed_tuning
+
+    for (bits, k, n), cells in mixed_tuning.SCHEDULES.items():
+        assert bits in (4, 8) and k % 64 == 0 and n % 64 == 0
+        for m, text in cells.items():
+            route = mixed_tuning.parse(text)
+            if isinstance(route, dict):
+                mixed_mm.check_schedule(m, 128 if bits == 4 else k, k, 0, route["ktile"], route["variant"],
+                                        route["token_tile"])
+                assert route["split"] >= -1
+            else:
+                assert route in ("wo_gemm", "dequant") and (route != "wo_gemm" or m <= 64)
 
 
 def test_hopper_copy_setting():

@@ -133,12 +133,36 @@ def test_mixed_mm_256_row_tiles(hopper, symmetric, k, n, group, m, split, bits):
     assert rel_err(y, ref) <= 1e-2
 
 
+@pytest.mark.parametrize("variant,ktile,token_tile", [(0, 64, 32), (0, 64, 64), (0, 128, 16), (0, 128, 64),
+                                                      (1, 128, 32), (2, 64, 0), (2, 64, 64), (2, 64, 128)])
+@pytest.mark.parametrize("m", [5, 100, 300])
+@pytest.mark.parametrize("split", [0, 1, -1])
+@pytest.mark.parametrize("k,n,group,symmetric", [(2048, 640, 128, False), (576, 768, 128, True)])
+@pytest.mark.parametrize("bits", [4, 8])
+def test_mixed_mm_token_tiles_and_clusters(hopper, variant, ktile, token_tile, m, split, k, n, group, symmetric,
+                                           bits):
+    """A token tile smaller than the batch (several token tiles per row tile) and clusters of two row tiles
+    (variant 2; 640 rows = an odd count of 128-row tiles, so one cluster is half empty)."""
+    p = random_weight(n, k, group, symmetric, seed=k + m + variant + token_tile, bits=bits)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    poison_cache()
+    y = mixed_mm.mixed_linear(F.pad(x, (0, p.k_padded - k)), p.mixed, split=split, ktile=ktile, variant=variant,
+                              token_tile=token_tile)[:, :n]
+    ref = x.double() @ dequantize_packed(p.qweight, p.scale, p.zero, bits, p.group_size, n, torch.float64)[:, :k].T
+    assert torch.isfinite(y).all()
+    assert rel_err(y, ref) <= 1e-2
+
+
 def test_mixed_mm_configuration_rules(hopper):
     p = random_weight(512, 1024, 128, True, seed=1)
     x = torch.randn(65, 1024, device="cuda", dtype=torch.bfloat16)
-    for variant, ktile, m in ((1, 64, 16), (1, 128, 65), (2, 128, 16)):
+    for variant, ktile, m in ((1, 64, 16), (1, 128, 65), (2, 128, 16), (3, 64, 16)):
         with pytest.raises(ValueError, match="variant"):
             mixed_mm.mixed_linear(x[:m], p.mixed, ktile=ktile, variant=variant)
+    with pytest.raises(ValueError, match="token_tile=300"):
+        mixed_mm.mixed_linear(x, p.mixed, token_tile=300)
+    with pytest.raises(ValueError, match="pingpong"):
+        mixed_mm.mixed_linear(x, p.mixed, pingpong=1, token_tile=128)
 
 
 @pytest.mark.parametrize("bits", [4, 8])

@@ -111,6 +111,38 @@ def test_scaled_mm_gemms(kernels, dtype, fmt, m, n, k):
     assert rel_err(y.cpu(), ref) < 1e-2
 
 
+@pytest.mark.parametrize("config", ["skinny", "large", "split", "narrow"])
+@pytest.mark.parametrize("fmt", ["int8", "e4m3"])
+@pytest.mark.parametrize("m", [1, 17, 130, 700])
+@pytest.mark.parametrize("n, k", [(1536, 576), (4096, 4096), (1000, 2064)])
+def test_sm90_gemm_every_config(kernels, config, fmt, m, n, k):
+    """Each tile configuration of libqtool_sm90 (skinny, large, split-K, narrow) at any m, bf16 out, with bias."""
+    if torch.cuda.get_device_capability() != (9, 0) or not sm90.load():
+        pytest.skip("libqtool_sm90 runs on Hopper")
+    g = torch.Generator(device="cuda").manual_seed(m + n + k + len(config))
+    x = torch.randn(m, k, device="cuda", generator=g, dtype=torch.bfloat16)
+    w = weight_codes(fmt, n, k, g)
+    ws = torch.rand(n, device="cuda", generator=g) / 100 + 1e-3
+    bias = torch.randn(n, device="cuda", generator=g)
+    xq, xs = kernels.act_quant(x, fmt, 0, None)
+    poison_cache()
+    y = torch.ops.qtool_cuda.sm90_scaled_mm(xq, w, xs.reshape(-1).contiguous(), ws, bias, torch.bfloat16,
+                                            scaled_mm.SM90_CONFIGS[config])
+    ref = reference.scaled_linear(xq.cpu(), xs.cpu(), w.cpu(), ws.cpu().view(-1, 1), bias.cpu(), 0, 0, 0,
+                                  torch.float64)
+    assert torch.isfinite(y).all()
+    assert rel_err(y.cpu(), ref) < 1e-2
+
+
+def test_sm90_gemm_rejects_unknown_config(kernels):
+    if torch.cuda.get_device_capability() != (9, 0) or not sm90.load():
+        pytest.skip("libqtool_sm90 runs on Hopper")
+    a = torch.zeros(16, 64, device="cuda", dtype=torch.int8)
+    with pytest.raises(RuntimeError, match="config must be"):
+        torch.ops.qtool_cuda.sm90_scaled_mm(a, a, torch.ones(16, device="cuda"), torch.ones(16, device="cuda"), None,
+                                            torch.bfloat16, 9)
+
+
 @pytest.mark.parametrize("name", ["fp8", "fp8-static", "w8a8-int8", "w8a8-int8-static", "fp8-block"])
 @pytest.mark.parametrize("m", [1, 16, 17, 300, 2048])
 @pytest.mark.parametrize("k, n", [(4096, 1536), (576, 1536)])

@@ -138,7 +138,8 @@ Fn sm90_symbol(const char* name) {
 
 // d = (a_scale[m] * (a @ b^T) * b_scale[n] + bias[n]) in out_dtype; a [m, k], b [n, k] int8 or e4m3.
 at::Tensor sm90_scaled_mm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& a_scale,
-                          const at::Tensor& b_scale, const std::optional<at::Tensor>& bias, at::ScalarType out_dtype) {
+                          const at::Tensor& b_scale, const std::optional<at::Tensor>& bias, at::ScalarType out_dtype,
+                          int64_t config) {
   const auto run = sm90_symbol<QtoolSm90ScaledMm>("qtool_sm90_scaled_mm");
   const auto workspace_of = sm90_symbol<QtoolSm90Workspace>("qtool_sm90_workspace");
   TORCH_CHECK(run != nullptr && workspace_of != nullptr,
@@ -168,7 +169,8 @@ at::Tensor sm90_scaled_mm(const at::Tensor& a, const at::Tensor& b, const at::Te
   sm90::ScaledMmArgs args{a.data_ptr(), b.data_ptr(), a_scale.data_ptr<float>(), b_scale.data_ptr<float>(),
                           bias.has_value() ? bias_f32.data_ptr<float>() : nullptr, d.data_ptr(), nullptr, 0,
                           static_cast<int>(m), static_cast<int>(n), static_cast<int>(k),
-                          a.scalar_type() == at::kFloat8_e4m3fn ? 1 : 0, out_dtype == at::kHalf ? 1 : 0};
+                          a.scalar_type() == at::kFloat8_e4m3fn ? 1 : 0, out_dtype == at::kHalf ? 1 : 0,
+                          static_cast<int>(config)};
   const size_t bytes = workspace_of(&args);
   at::Tensor workspace = at::empty({static_cast<int64_t>(bytes)}, a.options().dtype(at::kByte));
   args.workspace = bytes > 0 ? workspace.data_ptr() : nullptr;
@@ -184,7 +186,7 @@ at::Tensor sm90_scaled_mm(const at::Tensor& a, const at::Tensor& b, const at::Te
 TORCH_LIBRARY_FRAGMENT(qtool_cuda, m) {
   m.def("act_quant(Tensor x, str fmt, int group_size, Tensor? static_scale) -> (Tensor, Tensor)");
   m.def("w8_gemv(Tensor x, Tensor w, Tensor scale, Tensor? bias, int block_n, int block_k) -> Tensor");
-  m.def("sm90_scaled_mm(Tensor a, Tensor b, Tensor a_scale, Tensor b_scale, Tensor? bias, ScalarType out_dtype) -> Tensor");
+  m.def("sm90_scaled_mm(Tensor a, Tensor b, Tensor a_scale, Tensor b_scale, Tensor? bias, ScalarType out_dtype, int config=0) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(qtool_cuda, CUDA, m) {

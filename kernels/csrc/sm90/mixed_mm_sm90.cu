@@ -58,12 +58,13 @@ using ValueOrder = std::conditional_t<QTOOL_MIXED_BITS == 4, Layout<Shape<_2, _4
 using ShuffleAtom = decltype(cutlass::compute_memory_reordering_atom<T, Layout<Shape<_1, _1>>, ValueOrder>());
 using ShuffledLayout = decltype(tile_to_shape(ShuffleAtom{}, Layout<Shape<int, int, int>, RowMajorStride>{}));
 
-template <class TileShape,  // (weight rows, tokens, k) per CTA
-          bool PingPong,    // 64-row tiles, two warpgroups alternating; else 128-row cooperative tiles
-          bool Shuffled>    // weights in ShuffledLayout (qtool_sm90_mixed_shuffle); else row-major
+template <class TileShape,     // (weight rows, tokens, k) per CTA
+          bool PingPong,       // 64-row tiles, two warpgroups alternating; else 128-row cooperative tiles
+          bool Shuffled,       // weights in ShuffledLayout (qtool_sm90_mixed_shuffle); else row-major
+          int ClusterRows = 1> // 2: two CTAs of adjacent row tiles multicast their common token tile
 struct MixedGemm {
   using LayoutW = std::conditional_t<Shuffled, ShuffledLayout, cutlass::layout::RowMajor>;
-  using ClusterShape = Shape<_1, _1, _1>;
+  using ClusterShape = Shape<Int<ClusterRows>, _1, _1>;
   static constexpr int kAlignQ = 128 / cutlass::sizeof_bits<Q>::value;  // 16 bytes
   static constexpr int kAlignT = 8;
 
@@ -150,38 +151,51 @@ struct MixedGemm {
   }
 };
 
-// Token tiles by batch size: the smallest tile that holds the batch wastes the least of each wgmma.
-// ktile 128 (up to 128 tokens, cooperative only): each pipeline stage moves twice the weight bytes. At 8
+// Token tiles: by default the smallest tile that holds the batch, which wastes the least of each wgmma; a
+// requested token tile t picks the smallest that holds t instead (at 128-256 tokens, 64-token tiles fill more
+// SMs than split-K does, at the price of converting each weight tile once per token tile).
+// ktile 128 (token tiles up to 128, cooperative only): each pipeline stage moves twice the weight bytes. At 8
 // bits the same stage count streamed 2.1-2.6 TB/s where 4-bit tiles of 64 k streamed 1.1 (H200,
 // kernels/NOTES.md): the per-stage cost, not DRAM, limits small batches, so larger stages help.
 constexpr const char* kNoTile =
-    "no such tile configuration (ktile 128 takes m <= 128, cooperative only; else ktile 64; 256-row tiles take "
-    "ktile 128 and m <= 64)";
+    "no such tile configuration (ktile 128 takes token tiles <= 128, cooperative only; else ktile 64; 256-row "
+    "tiles (variant 1) take ktile 128 and token tiles <= 64; clusters (variant 2) take ktile 64, cooperative; "
+    "ping-pong takes token tiles <= 64)";
 
 template <bool S, class Fn>
-const char* by_k128(int m, Fn&& fn) {
-  if (m <= 16) return fn(MixedGemm<Shape<_128, _16, _128>, false, S>{});  // half the x stage of a 32 tile
-  if (m <= 32) return fn(MixedGemm<Shape<_128, _32, _128>, false, S>{});
-  if (m <= 64) return fn(MixedGemm<Shape<_128, _64, _128>, false, S>{});
+const char* by_k128(int t, Fn&& fn) {
+  if (t <= 16) return fn(MixedGemm<Shape<_128, _16, _128>, false, S>{});  // half the x stage of a 32 tile
+  if (t <= 32) return fn(MixedGemm<Shape<_128, _32, _128>, false, S>{});
+  if (t <= 64) return fn(MixedGemm<Shape<_128, _64, _128>, false, S>{});
   return fn(MixedGemm<Shape<_128, _128, _128>, false, S>{});
 }
 
-// rows256 (ktile 128, m <= 64): each consumer warpgroup converts and multiplies 128 rows per k block, twice
-// the independent work between its waits on the tensor cores (half the tiles: split-K fills the SMs).
+// variant 1, 256-row tiles (ktile 128, t <= 64): each consumer warpgroup converts and multiplies 128 rows per k
+// block, twice the independent work between its waits on the tensor cores (half the tiles: split-K fills the
+// SMs). variant 2, clusters of two 128-row tiles: the token tile, which outweighs the 4-bit weight tile in bytes
+// from 64 tokens on, is loaded once per pair by TMA multicast.
 template <bool S, class Fn>
-const char* by_tile(int m, int pingpong, int ktile, int rows256, Fn&& fn) {
-  if (rows256) {
-    if (ktile != 128 || pingpong || m > 64) return kNoTile;
-    if (m <= 16) return fn(MixedGemm<Shape<_256, _16, _128>, false, S>{});
-    if (m <= 32) return fn(MixedGemm<Shape<_256, _32, _128>, false, S>{});
+const char* by_tile(int t, int pingpong, int ktile, int variant, Fn&& fn) {
+  if (variant == 1) {
+    if (ktile != 128 || pingpong || t > 64) return kNoTile;
+    if (t <= 16) return fn(MixedGemm<Shape<_256, _16, _128>, false, S>{});
+    if (t <= 32) return fn(MixedGemm<Shape<_256, _32, _128>, false, S>{});
     return fn(MixedGemm<Shape<_256, _64, _128>, false, S>{});
   }
-  if (ktile == 128) return pingpong || m > 128 ? kNoTile : by_k128<S>(m, fn);
-  if (pingpong && m <= 32) return fn(MixedGemm<Shape<_64, _32, _64>, true, S>{});
-  if (pingpong && m <= 64) return fn(MixedGemm<Shape<_64, _64, _64>, true, S>{});
-  if (m <= 32) return fn(MixedGemm<Shape<_128, _32, _64>, false, S>{});
-  if (m <= 64) return fn(MixedGemm<Shape<_128, _64, _64>, false, S>{});
-  if (m <= 128) return fn(MixedGemm<Shape<_128, _128, _64>, false, S>{});
+  if (variant == 2) {
+    if (ktile != 64 || pingpong) return kNoTile;
+    if (t <= 64) return fn(MixedGemm<Shape<_128, _64, _64>, false, S, 2>{});
+    if (t <= 128) return fn(MixedGemm<Shape<_128, _128, _64>, false, S, 2>{});
+    return fn(MixedGemm<Shape<_128, _256, _64>, false, S, 2>{});
+  }
+  if (ktile == 128) return pingpong || t > 128 ? kNoTile : by_k128<S>(t, fn);
+  if (pingpong) {
+    if (t > 64) return kNoTile;
+    return t <= 32 ? fn(MixedGemm<Shape<_64, _32, _64>, true, S>{}) : fn(MixedGemm<Shape<_64, _64, _64>, true, S>{});
+  }
+  if (t <= 32) return fn(MixedGemm<Shape<_128, _32, _64>, false, S>{});
+  if (t <= 64) return fn(MixedGemm<Shape<_128, _64, _64>, false, S>{});
+  if (t <= 128) return fn(MixedGemm<Shape<_128, _128, _64>, false, S>{});
   return fn(MixedGemm<Shape<_128, _256, _64>, false, S>{});
 }
 
@@ -189,8 +203,9 @@ const char* by_tile(int m, int pingpong, int ktile, int rows256, Fn&& fn) {
 // weights in the shuffled layout (row-major ones are not built).
 template <class Fn>
 const char* by_tokens(const MixedMmArgs& p, Fn&& fn) {
-  if ((p.ktile != 64 && p.ktile != 128) || (p.variant != 0 && p.variant != 1)) return kNoTile;
-  return by_tile<true>(p.m, p.pingpong, p.ktile, p.variant, fn);
+  if ((p.ktile != 64 && p.ktile != 128) || p.variant < 0 || p.variant > 2 || p.token_tile < 0 || p.token_tile > 256)
+    return kNoTile;
+  return by_tile<true>(p.token_tile > 0 ? p.token_tile : p.m, p.pingpong, p.ktile, p.variant, fn);
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 // (kernels/build.py: nvcc -gencode arch=compute_90a,code=sm_90a, CUTLASS headers from the
 // `nvidia-cutlass` package), so a missing CUTLASS or a non-Hopper GPU costs nothing but this path;
 // ops_w8a8.cpp finds `qtool_sm90_scaled_mm` by name once Python has loaded the library.
+#include <algorithm>
 #include <cstdio>
 
 #include <cuda_runtime.h>
@@ -96,7 +97,19 @@ struct ScaledGemm {
         {static_cast<const ElementAB*>(p.a), sa, static_cast<const ElementAB*>(p.b), sb},
         {tree, nullptr, sd, static_cast<ElementD*>(p.d), sd}};
     args.hw_info.sm_count = sm_count();  // else CUTLASS queries the device on every call
+    if constexpr (std::is_same_v<Scheduler, cutlass::gemm::StreamKScheduler>) set_split(args, p);
     return args;
+  }
+
+  // Split k so that the output tiles and their splits fill the SMs, keeping >= 4 k tiles per split.
+  static void set_split(typename Gemm::Arguments& args, const ScaledMmArgs& p) {
+    const int tiles = ((p.m + size<0>(TileShape{}) - 1) / size<0>(TileShape{})) *
+                      ((p.n + size<1>(TileShape{}) - 1) / size<1>(TileShape{}));
+    const int k_tiles = (p.k + size<2>(TileShape{}) - 1) / size<2>(TileShape{});
+    const int split = std::max(1, std::min(sm_count() / std::max(tiles, 1), k_tiles / 4));
+    using Mode = typename Kernel::TileScheduler::DecompositionMode;
+    args.scheduler.splits = split;
+    args.scheduler.decomposition_mode = split > 1 ? Mode::SplitK : Mode::DataParallel;
   }
 
   static size_t workspace(const ScaledMmArgs& p) { return Gemm::get_workspace_size(arguments(p)); }
@@ -135,16 +148,38 @@ using Large = ScaledGemm<AB, D, std::conditional_t<std::is_same_v<AB, int8_t>, S
                                   cutlass::gemm::KernelTmaWarpSpecializedCooperativeFP8FastAccum>,
                          cutlass::epilogue::TmaWarpSpecializedCooperative, cutlass::gemm::PersistentScheduler>;
 
+// Measured alternatives for the skinny range (config 3 and 4, chosen per call by kernels/scaled_mm.py): at
+// n = 4096 the skinny tiles are 32 for 132 SMs, so the weight stream runs on a quarter of the GPU.
+template <class AB, class D>
+using Split = ScaledGemm<AB, D, Shape<_128, _128, _128>, Shape<_1, _1, _1>,
+                         Schedule<AB, cutlass::gemm::KernelTmaWarpSpecializedCooperative,
+                                  cutlass::gemm::KernelTmaWarpSpecializedCooperativeFP8FastAccum>,
+                         cutlass::epilogue::TmaWarpSpecializedCooperative, cutlass::gemm::StreamKScheduler>;
+template <class AB, class D>
+using Narrow = ScaledGemm<AB, D, Shape<_64, _64, _128>, Shape<_1, _1, _1>,
+                          Schedule<AB, cutlass::gemm::KernelTmaWarpSpecializedPingpong,
+                                   cutlass::gemm::KernelTmaWarpSpecializedPingpongFP8FastAccum>,
+                          cutlass::epilogue::TmaWarpSpecialized, cutlass::gemm::PersistentScheduler>;
+
 constexpr int kSkinnyMaxM = 128;
+
+template <class G>
+const char* workspace_or_run(const ScaledMmArgs& p, cudaStream_t stream, size_t* workspace) {
+  if (workspace != nullptr) return (*workspace = G::workspace(p)), nullptr;
+  return G::run(p, stream);
+}
 
 template <class AB, class D>
 const char* dispatch_m(const ScaledMmArgs& p, cudaStream_t stream, size_t* workspace) {
-  if (p.m <= kSkinnyMaxM) {
-    if (workspace != nullptr) return (*workspace = Skinny<AB, D>::workspace(p)), nullptr;
-    return Skinny<AB, D>::run(p, stream);
+  switch (p.config) {
+    case 0: return p.m <= kSkinnyMaxM ? workspace_or_run<Skinny<AB, D>>(p, stream, workspace)
+                                      : workspace_or_run<Large<AB, D>>(p, stream, workspace);
+    case 1: return workspace_or_run<Skinny<AB, D>>(p, stream, workspace);
+    case 2: return workspace_or_run<Large<AB, D>>(p, stream, workspace);
+    case 3: return workspace_or_run<Split<AB, D>>(p, stream, workspace);
+    case 4: return workspace_or_run<Narrow<AB, D>>(p, stream, workspace);
+    default: return "config must be 0 (by m), 1 (skinny), 2 (large), 3 (split) or 4 (narrow)";
   }
-  if (workspace != nullptr) return (*workspace = Large<AB, D>::workspace(p)), nullptr;
-  return Large<AB, D>::run(p, stream);
 }
 
 template <class AB>

@@ -23,8 +23,11 @@ struct MixedMmArgs {
   int group;              // k (one scale per row) or a multiple of 64 (of ktile)
   int split;              // 0: split-K when the output tiles leave SMs idle; 1: none; > 1: that many; -1: stream-K
   int pingpong;           // 1: 64-row tiles, two warpgroups in ping-pong (m <= 64); 0: 128-row cooperative tiles
-  int ktile;              // k per pipeline stage: 64, or 128 (m <= 128, cooperative; group a multiple of 128)
-  int variant;            // 0; 1: 256-row tiles (ktile 128, m <= 64)
+  int ktile;              // k per pipeline stage: 64, or 128 (token tile <= 128, cooperative; group a multiple of 128)
+  int variant;            // 0: 128-row tiles; 1: 256-row tiles (ktile 128, token tile <= 64); 2: 128-row tiles in
+                          // clusters of two along the rows, sharing each token tile's loads (ktile 64, cooperative)
+  int token_tile;         // tokens per tile: 0 takes the smallest built tile that holds m; t > 0 the smallest that
+                          // holds t (more tiles of fewer tokens fill more SMs without splitting k)
 };
 
 }  // namespace qtool::sm90

@@ -21,6 +21,9 @@ struct ScaledMmArgs {
   int m, n, k;            // k % 16 == 0, n % 8 == 0
   int fp8;                // 1: float8_e4m3fn, 0: int8
   int out_half;           // 1: fp16 out, 0: bf16 out
+  int config;             // 0: by m (kSkinnyMaxM); 1: skinny (64 x 128 ping-pong); 2: large (2-CTA clusters);
+                          // 3: split (128 x 128 cooperative, k split over the SMs the output tiles leave idle);
+                          // 4: narrow (64 x 64 ping-pong: twice the skinny tiles)
 };
 
 }  // namespace qtool::sm90

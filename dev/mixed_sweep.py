@@ -1,0 +1,156 @@
+"""Every schedule of the Hopper mixed-input GEMM (ktile, token tile, row tiles / clusters, split) at each
+(format, shape, M), timed like benchmarks/bench_kernels.py (rotating weight copies, CUDA-graph replay) beside
+bf16 F.linear, the dispatcher, wo_gemm and dequant + cuBLAS: the data kernels/mixed_tuning.py is written from.
+
+    python3 dev/mixed_sweep.py --formats w4a16-g128 --tokens 64,128,256 --json sweep.json [--budget 250]
+    python3 dev/mixed_sweep.py --show sweep.json          # the best schedule per cell, from a saved run
+    python3 dev/mixed_sweep.py --emit sweep4.json sweep8.json   # kernels/mixed_tuning.py's SCHEDULES entries
+
+Results are written after every cell, so a run cut by its time limit keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from bench_kernels import FORMATS, SHAPES, Rotation, copies_for, graph_ms, packed_copies  # noqa: E402
+
+from qtool_kernels import build, mixed_mm  # noqa: E402
+from qtool_kernels.layout import EPILOGUE  # noqa: E402
+from qtool_kernels.weight_only import packed_linear  # noqa: E402
+
+ROWS = {0: 128, 1: 256, 2: 128}  # weight rows per CTA tile, by variant
+
+
+def tiles_built(ktile: int) -> list[int]:
+    return [16, 32, 64, 128] if ktile == 128 else [32, 64, 128, 256]
+
+
+def schedules(m: int, n: int, group: int, k_padded: int, sms: int) -> list[dict]:
+    """The schedules worth timing at m tokens: the batch's own token tile and the two below it, each ktile and
+    variant that builds them, no split / the default / stream-K, and split-K by 2 or 4 where it fits."""
+    out = []
+    for ktile in (64, 128):
+        built = tiles_built(ktile)
+        own = next((t for t in built if t >= m), built[-1])
+        for t in [t for t in built if t <= own][-3:]:
+            if m >= 1024 and (ktile == 128 or t < 128):
+                continue  # compute-bound: only large tiles of 64 k
+            for variant in (0, 1, 2) if t >= 64 else (0, 1):  # clusters share token tiles of 64 or more
+                sched = {"ktile": ktile, "variant": variant, "token_tile": 0 if t == own else t}
+                try:
+                    mixed_mm.check_schedule(m, group, k_padded, 0, **sched)
+                except ValueError:
+                    continue
+                tiles = -(-n // ROWS[variant]) * -(-m // t)
+                splits = [0, 1, -1] + [s for s in (2, 4) if tiles * s <= 2 * sms and tiles < sms]
+                out += [dict(sched, split=s) for s in splits]
+    return out
+
+
+def name(s: dict) -> str:
+    return f"k{s['ktile']}/t{s['token_tile'] or 'm'}/v{s['variant']}/s{s['split']}"
+
+
+def sweep_case(fmt: str, k: int, n: int, tokens: list[int], kernels, deadline: float) -> list[dict]:
+    bits, group_size = FORMATS[fmt]
+    dense = Rotation([torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(copies_for(2 * n * k))])
+    packed = Rotation(packed_copies(bits, group_size, k, n))
+    p0, rows = packed.items[0], []
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    for m in tokens:
+        if time.monotonic() > deadline:
+            print(f"{fmt} {k}x{n}: time budget spent before M={m}")
+            break
+        x = torch.randn(m, p0.k_padded, device="cuda", dtype=torch.bfloat16)
+        row = {"format": fmt, "K": k, "N": n, "M": m, "bf16": graph_ms(lambda: F.linear(x, dense())),
+               "auto": graph_ms(lambda: packed_linear(x, packed(), None, kernels)), "kernels": {}}
+        if m <= 64:
+            row["kernels"]["wo_gemm"] = graph_ms(lambda: kernels.wo_gemm(
+                x, packed().qweight, p0.scale, None, None, bits, p0.group_size, n, EPILOGUE))
+        if m >= 128:
+            row["kernels"]["dequant+cublas"] = graph_ms(lambda: F.linear(x, kernels.dequant_int(
+                packed().qweight, p0.scale, None, bits, p0.group_size, n, x.dtype)))
+        for s in schedules(m, p0.mixed.w.shape[0], p0.mixed.group, p0.k_padded, sms):
+            row["kernels"][name(s)] = graph_ms(lambda s=s: mixed_mm.mixed_linear(x, packed().mixed, **s), reps=10,
+                                               replays=7)
+        rows.append(row)
+        show_row(row)
+    return rows
+
+
+def show_row(row: dict) -> None:
+    timed = {key: v for key, v in row["kernels"].items() if v}
+    best = min(timed, key=timed.get)
+    mixed = {key: v for key, v in timed.items() if key.startswith("k")}
+    top = sorted(mixed, key=mixed.get)[:3]
+    bf16 = row["bf16"]
+    print(f"{row['format']} {row['K']}x{row['N']} M={row['M']}: bf16 {bf16 * 1e3:.1f} us, dispatcher "
+          f"{bf16 / row['auto']:.2f}x, best {best} {bf16 / timed[best]:.2f}x ({timed[best] * 1e3:.1f} us); "
+          + ", ".join(f"{key} {bf16 / mixed[key]:.2f}x" for key in top), flush=True)
+
+
+def best_route(row: dict) -> str:
+    """The fastest of a cell's timings as a kernels/mixed_tuning.py route: "wo_gemm", "dequant", or a
+    schedule "k<ktile> t<token tile> v<variant> s<split>" with the token tile written out."""
+    timed = {key: v for key, v in row["kernels"].items() if v}
+    best = min(timed, key=timed.get)
+    if not best.startswith("k"):
+        return "dequant" if best.startswith("dequant") else best
+    ktile, tile, variant, split = best.split("/")
+    own = next((t for t in tiles_built(int(ktile[1:])) if t >= row["M"]), tiles_built(int(ktile[1:]))[-1])
+    return f"{ktile} t{own if tile == 'tm' else tile[1:]} {variant} {split}"
+
+
+def emit(paths: list[Path]) -> None:
+    table: dict = {}
+    for path in paths:
+        for row in json.loads(path.read_text()):
+            bits = FORMATS[row["format"]][0]
+            table.setdefault((bits, row["K"], row["N"]), {})[row["M"]] = best_route(row)
+    for key, cells in sorted(table.items()):
+        print(f"    {key}: {{" + ", ".join(f'{m}: "{r}"' for m, r in sorted(cells.items())) + "},")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--formats", default="w4a16-g128,w8a16-channel")
+    parser.add_argument("--tokens", default="8,16,32,64,128,256,512,1024,2048,4096")
+    parser.add_argument("--shapes", help="comma-separated KxN, default bench_kernels.SHAPES")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--budget", type=float, default=250.0, help="seconds for the whole sweep")
+    parser.add_argument("--show", type=Path, help="print the best schedules of a saved sweep and exit")
+    parser.add_argument("--emit", type=Path, nargs="+", help="print SCHEDULES entries from saved sweeps and exit")
+    args = parser.parse_args()
+    if args.emit:
+        return emit(args.emit)
+    if args.show:
+        for row in json.loads(args.show.read_text()):
+            show_row(row)
+        return
+    kernels = build.load_extension()
+    if kernels is None:
+        sys.exit(f"the CUDA extension is not available: {build._loader.reason}")
+    shapes = [tuple(int(d) for d in s.lower().split("x")) for s in args.shapes.split(",")] if args.shapes else SHAPES
+    tokens = [int(t) for t in args.tokens.split(",")]
+    formats = args.formats.split(",")
+    start, rows = time.monotonic(), []
+    cases = [(f, k, n) for f in formats for k, n in shapes]
+    for i, (fmt, k, n) in enumerate(cases):
+        left = args.budget - (time.monotonic() - start)
+        rows += sweep_case(fmt, k, n, tokens, kernels, time.monotonic() + left / (len(cases) - i))
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=1))
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()

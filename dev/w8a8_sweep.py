@@ -1,0 +1,95 @@
+"""Every tile configuration of libqtool_sm90's W8A8 GEMM (kernels/scaled_mm.py SM90_CONFIGS) at each (int8 / FP8,
+shape, M), on pre-quantized activations, beside bf16 F.linear, the W8A8 layer as dispatched (activation
+quantization included), the w8_gemv and cuBLAS row-wise FP8 (`torch._scaled_mm`): the data sm90_config is
+written from. Timing as benchmarks/bench_w8a8.py (rotating copies, CUDA-graph replay).
+
+    python3 dev/w8a8_sweep.py --tokens 16,32,64,128,256,512 --json w8a8_sweep.json [--budget 150]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from bench_kernels import Rotation, graph_ms  # noqa: E402
+from bench_w8a8 import SHAPES, copies  # noqa: E402
+
+from qtool_kernels import build, ops, scaled_mm  # noqa: E402
+
+CODES = {"fp8": torch.float8_e4m3fn, "int8": torch.int8}
+
+
+def weights(kind: str, k: int, n: int) -> Rotation:
+    w = torch.randn(n, k, device="cuda")
+    q = (w * 8).clamp(-127, 127).round().to(torch.int8) if kind == "int8" else (w * 32).to(torch.float8_e4m3fn)
+    return Rotation([q.clone() for _ in range(copies(n * k))])
+
+
+def sweep_shape(kind: str, k: int, n: int, tokens: list[int], deadline: float) -> list[dict]:
+    dense = Rotation([torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(copies(2 * n * k))])
+    wq, rows = weights(kind, k, n), []
+    w_scale = torch.rand(n, device="cuda") / 100
+    fmt = "e4m3" if kind == "fp8" else "int8"
+    for m in tokens:
+        if time.monotonic() > deadline:
+            print(f"{kind} {k}x{n}: time budget spent before M={m}")
+            break
+        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        xq, xs = scaled_mm.quantize_activation_cuda(x, fmt, 0, None)
+        xs = xs.reshape(-1).contiguous()
+        row = {"kind": kind, "K": k, "N": n, "M": m, "bf16": graph_ms(lambda: F.linear(x, dense())),
+               "layer": graph_ms(lambda: ops.w8a8_linear(x, wq(), w_scale, None, None, fmt, 0, 0, 0)),
+               "act_quant": graph_ms(lambda: scaled_mm.quantize_activation_cuda(x, fmt, 0, None)), "gemm": {}}
+        for name, config in scaled_mm.SM90_CONFIGS.items():
+            if name != "auto":
+                row["gemm"][name] = graph_ms(lambda c=config: torch.ops.qtool_cuda.sm90_scaled_mm(
+                    xq, wq(), xs, w_scale, None, torch.bfloat16, c))
+        if kind == "fp8":
+            row["gemm"]["cublas"] = graph_ms(lambda: torch._scaled_mm(
+                xq, wq().t(), xs.view(-1, 1), w_scale.view(1, -1), out_dtype=torch.bfloat16))
+        if m <= 16:
+            row["gemm"]["w8_gemv (bf16 x)"] = graph_ms(lambda: torch.ops.qtool_cuda.w8_gemv(x, wq(), w_scale, None, 0, 0))
+        rows.append(row)
+        show_row(row)
+    return rows
+
+
+def show_row(row: dict) -> None:
+    bf16, aq = row["bf16"], row["act_quant"] or 0.0
+    gemm = {key: v for key, v in row["gemm"].items() if v}
+    best = min(gemm, key=gemm.get)
+    print(f"{row['kind']} {row['K']}x{row['N']} M={row['M']}: bf16 {bf16 * 1e3:.1f} us, layer {bf16 / row['layer']:.2f}x, "
+          f"act_quant {aq * 1e3:.1f} us; GEMM + act_quant: "
+          + ", ".join(f"{key} {bf16 / (v + (0 if key.startswith('w8_gemv') else aq)):.2f}x" for key, v in gemm.items())
+          + f" (best {best})", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tokens", default="16,32,64,128,256,512,1024")
+    parser.add_argument("--kinds", default="fp8,int8")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--budget", type=float, default=150.0)
+    args = parser.parse_args()
+    if build.load_extension() is None:
+        sys.exit(f"the CUDA extension is not available: {build._loader.reason}")
+    tokens = [int(t) for t in args.tokens.split(",")]
+    cases = [(kind, k, n) for kind in args.kinds.split(",") for k, n in SHAPES]
+    start, rows = time.monotonic(), []
+    for i, (kind, k, n) in enumerate(cases):
+        left = args.budget - (time.monotonic() - start)
+        rows += sweep_shape(kind, k, n, tokens, time.monotonic() + left / (len(cases) - i))
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=1))
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
