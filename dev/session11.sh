@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Session 11's device calls (nvidia-h200, carry [".gpu/w8a8"], prebuilt with bash dev/prebuild_sm90.sh):
 #   call 1: bash dev/session11.sh newtests sweep4 sweep8 w8sweep   schedules of the Hopper GEMMs
-#   call 2: bash dev/session11.sh tests table4 table8 e2e4  the dispatcher from the sweep, 8B W4A16 end to end
+#   call 2: bash dev/session11.sh tests table4 table8 w8sweep2   the measured routes; W8A8 at 1-8, 2048-8192
+#   call 3: bash dev/session11.sh w8table e2e4 e2e8a8          W8A8 protocol table, 8B end to end
 # tests   the Hopper mixed-input GEMMs: every schedule, token tiles below the batch, clusters of two tiles;
 # sweep4  every schedule of w4_mm at every shape and M = 8 ... 4096 (dev/mixed_sweep.py), beside bf16,
 #         wo_gemm and dequant + cuBLAS: the data of kernels/mixed_tuning.py;
@@ -27,9 +28,20 @@ w8sweep() {
 }
 
 tests() {
-  step "GPU tests: Hopper W4A16 / W8A16 schedules, token tiles, clusters; dispatcher"
-  timeout 200 python3 -m pytest -q -m gpu tests/test_mixed_gpu.py tests/test_kernels_gpu.py \
-    --tb=line -rf 2>&1 | tail -12
+  step "GPU tests: Hopper W4A16 / W8A16 and W8A8 GEMMs, every weight-only kernel, 2/3-bit, dispatchers"
+  timeout 240 python3 -m pytest -q -m gpu tests/test_mixed_gpu.py tests/test_kernels_gpu.py tests/test_w8a8_gpu.py \
+    tests/test_lowbit_gpu.py --tb=line -rf 2>&1 | tail -12
+}
+
+w8sweep2() {
+  step "W8A8 configurations at 1-8 and 2048-8192 tokens"
+  timeout 200 python3 dev/w8a8_sweep.py --tokens 1,2,4,8,2048,4096,8192 --budget 130 \
+    --json "$OUT/w8a8_sweep2.json" 2>&1 | tail -90
+}
+
+w8table() {
+  step "W8A8 protocol table (benchmarks/bench_w8a8.py)"
+  timeout 300 python3 benchmarks/bench_w8a8.py --json "$OUT/w8a8.json" 2>&1 | tail -70
 }
 
 sweep() {  # sweep FORMAT NAME BUDGET

@@ -1,10 +1,12 @@
 """CUDA implementations of the W8A8 ops: qtool::w8a8_linear (what a W8A8 QuantLinear calls),
 qtool::quantize_activation and qtool::scaled_linear.
 
-qtool::w8a8_linear on CUDA, fp16/bf16 activations, by token count m:
+qtool::w8a8_linear on CUDA, fp16/bf16 activations, by token count m, as measured (tuning.W8A8: the route of
+the nearest measured shape and the next measured batch; outside the measured batches these rules):
   m <= W8_GEMV_MAX_M  qtool_cuda::w8_gemv: the 8-bit weights with 16-bit activations, no activation
                       quantization (at these m the weight bytes set the time; more accurate too)
-  otherwise           qtool_cuda::act_quant (one fused pass), then `scaled_mm` below
+  otherwise           qtool_cuda::act_quant (one fused pass), then `scaled_mm` below, on the measured
+                      libqtool_sm90 tile configuration (or cuBLAS where that measured faster)
 On CPU, and for float32 activations, every op runs its reference (kernels/reference.py).
 
 `scaled_mm`, the GEMM with its scales, first that fits:
@@ -25,7 +27,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from . import build, ops, reference, sm90
+from . import build, ops, reference, sm90, tuning
 
 KERNEL_DTYPES = (torch.float16, torch.bfloat16)
 W8_GEMV_MAX_M = 16  # qtool_cuda::w8_gemv takes up to 16 tokens (w8a8.h, kMaxW8Tokens)
@@ -73,8 +75,8 @@ SM90_SKINNY_MAX_M = 128  # scaled_mm_sm90.cu, kSkinnyMaxM
 SM90_FP8_TILE = (128, 256)  # its FP8 tile above that
 
 
-def _sm90_fits(xq: torch.Tensor, wq: torch.Tensor, out_dtype: torch.dtype) -> bool:
-    """Whether libqtool_sm90 takes this GEMM and is the fastest choice for it.
+def _sm90_fits(xq: torch.Tensor, wq: torch.Tensor, out_dtype: torch.dtype, measured: bool = False) -> bool:
+    """Whether libqtool_sm90 takes this GEMM and (unless `measured` chose it) is the fastest choice for it.
 
     Measured on the H200 (BENCHMARKS.md): above the skinny range, an FP8 problem with fewer 128 x 256
     output tiles than SMs leaves SMs idle, and cuBLAS's row-wise FP8 GEMM (torch._scaled_mm) is
@@ -83,7 +85,7 @@ def _sm90_fits(xq: torch.Tensor, wq: torch.Tensor, out_dtype: torch.dtype) -> bo
     fits = (xq.is_cuda and out_dtype in KERNEL_DTYPES and xq.dtype == wq.dtype
             and xq.dtype in (torch.int8, torch.float8_e4m3fn) and k % 16 == 0 and n % 8 == 0 and sm90.load())
     cublas_takes_it = k % 16 == 0 and n % 16 == 0
-    if fits and xq.dtype == torch.float8_e4m3fn and m > SM90_SKINNY_MAX_M and cublas_takes_it:
+    if fits and not measured and xq.dtype == torch.float8_e4m3fn and m > SM90_SKINNY_MAX_M and cublas_takes_it:
         tiles = -(-m // SM90_FP8_TILE[0]) * -(-n // SM90_FP8_TILE[1])
         return tiles >= torch.cuda.get_device_properties(xq.device).multi_processor_count
     return fits
@@ -93,9 +95,10 @@ def _sm90_fits(xq: torch.Tensor, wq: torch.Tensor, out_dtype: torch.dtype) -> bo
 SM90_CONFIGS = {"auto": 0, "skinny": 1, "large": 2, "split": 3, "narrow": 4}
 
 
-def sm90_config(m: int, n: int, k: int) -> int:
-    """The tile configuration of libqtool_sm90 for an m x n x k problem (0 until measured otherwise)."""
-    return 0
+def w8a8_route(m: int, n: int, k: int, fp8: bool) -> str | None:
+    """The measured W8A8 route (tuning.W8A8) for m tokens of an n x k weight: "gemv", a libqtool_sm90
+    configuration name or "cublas"; None outside the measured batches (the rules of this module decide)."""
+    return tuning.lookup("w8a8", "fp8" if fp8 else "int8", k, n, m, within=True)
 
 
 def scaled_mm(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor,
@@ -108,9 +111,13 @@ def scaled_mm(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale
     if x_group_size > 0 or w_block_n > 0:
         return _blockwise(xq, x_scale, wq, w_scale, bias, x_group_size, w_block_n, w_block_k, out_dtype)
     n = wq.shape[0]
-    if _sm90_fits(xq, wq, out_dtype):
+    route = w8a8_route(m, n, k, xq.dtype == torch.float8_e4m3fn) if xq.is_cuda else None
+    if route in SM90_CONFIGS and _sm90_fits(xq, wq, out_dtype, measured=True):
         return torch.ops.qtool_cuda.sm90_scaled_mm(xq.contiguous(), wq.contiguous(), _vector(x_scale, m),
-                                                   _vector(w_scale, n), bias, out_dtype, sm90_config(m, n, k))
+                                                   _vector(w_scale, n), bias, out_dtype, SM90_CONFIGS[route])
+    if route != "cublas" and _sm90_fits(xq, wq, out_dtype):
+        return torch.ops.qtool_cuda.sm90_scaled_mm(xq.contiguous(), wq.contiguous(), _vector(x_scale, m),
+                                                   _vector(w_scale, n), bias, out_dtype)
     return torch_scaled_mm(xq, x_scale, wq, w_scale, bias, out_dtype)
 
 
@@ -215,7 +222,10 @@ def _w8a8_linear_cuda(x, weight, weight_scale, bias, input_scale, fmt, act_group
     args = (x, weight, weight_scale, bias, input_scale, fmt, act_group_size, block_n, block_k)
     if build.load_extension() is None or x.dtype not in KERNEL_DTYPES:
         return reference.w8a8_linear(*args)
-    if x.shape[0] <= W8_GEMV_MAX_M and (y := _w8_gemv(x, weight, weight_scale, bias, block_n, block_k)) is not None:
+    m, (n, k) = x.shape[0], weight.shape
+    route = w8a8_route(m, n, k, weight.dtype != torch.int8) if block_n <= 0 else None
+    gemv = route == "gemv" if route is not None else m <= W8_GEMV_MAX_M
+    if gemv and m <= W8_GEMV_MAX_M and (y := _w8_gemv(x, weight, weight_scale, bias, block_n, block_k)) is not None:
         return y
     xq, xs = quantize_activation_cuda(x, fmt, act_group_size, input_scale)
     group = act_group_size if input_scale is None else 0

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from .layout import EPILOGUE, LOW_BITS, PackedWeight
 from .mixed_mm import mixed_linear, mixed_schedule
-from .mixed_tuning import fit, measured_route
+from .tuning import fit, measured_route
 
 # wo_gemv serves up to 8 tokens (csrc/wo_kernels.h, kMaxGemvTokens). 4 is the cut-off every recorded
 # measurement ran with (BENCHMARKS.md); the 4-vs-8 A/B of kernels/NOTES.md (v3) left no result, so to

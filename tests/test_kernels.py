@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import random_weight, rel_err
-from qtool_kernels import build, layout, reference, scaled_mm, weight_only
+from qtool_kernels import build, layout, reference, scaled_mm, tuning, weight_only
 from qtool_kernels.layout import ReferenceOps, UnsupportedLayout, pack_weight
 from quantize.linear import QuantLinear, pack_layer, prepare_for_cuda
 from quantize.primitives import QTensor
@@ -321,8 +321,8 @@ def test_mixed_ktile_rules():
 def test_dispatcher_routes_by_tokens_and_shape(monkeypatch):
     """packed_linear's routes (kernels/weight_only.py): the GEMV's lean launch where rows >= columns, then for a
     weight with a Hopper copy the measured route of the nearest measured shape and the next measured batch
-    (kernels/mixed_tuning.py), then wo_gemm_v3 / wo_gemm / dequantization without one."""
-    from qtool_kernels import mixed_mm, mixed_tuning
+    (kernels/tuning.py), then wo_gemm_v3 / wo_gemm / dequantization without one."""
+    from qtool_kernels import mixed_mm
 
     calls = []
 
@@ -342,11 +342,11 @@ def test_dispatcher_routes_by_tokens_and_shape(monkeypatch):
         return torch.zeros(x2.shape[0], mixed.w.shape[0], dtype=x2.dtype)
 
     monkeypatch.setattr(weight_only, "mixed_linear", fake_mixed)
-    monkeypatch.setattr(mixed_tuning, "SCHEDULES", {
+    monkeypatch.setattr(tuning, "MIXED", {
         (4, 4096, 4096): {8: "wo_gemm", 64: "k128 t32 v0 s2", 256: "k64 t64 v2 s1", 4096: "dequant"},
         (4, 8192, 28672): {8: "k128 t16 v1 s0", 4096: "k64 t256 v0 s-1"},
         (8, 4096, 4096): {8: "k128 t16 v0 s0"}})
-    mixed_tuning._nearest_shape.cache_clear()
+    tuning._nearest_shape.cache_clear()
 
     def route(bits, k, n, m, copy=True, group=-1):
         codes = torch.zeros(16, 64, dtype=torch.int8)
@@ -382,24 +382,42 @@ def test_dispatcher_routes_by_tokens_and_shape(monkeypatch):
             assert route(bits, 8192, 8192, 8, copy=False) == ("wo_gemv", 1)
             assert route(bits, 8192, 8192, 9, copy=False) == ("dequant_int",)
     finally:
-        mixed_tuning._nearest_shape.cache_clear()
+        tuning._nearest_shape.cache_clear()
 
 
 def test_measured_schedules_are_valid():
-    """Every route in kernels/mixed_tuning.py parses, and each schedule is one the libraries build at the batch
-    it was measured at (group 128, and per channel for 8 bits)."""
-    from qtool_kernels import mixed_mm, mixed_tuning
+    """Every route in kernels/tuning.py parses, and each schedule is one the libraries build at the batch
+    it was measured at (group 128, and per channel for 8 bits); W8A8 routes name a kernel that takes them."""
+    from qtool_kernels import mixed_mm
 
-    for (bits, k, n), cells in mixed_tuning.SCHEDULES.items():
+    for (bits, k, n), cells in tuning.MIXED.items():
         assert bits in (4, 8) and k % 64 == 0 and n % 64 == 0
         for m, text in cells.items():
-            route = mixed_tuning.parse(text)
+            route = tuning.parse(text)
             if isinstance(route, dict):
                 mixed_mm.check_schedule(m, 128 if bits == 4 else k, k, 0, route["ktile"], route["variant"],
                                         route["token_tile"])
                 assert route["split"] >= -1
             else:
                 assert route in ("wo_gemm", "dequant") and (route != "wo_gemm" or m <= 64)
+    for (codes, k, n), cells in tuning.W8A8.items():
+        assert codes in ("fp8", "int8") and k % 16 == 0 and n % 8 == 0
+        for m, route in cells.items():
+            assert route in scaled_mm.SM90_CONFIGS or route in ("gemv", "cublas")
+            assert route != "gemv" or m <= scaled_mm.W8_GEMV_MAX_M
+            assert route != "cublas" or codes == "fp8"
+
+
+def test_w8a8_routes_stay_within_measured_batches():
+    """W8A8 takes a measured route only inside the measured batches of the nearest shape (outside them, the
+    rules of kernels/scaled_mm.py), and the route of the next measured batch inside."""
+    cells = tuning.W8A8[("int8", 4096, 4096)]
+    low, high = min(cells), max(cells)
+    assert scaled_mm.w8a8_route(low - 1, 4096, 4096, False) is None
+    assert scaled_mm.w8a8_route(high + 1, 4096, 4096, False) is None
+    above = min(m for m in cells if m > low)
+    assert scaled_mm.w8a8_route(low + 1, 4096, 4096, False) == cells[above]
+    assert scaled_mm.w8a8_route(low, 4000, 4100, False) == cells[low]  # the nearest measured shape
 
 
 def test_hopper_copy_setting():

@@ -1,0 +1,110 @@
+"""Which kernel and which schedule serve a batch of m tokens on Hopper: measured, as data.
+
+The Hopper GEMMs have many schedules. The mixed-input one (mixed_mm.py, W4A16 / W8A16): k per pipeline stage
+(64 or 128), tokens per tile (16-256, at most the batch's own tile), 128-row tiles, 256-row tiles or clusters
+of two 128-row tiles, and no split, split-K or stream-K. The W8A8 one (libqtool_sm90, scaled_mm.py): skinny
+(64 x 128 ping-pong), narrow (64 x 64 ping-pong), split (128 x 128, split-K) or large (2-CTA clusters). Which
+is fastest depends on the batch and on how many tiles the weight gives the 132 SMs, in ways the rules of
+thumb got wrong (session 10 ran 256 tokens of a 4096 x 4096 W4 layer in 128 x 256 tiles split 4 ways: 0.57x
+bf16, where 128-token tiles split 2 ways run 0.81x; W8A8 took 256 tokens to the large tiles, 0.93x, where the
+skinny ones run 1.25x). So `dev/mixed_sweep.py` and `dev/w8a8_sweep.py` timed every schedule at each measured
+shape and batch on the H200, and the tables below hold the winners.
+
+A weight of another shape takes the routes of the measured shape nearest in log(K) and log(N); a batch between
+measured ones takes the route of the next larger one measured (a token tile that holds the batch); past the
+largest, the mixed GEMM takes the route of the largest, and W8A8 (also below the smallest) its built-in rules.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+from .mixed_mm import check_schedule
+
+# Mixed-input routes, (bits, K, N) -> {M: route}: "wo_gemm" (qtool's mma.sync GEMM), "dequant" (dequant_int +
+# cuBLAS), or a schedule "k<ktile> t<token tile> v<variant> s<split>" (mixed_mm.mixed_linear's arguments).
+# H200, session 11, dev/mixed_sweep.py (BENCHMARKS.md).
+MIXED: dict[tuple[int, int, int], dict[int, str]] = {
+    (4, 4096, 4096): {8: "wo_gemm", 16: "wo_gemm", 32: "wo_gemm", 64: "k128 t32 v0 s0", 128: "k128 t64 v0 s2", 256: "k64 t128 v0 s2", 512: "k64 t128 v2 s1", 1024: "k64 t256 v2 s0", 2048: "k64 t256 v2 s0", 4096: "k64 t256 v0 s0"},
+    (4, 4096, 14336): {8: "k128 t16 v0 s1", 16: "k128 t16 v0 s1", 32: "k128 t32 v0 s0", 64: "k128 t64 v0 s1", 128: "k128 t128 v0 s1", 256: "k64 t256 v0 s0", 512: "k64 t256 v0 s1", 1024: "k64 t256 v2 s-1", 2048: "k64 t256 v0 s0", 4096: "k64 t256 v0 s0"},
+    (4, 8192, 8192): {8: "k128 t16 v1 s0", 16: "k128 t16 v0 s0", 32: "k128 t32 v0 s2", 64: "k128 t64 v0 s0", 128: "k128 t128 v0 s2", 256: "k64 t256 v2 s2", 512: "k64 t256 v0 s0", 1024: "k64 t256 v0 s0", 2048: "k64 t256 v0 s0", 4096: "k64 t256 v2 s1"},
+    (4, 8192, 28672): {8: "k128 t16 v1 s1", 16: "k128 t16 v1 s0", 32: "k128 t32 v1 s1", 64: "k128 t64 v1 s1", 128: "k128 t128 v0 s-1", 256: "k64 t256 v2 s-1", 512: "k64 t256 v2 s-1", 1024: "k64 t256 v0 s0", 2048: "k64 t256 v0 s0", 4096: "k64 t256 v2 s-1"},
+    (4, 14336, 4096): {8: "k128 t16 v0 s0", 16: "k128 t16 v0 s0", 32: "k128 t32 v0 s0", 64: "k128 t64 v0 s0", 128: "k64 t128 v2 s4", 256: "k64 t128 v2 s-1", 512: "k64 t256 v2 s2", 1024: "k64 t256 v2 s1", 2048: "k64 t256 v2 s-1", 4096: "k64 t256 v2 s1"},
+    (4, 28672, 8192): {8: "k128 t16 v1 s4", 16: "k128 t16 v1 s4", 32: "k128 t32 v1 s4", 64: "k128 t64 v1 s4", 128: "k128 t128 v0 s0", 256: "k64 t256 v0 s2", 512: "k64 t256 v0 s0", 1024: "k64 t256 v2 s-1", 2048: "k64 t256 v2 s1", 4096: "k64 t256 v2 s0"},
+    (8, 4096, 4096): {8: "wo_gemm", 16: "wo_gemm", 32: "k64 t32 v0 s4", 64: "k128 t32 v0 s2", 128: "k64 t64 v0 s0", 256: "k64 t128 v0 s2", 512: "k64 t128 v0 s0", 1024: "k64 t256 v0 s1", 2048: "k64 t256 v0 s0", 4096: "k64 t256 v0 s0"},
+    (8, 4096, 14336): {8: "k128 t16 v0 s1", 16: "k128 t16 v0 s1", 32: "k128 t32 v0 s0", 64: "k128 t64 v0 s0", 128: "k128 t128 v0 s0", 256: "k64 t256 v0 s0", 512: "k64 t256 v0 s0", 1024: "k64 t256 v2 s-1", 2048: "k64 t256 v0 s0", 4096: "k64 t256 v0 s0"},
+    (8, 8192, 8192): {8: "k128 t16 v0 s0", 16: "k128 t16 v0 s2", 32: "k128 t32 v0 s0", 64: "k128 t64 v0 s2", 128: "k128 t128 v0 s2", 256: "k64 t256 v0 s2", 512: "k64 t256 v0 s1", 1024: "k64 t256 v2 s1", 2048: "k64 t256 v0 s0", 4096: "k64 t256 v2 s-1"},
+    (8, 8192, 28672): {8: "k128 t16 v1 s1", 16: "k128 t16 v1 s0", 32: "k128 t32 v1 s1", 64: "k128 t64 v1 s1", 128: "k128 t128 v0 s1", 256: "k64 t256 v0 s-1", 512: "k64 t256 v2 s-1", 1024: "k64 t256 v0 s0", 2048: "k64 t256 v2 s1", 4096: "k64 t256 v2 s-1"},
+    (8, 14336, 4096): {8: "k128 t16 v0 s0", 16: "k128 t16 v0 s0", 32: "k128 t32 v0 s0", 64: "k128 t64 v0 s0", 128: "k64 t128 v2 s0", 256: "k64 t128 v0 s2", 512: "k64 t256 v0 s0", 1024: "k64 t256 v0 s0", 2048: "k64 t256 v0 s1", 4096: "k64 t256 v2 s1"},
+    (8, 28672, 8192): {8: "k128 t16 v1 s4", 16: "k128 t16 v1 s4", 32: "k128 t32 v1 s4", 64: "k128 t64 v1 s4", 128: "k128 t128 v0 s2", 256: "k64 t256 v2 s2", 512: "k64 t256 v0 s0", 1024: "k64 t256 v0 s0", 2048: "k64 t256 v2 s1", 4096: "k64 t256 v2 s0"},
+}
+
+# W8A8 routes, (codes, K, N) -> {M: route}: "gemv" (w8_gemv on the 16-bit activations, no activation
+# quantization), a libqtool_sm90 configuration ("skinny", "narrow", "split", "large") after the fused
+# activation quantization, or "cublas" (torch._scaled_mm row-wise, FP8 only). H200, session 11,
+# dev/w8a8_sweep.py (BENCHMARKS.md).
+W8A8: dict[tuple[str, int, int], dict[int, str]] = {
+    ('fp8', 4096, 4096): {16: "gemv", 32: "narrow", 64: "narrow", 128: "narrow", 256: "skinny", 512: "cublas", 1024: "large"},
+    ('fp8', 4096, 14336): {16: "skinny", 32: "skinny", 64: "narrow", 128: "cublas", 256: "large", 512: "skinny", 1024: "cublas"},
+    ('fp8', 8192, 8192): {16: "skinny", 32: "narrow", 64: "narrow", 128: "skinny", 256: "cublas", 512: "large", 1024: "large"},
+    ('fp8', 8192, 28672): {16: "skinny", 32: "skinny", 64: "skinny", 128: "cublas", 256: "skinny", 512: "cublas", 1024: "large"},
+    ('fp8', 14336, 4096): {16: "gemv", 32: "narrow", 64: "narrow", 128: "narrow", 256: "skinny", 512: "split", 1024: "large"},
+    ('fp8', 28672, 8192): {16: "skinny", 32: "skinny", 64: "skinny", 128: "skinny", 256: "split", 512: "cublas", 1024: "large"},
+    ('int8', 4096, 4096): {16: "gemv", 32: "narrow", 64: "narrow", 128: "narrow", 256: "skinny", 512: "large", 1024: "large"},
+    ('int8', 4096, 14336): {16: "skinny", 32: "skinny", 64: "narrow", 128: "skinny", 256: "large", 512: "skinny", 1024: "large"},
+    ('int8', 8192, 8192): {16: "narrow", 32: "skinny", 64: "narrow", 128: "skinny", 256: "large", 512: "large", 1024: "large"},
+    ('int8', 8192, 28672): {16: "skinny", 32: "skinny", 64: "skinny", 128: "split", 256: "skinny", 512: "large", 1024: "large"},
+    ('int8', 14336, 4096): {16: "gemv", 32: "narrow", 64: "narrow", 128: "narrow", 256: "skinny", 512: "large", 1024: "large"},
+    ('int8', 28672, 8192): {16: "skinny", 32: "skinny", 64: "skinny", 128: "skinny", 256: "large", 512: "split", 1024: "large"},
+}
+
+
+def _table(name: str) -> dict:
+    return MIXED if name == "mixed" else W8A8  # read at call time, so tests can replace a table
+
+
+@lru_cache(maxsize=None)
+def _nearest_shape(kind: int | str, k: int, n: int, table: str) -> tuple | None:
+    shapes = [key for key in _table(table) if key[0] == kind]
+    if not shapes:
+        return None
+    return min(shapes, key=lambda s: abs(math.log(s[1] / k)) + abs(math.log(s[2] / n)))
+
+
+def lookup(table: str, kind: int | str, k: int, n: int, m: int, within: bool = False) -> str | None:
+    """The measured route of `table` ("mixed" or "w8a8") for m tokens of a `kind` (bits, or "fp8" / "int8")
+    K x N weight; None where nothing was measured, or, when `within`, for m outside the measured batches."""
+    shape = _nearest_shape(kind, k, n, table)
+    if shape is None:
+        return None
+    cells = _table(table)[shape]
+    if within and not min(cells) <= m <= max(cells):
+        return None
+    at = next((cm for cm in sorted(cells) if cm >= m), max(cells))
+    return cells[at]
+
+
+def parse(route: str) -> dict | str:
+    """A mixed route: "k128 t64 v0 s-1" -> mixed_linear's keyword arguments; "wo_gemm", "dequant" as they are."""
+    if route in ("wo_gemm", "dequant"):
+        return route
+    parts = {p[0]: int(p[1:]) for p in route.split()}
+    return {"ktile": parts["k"], "token_tile": parts["t"], "variant": parts["v"], "split": parts["s"]}
+
+
+def measured_route(bits: int, k: int, n: int, m: int) -> dict | str | None:
+    """The mixed route for m tokens of a bits-wide K x N weight, parsed; None where nothing was measured."""
+    route = lookup("mixed", bits, k, n, m)
+    return None if route is None else parse(route)
+
+
+def fit(schedule: dict, m: int, group: int, k_padded: int) -> dict:
+    """A measured schedule made valid for this weight: 64-k stages where its groups do not take 128, and the
+    tiles those stages build (token tiles of 32 or more, 128-row tiles)."""
+    try:
+        check_schedule(m, group, k_padded, 0, **{key: schedule[key] for key in ("ktile", "variant", "token_tile")})
+        return schedule
+    except ValueError:
+        return {"ktile": 64, "token_tile": max(32, schedule["token_tile"]), "variant": 0, "split": schedule["split"]}
+
