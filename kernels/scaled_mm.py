@@ -115,7 +115,9 @@ def scaled_mm(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale
     if route in SM90_CONFIGS and _sm90_fits(xq, wq, out_dtype, measured=True):
         return torch.ops.qtool_cuda.sm90_scaled_mm(xq.contiguous(), wq.contiguous(), _vector(x_scale, m),
                                                    _vector(w_scale, n), bias, out_dtype, SM90_CONFIGS[route])
-    if route != "cublas" and _sm90_fits(xq, wq, out_dtype):
+    if route == "cublas" and (y := torch_scaled_mm(xq, x_scale, wq, w_scale, bias, out_dtype)) is not None:
+        return y
+    if _sm90_fits(xq, wq, out_dtype):
         return torch.ops.qtool_cuda.sm90_scaled_mm(xq.contiguous(), wq.contiguous(), _vector(x_scale, m),
                                                    _vector(w_scale, n), bias, out_dtype)
     return torch_scaled_mm(xq, x_scale, wq, w_scale, bias, out_dtype)

@@ -45,18 +45,18 @@ MIXED: dict[tuple[int, int, int], dict[int, str]] = {
 # activation quantization, or "cublas" (torch._scaled_mm row-wise, FP8 only). H200, session 11,
 # dev/w8a8_sweep.py (BENCHMARKS.md).
 W8A8: dict[tuple[str, int, int], dict[int, str]] = {
-    ('fp8', 4096, 4096): {16: "gemv", 32: "narrow", 64: "narrow", 128: "narrow", 256: "skinny", 512: "cublas", 1024: "large"},
-    ('fp8', 4096, 14336): {16: "skinny", 32: "skinny", 64: "narrow", 128: "cublas", 256: "large", 512: "skinny", 1024: "cublas"},
-    ('fp8', 8192, 8192): {16: "skinny", 32: "narrow", 64: "narrow", 128: "skinny", 256: "cublas", 512: "large", 1024: "large"},
-    ('fp8', 8192, 28672): {16: "skinny", 32: "skinny", 64: "skinny", 128: "cublas", 256: "skinny", 512: "cublas", 1024: "large"},
-    ('fp8', 14336, 4096): {16: "gemv", 32: "narrow", 64: "narrow", 128: "narrow", 256: "skinny", 512: "split", 1024: "large"},
-    ('fp8', 28672, 8192): {16: "skinny", 32: "skinny", 64: "skinny", 128: "skinny", 256: "split", 512: "cublas", 1024: "large"},
-    ('int8', 4096, 4096): {16: "gemv", 32: "narrow", 64: "narrow", 128: "narrow", 256: "skinny", 512: "large", 1024: "large"},
-    ('int8', 4096, 14336): {16: "skinny", 32: "skinny", 64: "narrow", 128: "skinny", 256: "large", 512: "skinny", 1024: "large"},
-    ('int8', 8192, 8192): {16: "narrow", 32: "skinny", 64: "narrow", 128: "skinny", 256: "large", 512: "large", 1024: "large"},
-    ('int8', 8192, 28672): {16: "skinny", 32: "skinny", 64: "skinny", 128: "split", 256: "skinny", 512: "large", 1024: "large"},
-    ('int8', 14336, 4096): {16: "gemv", 32: "narrow", 64: "narrow", 128: "narrow", 256: "skinny", 512: "large", 1024: "large"},
-    ('int8', 28672, 8192): {16: "skinny", 32: "skinny", 64: "skinny", 128: "skinny", 256: "large", 512: "split", 1024: "large"},
+    ('fp8', 4096, 4096): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "gemv", 32: "narrow", 64: "narrow", 128: "narrow", 256: "skinny", 512: "cublas", 1024: "large", 2048: "large", 4096: "large", 8192: "large"},
+    ('fp8', 4096, 14336): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "skinny", 32: "skinny", 64: "narrow", 128: "cublas", 256: "large", 512: "skinny", 1024: "cublas", 2048: "large", 4096: "large", 8192: "cublas"},
+    ('fp8', 8192, 8192): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "skinny", 32: "narrow", 64: "narrow", 128: "skinny", 256: "cublas", 512: "large", 1024: "large", 2048: "cublas", 4096: "large", 8192: "large"},
+    ('fp8', 8192, 28672): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "skinny", 32: "skinny", 64: "skinny", 128: "cublas", 256: "skinny", 512: "cublas", 1024: "large", 2048: "large", 4096: "cublas", 8192: "large"},
+    ('fp8', 14336, 4096): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "gemv", 32: "narrow", 64: "narrow", 128: "narrow", 256: "skinny", 512: "split", 1024: "large", 2048: "large", 4096: "large", 8192: "large"},
+    ('fp8', 28672, 8192): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "skinny", 32: "skinny", 64: "skinny", 128: "skinny", 256: "split", 512: "cublas", 1024: "large", 2048: "large", 4096: "cublas", 8192: "large"},
+    ('int8', 4096, 4096): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "gemv", 32: "narrow", 64: "narrow", 128: "narrow", 256: "skinny", 512: "large", 1024: "large", 2048: "large", 4096: "split", 8192: "large"},
+    ('int8', 4096, 14336): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "skinny", 32: "skinny", 64: "narrow", 128: "skinny", 256: "large", 512: "skinny", 1024: "large", 2048: "large", 4096: "large", 8192: "large"},
+    ('int8', 8192, 8192): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "narrow", 32: "skinny", 64: "narrow", 128: "skinny", 256: "large", 512: "large", 1024: "large", 2048: "split", 4096: "large", 8192: "large"},
+    ('int8', 8192, 28672): {1: "skinny", 2: "skinny", 4: "skinny", 8: "skinny", 16: "skinny", 32: "skinny", 64: "skinny", 128: "split", 256: "skinny", 512: "large", 1024: "large", 2048: "large", 4096: "large", 8192: "split"},
+    ('int8', 14336, 4096): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "gemv", 32: "narrow", 64: "narrow", 128: "narrow", 256: "skinny", 512: "large", 1024: "large", 2048: "large", 4096: "large", 8192: "large"},
+    ('int8', 28672, 8192): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "skinny", 32: "skinny", 64: "skinny", 128: "skinny", 256: "large", 512: "split", 1024: "large", 2048: "large", 4096: "large", 8192: "large"},
 }
 
 
