@@ -2,7 +2,7 @@
 # Session 11's device calls (nvidia-h200, carry [".gpu/w8a8"], prebuilt with bash dev/prebuild_sm90.sh):
 #   call 1: bash dev/session11.sh newtests sweep4 sweep8 w8sweep   schedules of the Hopper GEMMs
 #   call 2: bash dev/session11.sh tests table4 table8 w8sweep2   the measured routes; W8A8 at 1-8, 2048-8192
-#   call 3: bash dev/session11.sh w8table e2e4 e2e8a8          W8A8 protocol table, 8B end to end
+#   call 3: bash dev/session11.sh tests8 e2e4 w8table          8B W4A16 end to end, the W8A8 protocol table
 # tests   the Hopper mixed-input GEMMs: every schedule, token tiles below the batch, clusters of two tiles;
 # sweep4  every schedule of w4_mm at every shape and M = 8 ... 4096 (dev/mixed_sweep.py), beside bf16,
 #         wo_gemm and dequant + cuBLAS: the data of kernels/mixed_tuning.py;
@@ -31,6 +31,11 @@ tests() {
   step "GPU tests: Hopper W4A16 / W8A16 and W8A8 GEMMs, every weight-only kernel, 2/3-bit, dispatchers"
   timeout 240 python3 -m pytest -q -m gpu tests/test_mixed_gpu.py tests/test_kernels_gpu.py tests/test_w8a8_gpu.py \
     tests/test_lowbit_gpu.py --tb=line -rf 2>&1 | tail -12
+}
+
+tests8() {
+  step "GPU tests: W8A8 (act_quant held rows bit for bit, every GEMM configuration, the measured routes)"
+  timeout 120 python3 -m pytest -q -m gpu tests/test_w8a8_gpu.py --tb=line -rf 2>&1 | tail -6
 }
 
 w8sweep2() {
@@ -65,7 +70,7 @@ bench8b() {  # bench8b SCHEME TIMEOUT
     --batch-sizes 1,16 --prefill-len 2048 --json "$OUT/e2e-$1.json" 2>&1 | tail -14
 }
 e2e4() { bench8b w4a16 300; }
-e2e8a8() { for s in fp8 w8a8-int8 fp8-block; do bench8b "$s" 200; done; }
+e2e8a8() { for s in fp8 w8a8-int8 fp8-block; do bench8b "$s" 170; done; }
 
 stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(tests sweep4 sweep8)
