@@ -72,6 +72,11 @@ bench8b() {  # bench8b SCHEME TIMEOUT
 e2e4() { bench8b w4a16 300; }
 e2e8a8() { for s in fp8 w8a8-int8 fp8-block; do bench8b "$s" 170; done; }
 
+fp8probe() {
+  step "fp8-block at 2048 tokens: eager, compiled, kernels"
+  timeout 200 python3 dev/fp8block_prefill.py 2>&1 | grep -v Warning | tail -40
+}
+
 stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(tests sweep4 sweep8)
 for s in "${stages[@]}"; do "$s"; done
