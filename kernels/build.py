@@ -248,8 +248,11 @@ def info() -> dict:
             "w1a1 QuantLinear": "qtool_cuda binarize + w1a1_gemm (b1 mma.sync)" if ops is not None else "reference",
             "qtool::scaled_linear": _scaled_linear_path() if cuda else "reference",
             "qtool::quantize_activation": "qtool_cuda fused kernel" if ops is not None else "reference",
-            "qtool::w8a8_linear": ("qtool_cuda w8_gemv (m <= 16), fused activation quantization + "
-                                   + _scaled_linear_path()) if ops is not None else "reference",
+            "qtool::w8a8_linear": ("the measured route of tuning.W8A8 (nearest shape, next batch): qtool_cuda "
+                                   "w8_gemv (m <= 16), or fused activation quantization + a libqtool_sm90 "
+                                   "configuration or cuBLAS; outside the measured batches w8_gemv (m <= 16), "
+                                   "then fused activation quantization + " + _scaled_linear_path())
+            if ops is not None else "reference",
         },
     }
 
@@ -269,7 +272,7 @@ def _weight_only_path() -> str:
         lib = sm90.MIXED[bits]
         return (f"CUTLASS sm90 W{bits}A16 ({lib.stem}) from {MIXED_MIN_M[bits]} tokens, {bits}-bit bf16, with the "
                 "schedule (or wo_gemm, or dequant_int + cuBLAS) measured fastest at the nearest shape and batch "
-                "(mixed_tuning.py)" if lib.load() else f"no W{bits}A16 wgmma GEMM ({lib.reason})")
+                "(tuning.py)" if lib.load() else f"no W{bits}A16 wgmma GEMM ({lib.reason})")
 
     mixed = f"{mixed_path(4)}; {mixed_path(8)}"
 

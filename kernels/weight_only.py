@@ -5,7 +5,7 @@ Dispatch on m = tokens:
   m <= V4_MAX_M     qtool_cuda::wo_gemm_v4  tensor cores, weights staged through a cp.async pipeline
                     (off: V4_MAX_M = 0 until measured)
   m >= MIXED_MIN_M  where the weight has a Hopper copy (4- or 8-bit, bf16): the measured route of
-                    mixed_tuning.py, which is qtool_cuda_mixed::w4_mm / w8_mm (mixed_mm.py: wgmma with the
+                    tuning.py, which is qtool_cuda_mixed::w4_mm / w8_mm (mixed_mm.py: wgmma with the
                     weights converted in registers) with the schedule measured fastest, or wo_gemm, or
                     dequantization + cuBLAS, whichever won at the nearest measured shape and batch
   V3_MIN_M <= m <= V3_MAX_M
@@ -42,7 +42,7 @@ GEMV_MAX_M = 4
 # wo_gemm reads every weight once per 64 tokens, so past 64 dequantization + cuBLAS wins: at 256 tokens
 # on the H200 it took 176-593 us (W4) and 218-748 us (W8) where dequant + cuBLAS took 93-357 and 100-362.
 GEMM_MAX_M = 64
-# Past the GEMV, a weight with a Hopper copy takes the measured route of mixed_tuning.py (the Hopper GEMM's
+# Past the GEMV, a weight with a Hopper copy takes the measured route of tuning.py (the Hopper GEMM's
 # best schedule, wo_gemm or dequantization + cuBLAS).
 MIXED_MIN_M = {4: 5, 8: 5}
 # Without a copy: small weights run wo_gemm rather than wo_gemm_v3 up to SMALL_GEMM_MAX_M tokens (2-40% faster
@@ -82,7 +82,7 @@ def _small(w: PackedWeight, m: int) -> bool:
 
 
 def hopper_route(w: PackedWeight, m: int, dtype: torch.dtype, bits: int | None = None) -> dict | str | None:
-    """For m tokens of `dtype` on a weight with a Hopper copy: the measured route (mixed_tuning: a schedule of
+    """For m tokens of `dtype` on a weight with a Hopper copy: the measured route (tuning.py: a schedule of
     the Hopper GEMM, "wo_gemm" or "dequant"); None without a copy, for fp16, or below MIXED_MIN_M tokens.
     bits: the table to read (the copy's width by default)."""
     if w.mixed is None or dtype != torch.bfloat16 or m < MIXED_MIN_M[w.mixed.bits]:

@@ -1,6 +1,8 @@
 """The Hopper W4A16 and W8A16 GEMMs (kernels/mixed_mm.py, csrc/sm90/mixed_mm_sm90.cu) against float64 on
 fresh random weights: symmetric and asymmetric, groups of 64 and 128, per channel, a ragged last group
-(K = 576 at g128), N not a multiple of the 128-row tile, and every token tile (m from 17 to 4096).
+(K = 576 at g128), N not a multiple of the 128-row tile, every token tile (m from 17 to 4096), token tiles
+smaller than the batch, clusters of two row tiles, and every schedule the measured routes (kernels/tuning.py)
+can name.
 
 Bound: relative Frobenius error <= 1e-2 against x . dequant(W)^T in float64 (the kernel's bf16 scales
 and zeros, and its bf16 output, give ~3e-3); the mma.sync path is held to the same bound.
