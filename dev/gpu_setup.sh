@@ -20,7 +20,7 @@ import quantize  # noqa: F401  (makes qtool_kernels importable)
 from qtool_kernels import build, sm90
 t = time.time(); assert build.load_extension(verbose=False) is not None, build._loader.reason
 print(f"extension built in {time.time() - t:.0f} s")
-for lib in (sm90._sm90, sm90.mixed, sm90.mixed8):
+for lib in sm90.ALL:
     target = lib.path()
     pre = Path(".gpu/w8a8") / target.name
     if pre.is_file():

@@ -19,7 +19,7 @@ if [ ! -f "$(dirname "$(command -v nvcc)")/../include/curand_kernel.h" ]; then
 fi
 libs=$(python3 -c 'import quantize
 from qtool_kernels import sm90
-for lib in (sm90._sm90, sm90.mixed, sm90.mixed8): print(lib.path().name, lib.source, " ".join(lib.defines))')
+for lib in sm90.ALL: print(lib.path().name, lib.source, " ".join(lib.defines))')
 while read -r name src defines; do
   [ -f ".gpu/w8a8/$name" ] && { echo "have $name"; continue; }
   echo "building $name"

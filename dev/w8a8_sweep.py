@@ -1,9 +1,11 @@
 """Every tile configuration of libqtool_sm90's W8A8 GEMM (kernels/scaled_mm.py SM90_CONFIGS) at each (int8 / FP8,
 shape, M), on pre-quantized activations, beside bf16 F.linear, the W8A8 layer as dispatched (activation
-quantization included), the w8_gemv and cuBLAS row-wise FP8 (`torch._scaled_mm`): the data sm90_config is
-written from. Timing as benchmarks/bench_w8a8.py (rotating copies, CUDA-graph replay).
+quantization included), the w8_gemv and cuBLAS row-wise FP8 (`torch._scaled_mm`); for `fp8-block`, the block GEMM's
+configurations (kernels/block_mm.py) beside cuBLAS's block-wise one: the data of kernels/tuning.py's W8A8 table.
+Timing as benchmarks/bench_w8a8.py (rotating copies, CUDA-graph replay).
 
-    python3 dev/w8a8_sweep.py --tokens 16,32,64,128,256,512 --json w8a8_sweep.json [--budget 150]
+    python3 dev/w8a8_sweep.py --tokens 16,32,64,128,256,512 --json w8a8_sweep.json [--budget 150] [--kinds fp8-block]
+    python3 dev/w8a8_sweep.py --emit w8a8_sweep.json ...     # tuning.W8A8 entries from saved sweeps
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from bench_kernels import Rotation, graph_ms  # noqa: E402
 from bench_w8a8 import SHAPES, copies  # noqa: E402
 
-from qtool_kernels import build, ops, scaled_mm, sm90  # noqa: E402
+from qtool_kernels import block_mm, build, ops, scaled_mm, sm90  # noqa: E402
 
 CODES = {"fp8": torch.float8_e4m3fn, "int8": torch.int8}
 
@@ -32,21 +34,40 @@ def weights(kind: str, k: int, n: int) -> Rotation:
     return Rotation([q.clone() for _ in range(copies(n * k))])
 
 
+def block_gemms(x: torch.Tensor, wq: Rotation, n: int) -> dict:
+    """fp8-block: cuBLAS's block-wise GEMM and each block_mm configuration on x's 1 x 128 codes, and w8_gemv."""
+    k = x.shape[1]
+    w_scale = torch.rand(-(-n // 128), k // 128, device="cuda") / 100
+    xq, xs = scaled_mm.quantize_activation_cuda(x, "e4m3", 128, None)
+    out = {"cublas": graph_ms(lambda: scaled_mm.block_mm(xq, xs, wq(), w_scale), reps=10, replays=7)}
+    for name, config in block_mm.CONFIGS.items():
+        out[name] = graph_ms(lambda c=config: block_mm.block_linear(xq, xs, wq(), w_scale, c), reps=10, replays=7)
+    if x.shape[0] <= 16:
+        out["w8_gemv (bf16 x)"] = graph_ms(lambda: torch.ops.qtool_cuda.w8_gemv(x, wq(), w_scale, None, 128, 128))
+    return out
+
+
 def sweep_shape(kind: str, k: int, n: int, tokens: list[int], deadline: float) -> list[dict]:
     dense = Rotation([torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(copies(2 * n * k))])
     wq, rows = weights(kind, k, n), []
     w_scale = torch.rand(n, device="cuda") / 100
-    fmt = "e4m3" if kind == "fp8" else "int8"
+    fmt = "int8" if kind == "int8" else "e4m3"
+    group = 128 if kind == "fp8-block" else 0
     for m in tokens:
         if time.monotonic() > deadline:
             print(f"{kind} {k}x{n}: time budget spent before M={m}")
             break
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        row = {"kind": kind, "K": k, "N": n, "M": m, "bf16": graph_ms(lambda: F.linear(x, dense())),
+               "act_quant": graph_ms(lambda: scaled_mm.quantize_activation_cuda(x, fmt, group, None)), "gemm": {}}
+        if kind == "fp8-block":
+            row["gemm"] = block_gemms(x, wq, n)
+            rows.append(row)
+            show_row(row)
+            continue
+        row["layer"] = graph_ms(lambda: ops.w8a8_linear(x, wq(), w_scale, None, None, fmt, 0, 0, 0))
         xq, xs = scaled_mm.quantize_activation_cuda(x, fmt, 0, None)
         xs = xs.reshape(-1).contiguous()
-        row = {"kind": kind, "K": k, "N": n, "M": m, "bf16": graph_ms(lambda: F.linear(x, dense())),
-               "layer": graph_ms(lambda: ops.w8a8_linear(x, wq(), w_scale, None, None, fmt, 0, 0, 0)),
-               "act_quant": graph_ms(lambda: scaled_mm.quantize_activation_cuda(x, fmt, 0, None)), "gemm": {}}
         for name, config in scaled_mm.SM90_CONFIGS.items():
             # skip what cannot win: 64-row tiles on thousands of tokens, 128-row ones on a few
             if name == "auto" or (m >= 2048 and name in ("narrow", "skinny")) or (m <= 8 and name in ("large", "split")):
@@ -67,10 +88,28 @@ def show_row(row: dict) -> None:
     bf16, aq = row["bf16"], row["act_quant"] or 0.0
     gemm = {key: v for key, v in row["gemm"].items() if v}
     best = min(gemm, key=lambda key: gemm[key] + (0 if key.startswith("w8_gemv") else aq))
-    print(f"{row['kind']} {row['K']}x{row['N']} M={row['M']}: bf16 {bf16 * 1e3:.1f} us, layer {bf16 / row['layer']:.2f}x, "
+    layer = f"{bf16 / row['layer']:.2f}x" if row.get("layer") else "-"
+    print(f"{row['kind']} {row['K']}x{row['N']} M={row['M']}: bf16 {bf16 * 1e3:.1f} us, layer {layer}, "
           f"act_quant {aq * 1e3:.1f} us; GEMM + act_quant: "
           + ", ".join(f"{key} {bf16 / (v + (0 if key.startswith('w8_gemv') else aq)):.2f}x" for key, v in gemm.items())
           + f" (best {best})", flush=True)
+
+
+def best_route(row: dict) -> str:
+    """The fastest of a cell's GEMMs (each with the activation quantization it needs) as a tuning.W8A8 route."""
+    aq = row["act_quant"] or 0.0
+    gemm = {key: v + (0 if key.startswith("w8_gemv") else aq) for key, v in row["gemm"].items() if v}
+    best = min(gemm, key=gemm.get)
+    return "gemv" if best.startswith("w8_gemv") else best
+
+
+def emit(paths: list[Path]) -> None:
+    table: dict = {}
+    for path in paths:
+        for row in json.loads(path.read_text()):
+            table.setdefault((row["kind"], row["K"], row["N"]), {})[row["M"]] = best_route(row)
+    for key, cells in sorted(table.items()):
+        print(f"    {key}: {{" + ", ".join(f'{m}: "{r}"' for m, r in sorted(cells.items())) + "},")
 
 
 def main() -> None:
@@ -79,7 +118,10 @@ def main() -> None:
     parser.add_argument("--kinds", default="fp8,int8")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--budget", type=float, default=150.0)
+    parser.add_argument("--emit", type=Path, nargs="+", help="print tuning.W8A8 entries from saved sweeps and exit")
     args = parser.parse_args()
+    if args.emit:
+        return emit(args.emit)
     if build.load_extension() is None:
         sys.exit(f"the CUDA extension is not available: {build._loader.reason}")
     if not sm90.load():

@@ -287,7 +287,9 @@ def _scaled_linear_path() -> str:
     from . import sm90  # imports this module
 
     hopper = "CUTLASS sm90 (libqtool_sm90)" if sm90.load() else f"no CUTLASS sm90 GEMM ({sm90.reason()})"
-    return f"{hopper}; torch._scaled_mm / torch._int_mm; F.scaled_mm block-wise"
+    block = ("F.scaled_mm block-wise, or CUTLASS sm90 block-wise (libqtool_sm90_block) where tuning.W8A8 measured "
+             "it faster" if sm90.block.load() else f"F.scaled_mm block-wise (no libqtool_sm90_block: {sm90.block.reason})")
+    return f"{hopper}; torch._scaled_mm / torch._int_mm; {block}"
 
 
 def build(verbose: bool = True) -> dict:

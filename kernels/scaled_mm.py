@@ -15,7 +15,8 @@ On CPU, and for float32 activations, every op runs its reference (kernels/refere
                      (Hopper, libqtool_sm90: kernels/sm90.py); K % 16 == 0, N % 8 == 0
   FP8 E4M3, same scales  torch._scaled_mm with row-wise scales (K, N multiples of 16)
   INT8, same scales  torch._int_mm (m > 16, K and N multiples of 8; small m zero-padded), scales after
-  FP8 1x128 activation groups x 128x128 weight blocks: F.scaled_mm block-wise (K % 128 == 0)
+  FP8 1x128 activation groups x 128x128 weight blocks: F.scaled_mm block-wise (K % 512 == 0), or
+                     qtool_cuda_block::fp8_block_mm (block_mm.py) where tuning.W8A8 measured it faster
 Anything else returns None and the caller runs the reference.
 """
 
@@ -27,6 +28,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from . import block_mm as block_mm_sm90
 from . import build, ops, reference, sm90, tuning
 
 KERNEL_DTYPES = (torch.float16, torch.bfloat16)
@@ -95,10 +97,11 @@ def _sm90_fits(xq: torch.Tensor, wq: torch.Tensor, out_dtype: torch.dtype, measu
 SM90_CONFIGS = {"auto": 0, "skinny": 1, "large": 2, "split": 3, "narrow": 4}
 
 
-def w8a8_route(m: int, n: int, k: int, fp8: bool) -> str | None:
-    """The measured W8A8 route (tuning.W8A8) for m tokens of an n x k weight: "gemv", a libqtool_sm90
-    configuration name or "cublas"; None outside the measured batches (the rules of this module decide)."""
-    return tuning.lookup("w8a8", "fp8" if fp8 else "int8", k, n, m, within=True)
+def w8a8_route(m: int, n: int, k: int, kind: str) -> str | None:
+    """The measured W8A8 route (tuning.W8A8) for m tokens of an n x k weight of `kind` ("fp8", "int8",
+    "fp8-block"): "gemv", a libqtool_sm90 configuration, a block_mm configuration or "cublas"; None outside the
+    measured batches (the rules of this module decide)."""
+    return tuning.lookup("w8a8", kind, k, n, m, within=True)
 
 
 def scaled_mm(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor,
@@ -111,7 +114,7 @@ def scaled_mm(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale
     if x_group_size > 0 or w_block_n > 0:
         return _blockwise(xq, x_scale, wq, w_scale, bias, x_group_size, w_block_n, w_block_k, out_dtype)
     n = wq.shape[0]
-    route = w8a8_route(m, n, k, xq.dtype == torch.float8_e4m3fn) if xq.is_cuda else None
+    route = w8a8_route(m, n, k, "fp8" if xq.dtype == torch.float8_e4m3fn else "int8") if xq.is_cuda else None
     if route in SM90_CONFIGS and _sm90_fits(xq, wq, out_dtype, measured=True):
         return torch.ops.qtool_cuda.sm90_scaled_mm(xq.contiguous(), wq.contiguous(), _vector(x_scale, m),
                                                    _vector(w_scale, n), bias, out_dtype, SM90_CONFIGS[route])
@@ -154,21 +157,27 @@ _blockwise_failed: set[str] = set()
 
 
 def _blockwise(xq, x_scale, wq, w_scale, bias, x_group_size, w_block_n, w_block_k, out_dtype):
-    """FP8 1x128 x 128x128 through F.scaled_mm (cuBLAS); None where it does not apply."""
-    k = xq.shape[1]
-    # cuBLAS wants the weight scales' row stride (k / 128 floats) 16-byte aligned: k % 512 == 0.
+    """FP8 1x128 x 128x128 through the measured block-wise GEMM (block_mm.py where tuning.W8A8 says so, else
+    F.scaled_mm on cuBLAS); None where neither applies."""
+    (m, k), n = xq.shape, wq.shape[0]
     fits = (xq.is_cuda and xq.dtype == wq.dtype == torch.float8_e4m3fn and x_group_size == BLOCK
-            and (w_block_n, w_block_k) == (BLOCK, BLOCK) and k % (4 * BLOCK) == 0 and hasattr(F, "scaled_mm")
-            and not _blockwise_failed)
+            and (w_block_n, w_block_k) == (BLOCK, BLOCK) and k % BLOCK == 0)
     if not fits:
         return None
-    try:
-        y = block_mm(xq, x_scale, wq, w_scale)
-    except (RuntimeError, ValueError) as err:  # a PyTorch or cuBLAS without block-wise FP8 on this GPU
-        _blockwise_failed.add(str(err).splitlines()[0])
-        warnings.warn(f"F.scaled_mm block-wise FP8 failed ({str(err).splitlines()[0][:200]}); fp8-block layers "
-                      "use the reference from now on", RuntimeWarning, stacklevel=3)
-        return None
+    route = w8a8_route(m, n, k, "fp8-block")
+    if route in block_mm_sm90.CONFIGS and n % 8 == 0 and block_mm_sm90.available():  # measured faster than cuBLAS
+        y = block_mm_sm90.block_linear(xq, x_scale, wq, w_scale, block_mm_sm90.CONFIGS[route])
+    else:
+        # cuBLAS wants the weight scales' row stride (k / 128 floats) 16-byte aligned: k % 512 == 0.
+        if k % (4 * BLOCK) or not hasattr(F, "scaled_mm") or _blockwise_failed:
+            return None
+        try:
+            y = block_mm(xq, x_scale, wq, w_scale)
+        except (RuntimeError, ValueError) as err:  # a PyTorch or cuBLAS without block-wise FP8 on this GPU
+            _blockwise_failed.add(str(err).splitlines()[0])
+            warnings.warn(f"F.scaled_mm block-wise FP8 failed ({str(err).splitlines()[0][:200]}); fp8-block "
+                          "layers use the reference from now on", RuntimeWarning, stacklevel=3)
+            return None
     if bias is not None:
         y = y + bias.to(y.dtype)
     return y.to(out_dtype)
@@ -183,14 +192,10 @@ def block_mm(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale:
     from torch.nn.functional import ScalingType
 
     m = xq.shape[0]
-    pad = (-m) % 4
-    if pad:
-        xq = F.pad(xq.view(torch.uint8), (0, 0, 0, pad)).view(xq.dtype)
-        x_scale = F.pad(x_scale.float(), (0, 0, 0, pad), value=1.0)
-    sa = x_scale.float().t().contiguous().t()  # no copy when act_quant wrote it column-major
-    y = F.scaled_mm(xq.contiguous(), wq.t(), sa, ScalingType.BlockWise1x128, w_scale.float().t(),
+    xq_p, sa = block_mm_sm90.pad_rows(xq, x_scale)
+    y = F.scaled_mm(xq_p, wq.t(), sa, ScalingType.BlockWise1x128, w_scale.float().t(),
                     ScalingType.BlockWise128x128, output_dtype=torch.bfloat16)
-    return y[:m] if pad else y
+    return y[:m] if xq_p.shape[0] != m else y
 
 
 def quantize_activation_cuda(x: torch.Tensor, fmt: str, group_size: int,
@@ -225,7 +230,7 @@ def _w8a8_linear_cuda(x, weight, weight_scale, bias, input_scale, fmt, act_group
     if build.load_extension() is None or x.dtype not in KERNEL_DTYPES:
         return reference.w8a8_linear(*args)
     m, (n, k) = x.shape[0], weight.shape
-    route = w8a8_route(m, n, k, weight.dtype != torch.int8) if block_n <= 0 else None
+    route = w8a8_route(m, n, k, "fp8-block" if block_n > 0 else "int8" if weight.dtype == torch.int8 else "fp8")
     gemv = route == "gemv" if route is not None else m <= W8_GEMV_MAX_M
     if gemv and m <= W8_GEMV_MAX_M and (y := _w8_gemv(x, weight, weight_scale, bias, block_n, block_k)) is not None:
         return y

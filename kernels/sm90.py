@@ -6,10 +6,12 @@
                                           kernels/mixed_mm.py calls it through ctypes
   libqtool_sm90_mixed8 mixed_mm_sm90.cu   the same for int8 weights (W8A16), compiled with
                                           QTOOL_MIXED_BITS=8
+  libqtool_sm90_block  block_mm_sm90.cu   FP8 GEMM with 1 x 128 activation and 128 x 128 weight-block
+                                          scales (fp8-block); kernels/block_mm.py calls it through ctypes
 
 Each is a plain shared library with a C entry point, compiled by nvcc for sm_90a and loaded with
-ctypes (RTLD_GLOBAL for libqtool_sm90, whose entry point ops_w8a8.cpp looks up by name; the two
-mixed libraries export the same names and are loaded RTLD_LOCAL). Kept apart from the PyTorch extension because they need the CUTLASS headers
+ctypes (RTLD_GLOBAL for libqtool_sm90, whose entry point ops_w8a8.cpp looks up by name; the others
+are called through ctypes handles and loaded RTLD_LOCAL: the two mixed libraries export the same names). Kept apart from the PyTorch extension because they need the CUTLASS headers
 and a Hopper GPU, and take a minute or more to compile: without them everything else still builds,
 W8A8 layers use torch._scaled_mm / torch._int_mm and W4A16 layers qtool's mma.sync GEMM.
 
@@ -115,6 +117,9 @@ mixed = Library("libqtool_sm90_mixed", *_MIXED_SOURCES, "W4A16 GEMM", "W4A16 lay
 mixed8 = Library("libqtool_sm90_mixed8", *_MIXED_SOURCES, "W8A16 GEMM", "W8A16 layers use qtool's mma.sync GEMM",
                  ("-DQTOOL_MIXED_BITS=8",), global_symbols=False)
 MIXED = {4: mixed, 8: mixed8}  # code width -> library
+block = Library("libqtool_sm90_block", build.CSRC / "sm90" / "block_mm_sm90.cu", build.CSRC / "sm90" / "sm90_block_mm.h",
+                "FP8 block GEMM", "fp8-block layers use F.scaled_mm block-wise", global_symbols=False)
+ALL = (_sm90, mixed, mixed8, block)  # what `qtool kernels build` and dev/prebuild_sm90.sh compile
 
 
 def library_path() -> Path:

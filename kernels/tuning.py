@@ -18,7 +18,8 @@ largest, the mixed GEMM takes the route of the largest, and W8A8 (also below the
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+
+import torch
 
 from .mixed_mm import check_schedule
 
@@ -65,12 +66,21 @@ def _table(name: str) -> dict:
     return MIXED if name == "mixed" else W8A8  # read at call time, so tests can replace a table
 
 
-@lru_cache(maxsize=None)
+_nearest: dict[tuple, tuple | None] = {}
+
+
+@torch.compiler.assume_constant_result  # torch.compile calls it once while tracing and keeps the answer
 def _nearest_shape(kind: int | str, k: int, n: int, table: str) -> tuple | None:
-    shapes = [key for key in _table(table) if key[0] == kind]
-    if not shapes:
-        return None
-    return min(shapes, key=lambda s: abs(math.log(s[1] / k)) + abs(math.log(s[2] / n)))
+    key = (kind, k, n, table)
+    if key not in _nearest:
+        shapes = [s for s in _table(table) if s[0] == kind]
+        _nearest[key] = min(shapes, key=lambda s: abs(math.log(s[1] / k)) + abs(math.log(s[2] / n))) if shapes else None
+    return _nearest[key]
+
+
+def clear_cache() -> None:
+    """Forget the nearest shapes found so far (after a table is replaced)."""
+    _nearest.clear()
 
 
 def lookup(table: str, kind: int | str, k: int, n: int, m: int, within: bool = False) -> str | None:

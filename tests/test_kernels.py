@@ -346,7 +346,7 @@ def test_dispatcher_routes_by_tokens_and_shape(monkeypatch):
         (4, 4096, 4096): {8: "wo_gemm", 64: "k128 t32 v0 s2", 256: "k64 t64 v2 s1", 4096: "dequant"},
         (4, 8192, 28672): {8: "k128 t16 v1 s0", 4096: "k64 t256 v0 s-1"},
         (8, 4096, 4096): {8: "k128 t16 v0 s0"}})
-    tuning._nearest_shape.cache_clear()
+    tuning.clear_cache()
 
     def route(bits, k, n, m, copy=True, group=-1):
         codes = torch.zeros(16, 64, dtype=torch.int8)
@@ -382,7 +382,7 @@ def test_dispatcher_routes_by_tokens_and_shape(monkeypatch):
             assert route(bits, 8192, 8192, 8, copy=False) == ("wo_gemv", 1)
             assert route(bits, 8192, 8192, 9, copy=False) == ("dequant_int",)
     finally:
-        tuning._nearest_shape.cache_clear()
+        tuning.clear_cache()
 
 
 def test_measured_schedules_are_valid():
@@ -400,12 +400,47 @@ def test_measured_schedules_are_valid():
                 assert route["split"] >= -1
             else:
                 assert route in ("wo_gemm", "dequant") and (route != "wo_gemm" or m <= 64)
+    from qtool_kernels import block_mm
+
     for (codes, k, n), cells in tuning.W8A8.items():
-        assert codes in ("fp8", "int8") and k % 16 == 0 and n % 8 == 0
+        assert codes in ("fp8", "int8", "fp8-block") and k % 16 == 0 and n % 8 == 0
         for m, route in cells.items():
-            assert route in scaled_mm.SM90_CONFIGS or route in ("gemv", "cublas")
+            names = block_mm.CONFIGS if codes == "fp8-block" else scaled_mm.SM90_CONFIGS
+            assert route in names or route in ("gemv", "cublas")
             assert route != "gemv" or m <= scaled_mm.W8_GEMV_MAX_M
-            assert route != "cublas" or codes == "fp8"
+            assert route != "cublas" or codes != "int8"
+
+
+def test_measured_routes_trace_under_compile():
+    """torch.compile traces a route lookup in one graph (the nearest shape is a constant to it), one graph per
+    batch bucket, and picks the same routes as eager code."""
+    def scaled(x):
+        route = tuning.lookup("mixed", 4, 4096, x.shape[1], x.shape[0])
+        return x * (2 if route.startswith("k") else 3)
+
+    compiled = torch.compile(scaled, fullgraph=True)
+    for m in (8, 64, 100):
+        x = torch.ones(m, 4096)
+        assert torch.equal(compiled(x), scaled(x))
+
+
+def test_block_mm_rejects_bad_operands_by_name():
+    """The FP8 block GEMM's checks run before the library is touched, so they hold on any machine."""
+    from qtool_kernels import block_mm
+
+    e4m3 = torch.float8_e4m3fn
+    xq, wq = torch.zeros(8, 256, dtype=e4m3), torch.zeros(16, 256, dtype=e4m3)
+    xs, ws = torch.ones(2, 8).t(), torch.ones(1, 2)  # [8, 2] column-major, [1, 2]
+    with pytest.raises(ValueError, match="float8_e4m3fn"):
+        block_mm.fp8_block_mm(xq.view(torch.int8), xs, wq, ws)
+    with pytest.raises(ValueError, match="k % 128"):
+        block_mm.fp8_block_mm(xq[:, :200], xs, wq[:, :200], ws)
+    with pytest.raises(ValueError, match="column-major"):
+        block_mm.fp8_block_mm(xq, xs.contiguous(), wq, ws)
+    with pytest.raises(ValueError, match="w_scale"):
+        block_mm.fp8_block_mm(xq, xs, wq, torch.ones(2, 2))
+    with pytest.raises(ValueError, match="config=7"):
+        block_mm.fp8_block_mm(xq, xs, wq, ws, 7)
 
 
 def test_w8a8_routes_stay_within_measured_batches():
@@ -413,11 +448,11 @@ def test_w8a8_routes_stay_within_measured_batches():
     rules of kernels/scaled_mm.py), and the route of the next measured batch inside."""
     cells = tuning.W8A8[("int8", 4096, 4096)]
     low, high = min(cells), max(cells)
-    assert scaled_mm.w8a8_route(low - 1, 4096, 4096, False) is None
-    assert scaled_mm.w8a8_route(high + 1, 4096, 4096, False) is None
+    assert scaled_mm.w8a8_route(low - 1, 4096, 4096, "int8") is None
+    assert scaled_mm.w8a8_route(high + 1, 4096, 4096, "int8") is None
     above = min(m for m in cells if m > low)
-    assert scaled_mm.w8a8_route(low + 1, 4096, 4096, False) == cells[above]
-    assert scaled_mm.w8a8_route(low, 4000, 4100, False) == cells[low]  # the nearest measured shape
+    assert scaled_mm.w8a8_route(low + 1, 4096, 4096, "int8") == cells[above]
+    assert scaled_mm.w8a8_route(low, 4000, 4100, "int8") == cells[low]  # the nearest measured shape
 
 
 def test_hopper_copy_setting():

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import poison_cache, rel_err
-from qtool_kernels import reference, scaled_mm, sm90
+from qtool_kernels import block_mm, reference, scaled_mm, sm90
 from quantize.linear import QuantLinear
 from quantize.primitives import quantize_weight
 from quantize.scheme import preset
@@ -131,6 +131,27 @@ def test_sm90_gemm_every_config(kernels, config, fmt, m, n, k):
     ref = reference.scaled_linear(xq.cpu(), xs.cpu(), w.cpu(), ws.cpu().view(-1, 1), bias.cpu(), 0, 0, 0,
                                   torch.float64)
     assert torch.isfinite(y).all()
+    assert rel_err(y.cpu(), ref) < 1e-2
+
+
+@pytest.mark.parametrize("config,split", [("block-skinny", 0), ("block-split", 0), ("block-split", 1),
+                                          ("block-split", -1), ("block-split", 3), ("block-large", 0)])
+@pytest.mark.parametrize("m", [1, 17, 130, 700])
+@pytest.mark.parametrize("n, k", [(1536, 512), (4096, 4096), (1000, 2176)])
+def test_sm90_block_gemm_every_config(kernels, config, split, m, n, k):
+    """libqtool_sm90_block (FP8, 1 x 128 activation and 128 x 128 weight-block scales) against the float64
+    reference, at ragged m (padded to 4 rows inside) and n (a partial last weight block)."""
+    if torch.cuda.get_device_capability() != (9, 0) or not block_mm.available():
+        pytest.skip("libqtool_sm90_block runs on Hopper")
+    g = torch.Generator(device="cuda").manual_seed(m + n + k + split)
+    x = torch.randn(m, k, device="cuda", generator=g, dtype=torch.bfloat16)
+    w = weight_codes("e4m3", n, k, g)
+    ws = torch.rand(-(-n // 128), k // 128, device="cuda", generator=g) / 100 + 1e-3
+    xq, xs = kernels.act_quant(x, "e4m3", 128, None)
+    poison_cache()
+    y = block_mm.block_linear(xq, xs, w, ws, block_mm.CONFIGS[config], split)
+    ref = reference.scaled_linear(xq.cpu(), xs.cpu(), w.cpu(), ws.cpu(), None, 128, 128, 128, torch.float64)
+    assert y.shape == (m, n) and y.dtype == torch.bfloat16 and torch.isfinite(y).all()
     assert rel_err(y.cpu(), ref) < 1e-2
 
 

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The next session's device calls, prepared at the end of session 11 (nvidia-h200, carry [".gpu/w8a8"], prebuilt
+# with bash dev/prebuild_sm90.sh; re-run it first if kernels/csrc/sm90 changed):
+#   call 1: bash dev/session12.sh blocktests blocksweep prefillprof      (~5 min)
+#   then: python3 dev/w8a8_sweep.py --emit <sweep JSONs> into kernels/tuning.py W8A8 (fp8-block rows), and
+#   call 2: bash dev/session12.sh blocktable e2eblock                     (~5 min)
+#   nvidia-h200-x2 (issue 20): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 summary
+# blocktests  libqtool_sm90_block (FP8 1x128 x 128x128 on CUTLASS's blockwise mainloop; written in session 11,
+#             never run) against the float64 reference, every configuration, ragged m and n;
+# blocksweep  its configurations beside cuBLAS's block-wise GEMM and w8_gemv at every shape, M = 1 ... 8192;
+# prefillprof where the 8B fp8-block prefill's time goes (0.88x bf16 in session 11), beside fp8;
+# blocktable the W8A8 protocol table (benchmarks/bench_w8a8.py) with the fp8-block routes;
+# e2eblock    the 8B fp8-block end to end.
+cd "$(dirname "$0")/.."
+LOG=session12.log
+source dev/gpu_setup.sh
+
+blocktests() {
+  step "GPU tests: the FP8 block GEMM, W8A8"
+  timeout 200 python3 -m pytest -q -m gpu tests/test_w8a8_gpu.py --tb=short -rf 2>&1 | tail -25
+}
+
+blocksweep() {
+  step "fp8-block GEMMs: cuBLAS block-wise vs block_mm configurations vs w8_gemv"
+  timeout 220 python3 dev/w8a8_sweep.py --kinds fp8-block --tokens 1,8,16,32,64,128,256,512,1024,2048,4096,8192 \
+    --budget 160 --json "$OUT/block_sweep.json" 2>&1 | tail -75
+  python3 dev/w8a8_sweep.py --emit "$OUT/block_sweep.json"
+}
+
+prefillprof() {
+  for s in fp8-block fp8; do
+    step "8-layer 8B prefill profile, $s"
+    timeout 150 python3 dev/profile_prefill.py --scheme "$s" 2>&1 | grep -v Warning | tail -40
+  done
+}
+
+blocktable() {
+  step "W8A8 protocol table"
+  timeout 300 python3 benchmarks/bench_w8a8.py --json "$OUT/w8a8.json" 2>&1 | tail -25
+}
+
+e2eblock() {
+  step "8B decode / prefill, fp8-block vs bf16"
+  timeout 200 python3 -m quantize bench llama-8b --random-weights --scheme fp8-block --decode-tokens 32 \
+    --batch-sizes 1,16 --prefill-len 2048 --json "$OUT/e2e-fp8-block.json" 2>&1 | tail -14
+}
+
+stages=("$@")
+[ ${#stages[@]} -eq 0 ] && stages=(blocktests blocksweep prefillprof)
+for s in "${stages[@]}"; do "$s"; done
+step "done"

@@ -1,0 +1,114 @@
+"""FP8 block-scaled GEMM on Hopper (the `fp8-block` scheme's GEMM): libqtool_sm90_block
+(csrc/sm90/block_mm_sm90.cu, CUTLASS's blockwise-scaling mainloop) behind `qtool_cuda_block::fp8_block_mm`.
+
+  y [m, n] bf16 = sum over 128-k groups of (xq [m, k] x its scales [m, k / 128]) . (wq [n, k] x its
+  128 x 128 block scales [ceil(n / 128), k / 128])^T
+
+Configurations (`CONFIGS`): skinny (64 x 128 ping-pong tiles), split (128 x 128 cooperative tiles, k split over
+the SMs the tiles leave idle) and large (128 x 128 in clusters of two). Written in session 11 beside cuBLAS's
+block-wise GEMM (F.scaled_mm), which ran 32-256 tokens on the 4096-wide layers at 0.71-0.95x bf16; it serves
+a layer only where kernels/tuning.py holds a measured "fp8-block" route naming one of its configurations.
+
+The call goes through ctypes in a `torch.library.custom_op`, like mixed_mm.py, so CUDA graphs capture it and
+torch.compile treats it as one opaque op.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+import torch.nn.functional as F
+
+from . import sm90
+
+BLOCK = 128
+CONFIGS = {"block-skinny": 0, "block-split": 1, "block-large": 2}  # route names of tuning.W8A8 -> config
+
+
+class _Args(ctypes.Structure):  # csrc/sm90/sm90_block_mm.h, BlockMmArgs
+    _fields_ = [("a", ctypes.c_void_p), ("b", ctypes.c_void_p), ("a_scale", ctypes.c_void_p),
+                ("b_scale", ctypes.c_void_p), ("d", ctypes.c_void_p), ("workspace", ctypes.c_void_p),
+                ("workspace_bytes", ctypes.c_size_t), ("m", ctypes.c_int), ("n", ctypes.c_int), ("k", ctypes.c_int),
+                ("config", ctypes.c_int), ("split", ctypes.c_int)]
+
+
+_functions: list = []
+
+
+def _entry_points() -> tuple:
+    if not _functions:
+        lib = ctypes.CDLL(str(sm90.block.path()))  # RTLD_LOCAL
+        lib.qtool_sm90_block_workspace.restype = ctypes.c_size_t
+        lib.qtool_sm90_block_workspace.argtypes = [ctypes.POINTER(_Args)]
+        lib.qtool_sm90_block_mm.restype = ctypes.c_char_p
+        lib.qtool_sm90_block_mm.argtypes = [ctypes.POINTER(_Args), ctypes.c_void_p]
+        _functions.extend((lib.qtool_sm90_block_workspace, lib.qtool_sm90_block_mm))
+    return tuple(_functions)
+
+
+def available() -> bool:
+    """Whether the block GEMM can run here (a Hopper GPU and its library built or buildable)."""
+    return torch.cuda.is_available() and sm90.block.load()
+
+
+def _check(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor, config: int) -> None:
+    (m, k), n = xq.shape, wq.shape[0]
+    if xq.dtype != torch.float8_e4m3fn or wq.dtype != torch.float8_e4m3fn:
+        raise ValueError(f"fp8_block_mm takes float8_e4m3fn codes, got {xq.dtype} and {wq.dtype}")
+    if k % BLOCK or n % 8 or m % 4 or wq.shape[1] != k:
+        raise ValueError(f"fp8_block_mm: k % 128, n % 8 and m % 4 must be 0 and the k of both agree, got xq "
+                         f"{tuple(xq.shape)}, wq {tuple(wq.shape)}")
+    if x_scale.shape != (m, k // BLOCK) or x_scale.stride() != (1, m) or x_scale.dtype != torch.float32:
+        raise ValueError(f"fp8_block_mm: x_scale must be float32 [{m}, {k // BLOCK}] column-major, got "
+                         f"{x_scale.dtype} {tuple(x_scale.shape)} strides {x_scale.stride()}")
+    if w_scale.shape != (-(-n // BLOCK), k // BLOCK) or not w_scale.is_contiguous() or w_scale.dtype != torch.float32:
+        raise ValueError(f"fp8_block_mm: w_scale must be contiguous float32 [{-(-n // BLOCK)}, {k // BLOCK}], got "
+                         f"{w_scale.dtype} {tuple(w_scale.shape)}")
+    if config not in CONFIGS.values():
+        raise ValueError(f"fp8_block_mm: config={config}, expected one of {sorted(CONFIGS.values())}")
+
+
+@torch.library.custom_op("qtool_cuda_block::fp8_block_mm", mutates_args=())
+def fp8_block_mm(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor, config: int = 0,
+                 split: int = 0) -> torch.Tensor:
+    """y [m, n] bf16 (module docstring); xq [m, k] e4m3 with m % 4 == 0, x_scale float32 [m, k / 128] column-major,
+    wq [n, k] e4m3, w_scale float32 [ceil(n / 128), k / 128] row-major; config as CONFIGS; split (config 1):
+    0 fills the SMs, 1 none, s > 1 that many parts, -1 stream-K."""
+    _check(xq, x_scale, wq, w_scale, config)
+    workspace_of, run = _entry_points()
+    (m, k), n = xq.shape, wq.shape[0]
+    y = torch.empty(m, n, dtype=torch.bfloat16, device=xq.device)
+    args = _Args(xq.data_ptr(), wq.data_ptr(), x_scale.data_ptr(), w_scale.data_ptr(), y.data_ptr(), None, 0, m, n, k,
+                 config, split)
+    need = workspace_of(ctypes.byref(args))
+    workspace = torch.empty(max(need, 1), dtype=torch.uint8, device=xq.device)
+    args.workspace, args.workspace_bytes = workspace.data_ptr(), need
+    err = run(ctypes.byref(args), torch.cuda.current_stream(xq.device).cuda_stream)
+    if err is not None:
+        raise RuntimeError(f"fp8_block_mm: {err.decode()} (m={m}, n={n}, k={k}, config={config})")
+    return y
+
+
+@fp8_block_mm.register_fake
+def _(xq, x_scale, wq, w_scale, config=0, split=0):
+    return xq.new_empty(xq.shape[0], wq.shape[0], dtype=torch.bfloat16)
+
+
+def pad_rows(xq: torch.Tensor, x_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """xq [m, k] and its group scales [m, k / 128] padded to m % 4 == 0 rows (zero codes, unit scales), the scales
+    column-major with a 16-byte aligned stride: what both block-wise GEMMs (this one and cuBLAS's) read."""
+    pad = (-xq.shape[0]) % 4
+    if pad:
+        xq = F.pad(xq.view(torch.uint8), (0, 0, 0, pad)).view(xq.dtype)
+        x_scale = F.pad(x_scale.float(), (0, 0, 0, pad), value=1.0)
+    return xq.contiguous(), x_scale.float().t().contiguous().t()  # no copy when act_quant wrote it column-major
+
+
+def block_linear(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor, config: int,
+                 split: int = 0) -> torch.Tensor:
+    """`fp8_block_mm` for any m: bf16 [m, n]."""
+    m = xq.shape[0]
+    xq_p, sa = pad_rows(xq, x_scale)
+    y = fp8_block_mm(xq_p, sa, wq.contiguous(), w_scale.float().contiguous(), config, split)
+    return y[:m] if xq_p.shape[0] != m else y

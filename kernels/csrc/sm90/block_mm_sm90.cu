@@ -1,0 +1,154 @@
+// FP8 block-scaled GEMM for Hopper (sm_90a) on CUTLASS 3.x's blockwise-scaling mainloop (the DeepSeek-V3
+// recipe of the `fp8-block` scheme): D[m, n] = sum over 128-k groups g of
+//   a_scale[m, g] * b_scale[n / 128, g] * (A[m, g-th 128 k] . B[n, g-th 128 k]),
+// A and B FP8 E4M3, the group products accumulated by wgmma in float32 and scaled into a float32 accumulator
+// once per group ("promotion"), D in bf16. The scales are read per k block beside the codes, so no pass
+// rescales either operand.
+//
+// Why beside cuBLAS's block-wise FP8 (F.scaled_mm, what fp8-block layers ran before): on the 4096-wide layers
+// cuBLAS ran 32-128 tokens at 0.74-0.86x bf16 (H200, BENCHMARKS.md session 11): 32 output tiles for 132 SMs.
+// Here a 64 x 128 ping-pong tile serves skinny batches and a 128 x 128 cooperative tile on the stream-K
+// scheduler splits k over the SMs the tiles leave idle.
+//
+// Built apart from the PyTorch extension like the other Hopper libraries (kernels/sm90.py).
+#include <algorithm>
+
+#include <cuda_runtime.h>
+
+#include "cute/tensor.hpp"
+#include "cutlass/cutlass.h"
+#include "cutlass/detail/blockwise_scale_layout.hpp"
+#include "cutlass/epilogue/collective/collective_builder.hpp"
+#include "cutlass/gemm/collective/collective_builder.hpp"
+#include "cutlass/gemm/device/gemm_universal_adapter.h"
+#include "cutlass/gemm/kernel/gemm_universal.hpp"
+
+#include "sm90_block_mm.h"
+
+namespace qtool::sm90 {
+namespace {
+
+using namespace cute;
+
+int sm_count() {
+  static const int count = [] {
+    int device = 0;
+    cudaGetDevice(&device);
+    return cutlass::KernelHardwareInfo::query_device_multiprocessor_count(device);
+  }();
+  return count;
+}
+
+using E4M3 = cutlass::float_e4m3_t;
+using Out = cutlass::bfloat16_t;
+// One scale per token and 128-k group (M-major: the column-major layout qtool_cuda::act_quant writes), one per
+// 128 x 128 weight block (k-major: the stored layout of an fp8-block checkpoint).
+using ScaleConfig = cutlass::detail::Sm90BlockwiseScaleConfig<1, 128, 128, cute::GMMA::Major::MN, cute::GMMA::Major::K>;
+using LayoutSFA = decltype(ScaleConfig::deduce_layoutSFA());
+using LayoutSFB = decltype(ScaleConfig::deduce_layoutSFB());
+
+template <class TileShape, class ClusterShape, bool PingPong, class Scheduler>
+struct BlockGemm {
+  static constexpr int kAlignAB = 16;  // 16 bytes of FP8 codes
+  static constexpr int kAlignD = 8;    // 16 bytes of bf16
+
+  using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
+      cutlass::epilogue::collective::EpilogueTileAuto, float, float, void, cutlass::layout::RowMajor, kAlignD, Out,
+      cutlass::layout::RowMajor, kAlignD,
+      std::conditional_t<PingPong, cutlass::epilogue::TmaWarpSpecialized,
+                         cutlass::epilogue::TmaWarpSpecializedCooperative>>::CollectiveOp;
+
+  using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, E4M3, cute::tuple<cutlass::layout::RowMajor, LayoutSFA>,
+      kAlignAB, E4M3, cute::tuple<cutlass::layout::ColumnMajor, LayoutSFB>, kAlignAB, float, TileShape, ClusterShape,
+      cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
+      std::conditional_t<PingPong, cutlass::gemm::KernelTmaWarpSpecializedPingpongFP8Blockwise,
+                         cutlass::gemm::KernelTmaWarpSpecializedCooperativeFP8Blockwise>>::CollectiveOp;
+
+  using Kernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, Mainloop, Epilogue, Scheduler>;
+  using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+
+  static typename Gemm::Arguments arguments(const BlockMmArgs& p) {
+    typename Kernel::StrideA sa{};  // [m, k] k-major
+    get<0>(sa) = p.k;
+    get<2>(sa) = static_cast<int64_t>(p.m) * p.k;
+    typename Kernel::StrideB sb{};  // [n, k] k-major
+    get<0>(sb) = p.k;
+    get<2>(sb) = static_cast<int64_t>(p.n) * p.k;
+    typename Kernel::StrideD sd{};  // [m, n] n-major
+    get<0>(sd) = p.n;
+    get<2>(sd) = static_cast<int64_t>(p.m) * p.n;
+    const auto shape = make_shape(p.m, p.n, p.k, 1);
+    typename Gemm::Arguments args{
+        cutlass::gemm::GemmUniversalMode::kGemm,
+        {p.m, p.n, p.k, 1},
+        {static_cast<const E4M3*>(p.a), sa, static_cast<const E4M3*>(p.b), sb, p.a_scale,
+         ScaleConfig::tile_atom_to_shape_SFA(shape), p.b_scale, ScaleConfig::tile_atom_to_shape_SFB(shape)},
+        {{1.0f, 0.0f}, nullptr, sd, static_cast<Out*>(p.d), sd}};
+    args.hw_info.sm_count = sm_count();
+    if constexpr (std::is_same_v<Scheduler, cutlass::gemm::StreamKScheduler>) set_split(args, p);
+    return args;
+  }
+
+  // config 1: split k over the SMs the output tiles leave idle (>= 4 k tiles per split), or as asked.
+  static void set_split(typename Gemm::Arguments& args, const BlockMmArgs& p) {
+    using Mode = typename Kernel::TileScheduler::DecompositionMode;
+    const int tiles = ((p.m + size<0>(TileShape{}) - 1) / size<0>(TileShape{})) *
+                      ((p.n + size<1>(TileShape{}) - 1) / size<1>(TileShape{}));
+    const int k_tiles = p.k / size<2>(TileShape{});
+    int split = p.split;
+    if (split == 0) split = std::max(1, std::min(sm_count() / std::max(tiles, 1), k_tiles / 4));
+    if (split > 1) {
+      args.scheduler.splits = split;
+      args.scheduler.decomposition_mode = Mode::SplitK;
+    } else {
+      args.scheduler.decomposition_mode = split < 0 ? Mode::StreamK : Mode::DataParallel;
+    }
+  }
+
+  static size_t workspace(const BlockMmArgs& p) { return Gemm::get_workspace_size(arguments(p)); }
+
+  static const char* run(const BlockMmArgs& p, cudaStream_t stream) {
+    Gemm gemm;
+    const auto args = arguments(p);
+    if (gemm.can_implement(args) != cutlass::Status::kSuccess) return "CUTLASS cannot implement this problem";
+    if (Gemm::get_workspace_size(args) > p.workspace_bytes) return "workspace too small";
+    if (gemm.initialize(args, p.workspace, stream) != cutlass::Status::kSuccess) return "CUTLASS initialize failed";
+    if (gemm.run(stream) != cutlass::Status::kSuccess) return "CUTLASS run failed";
+    return nullptr;
+  }
+};
+
+using Skinny = BlockGemm<Shape<_64, _128, _128>, Shape<_1, _1, _1>, true, cutlass::gemm::PersistentScheduler>;
+using Split = BlockGemm<Shape<_128, _128, _128>, Shape<_1, _1, _1>, false, cutlass::gemm::StreamKScheduler>;
+using Large = BlockGemm<Shape<_128, _128, _128>, Shape<_1, _2, _1>, false, cutlass::gemm::PersistentScheduler>;
+
+template <class Fn>
+const char* by_config(const BlockMmArgs& p, Fn&& fn) {
+  if (p.k % 128 || p.n % 8 || p.m % 4) return "k % 128, n % 8 and m % 4 must be 0";
+  switch (p.config) {
+    case 0: return fn(Skinny{});
+    case 1: return fn(Split{});
+    case 2: return fn(Large{});
+    default: return "config must be 0 (skinny), 1 (split) or 2 (large)";
+  }
+}
+
+}  // namespace
+}  // namespace qtool::sm90
+
+extern "C" size_t qtool_sm90_block_workspace(const qtool::sm90::BlockMmArgs* p) {
+  size_t bytes = 0;
+  qtool::sm90::by_config(*p, [&](auto g) -> const char* {
+    bytes = decltype(g)::workspace(*p);
+    return nullptr;
+  });
+  return bytes;
+}
+
+extern "C" const char* qtool_sm90_block_mm(const qtool::sm90::BlockMmArgs* p, cudaStream_t stream) {
+  if (const char* err = qtool::sm90::by_config(*p, [&](auto g) { return decltype(g)::run(*p, stream); })) return err;
+  const cudaError_t status = cudaGetLastError();
+  return status == cudaSuccess ? nullptr : cudaGetErrorString(status);
+}

@@ -1,0 +1,30 @@
+// C interface of libqtool_sm90_block (block_mm_sm90.cu): FP8 E4M3 GEMM with 1 x 128 activation scales and
+// 128 x 128 weight-block scales on Hopper. kernels/block_mm.py loads it with ctypes and calls these by name.
+#pragma once
+
+#include <cstddef>
+
+#include <cuda_runtime_api.h>
+
+namespace qtool::sm90 {
+
+struct BlockMmArgs {
+  const void* a;          // [m, k] float8_e4m3fn activation codes, row-major, 16-byte aligned
+  const void* b;          // [n, k] float8_e4m3fn weight codes, row-major (B^T)
+  const float* a_scale;   // [m, k / 128] per (token, 128-k group), column-major: a_scale[g * m + i]; m % 4 == 0
+  const float* b_scale;   // [ceil(n / 128), k / 128] per 128 x 128 weight block, row-major
+  void* d;                // [m, n] bf16 out, row-major
+  void* workspace;        // qtool_sm90_block_workspace() bytes of device memory (nullptr when 0)
+  size_t workspace_bytes;
+  int m, n, k;            // k % 128 == 0, n % 8 == 0, m % 4 == 0 (the caller pads with zero codes)
+  int config;             // 0: skinny (64 x 128 ping-pong); 1: split (128 x 128 cooperative, split-K over the SMs
+                          // its tiles leave idle); 2: large (128 x 128 cooperative, clusters of two along n)
+  int split;              // config 1: 0 fills the SMs, 1 none, s > 1 that many parts, -1 stream-K
+};
+
+}  // namespace qtool::sm90
+
+extern "C" {
+size_t qtool_sm90_block_workspace(const qtool::sm90::BlockMmArgs* p);
+const char* qtool_sm90_block_mm(const qtool::sm90::BlockMmArgs* p, cudaStream_t stream);
+}
