@@ -27,19 +27,23 @@ def ms(fn, reps=20):
     return start.elapsed_time(end) / reps
 
 
+def probe(scheme: str, k: int, n: int) -> None:
+    dense = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / 64
+    s = preset(scheme)
+    layer = QuantLinear.from_qtensor(quantize_weight(dense.float(), s.weights), s).cuda()
+    x = torch.randn(1, 2048, k, device="cuda", dtype=torch.bfloat16)
+    compiled = torch.compile(layer)
+    t_bf16, t_eager, t_comp = ms(lambda: F.linear(x, dense)), ms(lambda: layer(x)), ms(lambda: compiled(x))
+    print(f"{scheme} {k}x{n} M=2048: bf16 {t_bf16 * 1e3:.0f} us, eager {t_bf16 / t_eager:.2f}x, "
+          f"compiled {t_bf16 / t_comp:.2f}x", flush=True)
+    if scheme == "fp8-block" and n == 28672:
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(5):
+                compiled(x)
+            torch.cuda.synchronize()
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=10))
+
+
 for scheme in ("fp8-block", "fp8"):
     for k, n in ((4096, 6144), (4096, 4096), (4096, 28672), (14336, 4096)):
-        dense = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / 64
-        s = preset(scheme)
-        layer = QuantLinear.from_qtensor(quantize_weight(dense.float(), s.weights), s).cuda()
-        x = torch.randn(1, 2048, k, device="cuda", dtype=torch.bfloat16)
-        compiled = torch.compile(layer)
-        t_bf16, t_eager, t_comp = ms(lambda: F.linear(x, dense)), ms(lambda: layer(x)), ms(lambda: compiled(x))
-        print(f"{scheme} {k}x{n} M=2048: bf16 {t_bf16 * 1e3:.0f} us, eager {t_bf16 / t_eager:.2f}x, "
-              f"compiled {t_bf16 / t_comp:.2f}x", flush=True)
-        if scheme == "fp8-block" and n == 28672:
-            with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                for _ in range(5):
-                    compiled(x)
-                torch.cuda.synchronize()
-            print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=10))
+        probe(scheme, k, n)

@@ -60,30 +60,38 @@ def name(s: dict) -> str:
     return f"k{s['ktile']}/t{s['token_tile'] or 'm'}/v{s['variant']}/s{s['split']}"
 
 
+def time_cell(fmt: str, m: int, dense: Rotation, packed: Rotation, kernels, sms: int) -> dict:
+    """One (format, shape, M) cell: bf16, the dispatcher, wo_gemm / dequant + cuBLAS and every schedule."""
+    bits, _ = FORMATS[fmt]
+    p0 = packed.items[0]
+    n, k = p0.out_features, p0.in_features
+    x = torch.randn(m, p0.k_padded, device="cuda", dtype=torch.bfloat16)
+    row = {"format": fmt, "K": k, "N": n, "M": m, "bf16": graph_ms(lambda: F.linear(x, dense())),
+           "auto": graph_ms(lambda: packed_linear(x, packed(), None, kernels)), "kernels": {}}
+    if m <= 64:
+        row["kernels"]["wo_gemm"] = graph_ms(lambda: kernels.wo_gemm(
+            x, packed().qweight, p0.scale, None, None, bits, p0.group_size, n, EPILOGUE))
+    if m >= 128:
+        row["kernels"]["dequant+cublas"] = graph_ms(lambda: F.linear(x, kernels.dequant_int(
+            packed().qweight, p0.scale, None, bits, p0.group_size, n, x.dtype)))
+    for s in schedules(m, p0.mixed.w.shape[0], p0.mixed.group, p0.k_padded, sms):
+        row["kernels"][name(s)] = graph_ms(lambda s=s: mixed_mm.mixed_linear(x, packed().mixed, **s), reps=10,
+                                           replays=7)
+    return row
+
+
 def sweep_case(fmt: str, k: int, n: int, tokens: list[int], kernels, deadline: float) -> list[dict]:
     bits, group_size = FORMATS[fmt]
     dense = Rotation([torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(copies_for(2 * n * k))])
     packed = Rotation(packed_copies(bits, group_size, k, n))
-    p0, rows = packed.items[0], []
     sms = torch.cuda.get_device_properties(0).multi_processor_count
+    rows = []
     for m in tokens:
         if time.monotonic() > deadline:
             print(f"{fmt} {k}x{n}: time budget spent before M={m}")
             break
-        x = torch.randn(m, p0.k_padded, device="cuda", dtype=torch.bfloat16)
-        row = {"format": fmt, "K": k, "N": n, "M": m, "bf16": graph_ms(lambda: F.linear(x, dense())),
-               "auto": graph_ms(lambda: packed_linear(x, packed(), None, kernels)), "kernels": {}}
-        if m <= 64:
-            row["kernels"]["wo_gemm"] = graph_ms(lambda: kernels.wo_gemm(
-                x, packed().qweight, p0.scale, None, None, bits, p0.group_size, n, EPILOGUE))
-        if m >= 128:
-            row["kernels"]["dequant+cublas"] = graph_ms(lambda: F.linear(x, kernels.dequant_int(
-                packed().qweight, p0.scale, None, bits, p0.group_size, n, x.dtype)))
-        for s in schedules(m, p0.mixed.w.shape[0], p0.mixed.group, p0.k_padded, sms):
-            row["kernels"][name(s)] = graph_ms(lambda s=s: mixed_mm.mixed_linear(x, packed().mixed, **s), reps=10,
-                                               replays=7)
-        rows.append(row)
-        show_row(row)
+        rows.append(time_cell(fmt, m, dense, packed, kernels, sms))
+        show_row(rows[-1])
     return rows
 
 

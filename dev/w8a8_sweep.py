@@ -47,40 +47,51 @@ def block_gemms(x: torch.Tensor, wq: Rotation, n: int) -> dict:
     return out
 
 
+def channel_gemms(kind: str, x: torch.Tensor, wq: Rotation, w_scale: torch.Tensor) -> dict:
+    """fp8 / int8 per channel: each libqtool_sm90 configuration on x's per-token codes, cuBLAS (FP8), w8_gemv."""
+    m, fmt = x.shape[0], "int8" if kind == "int8" else "e4m3"
+    xq, xs = scaled_mm.quantize_activation_cuda(x, fmt, 0, None)
+    xs = xs.reshape(-1).contiguous()
+    out = {}
+    for name, config in scaled_mm.SM90_CONFIGS.items():
+        # skip what cannot win: 64-row tiles on thousands of tokens, 128-row ones on a few
+        if name == "auto" or (m >= 2048 and name in ("narrow", "skinny")) or (m <= 8 and name in ("large", "split")):
+            continue
+        out[name] = graph_ms(lambda c=config: torch.ops.qtool_cuda.sm90_scaled_mm(
+            xq, wq(), xs, w_scale, None, torch.bfloat16, c), reps=10, replays=7)
+    if kind == "fp8":
+        out["cublas"] = graph_ms(lambda: torch._scaled_mm(xq, wq().t(), xs.view(-1, 1), w_scale.view(1, -1),
+                                                          out_dtype=torch.bfloat16))
+    if m <= 16:
+        out["w8_gemv (bf16 x)"] = graph_ms(lambda: torch.ops.qtool_cuda.w8_gemv(x, wq(), w_scale, None, 0, 0))
+    return out
+
+
+def time_cell(kind: str, m: int, dense: Rotation, wq: Rotation) -> dict:
+    """One (kind, shape, M) cell: bf16, the activation quantization, the layer as dispatched, every GEMM."""
+    n, k = dense.items[0].shape
+    fmt, group = ("int8" if kind == "int8" else "e4m3"), (128 if kind == "fp8-block" else 0)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    row = {"kind": kind, "K": k, "N": n, "M": m, "bf16": graph_ms(lambda: F.linear(x, dense())),
+           "act_quant": graph_ms(lambda: scaled_mm.quantize_activation_cuda(x, fmt, group, None))}
+    if kind == "fp8-block":
+        row["gemm"] = block_gemms(x, wq, n)
+        return row
+    w_scale = torch.rand(n, device="cuda") / 100
+    row["layer"] = graph_ms(lambda: ops.w8a8_linear(x, wq(), w_scale, None, None, fmt, 0, 0, 0))
+    row["gemm"] = channel_gemms(kind, x, wq, w_scale)
+    return row
+
+
 def sweep_shape(kind: str, k: int, n: int, tokens: list[int], deadline: float) -> list[dict]:
     dense = Rotation([torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(copies(2 * n * k))])
     wq, rows = weights(kind, k, n), []
-    w_scale = torch.rand(n, device="cuda") / 100
-    fmt = "int8" if kind == "int8" else "e4m3"
-    group = 128 if kind == "fp8-block" else 0
     for m in tokens:
         if time.monotonic() > deadline:
             print(f"{kind} {k}x{n}: time budget spent before M={m}")
             break
-        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-        row = {"kind": kind, "K": k, "N": n, "M": m, "bf16": graph_ms(lambda: F.linear(x, dense())),
-               "act_quant": graph_ms(lambda: scaled_mm.quantize_activation_cuda(x, fmt, group, None)), "gemm": {}}
-        if kind == "fp8-block":
-            row["gemm"] = block_gemms(x, wq, n)
-            rows.append(row)
-            show_row(row)
-            continue
-        row["layer"] = graph_ms(lambda: ops.w8a8_linear(x, wq(), w_scale, None, None, fmt, 0, 0, 0))
-        xq, xs = scaled_mm.quantize_activation_cuda(x, fmt, 0, None)
-        xs = xs.reshape(-1).contiguous()
-        for name, config in scaled_mm.SM90_CONFIGS.items():
-            # skip what cannot win: 64-row tiles on thousands of tokens, 128-row ones on a few
-            if name == "auto" or (m >= 2048 and name in ("narrow", "skinny")) or (m <= 8 and name in ("large", "split")):
-                continue
-            row["gemm"][name] = graph_ms(lambda c=config: torch.ops.qtool_cuda.sm90_scaled_mm(
-                xq, wq(), xs, w_scale, None, torch.bfloat16, c), reps=10, replays=7)
-        if kind == "fp8":
-            row["gemm"]["cublas"] = graph_ms(lambda: torch._scaled_mm(
-                xq, wq().t(), xs.view(-1, 1), w_scale.view(1, -1), out_dtype=torch.bfloat16))
-        if m <= 16:
-            row["gemm"]["w8_gemv (bf16 x)"] = graph_ms(lambda: torch.ops.qtool_cuda.w8_gemv(x, wq(), w_scale, None, 0, 0))
-        rows.append(row)
-        show_row(row)
+        rows.append(time_cell(kind, m, dense, wq))
+        show_row(rows[-1])
     return rows
 
 

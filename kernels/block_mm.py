@@ -81,12 +81,9 @@ def fp8_block_mm(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_sc
     y = torch.empty(m, n, dtype=torch.bfloat16, device=xq.device)
     args = _Args(xq.data_ptr(), wq.data_ptr(), x_scale.data_ptr(), w_scale.data_ptr(), y.data_ptr(), None, 0, m, n, k,
                  config, split)
-    need = workspace_of(ctypes.byref(args))
-    workspace = torch.empty(max(need, 1), dtype=torch.uint8, device=xq.device)
-    args.workspace, args.workspace_bytes = workspace.data_ptr(), need
-    err = run(ctypes.byref(args), torch.cuda.current_stream(xq.device).cuda_stream)
+    err = sm90.call(workspace_of, run, args, xq.device)
     if err is not None:
-        raise RuntimeError(f"fp8_block_mm: {err.decode()} (m={m}, n={n}, k={k}, config={config})")
+        raise RuntimeError(f"fp8_block_mm: {err} (m={m}, n={n}, k={k}, config={config})")
     return y
 
 

@@ -137,12 +137,9 @@ def _run(bits: int, x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zero:
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
     args = _Args(w.data_ptr(), x.data_ptr(), scale.data_ptr(), zero.data_ptr(), y.data_ptr(), None, 0, m, n, k, group,
                  split, pingpong, ktile, variant, token_tile)
-    need = workspace_of(ctypes.byref(args))
-    workspace = torch.empty(max(need, 1), dtype=torch.uint8, device=x.device)
-    args.workspace, args.workspace_bytes = workspace.data_ptr(), need
-    err = run(ctypes.byref(args), torch.cuda.current_stream(x.device).cuda_stream)
+    err = sm90.call(workspace_of, run, args, x.device)
     if err is not None:
-        raise RuntimeError(f"w{bits}_mm: {err.decode()} (m={m}, n={n}, k={k}, group={group})")
+        raise RuntimeError(f"w{bits}_mm: {err} (m={m}, n={n}, k={k}, group={group})")
     return y
 
 

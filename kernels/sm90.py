@@ -36,6 +36,7 @@ from . import build
 
 SOURCE = build.CSRC / "sm90" / "scaled_mm_sm90.cu"
 HEADER = build.CSRC / "sm90" / "sm90_scaled_mm.h"
+COMMON = build.CSRC / "sm90" / "sm90_common.cuh"  # included by every library's source
 FLAGS = ["-std=c++17", "-O3", "-DNDEBUG", "--expt-relaxed-constexpr", "-lineinfo",
          "-gencode=arch=compute_90a,code=sm_90a", "-Xcompiler", "-fPIC", "-shared"]
 
@@ -56,13 +57,14 @@ class Library:
 
     def __init__(self, stem: str, source: Path, header: Path, what: str, fallback: str,
                  defines: tuple[str, ...] = (), global_symbols: bool = True) -> None:
-        self.stem, self.source, self.header, self.what, self.fallback = stem, source, header, what, fallback
+        self.stem, self.source, self.what, self.fallback = stem, source, what, fallback
+        self.headers = (header, COMMON)  # what the source includes from csrc/sm90, hashed with it
         self.defines, self.mode = list(defines), ctypes.RTLD_GLOBAL if global_symbols else ctypes.RTLD_LOCAL
         self.tried, self.loaded, self.reason = False, False, None
 
     def path(self) -> Path:
         """Cached beside the extension's build, named by a hash of the sources and flags."""
-        digest = hashlib.sha1(self.source.read_bytes() + self.header.read_bytes()
+        digest = hashlib.sha1(self.source.read_bytes() + b"".join(h.read_bytes() for h in self.headers)
                               + " ".join(FLAGS + self.defines).encode()).hexdigest()[:12]
         return build.build_dir() / f"{self.stem}-{digest}.so"
 
@@ -120,6 +122,16 @@ MIXED = {4: mixed, 8: mixed8}  # code width -> library
 block = Library("libqtool_sm90_block", build.CSRC / "sm90" / "block_mm_sm90.cu", build.CSRC / "sm90" / "sm90_block_mm.h",
                 "FP8 block GEMM", "fp8-block layers use F.scaled_mm block-wise", global_symbols=False)
 ALL = (_sm90, mixed, mixed8, block)  # what `qtool kernels build` and dev/prebuild_sm90.sh compile
+
+
+def call(workspace_of, run, args: ctypes.Structure, device: torch.device) -> str | None:
+    """Run a library's GEMM entry point `run` on `args` (a ctypes struct with workspace / workspace_bytes fields)
+    with the workspace `workspace_of` asks for, on the current stream; the library's error text, or None."""
+    need = workspace_of(ctypes.byref(args))
+    workspace = torch.empty(max(need, 1), dtype=torch.uint8, device=device)  # stream-ordered: freed after the GEMM
+    args.workspace, args.workspace_bytes = workspace.data_ptr(), need
+    err = run(ctypes.byref(args), torch.cuda.current_stream(device).cuda_stream)
+    return None if err is None else err.decode()
 
 
 def library_path() -> Path:

@@ -24,20 +24,12 @@
 #include "cutlass/gemm/kernel/gemm_universal.hpp"
 
 #include "sm90_block_mm.h"
+#include "sm90_common.cuh"
 
 namespace qtool::sm90 {
 namespace {
 
 using namespace cute;
-
-int sm_count() {
-  static const int count = [] {
-    int device = 0;
-    cudaGetDevice(&device);
-    return cutlass::KernelHardwareInfo::query_device_multiprocessor_count(device);
-  }();
-  return count;
-}
 
 using E4M3 = cutlass::float_e4m3_t;
 using Out = cutlass::bfloat16_t;
@@ -110,13 +102,7 @@ struct BlockGemm {
   static size_t workspace(const BlockMmArgs& p) { return Gemm::get_workspace_size(arguments(p)); }
 
   static const char* run(const BlockMmArgs& p, cudaStream_t stream) {
-    Gemm gemm;
-    const auto args = arguments(p);
-    if (gemm.can_implement(args) != cutlass::Status::kSuccess) return "CUTLASS cannot implement this problem";
-    if (Gemm::get_workspace_size(args) > p.workspace_bytes) return "workspace too small";
-    if (gemm.initialize(args, p.workspace, stream) != cutlass::Status::kSuccess) return "CUTLASS initialize failed";
-    if (gemm.run(stream) != cutlass::Status::kSuccess) return "CUTLASS run failed";
-    return nullptr;
+    return run_gemm<Gemm>(arguments(p), p.workspace, p.workspace_bytes, stream);
   }
 };
 

@@ -24,6 +24,7 @@
 #include "cutlass/util/mixed_dtype_utils.hpp"  // compute_memory_reordering_atom (CUTLASS tools/util)
 
 #include "sm90_mixed_mm.h"
+#include "sm90_common.cuh"
 
 #ifndef QTOOL_MIXED_BITS
 #define QTOOL_MIXED_BITS 4
@@ -34,15 +35,6 @@ namespace qtool::sm90 {
 namespace {
 
 using namespace cute;
-
-int sm_count() {
-  static const int count = [] {
-    int device = 0;
-    cudaGetDevice(&device);
-    return cutlass::KernelHardwareInfo::query_device_multiprocessor_count(device);
-  }();
-  return count;
-}
 
 using Q = std::conditional_t<QTOOL_MIXED_BITS == 4, cutlass::int4b_t, int8_t>;
 using T = cutlass::bfloat16_t;
@@ -141,13 +133,7 @@ struct MixedGemm {
   static size_t workspace(const MixedMmArgs& p) { return Gemm::get_workspace_size(arguments(p)); }
 
   static const char* run(const MixedMmArgs& p, cudaStream_t stream) {
-    Gemm gemm;
-    const auto args = arguments(p);
-    if (gemm.can_implement(args) != cutlass::Status::kSuccess) return "CUTLASS cannot implement this problem";
-    if (Gemm::get_workspace_size(args) > p.workspace_bytes) return "workspace too small";
-    if (gemm.initialize(args, p.workspace, stream) != cutlass::Status::kSuccess) return "CUTLASS initialize failed";
-    if (gemm.run(stream) != cutlass::Status::kSuccess) return "CUTLASS run failed";
-    return nullptr;
+    return run_gemm<Gemm>(arguments(p), p.workspace, p.workspace_bytes, stream);
   }
 };
 

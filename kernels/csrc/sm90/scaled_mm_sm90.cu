@@ -22,6 +22,7 @@
 #include "cutlass/gemm/kernel/gemm_universal.hpp"
 
 #include "sm90_scaled_mm.h"
+#include "sm90_common.cuh"
 
 namespace qtool::sm90 {
 namespace {
@@ -35,15 +36,6 @@ Stride packed_rows(int64_t rows, int64_t cols) {
   get<0>(s) = cols;
   get<2>(s) = rows * cols;
   return s;
-}
-
-int sm_count() {
-  static const int count = [] {
-    int device = 0;
-    cudaGetDevice(&device);
-    return cutlass::KernelHardwareInfo::query_device_multiprocessor_count(device);
-  }();
-  return count;
 }
 
 template <class ElementAB, class ElementD, class TileShape, class ClusterShape, class KernelSchedule,
@@ -115,13 +107,7 @@ struct ScaledGemm {
   static size_t workspace(const ScaledMmArgs& p) { return Gemm::get_workspace_size(arguments(p)); }
 
   static const char* run(const ScaledMmArgs& p, cudaStream_t stream) {
-    Gemm gemm;
-    const auto args = arguments(p);
-    if (gemm.can_implement(args) != cutlass::Status::kSuccess) return "CUTLASS cannot implement this problem";
-    if (Gemm::get_workspace_size(args) > p.workspace_bytes) return "workspace too small";
-    if (gemm.initialize(args, p.workspace, stream) != cutlass::Status::kSuccess) return "CUTLASS initialize failed";
-    if (gemm.run(stream) != cutlass::Status::kSuccess) return "CUTLASS run failed";
-    return nullptr;
+    return run_gemm<Gemm>(arguments(p), p.workspace, p.workspace_bytes, stream);
   }
 };
 
