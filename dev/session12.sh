@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The next session's device calls, prepared at the end of session 11 (nvidia-h200, carry [".gpu/w8a8"], prebuilt
 # with bash dev/prebuild_sm90.sh; re-run it first if kernels/csrc/sm90 changed):
-#   call 1: bash dev/session12.sh blocktests blocksweep prefillprof      (~5 min)
+#   call 1: bash dev/session12.sh blocktests blocksweep prefillprof fusedsweep   (~7 min)
 #   then: python3 dev/w8a8_sweep.py --emit <sweep JSONs> into kernels/tuning.py W8A8 (fp8-block rows), and
 #   call 2: bash dev/session12.sh blocktable e2eblock                     (~5 min)
 #   nvidia-h200-x2 (issue 20): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 summary
@@ -9,6 +9,8 @@
 #             never run) against the float64 reference, every configuration, ragged m and n;
 # blocksweep  its configurations beside cuBLAS's block-wise GEMM and w8_gemv at every shape, M = 1 ... 8192;
 # prefillprof where the 8B fp8-block prefill's time goes (0.88x bf16 in session 11), beside fp8;
+# fusedsweep  the fused q/k/v (4096 x 6144) and gate/up (4096 x 28672) shapes of the 8B bench, which the tables
+#             only approximate by the nearest measured shape: W4, W8 and W8A8 sweeps (merge with --emit);
 # blocktable the W8A8 protocol table (benchmarks/bench_w8a8.py) with the fp8-block routes;
 # e2eblock    the 8B fp8-block end to end.
 cd "$(dirname "$0")/.."
@@ -32,6 +34,15 @@ prefillprof() {
     step "8-layer 8B prefill profile, $s"
     timeout 150 python3 dev/profile_prefill.py --scheme "$s" 2>&1 | grep -v Warning | tail -40
   done
+}
+
+fusedsweep() {
+  step "the fused 8B shapes: mixed-input schedules (W4, W8) and W8A8 configurations"
+  timeout 150 python3 dev/mixed_sweep.py --shapes 4096x6144,4096x28672 --budget 100 \
+    --json "$OUT/sweep_fused.json" 2>&1 | tail -45
+  timeout 120 python3 dev/w8a8_sweep.py --shapes 4096x6144,4096x28672 \
+    --tokens 1,2,4,8,16,32,64,128,256,512,1024,2048,4096,8192 --budget 80 --json "$OUT/w8a8_fused.json" 2>&1 | tail -60
+  python3 dev/mixed_sweep.py --emit "$OUT/sweep_fused.json"; python3 dev/w8a8_sweep.py --emit "$OUT/w8a8_fused.json"
 }
 
 blocktable() {

@@ -127,6 +127,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", default="16,32,64,128,256,512,1024")
     parser.add_argument("--kinds", default="fp8,int8")
+    parser.add_argument("--shapes", help="comma-separated KxN, default bench_w8a8.SHAPES (e.g. 4096x6144,4096x28672)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--budget", type=float, default=150.0)
     parser.add_argument("--emit", type=Path, nargs="+", help="print tuning.W8A8 entries from saved sweeps and exit")
@@ -138,7 +139,8 @@ def main() -> None:
     if not sm90.load():
         sys.exit(f"libqtool_sm90 is not available: {sm90.reason()}")
     tokens = [int(t) for t in args.tokens.split(",")]
-    cases = [(kind, k, n) for kind in args.kinds.split(",") for k, n in SHAPES]
+    shapes = [tuple(int(d) for d in s.lower().split("x")) for s in args.shapes.split(",")] if args.shapes else SHAPES
+    cases = [(kind, k, n) for kind in args.kinds.split(",") for k, n in shapes]
     start, rows = time.monotonic(), []
     for i, (kind, k, n) in enumerate(cases):
         left = args.budget - (time.monotonic() - start)
