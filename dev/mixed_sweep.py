@@ -28,9 +28,6 @@ from qtool_kernels.layout import EPILOGUE  # noqa: E402
 from qtool_kernels.weight_only import packed_linear  # noqa: E402
 
 ROWS = {0: 128, 1: 256, 2: 128}  # weight rows per CTA tile, by variant
-# The projections `qtool bench llama-8b` fuses (q/k/v: 4096 -> 6144, gate/up: 4096 -> 28672), which the nearest
-# of the six SHAPES only approximates.
-FUSED = [(4096, 6144), (4096, 28672)]
 
 
 def tiles_built(ktile: int) -> list[int]:
@@ -146,7 +143,6 @@ def main() -> None:
     parser.add_argument("--formats", default="w4a16-g128,w8a16-channel")
     parser.add_argument("--tokens", default="8,16,32,64,128,256,512,1024,2048,4096")
     parser.add_argument("--shapes", help="comma-separated KxN, default bench_kernels.SHAPES")
-    parser.add_argument("--fused", action="store_true", help="also the fused Llama-8B shapes (FUSED)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--budget", type=float, default=250.0, help="seconds for the whole sweep")
     parser.add_argument("--show", type=Path, help="print the best schedules of a saved sweep and exit")
@@ -162,7 +158,6 @@ def main() -> None:
     if kernels is None:
         sys.exit(f"the CUDA extension is not available: {build._loader.reason}")
     shapes = [tuple(int(d) for d in s.lower().split("x")) for s in args.shapes.split(",")] if args.shapes else SHAPES
-    shapes += FUSED if args.fused else []
     tokens = [int(t) for t in args.tokens.split(",")]
     formats = args.formats.split(",")
     start, rows = time.monotonic(), []
