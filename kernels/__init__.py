@@ -5,7 +5,10 @@
   layout       the kernels' weight layout, built and read back in PyTorch
   weight_only  dispatch of a weight-only linear over a packed weight to the qtool_cuda kernels
   scaled_mm    the CUDA implementations of the W8A8 ops: w8_gemv, fused activation quantization, the GEMMs
-  sm90         builds and loads libqtool_sm90, the CUTLASS Hopper W8A8 GEMM (csrc/sm90/)
+  tuning       the routes of both dispatchers measured on the H200, as data (shape, batch) -> kernel, schedule
+  sm90         builds and loads the CUTLASS Hopper libraries (csrc/sm90/): W8A8, W4A16 / W8A16, FP8 block
+  mixed_mm     the W4A16 / W8A16 GEMM (libqtool_sm90_mixed*) as torch ops
+  block_mm     the FP8 block-scaled GEMM (libqtool_sm90_block) as a torch op
   build        builds and loads the qtool_cuda extension (csrc/) on first use
 
 Installed as `qtool_kernels`; a source checkout reaches the same folder through the `qtool_kernels`
