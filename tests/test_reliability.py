@@ -54,9 +54,12 @@ app()
 
 def _start_slow_write(tmp_path: Path, model: Path, out: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # SIGINT at its default in the child, as in a terminal: a test runner started in the background by a
+    # non-interactive shell ignores SIGINT, and the child (Python included) would inherit that.
     proc = subprocess.Popen([sys.executable, "-c", SLOW_WRITE, "quantize", str(model), "--output", str(out),
                              "--group-size", "32", *extra], cwd=tmp_path, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in proc.stdout:  # wait until the checkpoint is half written
         if line.startswith("WRITING"):
             return proc
