@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The next session's device calls, prepared at the end of session 11 (nvidia-h200, carry [".gpu/w8a8"], prebuilt
 # with bash dev/prebuild_sm90.sh; re-run it first if kernels/csrc/sm90 changed):
-#   call 1: bash dev/session12.sh blocktests blocksweep prefillprof fusedsweep   (~7 min)
+#   call 1: bash dev/session12.sh blocktests blocksweep prefillprof fusedsweep floor   (~8 min)
 #   then: python3 dev/w8a8_sweep.py --emit <sweep JSONs> into kernels/tuning.py W8A8 (fp8-block rows), and
 #   call 2: bash dev/session12.sh blocktable e2eblock                     (~5 min)
 #   nvidia-h200-x2 (issue 20): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 summary
@@ -11,6 +11,8 @@
 # prefillprof where the 8B fp8-block prefill's time goes (0.88x bf16 in session 11), beside fp8;
 # fusedsweep  the fused q/k/v (4096 x 6144) and gate/up (4096 x 28672) shapes of the 8B bench, which the tables
 #             only approximate by the nearest measured shape: W4, W8 and W8A8 sweeps (merge with --emit);
+# floor       the 4096 x 4096 floor of the mixed-input GEMM (14-15 us at 8-32 tokens): kernel durations, memsets and
+#             launch gaps inside a replayed graph (dev/floor_probe.py), beside wo_gemm and bf16;
 # blocktable the W8A8 protocol table (benchmarks/bench_w8a8.py) with the fp8-block routes;
 # e2eblock    the 8B fp8-block end to end.
 cd "$(dirname "$0")/.."
@@ -43,6 +45,11 @@ fusedsweep() {
   timeout 120 python3 dev/w8a8_sweep.py --shapes 4096x6144,4096x28672 \
     --tokens 1,2,4,8,16,32,64,128,256,512,1024,2048,4096,8192 --budget 80 --json "$OUT/w8a8_fused.json" 2>&1 | tail -60
   python3 dev/mixed_sweep.py --emit "$OUT/sweep_fused.json"; python3 dev/w8a8_sweep.py --emit "$OUT/w8a8_fused.json"
+}
+
+floor() {
+  step "the small-layer floor: kernels, memsets and gaps in a replayed graph"
+  timeout 120 python3 dev/floor_probe.py --shape 4096x4096 --tokens 8,128 2>&1 | grep -v Warning | tail -60
 }
 
 blocktable() {
