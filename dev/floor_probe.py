@@ -56,7 +56,7 @@ def summarize(label: str, acts: list[tuple[str, float, float]]) -> None:
         print(f"{label}: no CUDA activity recorded (profiler without graph-kernel records?)")
         return
     span = acts[-1][1] + acts[-1][2] - acts[0][1]
-    gaps = [b[1] - (a[1] + a[2]) for a, b in zip(acts, acts[1:])]
+    gaps = [b[1] - (a[1] + a[2]) for a, b in zip(acts, acts[1:], strict=False)]
     by_name: dict[str, list[float]] = {}
     for name, _, dur in acts:
         by_name.setdefault(name[:70], []).append(dur)
