@@ -100,8 +100,9 @@ SM90_CONFIGS = {"auto": 0, "skinny": 1, "large": 2, "split": 3, "narrow": 4}
 def w8a8_route(m: int, n: int, k: int, kind: str) -> str | None:
     """The measured W8A8 route (tuning.W8A8) for m tokens of an n x k weight of `kind` ("fp8", "int8",
     "fp8-block"): "gemv", a libqtool_sm90 configuration, a block_mm configuration or "cublas"; None outside the
-    measured batches (the rules of this module decide)."""
-    return tuning.lookup("w8a8", kind, k, n, m, within=True)
+    measured batches, and off Hopper (the table was measured with libqtool_sm90 there: the rules of this module
+    decide)."""
+    return tuning.lookup("w8a8", kind, k, n, m, within=True) if sm90.load() else None
 
 
 def scaled_mm(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor,
@@ -230,7 +231,8 @@ def _w8a8_linear_cuda(x, weight, weight_scale, bias, input_scale, fmt, act_group
     if build.load_extension() is None or x.dtype not in KERNEL_DTYPES:
         return reference.w8a8_linear(*args)
     m, (n, k) = x.shape[0], weight.shape
-    route = w8a8_route(m, n, k, "fp8-block" if block_n > 0 else "int8" if weight.dtype == torch.int8 else "fp8")
+    kind = "fp8-block" if block_n > 0 else {torch.int8: "int8", torch.float8_e4m3fn: "fp8"}.get(weight.dtype)
+    route = None if kind is None else w8a8_route(m, n, k, kind)  # E5M2 was not measured: the rules
     gemv = route == "gemv" if route is not None else m <= W8_GEMV_MAX_M
     if gemv and m <= W8_GEMV_MAX_M and (y := _w8_gemv(x, weight, weight_scale, bias, block_n, block_k)) is not None:
         return y

@@ -443,9 +443,13 @@ def test_block_mm_rejects_bad_operands_by_name():
         block_mm.fp8_block_mm(xq, xs, wq, ws, 7)
 
 
-def test_w8a8_routes_stay_within_measured_batches():
-    """W8A8 takes a measured route only inside the measured batches of the nearest shape (outside them, the
-    rules of kernels/scaled_mm.py), and the route of the next measured batch inside."""
+def test_w8a8_routes_stay_within_measured_batches(monkeypatch):
+    """W8A8 takes a measured route only on Hopper (where libqtool_sm90, which the table measured, runs) and inside
+    the measured batches of the nearest shape (elsewhere the rules of kernels/scaled_mm.py), and the route of the
+    next measured batch inside."""
+    monkeypatch.setattr(scaled_mm.sm90, "load", lambda: False)
+    assert scaled_mm.w8a8_route(64, 4096, 4096, "int8") is None
+    monkeypatch.setattr(scaled_mm.sm90, "load", lambda: True)
     cells = tuning.W8A8[("int8", 4096, 4096)]
     low, high = min(cells), max(cells)
     assert scaled_mm.w8a8_route(low - 1, 4096, 4096, "int8") is None
