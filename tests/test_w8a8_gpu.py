@@ -30,8 +30,10 @@ def as_bytes(t: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("fmt", ["int8", "e4m3", "e5m2"])
 @pytest.mark.parametrize("group", [0, 128, 32])
-@pytest.mark.parametrize("m, k", [(1, 4096), (5, 576), (300, 1000), (33, 4104)])
+@pytest.mark.parametrize("m, k", [(1, 4096), (5, 576), (300, 1000), (33, 4104), (3, 14336), (2, 20000), (2, 40000)])
 def test_act_quant_matches_reference_bit_for_bit(kernels, dtype, fmt, group, m, k):
+    """Every row length: held in registers (k % 8 == 0 up to 32768: 1 to 16 vectors per thread, a partial last
+    one at 20000), and the two-pass rows (k % 8 != 0, or longer than 32768)."""
     if group and k % 8:
         pytest.skip("groups need k % 8 == 0")
     g = torch.Generator(device="cuda").manual_seed(m * k + group)
