@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The next session's device calls, prepared at the end of session 11 (nvidia-h200, carry [".gpu/w8a8"], prebuilt
 # with bash dev/prebuild_sm90.sh; re-run it first if kernels/csrc/sm90 changed):
-#   call 1: bash dev/session12.sh blocktests blocksweep prefillprof fusedsweep floor   (~8 min)
+#   call 1: bash dev/session12.sh tests blocksweep prefillprof fusedsweep floor   (~9 min)
 #   then: python3 dev/w8a8_sweep.py --emit <sweep JSONs> into kernels/tuning.py W8A8 (fp8-block rows), and
 #   call 2: bash dev/session12.sh blocktable e2eblock                     (~5 min)
 #   nvidia-h200-x2 (issue 20): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 summary
-# blocktests  libqtool_sm90_block (FP8 1x128 x 128x128 on CUTLASS's blockwise mainloop; written in session 11,
-#             never run) against the float64 reference, every configuration, ragged m and n;
+# tests       every GPU test of the Hopper libraries and kernels: libqtool_sm90_block (FP8 1x128 x 128x128 on
+#             CUTLASS's blockwise mainloop; written in session 11, never run) against the float64 reference, and the
+#             three older libraries rebuilt with the shared csrc/sm90/sm90_common.cuh (not run either);
 # blocksweep  its configurations beside cuBLAS's block-wise GEMM and w8_gemv at every shape, M = 1 ... 8192;
 # prefillprof where the 8B fp8-block prefill's time goes (0.88x bf16 in session 11), beside fp8;
 # fusedsweep  the fused q/k/v (4096 x 6144) and gate/up (4096 x 28672) shapes of the 8B bench, which the tables
@@ -19,9 +20,10 @@ cd "$(dirname "$0")/.."
 LOG=session12.log
 source dev/gpu_setup.sh
 
-blocktests() {
-  step "GPU tests: the FP8 block GEMM, W8A8"
-  timeout 200 python3 -m pytest -q -m gpu tests/test_w8a8_gpu.py --tb=short -rf 2>&1 | tail -25
+tests() {
+  step "GPU tests: the FP8 block GEMM, W8A8, the mixed-input GEMMs, weight-only and 2/3-bit kernels"
+  timeout 260 python3 -m pytest -q -m gpu tests/test_w8a8_gpu.py tests/test_mixed_gpu.py tests/test_kernels_gpu.py \
+    tests/test_lowbit_gpu.py --tb=short -rf 2>&1 | tail -25
 }
 
 blocksweep() {
@@ -64,6 +66,6 @@ e2eblock() {
 }
 
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(blocktests blocksweep prefillprof)
+[ ${#stages[@]} -eq 0 ] && stages=(tests blocksweep prefillprof fusedsweep floor)
 for s in "${stages[@]}"; do "$s"; done
 step "done"
