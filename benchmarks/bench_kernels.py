@@ -78,21 +78,27 @@ def make_timer():
     return "cuda events", events
 
 
+def capture(call, reps: int) -> torch.cuda.CUDAGraph:
+    """`reps` calls of `call` captured in one CUDA graph, after warm-up calls on a side stream."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # capture wants the first calls (allocations, autotuning) done
+        for _ in range(3):
+            call()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(reps):
+            call()
+    return graph
+
+
 def graph_ms(call, reps: int = 20, replays: int = 10) -> float | None:
     """Median time per call of `reps` calls captured in one CUDA graph: GPU time with the CPU's launch
     and dispatch cost taken out (a decode step under CUDA graphs sees this). None if capture fails.
     `call` rotates its weights, so the captured calls read `reps` different copies."""
     try:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # capture wants the first calls (allocations, autotuning) done
-            for _ in range(3):
-                call()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            for _ in range(reps):
-                call()
+        graph = capture(call, reps)
     except (RuntimeError, NotImplementedError, ValueError) as err:  # a path this GPU/PyTorch lacks
         print(f"graph capture failed: {str(err).splitlines()[0]}")
         return None

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from bench_kernels import Rotation, copies_for, packed_copies  # noqa: E402
+from bench_kernels import Rotation, capture, copies_for, packed_copies  # noqa: E402
 
 from qtool_kernels import build, mixed_mm  # noqa: E402
 from qtool_kernels.layout import EPILOGUE  # noqa: E402
@@ -31,16 +31,7 @@ CALLS = 20
 
 def timeline(call) -> list[tuple[str, float, float]]:
     """(name, start us, duration us) of every GPU activity of one replay of CALLS captured calls."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            call()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(CALLS):
-            call()
+    graph = capture(call, CALLS)
     graph.replay()
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:

@@ -134,6 +134,11 @@ def emit(paths: list[Path]) -> None:
         for row in json.loads(path.read_text()):
             bits = FORMATS[row["format"]][0]
             table.setdefault((bits, row["K"], row["N"]), {})[row["M"]] = best_route(row)
+    print_entries(table)
+
+
+def print_entries(table: dict) -> None:
+    """{(kind, K, N): {M: route}} as the lines of a kernels/tuning.py table."""
     for key, cells in sorted(table.items()):
         print(f"    {key}: {{" + ", ".join(f'{m}: "{r}"' for m, r in sorted(cells.items())) + "},")
 

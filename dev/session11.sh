@@ -5,7 +5,7 @@
 #   call 3: bash dev/session11.sh tests8 e2e4 w8table          8B W4A16 end to end, the W8A8 protocol table
 # tests   the Hopper mixed-input GEMMs: every schedule, token tiles below the batch, clusters of two tiles;
 # sweep4  every schedule of w4_mm at every shape and M = 8 ... 4096 (dev/mixed_sweep.py), beside bf16,
-#         wo_gemm and dequant + cuBLAS: the data of kernels/mixed_tuning.py;
+#         wo_gemm and dequant + cuBLAS: the data of kernels/tuning.py;
 # sweep8  the same for w8_mm (W8A16 per channel);
 # table4/8 the protocol's table through the dispatcher (benchmarks/bench_kernels.py);
 # e2e4    8B-shaped W4A16 decode / prefill against bf16 (300 s: quantization, packing, two compilations);

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from bench_kernels import Rotation, graph_ms  # noqa: E402
 from bench_w8a8 import SHAPES, copies  # noqa: E402
+from mixed_sweep import print_entries  # noqa: E402  (this folder is on sys.path when run as a script)
 
 from qtool_kernels import block_mm, build, ops, scaled_mm, sm90  # noqa: E402
 
@@ -119,8 +120,7 @@ def emit(paths: list[Path]) -> None:
     for path in paths:
         for row in json.loads(path.read_text()):
             table.setdefault((row["kind"], row["K"], row["N"]), {})[row["M"]] = best_route(row)
-    for key, cells in sorted(table.items()):
-        print(f"    {key}: {{" + ", ".join(f'{m}: "{r}"' for m, r in sorted(cells.items())) + "},")
+    print_entries(table)
 
 
 def main() -> None:

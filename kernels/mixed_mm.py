@@ -181,52 +181,6 @@ def takes_ktile(ktile: int, m: int, group: int, k_padded: int, pingpong: int = 0
     return ktile == 128 and not pingpong and m <= KTILE_MAX_M and (group == k_padded or group % 128 == 0)
 
 
-# 128-k stages measured on the H200 (BENCHMARKS.md, session 10) against 64-k: W4 faster or equal at every
-# shape for 8-128 tokens (up to 14% at 64 tokens, 28672 x 8192); W8 up to 18% faster for 8-64 tokens but up
-# to 8% slower at 128 (8192 x 28672).
-KTILE128_MAX_M = {4: 128, 8: 64}
-
-
-def mixed_ktile(bits: int, m: int, group: int, k_padded: int) -> int:
-    """The pipeline stage depth in k (64 or 128) for m tokens of a `bits`-wide weight."""
-    return 128 if m <= KTILE128_MAX_M[bits] and takes_ktile(128, m, group, k_padded) else 64
-
-
-TILE_N = 128  # weight rows per output tile of the cooperative kernels (csrc/sm90/mixed_mm_sm90.cu)
-# Stream-K measured on the H200 (BENCHMARKS.md): 4-10% faster than the default schedule where the 128-row
-# tiles of one token tile outnumber the SMs (8192 x 28672: 224 tiles on 132 SMs, M = 8-128, W4 and W8),
-# slower where they fit in one wave (4096 x 14336) and at M = 256.
-STREAM_K_MAX_M = 128
-
-
-@torch.compiler.assume_constant_result  # torch.compile calls it once while tracing instead of tracing into it
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def mixed_split(m: int, n_padded: int, device: torch.device) -> int:
-    """The `split` argument for m tokens and n_padded weight rows: -1 (stream-K) when the output tiles
-    are more than one wave and not many, else 0 (split-K only when tiles leave SMs idle)."""
-    if m > STREAM_K_MAX_M or device.type != "cuda":
-        return 0
-    return -1 if n_padded > TILE_N * _sm_count(device.index or 0) else 0
-
-
-# 256-row tiles (variant 1) measured on the H200 (session 10, shuffled 4-bit codes, M = 8-64): 16-19% faster
-# than 128-row tiles on 8192 x 28672 and 28672 x 8192 (235 M weights), 4-12% slower on the 4096- and 8192-wide
-# shapes (<= 67 M weights); not measured for shuffled 8-bit codes, which keep 128-row tiles.
-ROWS256_MIN_WEIGHTS = {4: 1 << 27}
-
-
-def mixed_schedule(m: int, mixed: MixedWeight, k_padded: int, device: torch.device) -> dict:
-    """The measured-best (split, ktile, variant) for m tokens: keyword arguments of `mixed_linear`."""
-    n = mixed.w.shape[0]
-    ktile = mixed_ktile(mixed.bits, m, mixed.group, k_padded)
-    if ktile == 128 and m <= 64 and n * k_padded >= ROWS256_MIN_WEIGHTS.get(mixed.bits, 1 << 62):
-        return {"split": 0, "ktile": 128, "variant": 1}
-    return {"split": mixed_split(m, n, device), "ktile": ktile, "variant": 0}
-
-
 def check_schedule(m: int, group: int, k_padded: int, pingpong: int, ktile: int, variant: int,
                    token_tile: int) -> None:
     """Raise ValueError naming the argument when this library builds no tile for the schedule."""
@@ -248,8 +202,10 @@ def check_schedule(m: int, group: int, k_padded: int, pingpong: int, ktile: int,
 
 
 def mixed_linear(x2: torch.Tensor, mixed: MixedWeight, split: int = 0, pingpong: int = 0,
-                 ktile: int = 64, variant: int = 0, token_tile: int = 0) -> torch.Tensor:
-    """x2 [m, K_pad] bf16, contiguous -> [m, N_pad] bf16; the schedule arguments as in `w4_mm`."""
-    check_schedule(x2.shape[0], mixed.group, x2.shape[1], pingpong, ktile, variant, token_tile)
+                 ktile: int = 64, variant: int = 0, token_tile: int = 0, checked: bool = False) -> torch.Tensor:
+    """x2 [m, K_pad] bf16, contiguous -> [m, N_pad] bf16; the schedule arguments as in `w4_mm`; checked: the
+    caller has run `check_schedule` on them already (the dispatcher's routes, tuning.fit)."""
+    if not checked:
+        check_schedule(x2.shape[0], mixed.group, x2.shape[1], pingpong, ktile, variant, token_tile)
     op = torch.ops.qtool_cuda_mixed.w8_mm if mixed.bits == 8 else torch.ops.qtool_cuda_mixed.w4_mm
     return op(x2, mixed.w, mixed.scale, mixed.zero, mixed.group, split, pingpong, ktile, variant, token_tile)

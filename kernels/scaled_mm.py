@@ -97,25 +97,34 @@ def _sm90_fits(xq: torch.Tensor, wq: torch.Tensor, out_dtype: torch.dtype, measu
 SM90_CONFIGS = {"auto": 0, "skinny": 1, "large": 2, "split": 3, "narrow": 4}
 
 
-def w8a8_route(m: int, n: int, k: int, kind: str) -> str | None:
+def measured_kind(codes: torch.dtype, blocks: bool) -> str | None:
+    """The tuning.W8A8 kind of 8-bit codes: "fp8-block", "fp8", "int8"; None for E5M2 (not measured)."""
+    if codes == torch.float8_e4m3fn:
+        return "fp8-block" if blocks else "fp8"
+    return "int8" if codes == torch.int8 and not blocks else None
+
+
+def w8a8_route(m: int, n: int, k: int, kind: str | None) -> str | None:
     """The measured W8A8 route (tuning.W8A8) for m tokens of an n x k weight of `kind` ("fp8", "int8",
     "fp8-block"): "gemv", a libqtool_sm90 configuration, a block_mm configuration or "cublas"; None outside the
     measured batches, and off Hopper (the table was measured with libqtool_sm90 there: the rules of this module
     decide)."""
-    return tuning.lookup("w8a8", kind, k, n, m, within=True) if sm90.load() else None
+    return tuning.lookup("w8a8", kind, k, n, m, within=True) if kind is not None and sm90.load() else None
 
 
 def scaled_mm(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor,
               bias: torch.Tensor | None, x_group_size: int, w_block_n: int, w_block_k: int,
-              out_dtype: torch.dtype) -> torch.Tensor | None:
-    """qtool::scaled_linear on the GEMMs of the module docstring; None when none fits."""
-    m, k = xq.shape
+              out_dtype: torch.dtype, route: str | None = None) -> torch.Tensor | None:
+    """qtool::scaled_linear on the GEMMs of the module docstring; None when none fits. route: the measured route
+    (`w8a8_route`) when the caller has looked it up, else None (looked up here)."""
+    (m, k), n = xq.shape, wq.shape[0]
     if m == 0:
         return None
-    if x_group_size > 0 or w_block_n > 0:
-        return _blockwise(xq, x_scale, wq, w_scale, bias, x_group_size, w_block_n, w_block_k, out_dtype)
-    n = wq.shape[0]
-    route = w8a8_route(m, n, k, "fp8" if xq.dtype == torch.float8_e4m3fn else "int8") if xq.is_cuda else None
+    blocks = x_group_size > 0 or w_block_n > 0
+    if route is None and xq.is_cuda:
+        route = w8a8_route(m, n, k, measured_kind(wq.dtype, blocks))
+    if blocks:
+        return _blockwise(xq, x_scale, wq, w_scale, bias, x_group_size, w_block_n, w_block_k, out_dtype, route)
     if route in SM90_CONFIGS and _sm90_fits(xq, wq, out_dtype, measured=True):
         return torch.ops.qtool_cuda.sm90_scaled_mm(xq.contiguous(), wq.contiguous(), _vector(x_scale, m),
                                                    _vector(w_scale, n), bias, out_dtype, SM90_CONFIGS[route])
@@ -157,15 +166,14 @@ BLOCK = 128  # the one block size torch's block-wise FP8 GEMM takes (1x128 activ
 _blockwise_failed: set[str] = set()
 
 
-def _blockwise(xq, x_scale, wq, w_scale, bias, x_group_size, w_block_n, w_block_k, out_dtype):
-    """FP8 1x128 x 128x128 through the measured block-wise GEMM (block_mm.py where tuning.W8A8 says so, else
-    F.scaled_mm on cuBLAS); None where neither applies."""
-    (m, k), n = xq.shape, wq.shape[0]
+def _blockwise(xq, x_scale, wq, w_scale, bias, x_group_size, w_block_n, w_block_k, out_dtype, route):
+    """FP8 1x128 x 128x128 through the measured block-wise GEMM (block_mm.py where `route`, from tuning.W8A8, names
+    it, else F.scaled_mm on cuBLAS); None where neither applies."""
+    k, n = xq.shape[1], wq.shape[0]
     fits = (xq.is_cuda and xq.dtype == wq.dtype == torch.float8_e4m3fn and x_group_size == BLOCK
             and (w_block_n, w_block_k) == (BLOCK, BLOCK) and k % BLOCK == 0)
     if not fits:
         return None
-    route = w8a8_route(m, n, k, "fp8-block")
     if route in block_mm_sm90.CONFIGS and n % 8 == 0 and block_mm_sm90.available():  # measured faster than cuBLAS
         y = block_mm_sm90.block_linear(xq, x_scale, wq, w_scale, block_mm_sm90.CONFIGS[route])
     else:
@@ -231,14 +239,13 @@ def _w8a8_linear_cuda(x, weight, weight_scale, bias, input_scale, fmt, act_group
     if build.load_extension() is None or x.dtype not in KERNEL_DTYPES:
         return reference.w8a8_linear(*args)
     m, (n, k) = x.shape[0], weight.shape
-    kind = "fp8-block" if block_n > 0 else {torch.int8: "int8", torch.float8_e4m3fn: "fp8"}.get(weight.dtype)
-    route = None if kind is None else w8a8_route(m, n, k, kind)  # E5M2 was not measured: the rules
+    route = w8a8_route(m, n, k, measured_kind(weight.dtype, block_n > 0))  # None: E5M2, or not measured
     gemv = route == "gemv" if route is not None else m <= W8_GEMV_MAX_M
     if gemv and m <= W8_GEMV_MAX_M and (y := _w8_gemv(x, weight, weight_scale, bias, block_n, block_k)) is not None:
         return y
     xq, xs = quantize_activation_cuda(x, fmt, act_group_size, input_scale)
     group = act_group_size if input_scale is None else 0
-    y = scaled_mm(xq, xs, weight, weight_scale, bias, group, block_n, block_k, x.dtype)
+    y = scaled_mm(xq, xs, weight, weight_scale, bias, group, block_n, block_k, x.dtype, route)
     if y is None:
         return reference.scaled_linear(xq, xs, weight, weight_scale, bias, group, block_n, block_k, x.dtype)
     return y

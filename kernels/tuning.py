@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from .mixed_mm import check_schedule
+from .mixed_mm import check_schedule, takes_ktile
 
 # Mixed-input routes, (bits, K, N) -> {M: route}: "wo_gemm" (qtool's mma.sync GEMM), "dequant" (dequant_int +
 # cuBLAS), or a schedule "k<ktile> t<token tile> v<variant> s<split>" (mixed_mm.mixed_linear's arguments).
@@ -110,9 +110,17 @@ def measured_route(bits: int, k: int, n: int, m: int) -> dict | str | None:
     return None if route is None else parse(route)
 
 
+def plain_schedule(m: int, group: int, k_padded: int) -> dict:
+    """The schedule every tuned one was measured against: the batch's own token tile, 128-row tiles, 128-k stages
+    where the batch and groups take them (else 64), split-K only where the tiles leave SMs idle. For weights no
+    table covers."""
+    ktile = 128 if takes_ktile(128, m, group, k_padded) else 64
+    return {"ktile": ktile, "token_tile": 0, "variant": 0, "split": 0}
+
+
 def fit(schedule: dict, m: int, group: int, k_padded: int) -> dict:
     """A measured schedule made valid for this weight: 64-k stages where its groups do not take 128, and the
-    tiles those stages build (token tiles of 32 or more, 128-row tiles)."""
+    tiles those stages build (token tiles of 32 or more, 128-row tiles). The result passes `check_schedule`."""
     try:
         check_schedule(m, group, k_padded, 0, **{key: schedule[key] for key in ("ktile", "variant", "token_tile")})
         return schedule

@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from .layout import EPILOGUE, LOW_BITS, PackedWeight
-from .mixed_mm import mixed_linear, mixed_schedule
-from .tuning import fit, measured_route
+from .mixed_mm import mixed_linear
+from .tuning import fit, measured_route, plain_schedule
 
 # wo_gemv serves up to 8 tokens (csrc/wo_kernels.h, kMaxGemvTokens). 4 is the cut-off every recorded
 # measurement ran with (BENCHMARKS.md); the 4-vs-8 A/B of kernels/NOTES.md (v3) left no result, so to
@@ -88,8 +88,8 @@ def hopper_route(w: PackedWeight, m: int, dtype: torch.dtype, bits: int | None =
     if w.mixed is None or dtype != torch.bfloat16 or m < MIXED_MIN_M[w.mixed.bits]:
         return None
     route = measured_route(bits or w.mixed.bits, w.k_padded, w.out_features, m)
-    if route is None:  # no table for this width: the rules of session 10
-        return mixed_schedule(m, w.mixed, w.k_padded, torch.device("cuda"))
+    if route is None:  # no table for this width
+        return plain_schedule(m, w.mixed.group, w.k_padded)
     return fit(route, m, w.mixed.group, w.k_padded) if isinstance(route, dict) else route
 
 
@@ -155,8 +155,9 @@ def _dequant_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None
 
 
 def _hopper_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, schedule: dict) -> torch.Tensor:
-    """x2 [m, K_pad] bf16 on the weight's Hopper copy with `schedule` (mixed_linear's arguments) -> [m, N]."""
-    y = mixed_linear(x2, w.mixed, **schedule)[:, :w.out_features]
+    """x2 [m, K_pad] bf16 on the weight's Hopper copy with `schedule` (mixed_linear's arguments, checked by
+    tuning.fit / plain_schedule) -> [m, N]."""
+    y = mixed_linear(x2, w.mixed, **schedule, checked=True)[:, :w.out_features]
     return y if bias is None else y + bias.to(y.dtype)
 
 
@@ -171,6 +172,6 @@ def _low_bits_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | Non
                                EPILOGUE, prefetch, gemv_variant(w))
     if isinstance(hopper, dict):
         return _hopper_linear(x2, w, bias, hopper)
-    if hopper == "wo_gemm":  # the 4-bit winner decodes 4-bit chunks only: the Hopper copy by the rules instead
-        return _hopper_linear(x2, w, bias, mixed_schedule(m, w.mixed, w.k_padded, x2.device))
+    if hopper == "wo_gemm":  # the 4-bit winner decodes 4-bit chunks only: the Hopper copy's plain schedule
+        return _hopper_linear(x2, w, bias, plain_schedule(m, w.mixed.group, w.k_padded))
     return _dequant_linear(x2, w, bias, kernels)

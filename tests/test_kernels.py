@@ -287,20 +287,6 @@ assert "torch.utils.cpp_extension" not in sys.modules
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
-def test_mixed_split_picks_stream_k_past_one_wave(monkeypatch):
-    """The Hopper GEMM's schedule (kernels/mixed_mm.py): stream-K only where the 128-row output tiles of a
-    batch of <= 128 tokens are more than the SMs (measured faster there, slower elsewhere)."""
-    from qtool_kernels import mixed_mm
-
-    monkeypatch.setattr(mixed_mm, "_sm_count", lambda index: 132)
-    gpu = torch.device("cuda", 0)
-    assert mixed_mm.mixed_split(16, 28672, gpu) == -1  # 224 tiles
-    assert mixed_mm.mixed_split(128, 28672, gpu) == -1
-    assert mixed_mm.mixed_split(16, 14336, gpu) == 0  # 112 tiles: one wave
-    assert mixed_mm.mixed_split(256, 28672, gpu) == 0
-    assert mixed_mm.mixed_split(16, 28672, torch.device("cpu")) == 0
-
-
 def test_mixed_ktile_rules():
     """128-k stages only where built (<= 128 tokens, cooperative) and where scales change at tile edges."""
     from qtool_kernels import mixed_mm
@@ -337,7 +323,7 @@ def test_dispatcher_routes_by_tokens_and_shape(monkeypatch):
                 return torch.zeros(x.shape[0], args[6], dtype=x.dtype)
             return run
 
-    def fake_mixed(x2, mixed, split=0, pingpong=0, ktile=64, variant=0, token_tile=0):
+    def fake_mixed(x2, mixed, split=0, pingpong=0, ktile=64, variant=0, token_tile=0, checked=False):
         calls.append(("mixed", ktile, token_tile, variant, split))
         return torch.zeros(x2.shape[0], mixed.w.shape[0], dtype=x2.dtype)
 
@@ -375,10 +361,11 @@ def test_dispatcher_routes_by_tokens_and_shape(monkeypatch):
             "wo_gemm",)
         assert route(4, 8192, 8192, 65, copy=False) == ("dequant_int",)
         # 2- and 3-bit: the native GEMV up to 4 tokens with a (4-bit) Hopper copy, up to 8 without one; the
-        # copy takes the 4-bit route, and where that is wo_gemm (4-bit chunks only) the copy by the rules
+        # copy takes the 4-bit route, and where that is wo_gemm (4-bit chunks only) the copy's plain schedule
         for bits in (2, 3):
             assert route(bits, 8192, 8192, 4) == ("wo_gemv", 1) and route(bits, 8192, 28672, 16)[0] == "mixed"
-            assert route(bits, 4096, 4096, 8)[0] == "mixed" and route(bits, 4096, 4096, 300) == ("dequant_int",)
+            assert route(bits, 4096, 4096, 8) == ("mixed", 128, 0, 0, 0)
+            assert route(bits, 4096, 4096, 300) == ("dequant_int",)
             assert route(bits, 8192, 8192, 8, copy=False) == ("wo_gemv", 1)
             assert route(bits, 8192, 8192, 9, copy=False) == ("dequant_int",)
     finally:
