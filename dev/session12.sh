@@ -54,6 +54,41 @@ floor() {
   timeout 120 python3 dev/floor_probe.py --shape 4096x4096 --tokens 8,128 2>&1 | grep -v Warning | tail -60
 }
 
+failures() {
+  step "GPU tests, the failures in full"
+  timeout 200 python3 -m pytest -q -m gpu tests/test_w8a8_gpu.py tests/test_mixed_gpu.py tests/test_kernels_gpu.py \
+    tests/test_lowbit_gpu.py --tb=short -rf > "$OUT/tests.txt" 2>&1
+  grep -E "^(FAILED|ERROR)" "$OUT/tests.txt" | sed -E 's/\[.*//' | sort | uniq -c
+  grep -E "Error|error:|assert" "$OUT/tests.txt" | sort | uniq -c | sort -rn | head -20
+  tail -3 "$OUT/tests.txt"
+}
+
+overhead() {
+  step "host time per eager call"
+  timeout 120 python3 dev/overhead_probe.py --shape 4096x4096 --tokens 1,2048 --profile fp8-block 2>&1 | grep -v Warn | head -60
+  timeout 60 python3 dev/overhead_probe.py --shape 4096x4096 --tokens 2048 --profile fp8 2>&1 | grep -v Warn | head -40
+}
+
+clusterorder() {
+  step "cluster tests alone in a fresh process, then after the block GEMM tests"
+  timeout 60 python3 -m pytest -q -m gpu tests/test_mixed_gpu.py -k clusters 2>&1 | tail -2
+  timeout 90 python3 -m pytest -q -m gpu tests/test_w8a8_gpu.py tests/test_mixed_gpu.py -k "block or clusters" 2>&1 | tail -2
+}
+
+clusters() {
+  step "where clusters of two row tiles (variant 2) launch"
+  timeout 120 python3 dev/cluster_probe.py 2>&1 | grep -v Warn | tail -20
+}
+
+e2e() {
+  for s in "$@"; do
+    step "8B decode / prefill, $s vs bf16"
+    timeout 200 python3 -m quantize bench llama-8b --random-weights --scheme "$s" --decode-tokens 32 \
+      --batch-sizes 1,16 --prefill-len 2048 --json "$OUT/e2e-$s.json" 2>&1 | tail -14
+  done
+}
+e2eall() { e2e fp8-block fp8 w8a8-int8 w4a16; }
+
 blocktable() {
   step "W8A8 protocol table"
   timeout 300 python3 benchmarks/bench_w8a8.py --json "$OUT/w8a8.json" 2>&1 | tail -25

@@ -69,9 +69,8 @@ def _check(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: t
         raise ValueError(f"fp8_block_mm: config={config}, expected one of {sorted(CONFIGS.values())}")
 
 
-@torch.library.custom_op("qtool_cuda_block::fp8_block_mm", mutates_args=())
-def fp8_block_mm(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor, config: int = 0,
-                 split: int = 0) -> torch.Tensor:
+def _run(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor, config: int = 0,
+         split: int = 0) -> torch.Tensor:
     """y [m, n] bf16 (module docstring); xq [m, k] e4m3 with m % 4 == 0, x_scale float32 [m, k / 128] column-major,
     wq [n, k] e4m3, w_scale float32 [ceil(n / 128), k / 128] row-major; config as CONFIGS; split (config 1):
     0 fills the SMs, 1 none, s > 1 that many parts, -1 stream-K."""
@@ -85,6 +84,9 @@ def fp8_block_mm(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_sc
     if err is not None:
         raise RuntimeError(f"fp8_block_mm: {err} (m={m}, n={n}, k={k}, config={config})")
     return y
+
+
+fp8_block_mm = torch.library.custom_op("qtool_cuda_block::fp8_block_mm", _run, mutates_args=())
 
 
 @fp8_block_mm.register_fake
@@ -107,5 +109,6 @@ def block_linear(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_sc
     """`fp8_block_mm` for any m: bf16 [m, n]."""
     m = xq.shape[0]
     xq_p, sa = pad_rows(xq, x_scale)
-    y = fp8_block_mm(xq_p, sa, wq.contiguous(), w_scale.float().contiguous(), config, split)
+    gemm = fp8_block_mm if torch.compiler.is_compiling() else _run  # eager: no custom-op dispatch (host time)
+    y = gemm(xq_p, sa, wq.contiguous(), w_scale.float().contiguous(), config, split)
     return y[:m] if xq_p.shape[0] != m else y

@@ -207,5 +207,8 @@ def mixed_linear(x2: torch.Tensor, mixed: MixedWeight, split: int = 0, pingpong:
     caller has run `check_schedule` on them already (the dispatcher's routes, tuning.fit)."""
     if not checked:
         check_schedule(x2.shape[0], mixed.group, x2.shape[1], pingpong, ktile, variant, token_tile)
+    args = (x2, mixed.w, mixed.scale, mixed.zero, mixed.group, split, pingpong, ktile, variant, token_tile)
+    if not torch.compiler.is_compiling():  # eager: the ctypes call without the custom op's dispatch (host time)
+        return _run(mixed.bits, *args)
     op = torch.ops.qtool_cuda_mixed.w8_mm if mixed.bits == 8 else torch.ops.qtool_cuda_mixed.w4_mm
-    return op(x2, mixed.w, mixed.scale, mixed.zero, mixed.group, split, pingpong, ktile, variant, token_tile)
+    return op(*args)

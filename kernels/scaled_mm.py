@@ -234,7 +234,8 @@ def _w8_gemv(x, weight, weight_scale, bias, block_n, block_k) -> torch.Tensor | 
 
 
 @ops.w8a8_linear.register_kernel("cuda")
-def _w8a8_linear_cuda(x, weight, weight_scale, bias, input_scale, fmt, act_group_size, block_n, block_k):
+def w8a8_linear_cuda(x, weight, weight_scale, bias, input_scale, fmt, act_group_size, block_n, block_k):
+    """qtool::w8a8_linear on CUDA (QuantLinear calls it directly in eager mode)."""
     args = (x, weight, weight_scale, bias, input_scale, fmt, act_group_size, block_n, block_k)
     if build.load_extension() is None or x.dtype not in KERNEL_DTYPES:
         return reference.w8a8_linear(*args)

@@ -25,7 +25,8 @@ from .mixed_mm import check_schedule, takes_ktile
 
 # Mixed-input routes, (bits, K, N) -> {M: route}: "wo_gemm" (qtool's mma.sync GEMM), "dequant" (dequant_int +
 # cuBLAS), or a schedule "k<ktile> t<token tile> v<variant> s<split>" (mixed_mm.mixed_linear's arguments).
-# H200, session 11, dev/mixed_sweep.py (BENCHMARKS.md); a tuned schedule is kept only where it beat the plain
+# H200, session 11 (the fused 8B shapes 4096 x 6144 and 4096 x 28672: session 12), dev/mixed_sweep.py
+# (BENCHMARKS.md); a tuned schedule is kept only where it beat the plain
 # one (the batch's own token tile, 128-row tiles, default split) by more than run-to-run noise (mixed_sweep.margin).
 MIXED: dict[tuple[int, int, int], dict[int, str]] = {
     (4, 4096, 4096): {8: "wo_gemm", 16: "wo_gemm", 32: "wo_gemm", 64: "k128 t32 v0 s0", 128: "k128 t64 v0 s2", 256: "k64 t128 v0 s2", 512: "k64 t128 v2 s1", 1024: "k64 t256 v0 s0", 2048: "k64 t256 v0 s0", 4096: "k64 t256 v0 s0"},
@@ -40,12 +41,17 @@ MIXED: dict[tuple[int, int, int], dict[int, str]] = {
     (8, 8192, 28672): {8: "k128 t16 v1 s1", 16: "k128 t16 v1 s0", 32: "k128 t32 v1 s1", 64: "k128 t64 v1 s1", 128: "k128 t128 v0 s0", 256: "k64 t256 v0 s0", 512: "k64 t256 v2 s-1", 1024: "k64 t256 v0 s0", 2048: "k64 t256 v0 s0", 4096: "k64 t256 v2 s-1"},
     (8, 14336, 4096): {8: "k128 t16 v0 s0", 16: "k128 t16 v0 s0", 32: "k128 t32 v0 s0", 64: "k128 t64 v0 s0", 128: "k128 t128 v0 s0", 256: "k64 t256 v0 s0", 512: "k64 t256 v0 s0", 1024: "k64 t256 v0 s0", 2048: "k64 t256 v0 s0", 4096: "k64 t256 v0 s0"},
     (8, 28672, 8192): {8: "k128 t16 v1 s4", 16: "k128 t16 v1 s4", 32: "k128 t32 v0 s0", 64: "k128 t64 v1 s4", 128: "k128 t128 v0 s0", 256: "k64 t256 v2 s2", 512: "k64 t256 v0 s0", 1024: "k64 t256 v0 s0", 2048: "k64 t256 v0 s0", 4096: "k64 t256 v0 s0"},
+    (4, 4096, 6144): {8: "wo_gemm", 16: "wo_gemm", 32: "k128 t32 v0 s0", 64: "k128 t64 v0 s0", 128: "k128 t128 v0 s0", 256: "k64 t128 v2 s0", 512: "k64 t256 v0 s0", 1024: "k64 t256 v2 s-1", 2048: "k64 t256 v0 s0", 4096: "k64 t256 v0 s0"},
+    (4, 4096, 28672): {8: "k128 t16 v1 s1", 16: "k128 t16 v1 s0", 32: "k128 t32 v1 s0", 64: "k128 t64 v1 s0", 128: "k128 t128 v0 s0", 256: "k64 t256 v0 s0", 512: "k64 t256 v0 s-1", 1024: "k64 t256 v0 s0", 2048: "k64 t256 v0 s0", 4096: "k64 t256 v2 s-1"},
+    (8, 4096, 6144): {8: "k128 t16 v0 s0", 16: "k128 t16 v0 s0", 32: "k128 t32 v0 s0", 64: "k64 t64 v0 s0", 128: "k64 t128 v0 s0", 256: "k64 t128 v0 s1", 512: "k64 t256 v0 s0", 1024: "k64 t256 v2 s-1", 2048: "k64 t256 v0 s0", 4096: "k64 t256 v0 s0"},
+    (8, 4096, 28672): {8: "k128 t16 v1 s0", 16: "k128 t16 v1 s1", 32: "k128 t32 v1 s1", 64: "k128 t64 v1 s1", 128: "k128 t128 v0 s0", 256: "k64 t256 v0 s0", 512: "k64 t256 v0 s-1", 1024: "k64 t256 v0 s0", 2048: "k64 t256 v0 s0", 4096: "k64 t256 v0 s0"},
 }
 
 # W8A8 routes, (codes, K, N) -> {M: route}: "gemv" (w8_gemv on the 16-bit activations, no activation
 # quantization), a libqtool_sm90 configuration ("skinny", "narrow", "split", "large") after the fused
-# activation quantization, or "cublas" (torch._scaled_mm row-wise, FP8 only). H200, session 11,
-# dev/w8a8_sweep.py (BENCHMARKS.md).
+# activation quantization, or "cublas" (torch._scaled_mm row-wise, FP8 only; F.scaled_mm block-wise for
+# "fp8-block", whose own configurations are "block-skinny", "block-split", "block-large" of block_mm.py).
+# H200, dev/w8a8_sweep.py (BENCHMARKS.md): session 11; fp8-block and the fused 8B shapes session 12.
 W8A8: dict[tuple[str, int, int], dict[int, str]] = {
     ('fp8', 4096, 4096): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "gemv", 32: "narrow", 64: "narrow", 128: "narrow", 256: "skinny", 512: "cublas", 1024: "large", 2048: "large", 4096: "large", 8192: "large"},
     ('fp8', 4096, 14336): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "skinny", 32: "skinny", 64: "narrow", 128: "cublas", 256: "large", 512: "skinny", 1024: "cublas", 2048: "large", 4096: "large", 8192: "cublas"},
@@ -59,6 +65,16 @@ W8A8: dict[tuple[str, int, int], dict[int, str]] = {
     ('int8', 8192, 28672): {1: "skinny", 2: "skinny", 4: "skinny", 8: "skinny", 16: "skinny", 32: "skinny", 64: "skinny", 128: "split", 256: "skinny", 512: "large", 1024: "large", 2048: "large", 4096: "large", 8192: "split"},
     ('int8', 14336, 4096): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "gemv", 32: "narrow", 64: "narrow", 128: "narrow", 256: "skinny", 512: "large", 1024: "large", 2048: "large", 4096: "large", 8192: "large"},
     ('int8', 28672, 8192): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "skinny", 32: "skinny", 64: "skinny", 128: "skinny", 256: "large", 512: "split", 1024: "large", 2048: "large", 4096: "large", 8192: "large"},
+    ('fp8-block', 4096, 4096): {1: "gemv", 8: "gemv", 16: "gemv", 32: "block-skinny", 64: "block-skinny", 128: "block-skinny", 256: "block-skinny", 512: "cublas", 1024: "cublas", 2048: "block-large", 4096: "block-large", 8192: "cublas"},
+    ('fp8-block', 4096, 14336): {1: "gemv", 8: "cublas", 16: "cublas", 32: "block-skinny", 64: "block-skinny", 128: "cublas", 256: "cublas", 512: "cublas", 1024: "block-large", 2048: "block-large", 4096: "block-split", 8192: "cublas"},
+    ('fp8-block', 8192, 8192): {1: "gemv", 8: "block-skinny", 16: "block-skinny", 32: "block-skinny", 64: "block-skinny", 128: "block-skinny", 256: "cublas", 512: "cublas", 1024: "cublas", 2048: "block-split", 4096: "cublas", 8192: "cublas"},
+    ('fp8-block', 8192, 28672): {1: "gemv", 8: "cublas", 16: "cublas", 32: "cublas", 64: "block-skinny", 128: "cublas", 256: "block-large", 512: "block-split", 1024: "block-split", 2048: "block-split", 4096: "block-large", 8192: "cublas"},
+    ('fp8-block', 14336, 4096): {1: "gemv", 8: "gemv", 16: "gemv", 32: "block-split", 64: "block-split", 128: "block-split", 256: "block-split", 512: "block-split", 1024: "block-split", 2048: "block-large", 4096: "cublas", 8192: "cublas"},
+    ('fp8-block', 28672, 8192): {1: "cublas", 8: "cublas", 16: "block-skinny", 32: "block-skinny", 64: "block-skinny", 128: "block-split", 256: "cublas", 512: "block-split", 1024: "block-split", 2048: "cublas", 4096: "block-large", 8192: "cublas"},
+    ('fp8', 4096, 6144): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "gemv", 32: "narrow", 64: "narrow", 128: "skinny", 256: "cublas", 512: "skinny", 1024: "cublas", 2048: "large", 4096: "large", 8192: "large"},
+    ('fp8', 4096, 28672): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "skinny", 32: "skinny", 64: "skinny", 128: "cublas", 256: "skinny", 512: "cublas", 1024: "cublas", 2048: "large", 4096: "large", 8192: "large"},
+    ('int8', 4096, 6144): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "gemv", 32: "narrow", 64: "narrow", 128: "skinny", 256: "large", 512: "skinny", 1024: "large", 2048: "large", 4096: "large", 8192: "large"},
+    ('int8', 4096, 28672): {1: "skinny", 2: "gemv", 4: "skinny", 8: "skinny", 16: "skinny", 32: "skinny", 64: "narrow", 128: "skinny", 256: "skinny", 512: "skinny", 1024: "large", 2048: "split", 4096: "split", 8192: "large"},
 }
 
 

@@ -144,8 +144,14 @@ class QuantLinear(nn.Module):
         fmt = act.fp_format if act.is_float else "int8"
         group = act.group_size if act.strategy is Strategy.GROUP else 0
         bn, bk = w.block_structure if w.strategy is Strategy.BLOCK else (0, 0)
-        out = torch.ops.qtool.w8a8_linear(x.reshape(-1, self.in_features), self.weight, self.weight_scale, self.bias,
-                                          getattr(self, "input_scale", None), fmt, group, bn, bk)
+        args = (x.reshape(-1, self.in_features), self.weight, self.weight_scale, self.bias,
+                getattr(self, "input_scale", None), fmt, group, bn, bk)
+        if x.is_cuda and not torch.compiler.is_compiling() and not (x.requires_grad and torch.is_grad_enabled()):
+            # Eager calls skip the custom op's dispatch (tens of microseconds of host time per call, which an
+            # eager prefill pays on every layer); torch.compile and autograd still see the op.
+            out = scaled_mm.w8a8_linear_cuda(*args)
+        else:
+            out = torch.ops.qtool.w8a8_linear(*args)
         return out.reshape(*x.shape[:-1], self.out_features)
 
     def _forward_w1a1(self, x: torch.Tensor) -> torch.Tensor:
