@@ -75,6 +75,15 @@ clusterorder() {
   timeout 90 python3 -m pytest -q -m gpu tests/test_w8a8_gpu.py tests/test_mixed_gpu.py -k "block or clusters" 2>&1 | tail -2
 }
 
+culprit() {
+  step "which earlier test makes the mixed cluster launches fail"
+  for sel in "block-large or clusters" "block-skinny or clusters" "block-split or clusters" \
+             "(match_reference and fp8-block) or clusters"; do
+    echo "-k '$sel':"
+    timeout 60 python3 -m pytest -q -m gpu tests/test_w8a8_gpu.py tests/test_mixed_gpu.py -k "$sel" 2>&1 | tail -1
+  done
+}
+
 clusters() {
   step "where clusters of two row tiles (variant 2) launch"
   timeout 120 python3 dev/cluster_probe.py 2>&1 | grep -v Warn | tail -20
