@@ -84,6 +84,11 @@ culprit() {
   done
 }
 
+streamprobe() {
+  step "cluster launches after cuBLAS block-wise FP8"
+  timeout 60 python3 dev/stream_probe.py 2>&1 | grep -v Warn | tail -8
+}
+
 clusters() {
   step "where clusters of two row tiles (variant 2) launch"
   timeout 120 python3 dev/cluster_probe.py 2>&1 | grep -v Warn | tail -20
