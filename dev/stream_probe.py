@@ -40,6 +40,20 @@ def main() -> None:
     with torch.cuda.stream(torch.cuda.Stream()):
         v2(p, x, "after cuBLAS block-wise, a new stream:")
     v2(p, x, "again on the default stream:")
+    from quantize.linear import QuantLinear
+    from quantize.primitives import quantize_weight
+    from quantize.scheme import preset
+
+    scheme = preset("fp8-block")
+    for k in (4096, 576):
+        w = torch.randn(1536, k, device="cuda") / k**0.5
+        layer = QuantLinear.from_qtensor(quantize_weight(w, scheme.weights), scheme,
+                                         bias=torch.randn(1536, device="cuda").to(torch.bfloat16))
+        for m in (1, 16, 17, 300, 2048):
+            layer(torch.randn(3, m, k, device="cuda").to(torch.bfloat16))
+            torch.cuda.synchronize()
+            v2(p, x, f"after an fp8-block layer, k={k}, 3 x {m} tokens (route "
+                     f"{scaled_mm.w8a8_route(3 * m, 1536, k, 'fp8-block')}):")
 
 
 if __name__ == "__main__":
