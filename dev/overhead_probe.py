@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
-import sys
 import time
 
 import torch
@@ -59,8 +58,8 @@ def main() -> None:
     for m in map(int, args.tokens.split(",")):
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
         with torch.inference_mode():
-            cells = [f"bf16 {host_us(lambda: F.linear(x, dense)):.1f}"]
-            cells += [f"{s} {host_us(lambda s=s: layers[s](x)):.1f}" for s in SCHEMES]
+            cells = [f"bf16 {host_us(lambda x=x: F.linear(x, dense)):.1f}"]
+            cells += [f"{s} {host_us(lambda s=s, x=x: layers[s](x)):.1f}" for s in SCHEMES]
         print(f"{args.shape} M={m}: host us per call: " + ", ".join(cells))
     if args.profile:
         x = torch.randn(2048, k, device="cuda", dtype=torch.bfloat16)

@@ -28,7 +28,7 @@ tests() {
 
 blocksweep() {
   step "fp8-block GEMMs: cuBLAS block-wise vs block_mm configurations vs w8_gemv"
-  timeout 220 python3 dev/w8a8_sweep.py --kinds fp8-block --tokens 1,8,16,32,64,128,256,512,1024,2048,4096,8192 \
+  timeout 220 python3 dev/w8a8_sweep.py --kinds fp8-block --tokens 1,2,4,8,16,32,64,128,256,512,1024,2048,4096,8192 \
     --budget 160 --json "$OUT/block_sweep.json" 2>&1 | tail -75
   python3 dev/w8a8_sweep.py --emit "$OUT/block_sweep.json"
 }

@@ -89,6 +89,27 @@ def test_w8_gemv(kernels, dtype, fmt, scales, m, n, k):
     assert rel_err(y, x.double() @ dense.T + bias.double()) < 1e-2
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("fmt", ["int8", "e4m3", "e5m2"])
+def test_w8_gemv_decodes_every_code_exactly(kernels, dtype, fmt):
+    """w8_gemv's in-register code conversion (bit tricks, no conversion instructions) is exact for every finite
+    code, subnormals and signed zeros included: one-hot activations and unit scales make each output one code,
+    which bf16 and fp16 both hold exactly (every FP8 value and every int8 integer fits either); a signed zero
+    sums to +0, so outputs are compared as values."""
+    codes = torch.arange(256, dtype=torch.int32).to(torch.uint8)
+    if fmt != "int8":  # E4M3's NaN codes, E5M2's Inf / NaN: never weights
+        codes = codes[torch.isfinite(codes.view(FP8[fmt]).float())]
+    n, k, m = codes.numel(), 64, 16
+    w = torch.stack([codes.roll(-j) for j in range(k)], 1)  # row r, column j: code r + j
+    w = w.view(torch.int8 if fmt == "int8" else FP8[fmt]).cuda().contiguous()
+    cols = torch.randperm(k, device="cuda")[:m]
+    x = torch.zeros(m, k, dtype=dtype, device="cuda")
+    x[torch.arange(m, device="cuda"), cols] = 1
+    y = scaled_mm._w8_gemv(x, w, torch.ones(n, 1, device="cuda"), None, 0, 0)
+    want = w.float()[:, cols].T.to(dtype)
+    assert y is not None and torch.equal(y.float(), want.float()), fmt  # -0 sums to +0: compared as values
+
+
 def test_sm90_gemm_loads_on_hopper():
     if torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("not a Hopper GPU")

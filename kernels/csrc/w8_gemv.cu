@@ -31,10 +31,32 @@ constexpr int kUnroll = 4;  // tiles in flight per warp: 4 x kStripes x 2 rows x
 // 16-row stripes per block: two share the activation loads, one gives twice the blocks (n < this).
 constexpr int kTwoStripesMinN = 16384;
 
-// Four codes (one 32-bit word) -> two packed pairs of T: (c0, c1) and (c2, c3), exactly.
-// int8 without integer-to-float instructions (a quarter of the FMA rate): flipping the sign bit gives
-// u = c + 128 in 0..255, which placed in the low mantissa bits of a float (fp16: 1024 + u as 0x64uu;
-// fp32 for bf16: 2^23 + u) is one subtraction away from c.
+// Four codes (one 32-bit word) -> two packed pairs of T: (c0, c1) and (c2, c3), exactly, with few
+// conversion instructions (they issue at a fraction of the ALU rate, and at 1-16 tokens the decode, not the
+// tensor cores, is the work that competes with the weight stream).
+// int8: flipping the sign bit gives u = c + 128 in 0..255, which placed in the low mantissa bits of a float
+// (fp16: 1024 + u as 0x64uu; fp32 for bf16: 2^23 + u) is one subtraction away from c. For bf16 the upper half
+// of each such float is already c (an integer of 8 significant bits): one byte permute packs two.
+// FP8 for bf16: the code's exponent and mantissa bits, moved to the top of a bf16's fields, give the same value
+// times 2^-(127 - bias) (subnormals included); one bf16x2 multiply by 2^(127 - bias) restores it. Weight codes
+// are finite: the NaN codes of E4M3 (and Inf / NaN of E5M2) would decode as finite numbers.
+__device__ inline uint32_t int8_pair_bf16(uint32_t u, uint32_t sel_lo, uint32_t sel_hi) {
+  constexpr float kMagic = 8388736.0f;  // 2^23 + 128
+  const float lo = __uint_as_float(__byte_perm(u, 0x4B000000u, sel_lo)) - kMagic;
+  const float hi = __uint_as_float(__byte_perm(u, 0x4B000000u, sel_hi)) - kMagic;
+  return __byte_perm(__float_as_uint(lo), __float_as_uint(hi), 0x7632);
+}
+
+template <CodeFormat F>
+__device__ inline uint32_t fp8_pair_bf16(uint32_t word, uint32_t selector) {
+  constexpr int kShift = F == CodeFormat::kE4M3 ? 4 : 3;                         // 8 - exponent bits - 1
+  constexpr uint32_t kFields = F == CodeFormat::kE4M3 ? 0x07F007F0u : 0x0FE00FE0u;  // exponent | mantissa
+  constexpr uint32_t kRestore = F == CodeFormat::kE4M3 ? 0x7B807B80u : 0x77807780u;  // (2^120, 2^120) / 2^112
+  const uint32_t bytes = __byte_perm(word, 0u, selector);  // the two codes in bits 15:8 and 31:24
+  const uint32_t bits = (bytes & 0x80008000u) | ((bytes >> kShift) & kFields);
+  return as_u32(__hmul2(as_pair<__nv_bfloat162>(bits), as_pair<__nv_bfloat162>(kRestore)));
+}
+
 template <typename T, CodeFormat F>
 __device__ inline void decode4(uint32_t word, uint32_t& lo, uint32_t& hi) {
   if constexpr (F == CodeFormat::kInt8) {
@@ -43,27 +65,17 @@ __device__ inline void decode4(uint32_t word, uint32_t& lo, uint32_t& hi) {
       const uint32_t bias = 0x64806480u;  // (1024 + 128, 1024 + 128)
       lo = sub_pair(__byte_perm(u, 0x64646464u, 0x5140), bias, __half{});
       hi = sub_pair(__byte_perm(u, 0x64646464u, 0x7362), bias, __half{});
-    } else {
-      constexpr float kMagic = 8388736.0f;  // 2^23 + 128
-      const float c0 = __uint_as_float(0x4B000000u | (u & 0xff)) - kMagic;
-      const float c1 = __uint_as_float(0x4B000000u | ((u >> 8) & 0xff)) - kMagic;
-      const float c2 = __uint_as_float(0x4B000000u | ((u >> 16) & 0xff)) - kMagic;
-      const float c3 = __uint_as_float(0x4B000000u | (u >> 24)) - kMagic;
-      lo = float2_to_pair(c0, c1, T{});
-      hi = float2_to_pair(c2, c3, T{});
+    } else {  // selectors: byte i of u, then 0x00, 0x00, 0x4B -> the float 2^23 + u_i
+      lo = int8_pair_bf16(u, 0x7550, 0x7551);
+      hi = int8_pair_bf16(u, 0x7552, 0x7553);
     }
-  } else {
+  } else if constexpr (std::is_same_v<T, __half>) {
     constexpr __nv_fp8_interpretation_t kind = F == CodeFormat::kE4M3 ? __NV_E4M3 : __NV_E5M2;
-    const __half2_raw a = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(word & 0xffff), kind);
-    const __half2_raw b = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(word >> 16), kind);
-    if constexpr (std::is_same_v<T, __half>) {
-      lo = as_u32(__half2(a));
-      hi = as_u32(__half2(b));
-    } else {  // fp16 -> bf16 is exact for every FP8 value
-      const float2 fa = __half22float2(__half2(a)), fb = __half22float2(__half2(b));
-      lo = float2_to_pair(fa.x, fa.y, T{});
-      hi = float2_to_pair(fb.x, fb.y, T{});
-    }
+    lo = as_u32(__half2(__nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(word & 0xffff), kind)));
+    hi = as_u32(__half2(__nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(word >> 16), kind)));
+  } else {  // selectors: zero, code 0 (2), zero, code 1 (3)
+    lo = fp8_pair_bf16<F>(word, 0x1404);
+    hi = fp8_pair_bf16<F>(word, 0x3424);
   }
 }
 
