@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The next session's device calls, prepared at the end of session 12 (nvidia-h200, carry [".gpu/w8a8"], prebuilt
+# with bash dev/prebuild_sm90.sh; re-run it first if kernels/csrc/sm90 changed):
+#   call 1: bash dev/session13.sh tests clusterbisect gemvsweep blocksweep          (~8 min)
+#   then: python3 dev/w8a8_sweep.py --emit <sweep JSONs>, merged cell by cell into kernels/tuning.py W8A8 (these
+#   sweeps cover 1-16 tokens only: keep the rows' other cells), and
+#   call 2: bash dev/session13.sh w8table e2eall                                     (~9 min)
+#   nvidia-h200-x2 (issue 20): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 summary
+# tests         every GPU test; new: w8_gemv's code conversion without conversion instructions (session 12, never
+#               run), checked exactly over every int8 / E4M3 / E5M2 code;
+# clusterbisect the mixed GEMM's 2-CTA cluster launches fail after the fp8-block layer tests ran in the same
+#               process (session 12): which of those tests, at which m, and whether a fresh stream recovers;
+# gemvsweep     W8A8 at 1-16 tokens (w8_gemv's new decode against the GEMMs) for fp8, int8, fp8-block;
+# blocksweep    fp8-block at 2 and 4 tokens too (session 12 swept 1, 8, 16, ...);
+# w8table       the W8A8 protocol table; e2eall the 8B end to end for w4a16, fp8, w8a8-int8, fp8-block.
+cd "$(dirname "$0")/.."
+LOG=session13.log
+source dev/gpu_setup.sh
+
+TESTS=(tests/test_w8a8_gpu.py tests/test_mixed_gpu.py tests/test_kernels_gpu.py tests/test_lowbit_gpu.py)
+
+tests() {
+  step "GPU tests"
+  timeout 240 python3 -m pytest -q -m gpu "${TESTS[@]}" --tb=short -rf > "$OUT/tests.txt" 2>&1
+  grep -E "^(FAILED|ERROR)" "$OUT/tests.txt" | sed -E 's/\[.*//' | sort | uniq -c
+  grep -E "^E " "$OUT/tests.txt" | sort | uniq -c | sort -rn | head -12
+  tail -1 "$OUT/tests.txt"
+}
+
+clusterbisect() {
+  step "which fp8-block layer test breaks the cluster launches"
+  for sel in "match_reference and fp8-block and 4096" "match_reference and fp8-block and 576" \
+             "match_reference and fp8-block and 2048" "match_reference and fp8 and not block"; do
+    echo "-k '($sel) or clusters':"
+    timeout 60 python3 -m pytest -q -m gpu tests/test_w8a8_gpu.py tests/test_mixed_gpu.py \
+      -k "($sel) or clusters" 2>&1 | tail -1
+  done
+}
+
+gemvsweep() {
+  step "W8A8 at 1-16 tokens: w8_gemv (new decode) vs the GEMMs"
+  timeout 150 python3 dev/w8a8_sweep.py --tokens 1,2,4,8,16 --budget 120 --json "$OUT/gemv_sweep.json" 2>&1 | tail -40
+  timeout 80 python3 dev/w8a8_sweep.py --kinds fp8-block --tokens 1,2,4,8,16 --budget 60 \
+    --json "$OUT/gemv_block_sweep.json" 2>&1 | tail -15
+  python3 dev/w8a8_sweep.py --emit "$OUT/gemv_sweep.json" "$OUT/gemv_block_sweep.json"
+}
+
+blocksweep() {
+  step "fp8-block GEMMs at 2-4 tokens (merge with session 12's rows)"
+  timeout 120 python3 dev/w8a8_sweep.py --kinds fp8-block --tokens 2,4 --budget 80 \
+    --json "$OUT/block_sweep_2_4.json" 2>&1 | tail -15
+}
+
+w8table() {
+  step "W8A8 protocol table"
+  timeout 300 python3 benchmarks/bench_w8a8.py --json "$OUT/w8a8.json" 2>&1 | tail -25
+}
+
+e2e() {
+  for s in "$@"; do
+    step "8B decode / prefill, $s vs bf16"
+    timeout 200 python3 -m quantize bench llama-8b --random-weights --scheme "$s" --decode-tokens 32 \
+      --batch-sizes 1,16 --prefill-len 2048 --json "$OUT/e2e-$s.json" 2>&1 | tail -14
+  done
+}
+e2eall() { e2e w8a8-int8 fp8 fp8-block w4a16; }
+
+stages=("$@")
+[ ${#stages[@]} -eq 0 ] && stages=(tests clusterbisect gemvsweep blocksweep)
+for s in "${stages[@]}"; do "$s"; done
+step "done"
