@@ -164,7 +164,7 @@ def _hopper_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None,
     except RuntimeError as err:
         # Session 12: 2-CTA cluster schedules (variant 2) failed to launch in some long GPU test processes while
         # the same calls ran in fresh ones; the plain schedule (no cluster) serves the call instead.
-        plain = plain_schedule(x2.shape[0], w.mixed.group, w.k_padded)
+        plain = plain_schedule(x2.shape[0], w.mixed.group, x2.shape[1])  # x2 is [m, K_pad]
         if schedule == plain:
             raise
         if str(schedule) not in _failed_schedules:
