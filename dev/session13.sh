@@ -11,7 +11,8 @@
 # clusterbisect the mixed GEMM's 2-CTA cluster launches fail after the fp8-block layer tests ran in the same
 #               process (session 12): which of those tests, at which m, and whether a fresh stream recovers;
 # gemvsweep     W8A8 at 1-16 tokens (w8_gemv's new decode against the GEMMs) for fp8, int8, fp8-block;
-# blocksweep    fp8-block at 2 and 4 tokens too (session 12 swept 1, 8, 16, ...);
+# blocksweep    fp8-block at every M (session 12 skipped 2 and 4) with block_mm's config 3, "block-swap" (weights as
+#               the 128-row side, 64-token tiles, split-K; written after session 12's last call, never run);
 # w8table       the W8A8 protocol table; e2eall the 8B end to end for w4a16, fp8, w8a8-int8, fp8-block.
 cd "$(dirname "$0")/.."
 LOG=session13.log
@@ -46,9 +47,10 @@ gemvsweep() {
 }
 
 blocksweep() {
-  step "fp8-block GEMMs at 2-4 tokens (merge with session 12's rows)"
-  timeout 120 python3 dev/w8a8_sweep.py --kinds fp8-block --tokens 2,4 --budget 80 \
-    --json "$OUT/block_sweep_2_4.json" 2>&1 | tail -15
+  step "fp8-block GEMMs at 1-8192 tokens: cuBLAS, block_mm's configurations (block-swap new), w8_gemv"
+  timeout 220 python3 dev/w8a8_sweep.py --kinds fp8-block --tokens 1,2,4,8,16,32,64,128,256,512,1024,2048,4096,8192 \
+    --budget 180 --json "$OUT/block_sweep.json" 2>&1 | tail -85
+  python3 dev/w8a8_sweep.py --emit "$OUT/block_sweep.json"
 }
 
 w8table() {

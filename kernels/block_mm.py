@@ -5,7 +5,8 @@
   128 x 128 block scales [ceil(n / 128), k / 128])^T
 
 Configurations (`CONFIGS`): skinny (64 x 128 ping-pong tiles), split (128 x 128 cooperative tiles, k split over
-the SMs the tiles leave idle) and large (128 x 128 in clusters of two). Written in session 11 beside cuBLAS's
+the SMs the tiles leave idle), large (128 x 128 in clusters of two) and swap (the product transposed: 128 weight
+rows x 64 tokens per tile, split-K; session 12, not yet measured). Written in session 11 beside cuBLAS's
 block-wise GEMM (F.scaled_mm), which ran 32-256 tokens on the 4096-wide layers at 0.71-0.95x bf16; it serves
 a layer only where kernels/tuning.py holds a measured "fp8-block" route naming one of its configurations.
 
@@ -23,7 +24,8 @@ import torch.nn.functional as F
 from . import sm90
 
 BLOCK = 128
-CONFIGS = {"block-skinny": 0, "block-split": 1, "block-large": 2}  # route names of tuning.W8A8 -> config
+# route names of tuning.W8A8 -> config
+CONFIGS = {"block-skinny": 0, "block-split": 1, "block-large": 2, "block-swap": 3}
 
 
 class _Args(ctypes.Structure):  # csrc/sm90/sm90_block_mm.h, BlockMmArgs
@@ -72,7 +74,7 @@ def _check(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: t
 def _run(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor, config: int = 0,
          split: int = 0) -> torch.Tensor:
     """y [m, n] bf16 (module docstring); xq [m, k] e4m3 with m % 4 == 0, x_scale float32 [m, k / 128] column-major,
-    wq [n, k] e4m3, w_scale float32 [ceil(n / 128), k / 128] row-major; config as CONFIGS; split (config 1):
+    wq [n, k] e4m3, w_scale float32 [ceil(n / 128), k / 128] row-major; config as CONFIGS; split (configs 1, 3):
     0 fills the SMs, 1 none, s > 1 that many parts, -1 stream-K."""
     _check(xq, x_scale, wq, w_scale, config)
     workspace_of, run = _entry_points()

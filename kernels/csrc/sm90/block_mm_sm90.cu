@@ -7,8 +7,9 @@
 //
 // Why beside cuBLAS's block-wise FP8 (F.scaled_mm, what fp8-block layers ran before): on the 4096-wide layers
 // cuBLAS ran 32-128 tokens at 0.74-0.86x bf16 (H200, BENCHMARKS.md session 11): 32 output tiles for 132 SMs.
-// Here a 64 x 128 ping-pong tile serves skinny batches and a 128 x 128 cooperative tile on the stream-K
-// scheduler splits k over the SMs the tiles leave idle.
+// Here a 64 x 128 ping-pong tile serves skinny batches, a 128 x 128 cooperative tile on the stream-K
+// scheduler splits k over the SMs the tiles leave idle, and the swapped product (weights as 128-row tiles,
+// 64-token column tiles, split-K) serves 16-128 tokens without padding each tile to 64 or 128 tokens.
 //
 // Built apart from the PyTorch extension like the other Hopper libraries (kernels/sm90.py).
 #include <algorithm>
@@ -34,20 +35,28 @@ using namespace cute;
 using E4M3 = cutlass::float_e4m3_t;
 using Out = cutlass::bfloat16_t;
 // One scale per token and 128-k group (M-major: the column-major layout qtool_cuda::act_quant writes), one per
-// 128 x 128 weight block (k-major: the stored layout of an fp8-block checkpoint).
-using ScaleConfig = cutlass::detail::Sm90BlockwiseScaleConfig<1, 128, 128, cute::GMMA::Major::MN, cute::GMMA::Major::K>;
-using LayoutSFA = decltype(ScaleConfig::deduce_layoutSFA());
-using LayoutSFB = decltype(ScaleConfig::deduce_layoutSFB());
+// 128 x 128 weight block (k-major: the stored layout of an fp8-block checkpoint). Swapped (the weights as the
+// GEMM's M side, the tokens as its N side), the same two layouts are the other operand's.
+template <bool Swap>
+using ScaleConfig = std::conditional_t<
+    Swap, cutlass::detail::Sm90BlockwiseScaleConfig<128, 1, 128, cute::GMMA::Major::K, cute::GMMA::Major::MN>,
+    cutlass::detail::Sm90BlockwiseScaleConfig<1, 128, 128, cute::GMMA::Major::MN, cute::GMMA::Major::K>>;
 
-template <class TileShape, class ClusterShape, bool PingPong, class Scheduler>
+// Swap: D^T = W . X^T, the weight rows as 128-row tiles and the tokens as a narrow column tile: few tokens then
+// waste no tile rows, and split-K (cooperative kernel, stream-K scheduler) fills the SMs the weight's row tiles
+// leave idle (32 row tiles on a 4096-wide layer). y [m, n] row-major is D^T [n, m] column-major.
+template <class TileShape, class ClusterShape, bool PingPong, class Scheduler, bool Swap = false>
 struct BlockGemm {
   static constexpr int kAlignAB = 16;  // 16 bytes of FP8 codes
   static constexpr int kAlignD = 8;    // 16 bytes of bf16
+  using Scales = ScaleConfig<Swap>;
+  using LayoutSFA = decltype(Scales::deduce_layoutSFA());
+  using LayoutSFB = decltype(Scales::deduce_layoutSFB());
+  using LayoutD = std::conditional_t<Swap, cutlass::layout::ColumnMajor, cutlass::layout::RowMajor>;
 
   using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
-      cutlass::epilogue::collective::EpilogueTileAuto, float, float, void, cutlass::layout::RowMajor, kAlignD, Out,
-      cutlass::layout::RowMajor, kAlignD,
+      cutlass::epilogue::collective::EpilogueTileAuto, float, float, void, LayoutD, kAlignD, Out, LayoutD, kAlignD,
       std::conditional_t<PingPong, cutlass::epilogue::TmaWarpSpecialized,
                          cutlass::epilogue::TmaWarpSpecializedCooperative>>::CollectiveOp;
 
@@ -62,32 +71,38 @@ struct BlockGemm {
   using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
 
   static typename Gemm::Arguments arguments(const BlockMmArgs& p) {
-    typename Kernel::StrideA sa{};  // [m, k] k-major
+    // GEMM M x N: m x n, or n x m swapped; A [M, k] and B [N, k] k-major, D [M, N] n-major (swapped: m-major).
+    const int gm = Swap ? p.n : p.m, gn = Swap ? p.m : p.n;
+    typename Kernel::StrideA sa{};
     get<0>(sa) = p.k;
-    get<2>(sa) = static_cast<int64_t>(p.m) * p.k;
-    typename Kernel::StrideB sb{};  // [n, k] k-major
+    get<2>(sa) = static_cast<int64_t>(gm) * p.k;
+    typename Kernel::StrideB sb{};
     get<0>(sb) = p.k;
-    get<2>(sb) = static_cast<int64_t>(p.n) * p.k;
-    typename Kernel::StrideD sd{};  // [m, n] n-major
-    get<0>(sd) = p.n;
+    get<2>(sb) = static_cast<int64_t>(gn) * p.k;
+    typename Kernel::StrideD sd{};
+    if constexpr (Swap) get<1>(sd) = gm; else get<0>(sd) = gn;
     get<2>(sd) = static_cast<int64_t>(p.m) * p.n;
-    const auto shape = make_shape(p.m, p.n, p.k, 1);
+    const auto shape = make_shape(gm, gn, p.k, 1);
+    const void* a = Swap ? p.b : p.a;
+    const void* b = Swap ? p.a : p.b;
+    const float* a_scale = Swap ? p.b_scale : p.a_scale;
+    const float* b_scale = Swap ? p.a_scale : p.b_scale;
     typename Gemm::Arguments args{
         cutlass::gemm::GemmUniversalMode::kGemm,
-        {p.m, p.n, p.k, 1},
-        {static_cast<const E4M3*>(p.a), sa, static_cast<const E4M3*>(p.b), sb, p.a_scale,
-         ScaleConfig::tile_atom_to_shape_SFA(shape), p.b_scale, ScaleConfig::tile_atom_to_shape_SFB(shape)},
+        {gm, gn, p.k, 1},
+        {static_cast<const E4M3*>(a), sa, static_cast<const E4M3*>(b), sb, a_scale,
+         Scales::tile_atom_to_shape_SFA(shape), b_scale, Scales::tile_atom_to_shape_SFB(shape)},
         {{1.0f, 0.0f}, nullptr, sd, static_cast<Out*>(p.d), sd}};
     args.hw_info.sm_count = sm_count();
-    if constexpr (std::is_same_v<Scheduler, cutlass::gemm::StreamKScheduler>) set_split(args, p);
+    if constexpr (std::is_same_v<Scheduler, cutlass::gemm::StreamKScheduler>) set_split(args, gm, gn, p);
     return args;
   }
 
-  // config 1: split k over the SMs the output tiles leave idle (>= 4 k tiles per split), or as asked.
-  static void set_split(typename Gemm::Arguments& args, const BlockMmArgs& p) {
+  // configs 1 and 3: split k over the SMs the output tiles leave idle (>= 4 k tiles per split), or as asked.
+  static void set_split(typename Gemm::Arguments& args, int gm, int gn, const BlockMmArgs& p) {
     using Mode = typename Kernel::TileScheduler::DecompositionMode;
-    const int tiles = ((p.m + size<0>(TileShape{}) - 1) / size<0>(TileShape{})) *
-                      ((p.n + size<1>(TileShape{}) - 1) / size<1>(TileShape{}));
+    const int tiles = ((gm + size<0>(TileShape{}) - 1) / size<0>(TileShape{})) *
+                      ((gn + size<1>(TileShape{}) - 1) / size<1>(TileShape{}));
     const int k_tiles = p.k / size<2>(TileShape{});
     int split = p.split;
     if (split == 0) split = std::max(1, std::min(sm_count() / std::max(tiles, 1), k_tiles / 4));
@@ -109,6 +124,7 @@ struct BlockGemm {
 using Skinny = BlockGemm<Shape<_64, _128, _128>, Shape<_1, _1, _1>, true, cutlass::gemm::PersistentScheduler>;
 using Split = BlockGemm<Shape<_128, _128, _128>, Shape<_1, _1, _1>, false, cutlass::gemm::StreamKScheduler>;
 using Large = BlockGemm<Shape<_128, _128, _128>, Shape<_1, _2, _1>, false, cutlass::gemm::PersistentScheduler>;
+using Swapped = BlockGemm<Shape<_128, _64, _128>, Shape<_1, _1, _1>, false, cutlass::gemm::StreamKScheduler, true>;
 
 template <class Fn>
 const char* by_config(const BlockMmArgs& p, Fn&& fn) {
@@ -117,7 +133,8 @@ const char* by_config(const BlockMmArgs& p, Fn&& fn) {
     case 0: return fn(Skinny{});
     case 1: return fn(Split{});
     case 2: return fn(Large{});
-    default: return "config must be 0 (skinny), 1 (split) or 2 (large)";
+    case 3: return fn(Swapped{});
+    default: return "config must be 0 (skinny), 1 (split), 2 (large) or 3 (swapped)";
   }
 }
 

@@ -18,8 +18,9 @@ struct BlockMmArgs {
   size_t workspace_bytes;
   int m, n, k;            // k % 128 == 0, n % 8 == 0, m % 4 == 0 (the caller pads with zero codes)
   int config;             // 0: skinny (64 x 128 ping-pong); 1: split (128 x 128 cooperative, split-K over the SMs
-                          // its tiles leave idle); 2: large (128 x 128 cooperative, clusters of two along n)
-  int split;              // config 1: 0 fills the SMs, 1 none, s > 1 that many parts, -1 stream-K
+                          // its tiles leave idle); 2: large (128 x 128 cooperative, clusters of two along n);
+                          // 3: swapped (weight rows x tokens in 128 x 64 tiles, split-K like 1)
+  int split;              // configs 1, 3: 0 fills the SMs, 1 none, s > 1 that many parts, -1 stream-K
 };
 
 }  // namespace qtool::sm90
