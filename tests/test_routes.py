@@ -1,0 +1,215 @@
+"""CPU tests of the Hopper dispatch: the mixed-input schedules' rules, the measured routes of kernels/tuning.py
+(weight-only and W8A8) and their fallbacks, the FP8 block GEMM's operand checks, and QTOOL_HOPPER_COPY. The
+kernels are stand-ins here; tests/test_mixed_gpu.py and tests/test_w8a8_gpu.py run the real ones."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from qtool_kernels import layout, scaled_mm, tuning, weight_only
+from qtool_kernels.layout import pack_weight
+
+
+def test_mixed_ktile_rules():
+    """128-k stages only where built (<= 128 tokens, cooperative) and where scales change at tile edges."""
+    from qtool_kernels import mixed_mm
+
+    assert mixed_mm.takes_ktile(64, 4096, 64, 4096)
+    assert mixed_mm.takes_ktile(128, 128, 128, 4096) and mixed_mm.takes_ktile(128, 16, 576, 576)
+    assert not mixed_mm.takes_ktile(128, 129, 128, 4096)
+    assert not mixed_mm.takes_ktile(128, 16, 64, 4096)
+    assert not mixed_mm.takes_ktile(128, 16, 128, 4096, pingpong=1)
+    w = mixed_mm.MixedWeight(torch.zeros(8, 64, dtype=torch.uint8), torch.ones(2, 8), torch.zeros(2, 8), 64)
+    with pytest.raises(ValueError, match="ktile=128"):
+        mixed_mm.mixed_linear(torch.zeros(4, 128), w, ktile=128)
+    with pytest.raises(ValueError, match="token tile 256"):  # a token tile past the 128-k tiles
+        mixed_mm.check_schedule(16, 128, 4096, 0, 128, 0, 256)
+    mixed_mm.check_schedule(300, 128, 4096, 0, 128, 0, 64)  # 64-token tiles of 128 k serve any batch
+
+
+def test_dispatcher_routes_by_tokens_and_shape(monkeypatch):
+    """packed_linear's routes (kernels/weight_only.py): the GEMV's lean launch where rows >= columns, then for a
+    weight with a Hopper copy the measured route of the nearest measured shape and the next measured batch
+    (kernels/tuning.py), then wo_gemm_v3 / wo_gemm / dequantization without one."""
+    from qtool_kernels import mixed_mm
+
+    calls = []
+
+    class Recorder:
+        def __getattr__(self, name):
+            def run(x, *args):
+                calls.append((name,))
+                if name == "wo_gemv":
+                    calls[-1] = (name, args[-1])
+                if name == "dequant_int":  # (qweight, scale, zero, bits, group, n, dtype): dense [n, K_pad]
+                    return torch.zeros(args[4], x.shape[1] * layout.chunk_k(args[2]), dtype=args[5])
+                return torch.zeros(x.shape[0], args[6], dtype=x.dtype)
+            return run
+
+    def fake_mixed(x2, mixed, split=0, pingpong=0, ktile=64, variant=0, token_tile=0, checked=False):
+        calls.append(("mixed", ktile, token_tile, variant, split))
+        return torch.zeros(x2.shape[0], mixed.w.shape[0], dtype=x2.dtype)
+
+    monkeypatch.setattr(weight_only, "mixed_linear", fake_mixed)
+    monkeypatch.setattr(tuning, "MIXED", {
+        (4, 4096, 4096): {8: "wo_gemm", 64: "k128 t32 v0 s2", 256: "k64 t64 v2 s1", 4096: "dequant"},
+        (4, 8192, 28672): {8: "k128 t16 v1 s0", 4096: "k64 t256 v0 s-1"},
+        (8, 4096, 4096): {8: "k128 t16 v0 s0"}})
+    tuning.clear_cache()
+
+    def route(bits, k, n, m, copy=True, group=-1):
+        codes = torch.zeros(16, 64, dtype=torch.int8)
+        w = pack_weight(codes, torch.ones(16, 1), None, None, bits, -1)
+        mixed = mixed_mm.MixedWeight(torch.zeros(n, 1, dtype=torch.int8 if bits == 8 else torch.uint8),
+                                      torch.ones(1, n), torch.zeros(1, n), k if group < 0 else group) if copy else None
+        w = layout.PackedWeight(w.qweight.new_zeros(n // 16, k // layout.chunk_k(bits), w.qweight.shape[2], 4),
+                                w.scale, None, None, bits, -1, k, n, mixed)
+        calls.clear()
+        weight_only.packed_linear(torch.zeros(m, k, dtype=torch.bfloat16), w, None, Recorder())
+        return calls[0]
+
+    try:
+        assert route(4, 8192, 8192, 1) == ("wo_gemv", 1) and route(4, 28672, 8192, 1) == ("wo_gemv", 0)
+        assert route(4, 4096, 4096, 8) == ("wo_gemm",) and route(4, 4096, 4096, 5) == ("wo_gemm",)
+        assert route(4, 4096, 4096, 9) == ("mixed", 128, 32, 0, 2) == route(4, 4096, 4096, 64)
+        assert route(4, 4096, 4096, 65) == ("mixed", 64, 64, 2, 1)
+        assert route(4, 4096, 4096, 300) == ("dequant_int",) and route(4, 4096, 4096, 9000) == ("dequant_int",)
+        assert route(4, 4096, 6144, 200) == ("mixed", 64, 64, 2, 1)  # the nearest measured shape
+        assert route(4, 8192, 14336, 8) == ("mixed", 128, 16, 1, 0)
+        assert route(4, 4096, 4096, 16, group=64) == ("mixed", 64, 32, 0, 2)  # g64: no 128-k stages
+        assert route(8, 8192, 8192, 16) == ("mixed", 128, 16, 0, 0)
+        # no copy: wo_gemm_v3 past 16 tokens where the weight is large, wo_gemm to 64, then dequantization
+        assert route(4, 8192, 8192, 16, copy=False) == ("wo_gemm",)
+        assert route(4, 8192, 8192, 32, copy=False) == ("wo_gemm_v3",) and route(4, 4096, 4096, 32, copy=False) == (
+            "wo_gemm",)
+        assert route(4, 8192, 8192, 65, copy=False) == ("dequant_int",)
+        # 2- and 3-bit: the native GEMV up to 4 tokens with a (4-bit) Hopper copy, up to 8 without one; the
+        # copy takes the 4-bit route, and where that is wo_gemm (4-bit chunks only) the copy's plain schedule
+        for bits in (2, 3):
+            assert route(bits, 8192, 8192, 4) == ("wo_gemv", 1) and route(bits, 8192, 28672, 16)[0] == "mixed"
+            assert route(bits, 4096, 4096, 8) == ("mixed", 128, 0, 0, 0)
+            assert route(bits, 4096, 4096, 300) == ("dequant_int",)
+            assert route(bits, 8192, 8192, 8, copy=False) == ("wo_gemv", 1)
+            assert route(bits, 8192, 8192, 9, copy=False) == ("dequant_int",)
+    finally:
+        tuning.clear_cache()
+
+
+def test_failed_schedule_falls_back_to_the_plain_one(monkeypatch):
+    """A measured schedule whose launch fails (CUTLASS's "run failed") is replaced by the plain schedule with one
+    warning naming it; a failure of the plain schedule itself still raises."""
+    from qtool_kernels import mixed_mm
+
+    calls = []
+
+    def flaky_mixed(x2, mixed, split=0, pingpong=0, ktile=64, variant=0, token_tile=0, checked=False):
+        calls.append(variant)
+        if variant == 2 or mixed.group < 0:
+            raise RuntimeError("w4_mm: CUTLASS run failed")
+        return torch.ones(x2.shape[0], mixed.w.shape[0], dtype=x2.dtype)
+
+    monkeypatch.setattr(weight_only, "mixed_linear", flaky_mixed)
+    monkeypatch.setattr(weight_only, "_failed_schedules", set())
+    n, k, m = 200, 256, 300
+    mixed = mixed_mm.MixedWeight(torch.zeros(n, 1, dtype=torch.uint8), torch.ones(1, n), torch.zeros(1, n), 128)
+    w = layout.PackedWeight(torch.zeros(1), torch.ones(1), None, None, 4, 128, k, 150, mixed)
+    x = torch.zeros(m, k, dtype=torch.bfloat16)
+    cluster = {"ktile": 64, "token_tile": 128, "variant": 2, "split": 1, "pingpong": 0}
+    with pytest.warns(RuntimeWarning, match="run failed.*variant.: 2"):
+        y = weight_only._hopper_linear(x, w, None, cluster)
+    assert calls == [2, 0] and y.shape == (m, 150) and bool((y == 1).all())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the second failure of the same schedule falls back silently
+        weight_only._hopper_linear(x, w, torch.ones(150), cluster)
+    broken = mixed_mm.MixedWeight(mixed.w, mixed.scale, mixed.zero, -1)
+    with pytest.raises(RuntimeError, match="run failed"):
+        weight_only._hopper_linear(x, layout.PackedWeight(torch.zeros(1), torch.ones(1), None, None, 4, 128, k, 150,
+                                                          broken), None, tuning.plain_schedule(m, -1, k))
+
+
+def test_measured_schedules_are_valid():
+    """Every route in kernels/tuning.py parses, and each schedule is one the libraries build at the batch
+    it was measured at (group 128, and per channel for 8 bits); W8A8 routes name a kernel that takes them."""
+    from qtool_kernels import mixed_mm
+
+    for (bits, k, n), cells in tuning.MIXED.items():
+        assert bits in (4, 8) and k % 64 == 0 and n % 64 == 0
+        for m, text in cells.items():
+            route = tuning.parse(text)
+            if isinstance(route, dict):
+                mixed_mm.check_schedule(m, 128 if bits == 4 else k, k, 0, route["ktile"], route["variant"],
+                                        route["token_tile"])
+                assert route["split"] >= -1
+            else:
+                assert route in ("wo_gemm", "dequant") and (route != "wo_gemm" or m <= 64)
+    from qtool_kernels import block_mm
+
+    for (codes, k, n), cells in tuning.W8A8.items():
+        assert codes in ("fp8", "int8", "fp8-block") and k % 16 == 0 and n % 8 == 0
+        for m, route in cells.items():
+            names = block_mm.CONFIGS if codes == "fp8-block" else scaled_mm.SM90_CONFIGS
+            assert route in names or route in ("gemv", "cublas")
+            assert route != "gemv" or m <= scaled_mm.W8_GEMV_MAX_M
+            assert route != "cublas" or codes != "int8"
+
+
+def test_measured_routes_trace_under_compile():
+    """torch.compile traces a route lookup in one graph (the nearest shape is a constant to it), one graph per
+    batch bucket, and picks the same routes as eager code."""
+    def scaled(x):
+        route = tuning.lookup("mixed", 4, 4096, x.shape[1], x.shape[0])
+        return x * (2 if route.startswith("k") else 3)
+
+    compiled = torch.compile(scaled, fullgraph=True)
+    for m in (8, 64, 100):
+        x = torch.ones(m, 4096)
+        assert torch.equal(compiled(x), scaled(x))
+
+
+def test_block_mm_rejects_bad_operands_by_name():
+    """The FP8 block GEMM's checks run before the library is touched, so they hold on any machine."""
+    from qtool_kernels import block_mm
+
+    e4m3 = torch.float8_e4m3fn
+    xq, wq = torch.zeros(8, 256, dtype=e4m3), torch.zeros(16, 256, dtype=e4m3)
+    xs, ws = torch.ones(2, 8).t(), torch.ones(1, 2)  # [8, 2] column-major, [1, 2]
+    with pytest.raises(ValueError, match="float8_e4m3fn"):
+        block_mm.fp8_block_mm(xq.view(torch.int8), xs, wq, ws)
+    with pytest.raises(ValueError, match="k % 128"):
+        block_mm.fp8_block_mm(xq[:, :200], xs, wq[:, :200], ws)
+    with pytest.raises(ValueError, match="column-major"):
+        block_mm.fp8_block_mm(xq, xs.contiguous(), wq, ws)
+    with pytest.raises(ValueError, match="w_scale"):
+        block_mm.fp8_block_mm(xq, xs, wq, torch.ones(2, 2))
+    with pytest.raises(ValueError, match="config=7"):
+        block_mm.fp8_block_mm(xq, xs, wq, ws, 7)
+
+
+def test_w8a8_routes_stay_within_measured_batches(monkeypatch):
+    """W8A8 takes a measured route only on Hopper (where libqtool_sm90, which the table measured, runs) and inside
+    the measured batches of the nearest shape (elsewhere the rules of kernels/scaled_mm.py), and the route of the
+    next measured batch inside."""
+    monkeypatch.setattr(scaled_mm.sm90, "load", lambda: False)
+    assert scaled_mm.w8a8_route(64, 4096, 4096, "int8") is None
+    monkeypatch.setattr(scaled_mm.sm90, "load", lambda: True)
+    cells = tuning.W8A8[("int8", 4096, 4096)]
+    low, high = min(cells), max(cells)
+    assert scaled_mm.w8a8_route(low - 1, 4096, 4096, "int8") is None
+    assert scaled_mm.w8a8_route(high + 1, 4096, 4096, "int8") is None
+    above = min(m for m in cells if m > low)
+    assert scaled_mm.w8a8_route(low + 1, 4096, 4096, "int8") == cells[above]
+    assert scaled_mm.w8a8_route(low, 4000, 4100, "int8") == cells[low]  # the nearest measured shape
+
+
+def test_hopper_copy_setting():
+    """QTOOL_HOPPER_COPY picks the code widths that get the Hopper GEMM's second copy of the codes."""
+    from qtool_kernels import mixed_mm
+
+    assert mixed_mm.copy_bits_from("4 8") == (4, 8) and mixed_mm.copy_bits_from("4") == (4,)
+    assert mixed_mm.copy_bits_from("") == () and mixed_mm.copy_bits_from("8,4") == (8, 4)
+    for bad in ("3", "four", "4 x"):
+        with pytest.raises(ValueError, match="QTOOL_HOPPER_COPY"):
+            mixed_mm.copy_bits_from(bad)
