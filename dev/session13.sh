@@ -13,7 +13,9 @@
 # gemvsweep     W8A8 at 1-16 tokens (w8_gemv's new decode against the GEMMs) for fp8, int8, fp8-block;
 # blocksweep    fp8-block at every M (session 12 skipped 2 and 4) with block_mm's config 3, "block-swap" (weights as
 #               the 128-row side, 64-token tiles, split-K; written after session 12's last call, never run);
-# w8table       the W8A8 protocol table; e2eall the 8B end to end for w4a16, fp8, w8a8-int8, fp8-block.
+# w8table       the W8A8 protocol table; e2eall the 8B end to end for w4a16, fp8, w8a8-int8, fp8-block: new since
+#               session 12's figures, --fuse (the default) also runs the quantized model's RMSNorms as F.rms_norm
+#               (quantize/norms.py), aimed at the eager prefill's non-GEMM time; compare with session 12's rows.
 cd "$(dirname "$0")/.."
 LOG=session13.log
 source dev/gpu_setup.sh

@@ -149,7 +149,8 @@ def bench(
                                              "or generate (model.generate with a static cache).")] = "loop",
     profile: Annotated[bool, typer.Option("--profile", help="Also report GPU time per decoded token by kernel.")] = False,
     fuse: Annotated[bool, typer.Option("--fuse/--no-fuse", help="Run each block's q/k/v and gate/up projections "
-                                       "as one quantized layer each (quantize/fusion.py).")] = True,
+                                       "as one quantized layer each (quantize/fusion.py) and its RMSNorms as one "
+                                       "kernel each (quantize/norms.py), in the quantized model.")] = True,
     attn_implementation: Annotated[str | None, typer.Option(
         "--attn-implementation", help="Attention of every model in the run (sdpa, eager, ...); transformers' "
         "default when not given.")] = None,
@@ -208,13 +209,13 @@ def _bench_checkpoints(model: str, base: str | None, fuse: bool, device: str, dt
     from .bench import bench_model, compare, print_bench
 
     q_model = attention(_load_any(model, device, dtype_name)[0])
-    results = {"fused_groups": _fuse(q_model, fuse, model)}
+    results = _fuse(q_model, fuse, model)
     q_result = bench_model(q_model, **opts)
     results["quantized"] = q_result.to_dict()
     baseline = None
     if base is not None:
         base_model = attention(_load_any(base, device, dtype_name)[0])
-        _fuse(base_model, fuse, base)  # fuses nothing unless the base is quantized too
+        _fuse(base_model, fuse, base)  # changes nothing unless the base is quantized too
         baseline = bench_model(base_model, **opts)
         results.update(base=baseline.to_dict(), ratios=compare(baseline, q_result))
     print_bench(q_result, model, baseline=baseline, console=console)
@@ -254,18 +255,23 @@ def _bench_random_weights(config: str, scheme: str | None, quantize_lm_head: boo
     q_result = bench_model(base_model, **opts)
     print_bench(q_result, f"{config} {scheme}", baseline=base_result, console=console)
     return {"base": base_result.to_dict(), "quantized": q_result.to_dict(),
-            "ratios": compare(base_result, q_result), "fused_groups": fused}
+            "ratios": compare(base_result, q_result), **fused}
 
 
-def _fuse(model, fuse: bool, label: str) -> int | None:
-    """Fuse `model`'s projections when asked and say how many groups; None when not asked."""
+def _fuse(model, fuse: bool, label: str) -> dict:
+    """Fuse `model`'s projections and RMSNorms when asked and say how many; the counts (None when not asked)."""
     if not fuse:
-        return None
+        return {"fused_groups": None, "fused_norms": None}
     from .fusion import fuse_projections
+    from .linear import QuantLinear
+    from .norms import fuse_norms
 
-    count = fuse_projections(model)
-    console.print(f"{label}: fused {count} projection groups (q/k/v, gate/up; --no-fuse to keep them apart)")
-    return count
+    quantized = any(isinstance(m, QuantLinear) for m in model.modules())  # a float base stays transformers' own
+    groups = fuse_projections(model)
+    norms = fuse_norms(model) if quantized else 0
+    console.print(f"{label}: fused {groups} projection groups (q/k/v, gate/up) and {norms} RMSNorms into one "
+                  "kernel each (--no-fuse to keep transformers' modules)")
+    return {"fused_groups": groups, "fused_norms": norms}
 
 
 kernels_app = typer.Typer(no_args_is_help=True, cls=CommandGroup, rich_markup_mode=None, help="The bundled CUDA kernels extension.")
