@@ -9,7 +9,8 @@
 # tests         every GPU test; new: w8_gemv's code conversion without conversion instructions (session 12, never
 #               run), checked exactly over every int8 / E4M3 / E5M2 code;
 # clusterbisect the mixed GEMM's 2-CTA cluster launches fail after the fp8-block layer tests ran in the same
-#               process (session 12): which of those tests, at which m, and whether a fresh stream recovers;
+#               process (session 12): the first cluster launch after each fp8-block path (dev/stream_probe.py),
+#               then which of those tests; run_gemm now names a CUDA error pending before a launch;
 # gemvsweep     W8A8 at 1-16 tokens (w8_gemv's new decode against the GEMMs) for fp8, int8, fp8-block;
 # blocksweep    fp8-block at every M (session 12 skipped 2 and 4) with block_mm's config 3, "block-swap" (weights as
 #               the 128-row side, 64-token tiles, split-K; written after session 12's last call, never run);
@@ -31,6 +32,10 @@ tests() {
 }
 
 clusterbisect() {
+  step "the first cluster GEMM of a process after each fp8-block path (session 12 ran one first: no failure)"
+  for before in none gemv block cublas layers; do
+    timeout 60 python3 dev/stream_probe.py --before "$before" 2>&1 | grep -E "cluster GEMM|Error" | head -3
+  done
   step "which fp8-block layer test breaks the cluster launches"
   for sel in "match_reference and fp8-block and 4096" "match_reference and fp8-block and 576" \
              "match_reference and fp8-block and 2048" "match_reference and fp8 and not block"; do

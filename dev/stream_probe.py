@@ -1,8 +1,17 @@
-"""Session 12: mixed-GEMM cluster launches (variant 2) fail after fp8-block layers ran in the same process. Which
-call breaks them, and does a fresh stream recover? python3 dev/stream_probe.py"""
+"""Session 12: the mixed GEMM's 2-CTA cluster launches (variant 2) failed for a whole pytest process once the
+fp8-block layer tests had run in it, and never in a fresh process. Session 12's probe ran a cluster GEMM first
+and did not reproduce it; the hypothesis left is that the first launch of a cluster kernel fails after some
+earlier call. Here one earlier path runs first, then the first cluster GEMM of the process, then again:
+
+  python3 dev/stream_probe.py --before none|gemv|block|cublas|layers
+
+gemv: w8_gemv on FP8 block-scaled weights; block: libqtool_sm90_block (skinny, then its clustered config);
+cublas: F.scaled_mm block-wise; layers: the fp8-block QuantLinears of tests/test_w8a8_gpu.py at every m.
+"""
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -11,34 +20,29 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_mixed_gpu import random_weight  # noqa: E402
 
-from qtool_kernels import mixed_mm, scaled_mm  # noqa: E402
+from qtool_kernels import block_mm, mixed_mm, scaled_mm  # noqa: E402
 
 
-def v2(p, x, label):
+def cluster_gemm(label: str) -> None:
+    p = random_weight(768, 2048, 128, True, seed=1)
+    x = torch.randn(100, 2048, device="cuda", dtype=torch.bfloat16)
     try:
         mixed_mm.mixed_linear(x, p.mixed, ktile=64, variant=2)
         torch.cuda.synchronize()
         print(label, "ok")
     except RuntimeError as err:
-        print(label, "FAILED", err)
+        print(label, "FAILED:", err)
 
 
-def main() -> None:
-    p = random_weight(768, 2048, 128, True, seed=1)
-    x = torch.randn(100, 2048, device="cuda", dtype=torch.bfloat16)
-    v2(p, x, "fresh process:")
+def fp8_operands(m: int, n: int = 1536, k: int = 4096):
     g = torch.Generator(device="cuda").manual_seed(0)
-    xq = torch.randn(16, 4096, device="cuda", generator=g).to(torch.float8_e4m3fn)
-    wq = torch.randn(1536, 4096, device="cuda", generator=g).to(torch.float8_e4m3fn)
-    xs = torch.ones(16, 32, device="cuda")
-    ws = torch.ones(12, 32, device="cuda")
-    y = scaled_mm.block_mm(xq, xs, wq, ws)
-    torch.cuda.synchronize()
-    print("F.scaled_mm block-wise ran", tuple(y.shape))
-    v2(p, x, "after cuBLAS block-wise, default stream:")
-    with torch.cuda.stream(torch.cuda.Stream()):
-        v2(p, x, "after cuBLAS block-wise, a new stream:")
-    v2(p, x, "again on the default stream:")
+    xq = torch.randn(m, k, device="cuda", generator=g).to(torch.float8_e4m3fn)
+    wq = torch.randn(n, k, device="cuda", generator=g).to(torch.float8_e4m3fn)
+    xs = torch.ones(k // 128, m, device="cuda").t()  # [m, k/128] column-major
+    return xq, xs, wq, torch.ones(n // 128, k // 128, device="cuda")
+
+
+def run_layers() -> None:
     from quantize.linear import QuantLinear
     from quantize.primitives import quantize_weight
     from quantize.scheme import preset
@@ -50,9 +54,29 @@ def main() -> None:
                                          bias=torch.randn(1536, device="cuda").to(torch.bfloat16))
         for m in (1, 16, 17, 300, 2048):
             layer(torch.randn(3, m, k, device="cuda").to(torch.bfloat16))
-            torch.cuda.synchronize()
-            v2(p, x, f"after an fp8-block layer, k={k}, 3 x {m} tokens (route "
-                     f"{scaled_mm.w8a8_route(3 * m, 1536, k, 'fp8-block')}):")
+    torch.cuda.synchronize()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--before", default="none", choices=("none", "gemv", "block", "cublas", "layers"))
+    before = parser.parse_args().before
+    if before == "gemv":
+        x = torch.randn(3, 4096, device="cuda", dtype=torch.bfloat16)
+        _, _, wq, ws = fp8_operands(4)
+        scaled_mm._w8_gemv(x, wq, ws, None, 128, 128)
+    elif before == "block":
+        xq, xs, wq, ws = fp8_operands(64)
+        for config in block_mm.CONFIGS.values():
+            block_mm.block_linear(xq, xs, wq, ws, config)
+    elif before == "cublas":
+        xq, xs, wq, ws = fp8_operands(64)
+        scaled_mm.block_mm(xq, xs, wq, ws)
+    elif before == "layers":
+        run_layers()
+    torch.cuda.synchronize()
+    cluster_gemm(f"first cluster GEMM after '{before}':")
+    cluster_gemm(f"second cluster GEMM after '{before}':")
 
 
 if __name__ == "__main__":
