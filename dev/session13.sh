@@ -5,6 +5,7 @@
 #   then: python3 dev/w8a8_sweep.py --emit <sweep JSONs>, merged cell by cell into kernels/tuning.py W8A8 (these
 #   sweeps cover 1-16 tokens only: keep the rows' other cells), and
 #   call 2: bash dev/session13.sh w8table e2eall                                     (~9 min)
+#   call 3: bash dev/session13.sh e2enofuse (the same without any fusion: what the quantized layers alone give)
 #   nvidia-h200-x2 (issue 20): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 summary
 # tests         every GPU test; new: w8_gemv's code conversion without conversion instructions (session 12, never
 #               run), checked exactly over every int8 / E4M3 / E5M2 code;
@@ -73,6 +74,14 @@ e2e() {
   done
 }
 e2eall() { e2e w8a8-int8 fp8 fp8-block w4a16; }
+
+e2enofuse() {  # the quantized layers alone: transformers' modules everywhere else (no q/k/v, gate/up or norm fusion)
+  for s in fp8 w4a16; do
+    step "8B decode / prefill, $s vs bf16, --no-fuse"
+    timeout 200 python3 -m quantize bench llama-8b --random-weights --scheme "$s" --decode-tokens 32 \
+      --batch-sizes 1,16 --prefill-len 2048 --no-fuse --json "$OUT/e2e-$s-nofuse.json" 2>&1 | tail -14
+  done
+}
 
 stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(tests clusterbisect gemvsweep blocksweep)
