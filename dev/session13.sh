@@ -17,12 +17,14 @@
 #               the 128-row side, 64-token tiles, split-K; written after session 12's last call, never run);
 # w8table       the W8A8 protocol table; e2eall the 8B end to end for w4a16, fp8, w8a8-int8, fp8-block: new since
 #               session 12's figures, --fuse (the default) also runs the quantized model's RMSNorms as F.rms_norm
-#               (quantize/norms.py), aimed at the eager prefill's non-GEMM time; compare with session 12's rows.
+#               (quantize/norms.py) and its gated MLPs with one SiLU-and-multiply kernel (quantize/mlp.py,
+#               csrc/silu_mul.cu), aimed at the eager prefill's non-GEMM time; compare with session 12's rows.
 cd "$(dirname "$0")/.."
 LOG=session13.log
 source dev/gpu_setup.sh
 
-TESTS=(tests/test_w8a8_gpu.py tests/test_mixed_gpu.py tests/test_kernels_gpu.py tests/test_lowbit_gpu.py)
+TESTS=(tests/test_w8a8_gpu.py tests/test_mixed_gpu.py tests/test_kernels_gpu.py tests/test_lowbit_gpu.py
+       tests/test_mlp.py tests/test_fusion.py)
 
 tests() {
   step "GPU tests"

@@ -149,8 +149,9 @@ def bench(
                                              "or generate (model.generate with a static cache).")] = "loop",
     profile: Annotated[bool, typer.Option("--profile", help="Also report GPU time per decoded token by kernel.")] = False,
     fuse: Annotated[bool, typer.Option("--fuse/--no-fuse", help="Run each block's q/k/v and gate/up projections "
-                                       "as one quantized layer each (quantize/fusion.py) and its RMSNorms as one "
-                                       "kernel each (quantize/norms.py), in the quantized model.")] = True,
+                                       "as one quantized layer each (quantize/fusion.py, quantize/mlp.py: SiLU-and-"
+                                       "multiply as one kernel) and its RMSNorms as one kernel each "
+                                       "(quantize/norms.py), in the quantized model.")] = True,
     attn_implementation: Annotated[str | None, typer.Option(
         "--attn-implementation", help="Attention of every model in the run (sdpa, eager, ...); transformers' "
         "default when not given.")] = None,
@@ -261,17 +262,19 @@ def _bench_random_weights(config: str, scheme: str | None, quantize_lm_head: boo
 def _fuse(model, fuse: bool, label: str) -> dict:
     """Fuse `model`'s projections and RMSNorms when asked and say how many; the counts (None when not asked)."""
     if not fuse:
-        return {"fused_groups": None, "fused_norms": None}
+        return {"fused_groups": None, "fused_mlps": None, "fused_norms": None}
     from .fusion import fuse_projections
     from .linear import QuantLinear
+    from .mlp import fuse_mlps
     from .norms import fuse_norms
 
     quantized = any(isinstance(m, QuantLinear) for m in model.modules())  # a float base stays transformers' own
-    groups = fuse_projections(model)
+    mlps = fuse_mlps(model)  # gate/up as one layer + SiLU-and-multiply; before fuse_projections takes gate/up
+    groups = mlps + fuse_projections(model)
     norms = fuse_norms(model) if quantized else 0
-    console.print(f"{label}: fused {groups} projection groups (q/k/v, gate/up) and {norms} RMSNorms into one "
-                  "kernel each (--no-fuse to keep transformers' modules)")
-    return {"fused_groups": groups, "fused_norms": norms}
+    console.print(f"{label}: fused {groups} projection groups (q/k/v, gate/up; {mlps} MLPs with one SiLU-and-"
+                  f"multiply kernel) and {norms} RMSNorms into one kernel each (--no-fuse: transformers' modules)")
+    return {"fused_groups": groups, "fused_mlps": mlps, "fused_norms": norms}
 
 
 kernels_app = typer.Typer(no_args_is_help=True, cls=CommandGroup, rich_markup_mode=None, help="The bundled CUDA kernels extension.")

@@ -71,7 +71,7 @@ class FusedHead(nn.Module):
         self.fused = group.layer  # registered here only, so .to() and .modules() reach it once
         self.group = group
         self.in_features, self.out_features = group.layer.in_features, group.sizes[0]
-        self.register_state_dict_pre_hook(_refuse_state_dict)
+        self.register_state_dict_pre_hook(refuse_state_dict)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [..., K] -> [..., N_0], a view of the fused output [..., N]."""
@@ -108,7 +108,7 @@ class FusedTail(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, slice={self.index + 1}"
 
 
-def _refuse_state_dict(module: nn.Module, prefix: str, keep_vars: bool) -> None:
+def refuse_state_dict(module: nn.Module, prefix: str, keep_vars: bool) -> None:
     raise FusedModelError(f"{prefix.rstrip('.') or 'this module'} holds projections fused for inference "
                           "(quantize.fusion); its state dict is not a checkpoint layout. Save the model "
                           "before fuse_projections, or reload it unfused.")

@@ -75,5 +75,6 @@ def test_bench_fuses_norms_of_the_quantized_model_only(tmp_path):
         out = tmp_path / f"{flag}.json"
         res = CliRunner().invoke(app, [*common, flag, "--json", str(out)])
         assert res.exit_code == 0, res.output
-        assert json.loads(out.read_text())["fused_norms"] == expected
+        fused = json.loads(out.read_text())
+        assert fused["fused_norms"] == expected and fused["fused_mlps"] == (expected and 2)
     assert "and 5 RMSNorms" in CliRunner().invoke(app, common).output

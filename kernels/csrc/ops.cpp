@@ -1,4 +1,4 @@
-// PyTorch bindings of the weight-only kernels, as ops in the `qtool_cuda` namespace:
+// PyTorch bindings of the weight-only kernels (and the gated MLP's silu_mul), as ops in the `qtool_cuda` namespace:
 //   torch.ops.qtool_cuda.wo_gemv      CUDA-core GEMV, 1 <= m <= 8 (2-, 3-, 4- and 8-bit weights)
 //   torch.ops.qtool_cuda.wo_gemm      tensor-core GEMM, any m (best for small to moderate m)
 //   torch.ops.qtool_cuda.wo_gemm_v3   tensor-core GEMM for small m (5..64), deep weight stream, sm_90 clusters
@@ -17,6 +17,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "mlp.h"
 #include "wo_kernels.h"
 
 namespace qtool {
@@ -237,6 +238,20 @@ at::Tensor dequant_int(const at::Tensor& qweight, const at::Tensor& scale, const
 }
 
 }  // namespace
+
+at::Tensor silu_mul(const at::Tensor& x) {
+  TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.stride(1) == 1, "silu_mul: x must be a CUDA [m, 2i] tensor with "
+              "unit column stride, got ", x.sizes(), " with strides ", x.strides());
+  TORCH_CHECK(x.size(1) % 2 == 0, "silu_mul: the last dimension must be even (gate | up), got ", x.size(1));
+  const ScalarKind kind = scalar_kind(x.scalar_type(), "silu_mul");
+  at::Tensor y = at::empty({x.size(0), x.size(1) / 2}, x.options());
+  const c10::cuda::CUDAGuard guard(x.device());
+  launch_silu_mul({x.data_ptr(), y.data_ptr(), x.size(0), x.size(1) / 2, x.stride(0), kind},
+                  c10::cuda::getCurrentCUDAStream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return y;
+}
+
 }  // namespace qtool
 
 TORCH_LIBRARY(qtool_cuda, m) {
@@ -255,6 +270,7 @@ TORCH_LIBRARY(qtool_cuda, m) {
   m.def(
       "dequant_int(Tensor qweight, Tensor scale, Tensor? zero, int num_bits, int group_size, int out_features, "
       "ScalarType dtype) -> Tensor");
+  m.def("silu_mul(Tensor x) -> Tensor");  // the gated MLP's silu(gate) * up: mlp.h
 }
 
 TORCH_LIBRARY_IMPL(qtool_cuda, CUDA, m) {
@@ -263,4 +279,5 @@ TORCH_LIBRARY_IMPL(qtool_cuda, CUDA, m) {
   m.impl("wo_gemm_v3", &qtool::wo_gemm_v3);
   m.impl("wo_gemm_v4", &qtool::wo_gemm_v4);
   m.impl("dequant_int", &qtool::dequant_int);
+  m.impl("silu_mul", &qtool::silu_mul);
 }

@@ -1,0 +1,75 @@
+// SiLU-and-multiply of a gated MLP in one pass: y [m, i] = silu(g) * u for x [m, 2i] = [g | u], the output of
+// a fused gate/up projection (quantize/mlp.py). transformers runs it as two kernels over strided halves (silu
+// writes a temporary, the product reads it back): 5 passes of m x i elements where this reads 2 and writes 1.
+// The arithmetic is the reference's (qtool_kernels/mlp.py): float32, g / (1 + e^-g) * u, rounded once.
+//
+//   torch.ops.qtool_cuda.silu_mul(Tensor x) -> Tensor     x: CUDA fp16/bf16 [m, 2i], unit column stride (ops.cpp)
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "mlp.h"
+
+namespace qtool {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kVec = 8;  // fp16/bf16 elements per 16-byte access
+
+__device__ inline float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ inline float to_float(__half v) { return __half2float(v); }
+__device__ inline void from_float(float v, __nv_bfloat16& out) { out = __float2bfloat16_rn(v); }
+__device__ inline void from_float(float v, __half& out) { out = __float2half_rn(v); }
+
+__device__ inline float silu_times(float g, float u) { return g / (1.0f + expf(-g)) * u; }
+
+// grid (m, ceil(i / (kThreads * kVec))): each thread owns kVec consecutive outputs of one row.
+template <typename T, bool Vectorized>
+__global__ void __launch_bounds__(kThreads) silu_mul_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t inner,
+                                                            int64_t x_row_stride) {
+  const int64_t row = blockIdx.x;
+  const int64_t col = (static_cast<int64_t>(blockIdx.y) * kThreads + threadIdx.x) * kVec;
+  if (col >= inner) return;
+  const T* gate = x + row * x_row_stride;
+  const T* up = gate + inner;
+  T* out = y + row * inner;
+  if constexpr (Vectorized) {  // inner % kVec == 0 and 16-byte aligned rows: one load per half, one store
+    const uint4 gv = *reinterpret_cast<const uint4*>(gate + col);
+    const uint4 uv = *reinterpret_cast<const uint4*>(up + col);
+    const T* g8 = reinterpret_cast<const T*>(&gv);
+    const T* u8 = reinterpret_cast<const T*>(&uv);
+    uint4 ov;
+    T* o8 = reinterpret_cast<T*>(&ov);
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) from_float(silu_times(to_float(g8[j]), to_float(u8[j])), o8[j]);
+    *reinterpret_cast<uint4*>(out + col) = ov;
+  } else {
+    for (int64_t c = col; c < col + kVec && c < inner; ++c) from_float(silu_times(to_float(gate[c]), to_float(up[c])), out[c]);
+  }
+}
+
+template <typename T>
+void launch(const SiluMulProblem& p, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(p.rows), static_cast<unsigned>((p.inner + kThreads * kVec - 1) / (kThreads * kVec)));
+  const T* x = static_cast<const T*>(p.x);
+  T* y = static_cast<T*>(p.y);
+  const bool aligned = p.inner % kVec == 0 && p.x_row_stride % kVec == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
+                       reinterpret_cast<uintptr_t>(y) % 16 == 0;
+  if (aligned)
+    silu_mul_kernel<T, true><<<grid, kThreads, 0, stream>>>(x, y, p.inner, p.x_row_stride);
+  else
+    silu_mul_kernel<T, false><<<grid, kThreads, 0, stream>>>(x, y, p.inner, p.x_row_stride);
+}
+
+}  // namespace
+
+void launch_silu_mul(const SiluMulProblem& p, cudaStream_t stream) {
+  if (p.rows == 0 || p.inner == 0) return;
+  if (p.dtype == ScalarKind::kHalf)
+    launch<__half>(p, stream);
+  else
+    launch<__nv_bfloat16>(p, stream);
+}
+
+}  // namespace qtool

@@ -1,0 +1,37 @@
+"""The gated MLP's SiLU-and-multiply, y [..., I] = silu(g) * u for x [..., 2I] = [g | u], on one kernel
+(`qtool_cuda::silu_mul`, csrc/silu_mul.cu) or its PyTorch reference (the CPU path and the test oracle).
+
+Both compute in float32 and round once; transformers rounds twice (silu to the activation dtype, then the
+product), so the two differ by at most one unit in the last place. quantize/mlp.py calls it on a fused
+gate/up projection's output.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import build
+from .weight_only import KERNEL_DTYPES
+
+
+def reference_silu_mul(x: torch.Tensor) -> torch.Tensor:
+    """x [..., 2I] -> [..., I] in x's dtype: silu(g) * u computed in float32."""
+    gate, up = x.float().chunk(2, dim=-1)
+    return (F.silu(gate) * up).to(x.dtype)
+
+
+def silu_mul(x: torch.Tensor) -> torch.Tensor:
+    """x [..., 2I] -> [..., I]: the CUDA kernel for fp16/bf16 CUDA tensors in eager mode, else the reference
+    (which torch.compile fuses into one kernel by itself)."""
+    if x.shape[-1] % 2:
+        raise ValueError(f"silu_mul: the last dimension holds gate and up halves, so it must be even; got {x.shape[-1]}")
+    if not x.is_cuda or x.dtype not in KERNEL_DTYPES or torch.compiler.is_compiling():
+        return reference_silu_mul(x)
+    ops = build.load_extension()
+    if ops is None:
+        return reference_silu_mul(x)
+    x2 = x.reshape(-1, x.shape[-1])
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    return ops.silu_mul(x2).reshape(*x.shape[:-1], x.shape[-1] // 2)

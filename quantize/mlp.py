@@ -1,0 +1,69 @@
+"""Gated MLPs as two quantized layers and one SiLU-and-multiply kernel, for inference speed.
+
+transformers' gated MLP computes down(act(gate(x)) * up(x)): with gate and up fused into one layer
+(quantize/fusion.py) that is still a SiLU kernel over the strided gate half, writing a temporary, and a
+product reading it back with the up half. `GatedMLP` runs down(silu_mul(gate_up(x))): gate and up stacked as
+one QuantLinear (fusion.fuse_layers) and `qtool_kernels.mlp.silu_mul`, one pass that reads the fused output
+once and writes the product (csrc/silu_mul.cu; float32 arithmetic rounded once, where transformers rounds
+twice: at most one unit in the last place apart). Under torch.compile the reference runs, which Inductor
+fuses by itself.
+
+Which modules: the classes of `GATED_MLPS` (architecture knowledge as data: their projection names) whose
+activation is SiLU and whose gate and up projections can run as one layer (`fusion.incompatibility`). Like
+the projection fusion, it is an inference-time transform: the state dict of a replaced MLP is refused.
+`qtool bench --fuse` (the default) applies it to the quantized model before `fuse_projections`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from qtool_kernels.mlp import silu_mul
+
+from .fusion import fuse_layers, incompatibility, refuse_state_dict
+from .linear import QuantLinear, set_submodule
+
+# transformers class name -> (gate, up, down) attribute names; each computes down(act_fn(gate(x)) * up(x)).
+GATED_MLPS: dict[str, tuple[str, str, str]] = {
+    "LlamaMLP": ("gate_proj", "up_proj", "down_proj"),
+    "MistralMLP": ("gate_proj", "up_proj", "down_proj"),
+    "Qwen2MLP": ("gate_proj", "up_proj", "down_proj"),
+    "Qwen3MLP": ("gate_proj", "up_proj", "down_proj"),
+    "Qwen3MoeMLP": ("gate_proj", "up_proj", "down_proj"),
+    "Olmo2MLP": ("gate_proj", "up_proj", "down_proj"),
+}
+
+
+class GatedMLP(nn.Module):
+    """y [..., H] = down(silu_mul(gate_up(x [..., H]))), gate_up [..., 2I] the gate rows then the up rows."""
+
+    def __init__(self, gate_up: QuantLinear, down: nn.Module) -> None:
+        super().__init__()
+        self.gate_up_proj = gate_up
+        self.down_proj = down
+        self.register_state_dict_pre_hook(refuse_state_dict)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(silu_mul(self.gate_up_proj(x)))
+
+
+def _is_silu(module: nn.Module) -> bool:
+    act = getattr(module, "act_fn", None)
+    return isinstance(act, nn.SiLU) or type(act).__name__ == "SiLUActivation"
+
+
+def fuse_mlps(model: nn.Module) -> int:
+    """Replace each gated SiLU MLP of a GATED_MLPS class whose gate and up projections fuse by a GatedMLP;
+    returns how many. In place; inference only (module docstring)."""
+    count = 0
+    for name, module in list(model.named_modules()):
+        names = GATED_MLPS.get(type(module).__name__)
+        if names is None or not _is_silu(module):
+            continue
+        gate, up, down = (getattr(module, n, None) for n in names)
+        if gate is None or up is None or down is None or incompatibility([gate, up]) is not None:
+            continue
+        set_submodule(model, name, GatedMLP(fuse_layers([gate, up]), down))
+        count += 1
+    return count
