@@ -169,13 +169,16 @@ def test_fused_model_refuses_state_dict(pair):
 
 
 def test_bench_cli_fuses_by_default(tmp_path):
+    """--fuse (the default): 4 projection groups, 2 of them gated MLPs (quantize/mlp.py), and the quantized
+    model's 5 RMSNorms (quantize/norms.py); --no-fuse: none."""
     common = ["bench", "tiny", "--random-weights", "--scheme", "w8a16", "--device", "cpu", "--batch-sizes", "1",
               "--decode-tokens", "2", "--prefill-len", "8"]
-    for flag, expected in (("--fuse", 4), ("--no-fuse", None)):
+    for flag, expected in (("--fuse", (4, 2, 5)), ("--no-fuse", (None, None, None))):
         out = tmp_path / f"{flag}.json"
         res = CliRunner().invoke(app, [*common, flag, "--json", str(out)])
         assert res.exit_code == 0, res.output
-        assert json.loads(out.read_text())["fused_groups"] == expected
+        fused = json.loads(out.read_text())
+        assert (fused["fused_groups"], fused["fused_mlps"], fused["fused_norms"]) == expected
     assert "fused 4 projection groups" in CliRunner().invoke(app, common).output
 
 
