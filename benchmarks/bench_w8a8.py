@@ -50,11 +50,17 @@ def copies(nbytes: int) -> int:
     return max(2, math.ceil(ROTATE_BYTES / nbytes))
 
 
-def qlayers(scheme_name: str, dense: torch.Tensor) -> list[QuantLinear]:
+def qlayer(scheme_name: str, dense: torch.Tensor) -> QuantLinear:
+    """dense [N, K] quantized with the preset (RTN), a static activation scale of 0.05 where the preset has one."""
     scheme = preset(scheme_name)
     layer = QuantLinear.from_qtensor(quantize_weight(dense.float(), scheme.weights), scheme)
     if hasattr(layer, "input_scale"):
         layer.input_scale.fill_(0.05)
+    return layer
+
+
+def qlayers(scheme_name: str, dense: torch.Tensor) -> list[QuantLinear]:
+    layer = qlayer(scheme_name, dense)
     return [layer] + [copy.deepcopy(layer) for _ in range(copies(dense.numel()) - 1)]
 
 

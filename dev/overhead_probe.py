@@ -12,24 +12,17 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from quantize.linear import QuantLinear  # noqa: E402
-from quantize.primitives import quantize_weight  # noqa: E402
-from quantize.scheme import preset  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from bench_w8a8 import qlayer  # noqa: E402
 
 SCHEMES = ("fp8", "fp8-block", "w8a8-int8", "w4a16", "w8a16")
-
-
-def qlayer(name: str, dense: torch.Tensor) -> QuantLinear:
-    scheme = preset(name)
-    layer = QuantLinear.from_qtensor(quantize_weight(dense.float(), scheme.weights), scheme)
-    if hasattr(layer, "input_scale"):
-        layer.input_scale.fill_(0.05)
-    return layer
 
 
 def host_us(call, calls: int = 30) -> float:
