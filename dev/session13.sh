@@ -6,6 +6,7 @@
 #   sweeps cover 1-16 tokens only: keep the rows' other cells), and
 #   call 2: bash dev/session13.sh w8table e2eall                                     (~9 min)
 #   call 3: bash dev/session13.sh e2enofuse (the same without any fusion: what the quantized layers alone give)
+# session 13, call 2 (after the ring in w8_gemv): bash dev/session13.sh gemvtests clusterprobe gemvsweep w8table
 #   nvidia-h200-x2 (issue 20): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 summary
 # tests         every GPU test; new: w8_gemv's code conversion without conversion instructions (session 12, never
 #               run), checked exactly over every int8 / E4M3 / E5M2 code;
@@ -46,6 +47,21 @@ clusterbisect() {
     timeout 60 python3 -m pytest -q -m gpu tests/test_w8a8_gpu.py tests/test_mixed_gpu.py \
       -k "($sel) or clusters" 2>&1 | tail -1
   done
+}
+
+clusterprobe() {  # call 2: which part of a per-channel fp8 layer breaks the cluster launches
+  step "the first cluster GEMM of a process after each part of a W8A8 layer"
+  for before in actq rowwise sm90-skinny sm90-narrow sm90-split sm90-large gemv layers; do
+    timeout 60 python3 dev/stream_probe.py --before "$before" 2>&1 | grep -E "cluster GEMM|Error" | head -3
+  done
+}
+
+gemvtests() {  # call 2: w8_gemv's ring (session 13) against the reference, every format, ragged, blocked
+  step "w8_gemv tests"
+  timeout 200 python3 -m pytest -q -m gpu tests/test_w8a8_gpu.py --tb=short -rf > "$OUT/gemv_tests.txt" 2>&1
+  grep -E "^(FAILED|ERROR)" "$OUT/gemv_tests.txt" | sed -E 's/\[.*//' | sort | uniq -c
+  grep -E "^E " "$OUT/gemv_tests.txt" | sort | uniq -c | sort -rn | head -8
+  tail -1 "$OUT/gemv_tests.txt"
 }
 
 gemvsweep() {

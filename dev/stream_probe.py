@@ -7,6 +7,10 @@ earlier call. Here one earlier path runs first, then the first cluster GEMM of t
 
 gemv: w8_gemv on FP8 block-scaled weights; block: libqtool_sm90_block (skinny, then its clustered config);
 cublas: F.scaled_mm block-wise; layers: the fp8-block QuantLinears of tests/test_w8a8_gpu.py at every m.
+Session 13 found 'layers' breaks them (and so do the per-channel fp8 layer tests), the others not; the finer
+choices split a per-channel fp8 layer into its parts: actq (the fused activation quantization), sm90-<config>
+(libqtool_sm90's W8A8 GEMM in one configuration), rowwise (torch._scaled_mm row-wise), gemv (now with the
+extension loaded first; session 13's run failed to find the op).
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_mixed_gpu import random_weight  # noqa: E402
 
-from qtool_kernels import block_mm, mixed_mm, scaled_mm  # noqa: E402
+from qtool_kernels import block_mm, build, mixed_mm, scaled_mm  # noqa: E402
+
+SM90 = [f"sm90-{name}" for name in scaled_mm.SM90_CONFIGS if name != "auto"]
 
 
 def cluster_gemm(label: str) -> None:
@@ -59,8 +65,11 @@ def run_layers() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--before", default="none", choices=("none", "gemv", "block", "cublas", "layers"))
+    parser.add_argument("--before", default="none",
+                        choices=("none", "gemv", "block", "cublas", "layers", "actq", "rowwise", *SM90))
     before = parser.parse_args().before
+    build.load_extension()
+    x = torch.randn(64, 4096, device="cuda", dtype=torch.bfloat16)
     if before == "gemv":
         x = torch.randn(3, 4096, device="cuda", dtype=torch.bfloat16)
         _, _, wq, ws = fp8_operands(4)
@@ -74,6 +83,16 @@ def main() -> None:
         scaled_mm.block_mm(xq, xs, wq, ws)
     elif before == "layers":
         run_layers()
+    elif before == "actq":
+        scaled_mm.quantize_activation_cuda(x, "e4m3", 0, None)
+    elif before in ("rowwise", *SM90):
+        xq, xs, wq, _ = fp8_operands(64)
+        xs, ws = torch.ones(64, 1, device="cuda"), torch.ones(1, 1536, device="cuda")
+        if before == "rowwise":
+            torch._scaled_mm(xq, wq.t(), scale_a=xs, scale_b=ws, out_dtype=torch.bfloat16)
+        else:
+            torch.ops.qtool_cuda.sm90_scaled_mm(xq, wq, xs.view(-1), ws.view(-1), None, torch.bfloat16,
+                                                scaled_mm.SM90_CONFIGS[before[5:]])
     torch.cuda.synchronize()
     cluster_gemm(f"first cluster GEMM after '{before}':")
     cluster_gemm(f"second cluster GEMM after '{before}':")

@@ -51,7 +51,8 @@ MIXED: dict[tuple[int, int, int], dict[int, str]] = {
 # quantization), a libqtool_sm90 configuration ("skinny", "narrow", "split", "large") after the fused
 # activation quantization, or "cublas" (torch._scaled_mm row-wise, FP8 only; F.scaled_mm block-wise for
 # "fp8-block", whose own configurations are "block-skinny", "block-split", "block-large" of block_mm.py).
-# H200, dev/w8a8_sweep.py (BENCHMARKS.md): session 11; fp8-block and the fused 8B shapes session 12.
+# H200, dev/w8a8_sweep.py (BENCHMARKS.md): session 11; fp8-block and the fused 8B shapes session 12; 1-16 tokens
+# (w8_gemv without conversion instructions) and every fp8-block cell (with "block-swap") session 13.
 W8A8: dict[tuple[str, int, int], dict[int, str]] = {
     ('fp8', 4096, 4096): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "gemv", 32: "narrow", 64: "narrow", 128: "narrow", 256: "skinny", 512: "cublas", 1024: "large", 2048: "large", 4096: "large", 8192: "large"},
     ('fp8', 4096, 14336): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "skinny", 32: "skinny", 64: "narrow", 128: "cublas", 256: "large", 512: "skinny", 1024: "cublas", 2048: "large", 4096: "large", 8192: "cublas"},
@@ -61,16 +62,16 @@ W8A8: dict[tuple[str, int, int], dict[int, str]] = {
     ('fp8', 28672, 8192): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "skinny", 32: "skinny", 64: "skinny", 128: "skinny", 256: "split", 512: "cublas", 1024: "large", 2048: "large", 4096: "cublas", 8192: "large"},
     ('int8', 4096, 4096): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "gemv", 32: "narrow", 64: "narrow", 128: "narrow", 256: "skinny", 512: "large", 1024: "large", 2048: "large", 4096: "split", 8192: "large"},
     ('int8', 4096, 14336): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "skinny", 32: "skinny", 64: "narrow", 128: "skinny", 256: "large", 512: "skinny", 1024: "large", 2048: "large", 4096: "large", 8192: "large"},
-    ('int8', 8192, 8192): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "narrow", 32: "skinny", 64: "narrow", 128: "skinny", 256: "large", 512: "large", 1024: "large", 2048: "split", 4096: "large", 8192: "large"},
-    ('int8', 8192, 28672): {1: "skinny", 2: "skinny", 4: "skinny", 8: "skinny", 16: "skinny", 32: "skinny", 64: "skinny", 128: "split", 256: "skinny", 512: "large", 1024: "large", 2048: "large", 4096: "large", 8192: "split"},
+    ('int8', 8192, 8192): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "skinny", 32: "skinny", 64: "narrow", 128: "skinny", 256: "large", 512: "large", 1024: "large", 2048: "split", 4096: "large", 8192: "large"},
+    ('int8', 8192, 28672): {1: "gemv", 2: "skinny", 4: "skinny", 8: "skinny", 16: "skinny", 32: "skinny", 64: "skinny", 128: "split", 256: "skinny", 512: "large", 1024: "large", 2048: "large", 4096: "large", 8192: "split"},
     ('int8', 14336, 4096): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "gemv", 32: "narrow", 64: "narrow", 128: "narrow", 256: "skinny", 512: "large", 1024: "large", 2048: "large", 4096: "large", 8192: "large"},
     ('int8', 28672, 8192): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "skinny", 32: "skinny", 64: "skinny", 128: "skinny", 256: "large", 512: "split", 1024: "large", 2048: "large", 4096: "large", 8192: "large"},
-    ('fp8-block', 4096, 4096): {1: "gemv", 8: "gemv", 16: "gemv", 32: "block-skinny", 64: "block-skinny", 128: "block-skinny", 256: "block-skinny", 512: "cublas", 1024: "cublas", 2048: "block-large", 4096: "block-large", 8192: "cublas"},
-    ('fp8-block', 4096, 14336): {1: "gemv", 8: "cublas", 16: "cublas", 32: "block-skinny", 64: "block-skinny", 128: "cublas", 256: "cublas", 512: "cublas", 1024: "block-large", 2048: "block-large", 4096: "block-split", 8192: "cublas"},
-    ('fp8-block', 8192, 8192): {1: "gemv", 8: "block-skinny", 16: "block-skinny", 32: "block-skinny", 64: "block-skinny", 128: "block-skinny", 256: "cublas", 512: "cublas", 1024: "cublas", 2048: "block-split", 4096: "cublas", 8192: "cublas"},
-    ('fp8-block', 8192, 28672): {1: "gemv", 8: "cublas", 16: "cublas", 32: "cublas", 64: "block-skinny", 128: "cublas", 256: "block-large", 512: "block-split", 1024: "block-split", 2048: "block-split", 4096: "block-large", 8192: "cublas"},
-    ('fp8-block', 14336, 4096): {1: "gemv", 8: "gemv", 16: "gemv", 32: "block-split", 64: "block-split", 128: "block-split", 256: "block-split", 512: "block-split", 1024: "block-split", 2048: "block-large", 4096: "cublas", 8192: "cublas"},
-    ('fp8-block', 28672, 8192): {1: "cublas", 8: "cublas", 16: "block-skinny", 32: "block-skinny", 64: "block-skinny", 128: "block-split", 256: "cublas", 512: "block-split", 1024: "block-split", 2048: "cublas", 4096: "block-large", 8192: "cublas"},
+    ('fp8-block', 4096, 4096): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "gemv", 32: "block-skinny", 64: "block-skinny", 128: "block-skinny", 256: "block-skinny", 512: "cublas", 1024: "cublas", 2048: "block-large", 4096: "block-large", 8192: "block-large"},
+    ('fp8-block', 4096, 14336): {1: "gemv", 2: "gemv", 4: "cublas", 8: "cublas", 16: "cublas", 32: "cublas", 64: "block-skinny", 128: "cublas", 256: "cublas", 512: "block-large", 1024: "block-large", 2048: "block-large", 4096: "block-large", 8192: "cublas"},
+    ('fp8-block', 8192, 8192): {1: "gemv", 2: "gemv", 4: "cublas", 8: "block-swap", 16: "cublas", 32: "block-skinny", 64: "block-skinny", 128: "block-skinny", 256: "cublas", 512: "cublas", 1024: "cublas", 2048: "block-split", 4096: "cublas", 8192: "cublas"},
+    ('fp8-block', 8192, 28672): {1: "gemv", 2: "block-swap", 4: "block-swap", 8: "block-swap", 16: "block-swap", 32: "block-swap", 64: "block-swap", 128: "cublas", 256: "cublas", 512: "block-large", 1024: "block-large", 2048: "block-split", 4096: "cublas", 8192: "cublas"},
+    ('fp8-block', 14336, 4096): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "cublas", 32: "block-swap", 64: "block-swap", 128: "block-swap", 256: "block-split", 512: "cublas", 1024: "block-split", 2048: "block-large", 4096: "cublas", 8192: "cublas"},
+    ('fp8-block', 28672, 8192): {1: "block-swap", 2: "block-swap", 4: "block-swap", 8: "block-swap", 16: "block-swap", 32: "block-skinny", 64: "block-swap", 128: "block-split", 256: "cublas", 512: "block-split", 1024: "cublas", 2048: "cublas", 4096: "cublas", 8192: "cublas"},
     ('fp8', 4096, 6144): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "gemv", 32: "narrow", 64: "narrow", 128: "skinny", 256: "cublas", 512: "skinny", 1024: "cublas", 2048: "large", 4096: "large", 8192: "large"},
     ('fp8', 4096, 28672): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "skinny", 32: "skinny", 64: "skinny", 128: "cublas", 256: "skinny", 512: "cublas", 1024: "cublas", 2048: "large", 4096: "large", 8192: "large"},
     ('int8', 4096, 6144): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "gemv", 32: "narrow", 64: "narrow", 128: "skinny", 256: "large", 512: "skinny", 1024: "large", 2048: "large", 4096: "large", 8192: "large"},

@@ -70,7 +70,7 @@ def weight_codes(fmt: str, n: int, k: int, g: torch.Generator) -> torch.Tensor:
 @pytest.mark.parametrize("fmt", ["int8", "e4m3", "e5m2"])
 @pytest.mark.parametrize("scales", ["channel", "tensor", "block"])
 @pytest.mark.parametrize("m", [1, 2, 7, 8, 9, 16])
-@pytest.mark.parametrize("n, k", [(1536, 576), (100, 4096), (4096, 1040)])
+@pytest.mark.parametrize("n, k", [(1536, 576), (100, 4096), (4096, 1040), (16400, 1040)])  # 16400: two stripes
 def test_w8_gemv(kernels, dtype, fmt, scales, m, n, k):
     g = torch.Generator(device="cuda").manual_seed(m + n + k)
     w = weight_codes(fmt, n, k, g)

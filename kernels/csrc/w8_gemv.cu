@@ -27,7 +27,13 @@ namespace {
 
 constexpr int kWarps = 8;
 constexpr int kTileK = 64;
-constexpr int kUnroll = 4;  // tiles in flight per warp: 4 x kStripes x 2 rows x 16 bytes per lane
+// Tiles in flight per warp (the ring's slots): 4 x 2 rows x 16 bytes per lane with one stripe and one token tile,
+// 2 where a slot holds twice the registers, so that every variant fits 128 registers: two blocks (16 warps, 64 KB
+// of weight loads in flight) per SM, above the ~48 KB that DRAM latency asks for (NOTES.md, wo_gemv v4).
+template <int kStripes, int TokenTiles>
+__host__ __device__ constexpr int ring_slots() {
+  return kStripes == 1 && TokenTiles == 1 ? 4 : 2;
+}
 // 16-row stripes per block: two share the activation loads, one gives twice the blocks (n < this).
 constexpr int kTwoStripesMinN = 16384;
 
@@ -80,8 +86,9 @@ __device__ inline void decode4(uint32_t word, uint32_t& lo, uint32_t& hi) {
 }
 
 template <typename T, CodeFormat F, int TokenTiles, bool Blocked, int kStripes>
-__global__ void __launch_bounds__(kWarps * 32) w8_gemv(W8GemvProblem p) {
+__global__ void __launch_bounds__(kWarps * 32, 2) w8_gemv(W8GemvProblem p) {
   constexpr int kRowsPerBlock = 16 * kStripes;
+  constexpr int kUnroll = ring_slots<kStripes, TokenTiles>();
   __shared__ float partial[kWarps][kStripes][TokenTiles][32][4];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
@@ -89,33 +96,48 @@ __global__ void __launch_bounds__(kWarps * 32) w8_gemv(W8GemvProblem p) {
   const int tiles = (p.k + kTileK - 1) / kTileK;
   const T* x = static_cast<const T*>(p.x);
 
-  float acc[kStripes][TokenTiles][4] = {};
-  for (int tile0 = warp; tile0 < tiles; tile0 += kWarps * kUnroll) {
-    uint4 w[kUnroll][kStripes][2];           // [tile][stripe][row g / g + 8]
-    uint4 xv[kUnroll][TokenTiles][2];        // [tile][token tile][k 0..7 / 8..15]
+  // Slot u of the ring holds tile tile0 + u * kWarps of the current pass; after its math it is refilled with the
+  // same slot of the next pass, so kUnroll loads per lane stay in flight across passes (session 12's loop loaded
+  // a pass, then did its math with nothing in flight: 1.7-2.3 TB/s at 4096-row and 14336-deep weights).
+  uint4 w[kUnroll][kStripes][2];     // [slot][stripe][row g / g + 8]
+  uint4 xv[kUnroll][TokenTiles][2];  // [slot][token tile][k 0..7 / 8..15]
+  auto load_slot = [&](int u, int tile) {  // zeros past the last tile
+    const int k = tile * kTileK + 16 * t;
+    const bool k_ok = tile < tiles && k < p.k;  // k % 16 == 0: a load is all in or out
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int k = (tile0 + u * kWarps) * kTileK + 16 * t;
-      const bool k_ok = tile0 + u * kWarps < tiles && k < p.k;  // k % 16 == 0: a load is all in or out
+    for (int s = 0; s < kStripes; ++s) {
 #pragma unroll
-      for (int s = 0; s < kStripes; ++s) {
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int row = row0 + 16 * s + g + 8 * h;
-          w[u][s][h] = k_ok && row < p.n
-                           ? load_streaming(reinterpret_cast<const uint4*>(p.w + static_cast<long long>(row) * p.k + k))
-                           : make_uint4(0, 0, 0, 0);
-        }
-      }
-#pragma unroll
-      for (int tt = 0; tt < TokenTiles; ++tt) {
-        const int token = tt * 8 + g;
-        const uint4* src = reinterpret_cast<const uint4*>(x + static_cast<long long>(token) * p.k + k);
-        const bool ok = k_ok && token < p.m;
-        xv[u][tt][0] = ok ? __ldg(src) : make_uint4(0, 0, 0, 0);
-        xv[u][tt][1] = ok ? __ldg(src + 1) : make_uint4(0, 0, 0, 0);
+      for (int h = 0; h < 2; ++h) {
+        const int row = row0 + 16 * s + g + 8 * h;
+        w[u][s][h] = k_ok && row < p.n
+                         ? load_streaming(reinterpret_cast<const uint4*>(p.w + static_cast<long long>(row) * p.k + k))
+                         : make_uint4(0, 0, 0, 0);
       }
     }
+#pragma unroll
+    for (int tt = 0; tt < TokenTiles; ++tt) {
+      const int token = tt * 8 + g;
+      const uint4* src = reinterpret_cast<const uint4*>(x + static_cast<long long>(token) * p.k + k);
+      const bool ok = k_ok && token < p.m;
+      xv[u][tt][0] = ok ? __ldg(src) : make_uint4(0, 0, 0, 0);
+      xv[u][tt][1] = ok ? __ldg(src + 1) : make_uint4(0, 0, 0, 0);
+    }
+  };
+  // Warp 0 asks L2 for the block's rows one pass ahead of the ring (one bulk prefetch per row), so the DRAM
+  // latency of the next pass overlaps this one even where a warp's share is only a pass or two (k <= 4096).
+  auto prefetch_pass = [&](int tile0) {
+    const int k0 = (tile0 - warp) * kTileK;
+    if (warp == 0 && lane < kRowsPerBlock && row0 + lane < p.n && k0 < p.k)
+      prefetch_l2_range(reinterpret_cast<const char*>(p.w + static_cast<long long>(row0 + lane) * p.k + k0),
+                        min(kWarps * kUnroll * kTileK, p.k - k0), 0, 1);
+  };
+  constexpr int kPass = kWarps * kUnroll;
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) load_slot(u, warp + u * kWarps);
+
+  float acc[kStripes][TokenTiles][4] = {};
+  for (int tile0 = warp; tile0 < tiles; tile0 += kPass) {
+    prefetch_pass(tile0 + kPass);
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       float tile_acc[kStripes][TokenTiles][4] = {};
@@ -135,8 +157,9 @@ __global__ void __launch_bounds__(kWarps * 32) w8_gemv(W8GemvProblem p) {
           }
         }
       }
+      const int tile = tile0 + u * kWarps;
+      load_slot(u, tile + kPass);
       if constexpr (Blocked) {
-        const int tile = tile0 + u * kWarps;
         if (tile < tiles) {
           const int kb = tile * kTileK / p.block_k;
           const int kblocks = (p.k + p.block_k - 1) / p.block_k;
