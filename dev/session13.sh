@@ -7,6 +7,7 @@
 #   call 2: bash dev/session13.sh w8table e2eall                                     (~9 min)
 #   call 3: bash dev/session13.sh e2enofuse (the same without any fusion: what the quantized layers alone give)
 # session 13, call 2 (after the ring in w8_gemv): bash dev/session13.sh gemvtests clusterprobe gemvsweep w8table
+# session 13, call 3 (ring reverted; prefetch, 16-warp blocks): bash dev/session13.sh gemvtests gemvab clusterprobe2 e2eall
 #   nvidia-h200-x2 (issue 20): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 summary
 # tests         every GPU test; new: w8_gemv's code conversion without conversion instructions (session 12, never
 #               run), checked exactly over every int8 / E4M3 / E5M2 code;
@@ -54,6 +55,25 @@ clusterprobe() {  # call 2: which part of a per-channel fp8 layer breaks the clu
   for before in actq rowwise sm90-skinny sm90-narrow sm90-split sm90-large gemv layers; do
     timeout 60 python3 dev/stream_probe.py --before "$before" 2>&1 | grep -E "cluster GEMM|Error" | head -3
   done
+}
+
+clusterprobe2() {  # call 3: the sm90 configurations with the library loaded, and the layers one m / K at a time
+  step "the first cluster GEMM of a process after each sm90 configuration, one layer m, big block GEMMs"
+  for before in sm90-skinny sm90-narrow sm90-split sm90-large; do
+    timeout 60 python3 dev/stream_probe.py --before "$before" 2>&1 | grep -E "first cluster GEMM|Error" | head -2
+  done
+  for m in 1 16 17 300 2048; do
+    echo "layers m=$m:"; timeout 60 python3 dev/stream_probe.py --before layers --m $m 2>&1 | grep -E "first cluster|Error" | head -2
+  done
+  echo "layers k=576:"; timeout 60 python3 dev/stream_probe.py --before layers --k 576 2>&1 | grep -E "first cluster|Error" | head -2
+  for before in block cublas; do
+    echo "$before m=6144:"; timeout 60 python3 dev/stream_probe.py --before $before --m 6144 2>&1 | grep -E "first cluster|Error" | head -2
+  done
+}
+
+gemvab() {  # call 3: w8_gemv with / without the L2 prefetch and the 16-warp blocks (QTOOL_W8_GEMV), one build
+  step "w8_gemv A/B: QTOOL_W8_GEMV=0 (both), 1 (no prefetch), 3 (session 12's kernel)"
+  timeout 240 python3 dev/gemv_probe.py --switches 0,1,3 --tokens 1,8,16 --json "$OUT/gemv_ab.json" 2>&1 | tail -60
 }
 
 gemvtests() {  # call 2: w8_gemv's ring (session 13) against the reference, every format, ragged, blocked

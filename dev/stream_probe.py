@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_mixed_gpu import random_weight  # noqa: E402
 
-from qtool_kernels import block_mm, build, mixed_mm, scaled_mm  # noqa: E402
+from qtool_kernels import block_mm, build, mixed_mm, scaled_mm, sm90  # noqa: E402
 
 SM90 = [f"sm90-{name}" for name in scaled_mm.SM90_CONFIGS if name != "auto"]
 
@@ -48,17 +48,17 @@ def fp8_operands(m: int, n: int = 1536, k: int = 4096):
     return xq, xs, wq, torch.ones(n // 128, k // 128, device="cuda")
 
 
-def run_layers() -> None:
+def run_layers(ms=(1, 16, 17, 300, 2048), ks=(4096, 576)) -> None:
     from quantize.linear import QuantLinear
     from quantize.primitives import quantize_weight
     from quantize.scheme import preset
 
     scheme = preset("fp8-block")
-    for k in (4096, 576):
+    for k in ks:
         w = torch.randn(1536, k, device="cuda") / k**0.5
         layer = QuantLinear.from_qtensor(quantize_weight(w, scheme.weights), scheme,
                                          bias=torch.randn(1536, device="cuda").to(torch.bfloat16))
-        for m in (1, 16, 17, 300, 2048):
+        for m in ms:
             layer(torch.randn(3, m, k, device="cuda").to(torch.bfloat16))
     torch.cuda.synchronize()
 
@@ -67,22 +67,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", default="none",
                         choices=("none", "gemv", "block", "cublas", "layers", "actq", "rowwise", *SM90))
-    before = parser.parse_args().before
+    parser.add_argument("--m", type=int, help="layers: only this many tokens (x3 rows)")
+    parser.add_argument("--k", type=int, help="layers: only this K (4096 or 576)")
+    args = parser.parse_args()
+    before = args.before
     build.load_extension()
+    for lib in sm90.ALL:
+        lib.load()
     x = torch.randn(64, 4096, device="cuda", dtype=torch.bfloat16)
     if before == "gemv":
         x = torch.randn(3, 4096, device="cuda", dtype=torch.bfloat16)
         _, _, wq, ws = fp8_operands(4)
         scaled_mm._w8_gemv(x, wq, ws, None, 128, 128)
     elif before == "block":
-        xq, xs, wq, ws = fp8_operands(64)
+        xq, xs, wq, ws = fp8_operands(args.m or 64)
         for config in block_mm.CONFIGS.values():
             block_mm.block_linear(xq, xs, wq, ws, config)
     elif before == "cublas":
-        xq, xs, wq, ws = fp8_operands(64)
+        xq, xs, wq, ws = fp8_operands(args.m or 64)
         scaled_mm.block_mm(xq, xs, wq, ws)
     elif before == "layers":
-        run_layers()
+        run_layers(*(((args.m,),) if args.m else ()), **({"ks": (args.k,)} if args.k else {}))
     elif before == "actq":
         scaled_mm.quantize_activation_cuda(x, "e4m3", 0, None)
     elif before in ("rowwise", *SM90):

@@ -17,6 +17,7 @@
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 
+#include <cstdlib>
 #include <type_traits>
 
 #include "w8a8.h"
@@ -25,15 +26,16 @@
 namespace qtool {
 namespace {
 
-constexpr int kWarps = 8;
 constexpr int kTileK = 64;
-// Tiles in flight per warp (the ring's slots): 4 x 2 rows x 16 bytes per lane with one stripe and one token tile,
-// 2 where a slot holds twice the registers, so that every variant fits 128 registers: two blocks (16 warps, 64 KB
-// of weight loads in flight) per SM, above the ~48 KB that DRAM latency asks for (NOTES.md, wo_gemv v4).
-template <int kStripes, int TokenTiles>
-__host__ __device__ constexpr int ring_slots() {
-  return kStripes == 1 && TokenTiles == 1 ? 4 : 2;
-}
+constexpr int kUnroll = 4;  // tiles in flight per warp: 4 x kStripes x 2 rows x 16 bytes per lane
+// Warps per block. The kernel needs 52-128 registers, so up to four 8-warp blocks share an SM; a weight of at
+// most kWideMaxN rows has too few 16-row blocks for that (4096 rows: 256 blocks, < 2 per SM on 132 SMs), and
+// there each block takes 16 warps instead, twice the loads in flight per stripe. Session 13 tried the other cure,
+// a ring of loads refilled after each tile's math: it needs 105-158 registers (two blocks per SM) and lost 10-25%
+// everywhere except at 4096 rows (+9%): occupancy, not a pipeline, keeps these loads in flight.
+constexpr int kWarps = 8;
+constexpr int kWideWarps = 16;
+constexpr int kWideMaxN = 4096;
 // 16-row stripes per block: two share the activation loads, one gives twice the blocks (n < this).
 constexpr int kTwoStripesMinN = 16384;
 
@@ -85,59 +87,59 @@ __device__ inline void decode4(uint32_t word, uint32_t& lo, uint32_t& hi) {
   }
 }
 
-template <typename T, CodeFormat F, int TokenTiles, bool Blocked, int kStripes>
-__global__ void __launch_bounds__(kWarps * 32, 2) w8_gemv(W8GemvProblem p) {
+// Measurement switches (QTOOL_W8_GEMV, a bitmask read once; 0 or unset in normal use): 1 drops the L2 prefetch
+// a pass ahead, 2 the 16-warp blocks. They exist so one build can time each change against the kernel without it.
+int w8_gemv_switches() {
+  static const int switches = [] {
+    const char* env = std::getenv("QTOOL_W8_GEMV");
+    return env ? std::atoi(env) : 0;
+  }();
+  return switches;
+}
+
+template <typename T, CodeFormat F, int TokenTiles, bool Blocked, int kStripes, int Warps>
+__global__ void __launch_bounds__(Warps * 32) w8_gemv(W8GemvProblem p, bool prefetch) {
   constexpr int kRowsPerBlock = 16 * kStripes;
-  constexpr int kUnroll = ring_slots<kStripes, TokenTiles>();
-  __shared__ float partial[kWarps][kStripes][TokenTiles][32][4];
+  __shared__ float partial[Warps][kStripes][TokenTiles][32][4];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
   const int row0 = blockIdx.x * kRowsPerBlock;
   const int tiles = (p.k + kTileK - 1) / kTileK;
   const T* x = static_cast<const T*>(p.x);
 
-  // Slot u of the ring holds tile tile0 + u * kWarps of the current pass; after its math it is refilled with the
-  // same slot of the next pass, so kUnroll loads per lane stay in flight across passes (session 12's loop loaded
-  // a pass, then did its math with nothing in flight: 1.7-2.3 TB/s at 4096-row and 14336-deep weights).
-  uint4 w[kUnroll][kStripes][2];     // [slot][stripe][row g / g + 8]
-  uint4 xv[kUnroll][TokenTiles][2];  // [slot][token tile][k 0..7 / 8..15]
-  auto load_slot = [&](int u, int tile) {  // zeros past the last tile
-    const int k = tile * kTileK + 16 * t;
-    const bool k_ok = tile < tiles && k < p.k;  // k % 16 == 0: a load is all in or out
+  float acc[kStripes][TokenTiles][4] = {};
+  for (int tile0 = warp; tile0 < tiles; tile0 += Warps * kUnroll) {
+    // Warp 0 asks L2 for the block's rows one pass ahead (one bulk prefetch per row and pass, no registers), so
+    // the next pass's loads wait for L2 rather than for DRAM.
+    const int next_k = (tile0 - warp + Warps * kUnroll) * kTileK;
+    if (prefetch && warp == 0 && lane < 16 * kStripes && row0 + lane < p.n && next_k < p.k)
+      prefetch_l2_range(reinterpret_cast<const char*>(p.w + static_cast<long long>(row0 + lane) * p.k + next_k),
+                        min(Warps * kUnroll * kTileK, p.k - next_k), 0, 1);
+    uint4 w[kUnroll][kStripes][2];           // [tile][stripe][row g / g + 8]
+    uint4 xv[kUnroll][TokenTiles][2];        // [tile][token tile][k 0..7 / 8..15]
 #pragma unroll
-    for (int s = 0; s < kStripes; ++s) {
+    for (int u = 0; u < kUnroll; ++u) {
+      const int k = (tile0 + u * Warps) * kTileK + 16 * t;
+      const bool k_ok = tile0 + u * Warps < tiles && k < p.k;  // k % 16 == 0: a load is all in or out
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int row = row0 + 16 * s + g + 8 * h;
-        w[u][s][h] = k_ok && row < p.n
-                         ? load_streaming(reinterpret_cast<const uint4*>(p.w + static_cast<long long>(row) * p.k + k))
-                         : make_uint4(0, 0, 0, 0);
+      for (int s = 0; s < kStripes; ++s) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int row = row0 + 16 * s + g + 8 * h;
+          w[u][s][h] = k_ok && row < p.n
+                           ? load_streaming(reinterpret_cast<const uint4*>(p.w + static_cast<long long>(row) * p.k + k))
+                           : make_uint4(0, 0, 0, 0);
+        }
+      }
+#pragma unroll
+      for (int tt = 0; tt < TokenTiles; ++tt) {
+        const int token = tt * 8 + g;
+        const uint4* src = reinterpret_cast<const uint4*>(x + static_cast<long long>(token) * p.k + k);
+        const bool ok = k_ok && token < p.m;
+        xv[u][tt][0] = ok ? __ldg(src) : make_uint4(0, 0, 0, 0);
+        xv[u][tt][1] = ok ? __ldg(src + 1) : make_uint4(0, 0, 0, 0);
       }
     }
-#pragma unroll
-    for (int tt = 0; tt < TokenTiles; ++tt) {
-      const int token = tt * 8 + g;
-      const uint4* src = reinterpret_cast<const uint4*>(x + static_cast<long long>(token) * p.k + k);
-      const bool ok = k_ok && token < p.m;
-      xv[u][tt][0] = ok ? __ldg(src) : make_uint4(0, 0, 0, 0);
-      xv[u][tt][1] = ok ? __ldg(src + 1) : make_uint4(0, 0, 0, 0);
-    }
-  };
-  // Warp 0 asks L2 for the block's rows one pass ahead of the ring (one bulk prefetch per row), so the DRAM
-  // latency of the next pass overlaps this one even where a warp's share is only a pass or two (k <= 4096).
-  auto prefetch_pass = [&](int tile0) {
-    const int k0 = (tile0 - warp) * kTileK;
-    if (warp == 0 && lane < kRowsPerBlock && row0 + lane < p.n && k0 < p.k)
-      prefetch_l2_range(reinterpret_cast<const char*>(p.w + static_cast<long long>(row0 + lane) * p.k + k0),
-                        min(kWarps * kUnroll * kTileK, p.k - k0), 0, 1);
-  };
-  constexpr int kPass = kWarps * kUnroll;
-#pragma unroll
-  for (int u = 0; u < kUnroll; ++u) load_slot(u, warp + u * kWarps);
-
-  float acc[kStripes][TokenTiles][4] = {};
-  for (int tile0 = warp; tile0 < tiles; tile0 += kPass) {
-    prefetch_pass(tile0 + kPass);
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       float tile_acc[kStripes][TokenTiles][4] = {};
@@ -157,9 +159,8 @@ __global__ void __launch_bounds__(kWarps * 32, 2) w8_gemv(W8GemvProblem p) {
           }
         }
       }
-      const int tile = tile0 + u * kWarps;
-      load_slot(u, tile + kPass);
       if constexpr (Blocked) {
+        const int tile = tile0 + u * Warps;
         if (tile < tiles) {
           const int kb = tile * kTileK / p.block_k;
           const int kblocks = (p.k + p.block_k - 1) / p.block_k;
@@ -184,11 +185,11 @@ __global__ void __launch_bounds__(kWarps * 32, 2) w8_gemv(W8GemvProblem p) {
   __syncthreads();
 
   constexpr int kOutputs = kStripes * TokenTiles * 32 * 4;
-  for (int e = threadIdx.x; e < kOutputs; e += kWarps * 32) {
+  for (int e = threadIdx.x; e < kOutputs; e += Warps * 32) {
     const int r = e % 4, l = (e / 4) % 32, tt = (e / 128) % TokenTiles, s = e / (128 * TokenTiles);
     float sum = 0.0f;
 #pragma unroll
-    for (int wi = 0; wi < kWarps; ++wi) sum += partial[wi][s][tt][l][r];
+    for (int wi = 0; wi < Warps; ++wi) sum += partial[wi][s][tt][l][r];
     const int row = row0 + 16 * s + l / 4 + 8 * (r / 2);
     const int token = tt * 8 + 2 * (l % 4) + (r % 2);
     if (row < p.n && token < p.m) {
@@ -201,10 +202,19 @@ __global__ void __launch_bounds__(kWarps * 32, 2) w8_gemv(W8GemvProblem p) {
 template <typename T, CodeFormat F, int TokenTiles, int Stripes>
 void launch_stripes(const W8GemvProblem& p, cudaStream_t stream) {
   const unsigned blocks = static_cast<unsigned>((p.n + 16 * Stripes - 1) / (16 * Stripes));
+  const bool prefetch = !(w8_gemv_switches() & 1);
+  if constexpr (Stripes == 1 && TokenTiles == 1) {
+    // per-channel, m <= 8 only: the other variants take 74-128 registers, and a 16-warp block of them would
+    // hold an SM alone (two waves of 256 blocks)
+    if (p.block_n == 0 && p.n <= kWideMaxN && !(w8_gemv_switches() & 2)) {
+      w8_gemv<T, F, 1, false, 1, kWideWarps><<<blocks, kWideWarps * 32, 0, stream>>>(p, prefetch);
+      return;
+    }
+  }
   if (p.block_n > 0)
-    w8_gemv<T, F, TokenTiles, true, Stripes><<<blocks, kWarps * 32, 0, stream>>>(p);
+    w8_gemv<T, F, TokenTiles, true, Stripes, kWarps><<<blocks, kWarps * 32, 0, stream>>>(p, prefetch);
   else
-    w8_gemv<T, F, TokenTiles, false, Stripes><<<blocks, kWarps * 32, 0, stream>>>(p);
+    w8_gemv<T, F, TokenTiles, false, Stripes, kWarps><<<blocks, kWarps * 32, 0, stream>>>(p, prefetch);
 }
 
 template <typename T, CodeFormat F, int TokenTiles>

@@ -1,0 +1,84 @@
+"""w8_gemv with and without each of session 13's changes, in one build: QTOOL_W8_GEMV (csrc/w8_gemv.cu) is read
+once per process, so each setting runs in its own child process. 1 drops the L2 prefetch a pass ahead, 2 the
+16-warp blocks at <= 4096 rows; 3 is session 12's kernel. Timing as bench_w8a8.py (rotating copies, CUDA-graph
+replay), speedup against bf16 F.linear measured in the same process.
+
+    python3 dev/gemv_probe.py [--switches 0,1,3] [--tokens 1,8,16] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve()
+
+
+def child(tokens: list[int]) -> list[dict]:
+    import torch
+    import torch.nn.functional as F
+
+    sys.path.insert(0, str(HERE.parents[1] / "benchmarks"))
+    from bench_kernels import Rotation, graph_ms
+    from bench_w8a8 import SHAPES, copies
+
+    from qtool_kernels import build
+
+    build.load_extension()
+    rows = []
+    for k, n in SHAPES:
+        dense = Rotation([torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(copies(2 * n * k))])
+        codes = {"fp8": Rotation([(torch.randn(n, k, device="cuda") * 32).to(torch.float8_e4m3fn)
+                                  for _ in range(copies(n * k))])}
+        codes["int8"] = Rotation([q.view(torch.int8) for q in codes["fp8"].items])  # any bytes are int8 codes
+        ch_scale = torch.rand(n, device="cuda") / 100
+        bl_scale = torch.rand(-(-n // 128), -(-k // 128), device="cuda") / 100
+        for m in tokens:
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            bf16 = graph_ms(lambda: F.linear(x, dense()))
+            for kind, wq in (("fp8", codes["fp8"]), ("int8", codes["int8"]), ("fp8-block", codes["fp8"])):
+                s, b = (bl_scale, 128) if kind == "fp8-block" else (ch_scale, 0)
+                t = graph_ms(lambda: torch.ops.qtool_cuda.w8_gemv(x, wq(), s, None, b, b))
+                rows.append({"kind": kind, "K": k, "N": n, "M": m, "speedup": bf16 / t, "TBps": n * k / t / 1e9})
+        del dense, codes
+        torch.cuda.empty_cache()
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--switches", default="0,1,3")
+    parser.add_argument("--tokens", default="1,8,16")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    tokens = [int(t) for t in args.tokens.split(",")]
+    if args.child:
+        print(json.dumps(child(tokens)))
+        return
+    results = {}
+    for sw in args.switches.split(","):
+        out = subprocess.run([sys.executable, str(HERE), "--child", "--tokens", args.tokens], capture_output=True,
+                             text=True, env={**os.environ, "QTOOL_W8_GEMV": sw})
+        if out.returncode:
+            print(f"QTOOL_W8_GEMV={sw} failed:\n{out.stderr[-2000:]}")
+            continue
+        results[sw] = json.loads(out.stdout.strip().splitlines()[-1])
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    keys = sorted({(r["kind"], r["K"], r["N"], r["M"]) for rows in results.values() for r in rows})
+    print("kind K x N M: " + " | ".join(f"QTOOL_W8_GEMV={sw}" for sw in results))
+    for key in keys:
+        cells = []
+        for rows in results.values():
+            r = next((r for r in rows if (r["kind"], r["K"], r["N"], r["M"]) == key), None)
+            cells.append(f"{r['speedup']:.2f}x {r['TBps']:.1f} TB/s" if r else "-")
+        print(f"{key[0]} {key[1]}x{key[2]} M={key[3]}: " + " | ".join(cells))
+
+
+if __name__ == "__main__":
+    main()
