@@ -1,9 +1,10 @@
-"""w8_gemv with and without each of session 13's changes, in one build: QTOOL_W8_GEMV (csrc/w8_gemv.cu) is read
-once per process, so each setting runs in its own child process. 1 drops the L2 prefetch a pass ahead, 2 the
-16-warp blocks at <= 4096 rows; 3 is session 12's kernel. Timing as bench_w8a8.py (rotating copies, CUDA-graph
-replay), speedup against bf16 F.linear measured in the same process.
+"""w8_gemv with and without each candidate change, in one build: QTOOL_W8_GEMV (the switches are listed in
+csrc/w8_gemv.cu) is read once per process, so each setting runs in its own child process. Timing as bench_w8a8.py
+(rotating copies, CUDA-graph replay), speedup against bf16 F.linear measured in the same process.
 
-    python3 dev/gemv_probe.py [--switches 0,1,3] [--tokens 1,8,16] [--json out.json]
+    python3 dev/gemv_probe.py [--switches 0,2,4,8,12] [--tokens 1,8,16] [--json out.json]
+
+Session 13 ran it at commit 1a61939 with --switches 0,1,3 (then 1 = no L2 prefetch, 2 = no 16-warp blocks).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def child(tokens: list[int]) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--switches", default="0,1,3")
+    parser.add_argument("--switches", default="0,2,4,8,12")
     parser.add_argument("--tokens", default="1,8,16")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

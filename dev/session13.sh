@@ -112,6 +112,8 @@ e2e() {
   done
 }
 e2eall() { e2e w8a8-int8 fp8 fp8-block w4a16; }
+e2ew4() { e2e w4a16; }
+e2efp8() { e2e fp8; }
 
 e2enofuse() {  # the quantized layers alone: transformers' modules everywhere else (no q/k/v, gate/up or norm fusion)
   for s in fp8 w4a16; do

@@ -2,9 +2,9 @@
 // activations, for m <= 16 tokens: the W8A8 layers' path at decode sizes, where the weight bytes set
 // the time and quantizing the activations would only add a launch (issue 18).
 //
-// Work split. A block of kWarps warps owns one or two "stripes" of 16 weight rows (the M of
-// mma.m16n8k16); its warps split k into 64-wide tiles taken round-robin, so together they stream
-// 8 x 64 contiguous codes of every row at a time. Partial sums meet in shared memory at the end.
+// Work split. A block of 8 warps (16 for per-channel weights of <= 4096 rows) owns one or two "stripes" of 16
+// weight rows (the M of mma.m16n8k16); its warps split k into 64-wide tiles taken round-robin, so together they
+// stream 8 x 64 contiguous codes of every row at a time. Partial sums meet in shared memory at the end.
 //
 // Fragments without shuffles. Lane (g = lane / 4, t = lane % 4) loads 16 codes of rows g and g + 8 at
 // k0 + 16 t and the 16 activations of token g at the same k. Because a dot product may visit k in any
@@ -87,8 +87,15 @@ __device__ inline void decode4(uint32_t word, uint32_t& lo, uint32_t& hi) {
   }
 }
 
-// Measurement switches (QTOOL_W8_GEMV, a bitmask read once; 0 or unset in normal use): 1 drops the L2 prefetch
-// a pass ahead, 2 the 16-warp blocks. They exist so one build can time each change against the kernel without it.
+// Measurement switches (QTOOL_W8_GEMV, a bitmask read once; 0 or unset in normal use), so that one build times a
+// change against the kernel without it (dev/gemv_probe.py):
+//   2: no 16-warp blocks (session 13 measured them: 4096 x 4096 1.23x -> 1.62x bf16, 14336 x 4096 1.08x -> 1.50x
+//      at one token; no change elsewhere). Session 13's other switch, 1, dropped an L2 bulk prefetch a pass ahead
+//      of the loads that cost 10-25% wherever it ran; it is gone.
+//   4: one 16-row stripe per block at every n (the 8-warp, 52-register kernel: four blocks per SM), instead of two
+//      at n >= kTwoStripesMinN (80-126 registers: two or three blocks per SM). Not yet measured.
+//   8: "lean" register budgets where they cost (almost) no spills: block-scaled weights at m <= 8 in 80 registers
+//      (three blocks per SM; 98 without), per-channel at 9-16 tokens in 64 (four; 68-74 without). Not yet measured.
 int w8_gemv_switches() {
   static const int switches = [] {
     const char* env = std::getenv("QTOOL_W8_GEMV");
@@ -97,8 +104,14 @@ int w8_gemv_switches() {
   return switches;
 }
 
-template <typename T, CodeFormat F, int TokenTiles, bool Blocked, int kStripes, int Warps>
-__global__ void __launch_bounds__(Warps * 32) w8_gemv(W8GemvProblem p, bool prefetch) {
+template <int TokenTiles, bool Blocked, int kStripes, int Warps, bool Lean>
+__host__ __device__ constexpr int min_blocks() {  // __launch_bounds__'s blocks per SM (switch 8); 0: unset
+  return !Lean || kStripes != 1 || Warps != kWarps ? 0 : Blocked ? (TokenTiles == 1 ? 3 : 0) : (TokenTiles == 2 ? 4 : 0);
+}
+
+template <typename T, CodeFormat F, int TokenTiles, bool Blocked, int kStripes, int Warps, bool Lean = false>
+__global__ void __launch_bounds__(Warps * 32, (min_blocks<TokenTiles, Blocked, kStripes, Warps, Lean>()))
+    w8_gemv(W8GemvProblem p) {
   constexpr int kRowsPerBlock = 16 * kStripes;
   __shared__ float partial[Warps][kStripes][TokenTiles][32][4];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -109,12 +122,6 @@ __global__ void __launch_bounds__(Warps * 32) w8_gemv(W8GemvProblem p, bool pref
 
   float acc[kStripes][TokenTiles][4] = {};
   for (int tile0 = warp; tile0 < tiles; tile0 += Warps * kUnroll) {
-    // Warp 0 asks L2 for the block's rows one pass ahead (one bulk prefetch per row and pass, no registers), so
-    // the next pass's loads wait for L2 rather than for DRAM.
-    const int next_k = (tile0 - warp + Warps * kUnroll) * kTileK;
-    if (prefetch && warp == 0 && lane < 16 * kStripes && row0 + lane < p.n && next_k < p.k)
-      prefetch_l2_range(reinterpret_cast<const char*>(p.w + static_cast<long long>(row0 + lane) * p.k + next_k),
-                        min(Warps * kUnroll * kTileK, p.k - next_k), 0, 1);
     uint4 w[kUnroll][kStripes][2];           // [tile][stripe][row g / g + 8]
     uint4 xv[kUnroll][TokenTiles][2];        // [tile][token tile][k 0..7 / 8..15]
 #pragma unroll
@@ -202,24 +209,31 @@ __global__ void __launch_bounds__(Warps * 32) w8_gemv(W8GemvProblem p, bool pref
 template <typename T, CodeFormat F, int TokenTiles, int Stripes>
 void launch_stripes(const W8GemvProblem& p, cudaStream_t stream) {
   const unsigned blocks = static_cast<unsigned>((p.n + 16 * Stripes - 1) / (16 * Stripes));
-  const bool prefetch = !(w8_gemv_switches() & 1);
-  if constexpr (Stripes == 1 && TokenTiles == 1) {
-    // per-channel, m <= 8 only: the other variants take 74-128 registers, and a 16-warp block of them would
-    // hold an SM alone (two waves of 256 blocks)
-    if (p.block_n == 0 && p.n <= kWideMaxN && !(w8_gemv_switches() & 2)) {
-      w8_gemv<T, F, 1, false, 1, kWideWarps><<<blocks, kWideWarps * 32, 0, stream>>>(p, prefetch);
+  const int switches = w8_gemv_switches();
+  if constexpr (Stripes == 1) {
+    // 16 warps: per-channel, m <= 8 only; the other variants take 74-128 registers, and a 16-warp block of them
+    // would hold an SM alone (two waves of 256 blocks)
+    if (TokenTiles == 1 && p.block_n == 0 && p.n <= kWideMaxN && !(switches & 2)) {
+      w8_gemv<T, F, 1, false, 1, kWideWarps><<<blocks, kWideWarps * 32, 0, stream>>>(p);
       return;
+    }
+    if (switches & 8) {
+      if (p.block_n > 0 && TokenTiles == 1)
+        w8_gemv<T, F, 1, true, 1, kWarps, true><<<blocks, kWarps * 32, 0, stream>>>(p);
+      else if (p.block_n == 0 && TokenTiles == 2)
+        w8_gemv<T, F, 2, false, 1, kWarps, true><<<blocks, kWarps * 32, 0, stream>>>(p);
+      if ((p.block_n > 0) == (TokenTiles == 1)) return;
     }
   }
   if (p.block_n > 0)
-    w8_gemv<T, F, TokenTiles, true, Stripes, kWarps><<<blocks, kWarps * 32, 0, stream>>>(p, prefetch);
+    w8_gemv<T, F, TokenTiles, true, Stripes, kWarps><<<blocks, kWarps * 32, 0, stream>>>(p);
   else
-    w8_gemv<T, F, TokenTiles, false, Stripes, kWarps><<<blocks, kWarps * 32, 0, stream>>>(p, prefetch);
+    w8_gemv<T, F, TokenTiles, false, Stripes, kWarps><<<blocks, kWarps * 32, 0, stream>>>(p);
 }
 
 template <typename T, CodeFormat F, int TokenTiles>
 void launch_tiles(const W8GemvProblem& p, cudaStream_t stream) {
-  if (p.n >= kTwoStripesMinN)
+  if (p.n >= kTwoStripesMinN && !(w8_gemv_switches() & 4))
     launch_stripes<T, F, TokenTiles, 2>(p, stream);
   else
     launch_stripes<T, F, TokenTiles, 1>(p, stream);
