@@ -17,14 +17,18 @@ if [ ! -f "$(dirname "$(command -v nvcc)")/../include/curand_kernel.h" ]; then
                           cd /tmp/curand && python3 -m zipfile -e nvidia_curand-*.whl x)
   CURAND=(-I"$(dirname "$(find /tmp/curand/x -name curand_kernel.h | head -1)")")
 fi
+# nvcc's flags from kernels/sm90.py itself: the library names hash them, and a copy here drifted once
+FLAGS=$(python3 -c 'import quantize
+from qtool_kernels import sm90
+print(" ".join(sm90.FLAGS))')
 libs=$(python3 -c 'import quantize
 from qtool_kernels import sm90
 for lib in sm90.ALL: print(lib.path().name, lib.source, " ".join(lib.defines))')
 while read -r name src defines; do
   [ -f ".gpu/w8a8/$name" ] && { echo "have $name"; continue; }
   echo "building $name"
-  nvcc -std=c++17 -O3 -DNDEBUG --expt-relaxed-constexpr -lineinfo -gencode=arch=compute_90a,code=sm_90a \
-    -Xcompiler -fPIC -shared $defines -I"$QTOOL_CUTLASS_INCLUDE" -I"$QTOOL_CUTLASS_INCLUDE/../tools/util/include" "${CURAND[@]}" -I"$(dirname "$src")" "$src" \
+  # shellcheck disable=SC2086  # FLAGS and defines are word lists
+  nvcc $FLAGS $defines -I"$QTOOL_CUTLASS_INCLUDE" -I"$QTOOL_CUTLASS_INCLUDE/../tools/util/include" "${CURAND[@]}" -I"$(dirname "$src")" "$src" \
     -o ".gpu/w8a8/$name.tmp" && mv ".gpu/w8a8/$name.tmp" ".gpu/w8a8/$name"
 done <<< "$libs"  # one at a time: a CUTLASS library's cicc takes several GB, two at once swapped 24 GB
 ls -la .gpu/w8a8

@@ -37,8 +37,10 @@ from . import build
 SOURCE = build.CSRC / "sm90" / "scaled_mm_sm90.cu"
 HEADER = build.CSRC / "sm90" / "sm90_scaled_mm.h"
 COMMON = build.CSRC / "sm90" / "sm90_common.cuh"  # included by every library's source
+# Hidden visibility: only the C entry points (QTOOL_SM90_API) are exported, so one library's copies of CUTLASS's
+# inline host functions never serve another's calls (sm90_scaled_mm.h says what that broke).
 FLAGS = ["-std=c++17", "-O3", "-DNDEBUG", "--expt-relaxed-constexpr", "-lineinfo",
-         "-gencode=arch=compute_90a,code=sm_90a", "-Xcompiler", "-fPIC", "-shared"]
+         "-gencode=arch=compute_90a,code=sm_90a", "-Xcompiler", "-fPIC", "-Xcompiler", "-fvisibility=hidden", "-shared"]
 
 
 def cutlass_include() -> Path | None:

@@ -10,12 +10,17 @@ and zeros, and its bf16 output, give ~3e-3); the mma.sync path is held to the sa
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from conftest import poison_cache, rel_err
-from qtool_kernels import mixed_mm
+from qtool_kernels import mixed_mm, sm90
 from qtool_kernels.layout import PackedWeight, dequantize_packed, pack_weight, unpack_codes
 from qtool_kernels.weight_only import packed_linear
 
@@ -157,6 +162,43 @@ def test_mixed_mm_token_tiles_and_clusters(hopper, variant, ktile, token_tile, m
     ref = x.double() @ dequantize_packed(p.qweight, p.scale, p.zero, bits, p.group_size, n, torch.float64)[:, :k].T
     assert torch.isfinite(y).all()
     assert rel_err(y, ref) <= 1e-2
+
+
+def test_sm90_libraries_export_only_their_entry_points(hopper):
+    """Each Hopper library exports its C entry points and nothing else: CUTLASS's inline host functions exported
+    by libqtool_sm90 (RTLD_GLOBAL) once served the mixed library's cluster launches (session 13)."""
+    nm = shutil.which("nm")
+    if nm is None:
+        pytest.skip("nm not found")
+    for lib in sm90.ALL:
+        if lib.load():
+            out = subprocess.run([nm, "-D", "--defined-only", str(lib.path())], capture_output=True, text=True)
+            names = [line.split()[-1] for line in out.stdout.splitlines() if line.strip()]
+            assert names and all(name.startswith("qtool_sm90") for name in names), (lib.stem, names[:8])
+
+
+def test_cluster_gemm_after_the_w8a8_library_loaded(hopper):
+    """A 2-CTA cluster launch of the mixed GEMM in a process that loaded libqtool_sm90 first (the order that
+    failed in session 13); in a child process, so that no earlier test has loaded the mixed library."""
+    script = """
+import torch, torch.nn.functional as F, sys
+sys.path.insert(0, "tests")
+import quantize
+from qtool_kernels import build, mixed_mm, sm90
+from qtool_kernels.layout import dequantize_packed
+from test_mixed_gpu import random_weight
+build.load_extension()
+assert sm90.ALL[0].load()
+p = random_weight(768, 2048, 128, True, seed=1)
+x = torch.randn(100, 2048, device="cuda", dtype=torch.bfloat16)
+y = mixed_mm.mixed_linear(x, p.mixed, ktile=64, variant=2)
+ref = x.double() @ dequantize_packed(p.qweight, p.scale, p.zero, 4, 128, 768, torch.float64).T
+print("rel_err", float((y.double() - ref).norm() / ref.norm()))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert float(out.stdout.split()[-1]) < 1e-2
 
 
 def test_mixed_mm_configuration_rules(hopper):

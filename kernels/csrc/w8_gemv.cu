@@ -94,8 +94,11 @@ __device__ inline void decode4(uint32_t word, uint32_t& lo, uint32_t& hi) {
 //      of the loads that cost 10-25% wherever it ran; it is gone.
 //   4: one 16-row stripe per block at every n (the 8-warp, 52-register kernel: four blocks per SM), instead of two
 //      at n >= kTwoStripesMinN (80-126 registers: two or three blocks per SM). Not yet measured.
-//   8: "lean" register budgets where they cost (almost) no spills: block-scaled weights at m <= 8 in 80 registers
-//      (three blocks per SM; 98 without), per-channel at 9-16 tokens in 64 (four; 68-74 without). Not yet measured.
+//   8: "lean" register budgets where they cost no spills: block-scaled weights at m <= 8 in 80 registers (three
+//      blocks per SM; 98 without), per-channel at 9-16 tokens in 64 (four; 68-74 without). With bf16 activations
+//      the lean block-scaled variant applies each tile's block scale to its activations (one bf16x2 multiply per
+//      word: a rounding of x * scale, random per element, where the default rounds nothing) instead of keeping a
+//      second accumulator per tile: what fits it in 80 registers without spills. Not yet measured.
 int w8_gemv_switches() {
   static const int switches = [] {
     const char* env = std::getenv("QTOOL_W8_GEMV");
@@ -149,8 +152,23 @@ __global__ void __launch_bounds__(Warps * 32, (min_blocks<TokenTiles, Blocked, k
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
+      constexpr bool kScaleX = Blocked && Lean && std::is_same_v<T, __nv_bfloat16>;
       float tile_acc[kStripes][TokenTiles][4] = {};
-      float(&dst)[kStripes][TokenTiles][4] = Blocked ? tile_acc : acc;
+      float(&dst)[kStripes][TokenTiles][4] = Blocked && !kScaleX ? tile_acc : acc;
+      if constexpr (kScaleX) {
+        const int tile = tile0 + u * Warps;
+        const int kb = min(tile, tiles - 1) * kTileK / p.block_k;
+        const int kblocks = (p.k + p.block_k - 1) / p.block_k;
+        const float sc = __ldg(p.scale + static_cast<long long>(row0 / p.block_n) * kblocks + kb);
+        const __nv_bfloat162 sc2 = __float2bfloat162_rn(sc);
+#pragma unroll
+        for (int tt = 0; tt < TokenTiles; ++tt)
+#pragma unroll
+          for (int i = 0; i < 8; ++i) {
+            uint32_t& word = (&xv[u][tt][0].x)[i];
+            word = as_u32(__hmul2(as_pair<__nv_bfloat162>(word), sc2));
+          }
+      }
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
 #pragma unroll
@@ -166,7 +184,7 @@ __global__ void __launch_bounds__(Warps * 32, (min_blocks<TokenTiles, Blocked, k
           }
         }
       }
-      if constexpr (Blocked) {
+      if constexpr (Blocked && !kScaleX) {
         const int tile = tile0 + u * Warps;
         if (tile < tiles) {
           const int kb = tile * kTileK / p.block_k;

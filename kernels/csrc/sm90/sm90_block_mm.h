@@ -6,6 +6,10 @@
 
 #include <cuda_runtime_api.h>
 
+#ifndef QTOOL_SM90_API  // exported entry points: sm90_scaled_mm.h says why
+#define QTOOL_SM90_API __attribute__((visibility("default")))
+#endif
+
 namespace qtool::sm90 {
 
 struct BlockMmArgs {
@@ -26,6 +30,6 @@ struct BlockMmArgs {
 }  // namespace qtool::sm90
 
 extern "C" {
-size_t qtool_sm90_block_workspace(const qtool::sm90::BlockMmArgs* p);
-const char* qtool_sm90_block_mm(const qtool::sm90::BlockMmArgs* p, cudaStream_t stream);
+QTOOL_SM90_API size_t qtool_sm90_block_workspace(const qtool::sm90::BlockMmArgs* p);
+QTOOL_SM90_API const char* qtool_sm90_block_mm(const qtool::sm90::BlockMmArgs* p, cudaStream_t stream);
 }

@@ -7,6 +7,10 @@
 
 #include <cuda_runtime_api.h>
 
+#ifndef QTOOL_SM90_API  // exported entry points: sm90_scaled_mm.h says why
+#define QTOOL_SM90_API __attribute__((visibility("default")))
+#endif
+
 namespace qtool::sm90 {
 
 struct MixedMmArgs {
@@ -33,7 +37,7 @@ struct MixedMmArgs {
 }  // namespace qtool::sm90
 
 extern "C" {
-size_t qtool_sm90_mixed_workspace(const qtool::sm90::MixedMmArgs* p);
-const char* qtool_sm90_mixed_mm(const qtool::sm90::MixedMmArgs* p, cudaStream_t stream);
-const char* qtool_sm90_mixed_shuffle(const void* codes, void* out, int n, int k, cudaStream_t stream);
+QTOOL_SM90_API size_t qtool_sm90_mixed_workspace(const qtool::sm90::MixedMmArgs* p);
+QTOOL_SM90_API const char* qtool_sm90_mixed_mm(const qtool::sm90::MixedMmArgs* p, cudaStream_t stream);
+QTOOL_SM90_API const char* qtool_sm90_mixed_shuffle(const void* codes, void* out, int n, int k, cudaStream_t stream);
 }

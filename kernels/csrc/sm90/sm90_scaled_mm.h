@@ -7,6 +7,15 @@
 
 #include <cuda_runtime_api.h>
 
+// The libraries are compiled with hidden visibility (sm90.py): only these C entry points are exported. Session 13
+// found why: CUTLASS's header-only host functions (cutlass::ClusterLauncher::launch among them) were exported by
+// every library, and libqtool_sm90, loaded RTLD_GLOBAL, then served the later libraries' calls with its own copy,
+// whose statically linked CUDA runtime does not know their kernels: every 2-CTA cluster launch of the mixed GEMM
+// failed once a W8A8 layer had loaded libqtool_sm90 in the process.
+#ifndef QTOOL_SM90_API
+#define QTOOL_SM90_API __attribute__((visibility("default")))
+#endif
+
 namespace qtool::sm90 {
 
 struct ScaledMmArgs {
@@ -31,6 +40,6 @@ struct ScaledMmArgs {
 extern "C" {
 typedef size_t (*QtoolSm90Workspace)(const qtool::sm90::ScaledMmArgs*);
 typedef const char* (*QtoolSm90ScaledMm)(const qtool::sm90::ScaledMmArgs*, cudaStream_t);
-size_t qtool_sm90_workspace(const qtool::sm90::ScaledMmArgs* p);
-const char* qtool_sm90_scaled_mm(const qtool::sm90::ScaledMmArgs* p, cudaStream_t stream);
+QTOOL_SM90_API size_t qtool_sm90_workspace(const qtool::sm90::ScaledMmArgs* p);
+QTOOL_SM90_API const char* qtool_sm90_scaled_mm(const qtool::sm90::ScaledMmArgs* p, cudaStream_t stream);
 }
