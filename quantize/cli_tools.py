@@ -152,6 +152,9 @@ def bench(
                                        "as one quantized layer each (quantize/fusion.py, quantize/mlp.py: SiLU-and-"
                                        "multiply as one kernel) and its RMSNorms as one kernel each "
                                        "(quantize/norms.py), in the quantized model.")] = True,
+    fuse_baseline: Annotated[bool, typer.Option("--fuse-baseline", help="Fuse the float baseline the same way "
+                                                "(q/k/v and gate/up as one nn.Linear each, SiLU-and-multiply, "
+                                                "RMSNorm kernels), so the ratios compare like with like.")] = False,
     attn_implementation: Annotated[str | None, typer.Option(
         "--attn-implementation", help="Attention of every model in the run (sdpa, eager, ...); transformers' "
         "default when not given.")] = None,
@@ -167,6 +170,8 @@ def bench(
     check_positive(decode_tokens=decode_tokens, prefill_len=prefill_len)
     check_device(device)
     check_output_file(json_out, "--json")
+    if fuse_baseline and not fuse:
+        raise ValueError("--fuse-baseline fuses the baseline as --fuse fuses the quantized model; drop --no-fuse")
     if quantize_lm_head and (scheme is None or not random_weights):
         raise ValueError("--quantize-lm-head applies to --random-weights --scheme runs; a checkpoint's lm_head "
                          "is whatever its recipe made it")
@@ -177,10 +182,10 @@ def bench(
     used_attention = set()
     attention = _attention_setter(attn_implementation, prefill_len + decode_tokens, used_attention)
     if random_weights:
-        results = _bench_random_weights(model, scheme, quantize_lm_head, fuse, device, getattr(torch, dtype_name),
-                                        attention, opts)
+        results = _bench_random_weights(model, scheme, quantize_lm_head, (fuse, fuse_baseline), device,
+                                        getattr(torch, dtype_name), attention, opts)
     else:
-        results = _bench_checkpoints(model, base, fuse, device, dtype_name, attention, opts)
+        results = _bench_checkpoints(model, base, (fuse, fuse_baseline), device, dtype_name, attention, opts)
     results["attn_implementation"] = sorted(used_attention)
     if json_out:
         json_out.write_text(json.dumps(results, indent=2))
@@ -204,9 +209,10 @@ def _attention_setter(attn_implementation: str | None, tokens: int, used: set[st
     return attention
 
 
-def _bench_checkpoints(model: str, base: str | None, fuse: bool, device: str, dtype_name: str, attention,
-                       opts: dict) -> dict:
-    """`qtool bench MODEL [--base BASE]`: the saved model, then the base in the same run for the ratios."""
+def _bench_checkpoints(model: str, base: str | None, fuse: tuple[bool, bool], device: str, dtype_name: str,
+                       attention, opts: dict) -> dict:
+    """`qtool bench MODEL [--base BASE]`: the saved model, then the base in the same run for the ratios.
+    fuse: (--fuse, --fuse-baseline)."""
     from .bench import bench_model, compare, print_bench
 
     q_model = attention(_load_any(model, device, dtype_name)[0])
@@ -216,7 +222,7 @@ def _bench_checkpoints(model: str, base: str | None, fuse: bool, device: str, dt
     baseline = None
     if base is not None:
         base_model = attention(_load_any(base, device, dtype_name)[0])
-        _fuse(base_model, fuse, base)  # changes nothing unless the base is quantized too
+        results["base_fused"] = _fuse(base_model, fuse, base, floats=fuse[1])  # a float base: with --fuse-baseline
         baseline = bench_model(base_model, **opts)
         results.update(base=baseline.to_dict(), ratios=compare(baseline, q_result))
     print_bench(q_result, model, baseline=baseline, console=console)
@@ -233,9 +239,10 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
-def _bench_random_weights(config: str, scheme: str | None, quantize_lm_head: bool, fuse: bool, device: str, dtype,
-                          attention, opts: dict) -> dict:
-    """`qtool bench --random-weights`: the float model of `config`, then (with a scheme) its RTN quantization."""
+def _bench_random_weights(config: str, scheme: str | None, quantize_lm_head: bool, fuse: tuple[bool, bool],
+                          device: str, dtype, attention, opts: dict) -> dict:
+    """`qtool bench --random-weights`: the float model of `config`, then (with a scheme) its RTN quantization.
+    fuse: (--fuse, --fuse-baseline)."""
     from dataclasses import replace
 
     from .bench import bench_model, compare, print_bench
@@ -246,32 +253,39 @@ def _bench_random_weights(config: str, scheme: str | None, quantize_lm_head: boo
 
     label = f"{config} {str(dtype).removeprefix('torch.')}"
     base_model = attention(random_model(config, dtype=dtype, device=device))
+    base_fused = _fuse(base_model, fuse, label, floats=fuse[1])
     base_result = bench_model(base_model, **opts)
     print_bench(base_result, label, console=console)
     if scheme is None:
-        return {"base": base_result.to_dict()}
+        return {"base": base_result.to_dict(), "base_fused": base_fused}
+    if fuse[1]:  # a fused model does not quantize: the same random weights again (random_model's fixed seed)
+        del base_model
+        base_model = attention(random_model(config, dtype=dtype, device=device))
     chosen = replace(preset(scheme), ignore=()) if quantize_lm_head else preset(scheme)
     quantize_model(base_model, Recipe.single(chosen, "rtn"), device=device, progress=False)
     fused = _fuse(base_model, fuse, f"{config} {scheme}")
     q_result = bench_model(base_model, **opts)
     print_bench(q_result, f"{config} {scheme}", baseline=base_result, console=console)
     return {"base": base_result.to_dict(), "quantized": q_result.to_dict(),
-            "ratios": compare(base_result, q_result), **fused}
+            "ratios": compare(base_result, q_result), "base_fused": base_fused, **fused}
 
 
-def _fuse(model, fuse: bool, label: str) -> dict:
-    """Fuse `model`'s projections and RMSNorms when asked and say how many; the counts (None when not asked)."""
-    if not fuse:
+def _fuse(model, fuse: tuple[bool, bool], label: str, floats: bool = False) -> dict:
+    """Fuse `model`'s projections, gated MLPs and RMSNorms when asked (fuse: --fuse, --fuse-baseline) and say
+    how many; the counts (None when not asked). A float model is fused only with `floats` (--fuse-baseline):
+    otherwise the baseline stays transformers' own."""
+    if not fuse[0]:
         return {"fused_groups": None, "fused_mlps": None, "fused_norms": None}
     from .fusion import fuse_projections
     from .linear import QuantLinear
     from .mlp import fuse_mlps
     from .norms import fuse_norms
 
-    quantized = any(isinstance(m, QuantLinear) for m in model.modules())  # a float base stays transformers' own
+    if not floats and not any(isinstance(m, QuantLinear) for m in model.modules()):
+        return {"fused_groups": 0, "fused_mlps": 0, "fused_norms": 0}
     mlps = fuse_mlps(model)  # gate/up as one layer + SiLU-and-multiply; before fuse_projections takes gate/up
     groups = mlps + fuse_projections(model)
-    norms = fuse_norms(model) if quantized else 0
+    norms = fuse_norms(model)
     console.print(f"{label}: fused {groups} projection groups (q/k/v, gate/up; {mlps} MLPs with one SiLU-and-"
                   f"multiply kernel) and {norms} RMSNorms into one kernel each (--no-fuse: transformers' modules)")
     return {"fused_groups": groups, "fused_mlps": mlps, "fused_norms": norms}

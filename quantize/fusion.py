@@ -120,8 +120,11 @@ def incompatibility(members: list[nn.Module]) -> str | None:
     They must all be QuantLinears of one scheme whose scales stack along the rows
     (`_scheme_incompatibility`), with equal in_features, one device, no act-order (each layer has
     its own input permutation), the same bias presence and tensor dtypes; and carry no hooks (fusion
-    would drop them).
+    would drop them). Or all plain nn.Linear (a float baseline fused like the quantized model, `qtool
+    bench --fuse-baseline`) with equal in_features, one device and dtype, the same bias presence, no hooks.
     """
+    if all(type(m) is nn.Linear for m in members):
+        return _linear_incompatibility(members)
     if not all(type(m) is QuantLinear for m in members):
         return "not all QuantLinear"
     first = members[0]
@@ -146,6 +149,20 @@ def incompatibility(members: list[nn.Module]) -> str | None:
     return None
 
 
+def _linear_incompatibility(members: list[nn.Linear]) -> str | None:
+    first = members[0]
+    for m in members:
+        if m.in_features != first.in_features:
+            return "different in_features"
+        if m.weight.device != first.weight.device or m.weight.dtype != first.weight.dtype:
+            return "different devices or dtypes"
+        if (m.bias is None) != (first.bias is None):
+            return "bias in some members only"
+        if m._forward_hooks or m._forward_pre_hooks:
+            return "a member has forward hooks"
+    return None
+
+
 def _scheme_incompatibility(members: list[QuantLinear]) -> str | None:
     """Weight-only integer layers need group or channel scales (the kernels' layouts). W8A8 layers
     stack per-channel and block scales (blocks whole in every member), not a per-tensor weight scale
@@ -165,13 +182,21 @@ def _scheme_incompatibility(members: list[QuantLinear]) -> str | None:
     return None
 
 
-def fuse_layers(members: list[QuantLinear]) -> QuantLinear:
-    """One QuantLinear computing all members: out [..., sum N_i] = members' outputs concatenated.
+def fuse_layers(members: list[QuantLinear] | list[nn.Linear]) -> QuantLinear | nn.Linear:
+    """One layer computing all members: out [..., sum N_i] = members' outputs concatenated.
 
     Assumes `incompatibility(members)` is None. Built on the meta device, then every buffer is set
     to its stacked tensor, so no zero-filled copy of the fused weight is allocated.
     """
     first = members[0]
+    if type(first) is nn.Linear:
+        fused = nn.Linear(first.in_features, sum(m.out_features for m in members), bias=first.bias is not None,
+                          device="meta", dtype=first.weight.dtype)
+        for name in ("weight", "bias"):
+            if getattr(first, name) is not None:
+                stacked = torch.cat([getattr(m, name).detach() for m in members], dim=0)
+                setattr(fused, name, nn.Parameter(stacked, requires_grad=False))
+        return fused
     n = sum(m.out_features for m in members)
     k = first.in_features
     device = first.weight_scale.device

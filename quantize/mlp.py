@@ -3,7 +3,7 @@
 transformers' gated MLP computes down(act(gate(x)) * up(x)): with gate and up fused into one layer
 (quantize/fusion.py) that is still a SiLU kernel over the strided gate half, writing a temporary, and a
 product reading it back with the up half. `GatedMLP` runs down(silu_mul(gate_up(x))): gate and up stacked as
-one QuantLinear (fusion.fuse_layers) and `qtool_kernels.mlp.silu_mul`, one pass that reads the fused output
+one QuantLinear (fusion.fuse_layers; one nn.Linear in a float baseline fused alike) and `qtool_kernels.mlp.silu_mul`, one pass that reads the fused output
 once and writes the product (csrc/silu_mul.cu; float32 arithmetic rounded once, where transformers rounds
 twice: at most one unit in the last place apart). Under torch.compile the reference runs, which Inductor
 fuses by itself.
@@ -38,7 +38,7 @@ GATED_MLPS: dict[str, tuple[str, str, str]] = {
 class GatedMLP(nn.Module):
     """y [..., H] = down(silu_mul(gate_up(x [..., H]))), gate_up [..., 2I] the gate rows then the up rows."""
 
-    def __init__(self, gate_up: QuantLinear, down: nn.Module) -> None:
+    def __init__(self, gate_up: QuantLinear | nn.Linear, down: nn.Module) -> None:
         super().__init__()
         self.gate_up_proj = gate_up
         self.down_proj = down

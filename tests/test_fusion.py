@@ -7,12 +7,15 @@ import json
 
 import pytest
 import torch
+import torch.nn as nn
 from transformers import StaticCache
 from typer.testing import CliRunner
 
 from quantize.cli import app
-from quantize.fusion import FusedHead, FusedModelError, FusedTail, fuse_group, fuse_projections
+from quantize.fusion import FusedHead, FusedModelError, FusedTail, fuse_group, fuse_projections, incompatibility
 from quantize.linear import QuantLinear
+from quantize.mlp import fuse_mlps
+from quantize.norms import fuse_norms
 from quantize.quantizer import quantize_model
 from quantize.recipe import Recipe, RecipeEntry
 from quantize.scheme import QuantArgs, QuantScheme, Strategy, preset
@@ -180,6 +183,34 @@ def test_bench_cli_fuses_by_default(tmp_path):
         fused = json.loads(out.read_text())
         assert (fused["fused_groups"], fused["fused_mlps"], fused["fused_norms"]) == expected
     assert "fused 4 projection groups" in CliRunner().invoke(app, common).output
+
+
+def test_bench_cli_fuses_the_baseline_when_asked(tmp_path):
+    """--fuse-baseline fuses the float baseline like the quantized model (same counts); without it the baseline
+    stays transformers' own; with --no-fuse it is refused."""
+    common = ["bench", "tiny", "--random-weights", "--scheme", "w8a16", "--device", "cpu", "--batch-sizes", "1",
+              "--decode-tokens", "2", "--prefill-len", "8"]
+    for extra, expected in ((["--fuse-baseline"], (4, 2, 5)), ([], (0, 0, 0))):
+        out = tmp_path / f"base{len(extra)}.json"
+        res = CliRunner().invoke(app, [*common, *extra, "--json", str(out)])
+        assert res.exit_code == 0, res.output
+        base = json.loads(out.read_text())["base_fused"]
+        assert (base["fused_groups"], base["fused_mlps"], base["fused_norms"]) == expected
+    res = CliRunner().invoke(app, [*common, "--no-fuse", "--fuse-baseline"])
+    assert res.exit_code != 0 and "--fuse-baseline" in res.output
+
+
+def test_float_linears_fuse_exactly():
+    """A float model's q/k/v and gate/up fused as one nn.Linear each, its MLPs with silu_mul and its RMSNorms as
+    F.rms_norm: the logits match the unfused model's (float32: summation order and one rounding fewer differ)."""
+    model = random_model("tiny", dtype=torch.float32)
+    fused = copy.deepcopy(model)
+    assert fuse_mlps(fused) == 2 and fuse_projections(fused) == 2 and fuse_norms(fused) == 5
+    x = ids(2, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x).logits, model(x).logits, rtol=1e-5, atol=1e-5)
+    assert incompatibility([nn.Linear(4, 3), nn.Linear(5, 3)]) == "different in_features"
+    assert incompatibility([nn.Linear(4, 3), nn.Linear(4, 3, bias=False)]) == "bias in some members only"
 
 
 @pytest.mark.gpu

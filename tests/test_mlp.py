@@ -55,9 +55,11 @@ def test_gated_mlps_keep_logits(scheme):
         fused.state_dict()
 
 
-def test_float_and_non_silu_mlps_are_left_alone():
+def test_non_silu_and_mixed_mlps_are_left_alone():
     model = random_model("tiny", dtype=torch.float32)
-    assert fuse_mlps(model) == 0  # nn.Linear projections: nothing to stack
+    model.model.layers[0].mlp.gate_proj = nn.Linear(64, 128, bias=True)  # a bias the up projection lacks
+    assert fuse_mlps(model) == 1  # the float MLP of block 1 (qtool bench --fuse-baseline); not block 0's
+    model = random_model("tiny", dtype=torch.float32)
     quantize_model(model, Recipe.single(preset("w8a16"), "rtn"), device="cpu", progress=False)
     model.model.layers[0].mlp.act_fn = nn.GELU()
     assert fuse_mlps(model) == 1 and not isinstance(model.model.layers[0].mlp, GatedMLP)
