@@ -5,6 +5,7 @@
 #   then: set w8_gemv's defaults from gemvab (csrc/w8_gemv.cu's switches 4 and 8) and, where gemv's cells moved,
 #   re-sweep 1-16 tokens (dev/session13.sh gemvsweep) and merge them into kernels/tuning.py, and
 #   call 2: bash dev/session14.sh w8table e2eall                                     (~9 min)
+#   call 3: bash dev/session14.sh e2efair  (bf16 baseline fused like the quantized model, --fuse-baseline; ~6 min)
 #   nvidia-h200-x2 (issue 20): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 summary
 # tests         every GPU test. New: the Hopper libraries export their C entry points only
 #               (test_sm90_libraries_export_only_their_entry_points) and a cluster GEMM runs after libqtool_sm90
@@ -62,6 +63,14 @@ e2eall() {
     step "8B decode / prefill, $s vs bf16"
     timeout 150 python3 -m quantize bench llama-8b --random-weights --scheme "$s" --decode-tokens 32 \
       --batch-sizes 1,16 --prefill-len 2048 --json "$OUT/e2e-$s.json" 2>&1 | tail -14
+  done
+}
+
+e2efair() {  # the same against a baseline fused alike (--fuse-baseline): what the quantization itself buys
+  for s in fp8 w4a16; do
+    step "8B decode / prefill, $s vs bf16 fused alike"
+    timeout 200 python3 -m quantize bench llama-8b --random-weights --scheme "$s" --decode-tokens 32 \
+      --batch-sizes 1,16 --prefill-len 2048 --fuse-baseline --json "$OUT/e2e-$s-fair.json" 2>&1 | tail -14
   done
 }
 
