@@ -1,6 +1,7 @@
 """w8_gemv with and without each candidate change, in one build: QTOOL_W8_GEMV (the switches are listed in
 csrc/w8_gemv.cu) is read once per process, so each setting runs in its own child process. Timing as bench_w8a8.py
-(rotating copies, CUDA-graph replay), speedup against bf16 F.linear measured in the same process.
+(rotating copies, CUDA-graph replay), speedup against bf16 F.linear measured in the same process; the six
+protocol shapes and the fused 8B q/k/v and gate/up.
 
     python3 dev/gemv_probe.py [--switches 0,2,4,8,12] [--tokens 1,8,16] [--json out.json]
 
@@ -19,6 +20,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve()
 
 
+FUSED_8B = [(4096, 6144), (4096, 28672)]  # q/k/v and gate/up of Llama-3-8B as qtool bench fuses them
+
+
 def child(tokens: list[int]) -> list[dict]:
     import torch
     import torch.nn.functional as F
@@ -31,7 +35,7 @@ def child(tokens: list[int]) -> list[dict]:
 
     build.load_extension()
     rows = []
-    for k, n in SHAPES:
+    for k, n in SHAPES + FUSED_8B:
         dense = Rotation([torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(copies(2 * n * k))])
         codes = {"fp8": Rotation([(torch.randn(n, k, device="cuda") * 32).to(torch.float8_e4m3fn)
                                   for _ in range(copies(n * k))])}
