@@ -96,8 +96,8 @@ __device__ inline void decode4(uint32_t word, uint32_t& lo, uint32_t& hi) {
 //      at n >= kTwoStripesMinN (80-126 registers: two or three blocks per SM). Not yet measured.
 //   8: "lean" register budgets where they cost no spills: block-scaled weights at m <= 8 in 80 registers (three
 //      blocks per SM; 98 without), per-channel at 9-16 tokens in 64 (four; 68-74 without). With bf16 activations
-//      the lean block-scaled variant applies each tile's block scale to its activations (one bf16x2 multiply per
-//      word: a rounding of x * scale, random per element, where the default rounds nothing) instead of keeping a
+//      the lean block-scaled variant applies each tile's block scale to its activations (x * scale in float32,
+//      rounded to bf16 once: an error random per element, where the default rounds nothing) instead of keeping a
 //      second accumulator per tile: what fits it in 80 registers without spills. Not yet measured.
 int w8_gemv_switches() {
   static const int switches = [] {
@@ -160,13 +160,13 @@ __global__ void __launch_bounds__(Warps * 32, (min_blocks<TokenTiles, Blocked, k
         const int kb = min(tile, tiles - 1) * kTileK / p.block_k;
         const int kblocks = (p.k + p.block_k - 1) / p.block_k;
         const float sc = __ldg(p.scale + static_cast<long long>(row0 / p.block_n) * kblocks + kb);
-        const __nv_bfloat162 sc2 = __float2bfloat162_rn(sc);
 #pragma unroll
         for (int tt = 0; tt < TokenTiles; ++tt)
 #pragma unroll
-          for (int i = 0; i < 8; ++i) {
+          for (int i = 0; i < 8; ++i) {  // x * scale in float32, rounded once (a bf16 scale would bias the block)
             uint32_t& word = (&xv[u][tt][0].x)[i];
-            word = as_u32(__hmul2(as_pair<__nv_bfloat162>(word), sc2));
+            const float2 v = __bfloat1622float2(as_pair<__nv_bfloat162>(word));
+            word = as_u32(__floats2bfloat162_rn(v.x * sc, v.y * sc));
           }
       }
 #pragma unroll
