@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The next session's device calls, prepared at the end of session 13 (nvidia-h200, carry [".gpu/w8a8"]; the Hopper
 # libraries changed (hidden visibility): prebuild them first with bash dev/prebuild_sm90.sh if .gpu/w8a8 lacks them):
-#   call 1: bash dev/session14.sh tests gemvlean gemvab clusterprobe                 (~7 min)
-#   then: set w8_gemv's defaults from gemvab (csrc/w8_gemv.cu's switches 4 and 8) and, where gemv's cells moved,
-#   re-sweep 1-16 tokens (dev/session13.sh gemvsweep) and merge them into kernels/tuning.py, and
+#   call 1: bash dev/session14.sh tests gemvlean gemvab clusterprobe sweep32         (~9 min)
+#   then: set w8_gemv's defaults from gemvab (csrc/w8_gemv.cu's switches 4 and 8), merge sweep32's M = 32 cells
+#   into kernels/tuning.py (w8_gemv takes up to 32 tokens since session 13: a route may say "gemv" there), and
+#   where gemv's cells moved re-sweep 1-16 tokens (dev/session13.sh gemvsweep), and
 #   call 2: bash dev/session14.sh w8table e2eall                                     (~9 min)
 #   call 3: bash dev/session14.sh e2efair  (bf16 baseline fused like the quantized model, --fuse-baseline; ~6 min)
 #   nvidia-h200-x2 (issue 20): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 summary
@@ -12,7 +13,8 @@
 #               loaded (test_cluster_gemm_after_the_w8a8_library_loaded): the cause of session 12-13's 108 cluster
 #               failures, found in session 13 (kernels/NOTES.md "Session 13"); expect none now.
 # gemvlean      w8_gemv's tests with QTOOL_W8_GEMV=12 (one stripe everywhere, lean register budgets).
-# gemvab        w8_gemv at 1 / 8 / 16 tokens with each switch (dev/gemv_probe.py: 0, 2, 4, 8, 12).
+# gemvab        w8_gemv at 1 / 8 / 16 / 32 tokens with each switch (dev/gemv_probe.py: 0, 2, 4, 8, 12).
+# sweep32       W8A8 at 32 tokens, w8_gemv (new: four token tiles) beside the GEMMs, for the routes.
 # clusterprobe  the first cluster GEMM of a process after each library and layer path (all should pass now).
 # w8table       the W8A8 protocol table; e2eall the 8B end to end for w8a8-int8, fp8, fp8-block, w4a16.
 cd "$(dirname "$0")/.."
@@ -43,7 +45,7 @@ gemvlean() {
 
 gemvab() {
   step "w8_gemv A/B: QTOOL_W8_GEMV=0, 2 (8 warps), 4 (one stripe), 8 (lean), 12"
-  timeout 300 python3 dev/gemv_probe.py --switches 0,2,4,8,12 --tokens 1,8,16 --json "$OUT/gemv_ab.json" 2>&1 | tail -60
+  timeout 300 python3 dev/gemv_probe.py --switches 0,2,4,8,12 --tokens 1,8,16,32 --json "$OUT/gemv_ab.json" 2>&1 | tail -80
 }
 
 clusterprobe() {
@@ -51,6 +53,13 @@ clusterprobe() {
   for before in none layers actq rowwise sm90-skinny sm90-large block cublas; do
     timeout 60 python3 dev/stream_probe.py --before "$before" 2>&1 | grep -E "first cluster GEMM|Error" | head -2
   done
+}
+
+sweep32() {  # w8_gemv now takes up to 32 tokens (four token tiles): where does it beat the GEMMs at 17-32?
+  step "W8A8 at 32 tokens with w8_gemv beside the GEMMs (fp8-block 4096 x 4096 at 32: 0.88x with every GEMM)"
+  timeout 200 python3 dev/w8a8_sweep.py --kinds fp8,int8,fp8-block --tokens 32 --budget 150 \
+    --json "$OUT/sweep32.json" 2>&1 | tail -20
+  python3 dev/w8a8_sweep.py --emit "$OUT/sweep32.json"
 }
 
 w8table() {
@@ -75,6 +84,6 @@ e2efair() {  # the same against a baseline fused alike (--fuse-baseline): what t
 }
 
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(tests gemvlean gemvab clusterprobe)
+[ ${#stages[@]} -eq 0 ] && stages=(tests gemvlean gemvab clusterprobe sweep32)
 for s in "${stages[@]}"; do "$s"; done
 step "done"

@@ -43,7 +43,7 @@ def block_gemms(x: torch.Tensor, wq: Rotation, n: int) -> dict:
     out = {"cublas": graph_ms(lambda: scaled_mm.block_mm(xq, xs, wq(), w_scale), reps=10, replays=7)}
     for name, config in block_mm.CONFIGS.items():
         out[name] = graph_ms(lambda c=config: block_mm.block_linear(xq, xs, wq(), w_scale, c), reps=10, replays=7)
-    if x.shape[0] <= 16:
+    if x.shape[0] <= scaled_mm.W8_GEMV_KERNEL_MAX_M:
         out["w8_gemv (bf16 x)"] = graph_ms(lambda: torch.ops.qtool_cuda.w8_gemv(x, wq(), w_scale, None, 128, 128))
     return out
 
@@ -63,7 +63,7 @@ def channel_gemms(kind: str, x: torch.Tensor, wq: Rotation, w_scale: torch.Tenso
     if kind == "fp8":
         out["cublas"] = graph_ms(lambda: torch._scaled_mm(xq, wq().t(), xs.view(-1, 1), w_scale.view(1, -1),
                                                           out_dtype=torch.bfloat16))
-    if m <= 16:
+    if m <= scaled_mm.W8_GEMV_KERNEL_MAX_M:
         out["w8_gemv (bf16 x)"] = graph_ms(lambda: torch.ops.qtool_cuda.w8_gemv(x, wq(), w_scale, None, 0, 0))
     return out
 

@@ -253,7 +253,7 @@ def info() -> dict:
             "qtool::scaled_linear": _scaled_linear_path() if cuda else "reference",
             "qtool::quantize_activation": "qtool_cuda fused kernel" if ops is not None else "reference",
             "qtool::w8a8_linear": ("the measured route of tuning.W8A8 (nearest shape, next batch): qtool_cuda "
-                                   "w8_gemv (m <= 16), or fused activation quantization + a libqtool_sm90 "
+                                   "w8_gemv (m <= 32), or fused activation quantization + a libqtool_sm90 "
                                    "configuration or cuBLAS; outside the measured batches w8_gemv (m <= 16), "
                                    "then fused activation quantization + " + _scaled_linear_path())
             if ops is not None else "reference",

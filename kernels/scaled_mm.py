@@ -4,7 +4,8 @@ qtool::quantize_activation and qtool::scaled_linear.
 qtool::w8a8_linear on CUDA, fp16/bf16 activations, by token count m, as measured (tuning.W8A8: the route of
 the nearest measured shape and the next measured batch; outside the measured batches these rules):
   m <= W8_GEMV_MAX_M  qtool_cuda::w8_gemv: the 8-bit weights with 16-bit activations, no activation
-                      quantization (at these m the weight bytes set the time; more accurate too)
+                      quantization (at these m the weight bytes set the time; more accurate too); a measured
+                      route may take it up to W8_GEMV_KERNEL_MAX_M
   otherwise           qtool_cuda::act_quant (one fused pass), then `scaled_mm` below, on the measured
                       libqtool_sm90 tile configuration (or cuBLAS where that measured faster)
 On CPU, and for float32 activations, every op runs its reference (kernels/reference.py).
@@ -32,7 +33,8 @@ from . import block_mm as block_mm_sm90
 from . import build, ops, reference, sm90, tuning
 
 KERNEL_DTYPES = (torch.float16, torch.bfloat16)
-W8_GEMV_MAX_M = 16  # qtool_cuda::w8_gemv takes up to 16 tokens (w8a8.h, kMaxW8Tokens)
+W8_GEMV_MAX_M = 16  # the rule outside the measured batches: w8_gemv up to 16 tokens
+W8_GEMV_KERNEL_MAX_M = 32  # what qtool_cuda::w8_gemv takes (w8a8.h, kMaxW8Tokens): a measured route may use it
 INT_MM_MIN_M = 17  # torch._int_mm on CUDA needs more than 16 rows
 FP8_MIN_CAPABILITY = (8, 9)  # FP8 matrix units: Ada (sm_89) and Hopper (sm_90) onwards
 _warned: set[str] = set()
@@ -102,6 +104,11 @@ def measured_kind(codes: torch.dtype, blocks: bool) -> str | None:
     if codes == torch.float8_e4m3fn:
         return "fp8-block" if blocks else "fp8"
     return "int8" if codes == torch.int8 and not blocks else None
+
+
+def takes_gemv(m: int, route: str | None) -> bool:
+    """Whether m tokens with this measured route (None: not measured) run w8_gemv, when the shapes fit it."""
+    return m <= W8_GEMV_KERNEL_MAX_M and route == "gemv" if route is not None else m <= W8_GEMV_MAX_M
 
 
 def w8a8_route(m: int, n: int, k: int, kind: str | None) -> str | None:
@@ -241,8 +248,7 @@ def w8a8_linear_cuda(x, weight, weight_scale, bias, input_scale, fmt, act_group_
         return reference.w8a8_linear(*args)
     m, (n, k) = x.shape[0], weight.shape
     route = w8a8_route(m, n, k, measured_kind(weight.dtype, block_n > 0))  # None: E5M2, or not measured
-    gemv = route == "gemv" if route is not None else m <= W8_GEMV_MAX_M
-    if gemv and m <= W8_GEMV_MAX_M and (y := _w8_gemv(x, weight, weight_scale, bias, block_n, block_k)) is not None:
+    if takes_gemv(m, route) and (y := _w8_gemv(x, weight, weight_scale, bias, block_n, block_k)) is not None:
         return y
     xq, xs = quantize_activation_cuda(x, fmt, act_group_size, input_scale)
     group = act_group_size if input_scale is None else 0

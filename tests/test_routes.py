@@ -152,7 +152,7 @@ def test_measured_schedules_are_valid():
         for m, route in cells.items():
             names = block_mm.CONFIGS if codes == "fp8-block" else scaled_mm.SM90_CONFIGS
             assert route in names or route in ("gemv", "cublas")
-            assert route != "gemv" or m <= scaled_mm.W8_GEMV_MAX_M
+            assert route != "gemv" or m <= scaled_mm.W8_GEMV_KERNEL_MAX_M
             assert route != "cublas" or codes != "int8"
 
 

@@ -69,7 +69,7 @@ def weight_codes(fmt: str, n: int, k: int, g: torch.Generator) -> torch.Tensor:
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("fmt", ["int8", "e4m3", "e5m2"])
 @pytest.mark.parametrize("scales", ["channel", "tensor", "block"])
-@pytest.mark.parametrize("m", [1, 2, 7, 8, 9, 16])
+@pytest.mark.parametrize("m", [1, 2, 7, 8, 9, 16, 17, 32])
 @pytest.mark.parametrize("n, k", [(1536, 576), (100, 4096), (4096, 1040), (16400, 1040)])  # 16400: two stripes
 def test_w8_gemv(kernels, dtype, fmt, scales, m, n, k):
     g = torch.Generator(device="cuda").manual_seed(m + n + k)
@@ -203,7 +203,8 @@ def test_w8a8_layers_match_reference(kernels, name, m, k, n):
     poison_cache()
     y = layer(x)
     assert y.shape == (3, m, n) and y.dtype == torch.bfloat16
-    if 3 * m <= scaled_mm.W8_GEMV_MAX_M:  # W8A16: the 8-bit weights times the unquantized activations
+    kind = scaled_mm.measured_kind(layer.weight.dtype, scheme.weights.strategy.value == "block")
+    if scaled_mm.takes_gemv(3 * m, scaled_mm.w8a8_route(3 * m, n, k, kind)):  # W8A16: unquantized activations
         ref = x.double() @ layer.dequantize_weight(torch.float64).T + layer.bias.double()
     else:  # the float32 reference path, which emulates W8A8 exactly
         ref = layer.to("cpu")(x.cpu().float()).double()

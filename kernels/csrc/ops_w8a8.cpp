@@ -1,6 +1,6 @@
 // PyTorch bindings of the 8-bit kernels, in the `qtool_cuda` namespace (kernels/scaled_mm.py calls them):
 //   torch.ops.qtool_cuda.act_quant  fused per-token / per-tensor / 1 x g activation quantization
-//   torch.ops.qtool_cuda.w8_gemv    8-bit weights [n, k] x 16-bit activations, m <= 16
+//   torch.ops.qtool_cuda.w8_gemv    8-bit weights [n, k] x 16-bit activations, m <= 32
 //   torch.ops.qtool_cuda.sm90_scaled_mm  W8A8 GEMM with per-token x per-channel scales on Hopper, from
 //                                   libqtool_sm90 (kernels/sm90.py loads it; looked up here by name)
 // Every check names the tensor and the shape it got.

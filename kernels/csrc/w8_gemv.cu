@@ -1,6 +1,6 @@
 // GEMV/skinny GEMM for 8-bit weights (int8, FP8 E4M3/E5M2) stored row-major [n, k], with 16-bit
-// activations, for m <= 16 tokens: the W8A8 layers' path at decode sizes, where the weight bytes set
-// the time and quantizing the activations would only add a launch (issue 18).
+// activations, for m <= 32 tokens (16 by default, up to 32 where measured faster): the W8A8 layers' path at decode
+// sizes, where the weight bytes set the time and quantizing the activations would only add a launch (issue 18).
 //
 // Work split. A block of 8 warps (16 for per-channel weights of <= 4096 rows) owns one or two "stripes" of 16
 // weight rows (the M of mma.m16n8k16); its warps split k into 64-wide tiles taken round-robin, so together they
@@ -27,7 +27,12 @@ namespace qtool {
 namespace {
 
 constexpr int kTileK = 64;
-constexpr int kUnroll = 4;  // tiles in flight per warp: 4 x kStripes x 2 rows x 16 bytes per lane
+// Tiles in flight per warp: 4 x kStripes x 2 rows x 16 bytes per lane; 2 with four token tiles (17-32 tokens),
+// whose activations take 32 registers per tile.
+template <int TokenTiles>
+__host__ __device__ constexpr int unroll_tiles() {
+  return TokenTiles > 2 ? 2 : 4;
+}
 // Warps per block. The kernel needs 52-128 registers, so up to four 8-warp blocks share an SM; a weight of at
 // most kWideMaxN rows has too few 16-row blocks for that (4096 rows: 256 blocks, < 2 per SM on 132 SMs), and
 // there each block takes 16 warps instead, twice the loads in flight per stripe. Session 13 tried the other cure,
@@ -116,6 +121,7 @@ template <typename T, CodeFormat F, int TokenTiles, bool Blocked, int kStripes, 
 __global__ void __launch_bounds__(Warps * 32, (min_blocks<TokenTiles, Blocked, kStripes, Warps, Lean>()))
     w8_gemv(W8GemvProblem p) {
   constexpr int kRowsPerBlock = 16 * kStripes;
+  constexpr int kUnroll = unroll_tiles<TokenTiles>();
   __shared__ float partial[Warps][kStripes][TokenTiles][32][4];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
@@ -235,12 +241,13 @@ void launch_stripes(const W8GemvProblem& p, cudaStream_t stream) {
       w8_gemv<T, F, 1, false, 1, kWideWarps><<<blocks, kWideWarps * 32, 0, stream>>>(p);
       return;
     }
-    if (switches & 8) {
-      if (p.block_n > 0 && TokenTiles == 1)
-        w8_gemv<T, F, 1, true, 1, kWarps, true><<<blocks, kWarps * 32, 0, stream>>>(p);
-      else if (p.block_n == 0 && TokenTiles == 2)
-        w8_gemv<T, F, 2, false, 1, kWarps, true><<<blocks, kWarps * 32, 0, stream>>>(p);
-      if ((p.block_n > 0) == (TokenTiles == 1)) return;
+    if ((switches & 8) && p.block_n > 0 && TokenTiles == 1) {
+      w8_gemv<T, F, 1, true, 1, kWarps, true><<<blocks, kWarps * 32, 0, stream>>>(p);
+      return;
+    }
+    if ((switches & 8) && p.block_n == 0 && TokenTiles == 2) {
+      w8_gemv<T, F, 2, false, 1, kWarps, true><<<blocks, kWarps * 32, 0, stream>>>(p);
+      return;
     }
   }
   if (p.block_n > 0)
@@ -261,8 +268,10 @@ template <typename T, CodeFormat F>
 void launch_format(const W8GemvProblem& p, cudaStream_t stream) {
   if (p.m <= 8)
     launch_tiles<T, F, 1>(p, stream);
-  else
+  else if (p.m <= 16)
     launch_tiles<T, F, 2>(p, stream);
+  else  // 17-32 tokens: only where kernels/tuning.py measured it faster (dispatch rule: m <= 16)
+    launch_tiles<T, F, 4>(p, stream);
 }
 
 template <typename T>

@@ -32,7 +32,7 @@ void launch_act_quant(const ActQuantProblem& p, cudaStream_t stream);
 // y[m, n] = x[m, k] @ dequant(w[n, k])^T + bias, for m <= kMaxW8Tokens, w int8 or fp8 codes stored
 // row-major (the layout W8A8 checkpoints and the W8A8 GEMMs use), scales per output channel or per
 // bn x bk block. The activations stay 16-bit: at these m the weight bytes set the time.
-constexpr int kMaxW8Tokens = 16;
+constexpr int kMaxW8Tokens = 32;
 
 struct W8GemvProblem {
   const void* x;       // [m, k] fp16/bf16, contiguous, 16-byte aligned
