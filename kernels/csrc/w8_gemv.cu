@@ -100,7 +100,8 @@ __device__ inline void decode4(uint32_t word, uint32_t& lo, uint32_t& hi) {
 //   4: one 16-row stripe per block at every n (the 8-warp, 52-register kernel: four blocks per SM), instead of two
 //      at n >= kTwoStripesMinN (80-126 registers: two or three blocks per SM). Not yet measured.
 //   8: "lean" register budgets where they cost no spills: block-scaled weights at m <= 8 in 80 registers (three
-//      blocks per SM; 98 without), per-channel at 9-16 tokens in 64 (four; 68-74 without). With bf16 activations
+//      blocks per SM; 98 without), per-channel at 9-16 tokens in 64 (four; 68-74 without; and at <= 4096 rows
+//      16-warp blocks, two per SM, as at m <= 8). With bf16 activations
 //      the lean block-scaled variant applies each tile's block scale to its activations (x * scale in float32,
 //      rounded to bf16 once: an error random per element, where the default rounds nothing) instead of keeping a
 //      second accumulator per tile: what fits it in 80 registers without spills. Not yet measured.
@@ -114,7 +115,9 @@ int w8_gemv_switches() {
 
 template <int TokenTiles, bool Blocked, int kStripes, int Warps, bool Lean>
 __host__ __device__ constexpr int min_blocks() {  // __launch_bounds__'s blocks per SM (switch 8); 0: unset
-  return !Lean || kStripes != 1 || Warps != kWarps ? 0 : Blocked ? (TokenTiles == 1 ? 3 : 0) : (TokenTiles == 2 ? 4 : 0);
+  if (!Lean || kStripes != 1) return 0;
+  if (Warps == kWideWarps) return !Blocked && TokenTiles == 2 ? 2 : 0;  // 64 registers
+  return Blocked ? (TokenTiles == 1 ? 3 : 0) : (TokenTiles == 2 ? 4 : 0);
 }
 
 template <typename T, CodeFormat F, int TokenTiles, bool Blocked, int kStripes, int Warps, bool Lean = false>
@@ -246,7 +249,10 @@ void launch_stripes(const W8GemvProblem& p, cudaStream_t stream) {
       return;
     }
     if ((switches & 8) && p.block_n == 0 && TokenTiles == 2) {
-      w8_gemv<T, F, 2, false, 1, kWarps, true><<<blocks, kWarps * 32, 0, stream>>>(p);
+      if (p.n <= kWideMaxN && !(switches & 2))  // 16 warps in 64 registers: two blocks per SM, as at m <= 8
+        w8_gemv<T, F, 2, false, 1, kWideWarps, true><<<blocks, kWideWarps * 32, 0, stream>>>(p);
+      else
+        w8_gemv<T, F, 2, false, 1, kWarps, true><<<blocks, kWarps * 32, 0, stream>>>(p);
       return;
     }
   }
