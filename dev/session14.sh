@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The next session's device calls, prepared at the end of session 13 (nvidia-h200, carry [".gpu/w8a8"]; the Hopper
 # libraries changed (hidden visibility): prebuild them first with bash dev/prebuild_sm90.sh if .gpu/w8a8 lacks them):
-#   call 1: bash dev/session14.sh tests gemvlean gemvab clusterprobe sweep32         (~9 min)
+#   call 1: bash dev/session14.sh tests gemvlean gemvab clusterprobe sweep32 wogemv  (~10 min)
 #   then: set w8_gemv's defaults from gemvab (csrc/w8_gemv.cu's switches 4 and 8), merge sweep32's M = 32 cells
 #   into kernels/tuning.py (w8_gemv takes up to 32 tokens since session 13: a route may say "gemv" there), and
 #   where gemv's cells moved re-sweep 1-16 tokens (dev/session13.sh gemvsweep), and
@@ -15,6 +15,8 @@
 # gemvlean      w8_gemv's tests with QTOOL_W8_GEMV=12 (one stripe everywhere, lean register budgets).
 # gemvab        w8_gemv at 1 / 8 / 16 / 32 tokens with each switch (dev/gemv_probe.py: 0, 2, 4, 8, 12).
 # sweep32       W8A8 at 32 tokens, w8_gemv (new: four token tiles) beside the GEMMs, for the routes.
+# wogemv        the W4 / W8 / W3 GEMV with gemv_variant 2 (16 warps, lean; new) beside 0 and 1, on the 8B shapes:
+#               then kernels/weight_only.py gemv_variant() picks per shape (issue 19's decode).
 # clusterprobe  the first cluster GEMM of a process after each library and layer path (all should pass now).
 # w8table       the W8A8 protocol table; e2eall the 8B end to end for w8a8-int8, fp8, fp8-block, w4a16.
 cd "$(dirname "$0")/.."
@@ -62,6 +64,13 @@ sweep32() {  # w8_gemv now takes up to 32 tokens (four token tiles): where does 
   python3 dev/w8a8_sweep.py --emit "$OUT/sweep32.json"
 }
 
+wogemv() {  # wo_gemv's gemv_variant 2 (16 warps in the lean budget, new) beside 0 and 1, W4 / W8 / W3, M = 1 and 8
+  step "wo_gemv variants at every shape, M = 1, 8 (wo_gemv_wide: new)"
+  timeout 200 python3 benchmarks/bench_kernels.py --formats w4a16-g128,w8a16-channel,w3a16-g128 --tokens 1,8 \
+    --shapes 4096x4096,4096x6144,4096x14336,14336x4096,8192x8192,4096x28672 --json "$OUT/wogemv.json" 2>&1 | tail -3
+  python3 dev/kernels_table.py "$OUT/wogemv.json"
+}
+
 w8table() {
   step "W8A8 protocol table"
   timeout 300 python3 benchmarks/bench_w8a8.py --json "$OUT/w8a8.json" 2>&1 | tail -25
@@ -84,6 +93,6 @@ e2efair() {  # the same against a baseline fused alike (--fuse-baseline): what t
 }
 
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(tests gemvlean gemvab clusterprobe sweep32)
+[ ${#stages[@]} -eq 0 ] && stages=(tests gemvlean gemvab clusterprobe sweep32 wogemv)
 for s in "${stages[@]}"; do "$s"; done
 step "done"

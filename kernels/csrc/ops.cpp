@@ -127,7 +127,7 @@ at::Tensor wo_gemv(const at::Tensor& x, const at::Tensor& qweight, const at::Ten
                    int64_t group_size, int64_t out_features, const std::string& activation,
                    const std::optional<at::Tensor>& prefetch, int64_t variant) {
   const PackedWeightView w = check_weight("wo_gemv", qweight, scale, zero, num_bits, group_size, out_features);
-  TORCH_CHECK(variant == 0 || variant == 1, "wo_gemv: variant must be 0 (default) or 1 (lean), got ", variant);
+  TORCH_CHECK(variant >= 0 && variant <= 2, "wo_gemv: variant must be 0 (default), 1 (lean) or 2 (wide), got ", variant);
   at::Tensor bias_f32;
   WoProblem p = make_problem("wo_gemv", x, w, qweight, bias, bias_f32, activation);
   TORCH_CHECK(p.m <= kMaxGemvTokens, "wo_gemv: at most ", kMaxGemvTokens, " tokens, got x ", x.sizes());

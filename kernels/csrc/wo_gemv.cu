@@ -30,6 +30,11 @@ namespace qtool {
 namespace {
 
 constexpr int kWarps = 8;  // warps per block, all on the same stripe, splitting its chunks
+// gemv_variant 2 (UNMEASURED, session 13): 16 warps per block in the lean budget (64 registers, 4 chunks per lane),
+// two blocks per SM. Where a layer has too few stripes to fill an SM's slots (4096 rows: 256, < 2 per SM), 8-warp
+// lean blocks keep 16 warps x 4 chunks in flight per SM and take two passes over a K = 4096 stripe; 16-warp ones
+// take it in one. w8_gemv measured the same change at 1.23x -> 1.62x bf16 (4096 x 4096, one token).
+constexpr int kWideWarps = 16;
 
 // v4: the block stages all m tokens of x in shared memory (one cp.async pass issued right after the
 // first weight ring), when that takes at most this many bytes; above it the v2 path reads x from
@@ -61,8 +66,9 @@ template <typename T,    // activation and output type: __half or __nv_bfloat16
           int BITS,      // weight code width: 2, 3, 4 or 8
           int GPC,       // groups per chunk: 1 (group >= chunk_k or per channel), 2 or 4
           bool XS,       // x staged in shared memory (dynamic: m * xs_row_words(k_padded) words)
-          bool LEAN>     // gemv_variant 1: 4 blocks per SM (see batch_chunks)
-__global__ void __launch_bounds__(kWarps * 32, LEAN ? 4 : 1) wo_gemv_kernel(const WoProblem p) {  // one block per stripe
+          bool LEAN,     // gemv_variant 1: 4 blocks per SM (see batch_chunks)
+          int WARPS = kWarps>  // gemv_variant 2: 16 warps in the lean budget, 2 blocks per SM (kWideWarps)
+__global__ void __launch_bounds__(WARPS * 32, LEAN ? 4 * kWarps / WARPS : 1) wo_gemv_kernel(const WoProblem p) {
   extern __shared__ uint4 xs_dyn[];  // XS only
   constexpr int SUB = chunk_subtiles(BITS);  // 16x16 subtiles per chunk
   constexpr int KC = chunk_k(BITS);  // k per chunk
@@ -88,9 +94,9 @@ __global__ void __launch_bounds__(kWarps * 32, LEAN ? 4 : 1) wo_gemv_kernel(cons
   const uint32_t* x = nullptr;
   const uint32_t gstride = p.w.n_padded;  // between groups of the parameters; 32 bits suffice
 
-  // Slot u of the ring holds chunk c0 + u * kWarps of the current pass. All slots are loaded before
+  // Slot u of the ring holds chunk c0 + u * WARPS of the current pass. All slots are loaded before
   // any math; after the math of slot u, it is refilled with the same slot of the next pass (the
-  // chunk kWarps * BATCH further), so up to BATCH loads per lane stay in flight across passes without
+  // chunk WARPS * BATCH further), so up to BATCH loads per lane stay in flight across passes without
   // a second set of registers.
   LaneChunk<BITS> packed[BATCH];
   float prm[BATCH][GPC];
@@ -118,12 +124,12 @@ __global__ void __launch_bounds__(kWarps * 32, LEAN ? 4 : 1) wo_gemv_kernel(cons
   };
 
 #pragma unroll
-  for (int u = 0; u < BATCH; ++u) load_weights(u, warp + u * kWarps);
+  for (int u = 0; u < BATCH; ++u) load_weights(u, warp + u * WARPS);
   if constexpr (XS) {
     // Copy x into shared memory while the weight ring is in flight: 16 bytes per thread per step.
     const int vecs = p.w.k_padded / 8, row_vecs = xs_row_words(p.w.k_padded) / 4;
     const uint4* xg = opaque(static_cast<const uint4*>(p.x));
-    for (int i = threadIdx.x; i < p.m * vecs; i += kWarps * 32) {
+    for (int i = threadIdx.x; i < p.m * vecs; i += WARPS * 32) {
       const int tok = i / vecs;
       cp_async_16(xs_dyn + tok * row_vecs + (i - tok * vecs), xg + i, true);
     }
@@ -133,7 +139,7 @@ __global__ void __launch_bounds__(kWarps * 32, LEAN ? 4 : 1) wo_gemv_kernel(cons
     x = opaque(static_cast<const uint32_t*>(p.x)) + (g < p.m ? g : 0) * (p.w.k_padded / 2) + t;
   }
 #pragma unroll
-  for (int u = 0; u < BATCH; ++u) prefetch_x(warp + u * kWarps);
+  for (int u = 0; u < BATCH; ++u) prefetch_x(warp + u * WARPS);
   if constexpr (XS) {
     cp_async_wait<0>();
     __syncthreads();
@@ -141,10 +147,10 @@ __global__ void __launch_bounds__(kWarps * 32, LEAN ? 4 : 1) wo_gemv_kernel(cons
 
   const int quad = lane & ~3;
   float acc[4] = {};  // C fragment: (row g, token 2t), (g, 2t + 1), (g + 8, 2t), (g + 8, 2t + 1)
-  for (int c0 = warp; c0 < nchunks; c0 += kWarps * BATCH) {
+  for (int c0 = warp; c0 < nchunks; c0 += WARPS * BATCH) {
 #pragma unroll
     for (int u = 0; u < BATCH; ++u) {
-      const int c = c0 + u * kWarps;
+      const int c = c0 + u * WARPS;
       if (c >= nchunks) break;  // warp-uniform; later slots and passes are past the end too
       uint32_t w[4];
       words_of(packed[u].lo, w);
@@ -191,8 +197,8 @@ __global__ void __launch_bounds__(kWarps * 32, LEAN ? 4 : 1) wo_gemv_kernel(cons
         acc[2] = fmaf(s1, d[2], acc[2]);
         acc[3] = fmaf(s1, d[3], acc[3]);
       }
-      load_weights(u, c + kWarps * BATCH);
-      prefetch_x(c + kWarps * BATCH);
+      load_weights(u, c + WARPS * BATCH);
+      prefetch_x(c + WARPS * BATCH);
     }
   }
 
@@ -204,12 +210,12 @@ __global__ void __launch_bounds__(kWarps * 32, LEAN ? 4 : 1) wo_gemv_kernel(cons
     const long long begin = slice * blockIdx.x;
     if (begin < p.prefetch_bytes) {
       const long long bytes = p.prefetch_bytes - begin < slice ? p.prefetch_bytes - begin : slice;
-      prefetch_l2_range(static_cast<const char*>(p.prefetch) + begin, bytes, threadIdx.x, kWarps * 32);
+      prefetch_l2_range(static_cast<const char*>(p.prefetch) + begin, bytes, threadIdx.x, WARPS * 32);
     }
   }
 
   // Sum the warps (each holds every row and token of the stripe for its chunks), then the epilogue.
-  __shared__ float partial[kWarps][kStripeRows][kMaxGemvTokens];
+  __shared__ float partial[WARPS][kStripeRows][kMaxGemvTokens];
   partial[warp][g][2 * t] = acc[0];
   partial[warp][g][2 * t + 1] = acc[1];
   partial[warp][g + 8][2 * t] = acc[2];
@@ -221,23 +227,24 @@ __global__ void __launch_bounds__(kWarps * 32, LEAN ? 4 : 1) wo_gemv_kernel(cons
     if (n < p.w.n) {
       float v = bias_at(opaque(p.bias), n);
 #pragma unroll
-      for (int i = 0; i < kWarps; ++i) v += partial[i][r][m];
+      for (int i = 0; i < WARPS; ++i) v += partial[i][r][m];
       store(static_cast<T*>(p.y) + static_cast<size_t>(m) * p.w.n + n, activate(v, p.act));
     }
   }
 }
 
-template <typename T, int BITS, int GPC, bool XS, bool LEAN = false>
+template <typename T, int BITS, int GPC, bool XS, bool LEAN = false, int WARPS = kWarps>
 void launch_variant(const WoProblem& p,     // the problem
                     int smem,               // dynamic shared memory bytes (XS: the staged x)
                     cudaStream_t stream) {  // the caller's stream
-  const dim3 grid(p.w.n_padded / kStripeRows), block(kWarps * 32);
+  const dim3 grid(p.w.n_padded / kStripeRows), block(WARPS * 32);
   // Above 48 KB in all (the static partial sums count too) a kernel must opt in; cheap, per device, every time.
-  constexpr int kStaticBytes = kWarps * kStripeRows * kMaxGemvTokens * 4;  // wo_gemv_kernel's `partial`
+  constexpr int kStaticBytes = WARPS * kStripeRows * kMaxGemvTokens * 4;  // wo_gemv_kernel's `partial`
   if (smem + kStaticBytes > (48 << 10)) {
-    cudaFuncSetAttribute(wo_gemv_kernel<T, BITS, GPC, XS, LEAN>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    cudaFuncSetAttribute(wo_gemv_kernel<T, BITS, GPC, XS, LEAN, WARPS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                         smem);
   }
-  wo_gemv_kernel<T, BITS, GPC, XS, LEAN><<<grid, block, smem, stream>>>(p);
+  wo_gemv_kernel<T, BITS, GPC, XS, LEAN, WARPS><<<grid, block, smem, stream>>>(p);
 }
 
 template <typename T,    // activation and output type
@@ -250,7 +257,10 @@ void launch_typed(const WoProblem& p,     // the problem, 1 <= p.m <= kMaxGemvTo
   const int gpc = p.w.group_shift >= chunk_shift ? 1 : 1 << (chunk_shift - p.w.group_shift);
   const int xs_bytes = p.m * xs_row_words(p.w.k_padded) * 4;
   const bool xs = xs_bytes <= kXsMaxBytes;  // else the v2 path: x read from global memory
-  if (gpc == 1 && p.gemv_variant == 1) {
+  if (gpc == 1 && p.gemv_variant == 2) {
+    xs ? launch_variant<T, BITS, 1, true, true, kWideWarps>(p, xs_bytes, stream)
+       : launch_variant<T, BITS, 1, false, true, kWideWarps>(p, 0, stream);
+  } else if (gpc == 1 && p.gemv_variant == 1) {
     xs ? launch_variant<T, BITS, 1, true, true>(p, xs_bytes, stream)
        : launch_variant<T, BITS, 1, false, true>(p, 0, stream);
   } else if (gpc == 1) {
