@@ -6,7 +6,8 @@
 #   into kernels/tuning.py (w8_gemv takes up to 32 tokens since session 13: a route may say "gemv" there), and
 #   where gemv's cells moved re-sweep 1-16 tokens (dev/session13.sh gemvsweep), and
 #   call 2: bash dev/session14.sh w8table e2eall                                     (~9 min)
-#   call 3: bash dev/session14.sh e2efair  (bf16 baseline fused like the quantized model, --fuse-baseline; ~6 min)
+#   call 3: bash dev/session14.sh e2efair e2eprofile  (bf16 baseline fused alike, --fuse-baseline; per-kernel
+#           decode time; ~8 min)
 #   nvidia-h200-x2 (issue 20): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 summary
 # tests         every GPU test. New: the Hopper libraries export their C entry points only
 #               (test_sm90_libraries_export_only_their_entry_points) and a cluster GEMM runs after libqtool_sm90
@@ -81,6 +82,14 @@ e2eall() {
     step "8B decode / prefill, $s vs bf16"
     timeout 150 python3 -m quantize bench llama-8b --random-weights --scheme "$s" --decode-tokens 32 \
       --batch-sizes 1,16 --prefill-len 2048 --json "$OUT/e2e-$s.json" 2>&1 | tail -14
+  done
+}
+
+e2eprofile() {  # where a decode step's GPU time goes, by kernel (fp8 and w4a16, batch 1): GEMVs vs the rest
+  for s in fp8 w4a16; do
+    step "8B decode profile, $s, batch 1"
+    timeout 200 python3 -m quantize bench llama-8b --random-weights --scheme "$s" --decode-tokens 32 \
+      --batch-sizes 1 --prefill-len 128 --profile --json "$OUT/e2e-$s-profile.json" 2>&1 | tail -40
   done
 }
 
