@@ -44,10 +44,10 @@ def child(tokens: list[int]) -> list[dict]:
         bl_scale = torch.rand(-(-n // 128), -(-k // 128), device="cuda") / 100
         for m in tokens:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-            bf16 = graph_ms(lambda: F.linear(x, dense()))
+            bf16 = graph_ms(lambda x=x, dense=dense: F.linear(x, dense()))
             for kind, wq in (("fp8", codes["fp8"]), ("int8", codes["int8"]), ("fp8-block", codes["fp8"])):
                 s, b = (bl_scale, 128) if kind == "fp8-block" else (ch_scale, 0)
-                t = graph_ms(lambda: torch.ops.qtool_cuda.w8_gemv(x, wq(), s, None, b, b))
+                t = graph_ms(lambda x=x, wq=wq, s=s, b=b: torch.ops.qtool_cuda.w8_gemv(x, wq(), s, None, b, b))
                 rows.append({"kind": kind, "K": k, "N": n, "M": m, "speedup": bf16 / t, "TBps": n * k / t / 1e9})
         del dense, codes
         torch.cuda.empty_cache()

@@ -77,29 +77,19 @@ w8table() {
   timeout 300 python3 benchmarks/bench_w8a8.py --json "$OUT/w8a8.json" 2>&1 | tail -25
 }
 
-e2eall() {
-  for s in w8a8-int8 fp8 fp8-block w4a16; do
-    step "8B decode / prefill, $s vs bf16"
-    timeout 150 python3 -m quantize bench llama-8b --random-weights --scheme "$s" --decode-tokens 32 \
-      --batch-sizes 1,16 --prefill-len 2048 --json "$OUT/e2e-$s.json" 2>&1 | tail -14
-  done
-}
-
-e2eprofile() {  # where a decode step's GPU time goes, by kernel (fp8 and w4a16, batch 1): GEMVs vs the rest
-  for s in fp8 w4a16; do
-    step "8B decode profile, $s, batch 1"
+bench8b() {  # bench8b LABEL SCHEMES BATCHES PREFILL TAIL [flags]: qtool bench on the 8B shape, one run per scheme
+  local label=$1 schemes=$2 batches=$3 prefill=$4 tail_lines=$5; shift 5
+  for s in $schemes; do
+    step "8B $label, $s vs bf16"
     timeout 200 python3 -m quantize bench llama-8b --random-weights --scheme "$s" --decode-tokens 32 \
-      --batch-sizes 1 --prefill-len 128 --profile --json "$OUT/e2e-$s-profile.json" 2>&1 | tail -40
+      --batch-sizes "$batches" --prefill-len "$prefill" "$@" --json "$OUT/e2e-$s$label.json" 2>&1 | tail -"$tail_lines"
   done
 }
-
-e2efair() {  # the same against a baseline fused alike (--fuse-baseline): what the quantization itself buys
-  for s in fp8 w4a16; do
-    step "8B decode / prefill, $s vs bf16 fused alike"
-    timeout 200 python3 -m quantize bench llama-8b --random-weights --scheme "$s" --decode-tokens 32 \
-      --batch-sizes 1,16 --prefill-len 2048 --fuse-baseline --json "$OUT/e2e-$s-fair.json" 2>&1 | tail -14
-  done
-}
+e2eall() { bench8b "" "w8a8-int8 fp8 fp8-block w4a16" 1,16 2048 14; }
+# where a decode step's GPU time goes, by kernel (batch 1): GEMVs vs the rest
+e2eprofile() { bench8b -profile "fp8 w4a16" 1 128 40 --profile; }
+# against a baseline fused alike (--fuse-baseline): what the quantization itself buys
+e2efair() { bench8b -fair "fp8 w4a16" 1,16 2048 14 --fuse-baseline; }
 
 stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(tests gemvlean gemvab clusterprobe sweep32 wogemv)

@@ -28,8 +28,6 @@ this module takes tensors and ints only.
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 import torch.nn.functional as F
 
@@ -159,23 +157,8 @@ def _dequant_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None
 def _hopper_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, schedule: dict) -> torch.Tensor:
     """x2 [m, K_pad] bf16 on the weight's Hopper copy with `schedule` (mixed_linear's arguments, checked by
     tuning.fit / plain_schedule) -> [m, N]."""
-    try:
-        y = mixed_linear(x2, w.mixed, **schedule, checked=True)
-    except RuntimeError as err:
-        # Session 12: 2-CTA cluster schedules (variant 2) failed to launch in some long GPU test processes while
-        # the same calls ran in fresh ones; the plain schedule (no cluster) serves the call instead.
-        plain = plain_schedule(x2.shape[0], w.mixed.group, x2.shape[1])  # x2 is [m, K_pad]
-        if schedule == plain:
-            raise
-        if str(schedule) not in _failed_schedules:
-            _failed_schedules.add(str(schedule))
-            warnings.warn(f"{err}; the schedule {schedule} is replaced by {plain}", RuntimeWarning, stacklevel=3)
-        y = mixed_linear(x2, w.mixed, **plain, checked=True)
-    y = y[:, :w.out_features]
+    y = mixed_linear(x2, w.mixed, **schedule, checked=True)[:, :w.out_features]
     return y if bias is None else y + bias.to(y.dtype)
-
-
-_failed_schedules: set[str] = set()
 
 
 def _low_bits_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, kernels,

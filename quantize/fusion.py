@@ -123,44 +123,32 @@ def incompatibility(members: list[nn.Module]) -> str | None:
     would drop them). Or all plain nn.Linear (a float baseline fused like the quantized model, `qtool
     bench --fuse-baseline`) with equal in_features, one device and dtype, the same bias presence, no hooks.
     """
-    if all(type(m) is nn.Linear for m in members):
-        return _linear_incompatibility(members)
-    if not all(type(m) is QuantLinear for m in members):
-        return "not all QuantLinear"
     first = members[0]
-    w = first.scheme.weights
-    reason = _scheme_incompatibility(members)
-    if reason is not None:
-        return reason
-    if w.actorder:
-        return "act-order weights"
-    for m in members:
-        if m.scheme != first.scheme:
+    if all(type(m) is QuantLinear for m in members):
+        reason = _scheme_incompatibility(members)
+        if reason is not None:
+            return reason
+        if first.scheme.weights.actorder:
+            return "act-order weights"
+        if any(m.scheme != first.scheme for m in members):
             return "different schemes"
+    elif not all(type(m) is nn.Linear for m in members):
+        return "neither all QuantLinear nor all nn.Linear"
+    for m in members:
         if m.in_features != first.in_features:
             return "different in_features"
-        if m.weight_scale.device != first.weight_scale.device:
+        if _device(m) != _device(first):
             return "different devices"
         if m._forward_hooks or m._forward_pre_hooks:
             return "a member has forward hooks"
-    for name in _ROW_TENSORS:  # torch.cat would promote mixed dtypes silently
+    for name in _ROW_TENSORS:  # torch.cat would promote mixed dtypes silently (nn.Linear: weight, bias)
         if len({None if (t := getattr(m, name, None)) is None else t.dtype for m in members}) > 1:
             return f"{name} differs in presence or dtype"
     return None
 
 
-def _linear_incompatibility(members: list[nn.Linear]) -> str | None:
-    first = members[0]
-    for m in members:
-        if m.in_features != first.in_features:
-            return "different in_features"
-        if m.weight.device != first.weight.device or m.weight.dtype != first.weight.dtype:
-            return "different devices or dtypes"
-        if (m.bias is None) != (first.bias is None):
-            return "bias in some members only"
-        if m._forward_hooks or m._forward_pre_hooks:
-            return "a member has forward hooks"
-    return None
+def _device(m: QuantLinear | nn.Linear) -> torch.device:
+    return m.weight_scale.device if isinstance(m, QuantLinear) else m.weight.device
 
 
 def _scheme_incompatibility(members: list[QuantLinear]) -> str | None:

@@ -3,15 +3,16 @@
 transformers' gated MLP computes down(act(gate(x)) * up(x)): with gate and up fused into one layer
 (quantize/fusion.py) that is still a SiLU kernel over the strided gate half, writing a temporary, and a
 product reading it back with the up half. `GatedMLP` runs down(silu_mul(gate_up(x))): gate and up stacked as
-one QuantLinear (fusion.fuse_layers; one nn.Linear in a float baseline fused alike) and `qtool_kernels.mlp.silu_mul`, one pass that reads the fused output
-once and writes the product (csrc/silu_mul.cu; float32 arithmetic rounded once, where transformers rounds
-twice: at most one unit in the last place apart). Under torch.compile the reference runs, which Inductor
-fuses by itself.
+one layer (fusion.fuse_layers: a QuantLinear, or an nn.Linear in a float model) and `qtool_kernels.mlp.silu_mul`,
+one pass that reads the fused output once and writes the product (csrc/silu_mul.cu; float32 arithmetic rounded
+once, where transformers rounds twice: at most one unit in the last place apart). Under torch.compile the
+reference runs, which Inductor fuses by itself.
 
 Which modules: the classes of `GATED_MLPS` (architecture knowledge as data: their projection names) whose
 activation is SiLU and whose gate and up projections can run as one layer (`fusion.incompatibility`). Like
 the projection fusion, it is an inference-time transform: the state dict of a replaced MLP is refused.
-`qtool bench --fuse` (the default) applies it to the quantized model before `fuse_projections`.
+`qtool bench --fuse` (the default) applies it to the quantized model before `fuse_projections`, and
+`--fuse-baseline` to the float baseline too.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ forms fuse anyway; the gain is eager.
 Which modules: the classes named in `RMS_NORMS` (architecture knowledge as data), each with its epsilon
 attribute. Gemma's RMSNorm scales by (1 + weight) and is not one of them. The replacement keeps the weight
 Parameter under the same name, so state dicts are unchanged. `qtool bench` applies it with --fuse (the
-default) to the quantized model only, like the projection fusion: the bf16 baseline stays transformers' own.
+default) to the quantized model, like the projection fusion, and with --fuse-baseline to the bf16 baseline too.
 """
 
 from __future__ import annotations

@@ -12,7 +12,14 @@ from transformers import StaticCache
 from typer.testing import CliRunner
 
 from quantize.cli import app
-from quantize.fusion import FusedHead, FusedModelError, FusedTail, fuse_group, fuse_projections, incompatibility
+from quantize.fusion import (
+    FusedHead,
+    FusedModelError,
+    FusedTail,
+    fuse_group,
+    fuse_projections,
+    incompatibility,
+)
 from quantize.linear import QuantLinear
 from quantize.mlp import fuse_mlps
 from quantize.norms import fuse_norms
@@ -210,7 +217,7 @@ def test_float_linears_fuse_exactly():
     with torch.no_grad():
         torch.testing.assert_close(fused(x).logits, model(x).logits, rtol=1e-5, atol=1e-5)
     assert incompatibility([nn.Linear(4, 3), nn.Linear(5, 3)]) == "different in_features"
-    assert incompatibility([nn.Linear(4, 3), nn.Linear(4, 3, bias=False)]) == "bias in some members only"
+    assert incompatibility([nn.Linear(4, 3), nn.Linear(4, 3, bias=False)]) == "bias differs in presence or dtype"
 
 
 @pytest.mark.gpu

@@ -4,8 +4,6 @@ kernels are stand-ins here; tests/test_mixed_gpu.py and tests/test_w8a8_gpu.py r
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 
@@ -96,38 +94,6 @@ def test_dispatcher_routes_by_tokens_and_shape(monkeypatch):
             assert route(bits, 8192, 8192, 9, copy=False) == ("dequant_int",)
     finally:
         tuning.clear_cache()
-
-
-def test_failed_schedule_falls_back_to_the_plain_one(monkeypatch):
-    """A measured schedule whose launch fails (CUTLASS's "run failed") is replaced by the plain schedule with one
-    warning naming it; a failure of the plain schedule itself still raises."""
-    from qtool_kernels import mixed_mm
-
-    calls = []
-
-    def flaky_mixed(x2, mixed, split=0, pingpong=0, ktile=64, variant=0, token_tile=0, checked=False):
-        calls.append(variant)
-        if variant == 2 or mixed.group < 0:
-            raise RuntimeError("w4_mm: CUTLASS run failed")
-        return torch.ones(x2.shape[0], mixed.w.shape[0], dtype=x2.dtype)
-
-    monkeypatch.setattr(weight_only, "mixed_linear", flaky_mixed)
-    monkeypatch.setattr(weight_only, "_failed_schedules", set())
-    n, k, m = 200, 256, 300
-    mixed = mixed_mm.MixedWeight(torch.zeros(n, 1, dtype=torch.uint8), torch.ones(1, n), torch.zeros(1, n), 128)
-    w = layout.PackedWeight(torch.zeros(1), torch.ones(1), None, None, 4, 128, k, 150, mixed)
-    x = torch.zeros(m, k, dtype=torch.bfloat16)
-    cluster = {"ktile": 64, "token_tile": 128, "variant": 2, "split": 1, "pingpong": 0}
-    with pytest.warns(RuntimeWarning, match="run failed.*variant.: 2"):
-        y = weight_only._hopper_linear(x, w, None, cluster)
-    assert calls == [2, 0] and y.shape == (m, 150) and bool((y == 1).all())
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the second failure of the same schedule falls back silently
-        weight_only._hopper_linear(x, w, torch.ones(150), cluster)
-    broken = mixed_mm.MixedWeight(mixed.w, mixed.scale, mixed.zero, -1)
-    with pytest.raises(RuntimeError, match="run failed"):
-        weight_only._hopper_linear(x, layout.PackedWeight(torch.zeros(1), torch.ones(1), None, None, 4, 128, k, 150,
-                                                          broken), None, tuning.plain_schedule(m, -1, k))
 
 
 def test_measured_schedules_are_valid():

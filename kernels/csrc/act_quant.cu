@@ -17,15 +17,13 @@
 #include <cuda_fp8.h>
 
 #include "w8a8.h"
+#include "wo_common.cuh"  // to_float
 
 namespace qtool {
 namespace {
 
 constexpr int kRowThreads = 256;
 constexpr int kVec = 8;  // elements per 16-byte load of fp16/bf16
-
-__device__ inline float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ inline float to_float(__half v) { return __half2float(v); }
 
 template <CodeFormat F>
 __device__ inline double code_max();  // the divisor D of the module comment

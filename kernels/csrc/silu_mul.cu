@@ -10,17 +10,13 @@
 #include <cstdint>
 
 #include "mlp.h"
+#include "wo_common.cuh"  // pair_to_float2, float2_to_pair, store, to_float
 
 namespace qtool {
 namespace {
 
 constexpr int kThreads = 256;
 constexpr int kVec = 8;  // fp16/bf16 elements per 16-byte access
-
-__device__ inline float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ inline float to_float(__half v) { return __half2float(v); }
-__device__ inline void from_float(float v, __nv_bfloat16& out) { out = __float2bfloat16_rn(v); }
-__device__ inline void from_float(float v, __half& out) { out = __float2half_rn(v); }
 
 __device__ inline float silu_times(float g, float u) { return g / (1.0f + expf(-g)) * u; }
 
@@ -37,15 +33,16 @@ __global__ void __launch_bounds__(kThreads) silu_mul_kernel(const T* __restrict_
   if constexpr (Vectorized) {  // inner % kVec == 0 and 16-byte aligned rows: one load per half, one store
     const uint4 gv = *reinterpret_cast<const uint4*>(gate + col);
     const uint4 uv = *reinterpret_cast<const uint4*>(up + col);
-    const T* g8 = reinterpret_cast<const T*>(&gv);
-    const T* u8 = reinterpret_cast<const T*>(&uv);
     uint4 ov;
-    T* o8 = reinterpret_cast<T*>(&ov);
 #pragma unroll
-    for (int j = 0; j < kVec; ++j) from_float(silu_times(to_float(g8[j]), to_float(u8[j])), o8[j]);
+    for (int j = 0; j < kVec / 2; ++j) {  // one 32-bit word = two elements
+      const float2 g = pair_to_float2((&gv.x)[j], T{}), u = pair_to_float2((&uv.x)[j], T{});
+      (&ov.x)[j] = float2_to_pair(silu_times(g.x, u.x), silu_times(g.y, u.y), T{});
+    }
     *reinterpret_cast<uint4*>(out + col) = ov;
   } else {
-    for (int64_t c = col; c < col + kVec && c < inner; ++c) from_float(silu_times(to_float(gate[c]), to_float(up[c])), out[c]);
+    for (int64_t c = col; c < col + kVec && c < inner; ++c)
+      store(out + c, silu_times(to_float(gate[c]), to_float(up[c])));
   }
 }
 

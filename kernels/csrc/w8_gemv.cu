@@ -174,8 +174,8 @@ __global__ void __launch_bounds__(Warps * 32, (min_blocks<TokenTiles, Blocked, k
 #pragma unroll
           for (int i = 0; i < 8; ++i) {  // x * scale in float32, rounded once (a bf16 scale would bias the block)
             uint32_t& word = (&xv[u][tt][0].x)[i];
-            const float2 v = __bfloat1622float2(as_pair<__nv_bfloat162>(word));
-            word = as_u32(__floats2bfloat162_rn(v.x * sc, v.y * sc));
+            const float2 v = pair_to_float2(word, T{});
+            word = float2_to_pair(v.x * sc, v.y * sc, T{});
           }
       }
 #pragma unroll

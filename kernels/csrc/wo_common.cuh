@@ -176,6 +176,8 @@ __device__ inline uint32_t sub_pair(uint32_t a, uint32_t b, __half) {
 
 __device__ inline void store(__nv_bfloat16* y, float v) { *y = __float2bfloat16_rn(v); }
 __device__ inline void store(__half* y, float v) { *y = __float2half_rn(v); }
+__device__ inline float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ inline float to_float(__half v) { return __half2float(v); }
 
 // --- epilogue ------------------------------------------------------------------------------
 __device__ inline float activate(float v,            // the biased output

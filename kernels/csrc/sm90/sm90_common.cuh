@@ -3,7 +3,6 @@
 #pragma once
 
 #include <cstddef>
-#include <cstdio>
 
 #include <cuda_runtime.h>
 
@@ -22,23 +21,14 @@ inline int sm_count() {
 }
 
 // Gemm: a cutlass::gemm::device::GemmUniversalAdapter. Returns nullptr, or why the GEMM did not run.
-// CUTLASS's run reports any error pending in this library's CUDA runtime (cudaGetLastError) as its own launch's
-// failure, so one left by an earlier call is taken first and named if the launch then fails (session 12: 2-CTA
-// cluster launches failed only after other tests had run in the process; kernels/NOTES.md).
 template <class Gemm>
 const char* run_gemm(const typename Gemm::Arguments& args, void* workspace, size_t workspace_bytes,
                      cudaStream_t stream) {
-  thread_local char why[160];
-  const cudaError_t pending = cudaGetLastError();
   Gemm gemm;
   if (gemm.can_implement(args) != cutlass::Status::kSuccess) return "CUTLASS cannot implement this problem";
   if (Gemm::get_workspace_size(args) > workspace_bytes) return "workspace too small";
   if (gemm.initialize(args, workspace, stream) != cutlass::Status::kSuccess) return "CUTLASS initialize failed";
-  if (gemm.run(stream) != cutlass::Status::kSuccess) {
-    if (pending == cudaSuccess) return "CUTLASS run failed";
-    std::snprintf(why, sizeof(why), "CUTLASS run failed (%s was pending before the launch)", cudaGetErrorName(pending));
-    return why;
-  }
+  if (gemm.run(stream) != cutlass::Status::kSuccess) return "CUTLASS run failed";
   return nullptr;
 }
 
