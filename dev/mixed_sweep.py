@@ -12,6 +12,7 @@ Results are written after every cell, so a run cut by its time limit keeps what 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import sys
 import time
@@ -26,6 +27,8 @@ from bench_kernels import FORMATS, SHAPES, Rotation, copies_for, graph_ms, packe
 from qtool_kernels import build, mixed_mm  # noqa: E402
 from qtool_kernels.layout import EPILOGUE  # noqa: E402
 from qtool_kernels.weight_only import packed_linear  # noqa: E402
+
+TUNING = Path(__file__).resolve().parents[1] / "kernels" / "tuning.py"
 
 ROWS = {0: 128, 1: 256, 2: 128}  # weight rows per CTA tile, by variant
 
@@ -141,6 +144,26 @@ def print_entries(table: dict) -> None:
     """{(kind, K, N): {M: route}} as the lines of a kernels/tuning.py table."""
     for key, cells in sorted(table.items()):
         print(f"    {key}: {{" + ", ".join(f'{m}: "{r}"' for m, r in sorted(cells.items())) + "},")
+
+
+def entry_line(key: tuple, cells: dict) -> str:
+    return f"    {key}: {{" + ", ".join(f'{m}: "{r}"' for m, r in sorted(cells.items())) + "},\n"
+
+
+def merge_entries(table: dict, name: str, path: Path = TUNING) -> None:
+    """Write {(kind, K, N): {M: route}} into kernels/tuning.py's table `name` in place, cell by cell: a measured
+    cell replaces the old one, the row's other cells stay; a new shape is appended to the table."""
+    lines = path.read_text().splitlines(keepends=True)
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"{name}: dict"))
+    end = next(i for i in range(start, len(lines)) if lines[i].startswith("}"))
+    left = dict(table)
+    for i in range(start + 1, end):
+        key_text, _, cells_text = lines[i].strip().rstrip(",").partition(": ")
+        key = ast.literal_eval(key_text)
+        if key in left:
+            lines[i] = entry_line(key, {**ast.literal_eval(cells_text), **left.pop(key)})
+    lines[end:end] = [entry_line(key, cells) for key, cells in sorted(left.items())]
+    path.write_text("".join(lines))
 
 
 def main() -> None:

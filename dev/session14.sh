@@ -8,6 +8,7 @@
 #   call 2: bash dev/session14.sh w8table e2eall                                     (~9 min)
 #   call 3: bash dev/session14.sh e2efair e2eprofile  (bf16 baseline fused alike, --fuse-baseline; per-kernel
 #           decode time; ~8 min)
+# session 14 as run: call 1 as above; call 2: gemvtests gemvsweep w8table e2efp8; call 3: e2erest e2efairfp8
 #   nvidia-h200-x2 (issue 20): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 summary
 # tests         every GPU test. New: the Hopper libraries export their C entry points only
 #               (test_sm90_libraries_export_only_their_entry_points) and a cluster GEMM runs after libqtool_sm90
@@ -90,6 +91,25 @@ e2eall() { bench8b "" "w8a8-int8 fp8 fp8-block w4a16" 1,16 2048 14; }
 e2eprofile() { bench8b -profile "fp8 w4a16" 1 128 40 --profile; }
 # against a baseline fused alike (--fuse-baseline): what the quantization itself buys
 e2efair() { bench8b -fair "fp8 w4a16" 1,16 2048 14 --fuse-baseline; }
+
+gemvtests() {  # after call 1: the lean w8_gemv defaults, wo_gemv's wide variant in the dispatcher and for 2-/3-bit
+  step "w8_gemv / wo_gemv tests (new defaults)"
+  timeout 200 python3 -m pytest -q -m gpu "${TESTS[@]}" -k "gemv or lowbit or quantlinear or layer" --tb=short -rf \
+    > "$OUT/gemv_tests.txt" 2>&1
+  summarize "$OUT/gemv_tests.txt"
+}
+
+gemvsweep() {  # W8A8 at 1-16 tokens with the lean w8_gemv (9-16 tokens moved most), merged into the routes here
+  step "W8A8 at 1-16 tokens: the lean w8_gemv vs the GEMMs, merged into kernels/tuning.py"
+  timeout 150 python3 dev/w8a8_sweep.py --tokens 1,2,4,8,16 --budget 120 --json "$OUT/gemv_sweep.json" 2>&1 | tail -24
+  timeout 80 python3 dev/w8a8_sweep.py --kinds fp8-block --tokens 1,2,4,8,16 --budget 60 \
+    --json "$OUT/gemv_block_sweep.json" 2>&1 | tail -12
+  python3 dev/w8a8_sweep.py --emit "$OUT/gemv_sweep.json" "$OUT/gemv_block_sweep.json" --merge
+  cp kernels/tuning.py "$OUT/tuning.py"
+}
+e2efp8() { bench8b "" "fp8 w8a8-int8" 1,16 2048 14; }
+e2erest() { bench8b "" "fp8-block w4a16" 1,16 2048 14; }
+e2efairfp8() { bench8b -fair "fp8" 1,16 2048 14 --fuse-baseline; }
 
 stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(tests gemvlean gemvab clusterprobe sweep32 wogemv)

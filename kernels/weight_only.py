@@ -71,8 +71,16 @@ LOW_BITS_GEMV_MAX_M = 8
 # wo_gemv's lean launch (variant 1: 4 blocks per SM instead of 3) measured on the H200 at M = 1 (BENCHMARKS.md,
 # session 10): 6-12% faster where the weight has at least as many rows as columns (4096 x 14336, 8192 x 8192,
 # 8192 x 28672: more blocks than 3 per SM), 6-9% slower where K is long and N short (14336 x 4096, 28672 x 8192).
+# The wide launch (variant 2: 16 warps, lean; session 14) where few rows make few blocks (<= GEMV_WIDE_MAX_N):
+# 4096 x 4096 W4 / W8 at 1 token 6.1 / 8.6 -> 6.2 / 8.2 us, at 8 tokens 9.9 / 13.6 -> 9.0 / 12.5 us; 14336 x 4096
+# 13.8 / 21.3 -> 13.0 / 20.1 us at one token; with more rows (4096 x 6144 and up) it loses 5-20%.
+GEMV_WIDE_MAX_N = 4096
+
+
 def gemv_variant(w: PackedWeight) -> int:
     """wo_gemv's `variant` argument for this weight."""
+    if w.out_features <= GEMV_WIDE_MAX_N:
+        return 2
     return 1 if w.out_features >= w.k_padded else 0
 
 

@@ -28,7 +28,7 @@ DTYPES = [torch.bfloat16, torch.float16]
 @pytest.mark.parametrize("bits", [2, 3])
 @pytest.mark.parametrize("k,n", [(576, 1000), (4136, 1544)])  # ragged K (pads to 640 / 4224) and N
 def test_gemv_and_dequant_match_reference(kernels, bits, group_size, symmetric, dtype, k, n):
-    """wo_gemv at 1..8 tokens (both launch variants, with bias) and dequant_int, native 2-/3-bit layout."""
+    """wo_gemv at 1..8 tokens (each launch variant, with bias) and dequant_int, native 2-/3-bit layout."""
     qt, _, dense = random_qtensor(bits, group_size, symmetric, False, k, n, seed=k + bits)
     p = pack_weight(qt.values, qt.scale, qt.zero_point, None, bits, group_size)
     assert p.num_bits == bits and p.qweight.shape[2] == (48 if bits == 3 else 32)
@@ -39,7 +39,7 @@ def test_gemv_and_dequant_match_reference(kernels, bits, group_size, symmetric, 
         xp = torch.nn.functional.pad(x, (0, p.k_padded - k))
         ref = ReferenceOps.wo_gemv(xp, *w, bias, bits, p.group_size, n, EPILOGUE)
         exact = x.double() @ dense.T + bias.double()
-        for variant in (0, 1):
+        for variant in (0, 1, 2):
             poison_cache()
             out = kernels.wo_gemv(xp, *w, bias, bits, p.group_size, n, EPILOGUE, None, variant)
             assert out.shape == (m, n) and out.dtype == dtype
@@ -60,7 +60,7 @@ def test_gemv_both_activation_paths(kernels, bits, group_size, symmetric, dtype)
     w = (p.qweight, p.scale, p.zero)
     for m in range(1, 9):
         x = torch.randn(m, k, device="cuda", dtype=dtype)
-        for variant in (0, 1):
+        for variant in (0, 1, 2):
             poison_cache()
             out = kernels.wo_gemv(x, *w, None, bits, p.group_size, n, EPILOGUE, None, variant)
             assert rel_err(out, x.double() @ dense.T) < 1e-2, f"m={m} variant={variant}"

@@ -92,19 +92,15 @@ __device__ inline void decode4(uint32_t word, uint32_t& lo, uint32_t& hi) {
   }
 }
 
-// Measurement switches (QTOOL_W8_GEMV, a bitmask read once; 0 or unset in normal use), so that one build times a
+// Measurement switch (QTOOL_W8_GEMV, a bitmask read once; 0 or unset in normal use), so that one build times a
 // change against the kernel without it (dev/gemv_probe.py):
 //   2: no 16-warp blocks (session 13 measured them: 4096 x 4096 1.23x -> 1.62x bf16, 14336 x 4096 1.08x -> 1.50x
-//      at one token; no change elsewhere). Session 13's other switch, 1, dropped an L2 bulk prefetch a pass ahead
-//      of the loads that cost 10-25% wherever it ran; it is gone.
-//   4: one 16-row stripe per block at every n (the 8-warp, 52-register kernel: four blocks per SM), instead of two
-//      at n >= kTwoStripesMinN (80-126 registers: two or three blocks per SM). Not yet measured.
-//   8: "lean" register budgets where they cost no spills: block-scaled weights at m <= 8 in 80 registers (three
-//      blocks per SM; 98 without), per-channel at 9-16 tokens in 64 (four; 68-74 without; and at <= 4096 rows
-//      16-warp blocks, two per SM, as at m <= 8). With bf16 activations
-//      the lean block-scaled variant applies each tile's block scale to its activations (x * scale in float32,
-//      rounded to bf16 once: an error random per element, where the default rounds nothing) instead of keeping a
-//      second accumulator per tile: what fits it in 80 registers without spills. Not yet measured.
+//      at one token; no change elsewhere).
+// Session 14's A/B made two former switches the defaults ("lean" register budgets where they cost no spills) and
+// withdrew a third (one stripe at every n: -5-17% at <= 8 tokens on 28672 rows): kernels/NOTES.md "Session 14".
+// The lean block-scaled variant applies each tile's block scale to bf16 activations (x * scale in float32,
+// rounded to bf16 once: an error random per element) instead of keeping a second accumulator per tile: what fits
+// it in 80 registers (three blocks per SM; 98 without), +5-18% at <= 8 tokens.
 int w8_gemv_switches() {
   static const int switches = [] {
     const char* env = std::getenv("QTOOL_W8_GEMV");
@@ -114,7 +110,7 @@ int w8_gemv_switches() {
 }
 
 template <int TokenTiles, bool Blocked, int kStripes, int Warps, bool Lean>
-__host__ __device__ constexpr int min_blocks() {  // __launch_bounds__'s blocks per SM (switch 8); 0: unset
+__host__ __device__ constexpr int min_blocks() {  // __launch_bounds__'s blocks per SM (lean budgets); 0: unset
   if (!Lean || kStripes != 1) return 0;
   if (Warps == kWideWarps) return !Blocked && TokenTiles == 2 ? 2 : 0;  // 64 registers
   return Blocked ? (TokenTiles == 1 ? 3 : 0) : (TokenTiles == 2 ? 4 : 0);
@@ -244,12 +240,12 @@ void launch_stripes(const W8GemvProblem& p, cudaStream_t stream) {
       w8_gemv<T, F, 1, false, 1, kWideWarps><<<blocks, kWideWarps * 32, 0, stream>>>(p);
       return;
     }
-    if ((switches & 8) && p.block_n > 0 && TokenTiles == 1) {
+    if (p.block_n > 0 && TokenTiles == 1) {  // 80 registers: three blocks per SM
       w8_gemv<T, F, 1, true, 1, kWarps, true><<<blocks, kWarps * 32, 0, stream>>>(p);
       return;
     }
-    if ((switches & 8) && p.block_n == 0 && TokenTiles == 2) {
-      if (p.n <= kWideMaxN && !(switches & 2))  // 16 warps in 64 registers: two blocks per SM, as at m <= 8
+    if (p.block_n == 0 && TokenTiles == 2) {  // 64 registers: 9-16 tokens 1.1-1.4x -> 1.4-1.65x bf16
+      if (p.n <= kWideMaxN && !(switches & 2))  // 16 warps: two blocks per SM, as at m <= 8
         w8_gemv<T, F, 2, false, 1, kWideWarps, true><<<blocks, kWideWarps * 32, 0, stream>>>(p);
       else
         w8_gemv<T, F, 2, false, 1, kWarps, true><<<blocks, kWarps * 32, 0, stream>>>(p);
@@ -264,7 +260,8 @@ void launch_stripes(const W8GemvProblem& p, cudaStream_t stream) {
 
 template <typename T, CodeFormat F, int TokenTiles>
 void launch_tiles(const W8GemvProblem& p, cudaStream_t stream) {
-  if (p.n >= kTwoStripesMinN && !(w8_gemv_switches() & 4))
+  // two stripes: fewer, fuller blocks where rows are many; at 9-16 tokens one lean stripe measured faster
+  if (p.n >= kTwoStripesMinN && TokenTiles != 2)
     launch_stripes<T, F, TokenTiles, 2>(p, stream);
   else
     launch_stripes<T, F, TokenTiles, 1>(p, stream);

@@ -30,10 +30,11 @@ namespace qtool {
 namespace {
 
 constexpr int kWarps = 8;  // warps per block, all on the same stripe, splitting its chunks
-// gemv_variant 2 (UNMEASURED, session 13): 16 warps per block in the lean budget (64 registers, 4 chunks per lane),
-// two blocks per SM. Where a layer has too few stripes to fill an SM's slots (4096 rows: 256, < 2 per SM), 8-warp
-// lean blocks keep 16 warps x 4 chunks in flight per SM and take two passes over a K = 4096 stripe; 16-warp ones
-// take it in one. w8_gemv measured the same change at 1.23x -> 1.62x bf16 (4096 x 4096, one token).
+// gemv_variant 2 (dispatched at <= 4096 rows, weight_only.gemv_variant: 3-8% faster there, session 14): 16 warps
+// per block in the lean budget (64 registers, 4 chunks per lane), two blocks per SM. Where a layer has too few
+// stripes to fill an SM's slots (4096 rows: 256, < 2 per SM), 8-warp lean blocks keep 16 warps x 4 chunks in
+// flight per SM and take two passes over a K = 4096 stripe; 16-warp ones take it in one. w8_gemv measured the
+// same change at 1.23x -> 1.62x bf16 (4096 x 4096, one token).
 constexpr int kWideWarps = 16;
 
 // v4: the block stages all m tokens of x in shared memory (one cp.async pass issued right after the
