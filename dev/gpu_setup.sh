@@ -10,6 +10,22 @@ export PYTHONUNBUFFERED=1 QTOOL_CUDA_ARCHS=${QTOOL_CUDA_ARCHS:-90} MAX_JOBS=${MA
 exec > >(tee -a "$OUT/$LOG") 2>&1
 step() { echo; echo "=== $* [$(date -u +%H:%M:%S)]"; }
 
+# Shared by the session scripts (sourced): the failures of a pytest output, and qtool bench on the 8B shape.
+summarize() {  # $1: a pytest output file
+  grep -E "^(FAILED|ERROR)" "$1" | sed -E 's/\[.*//' | sort | uniq -c
+  grep -E "^E " "$1" | sort | uniq -c | sort -rn | head -8
+  tail -1 "$1"
+}
+
+bench8b() {  # bench8b LABEL SCHEMES BATCHES PREFILL TAIL [flags]: qtool bench on the 8B shape, one run per scheme
+  local label=$1 schemes=$2 batches=$3 prefill=$4 tail_lines=$5; shift 5
+  for s in $schemes; do
+    step "8B $label, $s vs bf16"
+    timeout 200 python3 -m quantize bench llama-8b --random-weights --scheme "$s" --decode-tokens 32 \
+      --batch-sizes "$batches" --prefill-len "$prefill" "$@" --json "$OUT/e2e-$s$label.json" 2>&1 | tail -"$tail_lines"
+  done
+}
+
 step "CUTLASS headers, prebuilt Hopper libraries, extension build"
 mkdir -p /tmp/cutlass && (cd /tmp/cutlass && python3 -m zipfile -e "$OLDPWD"/.gpu/w8a8/nvidia_cutlass-*.whl . )
 export QTOOL_CUTLASS_INCLUDE=/tmp/cutlass/cutlass_library/source/include

@@ -28,12 +28,6 @@ source dev/gpu_setup.sh
 TESTS=(tests/test_w8a8_gpu.py tests/test_mixed_gpu.py tests/test_kernels_gpu.py tests/test_lowbit_gpu.py
        tests/test_mlp.py tests/test_fusion.py)
 
-summarize() {  # $1: a pytest output file
-  grep -E "^(FAILED|ERROR)" "$1" | sed -E 's/\[.*//' | sort | uniq -c
-  grep -E "^E " "$1" | sort | uniq -c | sort -rn | head -8
-  tail -1 "$1"
-}
-
 tests() {
   step "GPU tests"
   timeout 240 python3 -m pytest -q -m gpu "${TESTS[@]}" --tb=short -rf > "$OUT/tests.txt" 2>&1
@@ -78,14 +72,6 @@ w8table() {
   timeout 300 python3 benchmarks/bench_w8a8.py --json "$OUT/w8a8.json" 2>&1 | tail -25
 }
 
-bench8b() {  # bench8b LABEL SCHEMES BATCHES PREFILL TAIL [flags]: qtool bench on the 8B shape, one run per scheme
-  local label=$1 schemes=$2 batches=$3 prefill=$4 tail_lines=$5; shift 5
-  for s in $schemes; do
-    step "8B $label, $s vs bf16"
-    timeout 200 python3 -m quantize bench llama-8b --random-weights --scheme "$s" --decode-tokens 32 \
-      --batch-sizes "$batches" --prefill-len "$prefill" "$@" --json "$OUT/e2e-$s$label.json" 2>&1 | tail -"$tail_lines"
-  done
-}
 e2eall() { bench8b "" "w8a8-int8 fp8 fp8-block w4a16" 1,16 2048 14; }
 # where a decode step's GPU time goes, by kernel (batch 1): GEMVs vs the rest
 e2eprofile() { bench8b -profile "fp8 w4a16" 1 128 40 --profile; }

@@ -10,7 +10,7 @@ Compile check on a machine without a GPU (CPU-only PyTorch, nvcc 13.0), the flag
   TI=$(python -c "import torch, os; print(os.path.dirname(torch.__file__))")/include
   mkdir -p /tmp/qtool_shim/c10/cuda/impl   # the CPU wheel lacks this generated header
   printf '#pragma once\\n#define C10_CUDA_BUILD_SHARED_LIBS\\n' > /tmp/qtool_shim/c10/cuda/impl/cuda_cmake_macros.h
-  for f in wo_gemv wo_gemm wo_gemm_v3 wo_gemm_v4 dequant act_quant w8_gemv w1_gemv w1a1 silu_mul; do
+  for f in wo_gemv wo_stream wo_gemm wo_gemm_v3 wo_gemm_v4 dequant act_quant w8_gemv w1_gemv w1a1 silu_mul; do
     nvcc -std=c++17 -O3 -lineinfo --expt-relaxed-constexpr -D__CUDA_NO_HALF_OPERATORS__ \\
       -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__ -D__CUDA_NO_HALF2_OPERATORS__ \\
       -gencode=arch=compute_80,code=sm_80 -gencode=arch=compute_89,code=sm_89 \\
@@ -38,8 +38,8 @@ import torch
 from .layout import chunk_k
 
 CSRC = Path(__file__).resolve().parent / "csrc"
-SOURCES = ("ops.cpp", "wo_gemv.cu", "wo_gemm.cu", "wo_gemm_v3.cu", "wo_gemm_v4.cu", "dequant.cu", "ops_w8a8.cpp",
-           "act_quant.cu", "w8_gemv.cu", "ops_w1.cpp", "w1_gemv.cu", "w1a1.cu", "silu_mul.cu")
+SOURCES = ("ops.cpp", "wo_gemv.cu", "wo_stream.cu", "wo_gemm.cu", "wo_gemm_v3.cu", "wo_gemm_v4.cu", "dequant.cu",
+           "ops_w8a8.cpp", "act_quant.cu", "w8_gemv.cu", "ops_w1.cpp", "w1_gemv.cu", "w1a1.cu", "silu_mul.cu")
 HEADERS = ("wo_kernels.h", "wo_decode.cuh", "wo_common.cuh", "wo_occupancy.h", "wo_piece.cuh", "w8a8.h", "mlp.h",
            "sm90/sm90_scaled_mm.h", "w1_kernels.h", "w1_gemv_plan.h")
 NAME = "qtool_cuda"
@@ -268,6 +268,7 @@ def _weight_only_path() -> str:
         GEMV_MAX_M,
         LOW_BITS_GEMV_MAX_M,
         MIXED_MIN_M,
+        STREAM_MAX_M,
         V3_MAX_M,
         V3_MIN_M,
     )
@@ -279,8 +280,8 @@ def _weight_only_path() -> str:
                 "(tuning.py)" if lib.load() else f"no W{bits}A16 wgmma GEMM ({lib.reason})")
 
     mixed = f"{mixed_path(4)}; {mixed_path(8)}"
-
-    return (f"qtool_cuda wo_gemv (m <= {GEMV_MAX_M}); {mixed}; otherwise wo_gemm_v3 ({V3_MIN_M}-{V3_MAX_M} tokens; "
+    stream = f"qtool_cuda wo_gemv variant 3 (m <= {STREAM_MAX_M}, QTOOL_WO_STREAM_MAX_M); " if STREAM_MAX_M else ""
+    return (f"{stream}qtool_cuda wo_gemv (m <= {GEMV_MAX_M}); {mixed}; otherwise wo_gemm_v3 ({V3_MIN_M}-{V3_MAX_M} tokens; "
             f"wo_gemm before sm_90), wo_gemm (m <= {GEMM_MAX_M}); dequant_int + cuBLAS; 2-3-bit layers at their "
             f"own width: wo_gemv (m <= {GEMV_MAX_M} with a 4-bit Hopper copy, which takes the batches past it; "
             f"else m <= {LOW_BITS_GEMV_MAX_M}, then dequant_int + cuBLAS; groups of 16: on the 4-bit kernels); "

@@ -1,7 +1,8 @@
 """The CUDA route of weight-only linears over a weight already in the kernel layout (`layout.PackedWeight`).
 
 Dispatch on m = tokens:
-  m <= GEMV_MAX_M   qtool_cuda::wo_gemv   CUDA cores; the weights are streamed once
+  m <= STREAM_MAX_M qtool_cuda::wo_gemv variant 3 ("stream", up to 32 tokens; off until measured)
+  m <= GEMV_MAX_M   qtool_cuda::wo_gemv   the weights streamed once, decoded into mma.sync A fragments
   m <= V4_MAX_M     qtool_cuda::wo_gemm_v4  tensor cores, weights staged through a cp.async pipeline
                     (off: V4_MAX_M = 0 until measured)
   m >= MIXED_MIN_M  where the weight has a Hopper copy (4- or 8-bit, bf16): the measured route of
@@ -27,6 +28,8 @@ this module takes tensors and ints only.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +64,15 @@ V3_VARIANT = 3
 # count, set this to the largest such count; it then runs before w4_mm, v3 and wo_gemm for every format.
 V4_MAX_M = 0
 KERNEL_DTYPES = (torch.float16, torch.bfloat16)
+# wo_gemv's variant 3, "stream" (csrc/wo_stream.cu, up to STREAM_KERNEL_MAX_M tokens; session 14), was written
+# without a GPU, so it serves nothing by default. QTOOL_WO_STREAM_MAX_M=N (read once, here) sends every
+# weight-only layer of at most N tokens to it: a model measured with and without it in one device call
+# (dev/session15.sh) before the rule is set from bench_kernels.py's wo_gemv_stream column.
+STREAM_KERNEL_MAX_M = 32
+STREAM_MAX_M = int(os.environ.get("QTOOL_WO_STREAM_MAX_M", "0") or 0)
+if not 0 <= STREAM_MAX_M <= STREAM_KERNEL_MAX_M:
+    raise ValueError(f"QTOOL_WO_STREAM_MAX_M={STREAM_MAX_M}: wo_gemv's variant 3 takes 0 to {STREAM_KERNEL_MAX_M} "
+                     "tokens")
 # 2- and 3-bit weights: wo_gemv serves up to its 8 tokens (csrc/wo_kernels.h, kMaxGemvTokens) where the layer
 # has no Hopper copy: it reads the weight once at 2-3 bits where dequant_int + cuBLAS writes and reads it at 16
 # (H200: 1.15-1.49x bf16 at 8 tokens, dequant + cuBLAS 0.42-0.64x at 16). With the copy (the codes widened to
@@ -103,7 +115,9 @@ def hopper_route(w: PackedWeight, m: int, dtype: torch.dtype, bits: int | None =
 
 def route(w: PackedWeight, m: int, dtype: torch.dtype) -> dict | str:
     """The kernel of `packed_linear` for m tokens of 4- or 8-bit weights: "wo_gemv", "wo_gemm_v4", a schedule
-    of the Hopper GEMM (a dict), "wo_gemm_v3", "wo_gemm" or "dequant"."""
+    of the Hopper GEMM (a dict), "wo_gemm_v3", "wo_gemm" or "dequant"; "wo_gemv_stream" where opted in."""
+    if m <= STREAM_MAX_M:
+        return "wo_gemv_stream"
     if m <= GEMV_MAX_M:
         return "wo_gemv"
     if m <= V4_MAX_M:
@@ -145,8 +159,9 @@ def packed_linear(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, k
         y = _low_bits_linear(x2, w, bias, kernels, prefetch)
     elif isinstance(kernel, dict):
         y = _hopper_linear(x2, w, bias, kernel)
-    elif kernel == "wo_gemv":
-        y = kernels.wo_gemv(x2, *args, bias, *meta, EPILOGUE, prefetch, gemv_variant(w))
+    elif kernel in ("wo_gemv", "wo_gemv_stream"):
+        variant = 3 if kernel == "wo_gemv_stream" else gemv_variant(w)
+        y = kernels.wo_gemv(x2, *args, bias, *meta, EPILOGUE, prefetch, variant)
     elif kernel == "wo_gemm_v3":
         y = kernels.wo_gemm_v3(x2, *args, bias, *meta, EPILOGUE, V3_VARIANT)
     elif kernel in ("wo_gemm", "wo_gemm_v4"):
@@ -175,9 +190,10 @@ def _low_bits_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | Non
     m = x2.shape[0]
     # the Hopper copy holds the codes widened to 4 bits; any batch it takes beats dequant + cuBLAS
     hopper = hopper_route(w, m, x2.dtype, bits=4)
-    if m <= (GEMV_MAX_M if hopper is not None else LOW_BITS_GEMV_MAX_M):
+    stream = m <= STREAM_MAX_M
+    if stream or m <= (GEMV_MAX_M if hopper is not None else LOW_BITS_GEMV_MAX_M):
         return kernels.wo_gemv(x2, w.qweight, w.scale, w.zero, bias, w.num_bits, w.group_size, w.out_features,
-                               EPILOGUE, prefetch, gemv_variant(w))
+                               EPILOGUE, prefetch, 3 if stream else gemv_variant(w))
     if isinstance(hopper, dict):
         return _hopper_linear(x2, w, bias, hopper)
     if hopper == "wo_gemm":  # the 4-bit winner decodes 4-bit chunks only: the Hopper copy's plain schedule

@@ -4,6 +4,10 @@ kernels are stand-ins here; tests/test_mixed_gpu.py and tests/test_w8a8_gpu.py r
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -71,6 +75,7 @@ def test_dispatcher_routes_by_tokens_and_shape(monkeypatch):
 
     try:
         assert route(4, 8192, 8192, 1) == ("wo_gemv", 1) and route(4, 28672, 8192, 1) == ("wo_gemv", 0)
+        assert route(4, 4096, 4096, 1) == ("wo_gemv", 2) == route(4, 14336, 4096, 3)  # <= 4096 rows: wide
         assert route(4, 4096, 4096, 8) == ("wo_gemm",) and route(4, 4096, 4096, 5) == ("wo_gemm",)
         assert route(4, 4096, 4096, 9) == ("mixed", 128, 32, 0, 2) == route(4, 4096, 4096, 64)
         assert route(4, 4096, 4096, 65) == ("mixed", 64, 64, 2, 1)
@@ -94,6 +99,39 @@ def test_dispatcher_routes_by_tokens_and_shape(monkeypatch):
             assert route(bits, 8192, 8192, 9, copy=False) == ("dequant_int",)
     finally:
         tuning.clear_cache()
+
+
+def test_stream_gemv_is_opt_in(monkeypatch):
+    """wo_gemv's variant 3 serves nothing by default; QTOOL_WO_STREAM_MAX_M (here the constant it sets) sends
+    every weight-only layer of that many tokens to it, 2- and 3-bit ones too, and the rest as before."""
+    calls = []
+
+    class Recorder:
+        def __getattr__(self, name):
+            def run(x, *args):
+                calls.append((name, args[-1]) if name == "wo_gemv" else (name,))
+                return torch.zeros(x.shape[0], args[6], dtype=x.dtype)
+            return run
+
+    def route(bits, m):
+        w = pack_weight(torch.zeros(64, 256, dtype=torch.int8), torch.ones(64, 2), None, None, bits, 128)
+        calls.clear()
+        weight_only.packed_linear(torch.zeros(m, 256, dtype=torch.bfloat16), w, None, Recorder())
+        return calls[0]
+
+    assert weight_only.STREAM_MAX_M == 0 and route(4, 8) == ("wo_gemm",) and route(4, 1) == ("wo_gemv", 2)
+    monkeypatch.setattr(weight_only, "STREAM_MAX_M", 16)
+    for bits in (2, 3, 4, 8):
+        assert route(bits, 1) == route(bits, 16) == ("wo_gemv", 3), bits
+    assert route(4, 17) == ("wo_gemm",)
+
+
+def test_stream_limit_is_checked_at_import():
+    """A QTOOL_WO_STREAM_MAX_M past the kernel's 32 tokens is refused, naming the value."""
+    env = {**os.environ, "QTOOL_WO_STREAM_MAX_M": "64"}
+    out = subprocess.run([sys.executable, "-c", "import qtool_kernels.weight_only"], env=env, capture_output=True,
+                         text=True)
+    assert out.returncode != 0 and "QTOOL_WO_STREAM_MAX_M=64" in out.stderr
 
 
 def test_measured_schedules_are_valid():

@@ -1,5 +1,5 @@
 // PyTorch bindings of the weight-only kernels (and the gated MLP's silu_mul), as ops in the `qtool_cuda` namespace:
-//   torch.ops.qtool_cuda.wo_gemv      CUDA-core GEMV, 1 <= m <= 8 (2-, 3-, 4- and 8-bit weights)
+//   torch.ops.qtool_cuda.wo_gemv      tensor-core GEMV, 1 <= m <= 8, or 32 with variant 3 (2-, 3-, 4-, 8-bit)
 //   torch.ops.qtool_cuda.wo_gemm      tensor-core GEMM, any m (best for small to moderate m)
 //   torch.ops.qtool_cuda.wo_gemm_v3   tensor-core GEMM for small m (5..64), deep weight stream, sm_90 clusters
 //   torch.ops.qtool_cuda.wo_gemm_v4   tensor-core GEMM for 5..256 tokens, weights staged by a cp.async pipeline
@@ -127,10 +127,13 @@ at::Tensor wo_gemv(const at::Tensor& x, const at::Tensor& qweight, const at::Ten
                    int64_t group_size, int64_t out_features, const std::string& activation,
                    const std::optional<at::Tensor>& prefetch, int64_t variant) {
   const PackedWeightView w = check_weight("wo_gemv", qweight, scale, zero, num_bits, group_size, out_features);
-  TORCH_CHECK(variant >= 0 && variant <= 2, "wo_gemv: variant must be 0 (default), 1 (lean) or 2 (wide), got ", variant);
+  TORCH_CHECK(variant >= 0 && variant <= 3,
+              "wo_gemv: variant must be 0 (default), 1 (lean), 2 (wide) or 3 (stream), got ", variant);
   at::Tensor bias_f32;
   WoProblem p = make_problem("wo_gemv", x, w, qweight, bias, bias_f32, activation);
-  TORCH_CHECK(p.m <= kMaxGemvTokens, "wo_gemv: at most ", kMaxGemvTokens, " tokens, got x ", x.sizes());
+  const int max_tokens = variant == 3 ? kMaxStreamTokens : kMaxGemvTokens;
+  TORCH_CHECK(p.m <= max_tokens, "wo_gemv: at most ", max_tokens, " tokens with variant ", variant, ", got x ",
+              x.sizes());
   at::Tensor y = at::empty({x.size(0), out_features}, x.options());
   if (p.m == 0) return y;
   const c10::cuda::CUDAGuard guard(x.device());
@@ -140,7 +143,10 @@ at::Tensor wo_gemv(const at::Tensor& x, const at::Tensor& qweight, const at::Ten
     p.prefetch_bytes = std::min<long long>(prefetch->numel() * prefetch->element_size(), kPrefetchCapBytes) & ~15LL;
   }
   p.gemv_variant = static_cast<int>(variant);
-  launch_wo_gemv(p, c10::cuda::getCurrentCUDAStream());
+  if (variant == 3)
+    launch_wo_stream(p, c10::cuda::getCurrentCUDAStream());
+  else
+    launch_wo_gemv(p, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return y;
 }

@@ -249,4 +249,33 @@ __device__ inline void a_fragment_low(const uint32_t (&lo)[4],   // the lane's 1
   for (int r = 0; r < 4; ++r) a[r] = sub_pair(nibble_pair_biased<T, BITS>(nib, r), zp[r % 2], T{});
 }
 
+// The A fragment of subtile j of a lane's chunk, any width: a_fragment_low for 2- and 3-bit codes (hi: their
+// high bits, 3-bit only), a_fragment for 4- and 8-bit ones.
+template <typename T, int BITS>
+__device__ inline void a_fragment_any(const uint32_t (&w)[4],    // the lane's 16 bytes
+                                      const uint32_t (&hi)[2],   // its 8 bytes of high bits (3-bit)
+                                      int j,                     // subtile
+                                      const float (&zf)[2],      // rows g / g + 8: kCodeOffset + z
+                                      const uint32_t (&zp)[2],   // same, packed
+                                      uint32_t (&a)[4]) {        // out
+  if constexpr (is_low_bits(BITS)) {
+    a_fragment_low<T, BITS>(w, hi, j, zp, a);
+  } else {
+    a_fragment<T, BITS>(w, j, zf, zp, a);
+  }
+}
+
+// After a GEMV's own weight loads have landed: pull the next layer's weight (p.prefetch, p.prefetch_bytes) into
+// L2, so that its DRAM traffic overlaps this kernel's epilogue and the small kernels (norm, attention) between the
+// two GEMVs, when DRAM would otherwise sit idle. Block b takes the b-th slice of the range.
+__device__ inline void prefetch_next_layer(const WoProblem& p, int threads) {
+  if (p.prefetch == nullptr) return;
+  const long long slice = ((p.prefetch_bytes + gridDim.x - 1) / gridDim.x + 15) & ~15LL;
+  const long long begin = slice * blockIdx.x;
+  if (begin < p.prefetch_bytes) {
+    const long long bytes = p.prefetch_bytes - begin < slice ? p.prefetch_bytes - begin : slice;
+    prefetch_l2_range(static_cast<const char*>(p.prefetch) + begin, bytes, threadIdx.x, threads);
+  }
+}
+
 }  // namespace qtool

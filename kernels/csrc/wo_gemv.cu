@@ -178,11 +178,7 @@ __global__ void __launch_bounds__(WARPS * 32, LEAN ? 4 * kWarps / WARPS : 1) wo_
         for (int jj = 0; jj < SPG; ++jj) {
           const int j = gi * SPG + jj;
           uint32_t a[4];
-          if constexpr (is_low_bits(BITS)) {
-            a_fragment_low<T, BITS>(w, hi, j, zp, a);
-          } else {
-            a_fragment<T, BITS>(w, j, zf, zp, a);
-          }
+          a_fragment_any<T, BITS>(w, hi, j, zf, zp, a);
           uint32_t b0, b1;
           if constexpr (XS) {
             b0 = xc[8 * j];
@@ -203,17 +199,7 @@ __global__ void __launch_bounds__(WARPS * 32, LEAN ? 4 * kWarps / WARPS : 1) wo_
     }
   }
 
-  // All our weight loads have landed: start pulling the next layer's weight into L2, so that its
-  // DRAM traffic overlaps our epilogue and the small kernels (norm, attention) between the two
-  // GEMVs, when DRAM would otherwise sit idle. Block b takes the b-th slice of the range.
-  if (p.prefetch != nullptr) {
-    const long long slice = ((p.prefetch_bytes + gridDim.x - 1) / gridDim.x + 15) & ~15LL;
-    const long long begin = slice * blockIdx.x;
-    if (begin < p.prefetch_bytes) {
-      const long long bytes = p.prefetch_bytes - begin < slice ? p.prefetch_bytes - begin : slice;
-      prefetch_l2_range(static_cast<const char*>(p.prefetch) + begin, bytes, threadIdx.x, WARPS * 32);
-    }
-  }
+  prefetch_next_layer(p, WARPS * 32);  // all our weight loads have landed
 
   // Sum the warps (each holds every row and token of the stripe for its chunks), then the epilogue.
   __shared__ float partial[WARPS][kStripeRows][kMaxGemvTokens];

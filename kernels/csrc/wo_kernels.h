@@ -79,8 +79,14 @@ struct WoProblem {
   int gemv_variant = 0;
 };
 
-// CUDA-core GEMV for 1 <= m <= kMaxGemvTokens (wo_gemv.cu).
+// Tensor-core GEMV for 1 <= m <= kMaxGemvTokens (wo_gemv.cu): one 16-row stripe per block, x staged in
+// shared memory, a ring of loads (gemv_variant 0, 1, 2).
 void launch_wo_gemv(const WoProblem& p, cudaStream_t stream);
+
+// gemv_variant 3, "stream" (wo_stream.cu): 1 <= m <= kMaxStreamTokens, stripes of a block sharing x read
+// through L1, the loads of several chunks issued before their math.
+constexpr int kMaxStreamTokens = 32;
+void launch_wo_stream(const WoProblem& p, cudaStream_t stream);
 
 // Tensor-core kernel for any m (wo_gemm.cu); tokens are processed in slices of up to 64.
 // wo_gemm_splits() is the split-K factor for this problem on `num_sms` SMs: when it is > 1 the

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The next session's device calls, prepared at the end of session 14 (nvidia-h200, carry [".gpu/w8a8"]; the
+# Hopper libraries did not change in session 14: .gpu/w8a8 holds them, else bash dev/prebuild_sm90.sh first):
+#   call 1: bash dev/session15.sh tests streamab streamab2 e2estream                     (~9 min)
+#   then: set weight_only's rule for wo_gemv's variant 3 from streamab (per rows / tokens / bits: where it beats
+#   the shipped GEMV and the tensor-core GEMMs of bench_kernels' table), drop QTOOL_WO_STREAM / the
+#   QTOOL_WO_STREAM_MAX_M opt-in once a rule ships, and
+#   call 2: bash dev/session15.sh wotable e2ew4                                          (~9 min)
+#   nvidia-h200-x2 (issue 20): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 summary
+# tests      every GPU test; new: tests/test_wo_stream_gpu.py (wo_gemv variant 3, csrc/wo_stream.cu, written in
+#            session 14 without a GPU: 2/3/4/8 bits, g16-g128 and per channel, sym / asym, 1-32 tokens, its three
+#            launch shapes, prefetch, token limits); the 2-/3-bit tests now run wo_gemv's variants 0-2.
+# streamab   variant 3 in each launch shape (QTOOL_WO_STREAM=0..3) against the shipped GEMV and bf16, W4 g128
+#            asymmetric, 1-32 tokens, the six protocol shapes and the fused 8B q/k/v and gate/up
+# streamab2  the same for W8 per channel, W3 g128 and W2 g64, the default launch shapes only
+# e2estream  the 8B w4a16 decode with QTOOL_WO_STREAM_MAX_M=16 (every weight-only layer of <= 16 tokens on
+#            variant 3) and without: session 14's profile put the W4 GEMVs at 2.1-2.3 TB/s, 1.6 of 2.6 ms a token
+# wotable    bench_kernels' weight-only table (W4 g128, W8, W3, W2 at 1-8192 tokens) after the rule is set
+# e2ew4      the 8B w4a16 end to end (decode bs 1 / 16, prefill 2048) after the rule is set
+cd "$(dirname "$0")/.."
+LOG=session15.log
+source dev/gpu_setup.sh
+
+TESTS=(tests/test_w8a8_gpu.py tests/test_mixed_gpu.py tests/test_kernels_gpu.py tests/test_lowbit_gpu.py
+       tests/test_wo_stream_gpu.py tests/test_mlp.py tests/test_fusion.py)
+
+tests() {
+  step "GPU tests"
+  timeout 260 python3 -m pytest -q -m gpu "${TESTS[@]}" --tb=short -rf > "$OUT/tests.txt" 2>&1
+  summarize "$OUT/tests.txt"
+}
+
+streamab() {
+  step "wo_gemv variant 3 by launch shape, W4 g128 asym (QTOOL_WO_STREAM=0,1,2,3)"
+  timeout 200 python3 dev/stream_ab.py --shapes 0,1,2,3 --formats w4a16-g128 --tokens 1,4,8,16,32 \
+    --json "$OUT/stream_ab.json" 2>&1 | tail -45
+}
+
+streamab2() {
+  step "wo_gemv variant 3, W8 per channel, W3 g128, W2 g64 (default launch shapes)"
+  timeout 150 python3 dev/stream_ab.py --shapes 0 --formats w8a16-channel,w3a16-g128,w2a16-g64 --tokens 1,8,16,32 \
+    --json "$OUT/stream_ab2.json" 2>&1 | tail -100
+}
+
+e2estream() {
+  QTOOL_WO_STREAM_MAX_M=16 bench8b -stream w4a16 1,16 128 12
+  bench8b "" w4a16 1,16 128 12
+}
+e2ew4() { bench8b "" w4a16 1,16 2048 14; }
+
+wotable() {
+  step "weight-only table"
+  timeout 400 python3 benchmarks/bench_kernels.py --json "$OUT/wo.json" 2>&1 | tail -3
+  python3 dev/kernels_table.py "$OUT/wo.json"
+}
+
+stages=("$@")
+[ ${#stages[@]} -eq 0 ] && stages=(tests streamab streamab2 e2estream)
+for s in "${stages[@]}"; do "$s"; done
+step "done"

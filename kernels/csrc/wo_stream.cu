@@ -1,0 +1,242 @@
+// wo_gemv variant 3, "stream": the weight-only GEMV in w8_gemv's shape, for 1 <= m <= kMaxStreamTokens.
+//
+// Why a second GEMV (kernels/NOTES.md, session 14): wo_gemv's block is one 16-row stripe and stages all of
+// x in shared memory (m * K * 2 bytes from L2 per block, for 8 * K bytes of int4 codes: x traffic is m / 4
+// of the weight stream, twice the codes at m = 8, where it falls from ~2.5 to ~1.4 TB/s), and it keeps a ring
+// of loads alive across passes (80 registers, three blocks per SM). w8_gemv, which streams 8-bit weights at
+// 3.5 TB/s, does neither. Here:
+//   - a block takes STRIPES stripes (16 rows each) and WARPS warps that split the chunks of K between them;
+//     each B fragment (x) is loaded once per chunk and used by every stripe of the block;
+//   - x is read through L1 (__ldg): the blocks resident on an SM read the same k at about the same time;
+//   - a warp issues the loads of UNROLL chunks per stripe (and L1 prefetches of their x) before any math,
+//     then does the math: no ring, few registers, more blocks per SM (occupancy keeps loads in flight);
+//   - up to 32 tokens: token tiles of 8 are the n of mma.m16n8k16 (TT of them), each A fragment (q - z,
+//     exact in bf16/fp16) feeds TT mma.
+// The arithmetic is wo_gemv's (float32 sums of (q - z) * x per group, times the float32 scale), so both
+// agree with layout.ReferenceOps to float32 rounding. Which STRIPES / WARPS a shape gets is a guess until
+// measured (dev/session15.sh); QTOOL_WO_STREAM=1..3 forces one of the three launch shapes for an A/B.
+#include <cstdint>
+#include <cstdlib>
+
+#include "wo_common.cuh"
+
+namespace qtool {
+namespace {
+
+// Chunks per stripe whose loads a warp issues before their math, and the register budget they fit in
+// without spills (ptxas, sm_90): one stripe at <= 16 tokens in 64 registers (32 warps per SM), 6 chunks of
+// int4 / int8 codes (96 bytes per lane in flight), fewer where a chunk brings more group parameters or is a
+// 128-k chunk of 2- or 3-bit codes (twice the subtiles to decode); two stripes (<= 8 tokens only) in 80
+// registers (three 8-warp blocks per SM); 32 tokens in 128 (four token tiles' sums take 32 registers alone).
+__host__ __device__ constexpr int stream_unroll(int bits, int tt, int stripes, int gpc) {
+  const bool low = is_low_bits(bits);
+  int u = gpc == 1 ? (low ? 4 : 6) : gpc == 2 ? (low ? 3 : 4) : (low ? 2 : 3);
+  if (stripes > 1) u = u * 2 / 3;
+  if (tt > 1) u /= 2;
+  return u < 1 ? 1 : u;
+}
+__host__ __device__ constexpr int stream_min_blocks(int tt, int stripes, int warps) {
+  return stripes > 1 ? 3 * 8 / warps : (tt > 2 ? 16 : 32) / warps;
+}
+
+template <typename T,     // activation and output type: __half or __nv_bfloat16
+          int BITS,       // weight code width: 2, 3, 4 or 8
+          int GPC,        // groups per chunk: 1, 2 or 4
+          int TT,         // token tiles of 8: 1, 2 or 4
+          int STRIPES,    // 16-row stripes per block
+          int WARPS>      // warps per block, splitting the chunks
+__global__ void __launch_bounds__(WARPS * 32, stream_min_blocks(TT, STRIPES, WARPS))
+    wo_stream_kernel(const WoProblem p) {
+  constexpr int SUB = chunk_subtiles(BITS);  // 16 x 16 subtiles per chunk
+  constexpr int KC = chunk_k(BITS);          // k per chunk
+  constexpr int SPG = SUB / GPC;             // subtiles per group
+  constexpr int UNROLL = stream_unroll(BITS, TT, STRIPES, GPC);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int g = lane / 4, t = lane % 4, quad = lane & ~3;
+  const int stripe0 = blockIdx.x * STRIPES;
+  const int nstripes = p.w.n_padded / kStripeRows;
+  const int nchunks = p.w.k_padded / KC;
+  const uint32_t stripe_vecs = static_cast<uint32_t>(nchunks) * chunk_vecs(BITS);
+  const uint4* wq = reinterpret_cast<const uint4*>(p.w.qweight);
+
+  // Group parameter of this lane, as in wo_gemv: t = 0, 1 -> scale of row g / g + 8; t = 2, 3 -> zero point,
+  // shared within the quad by shuffles.
+  const float* par = t < 2 ? p.w.scale : p.w.zero;
+  const bool has_par = par != nullptr;  // false for the zero lanes of a symmetric weight
+  if (!has_par) par = p.w.scale;
+  par += g + 8 * (t % 2);
+  const uint32_t gstride = p.w.n_padded;
+
+  // B fragments: token 8 tt + g, words t and t + 4 of each subtile (8 words). Tokens >= m read token 0
+  // again: column n of an mma depends on column n of B only, and those columns are never stored.
+  const uint32_t* x = static_cast<const uint32_t*>(p.x) + t;
+  uint32_t xrow[TT];
+#pragma unroll
+  for (int tt = 0; tt < TT; ++tt)
+    xrow[tt] = (8 * tt + g < p.m ? 8 * tt + g : 0) * static_cast<uint32_t>(p.w.k_padded / 2);
+
+  float acc[STRIPES][TT][4] = {};  // C fragments: (row g, token 2t), (g, 2t + 1), (g + 8, 2t), (g + 8, 2t + 1)
+  for (int c0 = warp; c0 < nchunks; c0 += WARPS * UNROLL) {
+    LaneChunk<BITS> w[UNROLL][STRIPES];
+    float prm[UNROLL][STRIPES][GPC];
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u) {
+      const int c = c0 + u * WARPS;
+#pragma unroll
+      for (int s = 0; s < STRIPES; ++s) {
+        const int stripe = stripe0 + s;
+        w[u][s].clear();
+#pragma unroll
+        for (int gi = 0; gi < GPC; ++gi) prm[u][s][gi] = 0.0f;
+        if (c < nchunks && stripe < nstripes) {
+          w[u][s].load(wq + stripe * stripe_vecs, c, lane);
+#pragma unroll
+          for (int gi = 0; gi < GPC; ++gi) {
+            const uint32_t grp = static_cast<uint32_t>((c * KC + gi * (KC / GPC)) >> p.w.group_shift);
+            if (has_par) prm[u][s][gi] = __ldg(par + grp * gstride + stripe * kStripeRows);
+          }
+        }
+      }
+      if (c < nchunks) {  // the chunk's x into L1 while the codes are in flight (first and last word)
+#pragma unroll
+        for (int tt = 0; tt < TT; ++tt) {
+          prefetch_l1(x + xrow[tt] + c * (KC / 2));
+          prefetch_l1(x + xrow[tt] + c * (KC / 2) + (KC / 2 - 4));
+        }
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u) {
+      const int c = c0 + u * WARPS;
+      if (c >= nchunks) break;  // warp-uniform
+      const uint32_t* xc = x + c * (KC / 2);
+#pragma unroll
+      for (int s = 0; s < STRIPES; ++s) {
+        uint32_t wd[4];
+        words_of(w[u][s].lo, wd);
+        const uint32_t hi[2] = {w[u][s].hi.x, w[u][s].hi.y};  // 3-bit only
+#pragma unroll
+        for (int gi = 0; gi < GPC; ++gi) {
+          const float gp = prm[u][s][gi];
+          const float s0 = __shfl_sync(0xffffffffu, gp, quad);
+          const float s1 = __shfl_sync(0xffffffffu, gp, quad + 1);
+          const float zf[2] = {kCodeOffset<T, BITS> + __shfl_sync(0xffffffffu, gp, quad + 2),
+                               kCodeOffset<T, BITS> + __shfl_sync(0xffffffffu, gp, quad + 3)};
+          uint32_t zp[2] = {0u, 0u};
+          if constexpr (!kViaFloat<T, BITS>) {
+            zp[0] = float_to_pair(zf[0], T{});
+            zp[1] = float_to_pair(zf[1], T{});
+          }
+          float d[TT][4] = {};  // this group's sums of (q - z) * x
+#pragma unroll
+          for (int jj = 0; jj < SPG; ++jj) {
+            const int j = gi * SPG + jj;
+            uint32_t a[4];
+            a_fragment_any<T, BITS>(wd, hi, j, zf, zp, a);
+#pragma unroll
+            for (int tt = 0; tt < TT; ++tt)  // L1 hits after the first stripe
+              mma_16816<T>(d[tt], a, __ldg(xc + xrow[tt] + 8 * j), __ldg(xc + xrow[tt] + 8 * j + 4));
+          }
+#pragma unroll
+          for (int tt = 0; tt < TT; ++tt) {
+            acc[s][tt][0] = fmaf(s0, d[tt][0], acc[s][tt][0]);
+            acc[s][tt][1] = fmaf(s0, d[tt][1], acc[s][tt][1]);
+            acc[s][tt][2] = fmaf(s1, d[tt][2], acc[s][tt][2]);
+            acc[s][tt][3] = fmaf(s1, d[tt][3], acc[s][tt][3]);
+          }
+        }
+      }
+    }
+  }
+
+  prefetch_next_layer(p, WARPS * 32);  // all our weight loads have landed
+
+  // Sum the warps' C fragments in shared memory, then bias, activation and the store.
+  __shared__ float partial[WARPS][STRIPES][TT][32][4];
+#pragma unroll
+  for (int s = 0; s < STRIPES; ++s)
+#pragma unroll
+    for (int tt = 0; tt < TT; ++tt)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) partial[warp][s][tt][lane][r] = acc[s][tt][r];
+  __syncthreads();
+  constexpr int kOutputs = STRIPES * TT * 32 * 4;
+  for (int e = threadIdx.x; e < kOutputs; e += WARPS * 32) {
+    const int r = e % 4, l = (e / 4) % 32, tt = (e / 128) % TT, s = e / (128 * TT);
+    const int row = (stripe0 + s) * kStripeRows + l / 4 + 8 * (r / 2);
+    const int token = 8 * tt + 2 * (l % 4) + r % 2;
+    if (row < p.w.n && token < p.m) {
+      float v = bias_at(p.bias, row);
+#pragma unroll
+      for (int wi = 0; wi < WARPS; ++wi) v += partial[wi][s][tt][l][r];
+      store(static_cast<T*>(p.y) + static_cast<size_t>(token) * p.w.n + row, activate(v, p.act));
+    }
+  }
+}
+
+// Launch shapes: 1 = one stripe, 16 warps (few stripes: <= 4096 rows are <= 256 blocks, under 2 per SM, as
+// w8_gemv's 16-warp blocks); 2 = one stripe, 8 warps; 3 = two stripes, 8 warps (many rows: x shared by two;
+// <= 8 tokens, else shape 2).
+int stream_shape(const WoProblem& p) {
+  static const int forced = [] {
+    const char* env = std::getenv("QTOOL_WO_STREAM");
+    return env ? std::atoi(env) : 0;
+  }();
+  if (forced >= 1 && forced <= 3) return forced;
+  const int stripes = p.w.n_padded / kStripeRows;
+  return stripes <= 256 ? 1 : stripes < 1024 ? 2 : 3;
+}
+
+template <typename T, int BITS, int GPC, int TT, int STRIPES, int WARPS>
+void launch_shape(const WoProblem& p, cudaStream_t stream) {
+  const int blocks = (p.w.n_padded / kStripeRows + STRIPES - 1) / STRIPES;
+  wo_stream_kernel<T, BITS, GPC, TT, STRIPES, WARPS><<<blocks, WARPS * 32, 0, stream>>>(p);
+}
+
+template <typename T, int BITS, int GPC, int TT>
+void launch_tiles(const WoProblem& p, cudaStream_t stream) {
+  const int shape = stream_shape(p);
+  if (shape == 1)
+    launch_shape<T, BITS, GPC, TT, 1, 16>(p, stream);
+  else if (shape == 2 || TT > 1)  // two stripes at <= 8 tokens only: more tiles spill in their budget
+    launch_shape<T, BITS, GPC, TT, 1, 8>(p, stream);
+  else
+    launch_shape<T, BITS, GPC, 1, 2, 8>(p, stream);
+}
+
+template <typename T, int BITS, int GPC>
+void launch_groups(const WoProblem& p, cudaStream_t stream) {
+  if (p.m <= 8)
+    launch_tiles<T, BITS, GPC, 1>(p, stream);
+  else if (p.m <= 16)
+    launch_tiles<T, BITS, GPC, 2>(p, stream);
+  else
+    launch_tiles<T, BITS, GPC, 4>(p, stream);
+}
+
+template <typename T, int BITS>
+void launch_typed(const WoProblem& p, cudaStream_t stream) {
+  // Groups per chunk, as wo_gemv: chunk_k is 2^7 (2-, 3-bit), 2^6 (int4) or 2^5 (int8) k, groups >= min_group.
+  constexpr int chunk_shift = BITS == 8 ? 5 : BITS == 4 ? 6 : 7;
+  const int gpc = p.w.group_shift >= chunk_shift ? 1 : 1 << (chunk_shift - p.w.group_shift);
+  if (gpc == 1)
+    launch_groups<T, BITS, 1>(p, stream);
+  else if (gpc == 2)
+    launch_groups<T, BITS, 2>(p, stream);
+  else if constexpr (BITS != 8)  // int8 chunks hold at most 2 groups of 16
+    launch_groups<T, BITS, 4>(p, stream);
+}
+
+}  // namespace
+
+void launch_wo_stream(const WoProblem& p, cudaStream_t stream) {
+  const bool bf16 = p.dtype == ScalarKind::kBFloat16;
+  switch (p.w.num_bits) {
+    case 2: bf16 ? launch_typed<__nv_bfloat16, 2>(p, stream) : launch_typed<__half, 2>(p, stream); break;
+    case 3: bf16 ? launch_typed<__nv_bfloat16, 3>(p, stream) : launch_typed<__half, 3>(p, stream); break;
+    case 4: bf16 ? launch_typed<__nv_bfloat16, 4>(p, stream) : launch_typed<__half, 4>(p, stream); break;
+    default: bf16 ? launch_typed<__nv_bfloat16, 8>(p, stream) : launch_typed<__half, 8>(p, stream);
+  }
+}
+
+}  // namespace qtool
