@@ -6,6 +6,7 @@
 #   the shipped GEMV and the tensor-core GEMMs of bench_kernels' table), drop QTOOL_WO_STREAM / the
 #   QTOOL_WO_STREAM_MAX_M opt-in once a rule ships, and
 #   call 2: bash dev/session15.sh wotable e2ew4                                          (~9 min)
+# session 14's last call (with its last 288 s): bash dev/session15.sh streamtests streamquick
 #   nvidia-h200-x2 (issue 20): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 summary
 # tests      every GPU test; new: tests/test_wo_stream_gpu.py (wo_gemv variant 3, csrc/wo_stream.cu, written in
 #            session 14 without a GPU: 2/3/4/8 bits, g16-g128 and per channel, sym / asym, 1-32 tokens, its three
@@ -28,6 +29,17 @@ tests() {
   step "GPU tests"
   timeout 260 python3 -m pytest -q -m gpu "${TESTS[@]}" --tb=short -rf > "$OUT/tests.txt" 2>&1
   summarize "$OUT/tests.txt"
+}
+
+streamtests() {  # session 14's last call: the new kernel's tests alone, then streamquick
+  step "wo_gemv variant 3 tests"
+  timeout 100 python3 -m pytest -q -x -m gpu tests/test_wo_stream_gpu.py --tb=short -rf > "$OUT/stream_tests.txt" 2>&1
+  summarize "$OUT/stream_tests.txt"
+}
+streamquick() {
+  step "wo_gemv variant 3, W4 g128 asym, default launch shapes, 1 / 8 / 16 tokens"
+  timeout 80 python3 dev/stream_ab.py --shapes 0 --formats w4a16-g128 --tokens 1,8,16 --json "$OUT/stream_quick.json" \
+    2>&1 | tail -30
 }
 
 streamab() {
