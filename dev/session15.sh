@@ -42,6 +42,12 @@ streamquick() {
     2>&1 | tail -30
 }
 
+streamshapes() {  # session 14's last call: the three launch shapes at 1 and 8 tokens
+  step "wo_gemv variant 3 by launch shape (QTOOL_WO_STREAM=1,2,3), W4 g128 asym, 1 / 8 tokens"
+  timeout 110 python3 dev/stream_ab.py --shapes 1,2,3 --formats w4a16-g128 --tokens 1,8 \
+    --json "$OUT/stream_shapes.json" 2>&1 | tail -20
+}
+
 streamab() {
   step "wo_gemv variant 3 by launch shape, W4 g128 asym (QTOOL_WO_STREAM=0,1,2,3)"
   timeout 200 python3 dev/stream_ab.py --shapes 0,1,2,3 --formats w4a16-g128 --tokens 1,4,8,16,32 \
