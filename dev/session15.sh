@@ -11,8 +11,9 @@
 # tests      every GPU test; new: tests/test_wo_stream_gpu.py (wo_gemv variant 3, csrc/wo_stream.cu, written in
 #            session 14 without a GPU: 2/3/4/8 bits, g16-g128 and per channel, sym / asym, 1-32 tokens, its three
 #            launch shapes, prefetch, token limits); the 2-/3-bit tests now run wo_gemv's variants 0-2.
-# streamab   variant 3 in each launch shape (QTOOL_WO_STREAM=0..3) against the shipped GEMV and bf16, W4 g128
-#            asymmetric, 1-32 tokens, the six protocol shapes and the fused 8B q/k/v and gate/up
+# streamab   variant 3 with x staged per warp in shared memory (written after session 14's last call) and
+#            through L1 (measured then: L1-bound past one token), in each launch shape, against the shipped GEMV
+#            and bf16, W4 g128 asymmetric, 1-32 tokens, the six protocol shapes and the fused 8B q/k/v and gate/up
 # streamab2  the same for W8 per channel, W3 g128 and W2 g64, the default launch shapes only
 # e2estream  the 8B w4a16 decode with QTOOL_WO_STREAM_MAX_M=16 (every weight-only layer of <= 16 tokens on
 #            variant 3) and without: session 14's profile put the W4 GEMVs at 2.1-2.3 TB/s, 1.6 of 2.6 ms a token
@@ -48,9 +49,9 @@ streamshapes() {  # session 14's last call: the three launch shapes at 1 and 8 t
     --json "$OUT/stream_shapes.json" 2>&1 | tail -20
 }
 
-streamab() {
-  step "wo_gemv variant 3 by launch shape, W4 g128 asym (QTOOL_WO_STREAM=0,1,2,3)"
-  timeout 200 python3 dev/stream_ab.py --shapes 0,1,2,3 --formats w4a16-g128 --tokens 1,4,8,16,32 \
+streamab() {  # 0: x staged per warp in shared memory (new), 4: through L1 (session 14's calls 5-6); 1-3 shapes
+  step "wo_gemv variant 3 by x path and launch shape, W4 g128 asym (QTOOL_WO_STREAM=0,4,1,2,3)"
+  timeout 230 python3 dev/stream_ab.py --shapes 0,4,1,2,3 --formats w4a16-g128 --tokens 1,4,8,16,32 \
     --json "$OUT/stream_ab.json" 2>&1 | tail -45
 }
 

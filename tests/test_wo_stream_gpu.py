@@ -1,10 +1,15 @@
 """wo_gemv's variant 3, "stream" (csrc/wo_stream.cu, session 14): every code width, group size and zero-point mode
-at 1-32 tokens, in each of its three launch shapes (chosen by the row count: <= 4096 rows, fewer than 16384, more),
+at 1-32 tokens, in each of its three launch shapes (chosen by the row count: <= 4096 rows, fewer than 16384, more)
+and with each way of reading x (shared memory by default, global memory through L1 where forced),
 against the float64 product of the checkpoint tensors on fresh random inputs. Tolerance as the other kernel tests:
 relative Frobenius error below 1e-2 (outputs are rounded to bf16/fp16, 2^-8 relative; products are exact, sums
 float32). Every output lands in memory poisoned with NaN first."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -64,3 +69,33 @@ def test_token_limits_name_the_variant(kernels):
         kernels.wo_gemv(torch.randn(9, p.k_padded, device="cuda", dtype=torch.bfloat16), *args, 0)
     with pytest.raises(RuntimeError, match="variant must be 0 .* or 3"):
         kernels.wo_gemv(torch.randn(1, p.k_padded, device="cuda", dtype=torch.bfloat16), *args, 4)
+
+
+FORCED_CHECK = """
+import sys, torch
+sys.path.insert(0, "tests")
+from conftest import random_qtensor, rel_err
+from qtool_kernels import build
+from qtool_kernels.layout import EPILOGUE, pack_weight
+ops = build.load_extension()
+worst = 0.0
+for bits, gs in ((4, 128), (3, 64), (8, -1), (2, 32)):
+    for k, n in ((576, 200), (320, 16392)):
+        qt, _, dense = random_qtensor(bits, gs, False, False, k, n, seed=bits + n)
+        p = pack_weight(qt.values, qt.scale, qt.zero_point, None, bits, gs)
+        for m in (1, 8, 16, 32):
+            x = torch.randn(m, p.k_padded, device="cuda", dtype=torch.bfloat16)
+            out = ops.wo_gemv(x, p.qweight, p.scale, p.zero, None, bits, p.group_size, n, EPILOGUE, None, 3)
+            worst = max(worst, rel_err(out, x[:, :k].double() @ dense.T))
+print(worst)
+"""
+
+
+@pytest.mark.parametrize("switches", ["1", "2", "3", "4", "7"])
+def test_forced_shapes_and_paths(kernels, switches):
+    """QTOOL_WO_STREAM (read once per process, so a child process each) forces a launch shape (bits 0-1: 1, 2, 3)
+    or the x-through-L1 path (bit 2) on layers that would take another: each agrees with the float64 product."""
+    out = subprocess.run([sys.executable, "-c", FORCED_CHECK], capture_output=True, text=True,
+                         env={**os.environ, "QTOOL_WO_STREAM": switches})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert float(out.stdout.strip().splitlines()[-1]) < 1e-2

@@ -6,15 +6,19 @@
 // of loads alive across passes (80 registers, three blocks per SM). w8_gemv, which streams 8-bit weights at
 // 3.5 TB/s, does neither. Here:
 //   - a block takes STRIPES stripes (16 rows each) and WARPS warps that split the chunks of K between them;
-//     each B fragment (x) is loaded once per chunk and used by every stripe of the block;
-//   - x is read through L1 (__ldg): the blocks resident on an SM read the same k at about the same time;
-//   - a warp issues the loads of UNROLL chunks per stripe (and L1 prefetches of their x) before any math,
-//     then does the math: no ring, few registers, more blocks per SM (occupancy keeps loads in flight);
+//     each B fragment (x) is read once per chunk and used by every stripe of the block;
+//   - a warp issues the loads of UNROLL chunks per stripe before any math, then does the math: no ring, few
+//     registers, more blocks per SM (occupancy keeps loads in flight);
+//   - each warp copies the x rows of its own chunks into its slice of shared memory (cp.async, 16 bytes per
+//     lane per copy, issued with the weight loads, no registers held) and reads the B fragments back with
+//     conflict-free 4-byte loads (rows padded by 4 words). Session 14 measured the first version, which read
+//     them straight from global memory (__ldg, 4 bytes from 8 token rows: 8 L1 wavefronts each, 64 per
+//     512-byte chunk of codes): correct but L1-bound past one token (QTOOL_WO_STREAM bit 4 still runs it);
 //   - up to 32 tokens: token tiles of 8 are the n of mma.m16n8k16 (TT of them), each A fragment (q - z,
 //     exact in bf16/fp16) feeds TT mma.
 // The arithmetic is wo_gemv's (float32 sums of (q - z) * x per group, times the float32 scale), so both
-// agree with layout.ReferenceOps to float32 rounding. Which STRIPES / WARPS a shape gets is a guess until
-// measured (dev/session15.sh); QTOOL_WO_STREAM=1..3 forces one of the three launch shapes for an A/B.
+// agree with layout.ReferenceOps to float32 rounding. QTOOL_WO_STREAM (read once): bits 0-1 force one of the
+// three launch shapes (1..3, 0 = by rows), bit 2 the __ldg path, for A/Bs in one build (dev/stream_ab.py).
 #include <cstdint>
 #include <cstdlib>
 
@@ -28,12 +32,29 @@ namespace {
 // int4 / int8 codes (96 bytes per lane in flight), fewer where a chunk brings more group parameters or is a
 // 128-k chunk of 2- or 3-bit codes (twice the subtiles to decode); two stripes (<= 8 tokens only) in 80
 // registers (three 8-warp blocks per SM); 32 tokens in 128 (four token tiles' sums take 32 registers alone).
-__host__ __device__ constexpr int stream_unroll(int bits, int tt, int stripes, int gpc) {
+// Staged x: a warp's tile per (chunk, token tile) is 8 token rows of chunk_k / 2 words, padded by 4 words (so the
+// B loads, words 8j + t (+ 4) of row g, hit 32 distinct banks), and a warp stages at most kStageBytes (7 KB:
+// 56 KB per 8-warp block, four per SM).
+constexpr int kXPadWords = 4;
+constexpr int kStageBytes = 7 << 10;
+__host__ __device__ constexpr int x_row_words(int bits) { return chunk_k(bits) / 2 + kXPadWords; }
+__host__ __device__ constexpr int x_tile_words(int bits) { return 8 * x_row_words(bits); }
+
+__host__ __device__ constexpr int stream_unroll(int bits, int tt, int stripes, int gpc, bool staged) {
   const bool low = is_low_bits(bits);
   int u = gpc == 1 ? (low ? 4 : 6) : gpc == 2 ? (low ? 3 : 4) : (low ? 2 : 3);
   if (stripes > 1) u = u * 2 / 3;
   if (tt > 1) u /= 2;
+  const int fit = kStageBytes / (tt * x_tile_words(bits) * 4);
+  if (staged && u > fit) u = fit;
   return u < 1 ? 1 : u;
+}
+
+// Dynamic shared memory of a block: the staged x tiles, then (reusing them) the warps' partial sums.
+__host__ __device__ constexpr int stream_smem_bytes(int bits, int gpc, int tt, int stripes, int warps, bool staged) {
+  const int stage = staged ? warps * stream_unroll(bits, tt, stripes, gpc, true) * tt * x_tile_words(bits) * 4 : 0;
+  const int partial = warps * stripes * tt * 32 * 4 * 4;
+  return stage > partial ? stage : partial;
 }
 __host__ __device__ constexpr int stream_min_blocks(int tt, int stripes, int warps) {
   return stripes > 1 ? 3 * 8 / warps : (tt > 2 ? 16 : 32) / warps;
@@ -44,13 +65,17 @@ template <typename T,     // activation and output type: __half or __nv_bfloat16
           int GPC,        // groups per chunk: 1, 2 or 4
           int TT,         // token tiles of 8: 1, 2 or 4
           int STRIPES,    // 16-row stripes per block
-          int WARPS>      // warps per block, splitting the chunks
+          int WARPS,      // warps per block, splitting the chunks
+          bool STAGED>    // x through shared memory (else __ldg)
 __global__ void __launch_bounds__(WARPS * 32, stream_min_blocks(TT, STRIPES, WARPS))
     wo_stream_kernel(const WoProblem p) {
+  extern __shared__ uint4 smem_dyn[];        // STAGED x tiles, then the partial sums
   constexpr int SUB = chunk_subtiles(BITS);  // 16 x 16 subtiles per chunk
   constexpr int KC = chunk_k(BITS);          // k per chunk
+  constexpr int RW = KC / 2;                 // words of x per token row and chunk
   constexpr int SPG = SUB / GPC;             // subtiles per group
-  constexpr int UNROLL = stream_unroll(BITS, TT, STRIPES, GPC);
+  constexpr int UNROLL = stream_unroll(BITS, TT, STRIPES, GPC, STAGED);
+  constexpr int XT = x_tile_words(BITS), XROW = x_row_words(BITS);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int g = lane / 4, t = lane % 4, quad = lane & ~3;
   const int stripe0 = blockIdx.x * STRIPES;
@@ -69,14 +94,23 @@ __global__ void __launch_bounds__(WARPS * 32, stream_min_blocks(TT, STRIPES, WAR
 
   // B fragments: token 8 tt + g, words t and t + 4 of each subtile (8 words). Tokens >= m read token 0
   // again: column n of an mma depends on column n of B only, and those columns are never stored.
-  const uint32_t* x = static_cast<const uint32_t*>(p.x) + t;
-  uint32_t xrow[TT];
+  const uint32_t* x = static_cast<const uint32_t*>(p.x);
+  const uint32_t row_words = p.w.k_padded / 2;
+  uint32_t* stage = reinterpret_cast<uint32_t*>(smem_dyn) + warp * (UNROLL * TT * XT);  // this warp's tiles
+  auto token_row = [&](int r) { return static_cast<uint32_t>(r < p.m ? r : 0) * row_words; };
+  auto stage_x = [&](int u, int c) {  // chunk c's 8 rows per token tile -> tile (u, tt), 16 bytes per copy
 #pragma unroll
-  for (int tt = 0; tt < TT; ++tt)
-    xrow[tt] = (8 * tt + g < p.m ? 8 * tt + g : 0) * static_cast<uint32_t>(p.w.k_padded / 2);
+    for (int tt = 0; tt < TT; ++tt)
+#pragma unroll
+      for (int q = 0; q < RW / 16; ++q) {  // 2 * RW copies of 16 bytes over 32 lanes
+        const int i = lane + 32 * q, row = i / (RW / 4), col = (i % (RW / 4)) * 4;
+        cp_async_16(stage + (u * TT + tt) * XT + row * XROW + col, x + token_row(8 * tt + row) + c * RW + col, true);
+      }
+  };
 
   float acc[STRIPES][TT][4] = {};  // C fragments: (row g, token 2t), (g, 2t + 1), (g + 8, 2t), (g + 8, 2t + 1)
   for (int c0 = warp; c0 < nchunks; c0 += WARPS * UNROLL) {
+    if constexpr (STAGED) __syncwarp();  // the previous pass has read its tiles
     LaneChunk<BITS> w[UNROLL][STRIPES];
     float prm[UNROLL][STRIPES][GPC];
 #pragma unroll
@@ -97,19 +131,31 @@ __global__ void __launch_bounds__(WARPS * 32, stream_min_blocks(TT, STRIPES, WAR
           }
         }
       }
-      if (c < nchunks) {  // the chunk's x into L1 while the codes are in flight (first and last word)
+      if (c < nchunks) {
+        if constexpr (STAGED) {
+          stage_x(u, c);
+        } else {  // the chunk's x into L1 while the codes are in flight (first and last word)
 #pragma unroll
-        for (int tt = 0; tt < TT; ++tt) {
-          prefetch_l1(x + xrow[tt] + c * (KC / 2));
-          prefetch_l1(x + xrow[tt] + c * (KC / 2) + (KC / 2 - 4));
+          for (int tt = 0; tt < TT; ++tt) {
+            prefetch_l1(x + token_row(8 * tt + g) + c * RW);
+            prefetch_l1(x + token_row(8 * tt + g) + c * RW + (RW - 4));
+          }
         }
       }
+    }
+    if constexpr (STAGED) {
+      cp_async_commit();
+      cp_async_wait<0>();
+      __syncwarp();  // the other lanes' copies are visible
     }
 #pragma unroll
     for (int u = 0; u < UNROLL; ++u) {
       const int c = c0 + u * WARPS;
       if (c >= nchunks) break;  // warp-uniform
-      const uint32_t* xc = x + c * (KC / 2);
+      const uint32_t* xb[TT];   // word t of token 8 tt + g's row of this chunk
+#pragma unroll
+      for (int tt = 0; tt < TT; ++tt)
+        xb[tt] = STAGED ? stage + (u * TT + tt) * XT + g * XROW + t : x + token_row(8 * tt + g) + c * RW + t;
 #pragma unroll
       for (int s = 0; s < STRIPES; ++s) {
         uint32_t wd[4];
@@ -134,8 +180,11 @@ __global__ void __launch_bounds__(WARPS * 32, stream_min_blocks(TT, STRIPES, WAR
             uint32_t a[4];
             a_fragment_any<T, BITS>(wd, hi, j, zf, zp, a);
 #pragma unroll
-            for (int tt = 0; tt < TT; ++tt)  // L1 hits after the first stripe
-              mma_16816<T>(d[tt], a, __ldg(xc + xrow[tt] + 8 * j), __ldg(xc + xrow[tt] + 8 * j + 4));
+            for (int tt = 0; tt < TT; ++tt) {
+              const uint32_t b0 = STAGED ? xb[tt][8 * j] : __ldg(xb[tt] + 8 * j);
+              const uint32_t b1 = STAGED ? xb[tt][8 * j + 4] : __ldg(xb[tt] + 8 * j + 4);
+              mma_16816<T>(d[tt], a, b0, b1);
+            }
           }
 #pragma unroll
           for (int tt = 0; tt < TT; ++tt) {
@@ -151,8 +200,10 @@ __global__ void __launch_bounds__(WARPS * 32, stream_min_blocks(TT, STRIPES, WAR
 
   prefetch_next_layer(p, WARPS * 32);  // all our weight loads have landed
 
-  // Sum the warps' C fragments in shared memory, then bias, activation and the store.
-  __shared__ float partial[WARPS][STRIPES][TT][32][4];
+  // Sum the warps' C fragments in shared memory (the staged tiles' space, once every warp is done with them),
+  // then bias, activation and the store.
+  float(*partial)[STRIPES][TT][32][4] = reinterpret_cast<float(*)[STRIPES][TT][32][4]>(smem_dyn);
+  __syncthreads();
 #pragma unroll
   for (int s = 0; s < STRIPES; ++s)
 #pragma unroll
@@ -176,32 +227,48 @@ __global__ void __launch_bounds__(WARPS * 32, stream_min_blocks(TT, STRIPES, WAR
 
 // Launch shapes: 1 = one stripe, 16 warps (few stripes: <= 4096 rows are <= 256 blocks, under 2 per SM, as
 // w8_gemv's 16-warp blocks); 2 = one stripe, 8 warps; 3 = two stripes, 8 warps (many rows: x shared by two;
-// <= 8 tokens, else shape 2).
-int stream_shape(const WoProblem& p) {
-  static const int forced = [] {
+// <= 8 tokens, else shape 2). QTOOL_WO_STREAM's bits 0-1 force one, bit 2 the __ldg path.
+int stream_switches() {
+  static const int switches = [] {
     const char* env = std::getenv("QTOOL_WO_STREAM");
     return env ? std::atoi(env) : 0;
   }();
-  if (forced >= 1 && forced <= 3) return forced;
+  return switches;
+}
+
+int stream_shape(const WoProblem& p) {
+  if (const int forced = stream_switches() & 3) return forced;
   const int stripes = p.w.n_padded / kStripeRows;
   return stripes <= 256 ? 1 : stripes < 1024 ? 2 : 3;
 }
 
-template <typename T, int BITS, int GPC, int TT, int STRIPES, int WARPS>
+template <typename T, int BITS, int GPC, int TT, int STRIPES, int WARPS, bool STAGED>
 void launch_shape(const WoProblem& p, cudaStream_t stream) {
+  constexpr int smem = stream_smem_bytes(BITS, GPC, TT, STRIPES, WARPS, STAGED);
+  auto* kernel = wo_stream_kernel<T, BITS, GPC, TT, STRIPES, WARPS, STAGED>;
+  if (smem > (48 << 10))  // a kernel must opt in above 48 KB; cheap, per device, every time
+    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   const int blocks = (p.w.n_padded / kStripeRows + STRIPES - 1) / STRIPES;
-  wo_stream_kernel<T, BITS, GPC, TT, STRIPES, WARPS><<<blocks, WARPS * 32, 0, stream>>>(p);
+  kernel<<<blocks, WARPS * 32, smem, stream>>>(p);
+}
+
+template <typename T, int BITS, int GPC, int TT, bool STAGED>
+void launch_path(const WoProblem& p, cudaStream_t stream) {
+  const int shape = stream_shape(p);
+  if (shape == 1)
+    launch_shape<T, BITS, GPC, TT, 1, 16, STAGED>(p, stream);
+  else if (shape == 2 || TT > 1)  // two stripes at <= 8 tokens only: more tiles spill in their budget
+    launch_shape<T, BITS, GPC, TT, 1, 8, STAGED>(p, stream);
+  else
+    launch_shape<T, BITS, GPC, 1, 2, 8, STAGED>(p, stream);
 }
 
 template <typename T, int BITS, int GPC, int TT>
 void launch_tiles(const WoProblem& p, cudaStream_t stream) {
-  const int shape = stream_shape(p);
-  if (shape == 1)
-    launch_shape<T, BITS, GPC, TT, 1, 16>(p, stream);
-  else if (shape == 2 || TT > 1)  // two stripes at <= 8 tokens only: more tiles spill in their budget
-    launch_shape<T, BITS, GPC, TT, 1, 8>(p, stream);
+  if (stream_switches() & 4)
+    launch_path<T, BITS, GPC, TT, false>(p, stream);
   else
-    launch_shape<T, BITS, GPC, 1, 2, 8>(p, stream);
+    launch_path<T, BITS, GPC, TT, true>(p, stream);
 }
 
 template <typename T, int BITS, int GPC>
