@@ -2,7 +2,7 @@
 
 Checkpoints keep the compressed-tensors layout (quantize/primitives.py: 8 consecutive K-codes per
 int32). The CUDA kernels (csrc/wo_*.cu) want a layout where every lane of a warp reads 16 bytes that
-already are its A fragments of mma.m16n8k16, for both the tensor-core and the CUDA-core kernels:
+already are its A fragments of mma.m16n8k16 (the GEMVs and the GEMMs alike):
 
   qweight [N_pad/16, K_pad/chunk, R, 4] int32   stripes of 16 rows, chunks of 128 k (2-, 3-bit) / 64 k (int4)
                                                  / 32 k (int8); lane l, word w, code slot s -> (row, k) by
