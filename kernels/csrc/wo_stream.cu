@@ -98,13 +98,16 @@ __global__ void __launch_bounds__(WARPS * 32, stream_min_blocks(TT, STRIPES, WAR
   const uint32_t row_words = p.w.k_padded / 2;
   uint32_t* stage = reinterpret_cast<uint32_t*>(smem_dyn) + warp * (UNROLL * TT * XT);  // this warp's tiles
   auto token_row = [&](int r) { return static_cast<uint32_t>(r < p.m ? r : 0) * row_words; };
-  auto stage_x = [&](int u, int c) {  // chunk c's 8 rows per token tile -> tile (u, tt), 16 bytes per copy
+  // Chunk c's token rows of each tile -> tile (u, tt), 16 bytes per copy. Rows of tokens >= m are not copied:
+  // their lanes read token 0's row (tile 0, row 0) instead, as the __ldg path reads token 0 from memory.
+  auto stage_x = [&](int u, int c) {
 #pragma unroll
     for (int tt = 0; tt < TT; ++tt)
 #pragma unroll
       for (int q = 0; q < RW / 16; ++q) {  // 2 * RW copies of 16 bytes over 32 lanes
         const int i = lane + 32 * q, row = i / (RW / 4), col = (i % (RW / 4)) * 4;
-        cp_async_16(stage + (u * TT + tt) * XT + row * XROW + col, x + token_row(8 * tt + row) + c * RW + col, true);
+        if (8 * tt + row < p.m)
+          cp_async_16(stage + (u * TT + tt) * XT + row * XROW + col, x + token_row(8 * tt + row) + c * RW + col, true);
       }
   };
 
@@ -154,8 +157,11 @@ __global__ void __launch_bounds__(WARPS * 32, stream_min_blocks(TT, STRIPES, WAR
       if (c >= nchunks) break;  // warp-uniform
       const uint32_t* xb[TT];   // word t of token 8 tt + g's row of this chunk
 #pragma unroll
-      for (int tt = 0; tt < TT; ++tt)
-        xb[tt] = STAGED ? stage + (u * TT + tt) * XT + g * XROW + t : x + token_row(8 * tt + g) + c * RW + t;
+      for (int tt = 0; tt < TT; ++tt) {
+        const bool real = 8 * tt + g < p.m;
+        xb[tt] = STAGED ? stage + (u * TT + (real ? tt : 0)) * XT + (real ? g : 0) * XROW + t
+                        : x + token_row(8 * tt + g) + c * RW + t;
+      }
 #pragma unroll
       for (int s = 0; s < STRIPES; ++s) {
         uint32_t wd[4];
