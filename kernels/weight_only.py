@@ -64,15 +64,17 @@ V3_VARIANT = 3
 # count, set this to the largest such count; it then runs before w4_mm, v3 and wo_gemm for every format.
 V4_MAX_M = 0
 KERNEL_DTYPES = (torch.float16, torch.bfloat16)
-# wo_gemv's variant 3, "stream" (csrc/wo_stream.cu, up to STREAM_KERNEL_MAX_M tokens; session 14), was written
-# without a GPU, so it serves nothing by default. QTOOL_WO_STREAM_MAX_M=N (read once, here) sends every
+# wo_gemv's variant 3, "stream" (csrc/wo_stream.cu, up to STREAM_KERNEL_MAX_M tokens; session 14) serves nothing
+# by default: its first version measured slower than the ring GEMV and the Hopper GEMMs (BENCHMARKS.md, session
+# 14), its shared-memory version is not measured yet. QTOOL_WO_STREAM_MAX_M=N (read once, here) sends every
 # weight-only layer of at most N tokens to it: a model measured with and without it in one device call
-# (dev/session15.sh) before the rule is set from bench_kernels.py's wo_gemv_stream column.
+# (dev/session15.sh) before a rule is set from bench_kernels.py's wo_gemv_stream column.
 STREAM_KERNEL_MAX_M = 32
-STREAM_MAX_M = int(os.environ.get("QTOOL_WO_STREAM_MAX_M", "0") or 0)
-if not 0 <= STREAM_MAX_M <= STREAM_KERNEL_MAX_M:
-    raise ValueError(f"QTOOL_WO_STREAM_MAX_M={STREAM_MAX_M}: wo_gemv's variant 3 takes 0 to {STREAM_KERNEL_MAX_M} "
+_stream_env = os.environ.get("QTOOL_WO_STREAM_MAX_M", "0") or "0"
+if not (_stream_env.isdigit() and int(_stream_env) <= STREAM_KERNEL_MAX_M):
+    raise ValueError(f"QTOOL_WO_STREAM_MAX_M={_stream_env!r}: wo_gemv's variant 3 takes 0 to {STREAM_KERNEL_MAX_M} "
                      "tokens")
+STREAM_MAX_M = int(_stream_env)
 # 2- and 3-bit weights: wo_gemv serves up to its 8 tokens (csrc/wo_kernels.h, kMaxGemvTokens) where the layer
 # has no Hopper copy: it reads the weight once at 2-3 bits where dequant_int + cuBLAS writes and reads it at 16
 # (H200: 1.15-1.49x bf16 at 8 tokens, dequant + cuBLAS 0.42-0.64x at 16). With the copy (the codes widened to

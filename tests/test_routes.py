@@ -131,7 +131,7 @@ def test_stream_limit_is_checked_at_import():
     env = {**os.environ, "QTOOL_WO_STREAM_MAX_M": "64"}
     out = subprocess.run([sys.executable, "-c", "import qtool_kernels.weight_only"], env=env, capture_output=True,
                          text=True)
-    assert out.returncode != 0 and "QTOOL_WO_STREAM_MAX_M=64" in out.stderr
+    assert out.returncode != 0 and "QTOOL_WO_STREAM_MAX_M='64'" in out.stderr
 
 
 def test_measured_schedules_are_valid():
