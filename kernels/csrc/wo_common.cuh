@@ -204,7 +204,9 @@ __device__ inline float2 group_params(const PackedWeightView& w,  // the weight
 
 // --- A fragments (q - zero_point) of one lane's chunk, shared by wo_gemv and wo_gemm_v3 ----------
 // bf16 holds integers exactly only up to 256 and has no "magic + byte" form with step 1, so int8
-// codes for bf16 go through float32 (2^23 + u, minus 2^23 + 128 + z, exact) and then to bf16.
+// codes for bf16 go through float32 (2^23 + u, minus 2^23 + 128 + z, exact). q - z is an integer with at most 8
+// significant bits (|q - z| <= 255 for integer zero points, which checkpoints store), so the upper half of that
+// float32 already is its bf16, exactly: one byte permute packs two (as w8_gemv does), no conversion.
 template <typename T, int BITS>
 constexpr bool kViaFloat = BITS == 8 && std::is_same_v<T, __nv_bfloat16>;
 
@@ -232,7 +234,8 @@ __device__ inline void a_fragment(const uint32_t (&w)[4],    // the lane's 16 by
     } else {
       const uint32_t word = w[2 * j + r / 2];
       const int b = 2 * (r % 2);
-      a[r] = float2_to_pair(int8_f32_magic(word, b) - zf[r % 2], int8_f32_magic(word, b + 1) - zf[r % 2], T{});
+      const float lo = int8_f32_magic(word, b) - zf[r % 2], hi = int8_f32_magic(word, b + 1) - zf[r % 2];
+      a[r] = byte_perm(__float_as_uint(lo), __float_as_uint(hi), 0x7632);
     }
   }
 }
