@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The next session's device calls, prepared at the end of session 14 (nvidia-h200, carry [".gpu/w8a8"]; the
 # Hopper libraries did not change in session 14: .gpu/w8a8 holds them, else bash dev/prebuild_sm90.sh first):
-#   call 1: bash dev/session15.sh tests streamab streamab2 e2estream                     (~9 min)
+#   call 1: bash dev/session15.sh tests streamab streamab2 wogemv e2estream              (~9 min)
 #   then: set weight_only's rule for wo_gemv's variant 3 from streamab (per rows / tokens / bits: where it beats
 #   the shipped GEMV and the tensor-core GEMMs of bench_kernels' table), drop QTOOL_WO_STREAM / the
 #   QTOOL_WO_STREAM_MAX_M opt-in once a rule ships, and
@@ -17,6 +17,8 @@
 # streamab2  the same for W8 per channel, W3 g128 and W2 g64, the default launch shapes only
 # e2estream  the 8B w4a16 decode with QTOOL_WO_STREAM_MAX_M=16 (every weight-only layer of <= 16 tokens on
 #            variant 3) and without: session 14's profile put the W4 GEMVs at 2.1-2.3 TB/s, 1.6 of 2.6 ms a token
+# wogemv     session 14's call-1 table again (W4 / W8 / W3 GEMVs at 1 and 8 tokens, now with wo_gemv_stream):
+#            the W8 GEMVs decode int8 to bf16 without a convert since (wo_common.cuh a_fragment), compare
 # wotable    bench_kernels' weight-only table (W4 g128, W8, W3, W2 at 1-8192 tokens) after the rule is set
 # e2ew4      the 8B w4a16 end to end (decode bs 1 / 16, prefill 2048) after the rule is set
 cd "$(dirname "$0")/.."
@@ -67,6 +69,13 @@ e2estream() {
 }
 e2ew4() { bench8b "" w4a16 1,16 2048 14; }
 
+wogemv() {
+  step "wo_gemv variants at every shape, M = 1, 8"
+  timeout 200 python3 benchmarks/bench_kernels.py --formats w4a16-g128,w8a16-channel,w3a16-g128 --tokens 1,8 \
+    --shapes 4096x4096,4096x6144,4096x14336,14336x4096,8192x8192,4096x28672 --json "$OUT/wogemv.json" 2>&1 | tail -3
+  python3 dev/kernels_table.py "$OUT/wogemv.json"
+}
+
 wotable() {
   step "weight-only table"
   timeout 400 python3 benchmarks/bench_kernels.py --json "$OUT/wo.json" 2>&1 | tail -3
@@ -74,6 +83,6 @@ wotable() {
 }
 
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(tests streamab streamab2 e2estream)
+[ ${#stages[@]} -eq 0 ] && stages=(tests streamab streamab2 wogemv e2estream)
 for s in "${stages[@]}"; do "$s"; done
 step "done"
