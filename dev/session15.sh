@@ -6,11 +6,12 @@
 #   the shipped GEMV and the tensor-core GEMMs of bench_kernels' table), drop QTOOL_WO_STREAM / the
 #   QTOOL_WO_STREAM_MAX_M opt-in once a rule ships, and
 #   call 2: bash dev/session15.sh wotable e2ew4                                          (~9 min)
-# session 14's last call (with its last 288 s): bash dev/session15.sh streamtests streamquick
+# session 14's last calls (its last 288 s): bash dev/session15.sh streamtests streamquick; then streamshapes
 #   nvidia-h200-x2 (issue 20): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 summary
-# tests      every GPU test; new: tests/test_wo_stream_gpu.py (wo_gemv variant 3, csrc/wo_stream.cu, written in
-#            session 14 without a GPU: 2/3/4/8 bits, g16-g128 and per channel, sym / asym, 1-32 tokens, its three
-#            launch shapes, prefetch, token limits); the 2-/3-bit tests now run wo_gemv's variants 0-2.
+# tests      every GPU test; tests/test_wo_stream_gpu.py (wo_gemv variant 3, csrc/wo_stream.cu: its 218 cases passed
+#            in session 14 with x read through L1; the shared-memory path that is now its default, and the forced
+#            shapes and paths, are new), the 2-/3-bit tests with wo_gemv's variants 0-2, and the W8 kernels'
+#            int8 -> bf16 decode without a convert (new, exact by construction).
 # streamab   variant 3 with x staged per warp in shared memory (written after session 14's last call) and
 #            through L1 (measured then: L1-bound past one token), in each launch shape, against the shipped GEMV
 #            and bf16, W4 g128 asymmetric, 1-32 tokens, the six protocol shapes and the fused 8B q/k/v and gate/up
