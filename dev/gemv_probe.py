@@ -5,7 +5,8 @@ protocol shapes and the fused 8B q/k/v and gate/up.
 
     python3 dev/gemv_probe.py [--switches 0,2,4,8,12] [--tokens 1,8,16] [--json out.json]
 
-Session 13 ran it at commit 1a61939 with --switches 0,1,3 (then 1 = no L2 prefetch, 2 = no 16-warp blocks).
+Session 13 ran it at commit 1a61939 with --switches 0,1,3 (then 1 = no L2 prefetch, 2 = no 16-warp blocks);
+session 14 with --switches 0,2,4,8,12 (4 and 8 are gone since: 8 became the default, 4 was withdrawn).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def child(tokens: list[int]) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--switches", default="0,2,4,8,12")
+    parser.add_argument("--switches", default="0,16")
     parser.add_argument("--tokens", default="1,8,16")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

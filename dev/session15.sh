@@ -5,7 +5,7 @@
 #   then: set weight_only's rule for wo_gemv's variant 3 from streamab (per rows / tokens / bits: where it beats
 #   the shipped GEMV and the tensor-core GEMMs of bench_kernels' table), drop QTOOL_WO_STREAM / the
 #   QTOOL_WO_STREAM_MAX_M opt-in once a rule ships, and
-#   call 2: bash dev/session15.sh wotable e2ew4                                          (~9 min)
+#   call 2: bash dev/session15.sh gemvwide wotable e2ew4                                 (~9 min)
 # session 14's last calls (its last 288 s): bash dev/session15.sh streamtests streamquick; then streamshapes
 #   nvidia-h200-x2 (issue 20): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 summary
 # tests      every GPU test; tests/test_wo_stream_gpu.py (wo_gemv variant 3, csrc/wo_stream.cu: its 218 cases passed
@@ -20,6 +20,8 @@
 #            variant 3) and without: session 14's profile put the W4 GEMVs at 2.1-2.3 TB/s, 1.6 of 2.6 ms a token
 # wogemv     session 14's call-1 table again (W4 / W8 / W3 GEMVs at 1 and 8 tokens, now with wo_gemv_stream):
 #            the W8 GEMVs decode int8 to bf16 without a convert since (wo_common.cuh a_fragment), compare
+# gemvwide   w8_gemv with 16-warp blocks up to 8192 rows (QTOOL_W8_GEMV=16) against today's 4096 (the fp8 decode's
+#            q/k/v, 6144 rows, streamed 2.5 TB/s in session 14's profile); if it wins, raise kWideMaxN
 # wotable    bench_kernels' weight-only table (W4 g128, W8, W3, W2 at 1-8192 tokens) after the rule is set
 # e2ew4      the 8B w4a16 end to end (decode bs 1 / 16, prefill 2048) after the rule is set
 cd "$(dirname "$0")/.."
@@ -75,6 +77,11 @@ wogemv() {
   timeout 200 python3 benchmarks/bench_kernels.py --formats w4a16-g128,w8a16-channel,w3a16-g128 --tokens 1,8 \
     --shapes 4096x4096,4096x6144,4096x14336,14336x4096,8192x8192,4096x28672 --json "$OUT/wogemv.json" 2>&1 | tail -3
   python3 dev/kernels_table.py "$OUT/wogemv.json"
+}
+
+gemvwide() {
+  step "w8_gemv: 16-warp blocks up to 8192 rows (QTOOL_W8_GEMV=16) vs 4096 (0)"
+  timeout 150 python3 dev/gemv_probe.py --switches 0,16 --tokens 1,8,16 --json "$OUT/gemv_wide.json" 2>&1 | tail -60
 }
 
 wotable() {

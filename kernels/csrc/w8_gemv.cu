@@ -96,6 +96,8 @@ __device__ inline void decode4(uint32_t word, uint32_t& lo, uint32_t& hi) {
 // change against the kernel without it (dev/gemv_probe.py):
 //   2: no 16-warp blocks (session 13 measured them: 4096 x 4096 1.23x -> 1.62x bf16, 14336 x 4096 1.08x -> 1.50x
 //      at one token; no change elsewhere).
+//  16: 16-warp blocks up to 8192 rows instead of kWideMaxN (session 14's decode profile: q/k/v of 6144 rows, 384
+//      8-warp blocks, streamed 2.5 TB/s where gate/up reached 3.5). Not yet measured.
 // Session 14's A/B made two former switches the defaults ("lean" register budgets where they cost no spills) and
 // withdrew a third (one stripe at every n: -5-17% at <= 8 tokens on 28672 rows): kernels/NOTES.md "Session 14".
 // The lean block-scaled variant applies each tile's block scale to bf16 activations (x * scale in float32,
@@ -233,10 +235,11 @@ template <typename T, CodeFormat F, int TokenTiles, int Stripes>
 void launch_stripes(const W8GemvProblem& p, cudaStream_t stream) {
   const unsigned blocks = static_cast<unsigned>((p.n + 16 * Stripes - 1) / (16 * Stripes));
   const int switches = w8_gemv_switches();
+  const int wide_max_n = switches & 16 ? 8192 : kWideMaxN;
   if constexpr (Stripes == 1) {
     // 16 warps: per-channel, m <= 8 only; the other variants take 74-128 registers, and a 16-warp block of them
     // would hold an SM alone (two waves of 256 blocks)
-    if (TokenTiles == 1 && p.block_n == 0 && p.n <= kWideMaxN && !(switches & 2)) {
+    if (TokenTiles == 1 && p.block_n == 0 && p.n <= wide_max_n && !(switches & 2)) {
       w8_gemv<T, F, 1, false, 1, kWideWarps><<<blocks, kWideWarps * 32, 0, stream>>>(p);
       return;
     }
@@ -245,7 +248,7 @@ void launch_stripes(const W8GemvProblem& p, cudaStream_t stream) {
       return;
     }
     if (p.block_n == 0 && TokenTiles == 2) {  // 64 registers: 9-16 tokens 1.1-1.4x -> 1.4-1.65x bf16
-      if (p.n <= kWideMaxN && !(switches & 2))  // 16 warps: two blocks per SM, as at m <= 8
+      if (p.n <= wide_max_n && !(switches & 2))  // 16 warps: two blocks per SM, as at m <= 8
         w8_gemv<T, F, 2, false, 1, kWideWarps, true><<<blocks, kWideWarps * 32, 0, stream>>>(p);
       else
         w8_gemv<T, F, 2, false, 1, kWarps, true><<<blocks, kWarps * 32, 0, stream>>>(p);
