@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The next session's device calls, prepared at the end of session 13 (nvidia-h200, carry [".gpu/w8a8"]; the Hopper
+# Session 14's device calls as run (w8_gemv's switches 4 and 8 are gone since: 8 became the default, 4 was
+# withdrawn; kernels/NOTES.md "Session 14"), prepared at the end of session 13 (nvidia-h200, carry [".gpu/w8a8"]; the Hopper
 # libraries changed (hidden visibility): prebuild them first with bash dev/prebuild_sm90.sh if .gpu/w8a8 lacks them):
 #   call 1: bash dev/session14.sh tests gemvlean gemvab clusterprobe sweep32 wogemv  (~10 min)
 #   then: set w8_gemv's defaults from gemvab (csrc/w8_gemv.cu's switches 4 and 8), merge sweep32's M = 32 cells

@@ -80,6 +80,10 @@ wogemv() {
 }
 
 gemvwide() {
+  step "w8_gemv tests with QTOOL_W8_GEMV=16"
+  QTOOL_W8_GEMV=16 timeout 120 python3 -m pytest -q -m gpu tests/test_w8a8_gpu.py -k w8_gemv --tb=short -rf \
+    > "$OUT/gemv_wide_tests.txt" 2>&1
+  summarize "$OUT/gemv_wide_tests.txt"
   step "w8_gemv: 16-warp blocks up to 8192 rows (QTOOL_W8_GEMV=16) vs 4096 (0)"
   timeout 150 python3 dev/gemv_probe.py --switches 0,16 --tokens 1,8,16 --json "$OUT/gemv_wide.json" 2>&1 | tail -60
 }
