@@ -55,6 +55,20 @@ def child(tokens: list[int]) -> list[dict]:
     return rows
 
 
+def run_settings(script: Path, env_name: str, settings: str, child_args: list[str]) -> dict[str, list]:
+    """{setting: the rows `script --child child_args` printed as JSON} with `env_name` set to each of the
+    comma-separated `settings`, one child process each (the kernels read their switches once per process)."""
+    results = {}
+    for value in settings.split(","):
+        out = subprocess.run([sys.executable, str(script), "--child", *child_args], capture_output=True, text=True,
+                             env={**os.environ, env_name: value})
+        if out.returncode:
+            print(f"{env_name}={value} failed:\n{out.stderr[-2000:]}")
+            continue
+        results[value] = json.loads(out.stdout.strip().splitlines()[-1])
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--switches", default="0,16")
@@ -66,14 +80,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(tokens)))
         return
-    results = {}
-    for sw in args.switches.split(","):
-        out = subprocess.run([sys.executable, str(HERE), "--child", "--tokens", args.tokens], capture_output=True,
-                             text=True, env={**os.environ, "QTOOL_W8_GEMV": sw})
-        if out.returncode:
-            print(f"QTOOL_W8_GEMV={sw} failed:\n{out.stderr[-2000:]}")
-            continue
-        results[sw] = json.loads(out.stdout.strip().splitlines()[-1])
+    results = run_settings(HERE, "QTOOL_W8_GEMV", args.switches, ["--tokens", args.tokens])
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     keys = sorted({(r["kind"], r["K"], r["N"], r["M"]) for rows in results.values() for r in rows})

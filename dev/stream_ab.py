@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
+from gemv_probe import FUSED_8B, run_settings  # this folder is on sys.path when run as a script
+
 HERE = Path(__file__).resolve()
-FUSED_8B = [(4096, 6144), (4096, 28672)]  # q/k/v and gate/up of Llama-3-8B as qtool bench fuses them
 
 
 def time_format(ops, k: int, n: int, fmt: str, tokens: list[int], dense) -> list[dict]:
@@ -87,14 +86,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(tokens, formats)))
         return
-    results = {}
-    for shape in args.shapes.split(","):
-        out = subprocess.run([sys.executable, str(HERE), "--child", "--tokens", args.tokens, "--formats", args.formats],
-                             capture_output=True, text=True, env={**os.environ, "QTOOL_WO_STREAM": shape})
-        if out.returncode:
-            print(f"QTOOL_WO_STREAM={shape} failed:\n{out.stderr[-2000:]}")
-            continue
-        results[shape] = json.loads(out.stdout.strip().splitlines()[-1])
+    results = run_settings(HERE, "QTOOL_WO_STREAM", args.shapes, ["--tokens", args.tokens, "--formats", args.formats])
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     keys = sorted({(r["format"], r["K"], r["N"], r["M"]) for rows in results.values() for r in rows})

@@ -222,7 +222,7 @@ def _bench_checkpoints(model: str, base: str | None, fuse: tuple[bool, bool], de
     baseline = None
     if base is not None:
         base_model = attention(_load_any(base, device, dtype_name)[0])
-        results["base_fused"] = _fuse(base_model, fuse, base, floats=fuse[1])  # a float base: with --fuse-baseline
+        results["base_fused"] = _fuse(base_model, fuse, base)  # a float base: with --fuse-baseline only
         baseline = bench_model(base_model, **opts)
         results.update(base=baseline.to_dict(), ratios=compare(baseline, q_result))
     print_bench(q_result, model, baseline=baseline, console=console)
@@ -253,7 +253,7 @@ def _bench_random_weights(config: str, scheme: str | None, quantize_lm_head: boo
 
     label = f"{config} {str(dtype).removeprefix('torch.')}"
     base_model = attention(random_model(config, dtype=dtype, device=device))
-    base_fused = _fuse(base_model, fuse, label, floats=fuse[1])
+    base_fused = _fuse(base_model, fuse, label)
     base_result = bench_model(base_model, **opts)
     print_bench(base_result, label, console=console)
     if scheme is None:
@@ -270,10 +270,10 @@ def _bench_random_weights(config: str, scheme: str | None, quantize_lm_head: boo
             "ratios": compare(base_result, q_result), "base_fused": base_fused, **fused}
 
 
-def _fuse(model, fuse: tuple[bool, bool], label: str, floats: bool = False) -> dict:
+def _fuse(model, fuse: tuple[bool, bool], label: str) -> dict:
     """Fuse `model`'s projections, gated MLPs and RMSNorms when asked (fuse: --fuse, --fuse-baseline) and say
-    how many; the counts (None when not asked). A float model is fused only with `floats` (--fuse-baseline):
-    otherwise the baseline stays transformers' own."""
+    how many; the counts (None when not asked). A float model is fused only with --fuse-baseline: otherwise the
+    baseline stays transformers' own."""
     if not fuse[0]:
         return {"fused_groups": None, "fused_mlps": None, "fused_norms": None}
     from .fusion import fuse_projections
@@ -281,7 +281,7 @@ def _fuse(model, fuse: tuple[bool, bool], label: str, floats: bool = False) -> d
     from .mlp import fuse_mlps
     from .norms import fuse_norms
 
-    if not floats and not any(isinstance(m, QuantLinear) for m in model.modules()):
+    if not fuse[1] and not any(isinstance(m, QuantLinear) for m in model.modules()):
         return {"fused_groups": 0, "fused_mlps": 0, "fused_norms": 0}
     mlps = fuse_mlps(model)  # gate/up as one layer + SiLU-and-multiply; before fuse_projections takes gate/up
     groups = mlps + fuse_projections(model)
