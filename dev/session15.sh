@@ -1,29 +1,21 @@
 #!/usr/bin/env bash
-# The next session's device calls, prepared at the end of session 14 (nvidia-h200, carry [".gpu/w8a8"]; the
-# Hopper libraries did not change in session 14: .gpu/w8a8 holds them, else bash dev/prebuild_sm90.sh first):
-#   call 1: bash dev/session15.sh tests streamab streamab2 wogemv e2estream              (~9 min)
-#   then: set weight_only's rule for wo_gemv's variant 3 from streamab (per rows / tokens / bits: where it beats
-#   the shipped GEMV and the tensor-core GEMMs of bench_kernels' table), drop QTOOL_WO_STREAM / the
-#   QTOOL_WO_STREAM_MAX_M opt-in once a rule ships, and
-#   call 2: bash dev/session15.sh gemvwide wotable e2ew4                                 (~9 min)
-# session 14's last calls (its last 288 s): bash dev/session15.sh streamtests streamquick; then streamshapes
+# Session 15's device calls (nvidia-h200, carry [".gpu/w8a8"]; the Hopper libraries did not change since session 14:
+# .gpu/w8a8 holds them, else bash dev/prebuild_sm90.sh first):
+#   call 1 (run): bash dev/session15.sh tests streamab streamab2 wogemv e2estream   (e2estream cut by the limit)
+#   call 2:       bash dev/session15.sh tests wosmall gemvwide
 #   nvidia-h200-x2 (issue 20): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 summary
-# tests      every GPU test; tests/test_wo_stream_gpu.py (wo_gemv variant 3, csrc/wo_stream.cu: its 218 cases passed
-#            in session 14 with x read through L1; the shared-memory path that is now its default, and the forced
-#            shapes and paths, are new), the 2-/3-bit tests with wo_gemv's variants 0-2, and the W8 kernels'
-#            int8 -> bf16 decode without a convert (new, exact by construction).
-# streamab   variant 3 with x staged per warp in shared memory (written after session 14's last call) and
-#            through L1 (measured then: L1-bound past one token), in each launch shape, against the shipped GEMV
-#            and bf16, W4 g128 asymmetric, 1-32 tokens, the six protocol shapes and the fused 8B q/k/v and gate/up
+# tests      every GPU test (wo_gemv variant 3 by the new rule: one 16-warp stripe to 6144 rows, two stripes above)
+# streamab   variant 3 by launch shape (QTOOL_WO_STREAM=0..3) against the shipped GEMV and bf16, W4 g128 asym
 # streamab2  the same for W8 per channel, W3 g128 and W2 g64, the default launch shapes only
-# e2estream  the 8B w4a16 decode with QTOOL_WO_STREAM_MAX_M=16 (every weight-only layer of <= 16 tokens on
-#            variant 3) and without: session 14's profile put the W4 GEMVs at 2.1-2.3 TB/s, 1.6 of 2.6 ms a token
-# wogemv     session 14's call-1 table again (W4 / W8 / W3 GEMVs at 1 and 8 tokens, now with wo_gemv_stream):
-#            the W8 GEMVs decode int8 to bf16 without a convert since (wo_common.cuh a_fragment), compare
+# e2estream  the 8B w4a16 decode with every weight-only layer of <= 16 tokens on variant 3 (QTOOL_WO_STREAM_MAX_M,
+#            gone since: call 1's layer table settled it) and without
+# wogemv     session 14's call-1 table again (W4 / W8 / W3 GEMVs at 1 and 8 tokens, with wo_gemv_stream)
+# wosmall    bench_kernels' columns and the dispatcher at 2-8 tokens, every width, after variant 3's rule
+#            (weight_only.takes_stream): the cells the rule was extrapolated to (2-3 tokens, W8 / W3 / W2 at 4)
 # gemvwide   w8_gemv with 16-warp blocks up to 8192 rows (QTOOL_W8_GEMV=16) against today's 4096 (the fp8 decode's
 #            q/k/v, 6144 rows, streamed 2.5 TB/s in session 14's profile); if it wins, raise kWideMaxN
-# wotable    bench_kernels' weight-only table (W4 g128, W8, W3, W2 at 1-8192 tokens) after the rule is set
-# e2ew4      the 8B w4a16 end to end (decode bs 1 / 16, prefill 2048) after the rule is set
+# wotable    bench_kernels' weight-only table (W4 g128, W8, W3, W2 at 1-8192 tokens)
+# e2ew4      the 8B w4a16 end to end (decode bs 1 / 16, prefill 2048)
 cd "$(dirname "$0")/.."
 LOG=session15.log
 source dev/gpu_setup.sh
@@ -54,9 +46,9 @@ streamshapes() {  # session 14's last call: the three launch shapes at 1 and 8 t
     --json "$OUT/stream_shapes.json" 2>&1 | tail -20
 }
 
-streamab() {  # 0: x staged per warp in shared memory (new), 4: through L1 (session 14's calls 5-6); 1-3 shapes
-  step "wo_gemv variant 3 by x path and launch shape, W4 g128 asym (QTOOL_WO_STREAM=0,4,1,2,3)"
-  timeout 230 python3 dev/stream_ab.py --shapes 0,4,1,2,3 --formats w4a16-g128 --tokens 1,4,8,16,32 \
+streamab() {
+  step "wo_gemv variant 3 by launch shape, W4 g128 asym (QTOOL_WO_STREAM=0,1,2,3)"
+  timeout 230 python3 dev/stream_ab.py --shapes 0,1,2,3 --formats w4a16-g128 --tokens 1,4,8,16,32 \
     --json "$OUT/stream_ab.json" 2>&1 | tail -45
 }
 
@@ -66,9 +58,12 @@ streamab2() {
     --json "$OUT/stream_ab2.json" 2>&1 | tail -100
 }
 
-e2estream() {
-  QTOOL_WO_STREAM_MAX_M=16 bench8b -stream w4a16 1,16 128 12
-  bench8b "" w4a16 1,16 128 12
+wosmall() {
+  step "weight-only kernels and the dispatcher at 2-8 tokens, every width"
+  timeout 230 python3 benchmarks/bench_kernels.py --formats w4a16-g128,w8a16-channel,w3a16-g128,w2a16-g64 \
+    --tokens 2,3,4,6,8 --shapes 4096x4096,4096x6144,4096x14336,14336x4096,8192x8192,4096x28672,8192x28672,28672x8192 \
+    --json "$OUT/wosmall.json" 2>&1 | tail -3
+  python3 dev/kernels_table.py "$OUT/wosmall.json"
 }
 e2ew4() { bench8b "" w4a16 1,16 2048 14; }
 
@@ -95,6 +90,6 @@ wotable() {
 }
 
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(tests streamab streamab2 wogemv e2estream)
+[ ${#stages[@]} -eq 0 ] && stages=(tests wosmall gemvwide)
 for s in "${stages[@]}"; do "$s"; done
 step "done"

@@ -1,7 +1,6 @@
 """wo_gemv's variant 3 ("stream", csrc/wo_stream.cu) in each launch shape against the GEMV that ships and bf16, in
-one build: QTOOL_WO_STREAM (bits 0-1: 0 = shape by row count, 1 = one stripe of 16 warps, 2 = one stripe of 8,
-3 = two stripes of 8 at <= 8 tokens; bit 2: x through L1 instead of shared memory) is read once per process, so
-each setting runs in its own child process. Timing as
+one build: QTOOL_WO_STREAM (0 = shape by row count, 1 = one stripe of 16 warps, 2 = one stripe of 8, 3 = two
+stripes of 8 at <= 8 tokens) is read once per process, so each setting runs in its own child process. Timing as
 bench_kernels.py (rotating copies past the L2, CUDA-graph replay); speedup against bf16 F.linear in the same process,
 TB/s = code and scale bytes / time.
 

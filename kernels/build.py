@@ -269,6 +269,9 @@ def _weight_only_path() -> str:
         LOW_BITS_GEMV_MAX_M,
         MIXED_MIN_M,
         STREAM_MAX_M,
+        STREAM_MIN_M,
+        STREAM_SMALL_MAX_M,
+        STREAM_SMALL_MAX_N,
         V3_MAX_M,
         V3_MIN_M,
     )
@@ -280,7 +283,8 @@ def _weight_only_path() -> str:
                 "(tuning.py)" if lib.load() else f"no W{bits}A16 wgmma GEMM ({lib.reason})")
 
     mixed = f"{mixed_path(4)}; {mixed_path(8)}"
-    stream = f"qtool_cuda wo_gemv variant 3 (m <= {STREAM_MAX_M}, QTOOL_WO_STREAM_MAX_M); " if STREAM_MAX_M else ""
+    stream = (f"qtool_cuda wo_gemv variant 3 ({STREAM_MIN_M}-{STREAM_MAX_M} tokens, 2-/3-/4-bit; "
+              f"{STREAM_MIN_M}-{STREAM_SMALL_MAX_M} on weights of <= {STREAM_SMALL_MAX_N} rows and 32 MiB); ")
     return (f"{stream}qtool_cuda wo_gemv (m <= {GEMV_MAX_M}); {mixed}; otherwise wo_gemm_v3 ({V3_MIN_M}-{V3_MAX_M} tokens; "
             f"wo_gemm before sm_90), wo_gemm (m <= {GEMM_MAX_M}); dequant_int + cuBLAS; 2-3-bit layers at their "
             f"own width: wo_gemv (m <= {GEMV_MAX_M} with a 4-bit Hopper copy, which takes the batches past it; "

@@ -1,7 +1,8 @@
 """The CUDA route of weight-only linears over a weight already in the kernel layout (`layout.PackedWeight`).
 
 Dispatch on m = tokens:
-  m <= STREAM_MAX_M qtool_cuda::wo_gemv variant 3 ("stream", up to 32 tokens; off until measured)
+  takes_stream      qtool_cuda::wo_gemv variant 3 ("stream"): 2-4 tokens (2-, 3-, 4-bit), 2-8 on small
+                    weights (every width), 2-8 for 2-/3-bit weights without a Hopper copy
   m <= GEMV_MAX_M   qtool_cuda::wo_gemv   the weights streamed once, decoded into mma.sync A fragments
   m <= V4_MAX_M     qtool_cuda::wo_gemm_v4  tensor cores, weights staged through a cp.async pipeline
                     (off: V4_MAX_M = 0 until measured)
@@ -15,8 +16,8 @@ Dispatch on m = tokens:
   m <= GEMM_MAX_M   qtool_cuda::wo_gemm   tensor cores; the weights are streamed once per 64 tokens
                     (fp16 activations, or no Hopper copy)
   otherwise         qtool_cuda::dequant_int + cuBLAS: compute-bound, so one extra weight pass is cheap
-2- and 3-bit weights (layout.LOW_BITS) take wo_gemv up to GEMV_MAX_M tokens and their 4-bit Hopper copy above
-(the tensor-core GEMMs decode 4- and 8-bit chunks only); without a copy, wo_gemv up to LOW_BITS_GEMV_MAX_M
+2- and 3-bit weights (layout.LOW_BITS) take the GEMVs up to GEMV_MAX_M tokens and their 4-bit Hopper copy above
+(the tensor-core GEMMs decode 4- and 8-bit chunks only); without a copy, the GEMVs up to LOW_BITS_GEMV_MAX_M
 tokens and dequant_int + cuBLAS above.
 
 Act-order weights are stored with their input columns sorted by group (layout.act_order_permutation),
@@ -28,8 +29,6 @@ this module takes tensors and ints only.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 import torch.nn.functional as F
@@ -64,17 +63,21 @@ V3_VARIANT = 3
 # count, set this to the largest such count; it then runs before w4_mm, v3 and wo_gemm for every format.
 V4_MAX_M = 0
 KERNEL_DTYPES = (torch.float16, torch.bfloat16)
-# wo_gemv's variant 3, "stream" (csrc/wo_stream.cu, up to STREAM_KERNEL_MAX_M tokens; session 14) serves nothing
-# by default: its first version measured slower than the ring GEMV and the Hopper GEMMs (BENCHMARKS.md, session
-# 14), its shared-memory version is not measured yet. QTOOL_WO_STREAM_MAX_M=N (read once, here) sends every
-# weight-only layer of at most N tokens to it: a model measured with and without it in one device call
-# (dev/session15.sh) before a rule is set from bench_kernels.py's wo_gemv_stream column.
-STREAM_KERNEL_MAX_M = 32
-_stream_env = os.environ.get("QTOOL_WO_STREAM_MAX_M", "0") or "0"
-if not (_stream_env.isdigit() and int(_stream_env) <= STREAM_KERNEL_MAX_M):
-    raise ValueError(f"QTOOL_WO_STREAM_MAX_M={_stream_env!r}: wo_gemv's variant 3 takes 0 to {STREAM_KERNEL_MAX_M} "
-                     "tokens")
-STREAM_MAX_M = int(_stream_env)
+# wo_gemv's variant 3, "stream" (csrc/wo_stream.cu: x staged per warp in shared memory, 1-32 tokens), measured on
+# the H200 in session 15 (BENCHMARKS.md) against the ring GEMV and the routes past it, W4 g128 asym:
+# - 1 token: the ring GEMV wins (2.08-2.53x bf16 vs 1.85-2.15x); 16 and 32 tokens: the Hopper GEMMs win.
+# - 4 tokens: stream wins on every shape (1.58-1.99x vs 1.37-1.73x on the 8192- and 28672-row weights).
+# - 8 tokens: stream wins where the weight is small (4096 x 4096 8.6 vs 10.4 us, 14336 x 4096 21.4 vs 23.6;
+#   W3 4096 x 4096 8.2 vs 14.7; W8 4096 x 6144 16.9 vs 18.5) and loses to the Hopper GEMMs on the 8192-, 14336-
+#   and 28672-row weights (8192 x 8192 W4 28.4 vs 23.3 us), and on W8 14336 x 4096 (30.0 vs 27.2).
+# - 2-bit and 3-bit at 8 tokens: stream beats the ring GEMV on every shape (W3 1.08-2.00x vs 1.03-1.37x).
+# 8-bit weights at 2-4 tokens were not measured: they stay on the ring GEMV except where the weight is small.
+STREAM_MIN_M = 2
+STREAM_MAX_M = 4
+STREAM_SMALL_MAX_M = 8  # weights of <= STREAM_SMALL_MAX_N rows and STREAM_SMALL_MAX_BYTES of codes
+STREAM_SMALL_MAX_N = 6144
+STREAM_SMALL_MAX_BYTES = 32 << 20
+STREAM_KERNEL_MAX_M = 32  # what the kernel takes (csrc/wo_kernels.h, kMaxStreamTokens)
 # 2- and 3-bit weights: wo_gemv serves up to its 8 tokens (csrc/wo_kernels.h, kMaxGemvTokens) where the layer
 # has no Hopper copy: it reads the weight once at 2-3 bits where dequant_int + cuBLAS writes and reads it at 16
 # (H200: 1.15-1.49x bf16 at 8 tokens, dequant + cuBLAS 0.42-0.64x at 16). With the copy (the codes widened to
@@ -98,6 +101,18 @@ def gemv_variant(w: PackedWeight) -> int:
     return 1 if w.out_features >= w.k_padded else 0
 
 
+def takes_stream(w: PackedWeight, m: int, hopper_copy: bool) -> bool:
+    """Whether m tokens on this weight run wo_gemv's variant 3 (the measured rule above). hopper_copy: whether
+    a Hopper GEMM serves this batch otherwise (2-/3-bit weights without one take the GEMVs up to 8 tokens)."""
+    if not STREAM_MIN_M <= m <= STREAM_SMALL_MAX_M:
+        return False
+    if w.out_features <= STREAM_SMALL_MAX_N and w.out_features * w.k_padded * w.num_bits <= 8 * STREAM_SMALL_MAX_BYTES:
+        return True
+    if w.num_bits == 8:
+        return False
+    return m <= STREAM_MAX_M or (w.num_bits in LOW_BITS and not hopper_copy)
+
+
 def _small(w: PackedWeight, m: int) -> bool:
     """Whether wo_gemm beats wo_gemm_v3 (weights without a Hopper copy)."""
     return m <= SMALL_GEMM_MAX_M and w.out_features * w.in_features <= SMALL_WEIGHT
@@ -117,8 +132,8 @@ def hopper_route(w: PackedWeight, m: int, dtype: torch.dtype, bits: int | None =
 
 def route(w: PackedWeight, m: int, dtype: torch.dtype) -> dict | str:
     """The kernel of `packed_linear` for m tokens of 4- or 8-bit weights: "wo_gemv", "wo_gemm_v4", a schedule
-    of the Hopper GEMM (a dict), "wo_gemm_v3", "wo_gemm" or "dequant"; "wo_gemv_stream" where opted in."""
-    if m <= STREAM_MAX_M:
+    of the Hopper GEMM (a dict), "wo_gemm_v3", "wo_gemm" or "dequant"; "wo_gemv_stream" (variant 3)."""
+    if takes_stream(w, m, True):
         return "wo_gemv_stream"
     if m <= GEMV_MAX_M:
         return "wo_gemv"
@@ -192,7 +207,7 @@ def _low_bits_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | Non
     m = x2.shape[0]
     # the Hopper copy holds the codes widened to 4 bits; any batch it takes beats dequant + cuBLAS
     hopper = hopper_route(w, m, x2.dtype, bits=4)
-    stream = m <= STREAM_MAX_M
+    stream = takes_stream(w, m, hopper is not None)
     if stream or m <= (GEMV_MAX_M if hopper is not None else LOW_BITS_GEMV_MAX_M):
         return kernels.wo_gemv(x2, w.qweight, w.scale, w.zero, bias, w.num_bits, w.group_size, w.out_features,
                                EPILOGUE, prefetch, 3 if stream else gemv_variant(w))

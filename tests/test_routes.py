@@ -4,10 +4,6 @@ kernels are stand-ins here; tests/test_mixed_gpu.py and tests/test_w8a8_gpu.py r
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -75,8 +71,13 @@ def test_dispatcher_routes_by_tokens_and_shape(monkeypatch):
 
     try:
         assert route(4, 8192, 8192, 1) == ("wo_gemv", 1) and route(4, 28672, 8192, 1) == ("wo_gemv", 0)
-        assert route(4, 4096, 4096, 1) == ("wo_gemv", 2) == route(4, 14336, 4096, 3)  # <= 4096 rows: wide
-        assert route(4, 4096, 4096, 8) == ("wo_gemm",) and route(4, 4096, 4096, 5) == ("wo_gemm",)
+        assert route(4, 4096, 4096, 1) == ("wo_gemv", 2) == route(4, 14336, 4096, 1)  # <= 4096 rows: wide
+        # 2-4 tokens: variant 3 ("stream"); to 8 on small weights, the measured route past that on large ones
+        assert route(4, 8192, 8192, 2) == ("wo_gemv", 3) == route(4, 28672, 8192, 4) == route(4, 14336, 4096, 8)
+        assert route(4, 4096, 4096, 8) == ("wo_gemv", 3) == route(4, 4096, 4096, 5)
+        assert route(4, 8192, 8192, 5) == ("mixed", 128, 16, 1, 0) and route(4, 4096, 4096, 9)[0] == "mixed"
+        assert route(8, 8192, 8192, 4) == ("wo_gemv", 1) and route(8, 4096, 6144, 8) == ("wo_gemv", 3)
+        assert route(8, 14336, 4096, 8)[0] == "mixed"  # 56 MiB of codes: past the small-weight rule
         assert route(4, 4096, 4096, 9) == ("mixed", 128, 32, 0, 2) == route(4, 4096, 4096, 64)
         assert route(4, 4096, 4096, 65) == ("mixed", 64, 64, 2, 1)
         assert route(4, 4096, 4096, 300) == ("dequant_int",) and route(4, 4096, 4096, 9000) == ("dequant_int",)
@@ -89,21 +90,25 @@ def test_dispatcher_routes_by_tokens_and_shape(monkeypatch):
         assert route(4, 8192, 8192, 32, copy=False) == ("wo_gemm_v3",) and route(4, 4096, 4096, 32, copy=False) == (
             "wo_gemm",)
         assert route(4, 8192, 8192, 65, copy=False) == ("dequant_int",)
-        # 2- and 3-bit: the native GEMV up to 4 tokens with a (4-bit) Hopper copy, up to 8 without one; the
-        # copy takes the 4-bit route, and where that is wo_gemm (4-bit chunks only) the copy's plain schedule
+        # 2- and 3-bit: the native GEMVs up to 4 tokens with a (4-bit) Hopper copy (variant 3 from 2), up to 8
+        # without one; the copy takes the 4-bit route, and where that is wo_gemm (4-bit chunks only) the copy's
+        # plain schedule
         for bits in (2, 3):
-            assert route(bits, 8192, 8192, 4) == ("wo_gemv", 1) and route(bits, 8192, 28672, 16)[0] == "mixed"
-            assert route(bits, 4096, 4096, 8) == ("mixed", 128, 0, 0, 0)
+            assert route(bits, 8192, 8192, 1) == ("wo_gemv", 1) and route(bits, 8192, 28672, 16)[0] == "mixed"
+            assert route(bits, 8192, 8192, 4) == ("wo_gemv", 3) and route(bits, 8192, 8192, 5)[0] == "mixed"
+            with monkeypatch.context() as patch:  # 8 tokens past variant 3, where the 4-bit winner is wo_gemm
+                patch.setattr(weight_only, "STREAM_SMALL_MAX_M", 4)
+                assert route(bits, 4096, 4096, 8) == ("mixed", 128, 0, 0, 0)
             assert route(bits, 4096, 4096, 300) == ("dequant_int",)
-            assert route(bits, 8192, 8192, 8, copy=False) == ("wo_gemv", 1)
+            assert route(bits, 8192, 8192, 8, copy=False) == ("wo_gemv", 3)
             assert route(bits, 8192, 8192, 9, copy=False) == ("dequant_int",)
     finally:
         tuning.clear_cache()
 
 
-def test_stream_gemv_is_opt_in(monkeypatch):
-    """wo_gemv's variant 3 serves nothing by default; QTOOL_WO_STREAM_MAX_M (here the constant it sets) sends
-    every weight-only layer of that many tokens to it, 2- and 3-bit ones too, and the rest as before."""
+def test_stream_rule_without_a_hopper_copy():
+    """Variant 3 takes 2-4 tokens (2-8 on small weights) on any weight without a Hopper copy too (fp16, other
+    GPUs), 8-bit ones only where small; 1 token stays on the ring GEMV."""
     calls = []
 
     class Recorder:
@@ -113,25 +118,21 @@ def test_stream_gemv_is_opt_in(monkeypatch):
                 return torch.zeros(x.shape[0], args[6], dtype=x.dtype)
             return run
 
-    def route(bits, m):
+    def route(bits, m, dtype=torch.bfloat16):
         w = pack_weight(torch.zeros(64, 256, dtype=torch.int8), torch.ones(64, 2), None, None, bits, 128)
         calls.clear()
-        weight_only.packed_linear(torch.zeros(m, 256, dtype=torch.bfloat16), w, None, Recorder())
+        weight_only.packed_linear(torch.zeros(m, 256, dtype=dtype), w, None, Recorder())
         return calls[0]
 
-    assert weight_only.STREAM_MAX_M == 0 and route(4, 8) == ("wo_gemm",) and route(4, 1) == ("wo_gemv", 2)
-    monkeypatch.setattr(weight_only, "STREAM_MAX_M", 16)
     for bits in (2, 3, 4, 8):
-        assert route(bits, 1) == route(bits, 16) == ("wo_gemv", 3), bits
-    assert route(4, 17) == ("wo_gemm",)
-
-
-def test_stream_limit_is_checked_at_import():
-    """A QTOOL_WO_STREAM_MAX_M past the kernel's 32 tokens is refused, naming the value."""
-    env = {**os.environ, "QTOOL_WO_STREAM_MAX_M": "64"}
-    out = subprocess.run([sys.executable, "-c", "import qtool_kernels.weight_only"], env=env, capture_output=True,
-                         text=True)
-    assert out.returncode != 0 and "QTOOL_WO_STREAM_MAX_M='64'" in out.stderr
+        assert route(bits, 1) == ("wo_gemv", 2), bits
+        assert route(bits, 2) == route(bits, 8, torch.float16) == ("wo_gemv", 3), bits
+    assert route(4, 9) == ("wo_gemm",) and route(8, 9) == ("wo_gemm",)
+    big = layout.PackedWeight(torch.zeros(8192 // 16, 8192 // 32, 32, 4, dtype=torch.int32), torch.ones(1, 8192),
+                              None, None, 8, -1, 8192, 8192)
+    assert not weight_only.takes_stream(big, 4, False) and weight_only.takes_stream(big, 1, False) is False
+    assert weight_only.takes_stream(layout.PackedWeight(big.qweight, big.scale, None, None, 4, -1, 8192, 8192),
+                                    4, True)
 
 
 def test_measured_schedules_are_valid():

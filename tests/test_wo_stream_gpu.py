@@ -1,7 +1,7 @@
 """wo_gemv's variant 3, "stream" (csrc/wo_stream.cu, session 14): every code width, group size and zero-point mode
-at 1-32 tokens, in each of its three launch shapes (chosen by the row count: <= 4096 rows, fewer than 16384, more)
-and with each way of reading x (shared memory by default, global memory through L1 where forced),
-against the float64 product of the checkpoint tensors on fresh random inputs. Tolerance as the other kernel tests:
+at 1-32 tokens, in each of its three launch shapes (chosen by the row count: one 16-warp stripe up to 6144 rows,
+two 8-warp stripes above at <= 8 tokens, one 8-warp stripe above at more; each forced on every layer in a child
+process), against the float64 product of the checkpoint tensors on fresh random inputs. Tolerance as the other kernel tests:
 relative Frobenius error below 1e-2 (outputs are rounded to bf16/fp16, 2^-8 relative; products are exact, sums
 float32). Every output lands in memory poisoned with NaN first."""
 
@@ -23,8 +23,8 @@ DTYPES = [torch.bfloat16, torch.float16]
 # (bits, group size): 2- and 3-bit groups are >= 32 (128-k chunks of 4 groups at most), 4- and 8-bit >= 16
 CASES = [(b, gs) for b in (2, 3, 4, 8) for gs in (16, 32, 64, 128, -1) if not (b in (2, 3) and gs == 16)]
 # K x N: ragged K (576 pads to 640 for 2-/3-bit; 4160 and 320 are not multiples of 128) and N (not multiples of
-# 16 or of two stripes): one 16-warp stripe per block, one 8-warp stripe, two stripes per block (1025 stripes:
-# the last block's second stripe is past the end)
+# 16 or of two stripes): one 16-warp stripe per block (13 and 263 stripes), two stripes per block (1025 stripes:
+# the last block's second stripe is past the end; one 8-warp stripe past 8 tokens)
 SHAPES = [(576, 200), (4160, 4200), (320, 16392)]
 TOKENS = [1, 2, 5, 8, 9, 13, 16, 17, 24, 32]
 
@@ -91,10 +91,10 @@ print(worst)
 """
 
 
-@pytest.mark.parametrize("switches", ["1", "2", "3", "4", "7"])
-def test_forced_shapes_and_paths(kernels, switches):
-    """QTOOL_WO_STREAM (read once per process, so a child process each) forces a launch shape (bits 0-1: 1, 2, 3)
-    or the x-through-L1 path (bit 2) on layers that would take another: each agrees with the float64 product."""
+@pytest.mark.parametrize("switches", ["1", "2", "3"])
+def test_forced_shapes(kernels, switches):
+    """QTOOL_WO_STREAM (read once per process, so a child process each) forces a launch shape (1, 2, 3) on
+    layers that would take another: each agrees with the float64 product."""
     out = subprocess.run([sys.executable, "-c", FORCED_CHECK], capture_output=True, text=True,
                          env={**os.environ, "QTOOL_WO_STREAM": switches})
     assert out.returncode == 0, out.stderr[-2000:]

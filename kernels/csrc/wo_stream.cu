@@ -11,14 +11,14 @@
 //     registers, more blocks per SM (occupancy keeps loads in flight);
 //   - each warp copies the x rows of its own chunks into its slice of shared memory (cp.async, 16 bytes per
 //     lane per copy, issued with the weight loads, no registers held) and reads the B fragments back with
-//     conflict-free 4-byte loads (rows padded by 4 words). Session 14 measured the first version, which read
-//     them straight from global memory (__ldg, 4 bytes from 8 token rows: 8 L1 wavefronts each, 64 per
-//     512-byte chunk of codes): correct but L1-bound past one token (QTOOL_WO_STREAM bit 4 still runs it);
+//     conflict-free 4-byte loads (rows padded by 4 words). Session 14's first version read them straight from
+//     global memory (__ldg, 4 bytes from 8 token rows: 8 L1 wavefronts each, 64 per 512-byte chunk of codes):
+//     L1-bound past one token, 10-40% slower at 4-8 tokens (session 15), removed;
 //   - up to 32 tokens: token tiles of 8 are the n of mma.m16n8k16 (TT of them), each A fragment (q - z,
 //     exact in bf16/fp16) feeds TT mma.
 // The arithmetic is wo_gemv's (float32 sums of (q - z) * x per group, times the float32 scale), so both
-// agree with layout.ReferenceOps to float32 rounding. QTOOL_WO_STREAM (read once): bits 0-1 force one of the
-// three launch shapes (1..3, 0 = by rows), bit 2 the __ldg path, for A/Bs in one build (dev/stream_ab.py).
+// agree with layout.ReferenceOps to float32 rounding. QTOOL_WO_STREAM (read once): 1..3 forces one of the three
+// launch shapes (0 = by rows), for A/Bs in one build (dev/stream_ab.py).
 #include <cstdint>
 #include <cstdlib>
 
@@ -40,19 +40,19 @@ constexpr int kStageBytes = 7 << 10;
 __host__ __device__ constexpr int x_row_words(int bits) { return chunk_k(bits) / 2 + kXPadWords; }
 __host__ __device__ constexpr int x_tile_words(int bits) { return 8 * x_row_words(bits); }
 
-__host__ __device__ constexpr int stream_unroll(int bits, int tt, int stripes, int gpc, bool staged) {
+__host__ __device__ constexpr int stream_unroll(int bits, int tt, int stripes, int gpc) {
   const bool low = is_low_bits(bits);
   int u = gpc == 1 ? (low ? 4 : 6) : gpc == 2 ? (low ? 3 : 4) : (low ? 2 : 3);
   if (stripes > 1) u = u * 2 / 3;
   if (tt > 1) u /= 2;
   const int fit = kStageBytes / (tt * x_tile_words(bits) * 4);
-  if (staged && u > fit) u = fit;
+  if (u > fit) u = fit;
   return u < 1 ? 1 : u;
 }
 
 // Dynamic shared memory of a block: the staged x tiles, then (reusing them) the warps' partial sums.
-__host__ __device__ constexpr int stream_smem_bytes(int bits, int gpc, int tt, int stripes, int warps, bool staged) {
-  const int stage = staged ? warps * stream_unroll(bits, tt, stripes, gpc, true) * tt * x_tile_words(bits) * 4 : 0;
+__host__ __device__ constexpr int stream_smem_bytes(int bits, int gpc, int tt, int stripes, int warps) {
+  const int stage = warps * stream_unroll(bits, tt, stripes, gpc) * tt * x_tile_words(bits) * 4;
   const int partial = warps * stripes * tt * 32 * 4 * 4;
   return stage > partial ? stage : partial;
 }
@@ -65,16 +65,15 @@ template <typename T,     // activation and output type: __half or __nv_bfloat16
           int GPC,        // groups per chunk: 1, 2 or 4
           int TT,         // token tiles of 8: 1, 2 or 4
           int STRIPES,    // 16-row stripes per block
-          int WARPS,      // warps per block, splitting the chunks
-          bool STAGED>    // x through shared memory (else __ldg)
+          int WARPS>      // warps per block, splitting the chunks
 __global__ void __launch_bounds__(WARPS * 32, stream_min_blocks(TT, STRIPES, WARPS))
     wo_stream_kernel(const WoProblem p) {
-  extern __shared__ uint4 smem_dyn[];        // STAGED x tiles, then the partial sums
+  extern __shared__ uint4 smem_dyn[];        // the staged x tiles, then the partial sums
   constexpr int SUB = chunk_subtiles(BITS);  // 16 x 16 subtiles per chunk
   constexpr int KC = chunk_k(BITS);          // k per chunk
   constexpr int RW = KC / 2;                 // words of x per token row and chunk
   constexpr int SPG = SUB / GPC;             // subtiles per group
-  constexpr int UNROLL = stream_unroll(BITS, TT, STRIPES, GPC, STAGED);
+  constexpr int UNROLL = stream_unroll(BITS, TT, STRIPES, GPC);
   constexpr int XT = x_tile_words(BITS), XROW = x_row_words(BITS);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int g = lane / 4, t = lane % 4, quad = lane & ~3;
@@ -99,7 +98,7 @@ __global__ void __launch_bounds__(WARPS * 32, stream_min_blocks(TT, STRIPES, WAR
   uint32_t* stage = reinterpret_cast<uint32_t*>(smem_dyn) + warp * (UNROLL * TT * XT);  // this warp's tiles
   auto token_row = [&](int r) { return static_cast<uint32_t>(r < p.m ? r : 0) * row_words; };
   // Chunk c's token rows of each tile -> tile (u, tt), 16 bytes per copy. Rows of tokens >= m are not copied:
-  // their lanes read token 0's row (tile 0, row 0) instead, as the __ldg path reads token 0 from memory.
+  // their lanes read token 0's row (tile 0, row 0) instead.
   auto stage_x = [&](int u, int c) {
 #pragma unroll
     for (int tt = 0; tt < TT; ++tt)
@@ -113,7 +112,7 @@ __global__ void __launch_bounds__(WARPS * 32, stream_min_blocks(TT, STRIPES, WAR
 
   float acc[STRIPES][TT][4] = {};  // C fragments: (row g, token 2t), (g, 2t + 1), (g + 8, 2t), (g + 8, 2t + 1)
   for (int c0 = warp; c0 < nchunks; c0 += WARPS * UNROLL) {
-    if constexpr (STAGED) __syncwarp();  // the previous pass has read its tiles
+    __syncwarp();  // the previous pass has read its tiles
     LaneChunk<BITS> w[UNROLL][STRIPES];
     float prm[UNROLL][STRIPES][GPC];
 #pragma unroll
@@ -134,23 +133,11 @@ __global__ void __launch_bounds__(WARPS * 32, stream_min_blocks(TT, STRIPES, WAR
           }
         }
       }
-      if (c < nchunks) {
-        if constexpr (STAGED) {
-          stage_x(u, c);
-        } else {  // the chunk's x into L1 while the codes are in flight (first and last word)
-#pragma unroll
-          for (int tt = 0; tt < TT; ++tt) {
-            prefetch_l1(x + token_row(8 * tt + g) + c * RW);
-            prefetch_l1(x + token_row(8 * tt + g) + c * RW + (RW - 4));
-          }
-        }
-      }
+      if (c < nchunks) stage_x(u, c);
     }
-    if constexpr (STAGED) {
-      cp_async_commit();
-      cp_async_wait<0>();
-      __syncwarp();  // the other lanes' copies are visible
-    }
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncwarp();  // the other lanes' copies are visible
 #pragma unroll
     for (int u = 0; u < UNROLL; ++u) {
       const int c = c0 + u * WARPS;
@@ -159,8 +146,7 @@ __global__ void __launch_bounds__(WARPS * 32, stream_min_blocks(TT, STRIPES, WAR
 #pragma unroll
       for (int tt = 0; tt < TT; ++tt) {
         const bool real = 8 * tt + g < p.m;
-        xb[tt] = STAGED ? stage + (u * TT + (real ? tt : 0)) * XT + (real ? g : 0) * XROW + t
-                        : x + token_row(8 * tt + g) + c * RW + t;
+        xb[tt] = stage + (u * TT + (real ? tt : 0)) * XT + (real ? g : 0) * XROW + t;
       }
 #pragma unroll
       for (int s = 0; s < STRIPES; ++s) {
@@ -187,9 +173,7 @@ __global__ void __launch_bounds__(WARPS * 32, stream_min_blocks(TT, STRIPES, WAR
             a_fragment_any<T, BITS>(wd, hi, j, zf, zp, a);
 #pragma unroll
             for (int tt = 0; tt < TT; ++tt) {
-              const uint32_t b0 = STAGED ? xb[tt][8 * j] : __ldg(xb[tt] + 8 * j);
-              const uint32_t b1 = STAGED ? xb[tt][8 * j + 4] : __ldg(xb[tt] + 8 * j + 4);
-              mma_16816<T>(d[tt], a, b0, b1);
+              mma_16816<T>(d[tt], a, xb[tt][8 * j], xb[tt][8 * j + 4]);
             }
           }
 #pragma unroll
@@ -231,50 +215,42 @@ __global__ void __launch_bounds__(WARPS * 32, stream_min_blocks(TT, STRIPES, WAR
   }
 }
 
-// Launch shapes: 1 = one stripe, 16 warps (few stripes: <= 4096 rows are <= 256 blocks, under 2 per SM, as
-// w8_gemv's 16-warp blocks); 2 = one stripe, 8 warps; 3 = two stripes, 8 warps (many rows: x shared by two;
-// <= 8 tokens, else shape 2). QTOOL_WO_STREAM's bits 0-1 force one, bit 2 the __ldg path.
-int stream_switches() {
-  static const int switches = [] {
+// Launch shapes: 1 = one stripe, 16 warps (few stripes: twice the loads in flight per stripe, as w8_gemv's
+// 16-warp blocks); 2 = one stripe, 8 warps; 3 = two stripes, 8 warps (x shared by two; <= 8 tokens, else shape
+// 2). Session 15 (W4 g128, 1-8 tokens): shape 1 wins up to 384 stripes (6144 rows: 1.44x vs 1.27-1.38x bf16 at
+// 4 tokens), shape 3 above (8192 rows at 8 tokens: 1.38x vs 1.04x). QTOOL_WO_STREAM=1..3 forces one.
+int forced_shape() {
+  static const int forced = [] {
     const char* env = std::getenv("QTOOL_WO_STREAM");
-    return env ? std::atoi(env) : 0;
+    return env ? std::atoi(env) & 3 : 0;
   }();
-  return switches;
+  return forced;
 }
 
 int stream_shape(const WoProblem& p) {
-  if (const int forced = stream_switches() & 3) return forced;
-  const int stripes = p.w.n_padded / kStripeRows;
-  return stripes <= 256 ? 1 : stripes < 1024 ? 2 : 3;
+  if (const int forced = forced_shape()) return forced;
+  return p.w.n_padded / kStripeRows <= 384 ? 1 : 3;
 }
 
-template <typename T, int BITS, int GPC, int TT, int STRIPES, int WARPS, bool STAGED>
+template <typename T, int BITS, int GPC, int TT, int STRIPES, int WARPS>
 void launch_shape(const WoProblem& p, cudaStream_t stream) {
-  constexpr int smem = stream_smem_bytes(BITS, GPC, TT, STRIPES, WARPS, STAGED);
-  auto* kernel = wo_stream_kernel<T, BITS, GPC, TT, STRIPES, WARPS, STAGED>;
+  constexpr int smem = stream_smem_bytes(BITS, GPC, TT, STRIPES, WARPS);
+  auto* kernel = wo_stream_kernel<T, BITS, GPC, TT, STRIPES, WARPS>;
   if (smem > (48 << 10))  // a kernel must opt in above 48 KB; cheap, per device, every time
     cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   const int blocks = (p.w.n_padded / kStripeRows + STRIPES - 1) / STRIPES;
   kernel<<<blocks, WARPS * 32, smem, stream>>>(p);
 }
 
-template <typename T, int BITS, int GPC, int TT, bool STAGED>
-void launch_path(const WoProblem& p, cudaStream_t stream) {
-  const int shape = stream_shape(p);
-  if (shape == 1)
-    launch_shape<T, BITS, GPC, TT, 1, 16, STAGED>(p, stream);
-  else if (shape == 2 || TT > 1)  // two stripes at <= 8 tokens only: more tiles spill in their budget
-    launch_shape<T, BITS, GPC, TT, 1, 8, STAGED>(p, stream);
-  else
-    launch_shape<T, BITS, GPC, 1, 2, 8, STAGED>(p, stream);
-}
-
 template <typename T, int BITS, int GPC, int TT>
 void launch_tiles(const WoProblem& p, cudaStream_t stream) {
-  if (stream_switches() & 4)
-    launch_path<T, BITS, GPC, TT, false>(p, stream);
+  const int shape = stream_shape(p);
+  if (shape == 1)
+    launch_shape<T, BITS, GPC, TT, 1, 16>(p, stream);
+  else if (shape == 2 || TT > 1)  // two stripes at <= 8 tokens only: more tiles spill in their budget
+    launch_shape<T, BITS, GPC, TT, 1, 8>(p, stream);
   else
-    launch_path<T, BITS, GPC, TT, true>(p, stream);
+    launch_shape<T, BITS, GPC, 1, 2, 8>(p, stream);
 }
 
 template <typename T, int BITS, int GPC>
