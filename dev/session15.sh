@@ -2,7 +2,8 @@
 # Session 15's device calls (nvidia-h200, carry [".gpu/w8a8"]; the Hopper libraries did not change since session 14:
 # .gpu/w8a8 holds them, else bash dev/prebuild_sm90.sh first):
 #   call 1 (run): bash dev/session15.sh tests streamab streamab2 wogemv e2estream   (e2estream cut by the limit)
-#   call 2:       bash dev/session15.sh tests wosmall gemvwide
+#   call 2 (run): bash dev/session15.sh tests wosmall gemvwide
+#   call 3:       bash dev/session15.sh rtests wosmall1     (the GEMV rule of weight_only.gemv_kind, set from call 2)
 #   nvidia-h200-x2 (issue 20): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 summary
 # tests      every GPU test (wo_gemv variant 3 by the new rule: one 16-warp stripe to 6144 rows, two stripes above)
 # streamab   variant 3 by launch shape (QTOOL_WO_STREAM=0..3) against the shipped GEMV and bf16, W4 g128 asym
@@ -23,13 +24,27 @@ source dev/gpu_setup.sh
 TESTS=(tests/test_w8a8_gpu.py tests/test_mixed_gpu.py tests/test_kernels_gpu.py tests/test_lowbit_gpu.py
        tests/test_wo_stream_gpu.py tests/test_mlp.py tests/test_fusion.py)
 
+rtests() {  # the dispatch and the kernels it picks
+  step "GPU tests of the weight-only kernels and their dispatch"
+  timeout 200 python3 -m pytest -q -m gpu tests/test_kernels_gpu.py tests/test_lowbit_gpu.py tests/test_wo_stream_gpu.py \
+    tests/test_mixed_gpu.py --tb=short -rf > "$OUT/rtests.txt" 2>&1
+  summarize "$OUT/rtests.txt"
+}
+
 tests() {
   step "GPU tests"
   timeout 260 python3 -m pytest -q -m gpu "${TESTS[@]}" --tb=short -rf > "$OUT/tests.txt" 2>&1
   summarize "$OUT/tests.txt"
 }
 
-streamtests() {  # session 14's last call: the new kernel's tests alone, then streamquick
+streamrtests() {  # the dispatch and the kernels it picks
+  step "GPU tests of the weight-only kernels and their dispatch"
+  timeout 200 python3 -m pytest -q -m gpu tests/test_kernels_gpu.py tests/test_lowbit_gpu.py tests/test_wo_stream_gpu.py \
+    tests/test_mixed_gpu.py --tb=short -rf > "$OUT/rtests.txt" 2>&1
+  summarize "$OUT/rtests.txt"
+}
+
+tests() {  # session 14's last call: the new kernel's tests alone, then streamquick
   step "wo_gemv variant 3 tests"
   timeout 100 python3 -m pytest -q -x -m gpu tests/test_wo_stream_gpu.py --tb=short -rf > "$OUT/stream_tests.txt" 2>&1
   summarize "$OUT/stream_tests.txt"
@@ -72,6 +87,14 @@ wogemv() {
   timeout 200 python3 benchmarks/bench_kernels.py --formats w4a16-g128,w8a16-channel,w3a16-g128 --tokens 1,8 \
     --shapes 4096x4096,4096x6144,4096x14336,14336x4096,8192x8192,4096x28672 --json "$OUT/wogemv.json" 2>&1 | tail -3
   python3 dev/kernels_table.py "$OUT/wogemv.json"
+}
+
+wosmall1() {
+  step "weight-only kernels and the dispatcher at 1-8 tokens, every width, after gemv_kind"
+  timeout 260 python3 benchmarks/bench_kernels.py --formats w4a16-g128,w8a16-channel,w3a16-g128,w2a16-g64 \
+    --tokens 1,2,3,4,6,8 --shapes 4096x4096,4096x6144,4096x14336,14336x4096,8192x8192,4096x28672,8192x28672,28672x8192 \
+    --json "$OUT/wosmall1.json" 2>&1 | tail -3
+  python3 dev/kernels_table.py "$OUT/wosmall1.json" | tail -5
 }
 
 gemvwide() {

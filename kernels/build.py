@@ -263,18 +263,7 @@ def info() -> dict:
 
 def _weight_only_path() -> str:
     from . import sm90  # imports this module
-    from .weight_only import (
-        GEMM_MAX_M,
-        GEMV_MAX_M,
-        LOW_BITS_GEMV_MAX_M,
-        MIXED_MIN_M,
-        STREAM_MAX_M,
-        STREAM_MIN_M,
-        STREAM_SMALL_MAX_M,
-        STREAM_SMALL_MAX_N,
-        V3_MAX_M,
-        V3_MIN_M,
-    )
+    from .weight_only import GEMM_MAX_M, MIXED_MIN_M, STREAM_SMALL_MAX_N, V3_MAX_M, V3_MIN_M
 
     def mixed_path(bits: int) -> str:
         lib = sm90.MIXED[bits]
@@ -283,12 +272,13 @@ def _weight_only_path() -> str:
                 "(tuning.py)" if lib.load() else f"no W{bits}A16 wgmma GEMM ({lib.reason})")
 
     mixed = f"{mixed_path(4)}; {mixed_path(8)}"
-    stream = (f"qtool_cuda wo_gemv variant 3 ({STREAM_MIN_M}-{STREAM_MAX_M} tokens, 2-/3-/4-bit; "
-              f"{STREAM_MIN_M}-{STREAM_SMALL_MAX_M} on weights of <= {STREAM_SMALL_MAX_N} rows and 32 MiB); ")
-    return (f"{stream}qtool_cuda wo_gemv (m <= {GEMV_MAX_M}); {mixed}; otherwise wo_gemm_v3 ({V3_MIN_M}-{V3_MAX_M} tokens; "
+    gemvs = ("qtool_cuda wo_gemv at 1-8 tokens (weight_only.gemv_kind: the ring GEMV at 1; variant 3 from 2 tokens "
+             "for 2-/3-bit, 3-4 for 4-bit (to 8 on weights of <= "
+             f"{STREAM_SMALL_MAX_N} rows and 32 MiB), 4 for large 8-bit ones; the ring GEMV to 4, to 8 on small 8-bit)")
+    return (f"{gemvs}; {mixed}; otherwise wo_gemm_v3 ({V3_MIN_M}-{V3_MAX_M} tokens; "
             f"wo_gemm before sm_90), wo_gemm (m <= {GEMM_MAX_M}); dequant_int + cuBLAS; 2-3-bit layers at their "
-            f"own width: wo_gemv (m <= {GEMV_MAX_M} with a 4-bit Hopper copy, which takes the batches past it; "
-            f"else m <= {LOW_BITS_GEMV_MAX_M}, then dequant_int + cuBLAS; groups of 16: on the 4-bit kernels); "
+            "own width in the GEMVs to 8 tokens, then the 4-bit Hopper copy or dequant_int + cuBLAS; groups of 16: "
+            "on the 4-bit kernels); "
             "5-7-bit on the 8-bit ones (codes widened when packed)")
 
 

@@ -1,9 +1,8 @@
 """The CUDA route of weight-only linears over a weight already in the kernel layout (`layout.PackedWeight`).
 
 Dispatch on m = tokens:
-  takes_stream      qtool_cuda::wo_gemv variant 3 ("stream"): 2-4 tokens (2-, 3-, 4-bit), 2-8 on small
-                    weights (every width), 2-8 for 2-/3-bit weights without a Hopper copy
-  m <= GEMV_MAX_M   qtool_cuda::wo_gemv   the weights streamed once, decoded into mma.sync A fragments
+  m <= 8            gemv_kind: qtool_cuda::wo_gemv variant 3 ("stream") or the ring GEMV (variants 0-2), by
+                    session 15's measured rule (below), or None: the kernels past them
   m <= V4_MAX_M     qtool_cuda::wo_gemm_v4  tensor cores, weights staged through a cp.async pipeline
                     (off: V4_MAX_M = 0 until measured)
   m >= MIXED_MIN_M  where the weight has a Hopper copy (4- or 8-bit, bf16): the measured route of
@@ -16,9 +15,9 @@ Dispatch on m = tokens:
   m <= GEMM_MAX_M   qtool_cuda::wo_gemm   tensor cores; the weights are streamed once per 64 tokens
                     (fp16 activations, or no Hopper copy)
   otherwise         qtool_cuda::dequant_int + cuBLAS: compute-bound, so one extra weight pass is cheap
-2- and 3-bit weights (layout.LOW_BITS) take the GEMVs up to GEMV_MAX_M tokens and their 4-bit Hopper copy above
-(the tensor-core GEMMs decode 4- and 8-bit chunks only); without a copy, the GEMVs up to LOW_BITS_GEMV_MAX_M
-tokens and dequant_int + cuBLAS above.
+2- and 3-bit weights (layout.LOW_BITS) take the GEMVs up to 8 tokens (they read the weight once at 2-3 bits, where
+dequant_int + cuBLAS writes and reads it at 16: H200 1.15-1.49x bf16 at 8 tokens vs 0.42-0.64x at 16), then their
+4-bit Hopper copy (the tensor-core GEMMs decode 4- and 8-bit chunks only), else dequant_int + cuBLAS.
 
 Act-order weights are stored with their input columns sorted by group (layout.act_order_permutation),
 so each call gathers the activations once, x.index_select(-1, perm): m * K elements read and written
@@ -63,26 +62,22 @@ V3_VARIANT = 3
 # count, set this to the largest such count; it then runs before w4_mm, v3 and wo_gemm for every format.
 V4_MAX_M = 0
 KERNEL_DTYPES = (torch.float16, torch.bfloat16)
-# wo_gemv's variant 3, "stream" (csrc/wo_stream.cu: x staged per warp in shared memory, 1-32 tokens), measured on
-# the H200 in session 15 (BENCHMARKS.md) against the ring GEMV and the routes past it, W4 g128 asym:
-# - 1 token: the ring GEMV wins (2.08-2.53x bf16 vs 1.85-2.15x); 16 and 32 tokens: the Hopper GEMMs win.
-# - 4 tokens: stream wins on every shape (1.58-1.99x vs 1.37-1.73x on the 8192- and 28672-row weights).
-# - 8 tokens: stream wins where the weight is small (4096 x 4096 8.6 vs 10.4 us, 14336 x 4096 21.4 vs 23.6;
-#   W3 4096 x 4096 8.2 vs 14.7; W8 4096 x 6144 16.9 vs 18.5) and loses to the Hopper GEMMs on the 8192-, 14336-
-#   and 28672-row weights (8192 x 8192 W4 28.4 vs 23.3 us), and on W8 14336 x 4096 (30.0 vs 27.2).
-# - 2-bit and 3-bit at 8 tokens: stream beats the ring GEMV on every shape (W3 1.08-2.00x vs 1.03-1.37x).
-# 8-bit weights at 2-4 tokens were not measured: they stay on the ring GEMV except where the weight is small.
-STREAM_MIN_M = 2
-STREAM_MAX_M = 4
-STREAM_SMALL_MAX_M = 8  # weights of <= STREAM_SMALL_MAX_N rows and STREAM_SMALL_MAX_BYTES of codes
-STREAM_SMALL_MAX_N = 6144
+# wo_gemv's variant 3, "stream" (csrc/wo_stream.cu: x staged per warp in shared memory, 1-32 tokens) against the
+# ring GEMV (variants 0-2) and the routes past it, every width at 1-8 tokens on the H200 (session 15, BENCHMARKS.md):
+# - 1 token: the ring GEMV (W4 2.08-2.53x bf16, stream 1.85-2.15x). 16-32 tokens: the Hopper GEMMs.
+# - 2- and 3-bit, 2-8 tokens: stream on every shape (within 2% of the best at 2 tokens; at 6-8 tokens 20-60% faster
+#   than the 4-bit Hopper copy's GEMM, e.g. W2 8192 x 8192 17.2 vs 26.3 us).
+# - 4-bit: stream from 3 tokens (at 2 the ring GEMV is 4-7% ahead on half the shapes), to 4 on every weight and
+#   to 8 on small ones (8192 x 8192 at 6 tokens 20.4 vs 24.0 us; on the 14336- and 28672-row weights the Hopper
+#   GEMM wins past 4: 4096 x 28672 at 6 tokens 27.9 vs 32.3).
+# - 8-bit: the ring GEMV on small weights (2-8 tokens; stream 3-9% behind) and at 2-3 tokens; stream at 4 on the
+#   others (28672 x 8192 82.8 vs 130.7 us, 8192 x 8192 27.8 vs 33.1) and at 2-3 where K >= 16384 (82.4 vs 105.4).
+# "Small": at most STREAM_SMALL_MAX_N rows and STREAM_SMALL_MAX_BYTES of codes (8192 x 8192 4-bit is 32 MiB).
+STREAM_SMALL_MAX_N = 8192
 STREAM_SMALL_MAX_BYTES = 32 << 20
+STREAM_LONG_K = 16384
 STREAM_KERNEL_MAX_M = 32  # what the kernel takes (csrc/wo_kernels.h, kMaxStreamTokens)
-# 2- and 3-bit weights: wo_gemv serves up to its 8 tokens (csrc/wo_kernels.h, kMaxGemvTokens) where the layer
-# has no Hopper copy: it reads the weight once at 2-3 bits where dequant_int + cuBLAS writes and reads it at 16
-# (H200: 1.15-1.49x bf16 at 8 tokens, dequant + cuBLAS 0.42-0.64x at 16). With the copy (the codes widened to
-# 4 bits) they run as 4-bit layers past GEMV_MAX_M tokens: w4_mm measured 1.26-2.40x at 8 tokens.
-LOW_BITS_GEMV_MAX_M = 8
+GEMV_KIND_MAX_M = 8  # wo_gemv's token limit (csrc/wo_kernels.h, kMaxGemvTokens)
 
 
 # wo_gemv's lean launch (variant 1: 4 blocks per SM instead of 3) measured on the H200 at M = 1 (BENCHMARKS.md,
@@ -101,16 +96,27 @@ def gemv_variant(w: PackedWeight) -> int:
     return 1 if w.out_features >= w.k_padded else 0
 
 
-def takes_stream(w: PackedWeight, m: int, hopper_copy: bool) -> bool:
-    """Whether m tokens on this weight run wo_gemv's variant 3 (the measured rule above). hopper_copy: whether
-    a Hopper GEMM serves this batch otherwise (2-/3-bit weights without one take the GEMVs up to 8 tokens)."""
-    if not STREAM_MIN_M <= m <= STREAM_SMALL_MAX_M:
-        return False
-    if w.out_features <= STREAM_SMALL_MAX_N and w.out_features * w.k_padded * w.num_bits <= 8 * STREAM_SMALL_MAX_BYTES:
-        return True
-    if w.num_bits == 8:
-        return False
-    return m <= STREAM_MAX_M or (w.num_bits in LOW_BITS and not hopper_copy)
+def _small_weight(w: PackedWeight) -> bool:
+    return w.out_features <= STREAM_SMALL_MAX_N and w.out_features * w.k_padded * w.num_bits <= 8 * STREAM_SMALL_MAX_BYTES
+
+
+def gemv_kind(w: PackedWeight, m: int) -> str | None:
+    """The GEMV for m tokens on this weight by the measured rule above: "stream" (wo_gemv variant 3), "ring"
+    (wo_gemv's variants 0-2, gemv_variant), or None where the kernels past the GEMVs serve m."""
+    if m > GEMV_KIND_MAX_M:
+        return None
+    if m == 1:
+        return "ring"
+    small = _small_weight(w)
+    if w.num_bits in LOW_BITS:
+        stream = True
+    elif w.num_bits == 4:
+        stream = m >= 3 and (m <= 4 or small)
+    else:
+        stream = not small and (m == 4 or (m <= 3 and w.k_padded >= STREAM_LONG_K))
+    if stream:
+        return "stream"
+    return "ring" if m <= GEMV_MAX_M or (w.num_bits == 8 and small) else None
 
 
 def _small(w: PackedWeight, m: int) -> bool:
@@ -133,10 +139,8 @@ def hopper_route(w: PackedWeight, m: int, dtype: torch.dtype, bits: int | None =
 def route(w: PackedWeight, m: int, dtype: torch.dtype) -> dict | str:
     """The kernel of `packed_linear` for m tokens of 4- or 8-bit weights: "wo_gemv", "wo_gemm_v4", a schedule
     of the Hopper GEMM (a dict), "wo_gemm_v3", "wo_gemm" or "dequant"; "wo_gemv_stream" (variant 3)."""
-    if takes_stream(w, m, True):
-        return "wo_gemv_stream"
-    if m <= GEMV_MAX_M:
-        return "wo_gemv"
+    if (kind := gemv_kind(w, m)) is not None:
+        return "wo_gemv_stream" if kind == "stream" else "wo_gemv"
     if m <= V4_MAX_M:
         return "wo_gemm_v4"
     if (hopper := hopper_route(w, m, dtype)) is not None:
@@ -205,12 +209,11 @@ def _low_bits_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | Non
                      prefetch: torch.Tensor | None) -> torch.Tensor:
     """packed_linear for 2- and 3-bit weights: x2 [m, K_pad] -> [m, N]."""
     m = x2.shape[0]
+    if (kind := gemv_kind(w, m)) is not None:  # 1-8 tokens, with a Hopper copy or without
+        return kernels.wo_gemv(x2, w.qweight, w.scale, w.zero, bias, w.num_bits, w.group_size, w.out_features,
+                               EPILOGUE, prefetch, 3 if kind == "stream" else gemv_variant(w))
     # the Hopper copy holds the codes widened to 4 bits; any batch it takes beats dequant + cuBLAS
     hopper = hopper_route(w, m, x2.dtype, bits=4)
-    stream = takes_stream(w, m, hopper is not None)
-    if stream or m <= (GEMV_MAX_M if hopper is not None else LOW_BITS_GEMV_MAX_M):
-        return kernels.wo_gemv(x2, w.qweight, w.scale, w.zero, bias, w.num_bits, w.group_size, w.out_features,
-                               EPILOGUE, prefetch, 3 if stream else gemv_variant(w))
     if isinstance(hopper, dict):
         return _hopper_linear(x2, w, bias, hopper)
     if hopper == "wo_gemm":  # the 4-bit winner decodes 4-bit chunks only: the Hopper copy's plain schedule

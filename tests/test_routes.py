@@ -72,11 +72,16 @@ def test_dispatcher_routes_by_tokens_and_shape(monkeypatch):
     try:
         assert route(4, 8192, 8192, 1) == ("wo_gemv", 1) and route(4, 28672, 8192, 1) == ("wo_gemv", 0)
         assert route(4, 4096, 4096, 1) == ("wo_gemv", 2) == route(4, 14336, 4096, 1)  # <= 4096 rows: wide
-        # 2-4 tokens: variant 3 ("stream"); to 8 on small weights, the measured route past that on large ones
-        assert route(4, 8192, 8192, 2) == ("wo_gemv", 3) == route(4, 28672, 8192, 4) == route(4, 14336, 4096, 8)
-        assert route(4, 4096, 4096, 8) == ("wo_gemv", 3) == route(4, 4096, 4096, 5)
-        assert route(4, 8192, 8192, 5) == ("mixed", 128, 16, 1, 0) and route(4, 4096, 4096, 9)[0] == "mixed"
-        assert route(8, 8192, 8192, 4) == ("wo_gemv", 1) and route(8, 4096, 6144, 8) == ("wo_gemv", 3)
+        # 4-bit: the ring GEMV at 2 tokens, variant 3 ("stream") at 3-4, to 8 on small weights (<= 8192 rows,
+        # <= 32 MiB of codes), the measured route past that on large ones
+        assert route(4, 8192, 8192, 2) == ("wo_gemv", 1) and route(4, 28672, 8192, 2) == ("wo_gemv", 0)
+        assert route(4, 8192, 8192, 3) == ("wo_gemv", 3) == route(4, 28672, 8192, 4) == route(4, 14336, 4096, 8)
+        assert route(4, 4096, 4096, 8) == ("wo_gemv", 3) == route(4, 8192, 8192, 5)
+        assert route(4, 8192, 14336, 5) == ("mixed", 128, 16, 1, 0) and route(4, 4096, 4096, 9)[0] == "mixed"
+        # 8-bit: the ring GEMV on small weights to 8 tokens; on large ones stream at 4, at 2-3 where K >= 16384
+        assert route(8, 4096, 6144, 8) == ("wo_gemv", 1) and route(8, 4096, 4096, 6) == ("wo_gemv", 2)
+        assert route(8, 8192, 8192, 4) == ("wo_gemv", 3) and route(8, 8192, 8192, 3) == ("wo_gemv", 1)
+        assert route(8, 28672, 8192, 2) == ("wo_gemv", 3) and route(8, 8192, 8192, 5)[0] == "mixed"
         assert route(8, 14336, 4096, 8)[0] == "mixed"  # 56 MiB of codes: past the small-weight rule
         assert route(4, 4096, 4096, 9) == ("mixed", 128, 32, 0, 2) == route(4, 4096, 4096, 64)
         assert route(4, 4096, 4096, 65) == ("mixed", 64, 64, 2, 1)
@@ -90,14 +95,15 @@ def test_dispatcher_routes_by_tokens_and_shape(monkeypatch):
         assert route(4, 8192, 8192, 32, copy=False) == ("wo_gemm_v3",) and route(4, 4096, 4096, 32, copy=False) == (
             "wo_gemm",)
         assert route(4, 8192, 8192, 65, copy=False) == ("dequant_int",)
-        # 2- and 3-bit: the native GEMVs up to 4 tokens with a (4-bit) Hopper copy (variant 3 from 2), up to 8
-        # without one; the copy takes the 4-bit route, and where that is wo_gemm (4-bit chunks only) the copy's
-        # plain schedule
+        # 2- and 3-bit: the native GEMVs up to 8 tokens (variant 3 from 2), with a (4-bit) Hopper copy or
+        # without; the copy takes the 4-bit route past them, and where that is wo_gemm (4-bit chunks only) the
+        # copy's plain schedule
         for bits in (2, 3):
             assert route(bits, 8192, 8192, 1) == ("wo_gemv", 1) and route(bits, 8192, 28672, 16)[0] == "mixed"
-            assert route(bits, 8192, 8192, 4) == ("wo_gemv", 3) and route(bits, 8192, 8192, 5)[0] == "mixed"
-            with monkeypatch.context() as patch:  # 8 tokens past variant 3, where the 4-bit winner is wo_gemm
-                patch.setattr(weight_only, "STREAM_SMALL_MAX_M", 4)
+            assert route(bits, 8192, 8192, 2) == ("wo_gemv", 3) == route(bits, 28672, 8192, 8)
+            assert route(bits, 8192, 8192, 9)[0] == "mixed"
+            with monkeypatch.context() as patch:  # 8 tokens past the GEMVs, where the 4-bit winner is wo_gemm
+                patch.setattr(weight_only, "GEMV_KIND_MAX_M", 4)
                 assert route(bits, 4096, 4096, 8) == ("mixed", 128, 0, 0, 0)
             assert route(bits, 4096, 4096, 300) == ("dequant_int",)
             assert route(bits, 8192, 8192, 8, copy=False) == ("wo_gemv", 3)
@@ -106,15 +112,18 @@ def test_dispatcher_routes_by_tokens_and_shape(monkeypatch):
         tuning.clear_cache()
 
 
-def test_stream_rule_without_a_hopper_copy():
-    """Variant 3 takes 2-4 tokens (2-8 on small weights) on any weight without a Hopper copy too (fp16, other
-    GPUs), 8-bit ones only where small; 1 token stays on the ring GEMV."""
+def test_gemv_rule_without_a_hopper_copy():
+    """The GEMV rule holds for weights without a Hopper copy (fp16, other GPUs): one token on the ring GEMV,
+    2-8 tokens of 2-/3-bit and 3-8 of small 4-bit weights on variant 3, small 8-bit weights on the ring GEMV to 8;
+    past 8 tokens wo_gemm (4-, 8-bit) or dequantization + cuBLAS (2-, 3-bit)."""
     calls = []
 
     class Recorder:
         def __getattr__(self, name):
             def run(x, *args):
                 calls.append((name, args[-1]) if name == "wo_gemv" else (name,))
+                if name == "dequant_int":  # (qweight, ...) -> the dense [N, K] weight
+                    return torch.zeros(64, 256, dtype=args[-1])
                 return torch.zeros(x.shape[0], args[6], dtype=x.dtype)
             return run
 
@@ -126,13 +135,11 @@ def test_stream_rule_without_a_hopper_copy():
 
     for bits in (2, 3, 4, 8):
         assert route(bits, 1) == ("wo_gemv", 2), bits
+        assert route(bits, 9) == (("dequant_int",) if bits < 4 else ("wo_gemm",)), bits
+    for bits in (2, 3):
         assert route(bits, 2) == route(bits, 8, torch.float16) == ("wo_gemv", 3), bits
-    assert route(4, 9) == ("wo_gemm",) and route(8, 9) == ("wo_gemm",)
-    big = layout.PackedWeight(torch.zeros(8192 // 16, 8192 // 32, 32, 4, dtype=torch.int32), torch.ones(1, 8192),
-                              None, None, 8, -1, 8192, 8192)
-    assert not weight_only.takes_stream(big, 4, False) and weight_only.takes_stream(big, 1, False) is False
-    assert weight_only.takes_stream(layout.PackedWeight(big.qweight, big.scale, None, None, 4, -1, 8192, 8192),
-                                    4, True)
+    assert route(4, 2) == ("wo_gemv", 2) and route(4, 3) == route(4, 8, torch.float16) == ("wo_gemv", 3)
+    assert route(8, 2) == route(8, 8, torch.float16) == ("wo_gemv", 2)
 
 
 def test_measured_schedules_are_valid():
