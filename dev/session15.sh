@@ -3,7 +3,8 @@
 # .gpu/w8a8 holds them, else bash dev/prebuild_sm90.sh first):
 #   call 1 (run): bash dev/session15.sh tests streamab streamab2 wogemv e2estream   (e2estream cut by the limit)
 #   call 2 (run): bash dev/session15.sh tests wosmall gemvwide
-#   call 3:       bash dev/session15.sh rtests wosmall1     (the GEMV rule of weight_only.gemv_kind, set from call 2)
+#   call 3 (run): bash dev/session15.sh rtests wosmall1     (the GEMV rule of weight_only.gemv_kind, set from call 2)
+#   call 4:       bash dev/session15.sh wotok               (gemv_variant: the wide ring GEMV where K > N, from call 3)
 #   nvidia-h200-x2 (issue 20): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 summary
 # tests      every GPU test (wo_gemv variant 3 by the new rule: one 16-warp stripe to 6144 rows, two stripes above)
 # streamab   variant 3 by launch shape (QTOOL_WO_STREAM=0..3) against the shipped GEMV and bf16, W4 g128 asym
@@ -95,6 +96,14 @@ wosmall1() {
     --tokens 1,2,3,4,6,8 --shapes 4096x4096,4096x6144,4096x14336,14336x4096,8192x8192,4096x28672,8192x28672,28672x8192 \
     --json "$OUT/wosmall1.json" 2>&1 | tail -3
   python3 dev/kernels_table.py "$OUT/wosmall1.json" | tail -5
+}
+
+wotok() {
+  step "weight-only kernels and the dispatcher at 1 and 16 tokens, every width"
+  timeout 200 python3 benchmarks/bench_kernels.py --formats w4a16-g128,w8a16-channel,w3a16-g128,w2a16-g64 \
+    --tokens 1,16 --shapes 4096x4096,4096x6144,4096x14336,14336x4096,8192x8192,4096x28672,8192x28672,28672x8192 \
+    --json "$OUT/wotok.json" 2>&1 | tail -3
+  python3 dev/kernels_table.py "$OUT/wotok.json" | tail -5
 }
 
 gemvwide() {

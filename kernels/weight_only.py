@@ -85,15 +85,16 @@ GEMV_KIND_MAX_M = 8  # wo_gemv's token limit (csrc/wo_kernels.h, kMaxGemvTokens)
 # 8192 x 28672: more blocks than 3 per SM), 6-9% slower where K is long and N short (14336 x 4096, 28672 x 8192).
 # The wide launch (variant 2: 16 warps, lean; session 14) where few rows make few blocks (<= GEMV_WIDE_MAX_N):
 # 4096 x 4096 W4 / W8 at 1 token 6.1 / 8.6 -> 6.2 / 8.2 us, at 8 tokens 9.9 / 13.6 -> 9.0 / 12.5 us; 14336 x 4096
-# 13.8 / 21.3 -> 13.0 / 20.1 us at one token; with more rows (4096 x 6144 and up) it loses 5-20%.
+# 13.8 / 21.3 -> 13.0 / 20.1 us at one token; with more rows where N >= K (4096 x 6144 and up) it loses 5-20%.
+# Session 15: where K is longer than N it wins at any row count (28672 x 8192 at one token, W4 / W8: variant 0
+# 44.4 / 72.1 us, wide 42.2 / 67.5; at two tokens 61.8 / 108.2 -> 57.7 / 93.3; 2-/3-bit within 1%), so
+# variant 0 serves nothing now.
 GEMV_WIDE_MAX_N = 4096
 
 
 def gemv_variant(w: PackedWeight) -> int:
-    """wo_gemv's `variant` argument for this weight."""
-    if w.out_features <= GEMV_WIDE_MAX_N:
-        return 2
-    return 1 if w.out_features >= w.k_padded else 0
+    """wo_gemv's `variant` argument (ring GEMV) for this weight: wide where few rows or a long K, else lean."""
+    return 2 if w.out_features <= GEMV_WIDE_MAX_N or w.k_padded > w.out_features else 1
 
 
 def _small_weight(w: PackedWeight) -> bool:

@@ -70,11 +70,11 @@ def test_dispatcher_routes_by_tokens_and_shape(monkeypatch):
         return calls[0]
 
     try:
-        assert route(4, 8192, 8192, 1) == ("wo_gemv", 1) and route(4, 28672, 8192, 1) == ("wo_gemv", 0)
+        assert route(4, 8192, 8192, 1) == ("wo_gemv", 1) and route(4, 28672, 8192, 1) == ("wo_gemv", 2)
         assert route(4, 4096, 4096, 1) == ("wo_gemv", 2) == route(4, 14336, 4096, 1)  # <= 4096 rows: wide
         # 4-bit: the ring GEMV at 2 tokens, variant 3 ("stream") at 3-4, to 8 on small weights (<= 8192 rows,
         # <= 32 MiB of codes), the measured route past that on large ones
-        assert route(4, 8192, 8192, 2) == ("wo_gemv", 1) and route(4, 28672, 8192, 2) == ("wo_gemv", 0)
+        assert route(4, 8192, 8192, 2) == ("wo_gemv", 1) and route(4, 28672, 8192, 2) == ("wo_gemv", 2)
         assert route(4, 8192, 8192, 3) == ("wo_gemv", 3) == route(4, 28672, 8192, 4) == route(4, 14336, 4096, 8)
         assert route(4, 4096, 4096, 8) == ("wo_gemv", 3) == route(4, 8192, 8192, 5)
         assert route(4, 8192, 14336, 5) == ("mixed", 128, 16, 1, 0) and route(4, 4096, 4096, 9)[0] == "mixed"
