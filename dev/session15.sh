@@ -4,7 +4,8 @@
 #   call 1 (run): bash dev/session15.sh tests streamab streamab2 wogemv e2estream   (e2estream cut by the limit)
 #   call 2 (run): bash dev/session15.sh tests wosmall gemvwide
 #   call 3 (run): bash dev/session15.sh rtests wosmall1     (the GEMV rule of weight_only.gemv_kind, set from call 2)
-#   call 4:       bash dev/session15.sh wotok               (gemv_variant: the wide ring GEMV where K > N, from call 3)
+#   call 4 (run): bash dev/session15.sh wotok               (gemv_variant: the wide ring GEMV where K > N, from call 3)
+#   call 5:       bash dev/session15.sh lowtests lowsmall    (2-/3-bit weights of <= 4096 x 4096 on variant 3 to 16 tokens)
 #   nvidia-h200-x2 (issue 20): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 summary
 # tests      every GPU test (wo_gemv variant 3 by the new rule: one 16-warp stripe to 6144 rows, two stripes above)
 # streamab   variant 3 by launch shape (QTOOL_WO_STREAM=0..3) against the shipped GEMV and bf16, W4 g128 asym
@@ -96,6 +97,19 @@ wosmall1() {
     --tokens 1,2,3,4,6,8 --shapes 4096x4096,4096x6144,4096x14336,14336x4096,8192x8192,4096x28672,8192x28672,28672x8192 \
     --json "$OUT/wosmall1.json" 2>&1 | tail -3
   python3 dev/kernels_table.py "$OUT/wosmall1.json" | tail -5
+}
+
+lowtests() {
+  step "GPU tests: 2-/3-bit layers and variant 3"
+  timeout 120 python3 -m pytest -q -m gpu tests/test_lowbit_gpu.py tests/test_wo_stream_gpu.py --tb=short -rf \
+    > "$OUT/lowtests.txt" 2>&1
+  summarize "$OUT/lowtests.txt"
+}
+lowsmall() {
+  step "2-/3-bit 4096 x 4096 at 9-16 tokens through the dispatcher"
+  timeout 100 python3 benchmarks/bench_kernels.py --formats w3a16-g128,w2a16-g64 --tokens 9,12,16,17 \
+    --shapes 4096x4096 --json "$OUT/lowsmall.json" 2>&1 | tail -3
+  python3 dev/kernels_table.py "$OUT/lowsmall.json" | tail -9
 }
 
 wotok() {

@@ -273,7 +273,7 @@ def _weight_only_path() -> str:
 
     mixed = f"{mixed_path(4)}; {mixed_path(8)}"
     gemvs = ("qtool_cuda wo_gemv at 1-8 tokens (weight_only.gemv_kind: the ring GEMV at 1; variant 3 from 2 tokens "
-             "for 2-/3-bit, 3-4 for 4-bit (to 8 on weights of <= "
+             "for 2-/3-bit (to 16 on weights of <= 4096 x 4096), 3-4 for 4-bit (to 8 on weights of <= "
              f"{STREAM_SMALL_MAX_N} rows and 32 MiB), 4 for large 8-bit ones; the ring GEMV to 4, to 8 on small 8-bit)")
     return (f"{gemvs}; {mixed}; otherwise wo_gemm_v3 ({V3_MIN_M}-{V3_MAX_M} tokens; "
             f"wo_gemm before sm_90), wo_gemm (m <= {GEMM_MAX_M}); dequant_int + cuBLAS; 2-3-bit layers at their "

@@ -66,7 +66,8 @@ KERNEL_DTYPES = (torch.float16, torch.bfloat16)
 # ring GEMV (variants 0-2) and the routes past it, every width at 1-8 tokens on the H200 (session 15, BENCHMARKS.md):
 # - 1 token: the ring GEMV (W4 2.08-2.53x bf16, stream 1.85-2.15x). 16-32 tokens: the Hopper GEMMs.
 # - 2- and 3-bit, 2-8 tokens: stream on every shape (within 2% of the best at 2 tokens; at 6-8 tokens 20-60% faster
-#   than the 4-bit Hopper copy's GEMM, e.g. W2 8192 x 8192 17.2 vs 26.3 us).
+#   than the 4-bit Hopper copy's GEMM, e.g. W2 8192 x 8192 17.2 vs 26.3 us), to 16 tokens on weights of at most
+#   4096 x 4096 (W2 / W3 at 16 tokens 12.8 / 13.1 us against the Hopper GEMM's 15.7 / 14.7; bf16 13.4).
 # - 4-bit: stream from 3 tokens (at 2 the ring GEMV is 4-7% ahead on half the shapes), to 4 on every weight and
 #   to 8 on small ones (8192 x 8192 at 6 tokens 20.4 vs 24.0 us; on the 14336- and 28672-row weights the Hopper
 #   GEMM wins past 4: 4096 x 28672 at 6 tokens 27.9 vs 32.3).
@@ -76,8 +77,10 @@ KERNEL_DTYPES = (torch.float16, torch.bfloat16)
 STREAM_SMALL_MAX_N = 8192
 STREAM_SMALL_MAX_BYTES = 32 << 20
 STREAM_LONG_K = 16384
+STREAM_LOW_BITS_MAX_M = 16  # 2-/3-bit weights of at most STREAM_LOW_BITS_MAX_WEIGHT elements
+STREAM_LOW_BITS_MAX_WEIGHT = 4096 * 4096
 STREAM_KERNEL_MAX_M = 32  # what the kernel takes (csrc/wo_kernels.h, kMaxStreamTokens)
-GEMV_KIND_MAX_M = 8  # wo_gemv's token limit (csrc/wo_kernels.h, kMaxGemvTokens)
+GEMV_KIND_MAX_M = 8  # the ring GEMV's token limit (csrc/wo_kernels.h, kMaxGemvTokens), and variant 3's but above
 
 
 # wo_gemv's lean launch (variant 1: 4 blocks per SM instead of 3) measured on the H200 at M = 1 (BENCHMARKS.md,
@@ -104,14 +107,15 @@ def _small_weight(w: PackedWeight) -> bool:
 def gemv_kind(w: PackedWeight, m: int) -> str | None:
     """The GEMV for m tokens on this weight by the measured rule above: "stream" (wo_gemv variant 3), "ring"
     (wo_gemv's variants 0-2, gemv_variant), or None where the kernels past the GEMVs serve m."""
+    if m <= 1:
+        return "ring"
+    if w.num_bits in LOW_BITS:
+        small = w.out_features * w.k_padded <= STREAM_LOW_BITS_MAX_WEIGHT
+        return "stream" if m <= GEMV_KIND_MAX_M or (small and m <= STREAM_LOW_BITS_MAX_M) else None
     if m > GEMV_KIND_MAX_M:
         return None
-    if m == 1:
-        return "ring"
     small = _small_weight(w)
-    if w.num_bits in LOW_BITS:
-        stream = True
-    elif w.num_bits == 4:
+    if w.num_bits == 4:
         stream = m >= 3 and (m <= 4 or small)
     else:
         stream = not small and (m == 4 or (m <= 3 and w.k_padded >= STREAM_LONG_K))

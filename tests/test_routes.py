@@ -101,9 +101,11 @@ def test_dispatcher_routes_by_tokens_and_shape(monkeypatch):
         for bits in (2, 3):
             assert route(bits, 8192, 8192, 1) == ("wo_gemv", 1) and route(bits, 8192, 28672, 16)[0] == "mixed"
             assert route(bits, 8192, 8192, 2) == ("wo_gemv", 3) == route(bits, 28672, 8192, 8)
-            assert route(bits, 8192, 8192, 9)[0] == "mixed"
+            assert route(bits, 8192, 8192, 9)[0] == "mixed" and route(bits, 4096, 4096, 17)[0] == "mixed"
+            assert route(bits, 4096, 4096, 16) == ("wo_gemv", 3)  # small: variant 3 to 16 tokens
             with monkeypatch.context() as patch:  # 8 tokens past the GEMVs, where the 4-bit winner is wo_gemm
                 patch.setattr(weight_only, "GEMV_KIND_MAX_M", 4)
+                patch.setattr(weight_only, "STREAM_LOW_BITS_MAX_M", 4)
                 assert route(bits, 4096, 4096, 8) == ("mixed", 128, 0, 0, 0)
             assert route(bits, 4096, 4096, 300) == ("dequant_int",)
             assert route(bits, 8192, 8192, 8, copy=False) == ("wo_gemv", 3)
@@ -114,8 +116,8 @@ def test_dispatcher_routes_by_tokens_and_shape(monkeypatch):
 
 def test_gemv_rule_without_a_hopper_copy():
     """The GEMV rule holds for weights without a Hopper copy (fp16, other GPUs): one token on the ring GEMV,
-    2-8 tokens of 2-/3-bit and 3-8 of small 4-bit weights on variant 3, small 8-bit weights on the ring GEMV to 8;
-    past 8 tokens wo_gemm (4-, 8-bit) or dequantization + cuBLAS (2-, 3-bit)."""
+    2-16 tokens of small 2-/3-bit and 3-8 of small 4-bit weights on variant 3, small 8-bit weights on the ring GEMV
+    to 8; past those wo_gemm (4-, 8-bit) or dequantization + cuBLAS (2-, 3-bit)."""
     calls = []
 
     class Recorder:
@@ -135,11 +137,12 @@ def test_gemv_rule_without_a_hopper_copy():
 
     for bits in (2, 3, 4, 8):
         assert route(bits, 1) == ("wo_gemv", 2), bits
-        assert route(bits, 9) == (("dequant_int",) if bits < 4 else ("wo_gemm",)), bits
+        assert route(bits, 17) == (("dequant_int",) if bits < 4 else ("wo_gemm",)), bits
     for bits in (2, 3):
-        assert route(bits, 2) == route(bits, 8, torch.float16) == ("wo_gemv", 3), bits
+        assert route(bits, 2) == route(bits, 16, torch.float16) == ("wo_gemv", 3), bits
     assert route(4, 2) == ("wo_gemv", 2) and route(4, 3) == route(4, 8, torch.float16) == ("wo_gemv", 3)
     assert route(8, 2) == route(8, 8, torch.float16) == ("wo_gemv", 2)
+    assert route(4, 9) == route(8, 9) == ("wo_gemm",)
 
 
 def test_measured_schedules_are_valid():
