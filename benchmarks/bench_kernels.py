@@ -177,9 +177,10 @@ def copy_bandwidth(timer) -> float:
 
 
 def bench_tokens(timer, kernels, x: torch.Tensor, dense: Rotation, packed: Rotation, fmt: str,
-                 tiny: Rotation | None = None) -> dict:
+                 tiny: Rotation | None = None, rows: Rotation | None = None) -> dict:
     """One row: bf16 F.linear, the qtool dispatcher, and each kernel alone, for activations x [M, K];
-    tiny: tinygemm copies of the same shape (W4 only), timed as an anchor."""
+    tiny: tinygemm copies of the same shape (W4 only), timed as an anchor; rows: row-major int8 copies
+    (8-bit per channel) for w8_gemv, the W8A8 layers' GEMV, which could serve W8A16 too (not dispatched)."""
     bits, group_size = FORMATS[fmt]
     (m, k), p0 = x.shape, packed.items[0]
     n = p0.out_features
@@ -234,6 +235,8 @@ def bench_tokens(timer, kernels, x: torch.Tensor, dense: Rotation, packed: Rotat
     graph_kernel_ms["wo_gemm_v4"] = graph_ms(lambda: raw("wo_gemm_v4")) if gemm and 5 <= m <= 256 else None
     if tiny is not None:
         graph_kernel_ms["tinygemm"] = graph_ms(lambda: _tinygemm(x, tiny(), group_size))
+    if rows is not None and m <= 32:
+        graph_kernel_ms["w8_gemv_rows"] = graph_ms(lambda: kernels.w8_gemv(x, *rows(), None, 0, 0))
     weight_bytes = p0.qweight.numel() * 4 + p0.scale.numel() * 4
     return {"K": k, "N": n, "format": fmt, "M": m, "bf16_ms": t_bf16, "qtool_ms": t_auto,
             "speedup": t_bf16 / t_auto, "bar": bar(fmt, m), "weight_bytes": weight_bytes,
@@ -249,8 +252,17 @@ def bench_case(timer, kernels, k: int, n: int, fmt: str, tokens: list[int]) -> l
     packed = Rotation(packed_copies(bits, group_size, k, n))
     tiny = tinygemm_copies(k, n, group_size) if bits == 4 and group_size in (32, 64, 128, 256) else None
     tiny = None if tiny is None else Rotation(tiny)
+    rows = Rotation(rows_copies(k, n)) if bits == 8 and group_size <= 0 and k % 16 == 0 else None
     return [bench_tokens(timer, kernels, torch.randn(m, k, device="cuda", dtype=torch.bfloat16), dense, packed, fmt,
-                         tiny) for m in tokens]
+                         tiny, rows) for m in tokens]
+
+
+def rows_copies(k: int, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Rotating copies of a random symmetric per-channel int8 weight, row-major [N, K] with float32 scales [N]:
+    the layout w8_gemv reads."""
+    count = copies_for(n * k + 4 * n)
+    return [(torch.randint(-127, 128, (n, k), device="cuda", dtype=torch.int8), torch.rand(n, device="cuda") / 100)
+            for _ in range(count)]
 
 
 def binary_copies(fmt: str, k: int, n: int) -> list:

@@ -7,8 +7,9 @@
 import json
 import sys
 
-COLS = ("wo_gemv", "wo_gemv_lean", "wo_gemv_wide", "wo_gemv_stream", "wo_gemm", "sm90_mixed", "sm90_mixed_streamk", "sm90_mixed_k128", "sm90_mixed_k128_streamk",
-        "sm90_mixed_k128_r256", "wo_gemm_v3_d", "dequant+cublas", "tinygemm")
+COLS = ("wo_gemv", "wo_gemv_lean", "wo_gemv_wide", "wo_gemv_stream", "w8_gemv_rows", "wo_gemm", "sm90_mixed",
+        "sm90_mixed_streamk", "sm90_mixed_k128", "sm90_mixed_k128_streamk", "sm90_mixed_k128_r256", "wo_gemm_v3_d",
+        "dequant+cublas", "tinygemm")
 
 
 def main(path: str) -> None:

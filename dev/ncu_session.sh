@@ -3,7 +3,8 @@
 # DRAM throughput, achieved occupancy, warp stall reasons of wo_gemv / wo_gemm / wo_gemm_v3 / w4_mm /
 # w1_gemv beside cuBLAS, at one shape. Then compute-sanitizer over the 1-bit GPU tests.
 #
-#   carry [".gpu/w8a8"]: bash dev/ncu_session.sh [ncu] [stalls] [sanitize]
+#   carry [".gpu/w8a8"]: [SHAPE=KxN] [ONLY=substrings] bash dev/ncu_session.sh [ncu] [stalls] [sanitize]
+# (ONLY: profile_kernels.py --only, e.g. ONLY="M=1,M=4" for the GEMVs and bf16)
 cd "$(dirname "$0")/.."
 LOG=ncu_session.log
 source dev/gpu_setup.sh
@@ -15,7 +16,7 @@ ncu_() {
     --kernel-name regex:'^(?!.*(fill|memset|vectorized_elementwise)).*' \
     --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
     --section WarpStateStats --csv --page details \
-    python3 dev/profile_kernels.py --shape "${SHAPE:-8192x8192}" > "$OUT/ncu.csv" 2> "$OUT/ncu.err"
+    python3 dev/profile_kernels.py --shape "${SHAPE:-8192x8192}" ${ONLY:+--only "$ONLY"} > "$OUT/ncu.csv" 2> "$OUT/ncu.err"
   echo "ncu exit $?"; tail -3 "$OUT/ncu.err"
   python3 - "$OUT/ncu.csv" <<'PY'
 import csv, sys, collections
@@ -39,9 +40,9 @@ PY
 stalls() {  # why each kernel waits: the per-reason stall counts the details page leaves out
   step "ncu: warp stall reasons per issued instruction (${SHAPE:-8192x8192})"
   timeout 240 ncu --clock-control none --target-processes all --kernel-name-base demangled \
-    --kernel-name regex:'(wo_gemv|wo_gemm|w1_gemv|cutlass|nvjet|dequant)' --launch-count 40 \
+    --kernel-name regex:'(wo_gemv|wo_stream|wo_gemm|w1_gemv|cutlass|nvjet|gemv|dequant)' --launch-count 200 \
     --metrics regex:'smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio',dram__throughput.avg.pct_of_peak_sustained_elapsed \
-    --csv --page raw python3 dev/profile_kernels.py --shape "${SHAPE:-8192x8192}" > "$OUT/ncu_stalls.csv" 2> "$OUT/ncu_stalls.err"
+    --csv --page raw python3 dev/profile_kernels.py --shape "${SHAPE:-8192x8192}" ${ONLY:+--only "$ONLY"} > "$OUT/ncu_stalls.csv" 2> "$OUT/ncu_stalls.err"
   echo "ncu exit $?"; tail -3 "$OUT/ncu_stalls.err"
   python3 dev/ncu_stalls.py "$OUT/ncu_stalls.csv"
 }

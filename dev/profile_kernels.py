@@ -2,8 +2,8 @@
 
     ncu --clock-control none --section SpeedOfLight ... python3 dev/profile_kernels.py --shape 8192x8192
 
-Issue 19's kernels run at 0.8-1.1 TB/s of weight traffic where the copy moves 4.25 TB/s
-(BENCHMARKS.md): these launches are what `dev/ncu_session.sh` profiles to say why (DRAM throughput,
+Issue 19's one-token GEMVs stream 0.8-2.9 TB/s (small layers least) where the copy moves 4.25 TB/s
+(BENCHMARKS.md, session 15): these launches are what `dev/ncu_session.sh` profiles to say why (DRAM throughput,
 achieved occupancy, warp stall reasons), instead of guessing. Each case rotates over enough weight
 copies that a launch cannot hit L2 for its weights; every case runs REPS times after a warm-up call.
 """
@@ -26,7 +26,7 @@ REPS = 3
 def weight_cases(kernels, k: int, n: int) -> dict:
     """name -> zero-argument callable, one launch each (plus the tensors it closes over)."""
     cases = {}
-    for bits, group in ((4, 128), (8, -1)):
+    for bits, group in ((4, 128), (8, -1), (3, 128), (2, 64)):
         lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
         codes = torch.randint(lo, hi + 1, (n, k), device="cuda", dtype=torch.int8)
         groups = 1 if group <= 0 else -(-k // group)
@@ -34,12 +34,18 @@ def weight_cases(kernels, k: int, n: int) -> dict:
         mixed = None
         if mixed_mm.available(bits) and mixed_mm.takes(bits, p.group_size, p.k_padded):
             mixed = mixed_mm.pack_mixed(unpack_codes(p.qweight, bits), p.scale, None, p.group_size, bits)
-        launches = (("", 1, "wo_gemv", (None,)), (" lean", 1, "wo_gemv", (None, 1)), ("", 16, "wo_gemm", ()),
-                    ("", 32, "wo_gemm_v3", (3,)), ("", 16, "wo_gemm_v4", ()), ("", 64, "wo_gemm_v4", ()))
+        # the GEMVs at 1 and 4 tokens in each variant (0 ring, 1 lean, 2 wide, 3 stream: weight_only.gemv_kind),
+        # then the tensor-core GEMMs (4- and 8-bit codes only)
+        launches = tuple((f" v{v}", m, "wo_gemv", (None, v)) for m in (1, 4) for v in (0, 1, 2, 3))
+        if bits >= 4:
+            launches += (("", 16, "wo_gemm", ()), ("", 32, "wo_gemm_v3", (3,)), ("", 16, "wo_gemm_v4", ()),
+                         ("", 64, "wo_gemm_v4", ()))
         for tag, m, op, extra in launches:
             x = torch.randn(m, p.k_padded, device="cuda", dtype=torch.bfloat16)
             cases[f"w{bits} {op}{tag} M={m}"] = (lambda x=x, op=op, extra=extra, p=p, bits=bits: getattr(kernels, op)(
                 x, p.qweight, p.scale, None, None, bits, p.group_size, n, EPILOGUE, *extra))
+        if bits < 4:
+            continue
         cases[f"w{bits} dequant_int"] = lambda p=p, bits=bits: kernels.dequant_int(
             p.qweight, p.scale, None, bits, p.group_size, n, torch.bfloat16)
         if mixed is not None:
