@@ -129,6 +129,8 @@ def copies_for(nbytes: int) -> int:
 
 
 def packed_copies(bits: int, group_size: int, k: int, n: int) -> list[PackedWeight]:
+    """Rotating copies in the wo layout (with the Hopper copy where built). 8-bit symmetric per-channel layers
+    would be row-major where weight_only.takes_rows (off until measured): their w8_gemv column is `rows`."""
     lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     groups = 1 if group_size <= 0 else -(-k // group_size)
     codes = torch.randint(lo, hi + 1, (n, k), device="cuda", dtype=torch.int8)

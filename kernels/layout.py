@@ -19,6 +19,10 @@ so padded weights dequantize to exactly 0; N is padded to 16. Act-order (g_idx) 
 sorting the input columns by group (`act_order_permutation`): the forward pass then gathers the
 activations with the same permutation, so kernels only ever see contiguous groups.
 Scales stay float32: the kernels apply them in float32, as the reference does.
+
+A second layout, `pack_rows`, serves 8-bit symmetric per-channel weights on `w8_gemv` (csrc/w8_gemv.cu, the W8A8
+layers' GEMV, which reads codes and activations of the same contiguous k with one 16-byte load each): the codes
+row-major, rows [N, K] int8, with scale [1, N] float32 and no qweight (weight_only.takes_rows says where).
 """
 
 from __future__ import annotations
@@ -75,7 +79,7 @@ def kernel_group_size(num_bits: int, group_size: int) -> int:
 class PackedWeight:
     """A weight in the kernel layout (see module docstring); the arguments of torch.ops.qtool_cuda.*."""
 
-    qweight: torch.Tensor  # int32 [N_pad/16, K_pad/chunk, 32, 4] ([.., 48, 4] for 3-bit)
+    qweight: torch.Tensor | None  # int32 [N_pad/16, K_pad/chunk, 32, 4] ([.., 48, 4] for 3-bit); None with rows
     scale: torch.Tensor  # float32 [G_pad, N_pad]
     zero: torch.Tensor | None  # float32 [G_pad, N_pad], None when symmetric
     perm: torch.Tensor | None  # int64 [K]: kernel input column j is activation column perm[j]; None: identity
@@ -84,10 +88,18 @@ class PackedWeight:
     in_features: int
     out_features: int
     mixed: MixedWeight | None = None  # the same weight for the Hopper W4A16 GEMM (mixed_mm.py), where built
+    rows: torch.Tensor | None = None  # int8 [N, K] row-major codes in place of qweight (`pack_rows`)
 
     @property
     def k_padded(self) -> int:
+        if self.qweight is None:
+            return self.rows.shape[1]
         return self.qweight.shape[1] * chunk_k(self.num_bits)
+
+    @property
+    def codes_tensor(self) -> torch.Tensor:
+        """The tensor holding the codes (qweight, or rows): its device, and what a prefetch pulls into L2."""
+        return self.rows if self.qweight is None else self.qweight
 
 
 def _fragment_map(num_bits: int, high_plane: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,6 +155,23 @@ def act_order_permutation(g_idx: torch.Tensor | None, group_size: int, in_featur
     if group_size <= 0 or not torch.equal(g[perm], torch.arange(in_features, device=g.device) // group_size):
         raise UnsupportedLayout("act-order groups are not all group_size long, so sorting K cannot make them contiguous")
     return None if torch.equal(perm, torch.arange(in_features, device=g.device)) else perm
+
+
+def takes_rows_shape(n: int, k: int) -> bool:
+    """Whether an [n, k] weight fits `pack_rows` without padding (w8_gemv: k % 16; the Hopper copy and the
+    GEMVs' padding: k % PAD_K, n % TILE_N)."""
+    return n % TILE_N == 0 and k % PAD_K == 0
+
+
+def pack_rows(codes: torch.Tensor, scale: torch.Tensor) -> PackedWeight:
+    """codes [N, K] int8 signed, scale [N, 1] float32 (8-bit, symmetric, per channel; `takes_rows_shape`)
+    -> the row-major layout: rows [N, K] int8, scale [1, N] float32, no qweight."""
+    n, k = codes.shape
+    if not takes_rows_shape(n, k) or scale.shape != (n, 1):
+        raise UnsupportedLayout(f"pack_rows takes [N % {TILE_N}, K % {PAD_K}] codes and [N, 1] scales, got "
+                                f"{tuple(codes.shape)} and {tuple(scale.shape)}")
+    return PackedWeight(None, scale.float().t().contiguous(), None, None, 8, -1, k, n,
+                        rows=codes.to(torch.int8).contiguous())
 
 
 def pack_weight(codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None,
@@ -244,6 +273,16 @@ class ReferenceOps:
     @staticmethod
     def wo_gemm_v4(x, qweight, scale, zero, bias, num_bits, group_size, out_features, activation):
         return ReferenceOps.wo_gemv(x, qweight, scale, zero, bias, num_bits, group_size, out_features, activation)
+
+    @staticmethod
+    def w8_gemv(x, w, scale, bias, block_n, block_k):
+        """Per-channel scales only (block_n = 0), as weight_only uses it."""
+        if block_n:
+            raise ValueError("ReferenceOps.w8_gemv takes per-channel scales (block_n = 0)")
+        y = x.float() @ (w.float() * scale.float().view(-1, 1)).T
+        if bias is not None:
+            y = y + bias.float()
+        return y.to(x.dtype)
 
     @staticmethod
     def dequant_int(qweight, scale, zero, num_bits, group_size, out_features, dtype):

@@ -1,6 +1,9 @@
 """The CUDA route of weight-only linears over a weight already in the kernel layout (`layout.PackedWeight`).
 
 Dispatch on m = tokens:
+  rows layout       8-bit symmetric per-channel weights packed row-major (layout.pack_rows, where takes_rows):
+                    qtool_cuda::w8_gemv up to W8_ROWS_MAX_M tokens, then the Hopper copy's route, else
+                    dequantization of the rows + cuBLAS (off: W8_ROWS_MAX_M = 0 until measured)
   m <= 8            gemv_kind: qtool_cuda::wo_gemv variant 3 ("stream") or the ring GEMV (variants 0-2), by
                     session 15's measured rule (below), or None: the kernels past them
   m <= V4_MAX_M     qtool_cuda::wo_gemm_v4  tensor cores, weights staged through a cp.async pipeline
@@ -32,7 +35,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .layout import EPILOGUE, LOW_BITS, PackedWeight
+from .layout import EPILOGUE, LOW_BITS, PackedWeight, takes_rows_shape
 from .mixed_mm import mixed_linear
 from .tuning import fit, measured_route, plain_schedule
 
@@ -93,6 +96,21 @@ GEMV_KIND_MAX_M = 8  # the ring GEMV's token limit (csrc/wo_kernels.h, kMaxGemvT
 # 44.4 / 72.1 us, wide 42.2 / 67.5; at two tokens 61.8 / 108.2 -> 57.7 / 93.3; 2-/3-bit within 1%), so
 # variant 0 serves nothing now.
 GEMV_WIDE_MAX_N = 4096
+
+
+# W8A16 on w8_gemv (kernels/NOTES.md, session 15): 8-bit symmetric per-channel layers could keep their codes
+# row-major for w8_gemv, the W8A8 layers' GEMV (1.37-1.76x bf16 at 2-16 tokens on int8 codes, session 14, where
+# W8A16 on wo_gemv / the Hopper GEMM runs 0.89-1.38x on the small and mid layers). Not measured on W8A16 layers
+# yet, so off (0): `dev/session16.sh w8rows` compares them in one run, then this is set to the largest batch
+# where w8_gemv wins (<= 32, its limit). While 0, no layer is packed row-major.
+W8_ROWS_MAX_M = 0
+
+
+def takes_rows(num_bits: int, group_size: int, zero: torch.Tensor | None, g_idx: torch.Tensor | None,
+               out_features: int, in_features: int) -> bool:
+    """Whether a layer is packed row-major for w8_gemv (layout.pack_rows) in place of the wo layout."""
+    return (W8_ROWS_MAX_M > 0 and num_bits == 8 and group_size <= 0 and zero is None and g_idx is None
+            and takes_rows_shape(out_features, in_features))
 
 
 def gemv_variant(w: PackedWeight) -> int:
@@ -178,6 +196,8 @@ def packed_linear(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, k
     lead = x.shape[:-1]
     x2 = _kernel_input(x.reshape(-1, x.shape[-1]), w)
     m = x2.shape[0]
+    if w.rows is not None:
+        return _rows_linear(x2, w, bias, kernels).reshape(*lead, w.out_features)
     args = (w.qweight, w.scale, w.zero)
     meta = (w.num_bits, w.group_size, w.out_features)
     kernel = None if w.num_bits in LOW_BITS else route(w, m, x2.dtype)
@@ -195,6 +215,20 @@ def packed_linear(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, k
     else:
         y = _dequant_linear(x2, w, bias, kernels)
     return y.reshape(*lead, w.out_features)
+
+
+def _rows_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, kernels) -> torch.Tensor:
+    """packed_linear for the row-major layout: x2 [m, K] -> [m, N]."""
+    m = x2.shape[0]
+    if m <= W8_ROWS_MAX_M:
+        return kernels.w8_gemv(x2, w.rows, w.scale.view(-1), bias, 0, 0)
+    hopper = hopper_route(w, m, x2.dtype)
+    if isinstance(hopper, dict):
+        return _hopper_linear(x2, w, bias, hopper)
+    if hopper == "wo_gemm":  # no wo layout here: the Hopper copy's plain schedule
+        return _hopper_linear(x2, w, bias, plain_schedule(m, w.mixed.group, w.k_padded))
+    dense = w.rows.to(x2.dtype) * w.scale.view(-1, 1).to(x2.dtype)
+    return F.linear(x2, dense, None if bias is None else bias.to(x2.dtype))
 
 
 def _dequant_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, kernels) -> torch.Tensor:

@@ -23,8 +23,15 @@ import torch.nn.functional as F
 
 # ops declares torch.ops.qtool.*; scaled_mm registers qtool::scaled_linear's CUDA implementation.
 from qtool_kernels import binary, build, mixed_mm, ops, scaled_mm  # noqa: F401
-from qtool_kernels.layout import LOW_BITS, PackedWeight, UnsupportedLayout, pack_weight, unpack_codes
-from qtool_kernels.weight_only import KERNEL_DTYPES, packed_linear
+from qtool_kernels.layout import (
+    LOW_BITS,
+    PackedWeight,
+    UnsupportedLayout,
+    pack_rows,
+    pack_weight,
+    unpack_codes,
+)
+from qtool_kernels.weight_only import KERNEL_DTYPES, packed_linear, takes_rows
 
 from .primitives import QTensor, dequantize, pack_factor, pack_int, scale_shape, unpack_int
 from .scheme import QuantScheme, Strategy
@@ -222,7 +229,7 @@ def replace_linears(model: nn.Module, schemes: dict[str, QuantScheme], device: t
 # --- the CUDA route ---------------------------------------------------------------------------
 
 _SOURCES = ("weight_packed", "weight", "weight_scale", "weight_zero_point", "weight_g_idx", "bias")
-_BUFFERS = ("cuda_qweight", "cuda_scale", "cuda_zero", "cuda_perm", "cuda_bias")
+_BUFFERS = ("cuda_qweight", "cuda_scale", "cuda_zero", "cuda_perm", "cuda_bias", "cuda_rows")
 _MIXED = ("cuda_mixed_w", "cuda_mixed_scale", "cuda_mixed_zero")
 
 
@@ -237,6 +244,8 @@ def pack_layer(layer: QuantLinear) -> PackedWeight | None:
     # groups, g16), and (q - z) * s is the same number. So every width runs on the kernels, not on the
     # reference (which unpacks the whole weight on every call); the checkpoint keeps its own width.
     codes, zero, g_idx = layer.codes(), getattr(layer, "weight_zero_point", None), getattr(layer, "weight_g_idx", None)
+    if takes_rows(args[0], args[1], zero, g_idx, *codes.shape):
+        return pack_rows(codes, layer.weight_scale)
     widths = [args[0]] if args[0] in LOW_BITS else []
     for bits in [*widths, 4 if args[0] <= 4 else 8]:
         try:
@@ -265,7 +274,8 @@ def prepare_for_cuda(layer: QuantLinear) -> PackedWeight | None:
     if getattr(layer, "_cuda_layout_key", None) != key:
         packed = pack_layer(layer)
         bias = None if packed is None or layer.bias is None else layer.bias.detach().float()
-        tensors = (None,) * 5 if packed is None else (packed.qweight, packed.scale, packed.zero, packed.perm, bias)
+        tensors = (None,) * 6 if packed is None else (packed.qweight, packed.scale, packed.zero, packed.perm, bias,
+                                                      packed.rows)
         for name, t in zip(_BUFFERS, tensors, strict=True):
             layer.register_buffer(name, t, persistent=False)
         layer._cuda_layout = None if packed is None else (packed.num_bits, packed.group_size, packed.in_features,
@@ -281,15 +291,15 @@ def prepare_for_cuda(layer: QuantLinear) -> PackedWeight | None:
 def _pack_mixed(packed: PackedWeight | None) -> mixed_mm.MixedWeight | None:
     """The Hopper W4A16 / W8A16 GEMM's copy of a packed weight (batches of tokens), where it applies.
     It holds the codes a second time (N * K * bits / 8 bytes), the price of the faster batched path."""
-    if packed is None or not packed.qweight.is_cuda:
+    if packed is None or not packed.codes_tensor.is_cuda:
         return None
     bits = 4 if packed.num_bits in LOW_BITS else packed.num_bits  # 2-3-bit codes fit int4: a 4-bit copy
     if not mixed_mm.takes(bits, packed.group_size, packed.k_padded) or bits not in mixed_mm.copy_bits():
         return None
     if not mixed_mm.available(bits):
         return None
-    return mixed_mm.pack_mixed(unpack_codes(packed.qweight, packed.num_bits), packed.scale, packed.zero,
-                               packed.group_size, bits)
+    codes = packed.rows if packed.qweight is None else unpack_codes(packed.qweight, packed.num_bits)
+    return mixed_mm.pack_mixed(codes, packed.scale, packed.zero, packed.group_size, bits)
 
 
 def _prepared(layer: QuantLinear) -> PackedWeight | None:
@@ -299,7 +309,8 @@ def _prepared(layer: QuantLinear) -> PackedWeight | None:
     group = getattr(layer, "_cuda_mixed_group", None)
     mixed = None if group is None else mixed_mm.MixedWeight(layer.cuda_mixed_w, layer.cuda_mixed_scale,
                                                              layer.cuda_mixed_zero, group)
-    return PackedWeight(layer.cuda_qweight, layer.cuda_scale, layer.cuda_zero, layer.cuda_perm, *meta, mixed)
+    return PackedWeight(layer.cuda_qweight, layer.cuda_scale, layer.cuda_zero, layer.cuda_perm, *meta, mixed,
+                        layer.cuda_rows)
 
 
 def cuda_linear(layer: QuantLinear, x: torch.Tensor) -> torch.Tensor | None:
@@ -330,7 +341,7 @@ def link_prefetch(layers: list[QuantLinear]) -> int:
     if len(ready) < 2:
         return 0
     for layer, nxt in zip(ready, ready[1:] + ready[:1], strict=True):
-        layer.cuda_prefetch = nxt.cuda_qweight
+        layer.cuda_prefetch = _prepared(nxt).codes_tensor
     return len(ready)
 
 

@@ -196,6 +196,38 @@ def test_narrow_codes_run_on_the_wider_kernels(bits, group_size, symmetric):
         torch.testing.assert_close(got, layer(x), rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("m", [1, 16, 17, 300])  # w8_gemv, w8_gemv at its limit, then dequantized rows + matmul
+def test_rows_layout_serves_w8_per_channel(monkeypatch, m):
+    """With weight_only.W8_ROWS_MAX_M set, an 8-bit symmetric per-channel layer packs row-major (no wo layout)
+    and computes what its reference does (float64 product of its own dequantized weight), through w8_gemv up to
+    that many tokens and dequantized rows past it; other layers keep the wo layout; while it is 0 (the
+    default) nothing packs row-major."""
+    n, k = 48, 256
+    codes, scale, _, _ = random_weight(n, k, 8, -1, True, act_order=False)
+    args = QuantArgs(num_bits=8, symmetric=True, strategy=Strategy.CHANNEL)
+    qt = QTensor(codes, scale, None, args)
+    layer = QuantLinear.from_qtensor(qt, QuantScheme(weights=args), bias=torch.randn(n))
+    assert pack_layer(layer).rows is None
+    monkeypatch.setattr(weight_only, "W8_ROWS_MAX_M", 16)
+    packed = pack_layer(layer)
+    assert packed.qweight is None and packed.rows.shape == (n, k) and packed.k_padded == k
+    calls = []
+
+    class Counting(ReferenceOps):
+        @staticmethod
+        def w8_gemv(*args):
+            calls.append(args[0].shape[0])
+            return ReferenceOps.w8_gemv(*args)
+
+    x = torch.randn(1, m, k)
+    got = weight_only.packed_linear(x, packed, layer.bias.float(), Counting)
+    want = x.double() @ qt.dequantize(torch.float64).T + layer.bias.double()
+    assert got.shape == want.shape and rel_err(got, want) < 1e-5
+    assert calls == ([m] if m <= 16 else [])
+    ragged = QuantLinear.from_qtensor(QTensor(codes[:, :200], scale, None, args), QuantScheme(weights=args))
+    assert pack_layer(ragged).rows is None  # K % 64 != 0: the wo layout pads it
+
+
 def test_host_decode_helpers_match_layout(tmp_path):
     """Compile tests/kernels_host_check.cu (host code only) and decode packed chunks with the kernels' helpers."""
     nvcc = shutil.which("nvcc")

@@ -317,3 +317,20 @@ def test_smoke_all_paths(kernels):
             ref = x.double() @ dense.T + layer.bias.double()
             assert rel_err(layer(x), ref) < 1e-2
     torch.cuda.synchronize()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rows_layout_matches_float64(kernels, monkeypatch, dtype):
+    """8-bit symmetric per-channel layers packed row-major (weight_only.W8_ROWS_MAX_M set; off by default until
+    measured): w8_gemv up to that many tokens, then the Hopper copy (bf16) or the dequantized rows + cuBLAS, all
+    against the float64 product; a layer the row-major layout cannot take (K % 64) keeps the wo layout."""
+    monkeypatch.setattr(weight_only, "W8_ROWS_MAX_M", 32)
+    for k, n in ((4096, 1536), (4160, 1536), (576, 4224)):
+        qt, args, dense = make_weight(8, -1, True, False, k, n)
+        layer = QuantLinear.from_qtensor(qt, QuantScheme(weights=args), bias=torch.randn(n, device="cuda"))
+        for m in (1, 8, 32, 33, 300):
+            x = torch.randn(m, k, device="cuda", dtype=dtype)
+            poison_cache()
+            ref = x.double() @ dense.T + layer.bias.double()
+            assert rel_err(layer(x), ref) < 1e-2, (k, n, m)
+        assert (layer.cuda_rows is not None) == (k % 64 == 0), k
