@@ -80,10 +80,10 @@ KERNEL_DTYPES = (torch.float16, torch.bfloat16)
 STREAM_SMALL_MAX_N = 8192
 STREAM_SMALL_MAX_BYTES = 32 << 20
 STREAM_LONG_K = 16384
-STREAM_LOW_BITS_MAX_M = 16  # 2-/3-bit weights of at most STREAM_LOW_BITS_MAX_WEIGHT elements
+STREAM_LOW_BITS_MAX_M = 16  # 2-/3-bit weights of at most STREAM_LOW_BITS_MAX_WEIGHT elements (kernel: <= 32)
 STREAM_LOW_BITS_MAX_WEIGHT = 4096 * 4096
-STREAM_KERNEL_MAX_M = 32  # what the kernel takes (csrc/wo_kernels.h, kMaxStreamTokens)
-GEMV_KIND_MAX_M = 8  # the ring GEMV's token limit (csrc/wo_kernels.h, kMaxGemvTokens), and variant 3's but above
+GEMV_KIND_MAX_M = 8  # the ring GEMV's token limit (csrc/wo_kernels.h, kMaxGemvTokens); variant 3 passes it only
+# for small 2-/3-bit weights (STREAM_LOW_BITS_MAX_M)
 
 
 # wo_gemv's lean launch (variant 1: 4 blocks per SM instead of 3) measured on the H200 at M = 1 (BENCHMARKS.md,
