@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The next session's device calls, prepared at the end of session 15 (nvidia-h200, carry [".gpu/w8a8"]; the Hopper
 # libraries did not change in session 15: .gpu/w8a8 holds them, else bash dev/prebuild_sm90.sh first):
-#   call 1: bash dev/session16.sh tests w8rows ncusmall ncularge b1peak e2efp8             (~9 min)
+#   call 1: bash dev/session16.sh tests w8rows ncusmall ncularge b1peak sanitize e2efp8    (~9.5 min)
 #   nvidia-h200-x2 (issue 20): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 summary
 # tests     every GPU test
 # w8rows    W8A16 per channel with w8_gemv on a row-major copy of the codes (bench_kernels' w8_gemv_rows column, new)
@@ -15,6 +15,8 @@
 # b1peak    the b1 mma.sync peak on the H200 (benchmarks/bench_b1_mma.py, never run yet): issue 21's W1A1 at 4096
 #           tokens runs its mainloop at ~4400 MAC/clk/SM (2.40x bf16, goal 4x); if the peak is < 2x that, 4x is out of
 #           reach with mma.sync and the note says so with the figure; else the mainloop is latency-bound (NOTES)
+# sanitize  compute-sanitizer memcheck and racecheck over wo_gemv variant 3 (shared-memory x staged by cp.async and
+#           read by other lanes after __syncwarp: racecheck's case) and the row-major W8A16 path (issue 19: "clean")
 # e2efp8    the 8B fp8 decode at batch 16 again (issue 18's goal 1.5x; 1.48x in session 14; nothing changed since)
 cd "$(dirname "$0")/.."
 LOG=session16.log
@@ -49,9 +51,19 @@ b1peak() {
   timeout 120 python3 benchmarks/bench_b1_mma.py --json "$OUT/b1_mma.json" 2>&1 | tail -12
 }
 
+sanitize() {
+  for tool in memcheck racecheck; do
+    step "compute-sanitizer $tool: variant 3 (bf16, W4 g128, 576 x 200) and the row-major W8A16 layout"
+    timeout 150 compute-sanitizer --tool $tool --print-limit 5 python3 -m pytest -q -x -m gpu \
+      tests/test_wo_stream_gpu.py -k "prefetch or (576-200 and dtype0 and 4-128)" 2>&1 | tail -6
+  done
+  timeout 100 compute-sanitizer --tool memcheck --print-limit 5 python3 -m pytest -q -x -m gpu \
+    tests/test_kernels_gpu.py -k "rows_layout and dtype0" 2>&1 | tail -6
+}
+
 e2efp8() { bench8b "" fp8 16 128 10; }
 
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(tests w8rows ncusmall ncularge b1peak e2efp8)
+[ ${#stages[@]} -eq 0 ] && stages=(tests w8rows ncusmall ncularge b1peak sanitize e2efp8)
 for s in "${stages[@]}"; do "$s"; done
 step "done"
