@@ -219,14 +219,10 @@ def packed_linear(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, k
 
 def _rows_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, kernels) -> torch.Tensor:
     """packed_linear for the row-major layout: x2 [m, K] -> [m, N]."""
-    m = x2.shape[0]
-    if m <= W8_ROWS_MAX_M:
+    if x2.shape[0] <= W8_ROWS_MAX_M:
         return kernels.w8_gemv(x2, w.rows, w.scale.view(-1), bias, 0, 0)
-    hopper = hopper_route(w, m, x2.dtype)
-    if isinstance(hopper, dict):
-        return _hopper_linear(x2, w, bias, hopper)
-    if hopper == "wo_gemm":  # no wo layout here: the Hopper copy's plain schedule
-        return _hopper_linear(x2, w, bias, plain_schedule(m, w.mixed.group, w.k_padded))
+    if (y := _copy_linear(x2, w, bias)) is not None:
+        return y
     dense = w.rows.to(x2.dtype) * w.scale.view(-1, 1).to(x2.dtype)
     return F.linear(x2, dense, None if bias is None else bias.to(x2.dtype))
 
@@ -247,14 +243,24 @@ def _hopper_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None,
 def _low_bits_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, kernels,
                      prefetch: torch.Tensor | None) -> torch.Tensor:
     """packed_linear for 2- and 3-bit weights: x2 [m, K_pad] -> [m, N]."""
-    m = x2.shape[0]
-    if (kind := gemv_kind(w, m)) is not None:  # 1-8 tokens, with a Hopper copy or without
+    if (kind := gemv_kind(w, x2.shape[0])) is not None:  # with a Hopper copy or without
         return kernels.wo_gemv(x2, w.qweight, w.scale, w.zero, bias, w.num_bits, w.group_size, w.out_features,
                                EPILOGUE, prefetch, 3 if kind == "stream" else gemv_variant(w))
-    # the Hopper copy holds the codes widened to 4 bits; any batch it takes beats dequant + cuBLAS
-    hopper = hopper_route(w, m, x2.dtype, bits=4)
+    # the Hopper copy holds the codes widened to 4 bits: read the 4-bit routes
+    if (y := _copy_linear(x2, w, bias, bits=4)) is not None:
+        return y
+    return _dequant_linear(x2, w, bias, kernels)
+
+
+def _copy_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None,
+                 bits: int | None = None) -> torch.Tensor | None:
+    """x2 [m, K] on the weight's Hopper copy by the measured route for `bits` (hopper_route), or None where the
+    route is dequantization or there is no copy. Where the route names wo_gemm, which these weights cannot run
+    (2-/3-bit codes, the row-major layout), the copy's plain schedule."""
+    m = x2.shape[0]
+    hopper = hopper_route(w, m, x2.dtype, bits)
     if isinstance(hopper, dict):
         return _hopper_linear(x2, w, bias, hopper)
-    if hopper == "wo_gemm":  # the 4-bit winner decodes 4-bit chunks only: the Hopper copy's plain schedule
+    if hopper == "wo_gemm":
         return _hopper_linear(x2, w, bias, plain_schedule(m, w.mixed.group, w.k_padded))
-    return _dequant_linear(x2, w, bias, kernels)
+    return None

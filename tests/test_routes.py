@@ -28,24 +28,30 @@ def test_mixed_ktile_rules():
     mixed_mm.check_schedule(300, 128, 4096, 0, 128, 0, 64)  # 64-token tiles of 128 k serve any batch
 
 
+class Recorder:
+    """Stands in for torch.ops.qtool_cuda: records each call as (op,) or, for wo_gemv, (op, variant), and returns
+    zeros of the op's output shape."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, name):
+        def run(x, *args):
+            self.calls.append((name, args[-1]) if name == "wo_gemv" else (name,))
+            if name == "dequant_int":  # (qweight, scale, zero, bits, group, n, dtype): dense [n, K_pad]
+                return torch.zeros(args[4], x.shape[1] * layout.chunk_k(args[2]), dtype=args[5])
+            return torch.zeros(x.shape[0], args[6], dtype=x.dtype)
+        return run
+
+
 def test_dispatcher_routes_by_tokens_and_shape(monkeypatch):
     """packed_linear's routes (kernels/weight_only.py): the GEMV's lean launch where rows >= columns, then for a
     weight with a Hopper copy the measured route of the nearest measured shape and the next measured batch
     (kernels/tuning.py), then wo_gemm_v3 / wo_gemm / dequantization without one."""
     from qtool_kernels import mixed_mm
 
-    calls = []
-
-    class Recorder:
-        def __getattr__(self, name):
-            def run(x, *args):
-                calls.append((name,))
-                if name == "wo_gemv":
-                    calls[-1] = (name, args[-1])
-                if name == "dequant_int":  # (qweight, scale, zero, bits, group, n, dtype): dense [n, K_pad]
-                    return torch.zeros(args[4], x.shape[1] * layout.chunk_k(args[2]), dtype=args[5])
-                return torch.zeros(x.shape[0], args[6], dtype=x.dtype)
-            return run
+    recorder = Recorder()
+    calls = recorder.calls
 
     def fake_mixed(x2, mixed, split=0, pingpong=0, ktile=64, variant=0, token_tile=0, checked=False):
         calls.append(("mixed", ktile, token_tile, variant, split))
@@ -66,7 +72,7 @@ def test_dispatcher_routes_by_tokens_and_shape(monkeypatch):
         w = layout.PackedWeight(w.qweight.new_zeros(n // 16, k // layout.chunk_k(bits), w.qweight.shape[2], 4),
                                 w.scale, None, None, bits, -1, k, n, mixed)
         calls.clear()
-        weight_only.packed_linear(torch.zeros(m, k, dtype=torch.bfloat16), w, None, Recorder())
+        weight_only.packed_linear(torch.zeros(m, k, dtype=torch.bfloat16), w, None, recorder)
         return calls[0]
 
     try:
@@ -118,22 +124,13 @@ def test_gemv_rule_without_a_hopper_copy():
     """The GEMV rule holds for weights without a Hopper copy (fp16, other GPUs): one token on the ring GEMV,
     2-16 tokens of small 2-/3-bit and 3-8 of small 4-bit weights on variant 3, small 8-bit weights on the ring GEMV
     to 8; past those wo_gemm (4-, 8-bit) or dequantization + cuBLAS (2-, 3-bit)."""
-    calls = []
-
-    class Recorder:
-        def __getattr__(self, name):
-            def run(x, *args):
-                calls.append((name, args[-1]) if name == "wo_gemv" else (name,))
-                if name == "dequant_int":  # (qweight, ...) -> the dense [N, K] weight
-                    return torch.zeros(64, 256, dtype=args[-1])
-                return torch.zeros(x.shape[0], args[6], dtype=x.dtype)
-            return run
+    recorder = Recorder()
 
     def route(bits, m, dtype=torch.bfloat16):
         w = pack_weight(torch.zeros(64, 256, dtype=torch.int8), torch.ones(64, 2), None, None, bits, 128)
-        calls.clear()
-        weight_only.packed_linear(torch.zeros(m, 256, dtype=dtype), w, None, Recorder())
-        return calls[0]
+        recorder.calls.clear()
+        weight_only.packed_linear(torch.zeros(m, 256, dtype=dtype), w, None, recorder)
+        return recorder.calls[0]
 
     for bits in (2, 3, 4, 8):
         assert route(bits, 1) == ("wo_gemv", 2), bits
