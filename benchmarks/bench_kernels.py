@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from qtool_kernels import binary, build, mixed_mm
-from qtool_kernels.layout import EPILOGUE, PackedWeight, pack_weight, unpack_codes
-from qtool_kernels.weight_only import GEMV_MAX_M, packed_linear
+from qtool_kernels.layout import EPILOGUE, PackedWeight, pack_rows, pack_weight, unpack_codes
+from qtool_kernels.weight_only import GEMV_MAX_M, packed_linear, takes_rows
 from quantize.primitives import pack_int
 
 SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096), (8192, 8192), (8192, 28672), (28672, 8192)]  # (K, N)
@@ -128,25 +128,33 @@ def copies_for(nbytes: int) -> int:
     return max(2, math.ceil(ROTATE_BYTES / nbytes))
 
 
-def packed_copies(bits: int, group_size: int, k: int, n: int) -> list[PackedWeight]:
-    """Rotating copies in the wo layout (with the Hopper copy where built). 8-bit symmetric per-channel layers
-    would be row-major where weight_only.takes_rows (off until measured): their w8_gemv column is `rows`."""
+def packed_copies(bits: int, group_size: int, k: int, n: int, layer: bool = False) -> list[PackedWeight]:
+    """Rotating copies in the wo layout (the kernels' columns), or with layer=True as quantize/linear.py packs
+    a layer: row-major codes where weight_only.takes_rows (8-bit symmetric per channel); with the Hopper copy
+    where built."""
     lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     groups = 1 if group_size <= 0 else -(-k // group_size)
     codes = torch.randint(lo, hi + 1, (n, k), device="cuda", dtype=torch.int8)
-    p = pack_weight(codes, torch.rand(n, groups, device="cuda") / 100, None, None, bits, group_size)
-    del codes
-    count = copies_for(p.qweight.numel() * 4 + p.scale.numel() * 4)
+    scale = torch.rand(n, groups, device="cuda") / 100
+    if layer and takes_rows(bits, group_size, None, None, n, k):
+        p = pack_rows(codes, scale)
+    else:
+        p = pack_weight(codes, scale, None, None, bits, group_size)
+        codes = unpack_codes(p.qweight, bits)
+    count = copies_for(p.codes_tensor.numel() * p.codes_tensor.element_size() + p.scale.numel() * 4)
     mixed = None
     wide = 4 if bits in (2, 3) else bits  # 2-3-bit layers get a 4-bit copy, as quantize/linear.py builds it
     if mixed_mm.takes(wide, p.group_size, p.k_padded) and mixed_mm.available(wide):  # the Hopper GEMM's copy
-        mixed = mixed_mm.pack_mixed(unpack_codes(p.qweight, bits), p.scale, None, p.group_size, wide)
-    copies = [PackedWeight(p.qweight.clone(), p.scale.clone(), None, None, bits, p.group_size, k, n,
-                           None if mixed is None else dataclasses.replace(mixed, w=mixed.w.clone(),
-                                                                          scale=mixed.scale.clone(),
-                                                                          zero=mixed.zero.clone()))
-              for _ in range(count)]
-    return copies
+        mixed = mixed_mm.pack_mixed(codes, p.scale, None, p.group_size, wide)
+    del codes
+
+    def clone(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.clone()
+
+    return [dataclasses.replace(p, qweight=clone(p.qweight), rows=clone(p.rows), scale=p.scale.clone(),
+                                mixed=None if mixed is None else dataclasses.replace(
+                                    mixed, w=mixed.w.clone(), scale=mixed.scale.clone(), zero=mixed.zero.clone()))
+            for _ in range(count)]
 
 
 def tinygemm_copies(k: int, n: int, group_size: int) -> list | None:
@@ -179,10 +187,11 @@ def copy_bandwidth(timer) -> float:
 
 
 def bench_tokens(timer, kernels, x: torch.Tensor, dense: Rotation, packed: Rotation, fmt: str,
-                 tiny: Rotation | None = None, rows: Rotation | None = None) -> dict:
+                 tiny: Rotation | None = None, layer: Rotation | None = None) -> dict:
     """One row: bf16 F.linear, the qtool dispatcher, and each kernel alone, for activations x [M, K];
-    tiny: tinygemm copies of the same shape (W4 only), timed as an anchor; rows: row-major int8 copies
-    (8-bit per channel) for w8_gemv, the W8A8 layers' GEMV, which could serve W8A16 too (not dispatched)."""
+    packed: wo-layout copies (the kernels' columns); layer: the copies as a layer packs them (the dispatcher's;
+    `packed` where None), whose row-major codes (8-bit per channel) also give w8_gemv's column;
+    tiny: tinygemm copies of the same shape (W4 only), timed as an anchor."""
     bits, group_size = FORMATS[fmt]
     (m, k), p0 = x.shape, packed.items[0]
     n = p0.out_features
@@ -197,9 +206,10 @@ def bench_tokens(timer, kernels, x: torch.Tensor, dense: Rotation, packed: Rotat
         return F.linear(x, kernels.dequant_int(p.qweight, p.scale, None, bits, p.group_size, n, x.dtype))
 
     t_bf16 = timer(lambda: F.linear(x, dense()))
-    t_auto = timer(lambda: packed_linear(x, packed(), None, kernels))
+    layer = layer or packed
+    t_auto = timer(lambda: packed_linear(x, layer(), None, kernels))
     g_bf16 = graph_ms(lambda: F.linear(x, dense()))
-    g_auto = graph_ms(lambda: packed_linear(x, packed(), None, kernels))
+    g_auto = graph_ms(lambda: packed_linear(x, layer(), None, kernels))
     kernel_ms = {"wo_gemv": timer(lambda: raw("wo_gemv")) if m <= 8 else None,
                  "wo_gemm": timer(lambda: raw("wo_gemm")) if gemm and m <= 1024 else None,
                  "dequant+cublas": timer(dequant_gemm)}
@@ -237,8 +247,8 @@ def bench_tokens(timer, kernels, x: torch.Tensor, dense: Rotation, packed: Rotat
     graph_kernel_ms["wo_gemm_v4"] = graph_ms(lambda: raw("wo_gemm_v4")) if gemm and 5 <= m <= 256 else None
     if tiny is not None:
         graph_kernel_ms["tinygemm"] = graph_ms(lambda: _tinygemm(x, tiny(), group_size))
-    if rows is not None and m <= 32:
-        graph_kernel_ms["w8_gemv_rows"] = graph_ms(lambda: kernels.w8_gemv(x, *rows(), None, 0, 0))
+    if layer.items[0].rows is not None and m <= 32:
+        graph_kernel_ms["w8_gemv_rows"] = graph_ms(lambda: _rows_gemv(x, layer(), kernels))
     weight_bytes = p0.qweight.numel() * 4 + p0.scale.numel() * 4
     return {"K": k, "N": n, "format": fmt, "M": m, "bf16_ms": t_bf16, "qtool_ms": t_auto,
             "speedup": t_bf16 / t_auto, "bar": bar(fmt, m), "weight_bytes": weight_bytes,
@@ -254,17 +264,15 @@ def bench_case(timer, kernels, k: int, n: int, fmt: str, tokens: list[int]) -> l
     packed = Rotation(packed_copies(bits, group_size, k, n))
     tiny = tinygemm_copies(k, n, group_size) if bits == 4 and group_size in (32, 64, 128, 256) else None
     tiny = None if tiny is None else Rotation(tiny)
-    rows = Rotation(rows_copies(k, n)) if bits == 8 and group_size <= 0 and k % 16 == 0 else None
+    layer = Rotation(packed_copies(bits, group_size, k, n, layer=True)) \
+        if takes_rows(bits, group_size, None, None, n, k) else None
     return [bench_tokens(timer, kernels, torch.randn(m, k, device="cuda", dtype=torch.bfloat16), dense, packed, fmt,
-                         tiny, rows) for m in tokens]
+                         tiny, layer) for m in tokens]
 
 
-def rows_copies(k: int, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Rotating copies of a random symmetric per-channel int8 weight, row-major [N, K] with float32 scales [N]:
-    the layout w8_gemv reads."""
-    count = copies_for(n * k + 4 * n)
-    return [(torch.randint(-127, 128, (n, k), device="cuda", dtype=torch.int8), torch.rand(n, device="cuda") / 100)
-            for _ in range(count)]
+def _rows_gemv(x: torch.Tensor, p: PackedWeight, kernels) -> torch.Tensor:
+    """w8_gemv on a row-major copy (rows [N, K] int8, scale [1, N])."""
+    return kernels.w8_gemv(x, p.rows, p.scale.view(-1), None, 0, 0)
 
 
 def binary_copies(fmt: str, k: int, n: int) -> list:

@@ -11,16 +11,24 @@ copies that a launch cannot hit L2 for its weights; every case runs REPS times a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import torch
 import torch.nn.functional as F
 
 import quantize  # noqa: F401  (makes qtool_kernels importable)
-from qtool_kernels import binary, build, mixed_mm
+from qtool_kernels import binary, build, mixed_mm, weight_only
 from qtool_kernels.layout import EPILOGUE, pack_weight, unpack_codes
+from qtool_kernels.tuning import plain_schedule
 from quantize.primitives import pack_int
 
 REPS = 3
+
+
+def hopper_schedule(p, mixed, m: int) -> dict:
+    """The Hopper GEMM's schedule the dispatcher takes for m tokens (its plain one where the route is another kernel)."""
+    route = weight_only.hopper_route(dataclasses.replace(p, mixed=mixed), m, torch.bfloat16)
+    return route if isinstance(route, dict) else plain_schedule(m, mixed.group, p.k_padded)
 
 
 def weight_cases(kernels, k: int, n: int) -> dict:
@@ -54,12 +62,16 @@ def weight_cases(kernels, k: int, n: int) -> dict:
             cases[f"w{bits} w{bits}_mm k128 M=16"] = lambda x=x, mixed=mixed: mixed_mm.mixed_linear(x, mixed, ktile=128)
             cases[f"w{bits} w{bits}_mm k128 r256 M=16"] = lambda x=x, mixed=mixed: mixed_mm.mixed_linear(
                 x, mixed, ktile=128, variant=1)
+            for m in (64, 256):  # the measured route (tuning.py) where issue 19's W4 goals are furthest off
+                xm = torch.randn(m, p.k_padded, device="cuda", dtype=torch.bfloat16)
+                cases[f"w{bits} w{bits}_mm routed M={m}"] = lambda xm=xm, p=p, mixed=mixed: mixed_mm.mixed_linear(
+                    xm, mixed, **hopper_schedule(p, mixed, xm.shape[0]))
     signs = (torch.randint(0, 2, (n, k), device="cuda") * 2 - 1).to(torch.int8)
     w1 = binary.pack_gemv(pack_int(signs, 1), torch.rand(n, -(-k // 64), device="cuda") + 0.5, 64, k)
     x1 = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
     cases["w1 w1_gemv M=1"] = lambda: binary.binary_gemv_linear(x1, w1, None, kernels)
     dense = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
-    for m in (1, 16):
+    for m in (1, 16, 64, 256):
         xd = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
         cases[f"bf16 F.linear M={m}"] = lambda xd=xd: F.linear(xd, dense)
     return cases

@@ -41,9 +41,9 @@ w8rows() {
 
 ncu_at() {  # $1: KxN
   step "ncu stall reasons, the GEMVs at $1"
-  SHAPE=$1 ONLY="M=1,M=4" OUT="$OUT/ncu_$1" bash dev/ncu_session.sh stalls 2>&1 | tail -60
+  SHAPE=$1 ONLY="${ONLY:-M=1,M=4}" OUT="$OUT/ncu_$1" bash dev/ncu_session.sh stalls 2>&1 | tail -60
 }
-ncusmall() { ncu_at 4096x4096; }
+ncusmall() { ONLY="${NCU_ONLY:-w4 wo_gemv,w2 wo_gemv,_mm routed,bf16}" ncu_at 4096x4096; }
 ncularge() { ncu_at 28672x8192; }
 
 b1peak() {
@@ -62,6 +62,64 @@ sanitize() {
 }
 
 e2efp8() { bench8b "" fp8 16 128 10; }
+
+# call 2 (after call 1's w8rows table shipped the row-major W8A16 layout, weight_only.rows_gemv; and the b1 peak
+# measured 19656 MAC/clk/SM where the W1A1 GEMM runs ~4400):
+#   bash dev/session16.sh tests2 w8table w1tests w1ab ncusmall sanitize
+tests2() {
+  step "GPU tests: weight-only (row-major W8A16 now default), Hopper copies, transformers, 1-bit"
+  timeout 200 python3 -m pytest -q -m gpu tests/test_kernels_gpu.py tests/test_mixed_gpu.py tests/test_hf_gpu.py \
+    tests/test_binary_gpu.py --tb=short -rf > "$OUT/tests2.txt" 2>&1
+  summarize "$OUT/tests2.txt"
+}
+
+w8table() {
+  step "W8A16 per channel, every shape, 1-256 tokens (row-major layout where weight_only.takes_rows)"
+  timeout 200 python3 benchmarks/bench_kernels.py --formats w8a16-channel --tokens 1,2,4,8,16,32,64,128,256 \
+    --shapes 4096x4096,4096x6144,4096x14336,14336x4096,8192x8192,4096x28672,8192x28672,28672x8192 \
+    --json "$OUT/w8table.json" 2>&1 | tail -2
+  python3 dev/kernels_table.py "$OUT/w8table.json"
+}
+
+w1tests() {
+  for v in 1 2 3; do
+    step "W1A1 GEMM tile shape $v (QTOOL_W1A1) against float64"
+    QTOOL_W1A1=$v timeout 60 python3 -m pytest -q -m gpu tests/test_binary_gpu.py -k "w1a1 or quantlinear" \
+      --tb=short > "$OUT/w1tests_$v.txt" 2>&1
+    summarize "$OUT/w1tests_$v.txt"
+  done
+}
+
+# call 3: W1A1 shape 4 by default, binarize with its loads in flight, shape 5 (128 x 128 tiles) to A/B
+#   bash dev/session16.sh tests3 w1ab3 w1sanitize
+tests3() {
+  step "GPU tests: 1-bit (shape 4 default, binarize unrolled), shape 5, the W8 QuantLinear cases"
+  timeout 100 python3 -m pytest -q -m gpu tests/test_binary_gpu.py tests/test_kernels_gpu.py -k \
+    "binary or w1 or quantlinear_matches_float64 and 8--1 or rows" --tb=short > "$OUT/tests3.txt" 2>&1
+  summarize "$OUT/tests3.txt"
+  QTOOL_W1A1=5 timeout 60 python3 -m pytest -q -m gpu tests/test_binary_gpu.py -k "w1a1 or quantlinear" \
+    --tb=short > "$OUT/tests3_5.txt" 2>&1
+  summarize "$OUT/tests3_5.txt"
+}
+
+w1ab3() { W1_SHAPES="4 5" w1ab; QTOOL_W1A1=4 timeout 60 python3 benchmarks/bench_kernels.py --formats w1a16 \
+  --tokens 1 --shapes 8192x8192 --json "$OUT/w1a16.json" 2>&1 | grep -E "w1a16" | tail -2; }
+
+w1sanitize() {
+  for tool in memcheck racecheck; do
+    step "compute-sanitizer $tool: W1A1 (binarize + GEMM, default shape) on 4096 x 1536"
+    timeout 120 compute-sanitizer --tool $tool --print-limit 5 python3 -m pytest -q -x -m gpu \
+      tests/test_binary_gpu.py -k "w1a1_matches and 4096-1536 and dtype0" 2>&1 | tail -4
+  done
+}
+
+w1ab() {
+  for v in ${W1_SHAPES:-0 1 2 3}; do
+    step "W1A1 8192 x 8192, tile shape $v"
+    QTOOL_W1A1=$v timeout 60 python3 benchmarks/bench_kernels.py --formats w1a1 --tokens 1024,4096,8192 \
+      --shapes 8192x8192 --json "$OUT/w1ab_$v.json" 2>&1 | grep -E "w1a1" | tail -3
+  done
+}
 
 stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(tests w8rows ncusmall ncularge b1peak sanitize e2efp8)

@@ -2,8 +2,8 @@
 
 Dispatch on m = tokens:
   rows layout       8-bit symmetric per-channel weights packed row-major (layout.pack_rows, where takes_rows):
-                    qtool_cuda::w8_gemv up to W8_ROWS_MAX_M tokens, then the Hopper copy's route, else
-                    dequantization of the rows + cuBLAS (off: W8_ROWS_MAX_M = 0 until measured)
+                    qtool_cuda::w8_gemv up to 4-32 tokens by size (rows_gemv), then the Hopper copy's
+                    route, else dequantization of the rows + cuBLAS
   m <= 8            gemv_kind: qtool_cuda::wo_gemv variant 3 ("stream") or the ring GEMV (variants 0-2), by
                     session 15's measured rule (below), or None: the kernels past them
   m <= V4_MAX_M     qtool_cuda::wo_gemm_v4  tensor cores, weights staged through a cp.async pipeline
@@ -98,12 +98,19 @@ GEMV_KIND_MAX_M = 8  # the ring GEMV's token limit (csrc/wo_kernels.h, kMaxGemvT
 GEMV_WIDE_MAX_N = 4096
 
 
-# W8A16 on w8_gemv (kernels/NOTES.md, session 15): 8-bit symmetric per-channel layers could keep their codes
-# row-major for w8_gemv, the W8A8 layers' GEMV (1.37-1.76x bf16 at 2-16 tokens on int8 codes, session 14, where
-# W8A16 on wo_gemv / the Hopper GEMM runs 0.89-1.38x on the small and mid layers). Not measured on W8A16 layers
-# yet, so off (0): `dev/session16.sh w8rows` compares them in one run, then this is set to the largest batch
-# where w8_gemv wins (<= 32, its limit). While 0, no layer is packed row-major.
-W8_ROWS_MAX_M = 0
+# W8A16 on w8_gemv, the W8A8 layers' GEMV (kernels/NOTES.md, session 16): 8-bit symmetric per-channel layers keep
+# their codes row-major (layout.pack_rows) and run w8_gemv where it beat every other kernel in one run on the H200
+# (`dev/session16.sh w8rows`, BENCHMARKS.md session 16), e.g. 4096 x 4096 at 16 tokens 8.2 us vs 15.1 (bf16 13.5),
+# 14336 x 4096 at 8 20.1 vs 27.6, 28672 x 8192 at 4 65.2 vs 82.6:
+# - up to 4 tokens on every weight (at one token it lost only on 8192 x 28672: 70.3 vs 67.9 us);
+# - up to 16 on weights of at most ROWS_MID_WEIGHT elements (8192 x 8192: 25.2 vs 28.7 us; on the 28672-wide and
+#   -deep weights the Hopper GEMM wins from 8 tokens, 8192 x 28672 61.1 vs 70.7);
+# - up to 32 (w8_gemv's limit, W8_ROWS_MAX_M) on weights of at most ROWS_SMALL_WEIGHT (4096 x 6144: 15.1 vs 17.9).
+# Past that the Hopper copy's measured route; without a copy (fp16, no sm_90) w8_gemv to W8_ROWS_MAX_M, then the
+# rows dequantized + cuBLAS. W8_ROWS_MAX_M = 0 turns the layout off (every layer keeps the wo layout).
+W8_ROWS_MAX_M = 32
+ROWS_MID_WEIGHT = 8192 * 8192
+ROWS_SMALL_WEIGHT = 4096 * 6144
 
 
 def takes_rows(num_bits: int, group_size: int, zero: torch.Tensor | None, g_idx: torch.Tensor | None,
@@ -111,6 +118,14 @@ def takes_rows(num_bits: int, group_size: int, zero: torch.Tensor | None, g_idx:
     """Whether a layer is packed row-major for w8_gemv (layout.pack_rows) in place of the wo layout."""
     return (W8_ROWS_MAX_M > 0 and num_bits == 8 and group_size <= 0 and zero is None and g_idx is None
             and takes_rows_shape(out_features, in_features))
+
+
+def rows_gemv(w: PackedWeight, m: int, dtype: torch.dtype) -> bool:
+    """Whether m tokens on a row-major weight run w8_gemv (the rule above) rather than the Hopper copy."""
+    if w.mixed is None or dtype != torch.bfloat16:
+        return m <= W8_ROWS_MAX_M
+    size = w.out_features * w.k_padded
+    return m <= min(W8_ROWS_MAX_M, 32 if size <= ROWS_SMALL_WEIGHT else 16 if size <= ROWS_MID_WEIGHT else 4)
 
 
 def gemv_variant(w: PackedWeight) -> int:
@@ -219,7 +234,7 @@ def packed_linear(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, k
 
 def _rows_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, kernels) -> torch.Tensor:
     """packed_linear for the row-major layout: x2 [m, K] -> [m, N]."""
-    if x2.shape[0] <= W8_ROWS_MAX_M:
+    if rows_gemv(w, x2.shape[0], x2.dtype):
         return kernels.w8_gemv(x2, w.rows, w.scale.view(-1), bias, 0, 0)
     if (y := _copy_linear(x2, w, bias)) is not None:
         return y

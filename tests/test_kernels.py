@@ -15,7 +15,7 @@ import torch
 
 from conftest import random_weight, rel_err
 from qtool_kernels import build, layout, reference, scaled_mm, weight_only
-from qtool_kernels.layout import ReferenceOps, UnsupportedLayout, pack_weight
+from qtool_kernels.layout import PackedWeight, ReferenceOps, UnsupportedLayout, pack_weight
 from quantize.linear import QuantLinear, pack_layer, prepare_for_cuda
 from quantize.primitives import QTensor
 from quantize.scheme import QuantArgs, QuantScheme, Strategy
@@ -198,15 +198,16 @@ def test_narrow_codes_run_on_the_wider_kernels(bits, group_size, symmetric):
 
 @pytest.mark.parametrize("m", [1, 16, 17, 300])  # w8_gemv, w8_gemv at its limit, then dequantized rows + matmul
 def test_rows_layout_serves_w8_per_channel(monkeypatch, m):
-    """With weight_only.W8_ROWS_MAX_M set, an 8-bit symmetric per-channel layer packs row-major (no wo layout)
-    and computes what its reference does (float64 product of its own dequantized weight), through w8_gemv up to
-    that many tokens and dequantized rows past it; other layers keep the wo layout; while it is 0 (the
-    default) nothing packs row-major."""
+    """An 8-bit symmetric per-channel layer packs row-major (no wo layout) and computes what its reference does
+    (float64 product of its own dequantized weight), through w8_gemv up to weight_only.W8_ROWS_MAX_M tokens
+    (no Hopper copy here) and dequantized rows past it; ragged layers keep the wo layout; with W8_ROWS_MAX_M
+    = 0 nothing packs row-major."""
     n, k = 48, 256
     codes, scale, _, _ = random_weight(n, k, 8, -1, True, act_order=False)
     args = QuantArgs(num_bits=8, symmetric=True, strategy=Strategy.CHANNEL)
     qt = QTensor(codes, scale, None, args)
     layer = QuantLinear.from_qtensor(qt, QuantScheme(weights=args), bias=torch.randn(n))
+    monkeypatch.setattr(weight_only, "W8_ROWS_MAX_M", 0)
     assert pack_layer(layer).rows is None
     monkeypatch.setattr(weight_only, "W8_ROWS_MAX_M", 16)
     packed = pack_layer(layer)
@@ -226,6 +227,20 @@ def test_rows_layout_serves_w8_per_channel(monkeypatch, m):
     assert calls == ([m] if m <= 16 else [])
     ragged = QuantLinear.from_qtensor(QTensor(codes[:, :200], scale, None, args), QuantScheme(weights=args))
     assert pack_layer(ragged).rows is None  # K % 64 != 0: the wo layout pads it
+
+
+@pytest.mark.parametrize("n, k, limit", [(4096, 4096, 32), (6144, 4096, 32), (14336, 4096, 16), (8192, 8192, 16),
+                                         (28672, 8192, 4), (4096, 28672, 4)])
+def test_rows_gemv_rule(n, k, limit):
+    """weight_only.rows_gemv: w8_gemv up to 4 / 16 / 32 tokens by the weight's size where a bf16 Hopper copy can
+    take over (session 16's measured rule), to W8_ROWS_MAX_M without one (fp16, or no copy)."""
+    mixed = object()  # only its presence matters to the rule
+    rows = torch.zeros(1, dtype=torch.int8).expand(n, k)  # the shape without the bytes
+    w = PackedWeight(None, torch.ones(1, n), None, None, 8, -1, k, n, mixed, rows=rows)
+    took = [m for m in range(1, 40) if weight_only.rows_gemv(w, m, torch.bfloat16)]
+    assert took == list(range(1, limit + 1))
+    assert [m for m in range(1, 40) if weight_only.rows_gemv(w, m, torch.float16)] == \
+        list(range(1, weight_only.W8_ROWS_MAX_M + 1))
 
 
 def test_host_decode_helpers_match_layout(tmp_path):

@@ -12,11 +12,14 @@
 // popc(abit) per token and group comes from binarize; the weight terms are folded into one float per
 // output feature (cterm, kernels/binary.py). The integer sum is exact; scales are applied in float32.
 //
-// Tiling: block 128 x 256 (tokens x features) per channel, 8 warps of 64 x 64; k in stages of 512 bits
-// through shared memory with cp.async, 4 stages in flight; fragments via ldmatrix (a b1 fragment of
+// Tiling per channel: block 64 x 256 (tokens x features), 8 warps of 32 x 64, two blocks per SM; k in stages of
+// 1024 bits through shared memory with cp.async, 2 stages (other shapes: launch_per_channel); grouped: block
+// 128 x 256 / 64 x 128, 512-bit stages, 4 in flight; fragments via ldmatrix (a b1 fragment of
 // m16n8k256 is an 8 x 128-bit matrix per register: the b16 ldmatrix layout). Groups of >= 256 k are
 // whole mma steps (their integer sums are scaled at the group's last step); groups of 32..128 split
 // each step with masked B fragments (one mma per group), a slower path kept for correctness.
+#include <cstdlib>
+
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -40,44 +43,57 @@ __global__ void __launch_bounds__(256) binarize_kernel(const BinarizeProblem p) 
   const int gs = p.group_size > 0 ? p.group_size : p.k_padded;  // one group spans the row
   float asum = 0.0f;
   int run = 0;  // set bits of this lane in the current group (groups >= 256)
-  for (int base = 0; base < p.k_padded; base += 256) {
-    const int k0 = base + 8 * lane;  // this lane's 8 elements: one byte of bits
-    float v[8];
-    if (live && vec && k0 + 8 <= p.k) {
-      const uint4 raw = __ldg(reinterpret_cast<const uint4*>(x + k0));
-      const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
+  // The row in passes of kUnroll x 256 elements: the pass's 16-byte loads are issued before any of them is used
+  // (one load in flight per lane ran binarize at ~1.7 TB/s on 4096 x 8192 bf16, session 16).
+  constexpr int kUnroll = 4;
+  for (int pass = 0; pass < p.k_padded; pass += 256 * kUnroll) {
+    uint4 raw[kUnroll];
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const float2 f = pair_to_float2(w[i], T{});
-        v[2 * i] = f.x;
-        v[2 * i + 1] = f.y;
-      }
-    } else {
-#pragma unroll
-      for (int e = 0; e < 8; ++e) v[e] = live && k0 + e < p.k ? pair_to_float2(static_cast<uint32_t>(
-          *reinterpret_cast<const uint16_t*>(x + k0 + e)), T{}).x : 0.0f;
+    for (int u = 0; u < kUnroll; ++u) {
+      const int k0 = pass + 256 * u + 8 * lane;
+      raw[u] = live && vec && k0 + 8 <= p.k ? __ldg(reinterpret_cast<const uint4*>(x + k0)) : make_uint4(0, 0, 0, 0);
     }
-    uint32_t byte = 0;
 #pragma unroll
-    for (int e = 0; e < 8; ++e) {
-      if (live && k0 + e < p.k) {
-        byte |= (v[e] >= 0.0f ? 1u : 0u) << e;
-        asum += fabsf(v[e]);
+    for (int u = 0; u < kUnroll; ++u) {
+      const int base = pass + 256 * u;
+      if (base >= p.k_padded) break;
+      const int k0 = base + 8 * lane;  // this lane's 8 elements: one byte of bits
+      float v[8];
+      if (live && vec && k0 + 8 <= p.k) {
+        const uint32_t w[4] = {raw[u].x, raw[u].y, raw[u].z, raw[u].w};
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const float2 f = pair_to_float2(w[i], T{});
+          v[2 * i] = f.x;
+          v[2 * i + 1] = f.y;
+        }
+      } else {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) v[e] = live && k0 + e < p.k ? pair_to_float2(static_cast<uint32_t>(
+            *reinterpret_cast<const uint16_t*>(x + k0 + e)), T{}).x : 0.0f;
       }
-    }
-    out[k0 / 8] = static_cast<uint8_t>(byte);
-    int pc = __popc(byte);
-    if (gs < 256) {  // several groups per 256 k: reduce over the gs / 8 lanes of each
-      for (int off = 1; off < gs / 8; off *= 2) pc += __shfl_xor_sync(0xffffffffu, pc, off);
-      const int grp = k0 / gs;
-      if (lane % (gs / 8) == 0 && grp < p.groups) p.popc[static_cast<size_t>(grp) * p.m_padded + row] = pc;
-    } else {
-      run += pc;
-      if ((base + 256) % gs == 0 || base + 256 >= p.k_padded) {
-        const int total = __reduce_add_sync(0xffffffffu, run);
-        const int grp = base / gs;
-        if (lane == 0 && grp < p.groups) p.popc[static_cast<size_t>(grp) * p.m_padded + row] = total;
-        run = 0;
+      uint32_t byte = 0;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        if (live && k0 + e < p.k) {
+          byte |= (v[e] >= 0.0f ? 1u : 0u) << e;
+          asum += fabsf(v[e]);
+        }
+      }
+      out[k0 / 8] = static_cast<uint8_t>(byte);
+      int pc = __popc(byte);
+      if (gs < 256) {  // several groups per 256 k: reduce over the gs / 8 lanes of each
+        for (int off = 1; off < gs / 8; off *= 2) pc += __shfl_xor_sync(0xffffffffu, pc, off);
+        const int grp = k0 / gs;
+        if (lane % (gs / 8) == 0 && grp < p.groups) p.popc[static_cast<size_t>(grp) * p.m_padded + row] = pc;
+      } else {
+        run += pc;
+        if ((base + 256) % gs == 0 || base + 256 >= p.k_padded) {
+          const int total = __reduce_add_sync(0xffffffffu, run);
+          const int grp = base / gs;
+          if (lane == 0 && grp < p.groups) p.popc[static_cast<size_t>(grp) * p.m_padded + row] = total;
+          run = 0;
+        }
       }
     }
   }
@@ -91,8 +107,8 @@ __global__ void __launch_bounds__(256) binarize_kernel(const BinarizeProblem p) 
 // --- GEMM ---------------------------------------------------------------------------------------
 
 constexpr int kWarpsM = 2, kWarpsN = 4;  // warp grid of a block
-constexpr int kStageBytes = 64;          // k per stage and row: 512 bits = 2 mma steps
-constexpr int kStages = 4;               // cp.async pipeline depth
+// Per stage and row KC 16-byte chunks of k (4: 512 bits = 2 mma steps per barrier; 8: 1024 bits = 4 steps), in a
+// cp.async pipeline STAGES deep.
 
 // d += popc(a & b) over 256 k; fragments as in the PTX ISA for mma.m16n8k256 (.b1): a0 / a2 = row g,
 // k 32t..32t+31 / 128 + 32t.., a1 / a3 the same for row g + 8; b0 / b1 = column g at the same k.
@@ -104,9 +120,14 @@ __device__ inline void mma_b1(int (&d)[4], const uint32_t (&a)[4], uint32_t b0, 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// Shared-memory tile rows are 64 bytes (four 16-byte chunks); chunk c of row r sits at c ^ ((r / 2) % 4),
-// so the 8 row addresses of an ldmatrix (rows r..r+7, same logical chunk) hit 8 distinct 16-byte bank groups.
-__device__ inline int swizzle(int row, int chunk) { return row * 4 + (chunk ^ ((row >> 1) & 3)); }
+// Shared-memory tile rows are KC 16-byte chunks: with 64-byte rows chunk c of row r sits at c ^ ((r / 2) % 4), with
+// 128-byte rows at c ^ (r % 8), so the 8 row addresses of an ldmatrix (rows r..r+7, same logical chunk) hit 8
+// distinct 16-byte bank groups.
+template <int KC>
+__device__ inline int swizzle(int row, int chunk) {
+  static_assert(KC == 4 || KC == 8, "rows of 64 or 128 bytes");
+  return KC == 4 ? row * 4 + (chunk ^ ((row >> 1) & 3)) : row * 8 + (chunk ^ (row & 7));
+}
 
 template <typename Out>
 __device__ inline void store_out(Out* y, int n, int n_total, float v0, float v1) {  // (n, n + 1) of a row
@@ -131,33 +152,34 @@ template <typename Out,  // __half, __nv_bfloat16 or float
           int WM,        // 16-row (token) fragments per warp
           int WN,        // 8-column (feature) fragments per warp, even
           int SUB,       // groups per 256-k step: 1 (per channel or groups of >= 256), 2, 4 or 8
-          bool GROUPED>  // scales per group (else one per row, applied once at the end)
-__global__ void __launch_bounds__(kWarpsM * kWarpsN * 32) w1a1_gemm_kernel(const W1A1Problem p) {
+          bool GROUPED,  // scales per group (else one per row, applied once at the end)
+          int KC, int STAGES, int MINB>  // chunks per row and stage, pipeline depth, blocks per SM (registers)
+__global__ void __launch_bounds__(kWarpsM * kWarpsN * 32, MINB) w1a1_gemm_kernel(const W1A1Problem p) {
   constexpr int BM = kWarpsM * WM * 16, BN = kWarpsN * WN * 8;
   constexpr int kThreads = kWarpsM * kWarpsN * 32;
   extern __shared__ uint4 smem[];
-  uint4* sa = smem;                                // [kStages][BM * 4]
-  uint4* sb = smem + kStages * BM * 4;             // [kStages][BN * 4]
+  uint4* sa = smem;                                // [STAGES][BM * KC]
+  uint4* sb = smem + STAGES * BM * KC;             // [STAGES][BN * KC]
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int g = lane / 4, t = lane % 4;
   const int wm0 = (warp / kWarpsN) * WM * 16, wn0 = (warp % kWarpsN) * WN * 8;
   const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
   const int row_words = p.k_padded / 32;
-  const int ktiles = p.k_padded / (kStageBytes * 8);
+  const int ktiles = p.k_padded / (KC * 128);  // the launcher takes KC = 8 only where k_padded % 1024 == 0
   const uint4* xa = reinterpret_cast<const uint4*>(p.xbits + static_cast<size_t>(m0) * row_words);
   const uint4* wb = reinterpret_cast<const uint4*>(p.wbits + static_cast<size_t>(n0) * row_words);
   const int row_vecs = row_words / 4;
 
   auto load_stage = [&](int stage, int kt) {  // every row exists: m_padded, n_padded are tile multiples
 #pragma unroll
-    for (int i = threadIdx.x; i < BM * 4; i += kThreads) {
-      const int r = i / 4, c = i % 4;
-      cp_async_16(sa + stage * BM * 4 + swizzle(r, c), xa + static_cast<size_t>(r) * row_vecs + kt * 4 + c, true);
+    for (int i = threadIdx.x; i < BM * KC; i += kThreads) {
+      const int r = i / KC, c = i % KC;
+      cp_async_16(sa + stage * BM * KC + swizzle<KC>(r, c), xa + static_cast<size_t>(r) * row_vecs + kt * KC + c, true);
     }
 #pragma unroll
-    for (int i = threadIdx.x; i < BN * 4; i += kThreads) {
-      const int r = i / 4, c = i % 4;
-      cp_async_16(sb + stage * BN * 4 + swizzle(r, c), wb + static_cast<size_t>(r) * row_vecs + kt * 4 + c, true);
+    for (int i = threadIdx.x; i < BN * KC; i += kThreads) {
+      const int r = i / KC, c = i % KC;
+      cp_async_16(sb + stage * BN * KC + swizzle<KC>(r, c), wb + static_cast<size_t>(r) * row_vecs + kt * KC + c, true);
     }
   };
 
@@ -193,37 +215,37 @@ __global__ void __launch_bounds__(kWarpsM * kWarpsN * 32) w1a1_gemm_kernel(const
   };
 
 #pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) {
+  for (int s = 0; s < STAGES - 1; ++s) {
     if (s < ktiles) load_stage(s, s);
     cp_async_commit();
   }
   for (int kt = 0; kt < ktiles; ++kt) {
-    cp_async_wait<kStages - 2>();
+    cp_async_wait<STAGES - 2>();
     __syncthreads();  // stage kt landed for every thread; stage kt - 1 is free to overwrite
-    if (kt + kStages - 1 < ktiles) load_stage((kt + kStages - 1) % kStages, kt + kStages - 1);
+    if (kt + STAGES - 1 < ktiles) load_stage((kt + STAGES - 1) % STAGES, kt + STAGES - 1);
     cp_async_commit();
-    const uint4* ta = sa + (kt % kStages) * BM * 4;
-    const uint4* tb = sb + (kt % kStages) * BN * 4;
+    const uint4* ta = sa + (kt % STAGES) * BM * KC;
+    const uint4* tb = sb + (kt % STAGES) * BN * KC;
 #pragma unroll
-    for (int ks = 0; ks < 2; ++ks) {
+    for (int ks = 0; ks < KC / 2; ++ks) {
       const int q = lane / 8, r8 = lane % 8;
       uint32_t a[WM][4], b[WN][2];
 #pragma unroll
       for (int mi = 0; mi < WM; ++mi) {  // matrices: (rows 0-7, k lo), (8-15, lo), (0-7, hi), (8-15, hi)
         const int r = wm0 + 16 * mi + (q % 2) * 8 + r8;
-        ldmatrix_x4(a[mi], ta + swizzle(r, 2 * ks + q / 2));
+        ldmatrix_x4(a[mi], ta + swizzle<KC>(r, 2 * ks + q / 2));
       }
 #pragma unroll
       for (int np = 0; np < WN / 2; ++np) {  // matrices: (cols 0-7, k lo), (0-7, hi), (8-15, lo), (8-15, hi)
         const int r = wn0 + 16 * np + (q / 2) * 8 + r8;
         uint32_t v[4];
-        ldmatrix_x4(v, tb + swizzle(r, 2 * ks + q % 2));
+        ldmatrix_x4(v, tb + swizzle<KC>(r, 2 * ks + q % 2));
         b[2 * np][0] = v[0];
         b[2 * np][1] = v[1];
         b[2 * np + 1][0] = v[2];
         b[2 * np + 1][1] = v[3];
       }
-      const int step = kt * 2 + ks;
+      const int step = kt * (KC / 2) + ks;
       if constexpr (SUB == 1) {
 #pragma unroll
         for (int mi = 0; mi < WM; ++mi) {
@@ -292,19 +314,52 @@ __global__ void __launch_bounds__(kWarpsM * kWarpsN * 32) w1a1_gemm_kernel(const
   }
 }
 
-template <typename Out, int WM, int WN, int SUB, bool GROUPED>
+template <typename Out, int WM, int WN, int SUB, bool GROUPED, int KC = 4, int STAGES = 4, int MINB = 1>
 void launch_gemm_variant(const W1A1Problem& p, cudaStream_t stream) {
   constexpr int BM = kWarpsM * WM * 16, BN = kWarpsN * WN * 8;
-  const int smem = kStages * (BM + BN) * kStageBytes;
-  auto kernel = w1a1_gemm_kernel<Out, WM, WN, SUB, GROUPED>;
+  const int smem = STAGES * (BM + BN) * KC * 16;
+  auto kernel = w1a1_gemm_kernel<Out, WM, WN, SUB, GROUPED, KC, STAGES, MINB>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   const dim3 grid(p.n_padded / BN, p.m_padded / BM);
   kernel<<<grid, kWarpsM * kWarpsN * 32, smem, stream>>>(p);
 }
 
+// Per-channel tile shapes, A/B on the H200 (session 16, 8192 x 8192, W1A1 GEMM alone at 1024 / 4096 / 8192 tokens;
+// the b1 mma.sync peak there is 19656 MAC/clk/SM at 32 warps per SM, benchmarks/bench_b1_mma.py):
+//   1 = 128 x 256 tiles, 512 bits per stage, 4 stages, one block (8 warps) per SM: 59.2 / 216.1 / 424.3 us
+//   2 = 1 with 1024 bits per stage, 3 stages (half the barriers per mma):          53.7 / 191.4 / 368.4 us
+//   3 = 64 x 256 tiles in <= 128 registers, two blocks (16 warps) per SM:           56.5 / 199.6 / 384.7 us
+//   4 = 3 with 1024 bits per stage, 2 stages:                                       50.4 / 171.7 / 326.3 us
+// Shape 4 runs (3 where k_padded % 1024 != 0); QTOOL_W1A1=1..5 forces one (falls back likewise; 5: below).
+int forced_w1a1_shape() {
+  static const int forced = [] {
+    const char* env = std::getenv("QTOOL_W1A1");
+    return env ? std::atoi(env) : 0;
+  }();
+  return forced;
+}
+
+template <typename Out>
+void launch_per_channel(const W1A1Problem& p, cudaStream_t stream) {
+  const bool long_stages = p.k_padded % 1024 == 0;
+  switch (forced_w1a1_shape()) {
+    case 1: return launch_gemm_variant<Out, 4, 8, 1, false>(p, stream);
+    case 2:
+      if (long_stages) return launch_gemm_variant<Out, 4, 8, 1, false, 8, 3, 1>(p, stream);
+      return launch_gemm_variant<Out, 4, 8, 1, false>(p, stream);
+    case 3: return launch_gemm_variant<Out, 2, 8, 1, false, 4, 4, 2>(p, stream);
+    case 5:  // 128 x 128 tiles (warps of 64 x 32), two blocks per SM, 1024 bits per stage: unmeasured
+      if (long_stages) return launch_gemm_variant<Out, 4, 4, 1, false, 8, 2, 2>(p, stream);
+      break;
+    default: break;
+  }
+  if (long_stages) return launch_gemm_variant<Out, 2, 8, 1, false, 8, 2, 2>(p, stream);
+  launch_gemm_variant<Out, 2, 8, 1, false, 4, 4, 2>(p, stream);
+}
+
 template <typename Out>
 void launch_gemm_typed(const W1A1Problem& p, cudaStream_t stream) {
-  if (p.group_size <= 0) return launch_gemm_variant<Out, 4, 8, 1, false>(p, stream);  // 128 x 256 tiles
+  if (p.group_size <= 0) return launch_per_channel<Out>(p, stream);
   switch (p.group_size) {  // ops_w1.cpp admits 32, 64, 128 and multiples of 256
     case 32: return launch_gemm_variant<Out, 2, 4, 8, true>(p, stream);
     case 64: return launch_gemm_variant<Out, 2, 4, 4, true>(p, stream);
