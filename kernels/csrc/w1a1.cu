@@ -12,7 +12,7 @@
 // popc(abit) per token and group comes from binarize; the weight terms are folded into one float per
 // output feature (cterm, kernels/binary.py). The integer sum is exact; scales are applied in float32.
 //
-// Tiling per channel: block 64 x 256 (tokens x features), 8 warps of 32 x 64, two blocks per SM; k in stages of
+// Tiling per channel: block 128 x 128 (tokens x features), 8 warps of 64 x 32, two blocks per SM; k in stages of
 // 1024 bits through shared memory with cp.async, 2 stages (other shapes: launch_per_channel); grouped: block
 // 128 x 256 / 64 x 128, 512-bit stages, 4 in flight; fragments via ldmatrix (a b1 fragment of
 // m16n8k256 is an 8 x 128-bit matrix per register: the b16 ldmatrix layout). Groups of >= 256 k are
@@ -330,7 +330,10 @@ void launch_gemm_variant(const W1A1Problem& p, cudaStream_t stream) {
 //   2 = 1 with 1024 bits per stage, 3 stages (half the barriers per mma):          53.7 / 191.4 / 368.4 us
 //   3 = 64 x 256 tiles in <= 128 registers, two blocks (16 warps) per SM:           56.5 / 199.6 / 384.7 us
 //   4 = 3 with 1024 bits per stage, 2 stages:                                       50.4 / 171.7 / 326.3 us
-// Shape 4 runs (3 where k_padded % 1024 != 0); QTOOL_W1A1=1..5 forces one (falls back likewise; 5: below).
+//   5 = 128 x 128 tiles (warps of 64 x 32), otherwise 4 (next call, same build):    47.6 / 162.1 / 312.5 us
+//                                                                     (shape 4 there: 50.4 / 170.5 / 326.6 us)
+// Shape 5 runs (3 where k_padded % 1024 != 0); QTOOL_W1A1=1..5 forces one (2, 4, 5 need k_padded % 1024 == 0).
+// At 4096 tokens shape 5 runs 275 G MAC in 162 us: ~6500 MAC/clk/SM, a third of the mma peak.
 int forced_w1a1_shape() {
   static const int forced = [] {
     const char* env = std::getenv("QTOOL_W1A1");
@@ -348,12 +351,12 @@ void launch_per_channel(const W1A1Problem& p, cudaStream_t stream) {
       if (long_stages) return launch_gemm_variant<Out, 4, 8, 1, false, 8, 3, 1>(p, stream);
       return launch_gemm_variant<Out, 4, 8, 1, false>(p, stream);
     case 3: return launch_gemm_variant<Out, 2, 8, 1, false, 4, 4, 2>(p, stream);
-    case 5:  // 128 x 128 tiles (warps of 64 x 32), two blocks per SM, 1024 bits per stage: unmeasured
-      if (long_stages) return launch_gemm_variant<Out, 4, 4, 1, false, 8, 2, 2>(p, stream);
+    case 4:
+      if (long_stages) return launch_gemm_variant<Out, 2, 8, 1, false, 8, 2, 2>(p, stream);
       break;
     default: break;
   }
-  if (long_stages) return launch_gemm_variant<Out, 2, 8, 1, false, 8, 2, 2>(p, stream);
+  if (long_stages) return launch_gemm_variant<Out, 4, 4, 1, false, 8, 2, 2>(p, stream);
   launch_gemm_variant<Out, 2, 8, 1, false, 4, 4, 2>(p, stream);
 }
 
