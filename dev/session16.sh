@@ -113,6 +113,21 @@ w1sanitize() {
   done
 }
 
+# call 4 (the last ~2 minutes of device time): W1A1 shape 6 (three stages) and binarize with 8 loads in flight
+w1quick() {
+  step "W1A1 shape 6 + binarize 8 against float64"
+  QTOOL_W1A1=6 QTOOL_BINARIZE=8 timeout 40 python3 -m pytest -q -x -m gpu tests/test_binary_gpu.py -k "w1a1" \
+    --tb=short > "$OUT/w1q_tests.txt" 2>&1
+  summarize "$OUT/w1q_tests.txt"
+  for cfg in "6 8" "5 8"; do
+    set -- $cfg
+    step "W1A1 8192 x 8192 at 4096 tokens: shape $1, binarize $2"
+    QTOOL_W1A1=$1 QTOOL_BINARIZE=$2 timeout 30 python3 benchmarks/bench_kernels.py --formats w1a1 --tokens 4096 \
+      --shapes 8192x8192 --json "$OUT/w1q_$1_$2.json" > /dev/null 2>&1
+    python3 -c "import json,sys; r=json.load(open(sys.argv[1]))['rows'][0]; print(r['graph_bf16_ms'], r['graph_qtool_ms'], r['graph_speedup'], r['kernel_ms'])" "$OUT/w1q_$1_$2.json"
+  done
+}
+
 w1ab() {
   for v in ${W1_SHAPES:-0 1 2 3}; do
     step "W1A1 8192 x 8192, tile shape $v"
