@@ -31,8 +31,8 @@ namespace {
 
 // --- binarize -----------------------------------------------------------------------------------
 
-template <typename T, int kUnroll>  // 16-byte loads in flight per lane
-__global__ void __launch_bounds__(256, 4) binarize_kernel(const BinarizeProblem p) {
+template <typename T>
+__global__ void __launch_bounds__(256) binarize_kernel(const BinarizeProblem p) {
   const int lane = threadIdx.x % 32;
   const int row = blockIdx.x * 8 + threadIdx.x / 32;
   if (row >= p.m_padded) return;
@@ -44,7 +44,8 @@ __global__ void __launch_bounds__(256, 4) binarize_kernel(const BinarizeProblem 
   float asum = 0.0f;
   int run = 0;  // set bits of this lane in the current group (groups >= 256)
   // The row in passes of kUnroll x 256 elements: the pass's 16-byte loads are issued before any of them is used
-  // (one load in flight per lane ran binarize at ~1.7 TB/s on 4096 x 8192 bf16, four 2.2 TB/s: session 16).
+  // (session 16, 4096 x 8192 bf16, eager: one load in flight per lane 38 us, four 30 us, eight 30 us).
+  constexpr int kUnroll = 4;
   for (int pass = 0; pass < p.k_padded; pass += 256 * kUnroll) {
     uint4 raw[kUnroll];
 #pragma unroll
@@ -331,8 +332,8 @@ void launch_gemm_variant(const W1A1Problem& p, cudaStream_t stream) {
 //   4 = 3 with 1024 bits per stage, 2 stages:                                       50.4 / 171.7 / 326.3 us
 //   5 = 128 x 128 tiles (warps of 64 x 32), otherwise 4 (next call, same build):    47.6 / 162.1 / 312.5 us
 //                                                                     (shape 4 there: 50.4 / 170.5 / 326.6 us)
-// Shape 5 runs (3 where k_padded % 1024 != 0); QTOOL_W1A1=1..6 forces one (2, 4, 5, 6 need k_padded % 1024 == 0;
-// 6, unmeasured: 5 with three stages).
+//   5 with a third stage (96 KB per block, two per SM; call 4):                         - / 167.8 / -  (5: 162.2)
+// Shape 5 runs (3 where k_padded % 1024 != 0); QTOOL_W1A1=1..5 forces one (2, 4, 5 need k_padded % 1024 == 0).
 // At 4096 tokens shape 5 runs 275 G MAC in 162 us: ~6500 MAC/clk/SM, a third of the mma peak.
 int forced_w1a1_shape() {
   static const int forced = [] {
@@ -354,9 +355,6 @@ void launch_per_channel(const W1A1Problem& p, cudaStream_t stream) {
     case 4:
       if (long_stages) return launch_gemm_variant<Out, 2, 8, 1, false, 8, 2, 2>(p, stream);
       break;
-    case 6:  // 5 with a third stage (96 KB per block, two per SM): two stages of cp.async lead; unmeasured
-      if (long_stages) return launch_gemm_variant<Out, 4, 4, 1, false, 8, 3, 2>(p, stream);
-      break;
     default: break;
   }
   if (long_stages) return launch_gemm_variant<Out, 4, 4, 1, false, 8, 2, 2>(p, stream);
@@ -374,33 +372,14 @@ void launch_gemm_typed(const W1A1Problem& p, cudaStream_t stream) {
   }
 }
 
-// Loads in flight per lane: 4 (session 16: 64 MB of bf16 in 30 us, 2.2 TB/s; a row of K = 8192 takes 8 dependent
-// passes); QTOOL_BINARIZE=8 takes 8 (4 passes, <= 64 registers for 4 blocks per SM; unmeasured).
-int binarize_unroll() {
-  static const int unroll = [] {
-    const char* env = std::getenv("QTOOL_BINARIZE");
-    return env && std::atoi(env) == 8 ? 8 : 4;
-  }();
-  return unroll;
-}
-
-template <typename T>
-void launch_binarize_typed(const BinarizeProblem& p, const dim3 grid, cudaStream_t stream) {
-  if (binarize_unroll() == 8) {
-    binarize_kernel<T, 8><<<grid, 256, 0, stream>>>(p);
-  } else {
-    binarize_kernel<T, 4><<<grid, 256, 0, stream>>>(p);
-  }
-}
-
 }  // namespace
 
 void launch_binarize(const BinarizeProblem& p, cudaStream_t stream) {
   const dim3 grid((p.m_padded + 7) / 8);
   if (p.dtype == ScalarKind::kBFloat16) {
-    launch_binarize_typed<__nv_bfloat16>(p, grid, stream);
+    binarize_kernel<__nv_bfloat16><<<grid, 256, 0, stream>>>(p);
   } else {
-    launch_binarize_typed<__half>(p, grid, stream);
+    binarize_kernel<__half><<<grid, 256, 0, stream>>>(p);
   }
 }
 
