@@ -208,11 +208,15 @@ def _keep_or_discard(writer, output: str | Path):
             writer.discard()
         raise
     except Exception as err:  # noqa: BLE001  (disk full: OSError, or safetensors' own error)
+        if writer:  # the block being written in the background finishes first (kept for --resume)
+            writer.settle()
         if is_disk_full(err):
             raise OutputError(f"no space left on the device to write {output}; finished blocks are kept in "
                               f"{partial_dir(output)}: free some space and continue with --resume") from None
         raise
     except KeyboardInterrupt as err:  # SIGINT, or SIGTERM as quantize.errors.Terminated: say how to go on
+        if writer:
+            writer.settle()
         raise type(err)(f"interrupted: finished blocks are kept in {partial_dir(output)}; continue with "
                         "the same command and --resume") from None
 

@@ -8,6 +8,10 @@ At the end the rest (embeddings, final norm, lm_head) is written, the shards are
 model-0000i-of-0000n.safetensors with an index, config.json and tokenizer files are added, and the
 directory is renamed to NAME. A crash, SIGKILL or Ctrl-C leaves the partial directory, and a run
 with the same settings and `resume=True` continues after its last finished block.
+
+A block's file is written by one background thread while the next block is quantized (on an 8B model the
+writes took 3 of ~60 s, serial with the GPU work); at most one block waits to be written, so host memory
+holds at most two blocks of tensors, whatever the depth.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +33,40 @@ from .checkpoint import CheckpointError, write_index, write_metadata
 from .destination import publish, remove_stale
 
 STATE_NAME = "progress.json"
+SETTLE_SECONDS = 10.0
 _META = {"format": "pt", "producer": "qtool"}
+
+
+class Background:
+    """One job at a time on a daemon thread; its exception is raised by the next wait."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def start(self, fn, *args) -> None:
+        self.wait()
+
+        def run() -> None:
+            try:
+                fn(*args)
+            except BaseException as err:  # noqa: BLE001  (handed to the waiting thread)
+                self._error = err
+
+        self._thread = threading.Thread(target=run, name="qtool-write", daemon=True)
+        self._thread.start()
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Until the job is done (at most `timeout` seconds); raises its exception."""
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+            if thread.is_alive():
+                return
+            self._thread = None
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
 
 
 def partial_dir(out_dir: str | Path) -> Path:
@@ -67,19 +105,43 @@ class ShardWriter:
         if self.out_dir.exists() and not overwrite:
             raise CheckpointError(f"output directory exists: {self.out_dir} (pass --overwrite to replace it)")
         key = fingerprint(settings)
+        self._writing = Background()
         if self.dir.exists() and resume:
-            self.state = self._read_state(key)
+            self._state = self._read_state(key)
+            self._next = self._state.done
             return
         if self.dir.exists() and not overwrite:
             raise CheckpointError(f"an interrupted run left {self.dir}: pass --resume to continue it "
                                   "or --overwrite to start over")
         shutil.rmtree(self.dir, ignore_errors=True)
         self.dir.mkdir(parents=True)
-        self.state = ResumeState(key)
+        self._state = ResumeState(key)
+        self._next = 0
         self._write_state()
+
+    @property
+    def state(self) -> ResumeState:
+        """The resume state, once every block handed to write_block is on disk."""
+        self.flush()
+        return self._state
+
+    def flush(self) -> None:
+        """Wait for the block being written; its error (a full disk, ...) is raised here."""
+        self._writing.wait()
+
+    def settle(self) -> None:
+        """After a failure elsewhere (an interrupt, an error): give the block being written SETTLE_SECONDS to
+        finish, so it stays for --resume, ignoring its own error, which the failure being raised supersedes.
+        A write still going is abandoned with the process (the thread is a daemon): its shard is a .tmp file
+        and progress.json does not count it."""
+        try:
+            self._writing.wait(SETTLE_SECONDS)
+        except Exception:  # noqa: BLE001
+            pass
 
     def discard(self) -> None:
         """Remove the partial directory: for bad input, which a resumed run would only meet again."""
+        self.settle()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def _read_state(self, key: str) -> ResumeState:
@@ -94,7 +156,7 @@ class ShardWriter:
 
     def _write_state(self) -> None:
         tmp = self.dir / f"{STATE_NAME}.tmp"
-        tmp.write_text(json.dumps(asdict(self.state), indent=1))
+        tmp.write_text(json.dumps(asdict(self._state), indent=1))
         os.replace(tmp, self.dir / STATE_NAME)
 
     def _block_file(self, index: int) -> Path:
@@ -102,25 +164,36 @@ class ShardWriter:
 
     def write_block(self, index: int, tensors: dict[str, torch.Tensor], layers: list[dict[str, Any]],
                     messages: list[str]) -> None:
-        """Store block `index` (full tensor names) and mark it done; blocks come in order."""
-        if index != self.state.done:
-            raise RuntimeError(f"block {index} written after {self.state.done} finished blocks")
+        """Store block `index` (full tensor names, CPU tensors the caller no longer changes) in the background
+        and mark it done once on disk; blocks come in order. The previous block's write is finished first
+        (its error raised here)."""
+        if index != self._next:
+            raise RuntimeError(f"block {index} written after {self._next} blocks")
+        self.flush()
+        self._next = index + 1
+        self._writing.start(self._store, index, tensors, layers, messages)
+
+    def _store(self, index: int, tensors: dict[str, torch.Tensor], layers: list[dict[str, Any]],
+               messages: list[str]) -> None:
+        """write_block's work, on the writer thread."""
         path = self._block_file(index)
         save_file(tensors, path.with_suffix(".tmp"), metadata=_META)
         os.replace(path.with_suffix(".tmp"), path)  # a kill mid-write leaves no truncated shard
-        self.state.done = index + 1
-        self.state.layers.extend(layers)
-        self.state.messages.extend(messages)
+        self._state.done = index + 1
+        self._state.layers.extend(layers)
+        self._state.messages.extend(messages)
         self._write_state()
 
     def read_block(self, index: int) -> dict[str, torch.Tensor]:
+        self.flush()
         return load_file(self._block_file(index))
 
     def finish(self, rest: dict[str, torch.Tensor], config: dict[str, Any], *,
                extra_json: dict[str, Any] | None = None, source_dir: str | Path | None = None) -> Path:
         """Write the tensors outside the blocks, the index and metadata; rename into place."""
+        self.flush()
         save_file(rest, self.dir / "rest.safetensors", metadata=_META)
-        parts = [self._block_file(i) for i in range(self.state.done)] + [self.dir / "rest.safetensors"]
+        parts = [self._block_file(i) for i in range(self._state.done)] + [self.dir / "rest.safetensors"]
         weight_map, total = {}, 0  # names and sizes from the shards' headers, without reading the tensors
         for i, part in enumerate(parts):
             name = f"model-{i + 1:05d}-of-{len(parts):05d}.safetensors"

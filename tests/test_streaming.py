@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import save_tiny, tiny_tokenizer
+from quantize import writer as writer_module
 from quantize.checkpoint import read_tensors, save_checkpoint
 from quantize.cli import app
 from quantize.loading import load_checkpoint
@@ -196,3 +198,35 @@ def test_killed_run_resumes_to_same_checkpoint(tmp_path):
         pytest.skip("the run finished before it could be killed")
     subprocess.run([*args, str(out), "--resume"], check=True, capture_output=True, cwd=ROOT, env=env)
     _assert_same(tmp_path / "full", out)
+
+
+def test_block_writes_run_behind_the_caller(tmp_path, monkeypatch):
+    """ShardWriter writes a block on its own thread while the caller goes on, counts it in progress.json only
+    once on disk, waits for it before the next block (one block pending at most: host memory stays bounded)
+    and raises a failed background write (a full disk) at the next call."""
+    started, release = threading.Event(), threading.Event()
+    real = writer_module.save_file
+
+    def slow(tensors, path, metadata=None):
+        started.set()
+        release.wait(30)
+        real(tensors, path, metadata=metadata)
+
+    monkeypatch.setattr(writer_module, "save_file", slow)
+    out = tmp_path / "out"
+    w = ShardWriter(out, {"run": 1})
+    w.write_block(0, {"model.layers.0.w": torch.ones(2)}, [{"block": 0}], [])
+    assert started.wait(30)  # write_block returned while the shard is being written
+    assert json.loads((partial_dir(out) / "progress.json").read_text())["done"] == 0
+    release.set()
+    assert w.state.done == 1 and w.state.layers == [{"block": 0}]  # reading the state waits for the write
+    assert w.read_block(0)["model.layers.0.w"].tolist() == [1.0, 1.0]
+
+    def full(tensors, path, metadata=None):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(writer_module, "save_file", full)
+    w.write_block(1, {"model.layers.1.w": torch.ones(2)}, [], [])
+    with pytest.raises(OSError, match="No space left"):
+        w.write_block(2, {"model.layers.2.w": torch.ones(2)}, [], [])
+    assert json.loads((partial_dir(out) / "progress.json").read_text())["done"] == 1
