@@ -70,6 +70,9 @@ def weight_cases(kernels, k: int, n: int) -> dict:
     w1 = binary.pack_gemv(pack_int(signs, 1), torch.rand(n, -(-k // 64), device="cuda") + 0.5, 64, k)
     x1 = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
     cases["w1 w1_gemv M=1"] = lambda: binary.binary_gemv_linear(x1, w1, None, kernels)
+    wg = binary.pack_gemm(pack_int(signs, 1), torch.rand(n, 1, device="cuda") + 0.5, -1, k)  # W1A1, per channel
+    xa = torch.randn(4096, k, device="cuda", dtype=torch.bfloat16)
+    cases["w1 w1a1 M=4096"] = lambda: binary.binary_gemm_linear(xa, wg, None, kernels)
     dense = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
     for m in (1, 16, 64, 256):
         xd = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The next session's device calls, prepared at the end of session 16 (nvidia-h200, carry [".gpu/w8a8"]; the Hopper
+# libraries did not change in session 16):
+#   call 1: bash dev/session17.sh tests w1 ncuw1 w1race    (~7 min)
+#   call 2: bash dev/session17.sh table                    (~6 min)
+#   nvidia-h200-x2 (issue 20; block writes now run behind the next block): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 summary
+# tests   every GPU test (W8A16 per channel on the row-major layout by default since session 16; W1A1 shape 5)
+# w1      W1A1 8192 x 8192 at 1024 / 4096 / 8192 tokens, binarize and the GEMM also timed inside a graph (the eager
+#         30 us of binarize at 4096 tokens holds allocation and launch: how much is the kernel?)
+# ncuw1   Nsight Compute stall reasons of the W1A1 GEMM (a third of the b1 mma.sync peak: barrier, shared memory or
+#         the mma pipe?) and binarize, beside bf16 cuBLAS: issue 21's measured limit
+# w1race  compute-sanitizer racecheck over W1A1 on a small shape (session 16's run on 4096 x 1536 passed its 120 s)
+# table   W4A16 g128 and W8A16 per channel, eight shapes, 1-4096 tokens in one table (issue 19's "done when")
+cd "$(dirname "$0")/.."
+LOG=session17.log
+source dev/gpu_setup.sh
+
+tests() {
+  step "GPU tests"
+  timeout 300 python3 -m pytest -q -m gpu tests/test_w8a8_gpu.py tests/test_mixed_gpu.py tests/test_kernels_gpu.py \
+    tests/test_lowbit_gpu.py tests/test_wo_stream_gpu.py tests/test_binary_gpu.py tests/test_hf_gpu.py \
+    tests/test_mlp.py tests/test_fusion.py --tb=short -rf > "$OUT/tests.txt" 2>&1
+  summarize "$OUT/tests.txt"
+}
+
+w1() {
+  step "W1A1 and W1A16, 8192 x 8192"
+  timeout 120 python3 benchmarks/bench_kernels.py --formats w1a1,w1a16 --shapes 8192x8192 \
+    --json "$OUT/w1.json" 2>&1 | tail -12
+  python3 -c "import json,sys; [print(r['format'], r['M'], r.get('graph_speedup'), r['kernel_ms'], r['graph_kernel_ms'])
+for r in json.load(open(sys.argv[1]))['rows']]" "$OUT/w1.json"
+}
+
+ncuw1() {
+  step "ncu stall reasons: W1A1 (binarize + GEMM) at 4096 tokens, bf16"
+  SHAPE=8192x8192 ONLY="w1a1,bf16 F.linear M=256" OUT="$OUT/ncu_w1" bash dev/ncu_session.sh stalls 2>&1 | tail -20
+}
+
+w1race() {
+  step "compute-sanitizer racecheck: W1A1 on 1000 x 72 (one dtype)"
+  timeout 240 compute-sanitizer --tool racecheck --print-limit 5 python3 -m pytest -q -x -m gpu \
+    tests/test_binary_gpu.py -k "w1a1_matches and 1000-72 and dtype0" 2>&1 | tail -4
+}
+
+table() {
+  step "W4A16 g128 and W8A16 per channel, eight shapes, 1-4096 tokens"
+  timeout 420 python3 benchmarks/bench_kernels.py --formats w4a16-g128,w8a16-channel \
+    --tokens 1,2,4,8,16,32,64,128,256,1024,4096 \
+    --shapes 4096x4096,4096x6144,4096x14336,14336x4096,8192x8192,4096x28672,8192x28672,28672x8192 \
+    --json "$OUT/table.json" 2>&1 | tail -2
+  python3 dev/kernels_table.py "$OUT/table.json" | cut -c1-400 | tail -4
+}
+
+stages=("$@")
+[ ${#stages[@]} -eq 0 ] && stages=(tests w1 ncuw1 w1race)
+for s in "${stages[@]}"; do "$s"; done
+step "done"
