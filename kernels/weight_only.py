@@ -3,7 +3,7 @@
 Dispatch on m = tokens:
   rows layout       8-bit symmetric per-channel weights packed row-major (layout.pack_rows, where takes_rows):
                     qtool_cuda::w8_gemv up to 4-32 tokens by size (rows_gemv), then the Hopper copy's
-                    route, else dequantization of the rows + cuBLAS
+                    route; without a copy w8_gemv in slices to 64 tokens, then dequantized rows + cuBLAS
   m <= 8            gemv_kind: qtool_cuda::wo_gemv variant 3 ("stream") or the ring GEMV (variants 0-2), by
                     session 15's measured rule (below), or None: the kernels past them
   m <= V4_MAX_M     qtool_cuda::wo_gemm_v4  tensor cores, weights staged through a cp.async pipeline
@@ -106,9 +106,12 @@ GEMV_WIDE_MAX_N = 4096
 # - up to 16 on weights of at most ROWS_MID_WEIGHT elements (8192 x 8192: 25.2 vs 28.7 us; on the 28672-wide and
 #   -deep weights the Hopper GEMM wins from 8 tokens, 8192 x 28672 61.1 vs 70.7);
 # - up to 32 (w8_gemv's limit, W8_ROWS_MAX_M) on weights of at most ROWS_SMALL_WEIGHT (4096 x 6144: 15.1 vs 17.9).
-# Past that the Hopper copy's measured route; without a copy (fp16, no sm_90) w8_gemv to W8_ROWS_MAX_M, then the
-# rows dequantized + cuBLAS. W8_ROWS_MAX_M = 0 turns the layout off (every layer keeps the wo layout).
+# Past that the Hopper copy's measured route; without a copy (fp16, before sm_90) w8_gemv in slices of up to
+# W8_ROWS_MAX_M tokens, up to ROWS_SLICES slices (reading the codes twice costs less than dequantizing them: on the
+# H200 w8_gemv at 32 tokens took 12.4-148 us where the dequantized rows alone would move 7 bytes per weight), then
+# the rows dequantized + cuBLAS. W8_ROWS_MAX_M = 0 turns the layout off (every layer keeps the wo layout).
 W8_ROWS_MAX_M = 32
+ROWS_SLICES = 2
 ROWS_MID_WEIGHT = 8192 * 8192
 ROWS_SMALL_WEIGHT = 4096 * 6144
 
@@ -234,10 +237,14 @@ def packed_linear(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, k
 
 def _rows_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, kernels) -> torch.Tensor:
     """packed_linear for the row-major layout: x2 [m, K] -> [m, N]."""
-    if rows_gemv(w, x2.shape[0], x2.dtype):
+    m = x2.shape[0]
+    if rows_gemv(w, m, x2.dtype):
         return kernels.w8_gemv(x2, w.rows, w.scale.view(-1), bias, 0, 0)
     if (y := _copy_linear(x2, w, bias)) is not None:
         return y
+    if m <= ROWS_SLICES * W8_ROWS_MAX_M:  # no Hopper copy (fp16, before sm_90): w8_gemv per slice of tokens
+        return torch.cat([kernels.w8_gemv(x2[i:i + W8_ROWS_MAX_M], w.rows, w.scale.view(-1), bias, 0, 0)
+                          for i in range(0, m, W8_ROWS_MAX_M)])
     dense = w.rows.to(x2.dtype) * w.scale.view(-1, 1).to(x2.dtype)
     return F.linear(x2, dense, None if bias is None else bias.to(x2.dtype))
 

@@ -196,11 +196,11 @@ def test_narrow_codes_run_on_the_wider_kernels(bits, group_size, symmetric):
         torch.testing.assert_close(got, layer(x), rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("m", [1, 16, 17, 300])  # w8_gemv, w8_gemv at its limit, then dequantized rows + matmul
+@pytest.mark.parametrize("m", [1, 16, 17, 300])  # w8_gemv, at its limit, in two slices, then dequantized rows
 def test_rows_layout_serves_w8_per_channel(monkeypatch, m):
     """An 8-bit symmetric per-channel layer packs row-major (no wo layout) and computes what its reference does
     (float64 product of its own dequantized weight), through w8_gemv up to weight_only.W8_ROWS_MAX_M tokens
-    (no Hopper copy here) and dequantized rows past it; ragged layers keep the wo layout; with W8_ROWS_MAX_M
+    (no Hopper copy here), in slices of that many up to twice it, and dequantized rows past it; ragged layers keep the wo layout; with W8_ROWS_MAX_M
     = 0 nothing packs row-major."""
     n, k = 48, 256
     codes, scale, _, _ = random_weight(n, k, 8, -1, True, act_order=False)
@@ -224,7 +224,7 @@ def test_rows_layout_serves_w8_per_channel(monkeypatch, m):
     got = weight_only.packed_linear(x, packed, layer.bias.float(), Counting)
     want = x.double() @ qt.dequantize(torch.float64).T + layer.bias.double()
     assert got.shape == want.shape and rel_err(got, want) < 1e-5
-    assert calls == ([m] if m <= 16 else [])
+    assert calls == ([m] if m <= 16 else [16, m - 16] if m <= 32 else [])  # slices of 16, then dequantized rows
     ragged = QuantLinear.from_qtensor(QTensor(codes[:, :200], scale, None, args), QuantScheme(weights=args))
     assert pack_layer(ragged).rows is None  # K % 64 != 0: the wo layout pads it
 

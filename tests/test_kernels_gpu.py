@@ -322,9 +322,10 @@ def test_smoke_all_paths(kernels):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_rows_layout_matches_float64(kernels, monkeypatch, dtype):
-    """8-bit symmetric per-channel layers packed row-major (weight_only.W8_ROWS_MAX_M set; off by default until
-    measured): w8_gemv up to that many tokens, then the Hopper copy (bf16) or the dequantized rows + cuBLAS, all
-    against the float64 product; a layer the row-major layout cannot take (K % 64) keeps the wo layout."""
+    """8-bit symmetric per-channel layers packed row-major (the default since session 16): w8_gemv up to
+    weight_only.rows_gemv's limit, then the Hopper copy (bf16) or w8_gemv in slices (fp16, to 64 tokens) and the
+    dequantized rows + cuBLAS past them, all against the float64 product; a layer the row-major layout cannot take
+    (K % 64) keeps the wo layout."""
     monkeypatch.setattr(weight_only, "W8_ROWS_MAX_M", 32)
     for k, n in ((4096, 1536), (4104, 1536), (576, 4224)):
         qt, args, dense = make_weight(8, -1, True, False, k, n)
