@@ -245,7 +245,7 @@ def _rows_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, k
     if m <= ROWS_SLICES * W8_ROWS_MAX_M:  # no Hopper copy (fp16, before sm_90): w8_gemv per slice of tokens
         return torch.cat([kernels.w8_gemv(x2[i:i + W8_ROWS_MAX_M], w.rows, w.scale.view(-1), bias, 0, 0)
                           for i in range(0, m, W8_ROWS_MAX_M)])
-    dense = w.rows.to(x2.dtype) * w.scale.view(-1, 1).to(x2.dtype)
+    dense = (w.rows.float() * w.scale.view(-1, 1)).to(x2.dtype)  # scale applied in float32, one rounding
     return F.linear(x2, dense, None if bias is None else bias.to(x2.dtype))
 
 
