@@ -32,8 +32,8 @@ for r in json.load(open(sys.argv[1]))['rows']]" "$OUT/w1.json"
 }
 
 ncuw1() {
-  step "ncu stall reasons: W1A1 (binarize + GEMM) at 4096 tokens, bf16"
-  SHAPE=8192x8192 ONLY="w1a1,bf16 F.linear M=256" OUT="$OUT/ncu_w1" bash dev/ncu_session.sh stalls 2>&1 | tail -20
+  step "ncu: W1A1 (binarize + GEMM) at 4096 tokens, W1A16 at one token, bf16 (details, then stall reasons)"
+  SHAPE=8192x8192 ONLY="w1a1,w1_gemv,bf16 F.linear M=1" OUT="$OUT/ncu_w1" bash dev/ncu_session.sh ncu stalls 2>&1 | tail -30
 }
 
 w1race() {
