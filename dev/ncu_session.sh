@@ -41,7 +41,7 @@ stalls() {  # why each kernel waits: the per-reason stall counts the details pag
   step "ncu: warp stall reasons per issued instruction (${SHAPE:-8192x8192})"
   timeout 240 ncu --clock-control none --target-processes all --kernel-name-base demangled \
     --kernel-name regex:'(wo_gemv|wo_stream|wo_gemm|w1_gemv|w1a1|binarize|cutlass|nvjet|gemv|dequant)' --launch-count 200 \
-    --metrics regex:'smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio',dram__throughput.avg.pct_of_peak_sustained_elapsed \
+    --metrics regex:'smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio',dram__throughput.avg.pct_of_peak_sustained_elapsed,gpu__time_duration.sum,smsp__issue_active.avg.pct_of_peak_sustained_active,sm__warps_active.avg.pct_of_peak_sustained_active \
     --csv --page raw python3 dev/profile_kernels.py --shape "${SHAPE:-8192x8192}" ${ONLY:+--only "$ONLY"} > "$OUT/ncu_stalls.csv" 2> "$OUT/ncu_stalls.err"
   echo "ncu exit $?"; tail -3 "$OUT/ncu_stalls.err"
   python3 dev/ncu_stalls.py "$OUT/ncu_stalls.csv"

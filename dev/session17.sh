@@ -10,7 +10,8 @@
 # ncuw1   Nsight Compute stall reasons of the W1A1 GEMM (a third of the b1 mma.sync peak: barrier, shared memory or
 #         the mma pipe?) and binarize, beside bf16 cuBLAS: issue 21's measured limit
 # w1race  compute-sanitizer racecheck over W1A1 on a small shape (session 16's run on 4096 x 1536 passed its 120 s)
-# Call 2 (bulk-copy W1A16 GEMV, branch w1bulk): bash dev/session17.sh w1tests w1ab w1ncu w1bsan
+# Call 2 (bulk-copy W1A16 GEMV, one-LOP3 sign decode, W1A1 copy addresses hoisted; branch w1bulk):
+#   bash dev/session17.sh w1tests w1 w1ab w1ncu w1bsan
 # table   W4A16 g128 and W8A16 per channel, eight shapes, 1-4096 tokens in one table (issue 19's "done when")
 cd "$(dirname "$0")/.."
 LOG=session17.log
@@ -79,8 +80,8 @@ PY
 }
 
 w1ncu() {
-  step "ncu: the bulk W1A16 GEMV at one token (details, stall reasons)"
-  SHAPE=8192x8192 ONLY="w1_gemv,bf16 F.linear M=1" OUT="$OUT/ncu_bulk" bash dev/ncu_session.sh ncu stalls 2>&1 | tail -12
+  step "ncu: the bulk W1A16 GEMV at one token, W1A1 at 4096 tokens (stall reasons, duration, issue activity)"
+  SHAPE=8192x8192 ONLY="w1a1,w1_gemv,bf16 F.linear M=1" OUT="$OUT/ncu_bulk" bash dev/ncu_session.sh stalls 2>&1 | tail -12
 }
 
 w1bsan() {

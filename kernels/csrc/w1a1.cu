@@ -170,16 +170,25 @@ __global__ void __launch_bounds__(kWarpsM * kWarpsN * 32, MINB) w1a1_gemm_kernel
   const uint4* wb = reinterpret_cast<const uint4*>(p.wbits + static_cast<size_t>(n0) * row_words);
   const int row_vecs = row_words / 4;
 
+  // Thread i copies chunk c0 = i % KC of rows r0 = i / KC, r0 + kPassRows, ...: its addresses are computed once
+  // here, and a stage adds constants (the swizzle depends on row % 8 only and kPassRows is a multiple of 8). The
+  // row / chunk arithmetic per copy and stage it replaces was most of the k loop's instructions (SASS, session 17:
+  // ~300 integer instructions per stage against 64 mma per warp; Nsight: issue-bound, "wait" and "not selected").
+  constexpr int kPassRows = kThreads / KC;
+  static_assert(kPassRows % 8 == 0 && (BM * KC) % kThreads == 0 && (BN * KC) % kThreads == 0, "whole passes");
+  const int r0 = threadIdx.x / KC, c0 = threadIdx.x % KC;
+  const int s0 = swizzle<KC>(r0, c0);
+  const uint4* xa0 = xa + static_cast<size_t>(r0) * row_vecs + c0;
+  const uint4* wb0 = wb + static_cast<size_t>(r0) * row_vecs + c0;
+  const size_t pass_vecs = static_cast<size_t>(kPassRows) * row_vecs;
   auto load_stage = [&](int stage, int kt) {  // every row exists: m_padded, n_padded are tile multiples
 #pragma unroll
-    for (int i = threadIdx.x; i < BM * KC; i += kThreads) {
-      const int r = i / KC, c = i % KC;
-      cp_async_16(sa + stage * BM * KC + swizzle<KC>(r, c), xa + static_cast<size_t>(r) * row_vecs + kt * KC + c, true);
+    for (int j = 0; j < BM * KC / kThreads; ++j) {
+      cp_async_16(sa + stage * BM * KC + s0 + j * kPassRows * KC, xa0 + j * pass_vecs + kt * KC, true);
     }
 #pragma unroll
-    for (int i = threadIdx.x; i < BN * KC; i += kThreads) {
-      const int r = i / KC, c = i % KC;
-      cp_async_16(sb + stage * BN * KC + swizzle<KC>(r, c), wb + static_cast<size_t>(r) * row_vecs + kt * KC + c, true);
+    for (int j = 0; j < BN * KC / kThreads; ++j) {
+      cp_async_16(sb + stage * BN * KC + s0 + j * kPassRows * KC, wb0 + j * pass_vecs + kt * KC, true);
     }
   };
 
