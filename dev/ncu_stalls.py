@@ -8,7 +8,7 @@ import csv
 import sys
 
 PREFIX, SUFFIX = "smsp__average_warps_issue_stalled_", "_per_issue_active.ratio"
-EXTRA = {"us": "gpu__time_duration.sum", "warps active %": "sm__warps_active.avg.pct_of_peak_sustained_active",
+EXTRA = {"duration": "gpu__time_duration.sum", "warps active %": "sm__warps_active.avg.pct_of_peak_sustained_active",
          "issue active %": "smsp__issue_active.avg.pct_of_peak_sustained_active",
          "regs": "launch__registers_per_thread", "grid": "launch__grid_size"}
 
