@@ -10,8 +10,9 @@
 # ncuw1   Nsight Compute stall reasons of the W1A1 GEMM (a third of the b1 mma.sync peak: barrier, shared memory or
 #         the mma pipe?) and binarize, beside bf16 cuBLAS: issue 21's measured limit
 # w1race  compute-sanitizer racecheck over W1A1 on a small shape (session 16's run on 4096 x 1536 passed its 120 s)
-# Call 2 (bulk-copy W1A16 GEMV, one-LOP3 sign decode, W1A1 copy addresses hoisted; branch w1bulk):
-#   bash dev/session17.sh w1tests w1 w1ab w1ncu w1bsan
+# Call 2 (bulk-copy W1A16 GEMV, one-LOP3 sign decode, W1A1 copy addresses hoisted; commit 793b57a, the bulk kernel
+#   and its stages since removed): bash dev/session17.sh w1tests w1 w1ab w1ncu w1bsan
+# Call 3 (no pad copy in W1A16): bash dev/session17.sh w1tests w1 w1shapes w1san
 # table   W4A16 g128 and W8A16 per channel, eight shapes, 1-4096 tokens in one table (issue 19's "done when")
 cd "$(dirname "$0")/.."
 LOG=session17.log
@@ -54,42 +55,24 @@ table() {
 }
 
 w1tests() {
-  step "1-bit GPU tests: the bulk-copy W1A16 GEMV (default on sm_90), then the ring kernel forced"
+  step "1-bit GPU tests"
   timeout 200 python3 -m pytest -q -m gpu tests/test_binary_gpu.py tests/test_binary_layout.py --tb=short -rf \
     > "$OUT/w1tests.txt" 2>&1
   summarize "$OUT/w1tests.txt"
-  QTOOL_W1_GEMV=ring timeout 120 python3 -m pytest -q -m gpu tests/test_binary_gpu.py -k "w1_gemv or takes_the_1bit" \
-    --tb=short -rf > "$OUT/w1tests_ring.txt" 2>&1
-  summarize "$OUT/w1tests_ring.txt"
 }
 
-w1ab() {  # the same build, the two W1A16 kernels in separate processes (QTOOL_W1_GEMV is read once)
-  step "W1A16: ring (cp.async) vs bulk copies, 1-8 tokens, four shapes"
-  for v in ring bulk; do
-    QTOOL_W1_GEMV=$v timeout 150 python3 benchmarks/bench_kernels.py --formats w1a16 --tokens 1,2,4,8 \
-      --shapes 8192x8192,4096x4096,4096x14336,28672x8192 --json "$OUT/w1ab_$v.json" > /dev/null 2>&1
-  done
-  python3 - "$OUT/w1ab_ring.json" "$OUT/w1ab_bulk.json" <<'PY'
-import json, sys
-ring, bulk = (json.load(open(f))["rows"] for f in sys.argv[1:])
-print("K x N, M: bf16 us | ring us (x bf16) | bulk us (x bf16), graph replay")
-for a, b in zip(ring, bulk):
-    print(f"{a['K']}x{a['N']} M={a['M']}: {1e3 * b['graph_bf16_ms']:.1f} | {1e3 * a['graph_qtool_ms']:.1f} "
-          f"({a['graph_speedup']:.2f}x) | {1e3 * b['graph_qtool_ms']:.1f} ({b['graph_speedup']:.2f}x)")
-PY
+w1shapes() {
+  step "W1A16 at 1-8 tokens, four shapes"
+  timeout 150 python3 benchmarks/bench_kernels.py --formats w1a16 --tokens 1,2,4,8 \
+    --shapes 8192x8192,4096x4096,4096x14336,28672x8192 --json "$OUT/w1shapes.json" 2>&1 | tail -20
 }
 
-w1ncu() {
-  step "ncu: the bulk W1A16 GEMV at one token, W1A1 at 4096 tokens (stall reasons, duration, issue activity)"
-  SHAPE=8192x8192 ONLY="w1a1,w1_gemv,bf16 F.linear M=1" OUT="$OUT/ncu_bulk" bash dev/ncu_session.sh stalls 2>&1 | tail -12
-}
-
-w1bsan() {
-  step "compute-sanitizer memcheck, racecheck, synccheck: the bulk W1A16 GEMV"
-  for tool in memcheck racecheck synccheck; do
-    timeout 150 compute-sanitizer --tool $tool --print-limit 5 python3 -m pytest -q -x -m gpu \
-      tests/test_binary_gpu.py -k "(w1_gemv_matches and dtype0 and (4096-1536 or 1000-72)) or (both_activation and dtype0)" 2>&1 | tail -2
-  done
+w1san() {
+  step "compute-sanitizer: memcheck over W1A1 and W1A16, racecheck over W1A1 (small shapes)"
+  timeout 150 compute-sanitizer --tool memcheck --print-limit 5 python3 -m pytest -q -x -m gpu \
+    tests/test_binary_gpu.py -k "dtype0 and (4096-1536 or 1000-72)" 2>&1 | tail -2
+  timeout 150 compute-sanitizer --tool racecheck --print-limit 5 python3 -m pytest -q -x -m gpu \
+    tests/test_binary_gpu.py -k "w1a1_matches and 1000-72 and dtype0" 2>&1 | tail -2
 }
 
 stages=("$@")

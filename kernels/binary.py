@@ -203,7 +203,8 @@ def binary_gemm_linear(x: torch.Tensor, w: GemmWeight, bias: torch.Tensor | None
 def binary_gemv_linear(x: torch.Tensor, w: GemvWeight, bias: torch.Tensor | None, kernels) -> torch.Tensor:
     """W1A16 forward over the GEMV layout for x [m <= CHUNKED_MAX_M, K] -> [m, N]: zero-pads x to K_pad
     (16-byte aligned) and runs the GEMV on each slice of up to GEMV_MAX_M tokens."""
-    x2 = F.pad(x, (0, w.k_padded - x.shape[1])).contiguous()
+    # F.pad copies even when it pads nothing: one more kernel per call (at one token on 8192 x 8192 a tenth of it)
+    x2 = (F.pad(x, (0, w.k_padded - x.shape[1])) if x.shape[1] != w.k_padded else x).contiguous()
     if not torch.compiler.is_compiling() and x2.data_ptr() % 16:
         x2 = x2.clone()
     # Each slice of a contiguous [m, K_pad] with K_pad a multiple of 16 elements stays 16-byte aligned.

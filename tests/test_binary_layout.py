@@ -155,8 +155,7 @@ def gemv_plans(exe, cases):
     stdin = "\n".join(" ".join(map(str, c)) for c in cases) + "\n"
     out = subprocess.run([str(exe)], input=stdin, capture_output=True, text=True, check=True).stdout.split()
     keys = ("blocks", "threads", "xs", "ring_offset", "partial_offset", "smem", "opt_in", "xs_row_bytes",
-            "ring_bytes", "partial_bytes", "bulk_threads", "bulk_xs", "bulk_ring_offset", "bulk_partial_offset",
-            "bulk_barrier_offset", "bulk_smem", "bulk_opt_in")
+            "ring_bytes", "partial_bytes")
     rows = [dict(zip(keys, map(int, out[i:i + len(keys)]), strict=True)) for i in range(0, len(out), len(keys))]
     assert len(rows) == len(cases)
     return rows
@@ -199,27 +198,6 @@ def test_w1_gemv_launch_plan_fits_shared_memory(plan_exe, gpc):
             assert p["ring_offset"] == 0, where
 
 
-@pytest.mark.parametrize("gpc", [0, 1, 2, 4, 8])
-def test_w1_gemv_bulk_plan_fits_shared_memory(plan_exe, gpc):
-    """The bulk-copy kernel (csrc/w1_gemv_bulk.cu): its stages take the rings' bytes and offsets, its 2 x 4
-    mbarriers (8 bytes each, 8-byte aligned) follow the partial sums and end the block's shared memory; a ninth
-    warp; x staged under the same two-blocks-per-SM rule."""
-    ks = [256 * i for i in range(1, 257)]
-    cases = [(m, 64, k, gpc, optin) for optin in OPTIN.values() for k in ks for m in range(1, binary.GEMV_MAX_M + 1)]
-    for (m, _, k_pad, _, optin), p in zip(cases, gemv_plans(plan_exe, cases), strict=True):
-        where = f"m={m} k_padded={k_pad} gpc={gpc} optin={optin}: {p}"
-        assert p["bulk_threads"] == 9 * 32 and p["bulk_smem"] <= optin, where
-        assert p["bulk_opt_in"] == (p["bulk_smem"] > 48 << 10), where
-        ring = p["bulk_xs"] * m * p["xs_row_bytes"]
-        assert p["bulk_ring_offset"] == ring and p["bulk_partial_offset"] == ring + p["ring_bytes"], where
-        assert p["bulk_barrier_offset"] == p["bulk_partial_offset"] + p["partial_bytes"], where
-        assert p["bulk_barrier_offset"] % 8 == 0 and p["bulk_smem"] == p["bulk_barrier_offset"] + 2 * 4 * 8, where
-        assert p["bulk_ring_offset"] % 16 == 0, where  # bulk copies need 16-byte aligned destinations
-        if p["bulk_xs"]:
-            assert 2 * p["bulk_smem"] + 2048 <= optin, where
-        assert p["bulk_xs"] <= p["xs"], where  # 64 more bytes never stage x where the ring kernel does not
-
-
 def test_w1_gemv_plan_stages_x_where_the_gpu_tests_expect(plan_exe):
     """test_w1_gemv_both_activation_paths needs both paths at K = 14336, g64 on the H200: m = 1 staged,
     m = 3, 4, 8 through L1; 8192 x 8192 stages x up to m = 3."""
@@ -245,56 +223,6 @@ def test_w1_gemv_global_reads_stay_in_the_layout(group_size):
         src = (2 * block[..., :1] * nchunks + s2 * nchunks + c[..., :1]) * 4 * ns + (i - s2 * 4 * ns)
         assert src.max() < w.scale.numel() // 4
         assert torch.equal(src.flatten().unique(), torch.arange(w.scale.numel() // 4))  # each piece, all of them
-
-
-@pytest.mark.parametrize("group_size", [32, 64, 128, 512, -1])
-@pytest.mark.parametrize("k", [1000, 9000])
-def test_w1_gemv_bulk_copies_and_stage_reads(group_size, k):
-    """csrc/w1_gemv_bulk.cu's addressing: per block and stage, each stripe's codes and scales as one bulk copy
-    each (byte ranges of pack_gemv's tensors, multiples of 16), written into the stage; every warp then reads
-    its chunk's 16 lane bytes and [8, 2, NS] scales of both stripes from the stage offsets the kernel computes.
-    Over all blocks the copies cover both tensors exactly once. K = 9000: 36 chunks, 5 stages (the last holds
-    4 chunks, refilling slot 0); K = 1000: 4 chunks, warps 4..7 idle."""
-    qweight, scale, _ = make(96, k, group_size)
-    w = binary.pack_gemv(qweight, scale, group_size, k)
-    stripes, nchunks = w.qweight.shape[:2]
-    gpc = binary.gemv_groups_per_chunk(w.group_size)
-    ns = max(gpc, 1)
-    qb = w.qweight.view(torch.uint8).reshape(-1).numpy()
-    sb = w.scale.view(torch.uint8).reshape(-1).numpy() if gpc else np.zeros(0, np.uint8)
-    code_part, scale_part = 8 * 32 * 16, (8 * 8 * 2 * gpc * 4 if gpc else 0)  # one stripe's share of a stage
-    chunk_scale = 8 * 2 * ns * 4 if gpc else 0
-    stage_bytes = 2 * (code_part + scale_part)
-    seen_codes, seen_scales = np.zeros(qb.size, np.int64), np.zeros(sb.size, np.int64)
-    for block in range(stripes // 2):
-        for i in range(-(-nchunks // 8)):
-            stage = np.full(stage_bytes, 0xA5, np.uint8)
-            c0 = 8 * i
-            nc = min(8, nchunks - c0)
-            for s in range(2):
-                at = (2 * block + s) * nchunks + c0
-                for dst, src, nbytes, table, seen in ((s * code_part, at * 512, nc * 512, qb, seen_codes),
-                                                      (2 * code_part + s * scale_part, at * chunk_scale,
-                                                       nc * chunk_scale, sb, seen_scales)):
-                    if nbytes == 0:
-                        continue
-                    assert dst % 16 == 0 and src % 16 == 0 and nbytes % 16 == 0 and dst + nbytes <= stage_bytes
-                    assert src + nbytes <= table.size
-                    stage[dst:dst + nbytes] = table[src:src + nbytes]
-                    seen[src:src + nbytes] += 1
-            for warp in range(nc):
-                c = c0 + warp
-                for s in range(2):
-                    stripe = 2 * block + s
-                    for lane in (0, 5, 31):
-                        off = (warp * 32 + s * (code_part // 16) + lane) * 16
-                        assert np.array_equal(stage[off:off + 16],
-                                              w.qweight[stripe, c, lane].contiguous().view(torch.uint8).numpy())
-                    if gpc:
-                        off = 2 * code_part + warp * chunk_scale + s * scale_part
-                        got = stage[off:off + chunk_scale].view(np.float32)
-                        assert np.array_equal(got, w.scale[stripe, c].reshape(-1).numpy())
-    assert (seen_codes == 1).all() and (seen_scales == 1).all()
 
 
 def w1_plan(m, k_padded, gpc, optin):

@@ -26,7 +26,6 @@
 
 #include <type_traits>
 
-#include "w1_chunk.cuh"
 #include "w1_gemv_plan.h"
 #include "w1_kernels.h"
 #include "wo_common.cuh"
@@ -35,12 +34,100 @@ namespace qtool {
 namespace {
 
 constexpr int kWarps = kW1Warps;
-using w1::ChunkRegs;
-using w1::chunk_math;
-using w1::kStripes;
+constexpr int kStripes = 2;        // 16-row stripes per block
+constexpr int kSteps = 16;         // 16-k mma steps per chunk
 static_assert(kW1PlanRows == kW1GemvRows && kW1PlanTokens == kMaxW1GemvTokens, "w1_gemv_plan.h is out of date");
 
 __host__ __device__ constexpr int xs_row_words(int k_padded) { return w1_xs_row_bytes(k_padded) / 4; }
+
+template <typename T>
+constexpr uint32_t kMinusOnes = std::is_same_v<T, __half> ? 0xBC00BC00u : 0xBF80BF80u;  // (-1, -1)
+
+// The A register holding the codes at bits 15 - s and 31 - s of `word`, as a pair of T (+-1).
+template <typename T>
+// One shift and one LOP3. Written as C++, nvcc emits the AND and the XOR as two LOP3 (each takes one immediate):
+// 3 instructions per register, 12 per mma, and Nsight found the kernel issue-bound (session 17: "wait", "not
+// selected", "math pipe throttle" the largest stalls, 5.6 cycles per instruction). With both constants as operands
+// of one lop3 the two fold into one instruction: 10.0 us instead of 11.6 at one token on 8192 x 8192.
+__device__ inline uint32_t sign_pair(uint32_t word, int s) {
+  uint32_t pair;
+  asm("lop3.b32 %0, %1, %2, %3, 0x6A;"  // (a & b) ^ c
+      : "=r"(pair)
+      : "r"(word << s), "r"(0x80008000u), "r"(kMinusOnes<T>));
+  return pair;
+}
+
+// This lane's words of one chunk (both stripes) and its rows' scales of the chunk's groups, from a ring slot.
+template <int GPC>
+struct ChunkRegs {
+  static constexpr int NS = GPC == 0 ? 1 : GPC;
+  uint32_t w[kStripes][4];
+  float sc[kStripes][2 * NS];  // [stripe][row g: groups 0..NS-1, row g + 8: groups]
+
+  __device__ void read(const uint4* slot, int lane) {
+#pragma unroll
+    for (int s = 0; s < kStripes; ++s) words_of(slot[s * 32 + lane], w[s]);
+    if constexpr (GPC > 0) {
+      const float* f = reinterpret_cast<const float*>(slot + kStripes * 32) + (lane / 4) * 2 * NS;
+#pragma unroll
+      for (int s = 0; s < kStripes; ++s) {
+        if constexpr (NS == 1) {
+          const float2 v = *reinterpret_cast<const float2*>(f + s * 16 * NS);
+          sc[s][0] = v.x;
+          sc[s][1] = v.y;
+        } else {
+#pragma unroll
+          for (int i = 0; i < NS / 2; ++i) {
+            const float4 v = *reinterpret_cast<const float4*>(f + s * 16 * NS + 4 * i);
+            sc[s][4 * i] = v.x;
+            sc[s][4 * i + 1] = v.y;
+            sc[s][4 * i + 2] = v.z;
+            sc[s][4 * i + 3] = v.w;
+          }
+        }
+      }
+    }
+  }
+};
+
+// One chunk's 16 mma steps for both stripes, scaled per group into acc. xc: this lane's B words of the chunk.
+template <typename T, int GPC, bool XS>
+__device__ inline void chunk_math(const ChunkRegs<GPC>& cr, const uint32_t* xc, float (&acc)[kStripes][4]) {
+  constexpr int NS = ChunkRegs<GPC>::NS, SPG = kSteps / NS;
+#pragma unroll
+  for (int q = 0; q < NS; ++q) {
+    float d[kStripes][4] = {};
+#pragma unroll
+    for (int jj = 0; jj < SPG; ++jj) {
+      const int j = q * SPG + jj;
+      uint2 b;
+      if constexpr (XS) {
+        b = *reinterpret_cast<const uint2*>(xc + 8 * j);
+      } else {
+        b = __ldg(reinterpret_cast<const uint2*>(xc + 8 * j));
+      }
+#pragma unroll
+      for (int s = 0; s < kStripes; ++s) {
+        uint32_t a[4];
+#pragma unroll
+        for (int r = 0; r < 4; ++r) a[r] = sign_pair<T>(cr.w[s][j / 4], 4 * (j % 4) + r);
+        mma_16816<T>(d[s], a, b.x, b.y);
+      }
+    }
+#pragma unroll
+    for (int s = 0; s < kStripes; ++s) {
+      if constexpr (GPC > 0) {
+        acc[s][0] = fmaf(cr.sc[s][q], d[s][0], acc[s][0]);
+        acc[s][1] = fmaf(cr.sc[s][q], d[s][1], acc[s][1]);
+        acc[s][2] = fmaf(cr.sc[s][NS + q], d[s][2], acc[s][2]);
+        acc[s][3] = fmaf(cr.sc[s][NS + q], d[s][3], acc[s][3]);
+      } else {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) acc[s][i] += d[s][i];
+      }
+    }
+  }
+}
 
 template <typename T,    // activation and output type: __half or __nv_bfloat16
           int GPC,       // scale groups per chunk: 1, 2, 4, 8; 0: one scale per row (applied at the end)
@@ -106,8 +193,7 @@ __global__ void __launch_bounds__(kWarps * 32) w1_gemv_kernel(const W1GemvProble
     cp_async_wait<kW1Ring - 1>();  // chunk c has landed (this lane's copies) ...
     __syncwarp();                  // ... and every lane's (the scales are copied by a few lanes)
     ChunkRegs<GPC> cr;
-    const uint4* held = ring + slot * kSlotVecs;
-    cr.read(held, 32, reinterpret_cast<const float*>(held + kStripes * 32), 16 * ChunkRegs<GPC>::NS, lane);
+    cr.read(ring + slot * kSlotVecs, lane);
     __syncwarp();  // every lane holds its slot data: refill the slot now, a whole ring ahead
     issue(slot, c + kW1Ring * kWarps);
     slot = slot + 1 == kW1Ring ? 0 : slot + 1;
@@ -172,7 +258,6 @@ void launch_typed(const W1GemvProblem& p, cudaStream_t stream) {
 }  // namespace
 
 void launch_w1_gemv(const W1GemvProblem& p, cudaStream_t stream) {
-  if (launch_w1_gemv_bulk(p, smem_optin_bytes(), stream)) return;  // sm_90: the bulk-copy kernel
   p.dtype == ScalarKind::kBFloat16 ? launch_typed<__nv_bfloat16>(p, stream) : launch_typed<__half>(p, stream);
 }
 

@@ -32,20 +32,7 @@ constexpr int kW1Ring = 4;
 QTOOL_HD constexpr int w1_slot_bytes(int gpc) { return 2 * 32 * 16 + (gpc > 0 ? 2 * 8 * 2 * gpc * 4 : 0); }
 QTOOL_HD constexpr int w1_ring_bytes(int gpc) { return kW1Warps * kW1Ring * w1_slot_bytes(gpc); }
 
-// The bulk-copy kernel (w1_gemv_bulk.cu, sm_90) keeps the same bytes as kW1Stages block-wide stages instead of
-// per-warp rings: stage i holds chunks 8i..8i+7 (chunk 8i + w for warp w), [stripe 0 codes, stripe 1 codes,
-// stripe 0 scales, stripe 1 scales], each part one bulk copy of contiguous layout. Its mbarriers (full and empty
-// per stage) follow the partial sums; a ninth warp issues the copies.
-constexpr int kW1Stages = 4;
-QTOOL_HD constexpr int w1_stage_code_bytes() { return kW1Warps * 32 * 16; }  // one stripe's codes of a stage
-QTOOL_HD constexpr int w1_stage_scale_bytes(int gpc) { return gpc > 0 ? kW1Warps * 8 * 2 * gpc * 4 : 0; }
-QTOOL_HD constexpr int w1_stage_bytes(int gpc) { return 2 * (w1_stage_code_bytes() + w1_stage_scale_bytes(gpc)); }
-constexpr int kW1BarrierBytes = 2 * kW1Stages * 8;
-static_assert(kW1Stages * w1_stage_bytes(0) == w1_ring_bytes(0) && kW1Stages * w1_stage_bytes(4) == w1_ring_bytes(4) &&
-                  kW1Stages * w1_stage_bytes(8) == w1_ring_bytes(8),
-              "the stages take the rings' place: same bytes, same offsets");
-
-// Shared memory: [x staged, if xs: m rows][rings or stages][partial sums][bulk: barriers]; byte offsets.
+// Shared memory: [x staged, if xs: m rows][rings][partial sums]; byte offsets.
 QTOOL_HD constexpr int w1_ring_offset(bool xs, int m, int k_padded) { return xs ? m * w1_xs_row_bytes(k_padded) : 0; }
 QTOOL_HD constexpr int w1_partial_offset(bool xs, int m, int k_padded, int gpc) {
   return w1_ring_offset(xs, m, k_padded) + w1_ring_bytes(gpc);
@@ -53,11 +40,10 @@ QTOOL_HD constexpr int w1_partial_offset(bool xs, int m, int k_padded, int gpc) 
 
 struct W1GemvPlan {
   int blocks;          // grid.x: one per kW1PlanRows rows
-  int threads;         // block size (bulk: one more warp, the producer)
+  int threads;         // block size
   bool xs;             // x staged in shared memory
-  int ring_offset;     // bytes (bulk: the first stage)
+  int ring_offset;     // bytes
   int partial_offset;  // bytes
-  int barrier_offset;  // bytes; bulk only (= smem_bytes otherwise)
   int smem_bytes;      // dynamic shared memory: all of the kernel's shared memory
   bool opt_in;         // smem_bytes > 48 KB: raise cudaFuncAttributeMaxDynamicSharedMemorySize first
 };
@@ -65,16 +51,13 @@ struct W1GemvPlan {
 // smem_optin_bytes: the device's cudaDevAttrMaxSharedMemoryPerBlockOptin (227 KB on H100/H200, 99 KB on sm_89).
 // x is staged only while two blocks still fit an SM (about optin / 2 each, 1 KB reserved per block): one
 // block per SM would halve the loads in flight, which costs more than reading B through L1.
-QTOOL_HD constexpr W1GemvPlan plan_w1_gemv(int m, int n_padded, int k_padded, int gpc, int smem_optin_bytes,
-                                           bool bulk = false) {
+QTOOL_HD constexpr W1GemvPlan plan_w1_gemv(int m, int n_padded, int k_padded, int gpc, int smem_optin_bytes) {
   const long long xs_bytes = static_cast<long long>(m) * w1_xs_row_bytes(k_padded);
-  const int base = w1_ring_bytes(gpc) + kW1PartialBytes + (bulk ? kW1BarrierBytes : 0);
+  const int base = w1_ring_bytes(gpc) + kW1PartialBytes;
   const bool xs = xs_bytes <= kW1XsMaxBytes && base + xs_bytes <= smem_optin_bytes / 2 - 1024;
   const int ring = w1_ring_offset(xs, m, k_padded), partial = w1_partial_offset(xs, m, k_padded, gpc);
-  const int barriers = partial + kW1PartialBytes;
-  const int smem = barriers + (bulk ? kW1BarrierBytes : 0);
-  return W1GemvPlan{n_padded / kW1PlanRows, (kW1Warps + (bulk ? 1 : 0)) * 32, xs, ring, partial, barriers, smem,
-                    smem > kW1DefaultSmemBytes};
+  const int smem = partial + kW1PartialBytes;
+  return W1GemvPlan{n_padded / kW1PlanRows, kW1Warps * 32, xs, ring, partial, smem, smem > kW1DefaultSmemBytes};
 }
 
 }  // namespace qtool

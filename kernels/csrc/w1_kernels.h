@@ -31,9 +31,6 @@ struct W1GemvProblem {
 };
 
 void launch_w1_gemv(const W1GemvProblem& p, cudaStream_t stream);
-// The same GEMV with the weights streamed by bulk copies (w1_gemv_bulk.cu); false where it cannot run (before
-// sm_90, or QTOOL_W1_GEMV=ring) and launch_w1_gemv runs its cp.async ring kernel instead.
-bool launch_w1_gemv_bulk(const W1GemvProblem& p, int smem_optin_bytes, cudaStream_t stream);
 
 // --- W1A1: binarized activations x 1-bit weights on the b1 tensor cores (w1a1.cu) --------------------
 constexpr int kW1A1PadM = 128;   // m_padded, n_padded and k_padded are multiples of these
