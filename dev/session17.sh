@@ -13,6 +13,7 @@
 # Call 2 (bulk-copy W1A16 GEMV, one-LOP3 sign decode, W1A1 copy addresses hoisted; commit 793b57a, the bulk kernel
 #   and its stages since removed): bash dev/session17.sh w1tests w1 w1ab w1ncu w1bsan
 # Call 3 (no pad copy in W1A16): bash dev/session17.sh w1tests w1 w1shapes w1san
+# Call 4 (16-warp W1A16 blocks, opt-in): bash dev/session17.sh w1wide
 # table   W4A16 g128 and W8A16 per channel, eight shapes, 1-4096 tokens in one table (issue 19's "done when")
 cd "$(dirname "$0")/.."
 LOG=session17.log
@@ -73,6 +74,25 @@ w1san() {
     tests/test_binary_gpu.py -k "dtype0 and (4096-1536 or 1000-72)" 2>&1 | tail -2
   timeout 150 compute-sanitizer --tool racecheck --print-limit 5 python3 -m pytest -q -x -m gpu \
     tests/test_binary_gpu.py -k "w1a1_matches and 1000-72 and dtype0" 2>&1 | tail -2
+}
+
+w1wide() {  # the same build: 8-warp blocks (default) and 16-warp ones (QTOOL_W1_GEMV=16), separate processes
+  step "W1A16: 16-warp blocks, tests and A/B against the default"
+  QTOOL_W1_GEMV=16 timeout 100 python3 -m pytest -q -m gpu tests/test_binary_gpu.py -k "w1_gemv or takes_the_1bit" \
+    --tb=short -rf > "$OUT/w1wide_tests.txt" 2>&1
+  summarize "$OUT/w1wide_tests.txt"
+  for v in 8 16; do
+    QTOOL_W1_GEMV=$v timeout 100 python3 benchmarks/bench_kernels.py --formats w1a16 --tokens 1,2,4,8 \
+      --shapes 8192x8192,4096x4096,4096x14336,28672x8192 --json "$OUT/w1wide_$v.json" > /dev/null 2>&1
+  done
+  python3 - "$OUT/w1wide_8.json" "$OUT/w1wide_16.json" <<'PY'
+import json, sys
+a8, a16 = (json.load(open(f))["rows"] for f in sys.argv[1:])
+print("K x N, M: bf16 us | 8 warps us (x bf16) | 16 warps us (x bf16), graph replay")
+for a, b in zip(a8, a16):
+    print(f"{a['K']}x{a['N']} M={a['M']}: {1e3 * a['graph_bf16_ms']:.1f} | {1e3 * a['graph_qtool_ms']:.1f} "
+          f"({a['graph_speedup']:.2f}x) | {1e3 * b['graph_qtool_ms']:.1f} ({b['graph_speedup']:.2f}x)")
+PY
 }
 
 stages=("$@")
