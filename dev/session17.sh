@@ -13,7 +13,7 @@
 # Call 2 (bulk-copy W1A16 GEMV, one-LOP3 sign decode, W1A1 copy addresses hoisted; commit 793b57a, the bulk kernel
 #   and its stages since removed): bash dev/session17.sh w1tests w1 w1ab w1ncu w1bsan
 # Call 3 (no pad copy in W1A16): bash dev/session17.sh w1tests w1 w1shapes w1san
-# Call 4 (16-warp W1A16 blocks, opt-in): bash dev/session17.sh w1wide
+# Call 4 (16-warp W1A16 blocks, opt-in; binarize without per-element tests): bash dev/session17.sh w1tests w1wide w1
 # table   W4A16 g128 and W8A16 per channel, eight shapes, 1-4096 tokens in one table (issue 19's "done when")
 cd "$(dirname "$0")/.."
 LOG=session17.log

@@ -58,26 +58,24 @@ __global__ void __launch_bounds__(256) binarize_kernel(const BinarizeProblem p) 
       const int base = pass + 256 * u;
       if (base >= p.k_padded) break;
       const int k0 = base + 8 * lane;  // this lane's 8 elements: one byte of bits
-      float v[8];
-      if (live && vec && k0 + 8 <= p.k) {
+      uint32_t byte = 0;
+      if (live && vec && k0 + 8 <= p.k) {  // all 8 in range: no per-element test (they were most of its SASS)
         const uint32_t w[4] = {raw[u].x, raw[u].y, raw[u].z, raw[u].w};
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
           const float2 f = pair_to_float2(w[i], T{});
-          v[2 * i] = f.x;
-          v[2 * i + 1] = f.y;
+          byte |= (f.x >= 0.0f ? 1u : 0u) << (2 * i);
+          byte |= (f.y >= 0.0f ? 1u : 0u) << (2 * i + 1);
+          asum += fabsf(f.x) + fabsf(f.y);
         }
       } else {
 #pragma unroll
-        for (int e = 0; e < 8; ++e) v[e] = live && k0 + e < p.k ? pair_to_float2(static_cast<uint32_t>(
-            *reinterpret_cast<const uint16_t*>(x + k0 + e)), T{}).x : 0.0f;
-      }
-      uint32_t byte = 0;
-#pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        if (live && k0 + e < p.k) {
-          byte |= (v[e] >= 0.0f ? 1u : 0u) << e;
-          asum += fabsf(v[e]);
+        for (int e = 0; e < 8; ++e) {
+          if (live && k0 + e < p.k) {
+            const float v = pair_to_float2(static_cast<uint32_t>(*reinterpret_cast<const uint16_t*>(x + k0 + e)), T{}).x;
+            byte |= (v >= 0.0f ? 1u : 0u) << e;
+            asum += fabsf(v);
+          }
         }
       }
       out[k0 / 8] = static_cast<uint8_t>(byte);
