@@ -14,6 +14,7 @@
 #   and its stages since removed): bash dev/session17.sh w1tests w1 w1ab w1ncu w1bsan
 # Call 3 (no pad copy in W1A16): bash dev/session17.sh w1tests w1 w1shapes w1san
 # Call 4 (16-warp W1A16 blocks, opt-in; binarize without per-element tests): bash dev/session17.sh w1tests w1wide w1
+#   (the 16-warp variant lost on every shape and was removed after it: w1wide now runs the default twice)
 # table   W4A16 g128 and W8A16 per channel, eight shapes, 1-4096 tokens in one table (issue 19's "done when")
 cd "$(dirname "$0")/.."
 LOG=session17.log

@@ -24,7 +24,6 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include <cstdlib>
 #include <type_traits>
 
 #include "w1_gemv_plan.h"
@@ -132,11 +131,8 @@ __device__ inline void chunk_math(const ChunkRegs<GPC>& cr, const uint32_t* xc, 
 
 template <typename T,    // activation and output type: __half or __nv_bfloat16
           int GPC,       // scale groups per chunk: 1, 2, 4, 8; 0: one scale per row (applied at the end)
-          bool XS,       // x staged in shared memory (else its B loads go to global memory through L1)
-          int WARPS>     // kWarps, or 2 kWarps with rings half as deep: the same slots and shared memory
-__global__ void __launch_bounds__(WARPS * 32, WARPS == kWarps ? 1 : 2) w1_gemv_kernel(const W1GemvProblem p) {
-  constexpr int RING = kW1Ring * kWarps / WARPS;  // slots per warp
-  static_assert(WARPS == kWarps || WARPS == 2 * kWarps, "8 or 16 warps");
+          bool XS>       // x staged in shared memory (else its B loads go to global memory through L1)
+__global__ void __launch_bounds__(kWarps * 32) w1_gemv_kernel(const W1GemvProblem p) {
   extern __shared__ uint4 smem[];  // all shared memory, laid out by w1_gemv_plan.h
   constexpr int NS = ChunkRegs<GPC>::NS;  // scale groups per chunk held per row
   constexpr int kSlotVecs = w1_slot_bytes(GPC) / 16;
@@ -149,7 +145,7 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS == kWarps ? 1 : 2) w1_gemv_k
   const uint4* wq = reinterpret_cast<const uint4*>(p.qweight) + stripe0 * stripe_vecs + lane;
   // Grouped scales [stripe, chunk, 8, 2, NS] floats: 4 NS uint4 per (stripe, chunk).
   const uint4* sq = reinterpret_cast<const uint4*>(p.scale) + static_cast<size_t>(stripe0) * nchunks * 4 * NS;
-  uint4* ring = smem + w1_ring_offset(XS, p.m, p.k_padded) / 16 + warp * RING * kSlotVecs;
+  uint4* ring = smem + w1_ring_offset(XS, p.m, p.k_padded) / 16 + warp * kW1Ring * kSlotVecs;
 
   // Chunk c into ring slot `slot`, by this warp's lanes; one cp.async group per call (empty past the end, so
   // that "all but the newest kW1Ring - 1 groups" is always the oldest chunk).
@@ -175,7 +171,7 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS == kWarps ? 1 : 2) w1_gemv_k
   if constexpr (XS) {
     const int vecs = p.k_padded / 8, row_vecs = xs_row_words(p.k_padded) / 4;
     const uint4* xg = opaque(static_cast<const uint4*>(p.x));
-    for (int i = threadIdx.x; i < p.m * vecs; i += WARPS * 32) {
+    for (int i = threadIdx.x; i < p.m * vecs; i += kWarps * 32) {
       const int tok = i / vecs;
       cp_async_16(smem + tok * row_vecs + (i - tok * vecs), xg + i, true);
     }
@@ -185,46 +181,36 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS == kWarps ? 1 : 2) w1_gemv_k
     x = opaque(static_cast<const uint32_t*>(p.x)) + (g < p.m ? g : 0) * (p.k_padded / 2) + 2 * t;
   }
 #pragma unroll
-  for (int r = 0; r < RING; ++r) issue(r, warp + r * WARPS);
+  for (int r = 0; r < kW1Ring; ++r) issue(r, warp + r * kWarps);
   if constexpr (XS) {
-    cp_async_wait<RING>();  // the x group, the oldest
+    cp_async_wait<kW1Ring>();  // the x group, the oldest
     __syncthreads();
   }
 
   float acc[kStripes][4] = {};  // C fragments: (row g, token 2t), (g, 2t + 1), (g + 8, 2t), (g + 8, 2t + 1)
   int slot = 0;
-  for (int c = warp; c < nchunks; c += WARPS) {  // warp-uniform
-    cp_async_wait<RING - 1>();  // chunk c has landed (this lane's copies) ...
+  for (int c = warp; c < nchunks; c += kWarps) {  // warp-uniform
+    cp_async_wait<kW1Ring - 1>();  // chunk c has landed (this lane's copies) ...
     __syncwarp();                  // ... and every lane's (the scales are copied by a few lanes)
     ChunkRegs<GPC> cr;
     cr.read(ring + slot * kSlotVecs, lane);
     __syncwarp();  // every lane holds its slot data: refill the slot now, a whole ring ahead
-    issue(slot, c + RING * WARPS);
-    slot = slot + 1 == RING ? 0 : slot + 1;
+    issue(slot, c + kW1Ring * kWarps);
+    slot = slot + 1 == kW1Ring ? 0 : slot + 1;
 
     chunk_math<T, GPC, XS>(cr, x + c * (kW1ChunkK / 2), acc);  // step j of chunk c at words 8j + 2t, +1
   }
   cp_async_wait<0>();  // no copy may still be writing shared memory when the block exits
 
-  // Sum the warps (each holds every row and token of both stripes for its chunks), then the epilogue. With 16 warps,
-  // warps 8-15 add theirs into the slots of warps 0-7 after a barrier: the plan's 8 slots suffice.
+  // Sum the warps (each holds every row and token of both stripes for its chunks), then the epilogue.
   auto& partial = *reinterpret_cast<float(*)[kWarps][kW1GemvRows][kMaxW1GemvTokens]>(
       reinterpret_cast<char*>(smem) + w1_partial_offset(XS, p.m, p.k_padded, GPC));
-  auto keep = [&](bool add) {
-    const int w = warp % kWarps;
 #pragma unroll
-    for (int s = 0; s < kStripes; ++s) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        float& slot_value = partial[w][16 * s + g + 8 * (i / 2)][2 * t + i % 2];
-        slot_value = add ? slot_value + acc[s][i] : acc[s][i];
-      }
-    }
-  };
-  if (warp < kWarps) keep(false);
-  if constexpr (WARPS > kWarps) {
-    __syncthreads();
-    if (warp >= kWarps) keep(true);
+  for (int s = 0; s < kStripes; ++s) {
+    partial[warp][16 * s + g][2 * t] = acc[s][0];
+    partial[warp][16 * s + g][2 * t + 1] = acc[s][1];
+    partial[warp][16 * s + g + 8][2 * t] = acc[s][2];
+    partial[warp][16 * s + g + 8][2 * t + 1] = acc[s][3];
   }
   __syncthreads();
   if (threadIdx.x < p.m * kW1GemvRows) {
@@ -248,29 +234,14 @@ int smem_optin_bytes() {  // per device; cheap (a cached attribute), so asked at
   return bytes;
 }
 
-// QTOOL_W1_GEMV=16: 16-warp blocks (rings of 2 chunks per warp; unmeasured, session 17's last call).
-int forced_w1_gemv_warps() {
-  static const int warps = [] {
-    const char* env = std::getenv("QTOOL_W1_GEMV");
-    return env != nullptr && std::atoi(env) == 2 * kWarps ? 2 * kWarps : kWarps;
-  }();
-  return warps;
-}
-
-template <typename T, int GPC, int WARPS>
-void launch_shape(const W1GemvProblem& p, const W1GemvPlan& plan, cudaStream_t stream) {
-  auto kernel = plan.xs ? w1_gemv_kernel<T, GPC, true, WARPS> : w1_gemv_kernel<T, GPC, false, WARPS>;
-  if (plan.opt_in) {  // per device and cheap, so every time; an error here is reported by the launch check
-    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, plan.smem_bytes);
-  }
-  kernel<<<plan.blocks, WARPS * 32, plan.smem_bytes, stream>>>(p);
-}
-
 template <typename T, int GPC>
 void launch_variant(const W1GemvProblem& p, cudaStream_t stream) {
   const W1GemvPlan plan = plan_w1_gemv(p.m, p.n_padded, p.k_padded, GPC, smem_optin_bytes());
-  if (forced_w1_gemv_warps() == 2 * kWarps) return launch_shape<T, GPC, 2 * kWarps>(p, plan, stream);
-  launch_shape<T, GPC, kWarps>(p, plan, stream);
+  auto kernel = plan.xs ? w1_gemv_kernel<T, GPC, true> : w1_gemv_kernel<T, GPC, false>;
+  if (plan.opt_in) {  // per device and cheap, so every time; an error here is reported by the launch check
+    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, plan.smem_bytes);
+  }
+  kernel<<<plan.blocks, plan.threads, plan.smem_bytes, stream>>>(p);
 }
 
 template <typename T>
