@@ -69,9 +69,27 @@ void decode_low_lane(int lane, const uint32_t (&lo)[4], const uint32_t (&hi)[2])
       }
 }
 
+// "0 0": every pair of signed int8 codes through int8_pair_bf16_signed, with garbage in the bytes it must ignore;
+// prints the number of pairs whose bf16 halves differ from the codes.
+int check_signed_pairs() {
+  int wrong = 0;
+  for (int lo = -128; lo < 128; ++lo)
+    for (int hi = -128; hi < 128; ++hi) {
+      const uint32_t garbage = static_cast<uint32_t>((lo * 131 + hi * 7919) & 0xFF);
+      const uint32_t bytes = (static_cast<uint32_t>(lo) & 0xFFu) | ((static_cast<uint32_t>(hi) & 0xFFu) << 16) |
+                             (garbage << 8) | ((garbage ^ 0x5Au) << 24);
+      const uint32_t pair = int8_pair_bf16_signed(bytes);
+      wrong += half_of(pair, 0, __nv_bfloat16{}) != static_cast<float>(lo) ||
+               half_of(pair, 1, __nv_bfloat16{}) != static_cast<float>(hi);
+    }
+  std::printf("%d\n", wrong);
+  return 0;
+}
+
 int main() {
   int bits = 0, lanes = 0;
   if (std::scanf("%d %d", &bits, &lanes) != 2) return 2;
+  if (bits == 0) return check_signed_pairs();
   for (int lane = 0; lane < lanes; ++lane) {
     uint32_t w[4], hi[2] = {0u, 0u};
     for (auto& x : w)

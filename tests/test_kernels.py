@@ -251,6 +251,8 @@ def test_host_decode_helpers_match_layout(tmp_path):
     exe = tmp_path / "host_check"
     subprocess.run([nvcc, "-std=c++17", "-I", str(ROOT / "kernels" / "csrc"), str(ROOT / "tests" / "kernels_host_check.cu"),
                     "-o", str(exe)], check=True, capture_output=True)
+    signed = subprocess.run([str(exe)], input="0 0\n", capture_output=True, text=True, check=True).stdout
+    assert signed.split() == ["0"], signed  # int8_pair_bf16_signed: all 65536 code pairs exact
     for bits in (2, 3, 4, 8):
         codes, scale, zero, _ = random_weight(32, 256, bits, 64, symmetric=False, seed=bits)
         p = pack_weight(codes, scale, zero, None, bits, 64)

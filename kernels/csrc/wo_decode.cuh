@@ -192,6 +192,37 @@ __host__ __device__ inline float int8_f32_magic(uint32_t word,  // four bytes
   return bits_to_float(byte_perm(word, 0x4B000000u, 0x7440u | static_cast<uint32_t>(byte)));
 }
 
+// Two signed int8 codes at bits 7:0 and 23:16 of `bytes` (the other bits are ignored) -> their bf16 pair, exactly,
+// in two LOP3 and one bf16x2 subtraction: (128 + the low 7 bits) - (128 + 128 * sign bit), where 0x4300 | low7 is
+// 128 + low7 (bf16's mantissa step is 1 in [128, 256)) and 0x4300 | (sign << 7) is 128 or 256. A word of four
+// codes gives its pairs (c0, c2) and (c1, c3) from `word` and `word >> 8`: 7 instructions per two registers where
+// the float32 magic (int8_f32_magic, then a byte permute per pair) takes 10-11. The k order inside the word is
+// then 0, 2 / 1, 3: w8_gemv permutes x's pairs the same way (its switch 32; unmeasured).
+__host__ __device__ inline uint32_t int8_pair_bf16_signed(uint32_t bytes) {
+#ifdef __CUDA_ARCH__
+  uint32_t v, s;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(v) : "r"(bytes), "r"(0x007F007Fu), "r"(0x43004300u));  // (a & b) | c
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(s) : "r"(bytes), "r"(0x00800080u), "r"(0x43004300u));
+  __nv_bfloat162 a2, b2;
+  std::memcpy(&a2, &v, 4);
+  std::memcpy(&b2, &s, 4);
+  const __nv_bfloat162 d = __hsub2(a2, b2);
+  uint32_t out;
+  std::memcpy(&out, &d, 4);
+  return out;
+#else
+  const uint32_t v = (bytes & 0x007F007Fu) | 0x43004300u, s = (bytes & 0x00800080u) | 0x43004300u;
+  uint32_t out = 0;
+  for (int h = 0; h < 2; ++h) {  // bf16 -> float is a shift; the difference is a small integer, exact in bf16
+    const float d = bits_to_float(((v >> (16 * h)) & 0xFFFFu) << 16) - bits_to_float(((s >> (16 * h)) & 0xFFFFu) << 16);
+    uint32_t bits = 0;
+    std::memcpy(&bits, &d, 4);
+    out |= (bits >> 16) << (16 * h);
+  }
+  return out;
+#endif
+}
+
 // A-fragment coordinates of mma.m16n8k16 (row-major A, 16-bit types): the first element of
 // register p of `lane` sits at (frag_row, frag_col); the second is one column to the right.
 __host__ __device__ constexpr int frag_row(int lane, int p) { return lane / 4 + 8 * (p % 2); }
