@@ -24,6 +24,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <cstdlib>
+#include <cstring>
 #include <type_traits>
 
 #include "w1_gemv_plan.h"
@@ -43,18 +45,23 @@ __host__ __device__ constexpr int xs_row_words(int k_padded) { return w1_xs_row_
 template <typename T>
 constexpr uint32_t kMinusOnes = std::is_same_v<T, __half> ? 0xBC00BC00u : 0xBF80BF80u;  // (-1, -1)
 
-// The A register holding the codes at bits 15 - s and 31 - s of `word`, as a pair of T (+-1).
-template <typename T>
-// One shift and one LOP3. Written as C++, nvcc emits the AND and the XOR as two LOP3 (each takes one immediate):
-// 3 instructions per register, 12 per mma, and Nsight found the kernel issue-bound (session 17: "wait", "not
-// selected", "math pipe throttle" the largest stalls, 5.6 cycles per instruction). With both constants as operands
-// of one lop3 the two fold into one instruction: 10.0 us instead of 11.6 at one token on 8192 x 8192.
-__device__ inline uint32_t sign_pair(uint32_t word, int s) {
+// The A register holding the codes at bits 15 - s and 31 - s of `word` as a pair of +-v, given neg = (-v, -v) as
+// T: a set bit flips the sign. One shift and one LOP3. Written as C++, nvcc emits the AND and the XOR as two LOP3
+// (each takes one immediate): 3 instructions per register, 12 per mma, and Nsight found the kernel issue-bound
+// (session 17: "wait", "not selected", "math pipe throttle" the largest stalls, 5.6 cycles per instruction). With
+// both constants as operands of one lop3 the two fold into one instruction: 10.0 us instead of 11.6 at one token on
+// 8192 x 8192.
+__device__ inline uint32_t signed_pair(uint32_t word, int s, uint32_t neg) {
   uint32_t pair;
   asm("lop3.b32 %0, %1, %2, %3, 0x6A;"  // (a & b) ^ c
       : "=r"(pair)
-      : "r"(word << s), "r"(0x80008000u), "r"(kMinusOnes<T>));
+      : "r"(word << s), "r"(0x80008000u), "r"(neg));
   return pair;
+}
+
+template <typename T>
+__device__ inline uint32_t sign_pair(uint32_t word, int s) {  // +-1
+  return signed_pair(word, s, kMinusOnes<T>);
 }
 
 // This lane's words of one chunk (both stripes) and its rows' scales of the chunk's groups, from a ring slot.
@@ -90,6 +97,45 @@ struct ChunkRegs {
   }
 };
 
+// B words of step j of a chunk: x staged in shared memory or read through L1.
+template <bool XS>
+__device__ inline uint2 b_words(const uint32_t* xc, int j) {
+  if constexpr (XS) return *reinterpret_cast<const uint2*>(xc + 8 * j);
+  return __ldg(reinterpret_cast<const uint2*>(xc + 8 * j));
+}
+
+// SA (QTOOL_W1_GEMV=scaled, grouped scales only; unmeasured): the group scale rounded to T is the A values'
+// magnitude, +-s instead of +-1, so the mma accumulates the scaled sums directly and the 32 FFMA per chunk that
+// scale each group's sum go (the same LOP3 per register, 16 conversions per chunk in their place: 382 -> 356
+// instructions per chunk in the SASS). The pair (s, s) with a set bit's sign flipped is -code * s: the kernel negates
+// the sum once at the end instead of each pair. T's rounding of s (2^-9 relative for bf16) is the dequantize-to-T
+// semantics of any dequant + GEMM path. Two accumulators take the steps in turn: the mma chain of a chunk is 8
+// deep, not 16.
+template <typename T, int GPC, bool XS>
+__device__ inline void chunk_math_scaled(const ChunkRegs<GPC>& cr, const uint32_t* xc, float (&acc)[2][kStripes][4]) {
+  constexpr int NS = ChunkRegs<GPC>::NS, SPG = kSteps / NS;
+  uint32_t pos[kStripes][2][NS];  // (s, s) as T: [stripe][row g, row g + 8][group]
+#pragma unroll
+  for (int s = 0; s < kStripes; ++s) {
+#pragma unroll
+    for (int q = 0; q < NS; ++q) {
+      pos[s][0][q] = float2_to_pair(cr.sc[s][q], cr.sc[s][q], T{});  // one F2FP (float_to_pair: F2F + PRMT)
+      pos[s][1][q] = float2_to_pair(cr.sc[s][NS + q], cr.sc[s][NS + q], T{});
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < kSteps; ++j) {
+    const uint2 b = b_words<XS>(xc, j);
+#pragma unroll
+    for (int s = 0; s < kStripes; ++s) {
+      uint32_t a[4];  // registers 0, 2: row g; 1, 3: row g + 8
+#pragma unroll
+      for (int r = 0; r < 4; ++r) a[r] = signed_pair(cr.w[s][j / 4], 4 * (j % 4) + r, pos[s][r % 2][j / SPG]);
+      mma_16816<T>(acc[j % 2][s], a, b.x, b.y);
+    }
+  }
+}
+
 // One chunk's 16 mma steps for both stripes, scaled per group into acc. xc: this lane's B words of the chunk.
 template <typename T, int GPC, bool XS>
 __device__ inline void chunk_math(const ChunkRegs<GPC>& cr, const uint32_t* xc, float (&acc)[kStripes][4]) {
@@ -100,12 +146,7 @@ __device__ inline void chunk_math(const ChunkRegs<GPC>& cr, const uint32_t* xc, 
 #pragma unroll
     for (int jj = 0; jj < SPG; ++jj) {
       const int j = q * SPG + jj;
-      uint2 b;
-      if constexpr (XS) {
-        b = *reinterpret_cast<const uint2*>(xc + 8 * j);
-      } else {
-        b = __ldg(reinterpret_cast<const uint2*>(xc + 8 * j));
-      }
+      const uint2 b = b_words<XS>(xc, j);
 #pragma unroll
       for (int s = 0; s < kStripes; ++s) {
         uint32_t a[4];
@@ -131,8 +172,10 @@ __device__ inline void chunk_math(const ChunkRegs<GPC>& cr, const uint32_t* xc, 
 
 template <typename T,    // activation and output type: __half or __nv_bfloat16
           int GPC,       // scale groups per chunk: 1, 2, 4, 8; 0: one scale per row (applied at the end)
-          bool XS>       // x staged in shared memory (else its B loads go to global memory through L1)
+          bool XS,       // x staged in shared memory (else its B loads go to global memory through L1)
+          bool SA = false>  // grouped scales as the A values' magnitude (chunk_math_scaled)
 __global__ void __launch_bounds__(kWarps * 32) w1_gemv_kernel(const W1GemvProblem p) {
+  static_assert(!SA || GPC > 0, "per-channel scales are applied once at the end");
   extern __shared__ uint4 smem[];  // all shared memory, laid out by w1_gemv_plan.h
   constexpr int NS = ChunkRegs<GPC>::NS;  // scale groups per chunk held per row
   constexpr int kSlotVecs = w1_slot_bytes(GPC) / 16;
@@ -188,6 +231,7 @@ __global__ void __launch_bounds__(kWarps * 32) w1_gemv_kernel(const W1GemvProble
   }
 
   float acc[kStripes][4] = {};  // C fragments: (row g, token 2t), (g, 2t + 1), (g + 8, 2t), (g + 8, 2t + 1)
+  float acc2[2][kStripes][4] = {};  // SA: the even and odd steps
   int slot = 0;
   for (int c = warp; c < nchunks; c += kWarps) {  // warp-uniform
     cp_async_wait<kW1Ring - 1>();  // chunk c has landed (this lane's copies) ...
@@ -198,9 +242,20 @@ __global__ void __launch_bounds__(kWarps * 32) w1_gemv_kernel(const W1GemvProble
     issue(slot, c + kW1Ring * kWarps);
     slot = slot + 1 == kW1Ring ? 0 : slot + 1;
 
-    chunk_math<T, GPC, XS>(cr, x + c * (kW1ChunkK / 2), acc);  // step j of chunk c at words 8j + 2t, +1
+    if constexpr (SA) {
+      chunk_math_scaled<T, GPC, XS>(cr, x + c * (kW1ChunkK / 2), acc2);
+    } else {
+      chunk_math<T, GPC, XS>(cr, x + c * (kW1ChunkK / 2), acc);  // step j of chunk c at words 8j + 2t, +1
+    }
   }
   cp_async_wait<0>();  // no copy may still be writing shared memory when the block exits
+  if constexpr (SA) {
+#pragma unroll
+    for (int s = 0; s < kStripes; ++s) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[s][i] = -(acc2[0][s][i] + acc2[1][s][i]);  // the pairs' signs were flipped
+    }
+  }
 
   // Sum the warps (each holds every row and token of both stripes for its chunks), then the epilogue.
   auto& partial = *reinterpret_cast<float(*)[kWarps][kW1GemvRows][kMaxW1GemvTokens]>(
@@ -234,10 +289,22 @@ int smem_optin_bytes() {  // per device; cheap (a cached attribute), so asked at
   return bytes;
 }
 
+// QTOOL_W1_GEMV=scaled: grouped scales as the A values' magnitude (chunk_math_scaled), for an A/B; read once.
+bool scales_in_a() {
+  static const bool on = [] {
+    const char* env = std::getenv("QTOOL_W1_GEMV");
+    return env != nullptr && std::strcmp(env, "scaled") == 0;
+  }();
+  return on;
+}
+
 template <typename T, int GPC>
 void launch_variant(const W1GemvProblem& p, cudaStream_t stream) {
   const W1GemvPlan plan = plan_w1_gemv(p.m, p.n_padded, p.k_padded, GPC, smem_optin_bytes());
   auto kernel = plan.xs ? w1_gemv_kernel<T, GPC, true> : w1_gemv_kernel<T, GPC, false>;
+  if constexpr (GPC > 0) {
+    if (scales_in_a()) kernel = plan.xs ? w1_gemv_kernel<T, GPC, true, true> : w1_gemv_kernel<T, GPC, false, true>;
+  }
   if (plan.opt_in) {  // per device and cheap, so every time; an error here is reported by the launch check
     cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, plan.smem_bytes);
   }
