@@ -49,14 +49,7 @@ w1ab() {  # the same build, separate processes (QTOOL_W1_GEMV is read once)
     QTOOL_W1_GEMV=$v timeout 100 python3 benchmarks/bench_kernels.py --formats w1a16 --tokens 1,2,4,8 \
       --shapes 8192x8192,4096x4096,4096x14336,28672x8192 --json "$OUT/w1ab_$v.json" > /dev/null 2>&1
   done
-  python3 - "$OUT/w1ab_default.json" "$OUT/w1ab_scaled.json" <<'PY'
-import json, sys
-a0, a1 = (json.load(open(f))["rows"] for f in sys.argv[1:])
-print("K x N, M: bf16 us | default us (x bf16) | scaled us (x bf16), graph replay")
-for a, b in zip(a0, a1):
-    print(f"{a['K']}x{a['N']} M={a['M']}: {1e3 * a['graph_bf16_ms']:.1f} | {1e3 * a['graph_qtool_ms']:.1f} "
-          f"({a['graph_speedup']:.2f}x) | {1e3 * b['graph_qtool_ms']:.1f} ({b['graph_speedup']:.2f}x)")
-PY
+  python3 dev/ab_table.py "$OUT/w1ab_default.json" "$OUT/w1ab_scaled.json" --labels default,scaled
 }
 
 w1a1ab() {  # QTOOL_W1A1 is read once per process
@@ -68,15 +61,7 @@ w1a1ab() {  # QTOOL_W1A1 is read once per process
     QTOOL_W1A1=$v timeout 100 python3 benchmarks/bench_kernels.py --formats w1a1 --tokens 1024,4096,8192 \
       --shapes 8192x8192 --json "$OUT/w1a1_$v.json" > /dev/null 2>&1
   done
-  python3 - "$OUT/w1a1_5.json" "$OUT/w1a1_6.json" <<'PY'
-import json, sys
-a5, a6 = (json.load(open(f))["rows"] for f in sys.argv[1:])
-print("M: bf16 us | shape 5 layer us (x bf16), GEMM us | shape 6 ..., graph replay")
-for a, b in zip(a5, a6):
-    print(f"{a['M']}: {1e3 * a['graph_bf16_ms']:.1f} | {1e3 * a['graph_qtool_ms']:.1f} ({a['graph_speedup']:.2f}x), "
-          f"{1e3 * a['graph_kernel_ms']['w1a1_gemm']:.1f} | {1e3 * b['graph_qtool_ms']:.1f} ({b['graph_speedup']:.2f}x), "
-          f"{1e3 * b['graph_kernel_ms']['w1a1_gemm']:.1f}")
-PY
+  python3 dev/ab_table.py "$OUT/w1a1_5.json" "$OUT/w1a1_6.json" --labels "shape 5","shape 6"
 }
 
 w8ab() {
