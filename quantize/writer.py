@@ -166,10 +166,9 @@ class ShardWriter:
                     messages: list[str]) -> None:
         """Store block `index` (full tensor names, CPU tensors the caller no longer changes) in the background
         and mark it done once on disk; blocks come in order. The previous block's write is finished first
-        (its error raised here)."""
+        (Background.start waits; its error is raised here)."""
         if index != self._next:
             raise RuntimeError(f"block {index} written after {self._next} blocks")
-        self.flush()
         self._next = index + 1
         self._writing.start(self._store, index, tensors, layers, messages)
 

@@ -45,17 +45,17 @@ __host__ __device__ constexpr int xs_row_words(int k_padded) { return w1_xs_row_
 template <typename T>
 constexpr uint32_t kMinusOnes = std::is_same_v<T, __half> ? 0xBC00BC00u : 0xBF80BF80u;  // (-1, -1)
 
-// The A register holding the codes at bits 15 - s and 31 - s of `word` as a pair of +-v, given neg = (-v, -v) as
-// T: a set bit flips the sign. One shift and one LOP3. Written as C++, nvcc emits the AND and the XOR as two LOP3
-// (each takes one immediate): 3 instructions per register, 12 per mma, and Nsight found the kernel issue-bound
-// (session 17: "wait", "not selected", "math pipe throttle" the largest stalls, 5.6 cycles per instruction). With
-// both constants as operands of one lop3 the two fold into one instruction: 10.0 us instead of 11.6 at one token on
-// 8192 x 8192.
-__device__ inline uint32_t signed_pair(uint32_t word, int s, uint32_t neg) {
+// The A register for the codes at bits 15 - s and 31 - s of `word`: the pair `base` (as T) with its sign flipped
+// where the bit is set, so base = (-1, -1) gives +-1 for codes +-1 (sign_pair) and base = (v, v) gives -code * v.
+// One shift and one LOP3. Written as C++, nvcc emits the AND and the XOR as two LOP3 (each takes one immediate):
+// 3 instructions per register, 12 per mma, and Nsight found the kernel issue-bound (session 17: "wait", "not
+// selected", "math pipe throttle" the largest stalls, 5.6 cycles per instruction). With both constants as operands
+// of one lop3 the two fold into one instruction: 10.0 us instead of 11.6 at one token on 8192 x 8192.
+__device__ inline uint32_t signed_pair(uint32_t word, int s, uint32_t base) {
   uint32_t pair;
   asm("lop3.b32 %0, %1, %2, %3, 0x6A;"  // (a & b) ^ c
       : "=r"(pair)
-      : "r"(word << s), "r"(0x80008000u), "r"(neg));
+      : "r"(word << s), "r"(0x80008000u), "r"(base));
   return pair;
 }
 
