@@ -2,7 +2,6 @@ import json
 import socket
 from pathlib import Path
 
-import datasets
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -17,6 +16,9 @@ from quantize.data import (
     resolve_dataset,
     synthetic_texts,
 )
+
+# the GPU image has no `datasets` (CI and the CPU venvs do): these are CPU tests of the data pipeline
+datasets = pytest.importorskip("datasets")
 
 WIKITEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2"
 needs_wikitext = pytest.mark.skipif(not WIKITEXT.is_dir(), reason=f"no WikiText-2 copy at {WIKITEXT}")

@@ -76,8 +76,7 @@ template <typename Out,  // __half, __nv_bfloat16 or float
           int WN,        // 8-column (feature) fragments per warp, even
           int SUB,       // groups per 256-k step: 1 (per channel or groups of >= 256), 2, 4 or 8
           bool GROUPED,  // scales per group (else one per row, applied once at the end)
-          int KC, int STAGES, int MINB,  // chunks per row and stage, pipeline depth, blocks per SM (registers)
-          bool STAGED = false>           // shape 6: outputs through shared memory, 16-byte row stores
+          int KC, int STAGES, int MINB>  // chunks per row and stage, pipeline depth, blocks per SM (registers)
 __global__ void __launch_bounds__(kWarpsM * kWarpsN * 32, MINB) w1a1_gemm_kernel(const W1A1Problem p) {
   constexpr int BM = kWarpsM * WM * 16, BN = kWarpsN * WN * 8;
   constexpr int kThreads = kWarpsM * kWarpsN * 32;
@@ -222,15 +221,6 @@ __global__ void __launch_bounds__(kWarpsM * kWarpsN * 32, MINB) w1a1_gemm_kernel
   // ~1450 at K = 8192 (SASS, session 17). xscale / xpopc hold m_padded rows and wscale / cterm n_padded columns, so
   // the loads need no bounds; bias holds n.
   Out* y = static_cast<Out*>(p.y);
-  // STAGED (QTOOL_W1A1=6; unmeasured): the block's tile goes through the idle pipeline stages, rows padded by 16
-  // bytes (rows g and g + 1 four banks apart: the pair writes of a warp hit 32 distinct banks), then each thread
-  // stores 16-byte pieces of whole rows instead of a 4-byte pair per output and row. Only where y's rows are
-  // 16-byte aligned; the pair stores otherwise.
-  constexpr int kVec = 16 / static_cast<int>(sizeof(Out)), kTileStride = BN + kVec;  // elements
-  static_assert(!STAGED || BM * kTileStride * sizeof(Out) <= STAGES * (BM + BN) * KC * 16, "tile fits the stages");
-  const bool staged = STAGED && p.n % kVec == 0 && reinterpret_cast<uintptr_t>(p.y) % 16 == 0;
-  Out* tile = reinterpret_cast<Out*>(smem);
-  if (staged) __syncthreads();  // every warp's last ldmatrix is done before the tile overwrites the stages
   float xs[WM][2];
   int apop[WM][2];
 #pragma unroll
@@ -270,33 +260,17 @@ __global__ void __launch_bounds__(kWarpsM * kWarpsN * 32, MINB) w1a1_gemm_kernel
           }
           v[e] = xs[mi][half] * (dot + ct[e]) + bs[e];
         }
-        if (staged) {
-          store_out(tile + (row - m0) * kTileStride, n - n0, BN, v[0], v[1]);
-        } else {
-          store_out(y + static_cast<size_t>(row) * p.n, n, p.n, v[0], v[1]);
-        }
-      }
-    }
-  }
-  if (staged) {
-    __syncthreads();
-    constexpr int kPieces = BN / kVec;  // 16-byte pieces per tile row
-    for (int i = threadIdx.x; i < BM * kPieces; i += kThreads) {
-      const int r = i / kPieces, c = (i % kPieces) * kVec;
-      if (m0 + r < p.m && n0 + c < p.n) {  // p.n % kVec == 0: a piece is all in or all out
-        *reinterpret_cast<uint4*>(y + static_cast<size_t>(m0 + r) * p.n + n0 + c) =
-            *reinterpret_cast<const uint4*>(tile + r * kTileStride + c);
+        store_out(y + static_cast<size_t>(row) * p.n, n, p.n, v[0], v[1]);
       }
     }
   }
 }
 
-template <typename Out, int WM, int WN, int SUB, bool GROUPED, int KC = 4, int STAGES = 4, int MINB = 1,
-          bool STAGED = false>
+template <typename Out, int WM, int WN, int SUB, bool GROUPED, int KC = 4, int STAGES = 4, int MINB = 1>
 void launch_gemm_variant(const W1A1Problem& p, cudaStream_t stream) {
   constexpr int BM = kWarpsM * WM * 16, BN = kWarpsN * WN * 8;
   const int smem = STAGES * (BM + BN) * KC * 16;
-  auto kernel = w1a1_gemm_kernel<Out, WM, WN, SUB, GROUPED, KC, STAGES, MINB, STAGED>;
+  auto kernel = w1a1_gemm_kernel<Out, WM, WN, SUB, GROUPED, KC, STAGES, MINB>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   const dim3 grid(p.n_padded / BN, p.m_padded / BM);
   kernel<<<grid, kWarpsM * kWarpsN * 32, smem, stream>>>(p);
@@ -311,8 +285,9 @@ void launch_gemm_variant(const W1A1Problem& p, cudaStream_t stream) {
 //   5 = 128 x 128 tiles (warps of 64 x 32), otherwise 4 (next call, same build):    47.6 / 162.1 / 312.5 us
 //                                                                     (shape 4 there: 50.4 / 170.5 / 326.6 us)
 //   5 with a third stage (96 KB per block, two per SM; call 4):                         - / 167.8 / -  (5: 162.2)
-//   6 = 5 with the staged epilogue (outputs through shared memory, 16-byte row stores; session 17, unmeasured)
-// Shape 5 runs (3 where k_padded % 1024 != 0); QTOOL_W1A1=1..6 forces one (2, 4, 5, 6 need k_padded % 1024 == 0).
+//   6 = 5 with the tile staged through shared memory and 16-byte row stores (session 18, removed): GEMM 119.0 vs
+//       119.4 us at 4096 tokens, the layer 3.16x vs 3.34x at 1024: the epilogue's stores were not the cost.
+// Shape 5 runs (3 where k_padded % 1024 != 0); QTOOL_W1A1=1..5 forces one (2, 4, 5 need k_padded % 1024 == 0).
 // At 4096 tokens shape 5 runs 275 G MAC in 162 us (~6500 MAC/clk/SM, a third of the mma peak); with each thread's
 // copy addresses computed once (session 17) in 137 us, ~7700 MAC/clk/SM.
 int forced_w1a1_shape() {
@@ -334,11 +309,6 @@ void launch_per_channel(const W1A1Problem& p, cudaStream_t stream) {
     case 3: return launch_gemm_variant<Out, 2, 8, 1, false, 4, 4, 2>(p, stream);
     case 4:
       if (long_stages) return launch_gemm_variant<Out, 2, 8, 1, false, 8, 2, 2>(p, stream);
-      break;
-    case 6:  // 16-bit outputs (a float32 tile would not fit the stages)
-      if constexpr (sizeof(Out) == 2) {
-        if (long_stages) return launch_gemm_variant<Out, 4, 4, 1, false, 8, 2, 2, true>(p, stream);
-      }
       break;
     default: break;
   }

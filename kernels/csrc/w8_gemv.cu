@@ -47,19 +47,13 @@ constexpr int kTwoStripesMinN = 16384;
 // Four codes (one 32-bit word) -> two packed pairs of T: (c0, c1) and (c2, c3), exactly, with few
 // conversion instructions (they issue at a fraction of the ALU rate, and at 1-16 tokens the decode, not the
 // tensor cores, is the work that competes with the weight stream).
-// int8: flipping the sign bit gives u = c + 128 in 0..255, which placed in the low mantissa bits of a float
-// (fp16: 1024 + u as 0x64uu; fp32 for bf16: 2^23 + u) is one subtraction away from c. For bf16 the upper half
-// of each such float is already c (an integer of 8 significant bits): one byte permute packs two.
+// int8 for fp16: flipping the sign bit gives u = c + 128 in 0..255, which placed in the low mantissa bits of
+// 1024 + u (0x64uu) is one subtraction away from c. int8 for bf16: int8_pair_bf16_signed (wo_decode.cuh) gives the
+// pairs (c0, c2) and (c1, c3) with two LOP3 and one bf16x2 subtraction, and x's pairs are permuted to the same k
+// order (session 18: 29.6 -> 23.6 instructions per mma; +1-13% at 1-16 tokens, no shape slower beyond noise).
 // FP8 for bf16: the code's exponent and mantissa bits, moved to the top of a bf16's fields, give the same value
 // times 2^-(127 - bias) (subnormals included); one bf16x2 multiply by 2^(127 - bias) restores it. Weight codes
 // are finite: the NaN codes of E4M3 (and Inf / NaN of E5M2) would decode as finite numbers.
-__device__ inline uint32_t int8_pair_bf16(uint32_t u, uint32_t sel_lo, uint32_t sel_hi) {
-  constexpr float kMagic = 8388736.0f;  // 2^23 + 128
-  const float lo = __uint_as_float(__byte_perm(u, 0x4B000000u, sel_lo)) - kMagic;
-  const float hi = __uint_as_float(__byte_perm(u, 0x4B000000u, sel_hi)) - kMagic;
-  return __byte_perm(__float_as_uint(lo), __float_as_uint(hi), 0x7632);
-}
-
 template <CodeFormat F>
 __device__ inline uint32_t fp8_pair_bf16(uint32_t word, uint32_t selector) {
   constexpr int kShift = F == CodeFormat::kE4M3 ? 4 : 3;                         // 8 - exponent bits - 1
@@ -70,22 +64,20 @@ __device__ inline uint32_t fp8_pair_bf16(uint32_t word, uint32_t selector) {
   return as_u32(__hmul2(as_pair<__nv_bfloat162>(bits), as_pair<__nv_bfloat162>(kRestore)));
 }
 
-// Pairs02: int8 codes for bf16 as (c0, c2) and (c1, c3) (int8_pair_bf16_signed), x's pairs permuted to match.
-template <typename T, CodeFormat F, bool Pairs02 = false>
+// int8 codes for bf16 come out as (c0, c2) and (c1, c3): kPairs02, x's pairs are permuted to match.
+template <typename T, CodeFormat F>
+constexpr bool kPairs02 = F == CodeFormat::kInt8 && std::is_same_v<T, __nv_bfloat16>;
+
+template <typename T, CodeFormat F>
 __device__ inline void decode4(uint32_t word, uint32_t& lo, uint32_t& hi) {
-  if constexpr (Pairs02) {
+  if constexpr (kPairs02<T, F>) {
     lo = int8_pair_bf16_signed(word);
     hi = int8_pair_bf16_signed(word >> 8);
-  } else if constexpr (F == CodeFormat::kInt8) {
+  } else if constexpr (F == CodeFormat::kInt8) {  // fp16
     const uint32_t u = word ^ 0x80808080u;
-    if constexpr (std::is_same_v<T, __half>) {
-      const uint32_t bias = 0x64806480u;  // (1024 + 128, 1024 + 128)
-      lo = sub_pair(__byte_perm(u, 0x64646464u, 0x5140), bias, __half{});
-      hi = sub_pair(__byte_perm(u, 0x64646464u, 0x7362), bias, __half{});
-    } else {  // selectors: byte i of u, then 0x00, 0x00, 0x4B -> the float 2^23 + u_i
-      lo = int8_pair_bf16(u, 0x7550, 0x7551);
-      hi = int8_pair_bf16(u, 0x7552, 0x7553);
-    }
+    const uint32_t bias = 0x64806480u;  // (1024 + 128, 1024 + 128)
+    lo = sub_pair(__byte_perm(u, 0x64646464u, 0x5140), bias, __half{});
+    hi = sub_pair(__byte_perm(u, 0x64646464u, 0x7362), bias, __half{});
   } else if constexpr (std::is_same_v<T, __half>) {
     constexpr __nv_fp8_interpretation_t kind = F == CodeFormat::kE4M3 ? __NV_E4M3 : __NV_E5M2;
     lo = as_u32(__half2(__nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(word & 0xffff), kind)));
@@ -100,9 +92,6 @@ __device__ inline void decode4(uint32_t word, uint32_t& lo, uint32_t& hi) {
 // change against the kernel without it (dev/gemv_probe.py):
 //   2: no 16-warp blocks (session 13 measured them: 4096 x 4096 1.23x -> 1.62x bf16, 14336 x 4096 1.08x -> 1.50x
 //      at one token; no change elsewhere).
-//  32: int8 codes for bf16 decoded by int8_pair_bf16_signed in pairs (c0, c2), (c1, c3), x's pairs permuted to
-//      match: 7 instructions per two A registers instead of 10-11 (SASS, session 17: the decode is 20 of the ~30
-//      instructions per mma). Not yet measured.
 //  16: 16-warp blocks up to 8192 rows instead of kWideMaxN (session 14's decode profile: q/k/v of 6144 rows, 384
 //      8-warp blocks, streamed 2.5 TB/s where gate/up reached 3.5). Not yet measured.
 // Session 14's A/B made two former switches the defaults ("lean" register budgets where they cost no spills) and
@@ -125,11 +114,10 @@ __host__ __device__ constexpr int min_blocks() {  // __launch_bounds__'s blocks 
   return Blocked ? (TokenTiles == 1 ? 3 : 0) : (TokenTiles == 2 ? 4 : 0);
 }
 
-template <typename T, CodeFormat F, int TokenTiles, bool Blocked, int kStripes, int Warps, bool Lean = false,
-          bool Pairs02 = false>  // switch 32: int8 codes for bf16 decoded in pairs (c0, c2), (c1, c3)
+template <typename T, CodeFormat F, int TokenTiles, bool Blocked, int kStripes, int Warps, bool Lean = false>
 __global__ void __launch_bounds__(Warps * 32, (min_blocks<TokenTiles, Blocked, kStripes, Warps, Lean>()))
     w8_gemv(W8GemvProblem p) {
-  static_assert(!Pairs02 || (F == CodeFormat::kInt8 && std::is_same_v<T, __nv_bfloat16>), "int8 codes for bf16");
+  constexpr bool Pairs02 = kPairs02<T, F>;
   constexpr int kRowsPerBlock = 16 * kStripes;
   constexpr int kUnroll = unroll_tiles<TokenTiles>();
   __shared__ float partial[Warps][kStripes][TokenTiles][32][4];
@@ -198,8 +186,8 @@ __global__ void __launch_bounds__(Warps * 32, (min_blocks<TokenTiles, Blocked, k
         for (int s = 0; s < kStripes; ++s) {
           const uint32_t lo_word = (&w[u][s][0].x)[j], hi_word = (&w[u][s][1].x)[j];
           uint32_t a[4];
-          decode4<T, F, Pairs02>(lo_word, a[0], a[2]);  // row g: k +0,+1 and +2,+3
-          decode4<T, F, Pairs02>(hi_word, a[1], a[3]);  // row g + 8
+          decode4<T, F>(lo_word, a[0], a[2]);  // row g: k +0,+1 and +2,+3
+          decode4<T, F>(hi_word, a[1], a[3]);  // row g + 8
 #pragma unroll
           for (int tt = 0; tt < TokenTiles; ++tt) mma_16816<T>(dst[s][tt], a, b[tt][0], b[tt][1]);
         }
@@ -244,7 +232,7 @@ __global__ void __launch_bounds__(Warps * 32, (min_blocks<TokenTiles, Blocked, k
   }
 }
 
-template <typename T, CodeFormat F, int TokenTiles, int Stripes, bool P2>
+template <typename T, CodeFormat F, int TokenTiles, int Stripes>
 void launch_stripes(const W8GemvProblem& p, cudaStream_t stream) {
   const unsigned blocks = static_cast<unsigned>((p.n + 16 * Stripes - 1) / (16 * Stripes));
   const int switches = w8_gemv_switches();
@@ -253,55 +241,50 @@ void launch_stripes(const W8GemvProblem& p, cudaStream_t stream) {
     // 16 warps: per-channel, m <= 8 only; the other variants take 74-128 registers, and a 16-warp block of them
     // would hold an SM alone (two waves of 256 blocks)
     if (TokenTiles == 1 && p.block_n == 0 && p.n <= wide_max_n && !(switches & 2)) {
-      w8_gemv<T, F, 1, false, 1, kWideWarps, false, P2><<<blocks, kWideWarps * 32, 0, stream>>>(p);
+      w8_gemv<T, F, 1, false, 1, kWideWarps, false><<<blocks, kWideWarps * 32, 0, stream>>>(p);
       return;
     }
     if (p.block_n > 0 && TokenTiles == 1) {  // 80 registers: three blocks per SM
-      w8_gemv<T, F, 1, true, 1, kWarps, true, P2><<<blocks, kWarps * 32, 0, stream>>>(p);
+      w8_gemv<T, F, 1, true, 1, kWarps, true><<<blocks, kWarps * 32, 0, stream>>>(p);
       return;
     }
     if (p.block_n == 0 && TokenTiles == 2) {  // 64 registers: 9-16 tokens 1.1-1.4x -> 1.4-1.65x bf16
       if (p.n <= wide_max_n && !(switches & 2))  // 16 warps: two blocks per SM, as at m <= 8
-        w8_gemv<T, F, 2, false, 1, kWideWarps, true, P2><<<blocks, kWideWarps * 32, 0, stream>>>(p);
+        w8_gemv<T, F, 2, false, 1, kWideWarps, true><<<blocks, kWideWarps * 32, 0, stream>>>(p);
       else
-        w8_gemv<T, F, 2, false, 1, kWarps, true, P2><<<blocks, kWarps * 32, 0, stream>>>(p);
+        w8_gemv<T, F, 2, false, 1, kWarps, true><<<blocks, kWarps * 32, 0, stream>>>(p);
       return;
     }
   }
   if (p.block_n > 0)
-    w8_gemv<T, F, TokenTiles, true, Stripes, kWarps, false, P2><<<blocks, kWarps * 32, 0, stream>>>(p);
+    w8_gemv<T, F, TokenTiles, true, Stripes, kWarps, false><<<blocks, kWarps * 32, 0, stream>>>(p);
   else
-    w8_gemv<T, F, TokenTiles, false, Stripes, kWarps, false, P2><<<blocks, kWarps * 32, 0, stream>>>(p);
+    w8_gemv<T, F, TokenTiles, false, Stripes, kWarps, false><<<blocks, kWarps * 32, 0, stream>>>(p);
 }
 
-template <typename T, CodeFormat F, int TokenTiles, bool P2>
+template <typename T, CodeFormat F, int TokenTiles>
 void launch_tiles(const W8GemvProblem& p, cudaStream_t stream) {
   // two stripes: fewer, fuller blocks where rows are many; at 9-16 tokens one lean stripe measured faster
   if (p.n >= kTwoStripesMinN && TokenTiles != 2)
-    launch_stripes<T, F, TokenTiles, 2, P2>(p, stream);
+    launch_stripes<T, F, TokenTiles, 2>(p, stream);
   else
-    launch_stripes<T, F, TokenTiles, 1, P2>(p, stream);
+    launch_stripes<T, F, TokenTiles, 1>(p, stream);
 }
 
-template <typename T, CodeFormat F, bool P2 = false>
+template <typename T, CodeFormat F>
 void launch_format(const W8GemvProblem& p, cudaStream_t stream) {
   if (p.m <= 8)
-    launch_tiles<T, F, 1, P2>(p, stream);
+    launch_tiles<T, F, 1>(p, stream);
   else if (p.m <= 16)
-    launch_tiles<T, F, 2, P2>(p, stream);
+    launch_tiles<T, F, 2>(p, stream);
   else  // 17-32 tokens: only where kernels/tuning.py measured it faster (dispatch rule: m <= 16)
-    launch_tiles<T, F, 4, P2>(p, stream);
+    launch_tiles<T, F, 4>(p, stream);
 }
 
 template <typename T>
 void launch_typed(const W8GemvProblem& p, cudaStream_t stream) {
   switch (p.format) {
-    case CodeFormat::kInt8:
-      if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-        if (w8_gemv_switches() & 32) return launch_format<T, CodeFormat::kInt8, true>(p, stream);
-      }
-      launch_format<T, CodeFormat::kInt8>(p, stream);
-      break;
+    case CodeFormat::kInt8: launch_format<T, CodeFormat::kInt8>(p, stream); break;
     case CodeFormat::kE4M3: launch_format<T, CodeFormat::kE4M3>(p, stream); break;
     default: launch_format<T, CodeFormat::kE5M2>(p, stream); break;
   }
