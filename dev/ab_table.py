@@ -26,7 +26,8 @@ def main() -> None:
     label_a, label_b = args.labels.split(",")
     print(f"K x N, M: bf16 us | {label_a} us (x bf16) | {label_b} us (x bf16), graph replay")
     for a, b in zip(rows_a, rows_b, strict=True):
-        print(f"{a['K']}x{a['N']} M={a['M']}: {1e3 * a['graph_bf16_ms']:.1f} | {cell(a)} | {cell(b)}")
+        fmt = f"{a['format']} " if "format" in a else ""
+        print(f"{fmt}{a['K']}x{a['N']} M={a['M']}: {1e3 * a['graph_bf16_ms']:.1f} | {cell(a)} | {cell(b)}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ csrc/w8_gemv.cu) is read once per process, so each setting runs in its own child
 (rotating copies, CUDA-graph replay), speedup against bf16 F.linear measured in the same process; the six
 protocol shapes and the fused 8B q/k/v and gate/up.
 
-    python3 dev/gemv_probe.py [--switches 0,2,4,8,12] [--tokens 1,8,16] [--json out.json]
+    python3 dev/gemv_probe.py [--switches 0,2,4,8,12] [--tokens 1,8,16] [--json out.json] [--env QTOOL_PDL]
 
 Session 13 ran it at commit 1a61939 with --switches 0,1,3 (then 1 = no L2 prefetch, 2 = no 16-warp blocks);
 session 14 with --switches 0,2,4,8,12 (4 and 8 are gone since: 8 became the default, 4 was withdrawn).
@@ -72,6 +72,7 @@ def run_settings(script: Path, env_name: str, settings: str, child_args: list[st
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--switches", default="0,16")
+    parser.add_argument("--env", default="QTOOL_W8_GEMV", help="the variable the settings go to (e.g. QTOOL_PDL)")
     parser.add_argument("--tokens", default="1,8,16")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -80,11 +81,11 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(tokens)))
         return
-    results = run_settings(HERE, "QTOOL_W8_GEMV", args.switches, ["--tokens", args.tokens])
+    results = run_settings(HERE, args.env, args.switches, ["--tokens", args.tokens])
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     keys = sorted({(r["kind"], r["K"], r["N"], r["M"]) for rows in results.values() for r in rows})
-    print("kind K x N M: " + " | ".join(f"QTOOL_W8_GEMV={sw}" for sw in results))
+    print("kind K x N M: " + " | ".join(f"{args.env}={sw}" for sw in results))
     for key in keys:
         cells = []
         for rows in results.values():

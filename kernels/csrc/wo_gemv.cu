@@ -24,6 +24,7 @@
 // (v3 tried Programmatic Dependent Launch: no consistent gain on the H100, kernels/NOTES.md; removed.)
 #include <cstdint>
 
+#include "pdl.cuh"
 #include "wo_common.cuh"
 
 namespace qtool {
@@ -126,6 +127,7 @@ __global__ void __launch_bounds__(WARPS * 32, LEAN ? 4 * kWarps / WARPS : 1) wo_
 
 #pragma unroll
   for (int u = 0; u < BATCH; ++u) load_weights(u, warp + u * WARPS);
+  pdl_wait_then_release();  // x, bias and y only past this point (pdl.cuh)
   if constexpr (XS) {
     // Copy x into shared memory while the weight ring is in flight: 16 bytes per thread per step.
     const int vecs = p.w.k_padded / 8, row_vecs = xs_row_words(p.w.k_padded) / 4;
@@ -231,7 +233,7 @@ void launch_variant(const WoProblem& p,     // the problem
     cudaFuncSetAttribute(wo_gemv_kernel<T, BITS, GPC, XS, LEAN, WARPS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                          smem);
   }
-  wo_gemv_kernel<T, BITS, GPC, XS, LEAN, WARPS><<<grid, block, smem, stream>>>(p);
+  launch_gemv(wo_gemv_kernel<T, BITS, GPC, XS, LEAN, WARPS>, grid, block, smem, stream, p);
 }
 
 template <typename T,    // activation and output type
