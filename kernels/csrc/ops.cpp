@@ -127,8 +127,10 @@ at::Tensor wo_gemv(const at::Tensor& x, const at::Tensor& qweight, const at::Ten
                    int64_t group_size, int64_t out_features, const std::string& activation,
                    const std::optional<at::Tensor>& prefetch, int64_t variant) {
   const PackedWeightView w = check_weight("wo_gemv", qweight, scale, zero, num_bits, group_size, out_features);
-  TORCH_CHECK(variant >= 0 && variant <= 3,
-              "wo_gemv: variant must be 0 (default), 1 (lean), 2 (wide) or 3 (stream), got ", variant);
+  const bool pdl = variant >= kPdlFlag;  // + kPdlFlag: a static weight (wo_kernels.h)
+  if (pdl) variant -= kPdlFlag;
+  TORCH_CHECK(variant >= 0 && variant <= 3, "wo_gemv: variant must be 0 (default), 1 (lean), 2 (wide) or 3 (stream), "
+              "plus 16 for a static weight, got ", variant + (pdl ? kPdlFlag : 0));
   at::Tensor bias_f32;
   WoProblem p = make_problem("wo_gemv", x, w, qweight, bias, bias_f32, activation);
   const int max_tokens = variant == 3 ? kMaxStreamTokens : kMaxGemvTokens;
@@ -143,6 +145,7 @@ at::Tensor wo_gemv(const at::Tensor& x, const at::Tensor& qweight, const at::Ten
     p.prefetch_bytes = std::min<long long>(prefetch->numel() * prefetch->element_size(), kPrefetchCapBytes) & ~15LL;
   }
   p.gemv_variant = static_cast<int>(variant);
+  p.pdl = pdl;
   if (variant == 3)
     launch_wo_stream(p, c10::cuda::getCurrentCUDAStream());
   else

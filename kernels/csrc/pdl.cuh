@@ -1,10 +1,13 @@
-// Programmatic dependent launch (sm_90), an opt-in for A/Bs (QTOOL_PDL=1, read once; session 18, unmeasured):
-// a kernel launched with it may start while the kernel before it in the stream is still finishing. The GEMVs
-// issue their first weight loads (weights are never written by the kernel before them in inference), then wait
-// for that kernel to complete (griddepcontrol.wait) before any activation, bias or output access, then let the
-// next kernel launch (launch_dependents). So the next GEMV's DRAM latency and launch overlap this one's tail, and
-// at most two kernels overlap. Not for a weight packed by the kernel right before (the repack-per-call op path):
-// the switch is process-wide and off by default.
+// Programmatic dependent launch (sm_90) for the ring GEMV (wo_gemv.cu): a kernel launched with it may start while
+// the kernel before it in the stream is still finishing. The GEMV issues its first ring of weight loads, then waits
+// for that kernel to complete (griddepcontrol.wait) before any activation, bias or output access, then lets the
+// next kernel launch (launch_dependents): the next GEMV's launch and first DRAM round trip overlap this one's tail,
+// and at most two kernels overlap. Only for weights no kernel writes while they are in use (prepared layers: the
+// op's kPdlFlag); QTOOL_PDL=0 turns it off for a process (read once). Session 18 (H200, graph replay, one token):
+// W4 g128 4096 x 4096 6.0 -> 4.9 us, 8192 x 8192 14.7 -> 13.3, 28672 x 8192 43.5 -> 41.1; W3 / W2 likewise.
+// Tried and removed the same session: L2 prefetches of the first tiles before the wait in w8_gemv and w1_gemv,
+// whose rings cannot be issued before it (x loads sit in the same unrolled loop): one prefetch per lane for lines
+// four lanes share made those kernels 5-30% slower even with PDL off.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -20,10 +23,10 @@ __device__ inline void pdl_wait_then_release() {
 #endif
 }
 
-inline bool pdl_enabled() {  // QTOOL_PDL=1 and an sm_90+ device (the first one asked; all GPUs of a host match)
+inline bool pdl_enabled() {  // not QTOOL_PDL=0, and an sm_90+ device (the first one asked; a host's GPUs match)
   static const bool on = [] {
     const char* env = std::getenv("QTOOL_PDL");
-    if (env == nullptr || std::atoi(env) != 1) return false;
+    if (env != nullptr && std::atoi(env) == 0) return false;
     int device = 0, major = 0;
     cudaGetDevice(&device);
     cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
@@ -32,10 +35,12 @@ inline bool pdl_enabled() {  // QTOOL_PDL=1 and an sm_90+ device (the first one 
   return on;
 }
 
-// kernel<<<grid, block, smem, stream>>>(args...), with programmatic stream serialization where pdl_enabled().
+// kernel<<<grid, block, smem, stream>>>(args...), with programmatic stream serialization where `pdl` and
+// pdl_enabled().
 template <typename... KArgs, typename... Args>
-void launch_gemv(void (*kernel)(KArgs...), dim3 grid, dim3 block, int smem, cudaStream_t stream, Args&&... args) {
-  if (!pdl_enabled()) {
+void launch_gemv(void (*kernel)(KArgs...), bool pdl, dim3 grid, dim3 block, int smem, cudaStream_t stream,
+                 Args&&... args) {
+  if (!pdl || !pdl_enabled()) {
     kernel<<<grid, block, smem, stream>>>(static_cast<Args&&>(args)...);
     return;
   }

@@ -28,7 +28,6 @@
 #include <cstring>
 #include <type_traits>
 
-#include "pdl.cuh"
 #include "w1_gemv_plan.h"
 #include "w1_kernels.h"
 #include "wo_common.cuh"
@@ -209,17 +208,6 @@ __global__ void __launch_bounds__(kWarps * 32) w1_gemv_kernel(const W1GemvProble
     cp_async_commit();
   };
 
-  // PDL (pdl.cuh): the first ring's weight lines go to L2 while the kernel before finishes; x only past the wait.
-#pragma unroll
-  for (int r = 0; r < kW1Ring; ++r) {
-    const int c = warp + r * kWarps;
-    if (c < nchunks) {
-#pragma unroll
-      for (int s = 0; s < kStripes; ++s) prefetch_l2(wq + s * stripe_vecs + c * 32);
-    }
-  }
-  pdl_wait_then_release();
-
   // B: token g (token 0 for g >= m: those mma columns are never stored), words 2t, 2t + 1 of each step.
   // x goes first (one small group, mostly L2 hits), then every warp asks for its first kW1Ring chunks: at
   // K = 8192 that is all of them, 48 KB per block at g64, before any math.
@@ -322,7 +310,7 @@ void launch_variant(const W1GemvProblem& p, cudaStream_t stream) {
   if (plan.opt_in) {  // per device and cheap, so every time; an error here is reported by the launch check
     cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, plan.smem_bytes);
   }
-  launch_gemv(kernel, dim3(plan.blocks), dim3(plan.threads), plan.smem_bytes, stream, p);
+  kernel<<<plan.blocks, plan.threads, plan.smem_bytes, stream>>>(p);
 }
 
 template <typename T>

@@ -20,7 +20,6 @@
 #include <cstdlib>
 #include <type_traits>
 
-#include "pdl.cuh"
 #include "w8a8.h"
 #include "wo_common.cuh"
 
@@ -127,18 +126,6 @@ __global__ void __launch_bounds__(Warps * 32, (min_blocks<TokenTiles, Blocked, k
   const int row0 = blockIdx.x * kRowsPerBlock;
   const int tiles = (p.k + kTileK - 1) / kTileK;
   const T* x = static_cast<const T*>(p.x);
-
-  // PDL (pdl.cuh): the first tiles' weight lines go to L2 while the kernel before finishes; x only past the wait.
-#pragma unroll
-  for (int u = 0; u < kUnroll; ++u) {
-    const int k = (warp + u * Warps) * kTileK + 16 * t;
-#pragma unroll
-    for (int r = 0; r < 2 * kStripes; ++r) {
-      const int row = row0 + 8 * r + g;
-      if (warp + u * Warps < tiles && k < p.k && row < p.n) prefetch_l2(p.w + static_cast<long long>(row) * p.k + k);
-    }
-  }
-  pdl_wait_then_release();  // its "memory" clobber keeps every x load below it
 
   float acc[kStripes][TokenTiles][4] = {};
   for (int tile0 = warp; tile0 < tiles; tile0 += Warps * kUnroll) {
@@ -254,25 +241,25 @@ void launch_stripes(const W8GemvProblem& p, cudaStream_t stream) {
     // 16 warps: per-channel, m <= 8 only; the other variants take 74-128 registers, and a 16-warp block of them
     // would hold an SM alone (two waves of 256 blocks)
     if (TokenTiles == 1 && p.block_n == 0 && p.n <= wide_max_n && !(switches & 2)) {
-      launch_gemv(w8_gemv<T, F, 1, false, 1, kWideWarps, false>, blocks, kWideWarps * 32, 0, stream, p);
+      w8_gemv<T, F, 1, false, 1, kWideWarps, false><<<blocks, kWideWarps * 32, 0, stream>>>(p);
       return;
     }
     if (p.block_n > 0 && TokenTiles == 1) {  // 80 registers: three blocks per SM
-      launch_gemv(w8_gemv<T, F, 1, true, 1, kWarps, true>, blocks, kWarps * 32, 0, stream, p);
+      w8_gemv<T, F, 1, true, 1, kWarps, true><<<blocks, kWarps * 32, 0, stream>>>(p);
       return;
     }
     if (p.block_n == 0 && TokenTiles == 2) {  // 64 registers: 9-16 tokens 1.1-1.4x -> 1.4-1.65x bf16
       if (p.n <= wide_max_n && !(switches & 2))  // 16 warps: two blocks per SM, as at m <= 8
-        launch_gemv(w8_gemv<T, F, 2, false, 1, kWideWarps, true>, blocks, kWideWarps * 32, 0, stream, p);
+        w8_gemv<T, F, 2, false, 1, kWideWarps, true><<<blocks, kWideWarps * 32, 0, stream>>>(p);
       else
-        launch_gemv(w8_gemv<T, F, 2, false, 1, kWarps, true>, blocks, kWarps * 32, 0, stream, p);
+        w8_gemv<T, F, 2, false, 1, kWarps, true><<<blocks, kWarps * 32, 0, stream>>>(p);
       return;
     }
   }
   if (p.block_n > 0)
-    launch_gemv(w8_gemv<T, F, TokenTiles, true, Stripes, kWarps, false>, blocks, kWarps * 32, 0, stream, p);
+    w8_gemv<T, F, TokenTiles, true, Stripes, kWarps, false><<<blocks, kWarps * 32, 0, stream>>>(p);
   else
-    launch_gemv(w8_gemv<T, F, TokenTiles, false, Stripes, kWarps, false>, blocks, kWarps * 32, 0, stream, p);
+    w8_gemv<T, F, TokenTiles, false, Stripes, kWarps, false><<<blocks, kWarps * 32, 0, stream>>>(p);
 }
 
 template <typename T, CodeFormat F, int TokenTiles>

@@ -77,7 +77,13 @@ struct WoProblem {
   // wo_gemv only (wo_gemv.cu): 0 the default; 1 "lean": at most 64 registers, so 4 blocks per SM instead
   // of 3, with a ring of 4 chunks per lane instead of 8 (weights with one group per chunk; others run 0).
   int gemv_variant = 0;
+  // wo_gemv's ring GEMV only: launched with programmatic dependent launch (pdl.cuh), so its first weight loads may
+  // run before the kernel before it has finished. Only for weights no kernel writes while they are in use (the
+  // op's variant + kPdlFlag, which kernels/weight_only.py passes for prepared layers).
+  bool pdl = false;
 };
+// Added to wo_gemv's variant argument: the weight is static (prepared), PDL allowed.
+constexpr int kPdlFlag = 16;
 
 // Tensor-core GEMV for 1 <= m <= kMaxGemvTokens (wo_gemv.cu): one 16-row stripe per block, x staged in
 // shared memory, a ring of loads (gemv_variant 0, 1, 2).
