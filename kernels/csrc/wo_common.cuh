@@ -40,9 +40,6 @@ __device__ inline void prefetch_l2_range(const char* ptr, long long bytes, int t
 #endif
 }
 
-// Pulls the line holding `ptr` into L2 without waiting for it and without a register.
-__device__ inline void prefetch_l2(const void* ptr) { asm volatile("prefetch.global.L2 [%0];" ::"l"(ptr)); }
-
 // Pulls the line holding `ptr` into L1 without waiting for it and without a register.
 __device__ inline void prefetch_l1(const void* ptr) { asm volatile("prefetch.global.L1 [%0];" ::"l"(ptr)); }
 
