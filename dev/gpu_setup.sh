@@ -21,7 +21,7 @@ bench8b() {  # bench8b LABEL SCHEMES BATCHES PREFILL TAIL [flags]: qtool bench o
   local label=$1 schemes=$2 batches=$3 prefill=$4 tail_lines=$5; shift 5
   for s in $schemes; do
     step "8B $label, $s vs bf16"
-    timeout 200 python3 -m quantize bench llama-8b --random-weights --scheme "$s" --decode-tokens 32 \
+    timeout "${E2E_TIMEOUT:-200}" python3 -m quantize bench llama-8b --random-weights --scheme "$s" --decode-tokens 32 \
       --batch-sizes "$batches" --prefill-len "$prefill" "$@" --json "$OUT/e2e-$s$label.json" 2>&1 | tail -"$tail_lines"
   done
 }

@@ -23,17 +23,22 @@ __device__ inline void pdl_wait_then_release() {
 #endif
 }
 
-inline bool pdl_enabled() {  // not QTOOL_PDL=0, and an sm_90+ device (the first one asked; a host's GPUs match)
-  static const bool on = [] {
+// QTOOL_PDL (read once): 0 off; 1 (the default) the ring GEMV of prepared weights; 2 also w8_gemv and w1_gemv
+// (session 18's second form, unmeasured: an opt-in for the next A/B). 0 on a device before sm_90 (the first one
+// asked; a host's GPUs match).
+inline int pdl_level() {
+  static const int level = [] {
     const char* env = std::getenv("QTOOL_PDL");
-    if (env != nullptr && std::atoi(env) == 0) return false;
+    const int wanted = env != nullptr ? std::atoi(env) : 1;
     int device = 0, major = 0;
     cudaGetDevice(&device);
     cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-    return major >= 9;
+    return major >= 9 ? wanted : 0;
   }();
-  return on;
+  return level;
 }
+
+inline bool pdl_enabled() { return pdl_level() >= 1; }
 
 // kernel<<<grid, block, smem, stream>>>(args...), with programmatic stream serialization where `pdl` and
 // pdl_enabled().

@@ -28,6 +28,7 @@
 #include <cstring>
 #include <type_traits>
 
+#include "pdl.cuh"
 #include "w1_gemv_plan.h"
 #include "w1_kernels.h"
 #include "wo_common.cuh"
@@ -171,10 +172,29 @@ __device__ inline void chunk_math(const ChunkRegs<GPC>& cr, const uint32_t* xc, 
   }
 }
 
+// B: token g (token 0 for g >= m: those mma columns are never stored), words 2t, 2t + 1 of each step. XS: all of x
+// copied into shared memory first (`copy` moves one 16-byte piece: cp.async, or a plain load and store); else read
+// through L1. Returns this lane's first B word.
+template <bool XS, typename Copy>
+__device__ inline const uint32_t* stage_x(const W1GemvProblem& p, uint4* smem, int g, int t, Copy copy) {
+  if constexpr (XS) {
+    const int vecs = p.k_padded / 8, row_vecs = xs_row_words(p.k_padded) / 4;
+    const uint4* xg = opaque(static_cast<const uint4*>(p.x));
+#pragma unroll 4
+    for (int i = threadIdx.x; i < p.m * vecs; i += kWarps * 32) {
+      const int tok = i / vecs;
+      copy(smem + tok * row_vecs + (i - tok * vecs), xg + i);
+    }
+    return reinterpret_cast<const uint32_t*>(smem) + (g < p.m ? g : 0) * xs_row_words(p.k_padded) + 2 * t;
+  }
+  return opaque(static_cast<const uint32_t*>(p.x)) + (g < p.m ? g : 0) * (p.k_padded / 2) + 2 * t;
+}
+
 template <typename T,    // activation and output type: __half or __nv_bfloat16
           int GPC,       // scale groups per chunk: 1, 2, 4, 8; 0: one scale per row (applied at the end)
           bool XS,       // x staged in shared memory (else its B loads go to global memory through L1)
-          bool SA = false>  // grouped scales as the A values' magnitude (chunk_math_scaled)
+          bool SA = false,  // grouped scales as the A values' magnitude (chunk_math_scaled)
+          bool Pdl = false>  // QTOOL_PDL=2 (unmeasured): the ring's copies before griddepcontrol.wait, x after it
 __global__ void __launch_bounds__(kWarps * 32) w1_gemv_kernel(const W1GemvProblem p) {
   static_assert(!SA || GPC > 0, "per-channel scales are applied once at the end");
   extern __shared__ uint4 smem[];  // all shared memory, laid out by w1_gemv_plan.h
@@ -208,27 +228,24 @@ __global__ void __launch_bounds__(kWarps * 32) w1_gemv_kernel(const W1GemvProble
     cp_async_commit();
   };
 
-  // B: token g (token 0 for g >= m: those mma columns are never stored), words 2t, 2t + 1 of each step.
-  // x goes first (one small group, mostly L2 hits), then every warp asks for its first kW1Ring chunks: at
+  // x goes first (one small cp.async group, mostly L2 hits), then every warp asks for its first kW1Ring chunks: at
   // K = 8192 that is all of them, 48 KB per block at g64, before any math.
   const uint32_t* x;
-  if constexpr (XS) {
-    const int vecs = p.k_padded / 8, row_vecs = xs_row_words(p.k_padded) / 4;
-    const uint4* xg = opaque(static_cast<const uint4*>(p.x));
-    for (int i = threadIdx.x; i < p.m * vecs; i += kWarps * 32) {
-      const int tok = i / vecs;
-      cp_async_16(smem + tok * row_vecs + (i - tok * vecs), xg + i, true);
-    }
-    cp_async_commit();
-    x = reinterpret_cast<const uint32_t*>(smem) + (g < p.m ? g : 0) * xs_row_words(p.k_padded) + 2 * t;
-  } else {
-    x = opaque(static_cast<const uint32_t*>(p.x)) + (g < p.m ? g : 0) * (p.k_padded / 2) + 2 * t;
-  }
+  if constexpr (Pdl) {  // the ring first, then (once the kernel before has finished) x with plain loads
 #pragma unroll
-  for (int r = 0; r < kW1Ring; ++r) issue(r, warp + r * kWarps);
-  if constexpr (XS) {
-    cp_async_wait<kW1Ring>();  // the x group, the oldest
-    __syncthreads();
+    for (int r = 0; r < kW1Ring; ++r) issue(r, warp + r * kWarps);
+    pdl_wait_then_release();
+    x = stage_x<XS>(p, smem, g, t, [](uint4* dst, const uint4* src) { *dst = *src; });
+    if constexpr (XS) __syncthreads();
+  } else {
+    x = stage_x<XS>(p, smem, g, t, [](uint4* dst, const uint4* src) { cp_async_16(dst, src, true); });
+    if constexpr (XS) cp_async_commit();
+#pragma unroll
+    for (int r = 0; r < kW1Ring; ++r) issue(r, warp + r * kWarps);
+    if constexpr (XS) {
+      cp_async_wait<kW1Ring>();  // the x group, the oldest
+      __syncthreads();
+    }
   }
 
   float acc[kStripes][4] = {};  // C fragments: (row g, token 2t), (g, 2t + 1), (g + 8, 2t), (g + 8, 2t + 1)
@@ -303,14 +320,21 @@ bool scales_in_a() {
 template <typename T, int GPC>
 void launch_variant(const W1GemvProblem& p, cudaStream_t stream) {
   const W1GemvPlan plan = plan_w1_gemv(p.m, p.n_padded, p.k_padded, GPC, smem_optin_bytes());
+  bool pdl = false;  // only a Pdl kernel may be launched with programmatic serialization (it waits on its own)
   auto kernel = plan.xs ? w1_gemv_kernel<T, GPC, true> : w1_gemv_kernel<T, GPC, false>;
   if constexpr (GPC > 0) {
     if (scales_in_a()) kernel = plan.xs ? w1_gemv_kernel<T, GPC, true, true> : w1_gemv_kernel<T, GPC, false, true>;
+    if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+      if (scales_in_a() && pdl_level() >= 2) {  // bf16 with grouped scales: the A/B's case
+        kernel = plan.xs ? w1_gemv_kernel<T, GPC, true, true, true> : w1_gemv_kernel<T, GPC, false, true, true>;
+        pdl = true;
+      }
+    }
   }
   if (plan.opt_in) {  // per device and cheap, so every time; an error here is reported by the launch check
     cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, plan.smem_bytes);
   }
-  kernel<<<plan.blocks, plan.threads, plan.smem_bytes, stream>>>(p);
+  launch_gemv(kernel, pdl, dim3(plan.blocks), dim3(plan.threads), plan.smem_bytes, stream, p);
 }
 
 template <typename T>

@@ -20,6 +20,7 @@
 #include <cstdlib>
 #include <type_traits>
 
+#include "pdl.cuh"
 #include "w8a8.h"
 #include "wo_common.cuh"
 
@@ -114,7 +115,11 @@ __host__ __device__ constexpr int min_blocks() {  // __launch_bounds__'s blocks 
   return Blocked ? (TokenTiles == 1 ? 3 : 0) : (TokenTiles == 2 ? 4 : 0);
 }
 
-template <typename T, CodeFormat F, int TokenTiles, bool Blocked, int kStripes, int Warps, bool Lean = false>
+// Pdl (QTOOL_PDL=2, an opt-in: unmeasured): the first tiles' weight loads go out before griddepcontrol.wait and
+// their x loads after it (pdl.cuh); the loop is otherwise the same. Session 18's first try, L2 prefetches of those
+// tiles before the wait, made the kernel 5-30% slower even without PDL.
+template <typename T, CodeFormat F, int TokenTiles, bool Blocked, int kStripes, int Warps, bool Lean = false,
+          bool Pdl = false>
 __global__ void __launch_bounds__(Warps * 32, (min_blocks<TokenTiles, Blocked, kStripes, Warps, Lean>()))
     w8_gemv(W8GemvProblem p) {
   constexpr bool Pairs02 = kPairs02<T, F>;
@@ -128,9 +133,22 @@ __global__ void __launch_bounds__(Warps * 32, (min_blocks<TokenTiles, Blocked, k
   const T* x = static_cast<const T*>(p.x);
 
   float acc[kStripes][TokenTiles][4] = {};
+  bool waited = !Pdl;
   for (int tile0 = warp; tile0 < tiles; tile0 += Warps * kUnroll) {
     uint4 w[kUnroll][kStripes][2];           // [tile][stripe][row g / g + 8]
     uint4 xv[kUnroll][TokenTiles][2];        // [tile][token tile][k 0..7 / 8..15]
+    auto load_x = [&](int u) {  // tile u's activations, token tiles 0..TokenTiles-1
+      const int k = (tile0 + u * Warps) * kTileK + 16 * t;
+      const bool k_ok = tile0 + u * Warps < tiles && k < p.k;
+#pragma unroll
+      for (int tt = 0; tt < TokenTiles; ++tt) {
+        const int token = tt * 8 + g;
+        const uint4* src = reinterpret_cast<const uint4*>(x + static_cast<long long>(token) * p.k + k);
+        const bool ok = k_ok && token < p.m;
+        xv[u][tt][0] = ok ? __ldg(src) : make_uint4(0, 0, 0, 0);
+        xv[u][tt][1] = ok ? __ldg(src + 1) : make_uint4(0, 0, 0, 0);
+      }
+    };
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int k = (tile0 + u * Warps) * kTileK + 16 * t;
@@ -145,14 +163,15 @@ __global__ void __launch_bounds__(Warps * 32, (min_blocks<TokenTiles, Blocked, k
                            : make_uint4(0, 0, 0, 0);
         }
       }
-#pragma unroll
-      for (int tt = 0; tt < TokenTiles; ++tt) {
-        const int token = tt * 8 + g;
-        const uint4* src = reinterpret_cast<const uint4*>(x + static_cast<long long>(token) * p.k + k);
-        const bool ok = k_ok && token < p.m;
-        xv[u][tt][0] = ok ? __ldg(src) : make_uint4(0, 0, 0, 0);
-        xv[u][tt][1] = ok ? __ldg(src + 1) : make_uint4(0, 0, 0, 0);
+      if constexpr (!Pdl) load_x(u);
+    }
+    if constexpr (Pdl) {
+      if (!waited) {  // the first tiles' weights are in flight
+        pdl_wait_then_release();
+        waited = true;
       }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) load_x(u);
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
@@ -209,6 +228,7 @@ __global__ void __launch_bounds__(Warps * 32, (min_blocks<TokenTiles, Blocked, k
     }
   }
 
+  if (!waited) pdl_wait_then_release();  // a warp without tiles (y is written after the barrier below)
 #pragma unroll
   for (int s = 0; s < kStripes; ++s)
 #pragma unroll
@@ -232,6 +252,19 @@ __global__ void __launch_bounds__(Warps * 32, (min_blocks<TokenTiles, Blocked, k
   }
 }
 
+// One variant's launch; with QTOOL_PDL=2 its Pdl twin (bf16, up to 16 tokens: the A/B's cases, so that the build
+// does not grow by more), launched with programmatic serialization.
+template <typename T, CodeFormat F, int TokenTiles, bool Blocked, int Stripes, int Warps, bool Lean>
+void launch_one(const W8GemvProblem& p, unsigned blocks, cudaStream_t stream) {
+  if constexpr (TokenTiles <= 2 && std::is_same_v<T, __nv_bfloat16>) {
+    if (pdl_level() >= 2) {
+      return launch_gemv(w8_gemv<T, F, TokenTiles, Blocked, Stripes, Warps, Lean, true>, true, dim3(blocks),
+                         dim3(Warps * 32), 0, stream, p);
+    }
+  }
+  w8_gemv<T, F, TokenTiles, Blocked, Stripes, Warps, Lean><<<blocks, Warps * 32, 0, stream>>>(p);
+}
+
 template <typename T, CodeFormat F, int TokenTiles, int Stripes>
 void launch_stripes(const W8GemvProblem& p, cudaStream_t stream) {
   const unsigned blocks = static_cast<unsigned>((p.n + 16 * Stripes - 1) / (16 * Stripes));
@@ -241,25 +274,25 @@ void launch_stripes(const W8GemvProblem& p, cudaStream_t stream) {
     // 16 warps: per-channel, m <= 8 only; the other variants take 74-128 registers, and a 16-warp block of them
     // would hold an SM alone (two waves of 256 blocks)
     if (TokenTiles == 1 && p.block_n == 0 && p.n <= wide_max_n && !(switches & 2)) {
-      w8_gemv<T, F, 1, false, 1, kWideWarps, false><<<blocks, kWideWarps * 32, 0, stream>>>(p);
+      launch_one<T, F, 1, false, 1, kWideWarps, false>(p, blocks, stream);
       return;
     }
     if (p.block_n > 0 && TokenTiles == 1) {  // 80 registers: three blocks per SM
-      w8_gemv<T, F, 1, true, 1, kWarps, true><<<blocks, kWarps * 32, 0, stream>>>(p);
+      launch_one<T, F, 1, true, 1, kWarps, true>(p, blocks, stream);
       return;
     }
     if (p.block_n == 0 && TokenTiles == 2) {  // 64 registers: 9-16 tokens 1.1-1.4x -> 1.4-1.65x bf16
       if (p.n <= wide_max_n && !(switches & 2))  // 16 warps: two blocks per SM, as at m <= 8
-        w8_gemv<T, F, 2, false, 1, kWideWarps, true><<<blocks, kWideWarps * 32, 0, stream>>>(p);
+        launch_one<T, F, 2, false, 1, kWideWarps, true>(p, blocks, stream);
       else
-        w8_gemv<T, F, 2, false, 1, kWarps, true><<<blocks, kWarps * 32, 0, stream>>>(p);
+        launch_one<T, F, 2, false, 1, kWarps, true>(p, blocks, stream);
       return;
     }
   }
   if (p.block_n > 0)
-    w8_gemv<T, F, TokenTiles, true, Stripes, kWarps, false><<<blocks, kWarps * 32, 0, stream>>>(p);
+    launch_one<T, F, TokenTiles, true, Stripes, kWarps, false>(p, blocks, stream);
   else
-    w8_gemv<T, F, TokenTiles, false, Stripes, kWarps, false><<<blocks, kWarps * 32, 0, stream>>>(p);
+    launch_one<T, F, TokenTiles, false, Stripes, kWarps, false>(p, blocks, stream);
 }
 
 template <typename T, CodeFormat F, int TokenTiles>
