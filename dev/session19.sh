@@ -10,6 +10,8 @@
 #           19's W8 one-token 1.75x), QTOOL_PDL=1 (ring GEMV only, the default) vs 2; keep 2 where it wins on most
 #           shapes: make it the default for prepared layers (an op flag like wo_gemv's variant + 16), else delete it
 # w1pdl     W1A16 at 1-8 tokens, QTOOL_PDL=1 vs 2 (issue 21 closed at 4.04-4.08x; margin)
+#           (QTOOL_PDL=2 also launches silu_mul with PDL, so the down projection's GEMV streams during it: e2e with
+#           PDLS=2 measures that in the model)
 # e2e       8B decode w4a16 at batch 1 and 16, prefill 2048, with the ring GEMV's PDL (inside a model the kernel before
 #           a GEMV is mostly not ours), issue 19's decode goals (2.5x / 2.0x / 0.97x; session 14: 2.00x / 1.51x / 1.15x)
 cd "$(dirname "$0")/.."

@@ -23,7 +23,7 @@ __device__ inline void pdl_wait_then_release() {
 #endif
 }
 
-// QTOOL_PDL (read once): 0 off; 1 (the default) the ring GEMV of prepared weights; 2 also w8_gemv and w1_gemv
+// QTOOL_PDL (read once): 0 off; 1 (the default) the ring GEMV of prepared weights; 2 also w8_gemv, w1_gemv, silu_mul
 // (session 18's second form, unmeasured: an opt-in for the next A/B). 0 on a device before sm_90 (the first one
 // asked; a host's GPUs match).
 inline int pdl_level() {
@@ -43,8 +43,8 @@ inline bool pdl_enabled() { return pdl_level() >= 1; }
 // kernel<<<grid, block, smem, stream>>>(args...), with programmatic stream serialization where `pdl` and
 // pdl_enabled().
 template <typename... KArgs, typename... Args>
-void launch_gemv(void (*kernel)(KArgs...), bool pdl, dim3 grid, dim3 block, int smem, cudaStream_t stream,
-                 Args&&... args) {
+void launch_maybe_pdl(void (*kernel)(KArgs...), bool pdl, dim3 grid, dim3 block, int smem, cudaStream_t stream,
+                      Args&&... args) {
   if (!pdl || !pdl_enabled()) {
     kernel<<<grid, block, smem, stream>>>(static_cast<Args&&>(args)...);
     return;

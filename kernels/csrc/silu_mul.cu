@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "mlp.h"
+#include "pdl.cuh"
 #include "wo_common.cuh"  // pair_to_float2, float2_to_pair, store, to_float
 
 namespace qtool {
@@ -21,9 +22,12 @@ constexpr int kVec = 8;  // fp16/bf16 elements per 16-byte access
 __device__ inline float silu_times(float g, float u) { return g / (1.0f + expf(-g)) * u; }
 
 // grid (m, ceil(i / (kThreads * kVec))): each thread owns kVec consecutive outputs of one row.
-template <typename T, bool Vectorized>
+// Pdl (QTOOL_PDL=2, unmeasured): waits for the gate/up GEMV before its first read and lets the down projection's
+// GEMV launch at once, so that GEMV's first weight loads overlap this kernel (pdl.cuh).
+template <typename T, bool Vectorized, bool Pdl = false>
 __global__ void __launch_bounds__(kThreads) silu_mul_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t inner,
                                                             int64_t x_row_stride) {
+  if constexpr (Pdl) pdl_wait_then_release();
   const int64_t row = blockIdx.x;
   const int64_t col = (static_cast<int64_t>(blockIdx.y) * kThreads + threadIdx.x) * kVec;
   if (col >= inner) return;
@@ -53,7 +57,10 @@ void launch(const SiluMulProblem& p, cudaStream_t stream) {
   T* y = static_cast<T*>(p.y);
   const bool aligned = p.inner % kVec == 0 && p.x_row_stride % kVec == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
                        reinterpret_cast<uintptr_t>(y) % 16 == 0;
-  if (aligned)
+  if (aligned && pdl_level() >= 2)
+    launch_maybe_pdl(silu_mul_kernel<T, true, true>, true, grid, dim3(kThreads), 0, stream, x, y, p.inner,
+                     p.x_row_stride);
+  else if (aligned)
     silu_mul_kernel<T, true><<<grid, kThreads, 0, stream>>>(x, y, p.inner, p.x_row_stride);
   else
     silu_mul_kernel<T, false><<<grid, kThreads, 0, stream>>>(x, y, p.inner, p.x_row_stride);

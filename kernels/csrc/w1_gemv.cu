@@ -334,7 +334,7 @@ void launch_variant(const W1GemvProblem& p, cudaStream_t stream) {
   if (plan.opt_in) {  // per device and cheap, so every time; an error here is reported by the launch check
     cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, plan.smem_bytes);
   }
-  launch_gemv(kernel, pdl, dim3(plan.blocks), dim3(plan.threads), plan.smem_bytes, stream, p);
+  launch_maybe_pdl(kernel, pdl, dim3(plan.blocks), dim3(plan.threads), plan.smem_bytes, stream, p);
 }
 
 template <typename T>

@@ -258,7 +258,7 @@ template <typename T, CodeFormat F, int TokenTiles, bool Blocked, int Stripes, i
 void launch_one(const W8GemvProblem& p, unsigned blocks, cudaStream_t stream) {
   if constexpr (TokenTiles <= 2 && std::is_same_v<T, __nv_bfloat16>) {
     if (pdl_level() >= 2) {
-      return launch_gemv(w8_gemv<T, F, TokenTiles, Blocked, Stripes, Warps, Lean, true>, true, dim3(blocks),
+      return launch_maybe_pdl(w8_gemv<T, F, TokenTiles, Blocked, Stripes, Warps, Lean, true>, true, dim3(blocks),
                          dim3(Warps * 32), 0, stream, p);
     }
   }

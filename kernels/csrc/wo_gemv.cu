@@ -233,7 +233,7 @@ void launch_variant(const WoProblem& p,     // the problem
     cudaFuncSetAttribute(wo_gemv_kernel<T, BITS, GPC, XS, LEAN, WARPS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                          smem);
   }
-  launch_gemv(wo_gemv_kernel<T, BITS, GPC, XS, LEAN, WARPS>, p.pdl, grid, block, smem, stream, p);
+  launch_maybe_pdl(wo_gemv_kernel<T, BITS, GPC, XS, LEAN, WARPS>, p.pdl, grid, block, smem, stream, p);
 }
 
 template <typename T,    // activation and output type
