@@ -272,7 +272,8 @@ def _weight_only_path() -> str:
                 "(tuning.py)" if lib.load() else f"no W{bits}A16 wgmma GEMM ({lib.reason})")
 
     mixed = f"{mixed_path(4)}; {mixed_path(8)}"
-    gemvs = ("qtool_cuda wo_gemv at 1-8 tokens (weight_only.gemv_kind: the ring GEMV at 1; variant 3 from 2 tokens "
+    gemvs = ("qtool_cuda wo_gemv at 1-8 tokens (weight_only.gemv_kind: the ring GEMV at 1, with programmatic dependent "
+             "launch on sm_90 unless QTOOL_PDL=0; variant 3 from 2 tokens "
              "for 2-/3-bit (to 16 on weights of <= 4096 x 4096), 3-4 for 4-bit (to 8 on weights of <= "
              f"{STREAM_SMALL_MAX_N} rows and 32 MiB), 4 for large 8-bit ones; the ring GEMV to 4, to 8 on small 8-bit)")
     rows = ("8-bit symmetric per-channel layers row-major on qtool_cuda w8_gemv (to 4 tokens, 16 on weights of <= "
