@@ -29,15 +29,22 @@ def test_mixed_ktile_rules():
 
 
 class Recorder:
-    """Stands in for torch.ops.qtool_cuda: records each call as (op,) or, for wo_gemv, (op, variant), and returns
-    zeros of the op's output shape."""
+    """Stands in for torch.ops.qtool_cuda: records each call as (op,) or, for wo_gemv, (op, launch variant), and
+    returns zeros of the op's output shape. The ring GEMV's variants (0-2) must come with the static-weight flag
+    (programmatic dependent launch for prepared layers), variant 3 without it."""
 
     def __init__(self):
         self.calls = []
 
     def __getattr__(self, name):
         def run(x, *args):
-            self.calls.append((name, args[-1]) if name == "wo_gemv" else (name,))
+            if name == "wo_gemv":
+                variant = args[-1]
+                pdl = variant >= weight_only.PDL_STATIC_WEIGHT
+                assert pdl == (variant % weight_only.PDL_STATIC_WEIGHT < 3), variant
+                self.calls.append((name, variant % weight_only.PDL_STATIC_WEIGHT))
+            else:
+                self.calls.append((name,))
             if name == "dequant_int":  # (qweight, scale, zero, bits, group, n, dtype): dense [n, K_pad]
                 return torch.zeros(args[4], x.shape[1] * layout.chunk_k(args[2]), dtype=args[5])
             return torch.zeros(x.shape[0], args[6], dtype=x.dtype)
