@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The next session's device calls, prepared at the end of session 18 (nvidia-h200, carry [".gpu/w8a8"]: the Hopper
 # libraries did not change in session 18):
-#   call 1: bash dev/session19.sh pdltests w8pdl w1pdl                  (~4 min)
+#   call 1: bash dev/session19.sh tests pdltests w8pdl w1pdl            (~7 min)
 #   call 2: bash dev/session19.sh e2e                                   (~6 min: the 8B with the default PDL)
 #   nvidia-h200-x2 (issue 20): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 summary
+# tests     every GPU test with the defaults: the ring GEMV's PDL (default since session 18's last call) has run
+#           only the kernel test files so far, not the CUDA-graph decode and transformers tests
 # pdltests  the w8_gemv and W1A16 GPU tests with QTOOL_PDL=2 (PDL for w8_gemv and w1_gemv, first tiles' weights in
 #           registers or cp.async before griddepcontrol.wait; unmeasured)
 # w8pdl     w8_gemv (W8A8 at 1, 8, 16 tokens; issue 18's M <= 16 >= 1.7x) and W8A16 per channel (w8_gemv rows, issue
@@ -17,6 +19,12 @@
 cd "$(dirname "$0")/.."
 LOG=session19.log
 source dev/gpu_setup.sh
+
+tests() {
+  step "GPU tests"
+  timeout 240 python3 -m pytest -q -m gpu tests/ --tb=short -rf --maxfail=20 > "$OUT/tests.txt" 2>&1
+  summarize "$OUT/tests.txt"
+}
 
 pdltests() {
   step "w8_gemv and 1-bit GPU tests with QTOOL_PDL=2"
@@ -52,6 +60,6 @@ e2e() {  # one run (bf16 then w4a16, each compiled: ~4-5 min); PDLS="0 1" for th
 }
 
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(pdltests w8pdl w1pdl)
+[ ${#stages[@]} -eq 0 ] && stages=(tests pdltests w8pdl w1pdl)
 for s in "${stages[@]}"; do "$s"; done
 step "done"
