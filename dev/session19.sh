@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The next session's device calls, prepared at the end of session 18 (nvidia-h200, carry [".gpu/w8a8"]: the Hopper
 # libraries did not change in session 18):
-#   call 1: bash dev/session19.sh tests pdltests w8pdl w1pdl            (~7 min)
+#   call 1: bash dev/session19.sh tests pdltests w8pdl w1pdl zsum       (~9 min)
 #   call 2: bash dev/session19.sh e2e                                   (~6 min: the 8B with the default PDL)
 #   nvidia-h200-x2 (issue 20): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 summary
 # tests     every GPU test with the defaults: the ring GEMV's PDL (default since session 18's last call) has run
@@ -14,6 +14,9 @@
 # w1pdl     W1A16 at 1-8 tokens, QTOOL_PDL=1 vs 2 (issue 21 closed at 4.04-4.08x; margin)
 #           (QTOOL_PDL=2 also launches silu_mul with PDL, so the down projection's GEMV streams during it: e2e with
 #           PDLS=2 measures that in the model)
+# zsum      wo_gemv's ZSUM twins (QTOOL_WO_ZSUM=1: zero points off once per group, ~10% fewer instructions per
+#           chunk in the SASS; 2-4-bit bf16, one group per chunk): tests, then one token on every shape A/B (issue 19:
+#           W4 8192 x 8192 2.48-2.54x, goal 2.6x; W3 3.0x, W2 3.3x)
 # e2e       8B decode w4a16 at batch 1 and 16, prefill 2048, with the ring GEMV's PDL (inside a model the kernel before
 #           a GEMV is mostly not ours), issue 19's decode goals (2.5x / 2.0x / 0.97x; session 14: 2.00x / 1.51x / 1.15x)
 cd "$(dirname "$0")/.."
@@ -53,6 +56,18 @@ w1pdl() {
   python3 dev/ab_table.py "$OUT/w1a16_pdl1.json" "$OUT/w1a16_pdl2.json" --labels "PDL 1","PDL 2"
 }
 
+zsum() {
+  step "wo_gemv ZSUM: tests, then QTOOL_WO_ZSUM=0 vs 1 at one token"
+  QTOOL_WO_ZSUM=1 timeout 150 python3 -m pytest -q -m gpu tests/test_kernels_gpu.py tests/test_lowbit_gpu.py \
+    --tb=short -rf > "$OUT/zsumtests.txt" 2>&1
+  summarize "$OUT/zsumtests.txt"
+  for v in 0 1; do
+    QTOOL_WO_ZSUM=$v timeout 120 python3 benchmarks/bench_kernels.py --formats w4a16-g128,w3a16-g128,w2a16-g64 \
+      --tokens 1,2 --json "$OUT/zsum$v.json" > /dev/null 2>&1
+  done
+  python3 dev/ab_table.py "$OUT/zsum0.json" "$OUT/zsum1.json" --labels "ZSUM 0","ZSUM 1"
+}
+
 e2e() {  # one run (bf16 then w4a16, each compiled: ~4-5 min); PDLS="0 1" for the A/B in two calls
   for v in ${PDLS:-1}; do
     QTOOL_PDL=$v E2E_TIMEOUT=400 bench8b "-pdl$v" "w4a16" 1,16 2048 8
@@ -60,6 +75,6 @@ e2e() {  # one run (bf16 then w4a16, each compiled: ~4-5 min); PDLS="0 1" for th
 }
 
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(tests pdltests w8pdl w1pdl)
+[ ${#stages[@]} -eq 0 ] && stages=(tests pdltests w8pdl w1pdl zsum)
 for s in "${stages[@]}"; do "$s"; done
 step "done"
