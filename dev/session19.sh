@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The next session's device calls, prepared at the end of session 18 (nvidia-h200, carry [".gpu/w8a8"]: the Hopper
 # libraries did not change in session 18):
-#   call 1: bash dev/session19.sh tests pdltests w8pdl w1pdl zsum       (~9 min)
+#   call 1: bash dev/session19.sh tests pdltests w8pdl w1pdl streampdl zsum   (~10 min)
 #   call 2: bash dev/session19.sh e2e                                   (~6 min: the 8B with the default PDL)
 #   nvidia-h200-x2 (issue 20): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 summary
 # tests     every GPU test with the defaults: the ring GEMV's PDL (default since session 18's last call) has run
@@ -11,6 +11,7 @@
 # w8pdl     w8_gemv (W8A8 at 1, 8, 16 tokens; issue 18's M <= 16 >= 1.7x) and W8A16 per channel (w8_gemv rows, issue
 #           19's W8 one-token 1.75x), QTOOL_PDL=1 (ring GEMV only, the default) vs 2; keep 2 where it wins on most
 #           shapes: make it the default for prepared layers (an op flag like wo_gemv's variant + 16), else delete it
+# streampdl wo_gemv variant 3 (wo_stream.cu) at 2-8 tokens, QTOOL_PDL=1 vs 2 (its PDL twin, bf16, <= 8 tokens)
 # w1pdl     W1A16 at 1-8 tokens, QTOOL_PDL=1 vs 2 (issue 21 closed at 4.04-4.08x; margin)
 #           (QTOOL_PDL=2 also launches silu_mul with PDL, so the down projection's GEMV streams during it: e2e with
 #           PDLS=2 measures that in the model)
@@ -32,7 +33,8 @@ tests() {
 pdltests() {
   step "w8_gemv and 1-bit GPU tests with QTOOL_PDL=2"
   QTOOL_PDL=2 timeout 200 python3 -m pytest -q -m gpu tests/test_w8a8_gpu.py tests/test_binary_gpu.py \
-    tests/test_kernels_gpu.py -k "w8 or rows or w1 or binary or 1bit" --tb=short -rf > "$OUT/pdltests.txt" 2>&1
+    tests/test_kernels_gpu.py tests/test_wo_stream_gpu.py tests/test_lowbit_gpu.py --tb=short -rf \
+    > "$OUT/pdltests.txt" 2>&1
   summarize "$OUT/pdltests.txt"
 }
 
@@ -45,6 +47,15 @@ w8pdl() {
       --json "$OUT/w8a16_pdl$v.json" > /dev/null 2>&1
   done
   python3 dev/ab_table.py "$OUT/w8a16_pdl1.json" "$OUT/w8a16_pdl2.json" --labels "PDL 1","PDL 2"
+}
+
+streampdl() {  # wo_gemv variant 3 at 2-8 tokens (W4 at 3-4, W2 / W3 at 2-8: weight_only.gemv_kind)
+  step "wo_stream: QTOOL_PDL=1 vs 2"
+  for v in 1 2; do
+    QTOOL_PDL=$v timeout 120 python3 benchmarks/bench_kernels.py --formats w4a16-g128,w3a16-g128,w2a16-g64 \
+      --tokens 2,4,8 --json "$OUT/stream_pdl$v.json" > /dev/null 2>&1
+  done
+  python3 dev/ab_table.py "$OUT/stream_pdl1.json" "$OUT/stream_pdl2.json" --labels "PDL 1","PDL 2"
 }
 
 w1pdl() {
@@ -75,6 +86,6 @@ e2e() {  # one run (bf16 then w4a16, each compiled: ~4-5 min); PDLS="0 1" for th
 }
 
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(tests pdltests w8pdl w1pdl zsum)
+[ ${#stages[@]} -eq 0 ] && stages=(tests pdltests w8pdl w1pdl streampdl zsum)
 for s in "${stages[@]}"; do "$s"; done
 step "done"

@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <cstdlib>
 
+#include "pdl.cuh"
 #include "wo_common.cuh"
 
 namespace qtool {
@@ -65,7 +66,8 @@ template <typename T,     // activation and output type: __half or __nv_bfloat16
           int GPC,        // groups per chunk: 1, 2 or 4
           int TT,         // token tiles of 8: 1, 2 or 4
           int STRIPES,    // 16-row stripes per block
-          int WARPS>      // warps per block, splitting the chunks
+          int WARPS,      // warps per block, splitting the chunks
+          bool PDL = false>  // QTOOL_PDL=2 (unmeasured): the first pass's weights before griddepcontrol.wait, x after
 __global__ void __launch_bounds__(WARPS * 32, stream_min_blocks(TT, STRIPES, WARPS))
     wo_stream_kernel(const WoProblem p) {
   extern __shared__ uint4 smem_dyn[];        // the staged x tiles, then the partial sums
@@ -111,6 +113,7 @@ __global__ void __launch_bounds__(WARPS * 32, stream_min_blocks(TT, STRIPES, WAR
   };
 
   float acc[STRIPES][TT][4] = {};  // C fragments: (row g, token 2t), (g, 2t + 1), (g + 8, 2t), (g + 8, 2t + 1)
+  bool waited = !PDL;
   for (int c0 = warp; c0 < nchunks; c0 += WARPS * UNROLL) {
     __syncwarp();  // the previous pass has read its tiles
     LaneChunk<BITS> w[UNROLL][STRIPES];
@@ -133,7 +136,19 @@ __global__ void __launch_bounds__(WARPS * 32, stream_min_blocks(TT, STRIPES, WAR
           }
         }
       }
-      if (c < nchunks) stage_x(u, c);
+      if constexpr (!PDL) {
+        if (c < nchunks) stage_x(u, c);
+      }
+    }
+    if constexpr (PDL) {
+      if (!waited) {  // the first pass's weights are in flight (pdl.cuh)
+        pdl_wait_then_release();
+        waited = true;
+      }
+#pragma unroll
+      for (int u = 0; u < UNROLL; ++u) {
+        if (c0 + u * WARPS < nchunks) stage_x(u, c0 + u * WARPS);
+      }
     }
     cp_async_commit();
     cp_async_wait<0>();
@@ -188,6 +203,7 @@ __global__ void __launch_bounds__(WARPS * 32, stream_min_blocks(TT, STRIPES, WAR
     }
   }
 
+  if (!waited) pdl_wait_then_release();  // a warp without chunks: y is written after the barriers below
   prefetch_next_layer(p, WARPS * 32);  // all our weight loads have landed
 
   // Sum the warps' C fragments in shared memory (the staged tiles' space, once every warp is done with them),
@@ -239,6 +255,13 @@ void launch_shape(const WoProblem& p, cudaStream_t stream) {
   if (smem > (48 << 10))  // a kernel must opt in above 48 KB; cheap, per device, every time
     cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   const int blocks = (p.w.n_padded / kStripeRows + STRIPES - 1) / STRIPES;
+  if constexpr (TT == 1 && std::is_same_v<T, __nv_bfloat16>) {  // the PDL twin: bf16, <= 8 tokens (the A/B's case)
+    if (pdl_level() >= 2) {
+      auto* twin = wo_stream_kernel<T, BITS, GPC, TT, STRIPES, WARPS, true>;
+      if (smem > (48 << 10)) cudaFuncSetAttribute(twin, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+      return launch_maybe_pdl(twin, true, dim3(blocks), dim3(WARPS * 32), smem, stream, p);
+    }
+  }
   kernel<<<blocks, WARPS * 32, smem, stream>>>(p);
 }
 
