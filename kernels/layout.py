@@ -285,5 +285,11 @@ class ReferenceOps:
         return y.to(x.dtype)
 
     @staticmethod
+    def w4_gemv(x, rows, scale, zero, bias, group_size):
+        from .w4_rows import reference_w4_gemv  # w4_rows imports this module
+
+        return reference_w4_gemv(x, rows, scale, zero, bias, group_size)
+
+    @staticmethod
     def dequant_int(qweight, scale, zero, num_bits, group_size, out_features, dtype):
         return dequantize_packed(qweight, scale, zero, num_bits, group_size, out_features, dtype)
