@@ -10,11 +10,18 @@ export PYTHONUNBUFFERED=1 QTOOL_CUDA_ARCHS=${QTOOL_CUDA_ARCHS:-90} MAX_JOBS=${MA
 exec > >(tee -a "$OUT/$LOG") 2>&1
 step() { echo; echo "=== $* [$(date -u +%H:%M:%S)]"; }
 
-# Shared by the session scripts (sourced): the failures of a pytest output, and qtool bench on the 8B shape.
+# Shared by the session scripts (sourced): the failures of a pytest output, every GPU test,
+# and qtool bench on the 8B shape.
 summarize() {  # $1: a pytest output file
   grep -E "^(FAILED|ERROR)" "$1" | sed -E 's/\[.*//' | sort | uniq -c
   grep -E "^E " "$1" | sort | uniq -c | sort -rn | head -8
   tail -1 "$1"
+}
+
+tests() {  # every GPU test ($1: the time limit in seconds), output in $OUT/tests.txt
+  step "GPU tests"
+  timeout "${1:-300}" python3 -m pytest -q -m gpu tests/ --tb=short -rf --maxfail=20 > "$OUT/tests.txt" 2>&1
+  summarize "$OUT/tests.txt"
 }
 
 bench8b() {  # bench8b LABEL SCHEMES BATCHES PREFILL TAIL [flags]: qtool bench on the 8B shape, one run per scheme

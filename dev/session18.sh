@@ -17,11 +17,6 @@ cd "$(dirname "$0")/.."
 LOG=session18.log
 source dev/gpu_setup.sh
 
-tests() {
-  step "GPU tests"
-  timeout 300 python3 -m pytest -q -m gpu tests/ --tb=short -rf --maxfail=20 > "$OUT/tests.txt" 2>&1
-  summarize "$OUT/tests.txt"
-}
 
 w8tests() {
   step "W8 GPU tests with QTOOL_W8_GEMV=32"

@@ -36,11 +36,6 @@ san() {
     tests/test_w8a8_gpu.py -k "test_w8_gemv and int8 and channel and (1536 or 16400)" 2>&1 | tail -2
 }
 
-tests() {
-  step "GPU tests"
-  timeout 300 python3 -m pytest -q -m gpu tests/ --tb=short -rf --maxfail=20 > "$OUT/tests.txt" 2>&1
-  summarize "$OUT/tests.txt"
-}
 
 e2e() {
   bench8b "" "w8a8-int8 fp8" 1,16 128 14

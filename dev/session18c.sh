@@ -45,11 +45,6 @@ e2e() {
   done
 }
 
-tests() {
-  step "GPU tests"
-  timeout 240 python3 -m pytest -q -m gpu tests/ --tb=short -rf --maxfail=20 > "$OUT/tests.txt" 2>&1
-  summarize "$OUT/tests.txt"
-}
 
 stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(wo w8 pdltests tests)

@@ -27,11 +27,6 @@ cd "$(dirname "$0")/.."
 LOG=session19.log
 source dev/gpu_setup.sh
 
-tests() {
-  step "GPU tests"
-  timeout 240 python3 -m pytest -q -m gpu tests/ --tb=short -rf --maxfail=20 > "$OUT/tests.txt" 2>&1
-  summarize "$OUT/tests.txt"
-}
 
 pdltests() {
   step "w8_gemv and 1-bit GPU tests with QTOOL_PDL=2"

@@ -23,10 +23,9 @@ __device__ inline void pdl_wait_then_release() {
 #endif
 }
 
-// QTOOL_PDL (read once): 0 off; 1 (the default) the ring GEMV of prepared weights; 2 also w8_gemv, w1_gemv, silu_mul
-// and the stream variant (wo_stream.cu)
-// (session 18's second form, unmeasured: an opt-in for the next A/B). 0 on a device before sm_90 (the first one
-// asked; a host's GPUs match).
+// QTOOL_PDL (read once): 0 off; 1 (the default) the ring GEMV of prepared weights; 2 also w8_gemv, w1_gemv,
+// silu_mul and the stream variant (their twins, session 18, unmeasured: an opt-in for the next A/B). 0 on a device
+// before sm_90 (the first one asked; a host's GPUs match).
 inline int pdl_level() {
   static const int level = [] {
     const char* env = std::getenv("QTOOL_PDL");

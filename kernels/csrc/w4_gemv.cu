@@ -32,12 +32,6 @@ constexpr int kWarps = 8;
 constexpr int kWideWarps = 16;
 constexpr int kWideMaxN = 4096;  // w8_gemv's measured rule: 16-warp blocks where rows are few
 
-// Register p (0..3) of a word: the pair (k_2p, k_2p+1) as (128 + u, 128 + u') in T's bits.
-template <typename T>
-__device__ inline uint32_t pair_biased(uint32_t word, int p) {
-  return int4_pair_biased<T>(word, p);  // (word >> 4p) & 0x000f000f | magic, one LOP3
-}
-
 template <typename T, int TokenTiles, int Warps, bool Asym>
 __global__ void __launch_bounds__(Warps * 32, Warps == kWideWarps ? 2 : 3) w4_gemv_kernel(const W4GemvProblem p) {
   constexpr int kUnroll = TokenTiles > 1 ? 1 : 2;  // tiles in flight per lane: x takes 16 registers per token tile
@@ -90,11 +84,11 @@ __global__ void __launch_bounds__(Warps * 32, Warps == kWideWarps ? 2 : 3) w4_ge
         const uint32_t lo = (&w[u][0].x)[wi], hi = (&w[u][1].x)[wi];
 #pragma unroll
         for (int step = 0; step < 2; ++step) {  // pairs (2 step, 2 step + 1) of the word: k +4 step .. +4 step + 3
-          uint32_t a[4];
-          a[0] = sub_pair(pair_biased<T>(lo, 2 * step), zp[0], T{});      // row g, logical k 2t, 2t + 1
-          a[1] = sub_pair(pair_biased<T>(hi, 2 * step), zp[1], T{});      // row g + 8
-          a[2] = sub_pair(pair_biased<T>(lo, 2 * step + 1), zp[0], T{});  // row g, logical k 2t + 8, 2t + 9
-          a[3] = sub_pair(pair_biased<T>(hi, 2 * step + 1), zp[1], T{});
+          uint32_t a[4];  // int4_pair_biased: pair p of a word, (k_2p, k_2p+1) as 128 + u, one LOP3
+          a[0] = sub_pair(int4_pair_biased<T>(lo, 2 * step), zp[0], T{});      // row g, logical k 2t, 2t + 1
+          a[1] = sub_pair(int4_pair_biased<T>(hi, 2 * step), zp[1], T{});      // row g + 8
+          a[2] = sub_pair(int4_pair_biased<T>(lo, 2 * step + 1), zp[0], T{});  // row g, logical k 2t + 8, 2t + 9
+          a[3] = sub_pair(int4_pair_biased<T>(hi, 2 * step + 1), zp[1], T{});
 #pragma unroll
           for (int tt = 0; tt < TokenTiles; ++tt) {
             const uint32_t* xw = &xv[u][tt][0].x;  // 16 words = 32 activations; word i = k 2i, 2i + 1
@@ -125,7 +119,9 @@ __global__ void __launch_bounds__(Warps * 32, Warps == kWideWarps ? 2 : 3) w4_ge
     for (int wi = 0; wi < Warps; ++wi) sum += partial[wi][tt][l][r];
     const int row = row0 + l / 4 + 8 * (r / 2);
     const int token = tt * 8 + 2 * (l % 4) + (r % 2);
-    if (token < p.m) store(static_cast<T*>(p.y) + static_cast<long long>(token) * p.n + row, sum + bias_at(p.bias, row));
+    if (token < p.m) {
+      store(static_cast<T*>(p.y) + static_cast<long long>(token) * p.n + row, sum + bias_at(p.bias, row));
+    }
   }
 }
 

@@ -259,7 +259,7 @@ void launch_one(const W8GemvProblem& p, unsigned blocks, cudaStream_t stream) {
   if constexpr (TokenTiles <= 2 && std::is_same_v<T, __nv_bfloat16>) {
     if (pdl_level() >= 2) {
       return launch_maybe_pdl(w8_gemv<T, F, TokenTiles, Blocked, Stripes, Warps, Lean, true>, true, dim3(blocks),
-                         dim3(Warps * 32), 0, stream, p);
+                              dim3(Warps * 32), 0, stream, p);
     }
   }
   w8_gemv<T, F, TokenTiles, Blocked, Stripes, Warps, Lean><<<blocks, Warps * 32, 0, stream>>>(p);

@@ -21,7 +21,9 @@
 //     zero row g, zero row g + 8) and the quad shares them by shuffles, so a chunk in flight costs
 //     one register per group, not four.
 // The 8 warps' partial sums are added in shared memory, then bias and activation are applied.
-// (v3 tried Programmatic Dependent Launch: no consistent gain on the H100, kernels/NOTES.md; removed.)
+// Prepared weights launch with Programmatic Dependent Launch (pdl.cuh): the first ring goes out before the wait on
+// the kernel before (session 18, H200: 6.0 -> 4.9 us at one token on 4096 x 4096; v3's H100 form, with the wait
+// before any load, had measured no consistent gain).
 #include <cstdint>
 #include <cstdlib>
 #include <type_traits>
@@ -78,7 +80,8 @@ __host__ __device__ inline int zsum_groups(const WoProblem& p) {  // groups alon
 
 __device__ inline void stage_group_sums(const WoProblem& p, const uint4* xs, float* zs, int threads) {
   const int vecs = p.w.k_padded / 8, row_vecs = xs_row_words(p.w.k_padded) / 4, total = p.m * vecs;
-  for (int i = threadIdx.x; i < zsum_groups(p) * kMaxGemvTokens; i += threads) zs[i] = 0.0f;
+  const int sums = zsum_groups(p) * kMaxGemvTokens;
+  for (int i = threadIdx.x; i < sums; i += threads) zs[i] = 0.0f;
   __syncthreads();
   const int per = (total + threads - 1) / threads;  // contiguous 16-byte pieces per thread: few group changes
   float run = 0.0f;
@@ -241,7 +244,8 @@ __global__ void __launch_bounds__(WARPS * 32, LEAN ? 4 * kWarps / WARPS : 1) wo_
           mma_16816<T>(d, a, b0, b1);
         }
         if constexpr (ZSUM) {  // d -= (kCodeOffset + z) * sum x, per row (zf) and token (2t, 2t + 1)
-          const float2 xsum = *reinterpret_cast<const float2*>(zs + ((c * KC) >> p.w.group_shift) * kMaxGemvTokens + 2 * t);
+          const int grp = (c * KC) >> p.w.group_shift;
+          const float2 xsum = *reinterpret_cast<const float2*>(zs + grp * kMaxGemvTokens + 2 * t);
           d[0] = fmaf(-zf[0], xsum.x, d[0]);
           d[1] = fmaf(-zf[0], xsum.y, d[1]);
           d[2] = fmaf(-zf[1], xsum.x, d[2]);
@@ -291,26 +295,19 @@ template <typename T, int BITS, int GPC, bool XS, bool LEAN = false, int WARPS =
 void launch_variant(const WoProblem& p,     // the problem
                     int smem,               // dynamic shared memory bytes (XS: the staged x)
                     cudaStream_t stream) {  // the caller's stream
+  auto kernel = wo_gemv_kernel<T, BITS, GPC, XS, LEAN, WARPS>;
   if constexpr (BITS <= 4 && GPC == 1 && XS && std::is_same_v<T, __nv_bfloat16>) {
-    if (zsum_enabled()) {
-      const int bytes = smem + zsum_groups(p) * kMaxGemvTokens * 4;
-      constexpr int kStaticBytes = WARPS * kStripeRows * kMaxGemvTokens * 4;
-      auto kernel = wo_gemv_kernel<T, BITS, GPC, XS, LEAN, WARPS, true>;
-      if (bytes + kStaticBytes > (48 << 10)) {
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
-      }
-      launch_maybe_pdl(kernel, p.pdl, dim3(p.w.n_padded / kStripeRows), dim3(WARPS * 32), bytes, stream, p);
-      return;
+    if (zsum_enabled()) {  // the ZSUM twin, its group sums after the staged x
+      kernel = wo_gemv_kernel<T, BITS, GPC, XS, LEAN, WARPS, true>;
+      smem += zsum_groups(p) * kMaxGemvTokens * 4;
     }
   }
-  const dim3 grid(p.w.n_padded / kStripeRows), block(WARPS * 32);
   // Above 48 KB in all (the static partial sums count too) a kernel must opt in; cheap, per device, every time.
   constexpr int kStaticBytes = WARPS * kStripeRows * kMaxGemvTokens * 4;  // wo_gemv_kernel's `partial`
   if (smem + kStaticBytes > (48 << 10)) {
-    cudaFuncSetAttribute(wo_gemv_kernel<T, BITS, GPC, XS, LEAN, WARPS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                         smem);
+    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   }
-  launch_maybe_pdl(wo_gemv_kernel<T, BITS, GPC, XS, LEAN, WARPS>, p.pdl, grid, block, smem, stream, p);
+  launch_maybe_pdl(kernel, p.pdl, dim3(p.w.n_padded / kStripeRows), dim3(WARPS * 32), smem, stream, p);
 }
 
 template <typename T,    // activation and output type

@@ -252,17 +252,17 @@ template <typename T, int BITS, int GPC, int TT, int STRIPES, int WARPS>
 void launch_shape(const WoProblem& p, cudaStream_t stream) {
   constexpr int smem = stream_smem_bytes(BITS, GPC, TT, STRIPES, WARPS);
   auto* kernel = wo_stream_kernel<T, BITS, GPC, TT, STRIPES, WARPS>;
+  bool pdl = false;
+  if constexpr (TT == 1 && std::is_same_v<T, __nv_bfloat16>) {  // the PDL twin: bf16, <= 8 tokens (the A/B's case)
+    if (pdl_level() >= 2) {
+      kernel = wo_stream_kernel<T, BITS, GPC, TT, STRIPES, WARPS, true>;
+      pdl = true;
+    }
+  }
   if (smem > (48 << 10))  // a kernel must opt in above 48 KB; cheap, per device, every time
     cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   const int blocks = (p.w.n_padded / kStripeRows + STRIPES - 1) / STRIPES;
-  if constexpr (TT == 1 && std::is_same_v<T, __nv_bfloat16>) {  // the PDL twin: bf16, <= 8 tokens (the A/B's case)
-    if (pdl_level() >= 2) {
-      auto* twin = wo_stream_kernel<T, BITS, GPC, TT, STRIPES, WARPS, true>;
-      if (smem > (48 << 10)) cudaFuncSetAttribute(twin, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-      return launch_maybe_pdl(twin, true, dim3(blocks), dim3(WARPS * 32), smem, stream, p);
-    }
-  }
-  kernel<<<blocks, WARPS * 32, smem, stream>>>(p);
+  launch_maybe_pdl(kernel, pdl, dim3(blocks), dim3(WARPS * 32), smem, stream, p);
 }
 
 template <typename T, int BITS, int GPC, int TT>
