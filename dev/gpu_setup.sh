@@ -20,7 +20,7 @@ summarize() {  # $1: a pytest output file
 
 tests() {  # every GPU test ($1: the time limit in seconds), output in $OUT/tests.txt
   step "GPU tests"
-  timeout "${1:-300}" python3 -m pytest -q -m gpu tests/ --tb=short -rf --maxfail=20 > "$OUT/tests.txt" 2>&1
+  timeout "${1:-${TESTS_TIMEOUT:-300}}" python3 -m pytest -q -m gpu tests/ --tb=short -rf --maxfail=20 > "$OUT/tests.txt" 2>&1
   summarize "$OUT/tests.txt"
 }
 

@@ -10,7 +10,7 @@ Compile check on a machine without a GPU (CPU-only PyTorch, nvcc 13.0), the flag
   TI=$(python -c "import torch, os; print(os.path.dirname(torch.__file__))")/include
   mkdir -p /tmp/qtool_shim/c10/cuda/impl   # the CPU wheel lacks this generated header
   printf '#pragma once\\n#define C10_CUDA_BUILD_SHARED_LIBS\\n' > /tmp/qtool_shim/c10/cuda/impl/cuda_cmake_macros.h
-  for f in wo_gemv wo_stream wo_gemm wo_gemm_v3 wo_gemm_v4 dequant act_quant w8_gemv w4_gemv w1_gemv binarize w1a1 \\
+  for f in wo_gemv wo_stream wo_gemm wo_gemm_v3 wo_gemm_v4 dequant act_quant w8_gemv w1_gemv binarize w1a1 \\
       silu_mul; do
     nvcc -std=c++17 -O3 -lineinfo --expt-relaxed-constexpr -D__CUDA_NO_HALF_OPERATORS__ \\
       -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__ -D__CUDA_NO_HALF2_OPERATORS__ \\
@@ -40,8 +40,7 @@ from .layout import chunk_k
 
 CSRC = Path(__file__).resolve().parent / "csrc"
 SOURCES = ("ops.cpp", "wo_gemv.cu", "wo_stream.cu", "wo_gemm.cu", "wo_gemm_v3.cu", "wo_gemm_v4.cu", "dequant.cu",
-           "ops_w8a8.cpp", "act_quant.cu", "w8_gemv.cu", "ops_w1.cpp", "w1_gemv.cu", "binarize.cu", "w1a1.cu", "silu_mul.cu",
-           "ops_w4.cpp", "w4_gemv.cu")
+           "ops_w8a8.cpp", "act_quant.cu", "w8_gemv.cu", "ops_w1.cpp", "w1_gemv.cu", "binarize.cu", "w1a1.cu", "silu_mul.cu")
 HEADERS = ("wo_kernels.h", "wo_decode.cuh", "wo_common.cuh", "wo_occupancy.h", "wo_piece.cuh", "w8a8.h", "mlp.h",
            "sm90/sm90_scaled_mm.h", "w1_kernels.h", "w1_gemv_plan.h", "pdl.cuh")
 NAME = "qtool_cuda"
@@ -57,7 +56,7 @@ NVCC_FLAGS = [
     f"-gencode=arch=compute_{ARCHS[-1]},code=compute_{ARCHS[-1]}",  # PTX for newer GPUs
 ]
 RAW_OPS = ("wo_gemv", "wo_gemm", "wo_gemm_v3", "wo_gemm_v4", "dequant_int", "act_quant", "w8_gemv", "sm90_scaled_mm",
-           "w1_gemv", "binarize", "w1a1_gemm", "silu_mul", "w4_gemv")
+           "w1_gemv", "binarize", "w1a1_gemm", "silu_mul")
 
 
 def host_compiler() -> str | None:
@@ -123,7 +122,7 @@ def _register_fakes() -> None:
             return codes, x.new_empty_strided((m, -(-k // group_size)), (1, max(m, 1)), dtype=torch.float32)
         return codes, x.new_empty(m, 1, dtype=torch.float32)
 
-    def w8_gemv(x, w, scale, bias, block_n, block_k):
+    def w8_gemv(x, w, scale, bias, block_n, block_k, pdl=0):
         return x.new_empty(x.shape[0], w.shape[0])
 
     def sm90_scaled_mm(a, b, a_scale, b_scale, bias, out_dtype, config=0):
@@ -145,11 +144,7 @@ def _register_fakes() -> None:
     def silu_mul(x):
         return x.new_empty(x.shape[0], x.shape[1] // 2)
 
-    def w4_gemv(x, rows, scale, zero, bias, group_size):
-        return x.new_empty(x.shape[0], rows.shape[0])
-
     torch.library.register_fake(f"{NAME}::silu_mul")(silu_mul)
-    torch.library.register_fake(f"{NAME}::w4_gemv")(w4_gemv)
     torch.library.register_fake(f"{NAME}::w1_gemv")(w1_gemv)
     torch.library.register_fake(f"{NAME}::binarize")(binarize)
     torch.library.register_fake(f"{NAME}::w1a1_gemm")(w1a1_gemm)

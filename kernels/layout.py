@@ -275,20 +275,14 @@ class ReferenceOps:
         return ReferenceOps.wo_gemv(x, qweight, scale, zero, bias, num_bits, group_size, out_features, activation)
 
     @staticmethod
-    def w8_gemv(x, w, scale, bias, block_n, block_k):
-        """Per-channel scales only (block_n = 0), as weight_only uses it."""
+    def w8_gemv(x, w, scale, bias, block_n, block_k, pdl=0):
+        """Per-channel scales only (block_n = 0), as weight_only uses it; `pdl` is a launch hint, ignored here."""
         if block_n:
             raise ValueError("ReferenceOps.w8_gemv takes per-channel scales (block_n = 0)")
         y = x.float() @ (w.float() * scale.float().view(-1, 1)).T
         if bias is not None:
             y = y + bias.float()
         return y.to(x.dtype)
-
-    @staticmethod
-    def w4_gemv(x, rows, scale, zero, bias, group_size):
-        from .w4_rows import reference_w4_gemv  # w4_rows imports this module
-
-        return reference_w4_gemv(x, rows, scale, zero, bias, group_size)
 
     @staticmethod
     def dequant_int(qweight, scale, zero, num_bits, group_size, out_features, dtype):

@@ -39,7 +39,8 @@ HEADER = build.CSRC / "sm90" / "sm90_scaled_mm.h"
 COMMON = build.CSRC / "sm90" / "sm90_common.cuh"  # included by every library's source
 # Hidden visibility: only the C entry points (QTOOL_SM90_API) are exported, so one library's copies of CUTLASS's
 # inline host functions never serve another's calls (sm90_scaled_mm.h says what that broke).
-FLAGS = ["-std=c++17", "-O3", "-DNDEBUG", "--expt-relaxed-constexpr", "-lineinfo",
+# CUTLASS_ENABLE_GDC_FOR_SM90: the kernels carry the grid-dependency waits that QTOOL_GEMM_PDL=1 launches use.
+FLAGS = ["-std=c++17", "-O3", "-DNDEBUG", "--expt-relaxed-constexpr", "-lineinfo", "-DCUTLASS_ENABLE_GDC_FOR_SM90",
          "-gencode=arch=compute_90a,code=sm_90a", "-Xcompiler", "-fPIC", "-Xcompiler", "-fvisibility=hidden", "-shared"]
 
 

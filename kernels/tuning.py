@@ -144,3 +144,10 @@ def fit(schedule: dict, m: int, group: int, k_padded: int) -> dict:
     except ValueError:
         return {"ktile": 64, "token_tile": max(32, schedule["token_tile"]), "variant": 0, "split": schedule["split"]}
 
+
+def gemv_pdl(m: int, n: int, k: int) -> bool:
+    """Whether w8_gemv runs its programmatic-dependent-launch twin (first tiles' weights loaded before waiting for
+    the kernel before) on a static weight [n, k] at m tokens: where session 19 measured it faster (H200, graph
+    replay, W8A8 and W8A16 at 1 and 8 tokens): layers with more rows than columns, e.g. int8 4096 x 6144 1.50 ->
+    2.01x bf16, 4096 x 14336 at 8 tokens 1.57 -> 1.76x; it lost 5-31% where k >= n >= 4096 and at 16 tokens."""
+    return m <= 8 and n > k

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from .layout import EPILOGUE, LOW_BITS, PackedWeight, takes_rows_shape
 from .mixed_mm import mixed_linear
-from .tuning import fit, measured_route, plain_schedule
+from .tuning import fit, gemv_pdl, measured_route, plain_schedule
 
 # wo_gemv serves up to 8 tokens (csrc/wo_kernels.h, kMaxGemvTokens). 4 is the cut-off every recorded
 # measurement ran with (BENCHMARKS.md); the 4-vs-8 A/B of kernels/NOTES.md (v3) left no result, so to
@@ -246,7 +246,7 @@ def _rows_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, k
     """packed_linear for the row-major layout: x2 [m, K] -> [m, N]."""
     m = x2.shape[0]
     if rows_gemv(w, m, x2.dtype):
-        return kernels.w8_gemv(x2, w.rows, w.scale.view(-1), bias, 0, 0)
+        return kernels.w8_gemv(x2, w.rows, w.scale.view(-1), bias, 0, 0, int(gemv_pdl(m, *w.rows.shape)))
     if (y := _copy_linear(x2, w, bias)) is not None:
         return y
     if m <= ROWS_SLICES * W8_ROWS_MAX_M:  # no Hopper copy (fp16, before sm_90): w8_gemv per slice of tokens

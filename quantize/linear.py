@@ -152,7 +152,7 @@ class QuantLinear(nn.Module):
         group = act.group_size if act.strategy is Strategy.GROUP else 0
         bn, bk = w.block_structure if w.strategy is Strategy.BLOCK else (0, 0)
         args = (x.reshape(-1, self.in_features), self.weight, self.weight_scale, self.bias,
-                getattr(self, "input_scale", None), fmt, group, bn, bk)
+                getattr(self, "input_scale", None), fmt, group, bn, bk, 1)  # 1: a static weight (w8_gemv's PDL)
         if x.is_cuda and not torch.compiler.is_compiling() and not (x.requires_grad and torch.is_grad_enabled()):
             # Eager calls skip the custom op's dispatch (tens of microseconds of host time per call, which an
             # eager prefill pays on every layer); torch.compile and autograd still see the op.

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import random_weight, rel_err
-from qtool_kernels import build, layout, reference, scaled_mm, weight_only
+from qtool_kernels import build, layout, reference, scaled_mm, tuning, weight_only
 from qtool_kernels.layout import PackedWeight, ReferenceOps, UnsupportedLayout, pack_weight
 from quantize.linear import QuantLinear, pack_layer, prepare_for_cuda
 from quantize.primitives import QTensor
@@ -218,6 +218,7 @@ def test_rows_layout_serves_w8_per_channel(monkeypatch, m):
         @staticmethod
         def w8_gemv(*args):
             calls.append(args[0].shape[0])
+            assert args[6:] in ((), (0,))  # PDL twin only where k < n (tuning.gemv_pdl): here n < k
             return ReferenceOps.w8_gemv(*args)
 
     x = torch.randn(1, m, k)
@@ -241,6 +242,16 @@ def test_rows_gemv_rule(n, k, limit):
     assert took == list(range(1, limit + 1))
     assert [m for m in range(1, 40) if weight_only.rows_gemv(w, m, torch.float16)] == \
         list(range(1, weight_only.W8_ROWS_MAX_M + 1))
+
+
+def test_gemv_pdl_rule():
+    """w8_gemv's PDL twin (static weights) where session 19 measured it faster: more rows than columns, <= 8
+    tokens; qtool::w8a8_linear takes the hint last, off unless a caller (QuantLinear) passes it."""
+    assert tuning.gemv_pdl(1, 6144, 4096) and tuning.gemv_pdl(8, 28672, 8192)
+    assert not tuning.gemv_pdl(9, 6144, 4096) and not tuning.gemv_pdl(1, 4096, 4096)
+    assert not tuning.gemv_pdl(1, 4096, 14336)
+    schema = torch.ops.qtool.w8a8_linear.default._schema
+    assert schema.arguments[-1].name == "static_weight" and schema.arguments[-1].default_value == 0
 
 
 def test_host_decode_helpers_match_layout(tmp_path):

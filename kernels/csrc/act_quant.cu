@@ -16,6 +16,7 @@
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 
+#include "pdl.cuh"
 #include "w8a8.h"
 #include "wo_common.cuh"  // to_float
 
@@ -98,6 +99,7 @@ __device__ inline float block_max(float v, float* shared) {  // shared: kRowThre
 // One block per row: amax over the row (skipped for a static scale), then the codes.
 template <typename T, CodeFormat F, bool Vector>
 __global__ void __launch_bounds__(kRowThreads) quantize_rows(ActQuantProblem p) {
+  qtool::pdl_release();  // the GEMM after this waits for all of it; its launch need not
   __shared__ float partial[kRowThreads / 32];
   const int row = blockIdx.x;
   const T* x = static_cast<const T*>(p.x) + row * p.x_stride;
@@ -126,6 +128,7 @@ __global__ void __launch_bounds__(kRowThreads) quantize_rows(ActQuantProblem p) 
 // Lanes = group_size / 8 consecutive threads per group; a thread's global index picks (row, group, lane).
 template <typename T, CodeFormat F, int Lanes>
 __global__ void __launch_bounds__(kRowThreads) quantize_groups(ActQuantProblem p) {
+  qtool::pdl_release();  // the GEMM after this waits for all of it; its launch need not
   constexpr int kGroup = Lanes * kVec;
   const int groups = (p.k + kGroup - 1) / kGroup;
   const long long slot = (static_cast<long long>(blockIdx.x) * kRowThreads + threadIdx.x) / Lanes;
@@ -159,6 +162,7 @@ constexpr int kMaxHeldVecs = 16;  // 16-byte vectors per thread held in register
 // raw 16-byte vectors stay in registers between the max and the codes.
 template <typename T, CodeFormat F, int HELD>
 __global__ void __launch_bounds__(kRowThreads) quantize_held_rows(ActQuantProblem p) {
+  qtool::pdl_release();  // the GEMM after this waits for all of it; its launch need not
   __shared__ float partial[kRowThreads / 32];
   const int row = blockIdx.x;
   const T* x = static_cast<const T*>(p.x) + row * p.x_stride;

@@ -23,8 +23,18 @@ __device__ inline void pdl_wait_then_release() {
 #endif
 }
 
-// QTOOL_PDL (read once): 0 off; 1 (the default) the ring GEMV of prepared weights; 2 also w8_gemv, w1_gemv,
-// silu_mul and the stream variant (their twins, session 18, unmeasured: an opt-in for the next A/B). 0 on a device
+// Let the next kernel in the stream launch now (a no-op unless it was launched with programmatic serialization):
+// for a kernel whose consumer waits for its completion anyway, e.g. act_quant before a Hopper GEMM launched with
+// QTOOL_GEMM_PDL=1 (csrc/sm90/sm90_common.cuh), whose launch and prologue then overlap this kernel.
+__device__ inline void pdl_release() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// QTOOL_PDL (read once): 0 off; 1 (the default) the ring GEMV of prepared weights and w8_gemv's twin where its
+// caller asks (static weights, scaled_mm / tuning.gemv_pdl); 2 also w8_gemv on every call, w1_gemv, silu_mul and
+// the stream variant (their twins, session 18: opt-in A/Bs; w8_gemv's measured in session 19). 0 on a device
 // before sm_90 (the first one asked; a host's GPUs match).
 inline int pdl_level() {
   static const int level = [] {

@@ -252,12 +252,13 @@ __global__ void __launch_bounds__(Warps * 32, (min_blocks<TokenTiles, Blocked, k
   }
 }
 
-// One variant's launch; with QTOOL_PDL=2 its Pdl twin (bf16, up to 16 tokens: the A/B's cases, so that the build
-// does not grow by more), launched with programmatic serialization.
+// One variant's launch; its Pdl twin (bf16, up to 16 tokens: the A/B's cases, so that the build does not grow by
+// more), launched with programmatic serialization, where the caller asks for it (p.pdl: static weights, and the
+// shapes where session 19 measured it faster, scaled_mm.W8_GEMV_PDL) or QTOOL_PDL=2 (every call: the A/B).
 template <typename T, CodeFormat F, int TokenTiles, bool Blocked, int Stripes, int Warps, bool Lean>
 void launch_one(const W8GemvProblem& p, unsigned blocks, cudaStream_t stream) {
   if constexpr (TokenTiles <= 2 && std::is_same_v<T, __nv_bfloat16>) {
-    if (pdl_level() >= 2) {
+    if (pdl_level() >= 2 || (p.pdl && pdl_enabled())) {
       return launch_maybe_pdl(w8_gemv<T, F, TokenTiles, Blocked, Stripes, Warps, Lean, true>, true, dim3(blocks),
                               dim3(Warps * 32), 0, stream, p);
     }

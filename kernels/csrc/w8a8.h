@@ -44,6 +44,7 @@ struct W8GemvProblem {
   int block_n, block_k;  // 0, 0 for per-channel scales; else block_k a multiple of 64
   ScalarKind dtype;
   CodeFormat format;
+  bool pdl = false;  // the Pdl twin (w8_gemv.cu): weights no kernel writes while in use, asked for by the caller
 };
 
 void launch_w8_gemv(const W8GemvProblem& p, cudaStream_t stream);

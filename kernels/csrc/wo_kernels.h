@@ -125,19 +125,4 @@ cudaError_t launch_wo_gemm_v4(const WoProblem& p, const WoGemmV4Plan& plan, int*
 // Dequantize to a dense [n, k_padded] matrix of `dtype` (dequant.cu), for cuBLAS at large m.
 void launch_dequant(const PackedWeightView& w, ScalarKind dtype, void* out, cudaStream_t stream);
 
-// W4A16 on row-major codes (w4_gemv.cu; kernels/w4_rows.py packs them), 1 <= m <= kMaxW4RowsTokens.
-constexpr int kMaxW4RowsTokens = 16;
-struct W4GemvProblem {
-  const void* x;        // [m, k] fp16/bf16, contiguous, 16-byte aligned
-  const uint8_t* w;     // [n, k / 2] nibbles (w4_rows.py's order), 16-byte aligned; n % 16 == 0, k % 128 == 0
-  const float* scale;   // [n, k / group_size]
-  const float* zero;    // [n, k / group_size] zero points, or nullptr (symmetric)
-  const float* bias;    // [n] float32 or nullptr
-  void* y;              // [m, n] in x's dtype
-  int m, n, k;
-  int group_size;       // a multiple of 128 dividing k (k itself: one scale per row)
-  ScalarKind dtype;
-};
-void launch_w4_gemv(const W4GemvProblem& p, cudaStream_t stream);
-
 }  // namespace qtool

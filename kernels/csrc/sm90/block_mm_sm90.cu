@@ -94,7 +94,7 @@ struct BlockGemm {
          Scales::tile_atom_to_shape_SFA(shape), b_scale, Scales::tile_atom_to_shape_SFB(shape)},
         {{1.0f, 0.0f}, nullptr, sd, static_cast<Out*>(p.d), sd}};
     args.hw_info.sm_count = sm_count();
-    if constexpr (std::is_same_v<Scheduler, cutlass::gemm::StreamKScheduler>) set_split(args, gm, gn, p);
+    if constexpr (std::is_same_v<Scheduler, StreamK>) set_split(args, gm, gn, p);
     return args;
   }
 
@@ -122,9 +122,9 @@ struct BlockGemm {
 };
 
 using Skinny = BlockGemm<Shape<_64, _128, _128>, Shape<_1, _1, _1>, true, cutlass::gemm::PersistentScheduler>;
-using Split = BlockGemm<Shape<_128, _128, _128>, Shape<_1, _1, _1>, false, cutlass::gemm::StreamKScheduler>;
+using Split = BlockGemm<Shape<_128, _128, _128>, Shape<_1, _1, _1>, false, StreamK>;
 using Large = BlockGemm<Shape<_128, _128, _128>, Shape<_1, _2, _1>, false, cutlass::gemm::PersistentScheduler>;
-using Swapped = BlockGemm<Shape<_128, _64, _128>, Shape<_1, _1, _1>, false, cutlass::gemm::StreamKScheduler, true>;
+using Swapped = BlockGemm<Shape<_128, _64, _128>, Shape<_1, _1, _1>, false, StreamK, true>;
 
 template <class Fn>
 const char* by_config(const BlockMmArgs& p, Fn&& fn) {

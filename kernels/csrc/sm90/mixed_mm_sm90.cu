@@ -79,7 +79,7 @@ struct MixedGemm {
   // they fill the SMs.
   using Kernel = cutlass::gemm::kernel::GemmUniversal<
       Shape<int, int, int, int>, Mainloop, Epilogue,
-      std::conditional_t<PingPong, cutlass::gemm::PersistentScheduler, cutlass::gemm::StreamKScheduler>>;
+      std::conditional_t<PingPong, cutlass::gemm::PersistentScheduler, StreamK>>;
   using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
 
   static typename Gemm::Arguments arguments(const MixedMmArgs& p) {

@@ -89,7 +89,7 @@ struct ScaledGemm {
         {static_cast<const ElementAB*>(p.a), sa, static_cast<const ElementAB*>(p.b), sb},
         {tree, nullptr, sd, static_cast<ElementD*>(p.d), sd}};
     args.hw_info.sm_count = sm_count();  // else CUTLASS queries the device on every call
-    if constexpr (std::is_same_v<Scheduler, cutlass::gemm::StreamKScheduler>) set_split(args, p);
+    if constexpr (std::is_same_v<Scheduler, StreamK>) set_split(args, p);
     return args;
   }
 
@@ -140,7 +140,7 @@ template <class AB, class D>
 using Split = ScaledGemm<AB, D, Shape<_128, _128, _128>, Shape<_1, _1, _1>,
                          Schedule<AB, cutlass::gemm::KernelTmaWarpSpecializedCooperative,
                                   cutlass::gemm::KernelTmaWarpSpecializedCooperativeFP8FastAccum>,
-                         cutlass::epilogue::TmaWarpSpecializedCooperative, cutlass::gemm::StreamKScheduler>;
+                         cutlass::epilogue::TmaWarpSpecializedCooperative, StreamK>;
 template <class AB, class D>
 using Narrow = ScaledGemm<AB, D, Shape<_64, _64, _128>, Shape<_1, _1, _1>,
                           Schedule<AB, cutlass::gemm::KernelTmaWarpSpecializedPingpong,
