@@ -155,6 +155,14 @@ def test_sm90_gemm_every_config(kernels, config, fmt, m, n, k):
                                   torch.float64)
     assert torch.isfinite(y).all()
     assert rel_err(y.cpu(), ref) < 1e-2
+    # launched with programmatic dependent launch right after the kernel that writes its input (act_quant releases
+    # it at its start): the GEMM waits for that kernel, so the result is the same bits
+    xq2, xs2 = kernels.act_quant(x * 2, fmt, 0, None)
+    y2 = torch.ops.qtool_cuda.sm90_scaled_mm(xq2, w, xs2.reshape(-1).contiguous(), ws, bias, torch.bfloat16,
+                                             scaled_mm.SM90_CONFIGS[config] + scaled_mm.SM90_PDL)
+    want = torch.ops.qtool_cuda.sm90_scaled_mm(xq2, w, xs2.reshape(-1).contiguous(), ws, bias, torch.bfloat16,
+                                               scaled_mm.SM90_CONFIGS[config])
+    assert torch.equal(y2, want)
 
 
 @pytest.mark.parametrize("config,split", [("block-skinny", 0), ("block-split", 0), ("block-split", 1),

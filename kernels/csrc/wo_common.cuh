@@ -252,23 +252,6 @@ __device__ inline void a_fragment_low(const uint32_t (&lo)[4],   // the lane's 1
   for (int r = 0; r < 4; ++r) a[r] = sub_pair(nibble_pair_biased<T, BITS>(nib, r), zp[r % 2], T{});
 }
 
-// The biased A fragment (base + u per value, no zero point taken off: wo_gemv's ZSUM) of subtile j, 2-4-bit codes.
-template <typename T, int BITS>
-__device__ inline void a_fragment_biased(const uint32_t (&w)[4],   // the lane's 16 bytes (low bits for 2-, 3-bit)
-                                         const uint32_t (&hi)[2],  // its 8 bytes of high bits (3-bit)
-                                         int j,                    // subtile
-                                         uint32_t (&a)[4]) {       // out
-  static_assert(BITS <= 4, "2-4-bit codes");
-  if constexpr (BITS == 4) {
-#pragma unroll
-    for (int r = 0; r < 4; ++r) a[r] = int4_pair_biased<T>(w[j], r);
-  } else {
-    const uint32_t nib = low_bit_nibbles<BITS>(w, hi, j);
-#pragma unroll
-    for (int r = 0; r < 4; ++r) a[r] = nibble_pair_biased<T, BITS>(nib, r);
-  }
-}
-
 // The A fragment of subtile j of a lane's chunk, any width: a_fragment_low for 2- and 3-bit codes (hi: their
 // high bits, 3-bit only), a_fragment for 4- and 8-bit ones.
 template <typename T, int BITS>

@@ -23,10 +23,10 @@
 // The 8 warps' partial sums are added in shared memory, then bias and activation are applied.
 // Prepared weights launch with Programmatic Dependent Launch (pdl.cuh): the first ring goes out before the wait on
 // the kernel before (session 18, H200: 6.0 -> 4.9 us at one token on 4096 x 4096; v3's H100 form, with the wait
-// before any load, had measured no consistent gain).
+// before any load, had measured no consistent gain). Session 19 tried taking zero points off once per group (biased
+// A fragments, per-block sums of x: 405 -> 366 instructions per four chunks): slower at one token (4096 x 4096 4.9
+// -> 6.4 us) and wrong in 38 GPU tests as written; removed (kernels/NOTES.md).
 #include <cstdint>
-#include <cstdlib>
-#include <type_traits>
 
 #include "pdl.cuh"
 #include "wo_common.cuh"
@@ -68,52 +68,13 @@ constexpr int batch_chunks() {
   return LEAN || GPC > 2 || is_low_bits(BITS) ? 4 : 8;
 }
 
-// ZSUM (QTOOL_WO_ZSUM=1, unmeasured; 2-4-bit bf16 weights with one group per chunk, x staged): the A fragments stay
-// biased, 128 + u for the stored code u = q + 2^(BITS-1), so a group's mma sum is sum (128 + u) x, and the zero point
-// comes off once per group and token as (kCodeOffset + z) * sum x: the 16 packed subtractions and 2 conversions per
-// int4 chunk (of ~101 instructions, SASS) go, 4 FFMA and one shared load come. Cancellation costs ~5 bits of the
-// float32 sums (|128 + u| against |q - z|), far below bf16's rounding. The group sums of x are computed once per
-// block from the staged x: zs[group][token], tokens padded to kMaxGemvTokens.
-__host__ __device__ inline int zsum_groups(const WoProblem& p) {  // groups along k_padded
-  return static_cast<int>(((static_cast<long long>(p.w.k_padded) - 1) >> p.w.group_shift) + 1);
-}
-
-__device__ inline void stage_group_sums(const WoProblem& p, const uint4* xs, float* zs, int threads) {
-  const int vecs = p.w.k_padded / 8, row_vecs = xs_row_words(p.w.k_padded) / 4, total = p.m * vecs;
-  const int sums = zsum_groups(p) * kMaxGemvTokens;
-  for (int i = threadIdx.x; i < sums; i += threads) zs[i] = 0.0f;
-  __syncthreads();
-  const int per = (total + threads - 1) / threads;  // contiguous 16-byte pieces per thread: few group changes
-  float run = 0.0f;
-  int key = -1;
-  for (int i = threadIdx.x * per; i < min(total, (threadIdx.x + 1) * per); ++i) {
-    const int tok = i / vecs, v = i - tok * vecs;
-    const int here = ((v * 8) >> p.w.group_shift) * kMaxGemvTokens + tok;
-    if (here != key) {
-      if (key >= 0) atomicAdd(zs + key, run);
-      run = 0.0f;
-      key = here;
-    }
-    const uint4 piece = xs[tok * row_vecs + v];
-#pragma unroll
-    for (int w = 0; w < 4; ++w) {
-      const float2 f = pair_to_float2((&piece.x)[w], __nv_bfloat16{});
-      run += f.x + f.y;
-    }
-  }
-  if (key >= 0) atomicAdd(zs + key, run);
-  __syncthreads();
-}
-
 template <typename T,    // activation and output type: __half or __nv_bfloat16
           int BITS,      // weight code width: 2, 3, 4 or 8
           int GPC,       // groups per chunk: 1 (group >= chunk_k or per channel), 2 or 4
           bool XS,       // x staged in shared memory (dynamic: m * xs_row_words(k_padded) words)
           bool LEAN,     // gemv_variant 1: 4 blocks per SM (see batch_chunks)
-          int WARPS = kWarps,  // gemv_variant 2: 16 warps in the lean budget, 2 blocks per SM (kWideWarps)
-          bool ZSUM = false>   // zero points off per group (stage_group_sums); 2-4-bit bf16, GPC 1, XS
+          int WARPS = kWarps>  // gemv_variant 2: 16 warps in the lean budget, 2 blocks per SM (kWideWarps)
 __global__ void __launch_bounds__(WARPS * 32, LEAN ? 4 * kWarps / WARPS : 1) wo_gemv_kernel(const WoProblem p) {
-  static_assert(!ZSUM || (BITS <= 4 && GPC == 1 && XS && std::is_same_v<T, __nv_bfloat16>), "ZSUM's case");
   extern __shared__ uint4 xs_dyn[];  // XS only
   constexpr int SUB = chunk_subtiles(BITS);  // 16x16 subtiles per chunk
   constexpr int KC = chunk_k(BITS);  // k per chunk
@@ -190,11 +151,6 @@ __global__ void __launch_bounds__(WARPS * 32, LEAN ? 4 * kWarps / WARPS : 1) wo_
     cp_async_wait<0>();
     __syncthreads();
   }
-  float* zs = nullptr;  // ZSUM: [group][token] sums of x, after the staged x
-  if constexpr (ZSUM) {
-    zs = reinterpret_cast<float*>(xs_dyn) + p.m * xs_row_words(p.w.k_padded);
-    stage_group_sums(p, xs_dyn, zs, WARPS * 32);
-  }
 
   const int quad = lane & ~3;
   float acc[4] = {};  // C fragment: (row g, token 2t), (g, 2t + 1), (g + 8, 2t), (g + 8, 2t + 1)
@@ -217,7 +173,7 @@ __global__ void __launch_bounds__(WARPS * 32, LEAN ? 4 * kWarps / WARPS : 1) wo_
         const float zf[2] = {kCodeOffset<T, BITS> + __shfl_sync(0xffffffffu, gp[gi], quad + 2),
                              kCodeOffset<T, BITS> + __shfl_sync(0xffffffffu, gp[gi], quad + 3)};
         uint32_t zp[2] = {0u, 0u};
-        if constexpr (!kViaFloat<T, BITS> && !ZSUM) {
+        if constexpr (!kViaFloat<T, BITS>) {
           zp[0] = float_to_pair(zf[0], T{});
           zp[1] = float_to_pair(zf[1], T{});
         }
@@ -228,11 +184,7 @@ __global__ void __launch_bounds__(WARPS * 32, LEAN ? 4 * kWarps / WARPS : 1) wo_
         for (int jj = 0; jj < SPG; ++jj) {
           const int j = gi * SPG + jj;
           uint32_t a[4];
-          if constexpr (ZSUM) {
-            a_fragment_biased<T, BITS>(w, hi, j, a);
-          } else {
-            a_fragment_any<T, BITS>(w, hi, j, zf, zp, a);
-          }
+          a_fragment_any<T, BITS>(w, hi, j, zf, zp, a);
           uint32_t b0, b1;
           if constexpr (XS) {
             b0 = xc[8 * j];
@@ -242,14 +194,6 @@ __global__ void __launch_bounds__(WARPS * 32, LEAN ? 4 * kWarps / WARPS : 1) wo_
             b1 = __ldg(xc + 8 * j + 4);
           }
           mma_16816<T>(d, a, b0, b1);
-        }
-        if constexpr (ZSUM) {  // d -= (kCodeOffset + z) * sum x, per row (zf) and token (2t, 2t + 1)
-          const int grp = (c * KC) >> p.w.group_shift;
-          const float2 xsum = *reinterpret_cast<const float2*>(zs + grp * kMaxGemvTokens + 2 * t);
-          d[0] = fmaf(-zf[0], xsum.x, d[0]);
-          d[1] = fmaf(-zf[0], xsum.y, d[1]);
-          d[2] = fmaf(-zf[1], xsum.x, d[2]);
-          d[3] = fmaf(-zf[1], xsum.y, d[3]);
         }
         acc[0] = fmaf(s0, d[0], acc[0]);
         acc[1] = fmaf(s0, d[1], acc[1]);
@@ -282,32 +226,18 @@ __global__ void __launch_bounds__(WARPS * 32, LEAN ? 4 * kWarps / WARPS : 1) wo_
   }
 }
 
-// QTOOL_WO_ZSUM=1: the ZSUM twins where they apply (read once; an opt-in for the A/B).
-bool zsum_enabled() {
-  static const bool on = [] {
-    const char* env = std::getenv("QTOOL_WO_ZSUM");
-    return env != nullptr && std::atoi(env) == 1;
-  }();
-  return on;
-}
-
 template <typename T, int BITS, int GPC, bool XS, bool LEAN = false, int WARPS = kWarps>
 void launch_variant(const WoProblem& p,     // the problem
                     int smem,               // dynamic shared memory bytes (XS: the staged x)
                     cudaStream_t stream) {  // the caller's stream
-  auto kernel = wo_gemv_kernel<T, BITS, GPC, XS, LEAN, WARPS>;
-  if constexpr (BITS <= 4 && GPC == 1 && XS && std::is_same_v<T, __nv_bfloat16>) {
-    if (zsum_enabled()) {  // the ZSUM twin, its group sums after the staged x
-      kernel = wo_gemv_kernel<T, BITS, GPC, XS, LEAN, WARPS, true>;
-      smem += zsum_groups(p) * kMaxGemvTokens * 4;
-    }
-  }
+  const dim3 grid(p.w.n_padded / kStripeRows), block(WARPS * 32);
   // Above 48 KB in all (the static partial sums count too) a kernel must opt in; cheap, per device, every time.
   constexpr int kStaticBytes = WARPS * kStripeRows * kMaxGemvTokens * 4;  // wo_gemv_kernel's `partial`
   if (smem + kStaticBytes > (48 << 10)) {
-    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    cudaFuncSetAttribute(wo_gemv_kernel<T, BITS, GPC, XS, LEAN, WARPS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                         smem);
   }
-  launch_maybe_pdl(kernel, p.pdl, dim3(p.w.n_padded / kStripeRows), dim3(WARPS * 32), smem, stream, p);
+  launch_maybe_pdl(wo_gemv_kernel<T, BITS, GPC, XS, LEAN, WARPS>, p.pdl, grid, block, smem, stream, p);
 }
 
 template <typename T,    // activation and output type

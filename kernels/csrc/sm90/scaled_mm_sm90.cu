@@ -107,7 +107,7 @@ struct ScaledGemm {
   static size_t workspace(const ScaledMmArgs& p) { return Gemm::get_workspace_size(arguments(p)); }
 
   static const char* run(const ScaledMmArgs& p, cudaStream_t stream) {
-    return run_gemm<Gemm>(arguments(p), p.workspace, p.workspace_bytes, stream);
+    return run_gemm<Gemm>(arguments(p), p.workspace, p.workspace_bytes, stream, (p.config & kConfigPdl) != 0);
   }
 };
 
@@ -157,7 +157,7 @@ const char* workspace_or_run(const ScaledMmArgs& p, cudaStream_t stream, size_t*
 
 template <class AB, class D>
 const char* dispatch_m(const ScaledMmArgs& p, cudaStream_t stream, size_t* workspace) {
-  switch (p.config) {
+  switch (p.config & ~kConfigPdl) {
     case 0: return p.m <= kSkinnyMaxM ? workspace_or_run<Skinny<AB, D>>(p, stream, workspace)
                                       : workspace_or_run<Large<AB, D>>(p, stream, workspace);
     case 1: return workspace_or_run<Skinny<AB, D>>(p, stream, workspace);

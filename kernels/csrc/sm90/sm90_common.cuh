@@ -69,15 +69,16 @@ inline bool gemm_pdl() {
   return on;
 }
 
-// Gemm: a cutlass::gemm::device::GemmUniversalAdapter. Returns nullptr, or why the GEMM did not run.
+// Gemm: a cutlass::gemm::device::GemmUniversalAdapter. Returns nullptr, or why the GEMM did not run. `pdl`: launch
+// with programmatic serialization (the caller's choice, as measured; QTOOL_GEMM_PDL=1 turns it on for every call).
 template <class Gemm>
 const char* run_gemm(const typename Gemm::Arguments& args, void* workspace, size_t workspace_bytes,
-                     cudaStream_t stream) {
+                     cudaStream_t stream, bool pdl = false) {
   Gemm gemm;
   if (gemm.can_implement(args) != cutlass::Status::kSuccess) return "CUTLASS cannot implement this problem";
   if (Gemm::get_workspace_size(args) > workspace_bytes) return "workspace too small";
   if (gemm.initialize(args, workspace, stream) != cutlass::Status::kSuccess) return "CUTLASS initialize failed";
-  if (gemm.run(stream, nullptr, gemm_pdl()) != cutlass::Status::kSuccess) return "CUTLASS run failed";
+  if (gemm.run(stream, nullptr, pdl || gemm_pdl()) != cutlass::Status::kSuccess) return "CUTLASS run failed";
   return nullptr;
 }
 
