@@ -191,9 +191,10 @@ def test_sm90_gemm_rejects_unknown_config(kernels):
     if torch.cuda.get_device_capability() != (9, 0) or not sm90.load():
         pytest.skip("libqtool_sm90 runs on Hopper")
     a = torch.zeros(16, 64, device="cuda", dtype=torch.int8)
-    with pytest.raises(RuntimeError, match="config must be"):
-        torch.ops.qtool_cuda.sm90_scaled_mm(a, a, torch.ones(16, device="cuda"), torch.ones(16, device="cuda"), None,
-                                            torch.bfloat16, 9)
+    for config in (5, 5 + scaled_mm.SM90_PDL):  # no configuration 5, launched plainly or with PDL
+        with pytest.raises(RuntimeError, match="config must be"):
+            torch.ops.qtool_cuda.sm90_scaled_mm(a, a, torch.ones(16, device="cuda"), torch.ones(16, device="cuda"),
+                                                None, torch.bfloat16, config)
 
 
 @pytest.mark.parametrize("name", ["fp8", "fp8-static", "w8a8-int8", "w8a8-int8-static", "fp8-block"])
