@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The next session's first device call, prepared at the end of session 19 (nvidia-h200, carry [".gpu/w8a8"]: the
-# Hopper libraries did not change after session 19's call 4):
+# Hopper libraries were rebuilt after session 19's call 4 for a comment in sm90_common.cuh only, same code; `tests`
+# is their first run):
 #   bash dev/session20.sh                   (~6 min)
 #   nvidia-h200-x2 (issue 20): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 summary
 # tests    every GPU test (session 19's call 4 ran the kernel files only; test_sm90_gemm_rejects_unknown_config was

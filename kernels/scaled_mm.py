@@ -257,8 +257,8 @@ def w8a8_linear_cuda(x, weight, weight_scale, bias, input_scale, fmt, act_group_
         return reference.w8a8_linear(*args)
     m, (n, k) = x.shape[0], weight.shape
     route = w8a8_route(m, n, k, measured_kind(weight.dtype, block_n > 0))  # None: E5M2, or not measured
-    gemv = takes_gemv(m, route)
-    if gemv and (y := _w8_gemv(x, weight, weight_scale, bias, block_n, block_k, bool(static_weight))) is not None:
+    if takes_gemv(m, route) and (y := _w8_gemv(x, weight, weight_scale, bias, block_n, block_k,
+                                               bool(static_weight))) is not None:
         return y
     xq, xs = quantize_activation_cuda(x, fmt, act_group_size, input_scale)
     group = act_group_size if input_scale is None else 0

@@ -24,8 +24,8 @@ __device__ inline void pdl_wait_then_release() {
 }
 
 // Let the next kernel in the stream launch now (a no-op unless it was launched with programmatic serialization):
-// for a kernel whose consumer waits for its completion anyway, e.g. act_quant before a Hopper GEMM launched with
-// QTOOL_GEMM_PDL=1 (csrc/sm90/sm90_common.cuh), whose launch and prologue then overlap this kernel.
+// for a kernel whose consumer waits for its completion anyway, e.g. act_quant before a W8A8 Hopper GEMM launched
+// with PDL (scaled_mm.SM90_PDL, csrc/sm90/sm90_common.cuh), whose launch and prologue then overlap this kernel.
 __device__ inline void pdl_release() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");

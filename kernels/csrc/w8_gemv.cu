@@ -115,8 +115,8 @@ __host__ __device__ constexpr int min_blocks() {  // __launch_bounds__'s blocks 
   return Blocked ? (TokenTiles == 1 ? 3 : 0) : (TokenTiles == 2 ? 4 : 0);
 }
 
-// Pdl (QTOOL_PDL=2, an opt-in: unmeasured): the first tiles' weight loads go out before griddepcontrol.wait and
-// their x loads after it (pdl.cuh); the loop is otherwise the same. Session 18's first try, L2 prefetches of those
+// Pdl (launched where the caller asks, p.pdl, or on every call with QTOOL_PDL=2): the first tiles' weight loads go
+// out before griddepcontrol.wait and their x loads after it (pdl.cuh); the loop is otherwise the same. Session 18's first try, L2 prefetches of those
 // tiles before the wait, made the kernel 5-30% slower even without PDL.
 template <typename T, CodeFormat F, int TokenTiles, bool Blocked, int kStripes, int Warps, bool Lean = false,
           bool Pdl = false>
