@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -29,6 +30,9 @@ from qtool_kernels import block_mm, build, ops, scaled_mm, sm90  # noqa: E402
 CODES = {"fp8": torch.float8_e4m3fn, "int8": torch.int8}
 
 
+SPLITS = [int(s) for s in os.environ.get("QTOOL_SWEEP_SPLITS", "").split(",") if s]
+
+
 def weights(kind: str, k: int, n: int) -> Rotation:
     w = torch.randn(n, k, device="cuda")
     q = (w * 8).clamp(-127, 127).round().to(torch.int8) if kind == "int8" else (w * 32).to(torch.float8_e4m3fn)
@@ -43,6 +47,12 @@ def block_gemms(x: torch.Tensor, wq: Rotation, n: int) -> dict:
     out = {"cublas": graph_ms(lambda: scaled_mm.block_mm(xq, xs, wq(), w_scale), reps=10, replays=7)}
     for name, config in block_mm.CONFIGS.items():
         out[name] = graph_ms(lambda c=config: block_mm.block_linear(xq, xs, wq(), w_scale, c), reps=10, replays=7)
+    if SPLITS:  # other k splits of the split-K configurations (the default fills the SMs, >= 4 k tiles each)
+        for name in ("block-split", "block-swap"):
+            for s in SPLITS:
+                out[f"{name}/{s}"] = graph_ms(
+                    lambda c=block_mm.CONFIGS[name], s=s: block_mm.block_linear(xq, xs, wq(), w_scale, c, s),
+                    reps=10, replays=7)
     if x.shape[0] <= scaled_mm.W8_GEMV_KERNEL_MAX_M:
         out["w8_gemv (bf16 x)"] = graph_ms(lambda: torch.ops.qtool_cuda.w8_gemv(x, wq(), w_scale, None, 128, 128))
     return out
@@ -110,8 +120,8 @@ def show_row(row: dict) -> None:
 def best_route(row: dict) -> str:
     """The fastest of a cell's GEMMs (each with the activation quantization it needs) as a tuning.W8A8 route."""
     aq = row["act_quant"] or 0.0
-    gemm = {key: v + (0 if key.startswith("w8_gemv") else aq) for key, v in row["gemm"].items() if v}
-    best = min(gemm, key=gemm.get)
+    gemm = {key: v + (0 if key.startswith("w8_gemv") else aq) for key, v in row["gemm"].items() if v and "/" not in key}
+    best = min(gemm, key=gemm.get)  # (the "/split" probes are not routes)
     return "gemv" if best.startswith("w8_gemv") else best
 
 
