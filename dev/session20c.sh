@@ -6,6 +6,7 @@
 cd "$(dirname "$0")/.."
 LOG=session20c.log
 source dev/gpu_setup.sh
+step "host: $(nproc) cores, $(lscpu | sed -n "s/^Model name: *//p")"
 
 w8big() {
   step "W8A8 table, 512-8192 tokens"
