@@ -7,6 +7,7 @@
 #
 #   bash dev/measure_multi.sh          # build8 gptq8_1 gptq8_2 buildmoe gptqmoe_1 gptqmoe_2 summary
 #   bash dev/measure_multi.sh build8 awq8_1 awq8_2 summary       # AWQ (a second call)
+#   bash dev/measure_multi.sh build8 gptq8ns_1 gptq8ns_2 summary # GPTQ without true-sequential groups
 #   KEEP=1 GPTQ8_1_TIMEOUT=300 GPTQ8_2_TIMEOUT=200 bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 compare8 summary
 #       # whole runs, then both checkpoints compared: equal codes (dev/compare_checkpoints.py), perplexity
 #   DEVICE=cpu CONFIG8=tiny CONFIGMOE=tiny-moe SAMPLES=8 SEQ=64 GROUP=32 bash dev/measure_multi.sh   # CPU smoke test (gloo)
@@ -29,14 +30,20 @@ build() {  # build DIR CONFIG TIMEOUT [make_random_model options]
   [ -f "$dir/config.json" ] || run timeout "$limit" "$PY" scripts/make_random_model.py "$config" "$dir" --text "$DATA" "$@"
   du -sm "$dir" | tee -a "$OUT/sizes.txt"
 }
-method() {  # method NAME MODEL TIMEOUT PROCESSES METHOD: W4 g128 with calibration, on 1 or more GPUs
+method() {  # method NAME MODEL TIMEOUT PROCESSES METHOD [options]: W4 g128 with calibration, on 1 or more GPUs
   local procs=(); [ "$4" -gt 1 ] && procs=(--gpus "$4")
-  quant "$1" "$2" "$3" --method "$5" --bits 4 --group-size "${GROUP:-128}" --dataset "$DATA" "${CAL[@]}" "${procs[@]}"
+  local name=$1 model=$2 limit=$3 m=$5; shift 5
+  quant "$name" "$model" "$limit" --method "$m" --bits 4 --group-size "${GROUP:-128}" --dataset "$DATA" "${CAL[@]}" \
+      "${procs[@]}" "$@"
 }
 
 build8() { build "$WORK/m8b" "${CONFIG8:-llama-8b}" "${BUILD8_TIMEOUT:-120}"; }
 gptq8_1() { method gptq-8b-1gpu "$WORK/m8b" "${GPTQ8_1_TIMEOUT:-120}" 1 gptq; }
 gptq8_2() { method gptq-8b-2gpu "$WORK/m8b" "${GPTQ8_2_TIMEOUT:-90}" 2 gptq; }
+# Without true-sequential groups (llm-compressor's GPTQ: every linear's Hessian from one pass over the block):
+# a block's four units are independent, so two GPUs run whole column loops side by side.
+gptq8ns_1() { method gptq-8b-ns-1gpu "$WORK/m8b" "${GPTQ8_1_TIMEOUT:-120}" 1 gptq --no-true-sequential; }
+gptq8ns_2() { method gptq-8b-ns-2gpu "$WORK/m8b" "${GPTQ8_2_TIMEOUT:-90}" 2 gptq --no-true-sequential; }
 awq8_1() { method awq-8b-1gpu "$WORK/m8b" "${AWQ8_1_TIMEOUT:-150}" 1 awq; }
 awq8_2() { method awq-8b-2gpu "$WORK/m8b" "${AWQ8_2_TIMEOUT:-100}" 2 awq; }
 buildmoe() { build "$WORK/mmoe" "${CONFIGMOE:-qwen3-moe-30b-a3b}" "${BUILDMOE_TIMEOUT:-45}" --layers "${LAYERSMOE:-4}"; }

@@ -94,8 +94,8 @@ def test_gpus_2_on_gloo_matches_one_process(tmp_path):
 
 
 def test_methods_and_experts_on_two_processes_match_one(tmp_path):
-    """AWQ, SmoothQuant, static INT8 activations (minmax observers) with GPTQ weights, and GPTQ on a
-    Mixtral with an expert the router never picks, each run by two gloo processes in one torchrun call
+    """AWQ, SmoothQuant, static INT8 activations (minmax observers) with GPTQ weights, GPTQ without
+    true-sequential groups (whole linears per rank), and GPTQ on a Mixtral with an expert the router never picks, each run by two gloo processes in one torchrun call
     and compared with one process."""
     dense = save_tiny(tmp_path / "dense", hidden_size=128, intermediate_size=256, vocab_size=512)
     mixtral = tiny_moe("mixtral", num_local_experts=5)
@@ -104,6 +104,8 @@ def test_methods_and_experts_on_two_processes_match_one(tmp_path):
     jobs = [dict(model=str(dense), method="awq", scheme="w4a16-asym", group_size=64),
             dict(model=str(dense), method="smoothquant", scheme="w8a8-int8"),
             dict(model=str(dense), method="gptq", scheme="w8a8-int8-static"),
+            # one group of four units: each rank takes whole linears (their column loops side by side)
+            dict(model=str(dense), method="gptq", scheme="w4a16", group_size=32, settings={"true_sequential": False}),
             dict(model=str(moe), method="gptq", scheme="w4a16", group_size=32)]
     # One BLAS thread, as torchrun gives each of its processes: the same arithmetic on both sides. With 2
     # threads here the BLAS rounds differently (a triangular-solve form of GPTQ's inverse tried in session

@@ -149,11 +149,14 @@ def _on_ranks(ctx, units: list[_Unit], one) -> dict[_Unit, list[tuple]]:
     """{unit: results of consecutive slices of its rows} with several processes (distributed.py): every
     rank quantizes its contiguous slice of the rows of each unit whose scales are per row (GPTQ treats
     rows independently given H, and every rank holds the same reduced H), and the slices are exchanged:
-    the work divides evenly however few units the group has (down_proj alone). Units with per-tensor
-    or 2-D block scales, and every unit of a group of many, go whole to one rank each."""
+    the work divides however few units the group has (down_proj alone). Units with per-tensor or 2-D
+    block scales, and every unit of a group with at least one unit per rank, go whole to one rank each."""
     group = ctx.group
-    # Many units (a mixture of experts' group) divide well whole, without repeating each H's inverse.
-    few = len(units) < 4 * group.size
+    # A unit's column loop is a chain of launches whose time hardly falls with its rows (2 x H200: 16.1 ->
+    # 14.4 s for 32 blocks with half the rows each, BENCHMARKS.md), so as soon as every rank can have a
+    # unit of its own (the four of a block without true-sequential groups, a mixture of experts' many),
+    # whole units run their chains side by side; only a group of fewer units than ranks is cut by rows.
+    few = len(units) < group.size
     split = [u for u in units if few and sum(u.rows) >= 16 * group.size and u.args.strategy in PER_ROW]
     whole = group.assign({u.key: u.in_features * (u.in_features + sum(u.rows)) for u in units if u not in split})
     owners = {**whole, **{f"{u.key}@{r}": r for u in split for r in range(group.size)}}
