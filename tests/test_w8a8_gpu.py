@@ -60,6 +60,19 @@ def test_act_quant_static_and_strided_rows(kernels, fmt):
     assert torch.equal(as_bytes(q), as_bytes(rq)) and torch.equal(s, rs)
 
 
+def test_act_quant_int8_rounds_half_to_even_and_saturates(kernels):
+    """Ties and the ends of the code range with a static scale of 1 (every value exact in bf16, every quotient
+    exact): round half to even, as torch.round, then [-128, 127]; infinities saturate."""
+    ties = [0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 126.5, 127.5, -127.5, -130.0, 200.0, -300.0, float("inf"), float("-inf")]
+    codes = [0, 2, 2, 0, -2, -2, 126, 127, -128, -128, 127, -128, 127, -128]
+    one = torch.ones(1, device="cuda")
+    for reps in (2, 16):  # 28 elements per row: the scalar path; 224: the held-row kernel
+        x = torch.tensor(ties * reps, device="cuda", dtype=torch.bfloat16).repeat(3, 1)
+        q, _ = kernels.act_quant(x, "int8", 0, one)
+        rq, _ = reference.quantize_activation(x, "int8", 0, one)
+        assert torch.equal(q, rq) and q.cpu().tolist() == [codes * reps] * 3
+
+
 def weight_codes(fmt: str, n: int, k: int, g: torch.Generator) -> torch.Tensor:
     if fmt == "int8":
         return torch.randint(-128, 128, (n, k), device="cuda", generator=g, dtype=torch.int8)

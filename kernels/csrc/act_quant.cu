@@ -44,8 +44,12 @@ __device__ inline float scale_from_amax(float amax) {
 template <CodeFormat F>
 __device__ inline uint8_t encode(float v) {  // v = x / scale
   if constexpr (F == CodeFormat::kInt8) {
-    const float r = fminf(fmaxf(rintf(v), -128.0f), 127.0f);
-    return static_cast<uint8_t>(static_cast<int8_t>(r));
+    // One conversion rounds half to even (torch.round) and clamps to [-128, 127] (a conversion to an integer type
+    // saturates), where rintf, fmaxf, fminf and a conversion took four instructions, two of them at the quarter
+    // rate of the conversion unit: int8 rows ran 2.7 TB/s against e4m3's 3.7 (H200, 8192 x 8192, session 20).
+    uint32_t r;
+    asm("cvt.rni.sat.s8.f32 %0, %1;" : "=r"(r) : "f"(v));
+    return static_cast<uint8_t>(r);
   } else if constexpr (F == CodeFormat::kE4M3) {
     return static_cast<uint8_t>(__nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3));
   } else {
