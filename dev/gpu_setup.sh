@@ -20,16 +20,19 @@ summarize() {  # $1: a pytest output file
 
 tests() {  # every GPU test ($1: the time limit in seconds), output in $OUT/tests.txt
   step "GPU tests"
-  timeout "${1:-${TESTS_TIMEOUT:-300}}" python3 -m pytest -q -m gpu tests/ --tb=short -rf --maxfail=20 > "$OUT/tests.txt" 2>&1
+  timeout -k 15 "${1:-${TESTS_TIMEOUT:-300}}" python3 -m pytest -q -m gpu tests/ --tb=short -rf --maxfail=20 > "$OUT/tests.txt" 2>&1
   summarize "$OUT/tests.txt"
 }
 
+# Output to a file, not a pipe: in session 20 a bench cut off by its time limit left processes holding the pipe
+# open (torch.compile's workers, a guess), and `tail` waited on them for the rest of the call.
 bench8b() {  # bench8b LABEL SCHEMES BATCHES PREFILL TAIL [flags]: qtool bench on the 8B shape, one run per scheme
   local label=$1 schemes=$2 batches=$3 prefill=$4 tail_lines=$5; shift 5
   for s in $schemes; do
     step "8B $label, $s vs bf16"
-    timeout "${E2E_TIMEOUT:-200}" python3 -m quantize bench llama-8b --random-weights --scheme "$s" --decode-tokens 32 \
-      --batch-sizes "$batches" --prefill-len "$prefill" "$@" --json "$OUT/e2e-$s$label.json" 2>&1 | tail -"$tail_lines"
+    timeout -k 15 "${E2E_TIMEOUT:-200}" python3 -m quantize bench llama-8b --random-weights --scheme "$s" --decode-tokens 32 \
+      --batch-sizes "$batches" --prefill-len "$prefill" "$@" --json "$OUT/e2e-$s$label.json" > "/tmp/e2e-$s$label.txt" 2>&1
+    echo "exit $?"; tail -"$tail_lines" "/tmp/e2e-$s$label.txt"
   done
 }
 
