@@ -243,8 +243,6 @@ def bench_tokens(timer, kernels, x: torch.Tensor, dense: Rotation, packed: Rotat
     for variant, tag in enumerate("abcd"):
         graph_kernel_ms[f"wo_gemm_v3_{tag}"] = graph_ms(lambda v=variant: raw("wo_gemm_v3", v)) \
             if gemm and m <= 64 else None
-    # wo_gemm_v4 (kernels/NOTES.md, "wo_gemm v4"): cp.async-staged weights; not in the dispatcher until measured.
-    graph_kernel_ms["wo_gemm_v4"] = graph_ms(lambda: raw("wo_gemm_v4")) if gemm and 5 <= m <= 256 else None
     if tiny is not None:
         graph_kernel_ms["tinygemm"] = graph_ms(lambda: _tinygemm(x, tiny(), group_size))
     if layer.items[0].rows is not None and m <= 32:

@@ -46,8 +46,7 @@ def weight_cases(kernels, k: int, n: int) -> dict:
         # then the tensor-core GEMMs (4- and 8-bit codes only)
         launches = tuple((f" v{v}", m, "wo_gemv", (None, v)) for m in (1, 4) for v in (0, 1, 2, 3))
         if bits >= 4:
-            launches += (("", 16, "wo_gemm", ()), ("", 32, "wo_gemm_v3", (3,)), ("", 16, "wo_gemm_v4", ()),
-                         ("", 64, "wo_gemm_v4", ()))
+            launches += (("", 16, "wo_gemm", ()), ("", 32, "wo_gemm_v3", (3,)))
         for tag, m, op, extra in launches:
             x = torch.randn(m, p.k_padded, device="cuda", dtype=torch.bfloat16)
             cases[f"w{bits} {op}{tag} M={m}"] = (lambda x=x, op=op, extra=extra, p=p, bits=bits: getattr(kernels, op)(

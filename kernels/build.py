@@ -10,8 +10,7 @@ Compile check on a machine without a GPU (CPU-only PyTorch, nvcc 13.0), the flag
   TI=$(python -c "import torch, os; print(os.path.dirname(torch.__file__))")/include
   mkdir -p /tmp/qtool_shim/c10/cuda/impl   # the CPU wheel lacks this generated header
   printf '#pragma once\\n#define C10_CUDA_BUILD_SHARED_LIBS\\n' > /tmp/qtool_shim/c10/cuda/impl/cuda_cmake_macros.h
-  for f in wo_gemv wo_stream wo_gemm wo_gemm_v3 wo_gemm_v4 dequant act_quant w8_gemv w1_gemv binarize w1a1 \\
-      silu_mul; do
+  for f in wo_gemv wo_stream wo_gemm wo_gemm_v3 dequant act_quant w8_gemv w1_gemv binarize w1a1 silu_mul; do
     nvcc -std=c++17 -O3 -lineinfo --expt-relaxed-constexpr -D__CUDA_NO_HALF_OPERATORS__ \\
       -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__ -D__CUDA_NO_HALF2_OPERATORS__ \\
       -gencode=arch=compute_80,code=sm_80 -gencode=arch=compute_89,code=sm_89 \\
@@ -39,8 +38,8 @@ import torch
 from .layout import chunk_k
 
 CSRC = Path(__file__).resolve().parent / "csrc"
-SOURCES = ("ops.cpp", "wo_gemv.cu", "wo_stream.cu", "wo_gemm.cu", "wo_gemm_v3.cu", "wo_gemm_v4.cu", "dequant.cu",
-           "ops_w8a8.cpp", "act_quant.cu", "w8_gemv.cu", "ops_w1.cpp", "w1_gemv.cu", "binarize.cu", "w1a1.cu", "silu_mul.cu")
+SOURCES = ("ops.cpp", "wo_gemv.cu", "wo_stream.cu", "wo_gemm.cu", "wo_gemm_v3.cu", "dequant.cu", "ops_w8a8.cpp",
+           "act_quant.cu", "w8_gemv.cu", "ops_w1.cpp", "w1_gemv.cu", "binarize.cu", "w1a1.cu", "silu_mul.cu")
 HEADERS = ("wo_kernels.h", "wo_decode.cuh", "wo_common.cuh", "wo_occupancy.h", "wo_piece.cuh", "w8a8.h", "mlp.h",
            "sm90/sm90_scaled_mm.h", "w1_kernels.h", "w1_gemv_plan.h", "pdl.cuh")
 NAME = "qtool_cuda"
@@ -55,8 +54,8 @@ NVCC_FLAGS = [
     *(f"-gencode=arch=compute_{a},code=sm_{a}" for a in ARCHS),
     f"-gencode=arch=compute_{ARCHS[-1]},code=compute_{ARCHS[-1]}",  # PTX for newer GPUs
 ]
-RAW_OPS = ("wo_gemv", "wo_gemm", "wo_gemm_v3", "wo_gemm_v4", "dequant_int", "act_quant", "w8_gemv", "sm90_scaled_mm",
-           "w1_gemv", "binarize", "w1a1_gemm", "silu_mul")
+RAW_OPS = ("wo_gemv", "wo_gemm", "wo_gemm_v3", "dequant_int", "act_quant", "w8_gemv", "sm90_scaled_mm", "w1_gemv",
+           "binarize", "w1a1_gemm", "silu_mul")
 
 
 def host_compiler() -> str | None:
@@ -154,7 +153,6 @@ def _register_fakes() -> None:
     torch.library.register_fake(f"{NAME}::wo_gemv")(wo_gemv)
     torch.library.register_fake(f"{NAME}::wo_gemm")(wo_linear)
     torch.library.register_fake(f"{NAME}::wo_gemm_v3")(wo_gemm_v3)
-    torch.library.register_fake(f"{NAME}::wo_gemm_v4")(wo_linear)
     torch.library.register_fake(f"{NAME}::dequant_int")(dequant_int)
 
 

@@ -271,10 +271,6 @@ class ReferenceOps:
         return ReferenceOps.wo_gemv(x, qweight, scale, zero, bias, num_bits, group_size, out_features, activation)
 
     @staticmethod
-    def wo_gemm_v4(x, qweight, scale, zero, bias, num_bits, group_size, out_features, activation):
-        return ReferenceOps.wo_gemv(x, qweight, scale, zero, bias, num_bits, group_size, out_features, activation)
-
-    @staticmethod
     def w8_gemv(x, w, scale, bias, block_n, block_k, pdl=0):
         """Per-channel scales only (block_n = 0), as weight_only uses it; `pdl` is a launch hint, ignored here."""
         if block_n:

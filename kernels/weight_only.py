@@ -6,8 +6,6 @@ Dispatch on m = tokens:
                     route; without a copy w8_gemv in slices to 64 tokens, then dequantized rows + cuBLAS
   m <= 8            gemv_kind: qtool_cuda::wo_gemv variant 3 ("stream") or the ring GEMV (variants 0-2), by
                     session 15's measured rule (below), or None: the kernels past them
-  m <= V4_MAX_M     qtool_cuda::wo_gemm_v4  tensor cores, weights staged through a cp.async pipeline
-                    (off: V4_MAX_M = 0 until measured)
   m >= MIXED_MIN_M  where the weight has a Hopper copy (4- or 8-bit, bf16): the measured route of
                     tuning.py, which is qtool_cuda_mixed::w4_mm / w8_mm (mixed_mm.py: wgmma with the
                     weights converted in registers) with the schedule measured fastest, or wo_gemm, or
@@ -60,10 +58,6 @@ SMALL_GEMM_MAX_M = 32
 V3_MIN_M = 17
 V3_MAX_M = 64
 V3_VARIANT = 3
-# wo_gemm_v4 (kernels/NOTES.md, "wo_gemm v4"): written without a GPU and not yet measured, so it serves
-# nothing (0). After bench_kernels.py's wo_gemm_v4 column beats wo_gemm and w4_mm (sm90_mixed) at a token
-# count, set this to the largest such count; it then runs before w4_mm, v3 and wo_gemm for every format.
-V4_MAX_M = 0
 KERNEL_DTYPES = (torch.float16, torch.bfloat16)
 # wo_gemv's variant 3, "stream" (csrc/wo_stream.cu: x staged per warp in shared memory, 1-32 tokens) against the
 # ring GEMV (variants 0-2) and the routes past it, every width at 1-8 tokens on the H200 (session 15, BENCHMARKS.md):
@@ -185,12 +179,10 @@ def hopper_route(w: PackedWeight, m: int, dtype: torch.dtype, bits: int | None =
 
 
 def route(w: PackedWeight, m: int, dtype: torch.dtype) -> dict | str:
-    """The kernel of `packed_linear` for m tokens of 4- or 8-bit weights: "wo_gemv", "wo_gemm_v4", a schedule
-    of the Hopper GEMM (a dict), "wo_gemm_v3", "wo_gemm" or "dequant"; "wo_gemv_stream" (variant 3)."""
+    """The kernel of `packed_linear` for m tokens of 4- or 8-bit weights: "wo_gemv", a schedule of the Hopper
+    GEMM (a dict), "wo_gemm_v3", "wo_gemm" or "dequant"; "wo_gemv_stream" (variant 3)."""
     if (kind := gemv_kind(w, m)) is not None:
         return "wo_gemv_stream" if kind == "stream" else "wo_gemv"
-    if m <= V4_MAX_M:
-        return "wo_gemm_v4"
     if (hopper := hopper_route(w, m, dtype)) is not None:
         return hopper
     if V3_MIN_M <= m <= V3_MAX_M and not _small(w, m):
@@ -235,8 +227,8 @@ def packed_linear(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, k
         y = kernels.wo_gemv(x2, *args, bias, *meta, EPILOGUE, prefetch, variant)
     elif kernel == "wo_gemm_v3":
         y = kernels.wo_gemm_v3(x2, *args, bias, *meta, EPILOGUE, V3_VARIANT)
-    elif kernel in ("wo_gemm", "wo_gemm_v4"):
-        y = getattr(kernels, kernel)(x2, *args, bias, *meta, EPILOGUE)
+    elif kernel == "wo_gemm":
+        y = kernels.wo_gemm(x2, *args, bias, *meta, EPILOGUE)
     else:
         y = _dequant_linear(x2, w, bias, kernels)
     return y.reshape(*lead, w.out_features)

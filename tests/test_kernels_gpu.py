@@ -90,7 +90,6 @@ def test_raw_kernels_match_emulation(kernels, bits, group_size, symmetric, dtype
     cases = [("wo_gemv", m, (None, v)) for v in (0, 1, 2) for m in range(1, 9)]  # 1 lean, 2 wide
     cases += [("wo_gemm", m, ()) for m in (1, 8, 9, 16, 31, 33, 64, 65, 200)]
     cases += [("wo_gemm_v3", m, ()) for m in (1, 5, 8, 9, 16, 17, 31, 33, 64, 65, 200)]
-    cases += [("wo_gemm_v4", m, ()) for m in (1, 5, 8, 9, 16, 17, 31, 33, 64, 65, 128, 200, 256)]
     for name, m, extra in cases:  # extra (None, variant): wo_gemv's launch variant
         x = torch.randn(m, p.k_padded, device="cuda", dtype=dtype)
         poison_cache()
@@ -168,32 +167,6 @@ def test_gemm_v3_variants_agree_and_repeat(kernels):
             assert torch.equal(kernels.wo_gemm_v3(*args, variant), first), f"m={m} variant={variant} is not deterministic"
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("symmetric", [True, False])
-@pytest.mark.parametrize("group_size", [16, 32, 64, 128, 256, -1])
-@pytest.mark.parametrize("bits", [4, 8])
-def test_gemm_v4_matches_float64(kernels, bits, group_size, symmetric, dtype):
-    """wo_gemm_v4 against x @ W^T in float64 from the checkpoint tensors, m from 5 to 256 (token slices
-    of 64 over blockIdx.z past 64). K = 576 ends in half a 128-k piece (and at g128 in a group that piece
-    only half covers); N = 200 and 1000 end inside a 128-row tile and a 16-row stripe; K = 4096 and 14336
-    split K (partials reduced by the last block of each tile), K = 576 mostly does not."""
-    shapes = ((576, 200, (5, 7, 8, 9, 16, 17, 31, 32, 33, 63, 64, 65, 100, 128, 129, 200, 256)),
-              (4096, 1000, (5, 16, 33, 64, 130, 256)), (14336, 1024, (16, 64)))
-    check_gemm_against_float64(lambda xp, p, bias, m: kernels.wo_gemm_v4(
-        xp, p.qweight, p.scale, p.zero, bias, bits, p.group_size, p.out_features, EPILOGUE),
-        bits, group_size, symmetric, dtype, shapes)
-
-
-def test_gemm_v4_repeats_bitwise(kernels):
-    """The split-K reduction sums partials in split order: the same call gives the same bits twice."""
-    qt, _, _ = make_weight(4, 128, False, False, 8192, 1024, seed=6)
-    p = pack_weight(qt.values, qt.scale, qt.zero_point, None, 4, 128)
-    for m in (5, 16, 64, 100):
-        x = torch.randn(m, p.k_padded, device="cuda", dtype=torch.bfloat16)
-        args = (x, p.qweight, p.scale, p.zero, None, 4, 128, 1024, EPILOGUE)
-        assert torch.equal(kernels.wo_gemm_v4(*args), kernels.wo_gemm_v4(*args)), f"m={m}"
-
-
 def test_gemv_prefetch_changes_nothing(kernels):
     """The L2 prefetch of another tensor (link_prefetch) leaves wo_gemv's output bit-identical, for
     prefetch ranges smaller and larger than a block's slice; a linked chain of QuantLinears under
@@ -255,7 +228,7 @@ def test_opcheck(kernels):
     torch.library.opcheck(ops.weight_only_linear, (x, pack_int(qt.values, 4), qt.scale, qt.zero_point, qt.g_idx, bias,
                                                    4, 128, 576))
     p = pack_weight(qt.values, qt.scale, qt.zero_point, None, 4, 128)
-    for name, m in (("wo_gemv", 3), ("wo_gemm", 40), ("wo_gemm_v3", 40), ("wo_gemm_v4", 40)):
+    for name, m in (("wo_gemv", 3), ("wo_gemm", 40), ("wo_gemm_v3", 40)):
         args = (x.new_empty(m, 576).normal_(), p.qweight, p.scale, p.zero, bias.float(), 4, 128, 1536, EPILOGUE)
         torch.library.opcheck(getattr(torch.ops.qtool_cuda, name).default, args)
     torch.library.opcheck(torch.ops.qtool_cuda.dequant_int.default,

@@ -2,14 +2,12 @@
 //   torch.ops.qtool_cuda.wo_gemv      tensor-core GEMV, 1 <= m <= 8, or 32 with variant 3 (2-, 3-, 4-, 8-bit)
 //   torch.ops.qtool_cuda.wo_gemm      tensor-core GEMM, any m (best for small to moderate m)
 //   torch.ops.qtool_cuda.wo_gemm_v3   tensor-core GEMM for small m (5..64), deep weight stream, sm_90 clusters
-//   torch.ops.qtool_cuda.wo_gemm_v4   tensor-core GEMM for 5..256 tokens, weights staged by a cp.async pipeline
 //   torch.ops.qtool_cuda.dequant_int  dense [n, k_padded] weight for cuBLAS at large m (2-, 3-, 4-, 8-bit)
 // All take the repacked layout of kernels/layout.py; qtool::weight_only_linear (declared in Python)
 // dispatches to them by m. Every check names the tensor and the shape it got.
 #include <algorithm>
 #include <optional>
 #include <string>
-#include <utility>
 
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
@@ -201,40 +199,6 @@ at::Tensor wo_gemm_v3(const at::Tensor& x, const at::Tensor& qweight, const at::
   return y;
 }
 
-// v4 (wo_gemm_v4.cu): sm_80+ (cp.async, ldmatrix, mma.sync), like wo_gemm; no cluster, so no fallback.
-at::Tensor wo_gemm_v4(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scale,
-                      const std::optional<at::Tensor>& zero, const std::optional<at::Tensor>& bias, int64_t num_bits,
-                      int64_t group_size, int64_t out_features, const std::string& activation) {
-  check_gemm_bits("wo_gemm_v4", num_bits);
-  const PackedWeightView w = check_weight("wo_gemm_v4", qweight, scale, zero, num_bits, group_size, out_features);
-  at::Tensor bias_f32;
-  WoProblem p = make_problem("wo_gemm_v4", x, w, qweight, bias, bias_f32, activation);
-  // cp.async copies qweight, scale and zero in 16-byte pieces: an offset view would fault on the GPU.
-  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor*>{"qweight", &qweight}, {"scale", &scale},
-                                {"zero", zero.has_value() ? &*zero : nullptr}}) {
-    TORCH_CHECK(t == nullptr || reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 == 0, "wo_gemm_v4: ", name,
-                " must be 16-byte aligned (a fresh tensor, not an offset view)");
-  }
-  at::Tensor y = at::empty({x.size(0), out_features}, x.options());
-  if (p.m == 0) return y;
-  const c10::cuda::CUDAGuard guard(x.device());
-  int num_sms = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, x.device().index()));
-  const WoGemmV4Plan plan = plan_wo_gemm_v4(p, num_sms);
-  TORCH_CHECK(plan.stages >= 2, "wo_gemm_v4: this device's shared memory cannot hold two pipeline stages for x ",
-              x.sizes(), " and qweight ", qweight.sizes());
-  at::Tensor workspace, counters;
-  if (plan.splits > 1) {  // partials need no zeroing (every split writes its whole share); the counters do
-    workspace = at::empty({plan.splits, x.size(0), out_features}, x.options().dtype(at::kFloat));
-    counters = at::zeros({plan.tiles}, x.options().dtype(at::kInt));
-    p.workspace = workspace.data_ptr<float>();
-  }
-  p.y = y.data_ptr();
-  C10_CUDA_CHECK(launch_wo_gemm_v4(p, plan, plan.splits > 1 ? counters.data_ptr<int32_t>() : nullptr,
-                                   c10::cuda::getCurrentCUDAStream()));
-  return y;
-}
-
 at::Tensor dequant_int(const at::Tensor& qweight, const at::Tensor& scale, const std::optional<at::Tensor>& zero,
                        int64_t num_bits, int64_t group_size, int64_t out_features, at::ScalarType dtype) {
   const PackedWeightView w = check_weight("dequant_int", qweight, scale, zero, num_bits, group_size, out_features);
@@ -274,9 +238,6 @@ TORCH_LIBRARY(qtool_cuda, m) {
       "wo_gemm_v3(Tensor x, Tensor qweight, Tensor scale, Tensor? zero, Tensor? bias, int num_bits, int group_size, "
       "int out_features, str activation, int variant=0) -> Tensor");
   m.def(
-      "wo_gemm_v4(Tensor x, Tensor qweight, Tensor scale, Tensor? zero, Tensor? bias, int num_bits, int group_size, "
-      "int out_features, str activation) -> Tensor");
-  m.def(
       "dequant_int(Tensor qweight, Tensor scale, Tensor? zero, int num_bits, int group_size, int out_features, "
       "ScalarType dtype) -> Tensor");
   m.def("silu_mul(Tensor x) -> Tensor");  // the gated MLP's silu(gate) * up: mlp.h
@@ -286,7 +247,6 @@ TORCH_LIBRARY_IMPL(qtool_cuda, CUDA, m) {
   m.impl("wo_gemv", &qtool::wo_gemv);
   m.impl("wo_gemm", &qtool::wo_gemm);
   m.impl("wo_gemm_v3", &qtool::wo_gemm_v3);
-  m.impl("wo_gemm_v4", &qtool::wo_gemm_v4);
   m.impl("dequant_int", &qtool::dequant_int);
   m.impl("silu_mul", &qtool::silu_mul);
 }

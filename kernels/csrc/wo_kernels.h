@@ -107,21 +107,6 @@ void launch_wo_gemm(const WoProblem& p, int splits, cudaStream_t stream);
 // Returns the launch status.
 cudaError_t launch_wo_gemm_v3(const WoProblem& p, int variant, int num_sms, bool clusters, cudaStream_t stream);
 
-// v4 tensor-core kernel for 5..256 tokens (wo_gemm_v4.cu): wo_gemm's tiles with the weights, x and the
-// group parameters staged through shared memory by a multi-stage cp.async pipeline, split-K reduced by
-// the last block of each tile. plan_wo_gemm_v4 picks stages (0 or 1: the device's shared memory cannot
-// take the problem) and splits; when splits > 1 the caller passes workspace [splits, m, n] float32
-// (uninitialized) in p.workspace and `counters` [tiles] int32 zeroed. Returns the launch status.
-struct WoGemmV4Plan {
-  int stages;            // pipeline depth, 2..8
-  int splits;            // split-K factor (blockIdx.y)
-  int pieces_per_split;  // 128-k pieces per split
-  int tiles;             // 128-row x token-slice tiles: the length of `counters`
-  int smem_bytes;        // dynamic shared memory per block
-};
-WoGemmV4Plan plan_wo_gemm_v4(const WoProblem& p, int num_sms);
-cudaError_t launch_wo_gemm_v4(const WoProblem& p, const WoGemmV4Plan& plan, int* counters, cudaStream_t stream);
-
 // Dequantize to a dense [n, k_padded] matrix of `dtype` (dequant.cu), for cuBLAS at large m.
 void launch_dequant(const PackedWeightView& w, ScalarKind dtype, void* out, cudaStream_t stream);
 

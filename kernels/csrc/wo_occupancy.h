@@ -1,6 +1,6 @@
 // Resident blocks per SM of a kernel at a given dynamic shared memory size, asked of the runtime once
-// per (kernel, bytes, device) and cached: the split-K planners of wo_gemm_v3 and wo_gemm_v4 size their
-// grids to the resident slots, and the occupancy query costs microseconds of CPU per call.
+// per (kernel, bytes, device) and cached: wo_gemm_v3's split-K planner sizes its grid to the resident
+// slots, and the occupancy query costs microseconds of CPU per call.
 #pragma once
 
 #include <map>

@@ -1,5 +1,5 @@
-// What the two staged weight-only GEMMs share (wo_gemm_v3.cu: weights in a per-lane register ring;
-// wo_gemm_v4.cu: weights staged in shared memory): a block of kWarps warps owns a 128-row tile, one
+// The staged pieces of wo_gemm_v3.cu (weights in a per-lane register ring; once shared with wo_gemm_v4,
+// since removed: kernels/NOTES.md, "wo_gemm v4"): a block of kWarps warps owns a 128-row tile, one
 // 16-row stripe per warp; K advances in 128-k pieces whose activations and group parameters a cp.async
 // pipeline stages in shared memory; each lane keeps float32 sums per group and folds them into its
 // accumulators, scaled, when the group changes (the numerics of wo_gemm.cu).
