@@ -84,10 +84,27 @@ def check_finite(module: nn.Module, prefix: str = "", names: Iterable[str] | Non
         check_finite_tensors(dict(root.named_parameters()), f"{prefix}{label}")
 
 
+def count_nonfinite(tensor: torch.Tensor) -> int:
+    """How many NaN or Inf values a tensor holds (0 for integer tensors and the meta device).
+
+    One float32 sum first: NaN and Inf reach it (Inf - Inf is NaN), so a finite sum proves every value finite,
+    and it is what every tensor of a sound model takes. A sum of a bool mask, the obvious count, ran ~30x slower
+    on the CPU (29 s for a 128256 x 4096 bf16 embedding on 2 cores against 1.1 s), which made this check half
+    of a CPU run's time. Only a non-finite sum (bad values, or finite ones overflowing float32) counts exactly."""
+    if not tensor.is_floating_point() or tensor.is_meta:
+        return 0
+    try:
+        if torch.isfinite(tensor.sum(dtype=torch.float32)):
+            return 0
+    except (RuntimeError, NotImplementedError):  # a dtype without a sum kernel here (FP8 on some builds)
+        tensor = tensor.float()
+    return int(torch.count_nonzero(~torch.isfinite(tensor)))
+
+
 def check_finite_tensors(tensors: dict[str, torch.Tensor], prefix: str = "") -> None:
     """Refuse floating tensors (by name) holding NaN or Inf; names in the error are `prefix` + name."""
     for name, tensor in tensors.items():
-        bad = (~torch.isfinite(tensor)).sum().item() if tensor.is_floating_point() and not tensor.is_meta else 0
+        bad = count_nonfinite(tensor)
         if bad:
             raise ValueError(f"{prefix}{name} has {bad} NaN or Inf value(s); a model with broken "
                              "weights cannot be quantized (nothing was written)")
@@ -115,7 +132,7 @@ def check_tensor_layouts(slots: dict[str, torch.Tensor], tensors: dict[str, torc
                 or (not exact and tensor.dtype not in _PLAIN_FLOATS):
             raise ValueError(f"{where}: tensor {name} is {_describe(tensor)}, but the config implies "
                              f"{_describe(slot)}; the checkpoint is damaged or does not match its config.json")
-        if values and not exact and not torch.isfinite(tensor).all():
+        if values and not exact and count_nonfinite(tensor):
             raise ValueError(f"{where}: tensor {name} contains NaN or Inf; the checkpoint is broken")
 
 
