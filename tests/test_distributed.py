@@ -3,6 +3,7 @@ the single process's checkpoint up to the order of float reductions."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -64,6 +65,20 @@ def test_assign_balances_and_local_is_identity():
     assert Collective(rank=1, size=3).shard(list(range(7))) == [2, 3]
 
 
+@contextlib.contextmanager
+def one_blas_thread():
+    """The one-process side of a comparison on one BLAS thread, as torchrun gives each of its processes: the same
+    arithmetic on both sides. With 2 threads the BLAS rounds differently (a triangular-solve form of GPTQ's inverse
+    tried in session 10 then agreed on 99.72% of the 8-bit static codes; a loaded run of the 4-bit CLI test in
+    session 20 on 99.79%; bar 99.9%): thread counts, not the distributed reductions these tests check."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_gpus_2_on_gloo_matches_one_process(tmp_path):
     """`qtool quantize --gpus 2 --device cpu` starts torchrun, two gloo processes calibrate on half the
     batches each, rank 0 writes; codes and perplexity agree with the one-process checkpoint."""
@@ -82,14 +97,8 @@ def test_gpus_2_on_gloo_matches_one_process(tmp_path):
                               for _ in range(60)))
     args = ["quantize", str(model), "--method", "gptq", "--group-size", "32", "--dataset", str(text),
             "--num-samples", "16", "--seq-len", "64", "--batch-size", "2"]
-    # One BLAS thread, as torchrun gives each of its processes (see the test below): with two, one run under load
-    # agreed on 99.79% of the codes (session 20), a difference of thread counts, not of the reductions.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_blas_thread():
         single = CliRunner().invoke(app, [*args, "--output", str(tmp_path / "one")])
-    finally:
-        torch.set_num_threads(threads)
     assert single.exit_code == 0, single.output
     run = subprocess.run([sys.executable, "-m", "quantize", *args, "--output", str(tmp_path / "two"),
                           "--gpus", "2", "--device", "cpu"], env=_env(), capture_output=True, text=True,
@@ -102,8 +111,8 @@ def test_gpus_2_on_gloo_matches_one_process(tmp_path):
 
 def test_methods_and_experts_on_two_processes_match_one(tmp_path):
     """AWQ, SmoothQuant, static INT8 activations (minmax observers) with GPTQ weights, GPTQ without
-    true-sequential groups (whole linears per rank), and GPTQ on a Mixtral with an expert the router never picks, each run by two gloo processes in one torchrun call
-    and compared with one process."""
+    true-sequential groups (whole linears per rank), and GPTQ on a Mixtral with an expert the router never
+    picks, each run by two gloo processes in one torchrun call and compared with one process."""
     dense = save_tiny(tmp_path / "dense", hidden_size=128, intermediate_size=256, vocab_size=512)
     mixtral = tiny_moe("mixtral", num_local_experts=5)
     never_route_expert_zero(mixtral)  # no rank has tokens for it: RTN on every rank, as in one process
@@ -114,17 +123,9 @@ def test_methods_and_experts_on_two_processes_match_one(tmp_path):
             # one group of four units: each rank takes whole linears (their column loops side by side)
             dict(model=str(dense), method="gptq", scheme="w4a16", group_size=32, settings={"true_sequential": False}),
             dict(model=str(moe), method="gptq", scheme="w4a16", group_size=32)]
-    # One BLAS thread, as torchrun gives each of its processes: the same arithmetic on both sides. With 2
-    # threads here the BLAS rounds differently (a triangular-solve form of GPTQ's inverse tried in session
-    # 10 then agreed on 99.72% of the 8-bit static codes, bar 99.9%): thread counts, not the distributed
-    # reductions this test checks.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_blas_thread():
         for i, job in enumerate(jobs):
             run_job({**job, "output": str(tmp_path / f"one-{i}")})
-    finally:
-        torch.set_num_threads(threads)
     spec = tmp_path / "jobs.json"
     spec.write_text(json.dumps([{**job, "output": str(tmp_path / f"two-{i}")} for i, job in enumerate(jobs)]))
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
