@@ -10,6 +10,8 @@
 # e2e      8B w8a8-int8 and fp8 on one host (session 20: int8 prefill 1.39x in call 1 where session 14 had 1.65x,
 #          fp8 1.66x in call 2 on another host; the int8 layers at 2048 tokens run as fast as fp8's), prefill
 #          1 x 2048, decode at batch 1 and 16
+# prefetch 8B decode at 0 / 4 / 16 / 32 MiB of the next weight pulled into L2 by each GEMV (w8_gemv now prefetches
+#          too; session 21), w4a16 and fp8, batch 1 and 16
 # e2eblock 8B fp8-block, the same (last measured in session 14); a second call: `bash dev/session21.sh e2eblock`
 cd "$(dirname "$0")/.."
 LOG=session21.log
@@ -25,6 +27,12 @@ print(json.dumps(b.act_quant_bandwidth()))" 2>&1 | tail -2
 }
 e2e() {
   E2E_TIMEOUT=${E2E_TIMEOUT:-200} bench8b "" "w8a8-int8 fp8" 1,16 2048 8
+}
+prefetch() {  # how much of the next weight each GEMV pulls into L2 (QTOOL_PREFETCH_MB), 8B decode, one process
+  step "8B decode by prefetch size"
+  timeout -k 15 "${PF_TIMEOUT:-420}" python3 dev/prefetch_sweep.py --schemes "${PF_SCHEMES:-w4a16,fp8}" \
+    --mb "${PF_MB:-0,4,16,32}" --budget "${PF_BUDGET:-360}" --json "$OUT/prefetch.jsonl" > /tmp/prefetch.txt 2>&1
+  echo "exit $?"; grep -E "^\{|Error|error" /tmp/prefetch.txt | tail -20
 }
 e2eblock() {
   E2E_TIMEOUT=${E2E_TIMEOUT:-200} bench8b "" "fp8-block" 1,16 2048 8

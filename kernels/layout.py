@@ -271,8 +271,9 @@ class ReferenceOps:
         return ReferenceOps.wo_gemv(x, qweight, scale, zero, bias, num_bits, group_size, out_features, activation)
 
     @staticmethod
-    def w8_gemv(x, w, scale, bias, block_n, block_k, pdl=0):
-        """Per-channel scales only (block_n = 0), as weight_only uses it; `pdl` is a launch hint, ignored here."""
+    def w8_gemv(x, w, scale, bias, block_n, block_k, pdl=0, prefetch=None):
+        """Per-channel scales only (block_n = 0), as weight_only uses it; `pdl` and `prefetch` are hints for the
+        CUDA kernel, ignored here."""
         if block_n:
             raise ValueError("ReferenceOps.w8_gemv takes per-channel scales (block_n = 0)")
         y = x.float() @ (w.float() * scale.float().view(-1, 1)).T

@@ -63,14 +63,17 @@ def _(xq, x_scale, wq, w_scale, bias, x_group_size, w_block_n, w_block_k, out_dt
 
 @torch.library.custom_op("qtool::w8a8_linear", mutates_args=())
 def w8a8_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Tensor | None, input_scale: Tensor | None,
-                fmt: str, act_group_size: int, block_n: int, block_k: int, static_weight: int = 0) -> Tensor:
+                fmt: str, act_group_size: int, block_n: int, block_k: int, static_weight: int = 0,
+                prefetch: Tensor | None = None) -> Tensor:
     """A W8A8 layer: quantize x [M, K], then the 8-bit GEMM with weight [N, K]; see `reference.w8a8_linear`.
-    static_weight=1: no kernel writes the weight while layers run (a launch hint for the CUDA kernels)."""
+    static_weight=1: no kernel writes the weight while layers run; prefetch: bytes to pull into L2 after the
+    weight (the next layer's); both are hints for the CUDA kernels."""
     return reference.w8a8_linear(x, weight, weight_scale, bias, input_scale, fmt, act_group_size, block_n, block_k)
 
 
 @w8a8_linear.register_fake
-def _(x, weight, weight_scale, bias, input_scale, fmt, act_group_size, block_n, block_k, static_weight=0):
+def _(x, weight, weight_scale, bias, input_scale, fmt, act_group_size, block_n, block_k, static_weight=0,
+      prefetch=None):
     return x.new_empty((x.shape[0], weight.shape[0]))
 
 
@@ -118,7 +121,7 @@ def _w8a8_setup(ctx, inputs, output):
 def _w8a8_backward(ctx, grad):
     weight = reference.dequantize_scaled_weight(*ctx.saved_tensors, *ctx.blocks)
     grad_x, grad_bias = _linear_backward(ctx, grad, weight)
-    return grad_x, None, None, grad_bias, None, None, None, None, None, None
+    return grad_x, None, None, grad_bias, None, None, None, None, None, None, None
 
 
 weight_only_linear.register_autograd(_weight_only_backward, setup_context=_weight_only_setup)

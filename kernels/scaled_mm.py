@@ -234,9 +234,11 @@ def quantize_activation_cuda(x: torch.Tensor, fmt: str, group_size: int,
     return kernels.act_quant(x, fmt, group_size, static_scale)
 
 
-def _w8_gemv(x, weight, weight_scale, bias, block_n, block_k, static_weight=False) -> torch.Tensor | None:
+def _w8_gemv(x, weight, weight_scale, bias, block_n, block_k, static_weight=False,
+             prefetch=None) -> torch.Tensor | None:
     """qtool_cuda::w8_gemv when the shapes fit (k % 16 == 0; blocks of 32k x 64k), else None. `static_weight`: no
-    kernel writes the weight while layers run (a QuantLinear's), so the launch may read it early (gemv_pdl)."""
+    kernel writes the weight while layers run (a QuantLinear's), so the launch may read it early (gemv_pdl).
+    `prefetch`: bytes the kernel pulls into L2 after its own weight (the next layer's, quantize/linear.py)."""
     n, k = weight.shape
     if k % 16 or (block_n > 0 and (block_n % 32 or block_k % 64)) or not weight.is_contiguous():
         return None
@@ -245,20 +247,21 @@ def _w8_gemv(x, weight, weight_scale, bias, block_n, block_k, static_weight=Fals
     if x.data_ptr() % 16:
         x = x.clone()
     pdl = static_weight and tuning.gemv_pdl(x.shape[0], n, k)
-    return torch.ops.qtool_cuda.w8_gemv(x, weight, scale, bias, block_n, block_k, int(pdl))
+    return torch.ops.qtool_cuda.w8_gemv(x, weight, scale, bias, block_n, block_k, int(pdl), prefetch)
 
 
 @ops.w8a8_linear.register_kernel("cuda")
 def w8a8_linear_cuda(x, weight, weight_scale, bias, input_scale, fmt, act_group_size, block_n, block_k,
-                     static_weight=0):
-    """qtool::w8a8_linear on CUDA (QuantLinear calls it directly in eager mode, with static_weight=1)."""
+                     static_weight=0, prefetch=None):
+    """qtool::w8a8_linear on CUDA (QuantLinear calls it directly in eager mode, with static_weight=1 and the next
+    layer's weight to prefetch)."""
     args = (x, weight, weight_scale, bias, input_scale, fmt, act_group_size, block_n, block_k)
     if build.load_extension() is None or x.dtype not in KERNEL_DTYPES:
         return reference.w8a8_linear(*args)
     m, (n, k) = x.shape[0], weight.shape
     route = w8a8_route(m, n, k, measured_kind(weight.dtype, block_n > 0))  # None: E5M2, or not measured
     if takes_gemv(m, route) and (y := _w8_gemv(x, weight, weight_scale, bias, block_n, block_k,
-                                               bool(static_weight))) is not None:
+                                               bool(static_weight), prefetch)) is not None:
         return y
     xq, xs = quantize_activation_cuda(x, fmt, act_group_size, input_scale)
     group = act_group_size if input_scale is None else 0

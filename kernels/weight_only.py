@@ -214,7 +214,7 @@ def packed_linear(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, k
     x2 = _kernel_input(x.reshape(-1, x.shape[-1]), w)
     m = x2.shape[0]
     if w.rows is not None:
-        return _rows_linear(x2, w, bias, kernels).reshape(*lead, w.out_features)
+        return _rows_linear(x2, w, bias, kernels, prefetch).reshape(*lead, w.out_features)
     args = (w.qweight, w.scale, w.zero)
     meta = (w.num_bits, w.group_size, w.out_features)
     kernel = None if w.num_bits in LOW_BITS else route(w, m, x2.dtype)
@@ -234,11 +234,12 @@ def packed_linear(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, k
     return y.reshape(*lead, w.out_features)
 
 
-def _rows_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, kernels) -> torch.Tensor:
+def _rows_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, kernels,
+                 prefetch: torch.Tensor | None = None) -> torch.Tensor:
     """packed_linear for the row-major layout: x2 [m, K] -> [m, N]."""
     m = x2.shape[0]
     if rows_gemv(w, m, x2.dtype):
-        return kernels.w8_gemv(x2, w.rows, w.scale.view(-1), bias, 0, 0, int(gemv_pdl(m, *w.rows.shape)))
+        return kernels.w8_gemv(x2, w.rows, w.scale.view(-1), bias, 0, 0, int(gemv_pdl(m, *w.rows.shape)), prefetch)
     if (y := _copy_linear(x2, w, bias)) is not None:
         return y
     if m <= ROWS_SLICES * W8_ROWS_MAX_M:  # no Hopper copy (fp16, before sm_90): w8_gemv per slice of tokens

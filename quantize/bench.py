@@ -31,7 +31,7 @@ from rich.table import Table
 from torch import nn
 from transformers import StaticCache
 
-from .linear import link_weight_prefetch
+from .prefetch import link_weight_prefetch
 
 
 @dataclass

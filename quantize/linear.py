@@ -14,7 +14,7 @@ of QuantLinear. Everything the kernels cannot take runs the `qtool::weight_only_
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
@@ -152,7 +152,8 @@ class QuantLinear(nn.Module):
         group = act.group_size if act.strategy is Strategy.GROUP else 0
         bn, bk = w.block_structure if w.strategy is Strategy.BLOCK else (0, 0)
         args = (x.reshape(-1, self.in_features), self.weight, self.weight_scale, self.bias,
-                getattr(self, "input_scale", None), fmt, group, bn, bk, 1)  # 1: a static weight (w8_gemv's PDL)
+                getattr(self, "input_scale", None), fmt, group, bn, bk,
+                1, getattr(self, "cuda_prefetch", None))  # a static weight (w8_gemv's PDL); quantize/prefetch.py
         if x.is_cuda and not torch.compiler.is_compiling() and not (x.requires_grad and torch.is_grad_enabled()):
             # Eager calls skip the custom op's dispatch (tens of microseconds of host time per call, which an
             # eager prefill pays on every layer); torch.compile and autograd still see the op.
@@ -170,29 +171,6 @@ class QuantLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, {self.scheme.describe()}"
-
-
-def call_order(model: nn.Module, forward: Callable[[], object]) -> list[QuantLinear]:
-    """The QuantLinear layers of `model` in the order `forward()` first calls them."""
-    order: dict[int, QuantLinear] = {}
-
-    def record(module: nn.Module, args: tuple) -> None:
-        order.setdefault(id(module), module)
-
-    handles = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, QuantLinear)]
-    try:
-        forward()
-    finally:
-        for handle in handles:
-            handle.remove()
-    return list(order.values())
-
-
-def link_weight_prefetch(model: nn.Module, forward: Callable[[], object]) -> int:
-    """Run `forward()` (one eager pass, which also prepares the CUDA layouts) and chain the layers it
-    called so each GEMV prefetches the next one's weight into L2 (`link_prefetch`).
-    Returns the number of linked layers (0 off CUDA)."""
-    return link_prefetch(call_order(model, forward))
 
 
 @contextmanager
@@ -285,7 +263,7 @@ def prepare_for_cuda(layer: QuantLinear) -> PackedWeight | None:
             layer.register_buffer(name, t, persistent=False)
         layer._cuda_mixed_group = None if mixed is None else mixed.group
         layer._cuda_layout_key = key
-    return _prepared(layer)
+    return prepared_weight(layer)
 
 
 def _pack_mixed(packed: PackedWeight | None) -> mixed_mm.MixedWeight | None:
@@ -302,7 +280,8 @@ def _pack_mixed(packed: PackedWeight | None) -> mixed_mm.MixedWeight | None:
     return mixed_mm.pack_mixed(codes, packed.scale, packed.zero, packed.group_size, bits)
 
 
-def _prepared(layer: QuantLinear) -> PackedWeight | None:
+def prepared_weight(layer: QuantLinear) -> PackedWeight | None:
+    """The weight-only layer's weight in the kernels' layout as its last eager call prepared it, or None."""
     meta = getattr(layer, "_cuda_layout", None)
     if meta is None:
         return None
@@ -320,29 +299,10 @@ def cuda_linear(layer: QuantLinear, x: torch.Tensor) -> torch.Tensor | None:
         return None
     if layer.scheme.weights.binary:
         return binary_cuda_linear(layer, x)
-    packed = _prepared(layer) if torch.compiler.is_compiling() else prepare_for_cuda(layer)
+    packed = prepared_weight(layer) if torch.compiler.is_compiling() else prepare_for_cuda(layer)
     if packed is None:
         return None
     return packed_linear(x, packed, layer.cuda_bias, torch.ops.qtool_cuda, getattr(layer, "cuda_prefetch", None))
-
-
-def link_prefetch(layers: list[QuantLinear]) -> int:
-    """Make each of `layers` (QuantLinears in the order a forward pass calls them) prefetch the packed
-    weight of the next one into L2 during its GEMV, and the last one the first's (the next token
-    starts there). Layers the kernels cannot serve are skipped. Returns the number of links.
-
-    Why: between two GEMVs of a decode step run small kernels (norms, attention) that leave DRAM idle;
-    a prefetch issued at the end of one GEMV moves the next one's weight during that time (the kernel
-    caps it at 4 MB, csrc/ops.cpp). The link is a plain attribute (not a buffer), so state_dict and
-    .to() are unchanged; run after one eager forward has prepared the layers (prepare_for_cuda), and
-    again after moving or reloading them: a link keeps the packed weight it points to alive.
-    """
-    ready = [layer for layer in layers if _prepared(layer) is not None]
-    if len(ready) < 2:
-        return 0
-    for layer, nxt in zip(ready, ready[1:] + ready[:1], strict=True):
-        layer.cuda_prefetch = _prepared(nxt).codes_tensor
-    return len(ready)
 
 
 # --- 1-bit layers (qtool_kernels.binary) -------------------------------------------------------

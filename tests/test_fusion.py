@@ -227,7 +227,7 @@ def test_fused_decode_on_cuda_graphs_matches_unfused():
     L2 prefetch as qtool bench does): the fused model decodes the tokens the unfused one does, and its
     step logits agree with the unfused eager ones."""
     from quantize.bench import _decode_loop_fn
-    from quantize.linear import link_weight_prefetch
+    from quantize.prefetch import link_weight_prefetch
 
     model = random_model("tiny", dtype=torch.bfloat16, device="cuda")
     quantize_model(model, Recipe.single(W4_G32_ASYM, "rtn"), device="cuda", progress=False)

@@ -179,17 +179,53 @@ def test_gemv_prefetch_changes_nothing(kernels):
         out = kernels.wo_gemv(x, p.qweight, p.scale, p.zero, None, 4, 128, 1536, "none", other)
         assert torch.equal(out, plain)
 
-    from quantize.linear import link_weight_prefetch
+    from quantize.prefetch import link_weight_prefetch
 
     weights = [make_weight(4, 128, True, False, 1024, 1024, seed=s) for s in range(3)]
     layers = torch.nn.Sequential(*[QuantLinear.from_qtensor(q, QuantScheme(weights=a)) for q, a, _ in weights])
     h = torch.randn(1, 1024, device="cuda", dtype=torch.bfloat16)
     expected = layers(h)
-    assert link_weight_prefetch(layers, lambda: layers(h)) == 3
-    assert layers[0].cuda_prefetch is layers[1].cuda_qweight and layers[2].cuda_prefetch is layers[0].cuda_qweight
+    assert link_weight_prefetch(layers, lambda: layers(h), max_bytes=4096) == 3
+    for layer, nxt in ((layers[0], layers[1]), (layers[2], layers[0])):  # a byte view of the next weight's start
+        assert layer.cuda_prefetch.data_ptr() == nxt.cuda_qweight.data_ptr() and layer.cuda_prefetch.numel() == 4096
     compiled = torch.compile(layers, mode="reduce-overhead")
     for _ in range(3):
         assert torch.equal(compiled(h), expected)
+    assert link_weight_prefetch(layers, lambda: layers(h), max_bytes=0) == 0
+    assert not any(hasattr(layer, "cuda_prefetch") for layer in layers)
+
+
+@pytest.mark.parametrize("fmt", ["int8", "e4m3"])
+def test_w8_gemv_prefetch_changes_nothing(kernels, fmt):
+    """w8_gemv's L2 prefetch of another tensor leaves its output bit-identical (ranges smaller and larger than
+    a block's slice, per-channel and block scales), and a chain of linked W8A8 QuantLinears gives the unlinked
+    chain's result, eager and under torch.compile (CUDA graphs)."""
+    dtype = torch.int8 if fmt == "int8" else torch.float8_e4m3fn
+    w = torch.randint(-100, 100, (3072, 1024), device="cuda").to(dtype)
+    x = torch.randn(4, 1024, device="cuda", dtype=torch.bfloat16)
+    for scale, blocks in ((torch.rand(3072, device="cuda") + 0.5, (0, 0)),
+                          (torch.rand(24, 8, device="cuda") + 0.5, (128, 128))):
+        plain = kernels.w8_gemv(x, w, scale, None, *blocks)
+        for other in (torch.empty(48, dtype=torch.uint8, device="cuda"),
+                      torch.empty(40 << 20, dtype=torch.uint8, device="cuda")):
+            assert torch.equal(kernels.w8_gemv(x, w, scale, None, *blocks, 0, other), plain)
+
+    from quantize.prefetch import link_weight_prefetch
+    from quantize.primitives import quantize_weight
+    from quantize.scheme import preset
+
+    scheme = preset("fp8" if fmt == "e4m3" else "w8a8-int8")
+    layers = torch.nn.Sequential(*[QuantLinear.from_qtensor(quantize_weight(torch.randn(1024, 1024), scheme.weights),
+                                                            scheme) for _ in range(3)]).cuda()
+    h = torch.randn(2, 1024, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        expected = layers(h)
+        assert link_weight_prefetch(layers, lambda: layers(h)) == 3
+        assert layers[0].cuda_prefetch.data_ptr() == layers[1].weight.data_ptr()
+        assert torch.equal(layers(h), expected)
+        compiled = torch.compile(layers, mode="reduce-overhead")
+        for _ in range(3):
+            assert torch.equal(compiled(h), expected)
 
 
 BAD_CALLS = """

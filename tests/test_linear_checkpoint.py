@@ -148,7 +148,7 @@ def test_ops_pass_opcheck():
 def test_call_order_follows_the_forward_pass():
     """call_order lists QuantLinears as a forward calls them (the order link_weight_prefetch chains);
     off CUDA nothing is linked and the logits are unchanged."""
-    from quantize.linear import call_order, link_weight_prefetch
+    from quantize.prefetch import call_order, link_weight_prefetch
 
     model = tiny_llama()
     quantize_model(model, Recipe.single(preset("w8a16"), "rtn"), progress=False)
@@ -163,3 +163,20 @@ def test_call_order_follows_the_forward_pass():
     assert not any(hasattr(m, "cuda_prefetch") for m in model.modules())
     assert not any(m._forward_pre_hooks for m in model.modules())  # the recording hooks are gone
     torch.testing.assert_close(model(ids).logits, before, rtol=0, atol=0)
+
+
+def test_prefetch_size_comes_from_the_environment(monkeypatch):
+    """QTOOL_PREFETCH_MB sets how much of the next weight a GEMV pulls into L2 (MiB, a multiple of 16 bytes);
+    anything but a number >= 0 is refused with the variable's name and value."""
+    from quantize.prefetch import DEFAULT_PREFETCH_MB, PREFETCH_MB_ENV, prefetch_bytes
+
+    monkeypatch.delenv(PREFETCH_MB_ENV, raising=False)
+    assert prefetch_bytes() == int(DEFAULT_PREFETCH_MB * 2**20)
+    monkeypatch.setenv(PREFETCH_MB_ENV, "16")
+    assert prefetch_bytes() == 16 << 20
+    monkeypatch.setenv(PREFETCH_MB_ENV, "0.001")
+    assert prefetch_bytes() == 1040  # 1048.576 bytes, down to a multiple of 16
+    for bad in ("-1", "lots", "nan"):
+        monkeypatch.setenv(PREFETCH_MB_ENV, bad)
+        with pytest.raises(ValueError, match=f"{PREFETCH_MB_ENV}='{bad}'"):
+            prefetch_bytes()

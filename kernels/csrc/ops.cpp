@@ -113,12 +113,6 @@ WoProblem make_problem(const char* op, const at::Tensor& x, const PackedWeightVi
                    static_cast<int>(x.size(0)), scalar_kind(x.scalar_type(), op), parse_activation(activation)};
 }
 
-// The most of a `prefetch` tensor wo_gemv pulls into L2. Measured on the H100 (8B W4A16 decode, batch 1,
-// 2026-11-23, BENCHMARKS.md third session): 24 MB made decode slower (280.6 against 304.4 tokens/s
-// without; the prefetches compete with the GEMV's own stream and lines are evicted before use), 4 MB
-// faster (351.2 against 344.0 with fused projections): enough to hide the next GEMV's first DRAM round
-// trip, little enough to stay in L2.
-constexpr long long kPrefetchCapBytes = 4LL << 20;
 
 at::Tensor wo_gemv(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scale,
                    const std::optional<at::Tensor>& zero, const std::optional<at::Tensor>& bias, int64_t num_bits,
@@ -140,7 +134,7 @@ at::Tensor wo_gemv(const at::Tensor& x, const at::Tensor& qweight, const at::Ten
   p.y = y.data_ptr();
   if (prefetch.has_value() && prefetch->device() == x.device() && prefetch->is_contiguous()) {
     p.prefetch = prefetch->data_ptr();
-    p.prefetch_bytes = std::min<long long>(prefetch->numel() * prefetch->element_size(), kPrefetchCapBytes) & ~15LL;
+    p.prefetch_bytes = prefetch_range_bytes(prefetch->numel() * prefetch->element_size());
   }
   p.gemv_variant = static_cast<int>(variant);
   p.pdl = pdl;

@@ -87,7 +87,8 @@ std::tuple<at::Tensor, at::Tensor> act_quant(const at::Tensor& x, const std::str
 }
 
 at::Tensor w8_gemv(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale,
-                   const std::optional<at::Tensor>& bias, int64_t block_n, int64_t block_k, int64_t pdl) {
+                   const std::optional<at::Tensor>& bias, int64_t block_n, int64_t block_k, int64_t pdl,
+                   const std::optional<at::Tensor>& prefetch) {
   const ScalarKind kind = activation_kind(x, "w8_gemv");
   const CodeFormat format = weight_format(w.scalar_type());
   TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.is_contiguous() && x.size(0) <= kMaxW8Tokens &&
@@ -125,6 +126,10 @@ at::Tensor w8_gemv(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s
                   bias.has_value() ? bias_f32.data_ptr<float>() : nullptr, y.data_ptr(), static_cast<int>(m),
                   static_cast<int>(n), static_cast<int>(k), static_cast<int>(blocked ? block_n : 0),
                   static_cast<int>(blocked ? block_k : 0), kind, format, pdl != 0};
+  if (prefetch.has_value() && prefetch->device() == x.device() && prefetch->is_contiguous()) {
+    p.prefetch = prefetch->data_ptr();
+    p.prefetch_bytes = prefetch_range_bytes(prefetch->numel() * prefetch->element_size());
+  }
   launch_w8_gemv(p, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return y;
@@ -185,7 +190,7 @@ at::Tensor sm90_scaled_mm(const at::Tensor& a, const at::Tensor& b, const at::Te
 
 TORCH_LIBRARY_FRAGMENT(qtool_cuda, m) {
   m.def("act_quant(Tensor x, str fmt, int group_size, Tensor? static_scale) -> (Tensor, Tensor)");
-  m.def("w8_gemv(Tensor x, Tensor w, Tensor scale, Tensor? bias, int block_n, int block_k, int pdl=0) -> Tensor");
+  m.def("w8_gemv(Tensor x, Tensor w, Tensor scale, Tensor? bias, int block_n, int block_k, int pdl=0, Tensor? prefetch=None) -> Tensor");
   m.def("sm90_scaled_mm(Tensor a, Tensor b, Tensor a_scale, Tensor b_scale, Tensor? bias, ScalarType out_dtype, int config=0) -> Tensor");
 }
 

@@ -236,6 +236,7 @@ __global__ void __launch_bounds__(Warps * 32, (min_blocks<TokenTiles, Blocked, k
 #pragma unroll
       for (int r = 0; r < 4; ++r) partial[warp][s][tt][lane][r] = acc[s][tt][r];
   __syncthreads();
+  prefetch_slice(p.prefetch, p.prefetch_bytes, Warps * 32);  // every warp of the block has its weights
 
   constexpr int kOutputs = kStripes * TokenTiles * 32 * 4;
   for (int e = threadIdx.x; e < kOutputs; e += Warps * 32) {

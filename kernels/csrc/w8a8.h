@@ -45,6 +45,10 @@ struct W8GemvProblem {
   ScalarKind dtype;
   CodeFormat format;
   bool pdl = false;  // the Pdl twin (w8_gemv.cu): weights no kernel writes while in use, asked for by the caller
+  // bytes of the next layer's weight pulled into L2 once this block's own loads have landed (prefetch_slice in
+  // wo_common.cuh), or nullptr / 0
+  const void* prefetch = nullptr;
+  long long prefetch_bytes = 0;
 };
 
 void launch_w8_gemv(const W8GemvProblem& p, cudaStream_t stream);

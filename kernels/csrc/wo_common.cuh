@@ -268,17 +268,22 @@ __device__ inline void a_fragment_any(const uint32_t (&w)[4],    // the lane's 1
   }
 }
 
-// After a GEMV's own weight loads have landed: pull the next layer's weight (p.prefetch, p.prefetch_bytes) into
-// L2, so that its DRAM traffic overlaps this kernel's epilogue and the small kernels (norm, attention) between the
-// two GEMVs, when DRAM would otherwise sit idle. Block b takes the b-th slice of the range.
-__device__ inline void prefetch_next_layer(const WoProblem& p, int threads) {
-  if (p.prefetch == nullptr) return;
-  const long long slice = ((p.prefetch_bytes + gridDim.x - 1) / gridDim.x + 15) & ~15LL;
+// Block b of the grid asks for the b-th slice of bytes [ptr, ptr + bytes) to be brought into L2 (nothing when
+// ptr is null). A GEMV calls it once its own weight loads have landed, with the next layer's weight: that weight's
+// DRAM traffic then overlaps this kernel's tail and the small kernels (norm, attention) between the two GEMVs,
+// when DRAM would otherwise sit idle. How much to ask for is the caller's (quantize/linear.py, link_prefetch).
+__device__ inline void prefetch_slice(const void* ptr, long long bytes, int threads) {
+  if (ptr == nullptr) return;
+  const long long slice = ((bytes + gridDim.x - 1) / gridDim.x + 15) & ~15LL;
   const long long begin = slice * blockIdx.x;
-  if (begin < p.prefetch_bytes) {
-    const long long bytes = p.prefetch_bytes - begin < slice ? p.prefetch_bytes - begin : slice;
-    prefetch_l2_range(static_cast<const char*>(p.prefetch) + begin, bytes, threadIdx.x, threads);
+  if (begin < bytes) {
+    const long long size = bytes - begin < slice ? bytes - begin : slice;
+    prefetch_l2_range(static_cast<const char*>(ptr) + begin, size, threadIdx.x, threads);
   }
+}
+
+__device__ inline void prefetch_next_layer(const WoProblem& p, int threads) {
+  prefetch_slice(p.prefetch, p.prefetch_bytes, threads);
 }
 
 }  // namespace qtool

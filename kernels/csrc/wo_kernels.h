@@ -61,6 +61,16 @@ struct PackedWeightView {
   int num_bits;            // 2, 3, 4 or 8
 };
 
+// The most of a next layer's weight a GEMV pulls into L2 (WoProblem::prefetch, W8GemvProblem::prefetch): how much
+// to ask for is Python's (quantize/linear.py, link_prefetch hands a view of that many bytes); this cap only keeps a
+// mistaken caller from asking for more than the L2 holds (60 MB on the H200).
+constexpr long long kPrefetchCapBytes = 64LL << 20;
+
+// Bytes of a prefetch range of `bytes`: capped, and a multiple of 16 (the bulk prefetch's granularity).
+constexpr long long prefetch_range_bytes(long long bytes) {
+  return (bytes < kPrefetchCapBytes ? bytes : kPrefetchCapBytes) & ~15LL;
+}
+
 struct WoProblem {
   const void* x;       // [m, k_padded] fp16/bf16 activations, row-major, 16-byte aligned
   PackedWeightView w;  // the weight
@@ -70,8 +80,8 @@ struct WoProblem {
   int m;               // tokens
   ScalarKind dtype;    // dtype of x and y
   Activation act;      // epilogue after the bias
-  // wo_gemv only: bytes to pull into L2 once this kernel's own weight loads are done, normally the
-  // next layer's packed weight (kernels/weight_only.py, link_prefetch), or nullptr / 0.
+  // wo_gemv only: bytes to pull into L2 once this kernel's own weight loads are done, normally the start of the
+  // next layer's packed weight (quantize/linear.py, link_prefetch), or nullptr / 0.
   const void* prefetch = nullptr;
   long long prefetch_bytes = 0;
   // wo_gemv only (wo_gemv.cu): 0 the default; 1 "lean": at most 64 registers, so 4 blocks per SM instead

@@ -1,0 +1,72 @@
+"""How much of the next weight each GEMV should pull into L2 (QTOOL_PREFETCH_MB), measured end to end.
+
+The bf16 8B-shaped model is timed once; each scheme is quantized (RTN) and fused once, as `qtool bench` does,
+then decoded at every prefetch size (the links are rebuilt per size; decode compiles again when they change).
+One JSON line per (scheme, MiB) goes to --json as it is measured, so a cut-off run keeps what it finished.
+
+    python3 dev/prefetch_sweep.py --schemes w4a16,fp8 --mb 0,4,16,32 --batch-sizes 1,16 --json $OUT/prefetch.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import torch
+
+from quantize.bench import bench_model, compare
+from quantize.cli_tools import _fuse
+from quantize.prefetch import PREFETCH_MB_ENV
+from quantize.quantizer import quantize_model
+from quantize.recipe import Recipe
+from quantize.scheme import preset
+from quantize.shapes import random_model
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", default="llama-8b")
+    ap.add_argument("--schemes", default="w4a16,fp8")
+    ap.add_argument("--mb", default="0,4,16,32")
+    ap.add_argument("--batch-sizes", default="1,16")
+    ap.add_argument("--decode-tokens", type=int, default=32)
+    ap.add_argument("--budget", type=float, default=1e9, help="seconds; no new measurement starts after it")
+    ap.add_argument("--json", required=True)
+    args = ap.parse_args()
+    start = time.time()
+    opts = dict(batch_sizes=[int(b) for b in args.batch_sizes.split(",")], decode_tokens=args.decode_tokens,
+                prefill_len=128)
+    out = open(args.json, "a")
+
+    def emit(record: dict) -> None:
+        print(json.dumps(record), flush=True)
+        out.write(json.dumps(record) + "\n")
+        out.flush()
+
+    base_model = random_model(args.config, dtype=torch.bfloat16, device="cuda")
+    base = bench_model(base_model, **opts)
+    emit({"scheme": "bf16", **{f"steps_bs{d.batch_size}": d.step_tokens_per_s for d in base.decode}})
+    del base_model
+    for scheme in args.schemes.split(","):
+        model = random_model(args.config, dtype=torch.bfloat16, device="cuda")
+        quantize_model(model, Recipe.single(preset(scheme), "rtn"), device="cuda", progress=False)
+        _fuse(model, (True, False), f"{args.config} {scheme}")
+        for mb in args.mb.split(","):
+            if time.time() - start > args.budget:
+                emit({"scheme": scheme, "mb": mb, "skipped": "budget"})
+                continue
+            os.environ[PREFETCH_MB_ENV] = mb
+            t = time.time()
+            result = bench_model(model, **opts)
+            ratios = compare(base, result)
+            emit({"scheme": scheme, "mb": float(mb), "seconds": round(time.time() - t, 1),
+                  **{f"steps_bs{d.batch_size}": d.step_tokens_per_s for d in result.decode},
+                  **{k: round(v, 4) for k, v in ratios.items() if k.startswith("decode_steps")}})
+        del model
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
