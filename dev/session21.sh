@@ -28,6 +28,12 @@ print(json.dumps(b.act_quant_bandwidth()))" 2>&1 | tail -2
 e2e() {
   E2E_TIMEOUT=${E2E_TIMEOUT:-200} bench8b "" "w8a8-int8 fp8" 1,16 2048 8
 }
+pftests() {  # the prefetch's own GPU tests (bit-identical outputs, linked chains under CUDA graphs)
+  step "prefetch GPU tests"
+  timeout -k 15 180 python3 -m pytest -q -m gpu tests/test_kernels_gpu.py tests/test_fusion.py -k "prefetch or fused_decode" \
+    --tb=short > "$OUT/pftests.txt" 2>&1
+  summarize "$OUT/pftests.txt"
+}
 prefetch() {  # how much of the next weight each GEMV pulls into L2 (QTOOL_PREFETCH_MB), 8B decode, one process
   step "8B decode by prefetch size"
   timeout -k 15 "${PF_TIMEOUT:-420}" python3 dev/prefetch_sweep.py --schemes "${PF_SCHEMES:-w4a16,fp8}" \
