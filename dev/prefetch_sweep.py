@@ -58,6 +58,7 @@ def main() -> None:
                 emit({"scheme": scheme, "mb": mb, "skipped": "budget"})
                 continue
             os.environ[PREFETCH_MB_ENV] = mb
+            torch._dynamo.reset()  # new links recompile; past 8 recompiles dynamo would fall back to eager
             t = time.time()
             result = bench_model(model, **opts)
             ratios = compare(base, result)

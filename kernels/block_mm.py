@@ -5,8 +5,9 @@
   128 x 128 block scales [ceil(n / 128), k / 128])^T
 
 Configurations (`CONFIGS`): skinny (64 x 128 ping-pong tiles), split (128 x 128 cooperative tiles, k split over
-the SMs the tiles leave idle), large (128 x 128 in clusters of two) and swap (the product transposed: 128 weight
-rows x 64 tokens per tile, split-K; session 12, not yet measured). Written in session 11 beside cuBLAS's
+the SMs the tiles leave idle), large (128 x 128 in clusters of two), swap (the product transposed: 128 weight
+rows x 64 tokens per tile, split-K) and narrow (64 x 64 ping-pong tiles, session 21: twice skinny's CTAs on the
+4096-wide layers; it reads the weight scales per 64 rows, `narrow_scales`). Written in session 11 beside cuBLAS's
 block-wise GEMM (F.scaled_mm), which ran 32-256 tokens on the 4096-wide layers at 0.71-0.95x bf16; it serves
 a layer only where kernels/tuning.py holds a measured "fp8-block" route naming one of its configurations.
 
@@ -17,6 +18,7 @@ torch.compile treats it as one opaque op.
 from __future__ import annotations
 
 import ctypes
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +27,9 @@ from . import sm90
 
 BLOCK = 128
 # route names of tuning.W8A8 -> config
-CONFIGS = {"block-skinny": 0, "block-split": 1, "block-large": 2, "block-swap": 3}
+CONFIGS = {"block-skinny": 0, "block-split": 1, "block-large": 2, "block-swap": 3, "block-narrow": 4}
+NARROW = CONFIGS["block-narrow"]
+NARROW_ROWS = 64  # the narrow tile's weight rows, and its scale granularity
 
 
 class _Args(ctypes.Structure):  # csrc/sm90/sm90_block_mm.h, BlockMmArgs
@@ -64,9 +68,10 @@ def _check(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: t
     if x_scale.shape != (m, k // BLOCK) or x_scale.stride() != (1, m) or x_scale.dtype != torch.float32:
         raise ValueError(f"fp8_block_mm: x_scale must be float32 [{m}, {k // BLOCK}] column-major, got "
                          f"{x_scale.dtype} {tuple(x_scale.shape)} strides {x_scale.stride()}")
-    if w_scale.shape != (-(-n // BLOCK), k // BLOCK) or not w_scale.is_contiguous() or w_scale.dtype != torch.float32:
-        raise ValueError(f"fp8_block_mm: w_scale must be contiguous float32 [{-(-n // BLOCK)}, {k // BLOCK}], got "
-                         f"{w_scale.dtype} {tuple(w_scale.shape)}")
+    rows = NARROW_ROWS if config == NARROW else BLOCK
+    if w_scale.shape != (-(-n // rows), k // BLOCK) or not w_scale.is_contiguous() or w_scale.dtype != torch.float32:
+        raise ValueError(f"fp8_block_mm: w_scale must be contiguous float32 [{-(-n // rows)}, {k // BLOCK}] with "
+                         f"config {config}, got {w_scale.dtype} {tuple(w_scale.shape)}")
     if config not in CONFIGS.values():
         raise ValueError(f"fp8_block_mm: config={config}, expected one of {sorted(CONFIGS.values())}")
 
@@ -74,7 +79,8 @@ def _check(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: t
 def _run(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor, config: int = 0,
          split: int = 0) -> torch.Tensor:
     """y [m, n] bf16 (module docstring); xq [m, k] e4m3 with m % 4 == 0, x_scale float32 [m, k / 128] column-major,
-    wq [n, k] e4m3, w_scale float32 [ceil(n / 128), k / 128] row-major; config as CONFIGS; split (configs 1, 3):
+    wq [n, k] e4m3, w_scale float32 [ceil(n / 128), k / 128] row-major (config 4: [ceil(n / 64), k / 128],
+    `narrow_scales`); config as CONFIGS; split (configs 1, 3):
     0 fills the SMs, 1 none, s > 1 that many parts, -1 stream-K."""
     _check(xq, x_scale, wq, w_scale, config)
     workspace_of, run = _entry_points()
@@ -106,11 +112,32 @@ def pad_rows(xq: torch.Tensor, x_scale: torch.Tensor) -> tuple[torch.Tensor, tor
     return xq.contiguous(), x_scale.float().t().contiguous().t()  # no copy when act_quant wrote it column-major
 
 
+# id(w_scale) -> (a weak reference to it, its version counter, its narrow_scales): a layer's scales are expanded
+# once, not on every call (a kernel launch as long as a small GEMM); the version notices an in-place
+# load_state_dict, and the entry goes with the tensor.
+_narrow: dict[int, tuple[weakref.ref, int, torch.Tensor]] = {}
+
+
+def narrow_scales(w_scale: torch.Tensor, n: int) -> torch.Tensor:
+    """The 128 x 128 block scales [ceil(n / 128), kb] as the narrow tile reads them, per 64 rows:
+    [ceil(n / 64), kb] float32, each block's row twice (once per 64-row half)."""
+    if torch.compiler.is_compiling():
+        return w_scale.float().repeat_interleave(2, dim=0)[:-(-n // NARROW_ROWS)].contiguous()
+    key = id(w_scale)
+    hit = _narrow.get(key)
+    if hit is None or hit[0]() is not w_scale or hit[1] != w_scale._version:
+        expanded = w_scale.float().repeat_interleave(2, dim=0)[:-(-n // NARROW_ROWS)].contiguous()
+        hit = (weakref.ref(w_scale, lambda _, key=key: _narrow.pop(key, None)), w_scale._version, expanded)
+        _narrow[key] = hit
+    return hit[2]
+
+
 def block_linear(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor, config: int,
                  split: int = 0) -> torch.Tensor:
-    """`fp8_block_mm` for any m: bf16 [m, n]."""
+    """`fp8_block_mm` for any m: bf16 [m, n]; w_scale the stored [ceil(n / 128), k / 128] block scales."""
     m = xq.shape[0]
     xq_p, sa = pad_rows(xq, x_scale)
     gemm = fp8_block_mm if torch.compiler.is_compiling() else _run  # eager: no custom-op dispatch (host time)
-    y = gemm(xq_p, sa, wq.contiguous(), w_scale.float().contiguous(), config, split)
+    ws = narrow_scales(w_scale, wq.shape[0]) if config == NARROW else w_scale.float().contiguous()
+    y = gemm(xq_p, sa, wq.contiguous(), ws, config, split)
     return y[:m] if xq_p.shape[0] != m else y

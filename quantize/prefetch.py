@@ -7,9 +7,11 @@ landed, ask for its slice of that tensor to be brought into L2 (`cp.async.bulk.p
 so the next GEMV starts with part of its weight on chip. The chain follows the order a forward pass calls the
 layers and wraps from the last to the first (the next token starts there). Other kernels ignore the hint.
 
-How much: `QTOOL_PREFETCH_MB` (default DEFAULT_PREFETCH_MB) of each next weight. The H100's measurement
-(BENCHMARKS.md, third session: 4 MB beat 8 and 24 in an 8B W4A16 decode) set the default; the link is a view of
-that many bytes, so the kernels need no setting of their own.
+How much: `QTOOL_PREFETCH_MB` (default DEFAULT_PREFETCH_MB) of each next weight; the link is a view of that many
+bytes, so the kernels need no setting of their own. Measured: on the H100 (BENCHMARKS.md, third session) 4 MB
+beat 0, 8 and 24 in an 8B W4A16 decode (+2%, near the spread); on the H200 (session 21, one process, the same
+model fused) every size lost, the more the larger: batch-1 steps 1.98x bf16 without, 1.95x at 4 MB, 1.87x at 16,
+1.86x at 32 (batch 16, whose layers run the GEMM, not the GEMV, flat at 1.49-1.50x). So it is off by default.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch.nn as nn
 from .linear import QuantLinear, prepared_weight
 
 PREFETCH_MB_ENV = "QTOOL_PREFETCH_MB"
-DEFAULT_PREFETCH_MB = 4.0
+DEFAULT_PREFETCH_MB = 0.0
 _CODE_DTYPES = (torch.int8, torch.float8_e4m3fn, torch.float8_e5m2)
 
 

@@ -220,7 +220,7 @@ def test_w8_gemv_prefetch_changes_nothing(kernels, fmt):
     h = torch.randn(2, 1024, device="cuda", dtype=torch.bfloat16)
     with torch.no_grad():
         expected = layers(h)
-        assert link_weight_prefetch(layers, lambda: layers(h)) == 3
+        assert link_weight_prefetch(layers, lambda: layers(h), 4 << 20) == 3
         assert layers[0].cuda_prefetch.data_ptr() == layers[1].weight.data_ptr()
         assert torch.equal(layers(h), expected)
         compiled = torch.compile(layers, mode="reduce-overhead")

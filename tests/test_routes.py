@@ -205,6 +205,21 @@ def test_block_mm_rejects_bad_operands_by_name():
         block_mm.fp8_block_mm(xq, xs, wq, torch.ones(2, 2))
     with pytest.raises(ValueError, match="config=7"):
         block_mm.fp8_block_mm(xq, xs, wq, ws, 7)
+    with pytest.raises(ValueError, match=r"w_scale must be contiguous float32 \[1, 2\] with config 4"):
+        block_mm.fp8_block_mm(xq, xs, wq, torch.ones(2, 2), block_mm.NARROW)  # 16 rows: one 64-row scale row
+
+
+def test_narrow_scales_repeat_each_block_per_64_rows():
+    """The narrow tile's weight scales: each 128-row block's row twice, cut to ceil(n / 64) rows, computed once per
+    tensor and again after an in-place change."""
+    from qtool_kernels import block_mm
+
+    ws = torch.arange(6.0).reshape(3, 2)  # n in (256, 384]: 3 blocks of 128 rows, 2 k blocks
+    got = block_mm.narrow_scales(ws, 300)  # ceil(300 / 64) = 5 rows of 64
+    assert torch.equal(got, torch.tensor([[0.0, 1], [0, 1], [2, 3], [2, 3], [4, 5]]))
+    assert block_mm.narrow_scales(ws, 300) is got
+    ws.mul_(2)
+    assert torch.equal(block_mm.narrow_scales(ws, 300)[4], torch.tensor([8.0, 10]))
 
 
 def test_w8a8_routes_stay_within_measured_batches(monkeypatch):

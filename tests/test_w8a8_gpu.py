@@ -180,7 +180,8 @@ def test_sm90_gemm_every_config(kernels, config, fmt, m, n, k):
 
 @pytest.mark.parametrize("config,split", [("block-skinny", 0), ("block-split", 0), ("block-split", 1),
                                           ("block-split", -1), ("block-split", 3), ("block-large", 0),
-                                          ("block-swap", 0), ("block-swap", 1), ("block-swap", -1), ("block-swap", 4)])
+                                          ("block-swap", 0), ("block-swap", 1), ("block-swap", -1), ("block-swap", 4),
+                                          ("block-narrow", 0)])
 @pytest.mark.parametrize("m", [1, 17, 130, 700])
 @pytest.mark.parametrize("n, k", [(1536, 512), (4096, 4096), (1000, 2176)])
 def test_sm90_block_gemm_every_config(kernels, config, split, m, n, k):

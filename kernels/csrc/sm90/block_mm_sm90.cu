@@ -37,19 +37,22 @@ using Out = cutlass::bfloat16_t;
 // One scale per token and 128-k group (M-major: the column-major layout qtool_cuda::act_quant writes), one per
 // 128 x 128 weight block (k-major: the stored layout of an fp8-block checkpoint). Swapped (the weights as the
 // GEMM's M side, the tokens as its N side), the same two layouts are the other operand's.
-template <bool Swap>
+// ScaleN < 128 (the narrow tile): the mainloop cannot take a tile narrower than its scale granularity, so that
+// tile reads the weight scales at a granularity of ScaleN rows, each 128 x 128 block's scale stored 128 / ScaleN
+// times (block_mm.py, narrow_scales).
+template <bool Swap, int ScaleN = 128>
 using ScaleConfig = std::conditional_t<
     Swap, cutlass::detail::Sm90BlockwiseScaleConfig<128, 1, 128, cute::GMMA::Major::K, cute::GMMA::Major::MN>,
-    cutlass::detail::Sm90BlockwiseScaleConfig<1, 128, 128, cute::GMMA::Major::MN, cute::GMMA::Major::K>>;
+    cutlass::detail::Sm90BlockwiseScaleConfig<1, ScaleN, 128, cute::GMMA::Major::MN, cute::GMMA::Major::K>>;
 
 // Swap: D^T = W . X^T, the weight rows as 128-row tiles and the tokens as a narrow column tile: few tokens then
 // waste no tile rows, and split-K (cooperative kernel, stream-K scheduler) fills the SMs the weight's row tiles
 // leave idle (32 row tiles on a 4096-wide layer). y [m, n] row-major is D^T [n, m] column-major.
-template <class TileShape, class ClusterShape, bool PingPong, class Scheduler, bool Swap = false>
+template <class TileShape, class ClusterShape, bool PingPong, class Scheduler, bool Swap = false, int ScaleN = 128>
 struct BlockGemm {
   static constexpr int kAlignAB = 16;  // 16 bytes of FP8 codes
   static constexpr int kAlignD = 8;    // 16 bytes of bf16
-  using Scales = ScaleConfig<Swap>;
+  using Scales = ScaleConfig<Swap, ScaleN>;
   using LayoutSFA = decltype(Scales::deduce_layoutSFA());
   using LayoutSFB = decltype(Scales::deduce_layoutSFB());
   using LayoutD = std::conditional_t<Swap, cutlass::layout::ColumnMajor, cutlass::layout::RowMajor>;
@@ -125,6 +128,10 @@ using Skinny = BlockGemm<Shape<_64, _128, _128>, Shape<_1, _1, _1>, true, cutlas
 using Split = BlockGemm<Shape<_128, _128, _128>, Shape<_1, _1, _1>, false, StreamK>;
 using Large = BlockGemm<Shape<_128, _128, _128>, Shape<_1, _2, _1>, false, cutlass::gemm::PersistentScheduler>;
 using Swapped = BlockGemm<Shape<_128, _64, _128>, Shape<_1, _1, _1>, false, StreamK, true>;
+// 64 x 64 ping-pong tiles, weight scales at 64-row granularity: twice the CTAs of Skinny where the layer's 128-row
+// tiles leave most SMs idle (4096 x 4096 at 64 tokens: 32 of 132; session 20 measured Skinny at 0.78x bf16 there and
+// every split of k slower still).
+using Narrow = BlockGemm<Shape<_64, _64, _128>, Shape<_1, _1, _1>, true, cutlass::gemm::PersistentScheduler, false, 64>;
 
 template <class Fn>
 const char* by_config(const BlockMmArgs& p, Fn&& fn) {
@@ -134,7 +141,8 @@ const char* by_config(const BlockMmArgs& p, Fn&& fn) {
     case 1: return fn(Split{});
     case 2: return fn(Large{});
     case 3: return fn(Swapped{});
-    default: return "config must be 0 (skinny), 1 (split), 2 (large) or 3 (swapped)";
+    case 4: return fn(Narrow{});
+    default: return "config must be 0 (skinny), 1 (split), 2 (large), 3 (swapped) or 4 (narrow)";
   }
 }
 
