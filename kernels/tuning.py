@@ -50,9 +50,12 @@ MIXED: dict[tuple[int, int, int], dict[int, str]] = {
 # W8A8 routes, (codes, K, N) -> {M: route}: "gemv" (w8_gemv on the 16-bit activations, no activation
 # quantization), a libqtool_sm90 configuration ("skinny", "narrow", "split", "large") after the fused
 # activation quantization, or "cublas" (torch._scaled_mm row-wise, FP8 only; F.scaled_mm block-wise for
-# "fp8-block", whose own configurations are "block-skinny", "block-split", "block-large" of block_mm.py).
+# "fp8-block", whose own configurations are block_mm.CONFIGS: "block-skinny", "block-split", "block-large",
+# "block-swap", "block-narrow").
 # H200, dev/w8a8_sweep.py (BENCHMARKS.md): session 11; fp8-block and the fused 8B shapes session 12; 1-16 tokens
-# (w8_gemv without conversion instructions) and every fp8-block cell (with "block-swap") session 13.
+# (w8_gemv without conversion instructions) and every fp8-block cell (with "block-swap") session 13; fp8-block at
+# 16-512 tokens on 4096 x 4096, 4096 x 14336 and 14336 x 4096 with "block-narrow" session 21 (its 4096 x 6144 sweep
+# is in BENCHMARKS.md, not here: a shape needs every batch measured, or its 1-8 tokens would take the 16-token route).
 W8A8: dict[tuple[str, int, int], dict[int, str]] = {
     ('fp8', 4096, 4096): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "gemv", 32: "gemv", 64: "narrow", 128: "narrow", 256: "skinny", 512: "cublas", 1024: "large", 2048: "large", 4096: "large", 8192: "large"},
     ('fp8', 4096, 14336): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "gemv", 32: "skinny", 64: "narrow", 128: "cublas", 256: "large", 512: "skinny", 1024: "cublas", 2048: "large", 4096: "large", 8192: "cublas"},
@@ -66,11 +69,11 @@ W8A8: dict[tuple[str, int, int], dict[int, str]] = {
     ('int8', 8192, 28672): {1: "skinny", 2: "skinny", 4: "gemv", 8: "skinny", 16: "skinny", 32: "skinny", 64: "skinny", 128: "split", 256: "skinny", 512: "large", 1024: "large", 2048: "large", 4096: "large", 8192: "split"},
     ('int8', 14336, 4096): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "gemv", 32: "narrow", 64: "narrow", 128: "narrow", 256: "skinny", 512: "large", 1024: "large", 2048: "large", 4096: "large", 8192: "large"},
     ('int8', 28672, 8192): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "skinny", 32: "skinny", 64: "skinny", 128: "skinny", 256: "large", 512: "split", 1024: "large", 2048: "large", 4096: "large", 8192: "large"},
-    ('fp8-block', 4096, 4096): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "gemv", 32: "gemv", 64: "block-skinny", 128: "block-skinny", 256: "block-skinny", 512: "cublas", 1024: "cublas", 2048: "block-large", 4096: "block-large", 8192: "block-large"},
-    ('fp8-block', 4096, 14336): {1: "gemv", 2: "gemv", 4: "cublas", 8: "cublas", 16: "cublas", 32: "cublas", 64: "block-skinny", 128: "cublas", 256: "cublas", 512: "block-large", 1024: "block-large", 2048: "block-large", 4096: "block-large", 8192: "cublas"},
+    ('fp8-block', 4096, 4096): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "gemv", 32: "block-narrow", 64: "block-narrow", 128: "block-narrow", 256: "block-skinny", 512: "cublas", 1024: "cublas", 2048: "block-large", 4096: "block-large", 8192: "block-large"},
+    ('fp8-block', 4096, 14336): {1: "gemv", 2: "gemv", 4: "cublas", 8: "cublas", 16: "cublas", 32: "block-skinny", 64: "block-skinny", 128: "cublas", 256: "cublas", 512: "cublas", 1024: "block-large", 2048: "block-large", 4096: "block-large", 8192: "cublas"},
     ('fp8-block', 8192, 8192): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "block-skinny", 32: "block-skinny", 64: "block-skinny", 128: "block-skinny", 256: "cublas", 512: "cublas", 1024: "cublas", 2048: "block-split", 4096: "cublas", 8192: "cublas"},
     ('fp8-block', 8192, 28672): {1: "gemv", 2: "gemv", 4: "cublas", 8: "block-swap", 16: "block-swap", 32: "block-swap", 64: "block-swap", 128: "cublas", 256: "cublas", 512: "block-large", 1024: "block-large", 2048: "block-split", 4096: "cublas", 8192: "cublas"},
-    ('fp8-block', 14336, 4096): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "gemv", 32: "block-swap", 64: "block-swap", 128: "block-swap", 256: "block-split", 512: "cublas", 1024: "block-split", 2048: "block-large", 4096: "cublas", 8192: "cublas"},
+    ('fp8-block', 14336, 4096): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "cublas", 32: "block-narrow", 64: "block-narrow", 128: "block-narrow", 256: "block-split", 512: "cublas", 1024: "block-split", 2048: "block-large", 4096: "cublas", 8192: "cublas"},
     ('fp8-block', 28672, 8192): {1: "block-swap", 2: "block-swap", 4: "block-swap", 8: "block-swap", 16: "block-swap", 32: "block-skinny", 64: "block-swap", 128: "block-split", 256: "cublas", 512: "block-split", 1024: "cublas", 2048: "cublas", 4096: "cublas", 8192: "cublas"},
     ('fp8', 4096, 6144): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "gemv", 32: "narrow", 64: "narrow", 128: "skinny", 256: "cublas", 512: "skinny", 1024: "cublas", 2048: "large", 4096: "large", 8192: "large"},
     ('fp8', 4096, 28672): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "skinny", 32: "skinny", 64: "skinny", 128: "cublas", 256: "skinny", 512: "cublas", 1024: "cublas", 2048: "large", 4096: "large", 8192: "large"},
