@@ -54,8 +54,8 @@ MIXED: dict[tuple[int, int, int], dict[int, str]] = {
 # "block-swap", "block-narrow").
 # H200, dev/w8a8_sweep.py (BENCHMARKS.md): session 11; fp8-block and the fused 8B shapes session 12; 1-16 tokens
 # (w8_gemv without conversion instructions) and every fp8-block cell (with "block-swap") session 13; fp8-block at
-# 16-512 tokens on 4096 x 4096, 4096 x 14336 and 14336 x 4096 with "block-narrow" session 21 (its 4096 x 6144 sweep
-# is in BENCHMARKS.md, not here: a shape needs every batch measured, or its 1-8 tokens would take the 16-token route).
+# 16-512 tokens on 4096 x 4096, 4096 x 6144 (a row of those batches only: the others take the nearest shape measured
+# there, `_nearest_shape`), 4096 x 14336 and 14336 x 4096 with "block-narrow" session 21.
 W8A8: dict[tuple[str, int, int], dict[int, str]] = {
     ('fp8', 4096, 4096): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "gemv", 32: "gemv", 64: "narrow", 128: "narrow", 256: "skinny", 512: "cublas", 1024: "large", 2048: "large", 4096: "large", 8192: "large"},
     ('fp8', 4096, 14336): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "gemv", 32: "skinny", 64: "narrow", 128: "cublas", 256: "large", 512: "skinny", 1024: "cublas", 2048: "large", 4096: "large", 8192: "cublas"},
@@ -79,6 +79,7 @@ W8A8: dict[tuple[str, int, int], dict[int, str]] = {
     ('fp8', 4096, 28672): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "skinny", 32: "skinny", 64: "skinny", 128: "cublas", 256: "skinny", 512: "cublas", 1024: "cublas", 2048: "large", 4096: "large", 8192: "large"},
     ('int8', 4096, 6144): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "gemv", 32: "narrow", 64: "narrow", 128: "skinny", 256: "large", 512: "skinny", 1024: "large", 2048: "large", 4096: "large", 8192: "large"},
     ('int8', 4096, 28672): {1: "skinny", 2: "gemv", 4: "skinny", 8: "skinny", 16: "skinny", 32: "skinny", 64: "narrow", 128: "skinny", 256: "skinny", 512: "skinny", 1024: "large", 2048: "split", 4096: "split", 8192: "large"},
+    ('fp8-block', 4096, 6144): {16: "block-skinny", 32: "block-narrow", 64: "block-narrow", 128: "block-skinny", 256: "cublas", 512: "cublas"},
 }
 
 
@@ -86,16 +87,31 @@ def _table(name: str) -> dict:
     return MIXED if name == "mixed" else W8A8  # read at call time, so tests can replace a table
 
 
-_nearest: dict[tuple, tuple | None] = {}
+_nearest: dict[tuple, tuple] = {}  # (kind, k, n, table) -> ((shape, first, last batch), ...)
 
 
 @torch.compiler.assume_constant_result  # torch.compile calls it once while tracing and keeps the answer
-def _nearest_shape(kind: int | str, k: int, n: int, table: str) -> tuple | None:
+def _ranked_shapes(kind: int | str, k: int, n: int, table: str) -> tuple:
+    """The measured shapes of `kind`, nearest K x N first (log distance), each with its first and last batch."""
     key = (kind, k, n, table)
     if key not in _nearest:
-        shapes = [s for s in _table(table) if s[0] == kind]
-        _nearest[key] = min(shapes, key=lambda s: abs(math.log(s[1] / k)) + abs(math.log(s[2] / n))) if shapes else None
+        rows = _table(table)
+        shapes = sorted((s for s in rows if s[0] == kind),
+                        key=lambda s: abs(math.log(s[1] / k)) + abs(math.log(s[2] / n)))
+        _nearest[key] = tuple((s, min(rows[s]), max(rows[s])) for s in shapes)
     return _nearest[key]
+
+
+def _nearest_shape(kind: int | str, k: int, n: int, m: int, table: str) -> tuple | None:
+    """The measured shape nearest K x N among those whose rows come closest to m tokens (the rows covering m, if
+    any): a row measured at some batches only (a shape swept at 16-512 tokens, say) serves those, and its
+    neighbours the rest; where no row covers m, the nearest of those reaching furthest toward it."""
+    best, best_gap = None, None
+    for shape, first, last in _ranked_shapes(kind, k, n, table):  # nearest first: a later one must come closer
+        gap = max(first - m, m - last, 0)
+        if best_gap is None or gap < best_gap:
+            best, best_gap = shape, gap
+    return best
 
 
 def clear_cache() -> None:
@@ -106,7 +122,7 @@ def clear_cache() -> None:
 def lookup(table: str, kind: int | str, k: int, n: int, m: int, within: bool = False) -> str | None:
     """The measured route of `table` ("mixed" or "w8a8") for m tokens of a `kind` (bits, or "fp8" / "int8")
     K x N weight; None where nothing was measured, or, when `within`, for m outside the measured batches."""
-    shape = _nearest_shape(kind, k, n, table)
+    shape = _nearest_shape(kind, k, n, m, table)
     if shape is None:
         return None
     cells = _table(table)[shape]

@@ -247,3 +247,22 @@ def test_hopper_copy_setting():
     for bad in ("3", "four", "4 x"):
         with pytest.raises(ValueError, match="QTOOL_HOPPER_COPY"):
             mixed_mm.copy_bits_from(bad)
+
+
+def test_a_row_measured_at_some_batches_serves_those_only(monkeypatch):
+    """A shape swept at a few batches takes its own routes there; outside them the nearest shape measured at that
+    batch answers (not the partial row's first or last cell)."""
+    from qtool_kernels import tuning
+
+    monkeypatch.setattr(tuning, "W8A8", {
+        ("fp8-block", 4096, 4096): {1: "gemv", 16: "gemv", 64: "block-narrow", 1024: "cublas"},
+        ("fp8-block", 4096, 6144): {16: "block-skinny", 64: "block-narrow"}})
+    tuning.clear_cache()
+    try:
+        at = {m: tuning.lookup("w8a8", "fp8-block", 4096, 6144, m) for m in (1, 8, 16, 40, 64, 65, 2000)}
+        assert at == {1: "gemv", 8: "gemv", 16: "block-skinny", 40: "block-narrow", 64: "block-narrow",
+                      65: "cublas", 2000: "cublas"}
+        assert tuning.lookup("w8a8", "fp8-block", 4096, 6144, 9000, within=True) is None
+        assert tuning.lookup("w8a8", "int8", 4096, 6144, 16) is None  # nothing measured for that kind
+    finally:
+        tuning.clear_cache()
