@@ -95,6 +95,10 @@ __device__ inline void decode4(uint32_t word, uint32_t& lo, uint32_t& hi) {
 //      at one token; no change elsewhere).
 //  16: 16-warp blocks up to 8192 rows instead of kWideMaxN (session 14's decode profile: q/k/v of 6144 rows, 384
 //      8-warp blocks, streamed 2.5 TB/s where gate/up reached 3.5). Not yet measured.
+//  64: block scales (fp8-block) at 9-16 tokens on the lean variant that scales x by each tile's block scale, as at
+//      1-8 tokens: 80 registers and three blocks per SM where the default takes 127 and two (ptxas, sm_90a; session
+//      21's sweep: fp8-block w8_gemv at 16 tokens 0.97-1.18x bf16 where per-channel fp8 runs 1.4-1.65x). Not yet
+//      measured: `dev/gemv_probe.py --switches 0,64`.
 // Session 14's A/B made two former switches the defaults ("lean" register budgets where they cost no spills) and
 // withdrew a third (one stripe at every n: -5-17% at <= 8 tokens on 28672 rows): kernels/NOTES.md "Session 14".
 // The lean block-scaled variant applies each tile's block scale to bf16 activations (x * scale in float32,
@@ -112,7 +116,7 @@ template <int TokenTiles, bool Blocked, int kStripes, int Warps, bool Lean>
 __host__ __device__ constexpr int min_blocks() {  // __launch_bounds__'s blocks per SM (lean budgets); 0: unset
   if (!Lean || kStripes != 1) return 0;
   if (Warps == kWideWarps) return !Blocked && TokenTiles == 2 ? 2 : 0;  // 64 registers
-  return Blocked ? (TokenTiles == 1 ? 3 : 0) : (TokenTiles == 2 ? 4 : 0);
+  return Blocked ? (TokenTiles <= 2 ? 3 : 0) : (TokenTiles == 2 ? 4 : 0);
 }
 
 // Pdl (launched where the caller asks, p.pdl, or on every call with QTOOL_PDL=2): the first tiles' weight loads go
@@ -282,6 +286,12 @@ void launch_stripes(const W8GemvProblem& p, cudaStream_t stream) {
     if (p.block_n > 0 && TokenTiles == 1) {  // 80 registers: three blocks per SM
       launch_one<T, F, 1, true, 1, kWarps, true>(p, blocks, stream);
       return;
+    }
+    if constexpr (TokenTiles == 2 && std::is_same_v<T, __nv_bfloat16>) {
+      if (p.block_n > 0 && (switches & 64)) {  // the same at 9-16 tokens: 80 registers (e4m3, e5m2: no spills)
+        launch_one<T, F, 2, true, 1, kWarps, true>(p, blocks, stream);
+        return;
+      }
     }
     if (p.block_n == 0 && TokenTiles == 2) {  // 64 registers: 9-16 tokens 1.1-1.4x -> 1.4-1.65x bf16
       if (p.n <= wide_max_n && !(switches & 2))  // 16 warps: two blocks per SM, as at m <= 8

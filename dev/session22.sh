@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The next session's device calls, prepared at the end of session 21 (nvidia-h200, carry [".gpu/w8a8"]; the block
+# library changed in session 21 (the narrow tile) and is prebuilt there as libqtool_sm90_block-941c076e6a4c.so):
+#   call 1: bash dev/session22.sh w8lean aq pf8          (~8 min)
+#   call 2: E2E_TIMEOUT=320 bash dev/session22.sh e2eblock, then what call 1 says to re-sweep
+#   nvidia-h200-x2 (issue 20): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 gptq8ns_1 gptq8ns_2 summary
+# w8lean   w8_gemv's lean block-scaled variant at 9-16 tokens (QTOOL_W8_GEMV=64, csrc/w8_gemv.cu): the w8_gemv GPU
+#          tests with the switch on, then the A/B at 9-16 tokens (session 21: fp8-block w8_gemv at 16 tokens 0.97-1.18x
+#          bf16, 127 registers and two blocks per SM; the lean one takes 80 and three). If it wins, sweep fp8-block
+#          at 16-32 tokens again with it as the default (dev/w8a8_sweep.py --kinds fp8-block --tokens 16,32).
+# aq       act_quant's bandwidth (session 20's saturating int8 conversion, unmeasured since) and the W8A8 layers at
+#          2048 tokens on the fused 8B shapes
+# pf8      the L2 prefetch for w8_gemv (fp8, 0 / 4 / 16 MiB): session 21's sweep measured W4A16 only (every size
+#          slower; the fp8 half ran eager when dynamo hit its recompile limit, fixed since)
+# e2eblock 8B fp8-block end to end (session 21's run was cut at 190 s while compiling; last measured in session 14)
+cd "$(dirname "$0")/.."
+LOG=session22.log
+source dev/gpu_setup.sh
+step "host: $(nproc) cores, $(lscpu | sed -n "s/^Model name: *//p")"
+
+w8lean() {
+  step "w8_gemv lean block-scaled at 9-16 tokens: tests with QTOOL_W8_GEMV=64, then the A/B"
+  QTOOL_W8_GEMV=64 timeout -k 15 200 python3 -m pytest -q -m gpu tests/test_w8a8_gpu.py -k "gemv or fp8_block" \
+    --tb=short > "$OUT/w8lean_tests.txt" 2>&1
+  summarize "$OUT/w8lean_tests.txt"
+  timeout -k 15 200 python3 dev/gemv_probe.py --switches 0,64 --tokens 9,12,16 --json "$OUT/w8lean.json" 2>&1 |
+    grep -E "fp8-block|setting|failed" | tail -40
+}
+aq() {
+  step "act_quant and W8A8 layers at 2048 tokens"
+  timeout -k 10 150 python3 dev/w8a8_sweep.py --kinds int8,fp8 --shapes 4096x6144,4096x4096,4096x28672,14336x4096 \
+    --tokens 2048 --budget 120 --json "$OUT/aq2k.json" 2>&1 | grep -v "^$" | tail -10
+  timeout -k 10 60 python3 -c "import json, sys; sys.path.insert(0, 'benchmarks'); import bench_w8a8 as b; b.build.load_extension(); \
+print(json.dumps(b.act_quant_bandwidth()))" 2>&1 | tail -2
+}
+pf8() {
+  step "8B fp8 decode by prefetch size"
+  timeout -k 15 "${PF_TIMEOUT:-300}" python3 dev/prefetch_sweep.py --schemes fp8 --mb "${PF_MB:-0,4,16}" \
+    --budget "${PF_BUDGET:-250}" --json "$OUT/prefetch_fp8.jsonl" > /tmp/prefetch.txt 2>&1
+  echo "exit $?"; grep -E "^\{|Error|error" /tmp/prefetch.txt | tail -10
+}
+e2eblock() {
+  E2E_TIMEOUT=${E2E_TIMEOUT:-320} bench8b "" "fp8-block" 1,16 2048 8
+}
+
+stages=("$@")
+[ ${#stages[@]} -eq 0 ] && stages=(w8lean aq pf8)
+for s in "${stages[@]}"; do "$s"; done
+step "done"
