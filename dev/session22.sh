@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The next session's device calls, prepared at the end of session 21 (nvidia-h200, carry [".gpu/w8a8"]; the block
-# library changed in session 21 (the narrow tile) and is prebuilt there as libqtool_sm90_block-941c076e6a4c.so):
-#   call 1: bash dev/session22.sh w8lean aq pf8          (~8 min)
+# library changed in session 21 (the narrow tile, then a PDL bit) and is prebuilt there by dev/prebuild_sm90.sh):
+#   call 1: bash dev/session22.sh w8lean blockpdl aq pf8     (~9 min)
 #   call 2: E2E_TIMEOUT=320 bash dev/session22.sh e2eblock, then what call 1 says to re-sweep
 #   nvidia-h200-x2 (issue 20): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 gptq8ns_1 gptq8ns_2 summary
 # w8lean   w8_gemv's lean block-scaled variant at 9-16 tokens (QTOOL_W8_GEMV=64, csrc/w8_gemv.cu): the w8_gemv GPU
@@ -12,6 +12,9 @@
 #          2048 tokens on the fused 8B shapes
 # pf8      the L2 prefetch for w8_gemv (fp8, 0 / 4 / 16 MiB): session 21's sweep measured W4A16 only (every size
 #          slower; the fp8 half ran eager when dynamo hit its recompile limit, fixed since)
+# blockpdl the fp8-block GEMM launched with PDL after act_quant (session 21 built the bit into libqtool_sm90_block,
+#          off: scaled_mm.BLOCK_PDL_MAX_M = 0): the block GEMM tests (each configuration with PDL after act_quant),
+#          then the layers at 16-256 tokens with and without it, one process (dev/block_pdl_probe.py)
 # e2eblock 8B fp8-block end to end (session 21's run was cut at 190 s while compiling; last measured in session 14)
 cd "$(dirname "$0")/.."
 LOG=session22.log
@@ -39,11 +42,17 @@ pf8() {
     --budget "${PF_BUDGET:-250}" --json "$OUT/prefetch_fp8.jsonl" > /tmp/prefetch.txt 2>&1
   echo "exit $?"; grep -E "^\{|Error|error" /tmp/prefetch.txt | tail -10
 }
+blockpdl() {  # the fp8-block GEMM launched with PDL after act_quant (block_mm.PDL; off until this says where it wins)
+  step "fp8-block layers: block GEMM with and without PDL"
+  timeout -k 15 200 python3 -m pytest -q -m gpu tests/test_w8a8_gpu.py -k "block_gemm" --tb=short > "$OUT/blockpdl_tests.txt" 2>&1
+  summarize "$OUT/blockpdl_tests.txt"
+  timeout -k 15 200 python3 dev/block_pdl_probe.py --json "$OUT/blockpdl.json" 2>&1 | tail -40
+}
 e2eblock() {
   E2E_TIMEOUT=${E2E_TIMEOUT:-320} bench8b "" "fp8-block" 1,16 2048 8
 }
 
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(w8lean aq pf8)
+[ ${#stages[@]} -eq 0 ] && stages=(w8lean blockpdl aq pf8)
 for s in "${stages[@]}"; do "$s"; done
 step "done"

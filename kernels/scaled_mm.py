@@ -102,6 +102,8 @@ SM90_CONFIGS = {"auto": 0, "skinny": 1, "large": 2, "split": 3, "narrow": 4}
 # faster at 32 and 64 tokens on every shape (fp8 8192 x 8192 at 32: 26.0 -> 23.8 us, 4096 x 4096 at 64: 11.0 ->
 # 10.0), mixed to 1.5x slower at 256 (8192 x 28672: 107.9 -> 157.6 us): up to SM90_PDL_MAX_M tokens only.
 SM90_PDL, SM90_PDL_MAX_M = 8, 64
+# The same for the fp8-block GEMM (block_mm.PDL): 0, off, until measured on the narrow tile (dev/session22.sh).
+BLOCK_PDL_MAX_M = 0
 
 
 def measured_kind(codes: torch.dtype, blocks: bool) -> str | None:
@@ -188,7 +190,8 @@ def _blockwise(xq, x_scale, wq, w_scale, bias, x_group_size, w_block_n, w_block_
     if not fits:
         return None
     if route in block_mm_sm90.CONFIGS and n % 8 == 0 and block_mm_sm90.available():  # measured faster than cuBLAS
-        y = block_mm_sm90.block_linear(xq, x_scale, wq, w_scale, block_mm_sm90.CONFIGS[route])
+        y = block_mm_sm90.block_linear(xq, x_scale, wq, w_scale, block_mm_sm90.CONFIGS[route],
+                                       pdl=xq.shape[0] <= BLOCK_PDL_MAX_M)
     else:
         # cuBLAS wants the weight scales' row stride (k / 128 floats) 16-byte aligned: k % 512 == 0.
         if k % (4 * BLOCK) or not hasattr(F, "scaled_mm") or _blockwise_failed:

@@ -199,6 +199,12 @@ def test_sm90_block_gemm_every_config(kernels, config, split, m, n, k):
     ref = reference.scaled_linear(xq.cpu(), xs.cpu(), w.cpu(), ws.cpu(), None, 128, 128, 128, torch.float64)
     assert y.shape == (m, n) and y.dtype == torch.bfloat16 and torch.isfinite(y).all()
     assert rel_err(y.cpu(), ref) < 1e-2
+    # launched with programmatic dependent launch right after the act_quant that writes its input (which releases
+    # it at its start): the GEMM waits for that kernel, so it reads the new codes, not the last call's
+    xq2, xs2 = kernels.act_quant(-2 * x, "e4m3", 128, None)
+    y2 = block_mm.block_linear(xq2, xs2, w, ws, block_mm.CONFIGS[config], split, pdl=True)
+    ref2 = reference.scaled_linear(xq2.cpu(), xs2.cpu(), w.cpu(), ws.cpu(), None, 128, 128, 128, torch.float64)
+    assert rel_err(y2.cpu(), ref2) < 1e-2
 
 
 def test_sm90_gemm_rejects_unknown_config(kernels):

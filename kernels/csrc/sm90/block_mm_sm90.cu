@@ -120,7 +120,7 @@ struct BlockGemm {
   static size_t workspace(const BlockMmArgs& p) { return Gemm::get_workspace_size(arguments(p)); }
 
   static const char* run(const BlockMmArgs& p, cudaStream_t stream) {
-    return run_gemm<Gemm>(arguments(p), p.workspace, p.workspace_bytes, stream);
+    return run_gemm<Gemm>(arguments(p), p.workspace, p.workspace_bytes, stream, (p.config & kBlockConfigPdl) != 0);
   }
 };
 
@@ -136,13 +136,13 @@ using Narrow = BlockGemm<Shape<_64, _64, _128>, Shape<_1, _1, _1>, true, cutlass
 template <class Fn>
 const char* by_config(const BlockMmArgs& p, Fn&& fn) {
   if (p.k % 128 || p.n % 8 || p.m % 4) return "k % 128, n % 8 and m % 4 must be 0";
-  switch (p.config) {
+  switch (p.config & ~kBlockConfigPdl) {
     case 0: return fn(Skinny{});
     case 1: return fn(Split{});
     case 2: return fn(Large{});
     case 3: return fn(Swapped{});
     case 4: return fn(Narrow{});
-    default: return "config must be 0 (skinny), 1 (split), 2 (large), 3 (swapped) or 4 (narrow)";
+    default: return "config must be 0 (skinny), 1 (split), 2 (large), 3 (swapped) or 4 (narrow), plus 8 for PDL";
   }
 }
 
