@@ -1,10 +1,12 @@
-"""How much of the next weight each GEMV should pull into L2 (QTOOL_PREFETCH_MB), measured end to end.
+"""How much of the next weight each GEMV should pull into L2 (QTOOL_PREFETCH_MB), and whether W8A8 gate/up layers
+should run SiLU-and-multiply in w8_gemv's epilogue (kernels/scaled_mm.py SWIGLU_GEMV_MAX_M), measured end to end.
 
 The bf16 8B-shaped model is timed once; each scheme is quantized (RTN) and fused once, as `qtool bench` does,
 then decoded at every prefetch size (the links are rebuilt per size; decode compiles again when they change).
 One JSON line per (scheme, MiB) goes to --json as it is measured, so a cut-off run keeps what it finished.
 
     python3 dev/prefetch_sweep.py --schemes w4a16,fp8 --mb 0,4,16,32 --batch-sizes 1,16 --json $OUT/prefetch.jsonl
+    python3 dev/prefetch_sweep.py --schemes fp8,w8a8-int8 --mb 0 --swiglu 8,0 --json $OUT/swiglu.jsonl
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 
 import torch
 
+from qtool_kernels import scaled_mm
 from quantize.bench import bench_model, compare
 from quantize.cli_tools import _fuse
 from quantize.prefetch import PREFETCH_MB_ENV
@@ -30,6 +33,8 @@ def main() -> None:
     ap.add_argument("--config", default="llama-8b")
     ap.add_argument("--schemes", default="w4a16,fp8")
     ap.add_argument("--mb", default="0,4,16,32")
+    ap.add_argument("--swiglu", default=str(scaled_mm.SWIGLU_GEMV_MAX_M),
+                    help="values of scaled_mm.SWIGLU_GEMV_MAX_M to run (0: the separate SiLU-and-multiply)")
     ap.add_argument("--batch-sizes", default="1,16")
     ap.add_argument("--decode-tokens", type=int, default=32)
     ap.add_argument("--budget", type=float, default=1e9, help="seconds; no new measurement starts after it")
@@ -53,16 +58,17 @@ def main() -> None:
         model = random_model(args.config, dtype=torch.bfloat16, device="cuda")
         quantize_model(model, Recipe.single(preset(scheme), "rtn"), device="cuda", progress=False)
         _fuse(model, (True, False), f"{args.config} {scheme}")
-        for mb in args.mb.split(","):
+        for mb, swiglu in ((mb, sw) for mb in args.mb.split(",") for sw in args.swiglu.split(",")):
             if time.time() - start > args.budget:
-                emit({"scheme": scheme, "mb": mb, "skipped": "budget"})
+                emit({"scheme": scheme, "mb": mb, "swiglu": swiglu, "skipped": "budget"})
                 continue
             os.environ[PREFETCH_MB_ENV] = mb
+            scaled_mm.SWIGLU_GEMV_MAX_M = int(swiglu)
             torch._dynamo.reset()  # new links recompile; past 8 recompiles dynamo would fall back to eager
             t = time.time()
             result = bench_model(model, **opts)
             ratios = compare(base, result)
-            emit({"scheme": scheme, "mb": float(mb), "seconds": round(time.time() - t, 1),
+            emit({"scheme": scheme, "mb": float(mb), "swiglu": int(swiglu), "seconds": round(time.time() - t, 1),
                   **{f"steps_bs{d.batch_size}": d.step_tokens_per_s for d in result.decode},
                   **{k: round(v, 4) for k, v in ratios.items() if k.startswith("decode_steps")}})
         del model

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The next session's device calls, prepared at the end of session 21 (nvidia-h200, carry [".gpu/w8a8"]; the block
 # library changed in session 21 (the narrow tile, then a PDL bit) and is prebuilt there by dev/prebuild_sm90.sh):
-#   call 1: bash dev/session22.sh w8lean blockpdl aq pf8     (~9 min)
+#   call 1: bash dev/session22.sh swiglu w8lean blockpdl     (~9 min)
+#   then:   bash dev/session22.sh aq pf8
 #   call 2: E2E_TIMEOUT=320 bash dev/session22.sh e2eblock, then what call 1 says to re-sweep
 #   nvidia-h200-x2 (issue 20): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 gptq8ns_1 gptq8ns_2 summary
 # w8lean   w8_gemv's lean block-scaled variant at 9-16 tokens (QTOOL_W8_GEMV=64, csrc/w8_gemv.cu): the w8_gemv GPU
@@ -15,6 +16,9 @@
 # blockpdl the fp8-block GEMM launched with PDL after act_quant (session 21 built the bit into libqtool_sm90_block,
 #          off: scaled_mm.BLOCK_PDL_MAX_M = 0): the block GEMM tests (each configuration with PDL after act_quant),
 #          then the layers at 16-256 tokens with and without it, one process (dev/block_pdl_probe.py)
+# swiglu   W8A8 gate/up layers with SiLU-and-multiply in w8_gemv's epilogue at <= 8 tokens (session 21, built and
+#          CPU-tested, unmeasured): the gated MLP GPU tests, then the 8B fp8 and int8 decode with it on and off in one
+#          process (issue 18's batch-1 goal, 1.6x: fp8 1.59x, int8 1.58x without it)
 # e2eblock 8B fp8-block end to end (session 21's run was cut at 190 s while compiling; last measured in session 14)
 cd "$(dirname "$0")/.."
 LOG=session22.log
@@ -48,11 +52,19 @@ blockpdl() {  # the fp8-block GEMM launched with PDL after act_quant (block_mm.P
   summarize "$OUT/blockpdl_tests.txt"
   timeout -k 15 200 python3 dev/block_pdl_probe.py --json "$OUT/blockpdl.json" 2>&1 | tail -40
 }
+swiglu() {  # W8A8 gate/up with SiLU-and-multiply in w8_gemv's epilogue (<= 8 tokens): its GPU tests, then decode
+  step "w8_gemv's gated epilogue: tests, then the 8B decode with and without it (one process)"
+  timeout -k 15 150 python3 -m pytest -q -m gpu tests/test_mlp.py --tb=short > "$OUT/swiglu_tests.txt" 2>&1
+  summarize "$OUT/swiglu_tests.txt"
+  timeout -k 15 "${SW_TIMEOUT:-330}" python3 dev/prefetch_sweep.py --schemes "${SW_SCHEMES:-fp8,w8a8-int8}" --mb 0 \
+    --swiglu 8,0 --budget "${SW_BUDGET:-280}" --json "$OUT/swiglu.jsonl" > /tmp/swiglu.txt 2>&1
+  echo "exit $?"; grep -E "^\{|Error|error" /tmp/swiglu.txt | tail -10
+}
 e2eblock() {
   E2E_TIMEOUT=${E2E_TIMEOUT:-320} bench8b "" "fp8-block" 1,16 2048 8
 }
 
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(w8lean blockpdl aq pf8)
+[ ${#stages[@]} -eq 0 ] && stages=(swiglu w8lean blockpdl)
 for s in "${stages[@]}"; do "$s"; done
 step "done"

@@ -121,8 +121,8 @@ def _register_fakes() -> None:
             return codes, x.new_empty_strided((m, -(-k // group_size)), (1, max(m, 1)), dtype=torch.float32)
         return codes, x.new_empty(m, 1, dtype=torch.float32)
 
-    def w8_gemv(x, w, scale, bias, block_n, block_k, pdl=0, prefetch=None):
-        return x.new_empty(x.shape[0], w.shape[0])
+    def w8_gemv(x, w, scale, bias, block_n, block_k, pdl=0, prefetch=None, swiglu=0):
+        return x.new_empty(x.shape[0], w.shape[0] // 2 if swiglu else w.shape[0])
 
     def sm90_scaled_mm(a, b, a_scale, b_scale, bias, out_dtype, config=0):
         return a.new_empty(a.shape[0], b.shape[0], dtype=out_dtype)

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from . import reference
 from .reference import expand_groups
 
 if TYPE_CHECKING:  # mixed_mm imports build, which imports this module
@@ -271,15 +272,15 @@ class ReferenceOps:
         return ReferenceOps.wo_gemv(x, qweight, scale, zero, bias, num_bits, group_size, out_features, activation)
 
     @staticmethod
-    def w8_gemv(x, w, scale, bias, block_n, block_k, pdl=0, prefetch=None):
+    def w8_gemv(x, w, scale, bias, block_n, block_k, pdl=0, prefetch=None, swiglu=0):
         """Per-channel scales only (block_n = 0), as weight_only uses it; `pdl` and `prefetch` are hints for the
-        CUDA kernel, ignored here."""
+        CUDA kernel, ignored here; swiglu: y = silu(gate) * up of w = [gate; up], in float32."""
         if block_n:
             raise ValueError("ReferenceOps.w8_gemv takes per-channel scales (block_n = 0)")
         y = x.float() @ (w.float() * scale.float().view(-1, 1)).T
         if bias is not None:
             y = y + bias.float()
-        return y.to(x.dtype)
+        return reference.silu_mul(y).to(x.dtype) if swiglu else y.to(x.dtype)
 
     @staticmethod
     def dequant_int(qweight, scale, zero, num_bits, group_size, out_features, dtype):

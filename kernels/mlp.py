@@ -9,16 +9,10 @@ gate/up projection's output.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from . import build
+from .reference import silu_mul as reference_silu_mul  # x [..., 2I] -> [..., I]: silu(g) * u in float32
 from .weight_only import KERNEL_DTYPES
-
-
-def reference_silu_mul(x: torch.Tensor) -> torch.Tensor:
-    """x [..., 2I] -> [..., I] in x's dtype: silu(g) * u computed in float32."""
-    gate, up = x.float().chunk(2, dim=-1)
-    return (F.silu(gate) * up).to(x.dtype)
 
 
 def silu_mul(x: torch.Tensor) -> torch.Tensor:

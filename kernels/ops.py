@@ -64,17 +64,19 @@ def _(xq, x_scale, wq, w_scale, bias, x_group_size, w_block_n, w_block_k, out_dt
 @torch.library.custom_op("qtool::w8a8_linear", mutates_args=())
 def w8a8_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Tensor | None, input_scale: Tensor | None,
                 fmt: str, act_group_size: int, block_n: int, block_k: int, static_weight: int = 0,
-                prefetch: Tensor | None = None) -> Tensor:
+                prefetch: Tensor | None = None, swiglu: int = 0) -> Tensor:
     """A W8A8 layer: quantize x [M, K], then the 8-bit GEMM with weight [N, K]; see `reference.w8a8_linear`.
     static_weight=1: no kernel writes the weight while layers run; prefetch: bytes to pull into L2 after the
-    weight (the next layer's); both are hints for the CUDA kernels."""
-    return reference.w8a8_linear(x, weight, weight_scale, bias, input_scale, fmt, act_group_size, block_n, block_k)
+    weight (the next layer's); both are hints for the CUDA kernels. swiglu=1: weight = [gate; up] of a gated MLP,
+    the result silu(gate) * up [M, N / 2] (`reference.silu_mul`)."""
+    y = reference.w8a8_linear(x, weight, weight_scale, bias, input_scale, fmt, act_group_size, block_n, block_k)
+    return reference.silu_mul(y) if swiglu else y
 
 
 @w8a8_linear.register_fake
 def _(x, weight, weight_scale, bias, input_scale, fmt, act_group_size, block_n, block_k, static_weight=0,
-      prefetch=None):
-    return x.new_empty((x.shape[0], weight.shape[0]))
+      prefetch=None, swiglu=0):
+    return x.new_empty((x.shape[0], weight.shape[0] // 2 if swiglu else weight.shape[0]))
 
 
 # --- autograd: gradients for the activations (and bias), none for the quantized weight -------------
@@ -112,7 +114,10 @@ def _weight_only_backward(ctx, grad):
 
 
 def _w8a8_setup(ctx, inputs, output):
-    x, weight, weight_scale, bias, input_scale, fmt, act_group_size, block_n, block_k, *_ = inputs
+    x, weight, weight_scale, bias, input_scale, fmt, act_group_size, block_n, block_k, *hints = inputs
+    if len(hints) > 2 and hints[2]:
+        raise NotImplementedError("qtool::w8a8_linear has no backward with swiglu=1; QuantLinear.forward_gated "
+                                  "runs the layer and SiLU-and-multiply apart when x needs a gradient")
     ctx.save_for_backward(weight, weight_scale)
     ctx.blocks = (block_n, block_k)
     _save_bias(ctx, bias)
@@ -121,7 +126,7 @@ def _w8a8_setup(ctx, inputs, output):
 def _w8a8_backward(ctx, grad):
     weight = reference.dequantize_scaled_weight(*ctx.saved_tensors, *ctx.blocks)
     grad_x, grad_bias = _linear_backward(ctx, grad, weight)
-    return grad_x, None, None, grad_bias, None, None, None, None, None, None, None
+    return grad_x, None, None, grad_bias, None, None, None, None, None, None, None, None
 
 
 weight_only_linear.register_autograd(_weight_only_backward, setup_context=_weight_only_setup)

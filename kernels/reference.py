@@ -144,6 +144,13 @@ def w8a8_linear(
     return scaled_linear(xq, xs, weight, weight_scale, bias, group, block_n, block_k, x.dtype)
 
 
+def silu_mul(y: torch.Tensor) -> torch.Tensor:
+    """A gated MLP's SiLU-and-multiply: y [..., 2I] = [gate | up] -> silu(gate) * up [..., I], in float32, rounded
+    once to y's dtype."""
+    gate, up = y.float().chunk(2, dim=-1)
+    return (F.silu(gate) * up).to(y.dtype)
+
+
 def binary_activation(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x [M, K] -> (signs [M, K] float32 in {-1, +1}, sign(0) = +1; scales [M, 1] = mean|x| per token, 1 where 0)."""
     xf = x.float()

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from . import block_mm as block_mm_sm90
 from . import build, ops, reference, sm90, tuning
+from .mlp import silu_mul
 
 KERNEL_DTYPES = (torch.float16, torch.bfloat16)
 W8_GEMV_MAX_M = 16  # the rule outside the measured batches: w8_gemv up to 16 tokens
@@ -238,10 +239,11 @@ def quantize_activation_cuda(x: torch.Tensor, fmt: str, group_size: int,
 
 
 def _w8_gemv(x, weight, weight_scale, bias, block_n, block_k, static_weight=False,
-             prefetch=None) -> torch.Tensor | None:
+             prefetch=None, swiglu=False) -> torch.Tensor | None:
     """qtool_cuda::w8_gemv when the shapes fit (k % 16 == 0; blocks of 32k x 64k), else None. `static_weight`: no
     kernel writes the weight while layers run (a QuantLinear's), so the launch may read it early (gemv_pdl).
-    `prefetch`: bytes the kernel pulls into L2 after its own weight (the next layer's, quantize/linear.py)."""
+    `prefetch`: bytes the kernel pulls into L2 after its own weight (the next layer's, quantize/prefetch.py).
+    `swiglu`: weight = [gate; up], y = silu(gate) * up [m, n / 2] (m <= 8, per-channel or per-tensor scales)."""
     n, k = weight.shape
     if k % 16 or (block_n > 0 and (block_n % 32 or block_k % 64)) or not weight.is_contiguous():
         return None
@@ -250,14 +252,36 @@ def _w8_gemv(x, weight, weight_scale, bias, block_n, block_k, static_weight=Fals
     if x.data_ptr() % 16:
         x = x.clone()
     pdl = static_weight and tuning.gemv_pdl(x.shape[0], n, k)
-    return torch.ops.qtool_cuda.w8_gemv(x, weight, scale, bias, block_n, block_k, int(pdl), prefetch)
+    return torch.ops.qtool_cuda.w8_gemv(x, weight, scale, bias, block_n, block_k, int(pdl), prefetch, int(swiglu))
+
+
+# A gated MLP's [gate; up] W8A8 layer with SiLU-and-multiply in w8_gemv's epilogue (its two-stripe variant, one
+# gate stripe and its up stripe per block): up to 8 tokens, the batch-1 decode, where the separate kernel it saves
+# costs as much as a small layer's launch.
+SWIGLU_GEMV_MAX_M = 8
+
+
+def _gated_gemv(x, weight, weight_scale, bias, block_n, static_weight, prefetch) -> torch.Tensor | None:
+    """silu(gate) * up [m, n / 2] from w8_gemv's epilogue where the layer runs w8_gemv, else None."""
+    m, (n, k) = x.shape[0], weight.shape
+    if m > SWIGLU_GEMV_MAX_M or block_n or x.dtype not in KERNEL_DTYPES or build.load_extension() is None:
+        return None
+    if not takes_gemv(m, w8a8_route(m, n, k, measured_kind(weight.dtype, False))):
+        return None
+    return _w8_gemv(x, weight, weight_scale, bias, 0, 0, bool(static_weight), prefetch, swiglu=True)
 
 
 @ops.w8a8_linear.register_kernel("cuda")
 def w8a8_linear_cuda(x, weight, weight_scale, bias, input_scale, fmt, act_group_size, block_n, block_k,
-                     static_weight=0, prefetch=None):
+                     static_weight=0, prefetch=None, swiglu=0):
     """qtool::w8a8_linear on CUDA (QuantLinear calls it directly in eager mode, with static_weight=1 and the next
-    layer's weight to prefetch)."""
+    layer's weight to prefetch). swiglu: a gated MLP's [gate; up] layer, y = silu(gate) * up [m, n / 2]: in the
+    GEMV's epilogue where it runs (<= SWIGLU_GEMV_MAX_M tokens, per-channel scales), else after the layer."""
+    if swiglu:
+        if (y := _gated_gemv(x, weight, weight_scale, bias, block_n, static_weight, prefetch)) is not None:
+            return y
+        return silu_mul(w8a8_linear_cuda(x, weight, weight_scale, bias, input_scale, fmt, act_group_size, block_n,
+                                         block_k, static_weight, prefetch))
     args = (x, weight, weight_scale, bias, input_scale, fmt, act_group_size, block_n, block_k)
     if build.load_extension() is None or x.dtype not in KERNEL_DTYPES:
         return reference.w8a8_linear(*args)

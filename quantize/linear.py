@@ -31,6 +31,7 @@ from qtool_kernels.layout import (
     pack_weight,
     unpack_codes,
 )
+from qtool_kernels.mlp import silu_mul
 from qtool_kernels.weight_only import KERNEL_DTYPES, packed_linear, takes_rows
 
 from .primitives import QTensor, dequantize, pack_factor, pack_int, scale_shape, unpack_int
@@ -146,21 +147,31 @@ class QuantLinear(nn.Module):
         # FP8 weight-only and per-tensor/block integer weights: dequantize, then a plain GEMM.
         return F.linear(x, self.dequantize_weight(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
-    def _forward_w8a8(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_gated(self, x: torch.Tensor) -> torch.Tensor:
+        """For a gated MLP's gate and up projections stacked as this one layer ([gate; up] rows): silu(gate) * up,
+        x [..., K] -> [..., N / 2]. W8A8 layers do the product in their GEMV's epilogue where it runs (one kernel
+        fewer per block in a batch-1 decode, kernels/scaled_mm.py); every other layer, and any x that needs a
+        gradient, runs the layer and then `silu_mul`."""
+        acts = self.scheme.input_activations
+        if acts is None or acts.binary or (x.requires_grad and torch.is_grad_enabled()):
+            return silu_mul(self(x))
+        return self._forward_w8a8(x, swiglu=1)
+
+    def _forward_w8a8(self, x: torch.Tensor, swiglu: int = 0) -> torch.Tensor:
         act, w = self.scheme.input_activations, self.scheme.weights
         fmt = act.fp_format if act.is_float else "int8"
         group = act.group_size if act.strategy is Strategy.GROUP else 0
         bn, bk = w.block_structure if w.strategy is Strategy.BLOCK else (0, 0)
         args = (x.reshape(-1, self.in_features), self.weight, self.weight_scale, self.bias,
                 getattr(self, "input_scale", None), fmt, group, bn, bk,
-                1, getattr(self, "cuda_prefetch", None))  # a static weight (w8_gemv's PDL); quantize/prefetch.py
+                1, getattr(self, "cuda_prefetch", None), swiglu)  # a static weight (w8_gemv's PDL); quantize/prefetch.py
         if x.is_cuda and not torch.compiler.is_compiling() and not (x.requires_grad and torch.is_grad_enabled()):
             # Eager calls skip the custom op's dispatch (tens of microseconds of host time per call, which an
             # eager prefill pays on every layer); torch.compile and autograd still see the op.
             out = scaled_mm.w8a8_linear_cuda(*args)
         else:
             out = torch.ops.qtool.w8a8_linear(*args)
-        return out.reshape(*x.shape[:-1], self.out_features)
+        return out.reshape(*x.shape[:-1], self.out_features // 2 if swiglu else self.out_features)
 
     def _forward_w1a1(self, x: torch.Tensor) -> torch.Tensor:
         if x.is_cuda and (y := binary_cuda_linear(self, x)) is not None:

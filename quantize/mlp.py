@@ -6,7 +6,9 @@ product reading it back with the up half. `GatedMLP` runs down(silu_mul(gate_up(
 one layer (fusion.fuse_layers: a QuantLinear, or an nn.Linear in a float model) and `qtool_kernels.mlp.silu_mul`,
 one pass that reads the fused output once and writes the product (csrc/silu_mul.cu; float32 arithmetic rounded
 once, where transformers rounds twice: at most one unit in the last place apart). Under torch.compile the
-reference runs, which Inductor fuses by itself.
+reference runs, which Inductor fuses by itself. A W8A8 gate/up layer computes the product itself
+(`QuantLinear.forward_gated`): in its GEMV's epilogue at up to 8 tokens, so a batch-1 decode step has one kernel
+fewer per block.
 
 Which modules: the classes of `GATED_MLPS` (architecture knowledge as data: their projection names) whose
 activation is SiLU and whose gate and up projections can run as one layer (`fusion.incompatibility`). Like
@@ -46,7 +48,8 @@ class GatedMLP(nn.Module):
         self.register_state_dict_pre_hook(refuse_state_dict)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(silu_mul(self.gate_up_proj(x)))
+        gated = getattr(self.gate_up_proj, "forward_gated", None)  # a QuantLinear: W8A8 fuses the product
+        return self.down_proj(gated(x) if gated is not None else silu_mul(self.gate_up_proj(x)))
 
 
 def _is_silu(module: nn.Module) -> bool:

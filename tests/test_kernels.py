@@ -247,14 +247,14 @@ def test_rows_gemv_rule(n, k, limit):
 
 def test_gemv_pdl_rule():
     """w8_gemv's PDL twin (static weights) where session 19 measured it faster: more rows than columns, <= 8
-    tokens; qtool::w8a8_linear takes the hint after the layer's arguments (then the prefetch link), off unless a
-    caller (QuantLinear) passes it."""
+    tokens; qtool::w8a8_linear takes the hint after the layer's arguments (then the prefetch link and the gated
+    MLP's epilogue), off unless a caller (QuantLinear) passes it."""
     assert tuning.gemv_pdl(1, 6144, 4096) and tuning.gemv_pdl(8, 28672, 8192)
     assert not tuning.gemv_pdl(9, 6144, 4096) and not tuning.gemv_pdl(1, 4096, 4096)
     assert not tuning.gemv_pdl(1, 4096, 14336)
     schema = torch.ops.qtool.w8a8_linear.default._schema
-    assert [a.name for a in schema.arguments[-2:]] == ["static_weight", "prefetch"]
-    assert schema.arguments[-2].default_value == 0 and schema.arguments[-1].default_value is None
+    assert [a.name for a in schema.arguments[-3:]] == ["static_weight", "prefetch", "swiglu"]
+    assert [a.default_value for a in schema.arguments[-3:]] == [0, None, 0]
 
 
 def test_host_decode_helpers_match_layout(tmp_path):

@@ -80,3 +80,68 @@ def test_silu_mul_kernel_matches_reference(kernels, dtype, m, inner, offset):
     ulp = ref.double().abs() * (2**-7 if dtype == torch.bfloat16 else 2**-10) + 1e-30
     assert ((out.double() - ref.double()).abs() <= ulp).all()
     assert (out == ref).float().mean() > 0.99
+
+
+@pytest.mark.parametrize("scheme", ["w8a8-int8", "fp8", "w4a16"])
+def test_forward_gated_is_silu_mul_of_the_layer(scheme):
+    """QuantLinear.forward_gated (the [gate; up] layer with SiLU-and-multiply): on the CPU exactly silu_mul of the
+    layer's output (the W8A8 op computes the same float32 product); with x needing a gradient it runs the two apart,
+    so the gradient reaches x; the W8A8 op itself refuses a backward with swiglu=1."""
+    from quantize.linear import QuantLinear
+    from quantize.primitives import quantize_weight
+
+    s = preset(scheme)
+    g = torch.Generator().manual_seed(1)
+    layer = QuantLinear.from_qtensor(quantize_weight(torch.randn(2 * 48, 128, generator=g), s.weights), s,
+                                     bias=torch.randn(2 * 48, generator=g))
+    x = torch.randn(3, 5, 128, generator=g)
+    out = layer.forward_gated(x)
+    assert out.shape == (3, 5, 48)
+    torch.testing.assert_close(out, silu_mul(layer(x)), rtol=0, atol=0)
+    xg = x.clone().requires_grad_(True)
+    layer.forward_gated(xg).sum().backward()
+    assert xg.grad is not None and torch.isfinite(xg.grad).all() and xg.grad.abs().sum() > 0
+    if s.input_activations is not None:
+        args = (xg.reshape(-1, 128), layer.weight, layer.weight_scale, layer.bias, None,
+                "int8" if scheme == "w8a8-int8" else "e4m3", 0, 0, 0, 0, None, 1)
+        with pytest.raises(NotImplementedError, match="swiglu"):
+            torch.ops.qtool.w8a8_linear(*args)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("fmt", ["int8", "e4m3", "e5m2"])
+@pytest.mark.parametrize("m", [1, 3, 8])
+@pytest.mark.parametrize("inner,k", [(1000, 1040), (7168, 4096), (24, 64)])
+def test_w8_gemv_swiglu_epilogue(kernels, dtype, fmt, m, inner, k):
+    """w8_gemv's gated epilogue (weight = [gate; up], y = silu(gate) * up) against the float64 product of the
+    dequantized weight, bias included, at row counts that do and do not fill the 16-row stripes; and a W8A8
+    QuantLinear's forward_gated (which takes it at <= 8 tokens) against its layer + silu_mul."""
+    from quantize.linear import QuantLinear
+    from quantize.primitives import quantize_weight
+
+    g = torch.Generator(device="cuda").manual_seed(m + inner + k)
+    n = 2 * inner
+    if fmt == "int8":
+        w = torch.randint(-128, 128, (n, k), device="cuda", generator=g, dtype=torch.int8)
+    else:
+        w = (torch.randn(n, k, device="cuda", generator=g) * 40).to(
+            torch.float8_e4m3fn if fmt == "e4m3" else torch.float8_e5m2)
+    scale = torch.rand(n, device="cuda", generator=g) / 200 + 1e-3
+    bias = torch.randn(n, device="cuda", generator=g)
+    x = torch.randn(m, k, device="cuda", generator=g).to(dtype)
+    y = kernels.w8_gemv(x, w, scale, bias, 0, 0, 0, None, 1)
+    full = x.double() @ (w.double() * scale.double()[:, None]).T + bias.double()
+    want = torch.nn.functional.silu(full[:, :inner]) * full[:, inner:]
+    assert y.shape == (m, inner) and y.dtype == dtype
+    assert ((y.double() - want).norm() / want.norm()).item() < 1e-2
+    s = preset("w8a8-int8" if fmt == "int8" else "fp8")
+    if fmt == "e5m2":
+        return
+    layer = QuantLinear.from_qtensor(quantize_weight(torch.randn(n, k), s.weights), s,
+                                     bias=torch.randn(n)).cuda()
+    xl = torch.randn(m, k, device="cuda", dtype=dtype)
+    with torch.no_grad():
+        got, ref = layer.forward_gated(xl), silu_mul(layer(xl))
+    assert ((got.double() - ref.double()).norm() / ref.double().norm()).item() < 1e-2

@@ -88,7 +88,7 @@ std::tuple<at::Tensor, at::Tensor> act_quant(const at::Tensor& x, const std::str
 
 at::Tensor w8_gemv(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale,
                    const std::optional<at::Tensor>& bias, int64_t block_n, int64_t block_k, int64_t pdl,
-                   const std::optional<at::Tensor>& prefetch) {
+                   const std::optional<at::Tensor>& prefetch, int64_t swiglu) {
   const ScalarKind kind = activation_kind(x, "w8_gemv");
   const CodeFormat format = weight_format(w.scalar_type());
   TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.is_contiguous() && x.size(0) <= kMaxW8Tokens &&
@@ -101,6 +101,9 @@ at::Tensor w8_gemv(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s
               "w8_gemv: w must be a contiguous, 16-byte aligned [n, k=", k, "] tensor with k % 16 == 0 on ",
               x.device(), ", got ", w.sizes(), " on ", w.device());
   const bool blocked = block_n > 0;
+  TORCH_CHECK(!swiglu || (!blocked && m <= 8 && n % 2 == 0), "w8_gemv: swiglu=1 (y = silu(gate) * up of w = [gate; "
+              "up]) takes per-channel or per-tensor scales, at most 8 tokens and an even row count, got block_n ",
+              block_n, ", x ", x.sizes(), ", w ", w.sizes());
   if (blocked) {
     TORCH_CHECK(block_n % 32 == 0 && block_k % 64 == 0, "w8_gemv: blocks need block_n % 32 == 0 and "
                 "block_k % 64 == 0, got ", block_n, " x ", block_k);
@@ -121,11 +124,12 @@ at::Tensor w8_gemv(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s
     bias_f32 = bias->to(at::kFloat).contiguous();
   }
   const c10::cuda::CUDAGuard guard(x.device());
-  at::Tensor y = at::empty({m, n}, x.options());
+  at::Tensor y = at::empty({m, swiglu ? n / 2 : n}, x.options());
   W8GemvProblem p{x.data_ptr(), static_cast<const uint8_t*>(w.data_ptr()), scale.data_ptr<float>(),
                   bias.has_value() ? bias_f32.data_ptr<float>() : nullptr, y.data_ptr(), static_cast<int>(m),
                   static_cast<int>(n), static_cast<int>(k), static_cast<int>(blocked ? block_n : 0),
                   static_cast<int>(blocked ? block_k : 0), kind, format, pdl != 0};
+  p.swiglu = swiglu != 0;
   if (prefetch.has_value() && prefetch->device() == x.device() && prefetch->is_contiguous()) {
     p.prefetch = prefetch->data_ptr();
     p.prefetch_bytes = prefetch_range_bytes(prefetch->numel() * prefetch->element_size());
@@ -190,7 +194,8 @@ at::Tensor sm90_scaled_mm(const at::Tensor& a, const at::Tensor& b, const at::Te
 
 TORCH_LIBRARY_FRAGMENT(qtool_cuda, m) {
   m.def("act_quant(Tensor x, str fmt, int group_size, Tensor? static_scale) -> (Tensor, Tensor)");
-  m.def("w8_gemv(Tensor x, Tensor w, Tensor scale, Tensor? bias, int block_n, int block_k, int pdl=0, Tensor? prefetch=None) -> Tensor");
+  m.def("w8_gemv(Tensor x, Tensor w, Tensor scale, Tensor? bias, int block_n, int block_k, int pdl=0, Tensor? prefetch=None, "
+        "int swiglu=0) -> Tensor");
   m.def("sm90_scaled_mm(Tensor a, Tensor b, Tensor a_scale, Tensor b_scale, Tensor? bias, ScalarType out_dtype, int config=0) -> Tensor");
 }
 

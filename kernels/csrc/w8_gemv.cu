@@ -132,7 +132,12 @@ __global__ void __launch_bounds__(Warps * 32, (min_blocks<TokenTiles, Blocked, k
   __shared__ float partial[Warps][kStripes][TokenTiles][32][4];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
-  const int row0 = blockIdx.x * kRowsPerBlock;
+  // Stripe s's first row: stripes adjacent, or (swiglu, the one variant that takes it) the gate stripe and its up
+  // stripe n / 2 further. Every other variant compiles to the constant 16, as before.
+  constexpr bool kMayGate = kStripes == 2 && TokenTiles == 1 && !Blocked;
+  const bool gated = kMayGate && p.swiglu;
+  const int row0 = blockIdx.x * (gated ? 16 : kRowsPerBlock);
+  const int stripe_step = gated ? p.n / 2 : 16;
   const int tiles = (p.k + kTileK - 1) / kTileK;
   const T* x = static_cast<const T*>(p.x);
 
@@ -161,7 +166,7 @@ __global__ void __launch_bounds__(Warps * 32, (min_blocks<TokenTiles, Blocked, k
       for (int s = 0; s < kStripes; ++s) {
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-          const int row = row0 + 16 * s + g + 8 * h;
+          const int row = row0 + stripe_step * s + g + 8 * h;
           w[u][s][h] = k_ok && row < p.n
                            ? load_streaming(reinterpret_cast<const uint4*>(p.w + static_cast<long long>(row) * p.k + k))
                            : make_uint4(0, 0, 0, 0);
@@ -242,6 +247,27 @@ __global__ void __launch_bounds__(Warps * 32, (min_blocks<TokenTiles, Blocked, k
   __syncthreads();
   prefetch_slice(p.prefetch, p.prefetch_bytes, Warps * 32);  // every warp of the block has its weights
 
+  if constexpr (kMayGate) {
+    if (gated) {  // gate stripe 0, up stripe 1: the same lane and element of each hold matching rows
+      for (int e = threadIdx.x; e < TokenTiles * 32 * 4; e += Warps * 32) {
+        const int r = e % 4, l = (e / 4) % 32, tt = e / 128;
+        float gate = 0.0f, up = 0.0f;
+#pragma unroll
+        for (int wi = 0; wi < Warps; ++wi) {
+          gate += partial[wi][0][tt][l][r];
+          up += partial[wi][1][tt][l][r];
+        }
+        const int row = row0 + l / 4 + 8 * (r / 2), half = p.n / 2;
+        const int token = tt * 8 + 2 * (l % 4) + (r % 2);
+        if (row < half && token < p.m) {
+          gate = gate * __ldg(p.scale + row) + bias_at(p.bias, row);
+          up = up * __ldg(p.scale + row + half) + bias_at(p.bias, row + half);
+          store(static_cast<T*>(p.y) + static_cast<long long>(token) * half + row, activate(gate, Activation::kSilu) * up);
+        }
+      }
+      return;
+    }
+  }
   constexpr int kOutputs = kStripes * TokenTiles * 32 * 4;
   for (int e = threadIdx.x; e < kOutputs; e += Warps * 32) {
     const int r = e % 4, l = (e / 4) % 32, tt = (e / 128) % TokenTiles, s = e / (128 * TokenTiles);
@@ -318,6 +344,11 @@ void launch_tiles(const W8GemvProblem& p, cudaStream_t stream) {
 
 template <typename T, CodeFormat F>
 void launch_format(const W8GemvProblem& p, cudaStream_t stream) {
+  if (p.swiglu) {  // m <= 8, per channel (ops_w8a8.cpp): the two-stripe kernel, a gate stripe and its up stripe
+    const unsigned blocks = static_cast<unsigned>((p.n / 2 + 15) / 16);
+    launch_one<T, F, 1, false, 2, kWarps, false>(p, blocks, stream);
+    return;
+  }
   if (p.m <= 8)
     launch_tiles<T, F, 1>(p, stream);
   else if (p.m <= 16)

@@ -49,6 +49,9 @@ struct W8GemvProblem {
   // wo_common.cuh), or nullptr / 0
   const void* prefetch = nullptr;
   long long prefetch_bytes = 0;
+  // A gated MLP's gate and up projections stacked as w = [gate; up] (n = 2I rows): y [m, I] = silu(gate) * up,
+  // each block's two 16-row stripes the gate rows and the up rows I further (m <= 8, per-channel scales only).
+  bool swiglu = false;
 };
 
 void launch_w8_gemv(const W8GemvProblem& p, cudaStream_t stream);
