@@ -256,9 +256,10 @@ def _w8_gemv(x, weight, weight_scale, bias, block_n, block_k, static_weight=Fals
 
 
 # A gated MLP's [gate; up] W8A8 layer with SiLU-and-multiply in w8_gemv's epilogue (its two-stripe variant, one
-# gate stripe and its up stripe per block): up to 8 tokens, the batch-1 decode, where the separate kernel it saves
-# costs as much as a small layer's launch.
-SWIGLU_GEMV_MAX_M = 8
+# gate stripe and its up stripe per block) up to this many tokens (at most 8), the batch-1 decode, where the separate
+# kernel it saves costs as much as a small layer's launch. 0 (off) until its GPU tests and decode A/B have run
+# (dev/session22.sh swiglu); the layer then runs as before, followed by silu_mul.
+SWIGLU_GEMV_MAX_M = 0
 
 
 def _gated_gemv(x, weight, weight_scale, bias, block_n, static_weight, prefetch) -> torch.Tensor | None:

@@ -149,9 +149,9 @@ class QuantLinear(nn.Module):
 
     def forward_gated(self, x: torch.Tensor) -> torch.Tensor:
         """For a gated MLP's gate and up projections stacked as this one layer ([gate; up] rows): silu(gate) * up,
-        x [..., K] -> [..., N / 2]. W8A8 layers do the product in their GEMV's epilogue where it runs (one kernel
-        fewer per block in a batch-1 decode, kernels/scaled_mm.py); every other layer, and any x that needs a
-        gradient, runs the layer and then `silu_mul`."""
+        x [..., K] -> [..., N / 2]. W8A8 layers can do the product in their GEMV's epilogue (one kernel fewer per
+        block in a batch-1 decode; kernels/scaled_mm.py, SWIGLU_GEMV_MAX_M); every other layer, and any x that needs
+        a gradient, runs the layer and then `silu_mul`."""
         acts = self.scheme.input_activations
         if acts is None or acts.binary or (x.requires_grad and torch.is_grad_enabled()):
             return silu_mul(self(x))
