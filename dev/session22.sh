@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The next session's device calls, prepared at the end of session 21 (nvidia-h200, carry [".gpu/w8a8"]; the block
-# library changed in session 21 (the narrow tile, then a PDL bit) and is prebuilt there by dev/prebuild_sm90.sh):
+# library changed in session 21 (the narrow tile, then a PDL bit); run `bash dev/prebuild_sm90.sh` on the
+# development machine first, ~10 min, since a new checkout has no .gpu/):
 #   call 1: bash dev/session22.sh swiglu w8lean blockpdl     (~9 min)
 #   then:   bash dev/session22.sh aq pf8
 #   call 2: E2E_TIMEOUT=320 bash dev/session22.sh e2eblock, then what call 1 says to re-sweep
@@ -19,6 +20,7 @@
 # swiglu   W8A8 gate/up layers with SiLU-and-multiply in w8_gemv's epilogue at <= 8 tokens (session 21, built and
 #          CPU-tested, unmeasured): the gated MLP GPU tests, then the 8B fp8 and int8 decode with it on and off in one
 #          process (issue 18's batch-1 goal, 1.6x: fp8 1.59x, int8 1.58x without it)
+# w8a8table issue 18's table, every (scheme, shape, M) with the anchors in one run, after the routes settle
 # e2eblock 8B fp8-block end to end (session 21's run was cut at 190 s while compiling; last measured in session 14)
 cd "$(dirname "$0")/.."
 LOG=session22.log
@@ -59,6 +61,12 @@ swiglu() {  # W8A8 gate/up with SiLU-and-multiply in w8_gemv's epilogue (<= 8 to
   timeout -k 15 "${SW_TIMEOUT:-330}" python3 dev/prefetch_sweep.py --schemes "${SW_SCHEMES:-fp8,w8a8-int8}" --mb 0 \
     --swiglu 8,0 --budget "${SW_BUDGET:-280}" --json "$OUT/swiglu.jsonl" > /tmp/swiglu.txt 2>&1
   echo "exit $?"; grep -E "^\{|Error|error" /tmp/swiglu.txt | tail -10
+}
+w8a8table() {  # issue 18's whole table in one run: every scheme, shape and M with the anchors (bench_w8a8.py)
+  step "W8A8: every scheme, shape and M"
+  timeout -k 15 "${TABLE_TIMEOUT:-420}" python3 benchmarks/bench_w8a8.py --tokens 1,2,4,8,16,32,64,128,256,512,1024,4096,8192 \
+    --json "$OUT/w8a8_table.json" > /tmp/w8a8_table.txt 2>&1
+  echo "exit $?"; tail -60 /tmp/w8a8_table.txt
 }
 e2eblock() {
   E2E_TIMEOUT=${E2E_TIMEOUT:-320} bench8b "" "fp8-block" 1,16 2048 8
