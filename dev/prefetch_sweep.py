@@ -7,6 +7,7 @@ One JSON line per (scheme, MiB) goes to --json as it is measured, so a cut-off r
 
     python3 dev/prefetch_sweep.py --schemes w4a16,fp8 --mb 0,4,16,32 --batch-sizes 1,16 --json $OUT/prefetch.jsonl
     python3 dev/prefetch_sweep.py --schemes fp8,w8a8-int8 --mb 0 --swiglu 8,0 --json $OUT/swiglu.jsonl
+    python3 dev/prefetch_sweep.py --schemes w4a16 --mb 0 --silu ref,op,pdl --json $OUT/silu.jsonl
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 
 import torch
 
-from qtool_kernels import scaled_mm
+from qtool_kernels import mlp, scaled_mm
 from quantize.bench import bench_model, compare
 from quantize.cli_tools import _fuse
 from quantize.prefetch import PREFETCH_MB_ENV
@@ -35,6 +36,8 @@ def main() -> None:
     ap.add_argument("--mb", default="0,4,16,32")
     ap.add_argument("--swiglu", default=str(scaled_mm.SWIGLU_GEMV_MAX_M),
                     help="values of scaled_mm.SWIGLU_GEMV_MAX_M to run (0: the separate SiLU-and-multiply)")
+    ap.add_argument("--silu", default="ref", help="the separate SiLU-and-multiply under torch.compile: ref "
+                    "(Inductor's), op (the CUDA kernel), pdl (its PDL twin); comma-separated, each run")
     ap.add_argument("--batch-sizes", default="1,16")
     ap.add_argument("--decode-tokens", type=int, default=32)
     ap.add_argument("--budget", type=float, default=1e9, help="seconds; no new measurement starts after it")
@@ -58,17 +61,21 @@ def main() -> None:
         model = random_model(args.config, dtype=torch.bfloat16, device="cuda")
         quantize_model(model, Recipe.single(preset(scheme), "rtn"), device="cuda", progress=False)
         _fuse(model, (True, False), f"{args.config} {scheme}")
-        for mb, swiglu in ((mb, sw) for mb in args.mb.split(",") for sw in args.swiglu.split(",")):
+        settings = [(mb, sw, si) for mb in args.mb.split(",") for sw in args.swiglu.split(",")
+                    for si in args.silu.split(",")]
+        for mb, swiglu, silu in settings:
             if time.time() - start > args.budget:
-                emit({"scheme": scheme, "mb": mb, "swiglu": swiglu, "skipped": "budget"})
+                emit({"scheme": scheme, "mb": mb, "swiglu": swiglu, "silu": silu, "skipped": "budget"})
                 continue
             os.environ[PREFETCH_MB_ENV] = mb
             scaled_mm.SWIGLU_GEMV_MAX_M = int(swiglu)
+            mlp.COMPILED_KERNEL, mlp.PDL = silu != "ref", silu == "pdl"
             torch._dynamo.reset()  # new links recompile; past 8 recompiles dynamo would fall back to eager
             t = time.time()
             result = bench_model(model, **opts)
             ratios = compare(base, result)
-            emit({"scheme": scheme, "mb": float(mb), "swiglu": int(swiglu), "seconds": round(time.time() - t, 1),
+            emit({"scheme": scheme, "mb": float(mb), "swiglu": int(swiglu), "silu": silu,
+                  "seconds": round(time.time() - t, 1),
                   **{f"steps_bs{d.batch_size}": d.step_tokens_per_s for d in result.decode},
                   **{k: round(v, 4) for k, v in ratios.items() if k.startswith("decode_steps")}})
         del model

@@ -20,6 +20,8 @@
 # swiglu   W8A8 gate/up layers with SiLU-and-multiply in w8_gemv's epilogue at <= 8 tokens (session 21, built and
 #          CPU-tested, unmeasured): the gated MLP GPU tests, then the 8B fp8 and int8 decode with it on and off in one
 #          process (issue 18's batch-1 goal, 1.6x: fp8 1.59x, int8 1.58x without it)
+# silu     W4A16 8B decode with the separate SiLU-and-multiply as Inductor's kernel, ours, or ours launched as the PDL
+#          twin (waits for gate/up, releases the down GEMV at once; kernels/mlp.py COMPILED_KERNEL / PDL, off)
 # w8a8table issue 18's table, every (scheme, shape, M) with the anchors in one run, after the routes settle
 # e2eblock 8B fp8-block end to end (session 21's run was cut at 190 s while compiling; last measured in session 14)
 cd "$(dirname "$0")/.."
@@ -67,6 +69,12 @@ w8a8table() {  # issue 18's whole table in one run: every scheme, shape and M wi
   timeout -k 15 "${TABLE_TIMEOUT:-420}" python3 benchmarks/bench_w8a8.py --tokens 1,2,4,8,16,32,64,128,256,512,1024,4096,8192 \
     --json "$OUT/w8a8_table.json" > /tmp/w8a8_table.txt 2>&1
   echo "exit $?"; tail -60 /tmp/w8a8_table.txt
+}
+silu() {  # W4A16 decode: the separate SiLU-and-multiply under torch.compile as Inductor's, our kernel, its PDL twin
+  step "8B w4a16 decode by SiLU-and-multiply kernel (one process)"
+  timeout -k 15 "${SI_TIMEOUT:-300}" python3 dev/prefetch_sweep.py --schemes w4a16 --mb 0 --silu ref,op,pdl \
+    --budget "${SI_BUDGET:-250}" --json "$OUT/silu.jsonl" > /tmp/silu.txt 2>&1
+  echo "exit $?"; grep -E "^\{|Error|error" /tmp/silu.txt | tail -10
 }
 e2eblock() {
   E2E_TIMEOUT=${E2E_TIMEOUT:-320} bench8b "" "fp8-block" 1,16 2048 8

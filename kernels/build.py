@@ -140,7 +140,7 @@ def _register_fakes() -> None:
     def w1a1_gemm(xbits, xscale, xpopc, wbits, wscale, cterm, bias, m, out_features, group_size, out_dtype):
         return xbits.new_empty(m, out_features, dtype=out_dtype)
 
-    def silu_mul(x):
+    def silu_mul(x, pdl=0):
         return x.new_empty(x.shape[0], x.shape[1] // 2)
 
     torch.library.register_fake(f"{NAME}::silu_mul")(silu_mul)

@@ -14,13 +14,25 @@ from . import build
 from .reference import silu_mul as reference_silu_mul  # x [..., 2I] -> [..., I]: silu(g) * u in float32
 from .weight_only import KERNEL_DTYPES
 
+# Under torch.compile the reference runs and Inductor makes one kernel of it (nothing around it fuses: the GEMVs on
+# either side are opaque ops). COMPILED_KERNEL runs the CUDA kernel there too, and PDL launches it as the twin that
+# waits for the gate/up GEMV before reading and lets the down projection's GEMV launch at once (csrc/silu_mul.cu), so
+# the three overlap their launches. Both off until measured (dev/prefetch_sweep.py --silu, dev/session22.sh).
+COMPILED_KERNEL = False
+PDL = False
+
 
 def silu_mul(x: torch.Tensor) -> torch.Tensor:
-    """x [..., 2I] -> [..., I]: the CUDA kernel for fp16/bf16 CUDA tensors in eager mode, else the reference
-    (which torch.compile fuses into one kernel by itself)."""
+    """x [..., 2I] -> [..., I]: the CUDA kernel for fp16/bf16 CUDA tensors in eager mode (and under torch.compile
+    with COMPILED_KERNEL), else the reference (which torch.compile fuses into one kernel by itself)."""
     if x.shape[-1] % 2:
         raise ValueError(f"silu_mul: the last dimension holds gate and up halves, so it must be even; got {x.shape[-1]}")
-    if not x.is_cuda or x.dtype not in KERNEL_DTYPES or torch.compiler.is_compiling():
+    if torch.compiler.is_compiling():
+        if not (COMPILED_KERNEL and x.is_cuda and x.dtype in KERNEL_DTYPES):
+            return reference_silu_mul(x)
+        x2 = x.reshape(-1, x.shape[-1])
+        return torch.ops.qtool_cuda.silu_mul(x2, int(PDL)).reshape(*x.shape[:-1], x.shape[-1] // 2)
+    if not x.is_cuda or x.dtype not in KERNEL_DTYPES:
         return reference_silu_mul(x)
     ops = build.load_extension()
     if ops is None:
@@ -28,4 +40,4 @@ def silu_mul(x: torch.Tensor) -> torch.Tensor:
     x2 = x.reshape(-1, x.shape[-1])
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
-    return ops.silu_mul(x2).reshape(*x.shape[:-1], x.shape[-1] // 2)
+    return ops.silu_mul(x2, int(PDL)).reshape(*x.shape[:-1], x.shape[-1] // 2)

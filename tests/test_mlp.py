@@ -148,3 +148,22 @@ def test_w8_gemv_swiglu_epilogue(kernels, dtype, fmt, m, inner, k, monkeypatch):
     with torch.no_grad():
         got, ref = layer.forward_gated(xl), silu_mul(layer(xl))
     assert ((got.double() - ref.double()).norm() / ref.double().norm()).item() < 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_silu_mul_pdl_twin_and_compiled_kernel(kernels, monkeypatch):
+    """The PDL twin of the kernel gives the plain kernel's bits, right after the kernel that writes its input; with
+    COMPILED_KERNEL (and PDL) torch.compile runs the kernel instead of Inductor's, with the same result."""
+    from qtool_kernels import mlp
+
+    x = 4 * torch.randn(4, 2 * 4096, device="cuda", generator=torch.Generator(device="cuda").manual_seed(5))
+    x = x.bfloat16()
+    plain = kernels.silu_mul(x * 2)
+    assert torch.equal(kernels.silu_mul(x * 2, 1), plain)
+    monkeypatch.setattr(mlp, "COMPILED_KERNEL", True)
+    monkeypatch.setattr(mlp, "PDL", True)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda t: mlp.silu_mul(t * 2))
+    assert torch.equal(compiled(x), plain)
+    torch._dynamo.reset()

@@ -15,6 +15,7 @@ struct SiluMulProblem {
   void* y;               // [rows, inner] same dtype, contiguous
   int64_t rows, inner, x_row_stride;
   ScalarKind dtype;
+  bool pdl = false;  // the Pdl twin (silu_mul.cu), asked for by the caller (qtool_kernels/mlp.py, PDL)
 };
 
 void launch_silu_mul(const SiluMulProblem& p, cudaStream_t stream);

@@ -206,14 +206,14 @@ at::Tensor dequant_int(const at::Tensor& qweight, const at::Tensor& scale, const
 
 }  // namespace
 
-at::Tensor silu_mul(const at::Tensor& x) {
+at::Tensor silu_mul(const at::Tensor& x, int64_t pdl) {
   TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.stride(1) == 1, "silu_mul: x must be a CUDA [m, 2i] tensor with "
               "unit column stride, got ", x.sizes(), " with strides ", x.strides());
   TORCH_CHECK(x.size(1) % 2 == 0, "silu_mul: the last dimension must be even (gate | up), got ", x.size(1));
   const ScalarKind kind = scalar_kind(x.scalar_type(), "silu_mul");
   at::Tensor y = at::empty({x.size(0), x.size(1) / 2}, x.options());
   const c10::cuda::CUDAGuard guard(x.device());
-  launch_silu_mul({x.data_ptr(), y.data_ptr(), x.size(0), x.size(1) / 2, x.stride(0), kind},
+  launch_silu_mul({x.data_ptr(), y.data_ptr(), x.size(0), x.size(1) / 2, x.stride(0), kind, pdl != 0},
                   c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return y;
@@ -234,7 +234,7 @@ TORCH_LIBRARY(qtool_cuda, m) {
   m.def(
       "dequant_int(Tensor qweight, Tensor scale, Tensor? zero, int num_bits, int group_size, int out_features, "
       "ScalarType dtype) -> Tensor");
-  m.def("silu_mul(Tensor x) -> Tensor");  // the gated MLP's silu(gate) * up: mlp.h
+  m.def("silu_mul(Tensor x, int pdl=0) -> Tensor");  // the gated MLP's silu(gate) * up: mlp.h
 }
 
 TORCH_LIBRARY_IMPL(qtool_cuda, CUDA, m) {

@@ -3,7 +3,7 @@
 // writes a temporary, the product reads it back): 5 passes of m x i elements where this reads 2 and writes 1.
 // The arithmetic is the reference's (qtool_kernels/mlp.py): float32, g / (1 + e^-g) * u, rounded once.
 //
-//   torch.ops.qtool_cuda.silu_mul(Tensor x) -> Tensor     x: CUDA fp16/bf16 [m, 2i], unit column stride (ops.cpp)
+//   torch.ops.qtool_cuda.silu_mul(Tensor x, int pdl=0) -> Tensor     x: CUDA fp16/bf16 [m, 2i], unit column stride
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -22,8 +22,8 @@ constexpr int kVec = 8;  // fp16/bf16 elements per 16-byte access
 __device__ inline float silu_times(float g, float u) { return g / (1.0f + expf(-g)) * u; }
 
 // grid (m, ceil(i / (kThreads * kVec))): each thread owns kVec consecutive outputs of one row.
-// Pdl (QTOOL_PDL=2, unmeasured): waits for the gate/up GEMV before its first read and lets the down projection's
-// GEMV launch at once, so that GEMV's first weight loads overlap this kernel (pdl.cuh).
+// Pdl (where the caller asks, p.pdl, or QTOOL_PDL=2; unmeasured): waits for the gate/up GEMV before its first read
+// and lets the down projection's GEMV launch at once, so that GEMV's first weight loads overlap this kernel (pdl.cuh).
 template <typename T, bool Vectorized, bool Pdl = false>
 __global__ void __launch_bounds__(kThreads) silu_mul_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t inner,
                                                             int64_t x_row_stride) {
@@ -57,7 +57,7 @@ void launch(const SiluMulProblem& p, cudaStream_t stream) {
   T* y = static_cast<T*>(p.y);
   const bool aligned = p.inner % kVec == 0 && p.x_row_stride % kVec == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
                        reinterpret_cast<uintptr_t>(y) % 16 == 0;
-  if (aligned && pdl_level() >= 2)
+  if (aligned && (p.pdl || pdl_level() >= 2))
     launch_maybe_pdl(silu_mul_kernel<T, true, true>, true, grid, dim3(kThreads), 0, stream, x, y, p.inner,
                      p.x_row_stride);
   else if (aligned)
