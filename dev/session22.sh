@@ -2,8 +2,9 @@
 # The next session's device calls, prepared at the end of session 21 (nvidia-h200, carry [".gpu/w8a8"]; the block
 # library changed in session 21 (the narrow tile, then a PDL bit); run `bash dev/prebuild_sm90.sh` on the
 # development machine first, ~10 min, since a new checkout has no .gpu/):
-#   call 1: bash dev/session22.sh swiglu w8lean blockpdl     (~9 min)
-#   then:   bash dev/session22.sh aq pf8
+#   call 1: bash dev/session22.sh swiglu w8lean blockpdl     (~9 min; the default)
+#   call 2: bash dev/session22.sh silu aq                    (~8 min)
+#   call 3: E2E_TIMEOUT=320 bash dev/session22.sh e2eblock pf8, or w8a8table once the routes have settled
 #   call 2: E2E_TIMEOUT=320 bash dev/session22.sh e2eblock, then what call 1 says to re-sweep
 #   nvidia-h200-x2 (issue 20): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 gptq8ns_1 gptq8ns_2 summary
 # w8lean   w8_gemv's lean block-scaled variant at 9-16 tokens (QTOOL_W8_GEMV=64, csrc/w8_gemv.cu): the w8_gemv GPU
