@@ -5,7 +5,6 @@
 #   call 1: bash dev/session22.sh swiglu w8lean blockpdl     (~9 min; the default)
 #   call 2: bash dev/session22.sh silu aq                    (~8 min)
 #   call 3: E2E_TIMEOUT=320 bash dev/session22.sh e2eblock pf8, or w8a8table once the routes have settled
-#   call 2: E2E_TIMEOUT=320 bash dev/session22.sh e2eblock, then what call 1 says to re-sweep
 #   nvidia-h200-x2 (issue 20): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 gptq8ns_1 gptq8ns_2 summary
 # w8lean   w8_gemv's lean block-scaled variant at 9-16 tokens (QTOOL_W8_GEMV=64, csrc/w8_gemv.cu): the w8_gemv GPU
 #          tests with the switch on, then the A/B at 9-16 tokens (session 21: fp8-block w8_gemv at 16 tokens 0.97-1.18x
