@@ -28,6 +28,7 @@ import importlib.util
 import os
 import subprocess
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -125,6 +126,55 @@ MIXED = {4: mixed, 8: mixed8}  # code width -> library
 block = Library("libqtool_sm90_block", build.CSRC / "sm90" / "block_mm_sm90.cu", build.CSRC / "sm90" / "sm90_block_mm.h",
                 "FP8 block GEMM", "fp8-block layers use F.scaled_mm block-wise", global_symbols=False)
 ALL = (_sm90, mixed, mixed8, block)  # what `qtool kernels build` and dev/prebuild_sm90.sh compile
+
+
+# A CUTLASS library's nvcc (cicc) takes several GB: two at once swapped a 24 GB machine (dev/prebuild_sm90.sh).
+COMPILE_GB = 12
+
+
+def build_jobs(missing: int, cpus: int | None, available_gb: float | None) -> int:
+    """How many libraries to compile at once: one per missing library, at most one per core and per COMPILE_GB of
+    available memory (unknown memory: one at a time), at least one."""
+    by_memory = 1 if available_gb is None else int(available_gb // COMPILE_GB)
+    return max(1, min(missing, cpus or 1, by_memory))
+
+
+def _available_gb() -> float | None:
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        return int(fields["MemAvailable"].split()[0]) / 2**20
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def build_all(jobs: int | None = None) -> dict[str, str]:
+    """Compile every library of ALL not yet in the cache, several at once (`build_jobs`), so none is compiled
+    later in the middle of a first call. {library stem: "cached", "built" or why it was not}. Needs what loading
+    needs (the extension, a Hopper GPU, the CUTLASS headers)."""
+    status: dict[str, str] = {}
+    todo = []
+    for lib in ALL:
+        why = lib._unavailable()
+        if why is not None:
+            status[lib.stem] = f"skipped: {why}"
+        elif lib.path().is_file():
+            status[lib.stem] = "cached"
+        else:
+            todo.append(lib)
+
+    def compile_one(lib: Library) -> tuple[str, str]:
+        try:
+            lib._compile(lib.path())
+            return lib.stem, "built"
+        except (OSError, subprocess.CalledProcessError) as e:
+            return lib.stem, f"failed: {getattr(e, 'stderr', None) or e}"
+
+    if todo:
+        workers = jobs or build_jobs(len(todo), os.cpu_count(), _available_gb())
+        with ThreadPoolExecutor(max_workers=workers) as pool:  # each thread waits on its own nvcc process
+            status.update(pool.map(compile_one, todo))
+    return status
 
 
 def call(workspace_of, run, args: ctypes.Structure, device: torch.device) -> str | None:

@@ -322,12 +322,23 @@ def kernels_info(json_out: Annotated[Path | None, typer.Option("--json", help="A
 
 @kernels_app.command("build")
 @handles_errors
-def kernels_build() -> None:
-    """Compile the CUDA extension ahead of time (otherwise it is built on first use)."""
-    from qtool_kernels import build
+def kernels_build(jobs: Annotated[int | None, typer.Option(
+        "--jobs", help="Hopper libraries compiled at once (default: by cores and by 12 GB of free memory each).")] = None,
+) -> None:
+    """Compile the CUDA extension and, on a Hopper GPU with the CUTLASS headers, the four Hopper GEMM libraries
+    ahead of time (otherwise each is built on first use, minutes in the middle of a first call)."""
+    from qtool_kernels import build, sm90
 
+    from .validation import check_positive
+
+    if jobs is not None:
+        check_positive(jobs=jobs)
     try:
         build.build()
     except RuntimeError as err:
         raise ValueError(str(err)) from None
     console.print(f"built: {', '.join(build.available_ops())}")
+    with console.status("compiling the Hopper GEMM libraries (a few minutes each, several at once)"):
+        status = sm90.build_all(jobs)
+    for stem, what in status.items():
+        console.print(f"{stem}: {what}")

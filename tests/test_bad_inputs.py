@@ -209,6 +209,7 @@ CASES = {
     "k-info-option": (["kernels", "info", "--frob"], "No such option: --frob"),
     "k-info-json-dir": (["kernels", "info", "--json", "{exists}"], "is a folder"),
     "k-build-no-cuda": (["kernels", "build"], "could not be built"),
+    "k-build-jobs": (["kernels", "build", "--jobs", "0"], "--jobs"),
 }
 NEEDS_NO_CUDA = {"q-device-cuda", "c-device-cuda", "e-device-cuda", "b-default-cuda", "k-build-no-cuda"}
 

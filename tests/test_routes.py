@@ -266,3 +266,18 @@ def test_a_row_measured_at_some_batches_serves_those_only(monkeypatch):
         assert tuning.lookup("w8a8", "int8", 4096, 6144, 16) is None  # nothing measured for that kind
     finally:
         tuning.clear_cache()
+
+
+def test_hopper_libraries_build_several_at_once_within_memory():
+    """`qtool kernels build` compiles the missing Hopper libraries in parallel: one per library, bounded by cores
+    and by COMPILE_GB of free memory each (one when memory is unknown); without CUDA each says why it was skipped."""
+    from qtool_kernels import sm90
+
+    assert sm90.build_jobs(4, 16, 120.0) == 4  # the device: every library at once
+    assert sm90.build_jobs(4, 2, 64.0) == 2  # two cores
+    assert sm90.build_jobs(4, 16, 23.0) == 1 and sm90.build_jobs(4, 16, 30.0) == 2  # ~12 GB per compile
+    assert sm90.build_jobs(4, 16, 5.0) == 1 and sm90.build_jobs(4, 16, None) == 1 and sm90.build_jobs(1, None, 64) == 1
+    if not torch.cuda.is_available():
+        status = sm90.build_all()
+        assert set(status) == {lib.stem for lib in sm90.ALL}
+        assert all(s.startswith("skipped: ") for s in status.values())
