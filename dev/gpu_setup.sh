@@ -36,6 +36,14 @@ bench8b() {  # bench8b LABEL SCHEMES BATCHES PREFILL TAIL [flags]: qtool bench o
   done
 }
 
+aq() {  # act_quant's bandwidth on 8192 x 8192 bf16, and the W8A8 layers at 2048 tokens on the fused 8B shapes
+  step "act_quant and W8A8 layers at 2048 tokens"
+  timeout -k 10 150 python3 dev/w8a8_sweep.py --kinds int8,fp8 --shapes 4096x6144,4096x4096,4096x28672,14336x4096 \
+    --tokens 2048 --budget 120 --json "$OUT/aq2k.json" 2>&1 | grep -v "^$" | tail -10
+  timeout -k 10 60 python3 -c "import json, sys; sys.path.insert(0, 'benchmarks'); import bench_w8a8 as b; b.build.load_extension(); \
+print(json.dumps(b.act_quant_bandwidth()))" 2>&1 | tail -2
+}
+
 step "CUTLASS headers, prebuilt Hopper libraries, extension build"
 mkdir -p /tmp/cutlass && (cd /tmp/cutlass && python3 -m zipfile -e "$OLDPWD"/.gpu/w8a8/nvidia_cutlass-*.whl . )
 export QTOOL_CUTLASS_INCLUDE=/tmp/cutlass/cutlass_library/source/include

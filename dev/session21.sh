@@ -20,13 +20,6 @@ LOG=session21.log
 source dev/gpu_setup.sh
 step "host: $(nproc) cores, $(lscpu | sed -n "s/^Model name: *//p")"
 
-aq() {
-  step "act_quant and W8A8 layers at 2048 tokens"
-  timeout -k 10 150 python3 dev/w8a8_sweep.py --kinds int8,fp8 --shapes 4096x6144,4096x4096,4096x28672,14336x4096 \
-    --tokens 2048 --budget 120 --json "$OUT/aq2k.json" 2>&1 | grep -v "^$" | tail -10
-  timeout -k 10 60 python3 -c "import json, sys; sys.path.insert(0, 'benchmarks'); import bench_w8a8 as b; b.build.load_extension(); \
-print(json.dumps(b.act_quant_bandwidth()))" 2>&1 | tail -2
-}
 e2e() {
   E2E_TIMEOUT=${E2E_TIMEOUT:-200} bench8b "" "${E2E_SCHEMES:-w8a8-int8 fp8}" 1,16 2048 8
 }

@@ -37,13 +37,6 @@ w8lean() {
   timeout -k 15 200 python3 dev/gemv_probe.py --switches 0,64 --tokens 9,12,16 --json "$OUT/w8lean.json" 2>&1 |
     grep -E "fp8-block|setting|failed" | tail -40
 }
-aq() {
-  step "act_quant and W8A8 layers at 2048 tokens"
-  timeout -k 10 150 python3 dev/w8a8_sweep.py --kinds int8,fp8 --shapes 4096x6144,4096x4096,4096x28672,14336x4096 \
-    --tokens 2048 --budget 120 --json "$OUT/aq2k.json" 2>&1 | grep -v "^$" | tail -10
-  timeout -k 10 60 python3 -c "import json, sys; sys.path.insert(0, 'benchmarks'); import bench_w8a8 as b; b.build.load_extension(); \
-print(json.dumps(b.act_quant_bandwidth()))" 2>&1 | tail -2
-}
 pf8() {
   step "8B fp8 decode by prefetch size"
   timeout -k 15 "${PF_TIMEOUT:-300}" python3 dev/prefetch_sweep.py --schemes fp8 --mb "${PF_MB:-0,4,16}" \

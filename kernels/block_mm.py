@@ -127,13 +127,15 @@ _narrow: dict[int, tuple[weakref.ref, int, torch.Tensor]] = {}
 def narrow_scales(w_scale: torch.Tensor, n: int) -> torch.Tensor:
     """The 128 x 128 block scales [ceil(n / 128), kb] as the narrow tile reads them, per 64 rows:
     [ceil(n / 64), kb] float32, each block's row twice (once per 64-row half)."""
-    if torch.compiler.is_compiling():
+    def expand() -> torch.Tensor:
         return w_scale.float().repeat_interleave(2, dim=0)[:-(-n // NARROW_ROWS)].contiguous()
+
+    if torch.compiler.is_compiling():
+        return expand()
     key = id(w_scale)
     hit = _narrow.get(key)
     if hit is None or hit[0]() is not w_scale or hit[1] != w_scale._version:
-        expanded = w_scale.float().repeat_interleave(2, dim=0)[:-(-n // NARROW_ROWS)].contiguous()
-        hit = (weakref.ref(w_scale, lambda _, key=key: _narrow.pop(key, None)), w_scale._version, expanded)
+        hit = (weakref.ref(w_scale, lambda _, key=key: _narrow.pop(key, None)), w_scale._version, expand())
         _narrow[key] = hit
     return hit[2]
 

@@ -109,6 +109,8 @@ def _nearest_shape(kind: int | str, k: int, n: int, m: int, table: str) -> tuple
     best, best_gap = None, None
     for shape, first, last in _ranked_shapes(kind, k, n, table):  # nearest first: a later one must come closer
         gap = max(first - m, m - last, 0)
+        if gap == 0:  # covers m: with full rows the nearest does, and one step is all a call pays
+            return shape
         if best_gap is None or gap < best_gap:
             best, best_gap = shape, gap
     return best
