@@ -2,7 +2,10 @@
 # The next session's device calls, prepared at the end of session 21 (nvidia-h200, carry [".gpu/w8a8"]; the block
 # library changed in session 21 (the narrow tile, then a PDL bit); run `bash dev/prebuild_sm90.sh` on the
 # development machine first, ~10 min, since a new checkout has no .gpu/):
-#   call 1: bash dev/session22.sh swiglu w8lean blockpdl     (~9 min; the default)
+#   call 1: bash dev/session22.sh swiglu w8lean blockpdl     (~9 min; the default; ran 2026-12-02, 512 s)
+# after call 1 (swiglu on for fp8, lean w8_gemv and block PDL where k <= 4096):
+#   call 2: SW_SCHEMES=w8a8-int8 SW_TIMEOUT=240 SW_BUDGET=200 SI_TIMEOUT=270 SI_BUDGET=220 bash dev/session22.sh swiglu silu
+#   call 3: E2E_TIMEOUT=330 bash dev/session22.sh e2eblock aq
 #   call 2: bash dev/session22.sh silu aq                    (~8 min)
 #   call 3: E2E_TIMEOUT=320 bash dev/session22.sh e2eblock pf8, or w8a8table once the routes have settled
 #   nvidia-h200-x2 (issue 20): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 gptq8ns_1 gptq8ns_2 summary

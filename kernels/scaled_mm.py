@@ -103,8 +103,11 @@ SM90_CONFIGS = {"auto": 0, "skinny": 1, "large": 2, "split": 3, "narrow": 4}
 # faster at 32 and 64 tokens on every shape (fp8 8192 x 8192 at 32: 26.0 -> 23.8 us, 4096 x 4096 at 64: 11.0 ->
 # 10.0), mixed to 1.5x slower at 256 (8192 x 28672: 107.9 -> 157.6 us): up to SM90_PDL_MAX_M tokens only.
 SM90_PDL, SM90_PDL_MAX_M = 8, 64
-# The same for the fp8-block GEMM (block_mm.PDL): 0, off, until measured on the narrow tile (dev/session22.sh).
-BLOCK_PDL_MAX_M = 0
+# The same for the fp8-block GEMM (block_mm.PDL), on layers of at most BLOCK_PDL_MAX_K columns. Session 22 (H200,
+# graph replay, `dev/block_pdl_probe.py`): at k = 4096 faster on every shape and batch measured, 16-256 tokens (4096 x
+# 4096 at 64: 11.7 -> 11.0 us; 4096 x 6144 at 64: 13.4 -> 12.4), where act_quant is short and the GEMM's launch a
+# larger share; at k >= 8192 mixed (8192 x 8192 at 128: 26.2 -> 29.3 us, 8192 x 28672 at 32: 72.4 -> 66.6).
+BLOCK_PDL_MAX_M, BLOCK_PDL_MAX_K = 256, 4096
 
 
 def measured_kind(codes: torch.dtype, blocks: bool) -> str | None:
@@ -192,7 +195,7 @@ def _blockwise(xq, x_scale, wq, w_scale, bias, x_group_size, w_block_n, w_block_
         return None
     if route in block_mm_sm90.CONFIGS and n % 8 == 0 and block_mm_sm90.available():  # measured faster than cuBLAS
         y = block_mm_sm90.block_linear(xq, x_scale, wq, w_scale, block_mm_sm90.CONFIGS[route],
-                                       pdl=xq.shape[0] <= BLOCK_PDL_MAX_M)
+                                       pdl=xq.shape[0] <= BLOCK_PDL_MAX_M and k <= BLOCK_PDL_MAX_K)
     else:
         # cuBLAS wants the weight scales' row stride (k / 128 floats) 16-byte aligned: k % 512 == 0.
         if k % (4 * BLOCK) or not hasattr(F, "scaled_mm") or _blockwise_failed:
@@ -257,15 +260,18 @@ def _w8_gemv(x, weight, weight_scale, bias, block_n, block_k, static_weight=Fals
 
 # A gated MLP's [gate; up] W8A8 layer with SiLU-and-multiply in w8_gemv's epilogue (its two-stripe variant, one
 # gate stripe and its up stripe per block) up to this many tokens (at most 8), the batch-1 decode, where the separate
-# kernel it saves costs as much as a small layer's launch. 0 (off) until its GPU tests and decode A/B have run
-# (dev/session22.sh swiglu); the layer then runs as before, followed by silu_mul.
-SWIGLU_GEMV_MAX_M = 0
+# kernel it saves costs as much as a small layer's launch; for the code formats in SWIGLU_CODES (else the layer runs
+# as before, followed by silu_mul). Session 22 (H200, `dev/prefetch_sweep.py --swiglu 8,0`, one process): 8B fp8
+# decode at batch 1 291.3 -> 294.3 tok/s (1.598x -> 1.615x bf16). int8 not yet compared with itself: off there.
+SWIGLU_GEMV_MAX_M = 8
+SWIGLU_CODES = {torch.float8_e4m3fn}
 
 
 def _gated_gemv(x, weight, weight_scale, bias, block_n, static_weight, prefetch) -> torch.Tensor | None:
     """silu(gate) * up [m, n / 2] from w8_gemv's epilogue where the layer runs w8_gemv, else None."""
     m, (n, k) = x.shape[0], weight.shape
-    if m > SWIGLU_GEMV_MAX_M or block_n or x.dtype not in KERNEL_DTYPES or build.load_extension() is None:
+    if (m > SWIGLU_GEMV_MAX_M or block_n or weight.dtype not in SWIGLU_CODES or x.dtype not in KERNEL_DTYPES
+            or build.load_extension() is None):
         return None
     if not takes_gemv(m, w8a8_route(m, n, k, measured_kind(weight.dtype, False))):
         return None

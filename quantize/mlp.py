@@ -7,8 +7,8 @@ one layer (fusion.fuse_layers: a QuantLinear, or an nn.Linear in a float model) 
 one pass that reads the fused output once and writes the product (csrc/silu_mul.cu; float32 arithmetic rounded
 once, where transformers rounds twice: at most one unit in the last place apart). Under torch.compile the
 reference runs, which Inductor fuses by itself. A W8A8 gate/up layer computes the product itself
-(`QuantLinear.forward_gated`): in its GEMV's epilogue at up to `scaled_mm.SWIGLU_GEMV_MAX_M` tokens (off until
-measured), so a batch-1 decode step would have one kernel fewer per block.
+(`QuantLinear.forward_gated`): in its GEMV's epilogue at up to `scaled_mm.SWIGLU_GEMV_MAX_M` tokens (FP8 per
+channel; `SWIGLU_CODES`), so a batch-1 decode step has one kernel fewer per block.
 
 Which modules: the classes of `GATED_MLPS` (architecture knowledge as data: their projection names) whose
 activation is SiLU and whose gate and up projections can run as one layer (`fusion.incompatibility`). Like

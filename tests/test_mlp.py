@@ -142,6 +142,7 @@ def test_w8_gemv_swiglu_epilogue(kernels, dtype, fmt, m, inner, k, monkeypatch):
     from qtool_kernels import scaled_mm
 
     monkeypatch.setattr(scaled_mm, "SWIGLU_GEMV_MAX_M", 8)  # the epilogue on, whatever the shipped default
+    monkeypatch.setattr(scaled_mm, "SWIGLU_CODES", {torch.int8, torch.float8_e4m3fn})
     layer = QuantLinear.from_qtensor(quantize_weight(torch.randn(n, k), s.weights), s,
                                      bias=torch.randn(n)).cuda()
     xl = torch.randn(m, k, device="cuda", dtype=dtype)

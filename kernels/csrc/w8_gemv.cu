@@ -95,15 +95,19 @@ __device__ inline void decode4(uint32_t word, uint32_t& lo, uint32_t& hi) {
 //      at one token; no change elsewhere).
 //  16: 16-warp blocks up to 8192 rows instead of kWideMaxN (session 14's decode profile: q/k/v of 6144 rows, 384
 //      8-warp blocks, streamed 2.5 TB/s where gate/up reached 3.5). Not yet measured.
-//  64: block scales (fp8-block) at 9-16 tokens on the lean variant that scales x by each tile's block scale, as at
-//      1-8 tokens: 80 registers and three blocks per SM where the default takes 127 and two (ptxas, sm_90a; session
-//      21's sweep: fp8-block w8_gemv at 16 tokens 0.97-1.18x bf16 where per-channel fp8 runs 1.4-1.65x). Not yet
-//      measured: `dev/gemv_probe.py --switches 0,64`.
+//  64: block scales (fp8-block) at 9-16 tokens on the lean variant at every k, not only k <= kLeanBlockedMaxK.
 // Session 14's A/B made two former switches the defaults ("lean" register budgets where they cost no spills) and
 // withdrew a third (one stripe at every n: -5-17% at <= 8 tokens on 28672 rows): kernels/NOTES.md "Session 14".
 // The lean block-scaled variant applies each tile's block scale to bf16 activations (x * scale in float32,
 // rounded to bf16 once: an error random per element) instead of keeping a second accumulator per tile: what fits
 // it in 80 registers (three blocks per SM; 98 without), +5-18% at <= 8 tokens.
+// Block scales at 9-16 tokens run the lean variant (x scaled by each tile's block scale, as at 1-8 tokens: 80
+// registers and three blocks per SM where the other takes 127 and two) up to this k. Session 22 (H200, graph replay,
+// `dev/gemv_probe.py --switches 0,64`): at k = 4096 it won or tied on every shape (4096 x 6144 at 16 tokens 0.95x ->
+// 1.14x bf16, 4096 x 14336 and 4096 x 28672 1.01-1.04x -> 1.06-1.07x), at k >= 8192 it lost on most (14336 x 4096
+// 1.14x -> 1.05x, 28672 x 8192 1.10x -> 1.05x).
+constexpr int kLeanBlockedMaxK = 4096;
+
 int w8_gemv_switches() {
   static const int switches = [] {
     const char* env = std::getenv("QTOOL_W8_GEMV");
@@ -314,7 +318,8 @@ void launch_stripes(const W8GemvProblem& p, cudaStream_t stream) {
       return;
     }
     if constexpr (TokenTiles == 2 && std::is_same_v<T, __nv_bfloat16>) {
-      if (p.block_n > 0 && (switches & 64)) {  // the same at 9-16 tokens: 80 registers (e4m3, e5m2: no spills)
+      // the same at 9-16 tokens where k <= kLeanBlockedMaxK (80 registers; e4m3, e5m2: no spills)
+      if (p.block_n > 0 && (p.k <= kLeanBlockedMaxK || (switches & 64))) {
         launch_one<T, F, 2, true, 1, kWarps, true>(p, blocks, stream);
         return;
       }
