@@ -41,6 +41,8 @@ def main() -> None:
     ap.add_argument("--batch-sizes", default="1,16")
     ap.add_argument("--decode-tokens", type=int, default=32)
     ap.add_argument("--budget", type=float, default=1e9, help="seconds; no new measurement starts after it")
+    ap.add_argument("--skip-base", action="store_true", help="no bf16 model (about two minutes): tokens/s only, "
+                    "for A/Bs within a scheme")
     ap.add_argument("--json", required=True)
     args = ap.parse_args()
     start = time.time()
@@ -53,10 +55,12 @@ def main() -> None:
         out.write(json.dumps(record) + "\n")
         out.flush()
 
-    base_model = random_model(args.config, dtype=torch.bfloat16, device="cuda")
-    base = bench_model(base_model, **opts)
-    emit({"scheme": "bf16", **{f"steps_bs{d.batch_size}": d.step_tokens_per_s for d in base.decode}})
-    del base_model
+    base = None
+    if not args.skip_base:
+        base_model = random_model(args.config, dtype=torch.bfloat16, device="cuda")
+        base = bench_model(base_model, **opts)
+        emit({"scheme": "bf16", **{f"steps_bs{d.batch_size}": d.step_tokens_per_s for d in base.decode}})
+        del base_model
     for scheme in args.schemes.split(","):
         model = random_model(args.config, dtype=torch.bfloat16, device="cuda")
         quantize_model(model, Recipe.single(preset(scheme), "rtn"), device="cuda", progress=False)
@@ -74,7 +78,7 @@ def main() -> None:
             torch._dynamo.reset()  # new links recompile; past 8 recompiles dynamo would fall back to eager
             t = time.time()
             result = bench_model(model, **opts)
-            ratios = compare(base, result)
+            ratios = compare(base, result) if base is not None else {}
             emit({"scheme": scheme, "mb": float(mb), "swiglu": int(swiglu), "silu": silu,
                   "seconds": round(time.time() - t, 1),
                   **{f"steps_bs{d.batch_size}": d.step_tokens_per_s for d in result.decode},

@@ -5,7 +5,8 @@
 #   call 1: bash dev/session22.sh swiglu w8lean blockpdl     (~9 min; the default; ran 2026-12-02, 512 s)
 # after call 1 (swiglu on for fp8, lean w8_gemv and block PDL where k <= 4096):
 #   call 2: SW_SCHEMES=w8a8-int8 SW_TIMEOUT=240 SW_BUDGET=200 SI_TIMEOUT=270 SI_BUDGET=220 bash dev/session22.sh swiglu silu
-#   call 3: E2E_TIMEOUT=330 bash dev/session22.sh e2eblock aq
+#   call 2 ran 600 s (cut in silu: the bf16 models took ~130 s per stage; int8's swiglu 0 skipped by its budget)
+#   call 3: PP_BUDGET=150 AB_BUDGET=120 SI_TIMEOUT=150 SI_BUDGET=100 bash dev/session22.sh pingpong abint8 silub
 #   call 2: bash dev/session22.sh silu aq                    (~8 min)
 #   call 3: E2E_TIMEOUT=320 bash dev/session22.sh e2eblock pf8, or w8a8table once the routes have settled
 #   nvidia-h200-x2 (issue 20): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 gptq8ns_1 gptq8ns_2 summary
@@ -70,6 +71,26 @@ silu() {  # W4A16 decode: the separate SiLU-and-multiply under torch.compile as 
   step "8B w4a16 decode by SiLU-and-multiply kernel (one process)"
   timeout -k 15 "${SI_TIMEOUT:-300}" python3 dev/prefetch_sweep.py --schemes w4a16 --mb 0 --silu ref,op,pdl \
     --budget "${SI_BUDGET:-250}" --json "$OUT/silu.jsonl" > /tmp/silu.txt 2>&1
+  echo "exit $?"; grep -E "^\{|Error|error" /tmp/silu.txt | tail -10
+}
+pingpong() {  # libqtool_sm90's config 5 (128 x 128 ping-pong, 2-CTA clusters) beside the others at 256-8192 tokens
+  step "W8A8 large-m ping-pong: tests, then the sweep (routes merged into kernels/tuning.py here)"
+  timeout -k 15 150 python3 -m pytest -q -m gpu tests/test_w8a8_gpu.py -k "every_config" --tb=short > "$OUT/pingpong_tests.txt" 2>&1
+  summarize "$OUT/pingpong_tests.txt"
+  timeout -k 15 "${PP_TIMEOUT:-200}" python3 dev/w8a8_sweep.py --kinds fp8,int8 --tokens 256,512,1024,2048,4096,8192 \
+    --budget "${PP_BUDGET:-160}" --json "$OUT/pingpong.json" 2>&1 | grep -E "M=|budget|Error" | tail -80
+  python3 dev/w8a8_sweep.py --emit "$OUT/pingpong.json" --merge > /dev/null 2>&1 && cp kernels/tuning.py "$OUT/tuning.py"
+}
+abint8() {  # w8a8-int8 decode with and without w8_gemv's SiLU-and-multiply epilogue, no bf16 model (one process)
+  step "8B int8 decode: swiglu 8 / 0"
+  timeout -k 15 "${AB_TIMEOUT:-200}" python3 dev/prefetch_sweep.py --schemes w8a8-int8 --mb 0 --swiglu 8,0 --skip-base \
+    --budget "${AB_BUDGET:-150}" --json "$OUT/abint8.jsonl" > /tmp/abint8.txt 2>&1
+  echo "exit $?"; grep -E "^\{|Error|error" /tmp/abint8.txt | tail -10
+}
+silub() {  # silu without the bf16 model
+  step "8B w4a16 decode by SiLU-and-multiply kernel, no bf16 model"
+  timeout -k 15 "${SI_TIMEOUT:-200}" python3 dev/prefetch_sweep.py --schemes w4a16 --mb 0 --silu pdl,op,ref --skip-base \
+    --budget "${SI_BUDGET:-150}" --json "$OUT/silu.jsonl" > /tmp/silu.txt 2>&1
   echo "exit $?"; grep -E "^\{|Error|error" /tmp/silu.txt | tail -10
 }
 e2eblock() {

@@ -32,7 +32,8 @@ struct ScaledMmArgs {
   int out_half;           // 1: fp16 out, 0: bf16 out
   int config;             // 0: by m (kSkinnyMaxM); 1: skinny (64 x 128 ping-pong); 2: large (2-CTA clusters);
                           // 3: split (128 x 128 cooperative, k split over the SMs the output tiles leave idle);
-                          // 4: narrow (64 x 64 ping-pong: twice the skinny tiles); plus kConfigPdl: launched
+                          // 4: narrow (64 x 64 ping-pong: twice the skinny tiles); 5: large ping-pong (128 x 128
+                          // tiles, 2-CTA clusters, a tile per consumer warpgroup); plus kConfigPdl: launched
                           // with programmatic dependent launch (sm90_common.cuh)
 };
 constexpr int kConfigPdl = 8;
