@@ -221,6 +221,11 @@ def load_extension(verbose: bool = False):
     return _loader.load(verbose)
 
 
+def loaded() -> bool:
+    """Whether the extension is loaded already (never builds: what code under torch.compile may ask)."""
+    return _loader.ops is not None
+
+
 def available_ops() -> list[str]:
     """Names of the loaded raw kernel ops (empty when the extension is not loaded)."""
     return [f"{NAME}::{op}" for op in RAW_OPS] if _loader.ops is not None else []

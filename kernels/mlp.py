@@ -17,9 +17,11 @@ from .weight_only import KERNEL_DTYPES
 # Under torch.compile the reference runs and Inductor makes one kernel of it (nothing around it fuses: the GEMVs on
 # either side are opaque ops). COMPILED_KERNEL runs the CUDA kernel there too, and PDL launches it as the twin that
 # waits for the gate/up GEMV before reading and lets the down projection's GEMV launch at once (csrc/silu_mul.cu), so
-# the three overlap their launches. Both off until measured (dev/prefetch_sweep.py --silu, dev/session22.sh).
-COMPILED_KERNEL = False
-PDL = False
+# the three overlap their launches. Session 22 (H200, 8B W4A16 decode at batch 1, `dev/prefetch_sweep.py`): 368.0
+# tok/s with the PDL twin, against 361.0 and 361.8 with Inductor's kernel in two other processes (sessions 22 and 21;
+# batch 16, whose GEMMs take no PDL, 4013 vs 4008). The same-process A/B was cut by the device time: `--silu pdl,ref`.
+COMPILED_KERNEL = True
+PDL = True
 
 
 def silu_mul(x: torch.Tensor) -> torch.Tensor:
@@ -28,7 +30,7 @@ def silu_mul(x: torch.Tensor) -> torch.Tensor:
     if x.shape[-1] % 2:
         raise ValueError(f"silu_mul: the last dimension holds gate and up halves, so it must be even; got {x.shape[-1]}")
     if torch.compiler.is_compiling():
-        if not (COMPILED_KERNEL and x.is_cuda and x.dtype in KERNEL_DTYPES):
+        if not (COMPILED_KERNEL and x.is_cuda and x.dtype in KERNEL_DTYPES and build.loaded()):
             return reference_silu_mul(x)
         x2 = x.reshape(-1, x.shape[-1])
         return torch.ops.qtool_cuda.silu_mul(x2, int(PDL)).reshape(*x.shape[:-1], x.shape[-1] // 2)

@@ -48,27 +48,28 @@ MIXED: dict[tuple[int, int, int], dict[int, str]] = {
 }
 
 # W8A8 routes, (codes, K, N) -> {M: route}: "gemv" (w8_gemv on the 16-bit activations, no activation
-# quantization), a libqtool_sm90 configuration ("skinny", "narrow", "split", "large") after the fused
+# quantization), a libqtool_sm90 configuration ("skinny", "narrow", "split", "large", "pingpong") after the fused
 # activation quantization, or "cublas" (torch._scaled_mm row-wise, FP8 only; F.scaled_mm block-wise for
 # "fp8-block", whose own configurations are block_mm.CONFIGS: "block-skinny", "block-split", "block-large",
 # "block-swap", "block-narrow").
 # H200, dev/w8a8_sweep.py (BENCHMARKS.md): session 11; fp8-block and the fused 8B shapes session 12; 1-16 tokens
 # (w8_gemv without conversion instructions) and every fp8-block cell (with "block-swap") session 13; fp8-block at
 # 16-512 tokens on 4096 x 4096, 4096 x 6144 (a row of those batches only: the others take the nearest shape measured
-# there, `_nearest_shape`), 4096 x 14336 and 14336 x 4096 with "block-narrow" session 21.
+# there, `_nearest_shape`), 4096 x 14336 and 14336 x 4096 with "block-narrow" session 21; fp8 and int8 at 256-8192
+# tokens with "pingpong" session 22.
 W8A8: dict[tuple[str, int, int], dict[int, str]] = {
-    ('fp8', 4096, 4096): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "gemv", 32: "gemv", 64: "narrow", 128: "narrow", 256: "skinny", 512: "cublas", 1024: "large", 2048: "large", 4096: "large", 8192: "large"},
-    ('fp8', 4096, 14336): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "gemv", 32: "skinny", 64: "narrow", 128: "cublas", 256: "large", 512: "skinny", 1024: "cublas", 2048: "large", 4096: "large", 8192: "cublas"},
-    ('fp8', 8192, 8192): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "gemv", 32: "skinny", 64: "narrow", 128: "skinny", 256: "cublas", 512: "large", 1024: "large", 2048: "cublas", 4096: "large", 8192: "large"},
-    ('fp8', 8192, 28672): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "skinny", 32: "skinny", 64: "skinny", 128: "cublas", 256: "skinny", 512: "cublas", 1024: "large", 2048: "large", 4096: "cublas", 8192: "large"},
+    ('fp8', 4096, 4096): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "gemv", 32: "gemv", 64: "narrow", 128: "narrow", 256: "skinny", 512: "cublas", 1024: "pingpong", 2048: "pingpong", 4096: "pingpong", 8192: "pingpong"},
+    ('fp8', 4096, 14336): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "gemv", 32: "skinny", 64: "narrow", 128: "cublas", 256: "cublas", 512: "skinny", 1024: "pingpong", 2048: "pingpong", 4096: "pingpong", 8192: "pingpong"},
+    ('fp8', 8192, 8192): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "gemv", 32: "skinny", 64: "narrow", 128: "skinny", 256: "cublas", 512: "large", 1024: "pingpong", 2048: "pingpong", 4096: "large", 8192: "large"},
+    ('fp8', 8192, 28672): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "skinny", 32: "skinny", 64: "skinny", 128: "cublas", 256: "skinny", 512: "pingpong", 1024: "pingpong", 2048: "large", 4096: "large", 8192: "large"},
     ('fp8', 14336, 4096): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "gemv", 32: "narrow", 64: "narrow", 128: "narrow", 256: "skinny", 512: "split", 1024: "large", 2048: "large", 4096: "large", 8192: "large"},
-    ('fp8', 28672, 8192): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "gemv", 32: "skinny", 64: "skinny", 128: "skinny", 256: "split", 512: "cublas", 1024: "large", 2048: "large", 4096: "cublas", 8192: "large"},
-    ('int8', 4096, 4096): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "gemv", 32: "gemv", 64: "narrow", 128: "narrow", 256: "skinny", 512: "large", 1024: "large", 2048: "large", 4096: "split", 8192: "large"},
-    ('int8', 4096, 14336): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "gemv", 32: "skinny", 64: "narrow", 128: "skinny", 256: "large", 512: "skinny", 1024: "large", 2048: "large", 4096: "large", 8192: "large"},
-    ('int8', 8192, 8192): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "gemv", 32: "skinny", 64: "narrow", 128: "skinny", 256: "large", 512: "large", 1024: "large", 2048: "split", 4096: "large", 8192: "large"},
-    ('int8', 8192, 28672): {1: "skinny", 2: "skinny", 4: "gemv", 8: "skinny", 16: "skinny", 32: "skinny", 64: "skinny", 128: "split", 256: "skinny", 512: "large", 1024: "large", 2048: "large", 4096: "large", 8192: "split"},
-    ('int8', 14336, 4096): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "gemv", 32: "narrow", 64: "narrow", 128: "narrow", 256: "skinny", 512: "large", 1024: "large", 2048: "large", 4096: "large", 8192: "large"},
-    ('int8', 28672, 8192): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "skinny", 32: "skinny", 64: "skinny", 128: "skinny", 256: "large", 512: "split", 1024: "large", 2048: "large", 4096: "large", 8192: "large"},
+    ('fp8', 28672, 8192): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "gemv", 32: "skinny", 64: "skinny", 128: "skinny", 256: "pingpong", 512: "pingpong", 1024: "pingpong", 2048: "large", 4096: "large", 8192: "large"},
+    ('int8', 4096, 4096): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "gemv", 32: "gemv", 64: "narrow", 128: "narrow", 256: "skinny", 512: "large", 1024: "pingpong", 2048: "pingpong", 4096: "pingpong", 8192: "pingpong"},
+    ('int8', 4096, 14336): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "gemv", 32: "skinny", 64: "narrow", 128: "skinny", 256: "pingpong", 512: "pingpong", 1024: "pingpong", 2048: "pingpong", 4096: "pingpong", 8192: "pingpong"},
+    ('int8', 8192, 8192): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "gemv", 32: "skinny", 64: "narrow", 128: "skinny", 256: "large", 512: "pingpong", 1024: "pingpong", 2048: "pingpong", 4096: "pingpong", 8192: "pingpong"},
+    ('int8', 8192, 28672): {1: "skinny", 2: "skinny", 4: "gemv", 8: "skinny", 16: "skinny", 32: "skinny", 64: "skinny", 128: "split", 256: "skinny", 512: "pingpong", 1024: "pingpong", 2048: "pingpong", 4096: "pingpong", 8192: "pingpong"},
+    ('int8', 14336, 4096): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "gemv", 32: "narrow", 64: "narrow", 128: "narrow", 256: "skinny", 512: "pingpong", 1024: "pingpong", 2048: "pingpong", 4096: "pingpong", 8192: "large"},
+    ('int8', 28672, 8192): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "skinny", 32: "skinny", 64: "skinny", 128: "skinny", 256: "pingpong", 512: "large", 1024: "pingpong", 2048: "large", 4096: "pingpong", 8192: "pingpong"},
     ('fp8-block', 4096, 4096): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "gemv", 32: "block-narrow", 64: "block-narrow", 128: "block-narrow", 256: "block-skinny", 512: "cublas", 1024: "cublas", 2048: "block-large", 4096: "block-large", 8192: "block-large"},
     ('fp8-block', 4096, 14336): {1: "gemv", 2: "gemv", 4: "cublas", 8: "cublas", 16: "cublas", 32: "block-skinny", 64: "block-skinny", 128: "cublas", 256: "cublas", 512: "cublas", 1024: "block-large", 2048: "block-large", 4096: "block-large", 8192: "cublas"},
     ('fp8-block', 8192, 8192): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "block-skinny", 32: "block-skinny", 64: "block-skinny", 128: "block-skinny", 256: "cublas", 512: "cublas", 1024: "cublas", 2048: "block-split", 4096: "cublas", 8192: "cublas"},
