@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# The next session's device calls, prepared at the end of session 21 (nvidia-h200, carry [".gpu/w8a8"]; the block
-# library changed in session 21 (the narrow tile, then a PDL bit); run `bash dev/prebuild_sm90.sh` on the
-# development machine first, ~10 min, since a new checkout has no .gpu/):
-#   call 1: bash dev/session22.sh swiglu w8lean blockpdl     (~9 min; the default; ran 2026-12-02, 512 s)
-# after call 1 (swiglu on for fp8, lean w8_gemv and block PDL where k <= 4096):
-#   call 2: SW_SCHEMES=w8a8-int8 SW_TIMEOUT=240 SW_BUDGET=200 SI_TIMEOUT=270 SI_BUDGET=220 bash dev/session22.sh swiglu silu
-#   call 2 ran 600 s (cut in silu: the bf16 models took ~130 s per stage; int8's swiglu 0 skipped by its budget)
-#   call 3: PP_BUDGET=150 AB_BUDGET=120 SI_TIMEOUT=150 SI_BUDGET=100 bash dev/session22.sh pingpong abint8 silub
-#   call 2: bash dev/session22.sh silu aq                    (~8 min)
-#   call 3: E2E_TIMEOUT=320 bash dev/session22.sh e2eblock pf8, or w8a8table once the routes have settled
+# Session 22's device calls (nvidia-h200, carry [".gpu/w8a8"], the Hopper libraries prebuilt here first by
+# `bash dev/prebuild_sm90.sh`, ~5-10 min, since a new checkout has no .gpu/); BENCHMARKS.md "session 22":
+#   call 1: bash dev/session22.sh swiglu w8lean blockpdl                                      (512 s)
+#   call 2: SW_SCHEMES=w8a8-int8 SW_TIMEOUT=240 SW_BUDGET=200 SI_TIMEOUT=270 SI_BUDGET=220 \
+#             bash dev/session22.sh swiglu silu                                               (cut at 600 s)
+#   call 3: PP_BUDGET=150 AB_BUDGET=120 SI_TIMEOUT=130 SI_BUDGET=90 bash dev/session22.sh pingpong abint8 silub  (435 s)
+# Next session (the stages below are reusable):
+#   call 1: SI_TIMEOUT=200 SI_BUDGET=160 bash dev/session22.sh silub aq    (the PDL twin's same-process A/B; act_quant)
+#   call 2: TABLE_TIMEOUT=480 bash dev/session22.sh w8a8table              (issue 18's whole table on today's routes)
+#   call 3: E2E_TIMEOUT=330 bash dev/session22.sh e2eblock                  (8B fp8-block, last measured in session 14)
 #   nvidia-h200-x2 (issue 20): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 gptq8ns_1 gptq8ns_2 summary
 # w8lean   w8_gemv's lean block-scaled variant at 9-16 tokens (QTOOL_W8_GEMV=64, csrc/w8_gemv.cu): the w8_gemv GPU
 #          tests with the switch on, then the A/B at 9-16 tokens (session 21: fp8-block w8_gemv at 16 tokens 0.97-1.18x
