@@ -76,6 +76,9 @@ def channel_gemms(kind: str, x: torch.Tensor, wq: Rotation, w_scale: torch.Tenso
                                                           out_dtype=torch.bfloat16))
     if m <= scaled_mm.W8_GEMV_KERNEL_MAX_M:
         out["w8_gemv (bf16 x)"] = graph_ms(lambda: torch.ops.qtool_cuda.w8_gemv(x, wq(), w_scale, None, 0, 0))
+    if 16 < m <= 256:  # (W8A16's row-major layers run the same kernel on the same int8 codes)
+        scaled_mm.w8_gemm(x, wq(), w_scale, None)  # its split counters, outside the graph capture
+        out["w8_gemm (bf16 x)"] = graph_ms(lambda: scaled_mm.w8_gemm(x, wq(), w_scale, None))
     return out
 
 
@@ -110,20 +113,20 @@ def sweep_shape(kind: str, k: int, n: int, tokens: list[int], deadline: float) -
 def show_row(row: dict) -> None:
     bf16, aq = row["bf16"], row["act_quant"] or 0.0
     gemm = {key: v for key, v in row["gemm"].items() if v}
-    best = min(gemm, key=lambda key: gemm[key] + (0 if key.startswith("w8_gemv") else aq))
+    best = min(gemm, key=lambda key: gemm[key] + (0 if key.startswith("w8_gem") else aq))
     layer = f"{bf16 / row['layer']:.2f}x" if row.get("layer") else "-"
     print(f"{row['kind']} {row['K']}x{row['N']} M={row['M']}: bf16 {bf16 * 1e3:.1f} us, layer {layer}, "
           f"act_quant {aq * 1e3:.1f} us; GEMM + act_quant: "
-          + ", ".join(f"{key} {bf16 / (v + (0 if key.startswith('w8_gemv') else aq)):.2f}x" for key, v in gemm.items())
+          + ", ".join(f"{key} {bf16 / (v + (0 if key.startswith('w8_gem') else aq)):.2f}x" for key, v in gemm.items())
           + f" (best {best})", flush=True)
 
 
 def best_route(row: dict) -> str:
     """The fastest of a cell's GEMMs (each with the activation quantization it needs) as a tuning.W8A8 route."""
     aq = row["act_quant"] or 0.0
-    gemm = {key: v + (0 if key.startswith("w8_gemv") else aq) for key, v in row["gemm"].items() if v and "/" not in key}
+    gemm = {key: v + (0 if key.startswith("w8_gem") else aq) for key, v in row["gemm"].items() if v and "/" not in key}
     best = min(gemm, key=gemm.get)  # (the "/split" probes are not routes)
-    return "gemv" if best.startswith("w8_gemv") else best
+    return "gemv" if best.startswith("w8_gemv") else "w8_gemm" if best.startswith("w8_gemm") else best
 
 
 def emit(paths: list[Path], merge: bool = False) -> None:

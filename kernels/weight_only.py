@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from .layout import EPILOGUE, LOW_BITS, PackedWeight, takes_rows_shape
 from .mixed_mm import mixed_linear
 from .tuning import fit, gemv_pdl, measured_route, plain_schedule
+from .w8_gemm import w8_gemm
 
 # wo_gemv serves up to 8 tokens (csrc/wo_kernels.h, kMaxGemvTokens). 4 is the cut-off every recorded
 # measurement ran with (BENCHMARKS.md); the 4-vs-8 A/B of kernels/NOTES.md (v3) left no result, so to
@@ -105,6 +106,9 @@ GEMV_WIDE_MAX_N = 4096
 # H200 w8_gemv at 32 tokens took 12.4-148 us where the dequantized rows alone would move 7 bytes per weight), then
 # the rows dequantized + cuBLAS. W8_ROWS_MAX_M = 0 turns the layout off (every layer keeps the wo layout).
 W8_ROWS_MAX_M = 32
+# Past W8_ROWS_MAX_M, up to this many tokens: w8_gemm (csrc/w8_gemm.cu, session 22) on the same rows; 0 (off) until
+# measured against the Hopper copy's routes (0.65-1.25x bf16 at 64-256 tokens, session 16).
+ROWS_GEMM_MAX_M = 0
 ROWS_SLICES = 2
 ROWS_MID_WEIGHT = 8192 * 8192
 ROWS_SMALL_WEIGHT = 4096 * 6144
@@ -240,6 +244,8 @@ def _rows_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, k
     m = x2.shape[0]
     if rows_gemv(w, m, x2.dtype):
         return kernels.w8_gemv(x2, w.rows, w.scale.view(-1), bias, 0, 0, int(gemv_pdl(m, *w.rows.shape)), prefetch)
+    if m <= ROWS_GEMM_MAX_M and (y := w8_gemm(x2, w.rows, w.scale, bias)) is not None:
+        return y
     if (y := _copy_linear(x2, w, bias)) is not None:
         return y
     if m <= ROWS_SLICES * W8_ROWS_MAX_M:  # no Hopper copy (fp16, before sm_90): w8_gemv per slice of tokens

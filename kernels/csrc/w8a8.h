@@ -56,4 +56,25 @@ struct W8GemvProblem {
 
 void launch_w8_gemv(const W8GemvProblem& p, cudaStream_t stream);
 
+// The same product for 17-256 tokens (w8_gemm.cu), per-channel scales: blocks of 64 weight rows x 64 tokens with
+// the activations shared through shared memory, k split over grid.y where the tiles alone leave SMs idle.
+struct W8GemmProblem {
+  const void* x;       // [m, k] fp16/bf16, contiguous, 16-byte aligned
+  const uint8_t* w;    // [n, k] codes, contiguous, 16-byte aligned; k % 16 == 0
+  const float* scale;  // [n]
+  const float* bias;   // [n] float32 or nullptr
+  void* y;             // [m, n] in x's dtype
+  int m, n, k;
+  int k_split;         // k per split, a multiple of 128 (w8_gemm_k_split); splits = ceil(k / k_split)
+  float* workspace;    // [splits, m, n] float32 partial sums when splits > 1 (no initial value needed)
+  int* counters;       // [w8_gemm_tiles(m, n)] int32, zero on entry and left zero: one call on them at a time
+  ScalarKind dtype;
+  CodeFormat format;
+};
+
+void launch_w8_gemm(const W8GemmProblem& p, cudaStream_t stream);
+int w8_gemm_tiles(int m, int n);               // output tiles (blocks per split)
+int w8_gemm_k_split(int k, int splits);        // k per split for about `splits` splits
+int w8_gemm_splits(int m, int n, int k, int sms, int wanted);  // splits to run (wanted > 0: that, as k allows)
+
 }  // namespace qtool

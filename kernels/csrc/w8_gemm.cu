@@ -1,0 +1,238 @@
+// GEMM for 8-bit weights (int8, FP8 E4M3 / E5M2) stored row-major [n, k] with per-channel scales and 16-bit
+// activations, for 17-256 tokens: the sizes between w8_gemv (whose warps each load their own activations, so x is
+// read once per 16 weight rows: 32 tokens of a 4096-deep layer are already 8x the weight bytes) and the Hopper
+// GEMMs (which need the activations quantized, or for W8A16 convert in a CUTLASS mainloop that issue-bound at
+// 0.65-0.86x bf16 at 64-256 tokens, BENCHMARKS.md session 16). Written without a GPU (session 22): unmeasured.
+//
+// Work split. A block of kWarps warps owns kWarps 16-row stripes of the weight (one per warp, the M of
+// mma.m16n8k16), up to 64 tokens (grid.z covers more, 8 token tiles of the mma's N), and one k range (grid.y
+// splits k where the row blocks alone would leave SMs idle). The block's activations for its tokens go through
+// shared memory in stages of kStageK columns (cp.async, two buffers), so all warps share one copy; each warp
+// streams its own weight rows straight into registers, one stage ahead of the math.
+//
+// Fragments as in w8_gemv: lane (g = lane / 4, t = lane % 4) holds 16 codes of rows g and g + 8 at k0 + 16 t and
+// feeds step j (0..3) the codes 4j..4j+3 in the places the PTX ISA gives to logical k {2t, 2t+1, 2t+8, 2t+9}; B
+// takes the activations of the same physical k of token g, read from shared memory with one 16-byte load per
+// token tile and half tile. A decoded A fragment serves all 8 token tiles.
+//
+// Split k: each split writes its float32 partial tile to a workspace [splits, m, n]; the block that finishes last
+// for its tile (a counter per tile, zero on entry, reset by that block) sums the splits, applies scale and bias
+// and writes y. Calls on one stream at a time (the counters are shared by all calls on a device).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+
+#include "w8_decode.cuh"
+#include "w8a8.h"
+#include "wo_common.cuh"
+
+namespace qtool {
+namespace {
+
+constexpr int kWarps = 4;                  // 16-row stripes per block
+constexpr int kBlockRows = 16 * kWarps;    // 64
+constexpr int kTokenTiles = 8;             // tokens per block: 8 per mma tile
+constexpr int kTokens = 8 * kTokenTiles;   // 64
+constexpr int kTileK = 64;                 // k of one lane load (16 codes) x 4 lanes
+constexpr int kStageK = 128;               // k of the activations per shared-memory stage: two tiles
+constexpr int kXRow = kStageK + 8;         // elements between token rows: 16 bytes of padding spread the banks
+constexpr int kMinSplitK = 512;            // a split streams at least this much k (four stages)
+
+template <typename T>
+struct XStage {  // one stage of activations: [tokens][k], rows kXRow apart
+  T v[kTokens][kXRow];
+};
+
+// This warp's weights for stage s: two tiles x rows (g, g + 8), 16 codes each; zeros past k_end or n.
+__device__ inline void load_weights(const W8GemmProblem& p, int row0, int k_stage, int k_end, int lane,
+                                    uint4 (&w)[2][2]) {
+  const int g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int u = 0; u < 2; ++u) {
+    const int k = k_stage + u * kTileK + 16 * t;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int row = row0 + g + 8 * h;
+      w[u][h] = k < k_end && row < p.n
+                    ? load_streaming(reinterpret_cast<const uint4*>(p.w + static_cast<long long>(row) * p.k + k))
+                    : make_uint4(0, 0, 0, 0);
+    }
+  }
+}
+
+// Stage s of the block's activations into `stage` (zeros for tokens past m and k past k_end), one commit group.
+template <typename T>
+__device__ inline void load_activations(const W8GemmProblem& p, int token0, int k_stage, int k_end, XStage<T>& stage) {
+  const T* x = static_cast<const T*>(p.x);
+  constexpr int kPieces = kTokens * kStageK / 8;  // 16-byte pieces
+  for (int i = threadIdx.x; i < kPieces; i += kWarps * 32) {
+    const int token = i / (kStageK / 8), kk = (i % (kStageK / 8)) * 8;
+    const bool ok = token0 + token < p.m && k_stage + kk < k_end;  // k % 16 == 0: a piece is all in or out
+    const T* src = ok ? x + static_cast<long long>(token0 + token) * p.k + k_stage + kk : x;
+    cp_async_16(&stage.v[token][kk], src, ok);
+  }
+  cp_async_commit();
+}
+
+// acc += this warp's stripe x the stage's activations, for the two tiles of weights w.
+template <typename T, CodeFormat F>
+__device__ inline void multiply_stage(const XStage<T>& stage, const uint4 (&w)[2][2], int lane,
+                                      float (&acc)[kTokenTiles][4]) {
+  constexpr bool Pairs02 = kPairs02<T, F>;
+  const int g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int u = 0; u < 2; ++u) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {  // activations k +0..7 (steps 0, 1), then +8..15 (steps 2, 3)
+      uint4 xv[kTokenTiles];
+#pragma unroll
+      for (int tt = 0; tt < kTokenTiles; ++tt)
+        xv[tt] = *reinterpret_cast<const uint4*>(&stage.v[tt * 8 + g][u * kTileK + 16 * t + 8 * half]);
+#pragma unroll
+      for (int jj = 0; jj < 2; ++jj) {
+        const int j = 2 * half + jj;
+        uint32_t a[4];
+        decode4<T, F>((&w[u][0].x)[j], a[0], a[2]);  // row g: k +0,+1 and +2,+3 of step j
+        decode4<T, F>((&w[u][1].x)[j], a[1], a[3]);  // row g + 8
+#pragma unroll
+        for (int tt = 0; tt < kTokenTiles; ++tt) {
+          const uint32_t* xw = &xv[tt].x;  // words 2jj, 2jj + 1: k +0,+1 and +2,+3 of step j
+          const uint32_t b0 = Pairs02 ? __byte_perm(xw[2 * jj], xw[2 * jj + 1], 0x5410) : xw[2 * jj];
+          const uint32_t b1 = Pairs02 ? __byte_perm(xw[2 * jj], xw[2 * jj + 1], 0x7632) : xw[2 * jj + 1];
+          mma_16816<T>(acc[tt], a, b0, b1);
+        }
+      }
+    }
+  }
+}
+
+// One stage of the pipeline: the next stage's weights and activations go out, then this one's math.
+template <typename T, CodeFormat F>
+__device__ inline void run_stage(const W8GemmProblem& p, int s, int stages, int row0, int token0, int k_begin,
+                                 int k_end, XStage<T> (&xs)[2], const uint4 (&w)[2][2], uint4 (&w_next)[2][2],
+                                 float (&acc)[kTokenTiles][4]) {
+  const int lane = threadIdx.x % 32;
+  if (s + 1 < stages) {
+    load_weights(p, row0, k_begin + (s + 1) * kStageK, k_end, lane, w_next);
+    load_activations(p, token0, k_begin + (s + 1) * kStageK, k_end, xs[(s + 1) % 2]);
+  } else {
+    cp_async_commit();  // an empty group keeps the count below uniform
+  }
+  cp_async_wait<1>();  // this thread's copies of stage s have landed
+  __syncthreads();     // and every thread's
+  multiply_stage<T, F>(xs[s % 2], w, lane, acc);
+  __syncthreads();     // buffer s % 2 is refilled by stage s + 2's copies
+}
+
+// y for this thread's accumulators: scale and bias applied, rows past n and tokens past m skipped.
+template <typename T>
+__device__ inline void store_direct(const W8GemmProblem& p, int row0, int token0, const float (&acc)[kTokenTiles][4]) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int tt = 0; tt < kTokenTiles; ++tt)
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int row = row0 + g + 8 * (r / 2), token = token0 + tt * 8 + 2 * t + (r % 2);
+      if (row < p.n && token < p.m)
+        store(static_cast<T*>(p.y) + static_cast<long long>(token) * p.n + row,
+              acc[tt][r] * __ldg(p.scale + row) + bias_at(p.bias, row));
+    }
+}
+
+// Split k: this split's partial tile to the workspace; the last split of the tile to arrive sums them into y.
+template <typename T>
+__device__ inline void store_split(const W8GemmProblem& p, int row0, int token0, const float (&acc)[kTokenTiles][4]) {
+  __shared__ int last;
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const long long plane = static_cast<long long>(p.m) * p.n;
+  float* mine = p.workspace + blockIdx.y * plane;
+#pragma unroll
+  for (int tt = 0; tt < kTokenTiles; ++tt)
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int row = row0 + g + 8 * (r / 2), token = token0 + tt * 8 + 2 * t + (r % 2);
+      if (row < p.n && token < p.m) __stcg(mine + static_cast<long long>(token) * p.n + row, acc[tt][r]);
+    }
+  __threadfence();  // the partials are visible device-wide before this block is counted
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int* counter = p.counters + blockIdx.z * gridDim.x + blockIdx.x;
+    last = atomicAdd(counter, 1) == static_cast<int>(gridDim.y) - 1;
+    if (last) *counter = 0;  // every split has arrived: ready for the next call
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  const int rows0 = blockIdx.x * kBlockRows;
+  for (int e = threadIdx.x; e < kTokens * kBlockRows; e += kWarps * 32) {
+    const int token = token0 + e / kBlockRows, row = rows0 + e % kBlockRows;
+    if (row >= p.n || token >= p.m) continue;
+    const long long at = static_cast<long long>(token) * p.n + row;
+    float v = 0.0f;
+    for (int split = 0; split < static_cast<int>(gridDim.y); ++split) v += __ldcg(p.workspace + split * plane + at);
+    store(static_cast<T*>(p.y) + at, v * __ldg(p.scale + row) + bias_at(p.bias, row));
+  }
+}
+
+template <typename T, CodeFormat F>
+__global__ void __launch_bounds__(kWarps * 32, 4) w8_gemm_kernel(W8GemmProblem p) {
+  __shared__ XStage<T> xs[2];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int row0 = blockIdx.x * kBlockRows + 16 * warp;  // this warp's stripe
+  const int token0 = blockIdx.z * kTokens;
+  const int k_begin = blockIdx.y * p.k_split, k_end = min(p.k, k_begin + p.k_split);
+  const int stages = (k_end - k_begin + kStageK - 1) / kStageK;
+
+  float acc[kTokenTiles][4] = {};
+  uint4 wa[2][2], wb[2][2];  // two register sets, alternating stages (no copies between them)
+  load_weights(p, row0, k_begin, k_end, lane, wa);
+  load_activations(p, token0, k_begin, k_end, xs[0]);
+  for (int s = 0; s < stages; s += 2) {
+    run_stage<T, F>(p, s, stages, row0, token0, k_begin, k_end, xs, wa, wb, acc);
+    if (s + 1 < stages) run_stage<T, F>(p, s + 1, stages, row0, token0, k_begin, k_end, xs, wb, wa, acc);
+  }
+  if (gridDim.y == 1)
+    store_direct<T>(p, row0, token0, acc);
+  else
+    store_split<T>(p, row0, token0, acc);
+}
+
+template <typename T>
+void launch_typed(const W8GemmProblem& p, dim3 grid, cudaStream_t stream) {
+  switch (p.format) {
+    case CodeFormat::kInt8: w8_gemm_kernel<T, CodeFormat::kInt8><<<grid, kWarps * 32, 0, stream>>>(p); break;
+    case CodeFormat::kE4M3: w8_gemm_kernel<T, CodeFormat::kE4M3><<<grid, kWarps * 32, 0, stream>>>(p); break;
+    default: w8_gemm_kernel<T, CodeFormat::kE5M2><<<grid, kWarps * 32, 0, stream>>>(p); break;
+  }
+}
+
+}  // namespace
+
+int w8_gemm_splits(int m, int n, int k, int sms, int wanted) {
+  const int tiles = ((n + kBlockRows - 1) / kBlockRows) * ((m + kTokens - 1) / kTokens);
+  const int most = std::max(1, k / kMinSplitK);
+  // Three blocks per SM where the tiles alone leave SMs idle (registers allow more; the split's fixed cost is a
+  // partial tile through L2 and one block's sum).
+  const int splits = wanted > 0 ? wanted : (3 * sms + tiles - 1) / tiles;
+  const int k_split = w8_gemm_k_split(k, std::min(std::max(splits, 1), most));
+  return (k + k_split - 1) / k_split;  // what the rounding of k_split leaves
+}
+
+int w8_gemm_k_split(int k, int splits) {
+  const int per = (k + splits - 1) / splits;
+  return (per + kStageK - 1) / kStageK * kStageK;
+}
+
+int w8_gemm_tiles(int m, int n) { return ((n + kBlockRows - 1) / kBlockRows) * ((m + kTokens - 1) / kTokens); }
+
+void launch_w8_gemm(const W8GemmProblem& p, cudaStream_t stream) {
+  if (p.m == 0 || p.n == 0) return;
+  const dim3 grid((p.n + kBlockRows - 1) / kBlockRows, (p.k + p.k_split - 1) / p.k_split, (p.m + kTokens - 1) / kTokens);
+  if (p.dtype == ScalarKind::kBFloat16)
+    launch_typed<__nv_bfloat16>(p, grid, stream);
+  else
+    launch_typed<__half>(p, grid, stream);
+}
+
+}  // namespace qtool
