@@ -78,7 +78,8 @@ def channel_gemms(kind: str, x: torch.Tensor, wq: Rotation, w_scale: torch.Tenso
         out["w8_gemv (bf16 x)"] = graph_ms(lambda: torch.ops.qtool_cuda.w8_gemv(x, wq(), w_scale, None, 0, 0))
     if 16 < m <= 256:  # (W8A16's row-major layers run the same kernel on the same int8 codes)
         scaled_mm.w8_gemm(x, wq(), w_scale, None)  # its split counters, outside the graph capture
-        out["w8_gemm (bf16 x)"] = graph_ms(lambda: scaled_mm.w8_gemm(x, wq(), w_scale, None))
+        for route, variant in scaled_mm.W8_GEMM_VARIANTS.items():
+            out[f"{route} (bf16 x)"] = graph_ms(lambda v=variant: scaled_mm.w8_gemm(x, wq(), w_scale, None, 0, v))
     return out
 
 
@@ -126,7 +127,7 @@ def best_route(row: dict) -> str:
     aq = row["act_quant"] or 0.0
     gemm = {key: v + (0 if key.startswith("w8_gem") else aq) for key, v in row["gemm"].items() if v and "/" not in key}
     best = min(gemm, key=gemm.get)  # (the "/split" probes are not routes)
-    return "gemv" if best.startswith("w8_gemv") else "w8_gemm" if best.startswith("w8_gemm") else best
+    return "gemv" if best.startswith("w8_gemv") else best.split(" ")[0] if best.startswith("w8_gemm") else best
 
 
 def emit(paths: list[Path], merge: bool = False) -> None:

@@ -257,7 +257,8 @@ def info() -> dict:
             "qtool::scaled_linear": _scaled_linear_path() if cuda else "reference",
             "qtool::quantize_activation": "qtool_cuda fused kernel" if ops is not None else "reference",
             "qtool::w8a8_linear": ("the measured route of tuning.W8A8 (nearest shape, next batch): qtool_cuda "
-                                   "w8_gemv (m <= 32; PDL twin for static weights where tuning.gemv_pdl), or fused "
+                                   "w8_gemv (m <= 32; PDL twin for static weights where tuning.gemv_pdl; gate/up "
+                                   "with SiLU-and-multiply in its epilogue at m <= 8), qtool_cuda w8_gemm, or fused "
                                    "activation quantization + a libqtool_sm90 configuration (PDL launch to 64 "
                                    "tokens) or cuBLAS; outside the measured batches w8_gemv (m <= 16), "
                                    "then fused activation quantization + " + _scaled_linear_path())

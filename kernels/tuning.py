@@ -48,7 +48,8 @@ MIXED: dict[tuple[int, int, int], dict[int, str]] = {
 }
 
 # W8A8 routes, (codes, K, N) -> {M: route}: "gemv" (w8_gemv on the 16-bit activations, no activation
-# quantization), "w8_gemm" (its GEMM form past 16 tokens, per channel), a libqtool_sm90 configuration ("skinny", "narrow", "split", "large", "pingpong") after the fused
+# quantization), "w8_gemm" / "w8_gemm-r" (its GEMM form past 16 tokens, per channel: w8_gemm.VARIANTS), a
+# libqtool_sm90 configuration ("skinny", "narrow", "split", "large", "pingpong") after the fused
 # activation quantization, or "cublas" (torch._scaled_mm row-wise, FP8 only; F.scaled_mm block-wise for
 # "fp8-block", whose own configurations are block_mm.CONFIGS: "block-skinny", "block-split", "block-large",
 # "block-swap", "block-narrow").

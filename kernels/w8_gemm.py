@@ -1,9 +1,9 @@
 """8-bit row-major weights times 16-bit activations past w8_gemv's 16-32 tokens: `qtool_cuda::w8_gemm`
 (csrc/w8_gemm.cu), per-channel scales. Blocks of 64 weight rows x 64 tokens share the activations through shared
 memory, and k is split where the tiles alone would leave SMs idle. Two callers: W8A8 layers without activation
-quantization (scaled_mm.py, the measured route "w8_gemm") and W8A16's row-major layers (weight_only.py,
-ROWS_GEMM_MAX_M). Written in session 22 without a GPU: no route takes it until its GPU tests and
-`dev/w8a8_sweep.py` (the "w8_gemm (bf16 x)" column) have run.
+quantization (scaled_mm.py, the measured routes "w8_gemm" and "w8_gemm-r") and W8A16's row-major layers
+(weight_only.py, ROWS_GEMM_MAX_M). Written in session 22 without a GPU: no route takes it until its GPU tests and
+`dev/w8a8_sweep.py` (its two columns) have run.
 
 The kernel's split-k counters are one int32 zeros buffer per device, which every call leaves zero: allocated on the
 first call outside a CUDA graph capture (inside one, the first call returns None and the caller takes another path).
@@ -18,11 +18,16 @@ TILE = 64
 _counters: dict[torch.device, torch.Tensor] = {}
 
 
+# The two forms of the kernel, by route name (kernels/tuning.py W8A8): activations through two staged buffers with a
+# barrier pair per 128 k, or a split's activations resident in shared memory and the weights streamed barrier-free.
+VARIANTS = {"w8_gemm": 0, "w8_gemm-r": 1}
+
+
 def w8_gemm(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
-            splits: int = 0) -> torch.Tensor | None:
+            splits: int = 0, variant: int = 0) -> torch.Tensor | None:
     """y [m, n] = x [m, k] @ (weight [n, k] * scale)^T + bias, scale [n] (or one value) -> x's dtype; None where the
     kernel does not apply (k % 16, a strided weight, the counters not yet allocated during a graph capture).
-    splits: 0 by the kernel's rule, else about that many k splits."""
+    splits: 0 by the kernel's rule, else about that many k splits; variant: VARIANTS' values."""
     (m, k), n = x.shape, weight.shape[0]
     if k % 16 or not weight.is_contiguous():
         return None
@@ -38,4 +43,4 @@ def w8_gemm(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: to
     x = x.contiguous()
     if x.data_ptr() % 16:
         x = x.clone()
-    return torch.ops.qtool_cuda.w8_gemm(x, weight, flat, bias, counters, splits)
+    return torch.ops.qtool_cuda.w8_gemm(x, weight, flat, bias, counters, splits, variant)

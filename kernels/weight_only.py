@@ -108,7 +108,7 @@ GEMV_WIDE_MAX_N = 4096
 W8_ROWS_MAX_M = 32
 # Past W8_ROWS_MAX_M, up to this many tokens: w8_gemm (csrc/w8_gemm.cu, session 22) on the same rows; 0 (off) until
 # measured against the Hopper copy's routes (0.65-1.25x bf16 at 64-256 tokens, session 16).
-ROWS_GEMM_MAX_M = 0
+ROWS_GEMM_MAX_M, ROWS_GEMM_VARIANT = 0, 0
 ROWS_SLICES = 2
 ROWS_MID_WEIGHT = 8192 * 8192
 ROWS_SMALL_WEIGHT = 4096 * 6144
@@ -244,7 +244,7 @@ def _rows_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, k
     m = x2.shape[0]
     if rows_gemv(w, m, x2.dtype):
         return kernels.w8_gemv(x2, w.rows, w.scale.view(-1), bias, 0, 0, int(gemv_pdl(m, *w.rows.shape)), prefetch)
-    if m <= ROWS_GEMM_MAX_M and (y := w8_gemm(x2, w.rows, w.scale, bias)) is not None:
+    if m <= ROWS_GEMM_MAX_M and (y := w8_gemm(x2, w.rows, w.scale, bias, variant=ROWS_GEMM_VARIANT)) is not None:
         return y
     if (y := _copy_linear(x2, w, bias)) is not None:
         return y

@@ -124,14 +124,16 @@ def test_w8_gemv_decodes_every_code_exactly(kernels, dtype, fmt):
     assert y is not None and torch.equal(y.float(), want.float()), fmt  # -0 sums to +0: compared as values
 
 
+@pytest.mark.parametrize("variant", [0, 1])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("fmt", ["int8", "e4m3", "e5m2"])
 @pytest.mark.parametrize("m", [17, 64, 100, 256])
 @pytest.mark.parametrize("n, k, splits", [(4096, 4096, 0), (1000, 2064, 0), (1536, 576, 1), (200, 4096, 3),
-                                          (4096, 1024, 5)])
-def test_w8_gemm(kernels, dtype, fmt, m, n, k, splits):
-    """w8_gemm against float64 at every code format, ragged n (1000, 200) and k (2064: a last stage of 16 columns;
-    576), one split and several; run twice, since the split counters must be left zero for the next call."""
+                                          (4096, 1024, 5), (300, 14336, 0)])
+def test_w8_gemm(kernels, variant, dtype, fmt, m, n, k, splits):
+    """w8_gemm (both variants) against float64 at every code format, ragged n (1000, 200, 300) and k (2064: a last
+    stage of 16 columns; 576), one split and several (14336: the resident variant needs >= 19); run twice, since
+    the split counters must be left zero for the next call."""
     g = torch.Generator(device="cuda").manual_seed(m + n + k + splits)
     w = weight_codes(fmt, n, k, g)
     scale = torch.rand(n, 1, device="cuda", generator=g) / 100 + 1e-3
@@ -140,7 +142,7 @@ def test_w8_gemm(kernels, dtype, fmt, m, n, k, splits):
     want = x.double() @ (w.double() * scale.double()).T + bias.double()
     for _ in range(2):
         poison_cache()
-        y = w8_gemm(x, w, scale, bias, splits)
+        y = w8_gemm(x, w, scale, bias, splits, variant)
         assert y is not None and y.dtype == dtype and y.shape == (m, n)
         assert rel_err(y, want) < 1e-2
 

@@ -142,9 +142,11 @@ at::Tensor w8_gemv(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s
 
 // y [m, n] = x [m, k] @ (w [n, k] * scale[n])^T + bias for any m (made for 17-256 tokens, w8_gemm.cu); counters:
 // int32 zeros on x's device, at least w8_gemm_tiles(m, n) of them, which the kernel leaves zero. splits: 0 by the
-// kernel's rule, else about that many k splits.
+// kernel's rule, else about that many k splits. variant: 0 staged activations, 1 resident (w8_gemm.cu).
 at::Tensor w8_gemm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale,
-                   const std::optional<at::Tensor>& bias, const at::Tensor& counters, int64_t splits) {
+                   const std::optional<at::Tensor>& bias, const at::Tensor& counters, int64_t splits,
+                   int64_t variant) {
+  TORCH_CHECK(variant == 0 || variant == 1, "w8_gemm: variant must be 0 (staged) or 1 (resident), got ", variant);
   const ScalarKind kind = activation_kind(x, "w8_gemm");
   const CodeFormat format = weight_format(w.scalar_type());
   TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.is_contiguous() && reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0,
@@ -175,13 +177,14 @@ at::Tensor w8_gemm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s
   int sms = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, x.get_device()));
   const int split_count = w8_gemm_splits(static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), sms,
-                                         static_cast<int>(splits));
+                                         static_cast<int>(splits), static_cast<int>(variant));
   at::Tensor workspace;
   if (split_count > 1) workspace = at::empty({split_count, m, n}, x.options().dtype(at::kFloat));
   W8GemmProblem p{x.data_ptr(), static_cast<const uint8_t*>(w.data_ptr()), scale.data_ptr<float>(),
                   bias.has_value() ? bias_f32.data_ptr<float>() : nullptr, y.data_ptr(), static_cast<int>(m),
                   static_cast<int>(n), static_cast<int>(k), w8_gemm_k_split(static_cast<int>(k), split_count),
-                  split_count > 1 ? workspace.data_ptr<float>() : nullptr, counters.data_ptr<int>(), kind, format};
+                  split_count > 1 ? workspace.data_ptr<float>() : nullptr, counters.data_ptr<int>(), kind, format,
+                  static_cast<int>(variant)};
   launch_w8_gemm(p, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return y;
@@ -244,7 +247,7 @@ TORCH_LIBRARY_FRAGMENT(qtool_cuda, m) {
   m.def("act_quant(Tensor x, str fmt, int group_size, Tensor? static_scale) -> (Tensor, Tensor)");
   m.def("w8_gemv(Tensor x, Tensor w, Tensor scale, Tensor? bias, int block_n, int block_k, int pdl=0, Tensor? prefetch=None, "
         "int swiglu=0) -> Tensor");
-  m.def("w8_gemm(Tensor x, Tensor w, Tensor scale, Tensor? bias, Tensor counters, int splits=0) -> Tensor");
+  m.def("w8_gemm(Tensor x, Tensor w, Tensor scale, Tensor? bias, Tensor counters, int splits=0, int variant=0) -> Tensor");
   m.def("sm90_scaled_mm(Tensor a, Tensor b, Tensor a_scale, Tensor b_scale, Tensor? bias, ScalarType out_dtype, int config=0) -> Tensor");
 }
 

@@ -38,9 +38,10 @@ constexpr int kTileK = 64;                 // k of one lane load (16 codes) x 4 
 constexpr int kStageK = 128;               // k of the activations per shared-memory stage: two tiles
 constexpr int kXRow = kStageK + 8;         // elements between token rows: 16 bytes of padding spread the banks
 constexpr int kMinSplitK = 512;            // a split streams at least this much k (four stages)
+constexpr int kResidentStages = 6;         // variant 1 holds a split's activations whole: at most 768 k (102 KB)
 
 template <typename T>
-struct XStage {  // one stage of activations: [tokens][k], rows kXRow apart
+struct __align__(16) XStage {  // one stage of activations: [tokens][k], rows kXRow apart (cp.async: 16-byte aligned)
   T v[kTokens][kXRow];
 };
 
@@ -175,8 +176,9 @@ __device__ inline void store_split(const W8GemmProblem& p, int row0, int token0,
   }
 }
 
+// Variant 0 ("staged"): the activations go through two shared-memory stages, one barrier pair per stage.
 template <typename T, CodeFormat F>
-__global__ void __launch_bounds__(kWarps * 32, 4) w8_gemm_kernel(W8GemmProblem p) {
+__global__ void __launch_bounds__(kWarps * 32, 4) w8_gemm_staged(W8GemmProblem p) {
   __shared__ XStage<T> xs[2];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int row0 = blockIdx.x * kBlockRows + 16 * warp;  // this warp's stripe
@@ -198,24 +200,74 @@ __global__ void __launch_bounds__(kWarps * 32, 4) w8_gemm_kernel(W8GemmProblem p
     store_split<T>(p, row0, token0, acc);
 }
 
+// Variant 1 ("resident"): the block's whole k range of activations is loaded once (at most kResidentStages stages,
+// dynamic shared memory), then each warp streams its weights with no barrier at all, as w8_gemv's warps do. wo_gemm
+// v3, whose warps met at a barrier per 128-k piece, streamed 0.5-1.1 TB/s (kernels/NOTES.md): this is the A/B.
+template <typename T, CodeFormat F>
+__global__ void __launch_bounds__(kWarps * 32, 2) w8_gemm_resident(W8GemmProblem p) {
+  extern __shared__ uint4 smem[];
+  XStage<T>* xs = reinterpret_cast<XStage<T>*>(smem);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int row0 = blockIdx.x * kBlockRows + 16 * warp;
+  const int token0 = blockIdx.z * kTokens;
+  const int k_begin = blockIdx.y * p.k_split, k_end = min(p.k, k_begin + p.k_split);
+  const int stages = (k_end - k_begin + kStageK - 1) / kStageK;
+
+  float acc[kTokenTiles][4] = {};
+  uint4 wa[2][2], wb[2][2];
+  load_weights(p, row0, k_begin, k_end, lane, wa);  // in flight while the activations land
+  for (int s = 0; s < stages; ++s) load_activations(p, token0, k_begin + s * kStageK, k_end, xs[s]);
+  cp_async_wait<0>();
+  __syncthreads();
+  for (int s = 0; s < stages; s += 2) {
+    if (s + 1 < stages) load_weights(p, row0, k_begin + (s + 1) * kStageK, k_end, lane, wb);
+    multiply_stage<T, F>(xs[s], wa, lane, acc);
+    if (s + 1 < stages) {
+      if (s + 2 < stages) load_weights(p, row0, k_begin + (s + 2) * kStageK, k_end, lane, wa);
+      multiply_stage<T, F>(xs[s + 1], wb, lane, acc);
+    }
+  }
+  if (gridDim.y == 1)
+    store_direct<T>(p, row0, token0, acc);
+  else
+    store_split<T>(p, row0, token0, acc);
+}
+
+template <typename T, CodeFormat F>
+void launch_format(const W8GemmProblem& p, dim3 grid, cudaStream_t stream) {
+  if (p.variant == 0) {
+    w8_gemm_staged<T, F><<<grid, kWarps * 32, 0, stream>>>(p);
+    return;
+  }
+  static const bool sized = [] {  // above the default 48 KB of dynamic shared memory, once per kernel
+    cudaFuncSetAttribute(w8_gemm_resident<T, F>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                         kResidentStages * static_cast<int>(sizeof(XStage<T>)));
+    return true;
+  }();
+  (void)sized;
+  const int stages = p.k_split / kStageK;
+  w8_gemm_resident<T, F><<<grid, kWarps * 32, stages * sizeof(XStage<T>), stream>>>(p);
+}
+
 template <typename T>
 void launch_typed(const W8GemmProblem& p, dim3 grid, cudaStream_t stream) {
   switch (p.format) {
-    case CodeFormat::kInt8: w8_gemm_kernel<T, CodeFormat::kInt8><<<grid, kWarps * 32, 0, stream>>>(p); break;
-    case CodeFormat::kE4M3: w8_gemm_kernel<T, CodeFormat::kE4M3><<<grid, kWarps * 32, 0, stream>>>(p); break;
-    default: w8_gemm_kernel<T, CodeFormat::kE5M2><<<grid, kWarps * 32, 0, stream>>>(p); break;
+    case CodeFormat::kInt8: launch_format<T, CodeFormat::kInt8>(p, grid, stream); break;
+    case CodeFormat::kE4M3: launch_format<T, CodeFormat::kE4M3>(p, grid, stream); break;
+    default: launch_format<T, CodeFormat::kE5M2>(p, grid, stream); break;
   }
 }
 
 }  // namespace
 
-int w8_gemm_splits(int m, int n, int k, int sms, int wanted) {
+int w8_gemm_splits(int m, int n, int k, int sms, int wanted, int variant) {
   const int tiles = ((n + kBlockRows - 1) / kBlockRows) * ((m + kTokens - 1) / kTokens);
   const int most = std::max(1, k / kMinSplitK);
   // Three blocks per SM where the tiles alone leave SMs idle (registers allow more; the split's fixed cost is a
   // partial tile through L2 and one block's sum).
-  const int splits = wanted > 0 ? wanted : (3 * sms + tiles - 1) / tiles;
-  const int k_split = w8_gemm_k_split(k, std::min(std::max(splits, 1), most));
+  int splits = std::min(std::max(wanted > 0 ? wanted : (3 * sms + tiles - 1) / tiles, 1), most);
+  if (variant == 1) splits = std::max(splits, (k + kResidentStages * kStageK - 1) / (kResidentStages * kStageK));
+  const int k_split = w8_gemm_k_split(k, splits);
   return (k + k_split - 1) / k_split;  // what the rounding of k_split leaves
 }
 
@@ -227,7 +279,7 @@ int w8_gemm_k_split(int k, int splits) {
 int w8_gemm_tiles(int m, int n) { return ((n + kBlockRows - 1) / kBlockRows) * ((m + kTokens - 1) / kTokens); }
 
 void launch_w8_gemm(const W8GemmProblem& p, cudaStream_t stream) {
-  if (p.m == 0 || p.n == 0) return;
+  if (p.m == 0 || p.n == 0) return;  // (variant 1: k_split <= kResidentStages * kStageK, w8_gemm_splits)
   const dim3 grid((p.n + kBlockRows - 1) / kBlockRows, (p.k + p.k_split - 1) / p.k_split, (p.m + kTokens - 1) / kTokens);
   if (p.dtype == ScalarKind::kBFloat16)
     launch_typed<__nv_bfloat16>(p, grid, stream);

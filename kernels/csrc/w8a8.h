@@ -70,11 +70,13 @@ struct W8GemmProblem {
   int* counters;       // [w8_gemm_tiles(m, n)] int32, zero on entry and left zero: one call on them at a time
   ScalarKind dtype;
   CodeFormat format;
+  int variant = 0;     // 0: activations staged in two buffers; 1: a split's activations resident (k_split <= 768)
 };
 
 void launch_w8_gemm(const W8GemmProblem& p, cudaStream_t stream);
 int w8_gemm_tiles(int m, int n);               // output tiles (blocks per split)
 int w8_gemm_k_split(int k, int splits);        // k per split for about `splits` splits
-int w8_gemm_splits(int m, int n, int k, int sms, int wanted);  // splits to run (wanted > 0: that, as k allows)
+int w8_gemm_splits(int m, int n, int k, int sms, int wanted, int variant);  // splits to run (wanted > 0: that,
+                                                                            // as k and the variant allow)
 
 }  // namespace qtool
