@@ -88,7 +88,7 @@ w8gemm() {  # w8_gemm (csrc/w8_gemm.cu, session 22, unmeasured): its GPU tests, 
   step "w8_gemm: tests, then W8A8 at 17-256 tokens beside every GEMM (routes merged into kernels/tuning.py here)"
   timeout -k 15 150 python3 -m pytest -q -m gpu tests/test_w8a8_gpu.py -k "w8_gemm" --tb=short > "$OUT/w8gemm_tests.txt" 2>&1
   summarize "$OUT/w8gemm_tests.txt"
-  timeout -k 15 "${WG_TIMEOUT:-200}" python3 dev/w8a8_sweep.py --kinds fp8,int8 --tokens 17,32,64,128,256 \
+  timeout -k 15 "${WG_TIMEOUT:-200}" python3 dev/w8a8_sweep.py --kinds fp8,int8,fp8-block --tokens 17,32,64,128,256 \
     --budget "${WG_BUDGET:-150}" --json "$OUT/w8gemm.json" 2>&1 | grep -E "M=|budget|Error" | tail -70
   python3 dev/w8a8_sweep.py --emit "$OUT/w8gemm.json" --merge > /dev/null 2>&1 && cp kernels/tuning.py "$OUT/tuning.py"
 }

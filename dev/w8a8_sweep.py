@@ -55,7 +55,18 @@ def block_gemms(x: torch.Tensor, wq: Rotation, n: int) -> dict:
                     reps=10, replays=7)
     if x.shape[0] <= scaled_mm.W8_GEMV_KERNEL_MAX_M:
         out["w8_gemv (bf16 x)"] = graph_ms(lambda: torch.ops.qtool_cuda.w8_gemv(x, wq(), w_scale, None, 128, 128))
+    out.update(gemm_columns(x, wq, w_scale, True))
     return out
+
+
+def gemm_columns(x: torch.Tensor, wq: Rotation, w_scale: torch.Tensor, blocked: bool) -> dict:
+    """w8_gemm's variants on the bf16 activations at 17-256 tokens (W8A16's row-major layers run the same kernel
+    on the same int8 codes)."""
+    if not 16 < x.shape[0] <= 256:
+        return {}
+    scaled_mm.w8_gemm(x, wq(), w_scale, None, blocked=blocked)  # its split counters, outside the graph capture
+    return {f"{route} (bf16 x)": graph_ms(lambda v=variant: scaled_mm.w8_gemm(x, wq(), w_scale, None, 0, v, blocked))
+            for route, variant in scaled_mm.W8_GEMM_VARIANTS.items()}
 
 
 def channel_gemms(kind: str, x: torch.Tensor, wq: Rotation, w_scale: torch.Tensor) -> dict:
@@ -76,10 +87,7 @@ def channel_gemms(kind: str, x: torch.Tensor, wq: Rotation, w_scale: torch.Tenso
                                                           out_dtype=torch.bfloat16))
     if m <= scaled_mm.W8_GEMV_KERNEL_MAX_M:
         out["w8_gemv (bf16 x)"] = graph_ms(lambda: torch.ops.qtool_cuda.w8_gemv(x, wq(), w_scale, None, 0, 0))
-    if 16 < m <= 256:  # (W8A16's row-major layers run the same kernel on the same int8 codes)
-        scaled_mm.w8_gemm(x, wq(), w_scale, None)  # its split counters, outside the graph capture
-        for route, variant in scaled_mm.W8_GEMM_VARIANTS.items():
-            out[f"{route} (bf16 x)"] = graph_ms(lambda v=variant: scaled_mm.w8_gemm(x, wq(), w_scale, None, 0, v))
+    out.update(gemm_columns(x, wq, w_scale, False))
     return out
 
 

@@ -299,8 +299,8 @@ def w8a8_linear_cuda(x, weight, weight_scale, bias, input_scale, fmt, act_group_
     if takes_gemv(m, route) and (y := _w8_gemv(x, weight, weight_scale, bias, block_n, block_k,
                                                bool(static_weight), prefetch)) is not None:
         return y
-    if route in W8_GEMM_VARIANTS and not block_n and (
-            y := w8_gemm(x, weight, weight_scale, bias, variant=W8_GEMM_VARIANTS[route])) is not None:
+    if route in W8_GEMM_VARIANTS and (not block_n or (block_n, block_k) == (BLOCK, BLOCK)) and (
+            y := w8_gemm(x, weight, weight_scale, bias, 0, W8_GEMM_VARIANTS[route], block_n > 0)) is not None:
         return y
     xq, xs = quantize_activation_cuda(x, fmt, act_group_size, input_scale)
     group = act_group_size if input_scale is None else 0

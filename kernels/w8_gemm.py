@@ -24,10 +24,11 @@ VARIANTS = {"w8_gemm": 0, "w8_gemm-r": 1}
 
 
 def w8_gemm(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
-            splits: int = 0, variant: int = 0) -> torch.Tensor | None:
-    """y [m, n] = x [m, k] @ (weight [n, k] * scale)^T + bias, scale [n] (or one value) -> x's dtype; None where the
-    kernel does not apply (k % 16, a strided weight, the counters not yet allocated during a graph capture).
-    splits: 0 by the kernel's rule, else about that many k splits; variant: VARIANTS' values."""
+            splits: int = 0, variant: int = 0, blocked: bool = False) -> torch.Tensor | None:
+    """y [m, n] = x [m, k] @ (weight [n, k] * scale)^T + bias -> x's dtype, scale [n] (or one value), or with
+    `blocked` 128 x 128 block scales [ceil(n / 128), ceil(k / 128)] (applied to the codes in x's dtype, one rounding
+    per weight); None where the kernel does not apply (k % 16, a strided weight, the counters not yet allocated
+    during a graph capture). splits: 0 by the kernel's rule, else about that many k splits; variant: VARIANTS'."""
     (m, k), n = x.shape, weight.shape[0]
     if k % 16 or not weight.is_contiguous():
         return None
@@ -39,8 +40,8 @@ def w8_gemm(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: to
     if -(-n // TILE) * -(-m // TILE) > counters.numel():
         return None
     flat = scale.float().reshape(-1)
-    flat = flat.expand(n).contiguous() if flat.numel() == 1 and n != 1 else flat.contiguous()
+    flat = flat.expand(n).contiguous() if flat.numel() == 1 and n != 1 and not blocked else flat.contiguous()
     x = x.contiguous()
     if x.data_ptr() % 16:
         x = x.clone()
-    return torch.ops.qtool_cuda.w8_gemm(x, weight, flat, bias, counters, splits, variant)
+    return torch.ops.qtool_cuda.w8_gemm(x, weight, flat, bias, counters, splits, variant, int(blocked))

@@ -147,6 +147,24 @@ def test_w8_gemm(kernels, variant, dtype, fmt, m, n, k, splits):
         assert rel_err(y, want) < 1e-2
 
 
+@pytest.mark.parametrize("variant", [0, 1])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m", [17, 100])
+@pytest.mark.parametrize("n, k", [(4096, 4096), (1000, 2176), (300, 14336)])
+def test_w8_gemm_block_scales(kernels, variant, dtype, m, n, k):
+    """w8_gemm with fp8-block's 128 x 128 weight scales (applied to the decoded codes in x's dtype: one rounding per
+    weight, ~2^-9 relative) against float64, ragged n and k (2176 = 17 blocks)."""
+    g = torch.Generator(device="cuda").manual_seed(m + n + k + 7)
+    w = weight_codes("e4m3", n, k, g)
+    scale = torch.rand(-(-n // 128), -(-k // 128), device="cuda", generator=g) / 100 + 1e-3
+    dense = w.double() * scale.double().repeat_interleave(128, 0)[:n].repeat_interleave(128, 1)[:, :k]
+    x = torch.randn(m, k, device="cuda", generator=g).to(dtype)
+    poison_cache()
+    y = w8_gemm(x, w, scale, None, 0, variant, blocked=True)
+    assert y is not None and y.shape == (m, n)
+    assert rel_err(y, x.double() @ dense.T) < 1e-2
+
+
 def test_sm90_gemm_loads_on_hopper():
     if torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("not a Hopper GPU")

@@ -142,10 +142,11 @@ at::Tensor w8_gemv(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s
 
 // y [m, n] = x [m, k] @ (w [n, k] * scale[n])^T + bias for any m (made for 17-256 tokens, w8_gemm.cu); counters:
 // int32 zeros on x's device, at least w8_gemm_tiles(m, n) of them, which the kernel leaves zero. splits: 0 by the
-// kernel's rule, else about that many k splits. variant: 0 staged activations, 1 resident (w8_gemm.cu).
+// kernel's rule, else about that many k splits. variant: 0 staged activations, 1 resident (w8_gemm.cu). blocked: scale
+// holds 128 x 128 block scales [ceil(n / 128), ceil(k / 128)] (fp8-block) instead of one per channel.
 at::Tensor w8_gemm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale,
                    const std::optional<at::Tensor>& bias, const at::Tensor& counters, int64_t splits,
-                   int64_t variant) {
+                   int64_t variant, int64_t blocked) {
   TORCH_CHECK(variant == 0 || variant == 1, "w8_gemm: variant must be 0 (staged) or 1 (resident), got ", variant);
   const ScalarKind kind = activation_kind(x, "w8_gemm");
   const CodeFormat format = weight_format(w.scalar_type());
@@ -156,10 +157,12 @@ at::Tensor w8_gemm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s
                   reinterpret_cast<uintptr_t>(w.data_ptr()) % 16 == 0,
               "w8_gemm: w must be a contiguous, 16-byte aligned [n, k=", k, "] tensor with k % 16 == 0 on ",
               x.device(), ", got ", w.sizes(), " on ", w.device());
+  const int64_t scales = blocked ? ((n + 127) / 128) * ((k + 127) / 128) : n;
   TORCH_CHECK(scale.device() == x.device() && scale.scalar_type() == at::kFloat && scale.is_contiguous() &&
-                  scale.numel() == n,
-              "w8_gemm: scale must be contiguous float32 with one value per output channel (", n, ") on ", x.device(),
-              ", got ", scale.sizes(), " ", scale.scalar_type(), " on ", scale.device());
+                  scale.numel() == scales,
+              "w8_gemm: scale must be contiguous float32 with ", blocked ? "one value per 128 x 128 block (" :
+              "one value per output channel (", scales, ") on ", x.device(), ", got ", scale.sizes(), " ",
+              scale.scalar_type(), " on ", scale.device());
   const int tiles = w8_gemm_tiles(static_cast<int>(m), static_cast<int>(n));
   TORCH_CHECK(counters.device() == x.device() && counters.scalar_type() == at::kInt && counters.is_contiguous() &&
                   counters.numel() >= tiles,
@@ -184,7 +187,7 @@ at::Tensor w8_gemm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s
                   bias.has_value() ? bias_f32.data_ptr<float>() : nullptr, y.data_ptr(), static_cast<int>(m),
                   static_cast<int>(n), static_cast<int>(k), w8_gemm_k_split(static_cast<int>(k), split_count),
                   split_count > 1 ? workspace.data_ptr<float>() : nullptr, counters.data_ptr<int>(), kind, format,
-                  static_cast<int>(variant)};
+                  static_cast<int>(variant), blocked != 0};
   launch_w8_gemm(p, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return y;
@@ -247,7 +250,8 @@ TORCH_LIBRARY_FRAGMENT(qtool_cuda, m) {
   m.def("act_quant(Tensor x, str fmt, int group_size, Tensor? static_scale) -> (Tensor, Tensor)");
   m.def("w8_gemv(Tensor x, Tensor w, Tensor scale, Tensor? bias, int block_n, int block_k, int pdl=0, Tensor? prefetch=None, "
         "int swiglu=0) -> Tensor");
-  m.def("w8_gemm(Tensor x, Tensor w, Tensor scale, Tensor? bias, Tensor counters, int splits=0, int variant=0) -> Tensor");
+  m.def("w8_gemm(Tensor x, Tensor w, Tensor scale, Tensor? bias, Tensor counters, int splits=0, int variant=0, "
+        "int blocked=0) -> Tensor");
   m.def("sm90_scaled_mm(Tensor a, Tensor b, Tensor a_scale, Tensor b_scale, Tensor? bias, ScalarType out_dtype, int config=0) -> Tensor");
 }
 

@@ -22,6 +22,7 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "w8_decode.cuh"
 #include "w8a8.h"
@@ -76,9 +77,33 @@ __device__ inline void load_activations(const W8GemmProblem& p, int token0, int 
   cp_async_commit();
 }
 
-// acc += this warp's stripe x the stage's activations, for the two tiles of weights w.
-template <typename T, CodeFormat F>
-__device__ inline void multiply_stage(const XStage<T>& stage, const uint4 (&w)[2][2], int lane,
+// The stage's 128 x 128 block scale as a pair of T (Blocked), which multiplies the decoded codes: the block's 64
+// rows and the stage's 128 k lie in one scale block. The product rounds once to T per weight, as dequantizing to T
+// would; per-channel scales are applied to the float32 sums instead (store_direct, store_split).
+template <typename T, bool Blocked>
+__device__ inline uint32_t stage_scale(const W8GemmProblem& p, int k_stage) {
+  if constexpr (!Blocked) {
+    return 0u;
+  } else {
+    const int kblocks = (p.k + 127) / 128;
+    return float_to_pair(__ldg(p.scale + static_cast<long long>(blockIdx.x * kBlockRows / 128) * kblocks + k_stage / 128),
+                         T{});
+  }
+}
+
+template <typename T>
+__device__ inline uint32_t mul_pair(uint32_t a, uint32_t b) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    return as_u32(__hmul2(as_pair<__nv_bfloat162>(a), as_pair<__nv_bfloat162>(b)));
+  } else {
+    return as_u32(__hmul2(as_pair<__half2>(a), as_pair<__half2>(b)));
+  }
+}
+
+// acc += this warp's stripe x the stage's activations, for the two tiles of weights w (Blocked: codes times the
+// stage's block scale sp).
+template <typename T, CodeFormat F, bool Blocked>
+__device__ inline void multiply_stage(const XStage<T>& stage, const uint4 (&w)[2][2], uint32_t sp, int lane,
                                       float (&acc)[kTokenTiles][4]) {
   constexpr bool Pairs02 = kPairs02<T, F>;
   const int g = lane / 4, t = lane % 4;
@@ -96,6 +121,10 @@ __device__ inline void multiply_stage(const XStage<T>& stage, const uint4 (&w)[2
         uint32_t a[4];
         decode4<T, F>((&w[u][0].x)[j], a[0], a[2]);  // row g: k +0,+1 and +2,+3 of step j
         decode4<T, F>((&w[u][1].x)[j], a[1], a[3]);  // row g + 8
+        if constexpr (Blocked) {
+#pragma unroll
+          for (int r = 0; r < 4; ++r) a[r] = mul_pair<T>(a[r], sp);
+        }
 #pragma unroll
         for (int tt = 0; tt < kTokenTiles; ++tt) {
           const uint32_t* xw = &xv[tt].x;  // words 2jj, 2jj + 1: k +0,+1 and +2,+3 of step j
@@ -109,7 +138,7 @@ __device__ inline void multiply_stage(const XStage<T>& stage, const uint4 (&w)[2
 }
 
 // One stage of the pipeline: the next stage's weights and activations go out, then this one's math.
-template <typename T, CodeFormat F>
+template <typename T, CodeFormat F, bool Blocked>
 __device__ inline void run_stage(const W8GemmProblem& p, int s, int stages, int row0, int token0, int k_begin,
                                  int k_end, XStage<T> (&xs)[2], const uint4 (&w)[2][2], uint4 (&w_next)[2][2],
                                  float (&acc)[kTokenTiles][4]) {
@@ -122,9 +151,12 @@ __device__ inline void run_stage(const W8GemmProblem& p, int s, int stages, int 
   }
   cp_async_wait<1>();  // this thread's copies of stage s have landed
   __syncthreads();     // and every thread's
-  multiply_stage<T, F>(xs[s % 2], w, lane, acc);
+  multiply_stage<T, F, Blocked>(xs[s % 2], w, stage_scale<T, Blocked>(p, k_begin + s * kStageK), lane, acc);
   __syncthreads();     // buffer s % 2 is refilled by stage s + 2's copies
 }
+
+// The per-channel scale of `row`, or 1 where block scales were applied to the codes (stage_scale).
+__device__ inline float channel_scale(const W8GemmProblem& p, int row) { return p.blocked ? 1.0f : __ldg(p.scale + row); }
 
 // y for this thread's accumulators: scale and bias applied, rows past n and tokens past m skipped.
 template <typename T>
@@ -137,7 +169,7 @@ __device__ inline void store_direct(const W8GemmProblem& p, int row0, int token0
       const int row = row0 + g + 8 * (r / 2), token = token0 + tt * 8 + 2 * t + (r % 2);
       if (row < p.n && token < p.m)
         store(static_cast<T*>(p.y) + static_cast<long long>(token) * p.n + row,
-              acc[tt][r] * __ldg(p.scale + row) + bias_at(p.bias, row));
+              acc[tt][r] * channel_scale(p, row) + bias_at(p.bias, row));
     }
 }
 
@@ -172,12 +204,12 @@ __device__ inline void store_split(const W8GemmProblem& p, int row0, int token0,
     const long long at = static_cast<long long>(token) * p.n + row;
     float v = 0.0f;
     for (int split = 0; split < static_cast<int>(gridDim.y); ++split) v += __ldcg(p.workspace + split * plane + at);
-    store(static_cast<T*>(p.y) + at, v * __ldg(p.scale + row) + bias_at(p.bias, row));
+    store(static_cast<T*>(p.y) + at, v * channel_scale(p, row) + bias_at(p.bias, row));
   }
 }
 
 // Variant 0 ("staged"): the activations go through two shared-memory stages, one barrier pair per stage.
-template <typename T, CodeFormat F>
+template <typename T, CodeFormat F, bool Blocked>
 __global__ void __launch_bounds__(kWarps * 32, 4) w8_gemm_staged(W8GemmProblem p) {
   __shared__ XStage<T> xs[2];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -191,8 +223,8 @@ __global__ void __launch_bounds__(kWarps * 32, 4) w8_gemm_staged(W8GemmProblem p
   load_weights(p, row0, k_begin, k_end, lane, wa);
   load_activations(p, token0, k_begin, k_end, xs[0]);
   for (int s = 0; s < stages; s += 2) {
-    run_stage<T, F>(p, s, stages, row0, token0, k_begin, k_end, xs, wa, wb, acc);
-    if (s + 1 < stages) run_stage<T, F>(p, s + 1, stages, row0, token0, k_begin, k_end, xs, wb, wa, acc);
+    run_stage<T, F, Blocked>(p, s, stages, row0, token0, k_begin, k_end, xs, wa, wb, acc);
+    if (s + 1 < stages) run_stage<T, F, Blocked>(p, s + 1, stages, row0, token0, k_begin, k_end, xs, wb, wa, acc);
   }
   if (gridDim.y == 1)
     store_direct<T>(p, row0, token0, acc);
@@ -203,7 +235,7 @@ __global__ void __launch_bounds__(kWarps * 32, 4) w8_gemm_staged(W8GemmProblem p
 // Variant 1 ("resident"): the block's whole k range of activations is loaded once (at most kResidentStages stages,
 // dynamic shared memory), then each warp streams its weights with no barrier at all, as w8_gemv's warps do. wo_gemm
 // v3, whose warps met at a barrier per 128-k piece, streamed 0.5-1.1 TB/s (kernels/NOTES.md): this is the A/B.
-template <typename T, CodeFormat F>
+template <typename T, CodeFormat F, bool Blocked>
 __global__ void __launch_bounds__(kWarps * 32, 2) w8_gemm_resident(W8GemmProblem p) {
   extern __shared__ uint4 smem[];
   XStage<T>* xs = reinterpret_cast<XStage<T>*>(smem);
@@ -221,10 +253,11 @@ __global__ void __launch_bounds__(kWarps * 32, 2) w8_gemm_resident(W8GemmProblem
   __syncthreads();
   for (int s = 0; s < stages; s += 2) {
     if (s + 1 < stages) load_weights(p, row0, k_begin + (s + 1) * kStageK, k_end, lane, wb);
-    multiply_stage<T, F>(xs[s], wa, lane, acc);
+    multiply_stage<T, F, Blocked>(xs[s], wa, stage_scale<T, Blocked>(p, k_begin + s * kStageK), lane, acc);
     if (s + 1 < stages) {
       if (s + 2 < stages) load_weights(p, row0, k_begin + (s + 2) * kStageK, k_end, lane, wa);
-      multiply_stage<T, F>(xs[s + 1], wb, lane, acc);
+      multiply_stage<T, F, Blocked>(xs[s + 1], wb, stage_scale<T, Blocked>(p, k_begin + (s + 1) * kStageK), lane,
+                                    acc);
     }
   }
   if (gridDim.y == 1)
@@ -233,20 +266,28 @@ __global__ void __launch_bounds__(kWarps * 32, 2) w8_gemm_resident(W8GemmProblem
     store_split<T>(p, row0, token0, acc);
 }
 
-template <typename T, CodeFormat F>
-void launch_format(const W8GemmProblem& p, dim3 grid, cudaStream_t stream) {
+template <typename T, CodeFormat F, bool Blocked>
+void launch_scales(const W8GemmProblem& p, dim3 grid, cudaStream_t stream) {
   if (p.variant == 0) {
-    w8_gemm_staged<T, F><<<grid, kWarps * 32, 0, stream>>>(p);
+    w8_gemm_staged<T, F, Blocked><<<grid, kWarps * 32, 0, stream>>>(p);
     return;
   }
   static const bool sized = [] {  // above the default 48 KB of dynamic shared memory, once per kernel
-    cudaFuncSetAttribute(w8_gemm_resident<T, F>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    cudaFuncSetAttribute(w8_gemm_resident<T, F, Blocked>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                          kResidentStages * static_cast<int>(sizeof(XStage<T>)));
     return true;
   }();
   (void)sized;
   const int stages = p.k_split / kStageK;
-  w8_gemm_resident<T, F><<<grid, kWarps * 32, stages * sizeof(XStage<T>), stream>>>(p);
+  w8_gemm_resident<T, F, Blocked><<<grid, kWarps * 32, stages * sizeof(XStage<T>), stream>>>(p);
+}
+
+template <typename T, CodeFormat F>
+void launch_format(const W8GemmProblem& p, dim3 grid, cudaStream_t stream) {
+  if (p.blocked)
+    launch_scales<T, F, true>(p, grid, stream);
+  else
+    launch_scales<T, F, false>(p, grid, stream);
 }
 
 template <typename T>

@@ -61,7 +61,7 @@ void launch_w8_gemv(const W8GemvProblem& p, cudaStream_t stream);
 struct W8GemmProblem {
   const void* x;       // [m, k] fp16/bf16, contiguous, 16-byte aligned
   const uint8_t* w;    // [n, k] codes, contiguous, 16-byte aligned; k % 16 == 0
-  const float* scale;  // [n]
+  const float* scale;  // [n], or [ceil(n / 128), ceil(k / 128)] for 128 x 128 blocks (blocked)
   const float* bias;   // [n] float32 or nullptr
   void* y;             // [m, n] in x's dtype
   int m, n, k;
@@ -71,6 +71,7 @@ struct W8GemmProblem {
   ScalarKind dtype;
   CodeFormat format;
   int variant = 0;     // 0: activations staged in two buffers; 1: a split's activations resident (k_split <= 768)
+  bool blocked = false;  // 128 x 128 block scales (fp8-block), applied to the decoded codes
 };
 
 void launch_w8_gemm(const W8GemmProblem& p, cudaStream_t stream);
