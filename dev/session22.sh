@@ -5,14 +5,7 @@
 #   call 2: SW_SCHEMES=w8a8-int8 SW_TIMEOUT=240 SW_BUDGET=200 SI_TIMEOUT=270 SI_BUDGET=220 \
 #             bash dev/session22.sh swiglu silu                                               (cut at 600 s)
 #   call 3: PP_BUDGET=150 AB_BUDGET=120 SI_TIMEOUT=130 SI_BUDGET=90 bash dev/session22.sh pingpong abint8 silub  (435 s)
-# Next session (the stages below are reusable):
-#   call 1: SI_TIMEOUT=200 SI_BUDGET=160 bash dev/session22.sh w8gemm silub aq
-#           (w8_gemm's first GPU run: tests, then W8A8 at 17-256 tokens with its column, routes merged here; the
-#           PDL twin's same-process A/B; act_quant). If w8_gemm wins for int8, set weight_only.ROWS_GEMM_MAX_M (W8A16
-#           runs the same kernel on the same codes) and time `benchmarks/bench_kernels.py --formats w8a16-channel`.
-#   call 2: TABLE_TIMEOUT=480 bash dev/session22.sh w8a8table              (issue 18's whole table on today's routes)
-#   call 3: E2E_TIMEOUT=330 bash dev/session22.sh e2eblock                  (8B fp8-block, last measured in session 14)
-#   nvidia-h200-x2 (issue 20): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 gptq8ns_1 gptq8ns_2 summary
+# Next session: dev/session23.sh (its header has the plan).
 # w8lean   w8_gemv's lean block-scaled variant at 9-16 tokens (QTOOL_W8_GEMV=64, csrc/w8_gemv.cu): the w8_gemv GPU
 #          tests with the switch on, then the A/B at 9-16 tokens (session 21: fp8-block w8_gemv at 16 tokens 0.97-1.18x
 #          bf16, 127 registers and two blocks per SM; the lean one takes 80 and three). If it wins, sweep fp8-block
@@ -83,14 +76,6 @@ pingpong() {  # libqtool_sm90's config 5 (128 x 128 ping-pong, 2-CTA clusters) b
   timeout -k 15 "${PP_TIMEOUT:-200}" python3 dev/w8a8_sweep.py --kinds fp8,int8 --tokens 256,512,1024,2048,4096,8192 \
     --budget "${PP_BUDGET:-160}" --json "$OUT/pingpong.json" 2>&1 | grep -E "M=|budget|Error" | tail -80
   python3 dev/w8a8_sweep.py --emit "$OUT/pingpong.json" --merge > /dev/null 2>&1 && cp kernels/tuning.py "$OUT/tuning.py"
-}
-w8gemm() {  # w8_gemm (csrc/w8_gemm.cu, session 22, unmeasured): its GPU tests, then the sweep with its column
-  step "w8_gemm: tests, then W8A8 at 17-256 tokens beside every GEMM (routes merged into kernels/tuning.py here)"
-  timeout -k 15 150 python3 -m pytest -q -m gpu tests/test_w8a8_gpu.py -k "w8_gemm" --tb=short > "$OUT/w8gemm_tests.txt" 2>&1
-  summarize "$OUT/w8gemm_tests.txt"
-  timeout -k 15 "${WG_TIMEOUT:-200}" python3 dev/w8a8_sweep.py --kinds fp8,int8,fp8-block --tokens 17,32,64,128,256 \
-    --budget "${WG_BUDGET:-150}" --json "$OUT/w8gemm.json" 2>&1 | grep -E "M=|budget|Error" | tail -70
-  python3 dev/w8a8_sweep.py --emit "$OUT/w8gemm.json" --merge > /dev/null 2>&1 && cp kernels/tuning.py "$OUT/tuning.py"
 }
 abint8() {  # w8a8-int8 decode with and without w8_gemv's SiLU-and-multiply epilogue, no bf16 model (one process)
   step "8B int8 decode: swiglu 8 / 0"

@@ -30,6 +30,8 @@ this module takes tensors and ints only.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
@@ -107,8 +109,9 @@ GEMV_WIDE_MAX_N = 4096
 # the rows dequantized + cuBLAS. W8_ROWS_MAX_M = 0 turns the layout off (every layer keeps the wo layout).
 W8_ROWS_MAX_M = 32
 # Past W8_ROWS_MAX_M, up to this many tokens: w8_gemm (csrc/w8_gemm.cu, session 22) on the same rows; 0 (off) until
-# measured against the Hopper copy's routes (0.65-1.25x bf16 at 64-256 tokens, session 16).
-ROWS_GEMM_MAX_M, ROWS_GEMM_VARIANT = 0, 0
+# measured against the Hopper copy's routes (0.65-1.25x bf16 at 64-256 tokens, session 16). QTOOL_ROWS_GEMM
+# ("MAX_M,VARIANT", read at import) sets both for a measurement process (benchmarks/bench_kernels.py A/Bs).
+ROWS_GEMM_MAX_M, ROWS_GEMM_VARIANT = (int(v) for v in os.environ.get("QTOOL_ROWS_GEMM", "0,0").split(","))
 ROWS_SLICES = 2
 ROWS_MID_WEIGHT = 8192 * 8192
 ROWS_SMALL_WEIGHT = 4096 * 6144
