@@ -16,6 +16,7 @@
 # aq       act_quant's bandwidth on 8192 x 8192 and the W8A8 layers at 2048 tokens on the fused 8B shapes
 # w8a8table issue 18's table, every (scheme, shape, M) with the anchors in one run
 # e2eblock 8B fp8-block end to end (last measured in session 14)
+# sanitize compute-sanitizer memcheck and racecheck over dev/sanitize_w8a8.py (w8_gemm, every sm90 configuration)
 cd "$(dirname "$0")/.."
 LOG=session23.log
 source dev/gpu_setup.sh
@@ -50,6 +51,12 @@ w8a8table() {
   timeout -k 15 "${TABLE_TIMEOUT:-420}" python3 benchmarks/bench_w8a8.py --tokens 1,2,4,8,16,32,64,128,256,512,1024,4096,8192 \
     --json "$OUT/w8a8_table.json" > /tmp/w8a8_table.txt 2>&1
   echo "exit $?"; tail -60 /tmp/w8a8_table.txt
+}
+sanitize() {  # issue 18's "compute-sanitizer clean", with w8_gemm and the ping-pong tiles
+  for tool in memcheck racecheck; do
+    step "compute-sanitizer $tool"
+    timeout -k 10 "${SAN_TIMEOUT:-200}" compute-sanitizer --tool $tool --error-exitcode 3 python3 dev/sanitize_w8a8.py 2>&1 | tail -4
+  done
 }
 e2eblock() {
   E2E_TIMEOUT=${E2E_TIMEOUT:-330} bench8b "" "fp8-block" 1,16 2048 8
