@@ -179,13 +179,14 @@ at::Tensor w8_gemm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s
   if (m == 0 || n == 0) return y;
   int sms = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, x.get_device()));
-  const int split_count = w8_gemm_splits(static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), sms,
-                                         static_cast<int>(splits), static_cast<int>(variant));
+  const int k_split = w8_gemm_k_split(static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), sms,
+                                      static_cast<int>(splits), static_cast<int>(variant));
+  const int split_count = static_cast<int>((k + k_split - 1) / k_split);  // the grid's
   at::Tensor workspace;
   if (split_count > 1) workspace = at::empty({split_count, m, n}, x.options().dtype(at::kFloat));
   W8GemmProblem p{x.data_ptr(), static_cast<const uint8_t*>(w.data_ptr()), scale.data_ptr<float>(),
                   bias.has_value() ? bias_f32.data_ptr<float>() : nullptr, y.data_ptr(), static_cast<int>(m),
-                  static_cast<int>(n), static_cast<int>(k), w8_gemm_k_split(static_cast<int>(k), split_count),
+                  static_cast<int>(n), static_cast<int>(k), k_split,
                   split_count > 1 ? workspace.data_ptr<float>() : nullptr, counters.data_ptr<int>(), kind, format,
                   static_cast<int>(variant), blocked != 0};
   launch_w8_gemm(p, c10::cuda::getCurrentCUDAStream());

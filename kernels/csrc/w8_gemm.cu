@@ -1,29 +1,21 @@
-// GEMM for 8-bit weights (int8, FP8 E4M3 / E5M2) stored row-major [n, k] with per-channel scales and 16-bit
-// activations, for 17-256 tokens: the sizes between w8_gemv (whose warps each load their own activations, so x is
-// read once per 16 weight rows: 32 tokens of a 4096-deep layer are already 8x the weight bytes) and the Hopper
-// GEMMs (which need the activations quantized, or for W8A16 convert in a CUTLASS mainloop that issue-bound at
+// GEMM for 8-bit weights (int8, FP8 E4M3 / E5M2) stored row-major [n, k] with per-channel or 128 x 128 block scales
+// and 16-bit activations, for 17-256 tokens: the sizes between w8_gemv (whose warps each load their own activations,
+// so x is read once per 16 weight rows: 32 tokens of a 4096-deep layer are already 8x the weight bytes) and the
+// Hopper GEMMs (which need the activations quantized, or for W8A16 convert in a CUTLASS mainloop that issue-bound at
 // 0.65-0.86x bf16 at 64-256 tokens, BENCHMARKS.md session 16). Written without a GPU (session 22): unmeasured.
-//
-// Work split. A block of kWarps warps owns kWarps 16-row stripes of the weight (one per warp, the M of
-// mma.m16n8k16), up to 64 tokens (grid.z covers more, 8 token tiles of the mma's N), and one k range (grid.y
-// splits k where the row blocks alone would leave SMs idle). The block's activations for its tokens go through
-// shared memory in stages of kStageK columns (cp.async, two buffers), so all warps share one copy; each warp
-// streams its own weight rows straight into registers, one stage ahead of the math.
+// Tiles, activation stages and the split-k epilogue: tile_gemm.cuh.
 //
 // Fragments as in w8_gemv: lane (g = lane / 4, t = lane % 4) holds 16 codes of rows g and g + 8 at k0 + 16 t and
 // feeds step j (0..3) the codes 4j..4j+3 in the places the PTX ISA gives to logical k {2t, 2t+1, 2t+8, 2t+9}; B
 // takes the activations of the same physical k of token g, read from shared memory with one 16-byte load per
 // token tile and half tile. A decoded A fragment serves all 8 token tiles.
-//
-// Split k: each split writes its float32 partial tile to a workspace [splits, m, n]; the block that finishes last
-// for its tile (a counter per tile, zero on entry, reset by that block) sums the splits, applies scale and bias
-// and writes y. Calls on one stream at a time (the counters are shared by all calls on a device).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <algorithm>
 #include <type_traits>
 
+#include "tile_gemm.cuh"
 #include "w8_decode.cuh"
 #include "w8a8.h"
 #include "wo_common.cuh"
@@ -31,20 +23,14 @@
 namespace qtool {
 namespace {
 
-constexpr int kWarps = 4;                  // 16-row stripes per block
-constexpr int kBlockRows = 16 * kWarps;    // 64
-constexpr int kTokenTiles = 8;             // tokens per block: 8 per mma tile
-constexpr int kTokens = 8 * kTokenTiles;   // 64
-constexpr int kTileK = 64;                 // k of one lane load (16 codes) x 4 lanes
-constexpr int kStageK = 128;               // k of the activations per shared-memory stage: two tiles
-constexpr int kXRow = kStageK + 8;         // elements between token rows: 16 bytes of padding spread the banks
-constexpr int kMinSplitK = 512;            // a split streams at least this much k (four stages)
-constexpr int kResidentStages = 6;         // variant 1 holds a split's activations whole: at most 768 k (102 KB)
-
-template <typename T>
-struct __align__(16) XStage {  // one stage of activations: [tokens][k], rows kXRow apart (cp.async: 16-byte aligned)
-  T v[kTokens][kXRow];
-};
+using tile::kBlockRows;
+using tile::kResidentStages;
+using tile::kStageK;
+using tile::kTokens;
+using tile::kTokenTiles;
+using tile::kWarps;
+using tile::XStage;
+constexpr int kTileK = 64;  // k of one lane load (16 codes) x 4 lanes: two tiles per stage
 
 // This warp's weights for stage s: two tiles x rows (g, g + 8), 16 codes each; zeros past k_end or n.
 __device__ inline void load_weights(const W8GemmProblem& p, int row0, int k_stage, int k_end, int lane,
@@ -63,23 +49,14 @@ __device__ inline void load_weights(const W8GemmProblem& p, int row0, int k_stag
   }
 }
 
-// Stage s of the block's activations into `stage` (zeros for tokens past m and k past k_end), one commit group.
 template <typename T>
 __device__ inline void load_activations(const W8GemmProblem& p, int token0, int k_stage, int k_end, XStage<T>& stage) {
-  const T* x = static_cast<const T*>(p.x);
-  constexpr int kPieces = kTokens * kStageK / 8;  // 16-byte pieces
-  for (int i = threadIdx.x; i < kPieces; i += kWarps * 32) {
-    const int token = i / (kStageK / 8), kk = (i % (kStageK / 8)) * 8;
-    const bool ok = token0 + token < p.m && k_stage + kk < k_end;  // k % 16 == 0: a piece is all in or out
-    const T* src = ok ? x + static_cast<long long>(token0 + token) * p.k + k_stage + kk : x;
-    cp_async_16(&stage.v[token][kk], src, ok);
-  }
-  cp_async_commit();
+  tile::load_activations(static_cast<const T*>(p.x), p.m, p.k, token0, k_stage, k_end, stage);
 }
 
 // The stage's 128 x 128 block scale as a pair of T (Blocked), which multiplies the decoded codes: the block's 64
 // rows and the stage's 128 k lie in one scale block. The product rounds once to T per weight, as dequantizing to T
-// would; per-channel scales are applied to the float32 sums instead (store_direct, store_split).
+// would; per-channel scales are applied to the float32 sums instead (tile::store_tile).
 template <typename T, bool Blocked>
 __device__ inline uint32_t stage_scale(const W8GemmProblem& p, int k_stage) {
   if constexpr (!Blocked) {
@@ -155,57 +132,9 @@ __device__ inline void run_stage(const W8GemmProblem& p, int s, int stages, int 
   __syncthreads();     // buffer s % 2 is refilled by stage s + 2's copies
 }
 
-// The per-channel scale of `row`, or 1 where block scales were applied to the codes (stage_scale).
-__device__ inline float channel_scale(const W8GemmProblem& p, int row) { return p.blocked ? 1.0f : __ldg(p.scale + row); }
-
-// y for this thread's accumulators: scale and bias applied, rows past n and tokens past m skipped.
-template <typename T>
-__device__ inline void store_direct(const W8GemmProblem& p, int row0, int token0, const float (&acc)[kTokenTiles][4]) {
-  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-#pragma unroll
-  for (int tt = 0; tt < kTokenTiles; ++tt)
-#pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      const int row = row0 + g + 8 * (r / 2), token = token0 + tt * 8 + 2 * t + (r % 2);
-      if (row < p.n && token < p.m)
-        store(static_cast<T*>(p.y) + static_cast<long long>(token) * p.n + row,
-              acc[tt][r] * channel_scale(p, row) + bias_at(p.bias, row));
-    }
-}
-
-// Split k: this split's partial tile to the workspace; the last split of the tile to arrive sums them into y.
-template <typename T>
-__device__ inline void store_split(const W8GemmProblem& p, int row0, int token0, const float (&acc)[kTokenTiles][4]) {
-  __shared__ int last;
-  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const long long plane = static_cast<long long>(p.m) * p.n;
-  float* mine = p.workspace + blockIdx.y * plane;
-#pragma unroll
-  for (int tt = 0; tt < kTokenTiles; ++tt)
-#pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      const int row = row0 + g + 8 * (r / 2), token = token0 + tt * 8 + 2 * t + (r % 2);
-      if (row < p.n && token < p.m) __stcg(mine + static_cast<long long>(token) * p.n + row, acc[tt][r]);
-    }
-  __threadfence();  // the partials are visible device-wide before this block is counted
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    int* counter = p.counters + blockIdx.z * gridDim.x + blockIdx.x;
-    last = atomicAdd(counter, 1) == static_cast<int>(gridDim.y) - 1;
-    if (last) *counter = 0;  // every split has arrived: ready for the next call
-  }
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  const int rows0 = blockIdx.x * kBlockRows;
-  for (int e = threadIdx.x; e < kTokens * kBlockRows; e += kWarps * 32) {
-    const int token = token0 + e / kBlockRows, row = rows0 + e % kBlockRows;
-    if (row >= p.n || token >= p.m) continue;
-    const long long at = static_cast<long long>(token) * p.n + row;
-    float v = 0.0f;
-    for (int split = 0; split < static_cast<int>(gridDim.y); ++split) v += __ldcg(p.workspace + split * plane + at);
-    store(static_cast<T*>(p.y) + at, v * channel_scale(p, row) + bias_at(p.bias, row));
-  }
+// Where the block's results go: per-channel scales on the float32 sums, block scales already in the codes.
+__device__ inline tile::Out outputs(const W8GemmProblem& p) {
+  return {p.y, p.bias, p.blocked ? nullptr : p.scale, p.workspace, p.counters, p.m, p.n};
 }
 
 // Variant 0 ("staged"): the activations go through two shared-memory stages, one barrier pair per stage.
@@ -226,10 +155,7 @@ __global__ void __launch_bounds__(kWarps * 32, 4) w8_gemm_staged(W8GemmProblem p
     run_stage<T, F, Blocked>(p, s, stages, row0, token0, k_begin, k_end, xs, wa, wb, acc);
     if (s + 1 < stages) run_stage<T, F, Blocked>(p, s + 1, stages, row0, token0, k_begin, k_end, xs, wb, wa, acc);
   }
-  if (gridDim.y == 1)
-    store_direct<T>(p, row0, token0, acc);
-  else
-    store_split<T>(p, row0, token0, acc);
+  tile::store_tile<T>(outputs(p), row0, token0, acc);
 }
 
 // Variant 1 ("resident"): the block's whole k range of activations is loaded once (at most kResidentStages stages,
@@ -260,10 +186,7 @@ __global__ void __launch_bounds__(kWarps * 32, 2) w8_gemm_resident(W8GemmProblem
                                     acc);
     }
   }
-  if (gridDim.y == 1)
-    store_direct<T>(p, row0, token0, acc);
-  else
-    store_split<T>(p, row0, token0, acc);
+  tile::store_tile<T>(outputs(p), row0, token0, acc);
 }
 
 template <typename T, CodeFormat F, bool Blocked>
@@ -301,26 +224,14 @@ void launch_typed(const W8GemmProblem& p, dim3 grid, cudaStream_t stream) {
 
 }  // namespace
 
-int w8_gemm_splits(int m, int n, int k, int sms, int wanted, int variant) {
-  const int tiles = ((n + kBlockRows - 1) / kBlockRows) * ((m + kTokens - 1) / kTokens);
-  const int most = std::max(1, k / kMinSplitK);
-  // Three blocks per SM where the tiles alone leave SMs idle (registers allow more; the split's fixed cost is a
-  // partial tile through L2 and one block's sum).
-  int splits = std::min(std::max(wanted > 0 ? wanted : (3 * sms + tiles - 1) / tiles, 1), most);
-  if (variant == 1) splits = std::max(splits, (k + kResidentStages * kStageK - 1) / (kResidentStages * kStageK));
-  const int k_split = w8_gemm_k_split(k, splits);
-  return (k + k_split - 1) / k_split;  // what the rounding of k_split leaves
+int w8_gemm_k_split(int m, int n, int k, int sms, int wanted, int variant) {
+  return tile::split_k(m, n, k, sms, wanted, variant == 1);
 }
 
-int w8_gemm_k_split(int k, int splits) {
-  const int per = (k + splits - 1) / splits;
-  return (per + kStageK - 1) / kStageK * kStageK;
-}
-
-int w8_gemm_tiles(int m, int n) { return ((n + kBlockRows - 1) / kBlockRows) * ((m + kTokens - 1) / kTokens); }
+int w8_gemm_tiles(int m, int n) { return tile::tiles(m, n); }
 
 void launch_w8_gemm(const W8GemmProblem& p, cudaStream_t stream) {
-  if (p.m == 0 || p.n == 0) return;  // (variant 1: k_split <= kResidentStages * kStageK, w8_gemm_splits)
+  if (p.m == 0 || p.n == 0) return;  // (variant 1: k_split <= kResidentStages * kStageK, w8_gemm_k_split)
   const dim3 grid((p.n + kBlockRows - 1) / kBlockRows, (p.k + p.k_split - 1) / p.k_split, (p.m + kTokens - 1) / kTokens);
   if (p.dtype == ScalarKind::kBFloat16)
     launch_typed<__nv_bfloat16>(p, grid, stream);

@@ -75,9 +75,9 @@ struct W8GemmProblem {
 };
 
 void launch_w8_gemm(const W8GemmProblem& p, cudaStream_t stream);
-int w8_gemm_tiles(int m, int n);               // output tiles (blocks per split)
-int w8_gemm_k_split(int k, int splits);        // k per split for about `splits` splits
-int w8_gemm_splits(int m, int n, int k, int sms, int wanted, int variant);  // splits to run (wanted > 0: that,
-                                                                            // as k and the variant allow)
+int w8_gemm_tiles(int m, int n);  // output tiles (blocks per split)
+// k per split (a multiple of 128; the grid runs ceil(k / it) splits): by the kernel's rule, or about `wanted`
+// splits where wanted > 0, as k and the variant allow.
+int w8_gemm_k_split(int m, int n, int k, int sms, int wanted, int variant);
 
 }  // namespace qtool
