@@ -38,10 +38,11 @@ import torch
 from .layout import chunk_k
 
 CSRC = Path(__file__).resolve().parent / "csrc"
-SOURCES = ("ops.cpp", "wo_gemv.cu", "wo_stream.cu", "wo_gemm.cu", "wo_gemm_v3.cu", "dequant.cu", "ops_w8a8.cpp",
-           "act_quant.cu", "w8_gemv.cu", "w8_gemm.cu", "ops_w1.cpp", "w1_gemv.cu", "binarize.cu", "w1a1.cu", "silu_mul.cu")
+SOURCES = ("ops.cpp", "wo_gemv.cu", "wo_stream.cu", "wo_gemm.cu", "wo_gemm_v3.cu", "wo_resident.cu", "dequant.cu",
+           "ops_w8a8.cpp", "act_quant.cu", "w8_gemv.cu", "w8_gemm.cu", "ops_w1.cpp", "w1_gemv.cu", "binarize.cu",
+           "w1a1.cu", "silu_mul.cu")
 HEADERS = ("wo_kernels.h", "wo_decode.cuh", "wo_common.cuh", "wo_occupancy.h", "wo_piece.cuh", "w8a8.h", "w8_decode.cuh",
-           "mlp.h", "sm90/sm90_scaled_mm.h", "w1_kernels.h", "w1_gemv_plan.h", "pdl.cuh")
+           "tile_gemm.cuh", "mlp.h", "sm90/sm90_scaled_mm.h", "w1_kernels.h", "w1_gemv_plan.h", "pdl.cuh")
 NAME = "qtool_cuda"
 # The kernels need sm_80+ (bf16 mma.sync, cp.async, ldmatrix). $QTOOL_CUDA_ARCHS="90" (a build option,
 # README "Build options") builds one target, a third of the compile time, where the GPU is known.
@@ -54,8 +55,8 @@ NVCC_FLAGS = [
     *(f"-gencode=arch=compute_{a},code=sm_{a}" for a in ARCHS),
     f"-gencode=arch=compute_{ARCHS[-1]},code=compute_{ARCHS[-1]}",  # PTX for newer GPUs
 ]
-RAW_OPS = ("wo_gemv", "wo_gemm", "wo_gemm_v3", "dequant_int", "act_quant", "w8_gemv", "w8_gemm", "sm90_scaled_mm", "w1_gemv",
-           "binarize", "w1a1_gemm", "silu_mul")
+RAW_OPS = ("wo_gemv", "wo_gemm", "wo_gemm_v3", "wo_resident", "dequant_int", "act_quant", "w8_gemv", "w8_gemm",
+           "sm90_scaled_mm", "w1_gemv", "binarize", "w1a1_gemm", "silu_mul")
 
 
 def host_compiler() -> str | None:

@@ -5,8 +5,9 @@ quantization (scaled_mm.py, the measured routes "w8_gemm" and "w8_gemm-r") and W
 (weight_only.py, ROWS_GEMM_MAX_M). Written in session 22 without a GPU: no route takes it until its GPU tests and
 `dev/w8a8_sweep.py` (its two columns) have run.
 
-The kernel's split-k counters are one int32 zeros buffer per device, which every call leaves zero: allocated on the
-first call outside a CUDA graph capture (inside one, the first call returns None and the caller takes another path).
+The split-k counters of these kernels (and of wo_resident, the 4-bit one on the same tile) are one int32 zeros buffer
+per device, which every call leaves zero: allocated on the first call outside a CUDA graph capture (inside one, the
+first call returns None and the caller takes another path).
 """
 
 from __future__ import annotations
@@ -23,6 +24,17 @@ _counters: dict[torch.device, torch.Tensor] = {}
 VARIANTS = {"w8_gemm": 0, "w8_gemm-r": 1}
 
 
+def split_counters(device: torch.device, m: int, n: int) -> torch.Tensor | None:
+    """The device's split-k counters for an m x n output (64 x 64 tiles), or None (too many tiles, or not yet
+    allocated during a graph capture)."""
+    counters = _counters.get(device)
+    if counters is None:
+        if torch.cuda.is_current_stream_capturing():
+            return None
+        counters = _counters[device] = torch.zeros(COUNTERS, dtype=torch.int32, device=device)
+    return counters if -(-n // TILE) * -(-m // TILE) <= counters.numel() else None
+
+
 def w8_gemm(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
             splits: int = 0, variant: int = 0, blocked: bool = False) -> torch.Tensor | None:
     """y [m, n] = x [m, k] @ (weight [n, k] * scale)^T + bias -> x's dtype, scale [n] (or one value), or with
@@ -30,14 +42,8 @@ def w8_gemm(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: to
     per weight); None where the kernel does not apply (k % 16, a strided weight, the counters not yet allocated
     during a graph capture). splits: 0 by the kernel's rule, else about that many k splits; variant: VARIANTS'."""
     (m, k), n = x.shape, weight.shape[0]
-    if k % 16 or not weight.is_contiguous():
-        return None
-    counters = _counters.get(x.device)
-    if counters is None:
-        if torch.cuda.is_current_stream_capturing():
-            return None
-        counters = _counters[x.device] = torch.zeros(COUNTERS, dtype=torch.int32, device=x.device)
-    if -(-n // TILE) * -(-m // TILE) > counters.numel():
+    counters = split_counters(x.device, m, n)
+    if k % 16 or not weight.is_contiguous() or counters is None:
         return None
     flat = scale.float().reshape(-1)
     flat = flat.expand(n).contiguous() if flat.numel() == 1 and n != 1 and not blocked else flat.contiguous()

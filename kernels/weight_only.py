@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from .layout import EPILOGUE, LOW_BITS, PackedWeight, takes_rows_shape
 from .mixed_mm import mixed_linear
 from .tuning import fit, gemv_pdl, measured_route, plain_schedule
-from .w8_gemm import w8_gemm
+from .w8_gemm import split_counters, w8_gemm
 
 # wo_gemv serves up to 8 tokens (csrc/wo_kernels.h, kMaxGemvTokens). 4 is the cut-off every recorded
 # measurement ran with (BENCHMARKS.md); the 4-vs-8 A/B of kernels/NOTES.md (v3) left no result, so to
@@ -187,7 +187,8 @@ def hopper_route(w: PackedWeight, m: int, dtype: torch.dtype, bits: int | None =
 
 def route(w: PackedWeight, m: int, dtype: torch.dtype) -> dict | str:
     """The kernel of `packed_linear` for m tokens of 4- or 8-bit weights: "wo_gemv", a schedule of the Hopper
-    GEMM (a dict), "wo_gemm_v3", "wo_gemm" or "dequant"; "wo_gemv_stream" (variant 3)."""
+    GEMM (a dict), "wo_resident" (where measured fastest), "wo_gemm_v3", "wo_gemm" or "dequant"; "wo_gemv_stream"
+    (variant 3)."""
     if (kind := gemv_kind(w, m)) is not None:
         return "wo_gemv_stream" if kind == "stream" else "wo_gemv"
     if (hopper := hopper_route(w, m, dtype)) is not None:
@@ -234,6 +235,8 @@ def packed_linear(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, k
         y = kernels.wo_gemv(x2, *args, bias, *meta, EPILOGUE, prefetch, variant)
     elif kernel == "wo_gemm_v3":
         y = kernels.wo_gemm_v3(x2, *args, bias, *meta, EPILOGUE, V3_VARIANT)
+    elif kernel == "wo_resident":
+        y = _resident_linear(x2, w, bias, kernels)
     elif kernel == "wo_gemm":
         y = kernels.wo_gemm(x2, *args, bias, *meta, EPILOGUE)
     else:
@@ -256,6 +259,17 @@ def _rows_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, k
                           for i in range(0, m, W8_ROWS_MAX_M)])
     dense = (w.rows.float() * w.scale.view(-1, 1)).to(x2.dtype)  # scale applied in float32, one rounding
     return F.linear(x2, dense, None if bias is None else bias.to(x2.dtype))
+
+
+def _resident_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, kernels) -> torch.Tensor:
+    """wo_resident (csrc/wo_resident.cu: 4-bit, groups >= 64, 17-256 tokens where a sweep measured it fastest); the
+    copy's plain schedule where its split counters cannot be had (first call inside a graph capture)."""
+    fits = w.num_bits == 4 and not 0 < w.group_size < 64  # the table is per width and shape, not per group size
+    counters = split_counters(x2.device, x2.shape[0], w.out_features) if x2.is_cuda and fits else None
+    if counters is None and (x2.is_cuda or not fits):
+        return _hopper_linear(x2, w, bias, plain_schedule(x2.shape[0], w.mixed.group, w.k_padded))
+    return kernels.wo_resident(x2, w.qweight, w.scale, w.zero, bias, w.num_bits, w.group_size, w.out_features,
+                               counters, 0)
 
 
 def _dequant_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, kernels) -> torch.Tensor:
@@ -286,12 +300,12 @@ def _low_bits_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | Non
 def _copy_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None,
                  bits: int | None = None) -> torch.Tensor | None:
     """x2 [m, K] on the weight's Hopper copy by the measured route for `bits` (hopper_route), or None where the
-    route is dequantization or there is no copy. Where the route names wo_gemm, which these weights cannot run
-    (2-/3-bit codes, the row-major layout), the copy's plain schedule."""
+    route is dequantization or there is no copy. Where the route names wo_gemm or wo_resident, which these weights
+    cannot run (2-/3-bit codes, the row-major layout), the copy's plain schedule."""
     m = x2.shape[0]
     hopper = hopper_route(w, m, x2.dtype, bits)
     if isinstance(hopper, dict):
         return _hopper_linear(x2, w, bias, hopper)
-    if hopper == "wo_gemm":
+    if hopper in ("wo_gemm", "wo_resident"):
         return _hopper_linear(x2, w, bias, plain_schedule(m, w.mixed.group, w.k_padded))
     return None
