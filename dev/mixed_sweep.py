@@ -136,13 +136,15 @@ def best_route(row: dict) -> str:
     return f"{ktile} t{own if tile == 'tm' else tile[1:]} {variant} {split}"
 
 
-def emit(paths: list[Path]) -> None:
+def emit(paths: list[Path], merge: bool = False) -> None:
     table: dict = {}
     for path in paths:
         for row in json.loads(path.read_text()):
             bits = FORMATS[row["format"]][0]
             table.setdefault((bits, row["K"], row["N"]), {})[row["M"]] = best_route(row)
     print_entries(table)
+    if merge:  # cell by cell into kernels/tuning.py's MIXED table
+        merge_entries(table, "MIXED")
 
 
 def print_entries(table: dict) -> None:
@@ -180,9 +182,10 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=250.0, help="seconds for the whole sweep")
     parser.add_argument("--show", type=Path, help="print the best schedules of a saved sweep and exit")
     parser.add_argument("--emit", type=Path, nargs="+", help="print SCHEDULES entries from saved sweeps and exit")
+    parser.add_argument("--merge", action="store_true", help="with --emit: also write them into kernels/tuning.py")
     args = parser.parse_args()
     if args.emit:
-        return emit(args.emit)
+        return emit(args.emit, args.merge)
     if args.show:
         for row in json.loads(args.show.read_text()):
             show_row(row)
