@@ -32,7 +32,7 @@ def silu_mul(x: torch.Tensor) -> torch.Tensor:
     if torch.compiler.is_compiling():
         if not (COMPILED_KERNEL and x.is_cuda and x.dtype in KERNEL_DTYPES and build.loaded()):
             return reference_silu_mul(x)
-        x2 = x.reshape(-1, x.shape[-1])
+        x2 = x.reshape(-1, x.shape[-1]).contiguous()  # (a no-op for a layer's output)
         return torch.ops.qtool_cuda.silu_mul(x2, int(PDL)).reshape(*x.shape[:-1], x.shape[-1] // 2)
     if not x.is_cuda or x.dtype not in KERNEL_DTYPES:
         return reference_silu_mul(x)
