@@ -275,7 +275,8 @@ def _weight_only_path() -> str:
     def mixed_path(bits: int) -> str:
         lib = sm90.MIXED[bits]
         return (f"CUTLASS sm90 W{bits}A16 ({lib.stem}) from {MIXED_MIN_M[bits]} tokens, {bits}-bit bf16, with the "
-                "schedule (or wo_gemm, or dequant_int + cuBLAS) measured fastest at the nearest shape and batch "
+                "schedule (or wo_gemm, wo_resident, or dequant_int + cuBLAS) measured fastest at the nearest shape "
+                "and batch "
                 "(tuning.py)" if lib.load() else f"no W{bits}A16 wgmma GEMM ({lib.reason})")
 
     mixed = f"{mixed_path(4)}; {mixed_path(8)}"
