@@ -27,7 +27,7 @@ from bench_kernels import FORMATS, SHAPES, Rotation, copies_for, graph_ms, packe
 from qtool_kernels import build, mixed_mm  # noqa: E402
 from qtool_kernels.layout import EPILOGUE  # noqa: E402
 from qtool_kernels.w8_gemm import split_counters  # noqa: E402
-from qtool_kernels.weight_only import packed_linear  # noqa: E402
+from qtool_kernels.weight_only import RESIDENT_ROUTES, packed_linear  # noqa: E402
 
 TUNING = Path(__file__).resolve().parents[1] / "kernels" / "tuning.py"
 
@@ -77,8 +77,9 @@ def time_cell(fmt: str, m: int, dense: Rotation, packed: Rotation, kernels, sms:
             x, packed().qweight, p0.scale, None, None, bits, p0.group_size, n, EPILOGUE))
     if bits == 4 and 16 < m <= 256 and not 0 < p0.group_size < 64:  # wo_resident (session 22, unmeasured)
         counters = split_counters(x.device, m, n)
-        row["kernels"]["wo_resident"] = graph_ms(lambda: kernels.wo_resident(
-            x, packed().qweight, p0.scale, p0.zero, None, bits, p0.group_size, n, counters, 0))
+        for route, ahead in RESIDENT_ROUTES.items():
+            row["kernels"][route] = graph_ms(lambda a=ahead: kernels.wo_resident(
+                x, packed().qweight, p0.scale, p0.zero, None, bits, p0.group_size, n, counters, 0, a))
     if m >= 128:
         row["kernels"]["dequant+cublas"] = graph_ms(lambda: F.linear(x, kernels.dequant_int(
             packed().qweight, p0.scale, None, bits, p0.group_size, n, x.dtype)))

@@ -272,7 +272,8 @@ class ReferenceOps:
         return ReferenceOps.wo_gemv(x, qweight, scale, zero, bias, num_bits, group_size, out_features, activation)
 
     @staticmethod
-    def wo_resident(x, qweight, scale, zero, bias, num_bits, group_size, out_features, counters=None, splits=0):
+    def wo_resident(x, qweight, scale, zero, bias, num_bits, group_size, out_features, counters=None, splits=0,
+                    prefetch_stages=0):
         return ReferenceOps.wo_gemv(x, qweight, scale, zero, bias, num_bits, group_size, out_features, EPILOGUE)
 
     @staticmethod

@@ -137,9 +137,9 @@ def lookup(table: str, kind: int | str, k: int, n: int, m: int, within: bool = F
 
 
 def parse(route: str) -> dict | str:
-    """A mixed route: "k128 t64 v0 s-1" -> mixed_linear's keyword arguments; "wo_gemm", "wo_resident", "dequant"
-    as they are."""
-    if route in ("wo_gemm", "wo_resident", "dequant"):
+    """A mixed route: "k128 t64 v0 s-1" -> mixed_linear's keyword arguments; "wo_gemm", "wo_resident",
+    "wo_resident-p", "dequant" as they are."""
+    if route in ("wo_gemm", "wo_resident", "wo_resident-p", "dequant"):
         return route
     parts = {p[0]: int(p[1:]) for p in route.split()}
     return {"ktile": parts["k"], "token_tile": parts["t"], "variant": parts["v"], "split": parts["s"]}

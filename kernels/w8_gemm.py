@@ -19,9 +19,9 @@ TILE = 64
 _counters: dict[torch.device, torch.Tensor] = {}
 
 
-# The two forms of the kernel, by route name (kernels/tuning.py W8A8): activations through two staged buffers with a
+# The forms of the kernel, by route name (kernels/tuning.py W8A8): activations through two staged buffers with a
 # barrier pair per 128 k, or a split's activations resident in shared memory and the weights streamed barrier-free.
-VARIANTS = {"w8_gemm": 0, "w8_gemm-r": 1}
+VARIANTS = {"w8_gemm": 0, "w8_gemm-r": 1, "w8_gemm-rp": 2}  # rp: resident, the weights prefetched into L2 ahead
 
 
 def split_counters(device: torch.device, m: int, n: int) -> torch.Tensor | None:

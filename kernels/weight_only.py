@@ -235,8 +235,8 @@ def packed_linear(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, k
         y = kernels.wo_gemv(x2, *args, bias, *meta, EPILOGUE, prefetch, variant)
     elif kernel == "wo_gemm_v3":
         y = kernels.wo_gemm_v3(x2, *args, bias, *meta, EPILOGUE, V3_VARIANT)
-    elif kernel == "wo_resident":
-        y = _resident_linear(x2, w, bias, kernels)
+    elif kernel in RESIDENT_ROUTES:
+        y = _resident_linear(x2, w, bias, kernels, kernel)
     elif kernel == "wo_gemm":
         y = kernels.wo_gemm(x2, *args, bias, *meta, EPILOGUE)
     else:
@@ -261,7 +261,13 @@ def _rows_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, k
     return F.linear(x2, dense, None if bias is None else bias.to(x2.dtype))
 
 
-def _resident_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, kernels) -> torch.Tensor:
+# wo_resident's routes (csrc/wo_resident.cu) -> its prefetch_stages: weights prefetched into L2 that many 128-k
+# stages ahead ("-p"), or not.
+RESIDENT_ROUTES = {"wo_resident": 0, "wo_resident-p": 4}
+
+
+def _resident_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, kernels,
+                     route: str) -> torch.Tensor:
     """wo_resident (csrc/wo_resident.cu: 4-bit, groups >= 64, 17-256 tokens where a sweep measured it fastest); the
     copy's plain schedule where its split counters cannot be had (first call inside a graph capture)."""
     fits = w.num_bits == 4 and not 0 < w.group_size < 64  # the table is per width and shape, not per group size
@@ -269,7 +275,7 @@ def _resident_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | Non
     if counters is None and (x2.is_cuda or not fits):
         return _hopper_linear(x2, w, bias, plain_schedule(x2.shape[0], w.mixed.group, w.k_padded))
     return kernels.wo_resident(x2, w.qweight, w.scale, w.zero, bias, w.num_bits, w.group_size, w.out_features,
-                               counters, 0)
+                               counters, 0, RESIDENT_ROUTES[route])
 
 
 def _dequant_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, kernels) -> torch.Tensor:
@@ -306,6 +312,6 @@ def _copy_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None,
     hopper = hopper_route(w, m, x2.dtype, bits)
     if isinstance(hopper, dict):
         return _hopper_linear(x2, w, bias, hopper)
-    if hopper in ("wo_gemm", "wo_resident"):
+    if hopper == "wo_gemm" or hopper in RESIDENT_ROUTES:
         return _hopper_linear(x2, w, bias, plain_schedule(m, w.mixed.group, w.k_padded))
     return None

@@ -163,8 +163,8 @@ def test_measured_schedules_are_valid():
                                         route["token_tile"])
                 assert route["split"] >= -1
             else:
-                assert route in ("wo_gemm", "wo_resident", "dequant") and (route != "wo_gemm" or m <= 64)
-                assert route != "wo_resident" or (bits == 4 and 16 < m <= 256)
+                assert route in ("wo_gemm", "wo_resident", "wo_resident-p", "dequant") and (route != "wo_gemm" or m <= 64)
+                assert not route.startswith("wo_resident") or (bits == 4 and 16 < m <= 256)
     from qtool_kernels import block_mm, w8_gemm
 
     for (codes, k, n), cells in tuning.W8A8.items():

@@ -124,7 +124,7 @@ def test_w8_gemv_decodes_every_code_exactly(kernels, dtype, fmt):
     assert y is not None and torch.equal(y.float(), want.float()), fmt  # -0 sums to +0: compared as values
 
 
-@pytest.mark.parametrize("variant", [0, 1])
+@pytest.mark.parametrize("variant", [0, 1, 2])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("fmt", ["int8", "e4m3", "e5m2"])
 @pytest.mark.parametrize("m", [17, 64, 100, 256])
@@ -147,7 +147,7 @@ def test_w8_gemm(kernels, variant, dtype, fmt, m, n, k, splits):
         assert rel_err(y, want) < 1e-2
 
 
-@pytest.mark.parametrize("variant", [0, 1])
+@pytest.mark.parametrize("variant", [0, 1, 2])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("m", [17, 100])
 @pytest.mark.parametrize("n, k", [(4096, 4096), (1000, 2176), (300, 14336)])

@@ -196,9 +196,13 @@ at::Tensor wo_gemm_v3(const at::Tensor& x, const at::Tensor& qweight, const at::
 
 // wo_resident.cu: 4-bit weights with groups of >= 64 (or per row) at 17-256 tokens; counters: int32 zeros on x's
 // device, at least as many as the problem has tiles, which the kernel leaves zero. splits: 0 by the kernel's rule.
+// prefetch_stages: the weights that many 128-k stages ahead are prefetched into L2 (0: none).
 at::Tensor wo_resident(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scale,
                        const std::optional<at::Tensor>& zero, const std::optional<at::Tensor>& bias, int64_t num_bits,
-                       int64_t group_size, int64_t out_features, const at::Tensor& counters, int64_t splits) {
+                       int64_t group_size, int64_t out_features, const at::Tensor& counters, int64_t splits,
+                       int64_t prefetch_stages) {
+  TORCH_CHECK(prefetch_stages >= 0 && prefetch_stages <= 16, "wo_resident: prefetch_stages must be 0..16, got ",
+              prefetch_stages);
   TORCH_CHECK(num_bits == 4 && (group_size <= 0 || group_size >= 64), "wo_resident: takes 4-bit weights with groups "
               "of >= 64 or one per row, got num_bits=", num_bits, ", group_size=", group_size);
   const PackedWeightView w = check_weight("wo_resident", qweight, scale, zero, num_bits, group_size, out_features);
@@ -222,7 +226,8 @@ at::Tensor wo_resident(const at::Tensor& x, const at::Tensor& qweight, const at:
     p.workspace = workspace.data_ptr<float>();
   }
   p.y = y.data_ptr();
-  launch_wo_resident(p, k_split, counters.data_ptr<int>(), c10::cuda::getCurrentCUDAStream());
+  launch_wo_resident(p, k_split, counters.data_ptr<int>(), static_cast<int>(prefetch_stages),
+                     c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return y;
 }
@@ -267,7 +272,7 @@ TORCH_LIBRARY(qtool_cuda, m) {
       "int out_features, str activation, int variant=0) -> Tensor");
   m.def(
       "wo_resident(Tensor x, Tensor qweight, Tensor scale, Tensor? zero, Tensor? bias, int num_bits, int group_size, "
-      "int out_features, Tensor counters, int splits=0) -> Tensor");
+      "int out_features, Tensor counters, int splits=0, int prefetch_stages=0) -> Tensor");
   m.def(
       "dequant_int(Tensor qweight, Tensor scale, Tensor? zero, int num_bits, int group_size, int out_features, "
       "ScalarType dtype) -> Tensor");

@@ -147,7 +147,8 @@ at::Tensor w8_gemv(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s
 at::Tensor w8_gemm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale,
                    const std::optional<at::Tensor>& bias, const at::Tensor& counters, int64_t splits,
                    int64_t variant, int64_t blocked) {
-  TORCH_CHECK(variant == 0 || variant == 1, "w8_gemm: variant must be 0 (staged) or 1 (resident), got ", variant);
+  TORCH_CHECK(variant >= 0 && variant <= 2, "w8_gemm: variant must be 0 (staged), 1 (resident) or 2 (resident with "
+              "L2 prefetches), got ", variant);
   const ScalarKind kind = activation_kind(x, "w8_gemm");
   const CodeFormat format = weight_format(w.scalar_type());
   TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.is_contiguous() && reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0,
@@ -188,7 +189,7 @@ at::Tensor w8_gemm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s
                   bias.has_value() ? bias_f32.data_ptr<float>() : nullptr, y.data_ptr(), static_cast<int>(m),
                   static_cast<int>(n), static_cast<int>(k), k_split,
                   split_count > 1 ? workspace.data_ptr<float>() : nullptr, counters.data_ptr<int>(), kind, format,
-                  static_cast<int>(variant), blocked != 0};
+                  static_cast<int>(variant), blocked != 0, variant == 2 ? kW8GemmPrefetchStages : 0};
   launch_w8_gemm(p, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return y;

@@ -45,6 +45,10 @@ __device__ inline void load_activations(const T* x, int m, long long ld, int tok
   cp_async_commit();
 }
 
+// Asks for the 128-byte line holding `ptr` to be brought into L2 (no register, nothing waits): the resident kernels'
+// way to keep more of the weight stream in flight than their registers hold (prefetch_stages).
+__device__ inline void prefetch_l2_line(const void* ptr) { asm volatile("prefetch.global.L2 [%0];" ::"l"(ptr)); }
+
 // Where a block's results go.
 struct Out {
   void* y;                     // [m, n] in the activations' dtype

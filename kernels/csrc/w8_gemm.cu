@@ -161,6 +161,8 @@ __global__ void __launch_bounds__(kWarps * 32, 4) w8_gemm_staged(W8GemmProblem p
 // Variant 1 ("resident"): the block's whole k range of activations is loaded once (at most kResidentStages stages,
 // dynamic shared memory), then each warp streams its weights with no barrier at all, as w8_gemv's warps do. wo_gemm
 // v3, whose warps met at a barrier per 128-k piece, streamed 0.5-1.1 TB/s (kernels/NOTES.md): this is the A/B.
+// Two blocks per SM (the activations' shared memory) keep ~16 KB of weights in flight per SM in registers, about
+// half of what 4.3 TB/s needs; variant 2 adds L2 prefetches p.prefetch_stages stages ahead of the loads.
 template <typename T, CodeFormat F, bool Blocked>
 __global__ void __launch_bounds__(kWarps * 32, 2) w8_gemm_resident(W8GemmProblem p) {
   extern __shared__ uint4 smem[];
@@ -171,13 +173,26 @@ __global__ void __launch_bounds__(kWarps * 32, 2) w8_gemm_resident(W8GemmProblem
   const int k_begin = blockIdx.y * p.k_split, k_end = min(p.k, k_begin + p.k_split);
   const int stages = (k_end - k_begin + kStageK - 1) / kStageK;
 
+  // Stage s's weight rows into L2 ahead of their loads (p.prefetch_stages ahead): lanes 0..15, one row each, its
+  // 128 codes of the stage on at most two lines.
+  auto prefetch = [&](int s) {
+    const int row = row0 + lane;
+    if (p.prefetch_stages > 0 && lane < 16 && s < stages && row < p.n) {
+      const uint8_t* at = p.w + static_cast<long long>(row) * p.k + k_begin + s * kStageK;
+      tile::prefetch_l2_line(at);
+      tile::prefetch_l2_line(at + kStageK - 1);
+    }
+  };
   float acc[kTokenTiles][4] = {};
   uint4 wa[2][2], wb[2][2];
   load_weights(p, row0, k_begin, k_end, lane, wa);  // in flight while the activations land
+  for (int s = 1; s <= p.prefetch_stages; ++s) prefetch(s);
   for (int s = 0; s < stages; ++s) load_activations(p, token0, k_begin + s * kStageK, k_end, xs[s]);
   cp_async_wait<0>();
   __syncthreads();
   for (int s = 0; s < stages; s += 2) {
+    prefetch(s + 1 + p.prefetch_stages);
+    prefetch(s + 2 + p.prefetch_stages);
     if (s + 1 < stages) load_weights(p, row0, k_begin + (s + 1) * kStageK, k_end, lane, wb);
     multiply_stage<T, F, Blocked>(xs[s], wa, stage_scale<T, Blocked>(p, k_begin + s * kStageK), lane, acc);
     if (s + 1 < stages) {
@@ -194,7 +209,7 @@ void launch_scales(const W8GemmProblem& p, dim3 grid, cudaStream_t stream) {
   if (p.variant == 0) {
     w8_gemm_staged<T, F, Blocked><<<grid, kWarps * 32, 0, stream>>>(p);
     return;
-  }
+  }  // 1, 2: resident (2: with L2 prefetches, p.prefetch_stages)
   static const bool sized = [] {  // above the default 48 KB of dynamic shared memory, once per kernel
     cudaFuncSetAttribute(w8_gemm_resident<T, F, Blocked>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                          kResidentStages * static_cast<int>(sizeof(XStage<T>)));
@@ -225,7 +240,7 @@ void launch_typed(const W8GemmProblem& p, dim3 grid, cudaStream_t stream) {
 }  // namespace
 
 int w8_gemm_k_split(int m, int n, int k, int sms, int wanted, int variant) {
-  return tile::split_k(m, n, k, sms, wanted, variant == 1);
+  return tile::split_k(m, n, k, sms, wanted, variant >= 1);
 }
 
 int w8_gemm_tiles(int m, int n) { return tile::tiles(m, n); }

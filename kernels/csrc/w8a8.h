@@ -70,9 +70,16 @@ struct W8GemmProblem {
   int* counters;       // [w8_gemm_tiles(m, n)] int32, zero on entry and left zero: one call on them at a time
   ScalarKind dtype;
   CodeFormat format;
-  int variant = 0;     // 0: activations staged in two buffers; 1: a split's activations resident (k_split <= 768)
+  int variant = 0;     // 0: activations staged in two buffers; 1: a split's activations resident (k_split <= 768);
+                       // 2: resident, the weights prefetched into L2 prefetch_stages stages ahead
+                       // (kW8GemmPrefetchStages)
   bool blocked = false;  // 128 x 128 block scales (fp8-block), applied to the decoded codes
+  int prefetch_stages = 0;
 };
+
+// Variant 2's prefetch distance: 4 stages of 2 KB per warp, with the 2 KB in registers ~40 KB per SM in flight at
+// two blocks per SM (4.3 TB/s x ~1 us over 132 SMs wants ~33 KB).
+constexpr int kW8GemmPrefetchStages = 4;
 
 void launch_w8_gemm(const W8GemmProblem& p, cudaStream_t stream);
 int w8_gemm_tiles(int m, int n);  // output tiles (blocks per split)

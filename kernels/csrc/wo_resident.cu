@@ -5,7 +5,9 @@
 // its 16-row stripe's chunks (one 16-byte load per lane covers 16 rows x 64 k: exactly its A fragments for four
 // 16 x 16 subtiles) with no barrier, one 128-k stage ahead of the math, as w8_gemv's warps do. wo_gemm v3, the same
 // tile with a barrier per 128-k piece and a cluster reduction, streamed 0.5-1.1 TB/s (kernels/NOTES.md); w8_gemm's
-// two variants measure whether the barrier was the cause. Written without a GPU (session 22): unmeasured.
+// two variants measure whether the barrier was the cause. A stage is 1 KB of weights per warp and two blocks per
+// SM fit, so registers alone keep ~8 KB per SM in flight, a quarter of what 4.3 TB/s needs: prefetch_stages > 0 asks
+// for the chunks that many stages ahead to be brought into L2. Written without a GPU (session 22): unmeasured.
 //
 // Per chunk: (q - z) as exact pairs of T (a_fragment), mma into a float32 group sum d per token tile, then the
 // group's scale on d (fp32, as wo_gemv and wo_stream do); B through ldmatrix.x4 from the resident activations (rows
@@ -90,7 +92,8 @@ __device__ inline void multiply_stage(const XStage<T>& stage, const uint4 (&w)[k
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kWarps * 32, 2) wo_resident_kernel(WoProblem p, int k_split, int* counters) {
+__global__ void __launch_bounds__(kWarps * 32, 2) wo_resident_kernel(WoProblem p, int k_split, int* counters,
+                                                                     int prefetch_stages) {
   extern __shared__ uint4 smem[];
   XStage<T>* xs = reinterpret_cast<XStage<T>*>(smem);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -104,15 +107,26 @@ __global__ void __launch_bounds__(kWarps * 32, 2) wo_resident_kernel(WoProblem p
   const uint4* stripe_chunks = reinterpret_cast<const uint4*>(p.w.qweight) +
                                static_cast<long long>(stripe_ok ? stripe : 0) * nchunks * 32;
 
+  // Stage s's chunks into L2 ahead of their loads (prefetch_stages ahead): lanes 0..7, one 128-byte line each of the
+  // stage's 1 KB (two 512-byte chunks).
+  auto prefetch = [&](int s) {
+    const int c = c_begin + s * kChunksPerStage + lane / 4;
+    if (prefetch_stages > 0 && lane < 8 && stripe_ok && s < stages && c < c_end)
+      tile::prefetch_l2_line(reinterpret_cast<const char*>(stripe_chunks + static_cast<long long>(c) * 32) +
+                             128 * (lane % 4));
+  };
   float acc[kTokenTiles][4] = {};
   uint4 wa[kChunksPerStage], wb[kChunksPerStage];
   ChunkParams pa[kChunksPerStage], pb[kChunksPerStage];
   load_stage(p, stripe_chunks, row0, stripe_ok, c_begin, c_end, lane, wa, pa);  // in flight while x lands
+  for (int s = 1; s <= prefetch_stages; ++s) prefetch(s);
   const T* x = static_cast<const T*>(p.x);
   for (int s = 0; s < stages; ++s) tile::load_activations(x, p.m, p.w.k_padded, token0, k_begin + s * kStageK, k_end, xs[s]);
   cp_async_wait<0>();
   __syncthreads();
   for (int s = 0; s < stages; s += 2) {
+    prefetch(s + 1 + prefetch_stages);
+    prefetch(s + 2 + prefetch_stages);
     const int c = c_begin + s * kChunksPerStage;
     if (s + 1 < stages) load_stage(p, stripe_chunks, row0, stripe_ok, c + kChunksPerStage, c_end, lane, wb, pb);
     multiply_stage<T>(xs[s], wa, pa, lane, acc);
@@ -127,7 +141,8 @@ __global__ void __launch_bounds__(kWarps * 32, 2) wo_resident_kernel(WoProblem p
 }
 
 template <typename T>
-void launch_typed(const WoProblem& p, int k_split, int* counters, dim3 grid, cudaStream_t stream) {
+void launch_typed(const WoProblem& p, int k_split, int* counters, int prefetch_stages, dim3 grid,
+                  cudaStream_t stream) {
   static const bool sized = [] {  // above the default 48 KB of dynamic shared memory, once per kernel
     cudaFuncSetAttribute(wo_resident_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                          kResidentStages * static_cast<int>(sizeof(XStage<T>)));
@@ -135,7 +150,7 @@ void launch_typed(const WoProblem& p, int k_split, int* counters, dim3 grid, cud
   }();
   (void)sized;
   const size_t smem = static_cast<size_t>(k_split / kStageK) * sizeof(XStage<T>);
-  wo_resident_kernel<T><<<grid, kWarps * 32, smem, stream>>>(p, k_split, counters);
+  wo_resident_kernel<T><<<grid, kWarps * 32, smem, stream>>>(p, k_split, counters, prefetch_stages);
 }
 
 }  // namespace
@@ -146,14 +161,14 @@ int wo_resident_k_split(const WoProblem& p, int sms, int wanted) {
 
 int wo_resident_tiles(const WoProblem& p) { return tile::tiles(p.m, p.w.n_padded); }
 
-void launch_wo_resident(const WoProblem& p, int k_split, int* counters, cudaStream_t stream) {
+void launch_wo_resident(const WoProblem& p, int k_split, int* counters, int prefetch_stages, cudaStream_t stream) {
   if (p.m == 0) return;
   const dim3 grid((p.w.n_padded + kBlockRows - 1) / kBlockRows, (p.w.k_padded + k_split - 1) / k_split,
                   (p.m + kTokens - 1) / kTokens);
   if (p.dtype == ScalarKind::kBFloat16)
-    launch_typed<__nv_bfloat16>(p, k_split, counters, grid, stream);
+    launch_typed<__nv_bfloat16>(p, k_split, counters, prefetch_stages, grid, stream);
   else
-    launch_typed<__half>(p, k_split, counters, grid, stream);
+    launch_typed<__half>(p, k_split, counters, prefetch_stages, grid, stream);
 }
 
 }  // namespace qtool
