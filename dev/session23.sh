@@ -8,13 +8,13 @@
 #   call 3: TABLE_TIMEOUT=420 bash dev/session23.sh w8a8table, or E2E_TIMEOUT=330 bash dev/session23.sh e2eblock
 #   nvidia-h200-x2 (issue 20): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 gptq8ns_1 gptq8ns_2 summary
 # w8gemm   w8_gemm (csrc/w8_gemm.cu, session 22, written without a GPU): its GPU tests, then the W8A8 sweep at 17-256
-#          tokens with its two variants' columns (staged / resident activations) beside every GEMM, fp8 / int8 /
-#          fp8-block; the winners merged into kernels/tuning.py on the device (copied to $OUT/tuning.py: merge it
+#          tokens with its three variants' columns (staged / resident / resident with L2 prefetches) beside every
+#          GEMM, fp8 / int8 / fp8-block; the winners merged into kernels/tuning.py on the device (copied to $OUT/tuning.py: merge it
 #          here with `python3 dev/w8a8_sweep.py --emit <w8gemm.json> --merge`)
 # w4res    wo_resident (csrc/wo_resident.cu, session 22, unmeasured): its GPU tests, then the W4 g128 sweep at 17-256
-#          tokens with its column beside every mixed-input schedule; winners merged into kernels/tuning.py on the
-#          device ($OUT/tuning_mixed.py; here: python3 dev/mixed_sweep.py --emit <w4res.json> --merge)
-# w8a16ab  W8A16 per channel at 32-256 tokens with QTOOL_ROWS_GEMM off / staged / resident (weight_only.py)
+#          tokens with its columns (with and without L2 prefetches) beside every mixed-input schedule; winners
+#          merged into kernels/tuning.py on the device ($OUT/tuning_mixed.py; here: python3 dev/mixed_sweep.py --emit <w4res.json> --merge)
+# w8a16ab  W8A16 per channel at 32-256 tokens with QTOOL_ROWS_GEMM off / each w8_gemm variant (weight_only.py)
 # silub    the 8B W4A16 decode with the separate SiLU-and-multiply as our PDL twin (the default since session 22),
 #          ours plain, and Inductor's, in one process, without the bf16 model (--skip-base)
 # aq       act_quant's bandwidth on 8192 x 8192 and the W8A8 layers at 2048 tokens on the fused 8B shapes
@@ -56,7 +56,7 @@ PY
   python3 dev/mixed_sweep.py --emit "$OUT/w4res.json" --merge > /dev/null 2>&1 && cp kernels/tuning.py "$OUT/tuning_mixed.py"
 }
 w8a16ab() {
-  for setting in 0,0 256,0 256,1; do
+  for setting in 0,0 256,0 256,1 256,2; do
     step "W8A16 at 32-256 tokens, QTOOL_ROWS_GEMM=$setting"
     QTOOL_ROWS_GEMM=$setting timeout -k 15 "${AB16_TIMEOUT:-100}" python3 benchmarks/bench_kernels.py \
       --formats w8a16-channel --tokens 32,64,128,256 --shapes 4096x4096,4096x14336,14336x4096,8192x8192 \
