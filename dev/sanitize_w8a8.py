@@ -28,13 +28,12 @@ for m in (1, 5, 16, 17, 300):
                 for splits in (1, 3):
                     got = scaled_mm.w8_gemm(x, w, ws, None, splits, variant)
                     assert ((got.double() - want).norm() / want.norm()) < 1e-2, (m, k, n, fmt, variant, splits)
-            for config in scaled_mm.SM90_CONFIGS.values():  # every libqtool_sm90 tile configuration
-                if sm90.load() and config:
-                    xq, xs = ops.act_quant(x, fmt, 0, None)
+            xq, xs = ops.act_quant(x, fmt, 0, None)
+            for config in scaled_mm.SM90_CONFIGS.values() if sm90.load() else ():  # every tile configuration
+                if config:  # (0: by m, one of the others)
                     got = ops.sm90_scaled_mm(xq, w, xs.reshape(-1).contiguous(), ws.reshape(-1), None,
                                              torch.bfloat16, config)
                     assert ((got.double() - want).norm() / want.norm()) < 2e-2, (m, k, n, fmt, config)
-            xq, xs = ops.act_quant(x, fmt, 0, None)
             y = scaled_mm.scaled_mm(xq, xs, w, ws, None, 0, 0, 0, torch.bfloat16)
             if y is not None:
                 ref = reference.scaled_linear(xq, xs, w, ws, None, 0, 0, 0, torch.float64)

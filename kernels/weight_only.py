@@ -111,7 +111,15 @@ W8_ROWS_MAX_M = 32
 # Past W8_ROWS_MAX_M, up to this many tokens: w8_gemm (csrc/w8_gemm.cu, session 22) on the same rows; 0 (off) until
 # measured against the Hopper copy's routes (0.65-1.25x bf16 at 64-256 tokens, session 16). QTOOL_ROWS_GEMM
 # ("MAX_M,VARIANT", read at import) sets both for a measurement process (benchmarks/bench_kernels.py A/Bs).
-ROWS_GEMM_MAX_M, ROWS_GEMM_VARIANT = (int(v) for v in os.environ.get("QTOOL_ROWS_GEMM", "0,0").split(","))
+def _rows_gemm_setting(raw: str) -> tuple[int, int]:
+    try:
+        max_m, variant = (int(v) for v in raw.split(","))
+    except ValueError:
+        raise ValueError(f"QTOOL_ROWS_GEMM must be 'MAX_M,VARIANT' (two integers), got {raw!r}") from None
+    return max_m, variant
+
+
+ROWS_GEMM_MAX_M, ROWS_GEMM_VARIANT = _rows_gemm_setting(os.environ.get("QTOOL_ROWS_GEMM", "0,0"))
 ROWS_SLICES = 2
 ROWS_MID_WEIGHT = 8192 * 8192
 ROWS_SMALL_WEIGHT = 4096 * 6144
@@ -272,7 +280,7 @@ def _resident_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | Non
     copy's plain schedule where its split counters cannot be had (first call inside a graph capture)."""
     fits = w.num_bits == 4 and not 0 < w.group_size < 64  # the table is per width and shape, not per group size
     counters = split_counters(x2.device, x2.shape[0], w.out_features) if x2.is_cuda and fits else None
-    if counters is None and (x2.is_cuda or not fits):
+    if not fits or (x2.is_cuda and counters is None):
         return _hopper_linear(x2, w, bias, plain_schedule(x2.shape[0], w.mixed.group, w.k_padded))
     return kernels.wo_resident(x2, w.qweight, w.scale, w.zero, bias, w.num_bits, w.group_size, w.out_features,
                                counters, 0, RESIDENT_ROUTES[route])

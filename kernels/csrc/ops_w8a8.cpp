@@ -43,6 +43,14 @@ CodeFormat weight_format(at::ScalarType dtype) {
   return CodeFormat::kE5M2;
 }
 
+// bias [n] (any float dtype) as contiguous float32 on `device`, or an undefined tensor without one.
+at::Tensor float_bias(const std::optional<at::Tensor>& bias, int64_t n, const at::Device& device, const char* op) {
+  if (!bias.has_value()) return at::Tensor();
+  TORCH_CHECK(bias->device() == device && bias->numel() == n, op, ": bias must be [", n, "] on ", device, ", got ",
+              bias->sizes(), " on ", bias->device());
+  return bias->to(at::kFloat).contiguous();
+}
+
 // Returns (codes [m, k], scale): scale [m, 1] per token and for a static scale (every row holds it: the
 // GEMM epilogue reads one scale per row), or [m, groups] column-major (stride (1, m), the layout
 // block-wise GEMMs read) for 1 x group_size groups.
@@ -118,16 +126,11 @@ at::Tensor w8_gemv(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s
   TORCH_CHECK(scale.device() == x.device() && scale.scalar_type() == at::kFloat && scale.is_contiguous(),
               "w8_gemv: scale must be contiguous float32 on ", x.device(), ", got ", scale.scalar_type(), " on ",
               scale.device());
-  at::Tensor bias_f32;
-  if (bias.has_value()) {
-    TORCH_CHECK(bias->device() == x.device() && bias->numel() == n, "w8_gemv: bias must be [", n, "] on ",
-                x.device(), ", got ", bias->sizes());
-    bias_f32 = bias->to(at::kFloat).contiguous();
-  }
+  const at::Tensor bias_f32 = float_bias(bias, n, x.device(), "w8_gemv");
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor y = at::empty({m, swiglu ? n / 2 : n}, x.options());
   W8GemvProblem p{x.data_ptr(), static_cast<const uint8_t*>(w.data_ptr()), scale.data_ptr<float>(),
-                  bias.has_value() ? bias_f32.data_ptr<float>() : nullptr, y.data_ptr(), static_cast<int>(m),
+                  bias_f32.defined() ? bias_f32.data_ptr<float>() : nullptr, y.data_ptr(), static_cast<int>(m),
                   static_cast<int>(n), static_cast<int>(k), static_cast<int>(blocked ? block_n : 0),
                   static_cast<int>(blocked ? block_k : 0), kind, format, pdl != 0};
   p.swiglu = swiglu != 0;
@@ -169,12 +172,7 @@ at::Tensor w8_gemm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s
                   counters.numel() >= tiles,
               "w8_gemm: counters must be contiguous int32 zeros on ", x.device(), " with at least ", tiles,
               " values, got ", counters.sizes(), " ", counters.scalar_type());
-  at::Tensor bias_f32;
-  if (bias.has_value()) {
-    TORCH_CHECK(bias->device() == x.device() && bias->numel() == n, "w8_gemm: bias must be [", n, "] on ",
-                x.device(), ", got ", bias->sizes());
-    bias_f32 = bias->to(at::kFloat).contiguous();
-  }
+  const at::Tensor bias_f32 = float_bias(bias, n, x.device(), "w8_gemm");
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor y = at::empty({m, n}, x.options());
   if (m == 0 || n == 0) return y;
@@ -186,7 +184,7 @@ at::Tensor w8_gemm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s
   at::Tensor workspace;
   if (split_count > 1) workspace = at::empty({split_count, m, n}, x.options().dtype(at::kFloat));
   W8GemmProblem p{x.data_ptr(), static_cast<const uint8_t*>(w.data_ptr()), scale.data_ptr<float>(),
-                  bias.has_value() ? bias_f32.data_ptr<float>() : nullptr, y.data_ptr(), static_cast<int>(m),
+                  bias_f32.defined() ? bias_f32.data_ptr<float>() : nullptr, y.data_ptr(), static_cast<int>(m),
                   static_cast<int>(n), static_cast<int>(k), k_split,
                   split_count > 1 ? workspace.data_ptr<float>() : nullptr, counters.data_ptr<int>(), kind, format,
                   static_cast<int>(variant), blocked != 0, variant == 2 ? kW8GemmPrefetchStages : 0};
@@ -223,16 +221,12 @@ at::Tensor sm90_scaled_mm(const at::Tensor& a, const at::Tensor& b, const at::Te
                   b_scale.scalar_type() == at::kFloat && a_scale.is_contiguous() && b_scale.is_contiguous(),
               "sm90_scaled_mm: scales must be contiguous float32 with ", m, " and ", n, " values, got ",
               a_scale.sizes(), " and ", b_scale.sizes());
-  at::Tensor bias_f32;
-  if (bias.has_value()) {
-    TORCH_CHECK(bias->numel() == n && bias->device() == a.device(), "sm90_scaled_mm: bias must be [", n, "]");
-    bias_f32 = bias->to(at::kFloat).contiguous();
-  }
+  const at::Tensor bias_f32 = float_bias(bias, n, a.device(), "sm90_scaled_mm");
   const c10::cuda::CUDAGuard guard(a.device());
   at::Tensor d = at::empty({m, n}, a.options().dtype(out_dtype));
   if (m == 0) return d;
   sm90::ScaledMmArgs args{a.data_ptr(), b.data_ptr(), a_scale.data_ptr<float>(), b_scale.data_ptr<float>(),
-                          bias.has_value() ? bias_f32.data_ptr<float>() : nullptr, d.data_ptr(), nullptr, 0,
+                          bias_f32.defined() ? bias_f32.data_ptr<float>() : nullptr, d.data_ptr(), nullptr, 0,
                           static_cast<int>(m), static_cast<int>(n), static_cast<int>(k),
                           a.scalar_type() == at::kFloat8_e4m3fn ? 1 : 0, out_dtype == at::kHalf ? 1 : 0,
                           static_cast<int>(config)};
