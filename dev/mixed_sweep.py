@@ -26,8 +26,7 @@ from bench_kernels import FORMATS, SHAPES, Rotation, copies_for, graph_ms, packe
 
 from qtool_kernels import build, mixed_mm  # noqa: E402
 from qtool_kernels.layout import EPILOGUE  # noqa: E402
-from qtool_kernels.w8_gemm import split_counters  # noqa: E402
-from qtool_kernels.weight_only import RESIDENT_ROUTES, packed_linear  # noqa: E402
+from qtool_kernels.weight_only import packed_linear  # noqa: E402
 
 TUNING = Path(__file__).resolve().parents[1] / "kernels" / "tuning.py"
 
@@ -75,11 +74,6 @@ def time_cell(fmt: str, m: int, dense: Rotation, packed: Rotation, kernels, sms:
     if m <= 64:
         row["kernels"]["wo_gemm"] = graph_ms(lambda: kernels.wo_gemm(
             x, packed().qweight, p0.scale, None, None, bits, p0.group_size, n, EPILOGUE))
-    if bits == 4 and 16 < m <= 256 and not 0 < p0.group_size < 64:  # wo_resident (session 22, unmeasured)
-        counters = split_counters(x.device, m, n)
-        for route, ahead in RESIDENT_ROUTES.items():
-            row["kernels"][route] = graph_ms(lambda a=ahead: kernels.wo_resident(
-                x, packed().qweight, p0.scale, p0.zero, None, bits, p0.group_size, n, counters, 0, a))
     if m >= 128:
         row["kernels"]["dequant+cublas"] = graph_ms(lambda: F.linear(x, kernels.dequant_int(
             packed().qweight, p0.scale, None, bits, p0.group_size, n, x.dtype)))
@@ -130,7 +124,7 @@ def best_route(row: dict) -> str:
     plain = min((key for key in ("k64/tm/v0/s0", "k128/tm/v0/s0") if key in timed), key=timed.get, default=None)
     if plain is not None and best.startswith("k") and timed[best] > (1 - margin(row['M'])) * timed[plain]:
         best = plain
-    if not best.startswith("k"):  # "wo_gemm", "wo_resident", "dequant"
+    if not best.startswith("k"):
         return "dequant" if best.startswith("dequant") else best
     ktile, tile, variant, split = best.split("/")
     own = next((t for t in tiles_built(int(ktile[1:])) if t >= row["M"]), tiles_built(int(ktile[1:]))[-1])

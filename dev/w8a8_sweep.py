@@ -55,18 +55,7 @@ def block_gemms(x: torch.Tensor, wq: Rotation, n: int) -> dict:
                     reps=10, replays=7)
     if x.shape[0] <= scaled_mm.W8_GEMV_KERNEL_MAX_M:
         out["w8_gemv (bf16 x)"] = graph_ms(lambda: torch.ops.qtool_cuda.w8_gemv(x, wq(), w_scale, None, 128, 128))
-    out.update(gemm_columns(x, wq, w_scale, True))
     return out
-
-
-def gemm_columns(x: torch.Tensor, wq: Rotation, w_scale: torch.Tensor, blocked: bool) -> dict:
-    """w8_gemm's variants on the bf16 activations at 17-256 tokens (W8A16's row-major layers run the same kernel
-    on the same int8 codes)."""
-    if not 16 < x.shape[0] <= 256:
-        return {}
-    scaled_mm.w8_gemm(x, wq(), w_scale, None, blocked=blocked)  # its split counters, outside the graph capture
-    return {f"{route} (bf16 x)": graph_ms(lambda v=variant: scaled_mm.w8_gemm(x, wq(), w_scale, None, 0, v, blocked))
-            for route, variant in scaled_mm.W8_GEMM_VARIANTS.items()}
 
 
 def channel_gemms(kind: str, x: torch.Tensor, wq: Rotation, w_scale: torch.Tensor) -> dict:
@@ -87,7 +76,6 @@ def channel_gemms(kind: str, x: torch.Tensor, wq: Rotation, w_scale: torch.Tenso
                                                           out_dtype=torch.bfloat16))
     if m <= scaled_mm.W8_GEMV_KERNEL_MAX_M:
         out["w8_gemv (bf16 x)"] = graph_ms(lambda: torch.ops.qtool_cuda.w8_gemv(x, wq(), w_scale, None, 0, 0))
-    out.update(gemm_columns(x, wq, w_scale, False))
     return out
 
 
@@ -122,20 +110,20 @@ def sweep_shape(kind: str, k: int, n: int, tokens: list[int], deadline: float) -
 def show_row(row: dict) -> None:
     bf16, aq = row["bf16"], row["act_quant"] or 0.0
     gemm = {key: v for key, v in row["gemm"].items() if v}
-    best = min(gemm, key=lambda key: gemm[key] + (0 if key.startswith("w8_gem") else aq))
+    best = min(gemm, key=lambda key: gemm[key] + (0 if key.startswith("w8_gemv") else aq))
     layer = f"{bf16 / row['layer']:.2f}x" if row.get("layer") else "-"
     print(f"{row['kind']} {row['K']}x{row['N']} M={row['M']}: bf16 {bf16 * 1e3:.1f} us, layer {layer}, "
           f"act_quant {aq * 1e3:.1f} us; GEMM + act_quant: "
-          + ", ".join(f"{key} {bf16 / (v + (0 if key.startswith('w8_gem') else aq)):.2f}x" for key, v in gemm.items())
+          + ", ".join(f"{key} {bf16 / (v + (0 if key.startswith('w8_gemv') else aq)):.2f}x" for key, v in gemm.items())
           + f" (best {best})", flush=True)
 
 
 def best_route(row: dict) -> str:
     """The fastest of a cell's GEMMs (each with the activation quantization it needs) as a tuning.W8A8 route."""
     aq = row["act_quant"] or 0.0
-    gemm = {key: v + (0 if key.startswith("w8_gem") else aq) for key, v in row["gemm"].items() if v and "/" not in key}
+    gemm = {key: v + (0 if key.startswith("w8_gemv") else aq) for key, v in row["gemm"].items() if v and "/" not in key}
     best = min(gemm, key=gemm.get)  # (the "/split" probes are not routes)
-    return "gemv" if best.startswith("w8_gemv") else best.split(" ")[0] if best.startswith("w8_gemm") else best
+    return "gemv" if best.startswith("w8_gemv") else best
 
 
 def emit(paths: list[Path], merge: bool = False) -> None:

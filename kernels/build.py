@@ -38,11 +38,10 @@ import torch
 from .layout import chunk_k
 
 CSRC = Path(__file__).resolve().parent / "csrc"
-SOURCES = ("ops.cpp", "wo_gemv.cu", "wo_stream.cu", "wo_gemm.cu", "wo_gemm_v3.cu", "wo_resident.cu", "dequant.cu",
-           "ops_w8a8.cpp", "act_quant.cu", "w8_gemv.cu", "w8_gemm.cu", "ops_w1.cpp", "w1_gemv.cu", "binarize.cu",
-           "w1a1.cu", "silu_mul.cu")
+SOURCES = ("ops.cpp", "wo_gemv.cu", "wo_stream.cu", "wo_gemm.cu", "wo_gemm_v3.cu", "dequant.cu", "ops_w8a8.cpp",
+           "act_quant.cu", "w8_gemv.cu", "ops_w1.cpp", "w1_gemv.cu", "binarize.cu", "w1a1.cu", "silu_mul.cu")
 HEADERS = ("wo_kernels.h", "wo_decode.cuh", "wo_common.cuh", "wo_occupancy.h", "wo_piece.cuh", "w8a8.h", "w8_decode.cuh",
-           "tile_gemm.cuh", "mlp.h", "sm90/sm90_scaled_mm.h", "w1_kernels.h", "w1_gemv_plan.h", "pdl.cuh")
+           "mlp.h", "sm90/sm90_scaled_mm.h", "w1_kernels.h", "w1_gemv_plan.h", "pdl.cuh")
 NAME = "qtool_cuda"
 # The kernels need sm_80+ (bf16 mma.sync, cp.async, ldmatrix). $QTOOL_CUDA_ARCHS="90" (a build option,
 # README "Build options") builds one target, a third of the compile time, where the GPU is known.
@@ -55,8 +54,8 @@ NVCC_FLAGS = [
     *(f"-gencode=arch=compute_{a},code=sm_{a}" for a in ARCHS),
     f"-gencode=arch=compute_{ARCHS[-1]},code=compute_{ARCHS[-1]}",  # PTX for newer GPUs
 ]
-RAW_OPS = ("wo_gemv", "wo_gemm", "wo_gemm_v3", "wo_resident", "dequant_int", "act_quant", "w8_gemv", "w8_gemm",
-           "sm90_scaled_mm", "w1_gemv", "binarize", "w1a1_gemm", "silu_mul")
+RAW_OPS = ("wo_gemv", "wo_gemm", "wo_gemm_v3", "dequant_int", "act_quant", "w8_gemv", "sm90_scaled_mm", "w1_gemv",
+           "binarize", "w1a1_gemm", "silu_mul")
 
 
 def host_compiler() -> str | None:
@@ -259,7 +258,7 @@ def info() -> dict:
             "qtool::quantize_activation": "qtool_cuda fused kernel" if ops is not None else "reference",
             "qtool::w8a8_linear": ("the measured route of tuning.W8A8 (nearest shape, next batch): qtool_cuda "
                                    "w8_gemv (m <= 32; PDL twin for static weights where tuning.gemv_pdl; gate/up "
-                                   "with SiLU-and-multiply in its epilogue at m <= 8), qtool_cuda w8_gemm, or fused "
+                                   "with SiLU-and-multiply in its epilogue at m <= 8), or fused "
                                    "activation quantization + a libqtool_sm90 configuration (PDL launch to 64 "
                                    "tokens) or cuBLAS; outside the measured batches w8_gemv (m <= 16), "
                                    "then fused activation quantization + " + _scaled_linear_path())
@@ -275,8 +274,7 @@ def _weight_only_path() -> str:
     def mixed_path(bits: int) -> str:
         lib = sm90.MIXED[bits]
         return (f"CUTLASS sm90 W{bits}A16 ({lib.stem}) from {MIXED_MIN_M[bits]} tokens, {bits}-bit bf16, with the "
-                "schedule (or wo_gemm, wo_resident, or dequant_int + cuBLAS) measured fastest at the nearest shape "
-                "and batch "
+                "schedule (or wo_gemm, or dequant_int + cuBLAS) measured fastest at the nearest shape and batch "
                 "(tuning.py)" if lib.load() else f"no W{bits}A16 wgmma GEMM ({lib.reason})")
 
     mixed = f"{mixed_path(4)}; {mixed_path(8)}"

@@ -272,11 +272,6 @@ class ReferenceOps:
         return ReferenceOps.wo_gemv(x, qweight, scale, zero, bias, num_bits, group_size, out_features, activation)
 
     @staticmethod
-    def wo_resident(x, qweight, scale, zero, bias, num_bits, group_size, out_features, counters=None, splits=0,
-                    prefetch_stages=0):
-        return ReferenceOps.wo_gemv(x, qweight, scale, zero, bias, num_bits, group_size, out_features, EPILOGUE)
-
-    @staticmethod
     def w8_gemv(x, w, scale, bias, block_n, block_k, pdl=0, prefetch=None, swiglu=0):
         """Per-channel scales only (block_n = 0), as weight_only uses it; `pdl` and `prefetch` are hints for the
         CUDA kernel, ignored here; swiglu: y = silu(gate) * up of w = [gate; up], in float32."""

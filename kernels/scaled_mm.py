@@ -32,8 +32,6 @@ import torch.nn.functional as F
 from . import block_mm as block_mm_sm90
 from . import build, ops, reference, sm90, tuning
 from .mlp import silu_mul
-from .w8_gemm import VARIANTS as W8_GEMM_VARIANTS
-from .w8_gemm import w8_gemm
 
 KERNEL_DTYPES = (torch.float16, torch.bfloat16)
 W8_GEMV_MAX_M = 16  # the rule outside the measured batches: w8_gemv up to 16 tokens
@@ -298,9 +296,6 @@ def w8a8_linear_cuda(x, weight, weight_scale, bias, input_scale, fmt, act_group_
     route = w8a8_route(m, n, k, measured_kind(weight.dtype, block_n > 0))  # None: E5M2, or not measured
     if takes_gemv(m, route) and (y := _w8_gemv(x, weight, weight_scale, bias, block_n, block_k,
                                                bool(static_weight), prefetch)) is not None:
-        return y
-    if route in W8_GEMM_VARIANTS and (not block_n or (block_n, block_k) == (BLOCK, BLOCK)) and (
-            y := w8_gemm(x, weight, weight_scale, bias, 0, W8_GEMM_VARIANTS[route], block_n > 0)) is not None:
         return y
     xq, xs = quantize_activation_cuda(x, fmt, act_group_size, input_scale)
     group = act_group_size if input_scale is None else 0

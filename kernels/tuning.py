@@ -48,8 +48,7 @@ MIXED: dict[tuple[int, int, int], dict[int, str]] = {
 }
 
 # W8A8 routes, (codes, K, N) -> {M: route}: "gemv" (w8_gemv on the 16-bit activations, no activation
-# quantization), "w8_gemm" / "w8_gemm-r" (its GEMM form past 16 tokens, per channel: w8_gemm.VARIANTS), a
-# libqtool_sm90 configuration ("skinny", "narrow", "split", "large", "pingpong") after the fused
+# quantization), a libqtool_sm90 configuration ("skinny", "narrow", "split", "large", "pingpong") after the fused
 # activation quantization, or "cublas" (torch._scaled_mm row-wise, FP8 only; F.scaled_mm block-wise for
 # "fp8-block", whose own configurations are block_mm.CONFIGS: "block-skinny", "block-split", "block-large",
 # "block-swap", "block-narrow").
@@ -137,9 +136,8 @@ def lookup(table: str, kind: int | str, k: int, n: int, m: int, within: bool = F
 
 
 def parse(route: str) -> dict | str:
-    """A mixed route: "k128 t64 v0 s-1" -> mixed_linear's keyword arguments; "wo_gemm", "wo_resident",
-    "wo_resident-p", "dequant" as they are."""
-    if route in ("wo_gemm", "wo_resident", "wo_resident-p", "dequant"):
+    """A mixed route: "k128 t64 v0 s-1" -> mixed_linear's keyword arguments; "wo_gemm", "dequant" as they are."""
+    if route in ("wo_gemm", "dequant"):
         return route
     parts = {p[0]: int(p[1:]) for p in route.split()}
     return {"ktile": parts["k"], "token_tile": parts["t"], "variant": parts["v"], "split": parts["s"]}

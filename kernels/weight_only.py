@@ -30,15 +30,12 @@ this module takes tensors and ints only.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 
 from .layout import EPILOGUE, LOW_BITS, PackedWeight, takes_rows_shape
 from .mixed_mm import mixed_linear
 from .tuning import fit, gemv_pdl, measured_route, plain_schedule
-from .w8_gemm import split_counters, w8_gemm
 
 # wo_gemv serves up to 8 tokens (csrc/wo_kernels.h, kMaxGemvTokens). 4 is the cut-off every recorded
 # measurement ran with (BENCHMARKS.md); the 4-vs-8 A/B of kernels/NOTES.md (v3) left no result, so to
@@ -108,18 +105,6 @@ GEMV_WIDE_MAX_N = 4096
 # H200 w8_gemv at 32 tokens took 12.4-148 us where the dequantized rows alone would move 7 bytes per weight), then
 # the rows dequantized + cuBLAS. W8_ROWS_MAX_M = 0 turns the layout off (every layer keeps the wo layout).
 W8_ROWS_MAX_M = 32
-# Past W8_ROWS_MAX_M, up to this many tokens: w8_gemm (csrc/w8_gemm.cu, session 22) on the same rows; 0 (off) until
-# measured against the Hopper copy's routes (0.65-1.25x bf16 at 64-256 tokens, session 16). QTOOL_ROWS_GEMM
-# ("MAX_M,VARIANT", read at import) sets both for a measurement process (benchmarks/bench_kernels.py A/Bs).
-def _rows_gemm_setting(raw: str) -> tuple[int, int]:
-    try:
-        max_m, variant = (int(v) for v in raw.split(","))
-    except ValueError:
-        raise ValueError(f"QTOOL_ROWS_GEMM must be 'MAX_M,VARIANT' (two integers), got {raw!r}") from None
-    return max_m, variant
-
-
-ROWS_GEMM_MAX_M, ROWS_GEMM_VARIANT = _rows_gemm_setting(os.environ.get("QTOOL_ROWS_GEMM", "0,0"))
 ROWS_SLICES = 2
 ROWS_MID_WEIGHT = 8192 * 8192
 ROWS_SMALL_WEIGHT = 4096 * 6144
@@ -195,8 +180,7 @@ def hopper_route(w: PackedWeight, m: int, dtype: torch.dtype, bits: int | None =
 
 def route(w: PackedWeight, m: int, dtype: torch.dtype) -> dict | str:
     """The kernel of `packed_linear` for m tokens of 4- or 8-bit weights: "wo_gemv", a schedule of the Hopper
-    GEMM (a dict), "wo_resident" (where measured fastest), "wo_gemm_v3", "wo_gemm" or "dequant"; "wo_gemv_stream"
-    (variant 3)."""
+    GEMM (a dict), "wo_gemm_v3", "wo_gemm" or "dequant"; "wo_gemv_stream" (variant 3)."""
     if (kind := gemv_kind(w, m)) is not None:
         return "wo_gemv_stream" if kind == "stream" else "wo_gemv"
     if (hopper := hopper_route(w, m, dtype)) is not None:
@@ -243,8 +227,6 @@ def packed_linear(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, k
         y = kernels.wo_gemv(x2, *args, bias, *meta, EPILOGUE, prefetch, variant)
     elif kernel == "wo_gemm_v3":
         y = kernels.wo_gemm_v3(x2, *args, bias, *meta, EPILOGUE, V3_VARIANT)
-    elif kernel in RESIDENT_ROUTES:
-        y = _resident_linear(x2, w, bias, kernels, kernel)
     elif kernel == "wo_gemm":
         y = kernels.wo_gemm(x2, *args, bias, *meta, EPILOGUE)
     else:
@@ -258,8 +240,6 @@ def _rows_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, k
     m = x2.shape[0]
     if rows_gemv(w, m, x2.dtype):
         return kernels.w8_gemv(x2, w.rows, w.scale.view(-1), bias, 0, 0, int(gemv_pdl(m, *w.rows.shape)), prefetch)
-    if m <= ROWS_GEMM_MAX_M and (y := w8_gemm(x2, w.rows, w.scale, bias, variant=ROWS_GEMM_VARIANT)) is not None:
-        return y
     if (y := _copy_linear(x2, w, bias)) is not None:
         return y
     if m <= ROWS_SLICES * W8_ROWS_MAX_M:  # no Hopper copy (fp16, before sm_90): w8_gemv per slice of tokens
@@ -267,23 +247,6 @@ def _rows_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, k
                           for i in range(0, m, W8_ROWS_MAX_M)])
     dense = (w.rows.float() * w.scale.view(-1, 1)).to(x2.dtype)  # scale applied in float32, one rounding
     return F.linear(x2, dense, None if bias is None else bias.to(x2.dtype))
-
-
-# wo_resident's routes (csrc/wo_resident.cu) -> its prefetch_stages: weights prefetched into L2 that many 128-k
-# stages ahead ("-p"), or not.
-RESIDENT_ROUTES = {"wo_resident": 0, "wo_resident-p": 4}
-
-
-def _resident_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, kernels,
-                     route: str) -> torch.Tensor:
-    """wo_resident (csrc/wo_resident.cu: 4-bit, groups >= 64, 17-256 tokens where a sweep measured it fastest); the
-    copy's plain schedule where its split counters cannot be had (first call inside a graph capture)."""
-    fits = w.num_bits == 4 and not 0 < w.group_size < 64  # the table is per width and shape, not per group size
-    counters = split_counters(x2.device, x2.shape[0], w.out_features) if x2.is_cuda and fits else None
-    if not fits or (x2.is_cuda and counters is None):
-        return _hopper_linear(x2, w, bias, plain_schedule(x2.shape[0], w.mixed.group, w.k_padded))
-    return kernels.wo_resident(x2, w.qweight, w.scale, w.zero, bias, w.num_bits, w.group_size, w.out_features,
-                               counters, 0, RESIDENT_ROUTES[route])
 
 
 def _dequant_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, kernels) -> torch.Tensor:
@@ -314,12 +277,12 @@ def _low_bits_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | Non
 def _copy_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None,
                  bits: int | None = None) -> torch.Tensor | None:
     """x2 [m, K] on the weight's Hopper copy by the measured route for `bits` (hopper_route), or None where the
-    route is dequantization or there is no copy. Where the route names wo_gemm or wo_resident, which these weights
-    cannot run (2-/3-bit codes, the row-major layout), the copy's plain schedule."""
+    route is dequantization or there is no copy. Where the route names wo_gemm, which these weights cannot run
+    (2-/3-bit codes, the row-major layout), the copy's plain schedule."""
     m = x2.shape[0]
     hopper = hopper_route(w, m, x2.dtype, bits)
     if isinstance(hopper, dict):
         return _hopper_linear(x2, w, bias, hopper)
-    if hopper == "wo_gemm" or hopper in RESIDENT_ROUTES:
+    if hopper == "wo_gemm":
         return _hopper_linear(x2, w, bias, plain_schedule(m, w.mixed.group, w.k_padded))
     return None

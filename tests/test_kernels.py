@@ -172,32 +172,6 @@ def test_pack_layer_serves_quantlinear(symmetric):
     assert pack_layer(QuantLinear(k, n, fp8)) is None
 
 
-@pytest.mark.parametrize("group_size", [128, -1])
-def test_resident_route_computes_the_layer(monkeypatch, group_size):
-    """A measured "wo_resident" route (4-bit, groups >= 64) reaches the kernel with the packed weight as it is and
-    computes what the layer's reference does; the op's PyTorch twin (layout.ReferenceOps) stands in for it here."""
-    n, k, m = 48, 256, 20
-    codes, scale, zero, _ = random_weight(n, k, 4, group_size, False, act_order=False)
-    strategy = Strategy.GROUP if group_size > 0 else Strategy.CHANNEL
-    args = QuantArgs(num_bits=4, symmetric=False, strategy=strategy, group_size=group_size if group_size > 0 else None)
-    qt = QTensor(codes, scale, zero, args)
-    layer = QuantLinear.from_qtensor(qt, QuantScheme(weights=args), bias=torch.randn(n))
-    packed = pack_layer(layer)
-    calls = []
-
-    class Counting(ReferenceOps):
-        @staticmethod
-        def wo_resident(*args):
-            calls.append(args[0].shape)
-            return ReferenceOps.wo_resident(*args)
-
-    monkeypatch.setattr(weight_only, "route", lambda w, m, dtype: "wo_resident")
-    x = torch.randn(m, k)
-    got = weight_only.packed_linear(x, packed, layer.bias.float(), Counting)
-    assert calls == [(m, packed.k_padded)]
-    assert rel_err(got, x.double() @ qt.dequantize(torch.float64).T + layer.bias.double()) < 1e-5
-
-
 @pytest.mark.parametrize("bits,group_size", [(2, 64), (3, 128), (3, -1), (2, 32), (3, 16), (2, 16), (5, 32),
                                              (6, -1), (7, 64)])
 @pytest.mark.parametrize("symmetric", [True, False])

@@ -152,24 +152,6 @@ def test_gemm_v3_matches_float64(kernels, bits, group_size, symmetric, dtype):
         bits, group_size, symmetric, dtype, shapes)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("symmetric", [True, False])
-@pytest.mark.parametrize("group_size", [64, 128, -1])
-def test_wo_resident_matches_float64(kernels, group_size, symmetric, dtype):
-    """wo_resident (4-bit, groups >= 64) at 17-256 tokens and past (token tiles over blockIdx.z), split k or not,
-    three times per shape, with and without the L2 prefetch (its split counters must be left zero), against x @ W^T
-    in float64. Ragged: K = 576 ends in half a 128-k stage, N = 200 and 1000 inside a 64-row tile; K = 14336 needs
-    >= 19 splits of <= 768."""
-    from qtool_kernels.w8_gemm import split_counters
-
-    shapes = ((576, 200, (17, 64, 65)), (960, 1000, (33, 100)), (4096, 1536, (17, 64, 256, 300)),
-              (14336, 256, (40,)))
-    for ahead in (0, 4, 0):  # (the L2 prefetch changes no value)
-        check_gemm_against_float64(lambda xp, p, bias, m, a=ahead: kernels.wo_resident(
-            xp, p.qweight, p.scale, p.zero, bias, 4, p.group_size, p.out_features,
-            split_counters(xp.device, m, p.out_features), 0, a), 4, group_size, symmetric, dtype, shapes)
-
-
 def test_gemm_v3_variants_agree_and_repeat(kernels):
     """Every variant gives the float64 result, and a variant gives the same bits twice (the cluster
     reduction sums partials in a fixed order)."""

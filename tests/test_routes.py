@@ -163,15 +163,14 @@ def test_measured_schedules_are_valid():
                                         route["token_tile"])
                 assert route["split"] >= -1
             else:
-                assert route in ("wo_gemm", "wo_resident", "wo_resident-p", "dequant") and (route != "wo_gemm" or m <= 64)
-                assert not route.startswith("wo_resident") or (bits == 4 and 16 < m <= 256)
-    from qtool_kernels import block_mm, w8_gemm
+                assert route in ("wo_gemm", "dequant") and (route != "wo_gemm" or m <= 64)
+    from qtool_kernels import block_mm
 
     for (codes, k, n), cells in tuning.W8A8.items():
         assert codes in ("fp8", "int8", "fp8-block") and k % 16 == 0 and n % 8 == 0
         for m, route in cells.items():
             names = block_mm.CONFIGS if codes == "fp8-block" else scaled_mm.SM90_CONFIGS
-            assert route in names or route in ("gemv", "cublas") or route in w8_gemm.VARIANTS
+            assert route in names or route in ("gemv", "cublas")
             assert route != "gemv" or m <= scaled_mm.W8_GEMV_KERNEL_MAX_M
             assert route != "cublas" or codes != "int8"
 

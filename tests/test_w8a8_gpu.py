@@ -13,7 +13,6 @@ import torch
 
 from conftest import poison_cache, rel_err
 from qtool_kernels import block_mm, reference, scaled_mm, sm90
-from qtool_kernels.w8_gemm import w8_gemm
 from quantize.linear import QuantLinear
 from quantize.primitives import quantize_weight
 from quantize.scheme import preset
@@ -122,47 +121,6 @@ def test_w8_gemv_decodes_every_code_exactly(kernels, dtype, fmt):
     y = scaled_mm._w8_gemv(x, w, torch.ones(n, 1, device="cuda"), None, 0, 0)
     want = w.float()[:, cols].T.to(dtype)
     assert y is not None and torch.equal(y.float(), want.float()), fmt  # -0 sums to +0: compared as values
-
-
-@pytest.mark.parametrize("variant", [0, 1, 2])
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("fmt", ["int8", "e4m3", "e5m2"])
-@pytest.mark.parametrize("m", [17, 64, 100, 256])
-@pytest.mark.parametrize("n, k, splits", [(4096, 4096, 0), (1000, 2064, 0), (1536, 576, 1), (200, 4096, 3),
-                                          (4096, 1024, 5), (300, 14336, 0)])
-def test_w8_gemm(kernels, variant, dtype, fmt, m, n, k, splits):
-    """w8_gemm (both variants) against float64 at every code format, ragged n (1000, 200, 300) and k (2064: a last
-    stage of 16 columns; 576), one split and several (14336: the resident variant needs >= 19); run twice, since
-    the split counters must be left zero for the next call."""
-    g = torch.Generator(device="cuda").manual_seed(m + n + k + splits)
-    w = weight_codes(fmt, n, k, g)
-    scale = torch.rand(n, 1, device="cuda", generator=g) / 100 + 1e-3
-    x = torch.randn(m, k, device="cuda", generator=g).to(dtype)
-    bias = torch.randn(n, device="cuda", generator=g)
-    want = x.double() @ (w.double() * scale.double()).T + bias.double()
-    for _ in range(2):
-        poison_cache()
-        y = w8_gemm(x, w, scale, bias, splits, variant)
-        assert y is not None and y.dtype == dtype and y.shape == (m, n)
-        assert rel_err(y, want) < 1e-2
-
-
-@pytest.mark.parametrize("variant", [0, 1, 2])
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("m", [17, 100])
-@pytest.mark.parametrize("n, k", [(4096, 4096), (1000, 2176), (300, 14336)])
-def test_w8_gemm_block_scales(kernels, variant, dtype, m, n, k):
-    """w8_gemm with fp8-block's 128 x 128 weight scales (applied to the decoded codes in x's dtype: one rounding per
-    weight, ~2^-9 relative) against float64, ragged n and k (2176 = 17 blocks)."""
-    g = torch.Generator(device="cuda").manual_seed(m + n + k + 7)
-    w = weight_codes("e4m3", n, k, g)
-    scale = torch.rand(-(-n // 128), -(-k // 128), device="cuda", generator=g) / 100 + 1e-3
-    dense = w.double() * scale.double().repeat_interleave(128, 0)[:n].repeat_interleave(128, 1)[:, :k]
-    x = torch.randn(m, k, device="cuda", generator=g).to(dtype)
-    poison_cache()
-    y = w8_gemm(x, w, scale, None, 0, variant, blocked=True)
-    assert y is not None and y.shape == (m, n)
-    assert rel_err(y, x.double() @ dense.T) < 1e-2
 
 
 def test_sm90_gemm_loads_on_hopper():

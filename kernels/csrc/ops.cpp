@@ -2,7 +2,6 @@
 //   torch.ops.qtool_cuda.wo_gemv      tensor-core GEMV, 1 <= m <= 8, or 32 with variant 3 (2-, 3-, 4-, 8-bit)
 //   torch.ops.qtool_cuda.wo_gemm      tensor-core GEMM, any m (best for small to moderate m)
 //   torch.ops.qtool_cuda.wo_gemm_v3   tensor-core GEMM for small m (5..64), deep weight stream, sm_90 clusters
-//   torch.ops.qtool_cuda.wo_resident  4-bit GEMM for 17-256 tokens, activations resident in shared memory (unmeasured)
 //   torch.ops.qtool_cuda.dequant_int  dense [n, k_padded] weight for cuBLAS at large m (2-, 3-, 4-, 8-bit)
 // All take the repacked layout of kernels/layout.py; qtool::weight_only_linear (declared in Python)
 // dispatches to them by m. Every check names the tensor and the shape it got.
@@ -194,44 +193,6 @@ at::Tensor wo_gemm_v3(const at::Tensor& x, const at::Tensor& qweight, const at::
   return y;
 }
 
-// wo_resident.cu: 4-bit weights with groups of >= 64 (or per row) at 17-256 tokens; counters: int32 zeros on x's
-// device, at least as many as the problem has tiles, which the kernel leaves zero. splits: 0 by the kernel's rule.
-// prefetch_stages: the weights that many 128-k stages ahead are prefetched into L2 (0: none).
-at::Tensor wo_resident(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scale,
-                       const std::optional<at::Tensor>& zero, const std::optional<at::Tensor>& bias, int64_t num_bits,
-                       int64_t group_size, int64_t out_features, const at::Tensor& counters, int64_t splits,
-                       int64_t prefetch_stages) {
-  TORCH_CHECK(prefetch_stages >= 0 && prefetch_stages <= 16, "wo_resident: prefetch_stages must be 0..16, got ",
-              prefetch_stages);
-  TORCH_CHECK(num_bits == 4 && (group_size <= 0 || group_size >= 64), "wo_resident: takes 4-bit weights with groups "
-              "of >= 64 or one per row, got num_bits=", num_bits, ", group_size=", group_size);
-  const PackedWeightView w = check_weight("wo_resident", qweight, scale, zero, num_bits, group_size, out_features);
-  at::Tensor bias_f32;
-  WoProblem p = make_problem("wo_resident", x, w, qweight, bias, bias_f32, "none");
-  const int tiles = wo_resident_tiles(p);
-  TORCH_CHECK(counters.device() == x.device() && counters.scalar_type() == at::kInt && counters.is_contiguous() &&
-                  counters.numel() >= tiles,
-              "wo_resident: counters must be contiguous int32 zeros on ", x.device(), " with at least ", tiles,
-              " values, got ", counters.sizes(), " ", counters.scalar_type());
-  at::Tensor y = at::empty({x.size(0), out_features}, x.options());
-  if (p.m == 0) return y;
-  const c10::cuda::CUDAGuard guard(x.device());
-  int num_sms = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, x.device().index()));
-  const int k_split = wo_resident_k_split(p, num_sms, static_cast<int>(splits));
-  const int64_t split_count = (w.k_padded + k_split - 1) / k_split;
-  at::Tensor workspace;
-  if (split_count > 1) {
-    workspace = at::empty({split_count, x.size(0), out_features}, x.options().dtype(at::kFloat));
-    p.workspace = workspace.data_ptr<float>();
-  }
-  p.y = y.data_ptr();
-  launch_wo_resident(p, k_split, counters.data_ptr<int>(), static_cast<int>(prefetch_stages),
-                     c10::cuda::getCurrentCUDAStream());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return y;
-}
-
 at::Tensor dequant_int(const at::Tensor& qweight, const at::Tensor& scale, const std::optional<at::Tensor>& zero,
                        int64_t num_bits, int64_t group_size, int64_t out_features, at::ScalarType dtype) {
   const PackedWeightView w = check_weight("dequant_int", qweight, scale, zero, num_bits, group_size, out_features);
@@ -271,9 +232,6 @@ TORCH_LIBRARY(qtool_cuda, m) {
       "wo_gemm_v3(Tensor x, Tensor qweight, Tensor scale, Tensor? zero, Tensor? bias, int num_bits, int group_size, "
       "int out_features, str activation, int variant=0) -> Tensor");
   m.def(
-      "wo_resident(Tensor x, Tensor qweight, Tensor scale, Tensor? zero, Tensor? bias, int num_bits, int group_size, "
-      "int out_features, Tensor counters, int splits=0, int prefetch_stages=0) -> Tensor");
-  m.def(
       "dequant_int(Tensor qweight, Tensor scale, Tensor? zero, int num_bits, int group_size, int out_features, "
       "ScalarType dtype) -> Tensor");
   m.def("silu_mul(Tensor x, int pdl=0) -> Tensor");  // the gated MLP's silu(gate) * up: mlp.h
@@ -283,7 +241,6 @@ TORCH_LIBRARY_IMPL(qtool_cuda, CUDA, m) {
   m.impl("wo_gemv", &qtool::wo_gemv);
   m.impl("wo_gemm", &qtool::wo_gemm);
   m.impl("wo_gemm_v3", &qtool::wo_gemm_v3);
-  m.impl("wo_resident", &qtool::wo_resident);
   m.impl("dequant_int", &qtool::dequant_int);
   m.impl("silu_mul", &qtool::silu_mul);
 }

@@ -1,7 +1,6 @@
 // PyTorch bindings of the 8-bit kernels, in the `qtool_cuda` namespace (kernels/scaled_mm.py calls them):
 //   torch.ops.qtool_cuda.act_quant  fused per-token / per-tensor / 1 x g activation quantization
 //   torch.ops.qtool_cuda.w8_gemv    8-bit weights [n, k] x 16-bit activations, m <= 32
-//   torch.ops.qtool_cuda.w8_gemm    the same past 16 tokens, per-channel scales (unmeasured: no route takes it)
 //   torch.ops.qtool_cuda.sm90_scaled_mm  W8A8 GEMM with per-token x per-channel scales on Hopper, from
 //                                   libqtool_sm90 (kernels/sm90.py loads it; looked up here by name)
 // Every check names the tensor and the shape it got.
@@ -143,56 +142,6 @@ at::Tensor w8_gemv(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s
   return y;
 }
 
-// y [m, n] = x [m, k] @ (w [n, k] * scale[n])^T + bias for any m (made for 17-256 tokens, w8_gemm.cu); counters:
-// int32 zeros on x's device, at least w8_gemm_tiles(m, n) of them, which the kernel leaves zero. splits: 0 by the
-// kernel's rule, else about that many k splits. variant: 0 staged activations, 1 resident (w8_gemm.cu). blocked: scale
-// holds 128 x 128 block scales [ceil(n / 128), ceil(k / 128)] (fp8-block) instead of one per channel.
-at::Tensor w8_gemm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale,
-                   const std::optional<at::Tensor>& bias, const at::Tensor& counters, int64_t splits,
-                   int64_t variant, int64_t blocked) {
-  TORCH_CHECK(variant >= 0 && variant <= 2, "w8_gemm: variant must be 0 (staged), 1 (resident) or 2 (resident with "
-              "L2 prefetches), got ", variant);
-  const ScalarKind kind = activation_kind(x, "w8_gemm");
-  const CodeFormat format = weight_format(w.scalar_type());
-  TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.is_contiguous() && reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0,
-              "w8_gemm: x must be a contiguous, 16-byte aligned CUDA [m, k] tensor, got ", x.sizes(), " on ", x.device());
-  const int64_t m = x.size(0), k = x.size(1), n = w.size(0);
-  TORCH_CHECK(w.device() == x.device() && w.dim() == 2 && w.size(1) == k && w.is_contiguous() && k % 16 == 0 &&
-                  reinterpret_cast<uintptr_t>(w.data_ptr()) % 16 == 0,
-              "w8_gemm: w must be a contiguous, 16-byte aligned [n, k=", k, "] tensor with k % 16 == 0 on ",
-              x.device(), ", got ", w.sizes(), " on ", w.device());
-  const int64_t scales = blocked ? ((n + 127) / 128) * ((k + 127) / 128) : n;
-  TORCH_CHECK(scale.device() == x.device() && scale.scalar_type() == at::kFloat && scale.is_contiguous() &&
-                  scale.numel() == scales,
-              "w8_gemm: scale must be contiguous float32 with ", blocked ? "one value per 128 x 128 block (" :
-              "one value per output channel (", scales, ") on ", x.device(), ", got ", scale.sizes(), " ",
-              scale.scalar_type(), " on ", scale.device());
-  const int tiles = w8_gemm_tiles(static_cast<int>(m), static_cast<int>(n));
-  TORCH_CHECK(counters.device() == x.device() && counters.scalar_type() == at::kInt && counters.is_contiguous() &&
-                  counters.numel() >= tiles,
-              "w8_gemm: counters must be contiguous int32 zeros on ", x.device(), " with at least ", tiles,
-              " values, got ", counters.sizes(), " ", counters.scalar_type());
-  const at::Tensor bias_f32 = float_bias(bias, n, x.device(), "w8_gemm");
-  const c10::cuda::CUDAGuard guard(x.device());
-  at::Tensor y = at::empty({m, n}, x.options());
-  if (m == 0 || n == 0) return y;
-  int sms = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, x.get_device()));
-  const int k_split = w8_gemm_k_split(static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), sms,
-                                      static_cast<int>(splits), static_cast<int>(variant));
-  const int split_count = static_cast<int>((k + k_split - 1) / k_split);  // the grid's
-  at::Tensor workspace;
-  if (split_count > 1) workspace = at::empty({split_count, m, n}, x.options().dtype(at::kFloat));
-  W8GemmProblem p{x.data_ptr(), static_cast<const uint8_t*>(w.data_ptr()), scale.data_ptr<float>(),
-                  bias_f32.defined() ? bias_f32.data_ptr<float>() : nullptr, y.data_ptr(), static_cast<int>(m),
-                  static_cast<int>(n), static_cast<int>(k), k_split,
-                  split_count > 1 ? workspace.data_ptr<float>() : nullptr, counters.data_ptr<int>(), kind, format,
-                  static_cast<int>(variant), blocked != 0, variant == 2 ? kW8GemmPrefetchStages : 0};
-  launch_w8_gemm(p, c10::cuda::getCurrentCUDAStream());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return y;
-}
-
 // The entry points of libqtool_sm90 once Python has loaded it with RTLD_GLOBAL; null before.
 template <typename Fn>
 Fn sm90_symbol(const char* name) {
@@ -246,14 +195,11 @@ TORCH_LIBRARY_FRAGMENT(qtool_cuda, m) {
   m.def("act_quant(Tensor x, str fmt, int group_size, Tensor? static_scale) -> (Tensor, Tensor)");
   m.def("w8_gemv(Tensor x, Tensor w, Tensor scale, Tensor? bias, int block_n, int block_k, int pdl=0, Tensor? prefetch=None, "
         "int swiglu=0) -> Tensor");
-  m.def("w8_gemm(Tensor x, Tensor w, Tensor scale, Tensor? bias, Tensor counters, int splits=0, int variant=0, "
-        "int blocked=0) -> Tensor");
   m.def("sm90_scaled_mm(Tensor a, Tensor b, Tensor a_scale, Tensor b_scale, Tensor? bias, ScalarType out_dtype, int config=0) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(qtool_cuda, CUDA, m) {
   m.impl("act_quant", &qtool::act_quant);
   m.impl("w8_gemv", &qtool::w8_gemv);
-  m.impl("w8_gemm", &qtool::w8_gemm);
   m.impl("sm90_scaled_mm", &qtool::sm90_scaled_mm);
 }

@@ -1,5 +1,5 @@
-// Decoding 8-bit weight codes (int8, FP8 E4M3 / E5M2) to pairs of 16-bit values for mma.sync, shared by the
-// row-major 8-bit kernels: w8_gemv.cu (m <= 32) and w8_gemm.cu (17-256 tokens).
+// Decoding 8-bit weight codes (int8, FP8 E4M3 / E5M2) to pairs of 16-bit values for mma.sync, for the row-major
+// 8-bit kernel w8_gemv.cu (m <= 32).
 #pragma once
 
 #include <cuda_bf16.h>

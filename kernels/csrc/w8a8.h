@@ -56,35 +56,4 @@ struct W8GemvProblem {
 
 void launch_w8_gemv(const W8GemvProblem& p, cudaStream_t stream);
 
-// The same product for 17-256 tokens (w8_gemm.cu), per-channel scales: blocks of 64 weight rows x 64 tokens with
-// the activations shared through shared memory, k split over grid.y where the tiles alone leave SMs idle.
-struct W8GemmProblem {
-  const void* x;       // [m, k] fp16/bf16, contiguous, 16-byte aligned
-  const uint8_t* w;    // [n, k] codes, contiguous, 16-byte aligned; k % 16 == 0
-  const float* scale;  // [n], or [ceil(n / 128), ceil(k / 128)] for 128 x 128 blocks (blocked)
-  const float* bias;   // [n] float32 or nullptr
-  void* y;             // [m, n] in x's dtype
-  int m, n, k;
-  int k_split;         // k per split, a multiple of 128 (w8_gemm_k_split); splits = ceil(k / k_split)
-  float* workspace;    // [splits, m, n] float32 partial sums when splits > 1 (no initial value needed)
-  int* counters;       // [w8_gemm_tiles(m, n)] int32, zero on entry and left zero: one call on them at a time
-  ScalarKind dtype;
-  CodeFormat format;
-  int variant = 0;     // 0: activations staged in two buffers; 1: a split's activations resident (k_split <= 768);
-                       // 2: resident, the weights prefetched into L2 prefetch_stages stages ahead
-                       // (kW8GemmPrefetchStages)
-  bool blocked = false;  // 128 x 128 block scales (fp8-block), applied to the decoded codes
-  int prefetch_stages = 0;
-};
-
-// Variant 2's prefetch distance: 4 stages of 2 KB per warp, with the 2 KB in registers ~40 KB per SM in flight at
-// two blocks per SM (4.3 TB/s x ~1 us over 132 SMs wants ~33 KB).
-constexpr int kW8GemmPrefetchStages = 4;
-
-void launch_w8_gemm(const W8GemmProblem& p, cudaStream_t stream);
-int w8_gemm_tiles(int m, int n);  // output tiles (blocks per split)
-// k per split (a multiple of 128; the grid runs ceil(k / it) splits): by the kernel's rule, or about `wanted`
-// splits where wanted > 0, as k and the variant allow.
-int w8_gemm_k_split(int m, int n, int k, int sms, int wanted, int variant);
-
 }  // namespace qtool

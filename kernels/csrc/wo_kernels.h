@@ -117,14 +117,6 @@ void launch_wo_gemm(const WoProblem& p, int splits, cudaStream_t stream);
 // Returns the launch status.
 cudaError_t launch_wo_gemm_v3(const WoProblem& p, int variant, int num_sms, bool clusters, cudaStream_t stream);
 
-// 4-bit weights, groups >= 64 or per row, for 17-256 tokens (wo_resident.cu, tile_gemm.cuh): blocks of 64 rows x 64
-// tokens x k_split (a multiple of 128, at most 768: wo_resident_k_split; splits = ceil(k_padded / k_split)); when
-// split, p.workspace is [splits, m, n] float32 (no initial value) and counters [wo_resident_tiles(p)] int32 zeros,
-// left zero (one call on them at a time). prefetch_stages: how far ahead the weights are prefetched into L2 (0: not).
-int wo_resident_k_split(const WoProblem& p, int num_sms, int wanted);
-int wo_resident_tiles(const WoProblem& p);
-void launch_wo_resident(const WoProblem& p, int k_split, int* counters, int prefetch_stages, cudaStream_t stream);
-
 // Dequantize to a dense [n, k_padded] matrix of `dtype` (dequant.cu), for cuBLAS at large m.
 void launch_dequant(const PackedWeightView& w, ScalarKind dtype, void* out, cudaStream_t stream);
 
