@@ -35,7 +35,6 @@ GEMV_MAX_M = 8  # kMaxW1GemvTokens
 # 32 about 1.7, still far below the reference's unpack of the whole weight per call; above, the reference.
 CHUNKED_MAX_M = 32
 GEMM_PAD_N, GEMM_PAD_K = 256, 512  # kW1A1PadN, kW1A1PadK
-KERNEL_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def kernel_group_size(group_size: int) -> int:

@@ -115,6 +115,8 @@ def _register_fakes() -> None:
 
     def act_quant(x, fmt, group_size, static_scale):
         m, k = x.shape
+        if fmt == "int8x2":  # two planes per row (ops_w8a8.cpp)
+            return x.new_empty(2 * m, k, dtype=torch.int8), x.new_empty(2 * m, 1, dtype=torch.float32)
         codes = x.new_empty(m, k, dtype=torch.int8 if fmt == "int8" else getattr(
             torch, {"e4m3": "float8_e4m3fn", "e5m2": "float8_e5m2"}[fmt]))
         if group_size > 0 and static_scale is None:  # column-major, as ops_w8a8.cpp writes it

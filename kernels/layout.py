@@ -45,6 +45,7 @@ KERNEL_BITS = (2, 3, 4, 8)  # code widths the kernel layout stores natively
 LOW_BITS = (2, 3)  # 128-k chunks: 8 subtiles per lane, so at least 32 k per group (4 groups per chunk)
 # The raw ops keep a `str activation` epilogue argument in their C++ schema; qtool only ever passes this.
 EPILOGUE = "none"
+KERNEL_DTYPES = (torch.float16, torch.bfloat16)  # the activation dtypes every kernel takes
 
 
 class UnsupportedLayout(ValueError):

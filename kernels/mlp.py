@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 
 from . import build
+from .layout import KERNEL_DTYPES
 from .reference import silu_mul as reference_silu_mul  # x [..., 2I] -> [..., I]: silu(g) * u in float32
-from .weight_only import KERNEL_DTYPES
 
 # Under torch.compile the reference runs and Inductor makes one kernel of it (nothing around it fuses: the GEMVs on
 # either side are opaque ops). COMPILED_KERNEL runs the CUDA kernel there too, and PDL launches it as the twin that

@@ -96,6 +96,16 @@ def quantize_activation(
     return y.clamp(-top, top).to(FP8_DTYPES[fmt]), scale
 
 
+def split_activation(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """act_quant's "int8x2" of x [M, K]: codes [2M, K] int8 and scales [2M, 1], row r's two planes at r and M + r,
+    x = s * hi + (s / 255) * lo + e with |e| <= s / 510 (s = max|x| / 127.5 per row: e is ~2^-16 of max|x|)."""
+    hi, scale = quantize_activation(x, "int8", 0, None)
+    rest = x.float() - hi.float() * scale  # a product, then a difference: the kernel rounds both the same way
+    lo_scale = scale / 255.0
+    lo = torch.round(rest / lo_scale).clamp(-128, 127).to(torch.int8)
+    return torch.cat([hi, lo]), torch.cat([scale, lo_scale])
+
+
 def scaled_linear(
     xq: torch.Tensor,  # [M, K] int8 or fp8 codes
     x_scale: torch.Tensor,  # [M, 1] per token, [M, ceil(K/g)] per 1 x g group, or [1] per tensor

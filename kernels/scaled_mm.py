@@ -31,9 +31,9 @@ import torch.nn.functional as F
 
 from . import block_mm as block_mm_sm90
 from . import build, ops, reference, sm90, tuning
+from .layout import KERNEL_DTYPES
 from .mlp import silu_mul
 
-KERNEL_DTYPES = (torch.float16, torch.bfloat16)
 W8_GEMV_MAX_M = 16  # the rule outside the measured batches: w8_gemv up to 16 tokens
 W8_GEMV_KERNEL_MAX_M = 32  # what qtool_cuda::w8_gemv takes (w8a8.h, kMaxW8Tokens): a measured route may use it
 INT_MM_MIN_M = 17  # torch._int_mm on CUDA needs more than 16 rows

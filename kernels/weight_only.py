@@ -30,11 +30,14 @@ this module takes tensors and ints only.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
 from .layout import EPILOGUE, LOW_BITS, PackedWeight, takes_rows_shape
 from .mixed_mm import mixed_linear
+from .split_mm import split_linear
 from .tuning import fit, gemv_pdl, measured_route, plain_schedule
 
 # wo_gemv serves up to 8 tokens (csrc/wo_kernels.h, kMaxGemvTokens). 4 is the cut-off every recorded
@@ -58,7 +61,6 @@ SMALL_GEMM_MAX_M = 32
 V3_MIN_M = 17
 V3_MAX_M = 64
 V3_VARIANT = 3
-KERNEL_DTYPES = (torch.float16, torch.bfloat16)
 # wo_gemv's variant 3, "stream" (csrc/wo_stream.cu: x staged per warp in shared memory, 1-32 tokens) against the
 # ring GEMV (variants 0-2) and the routes past it, every width at 1-8 tokens on the H200 (session 15, BENCHMARKS.md):
 # - 1 token: the ring GEMV (W4 2.08-2.53x bf16, stream 1.85-2.15x). 16-32 tokens: the Hopper GEMMs.
@@ -105,6 +107,19 @@ GEMV_WIDE_MAX_N = 4096
 # H200 w8_gemv at 32 tokens took 12.4-148 us where the dequantized rows alone would move 7 bytes per weight), then
 # the rows dequantized + cuBLAS. W8_ROWS_MAX_M = 0 turns the layout off (every layer keeps the wo layout).
 W8_ROWS_MAX_M = 32
+# Past w8_gemv, (first, last) tokens: the two int8 planes of the activations on the int8 GEMM (split_mm.py), where
+# tuning.W8A8 has an int8 route for 2m tokens (SPLIT_MEASURED; False: any GEMM that takes the shapes, for tests).
+# QTOOL_ROWS_SPLIT="FIRST,LAST" (read at import) sets it for one process: the A/B of benchmarks/bench_kernels.py.
+def _split_setting(raw: str) -> tuple[int, int]:
+    try:
+        first, last = (int(v) for v in raw.split(","))
+    except ValueError:
+        raise ValueError(f"QTOOL_ROWS_SPLIT must be 'FIRST,LAST' (two integers), got {raw!r}") from None
+    return first, last
+
+
+SPLIT_M = _split_setting(os.environ.get("QTOOL_ROWS_SPLIT", "0,0"))
+SPLIT_MEASURED = True
 ROWS_SLICES = 2
 ROWS_MID_WEIGHT = 8192 * 8192
 ROWS_SMALL_WEIGHT = 4096 * 6144
@@ -240,6 +255,8 @@ def _rows_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, k
     m = x2.shape[0]
     if rows_gemv(w, m, x2.dtype):
         return kernels.w8_gemv(x2, w.rows, w.scale.view(-1), bias, 0, 0, int(gemv_pdl(m, *w.rows.shape)), prefetch)
+    if SPLIT_M[0] <= m <= SPLIT_M[1] and (y := split_linear(x2, w.rows, w.scale, bias, SPLIT_MEASURED)) is not None:
+        return y
     if (y := _copy_linear(x2, w, bias)) is not None:
         return y
     if m <= ROWS_SLICES * W8_ROWS_MAX_M:  # no Hopper copy (fp16, before sm_90): w8_gemv per slice of tokens

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 # ops declares torch.ops.qtool.*; scaled_mm registers qtool::scaled_linear's CUDA implementation.
 from qtool_kernels import binary, build, mixed_mm, ops, scaled_mm  # noqa: F401
 from qtool_kernels.layout import (
+    KERNEL_DTYPES,
     LOW_BITS,
     PackedWeight,
     UnsupportedLayout,
@@ -32,7 +33,7 @@ from qtool_kernels.layout import (
     unpack_codes,
 )
 from qtool_kernels.mlp import silu_mul
-from qtool_kernels.weight_only import KERNEL_DTYPES, packed_linear, takes_rows
+from qtool_kernels.weight_only import packed_linear, takes_rows
 
 from .primitives import QTensor, dequantize, pack_factor, pack_int, scale_shape, unpack_int
 from .scheme import QuantScheme, Strategy
@@ -351,7 +352,7 @@ def binary_cuda_linear(layer: QuantLinear, x: torch.Tensor) -> torch.Tensor | No
     """A 1-bit layer's forward on the CUDA kernels: W1A1 at any m (binarize + b1 GEMM), W1A16 at
     m <= binary.CHUNKED_MAX_M (the GEMV, 8 tokens per call); None where they do not serve (larger m for
     W1A16, float32 x, x needing a gradient)."""
-    if x.dtype not in binary.KERNEL_DTYPES or (x.requires_grad and torch.is_grad_enabled()):
+    if x.dtype not in KERNEL_DTYPES or (x.requires_grad and torch.is_grad_enabled()):
         return None
     x2 = x.reshape(-1, layer.in_features)
     w1a1 = layer.scheme.input_activations is not None

@@ -12,6 +12,7 @@
 //                        hits L2 while the rows in flight fit in it: at K = 28672, 8 rows per SM are 60 MB,
 //                        the H200's whole L2, and that path streamed 2.0 TB/s where K = 4096 streamed 2.6).
 //   1 x g groups         g / 8 consecutive lanes own one group, 8 elements each: one pass, registers only
+//   split (int8x2)       per token, two int8 planes of each row (w8a8.h): the held-row kernel, k <= kMaxSplitK
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
@@ -71,11 +72,8 @@ __device__ inline void load_vec(const T* row, int col, int k, float (&v)[kVec]) 
   }
 }
 
-template <CodeFormat F, bool Vector>
-__device__ inline void store_codes(uint8_t* row, int col, int k, const float (&v)[kVec], float scale) {
-  uint8_t c[kVec];
-#pragma unroll
-  for (int i = 0; i < kVec; ++i) c[i] = encode<F>(v[i] / scale);
+template <bool Vector>
+__device__ inline void store_packed(uint8_t* row, int col, int k, const uint8_t (&c)[kVec]) {
   if constexpr (Vector) {
     uint2 packed;
     packed.x = c[0] | (c[1] << 8) | (c[2] << 16) | (static_cast<uint32_t>(c[3]) << 24);
@@ -86,6 +84,30 @@ __device__ inline void store_codes(uint8_t* row, int col, int k, const float (&v
     for (int i = 0; i < kVec; ++i)
       if (col + i < k) row[col + i] = c[i];
   }
+}
+
+template <CodeFormat F, bool Vector>
+__device__ inline void store_codes(uint8_t* row, int col, int k, const float (&v)[kVec], float scale) {
+  uint8_t c[kVec];
+#pragma unroll
+  for (int i = 0; i < kVec; ++i) c[i] = encode<F>(v[i] / scale);
+  store_packed<Vector>(row, col, k, c);
+}
+
+// The two int8 planes of a split row (w8a8.h, ActQuantProblem::split): hi = codes of v / scale, lo = codes of the
+// residual v - hi * scale over lo_scale. The residual is rounded as the reference computes it (a product, then a
+// difference: no fused multiply-add), so the codes match it bit for bit.
+__device__ inline void store_split(uint8_t* hi_row, uint8_t* lo_row, int col, const float (&v)[kVec], float scale,
+                                   float lo_scale) {
+  uint8_t hi[kVec], lo[kVec];
+#pragma unroll
+  for (int i = 0; i < kVec; ++i) {
+    hi[i] = encode<CodeFormat::kInt8>(v[i] / scale);
+    const float rest = __fsub_rn(v[i], __fmul_rn(static_cast<float>(static_cast<int8_t>(hi[i])), scale));
+    lo[i] = encode<CodeFormat::kInt8>(rest / lo_scale);
+  }
+  store_packed<true>(hi_row, col, 0, hi);
+  store_packed<true>(lo_row, col, 0, lo);
 }
 
 __device__ inline float block_max(float v, float* shared) {  // shared: kRowThreads / 32 floats
@@ -163,8 +185,9 @@ __global__ void __launch_bounds__(kRowThreads) quantize_groups(ActQuantProblem p
 constexpr int kMaxHeldVecs = 16;  // 16-byte vectors per thread held in registers: 64 registers at most
 
 // quantize_rows for rows of at most HELD x kRowThreads x kVec elements (k % 8 == 0, 16-byte aligned): the row's
-// raw 16-byte vectors stay in registers between the max and the codes.
-template <typename T, CodeFormat F, int HELD>
+// raw 16-byte vectors stay in registers between the max and the codes. Split: int8's two planes (store_split), the
+// second scale scale / 255 (the residual is at most scale / 2 = 127.5 of it).
+template <typename T, CodeFormat F, int HELD, bool Split = false>
 __global__ void __launch_bounds__(kRowThreads) quantize_held_rows(ActQuantProblem p) {
   qtool::pdl_release();  // the GEMM after this waits for all of it; its launch need not
   __shared__ float partial[kRowThreads / 32];
@@ -190,7 +213,11 @@ __global__ void __launch_bounds__(kRowThreads) quantize_held_rows(ActQuantProble
     }
     scale = scale_from_amax<F>(block_max(amax, partial));
   }
-  if (threadIdx.x == 0) p.scale[row] = scale;
+  const float lo_scale = scale / 255.0f;
+  if (threadIdx.x == 0) {
+    p.scale[row] = scale;
+    if constexpr (Split) p.scale[p.m + row] = lo_scale;
+  }
 #pragma unroll
   for (int i = 0; i < HELD; ++i) {
     const int col = (threadIdx.x + i * kRowThreads) * kVec;
@@ -199,24 +226,35 @@ __global__ void __launch_bounds__(kRowThreads) quantize_held_rows(ActQuantProble
     float v[kVec];
 #pragma unroll
     for (int j = 0; j < kVec; ++j) v[j] = to_float(e[j]);
-    store_codes<F, true>(q, col, p.k, v, scale);
+    if constexpr (Split)
+      store_split(q, q + static_cast<long long>(p.m) * p.k, col, v, scale, lo_scale);
+    else
+      store_codes<F, true>(q, col, p.k, v, scale);
   }
 }
 
 // The held-row kernel for k elements: the smallest power-of-two count of vectors per thread that covers it.
-template <typename T, CodeFormat F>
+template <typename T, CodeFormat F, bool Split = false>
 bool launch_held_rows(const ActQuantProblem& p, cudaStream_t stream) {
+  static_assert(kMaxHeldVecs * kRowThreads * kVec == kMaxSplitK, "w8a8.h's kMaxSplitK is the held rows' limit");
   const int vecs = (p.k + kRowThreads * kVec - 1) / (kRowThreads * kVec);
-  if (vecs <= 1) return quantize_held_rows<T, F, 1><<<p.m, kRowThreads, 0, stream>>>(p), true;
-  if (vecs <= 2) return quantize_held_rows<T, F, 2><<<p.m, kRowThreads, 0, stream>>>(p), true;
-  if (vecs <= 4) return quantize_held_rows<T, F, 4><<<p.m, kRowThreads, 0, stream>>>(p), true;
-  if (vecs <= 8) return quantize_held_rows<T, F, 8><<<p.m, kRowThreads, 0, stream>>>(p), true;
-  if (vecs <= kMaxHeldVecs) return quantize_held_rows<T, F, kMaxHeldVecs><<<p.m, kRowThreads, 0, stream>>>(p), true;
+  if (vecs <= 1) return quantize_held_rows<T, F, 1, Split><<<p.m, kRowThreads, 0, stream>>>(p), true;
+  if (vecs <= 2) return quantize_held_rows<T, F, 2, Split><<<p.m, kRowThreads, 0, stream>>>(p), true;
+  if (vecs <= 4) return quantize_held_rows<T, F, 4, Split><<<p.m, kRowThreads, 0, stream>>>(p), true;
+  if (vecs <= 8) return quantize_held_rows<T, F, 8, Split><<<p.m, kRowThreads, 0, stream>>>(p), true;
+  if (vecs <= kMaxHeldVecs)
+    return quantize_held_rows<T, F, kMaxHeldVecs, Split><<<p.m, kRowThreads, 0, stream>>>(p), true;
   return false;
 }
 
 template <typename T, CodeFormat F>
 void launch_typed(const ActQuantProblem& p, cudaStream_t stream) {
+  if constexpr (F == CodeFormat::kInt8) {
+    if (p.split) {  // ops_w8a8.cpp checked k <= kMaxSplitK, k % 8 == 0 and aligned rows
+      launch_held_rows<T, F, true>(p, stream);
+      return;
+    }
+  }
   if (p.group_size == 0) {
     const bool vector = p.k % kVec == 0 && p.x_stride % kVec == 0 && reinterpret_cast<uintptr_t>(p.x) % 16 == 0;
     if (vector && launch_held_rows<T, F>(p, stream)) return;

@@ -32,7 +32,7 @@ std::pair<CodeFormat, at::ScalarType> parse_format(const std::string& fmt) {
   if (fmt == "int8") return {CodeFormat::kInt8, at::kChar};
   if (fmt == "e4m3") return {CodeFormat::kE4M3, at::kFloat8_e4m3fn};
   if (fmt == "e5m2") return {CodeFormat::kE5M2, at::kFloat8_e5m2};
-  TORCH_CHECK(false, "act_quant: fmt must be 'int8', 'e4m3' or 'e5m2', got '", fmt, "'");
+  TORCH_CHECK(false, "act_quant: fmt must be 'int8', 'int8x2', 'e4m3' or 'e5m2', got '", fmt, "'");
 }
 
 CodeFormat weight_format(at::ScalarType dtype) {
@@ -52,14 +52,22 @@ at::Tensor float_bias(const std::optional<at::Tensor>& bias, int64_t n, const at
 
 // Returns (codes [m, k], scale): scale [m, 1] per token and for a static scale (every row holds it: the
 // GEMM epilogue reads one scale per row), or [m, groups] column-major (stride (1, m), the layout
-// block-wise GEMMs read) for 1 x group_size groups.
+// block-wise GEMMs read) for 1 x group_size groups. fmt "int8x2": int8 codes [2m, k] and scales [2m, 1], row r's
+// two planes at r and m + r (w8a8.h, ActQuantProblem::split); per token only.
 std::tuple<at::Tensor, at::Tensor> act_quant(const at::Tensor& x, const std::string& fmt, int64_t group_size,
                                              const std::optional<at::Tensor>& static_scale) {
   const ScalarKind kind = activation_kind(x, "act_quant");
-  const auto [format, code_dtype] = parse_format(fmt);
+  const bool split = fmt == "int8x2";
+  const auto [format, code_dtype] = parse_format(split ? "int8" : fmt);
   TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.stride(1) == 1, "act_quant: x must be a CUDA [m, k] tensor with "
               "contiguous rows, got ", x.sizes(), " strides ", x.strides(), " on ", x.device());
   const int64_t m = x.size(0), k = x.size(1);
+  TORCH_CHECK(!split || (group_size <= 0 && !static_scale.has_value() && k <= kMaxSplitK && k % 8 == 0 &&
+                         x.stride(0) % 8 == 0 && reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0),
+              "act_quant: int8x2 is per token and needs k <= ", kMaxSplitK, ", k % 8 == 0 and 16-byte aligned rows; "
+              "got group_size=", group_size, ", static_scale ", static_scale.has_value(), ", x ", x.sizes(),
+              " strides ", x.strides());
+  const int64_t planes = split ? 2 : 1;
   const bool groups = group_size > 0 && !static_scale.has_value();
   if (groups) {
     TORCH_CHECK(group_size >= 8 && group_size <= 256 && (group_size & (group_size - 1)) == 0 && k % 8 == 0 &&
@@ -68,7 +76,7 @@ std::tuple<at::Tensor, at::Tensor> act_quant(const at::Tensor& x, const std::str
                 "got group_size=", group_size, ", x ", x.sizes(), " strides ", x.strides());
   }
   const c10::cuda::CUDAGuard guard(x.device());
-  at::Tensor q = at::empty({m, k}, x.options().dtype(code_dtype));
+  at::Tensor q = at::empty({planes * m, k}, x.options().dtype(code_dtype));
   at::Tensor scale, static_f32;
   ActQuantProblem p{x.data_ptr(), x.stride(0), q.data_ptr(), nullptr, 0, 0, nullptr, static_cast<int>(m),
                     static_cast<int>(k), groups ? static_cast<int>(group_size) : 0, kind, format};
@@ -86,9 +94,10 @@ std::tuple<at::Tensor, at::Tensor> act_quant(const at::Tensor& x, const std::str
     p.s_row = 1;
     p.s_col = m;
   } else {
-    scale = at::empty({m, 1}, x.options().dtype(at::kFloat));
+    scale = at::empty({planes * m, 1}, x.options().dtype(at::kFloat));
     p.scale = scale.data_ptr<float>();
   }
+  p.split = split;
   launch_act_quant(p, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {q, scale};

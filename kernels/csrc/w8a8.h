@@ -25,7 +25,12 @@ struct ActQuantProblem {
   int group_size;  // 0: one scale per token (or the static one); else 1 x group_size groups (8..256, 2^i)
   ScalarKind dtype;
   CodeFormat format;
+  // int8 per token only (kMaxSplitK): x = scale[r] * q[r] + scale[m + r] * q[m + r] + e, |e| <= scale[m + r] / 2,
+  // codes [2m, k] and scales [2m]: the two planes of 16-bit activations on the int8 GEMM (kernels/split_mm.py)
+  bool split = false;
 };
+
+constexpr int kMaxSplitK = 32768;  // act_quant.cu's held rows: kMaxHeldVecs x 256 threads x 8 elements
 
 void launch_act_quant(const ActQuantProblem& p, cudaStream_t stream);
 
