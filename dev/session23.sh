@@ -21,15 +21,15 @@ step "host: $(nproc) cores, $(lscpu | sed -n "s/^Model name: *//p")"
 
 split() {
   step "W8A16 through two int8 planes: tests, then the layer with the route off / on"
-  timeout -k 15 200 python3 -m pytest -q -m gpu tests/test_split_mm.py tests/test_w8a8_gpu.py -k "split or int8x2 or act_quant" \
-    --tb=short -x > "$OUT/split_tests.txt" 2>&1
+  timeout -k 15 200 python3 -m pytest -q -m gpu tests/test_split_mm.py tests/test_w8a8_gpu.py tests/test_kernels_gpu.py -k "split or int8x2 or act_quant or rows" \
+    --tb=short > "$OUT/split_tests.txt" 2>&1
   summarize "$OUT/split_tests.txt"
-  for setting in 0,0 1,8192; do
+  for setting in ${SPLIT_SETTINGS:-0,0,0 1,8192,1099511627776}; do
     step "W8A16 at 17-512 tokens, QTOOL_ROWS_SPLIT=$setting"
     QTOOL_ROWS_SPLIT=$setting timeout -k 15 "${SPLIT_TIMEOUT:-170}" python3 benchmarks/bench_kernels.py \
-      --formats w8a16-channel --tokens 17,32,64,128,256,512 \
-      --shapes 4096x4096,4096x14336,14336x4096,8192x8192,8192x28672,28672x8192 \
-      --json "$OUT/split_$setting.json" 2>&1 | tail -40
+      --formats w8a16-channel --tokens ${SPLIT_TOKENS:-17,32,64,128,256,512} \
+      --shapes ${SPLIT_SHAPES:-4096x4096,4096x14336,14336x4096,8192x8192,8192x28672,28672x8192} \
+      --json "$OUT/split_${setting//,/_}.json" 2>&1 | tail -40
   done
 }
 silub() {

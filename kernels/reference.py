@@ -101,7 +101,7 @@ def split_activation(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     x = s * hi + (s / 255) * lo + e with |e| <= s / 510 (s = max|x| / 127.5 per row: e is ~2^-16 of max|x|)."""
     hi, scale = quantize_activation(x, "int8", 0, None)
     rest = x.float() - hi.float() * scale  # a product, then a difference: the kernel rounds both the same way
-    lo_scale = scale / 255.0
+    lo_scale = scale / torch.full_like(scale, 255.0)  # a true division: torch divides by a scalar as a product
     lo = torch.round(rest / lo_scale).clamp(-128, 127).to(torch.int8)
     return torch.cat([hi, lo]), torch.cat([scale, lo_scale])
 

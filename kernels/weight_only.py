@@ -107,18 +107,22 @@ GEMV_WIDE_MAX_N = 4096
 # H200 w8_gemv at 32 tokens took 12.4-148 us where the dequantized rows alone would move 7 bytes per weight), then
 # the rows dequantized + cuBLAS. W8_ROWS_MAX_M = 0 turns the layout off (every layer keeps the wo layout).
 W8_ROWS_MAX_M = 32
-# Past w8_gemv, (first, last) tokens: the two int8 planes of the activations on the int8 GEMM (split_mm.py), where
-# tuning.W8A8 has an int8 route for 2m tokens (SPLIT_MEASURED; False: any GEMM that takes the shapes, for tests).
-# QTOOL_ROWS_SPLIT="FIRST,LAST" (read at import) sets it for one process: the A/B of benchmarks/bench_kernels.py.
-def _split_setting(raw: str) -> tuple[int, int]:
+# Past w8_gemv: the two int8 planes of the activations on the int8 GEMM (split_mm.py) at SPLIT = (first, last) tokens
+# on weights of at most max_weight elements, where tuning.W8A8 has an int8 route for 2m tokens (SPLIT_MEASURED; False:
+# any GEMM that takes the shapes, for tests). Session 23 (H200, graph replay, `dev/session23.sh split`: the route
+# forced at 17-512 tokens on six shapes against the Hopper copy's routes, bf16 in the same process): 4096 x 4096 at
+# 64 / 128 / 256 tokens 18.6 / 20.5 / 24.6 -> 15.5 / 17.6 / 23.6 us (bf16 12.1 / 14.0 / 17.5); slower on every larger
+# weight, where the mixed-input GEMM already ran 1.0-1.5x bf16 at 64 tokens (8192 x 8192: 31.3 -> 33.9 us), and at
+# 512 tokens everywhere. QTOOL_ROWS_SPLIT="FIRST,LAST,MAX_WEIGHT" (read at import) sets it for one process (A/Bs).
+def _split_setting(raw: str) -> tuple[int, int, int]:
     try:
-        first, last = (int(v) for v in raw.split(","))
+        first, last, max_weight = (int(v) for v in raw.split(","))
     except ValueError:
-        raise ValueError(f"QTOOL_ROWS_SPLIT must be 'FIRST,LAST' (two integers), got {raw!r}") from None
-    return first, last
+        raise ValueError(f"QTOOL_ROWS_SPLIT must be 'FIRST,LAST,MAX_WEIGHT' (three integers), got {raw!r}") from None
+    return first, last, max_weight
 
 
-SPLIT_M = _split_setting(os.environ.get("QTOOL_ROWS_SPLIT", "0,0"))
+SPLIT = _split_setting(os.environ.get("QTOOL_ROWS_SPLIT", f"33,256,{4096 * 4096}"))
 SPLIT_MEASURED = True
 ROWS_SLICES = 2
 ROWS_MID_WEIGHT = 8192 * 8192
@@ -255,7 +259,9 @@ def _rows_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, k
     m = x2.shape[0]
     if rows_gemv(w, m, x2.dtype):
         return kernels.w8_gemv(x2, w.rows, w.scale.view(-1), bias, 0, 0, int(gemv_pdl(m, *w.rows.shape)), prefetch)
-    if SPLIT_M[0] <= m <= SPLIT_M[1] and (y := split_linear(x2, w.rows, w.scale, bias, SPLIT_MEASURED)) is not None:
+    first, last, max_weight = SPLIT
+    if (first <= m <= last and w.out_features * w.k_padded <= max_weight
+            and (y := split_linear(x2, w.rows, w.scale, bias, SPLIT_MEASURED)) is not None):
         return y
     if (y := _copy_linear(x2, w, bias)) is not None:
         return y
