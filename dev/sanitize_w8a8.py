@@ -1,4 +1,4 @@
-"""Small calls of every W8A8 kernel (act_quant, w8_gemv, every libqtool_sm90 configuration),
+"""Small calls of every W8A8 kernel (act_quant with its int8x2 planes, w8_gemv, every libqtool_sm90 configuration),
 for compute-sanitizer (dev/w8a8_session.sh sanitize, dev/session23.sh sanitize): ragged k and n,
 static and dynamic scales, 1 to 300 tokens. Exits non-zero if an output differs from the reference."""
 
@@ -18,6 +18,10 @@ for m in (1, 5, 16, 17, 300):
                 q, s = ops.act_quant(x, fmt, group, None)
                 rq, rs = reference.quantize_activation(x, fmt, group, None)
                 assert torch.equal(q.view(torch.uint8), rq.view(torch.uint8)), (m, k, fmt, group)
+            if fmt == "int8":  # the two planes of W8A16's split route (kernels/split_mm.py)
+                q, s = ops.act_quant(x, "int8x2", 0, None)
+                rq, rs = reference.split_activation(x)
+                assert torch.equal(q, rq) and torch.equal(s, rs), (m, k)
             w = (torch.randn(n, k, device="cuda") * 30).clamp(-127, 127).to(wdtype)
             ws = torch.rand(n, 1, device="cuda") / 100
             want = x.double() @ (w.double() * ws.double()).T

@@ -45,7 +45,7 @@ w8a8table() {
   echo "exit $?"; tail -60 /tmp/w8a8_table.txt
 }
 sanitize() {  # issue 18's "compute-sanitizer clean", with the ping-pong tiles
-  for tool in memcheck racecheck; do
+  for tool in ${SAN_TOOLS:-memcheck racecheck}; do
     step "compute-sanitizer $tool"
     timeout -k 10 "${SAN_TIMEOUT:-200}" compute-sanitizer --tool $tool --error-exitcode 3 python3 dev/sanitize_w8a8.py 2>&1 | tail -4
   done

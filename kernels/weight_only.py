@@ -113,7 +113,9 @@ W8_ROWS_MAX_M = 32
 # forced at 17-512 tokens on six shapes against the Hopper copy's routes, bf16 in the same process): 4096 x 4096 at
 # 64 / 128 / 256 tokens 18.6 / 20.5 / 24.6 -> 15.5 / 17.6 / 23.6 us (bf16 12.1 / 14.0 / 17.5); slower on every larger
 # weight, where the mixed-input GEMM already ran 1.0-1.5x bf16 at 64 tokens (8192 x 8192: 31.3 -> 33.9 us), and at
-# 512 tokens everywhere. QTOOL_ROWS_SPLIT="FIRST,LAST,MAX_WEIGHT" (read at import) sets it for one process (A/Bs).
+# 512 tokens everywhere. Call 4 (33-256 tokens): 4096 x 6144 20.6 / 20.4 / 24.2 / 31.0 -> 20.4 / 18.3 / 21.9 / 30.2
+# us at 33 / 64 / 128 / 256 (bf16 16.0-21.4), 4096 x 4096 again 18.6 / 20.2 -> 15.8 / 17.7 at 64 / 128.
+# QTOOL_ROWS_SPLIT="FIRST,LAST,MAX_WEIGHT" (read at import) sets it for one process (A/Bs).
 def _split_setting(raw: str) -> tuple[int, int, int]:
     try:
         first, last, max_weight = (int(v) for v in raw.split(","))
@@ -122,7 +124,7 @@ def _split_setting(raw: str) -> tuple[int, int, int]:
     return first, last, max_weight
 
 
-SPLIT = _split_setting(os.environ.get("QTOOL_ROWS_SPLIT", f"33,256,{4096 * 4096}"))
+SPLIT = _split_setting(os.environ.get("QTOOL_ROWS_SPLIT", f"33,256,{4096 * 6144}"))
 SPLIT_MEASURED = True
 ROWS_SLICES = 2
 ROWS_MID_WEIGHT = 8192 * 8192
