@@ -29,14 +29,15 @@ for m in (1, 5, 16, 17, 300):
                 got = scaled_mm._w8_gemv(x, w, ws, None, 0, 0)
                 assert ((got.double() - want).norm() / want.norm()) < 1e-2, (m, k, n, fmt)
             xq, xs = ops.act_quant(x, fmt, 0, None)
+            # against the product of the same codes: e4m3's activation rounding alone is ~2.5% of the float product
+            ref = reference.scaled_linear(xq, xs, w, ws, None, 0, 0, 0, torch.float64)
             for config in scaled_mm.SM90_CONFIGS.values() if sm90.load() else ():  # every tile configuration
                 if config:  # (0: by m, one of the others)
                     got = ops.sm90_scaled_mm(xq, w, xs.reshape(-1).contiguous(), ws.reshape(-1), None,
                                              torch.bfloat16, config)
-                    assert ((got.double() - want).norm() / want.norm()) < 2e-2, (m, k, n, fmt, config)
+                    assert ((got.double() - ref).norm() / ref.norm()) < 1e-2, (m, k, n, fmt, config)
             y = scaled_mm.scaled_mm(xq, xs, w, ws, None, 0, 0, 0, torch.bfloat16)
             if y is not None:
-                ref = reference.scaled_linear(xq, xs, w, ws, None, 0, 0, 0, torch.float64)
                 assert ((y.double() - ref).norm() / ref.norm()) < 1e-2, (m, k, n, fmt)
 torch.cuda.synchronize()
 print("sanitize_w8a8: all outputs match")
