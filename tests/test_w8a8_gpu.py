@@ -147,13 +147,13 @@ def test_scaled_mm_gemms(kernels, dtype, fmt, m, n, k):
     assert rel_err(y.cpu(), ref) < 1e-2
 
 
-@pytest.mark.parametrize("config", ["skinny", "large", "split", "narrow", "pingpong"])
+@pytest.mark.parametrize("config", ["skinny", "large", "split", "narrow", "pingpong", "skinny-pair", "thin"])
 @pytest.mark.parametrize("fmt", ["int8", "e4m3"])
 @pytest.mark.parametrize("m", [1, 17, 130, 700])
 @pytest.mark.parametrize("n, k", [(1536, 576), (4096, 4096), (1000, 2064)])
 def test_sm90_gemm_every_config(kernels, config, fmt, m, n, k):
-    """Each tile configuration of libqtool_sm90 (skinny, large, split-K, narrow, large ping-pong) at any m, bf16 out,
-    with bias."""
+    """Each tile configuration of libqtool_sm90 (skinny, large, split-K, narrow, large ping-pong, skinny in 2-CTA
+    clusters, thin) at any m, bf16 out, with bias."""
     if torch.cuda.get_device_capability() != (9, 0) or not sm90.load():
         pytest.skip("libqtool_sm90 runs on Hopper")
     g = torch.Generator(device="cuda").manual_seed(m + n + k + len(config))

@@ -33,8 +33,9 @@ struct ScaledMmArgs {
   int config;             // 0: by m (kSkinnyMaxM); 1: skinny (64 x 128 ping-pong); 2: large (2-CTA clusters);
                           // 3: split (128 x 128 cooperative, k split over the SMs the output tiles leave idle);
                           // 4: narrow (64 x 64 ping-pong: twice the skinny tiles); 5: large ping-pong (128 x 128
-                          // tiles, 2-CTA clusters, a tile per consumer warpgroup); plus kConfigPdl: launched
-                          // with programmatic dependent launch (sm90_common.cuh)
+                          // tiles, 2-CTA clusters, a tile per consumer warpgroup); 6: skinny-pair (skinny tiles
+                          // in 2-CTA clusters along m, the weight tile multicast); 7: thin (64 x 32 ping-pong);
+                          // plus kConfigPdl: launched with programmatic dependent launch (sm90_common.cuh)
 };
 constexpr int kConfigPdl = 8;
 

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The next session's device calls, prepared at the end of session 23 (nvidia-h200, carry [".gpu/w8a8"]; run
+# `bash dev/prebuild_sm90.sh` on the development machine first: libqtool_sm90 changed in session 23, configs 6 and 7):
+#   call 1: bash dev/session24.sh tiles sanitize       (~8 min: the two new W8A8 tiles' tests and sweep; memcheck and
+#           racecheck over dev/sanitize_w8a8.py, which stopped on its own bound in session 23)
+#   call 2: bash dev/session24.sh inductorpdl e2eblock (~9 min: Inductor's kernels with PDL in the W4A16 decode;
+#           8B fp8-block end to end, last measured in session 14)
+#   call 3: TABLE_TIMEOUT=420 bash dev/session24.sh wotable (issue 19's whole weight-only table with the anchors)
+#   nvidia-h200-x2 (issue 20): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 gptq8ns_1 gptq8ns_2 summary
+# tiles     libqtool_sm90 configs 6 (skinny-pair: 64 x 128 tiles in 2-CTA clusters along m, the weight tile
+#           multicast) and 7 (thin: 64 x 32 tiles): their GPU tests, then the W8A8 sweep at 32-512 tokens beside every
+#           configuration, the winners merged into kernels/tuning.py on the device ($OUT/tuning.py; here:
+#           python3 dev/w8a8_sweep.py --emit <tiles.json> --merge)
+# sanitize  compute-sanitizer memcheck and racecheck over dev/sanitize_w8a8.py (act_quant and its int8x2 planes,
+#           w8_gemv, every sm90 configuration)
+# inductorpdl  the 8B W4A16 decode with Inductor's Triton kernels launched with PDL (TORCHINDUCTOR_ENABLE_PDL=1, if
+#           this torch has it) against without, one process each, no bf16 model (--skip-base)
+# wotable   issue 19's table: every weight-only format, shape and M, with tinygemm beside it
+# e2eblock  8B fp8-block end to end
+cd "$(dirname "$0")/.."
+LOG=session24.log
+source dev/gpu_setup.sh
+step "host: $(nproc) cores, $(lscpu | sed -n "s/^Model name: *//p")"
+
+tiles() {
+  step "libqtool_sm90 configs 6 and 7: tests, then W8A8 at 32-512 tokens beside every configuration"
+  timeout -k 15 200 python3 -m pytest -q -m gpu tests/test_w8a8_gpu.py -k "sm90" --tb=short > "$OUT/tiles_tests.txt" 2>&1
+  summarize "$OUT/tiles_tests.txt"
+  timeout -k 15 "${TILES_TIMEOUT:-240}" python3 dev/w8a8_sweep.py --kinds fp8,int8 --tokens 32,64,128,256,512 \
+    --shapes 4096x4096,4096x6144,4096x14336,14336x4096,8192x8192,8192x28672 \
+    --budget "${TILES_BUDGET:-200}" --json "$OUT/tiles.json" 2>&1 | grep -E "M=|budget|Error" | tail -70
+  python3 dev/w8a8_sweep.py --emit "$OUT/tiles.json" --merge > /dev/null 2>&1 && cp kernels/tuning.py "$OUT/tuning.py"
+}
+sanitize() {
+  for tool in ${SAN_TOOLS:-memcheck racecheck}; do
+    step "compute-sanitizer $tool"
+    timeout -k 10 "${SAN_TIMEOUT:-150}" compute-sanitizer --tool $tool --error-exitcode 3 python3 dev/sanitize_w8a8.py 2>&1 | tail -4
+  done
+}
+inductorpdl() {
+  python3 -c "import torch._inductor.config as c; print('inductor enable_pdl:', hasattr(c.triton, 'enable_pdl'))"
+  for pdl in 0 1; do
+    step "8B w4a16 decode, TORCHINDUCTOR_ENABLE_PDL=$pdl, no bf16 model"
+    TORCHINDUCTOR_ENABLE_PDL=$pdl timeout -k 15 "${IP_TIMEOUT:-150}" python3 dev/prefetch_sweep.py --schemes w4a16 --mb 0 \
+      --silu pdl --skip-base --json "$OUT/inductor_pdl$pdl.jsonl" > "/tmp/ipdl$pdl.txt" 2>&1
+    echo "exit $?"; grep -E "^\{|Error|error" "/tmp/ipdl$pdl.txt" | tail -4
+  done
+}
+wotable() {
+  step "weight-only: every format, shape and M"
+  timeout -k 15 "${TABLE_TIMEOUT:-420}" python3 benchmarks/bench_kernels.py \
+    --formats w4a16-g128,w8a16-channel,w3a16-g128,w2a16-g64 --tokens 1,4,16,32,64,128,256,4096 \
+    --json "$OUT/wo_table.json" > /tmp/wo_table.txt 2>&1
+  echo "exit $?"; tail -70 /tmp/wo_table.txt
+}
+e2eblock() {
+  E2E_TIMEOUT=${E2E_TIMEOUT:-330} bench8b "" "fp8-block" 1,16 2048 8
+}
+
+stages=("$@")
+[ ${#stages[@]} -eq 0 ] && stages=(tiles sanitize)
+for s in "${stages[@]}"; do "$s"; done
+step "done"
