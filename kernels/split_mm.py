@@ -6,11 +6,12 @@ max|x|, below bf16's own rounding of all but a row's smallest entries. One int8 
 against the 8-bit weights (per-channel scales, the row-major layout of layout.pack_rows) gives y's two parts,
 summed in the activation dtype: exact integer products, so the error is the planes' e and the output roundings.
 
-Why: at 17-128 tokens the weight bytes set the time, and the int8 GEMMs (libqtool_sm90, W8A8's routes) stream the
-same 8-bit weights at 1.2-1.6x bf16 where the mixed-input GEMM (int8 -> bf16 in registers before each wgmma) ran
-0.65-0.86x (kernels/NOTES.md, session 16: its own instruction stream, not memory). Twice the rows cost a
-bandwidth-bound int8 GEMM little; once it is compute-bound, 2m int8 rows take as long as m bf16 rows, so
-weight_only.py takes this route only over the batches where it was measured to win.
+Why: on small weights at 33-256 tokens the mixed-input GEMM (int8 -> bf16 in registers before each wgmma) runs
+0.65-0.78x bf16, bound by its own instruction stream (kernels/NOTES.md, session 16), while the int8 GEMMs stream the
+same codes at W8A8's speed; twice the rows cost a bandwidth-bound int8 GEMM little. Measured (session 23, H200): 4096
+x 4096 at 64-128 tokens 0.65-0.70x -> 0.79x, 4096 x 6144 at 64 0.78x -> 0.88x; slower on larger weights, where the
+mixed-input GEMM already runs 1.0-1.5x, and at 512 tokens (compute-bound: 2m int8 rows take as long as m bf16 rows).
+weight_only.SPLIT routes it where it won.
 """
 
 from __future__ import annotations
