@@ -285,7 +285,9 @@ def _weight_only_path() -> str:
              "for 2-/3-bit (to 16 on weights of <= 4096 x 4096), 3-4 for 4-bit (to 8 on weights of <= "
              f"{STREAM_SMALL_MAX_N} rows and 32 MiB), 4 for large 8-bit ones; the ring GEMV to 4, to 8 on small 8-bit)")
     rows = ("8-bit symmetric per-channel layers row-major on qtool_cuda w8_gemv (to 4 tokens, 16 on weights of <= "
-            "8192 x 8192, 32 on <= 4096 x 6144: weight_only.rows_gemv), then the Hopper copy's route")
+            "8192 x 8192, 32 on <= 4096 x 6144: weight_only.rows_gemv), then on weights of <= 4096 x 6144 at 33-256 "
+            "tokens two int8 planes of the activations on the int8 GEMM (split_mm.py, weight_only.SPLIT), then the "
+            "Hopper copy's route")
     return (f"{rows}; {gemvs}; {mixed}; otherwise wo_gemm_v3 ({V3_MIN_M}-{V3_MAX_M} tokens; "
             f"wo_gemm before sm_90), wo_gemm (m <= {GEMM_MAX_M}); dequant_int + cuBLAS; 2-3-bit layers at their "
             "own width in the GEMVs to 8 tokens, then the 4-bit Hopper copy or dequant_int + cuBLAS; groups of 16: "
