@@ -3,9 +3,10 @@
 # `bash dev/prebuild_sm90.sh` on the development machine first: libqtool_sm90 changed in session 23, configs 6 and 7):
 #   call 1: bash dev/session24.sh tiles sanitize       (~8 min: the two new W8A8 tiles' tests and sweep; memcheck and
 #           racecheck over dev/sanitize_w8a8.py, which stopped on its own bound in session 23)
-#   call 2: bash dev/session24.sh inductorpdl e2eblock (~9 min: Inductor's kernels with PDL in the W4A16 decode;
-#           8B fp8-block end to end, last measured in session 14)
+#   call 2: bash dev/session24.sh inductorpdl gptqprobe (~9 min: Inductor's kernels with PDL in the W4A16 decode;
+#           where GPTQ's arithmetic goes per linear, whole and half the rows)
 #   call 3: TABLE_TIMEOUT=420 bash dev/session24.sh wotable (issue 19's whole weight-only table with the anchors)
+#   if time is left: E2E_TIMEOUT=330 bash dev/session24.sh e2eblock (8B fp8-block end to end, last in session 14)
 #   nvidia-h200-x2 (issue 20): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 gptq8ns_1 gptq8ns_2 summary
 # tiles     libqtool_sm90 configs 6 (skinny-pair: 64 x 128 tiles in 2-CTA clusters along m, the weight tile
 #           multicast) and 7 (thin: 64 x 32 tiles): their GPU tests, then the W8A8 sweep at 32-512 tokens beside every
@@ -15,6 +16,9 @@
 #           w8_gemv, every sm90 configuration)
 # inductorpdl  the 8B W4A16 decode with Inductor's Triton kernels launched with PDL (TORCHINDUCTOR_ENABLE_PDL=1, if
 #           this torch has it) against without, one process each, no bf16 model (--skip-base)
+# gptqprobe dev/gptq_probe.py: the Cholesky chain, the column loop and the lazy updates of one GPTQ linear per 8B
+#           block shape, for all rows and half of them (a rank's share on two GPUs: issue 20's 1.41-1.58x per block),
+#           and the column kernel's launch shapes (rows per program, warps)
 # wotable   issue 19's table: every weight-only format, shape and M, with tinygemm beside it
 # e2eblock  8B fp8-block end to end
 cd "$(dirname "$0")/.."
@@ -52,6 +56,10 @@ wotable() {
     --formats w4a16-g128,w8a16-channel,w3a16-g128,w2a16-g64 --tokens 1,4,16,32,64,128,256,4096 \
     --json "$OUT/wo_table.json" > /tmp/wo_table.txt 2>&1
   echo "exit $?"; tail -70 /tmp/wo_table.txt
+}
+gptqprobe() {
+  step "GPTQ's arithmetic per linear"
+  timeout -k 15 "${GP_TIMEOUT:-200}" python3 dev/gptq_probe.py --json "$OUT/gptq_probe.json" 2>&1 | tail -16
 }
 e2eblock() {
   E2E_TIMEOUT=${E2E_TIMEOUT:-330} bench8b "" "fp8-block" 1,16 2048 8

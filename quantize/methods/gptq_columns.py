@@ -29,6 +29,7 @@ except ImportError:  # pragma: no cover - exercised where triton is absent
     triton = None
 
 ROWS_PER_PROGRAM = 16
+NUM_WARPS = 4  # per program (dev/gptq_probe.py times the alternatives)
 MAX_COLUMNS = 256  # the widest block a program holds in registers (a group of 256 in one block)
 
 
@@ -90,7 +91,7 @@ def run_block(W1: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, 
     z = scale if zero is None else zero  # never read when symmetric
     grid = (triton.cdiv(N, ROWS_PER_PROGRAM),)
     _column_loop[grid](W1, scale, z, Hinv1, err, N, float(qmin), float(qmax), n_cols=C, HAS_ZERO=zero is not None,
-                       BLOCK_N=ROWS_PER_PROGRAM, BLOCK_C=triton.next_power_of_2(C), num_warps=4)
+                       BLOCK_N=ROWS_PER_PROGRAM, BLOCK_C=triton.next_power_of_2(C), num_warps=NUM_WARPS)
     return err
 
 
