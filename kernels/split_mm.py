@@ -40,12 +40,13 @@ def split_linear(x2: torch.Tensor, rows: torch.Tensor, scale: torch.Tensor, bias
     """x2 [m, K] @ (rows [N, K] int8 * scale)^T + bias -> [m, N] in x2's dtype, through the two planes.
 
     scale: per output channel, [N] or [1, N] float32. bias: [N] or None.
-    measured: on CUDA, only where tuning.W8A8 has an int8 route for 2m tokens (Hopper: libqtool_sm90 or cuBLAS);
-    None otherwise, and where no GEMM takes the shapes, so the caller runs its other routes.
+    measured: only where tuning.W8A8 has an int8 route for 2m tokens (Hopper: libqtool_sm90 or cuBLAS); None
+    otherwise (the CPU included), and where no GEMM takes the shapes, so the caller runs its other routes. Without
+    it, any GEMM that fits, or on the CPU the reference (tests).
     """
     m, (n, k) = x2.shape[0], rows.shape
     route = scaled_mm.w8a8_route(2 * m, n, k, "int8") if x2.is_cuda else None
-    if x2.is_cuda and measured and route is None:
+    if measured and route is None:
         return None
     codes, scales = split_activation(x2)
     if x2.is_cuda:
