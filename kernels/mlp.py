@@ -19,7 +19,8 @@ from .reference import silu_mul as reference_silu_mul  # x [..., 2I] -> [..., I]
 # waits for the gate/up GEMV before reading and lets the down projection's GEMV launch at once (csrc/silu_mul.cu), so
 # the three overlap their launches. Session 22 (H200, 8B W4A16 decode at batch 1, `dev/prefetch_sweep.py`): 368.0
 # tok/s with the PDL twin, against 361.0 and 361.8 with Inductor's kernel in two other processes (sessions 22 and 21;
-# batch 16, whose GEMMs take no PDL, 4013 vs 4008). The same-process A/B was cut by the device time: `--silu pdl,ref`.
+# batch 16, whose GEMMs take no PDL, 4013 vs 4008). Session 23, the same process (`--silu pdl,ref --skip-base`):
+# 369.7 vs 362.3 tok/s at batch 1, 3996 vs 3974 at 16.
 COMPILED_KERNEL = True
 PDL = True
 

@@ -2,8 +2,10 @@
 
 Dispatch on m = tokens:
   rows layout       8-bit symmetric per-channel weights packed row-major (layout.pack_rows, where takes_rows):
-                    qtool_cuda::w8_gemv up to 4-32 tokens by size (rows_gemv), then the Hopper copy's
-                    route; without a copy w8_gemv in slices to 64 tokens, then dequantized rows + cuBLAS
+                    qtool_cuda::w8_gemv up to 4-32 tokens by size (rows_gemv), then on small weights at
+                    33-256 tokens two int8 planes of the activations on the int8 GEMM (split_mm.py, SPLIT),
+                    then the Hopper copy's route; without a copy w8_gemv in slices to 64 tokens, then
+                    dequantized rows + cuBLAS
   m <= 8            gemv_kind: qtool_cuda::wo_gemv variant 3 ("stream") or the ring GEMV (variants 0-2), by
                     session 15's measured rule (below), or None: the kernels past them
   m >= MIXED_MIN_M  where the weight has a Hopper copy (4- or 8-bit, bf16): the measured route of

@@ -5,10 +5,11 @@ transformers' gated MLP computes down(act(gate(x)) * up(x)): with gate and up fu
 product reading it back with the up half. `GatedMLP` runs down(silu_mul(gate_up(x))): gate and up stacked as
 one layer (fusion.fuse_layers: a QuantLinear, or an nn.Linear in a float model) and `qtool_kernels.mlp.silu_mul`,
 one pass that reads the fused output once and writes the product (csrc/silu_mul.cu; float32 arithmetic rounded
-once, where transformers rounds twice: at most one unit in the last place apart). Under torch.compile the
-reference runs, which Inductor fuses by itself. A W8A8 gate/up layer computes the product itself
-(`QuantLinear.forward_gated`): in its GEMV's epilogue at up to `scaled_mm.SWIGLU_GEMV_MAX_M` tokens (FP8 per
-channel; `SWIGLU_CODES`), so a batch-1 decode step has one kernel fewer per block.
+once, where transformers rounds twice: at most one unit in the last place apart). Under torch.compile the same
+kernel runs, launched as its PDL twin (`qtool_kernels.mlp.COMPILED_KERNEL`, `PDL`). A W8A8 gate/up layer computes
+the product itself (`QuantLinear.forward_gated`): in its GEMV's epilogue at up to `scaled_mm.SWIGLU_GEMV_MAX_M`
+tokens (per-channel int8 and E4M3 codes, `scaled_mm.SWIGLU_CODES`), so a batch-1 decode step has one kernel fewer
+per block.
 
 Which modules: the classes of `GATED_MLPS` (architecture knowledge as data: their projection names) whose
 activation is SiLU and whose gate and up projections can run as one layer (`fusion.incompatibility`). Like
