@@ -14,12 +14,15 @@
 #           python3 dev/w8a8_sweep.py --emit <tiles.json> --merge)
 # sanitize  compute-sanitizer memcheck and racecheck over dev/sanitize_w8a8.py (act_quant and its int8x2 planes,
 #           w8_gemv, every sm90 configuration)
-# inductorpdl  the 8B W4A16 decode with Inductor's Triton kernels launched with PDL (TORCHINDUCTOR_ENABLE_PDL=1, if
-#           this torch has it) against without, one process each, no bf16 model (--skip-base)
+# inductorpdl  the 8B W4A16 decode steps with Inductor's Triton kernels launched with PDL (TORCHINDUCTOR_ENABLE_PDL=1)
+#           against without, one process each (dev/decode_profile.py: tokens/s and one step's kernels, no prefill)
 # gptqprobe dev/gptq_probe.py: the Cholesky chain, the column loop and the lazy updates of one GPTQ linear per 8B
 #           block shape, for all rows and half of them (a rank's share on two GPUs: issue 20's 1.41-1.58x per block),
 #           and the column kernel's launch shapes (rows per program, warps)
 # wotable   issue 19's table: every weight-only format, shape and M, with tinygemm beside it
+# e2epdl    the 8B decode steps of w4a16, w8a8-int8 and fp8 against one bf16 baseline, all compiled as qtool bench
+#           now compiles them (Inductor's kernels with PDL)
+# pdltests  GPU tests of the decode with Inductor PDL, and of libqtool_sm90 without config 7 (removed after call 1)
 # e2eblock  8B fp8-block end to end
 cd "$(dirname "$0")/.."
 LOG=session24.log
@@ -44,10 +47,10 @@ sanitize() {
 inductorpdl() {
   python3 -c "import torch._inductor.config as c; print('inductor enable_pdl:', hasattr(c.triton, 'enable_pdl'))"
   for pdl in 0 1; do
-    step "8B w4a16 decode, TORCHINDUCTOR_ENABLE_PDL=$pdl, no bf16 model"
-    TORCHINDUCTOR_ENABLE_PDL=$pdl timeout -k 15 "${IP_TIMEOUT:-150}" python3 dev/prefetch_sweep.py --schemes w4a16 --mb 0 \
-      --silu pdl --skip-base --json "$OUT/inductor_pdl$pdl.jsonl" > "/tmp/ipdl$pdl.txt" 2>&1
-    echo "exit $?"; grep -E "^\{|Error|error" "/tmp/ipdl$pdl.txt" | tail -4
+    step "8B w4a16 decode steps, TORCHINDUCTOR_ENABLE_PDL=$pdl: tokens/s and the kernels of one step"
+    TORCHINDUCTOR_ENABLE_PDL=$pdl timeout -k 15 "${IP_TIMEOUT:-150}" python3 dev/decode_profile.py --scheme w4a16 \
+      --json "$OUT/decode_profile_pdl$pdl.json" > "/tmp/dprof$pdl.txt" 2>&1
+    echo "exit $?"; grep -vE "Warning|warn" "/tmp/dprof$pdl.txt" | tail -32
   done
 }
 wotable() {
@@ -60,6 +63,18 @@ wotable() {
 gptqprobe() {
   step "GPTQ's arithmetic per linear"
   timeout -k 15 "${GP_TIMEOUT:-200}" python3 dev/gptq_probe.py --json "$OUT/gptq_probe.json" 2>&1 | tail -16
+}
+e2epdl() {
+  step "8B decode steps, Inductor's kernels with PDL (bench.decode_compile_options), bf16 once, then each scheme"
+  timeout -k 15 "${EP_TIMEOUT:-420}" python3 dev/prefetch_sweep.py --schemes "${EP_SCHEMES:-w4a16,w8a8-int8,fp8}" --mb 0 \
+    --budget "${EP_BUDGET:-300}" --json "$OUT/e2e_pdl.jsonl" > /tmp/e2epdl.txt 2>&1
+  echo "exit $?"; grep -E "^\{|Error|error" /tmp/e2epdl.txt | tail -8
+}
+pdltests() {
+  step "GPU tests: decode with Inductor PDL equals without; libqtool_sm90 without config 7"
+  timeout -k 15 "${PT_TIMEOUT:-150}" python3 -m pytest -q -m gpu tests/test_fusion.py tests/test_w8a8_gpu.py \
+    -k "${PT_FILTER:-inductor_pdl or cuda_graphs or sm90}" --tb=short > "$OUT/pdl_tests.txt" 2>&1
+  summarize "$OUT/pdl_tests.txt"
 }
 e2eblock() {
   E2E_TIMEOUT=${E2E_TIMEOUT:-330} bench8b "" "fp8-block" 1,16 2048 8

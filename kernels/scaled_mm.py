@@ -97,9 +97,8 @@ def _sm90_fits(xq: torch.Tensor, wq: torch.Tensor, out_dtype: torch.dtype, measu
 
 
 # libqtool_sm90's tile configurations (csrc/sm90/sm90_scaled_mm.h, config): 0 picks skinny or large by m.
-# 6 and 7 (session 23, unmeasured: the sweep's columns decide): skinny tiles in 2-CTA clusters along m, and 64 x 32.
-SM90_CONFIGS = {"auto": 0, "skinny": 1, "large": 2, "split": 3, "narrow": 4, "pingpong": 5, "skinny-pair": 6,
-                "thin": 7}
+# 6: skinny tiles in 2-CTA clusters along m (session 24: the fastest in 5 of 60 cells, at 128 tokens).
+SM90_CONFIGS = {"auto": 0, "skinny": 1, "large": 2, "split": 3, "narrow": 4, "pingpong": 5, "skinny-pair": 6}
 # Added to the configuration: programmatic dependent launch (csrc/sm90/sm90_common.cuh; the GEMM waits for the
 # kernel before, act_quant, ahead of any global access, so any input is safe). Session 19 (H200, graph replay):
 # faster at 32 and 64 tokens on every shape (fp8 8192 x 8192 at 32: 26.0 -> 23.8 us, 4096 x 4096 at 64: 11.0 ->

@@ -242,3 +242,30 @@ def test_fused_decode_on_cuda_graphs_matches_unfused():
     runs = {name: _decode_loop_fn(m, prompt, 12, compiled=True) for name, m in (("plain", model), ("fused", fused))}
     tokens = {name: [run() for _ in range(3)][-1] for name, run in runs.items()}  # warm-up, capture, replay
     assert torch.equal(tokens["fused"], tokens["plain"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["w4a16", "w8a8-int8", "fp8"])
+def test_decode_with_inductor_pdl_matches_without(monkeypatch, name):
+    """qtool bench's decode step (bench.decode_compile_options: CUDA graphs, Inductor's kernels launched with
+    programmatic dependent launch, next to qtool's PDL kernels) decodes the tokens it decodes with Inductor's
+    kernels launched plainly, on a fully fused 4-layer SmolLM2-shaped model (q/k/v, gate/up + SiLU-and-multiply,
+    RMSNorm). A missing wait in the chain of early launches would read activations before they are written."""
+    from quantize.bench import _decode_loop_fn
+    from quantize.shapes import SMOLLM2_135M
+
+    model = random_model(dict(SMOLLM2_135M, num_hidden_layers=4), dtype=torch.bfloat16, device="cuda")
+    quantize_model(model, Recipe.single(preset(name), "rtn"), device="cuda", progress=False)
+    fuse_mlps(model)
+    fuse_projections(model)
+    fuse_norms(model)
+    prompt = torch.randint(0, 49152, (1, 16), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+    tokens = {}
+    for pdl in ("0", "1"):
+        monkeypatch.setenv("QTOOL_INDUCTOR_PDL", pdl)
+        torch._dynamo.reset()
+        run = _decode_loop_fn(model, prompt, 24, compiled=True)
+        tokens[pdl] = [run() for _ in range(3)]  # warm-up, capture, replays
+    for replay in tokens["1"]:
+        assert torch.equal(replay, tokens["0"][-1])

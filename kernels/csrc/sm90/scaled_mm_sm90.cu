@@ -157,22 +157,14 @@ using LargePingpong = ScaledGemm<AB, D, Shape<_128, _128, _128>, Shape<_2, _1, _
                                           cutlass::gemm::KernelTmaWarpSpecializedPingpongFP8FastAccum>,
                                  cutlass::epilogue::TmaWarpSpecialized, cutlass::gemm::PersistentScheduler>;
 
-// Configs 6 and 7, written for session 24's sweep (issue 18's M = 64 and M = 256 cells on the 4096-wide layers, 1.11-1.46x
-// against 1.4x / 1.5x). 6: the skinny tile in a 2-CTA cluster along m, so each weight tile is loaded once (TMA
-// multicast) for two 64-row token tiles: at 256 tokens on 4096 x 4096 the skinny grid's 128 CTAs read ~98 MB from L2
-// (each its 256 KB of activations and 512 KB of weights) for a 10 us GEMM. 7: 64 x 32 tiles, four times the skinny
-// tiles, for 64 tokens on 4096 x 4096, where skinny has 32 tiles and narrow 64 for 132 SMs (narrow 1.21x bf16 with
-// act_quant).
+// Config 6 (session 24): the skinny tile in a 2-CTA cluster along m, so each weight tile is loaded once (TMA multicast)
+// for two 64-row token tiles. The fastest route in 5 of 60 cells at 32-512 tokens (all at 128 tokens, by <= 0.03x:
+// BENCHMARKS.md "session 24"). A 64 x 32 tile (config 7 then) was never the fastest and was removed.
 template <class AB, class D>
 using SkinnyPair = ScaledGemm<AB, D, Shape<_64, _128, _128>, Shape<_2, _1, _1>,
                               Schedule<AB, cutlass::gemm::KernelTmaWarpSpecializedPingpong,
                                        cutlass::gemm::KernelTmaWarpSpecializedPingpongFP8FastAccum>,
                               cutlass::epilogue::TmaWarpSpecialized, cutlass::gemm::PersistentScheduler>;
-template <class AB, class D>
-using Thin = ScaledGemm<AB, D, Shape<_64, _32, _128>, Shape<_1, _1, _1>,
-                        Schedule<AB, cutlass::gemm::KernelTmaWarpSpecializedPingpong,
-                                 cutlass::gemm::KernelTmaWarpSpecializedPingpongFP8FastAccum>,
-                        cutlass::epilogue::TmaWarpSpecialized, cutlass::gemm::PersistentScheduler>;
 
 constexpr int kSkinnyMaxM = 128;
 
@@ -193,9 +185,8 @@ const char* dispatch_m(const ScaledMmArgs& p, cudaStream_t stream, size_t* works
     case 4: return workspace_or_run<Narrow<AB, D>>(p, stream, workspace);
     case 5: return workspace_or_run<LargePingpong<AB, D>>(p, stream, workspace);
     case 6: return workspace_or_run<SkinnyPair<AB, D>>(p, stream, workspace);
-    case 7: return workspace_or_run<Thin<AB, D>>(p, stream, workspace);
-    default: return "config must be 0 (by m), 1 (skinny), 2 (large), 3 (split), 4 (narrow), 5 (large-pingpong), "
-                    "6 (skinny-pair) or 7 (thin)";
+    default: return "config must be 0 (by m), 1 (skinny), 2 (large), 3 (split), 4 (narrow), 5 (large-pingpong) "
+                    "or 6 (skinny-pair)";
   }
 }
 
