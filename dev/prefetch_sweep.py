@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from qtool_kernels import mlp, scaled_mm
+from qtool_kernels import mlp, scaled_mm, tuning
 from quantize.bench import bench_model, compare
 from quantize.cli_tools import _fuse
 from quantize.prefetch import PREFETCH_MB_ENV
@@ -27,6 +27,8 @@ from quantize.quantizer import quantize_model
 from quantize.recipe import Recipe
 from quantize.scheme import preset
 from quantize.shapes import random_model
+
+EIGHT_BIT = ("fp8", "w8a8-int8", "fp8-static", "w8a8-int8-static", "w8a16")  # schemes on w8_gemv at decode
 
 
 def main() -> None:
@@ -38,6 +40,9 @@ def main() -> None:
                     help="values of scaled_mm.SWIGLU_GEMV_MAX_M to run (0: the separate SiLU-and-multiply)")
     ap.add_argument("--silu", default="ref", help="the separate SiLU-and-multiply under torch.compile: ref "
                     "(Inductor's), op (the CUDA kernel), pdl (its PDL twin); comma-separated, each run")
+    ap.add_argument("--gemv-pdl", default=tuning.GEMV_PDL, help="values of kernels/tuning.py GEMV_PDL to run (rule, "
+                    "all: w8_gemv's PDL twin on every static 8-bit weight to 8 tokens); only 8-bit schemes run more "
+                    "than the first")
     ap.add_argument("--batch-sizes", default="1,16")
     ap.add_argument("--decode-tokens", type=int, default=32)
     ap.add_argument("--budget", type=float, default=1e9, help="seconds; no new measurement starts after it")
@@ -65,12 +70,15 @@ def main() -> None:
         model = random_model(args.config, dtype=torch.bfloat16, device="cuda")
         quantize_model(model, Recipe.single(preset(scheme), "rtn"), device="cuda", progress=False)
         _fuse(model, (True, False), f"{args.config} {scheme}")
-        settings = [(mb, sw, si) for mb in args.mb.split(",") for sw in args.swiglu.split(",")
-                    for si in args.silu.split(",")]
-        for mb, swiglu, silu in settings:
+        pdl_modes = args.gemv_pdl.split(",")[:None if scheme in EIGHT_BIT else 1]
+        settings = [(mb, sw, si, gp) for mb in args.mb.split(",") for sw in args.swiglu.split(",")
+                    for si in args.silu.split(",") for gp in pdl_modes]
+        for mb, swiglu, silu, gemv_pdl in settings:
             if time.time() - start > args.budget:
-                emit({"scheme": scheme, "mb": mb, "swiglu": swiglu, "silu": silu, "skipped": "budget"})
+                emit({"scheme": scheme, "mb": mb, "swiglu": swiglu, "silu": silu, "gemv_pdl": gemv_pdl,
+                      "skipped": "budget"})
                 continue
+            tuning.GEMV_PDL = gemv_pdl
             os.environ[PREFETCH_MB_ENV] = mb
             scaled_mm.SWIGLU_GEMV_MAX_M = int(swiglu)
             scaled_mm.SWIGLU_CODES = {torch.int8, torch.float8_e4m3fn}  # the A/B runs whichever format it is given
@@ -79,7 +87,7 @@ def main() -> None:
             t = time.time()
             result = bench_model(model, **opts)
             ratios = compare(base, result) if base is not None else {}
-            emit({"scheme": scheme, "mb": float(mb), "swiglu": int(swiglu), "silu": silu,
+            emit({"scheme": scheme, "mb": float(mb), "swiglu": int(swiglu), "silu": silu, "gemv_pdl": gemv_pdl,
                   "seconds": round(time.time() - t, 1),
                   **{f"steps_bs{d.batch_size}": d.step_tokens_per_s for d in result.decode},
                   **{k: round(v, 4) for k, v in ratios.items() if k.startswith("decode_steps")}})

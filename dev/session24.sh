@@ -22,6 +22,8 @@
 # wotable   issue 19's table: every weight-only format, shape and M, with tinygemm beside it
 # e2epdl    the 8B decode steps of w4a16, w8a8-int8 and fp8 against one bf16 baseline, all compiled as qtool bench
 #           now compiles them (Inductor's kernels with PDL)
+# e2eattn   the same with qtool's decode attention (quantize/attention.py) on the quantized models, and w8_gemv's PDL
+#           twin on every 8-bit layer to 8 tokens against session 19's rule (tuning.GEMV_PDL)
 # pdltests  GPU tests of the decode with Inductor PDL, and of libqtool_sm90 without config 7 (removed after call 1)
 # e2eblock  8B fp8-block end to end
 cd "$(dirname "$0")/.."
@@ -70,9 +72,15 @@ e2epdl() {
     --budget "${EP_BUDGET:-300}" --json "$OUT/e2e_pdl.jsonl" > /tmp/e2epdl.txt 2>&1
   echo "exit $?"; grep -E "^\{|Error|error" /tmp/e2epdl.txt | tail -8
 }
+e2eattn() {
+  step "8B decode steps: Inductor PDL, decode attention on the quantized models; w8_gemv's PDL twin by rule and everywhere"
+  timeout -k 15 "${EA_TIMEOUT:-440}" python3 dev/prefetch_sweep.py --schemes "${EA_SCHEMES:-w4a16,w8a8-int8,fp8}" --mb 0 \
+    --gemv-pdl "${EA_GEMV_PDL:-rule,all}" --budget "${EA_BUDGET:-330}" --json "$OUT/e2e_attn.jsonl" > /tmp/e2eattn.txt 2>&1
+  echo "exit $?"; grep -E "^\{|Error|error" /tmp/e2eattn.txt | tail -8
+}
 pdltests() {
   step "GPU tests: decode with Inductor PDL equals without; libqtool_sm90 without config 7"
-  timeout -k 15 "${PT_TIMEOUT:-150}" python3 -m pytest -q -m gpu tests/test_fusion.py tests/test_w8a8_gpu.py \
+  timeout -k 15 "${PT_TIMEOUT:-150}" python3 -m pytest -q -m gpu tests/test_fusion.py tests/test_w8a8_gpu.py tests/test_attention.py \
     -k "${PT_FILTER:-inductor_pdl or cuda_graphs or sm90}" --tb=short > "$OUT/pdl_tests.txt" 2>&1
   summarize "$OUT/pdl_tests.txt"
 }

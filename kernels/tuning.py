@@ -18,6 +18,7 @@ largest, the mixed GEMM takes the route of the largest, and W8A8 (also below the
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
@@ -170,9 +171,15 @@ def fit(schedule: dict, m: int, group: int, k_padded: int) -> dict:
         return {"ktile": 64, "token_tile": max(32, schedule["token_tile"]), "variant": 0, "split": schedule["split"]}
 
 
+# Where w8_gemv's PDL twin runs on static weights: "rule" (gemv_pdl's measured rule) or "all" (to 8 tokens on every
+# shape: the A/B in the model, where the kernel before is often Inductor's, launched with PDL since session 24).
+GEMV_PDL = os.environ.get("QTOOL_GEMV_PDL", "rule")
+
+
 def gemv_pdl(m: int, n: int, k: int) -> bool:
     """Whether w8_gemv runs its programmatic-dependent-launch twin (first tiles' weights loaded before waiting for
     the kernel before) on a static weight [n, k] at m tokens: where session 19 measured it faster (H200, graph
     replay, W8A8 and W8A16 at 1 and 8 tokens): layers with more rows than columns, e.g. int8 4096 x 6144 1.50 ->
-    2.01x bf16, 4096 x 14336 at 8 tokens 1.57 -> 1.76x; it lost 5-31% where k >= n >= 4096 and at 16 tokens."""
-    return m <= 8 and n > k
+    2.01x bf16, 4096 x 14336 at 8 tokens 1.57 -> 1.76x; it lost 5-31% where k >= n >= 4096 and at 16 tokens
+    (back-to-back copies of one layer). GEMV_PDL = "all" takes it everywhere to 8 tokens."""
+    return m <= 8 and (n > k or GEMV_PDL == "all")

@@ -151,10 +151,12 @@ def bench(
     fuse: Annotated[bool, typer.Option("--fuse/--no-fuse", help="Run each block's q/k/v and gate/up projections "
                                        "as one quantized layer each (quantize/fusion.py, quantize/mlp.py: SiLU-and-"
                                        "multiply as one kernel) and its RMSNorms as one kernel each "
-                                       "(quantize/norms.py), in the quantized model.")] = True,
+                                       "(quantize/norms.py), and decode attention on the KV heads without copies "
+                                       "of the cache (quantize/attention.py), in the quantized model.")] = True,
     fuse_baseline: Annotated[bool, typer.Option("--fuse-baseline", help="Fuse the float baseline the same way "
                                                 "(q/k/v and gate/up as one nn.Linear each, SiLU-and-multiply, "
-                                                "RMSNorm kernels), so the ratios compare like with like.")] = False,
+                                                "RMSNorm kernels, decode attention), so the ratios compare like "
+                                                "with like.")] = False,
     attn_implementation: Annotated[str | None, typer.Option(
         "--attn-implementation", help="Attention of every model in the run (sdpa, eager, ...); transformers' "
         "default when not given.")] = None,
@@ -271,24 +273,28 @@ def _bench_random_weights(config: str, scheme: str | None, quantize_lm_head: boo
 
 
 def _fuse(model, fuse: tuple[bool, bool], label: str) -> dict:
-    """Fuse `model`'s projections, gated MLPs and RMSNorms when asked (fuse: --fuse, --fuse-baseline) and say
-    how many; the counts (None when not asked). A float model is fused only with --fuse-baseline: otherwise the
-    baseline stays transformers' own."""
+    """Fuse `model`'s projections, gated MLPs and RMSNorms, and switch its decode attention to qtool's, when asked
+    (fuse: --fuse, --fuse-baseline) and say how many; the counts (None when not asked). A float model is fused only
+    with --fuse-baseline: otherwise the baseline stays transformers' own."""
     if not fuse[0]:
-        return {"fused_groups": None, "fused_mlps": None, "fused_norms": None}
+        return {"fused_groups": None, "fused_mlps": None, "fused_norms": None, "decode_attention": None}
+    from .attention import use_decode_attention
     from .fusion import fuse_projections
     from .linear import QuantLinear
     from .mlp import fuse_mlps
     from .norms import fuse_norms
 
     if not fuse[1] and not any(isinstance(m, QuantLinear) for m in model.modules()):
-        return {"fused_groups": 0, "fused_mlps": 0, "fused_norms": 0}
+        return {"fused_groups": 0, "fused_mlps": 0, "fused_norms": 0, "decode_attention": False}
     mlps = fuse_mlps(model)  # gate/up as one layer + SiLU-and-multiply; before fuse_projections takes gate/up
     groups = mlps + fuse_projections(model)
     norms = fuse_norms(model)
+    attention = use_decode_attention(model)
     console.print(f"{label}: fused {groups} projection groups (q/k/v, gate/up; {mlps} MLPs with one SiLU-and-"
-                  f"multiply kernel) and {norms} RMSNorms into one kernel each (--no-fuse: transformers' modules)")
-    return {"fused_groups": groups, "fused_mlps": mlps, "fused_norms": norms}
+                  f"multiply kernel) and {norms} RMSNorms into one kernel each"
+                  + (", decode attention on the KV heads (no copies of the cache)" if attention else "")
+                  + " (--no-fuse: transformers' modules)")
+    return {"fused_groups": groups, "fused_mlps": mlps, "fused_norms": norms, "decode_attention": attention}
 
 
 kernels_app = typer.Typer(no_args_is_help=True, cls=CommandGroup, rich_markup_mode=None, help="The bundled CUDA kernels extension.")

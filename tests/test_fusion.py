@@ -183,12 +183,12 @@ def test_bench_cli_fuses_by_default(tmp_path):
     model's 5 RMSNorms (quantize/norms.py); --no-fuse: none."""
     common = ["bench", "tiny", "--random-weights", "--scheme", "w8a16", "--device", "cpu", "--batch-sizes", "1",
               "--decode-tokens", "2", "--prefill-len", "8"]
-    for flag, expected in (("--fuse", (4, 2, 5)), ("--no-fuse", (None, None, None))):
+    for flag, expected in (("--fuse", (4, 2, 5, True)), ("--no-fuse", (None, None, None, None))):
         out = tmp_path / f"{flag}.json"
         res = CliRunner().invoke(app, [*common, flag, "--json", str(out)])
         assert res.exit_code == 0, res.output
         fused = json.loads(out.read_text())
-        assert (fused["fused_groups"], fused["fused_mlps"], fused["fused_norms"]) == expected
+        assert (fused["fused_groups"], fused["fused_mlps"], fused["fused_norms"], fused["decode_attention"]) == expected
     assert "fused 4 projection groups" in CliRunner().invoke(app, common).output
 
 
@@ -197,12 +197,12 @@ def test_bench_cli_fuses_the_baseline_when_asked(tmp_path):
     stays transformers' own; with --no-fuse it is refused."""
     common = ["bench", "tiny", "--random-weights", "--scheme", "w8a16", "--device", "cpu", "--batch-sizes", "1",
               "--decode-tokens", "2", "--prefill-len", "8"]
-    for extra, expected in ((["--fuse-baseline"], (4, 2, 5)), ([], (0, 0, 0))):
+    for extra, expected in ((["--fuse-baseline"], (4, 2, 5, True)), ([], (0, 0, 0, False))):
         out = tmp_path / f"base{len(extra)}.json"
         res = CliRunner().invoke(app, [*common, *extra, "--json", str(out)])
         assert res.exit_code == 0, res.output
         base = json.loads(out.read_text())["base_fused"]
-        assert (base["fused_groups"], base["fused_mlps"], base["fused_norms"]) == expected
+        assert (base["fused_groups"], base["fused_mlps"], base["fused_norms"], base["decode_attention"]) == expected
     res = CliRunner().invoke(app, [*common, "--no-fuse", "--fuse-baseline"])
     assert res.exit_code == 2 and "--fuse-baseline" in res.output
 
@@ -251,7 +251,9 @@ def test_decode_with_inductor_pdl_matches_without(monkeypatch, name):
     """qtool bench's decode step (bench.decode_compile_options: CUDA graphs, Inductor's kernels launched with
     programmatic dependent launch, next to qtool's PDL kernels) decodes the tokens it decodes with Inductor's
     kernels launched plainly, on a fully fused 4-layer SmolLM2-shaped model (q/k/v, gate/up + SiLU-and-multiply,
-    RMSNorm). A missing wait in the chain of early launches would read activations before they are written."""
+    RMSNorm, decode attention). A missing wait in the chain of early launches would read activations before they
+    are written."""
+    from quantize.attention import use_decode_attention
     from quantize.bench import _decode_loop_fn
     from quantize.shapes import SMOLLM2_135M
 
@@ -260,6 +262,7 @@ def test_decode_with_inductor_pdl_matches_without(monkeypatch, name):
     fuse_mlps(model)
     fuse_projections(model)
     fuse_norms(model)
+    assert use_decode_attention(model)
     prompt = torch.randint(0, 49152, (1, 16), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
     tokens = {}
     for pdl in ("0", "1"):

@@ -1,0 +1,72 @@
+"""Decode attention without copies of the KV cache: grouped-query attention for one query token on the KV heads.
+
+A compiled decode step with a static cache calls transformers' SDPA attention with a mask, and there transformers
+expands each layer's cached keys and values to every query head (`repeat_kv`) before SDPA, because SDPA's fused CUDA
+kernels take no mask with `enable_gqa`. Those are copies of the whole cache, twice per layer and step: on the 8B
+shape (32 query heads on 8 KV heads) four times the cache's bytes written, and four of the ~15 kernels of a block's
+step outside the GEMVs (session 24's profile: 169 us of a 2775 us step at a 160-token cache; they grow with the
+context). For one query token transformers itself packs the query instead (`pack_gqa`), but only eagerly.
+
+`decode_attention` does that packing under torch.compile too: query [B, H, 1, D] becomes [B, KV, H / KV, D], the
+query heads of a group as the rows of one SDPA over that group's cached keys and values (not copied), and the mask
+[B, 1, 1, L], shared by all heads, broadcasts over the rows. The same scores and the same softmax: the outputs
+equal transformers' up to the order of float reductions. Anything else (prefill, a per-head mask, position bias,
+soft-capping, attention sinks) goes to transformers' own `sdpa_attention_forward`.
+
+It is registered with transformers' `AttentionInterface` (and the SDPA mask with `AttentionMaskInterface`) under
+NAME, and a model opts in by its config's attention implementation: no model code is replaced or forked.
+`qtool bench` sets it with --fuse (the quantized model) and --fuse-baseline (the bf16 one), like the other fusions.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NAME = "qtool_sdpa"
+# keyword arguments that change the attention's arithmetic beyond scores, mask and softmax: transformers' path
+_SPECIAL = ("position_bias", "softcap", "s_aux", "sinks")
+
+
+def decode_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                     attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                     is_causal: bool | None = None, **kwargs) -> tuple[torch.Tensor, None]:
+    """Attention output [B, 1, H, D] for query [B, H, 1, D] over key, value [B, KV, L, D] (H a multiple of KV) and
+    a mask [B, 1, 1, L] or None; transformers' SDPA attention for everything else (the module docstring)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    batch, heads, q_len, dim = query.shape
+    groups = getattr(module, "num_key_value_groups", 1)
+    special = any(kwargs.get(k) is not None for k in _SPECIAL)
+    shared_mask = attention_mask is None or (attention_mask.dim() == 4 and attention_mask.shape[1:3] == (1, 1))
+    if q_len != 1 or groups == 1 or special or not shared_mask or key.shape[1] * groups != heads:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    packed = query.reshape(batch, heads // groups, groups, dim)  # [B, KV, H / KV, D]: a group's heads as rows
+    out = F.scaled_dot_product_attention(packed, key, value, attn_mask=attention_mask, dropout_p=dropout,
+                                         scale=scaling)
+    return out.reshape(batch, 1, heads, value.shape[-1]), None
+
+
+def register() -> None:
+    """Make NAME an attention implementation transformers knows (idempotent)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(NAME, decode_attention)
+    AttentionMaskInterface.register(NAME, sdpa_mask)
+
+
+def use_decode_attention(model: nn.Module) -> bool:
+    """Switch `model` from transformers' SDPA attention to `decode_attention`; False (nothing changed) when the
+    model runs another implementation (eager, flash attention, flex) or has no grouped KV heads."""
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "_attn_implementation", None) != "sdpa":
+        return False
+    heads, kv_heads = getattr(config, "num_attention_heads", 0), getattr(config, "num_key_value_heads", None)
+    if not kv_heads or heads == kv_heads:
+        return False
+    register()
+    config._attn_implementation = NAME
+    return True
