@@ -261,16 +261,23 @@ def _check_inputs(weight: torch.Tensor, hessian: torch.Tensor, args: QuantArgs, 
 
 
 def _upper_cholesky_of_inverse(H: torch.Tensor, damp: float) -> tuple[torch.Tensor, float, list[str]]:
-    """U with U^T U = (H + damp * mean(diag(H)) I)^-1, raising damp while a factorization fails."""
+    """U with U^T U = (H + damp * mean(diag(H)) I)^-1, raising damp while a factorization fails.
+
+    With P the reversal of the order and L L^T = P H P (one Cholesky), U = P L^-1 P: upper triangular with a positive
+    diagonal and U^T U = P L^-T L^-1 P = H^-1, so it is the factor. The usual chain (Cholesky, cholesky_inverse,
+    Cholesky again) does twice the O(K^3) work; session 24 (H200) measured that chain at 223 ms of down_proj's 296 ms
+    of GPTQ arithmetic on the 8B shape (K = 14336), serial on every GPU. This route is as accurate (float64
+    reference, dev/cholesky_probe.py: relative error 7.9e-8 against the chain's 9.6e-8 at K = 4096) and 27% faster
+    on the CPU at K = 4096; on the GPU unmeasured."""
     messages = []
     mean_diag = torch.diagonal(H).mean()
     for attempt in range(MAX_DAMP_RETRIES + 1):
-        Hd = H.clone()
+        Hd = H.flip(0, 1)  # a reversed copy
         torch.diagonal(Hd).add_(damp * mean_diag)
         L, info = torch.linalg.cholesky_ex(Hd)
         if info == 0:
-            Hinv, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
-            if info == 0 and torch.isfinite(Hinv).all():
+            Hinv = _lower_triangular_inverse(L).flip(0, 1)
+            if torch.isfinite(Hinv).all():
                 return Hinv, damp, messages
         if attempt == MAX_DAMP_RETRIES:
             break
@@ -279,3 +286,24 @@ def _upper_cholesky_of_inverse(H: torch.Tensor, damp: float) -> tuple[torch.Tens
         damp = retry
     raise ValueError(f"Cholesky of the Hessian failed even with damp={damp:g} "
                      f"({MAX_DAMP_RETRIES + 1} attempts); it is far from positive definite")
+
+
+def _lower_triangular_inverse(L: torch.Tensor, base: int = 1024) -> torch.Tensor:
+    """L^-1 [K, K] of a lower-triangular L [K, K] with a positive diagonal: halves recursively, [[A, 0], [C, D]]^-1 =
+    [[A^-1, 0], [-D^-1 C A^-1, D^-1]] (two matmuls per level, K^3 / 3 multiply-adds in all, at matmul speed), with
+    triangular solves against the identity below `base`. Float32 matmuls at full precision (no TF32 even where the
+    process allows it: these products set the error feedback of every later column)."""
+    n = L.shape[0]
+    if n <= base:
+        return torch.linalg.solve_triangular(L, torch.eye(n, device=L.device, dtype=L.dtype), upper=False)
+    h = n // 2
+    A_inv, D_inv = _lower_triangular_inverse(L[:h, :h], base), _lower_triangular_inverse(L[h:, h:], base)
+    out = torch.zeros_like(L)
+    out[:h, :h], out[h:, h:] = A_inv, D_inv
+    precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        out[h:, :h] = -(D_inv @ (L[h:, :h] @ A_inv))
+    finally:
+        torch.set_float32_matmul_precision(precision)
+    return out
