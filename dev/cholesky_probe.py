@@ -6,7 +6,8 @@ for each K = 4096 linear: more than half of a block's GPTQ arithmetic, and seria
   chain      the current code, float32
   flip-trsm  U = P L^-1 P with L L^T = P H P (P reverses the order): one Cholesky and one triangular solve
              against the identity, float32
-  flip-rec   the same, the triangular inverse by recursive halving (two matmuls per level, solves at 1024)
+  flip-rec   the same, the triangular inverse by recursive halving (two matmuls per level, solves at 1024): what
+             gptq.py runs since session 24 ("qtool" below, with the damping loop)
   chain64 / flip64  the chain and flip-trsm in float64 (the H200's float64 runs on tensor cores)
 No extension needed:
     PYTHONPATH=. python3 dev/cholesky_probe.py --json $OUT/cholesky.json
@@ -33,20 +34,8 @@ def flip_trsm(h: torch.Tensor) -> torch.Tensor:
     return torch.linalg.solve_triangular(lower, eye, upper=False).flip(0, 1)
 
 
-def lower_inverse(lower: torch.Tensor, base: int = 1024) -> torch.Tensor:
-    n = lower.shape[0]
-    if n <= base:
-        return torch.linalg.solve_triangular(lower, torch.eye(n, device=lower.device, dtype=lower.dtype), upper=False)
-    h = n // 2
-    a, d = lower_inverse(lower[:h, :h], base), lower_inverse(lower[h:, h:], base)
-    out = torch.zeros_like(lower)
-    out[:h, :h], out[h:, h:] = a, d
-    out[h:, :h] = -(d @ (lower[h:, :h] @ a))
-    return out
-
-
 def flip_rec(h: torch.Tensor) -> torch.Tensor:
-    return lower_inverse(torch.linalg.cholesky(h.flip(0, 1))).flip(0, 1)
+    return gptq._lower_triangular_inverse(torch.linalg.cholesky(h.flip(0, 1))).flip(0, 1)
 
 
 ROUTES = {"chain": (chain, torch.float32), "flip-trsm": (flip_trsm, torch.float32), "flip-rec": (flip_rec, torch.float32),
