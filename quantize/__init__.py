@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 # The public API, imported on first use: `import quantize` costs no torch import, so `qtool quantize
 # --gpus N` relaunches itself under torchrun before paying for one (and `qtool --help` is quick).
 _API = {"save_checkpoint": "checkpoint", "import_compressed_tensors": "compressed", "fuse_projections": "fusion",
-        "fuse_norms": "norms", "fuse_mlps": "mlp",
+        "fuse_norms": "norms", "fuse_mlps": "mlp", "use_decode_attention": "attention",
         "QuantLinear": "linear", "export_compressed_tensors": "loading", "load_checkpoint": "loading",
         "load_model": "quantizer", "quantize_model": "quantizer", "Recipe": "recipe", "RecipeEntry": "recipe",
         "PRESETS": "scheme", "QuantArgs": "scheme", "QuantizationConfig": "scheme", "QuantScheme": "scheme",
