@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The next session's device calls, prepared at the end of session 23 (nvidia-h200, carry [".gpu/w8a8"]; run
+# Session 24's device calls (run; the next session's are dev/session25.sh), prepared at the end of session 23 (nvidia-h200, carry [".gpu/w8a8"]; run
 # `bash dev/prebuild_sm90.sh` on the development machine first: libqtool_sm90 changed in session 23, configs 6 and 7):
 #   call 1: bash dev/session24.sh tiles sanitize       (~8 min: the two new W8A8 tiles' tests and sweep; memcheck and
 #           racecheck over dev/sanitize_w8a8.py, which stopped on its own bound in session 23)
