@@ -36,6 +36,15 @@ bench8b() {  # bench8b LABEL SCHEMES BATCHES PREFILL TAIL [flags]: qtool bench o
   done
 }
 
+# issue 19's table: every weight-only format, shape and M, with tinygemm beside it
+wotable() {
+  step "weight-only: every format, shape and M"
+  timeout -k 15 "${TABLE_TIMEOUT:-420}" python3 benchmarks/bench_kernels.py \
+    --formats w4a16-g128,w8a16-channel,w3a16-g128,w2a16-g64 --tokens 1,4,16,32,64,128,256,4096 \
+    --json "$OUT/wo_table.json" > /tmp/wo_table.txt 2>&1
+  echo "exit $?"; tail -70 /tmp/wo_table.txt
+}
+
 aq() {  # act_quant's bandwidth on 8192 x 8192 bf16, and the W8A8 layers at 2048 tokens on the fused 8B shapes
   step "act_quant and W8A8 layers at 2048 tokens"
   timeout -k 10 150 python3 dev/w8a8_sweep.py --kinds int8,fp8 --shapes 4096x6144,4096x4096,4096x28672,14336x4096 \

@@ -55,13 +55,6 @@ inductorpdl() {
     echo "exit $?"; grep -vE "Warning|warn" "/tmp/dprof$pdl.txt" | tail -32
   done
 }
-wotable() {
-  step "weight-only: every format, shape and M"
-  timeout -k 15 "${TABLE_TIMEOUT:-420}" python3 benchmarks/bench_kernels.py \
-    --formats w4a16-g128,w8a16-channel,w3a16-g128,w2a16-g64 --tokens 1,4,16,32,64,128,256,4096 \
-    --json "$OUT/wo_table.json" > /tmp/wo_table.txt 2>&1
-  echo "exit $?"; tail -70 /tmp/wo_table.txt
-}
 gptqprobe() {
   step "GPTQ's arithmetic per linear"
   timeout -k 15 "${GP_TIMEOUT:-200}" python3 dev/gptq_probe.py --json "$OUT/gptq_probe.json" 2>&1 | tail -16

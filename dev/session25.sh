@@ -27,13 +27,6 @@ cholesky() {
   step "GPTQ's arithmetic per linear, with the new factor and column shapes"
   timeout -k 15 "${GP_TIMEOUT:-150}" python3 dev/gptq_probe.py --json "$OUT/gptq_probe.json" 2>&1 | grep -v column_kernel | tail -10
 }
-wotable() {
-  step "weight-only: every format, shape and M"
-  timeout -k 15 "${TABLE_TIMEOUT:-420}" python3 benchmarks/bench_kernels.py \
-    --formats w4a16-g128,w8a16-channel,w3a16-g128,w2a16-g64 --tokens 1,4,16,32,64,128,256,4096 \
-    --json "$OUT/wo_table.json" > /tmp/wo_table.txt 2>&1
-  echo "exit $?"; tail -70 /tmp/wo_table.txt
-}
 e2e() {
   E2E_TIMEOUT=${E2E_TIMEOUT:-150} bench8b "" "w4a16" 1,16 2048 8
   E2E_TIMEOUT=${E2E_TIMEOUT:-150} bench8b "-lmhead" "w4a16" 1 128 8 --quantize-lm-head

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 NAME = "qtool_sdpa"
 # keyword arguments that change the attention's arithmetic beyond scores, mask and softmax: transformers' path
@@ -34,8 +35,6 @@ def decode_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, 
                      is_causal: bool | None = None, **kwargs) -> tuple[torch.Tensor, None]:
     """Attention output [B, 1, H, D] for query [B, H, 1, D] over key, value [B, KV, L, D] (H a multiple of KV) and
     a mask [B, 1, 1, L] or None; transformers' SDPA attention for everything else (the module docstring)."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     batch, heads, q_len, dim = query.shape
     groups = getattr(module, "num_key_value_groups", 1)
     special = any(kwargs.get(k) is not None for k in _SPECIAL)
