@@ -174,6 +174,8 @@ def fit(schedule: dict, m: int, group: int, k_padded: int) -> dict:
 # Where w8_gemv's PDL twin runs on static weights: "rule" (gemv_pdl's measured rule) or "all" (to 8 tokens on every
 # shape: the A/B in the model, where the kernel before is often Inductor's, launched with PDL since session 24).
 GEMV_PDL = os.environ.get("QTOOL_GEMV_PDL", "rule")
+if GEMV_PDL not in ("rule", "all"):
+    raise ValueError(f"QTOOL_GEMV_PDL must be 'rule' or 'all', got {GEMV_PDL!r}")
 
 
 def gemv_pdl(m: int, n: int, k: int) -> bool:
