@@ -252,9 +252,9 @@ def test_decode_with_inductor_pdl_matches_without(monkeypatch, name):
     programmatic dependent launch, next to qtool's PDL kernels) gives the logits it gives with Inductor's kernels
     launched plainly, on a fully fused 4-layer SmolLM2-shaped model (q/k/v, gate/up + SiLU-and-multiply, RMSNorm,
     decode attention), steps fed fixed tokens. A missing wait in the chain of early launches would read another
-    step's activations. Not bit for bit: each compile autotunes Inductor's reductions anew, and another block size
-    sums in another order (session 24's first form of this test compared greedy tokens, and a near tie flipped a
-    random model's token one step apart in two of three schemes)."""
+    step's activations. Not bit for bit: each compile autotunes Inductor's reductions anew, another block size sums
+    in another order, and W8A8's activation codes round on the difference (session 24's first form of this test
+    compared greedy tokens, and a near tie flipped a random model's token one step apart in two of three schemes)."""
     from quantize.attention import use_decode_attention
     from quantize.bench import decode_compile_options
     from quantize.shapes import SMOLLM2_135M
@@ -286,6 +286,9 @@ def test_decode_with_inductor_pdl_matches_without(monkeypatch, name):
             torch._dynamo.reset()
             compiled = torch.compile(step, options=decode_compile_options())
             logits[pdl] = [decode(compiled) for _ in range(3)]  # warm-up, capture, replays
+    # Bounds from the norms: one activation code that rounds the other way in an int8 layer moves a few logits by
+    # ~2% of the largest (session 25: 0.046 of 2.23); another step's activations would move all of them by ~100%.
     reference = logits["0"][-1]
     for replay in logits["1"][1:]:
-        assert (replay - reference).abs().max() <= 2e-2 * reference.abs().max()
+        assert (replay - reference).norm() <= 2e-2 * reference.norm()
+        assert (replay - reference).abs().max() <= 5e-2 * reference.abs().max()
