@@ -6,7 +6,7 @@
 #           session 24's changes: decode attention, the PDL decode test's logits form, GPTQ's factor and column shapes)
 #   call 2: TABLE_TIMEOUT=420 bash dev/session25.sh wotable (issue 19's whole weight-only table, last whole in session 11)
 #   call 3: bash dev/session25.sh e2e                   (8B end to end under session 24's harness: w4a16 with and without
-#           --quantize-lm-head, fp8-block, the int8 prefill)
+#           --quantize-lm-head, fp8-block)
 #   call 4: bash dev/session25.sh e2ew4                  (w4a16 again: call 3's run hit its 145 s limit)
 #   if time is left: bash dev/session25.sh profile
 #   nvidia-h200-x2 (issue 20): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 gptq8ns_1 gptq8ns_2 summary
