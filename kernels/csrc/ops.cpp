@@ -6,9 +6,6 @@
 // All take the repacked layout of kernels/layout.py; qtool::weight_only_linear (declared in Python)
 // dispatches to them by m. Every check names the tensor and the shape it got.
 #include <algorithm>
-#include <map>
-#include <mutex>
-#include <utility>
 #include <optional>
 #include <string>
 
@@ -149,29 +146,6 @@ at::Tensor wo_gemv(const at::Tensor& x, const at::Tensor& qweight, const at::Ten
   return y;
 }
 
-// wo_gemm's split-K counters: kCounters zeroed ints per (device, stream), which every call leaves zero, so calls
-// on one stream never share them with a concurrent call. Allocated on first use outside a CUDA graph capture (never
-// freed: a process holds a few per device); nullptr during a capture before that, or for more tiles than it
-// holds (split-K only runs with <= 2 tiles per SM anyway), and the caller takes the two-kernel form.
-const int* split_counters(const c10::cuda::CUDAStream& stream, int tiles) {
-  constexpr int kCounters = 4096;
-  static std::mutex mutex;
-  static std::map<std::pair<int, cudaStream_t>, at::Tensor*> buffers;
-  if (tiles > kCounters) return nullptr;
-  const std::lock_guard<std::mutex> lock(mutex);
-  const auto key = std::make_pair(static_cast<int>(stream.device_index()), stream.stream());
-  auto it = buffers.find(key);
-  if (it == buffers.end()) {
-    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
-    C10_CUDA_CHECK(cudaStreamIsCapturing(stream.stream(), &status));
-    if (status != cudaStreamCaptureStatusNone) return nullptr;
-    auto* t = new at::Tensor(at::zeros({kCounters}, at::TensorOptions().dtype(at::kInt).device(stream.device())));
-    C10_CUDA_CHECK(cudaStreamSynchronize(stream.stream()));  // zero before any kernel on another stream reads it
-    it = buffers.emplace(key, t).first;
-  }
-  return it->second->data_ptr<int>();
-}
-
 at::Tensor wo_gemm(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scale,
                    const std::optional<at::Tensor>& zero, const std::optional<at::Tensor>& bias, int64_t num_bits,
                    int64_t group_size, int64_t out_features, const std::string& activation) {
@@ -185,18 +159,13 @@ at::Tensor wo_gemm(const at::Tensor& x, const at::Tensor& qweight, const at::Ten
   int num_sms = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, x.device().index()));
   const int splits = wo_gemm_splits(p, num_sms);
-  const c10::cuda::CUDAStream stream = c10::cuda::getCurrentCUDAStream();
-  const int* counters = splits > 1 && (wo_gemm_mode() & 2) ? split_counters(stream, wo_gemm_tiles(p)) : nullptr;
   at::Tensor workspace;
-  if (counters != nullptr) {  // one kernel: per-split partial planes, summed by each tile's last block
-    workspace = at::empty({splits, x.size(0), out_features}, x.options().dtype(at::kFloat));
-    p.workspace = workspace.data_ptr<float>();
-  } else if (splits > 1) {
+  if (splits > 1) {
     workspace = at::zeros({x.size(0), out_features}, x.options().dtype(at::kFloat));
     p.workspace = workspace.data_ptr<float>();
   }
   p.y = y.data_ptr();
-  launch_wo_gemm(p, splits, counters, stream);
+  launch_wo_gemm(p, splits, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return y;
 }

@@ -105,14 +105,10 @@ constexpr int kMaxStreamTokens = 32;
 void launch_wo_stream(const WoProblem& p, cudaStream_t stream);
 
 // Tensor-core kernel for any m (wo_gemm.cu); tokens are processed in slices of up to 64.
-// wo_gemm_splits() is the split-K factor for this problem on `num_sms` SMs. When it is > 1 the caller passes
-// either `counters` (wo_gemm_tiles() ints, zero, left zero; one buffer per stream) and a workspace of
-// [splits, m, n] float32, or no counters and a zeroed [m, n] workspace (the legacy form: the launcher adds the
-// bias/activation pass). wo_gemm_mode(): QTOOL_WO_GEMM's bits (wo_gemm.cu), 3 by default.
+// wo_gemm_splits() is the split-K factor for this problem on `num_sms` SMs: when it is > 1 the
+// caller passes a zeroed workspace and the launcher adds the bias/activation pass.
 int wo_gemm_splits(const WoProblem& p, int num_sms);
-int wo_gemm_tiles(const WoProblem& p);
-int wo_gemm_mode();
-void launch_wo_gemm(const WoProblem& p, int splits, const int* counters, cudaStream_t stream);
+void launch_wo_gemm(const WoProblem& p, int splits, cudaStream_t stream);
 
 // v3 tensor-core kernel for small m (wo_gemm_v3.cu): a ring of weight loads per lane, x and the group
 // parameters staged per block, split-K reduced inside a thread block cluster (`clusters`: sm_90+;
