@@ -6,9 +6,15 @@
 #           The forms lost (BENCHMARKS.md, session 26) and were removed; their stages are gone with them.
 #   call 2: bash dev/session26.sh ncusrc e2ew4   (per-instruction stall samples of wo_gemm and the routed CUTLASS
 #           W4 GEMM on the small layer; 8B w4a16 end to end)
+#   call 3: bash dev/session26.sh wotests wosweep ncuwo   (wo_gemm from the profile: group parameters a piece ahead,
+#           zero-point pairs once per group, the activation copies' addresses once per block, one barrier per piece)
 #   nvidia-h200-x2 (issue 20): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 gptq8ns_1 gptq8ns_2 summary
 # ncusrc    Nsight Compute, full set with per-SASS-line stall samples, of wo_gemm at 16 tokens (4096 x 4096 and
 #           4096 x 28672) and the routed CUTLASS W4A16 GEMM at 64 tokens on 4096 x 4096: $OUT/*_details.csv, *_sass.csv
+# wotests   wo_gemm's GPU tests and the raw-kernel / QuantLinear tests that route through it
+# wosweep   dev/mixed_sweep.py on the 4096-row layers at 8-128 tokens (W4 g128, W8 per channel): wo_gemm beside every
+#           Hopper schedule, for tuning.py's routes
+# ncuwo     ncu --set full of wo_gemm at 16 tokens on 4096 x 28672 after the change (details and SASS pages)
 # pdltest   the Inductor-PDL decode test (bounded by norms since session 25)
 # e2ew4     8B w4a16 decode batch 1 / 16 and prefill 1 x 2048 (session 25's run hit its 145 s limit)
 # wotable   issue 19's whole weight-only table (gpu_setup.sh)
@@ -30,6 +36,29 @@ ncusrc() {  # one launch per case, --set full with the source page: where each k
     ncu --import "/tmp/$tag.ncu-rep" --page source --csv --print-source sass > "$OUT/${tag}_sass.csv" 2>&1
     ls -la "$OUT/${tag}_details.csv" "$OUT/${tag}_sass.csv"; head -c 600 "$OUT/${tag}_sass.csv"; echo
   done
+}
+wotests() {
+  step "wo_gemm GPU tests"
+  timeout -k 15 "${WT_TIMEOUT:-200}" python3 -m pytest -q -m gpu tests/test_wo_gemm_gpu.py tests/test_kernels_gpu.py \
+    --tb=short -rf -p no:logging > "$OUT/wotests.txt" 2>&1
+  summarize "$OUT/wotests.txt"
+}
+wosweep() {
+  step "mixed sweep on the 4096-row layers, 8-128 tokens"
+  timeout -k 15 "${WS_TIMEOUT:-260}" python3 dev/mixed_sweep.py --formats w4a16-g128,w8a16-channel \
+    --shapes 4096x4096,4096x6144 --tokens 8,16,17,32,64,128 --budget "${WS_BUDGET:-230}" --json "$OUT/wosweep.json" \
+    > /tmp/wosweep.txt 2>&1
+  echo "exit $?"; grep -vE "Warning|warn" /tmp/wosweep.txt | tail -30
+}
+ncuwo() {
+  step "ncu --set full: wo_gemm M=16 on 4096x28672"
+  timeout -k 10 120 ncu --clock-control none --target-processes all --kernel-name-base demangled \
+    --kernel-name regex:'wo_gemm_kernel' --launch-skip 1 --launch-count 1 --set full --import-source yes -f -o /tmp/wo16n \
+    python3 dev/profile_kernels.py --shape 4096x28672 --only "w4 wo_gemm M=16" > /tmp/wo16n.log 2>&1
+  echo "ncu exit $?"
+  ncu --import /tmp/wo16n.ncu-rep --page details --csv > "$OUT/wo16n_details.csv" 2>&1
+  ncu --import /tmp/wo16n.ncu-rep --page source --csv --print-source sass > "$OUT/wo16n_sass.csv" 2>&1
+  ls -la "$OUT"/wo16n_*.csv
 }
 pdltest() {
   step "Inductor-PDL decode test"

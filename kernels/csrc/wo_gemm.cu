@@ -31,16 +31,40 @@ constexpr int kTargetBlocksPerSm = 2;
 
 int tokens_per_block(int m) { return m <= 8 ? 8 : m <= 16 ? 16 : m <= 32 ? 32 : 64; }
 
+// The group parameters a lane applies: scale and zero point of rows row0 / row0 + 8, and the zero points as
+// T pairs already offset for the decode (int4: base + 8 + z; int8: the float bias + z), computed once per group.
+template <typename T, int BITS>
+struct LaneGroup {
+  float s0 = 0.0f, s1 = 0.0f;
+  uint32_t zp0 = 0, zp1 = 0;  // int4
+  float zf0 = 0.0f, zf1 = 0.0f;  // int8
+  __device__ inline void set(float2 a, float2 b) {
+    s0 = a.x;
+    s1 = b.x;
+    if constexpr (BITS == 4) {
+      zp0 = float_to_pair(PairTraits<T>::kBase + 8.0f + a.y, T{});
+      zp1 = float_to_pair(PairTraits<T>::kBase + 8.0f + b.y, T{});
+    } else {
+      zf0 = kInt8Bias + a.y;
+      zf1 = kInt8Bias + b.y;
+    }
+  }
+};
+
 template <typename T,    // activation and output type: __half or __nv_bfloat16
           int BITS,      // weight code width: 4 or 8
-          int MT>        // n-tiles of 8 tokens per block: 1, 2, 4 or 8
-__global__ void __launch_bounds__(kWarps * 32) wo_gemm_kernel(const WoProblem p,         // the problem
+          int MT,        // n-tiles of 8 tokens per block: 1, 2, 4 or 8
+          bool PG>       // one group per 128-k piece (groups of >= 128, or per channel): its parameters are
+                         // loaded a piece ahead with the codes; else at each group boundary inside the piece
+__global__ void __launch_bounds__(kWarps * 32, BITS == 4 && MT == 8 ? 2 : 1) wo_gemm_kernel(const WoProblem p,  // the problem
                                                                int pieces_per_split) {  // 128-k steps per blockIdx.y
   constexpr int SUB = 16 / BITS;        // 16x16 subtiles per chunk
   constexpr int KC = chunk_k(BITS);     // k per chunk
   constexpr int CPP = kPieceK / KC;     // chunks per step: 2 (int4) or 4 (int8)
   constexpr int TOK = 8 * MT;           // tokens per block
   constexpr int SEGS = kPieceK / 8;     // 16-byte segments per staged activation row
+  constexpr int ROWS_PER_PASS = kWarps * 32 / SEGS;  // activation rows one pass of the block's copies covers
+  constexpr int PASSES = (TOK + ROWS_PER_PASS - 1) / ROWS_PER_PASS;
   __shared__ __align__(16) T xs[2][TOK][kRowStride];
 
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -52,12 +76,24 @@ __global__ void __launch_bounds__(kWarps * 32) wo_gemm_kernel(const WoProblem p,
   const int npieces = (p.w.k_padded + kPieceK - 1) / kPieceK;
   const int piece_begin = blockIdx.y * pieces_per_split;
   const int piece_end = min(npieces, piece_begin + pieces_per_split);
-  const T* x = nullptr;  // set below (opaque)
   const uint4* wq = reinterpret_cast<const uint4*>(p.w.qweight) + static_cast<size_t>(stripe) * nchunks * 32 + lane;
+
+  // This thread's activation copies: rows r0 + ROWS_PER_PASS * i, columns seg * 8 .. + 7 of each piece (the
+  // addresses computed once: they were ~60 instructions per piece when recomputed per copy).
+  const int r0 = threadIdx.x / SEGS, seg = threadIdx.x % SEGS;
+  const T* x = opaque(static_cast<const T*>(p.x));
+  const T* xrow = x + static_cast<size_t>(tok0 + r0) * p.w.k_padded + seg * 8;  // read only where valid
+  const size_t pass_stride = static_cast<size_t>(ROWS_PER_PASS) * p.w.k_padded;
+  unsigned xok = 0;  // bit i: pass i's row is a token of this call
+#pragma unroll
+  for (int i = 0; i < PASSES; ++i) {
+    const int r = r0 + ROWS_PER_PASS * i;
+    if (r < TOK && tok0 + r < p.m) xok |= 1u << i;
+  }
 
   float acc[MT][4] = {};   // scaled sums; C fragment: rows row0 (i < 2) / row0 + 8, token 2 * (lane % 4) + i % 2
   float gacc[MT][4] = {};  // unscaled sums of the current group
-  float2 sz0 = make_float2(0.0f, 0.0f), sz1 = sz0;  // (scale, zero point) of row0 / row0 + 8
+  LaneGroup<T, BITS> g;
   int cur_grp = -1;
 
   auto flush = [&]() {
@@ -65,29 +101,38 @@ __global__ void __launch_bounds__(kWarps * 32) wo_gemm_kernel(const WoProblem p,
     for (int nt = 0; nt < MT; ++nt)
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        acc[nt][i] = fmaf(i < 2 ? sz0.x : sz1.x, gacc[nt][i], acc[nt][i]);
+        acc[nt][i] = fmaf(i < 2 ? g.s0 : g.s1, gacc[nt][i], acc[nt][i]);
         gacc[nt][i] = 0.0f;
       }
   };
 
   auto stage = [&](int piece, int buf) {  // activations [TOK, kPieceK] -> xs[buf]
-    for (int i = threadIdx.x; i < TOK * SEGS; i += kWarps * 32) {
-      const int r = i / SEGS, col = (i % SEGS) * 8;
-      const int tok = tok0 + r, k = piece * kPieceK + col;
-      const bool valid = tok < p.m && k < p.w.k_padded;
-      cp_async_16(&xs[buf][r][col], valid ? x + static_cast<size_t>(tok) * p.w.k_padded + k : x, valid);
+    const bool k_ok = piece * kPieceK + seg * 8 < p.w.k_padded;
+#pragma unroll
+    for (int i = 0; i < PASSES; ++i) {
+      const int r = r0 + ROWS_PER_PASS * i;
+      if (r < TOK) {
+        const bool valid = k_ok && (xok >> i) & 1u;
+        cp_async_16(&xs[buf][r][seg * 8], valid ? xrow + i * pass_stride + piece * kPieceK : x, valid);
+      }
     }
   };
 
-  auto load_weights = [&](int piece, uint4 (&dst)[CPP]) {
+  auto load = [&](int piece, uint4 (&dst)[CPP], float2 (&par)[2]) {  // codes (and with PG parameters) of a piece
 #pragma unroll
     for (int cc = 0; cc < CPP; ++cc) {
       const int c = piece * CPP + cc;
       dst[cc] = active && c < nchunks ? load_streaming(wq + static_cast<size_t>(c) * 32) : make_uint4(0, 0, 0, 0);
     }
+    if (PG && active) {
+      const int grp = (piece * kPieceK) >> p.w.group_shift;
+      par[0] = group_params(p.w, grp, row0);
+      par[1] = group_params(p.w, grp, row0 + 8);
+    }
   };
 
-  auto compute = [&](int piece, int buf, const uint4 (&packed)[CPP]) {
+  auto compute = [&](int piece, int buf, const uint4 (&packed)[CPP], const float2 (&par)[2]) {
+    if constexpr (PG) g.set(par[0], par[1]);
 #pragma unroll
     for (int cc = 0; cc < CPP; ++cc) {
       const int c = piece * CPP + cc;
@@ -99,24 +144,22 @@ __global__ void __launch_bounds__(kWarps * 32) wo_gemm_kernel(const WoProblem p,
 #pragma unroll
       for (int j = 0; j < SUB; ++j) {
         const int k0 = c * KC + 16 * j;
-        const int grp = k0 >> p.w.group_shift;
-        if (grp != cur_grp) {  // warp-uniform
-          flush();
-          sz0 = group_params(p.w, grp, row0);
-          sz1 = group_params(p.w, grp, row0 + 8);
-          cur_grp = grp;
+        if constexpr (!PG) {
+          const int grp = k0 >> p.w.group_shift;
+          if (grp != cur_grp) {  // warp-uniform
+            flush();
+            g.set(group_params(p.w, grp, row0), group_params(p.w, grp, row0 + 8));
+            cur_grp = grp;
+          }
         }
         uint32_t a[4];  // A fragment: q - zero_point
         if constexpr (BITS == 4) {
-          const uint32_t z0 = float_to_pair(PairTraits<T>::kBase + 8.0f + sz0.y, T{});
-          const uint32_t z1 = float_to_pair(PairTraits<T>::kBase + 8.0f + sz1.y, T{});
 #pragma unroll
-          for (int r = 0; r < 4; ++r) a[r] = sub_pair(int4_pair_biased<T>(words[j], r), r % 2 ? z1 : z0, T{});
+          for (int r = 0; r < 4; ++r) a[r] = sub_pair(int4_pair_biased<T>(words[j], r), r % 2 ? g.zp1 : g.zp0, T{});
         } else {
-          const float z0 = kInt8Bias + sz0.y, z1 = kInt8Bias + sz1.y;
 #pragma unroll
           for (int r = 0; r < 4; ++r) {
-            const float z = r % 2 ? z1 : z0;
+            const float z = r % 2 ? g.zf1 : g.zf0;
             a[r] = float2_to_pair(v[j][r][0] - z, v[j][r][1] - z, T{});
           }
         }
@@ -136,35 +179,34 @@ __global__ void __launch_bounds__(kWarps * 32) wo_gemm_kernel(const WoProblem p,
         }
       }
     }
+    if constexpr (PG) flush();
   };
 
-  uint4 cur[CPP], next[CPP];
-  x = opaque(static_cast<const T*>(p.x));
+  // One piece ahead, one barrier per piece: step i stages piece i + 1 into the buffer piece i - 1 used, which
+  // every warp has finished with once it is past step i's barrier. Slots alternate by the unrolled parity.
+  uint4 w[2][CPP];
+  float2 par[2][2] = {};
   if (piece_begin < piece_end) {
     stage(piece_begin, 0);
     cp_async_commit();
-    load_weights(piece_begin, cur);
-    for (int piece = piece_begin; piece < piece_end; ++piece) {
-      const int buf = (piece - piece_begin) % 2;
-      const bool more = piece + 1 < piece_end;
-      if (more) {
-        stage(piece + 1, buf ^ 1);
-        load_weights(piece + 1, next);
-      }
-      cp_async_commit();
-      cp_async_wait<1>();  // this step's activations have landed
-      __syncthreads();
-      if (active) compute(piece, buf, cur);
-      __syncthreads();  // xs[buf] is free for step piece + 2
-      if (more) {
+    load(piece_begin, w[0], par[0]);
+    for (int base = piece_begin; base < piece_end; base += 2) {
 #pragma unroll
-        for (int cc = 0; cc < CPP; ++cc) cur[cc] = next[cc];
+      for (int s = 0; s < 2; ++s) {
+        const int piece = base + s;
+        if (piece >= piece_end) break;
+        const bool more = piece + 1 < piece_end;
+        if (more) load(piece + 1, w[s ^ 1], par[s ^ 1]);
+        cp_async_wait<0>();  // this piece's activations have landed (this thread's copies)
+        __syncthreads();     // ... and every thread's; every warp is done with the other buffer
+        if (more) stage(piece + 1, s ^ 1);
+        cp_async_commit();
+        if (active) compute(piece, s, w[s], par[s]);
       }
     }
   }
-  flush();
+  if constexpr (!PG) flush();
   if (!active) return;
-
   const int col0 = tok0 + 2 * (lane % 4);
 #pragma unroll
   for (int nt = 0; nt < MT; ++nt)
@@ -201,11 +243,20 @@ void launch_typed(const WoProblem& p,     // the problem (workspace set when spl
   const dim3 grid((p.w.n_padded / kStripeRows + kWarps - 1) / kWarps, (npieces + pieces_per_split - 1) / pieces_per_split,
                   (p.m + tok - 1) / tok);
   const dim3 block(kWarps * 32);
-  switch (tok) {
-    case 8: wo_gemm_kernel<T, BITS, 1><<<grid, block, 0, stream>>>(p, pieces_per_split); break;
-    case 16: wo_gemm_kernel<T, BITS, 2><<<grid, block, 0, stream>>>(p, pieces_per_split); break;
-    case 32: wo_gemm_kernel<T, BITS, 4><<<grid, block, 0, stream>>>(p, pieces_per_split); break;
-    default: wo_gemm_kernel<T, BITS, 8><<<grid, block, 0, stream>>>(p, pieces_per_split); break;
+  if (p.w.group_shift >= 7) {
+    switch (tok) {
+      case 8: wo_gemm_kernel<T, BITS, 1, true><<<grid, block, 0, stream>>>(p, pieces_per_split); break;
+      case 16: wo_gemm_kernel<T, BITS, 2, true><<<grid, block, 0, stream>>>(p, pieces_per_split); break;
+      case 32: wo_gemm_kernel<T, BITS, 4, true><<<grid, block, 0, stream>>>(p, pieces_per_split); break;
+      default: wo_gemm_kernel<T, BITS, 8, true><<<grid, block, 0, stream>>>(p, pieces_per_split); break;
+    }
+  } else {
+    switch (tok) {
+      case 8: wo_gemm_kernel<T, BITS, 1, false><<<grid, block, 0, stream>>>(p, pieces_per_split); break;
+      case 16: wo_gemm_kernel<T, BITS, 2, false><<<grid, block, 0, stream>>>(p, pieces_per_split); break;
+      case 32: wo_gemm_kernel<T, BITS, 4, false><<<grid, block, 0, stream>>>(p, pieces_per_split); break;
+      default: wo_gemm_kernel<T, BITS, 8, false><<<grid, block, 0, stream>>>(p, pieces_per_split); break;
+    }
   }
   if (p.workspace != nullptr) {
     const size_t total = static_cast<size_t>(p.m) * p.w.n;
