@@ -221,7 +221,7 @@ def bench_tokens(timer, kernels, x: torch.Tensor, dense: Rotation, packed: Rotat
                        "wo_gemv_wide": graph_ms(lambda: raw("wo_gemv", None, 2)) if m <= 8 else None,  # 16 warps
                        # variant 3 (csrc/wo_stream.cu): stripes sharing x through L1, up to 32 tokens
                        "wo_gemv_stream": graph_ms(lambda: raw("wo_gemv", None, 3)) if m <= 32 else None,
-                       "wo_gemm": graph_ms(lambda: raw("wo_gemm")) if gemm and 8 <= m <= 1024 else None,
+                       "wo_gemm": graph_ms(lambda: raw("wo_gemm")) if gemm and 5 <= m <= 1024 else None,
                        "sm90_mixed": graph_ms(lambda: mixed_mm.mixed_linear(x, packed().mixed)) if mixed else None,
                        "sm90_mixed_nosplit": graph_ms(lambda: mixed_mm.mixed_linear(x, packed().mixed, split=1))
                        if mixed and m <= 256 else None,

@@ -8,6 +8,8 @@
 #           W4 GEMM on the small layer; 8B w4a16 end to end)
 #   call 3: bash dev/session26.sh wotests wosweep ncuwo   (wo_gemm from the profile: group parameters a piece ahead,
 #           zero-point pairs once per group, the activation copies' addresses once per block, one barrier per piece)
+#   call 4: bash dev/session26.sh tests gemvsmall e2ew4b  (every GPU test after the wo_gemm change; wo_gemm against
+#           the GEMVs at 5-8 tokens on the small layers; 8B w4a16 decode with the new wo_gemm routes)
 #   nvidia-h200-x2 (issue 20): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 gptq8ns_1 gptq8ns_2 summary
 # ncusrc    Nsight Compute, full set with per-SASS-line stall samples, of wo_gemm at 16 tokens (4096 x 4096 and
 #           4096 x 28672) and the routed CUTLASS W4A16 GEMM at 64 tokens on 4096 x 4096: $OUT/*_details.csv, *_sass.csv
@@ -15,6 +17,8 @@
 # wosweep   dev/mixed_sweep.py on the 4096-row layers at 8-128 tokens (W4 g128, W8 per channel): wo_gemm beside every
 #           Hopper schedule, for tuning.py's routes
 # ncuwo     ncu --set full of wo_gemm at 16 tokens on 4096 x 28672 after the change (details and SASS pages)
+# gemvsmall bench_kernels on 4096 x 4096 and 4096 x 6144 at 5-8 tokens (W4 g128, W8 per channel): every kernel column
+# e2ew4b    8B w4a16 decode steps at batch 1 and 16 (prefill 128), one process
 # pdltest   the Inductor-PDL decode test (bounded by norms since session 25)
 # e2ew4     8B w4a16 decode batch 1 / 16 and prefill 1 x 2048 (session 25's run hit its 145 s limit)
 # wotable   issue 19's whole weight-only table (gpu_setup.sh)
@@ -59,6 +63,15 @@ ncuwo() {
   ncu --import /tmp/wo16n.ncu-rep --page details --csv > "$OUT/wo16n_details.csv" 2>&1
   ncu --import /tmp/wo16n.ncu-rep --page source --csv --print-source sass > "$OUT/wo16n_sass.csv" 2>&1
   ls -la "$OUT"/wo16n_*.csv
+}
+gemvsmall() {
+  step "weight-only small layers at 5-8 tokens, every kernel"
+  timeout -k 15 "${GS_TIMEOUT:-150}" python3 benchmarks/bench_kernels.py --formats w4a16-g128,w8a16-channel \
+    --shapes 4096x4096,4096x6144 --tokens 5,6,7,8 --json "$OUT/gemvsmall.json" > /tmp/gemvsmall.txt 2>&1
+  echo "exit $?"; tail -20 /tmp/gemvsmall.txt
+}
+e2ew4b() {
+  E2E_TIMEOUT=${E2E_TIMEOUT:-200} bench8b "-b" "w4a16" 1,16 128 10
 }
 pdltest() {
   step "Inductor-PDL decode test"
