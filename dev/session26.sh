@@ -10,6 +10,7 @@
 #           zero-point pairs once per group, the activation copies' addresses once per block, one barrier per piece)
 #   call 4: bash dev/session26.sh tests gemvsmall e2ew4b  (every GPU test after the wo_gemm change; wo_gemm against
 #           the GEMVs at 5-8 tokens on the small layers; 8B w4a16 decode with the new wo_gemm routes)
+#   call 5: bash dev/session26.sh ncugemv e2ew4c   (the ring GEMV's per-line stalls at one token; 8B w4a16 at batch 16)
 #   nvidia-h200-x2 (issue 20): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 gptq8ns_1 gptq8ns_2 summary
 # ncusrc    Nsight Compute, full set with per-SASS-line stall samples, of wo_gemm at 16 tokens (4096 x 4096 and
 #           4096 x 28672) and the routed CUTLASS W4A16 GEMM at 64 tokens on 4096 x 4096: $OUT/*_details.csv, *_sass.csv
@@ -17,6 +18,7 @@
 # wosweep   dev/mixed_sweep.py on the 4096-row layers at 8-128 tokens (W4 g128, W8 per channel): wo_gemm beside every
 #           Hopper schedule, for tuning.py's routes
 # ncuwo     ncu --set full of wo_gemm at 16 tokens on 4096 x 28672 after the change (details and SASS pages)
+# ncugemv   the same for the ring GEMV at one token (lean on 4096 x 28672, wide on 14336 x 4096)
 # gemvsmall bench_kernels on 4096 x 4096 and 4096 x 6144 at 5-8 tokens (W4 g128, W8 per channel): every kernel column
 # e2ew4b    8B w4a16 decode steps at batch 1 and 16 (prefill 128), one process
 # pdltest   the Inductor-PDL decode test (bounded by norms since session 25)
@@ -27,19 +29,26 @@ LOG=session26.log
 source dev/gpu_setup.sh
 step "host: $(nproc) cores, $(lscpu | sed -n "s/^Model name: *//p")"
 
-ncusrc() {  # one launch per case, --set full with the source page: where each kernel's warps stall, per SASS line
-  for c in "4096x4096|w4 wo_gemm M=16|wo16" "4096x28672|w4 wo_gemm M=16|wo16w" "4096x4096|w4 w4_mm routed M=64|mm64"; do
-    IFS='|' read -r shape only tag <<< "$c"
-    step "ncu --set full: $only on $shape"
-    timeout -k 10 "${NS_TIMEOUT:-120}" ncu --clock-control none --target-processes all --kernel-name-base demangled \
-      --kernel-name regex:'wo_gemm_kernel|GemmUniversal' --launch-skip 1 --launch-count 1 --set full \
-      --import-source yes -f -o "/tmp/$tag" python3 dev/profile_kernels.py --shape "$shape" --only "$only" \
-      > "/tmp/$tag.log" 2>&1
-    echo "ncu exit $?"; tail -2 "/tmp/$tag.log"
-    ncu --import "/tmp/$tag.ncu-rep" --page details --csv > "$OUT/${tag}_details.csv" 2>&1
-    ncu --import "/tmp/$tag.ncu-rep" --page source --csv --print-source sass > "$OUT/${tag}_sass.csv" 2>&1
-    ls -la "$OUT/${tag}_details.csv" "$OUT/${tag}_sass.csv"; head -c 600 "$OUT/${tag}_sass.csv"; echo
-  done
+ncu_source() {  # ncu_source SHAPE ONLY TAG REGEX: one launch, --set full with the source page, CSVs to $OUT
+  local shape=$1 only=$2 tag=$3 regex=$4
+  step "ncu --set full: $only on $shape"
+  timeout -k 10 "${NS_TIMEOUT:-120}" ncu --clock-control none --target-processes all --kernel-name-base demangled \
+    --kernel-name regex:"$regex" --launch-skip 1 --launch-count 1 --set full \
+    --import-source yes -f -o "/tmp/$tag" python3 dev/profile_kernels.py --shape "$shape" --only "$only" \
+    > "/tmp/$tag.log" 2>&1
+  echo "ncu exit $?"; tail -2 "/tmp/$tag.log"
+  ncu --import "/tmp/$tag.ncu-rep" --page details --csv > "$OUT/${tag}_details.csv" 2>&1
+  ncu --import "/tmp/$tag.ncu-rep" --page source --csv --print-source sass > "$OUT/${tag}_sass.csv" 2>&1
+  ls -la "$OUT/${tag}_details.csv" "$OUT/${tag}_sass.csv"
+}
+ncusrc() {  # where each kernel's warps stall, per SASS line
+  ncu_source 4096x4096 "w4 wo_gemm M=16" wo16 'wo_gemm_kernel|GemmUniversal'
+  ncu_source 4096x28672 "w4 wo_gemm M=16" wo16w 'wo_gemm_kernel|GemmUniversal'
+  ncu_source 4096x4096 "w4 w4_mm routed M=64" mm64 'wo_gemm_kernel|GemmUniversal'
+}
+ncugemv() {  # the decode GEMVs as the 8B layers launch them: lean on gate/up (4096 x 28672), wide on down (14336 x 4096)
+  ncu_source 4096x28672 "w4 wo_gemv v1 M=1" gv1 'wo_gemv_kernel'
+  ncu_source 14336x4096 "w4 wo_gemv v2 M=1" gv2 'wo_gemv_kernel'
 }
 wotests() {
   step "wo_gemm GPU tests"
@@ -55,20 +64,16 @@ wosweep() {
   echo "exit $?"; grep -vE "Warning|warn" /tmp/wosweep.txt | tail -30
 }
 ncuwo() {
-  step "ncu --set full: wo_gemm M=16 on 4096x28672"
-  timeout -k 10 120 ncu --clock-control none --target-processes all --kernel-name-base demangled \
-    --kernel-name regex:'wo_gemm_kernel' --launch-skip 1 --launch-count 1 --set full --import-source yes -f -o /tmp/wo16n \
-    python3 dev/profile_kernels.py --shape 4096x28672 --only "w4 wo_gemm M=16" > /tmp/wo16n.log 2>&1
-  echo "ncu exit $?"
-  ncu --import /tmp/wo16n.ncu-rep --page details --csv > "$OUT/wo16n_details.csv" 2>&1
-  ncu --import /tmp/wo16n.ncu-rep --page source --csv --print-source sass > "$OUT/wo16n_sass.csv" 2>&1
-  ls -la "$OUT"/wo16n_*.csv
+  ncu_source 4096x28672 "w4 wo_gemm M=16" wo16n 'wo_gemm_kernel'
 }
 gemvsmall() {
   step "weight-only small layers at 5-8 tokens, every kernel"
   timeout -k 15 "${GS_TIMEOUT:-150}" python3 benchmarks/bench_kernels.py --formats w4a16-g128,w8a16-channel \
     --shapes 4096x4096,4096x6144 --tokens 5,6,7,8 --json "$OUT/gemvsmall.json" > /tmp/gemvsmall.txt 2>&1
   echo "exit $?"; tail -20 /tmp/gemvsmall.txt
+}
+e2ew4c() {  # batch 16 only (call 4's e2ew4b ran out of its 200 s)
+  E2E_TIMEOUT=${E2E_TIMEOUT:-240} bench8b "-c" "w4a16" 16 128 10
 }
 e2ew4b() {
   E2E_TIMEOUT=${E2E_TIMEOUT:-200} bench8b "-b" "w4a16" 1,16 128 10

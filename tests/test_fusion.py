@@ -286,9 +286,10 @@ def test_decode_with_inductor_pdl_matches_without(monkeypatch, name):
             torch._dynamo.reset()
             compiled = torch.compile(step, options=decode_compile_options())
             logits[pdl] = [decode(compiled) for _ in range(3)]  # warm-up, capture, replays
-    # Bounds from the norms: one activation code that rounds the other way in an int8 layer moves a few logits by
-    # ~2% of the largest (session 25: 0.046 of 2.23); another step's activations would move all of them by ~100%.
+    # Bounds from the norms: activation codes that round the other way move the logits by a few percent (int8,
+    # session 25: the largest by 2%; FP8, whose codes carry 3 mantissa bits, session 26: 3.2% of the norm over 24
+    # steps); another step's activations would move all of them by ~100% (a difference as large as the logits).
     reference = logits["0"][-1]
     for replay in logits["1"][1:]:
-        assert (replay - reference).norm() <= 2e-2 * reference.norm()
-        assert (replay - reference).abs().max() <= 5e-2 * reference.abs().max()
+        assert (replay - reference).norm() <= 0.1 * reference.norm()
+        assert (replay - reference).abs().max() <= 0.25 * reference.abs().max()
