@@ -27,6 +27,7 @@
 // A fragments, per-block sums of x: 405 -> 366 instructions per four chunks): slower at one token (4096 x 4096 4.9
 // -> 6.4 us) and wrong in 38 GPU tests as written; removed (kernels/NOTES.md).
 #include <cstdint>
+#include <cstdlib>
 
 #include "pdl.cuh"
 #include "wo_common.cuh"
@@ -53,6 +54,15 @@ constexpr int kXsPadWords = 4;
 constexpr int kXsMaxBytes = 96 << 10;
 
 __host__ __device__ constexpr int xs_row_words(int k_padded) { return k_padded / 2 + kXsPadWords; }
+
+// The most x bytes staged in shared memory: kXsMaxBytes, or QTOOL_GEMV_XS_MAX (read at each call, a getenv beside a
+// launch) for an A/B in one process. Session 26's profile of the wide ring GEMV on 14336 x 4096 at one token put 17%
+// of its stall samples on the barrier after the whole of x is staged (kernels/NOTES.md); 0 sends every call to the
+// path that reads x through L1 instead (`dev/gemv_xs_ab.py`). Unmeasured: the default is unchanged.
+int xs_max_bytes() {
+  const char* env = std::getenv("QTOOL_GEMV_XS_MAX");
+  return env ? std::atoi(env) : kXsMaxBytes;
+}
 
 // Chunks per lane whose loads are issued together: 8 x 16 bytes covers K = 4096 int4 with 8 warps.
 // With 4 groups per chunk (int4 g16, 2-/3-bit g32) the parameters take 4 registers per chunk, so fewer
@@ -249,7 +259,7 @@ void launch_typed(const WoProblem& p,     // the problem, 1 <= p.m <= kMaxGemvTo
   constexpr int chunk_shift = BITS == 8 ? 5 : BITS == 4 ? 6 : 7;
   const int gpc = p.w.group_shift >= chunk_shift ? 1 : 1 << (chunk_shift - p.w.group_shift);
   const int xs_bytes = p.m * xs_row_words(p.w.k_padded) * 4;
-  const bool xs = xs_bytes <= kXsMaxBytes;  // else the v2 path: x read from global memory
+  const bool xs = xs_bytes <= xs_max_bytes();  // else the v2 path: x read from global memory
   if (gpc == 1 && p.gemv_variant == 2) {
     xs ? launch_variant<T, BITS, 1, true, true, kWideWarps>(p, xs_bytes, stream)
        : launch_variant<T, BITS, 1, false, true, kWideWarps>(p, 0, stream);

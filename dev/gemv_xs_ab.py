@@ -1,0 +1,66 @@
+"""The ring GEMV with x staged in shared memory (the default) against x read through L1 (QTOOL_GEMV_XS_MAX=0), in one
+process, on the fused 8B decode shapes at 1-4 tokens: the dispatcher's W4 g128 route, bf16 F.linear beside it, timed
+like benchmarks/bench_kernels.py (rotating copies past the L2, CUDA-graph replay, median of replays).
+
+    python3 dev/gemv_xs_ab.py --json xs_ab.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from bench_kernels import Rotation, copies_for, graph_ms, packed_copies  # noqa: E402
+
+from qtool_kernels import build  # noqa: E402
+from qtool_kernels.weight_only import packed_linear  # noqa: E402
+
+SHAPES = [(4096, 6144), (4096, 4096), (4096, 28672), (14336, 4096)]  # q/k/v, o, gate/up, down
+
+
+def time_shape(k: int, n: int, tokens: list[int], kernels) -> list[dict]:
+    """bf16 and the W4 g128 dispatcher with x staged / read through L1, at each token count, milliseconds."""
+    dense = Rotation([torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(copies_for(2 * n * k))])
+    layer = Rotation(packed_copies(4, 128, k, n, layer=True))
+    rows = []
+    for m in tokens:
+        x = torch.randn(m, layer.items[0].k_padded, device="cuda", dtype=torch.bfloat16)
+        row = {"K": k, "N": n, "M": m, "bf16": graph_ms(lambda x=x: F.linear(x, dense()))}
+        for tag, value in (("staged", None), ("l1", "0")):
+            if value is None:
+                os.environ.pop("QTOOL_GEMV_XS_MAX", None)
+            else:
+                os.environ["QTOOL_GEMV_XS_MAX"] = value  # read by the op at each call, so at capture
+            row[tag] = graph_ms(lambda x=x: packed_linear(x, layer(), None, kernels))
+        os.environ.pop("QTOOL_GEMV_XS_MAX", None)
+        rows.append(row)
+        print(f"{k}x{n} M={m}: bf16 {row['bf16'] * 1e3:.1f} us; x staged {row['bf16'] / row['staged']:.2f}x, "
+              f"x through L1 {row['bf16'] / row['l1']:.2f}x", flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tokens", default="1,2,4")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    kernels = build.load_extension()
+    if kernels is None:
+        sys.exit(f"no CUDA extension: {build._loader.reason}")
+    rows = []
+    for k, n in SHAPES:
+        rows += time_shape(k, n, [int(t) for t in args.tokens.split(",")], kernels)
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=1))
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The next session's device calls, prepared at the end of session 26 (nvidia-h200, carry [".gpu/w8a8"]; the Hopper
+# libraries there match the code: `python3 -c 'import quantize; from qtool_kernels import sm90; print([l.path().name
+# for l in sm90.ALL])'`, `bash dev/prebuild_sm90.sh` builds a missing one, ~16 min for all four):
+#   call 1: bash dev/session27.sh pdltest xsab   (~5 min: the Inductor-PDL decode test with session 26's bounds; the
+#           ring GEMV with x read through L1 against staged, QTOOL_GEMV_XS_MAX=0, on the 8B decode shapes)
+#   nvidia-h200-x2 (issue 20): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 gptq8ns_1 gptq8ns_2 summary
+# pdltest   tests/test_fusion.py -k inductor_pdl (failed once for fp8 in session 26 at the old 2% bound)
+# xsab      dev/gemv_xs_ab.py: W4 g128 at 1, 2, 4 tokens on 4096 x 6144, 4096 x 4096, 4096 x 28672, 14336 x 4096
+cd "$(dirname "$0")/.."
+LOG=session27.log
+source dev/gpu_setup.sh
+
+pdltest() {
+  step "Inductor-PDL decode test"
+  timeout -k 15 "${PT_TIMEOUT:-150}" python3 -m pytest -q -m gpu tests/test_fusion.py -k inductor_pdl -p no:logging \
+    --tb=short > "$OUT/pdltest.txt" 2>&1
+  summarize "$OUT/pdltest.txt"
+}
+xsab() {
+  step "ring GEMV: x staged vs x through L1"
+  timeout -k 15 "${XS_TIMEOUT:-150}" python3 dev/gemv_xs_ab.py --json "$OUT/xs_ab.json" > /tmp/xsab.txt 2>&1
+  echo "exit $?"; grep -vE "Warning|warn" /tmp/xsab.txt | tail -14
+}
+
+stages=("$@")
+[ ${#stages[@]} -eq 0 ] && stages=(pdltest xsab)
+for s in "${stages[@]}"; do "$s"; done
+step "done"
