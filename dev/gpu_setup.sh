@@ -24,6 +24,13 @@ tests() {  # every GPU test ($1: the time limit in seconds), output in $OUT/test
   summarize "$OUT/tests.txt"
 }
 
+pdltest() {  # the Inductor-PDL decode test (qtool bench's decode compile options against Inductor's plain launches)
+  step "Inductor-PDL decode test"
+  timeout -k 15 "${PT_TIMEOUT:-150}" python3 -m pytest -q -m gpu tests/test_fusion.py -k inductor_pdl -p no:logging \
+    --tb=short > "$OUT/pdltest.txt" 2>&1
+  summarize "$OUT/pdltest.txt"
+}
+
 # Output to a file, not a pipe: in session 20 a bench cut off by its time limit left processes holding the pipe
 # open (torch.compile's workers, a guess), and `tail` waited on them for the rest of the call.
 bench8b() {  # bench8b LABEL SCHEMES BATCHES PREFILL TAIL [flags]: qtool bench on the 8B shape, one run per scheme

@@ -78,12 +78,6 @@ e2ew4c() {  # batch 16 only (call 4's e2ew4b ran out of its 200 s)
 e2ew4b() {
   E2E_TIMEOUT=${E2E_TIMEOUT:-200} bench8b "-b" "w4a16" 1,16 128 10
 }
-pdltest() {
-  step "Inductor-PDL decode test"
-  timeout -k 15 "${PT_TIMEOUT:-150}" python3 -m pytest -q -m gpu tests/test_fusion.py -k inductor_pdl -p no:logging \
-    --tb=short > "$OUT/pdltest.txt" 2>&1
-  summarize "$OUT/pdltest.txt"
-}
 e2ew4() {
   E2E_TIMEOUT=${E2E_TIMEOUT:-280} bench8b "" "w4a16" 1,16 2048 12
 }

@@ -11,12 +11,6 @@ cd "$(dirname "$0")/.."
 LOG=session27.log
 source dev/gpu_setup.sh
 
-pdltest() {
-  step "Inductor-PDL decode test"
-  timeout -k 15 "${PT_TIMEOUT:-150}" python3 -m pytest -q -m gpu tests/test_fusion.py -k inductor_pdl -p no:logging \
-    --tb=short > "$OUT/pdltest.txt" 2>&1
-  summarize "$OUT/pdltest.txt"
-}
 xsab() {
   step "ring GEMV: x staged vs x through L1"
   timeout -k 15 "${XS_TIMEOUT:-150}" python3 dev/gemv_xs_ab.py --json "$OUT/xs_ab.json" > /tmp/xsab.txt 2>&1
