@@ -5,10 +5,12 @@
 // instead of 15 of 16 rows. Block = 8 warps = 8 stripes (128 weight rows) x up to 64 tokens x a
 // K range (split-K over blockIdx.y when there are too few blocks to fill the GPU; tokens beyond 64
 // over blockIdx.z). Per step of 128 k:
-//   - activations [tokens, 128] are copied to shared memory with cp.async (double buffered,
-//     zero-filled past m and k_padded) and read back as B fragments with ldmatrix;
+//   - activations [tokens, 128] are copied to shared memory with cp.async (double buffered, one
+//     barrier per step, zero-filled past m and k_padded) and read back as B fragments with ldmatrix;
 //   - each warp loads its stripe's weights straight into registers (the repacked layout puts each
-//     lane's A fragments in its own 16 bytes, so no shared memory and no shuffles), one step ahead;
+//     lane's A fragments in its own 16 bytes, so no shared memory and no shuffles), one step ahead,
+//     and with groups of >= 128 k the step's scales and zero points with them (session 26's profile:
+//     loaded at the group boundary instead, their first use held a quarter of the stall samples);
 //   - codes become A = q - zero_point, exact small integers in bf16/fp16 (int4: one shift, one LOP3
 //     and one packed subtraction per pair, see wo_decode.cuh);
 //   - the mma accumulates sum (q - z) * x per group in float32, and at each group boundary the
@@ -51,12 +53,19 @@ struct LaneGroup {
   }
 };
 
+// 64 tokens of int4 in 128 registers (two blocks per SM, no spills); int8's 64-token form takes ~165 (one block):
+// capped at 128 it spilled 52-72 bytes (ptxas, sm_90, session 26).
+template <int BITS, int MT>
+constexpr int min_blocks() {
+  return BITS == 4 && MT == 8 ? 2 : 1;
+}
+
 template <typename T,    // activation and output type: __half or __nv_bfloat16
           int BITS,      // weight code width: 4 or 8
           int MT,        // n-tiles of 8 tokens per block: 1, 2, 4 or 8
           bool PG>       // one group per 128-k piece (groups of >= 128, or per channel): its parameters are
                          // loaded a piece ahead with the codes; else at each group boundary inside the piece
-__global__ void __launch_bounds__(kWarps * 32, BITS == 4 && MT == 8 ? 2 : 1) wo_gemm_kernel(const WoProblem p,  // the problem
+__global__ void __launch_bounds__(kWarps * 32, min_blocks<BITS, MT>()) wo_gemm_kernel(const WoProblem p,  // problem
                                                                int pieces_per_split) {  // 128-k steps per blockIdx.y
   constexpr int SUB = 16 / BITS;        // 16x16 subtiles per chunk
   constexpr int KC = chunk_k(BITS);     // k per chunk
