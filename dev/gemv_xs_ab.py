@@ -1,8 +1,9 @@
-"""The ring GEMV with x staged in shared memory (the default) against x read through L1 (QTOOL_GEMV_XS_MAX=0), in one
-process, on the fused 8B decode shapes at 1-4 tokens: the dispatcher's W4 g128 route, bf16 F.linear beside it, timed
-like benchmarks/bench_kernels.py (rotating copies past the L2, CUDA-graph replay, median of replays).
+"""The ring GEMV with x staged in shared memory (the default) against x read through L1 (QTOOL_GEMV_XS_MAX=0, read
+once per process, so one process per setting), on the fused 8B decode shapes at 1-4 tokens: the dispatcher's W4 g128
+route against bf16 F.linear in the same process, timed like benchmarks/bench_kernels.py (rotating copies past the L2,
+CUDA-graph replay, median of replays).
 
-    python3 dev/gemv_xs_ab.py --json xs_ab.json
+    python3 dev/gemv_xs_ab.py --json xs_staged.json && QTOOL_GEMV_XS_MAX=0 python3 dev/gemv_xs_ab.py --json xs_l1.json
 """
 
 from __future__ import annotations
@@ -26,23 +27,18 @@ SHAPES = [(4096, 6144), (4096, 4096), (4096, 28672), (14336, 4096)]  # q/k/v, o,
 
 
 def time_shape(k: int, n: int, tokens: list[int], kernels) -> list[dict]:
-    """bf16 and the W4 g128 dispatcher with x staged / read through L1, at each token count, milliseconds."""
+    """bf16 and the W4 g128 dispatcher at each token count, milliseconds."""
     dense = Rotation([torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(copies_for(2 * n * k))])
     layer = Rotation(packed_copies(4, 128, k, n, layer=True))
     rows = []
     for m in tokens:
         x = torch.randn(m, layer.items[0].k_padded, device="cuda", dtype=torch.bfloat16)
-        row = {"K": k, "N": n, "M": m, "bf16": graph_ms(lambda x=x: F.linear(x, dense()))}
-        for tag, value in (("staged", None), ("l1", "0")):
-            if value is None:
-                os.environ.pop("QTOOL_GEMV_XS_MAX", None)
-            else:
-                os.environ["QTOOL_GEMV_XS_MAX"] = value  # read by the op at each call, so at capture
-            row[tag] = graph_ms(lambda x=x: packed_linear(x, layer(), None, kernels))
-        os.environ.pop("QTOOL_GEMV_XS_MAX", None)
+        row = {"K": k, "N": n, "M": m, "xs_max": os.environ.get("QTOOL_GEMV_XS_MAX", "default"),
+               "bf16": graph_ms(lambda x=x: F.linear(x, dense())),
+               "qtool": graph_ms(lambda x=x: packed_linear(x, layer(), None, kernels))}
         rows.append(row)
-        print(f"{k}x{n} M={m}: bf16 {row['bf16'] * 1e3:.1f} us; x staged {row['bf16'] / row['staged']:.2f}x, "
-              f"x through L1 {row['bf16'] / row['l1']:.2f}x", flush=True)
+        print(f"{k}x{n} M={m} (QTOOL_GEMV_XS_MAX={row['xs_max']}): bf16 {row['bf16'] * 1e3:.1f} us, "
+              f"W4 g128 {row['bf16'] / row['qtool']:.2f}x", flush=True)
     return rows
 
 

@@ -55,13 +55,16 @@ constexpr int kXsMaxBytes = 96 << 10;
 
 __host__ __device__ constexpr int xs_row_words(int k_padded) { return k_padded / 2 + kXsPadWords; }
 
-// The most x bytes staged in shared memory: kXsMaxBytes, or QTOOL_GEMV_XS_MAX (read at each call, a getenv beside a
-// launch) for an A/B in one process. Session 26's profile of the wide ring GEMV on 14336 x 4096 at one token put 17%
-// of its stall samples on the barrier after the whole of x is staged (kernels/NOTES.md); 0 sends every call to the
-// path that reads x through L1 instead (`dev/gemv_xs_ab.py`). Unmeasured: the default is unchanged.
+// The most x bytes staged in shared memory: kXsMaxBytes, or QTOOL_GEMV_XS_MAX (read once: this is decode's hottest
+// launch) for an A/B. Session 26's profile of the wide ring GEMV on 14336 x 4096 at one token put 17% of its stall
+// samples on the barrier after the whole of x is staged (kernels/NOTES.md); 0 sends every call to the path that reads
+// x through L1 instead (`dev/gemv_xs_ab.py`, one process per setting). Unmeasured: the default is unchanged.
 int xs_max_bytes() {
-  const char* env = std::getenv("QTOOL_GEMV_XS_MAX");
-  return env ? std::atoi(env) : kXsMaxBytes;
+  static const int bytes = [] {
+    const char* env = std::getenv("QTOOL_GEMV_XS_MAX");
+    return env ? std::atoi(env) : kXsMaxBytes;
+  }();
+  return bytes;
 }
 
 // Chunks per lane whose loads are issued together: 8 x 16 bytes covers K = 4096 int4 with 8 warps.
