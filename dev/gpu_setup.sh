@@ -31,6 +31,19 @@ pdltest() {  # the Inductor-PDL decode test (qtool bench's decode compile option
   summarize "$OUT/pdltest.txt"
 }
 
+ncu_source() {  # ncu_source SHAPE ONLY TAG REGEX (profile_kernels.py --only): --set full + source page, CSVs to $OUT
+  local shape=$1 only=$2 tag=$3 regex=$4
+  step "ncu --set full: $only on $shape"
+  timeout -k 10 "${NS_TIMEOUT:-120}" ncu --clock-control none --target-processes all --kernel-name-base demangled \
+    --kernel-name regex:"$regex" --launch-skip 1 --launch-count 1 --set full \
+    --import-source yes -f -o "/tmp/$tag" python3 dev/profile_kernels.py --shape "$shape" --only "$only" \
+    > "/tmp/$tag.log" 2>&1
+  echo "ncu exit $?"; tail -2 "/tmp/$tag.log"
+  ncu --import "/tmp/$tag.ncu-rep" --page details --csv > "$OUT/${tag}_details.csv" 2>&1
+  ncu --import "/tmp/$tag.ncu-rep" --page source --csv --print-source sass > "$OUT/${tag}_sass.csv" 2>&1
+  grep -E '"(Duration|DRAM Throughput|Executed Instructions|Registers Per Thread|Issue Slots Busy)"' \
+    "$OUT/${tag}_details.csv" | awk -F'","' '{print $13 ": " $15}' | head -8
+}
 # Output to a file, not a pipe: in session 20 a bench cut off by its time limit left processes holding the pipe
 # open (torch.compile's workers, a guess), and `tail` waited on them for the rest of the call.
 bench8b() {  # bench8b LABEL SCHEMES BATCHES PREFILL TAIL [flags]: qtool bench on the 8B shape, one run per scheme

@@ -29,18 +29,6 @@ LOG=session26.log
 source dev/gpu_setup.sh
 step "host: $(nproc) cores, $(lscpu | sed -n "s/^Model name: *//p")"
 
-ncu_source() {  # ncu_source SHAPE ONLY TAG REGEX: one launch, --set full with the source page, CSVs to $OUT
-  local shape=$1 only=$2 tag=$3 regex=$4
-  step "ncu --set full: $only on $shape"
-  timeout -k 10 "${NS_TIMEOUT:-120}" ncu --clock-control none --target-processes all --kernel-name-base demangled \
-    --kernel-name regex:"$regex" --launch-skip 1 --launch-count 1 --set full \
-    --import-source yes -f -o "/tmp/$tag" python3 dev/profile_kernels.py --shape "$shape" --only "$only" \
-    > "/tmp/$tag.log" 2>&1
-  echo "ncu exit $?"; tail -2 "/tmp/$tag.log"
-  ncu --import "/tmp/$tag.ncu-rep" --page details --csv > "$OUT/${tag}_details.csv" 2>&1
-  ncu --import "/tmp/$tag.ncu-rep" --page source --csv --print-source sass > "$OUT/${tag}_sass.csv" 2>&1
-  ls -la "$OUT/${tag}_details.csv" "$OUT/${tag}_sass.csv"
-}
 ncusrc() {  # where each kernel's warps stall, per SASS line
   ncu_source 4096x4096 "w4 wo_gemm M=16" wo16 'wo_gemm_kernel|GemmUniversal'
   ncu_source 4096x28672 "w4 wo_gemm M=16" wo16w 'wo_gemm_kernel|GemmUniversal'

@@ -62,6 +62,11 @@ struct LaneChunk {
     lo = load_streaming(c + lane);
     if constexpr (BITS == 3) hi = load_streaming(reinterpret_cast<const uint2*>(c + 32) + lane);
   }
+  // The same from this lane's 16-byte address in the chunk (vecs + chunk * chunk_vecs + lane).
+  __device__ inline void load_lane(const uint4* mine, int lane) {
+    lo = load_streaming(mine);
+    if constexpr (BITS == 3) hi = load_streaming(reinterpret_cast<const uint2*>(mine + (32 - lane)) + lane);
+  }
   __device__ inline void clear() {
     lo = make_uint4(0, 0, 0, 0);
     hi = make_uint2(0, 0);

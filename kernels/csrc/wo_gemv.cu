@@ -81,10 +81,48 @@ constexpr int batch_chunks() {
   return LEAN || GPC > 2 || is_low_bits(BITS) ? 4 : 8;
 }
 
+// x staged in fragment order (session 27): word q = 8j + t + 4h of a chunk's x row (subtile j, B register h of lane t) is
+// stored at t * 2 * SUB + 2j + h, so lane t finds its B registers for the whole chunk in 2 * SUB consecutive words
+// and reads them with SUB / 2 16-byte loads instead of 2 * SUB 4-byte ones. A 16-byte vector of x (words 4a ..
+// 4a + 3 of its chunk) then lands at a, a + 2 * SUB, a + 4 * SUB, a + 6 * SUB.
+// The m rows go through registers: R 16-byte loads per thread in flight, then their words stored (a 4-byte cp.async
+// per word would take four copies per vector). Rows keep xs_row_words' padding, so the B loads of 8 token rows
+// stay conflict-free.
+template <int SUB, int WARPS>  // 16x16 subtiles per chunk; warps per block
+__device__ inline void stage_x_fragment_order(const WoProblem& p,  // x: [m, k_padded], rows contiguous
+                                              uint4* xs) {         // out: m * xs_row_words(k_padded) words
+  constexpr unsigned CV = 2 * SUB, R = 4, THREADS = WARPS * 32;  // 16-byte vectors per chunk; loads in flight
+  const unsigned vecs = p.w.k_padded / 8, total = p.m * vecs, row_words = xs_row_words(p.w.k_padded);
+  const uint4* xg = opaque(static_cast<const uint4*>(p.x));
+  uint32_t* words = reinterpret_cast<uint32_t*>(xs);
+  for (unsigned i0 = threadIdx.x; i0 < total; i0 += R * THREADS) {
+    uint4 val[R];
+#pragma unroll
+    for (unsigned r = 0; r < R; ++r) {
+      if (i0 + r * THREADS < total) val[r] = __ldg(xg + i0 + r * THREADS);
+    }
+#pragma unroll
+    for (unsigned r = 0; r < R; ++r) {
+      const unsigned i = i0 + r * THREADS;
+      if (i < total) {
+        unsigned tok = 0;  // i / vecs for m <= 8 tokens, without a division
+#pragma unroll 1
+        for (int j = 1; j < p.m; ++j) tok += i >= j * vecs;
+        const unsigned v = i - tok * vecs;
+        uint32_t* dst = words + tok * row_words + 4 * CV * (v / CV) + v % CV;
+        dst[0] = val[r].x;
+        dst[2 * SUB] = val[r].y;
+        dst[4 * SUB] = val[r].z;
+        dst[6 * SUB] = val[r].w;
+      }
+    }
+  }
+}
+
 template <typename T,    // activation and output type: __half or __nv_bfloat16
           int BITS,      // weight code width: 2, 3, 4 or 8
           int GPC,       // groups per chunk: 1 (group >= chunk_k or per channel), 2 or 4
-          bool XS,       // x staged in shared memory (dynamic: m * xs_row_words(k_padded) words)
+          bool XS,       // x staged in shared memory in fragment order (dynamic: m * xs_row_words(k_padded) words)
           bool LEAN,     // gemv_variant 1: 4 blocks per SM (see batch_chunks)
           int WARPS = kWarps>  // gemv_variant 2: 16 warps in the lean budget, 2 blocks per SM (kWideWarps)
 __global__ void __launch_bounds__(WARPS * 32, LEAN ? 4 * kWarps / WARPS : 1) wo_gemv_kernel(const WoProblem p) {
@@ -97,40 +135,43 @@ __global__ void __launch_bounds__(WARPS * 32, LEAN ? 4 * kWarps / WARPS : 1) wo_
   const int g = lane / 4, t = lane % 4;  // A: rows g, g + 8 of the stripe; B: token g, k pairs t, t + 4
   const int stripe = blockIdx.x;
   const int nchunks = p.w.k_padded / KC;
-  // The stripe's chunk 0; offsets of chunks inside the stripe fit 32 bits.
-  const uint4* wq = reinterpret_cast<const uint4*>(p.w.qweight) + static_cast<size_t>(stripe) * nchunks * chunk_vecs(BITS);
 
-  // Group parameter of this lane: t = 0, 1 -> scale of row g / g + 8; t = 2, 3 -> zero point.
+  // Group parameter of this lane: t = 0, 1 -> scale of row g / g + 8; t = 2, 3 -> zero point. Held in registers
+  // (opaque): otherwise the compiler folds the lane's row offset back into every refill's address.
   const float* par = (t < 2 ? p.w.scale : p.w.zero);
   const bool has_par = par != nullptr;  // false for the zero lanes of a symmetric weight (zero = 0)
   if (!has_par) par = p.w.scale;
-  par += stripe * kStripeRows + g + 8 * (t % 2);
+  par = opaque(par + stripe * kStripeRows + g + 8 * (t % 2));
+  const uint32_t gstride = p.w.n_padded;  // between groups of the parameters; 32 bits suffice
 
   // B fragment: token g, words (k / 2) t and t + 4 of each 16-k subtile. Lanes of tokens >= m read
   // token 0 again instead of predicated zeros: column n of an mma result depends on column n of B
   // only, those columns are never stored, and the loads hit the same L1 lines as token 0's.
   // Set after the first weight ring is issued (opaque): the activation loads stay behind it.
   const uint32_t* x = nullptr;
-  const uint32_t gstride = p.w.n_padded;  // between groups of the parameters; 32 bits suffice
 
   // Slot u of the ring holds chunk c0 + u * WARPS of the current pass. All slots are loaded before
   // any math; after the math of slot u, it is refilled with the same slot of the next pass (the
   // chunk WARPS * BATCH further), so up to BATCH loads per lane stay in flight across passes without
-  // a second set of registers.
+  // a second set of registers. Slots are loaded in increasing chunk order, each WARPS chunks after the last, so
+  // the next load's code address and k are running values (session 26's SASS spent ~24 instructions of 64-bit
+  // address arithmetic per refill; now ~10). A slot past the end is never read (the math stops at nchunks).
   LaneChunk<BITS> packed[BATCH];
-  float prm[BATCH][GPC];
-  auto load_weights = [&](int u, int c) {  // chunk c's codes and parameters into slot u; zeros past the end
-    packed[u].clear();
-#pragma unroll
-    for (int gi = 0; gi < GPC; ++gi) prm[u][gi] = 0.0f;
-    if (c < nchunks) {
-      packed[u].load(wq, c, lane);
+  float prm[BATCH][GPC] = {};  // the zero lanes of a symmetric weight keep these zeros
+  const uint4* next_codes = reinterpret_cast<const uint4*>(p.w.qweight) +
+                            (static_cast<size_t>(stripe) * nchunks + warp) * chunk_vecs(BITS) + lane;
+  int next_k = warp * KC;
+  auto load_next = [&](int u) {  // the next chunk's codes and parameters into slot u
+    if (next_k < p.w.k_padded) {
+      packed[u].load_lane(next_codes, lane);
 #pragma unroll
       for (int gi = 0; gi < GPC; ++gi) {
-        const int grp = (c * KC + gi * (KC / GPC)) >> p.w.group_shift;
-        if (has_par) prm[u][gi] = __ldg(par + static_cast<uint32_t>(grp) * gstride);
+        const uint32_t grp = static_cast<uint32_t>(next_k + gi * (KC / GPC)) >> p.w.group_shift;
+        if (has_par) prm[u][gi] = __ldg(par + grp * gstride);
       }
     }
+    next_codes += WARPS * chunk_vecs(BITS);
+    next_k += WARPS * KC;
   };
   // The chunk's activations (KC / 2 words of token g; this lane's x is offset by t) into L1, so the
   // math finds them there instead of waiting for L2 after the weights arrive. First and last word:
@@ -143,29 +184,18 @@ __global__ void __launch_bounds__(WARPS * 32, LEAN ? 4 * kWarps / WARPS : 1) wo_
   };
 
 #pragma unroll
-  for (int u = 0; u < BATCH; ++u) load_weights(u, warp + u * WARPS);
+  for (int u = 0; u < BATCH; ++u) load_next(u);
   pdl_wait_then_release();  // x, bias and y only past this point (pdl.cuh)
   if constexpr (XS) {
-    // Copy x into shared memory while the weight ring is in flight: 16 bytes per thread per step.
-    const int vecs = p.w.k_padded / 8, row_vecs = xs_row_words(p.w.k_padded) / 4;
-    const uint4* xg = opaque(static_cast<const uint4*>(p.x));
-    for (int i = threadIdx.x; i < p.m * vecs; i += WARPS * 32) {
-      const int tok = i / vecs;
-      cp_async_16(xs_dyn + tok * row_vecs + (i - tok * vecs), xg + i, true);
-    }
-    cp_async_commit();
-    x = reinterpret_cast<const uint32_t*>(xs_dyn) + (g < p.m ? g : 0) * xs_row_words(p.w.k_padded) + t;
+    stage_x_fragment_order<SUB, WARPS>(p, xs_dyn);
+    x = reinterpret_cast<const uint32_t*>(xs_dyn) + (g < p.m ? g : 0) * xs_row_words(p.w.k_padded) + t * 2 * SUB;
   } else {
     x = opaque(static_cast<const uint32_t*>(p.x)) + (g < p.m ? g : 0) * (p.w.k_padded / 2) + t;
   }
 #pragma unroll
   for (int u = 0; u < BATCH; ++u) prefetch_x(warp + u * WARPS);
-  if constexpr (XS) {
-    cp_async_wait<0>();
-    __syncthreads();
-  }
+  if constexpr (XS) __syncthreads();
 
-  const int quad = lane & ~3;
   float acc[4] = {};  // C fragment: (row g, token 2t), (g, 2t + 1), (g + 8, 2t), (g + 8, 2t + 1)
   for (int c0 = warp; c0 < nchunks; c0 += WARPS * BATCH) {
 #pragma unroll
@@ -178,13 +208,17 @@ __global__ void __launch_bounds__(WARPS * 32, LEAN ? 4 * kWarps / WARPS : 1) wo_
       float gp[GPC];
 #pragma unroll
       for (int gi = 0; gi < GPC; ++gi) gp[gi] = prm[u][gi];
-      const uint32_t* xc = x + c * (KC / 2);  // the chunk's activations: subtile j at words 8j + t, 8j + t + 4
+      // The chunk's activations. XS: the lane's B registers, subtile j at words 2j, 2j + 1 (fragment order);
+      // else token g's row, subtile j at words 8j + t, 8j + t + 4 (x already offset by t).
+      const uint32_t* xc = x + c * (KC / 2);
+      uint4 bv;  // XS: the B registers of subtiles j and j + 1 (j even)
 #pragma unroll
       for (int gi = 0; gi < GPC; ++gi) {
-        const float s0 = __shfl_sync(0xffffffffu, gp[gi], quad);
-        const float s1 = __shfl_sync(0xffffffffu, gp[gi], quad + 1);
-        const float zf[2] = {kCodeOffset<T, BITS> + __shfl_sync(0xffffffffu, gp[gi], quad + 2),
-                             kCodeOffset<T, BITS> + __shfl_sync(0xffffffffu, gp[gi], quad + 3)};
+        // The quad's parameters by width-4 shuffles: the source lane is an immediate (no lane arithmetic).
+        const float s0 = __shfl_sync(0xffffffffu, gp[gi], 0, 4);
+        const float s1 = __shfl_sync(0xffffffffu, gp[gi], 1, 4);
+        const float zf[2] = {kCodeOffset<T, BITS> + __shfl_sync(0xffffffffu, gp[gi], 2, 4),
+                             kCodeOffset<T, BITS> + __shfl_sync(0xffffffffu, gp[gi], 3, 4)};
         uint32_t zp[2] = {0u, 0u};
         if constexpr (!kViaFloat<T, BITS>) {
           zp[0] = float_to_pair(zf[0], T{});
@@ -199,9 +233,10 @@ __global__ void __launch_bounds__(WARPS * 32, LEAN ? 4 * kWarps / WARPS : 1) wo_
           uint32_t a[4];
           a_fragment_any<T, BITS>(w, hi, j, zf, zp, a);
           uint32_t b0, b1;
-          if constexpr (XS) {
-            b0 = xc[8 * j];
-            b1 = xc[8 * j + 4];
+          if constexpr (XS) {  // one 16-byte load per two subtiles, made where it is used (fewer live registers)
+            if (j % 2 == 0) bv = reinterpret_cast<const uint4*>(xc)[j / 2];
+            b0 = j % 2 ? bv.z : bv.x;
+            b1 = j % 2 ? bv.w : bv.y;
           } else {
             b0 = __ldg(xc + 8 * j);
             b1 = __ldg(xc + 8 * j + 4);
@@ -213,7 +248,7 @@ __global__ void __launch_bounds__(WARPS * 32, LEAN ? 4 * kWarps / WARPS : 1) wo_
         acc[2] = fmaf(s1, d[2], acc[2]);
         acc[3] = fmaf(s1, d[3], acc[3]);
       }
-      load_weights(u, c + WARPS * BATCH);
+      load_next(u);
       prefetch_x(c + WARPS * BATCH);
     }
   }
@@ -244,13 +279,13 @@ void launch_variant(const WoProblem& p,     // the problem
                     int smem,               // dynamic shared memory bytes (XS: the staged x)
                     cudaStream_t stream) {  // the caller's stream
   const dim3 grid(p.w.n_padded / kStripeRows), block(WARPS * 32);
+  auto* kernel = wo_gemv_kernel<T, BITS, GPC, XS, LEAN, WARPS>;
   // Above 48 KB in all (the static partial sums count too) a kernel must opt in; cheap, per device, every time.
   constexpr int kStaticBytes = WARPS * kStripeRows * kMaxGemvTokens * 4;  // wo_gemv_kernel's `partial`
   if (smem + kStaticBytes > (48 << 10)) {
-    cudaFuncSetAttribute(wo_gemv_kernel<T, BITS, GPC, XS, LEAN, WARPS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                         smem);
+    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   }
-  launch_maybe_pdl(wo_gemv_kernel<T, BITS, GPC, XS, LEAN, WARPS>, p.pdl, grid, block, smem, stream, p);
+  launch_maybe_pdl(kernel, p.pdl, grid, block, smem, stream, p);
 }
 
 template <typename T,    // activation and output type
