@@ -271,7 +271,15 @@ def info() -> dict:
 
 def _weight_only_path() -> str:
     from . import sm90  # imports this module
-    from .weight_only import GEMM_MAX_M, MIXED_MIN_M, STREAM_SMALL_MAX_N, V3_MAX_M, V3_MIN_M
+    from .weight_only import (
+        GEMM_MAX_M,
+        MIXED_MIN_M,
+        RING_M3_MAX_K,
+        STREAM_LONG_K,
+        STREAM_SMALL_MAX_N,
+        V3_MAX_M,
+        V3_MIN_M,
+    )
 
     def mixed_path(bits: int) -> str:
         lib = sm90.MIXED[bits]
@@ -281,7 +289,8 @@ def _weight_only_path() -> str:
 
     mixed = f"{mixed_path(4)}; {mixed_path(8)}"
     gemvs = ("qtool_cuda wo_gemv at 1-8 tokens (weight_only.gemv_kind: the ring GEMV at 1, with programmatic dependent "
-             "launch on sm_90 unless QTOOL_PDL=0; variant 3 from 2 tokens "
+             "launch on sm_90 unless QTOOL_PDL=0, and at 2 on 2-/3-bit weights larger than 4096 x 4096 with K < "
+             f"{STREAM_LONG_K}, at 3 on 4-bit ones with K <= {RING_M3_MAX_K} < N; otherwise variant 3 from 2 tokens "
              "for 2-/3-bit (to 16 on weights of <= 4096 x 4096), 3-4 for 4-bit (to 8 on weights of <= "
              f"{STREAM_SMALL_MAX_N} rows and 32 MiB), 4 for large 8-bit ones; the ring GEMV to 4, to 8 on small 8-bit)")
     rows = ("8-bit symmetric per-channel layers row-major on qtool_cuda w8_gemv (to 4 tokens, 16 on weights of <= "

@@ -80,6 +80,15 @@ STREAM_SMALL_MAX_BYTES = 32 << 20
 STREAM_LONG_K = 16384
 STREAM_LOW_BITS_MAX_M = 16  # 2-/3-bit weights of at most STREAM_LOW_BITS_MAX_WEIGHT elements (kernel: <= 32)
 STREAM_LOW_BITS_MAX_WEIGHT = 4096 * 4096
+# Session 27 (the ring GEMV with x in fragment order; every GEMV column at 2-4 tokens, BENCHMARKS.md): the ring
+# GEMV takes back
+# - 4-bit at 3 tokens where K <= RING_M3_MAX_K < N (4096 x 6144 / 14336 / 28672: lean ring 1.85 / 1.82 / 1.99x bf16
+#   against stream's 1.75 / 1.73 / 1.97x, both launched plainly; stream still wins on 4096 x 4096, 8192 x 8192 and
+#   the long-K weights);
+# - 2- and 3-bit at 2 tokens on weights larger than STREAM_LOW_BITS_MAX_WEIGHT with K < STREAM_LONG_K (W3
+#   14336 x 4096 2.21 vs 2.06x, 4096 x 14336 2.05 vs 1.95, 8192 x 28672 2.43 vs 2.34, others within 1%; 28672 x 8192
+#   and 4096 x 4096 stay on stream).
+RING_M3_MAX_K = 4096
 GEMV_KIND_MAX_M = 8  # the ring GEMV's token limit (csrc/wo_kernels.h, kMaxGemvTokens); variant 3 passes it only
 # for small 2-/3-bit weights (STREAM_LOW_BITS_MAX_M)
 
@@ -171,12 +180,14 @@ def gemv_kind(w: PackedWeight, m: int) -> str | None:
         return "ring"
     if w.num_bits in LOW_BITS:
         small = w.out_features * w.k_padded <= STREAM_LOW_BITS_MAX_WEIGHT
+        if m == 2 and not small and w.k_padded < STREAM_LONG_K:
+            return "ring"
         return "stream" if m <= GEMV_KIND_MAX_M or (small and m <= STREAM_LOW_BITS_MAX_M) else None
     if m > GEMV_KIND_MAX_M:
         return None
     small = _small_weight(w)
     if w.num_bits == 4:
-        stream = m >= 3 and (m <= 4 or small)
+        stream = m >= 3 and (m <= 4 or small) and not (m == 3 and w.k_padded <= RING_M3_MAX_K < w.out_features)
     else:
         stream = not small and (m == 4 or (m <= 3 and w.k_padded >= STREAM_LONG_K))
     if stream:

@@ -25,7 +25,9 @@
 // the kernel before (session 18, H200: 6.0 -> 4.9 us at one token on 4096 x 4096; v3's H100 form, with the wait
 // before any load, had measured no consistent gain). Session 19 tried taking zero points off once per group (biased
 // A fragments, per-block sums of x: 405 -> 366 instructions per four chunks): slower at one token (4096 x 4096 4.9
-// -> 6.4 us) and wrong in 38 GPU tests as written; removed (kernels/NOTES.md).
+// -> 6.4 us) and wrong in 38 GPU tests as written; removed (kernels/NOTES.md). Session 27 cut the instructions
+// around the math (ncu, lean 4096 x 28672 at one token: 14.7 M -> 12.7 M): x staged in fragment order, running
+// refill addresses, width-4 shuffles; one token +1-9%, two tokens +10-23% (kernels/NOTES.md, session 27).
 #include <cstdint>
 #include <cstdlib>
 
@@ -43,13 +45,14 @@ constexpr int kWarps = 8;  // warps per block, all on the same stripe, splitting
 // same change at 1.23x -> 1.62x bf16 (4096 x 4096, one token).
 constexpr int kWideWarps = 16;
 
-// v4: the block stages all m tokens of x in shared memory (one cp.async pass issued right after the
-// first weight ring), when that takes at most this many bytes; above it the v2 path reads x from
+// v4: the block stages all m tokens of x in shared memory (stage_x_fragment_order, right after the
+// first weight ring is issued), when that takes at most this many bytes; above it the v2 path reads x from
 // global memory per subtile. ncu on the H100 (v2) showed why: x loads issued after the weights
 // arrived stalled each warp once per chunk on an L2 round trip (L1 hit rate 18-31%, 0.2-0.8
-// eligible warps per scheduler, DRAM at 7-53% of peak), so the kernel was latency-bound on x.
-// Rows are padded by 4 words: token g's words then start in bank 4g, and the B loads of the 32
-// lanes (words 8j + t (+ 4) of token g) fall in 32 distinct banks.
+// eligible warps per scheduler, DRAM at 7-53% of peak), so the kernel was latency-bound on x; on the H200
+// (session 27, `dev/gemv_xs_ab.py`) the L1 path ran 4096 x 28672 at one token at 2.08x bf16 against 2.56x staged.
+// Rows are padded by 4 words: token g's row then starts in bank 4g, and the 16-byte B loads of a
+// quarter warp (two token rows, lanes t = 0..3) fall in distinct banks.
 constexpr int kXsPadWords = 4;
 constexpr int kXsMaxBytes = 96 << 10;
 
@@ -58,7 +61,8 @@ __host__ __device__ constexpr int xs_row_words(int k_padded) { return k_padded /
 // The most x bytes staged in shared memory: kXsMaxBytes, or QTOOL_GEMV_XS_MAX (read once: this is decode's hottest
 // launch) for an A/B. Session 26's profile of the wide ring GEMV on 14336 x 4096 at one token put 17% of its stall
 // samples on the barrier after the whole of x is staged (kernels/NOTES.md); 0 sends every call to the path that reads
-// x through L1 instead (`dev/gemv_xs_ab.py`, one process per setting). Unmeasured: the default is unchanged.
+// x through L1 instead (`dev/gemv_xs_ab.py`, one process per setting): slower at 1-2 tokens on every 8B decode
+// shape (session 27), so the default stays.
 int xs_max_bytes() {
   static const int bytes = [] {
     const char* env = std::getenv("QTOOL_GEMV_XS_MAX");
