@@ -7,6 +7,8 @@
 #   call 2: bash dev/session27.sh gemvtests xpab ncuxp   (x staged in fragment order, QTOOL_GEMV_XP=1 vs 0)
 #   call 3: bash dev/session27.sh gemvtests xpab e2ew4    (the final ring GEMV: its tests, the 8B W4A16 decode)
 #   call 4: bash dev/session27.sh gemvrule                (every GEMV column at 2-4 tokens, for gemv_kind's rule)
+#   call 7 (branch session27-bulk): bash dev/session27.sh bulk   (wo_gemv variant 4; failed at launch, fixed there)
+#   next session: git merge session27-bulk; bash dev/session27.sh bulk
 #   nvidia-h200-x2 (issue 20): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 gptq8ns_1 gptq8ns_2 summary
 # pdltest   tests/test_fusion.py -k inductor_pdl (failed once for fp8 in session 26 at the old 2% bound)
 # xsab      dev/gemv_xs_ab.py, one process per QTOOL_GEMV_XS_MAX setting (it is read once): W4 g128 at 1, 2, 4 tokens
