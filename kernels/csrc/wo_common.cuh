@@ -58,18 +58,13 @@ struct LaneChunk {
   uint2 hi;  // 3-bit only; the compiler drops it elsewhere
 
   __device__ inline void load(const uint4* vecs, int chunk, int lane) {
-    const uint4* c = vecs + static_cast<uint32_t>(chunk) * static_cast<uint32_t>(chunk_vecs(BITS));
-    lo = load_streaming(c + lane);
-    if constexpr (BITS == 3) hi = load_streaming(reinterpret_cast<const uint2*>(c + 32) + lane);
+    load_lane(vecs + static_cast<uint32_t>(chunk) * static_cast<uint32_t>(chunk_vecs(BITS)) + lane, lane);
   }
-  // The same from this lane's 16-byte address in the chunk (vecs + chunk * chunk_vecs + lane).
+  // The same from this lane's 16-byte address in the chunk (vecs + chunk * chunk_vecs + lane): the high bits of
+  // 3-bit codes follow the chunk's 32 rows of low bits.
   __device__ inline void load_lane(const uint4* mine, int lane) {
     lo = load_streaming(mine);
     if constexpr (BITS == 3) hi = load_streaming(reinterpret_cast<const uint2*>(mine + (32 - lane)) + lane);
-  }
-  __device__ inline void clear() {
-    lo = make_uint4(0, 0, 0, 0);
-    hi = make_uint2(0, 0);
   }
 };
 

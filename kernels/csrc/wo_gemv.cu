@@ -85,10 +85,10 @@ constexpr int batch_chunks() {
   return LEAN || GPC > 2 || is_low_bits(BITS) ? 4 : 8;
 }
 
-// x staged in fragment order (session 27): word q = 8j + t + 4h of a chunk's x row (subtile j, B register h of lane t) is
-// stored at t * 2 * SUB + 2j + h, so lane t finds its B registers for the whole chunk in 2 * SUB consecutive words
-// and reads them with SUB / 2 16-byte loads instead of 2 * SUB 4-byte ones. A 16-byte vector of x (words 4a ..
-// 4a + 3 of its chunk) then lands at a, a + 2 * SUB, a + 4 * SUB, a + 6 * SUB.
+// x staged in fragment order (session 27): word q = 8j + t + 4h of a chunk's x row (subtile j, B register h of
+// lane t) is stored at t * 2 * SUB + 2j + h, so lane t finds its B registers for the whole chunk in 2 * SUB
+// consecutive words and reads them with SUB / 2 16-byte loads instead of 2 * SUB 4-byte ones. A 16-byte vector of
+// x (words 4a .. 4a + 3 of its chunk) then lands at a, a + 2 * SUB, a + 4 * SUB, a + 6 * SUB.
 // The m rows go through registers: R 16-byte loads per thread in flight, then their words stored (a 4-byte cp.async
 // per word would take four copies per vector). Rows keep xs_row_words' padding, so the B loads of 8 token rows
 // stay conflict-free.
@@ -148,8 +148,8 @@ __global__ void __launch_bounds__(WARPS * 32, LEAN ? 4 * kWarps / WARPS : 1) wo_
   par = opaque(par + stripe * kStripeRows + g + 8 * (t % 2));
   const uint32_t gstride = p.w.n_padded;  // between groups of the parameters; 32 bits suffice
 
-  // B fragment: token g, words (k / 2) t and t + 4 of each 16-k subtile. Lanes of tokens >= m read
-  // token 0 again instead of predicated zeros: column n of an mma result depends on column n of B
+  // B fragment: token g, words (k / 2) t and t + 4 of each 16-k subtile (staged: in fragment order). Lanes of
+  // tokens >= m read token 0 again instead of predicated zeros: column n of an mma result depends on column n of B
   // only, those columns are never stored, and the loads hit the same L1 lines as token 0's.
   // Set after the first weight ring is issued (opaque): the activation loads stay behind it.
   const uint32_t* x = nullptr;
