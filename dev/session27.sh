@@ -7,6 +7,7 @@
 #   call 2: bash dev/session27.sh gemvtests xpab ncuxp   (x staged in fragment order, QTOOL_GEMV_XP=1 vs 0)
 #   call 3: bash dev/session27.sh gemvtests xpab e2ew4    (the final ring GEMV: its tests, the 8B W4A16 decode)
 #   call 4: bash dev/session27.sh gemvrule                (every GEMV column at 2-4 tokens, for gemv_kind's rule)
+#   call 7: bash dev/session27.sh bulk                    (wo_gemv variant 4, "bulk": tests, then against the ring)
 #   nvidia-h200-x2 (issue 20): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 gptq8ns_1 gptq8ns_2 summary
 # pdltest   tests/test_fusion.py -k inductor_pdl (failed once for fp8 in session 26 at the old 2% bound)
 # xsab      dev/gemv_xs_ab.py, one process per QTOOL_GEMV_XS_MAX setting (it is read once): W4 g128 at 1, 2, 4 tokens
@@ -62,6 +63,18 @@ for r in json.load(open(sys.argv[1]))["rows"]:
     print(f"{r['K']}x{r['N']} {r['format']} M={r['M']}: bf16/dispatcher {r['graph_speedup']:.2f}x; "
           + " ".join(f"{k[8:] or 'ring'} {r['graph_bf16_ms'] / v:.2f}" for k, v in g.items()) + f"; best {best}")
 PY
+}
+
+bulk() {  # wo_gemv variant 4 (bulk copies into a shared-memory ring) against the ring GEMV, then its GEMV tests
+  step "bulk variant against the ring GEMV"
+  timeout -k 10 "${BB_TIMEOUT:-70}" python3 dev/bulk_ab.py --tokens "${BB_TOKENS:-1}" --formats "${BB_FORMATS:-4:128}" \
+    --json "$OUT/bulk.json" > /tmp/bulk.txt 2>&1
+  echo "exit $?"; grep -vE "Warning|warn" /tmp/bulk.txt | tail -24
+  step "bulk variant: GEMV tests"
+  timeout -k 10 "${BT_TIMEOUT:-70}" python3 -m pytest -q -m gpu tests/test_kernels_gpu.py tests/test_lowbit_gpu.py \
+    tests/test_wo_stream_gpu.py -x --tb=short -rf -p no:logging -k "gemv or raw_kernels or token_limits" \
+    > "$OUT/bulktests.txt" 2>&1
+  summarize "$OUT/bulktests.txt"
 }
 
 stages=("$@")

@@ -86,9 +86,12 @@ def test_dispatcher_routes_by_tokens_and_shape(monkeypatch):
         assert route(4, 8192, 8192, 1) == ("wo_gemv", 1) and route(4, 28672, 8192, 1) == ("wo_gemv", 2)
         assert route(4, 4096, 4096, 1) == ("wo_gemv", 2) == route(4, 14336, 4096, 1)  # <= 4096 rows: wide
         # 4-bit: the ring GEMV at 2 tokens, variant 3 ("stream") at 3-4, to 8 on small weights (<= 8192 rows,
-        # <= 32 MiB of codes), the measured route past that on large ones
+        # <= 32 MiB of codes), the measured route past that on large ones; at 3 tokens the ring GEMV where
+        # K <= 4096 < N (session 27)
         assert route(4, 8192, 8192, 2) == ("wo_gemv", 1) and route(4, 28672, 8192, 2) == ("wo_gemv", 2)
         assert route(4, 8192, 8192, 3) == ("wo_gemv", 3) == route(4, 28672, 8192, 4) == route(4, 14336, 4096, 8)
+        assert route(4, 4096, 14336, 3) == ("wo_gemv", 1) == route(4, 4096, 6144, 3)
+        assert route(4, 4096, 4096, 3) == ("wo_gemv", 3) == route(4, 4096, 14336, 4)
         assert route(4, 4096, 4096, 8) == ("wo_gemv", 3) == route(4, 8192, 8192, 5)
         assert route(4, 8192, 14336, 5) == ("mixed", 128, 16, 1, 0) and route(4, 4096, 4096, 9)[0] == "mixed"
         # 8-bit: the ring GEMV on small weights to 8 tokens; on large ones stream at 4, at 2-3 where K >= 16384
@@ -113,7 +116,10 @@ def test_dispatcher_routes_by_tokens_and_shape(monkeypatch):
         # copy's plain schedule
         for bits in (2, 3):
             assert route(bits, 8192, 8192, 1) == ("wo_gemv", 1) and route(bits, 8192, 28672, 16)[0] == "mixed"
-            assert route(bits, 8192, 8192, 2) == ("wo_gemv", 3) == route(bits, 28672, 8192, 8)
+            assert route(bits, 8192, 8192, 3) == ("wo_gemv", 3) == route(bits, 28672, 8192, 8)
+            # 2 tokens: the ring GEMV on weights larger than 4096 x 4096 with K < 16384 (session 27)
+            assert route(bits, 8192, 8192, 2) == ("wo_gemv", 1) and route(bits, 14336, 4096, 2) == ("wo_gemv", 2)
+            assert route(bits, 4096, 4096, 2) == ("wo_gemv", 3) == route(bits, 28672, 8192, 2)
             assert route(bits, 8192, 8192, 9)[0] == "mixed" and route(bits, 4096, 4096, 17)[0] == "mixed"
             assert route(bits, 4096, 4096, 16) == ("wo_gemv", 3)  # small: variant 3 to 16 tokens
             with monkeypatch.context() as patch:  # 8 tokens past the GEMVs, where the 4-bit winner is wo_gemm
