@@ -77,6 +77,21 @@ bulk() {  # wo_gemv variant 4 (bulk copies into a shared-memory ring) against th
   summarize "$OUT/bulktests.txt"
 }
 
+g2lean() {  # two groups per chunk in the lean / wide launches (branch session27-bulk): raw columns v0 / lean / wide
+  step "two-group chunks: W2 g64 and W4 g32 at 1-2 tokens, every ring launch"
+  timeout -k 10 "${GL_TIMEOUT:-150}" python3 benchmarks/bench_kernels.py --formats w2a16-g64 --tokens 1,2 \
+    --shapes "${GL_SHAPES:-4096x4096,4096x14336,14336x4096,8192x8192,8192x28672,28672x8192}" \
+    --json "$OUT/g2lean.json" > /tmp/g2lean.txt 2>&1
+  echo "exit $?"; tail -3 /tmp/g2lean.txt
+  python3 - "$OUT/g2lean.json" <<'PY'
+import json, sys
+for r in json.load(open(sys.argv[1]))["rows"]:
+    g = {k: v for k, v in r["graph_kernel_ms"].items() if v and k.startswith("wo_gemv")}
+    print(f"{r['K']}x{r['N']} {r['format']} M={r['M']}: dispatcher {r['graph_speedup']:.2f}x; "
+          + " ".join(f"{k[8:] or 'v0'} {r['graph_bf16_ms'] / v:.2f}" for k, v in g.items()))
+PY
+}
+
 stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(pdltest xsab)
 for s in "${stages[@]}"; do "$s"; done
