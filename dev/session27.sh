@@ -7,8 +7,8 @@
 #   call 2: bash dev/session27.sh gemvtests xpab ncuxp   (x staged in fragment order, QTOOL_GEMV_XP=1 vs 0)
 #   call 3: bash dev/session27.sh gemvtests xpab e2ew4    (the final ring GEMV: its tests, the 8B W4A16 decode)
 #   call 4: bash dev/session27.sh gemvrule                (every GEMV column at 2-4 tokens, for gemv_kind's rule)
-#   call 7 (branch session27-bulk): bash dev/session27.sh bulk   (wo_gemv variant 4; failed at launch, fixed there)
-#   next session: git merge session27-bulk; bash dev/session27.sh bulk
+#   call 7: bash dev/session27.sh bulk                    (wo_gemv variant 4, "bulk": tests, then against the ring)
+#   g2lean: two-group chunks (W4 g32, W8 g16, W2 g64) on the lean / wide launches, against variant 0
 #   nvidia-h200-x2 (issue 20): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 gptq8ns_1 gptq8ns_2 summary
 # pdltest   tests/test_fusion.py -k inductor_pdl (failed once for fp8 in session 26 at the old 2% bound)
 # xsab      dev/gemv_xs_ab.py, one process per QTOOL_GEMV_XS_MAX setting (it is read once): W4 g128 at 1, 2, 4 tokens
@@ -63,6 +63,33 @@ for r in json.load(open(sys.argv[1]))["rows"]:
     best = min(g, key=g.get)
     print(f"{r['K']}x{r['N']} {r['format']} M={r['M']}: bf16/dispatcher {r['graph_speedup']:.2f}x; "
           + " ".join(f"{k[8:] or 'ring'} {r['graph_bf16_ms'] / v:.2f}" for k, v in g.items()) + f"; best {best}")
+PY
+}
+
+bulk() {  # wo_gemv variant 4 (bulk copies into a shared-memory ring) against the ring GEMV, then its GEMV tests
+  step "bulk variant against the ring GEMV"
+  timeout -k 10 "${BB_TIMEOUT:-70}" python3 dev/bulk_ab.py --tokens "${BB_TOKENS:-1}" --formats "${BB_FORMATS:-4:128}" \
+    --json "$OUT/bulk.json" > /tmp/bulk.txt 2>&1
+  echo "exit $?"; grep -vE "Warning|warn" /tmp/bulk.txt | tail -24
+  step "bulk variant: GEMV tests"
+  timeout -k 10 "${BT_TIMEOUT:-70}" python3 -m pytest -q -m gpu tests/test_kernels_gpu.py tests/test_lowbit_gpu.py \
+    tests/test_wo_stream_gpu.py -x --tb=short -rf -p no:logging -k "gemv or raw_kernels or token_limits" \
+    > "$OUT/bulktests.txt" 2>&1
+  summarize "$OUT/bulktests.txt"
+}
+
+g2lean() {  # two groups per chunk in the lean / wide launches (branch session27-bulk): raw columns v0 / lean / wide
+  step "two-group chunks: W2 g64 and W4 g32 at 1-2 tokens, every ring launch"
+  timeout -k 10 "${GL_TIMEOUT:-150}" python3 benchmarks/bench_kernels.py --formats w2a16-g64 --tokens 1,2 \
+    --shapes "${GL_SHAPES:-4096x4096,4096x14336,14336x4096,8192x8192,8192x28672,28672x8192}" \
+    --json "$OUT/g2lean.json" > /tmp/g2lean.txt 2>&1
+  echo "exit $?"; tail -3 /tmp/g2lean.txt
+  python3 - "$OUT/g2lean.json" <<'PY'
+import json, sys
+for r in json.load(open(sys.argv[1]))["rows"]:
+    g = {k: v for k, v in r["graph_kernel_ms"].items() if v and k.startswith("wo_gemv")}
+    print(f"{r['K']}x{r['N']} {r['format']} M={r['M']}: dispatcher {r['graph_speedup']:.2f}x; "
+          + " ".join(f"{k[8:] or 'v0'} {r['graph_bf16_ms'] / v:.2f}" for k, v in g.items()))
 PY
 }
 

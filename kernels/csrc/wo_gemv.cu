@@ -33,6 +33,7 @@
 
 #include "pdl.cuh"
 #include "wo_common.cuh"
+#include "wo_xstage.cuh"
 
 namespace qtool {
 namespace {
@@ -45,18 +46,7 @@ constexpr int kWarps = 8;  // warps per block, all on the same stripe, splitting
 // same change at 1.23x -> 1.62x bf16 (4096 x 4096, one token).
 constexpr int kWideWarps = 16;
 
-// v4: the block stages all m tokens of x in shared memory (stage_x_fragment_order, right after the
-// first weight ring is issued), when that takes at most this many bytes; above it the v2 path reads x from
-// global memory per subtile. ncu on the H100 (v2) showed why: x loads issued after the weights
-// arrived stalled each warp once per chunk on an L2 round trip (L1 hit rate 18-31%, 0.2-0.8
-// eligible warps per scheduler, DRAM at 7-53% of peak), so the kernel was latency-bound on x; on the H200
-// (session 27, `dev/gemv_xs_ab.py`) the L1 path ran 4096 x 28672 at one token at 2.08x bf16 against 2.56x staged.
-// Rows are padded by 4 words: token g's row then starts in bank 4g, and the 16-byte B loads of a
-// quarter warp (two token rows, lanes t = 0..3) fall in distinct banks.
-constexpr int kXsPadWords = 4;
-constexpr int kXsMaxBytes = 96 << 10;
-
-__host__ __device__ constexpr int xs_row_words(int k_padded) { return k_padded / 2 + kXsPadWords; }
+constexpr int kXsMaxBytes = 96 << 10;  // the most x staged (wo_xstage.cuh says why staged)
 
 // The most x bytes staged in shared memory: kXsMaxBytes, or QTOOL_GEMV_XS_MAX (read once: this is decode's hottest
 // launch) for an A/B. Session 26's profile of the wide ring GEMV on 14336 x 4096 at one token put 17% of its stall
@@ -83,44 +73,6 @@ int xs_max_bytes() {
 template <int BITS, int GPC, bool LEAN>  // code width, groups per chunk, gemv_variant 1
 constexpr int batch_chunks() {
   return LEAN || GPC > 2 || is_low_bits(BITS) ? 4 : 8;
-}
-
-// x staged in fragment order (session 27): word q = 8j + t + 4h of a chunk's x row (subtile j, B register h of
-// lane t) is stored at t * 2 * SUB + 2j + h, so lane t finds its B registers for the whole chunk in 2 * SUB
-// consecutive words and reads them with SUB / 2 16-byte loads instead of 2 * SUB 4-byte ones. A 16-byte vector of
-// x (words 4a .. 4a + 3 of its chunk) then lands at a, a + 2 * SUB, a + 4 * SUB, a + 6 * SUB.
-// The m rows go through registers: R 16-byte loads per thread in flight, then their words stored (a 4-byte cp.async
-// per word would take four copies per vector). Rows keep xs_row_words' padding, so the B loads of 8 token rows
-// stay conflict-free.
-template <int SUB, int WARPS>  // 16x16 subtiles per chunk; warps per block
-__device__ inline void stage_x_fragment_order(const WoProblem& p,  // x: [m, k_padded], rows contiguous
-                                              uint4* xs) {         // out: m * xs_row_words(k_padded) words
-  constexpr unsigned CV = 2 * SUB, R = 4, THREADS = WARPS * 32;  // 16-byte vectors per chunk; loads in flight
-  const unsigned vecs = p.w.k_padded / 8, total = p.m * vecs, row_words = xs_row_words(p.w.k_padded);
-  const uint4* xg = opaque(static_cast<const uint4*>(p.x));
-  uint32_t* words = reinterpret_cast<uint32_t*>(xs);
-  for (unsigned i0 = threadIdx.x; i0 < total; i0 += R * THREADS) {
-    uint4 val[R];
-#pragma unroll
-    for (unsigned r = 0; r < R; ++r) {
-      if (i0 + r * THREADS < total) val[r] = __ldg(xg + i0 + r * THREADS);
-    }
-#pragma unroll
-    for (unsigned r = 0; r < R; ++r) {
-      const unsigned i = i0 + r * THREADS;
-      if (i < total) {
-        unsigned tok = 0;  // i / vecs for m <= 8 tokens, without a division
-#pragma unroll 1
-        for (int j = 1; j < p.m; ++j) tok += i >= j * vecs;
-        const unsigned v = i - tok * vecs;
-        uint32_t* dst = words + tok * row_words + 4 * CV * (v / CV) + v % CV;
-        dst[0] = val[r].x;
-        dst[2 * SUB] = val[r].y;
-        dst[4 * SUB] = val[r].z;
-        dst[6 * SUB] = val[r].w;
-      }
-    }
-  }
 }
 
 template <typename T,    // activation and output type: __half or __nv_bfloat16
@@ -231,21 +183,16 @@ __global__ void __launch_bounds__(WARPS * 32, LEAN ? 4 * kWarps / WARPS : 1) wo_
         // This group's sum of (q - z) * x. (Two accumulators, so that consecutive mma do not wait on
         // each other, measured no faster on the H100: NOTES.md, v4.)
         float d[4] = {};
+        if constexpr (XS) {
+          staged_group_sum<T, BITS, SPG>(w, hi, gi, zf, zp, xc, bv, d);
+        } else {
 #pragma unroll
-        for (int jj = 0; jj < SPG; ++jj) {
-          const int j = gi * SPG + jj;
-          uint32_t a[4];
-          a_fragment_any<T, BITS>(w, hi, j, zf, zp, a);
-          uint32_t b0, b1;
-          if constexpr (XS) {  // one 16-byte load per two subtiles, made where it is used (fewer live registers)
-            if (j % 2 == 0) bv = reinterpret_cast<const uint4*>(xc)[j / 2];
-            b0 = j % 2 ? bv.z : bv.x;
-            b1 = j % 2 ? bv.w : bv.y;
-          } else {
-            b0 = __ldg(xc + 8 * j);
-            b1 = __ldg(xc + 8 * j + 4);
+          for (int jj = 0; jj < SPG; ++jj) {
+            const int j = gi * SPG + jj;
+            uint32_t a[4];
+            a_fragment_any<T, BITS>(w, hi, j, zf, zp, a);
+            mma_16816<T>(d, a, __ldg(xc + 8 * j), __ldg(xc + 8 * j + 4));
           }
-          mma_16816<T>(d, a, b0, b1);
         }
         acc[0] = fmaf(s0, d[0], acc[0]);
         acc[1] = fmaf(s0, d[1], acc[1]);
@@ -310,6 +257,14 @@ void launch_typed(const WoProblem& p,     // the problem, 1 <= p.m <= kMaxGemvTo
        : launch_variant<T, BITS, 1, false, true>(p, 0, stream);
   } else if (gpc == 1) {
     xs ? launch_variant<T, BITS, 1, true>(p, xs_bytes, stream) : launch_variant<T, BITS, 1, false>(p, 0, stream);
+  } else if (gpc == 2 && xs && p.gemv_variant != 0 && BITS != 3) {
+    // Session 27, unmeasured: two groups per chunk (W4 g32, W8 g16, W2 g64) in the lean budgets too (64 registers,
+    // no spills; 3-bit g64 spills 16 bytes there, so it keeps the default). Before, they ran 8-warp blocks of ~80
+    // registers everywhere: W2 g64 on 14336 x 4096 at one token 13.8 us against W3 g128's 11.6 on the wide launch.
+    if constexpr (BITS != 3) {
+      p.gemv_variant == 2 ? launch_variant<T, BITS, 2, true, true, kWideWarps>(p, xs_bytes, stream)
+                          : launch_variant<T, BITS, 2, true, true>(p, xs_bytes, stream);
+    }
   } else if (gpc == 2) {
     xs ? launch_variant<T, BITS, 2, true>(p, xs_bytes, stream) : launch_variant<T, BITS, 2, false>(p, 0, stream);
   } else if constexpr (BITS != 8) {  // int4 g16, 2-/3-bit g32; int8 chunks hold at most 2 groups of 16
