@@ -66,6 +66,10 @@ struct LaneChunk {
     lo = load_streaming(mine);
     if constexpr (BITS == 3) hi = load_streaming(reinterpret_cast<const uint2*>(mine + (32 - lane)) + lane);
   }
+  __device__ inline void clear() {  // wo_stream.cu: chunks past the end contribute zeros
+    lo = make_uint4(0, 0, 0, 0);
+    hi = make_uint2(0, 0);
+  }
 };
 
 __device__ inline void words_of(const uint4& v,       // a 16-byte load
