@@ -3,8 +3,12 @@
 #   call 1: BB_FORMATS=4:128,8:-1,3:128,2:64 BB_TIMEOUT=200 bash dev/session28.sh bulk g2lean sanitize
 #           (wo_gemv variant 4 "bulk" against the ring GEMV and its tests; two-group chunks on the lean / wide
 #           launches; compute-sanitizer over the GEMV variants)
+#   call 3: bash dev/session28.sh foldtests foldab e2efb   (fp8-block's scales folded into w8_gemv's FP8 decode)
 #   nvidia-h200-x2 (issue 20): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 gptq8ns_1 gptq8ns_2 summary
 # bulk, g2lean  session 27's stages (dev/session27.sh)
+# foldtests     the w8_gemv GPU tests (block scales at every m, the 2^-64 detour for huge scales)
+# foldab        dev/gemv_probe.py QTOOL_W8_GEMV=0 (folded) vs 128 (before), plain and PDL launches
+# e2efb         qtool bench llama-8b --scheme fp8-block, decode at batch 1 and 16
 # sanitize      compute-sanitizer memcheck and racecheck over every wo_gemv variant (ring 0/1/2, bulk 4) at 1-8 tokens
 cd "$(dirname "$0")/.."
 LOG=session28.log
@@ -20,5 +24,20 @@ sanitize() {
       tests/test_kernels_gpu.py -k "gemv_both_activation_paths and dtype0" -p no:logging 2>&1 | tail -8
   done
 }
+
+foldtests() {
+  step "w8_gemv GPU tests"
+  timeout -k 10 "${FT_TIMEOUT:-150}" python3 -m pytest -q -m gpu tests/test_w8a8_gpu.py -k "w8_gemv or w8a8_layers" \
+    --tb=short -rf -p no:logging > "$OUT/foldtests.txt" 2>&1
+  summarize "$OUT/foldtests.txt"
+}
+foldab() {
+  for pdl in 1 2; do
+    step "w8_gemv: folded block scales (0) vs before (128), QTOOL_PDL=$pdl"
+    QTOOL_PDL=$pdl timeout -k 10 "${FA_TIMEOUT:-170}" python3 dev/gemv_probe.py --switches 0,128 \
+      --tokens "$([ $pdl = 1 ] && echo 1,4,8,12,16 || echo 1)" --json "$OUT/foldab_pdl$pdl.json" 2>&1 | grep -E "fp8-block|fp8 8192x8192" | grep -v "^$"
+  done
+}
+e2efb() { E2E_TIMEOUT=${E2E_TIMEOUT:-200} bench8b "" fp8-block 1,16 128 10; }
 
 for stage in "$@"; do "$stage"; done

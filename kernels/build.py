@@ -10,7 +10,7 @@ Compile check on a machine without a GPU (CPU-only PyTorch, nvcc 13.0), the flag
   TI=$(python -c "import torch, os; print(os.path.dirname(torch.__file__))")/include
   mkdir -p /tmp/qtool_shim/c10/cuda/impl   # the CPU wheel lacks this generated header
   printf '#pragma once\\n#define C10_CUDA_BUILD_SHARED_LIBS\\n' > /tmp/qtool_shim/c10/cuda/impl/cuda_cmake_macros.h
-  for f in wo_gemv wo_stream wo_bulk wo_gemm wo_gemm_v3 dequant act_quant w8_gemv w1_gemv binarize w1a1 silu_mul; do
+  for f in wo_gemv wo_stream wo_gemm wo_gemm_v3 dequant act_quant w8_gemv w1_gemv binarize w1a1 silu_mul; do
     nvcc -std=c++17 -O3 -lineinfo --expt-relaxed-constexpr -D__CUDA_NO_HALF_OPERATORS__ \\
       -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__ -D__CUDA_NO_HALF2_OPERATORS__ \\
       -gencode=arch=compute_80,code=sm_80 -gencode=arch=compute_89,code=sm_89 \\
@@ -38,11 +38,10 @@ import torch
 from .layout import chunk_k
 
 CSRC = Path(__file__).resolve().parent / "csrc"
-SOURCES = ("ops.cpp", "wo_gemv.cu", "wo_stream.cu", "wo_bulk.cu", "wo_gemm.cu", "wo_gemm_v3.cu", "dequant.cu",
-           "ops_w8a8.cpp", "act_quant.cu", "w8_gemv.cu", "ops_w1.cpp", "w1_gemv.cu", "binarize.cu", "w1a1.cu", "silu_mul.cu")
-HEADERS = ("wo_kernels.h", "wo_decode.cuh", "wo_common.cuh", "wo_xstage.cuh", "wo_occupancy.h", "wo_piece.cuh", "w8a8.h",
-           "mlp.h",
-           "sm90/sm90_scaled_mm.h", "w1_kernels.h", "w1_gemv_plan.h", "pdl.cuh")
+SOURCES = ("ops.cpp", "wo_gemv.cu", "wo_stream.cu", "wo_gemm.cu", "wo_gemm_v3.cu", "dequant.cu", "ops_w8a8.cpp",
+           "act_quant.cu", "w8_gemv.cu", "ops_w1.cpp", "w1_gemv.cu", "binarize.cu", "w1a1.cu", "silu_mul.cu")
+HEADERS = ("wo_kernels.h", "wo_decode.cuh", "wo_common.cuh", "wo_xstage.cuh", "wo_occupancy.h", "wo_piece.cuh",
+           "w8a8.h", "mlp.h", "sm90/sm90_scaled_mm.h", "w1_kernels.h", "w1_gemv_plan.h", "pdl.cuh")
 NAME = "qtool_cuda"
 # The kernels need sm_80+ (bf16 mma.sync, cp.async, ldmatrix). $QTOOL_CUDA_ARCHS="90" (a build option,
 # README "Build options") builds one target, a third of the compile time, where the GPU is known.

@@ -1,5 +1,5 @@
 // PyTorch bindings of the weight-only kernels (and the gated MLP's silu_mul), as ops in the `qtool_cuda` namespace:
-//   torch.ops.qtool_cuda.wo_gemv      tensor-core GEMV, 1 <= m <= 8, or 32 with variant 3 (2-, 3-, 4-, 8-bit); 4: bulk
+//   torch.ops.qtool_cuda.wo_gemv      tensor-core GEMV, 1 <= m <= 8, or 32 with variant 3 (2-, 3-, 4-, 8-bit)
 //   torch.ops.qtool_cuda.wo_gemm      tensor-core GEMM, any m (best for small to moderate m)
 //   torch.ops.qtool_cuda.wo_gemm_v3   tensor-core GEMM for small m (5..64), deep weight stream, sm_90 clusters
 //   torch.ops.qtool_cuda.dequant_int  dense [n, k_padded] weight for cuBLAS at large m (2-, 3-, 4-, 8-bit)
@@ -121,8 +121,8 @@ at::Tensor wo_gemv(const at::Tensor& x, const at::Tensor& qweight, const at::Ten
   const PackedWeightView w = check_weight("wo_gemv", qweight, scale, zero, num_bits, group_size, out_features);
   const bool pdl = variant >= kPdlFlag;  // + kPdlFlag: a static weight (wo_kernels.h)
   if (pdl) variant -= kPdlFlag;
-  TORCH_CHECK(variant >= 0 && variant <= 4, "wo_gemv: variant must be 0 (default), 1 (lean), 2 (wide), 3 (stream) or "
-              "4 (bulk), plus 16 for a static weight, got ", variant + (pdl ? kPdlFlag : 0));
+  TORCH_CHECK(variant >= 0 && variant <= 3, "wo_gemv: variant must be 0 (default), 1 (lean), 2 (wide) or 3 (stream), "
+              "plus 16 for a static weight, got ", variant + (pdl ? kPdlFlag : 0));
   at::Tensor bias_f32;
   WoProblem p = make_problem("wo_gemv", x, w, qweight, bias, bias_f32, activation);
   const int max_tokens = variant == 3 ? kMaxStreamTokens : kMaxGemvTokens;
@@ -140,8 +140,6 @@ at::Tensor wo_gemv(const at::Tensor& x, const at::Tensor& qweight, const at::Ten
   p.pdl = pdl;
   if (variant == 3)
     launch_wo_stream(p, c10::cuda::getCurrentCUDAStream());
-  else if (variant == 4)
-    launch_wo_bulk(p, c10::cuda::getCurrentCUDAStream());
   else
     launch_wo_gemv(p, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -57,21 +57,30 @@ constexpr int kTwoStripesMinN = 16384;
 // times 2^-(127 - bias) (subnormals included); one bf16x2 multiply by 2^(127 - bias) restores it. Weight codes
 // are finite: the NaN codes of E4M3 (and Inf / NaN of E5M2) would decode as finite numbers.
 template <CodeFormat F>
-__device__ inline uint32_t fp8_pair_bf16(uint32_t word, uint32_t selector) {
+constexpr uint32_t kRestore = F == CodeFormat::kE4M3 ? 0x7B807B80u : 0x77807780u;  // (2^120, 2^120) / 2^112
+template <CodeFormat F>
+constexpr float kRestoreF = F == CodeFormat::kE4M3 ? 0x1p120f : 0x1p112f;
+
+template <CodeFormat F>
+__device__ inline uint32_t fp8_pair_bf16(uint32_t word, uint32_t selector,
+                                         uint32_t restore) {  // kRestore<F>, or it times a block scale (bf16x2)
   constexpr int kShift = F == CodeFormat::kE4M3 ? 4 : 3;                         // 8 - exponent bits - 1
   constexpr uint32_t kFields = F == CodeFormat::kE4M3 ? 0x07F007F0u : 0x0FE00FE0u;  // exponent | mantissa
-  constexpr uint32_t kRestore = F == CodeFormat::kE4M3 ? 0x7B807B80u : 0x77807780u;  // (2^120, 2^120) / 2^112
   const uint32_t bytes = __byte_perm(word, 0u, selector);  // the two codes in bits 15:8 and 31:24
   const uint32_t bits = (bytes & 0x80008000u) | ((bytes >> kShift) & kFields);
-  return as_u32(__hmul2(as_pair<__nv_bfloat162>(bits), as_pair<__nv_bfloat162>(kRestore)));
+  return as_u32(__hmul2(as_pair<__nv_bfloat162>(bits), as_pair<__nv_bfloat162>(restore)));
 }
 
 // int8 codes for bf16 come out as (c0, c2) and (c1, c3): kPairs02, x's pairs are permuted to match.
 template <typename T, CodeFormat F>
 constexpr bool kPairs02 = F == CodeFormat::kInt8 && std::is_same_v<T, __nv_bfloat16>;
 
+// FP8 codes for bf16 can take a block scale in the decode's own multiply (Scales == kBlockFold, below).
 template <typename T, CodeFormat F>
-__device__ inline void decode4(uint32_t word, uint32_t& lo, uint32_t& hi) {
+constexpr bool kFoldsScale = std::is_same_v<T, __nv_bfloat16> && F != CodeFormat::kInt8;
+
+template <typename T, CodeFormat F>
+__device__ inline void decode4(uint32_t word, uint32_t& lo, uint32_t& hi, uint32_t restore = kRestore<F>) {
   if constexpr (kPairs02<T, F>) {
     lo = int8_pair_bf16_signed(word);
     hi = int8_pair_bf16_signed(word >> 8);
@@ -85,8 +94,8 @@ __device__ inline void decode4(uint32_t word, uint32_t& lo, uint32_t& hi) {
     lo = as_u32(__half2(__nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(word & 0xffff), kind)));
     hi = as_u32(__half2(__nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(word >> 16), kind)));
   } else {  // selectors: zero, code 0 (2), zero, code 1 (3)
-    lo = fp8_pair_bf16<F>(word, 0x1404);
-    hi = fp8_pair_bf16<F>(word, 0x3424);
+    lo = fp8_pair_bf16<F>(word, 0x1404, restore);
+    hi = fp8_pair_bf16<F>(word, 0x3424, restore);
   }
 }
 
@@ -97,6 +106,8 @@ __device__ inline void decode4(uint32_t word, uint32_t& lo, uint32_t& hi) {
 //  16: 16-warp blocks up to 8192 rows instead of kWideMaxN (session 14's decode profile: q/k/v of 6144 rows, 384
 //      8-warp blocks, streamed 2.5 TB/s where gate/up reached 3.5). Not yet measured.
 //  64: block scales (fp8-block) at 9-16 tokens on the lean variant at every k, not only k <= kLeanBlockedMaxK.
+// 128: block scales for FP8 codes and bf16 activations as before session 28 (kBlockAcc / the lean variant), not
+//      folded into the decode (kBlockFold).
 // Session 14's A/B made two former switches the defaults ("lean" register budgets where they cost no spills) and
 // withdrew a third (one stripe at every n: -5-17% at <= 8 tokens on 28672 rows): kernels/NOTES.md "Session 14".
 // The lean block-scaled variant applies each tile's block scale to bf16 activations (x * scale in float32,
@@ -117,20 +128,41 @@ int w8_gemv_switches() {
   return switches;
 }
 
-template <int TokenTiles, bool Blocked, int kStripes, int Warps, bool Lean>
+template <int S, int TT>
+__device__ inline void scale_sums(float (&acc)[S][TT][4], float by) {
+#pragma unroll
+  for (int s = 0; s < S; ++s)
+#pragma unroll
+    for (int tt = 0; tt < TT; ++tt)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) acc[s][tt][r] *= by;
+}
+
+// How the weight scales apply. kChannel: once per row at the end. kBlockAcc: per 64-k tile, to a second
+// accumulator (or, Lean with bf16, to the tile's activations). kBlockFold (session 28): a 128 x 128 block's scale
+// is one number for the warp's whole tile (its 16 rows and 64 k), so for FP8 codes and bf16 it joins the constant
+// the decode already multiplies by (fp8_pair_bf16: 2^120 * scale, rounded to bf16 once per tile): no per-tile
+// work beyond that, and the per-channel kernel's registers and launch shapes. The weight then enters the mma as
+// bf16(code * bf16(scale)): the scale's rounding (2^-9 relative, one per block) is ~30x below E4M3's own.
+enum Scales : int { kChannel = 0, kBlockAcc = 1, kBlockFold = 2 };
+
+template <int TokenTiles, int Sc, int kStripes, int Warps, bool Lean>
 __host__ __device__ constexpr int min_blocks() {  // __launch_bounds__'s blocks per SM (lean budgets); 0: unset
   if (!Lean || kStripes != 1) return 0;
-  if (Warps == kWideWarps) return !Blocked && TokenTiles == 2 ? 2 : 0;  // 64 registers
-  return Blocked ? (TokenTiles <= 2 ? 3 : 0) : (TokenTiles == 2 ? 4 : 0);
+  if (Sc == kBlockFold) return TokenTiles == 1 ? (Warps == kWideWarps ? 2 : 3) : 0;  // 64 / 85 registers
+  if (Warps == kWideWarps) return Sc == kChannel && TokenTiles == 2 ? 2 : 0;  // 64 registers
+  return Sc == kBlockAcc ? (TokenTiles <= 2 ? 3 : 0) : (TokenTiles == 2 ? 4 : 0);
 }
 
 // Pdl (launched where the caller asks, p.pdl, or on every call with QTOOL_PDL=2): the first tiles' weight loads go
 // out before griddepcontrol.wait and their x loads after it (pdl.cuh); the loop is otherwise the same. Session 18's first try, L2 prefetches of those
 // tiles before the wait, made the kernel 5-30% slower even without PDL.
-template <typename T, CodeFormat F, int TokenTiles, bool Blocked, int kStripes, int Warps, bool Lean = false,
+template <typename T, CodeFormat F, int TokenTiles, int Sc, int kStripes, int Warps, bool Lean = false,
           bool Pdl = false>
-__global__ void __launch_bounds__(Warps * 32, (min_blocks<TokenTiles, Blocked, kStripes, Warps, Lean>()))
+__global__ void __launch_bounds__(Warps * 32, (min_blocks<TokenTiles, Sc, kStripes, Warps, Lean>()))
     w8_gemv(W8GemvProblem p) {
+  constexpr bool Blocked = Sc != kChannel, kFold = Sc == kBlockFold;
+  static_assert(!kFold || kFoldsScale<T, F>);
   constexpr bool Pairs02 = kPairs02<T, F>;
   constexpr int kRowsPerBlock = 16 * kStripes;
   constexpr int kUnroll = unroll_tiles<TokenTiles>();
@@ -148,9 +180,15 @@ __global__ void __launch_bounds__(Warps * 32, (min_blocks<TokenTiles, Blocked, k
 
   float acc[kStripes][TokenTiles][4] = {};
   bool waited = !Pdl;
+  // kFold: the row block's scales; lane u < kUnroll loads tile u's with the weights, shuffled out at its math.
+  const float* scale_row = p.scale + (Blocked ? static_cast<long long>(row0 / max(p.block_n, 1)) *
+                                                    ((p.k + p.block_k - 1) / max(p.block_k, 1)) : 0);
   for (int tile0 = warp; tile0 < tiles; tile0 += Warps * kUnroll) {
     uint4 w[kUnroll][kStripes][2];           // [tile][stripe][row g / g + 8]
     uint4 xv[kUnroll][TokenTiles][2];        // [tile][token tile][k 0..7 / 8..15]
+    float lane_scale = 0.0f;
+    if constexpr (kFold) lane_scale = __ldg(scale_row + min(tile0 + lane % kUnroll * Warps, tiles - 1) * kTileK /
+                                                             p.block_k);
     auto load_x = [&](int u) {  // tile u's activations, token tiles 0..TokenTiles-1
       const int k = (tile0 + u * Warps) * kTileK + 16 * t;
       const bool k_ok = tile0 + u * Warps < tiles && k < p.k;
@@ -189,22 +227,37 @@ __global__ void __launch_bounds__(Warps * 32, (min_blocks<TokenTiles, Blocked, k
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      constexpr bool kScaleX = Blocked && Lean && std::is_same_v<T, __nv_bfloat16>;
+      constexpr bool kScaleX = Sc == kBlockAcc && Lean && std::is_same_v<T, __nv_bfloat16>;
       float tile_acc[kStripes][TokenTiles][4] = {};
-      float(&dst)[kStripes][TokenTiles][4] = Blocked && !kScaleX ? tile_acc : acc;
-      if constexpr (kScaleX) {
+      float(&dst)[kStripes][TokenTiles][4] = Sc == kBlockAcc && !kScaleX ? tile_acc : acc;
+      uint32_t restore = 0;
+      if constexpr (kFoldsScale<T, F>) restore = kRestore<F>;
+      bool huge = false;  // kFold: a scale too large for the bf16 multiplier (below)
+      if constexpr (kScaleX || kFold) {
         const int tile = tile0 + u * Warps;
-        const int kb = min(tile, tiles - 1) * kTileK / p.block_k;
-        const int kblocks = (p.k + p.block_k - 1) / p.block_k;
-        const float sc = __ldg(p.scale + static_cast<long long>(row0 / p.block_n) * kblocks + kb);
-#pragma unroll
-        for (int tt = 0; tt < TokenTiles; ++tt)
-#pragma unroll
-          for (int i = 0; i < 8; ++i) {  // x * scale in float32, rounded once (a bf16 scale would bias the block)
-            uint32_t& word = (&xv[u][tt][0].x)[i];
-            const float2 v = pair_to_float2(word, T{});
-            word = float2_to_pair(v.x * sc, v.y * sc, T{});
+        const float sc = kFold ? __shfl_sync(~0u, lane_scale, u)
+                               : __ldg(scale_row + min(tile, tiles - 1) * kTileK / p.block_k);
+        if constexpr (kFold) {
+          // 2^120 * scale overflows bf16 from scale = 2^8 (E4M3 weights past ~2^16, never seen in a model): then
+          // the tile runs 2^64 smaller and the sums around it are scaled by 2^-64 and back, exact powers of two
+          // (warp-uniform branches, no registers; scales up to 2^71 stay exact).
+          float folded = kRestoreF<F> * sc;
+          huge = !(folded < 0x1p126f);
+          if (huge) {
+            folded *= 0x1p-64f;
+            scale_sums(acc, 0x1p-64f);
           }
+          restore = as_u32(__floats2bfloat162_rn(folded, folded));
+        } else {
+#pragma unroll
+          for (int tt = 0; tt < TokenTiles; ++tt)
+#pragma unroll
+            for (int i = 0; i < 8; ++i) {  // x * scale in float32, rounded once (a bf16 scale would bias the block)
+              uint32_t& word = (&xv[u][tt][0].x)[i];
+              const float2 v = pair_to_float2(word, T{});
+              word = float2_to_pair(v.x * sc, v.y * sc, T{});
+            }
+        }
       }
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
@@ -219,18 +272,22 @@ __global__ void __launch_bounds__(Warps * 32, (min_blocks<TokenTiles, Blocked, k
         for (int s = 0; s < kStripes; ++s) {
           const uint32_t lo_word = (&w[u][s][0].x)[j], hi_word = (&w[u][s][1].x)[j];
           uint32_t a[4];
-          decode4<T, F>(lo_word, a[0], a[2]);  // row g: k +0,+1 and +2,+3
-          decode4<T, F>(hi_word, a[1], a[3]);  // row g + 8
+          if constexpr (kFoldsScale<T, F>) {
+            decode4<T, F>(lo_word, a[0], a[2], restore);  // row g: k +0,+1 and +2,+3
+            decode4<T, F>(hi_word, a[1], a[3], restore);  // row g + 8
+          } else {
+            decode4<T, F>(lo_word, a[0], a[2]);
+            decode4<T, F>(hi_word, a[1], a[3]);
+          }
 #pragma unroll
           for (int tt = 0; tt < TokenTiles; ++tt) mma_16816<T>(dst[s][tt], a, b[tt][0], b[tt][1]);
         }
       }
-      if constexpr (Blocked && !kScaleX) {
+      if (huge) scale_sums(acc, 0x1p64f);
+      if constexpr (Sc == kBlockAcc && !kScaleX) {
         const int tile = tile0 + u * Warps;
         if (tile < tiles) {
-          const int kb = tile * kTileK / p.block_k;
-          const int kblocks = (p.k + p.block_k - 1) / p.block_k;
-          const float sc = __ldg(p.scale + static_cast<long long>(row0 / p.block_n) * kblocks + kb);
+          const float sc = __ldg(scale_row + tile * kTileK / p.block_k);
 #pragma unroll
           for (int s = 0; s < kStripes; ++s)
 #pragma unroll
@@ -291,15 +348,38 @@ __global__ void __launch_bounds__(Warps * 32, (min_blocks<TokenTiles, Blocked, k
 // One variant's launch; its Pdl twin (bf16, up to 16 tokens: the A/B's cases, so that the build does not grow by
 // more), launched with programmatic serialization, where the caller asks for it (p.pdl: static weights, and the
 // shapes where session 19 measured it faster, scaled_mm.W8_GEMV_PDL) or QTOOL_PDL=2 (every call: the A/B).
-template <typename T, CodeFormat F, int TokenTiles, bool Blocked, int Stripes, int Warps, bool Lean>
+template <typename T, CodeFormat F, int TokenTiles, int Sc, int Stripes, int Warps, bool Lean>
 void launch_one(const W8GemvProblem& p, unsigned blocks, cudaStream_t stream) {
   if constexpr (TokenTiles <= 2 && std::is_same_v<T, __nv_bfloat16>) {
     if (pdl_level() >= 2 || (p.pdl && pdl_enabled())) {
-      return launch_maybe_pdl(w8_gemv<T, F, TokenTiles, Blocked, Stripes, Warps, Lean, true>, true, dim3(blocks),
+      return launch_maybe_pdl(w8_gemv<T, F, TokenTiles, Sc, Stripes, Warps, Lean, true>, true, dim3(blocks),
                               dim3(Warps * 32), 0, stream, p);
     }
   }
-  w8_gemv<T, F, TokenTiles, Blocked, Stripes, Warps, Lean><<<blocks, Warps * 32, 0, stream>>>(p);
+  w8_gemv<T, F, TokenTiles, Sc, Stripes, Warps, Lean><<<blocks, Warps * 32, 0, stream>>>(p);
+}
+
+// The per-channel launch shapes, which the folded block scales share (the same registers).
+template <typename T, CodeFormat F, int TokenTiles, int Stripes, int Sc>
+void launch_channel_shapes(const W8GemvProblem& p, unsigned blocks, int switches, int wide_max_n,
+                           cudaStream_t stream) {
+  const bool wide = p.n <= wide_max_n && !(switches & 2);
+  if constexpr (Stripes == 1 && TokenTiles == 1) {
+    // 16 warps: m <= 8 only; the other variants take 74-128 registers, and a 16-warp block of them would hold an
+    // SM alone (two waves of 256 blocks)
+    constexpr bool kLean = Sc == kBlockFold;  // bounded: 2 or 3 blocks per SM (80 registers unbounded)
+    if (wide) return launch_one<T, F, 1, Sc, 1, kWideWarps, kLean>(p, blocks, stream);
+    return launch_one<T, F, 1, Sc, 1, kWarps, kLean>(p, blocks, stream);
+  }
+  else if constexpr (Stripes == 1 && TokenTiles == 2) {  // 64 registers: 9-16 tokens 1.1-1.4x -> 1.4-1.65x bf16
+    constexpr bool kLean = Sc == kChannel;  // folded scales spill 270-350 bytes in 64 registers
+    if (wide)  // 16 warps: two blocks per SM, as at m <= 8
+      launch_one<T, F, 2, Sc, 1, kWideWarps, kLean>(p, blocks, stream);
+    else
+      launch_one<T, F, 2, Sc, 1, kWarps, kLean>(p, blocks, stream);
+  } else {
+    launch_one<T, F, TokenTiles, Sc, Stripes, kWarps, false>(p, blocks, stream);
+  }
 }
 
 template <typename T, CodeFormat F, int TokenTiles, int Stripes>
@@ -307,36 +387,21 @@ void launch_stripes(const W8GemvProblem& p, cudaStream_t stream) {
   const unsigned blocks = static_cast<unsigned>((p.n + 16 * Stripes - 1) / (16 * Stripes));
   const int switches = w8_gemv_switches();
   const int wide_max_n = switches & 16 ? 8192 : kWideMaxN;
+  if (p.block_n == 0)
+    return launch_channel_shapes<T, F, TokenTiles, Stripes, kChannel>(p, blocks, switches, wide_max_n, stream);
+  if constexpr (kFoldsScale<T, F>) {
+    if (!(switches & 128))
+      return launch_channel_shapes<T, F, TokenTiles, Stripes, kBlockFold>(p, blocks, switches, wide_max_n, stream);
+  }
   if constexpr (Stripes == 1) {
-    // 16 warps: per-channel, m <= 8 only; the other variants take 74-128 registers, and a 16-warp block of them
-    // would hold an SM alone (two waves of 256 blocks)
-    if (TokenTiles == 1 && p.block_n == 0 && p.n <= wide_max_n && !(switches & 2)) {
-      launch_one<T, F, 1, false, 1, kWideWarps, false>(p, blocks, stream);
-      return;
-    }
-    if (p.block_n > 0 && TokenTiles == 1) {  // 80 registers: three blocks per SM
-      launch_one<T, F, 1, true, 1, kWarps, true>(p, blocks, stream);
-      return;
-    }
+    if (TokenTiles == 1) return launch_one<T, F, 1, kBlockAcc, 1, kWarps, true>(p, blocks, stream);  // 80 registers
     if constexpr (TokenTiles == 2 && std::is_same_v<T, __nv_bfloat16>) {
       // the same at 9-16 tokens where k <= kLeanBlockedMaxK (80 registers; e4m3, e5m2: no spills)
-      if (p.block_n > 0 && (p.k <= kLeanBlockedMaxK || (switches & 64))) {
-        launch_one<T, F, 2, true, 1, kWarps, true>(p, blocks, stream);
-        return;
-      }
-    }
-    if (p.block_n == 0 && TokenTiles == 2) {  // 64 registers: 9-16 tokens 1.1-1.4x -> 1.4-1.65x bf16
-      if (p.n <= wide_max_n && !(switches & 2))  // 16 warps: two blocks per SM, as at m <= 8
-        launch_one<T, F, 2, false, 1, kWideWarps, true>(p, blocks, stream);
-      else
-        launch_one<T, F, 2, false, 1, kWarps, true>(p, blocks, stream);
-      return;
+      if (p.k <= kLeanBlockedMaxK || (switches & 64))
+        return launch_one<T, F, 2, kBlockAcc, 1, kWarps, true>(p, blocks, stream);
     }
   }
-  if (p.block_n > 0)
-    launch_one<T, F, TokenTiles, true, Stripes, kWarps, false>(p, blocks, stream);
-  else
-    launch_one<T, F, TokenTiles, false, Stripes, kWarps, false>(p, blocks, stream);
+  launch_one<T, F, TokenTiles, kBlockAcc, Stripes, kWarps, false>(p, blocks, stream);
 }
 
 template <typename T, CodeFormat F, int TokenTiles>
@@ -352,7 +417,7 @@ template <typename T, CodeFormat F>
 void launch_format(const W8GemvProblem& p, cudaStream_t stream) {
   if (p.swiglu) {  // m <= 8, per channel (ops_w8a8.cpp): the two-stripe kernel, a gate stripe and its up stripe
     const unsigned blocks = static_cast<unsigned>((p.n / 2 + 15) / 16);
-    launch_one<T, F, 1, false, 2, kWarps, false>(p, blocks, stream);
+    launch_one<T, F, 1, kChannel, 2, kWarps, false>(p, blocks, stream);
     return;
   }
   if (p.m <= 8)

@@ -104,10 +104,6 @@ void launch_wo_gemv(const WoProblem& p, cudaStream_t stream);
 constexpr int kMaxStreamTokens = 32;
 void launch_wo_stream(const WoProblem& p, cudaStream_t stream);
 
-// gemv_variant 4, "bulk" (wo_bulk.cu, sm_90): 1 <= m <= kMaxGemvTokens, the ring GEMV's math with the weights
-// staged by bulk copies into a shared-memory ring; elsewhere (before sm_90, or x over the staging limit) the ring GEMV.
-void launch_wo_bulk(const WoProblem& p, cudaStream_t stream);
-
 // Tensor-core kernel for any m (wo_gemm.cu); tokens are processed in slices of up to 64.
 // wo_gemm_splits() is the split-K factor for this problem on `num_sms` SMs: when it is > 1 the
 // caller passes a zeroed workspace and the launcher adds the bias/activation pass.

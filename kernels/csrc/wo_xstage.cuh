@@ -1,4 +1,4 @@
-// x staged in shared memory for the GEMVs that share a block's activations (wo_gemv.cu's ring GEMV, wo_bulk.cu),
+// x staged in shared memory for the GEMVs that share a block's activations (wo_gemv.cu's ring GEMV),
 // and the sum of one group's subtiles against it.
 #pragma once
 
