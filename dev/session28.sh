@@ -4,6 +4,7 @@
 #           (wo_gemv variant 4 "bulk" against the ring GEMV and its tests; two-group chunks on the lean / wide
 #           launches; compute-sanitizer over the GEMV variants)
 #   call 3: bash dev/session28.sh foldtests foldab e2efb   (fp8-block's scales folded into w8_gemv's FP8 decode)
+#   call 4: bash dev/session28.sh foldtests e2efb   (the 2^-64 detour fixed, the 9-16-token rule; the 8B decode)
 #   nvidia-h200-x2 (issue 20): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 gptq8ns_1 gptq8ns_2 summary
 # bulk, g2lean  session 27's stages (dev/session27.sh)
 # foldtests     the w8_gemv GPU tests (block scales at every m, the 2^-64 detour for huge scales)
@@ -38,6 +39,6 @@ foldab() {
       --tokens "$([ $pdl = 1 ] && echo 1,4,8,12,16 || echo 1)" --json "$OUT/foldab_pdl$pdl.json" 2>&1 | grep -E "fp8-block|fp8 8192x8192" | grep -v "^$"
   done
 }
-e2efb() { E2E_TIMEOUT=${E2E_TIMEOUT:-200} bench8b "" fp8-block 1,16 128 10; }
+e2efb() { E2E_TIMEOUT=${E2E_TIMEOUT:-320} bench8b "" fp8-block 1,16 128 10; }
 
 for stage in "$@"; do "$stage"; done

@@ -118,7 +118,7 @@ __device__ inline void decode4(uint32_t word, uint32_t& lo, uint32_t& hi, uint32
 // `dev/gemv_probe.py --switches 0,64`): at k = 4096 it won or tied on every shape (4096 x 6144 at 16 tokens 0.95x ->
 // 1.14x bf16, 4096 x 14336 and 4096 x 28672 1.01-1.04x -> 1.06-1.07x), at k >= 8192 it lost on most (14336 x 4096
 // 1.14x -> 1.05x, 28672 x 8192 1.10x -> 1.05x).
-constexpr int kLeanBlockedMaxK = 4096;
+constexpr int kLeanBlockedMaxK = 4096, kLeanBlockedMaxN = 8192;
 
 int w8_gemv_switches() {
   static const int switches = [] {
@@ -238,15 +238,12 @@ __global__ void __launch_bounds__(Warps * 32, (min_blocks<TokenTiles, Sc, kStrip
         const float sc = kFold ? __shfl_sync(~0u, lane_scale, u)
                                : __ldg(scale_row + min(tile, tiles - 1) * kTileK / p.block_k);
         if constexpr (kFold) {
-          // 2^120 * scale overflows bf16 from scale = 2^8 (E4M3 weights past ~2^16, never seen in a model): then
+          // 2^120 * scale overflows bf16 from scale = 2^6 (E4M3 weights past ~2^14, never seen in a model): then
           // the tile runs 2^64 smaller and the sums around it are scaled by 2^-64 and back, exact powers of two
           // (warp-uniform branches, no registers; scales up to 2^71 stay exact).
-          float folded = kRestoreF<F> * sc;
-          huge = !(folded < 0x1p126f);
-          if (huge) {
-            folded *= 0x1p-64f;
-            scale_sums(acc, 0x1p-64f);
-          }
+          huge = !(sc < 0x1p126f / kRestoreF<F>);  // 2^120 * sc itself overflows float32 from sc = 2^8
+          if (huge) scale_sums(acc, 0x1p-64f);
+          const float folded = sc * (huge ? kRestoreF<F> * 0x1p-64f : kRestoreF<F>);
           restore = as_u32(__floats2bfloat162_rn(folded, folded));
         } else {
 #pragma unroll
@@ -390,7 +387,11 @@ void launch_stripes(const W8GemvProblem& p, cudaStream_t stream) {
   if (p.block_n == 0)
     return launch_channel_shapes<T, F, TokenTiles, Stripes, kChannel>(p, blocks, switches, wide_max_n, stream);
   if constexpr (kFoldsScale<T, F>) {
-    if (!(switches & 128))
+    // 9-16 tokens: folded (128 registers) against the lean variant (80, x scaled per tile), session 28's A/B: the
+    // lean one wins on 4096 x 6144 (1.14x vs 1.05x bf16) and ties on 4096 x 4096, folded wins from 14336 rows or
+    // 8192 deep (4096 x 14336 1.08x -> 1.16x, 8192 x 8192 1.10x -> 1.22x).
+    const bool lean_wins = TokenTiles == 2 && p.k <= kLeanBlockedMaxK && p.n <= kLeanBlockedMaxN;
+    if (!(switches & 128) && !lean_wins)
       return launch_channel_shapes<T, F, TokenTiles, Stripes, kBlockFold>(p, blocks, switches, wide_max_n, stream);
   }
   if constexpr (Stripes == 1) {
