@@ -82,6 +82,7 @@ def main() -> None:
             os.environ[PREFETCH_MB_ENV] = mb
             scaled_mm.SWIGLU_GEMV_MAX_M = int(swiglu)
             scaled_mm.SWIGLU_CODES = {torch.int8, torch.float8_e4m3fn}  # the A/B runs whichever format it is given
+            scaled_mm.SWIGLU_BLOCKS = True
             mlp.COMPILED_KERNEL, mlp.PDL = silu != "ref", silu == "pdl"
             torch._dynamo.reset()  # new links recompile; past 8 recompiles dynamo would fall back to eager
             t = time.time()

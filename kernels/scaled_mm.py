@@ -266,17 +266,23 @@ def _w8_gemv(x, weight, weight_scale, bias, block_n, block_k, static_weight=Fals
 # decode at batch 1, fp8 291.3 -> 294.3 tok/s (1.598x -> 1.615x bf16), int8 280.3 -> 288.3. E5M2 unmeasured: off.
 SWIGLU_GEMV_MAX_M = 8
 SWIGLU_CODES = {torch.float8_e4m3fn, torch.int8}
+# fp8-block's gate/up layers too (FP8 codes, bf16 activations: the block scales folded per stripe, w8_gemv.cu
+# kBlockFoldGated). Written in session 28 without a GPU run: off until `dev/prefetch_sweep.py --schemes fp8-block
+# --swiglu 8,0` measures it (that harness turns it on).
+SWIGLU_BLOCKS = False
 
 
-def _gated_gemv(x, weight, weight_scale, bias, block_n, static_weight, prefetch) -> torch.Tensor | None:
+def _gated_gemv(x, weight, weight_scale, bias, block_n, block_k, static_weight, prefetch) -> torch.Tensor | None:
     """silu(gate) * up [m, n / 2] from w8_gemv's epilogue where the layer runs w8_gemv, else None."""
     m, (n, k) = x.shape[0], weight.shape
-    if (m > SWIGLU_GEMV_MAX_M or block_n or weight.dtype not in SWIGLU_CODES or x.dtype not in KERNEL_DTYPES
+    blocks_ok = not block_n or (SWIGLU_BLOCKS and x.dtype == torch.bfloat16 and weight.dtype != torch.int8
+                                and n % 32 == 0)
+    if (m > SWIGLU_GEMV_MAX_M or not blocks_ok or weight.dtype not in SWIGLU_CODES or x.dtype not in KERNEL_DTYPES
             or build.load_extension() is None):
         return None
-    if not takes_gemv(m, w8a8_route(m, n, k, measured_kind(weight.dtype, False))):
+    if not takes_gemv(m, w8a8_route(m, n, k, measured_kind(weight.dtype, block_n > 0))):
         return None
-    return _w8_gemv(x, weight, weight_scale, bias, 0, 0, bool(static_weight), prefetch, swiglu=True)
+    return _w8_gemv(x, weight, weight_scale, bias, block_n, block_k, bool(static_weight), prefetch, swiglu=True)
 
 
 @ops.w8a8_linear.register_kernel("cuda")
@@ -286,7 +292,7 @@ def w8a8_linear_cuda(x, weight, weight_scale, bias, input_scale, fmt, act_group_
     layer's weight to prefetch). swiglu: a gated MLP's [gate; up] layer, y = silu(gate) * up [m, n / 2]: in the
     GEMV's epilogue where it runs (<= SWIGLU_GEMV_MAX_M tokens, per-channel scales), else after the layer."""
     if swiglu:
-        if (y := _gated_gemv(x, weight, weight_scale, bias, block_n, static_weight, prefetch)) is not None:
+        if (y := _gated_gemv(x, weight, weight_scale, bias, block_n, block_k, static_weight, prefetch)) is not None:
             return y
         return silu_mul(w8a8_linear_cuda(x, weight, weight_scale, bias, input_scale, fmt, act_group_size, block_n,
                                          block_k, static_weight, prefetch))

@@ -153,6 +153,51 @@ def test_w8_gemv_swiglu_epilogue(kernels, dtype, fmt, m, inner, k, monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("fmt", ["e4m3", "e5m2"])
+@pytest.mark.parametrize("m", [1, 3, 8])
+@pytest.mark.parametrize("inner,k", [(1024, 1040), (7168, 4096), (48, 64)])
+def test_w8_gemv_swiglu_epilogue_block_scales(kernels, fmt, m, inner, k, monkeypatch):
+    """The gated epilogue with 128 x 128 block scales (fp8-block's gate/up layer, bf16): the up stripe's scales come
+    from its own row block (a gate row r and its up row inner + r lie in different blocks), against float64; one
+    block's scale past the fold limit takes the 2^-64 detour; and the W8A8 QuantLinear's forward_gated with it on."""
+    from quantize.linear import QuantLinear
+    from quantize.primitives import quantize_weight
+
+    g = torch.Generator(device="cuda").manual_seed(m + inner + k)
+    n = 2 * inner
+    w = (torch.randn(n, k, device="cuda", generator=g) * 40).to(
+        torch.float8_e4m3fn if fmt == "e4m3" else torch.float8_e5m2)
+    scale = torch.rand(-(-n // 128), -(-k // 128), device="cuda", generator=g) / 200 + 1e-3
+    x = torch.randn(m, k, device="cuda", generator=g)
+    if k >= 256:  # a scale past the limit, its k block's activations made as small (its share like the others')
+        e = 9 if fmt == "e4m3" else 17
+        scale[-1, 1] = 2.0 ** e
+        x[:, 128:256] *= 2.0 ** -e / 200
+    x = x.bfloat16()
+    bias = torch.randn(n, device="cuda", generator=g)
+    y = kernels.w8_gemv(x, w, scale, bias, 128, 128, 0, None, 1)
+    dense = w.double() * scale.double().repeat_interleave(128, 0)[:n].repeat_interleave(128, 1)[:, :k]
+    full = x.double() @ dense.T + bias.double()
+    want = torch.nn.functional.silu(full[:, :inner]) * full[:, inner:]
+    assert y.shape == (m, inner) and y.dtype == torch.bfloat16
+    assert ((y.double() - want).norm() / want.norm()).item() < 1e-2
+    if fmt == "e5m2" or inner % 16:
+        return
+    from qtool_kernels import scaled_mm
+
+    monkeypatch.setattr(scaled_mm, "SWIGLU_GEMV_MAX_M", 8)
+    monkeypatch.setattr(scaled_mm, "SWIGLU_BLOCKS", True)
+    s = preset("fp8-block")
+    layer = QuantLinear.from_qtensor(quantize_weight(torch.randn(n, k), s.weights), s,
+                                     bias=torch.randn(n)).cuda()
+    xl = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        got, ref = layer.forward_gated(xl), silu_mul(layer(xl))
+    assert ((got.double() - ref.double()).norm() / ref.double().norm()).item() < 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_silu_mul_pdl_twin_and_compiled_kernel(kernels, monkeypatch):
     """The PDL twin of the kernel gives the plain kernel's bits, right after the kernel that writes its input; with
     COMPILED_KERNEL (and PDL) torch.compile runs the kernel instead of Inductor's, with the same result."""

@@ -144,10 +144,13 @@ __device__ inline void scale_sums(float (&acc)[S][TT][4], float by) {
 // the decode already multiplies by (fp8_pair_bf16: 2^120 * scale, rounded to bf16 once per tile): no per-tile
 // work beyond that, and the per-channel kernel's registers and launch shapes. The weight then enters the mma as
 // bf16(code * bf16(scale)): the scale's rounding (2^-9 relative, one per block) is ~30x below E4M3's own.
-enum Scales : int { kChannel = 0, kBlockAcc = 1, kBlockFold = 2 };
+// kBlockFoldGated: kBlockFold for the gated variant (a gate stripe and its up stripe in other row blocks, a scale
+// each), its own instantiation so that the two-stripe kernel of large layers keeps its registers.
+enum Scales : int { kChannel = 0, kBlockAcc = 1, kBlockFold = 2, kBlockFoldGated = 3 };
 
 template <int TokenTiles, int Sc, int kStripes, int Warps, bool Lean>
 __host__ __device__ constexpr int min_blocks() {  // __launch_bounds__'s blocks per SM (lean budgets); 0: unset
+  if (Sc == kBlockFoldGated) return 2;  // 128 registers (160 unbounded; 20-26 bytes of spill)
   if (!Lean || kStripes != 1) return 0;
   if (Sc == kBlockFold) return TokenTiles == 1 ? (Warps == kWideWarps ? 2 : 3) : 0;  // 64 / 85 registers
   if (Warps == kWideWarps) return Sc == kChannel && TokenTiles == 2 ? 2 : 0;  // 64 registers
@@ -161,8 +164,10 @@ template <typename T, CodeFormat F, int TokenTiles, int Sc, int kStripes, int Wa
           bool Pdl = false>
 __global__ void __launch_bounds__(Warps * 32, (min_blocks<TokenTiles, Sc, kStripes, Warps, Lean>()))
     w8_gemv(W8GemvProblem p) {
-  constexpr bool Blocked = Sc != kChannel, kFold = Sc == kBlockFold;
+  constexpr bool Blocked = Sc != kChannel, kFold = Sc == kBlockFold || Sc == kBlockFoldGated;
+  constexpr int kScaleStripes = Sc == kBlockFoldGated ? kStripes : 1;  // restores per tile
   static_assert(!kFold || kFoldsScale<T, F>);
+  static_assert(Sc != kBlockFoldGated || (kStripes == 2 && TokenTiles == 1));
   constexpr bool Pairs02 = kPairs02<T, F>;
   constexpr int kRowsPerBlock = 16 * kStripes;
   constexpr int kUnroll = unroll_tiles<TokenTiles>();
@@ -170,8 +175,9 @@ __global__ void __launch_bounds__(Warps * 32, (min_blocks<TokenTiles, Sc, kStrip
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
   // Stripe s's first row: stripes adjacent, or (swiglu, the one variant that takes it) the gate stripe and its up
-  // stripe n / 2 further. Every other variant compiles to the constant 16, as before.
-  constexpr bool kMayGate = kStripes == 2 && TokenTiles == 1 && !Blocked;
+  // stripe n / 2 further. Every other variant compiles to the constant 16, as before. Block scales gate only when
+  // folded (the up stripe lies in another row block: each stripe has its own scale per tile).
+  constexpr bool kMayGate = kStripes == 2 && TokenTiles == 1 && (Sc == kChannel || Sc == kBlockFoldGated);
   const bool gated = kMayGate && p.swiglu;
   const int row0 = blockIdx.x * (gated ? 16 : kRowsPerBlock);
   const int stripe_step = gated ? p.n / 2 : 16;
@@ -180,15 +186,18 @@ __global__ void __launch_bounds__(Warps * 32, (min_blocks<TokenTiles, Sc, kStrip
 
   float acc[kStripes][TokenTiles][4] = {};
   bool waited = !Pdl;
-  // kFold: the row block's scales; lane u < kUnroll loads tile u's with the weights, shuffled out at its math.
-  const float* scale_row = p.scale + (Blocked ? static_cast<long long>(row0 / max(p.block_n, 1)) *
-                                                    ((p.k + p.block_k - 1) / max(p.block_k, 1)) : 0);
+  // The row block's scales; kFold: lane s * kUnroll + u loads stripe s's scale of tile u with the weights, shuffled
+  // out at its math (stripes share a row block but for the gated variant's up stripe).
+  const long long kblocks = Blocked ? (p.k + p.block_k - 1) / p.block_k : 0;
+  const float* scale_row = p.scale + (Blocked ? row0 / p.block_n * kblocks : 0);
+  const float* lane_scale_row =
+      kFold ? p.scale + (row0 + stripe_step * (lane / kUnroll % kScaleStripes)) / p.block_n * kblocks : nullptr;
   for (int tile0 = warp; tile0 < tiles; tile0 += Warps * kUnroll) {
     uint4 w[kUnroll][kStripes][2];           // [tile][stripe][row g / g + 8]
     uint4 xv[kUnroll][TokenTiles][2];        // [tile][token tile][k 0..7 / 8..15]
     float lane_scale = 0.0f;
-    if constexpr (kFold) lane_scale = __ldg(scale_row + min(tile0 + lane % kUnroll * Warps, tiles - 1) * kTileK /
-                                                             p.block_k);
+    if constexpr (kFold)
+      lane_scale = __ldg(lane_scale_row + min(tile0 + lane % kUnroll * Warps, tiles - 1) * kTileK / p.block_k);
     auto load_x = [&](int u) {  // tile u's activations, token tiles 0..TokenTiles-1
       const int k = (tile0 + u * Warps) * kTileK + 16 * t;
       const bool k_ok = tile0 + u * Warps < tiles && k < p.k;
@@ -230,31 +239,37 @@ __global__ void __launch_bounds__(Warps * 32, (min_blocks<TokenTiles, Sc, kStrip
       constexpr bool kScaleX = Sc == kBlockAcc && Lean && std::is_same_v<T, __nv_bfloat16>;
       float tile_acc[kStripes][TokenTiles][4] = {};
       float(&dst)[kStripes][TokenTiles][4] = Sc == kBlockAcc && !kScaleX ? tile_acc : acc;
-      uint32_t restore = 0;
-      if constexpr (kFoldsScale<T, F>) restore = kRestore<F>;
+      uint32_t restore[kScaleStripes];  // the decode's multiplier (kFold: times the tile's block scale)
+#pragma unroll
+      for (int s = 0; s < kScaleStripes; ++s) restore[s] = kFoldsScale<T, F> ? kRestore<F> : 0u;
       bool huge = false;  // kFold: a scale too large for the bf16 multiplier (below)
-      if constexpr (kScaleX || kFold) {
-        const int tile = tile0 + u * Warps;
-        const float sc = kFold ? __shfl_sync(~0u, lane_scale, u)
-                               : __ldg(scale_row + min(tile, tiles - 1) * kTileK / p.block_k);
-        if constexpr (kFold) {
-          // 2^120 * scale overflows bf16 from scale = 2^6 (E4M3 weights past ~2^14, never seen in a model): then
-          // the tile runs 2^64 smaller and the sums around it are scaled by 2^-64 and back, exact powers of two
-          // (warp-uniform branches, no registers; scales up to 2^71 stay exact).
-          huge = !(sc < 0x1p126f / kRestoreF<F>);  // 2^120 * sc itself overflows float32 from sc = 2^8
-          if (huge) scale_sums(acc, 0x1p-64f);
-          const float folded = sc * (huge ? kRestoreF<F> * 0x1p-64f : kRestoreF<F>);
-          restore = as_u32(__floats2bfloat162_rn(folded, folded));
-        } else {
+      if constexpr (kFold) {
+        // 2^120 * scale overflows bf16 from scale = 2^6 (E4M3 weights past ~2^14, never seen in a model): then the
+        // tile runs 2^64 smaller (every stripe) and the sums around it are scaled by 2^-64 and back, exact powers
+        // of two (warp-uniform branches, no registers; scales up to 2^71 stay exact).
+        float sc[kScaleStripes];
 #pragma unroll
-          for (int tt = 0; tt < TokenTiles; ++tt)
-#pragma unroll
-            for (int i = 0; i < 8; ++i) {  // x * scale in float32, rounded once (a bf16 scale would bias the block)
-              uint32_t& word = (&xv[u][tt][0].x)[i];
-              const float2 v = pair_to_float2(word, T{});
-              word = float2_to_pair(v.x * sc, v.y * sc, T{});
-            }
+        for (int s = 0; s < kScaleStripes; ++s) {
+          sc[s] = __shfl_sync(~0u, lane_scale, s * kUnroll + u);
+          huge |= !(sc[s] < 0x1p126f / kRestoreF<F>);  // 2^120 * sc itself overflows float32 from sc = 2^8
         }
+        if (huge) scale_sums(acc, 0x1p-64f);
+#pragma unroll
+        for (int s = 0; s < kScaleStripes; ++s) {
+          const float folded = sc[s] * (huge ? kRestoreF<F> * 0x1p-64f : kRestoreF<F>);
+          restore[s] = as_u32(__floats2bfloat162_rn(folded, folded));
+        }
+      }
+      if constexpr (kScaleX) {
+        const float sc = __ldg(scale_row + min(tile0 + u * Warps, tiles - 1) * kTileK / p.block_k);
+#pragma unroll
+        for (int tt = 0; tt < TokenTiles; ++tt)
+#pragma unroll
+          for (int i = 0; i < 8; ++i) {  // x * scale in float32, rounded once (a bf16 scale would bias the block)
+            uint32_t& word = (&xv[u][tt][0].x)[i];
+            const float2 v = pair_to_float2(word, T{});
+            word = float2_to_pair(v.x * sc, v.y * sc, T{});
+          }
       }
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
@@ -270,8 +285,8 @@ __global__ void __launch_bounds__(Warps * 32, (min_blocks<TokenTiles, Sc, kStrip
           const uint32_t lo_word = (&w[u][s][0].x)[j], hi_word = (&w[u][s][1].x)[j];
           uint32_t a[4];
           if constexpr (kFoldsScale<T, F>) {
-            decode4<T, F>(lo_word, a[0], a[2], restore);  // row g: k +0,+1 and +2,+3
-            decode4<T, F>(hi_word, a[1], a[3], restore);  // row g + 8
+            decode4<T, F>(lo_word, a[0], a[2], restore[kScaleStripes > 1 ? s : 0]);  // row g: k +0,+1 and +2,+3
+            decode4<T, F>(hi_word, a[1], a[3], restore[kScaleStripes > 1 ? s : 0]);  // row g + 8
           } else {
             decode4<T, F>(lo_word, a[0], a[2]);
             decode4<T, F>(hi_word, a[1], a[3]);
@@ -319,8 +334,12 @@ __global__ void __launch_bounds__(Warps * 32, (min_blocks<TokenTiles, Sc, kStrip
         const int row = row0 + l / 4 + 8 * (r / 2), half = p.n / 2;
         const int token = tt * 8 + 2 * (l % 4) + (r % 2);
         if (row < half && token < p.m) {
-          gate = gate * __ldg(p.scale + row) + bias_at(p.bias, row);
-          up = up * __ldg(p.scale + row + half) + bias_at(p.bias, row + half);
+          if constexpr (!Blocked) {  // folded block scales are in the sums already
+            gate *= __ldg(p.scale + row);
+            up *= __ldg(p.scale + row + half);
+          }
+          gate += bias_at(p.bias, row);
+          up += bias_at(p.bias, row + half);
           store(static_cast<T*>(p.y) + static_cast<long long>(token) * half + row, activate(gate, Activation::kSilu) * up);
         }
       }
@@ -416,9 +435,12 @@ void launch_tiles(const W8GemvProblem& p, cudaStream_t stream) {
 
 template <typename T, CodeFormat F>
 void launch_format(const W8GemvProblem& p, cudaStream_t stream) {
-  if (p.swiglu) {  // m <= 8, per channel (ops_w8a8.cpp): the two-stripe kernel, a gate stripe and its up stripe
+  if (p.swiglu) {  // m <= 8 (ops_w8a8.cpp): the two-stripe kernel, a gate stripe and its up stripe
     const unsigned blocks = static_cast<unsigned>((p.n / 2 + 15) / 16);
-    launch_one<T, F, 1, kChannel, 2, kWarps, false>(p, blocks, stream);
+    if constexpr (kFoldsScale<T, F>) {
+      if (p.block_n > 0) return launch_one<T, F, 1, kBlockFoldGated, 2, kWarps, false>(p, blocks, stream);
+    }
+    launch_one<T, F, 1, kChannel, 2, kWarps, false>(p, blocks, stream);  // blocks here: refused by ops_w8a8.cpp
     return;
   }
   if (p.m <= 8)
