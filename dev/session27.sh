@@ -66,18 +66,9 @@ for r in json.load(open(sys.argv[1]))["rows"]:
 PY
 }
 
-bulk() {  # wo_gemv variant 4 (bulk copies into a shared-memory ring) against the ring GEMV, then its GEMV tests
-  step "bulk variant against the ring GEMV"
-  timeout -k 10 "${BB_TIMEOUT:-70}" python3 dev/bulk_ab.py --tokens "${BB_TOKENS:-1}" --formats "${BB_FORMATS:-4:128}" \
-    --json "$OUT/bulk.json" > /tmp/bulk.txt 2>&1
-  echo "exit $?"; grep -vE "Warning|warn" /tmp/bulk.txt | tail -24
-  step "bulk variant: GEMV tests"
-  timeout -k 10 "${BT_TIMEOUT:-70}" python3 -m pytest -q -m gpu tests/test_kernels_gpu.py tests/test_lowbit_gpu.py \
-    tests/test_wo_stream_gpu.py -x --tb=short -rf -p no:logging -k "gemv or raw_kernels or token_limits" \
-    > "$OUT/bulktests.txt" 2>&1
-  summarize "$OUT/bulktests.txt"
+bulk() {  # wo_gemv variant 4 ("bulk"), measured slower in session 28 and removed with dev/bulk_ab.py
+  step "bulk: removed in session 28 (BENCHMARKS.md \"session 28\"), nothing to run"
 }
-
 g2lean() {  # two groups per chunk in the lean / wide launches (branch session27-bulk): raw columns v0 / lean / wide
   step "two-group chunks: W2 g64 and W4 g32 at 1-2 tokens, every ring launch"
   timeout -k 10 "${GL_TIMEOUT:-150}" python3 benchmarks/bench_kernels.py --formats w2a16-g64 --tokens 1,2 \

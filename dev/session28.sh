@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 LOG=session28.log
 source dev/gpu_setup.sh
 
-bulk() { bash dev/session27.sh bulk; }
+bulk() { bash dev/session27.sh bulk; }  # removed: prints a note
 g2lean() { bash dev/session27.sh g2lean; }
 
 sanitize() {
