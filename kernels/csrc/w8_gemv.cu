@@ -32,9 +32,10 @@ namespace {
 constexpr int kTileK = 64;
 // Tiles in flight per warp: 4 x kStripes x 2 rows x 16 bytes per lane; 2 with four token tiles (17-32 tokens),
 // whose activations take 32 registers per tile.
-template <int TokenTiles>
+// The folded variant at 9-16 tokens keeps 2 tiles in flight, in 64 registers (four spill 172 bytes even in 80).
+template <int TokenTiles, bool LeanFold2 = false>
 __host__ __device__ constexpr int unroll_tiles() {
-  return TokenTiles > 2 ? 2 : 4;
+  return TokenTiles > 2 || LeanFold2 ? 2 : 4;
 }
 // Warps per block. The kernel needs 52-128 registers, so up to four 8-warp blocks share an SM; a weight of at
 // most kWideMaxN rows has too few 16-row blocks for that (4096 rows: 256 blocks, < 2 per SM on 132 SMs), and
@@ -66,7 +67,7 @@ constexpr int kTwoStripesMinN = 16384;
 // `dev/gemv_probe.py --switches 0,64`): at k = 4096 it won or tied on every shape (4096 x 6144 at 16 tokens 0.95x ->
 // 1.14x bf16, 4096 x 14336 and 4096 x 28672 1.01-1.04x -> 1.06-1.07x), at k >= 8192 it lost on most (14336 x 4096
 // 1.14x -> 1.05x, 28672 x 8192 1.10x -> 1.05x).
-constexpr int kLeanBlockedMaxK = 4096, kLeanBlockedMaxN = 8192;
+constexpr int kLeanBlockedMaxK = 4096;
 
 int w8_gemv_switches() {
   static const int switches = [] {
@@ -100,7 +101,8 @@ template <int TokenTiles, int Sc, int kStripes, int Warps, bool Lean>
 __host__ __device__ constexpr int min_blocks() {  // __launch_bounds__'s blocks per SM (lean budgets); 0: unset
   if (Sc == kBlockFoldGated) return 2;  // 128 registers (160 unbounded; 20-26 bytes of spill)
   if (!Lean || kStripes != 1) return 0;
-  if (Sc == kBlockFold) return TokenTiles == 1 ? (Warps == kWideWarps ? 2 : 3) : 0;  // 64 / 85 registers
+  if (Sc == kBlockFold)  // 64 / 85 registers; at two token tiles 64 (two tiles in flight, unroll_tiles)
+    return TokenTiles == 1 ? (Warps == kWideWarps ? 2 : 3) : (Warps == kWideWarps ? 2 : 4);
   if (Warps == kWideWarps) return Sc == kChannel && TokenTiles == 2 ? 2 : 0;  // 64 registers
   return Sc == kBlockAcc ? (TokenTiles <= 2 ? 3 : 0) : (TokenTiles == 2 ? 4 : 0);
 }
@@ -118,7 +120,7 @@ __global__ void __launch_bounds__(Warps * 32, (min_blocks<TokenTiles, Sc, kStrip
   static_assert(Sc != kBlockFoldGated || (kStripes == 2 && TokenTiles == 1));
   constexpr bool Pairs02 = kPairs02<T, F>;
   constexpr int kRowsPerBlock = 16 * kStripes;
-  constexpr int kUnroll = unroll_tiles<TokenTiles>();
+  constexpr int kUnroll = unroll_tiles<TokenTiles, Sc == kBlockFold && TokenTiles == 2 && Lean>();
   __shared__ float partial[Warps][kStripes][TokenTiles][32][4];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
@@ -336,7 +338,10 @@ void launch_channel_shapes(const W8GemvProblem& p, unsigned blocks, int switches
     return launch_one<T, F, 1, Sc, 1, kWarps, kLean>(p, blocks, stream);
   }
   else if constexpr (Stripes == 1 && TokenTiles == 2) {  // 64 registers: 9-16 tokens 1.1-1.4x -> 1.4-1.65x bf16
-    constexpr bool kLean = Sc == kChannel;  // folded scales spill 270-350 bytes in 64 registers
+    // Folded scales too (two tiles in flight per warp, unroll_tiles). Session 29 (H200, raw w8_gemv at 9-16 tokens,
+    // one build): against 128 registers with four tiles in flight, +1-23% on every shape (4096 x 4096 at 16 tokens
+    // 1.27x -> 1.50x bf16, 14336 x 4096 1.18x -> 1.36x, 4096 x 6144 1.14x -> 1.27x, 8192 x 8192 1.21x -> 1.25x).
+    constexpr bool kLean = Sc == kChannel || Sc == kBlockFold;
     if (wide)  // 16 warps: two blocks per SM, as at m <= 8
       launch_one<T, F, 2, Sc, 1, kWideWarps, kLean>(p, blocks, stream);
     else
@@ -354,11 +359,9 @@ void launch_stripes(const W8GemvProblem& p, cudaStream_t stream) {
   if (p.block_n == 0)
     return launch_channel_shapes<T, F, TokenTiles, Stripes, kChannel>(p, blocks, switches, wide_max_n, stream);
   if constexpr (kFoldsScale<T, F>) {
-    // 9-16 tokens: folded (128 registers) against the lean variant (80, x scaled per tile), session 28's A/B: the
-    // lean one wins on 4096 x 6144 (1.14x vs 1.05x bf16) and ties on 4096 x 4096, folded wins from 14336 rows or
-    // 8192 deep (4096 x 14336 1.08x -> 1.16x, 8192 x 8192 1.10x -> 1.22x).
-    const bool lean_wins = TokenTiles == 2 && p.k <= kLeanBlockedMaxK && p.n <= kLeanBlockedMaxN;
-    if (!(switches & 128) && !lean_wins)
+    // 9-16 tokens: folded in 64 registers on every shape (session 29: it beat the lean variant, x scaled per tile,
+    // where that one had beaten session 28's 128-register fold: 4096 x 6144 at 16 tokens 1.14x -> 1.27x bf16).
+    if (!(switches & 128))
       return launch_channel_shapes<T, F, TokenTiles, Stripes, kBlockFold>(p, blocks, switches, wide_max_n, stream);
   }
   if constexpr (Stripes == 1) {
