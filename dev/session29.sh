@@ -67,6 +67,11 @@ foldab() {  # raw w8_gemv at 9-16 tokens: the folded kernel at 128 registers (0)
   timeout -k 10 "${FA_TIMEOUT:-200}" python3 dev/gemv_probe.py --switches 0,256 --tokens 9,12,16 \
     --json "$OUT/foldab.json" 2>&1 | grep -E "fp8-block|kind" | tail -30
 }
+chab() {  # per-channel w8_gemv at 9-16 tokens: four tiles in 64 registers (0) against two in 48 (256), one build
+  step "per-channel w8_gemv at 9-16 tokens: QTOOL_W8_GEMV=0 / 256"
+  timeout -k 10 "${CA_TIMEOUT:-100}" python3 dev/gemv_probe.py --switches 0,256 --tokens 9,16 \
+    --json "$OUT/chab.json" 2>&1 | grep -E "^(fp8|int8) |kind" | tail -40
+}
 w8mid() {  # issue 18's table at 9 and 16 tokens (the layers as routed, with the anchors)
   step "issue 18's table at 9 and 16 tokens"
   timeout -k 15 "${WM_TIMEOUT:-150}" python3 benchmarks/bench_w8a8.py --tokens 9,16 --json "$OUT/w8mid.json" \

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The next session's device calls, prepared at the end of session 29 (nvidia-h200, carry [".gpu/w8a8"]; run
+# `bash dev/compile_check.sh` here first after any kernel edit):
+#   call 1: bash dev/session30.sh swtests swab swe2e   (~8 min)
+#           w8_gemv's two switches written in session 29 without a GPU run, after its finding (fp8-block at 9-16
+#           tokens: the same loads spread over more warps per SM, +1-23%): 256 = per-channel weights at 9-16 tokens
+#           with two 64-k tiles in flight per warp in 48 registers (five 8-warp blocks per SM; the PDL twin spills
+#           ~100 bytes there: if 256 wins, give the twin its own budget before making it the default); 512 = the
+#           two-stripe kernels at 1-8 tokens (n >= 16384, and the decode's gated gate/up GEMV, 54% of an 8B layer's
+#           weight bytes) with two tiles in flight in 80 registers, three blocks per SM instead of two.
+#   nvidia-h200-x2 (issue 20): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 gptq8ns_1 gptq8ns_2 summary
+# swtests  the w8_gemv / gated-epilogue GPU tests with both switches on (QTOOL_W8_GEMV=768)
+# swab     dev/gemv_probe.py --switches 0,256,512 at 1, 8, 9 and 16 tokens (raw w8_gemv, eight shapes, three kinds)
+# swe2e    the 8B decode at batch 1 for fp8, fp8-block and int8 with QTOOL_W8_GEMV=0 and 512, one process each,
+#          without the bf16 model (tokens/s compared directly; bf16 was 199-200 tok/s in sessions 28-29)
+cd "$(dirname "$0")/.."
+LOG=session30.log
+source dev/gpu_setup.sh
+
+swtests() {
+  step "w8_gemv and gated-epilogue GPU tests, QTOOL_W8_GEMV=768"
+  QTOOL_W8_GEMV=768 timeout -k 10 "${ST_TIMEOUT:-150}" python3 -m pytest -q -m gpu tests/test_w8a8_gpu.py \
+    tests/test_mlp.py -k "w8_gemv or swiglu" --tb=short -rf -p no:logging > "$OUT/swtests.txt" 2>&1
+  summarize "$OUT/swtests.txt"
+}
+swab() {
+  step "raw w8_gemv: QTOOL_W8_GEMV=0 / 256 / 512"
+  timeout -k 10 "${SA_TIMEOUT:-200}" python3 dev/gemv_probe.py --switches 0,256,512 --tokens 1,8,9,16 \
+    --json "$OUT/swab.json" 2>&1 | grep -E "^(fp8|int8|fp8-block) |kind" | tail -100
+}
+swe2e() {
+  for sw in 0 512; do
+    step "8B decode at batch 1, QTOOL_W8_GEMV=$sw"
+    QTOOL_W8_GEMV=$sw timeout -k 15 "${SE_TIMEOUT:-150}" python3 dev/prefetch_sweep.py --schemes fp8,fp8-block,w8a8-int8 \
+      --mb 0 --batch-sizes 1 --skip-base --json "$OUT/swe2e-$sw.jsonl" 2>&1 | grep -E '^\{' | tail -4
+  done
+}
+
+for stage in "$@"; do "$stage"; done
+step "done"
