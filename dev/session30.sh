@@ -8,6 +8,13 @@
 #           ~100 bytes there: if 256 wins, give the twin its own budget before making it the default); 512 = the
 #           two-stripe kernels at 1-8 tokens (n >= 16384, and the decode's gated gate/up GEMV, 54% of an 8B layer's
 #           weight bytes) with two tiles in flight in 80 registers, three blocks per SM instead of two.
+#   call 2: bash dev/session30.sh e2eint8 int8sweep   (~6 min; e2eint8 again in a later call, after the merge)
+#           int8's 28672-row layers still route 1-16 tokens to act_quant + the skinny GEMM (session 12-13 sweeps, when
+#           w8_gemv's int8 ran 1.24x at one token on 4096 x 28672; its raw figure in session 28 was 1.62x, 1.74x with
+#           the PDL launch the decode uses). On that route the 8B decode's gate/up layer at batch 1 also runs
+#           SiLU-and-multiply separately (the gated epilogue needs the "gemv" route): a likely part of int8's 1.43x
+#           at batch 1 against fp8's 1.51x. Re-sweep, merge (`python3 dev/w8a8_sweep.py --emit int8sweep.json
+#           --merge` here), then the decode again with the new routes.
 #   nvidia-h200-x2 (issue 20): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 gptq8ns_1 gptq8ns_2 summary
 # swtests  the w8_gemv / gated-epilogue GPU tests with both switches on (QTOOL_W8_GEMV=768)
 # swab     dev/gemv_probe.py --switches 0,256,512 at 1, 8, 9 and 16 tokens (raw w8_gemv, eight shapes, three kinds)
@@ -35,6 +42,13 @@ swe2e() {
       --mb 0 --batch-sizes 1 --skip-base --json "$OUT/swe2e-$sw.jsonl" 2>&1 | grep -E '^\{' | tail -4
   done
 }
+
+int8sweep() {
+  step "int8 routes at 1-16 tokens on the 28672-row shapes"
+  timeout -k 10 "${IS_TIMEOUT:-200}" python3 dev/w8a8_sweep.py --kinds int8 --shapes 4096x28672,8192x28672,28672x8192 \
+    --tokens 1,2,4,8,16 --budget 180 --json "$OUT/int8sweep.json" 2>&1 | grep -v "^$" | tail -16
+}
+e2eint8() { E2E_TIMEOUT=${E2E_TIMEOUT:-150} bench8b "1" w8a8-int8 1 128 10; }
 
 for stage in "$@"; do "$stage"; done
 step "done"
