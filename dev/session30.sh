@@ -15,6 +15,10 @@
 #           SiLU-and-multiply separately (the gated epilogue needs the "gemv" route): a likely part of int8's 1.43x
 #           at batch 1 against fp8's 1.51x. Re-sweep, merge (`python3 dev/w8a8_sweep.py --emit int8sweep.json
 #           --merge` here), then the decode again with the new routes.
+#   call 3: bash dev/session30.sh ringtests ringab ringe2e   (~6 min)
+#           the ring GEMV's lean launch (W4 / W3 / W2 / W8 wo layout, one group per chunk, N > 4096 and K <= N: the 8B
+#           q/k/v and gate/up) with 2 ring slots in 48 registers and 5 blocks per SM (QTOOL_WO_RING=2, written in
+#           session 29) against 4 slots in 64 registers and 4 blocks: the same idea as 256 / 512 above
 #   nvidia-h200-x2 (issue 20): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 gptq8ns_1 gptq8ns_2 summary
 # swtests  the w8_gemv / gated-epilogue GPU tests with both switches on (QTOOL_W8_GEMV=768)
 # swab     dev/gemv_probe.py --switches 0,256,512 at 1, 8, 9 and 16 tokens (raw w8_gemv, eight shapes, three kinds)
@@ -49,6 +53,28 @@ int8sweep() {
     --tokens 1,2,4,8,16 --budget 180 --json "$OUT/int8sweep.json" 2>&1 | grep -v "^$" | tail -16
 }
 e2eint8() { E2E_TIMEOUT=${E2E_TIMEOUT:-150} bench8b "1" w8a8-int8 1 128 10; }
+
+ringtests() {
+  step "wo_gemv GPU tests, QTOOL_WO_RING=2"
+  QTOOL_WO_RING=2 timeout -k 10 "${RT_TIMEOUT:-200}" python3 -m pytest -q -m gpu tests/test_kernels_gpu.py \
+    tests/test_lowbit_gpu.py -k "gemv" --tb=short -rf -p no:logging > "$OUT/ringtests.txt" 2>&1
+  summarize "$OUT/ringtests.txt"
+}
+ringab() {  # the dispatcher's route (the lean ring GEMV at 1-2 tokens on these shapes) with QTOOL_WO_RING=0 / 2
+  for sw in 0 2; do
+    step "ring GEMV, QTOOL_WO_RING=$sw"
+    QTOOL_WO_RING=$sw timeout -k 10 "${RA_TIMEOUT:-120}" python3 dev/gemv_xs_ab.py --tokens 1,2 \
+      --shapes 4096x6144,4096x14336,4096x28672,8192x8192,8192x28672 --formats 4:128,3:128,2:64 \
+      --json "$OUT/ringab-$sw.json" 2>&1 | tail -32
+  done
+}
+ringe2e() {
+  for sw in 0 2; do
+    step "8B W4A16 decode at batch 1, QTOOL_WO_RING=$sw"
+    QTOOL_WO_RING=$sw timeout -k 15 "${RE_TIMEOUT:-150}" python3 dev/prefetch_sweep.py --schemes w4a16 --mb 0 \
+      --batch-sizes 1 --skip-base --json "$OUT/ringe2e-$sw.jsonl" 2>&1 | grep -E '^\{' | tail -3
+  done
+}
 
 for stage in "$@"; do "$stage"; done
 step "done"
