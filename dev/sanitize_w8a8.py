@@ -39,5 +39,26 @@ for m in (1, 5, 16, 17, 300):
             y = scaled_mm.scaled_mm(xq, xs, w, ws, None, 0, 0, 0, torch.bfloat16)
             if y is not None:
                 assert ((y.double() - ref).norm() / ref.norm()) < 1e-2, (m, k, n, fmt)
+
+
+def block_scales(n: int, k: int) -> torch.Tensor:
+    return torch.rand(-(-n // 128), -(-k // 128), device="cuda") / 100
+
+
+def expand(bs: torch.Tensor, n: int, k: int) -> torch.Tensor:  # [n / 128, k / 128] -> [n, k]
+    return bs.repeat_interleave(128, 0)[:n].repeat_interleave(128, 1)[:, :k]
+
+
+# w8_gemv's FP8 block scales (folded into the decode, session 28-29: one and two token tiles) and its two-stripe
+# kernels (n >= 16384), ragged k and n, against float64.
+for m in (1, 8, 9, 16):
+    for k, n in ((576, 1000), (1040, 16400)):
+        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        w = (torch.randn(n, k, device="cuda") * 30).clamp(-127, 127).to(torch.float8_e4m3fn)
+        for bn, ws in ((128, block_scales(n, k)), (0, torch.rand(n, 1, device="cuda") / 100)):
+            scale = expand(ws, n, k) if bn else ws
+            want = x.double() @ (w.double() * scale.double()).T
+            got = scaled_mm._w8_gemv(x, w, ws, None, bn, bn)
+            assert got is not None and ((got.double() - want).norm() / want.norm()) < 1e-2, (m, k, n, bn)
 torch.cuda.synchronize()
 print("sanitize_w8a8: all outputs match")

@@ -19,6 +19,9 @@
 #           the ring GEMV's lean launch (W4 / W3 / W2 / W8 wo layout, one group per chunk, N > 4096 and K <= N: the 8B
 #           q/k/v and gate/up) with 2 ring slots in 48 registers and 5 blocks per SM (QTOOL_WO_RING=2, written in
 #           session 29) against 4 slots in 64 registers and 4 blocks: the same idea as 256 / 512 above
+#   with time left: bash dev/session30.sh sanitize   (compute-sanitizer memcheck / racecheck over
+#           dev/sanitize_w8a8.py, which now covers w8_gemv's folded block scales at 1-16 tokens and its two-stripe
+#           kernels, with QTOOL_W8_GEMV=768 so the switches run too)
 #   nvidia-h200-x2 (issue 20): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 gptq8ns_1 gptq8ns_2 summary
 # swtests  the w8_gemv / gated-epilogue GPU tests with both switches on (QTOOL_W8_GEMV=768)
 # swab     dev/gemv_probe.py --switches 0,256,512 at 1, 8, 9 and 16 tokens (raw w8_gemv, eight shapes, three kinds)
@@ -73,6 +76,14 @@ ringe2e() {
     step "8B W4A16 decode at batch 1, QTOOL_WO_RING=$sw"
     QTOOL_WO_RING=$sw timeout -k 15 "${RE_TIMEOUT:-150}" python3 dev/prefetch_sweep.py --schemes w4a16 --mb 0 \
       --batch-sizes 1 --skip-base --json "$OUT/ringe2e-$sw.jsonl" 2>&1 | grep -E '^\{' | tail -3
+  done
+}
+
+sanitize() {
+  for tool in ${SAN_TOOLS:-memcheck racecheck}; do
+    step "compute-sanitizer $tool (QTOOL_W8_GEMV=${SAN_SWITCHES:-768})"
+    QTOOL_W8_GEMV=${SAN_SWITCHES:-768} timeout -k 10 "${SAN_TIMEOUT:-200}" compute-sanitizer --tool "$tool" \
+      --error-exitcode 3 python3 dev/sanitize_w8a8.py 2>&1 | tail -4
   done
 }
 
