@@ -32,10 +32,11 @@ namespace {
 constexpr int kTileK = 64;
 // Tiles in flight per warp: 4 x kStripes x 2 rows x 16 bytes per lane; 2 with four token tiles (17-32 tokens),
 // whose activations take 32 registers per tile.
-// The folded variant at 9-16 tokens keeps 2 tiles in flight, in 64 registers (four spill 172 bytes even in 80).
-template <int TokenTiles, bool LeanFold2 = false>
+// TwoTiles: 2 in flight for the folded variant at 9-16 tokens (64 registers; four spill 172 bytes even in 80) and
+// for switches 256 / 512 (below).
+template <int TokenTiles, bool TwoTiles = false>
 __host__ __device__ constexpr int unroll_tiles() {
-  return TokenTiles > 2 || LeanFold2 ? 2 : 4;
+  return TokenTiles > 2 || TwoTiles ? 2 : 4;
 }
 // Warps per block. The kernel needs 52-128 registers, so up to four 8-warp blocks share an SM; a weight of at
 // most kWideMaxN rows has too few 16-row blocks for that (4096 rows: 256 blocks, < 2 per SM on 132 SMs), and
