@@ -79,6 +79,20 @@ ringe2e() {
   done
 }
 
+dispgap() {
+  step "weight-only dispatcher vs its own Hopper kernel at 128-256 tokens, alternating"
+  timeout -k 10 "${DG_TIMEOUT:-200}" python3 dev/dispatch_gap.py --json "$OUT/dispgap.json" 2>&1 | grep "^W" | tail -16
+}
+
+profile() {  # one steady decode step's kernels at batch 1, int8 and bf16 (which non-GEMM kernels are left)
+  for s in ${PROF_SCHEMES:-w8a8-int8 bf16}; do
+    step "decode profile, $s, batch 1"
+    timeout -k 15 "${PF_TIMEOUT:-150}" python3 dev/decode_profile.py --scheme "$s" --top 40 \
+      --json "$OUT/profile-$s.json" 2>&1 | grep -E "^\{| us " | tail -42
+  done
+}
+e2eint8b16() { E2E_TIMEOUT=${E2E_TIMEOUT:-200} bench8b "16" w8a8-int8 16 128 6; }
+
 sanitize() {
   for tool in ${SAN_TOOLS:-memcheck racecheck}; do
     step "compute-sanitizer $tool (QTOOL_W8_GEMV=${SAN_SWITCHES:-768})"
