@@ -27,7 +27,7 @@ from qtool_kernels.weight_only import packed_linear  # noqa: E402
 SHAPES = [(4096, 6144), (4096, 4096), (4096, 28672), (14336, 4096)]  # q/k/v, o, gate/up, down
 
 
-KNOBS = ("QTOOL_GEMV_XS_MAX", "QTOOL_WO_RING")
+KNOBS = ("QTOOL_GEMV_XS_MAX",)
 
 
 def time_shape(k: int, n: int, tokens: list[int], formats: list[tuple[int, int]], kernels) -> list[dict]:

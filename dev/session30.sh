@@ -93,6 +93,32 @@ profile() {  # one steady decode step's kernels at batch 1, int8 and bf16 (which
 }
 e2eint8b16() { E2E_TIMEOUT=${E2E_TIMEOUT:-200} bench8b "16" w8a8-int8 16 128 6; }
 
+deftests() {  # after the switches' removal: w8_gemv, gated epilogue and ring GEMV tests as built by default
+  step "w8_gemv, gated-epilogue and wo_gemv GEMV GPU tests (default build)"
+  timeout -k 10 "${DT_TIMEOUT:-150}" python3 -m pytest -q -m gpu tests/test_w8a8_gpu.py tests/test_mlp.py \
+    tests/test_kernels_gpu.py tests/test_lowbit_gpu.py -k "w8_gemv or swiglu or gemv" --tb=short -rf -p no:logging \
+    > "$OUT/deftests.txt" 2>&1
+  summarize "$OUT/deftests.txt"
+}
+attntests() {
+  step "decode attention kernel: GPU tests"
+  timeout -k 10 "${AT_TIMEOUT:-200}" python3 -m pytest -q -m gpu tests/test_decode_attention.py tests/test_attention.py \
+    --tb=short -rf -p no:logging > "$OUT/attntests.txt" 2>&1
+  summarize "$OUT/attntests.txt"; grep -E "^(FAILED|E  )" "$OUT/attntests.txt" | head -20
+}
+attnprobe() {
+  step "decode attention: qtool's kernel vs SDPA (packed, repeat_kv), 8B heads"
+  timeout -k 10 "${AP_TIMEOUT:-150}" python3 dev/attn_probe.py --json "$OUT/attnprobe.json" 2>&1 | grep "^B=" | tail -12
+}
+attne2e() {
+  for backend in sdpa kernel; do
+    step "8B decode, QTOOL_DECODE_ATTENTION=$backend"
+    QTOOL_DECODE_ATTENTION=$backend timeout -k 15 "${AE_TIMEOUT:-200}" python3 dev/prefetch_sweep.py \
+      --schemes ${AE_SCHEMES:-w8a8-int8,fp8} --mb 0 --batch-sizes 1,16 --skip-base --json "$OUT/attne2e-$backend.jsonl" \
+      2>&1 | grep -E '^\{' | tail -4
+  done
+}
+
 sanitize() {
   for tool in ${SAN_TOOLS:-memcheck racecheck}; do
     step "compute-sanitizer $tool (QTOOL_W8_GEMV=${SAN_SWITCHES:-768})"

@@ -10,7 +10,7 @@ Compile check on a machine without a GPU (CPU-only PyTorch, nvcc 13.0), the flag
   TI=$(python -c "import torch, os; print(os.path.dirname(torch.__file__))")/include
   mkdir -p /tmp/qtool_shim/c10/cuda/impl   # the CPU wheel lacks this generated header
   printf '#pragma once\\n#define C10_CUDA_BUILD_SHARED_LIBS\\n' > /tmp/qtool_shim/c10/cuda/impl/cuda_cmake_macros.h
-  for f in wo_gemv wo_stream wo_gemm wo_gemm_v3 dequant act_quant w8_gemv w1_gemv binarize w1a1 silu_mul; do
+  for f in wo_gemv wo_stream wo_gemm wo_gemm_v3 dequant act_quant w8_gemv w1_gemv binarize w1a1 silu_mul decode_attention; do
     nvcc -std=c++17 -O3 -lineinfo --expt-relaxed-constexpr -D__CUDA_NO_HALF_OPERATORS__ \\
       -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__ -D__CUDA_NO_HALF2_OPERATORS__ \\
       -gencode=arch=compute_80,code=sm_80 -gencode=arch=compute_89,code=sm_89 \\
@@ -18,7 +18,7 @@ Compile check on a machine without a GPU (CPU-only PyTorch, nvcc 13.0), the flag
       -c kernels/csrc/$f.cu
   done
   g++ -std=c++20 -O3 -fPIC -D_GLIBCXX_USE_CXX11_ABI=1 -I$TI -I$TI/torch/csrc/api/include \\
-    -I/usr/local/cuda/include -I/tmp/qtool_shim -Ikernels/csrc -c kernels/csrc/ops.cpp  # and ops_w8a8.cpp, ops_w1.cpp
+    -I/usr/local/cuda/include -I/tmp/qtool_shim -Ikernels/csrc -c kernels/csrc/ops.cpp  # and ops_w8a8.cpp, ops_w1.cpp, ops_attention.cpp
 """
 
 from __future__ import annotations
@@ -39,9 +39,11 @@ from .layout import chunk_k
 
 CSRC = Path(__file__).resolve().parent / "csrc"
 SOURCES = ("ops.cpp", "wo_gemv.cu", "wo_stream.cu", "wo_gemm.cu", "wo_gemm_v3.cu", "dequant.cu", "ops_w8a8.cpp",
-           "act_quant.cu", "w8_gemv.cu", "ops_w1.cpp", "w1_gemv.cu", "binarize.cu", "w1a1.cu", "silu_mul.cu")
+           "act_quant.cu", "w8_gemv.cu", "ops_w1.cpp", "w1_gemv.cu", "binarize.cu", "w1a1.cu", "silu_mul.cu",
+           "decode_attention.cu", "ops_attention.cpp")
 HEADERS = ("wo_kernels.h", "wo_decode.cuh", "wo_common.cuh", "wo_xstage.cuh", "wo_occupancy.h", "wo_piece.cuh",
-           "w8a8.h", "w8_decode.cuh", "mlp.h", "sm90/sm90_scaled_mm.h", "w1_kernels.h", "w1_gemv_plan.h", "pdl.cuh")
+           "w8a8.h", "w8_decode.cuh", "mlp.h", "sm90/sm90_scaled_mm.h", "w1_kernels.h", "w1_gemv_plan.h", "pdl.cuh",
+           "attention.h")
 NAME = "qtool_cuda"
 # The kernels need sm_80+ (bf16 mma.sync, cp.async, ldmatrix). $QTOOL_CUDA_ARCHS="90" (a build option,
 # README "Build options") builds one target, a third of the compile time, where the GPU is known.
@@ -55,7 +57,7 @@ NVCC_FLAGS = [
     f"-gencode=arch=compute_{ARCHS[-1]},code=compute_{ARCHS[-1]}",  # PTX for newer GPUs
 ]
 RAW_OPS = ("wo_gemv", "wo_gemm", "wo_gemm_v3", "dequant_int", "act_quant", "w8_gemv", "sm90_scaled_mm", "w1_gemv",
-           "binarize", "w1a1_gemm", "silu_mul")
+           "binarize", "w1a1_gemm", "silu_mul", "decode_attention")
 
 
 def host_compiler() -> str | None:
@@ -145,7 +147,11 @@ def _register_fakes() -> None:
     def silu_mul(x, pdl=0):
         return x.new_empty(x.shape[0], x.shape[1] // 2)
 
+    def decode_attention(q, k, v, mask, scale, splits=0, pdl=0):
+        return q.new_empty(q.shape)
+
     torch.library.register_fake(f"{NAME}::silu_mul")(silu_mul)
+    torch.library.register_fake(f"{NAME}::decode_attention")(decode_attention)
     torch.library.register_fake(f"{NAME}::w1_gemv")(w1_gemv)
     torch.library.register_fake(f"{NAME}::binarize")(binarize)
     torch.library.register_fake(f"{NAME}::w1a1_gemm")(w1a1_gemm)

@@ -14,6 +14,8 @@ leaf that takes tensors and ints, so the checkpoint conventions it relies on are
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -184,3 +186,26 @@ def binary_linear(
     if bias is not None:
         out = out + bias.float()
     return out.to(x.dtype)
+
+
+def decode_attention(
+    q: torch.Tensor,  # [B, H, D]
+    k: torch.Tensor,  # [B, KV, L, D], H a multiple of KV
+    v: torch.Tensor,  # [B, KV, L, D]
+    mask: torch.Tensor | None,  # [B, L] bool, True = attend; None: every position
+    scale: float,
+) -> torch.Tensor:  # [B, H, D] in q's dtype
+    """softmax(q k^T * scale over the attended positions) v per query head, head h reading KV head h // (H / KV)."""
+    batch, heads, dim = q.shape
+    kv_heads = k.shape[1]
+    qf = q.float().reshape(batch, kv_heads, heads // kv_heads, dim)
+    scores = torch.einsum("bjgd,bjld->bjgl", qf, k.float()) * scale
+    values = v.float()
+    if mask is not None:
+        keep = mask[:, None, None, :]
+        scores = scores.masked_fill(~keep, -math.inf)
+        values = values.masked_fill(~mask[:, None, :, None], 0.0)  # not finite where masked: still nothing
+    weights = torch.softmax(scores, dim=-1)
+    if mask is not None:  # every position masked: zeros, not softmax's NaN
+        weights = torch.where(mask.any(-1)[:, None, None, None], weights, 0.0)
+    return torch.einsum("bjgl,bjld->bjgd", weights, values).reshape(batch, heads, v.shape[-1]).to(q.dtype)

@@ -20,12 +20,17 @@ NAME, and a model opts in by its config's attention implementation: no model cod
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 NAME = "qtool_sdpa"
+# Where the packed query meets qtool's decode attention kernel (qtool_kernels/attention.py): "kernel" runs it on CUDA
+# where it takes the shapes, "sdpa" keeps SDPA (cuDNN's flash kernel on Hopper). QTOOL_DECODE_ATTENTION overrides.
+BACKEND = os.environ.get("QTOOL_DECODE_ATTENTION", "sdpa")
 # keyword arguments that change the attention's arithmetic beyond scores, mask and softmax: transformers' path
 _SPECIAL = ("position_bias", "softcap", "s_aux", "sinks")
 
@@ -42,10 +47,31 @@ def decode_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, 
     if q_len != 1 or groups == 1 or special or not shared_mask or key.shape[1] * groups != heads:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
+    if BACKEND == "kernel":
+        out = _kernel_attention(query, key, value, attention_mask, scaling)
+        if out is not None:
+            return out, None
     packed = query.reshape(batch, heads // groups, groups, dim)  # [B, KV, H / KV, D]: a group's heads as rows
     out = F.scaled_dot_product_attention(packed, key, value, attn_mask=attention_mask, dropout_p=dropout,
                                          scale=scaling)
     return out.reshape(batch, 1, heads, value.shape[-1]), None
+
+
+def _kernel_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
+                      scaling: float | None) -> torch.Tensor | None:
+    """[B, 1, H, D] from qtool's kernel for query [B, H, 1, D], key and value [B, KV, L, D] and a bool mask
+    [B, 1, 1, L] or None; None where the kernel does not take them (a float mask, another head size)."""
+    from qtool_kernels import attention
+
+    if mask is not None and (mask.dtype != torch.bool or mask.shape[-1] != key.shape[2]):
+        return None
+    q = query[:, :, 0, :]  # [B, H, D], a view
+    flat_mask = None if mask is None else mask[:, 0, 0, :].expand(query.shape[0], key.shape[2])
+    if not attention.supported(q, key, value, flat_mask):
+        return None
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    out = attention.decode_attention(q, key, value, flat_mask, scale)
+    return out.reshape(query.shape[0], 1, query.shape[1], value.shape[-1])
 
 
 def register() -> None:

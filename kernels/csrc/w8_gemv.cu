@@ -32,8 +32,7 @@ namespace {
 constexpr int kTileK = 64;
 // Tiles in flight per warp: 4 x kStripes x 2 rows x 16 bytes per lane; 2 with four token tiles (17-32 tokens),
 // whose activations take 32 registers per tile.
-// TwoTiles: 2 in flight for the folded variant at 9-16 tokens (64 registers; four spill 172 bytes even in 80) and
-// for switches 256 / 512 (below).
+// TwoTiles: 2 in flight for the folded variant at 9-16 tokens (64 registers; four spill 172 bytes even in 80).
 template <int TokenTiles, bool TwoTiles = false>
 __host__ __device__ constexpr int unroll_tiles() {
   return TokenTiles > 2 || TwoTiles ? 2 : 4;
@@ -56,15 +55,13 @@ constexpr int kTwoStripesMinN = 16384;
 //  16: 16-warp blocks up to 8192 rows instead of kWideMaxN (session 14's decode profile: q/k/v of 6144 rows, 384
 //      8-warp blocks, streamed 2.5 TB/s where gate/up reached 3.5). Not yet measured.
 //  64: block scales (fp8-block) at 9-16 tokens on the lean variant at every k, not only k <= kLeanBlockedMaxK.
-// 256: per-channel weights at 9-16 tokens (8-warp blocks) with two tiles in flight per warp in 48 registers, five
-//      blocks per SM, against four tiles in 64 registers and four blocks (session 29, unmeasured).
-// 512: the two-stripe kernels at 1-8 tokens (n >= kTwoStripesMinN, and the gated gate/up layer of the decode, with
-//      channel or folded block scales) with two tiles in flight per warp in 80 registers, three blocks per SM,
-//      against four tiles in 126-128 registers and two blocks (session 29, unmeasured).
 // 128: block scales for FP8 codes and bf16 activations as before session 28 (kBlockAcc / the lean variant), not
 //      folded into the decode (kBlockFold).
 // Session 14's A/B made two former switches the defaults ("lean" register budgets where they cost no spills) and
 // withdrew a third (one stripe at every n: -5-17% at <= 8 tokens on 28672 rows): kernels/NOTES.md "Session 14".
+// Session 30 withdrew two more, more warps per SM with fewer tiles in flight each (kernels/NOTES.md "Session 30"):
+// per-channel weights at 9-16 tokens in 48 registers (five blocks per SM) lost up to 15% on 8 of 8 shapes, the
+// two-stripe kernels at 1-8 tokens in 80 registers (three blocks) lost 5-14% on the 28672-row layers.
 // The lean block-scaled variant applies each tile's block scale to bf16 activations (x * scale in float32,
 // rounded to bf16 once: an error random per element) instead of keeping a second accumulator per tile: what fits
 // it in 80 registers (three blocks per SM; 98 without), +5-18% at <= 8 tokens.
@@ -103,12 +100,10 @@ __device__ inline void scale_sums(float (&acc)[S][TT][4], float by) {
 // each), its own instantiation so that the two-stripe kernel of large layers keeps its registers.
 enum Scales : int { kChannel = 0, kBlockAcc = 1, kBlockFold = 2, kBlockFoldGated = 3 };
 
-template <int TokenTiles, int Sc, int kStripes, int Warps, int Lean>
+template <int TokenTiles, int Sc, int kStripes, int Warps, bool Lean>
 __host__ __device__ constexpr int min_blocks() {  // __launch_bounds__'s blocks per SM (lean budgets); 0: unset
-  if (Lean == 3) return 3;  // switch 512: two stripes at 1-8 tokens, two tiles in flight (64: 12-62 bytes spill)
   if (Sc == kBlockFoldGated) return 2;  // 128 registers (160 unbounded; 20-26 bytes of spill)
   if (!Lean || kStripes != 1) return 0;
-  if (Lean == 2) return 5;  // switch 256: per channel at 9-16 tokens, two tiles in flight, 48 registers
   if (Sc == kBlockFold)  // 64 / 85 registers; at two token tiles 64 (two tiles in flight, unroll_tiles)
     return TokenTiles == 1 ? (Warps == kWideWarps ? 2 : 3) : (Warps == kWideWarps ? 2 : 4);
   if (Warps == kWideWarps) return Sc == kChannel && TokenTiles == 2 ? 2 : 0;  // 64 registers
@@ -118,7 +113,7 @@ __host__ __device__ constexpr int min_blocks() {  // __launch_bounds__'s blocks 
 // Pdl (launched where the caller asks, p.pdl, or on every call with QTOOL_PDL=2): the first tiles' weight loads go
 // out before griddepcontrol.wait and their x loads after it (pdl.cuh); the loop is otherwise the same. Session 18's first try, L2 prefetches of those
 // tiles before the wait, made the kernel 5-30% slower even without PDL.
-template <typename T, CodeFormat F, int TokenTiles, int Sc, int kStripes, int Warps, int Lean = 0,
+template <typename T, CodeFormat F, int TokenTiles, int Sc, int kStripes, int Warps, bool Lean = false,
           bool Pdl = false>
 __global__ void __launch_bounds__(Warps * 32, (min_blocks<TokenTiles, Sc, kStripes, Warps, Lean>()))
     w8_gemv(W8GemvProblem p) {
@@ -128,7 +123,7 @@ __global__ void __launch_bounds__(Warps * 32, (min_blocks<TokenTiles, Sc, kStrip
   static_assert(Sc != kBlockFoldGated || (kStripes == 2 && TokenTiles == 1));
   constexpr bool Pairs02 = kPairs02<T, F>;
   constexpr int kRowsPerBlock = 16 * kStripes;
-  constexpr int kUnroll = unroll_tiles<TokenTiles, (Sc == kBlockFold && TokenTiles == 2 && Lean) || Lean >= 2>();
+  constexpr int kUnroll = unroll_tiles<TokenTiles, Sc == kBlockFold && TokenTiles == 2 && Lean>();
   __shared__ float partial[Warps][kStripes][TokenTiles][32][4];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
@@ -322,7 +317,7 @@ __global__ void __launch_bounds__(Warps * 32, (min_blocks<TokenTiles, Sc, kStrip
 // One variant's launch; its Pdl twin (bf16, up to 16 tokens: the A/B's cases, so that the build does not grow by
 // more), launched with programmatic serialization, where the caller asks for it (p.pdl: static weights, and the
 // shapes where session 19 measured it faster, scaled_mm.W8_GEMV_PDL) or QTOOL_PDL=2 (every call: the A/B).
-template <typename T, CodeFormat F, int TokenTiles, int Sc, int Stripes, int Warps, int Lean>
+template <typename T, CodeFormat F, int TokenTiles, int Sc, int Stripes, int Warps, bool Lean>
 void launch_one(const W8GemvProblem& p, unsigned blocks, cudaStream_t stream) {
   if constexpr (TokenTiles <= 2 && std::is_same_v<T, __nv_bfloat16>) {
     if (pdl_level() >= 2 || (p.pdl && pdl_enabled())) {
@@ -350,18 +345,11 @@ void launch_channel_shapes(const W8GemvProblem& p, unsigned blocks, int switches
     // one build): against 128 registers with four tiles in flight, +1-23% on every shape (4096 x 4096 at 16 tokens
     // 1.27x -> 1.50x bf16, 14336 x 4096 1.18x -> 1.36x, 4096 x 6144 1.14x -> 1.27x, 8192 x 8192 1.21x -> 1.25x).
     constexpr bool kLean = Sc == kChannel || Sc == kBlockFold;
-    if constexpr (Sc == kChannel) {
-      if ((switches & 256) && !wide)  // two tiles in flight, 48 registers, five blocks per SM (unmeasured)
-        return launch_one<T, F, 2, Sc, 1, kWarps, 2>(p, blocks, stream);
-    }
     if (wide)  // 16 warps: two blocks per SM, as at m <= 8
       launch_one<T, F, 2, Sc, 1, kWideWarps, kLean>(p, blocks, stream);
     else
       launch_one<T, F, 2, Sc, 1, kWarps, kLean>(p, blocks, stream);
   } else {
-    if constexpr (Stripes == 2 && TokenTiles == 1) {
-      if (switches & 512) return launch_one<T, F, 1, Sc, 2, kWarps, 3>(p, blocks, stream);
-    }
     launch_one<T, F, TokenTiles, Sc, Stripes, kWarps, false>(p, blocks, stream);
   }
 }
@@ -405,11 +393,9 @@ void launch_format(const W8GemvProblem& p, cudaStream_t stream) {
     const unsigned blocks = static_cast<unsigned>((p.n / 2 + 15) / 16);
     if constexpr (kFoldsScale<T, F>) {
       if (p.block_n > 0) {
-        if (w8_gemv_switches() & 512) return launch_one<T, F, 1, kBlockFoldGated, 2, kWarps, 3>(p, blocks, stream);
         return launch_one<T, F, 1, kBlockFoldGated, 2, kWarps, false>(p, blocks, stream);
       }
     }
-    if (w8_gemv_switches() & 512) return launch_one<T, F, 1, kChannel, 2, kWarps, 3>(p, blocks, stream);
     launch_one<T, F, 1, kChannel, 2, kWarps, false>(p, blocks, stream);  // blocks here: refused by ops_w8a8.cpp
     return;
   }

@@ -70,31 +70,20 @@ int xs_max_bytes() {
 // group per chunk), so 4 blocks fit an SM where 80 registers fit 3: 8192 rows are 512 blocks, 1.3 waves
 // of 396 slots on the H200's 132 SMs but one wave of 528. 64 KB of weight loads in flight per SM
 // instead of 96 KB, above the ~48 KB that DRAM latency asks for (NOTES.md, v4). Unmeasured.
-// LEAN 2 (QTOOL_WO_RING=2, session 29, unmeasured): 2 chunks in 48 registers (no spills but 12 bytes at 3 bits),
-// 5 blocks per SM: the loads spread over more warps, what made fp8-block's w8_gemv 1-23% faster at 9-16 tokens.
-template <int BITS, int GPC, int LEAN>  // code width, groups per chunk, gemv_variant 1 (LEAN 1; 2: the switch)
+// Session 30 measured 2 chunks in 48 registers and 5 blocks per SM (the loads over more warps, what made w8_gemv's
+// fp8-block faster at 9-16 tokens): 8192 x 8192 W4 at one token 2.46x -> 2.07x bf16, no shape faster; withdrawn.
+template <int BITS, int GPC, bool LEAN>  // code width, groups per chunk, gemv_variant 1
 constexpr int batch_chunks() {
-  return LEAN == 2 ? 2 : LEAN || GPC > 2 || is_low_bits(BITS) ? 4 : 8;
-}
-template <int LEAN, int WARPS>
-constexpr int ring_min_blocks() {  // __launch_bounds__' blocks per SM
-  return LEAN == 2 ? 5 : LEAN ? 4 * kWarps / WARPS : 1;
-}
-int ring_switch() {  // QTOOL_WO_RING, read once: 2 = the lean launch with LEAN 2
-  static const int value = [] {
-    const char* env = std::getenv("QTOOL_WO_RING");
-    return env ? std::atoi(env) : 0;
-  }();
-  return value;
+  return LEAN || GPC > 2 || is_low_bits(BITS) ? 4 : 8;
 }
 
 template <typename T,    // activation and output type: __half or __nv_bfloat16
           int BITS,      // weight code width: 2, 3, 4 or 8
           int GPC,       // groups per chunk: 1 (group >= chunk_k or per channel), 2 or 4
           bool XS,       // x staged in shared memory in fragment order (dynamic: m * xs_row_words(k_padded) words)
-          int LEAN,      // gemv_variant 1: 4 blocks per SM (see batch_chunks); 2: QTOOL_WO_RING=2
+          bool LEAN,     // gemv_variant 1: 4 blocks per SM (see batch_chunks)
           int WARPS = kWarps>  // gemv_variant 2: 16 warps in the lean budget, 2 blocks per SM (kWideWarps)
-__global__ void __launch_bounds__(WARPS * 32, (ring_min_blocks<LEAN, WARPS>())) wo_gemv_kernel(const WoProblem p) {
+__global__ void __launch_bounds__(WARPS * 32, LEAN ? 4 * kWarps / WARPS : 1) wo_gemv_kernel(const WoProblem p) {
   extern __shared__ uint4 xs_dyn[];  // XS only
   constexpr int SUB = chunk_subtiles(BITS);  // 16x16 subtiles per chunk
   constexpr int KC = chunk_k(BITS);  // k per chunk
@@ -238,7 +227,7 @@ __global__ void __launch_bounds__(WARPS * 32, (ring_min_blocks<LEAN, WARPS>())) 
   }
 }
 
-template <typename T, int BITS, int GPC, bool XS, int LEAN = 0, int WARPS = kWarps>
+template <typename T, int BITS, int GPC, bool XS, bool LEAN = false, int WARPS = kWarps>
 void launch_variant(const WoProblem& p,     // the problem
                     int smem,               // dynamic shared memory bytes (XS: the staged x)
                     cudaStream_t stream) {  // the caller's stream
@@ -266,7 +255,6 @@ void launch_typed(const WoProblem& p,     // the problem, 1 <= p.m <= kMaxGemvTo
     xs ? launch_variant<T, BITS, 1, true, true, kWideWarps>(p, xs_bytes, stream)
        : launch_variant<T, BITS, 1, false, true, kWideWarps>(p, 0, stream);
   } else if (gpc == 1 && p.gemv_variant == 1) {
-    if (xs && ring_switch() == 2) return launch_variant<T, BITS, 1, true, 2>(p, xs_bytes, stream);
     xs ? launch_variant<T, BITS, 1, true, true>(p, xs_bytes, stream)
        : launch_variant<T, BITS, 1, false, true>(p, 0, stream);
   } else if (gpc == 1) {

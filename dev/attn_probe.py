@@ -1,0 +1,93 @@
+"""Decode attention on the 8B shape (32 query heads, 8 KV heads, head size 128, bf16): qtool's kernel against SDPA.
+
+Times, per (batch, cache length), in one process: SDPA on the packed query (quantize/attention.py's "sdpa" backend:
+cuDNN's flash kernel on Hopper), SDPA over KV heads repeated to every query head (transformers' path, the bf16
+baseline's), and qtool's kernel at the default and at fixed numbers of cache pieces. Each call reads its own copy of
+the cache (copies rotated past the L2, as a layer's cache is in a decode step), CUDA-graph replay, microseconds.
+
+    python3 dev/attn_probe.py [--batches 1,16] [--lengths 161,512,2048,8192] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from bench_kernels import Rotation, graph_ms  # noqa: E402
+
+from qtool_kernels import attention, build  # noqa: E402
+
+HEADS, KV_HEADS, DIM = 32, 8, 128
+
+
+def caches(batch: int, length: int) -> tuple[Rotation, int]:
+    """Copies of (k, v, mask) whose total passes 150 MB, and how many."""
+    nbytes = 2 * batch * KV_HEADS * length * DIM * 2
+    count = max(8, min(400, -(-150_000_000 // nbytes)))
+    items = []
+    for i in range(count):
+        k = torch.randn(batch, KV_HEADS, length, DIM, device="cuda", dtype=torch.bfloat16)
+        mask = (torch.arange(length, device="cuda") < length - 1 - i % 3)[None, :].expand(batch, length)
+        items.append((k, torch.randn_like(k), mask))
+    return Rotation(items), count
+
+
+def time_case(batch: int, length: int, splits: list[int]) -> dict:
+    rot, count = caches(batch, length)
+    q = torch.randn(batch, HEADS, DIM, device="cuda", dtype=torch.bfloat16)
+    scale = DIM**-0.5
+    groups = HEADS // KV_HEADS
+
+    def packed():
+        k, v, mask = rot()
+        return F.scaled_dot_product_attention(q.view(batch, KV_HEADS, groups, DIM), k, v,
+                                              attn_mask=mask[:, None, None, :], scale=scale)
+
+    def repeated():
+        k, v, mask = rot()
+        kk = k[:, :, None].expand(batch, KV_HEADS, groups, length, DIM).reshape(batch, HEADS, length, DIM)
+        vv = v[:, :, None].expand(batch, KV_HEADS, groups, length, DIM).reshape(batch, HEADS, length, DIM)
+        return F.scaled_dot_product_attention(q[:, :, None, :], kk, vv, attn_mask=mask[:, None, None, :], scale=scale)
+
+    calls = {"sdpa_packed": packed, "sdpa_repeat_kv": repeated}
+    for s in splits:
+        calls[f"qtool_s{s}"] = lambda s=s: attention.decode_attention(q, *rot(), scale, splits=s)
+    us = {}
+    for _ in range(2):  # alternate, so that drift shows as spread
+        for name, call in calls.items():
+            t = graph_ms(call, reps=count)
+            us.setdefault(name, []).append(None if t is None else round(t * 1e3, 2))
+    k, v, mask = rot.items[0]
+    ref = attention.reference(q, k, v, mask, scale).float()
+    err = (attention.decode_attention(q, k, v, mask, scale).float() - ref).abs().max().item()
+    row = {"batch": batch, "length": length, "copies": count, "us": us, "max_abs_err": err}
+    print(f"B={batch} L={length}: " + ", ".join(f"{n} {min(t for t in ts if t is not None) if any(ts) else '-'}"
+                                                for n, ts in us.items()) + f" (err {err:.2e})", flush=True)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batches", default="1,16")
+    parser.add_argument("--lengths", default="161,512,2048,8192")
+    parser.add_argument("--splits", default="0,1,2,4,8,16")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    build.load_extension()
+    rows = []
+    for b in (int(x) for x in args.batches.split(",")):
+        for length in (int(x) for x in args.lengths.split(",")):
+            rows.append(time_case(b, length, [int(s) for s in args.splits.split(",")]))
+            torch.cuda.empty_cache()
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

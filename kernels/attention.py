@@ -1,0 +1,49 @@
+"""Decode attention on qtool's kernel: one query token per sequence over a KV cache, the query heads of each KV head
+together (`qtool_cuda::decode_attention`, csrc/decode_attention.cu), or its PyTorch reference (the CPU path and the
+test oracle). quantize/attention.py calls it from a compiled decode step.
+
+Both compute scores, softmax and the weighted sum in float32 and round once. A masked position contributes nothing,
+even where the cache holds values that are not finite there; a sequence with every position masked gets zeros
+(SDPA gives NaN there).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import build
+from .layout import KERNEL_DTYPES
+from .reference import decode_attention as reference  # the CPU path and the test oracle
+
+HEAD_DIMS = (64, 128)  # what the kernel takes
+MAX_GROUP = 16  # query heads per KV head (csrc/attention.h, kDecodeAttentionMaxGroup)
+# The kernel's launch with PDL (pdl.cuh): it waits for the cache write on the device and lets the output projection's
+# GEMV launch at once.
+PDL = True
+
+
+def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> bool:
+    """Whether the kernel takes these tensors (shapes as in reference.decode_attention); where not, the caller runs
+    the reference or SDPA."""
+    if not (q.is_cuda and q.dtype in KERNEL_DTYPES and k.dtype == q.dtype and v.dtype == q.dtype):
+        return False
+    if q.dim() != 3 or k.dim() != 4 or v.shape != k.shape or v.stride() != k.stride() or k.shape[2] == 0:
+        return False
+    if q.shape[-1] not in HEAD_DIMS or k.shape[-1] != q.shape[-1] or q.stride(-1) != 1:
+        return False
+    if k.shape[1] == 0 or q.shape[1] % k.shape[1] or q.shape[1] // k.shape[1] > MAX_GROUP:
+        return False
+    if k.stride(-1) != 1 or any(s % 8 for s in k.stride()[:3]):
+        return False
+    if not torch.compiler.is_compiling() and (k.data_ptr() % 16 or v.data_ptr() % 16):  # (a cache's own buffers are)
+        return False
+    return mask is None or (mask.dtype == torch.bool and mask.shape == (q.shape[0], k.shape[2]))
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float,
+                     splits: int = 0) -> torch.Tensor:
+    """Shapes as in reference.decode_attention; the kernel where `supported` and the extension is loaded, else the
+    reference. splits: pieces of the cache per (sequence, KV head) (0: the kernel's choice; for A/B runs)."""
+    if supported(q, k, v, mask) and (build.loaded() if torch.compiler.is_compiling() else build.load_extension()):
+        return torch.ops.qtool_cuda.decode_attention(q, k, v, mask, float(scale), int(splits), int(PDL))
+    return reference(q, k, v, mask, scale)

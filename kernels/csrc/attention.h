@@ -1,0 +1,38 @@
+// Interface between ops_attention.cpp (PyTorch-facing checks) and decode_attention.cu (no PyTorch headers): attention
+// of one query token per sequence over a KV cache with grouped query heads, out = softmax(q k^T * scale, masked) v.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime_api.h>
+
+#include "wo_kernels.h"  // ScalarKind
+
+namespace qtool {
+
+struct DecodeAttentionProblem {
+  const void* q;     // [batch, heads, dim]: (b, h, d) at b * q_batch + h * q_head + d
+  const void* k;     // [batch, kv_heads, length, dim]: (b, j, l, d) at b * kv_batch + j * kv_head + l * kv_pos + d
+  const void* v;     // the shape and strides of k
+  const bool* mask;  // [batch, length]: (b, l) at b * mask_batch + l * mask_pos, true = attend; nullptr: attend to all
+  void* out;         // [batch, heads, dim] contiguous, q's dtype
+  float* partial;    // splits > 1: [batch, kv_heads, splits, heads / kv_heads, dim + 2] float32 (sums, max, total)
+  int64_t batch, heads, kv_heads, length, dim;
+  int64_t q_batch, q_head, kv_batch, kv_head, kv_pos, mask_batch, mask_pos;
+  float scale;
+  int splits;  // pieces of the cache per (sequence, KV head), one block each; 1: no combine step
+  ScalarKind dtype;
+  bool pdl = false;  // wait for the kernel before in the stream on the device, let the next launch at once (pdl.cuh)
+};
+
+constexpr int kDecodeAttentionMaxGroup = 16;  // query heads per KV head the kernels take
+constexpr int kDecodeAttentionMaxChunk = 256;  // cache positions one block stages in shared memory
+
+// The pieces a launch uses: `requested` (<= 0: one block per (sequence, KV head) up to kDecodeAttentionMaxChunk
+// positions, beyond that enough pieces of >= 64 positions to give every SM a block), at least enough that no piece
+// is longer than kDecodeAttentionMaxChunk, and no empty piece. p.splits must be this.
+int decode_attention_splits(int64_t batch, int64_t kv_heads, int64_t length, int requested, int num_sms);
+
+cudaError_t launch_decode_attention(const DecodeAttentionProblem& p, cudaStream_t stream);
+
+}  // namespace qtool
