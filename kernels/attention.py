@@ -22,6 +22,16 @@ MAX_GROUP = 16  # query heads per KV head (csrc/attention.h, kDecodeAttentionMax
 PDL = True
 
 
+def preferred(batch: int, kv_heads: int, length: int) -> bool:
+    """Whether the kernel beats SDPA on the packed query here, as measured (session 30, H200, 32 query heads on 8 KV
+    heads, head size 128, dev/attn_probe.py): it won everywhere at batch 1 (161 positions 7.8 us against cuDNN's
+    16.5, 8192 positions 37 against 171) and where the pieces of <= 256 positions fill the SMs once (batch 16, 161
+    positions: 10.0 against 23.0), and lost where they take waves (batch 16, 512 positions: 30.7 against 26.1; 2048:
+    100 against 57). 132 is the H100 / H200 SM count."""
+    pairs = batch * kv_heads
+    return pairs <= 64 or pairs * -(-length // 256) <= 132
+
+
 def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> bool:
     """Whether the kernel takes these tensors (shapes as in reference.decode_attention); where not, the caller runs
     the reference or SDPA."""

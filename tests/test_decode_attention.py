@@ -72,6 +72,13 @@ def test_cpu_tensors_run_the_reference():
     assert torch.equal(attention.decode_attention(q, k, v, mask, 0.125), reference(q, k, v, mask, 0.125))
 
 
+def test_preferred_where_measured_faster():
+    """Batch 1 at any length and a batch whose pieces fill the SMs once take the kernel; batch 16 at 512+ does not."""
+    assert attention.preferred(1, 8, 161) and attention.preferred(1, 8, 8192) and attention.preferred(8, 8, 4096)
+    assert attention.preferred(16, 8, 161) and attention.preferred(16, 8, 256)
+    assert not attention.preferred(16, 8, 512) and not attention.preferred(64, 8, 161)
+
+
 def _decode_logits(model, prompt, steps):
     from transformers import StaticCache
 
@@ -97,6 +104,7 @@ def test_model_decode_through_the_kernel_path(monkeypatch):
     calls = []
     monkeypatch.setattr(qattention, "BACKEND", "kernel")
     monkeypatch.setattr(attention, "supported", lambda *a: calls.append(a[0].shape) or True)
+    monkeypatch.setattr(attention.build, "loaded", lambda: True)
     got = _decode_logits(model, prompt, 4)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert calls and calls[0] == (2, 4, 16)  # [B, H, D] for every decode step
@@ -197,7 +205,7 @@ def test_kernel_rejects_bad_input(kernels):
 
 @pytest.mark.gpu
 @needs_cuda
-def test_model_decode_on_the_kernel(monkeypatch):
+def test_model_decode_on_the_kernel(kernels, monkeypatch):
     """A random Llama in bfloat16 on CUDA (head size 64, 4 query heads per KV head): the decode steps' logits through
     the kernel against SDPA's, within bfloat16 rounding of the attention outputs carried through two blocks."""
     model = random_model(dict(TINY, num_attention_heads=8, num_key_value_heads=2, hidden_size=512),

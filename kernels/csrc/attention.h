@@ -29,7 +29,7 @@ constexpr int kDecodeAttentionMaxGroup = 16;  // query heads per KV head the ker
 constexpr int kDecodeAttentionMaxChunk = 256;  // cache positions one block stages in shared memory
 
 // The pieces a launch uses: `requested` (<= 0: one block per (sequence, KV head) up to kDecodeAttentionMaxChunk
-// positions, beyond that enough pieces of >= 64 positions to give every SM a block), at least enough that no piece
+// positions, beyond that pieces of >= 64 positions, as many as fill the SMs once), at least enough that no piece
 // is longer than kDecodeAttentionMaxChunk, and no empty piece. p.splits must be this.
 int decode_attention_splits(int64_t batch, int64_t kv_heads, int64_t length, int requested, int num_sms);
 

@@ -21,7 +21,10 @@
 #include <algorithm>
 #include <cstdint>
 
+#include <cstdlib>
+
 #include "attention.h"
+#include "attention_two_pass.cuh"
 #include "pdl.cuh"
 #include "wo_common.cuh"  // cp_async_16, to_float, store
 
@@ -242,9 +245,39 @@ size_t smem_bytes(int chunk) {
   return std::max(staged, reduced);
 }
 
+// QTOOL_DECODE_ATTENTION_KERNEL (read once): 1 (the default) the online kernel above, 2 the two-pass kernel
+// (attention_two_pass.cuh, unmeasured), for A/B runs in one build.
+int kernel_choice() {
+  static const int choice = [] {
+    const char* env = std::getenv("QTOOL_DECODE_ATTENTION_KERNEL");
+    return env != nullptr && std::atoi(env) == 2 ? 2 : 1;
+  }();
+  return choice;
+}
+
+template <typename T, int D, int GMax>
+cudaError_t launch_two_pass(const DecodeAttentionProblem& p, int chunk, cudaStream_t stream) {
+  auto kernel = two_pass::kernel<T, D, GMax>;
+  static const cudaError_t opted = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+      static_cast<int>(two_pass::Smem<T, D, GMax>{kDecodeAttentionMaxChunk}.bytes()));
+  if (opted != cudaSuccess) return opted;
+  const dim3 grid(p.splits, static_cast<unsigned>(p.kv_heads), static_cast<unsigned>(p.batch));
+  launch_maybe_pdl(kernel, p.pdl, grid, dim3(two_pass::kThreads),
+                   static_cast<int>(two_pass::Smem<T, D, GMax>{chunk}.bytes()), stream, p, chunk);
+  return cudaSuccess;
+}
+
 template <typename T, int D, int GMax>
 cudaError_t launch_group(const DecodeAttentionProblem& p, cudaStream_t stream) {
   const int chunk = static_cast<int>((p.length + p.splits - 1) / p.splits);
+  if (kernel_choice() == 2) {
+    const cudaError_t err = launch_two_pass<T, D, GMax>(p, chunk, stream);
+    if (err != cudaSuccess) return err;
+    if (p.splits > 1)
+      launch_maybe_pdl(decode_attention_combine<T>, p.pdl, dim3(static_cast<unsigned>(p.kv_heads),
+                       static_cast<unsigned>(p.batch)), dim3(kThreads), 0, stream, p);
+    return cudaGetLastError();
+  }
   const size_t smem = smem_bytes<T, D, GMax>(chunk);
   auto kernel = decode_attention_kernel<T, D, GMax>;
   static const cudaError_t opted = cudaFuncSetAttribute(  // the largest any call can ask for
@@ -277,8 +310,9 @@ int decode_attention_splits(int64_t batch, int64_t kv_heads, int64_t length, int
   const int64_t fewest = (length + kDecodeAttentionMaxChunk - 1) / kDecodeAttentionMaxChunk;
   int64_t splits = requested;
   if (splits <= 0 && length <= kDecodeAttentionMaxChunk) splits = 1;
-  if (splits <= 0)  // pieces of >= 64 positions, enough for every SM where the cache is that long
-    splits = std::min((length + 63) / 64, (num_sms + batch * kv_heads - 1) / (batch * kv_heads));
+  if (splits <= 0)  // pieces of >= 64 positions, as many as fill the SMs once (a block holds an SM: session 30's
+    // probe, 8 KV heads at 2048 positions: 16 pieces 15.7 us, 17 pieces 22.0 us, two waves)
+    splits = std::min((length + 63) / 64, std::max<int64_t>(1, num_sms / (batch * kv_heads)));
   splits = std::min(std::max(splits, fewest), length);
   const int64_t chunk = (length + splits - 1) / splits;
   return static_cast<int>((length + chunk - 1) / chunk);  // no empty pieces

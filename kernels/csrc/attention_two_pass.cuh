@@ -1,0 +1,178 @@
+// The decode attention kernel in two passes over shared memory (decode_attention.cu; QTOOL_DECODE_ATTENTION_KERNEL=2
+// selects it, session 30, unmeasured). The online kernel (one lane group per position, scores summed with shuffles,
+// the running max and sums rescaled per position) measured ~1 us per 32 positions per warp on the H200 (session
+// 30, dev/attn_probe.py: a block of 256 positions ~12 us), far above its ~0.3 us of issue: every step is a chain of
+// loads, shuffles, exponentials and rescales, and 8 warps per SM cannot hide it. Here no step depends on the one
+// before: A) a thread per position computes its scores for every query row of the group (K rows padded by 16 bytes,
+// so the 32 lanes' rows fall in different banks; the query in shared memory, read by all lanes at once); B) a warp
+// per query row takes the max over the positions, the exponentials (base 2) and their total; C) a thread per pair of
+// columns and position group sums weight * V over its positions (one V word per lane, the weights broadcast), then
+// the position groups are summed. Masked positions get weight 0 and their V is never read.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "attention.h"
+#include "pdl.cuh"
+#include "wo_common.cuh"  // cp_async_16, pair_to_float2, to_float, store
+
+namespace qtool {
+namespace two_pass {
+
+constexpr int kThreads = kDecodeAttentionMaxChunk;  // pass A: one thread per position
+constexpr float kLog2e = 1.4426950408889634f;
+
+template <typename T, int D, int GMax>
+struct Smem {  // the dynamic shared memory of a block staging `chunk` positions, in bytes from its start
+  static constexpr int kRowK = D + 16 / static_cast<int>(sizeof(T));  // padded K row, elements
+  static constexpr int kPairs = D / 2, kGroups = kThreads / kPairs;    // pass C's column pairs and position groups
+  static constexpr int kGP = GMax;                                     // weights per position (floats)
+  int chunk;
+  __host__ __device__ size_t k_bytes() const {  // K rows, later pass C's partial sums
+    const size_t rows = static_cast<size_t>(chunk) * kRowK * sizeof(T), sums = size_t{kGroups} * GMax * D * 4;
+    return ((rows > sums ? rows : sums) + 15) / 16 * 16;
+  }
+  __host__ __device__ size_t v_off() const { return k_bytes(); }
+  __host__ __device__ size_t w_off() const { return v_off() + static_cast<size_t>(chunk) * D * sizeof(T); }
+  __host__ __device__ size_t q_off() const { return w_off() + static_cast<size_t>(chunk) * kGP * 4; }
+  __host__ __device__ size_t stat_off() const { return q_off() + size_t{GMax} * D * 4; }
+  __host__ __device__ size_t mask_off() const { return stat_off() + size_t{GMax} * 2 * 4; }
+  __host__ __device__ size_t bytes() const { return mask_off() + (chunk + 15) / 16 * 16; }
+};
+
+template <typename T>
+__device__ inline void load8(const T* src, float (&out)[8]) {  // 8 elements at a 16-byte aligned shared address
+  const uint4 u = *reinterpret_cast<const uint4*>(src);
+  const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 f = pair_to_float2(w[i], T{});
+    out[2 * i] = f.x, out[2 * i + 1] = f.y;
+  }
+}
+
+// grid (splits, kv_heads, batch), kThreads threads, Smem<T, D, GMax>{chunk}.bytes() of dynamic shared memory.
+template <typename T, int D, int GMax>
+__global__ void __launch_bounds__(kThreads) kernel(DecodeAttentionProblem p, int chunk) {
+  using S = Smem<T, D, GMax>;
+  extern __shared__ __align__(16) unsigned char smem[];
+  const S layout{chunk};
+  T* ks = reinterpret_cast<T*>(smem);
+  T* vs = reinterpret_cast<T*>(smem + layout.v_off());
+  float* w = reinterpret_cast<float*>(smem + layout.w_off());       // [chunk][GMax]: scores, then weights
+  float* qs = reinterpret_cast<float*>(smem + layout.q_off());      // [GMax][D], scaled by scale * log2 e
+  float* stats = reinterpret_cast<float*>(smem + layout.stat_off());  // [GMax][2]: max, total
+  bool* attend = reinterpret_cast<bool*>(smem + layout.mask_off());  // [chunk]
+  pdl_wait_then_release();  // a no-op unless launched with PDL: every input below is another kernel's output
+  const int split = blockIdx.x, head = blockIdx.y, b = blockIdx.z, tid = threadIdx.x;
+  const int group = static_cast<int>(p.heads / p.kv_heads);
+  const int64_t first = static_cast<int64_t>(split) * chunk;
+  const int count = static_cast<int>(p.length - first < chunk ? p.length - first : chunk);
+
+  constexpr int kPieces = D * static_cast<int>(sizeof(T)) / 16, kPer = 16 / static_cast<int>(sizeof(T));
+  const T* kg = static_cast<const T*>(p.k) + b * p.kv_batch + head * p.kv_head + first * p.kv_pos;
+  const T* vg = static_cast<const T*>(p.v) + b * p.kv_batch + head * p.kv_head + first * p.kv_pos;
+  for (int i = tid; i < count * kPieces; i += kThreads) {
+    const int row = i / kPieces, col = (i % kPieces) * kPer;
+    cp_async_16(ks + row * S::kRowK + col, kg + row * p.kv_pos + col, true);
+    cp_async_16(vs + row * D + col, vg + row * p.kv_pos + col, true);
+  }
+  cp_async_commit();
+  if (tid < count) attend[tid] = p.mask == nullptr || p.mask[b * p.mask_batch + (first + tid) * p.mask_pos];
+  const float qscale = p.scale * kLog2e;
+  for (int i = tid; i < GMax * D; i += kThreads) {
+    const int g = i / D;
+    qs[i] = g < group ? to_float(static_cast<const T*>(p.q)[b * p.q_batch + (head * group + g) * p.q_head + i % D]) *
+                            qscale : 0.f;
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+
+  // A) scores of position tid for every query row (-inf where masked)
+  if (tid < count) {
+    float score[GMax];
+#pragma unroll
+    for (int g = 0; g < GMax; ++g) score[g] = 0.f;
+#pragma unroll 4
+    for (int d0 = 0; d0 < D; d0 += 8) {
+      float kf[8];
+      load8(ks + tid * S::kRowK + d0, kf);
+#pragma unroll
+      for (int g = 0; g < GMax; ++g) {
+        const float4 a = *reinterpret_cast<const float4*>(qs + g * D + d0);
+        const float4 c = *reinterpret_cast<const float4*>(qs + g * D + d0 + 4);
+        score[g] = fmaf(a.x, kf[0], fmaf(a.y, kf[1], fmaf(a.z, kf[2], fmaf(a.w, kf[3], score[g]))));
+        score[g] = fmaf(c.x, kf[4], fmaf(c.y, kf[5], fmaf(c.z, kf[6], fmaf(c.w, kf[7], score[g]))));
+      }
+    }
+    const bool on = attend[tid];
+#pragma unroll
+    for (int g = 0; g < GMax; ++g) w[tid * GMax + g] = on ? score[g] : -INFINITY;
+  }
+  __syncthreads();
+
+  // B) per query row (a warp each): max, weights 2^(score - max), total
+  const int warp = tid / 32, lane = tid % 32;
+  for (int g = warp; g < group; g += kThreads / 32) {
+    float mx = -INFINITY;
+    for (int l = lane; l < count; l += 32) mx = fmaxf(mx, w[l * GMax + g]);
+#pragma unroll
+    for (int off = 16; off >= 1; off /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+    float total = 0.f;
+    for (int l = lane; l < count; l += 32) {
+      const float e = mx == -INFINITY ? 0.f : exp2f(w[l * GMax + g] - mx);  // masked: exp2(-inf) = 0
+      w[l * GMax + g] = e;
+      total += e;
+    }
+#pragma unroll
+    for (int off = 16; off >= 1; off /= 2) total += __shfl_xor_sync(0xffffffffu, total, off);
+    if (lane == 0) stats[2 * g] = mx, stats[2 * g + 1] = total;
+  }
+  __syncthreads();
+
+  // C) sums of weight * V: thread (position group pg, column pair cp), positions pg, pg + kGroups, ...
+  const int cp = tid % S::kPairs, pg = tid / S::kPairs;  // a warp shares pg: the branch and weight loads are uniform
+  float acc[GMax][2];
+#pragma unroll
+  for (int g = 0; g < GMax; ++g) acc[g][0] = acc[g][1] = 0.f;
+#pragma unroll 4
+  for (int l = pg; l < count; l += S::kGroups) {
+    if (!attend[l]) continue;  // weight 0, and V there may be anything
+    const float2 v = pair_to_float2(*reinterpret_cast<const uint32_t*>(vs + l * D + 2 * cp), T{});
+#pragma unroll
+    for (int g4 = 0; g4 < GMax; g4 += 4) {
+      const float4 e = *reinterpret_cast<const float4*>(w + l * GMax + g4);
+      const float ev[4] = {e.x, e.y, e.z, e.w};
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        acc[g4 + j][0] = fmaf(ev[j], v.x, acc[g4 + j][0]);
+        acc[g4 + j][1] = fmaf(ev[j], v.y, acc[g4 + j][1]);
+      }
+    }
+  }
+  float* sums = reinterpret_cast<float*>(smem);  // [kGroups][GMax][D], over the K rows (read in pass A)
+#pragma unroll
+  for (int g = 0; g < GMax; ++g) {
+    sums[(pg * GMax + g) * D + 2 * cp] = acc[g][0];
+    sums[(pg * GMax + g) * D + 2 * cp + 1] = acc[g][1];
+  }
+  __syncthreads();
+  for (int i = tid; i < group * D; i += kThreads) {
+    const int g = i / D, d = i % D;
+    float sum = 0.f;
+#pragma unroll
+    for (int j = 0; j < S::kGroups; ++j) sum += sums[(j * GMax + g) * D + d];
+    const float mx = stats[2 * g], tot = stats[2 * g + 1];
+    if (p.splits == 1) {
+      store(static_cast<T*>(p.out) + (b * p.heads + head * group + g) * D + d, tot > 0.f ? sum / tot : 0.f);
+    } else {
+      float* out = p.partial + (((b * p.kv_heads + head) * p.splits + split) * group + g) * (D + 2);
+      out[d] = sum;
+      if (d == 0) out[D] = mx, out[D + 1] = tot;
+    }
+  }
+}
+
+}  // namespace two_pass
+}  // namespace qtool
