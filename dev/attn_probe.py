@@ -2,7 +2,7 @@
 
 Times, per (batch, cache length), in one process: SDPA on the packed query (quantize/attention.py's "sdpa" backend:
 cuDNN's flash kernel on Hopper), SDPA over KV heads repeated to every query head (transformers' path, the bf16
-baseline's), and qtool's kernel at the default and at fixed numbers of cache pieces. Each call reads its own copy of
+baseline's), and qtool's kernels (online softmax, two passes) at the default and at fixed numbers of cache pieces. Each call reads its own copy of
 the cache (copies rotated past the L2, as a layer's cache is in a decode step), CUDA-graph replay, microseconds.
 
     python3 dev/attn_probe.py [--batches 1,16] [--lengths 161,512,2048,8192] [--json out.json]
@@ -38,7 +38,7 @@ def caches(batch: int, length: int) -> tuple[Rotation, int]:
     return Rotation(items), count
 
 
-def time_case(batch: int, length: int, splits: list[int]) -> dict:
+def time_case(batch: int, length: int, splits: list[int], variants: list[int]) -> dict:
     rot, count = caches(batch, length)
     q = torch.randn(batch, HEADS, DIM, device="cuda", dtype=torch.bfloat16)
     scale = DIM**-0.5
@@ -56,8 +56,10 @@ def time_case(batch: int, length: int, splits: list[int]) -> dict:
         return F.scaled_dot_product_attention(q[:, :, None, :], kk, vv, attn_mask=mask[:, None, None, :], scale=scale)
 
     calls = {"sdpa_packed": packed, "sdpa_repeat_kv": repeated}
-    for s in splits:
-        calls[f"qtool_s{s}"] = lambda s=s: attention.decode_attention(q, *rot(), scale, splits=s)
+    for var in variants:
+        for s in splits:
+            calls[f"qtool_v{var}_s{s}"] = lambda s=s, var=var: attention.decode_attention(q, *rot(), scale, splits=s,
+                                                                                          variant=var)
     us = {}
     for _ in range(2):  # alternate, so that drift shows as spread
         for name, call in calls.items():
@@ -65,7 +67,8 @@ def time_case(batch: int, length: int, splits: list[int]) -> dict:
             us.setdefault(name, []).append(None if t is None else round(t * 1e3, 2))
     k, v, mask = rot.items[0]
     ref = attention.reference(q, k, v, mask, scale).float()
-    err = (attention.decode_attention(q, k, v, mask, scale).float() - ref).abs().max().item()
+    err = max((attention.decode_attention(q, k, v, mask, scale, variant=var).float() - ref).abs().max().item()
+              for var in variants)
     row = {"batch": batch, "length": length, "copies": count, "us": us, "max_abs_err": err}
     print(f"B={batch} L={length}: " + ", ".join(f"{n} {min(t for t in ts if t is not None) if any(ts) else '-'}"
                                                 for n, ts in us.items()) + f" (err {err:.2e})", flush=True)
@@ -77,13 +80,15 @@ def main() -> None:
     parser.add_argument("--batches", default="1,16")
     parser.add_argument("--lengths", default="161,512,2048,8192")
     parser.add_argument("--splits", default="0,1,2,4,8,16")
+    parser.add_argument("--variants", default="1,2", help="the kernels: 1 online softmax, 2 two passes")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     build.load_extension()
     rows = []
     for b in (int(x) for x in args.batches.split(",")):
         for length in (int(x) for x in args.lengths.split(",")):
-            rows.append(time_case(b, length, [int(s) for s in args.splits.split(",")]))
+            rows.append(time_case(b, length, [int(s) for s in args.splits.split(",")],
+                                  [int(v) for v in args.variants.split(",")]))
             torch.cuda.empty_cache()
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

@@ -8,6 +8,7 @@ One JSON line per (scheme, MiB) goes to --json as it is measured, so a cut-off r
     python3 dev/prefetch_sweep.py --schemes w4a16,fp8 --mb 0,4,16,32 --batch-sizes 1,16 --json $OUT/prefetch.jsonl
     python3 dev/prefetch_sweep.py --schemes fp8,w8a8-int8 --mb 0 --swiglu 8,0 --json $OUT/swiglu.jsonl
     python3 dev/prefetch_sweep.py --schemes w4a16 --mb 0 --silu ref,op,pdl --json $OUT/silu.jsonl
+    python3 dev/prefetch_sweep.py --schemes w8a8-int8 --mb 0 --attention sdpa,kernel1,kernel2 --json $OUT/attn.jsonl
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import time
 
 import torch
 
-from qtool_kernels import mlp, scaled_mm, tuning
+import quantize.attention as decode_attention
+from qtool_kernels import attention, mlp, scaled_mm, tuning
 from quantize.bench import bench_model, compare
 from quantize.cli_tools import _fuse
 from quantize.prefetch import PREFETCH_MB_ENV
@@ -43,6 +45,8 @@ def main() -> None:
     ap.add_argument("--gemv-pdl", default=tuning.GEMV_PDL, help="values of kernels/tuning.py GEMV_PDL to run (rule, "
                     "all: w8_gemv's PDL twin on every static 8-bit weight to 8 tokens); only 8-bit schemes run more "
                     "than the first")
+    ap.add_argument("--attention", default=decode_attention.BACKEND, help="the decode attention: sdpa, kernel "
+                    "(the build's default kernel), kernel1 (online softmax), kernel2 (two passes); comma-separated")
     ap.add_argument("--batch-sizes", default="1,16")
     ap.add_argument("--decode-tokens", type=int, default=32)
     ap.add_argument("--budget", type=float, default=1e9, help="seconds; no new measurement starts after it")
@@ -71,13 +75,15 @@ def main() -> None:
         quantize_model(model, Recipe.single(preset(scheme), "rtn"), device="cuda", progress=False)
         _fuse(model, (True, False), f"{args.config} {scheme}")
         pdl_modes = args.gemv_pdl.split(",")[:None if scheme in EIGHT_BIT else 1]
-        settings = [(mb, sw, si, gp) for mb in args.mb.split(",") for sw in args.swiglu.split(",")
-                    for si in args.silu.split(",") for gp in pdl_modes]
-        for mb, swiglu, silu, gemv_pdl in settings:
+        settings = [(mb, sw, si, gp, at) for mb in args.mb.split(",") for sw in args.swiglu.split(",")
+                    for si in args.silu.split(",") for gp in pdl_modes for at in args.attention.split(",")]
+        for mb, swiglu, silu, gemv_pdl, attn in settings:
             if time.time() - start > args.budget:
                 emit({"scheme": scheme, "mb": mb, "swiglu": swiglu, "silu": silu, "gemv_pdl": gemv_pdl,
-                      "skipped": "budget"})
+                      "attention": attn, "skipped": "budget"})
                 continue
+            decode_attention.BACKEND = "sdpa" if attn == "sdpa" else "kernel"
+            attention.VARIANT = int(attn[len("kernel"):] or 0) if attn.startswith("kernel") else 0
             tuning.GEMV_PDL = gemv_pdl
             os.environ[PREFETCH_MB_ENV] = mb
             scaled_mm.SWIGLU_GEMV_MAX_M = int(swiglu)
@@ -89,7 +95,7 @@ def main() -> None:
             result = bench_model(model, **opts)
             ratios = compare(base, result) if base is not None else {}
             emit({"scheme": scheme, "mb": float(mb), "swiglu": int(swiglu), "silu": silu, "gemv_pdl": gemv_pdl,
-                  "seconds": round(time.time() - t, 1),
+                  "attention": attn, "seconds": round(time.time() - t, 1),
                   **{f"steps_bs{d.batch_size}": d.step_tokens_per_s for d in result.decode},
                   **{k: round(v, 4) for k, v in ratios.items() if k.startswith("decode_steps")}})
         del model

@@ -20,6 +20,9 @@ MAX_GROUP = 16  # query heads per KV head (csrc/attention.h, kDecodeAttentionMax
 # The kernel's launch with PDL (pdl.cuh): it waits for the cache write on the device and lets the output projection's
 # GEMV launch at once.
 PDL = True
+# Which kernel (csrc/attention.h, variant): 0 the build's default (QTOOL_DECODE_ATTENTION_KERNEL, else the online
+# kernel), 1 the online kernel, 2 the two-pass kernel. For A/B runs in one process (dev/attn_probe.py).
+VARIANT = 0
 
 
 def preferred(batch: int, kv_heads: int, length: int) -> bool:
@@ -51,9 +54,11 @@ def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float,
-                     splits: int = 0) -> torch.Tensor:
+                     splits: int = 0, variant: int | None = None) -> torch.Tensor:
     """Shapes as in reference.decode_attention; the kernel where `supported` and the extension is loaded, else the
-    reference. splits: pieces of the cache per (sequence, KV head) (0: the kernel's choice; for A/B runs)."""
+    reference. splits: pieces of the cache per (sequence, KV head) (0: the kernel's choice); variant: the kernel
+    (None: VARIANT); both for A/B runs."""
     if supported(q, k, v, mask) and (build.loaded() if torch.compiler.is_compiling() else build.load_extension()):
-        return torch.ops.qtool_cuda.decode_attention(q, k, v, mask, float(scale), int(splits), int(PDL))
+        return torch.ops.qtool_cuda.decode_attention(q, k, v, mask, float(scale), int(splits), int(PDL),
+                                                     VARIANT if variant is None else int(variant))
     return reference(q, k, v, mask, scale)

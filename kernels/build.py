@@ -147,7 +147,7 @@ def _register_fakes() -> None:
     def silu_mul(x, pdl=0):
         return x.new_empty(x.shape[0], x.shape[1] // 2)
 
-    def decode_attention(q, k, v, mask, scale, splits=0, pdl=0):
+    def decode_attention(q, k, v, mask, scale, splits=0, pdl=0, variant=0):
         return q.new_empty(q.shape)
 
     torch.library.register_fake(f"{NAME}::silu_mul")(silu_mul)

@@ -113,8 +113,8 @@ def test_model_decode_through_the_kernel_path(monkeypatch):
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-def _check_kernel(q, k, v, mask, scale, splits=0):
-    out = attention.decode_attention(q, k, v, mask, scale, splits=splits)
+def _check_kernel(q, k, v, mask, scale, splits=0, variant=1):
+    out = attention.decode_attention(q, k, v, mask, scale, splits=splits, variant=variant)
     exact = reference(q.float(), k.float(), v.float(), mask, scale)
     ulp = 2**-8 if q.dtype == torch.bfloat16 else 2**-11
     bound = exact.abs() * ulp + 1e-5 * v.float().abs().max()
@@ -129,26 +129,30 @@ def _check_kernel(q, k, v, mask, scale, splits=0):
 @pytest.mark.parametrize("heads, kv_heads", [(32, 8), (28, 4), (64, 4), (9, 3), (8, 8)])
 @pytest.mark.parametrize("batch, length", [(1, 1), (1, 161), (3, 256), (2, 257), (1, 1000), (2, 4100)])
 @pytest.mark.parametrize("masked", [True, False])
-def test_kernel_matches_reference(kernels, dtype, dim, heads, kv_heads, batch, length, masked):
+@pytest.mark.parametrize("variant", [1, 2])  # the online and the two-pass kernel
+def test_kernel_matches_reference(kernels, dtype, dim, heads, kv_heads, batch, length, masked, variant):
     q, k, v, mask = _inputs(batch, heads, kv_heads, length, dim, dtype, "cuda", seed=length + heads, masked=masked)
     assert attention.supported(q, k, v, mask)
-    _check_kernel(q, k, v, mask, dim**-0.5)
+    _check_kernel(q, k, v, mask, dim**-0.5, variant=variant)
 
 
 @pytest.mark.gpu
 @needs_cuda
 @pytest.mark.parametrize("splits", [1, 2, 3, 7, 64, 10_000])
-def test_kernel_splits(kernels, splits):
+@pytest.mark.parametrize("variant", [1, 2])
+def test_kernel_splits(kernels, splits, variant):
     """Any requested number of pieces (more than positions, fewer than a block can stage) gives the same result."""
     q, k, v, mask = _inputs(2, 32, 8, 600, 128, torch.bfloat16, "cuda", seed=splits)
-    _check_kernel(q, k, v, mask, 0.0883, splits=splits)
+    _check_kernel(q, k, v, mask, 0.0883, splits=splits, variant=variant)
 
 
 @pytest.mark.gpu
 @needs_cuda
-def test_kernel_strided_inputs_and_masked_garbage(kernels):
+@pytest.mark.parametrize("variant", [1, 2])
+def test_kernel_strided_inputs_and_masked_garbage(kernels, variant, monkeypatch):
     """q a view of a [B, 1, H, D] projection output, k / v the first rows of a larger cache, a broadcast mask; non
     finite values at masked positions change nothing; a sequence with every position masked gets zeros."""
+    monkeypatch.setattr(attention, "VARIANT", variant)
     batch, heads, kv_heads, length, dim = 2, 32, 8, 300, 128
     proj = torch.randn(batch, 1, heads, dim, device="cuda", dtype=torch.bfloat16)
     q = proj.transpose(1, 2)[:, :, 0, :]
@@ -201,6 +205,8 @@ def test_kernel_rejects_bad_input(kernels):
     q, k, v, _ = _inputs(1, 8, 2, 10, 64, torch.bfloat16, "cuda")
     with pytest.raises(RuntimeError, match="mask must be a bool"):
         kernels.decode_attention(q, k, v, torch.ones(1, 10, device="cuda"), 0.1)
+    with pytest.raises(RuntimeError, match="variant must be 0 .the default., 1 or 2, got 3"):
+        kernels.decode_attention(q, k, v, None, 0.1, 0, 0, 3)
 
 
 @pytest.mark.gpu

@@ -1,7 +1,7 @@
 // Decode attention: one query token per sequence over a static KV cache, the query heads of a KV head together.
 //
 //   torch.ops.qtool_cuda.decode_attention(Tensor q, Tensor k, Tensor v, Tensor? mask, float scale, int splits=0,
-//                                         int pdl=0) -> Tensor                                  (ops_attention.cpp)
+//                                         int pdl=0, int variant=0) -> Tensor                   (ops_attention.cpp)
 //
 // Why our own: in a compiled 8B decode step (session 30's profile, batch 1, 161-position cache) SDPA ran cuDNN's
 // flash kernel at ~8.8 us per layer plus a memset, for ~80 KB of keys and values per KV head: ~12% of a W8A8 step.
@@ -245,8 +245,8 @@ size_t smem_bytes(int chunk) {
   return std::max(staged, reduced);
 }
 
-// QTOOL_DECODE_ATTENTION_KERNEL (read once): 1 (the default) the online kernel above, 2 the two-pass kernel
-// (attention_two_pass.cuh, unmeasured), for A/B runs in one build.
+// The kernel of p.variant 0: QTOOL_DECODE_ATTENTION_KERNEL (read once), 1 (the default) the online kernel above, 2 the
+// two-pass kernel (attention_two_pass.cuh, unmeasured); p.variant 1 or 2 picks one per call (A/B runs in one process).
 int kernel_choice() {
   static const int choice = [] {
     const char* env = std::getenv("QTOOL_DECODE_ATTENTION_KERNEL");
@@ -270,7 +270,7 @@ cudaError_t launch_two_pass(const DecodeAttentionProblem& p, int chunk, cudaStre
 template <typename T, int D, int GMax>
 cudaError_t launch_group(const DecodeAttentionProblem& p, cudaStream_t stream) {
   const int chunk = static_cast<int>((p.length + p.splits - 1) / p.splits);
-  if (kernel_choice() == 2) {
+  if ((p.variant != 0 ? p.variant : kernel_choice()) == 2) {
     const cudaError_t err = launch_two_pass<T, D, GMax>(p, chunk, stream);
     if (err != cudaSuccess) return err;
     if (p.splits > 1)

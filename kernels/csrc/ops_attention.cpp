@@ -1,7 +1,7 @@
 // PyTorch binding of the decode attention kernel (decode_attention.cu), in the `qtool_cuda` namespace
 // (kernels/attention.py calls it):
 //   torch.ops.qtool_cuda.decode_attention(q [B, H, D], k [B, KV, L, D], v [B, KV, L, D], mask [B, L] bool or None,
-//                                         scale, splits=0 (the kernel's default), pdl=0) -> out [B, H, D]
+//                                         scale, splits=0 (the kernel's default), pdl=0, variant=0) -> out [B, H, D]
 // Every check names the tensor and what it got.
 #include <optional>
 
@@ -16,7 +16,8 @@
 namespace qtool {
 
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                            const std::optional<at::Tensor>& mask, double scale, int64_t splits, int64_t pdl) {
+                            const std::optional<at::Tensor>& mask, double scale, int64_t splits, int64_t pdl,
+                            int64_t variant) {
   TORCH_CHECK(q.is_cuda() && q.dim() == 3, "decode_attention: q must be a CUDA [batch, heads, dim] tensor, got ",
               q.sizes(), " on ", q.device());
   TORCH_CHECK(q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16,
@@ -62,6 +63,8 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
   p.splits = decode_attention_splits(batch, kv_heads, length, static_cast<int>(splits), num_sms);
   p.dtype = q.scalar_type() == at::kHalf ? ScalarKind::kHalf : ScalarKind::kBFloat16;
   p.pdl = pdl != 0;
+  TORCH_CHECK(variant >= 0 && variant <= 2, "decode_attention: variant must be 0 (the default), 1 or 2, got ", variant);
+  p.variant = static_cast<int>(variant);
   at::Tensor out = at::empty({batch, heads, dim}, q.options());
   at::Tensor partial;
   if (p.splits > 1) {
@@ -78,7 +81,8 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
 }  // namespace qtool
 
 TORCH_LIBRARY_FRAGMENT(qtool_cuda, m) {
-  m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor? mask, float scale, int splits=0, int pdl=0) -> Tensor");
+  m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor? mask, float scale, int splits=0, int pdl=0, "
+        "int variant=0) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(qtool_cuda, CUDA, m) { m.impl("decode_attention", &qtool::decode_attention); }
