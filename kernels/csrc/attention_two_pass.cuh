@@ -52,45 +52,44 @@ __device__ inline void load8(const T* src, float (&out)[8]) {  // 8 elements at 
   }
 }
 
-// grid (splits, kv_heads, batch), kThreads threads, Smem<T, D, GMax>{chunk}.bytes() of dynamic shared memory.
+// One block's work: the piece `split` of KV head `head` of sequence `b`, over the shared memory of Smem.
 template <typename T, int D, int GMax>
-__global__ void __launch_bounds__(kThreads) kernel(DecodeAttentionProblem p, int chunk) {
+struct Piece {
   using S = Smem<T, D, GMax>;
-  extern __shared__ __align__(16) unsigned char smem[];
-  const S layout{chunk};
-  T* ks = reinterpret_cast<T*>(smem);
-  T* vs = reinterpret_cast<T*>(smem + layout.v_off());
-  float* w = reinterpret_cast<float*>(smem + layout.w_off());       // [chunk][GMax]: scores, then weights
-  float* qs = reinterpret_cast<float*>(smem + layout.q_off());      // [GMax][D], scaled by scale * log2 e
-  float* stats = reinterpret_cast<float*>(smem + layout.stat_off());  // [GMax][2]: max, total
-  bool* attend = reinterpret_cast<bool*>(smem + layout.mask_off());  // [chunk]
-  pdl_wait_then_release();  // a no-op unless launched with PDL: every input below is another kernel's output
-  const int split = blockIdx.x, head = blockIdx.y, b = blockIdx.z, tid = threadIdx.x;
-  const int group = static_cast<int>(p.heads / p.kv_heads);
-  const int64_t first = static_cast<int64_t>(split) * chunk;
-  const int count = static_cast<int>(p.length - first < chunk ? p.length - first : chunk);
+  const DecodeAttentionProblem& p;
+  int split, head, b, group, count;  // count: positions in this piece
+  int64_t first;                     // its first position
+  T* ks;                             // [count][S::kRowK] keys; pass C's sums [kGroups][GMax][D] afterwards
+  T* vs;                             // [count][D] values
+  float* w;                          // [count][GMax] scores, then weights
+  float* qs;                         // [GMax][D] query rows, scaled by scale * log2 e (zero past `group`)
+  float* stats;                      // [GMax][2] max and total of each query row
+  bool* attend;                      // [count] the mask
 
-  constexpr int kPieces = D * static_cast<int>(sizeof(T)) / 16, kPer = 16 / static_cast<int>(sizeof(T));
-  const T* kg = static_cast<const T*>(p.k) + b * p.kv_batch + head * p.kv_head + first * p.kv_pos;
-  const T* vg = static_cast<const T*>(p.v) + b * p.kv_batch + head * p.kv_head + first * p.kv_pos;
-  for (int i = tid; i < count * kPieces; i += kThreads) {
-    const int row = i / kPieces, col = (i % kPieces) * kPer;
-    cp_async_16(ks + row * S::kRowK + col, kg + row * p.kv_pos + col, true);
-    cp_async_16(vs + row * D + col, vg + row * p.kv_pos + col, true);
+  // The piece's keys and values in one burst of cp.async, its mask and the query rows meanwhile.
+  __device__ void stage(int tid) const {
+    constexpr int kPieces = D * static_cast<int>(sizeof(T)) / 16, kPer = 16 / static_cast<int>(sizeof(T));
+    const T* kg = static_cast<const T*>(p.k) + b * p.kv_batch + head * p.kv_head + first * p.kv_pos;
+    const T* vg = static_cast<const T*>(p.v) + b * p.kv_batch + head * p.kv_head + first * p.kv_pos;
+    for (int i = tid; i < count * kPieces; i += kThreads) {
+      const int row = i / kPieces, col = (i % kPieces) * kPer;
+      cp_async_16(ks + row * S::kRowK + col, kg + row * p.kv_pos + col, true);
+      cp_async_16(vs + row * D + col, vg + row * p.kv_pos + col, true);
+    }
+    cp_async_commit();
+    if (tid < count) attend[tid] = p.mask == nullptr || p.mask[b * p.mask_batch + (first + tid) * p.mask_pos];
+    const float qscale = p.scale * kLog2e;
+    const T* q = static_cast<const T*>(p.q) + b * p.q_batch;
+    for (int i = tid; i < GMax * D; i += kThreads) {
+      const int g = i / D;
+      qs[i] = g < group ? to_float(q[(head * group + g) * p.q_head + i % D]) * qscale : 0.f;
+    }
+    cp_async_wait<0>();
   }
-  cp_async_commit();
-  if (tid < count) attend[tid] = p.mask == nullptr || p.mask[b * p.mask_batch + (first + tid) * p.mask_pos];
-  const float qscale = p.scale * kLog2e;
-  for (int i = tid; i < GMax * D; i += kThreads) {
-    const int g = i / D;
-    qs[i] = g < group ? to_float(static_cast<const T*>(p.q)[b * p.q_batch + (head * group + g) * p.q_head + i % D]) *
-                            qscale : 0.f;
-  }
-  cp_async_wait<0>();
-  __syncthreads();
 
-  // A) scores of position tid for every query row (-inf where masked)
-  if (tid < count) {
+  // A) the scores of position tid for every query row, -inf where masked.
+  __device__ void scores(int tid) const {
+    if (tid >= count) return;
     float score[GMax];
 #pragma unroll
     for (int g = 0; g < GMax; ++g) score[g] = 0.f;
@@ -110,68 +109,103 @@ __global__ void __launch_bounds__(kThreads) kernel(DecodeAttentionProblem p, int
 #pragma unroll
     for (int g = 0; g < GMax; ++g) w[tid * GMax + g] = on ? score[g] : -INFINITY;
   }
-  __syncthreads();
 
-  // B) per query row (a warp each): max, weights 2^(score - max), total
-  const int warp = tid / 32, lane = tid % 32;
-  for (int g = warp; g < group; g += kThreads / 32) {
-    float mx = -INFINITY;
-    for (int l = lane; l < count; l += 32) mx = fmaxf(mx, w[l * GMax + g]);
+  // B) per query row, a warp each: the max over the positions, the weights 2^(score - max) and their total.
+  __device__ void weights(int warp, int lane) const {
+    for (int g = warp; g < group; g += kThreads / 32) {
+      float mx = -INFINITY;
+      for (int l = lane; l < count; l += 32) mx = fmaxf(mx, w[l * GMax + g]);
 #pragma unroll
-    for (int off = 16; off >= 1; off /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
-    float total = 0.f;
-    for (int l = lane; l < count; l += 32) {
-      const float e = mx == -INFINITY ? 0.f : exp2f(w[l * GMax + g] - mx);  // masked: exp2(-inf) = 0
-      w[l * GMax + g] = e;
-      total += e;
+      for (int off = 16; off >= 1; off /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+      float total = 0.f;
+      for (int l = lane; l < count; l += 32) {
+        const float e = mx == -INFINITY ? 0.f : exp2f(w[l * GMax + g] - mx);  // masked: exp2(-inf) = 0
+        w[l * GMax + g] = e;
+        total += e;
+      }
+#pragma unroll
+      for (int off = 16; off >= 1; off /= 2) total += __shfl_xor_sync(0xffffffffu, total, off);
+      if (lane == 0) stats[2 * g] = mx, stats[2 * g + 1] = total;
     }
-#pragma unroll
-    for (int off = 16; off >= 1; off /= 2) total += __shfl_xor_sync(0xffffffffu, total, off);
-    if (lane == 0) stats[2 * g] = mx, stats[2 * g + 1] = total;
   }
-  __syncthreads();
 
-  // C) sums of weight * V: thread (position group pg, column pair cp), positions pg, pg + kGroups, ...
-  const int cp = tid % S::kPairs, pg = tid / S::kPairs;  // a warp shares pg: the branch and weight loads are uniform
-  float acc[GMax][2];
+  // C) the sums of weight * V of thread (position group pg, column pair cp) over positions pg, pg + kGroups, ...,
+  // into [kGroups][GMax][D] floats over the keys (read in pass A). A warp shares pg: its branch and weight loads are
+  // uniform. Masked positions are skipped (weight 0, and their values may be anything).
+  __device__ void sums(int tid) const {
+    const int cp = tid % S::kPairs, pg = tid / S::kPairs;
+    float acc[GMax][2];
 #pragma unroll
-  for (int g = 0; g < GMax; ++g) acc[g][0] = acc[g][1] = 0.f;
+    for (int g = 0; g < GMax; ++g) acc[g][0] = acc[g][1] = 0.f;
 #pragma unroll 4
-  for (int l = pg; l < count; l += S::kGroups) {
-    if (!attend[l]) continue;  // weight 0, and V there may be anything
-    const float2 v = pair_to_float2(*reinterpret_cast<const uint32_t*>(vs + l * D + 2 * cp), T{});
+    for (int l = pg; l < count; l += S::kGroups) {
+      if (!attend[l]) continue;
+      const float2 v = pair_to_float2(*reinterpret_cast<const uint32_t*>(vs + l * D + 2 * cp), T{});
 #pragma unroll
-    for (int g4 = 0; g4 < GMax; g4 += 4) {
-      const float4 e = *reinterpret_cast<const float4*>(w + l * GMax + g4);
-      const float ev[4] = {e.x, e.y, e.z, e.w};
+      for (int g4 = 0; g4 < GMax; g4 += 4) {
+        const float4 e = *reinterpret_cast<const float4*>(w + l * GMax + g4);
+        const float ev[4] = {e.x, e.y, e.z, e.w};
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        acc[g4 + j][0] = fmaf(ev[j], v.x, acc[g4 + j][0]);
-        acc[g4 + j][1] = fmaf(ev[j], v.y, acc[g4 + j][1]);
+        for (int j = 0; j < 4; ++j) {
+          acc[g4 + j][0] = fmaf(ev[j], v.x, acc[g4 + j][0]);
+          acc[g4 + j][1] = fmaf(ev[j], v.y, acc[g4 + j][1]);
+        }
+      }
+    }
+    __syncthreads();  // every thread is past pass A's reads of the keys
+    float* out = reinterpret_cast<float*>(ks);
+#pragma unroll
+    for (int g = 0; g < GMax; ++g) {
+      out[(pg * GMax + g) * D + 2 * cp] = acc[g][0];
+      out[(pg * GMax + g) * D + 2 * cp + 1] = acc[g][1];
+    }
+  }
+
+  // The position groups' sums added: the output (one piece) or the piece's partial sums, max and total.
+  __device__ void finish(int tid) const {
+    const float* part = reinterpret_cast<const float*>(ks);
+    for (int i = tid; i < group * D; i += kThreads) {
+      const int g = i / D, d = i % D;
+      float sum = 0.f;
+#pragma unroll
+      for (int j = 0; j < S::kGroups; ++j) sum += part[(j * GMax + g) * D + d];
+      const float mx = stats[2 * g], tot = stats[2 * g + 1];
+      if (p.splits == 1) {
+        store(static_cast<T*>(p.out) + (b * p.heads + head * group + g) * D + d, tot > 0.f ? sum / tot : 0.f);
+      } else {
+        float* out = p.partial + (((b * p.kv_heads + head) * p.splits + split) * group + g) * (D + 2);
+        out[d] = sum;
+        if (d == 0) out[D] = mx, out[D + 1] = tot;
       }
     }
   }
-  float* sums = reinterpret_cast<float*>(smem);  // [kGroups][GMax][D], over the K rows (read in pass A)
-#pragma unroll
-  for (int g = 0; g < GMax; ++g) {
-    sums[(pg * GMax + g) * D + 2 * cp] = acc[g][0];
-    sums[(pg * GMax + g) * D + 2 * cp + 1] = acc[g][1];
-  }
+};
+
+// grid (splits, kv_heads, batch), kThreads threads, Smem<T, D, GMax>{chunk}.bytes() of dynamic shared memory.
+template <typename T, int D, int GMax>
+__global__ void __launch_bounds__(kThreads) kernel(DecodeAttentionProblem p, int chunk) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  const Smem<T, D, GMax> layout{chunk};
+  pdl_wait_then_release();  // a no-op unless launched with PDL: every input below is another kernel's output
+  const int split = blockIdx.x, group = static_cast<int>(p.heads / p.kv_heads);
+  const int64_t first = static_cast<int64_t>(split) * chunk;
+  const Piece<T, D, GMax> piece{p, split, static_cast<int>(blockIdx.y), static_cast<int>(blockIdx.z), group,
+                                static_cast<int>(p.length - first < chunk ? p.length - first : chunk), first,
+                                reinterpret_cast<T*>(smem), reinterpret_cast<T*>(smem + layout.v_off()),
+                                reinterpret_cast<float*>(smem + layout.w_off()),
+                                reinterpret_cast<float*>(smem + layout.q_off()),
+                                reinterpret_cast<float*>(smem + layout.stat_off()),
+                                reinterpret_cast<bool*>(smem + layout.mask_off())};
+  const int tid = threadIdx.x;
+  piece.stage(tid);
   __syncthreads();
-  for (int i = tid; i < group * D; i += kThreads) {
-    const int g = i / D, d = i % D;
-    float sum = 0.f;
-#pragma unroll
-    for (int j = 0; j < S::kGroups; ++j) sum += sums[(j * GMax + g) * D + d];
-    const float mx = stats[2 * g], tot = stats[2 * g + 1];
-    if (p.splits == 1) {
-      store(static_cast<T*>(p.out) + (b * p.heads + head * group + g) * D + d, tot > 0.f ? sum / tot : 0.f);
-    } else {
-      float* out = p.partial + (((b * p.kv_heads + head) * p.splits + split) * group + g) * (D + 2);
-      out[d] = sum;
-      if (d == 0) out[D] = mx, out[D + 1] = tot;
-    }
-  }
+  piece.scores(tid);
+  __syncthreads();
+  piece.weights(tid / 32, tid % 32);
+  __syncthreads();
+  piece.sums(tid);  // (synchronizes inside, before overwriting the keys)
+  __syncthreads();
+  piece.finish(tid);
 }
 
 }  // namespace two_pass
