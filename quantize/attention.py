@@ -13,6 +13,10 @@ query heads of a group as the rows of one SDPA over that group's cached keys and
 equal transformers' up to the order of float reductions. Anything else (prefill, a per-head mask, position bias,
 soft-capping, attention sinks) goes to transformers' own `sdpa_attention_forward`.
 
+With BACKEND "kernel" the packed query goes to qtool's decode attention kernel instead (qtool_kernels/attention.py:
+one block per KV head and piece of the cache, no memset, ~2x cuDNN's SDPA at the 8B decode's shapes) where it takes the
+shapes and was measured faster (`attention.preferred`), and SDPA keeps the rest.
+
 It is registered with transformers' `AttentionInterface` (and the SDPA mask with `AttentionMaskInterface`) under
 NAME, and a model opts in by its config's attention implementation: no model code is replaced or forked.
 `qtool bench` sets it with --fuse (the quantized model) and --fuse-baseline (the bf16 one), like the other fusions.
@@ -47,7 +51,7 @@ def decode_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, 
     if q_len != 1 or groups == 1 or special or not shared_mask or key.shape[1] * groups != heads:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
-    if BACKEND == "kernel":
+    if BACKEND == "kernel" and not dropout:
         out = _kernel_attention(query, key, value, attention_mask, scaling)
         if out is not None:
             return out, None
