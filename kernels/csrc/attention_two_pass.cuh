@@ -3,8 +3,9 @@
 // the running max and sums rescaled per position) measured ~1 us per 32 positions per warp on the H200 (session
 // 30, dev/attn_probe.py: a block of 256 positions ~12 us), far above its ~0.3 us of issue: every step is a chain of
 // loads, shuffles, exponentials and rescales, and 8 warps per SM cannot hide it. Here no step depends on the one
-// before: A) a thread per position computes its scores for every query row of the group (K rows padded by 16 bytes,
-// so the 32 lanes' rows fall in different banks; the query in shared memory, read by all lanes at once); B) a warp
+// before: A) the scores of every position for every query row of the group, on tensor cores where the group has
+// <= 8 query rows (a warp per 16 positions, K rows padded by 16 bytes for conflict-free ldmatrix), else a thread per
+// position with the query broadcast from shared memory; B) a warp
 // per query row takes the max over the positions, the exponentials (base 2) and their total; C) a thread per pair of
 // columns and position group sums weight * V over its positions (one V word per lane, the weights broadcast), then
 // the position groups are summed. Masked positions get weight 0 and their V is never read.
@@ -15,7 +16,7 @@
 
 #include "attention.h"
 #include "pdl.cuh"
-#include "wo_common.cuh"  // cp_async_16, pair_to_float2, to_float, store
+#include "wo_common.cuh"  // cp_async_16, ldmatrix_x4, mma_16816, pair conversions, to_float, store
 
 namespace qtool {
 namespace two_pass {
@@ -62,7 +63,7 @@ struct Piece {
   T* ks;                             // [count][S::kRowK] keys; pass C's sums [kGroups][GMax][D] afterwards
   T* vs;                             // [count][D] values
   float* w;                          // [count][GMax] scores, then weights
-  float* qs;                         // [GMax][D] query rows, scaled by scale * log2 e (zero past `group`)
+  float* qs;                         // [GMax][D] query rows (zero past `group`)
   float* stats;                      // [GMax][2] max and total of each query row
   bool* attend;                      // [count] the mask
 
@@ -78,17 +79,60 @@ struct Piece {
     }
     cp_async_commit();
     if (tid < count) attend[tid] = p.mask == nullptr || p.mask[b * p.mask_batch + (first + tid) * p.mask_pos];
-    const float qscale = p.scale * kLog2e;
     const T* q = static_cast<const T*>(p.q) + b * p.q_batch;
     for (int i = tid; i < GMax * D; i += kThreads) {
       const int g = i / D;
-      qs[i] = g < group ? to_float(q[(head * group + g) * p.q_head + i % D]) * qscale : 0.f;
+      qs[i] = g < group ? to_float(q[(head * group + g) * p.q_head + i % D]) : 0.f;
     }
     cp_async_wait<0>();
   }
 
-  // A) the scores of position tid for every query row, -inf where masked.
+  // A) the scores (times scale * log2 e) of every position for every query row, -inf where masked.
   __device__ void scores(int tid) const {
+    if constexpr (GMax <= 8)
+      scores_mma(tid / 32, tid % 32);
+    else
+      scores_fma(tid);
+  }
+
+  // With tensor cores: a warp per 16 positions, S (16 x 8) = K (16 positions x D) Q^T (D x 8 query rows, those past
+  // `group` zero), mma.m16n8k16 over D in 16-column steps; K by ldmatrix from the padded rows, Q^T's fragments from
+  // qs once per warp (exact: the query's values are fp16 / bf16 values). Float32 accumulation of exact products.
+  __device__ void scores_mma(int warp, int lane) const {
+    constexpr int kSteps = D / 16;
+    uint32_t bq[kSteps][2];
+    const int n = lane / 4, k2 = 2 * (lane % 4);  // this lane's B column (query row) and k pair
+#pragma unroll
+    for (int st = 0; st < kSteps; ++st) {
+      const float* qrow = qs + n * D + 16 * st + k2;
+      bq[st][0] = n < GMax ? float2_to_pair(qrow[0], qrow[1], T{}) : 0u;
+      bq[st][1] = n < GMax ? float2_to_pair(qrow[8], qrow[9], T{}) : 0u;
+    }
+    const float qscale = p.scale * kLog2e;
+    for (int t = warp; t * 16 < count; t += kThreads / 32) {  // rows past `count` (and past the piece) are ignored
+      float d[4] = {0.f, 0.f, 0.f, 0.f};
+      const T* row = ks + (t * 16 + lane % 8 + 8 * ((lane / 8) % 2)) * S::kRowK + 8 * (lane / 16);
+#pragma unroll
+      for (int st = 0; st < kSteps; ++st) {
+        uint32_t a[4];
+        ldmatrix_x4(a, row + 16 * st);
+        mma_16816<T>(d, a, bq[st][0], bq[st][1]);
+      }
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {  // C rows lane / 4 and lane / 4 + 8, columns k2 and k2 + 1
+        const int pos = t * 16 + lane / 4 + 8 * h;
+        if (pos >= count) continue;
+        const bool on = attend[pos];
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+          if (k2 + j < GMax) w[pos * GMax + k2 + j] = on ? d[2 * h + j] * qscale : -INFINITY;
+      }
+    }
+  }
+
+  // Without: a thread per position, the query broadcast from shared memory (16 query rows: a B fragment of 8 columns
+  // would not hold them).
+  __device__ void scores_fma(int tid) const {
     if (tid >= count) return;
     float score[GMax];
 #pragma unroll
@@ -106,8 +150,9 @@ struct Piece {
       }
     }
     const bool on = attend[tid];
+    const float qscale = p.scale * kLog2e;
 #pragma unroll
-    for (int g = 0; g < GMax; ++g) w[tid * GMax + g] = on ? score[g] : -INFINITY;
+    for (int g = 0; g < GMax; ++g) w[tid * GMax + g] = on ? score[g] * qscale : -INFINITY;
   }
 
   // B) per query row, a warp each: the max over the positions, the weights 2^(score - max) and their total.
