@@ -207,6 +207,8 @@ def test_kernel_rejects_bad_input(kernels):
         kernels.decode_attention(q, k, v, torch.ones(1, 10, device="cuda"), 0.1)
     with pytest.raises(RuntimeError, match="variant must be 0 .the default., 1 or 2, got 3"):
         kernels.decode_attention(q, k, v, None, 0.1, 0, 0, 3)
+    empty = kernels.decode_attention(q[:0], k[:0], v[:0], None, 0.1)  # no sequences: an empty output, no launch
+    assert empty.shape == (0, 8, 64)
 
 
 @pytest.mark.gpu

@@ -49,6 +49,7 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
                 "decode_attention: mask must be a bool [", batch, ", ", length, "] tensor on ", q.device(), ", got ",
                 mask->sizes(), " ", mask->scalar_type(), " on ", mask->device());
   }
+  if (batch == 0) return at::empty({0, heads, dim}, q.options());
   const c10::cuda::CUDAGuard guard(q.device());
   int num_sms = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, q.device().index()));
