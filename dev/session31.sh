@@ -17,6 +17,7 @@
 #   nvidia-h200-x2 (issue 20): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 gptq8ns_1 gptq8ns_2 summary
 # attntests   the decode attention GPU tests (both variants)
 # attnprobe   dev/attn_probe.py: both variants vs SDPA on the packed query vs SDPA over repeated KV heads
+# attnncu     ncu stall reasons of both kernels at batch 1 and 16 with 161 positions (if call 1 leaves a question)
 # attne2e     the 8B decode ($AE_SCHEMES, default w8a8-int8; w4a16 in call 2) at batch 1 and 16 with --attention
 #             sdpa,kernel1,kernel2 and --skip-base (tokens/s compared directly)
 cd "$(dirname "$0")/.."
@@ -43,6 +44,20 @@ profile() {
   QTOOL_DECODE_ATTENTION=kernel QTOOL_DECODE_ATTENTION_KERNEL=${PROF_VARIANT:-1} timeout -k 15 "${PF_TIMEOUT:-150}" \
     python3 dev/decode_profile.py --scheme w8a8-int8 --top 30 --json "$OUT/profile-kernel.json" 2>&1 \
     | grep -E "^\{| us " | tail -32
+}
+attnncu() {  # stall reasons of each kernel on the 8B decode's shape (161 positions) at batch 1 and 16
+  for v in 1 2; do
+    for b in 1 16; do
+      step "ncu: decode attention variant $v, batch $b, 161 positions"
+      timeout -k 10 "${AN_TIMEOUT:-90}" ncu --clock-control none --kernel-name-base demangled \
+        -k regex:'decode_attention_kernel|two_pass' --launch-skip 2 --launch-count 2 \
+        --metrics regex:'smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio',dram__throughput.avg.pct_of_peak_sustained_elapsed,gpu__time_duration.sum,smsp__issue_active.avg.pct_of_peak_sustained_active,sm__warps_active.avg.pct_of_peak_sustained_active,launch__registers_per_thread,launch__grid_size \
+        --csv --page raw python3 dev/attn_probe.py --batches $b --lengths 161 --splits 0 --variants $v \
+        > "$OUT/attn_ncu_v${v}_b$b.csv" 2> "$OUT/attn_ncu_v${v}_b$b.err"
+      echo "ncu exit $?"; tail -2 "$OUT/attn_ncu_v${v}_b$b.err"
+      python3 dev/ncu_stalls.py "$OUT/attn_ncu_v${v}_b$b.csv"
+    done
+  done
 }
 e2e() {
   E2E_TIMEOUT=${E2E_TIMEOUT:-150} bench8b "1-16" "${E2E_SCHEMES:-w8a8-int8 fp8 fp8-block w4a16}" 1,16 128 10
