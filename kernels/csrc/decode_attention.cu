@@ -12,15 +12,16 @@
 // are summed over a position's lanes with shuffles, softmax is online (running max and total per lane group, in
 // base 2: the query is pre-scaled by scale * log2 e), then the lane groups, the warps and (splits > 1) the blocks
 // are merged, each merge rescaling by 2^(max - new max). A masked position contributes nothing, also when its
-// cached values are not finite (they are never multiplied by a zero weight, they are skipped).
+// cached values are not finite (they are never multiplied by a zero weight, they are skipped). Variant 2, the
+// two-pass kernel, is in attention_two_pass.cuh; both share the pieces, the combine kernel and the launch.
 //
-// The arithmetic is the reference's (qtool_kernels/attention.py): float32 scores, softmax and sums, one rounding.
+// The arithmetic is the reference's (qtool_kernels/reference.py decode_attention): float32 scores, softmax and
+// sums, one rounding.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <algorithm>
 #include <cstdint>
-
 #include <cstdlib>
 
 #include "attention.h"
@@ -268,24 +269,26 @@ cudaError_t launch_two_pass(const DecodeAttentionProblem& p, int chunk, cudaStre
 }
 
 template <typename T, int D, int GMax>
-cudaError_t launch_group(const DecodeAttentionProblem& p, cudaStream_t stream) {
-  const int chunk = static_cast<int>((p.length + p.splits - 1) / p.splits);
-  if ((p.variant != 0 ? p.variant : kernel_choice()) == 2) {
-    const cudaError_t err = launch_two_pass<T, D, GMax>(p, chunk, stream);
-    if (err != cudaSuccess) return err;
-    if (p.splits > 1)
-      launch_maybe_pdl(decode_attention_combine<T>, p.pdl, dim3(static_cast<unsigned>(p.kv_heads),
-                       static_cast<unsigned>(p.batch)), dim3(kThreads), 0, stream, p);
-    return cudaGetLastError();
-  }
-  const size_t smem = smem_bytes<T, D, GMax>(chunk);
+cudaError_t launch_online(const DecodeAttentionProblem& p, int chunk, cudaStream_t stream) {
   auto kernel = decode_attention_kernel<T, D, GMax>;
   static const cudaError_t opted = cudaFuncSetAttribute(  // the largest any call can ask for
-      kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem_bytes<T, D, GMax>(kDecodeAttentionMaxChunk)));
+      kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+      static_cast<int>(smem_bytes<T, D, GMax>(kDecodeAttentionMaxChunk)));
   if (opted != cudaSuccess) return opted;
   const dim3 grid(p.splits, static_cast<unsigned>(p.kv_heads), static_cast<unsigned>(p.batch));
-  launch_maybe_pdl(kernel, p.pdl, grid, dim3(kThreads), static_cast<int>(smem), stream, p, chunk);
-  if (p.splits > 1)
+  launch_maybe_pdl(kernel, p.pdl, grid, dim3(kThreads), static_cast<int>(smem_bytes<T, D, GMax>(chunk)), stream, p,
+                   chunk);
+  return cudaSuccess;
+}
+
+template <typename T, int D, int GMax>
+cudaError_t launch_group(const DecodeAttentionProblem& p, cudaStream_t stream) {
+  const int chunk = static_cast<int>((p.length + p.splits - 1) / p.splits);
+  const bool two = (p.variant != 0 ? p.variant : kernel_choice()) == 2;
+  const cudaError_t err =
+      two ? launch_two_pass<T, D, GMax>(p, chunk, stream) : launch_online<T, D, GMax>(p, chunk, stream);
+  if (err != cudaSuccess) return err;
+  if (p.splits > 1)  // the pieces' partial results merged
     launch_maybe_pdl(decode_attention_combine<T>, p.pdl, dim3(static_cast<unsigned>(p.kv_heads),
                      static_cast<unsigned>(p.batch)), dim3(kThreads), 0, stream, p);
   return cudaGetLastError();
