@@ -23,7 +23,7 @@ struct DecodeAttentionProblem {
   int splits;  // pieces of the cache per (sequence, KV head), one block each; 1: no combine step
   ScalarKind dtype;
   bool pdl = false;  // wait for the kernel before in the stream on the device, let the next launch at once (pdl.cuh)
-  int variant = 0;   // 1 online softmax, 2 two passes (attention_two_pass.cuh); 0 the build's default (decode_attention.cu)
+  int variant = 0;   // 1 online softmax, 2 two passes (attention_two_pass.cuh); 0 the default (decode_attention.cu)
 };
 
 constexpr int kDecodeAttentionMaxGroup = 16;  // query heads per KV head the kernels take
