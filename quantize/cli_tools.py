@@ -278,6 +278,7 @@ def _fuse(model, fuse: tuple[bool, bool], label: str) -> dict:
     with --fuse-baseline: otherwise the baseline stays transformers' own."""
     if not fuse[0]:
         return {"fused_groups": None, "fused_mlps": None, "fused_norms": None, "decode_attention": None}
+    from . import attention as decode_attention
     from .attention import use_decode_attention
     from .fusion import fuse_projections
     from .linear import QuantLinear
@@ -292,9 +293,11 @@ def _fuse(model, fuse: tuple[bool, bool], label: str) -> dict:
     attention = use_decode_attention(model)
     console.print(f"{label}: fused {groups} projection groups (q/k/v, gate/up; {mlps} MLPs with one SiLU-and-"
                   f"multiply kernel) and {norms} RMSNorms into one kernel each"
-                  + (", decode attention on the KV heads (no copies of the cache)" if attention else "")
+                  + (f", decode attention on the KV heads (no copies of the cache; {decode_attention.BACKEND})"
+                     if attention else "")
                   + " (--no-fuse: transformers' modules)")
-    return {"fused_groups": groups, "fused_mlps": mlps, "fused_norms": norms, "decode_attention": attention}
+    return {"fused_groups": groups, "fused_mlps": mlps, "fused_norms": norms, "decode_attention": attention,
+            "attention_backend": decode_attention.BACKEND if attention else None}  # QTOOL_DECODE_ATTENTION
 
 
 kernels_app = typer.Typer(no_args_is_help=True, cls=CommandGroup, rich_markup_mode=None, help="The bundled CUDA kernels extension.")
