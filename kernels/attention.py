@@ -53,12 +53,25 @@ def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     return mask is None or (mask.dtype == torch.bool and mask.shape == (q.shape[0], k.shape[2]))
 
 
+def kernel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float,
+                     splits: int = 0, variant: int | None = None) -> torch.Tensor | None:
+    """The kernel's output (shapes as in reference.decode_attention), or None where it does not take these tensors or
+    the extension is not loaded (it never builds it): for callers with their own fallback (quantize/attention.py)."""
+    if not (build.loaded() and supported(q, k, v, mask)):
+        return None
+    return _run(q, k, v, mask, scale, splits, variant)
+
+
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float,
                      splits: int = 0, variant: int | None = None) -> torch.Tensor:
-    """Shapes as in reference.decode_attention; the kernel where `supported` and the extension is loaded, else the
-    reference. splits: pieces of the cache per (sequence, KV head) (0: the kernel's choice); variant: the kernel
-    (None: VARIANT); both for A/B runs."""
+    """Shapes as in reference.decode_attention; the kernel where `supported` and the extension is loaded (built on
+    first eager use), else the reference. splits: pieces of the cache per (sequence, KV head) (0: the kernel's
+    choice); variant: the kernel (None: VARIANT); both for A/B runs."""
     if supported(q, k, v, mask) and (build.loaded() if torch.compiler.is_compiling() else build.load_extension()):
-        return torch.ops.qtool_cuda.decode_attention(q, k, v, mask, float(scale), int(splits), int(PDL),
-                                                     VARIANT if variant is None else int(variant))
+        return _run(q, k, v, mask, scale, splits, variant)
     return reference(q, k, v, mask, scale)
+
+
+def _run(q, k, v, mask, scale: float, splits: int, variant: int | None) -> torch.Tensor:
+    return torch.ops.qtool_cuda.decode_attention(q, k, v, mask, float(scale), int(splits), int(PDL),
+                                                 VARIANT if variant is None else int(variant))

@@ -65,21 +65,17 @@ def _kernel_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
                       scaling: float | None) -> torch.Tensor | None:
     """[B, 1, H, D] from qtool's kernel for query [B, H, 1, D], key and value [B, KV, L, D] and a bool mask
     [B, 1, 1, L] or None; None where the kernel does not take them (a float mask, another head size)."""
-    from qtool_kernels import attention, build
+    from qtool_kernels import attention
 
-    if not build.loaded():  # never a build from here; models with qtool's layers have loaded it
-        return None
     if mask is not None and (mask.dtype != torch.bool or mask.shape[-1] != key.shape[2]):
         return None
     if not attention.preferred(query.shape[0], key.shape[1], key.shape[2]):
         return None
     q = query[:, :, 0, :]  # [B, H, D], a view
     flat_mask = None if mask is None else mask[:, 0, 0, :].expand(query.shape[0], key.shape[2])
-    if not attention.supported(q, key, value, flat_mask):
-        return None
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    out = attention.decode_attention(q, key, value, flat_mask, scale)
-    return out.reshape(query.shape[0], 1, query.shape[1], value.shape[-1])
+    out = attention.kernel_attention(q, key, value, flat_mask, scale)  # (never builds the extension from here)
+    return None if out is None else out.reshape(query.shape[0], 1, query.shape[1], value.shape[-1])
 
 
 def register() -> None:

@@ -68,7 +68,7 @@ def test_reference_ignores_masked_values_and_zeroes_empty_rows():
 
 def test_cpu_tensors_run_the_reference():
     q, k, v, mask = _inputs(2, 8, 2, 11, 64, dtype=torch.bfloat16, seed=5)
-    assert not attention.supported(q, k, v, mask)
+    assert not attention.supported(q, k, v, mask) and attention.kernel_attention(q, k, v, mask, 0.125) is None
     assert torch.equal(attention.decode_attention(q, k, v, mask, 0.125), reference(q, k, v, mask, 0.125))
 
 
@@ -95,7 +95,7 @@ def _decode_logits(model, prompt, steps):
 
 def test_model_decode_through_the_kernel_path(monkeypatch):
     """quantize/attention.py's kernel backend (the query view, the mask's row, the scale, the output's shape): on the
-    CPU with `supported` forced, it runs the reference and gives transformers' own logits within float32 rounding."""
+    CPU with the kernel's place taken by the reference, it gives transformers' own logits within float32 rounding."""
     model = random_model(dict(TINY, num_attention_heads=4, num_key_value_heads=2, hidden_size=64),
                          dtype=torch.float32, seed=2)
     prompt = torch.randint(0, 256, (2, 6), generator=torch.Generator().manual_seed(2))
@@ -103,8 +103,8 @@ def test_model_decode_through_the_kernel_path(monkeypatch):
     assert qattention.use_decode_attention(model)
     calls = []
     monkeypatch.setattr(qattention, "BACKEND", "kernel")
-    monkeypatch.setattr(attention, "supported", lambda *a: calls.append(a[0].shape) or True)
-    monkeypatch.setattr(attention.build, "loaded", lambda: True)
+    monkeypatch.setattr(attention, "kernel_attention", lambda q, k, v, mask, scale: calls.append(q.shape)
+                        or reference(q, k, v, mask, scale))
     got = _decode_logits(model, prompt, 4)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert calls and calls[0] == (2, 4, 16)  # [B, H, D] for every decode step
@@ -235,9 +235,9 @@ def test_model_decode_on_the_kernel(kernels, monkeypatch):
 
     expected = logits()
     calls = []
-    real = attention.decode_attention
+    real = attention.kernel_attention
     monkeypatch.setattr(qattention, "BACKEND", "kernel")
-    monkeypatch.setattr(attention, "decode_attention", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    monkeypatch.setattr(attention, "kernel_attention", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     got = logits()
     assert len(calls) == 4 * model.config.num_hidden_layers
     assert (got - expected).abs().max() <= 0.05 * expected.abs().max()

@@ -19,10 +19,35 @@
 #include "wo_common.cuh"  // cp_async_16, ldmatrix_x4, mma_16816, pair conversions, to_float, store
 
 namespace qtool {
+
+// Shared by both decode attention kernels (this one and the online kernel in decode_attention.cu).
+constexpr float kLog2e = 1.4426950408889634f;  // scores in base 2: exp(s) = 2^(s log2 e)
+
+// The VEC elements at `src` (shared memory, VEC * sizeof(T) bytes, aligned) as floats.
+template <typename T, int VEC>
+__device__ inline void load_vec(const T* src, float* out) {
+  if constexpr (VEC == 8) {
+    const uint4 u = *reinterpret_cast<const uint4*>(src);
+    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float2 f = pair_to_float2(w[i], T{});
+      out[2 * i] = f.x;
+      out[2 * i + 1] = f.y;
+    }
+  } else if constexpr (VEC == 4) {
+    const uint2 u = *reinterpret_cast<const uint2*>(src);
+    const float2 a = pair_to_float2(u.x, T{}), b = pair_to_float2(u.y, T{});
+    out[0] = a.x, out[1] = a.y, out[2] = b.x, out[3] = b.y;
+  } else {
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) out[i] = to_float(src[i]);
+  }
+}
+
 namespace two_pass {
 
 constexpr int kThreads = kDecodeAttentionMaxChunk;  // pass A: one thread per position
-constexpr float kLog2e = 1.4426950408889634f;
 
 template <typename T, int D, int GMax>
 struct Smem {  // the dynamic shared memory of a block staging `chunk` positions, in bytes from its start
@@ -41,17 +66,6 @@ struct Smem {  // the dynamic shared memory of a block staging `chunk` positions
   __host__ __device__ size_t mask_off() const { return stat_off() + size_t{GMax} * 2 * 4; }
   __host__ __device__ size_t bytes() const { return mask_off() + (chunk + 15) / 16 * 16; }
 };
-
-template <typename T>
-__device__ inline void load8(const T* src, float (&out)[8]) {  // 8 elements at a 16-byte aligned shared address
-  const uint4 u = *reinterpret_cast<const uint4*>(src);
-  const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 f = pair_to_float2(w[i], T{});
-    out[2 * i] = f.x, out[2 * i + 1] = f.y;
-  }
-}
 
 // One block's work: the piece `split` of KV head `head` of sequence `b`, over the shared memory of Smem.
 template <typename T, int D, int GMax>
@@ -140,7 +154,7 @@ struct Piece {
 #pragma unroll 4
     for (int d0 = 0; d0 < D; d0 += 8) {
       float kf[8];
-      load8(ks + tid * S::kRowK + d0, kf);
+      load_vec<T, 8>(ks + tid * S::kRowK + d0, kf);
 #pragma unroll
       for (int g = 0; g < GMax; ++g) {
         const float4 a = *reinterpret_cast<const float4*>(qs + g * D + d0);

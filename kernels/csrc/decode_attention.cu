@@ -34,7 +34,6 @@ namespace {
 
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
-constexpr float kLog2e = 1.4426950408889634f;
 
 template <int D, int GMax>
 struct Layout {
@@ -47,28 +46,6 @@ struct Layout {
   // consecutive 16-byte pieces: no bank conflicts)
   __device__ static int column(int s, int e) { return ((e / VEC) * PL + s) * VEC + e % VEC; }
 };
-
-// The VEC elements at `src` (shared memory, VEC * sizeof(T) bytes, aligned) as floats.
-template <typename T, int VEC>
-__device__ inline void load_vec(const T* src, float* out) {
-  if constexpr (VEC == 8) {
-    const uint4 u = *reinterpret_cast<const uint4*>(src);
-    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const float2 f = pair_to_float2(w[i], T{});
-      out[2 * i] = f.x;
-      out[2 * i + 1] = f.y;
-    }
-  } else if constexpr (VEC == 4) {
-    const uint2 u = *reinterpret_cast<const uint2*>(src);
-    const float2 a = pair_to_float2(u.x, T{}), b = pair_to_float2(u.y, T{});
-    out[0] = a.x, out[1] = a.y, out[2] = b.x, out[3] = b.y;
-  } else {
-#pragma unroll
-    for (int i = 0; i < VEC; ++i) out[i] = to_float(src[i]);
-  }
-}
 
 // Merge a second running (max, total, sums) into the first; an empty one has max -inf and zero total and sums.
 __device__ inline void merge_scales(float m, float m_other, float& keep, float& take, float& merged) {
