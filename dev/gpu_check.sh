@@ -25,7 +25,7 @@ step() { echo; echo "=== $* [$(date -u +%H:%M:%S)]"; }
 run() { "$@" || { echo "FAILED (exit $?): $*"; failed+=("$*"); }; }
 
 install() {
-  if "$PY" -c "import qtool_kernels, sys, pathlib; sys.exit(pathlib.Path(qtool_kernels.__file__).parent != pathlib.Path('kernels').resolve())" 2>/dev/null; then
+  if "$PY" -c "import qtool_kernels.build, sys, pathlib; sys.exit(pathlib.Path(qtool_kernels.build.__file__).parent != pathlib.Path('kernels').resolve())" 2>/dev/null; then
     return
   fi
   step "install this checkout"
