@@ -12,8 +12,16 @@ quantize.export_onnx an ONNX model for onnxruntime (needs `pip install 'qtool[on
 """
 
 import importlib
+import importlib.util
 
 from ._hooks import after_import
+
+# kernels/ (installed as qtool_kernels) has no __init__.py (kernels/README.md says why); an editable install made
+# while it had one maps the name to a regular package and finds nothing, which would surface as a bare
+# ModuleNotFoundError deep inside the first layer that runs.
+if importlib.util.find_spec("qtool_kernels") is None:
+    raise ImportError("qtool_kernels (the checkout's kernels/ folder) cannot be imported: reinstall qtool "
+                      "(`pip install -e .` in the checkout, or `pip install .`)")
 
 __version__ = "0.1.0"
 # The public API, imported on first use: `import quantize` costs no torch import, so `qtool quantize

@@ -112,3 +112,22 @@ def test_transformers_from_a_checkout_root_is_harmless():
             "assert torch.ops.qtool.weight_only_linear is not None\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_an_install_that_cannot_find_the_kernels_says_how_to_fix_it():
+    """A stale editable install (one made while kernels/ had an __init__.py) finds no qtool_kernels: `import
+    quantize` says to reinstall instead of failing later inside a layer."""
+    import subprocess
+    import sys
+
+    code = ("import importlib.util\n"
+            "find = importlib.util.find_spec\n"
+            "importlib.util.find_spec = lambda name, *a: None if name == 'qtool_kernels' else find(name, *a)\n"
+            "try:\n"
+            "    import quantize\n"
+            "except ImportError as e:\n"
+            "    assert 'pip install -e .' in str(e), e\n"
+            "else:\n"
+            "    raise SystemExit('imported')\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
