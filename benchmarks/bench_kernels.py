@@ -2,7 +2,7 @@
 
     python benchmarks/bench_kernels.py --json bench.json [--quick]
 
-For each shape (K x N), token count M and format (W4A16 g128, W8A16 per channel): median time of
+For each shape (K x N), token count M and format (W4A16 g128 symmetric and asymmetric, W8A16 per channel, W3 / W2): median time of
 bf16 F.linear and of qtool's dispatcher (kernels/weight_only.packed_linear), the speedup against the
 issue-6 bar, the achieved bandwidth of the qtool path ((weight + scale bytes) / time) next to the
 device-to-device copy bandwidth measured here, and the time of each kernel alone (wo_gemv, wo_gemm,
@@ -33,7 +33,11 @@ from quantize.primitives import pack_int
 SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096), (8192, 8192), (8192, 28672), (28672, 8192)]  # (K, N)
 TOKENS = [1, 16, 64, 128, 512, 4096]
 # 2- and 3-bit (issue 19): the native layouts of kernels/layout.py, on wo_gemv and dequant_int + cuBLAS.
-FORMATS = {"w4a16-g128": (4, 128), "w8a16-channel": (8, -1), "w3a16-g128": (3, 128), "w2a16-g64": (2, 64)}
+FORMATS = {"w4a16-g128": (4, 128), "w4a16-g128-asym": (4, 128), "w8a16-channel": (8, -1), "w3a16-g128": (3, 128),
+           "w2a16-g64": (2, 64)}
+# Formats with a zero point per row and group (AWQ's default, and issue 19 asks for both): codes and zero points
+# drawn over the whole signed range, so every weight is (q - z) * s with q - z in [-2^bits + 1, 2^bits - 1].
+ASYMMETRIC = {"w4a16-g128-asym"}
 # 1-bit formats (issue 21), each with its group size and default token counts: the W1A16 GEMV serves
 # decode (m <= 8), the W1A1 GEMM batches (the issue's bar is at M = 4096).
 BINARY_FORMATS = {"w1a16": (64, [1, 2, 4, 8]), "w1a1": (-1, [256, 1024, 4096, 8192])}
@@ -128,30 +132,33 @@ def copies_for(nbytes: int) -> int:
     return max(2, math.ceil(ROTATE_BYTES / nbytes))
 
 
-def packed_copies(bits: int, group_size: int, k: int, n: int, layer: bool = False) -> list[PackedWeight]:
+def packed_copies(bits: int, group_size: int, k: int, n: int, layer: bool = False,
+                  asym: bool = False) -> list[PackedWeight]:
     """Rotating copies in the wo layout (the kernels' columns), or with layer=True as quantize/linear.py packs
     a layer: row-major codes where weight_only.takes_rows (8-bit symmetric per channel); with the Hopper copy
-    where built."""
+    where built. asym: with a zero point per row and group."""
     lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     groups = 1 if group_size <= 0 else -(-k // group_size)
     codes = torch.randint(lo, hi + 1, (n, k), device="cuda", dtype=torch.int8)
     scale = torch.rand(n, groups, device="cuda") / 100
-    if layer and takes_rows(bits, group_size, None, None, n, k):
+    zero = torch.randint(lo, hi + 1, (n, groups), device="cuda", dtype=torch.int8) if asym else None
+    if layer and takes_rows(bits, group_size, zero, None, n, k):
         p = pack_rows(codes, scale)
     else:
-        p = pack_weight(codes, scale, None, None, bits, group_size)
+        p = pack_weight(codes, scale, zero, None, bits, group_size)
         codes = unpack_codes(p.qweight, bits)
     count = copies_for(p.codes_tensor.numel() * p.codes_tensor.element_size() + p.scale.numel() * 4)
     mixed = None
     wide = 4 if bits in (2, 3) else bits  # 2-3-bit layers get a 4-bit copy, as quantize/linear.py builds it
     if mixed_mm.takes(wide, p.group_size, p.k_padded) and mixed_mm.available(wide):  # the Hopper GEMM's copy
-        mixed = mixed_mm.pack_mixed(codes, p.scale, None, p.group_size, wide)
+        mixed = mixed_mm.pack_mixed(codes, p.scale, p.zero, p.group_size, wide)
     del codes
 
     def clone(t: torch.Tensor | None) -> torch.Tensor | None:
         return None if t is None else t.clone()
 
     return [dataclasses.replace(p, qweight=clone(p.qweight), rows=clone(p.rows), scale=p.scale.clone(),
+                                zero=clone(p.zero),
                                 mixed=None if mixed is None else dataclasses.replace(
                                     mixed, w=mixed.w.clone(), scale=mixed.scale.clone(), zero=mixed.zero.clone()))
             for _ in range(count)]
@@ -199,11 +206,11 @@ def bench_tokens(timer, kernels, x: torch.Tensor, dense: Rotation, packed: Rotat
 
     def raw(name, *extra):
         p = packed()
-        return getattr(kernels, name)(x, p.qweight, p.scale, None, None, bits, p.group_size, n, EPILOGUE, *extra)
+        return getattr(kernels, name)(x, p.qweight, p.scale, p.zero, None, bits, p.group_size, n, EPILOGUE, *extra)
 
     def dequant_gemm():
         p = packed()
-        return F.linear(x, kernels.dequant_int(p.qweight, p.scale, None, bits, p.group_size, n, x.dtype))
+        return F.linear(x, kernels.dequant_int(p.qweight, p.scale, p.zero, bits, p.group_size, n, x.dtype))
 
     t_bf16 = timer(lambda: F.linear(x, dense()))
     layer = layer or packed
@@ -247,7 +254,7 @@ def bench_tokens(timer, kernels, x: torch.Tensor, dense: Rotation, packed: Rotat
         graph_kernel_ms["tinygemm"] = graph_ms(lambda: _tinygemm(x, tiny(), group_size))
     if layer.items[0].rows is not None and m <= 32:
         graph_kernel_ms["w8_gemv_rows"] = graph_ms(lambda: _rows_gemv(x, layer(), kernels))
-    weight_bytes = p0.qweight.numel() * 4 + p0.scale.numel() * 4
+    weight_bytes = p0.qweight.numel() * 4 + p0.scale.numel() * 4 + (0 if p0.zero is None else p0.zero.numel() * 4)
     return {"K": k, "N": n, "format": fmt, "M": m, "bf16_ms": t_bf16, "qtool_ms": t_auto,
             "speedup": t_bf16 / t_auto, "bar": bar(fmt, m), "weight_bytes": weight_bytes,
             "qtool_GBps": weight_bytes / t_auto / 1e6, "bf16_GBps": 2 * n * k / t_bf16 / 1e6,
@@ -259,11 +266,12 @@ def bench_tokens(timer, kernels, x: torch.Tensor, dense: Rotation, packed: Rotat
 def bench_case(timer, kernels, k: int, n: int, fmt: str, tokens: list[int]) -> list[dict]:
     bits, group_size = FORMATS[fmt]
     dense = Rotation([torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(copies_for(2 * n * k))])
-    packed = Rotation(packed_copies(bits, group_size, k, n))
+    asym = fmt in ASYMMETRIC
+    packed = Rotation(packed_copies(bits, group_size, k, n, asym=asym))
     tiny = tinygemm_copies(k, n, group_size) if bits == 4 and group_size in (32, 64, 128, 256) else None
     tiny = None if tiny is None else Rotation(tiny)
     layer = Rotation(packed_copies(bits, group_size, k, n, layer=True)) \
-        if takes_rows(bits, group_size, None, None, n, k) else None
+        if not asym and takes_rows(bits, group_size, None, None, n, k) else None
     return [bench_tokens(timer, kernels, torch.randn(m, k, device="cuda", dtype=torch.bfloat16), dense, packed, fmt,
                          tiny, layer) for m in tokens]
 

@@ -64,6 +64,13 @@ wotable() {
     --json "$OUT/wo_table.json" > /tmp/wo_table.txt 2>&1
   echo "exit $?"; tail -70 /tmp/wo_table.txt
 }
+asymtable() {  # issue 19 asks W4 g128 sym and asym: the asymmetric format alone (zero points per row and group)
+  step "weight-only: W4 g128 asymmetric, every shape"
+  timeout -k 15 "${ASYM_TIMEOUT:-200}" python3 benchmarks/bench_kernels.py \
+    --formats w4a16-g128-asym --tokens ${ASYM_TOKENS:-1,4,16,32,64,128,256,4096} \
+    --json "$OUT/wo_asym.json" > /tmp/wo_asym.txt 2>&1
+  echo "exit $?"; tail -24 /tmp/wo_asym.txt
+}
 
 aq() {  # act_quant's bandwidth on 8192 x 8192 bf16, and the W8A8 layers at 2048 tokens on the fused 8B shapes
   step "act_quant and W8A8 layers at 2048 tokens"

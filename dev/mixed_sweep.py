@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from bench_kernels import FORMATS, SHAPES, Rotation, copies_for, graph_ms, packed_copies  # noqa: E402
+from bench_kernels import ASYMMETRIC, FORMATS, SHAPES, Rotation, copies_for, graph_ms, packed_copies  # noqa: E402
 
 from qtool_kernels import build, mixed_mm  # noqa: E402
 from qtool_kernels.layout import EPILOGUE  # noqa: E402
@@ -73,10 +73,10 @@ def time_cell(fmt: str, m: int, dense: Rotation, packed: Rotation, kernels, sms:
            "auto": graph_ms(lambda: packed_linear(x, packed(), None, kernels)), "kernels": {}}
     if m <= 64:
         row["kernels"]["wo_gemm"] = graph_ms(lambda: kernels.wo_gemm(
-            x, packed().qweight, p0.scale, None, None, bits, p0.group_size, n, EPILOGUE))
+            x, packed().qweight, p0.scale, p0.zero, None, bits, p0.group_size, n, EPILOGUE))
     if m >= 128:
         row["kernels"]["dequant+cublas"] = graph_ms(lambda: F.linear(x, kernels.dequant_int(
-            packed().qweight, p0.scale, None, bits, p0.group_size, n, x.dtype)))
+            packed().qweight, p0.scale, p0.zero, bits, p0.group_size, n, x.dtype)))
     for s in schedules(m, p0.mixed.w.shape[0], p0.mixed.group, p0.k_padded, sms):
         row["kernels"][name(s)] = graph_ms(lambda s=s: mixed_mm.mixed_linear(x, packed().mixed, **s), reps=10,
                                            replays=7)
@@ -86,7 +86,7 @@ def time_cell(fmt: str, m: int, dense: Rotation, packed: Rotation, kernels, sms:
 def sweep_case(fmt: str, k: int, n: int, tokens: list[int], kernels, deadline: float) -> list[dict]:
     bits, group_size = FORMATS[fmt]
     dense = Rotation([torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(copies_for(2 * n * k))])
-    packed = Rotation(packed_copies(bits, group_size, k, n))
+    packed = Rotation(packed_copies(bits, group_size, k, n, asym=fmt in ASYMMETRIC))
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     rows = []
     for m in tokens:

@@ -15,6 +15,9 @@
 #   call 3: with the faster variant the default (quantize/attention.py BACKEND = "kernel"; kernel_choice() in
 #           decode_attention.cu or kernels/attention.py VARIANT): bash dev/session31.sh e2e   (issue 18 / 19's decode
 #           figures for BENCHMARKS.md and the README: qtool bench at batch 1 and 16, four schemes, bf16 beside)
+#   if time is left: bash dev/session31.sh asymtable   (~2 min; issue 19's W4 g128 goals are for sym and asym, and
+#           every table since session 25 timed the symmetric format only: benchmarks/bench_kernels.py
+#           --formats w4a16-g128-asym, zero points per row and group, as AWQ writes them)
 #   nvidia-h200-x2 (issue 20): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 gptq8ns_1 gptq8ns_2 summary
 # attntests   the decode attention GPU tests (both variants)
 # attnprobe   dev/attn_probe.py: both variants vs SDPA on the packed query vs SDPA over repeated KV heads
