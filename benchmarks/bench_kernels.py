@@ -2,14 +2,14 @@
 
     python benchmarks/bench_kernels.py --json bench.json [--quick]
 
-For each shape (K x N), token count M and format (W4A16 g128 symmetric and asymmetric, W8A16 per
-channel, W3 / W2): median time of bf16 F.linear and of qtool's dispatcher (kernels/weight_only.packed_linear), the speedup against the
-issue-6 bar, the achieved bandwidth of the qtool path ((weight + scale bytes) / time) next to the
-device-to-device copy bandwidth measured here, and the time of each kernel alone (wo_gemv, wo_gemm,
-dequant_int + cuBLAS) to tune GEMV_MAX_M and GEMM_MAX_M. Timing: triton.testing.do_bench when
-triton imports, else CUDA events; weights rotate over enough copies that they cannot sit in L2, and
-L2 is flushed before each timed call. The graph columns time 20 calls captured in one CUDA graph
-(rotating weights, no flush): GPU time without the per-call launch and dispatch cost.
+For each shape (K x N), token count M and format (W4A16 g128 symmetric and asymmetric, W8A16 per channel,
+W3 / W2): median time of bf16 F.linear and of qtool's dispatcher (kernels/weight_only.packed_linear), the
+speedup against the issue-6 bar, the achieved bandwidth of the qtool path ((weight + scale bytes) / time)
+next to the device-to-device copy bandwidth measured here, and the time of each kernel alone (wo_gemv,
+wo_gemm, dequant_int + cuBLAS) to tune GEMV_MAX_M and GEMM_MAX_M. Timing: triton.testing.do_bench when
+triton imports, else CUDA events; weights rotate over enough copies that they cannot sit in L2, and L2 is
+flushed before each timed call. The graph columns time 20 calls captured in one CUDA graph (rotating
+weights, no flush): GPU time without the per-call launch and dispatch cost.
 """
 
 from __future__ import annotations
