@@ -8,6 +8,15 @@ with PDL unless QTOOL_INDUCTOR_PDL=0; session 24 ran it with TORCHINDUCTOR_ENABL
 
     python3 dev/decode_profile.py --scheme w4a16 --json $OUT/profile_w4.json
     QTOOL_INDUCTOR_PDL=0 python3 dev/decode_profile.py --scheme w4a16 --json $OUT/profile_w4_nopdl.json
+
+--roles also times each quantized layer role (q/k/v, o, gate/up, down: the distinct (K, N) of the blocks' layers)
+outside the model, over the model's own layers (every block's copy, so no weight repeats), in one CUDA graph each:
+back to back (as the layer tables time them: each GEMV may start during the last one's tail) and with a one-element
+kernel between the calls (as in the model, where Inductor's kernels sit between the GEMVs); beside them the role's
+kernel time per call inside the profiled steps (the step's GEMV kernels labelled by their order in a block, where
+every block launches the same number). Run it with QTOOL_INDUCTOR_PDL=0, so that no kernel in the step starts
+early and each kernel's span is its own time. Session 31's question (kernels/NOTES.md): are the ~250 us per W4
+step between the layer tables' sum and the profile's GEMV time a per-launch ramp the tables hide?
 """
 
 from __future__ import annotations
@@ -56,6 +65,66 @@ def steps(model, batch: int, prompt_len: int, count: int):
     return prefill, run
 
 
+def role_layers(model) -> dict[tuple[int, int], list]:
+    """(K, N) -> the QuantLinear of that shape in each block, in block order (the roles of a block's GEMVs)."""
+    from quantize.linear import QuantLinear
+
+    roles: dict[tuple[int, int], list] = {}
+    for block in model.model.layers:
+        for m in block.modules():
+            if isinstance(m, QuantLinear):
+                roles.setdefault((m.in_features, m.out_features), []).append(m)
+    return roles
+
+
+def graph_us(calls, replays: int = 10) -> float:
+    """Median GPU time per call of `calls` (closures) captured in one CUDA graph."""
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for call in calls:  # warm-up outside the capture (kernel builds, layouts)
+            call()
+        with torch.cuda.graph(graph, stream=stream):
+            for call in calls:
+                call()
+    torch.cuda.current_stream().wait_stream(stream)
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1000 / len(calls))
+    return statistics.median(times)
+
+
+def time_roles(model, batch: int, gemv_events: list[float], count_per_step: float) -> dict:
+    """Each role's GEMV time back to back, with a small kernel between calls, and inside the model (module docstring)."""
+    roles = role_layers(model)
+    per_block = len(roles)
+    out = {}
+    blocks = len(model.model.layers)
+    in_model = {}
+    if count_per_step == blocks * per_block and gemv_events:  # label the step's GEMVs by their place in a block
+        for i, us in enumerate(gemv_events):
+            in_model.setdefault(i % per_block, []).append(us)
+    flag = torch.zeros(1, device="cuda")
+    for place, ((k, n), layers) in enumerate(roles.items()):
+        x = torch.randn(batch, 1, k, device="cuda", dtype=torch.bfloat16)
+        plain = [lambda m=m, x=x: m(x) for m in layers]
+        spaced = [c for m in layers for c in (lambda m=m, x=x: m(x), lambda: flag.add_(1))]
+        row = {"K": k, "N": n, "layers": len(layers), "back_to_back_us": round(graph_us(plain), 2),
+               "spaced_us": round(graph_us(spaced) * 2 - graph_us([lambda: flag.add_(1)] * len(layers)), 2)}
+        if place in in_model:
+            row["in_model_us"] = round(statistics.mean(in_model[place]), 2)
+        out[f"{k}x{n}"] = row
+        print(f"role {k:>5} x {n:<5}  back to back {row['back_to_back_us']:7.2f} us  spaced {row['spaced_us']:7.2f} us"
+              + (f"  in the model {row['in_model_us']:7.2f} us" if "in_model_us" in row else ""))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default="llama-8b")
@@ -64,6 +133,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--json", required=True)
+    ap.add_argument("--roles", action="store_true", help="time each layer role outside the model too (docstring)")
     args = ap.parse_args()
     model = random_model(args.config, dtype=torch.bfloat16, device="cuda")
     if args.scheme != "bf16":
@@ -88,9 +158,12 @@ def main() -> None:
             run(token)
             torch.cuda.synchronize()
     totals: dict[str, list[float]] = {}
+    gemvs = []  # (start, us) of the GEMV kernels, for --roles
     for event in prof.events():
         if event.device_type == torch.autograd.DeviceType.CUDA and "Memcpy" not in event.name:
             totals.setdefault(short_name(event.name), []).append(event.time_range.elapsed_us())
+            if "qtool" in event.name and "gemv" in event.name:  # ours, not cuBLAS's lm_head GEMV
+                gemvs.append((event.time_range.start, event.time_range.elapsed_us()))
     per_step = {k: (sum(v) / args.steps, len(v) / args.steps) for k, v in totals.items()}
     ranked = sorted(per_step.items(), key=lambda kv: -kv[1][0])
     busy = sum(us for us, _ in per_step.values())
@@ -101,6 +174,9 @@ def main() -> None:
     print(json.dumps({k: v for k, v in record.items() if k != "kernels"}))
     for k, (us, n) in ranked[:args.top]:
         print(f"{us:8.1f} us  x{n:5.1f}  {k}")
+    if args.roles and args.scheme != "bf16":
+        with torch.no_grad():
+            record["roles"] = time_roles(model, args.batch, [us for _, us in sorted(gemvs)], len(gemvs) / args.steps)
     with open(args.json, "w") as f:
         json.dump(record, f, indent=1)
 

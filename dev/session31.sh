@@ -9,9 +9,10 @@
 #           two-pass kernel (variant 2, attention_two_pass.cuh) was written after, unmeasured. Tests of both, the
 #           probe of both in one process, then the 8B decode at batch 1 and 16 with SDPA / variant 1 / variant 2 in
 #           one process per scheme (dev/prefetch_sweep.py --attention).
-#   call 2: AE_SCHEMES=w4a16 bash dev/session31.sh attne2e profile   (~6 min; profile: one int8 decode step's kernels
-#           with the kernel, to see that Inductor keeps the cache update in place around the op and which of SDPA's
-#           input kernels and memsets are gone)
+#   call 2: AE_SCHEMES=w4a16 bash dev/session31.sh attne2e profile roles   (~8 min; profile: one int8 decode step's
+#           kernels with the kernel, to see that Inductor keeps the cache update in place around the op and which of
+#           SDPA's input kernels and memsets are gone; roles: each W4 GEMV role's time in the model against the same
+#           layers back to back and spaced by a small kernel, kernels/NOTES.md "Session 31")
 #   call 3: with the faster variant the default (quantize/attention.py BACKEND = "kernel"; kernel_choice() in
 #           decode_attention.cu or kernels/attention.py VARIANT): bash dev/session31.sh e2e   (issue 18 / 19's decode
 #           figures for BENCHMARKS.md and the README: qtool bench at batch 1 and 16, four schemes, bf16 beside)
@@ -24,6 +25,8 @@
 # attnncu     ncu stall reasons of both kernels at batch 1 and 16 with 161 positions (if call 1 leaves a question)
 # attne2e     the 8B decode ($AE_SCHEMES, default w8a8-int8; w4a16 in call 2) at batch 1 and 16 with --attention
 #             sdpa,kernel1,kernel2 and --skip-base (tokens/s compared directly)
+# roles       dev/decode_profile.py --roles: each W4 GEMV role in the model / back to back / spaced (no Inductor PDL)
+# asymtable   (dev/gpu_setup.sh) benchmarks/bench_kernels.py --formats w4a16-g128-asym
 cd "$(dirname "$0")/.."
 LOG=session31.log
 source dev/gpu_setup.sh
@@ -48,6 +51,11 @@ profile() {
   QTOOL_DECODE_ATTENTION=kernel QTOOL_DECODE_ATTENTION_KERNEL=${PROF_VARIANT:-1} timeout -k 15 "${PF_TIMEOUT:-150}" \
     python3 dev/decode_profile.py --scheme w8a8-int8 --top 30 --json "$OUT/profile-kernel.json" 2>&1 \
     | grep -E "^\{| us " | tail -32
+}
+roles() {  # session 31's question: the W4 GEMVs' time per role in the model against back to back / spaced
+  step "decode roles: w4a16, batch 1, Inductor's kernels without PDL"
+  QTOOL_INDUCTOR_PDL=0 timeout -k 15 "${RO_TIMEOUT:-180}" python3 dev/decode_profile.py --scheme w4a16 --roles --top 12 \
+    --json "$OUT/roles-w4.json" 2>&1 | grep -E "^\{|^role| us " | tail -20
 }
 attnncu() {  # stall reasons of each kernel on the 8B decode's shape (161 positions) at batch 1 and 16
   for v in 1 2; do
