@@ -25,9 +25,14 @@ import argparse
 import json
 import re
 import statistics
+import sys
+from pathlib import Path
 
 import torch
 from transformers import StaticCache
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from bench_kernels import Rotation, graph_ms  # noqa: E402
 
 from quantize.bench import _next_token, decode_compile_options
 from quantize.cli_tools import _fuse
@@ -77,27 +82,13 @@ def role_layers(model) -> dict[tuple[int, int], list]:
     return roles
 
 
-def graph_us(calls, replays: int = 10) -> float:
-    """Median GPU time per call of `calls` (closures) captured in one CUDA graph."""
-    graph = torch.cuda.CUDAGraph()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for call in calls:  # warm-up outside the capture (kernel builds, layouts)
-            call()
-        with torch.cuda.graph(graph, stream=stream):
-            for call in calls:
-                call()
-    torch.cuda.current_stream().wait_stream(stream)
-    times = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1000 / len(calls))
-    return statistics.median(times)
+def graph_us(calls) -> float:
+    """Median GPU time per call of `calls` (closures), all captured in one CUDA graph (bench_kernels.graph_ms)."""
+    for call in calls:  # every layer's first call outside the capture (layouts, allocations)
+        call()
+    rotation = Rotation(calls)
+    ms = graph_ms(lambda: rotation()(), reps=len(calls))
+    return float("nan") if ms is None else ms * 1000
 
 
 def time_roles(model, batch: int, gemv_events: list[float], count_per_step: float) -> dict:
