@@ -81,6 +81,14 @@ print(json.dumps(b.act_quant_bandwidth()))" 2>&1 | tail -2
 }
 
 step "CUTLASS headers, prebuilt Hopper libraries, extension build"
+if [ -d .gpu/ext ]; then  # the extension built here beforehand (dev/prebuild_ext.sh), where it loads
+  python3 -c "import quantize; from pathlib import Path; from qtool_kernels import build; print(build.install_prebuilt(Path('.gpu/ext')))"
+  if ! timeout -k 5 120 python3 -c "import sys, quantize; from qtool_kernels import build; sys.exit(build.load_extension() is None)" \
+      > /tmp/prebuilt_ext.log 2>&1; then
+    echo "the prebuilt extension does not load on this machine: building it"; tail -3 /tmp/prebuilt_ext.log
+    python3 -c "import quantize; from qtool_kernels import build; (build.build_dir() / 'qtool_cuda.so').unlink(missing_ok=True)"
+  fi
+fi
 mkdir -p /tmp/cutlass && (cd /tmp/cutlass && python3 -m zipfile -e "$OLDPWD"/.gpu/w8a8/nvidia_cutlass-*.whl . )
 export QTOOL_CUTLASS_INCLUDE=/tmp/cutlass/cutlass_library/source/include
 python3 - <<'PY'

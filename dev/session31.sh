@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The next session's device calls, prepared at the end of session 30 (nvidia-h200, carry [".gpu/w8a8"]; run
-# `bash dev/compile_check.sh` here first after any kernel edit). Session 31 had no device time (the retry of
-# session 30's stop, whose CI had failed on transformers 5.25), so the plan is unchanged:
+# The next session's device calls, prepared at the end of session 30 (nvidia-h200, carry [".gpu/w8a8", ".gpu/ext"];
+# run `bash dev/compile_check.sh` here first after any kernel edit, and `bash dev/prebuild_ext.sh` after any change
+# to kernels/csrc: gpu_setup.sh loads .gpu/ext's library where its stamp matches the sources and it loads there,
+# else builds as before, ~50 s). Session 31 had no device time (the retry of session 30's stop, whose CI had failed
+# on transformers 5.25), so the plan is unchanged:
 #   call 1: bash dev/session31.sh attntests attnprobe attne2e   (~8 min)
 #           session 30's decode attention kernel (csrc/decode_attention.cu, variant 1: online softmax) passed its 251
 #           GPU tests and ran 2.1x faster than cuDNN's SDPA on the 8B decode's shape (batch 1, 161 positions: 7.8 vs

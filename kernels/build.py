@@ -83,6 +83,42 @@ def build_dir() -> Path:
     return root / re.sub(r"[^A-Za-z0-9._-]", "_", key)
 
 
+def stamp() -> str:
+    """What a build depends on besides the host compiler: the sources' and headers' contents, the flags and the
+    exact PyTorch build. A library built elsewhere (dev/prebuild_ext.sh) is installed only where this matches."""
+    digest = hashlib.sha256()
+    for name in SOURCES + HEADERS:
+        digest.update(name.encode() + b"\0" + (CSRC / name).read_bytes())
+    digest.update(json.dumps([CXX_FLAGS, NVCC_FLAGS, torch.__version__, torch.version.git_version,
+                              torch.version.cuda]).encode())
+    return digest.hexdigest()[:20]
+
+
+def install_prebuilt(folder: Path) -> str:
+    """Copy a library built on another machine for this configuration (folder / qtool_cuda.so, or .so.xz, beside
+    folder / qtool_cuda.stamp holding `stamp()` there) to where `load_extension` looks, newer than the sources, so
+    that it loads instead of compiling; returns what was done. Another machine's system libraries may keep it from
+    loading: the caller test-loads it in a child process and deletes it if that fails (dev/gpu_setup.sh)."""
+    stamp_file = folder / f"{NAME}.stamp"
+    packed = next((f for f in (folder / f"{NAME}.so", folder / f"{NAME}.so.xz") if f.is_file()), None)
+    if packed is None or not stamp_file.is_file():
+        return f"no prebuilt {NAME} in {folder}"
+    if (theirs := stamp_file.read_text().strip()) != (ours := stamp()):
+        return f"prebuilt {NAME} skipped: built for stamp {theirs}, this checkout and PyTorch are {ours}"
+    target = build_dir() / f"{NAME}.so"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".so.partial")
+    if packed.suffix == ".xz":
+        import lzma
+
+        with lzma.open(packed) as src, open(partial, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    else:
+        shutil.copyfile(packed, partial)
+    partial.replace(target)  # its modification time is now, after every source's
+    return f"prebuilt {NAME} installed at {target}"
+
+
 def unavailable_reason() -> str | None:
     """Why the extension cannot be built or used here, or None when it can."""
     if torch.version.cuda is None:

@@ -349,3 +349,38 @@ assert not qtool_kernels.build._loader.tried
 assert "torch.utils.cpp_extension" not in sys.modules
 """
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_prebuilt_library_is_installed_only_for_its_stamp(tmp_path, monkeypatch):
+    """install_prebuilt (dev/prebuild_ext.sh's library on the device): copied where load_extension looks, newer than
+    the sources, only when built from these sources, flags and PyTorch; .xz unpacked; a changed source changes the
+    stamp."""
+    import lzma
+
+    monkeypatch.setenv("QTOOL_KERNELS_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "prebuilt"
+    folder.mkdir()
+    payload = bytes(range(256)) * 64
+    (folder / "qtool_cuda.so").write_bytes(payload)
+    assert "no prebuilt" in build.install_prebuilt(folder)  # no stamp beside it
+    (folder / "qtool_cuda.stamp").write_text("0" * 20)
+    assert "skipped" in build.install_prebuilt(folder)
+    assert not (build.build_dir() / "qtool_cuda.so").exists()
+
+    (folder / "qtool_cuda.stamp").write_text(build.stamp() + "\n")
+    assert "installed" in build.install_prebuilt(folder)
+    target = build.build_dir() / "qtool_cuda.so"
+    newest = max((build.CSRC / f).stat().st_mtime for f in build.SOURCES + build.HEADERS)
+    assert target.read_bytes() == payload and target.stat().st_mtime >= newest
+
+    (folder / "qtool_cuda.so").unlink()
+    (folder / "qtool_cuda.so.xz").write_bytes(lzma.compress(payload[::-1]))
+    assert "installed" in build.install_prebuilt(folder)
+    assert target.read_bytes() == payload[::-1]
+
+    csrc = tmp_path / "csrc"
+    shutil.copytree(build.CSRC, csrc)
+    monkeypatch.setattr(build, "CSRC", csrc)
+    before = build.stamp()
+    (csrc / build.SOURCES[1]).write_text((csrc / build.SOURCES[1]).read_text() + "\n// changed\n")
+    assert build.stamp() != before
