@@ -33,6 +33,7 @@ from rich.table import Table
 from torch import nn
 from transformers import StaticCache
 
+from .compat import CACHE_KWARG
 from .prefetch import link_weight_prefetch
 
 
@@ -333,7 +334,7 @@ class _Clock:
 
 def _next_token(model: nn.Module, tokens: torch.Tensor, cache: StaticCache, positions: torch.Tensor) -> torch.Tensor:
     """Greedy next token [B, 1] after `tokens` [B, T] written at cache positions `positions` [T]."""
-    logits = model(input_ids=tokens, past_key_values=cache, cache_position=positions, use_cache=True,
+    logits = model(input_ids=tokens, **{CACHE_KWARG: cache}, cache_position=positions, use_cache=True,
                    logits_to_keep=1).logits
     return logits[:, -1].argmax(-1, keepdim=True)
 

@@ -272,10 +272,13 @@ def synthetic_texts(model, tokenizer, *, num_samples: int, seq_len: int, seed: i
 
 def _sample(model, prompt: torch.Tensor, steps: int, temperature: float, generator: torch.Generator) -> torch.Tensor:
     """Extend prompt [b, 1] by `steps` sampled tokens, reusing the KV cache: [b, 1 + steps]."""
+    # (imports transformers, which this module otherwise need not)
+    from .compat import CACHE_KWARG, returned_cache
+
     tokens, past, step_input = [prompt], None, prompt
     for _ in range(steps):
-        out = model(input_ids=step_input, past_key_values=past, use_cache=True)
-        past = out.past_key_values
+        out = model(input_ids=step_input, **{CACHE_KWARG: past}, use_cache=True)
+        past = returned_cache(out)
         probs = torch.softmax(out.logits[:, -1].float() / temperature, dim=-1)
         step_input = torch.multinomial(probs, 1, generator=generator)
         tokens.append(step_input)

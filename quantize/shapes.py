@@ -114,6 +114,7 @@ def random_model(
     torch.manual_seed(seed)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(_resolve_config(config), dtype=dtype)
+    model.tie_weights()  # transformers 5.0 leaves a meta-device model's lm_head untied (later releases tie it)
     return model.eval()
 
 

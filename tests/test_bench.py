@@ -187,3 +187,22 @@ def test_bench_cli_attention_implementation(tmp_path):
     assert json.loads(out.read_text())["attn_implementation"] == ["eager"]
     res = CliRunner().invoke(app, [*common, "--attn-implementation", "no-such-attention"])
     assert res.exit_code == 2 and "no-such-attention" in res.output
+
+
+@pytest.mark.filterwarnings("error::FutureWarning")
+def test_decode_passes_the_cache_by_this_releases_keyword(tiny):
+    """transformers 5.25 renamed past_key_values to cache (quantize/compat.py): the decode step and the synthetic
+    calibration sampler use whichever this release takes, so neither warns, and the cache they get back is filled."""
+    from transformers import StaticCache
+
+    from quantize.bench import _next_token
+    from quantize.compat import CACHE_KWARG, returned_cache
+    from quantize.data import _sample
+
+    cache = StaticCache(config=tiny.config, max_cache_len=8)
+    with torch.no_grad():
+        token = _next_token(tiny, torch.tensor([[1, 2, 3]]), cache, torch.arange(3))
+        out = tiny(input_ids=token, **{CACHE_KWARG: None}, use_cache=True)
+        tokens = _sample(tiny, torch.tensor([[1]]), 3, 1.0, torch.Generator().manual_seed(0))
+    assert token.shape == (1, 1) and tokens.shape == (1, 4)
+    assert returned_cache(out) is not None and cache.get_seq_length() == 3
