@@ -17,6 +17,11 @@ export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda-13.0} TORCH_CUDA_ARCH_LIST=${TORCH
 export QTOOL_CUDA_ARCHS=${QTOOL_CUDA_ARCHS:-90} MAX_JOBS=${MAX_JOBS:-2} PYTHONPATH=$PWD
 export QTOOL_KERNELS_CACHE=/tmp/qtool_prebuild_cache
 mkdir -p "$OUTDIR"
+if [ ! -x "$VENV/bin/python" ]; then  # the device image's torch, with its CUDA libraries (~75 s from the registry)
+  "${PY312:-/root/.pyenv/versions/3.12.1/bin/python}" -m venv "$VENV"
+  "$VENV/bin/pip" install -q --upgrade pip
+  "$VENV/bin/pip" install -q "torch==${TORCH_VERSION:-2.11.0}" numpy ninja
+fi
 "$VENV/bin/python" - "$OUTDIR" <<'PY'
 import lzma, sys, time
 from pathlib import Path
