@@ -116,7 +116,8 @@ def capture_block_inputs(model: nn.Module, blocks: nn.ModuleList, batches: Itera
     cached: list[Cached] = []
 
     def hook(module, args, kwargs):
-        kwargs = {k: v for k, v in kwargs.items() if k not in ("past_key_values", "past_key_value")}
+        # the KV cache (by its name in each transformers release, quantize/compat.py): blocks run without one
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("cache", "past_key_values", "past_key_value")}
         args = tuple(a.detach() if torch.is_tensor(a) else a for a in args)
         cached.append(Cached(_move(args, cache_device, cache_dtype), _move(kwargs, cache_device, cache_dtype)))
         raise _StopForward
