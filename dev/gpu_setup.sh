@@ -24,11 +24,15 @@ tests() {  # every GPU test ($1: the time limit in seconds), output in $OUT/test
   summarize "$OUT/tests.txt"
 }
 
+gputests() {  # gputests NAME SECONDS PYTEST_ARGS...: GPU tests within a time limit, output in $OUT/NAME.txt, summarized
+  local name=$1 limit=$2; shift 2
+  timeout -k 15 "$limit" python3 -m pytest -q -m gpu --tb=short -rf -p no:logging "$@" > "$OUT/$name.txt" 2>&1
+  summarize "$OUT/$name.txt"
+}
+
 pdltest() {  # the Inductor-PDL decode test (qtool bench's decode compile options against Inductor's plain launches)
   step "Inductor-PDL decode test"
-  timeout -k 15 "${PT_TIMEOUT:-150}" python3 -m pytest -q -m gpu tests/test_fusion.py -k inductor_pdl -p no:logging \
-    --tb=short > "$OUT/pdltest.txt" 2>&1
-  summarize "$OUT/pdltest.txt"
+  gputests pdltest "${PT_TIMEOUT:-150}" tests/test_fusion.py -k inductor_pdl
 }
 
 ncu_source() {  # ncu_source SHAPE ONLY TAG REGEX (profile_kernels.py --only): --set full + source page, CSVs to $OUT

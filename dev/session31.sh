@@ -35,9 +35,7 @@ source dev/gpu_setup.sh
 
 attntests() {
   step "decode attention GPU tests (both variants)"
-  timeout -k 10 "${AT_TIMEOUT:-180}" python3 -m pytest -q -m gpu tests/test_decode_attention.py tests/test_attention.py \
-    --tb=short -rf -p no:logging > "$OUT/attntests.txt" 2>&1
-  summarize "$OUT/attntests.txt"
+  gputests attntests "${AT_TIMEOUT:-180}" tests/test_decode_attention.py tests/test_attention.py
 }
 attnprobe() {
   step "decode attention probe: variants 1 and 2 vs SDPA"
