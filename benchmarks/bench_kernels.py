@@ -9,7 +9,9 @@ next to the device-to-device copy bandwidth measured here, and the time of each 
 wo_gemm, dequant_int + cuBLAS) to tune GEMV_MAX_M and GEMM_MAX_M. Timing: triton.testing.do_bench when
 triton imports, else CUDA events; weights rotate over enough copies that they cannot sit in L2, and L2 is
 flushed before each timed call. The graph columns time 20 calls captured in one CUDA graph (rotating
-weights, no flush): GPU time without the per-call launch and dispatch cost.
+weights, no flush): GPU time without the per-call launch and dispatch cost, the issues' protocol, which the bar's
+ok / MISS judges where it was measured (the eager column holds the host's dispatch: ~30-60 us per call on the
+Hopper GEMM's routes, so small layers at 16-32 tokens read 0.66x eager where the graph gives 1.4x).
 """
 
 from __future__ import annotations
@@ -338,7 +340,8 @@ def show(result: dict) -> None:
               "graph bf16/qtool us", "graph speedup", "best kernel"]
     table = []
     for r in rows:
-        verdict = "" if r["bar"] is None else (" ok" if r["speedup"] >= r["bar"] else " MISS")
+        judged = r["graph_speedup"] or r["speedup"]  # the issues' protocol (graph replay) where it was measured
+        verdict = "" if r["bar"] is None else (" ok" if judged >= r["bar"] else " MISS")
         table.append([f"{r['K']}x{r['N']}", r["format"], str(r["M"]), f"{r['bf16_ms'] * 1e3:.1f}",
                       f"{r['qtool_ms'] * 1e3:.1f}", f"{r['speedup']:.2f}x",
                       "" if r["bar"] is None else f"{r['bar']:.2f}x{verdict}", f"{r['qtool_GBps']:.0f}",

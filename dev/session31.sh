@@ -44,7 +44,7 @@ attnprobe() {
 attne2e() {
   step "8B decode: SDPA / decode attention variant 1 / variant 2, one process per scheme"
   timeout -k 15 "${AE_TIMEOUT:-250}" python3 dev/prefetch_sweep.py --schemes ${AE_SCHEMES:-w8a8-int8} --mb 0 \
-    --attention sdpa,kernel1,kernel2 --batch-sizes 1,16 --skip-base --json "$OUT/attne2e.jsonl" 2>&1 | grep -E '^\{' | tail -8
+    --attention "${AE_ATTN:-sdpa,kernel1,kernel2}" --batch-sizes "${AE_BATCHES:-1,16}" --skip-base --json "$OUT/attne2e.jsonl" 2>&1 | grep -E '^\{' | tail -8
 }
 profile() {
   step "decode profile, w8a8-int8, batch 1, QTOOL_DECODE_ATTENTION=kernel (variant ${PROF_VARIANT:-0})"

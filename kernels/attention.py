@@ -21,8 +21,10 @@ MAX_GROUP = 16  # query heads per KV head (csrc/attention.h, kDecodeAttentionMax
 # GEMV launch at once.
 PDL = True
 # Which kernel (csrc/attention.h, variant): 0 the build's default (QTOOL_DECODE_ATTENTION_KERNEL, else the online
-# kernel), 1 the online kernel, 2 the two-pass kernel. For A/B runs in one process (dev/attn_probe.py).
-VARIANT = 0
+# kernel), 1 the online kernel, 2 the two-pass kernel. The two-pass kernel is the default: session 32 (H200,
+# dev/attn_probe.py) timed it 4-10% faster than the online one at every batch and length (batch 1, 161 positions
+# 7.1 against 7.7 us; cuDNN's SDPA 16.5). A/B runs set it per process (dev/prefetch_sweep.py --attention).
+VARIANT = 2
 
 
 def preferred(batch: int, kv_heads: int, length: int) -> bool:

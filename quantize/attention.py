@@ -33,8 +33,11 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 NAME = "qtool_sdpa"
 # Where the packed query meets qtool's decode attention kernel (qtool_kernels/attention.py): "kernel" runs it on CUDA
-# where it takes the shapes, "sdpa" keeps SDPA (cuDNN's flash kernel on Hopper). QTOOL_DECODE_ATTENTION overrides.
-BACKEND = os.environ.get("QTOOL_DECODE_ATTENTION", "sdpa")
+# where it takes the shapes and was measured faster, "sdpa" keeps SDPA (cuDNN's flash kernel on Hopper) everywhere.
+# QTOOL_DECODE_ATTENTION overrides. "kernel" since session 32: `qtool bench llama-8b --random-weights` decode steps
+# (H200, bf16 in the same process) w8a8-int8 1.58x -> 1.64x at batch 1 (two runs) and 1.55x -> 1.61x at 16, fp8
+# 1.64x / 1.66x, fp8-block 1.58x / 1.61x, w4a16 2.05x -> 2.17x / 1.74x.
+BACKEND = os.environ.get("QTOOL_DECODE_ATTENTION", "kernel")
 # keyword arguments that change the attention's arithmetic beyond scores, mask and softmax: transformers' path
 _SPECIAL = ("position_bias", "softcap", "s_aux", "sinks")
 

