@@ -254,10 +254,12 @@ class ReferenceOps:
     @staticmethod
     def wo_gemv(x, qweight, scale, zero, bias, num_bits, group_size, out_features, activation, prefetch=None,
                 variant=0):
-        # prefetch (an L2 hint for the next layer's weight in the CUDA kernel) and variant (its launch
-        # shape) change nothing here
+        # prefetch (an L2 hint for the next layer's weight in the CUDA kernel) and variant's launch shape change
+        # nothing here; variant + 32 (csrc/wo_kernels.h, kGatedXFlag): x = [gate | up] of a gated MLP
         if activation != EPILOGUE:
             raise ValueError(f"qtool's kernels run without an epilogue ({EPILOGUE!r}), got activation={activation!r}")
+        if variant & 32:
+            x = reference.silu_mul(x)
         w = dequantize_packed(qweight, scale, zero, num_bits, group_size, out_features)
         y = x.float() @ w.T
         if bias is not None:

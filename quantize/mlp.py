@@ -49,8 +49,12 @@ class GatedMLP(nn.Module):
         self.register_state_dict_pre_hook(refuse_state_dict)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gated = getattr(self.gate_up_proj, "forward_gated", None)  # a QuantLinear: W8A8 fuses the product
-        return self.down_proj(gated(x) if gated is not None else silu_mul(self.gate_up_proj(x)))
+        gate_up = self.gate_up_proj
+        if isinstance(gate_up, QuantLinear) and gate_up.scheme.input_activations is not None:
+            return self.down_proj(gate_up.forward_gated(x))  # W8A8: the product in the gate/up GEMV's epilogue
+        h = gate_up(x)
+        fused = getattr(self.down_proj, "forward_silu_mul", None)  # a QuantLinear: in the down GEMV's x staging
+        return fused(h) if fused is not None else self.down_proj(silu_mul(h))
 
 
 def _is_silu(module: nn.Module) -> bool:
