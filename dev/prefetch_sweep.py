@@ -9,6 +9,7 @@ One JSON line per (scheme, MiB) goes to --json as it is measured, so a cut-off r
     python3 dev/prefetch_sweep.py --schemes fp8,w8a8-int8 --mb 0 --swiglu 8,0 --json $OUT/swiglu.jsonl
     python3 dev/prefetch_sweep.py --schemes w4a16 --mb 0 --silu ref,op,pdl --json $OUT/silu.jsonl
     python3 dev/prefetch_sweep.py --schemes w8a8-int8 --mb 0 --attention sdpa,kernel1,kernel2 --json $OUT/attn.jsonl
+    python3 dev/prefetch_sweep.py --schemes w4a16 --mb 0 --silu pdl --gated-x 0,1,0,1 --json $OUT/gated.jsonl
 """
 
 from __future__ import annotations
@@ -46,7 +47,10 @@ def main() -> None:
                     "all: w8_gemv's PDL twin on every static 8-bit weight to 8 tokens); only 8-bit schemes run more "
                     "than the first")
     ap.add_argument("--attention", default=decode_attention.BACKEND, help="the decode attention: sdpa, kernel "
-                    "(the build's default kernel), kernel1 (online softmax), kernel2 (two passes); comma-separated")
+                    "(qtool_kernels.attention.VARIANT), kernel1 (online softmax), kernel2 (two passes); "
+                    "comma-separated")
+    ap.add_argument("--gated-x", default=str(int(mlp.GATED_X)), help="values of qtool_kernels.mlp.GATED_X to run (1: "
+                    "the down projection's ring GEMV stages silu(gate) * up itself); comma-separated, each run")
     ap.add_argument("--batch-sizes", default="1,16")
     ap.add_argument("--decode-tokens", type=int, default=32)
     ap.add_argument("--budget", type=float, default=1e9, help="seconds; no new measurement starts after it")
@@ -54,7 +58,7 @@ def main() -> None:
                     "for A/Bs within a scheme")
     ap.add_argument("--json", required=True)
     args = ap.parse_args()
-    start = time.time()
+    start, default_variant = time.time(), attention.VARIANT
     opts = dict(batch_sizes=[int(b) for b in args.batch_sizes.split(",")], decode_tokens=args.decode_tokens,
                 prefill_len=128)
     out = open(args.json, "a")
@@ -75,15 +79,17 @@ def main() -> None:
         quantize_model(model, Recipe.single(preset(scheme), "rtn"), device="cuda", progress=False)
         _fuse(model, (True, False), f"{args.config} {scheme}")
         pdl_modes = args.gemv_pdl.split(",")[:None if scheme in EIGHT_BIT else 1]
-        settings = [(mb, sw, si, gp, at) for mb in args.mb.split(",") for sw in args.swiglu.split(",")
-                    for si in args.silu.split(",") for gp in pdl_modes for at in args.attention.split(",")]
-        for mb, swiglu, silu, gemv_pdl, attn in settings:
+        settings = [(mb, sw, si, gp, at, gx) for mb in args.mb.split(",") for sw in args.swiglu.split(",")
+                    for si in args.silu.split(",") for gp in pdl_modes for at in args.attention.split(",")
+                    for gx in args.gated_x.split(",")]
+        for mb, swiglu, silu, gemv_pdl, attn, gated_x in settings:
             if time.time() - start > args.budget:
                 emit({"scheme": scheme, "mb": mb, "swiglu": swiglu, "silu": silu, "gemv_pdl": gemv_pdl,
-                      "attention": attn, "skipped": "budget"})
+                      "attention": attn, "gated_x": int(gated_x), "skipped": "budget"})
                 continue
             decode_attention.BACKEND = "sdpa" if attn == "sdpa" else "kernel"
-            attention.VARIANT = int(attn[len("kernel"):] or 0) if attn.startswith("kernel") else 0
+            attention.VARIANT = int(attn[len("kernel"):] or default_variant) if attn.startswith("kernel") else 0
+            mlp.GATED_X = bool(int(gated_x))
             tuning.GEMV_PDL = gemv_pdl
             os.environ[PREFETCH_MB_ENV] = mb
             scaled_mm.SWIGLU_GEMV_MAX_M = int(swiglu)
@@ -95,7 +101,7 @@ def main() -> None:
             result = bench_model(model, **opts)
             ratios = compare(base, result) if base is not None else {}
             emit({"scheme": scheme, "mb": float(mb), "swiglu": int(swiglu), "silu": silu, "gemv_pdl": gemv_pdl,
-                  "attention": attn, "seconds": round(time.time() - t, 1),
+                  "attention": attn, "gated_x": int(gated_x), "seconds": round(time.time() - t, 1),
                   **{f"steps_bs{d.batch_size}": d.step_tokens_per_s for d in result.decode},
                   **{k: round(v, 4) for k, v in ratios.items() if k.startswith("decode_steps")}})
         del model

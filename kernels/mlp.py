@@ -8,6 +8,8 @@ gate/up projection's output.
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from . import build
@@ -50,8 +52,9 @@ def silu_mul(x: torch.Tensor) -> torch.Tensor:
 # op's variant + GATED_X_FLAG): the fused gate/up output h goes to the GEMV as it is, every block stages silu(gate) *
 # up (float32, rounded once: silu_mul's output bit for bit) and multiplies, so a batch-1 decode step has no
 # SiLU-and-multiply kernel between its gate/up and down GEMVs (session 32's profile: the fifth qtool kernel of each
-# W4A16 block). Written in session 32 without a GPU, unmeasured: off until measured (`dev/session33.sh`).
-GATED_X = False
+# W4A16 block). Written in session 32 without a GPU, unmeasured: off until measured (`dev/session33.sh`);
+# QTOOL_GATED_X=1 turns it on for a process.
+GATED_X = os.environ.get("QTOOL_GATED_X", "0") == "1"
 GATED_X_FLAG = 32  # csrc/wo_kernels.h, kGatedXFlag
 GATED_STAGE_MAX_BYTES = 96 << 10  # csrc/wo_kernels.h, kXsMaxBytes: the staged x of m tokens must fit
 
