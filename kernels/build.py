@@ -307,6 +307,10 @@ def info() -> dict:
                                    "tokens) or cuBLAS; outside the measured batches w8_gemv (m <= 16), "
                                    "then fused activation quantization + " + _scaled_linear_path())
             if ops is not None else "reference",
+            # quantize/attention.py's decode attention (one query token, grouped KV heads; a compiled decode step)
+            "decode attention": ("qtool_cuda decode_attention (the two-pass kernel) where attention.preferred, "
+                                 "else SDPA on the packed query (QTOOL_DECODE_ATTENTION=sdpa: SDPA everywhere)")
+            if ops is not None else "SDPA on the packed query",
         },
     }
 
