@@ -109,7 +109,7 @@ def test_kernels_info_and_build_without_gpu(tmp_path):
     assert set(info["cuda_implementations"]) == {"weight-only QuantLinear", "qtool::weight_only_linear",
                                                  "qtool::scaled_linear", "qtool::quantize_activation",
                                                  "qtool::w8a8_linear", "w1a16 QuantLinear",
-                                                 "w1a1 QuantLinear"}
+                                                 "w1a1 QuantLinear", "decode attention"}
     if not torch.cuda.is_available():
         assert info["available"] is False
         res = run("kernels", "build")
