@@ -66,7 +66,7 @@ def gated_down_linear(h: torch.Tensor, w, bias: torch.Tensor | None, kernels,
     torch.ops.qtool_cuda or layout.ReferenceOps. None where that GEMV does not serve these tokens (more than
     weight_only.gemv_kind's ring GEMV takes, a padded or permuted K, codes other than 4-bit in groups of >= 64 k
     or per channel, x too large to stage): the caller runs silu_mul and the layer."""
-    from .weight_only import gemv_kind, gemv_variant  # (weight_only imports nothing from here)
+    from .weight_only import gemv_kind, gemv_variant  # (a module-level import would be circular)
 
     m, k = h.numel() // max(h.shape[-1], 1), w.in_features
     if not GATED_X or h.shape[-1] != 2 * k or w.k_padded != k or w.perm is not None or w.rows is not None:

@@ -70,6 +70,11 @@ def test_reference_op_takes_the_gated_flag():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("n,k,group_size", [(4096, 14336, 128), (576, 1536, 64), (1000, 576, -1), (48, 64, 64)])
+@pytest.mark.parametrize("m", [1, 2, 3])
+@pytest.mark.parametrize("variant", [1, 2, 1 + 16, 2 + 16])
 def test_gpu_gated_launch_equals_silu_mul_then_gemv(kernels, dtype, symmetric, n, k, group_size, m, variant):
     if m * (k // 2 + 4) * 4 > mlp.GATED_STAGE_MAX_BYTES:
         pytest.skip("x does not fit the staging")
