@@ -46,7 +46,6 @@ constexpr int kWarps = 8;  // warps per block, all on the same stripe, splitting
 // same change at 1.23x -> 1.62x bf16 (4096 x 4096, one token).
 constexpr int kWideWarps = 16;
 
-
 // The most x bytes staged in shared memory: kXsMaxBytes, or QTOOL_GEMV_XS_MAX (read once: this is decode's hottest
 // launch) for an A/B. Session 26's profile of the wide ring GEMV on 14336 x 4096 at one token put 17% of its stall
 // samples on the barrier after the whole of x is staged (kernels/NOTES.md); 0 sends every call to the path that reads
@@ -251,8 +250,8 @@ void launch_typed(const WoProblem& p,     // the problem, 1 <= p.m <= kMaxGemvTo
   const int gpc = p.w.group_shift >= chunk_shift ? 1 : 1 << (chunk_shift - p.w.group_shift);
   const int xs_bytes = p.m * wo_xs_row_words(p.w.k_padded) * 4;
   const bool xs = xs_bytes <= xs_max_bytes();  // else the v2 path: x read from global memory
-  if (p.gated_x) {  // 4-bit, one group per chunk, the lean / wide launch, x staged: ops.cpp checked all but the last
-    // (its QTOOL_GEMV_XS_MAX limit is an A/B knob for plain x; a gated x fits kXsMaxBytes)
+  if (p.gated_x) {  // 4-bit, one group per chunk, the lean / wide launch, x within kXsMaxBytes: ops.cpp checked each;
+    // staged whatever QTOOL_GEMV_XS_MAX says (an A/B knob for plain x)
     if constexpr (BITS == 4) {
       p.gemv_variant == 2 ? launch_variant<T, BITS, 1, true, true, kWideWarps, true>(p, xs_bytes, stream)
                           : launch_variant<T, BITS, 1, true, true, kWarps, true>(p, xs_bytes, stream);
