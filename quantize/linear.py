@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 # ops declares torch.ops.qtool.*; scaled_mm registers qtool::scaled_linear's CUDA implementation.
 from qtool_kernels import binary, build, mixed_mm, ops, scaled_mm  # noqa: F401
+from qtool_kernels import mlp as kernel_mlp
 from qtool_kernels.layout import (
     KERNEL_DTYPES,
     LOW_BITS,
@@ -329,8 +330,8 @@ def cuda_gated_down(layer: QuantLinear, h: torch.Tensor) -> torch.Tensor | None:
     """layer(silu_mul(h)) for h [..., 2K] on the ring GEMV with the SiLU-and-multiply in its staging
     (qtool_kernels.mlp.gated_down_linear), or None where that does not serve this weight-only layer and input."""
     scheme = layer.scheme
-    if (not h.is_cuda or h.dtype not in KERNEL_DTYPES or scheme.input_activations is not None or scheme.weights.binary
-            or layer.dense_weight is not None or kernel_args(scheme) is None):
+    if (not kernel_mlp.GATED_X or not h.is_cuda or h.dtype not in KERNEL_DTYPES or scheme.input_activations is not None
+            or scheme.weights.binary or layer.dense_weight is not None or kernel_args(scheme) is None):
         return None
     packed = prepared_weight(layer) if torch.compiler.is_compiling() else prepare_for_cuda(layer)
     if packed is None:

@@ -9,7 +9,8 @@ once, where transformers rounds twice: at most one unit in the last place apart)
 kernel runs, launched as its PDL twin (`qtool_kernels.mlp.COMPILED_KERNEL`, `PDL`). A W8A8 gate/up layer computes
 the product itself (`QuantLinear.forward_gated`): in its GEMV's epilogue at up to `scaled_mm.SWIGLU_GEMV_MAX_M`
 tokens (per-channel int8 and E4M3 codes, `scaled_mm.SWIGLU_CODES`), so a batch-1 decode step has one kernel fewer
-per block.
+per block. A weight-only down projection can take the gate/up output itself (`QuantLinear.forward_silu_mul`: its ring
+GEMV stages silu(gate) * up, `qtool_kernels.mlp.GATED_X`, off until measured).
 
 Which modules: the classes of `GATED_MLPS` (architecture knowledge as data: their projection names) whose
 activation is SiLU and whose gate and up projections can run as one layer (`fusion.incompatibility`). Like
