@@ -13,7 +13,7 @@ import os
 import torch
 
 from . import build
-from .layout import EPILOGUE, KERNEL_DTYPES
+from .layout import EPILOGUE, GATED_X_FLAG, KERNEL_DTYPES
 from .reference import silu_mul as reference_silu_mul  # x [..., 2I] -> [..., I]: silu(g) * u in float32
 
 # Under torch.compile the reference runs and Inductor makes one kernel of it (nothing around it fuses: the GEMVs on
@@ -55,7 +55,6 @@ def silu_mul(x: torch.Tensor) -> torch.Tensor:
 # W4A16 block). Written in session 32 without a GPU, unmeasured: off until measured (`dev/session33.sh`);
 # QTOOL_GATED_X=1 turns it on for a process.
 GATED_X = os.environ.get("QTOOL_GATED_X", "0") == "1"
-GATED_X_FLAG = 32  # csrc/wo_kernels.h, kGatedXFlag
 GATED_STAGE_MAX_BYTES = 96 << 10  # csrc/wo_kernels.h, kXsMaxBytes: the staged x of m tokens must fit
 
 
