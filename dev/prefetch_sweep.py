@@ -9,7 +9,6 @@ One JSON line per (scheme, MiB) goes to --json as it is measured, so a cut-off r
     python3 dev/prefetch_sweep.py --schemes fp8,w8a8-int8 --mb 0 --swiglu 8,0 --json $OUT/swiglu.jsonl
     python3 dev/prefetch_sweep.py --schemes w4a16 --mb 0 --silu ref,op,pdl --json $OUT/silu.jsonl
     python3 dev/prefetch_sweep.py --schemes w8a8-int8 --mb 0 --attention sdpa,kernel1,kernel2 --json $OUT/attn.jsonl
-    python3 dev/prefetch_sweep.py --schemes w4a16 --mb 0 --silu pdl --gated-x 0,1,0,1 --json $OUT/gated.jsonl
 """
 
 from __future__ import annotations
@@ -49,8 +48,6 @@ def main() -> None:
     ap.add_argument("--attention", default=decode_attention.BACKEND, help="the decode attention: sdpa, kernel "
                     "(qtool_kernels.attention.VARIANT), kernel1 (online softmax), kernel2 (two passes); "
                     "comma-separated")
-    ap.add_argument("--gated-x", default=str(int(mlp.GATED_X)), help="values of qtool_kernels.mlp.GATED_X to run (1: "
-                    "the down projection's ring GEMV stages silu(gate) * up itself); comma-separated, each run")
     ap.add_argument("--batch-sizes", default="1,16")
     ap.add_argument("--decode-tokens", type=int, default=32)
     ap.add_argument("--budget", type=float, default=1e9, help="seconds; no new measurement starts after it")
@@ -79,17 +76,15 @@ def main() -> None:
         quantize_model(model, Recipe.single(preset(scheme), "rtn"), device="cuda", progress=False)
         _fuse(model, (True, False), f"{args.config} {scheme}")
         pdl_modes = args.gemv_pdl.split(",")[:None if scheme in EIGHT_BIT else 1]
-        settings = [(mb, sw, si, gp, at, gx) for mb in args.mb.split(",") for sw in args.swiglu.split(",")
-                    for si in args.silu.split(",") for gp in pdl_modes for at in args.attention.split(",")
-                    for gx in args.gated_x.split(",")]
-        for mb, swiglu, silu, gemv_pdl, attn, gated_x in settings:
+        settings = [(mb, sw, si, gp, at) for mb in args.mb.split(",") for sw in args.swiglu.split(",")
+                    for si in args.silu.split(",") for gp in pdl_modes for at in args.attention.split(",")]
+        for mb, swiglu, silu, gemv_pdl, attn in settings:
             if time.time() - start > args.budget:
                 emit({"scheme": scheme, "mb": mb, "swiglu": swiglu, "silu": silu, "gemv_pdl": gemv_pdl,
-                      "attention": attn, "gated_x": int(gated_x), "skipped": "budget"})
+                      "attention": attn, "skipped": "budget"})
                 continue
             decode_attention.BACKEND = "sdpa" if attn == "sdpa" else "kernel"
             attention.VARIANT = int(attn[len("kernel"):] or default_variant) if attn.startswith("kernel") else 0
-            mlp.GATED_X = bool(int(gated_x))
             tuning.GEMV_PDL = gemv_pdl
             os.environ[PREFETCH_MB_ENV] = mb
             scaled_mm.SWIGLU_GEMV_MAX_M = int(swiglu)
@@ -101,7 +96,7 @@ def main() -> None:
             result = bench_model(model, **opts)
             ratios = compare(base, result) if base is not None else {}
             emit({"scheme": scheme, "mb": float(mb), "swiglu": int(swiglu), "silu": silu, "gemv_pdl": gemv_pdl,
-                  "attention": attn, "gated_x": int(gated_x), "seconds": round(time.time() - t, 1),
+                  "attention": attn, "seconds": round(time.time() - t, 1),
                   **{f"steps_bs{d.batch_size}": d.step_tokens_per_s for d in result.decode},
                   **{k: round(v, 4) for k, v in ratios.items() if k.startswith("decode_steps")}})
         del model

@@ -45,9 +45,6 @@ KERNEL_BITS = (2, 3, 4, 8)  # code widths the kernel layout stores natively
 LOW_BITS = (2, 3)  # 128-k chunks: 8 subtiles per lane, so at least 32 k per group (4 groups per chunk)
 # The raw ops keep a `str activation` epilogue argument in their C++ schema; qtool only ever passes this.
 EPILOGUE = "none"
-# Added to wo_gemv's variant: x is a gated MLP's [gate | up], the GEMV multiplies silu(gate) * up (csrc/wo_kernels.h,
-# kGatedXFlag; qtool_kernels/mlp.py gated_down_linear).
-GATED_X_FLAG = 32
 KERNEL_DTYPES = (torch.float16, torch.bfloat16)  # the activation dtypes every kernel takes
 
 
@@ -257,12 +254,10 @@ class ReferenceOps:
     @staticmethod
     def wo_gemv(x, qweight, scale, zero, bias, num_bits, group_size, out_features, activation, prefetch=None,
                 variant=0):
-        # prefetch (an L2 hint for the next layer's weight in the CUDA kernel) and variant's launch shape change
-        # nothing here; variant + GATED_X_FLAG: x = [gate | up] of a gated MLP
+        # prefetch (an L2 hint for the next layer's weight in the CUDA kernel) and variant (its launch
+        # shape) change nothing here
         if activation != EPILOGUE:
             raise ValueError(f"qtool's kernels run without an epilogue ({EPILOGUE!r}), got activation={activation!r}")
-        if variant & GATED_X_FLAG:
-            x = reference.silu_mul(x)
         w = dequantize_packed(qweight, scale, zero, num_bits, group_size, out_features)
         y = x.float() @ w.T
         if bias is not None:

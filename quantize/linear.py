@@ -23,7 +23,6 @@ import torch.nn.functional as F
 
 # ops declares torch.ops.qtool.*; scaled_mm registers qtool::scaled_linear's CUDA implementation.
 from qtool_kernels import binary, build, mixed_mm, ops, scaled_mm  # noqa: F401
-from qtool_kernels import mlp as kernel_mlp
 from qtool_kernels.layout import (
     KERNEL_DTYPES,
     LOW_BITS,
@@ -33,7 +32,7 @@ from qtool_kernels.layout import (
     pack_weight,
     unpack_codes,
 )
-from qtool_kernels.mlp import gated_down_linear, silu_mul
+from qtool_kernels.mlp import silu_mul
 from qtool_kernels.weight_only import packed_linear, takes_rows
 
 from .primitives import QTensor, dequantize, pack_factor, pack_int, scale_shape, unpack_int
@@ -158,14 +157,6 @@ class QuantLinear(nn.Module):
         if acts is None or acts.binary or (x.requires_grad and torch.is_grad_enabled()):
             return silu_mul(self(x))
         return self._forward_w8a8(x, swiglu=1)
-
-    def forward_silu_mul(self, h: torch.Tensor) -> torch.Tensor:
-        """self(silu_mul(h)) for h [..., 2K], a gated MLP's fused gate/up output ([gate | up]) -> [..., N]: this
-        layer as the MLP's down projection. On the ring GEMV with the product in its x staging where that serves h
-        (`cuda_gated_down`), else silu_mul and the layer."""
-        if not (h.requires_grad and torch.is_grad_enabled()) and (y := cuda_gated_down(self, h)) is not None:
-            return y
-        return self(silu_mul(h))
 
     def _forward_w8a8(self, x: torch.Tensor, swiglu: int = 0) -> torch.Tensor:
         act, w = self.scheme.input_activations, self.scheme.weights
@@ -324,19 +315,6 @@ def cuda_linear(layer: QuantLinear, x: torch.Tensor) -> torch.Tensor | None:
     if packed is None:
         return None
     return packed_linear(x, packed, layer.cuda_bias, torch.ops.qtool_cuda, getattr(layer, "cuda_prefetch", None))
-
-
-def cuda_gated_down(layer: QuantLinear, h: torch.Tensor) -> torch.Tensor | None:
-    """layer(silu_mul(h)) for h [..., 2K] on the ring GEMV with the SiLU-and-multiply in its staging
-    (qtool_kernels.mlp.gated_down_linear), or None where that does not serve this weight-only layer and input."""
-    scheme = layer.scheme
-    if (not kernel_mlp.GATED_X or not h.is_cuda or h.dtype not in KERNEL_DTYPES or scheme.input_activations is not None
-            or scheme.weights.binary or layer.dense_weight is not None or kernel_args(scheme) is None):
-        return None
-    packed = prepared_weight(layer) if torch.compiler.is_compiling() else prepare_for_cuda(layer)
-    if packed is None:
-        return None
-    return gated_down_linear(h, packed, layer.cuda_bias, torch.ops.qtool_cuda, getattr(layer, "cuda_prefetch", None))
 
 
 # --- 1-bit layers (qtool_kernels.binary) -------------------------------------------------------

@@ -9,8 +9,7 @@ once, where transformers rounds twice: at most one unit in the last place apart)
 kernel runs, launched as its PDL twin (`qtool_kernels.mlp.COMPILED_KERNEL`, `PDL`). A W8A8 gate/up layer computes
 the product itself (`QuantLinear.forward_gated`): in its GEMV's epilogue at up to `scaled_mm.SWIGLU_GEMV_MAX_M`
 tokens (per-channel int8 and E4M3 codes, `scaled_mm.SWIGLU_CODES`), so a batch-1 decode step has one kernel fewer
-per block. A weight-only down projection can take the gate/up output itself (`QuantLinear.forward_silu_mul`: its ring
-GEMV stages silu(gate) * up, `qtool_kernels.mlp.GATED_X`, off until measured).
+per block.
 
 Which modules: the classes of `GATED_MLPS` (architecture knowledge as data: their projection names) whose
 activation is SiLU and whose gate and up projections can run as one layer (`fusion.incompatibility`). Like
@@ -50,12 +49,8 @@ class GatedMLP(nn.Module):
         self.register_state_dict_pre_hook(refuse_state_dict)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate_up = self.gate_up_proj
-        if isinstance(gate_up, QuantLinear) and gate_up.scheme.input_activations is not None:
-            return self.down_proj(gate_up.forward_gated(x))  # W8A8: the product in the gate/up GEMV's epilogue
-        h = gate_up(x)
-        fused = getattr(self.down_proj, "forward_silu_mul", None)  # a QuantLinear: in the down GEMV's x staging
-        return fused(h) if fused is not None else self.down_proj(silu_mul(h))
+        gated = getattr(self.gate_up_proj, "forward_gated", None)  # a QuantLinear: W8A8 fuses the product
+        return self.down_proj(gated(x) if gated is not None else silu_mul(self.gate_up_proj(x)))
 
 
 def _is_silu(module: nn.Module) -> bool:

@@ -1,7 +1,5 @@
 // PyTorch bindings of the weight-only kernels (and the gated MLP's silu_mul), as ops in the `qtool_cuda` namespace:
-//   torch.ops.qtool_cuda.wo_gemv      tensor-core GEMV, 1 <= m <= 8, or 32 with variant 3 (2-, 3-, 4-, 8-bit);
-//                                     variant + 32: x a gated MLP's [gate | up], silu(gate) * up multiplied
-//                                     (4-bit, g >= 64, variants 1-2)
+//   torch.ops.qtool_cuda.wo_gemv      tensor-core GEMV, 1 <= m <= 8, or 32 with variant 3 (2-, 3-, 4-, 8-bit)
 //   torch.ops.qtool_cuda.wo_gemm      tensor-core GEMM, any m (best for small to moderate m)
 //   torch.ops.qtool_cuda.wo_gemm_v3   tensor-core GEMM for small m (5..64), deep weight stream, sm_90 clusters
 //   torch.ops.qtool_cuda.dequant_int  dense [n, k_padded] weight for cuBLAS at large m (2-, 3-, 4-, 8-bit)
@@ -98,13 +96,11 @@ void check_gemm_bits(const char* op, int64_t num_bits) {
 }
 
 // Checks x and bias against the weight and fills everything but y and workspace.
-// x_halves 2: x is a gated MLP's [gate | up], [m, 2 k_padded] (wo_gemv's gated x).
 WoProblem make_problem(const char* op, const at::Tensor& x, const PackedWeightView& w, const at::Tensor& qweight,
-                       const std::optional<at::Tensor>& bias, at::Tensor& bias_f32, const std::string& activation,
-                       int x_halves = 1) {
-  TORCH_CHECK(x.device() == qweight.device() && x.dim() == 2 && x.size(1) == x_halves * w.k_padded &&
-              x.is_contiguous(), op, ": x must be contiguous [m, ", x_halves == 2 ? "2 * " : "", "k_padded=", w.k_padded,
-              "] on ", qweight.device(), ", got ", x.sizes(), " on ", x.device());
+                       const std::optional<at::Tensor>& bias, at::Tensor& bias_f32, const std::string& activation) {
+  TORCH_CHECK(x.device() == qweight.device() && x.dim() == 2 && x.size(1) == w.k_padded && x.is_contiguous(), op,
+              ": x must be contiguous [m, k_padded=", w.k_padded, "] on ", qweight.device(), ", got ", x.sizes(),
+              " on ", x.device());
   TORCH_CHECK(reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0, op,
               ": x must be 16-byte aligned (a fresh tensor, not an offset view)");
   if (bias.has_value()) {
@@ -123,24 +119,15 @@ at::Tensor wo_gemv(const at::Tensor& x, const at::Tensor& qweight, const at::Ten
                    int64_t group_size, int64_t out_features, const std::string& activation,
                    const std::optional<at::Tensor>& prefetch, int64_t variant) {
   const PackedWeightView w = check_weight("wo_gemv", qweight, scale, zero, num_bits, group_size, out_features);
-  TORCH_CHECK(variant >= 0 && variant < 2 * kGatedXFlag && variant % kPdlFlag <= 3, "wo_gemv: variant must be 0 "
-              "(default), 1 (lean), 2 (wide) or 3 (stream), plus 16 for a static weight and 32 for a gated x, got ",
-              variant);
-  const bool gated = variant & kGatedXFlag;  // + kGatedXFlag: x = [gate | up] (wo_kernels.h)
-  const bool pdl = variant & kPdlFlag;       // + kPdlFlag: a static weight
-  variant %= kPdlFlag;
+  const bool pdl = variant >= kPdlFlag;  // + kPdlFlag: a static weight (wo_kernels.h)
+  if (pdl) variant -= kPdlFlag;
+  TORCH_CHECK(variant >= 0 && variant <= 3, "wo_gemv: variant must be 0 (default), 1 (lean), 2 (wide) or 3 (stream), "
+              "plus 16 for a static weight, got ", variant + (pdl ? kPdlFlag : 0));
   at::Tensor bias_f32;
-  WoProblem p = make_problem("wo_gemv", x, w, qweight, bias, bias_f32, activation, gated ? 2 : 1);
+  WoProblem p = make_problem("wo_gemv", x, w, qweight, bias, bias_f32, activation);
   const int max_tokens = variant == 3 ? kMaxStreamTokens : kMaxGemvTokens;
   TORCH_CHECK(p.m <= max_tokens, "wo_gemv: at most ", max_tokens, " tokens with variant ", variant, ", got x ",
               x.sizes());
-  // 4-bit codes, one group per 64-k chunk (g >= 64 or per channel), the lean / wide launch, x staged
-  TORCH_CHECK(!gated || (num_bits == 4 && (group_size < 0 || group_size >= 64) && (variant == 1 || variant == 2) &&
-                         wo_gemv_stages_gated_x(p.m, w.k_padded)),
-              "wo_gemv: a gated x runs 4-bit weights with groups of >= 64 (or per channel) on variant 1 or 2 with x "
-              "staged in ", kXsMaxBytes, " bytes of shared memory; got num_bits ", num_bits, ", group_size ",
-              group_size, ", variant ", variant, " and x ", x.sizes());
-  p.gated_x = gated;
   at::Tensor y = at::empty({x.size(0), out_features}, x.options());
   if (p.m == 0) return y;
   const c10::cuda::CUDAGuard guard(x.device());

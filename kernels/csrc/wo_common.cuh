@@ -183,21 +183,6 @@ __device__ inline void store(__half* y, float v) { *y = __float2half_rn(v); }
 __device__ inline float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
 __device__ inline float to_float(__half v) { return __half2float(v); }
 
-// A gated MLP's SiLU-and-multiply of one element pair, in float32 (silu_mul.cu; the ring GEMV's gated x staging).
-__device__ inline float silu_times(float g, float u) { return g / (1.0f + expf(-g)) * u; }
-
-// silu(g) * u of 8 fp16 / bf16 elements (16 bytes of gate, 16 of up), each rounded once.
-template <typename T>
-__device__ inline uint4 silu_mul_words(const uint4& gv, const uint4& uv, T) {
-  uint4 out;
-#pragma unroll
-  for (int j = 0; j < 4; ++j) {  // one 32-bit word = two elements
-    const float2 g = pair_to_float2((&gv.x)[j], T{}), u = pair_to_float2((&uv.x)[j], T{});
-    (&out.x)[j] = float2_to_pair(silu_times(g.x, u.x), silu_times(g.y, u.y), T{});
-  }
-  return out;
-}
-
 // --- epilogue ------------------------------------------------------------------------------
 __device__ inline float activate(float v,            // the biased output
                                  Activation act) {  // which function

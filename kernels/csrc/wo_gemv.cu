@@ -46,6 +46,8 @@ constexpr int kWarps = 8;  // warps per block, all on the same stripe, splitting
 // same change at 1.23x -> 1.62x bf16 (4096 x 4096, one token).
 constexpr int kWideWarps = 16;
 
+constexpr int kXsMaxBytes = 96 << 10;  // the most x staged (wo_xstage.cuh says why staged)
+
 // The most x bytes staged in shared memory: kXsMaxBytes, or QTOOL_GEMV_XS_MAX (read once: this is decode's hottest
 // launch) for an A/B. Session 26's profile of the wide ring GEMV on 14336 x 4096 at one token put 17% of its stall
 // samples on the barrier after the whole of x is staged (kernels/NOTES.md); 0 sends every call to the path that reads
@@ -78,10 +80,9 @@ constexpr int batch_chunks() {
 template <typename T,    // activation and output type: __half or __nv_bfloat16
           int BITS,      // weight code width: 2, 3, 4 or 8
           int GPC,       // groups per chunk: 1 (group >= chunk_k or per channel), 2 or 4
-          bool XS,       // x staged in shared memory in fragment order (dynamic: m * wo_xs_row_words(k_padded) words)
+          bool XS,       // x staged in shared memory in fragment order (dynamic: m * xs_row_words(k_padded) words)
           bool LEAN,     // gemv_variant 1: 4 blocks per SM (see batch_chunks)
-          int WARPS = kWarps,  // gemv_variant 2: 16 warps in the lean budget, 2 blocks per SM (kWideWarps)
-          bool GATED = false>  // p.gated_x: x = [gate | up], silu(gate) * up staged (wo_xstage.cuh)
+          int WARPS = kWarps>  // gemv_variant 2: 16 warps in the lean budget, 2 blocks per SM (kWideWarps)
 __global__ void __launch_bounds__(WARPS * 32, LEAN ? 4 * kWarps / WARPS : 1) wo_gemv_kernel(const WoProblem p) {
   extern __shared__ uint4 xs_dyn[];  // XS only
   constexpr int SUB = chunk_subtiles(BITS);  // 16x16 subtiles per chunk
@@ -144,8 +145,8 @@ __global__ void __launch_bounds__(WARPS * 32, LEAN ? 4 * kWarps / WARPS : 1) wo_
   for (int u = 0; u < BATCH; ++u) load_next(u);
   pdl_wait_then_release();  // x, bias and y only past this point (pdl.cuh)
   if constexpr (XS) {
-    stage_x_fragment_order<T, SUB, WARPS, GATED>(p, xs_dyn);
-    x = reinterpret_cast<const uint32_t*>(xs_dyn) + (g < p.m ? g : 0) * wo_xs_row_words(p.w.k_padded) + t * 2 * SUB;
+    stage_x_fragment_order<SUB, WARPS>(p, xs_dyn);
+    x = reinterpret_cast<const uint32_t*>(xs_dyn) + (g < p.m ? g : 0) * xs_row_words(p.w.k_padded) + t * 2 * SUB;
   } else {
     x = opaque(static_cast<const uint32_t*>(p.x)) + (g < p.m ? g : 0) * (p.w.k_padded / 2) + t;
   }
@@ -226,12 +227,12 @@ __global__ void __launch_bounds__(WARPS * 32, LEAN ? 4 * kWarps / WARPS : 1) wo_
   }
 }
 
-template <typename T, int BITS, int GPC, bool XS, bool LEAN = false, int WARPS = kWarps, bool GATED = false>
+template <typename T, int BITS, int GPC, bool XS, bool LEAN = false, int WARPS = kWarps>
 void launch_variant(const WoProblem& p,     // the problem
                     int smem,               // dynamic shared memory bytes (XS: the staged x)
                     cudaStream_t stream) {  // the caller's stream
   const dim3 grid(p.w.n_padded / kStripeRows), block(WARPS * 32);
-  auto* kernel = wo_gemv_kernel<T, BITS, GPC, XS, LEAN, WARPS, GATED>;
+  auto* kernel = wo_gemv_kernel<T, BITS, GPC, XS, LEAN, WARPS>;
   // Above 48 KB in all (the static partial sums count too) a kernel must opt in; cheap, per device, every time.
   constexpr int kStaticBytes = WARPS * kStripeRows * kMaxGemvTokens * 4;  // wo_gemv_kernel's `partial`
   if (smem + kStaticBytes > (48 << 10)) {
@@ -248,15 +249,9 @@ void launch_typed(const WoProblem& p,     // the problem, 1 <= p.m <= kMaxGemvTo
   // >= min_group = 16 (32 for 2-, 3-bit) k (ops.cpp), so at most 4 per chunk.
   constexpr int chunk_shift = BITS == 8 ? 5 : BITS == 4 ? 6 : 7;
   const int gpc = p.w.group_shift >= chunk_shift ? 1 : 1 << (chunk_shift - p.w.group_shift);
-  const int xs_bytes = p.m * wo_xs_row_words(p.w.k_padded) * 4;
+  const int xs_bytes = p.m * xs_row_words(p.w.k_padded) * 4;
   const bool xs = xs_bytes <= xs_max_bytes();  // else the v2 path: x read from global memory
-  if (p.gated_x) {  // 4-bit, one group per chunk, the lean / wide launch, x within kXsMaxBytes: ops.cpp checked each;
-    // staged whatever QTOOL_GEMV_XS_MAX says (an A/B knob for plain x)
-    if constexpr (BITS == 4) {
-      p.gemv_variant == 2 ? launch_variant<T, BITS, 1, true, true, kWideWarps, true>(p, xs_bytes, stream)
-                          : launch_variant<T, BITS, 1, true, true, kWarps, true>(p, xs_bytes, stream);
-    }
-  } else if (gpc == 1 && p.gemv_variant == 2) {
+  if (gpc == 1 && p.gemv_variant == 2) {
     xs ? launch_variant<T, BITS, 1, true, true, kWideWarps>(p, xs_bytes, stream)
        : launch_variant<T, BITS, 1, false, true, kWideWarps>(p, 0, stream);
   } else if (gpc == 1 && p.gemv_variant == 1) {

@@ -91,27 +91,9 @@ struct WoProblem {
   // run before the kernel before it has finished. Only for weights no kernel writes while they are in use (the
   // op's variant + kPdlFlag, which kernels/weight_only.py passes for prepared layers).
   bool pdl = false;
-  // wo_gemv's ring GEMV only (4-bit, one group per chunk, variants 1-2): x holds [m, 2 k_padded] = [gate | up], a
-  // gated MLP's fused gate/up output, and the staged x is silu(gate) * up in float32 rounded once, as silu_mul.cu
-  // computes it: the down projection without the SiLU-and-multiply kernel before it (qtool_kernels/mlp.py,
-  // gated_down_linear).
-  bool gated_x = false;
 };
 // Added to wo_gemv's variant argument: the weight is static (prepared), PDL allowed.
 constexpr int kPdlFlag = 16;
-// Added to wo_gemv's variant argument: x is a gated MLP's [gate | up] (WoProblem::gated_x).
-constexpr int kGatedXFlag = 32;
-// The most shared memory the ring GEMV stages x in (wo_xstage.cuh says why staged); a gated x must fit.
-constexpr int kXsMaxBytes = 96 << 10;
-// Staged rows are padded by 4 words: token g's row then starts in bank 4g, and the 16-byte B loads of a quarter warp
-// (two token rows, lanes t = 0..3) fall in distinct banks.
-constexpr int kWoXsPadWords = 4;
-constexpr int wo_xs_row_words(int k_padded) { return k_padded / 2 + kWoXsPadWords; }
-// Whether the ring GEMV takes a gated x of m tokens at this k_padded (ops.cpp checks it; qtool_kernels/mlp.py
-// mirrors it as GATED_STAGE_MAX_BYTES).
-constexpr bool wo_gemv_stages_gated_x(int m, int k_padded) {
-  return static_cast<long long>(m) * wo_xs_row_words(k_padded) * 4 <= kXsMaxBytes;
-}
 
 // Tensor-core GEMV for 1 <= m <= kMaxGemvTokens (wo_gemv.cu): one 16-row stripe per block, x staged in
 // shared memory, a ring of loads (gemv_variant 0, 1, 2).

@@ -14,66 +14,26 @@ namespace qtool {
 // arrived stalled each warp once per chunk on an L2 round trip (L1 hit rate 18-31%, 0.2-0.8
 // eligible warps per scheduler, DRAM at 7-53% of peak), so the kernel was latency-bound on x; on the H200
 // (session 27, `dev/gemv_xs_ab.py`) the L1 path ran 4096 x 28672 at one token at 2.08x bf16 against 2.56x staged.
-// Rows are padded (wo_kernels.h, wo_xs_row_words).
+// Rows are padded by 4 words: token g's row then starts in bank 4g, and the 16-byte B loads of a
+// quarter warp (two token rows, lanes t = 0..3) fall in distinct banks.
+constexpr int kXsPadWords = 4;
+
+__host__ __device__ constexpr int xs_row_words(int k_padded) { return k_padded / 2 + kXsPadWords; }
 
 // x staged in fragment order (session 27): word q = 8j + t + 4h of a chunk's x row (subtile j, B register h of lane t) is
 // stored at t * 2 * SUB + 2j + h, so lane t finds its B registers for the whole chunk in 2 * SUB consecutive words
 // and reads them with SUB / 2 16-byte loads instead of 2 * SUB 4-byte ones. A 16-byte vector of x (words 4a ..
 // 4a + 3 of its chunk) then lands at a, a + 2 * SUB, a + 4 * SUB, a + 6 * SUB.
 // The m rows go through registers: R 16-byte loads per thread in flight, then their words stored (a 4-byte cp.async
-// per word would take four copies per vector). Rows keep wo_xs_row_words' padding, so the B loads of 8 token rows
+// per word would take four copies per vector). Rows keep xs_row_words' padding, so the B loads of 8 token rows
 // stay conflict-free.
-// A gated x (p.gated_x: rows [gate | up] of 2 k_padded) stages silu(gate) * up instead, computed in float32 and
-// rounded once (silu_mul.cu's arithmetic, so the product equals silu_mul's output bit for bit); R = 2 gate / up pairs
-// in flight keep the registers of the plain path's 4 loads.
-template <typename T, int SUB, int WARPS,  // activation type; 16x16 subtiles per chunk; warps per block
-          bool GATED = false>               // p.gated_x (its own instantiations: the branch cost the plain ones registers)
-__device__ inline void stage_x_fragment_order(const WoProblem& p,  // x: [m, k_padded] (gated: [m, 2 k_padded])
-                                              uint4* xs) {         // out: m * wo_xs_row_words(k_padded) words
-  constexpr unsigned CV = 2 * SUB, THREADS = WARPS * 32;  // 16-byte vectors per chunk
-  const unsigned vecs = p.w.k_padded / 8, total = p.m * vecs, row_words = wo_xs_row_words(p.w.k_padded);
+template <int SUB, int WARPS>  // 16x16 subtiles per chunk; warps per block
+__device__ inline void stage_x_fragment_order(const WoProblem& p,  // x: [m, k_padded], rows contiguous
+                                              uint4* xs) {         // out: m * xs_row_words(k_padded) words
+  constexpr unsigned CV = 2 * SUB, R = 4, THREADS = WARPS * 32;  // 16-byte vectors per chunk; loads in flight
+  const unsigned vecs = p.w.k_padded / 8, total = p.m * vecs, row_words = xs_row_words(p.w.k_padded);
   const uint4* xg = opaque(static_cast<const uint4*>(p.x));
   uint32_t* words = reinterpret_cast<uint32_t*>(xs);
-  // vector i of the staged x -> its place in shared memory, and its token (i / vecs for m <= 8, without a division)
-  auto place = [&](unsigned i, unsigned& tok) -> uint32_t* {
-    tok = 0;
-#pragma unroll 1
-    for (int j = 1; j < p.m; ++j) tok += i >= j * vecs;
-    const unsigned v = i - tok * vecs;
-    return words + tok * row_words + 4 * CV * (v / CV) + v % CV;
-  };
-  auto put = [&](uint32_t* dst, const uint4& val) {
-    dst[0] = val.x;
-    dst[2 * SUB] = val.y;
-    dst[4 * SUB] = val.z;
-    dst[6 * SUB] = val.w;
-  };
-  if constexpr (GATED) {
-    constexpr unsigned R = 2;
-    for (unsigned i0 = threadIdx.x; i0 < total; i0 += R * THREADS) {
-      uint4 gv[R], uv[R];
-      uint32_t* dst[R];
-#pragma unroll
-      for (unsigned r = 0; r < R; ++r) {
-        const unsigned i = i0 + r * THREADS;
-        if (i < total) {
-          unsigned tok;
-          dst[r] = place(i, tok);
-          // token tok's row holds 2 vecs vectors: its gate vector v = i - tok * vecs at tok * 2 vecs + v, i.e.
-          // tok * vecs + i, and the matching up vector k_padded elements (vecs vectors) further
-          const uint4* row = xg + tok * vecs;
-          gv[r] = __ldg(row + i);
-          uv[r] = __ldg(row + i + vecs);
-        }
-      }
-#pragma unroll
-      for (unsigned r = 0; r < R; ++r) {
-        if (i0 + r * THREADS < total) put(dst[r], silu_mul_words(gv[r], uv[r], T{}));
-      }
-    }
-    return;
-  }
-  constexpr unsigned R = 4;  // loads in flight
   for (unsigned i0 = threadIdx.x; i0 < total; i0 += R * THREADS) {
     uint4 val[R];
 #pragma unroll
@@ -84,8 +44,15 @@ __device__ inline void stage_x_fragment_order(const WoProblem& p,  // x: [m, k_p
     for (unsigned r = 0; r < R; ++r) {
       const unsigned i = i0 + r * THREADS;
       if (i < total) {
-        unsigned tok;
-        put(place(i, tok), val[r]);
+        unsigned tok = 0;  // i / vecs for m <= 8 tokens, without a division
+#pragma unroll 1
+        for (int j = 1; j < p.m; ++j) tok += i >= j * vecs;
+        const unsigned v = i - tok * vecs;
+        uint32_t* dst = words + tok * row_words + 4 * CV * (v / CV) + v % CV;
+        dst[0] = val[r].x;
+        dst[2 * SUB] = val[r].y;
+        dst[4 * SUB] = val[r].z;
+        dst[6 * SUB] = val[r].w;
       }
     }
   }
