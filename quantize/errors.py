@@ -102,21 +102,43 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     typer.echo(f"warning: {message}", err=True)
 
 
+_received: list[int] = []  # the signals handled inside signals_as_interrupts, newest last
+
+
+def check_interrupted() -> None:
+    """Raise again for a SIGINT / SIGTERM already handled in this command. A handler's exception is lost
+    where it lands in code that swallows exceptions (a finalizer, a library's `except BaseException`);
+    waits that could outlast the signal (quantize.writer's) call this, so the run still stops."""
+    if _received:
+        raise Terminated if _received[-1] == signal.SIGTERM else KeyboardInterrupt
+
+
 @contextmanager
 def signals_as_interrupts() -> Iterator[None]:
-    """Within the block, SIGTERM raises `Terminated` (a KeyboardInterrupt) in the main thread."""
+    """Within the block, SIGTERM raises `Terminated` (a KeyboardInterrupt) in the main thread, SIGINT
+    KeyboardInterrupt (unless it is ignored, as in a background job), and both are recorded for
+    check_interrupted."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def terminate(signum, frame):
+        _received.append(signum)
         raise Terminated
 
-    previous = signal.signal(signal.SIGTERM, terminate)
+    def interrupt(signum, frame):
+        _received.append(signum)
+        raise KeyboardInterrupt
+
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, terminate)}
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, interrupt)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        _received.clear()
 
 
 def _exit_for(err: BaseException) -> int:

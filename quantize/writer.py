@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,39 +32,52 @@ from safetensors.torch import load_file, save_file
 
 from .checkpoint import CheckpointError, write_index, write_metadata
 from .destination import publish, remove_stale
+from .errors import check_interrupted
 
 STATE_NAME = "progress.json"
 SETTLE_SECONDS = 10.0
+POLL_SECONDS = 0.5  # how often a wait checks for a signal whose exception was lost
 _META = {"format": "pt", "producer": "qtool"}
 
 
 class Background:
-    """One job at a time on a daemon thread; its exception is raised by the next wait."""
+    """One job at a time on a daemon thread; its exception is raised by the next wait.
+
+    Waits poll an Event rather than join the thread: a signal's exception that was lost (see
+    errors.check_interrupted) still ends them, and on Python 3.11 an interrupted join() marks a thread that
+    is still running as stopped (bpo-45274's fix), which the next wait would take for a finished job."""
 
     def __init__(self) -> None:
-        self._thread: threading.Thread | None = None
+        self._done: threading.Event | None = None
         self._error: BaseException | None = None
 
     def start(self, fn, *args) -> None:
         self.wait()
+        done = self._done = threading.Event()
 
         def run() -> None:
             try:
                 fn(*args)
             except BaseException as err:  # noqa: BLE001  (handed to the waiting thread)
                 self._error = err
+            finally:
+                done.set()
 
-        self._thread = threading.Thread(target=run, name="qtool-write", daemon=True)
-        self._thread.start()
+        threading.Thread(target=run, name="qtool-write", daemon=True).start()
 
-    def wait(self, timeout: float | None = None) -> None:
-        """Until the job is done (at most `timeout` seconds); raises its exception."""
-        thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
-            if thread.is_alive():
+    def wait(self, timeout: float | None = None, *, interruptible: bool = True) -> None:
+        """Until the job is done (at most `timeout` seconds); raises its exception. interruptible=False for
+        the cleanup after a signal, which must not raise that signal again."""
+        done = self._done
+        if done is None:
+            return
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not done.wait(POLL_SECONDS if deadline is None else min(POLL_SECONDS, deadline - time.monotonic())):
+            if interruptible:
+                check_interrupted()
+            if deadline is not None and time.monotonic() >= deadline:
                 return
-            self._thread = None
+        self._done = None
         error, self._error = self._error, None
         if error is not None:
             raise error
@@ -135,7 +149,7 @@ class ShardWriter:
         A write still going is abandoned with the process (the thread is a daemon): its shard is a .tmp file
         and progress.json does not count it."""
         try:
-            self._writing.wait(SETTLE_SECONDS)
+            self._writing.wait(SETTLE_SECONDS, interruptible=False)
         except Exception:  # noqa: BLE001
             pass
 

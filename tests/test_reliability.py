@@ -9,6 +9,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -33,7 +35,8 @@ def error_lines(output: str) -> list[str]:
 # --- signals: SIGTERM like SIGINT; what SIGKILL leaves is removed by the next run ------------------
 
 SLOW_WRITE = """
-import sys, time
+import faulthandler, signal, sys, time
+faulthandler.register(signal.SIGUSR1, all_threads=True)  # _communicate's stacks of a run that did not stop
 import quantize.checkpoint as checkpoint
 import quantize.writer as writer
 
@@ -42,7 +45,7 @@ real = checkpoint.save_file
 def slow(tensors, path, metadata=None):
     real(tensors, path, metadata=metadata)
     print("WRITING", flush=True)
-    time.sleep(120)
+    time.sleep(600)
 
 checkpoint.save_file = slow
 writer.save_file = slow  # the streamed path (quantize/writer.py): its partial directory is for --resume
@@ -67,6 +70,20 @@ def _start_slow_write(tmp_path: Path, model: Path, out: Path, *extra: str) -> su
     pytest.fail(f"the run ended before writing: {proc.stderr.read()[-2000:]}")
 
 
+def _communicate(proc: subprocess.Popen, timeout: float = 60) -> str:
+    """The stopped run's stderr; if it is still running after `timeout` s, fail with its threads' stacks."""
+    try:
+        return proc.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR1)
+        try:
+            stderr = proc.communicate(timeout=10)[1]
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            stderr = proc.communicate()[1]
+        pytest.fail(f"the run did not stop within {timeout} s of the signal; its stacks:\n{stderr[-6000:]}")
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 @pytest.mark.parametrize("existing", [False, True])
 def test_signal_during_write_leaves_nothing_partial(tiny_model_dir, tmp_path, signum, existing):
@@ -77,7 +94,7 @@ def test_signal_during_write_leaves_nothing_partial(tiny_model_dir, tmp_path, si
     proc = _start_slow_write(tmp_path, tiny_model_dir, out, *(["--overwrite"] if existing else []))
     assert leftovers(tmp_path) or (tmp_path / ".out.partial").is_dir()  # the folder being written exists
     proc.send_signal(signum)
-    _, stderr = proc.communicate(timeout=60)
+    stderr = _communicate(proc)
     assert proc.returncode == 128 + signum, stderr
     assert "Traceback" not in stderr and len(error_lines(stderr)) == 1, stderr
     assert not leftovers(tmp_path)
@@ -87,11 +104,37 @@ def test_signal_during_write_leaves_nothing_partial(tiny_model_dir, tmp_path, si
         assert not out.exists()
 
 
+def test_a_lost_signal_still_ends_the_wait_for_a_write():
+    """A handler's exception raised where a library swallows it must not leave the run waiting on its
+    writer thread (or going on): the next wait raises it again; the cleanup's wait does not."""
+    from quantize.errors import Terminated, signals_as_interrupts
+    from quantize.writer import Background
+
+    release = threading.Event()
+    job = Background()
+    with signals_as_interrupts():
+        job.start(release.wait, 30)
+        try:
+            signal.raise_signal(signal.SIGTERM)
+        except BaseException:  # noqa: BLE001  (a library swallowing the handler's exception)
+            pass
+        start = time.monotonic()
+        with pytest.raises(Terminated):
+            job.wait()
+        assert time.monotonic() - start < 5  # not the job's 30 s
+        job.wait(0.2, interruptible=False)  # the cleanup's wait: returns at its timeout, the job still running
+        assert time.monotonic() - start < 5
+        release.set()
+        job.wait(interruptible=False)
+    job.start(release.wait, 30)
+    job.wait()  # outside the command: nothing recorded, the finished job's wait returns
+
+
 def test_next_run_removes_what_sigkill_left(tiny_model_dir, tmp_path):
     out = tmp_path / "out"
     proc = _start_slow_write(tmp_path, tiny_model_dir, out, "--format", "compressed-tensors")  # an eager write
     proc.kill()
-    proc.communicate(timeout=60)
+    _communicate(proc)
     left = leftovers(tmp_path)
     assert len(left) == 1 and not out.exists()
     res = run("quantize", tiny_model_dir, "--output", out, "--group-size", "32")
