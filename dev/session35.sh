@@ -2,7 +2,8 @@
 # The next session's device calls, prepared in session 34 (no device time; nvidia-h200, carry [".gpu/w8a8",
 # ".gpu/ext"]; `bash dev/prebuild_ext.sh` after any change under kernels/csrc, else gpu_setup.sh builds, ~50 s).
 # First, here: `git merge fold-lean` (or `git apply dev/fold_lean.patch` where that branch is gone), then
-# `bash dev/prebuild_ext.sh`; keep the change only if w8tests pass and profile / e2e show no loss.
+# `rm -rf .gpu/ext && mv .gpu/ext_fold .gpu/ext` (prebuilt for it in session 34, stamp cf39333379c31dc6801b; else
+# `bash dev/prebuild_ext.sh`); keep the change only if w8tests pass and profile / e2e show no loss.
 #   call 1: bash dev/session35.sh w8tests profile e2e   (~8 min: session 34's leaner folded w8_gemv, unmeasured:
 #           its tests, fp8-block's decode step against fp8's, the four schemes end to end)
 #   call 2 (if time is left): bash dev/session35.sh ncuw8   (ncu of fp8 and fp8-block's one-token w8_gemv)

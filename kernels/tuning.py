@@ -97,6 +97,10 @@ def _table(name: str) -> dict:
 
 
 _nearest: dict[tuple, tuple] = {}  # (kind, k, n, table) -> ((shape, first, last batch), ...)
+_looked_up: dict[tuple, str | None] = {}  # lookup's arguments -> its answer
+_schedules: dict[tuple, dict | str] = {}  # (bits, k_padded, n, m, group) -> mixed_schedule's answer
+SCHEDULES_MAX = 4096  # answers kept per memo (a distinct batch size per shape each; an eager prefill of many
+# lengths adds): past it the memo starts over
 
 
 @torch.compiler.assume_constant_result  # torch.compile calls it once while tracing and keeps the answer
@@ -126,13 +130,27 @@ def _nearest_shape(kind: int | str, k: int, n: int, m: int, table: str) -> tuple
 
 
 def clear_cache() -> None:
-    """Forget the nearest shapes found so far (after a table is replaced)."""
+    """Forget the nearest shapes and the schedules found so far (after a table is replaced)."""
     _nearest.clear()
+    _looked_up.clear()
+    _schedules.clear()
 
 
 def lookup(table: str, kind: int | str, k: int, n: int, m: int, within: bool = False) -> str | None:
     """The measured route of `table` ("mixed" or "w8a8") for m tokens of a `kind` (bits, or "fp8" / "int8")
-    K x N weight; None where nothing was measured, or, when `within`, for m outside the measured batches."""
+    K x N weight; None where nothing was measured, or, when `within`, for m outside the measured batches. Kept
+    per argument tuple like mixed_schedule's answers (an eager W8A8 call paid ~3.5 us for the walk)."""
+    key = (table, kind, k, n, m, within)
+    if torch.compiler.is_compiling():
+        return _lookup(*key)
+    if key not in _looked_up:
+        if len(_looked_up) >= SCHEDULES_MAX:
+            _looked_up.clear()
+        _looked_up[key] = _lookup(*key)
+    return _looked_up[key]
+
+
+def _lookup(table: str, kind: int | str, k: int, n: int, m: int, within: bool) -> str | None:
     shape = _nearest_shape(kind, k, n, m, table)
     if shape is None:
         return None
@@ -173,6 +191,26 @@ def fit(schedule: dict, m: int, group: int, k_padded: int) -> dict:
         return schedule
     except ValueError:
         return {"ktile": 64, "token_tile": max(32, schedule["token_tile"]), "variant": 0, "split": schedule["split"]}
+
+
+def mixed_schedule(bits: int, k_padded: int, n: int, m: int, group: int) -> dict | str:
+    """The Hopper copy's route for m tokens of a bits-wide [n, k_padded] weight with `group`: the measured route
+    fitted to the weight (`fit`), "wo_gemm" / "dequant" as measured, or the plain schedule where nothing was. Kept
+    per argument tuple: an eager call otherwise walks the table, parses and checks the schedule each time (~7 us of
+    the dispatcher's host time at 16-256 tokens; dev/route_cost.py). Callers must not change the returned dict."""
+    key = (bits, k_padded, n, m, group)
+    found = None if torch.compiler.is_compiling() else _schedules.get(key)
+    if found is None:
+        route = measured_route(bits, k_padded, n, m)
+        if route is None:
+            found = plain_schedule(m, group, k_padded)
+        else:
+            found = fit(route, m, group, k_padded) if isinstance(route, dict) else route
+        if not torch.compiler.is_compiling():
+            if len(_schedules) >= SCHEDULES_MAX:
+                _schedules.clear()
+            _schedules[key] = found
+    return found
 
 
 # Where w8_gemv's PDL twin runs on static weights: "rule" (gemv_pdl's measured rule) or "all" (to 8 tokens on every

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from .layout import EPILOGUE, LOW_BITS, PackedWeight, takes_rows_shape
 from .mixed_mm import mixed_linear
 from .split_mm import split_linear
-from .tuning import fit, gemv_pdl, measured_route, plain_schedule
+from .tuning import gemv_pdl, mixed_schedule, plain_schedule
 
 # wo_gemv serves up to 8 tokens (csrc/wo_kernels.h, kMaxGemvTokens). 4 is the cut-off every recorded
 # measurement ran with (BENCHMARKS.md); the 4-vs-8 A/B of kernels/NOTES.md (v3) left no result, so to
@@ -206,10 +206,7 @@ def hopper_route(w: PackedWeight, m: int, dtype: torch.dtype, bits: int | None =
     bits: the table to read (the copy's width by default)."""
     if w.mixed is None or dtype != torch.bfloat16 or m < MIXED_MIN_M[w.mixed.bits]:
         return None
-    route = measured_route(bits or w.mixed.bits, w.k_padded, w.out_features, m)
-    if route is None:  # no table for this width
-        return plain_schedule(m, w.mixed.group, w.k_padded)
-    return fit(route, m, w.mixed.group, w.k_padded) if isinstance(route, dict) else route
+    return mixed_schedule(bits or w.mixed.bits, w.k_padded, w.out_features, m, w.mixed.group)
 
 
 def route(w: PackedWeight, m: int, dtype: torch.dtype) -> dict | str:

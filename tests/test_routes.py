@@ -155,6 +155,41 @@ def test_gemv_rule_without_a_hopper_copy():
     assert route(4, 9) == route(8, 9) == ("wo_gemm",)
 
 
+def test_route_memos_answer_as_the_tables_walked_and_forget_with_clear_cache(monkeypatch):
+    """lookup and mixed_schedule keep their answers per argument tuple (an eager call's host time): each is the
+    table walk's answer at every measured shape, near and past its batches, groups that do and do not take
+    128-k stages; a replaced table is read after clear_cache; a full memo starts over."""
+    tuning.clear_cache()
+    try:
+        for (bits, k, n) in tuning.MIXED:
+            for m in (1, 16, 48, 100, 256, 5000):
+                for group in (128, 64, k):
+                    route = tuning._lookup("mixed", bits, k + 64, n, m, False)
+                    parsed = None if route is None else tuning.parse(route)
+                    want = (tuning.plain_schedule(m, group, k + 64) if parsed is None else
+                            tuning.fit(parsed, m, group, k + 64) if isinstance(parsed, dict) else parsed)
+                    for _ in range(2):  # the walk, then the memo
+                        assert tuning.lookup("mixed", bits, k + 64, n, m) == route
+                        assert tuning.mixed_schedule(bits, k + 64, n, m, group) == want
+        for (kind, k, n) in tuning.W8A8:
+            for m in (1, 9, 300, 9000):
+                for within in (False, True):
+                    want = tuning._lookup("w8a8", kind, k, n, m, within)
+                    assert tuning.lookup("w8a8", kind, k, n, m, within) == want
+                    assert tuning.lookup("w8a8", kind, k, n, m, within) == want
+        before = tuning.lookup("w8a8", "fp8", 4096, 4096, 64, within=True)  # now in the memo
+        monkeypatch.setattr(tuning, "W8A8", {("fp8", 4096, 4096): {16: "gemv", 64: "a replaced table"}})
+        tuning.clear_cache()
+        assert tuning.lookup("w8a8", "fp8", 4096, 4096, 64, within=True) == "a replaced table" != before
+        monkeypatch.setattr(tuning, "SCHEDULES_MAX", 3)
+        for m in range(1, 10):
+            tuning.lookup("w8a8", "fp8", 4096, 4096, m)
+            tuning.mixed_schedule(4, 4096, 4096, m + 16, 128)
+        assert 0 < len(tuning._looked_up) <= 3 and 0 < len(tuning._schedules) <= 3
+    finally:
+        tuning.clear_cache()
+
+
 def test_measured_schedules_are_valid():
     """Every route in kernels/tuning.py parses, and each schedule is one the libraries build at the batch
     it was measured at (group 128, and per channel for 8 bits); W8A8 routes name a kernel that takes them."""
