@@ -172,6 +172,38 @@ def test_pack_layer_serves_quantlinear(symmetric):
     assert pack_layer(QuantLinear(k, n, fp8)) is None
 
 
+def test_prepared_layout_is_kept_until_a_source_changes(monkeypatch):
+    """prepare_for_cuda keeps the packed weight it built (an eager call's host time) and builds it again when a
+    checkpoint buffer is written in place, loaded or moved (.to() forgets it at once, so the old device's copies
+    are not held); each layout computes what the layer's reference op does."""
+    monkeypatch.setattr(build, "load_extension", lambda: object())  # the stand-in library: the layout is CPU code
+    n, k, gs = 32, 256, 64
+    codes, scale, zero, _ = random_weight(n, k, 4, gs, False, act_order=False)
+    args = QuantArgs(num_bits=4, symmetric=False, strategy=Strategy.GROUP, group_size=gs)
+    layer = QuantLinear.from_qtensor(QTensor(codes, scale, zero, args), QuantScheme(weights=args), bias=torch.randn(n))
+    x = torch.randn(5, k)
+
+    def check(packed):
+        got = weight_only.packed_linear(x, packed, layer.cuda_bias, ReferenceOps)
+        torch.testing.assert_close(got, layer(x), rtol=1e-5, atol=1e-4)
+
+    first = prepare_for_cuda(layer)
+    assert prepare_for_cuda(layer) is first
+    check(first)
+    layer.weight_scale.mul_(2.0)  # in place
+    second = prepare_for_cuda(layer)
+    assert second is not first and prepare_for_cuda(layer) is second
+    check(second)
+    other = QuantLinear.from_qtensor(QTensor(*random_weight(n, k, 4, gs, False, act_order=False)[:3], args),
+                                     QuantScheme(weights=args), bias=torch.randn(n))
+    layer.load_state_dict(other.state_dict())
+    third = prepare_for_cuda(layer)
+    assert third is not second
+    check(third)
+    layer.to(torch.float64)
+    assert layer._cuda_packed is None and prepare_for_cuda(layer) is not third
+
+
 @pytest.mark.parametrize("bits,group_size", [(2, 64), (3, 128), (3, -1), (2, 32), (3, 16), (2, 16), (5, 32),
                                              (6, -1), (7, 64)])
 @pytest.mark.parametrize("symmetric", [True, False])

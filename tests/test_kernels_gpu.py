@@ -192,7 +192,7 @@ def test_gemv_prefetch_changes_nothing(kernels):
     for _ in range(3):
         assert torch.equal(compiled(h), expected)
     assert link_weight_prefetch(layers, lambda: layers(h), max_bytes=0) == 0
-    assert not any(hasattr(layer, "cuda_prefetch") for layer in layers)
+    assert all(layer.cuda_prefetch is None for layer in layers)
 
 
 @pytest.mark.parametrize("fmt", ["int8", "e4m3"])

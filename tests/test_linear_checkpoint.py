@@ -160,7 +160,7 @@ def test_call_order_follows_the_forward_pass():
                  "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
     assert order == [f"model.layers.{i}.{p}" for i in range(2) for p in per_block]
     assert link_weight_prefetch(model, lambda: model(ids)) == 0
-    assert not any(hasattr(m, "cuda_prefetch") for m in model.modules())
+    assert all(getattr(m, "cuda_prefetch", None) is None for m in model.modules())
     assert not any(m._forward_pre_hooks for m in model.modules())  # the recording hooks are gone
     torch.testing.assert_close(model(ids).logits, before, rtol=0, atol=0)
 
