@@ -4,7 +4,7 @@
 # First, here: `git merge fold-lean` (or `git apply dev/fold_lean.patch` where that branch is gone), then
 # `rm -rf .gpu/ext && mv .gpu/ext_fold .gpu/ext` (prebuilt for it in session 34, stamp cf39333379c31dc6801b; else
 # `bash dev/prebuild_ext.sh`); keep the change only if w8tests pass and profile / e2e show no loss.
-#   call 1: bash dev/session35.sh w8tests profile e2e   (~8 min: session 34's leaner folded w8_gemv, unmeasured:
+#   call 1: bash dev/session35.sh w8tests profile overhead e2e   (~9 min: session 34's leaner folded w8_gemv, unmeasured:
 #           its tests, fp8-block's decode step against fp8's, the four schemes end to end)
 #   call 2 (if time is left): bash dev/session35.sh ncuw8   (ncu of fp8 and fp8-block's one-token w8_gemv)
 #   nvidia-h200-x2 (issue 20): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 gptq8ns_1 gptq8ns_2 summary
@@ -13,6 +13,8 @@
 # profile  dev/decode_profile.py, fp8 then fp8-block, batch 1: the 128 w8_gemv launches per step (session 33: 2323.1
 #          vs 2409.5 us; fp8's kernels are unchanged, so the difference is the fold's)
 # e2e      qtool bench llama-8b at batch 1 and 16, w8a8-int8 fp8 fp8-block w4a16 (bf16 in each process)
+# overhead host time per eager call (dev/overhead_probe.py, 4096 x 4096 at 1, 16, 64 tokens; session 34's cached
+#          layout and routes, measured on the CPU only: BENCHMARKS.md "CPU, 2026-12-04 session 34")
 # ncuw8    ncu --set full of w8_gemv at one token through QuantLinear (dev/profile_w8.py), fp8 and fp8-block on
 #          4096 x 6144, 4096 x 4096, 4096 x 28672, 14336 x 4096
 cd "$(dirname "$0")/.."
@@ -46,6 +48,10 @@ ncuw8() {
     ncu_w8 fp8 "$shape" "fp8_$shape"
     ncu_w8 fp8-block "$shape" "fb_$shape"
   done
+}
+overhead() {
+  step "host time per eager call"
+  timeout -k 10 "${OH_TIMEOUT:-120}" python3 dev/overhead_probe.py --shape 4096x4096 --tokens 1,16,64 2>&1 | tail -20
 }
 e2e() {
   E2E_TIMEOUT=${E2E_TIMEOUT:-150} bench8b "" "${E2E_SCHEMES:-w8a8-int8 fp8 fp8-block w4a16}" 1,16 128 9
