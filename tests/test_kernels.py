@@ -172,6 +172,21 @@ def test_pack_layer_serves_quantlinear(symmetric):
     assert pack_layer(QuantLinear(k, n, fp8)) is None
 
 
+@pytest.mark.parametrize("name", ["fp8", "fp8-static", "w8a8-int8-static", "fp8-block"])
+def test_w8a8_layer_compiles_in_one_graph(name):
+    """A W8A8 QuantLinear traces without a graph break (its forward reads the static input scale from the
+    module's buffers directly, the eager path's cheap lookup) and computes what eager does."""
+    from quantize.primitives import quantize_weight
+    from quantize.scheme import preset
+
+    scheme = preset(name)
+    static = scheme.input_activations.strategy is Strategy.TENSOR and not scheme.input_activations.dynamic
+    layer = QuantLinear.from_qtensor(quantize_weight(torch.randn(96, 256), scheme.weights), scheme,
+                                     input_scale=torch.tensor(0.03) if static else None)
+    x = torch.randn(5, 256)
+    torch.testing.assert_close(torch.compile(layer, fullgraph=True, backend="eager")(x), layer(x))
+
+
 def test_prepared_layout_is_kept_until_a_source_changes(monkeypatch):
     """prepare_for_cuda keeps the packed weight it built (an eager call's host time) and builds it again when a
     checkpoint buffer is written in place, loaded or moved (.to() forgets it at once, so the old device's copies
