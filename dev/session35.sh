@@ -6,7 +6,8 @@
 # `bash dev/prebuild_ext.sh`); keep the change only if w8tests pass and profile / e2e show no loss.
 #   call 1: bash dev/session35.sh w8tests profile overhead e2e   (~9 min: session 34's leaner folded w8_gemv, unmeasured:
 #           its tests, fp8-block's decode step against fp8's, the four schemes end to end)
-#   call 2 (if time is left): bash dev/session35.sh ncuw8   (ncu of fp8 and fp8-block's one-token w8_gemv)
+#   call 2 (if time is left): bash dev/session35.sh ncuw8 ncuw23   (ncu of fp8 and fp8-block's one-token w8_gemv;
+#           of the W4 / W3 / W2 ring GEMV at one token: whether W3 and W2 are bound by issue, kernels/NOTES.md s34)
 #   nvidia-h200-x2 (issue 20): bash dev/measure_multi.sh build8 gptq8_1 gptq8_2 gptq8ns_1 gptq8ns_2 summary
 # w8tests  the w8_gemv GPU tests (every scale layout, the block widths the fold takes and leaves, the 2^-64 detour,
 #          the gated epilogue with block scales)
@@ -15,6 +16,8 @@
 # e2e      qtool bench llama-8b at batch 1 and 16, w8a8-int8 fp8 fp8-block w4a16 (bf16 in each process)
 # overhead host time per eager call (dev/overhead_probe.py, 4096 x 4096 at 1, 16, 64 tokens; session 34's cached
 #          layout and routes, measured on the CPU only: BENCHMARKS.md "CPU, 2026-12-04 session 34")
+# ncuw23   ncu --set full of wo_gemv's lean launch at one token, W4 g128 / W3 g128 / W2 g64 on 8192 x 8192
+#          (dev/profile_kernels.py cases; issue slots busy, stall reasons, SASS source pages to $OUT)
 # ncuw8    ncu --set full of w8_gemv at one token through QuantLinear (dev/profile_w8.py), fp8 and fp8-block on
 #          4096 x 6144, 4096 x 4096, 4096 x 28672, 14336 x 4096
 cd "$(dirname "$0")/.."
@@ -52,6 +55,11 @@ ncuw8() {
 overhead() {
   step "host time per eager call"
   timeout -k 10 "${OH_TIMEOUT:-120}" python3 dev/overhead_probe.py --shape 4096x4096 --tokens 1,16,64 2>&1 | tail -20
+}
+ncuw23() {
+  for bits in 4 3 2; do
+    ncu_source 8192x8192 "w$bits wo_gemv v1 M=1" "gv1_w$bits" 'wo_gemv_kernel'
+  done
 }
 e2e() {
   E2E_TIMEOUT=${E2E_TIMEOUT:-150} bench8b "" "${E2E_SCHEMES:-w8a8-int8 fp8 fp8-block w4a16}" 1,16 128 9
