@@ -63,11 +63,16 @@ def _start_slow_write(tmp_path: Path, model: Path, out: Path, *extra: str) -> su
                              "--group-size", "32", *extra], cwd=tmp_path, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    for line in proc.stdout:  # wait until the checkpoint is half written
-        if line.startswith("WRITING"):
-            return proc
+    watchdog = threading.Timer(300, proc.kill)  # a run that never gets to writing fails the test, not CI's clock
+    watchdog.start()
+    try:
+        for line in proc.stdout:  # wait until the checkpoint is half written
+            if line.startswith("WRITING"):
+                return proc
+    finally:
+        watchdog.cancel()
     proc.wait()
-    pytest.fail(f"the run ended before writing: {proc.stderr.read()[-2000:]}")
+    pytest.fail(f"the run ended before writing (exit {proc.returncode}): {proc.stderr.read()[-2000:]}")
 
 
 def _communicate(proc: subprocess.Popen, timeout: float = 60) -> str:
