@@ -272,11 +272,17 @@ SWIGLU_CODES = {torch.float8_e4m3fn, torch.int8}
 SWIGLU_BLOCKS = True
 
 
+def _folds(block_k: int) -> bool:
+    """Whether w8_gemv folds block scales of this width into its decode (block_k = 64 * 2^j; w8_gemv.cu)."""
+    tiles = block_k // 64
+    return block_k % 64 == 0 and tiles > 0 and tiles & (tiles - 1) == 0
+
+
 def _gated_gemv(x, weight, weight_scale, bias, block_n, block_k, static_weight, prefetch) -> torch.Tensor | None:
     """silu(gate) * up [m, n / 2] from w8_gemv's epilogue where the layer runs w8_gemv, else None."""
     m, (n, k) = x.shape[0], weight.shape
     blocks_ok = not block_n or (SWIGLU_BLOCKS and x.dtype == torch.bfloat16 and weight.dtype != torch.int8
-                                and n % 32 == 0)
+                                and n % 32 == 0 and _folds(block_k))
     if (m > SWIGLU_GEMV_MAX_M or not blocks_ok or weight.dtype not in SWIGLU_CODES or x.dtype not in KERNEL_DTYPES
             or build.load_extension() is None):
         return None

@@ -126,6 +126,30 @@ def test_w8_gemv_block_scales_past_the_fold(kernels, fmt, m):
         assert rel_err(y[:, rb * 128:(rb + 1) * 128], want[:, rb * 128:(rb + 1) * 128]) < 1e-2, rb
 
 
+@pytest.mark.parametrize("block", [(128, 64), (64, 256), (128, 192), (32, 320)])
+@pytest.mark.parametrize("m", [1, 8, 16])
+def test_w8_gemv_block_widths(kernels, block, m):
+    """bf16 FP8 blocks other than 128 x 128: k blocks of 64 * 2^j tiles are folded into the decode (the kernel finds
+    a tile's block by a shift), others (192, 320) take the per-tile accumulation; both against float64. The gated
+    epilogue folds only: the op refuses the others with the width in its message and the layer's gated path
+    (scaled_mm._gated_gemv) leaves them to the plain GEMV and silu_mul."""
+    bn, bk = block
+    g = torch.Generator(device="cuda").manual_seed(m + bn + bk)
+    n, k = 768, 1984  # k not a multiple of the block: the last k block is short
+    w = weight_codes("e4m3", n, k, g)
+    scale = torch.rand(-(-n // bn), -(-k // bk), device="cuda", generator=g) / 100 + 1e-3
+    dense = w.double() * scale.double().repeat_interleave(bn, 0)[:n].repeat_interleave(bk, 1)[:, :k]
+    x = torch.randn(m, k, device="cuda", generator=g).bfloat16()
+    y = scaled_mm._w8_gemv(x, w, scale, None, bn, bk)
+    assert y is not None and rel_err(y, x.double() @ dense.T) < 1e-2
+    folds = scaled_mm._folds(bk)
+    assert folds == (bk in (64, 256))
+    if not folds and m <= 8:
+        with pytest.raises(RuntimeError, match=f"got block {bn} x {bk}"):
+            kernels.w8_gemv(x, w, scale, None, bn, bk, 0, None, 1)
+        assert scaled_mm._gated_gemv(x, w, scale, None, bn, bk, 1, None) is None
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("fmt", ["int8", "e4m3", "e5m2"])
 def test_w8_gemv_decodes_every_code_exactly(kernels, dtype, fmt):

@@ -119,10 +119,13 @@ at::Tensor w8_gemv(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s
               x.device(), ", got ", w.sizes(), " on ", w.device());
   const bool blocked = block_n > 0;
   const bool folds = kind == ScalarKind::kBFloat16 && format != CodeFormat::kInt8;  // w8_gemv.cu, kBlockFold
-  TORCH_CHECK(!swiglu || (m <= 8 && n % 2 == 0 && (!blocked || (folds && n % 32 == 0))), "w8_gemv: swiglu=1 (y = "
+  const int64_t tiles_per_block = block_k / 64;  // w8_gemv.cu: the folded kernels shift by its log2
+  const bool folds_blocks =
+      folds && n % 32 == 0 && tiles_per_block > 0 && (tiles_per_block & (tiles_per_block - 1)) == 0;
+  TORCH_CHECK(!swiglu || (m <= 8 && n % 2 == 0 && (!blocked || folds_blocks)), "w8_gemv: swiglu=1 (y = "
               "silu(gate) * up of w = [gate; up]) takes at most 8 tokens and an even row count, and block scales "
-              "only for FP8 codes, bf16 activations and n % 32 == 0, got block_n ", block_n, ", x ", x.sizes(), " ",
-              x.scalar_type(), ", w ", w.sizes(), " ", w.scalar_type());
+              "only for FP8 codes, bf16 activations, n % 32 == 0 and block_k = 64 * 2^j, got block ", block_n, " x ",
+              block_k, ", x ", x.sizes(), " ", x.scalar_type(), ", w ", w.sizes(), " ", w.scalar_type());
   if (blocked) {
     TORCH_CHECK(block_n % 32 == 0 && block_k % 64 == 0, "w8_gemv: blocks need block_n % 32 == 0 and "
                 "block_k % 64 == 0, got ", block_n, " x ", block_k);

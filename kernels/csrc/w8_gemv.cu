@@ -145,12 +145,17 @@ __global__ void __launch_bounds__(Warps * 32, (min_blocks<TokenTiles, Sc, kStrip
   const float* scale_row = p.scale + (Blocked ? row0 / p.block_n * kblocks : 0);
   const float* lane_scale_row =
       kFold ? p.scale + (row0 + stripe_step * (lane / kUnroll % kScaleStripes)) / p.block_n * kblocks : nullptr;
+  // kFold: the k block of this lane's tile is its index shifted right, block_k / kTileK a power of two (the
+  // launcher's condition; a signed division here cost ~12 instructions per group of tiles and, incrementally
+  // kept, spilled the 16-warp launch). Tiles past the end read the last block, as the tile they clamp to would.
+  const int block_shift = kFold ? __ffs(p.block_k / kTileK) - 1 : 0;
   for (int tile0 = warp; tile0 < tiles; tile0 += Warps * kUnroll) {
     uint4 w[kUnroll][kStripes][2];           // [tile][stripe][row g / g + 8]
     uint4 xv[kUnroll][TokenTiles][2];        // [tile][token tile][k 0..7 / 8..15]
     float lane_scale = 0.0f;
     if constexpr (kFold)
-      lane_scale = __ldg(lane_scale_row + min(tile0 + lane % kUnroll * Warps, tiles - 1) * kTileK / p.block_k);
+      lane_scale = __ldg(lane_scale_row + min((tile0 + lane % kUnroll * Warps) >> block_shift,
+                                              static_cast<int>(kblocks) - 1));
     auto load_x = [&](int u) {  // tile u's activations, token tiles 0..TokenTiles-1
       const int k = (tile0 + u * Warps) * kTileK + 16 * t;
       const bool k_ok = tile0 + u * Warps < tiles && k < p.k;
@@ -187,6 +192,16 @@ __global__ void __launch_bounds__(Warps * 32, (min_blocks<TokenTiles, Sc, kStrip
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) load_x(u);
     }
+    // kFold: 2^120 * scale overflows bf16 from scale = 2^6 (E4M3 weights past ~2^14, never seen in a model): then
+    // every tile of this group runs 2^64 smaller and the sums around the group are scaled by 2^-64 and back, exact
+    // powers of two (scales up to 2^71 stay exact). One vote per group of kUnroll tiles: every lane holds the
+    // scale of one of the group's tiles and stripes, so the detour is warp-uniform and costs the common case one
+    // compare, where a test per tile had ptxas predicate both rescalings into every tile (8 FMUL per tile).
+    bool huge = false;
+    if constexpr (kFold) {
+      huge = __any_sync(~0u, !(lane_scale < 0x1p126f / kRestoreF<F>));  // 2^120 * sc overflows float32 from 2^8
+      if (huge) scale_sums(acc, 0x1p-64f);
+    }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       constexpr bool kScaleX = Sc == kBlockAcc && Lean && std::is_same_v<T, __nv_bfloat16>;
@@ -195,21 +210,11 @@ __global__ void __launch_bounds__(Warps * 32, (min_blocks<TokenTiles, Sc, kStrip
       uint32_t restore[kScaleStripes];  // the decode's multiplier (kFold: times the tile's block scale)
 #pragma unroll
       for (int s = 0; s < kScaleStripes; ++s) restore[s] = kFoldsScale<T, F> ? kRestore<F> : 0u;
-      bool huge = false;  // kFold: a scale too large for the bf16 multiplier (below)
       if constexpr (kFold) {
-        // 2^120 * scale overflows bf16 from scale = 2^6 (E4M3 weights past ~2^14, never seen in a model): then the
-        // tile runs 2^64 smaller (every stripe) and the sums around it are scaled by 2^-64 and back, exact powers
-        // of two (warp-uniform branches, no registers; scales up to 2^71 stay exact).
-        float sc[kScaleStripes];
 #pragma unroll
         for (int s = 0; s < kScaleStripes; ++s) {
-          sc[s] = __shfl_sync(~0u, lane_scale, s * kUnroll + u);
-          huge |= !(sc[s] < 0x1p126f / kRestoreF<F>);  // 2^120 * sc itself overflows float32 from sc = 2^8
-        }
-        if (huge) scale_sums(acc, 0x1p-64f);
-#pragma unroll
-        for (int s = 0; s < kScaleStripes; ++s) {
-          const float folded = sc[s] * (huge ? kRestoreF<F> * 0x1p-64f : kRestoreF<F>);
+          const float folded = __shfl_sync(~0u, lane_scale, s * kUnroll + u) *
+                               (huge ? kRestoreF<F> * 0x1p-64f : kRestoreF<F>);
           restore[s] = as_u32(__floats2bfloat162_rn(folded, folded));
         }
       }
@@ -248,7 +253,6 @@ __global__ void __launch_bounds__(Warps * 32, (min_blocks<TokenTiles, Sc, kStrip
           for (int tt = 0; tt < TokenTiles; ++tt) mma_16816<T>(dst[s][tt], a, b[tt][0], b[tt][1]);
         }
       }
-      if (huge) scale_sums(acc, 0x1p64f);
       if constexpr (Sc == kBlockAcc && !kScaleX) {
         const int tile = tile0 + u * Warps;
         if (tile < tiles) {
@@ -262,6 +266,7 @@ __global__ void __launch_bounds__(Warps * 32, (min_blocks<TokenTiles, Sc, kStrip
         }
       }
     }
+    if (huge) scale_sums(acc, 0x1p64f);
   }
 
   if (!waited) pdl_wait_then_release();  // a warp without tiles (y is written after the barrier below)
@@ -354,6 +359,12 @@ void launch_channel_shapes(const W8GemvProblem& p, unsigned blocks, int switches
   }
 }
 
+// The folded kernels find a tile's k block by a shift: block_k / kTileK a power of two (128: 2 tiles).
+bool folds_blocks(const W8GemvProblem& p) {
+  const int tiles_per_block = p.block_k / kTileK;
+  return tiles_per_block > 0 && (tiles_per_block & (tiles_per_block - 1)) == 0;
+}
+
 template <typename T, CodeFormat F, int TokenTiles, int Stripes>
 void launch_stripes(const W8GemvProblem& p, cudaStream_t stream) {
   const unsigned blocks = static_cast<unsigned>((p.n + 16 * Stripes - 1) / (16 * Stripes));
@@ -364,7 +375,7 @@ void launch_stripes(const W8GemvProblem& p, cudaStream_t stream) {
   if constexpr (kFoldsScale<T, F>) {
     // 9-16 tokens: folded in 64 registers on every shape (session 29: it beat the lean variant, x scaled per tile,
     // where that one had beaten session 28's 128-register fold: 4096 x 6144 at 16 tokens 1.14x -> 1.27x bf16).
-    if (!(switches & 128))
+    if (!(switches & 128) && folds_blocks(p))
       return launch_channel_shapes<T, F, TokenTiles, Stripes, kBlockFold>(p, blocks, switches, wide_max_n, stream);
   }
   if constexpr (Stripes == 1) {
