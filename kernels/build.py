@@ -38,7 +38,7 @@ import torch
 from .layout import chunk_k
 
 CSRC = Path(__file__).resolve().parent / "csrc"
-SOURCES = ("ops.cpp", "wo_gemv.cu", "wo_stream.cu", "wo_gemm.cu", "wo_gemm_v3.cu", "dequant.cu", "ops_w8a8.cpp",
+SOURCES = ("ops.cpp", "wo_gemv.cu", "wo_planes.cu", "wo_stream.cu", "wo_gemm.cu", "wo_gemm_v3.cu", "dequant.cu", "ops_w8a8.cpp",
            "act_quant.cu", "w8_gemv.cu", "ops_w1.cpp", "w1_gemv.cu", "binarize.cu", "w1a1.cu", "silu_mul.cu",
            "decode_attention.cu", "ops_attention.cpp")
 HEADERS = ("wo_kernels.h", "wo_decode.cuh", "wo_common.cuh", "wo_xstage.cuh", "wo_occupancy.h", "wo_piece.cuh",
@@ -319,6 +319,7 @@ def _weight_only_path() -> str:
     from . import sm90  # imports this module
     from .weight_only import (
         GEMM_MAX_M,
+        GEMV_PLANES,
         MIXED_MIN_M,
         RING_M3_MAX_K,
         STREAM_LONG_K,
@@ -338,7 +339,9 @@ def _weight_only_path() -> str:
              "launch on sm_90 unless QTOOL_PDL=0, and at 2 on 2-/3-bit weights larger than 4096 x 4096 with K < "
              f"{STREAM_LONG_K}, at 3 on 4-bit ones with K <= {RING_M3_MAX_K} < N; otherwise variant 3 from 2 tokens "
              "for 2-/3-bit (to 16 on weights of <= 4096 x 4096), 3-4 for 4-bit (to 8 on weights of <= "
-             f"{STREAM_SMALL_MAX_N} rows and 32 MiB), 4 for large 8-bit ones; the ring GEMV to 4, to 8 on small 8-bit)")
+             f"{STREAM_SMALL_MAX_N} rows and 32 MiB), 4 for large 8-bit ones; the ring GEMV to 4, to 8 on small 8-bit"
+             + ("; symmetric 4-bit at 1-4 tokens on variant 4, x as two int8 planes (QTOOL_GEMV_PLANES=1, "
+                "unmeasured)" if GEMV_PLANES else "") + ")")
     rows = ("8-bit symmetric per-channel layers row-major on qtool_cuda w8_gemv (to 4 tokens, 16 on weights of <= "
             "8192 x 8192, 32 on <= 4096 x 6144: weight_only.rows_gemv), then on weights of <= 4096 x 6144 at 33-256 "
             "tokens two int8 planes of the activations on the int8 GEMM (split_mm.py, weight_only.SPLIT), then the "

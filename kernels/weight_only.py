@@ -163,9 +163,26 @@ def rows_gemv(w: PackedWeight, m: int, dtype: torch.dtype) -> bool:
 PDL_STATIC_WEIGHT = 16
 
 
-def gemv_variant(w: PackedWeight) -> int:
-    """wo_gemv's `variant` argument (ring GEMV) for this prepared weight: wide where few rows or a long K, else
-    lean; plus PDL_STATIC_WEIGHT (packed weights are not written while layers run)."""
+# wo_gemv variant 4, "planes" (csrc/wo_planes.cu): symmetric 4-bit weights at 1-4 tokens on the int8 tensor cores,
+# x as two int8 planes (~2^-16 of each token's range). Prepared in session 36 without a GPU, unmeasured: off unless
+# QTOOL_GEMV_PLANES=1 (read once), for the A/B that decides it (kernels/NOTES.md, "Session 36").
+GEMV_PLANES = os.environ.get("QTOOL_GEMV_PLANES", "0") == "1"
+PLANES_MAX_M = 4  # csrc/wo_kernels.h, kPlanesMaxTokens
+PLANES_MAX_BYTES = 96 << 10  # kPlanesMaxBytes: the staged planes, 2 * m * (K + 64) bytes
+
+
+def takes_planes(w: PackedWeight, m: int) -> bool:
+    """Whether wo_gemv's variant 4 serves m tokens of this weight (csrc/wo_kernels.h, planes_take)."""
+    return (w.num_bits == 4 and w.zero is None and (w.group_size <= 0 or w.group_size >= 64)
+            and 1 <= m <= PLANES_MAX_M and 2 * m * (w.k_padded + 64) <= PLANES_MAX_BYTES)
+
+
+def gemv_variant(w: PackedWeight, m: int = 1) -> int:
+    """wo_gemv's `variant` argument (ring GEMV) for m tokens of this prepared weight: wide where few rows or a long
+    K, else lean (the planes where GEMV_PLANES and takes_planes); plus PDL_STATIC_WEIGHT (packed weights are not
+    written while layers run)."""
+    if GEMV_PLANES and takes_planes(w, m):
+        return 4 + PDL_STATIC_WEIGHT
     return (2 if w.out_features <= GEMV_WIDE_MAX_N or w.k_padded > w.out_features else 1) + PDL_STATIC_WEIGHT
 
 
@@ -254,7 +271,7 @@ def packed_linear(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, k
     elif isinstance(kernel, dict):
         y = _hopper_linear(x2, w, bias, kernel)
     elif kernel in ("wo_gemv", "wo_gemv_stream"):
-        variant = 3 if kernel == "wo_gemv_stream" else gemv_variant(w)
+        variant = 3 if kernel == "wo_gemv_stream" else gemv_variant(w, m)
         y = kernels.wo_gemv(x2, *args, bias, *meta, EPILOGUE, prefetch, variant)
     elif kernel == "wo_gemm_v3":
         y = kernels.wo_gemm_v3(x2, *args, bias, *meta, EPILOGUE, V3_VARIANT)

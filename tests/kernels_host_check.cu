@@ -10,6 +10,7 @@
 #include <cstdio>
 
 #include "wo_decode.cuh"
+#include "wo_kernels.h"
 
 using namespace qtool;
 
@@ -86,10 +87,51 @@ int check_signed_pairs() {
   return 0;
 }
 
+int8_t byte_of(uint32_t word, int i) { return static_cast<int8_t>((word >> (8 * i)) & 0xFFu); }
+
+// "-4 chunks": per chunk, 32 lanes' 4 words of int4 codes (the wo layout) and 64 int8 values of x; the chunk's
+// product as wo_planes.cu computes it (mma.m16n8k32.s8, fragments as in the PTX ISA): A from int4_word_s8x16, B
+// from x staged at plane_slot. Prints the 16 row sums (16 q . x) per chunk.
+int check_planes(int chunks) {
+  for (int c = 0; c < chunks; ++c) {
+    uint32_t w[32][4];
+    for (auto& lane : w)
+      for (auto& x : lane)
+        if (std::scanf("%u", &x) != 1) return 2;
+    int x[64];
+    uint8_t row[64] = {};
+    for (int k = 0; k < 64; ++k) {
+      if (std::scanf("%d", &x[k]) != 1) return 2;
+      row[plane_slot(k)] = static_cast<uint8_t>(x[k]);
+    }
+    long long d[16] = {};
+    for (int tile = 0; tile < 2; ++tile) {
+      int a[16][32] = {}, b[32] = {};
+      for (int lane = 0; lane < 32; ++lane) {
+        const int g = lane / 4, t = lane % 4;
+        const uint64_t lo = int4_word_s8x16(w[lane][2 * tile]), hi = int4_word_s8x16(w[lane][2 * tile + 1]);
+        for (int i = 0; i < 4; ++i) {
+          a[g][4 * t + i] = byte_of(static_cast<uint32_t>(lo), i);
+          a[g + 8][4 * t + i] = byte_of(static_cast<uint32_t>(lo >> 32), i);
+          a[g][16 + 4 * t + i] = byte_of(static_cast<uint32_t>(hi), i);
+          a[g + 8][16 + 4 * t + i] = byte_of(static_cast<uint32_t>(hi >> 32), i);
+          b[4 * t + i] = static_cast<int8_t>(row[16 * t + 8 * tile + i]);  // b0 of lane t (every column alike)
+          b[16 + 4 * t + i] = static_cast<int8_t>(row[16 * t + 8 * tile + 4 + i]);  // b1
+        }
+      }
+      for (int r = 0; r < 16; ++r)
+        for (int k = 0; k < 32; ++k) d[r] += a[r][k] * b[k];
+    }
+    for (int r = 0; r < 16; ++r) std::printf("%lld%c", d[r], r == 15 ? '\n' : ' ');
+  }
+  return 0;
+}
+
 int main() {
   int bits = 0, lanes = 0;
   if (std::scanf("%d %d", &bits, &lanes) != 2) return 2;
   if (bits == 0) return check_signed_pairs();
+  if (bits == -4) return check_planes(lanes);
   for (int lane = 0; lane < lanes; ++lane) {
     uint32_t w[4], hi[2] = {0u, 0u};
     for (auto& x : w)

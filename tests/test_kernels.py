@@ -334,6 +334,51 @@ def test_host_decode_helpers_match_layout(tmp_path):
             assert (bf16, fp16) == ((u, 1024 + u) if bits == 8 else (128 + u, 1024 + u))
 
 
+def test_host_planes_product_matches_codes(tmp_path):
+    """wo_planes.cu's int8 fragments, emulated on the CPU with the kernel's own helpers (int4_word_s8x16 for A from
+    the wo layout, plane_slot for the staged x): each 16-row, 64-k chunk's product equals 16 q . x exactly."""
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("nvcc not installed")
+    exe = tmp_path / "host_check"
+    subprocess.run([nvcc, "-std=c++17", "-I", str(ROOT / "kernels" / "csrc"), str(ROOT / "tests" / "kernels_host_check.cu"),
+                    "-o", str(exe)], check=True, capture_output=True)
+    g = torch.Generator().manual_seed(36)
+    codes = torch.randint(-8, 8, (32, 192), generator=g, dtype=torch.int8)
+    p = pack_weight(codes, torch.ones(32, 2), None, None, 4, 128)
+    words = (p.qweight.to(torch.int64) & 0xFFFFFFFF).reshape(2, 3, 32, 4)  # (stripe, chunk, lane, word)
+    x = torch.randint(-128, 128, (192,), generator=g)
+    lines = []
+    for stripe in range(2):
+        for chunk in range(3):
+            lines += [" ".join(map(str, words[stripe, chunk].reshape(-1).tolist())),
+                      " ".join(map(str, x[64 * chunk:64 * chunk + 64].tolist()))]
+    out = subprocess.run([str(exe)], input="-4 6\n" + "\n".join(lines), capture_output=True, text=True, check=True)
+    got = torch.tensor([[int(v) for v in line.split()] for line in out.stdout.splitlines()]).reshape(2, 3, 16)
+    for stripe in range(2):
+        for chunk in range(3):
+            rows = codes[16 * stripe:16 * stripe + 16, 64 * chunk:64 * chunk + 64].long()
+            assert torch.equal(got[stripe, chunk], 16 * rows @ x[64 * chunk:64 * chunk + 64]), (stripe, chunk)
+
+
+def test_planes_variant_only_where_switched_on_and_taken(monkeypatch):
+    """wo_gemv's variant 4 (csrc/wo_planes.cu, unmeasured) runs only under QTOOL_GEMV_PLANES=1, and then only for
+    what it takes: symmetric 4-bit weights, groups >= 64 or per channel, 1-4 tokens, planes within 96 KB."""
+    def packed(bits, group, symmetric, k=4096):
+        codes, scale, zero, _ = random_weight(64, k, bits, group, symmetric=symmetric, seed=bits)
+        return pack_weight(codes, scale, zero, None, bits, group)
+
+    sym = packed(4, 128, True)
+    assert weight_only.gemv_variant(sym, 1) % weight_only.PDL_STATIC_WEIGHT != 4  # off by default
+    monkeypatch.setattr(weight_only, "GEMV_PLANES", True)
+    assert [weight_only.gemv_variant(sym, m) - weight_only.PDL_STATIC_WEIGHT for m in (1, 4)] == [4, 4]
+    assert weight_only.gemv_variant(sym, 5) - weight_only.PDL_STATIC_WEIGHT != 4
+    for other in (packed(4, 128, False), packed(4, 32, True), packed(8, -1, True), packed(3, 128, True)):
+        assert weight_only.gemv_variant(other, 1) - weight_only.PDL_STATIC_WEIGHT != 4
+    long_k = packed(4, -1, True, k=14336)
+    assert weight_only.takes_planes(long_k, 3) and not weight_only.takes_planes(long_k, 4)  # 2 * 4 * 14400 > 96 KB
+
+
 def test_scaled_mm_paths_match_reference():
     g = torch.Generator().manual_seed(0)
     for m in (3, 40):

@@ -120,6 +120,50 @@ def test_gemv_both_activation_paths(kernels, bits, group_size, symmetric, dtype)
             assert out.shape == (m, n) and rel_err(out, ref.double()) < 1e-2, f"m={m} variant={variant}"
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("group_size", [64, 128, -1])
+def test_planes_gemv_matches_float64(kernels, group_size, dtype, monkeypatch):
+    """wo_gemv variant 4 (x as two int8 planes on the int8 tensor cores, symmetric W4; csrc/wo_planes.cu) at every
+    token count it takes, plain and with PDL, with bias, on ragged K (576: a last g128 group of 64) and N (200: inside
+    a stripe), a token with an outlier feature and an all-zero token, against float64 from the checkpoint tensors and
+    against the ring GEMV (the planes add ~2^-16 of each token's range). Then QuantLinear with the switch on, and the
+    refusals, which name the value."""
+    for k, n in ((576, 200), (4096, 1536), (14336, 64)):
+        qt, args, dense = make_weight(4, group_size, True, False, k, n, k)
+        p = pack_weight(qt.values, qt.scale, qt.zero_point, None, 4, group_size)
+        bias = torch.randn(n, device="cuda")
+        for m in range(1, 5):
+            if not weight_only.takes_planes(p, m):
+                continue
+            x = torch.randn(m, k, device="cuda", dtype=dtype)
+            x[0, 7] *= 40  # an outlier: the planes' scale follows each token's max
+            if m > 1:
+                x[1] = 0  # an all-zero token: the output is the bias
+            xp = torch.nn.functional.pad(x, (0, p.k_padded - k))
+            ref = x.double() @ dense.T + bias.double()
+            ring = kernels.wo_gemv(xp, p.qweight, p.scale, None, bias, 4, p.group_size, n, EPILOGUE, None, 1)
+            for variant in (4, 4 + weight_only.PDL_STATIC_WEIGHT):
+                poison_cache()
+                out = kernels.wo_gemv(xp, p.qweight, p.scale, None, bias, 4, p.group_size, n, EPILOGUE, None, variant)
+                assert out.shape == (m, n) and rel_err(out, ref) < 1e-2, f"k={k} m={m} variant={variant}"
+                assert rel_err(out, ring) < 1e-2, f"k={k} m={m} variant={variant}"
+                if m > 1:
+                    torch.testing.assert_close(out[1].float(), bias.to(dtype).float(), rtol=1e-2, atol=1e-2)
+    monkeypatch.setattr(weight_only, "GEMV_PLANES", True)
+    qt, args, dense = make_weight(4, group_size, True, False, 4096, 1536)
+    layer = QuantLinear.from_qtensor(qt, QuantScheme(weights=args), bias=None)
+    for m in (1, 4):
+        x = torch.randn(m, 4096, device="cuda", dtype=dtype)
+        assert rel_err(layer(x), x.double() @ dense.T) < 1e-2, f"QuantLinear m={m}"
+    qt, _, _ = make_weight(4, 128, False, False, 576, 200)
+    p = pack_weight(qt.values, qt.scale, qt.zero_point, None, 4, 128)
+    x = torch.randn(1, p.k_padded, device="cuda", dtype=dtype)
+    with pytest.raises(RuntimeError, match=r"variant 4 \(planes\) takes symmetric .* got 4-bit, asymmetric"):
+        kernels.wo_gemv(x, p.qweight, p.scale, p.zero, None, 4, 128, 200, EPILOGUE, None, 4)
+    with pytest.raises(RuntimeError, match="at most 4 tokens with variant 4"):
+        kernels.wo_gemv(x.expand(5, -1).contiguous(), p.qweight, p.scale, None, None, 4, 128, 200, EPILOGUE, None, 4)
+
+
 def check_gemm_against_float64(call, bits, group_size, symmetric, dtype, shapes):
     """call(x padded to K_pad, packed weight, bias, m) -> [m, N] against x @ W^T + bias in float64 from the
     checkpoint tensors, for each (K, N, token counts) of `shapes`, output memory poisoned first."""

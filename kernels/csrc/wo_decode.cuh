@@ -223,6 +223,15 @@ __host__ __device__ inline uint32_t int8_pair_bf16_signed(uint32_t bytes) {
 #endif
 }
 
+// int4 subtile word (the wo layout) -> two int8 A registers of mma.m16n8k32 (wo_planes.cu): the even nibbles are
+// row g at k = 2t, 2t + 8, 2t + 1, 2t + 9 of the subtile, the odd ones row g + 8 at the same k, so masking puts
+// each row's four codes in four bytes as 16 u, and flipping the top bit makes that 16 (u - 8) = 16 q, signed.
+// Returns row g's register in the low word, row g + 8's in the high one.
+__host__ __device__ inline uint64_t int4_word_s8x16(uint32_t word) {
+  const uint32_t row_g = ((word << 4) & 0xF0F0F0F0u) ^ 0x80808080u, row_g8 = (word & 0xF0F0F0F0u) ^ 0x80808080u;
+  return (static_cast<uint64_t>(row_g8) << 32) | row_g;
+}
+
 // A-fragment coordinates of mma.m16n8k16 (row-major A, 16-bit types): the first element of
 // register p of `lane` sits at (frag_row, frag_col); the second is one column to the right.
 __host__ __device__ constexpr int frag_row(int lane, int p) { return lane / 4 + 8 * (p % 2); }

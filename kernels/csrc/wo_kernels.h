@@ -104,6 +104,30 @@ void launch_wo_gemv(const WoProblem& p, cudaStream_t stream);
 constexpr int kMaxStreamTokens = 32;
 void launch_wo_stream(const WoProblem& p, cudaStream_t stream);
 
+// gemv_variant 4, "planes" (wo_planes.cu; prepared in session 36, unmeasured): symmetric 4-bit weights with groups
+// of >= 64 k (or per channel), 1 <= m <= kPlanesMaxTokens, x as two int8 planes on the int8 tensor cores.
+constexpr int kPlanesMaxTokens = 4;
+constexpr int kPlanesPadBytes = 64;  // plane rows start 16 banks apart: the two planes' B loads do not collide
+constexpr int kPlanesMaxBytes = 96 << 10;  // the staged planes' shared memory, as the ring GEMV's x (kXsMaxBytes)
+
+// Bytes per staged plane row (one token's high or low plane).
+constexpr int plane_row_bytes(int k_padded) { return k_padded + kPlanesPadBytes; }
+constexpr int planes_smem_bytes(int m, int k_padded) { return 2 * m * plane_row_bytes(k_padded); }
+
+// Byte of a plane row holding x's k: chunk k / 64 (64 bytes), lane t's 16 bytes of it, subtile (k % 64) / 16's four
+// bytes, slot b = 2 * (k % 2) + (k % 16) / 8 with t = (k % 8) / 2: lane t's word of subtile j holds k = 16j + (2t,
+// 2t + 8, 2t + 1, 2t + 9), the k of its A register in the wo layout (wo_decode.cuh, int4_word_s8x16).
+constexpr int plane_slot(int k) {
+  return 64 * (k / 64) + 16 * ((k % 8) / 2) + 4 * ((k % 64) / 16) + 2 * (k % 2) + (k % 16) / 8;
+}
+
+// Whether variant 4 takes this problem (ops.cpp refuses the rest with a message).
+constexpr bool planes_take(int bits, bool symmetric, int group_shift, int m, int k_padded) {
+  return bits == 4 && symmetric && group_shift >= 6 && m >= 1 && m <= kPlanesMaxTokens &&
+         planes_smem_bytes(m, k_padded) <= kPlanesMaxBytes;
+}
+void launch_wo_planes(const WoProblem& p, cudaStream_t stream);
+
 // Tensor-core kernel for any m (wo_gemm.cu); tokens are processed in slices of up to 64.
 // wo_gemm_splits() is the split-K factor for this problem on `num_sms` SMs: when it is > 1 the
 // caller passes a zeroed workspace and the launcher adds the bias/activation pass.

@@ -1,0 +1,86 @@
+"""wo_gemv's variant 4 ("planes", csrc/wo_planes.cu: x as two int8 planes on the int8 tensor cores) against the ring
+GEMV that ships and bf16 F.linear, symmetric W4 at 1-4 tokens on issue 19's shapes and the fused 8B ones, in one
+process. Timing as bench_kernels.py (rotating copies past the L2, CUDA-graph replay, median); speedup against bf16 in
+the same process, TB/s = code and scale bytes / time.
+
+    python3 dev/planes_ab.py [--tokens 1,2,3,4] [--group 128] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve()
+sys.path.insert(0, str(HERE.parents[1] / "benchmarks"))
+sys.path.insert(0, str(HERE.parent))
+
+
+def time_shape(ops, k: int, n: int, group: int, tokens: list[int]) -> list[dict]:
+    import torch
+    import torch.nn.functional as F
+    from bench_kernels import Rotation, copies_for, graph_ms
+
+    from qtool_kernels.layout import EPILOGUE, pack_weight
+    from qtool_kernels.weight_only import PDL_STATIC_WEIGHT, gemv_variant, takes_planes
+
+    groups = 1 if group <= 0 else -(-k // group)
+    codes = torch.randint(-8, 8, (n, k), device="cuda", dtype=torch.int8)
+    p = pack_weight(codes, torch.rand(n, groups, device="cuda") / 100, None, None, 4, group)
+    nbytes = p.qweight.numel() * 4 + p.scale.numel() * 4
+    packed = Rotation([(p.qweight.clone(), p.scale.clone()) for _ in range(copies_for(nbytes))])
+    dense = Rotation([torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(copies_for(2 * n * k))])
+
+    def gemv(x, variant):
+        qweight, scale = packed()
+        return ops.wo_gemv(x, qweight, scale, None, None, 4, p.group_size, n, EPILOGUE, None, variant)
+
+    rows = []
+    for m in tokens:
+        x = torch.randn(m, p.k_padded, device="cuda", dtype=torch.bfloat16)
+        xk = x[:, :k].contiguous()
+        ring_variant = gemv_variant(p, m)  # QTOOL_GEMV_PLANES unset: the ring GEMV's launch
+        bf16 = graph_ms(lambda: F.linear(xk, dense()))  # noqa: B023  (timed before the next iteration)
+        ring = graph_ms(lambda: gemv(x, ring_variant))  # noqa: B023
+        planes = graph_ms(lambda: gemv(x, 4 + PDL_STATIC_WEIGHT)) if takes_planes(p, m) else None  # noqa: B023
+        diff = None
+        if planes is not None:
+            a, b = gemv(x, ring_variant).double(), gemv(x, 4 + PDL_STATIC_WEIGHT).double()
+            diff = ((a - b).norm() / a.norm()).item()  # different weight copies hold the same codes and scales
+        rows.append({"K": k, "N": n, "M": m, "bf16_ms": bf16, "ring_ms": ring, "planes_ms": planes,
+                     "ring_speedup": bf16 / ring, "planes_speedup": bf16 / planes if planes else None,
+                     "ring_TBps": nbytes / ring / 1e9, "planes_TBps": nbytes / planes / 1e9 if planes else None,
+                     "rel_diff": diff})
+        print(f"{k:>5} x {n:<5} M={m}  bf16 {bf16 * 1e3:7.2f} us  ring {bf16 / ring:5.2f}x  "
+              + (f"planes {bf16 / planes:5.2f}x ({nbytes / planes / 1e9:4.2f} TB/s, diff {diff:.1e})" if planes
+                 else "planes -"), flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tokens", default="1,2,3,4")
+    parser.add_argument("--group", type=int, default=128)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    import torch
+    from bench_kernels import SHAPES
+    from gemv_probe import FUSED_8B
+
+    import quantize  # noqa: F401  (makes qtool_kernels importable)
+    from qtool_kernels import build
+
+    ops = build.load_extension()
+    tokens = [int(t) for t in args.tokens.split(",")]
+    rows = []
+    for k, n in FUSED_8B + SHAPES:
+        rows += time_shape(ops, k, n, args.group, tokens)
+        torch.cuda.empty_cache()
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

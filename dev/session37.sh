@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The next session's device calls, prepared in session 36 (no device time left for them; nvidia-h200, carry
+# [".gpu/w8a8", ".gpu/ext"]: `bash dev/prebuild_sm90.sh` (~13 min) and `bash dev/prebuild_ext.sh` (~3-4 min) first on a
+# fresh development machine, else gpu_setup.sh compiles for minutes).
+#   call 1: bash dev/session37.sh planetests planesan planesab     (~5 min: wo_gemv variant 4, csrc/wo_planes.cu,
+#           written in session 36 and never run: its tests, compute-sanitizer, its speed against the ring GEMV)
+#   call 2, if the planes win at one token: bash dev/session37.sh e2eplanes   (~4 min)
+# planetests  the variant's GPU tests and the other wo_gemv / QuantLinear tests (ops.cpp's checks changed)
+# planesan    compute-sanitizer memcheck and racecheck over one planes launch per token count (the staging's barriers)
+# planesab    dev/planes_ab.py: planes vs the ring GEMV vs bf16 at 1-4 tokens, issue 19's shapes and the fused 8B ones
+# e2eplanes   qtool bench llama-8b w4a16 at batch 1 and 16, prefill 2048, with QTOOL_GEMV_PLANES=1 and without
+cd "$(dirname "$0")/.."
+LOG=session37.log
+source dev/gpu_setup.sh
+
+planetests() {
+  step "GPU tests: wo_gemv variant 4 (planes) and the weight-only GEMVs"
+  gputests planetests "${PT_TIMEOUT:-240}" tests/test_kernels_gpu.py -k "planes or raw_kernels or gemv or quantlinear"
+}
+planesan() {
+  step "compute-sanitizer: one planes launch per token count"
+  cat > /tmp/planes_one.py <<'PY'
+import torch
+import quantize  # noqa: F401
+from qtool_kernels import build
+from qtool_kernels.layout import EPILOGUE, pack_weight
+ops = build.load_extension()
+for k, n, m in ((576, 200, 1), (4096, 1536, 2), (14336, 64, 3), (4096, 256, 4)):
+    codes = torch.randint(-8, 8, (n, k), device="cuda", dtype=torch.int8)
+    p = pack_weight(codes, torch.rand(n, -(-k // 128), device="cuda"), None, None, 4, 128)
+    x = torch.randn(m, p.k_padded, device="cuda", dtype=torch.bfloat16)
+    ops.wo_gemv(x, p.qweight, p.scale, None, torch.randn(n, device="cuda"), 4, 128, n, EPILOGUE, None, 4)
+torch.cuda.synchronize()
+print("launched")
+PY
+  for tool in memcheck racecheck; do
+    timeout -k 10 "${SAN_TIMEOUT:-120}" compute-sanitizer --tool "$tool" --kernel-name regex:wo_planes \
+      python3 /tmp/planes_one.py > "$OUT/planes_$tool.txt" 2>&1
+    echo "$tool exit $?"; tail -3 "$OUT/planes_$tool.txt"
+  done
+}
+planesab() {
+  step "planes vs ring GEMV vs bf16, 1-4 tokens"
+  timeout -k 10 "${AB_TIMEOUT:-200}" python3 dev/planes_ab.py --json "$OUT/planes_ab.json" 2>&1 | tail -40
+}
+e2eplanes() {
+  E2E_TIMEOUT=${E2E_TIMEOUT:-160} bench8b "" "w4a16" 1,16 2048 9
+  QTOOL_GEMV_PLANES=1 E2E_TIMEOUT=${E2E_TIMEOUT:-160} bench8b "-planes" "w4a16" 1,16 2048 9
+}
+
+for stage in "$@"; do "$stage"; done
+step "done"

@@ -1,0 +1,238 @@
+// wo_gemv variant 4, "planes": the one-token GEMV of symmetric 4-bit weights on the int8 tensor cores, for
+// 1 <= m <= kPlanesMaxTokens tokens. PREPARED IN SESSION 36 WITHOUT A GPU: off unless QTOOL_GEMV_PLANES=1
+// (kernels/weight_only.py), unmeasured.
+//
+// Why (kernels/NOTES.md, "Session 36"): ncu put the ring GEMV (wo_gemv.cu) at one token at 41-44% of its issue
+// slots and 30-47% of DRAM bandwidth, each warp a chain of ~1,600 instructions at ~13 cycles each, ~22 per 16 x 16
+// subtile whatever the code width (the LOP3 + HADD2 per bf16 pair of the A fragment). Here x becomes two int8
+// planes (as act_quant's "int8x2", split_mm.py, but with s = max|x| / 127 per token and x = s hi + (s / 254) lo
+// within s / 508, ~2^-16 of the token's range: no clamps) and mma.m16n8k32.s8 takes 512 weights per instruction:
+//   - A from the wo layout as it is (wo_kernels.h, wo_decode.cuh): in subtile word j the even nibbles are all row
+//     g (k = 2t, 2t + 8, 2t + 1, 2t + 9) and the odd ones row g + 8 at the same k, so a masked word is an int8 A
+//     register (int4_word_s8x16: 16 q, signed, one SHF and two LOP3 per word for both rows), words j and j + 1
+//     giving a0, a1 / a2, a3 of one 16 x 32 tile.
+//   - B: the k order inside a tile is free as long as A and B agree, so the planes are staged with lane t's slot
+//     4t + b of subtile j holding k = 16j + (2t, 2t + 8, 2t + 1, 2t + 9)[b] (plane_slot), 16 bytes per lane per chunk.
+//   - The m tokens and both planes fill the mma's 8 columns: column 2i = token i's high plane, 2i + 1 its low
+//     plane, so lane t's C registers are token t's two planes for rows g and g + 8, and each chunk ends with
+//     acc += s_w * (hi + lo / 254) per row (a chunk lies inside one group: groups >= 64 here).
+// Every block quantizes all of x while staging it (a max over each token, a barrier, the planes), since each needs
+// all of it; whether that costs what the main loop saves is the first thing to measure.
+#include <cstdint>
+
+#include "pdl.cuh"
+#include "wo_common.cuh"
+
+namespace qtool {
+namespace {
+
+constexpr int kPlanesWarps = 8;    // warps per block, all on one 16-row stripe, splitting its chunks
+constexpr int kPlanesBatch = 4;    // chunks per lane in flight (the lean ring's depth)
+constexpr int kPlanesChunkK = 64;  // int4 chunk (wo_kernels.h, chunk_k(4))
+
+// The B fragment of mma.m16n8k32.s8 (column n, lane t): b0 / b1 = four int8 at k 4t..4t+3 / 16+4t..16+4t+3.
+__device__ inline void mma_s8_16832(int (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// A value the compiler cannot fold into an immediate (kept in a register across the loop).
+__device__ inline uint32_t opaque_u32(uint32_t v) {
+  asm volatile("" : "+r"(v));
+  return v;
+}
+
+// (a & b) ^ c in one LOP3 (b, c in registers: LOP3 takes one immediate).
+__device__ inline uint32_t and_xor(uint32_t a, uint32_t b, uint32_t c) {
+  uint32_t r;
+  asm("lop3.b32 %0, %1, %2, %3, 0x6A;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+  return r;
+}
+
+// Four int32 (their low bytes) packed into one word, byte i from v[i].
+__device__ inline uint32_t pack_bytes(uint32_t v0, uint32_t v1, uint32_t v2, uint32_t v3) {
+  return __byte_perm(__byte_perm(v0, v1, 0x0040), __byte_perm(v2, v3, 0x0040), 0x5410);
+}
+
+// One value of x as its two planes, each in the low byte of a float's bits: hi = round(x / s), lo = round((x -
+// s hi) * 254 / s), by the 1.5 * 2^23 rounding trick (round to nearest even; the float's low byte is the integer's,
+// two's complement). With s = max|x| / 127 neither needs a clamp: |x / s| <= 127, |x - s hi| <= s / 2.
+constexpr float kRoundMagic = 12582912.0f;
+__device__ inline void split_value(float x, float s, float inv_s, float inv_lo, uint32_t& hi, uint32_t& lo) {
+  const float h = fmaf(x, inv_s, kRoundMagic);
+  hi = __float_as_uint(h);
+  lo = __float_as_uint(fmaf(fmaf(-(h - kRoundMagic), s, x), inv_lo, kRoundMagic));
+}
+
+// x [m, k_padded] -> its planes in shared memory (rows 2r / 2r + 1 = token r's high / low plane, plane_row_bytes
+// apart, bytes at plane_slot order), each token's s in `scale` and (1 / s, 254 / s) in `inverse`. Three barriers;
+// ends with the planes visible.
+template <typename T, int WARPS>
+__device__ inline void stage_planes(const WoProblem& p, uint8_t* planes, float* scale, float2* inverse,
+                                    float (*red)[kPlanesMaxTokens]) {
+  constexpr int THREADS = WARPS * 32;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int vecs = p.w.k_padded / 8, row_bytes = plane_row_bytes(p.w.k_padded);
+  const uint4* xg = opaque(static_cast<const uint4*>(p.x));
+  // 1. max |x| of each token
+#pragma unroll
+  for (int r = 0; r < kPlanesMaxTokens; ++r) {
+    float mx = 0.0f;
+    if (r < p.m) {
+      for (int v = threadIdx.x; v < vecs; v += THREADS) {
+        const uint4 val = __ldg(xg + r * vecs + v);
+        const uint32_t words[4] = {val.x, val.y, val.z, val.w};
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const float2 f = pair_to_float2(words[i], T{});
+          mx = fmaxf(mx, fmaxf(fabsf(f.x), fabsf(f.y)));
+        }
+      }
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+    if (lane == 0) red[warp][r] = mx;
+  }
+  __syncthreads();
+  if (threadIdx.x < kPlanesMaxTokens) {
+    float mx = 0.0f;
+#pragma unroll
+    for (int w = 0; w < WARPS; ++w) mx = fmaxf(mx, red[w][threadIdx.x]);
+    float s = mx / 127.0f;
+    s = s > 0.0f ? s : 1.0f;  // an all-zero token: any scale, its planes are zero
+    scale[threadIdx.x] = s;
+    inverse[threadIdx.x] = make_float2(1.0f / s, 254.0f / s);
+  }
+  __syncthreads();
+  // 2. the planes, one 16-k subtile (two vectors of x) per step: lane t's word of it holds k = 2t, 2t + 8, 2t + 1,
+  // 2t + 9 of the subtile (plane_slot), so each step stores four words per plane.
+  const int subs = p.w.k_padded / 16;
+  for (int i = threadIdx.x; i < p.m * subs; i += THREADS) {
+    int r = 0;  // i / subs for m <= 4 tokens, without a division
+#pragma unroll 1
+    for (int j = 1; j < p.m; ++j) r += i >= j * subs;
+    const int j = i - r * subs;
+    const float s = scale[r];
+    const float2 inv = inverse[r];
+    const uint4 v0 = __ldg(xg + r * vecs + 2 * j), v1 = __ldg(xg + r * vecs + 2 * j + 1);
+    const uint32_t first[4] = {v0.x, v0.y, v0.z, v0.w}, second[4] = {v1.x, v1.y, v1.z, v1.w};
+    uint8_t* dst = planes + 2 * r * row_bytes + plane_slot(16 * j);
+#pragma unroll
+    for (int t = 0; t < 4; ++t) {  // lane t's word: k = 2t, 2t + 8, 2t + 1, 2t + 9 = word t of each vector
+      const float2 a = pair_to_float2(first[t], T{}), b = pair_to_float2(second[t], T{});
+      uint32_t h[4], l[4];
+      split_value(a.x, s, inv.x, inv.y, h[0], l[0]);
+      split_value(b.x, s, inv.x, inv.y, h[1], l[1]);
+      split_value(a.y, s, inv.x, inv.y, h[2], l[2]);
+      split_value(b.y, s, inv.x, inv.y, h[3], l[3]);
+      *reinterpret_cast<uint32_t*>(dst + 16 * t) = pack_bytes(h[0], h[1], h[2], h[3]);
+      *reinterpret_cast<uint32_t*>(dst + row_bytes + 16 * t) = pack_bytes(l[0], l[1], l[2], l[3]);
+    }
+  }
+  __syncthreads();
+}
+
+template <typename T,  // activation and output type: __half or __nv_bfloat16
+          int WARPS>   // warps per block
+__global__ void __launch_bounds__(WARPS * 32, 4 * kPlanesWarps / WARPS) wo_planes_kernel(const WoProblem p) {
+  extern __shared__ uint4 planes_dyn[];
+  __shared__ float scale[kPlanesMaxTokens];
+  __shared__ float2 inverse[kPlanesMaxTokens];
+  __shared__ float red[WARPS][kPlanesMaxTokens];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int g = lane / 4, t = lane % 4;
+  const int stripe = blockIdx.x;
+  const int nchunks = p.w.k_padded / kPlanesChunkK;
+
+  // Lane t = 0 / 1 of each quad loads the scale of row g / g + 8 per chunk (t = 2, 3 repeat them: no branch).
+  const float* par = opaque(p.w.scale + stripe * kStripeRows + g + 8 * (t % 2));
+  const uint32_t gstride = p.w.n_padded;
+
+  // The ring of wo_gemv.cu: slot u holds chunk c0 + u * WARPS; all slots loaded before any math, each refilled
+  // after its math with the same slot of the next pass.
+  uint4 packed[kPlanesBatch];
+  float prm[kPlanesBatch] = {};
+  const uint4* next_codes = reinterpret_cast<const uint4*>(p.w.qweight) +
+                            (static_cast<size_t>(stripe) * nchunks + warp) * chunk_vecs(4) + lane;
+  int next_k = warp * kPlanesChunkK;
+  auto load_next = [&](int u) {
+    if (next_k < p.w.k_padded) {
+      packed[u] = load_streaming(next_codes);
+      prm[u] = __ldg(par + (static_cast<uint32_t>(next_k) >> p.w.group_shift) * gstride);
+    }
+    next_codes += WARPS * chunk_vecs(4);
+    next_k += WARPS * kPlanesChunkK;
+  };
+#pragma unroll
+  for (int u = 0; u < kPlanesBatch; ++u) load_next(u);
+  pdl_wait_then_release();  // x, bias and y only past this point (pdl.cuh)
+
+  uint8_t* planes = reinterpret_cast<uint8_t*>(planes_dyn);
+  stage_planes<T, WARPS>(p, planes, scale, inverse, red);
+  // B: column g of the mma is token g / 2's plane g % 2 (columns past 2m read token 0's high plane: never stored).
+  const uint4* bsrc =
+      reinterpret_cast<const uint4*>(planes + (g < 2 * p.m ? g : 0) * plane_row_bytes(p.w.k_padded) + 16 * t);
+  const uint32_t high = opaque_u32(0xF0F0F0F0u), sign = opaque_u32(0x80808080u);
+
+  float acc[2] = {};  // token t (lanes t < m): rows g, g + 8, in units of 16 s_x
+  for (int c0 = warp; c0 < nchunks; c0 += WARPS * kPlanesBatch) {
+#pragma unroll
+    for (int u = 0; u < kPlanesBatch; ++u) {
+      const int c = c0 + u * WARPS;
+      if (c >= nchunks) break;  // warp-uniform
+      const uint4 bv = bsrc[c * (kPlanesChunkK / 16)];  // subtiles 0..3 of the chunk: 4 bytes each
+      const uint32_t w[4] = {packed[u].x, packed[u].y, packed[u].z, packed[u].w};
+      int d[4] = {};
+#pragma unroll
+      for (int tile = 0; tile < 2; ++tile) {  // int4_word_s8x16 (wo_decode.cuh; its host test) in 3 instructions
+        const uint32_t a[4] = {and_xor(w[2 * tile] << 4, high, sign), and_xor(w[2 * tile], high, sign),
+                               and_xor(w[2 * tile + 1] << 4, high, sign), and_xor(w[2 * tile + 1], high, sign)};
+        mma_s8_16832(d, a, tile ? bv.z : bv.x, tile ? bv.w : bv.y);
+      }
+      const float s0 = __shfl_sync(0xffffffffu, prm[u], 0, 4), s1 = __shfl_sync(0xffffffffu, prm[u], 1, 4);
+      acc[0] = fmaf(s0, fmaf(static_cast<float>(d[1]), 1.0f / 254.0f, static_cast<float>(d[0])), acc[0]);
+      acc[1] = fmaf(s1, fmaf(static_cast<float>(d[3]), 1.0f / 254.0f, static_cast<float>(d[2])), acc[1]);
+      load_next(u);
+    }
+  }
+
+  prefetch_next_layer(p, WARPS * 32);
+
+  __shared__ float partial[WARPS][kStripeRows][kPlanesMaxTokens];
+  if (t < p.m) {
+    partial[warp][g][t] = acc[0];
+    partial[warp][g + 8][t] = acc[1];
+  }
+  __syncthreads();
+  if (threadIdx.x < p.m * kStripeRows) {
+    const int m = threadIdx.x / kStripeRows, r = threadIdx.x % kStripeRows;
+    const int n = stripe * kStripeRows + r;
+    if (n < p.w.n) {
+      float v = 0.0f;
+#pragma unroll
+      for (int i = 0; i < WARPS; ++i) v += partial[i][r][m];
+      v = v * (scale[m] * (1.0f / 16.0f)) + bias_at(opaque(p.bias), n);
+      store(static_cast<T*>(p.y) + static_cast<size_t>(m) * p.w.n + n, activate(v, p.act));
+    }
+  }
+}
+
+template <typename T>
+void launch_typed(const WoProblem& p, cudaStream_t stream) {
+  const int smem = planes_smem_bytes(p.m, p.w.k_padded);
+  auto* kernel = wo_planes_kernel<T, kPlanesWarps>;
+  constexpr int kStaticBytes = kPlanesWarps * (kStripeRows + 1) * kPlanesMaxTokens * 4 + kPlanesMaxTokens * 4;
+  if (smem + kStaticBytes > (48 << 10)) cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  launch_maybe_pdl(kernel, p.pdl, dim3(p.w.n_padded / kStripeRows), dim3(kPlanesWarps * 32), smem, stream, p);
+}
+
+}  // namespace
+
+void launch_wo_planes(const WoProblem& p, cudaStream_t stream) {
+  p.dtype == ScalarKind::kBFloat16 ? launch_typed<__nv_bfloat16>(p, stream) : launch_typed<__half>(p, stream);
+}
+
+}  // namespace qtool
