@@ -42,9 +42,12 @@ def weight_cases(kernels, k: int, n: int) -> dict:
         mixed = None
         if mixed_mm.available(bits) and mixed_mm.takes(bits, p.group_size, p.k_padded):
             mixed = mixed_mm.pack_mixed(unpack_codes(p.qweight, bits), p.scale, None, p.group_size, bits)
-        # the GEMVs at 1 and 4 tokens in each variant (0 ring, 1 lean, 2 wide, 3 stream: weight_only.gemv_kind),
+        # the GEMVs at 1 and 4 tokens in each variant (0 ring, 1 lean, 2 wide, 3 stream: weight_only.gemv_kind; 4
+        # planes for 4-bit),
         # then the tensor-core GEMMs (4- and 8-bit codes only)
         launches = tuple((f" v{v}", m, "wo_gemv", (None, v)) for m in (1, 4) for v in (0, 1, 2, 3))
+        if bits == 4:  # variant 4, "planes" (csrc/wo_planes.cu): symmetric 4-bit only, as these codes are
+            launches += tuple((" v4", m, "wo_gemv", (None, 4)) for m in (1, 4))
         if bits >= 4:
             launches += (("", 16, "wo_gemm", ()), ("", 32, "wo_gemm_v3", (3,)))
         for tag, m, op, extra in launches:

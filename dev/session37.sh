@@ -4,11 +4,13 @@
 # fresh development machine, else gpu_setup.sh compiles for minutes).
 #   call 1: bash dev/session37.sh planetests planesan planesab     (~5 min: wo_gemv variant 4, csrc/wo_planes.cu,
 #           written in session 36 and never run: its tests, compute-sanitizer, its speed against the ring GEMV)
-#   call 2, if the planes win at one token: bash dev/session37.sh e2eplanes   (~4 min)
+#   call 2, if the planes win at one token: bash dev/session37.sh e2eplanes ncuplanes   (~6 min)
 # planetests  the variant's GPU tests and the other wo_gemv / QuantLinear tests (ops.cpp's checks changed)
 # planesan    compute-sanitizer memcheck and racecheck over one planes launch per token count (the staging's barriers)
 # planesab    dev/planes_ab.py: planes vs the ring GEMV vs bf16 at 1-4 tokens, issue 19's shapes and the fused 8B ones
 # e2eplanes   qtool bench llama-8b w4a16 at batch 1 and 16, prefill 2048, with QTOOL_GEMV_PLANES=1 and without
+# ncuplanes   ncu --set full of the planes and the lean ring GEMV at one token on 4096 x 4096 and 8192 x 8192: where the
+#             planes' time goes (the staging's share, session 36's instruction count: ~160 per 16-k subtile per thread)
 cd "$(dirname "$0")/.."
 LOG=session37.log
 source dev/gpu_setup.sh
@@ -42,6 +44,12 @@ PY
 planesab() {
   step "planes vs ring GEMV vs bf16, 1-4 tokens"
   timeout -k 10 "${AB_TIMEOUT:-200}" python3 dev/planes_ab.py --json "$OUT/planes_ab.json" 2>&1 | tail -40
+}
+ncuplanes() {
+  for shape in 4096x4096 8192x8192; do
+    ncu_source "$shape" "w4 wo_gemv v4 M=1" "gv4_${shape}" 'wo_planes_kernel'
+    ncu_source "$shape" "w4 wo_gemv v1 M=1" "gv1_${shape}" 'wo_gemv_kernel'
+  done
 }
 e2eplanes() {
   E2E_TIMEOUT=${E2E_TIMEOUT:-160} bench8b "" "w4a16" 1,16 2048 9
