@@ -1,5 +1,5 @@
-"""wo_gemv's variant 4 ("planes", csrc/wo_planes.cu: x as two int8 planes on the int8 tensor cores) against the ring
-GEMV that ships and bf16 F.linear, symmetric W4 at 1-4 tokens on issue 19's shapes and the fused 8B ones, in one
+"""wo_gemv's variants 4 and 5 ("planes", csrc/wo_planes.cu: x as two int8 planes on the int8 tensor cores, one or two
+16-row stripes per block) against the ring GEMV that ships and bf16 F.linear, symmetric W4 at 1-4 tokens on issue 19's shapes and the fused 8B ones, in one
 process. Timing as bench_kernels.py (rotating copies past the L2, CUDA-graph replay, median); speedup against bf16 in
 the same process, TB/s = code and scale bytes / time.
 
@@ -44,18 +44,20 @@ def time_shape(ops, k: int, n: int, group: int, tokens: list[int]) -> list[dict]
         ring_variant = gemv_variant(p, m)  # QTOOL_GEMV_PLANES unset: the ring GEMV's launch
         bf16 = graph_ms(lambda: F.linear(xk, dense()))  # noqa: B023  (timed before the next iteration)
         ring = graph_ms(lambda: gemv(x, ring_variant))  # noqa: B023
-        planes = graph_ms(lambda: gemv(x, 4 + PDL_STATIC_WEIGHT)) if takes_planes(p, m) else None  # noqa: B023
-        diff = None
-        if planes is not None:
-            a, b = gemv(x, ring_variant).double(), gemv(x, 4 + PDL_STATIC_WEIGHT).double()
-            diff = ((a - b).norm() / a.norm()).item()  # different weight copies hold the same codes and scales
-        rows.append({"K": k, "N": n, "M": m, "bf16_ms": bf16, "ring_ms": ring, "planes_ms": planes,
-                     "ring_speedup": bf16 / ring, "planes_speedup": bf16 / planes if planes else None,
-                     "ring_TBps": nbytes / ring / 1e9, "planes_TBps": nbytes / planes / 1e9 if planes else None,
-                     "rel_diff": diff})
-        print(f"{k:>5} x {n:<5} M={m}  bf16 {bf16 * 1e3:7.2f} us  ring {bf16 / ring:5.2f}x  "
-              + (f"planes {bf16 / planes:5.2f}x ({nbytes / planes / 1e9:4.2f} TB/s, diff {diff:.1e})" if planes
-                 else "planes -"), flush=True)
+        row = {"K": k, "N": n, "M": m, "bf16_ms": bf16, "ring_ms": ring, "ring_speedup": bf16 / ring,
+               "ring_TBps": nbytes / ring / 1e9}
+        line = f"{k:>5} x {n:<5} M={m}  bf16 {bf16 * 1e3:7.2f} us  ring {bf16 / ring:5.2f}x"
+        for variant in (4, 5):
+            if not takes_planes(p, m):
+                continue
+            ms = graph_ms(lambda: gemv(x, variant + PDL_STATIC_WEIGHT))  # noqa: B023
+            a, b = gemv(x, ring_variant).double(), gemv(x, variant + PDL_STATIC_WEIGHT).double()
+            diff = ((a - b).norm() / a.norm()).item()  # the rotated copies hold the same codes and scales
+            row.update({f"v{variant}_ms": ms, f"v{variant}_speedup": bf16 / ms, f"v{variant}_TBps": nbytes / ms / 1e9,
+                        f"v{variant}_rel_diff": diff})
+            line += f"  v{variant} {bf16 / ms:5.2f}x ({nbytes / ms / 1e9:4.2f} TB/s, diff {diff:.1e})"
+        rows.append(row)
+        print(line, flush=True)
     return rows
 
 

@@ -7,8 +7,9 @@
 #   call 2, if the planes win at one token: bash dev/session37.sh e2eplanes ncuplanes   (~6 min)
 # planetests  the variant's GPU tests and the other wo_gemv / QuantLinear tests (ops.cpp's checks changed)
 # planesan    compute-sanitizer memcheck and racecheck over one planes launch per token count (the staging's barriers)
-# planesab    dev/planes_ab.py: planes vs the ring GEMV vs bf16 at 1-4 tokens, issue 19's shapes and the fused 8B ones
-# e2eplanes   qtool bench llama-8b w4a16 at batch 1 and 16, prefill 2048, with QTOOL_GEMV_PLANES=1 and without
+# planesab    dev/planes_ab.py: planes (variants 4 and 5) vs the ring GEMV vs bf16 at 1-4 tokens, issue 19's shapes and
+#             the fused 8B ones
+# e2eplanes   qtool bench llama-8b w4a16 at batch 1 and 16, prefill 2048, with QTOOL_GEMV_PLANES=${PLANES:-1} and without
 # ncuplanes   ncu --set full of the planes and the lean ring GEMV at one token on 4096 x 4096 and 8192 x 8192: where the
 #             planes' time goes (the staging's share, session 36's instruction count: ~160 per 16-k subtile per thread)
 cd "$(dirname "$0")/.."
@@ -31,7 +32,8 @@ for k, n, m in ((576, 200, 1), (4096, 1536, 2), (14336, 64, 3), (4096, 256, 4)):
     codes = torch.randint(-8, 8, (n, k), device="cuda", dtype=torch.int8)
     p = pack_weight(codes, torch.rand(n, -(-k // 128), device="cuda"), None, None, 4, 128)
     x = torch.randn(m, p.k_padded, device="cuda", dtype=torch.bfloat16)
-    ops.wo_gemv(x, p.qweight, p.scale, None, torch.randn(n, device="cuda"), 4, 128, n, EPILOGUE, None, 4)
+    for variant in (4, 5):
+        ops.wo_gemv(x, p.qweight, p.scale, None, torch.randn(n, device="cuda"), 4, 128, n, EPILOGUE, None, variant)
 torch.cuda.synchronize()
 print("launched")
 PY
@@ -53,7 +55,7 @@ ncuplanes() {
 }
 e2eplanes() {
   E2E_TIMEOUT=${E2E_TIMEOUT:-160} bench8b "" "w4a16" 1,16 2048 9
-  QTOOL_GEMV_PLANES=1 E2E_TIMEOUT=${E2E_TIMEOUT:-160} bench8b "-planes" "w4a16" 1,16 2048 9
+  QTOOL_GEMV_PLANES=${PLANES:-1} E2E_TIMEOUT=${E2E_TIMEOUT:-160} bench8b "-planes" "w4a16" 1,16 2048 9
 }
 
 for stage in "$@"; do "$stage"; done

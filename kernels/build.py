@@ -340,8 +340,8 @@ def _weight_only_path() -> str:
              f"{STREAM_LONG_K}, at 3 on 4-bit ones with K <= {RING_M3_MAX_K} < N; otherwise variant 3 from 2 tokens "
              "for 2-/3-bit (to 16 on weights of <= 4096 x 4096), 3-4 for 4-bit (to 8 on weights of <= "
              f"{STREAM_SMALL_MAX_N} rows and 32 MiB), 4 for large 8-bit ones; the ring GEMV to 4, to 8 on small 8-bit"
-             + ("; symmetric 4-bit at 1-4 tokens on variant 4, x as two int8 planes (QTOOL_GEMV_PLANES=1, "
-                "unmeasured)" if GEMV_PLANES else "") + ")")
+             + (f"; symmetric 4-bit at 1-4 tokens on variant {GEMV_PLANES}, x as two int8 planes "
+                "(QTOOL_GEMV_PLANES, unmeasured)" if GEMV_PLANES else "") + ")")
     rows = ("8-bit symmetric per-channel layers row-major on qtool_cuda w8_gemv (to 4 tokens, 16 on weights of <= "
             "8192 x 8192, 32 on <= 4096 x 6144: weight_only.rows_gemv), then on weights of <= 4096 x 6144 at 33-256 "
             "tokens two int8 planes of the activations on the int8 GEMM (split_mm.py, weight_only.SPLIT), then the "

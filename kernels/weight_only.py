@@ -163,10 +163,11 @@ def rows_gemv(w: PackedWeight, m: int, dtype: torch.dtype) -> bool:
 PDL_STATIC_WEIGHT = 16
 
 
-# wo_gemv variant 4, "planes" (csrc/wo_planes.cu): symmetric 4-bit weights at 1-4 tokens on the int8 tensor cores,
-# x as two int8 planes (~2^-16 of each token's range). Prepared in session 36 without a GPU, unmeasured: off unless
-# QTOOL_GEMV_PLANES=1 (read once), for the A/B that decides it (kernels/NOTES.md, "Session 36").
-GEMV_PLANES = os.environ.get("QTOOL_GEMV_PLANES", "0") == "1"
+# wo_gemv variants 4 and 5, "planes" (csrc/wo_planes.cu): symmetric 4-bit weights at 1-4 tokens on the int8 tensor
+# cores, x as two int8 planes (~2^-16 of each token's range), one 16-row stripe per block (4) or two sharing the
+# staged planes (5). Prepared in session 36 without a GPU, unmeasured: off unless QTOOL_GEMV_PLANES=1 (variant 4) or
+# 2 (variant 5), read once, for the A/B that decides it (kernels/NOTES.md, "Session 36").
+GEMV_PLANES = {"1": 4, "2": 5}.get(os.environ.get("QTOOL_GEMV_PLANES", "0"), 0)
 PLANES_MAX_M = 4  # csrc/wo_kernels.h, kPlanesMaxTokens
 PLANES_MAX_BYTES = 96 << 10  # kPlanesMaxBytes: the staged planes, 2 * m * (K + 64) bytes
 
@@ -182,7 +183,7 @@ def gemv_variant(w: PackedWeight, m: int = 1) -> int:
     K, else lean (the planes where GEMV_PLANES and takes_planes); plus PDL_STATIC_WEIGHT (packed weights are not
     written while layers run)."""
     if GEMV_PLANES and takes_planes(w, m):
-        return 4 + PDL_STATIC_WEIGHT
+        return GEMV_PLANES + PDL_STATIC_WEIGHT
     return (2 if w.out_features <= GEMV_WIDE_MAX_N or w.k_padded > w.out_features else 1) + PDL_STATIC_WEIGHT
 
 

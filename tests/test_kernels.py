@@ -362,7 +362,7 @@ def test_host_planes_product_matches_codes(tmp_path):
 
 
 def test_planes_variant_only_where_switched_on_and_taken(monkeypatch):
-    """wo_gemv's variant 4 (csrc/wo_planes.cu, unmeasured) runs only under QTOOL_GEMV_PLANES=1, and then only for
+    """wo_gemv's variants 4 / 5 (csrc/wo_planes.cu, unmeasured) run only under QTOOL_GEMV_PLANES=1 / 2, and then for
     what it takes: symmetric 4-bit weights, groups >= 64 or per channel, 1-4 tokens, planes within 96 KB."""
     def packed(bits, group, symmetric, k=4096):
         codes, scale, zero, _ = random_weight(64, k, bits, group, symmetric=symmetric, seed=bits)
@@ -370,7 +370,9 @@ def test_planes_variant_only_where_switched_on_and_taken(monkeypatch):
 
     sym = packed(4, 128, True)
     assert weight_only.gemv_variant(sym, 1) % weight_only.PDL_STATIC_WEIGHT != 4  # off by default
-    monkeypatch.setattr(weight_only, "GEMV_PLANES", True)
+    monkeypatch.setattr(weight_only, "GEMV_PLANES", 5)
+    assert weight_only.gemv_variant(sym, 1) - weight_only.PDL_STATIC_WEIGHT == 5
+    monkeypatch.setattr(weight_only, "GEMV_PLANES", 4)
     assert [weight_only.gemv_variant(sym, m) - weight_only.PDL_STATIC_WEIGHT for m in (1, 4)] == [4, 4]
     assert weight_only.gemv_variant(sym, 5) - weight_only.PDL_STATIC_WEIGHT != 4
     for other in (packed(4, 128, False), packed(4, 32, True), packed(8, -1, True), packed(3, 128, True)):

@@ -123,8 +123,8 @@ def test_gemv_both_activation_paths(kernels, bits, group_size, symmetric, dtype)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("group_size", [64, 128, -1])
 def test_planes_gemv_matches_float64(kernels, group_size, dtype, monkeypatch):
-    """wo_gemv variant 4 (x as two int8 planes on the int8 tensor cores, symmetric W4; csrc/wo_planes.cu) at every
-    token count it takes, plain and with PDL, with bias, on ragged K (576: a last g128 group of 64) and N (200: inside
+    """wo_gemv variants 4 and 5 (x as two int8 planes on the int8 tensor cores, symmetric W4, one or two stripes per
+    block; csrc/wo_planes.cu) at every token count they take, plain and with PDL, with bias, on ragged K (576: a last g128 group of 64) and N (200: inside
     a stripe), a token with an outlier feature and an all-zero token, against float64 from the checkpoint tensors and
     against the ring GEMV (the planes add ~2^-16 of each token's range). Then QuantLinear with the switch on, and the
     refusals, which name the value."""
@@ -142,14 +142,14 @@ def test_planes_gemv_matches_float64(kernels, group_size, dtype, monkeypatch):
             xp = torch.nn.functional.pad(x, (0, p.k_padded - k))
             ref = x.double() @ dense.T + bias.double()
             ring = kernels.wo_gemv(xp, p.qweight, p.scale, None, bias, 4, p.group_size, n, EPILOGUE, None, 1)
-            for variant in (4, 4 + weight_only.PDL_STATIC_WEIGHT):
+            for variant in (4, 5, 4 + weight_only.PDL_STATIC_WEIGHT, 5 + weight_only.PDL_STATIC_WEIGHT):
                 poison_cache()
                 out = kernels.wo_gemv(xp, p.qweight, p.scale, None, bias, 4, p.group_size, n, EPILOGUE, None, variant)
                 assert out.shape == (m, n) and rel_err(out, ref) < 1e-2, f"k={k} m={m} variant={variant}"
                 assert rel_err(out, ring) < 1e-2, f"k={k} m={m} variant={variant}"
                 if m > 1:
                     torch.testing.assert_close(out[1].float(), bias.to(dtype).float(), rtol=1e-2, atol=1e-2)
-    monkeypatch.setattr(weight_only, "GEMV_PLANES", True)
+    monkeypatch.setattr(weight_only, "GEMV_PLANES", 5)
     qt, args, dense = make_weight(4, group_size, True, False, 4096, 1536)
     layer = QuantLinear.from_qtensor(qt, QuantScheme(weights=args), bias=None)
     for m in (1, 4):

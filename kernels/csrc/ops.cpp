@@ -121,15 +121,17 @@ at::Tensor wo_gemv(const at::Tensor& x, const at::Tensor& qweight, const at::Ten
   const PackedWeightView w = check_weight("wo_gemv", qweight, scale, zero, num_bits, group_size, out_features);
   const bool pdl = variant >= kPdlFlag;  // + kPdlFlag: a static weight (wo_kernels.h)
   if (pdl) variant -= kPdlFlag;
-  TORCH_CHECK(variant >= 0 && variant <= 4, "wo_gemv: variant must be 0 (default), 1 (lean), 2 (wide), 3 (stream) "
-              "or 4 (planes), plus 16 for a static weight, got ", variant + (pdl ? kPdlFlag : 0));
+  TORCH_CHECK(variant >= 0 && variant <= 5, "wo_gemv: variant must be 0 (default), 1 (lean), 2 (wide), 3 (stream), "
+              "4 or 5 (planes: one or two stripes per block), plus 16 for a static weight, got ",
+              variant + (pdl ? kPdlFlag : 0));
   at::Tensor bias_f32;
   WoProblem p = make_problem("wo_gemv", x, w, qweight, bias, bias_f32, activation);
-  const int max_tokens = variant == 3 ? kMaxStreamTokens : variant == 4 ? kPlanesMaxTokens : kMaxGemvTokens;
+  const bool planes = variant == 4 || variant == 5;
+  const int max_tokens = variant == 3 ? kMaxStreamTokens : planes ? kPlanesMaxTokens : kMaxGemvTokens;
   TORCH_CHECK(p.m <= max_tokens, "wo_gemv: at most ", max_tokens, " tokens with variant ", variant, ", got x ",
               x.sizes());
-  TORCH_CHECK(variant != 4 || planes_take(w.num_bits, w.zero == nullptr, w.group_shift, std::max(p.m, 1), w.k_padded),
-              "wo_gemv: variant 4 (planes) takes symmetric 4-bit weights with groups of >= 64 (or per channel) and ",
+  TORCH_CHECK(!planes || planes_take(w.num_bits, w.zero == nullptr, w.group_shift, std::max(p.m, 1), w.k_padded),
+              "wo_gemv: variant ", variant, " (planes) takes symmetric 4-bit weights with groups of >= 64 (or per channel) and ",
               "at most ", kPlanesMaxBytes, " bytes of staged planes (2 * m * (K + ", kPlanesPadBytes, ")), got ",
               w.num_bits, "-bit, ", w.zero == nullptr ? "symmetric" : "asymmetric", ", group_size ", group_size,
               ", x ", x.sizes());
@@ -145,8 +147,8 @@ at::Tensor wo_gemv(const at::Tensor& x, const at::Tensor& qweight, const at::Ten
   p.pdl = pdl;
   if (variant == 3)
     launch_wo_stream(p, c10::cuda::getCurrentCUDAStream());
-  else if (variant == 4)
-    launch_wo_planes(p, c10::cuda::getCurrentCUDAStream());
+  else if (planes)
+    launch_wo_planes(p, variant == 5 ? 2 : 1, c10::cuda::getCurrentCUDAStream());
   else
     launch_wo_gemv(p, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();

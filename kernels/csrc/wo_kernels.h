@@ -104,8 +104,9 @@ void launch_wo_gemv(const WoProblem& p, cudaStream_t stream);
 constexpr int kMaxStreamTokens = 32;
 void launch_wo_stream(const WoProblem& p, cudaStream_t stream);
 
-// gemv_variant 4, "planes" (wo_planes.cu; prepared in session 36, unmeasured): symmetric 4-bit weights with groups
-// of >= 64 k (or per channel), 1 <= m <= kPlanesMaxTokens, x as two int8 planes on the int8 tensor cores.
+// gemv_variants 4 and 5, "planes" (wo_planes.cu; prepared in session 36, unmeasured): symmetric 4-bit weights with
+// groups of >= 64 k (or per channel), 1 <= m <= kPlanesMaxTokens, x as two int8 planes on the int8 tensor cores; one
+// 16-row stripe per block (4) or two sharing the staged planes (5).
 constexpr int kPlanesMaxTokens = 4;
 constexpr int kPlanesPadBytes = 64;  // plane rows start 16 banks apart: the two planes' B loads do not collide
 constexpr int kPlanesMaxBytes = 96 << 10;  // the staged planes' shared memory, as the ring GEMV's x (kXsMaxBytes)
@@ -126,7 +127,7 @@ constexpr bool planes_take(int bits, bool symmetric, int group_shift, int m, int
   return bits == 4 && symmetric && group_shift >= 6 && m >= 1 && m <= kPlanesMaxTokens &&
          planes_smem_bytes(m, k_padded) <= kPlanesMaxBytes;
 }
-void launch_wo_planes(const WoProblem& p, cudaStream_t stream);
+void launch_wo_planes(const WoProblem& p, int stripes, cudaStream_t stream);  // stripes: 1 or 2 per block
 
 // Tensor-core kernel for any m (wo_gemm.cu); tokens are processed in slices of up to 64.
 // wo_gemm_splits() is the split-K factor for this problem on `num_sms` SMs: when it is > 1 the

@@ -135,17 +135,21 @@ __device__ inline void stage_planes(const WoProblem& p, uint8_t* planes, float* 
   __syncthreads();
 }
 
-template <typename T,  // activation and output type: __half or __nv_bfloat16
-          int WARPS>   // warps per block
+template <typename T,   // activation and output type: __half or __nv_bfloat16
+          int WARPS,    // warps per block
+          int STRIPES>  // 16-row stripes per block (variant 4: 1; variant 5: 2, the staged planes shared by twice the
+                        // rows, each stripe's chunks split over WARPS / STRIPES warps)
 __global__ void __launch_bounds__(WARPS * 32, 4 * kPlanesWarps / WARPS) wo_planes_kernel(const WoProblem p) {
   extern __shared__ uint4 planes_dyn[];
   __shared__ float scale[kPlanesMaxTokens];
   __shared__ float2 inverse[kPlanesMaxTokens];
   __shared__ float red[WARPS][kPlanesMaxTokens];
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  constexpr int SWARPS = WARPS / STRIPES;  // warps per stripe
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32 % SWARPS;
   const int g = lane / 4, t = lane % 4;
-  const int stripe = blockIdx.x;
-  const int nchunks = p.w.k_padded / kPlanesChunkK;
+  const int stripe = blockIdx.x * STRIPES + threadIdx.x / 32 / SWARPS;
+  const bool live = stripe < p.w.n_padded / kStripeRows;  // an odd last stripe: its warps only help stage x
+  const int nchunks = live ? p.w.k_padded / kPlanesChunkK : 0;
 
   // Lane t = 0 / 1 of each quad loads the scale of row g / g + 8 per chunk (t = 2, 3 repeat them: no branch).
   const float* par = opaque(p.w.scale + stripe * kStripeRows + g + 8 * (t % 2));
@@ -156,32 +160,32 @@ __global__ void __launch_bounds__(WARPS * 32, 4 * kPlanesWarps / WARPS) wo_plane
   uint4 packed[kPlanesBatch];
   float prm[kPlanesBatch] = {};
   const uint4* next_codes = reinterpret_cast<const uint4*>(p.w.qweight) +
-                            (static_cast<size_t>(stripe) * nchunks + warp) * chunk_vecs(4) + lane;
+                            (static_cast<size_t>(stripe) * nchunks + warp) * chunk_vecs(4) + lane;  // nchunks 0: unused
   int next_k = warp * kPlanesChunkK;
   auto load_next = [&](int u) {
-    if (next_k < p.w.k_padded) {
+    if (next_k < nchunks * kPlanesChunkK) {
       packed[u] = load_streaming(next_codes);
       prm[u] = __ldg(par + (static_cast<uint32_t>(next_k) >> p.w.group_shift) * gstride);
     }
-    next_codes += WARPS * chunk_vecs(4);
-    next_k += WARPS * kPlanesChunkK;
+    next_codes += SWARPS * chunk_vecs(4);
+    next_k += SWARPS * kPlanesChunkK;
   };
 #pragma unroll
   for (int u = 0; u < kPlanesBatch; ++u) load_next(u);
   pdl_wait_then_release();  // x, bias and y only past this point (pdl.cuh)
 
   uint8_t* planes = reinterpret_cast<uint8_t*>(planes_dyn);
-  stage_planes<T, WARPS>(p, planes, scale, inverse, red);
+  stage_planes<T, WARPS>(p, planes, scale, inverse, red);  // every warp, live or not: it has barriers
   // B: column g of the mma is token g / 2's plane g % 2 (columns past 2m read token 0's high plane: never stored).
   const uint4* bsrc =
       reinterpret_cast<const uint4*>(planes + (g < 2 * p.m ? g : 0) * plane_row_bytes(p.w.k_padded) + 16 * t);
   const uint32_t high = opaque_u32(0xF0F0F0F0u), sign = opaque_u32(0x80808080u);
 
   float acc[2] = {};  // token t (lanes t < m): rows g, g + 8, in units of 16 s_x
-  for (int c0 = warp; c0 < nchunks; c0 += WARPS * kPlanesBatch) {
+  for (int c0 = warp; c0 < nchunks; c0 += SWARPS * kPlanesBatch) {
 #pragma unroll
     for (int u = 0; u < kPlanesBatch; ++u) {
-      const int c = c0 + u * WARPS;
+      const int c = c0 + u * SWARPS;
       if (c >= nchunks) break;  // warp-uniform
       const uint4 bv = bsrc[c * (kPlanesChunkK / 16)];  // subtiles 0..3 of the chunk: 4 bytes each
       const uint32_t w[4] = {packed[u].x, packed[u].y, packed[u].z, packed[u].w};
@@ -203,36 +207,42 @@ __global__ void __launch_bounds__(WARPS * 32, 4 * kPlanesWarps / WARPS) wo_plane
 
   __shared__ float partial[WARPS][kStripeRows][kPlanesMaxTokens];
   if (t < p.m) {
-    partial[warp][g][t] = acc[0];
-    partial[warp][g + 8][t] = acc[1];
+    partial[threadIdx.x / 32][g][t] = acc[0];
+    partial[threadIdx.x / 32][g + 8][t] = acc[1];
   }
   __syncthreads();
-  if (threadIdx.x < p.m * kStripeRows) {
-    const int m = threadIdx.x / kStripeRows, r = threadIdx.x % kStripeRows;
-    const int n = stripe * kStripeRows + r;
+  if (threadIdx.x < STRIPES * p.m * kStripeRows) {
+    const int s = threadIdx.x / (p.m * kStripeRows), m = threadIdx.x / kStripeRows % p.m, r = threadIdx.x % kStripeRows;
+    const int n = (blockIdx.x * STRIPES + s) * kStripeRows + r;
     if (n < p.w.n) {
       float v = 0.0f;
 #pragma unroll
-      for (int i = 0; i < WARPS; ++i) v += partial[i][r][m];
+      for (int i = 0; i < SWARPS; ++i) v += partial[s * SWARPS + i][r][m];
       v = v * (scale[m] * (1.0f / 16.0f)) + bias_at(opaque(p.bias), n);
       store(static_cast<T*>(p.y) + static_cast<size_t>(m) * p.w.n + n, activate(v, p.act));
     }
   }
 }
 
-template <typename T>
+template <typename T, int STRIPES>
 void launch_typed(const WoProblem& p, cudaStream_t stream) {
   const int smem = planes_smem_bytes(p.m, p.w.k_padded);
-  auto* kernel = wo_planes_kernel<T, kPlanesWarps>;
-  constexpr int kStaticBytes = kPlanesWarps * (kStripeRows + 1) * kPlanesMaxTokens * 4 + kPlanesMaxTokens * 4;
+  auto* kernel = wo_planes_kernel<T, kPlanesWarps, STRIPES>;
+  constexpr int kStaticBytes = kPlanesWarps * (kStripeRows + 1) * kPlanesMaxTokens * 4 + kPlanesMaxTokens * 12;
   if (smem + kStaticBytes > (48 << 10)) cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-  launch_maybe_pdl(kernel, p.pdl, dim3(p.w.n_padded / kStripeRows), dim3(kPlanesWarps * 32), smem, stream, p);
+  const int blocks = (p.w.n_padded / kStripeRows + STRIPES - 1) / STRIPES;
+  launch_maybe_pdl(kernel, p.pdl, dim3(blocks), dim3(kPlanesWarps * 32), smem, stream, p);
 }
 
 }  // namespace
 
-void launch_wo_planes(const WoProblem& p, cudaStream_t stream) {
-  p.dtype == ScalarKind::kBFloat16 ? launch_typed<__nv_bfloat16>(p, stream) : launch_typed<__half>(p, stream);
+void launch_wo_planes(const WoProblem& p, int stripes, cudaStream_t stream) {
+  const bool bf16 = p.dtype == ScalarKind::kBFloat16;
+  if (stripes == 2) {
+    bf16 ? launch_typed<__nv_bfloat16, 2>(p, stream) : launch_typed<__half, 2>(p, stream);
+  } else {
+    bf16 ? launch_typed<__nv_bfloat16, 1>(p, stream) : launch_typed<__half, 1>(p, stream);
+  }
 }
 
 }  // namespace qtool
