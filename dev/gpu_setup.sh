@@ -48,6 +48,11 @@ ncu_source() {  # ncu_source SHAPE ONLY TAG REGEX (profile_kernels.py --only): -
   grep -E '"(Duration|DRAM Throughput|Executed Instructions|Registers Per Thread|Issue Slots Busy)"' \
     "$OUT/${tag}_details.csv" | awk -F'","' '{print $13 ": " $15}' | head -8
 }
+ncuw23() {  # ncu --set full of the lean ring GEMV at one token, W4 g128 / W3 g128 / W2 g64 on 8192 x 8192 (sessions 35-36)
+  for bits in 4 3 2; do
+    ncu_source 8192x8192 "w$bits wo_gemv v1 M=1" "gv1_w$bits" 'wo_gemv_kernel'
+  done
+}
 # Output to a file, not a pipe: in session 20 a bench cut off by its time limit left processes holding the pipe
 # open (torch.compile's workers, a guess), and `tail` waited on them for the rest of the call.
 bench8b() {  # bench8b LABEL SCHEMES BATCHES PREFILL TAIL [flags]: qtool bench on the 8B shape, one run per scheme

@@ -56,11 +56,6 @@ overhead() {
   step "host time per eager call"
   timeout -k 10 "${OH_TIMEOUT:-120}" python3 dev/overhead_probe.py --shape 4096x4096 --tokens 1,16,64 2>&1 | tail -20
 }
-ncuw23() {
-  for bits in 4 3 2; do
-    ncu_source 8192x8192 "w$bits wo_gemv v1 M=1" "gv1_w$bits" 'wo_gemv_kernel'
-  done
-}
 e2e() {
   E2E_TIMEOUT=${E2E_TIMEOUT:-150} bench8b "" "${E2E_SCHEMES:-w8a8-int8 fp8 fp8-block w4a16}" 1,16 128 9
 }

@@ -10,11 +10,6 @@ cd "$(dirname "$0")/.."
 LOG=session36.log
 source dev/gpu_setup.sh
 
-ncuw23() {
-  for bits in 4 3 2; do
-    ncu_source 8192x8192 "w$bits wo_gemv v1 M=1" "gv1_w$bits" 'wo_gemv_kernel'
-  done
-}
 e2e2k() {
   E2E_TIMEOUT=${E2E_TIMEOUT:-170} bench8b "" "${E2E_SCHEMES:-fp8-block w4a16}" 1,16 2048 9
 }

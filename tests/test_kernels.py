@@ -304,14 +304,21 @@ def test_gemv_pdl_rule():
     assert [a.default_value for a in schema.arguments[-3:]] == [0, None, 0]
 
 
-def test_host_decode_helpers_match_layout(tmp_path):
-    """Compile tests/kernels_host_check.cu (host code only) and decode packed chunks with the kernels' helpers."""
+@pytest.fixture(scope="module")
+def host_check(tmp_path_factory):
+    """tests/kernels_host_check.cu compiled once (host code only), or a skip without nvcc."""
     nvcc = shutil.which("nvcc")
     if nvcc is None:
         pytest.skip("nvcc not installed")
-    exe = tmp_path / "host_check"
+    exe = tmp_path_factory.mktemp("host_check") / "host_check"
     subprocess.run([nvcc, "-std=c++17", "-I", str(ROOT / "kernels" / "csrc"), str(ROOT / "tests" / "kernels_host_check.cu"),
                     "-o", str(exe)], check=True, capture_output=True)
+    return exe
+
+
+def test_host_decode_helpers_match_layout(host_check):
+    """Compile tests/kernels_host_check.cu (host code only) and decode packed chunks with the kernels' helpers."""
+    exe = host_check
     signed = subprocess.run([str(exe)], input="0 0\n", capture_output=True, text=True, check=True).stdout
     assert signed.split() == ["0"], signed  # int8_pair_bf16_signed: all 65536 code pairs exact
     for bits in (2, 3, 4, 8):
@@ -334,15 +341,10 @@ def test_host_decode_helpers_match_layout(tmp_path):
             assert (bf16, fp16) == ((u, 1024 + u) if bits == 8 else (128 + u, 1024 + u))
 
 
-def test_host_planes_product_matches_codes(tmp_path):
+def test_host_planes_product_matches_codes(host_check):
     """wo_planes.cu's int8 fragments, emulated on the CPU with the kernel's own helpers (int4_word_s8x16 for A from
     the wo layout, plane_slot for the staged x): each 16-row, 64-k chunk's product equals 16 q . x exactly."""
-    nvcc = shutil.which("nvcc")
-    if nvcc is None:
-        pytest.skip("nvcc not installed")
-    exe = tmp_path / "host_check"
-    subprocess.run([nvcc, "-std=c++17", "-I", str(ROOT / "kernels" / "csrc"), str(ROOT / "tests" / "kernels_host_check.cu"),
-                    "-o", str(exe)], check=True, capture_output=True)
+    exe = host_check
     g = torch.Generator().manual_seed(36)
     codes = torch.randint(-8, 8, (32, 192), generator=g, dtype=torch.int8)
     p = pack_weight(codes, torch.ones(32, 2), None, None, 4, 128)

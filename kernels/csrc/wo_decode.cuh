@@ -228,7 +228,14 @@ __host__ __device__ inline uint32_t int8_pair_bf16_signed(uint32_t bytes) {
 // each row's four codes in four bytes as 16 u, and flipping the top bit makes that 16 (u - 8) = 16 q, signed.
 // Returns row g's register in the low word, row g + 8's in the high one.
 __host__ __device__ inline uint64_t int4_word_s8x16(uint32_t word) {
+#ifdef __CUDA_ARCH__
+  // (a & b) ^ c as one LOP3 each: written as C++, the compiler emits an AND and an XOR (one immediate per LOP3)
+  uint32_t row_g, row_g8;
+  asm("lop3.b32 %0, %1, %2, %3, 0x6A;" : "=r"(row_g) : "r"(word << 4), "r"(0xF0F0F0F0u), "r"(0x80808080u));
+  asm("lop3.b32 %0, %1, %2, %3, 0x6A;" : "=r"(row_g8) : "r"(word), "r"(0xF0F0F0F0u), "r"(0x80808080u));
+#else
   const uint32_t row_g = ((word << 4) & 0xF0F0F0F0u) ^ 0x80808080u, row_g8 = (word & 0xF0F0F0F0u) ^ 0x80808080u;
+#endif
   return (static_cast<uint64_t>(row_g8) << 32) | row_g;
 }
 

@@ -9,7 +9,7 @@
 // within s / 508, ~2^-16 of the token's range: no clamps) and mma.m16n8k32.s8 takes 512 weights per instruction:
 //   - A from the wo layout as it is (wo_kernels.h, wo_decode.cuh): in subtile word j the even nibbles are all row
 //     g (k = 2t, 2t + 8, 2t + 1, 2t + 9) and the odd ones row g + 8 at the same k, so a masked word is an int8 A
-//     register (int4_word_s8x16: 16 q, signed, one SHF and two LOP3 per word for both rows), words j and j + 1
+//     register (int4_word_s8x16: 16 q, signed, one shift and two LOP3 per word for both rows), words j and j + 1
 //     giving a0, a1 / a2, a3 of one 16 x 32 tile.
 //   - B: the k order inside a tile is free as long as A and B agree, so the planes are staged with lane t's slot
 //     4t + b of subtile j holding k = 16j + (2t, 2t + 8, 2t + 1, 2t + 9)[b] (plane_slot), 16 bytes per lane per chunk.
@@ -37,19 +37,6 @@ __device__ inline void mma_s8_16832(int (&d)[4], const uint32_t (&a)[4], uint32_
       "{%0, %1, %2, %3};"
       : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// A value the compiler cannot fold into an immediate (kept in a register across the loop).
-__device__ inline uint32_t opaque_u32(uint32_t v) {
-  asm volatile("" : "+r"(v));
-  return v;
-}
-
-// (a & b) ^ c in one LOP3 (b, c in registers: LOP3 takes one immediate).
-__device__ inline uint32_t and_xor(uint32_t a, uint32_t b, uint32_t c) {
-  uint32_t r;
-  asm("lop3.b32 %0, %1, %2, %3, 0x6A;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
-  return r;
 }
 
 // Four int32 (their low bytes) packed into one word, byte i from v[i].
@@ -179,7 +166,6 @@ __global__ void __launch_bounds__(WARPS * 32, 4 * kPlanesWarps / WARPS) wo_plane
   // B: column g of the mma is token g / 2's plane g % 2 (columns past 2m read token 0's high plane: never stored).
   const uint4* bsrc =
       reinterpret_cast<const uint4*>(planes + (g < 2 * p.m ? g : 0) * plane_row_bytes(p.w.k_padded) + 16 * t);
-  const uint32_t high = opaque_u32(0xF0F0F0F0u), sign = opaque_u32(0x80808080u);
 
   float acc[2] = {};  // token t (lanes t < m): rows g, g + 8, in units of 16 s_x
   for (int c0 = warp; c0 < nchunks; c0 += SWARPS * kPlanesBatch) {
@@ -191,9 +177,10 @@ __global__ void __launch_bounds__(WARPS * 32, 4 * kPlanesWarps / WARPS) wo_plane
       const uint32_t w[4] = {packed[u].x, packed[u].y, packed[u].z, packed[u].w};
       int d[4] = {};
 #pragma unroll
-      for (int tile = 0; tile < 2; ++tile) {  // int4_word_s8x16 (wo_decode.cuh; its host test) in 3 instructions
-        const uint32_t a[4] = {and_xor(w[2 * tile] << 4, high, sign), and_xor(w[2 * tile], high, sign),
-                               and_xor(w[2 * tile + 1] << 4, high, sign), and_xor(w[2 * tile + 1], high, sign)};
+      for (int tile = 0; tile < 2; ++tile) {  // words 2 tile / 2 tile + 1: k 0..15 / 16..31 of the 16 x 32 tile
+        const uint64_t lo = int4_word_s8x16(w[2 * tile]), hi = int4_word_s8x16(w[2 * tile + 1]);
+        const uint32_t a[4] = {static_cast<uint32_t>(lo), static_cast<uint32_t>(lo >> 32), static_cast<uint32_t>(hi),
+                               static_cast<uint32_t>(hi >> 32)};
         mma_s8_16832(d, a, tile ? bv.z : bv.x, tile ? bv.w : bv.y);
       }
       const float s0 = __shfl_sync(0xffffffffu, prm[u], 0, 4), s1 = __shfl_sync(0xffffffffu, prm[u], 1, 4);
