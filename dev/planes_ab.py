@@ -1,6 +1,8 @@
-"""wo_gemv's variants 4 and 5 ("planes", csrc/wo_planes.cu: x as two int8 planes on the int8 tensor cores, one or two
-16-row stripes per block) against the ring GEMV that ships and bf16 F.linear, symmetric W4 at 1-4 tokens on issue 19's shapes and the fused 8B ones, in one
-process. Timing as bench_kernels.py (rotating copies past the L2, CUDA-graph replay, median); speedup against bf16 in
+"""wo_gemv's variants 4, 5 and 6 ("planes", csrc/wo_planes.cu: x as two int8 planes on the int8 tensor cores, one,
+two or four 16-row stripes per block, each block quantizing x) and wo_planes_gemv (the planes given by x_planes: alone,
+"g1/g2/g4", and with x_planes before it in the graph, "p1/p2/p4") against the GEMV that ships at that token count
+(weight_only.route: the ring or variant 3) and bf16 F.linear, symmetric W4 at 1-4 tokens on issue 19's shapes and the
+fused 8B ones, in one process. Timing as bench_kernels.py (rotating copies past the L2, CUDA-graph replay, median); speedup against bf16 in
 the same process, TB/s = code and scale bytes / time.
 
     python3 dev/planes_ab.py [--tokens 1,2,3,4] [--group 128] [--json out.json]
@@ -24,7 +26,7 @@ def time_shape(ops, k: int, n: int, group: int, tokens: list[int]) -> list[dict]
     from bench_kernels import Rotation, copies_for, graph_ms
 
     from qtool_kernels.layout import EPILOGUE, pack_weight
-    from qtool_kernels.weight_only import PDL_STATIC_WEIGHT, gemv_variant, takes_planes
+    from qtool_kernels.weight_only import PDL_STATIC_WEIGHT, gemv_kind, gemv_variant, takes_planes
 
     groups = 1 if group <= 0 else -(-k // group)
     codes = torch.randint(-8, 8, (n, k), device="cuda", dtype=torch.int8)
@@ -41,13 +43,14 @@ def time_shape(ops, k: int, n: int, group: int, tokens: list[int]) -> list[dict]
     for m in tokens:
         x = torch.randn(m, p.k_padded, device="cuda", dtype=torch.bfloat16)
         xk = x[:, :k].contiguous()
-        ring_variant = gemv_variant(p, m)  # QTOOL_GEMV_PLANES unset: the ring GEMV's launch
+        # QTOOL_GEMV_PLANES unset: what ships (the ring's launch, or variant 3 where the rule says "stream")
+        ring_variant = 3 if gemv_kind(p, m) == "stream" else gemv_variant(p, m)
         bf16 = graph_ms(lambda: F.linear(xk, dense()))  # noqa: B023  (timed before the next iteration)
         ring = graph_ms(lambda: gemv(x, ring_variant))  # noqa: B023
         row = {"K": k, "N": n, "M": m, "bf16_ms": bf16, "ring_ms": ring, "ring_speedup": bf16 / ring,
                "ring_TBps": nbytes / ring / 1e9}
-        line = f"{k:>5} x {n:<5} M={m}  bf16 {bf16 * 1e3:7.2f} us  ring {bf16 / ring:5.2f}x"
-        for variant in (4, 5):
+        line = f"{k:>5} x {n:<5} M={m}  bf16 {bf16 * 1e3:7.2f} us  v{ring_variant % 16} {bf16 / ring:5.2f}x"
+        for variant in (4, 5, 6):
             if not takes_planes(p, m):
                 continue
             ms = graph_ms(lambda: gemv(x, variant + PDL_STATIC_WEIGHT))  # noqa: B023
@@ -55,7 +58,27 @@ def time_shape(ops, k: int, n: int, group: int, tokens: list[int]) -> list[dict]
             diff = ((a - b).norm() / a.norm()).item()  # the rotated copies hold the same codes and scales
             row.update({f"v{variant}_ms": ms, f"v{variant}_speedup": bf16 / ms, f"v{variant}_TBps": nbytes / ms / 1e9,
                         f"v{variant}_rel_diff": diff})
-            line += f"  v{variant} {bf16 / ms:5.2f}x ({nbytes / ms / 1e9:4.2f} TB/s, diff {diff:.1e})"
+            line += f"  v{variant} {bf16 / ms:5.2f}x"
+            row["rel_diff"] = max(row.get("rel_diff", 0.0), diff)
+        planes, xs = ops.x_planes(x)
+        for variant in (0, 1, 2):
+            def given(variant=variant, x=x, planes=planes, xs=xs):
+                qweight, scale = packed()
+                return ops.wo_planes_gemv(planes, xs, qweight, scale, None, p.group_size, n, x.dtype,
+                                          variant + PDL_STATIC_WEIGHT)
+
+            def pair(variant=variant, x=x):
+                xp, s = ops.x_planes(x, 1)
+                qweight, scale = packed()
+                return ops.wo_planes_gemv(xp, s, qweight, scale, None, p.group_size, n, x.dtype,
+                                          variant + PDL_STATIC_WEIGHT)
+
+            g_ms, p_ms = graph_ms(given), graph_ms(pair)
+            a, b = gemv(x, ring_variant).double(), given().double()
+            row["rel_diff"] = max(row.get("rel_diff", 0.0), ((a - b).norm() / a.norm()).item())
+            row.update({f"g{1 << variant}_speedup": bf16 / g_ms, f"p{1 << variant}_speedup": bf16 / p_ms})
+            line += f"  g{1 << variant} {bf16 / g_ms:5.2f}x p{1 << variant} {bf16 / p_ms:5.2f}x"
+        line += f"  diff {row['rel_diff']:.1e}"
         rows.append(row)
         print(line, flush=True)
     return rows

@@ -5,6 +5,7 @@
 #   call 1: bash dev/session37.sh planetests planesan planesab     (~5 min: wo_gemv variant 4, csrc/wo_planes.cu,
 #           written in session 36 and never run: its tests, compute-sanitizer, its speed against the ring GEMV)
 #   call 2, if the planes win at one token: bash dev/session37.sh e2eplanes ncuplanes   (~6 min)
+#   (session 37 ran call 1 twice, the second with x_planes + wo_planes_gemv, then: planetests w4small e2eplanes)
 # planetests  the variant's GPU tests and the other wo_gemv / QuantLinear tests (ops.cpp's checks changed)
 # planesan    compute-sanitizer memcheck and racecheck over one planes launch per token count (the staging's barriers)
 # planesab    dev/planes_ab.py: planes (variants 4 and 5) vs the ring GEMV vs bf16 at 1-4 tokens, issue 19's shapes and
@@ -18,7 +19,8 @@ source dev/gpu_setup.sh
 
 planetests() {
   step "GPU tests: wo_gemv variant 4 (planes) and the weight-only GEMVs"
-  gputests planetests "${PT_TIMEOUT:-240}" tests/test_kernels_gpu.py -k "planes or raw_kernels or gemv or quantlinear"
+  gputests planetests "${PT_TIMEOUT:-300}" tests/test_kernels_gpu.py tests/test_wo_stream_gpu.py tests/test_mixed_gpu.py \
+    -k "planes or raw_kernels or gemv or quantlinear or opcheck or stream or route"
 }
 planesan() {
   step "compute-sanitizer: one planes launch per token count"
@@ -32,13 +34,16 @@ for k, n, m in ((576, 200, 1), (4096, 1536, 2), (14336, 64, 3), (4096, 256, 4)):
     codes = torch.randint(-8, 8, (n, k), device="cuda", dtype=torch.int8)
     p = pack_weight(codes, torch.rand(n, -(-k // 128), device="cuda"), None, None, 4, 128)
     x = torch.randn(m, p.k_padded, device="cuda", dtype=torch.bfloat16)
-    for variant in (4, 5):
+    for variant in (4, 5, 6):
         ops.wo_gemv(x, p.qweight, p.scale, None, torch.randn(n, device="cuda"), 4, 128, n, EPILOGUE, None, variant)
+    planes, xs = ops.x_planes(x, 1)
+    for variant in (0, 1, 2):
+        ops.wo_planes_gemv(planes, xs, p.qweight, p.scale, None, 128, n, x.dtype, variant + 16)
 torch.cuda.synchronize()
 print("launched")
 PY
   for tool in memcheck racecheck; do
-    timeout -k 10 "${SAN_TIMEOUT:-120}" compute-sanitizer --tool "$tool" --kernel-name regex:wo_planes \
+    timeout -k 10 "${SAN_TIMEOUT:-120}" compute-sanitizer --tool "$tool" --kernel-name kns=planes \
       python3 /tmp/planes_one.py > "$OUT/planes_$tool.txt" 2>&1
     echo "$tool exit $?"; tail -3 "$OUT/planes_$tool.txt"
   done
@@ -53,9 +58,18 @@ ncuplanes() {
     ncu_source "$shape" "w4 wo_gemv v1 M=1" "gv1_${shape}" 'wo_gemv_kernel'
   done
 }
-e2eplanes() {
-  E2E_TIMEOUT=${E2E_TIMEOUT:-160} bench8b "" "w4a16" 1,16 2048 9
-  QTOOL_GEMV_PLANES=${PLANES:-1} E2E_TIMEOUT=${E2E_TIMEOUT:-160} bench8b "-planes" "w4a16" 1,16 2048 9
+e2eplanes() {  # the planes route on (the default) and off, one process each, bf16 beside each (~220 s each)
+  E2E_TIMEOUT=${E2E_TIMEOUT:-300} bench8b "" "w4a16" ${E2E_BATCHES:-1,4,16} 2048 11
+  QTOOL_GEMV_PLANES=0 E2E_TIMEOUT=${E2E_TIMEOUT:-300} bench8b "-noplanes" "w4a16" ${E2E_BATCHES:-1,4,16} 2048 11
+}
+stalefix() {  # session 37: the one test that failed in planetests (a refusal test that still named variant 4)
+  gputests stalefix 120 tests/test_wo_stream_gpu.py -k token_limits
+}
+w4small() {  # issue 19's W4 g128 rows at 1-4 tokens through QuantLinear (the routes), the planes on
+  step "W4 g128 at 1-4 tokens, every shape"
+  timeout -k 15 "${SMALL_TIMEOUT:-200}" python3 benchmarks/bench_kernels.py --formats w4a16-g128 --tokens 1,2,3,4 \
+    --json "$OUT/w4_small.json" > /tmp/w4_small.txt 2>&1
+  echo "exit $?"; tail -30 /tmp/w4_small.txt
 }
 
 for stage in "$@"; do "$stage"; done

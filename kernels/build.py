@@ -183,10 +183,18 @@ def _register_fakes() -> None:
     def silu_mul(x, pdl=0):
         return x.new_empty(x.shape[0], x.shape[1] // 2)
 
+    def x_planes(x, pdl=0):
+        return x.new_empty(2 * x.shape[0], x.shape[1], dtype=torch.int8), x.new_empty(x.shape[0], dtype=torch.float32)
+
+    def wo_planes_gemv(planes, xscale, qweight, scale, bias, group_size, out_features, dtype, variant=0):
+        return planes.new_empty(planes.shape[0] // 2, out_features, dtype=dtype)
+
     def decode_attention(q, k, v, mask, scale, splits=0, pdl=0, variant=0):
         return q.new_empty(q.shape)
 
     torch.library.register_fake(f"{NAME}::silu_mul")(silu_mul)
+    torch.library.register_fake(f"{NAME}::x_planes")(x_planes)
+    torch.library.register_fake(f"{NAME}::wo_planes_gemv")(wo_planes_gemv)
     torch.library.register_fake(f"{NAME}::decode_attention")(decode_attention)
     torch.library.register_fake(f"{NAME}::w1_gemv")(w1_gemv)
     torch.library.register_fake(f"{NAME}::binarize")(binarize)
@@ -321,6 +329,7 @@ def _weight_only_path() -> str:
         GEMM_MAX_M,
         GEMV_PLANES,
         MIXED_MIN_M,
+        PLANES_ONE_TOKEN_MIN_WEIGHT,
         RING_M3_MAX_K,
         STREAM_LONG_K,
         STREAM_SMALL_MAX_N,
@@ -340,8 +349,9 @@ def _weight_only_path() -> str:
              f"{STREAM_LONG_K}, at 3 on 4-bit ones with K <= {RING_M3_MAX_K} < N; otherwise variant 3 from 2 tokens "
              "for 2-/3-bit (to 16 on weights of <= 4096 x 4096), 3-4 for 4-bit (to 8 on weights of <= "
              f"{STREAM_SMALL_MAX_N} rows and 32 MiB), 4 for large 8-bit ones; the ring GEMV to 4, to 8 on small 8-bit"
-             + (f"; symmetric 4-bit at 1-4 tokens on variant {GEMV_PLANES}, x as two int8 planes "
-                "(QTOOL_GEMV_PLANES, unmeasured)" if GEMV_PLANES else "") + ")")
+             + ("; symmetric 4-bit weights (groups >= 64 or per channel) at 2-4 tokens, and at 1 on weights of more "
+                f"than {PLANES_ONE_TOKEN_MIN_WEIGHT - 1} elements, on x_planes + wo_planes_gemv (x as two int8 planes on the "
+                "int8 tensor cores, weight_only.planes_route; QTOOL_GEMV_PLANES=0: off)" if GEMV_PLANES else "") + ")")
     rows = ("8-bit symmetric per-channel layers row-major on qtool_cuda w8_gemv (to 4 tokens, 16 on weights of <= "
             "8192 x 8192, 32 on <= 4096 x 6144: weight_only.rows_gemv), then on weights of <= 4096 x 6144 at 33-256 "
             "tokens two int8 planes of the activations on the int8 GEMM (split_mm.py, weight_only.SPLIT), then the "

@@ -284,5 +284,16 @@ class ReferenceOps:
         return reference.silu_mul(y).to(x.dtype) if swiglu else y.to(x.dtype)
 
     @staticmethod
+    def x_planes(x, pdl=0):
+        return reference.x_planes(x)
+
+    @staticmethod
+    def wo_planes_gemv(planes, xscale, qweight, scale, bias, group_size, out_features, dtype, variant=0):
+        """y of `dtype` from x as x_planes gave it (symmetric 4-bit weights); `variant` is the launch's shape."""
+        w = dequantize_packed(qweight, scale, None, 4, group_size, out_features)
+        y = reference.planes_to_x(planes, xscale) @ w.T
+        return (y if bias is None else y + bias.float()).to(dtype)
+
+    @staticmethod
     def dequant_int(qweight, scale, zero, num_bits, group_size, out_features, dtype):
         return dequantize_packed(qweight, scale, zero, num_bits, group_size, out_features, dtype)

@@ -108,6 +108,37 @@ def split_activation(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat([hi, lo]), torch.cat([scale, lo_scale])
 
 
+def plane_slots(k_padded: int) -> torch.Tensor:
+    """[k_padded] int64: the byte of a plane row (x_planes) holding x's k (csrc/wo_kernels.h, plane_slot): within
+    each 64-k chunk, lane t's 16 bytes hold k = 16j + (2t, 2t + 8, 2t + 1, 2t + 9) of subtile j, the k of its int8 A
+    register in the 4-bit weight layout."""
+    k = torch.arange(k_padded)
+    return 64 * (k // 64) + 16 * ((k % 8) // 2) + 4 * ((k % 64) // 16) + 2 * (k % 2) + (k % 16) // 8
+
+
+def x_planes(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The x_planes kernel's planes of x [m, K]: [2m, K] int8 (rows 2r / 2r + 1: token r's high / low plane, bytes in
+    plane_slots order) and scales [m] float32, x = s hi + (s / 254) lo + e with |e| <= s / 508, s = max|x| / 127 per
+    token (no clamps: |x / s| <= 127, |x - s hi| <= s / 2). The kernel rounds x / s as one FMA, so a code may differ
+    by one where the product falls within a rounding of a half; the reconstruction bound holds for both."""
+    xf = x.float()
+    s = xf.abs().amax(1) / 127
+    s = torch.where(s > 0, s, torch.ones_like(s))  # an all-zero token: any scale
+    hi = torch.round(xf * (1 / s)[:, None])
+    lo = torch.round((xf - hi * s[:, None]) * (254 / s)[:, None])
+    rows = torch.stack([hi, lo], 1).reshape(2 * x.shape[0], x.shape[1]).to(torch.int8)
+    planes = torch.empty_like(rows)
+    planes[:, plane_slots(x.shape[1]).to(x.device)] = rows
+    return planes, s
+
+
+def planes_to_x(planes: torch.Tensor, xscale: torch.Tensor) -> torch.Tensor:
+    """x_planes' inverse: planes [2m, K] int8 and scales [m] -> x [m, K] float32 (within s / 508 of the x they came
+    from)."""
+    rows = planes[:, plane_slots(planes.shape[1]).to(planes.device)].float().view(-1, 2, planes.shape[1])
+    return xscale[:, None] * (rows[:, 0] + rows[:, 1] / 254)
+
+
 def scaled_linear(
     xq: torch.Tensor,  # [M, K] int8 or fp8 codes
     x_scale: torch.Tensor,  # [M, 1] per token, [M, ceil(K/g)] per 1 x g group, or [1] per tensor

@@ -163,27 +163,48 @@ def rows_gemv(w: PackedWeight, m: int, dtype: torch.dtype) -> bool:
 PDL_STATIC_WEIGHT = 16
 
 
-# wo_gemv variants 4 and 5, "planes" (csrc/wo_planes.cu): symmetric 4-bit weights at 1-4 tokens on the int8 tensor
-# cores, x as two int8 planes (~2^-16 of each token's range), one 16-row stripe per block (4) or two sharing the
-# staged planes (5). Prepared in session 36 without a GPU, unmeasured: off unless QTOOL_GEMV_PLANES=1 (variant 4) or
-# 2 (variant 5), read once, for the A/B that decides it (kernels/NOTES.md, "Session 36").
-GEMV_PLANES = {"1": 4, "2": 5}.get(os.environ.get("QTOOL_GEMV_PLANES", "0"), 0)
+# x_planes + wo_planes_gemv (csrc/wo_planes.cu), "planes": symmetric 4-bit weights with groups >= 64 (or per channel)
+# at 1-4 tokens. A producer kernel quantizes x once into two int8 planes (~2^-16 of each token's range), and the GEMV
+# runs on the int8 tensor cores (mma.m16n8k32.s8: 3 instructions per 16 weights for A, where the bf16 fragment takes
+# 16). Session 37, H200 (BENCHMARKS.md "session 37", dev/planes_ab.py), the pair against what shipped before: at 2-4
+# tokens faster on every shape of issue 19's table (8192 x 8192 at 4 tokens 1.82x -> 2.52x bf16, 4096 x 14336
+# 1.53x -> 2.52x); at one token only on weights past 8192 x 8192 (4096 x 28672 2.55x -> 3.04x), where the producer's
+# ~2 us is paid back; on the smaller ones the ring GEMV stays. The variants that quantize x inside every block
+# (wo_gemv 4-6) lost to the pair at 2-4 tokens and to the ring at one on all but the widest weights: unrouted.
+# QTOOL_GEMV_PLANES=0 (read once) turns the route off.
+GEMV_PLANES = os.environ.get("QTOOL_GEMV_PLANES", "1") != "0"
 PLANES_MAX_M = 4  # csrc/wo_kernels.h, kPlanesMaxTokens
-PLANES_MAX_BYTES = 96 << 10  # kPlanesMaxBytes: the staged planes, 2 * m * (K + 64) bytes
+PLANES_MAX_BYTES = 96 << 10  # kPlanesMaxBytes: wo_gemv 4-6's staged planes, 2 * m * (K + 64) bytes
+PLANES_ONE_TOKEN_MIN_WEIGHT = 8192 * 8192 + 1  # K * N from which one token takes the pair
+PLANES_MIN_BLOCKS = 448  # stripes per block (1, 2, 4): the most that leave this many blocks (~3.4 per SM)
 
 
 def takes_planes(w: PackedWeight, m: int) -> bool:
-    """Whether wo_gemv's variant 4 serves m tokens of this weight (csrc/wo_kernels.h, planes_take)."""
+    """Whether wo_gemv's variants 4-6 (x quantized in every block) serve m tokens of this weight (csrc/wo_kernels.h,
+    planes_take)."""
+    return takes_given_planes(w, m) and 2 * m * (w.k_padded + 64) <= PLANES_MAX_BYTES
+
+
+def takes_given_planes(w: PackedWeight, m: int) -> bool:
+    """Whether wo_planes_gemv serves m tokens of this weight (symmetric 4-bit, groups >= 64 or per channel)."""
     return (w.num_bits == 4 and w.zero is None and (w.group_size <= 0 or w.group_size >= 64)
-            and 1 <= m <= PLANES_MAX_M and 2 * m * (w.k_padded + 64) <= PLANES_MAX_BYTES)
+            and 1 <= m <= PLANES_MAX_M)
+
+
+def planes_route(w: PackedWeight, m: int) -> int | None:
+    """wo_planes_gemv's variant (0, 1, 2: one, two or four stripes per block) for m tokens by the measured rule
+    above, or None where the planes do not serve them."""
+    if not GEMV_PLANES or not takes_given_planes(w, m):
+        return None
+    if m == 1 and w.k_padded * w.out_features < PLANES_ONE_TOKEN_MIN_WEIGHT:
+        return None
+    stripes = -(-w.out_features // 16)
+    return 2 if stripes >= 4 * PLANES_MIN_BLOCKS else 1 if stripes >= 2 * PLANES_MIN_BLOCKS else 0
 
 
 def gemv_variant(w: PackedWeight, m: int = 1) -> int:
     """wo_gemv's `variant` argument (ring GEMV) for m tokens of this prepared weight: wide where few rows or a long
-    K, else lean (the planes where GEMV_PLANES and takes_planes); plus PDL_STATIC_WEIGHT (packed weights are not
-    written while layers run)."""
-    if GEMV_PLANES and takes_planes(w, m):
-        return GEMV_PLANES + PDL_STATIC_WEIGHT
+    K, else lean; plus PDL_STATIC_WEIGHT (packed weights are not written while layers run)."""
     return (2 if w.out_features <= GEMV_WIDE_MAX_N or w.k_padded > w.out_features else 1) + PDL_STATIC_WEIGHT
 
 
@@ -229,7 +250,10 @@ def hopper_route(w: PackedWeight, m: int, dtype: torch.dtype, bits: int | None =
 
 def route(w: PackedWeight, m: int, dtype: torch.dtype) -> dict | str:
     """The kernel of `packed_linear` for m tokens of 4- or 8-bit weights: "wo_gemv", a schedule of the Hopper
-    GEMM (a dict), "wo_gemm_v3", "wo_gemm" or "dequant"; "wo_gemv_stream" (variant 3)."""
+    GEMM (a dict), "wo_gemm_v3", "wo_gemm" or "dequant"; "wo_gemv_stream" (variant 3); "wo_planes" (x_planes +
+    wo_planes_gemv, planes_route)."""
+    if planes_route(w, m) is not None and dtype in (torch.bfloat16, torch.float16):
+        return "wo_planes"
     if (kind := gemv_kind(w, m)) is not None:
         return "wo_gemv_stream" if kind == "stream" else "wo_gemv"
     if (hopper := hopper_route(w, m, dtype)) is not None:
@@ -274,6 +298,10 @@ def packed_linear(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, k
     elif kernel in ("wo_gemv", "wo_gemv_stream"):
         variant = 3 if kernel == "wo_gemv_stream" else gemv_variant(w, m)
         y = kernels.wo_gemv(x2, *args, bias, *meta, EPILOGUE, prefetch, variant)
+    elif kernel == "wo_planes":
+        planes, xscale = kernels.x_planes(x2, 1)  # PDL where on (csrc/pdl.cuh decides)
+        y = kernels.wo_planes_gemv(planes, xscale, w.qweight, w.scale, bias, w.group_size, w.out_features, x2.dtype,
+                                   planes_route(w, m) + PDL_STATIC_WEIGHT)
     elif kernel == "wo_gemm_v3":
         y = kernels.wo_gemm_v3(x2, *args, bias, *meta, EPILOGUE, V3_VARIANT)
     elif kernel == "wo_gemm":

@@ -363,22 +363,53 @@ def test_host_planes_product_matches_codes(host_check):
             assert torch.equal(got[stripe, chunk], 16 * rows @ x[64 * chunk:64 * chunk + 64]), (stripe, chunk)
 
 
-def test_planes_variant_only_where_switched_on_and_taken(monkeypatch):
-    """wo_gemv's variants 4 / 5 (csrc/wo_planes.cu, unmeasured) run only under QTOOL_GEMV_PLANES=1 / 2, and then for
-    what it takes: symmetric 4-bit weights, groups >= 64 or per channel, 1-4 tokens, planes within 96 KB."""
-    def packed(bits, group, symmetric, k=4096):
-        codes, scale, zero, _ = random_weight(64, k, bits, group, symmetric=symmetric, seed=bits)
-        return pack_weight(codes, scale, zero, None, bits, group)
+def test_planes_reference_reconstructs_x_and_the_product():
+    """x_planes' oracle (reference.x_planes, planes_to_x): plane_slots is a permutation that puts k = 16j + (2t,
+    2t + 8, 2t + 1, 2t + 9) in lane t's word of subtile j (the host check above feeds the kernel that order); the
+    planes give x back within s / 508 per token (an outlier, an all-zero token); ReferenceOps.wo_planes_gemv is
+    x @ W^T within that bound."""
+    slots = reference.plane_slots(128)
+    assert torch.equal(slots.sort().values, torch.arange(128))
+    assert slots[[0, 8, 1, 9, 2, 10, 16, 70]].tolist() == [0, 1, 2, 3, 16, 17, 4, 112]
+    g = torch.Generator().manual_seed(37)
+    x = torch.randn(3, 192, generator=g)
+    x[0, 5] *= 50
+    x[2] = 0
+    planes, s = reference.x_planes(x)
+    assert planes.dtype == torch.int8 and planes.shape == (6, 192) and planes.abs().max() <= 127
+    back = reference.planes_to_x(planes, s)
+    assert ((back - x).abs() <= s[:, None] * (1 / 508 + 1e-5)).all() and torch.equal(back[2], x[2])
+    assert (back - x).abs().max() < x.abs().max() / 2**14  # ~2^-16 of the range, not 8 bits
+    codes, scale, _, _ = random_weight(40, 192, 4, 64, symmetric=True, seed=37)
+    dense = codes.double() * scale.double().repeat_interleave(64, 1)
+    pk = pack_weight(codes, scale, None, None, 4, 64)
+    bias = torch.randn(40, generator=g)
+    y = ReferenceOps.wo_planes_gemv(planes, s, pk.qweight, pk.scale, bias, 64, 40, torch.float32)
+    assert y.dtype == torch.float32 and rel_err(y, x.double() @ dense.T + bias.double()) < 1e-4
 
-    sym = packed(4, 128, True)
-    assert weight_only.gemv_variant(sym, 1) % weight_only.PDL_STATIC_WEIGHT != 4  # off by default
-    monkeypatch.setattr(weight_only, "GEMV_PLANES", 5)
-    assert weight_only.gemv_variant(sym, 1) - weight_only.PDL_STATIC_WEIGHT == 5
-    monkeypatch.setattr(weight_only, "GEMV_PLANES", 4)
-    assert [weight_only.gemv_variant(sym, m) - weight_only.PDL_STATIC_WEIGHT for m in (1, 4)] == [4, 4]
-    assert weight_only.gemv_variant(sym, 5) - weight_only.PDL_STATIC_WEIGHT != 4
+
+def test_planes_route_by_tokens_and_shape(monkeypatch):
+    """x_planes + wo_planes_gemv (weight_only.planes_route, session 37's measured rule): symmetric 4-bit weights with
+    groups >= 64 or per channel at 2-4 tokens, at one token only past 8192 x 8192; two / four stripes per block where
+    that still leaves 448 blocks; nothing else, and nothing under QTOOL_GEMV_PLANES=0. wo_gemv's variants 4-6 (x
+    quantized in every block) take what fits their shared memory."""
+    def packed(bits, group, symmetric, k=4096, n=64):
+        codes, scale, zero, _ = random_weight(64, 64, bits, group, symmetric=symmetric, seed=bits)
+        w = pack_weight(codes, scale, zero, None, bits, group)
+        qweight = w.qweight.new_zeros(n // 16, k // layout.chunk_k(bits), *w.qweight.shape[2:])  # the shape only
+        return PackedWeight(qweight, w.scale, w.zero, None, bits, group, k, n)
+
+    small, wide = packed(4, 128, True, 4096, 4096), packed(4, 128, True, 4096, 14336)
+    widest = packed(4, -1, True, 4096, 28672)
+    assert [weight_only.planes_route(small, m) for m in range(6)] == [None, None, 0, 0, 0, None]
+    assert weight_only.planes_route(packed(4, 64, True, 8192, 8192), 1) is None
+    assert weight_only.planes_route(packed(4, 64, True, 28672, 8192), 1) == 0
+    assert weight_only.planes_route(wide, 2) == 1 and weight_only.planes_route(widest, 1) == 2
     for other in (packed(4, 128, False), packed(4, 32, True), packed(8, -1, True), packed(3, 128, True)):
-        assert weight_only.gemv_variant(other, 1) - weight_only.PDL_STATIC_WEIGHT != 4
+        assert weight_only.planes_route(other, 2) is None
+    assert weight_only.route(small, 3, torch.bfloat16) == "wo_planes" != weight_only.route(small, 3, torch.float32)
+    monkeypatch.setattr(weight_only, "GEMV_PLANES", False)
+    assert weight_only.planes_route(small, 2) is None and weight_only.route(small, 3, torch.bfloat16) != "wo_planes"
     long_k = packed(4, -1, True, k=14336)
     assert weight_only.takes_planes(long_k, 3) and not weight_only.takes_planes(long_k, 4)  # 2 * 4 * 14400 > 96 KB
 

@@ -122,12 +122,12 @@ def test_gemv_both_activation_paths(kernels, bits, group_size, symmetric, dtype)
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("group_size", [64, 128, -1])
-def test_planes_gemv_matches_float64(kernels, group_size, dtype, monkeypatch):
-    """wo_gemv variants 4 and 5 (x as two int8 planes on the int8 tensor cores, symmetric W4, one or two stripes per
-    block; csrc/wo_planes.cu) at every token count they take, plain and with PDL, with bias, on ragged K (576: a last g128 group of 64) and N (200: inside
+def test_planes_gemv_matches_float64(kernels, group_size, dtype):
+    """wo_gemv variants 4, 5 and 6 (x as two int8 planes on the int8 tensor cores, symmetric W4, one, two or four
+    stripes per block; csrc/wo_planes.cu) at every token count they take, plain and with PDL, with bias, on ragged K (576: a last g128 group of 64) and N (200: inside
     a stripe), a token with an outlier feature and an all-zero token, against float64 from the checkpoint tensors and
-    against the ring GEMV (the planes add ~2^-16 of each token's range). Then QuantLinear with the switch on, and the
-    refusals, which name the value."""
+    against the ring GEMV (the planes add ~2^-16 of each token's range). Then QuantLinear, whose route at 2-4 tokens is
+    x_planes + wo_planes_gemv, eager and in a CUDA graph, and the refusals, which name the value."""
     for k, n in ((576, 200), (4096, 1536), (14336, 64)):
         qt, args, dense = make_weight(4, group_size, True, False, k, n, k)
         p = pack_weight(qt.values, qt.scale, qt.zero_point, None, 4, group_size)
@@ -142,19 +142,27 @@ def test_planes_gemv_matches_float64(kernels, group_size, dtype, monkeypatch):
             xp = torch.nn.functional.pad(x, (0, p.k_padded - k))
             ref = x.double() @ dense.T + bias.double()
             ring = kernels.wo_gemv(xp, p.qweight, p.scale, None, bias, 4, p.group_size, n, EPILOGUE, None, 1)
-            for variant in (4, 5, 4 + weight_only.PDL_STATIC_WEIGHT, 5 + weight_only.PDL_STATIC_WEIGHT):
+            for variant in (4, 5, 6, 4 + weight_only.PDL_STATIC_WEIGHT, 5 + weight_only.PDL_STATIC_WEIGHT,
+                            6 + weight_only.PDL_STATIC_WEIGHT):
                 poison_cache()
                 out = kernels.wo_gemv(xp, p.qweight, p.scale, None, bias, 4, p.group_size, n, EPILOGUE, None, variant)
                 assert out.shape == (m, n) and rel_err(out, ref) < 1e-2, f"k={k} m={m} variant={variant}"
                 assert rel_err(out, ring) < 1e-2, f"k={k} m={m} variant={variant}"
                 if m > 1:
                     torch.testing.assert_close(out[1].float(), bias.to(dtype).float(), rtol=1e-2, atol=1e-2)
-    monkeypatch.setattr(weight_only, "GEMV_PLANES", 5)
     qt, args, dense = make_weight(4, group_size, True, False, 4096, 1536)
     layer = QuantLinear.from_qtensor(qt, QuantScheme(weights=args), bias=None)
-    for m in (1, 4):
+    for m in (1, 2, 4):
         x = torch.randn(m, 4096, device="cuda", dtype=dtype)
         assert rel_err(layer(x), x.double() @ dense.T) < 1e-2, f"QuantLinear m={m}"
+    x = torch.randn(3, 4096, device="cuda", dtype=dtype)
+    layer(x)  # packs, warms up
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = layer(x)
+    x.copy_(torch.randn_like(x))
+    graph.replay()
+    assert rel_err(y, x.double() @ dense.T) < 1e-2, "QuantLinear in a CUDA graph"
     qt, _, _ = make_weight(4, 128, False, False, 576, 200)
     p = pack_weight(qt.values, qt.scale, qt.zero_point, None, 4, 128)
     x = torch.randn(1, p.k_padded, device="cuda", dtype=dtype)
@@ -162,6 +170,55 @@ def test_planes_gemv_matches_float64(kernels, group_size, dtype, monkeypatch):
         kernels.wo_gemv(x, p.qweight, p.scale, p.zero, None, 4, 128, 200, EPILOGUE, None, 4)
     with pytest.raises(RuntimeError, match="at most 4 tokens with variant 4"):
         kernels.wo_gemv(x.expand(5, -1).contiguous(), p.qweight, p.scale, None, None, 4, 128, 200, EPILOGUE, None, 4)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("group_size", [64, 128, -1])
+def test_given_planes_gemv_matches_float64(kernels, group_size, dtype):
+    """x_planes (one block per token) against its oracle: the same scales, the same codes but where x / s lies
+    within a rounding of a half (a high code one apart), x back within s / 508; then wo_planes_gemv on those planes
+    (one, two or four stripes per block, plain and with PDL) against float64 and against wo_gemv's staged planes, on
+    ragged K and N, 1-4 tokens, an outlier and an all-zero token. The refusals name the value."""
+    for k, n in ((576, 200), (4096, 1536), (14336, 64)):
+        qt, _, dense = make_weight(4, group_size, True, False, k, n, k)
+        p = pack_weight(qt.values, qt.scale, qt.zero_point, None, 4, group_size)
+        bias = torch.randn(n, device="cuda")
+        for m in range(1, 5):
+            x = torch.randn(m, k, device="cuda", dtype=dtype)
+            x[0, 7] *= 40
+            if m > 1:
+                x[1] = 0
+            xp = torch.nn.functional.pad(x, (0, p.k_padded - k))
+            poison_cache()
+            planes, xs = kernels.x_planes(xp)
+            want, want_s = reference.x_planes(xp)
+            torch.testing.assert_close(xs, want_s, rtol=1e-6, atol=0)
+            high = slice(0, None, 2)
+            assert (planes[high].int() - want[high].int()).abs().max() <= 1
+            assert (planes != want).float().mean() < 0.01, f"k={k} m={m}"
+            back = reference.planes_to_x(planes, xs)
+            assert ((back - xp.float()).abs() <= xs[:, None] * (1 / 508 + 1e-5)).all(), f"k={k} m={m}"
+            ref = x.double() @ dense.T + bias.double()
+            staged = None
+            if weight_only.takes_planes(p, m):
+                staged = kernels.wo_gemv(xp, p.qweight, p.scale, None, bias, 4, p.group_size, n, EPILOGUE, None, 4)
+            for variant in (0, 1, 2, 16, 17, 18):
+                poison_cache()
+                out = kernels.wo_planes_gemv(planes, xs, p.qweight, p.scale, bias, p.group_size, n, dtype, variant)
+                assert out.shape == (m, n) and out.dtype == dtype and rel_err(out, ref) < 1e-2, f"k={k} m={m} {variant}"
+                if staged is not None:
+                    assert rel_err(out, staged) < 5e-3, f"k={k} m={m} variant={variant}"
+                if m > 1:
+                    torch.testing.assert_close(out[1].float(), bias.to(dtype).float(), rtol=1e-2, atol=1e-2)
+    qt, _, _ = make_weight(4, 32, True, False, 576, 200)
+    p32 = pack_weight(qt.values, qt.scale, qt.zero_point, None, 4, 32)
+    planes, xs = kernels.x_planes(torch.randn(5, p32.k_padded, device="cuda", dtype=dtype))
+    with pytest.raises(RuntimeError, match="groups of >= 64 .* got group_size 32"):
+        kernels.wo_planes_gemv(planes[:2], xs[:1], p32.qweight, p32.scale, None, 32, 200, dtype, 0)
+    with pytest.raises(RuntimeError, match=r"m <= 4 .* got \[10, 576\]"):
+        kernels.wo_planes_gemv(planes, xs, p.qweight, p.scale, None, p.group_size, 64, dtype, 0)
+    with pytest.raises(RuntimeError, match="variant must be 0, 1 or 2 .* got 3"):
+        kernels.wo_planes_gemv(planes[:2], xs[:1], p32.qweight, p32.scale, None, 32, 200, dtype, 3)
 
 
 def check_gemm_against_float64(call, bits, group_size, symmetric, dtype, shapes):
@@ -313,6 +370,13 @@ def test_opcheck(kernels):
         torch.library.opcheck(getattr(torch.ops.qtool_cuda, name).default, args)
     torch.library.opcheck(torch.ops.qtool_cuda.dequant_int.default,
                           (p.qweight, p.scale, p.zero, 4, 128, 1536, torch.float16))
+    xq = x.new_empty(3, 576).normal_()
+    torch.library.opcheck(torch.ops.qtool_cuda.x_planes.default, (xq,))
+    sym, _, _ = make_weight(4, 128, True, False, 576, 1536)
+    ps = pack_weight(sym.values, sym.scale, None, None, 4, 128)
+    planes, xs = torch.ops.qtool_cuda.x_planes(xq)
+    torch.library.opcheck(torch.ops.qtool_cuda.wo_planes_gemv.default,
+                          (planes, xs, ps.qweight, ps.scale, bias.float(), 128, 1536, torch.bfloat16))
 
 
 def test_quantlinear_repacks_after_load_state_dict(kernels):

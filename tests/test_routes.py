@@ -45,10 +45,31 @@ class Recorder:
                 self.calls.append((name, variant % weight_only.PDL_STATIC_WEIGHT))
             else:
                 self.calls.append((name,))
+            if name == "x_planes":
+                return torch.zeros(2 * x.shape[0], x.shape[1], dtype=torch.int8), torch.ones(x.shape[0])
+            if name == "wo_planes_gemv":  # (planes, xscale, qweight, scale, bias, group, n, dtype, variant)
+                assert args[-1] >= weight_only.PDL_STATIC_WEIGHT, args[-1]
+                self.calls[-1] += (args[-1] % weight_only.PDL_STATIC_WEIGHT,)
+                return torch.zeros(x.shape[0] // 2, args[5], dtype=args[6])
             if name == "dequant_int":  # (qweight, scale, zero, bits, group, n, dtype): dense [n, K_pad]
                 return torch.zeros(args[4], x.shape[1] * layout.chunk_k(args[2]), dtype=args[5])
             return torch.zeros(x.shape[0], args[6], dtype=x.dtype)
         return run
+
+
+def test_packed_linear_runs_the_planes_pair():
+    """At 2-4 tokens a symmetric 4-bit weight runs x_planes then wo_planes_gemv with its stripes (weight_only.
+    planes_route) and PDL; an asymmetric one the GEMVs as before."""
+    recorder = Recorder()
+    for symmetric, want in ((True, [("x_planes",), ("wo_planes_gemv", 1)]), (False, [("wo_gemv", 1)])):
+        codes = torch.zeros(16, 64, dtype=torch.int8)
+        w = pack_weight(codes, torch.ones(16, 1), None if symmetric else torch.zeros(16, 1, dtype=torch.int8), None,
+                        4, -1)
+        w = layout.PackedWeight(w.qweight.new_zeros(14336 // 16, 4096 // 64, 32, 4), w.scale, w.zero, None, 4, -1,
+                                4096, 14336)
+        recorder.calls.clear()
+        y = weight_only.packed_linear(torch.zeros(2, 4096, dtype=torch.bfloat16), w, None, recorder)
+        assert recorder.calls == want and y.shape == (2, 14336) and y.dtype == torch.bfloat16
 
 
 def test_dispatcher_routes_by_tokens_and_shape(monkeypatch):
@@ -65,6 +86,7 @@ def test_dispatcher_routes_by_tokens_and_shape(monkeypatch):
         return torch.zeros(x2.shape[0], mixed.w.shape[0], dtype=x2.dtype)
 
     monkeypatch.setattr(weight_only, "mixed_linear", fake_mixed)
+    monkeypatch.setattr(weight_only, "GEMV_PLANES", False)  # the planes' routes: test_planes_route_*
     monkeypatch.setattr(tuning, "MIXED", {
         (4, 4096, 4096): {8: "wo_gemm", 64: "k128 t32 v0 s2", 256: "k64 t64 v2 s1", 4096: "dequant"},
         (4, 8192, 28672): {8: "k128 t16 v1 s0", 4096: "k64 t256 v0 s-1"},
@@ -133,10 +155,12 @@ def test_dispatcher_routes_by_tokens_and_shape(monkeypatch):
         tuning.clear_cache()
 
 
-def test_gemv_rule_without_a_hopper_copy():
+def test_gemv_rule_without_a_hopper_copy(monkeypatch):
     """The GEMV rule holds for weights without a Hopper copy (fp16, other GPUs): one token on the ring GEMV,
     2-16 tokens of small 2-/3-bit and 3-8 of small 4-bit weights on variant 3, small 8-bit weights on the ring GEMV
-    to 8; past those wo_gemm (4-, 8-bit) or dequantization + cuBLAS (2-, 3-bit)."""
+    to 8; past those wo_gemm (4-, 8-bit) or dequantization + cuBLAS (2-, 3-bit). (With the planes on, symmetric
+    4-bit weights at 2-4 tokens take them: test_packed_linear_runs_the_planes_pair.)"""
+    monkeypatch.setattr(weight_only, "GEMV_PLANES", False)
     recorder = Recorder()
 
     def route(bits, m, dtype=torch.bfloat16):

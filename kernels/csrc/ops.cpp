@@ -121,12 +121,12 @@ at::Tensor wo_gemv(const at::Tensor& x, const at::Tensor& qweight, const at::Ten
   const PackedWeightView w = check_weight("wo_gemv", qweight, scale, zero, num_bits, group_size, out_features);
   const bool pdl = variant >= kPdlFlag;  // + kPdlFlag: a static weight (wo_kernels.h)
   if (pdl) variant -= kPdlFlag;
-  TORCH_CHECK(variant >= 0 && variant <= 5, "wo_gemv: variant must be 0 (default), 1 (lean), 2 (wide), 3 (stream), "
-              "4 or 5 (planes: one or two stripes per block), plus 16 for a static weight, got ",
+  TORCH_CHECK(variant >= 0 && variant <= 6, "wo_gemv: variant must be 0 (default), 1 (lean), 2 (wide), 3 (stream), "
+              "4, 5 or 6 (planes: one, two or four stripes per block), plus 16 for a static weight, got ",
               variant + (pdl ? kPdlFlag : 0));
   at::Tensor bias_f32;
   WoProblem p = make_problem("wo_gemv", x, w, qweight, bias, bias_f32, activation);
-  const bool planes = variant == 4 || variant == 5;
+  const bool planes = variant >= 4;
   const int max_tokens = variant == 3 ? kMaxStreamTokens : planes ? kPlanesMaxTokens : kMaxGemvTokens;
   TORCH_CHECK(p.m <= max_tokens, "wo_gemv: at most ", max_tokens, " tokens with variant ", variant, ", got x ",
               x.sizes());
@@ -148,9 +148,64 @@ at::Tensor wo_gemv(const at::Tensor& x, const at::Tensor& qweight, const at::Ten
   if (variant == 3)
     launch_wo_stream(p, c10::cuda::getCurrentCUDAStream());
   else if (planes)
-    launch_wo_planes(p, variant == 5 ? 2 : 1, c10::cuda::getCurrentCUDAStream());
+    launch_wo_planes(p, 1 << (variant - 4), c10::cuda::getCurrentCUDAStream());
   else
     launch_wo_gemv(p, c10::cuda::getCurrentCUDAStream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return y;
+}
+
+// x [m, k_padded] -> (planes [2m, k_padded] int8, xscale [m] float32) for wo_planes_gemv (wo_kernels.h, XPlanesProblem).
+std::tuple<at::Tensor, at::Tensor> x_planes(const at::Tensor& x, int64_t pdl) {
+  TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.is_contiguous() && x.size(1) % kPadK == 0, "x_planes: x must be a "
+              "contiguous CUDA [m, k_padded] tensor with k_padded a multiple of ", kPadK, ", got ", x.sizes(), " on ",
+              x.device());
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0, "x_planes: x must be 16-byte aligned");
+  at::Tensor planes = at::empty({2 * x.size(0), x.size(1)}, x.options().dtype(at::kChar));
+  at::Tensor xscale = at::empty({x.size(0)}, x.options().dtype(at::kFloat));
+  if (x.size(0) == 0) return {planes, xscale};
+  const c10::cuda::CUDAGuard guard(x.device());
+  launch_x_planes({x.data_ptr(), planes.data_ptr<int8_t>(), xscale.data_ptr<float>(), static_cast<int>(x.size(0)),
+                   static_cast<int>(x.size(1)), scalar_kind(x.scalar_type(), "x_planes"), pdl != 0},
+                  c10::cuda::getCurrentCUDAStream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {planes, xscale};
+}
+
+// y [m, out_features] of `dtype` = x W^T + bias with x given as x_planes' planes and scales (wo_planes.cu, GIVEN).
+at::Tensor wo_planes_gemv(const at::Tensor& planes, const at::Tensor& xscale, const at::Tensor& qweight,
+                          const at::Tensor& scale, const std::optional<at::Tensor>& bias, int64_t group_size,
+                          int64_t out_features, at::ScalarType dtype, int64_t variant) {
+  const PackedWeightView w = check_weight("wo_planes_gemv", qweight, scale, std::nullopt, 4, group_size, out_features);
+  const bool pdl = variant >= kPdlFlag;
+  if (pdl) variant -= kPdlFlag;
+  TORCH_CHECK(variant >= 0 && variant <= 2, "wo_planes_gemv: variant must be 0, 1 or 2 (one, two or four stripes "
+              "per block), plus 16 for a static weight, got ", variant + (pdl ? kPdlFlag : 0));
+  const int64_t m = planes.dim() == 2 ? planes.size(0) / 2 : -1;
+  TORCH_CHECK(planes.device() == qweight.device() && planes.scalar_type() == at::kChar && planes.dim() == 2 &&
+              planes.size(0) % 2 == 0 && planes.size(1) == w.k_padded && planes.is_contiguous() &&
+              m <= kPlanesMaxTokens, "wo_planes_gemv: planes must be contiguous int8 [2m, k_padded=", w.k_padded,
+              "] with m <= ", kPlanesMaxTokens, " on ", qweight.device(), " (x_planes), got ", planes.sizes(), " ",
+              planes.scalar_type(), " on ", planes.device());
+  TORCH_CHECK(xscale.device() == planes.device() && xscale.scalar_type() == at::kFloat && xscale.dim() == 1 &&
+              xscale.size(0) == m && xscale.is_contiguous(), "wo_planes_gemv: xscale must be float32 [m=", m,
+              "], got ", xscale.sizes(), " ", xscale.scalar_type());
+  TORCH_CHECK(w.group_shift >= 6, "wo_planes_gemv: groups of >= 64 (or per channel), got group_size ", group_size);
+  at::Tensor bias_f32;
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->device() == planes.device() && bias->dim() == 1 && bias->size(0) == w.n,
+                "wo_planes_gemv: bias must be [out_features=", w.n, "], got ", bias->sizes());
+    bias_f32 = bias->to(at::kFloat).contiguous();
+  }
+  at::Tensor y = at::empty({m, out_features}, planes.options().dtype(dtype));
+  if (m == 0) return y;
+  const c10::cuda::CUDAGuard guard(planes.device());
+  WoProblem p{nullptr, w, bias.has_value() ? bias_f32.data_ptr<float>() : nullptr, y.data_ptr(), nullptr,
+              static_cast<int>(m), scalar_kind(dtype, "wo_planes_gemv"), Activation::kNone};
+  p.planes = planes.data_ptr<int8_t>();
+  p.xscale = xscale.data_ptr<float>();
+  p.pdl = pdl;
+  launch_wo_planes(p, 1 << variant, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return y;
 }
@@ -244,6 +299,10 @@ TORCH_LIBRARY(qtool_cuda, m) {
       "dequant_int(Tensor qweight, Tensor scale, Tensor? zero, int num_bits, int group_size, int out_features, "
       "ScalarType dtype) -> Tensor");
   m.def("silu_mul(Tensor x, int pdl=0) -> Tensor");  // the gated MLP's silu(gate) * up: mlp.h
+  m.def("x_planes(Tensor x, int pdl=0) -> (Tensor, Tensor)");
+  m.def(
+      "wo_planes_gemv(Tensor planes, Tensor xscale, Tensor qweight, Tensor scale, Tensor? bias, int group_size, "
+      "int out_features, ScalarType dtype, int variant=0) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(qtool_cuda, CUDA, m) {
@@ -252,4 +311,6 @@ TORCH_LIBRARY_IMPL(qtool_cuda, CUDA, m) {
   m.impl("wo_gemm_v3", &qtool::wo_gemm_v3);
   m.impl("dequant_int", &qtool::dequant_int);
   m.impl("silu_mul", &qtool::silu_mul);
+  m.impl("x_planes", &qtool::x_planes);
+  m.impl("wo_planes_gemv", &qtool::wo_planes_gemv);
 }

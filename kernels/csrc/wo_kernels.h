@@ -91,6 +91,10 @@ struct WoProblem {
   // run before the kernel before it has finished. Only for weights no kernel writes while they are in use (the
   // op's variant + kPdlFlag, which kernels/weight_only.py passes for prepared layers).
   bool pdl = false;
+  // wo_planes_gemv only: x as the planes x_planes wrote ([2m, k_padded] int8, plane_slot order) and each token's
+  // scale ([m] float32); x is unused then. nullptr: the planes kernel stages them from x itself.
+  const int8_t* planes = nullptr;
+  const float* xscale = nullptr;
 };
 // Added to wo_gemv's variant argument: the weight is static (prepared), PDL allowed.
 constexpr int kPdlFlag = 16;
@@ -104,9 +108,9 @@ void launch_wo_gemv(const WoProblem& p, cudaStream_t stream);
 constexpr int kMaxStreamTokens = 32;
 void launch_wo_stream(const WoProblem& p, cudaStream_t stream);
 
-// gemv_variants 4 and 5, "planes" (wo_planes.cu; prepared in session 36, unmeasured): symmetric 4-bit weights with
-// groups of >= 64 k (or per channel), 1 <= m <= kPlanesMaxTokens, x as two int8 planes on the int8 tensor cores; one
-// 16-row stripe per block (4) or two sharing the staged planes (5).
+// gemv_variants 4, 5 and 6, "planes" (wo_planes.cu): symmetric 4-bit weights with groups of >= 64 k (or per
+// channel), 1 <= m <= kPlanesMaxTokens, x as two int8 planes on the int8 tensor cores; one 16-row stripe per block
+// (4), two (5) or four (6) sharing the staged planes. wo_planes_gemv: the same with the planes given (p.planes).
 constexpr int kPlanesMaxTokens = 4;
 constexpr int kPlanesPadBytes = 64;  // plane rows start 16 banks apart: the two planes' B loads do not collide
 constexpr int kPlanesMaxBytes = 96 << 10;  // the staged planes' shared memory, as the ring GEMV's x (kXsMaxBytes)
@@ -127,7 +131,20 @@ constexpr bool planes_take(int bits, bool symmetric, int group_shift, int m, int
   return bits == 4 && symmetric && group_shift >= 6 && m >= 1 && m <= kPlanesMaxTokens &&
          planes_smem_bytes(m, k_padded) <= kPlanesMaxBytes;
 }
-void launch_wo_planes(const WoProblem& p, int stripes, cudaStream_t stream);  // stripes: 1 or 2 per block
+void launch_wo_planes(const WoProblem& p, int stripes, cudaStream_t stream);  // stripes: 1, 2 or 4 per block
+
+// x [m, k_padded] -> planes [2m, k_padded] int8 (rows 2r / 2r + 1: token r's high / low plane, plane_slot order) and
+// xscale [m] float32, s = max |x_r| / 127, x = s hi + (s / 254) lo within s / 508 (wo_planes.cu: one block per token).
+struct XPlanesProblem {
+  const void* x;
+  int8_t* planes;
+  float* xscale;
+  int m;
+  int k_padded;
+  ScalarKind dtype;
+  bool pdl;
+};
+void launch_x_planes(const XPlanesProblem& p, cudaStream_t stream);
 
 // Tensor-core kernel for any m (wo_gemm.cu); tokens are processed in slices of up to 64.
 // wo_gemm_splits() is the split-K factor for this problem on `num_sms` SMs: when it is > 1 the

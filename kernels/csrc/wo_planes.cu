@@ -54,21 +54,19 @@ __device__ inline void split_value(float x, float s, float inv_s, float inv_lo, 
   lo = __float_as_uint(fmaf(fmaf(-(h - kRoundMagic), s, x), inv_lo, kRoundMagic));
 }
 
-// x [m, k_padded] -> its planes in shared memory (rows 2r / 2r + 1 = token r's high / low plane, plane_row_bytes
-// apart, bytes at plane_slot order), each token's s in `scale` and (1 / s, 254 / s) in `inverse`. Three barriers;
-// ends with the planes visible.
-template <typename T, int WARPS>
-__device__ inline void stage_planes(const WoProblem& p, uint8_t* planes, float* scale, float2* inverse,
-                                    float (*red)[kPlanesMaxTokens]) {
-  constexpr int THREADS = WARPS * 32;
+// x [m, k_padded] (xg) -> its planes at dst (rows 2r / 2r + 1 = token r's high / low plane, row_bytes apart, bytes at
+// plane_slot order; shared memory in the GEMV, global in x_planes_kernel), each token's s in `scale` and (1 / s,
+// 254 / s) in `inverse`. THREADS threads, three barriers; ends with the planes visible to the block.
+template <typename T, int THREADS>
+__device__ inline void quantize_planes(const uint4* xg, int m, int k_padded, int row_bytes, uint8_t* dst, float* scale,
+                                       float2* inverse, float (*red)[kPlanesMaxTokens]) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int vecs = p.w.k_padded / 8, row_bytes = plane_row_bytes(p.w.k_padded);
-  const uint4* xg = opaque(static_cast<const uint4*>(p.x));
+  const int vecs = k_padded / 8;
   // 1. max |x| of each token
 #pragma unroll
   for (int r = 0; r < kPlanesMaxTokens; ++r) {
     float mx = 0.0f;
-    if (r < p.m) {
+    if (r < m) {
       for (int v = threadIdx.x; v < vecs; v += THREADS) {
         const uint4 val = __ldg(xg + r * vecs + v);
         const uint32_t words[4] = {val.x, val.y, val.z, val.w};
@@ -87,7 +85,7 @@ __device__ inline void stage_planes(const WoProblem& p, uint8_t* planes, float* 
   if (threadIdx.x < kPlanesMaxTokens) {
     float mx = 0.0f;
 #pragma unroll
-    for (int w = 0; w < WARPS; ++w) mx = fmaxf(mx, red[w][threadIdx.x]);
+    for (int w = 0; w < THREADS / 32; ++w) mx = fmaxf(mx, red[w][threadIdx.x]);
     float s = mx / 127.0f;
     s = s > 0.0f ? s : 1.0f;  // an all-zero token: any scale, its planes are zero
     scale[threadIdx.x] = s;
@@ -96,17 +94,17 @@ __device__ inline void stage_planes(const WoProblem& p, uint8_t* planes, float* 
   __syncthreads();
   // 2. the planes, one 16-k subtile (two vectors of x) per step: lane t's word of it holds k = 2t, 2t + 8, 2t + 1,
   // 2t + 9 of the subtile (plane_slot), so each step stores four words per plane.
-  const int subs = p.w.k_padded / 16;
-  for (int i = threadIdx.x; i < p.m * subs; i += THREADS) {
+  const int subs = k_padded / 16;
+  for (int i = threadIdx.x; i < m * subs; i += THREADS) {
     int r = 0;  // i / subs for m <= 4 tokens, without a division
 #pragma unroll 1
-    for (int j = 1; j < p.m; ++j) r += i >= j * subs;
+    for (int j = 1; j < m; ++j) r += i >= j * subs;
     const int j = i - r * subs;
     const float s = scale[r];
     const float2 inv = inverse[r];
     const uint4 v0 = __ldg(xg + r * vecs + 2 * j), v1 = __ldg(xg + r * vecs + 2 * j + 1);
     const uint32_t first[4] = {v0.x, v0.y, v0.z, v0.w}, second[4] = {v1.x, v1.y, v1.z, v1.w};
-    uint8_t* dst = planes + 2 * r * row_bytes + plane_slot(16 * j);
+    uint8_t* out = dst + 2 * r * row_bytes + plane_slot(16 * j);
 #pragma unroll
     for (int t = 0; t < 4; ++t) {  // lane t's word: k = 2t, 2t + 8, 2t + 1, 2t + 9 = word t of each vector
       const float2 a = pair_to_float2(first[t], T{}), b = pair_to_float2(second[t], T{});
@@ -115,17 +113,35 @@ __device__ inline void stage_planes(const WoProblem& p, uint8_t* planes, float* 
       split_value(b.x, s, inv.x, inv.y, h[1], l[1]);
       split_value(a.y, s, inv.x, inv.y, h[2], l[2]);
       split_value(b.y, s, inv.x, inv.y, h[3], l[3]);
-      *reinterpret_cast<uint32_t*>(dst + 16 * t) = pack_bytes(h[0], h[1], h[2], h[3]);
-      *reinterpret_cast<uint32_t*>(dst + row_bytes + 16 * t) = pack_bytes(l[0], l[1], l[2], l[3]);
+      *reinterpret_cast<uint32_t*>(out + 16 * t) = pack_bytes(h[0], h[1], h[2], h[3]);
+      *reinterpret_cast<uint32_t*>(out + row_bytes + 16 * t) = pack_bytes(l[0], l[1], l[2], l[3]);
     }
   }
   __syncthreads();
 }
 
+// x_planes: one block per token writes its planes [2, k_padded] (plane_slot order) and its scale, for the GEMV with
+// given planes (GIVEN below), so that no block of it repeats the quantization.
+constexpr int kXPlanesThreads = 256;
+template <typename T>
+__global__ void __launch_bounds__(kXPlanesThreads) x_planes_kernel(const XPlanesProblem p) {
+  __shared__ float scale[kPlanesMaxTokens];
+  __shared__ float2 inverse[kPlanesMaxTokens];
+  __shared__ float red[kXPlanesThreads / 32][kPlanesMaxTokens];
+  pdl_wait_then_release();
+  const int r = blockIdx.x;
+  quantize_planes<T, kXPlanesThreads>(opaque(static_cast<const uint4*>(p.x)) + static_cast<size_t>(r) * (p.k_padded / 8),
+                                      1, p.k_padded, p.k_padded,
+                                      reinterpret_cast<uint8_t*>(p.planes) + 2 * static_cast<size_t>(r) * p.k_padded,
+                                      scale, inverse, red);
+  if (threadIdx.x == 0) p.xscale[r] = scale[0];
+}
+
 template <typename T,   // activation and output type: __half or __nv_bfloat16
           int WARPS,    // warps per block
-          int STRIPES>  // 16-row stripes per block (variant 4: 1; variant 5: 2, the staged planes shared by twice the
+          int STRIPES,  // 16-row stripes per block (variant 4: 1; 5: 2; 6: 4, the staged planes shared by more
                         // rows, each stripe's chunks split over WARPS / STRIPES warps)
+          bool GIVEN>   // the planes and scales from x_planes (p.planes, p.xscale) instead of staged from x
 __global__ void __launch_bounds__(WARPS * 32, 4 * kPlanesWarps / WARPS) wo_planes_kernel(const WoProblem p) {
   extern __shared__ uint4 planes_dyn[];
   __shared__ float scale[kPlanesMaxTokens];
@@ -145,27 +161,42 @@ __global__ void __launch_bounds__(WARPS * 32, 4 * kPlanesWarps / WARPS) wo_plane
   // The ring of wo_gemv.cu: slot u holds chunk c0 + u * WARPS; all slots loaded before any math, each refilled
   // after its math with the same slot of the next pass.
   uint4 packed[kPlanesBatch];
+  uint4 given[GIVEN ? kPlanesBatch : 1];  // GIVEN: the B fragments of the slot's chunk, loaded with its codes
   float prm[kPlanesBatch] = {};
+  // B: column g of the mma is token g / 2's plane g % 2 (columns past 2m read token 0's high plane: never stored).
+  const int brow = g < 2 * p.m ? g : 0;
+  const uint4* gsrc = reinterpret_cast<const uint4*>(p.planes + static_cast<size_t>(brow) * p.w.k_padded + 16 * t);
   const uint4* next_codes = reinterpret_cast<const uint4*>(p.w.qweight) +
                             (static_cast<size_t>(stripe) * nchunks + warp) * chunk_vecs(4) + lane;  // nchunks 0: unused
   int next_k = warp * kPlanesChunkK;
-  auto load_next = [&](int u) {
+  auto load_next = [&](int u, bool planes_too) {
     if (next_k < nchunks * kPlanesChunkK) {
       packed[u] = load_streaming(next_codes);
       prm[u] = __ldg(par + (static_cast<uint32_t>(next_k) >> p.w.group_shift) * gstride);
+      if (GIVEN && planes_too) given[u] = __ldg(gsrc + next_k / 16);  // chunk c's 64 bytes at 64 c
     }
     next_codes += SWARPS * chunk_vecs(4);
     next_k += SWARPS * kPlanesChunkK;
   };
+  // The first fill's codes and scales go out before the wait (static weights); the planes, written by the kernel
+  // before this one (x_planes), only after it.
 #pragma unroll
-  for (int u = 0; u < kPlanesBatch; ++u) load_next(u);
-  pdl_wait_then_release();  // x, bias and y only past this point (pdl.cuh)
-
-  uint8_t* planes = reinterpret_cast<uint8_t*>(planes_dyn);
-  stage_planes<T, WARPS>(p, planes, scale, inverse, red);  // every warp, live or not: it has barriers
-  // B: column g of the mma is token g / 2's plane g % 2 (columns past 2m read token 0's high plane: never stored).
-  const uint4* bsrc =
-      reinterpret_cast<const uint4*>(planes + (g < 2 * p.m ? g : 0) * plane_row_bytes(p.w.k_padded) + 16 * t);
+  for (int u = 0; u < kPlanesBatch; ++u) load_next(u, false);
+  pdl_wait_then_release();  // x, planes, xscale, bias and y only past this point (pdl.cuh)
+  if constexpr (GIVEN) {
+#pragma unroll
+    for (int u = 0; u < kPlanesBatch; ++u) {
+      const int k = (warp + u * SWARPS) * kPlanesChunkK;
+      if (k < nchunks * kPlanesChunkK) given[u] = __ldg(gsrc + k / 16);
+    }
+    if (threadIdx.x < p.m) scale[threadIdx.x] = __ldg(p.xscale + threadIdx.x);  // read past the epilogue's barrier
+  } else {
+    quantize_planes<T, WARPS * 32>(opaque(static_cast<const uint4*>(p.x)), p.m, p.w.k_padded,
+                                   plane_row_bytes(p.w.k_padded), reinterpret_cast<uint8_t*>(planes_dyn), scale,
+                                   inverse, red);  // every warp, live or not: it has barriers
+  }
+  const uint4* bsrc = reinterpret_cast<const uint4*>(reinterpret_cast<const uint8_t*>(planes_dyn) +
+                                                     brow * plane_row_bytes(p.w.k_padded) + 16 * t);
 
   float acc[2] = {};  // token t (lanes t < m): rows g, g + 8, in units of 16 s_x
   for (int c0 = warp; c0 < nchunks; c0 += SWARPS * kPlanesBatch) {
@@ -173,7 +204,7 @@ __global__ void __launch_bounds__(WARPS * 32, 4 * kPlanesWarps / WARPS) wo_plane
     for (int u = 0; u < kPlanesBatch; ++u) {
       const int c = c0 + u * SWARPS;
       if (c >= nchunks) break;  // warp-uniform
-      const uint4 bv = bsrc[c * (kPlanesChunkK / 16)];  // subtiles 0..3 of the chunk: 4 bytes each
+      const uint4 bv = GIVEN ? given[u] : bsrc[c * (kPlanesChunkK / 16)];  // subtiles 0..3 of the chunk: 4 bytes each
       const uint32_t w[4] = {packed[u].x, packed[u].y, packed[u].z, packed[u].w};
       int d[4] = {};
 #pragma unroll
@@ -186,7 +217,7 @@ __global__ void __launch_bounds__(WARPS * 32, 4 * kPlanesWarps / WARPS) wo_plane
       const float s0 = __shfl_sync(0xffffffffu, prm[u], 0, 4), s1 = __shfl_sync(0xffffffffu, prm[u], 1, 4);
       acc[0] = fmaf(s0, fmaf(static_cast<float>(d[1]), 1.0f / 254.0f, static_cast<float>(d[0])), acc[0]);
       acc[1] = fmaf(s1, fmaf(static_cast<float>(d[3]), 1.0f / 254.0f, static_cast<float>(d[2])), acc[1]);
-      load_next(u);
+      load_next(u, true);
     }
   }
 
@@ -211,25 +242,37 @@ __global__ void __launch_bounds__(WARPS * 32, 4 * kPlanesWarps / WARPS) wo_plane
   }
 }
 
-template <typename T, int STRIPES>
+template <typename T, int STRIPES, bool GIVEN>
 void launch_typed(const WoProblem& p, cudaStream_t stream) {
-  const int smem = planes_smem_bytes(p.m, p.w.k_padded);
-  auto* kernel = wo_planes_kernel<T, kPlanesWarps, STRIPES>;
+  const int smem = GIVEN ? 0 : planes_smem_bytes(p.m, p.w.k_padded);
+  auto* kernel = wo_planes_kernel<T, kPlanesWarps, STRIPES, GIVEN>;
   constexpr int kStaticBytes = kPlanesWarps * (kStripeRows + 1) * kPlanesMaxTokens * 4 + kPlanesMaxTokens * 12;
   if (smem + kStaticBytes > (48 << 10)) cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   const int blocks = (p.w.n_padded / kStripeRows + STRIPES - 1) / STRIPES;
   launch_maybe_pdl(kernel, p.pdl, dim3(blocks), dim3(kPlanesWarps * 32), smem, stream, p);
 }
 
+template <int STRIPES, bool GIVEN>
+void launch_dtype(const WoProblem& p, cudaStream_t stream) {
+  p.dtype == ScalarKind::kBFloat16 ? launch_typed<__nv_bfloat16, STRIPES, GIVEN>(p, stream)
+                                   : launch_typed<__half, STRIPES, GIVEN>(p, stream);
+}
+
+template <bool GIVEN>
+void launch_stripes(const WoProblem& p, int stripes, cudaStream_t stream) {
+  stripes == 4 ? launch_dtype<4, GIVEN>(p, stream)
+               : stripes == 2 ? launch_dtype<2, GIVEN>(p, stream) : launch_dtype<1, GIVEN>(p, stream);
+}
+
 }  // namespace
 
 void launch_wo_planes(const WoProblem& p, int stripes, cudaStream_t stream) {
-  const bool bf16 = p.dtype == ScalarKind::kBFloat16;
-  if (stripes == 2) {
-    bf16 ? launch_typed<__nv_bfloat16, 2>(p, stream) : launch_typed<__half, 2>(p, stream);
-  } else {
-    bf16 ? launch_typed<__nv_bfloat16, 1>(p, stream) : launch_typed<__half, 1>(p, stream);
-  }
+  p.planes != nullptr ? launch_stripes<true>(p, stripes, stream) : launch_stripes<false>(p, stripes, stream);
+}
+
+void launch_x_planes(const XPlanesProblem& p, cudaStream_t stream) {
+  auto* kernel = p.dtype == ScalarKind::kBFloat16 ? x_planes_kernel<__nv_bfloat16> : x_planes_kernel<__half>;
+  launch_maybe_pdl(kernel, p.pdl, dim3(p.m), dim3(kXPlanesThreads), 0, stream, p);
 }
 
 }  // namespace qtool
