@@ -64,13 +64,13 @@ def time_shape(ops, k: int, n: int, group: int, tokens: list[int]) -> list[dict]
         for variant in (0, 1, 2):
             def given(variant=variant, x=x, planes=planes, xs=xs):
                 qweight, scale = packed()
-                return ops.wo_planes_gemv(planes, xs, qweight, scale, None, p.group_size, n, x.dtype,
+                return ops.wo_planes_gemv(planes, xs, qweight, scale, None, None, p.group_size, n, x.dtype,
                                           variant + PDL_STATIC_WEIGHT)
 
             def pair(variant=variant, x=x):
                 xp, s = ops.x_planes(x, 1)
                 qweight, scale = packed()
-                return ops.wo_planes_gemv(xp, s, qweight, scale, None, p.group_size, n, x.dtype,
+                return ops.wo_planes_gemv(xp, s, qweight, scale, None, None, p.group_size, n, x.dtype,
                                           variant + PDL_STATIC_WEIGHT)
 
             g_ms, p_ms = graph_ms(given), graph_ms(pair)

@@ -38,7 +38,9 @@ for k, n, m in ((576, 200, 1), (4096, 1536, 2), (14336, 64, 3), (4096, 256, 4)):
         ops.wo_gemv(x, p.qweight, p.scale, None, torch.randn(n, device="cuda"), 4, 128, n, EPILOGUE, None, variant)
     planes, xs = ops.x_planes(x, 1)
     for variant in (0, 1, 2):
-        ops.wo_planes_gemv(planes, xs, p.qweight, p.scale, None, 128, n, x.dtype, variant + 16)
+        ops.wo_planes_gemv(planes, xs, p.qweight, p.scale, None, None, 128, n, x.dtype, variant + 16)
+    zero = torch.randint(-8, 8, p.scale.shape, device="cuda").float()
+    ops.wo_planes_gemv(planes, xs, p.qweight, p.scale, zero, None, 128, n, x.dtype, 16)
 torch.cuda.synchronize()
 print("launched")
 PY
@@ -61,6 +63,11 @@ ncuplanes() {
 e2eplanes() {  # the planes route on (the default) and off, one process each, bf16 beside each (~220 s each)
   E2E_TIMEOUT=${E2E_TIMEOUT:-300} bench8b "" "w4a16" ${E2E_BATCHES:-1,4,16} 2048 11
   QTOOL_GEMV_PLANES=0 E2E_TIMEOUT=${E2E_TIMEOUT:-300} bench8b "-noplanes" "w4a16" ${E2E_BATCHES:-1,4,16} 2048 11
+}
+asymab() {  # W4 g128 asymmetric at 1-4 tokens through QuantLinear: the planes (with zero points) on and off
+  ASYM_TOKENS=1,2,3,4 asymtable
+  cp "$OUT/wo_asym.json" "$OUT/wo_asym_planes.json"
+  QTOOL_GEMV_PLANES=0 ASYM_TOKENS=1,2,3,4 asymtable
 }
 stalefix() {  # session 37: the one test that failed in planetests (a refusal test that still named variant 4)
   gputests stalefix 120 tests/test_wo_stream_gpu.py -k token_limits

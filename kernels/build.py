@@ -186,7 +186,7 @@ def _register_fakes() -> None:
     def x_planes(x, pdl=0):
         return x.new_empty(2 * x.shape[0], x.shape[1], dtype=torch.int8), x.new_empty(x.shape[0], dtype=torch.float32)
 
-    def wo_planes_gemv(planes, xscale, qweight, scale, bias, group_size, out_features, dtype, variant=0):
+    def wo_planes_gemv(planes, xscale, qweight, scale, zero, bias, group_size, out_features, dtype, variant=0):
         return planes.new_empty(planes.shape[0] // 2, out_features, dtype=dtype)
 
     def decode_attention(q, k, v, mask, scale, splits=0, pdl=0, variant=0):

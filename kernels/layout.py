@@ -288,9 +288,9 @@ class ReferenceOps:
         return reference.x_planes(x)
 
     @staticmethod
-    def wo_planes_gemv(planes, xscale, qweight, scale, bias, group_size, out_features, dtype, variant=0):
-        """y of `dtype` from x as x_planes gave it (symmetric 4-bit weights); `variant` is the launch's shape."""
-        w = dequantize_packed(qweight, scale, None, 4, group_size, out_features)
+    def wo_planes_gemv(planes, xscale, qweight, scale, zero, bias, group_size, out_features, dtype, variant=0):
+        """y of `dtype` from x as x_planes gave it (4-bit weights); `variant` is the launch's shape."""
+        w = dequantize_packed(qweight, scale, zero, 4, group_size, out_features)
         y = reference.planes_to_x(planes, xscale) @ w.T
         return (y if bias is None else y + bias.float()).to(dtype)
 

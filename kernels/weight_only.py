@@ -182,13 +182,13 @@ PLANES_MIN_BLOCKS = 448  # stripes per block (1, 2, 4): the most that leave this
 def takes_planes(w: PackedWeight, m: int) -> bool:
     """Whether wo_gemv's variants 4-6 (x quantized in every block) serve m tokens of this weight (csrc/wo_kernels.h,
     planes_take)."""
-    return takes_given_planes(w, m) and 2 * m * (w.k_padded + 64) <= PLANES_MAX_BYTES
+    return takes_given_planes(w, m) and w.zero is None and 2 * m * (w.k_padded + 64) <= PLANES_MAX_BYTES
 
 
 def takes_given_planes(w: PackedWeight, m: int) -> bool:
-    """Whether wo_planes_gemv serves m tokens of this weight (symmetric 4-bit, groups >= 64 or per channel)."""
-    return (w.num_bits == 4 and w.zero is None and (w.group_size <= 0 or w.group_size >= 64)
-            and 1 <= m <= PLANES_MAX_M)
+    """Whether wo_planes_gemv serves m tokens of this weight (4-bit, groups >= 64 or per channel; zero points or
+    none)."""
+    return w.num_bits == 4 and (w.group_size <= 0 or w.group_size >= 64) and 1 <= m <= PLANES_MAX_M
 
 
 def planes_route(w: PackedWeight, m: int) -> int | None:
@@ -300,7 +300,7 @@ def packed_linear(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, k
         y = kernels.wo_gemv(x2, *args, bias, *meta, EPILOGUE, prefetch, variant)
     elif kernel == "wo_planes":
         planes, xscale = kernels.x_planes(x2, 1)  # PDL where on (csrc/pdl.cuh decides)
-        y = kernels.wo_planes_gemv(planes, xscale, w.qweight, w.scale, bias, w.group_size, w.out_features, x2.dtype,
+        y = kernels.wo_planes_gemv(planes, xscale, *args, bias, w.group_size, w.out_features, x2.dtype,
                                    planes_route(w, m) + PDL_STATIC_WEIGHT)
     elif kernel == "wo_gemm_v3":
         y = kernels.wo_gemm_v3(x2, *args, bias, *meta, EPILOGUE, V3_VARIANT)

@@ -384,13 +384,24 @@ def test_planes_reference_reconstructs_x_and_the_product():
     dense = codes.double() * scale.double().repeat_interleave(64, 1)
     pk = pack_weight(codes, scale, None, None, 4, 64)
     bias = torch.randn(40, generator=g)
-    y = ReferenceOps.wo_planes_gemv(planes, s, pk.qweight, pk.scale, bias, 64, 40, torch.float32)
-    assert y.dtype == torch.float32 and rel_err(y, x.double() @ dense.T + bias.double()) < 1e-4
+    y = ReferenceOps.wo_planes_gemv(planes, s, pk.qweight, pk.scale, None, bias, 64, 40, torch.float32)
+
+    def within_bound(y, dense, bias):  # |y - x W^T| <= (s / 508) sum_k |w_nk| per token, plus float32 rounding
+        err = (y.double() - (x.double() @ dense.T + bias)).abs()
+        return bool((err <= s.double()[:, None] / 508 * dense.abs().sum(1) * (1 + 1e-3) + 1e-5).all())
+
+    assert y.dtype == torch.float32 and within_bound(y, dense, bias.double())
+    codes, scale, zero, _ = random_weight(40, 192, 4, 64, symmetric=False, seed=38)  # zero points: w = s (q - z)
+    dense = (codes.double() - zero.double().repeat_interleave(64, 1)) * scale.double().repeat_interleave(64, 1)
+    pk = pack_weight(codes, scale, zero, None, 4, 64)
+    y = ReferenceOps.wo_planes_gemv(planes, s, pk.qweight, pk.scale, pk.zero, None, 64, 40, torch.float32)
+    assert within_bound(y, dense, 0.0)
+    assert not within_bound(y, dense * 1.001, 0.0)  # a 0.1% wrong weight is outside the bound
 
 
 def test_planes_route_by_tokens_and_shape(monkeypatch):
-    """x_planes + wo_planes_gemv (weight_only.planes_route, session 37's measured rule): symmetric 4-bit weights with
-    groups >= 64 or per channel at 2-4 tokens, at one token only past 8192 x 8192; two / four stripes per block where
+    """x_planes + wo_planes_gemv (weight_only.planes_route, session 37's measured rule): 4-bit weights with groups
+    >= 64 or per channel (zero points or none) at 2-4 tokens, at one token only past 8192 x 8192; two / four stripes per block where
     that still leaves 448 blocks; nothing else, and nothing under QTOOL_GEMV_PLANES=0. wo_gemv's variants 4-6 (x
     quantized in every block) take what fits their shared memory."""
     def packed(bits, group, symmetric, k=4096, n=64):
@@ -405,8 +416,10 @@ def test_planes_route_by_tokens_and_shape(monkeypatch):
     assert weight_only.planes_route(packed(4, 64, True, 8192, 8192), 1) is None
     assert weight_only.planes_route(packed(4, 64, True, 28672, 8192), 1) == 0
     assert weight_only.planes_route(wide, 2) == 1 and weight_only.planes_route(widest, 1) == 2
-    for other in (packed(4, 128, False), packed(4, 32, True), packed(8, -1, True), packed(3, 128, True)):
+    for other in (packed(4, 32, True), packed(8, -1, True), packed(3, 128, True)):
         assert weight_only.planes_route(other, 2) is None
+    asym = packed(4, 128, False)
+    assert weight_only.planes_route(asym, 2) == 0 and not weight_only.takes_planes(asym, 2)  # the staged: symmetric
     assert weight_only.route(small, 3, torch.bfloat16) == "wo_planes" != weight_only.route(small, 3, torch.float32)
     monkeypatch.setattr(weight_only, "GEMV_PLANES", False)
     assert weight_only.planes_route(small, 2) is None and weight_only.route(small, 3, torch.bfloat16) != "wo_planes"

@@ -173,14 +173,16 @@ def test_planes_gemv_matches_float64(kernels, group_size, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("symmetric", [True, False])
 @pytest.mark.parametrize("group_size", [64, 128, -1])
-def test_given_planes_gemv_matches_float64(kernels, group_size, dtype):
+def test_given_planes_gemv_matches_float64(kernels, group_size, symmetric, dtype):
     """x_planes (one block per token) against its oracle: the same scales, the same codes but where x / s lies
     within a rounding of a half (a high code one apart), x back within s / 508; then wo_planes_gemv on those planes
-    (one, two or four stripes per block, plain and with PDL) against float64 and against wo_gemv's staged planes, on
-    ragged K and N, 1-4 tokens, an outlier and an all-zero token. The refusals name the value."""
+    (one, two or four stripes per block, plain and with PDL; zero points or none) against float64 and against wo_gemv
+    (its staged planes where symmetric, the ring GEMV where not), on ragged K and N, 1-4 tokens, an outlier and an
+    all-zero token. The refusals name the value."""
     for k, n in ((576, 200), (4096, 1536), (14336, 64)):
-        qt, _, dense = make_weight(4, group_size, True, False, k, n, k)
+        qt, _, dense = make_weight(4, group_size, symmetric, False, k, n, k)
         p = pack_weight(qt.values, qt.scale, qt.zero_point, None, 4, group_size)
         bias = torch.randn(n, device="cuda")
         for m in range(1, 5):
@@ -200,11 +202,13 @@ def test_given_planes_gemv_matches_float64(kernels, group_size, dtype):
             assert ((back - xp.float()).abs() <= xs[:, None] * (1 / 508 + 1e-5)).all(), f"k={k} m={m}"
             ref = x.double() @ dense.T + bias.double()
             staged = None
-            if weight_only.takes_planes(p, m):
-                staged = kernels.wo_gemv(xp, p.qweight, p.scale, None, bias, 4, p.group_size, n, EPILOGUE, None, 4)
+            if weight_only.takes_planes(p, m) or not symmetric:
+                staged = kernels.wo_gemv(xp, p.qweight, p.scale, p.zero, bias, 4, p.group_size, n, EPILOGUE, None,
+                                         4 if symmetric else 1)
             for variant in (0, 1, 2, 16, 17, 18):
                 poison_cache()
-                out = kernels.wo_planes_gemv(planes, xs, p.qweight, p.scale, bias, p.group_size, n, dtype, variant)
+                out = kernels.wo_planes_gemv(planes, xs, p.qweight, p.scale, p.zero, bias, p.group_size, n, dtype,
+                                             variant)
                 assert out.shape == (m, n) and out.dtype == dtype and rel_err(out, ref) < 1e-2, f"k={k} m={m} {variant}"
                 if staged is not None:
                     assert rel_err(out, staged) < 5e-3, f"k={k} m={m} variant={variant}"
@@ -214,11 +218,11 @@ def test_given_planes_gemv_matches_float64(kernels, group_size, dtype):
     p32 = pack_weight(qt.values, qt.scale, qt.zero_point, None, 4, 32)
     planes, xs = kernels.x_planes(torch.randn(5, p32.k_padded, device="cuda", dtype=dtype))
     with pytest.raises(RuntimeError, match="groups of >= 64 .* got group_size 32"):
-        kernels.wo_planes_gemv(planes[:2], xs[:1], p32.qweight, p32.scale, None, 32, 200, dtype, 0)
+        kernels.wo_planes_gemv(planes[:2], xs[:1], p32.qweight, p32.scale, None, None, 32, 200, dtype, 0)
     with pytest.raises(RuntimeError, match=r"m <= 4 .* got \[10, 576\]"):
-        kernels.wo_planes_gemv(planes, xs, p.qweight, p.scale, None, p.group_size, 64, dtype, 0)
+        kernels.wo_planes_gemv(planes, xs, p.qweight, p.scale, p.zero, None, p.group_size, 64, dtype, 0)
     with pytest.raises(RuntimeError, match="variant must be 0, 1 or 2 .* got 3"):
-        kernels.wo_planes_gemv(planes[:2], xs[:1], p32.qweight, p32.scale, None, 32, 200, dtype, 3)
+        kernels.wo_planes_gemv(planes[:2], xs[:1], p32.qweight, p32.scale, None, None, 32, 200, dtype, 3)
 
 
 def check_gemm_against_float64(call, bits, group_size, symmetric, dtype, shapes):
@@ -376,7 +380,9 @@ def test_opcheck(kernels):
     ps = pack_weight(sym.values, sym.scale, None, None, 4, 128)
     planes, xs = torch.ops.qtool_cuda.x_planes(xq)
     torch.library.opcheck(torch.ops.qtool_cuda.wo_planes_gemv.default,
-                          (planes, xs, ps.qweight, ps.scale, bias.float(), 128, 1536, torch.bfloat16))
+                          (planes, xs, ps.qweight, ps.scale, None, bias.float(), 128, 1536, torch.bfloat16))
+    torch.library.opcheck(torch.ops.qtool_cuda.wo_planes_gemv.default,
+                          (planes, xs, p.qweight, p.scale, p.zero, bias.float(), 128, 1536, torch.bfloat16))
 
 
 def test_quantlinear_repacks_after_load_state_dict(kernels):

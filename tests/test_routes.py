@@ -47,10 +47,10 @@ class Recorder:
                 self.calls.append((name,))
             if name == "x_planes":
                 return torch.zeros(2 * x.shape[0], x.shape[1], dtype=torch.int8), torch.ones(x.shape[0])
-            if name == "wo_planes_gemv":  # (planes, xscale, qweight, scale, bias, group, n, dtype, variant)
+            if name == "wo_planes_gemv":  # (planes, xscale, qweight, scale, zero, bias, group, n, dtype, variant)
                 assert args[-1] >= weight_only.PDL_STATIC_WEIGHT, args[-1]
                 self.calls[-1] += (args[-1] % weight_only.PDL_STATIC_WEIGHT,)
-                return torch.zeros(x.shape[0] // 2, args[5], dtype=args[6])
+                return torch.zeros(x.shape[0] // 2, args[6], dtype=args[7])
             if name == "dequant_int":  # (qweight, scale, zero, bits, group, n, dtype): dense [n, K_pad]
                 return torch.zeros(args[4], x.shape[1] * layout.chunk_k(args[2]), dtype=args[5])
             return torch.zeros(x.shape[0], args[6], dtype=x.dtype)
@@ -58,14 +58,16 @@ class Recorder:
 
 
 def test_packed_linear_runs_the_planes_pair():
-    """At 2-4 tokens a symmetric 4-bit weight runs x_planes then wo_planes_gemv with its stripes (weight_only.
-    planes_route) and PDL; an asymmetric one the GEMVs as before."""
+    """At 2-4 tokens a 4-bit weight (zero points or none) runs x_planes then wo_planes_gemv with its stripes
+    (weight_only.planes_route) and PDL; a 4-bit one with groups of 32 the GEMVs as before."""
     recorder = Recorder()
-    for symmetric, want in ((True, [("x_planes",), ("wo_planes_gemv", 1)]), (False, [("wo_gemv", 1)])):
+    planes = [("x_planes",), ("wo_planes_gemv", 1)]
+    for symmetric, group, want in ((True, -1, planes), (False, 64, planes), (True, 32, [("wo_gemv", 1)])):
         codes = torch.zeros(16, 64, dtype=torch.int8)
-        w = pack_weight(codes, torch.ones(16, 1), None if symmetric else torch.zeros(16, 1, dtype=torch.int8), None,
-                        4, -1)
-        w = layout.PackedWeight(w.qweight.new_zeros(14336 // 16, 4096 // 64, 32, 4), w.scale, w.zero, None, 4, -1,
+        groups = 1 if group < 0 else 64 // group
+        w = pack_weight(codes, torch.ones(16, groups), None if symmetric else torch.zeros(16, groups, dtype=torch.int8),
+                        None, 4, group)
+        w = layout.PackedWeight(w.qweight.new_zeros(14336 // 16, 4096 // 64, 32, 4), w.scale, w.zero, None, 4, group,
                                 4096, 14336)
         recorder.calls.clear()
         y = weight_only.packed_linear(torch.zeros(2, 4096, dtype=torch.bfloat16), w, None, recorder)

@@ -174,9 +174,10 @@ std::tuple<at::Tensor, at::Tensor> x_planes(const at::Tensor& x, int64_t pdl) {
 
 // y [m, out_features] of `dtype` = x W^T + bias with x given as x_planes' planes and scales (wo_planes.cu, GIVEN).
 at::Tensor wo_planes_gemv(const at::Tensor& planes, const at::Tensor& xscale, const at::Tensor& qweight,
-                          const at::Tensor& scale, const std::optional<at::Tensor>& bias, int64_t group_size,
-                          int64_t out_features, at::ScalarType dtype, int64_t variant) {
-  const PackedWeightView w = check_weight("wo_planes_gemv", qweight, scale, std::nullopt, 4, group_size, out_features);
+                          const at::Tensor& scale, const std::optional<at::Tensor>& zero,
+                          const std::optional<at::Tensor>& bias, int64_t group_size, int64_t out_features,
+                          at::ScalarType dtype, int64_t variant) {
+  const PackedWeightView w = check_weight("wo_planes_gemv", qweight, scale, zero, 4, group_size, out_features);
   const bool pdl = variant >= kPdlFlag;
   if (pdl) variant -= kPdlFlag;
   TORCH_CHECK(variant >= 0 && variant <= 2, "wo_planes_gemv: variant must be 0, 1 or 2 (one, two or four stripes "
@@ -301,8 +302,8 @@ TORCH_LIBRARY(qtool_cuda, m) {
   m.def("silu_mul(Tensor x, int pdl=0) -> Tensor");  // the gated MLP's silu(gate) * up: mlp.h
   m.def("x_planes(Tensor x, int pdl=0) -> (Tensor, Tensor)");
   m.def(
-      "wo_planes_gemv(Tensor planes, Tensor xscale, Tensor qweight, Tensor scale, Tensor? bias, int group_size, "
-      "int out_features, ScalarType dtype, int variant=0) -> Tensor");
+      "wo_planes_gemv(Tensor planes, Tensor xscale, Tensor qweight, Tensor scale, Tensor? zero, Tensor? bias, "
+      "int group_size, int out_features, ScalarType dtype, int variant=0) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(qtool_cuda, CUDA, m) {

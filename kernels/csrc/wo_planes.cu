@@ -141,8 +141,11 @@ template <typename T,   // activation and output type: __half or __nv_bfloat16
           int WARPS,    // warps per block
           int STRIPES,  // 16-row stripes per block (variant 4: 1; 5: 2; 6: 4, the staged planes shared by more
                         // rows, each stripe's chunks split over WARPS / STRIPES warps)
-          bool GIVEN>   // the planes and scales from x_planes (p.planes, p.xscale) instead of staged from x
-__global__ void __launch_bounds__(WARPS * 32, 4 * kPlanesWarps / WARPS) wo_planes_kernel(const WoProblem p) {
+          bool GIVEN,   // the planes and scales from x_planes (p.planes, p.xscale) instead of staged from x
+          bool ASYM>    // zero points (p.w.zero; GIVEN only): w = s (q - z)
+// 64 registers, four blocks per SM; with zero points (a second parameter and two more mma per chunk) three, ptxas
+// spilling 56 bytes at four.
+__global__ void __launch_bounds__(WARPS * 32, (ASYM ? 3 : 4) * kPlanesWarps / WARPS) wo_planes_kernel(const WoProblem p) {
   extern __shared__ uint4 planes_dyn[];
   __shared__ float scale[kPlanesMaxTokens];
   __shared__ float2 inverse[kPlanesMaxTokens];
@@ -156,6 +159,7 @@ __global__ void __launch_bounds__(WARPS * 32, 4 * kPlanesWarps / WARPS) wo_plane
 
   // Lane t = 0 / 1 of each quad loads the scale of row g / g + 8 per chunk (t = 2, 3 repeat them: no branch).
   const float* par = opaque(p.w.scale + stripe * kStripeRows + g + 8 * (t % 2));
+  const float* zpar = ASYM ? opaque(p.w.zero + stripe * kStripeRows + g + 8 * (t % 2)) : nullptr;  // the same for z
   const uint32_t gstride = p.w.n_padded;
 
   // The ring of wo_gemv.cu: slot u holds chunk c0 + u * WARPS; all slots loaded before any math, each refilled
@@ -163,6 +167,7 @@ __global__ void __launch_bounds__(WARPS * 32, 4 * kPlanesWarps / WARPS) wo_plane
   uint4 packed[kPlanesBatch];
   uint4 given[GIVEN ? kPlanesBatch : 1];  // GIVEN: the B fragments of the slot's chunk, loaded with its codes
   float prm[kPlanesBatch] = {};
+  float zrm[ASYM ? kPlanesBatch : 1] = {};
   // B: column g of the mma is token g / 2's plane g % 2 (columns past 2m read token 0's high plane: never stored).
   const int brow = g < 2 * p.m ? g : 0;
   const uint4* gsrc = reinterpret_cast<const uint4*>(p.planes + static_cast<size_t>(brow) * p.w.k_padded + 16 * t);
@@ -173,6 +178,7 @@ __global__ void __launch_bounds__(WARPS * 32, 4 * kPlanesWarps / WARPS) wo_plane
     if (next_k < nchunks * kPlanesChunkK) {
       packed[u] = load_streaming(next_codes);
       prm[u] = __ldg(par + (static_cast<uint32_t>(next_k) >> p.w.group_shift) * gstride);
+      if constexpr (ASYM) zrm[u] = __ldg(zpar + (static_cast<uint32_t>(next_k) >> p.w.group_shift) * gstride);
       if (GIVEN && planes_too) given[u] = __ldg(gsrc + next_k / 16);  // chunk c's 64 bytes at 64 c
     }
     next_codes += SWARPS * chunk_vecs(4);
@@ -217,6 +223,16 @@ __global__ void __launch_bounds__(WARPS * 32, 4 * kPlanesWarps / WARPS) wo_plane
       const float s0 = __shfl_sync(0xffffffffu, prm[u], 0, 4), s1 = __shfl_sync(0xffffffffu, prm[u], 1, 4);
       acc[0] = fmaf(s0, fmaf(static_cast<float>(d[1]), 1.0f / 254.0f, static_cast<float>(d[0])), acc[0]);
       acc[1] = fmaf(s1, fmaf(static_cast<float>(d[3]), 1.0f / 254.0f, static_cast<float>(d[2])), acc[1]);
+      if constexpr (ASYM) {  // A was 16 q: subtract 16 z times the chunk's sum of x, which one more mma pair gives
+        const uint32_t sixteens[4] = {0x10101010u, 0x10101010u, 0x10101010u, 0x10101010u};  // 16 in every byte
+        int e[4] = {};  // e[0] / e[1]: 16 x the sum of token t's high / low plane over the chunk (e[2], e[3] alike)
+        mma_s8_16832(e, sixteens, bv.x, bv.y);
+        mma_s8_16832(e, sixteens, bv.z, bv.w);
+        const float sum = fmaf(static_cast<float>(e[1]), 1.0f / 254.0f, static_cast<float>(e[0]));
+        const float z0 = __shfl_sync(0xffffffffu, zrm[u], 0, 4), z1 = __shfl_sync(0xffffffffu, zrm[u], 1, 4);
+        acc[0] = fmaf(-s0 * z0, sum, acc[0]);
+        acc[1] = fmaf(-s1 * z1, sum, acc[1]);
+      }
       load_next(u, true);
     }
   }
@@ -242,32 +258,36 @@ __global__ void __launch_bounds__(WARPS * 32, 4 * kPlanesWarps / WARPS) wo_plane
   }
 }
 
-template <typename T, int STRIPES, bool GIVEN>
+template <typename T, int STRIPES, bool GIVEN, bool ASYM>
 void launch_typed(const WoProblem& p, cudaStream_t stream) {
   const int smem = GIVEN ? 0 : planes_smem_bytes(p.m, p.w.k_padded);
-  auto* kernel = wo_planes_kernel<T, kPlanesWarps, STRIPES, GIVEN>;
+  auto* kernel = wo_planes_kernel<T, kPlanesWarps, STRIPES, GIVEN, ASYM>;
   constexpr int kStaticBytes = kPlanesWarps * (kStripeRows + 1) * kPlanesMaxTokens * 4 + kPlanesMaxTokens * 12;
   if (smem + kStaticBytes > (48 << 10)) cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   const int blocks = (p.w.n_padded / kStripeRows + STRIPES - 1) / STRIPES;
   launch_maybe_pdl(kernel, p.pdl, dim3(blocks), dim3(kPlanesWarps * 32), smem, stream, p);
 }
 
-template <int STRIPES, bool GIVEN>
+template <int STRIPES, bool GIVEN, bool ASYM>
 void launch_dtype(const WoProblem& p, cudaStream_t stream) {
-  p.dtype == ScalarKind::kBFloat16 ? launch_typed<__nv_bfloat16, STRIPES, GIVEN>(p, stream)
-                                   : launch_typed<__half, STRIPES, GIVEN>(p, stream);
+  p.dtype == ScalarKind::kBFloat16 ? launch_typed<__nv_bfloat16, STRIPES, GIVEN, ASYM>(p, stream)
+                                   : launch_typed<__half, STRIPES, GIVEN, ASYM>(p, stream);
 }
 
-template <bool GIVEN>
+template <bool GIVEN, bool ASYM = false>
 void launch_stripes(const WoProblem& p, int stripes, cudaStream_t stream) {
-  stripes == 4 ? launch_dtype<4, GIVEN>(p, stream)
-               : stripes == 2 ? launch_dtype<2, GIVEN>(p, stream) : launch_dtype<1, GIVEN>(p, stream);
+  stripes == 4   ? launch_dtype<4, GIVEN, ASYM>(p, stream)
+  : stripes == 2 ? launch_dtype<2, GIVEN, ASYM>(p, stream)
+                 : launch_dtype<1, GIVEN, ASYM>(p, stream);
 }
 
 }  // namespace
 
 void launch_wo_planes(const WoProblem& p, int stripes, cudaStream_t stream) {
-  p.planes != nullptr ? launch_stripes<true>(p, stripes, stream) : launch_stripes<false>(p, stripes, stream);
+  if (p.planes == nullptr)
+    launch_stripes<false>(p, stripes, stream);  // symmetric only (ops.cpp, planes_take)
+  else
+    p.w.zero != nullptr ? launch_stripes<true, true>(p, stripes, stream) : launch_stripes<true>(p, stripes, stream);
 }
 
 void launch_x_planes(const XPlanesProblem& p, cudaStream_t stream) {
