@@ -69,6 +69,15 @@ asymab() {  # W4 g128 asymmetric at 1-4 tokens through QuantLinear: the planes (
   cp "$OUT/wo_asym.json" "$OUT/wo_asym_planes.json"
   QTOOL_GEMV_PLANES=0 ASYM_TOKENS=1,2,3,4 asymtable
 }
+asymmodes() {  # the two forms of zero points in the planes GEMV (csrc/wo_planes.cu, ASYM 1 "sums", 2 "codes"):
+  # their tests, then W4 g128 asym at 1-4 tokens through QuantLinear with each
+  gputests asym1tests 120 tests/test_kernels_gpu.py -k "given_planes or opcheck"
+  QTOOL_PLANES_ASYM=2 gputests asym2tests 120 tests/test_kernels_gpu.py -k "given_planes or opcheck"
+  ASYM_TOKENS=1,2,3,4 asymtable
+  cp "$OUT/wo_asym.json" "$OUT/wo_asym_sums.json"
+  QTOOL_PLANES_ASYM=2 ASYM_TOKENS=1,2,3,4 asymtable
+  cp "$OUT/wo_asym.json" "$OUT/wo_asym_codes.json"
+}
 stalefix() {  # session 37: the one test that failed in planetests (a refusal test that still named variant 4)
   gputests stalefix 120 tests/test_wo_stream_gpu.py -k token_limits
 }
