@@ -78,6 +78,12 @@ asymmodes() {  # the two forms of zero points in the planes GEMV (csrc/wo_planes
   QTOOL_PLANES_ASYM=2 ASYM_TOKENS=1,2,3,4 asymtable
   cp "$OUT/wo_asym.json" "$OUT/wo_asym_codes.json"
 }
+final() {  # the routes as landed: the tests, then W4 g128 symmetric and asymmetric at 1-4 tokens through QuantLinear
+  planetests
+  planesan
+  w4small
+  ASYM_TOKENS=1,2,3,4 asymtable
+}
 stalefix() {  # session 37: the one test that failed in planetests (a refusal test that still named variant 4)
   gputests stalefix 120 tests/test_wo_stream_gpu.py -k token_limits
 }

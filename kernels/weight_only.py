@@ -163,19 +163,21 @@ def rows_gemv(w: PackedWeight, m: int, dtype: torch.dtype) -> bool:
 PDL_STATIC_WEIGHT = 16
 
 
-# x_planes + wo_planes_gemv (csrc/wo_planes.cu), "planes": symmetric 4-bit weights with groups >= 64 (or per channel)
-# at 1-4 tokens. A producer kernel quantizes x once into two int8 planes (~2^-16 of each token's range), and the GEMV
-# runs on the int8 tensor cores (mma.m16n8k32.s8: 3 instructions per 16 weights for A, where the bf16 fragment takes
-# 16). Session 37, H200 (BENCHMARKS.md "session 37", dev/planes_ab.py), the pair against what shipped before: at 2-4
-# tokens faster on every shape of issue 19's table (8192 x 8192 at 4 tokens 1.82x -> 2.52x bf16, 4096 x 14336
-# 1.53x -> 2.52x); at one token only on weights past 8192 x 8192 (4096 x 28672 2.55x -> 3.04x), where the producer's
-# ~2 us is paid back; on the smaller ones the ring GEMV stays. The variants that quantize x inside every block
-# (wo_gemv 4-6) lost to the pair at 2-4 tokens and to the ring at one on all but the widest weights: unrouted.
+# x_planes + wo_planes_gemv (csrc/wo_planes.cu), "planes": 4-bit weights with groups >= 64 (or per channel), with
+# zero points or without, at 1-4 tokens. A producer kernel quantizes x once into two int8 planes (~2^-16 of each
+# token's range) and the GEMV runs on the int8 tensor cores (mma.m16n8k32.s8: 3 instructions per 16 weights for A,
+# where the bf16 fragment takes 16). Session 37, H200 (BENCHMARKS.md "session 37"), the pair against what shipped
+# before: at 3-4 tokens faster on every shape of issue 19's table (8192 x 8192 at 4 tokens 1.82x -> 2.52x bf16,
+# 4096 x 14336 1.53x -> 2.52x; asymmetric 1.73x -> 2.35x / 1.56x -> 2.27x); at 2 tokens where N > 4096 (the ring
+# keeps 4096 x 4096 and 14336 x 4096: 2.61x / 2.51x against the pair's 2.00x / 2.36x); at one token on weights past
+# 8192 x 8192 (4096 x 28672 2.55x -> 3.04x), where the producer's ~2 us is paid back. The variants that quantize x
+# inside every block (wo_gemv 4-6) lost to the pair at 2-4 tokens and to the ring at one: unrouted.
 # QTOOL_GEMV_PLANES=0 (read once) turns the route off.
 GEMV_PLANES = os.environ.get("QTOOL_GEMV_PLANES", "1") != "0"
 PLANES_MAX_M = 4  # csrc/wo_kernels.h, kPlanesMaxTokens
 PLANES_MAX_BYTES = 96 << 10  # kPlanesMaxBytes: wo_gemv 4-6's staged planes, 2 * m * (K + 64) bytes
 PLANES_ONE_TOKEN_MIN_WEIGHT = 8192 * 8192 + 1  # K * N from which one token takes the pair
+PLANES_TWO_TOKENS_MIN_N = 4096 + 1  # N from which two tokens do
 PLANES_MIN_BLOCKS = 448  # stripes per block (1, 2, 4): the most that leave this many blocks (~3.4 per SM)
 
 
@@ -197,6 +199,8 @@ def planes_route(w: PackedWeight, m: int) -> int | None:
     if not GEMV_PLANES or not takes_given_planes(w, m):
         return None
     if m == 1 and w.k_padded * w.out_features < PLANES_ONE_TOKEN_MIN_WEIGHT:
+        return None
+    if m == 2 and w.out_features < PLANES_TWO_TOKENS_MIN_N:
         return None
     stripes = -(-w.out_features // 16)
     return 2 if stripes >= 4 * PLANES_MIN_BLOCKS else 1 if stripes >= 2 * PLANES_MIN_BLOCKS else 0

@@ -412,17 +412,18 @@ def test_planes_route_by_tokens_and_shape(monkeypatch):
 
     small, wide = packed(4, 128, True, 4096, 4096), packed(4, 128, True, 4096, 14336)
     widest = packed(4, -1, True, 4096, 28672)
-    assert [weight_only.planes_route(small, m) for m in range(6)] == [None, None, 0, 0, 0, None]
+    assert [weight_only.planes_route(small, m) for m in range(6)] == [None, None, None, 0, 0, None]  # 2: N <= 4096
+    assert weight_only.planes_route(packed(4, 128, True, 4096, 6144), 2) == 0
     assert weight_only.planes_route(packed(4, 64, True, 8192, 8192), 1) is None
     assert weight_only.planes_route(packed(4, 64, True, 28672, 8192), 1) == 0
     assert weight_only.planes_route(wide, 2) == 1 and weight_only.planes_route(widest, 1) == 2
     for other in (packed(4, 32, True), packed(8, -1, True), packed(3, 128, True)):
         assert weight_only.planes_route(other, 2) is None
     asym = packed(4, 128, False)
-    assert weight_only.planes_route(asym, 2) == 0 and not weight_only.takes_planes(asym, 2)  # the staged: symmetric
+    assert weight_only.planes_route(asym, 3) == 0 and not weight_only.takes_planes(asym, 3)  # the staged: symmetric
     assert weight_only.route(small, 3, torch.bfloat16) == "wo_planes" != weight_only.route(small, 3, torch.float32)
     monkeypatch.setattr(weight_only, "GEMV_PLANES", False)
-    assert weight_only.planes_route(small, 2) is None and weight_only.route(small, 3, torch.bfloat16) != "wo_planes"
+    assert weight_only.planes_route(small, 3) is None and weight_only.route(small, 3, torch.bfloat16) != "wo_planes"
     long_k = packed(4, -1, True, k=14336)
     assert weight_only.takes_planes(long_k, 3) and not weight_only.takes_planes(long_k, 4)  # 2 * 4 * 14400 > 96 KB
 

@@ -126,8 +126,9 @@ def test_planes_gemv_matches_float64(kernels, group_size, dtype):
     """wo_gemv variants 4, 5 and 6 (x as two int8 planes on the int8 tensor cores, symmetric W4, one, two or four
     stripes per block; csrc/wo_planes.cu) at every token count they take, plain and with PDL, with bias, on ragged K (576: a last g128 group of 64) and N (200: inside
     a stripe), a token with an outlier feature and an all-zero token, against float64 from the checkpoint tensors and
-    against the ring GEMV (the planes add ~2^-16 of each token's range). Then QuantLinear, whose route at 2-4 tokens is
-    x_planes + wo_planes_gemv, eager and in a CUDA graph, and the refusals, which name the value."""
+    against the ring GEMV (the planes add ~2^-16 of each token's range). Then QuantLinear, whose route at 3-4 tokens
+    of this 1536-row weight is x_planes + wo_planes_gemv, eager and in a CUDA graph, and the refusals, which name the
+    value."""
     for k, n in ((576, 200), (4096, 1536), (14336, 64)):
         qt, args, dense = make_weight(4, group_size, True, False, k, n, k)
         p = pack_weight(qt.values, qt.scale, qt.zero_point, None, 4, group_size)

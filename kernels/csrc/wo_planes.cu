@@ -19,7 +19,6 @@
 // Every block quantizes all of x while staging it (a max over each token, a barrier, the planes), since each needs
 // all of it; whether that costs what the main loop saves is the first thing to measure.
 #include <cstdint>
-#include <cstdlib>
 
 #include "pdl.cuh"
 #include "wo_common.cuh"
@@ -144,10 +143,11 @@ template <typename T,   // activation and output type: __half or __nv_bfloat16
           int STRIPES,  // 16-row stripes per block (variant 4: 1; 5: 2; 6: 4, the staged planes shared by more
                         // rows, each stripe's chunks split over WARPS / STRIPES warps)
           bool GIVEN,   // the planes and scales from x_planes (p.planes, p.xscale) instead of staged from x
-          int ASYM>     // zero points (p.w.zero; GIVEN only), w = s (q - z): 0 none; 1 "sums": A = 16 q and 16 z x the
-                        // chunk's sum of x (two more mma) subtracted; 2 "codes": A = q - z, integer z (pack_weight)
-// 64 registers, four blocks per SM (with zero points and the ring of 4, ptxas spilled 56 bytes; at 80 registers,
-// three blocks, the pair ran 1.9-2.5x bf16 at 1-4 tokens where the symmetric one runs 2.0-3.5x: session 37).
+          bool ASYM>    // zero points (p.w.zero; GIVEN only), w = s (q - z): A stays 16 q and 16 z times the chunk's
+                        // sum of x (two more mma) is subtracted
+// 64 registers, four blocks per SM. With zero points the ring is 3 deep: at 4, ptxas spilled 56 bytes, and at 80
+// registers (three blocks) the pair ran 1.9-2.5x bf16 at 1-4 tokens against 1.9-3.1x now (session 37). A/B'd there
+// and dropped: A = q - z per byte ((u | 128) - (z + 8), no borrow), 2-10% slower than the two extra mma.
 __global__ void __launch_bounds__(WARPS * 32, 4 * kPlanesWarps / WARPS) wo_planes_kernel(const WoProblem p) {
   extern __shared__ uint4 planes_dyn[];
   __shared__ float scale[kPlanesMaxTokens];
@@ -217,32 +217,17 @@ __global__ void __launch_bounds__(WARPS * 32, 4 * kPlanesWarps / WARPS) wo_plane
       const uint4 bv = GIVEN ? given[u] : bsrc[c * (kPlanesChunkK / 16)];  // subtiles 0..3 of the chunk: 4 bytes each
       const uint32_t w[4] = {packed[u].x, packed[u].y, packed[u].z, packed[u].w};
       int d[4] = {};
-      uint32_t zb0 = 0, zb1 = 0;  // ASYM 2: z + 8 of rows g / g + 8 in every byte
-      if constexpr (ASYM == 2) {
-        zb0 = static_cast<uint32_t>(__float2int_rn(__shfl_sync(0xffffffffu, zrm[u], 0, 4)) + 8) * 0x01010101u;
-        zb1 = static_cast<uint32_t>(__float2int_rn(__shfl_sync(0xffffffffu, zrm[u], 1, 4)) + 8) * 0x01010101u;
-      }
 #pragma unroll
       for (int tile = 0; tile < 2; ++tile) {  // words 2 tile / 2 tile + 1: k 0..15 / 16..31 of the 16 x 32 tile
-        uint32_t a[4];
-        if constexpr (ASYM == 2) {  // u - (z + 8) = q - z in [-15, 15] per byte: (u | 128) - zb never borrows
-#pragma unroll
-          for (int i = 0; i < 2; ++i) {
-            const uint32_t word = w[2 * tile + i];
-            a[2 * i] = (((word & 0x0F0F0F0Fu) | 0x80808080u) - zb0) ^ 0x80808080u;         // even nibbles: row g
-            a[2 * i + 1] = ((((word >> 4) & 0x0F0F0F0Fu) | 0x80808080u) - zb1) ^ 0x80808080u;  // odd: row g + 8
-          }
-        } else {
-          const uint64_t lo = int4_word_s8x16(w[2 * tile]), hi = int4_word_s8x16(w[2 * tile + 1]);
-          a[0] = static_cast<uint32_t>(lo), a[1] = static_cast<uint32_t>(lo >> 32);
-          a[2] = static_cast<uint32_t>(hi), a[3] = static_cast<uint32_t>(hi >> 32);
-        }
+        const uint64_t lo = int4_word_s8x16(w[2 * tile]), hi = int4_word_s8x16(w[2 * tile + 1]);
+        const uint32_t a[4] = {static_cast<uint32_t>(lo), static_cast<uint32_t>(lo >> 32), static_cast<uint32_t>(hi),
+                               static_cast<uint32_t>(hi >> 32)};
         mma_s8_16832(d, a, tile ? bv.z : bv.x, tile ? bv.w : bv.y);
       }
       const float s0 = __shfl_sync(0xffffffffu, prm[u], 0, 4), s1 = __shfl_sync(0xffffffffu, prm[u], 1, 4);
       acc[0] = fmaf(s0, fmaf(static_cast<float>(d[1]), 1.0f / 254.0f, static_cast<float>(d[0])), acc[0]);
       acc[1] = fmaf(s1, fmaf(static_cast<float>(d[3]), 1.0f / 254.0f, static_cast<float>(d[2])), acc[1]);
-      if constexpr (ASYM == 1) {  // A was 16 q: subtract 16 z times the chunk's sum of x, which one more mma pair gives
+      if constexpr (ASYM) {  // A was 16 q: subtract 16 z times the chunk's sum of x, which one more mma pair gives
         const uint32_t sixteens[4] = {0x10101010u, 0x10101010u, 0x10101010u, 0x10101010u};  // 16 in every byte
         int e[4] = {};  // e[0] / e[1]: 16 x the sum of token t's high / low plane over the chunk (e[2], e[3] alike)
         mma_s8_16832(e, sixteens, bv.x, bv.y);
@@ -271,13 +256,13 @@ __global__ void __launch_bounds__(WARPS * 32, 4 * kPlanesWarps / WARPS) wo_plane
       float v = 0.0f;
 #pragma unroll
       for (int i = 0; i < SWARPS; ++i) v += partial[s * SWARPS + i][r][m];
-      v = v * (scale[m] * (ASYM == 2 ? 1.0f : 1.0f / 16.0f)) + bias_at(opaque(p.bias), n);  // A: q - z, or 16 q
+      v = v * (scale[m] * (1.0f / 16.0f)) + bias_at(opaque(p.bias), n);
       store(static_cast<T*>(p.y) + static_cast<size_t>(m) * p.w.n + n, activate(v, p.act));
     }
   }
 }
 
-template <typename T, int STRIPES, bool GIVEN, int ASYM>
+template <typename T, int STRIPES, bool GIVEN, bool ASYM>
 void launch_typed(const WoProblem& p, cudaStream_t stream) {
   const int smem = GIVEN ? 0 : planes_smem_bytes(p.m, p.w.k_padded);
   auto* kernel = wo_planes_kernel<T, kPlanesWarps, STRIPES, GIVEN, ASYM>;
@@ -287,27 +272,17 @@ void launch_typed(const WoProblem& p, cudaStream_t stream) {
   launch_maybe_pdl(kernel, p.pdl, dim3(blocks), dim3(kPlanesWarps * 32), smem, stream, p);
 }
 
-template <int STRIPES, bool GIVEN, int ASYM>
+template <int STRIPES, bool GIVEN, bool ASYM>
 void launch_dtype(const WoProblem& p, cudaStream_t stream) {
   p.dtype == ScalarKind::kBFloat16 ? launch_typed<__nv_bfloat16, STRIPES, GIVEN, ASYM>(p, stream)
                                    : launch_typed<__half, STRIPES, GIVEN, ASYM>(p, stream);
 }
 
-template <bool GIVEN, int ASYM = 0>
+template <bool GIVEN, bool ASYM = false>
 void launch_stripes(const WoProblem& p, int stripes, cudaStream_t stream) {
   stripes == 4   ? launch_dtype<4, GIVEN, ASYM>(p, stream)
   : stripes == 2 ? launch_dtype<2, GIVEN, ASYM>(p, stream)
                  : launch_dtype<1, GIVEN, ASYM>(p, stream);
-}
-
-// Which form of zero points runs (ASYM above): QTOOL_PLANES_ASYM=2 the codes, else the sums (read once; session 37's
-// A/B decides the default).
-int asym_mode() {
-  static const int mode = [] {
-    const char* env = std::getenv("QTOOL_PLANES_ASYM");
-    return env != nullptr && env[0] == '2' ? 2 : 1;
-  }();
-  return mode;
 }
 
 }  // namespace
@@ -316,9 +291,7 @@ void launch_wo_planes(const WoProblem& p, int stripes, cudaStream_t stream) {
   if (p.planes == nullptr)
     launch_stripes<false>(p, stripes, stream);  // symmetric only (ops.cpp, planes_take)
   else
-    p.w.zero == nullptr        ? launch_stripes<true>(p, stripes, stream)
-    : asym_mode() == 2 ? launch_stripes<true, 2>(p, stripes, stream)
-                       : launch_stripes<true, 1>(p, stripes, stream);
+    p.w.zero != nullptr ? launch_stripes<true, true>(p, stripes, stream) : launch_stripes<true>(p, stripes, stream);
 }
 
 void launch_x_planes(const XPlanesProblem& p, cudaStream_t stream) {
