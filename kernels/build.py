@@ -330,6 +330,7 @@ def _weight_only_path() -> str:
         GEMV_PLANES,
         MIXED_MIN_M,
         PLANES_ONE_TOKEN_MIN_WEIGHT,
+        PLANES_TWO_TOKENS_MIN_N,
         RING_M3_MAX_K,
         STREAM_LONG_K,
         STREAM_SMALL_MAX_N,
@@ -349,8 +350,8 @@ def _weight_only_path() -> str:
              f"{STREAM_LONG_K}, at 3 on 4-bit ones with K <= {RING_M3_MAX_K} < N; otherwise variant 3 from 2 tokens "
              "for 2-/3-bit (to 16 on weights of <= 4096 x 4096), 3-4 for 4-bit (to 8 on weights of <= "
              f"{STREAM_SMALL_MAX_N} rows and 32 MiB), 4 for large 8-bit ones; the ring GEMV to 4, to 8 on small 8-bit"
-             + ("; symmetric 4-bit weights (groups >= 64 or per channel) at 2-4 tokens, and at 1 on weights of more "
-                f"than {PLANES_ONE_TOKEN_MIN_WEIGHT - 1} elements, on x_planes + wo_planes_gemv (x as two int8 planes on the "
+             + ("; 4-bit weights (groups >= 64 or per channel) at 3-4 tokens, at 2 where N > "
+                f"{PLANES_TWO_TOKENS_MIN_N - 1}, at 1 on weights of more than {PLANES_ONE_TOKEN_MIN_WEIGHT - 1} elements, on x_planes + wo_planes_gemv (x as two int8 planes on the "
                 "int8 tensor cores, weight_only.planes_route; QTOOL_GEMV_PLANES=0: off)" if GEMV_PLANES else "") + ")")
     rows = ("8-bit symmetric per-channel layers row-major on qtool_cuda w8_gemv (to 4 tokens, 16 on weights of <= "
             "8192 x 8192, 32 on <= 4096 x 6144: weight_only.rows_gemv), then on weights of <= 4096 x 6144 at 33-256 "
