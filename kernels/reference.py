@@ -116,6 +116,15 @@ def plane_slots(k_padded: int) -> torch.Tensor:
     return 64 * (k // 64) + 16 * ((k % 8) // 2) + 4 * ((k % 64) // 16) + 2 * (k % 2) + (k % 16) // 8
 
 
+def plane_sources(k_padded: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """[k_padded] int64: the k whose planes' byte sits at each slot, plane_slots' inverse (slot = 64 c + 16 t + 4 j + b
+    holds k = 64 c + 16 j + 8 (b % 2) + 2 t + b // 2)."""
+    slot = torch.arange(k_padded, device=device)
+    r = slot % 64
+    t, j, b = r // 16, (r % 16) // 4, r % 4
+    return slot - r + 16 * j + 8 * (b % 2) + 2 * t + b // 2
+
+
 def x_planes(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The x_planes kernel's planes of x [m, K]: [2m, K] int8 (rows 2r / 2r + 1: token r's high / low plane, bytes in
     plane_slots order) and scales [m] float32, x = s hi + (s / 254) lo + e with |e| <= s / 508, s = max|x| / 127 per
@@ -127,9 +136,7 @@ def x_planes(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     hi = torch.round(xf * (1 / s)[:, None])
     lo = torch.round((xf - hi * s[:, None]) * (254 / s)[:, None])
     rows = torch.stack([hi, lo], 1).reshape(2 * x.shape[0], x.shape[1]).to(torch.int8)
-    planes = torch.empty_like(rows)
-    planes[:, plane_slots(x.shape[1]).to(x.device)] = rows
-    return planes, s
+    return rows[:, plane_sources(x.shape[1], x.device)], s  # a gather: under torch.compile it fuses into the producer
 
 
 def planes_to_x(planes: torch.Tensor, xscale: torch.Tensor) -> torch.Tensor:

@@ -37,6 +37,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+from . import reference
 from .layout import EPILOGUE, LOW_BITS, PackedWeight, takes_rows_shape
 from .mixed_mm import mixed_linear
 from .split_mm import split_linear
@@ -174,6 +175,12 @@ PDL_STATIC_WEIGHT = 16
 # inside every block (wo_gemv 4-6) lost to the pair at 2-4 tokens and to the ring at one: unrouted.
 # QTOOL_GEMV_PLANES=0 (read once) turns the route off.
 GEMV_PLANES = os.environ.get("QTOOL_GEMV_PLANES", "1") != "0"
+# Under torch.compile, a layer whose input comes from a kernel Inductor generates (an RMSNorm, SiLU-and-multiply:
+# QuantLinear.planes_fuse, set by quantize/fusion.py and quantize/mlp.py) gets its planes from PyTorch ops that
+# Inductor fuses into that kernel, so the pair's ~2 us is not paid and 1-2 tokens take the planes on every shape
+# (the GEMV alone: 2.5-3.7x bf16 at one token, session 37). Prepared in session 37, unmeasured end to end: off
+# unless QTOOL_FUSED_PLANES=1 (read once).
+FUSED_PLANES = os.environ.get("QTOOL_FUSED_PLANES", "0") == "1"
 PLANES_MAX_M = 4  # csrc/wo_kernels.h, kPlanesMaxTokens
 PLANES_MAX_BYTES = 96 << 10  # kPlanesMaxBytes: wo_gemv 4-6's staged planes, 2 * m * (K + 64) bytes
 PLANES_ONE_TOKEN_MIN_WEIGHT = 8192 * 8192 + 1  # K * N from which one token takes the pair
@@ -193,14 +200,14 @@ def takes_given_planes(w: PackedWeight, m: int) -> bool:
     return w.num_bits == 4 and (w.group_size <= 0 or w.group_size >= 64) and 1 <= m <= PLANES_MAX_M
 
 
-def planes_route(w: PackedWeight, m: int) -> int | None:
+def planes_route(w: PackedWeight, m: int, free: bool = False) -> int | None:
     """wo_planes_gemv's variant (0, 1, 2: one, two or four stripes per block) for m tokens by the measured rule
-    above, or None where the planes do not serve them."""
+    above, or None where the planes do not serve them. free: the planes cost no kernel of their own (FUSED_PLANES)."""
     if not GEMV_PLANES or not takes_given_planes(w, m):
         return None
-    if m == 1 and w.k_padded * w.out_features < PLANES_ONE_TOKEN_MIN_WEIGHT:
+    if not free and m == 1 and w.k_padded * w.out_features < PLANES_ONE_TOKEN_MIN_WEIGHT:
         return None
-    if m == 2 and w.out_features < PLANES_TWO_TOKENS_MIN_N:
+    if not free and m == 2 and w.out_features < PLANES_TWO_TOKENS_MIN_N:
         return None
     stripes = -(-w.out_features // 16)
     return 2 if stripes >= 4 * PLANES_MIN_BLOCKS else 1 if stripes >= 2 * PLANES_MIN_BLOCKS else 0
@@ -252,11 +259,11 @@ def hopper_route(w: PackedWeight, m: int, dtype: torch.dtype, bits: int | None =
     return mixed_schedule(bits or w.mixed.bits, w.k_padded, w.out_features, m, w.mixed.group)
 
 
-def route(w: PackedWeight, m: int, dtype: torch.dtype) -> dict | str:
+def route(w: PackedWeight, m: int, dtype: torch.dtype, planes_free: bool = False) -> dict | str:
     """The kernel of `packed_linear` for m tokens of 4- or 8-bit weights: "wo_gemv", a schedule of the Hopper
     GEMM (a dict), "wo_gemm_v3", "wo_gemm" or "dequant"; "wo_gemv_stream" (variant 3); "wo_planes" (x_planes +
     wo_planes_gemv, planes_route)."""
-    if planes_route(w, m) is not None and dtype in (torch.bfloat16, torch.float16):
+    if planes_route(w, m, planes_free) is not None and dtype in (torch.bfloat16, torch.float16):
         return "wo_planes"
     if (kind := gemv_kind(w, m)) is not None:
         return "wo_gemv_stream" if kind == "stream" else "wo_gemv"
@@ -280,12 +287,14 @@ def _kernel_input(x2: torch.Tensor, w: PackedWeight) -> torch.Tensor:
 
 
 def packed_linear(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, kernels,
-                  prefetch: torch.Tensor | None = None) -> torch.Tensor:
+                  prefetch: torch.Tensor | None = None, planes_fuse: bool = False) -> torch.Tensor:
     """x @ W^T + bias for x [..., K] -> [..., N]; `kernels` is torch.ops.qtool_cuda or layout.ReferenceOps.
 
     bias: [N] float32 (the kernels add it in float32), or None.
     prefetch: a tensor (the next layer's packed weight) the GEMV pulls into L2 after its own weight
     loads; a hint only, ignored by the other kernels.
+    planes_fuse: x comes from a kernel Inductor generates, so under torch.compile with FUSED_PLANES the planes are
+    PyTorch ops it fuses there (QuantLinear.planes_fuse).
     """
     lead = x.shape[:-1]
     x2 = _kernel_input(x.reshape(-1, x.shape[-1]), w)
@@ -294,7 +303,8 @@ def packed_linear(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, k
         return _rows_linear(x2, w, bias, kernels, prefetch).reshape(*lead, w.out_features)
     args = (w.qweight, w.scale, w.zero)
     meta = (w.num_bits, w.group_size, w.out_features)
-    kernel = None if w.num_bits in LOW_BITS else route(w, m, x2.dtype)
+    free = planes_fuse and FUSED_PLANES and torch.compiler.is_compiling()
+    kernel = None if w.num_bits in LOW_BITS else route(w, m, x2.dtype, free)
     if kernel is None:
         y = _low_bits_linear(x2, w, bias, kernels, prefetch)
     elif isinstance(kernel, dict):
@@ -303,9 +313,10 @@ def packed_linear(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, k
         variant = 3 if kernel == "wo_gemv_stream" else gemv_variant(w, m)
         y = kernels.wo_gemv(x2, *args, bias, *meta, EPILOGUE, prefetch, variant)
     elif kernel == "wo_planes":
-        planes, xscale = kernels.x_planes(x2, 1)  # PDL where on (csrc/pdl.cuh decides)
+        # PDL where on (csrc/pdl.cuh decides); `free`: Inductor's ops, fused into x's producer
+        planes, xscale = reference.x_planes(x2) if free else kernels.x_planes(x2, 1)
         y = kernels.wo_planes_gemv(planes, xscale, *args, bias, w.group_size, w.out_features, x2.dtype,
-                                   planes_route(w, m) + PDL_STATIC_WEIGHT)
+                                   planes_route(w, m, free) + PDL_STATIC_WEIGHT)
     elif kernel == "wo_gemm_v3":
         y = kernels.wo_gemm_v3(x2, *args, bias, *meta, EPILOGUE, V3_VARIANT)
     elif kernel == "wo_gemm":

@@ -214,7 +214,10 @@ def fuse_group(block: nn.Module, names: tuple[str, ...]) -> bool:
         return False
     if len(members) < 2 or incompatibility(members) is not None:
         return False
-    group = _FusedGroup(fuse_layers(members), tuple(m.out_features for m in members))
+    fused = fuse_layers(members)
+    if isinstance(fused, QuantLinear):
+        fused.planes_fuse = True  # its input comes from an RMSNorm (q/k/v, gate/up): QuantLinear.planes_fuse
+    group = _FusedGroup(fused, tuple(m.out_features for m in members))
     set_submodule(block, names[0], FusedHead(group))
     for i, name in enumerate(names[1:]):
         set_submodule(block, name, FusedTail(group, i))

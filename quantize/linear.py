@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # ops declares torch.ops.qtool.*; scaled_mm registers qtool::scaled_linear's CUDA implementation.
-from qtool_kernels import binary, build, mixed_mm, ops, scaled_mm  # noqa: F401
+from qtool_kernels import binary, build, mixed_mm, ops, scaled_mm, weight_only  # noqa: F401
 from qtool_kernels.layout import (
     KERNEL_DTYPES,
     LOW_BITS,
@@ -64,6 +64,10 @@ class QuantLinear(nn.Module):
     # The next layer's weight bytes a GEMV pulls into L2 (quantize/prefetch.py sets it per instance). A class
     # default, not getattr(..., None): a missing attribute goes through nn.Module.__getattr__ (~1.8 us per call).
     cuda_prefetch: torch.Tensor | None = None
+    # Whether the kernel that makes this layer's input is one Inductor generates (an RMSNorm before fused q/k/v or
+    # gate/up, the gated MLP's product before down: quantize/fusion.py, quantize/mlp.py set it), so that under
+    # torch.compile the input's int8 planes can be fused into it (kernels/weight_only.py, FUSED_PLANES).
+    planes_fuse: bool = False
 
     def __init__(self, in_features: int, out_features: int, scheme: QuantScheme, bias: bool = False,
                  dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> None:
@@ -334,7 +338,16 @@ def cuda_linear(layer: QuantLinear, x: torch.Tensor) -> torch.Tensor | None:
     packed = prepared_weight(layer) if torch.compiler.is_compiling() else prepare_for_cuda(layer)
     if packed is None:
         return None
-    return packed_linear(x, packed, layer.cuda_bias, torch.ops.qtool_cuda, layer.cuda_prefetch)
+    return packed_linear(x, packed, layer.cuda_bias, torch.ops.qtool_cuda, layer.cuda_prefetch, layer.planes_fuse)
+
+
+def fuses_planes(layer: nn.Module, m: int) -> bool:
+    """Whether m tokens into `layer` take int8 planes that Inductor fuses into the kernel making its input (under
+    torch.compile, kernels/weight_only.py FUSED_PLANES): the gated MLP then leaves SiLU-and-multiply to Inductor."""
+    if not (weight_only.FUSED_PLANES and torch.compiler.is_compiling() and getattr(layer, "planes_fuse", False)):
+        return False
+    packed = prepared_weight(layer)
+    return packed is not None and packed.rows is None and weight_only.planes_route(packed, m, free=True) is not None
 
 
 # --- 1-bit layers (qtool_kernels.binary) -------------------------------------------------------

@@ -24,9 +24,10 @@ import torch
 import torch.nn as nn
 
 from qtool_kernels.mlp import silu_mul
+from qtool_kernels.reference import silu_mul as reference_silu_mul  # [..., 2I] -> [..., I], rounded once
 
 from .fusion import fuse_layers, incompatibility, refuse_state_dict
-from .linear import QuantLinear, set_submodule
+from .linear import QuantLinear, fuses_planes, set_submodule
 
 # transformers class name -> (gate, up, down) attribute names; each computes down(act_fn(gate(x)) * up(x)).
 GATED_MLPS: dict[str, tuple[str, str, str]] = {
@@ -49,6 +50,8 @@ class GatedMLP(nn.Module):
         self.register_state_dict_pre_hook(refuse_state_dict)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fuses_planes(self.down_proj, x.numel() // x.shape[-1]):  # Inductor: the product and down's int8 planes
+            return self.down_proj(reference_silu_mul(self.gate_up_proj(x)))
         gated = getattr(self.gate_up_proj, "forward_gated", None)  # a QuantLinear: W8A8 fuses the product
         return self.down_proj(gated(x) if gated is not None else silu_mul(self.gate_up_proj(x)))
 
@@ -69,6 +72,10 @@ def fuse_mlps(model: nn.Module) -> int:
         gate, up, down = (getattr(module, n, None) for n in names)
         if gate is None or up is None or down is None or incompatibility([gate, up]) is not None:
             continue
-        set_submodule(model, name, GatedMLP(fuse_layers([gate, up]), down))
+        gate_up = fuse_layers([gate, up])
+        for layer in (gate_up, down):  # inputs from an RMSNorm and from the product: kernels Inductor generates
+            if isinstance(layer, QuantLinear):
+                layer.planes_fuse = True
+        set_submodule(model, name, GatedMLP(gate_up, down))
         count += 1
     return count

@@ -370,6 +370,8 @@ def test_planes_reference_reconstructs_x_and_the_product():
     x @ W^T within that bound."""
     slots = reference.plane_slots(128)
     assert torch.equal(slots.sort().values, torch.arange(128))
+    for k in (64, 576, 4096):  # the gather x_planes uses (fusable under torch.compile) is the inverse
+        assert torch.equal(reference.plane_sources(k)[reference.plane_slots(k)], torch.arange(k))
     assert slots[[0, 8, 1, 9, 2, 10, 16, 70]].tolist() == [0, 1, 2, 3, 16, 17, 4, 112]
     g = torch.Generator().manual_seed(37)
     x = torch.randn(3, 192, generator=g)

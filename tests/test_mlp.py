@@ -15,6 +15,7 @@ import torch.nn as nn
 
 from qtool_kernels.mlp import reference_silu_mul, silu_mul
 from quantize.fusion import FusedModelError, fuse_projections
+from quantize.linear import QuantLinear
 from quantize.mlp import GatedMLP, fuse_mlps
 from quantize.quantizer import quantize_model
 from quantize.recipe import Recipe
@@ -48,6 +49,10 @@ def test_gated_mlps_keep_logits(scheme):
     mlp = fused.model.layers[0].mlp
     assert isinstance(mlp, GatedMLP) and mlp.gate_up_proj.out_features == 2 * 128
     assert fuse_projections(fused) == 2  # q/k/v only: gate and up are gone
+    attn = fused.model.layers[0].self_attn
+    qkv = next(m for m in attn.modules() if isinstance(m, QuantLinear) and m.out_features > attn.q_proj.out_features)
+    assert mlp.gate_up_proj.planes_fuse and mlp.down_proj.planes_fuse and qkv.planes_fuse  # inputs: norms, product
+    assert not model.model.layers[0].mlp.down_proj.planes_fuse  # unfused layers keep the default
     ids = torch.randint(0, 256, (2, 9), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(fused(ids).logits, model(ids).logits, rtol=1e-5, atol=1e-5)

@@ -74,6 +74,28 @@ def test_packed_linear_runs_the_planes_pair():
         assert recorder.calls == want and y.shape == (2, 14336) and y.dtype == torch.bfloat16
 
 
+def test_fused_planes_under_compile(monkeypatch):
+    """QTOOL_FUSED_PLANES (weight_only.FUSED_PLANES): under torch.compile a layer whose input Inductor makes
+    (planes_fuse) takes the planes at 1-2 tokens on any shape, from PyTorch ops (no x_planes kernel), which give the
+    kernel's planes within a code; without the switch, the flag or compilation, the measured rule as before."""
+    recorder = Recorder()
+    codes = torch.zeros(16, 64, dtype=torch.int8)
+    w = pack_weight(codes, torch.ones(16, 1), None, None, 4, -1)
+    w = layout.PackedWeight(w.qweight.new_zeros(4096 // 16, 4096 // 64, 32, 4), w.scale, None, None, 4, -1, 4096, 4096)
+
+    def calls(m, fuse, compiling, switch):
+        monkeypatch.setattr(weight_only, "FUSED_PLANES", switch)
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: compiling)
+        recorder.calls.clear()
+        weight_only.packed_linear(torch.randn(m, 4096, dtype=torch.bfloat16), w, None, recorder, None, fuse)
+        return recorder.calls
+
+    assert calls(1, True, True, True) == [("wo_planes_gemv", 0)] == calls(2, True, True, True)
+    assert calls(3, True, False, True) == [("x_planes",), ("wo_planes_gemv", 0)]
+    for args in ((1, False, True, True), (1, True, False, True), (1, True, True, False)):
+        assert calls(*args) == [("wo_gemv", 2)], args
+
+
 def test_dispatcher_routes_by_tokens_and_shape(monkeypatch):
     """packed_linear's routes (kernels/weight_only.py): the GEMV's lean launch where rows >= columns, then for a
     weight with a Hopper copy the measured route of the nearest measured shape and the next measured batch

@@ -1,0 +1,47 @@
+"""GPU tests of the int8-planes route under torch.compile (kernels/weight_only.py FUSED_PLANES): the planes as
+PyTorch ops, which Inductor fuses into the kernel that makes the layer's input, give what the CUDA producer gives,
+inside a compiled QuantLinear and a compiled gated MLP, against float64."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import random_qtensor, rel_err
+from qtool_kernels import reference, weight_only
+from quantize.linear import QuantLinear
+from quantize.mlp import GatedMLP
+from quantize.scheme import QuantScheme
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_compiled_planes_match_the_kernel_and_float64(kernels, symmetric, monkeypatch):
+    """One token into a 4096 x 4096 W4 g128 layer whose input is an RMSNorm's output, compiled with the switch on:
+    the planes from PyTorch ops (the code one apart at most where x / s rounds a half) and the layer's output
+    against float64; then a compiled gated MLP, whose product Inductor makes, against the eager one."""
+    monkeypatch.setattr(weight_only, "FUSED_PLANES", True)
+    torch._dynamo.reset()
+    x = torch.randn(1, 4096, device="cuda", dtype=torch.bfloat16)
+    x[0, 9] *= 30
+    planes, xs = kernels.x_planes(x)
+    want, want_s = torch.compile(reference.x_planes)(x)
+    torch.testing.assert_close(want_s, xs, rtol=1e-6, atol=0)
+    assert (want[::2].int() - planes[::2].int()).abs().max() <= 1 and (want != planes).float().mean() < 0.01
+    qt, args, dense = random_qtensor(4, 128, symmetric, False, 4096, 4096, seed=37)
+    layer = QuantLinear.from_qtensor(qt, QuantScheme(weights=args), bias=None)
+    layer.planes_fuse = True
+    weight = torch.ones(4096, device="cuda", dtype=torch.bfloat16)
+    layer(x)  # prepares the kernel layout (eager)
+    norm_then_layer = torch.compile(lambda h: layer(torch.nn.functional.rms_norm(h, (4096,), weight, 1e-5)))
+    h = torch.randn(1, 4096, device="cuda", dtype=torch.bfloat16)
+    normed = torch.nn.functional.rms_norm(h.double(), (4096,), weight.double(), 1e-5)
+    assert rel_err(norm_then_layer(h), normed @ dense.T) < 1e-2
+    gate_up = QuantLinear.from_qtensor(random_qtensor(4, 128, symmetric, False, 4096, 2 * 4096, seed=38)[0],
+                                       QuantScheme(weights=args), bias=None)
+    mlp = GatedMLP(gate_up, layer)
+    gate_up.planes_fuse = True
+    eager = mlp(x)
+    assert rel_err(torch.compile(mlp)(x), eager) < 1e-2
+    torch._dynamo.reset()
