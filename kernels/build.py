@@ -38,10 +38,10 @@ import torch
 from .layout import chunk_k
 
 CSRC = Path(__file__).resolve().parent / "csrc"
-SOURCES = ("ops.cpp", "wo_gemv.cu", "wo_planes.cu", "wo_stream.cu", "wo_gemm.cu", "wo_gemm_v3.cu", "dequant.cu", "ops_w8a8.cpp",
+SOURCES = ("ops.cpp", "wo_gemv.cu", "wo_planes.cu", "w8_planes.cu", "wo_stream.cu", "wo_gemm.cu", "wo_gemm_v3.cu", "dequant.cu", "ops_w8a8.cpp",
            "act_quant.cu", "w8_gemv.cu", "ops_w1.cpp", "w1_gemv.cu", "binarize.cu", "w1a1.cu", "silu_mul.cu",
            "decode_attention.cu", "ops_attention.cpp")
-HEADERS = ("wo_kernels.h", "wo_decode.cuh", "wo_common.cuh", "wo_xstage.cuh", "wo_occupancy.h", "wo_piece.cuh",
+HEADERS = ("wo_kernels.h", "planes.cuh", "wo_decode.cuh", "wo_common.cuh", "wo_xstage.cuh", "wo_occupancy.h", "wo_piece.cuh",
            "w8a8.h", "w8_decode.cuh", "mlp.h", "sm90/sm90_scaled_mm.h", "w1_kernels.h", "w1_gemv_plan.h", "pdl.cuh",
            "attention.h", "attention_two_pass.cuh")
 NAME = "qtool_cuda"
@@ -183,8 +183,11 @@ def _register_fakes() -> None:
     def silu_mul(x, pdl=0):
         return x.new_empty(x.shape[0], x.shape[1] // 2)
 
-    def x_planes(x, pdl=0):
+    def x_planes(x, pdl=0, natural=0):
         return x.new_empty(2 * x.shape[0], x.shape[1], dtype=torch.int8), x.new_empty(x.shape[0], dtype=torch.float32)
+
+    def w8_planes_gemv(planes, xscale, w, wscale, bias, dtype, variant=0):
+        return planes.new_empty(planes.shape[0] // 2, w.shape[0], dtype=dtype)
 
     def wo_planes_gemv(planes, xscale, qweight, scale, zero, bias, group_size, out_features, dtype, variant=0):
         return planes.new_empty(planes.shape[0] // 2, out_features, dtype=dtype)
@@ -195,6 +198,7 @@ def _register_fakes() -> None:
     torch.library.register_fake(f"{NAME}::silu_mul")(silu_mul)
     torch.library.register_fake(f"{NAME}::x_planes")(x_planes)
     torch.library.register_fake(f"{NAME}::wo_planes_gemv")(wo_planes_gemv)
+    torch.library.register_fake(f"{NAME}::w8_planes_gemv")(w8_planes_gemv)
     torch.library.register_fake(f"{NAME}::decode_attention")(decode_attention)
     torch.library.register_fake(f"{NAME}::w1_gemv")(w1_gemv)
     torch.library.register_fake(f"{NAME}::binarize")(binarize)

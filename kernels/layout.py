@@ -284,8 +284,14 @@ class ReferenceOps:
         return reference.silu_mul(y).to(x.dtype) if swiglu else y.to(x.dtype)
 
     @staticmethod
-    def x_planes(x, pdl=0):
-        return reference.x_planes(x)
+    def x_planes(x, pdl=0, natural=0):
+        return reference.x_planes(x, bool(natural))
+
+    @staticmethod
+    def w8_planes_gemv(planes, xscale, w, wscale, bias, dtype, variant=0):
+        """y of `dtype` from int8 rows [n, k] with per-row scales and x as x_planes gave it in k order."""
+        y = reference.planes_to_x(planes, xscale, natural=True) @ (w.float() * wscale.float().view(-1, 1)).T
+        return (y if bias is None else y + bias.float()).to(dtype)
 
     @staticmethod
     def wo_planes_gemv(planes, xscale, qweight, scale, zero, bias, group_size, out_features, dtype, variant=0):

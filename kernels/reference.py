@@ -125,7 +125,7 @@ def plane_sources(k_padded: int, device: torch.device | str | None = None) -> to
     return slot - r + 16 * j + 8 * (b % 2) + 2 * t + b // 2
 
 
-def x_planes(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def x_planes(x: torch.Tensor, natural: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The x_planes kernel's planes of x [m, K]: [2m, K] int8 (rows 2r / 2r + 1: token r's high / low plane, bytes in
     plane_slots order) and scales [m] float32, x = s hi + (s / 254) lo + e with |e| <= s / 508, s = max|x| / 127 per
     token (no clamps: |x / s| <= 127, |x - s hi| <= s / 2). The kernel rounds x / s as one FMA, so a code may differ
@@ -136,13 +136,17 @@ def x_planes(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     hi = torch.round(xf * (1 / s)[:, None])
     lo = torch.round((xf - hi * s[:, None]) * (254 / s)[:, None])
     rows = torch.stack([hi, lo], 1).reshape(2 * x.shape[0], x.shape[1]).to(torch.int8)
+    if natural:  # k order (w8_planes_gemv)
+        return rows, s
     return rows[:, plane_sources(x.shape[1], x.device)], s  # a gather: under torch.compile it fuses into the producer
 
 
-def planes_to_x(planes: torch.Tensor, xscale: torch.Tensor) -> torch.Tensor:
+def planes_to_x(planes: torch.Tensor, xscale: torch.Tensor, natural: bool = False) -> torch.Tensor:
     """x_planes' inverse: planes [2m, K] int8 and scales [m] -> x [m, K] float32 (within s / 508 of the x they came
     from)."""
-    rows = planes[:, plane_slots(planes.shape[1]).to(planes.device)].float().view(-1, 2, planes.shape[1])
+    if not natural:
+        planes = planes[:, plane_slots(planes.shape[1]).to(planes.device)]
+    rows = planes.float().view(-1, 2, planes.shape[1])
     return xscale[:, None] * (rows[:, 0] + rows[:, 1] / 254)
 
 

@@ -24,6 +24,7 @@ Anything else returns None and the caller runs the reference.
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 
 import torch
@@ -242,6 +243,31 @@ def quantize_activation_cuda(x: torch.Tensor, fmt: str, group_size: int,
     return kernels.act_quant(x, fmt, group_size, static_scale)
 
 
+# int8 rows with one scale per row (W8A8 int8, W8A16) at 1-4 tokens on x_planes + w8_planes_gemv (csrc/w8_planes.cu):
+# x as two int8 planes, the codes straight into the int8 mma, int32 sums over the row. Prepared in session 37
+# without device time, unmeasured: off unless QTOOL_W8_PLANES=1 (read once); w8_gemv otherwise.
+W8_PLANES = os.environ.get("QTOOL_W8_PLANES", "0") == "1"
+W8_PLANES_MAX_M = 4  # csrc/wo_kernels.h, kPlanesMaxTokens
+W8_PLANES_MIN_BLOCKS = 448  # stripes per block (1, 2, 4): the most that leave this many blocks, as the 4-bit pair
+
+
+def w8_planes_linear(x, weight, weight_scale, bias, static_weight=False) -> torch.Tensor | None:
+    """x [m, k] @ (weight [n, k] int8 * weight_scale [n])^T + bias on the planes (above), or None where they do not
+    serve: switched off, more than 4 tokens, k not a multiple of 64, not int8 rows with per-row (or one) scales."""
+    m, (n, k) = x.shape[0], weight.shape
+    if (not W8_PLANES or not 1 <= m <= W8_PLANES_MAX_M or weight.dtype != torch.int8 or k % 64 or k > 1 << 17
+            or weight_scale.numel() not in (1, n) or not weight.is_contiguous() or x.dtype not in KERNEL_DTYPES):
+        return None
+    x = x.contiguous()
+    if x.data_ptr() % 16:
+        x = x.clone()
+    planes, xscale = torch.ops.qtool_cuda.x_planes(x, 1, 1)
+    stripes = -(-n // 16)
+    variant = 2 if stripes >= 4 * W8_PLANES_MIN_BLOCKS else 1 if stripes >= 2 * W8_PLANES_MIN_BLOCKS else 0
+    return torch.ops.qtool_cuda.w8_planes_gemv(planes, xscale, weight, _vector(weight_scale, n), bias, x.dtype,
+                                               variant + 16 * bool(static_weight))
+
+
 def _w8_gemv(x, weight, weight_scale, bias, block_n, block_k, static_weight=False,
              prefetch=None, swiglu=False) -> torch.Tensor | None:
     """qtool_cuda::w8_gemv when the shapes fit (k % 16 == 0; blocks of 32k x 64k), else None. `static_weight`: no
@@ -251,6 +277,8 @@ def _w8_gemv(x, weight, weight_scale, bias, block_n, block_k, static_weight=Fals
     n, k = weight.shape
     if k % 16 or (block_n > 0 and (block_n % 32 or block_k % 64)) or not weight.is_contiguous():
         return None
+    if not swiglu and block_n == 0 and (y := w8_planes_linear(x, weight, weight_scale, bias, static_weight)) is not None:
+        return y
     scale = weight_scale.float().contiguous() if block_n > 0 else _vector(weight_scale, n)
     x = x.contiguous()
     if x.data_ptr() % 16:

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from . import reference
 from .layout import EPILOGUE, LOW_BITS, PackedWeight, takes_rows_shape
 from .mixed_mm import mixed_linear
+from .scaled_mm import w8_planes_linear
 from .split_mm import split_linear
 from .tuning import gemv_pdl, mixed_schedule, plain_schedule
 
@@ -331,6 +332,8 @@ def _rows_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, k
     """packed_linear for the row-major layout: x2 [m, K] -> [m, N]."""
     m = x2.shape[0]
     if rows_gemv(w, m, x2.dtype):
+        if kernels is torch.ops.qtool_cuda and (y := w8_planes_linear(x2, w.rows, w.scale, bias, True)) is not None:
+            return y  # QTOOL_W8_PLANES (scaled_mm.py)
         return kernels.w8_gemv(x2, w.rows, w.scale.view(-1), bias, 0, 0, int(gemv_pdl(m, *w.rows.shape)), prefetch)
     first, last, max_weight = SPLIT
     if (first <= m <= last and w.out_features * w.k_padded <= max_weight

@@ -399,6 +399,12 @@ def test_planes_reference_reconstructs_x_and_the_product():
     y = ReferenceOps.wo_planes_gemv(planes, s, pk.qweight, pk.scale, pk.zero, None, 64, 40, torch.float32)
     assert within_bound(y, dense, 0.0)
     assert not within_bound(y, dense * 1.001, 0.0)  # a 0.1% wrong weight is outside the bound
+    natural, s2 = reference.x_planes(x, natural=True)  # k order (w8_planes_gemv): the same bytes, unpermuted
+    assert torch.equal(natural[:, reference.plane_sources(192)], planes) and torch.equal(s2, s)
+    w8 = torch.randint(-127, 128, (40, 192), generator=g, dtype=torch.int8)
+    wscale = torch.rand(40, generator=g) / 100
+    y = ReferenceOps.w8_planes_gemv(natural, s, w8, wscale, None, torch.float32)
+    assert within_bound(y, w8.double() * wscale.double()[:, None], 0.0)
 
 
 def test_planes_route_by_tokens_and_shape(monkeypatch):

@@ -226,6 +226,45 @@ def test_given_planes_gemv_matches_float64(kernels, group_size, symmetric, dtype
         kernels.wo_planes_gemv(planes[:2], xs[:1], p32.qweight, p32.scale, None, None, 32, 200, dtype, 3)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_w8_planes_gemv_matches_float64(kernels, dtype, monkeypatch):
+    """w8_planes_gemv (int8 rows, x_planes' planes in k order; csrc/w8_planes.cu) at 1-4 tokens, one, two and four
+    stripes per block, plain and with PDL, with bias, on N = 200 (inside a stripe) and K = 576 / 4096 / 14336,
+    against float64 and against w8_gemv; then W8A8 int8 and W8A16 layers with QTOOL_W8_PLANES on; the refusals."""
+    from qtool_kernels import scaled_mm
+
+    for k, n in ((576, 200), (4096, 1536), (14336, 64)):
+        w = torch.randint(-128, 128, (n, k), device="cuda", dtype=torch.int8)
+        wscale = torch.rand(n, device="cuda") / 100
+        bias = torch.randn(n, device="cuda")
+        dense = w.double() * wscale.double()[:, None]
+        for m in range(1, 5):
+            x = torch.randn(m, k, device="cuda", dtype=dtype)
+            x[0, 3] *= 40
+            planes, xs = kernels.x_planes(x, 0, 1)
+            want, want_s = reference.x_planes(x, natural=True)
+            torch.testing.assert_close(xs, want_s, rtol=1e-6, atol=0)
+            assert (planes[::2].int() - want[::2].int()).abs().max() <= 1 and (planes != want).float().mean() < 0.01
+            ref = x.double() @ dense.T + bias.double()
+            gemv = kernels.w8_gemv(x, w, wscale, bias, 0, 0)
+            for variant in (0, 1, 2, 16, 17, 18):
+                poison_cache()
+                out = kernels.w8_planes_gemv(planes, xs, w, wscale, bias, dtype, variant)
+                assert out.shape == (m, n) and rel_err(out, ref) < 1e-2, f"k={k} m={m} variant={variant}"
+                assert rel_err(out, gemv) < 5e-3, f"k={k} m={m} variant={variant}"
+    monkeypatch.setattr(scaled_mm, "W8_PLANES", True)
+    x = torch.randn(3, 4096, device="cuda", dtype=dtype)
+    w = torch.randint(-127, 128, (1536, 4096), device="cuda", dtype=torch.int8)
+    wscale = torch.rand(1536, 1, device="cuda") / 100
+    y = scaled_mm.w8a8_linear_cuda(x, w, wscale, None, None, "int8", 0, 0, 0, 1)
+    assert rel_err(y, x.double() @ (w.double() * wscale.double()).T) < 1e-2
+    planes, xs = kernels.x_planes(x, 0, 1)
+    with pytest.raises(RuntimeError, match="k a multiple of 64 .* got \\[1536, 4000\\]"):
+        kernels.w8_planes_gemv(planes[:, :4000], xs, w[:, :4000].contiguous(), wscale, None, dtype, 0)
+    with pytest.raises(RuntimeError, match="variant must be 0, 1 or 2 .* got 3"):
+        kernels.w8_planes_gemv(planes, xs, w, wscale, None, dtype, 3)
+
+
 def check_gemm_against_float64(call, bits, group_size, symmetric, dtype, shapes):
     """call(x padded to K_pad, packed weight, bias, m) -> [m, N] against x @ W^T + bias in float64 from the
     checkpoint tensors, for each (K, N, token counts) of `shapes`, output memory poisoned first."""
@@ -384,6 +423,11 @@ def test_opcheck(kernels):
                           (planes, xs, ps.qweight, ps.scale, None, bias.float(), 128, 1536, torch.bfloat16))
     torch.library.opcheck(torch.ops.qtool_cuda.wo_planes_gemv.default,
                           (planes, xs, p.qweight, p.scale, p.zero, bias.float(), 128, 1536, torch.bfloat16))
+    torch.library.opcheck(torch.ops.qtool_cuda.x_planes.default, (xq, 0, 1))
+    natural, xs = torch.ops.qtool_cuda.x_planes(xq, 0, 1)
+    w8 = torch.randint(-127, 128, (1536, 576), device="cuda", dtype=torch.int8)
+    torch.library.opcheck(torch.ops.qtool_cuda.w8_planes_gemv.default,
+                          (natural, xs, w8, torch.rand(1536, device="cuda"), bias.float(), torch.bfloat16))
 
 
 def test_quantlinear_repacks_after_load_state_dict(kernels):

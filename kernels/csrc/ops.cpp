@@ -156,7 +156,7 @@ at::Tensor wo_gemv(const at::Tensor& x, const at::Tensor& qweight, const at::Ten
 }
 
 // x [m, k_padded] -> (planes [2m, k_padded] int8, xscale [m] float32) for wo_planes_gemv (wo_kernels.h, XPlanesProblem).
-std::tuple<at::Tensor, at::Tensor> x_planes(const at::Tensor& x, int64_t pdl) {
+std::tuple<at::Tensor, at::Tensor> x_planes(const at::Tensor& x, int64_t pdl, int64_t natural) {
   TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.is_contiguous() && x.size(1) % kPadK == 0, "x_planes: x must be a "
               "contiguous CUDA [m, k_padded] tensor with k_padded a multiple of ", kPadK, ", got ", x.sizes(), " on ",
               x.device());
@@ -166,7 +166,7 @@ std::tuple<at::Tensor, at::Tensor> x_planes(const at::Tensor& x, int64_t pdl) {
   if (x.size(0) == 0) return {planes, xscale};
   const c10::cuda::CUDAGuard guard(x.device());
   launch_x_planes({x.data_ptr(), planes.data_ptr<int8_t>(), xscale.data_ptr<float>(), static_cast<int>(x.size(0)),
-                   static_cast<int>(x.size(1)), scalar_kind(x.scalar_type(), "x_planes"), pdl != 0},
+                   static_cast<int>(x.size(1)), scalar_kind(x.scalar_type(), "x_planes"), pdl != 0, natural != 0},
                   c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {planes, xscale};
@@ -207,6 +207,48 @@ at::Tensor wo_planes_gemv(const at::Tensor& planes, const at::Tensor& xscale, co
   p.xscale = xscale.data_ptr<float>();
   p.pdl = pdl;
   launch_wo_planes(p, 1 << variant, c10::cuda::getCurrentCUDAStream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return y;
+}
+
+// y [m, n] of `dtype` = x (w s_w)^T + bias, int8 rows and x as x_planes' planes in k order (wo_kernels.h).
+at::Tensor w8_planes_gemv(const at::Tensor& planes, const at::Tensor& xscale, const at::Tensor& w,
+                          const at::Tensor& wscale, const std::optional<at::Tensor>& bias, at::ScalarType dtype,
+                          int64_t variant) {
+  const bool pdl = variant >= kPdlFlag;
+  if (pdl) variant -= kPdlFlag;
+  TORCH_CHECK(variant >= 0 && variant <= 2, "w8_planes_gemv: variant must be 0, 1 or 2 (one, two or four stripes "
+              "per block), plus 16 for a static weight, got ", variant + (pdl ? kPdlFlag : 0));
+  TORCH_CHECK(w.is_cuda() && w.scalar_type() == at::kChar && w.dim() == 2 && w.is_contiguous() &&
+              w.size(1) % 64 == 0 && w.size(1) <= kW8PlanesMaxK && w.size(0) >= 1 &&
+              reinterpret_cast<uintptr_t>(w.data_ptr()) % 16 == 0, "w8_planes_gemv: w must be contiguous 16-byte "
+              "aligned int8 [n, k] on CUDA with k a multiple of 64 and <= ", kW8PlanesMaxK, ", got ", w.sizes(), " ",
+              w.scalar_type());
+  const int64_t m = planes.dim() == 2 ? planes.size(0) / 2 : -1;
+  TORCH_CHECK(planes.device() == w.device() && planes.scalar_type() == at::kChar && planes.dim() == 2 &&
+              planes.size(0) % 2 == 0 && planes.size(1) == w.size(1) && planes.is_contiguous() &&
+              m <= kPlanesMaxTokens, "w8_planes_gemv: planes must be contiguous int8 [2m, k=", w.size(1), "] with m <= ",
+              kPlanesMaxTokens, " (x_planes, natural order), got ", planes.sizes(), " ", planes.scalar_type());
+  TORCH_CHECK(xscale.device() == w.device() && xscale.scalar_type() == at::kFloat && xscale.dim() == 1 &&
+              xscale.size(0) == m && xscale.is_contiguous(), "w8_planes_gemv: xscale must be float32 [m=", m,
+              "], got ", xscale.sizes(), " ", xscale.scalar_type());
+  TORCH_CHECK(wscale.device() == w.device() && wscale.scalar_type() == at::kFloat && wscale.numel() == w.size(0) &&
+              wscale.is_contiguous(), "w8_planes_gemv: wscale must be float32 with one scale per row (", w.size(0),
+              "), got ", wscale.sizes(), " ", wscale.scalar_type());
+  at::Tensor bias_f32;
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->device() == w.device() && bias->dim() == 1 && bias->size(0) == w.size(0),
+                "w8_planes_gemv: bias must be [n=", w.size(0), "], got ", bias->sizes());
+    bias_f32 = bias->to(at::kFloat).contiguous();
+  }
+  at::Tensor y = at::empty({m, w.size(0)}, planes.options().dtype(dtype));
+  if (m == 0) return y;
+  const c10::cuda::CUDAGuard guard(w.device());
+  launch_w8_planes({planes.data_ptr<int8_t>(), xscale.data_ptr<float>(), w.data_ptr<int8_t>(),
+                    wscale.data_ptr<float>(), bias.has_value() ? bias_f32.data_ptr<float>() : nullptr, y.data_ptr(),
+                    static_cast<int>(m), static_cast<int>(w.size(0)), static_cast<int>(w.size(1)),
+                    scalar_kind(dtype, "w8_planes_gemv"), pdl},
+                   1 << variant, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return y;
 }
@@ -300,7 +342,10 @@ TORCH_LIBRARY(qtool_cuda, m) {
       "dequant_int(Tensor qweight, Tensor scale, Tensor? zero, int num_bits, int group_size, int out_features, "
       "ScalarType dtype) -> Tensor");
   m.def("silu_mul(Tensor x, int pdl=0) -> Tensor");  // the gated MLP's silu(gate) * up: mlp.h
-  m.def("x_planes(Tensor x, int pdl=0) -> (Tensor, Tensor)");
+  m.def("x_planes(Tensor x, int pdl=0, int natural=0) -> (Tensor, Tensor)");
+  m.def(
+      "w8_planes_gemv(Tensor planes, Tensor xscale, Tensor w, Tensor wscale, Tensor? bias, ScalarType dtype, "
+      "int variant=0) -> Tensor");
   m.def(
       "wo_planes_gemv(Tensor planes, Tensor xscale, Tensor qweight, Tensor scale, Tensor? zero, Tensor? bias, "
       "int group_size, int out_features, ScalarType dtype, int variant=0) -> Tensor");
@@ -314,4 +359,5 @@ TORCH_LIBRARY_IMPL(qtool_cuda, CUDA, m) {
   m.impl("silu_mul", &qtool::silu_mul);
   m.impl("x_planes", &qtool::x_planes);
   m.impl("wo_planes_gemv", &qtool::wo_planes_gemv);
+  m.impl("w8_planes_gemv", &qtool::w8_planes_gemv);
 }

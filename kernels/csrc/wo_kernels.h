@@ -143,8 +143,27 @@ struct XPlanesProblem {
   int k_padded;
   ScalarKind dtype;
   bool pdl;
+  bool natural = false;  // bytes in k order (w8_planes_gemv), not plane_slot's
 };
 void launch_x_planes(const XPlanesProblem& p, cudaStream_t stream);
+
+// w8_planes_gemv (w8_planes.cu; prepared in session 37, unmeasured): y [m, n] = x W^T s_w + bias for int8 weights
+// row-major [n, k] with one scale per row, x as x_planes' planes in k order (natural), 1 <= m <= kPlanesMaxTokens.
+// Each lane's 16-byte loads of rows g and g + 8 are its A fragments as they are (no conversion), the planes its B,
+// and the sums stay int32 over the whole row (|sum| <= 127 * 128 * k: k <= kW8PlanesMaxK).
+constexpr int kW8PlanesMaxK = 1 << 17;
+struct W8PlanesProblem {
+  const int8_t* planes;  // [2m, k] int8, natural order
+  const float* xscale;   // [m]
+  const int8_t* w;       // [n, k] int8 codes, row-major, 16-byte aligned, k % 64 == 0
+  const float* wscale;   // [n]
+  const float* bias;     // [n] or nullptr
+  void* y;               // [m, n] of dtype
+  int m, n, k;
+  ScalarKind dtype;
+  bool pdl;
+};
+void launch_w8_planes(const W8PlanesProblem& p, int stripes, cudaStream_t stream);  // stripes per block: 1, 2, 4
 
 // Tensor-core kernel for any m (wo_gemm.cu); tokens are processed in slices of up to 64.
 // wo_gemm_splits() is the split-K factor for this problem on `num_sms` SMs: when it is > 1 the

@@ -21,6 +21,7 @@
 #include <cstdint>
 
 #include "pdl.cuh"
+#include "planes.cuh"
 #include "wo_common.cuh"
 
 namespace qtool {
@@ -30,15 +31,6 @@ constexpr int kPlanesWarps = 8;    // warps per block, all on one 16-row stripe,
 constexpr int kPlanesBatch = 4;    // chunks per lane in flight (the lean ring's depth)
 constexpr int kPlanesBatchAsym = 3;  // with zero points: a shallower ring, to stay within 64 registers
 constexpr int kPlanesChunkK = 64;  // int4 chunk (wo_kernels.h, chunk_k(4))
-
-// The B fragment of mma.m16n8k32.s8 (column n, lane t): b0 / b1 = four int8 at k 4t..4t+3 / 16+4t..16+4t+3.
-__device__ inline void mma_s8_16832(int (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};"
-      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
 
 // Four int32 (their low bytes) packed into one word, byte i from v[i].
 __device__ inline uint32_t pack_bytes(uint32_t v0, uint32_t v1, uint32_t v2, uint32_t v3) {
@@ -58,7 +50,7 @@ __device__ inline void split_value(float x, float s, float inv_s, float inv_lo, 
 // x [m, k_padded] (xg) -> its planes at dst (rows 2r / 2r + 1 = token r's high / low plane, row_bytes apart, bytes at
 // plane_slot order; shared memory in the GEMV, global in x_planes_kernel), each token's s in `scale` and (1 / s,
 // 254 / s) in `inverse`. THREADS threads, three barriers; ends with the planes visible to the block.
-template <typename T, int THREADS>
+template <typename T, int THREADS, bool NATURAL = false>  // NATURAL: bytes in k order (the int8-row GEMV's B)
 __device__ inline void quantize_planes(const uint4* xg, int m, int k_padded, int row_bytes, uint8_t* dst, float* scale,
                                        float2* inverse, float (*red)[kPlanesMaxTokens]) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -105,17 +97,21 @@ __device__ inline void quantize_planes(const uint4* xg, int m, int k_padded, int
     const float2 inv = inverse[r];
     const uint4 v0 = __ldg(xg + r * vecs + 2 * j), v1 = __ldg(xg + r * vecs + 2 * j + 1);
     const uint32_t first[4] = {v0.x, v0.y, v0.z, v0.w}, second[4] = {v1.x, v1.y, v1.z, v1.w};
-    uint8_t* out = dst + 2 * r * row_bytes + plane_slot(16 * j);
+    uint8_t* out = dst + 2 * r * row_bytes + (NATURAL ? 16 * j : plane_slot(16 * j));
 #pragma unroll
-    for (int t = 0; t < 4; ++t) {  // lane t's word: k = 2t, 2t + 8, 2t + 1, 2t + 9 = word t of each vector
-      const float2 a = pair_to_float2(first[t], T{}), b = pair_to_float2(second[t], T{});
+    for (int t = 0; t < 4; ++t) {
+      // slot order: lane t's word holds k = 2t, 2t + 8, 2t + 1, 2t + 9 = word t of each vector; natural order: word
+      // t holds k = 4t..4t+3, words 2t and 2t + 1 of the subtile's two vectors
+      const uint32_t w0 = NATURAL ? (t < 2 ? first[2 * t] : second[2 * t - 4]) : first[t];
+      const uint32_t w1 = NATURAL ? (t < 2 ? first[2 * t + 1] : second[2 * t - 3]) : second[t];
+      const float2 a = pair_to_float2(w0, T{}), b = pair_to_float2(w1, T{});
       uint32_t h[4], l[4];
       split_value(a.x, s, inv.x, inv.y, h[0], l[0]);
-      split_value(b.x, s, inv.x, inv.y, h[1], l[1]);
-      split_value(a.y, s, inv.x, inv.y, h[2], l[2]);
+      split_value(NATURAL ? a.y : b.x, s, inv.x, inv.y, h[1], l[1]);
+      split_value(NATURAL ? b.x : a.y, s, inv.x, inv.y, h[2], l[2]);
       split_value(b.y, s, inv.x, inv.y, h[3], l[3]);
-      *reinterpret_cast<uint32_t*>(out + 16 * t) = pack_bytes(h[0], h[1], h[2], h[3]);
-      *reinterpret_cast<uint32_t*>(out + row_bytes + 16 * t) = pack_bytes(l[0], l[1], l[2], l[3]);
+      *reinterpret_cast<uint32_t*>(out + (NATURAL ? 4 : 16) * t) = pack_bytes(h[0], h[1], h[2], h[3]);
+      *reinterpret_cast<uint32_t*>(out + row_bytes + (NATURAL ? 4 : 16) * t) = pack_bytes(l[0], l[1], l[2], l[3]);
     }
   }
   __syncthreads();
@@ -124,14 +120,14 @@ __device__ inline void quantize_planes(const uint4* xg, int m, int k_padded, int
 // x_planes: one block per token writes its planes [2, k_padded] (plane_slot order) and its scale, for the GEMV with
 // given planes (GIVEN below), so that no block of it repeats the quantization.
 constexpr int kXPlanesThreads = 256;
-template <typename T>
+template <typename T, bool NATURAL>
 __global__ void __launch_bounds__(kXPlanesThreads) x_planes_kernel(const XPlanesProblem p) {
   __shared__ float scale[kPlanesMaxTokens];
   __shared__ float2 inverse[kPlanesMaxTokens];
   __shared__ float red[kXPlanesThreads / 32][kPlanesMaxTokens];
   pdl_wait_then_release();
   const int r = blockIdx.x;
-  quantize_planes<T, kXPlanesThreads>(opaque(static_cast<const uint4*>(p.x)) + static_cast<size_t>(r) * (p.k_padded / 8),
+  quantize_planes<T, kXPlanesThreads, NATURAL>(opaque(static_cast<const uint4*>(p.x)) + static_cast<size_t>(r) * (p.k_padded / 8),
                                       1, p.k_padded, p.k_padded,
                                       reinterpret_cast<uint8_t*>(p.planes) + 2 * static_cast<size_t>(r) * p.k_padded,
                                       scale, inverse, red);
@@ -295,7 +291,9 @@ void launch_wo_planes(const WoProblem& p, int stripes, cudaStream_t stream) {
 }
 
 void launch_x_planes(const XPlanesProblem& p, cudaStream_t stream) {
-  auto* kernel = p.dtype == ScalarKind::kBFloat16 ? x_planes_kernel<__nv_bfloat16> : x_planes_kernel<__half>;
+  const bool bf16 = p.dtype == ScalarKind::kBFloat16;
+  auto* kernel = p.natural ? (bf16 ? x_planes_kernel<__nv_bfloat16, true> : x_planes_kernel<__half, true>)
+                           : (bf16 ? x_planes_kernel<__nv_bfloat16, false> : x_planes_kernel<__half, false>);
   launch_maybe_pdl(kernel, p.pdl, dim3(p.m), dim3(kXPlanesThreads), 0, stream, p);
 }
 
