@@ -407,6 +407,38 @@ def test_planes_reference_reconstructs_x_and_the_product():
     assert within_bound(y, w8.double() * wscale.double()[:, None], 0.0)
 
 
+def test_w8_planes_fragments_give_the_row_products():
+    """csrc/w8_planes.cu's fragments, emulated: lane (g, t) takes 16 bytes of rows g and g + 8 at k = 16t..16t+15 of a
+    64-k chunk and the planes' same 16 bytes; tile i's a0..a3 = (row g word 2i, row g + 8 word 2i, row g word 2i + 1,
+    row g + 8 word 2i + 1) and b0, b1 = plane words 2i, 2i + 1; mma.m16n8k32 (PTX's fragment layout) over both tiles
+    gives every row's product with x exactly. A kernel that paired the words otherwise fails it."""
+    g = torch.Generator().manual_seed(39)
+    w = torch.randint(-128, 128, (16, 64), generator=g)
+    x = torch.randint(-127, 128, (64,), generator=g)
+
+    def emulate(pairing):
+        d = torch.zeros(16, dtype=torch.int64)
+        for tile in range(2):
+            a = torch.zeros(16, 32, dtype=torch.int64)  # A [row, slot] as the fragments place it
+            b = torch.zeros(32, dtype=torch.int64)  # B [slot] (one column: one plane)
+            for lane in range(32):
+                row, t = lane // 4, lane % 4
+                words = {  # (row offset, word) -> the 4 bytes of that word in the lane's 16
+                    (r, wd): (w[row + r, 16 * t + 4 * wd:16 * t + 4 * wd + 4]) for r in (0, 8) for wd in range(4)}
+                regs = pairing(tile, words)
+                a[row, 4 * t:4 * t + 4], a[row + 8, 4 * t:4 * t + 4] = regs[0], regs[1]
+                a[row, 16 + 4 * t:20 + 4 * t], a[row + 8, 16 + 4 * t:20 + 4 * t] = regs[2], regs[3]
+                b[4 * t:4 * t + 4] = x[16 * t + 8 * tile:16 * t + 8 * tile + 4]  # b0: plane word 2 tile
+                b[16 + 4 * t:20 + 4 * t] = x[16 * t + 8 * tile + 4:16 * t + 8 * tile + 8]  # b1: word 2 tile + 1
+            d += a @ b
+        return d
+
+    kernel = emulate(lambda i, wd: (wd[0, 2 * i], wd[8, 2 * i], wd[0, 2 * i + 1], wd[8, 2 * i + 1]))
+    assert torch.equal(kernel, w @ x)
+    swapped = emulate(lambda i, wd: (wd[0, 2 * i + 1], wd[8, 2 * i + 1], wd[0, 2 * i], wd[8, 2 * i]))
+    assert not torch.equal(swapped, w @ x)
+
+
 def test_planes_route_by_tokens_and_shape(monkeypatch):
     """x_planes + wo_planes_gemv (weight_only.planes_route, session 37's measured rule): 4-bit weights with groups
     >= 64 or per channel (zero points or none) at 2-4 tokens, at one token only past 8192 x 8192; two / four stripes per block where
