@@ -5,7 +5,7 @@ two or four 16-row stripes per block, each block quantizing x) and wo_planes_gem
 fused 8B ones, in one process. Timing as bench_kernels.py (rotating copies past the L2, CUDA-graph replay, median); speedup against bf16 in
 the same process, TB/s = code and scale bytes / time.
 
-    python3 dev/planes_ab.py [--tokens 1,2,3,4] [--group 128] [--json out.json]
+    python3 dev/planes_ab.py [--tokens 1,2,3,4] [--group 128] [--bits 4] [--json out.json]
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ sys.path.insert(0, str(HERE.parents[1] / "benchmarks"))
 sys.path.insert(0, str(HERE.parent))
 
 
-def time_shape(ops, k: int, n: int, group: int, tokens: list[int]) -> list[dict]:
+def time_shape(ops, k: int, n: int, group: int, tokens: list[int], bits: int = 4) -> list[dict]:
     import torch
     import torch.nn.functional as F
     from bench_kernels import Rotation, copies_for, graph_ms
@@ -29,15 +29,16 @@ def time_shape(ops, k: int, n: int, group: int, tokens: list[int]) -> list[dict]
     from qtool_kernels.weight_only import PDL_STATIC_WEIGHT, gemv_kind, gemv_variant, takes_planes
 
     groups = 1 if group <= 0 else -(-k // group)
-    codes = torch.randint(-8, 8, (n, k), device="cuda", dtype=torch.int8)
-    p = pack_weight(codes, torch.rand(n, groups, device="cuda") / 100, None, None, 4, group)
+    top = 1 << (bits - 1)
+    codes = torch.randint(-top, top, (n, k), device="cuda", dtype=torch.int8)
+    p = pack_weight(codes, torch.rand(n, groups, device="cuda") / 100, None, None, bits, group)
     nbytes = p.qweight.numel() * 4 + p.scale.numel() * 4
     packed = Rotation([(p.qweight.clone(), p.scale.clone()) for _ in range(copies_for(nbytes))])
     dense = Rotation([torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(copies_for(2 * n * k))])
 
     def gemv(x, variant):
         qweight, scale = packed()
-        return ops.wo_gemv(x, qweight, scale, None, None, 4, p.group_size, n, EPILOGUE, None, variant)
+        return ops.wo_gemv(x, qweight, scale, None, None, bits, p.group_size, n, EPILOGUE, None, variant)
 
     rows = []
     for m in tokens:
@@ -65,13 +66,13 @@ def time_shape(ops, k: int, n: int, group: int, tokens: list[int]) -> list[dict]
             def given(variant=variant, x=x, planes=planes, xs=xs):
                 qweight, scale = packed()
                 return ops.wo_planes_gemv(planes, xs, qweight, scale, None, None, p.group_size, n, x.dtype,
-                                          variant + PDL_STATIC_WEIGHT)
+                                          variant + PDL_STATIC_WEIGHT, bits)
 
             def pair(variant=variant, x=x):
                 xp, s = ops.x_planes(x, 1)
                 qweight, scale = packed()
                 return ops.wo_planes_gemv(xp, s, qweight, scale, None, None, p.group_size, n, x.dtype,
-                                          variant + PDL_STATIC_WEIGHT)
+                                          variant + PDL_STATIC_WEIGHT, bits)
 
             g_ms, p_ms = graph_ms(given), graph_ms(pair)
             a, b = gemv(x, ring_variant).double(), given().double()
@@ -88,6 +89,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", default="1,2,3,4")
     parser.add_argument("--group", type=int, default=128)
+    parser.add_argument("--bits", type=int, default=4, help="4, or 3 / 2 (wo_planes_low.cu; no staged variants)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     import torch
@@ -101,7 +103,7 @@ def main() -> None:
     tokens = [int(t) for t in args.tokens.split(",")]
     rows = []
     for k, n in FUSED_8B + SHAPES:
-        rows += time_shape(ops, k, n, args.group, tokens)
+        rows += time_shape(ops, k, n, args.group, tokens, args.bits)
         torch.cuda.empty_cache()
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))

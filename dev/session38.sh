@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The next session's device calls, prepared in session 37 (nvidia-h200, carry [".gpu/w8a8", ".gpu/ext"]: on a fresh
 # development machine `bash dev/prebuild_sm90.sh` (~13 min) and `bash dev/prebuild_ext.sh` (~3 min) first).
-#   call 1: bash dev/session38.sh fusedtests w8tests w8ab e2efused     (~10 min)
+#   call 1: bash dev/session38.sh fusedtests w8tests w8ab lowab e2efused     (~12 min)
 # fusedtests  the planes under torch.compile (tests/test_planes_gpu.py) and the gated MLP's tests
 # w8tests    w8_planes_gemv (csrc/w8_planes.cu, written in session 37 without device time) and x_planes' k order
 # w8ab       dev/w8planes_ab.py: w8_planes_gemv given and with x_planes against w8_gemv and bf16 at 1-4 tokens; if it
 #            wins, QTOOL_W8_PLANES=1 end to end: E2E_SCHEMES=w8a8-int8 e2ew8
+# lowab      dev/planes_ab.py --bits 3 --group 128 and --bits 2 --group 64 (wo_planes_low.cu given and with x_planes,
+#            against the ring GEMV / variant 3): if it wins, QTOOL_LOWBIT_PLANES=1 goes on where it does
 # e2efused    qtool bench llama-8b w4a16 at batch 1 and 4 with QTOOL_FUSED_PLANES=1 (the q/k/v, gate/up and down
 #             GEMVs at 1-2 tokens on the planes, Inductor writing them in the RMSNorm and SiLU-and-multiply kernels)
 #             and without, one process each
@@ -15,7 +17,7 @@ source dev/gpu_setup.sh
 
 fusedtests() {
   step "GPU tests: the planes under torch.compile"
-  gputests fusedtests "${PT_TIMEOUT:-240}" tests/test_planes_gpu.py tests/test_mlp.py
+  gputests fusedtests "${PT_TIMEOUT:-240}" tests/test_planes_gpu.py tests/test_mlp.py  # (and the 2-/3-bit GEMV)
 }
 w8tests() {
   step "GPU tests: w8_planes_gemv"
@@ -28,6 +30,11 @@ w8ab() {
 e2ew8() {  # W8A8 int8 at batch 1 and 4 with the int8-row planes and without
   QTOOL_W8_PLANES=1 E2E_TIMEOUT=${E2E_TIMEOUT:-300} bench8b "-w8planes" "${E2E_SCHEMES:-w8a8-int8}" 1,4 2048 11
   E2E_TIMEOUT=${E2E_TIMEOUT:-300} bench8b "" "${E2E_SCHEMES:-w8a8-int8}" 1,4 2048 11
+}
+lowab() {
+  step "W3 g128 / W2 g64 on the planes vs the GEMVs, 1-4 tokens"
+  timeout -k 10 "${AB_TIMEOUT:-150}" python3 dev/planes_ab.py --bits 3 --group 128 --json "$OUT/planes_w3.json" 2>&1 | tail -32
+  timeout -k 10 "${AB_TIMEOUT:-150}" python3 dev/planes_ab.py --bits 2 --group 64 --json "$OUT/planes_w2.json" 2>&1 | tail -32
 }
 e2efused() {
   QTOOL_FUSED_PLANES=1 E2E_TIMEOUT=${E2E_TIMEOUT:-300} bench8b "-fused" "w4a16" ${E2E_BATCHES:-1,4} 2048 11

@@ -38,7 +38,7 @@ import torch
 from .layout import chunk_k
 
 CSRC = Path(__file__).resolve().parent / "csrc"
-SOURCES = ("ops.cpp", "wo_gemv.cu", "wo_planes.cu", "w8_planes.cu", "wo_stream.cu", "wo_gemm.cu", "wo_gemm_v3.cu", "dequant.cu", "ops_w8a8.cpp",
+SOURCES = ("ops.cpp", "wo_gemv.cu", "wo_planes.cu", "wo_planes_low.cu", "w8_planes.cu", "wo_stream.cu", "wo_gemm.cu", "wo_gemm_v3.cu", "dequant.cu", "ops_w8a8.cpp",
            "act_quant.cu", "w8_gemv.cu", "ops_w1.cpp", "w1_gemv.cu", "binarize.cu", "w1a1.cu", "silu_mul.cu",
            "decode_attention.cu", "ops_attention.cpp")
 HEADERS = ("wo_kernels.h", "planes.cuh", "wo_decode.cuh", "wo_common.cuh", "wo_xstage.cuh", "wo_occupancy.h", "wo_piece.cuh",
@@ -189,7 +189,8 @@ def _register_fakes() -> None:
     def w8_planes_gemv(planes, xscale, w, wscale, bias, dtype, variant=0):
         return planes.new_empty(planes.shape[0] // 2, w.shape[0], dtype=dtype)
 
-    def wo_planes_gemv(planes, xscale, qweight, scale, zero, bias, group_size, out_features, dtype, variant=0):
+    def wo_planes_gemv(planes, xscale, qweight, scale, zero, bias, group_size, out_features, dtype, variant=0,
+                       num_bits=4):
         return planes.new_empty(planes.shape[0] // 2, out_features, dtype=dtype)
 
     def decode_attention(q, k, v, mask, scale, splits=0, pdl=0, variant=0):

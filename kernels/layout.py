@@ -294,9 +294,10 @@ class ReferenceOps:
         return (y if bias is None else y + bias.float()).to(dtype)
 
     @staticmethod
-    def wo_planes_gemv(planes, xscale, qweight, scale, zero, bias, group_size, out_features, dtype, variant=0):
-        """y of `dtype` from x as x_planes gave it (4-bit weights); `variant` is the launch's shape."""
-        w = dequantize_packed(qweight, scale, zero, 4, group_size, out_features)
+    def wo_planes_gemv(planes, xscale, qweight, scale, zero, bias, group_size, out_features, dtype, variant=0,
+                       num_bits=4):
+        """y of `dtype` from x as x_planes gave it; `variant` is the launch's shape."""
+        w = dequantize_packed(qweight, scale, zero, num_bits, group_size, out_features)
         y = reference.planes_to_x(planes, xscale) @ w.T
         return (y if bias is None else y + bias.float()).to(dtype)
 

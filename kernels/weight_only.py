@@ -182,6 +182,10 @@ GEMV_PLANES = os.environ.get("QTOOL_GEMV_PLANES", "1") != "0"
 # (the GEMV alone: 2.5-3.7x bf16 at one token, session 37). Prepared in session 37, unmeasured end to end: off
 # unless QTOOL_FUSED_PLANES=1 (read once).
 FUSED_PLANES = os.environ.get("QTOOL_FUSED_PLANES", "0") == "1"
+# Symmetric 2- and 3-bit codes (groups >= 64 or per channel) at 1-4 tokens on the same pair (csrc/wo_planes_low.cu:
+# A from the ring GEMV's nibble words in one shift and one LOP3 per row). Prepared in session 37, unmeasured: off
+# unless QTOOL_LOWBIT_PLANES=1 (read once).
+LOWBIT_PLANES = os.environ.get("QTOOL_LOWBIT_PLANES", "0") == "1"
 PLANES_MAX_M = 4  # csrc/wo_kernels.h, kPlanesMaxTokens
 PLANES_MAX_BYTES = 96 << 10  # kPlanesMaxBytes: wo_gemv 4-6's staged planes, 2 * m * (K + 64) bytes
 PLANES_ONE_TOKEN_MIN_WEIGHT = 8192 * 8192 + 1  # K * N from which one token takes the pair
@@ -201,6 +205,20 @@ def takes_given_planes(w: PackedWeight, m: int) -> bool:
     return w.num_bits == 4 and (w.group_size <= 0 or w.group_size >= 64) and 1 <= m <= PLANES_MAX_M
 
 
+def lowbit_planes_route(w: PackedWeight, m: int) -> int | None:
+    """wo_planes_gemv's variant for m tokens of a 2- or 3-bit weight where LOWBIT_PLANES serves them, else None."""
+    if (not LOWBIT_PLANES or w.num_bits not in LOW_BITS or w.zero is not None or not 1 <= m <= PLANES_MAX_M
+            or 0 < w.group_size < 64):
+        return None
+    return _stripes_variant(w.out_features)
+
+
+def _stripes_variant(n: int) -> int:
+    """0, 1, 2: one, two or four stripes per block, the most that leave PLANES_MIN_BLOCKS blocks."""
+    stripes = -(-n // 16)
+    return 2 if stripes >= 4 * PLANES_MIN_BLOCKS else 1 if stripes >= 2 * PLANES_MIN_BLOCKS else 0
+
+
 def planes_route(w: PackedWeight, m: int, free: bool = False) -> int | None:
     """wo_planes_gemv's variant (0, 1, 2: one, two or four stripes per block) for m tokens by the measured rule
     above, or None where the planes do not serve them. free: the planes cost no kernel of their own (FUSED_PLANES)."""
@@ -210,8 +228,7 @@ def planes_route(w: PackedWeight, m: int, free: bool = False) -> int | None:
         return None
     if not free and m == 2 and w.out_features < PLANES_TWO_TOKENS_MIN_N:
         return None
-    stripes = -(-w.out_features // 16)
-    return 2 if stripes >= 4 * PLANES_MIN_BLOCKS else 1 if stripes >= 2 * PLANES_MIN_BLOCKS else 0
+    return _stripes_variant(w.out_features)
 
 
 def gemv_variant(w: PackedWeight, m: int = 1) -> int:
@@ -314,10 +331,7 @@ def packed_linear(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, k
         variant = 3 if kernel == "wo_gemv_stream" else gemv_variant(w, m)
         y = kernels.wo_gemv(x2, *args, bias, *meta, EPILOGUE, prefetch, variant)
     elif kernel == "wo_planes":
-        # PDL where on (csrc/pdl.cuh decides); `free`: Inductor's ops, fused into x's producer
-        planes, xscale = reference.x_planes(x2) if free else kernels.x_planes(x2, 1)
-        y = kernels.wo_planes_gemv(planes, xscale, *args, bias, w.group_size, w.out_features, x2.dtype,
-                                   planes_route(w, m, free) + PDL_STATIC_WEIGHT)
+        y = _planes_linear(x2, w, bias, kernels, planes_route(w, m, free), free)
     elif kernel == "wo_gemm_v3":
         y = kernels.wo_gemm_v3(x2, *args, bias, *meta, EPILOGUE, V3_VARIANT)
     elif kernel == "wo_gemm":
@@ -361,9 +375,20 @@ def _hopper_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None,
     return y if bias is None else y + bias.to(y.dtype)
 
 
+def _planes_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, kernels, variant: int,
+                   free: bool = False) -> torch.Tensor:
+    """x2 [m, K_pad] -> [m, N] on x_planes + wo_planes_gemv with launch `variant` (planes_route); `free`: the planes as
+    PyTorch ops, which Inductor fuses into x's producer. PDL where on (csrc/pdl.cuh decides)."""
+    planes, xscale = reference.x_planes(x2) if free else kernels.x_planes(x2, 1)
+    return kernels.wo_planes_gemv(planes, xscale, w.qweight, w.scale, w.zero, bias, w.group_size, w.out_features,
+                                  x2.dtype, variant + PDL_STATIC_WEIGHT, w.num_bits)
+
+
 def _low_bits_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, kernels,
                      prefetch: torch.Tensor | None) -> torch.Tensor:
     """packed_linear for 2- and 3-bit weights: x2 [m, K_pad] -> [m, N]."""
+    if x2.dtype in (torch.bfloat16, torch.float16) and (variant := lowbit_planes_route(w, x2.shape[0])) is not None:
+        return _planes_linear(x2, w, bias, kernels, variant)
     if (kind := gemv_kind(w, x2.shape[0])) is not None:  # with a Hopper copy or without
         return kernels.wo_gemv(x2, w.qweight, w.scale, w.zero, bias, w.num_bits, w.group_size, w.out_features,
                                EPILOGUE, prefetch, 3 if kind == "stream" else gemv_variant(w))

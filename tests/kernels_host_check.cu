@@ -127,11 +127,59 @@ int check_planes(int chunks) {
   return 0;
 }
 
+// "-2 chunks" / "-3 chunks": per 128-k chunk, 32 lanes' 4 words of low bits (and, for 3 bits, 2 words of high bits)
+// and 128 int8 values of x; the chunk's product as wo_planes_low.cu computes it: subtile j's word from
+// low_bit_nibbles, A from low_word_s8, B from x at plane_slot (two 64-k halves). Prints 2^(8 - bits) q . x per row.
+template <int BITS>
+int check_low_planes(int chunks) {
+  for (int c = 0; c < chunks; ++c) {
+    uint32_t w[32][4], hw[32][2] = {};
+    for (int lane = 0; lane < 32; ++lane) {
+      for (auto& x : w[lane])
+        if (std::scanf("%u", &x) != 1) return 2;
+      if (BITS == 3)
+        for (auto& x : hw[lane])
+          if (std::scanf("%u", &x) != 1) return 2;
+    }
+    uint8_t row[128] = {};
+    for (int k = 0; k < 128; ++k) {
+      int x = 0;
+      if (std::scanf("%d", &x) != 1) return 2;
+      row[plane_slot(k)] = static_cast<uint8_t>(x);  // plane_slot(64 + k') = 64 + plane_slot(k')
+    }
+    long long d[16] = {};
+    for (int tile = 0; tile < 4; ++tile) {
+      int a[16][32] = {}, b[32] = {};
+      for (int lane = 0; lane < 32; ++lane) {
+        const int g = lane / 4, t = lane % 4;
+        const uint64_t lo = low_word_s8<BITS>(low_bit_nibbles<BITS>(w[lane], hw[lane], 2 * tile));
+        const uint64_t hi = low_word_s8<BITS>(low_bit_nibbles<BITS>(w[lane], hw[lane], 2 * tile + 1));
+        const uint8_t* half = row + 64 * (tile / 2);
+        const int q = tile % 2;  // the tile's words in the lane's 16 bytes of its half: 2q, 2q + 1
+        for (int i = 0; i < 4; ++i) {
+          a[g][4 * t + i] = byte_of(static_cast<uint32_t>(lo), i);
+          a[g + 8][4 * t + i] = byte_of(static_cast<uint32_t>(lo >> 32), i);
+          a[g][16 + 4 * t + i] = byte_of(static_cast<uint32_t>(hi), i);
+          a[g + 8][16 + 4 * t + i] = byte_of(static_cast<uint32_t>(hi >> 32), i);
+          b[4 * t + i] = static_cast<int8_t>(half[16 * t + 8 * q + i]);
+          b[16 + 4 * t + i] = static_cast<int8_t>(half[16 * t + 8 * q + 4 + i]);
+        }
+      }
+      for (int r = 0; r < 16; ++r)
+        for (int k = 0; k < 32; ++k) d[r] += a[r][k] * b[k];
+    }
+    for (int r = 0; r < 16; ++r) std::printf("%lld%c", d[r], r == 15 ? '\n' : ' ');
+  }
+  return 0;
+}
+
 int main() {
   int bits = 0, lanes = 0;
   if (std::scanf("%d %d", &bits, &lanes) != 2) return 2;
   if (bits == 0) return check_signed_pairs();
   if (bits == -4) return check_planes(lanes);
+  if (bits == -2) return check_low_planes<2>(lanes);
+  if (bits == -3) return check_low_planes<3>(lanes);
   for (int lane = 0; lane < lanes; ++lane) {
     uint32_t w[4], hi[2] = {0u, 0u};
     for (auto& x : w)

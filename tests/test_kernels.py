@@ -399,12 +399,46 @@ def test_planes_reference_reconstructs_x_and_the_product():
     y = ReferenceOps.wo_planes_gemv(planes, s, pk.qweight, pk.scale, pk.zero, None, 64, 40, torch.float32)
     assert within_bound(y, dense, 0.0)
     assert not within_bound(y, dense * 1.001, 0.0)  # a 0.1% wrong weight is outside the bound
+    for bits, group in ((2, 64), (3, 64)):  # 2- and 3-bit codes (wo_planes_low.cu): K = 192 pads to 256
+        codes, scale, _, _ = random_weight(40, 192, bits, group, symmetric=True, seed=bits)
+        dense = codes.double() * scale.double().repeat_interleave(group, 1)
+        pk = pack_weight(codes, scale, None, None, bits, group)
+        wide = torch.cat([planes, torch.zeros(6, 64, dtype=torch.int8)], 1)  # zero planes for the padding chunk
+        y = ReferenceOps.wo_planes_gemv(wide, s, pk.qweight, pk.scale, None, None, group, 40, torch.float32, 0, bits)
+        assert within_bound(y, dense, 0.0), bits
     natural, s2 = reference.x_planes(x, natural=True)  # k order (w8_planes_gemv): the same bytes, unpermuted
     assert torch.equal(natural[:, reference.plane_sources(192)], planes) and torch.equal(s2, s)
     w8 = torch.randint(-127, 128, (40, 192), generator=g, dtype=torch.int8)
     wscale = torch.rand(40, generator=g) / 100
     y = ReferenceOps.w8_planes_gemv(natural, s, w8, wscale, None, torch.float32)
     assert within_bound(y, w8.double() * wscale.double()[:, None], 0.0)
+
+
+@pytest.mark.parametrize("bits", [2, 3])
+def test_host_low_bit_planes_product_matches_codes(host_check, bits):
+    """wo_planes_low.cu's int8 fragments for 2- and 3-bit codes, emulated on the CPU with the kernel's helpers
+    (low_bit_nibbles, low_word_s8; plane_slot for x): each 16-row, 128-k chunk's product is 2^(8 - bits) q . x."""
+    g = torch.Generator().manual_seed(40 + bits)
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    codes = torch.randint(lo, hi + 1, (32, 256), generator=g, dtype=torch.int8)
+    p = pack_weight(codes, torch.ones(32, 2), None, None, bits, 128)
+    words = p.qweight.to(torch.int64) & 0xFFFFFFFF  # [stripe, chunk, 32 (+16), 4]
+    if bits == 3:  # each lane's 16 bytes of low bits, then its 8 bytes of high bits
+        words = torch.cat([words[:, :, :32], words[:, :, 32:].reshape(*words.shape[:2], 32, 2)], dim=-1)
+    x = torch.randint(-128, 128, (256,), generator=g)
+    lines = []
+    for stripe in range(2):
+        for chunk in range(2):
+            lines += [" ".join(map(str, words[stripe, chunk].reshape(-1).tolist())),
+                      " ".join(map(str, x[128 * chunk:128 * chunk + 128].tolist()))]
+    out = subprocess.run([str(host_check)], input=f"-{bits} 4\n" + "\n".join(lines), capture_output=True,
+                         text=True, check=True)
+    got = torch.tensor([[int(v) for v in line.split()] for line in out.stdout.splitlines()]).reshape(2, 2, 16)
+    for stripe in range(2):
+        for chunk in range(2):
+            rows = codes[16 * stripe:16 * stripe + 16, 128 * chunk:128 * chunk + 128].long()
+            want = (1 << (8 - bits)) * rows @ x[128 * chunk:128 * chunk + 128]
+            assert torch.equal(got[stripe, chunk], want), (bits, stripe, chunk)
 
 
 def test_w8_planes_fragments_give_the_row_products():

@@ -1,14 +1,16 @@
-"""GPU tests of the int8-planes route under torch.compile (kernels/weight_only.py FUSED_PLANES): the planes as
-PyTorch ops, which Inductor fuses into the kernel that makes the layer's input, give what the CUDA producer gives,
-inside a compiled QuantLinear and a compiled gated MLP, against float64."""
+"""GPU tests of the int8-planes routes prepared in session 37: under torch.compile (kernels/weight_only.py
+FUSED_PLANES) the planes as PyTorch ops, which Inductor fuses into the kernel that makes the layer's input, give what
+the CUDA producer gives, inside a compiled QuantLinear and a compiled gated MLP, against float64; and the GEMV on 2-
+and 3-bit codes (LOWBIT_PLANES, csrc/wo_planes_low.cu) against float64 and the ring GEMV."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from conftest import random_qtensor, rel_err
+from conftest import poison_cache, random_qtensor, rel_err
 from qtool_kernels import reference, weight_only
+from qtool_kernels.layout import EPILOGUE, pack_weight
 from quantize.linear import QuantLinear
 from quantize.mlp import GatedMLP
 from quantize.scheme import QuantScheme
@@ -45,3 +47,31 @@ def test_compiled_planes_match_the_kernel_and_float64(kernels, symmetric, monkey
     eager = mlp(x)
     assert rel_err(torch.compile(mlp)(x), eager) < 1e-2
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("bits, group_size", [(2, 64), (3, 128), (2, -1), (3, 64)])
+def test_low_bit_planes_gemv_matches_float64(kernels, bits, group_size):
+    """wo_planes_gemv on symmetric 2- and 3-bit codes (csrc/wo_planes_low.cu) at 1-4 tokens, one, two and four stripes
+    per block, plain and with PDL, with bias, on ragged K (576, padded to 640) and N (200), against float64 and against
+    the ring GEMV; zero points are refused by name."""
+    for k, n in ((576, 200), (4096, 1536), (14336, 64)):
+        qt, _, dense = random_qtensor(bits, group_size, True, False, k, n, seed=k + bits)
+        p = pack_weight(qt.values, qt.scale, qt.zero_point, None, bits, group_size)
+        bias = torch.randn(n, device="cuda")
+        for m in range(1, 5):
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            x[0, 5] *= 40
+            xp = torch.nn.functional.pad(x, (0, p.k_padded - k))
+            planes, xs = kernels.x_planes(xp)
+            ref = x.double() @ dense.T + bias.double()
+            ring = kernels.wo_gemv(xp, p.qweight, p.scale, None, bias, bits, p.group_size, n, EPILOGUE, None, 1)
+            for variant in (0, 1, 2, 16, 17, 18):
+                poison_cache()
+                out = kernels.wo_planes_gemv(planes, xs, p.qweight, p.scale, None, bias, p.group_size, n,
+                                             torch.bfloat16, variant, bits)
+                assert rel_err(out, ref) < 1e-2 and rel_err(out, ring) < 5e-3, f"k={k} m={m} variant={variant}"
+    qt, _, _ = random_qtensor(bits, 128, False, False, 576, 200)
+    p = pack_weight(qt.values, qt.scale, qt.zero_point, None, bits, 128)
+    planes, xs = kernels.x_planes(torch.randn(1, p.k_padded, device="cuda", dtype=torch.bfloat16))
+    with pytest.raises(RuntimeError, match=f"symmetric 2- and 3-bit ones, got {bits}-bit with zero points"):
+        kernels.wo_planes_gemv(planes, xs, p.qweight, p.scale, p.zero, None, 128, 200, torch.bfloat16, 0, bits)

@@ -47,9 +47,9 @@ class Recorder:
                 self.calls.append((name,))
             if name == "x_planes":
                 return torch.zeros(2 * x.shape[0], x.shape[1], dtype=torch.int8), torch.ones(x.shape[0])
-            if name == "wo_planes_gemv":  # (planes, xscale, qweight, scale, zero, bias, group, n, dtype, variant)
-                assert args[-1] >= weight_only.PDL_STATIC_WEIGHT, args[-1]
-                self.calls[-1] += (args[-1] % weight_only.PDL_STATIC_WEIGHT,)
+            if name == "wo_planes_gemv":  # (planes, xscale, qweight, scale, zero, bias, group, n, dtype, variant, bits)
+                assert args[8] >= weight_only.PDL_STATIC_WEIGHT, args[8]
+                self.calls[-1] += (args[8] % weight_only.PDL_STATIC_WEIGHT,)
                 return torch.zeros(x.shape[0] // 2, args[6], dtype=args[7])
             if name == "dequant_int":  # (qweight, scale, zero, bits, group, n, dtype): dense [n, K_pad]
                 return torch.zeros(args[4], x.shape[1] * layout.chunk_k(args[2]), dtype=args[5])
@@ -94,6 +94,28 @@ def test_fused_planes_under_compile(monkeypatch):
     assert calls(3, True, False, True) == [("x_planes",), ("wo_planes_gemv", 0)]
     for args in ((1, False, True, True), (1, True, False, True), (1, True, True, False)):
         assert calls(*args) == [("wo_gemv", 2)], args
+
+
+def test_low_bit_planes_only_where_switched_on(monkeypatch):
+    """QTOOL_LOWBIT_PLANES (weight_only.LOWBIT_PLANES): symmetric 2- and 3-bit weights with groups >= 64 or per
+    channel at 1-4 tokens run x_planes + wo_planes_gemv with their width; off, or outside that, the GEMVs."""
+    recorder = Recorder()
+
+    def calls(bits, group, m, symmetric=True):
+        codes = torch.zeros(16, 256, dtype=torch.int8)
+        groups = 1 if group < 0 else 256 // group
+        w = pack_weight(codes, torch.ones(16, groups), None if symmetric else torch.zeros(16, groups, dtype=torch.int8),
+                        None, bits, group)
+        recorder.calls.clear()
+        weight_only.packed_linear(torch.zeros(m, 256, dtype=torch.bfloat16), w, None, recorder)
+        return recorder.calls
+
+    assert calls(2, 64, 1) == [("wo_gemv", 2)]  # off by default
+    monkeypatch.setattr(weight_only, "LOWBIT_PLANES", True)
+    for bits, group, m in ((2, 64, 1), (3, 128, 4), (3, -1, 2)):
+        assert calls(bits, group, m) == [("x_planes",), ("wo_planes_gemv", 0)], (bits, group, m)
+    assert calls(2, 32, 1)[0][0] == "wo_gemv" and calls(3, 128, 5)[0][0] == "wo_gemv"
+    assert calls(3, 128, 1, symmetric=False)[0][0] == "wo_gemv"
 
 
 def test_dispatcher_routes_by_tokens_and_shape(monkeypatch):

@@ -176,8 +176,10 @@ std::tuple<at::Tensor, at::Tensor> x_planes(const at::Tensor& x, int64_t pdl, in
 at::Tensor wo_planes_gemv(const at::Tensor& planes, const at::Tensor& xscale, const at::Tensor& qweight,
                           const at::Tensor& scale, const std::optional<at::Tensor>& zero,
                           const std::optional<at::Tensor>& bias, int64_t group_size, int64_t out_features,
-                          at::ScalarType dtype, int64_t variant) {
-  const PackedWeightView w = check_weight("wo_planes_gemv", qweight, scale, zero, 4, group_size, out_features);
+                          at::ScalarType dtype, int64_t variant, int64_t num_bits) {
+  TORCH_CHECK(num_bits == 4 || ((num_bits == 2 || num_bits == 3) && !zero.has_value()), "wo_planes_gemv: 4-bit "
+              "weights, or symmetric 2- and 3-bit ones, got ", num_bits, "-bit", zero.has_value() ? " with zero points" : "");
+  const PackedWeightView w = check_weight("wo_planes_gemv", qweight, scale, zero, num_bits, group_size, out_features);
   const bool pdl = variant >= kPdlFlag;
   if (pdl) variant -= kPdlFlag;
   TORCH_CHECK(variant >= 0 && variant <= 2, "wo_planes_gemv: variant must be 0, 1 or 2 (one, two or four stripes "
@@ -206,7 +208,10 @@ at::Tensor wo_planes_gemv(const at::Tensor& planes, const at::Tensor& xscale, co
   p.planes = planes.data_ptr<int8_t>();
   p.xscale = xscale.data_ptr<float>();
   p.pdl = pdl;
-  launch_wo_planes(p, 1 << variant, c10::cuda::getCurrentCUDAStream());
+  if (num_bits == 4)
+    launch_wo_planes(p, 1 << variant, c10::cuda::getCurrentCUDAStream());
+  else
+    launch_wo_planes_low(p, 1 << variant, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return y;
 }
@@ -348,7 +353,7 @@ TORCH_LIBRARY(qtool_cuda, m) {
       "int variant=0) -> Tensor");
   m.def(
       "wo_planes_gemv(Tensor planes, Tensor xscale, Tensor qweight, Tensor scale, Tensor? zero, Tensor? bias, "
-      "int group_size, int out_features, ScalarType dtype, int variant=0) -> Tensor");
+      "int group_size, int out_features, ScalarType dtype, int variant=0, int num_bits=4) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(qtool_cuda, CUDA, m) {

@@ -4,6 +4,8 @@
 
 #include <cstdint>
 
+#include "wo_common.cuh"  // WoProblem, store, bias_at, activate
+
 namespace qtool {
 
 // D += A B on the int8 tensor cores (PTX ISA, "mma.m16n8k32"): lane (g, t) holds A rows g / g + 8 at k 4t..4t+3
@@ -15,6 +17,31 @@ __device__ inline void mma_s8_16832(int (&d)[4], const uint32_t (&a)[4], uint32_
       "{%0, %1, %2, %3};"
       : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// The end of a planes GEMV block (wo_planes.cu, wo_planes_low.cu): each lane's sums for token t (lanes t < m) of rows
+// g and g + 8 (acc) summed over the WARPS / STRIPES warps of each stripe, then y = sum * scale[m] * unit + bias.
+template <typename T, int WARPS, int STRIPES>
+__device__ inline void store_stripes(const WoProblem& p, const float (&acc)[2], const float* scale, float unit) {
+  constexpr int SWARPS = WARPS / STRIPES;
+  __shared__ float partial[WARPS][kStripeRows][kPlanesMaxTokens];
+  const int g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
+  if (t < p.m) {
+    partial[threadIdx.x / 32][g][t] = acc[0];
+    partial[threadIdx.x / 32][g + 8][t] = acc[1];
+  }
+  __syncthreads();
+  if (threadIdx.x < STRIPES * p.m * kStripeRows) {
+    const int s = threadIdx.x / (p.m * kStripeRows), m = threadIdx.x / kStripeRows % p.m, r = threadIdx.x % kStripeRows;
+    const int n = (blockIdx.x * STRIPES + s) * kStripeRows + r;
+    if (n < p.w.n) {
+      float v = 0.0f;
+#pragma unroll
+      for (int i = 0; i < SWARPS; ++i) v += partial[s * SWARPS + i][r][m];
+      v = v * (scale[m] * unit) + bias_at(opaque(p.bias), n);
+      store(static_cast<T*>(p.y) + static_cast<size_t>(m) * p.w.n + n, activate(v, p.act));
+    }
+  }
 }
 
 }  // namespace qtool

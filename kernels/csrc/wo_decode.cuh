@@ -223,6 +223,18 @@ __host__ __device__ inline uint32_t int8_pair_bf16_signed(uint32_t bytes) {
 #endif
 }
 
+// 2- or 3-bit subtile word (from low_bit_nibbles) -> two int8 A registers of mma.m16n8k32 (wo_planes_low.cu), as
+// int4_word_s8x16: the even nibbles are row g, the odd ones row g + 8, each code shifted to the top of its byte
+// (2^(8 - BITS) u) and the top bit flipped: 2^(8 - BITS) (u - 2^(BITS - 1)) = 2^(8 - BITS) q, signed. The bits above
+// each code (other subtiles' codes) fall off the mask. Row g's register in the low word, row g + 8's in the high one.
+template <int BITS>  // 2 or 3
+__host__ __device__ inline uint64_t low_word_s8(uint32_t nibbles) {
+  constexpr uint32_t kMask = BITS == 2 ? 0xC0C0C0C0u : 0xE0E0E0E0u;
+  const uint32_t row_g = ((nibbles << (8 - BITS)) & kMask) ^ 0x80808080u;
+  const uint32_t row_g8 = ((nibbles << (4 - BITS)) & kMask) ^ 0x80808080u;
+  return (static_cast<uint64_t>(row_g8) << 32) | row_g;
+}
+
 // int4 subtile word (the wo layout) -> two int8 A registers of mma.m16n8k32 (wo_planes.cu): the even nibbles are
 // row g at k = 2t, 2t + 8, 2t + 1, 2t + 9 of the subtile, the odd ones row g + 8 at the same k, so masking puts
 // each row's four codes in four bytes as 16 u, and flipping the top bit makes that 16 (u - 8) = 16 q, signed.

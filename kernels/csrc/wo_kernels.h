@@ -132,6 +132,8 @@ constexpr bool planes_take(int bits, bool symmetric, int group_shift, int m, int
          planes_smem_bytes(m, k_padded) <= kPlanesMaxBytes;
 }
 void launch_wo_planes(const WoProblem& p, int stripes, cudaStream_t stream);  // stripes: 1, 2 or 4 per block
+// The same with the planes given for symmetric 2- and 3-bit codes, groups >= 64 (wo_planes_low.cu; unmeasured).
+void launch_wo_planes_low(const WoProblem& p, int stripes, cudaStream_t stream);
 
 // x [m, k_padded] -> planes [2m, k_padded] int8 (rows 2r / 2r + 1: token r's high / low plane, plane_slot order) and
 // xscale [m] float32, s = max |x_r| / 127, x = s hi + (s / 254) lo within s / 508 (wo_planes.cu: one block per token).

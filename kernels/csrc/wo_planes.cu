@@ -239,23 +239,7 @@ __global__ void __launch_bounds__(WARPS * 32, 4 * kPlanesWarps / WARPS) wo_plane
 
   prefetch_next_layer(p, WARPS * 32);
 
-  __shared__ float partial[WARPS][kStripeRows][kPlanesMaxTokens];
-  if (t < p.m) {
-    partial[threadIdx.x / 32][g][t] = acc[0];
-    partial[threadIdx.x / 32][g + 8][t] = acc[1];
-  }
-  __syncthreads();
-  if (threadIdx.x < STRIPES * p.m * kStripeRows) {
-    const int s = threadIdx.x / (p.m * kStripeRows), m = threadIdx.x / kStripeRows % p.m, r = threadIdx.x % kStripeRows;
-    const int n = (blockIdx.x * STRIPES + s) * kStripeRows + r;
-    if (n < p.w.n) {
-      float v = 0.0f;
-#pragma unroll
-      for (int i = 0; i < SWARPS; ++i) v += partial[s * SWARPS + i][r][m];
-      v = v * (scale[m] * (1.0f / 16.0f)) + bias_at(opaque(p.bias), n);
-      store(static_cast<T*>(p.y) + static_cast<size_t>(m) * p.w.n + n, activate(v, p.act));
-    }
-  }
+  store_stripes<T, WARPS, STRIPES>(p, acc, scale, 1.0f / 16.0f);
 }
 
 template <typename T, int STRIPES, bool GIVEN, bool ASYM>
