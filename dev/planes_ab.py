@@ -45,7 +45,7 @@ def time_shape(ops, k: int, n: int, group: int, tokens: list[int], bits: int = 4
         x = torch.randn(m, p.k_padded, device="cuda", dtype=torch.bfloat16)
         xk = x[:, :k].contiguous()
         # QTOOL_GEMV_PLANES unset: what ships (the ring's launch, or variant 3 where the rule says "stream")
-        ring_variant = 3 if gemv_kind(p, m) == "stream" else gemv_variant(p, m)
+        ring_variant = 3 if gemv_kind(p, m) == "stream" else gemv_variant(p)
         bf16 = graph_ms(lambda: F.linear(xk, dense()))  # noqa: B023  (timed before the next iteration)
         ring = graph_ms(lambda: gemv(x, ring_variant))  # noqa: B023
         row = {"K": k, "N": n, "M": m, "bf16_ms": bf16, "ring_ms": ring, "ring_speedup": bf16 / ring,

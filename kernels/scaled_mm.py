@@ -248,7 +248,15 @@ def quantize_activation_cuda(x: torch.Tensor, fmt: str, group_size: int,
 # without device time, unmeasured: off unless QTOOL_W8_PLANES=1 (read once); w8_gemv otherwise.
 W8_PLANES = os.environ.get("QTOOL_W8_PLANES", "0") == "1"
 W8_PLANES_MAX_M = 4  # csrc/wo_kernels.h, kPlanesMaxTokens
-W8_PLANES_MIN_BLOCKS = 448  # stripes per block (1, 2, 4): the most that leave this many blocks, as the 4-bit pair
+PLANES_MIN_BLOCKS = 448  # stripes per block (1, 2, 4): the most that leave this many blocks (~3.4 per SM; session 37)
+
+
+def planes_variant(n: int) -> int:
+    """The planes GEMVs' launch (w8_planes_gemv, wo_planes_gemv) for n output rows: 0, 1, 2 = one, two or four
+    16-row stripes per block, the most that leave PLANES_MIN_BLOCKS blocks (measured best within 2% on the 4-bit
+    shapes, session 37)."""
+    stripes = -(-n // 16)
+    return 2 if stripes >= 4 * PLANES_MIN_BLOCKS else 1 if stripes >= 2 * PLANES_MIN_BLOCKS else 0
 
 
 def w8_planes_linear(x, weight, weight_scale, bias, static_weight=False) -> torch.Tensor | None:
@@ -262,10 +270,8 @@ def w8_planes_linear(x, weight, weight_scale, bias, static_weight=False) -> torc
     if x.data_ptr() % 16:
         x = x.clone()
     planes, xscale = torch.ops.qtool_cuda.x_planes(x, 1, 1)
-    stripes = -(-n // 16)
-    variant = 2 if stripes >= 4 * W8_PLANES_MIN_BLOCKS else 1 if stripes >= 2 * W8_PLANES_MIN_BLOCKS else 0
     return torch.ops.qtool_cuda.w8_planes_gemv(planes, xscale, weight, _vector(weight_scale, n), bias, x.dtype,
-                                               variant + 16 * bool(static_weight))
+                                               planes_variant(n) + 16 * bool(static_weight))
 
 
 def _w8_gemv(x, weight, weight_scale, bias, block_n, block_k, static_weight=False,

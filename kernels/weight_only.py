@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from . import reference
 from .layout import EPILOGUE, LOW_BITS, PackedWeight, takes_rows_shape
 from .mixed_mm import mixed_linear
-from .scaled_mm import w8_planes_linear
+from .scaled_mm import planes_variant, w8_planes_linear
 from .split_mm import split_linear
 from .tuning import gemv_pdl, mixed_schedule, plain_schedule
 
@@ -190,7 +190,6 @@ PLANES_MAX_M = 4  # csrc/wo_kernels.h, kPlanesMaxTokens
 PLANES_MAX_BYTES = 96 << 10  # kPlanesMaxBytes: wo_gemv 4-6's staged planes, 2 * m * (K + 64) bytes
 PLANES_ONE_TOKEN_MIN_WEIGHT = 8192 * 8192 + 1  # K * N from which one token takes the pair
 PLANES_TWO_TOKENS_MIN_N = 4096 + 1  # N from which two tokens do
-PLANES_MIN_BLOCKS = 448  # stripes per block (1, 2, 4): the most that leave this many blocks (~3.4 per SM)
 
 
 def takes_planes(w: PackedWeight, m: int) -> bool:
@@ -210,13 +209,7 @@ def lowbit_planes_route(w: PackedWeight, m: int) -> int | None:
     if (not LOWBIT_PLANES or w.num_bits not in LOW_BITS or w.zero is not None or not 1 <= m <= PLANES_MAX_M
             or 0 < w.group_size < 64):
         return None
-    return _stripes_variant(w.out_features)
-
-
-def _stripes_variant(n: int) -> int:
-    """0, 1, 2: one, two or four stripes per block, the most that leave PLANES_MIN_BLOCKS blocks."""
-    stripes = -(-n // 16)
-    return 2 if stripes >= 4 * PLANES_MIN_BLOCKS else 1 if stripes >= 2 * PLANES_MIN_BLOCKS else 0
+    return planes_variant(w.out_features)
 
 
 def planes_route(w: PackedWeight, m: int, free: bool = False) -> int | None:
@@ -228,12 +221,12 @@ def planes_route(w: PackedWeight, m: int, free: bool = False) -> int | None:
         return None
     if not free and m == 2 and w.out_features < PLANES_TWO_TOKENS_MIN_N:
         return None
-    return _stripes_variant(w.out_features)
+    return planes_variant(w.out_features)
 
 
-def gemv_variant(w: PackedWeight, m: int = 1) -> int:
-    """wo_gemv's `variant` argument (ring GEMV) for m tokens of this prepared weight: wide where few rows or a long
-    K, else lean; plus PDL_STATIC_WEIGHT (packed weights are not written while layers run)."""
+def gemv_variant(w: PackedWeight) -> int:
+    """wo_gemv's `variant` argument (ring GEMV) for this prepared weight: wide where few rows or a long K, else
+    lean; plus PDL_STATIC_WEIGHT (packed weights are not written while layers run)."""
     return (2 if w.out_features <= GEMV_WIDE_MAX_N or w.k_padded > w.out_features else 1) + PDL_STATIC_WEIGHT
 
 
@@ -328,7 +321,7 @@ def packed_linear(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, k
     elif isinstance(kernel, dict):
         y = _hopper_linear(x2, w, bias, kernel)
     elif kernel in ("wo_gemv", "wo_gemv_stream"):
-        variant = 3 if kernel == "wo_gemv_stream" else gemv_variant(w, m)
+        variant = 3 if kernel == "wo_gemv_stream" else gemv_variant(w)
         y = kernels.wo_gemv(x2, *args, bias, *meta, EPILOGUE, prefetch, variant)
     elif kernel == "wo_planes":
         y = _planes_linear(x2, w, bias, kernels, planes_route(w, m, free), free)
