@@ -190,7 +190,7 @@ def _register_fakes() -> None:
         return planes.new_empty(planes.shape[0] // 2, w.shape[0], dtype=dtype)
 
     def wo_planes_gemv(planes, xscale, qweight, scale, zero, bias, group_size, out_features, dtype, variant=0,
-                       num_bits=4):
+                       num_bits=4, prefetch=None):
         return planes.new_empty(planes.shape[0] // 2, out_features, dtype=dtype)
 
     def decode_attention(q, k, v, mask, scale, splits=0, pdl=0, variant=0):
@@ -333,6 +333,7 @@ def _weight_only_path() -> str:
     from .weight_only import (
         GEMM_MAX_M,
         GEMV_PLANES,
+        LOWBIT_PLANES,
         MIXED_MIN_M,
         PLANES_ONE_TOKEN_MIN_WEIGHT,
         PLANES_TWO_TOKENS_MIN_N,
@@ -357,7 +358,10 @@ def _weight_only_path() -> str:
              f"{STREAM_SMALL_MAX_N} rows and 32 MiB), 4 for large 8-bit ones; the ring GEMV to 4, to 8 on small 8-bit"
              + ("; 4-bit weights (groups >= 64 or per channel) at 3-4 tokens, at 2 where N > "
                 f"{PLANES_TWO_TOKENS_MIN_N - 1}, at 1 on weights of more than {PLANES_ONE_TOKEN_MIN_WEIGHT - 1} elements, on x_planes + wo_planes_gemv (x as two int8 planes on the "
-                "int8 tensor cores, weight_only.planes_route; QTOOL_GEMV_PLANES=0: off)" if GEMV_PLANES else "") + ")")
+                "int8 tensor cores, weight_only.planes_route; QTOOL_GEMV_PLANES=0: off)" if GEMV_PLANES else "")
+             + ("; symmetric 2-/3-bit weights (groups >= 64 or per channel) by the same rule on x_planes + "
+                "wo_planes_gemv (weight_only.lowbit_planes_route; QTOOL_LOWBIT_PLANES=0: off)" if LOWBIT_PLANES else "")
+             + ")")
     rows = ("8-bit symmetric per-channel layers row-major on qtool_cuda w8_gemv (to 4 tokens, 16 on weights of <= "
             "8192 x 8192, 32 on <= 4096 x 6144: weight_only.rows_gemv), then on weights of <= 4096 x 6144 at 33-256 "
             "tokens two int8 planes of the activations on the int8 GEMM (split_mm.py, weight_only.SPLIT), then the "

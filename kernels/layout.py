@@ -295,7 +295,7 @@ class ReferenceOps:
 
     @staticmethod
     def wo_planes_gemv(planes, xscale, qweight, scale, zero, bias, group_size, out_features, dtype, variant=0,
-                       num_bits=4):
+                       num_bits=4, prefetch=None):
         """y of `dtype` from x as x_planes gave it; `variant` is the launch's shape."""
         w = dequantize_packed(qweight, scale, zero, num_bits, group_size, out_features)
         y = reference.planes_to_x(planes, xscale) @ w.T

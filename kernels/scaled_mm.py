@@ -244,10 +244,16 @@ def quantize_activation_cuda(x: torch.Tensor, fmt: str, group_size: int,
 
 
 # int8 rows with one scale per row (W8A8 int8, W8A16) at 1-4 tokens on x_planes + w8_planes_gemv (csrc/w8_planes.cu):
-# x as two int8 planes, the codes straight into the int8 mma, int32 sums over the row. Prepared in session 37
-# without device time, unmeasured: off unless QTOOL_W8_PLANES=1 (read once); w8_gemv otherwise.
+# x as two int8 planes, the codes straight into the int8 mma, int32 sums over the row. Session 38, H200 (BENCHMARKS.md
+# "session 38"): the raw pair beat a plain w8_gemv launch where K and N are both >= 8192 (dev/w8planes_ab.py: 8192 x
+# 8192 1.32-1.41x -> 1.54-1.57x, 28672 x 8192 1.29-1.33x -> 1.64-1.70x), but not the layers as they run: through
+# bench_w8a8.py (int8) 8192 x 8192 1.63/1.57/1.57x -> 1.55/1.54/1.54x at 1/2/4 tokens, and through bench_kernels.py
+# (W8A16) 8192 x 8192 1.73x -> 1.53x, 28672 x 8192 1.65x -> 1.55x at one token, where w8_gemv runs with its measured
+# PDL (tuning.gemv_pdl) and prefetch. Off unless QTOOL_W8_PLANES=1 (read once), for A/Bs; W8_PLANES_MIN_K/N: the
+# shapes it was aimed at.
 W8_PLANES = os.environ.get("QTOOL_W8_PLANES", "0") == "1"
 W8_PLANES_MAX_M = 4  # csrc/wo_kernels.h, kPlanesMaxTokens
+W8_PLANES_MIN_K = W8_PLANES_MIN_N = 8192
 PLANES_MIN_BLOCKS = 448  # stripes per block (1, 2, 4): the most that leave this many blocks (~3.4 per SM; session 37)
 
 
@@ -259,11 +265,18 @@ def planes_variant(n: int) -> int:
     return 2 if stripes >= 4 * PLANES_MIN_BLOCKS else 1 if stripes >= 2 * PLANES_MIN_BLOCKS else 0
 
 
+def takes_w8_planes(m: int, n: int, k: int) -> bool:
+    """Whether m tokens of an int8 [n, k] weight take the planes by the measured rule (above)."""
+    return (W8_PLANES and 1 <= m <= W8_PLANES_MAX_M and k >= W8_PLANES_MIN_K and n >= W8_PLANES_MIN_N
+            and k % 64 == 0 and k <= 1 << 17)
+
+
 def w8_planes_linear(x, weight, weight_scale, bias, static_weight=False) -> torch.Tensor | None:
     """x [m, k] @ (weight [n, k] int8 * weight_scale [n])^T + bias on the planes (above), or None where they do not
-    serve: switched off, more than 4 tokens, k not a multiple of 64, not int8 rows with per-row (or one) scales."""
+    serve: switched off, more than 4 tokens, k or n under the measured rule, k not a multiple of 64, not int8 rows
+    with per-row (or one) scales."""
     m, (n, k) = x.shape[0], weight.shape
-    if (not W8_PLANES or not 1 <= m <= W8_PLANES_MAX_M or weight.dtype != torch.int8 or k % 64 or k > 1 << 17
+    if (not takes_w8_planes(m, n, k) or weight.dtype != torch.int8
             or weight_scale.numel() not in (1, n) or not weight.is_contiguous() or x.dtype not in KERNEL_DTYPES):
         return None
     x = x.contiguous()

@@ -178,14 +178,22 @@ PDL_STATIC_WEIGHT = 16
 GEMV_PLANES = os.environ.get("QTOOL_GEMV_PLANES", "1") != "0"
 # Under torch.compile, a layer whose input comes from a kernel Inductor generates (an RMSNorm, SiLU-and-multiply:
 # QuantLinear.planes_fuse, set by quantize/fusion.py and quantize/mlp.py) gets its planes from PyTorch ops that
-# Inductor fuses into that kernel, so the pair's ~2 us is not paid and 1-2 tokens take the planes on every shape
-# (the GEMV alone: 2.5-3.7x bf16 at one token, session 37). Prepared in session 37, unmeasured end to end: off
-# unless QTOOL_FUSED_PLANES=1 (read once).
+# Inductor fuses into that kernel, so the pair's producer is not launched and 1-2 tokens take the planes on every
+# shape (the GEMV alone: 2.5-3.7x bf16 at one token, session 37). Measured in session 38 (H200, `qtool bench
+# llama-8b --scheme w4a16`, batch 1): slower, 426.3 tok/s (2.14x bf16) against 455.0 (2.28x) without: Inductor's
+# max-and-gather form costs more than the x_planes kernel it replaces. Off unless QTOOL_FUSED_PLANES=1 (read once).
 FUSED_PLANES = os.environ.get("QTOOL_FUSED_PLANES", "0") == "1"
-# Symmetric 2- and 3-bit codes (groups >= 64 or per channel) at 1-4 tokens on the same pair (csrc/wo_planes_low.cu:
-# A from the ring GEMV's nibble words in one shift and one LOP3 per row). Prepared in session 37, unmeasured: off
-# unless QTOOL_LOWBIT_PLANES=1 (read once).
-LOWBIT_PLANES = os.environ.get("QTOOL_LOWBIT_PLANES", "0") == "1"
+# Symmetric 2- and 3-bit codes (groups >= 64 or per channel) on the same pair (csrc/wo_planes_low.cu: A from the
+# ring GEMV's nibble words in one shift and one LOP3 per row), by the 4-bit rule (planes_route). Session 38, H200
+# (BENCHMARKS.md "session 38", dev/planes_ab.py, pair against the GEMV that ran): W3 g128 at 3-4 tokens 1.78-2.36x ->
+# 2.16-3.23x bf16 on every shape; at 2 tokens where N > 4096 (8192 x 28672 2.57x -> 3.21x; 4096 x 6144 2.17x ->
+# 2.16x); at one token on weights past 8192 x 8192 (28672 x 8192 2.81x -> 3.11x) while the ring keeps the smaller
+# ones (4096 x 4096 2.69x against the pair's 2.24x); W2 g64 alike. QTOOL_LOWBIT_PLANES=0 (read once): off.
+LOWBIT_PLANES = os.environ.get("QTOOL_LOWBIT_PLANES", "1") != "0"
+# The next layer's weight pulled into L2 by the planes GEMVs too (the ring GEMV's hint, quantize/prefetch.py), as the
+# GEMVs they replace did. Session 38: the 8B W4A16 decode with it 2.28x / 2.18x bf16 at batch 1 / 4 (session 37
+# without it: 2.25x / 2.16x; not A/B'd in one process). QTOOL_PLANES_PREFETCH=0 (read once) leaves it out.
+PLANES_PREFETCH = os.environ.get("QTOOL_PLANES_PREFETCH", "1") != "0"
 PLANES_MAX_M = 4  # csrc/wo_kernels.h, kPlanesMaxTokens
 PLANES_MAX_BYTES = 96 << 10  # kPlanesMaxBytes: wo_gemv 4-6's staged planes, 2 * m * (K + 64) bytes
 PLANES_ONE_TOKEN_MIN_WEIGHT = 8192 * 8192 + 1  # K * N from which one token takes the pair
@@ -204,12 +212,13 @@ def takes_given_planes(w: PackedWeight, m: int) -> bool:
     return w.num_bits == 4 and (w.group_size <= 0 or w.group_size >= 64) and 1 <= m <= PLANES_MAX_M
 
 
-def lowbit_planes_route(w: PackedWeight, m: int) -> int | None:
-    """wo_planes_gemv's variant for m tokens of a 2- or 3-bit weight where LOWBIT_PLANES serves them, else None."""
+def lowbit_planes_route(w: PackedWeight, m: int, free: bool = False) -> int | None:
+    """wo_planes_gemv's variant for m tokens of a 2- or 3-bit weight where LOWBIT_PLANES serves them (symmetric,
+    groups >= 64 or per channel, the 4-bit rule of shapes and tokens), else None."""
     if (not LOWBIT_PLANES or w.num_bits not in LOW_BITS or w.zero is not None or not 1 <= m <= PLANES_MAX_M
             or 0 < w.group_size < 64):
         return None
-    return planes_variant(w.out_features)
+    return _planes_by_shape(w, m, free)
 
 
 def planes_route(w: PackedWeight, m: int, free: bool = False) -> int | None:
@@ -217,6 +226,11 @@ def planes_route(w: PackedWeight, m: int, free: bool = False) -> int | None:
     above, or None where the planes do not serve them. free: the planes cost no kernel of their own (FUSED_PLANES)."""
     if not GEMV_PLANES or not takes_given_planes(w, m):
         return None
+    return _planes_by_shape(w, m, free)
+
+
+def _planes_by_shape(w: PackedWeight, m: int, free: bool) -> int | None:
+    """The tokens and shapes where the pair pays for its producer (above): the launch variant, or None."""
     if not free and m == 1 and w.k_padded * w.out_features < PLANES_ONE_TOKEN_MIN_WEIGHT:
         return None
     if not free and m == 2 and w.out_features < PLANES_TWO_TOKENS_MIN_N:
@@ -324,7 +338,7 @@ def packed_linear(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, k
         variant = 3 if kernel == "wo_gemv_stream" else gemv_variant(w)
         y = kernels.wo_gemv(x2, *args, bias, *meta, EPILOGUE, prefetch, variant)
     elif kernel == "wo_planes":
-        y = _planes_linear(x2, w, bias, kernels, planes_route(w, m, free), free)
+        y = _planes_linear(x2, w, bias, kernels, planes_route(w, m, free), free, prefetch)
     elif kernel == "wo_gemm_v3":
         y = kernels.wo_gemm_v3(x2, *args, bias, *meta, EPILOGUE, V3_VARIANT)
     elif kernel == "wo_gemm":
@@ -369,19 +383,21 @@ def _hopper_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None,
 
 
 def _planes_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, kernels, variant: int,
-                   free: bool = False) -> torch.Tensor:
+                   free: bool = False, prefetch: torch.Tensor | None = None) -> torch.Tensor:
     """x2 [m, K_pad] -> [m, N] on x_planes + wo_planes_gemv with launch `variant` (planes_route); `free`: the planes as
-    PyTorch ops, which Inductor fuses into x's producer. PDL where on (csrc/pdl.cuh decides)."""
+    PyTorch ops, which Inductor fuses into x's producer. PDL where on (csrc/pdl.cuh decides); `prefetch` as the
+    ring GEMV's (packed_linear), unless QTOOL_PLANES_PREFETCH=0."""
     planes, xscale = reference.x_planes(x2) if free else kernels.x_planes(x2, 1)
     return kernels.wo_planes_gemv(planes, xscale, w.qweight, w.scale, w.zero, bias, w.group_size, w.out_features,
-                                  x2.dtype, variant + PDL_STATIC_WEIGHT, w.num_bits)
+                                  x2.dtype, variant + PDL_STATIC_WEIGHT, w.num_bits,
+                                  prefetch if PLANES_PREFETCH else None)
 
 
 def _low_bits_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, kernels,
                      prefetch: torch.Tensor | None) -> torch.Tensor:
     """packed_linear for 2- and 3-bit weights: x2 [m, K_pad] -> [m, N]."""
     if x2.dtype in (torch.bfloat16, torch.float16) and (variant := lowbit_planes_route(w, x2.shape[0])) is not None:
-        return _planes_linear(x2, w, bias, kernels, variant)
+        return _planes_linear(x2, w, bias, kernels, variant, prefetch=prefetch)
     if (kind := gemv_kind(w, x2.shape[0])) is not None:  # with a Hopper copy or without
         return kernels.wo_gemv(x2, w.qweight, w.scale, w.zero, bias, w.num_bits, w.group_size, w.out_features,
                                EPILOGUE, prefetch, 3 if kind == "stream" else gemv_variant(w))

@@ -500,6 +500,26 @@ def test_planes_route_by_tokens_and_shape(monkeypatch):
     assert weight_only.planes_route(small, 3) is None and weight_only.route(small, 3, torch.bfloat16) != "wo_planes"
     long_k = packed(4, -1, True, k=14336)
     assert weight_only.takes_planes(long_k, 3) and not weight_only.takes_planes(long_k, 4)  # 2 * 4 * 14400 > 96 KB
+    for bits, group in ((3, 128), (2, 64)):  # 2-/3-bit codes (LOWBIT_PLANES): the same rule, symmetric only
+        low = [packed(bits, group, True, k, n) for k, n in ((4096, 4096), (4096, 6144), (28672, 8192))]
+        assert [[weight_only.lowbit_planes_route(w, m) for m in range(6)] for w in low] == [
+            [None, None, None, 0, 0, None], [None, None, 0, 0, 0, None], [None, 0, 0, 0, 0, None]]
+        assert weight_only.lowbit_planes_route(packed(bits, group, False, 28672, 8192), 3) is None
+        assert weight_only.lowbit_planes_route(packed(bits, 32, True, 28672, 8192), 3) is None
+
+
+def test_w8_planes_rule(monkeypatch):
+    """int8 rows on x_planes + w8_planes_gemv (scaled_mm.takes_w8_planes, session 38's measured rule): 1-4 tokens
+    where K and N are both >= 8192 (the 4096-wide shapes keep w8_gemv); k a multiple of 64; QTOOL_W8_PLANES=0 off."""
+    from qtool_kernels import scaled_mm
+
+    monkeypatch.setattr(scaled_mm, "W8_PLANES", True)
+    assert [scaled_mm.takes_w8_planes(m, 8192, 8192) for m in range(6)] == [False, True, True, True, True, False]
+    assert scaled_mm.takes_w8_planes(1, 8192, 28672) and scaled_mm.takes_w8_planes(4, 28672, 8192)
+    for n, k in ((4096, 4096), (4096, 14336), (14336, 4096), (8192, 8192 + 32)):
+        assert not scaled_mm.takes_w8_planes(1, n, k), (n, k)
+    monkeypatch.setattr(scaled_mm, "W8_PLANES", False)
+    assert not scaled_mm.takes_w8_planes(1, 8192, 8192)
 
 
 def test_scaled_mm_paths_match_reference():

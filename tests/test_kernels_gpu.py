@@ -215,6 +215,9 @@ def test_given_planes_gemv_matches_float64(kernels, group_size, symmetric, dtype
                     assert rel_err(out, staged) < 5e-3, f"k={k} m={m} variant={variant}"
                 if m > 1:
                     torch.testing.assert_close(out[1].float(), bias.to(dtype).float(), rtol=1e-2, atol=1e-2)
+            hinted = kernels.wo_planes_gemv(planes, xs, p.qweight, p.scale, p.zero, bias, p.group_size, n, dtype, 18,
+                                            4, p.qweight)  # a weight to pull into L2 after ours: a hint only
+            torch.testing.assert_close(hinted, out, rtol=0, atol=0)
     qt, _, _ = make_weight(4, 32, True, False, 576, 200)
     p32 = pack_weight(qt.values, qt.scale, qt.zero_point, None, 4, 32)
     planes, xs = kernels.x_planes(torch.randn(5, p32.k_padded, device="cuda", dtype=dtype))
@@ -224,6 +227,27 @@ def test_given_planes_gemv_matches_float64(kernels, group_size, symmetric, dtype
         kernels.wo_planes_gemv(planes, xs, p.qweight, p.scale, p.zero, None, p.group_size, 64, dtype, 0)
     with pytest.raises(RuntimeError, match="variant must be 0, 1 or 2 .* got 3"):
         kernels.wo_planes_gemv(planes[:2], xs[:1], p32.qweight, p32.scale, None, None, 32, 200, dtype, 3)
+
+
+@pytest.mark.parametrize("natural", [0, 1])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_x_planes_every_length(kernels, dtype, natural):
+    """x_planes at every length its launch distinguishes (one, two or four subtiles per thread held in registers,
+    then the looped form past K = 32768), both byte orders, 1-4 tokens with an outlier and an all-zero token: the oracle's
+    scales, high codes within one and x back within s / 508 of x."""
+    for k in (64, 8192, 8256, 16448, 32768, 32832, 65600):
+        for m in (1, 4):
+            x = torch.randn(m, k, device="cuda", dtype=dtype)
+            x[0, k - 1] *= 50
+            if m > 1:
+                x[2] = 0
+            planes, xs = kernels.x_planes(x, 0, natural)
+            want, want_s = reference.x_planes(x, natural=bool(natural))
+            torch.testing.assert_close(xs, want_s, rtol=1e-6, atol=0)
+            assert (planes[::2].int() - want[::2].int()).abs().max() <= 1, f"k={k} m={m}"
+            assert (planes != want).float().mean() < 0.01, f"k={k} m={m}"
+            back = reference.planes_to_x(planes, xs, natural=bool(natural))
+            assert ((back - x.float()).abs() <= xs[:, None] * (1 / 508 + 1e-5)).all(), f"k={k} m={m}"
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -253,6 +277,8 @@ def test_w8_planes_gemv_matches_float64(kernels, dtype, monkeypatch):
                 assert out.shape == (m, n) and rel_err(out, ref) < 1e-2, f"k={k} m={m} variant={variant}"
                 assert rel_err(out, gemv) < 5e-3, f"k={k} m={m} variant={variant}"
     monkeypatch.setattr(scaled_mm, "W8_PLANES", True)
+    monkeypatch.setattr(scaled_mm, "W8_PLANES_MIN_K", 0)  # the measured rule takes K, N >= 8192 only
+    monkeypatch.setattr(scaled_mm, "W8_PLANES_MIN_N", 0)
     x = torch.randn(3, 4096, device="cuda", dtype=dtype)
     w = torch.randint(-127, 128, (1536, 4096), device="cuda", dtype=torch.int8)
     wscale = torch.rand(1536, 1, device="cuda") / 100

@@ -97,8 +97,9 @@ def test_fused_planes_under_compile(monkeypatch):
 
 
 def test_low_bit_planes_only_where_switched_on(monkeypatch):
-    """QTOOL_LOWBIT_PLANES (weight_only.LOWBIT_PLANES): symmetric 2- and 3-bit weights with groups >= 64 or per
-    channel at 1-4 tokens run x_planes + wo_planes_gemv with their width; off, or outside that, the GEMVs."""
+    """QTOOL_LOWBIT_PLANES (weight_only.LOWBIT_PLANES, on): symmetric 2- and 3-bit weights with groups >= 64 or per
+    channel run x_planes + wo_planes_gemv with their width by the 4-bit rule (3-4 tokens on every shape, 2 where
+    N > 4096, one past 8192 x 8192); switched off, or outside that, the GEMVs."""
     recorder = Recorder()
 
     def calls(bits, group, m, symmetric=True):
@@ -110,12 +111,13 @@ def test_low_bit_planes_only_where_switched_on(monkeypatch):
         weight_only.packed_linear(torch.zeros(m, 256, dtype=torch.bfloat16), w, None, recorder)
         return recorder.calls
 
-    assert calls(2, 64, 1) == [("wo_gemv", 2)]  # off by default
-    monkeypatch.setattr(weight_only, "LOWBIT_PLANES", True)
-    for bits, group, m in ((2, 64, 1), (3, 128, 4), (3, -1, 2)):
+    for bits, group, m in ((2, 64, 3), (3, 128, 4), (3, -1, 3)):
         assert calls(bits, group, m) == [("x_planes",), ("wo_planes_gemv", 0)], (bits, group, m)
-    assert calls(2, 32, 1)[0][0] == "wo_gemv" and calls(3, 128, 5)[0][0] == "wo_gemv"
-    assert calls(3, 128, 1, symmetric=False)[0][0] == "wo_gemv"
+    assert calls(2, 64, 1)[0][0] == "wo_gemv" and calls(3, 128, 2)[0][0] == "wo_gemv"  # a small weight: the ring
+    assert calls(2, 32, 3)[0][0] == "wo_gemv" and calls(3, 128, 5)[0][0] == "wo_gemv"
+    assert calls(3, 128, 3, symmetric=False)[0][0] == "wo_gemv"
+    monkeypatch.setattr(weight_only, "LOWBIT_PLANES", False)
+    assert calls(3, 128, 4)[0][0] == "wo_gemv"
 
 
 def test_dispatcher_routes_by_tokens_and_shape(monkeypatch):
@@ -133,6 +135,7 @@ def test_dispatcher_routes_by_tokens_and_shape(monkeypatch):
 
     monkeypatch.setattr(weight_only, "mixed_linear", fake_mixed)
     monkeypatch.setattr(weight_only, "GEMV_PLANES", False)  # the planes' routes: test_planes_route_*
+    monkeypatch.setattr(weight_only, "LOWBIT_PLANES", False)
     monkeypatch.setattr(tuning, "MIXED", {
         (4, 4096, 4096): {8: "wo_gemm", 64: "k128 t32 v0 s2", 256: "k64 t64 v2 s1", 4096: "dequant"},
         (4, 8192, 28672): {8: "k128 t16 v1 s0", 4096: "k64 t256 v0 s-1"},

@@ -176,7 +176,8 @@ std::tuple<at::Tensor, at::Tensor> x_planes(const at::Tensor& x, int64_t pdl, in
 at::Tensor wo_planes_gemv(const at::Tensor& planes, const at::Tensor& xscale, const at::Tensor& qweight,
                           const at::Tensor& scale, const std::optional<at::Tensor>& zero,
                           const std::optional<at::Tensor>& bias, int64_t group_size, int64_t out_features,
-                          at::ScalarType dtype, int64_t variant, int64_t num_bits) {
+                          at::ScalarType dtype, int64_t variant, int64_t num_bits,
+                          const std::optional<at::Tensor>& prefetch) {
   TORCH_CHECK(num_bits == 4 || ((num_bits == 2 || num_bits == 3) && !zero.has_value()), "wo_planes_gemv: 4-bit "
               "weights, or symmetric 2- and 3-bit ones, got ", num_bits, "-bit", zero.has_value() ? " with zero points" : "");
   const PackedWeightView w = check_weight("wo_planes_gemv", qweight, scale, zero, num_bits, group_size, out_features);
@@ -208,6 +209,10 @@ at::Tensor wo_planes_gemv(const at::Tensor& planes, const at::Tensor& xscale, co
   p.planes = planes.data_ptr<int8_t>();
   p.xscale = xscale.data_ptr<float>();
   p.pdl = pdl;
+  if (prefetch.has_value() && prefetch->device() == planes.device() && prefetch->is_contiguous()) {
+    p.prefetch = prefetch->data_ptr();  // the next layer's weight, pulled into L2 after ours (wo_common.cuh)
+    p.prefetch_bytes = prefetch_range_bytes(prefetch->numel() * prefetch->element_size());
+  }
   if (num_bits == 4)
     launch_wo_planes(p, 1 << variant, c10::cuda::getCurrentCUDAStream());
   else
@@ -353,7 +358,7 @@ TORCH_LIBRARY(qtool_cuda, m) {
       "int variant=0) -> Tensor");
   m.def(
       "wo_planes_gemv(Tensor planes, Tensor xscale, Tensor qweight, Tensor scale, Tensor? zero, Tensor? bias, "
-      "int group_size, int out_features, ScalarType dtype, int variant=0, int num_bits=4) -> Tensor");
+      "int group_size, int out_features, ScalarType dtype, int variant=0, int num_bits=4, Tensor? prefetch=None) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(qtool_cuda, CUDA, m) {

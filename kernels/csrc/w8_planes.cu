@@ -1,6 +1,7 @@
 // w8_planes_gemv: int8 weights (row-major [n, k], one scale per row: W8A8 int8 and W8A16 checkpoints) at 1-4 tokens
-// on the int8 tensor cores, x given as x_planes' two int8 planes in k order. PREPARED IN SESSION 37 WITHOUT DEVICE
-// TIME: off unless QTOOL_W8_PLANES=1 (kernels/weight_only.py, kernels/scaled_mm.py), unmeasured.
+// on the int8 tensor cores, x given as x_planes' two int8 planes in k order. Written in session 37 without device
+// time, correct on its first GPU run; measured in session 38 level with w8_gemv as the layers run (faster on
+// 8192 x 28672, slower on 8192 x 8192): off unless QTOOL_W8_PLANES=1 (kernels/scaled_mm.py).
 //
 // Why: w8_gemv (w8_gemv.cu) converts each int8 weight to bf16 before its mma (the issue-bound part of issue 18's
 // 1.35-1.65x at <= 16 tokens, sessions 28-35). Here nothing is converted. In a 64-k chunk lane (g, t) loads 16 bytes

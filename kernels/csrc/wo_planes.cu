@@ -47,9 +47,51 @@ __device__ inline void split_value(float x, float s, float inv_s, float inv_lo, 
   lo = __float_as_uint(fmaf(fmaf(-(h - kRoundMagic), s, x), inv_lo, kRoundMagic));
 }
 
+// max |x| over one vector of 8 values of x.
+template <typename T>
+__device__ inline float vec_absmax(const uint4 val, float mx) {
+  const uint32_t words[4] = {val.x, val.y, val.z, val.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 f = pair_to_float2(words[i], T{});
+    mx = fmaxf(mx, fmaxf(fabsf(f.x), fabsf(f.y)));
+  }
+  return mx;
+}
+
+// One 16-k subtile j of a token (its vectors v0 = x[16j .. 16j + 7], v1 = the next 8) as its two planes at `out`
+// (the high plane; the low one row_bytes after), s = the token's scale, inv = (1 / s, 254 / s). Slot order: lane t's
+// word holds k = 2t, 2t + 8, 2t + 1, 2t + 9 = word t of each vector, words 16 bytes apart; natural order: word t holds
+// k = 4t..4t+3, words 2t and 2t + 1 of the subtile's two vectors.
+template <typename T, bool NATURAL>
+__device__ inline void store_subtile(const uint4 v0, const uint4 v1, float s, float2 inv, uint8_t* out,
+                                     int row_bytes) {
+  const uint32_t first[4] = {v0.x, v0.y, v0.z, v0.w}, second[4] = {v1.x, v1.y, v1.z, v1.w};
+#pragma unroll
+  for (int t = 0; t < 4; ++t) {
+    const uint32_t w0 = NATURAL ? (t < 2 ? first[2 * t] : second[2 * t - 4]) : first[t];
+    const uint32_t w1 = NATURAL ? (t < 2 ? first[2 * t + 1] : second[2 * t - 3]) : second[t];
+    const float2 a = pair_to_float2(w0, T{}), b = pair_to_float2(w1, T{});
+    uint32_t h[4], l[4];
+    split_value(a.x, s, inv.x, inv.y, h[0], l[0]);
+    split_value(NATURAL ? a.y : b.x, s, inv.x, inv.y, h[1], l[1]);
+    split_value(NATURAL ? b.x : a.y, s, inv.x, inv.y, h[2], l[2]);
+    split_value(b.y, s, inv.x, inv.y, h[3], l[3]);
+    *reinterpret_cast<uint32_t*>(out + (NATURAL ? 4 : 16) * t) = pack_bytes(h[0], h[1], h[2], h[3]);
+    *reinterpret_cast<uint32_t*>(out + row_bytes + (NATURAL ? 4 : 16) * t) = pack_bytes(l[0], l[1], l[2], l[3]);
+  }
+}
+
+// s = max|x| / 127 (any scale for an all-zero token: its planes are zero) and (1 / s, 254 / s).
+__device__ inline float token_scale(float mx, float2& inverse) {
+  const float s = mx > 0.0f ? mx / 127.0f : 1.0f;
+  inverse = make_float2(1.0f / s, 254.0f / s);
+  return s;
+}
+
 // x [m, k_padded] (xg) -> its planes at dst (rows 2r / 2r + 1 = token r's high / low plane, row_bytes apart, bytes at
-// plane_slot order; shared memory in the GEMV, global in x_planes_kernel), each token's s in `scale` and (1 / s,
-// 254 / s) in `inverse`. THREADS threads, three barriers; ends with the planes visible to the block.
+// plane_slot order; shared memory in the GEMV), each token's s in `scale` and (1 / s, 254 / s) in `inverse`.
+// THREADS threads, three barriers; ends with the planes visible to the block.
 template <typename T, int THREADS, bool NATURAL = false>  // NATURAL: bytes in k order (the int8-row GEMV's B)
 __device__ inline void quantize_planes(const uint4* xg, int m, int k_padded, int row_bytes, uint8_t* dst, float* scale,
                                        float2* inverse, float (*red)[kPlanesMaxTokens]) {
@@ -60,15 +102,7 @@ __device__ inline void quantize_planes(const uint4* xg, int m, int k_padded, int
   for (int r = 0; r < kPlanesMaxTokens; ++r) {
     float mx = 0.0f;
     if (r < m) {
-      for (int v = threadIdx.x; v < vecs; v += THREADS) {
-        const uint4 val = __ldg(xg + r * vecs + v);
-        const uint32_t words[4] = {val.x, val.y, val.z, val.w};
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const float2 f = pair_to_float2(words[i], T{});
-          mx = fmaxf(mx, fmaxf(fabsf(f.x), fabsf(f.y)));
-        }
-      }
+      for (int v = threadIdx.x; v < vecs; v += THREADS) mx = vec_absmax<T>(__ldg(xg + r * vecs + v), mx);
     }
 #pragma unroll
     for (int off = 16; off > 0; off /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
@@ -79,59 +113,64 @@ __device__ inline void quantize_planes(const uint4* xg, int m, int k_padded, int
     float mx = 0.0f;
 #pragma unroll
     for (int w = 0; w < THREADS / 32; ++w) mx = fmaxf(mx, red[w][threadIdx.x]);
-    float s = mx / 127.0f;
-    s = s > 0.0f ? s : 1.0f;  // an all-zero token: any scale, its planes are zero
-    scale[threadIdx.x] = s;
-    inverse[threadIdx.x] = make_float2(1.0f / s, 254.0f / s);
+    scale[threadIdx.x] = token_scale(mx, inverse[threadIdx.x]);
   }
   __syncthreads();
-  // 2. the planes, one 16-k subtile (two vectors of x) per step: lane t's word of it holds k = 2t, 2t + 8, 2t + 1,
-  // 2t + 9 of the subtile (plane_slot), so each step stores four words per plane.
+  // 2. the planes, one 16-k subtile (two vectors of x) per step
   const int subs = k_padded / 16;
   for (int i = threadIdx.x; i < m * subs; i += THREADS) {
     int r = 0;  // i / subs for m <= 4 tokens, without a division
 #pragma unroll 1
     for (int j = 1; j < m; ++j) r += i >= j * subs;
     const int j = i - r * subs;
-    const float s = scale[r];
-    const float2 inv = inverse[r];
-    const uint4 v0 = __ldg(xg + r * vecs + 2 * j), v1 = __ldg(xg + r * vecs + 2 * j + 1);
-    const uint32_t first[4] = {v0.x, v0.y, v0.z, v0.w}, second[4] = {v1.x, v1.y, v1.z, v1.w};
-    uint8_t* out = dst + 2 * r * row_bytes + (NATURAL ? 16 * j : plane_slot(16 * j));
-#pragma unroll
-    for (int t = 0; t < 4; ++t) {
-      // slot order: lane t's word holds k = 2t, 2t + 8, 2t + 1, 2t + 9 = word t of each vector; natural order: word
-      // t holds k = 4t..4t+3, words 2t and 2t + 1 of the subtile's two vectors
-      const uint32_t w0 = NATURAL ? (t < 2 ? first[2 * t] : second[2 * t - 4]) : first[t];
-      const uint32_t w1 = NATURAL ? (t < 2 ? first[2 * t + 1] : second[2 * t - 3]) : second[t];
-      const float2 a = pair_to_float2(w0, T{}), b = pair_to_float2(w1, T{});
-      uint32_t h[4], l[4];
-      split_value(a.x, s, inv.x, inv.y, h[0], l[0]);
-      split_value(NATURAL ? a.y : b.x, s, inv.x, inv.y, h[1], l[1]);
-      split_value(NATURAL ? b.x : a.y, s, inv.x, inv.y, h[2], l[2]);
-      split_value(b.y, s, inv.x, inv.y, h[3], l[3]);
-      *reinterpret_cast<uint32_t*>(out + (NATURAL ? 4 : 16) * t) = pack_bytes(h[0], h[1], h[2], h[3]);
-      *reinterpret_cast<uint32_t*>(out + row_bytes + (NATURAL ? 4 : 16) * t) = pack_bytes(l[0], l[1], l[2], l[3]);
-    }
+    store_subtile<T, NATURAL>(__ldg(xg + r * vecs + 2 * j), __ldg(xg + r * vecs + 2 * j + 1), scale[r], inverse[r],
+                              dst + 2 * r * row_bytes + (NATURAL ? 16 * j : plane_slot(16 * j)), row_bytes);
   }
   __syncthreads();
 }
 
-// x_planes: one block per token writes its planes [2, k_padded] (plane_slot order) and its scale, for the GEMV with
-// given planes (GIVEN below), so that no block of it repeats the quantization.
-constexpr int kXPlanesThreads = 256;
-template <typename T, bool NATURAL>
+// x_planes: one block per token writes its planes [2, k_padded] and its scale, for the GEMVs with given planes, so
+// that no block of them repeats the quantization. The token is read once, into registers (SUBS 16-k subtiles per
+// thread, all loads in flight together), its max reduced in one barrier and its planes written from the registers:
+// the block is one load round trip long at any K up to kXPlanesThreads * 16 * SUBS (the looped form's two passes
+// over x were ~5 us at K = 28672, session 38).
+constexpr int kXPlanesThreads = 512;
+template <typename T, bool NATURAL, int SUBS>
 __global__ void __launch_bounds__(kXPlanesThreads) x_planes_kernel(const XPlanesProblem p) {
-  __shared__ float scale[kPlanesMaxTokens];
-  __shared__ float2 inverse[kPlanesMaxTokens];
-  __shared__ float red[kXPlanesThreads / 32][kPlanesMaxTokens];
+  __shared__ float red[kXPlanesThreads / 32];
   pdl_wait_then_release();
-  const int r = blockIdx.x;
-  quantize_planes<T, kXPlanesThreads, NATURAL>(opaque(static_cast<const uint4*>(p.x)) + static_cast<size_t>(r) * (p.k_padded / 8),
-                                      1, p.k_padded, p.k_padded,
-                                      reinterpret_cast<uint8_t*>(p.planes) + 2 * static_cast<size_t>(r) * p.k_padded,
-                                      scale, inverse, red);
-  if (threadIdx.x == 0) p.xscale[r] = scale[0];
+  const int r = blockIdx.x, subs = p.k_padded / 16;
+  const uint4* xg = opaque(static_cast<const uint4*>(p.x)) + static_cast<size_t>(r) * (p.k_padded / 8);
+  uint4 v[SUBS][2];
+  float mx = 0.0f;
+#pragma unroll
+  for (int i = 0; i < SUBS; ++i) {
+    const int j = threadIdx.x + i * kXPlanesThreads;
+    v[i][0] = v[i][1] = make_uint4(0, 0, 0, 0);
+    if (j < subs) {
+      v[i][0] = __ldg(xg + 2 * j);
+      v[i][1] = __ldg(xg + 2 * j + 1);
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < SUBS; ++i) mx = vec_absmax<T>(v[i][1], vec_absmax<T>(v[i][0], mx));
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = mx;
+  __syncthreads();
+  mx = 0.0f;
+#pragma unroll
+  for (int w = 0; w < kXPlanesThreads / 32; ++w) mx = fmaxf(mx, red[w]);  // every thread: no second barrier
+  float2 inverse;
+  const float s = token_scale(mx, inverse);
+  if (threadIdx.x == 0) p.xscale[r] = s;
+  uint8_t* dst = reinterpret_cast<uint8_t*>(p.planes) + 2 * static_cast<size_t>(r) * p.k_padded;
+#pragma unroll
+  for (int i = 0; i < SUBS; ++i) {
+    const int j = threadIdx.x + i * kXPlanesThreads;
+    if (j < subs) store_subtile<T, NATURAL>(v[i][0], v[i][1], s, inverse, dst + (NATURAL ? 16 * j : plane_slot(16 * j)),
+                                            p.k_padded);
+  }
 }
 
 template <typename T,   // activation and output type: __half or __nv_bfloat16
@@ -274,11 +313,36 @@ void launch_wo_planes(const WoProblem& p, int stripes, cudaStream_t stream) {
     p.w.zero != nullptr ? launch_stripes<true, true>(p, stripes, stream) : launch_stripes<true>(p, stripes, stream);
 }
 
+// Longer tokens (K > kXPlanesThreads * 16 * 4 = 32768): the looped form, two passes over x.
+template <typename T, bool NATURAL>
+__global__ void __launch_bounds__(kXPlanesThreads) x_planes_looped_kernel(const XPlanesProblem p) {
+  __shared__ float scale[kPlanesMaxTokens];
+  __shared__ float2 inverse[kPlanesMaxTokens];
+  __shared__ float red[kXPlanesThreads / 32][kPlanesMaxTokens];
+  pdl_wait_then_release();
+  const int r = blockIdx.x;
+  quantize_planes<T, kXPlanesThreads, NATURAL>(
+      opaque(static_cast<const uint4*>(p.x)) + static_cast<size_t>(r) * (p.k_padded / 8), 1, p.k_padded, p.k_padded,
+      reinterpret_cast<uint8_t*>(p.planes) + 2 * static_cast<size_t>(r) * p.k_padded, scale, inverse, red);
+  if (threadIdx.x == 0) p.xscale[r] = scale[0];
+}
+
+template <typename T, bool NATURAL>
+void launch_x_planes_typed(const XPlanesProblem& p, cudaStream_t stream) {
+  const int subs = p.k_padded / 16, per_thread = (subs + kXPlanesThreads - 1) / kXPlanesThreads;
+  auto* kernel = per_thread <= 1 ? x_planes_kernel<T, NATURAL, 1>
+                 : per_thread <= 2 ? x_planes_kernel<T, NATURAL, 2>
+                 : per_thread <= 4 ? x_planes_kernel<T, NATURAL, 4>
+                                   : x_planes_looped_kernel<T, NATURAL>;  // 8 per thread spill at 512 threads
+  launch_maybe_pdl(kernel, p.pdl, dim3(p.m), dim3(kXPlanesThreads), 0, stream, p);
+}
+
 void launch_x_planes(const XPlanesProblem& p, cudaStream_t stream) {
   const bool bf16 = p.dtype == ScalarKind::kBFloat16;
-  auto* kernel = p.natural ? (bf16 ? x_planes_kernel<__nv_bfloat16, true> : x_planes_kernel<__half, true>)
-                           : (bf16 ? x_planes_kernel<__nv_bfloat16, false> : x_planes_kernel<__half, false>);
-  launch_maybe_pdl(kernel, p.pdl, dim3(p.m), dim3(kXPlanesThreads), 0, stream, p);
+  if (p.natural)
+    bf16 ? launch_x_planes_typed<__nv_bfloat16, true>(p, stream) : launch_x_planes_typed<__half, true>(p, stream);
+  else
+    bf16 ? launch_x_planes_typed<__nv_bfloat16, false>(p, stream) : launch_x_planes_typed<__half, false>(p, stream);
 }
 
 }  // namespace qtool
