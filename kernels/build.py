@@ -183,8 +183,9 @@ def _register_fakes() -> None:
     def silu_mul(x, pdl=0):
         return x.new_empty(x.shape[0], x.shape[1] // 2)
 
-    def x_planes(x, pdl=0, natural=0):
-        return x.new_empty(2 * x.shape[0], x.shape[1], dtype=torch.int8), x.new_empty(x.shape[0], dtype=torch.float32)
+    def x_planes(x, pdl=0, natural=0, gated=0):
+        k = x.shape[1] // (2 if gated else 1)
+        return x.new_empty(2 * x.shape[0], k, dtype=torch.int8), x.new_empty(x.shape[0], dtype=torch.float32)
 
     def w8_planes_gemv(planes, xscale, w, wscale, bias, dtype, variant=0):
         return planes.new_empty(planes.shape[0] // 2, w.shape[0], dtype=dtype)

@@ -284,8 +284,9 @@ class ReferenceOps:
         return reference.silu_mul(y).to(x.dtype) if swiglu else y.to(x.dtype)
 
     @staticmethod
-    def x_planes(x, pdl=0, natural=0):
-        return reference.x_planes(x, bool(natural))
+    def x_planes(x, pdl=0, natural=0, gated=0):
+        """x [m, K] -> its planes, or for gated=1 x [m, 2K] = [gate | up] -> the planes of silu(gate) * up."""
+        return reference.x_planes(reference.silu_mul(x) if gated else x, bool(natural))
 
     @staticmethod
     def w8_planes_gemv(planes, xscale, w, wscale, bias, dtype, variant=0):

@@ -9,7 +9,8 @@ once, where transformers rounds twice: at most one unit in the last place apart)
 kernel runs, launched as its PDL twin (`qtool_kernels.mlp.COMPILED_KERNEL`, `PDL`). A W8A8 gate/up layer computes
 the product itself (`QuantLinear.forward_gated`): in its GEMV's epilogue at up to `scaled_mm.SWIGLU_GEMV_MAX_M`
 tokens (per-channel int8 and E4M3 codes, `scaled_mm.SWIGLU_CODES`), so a batch-1 decode step has one kernel fewer
-per block.
+per block. With QTOOL_GATED_PLANES=1 (unmeasured, off) a weight-only down layer that runs the int8 planes pair takes
+the planes of the product straight from the gate/up output (qtool_kernels/gated_planes.py), without `silu_mul`.
 
 Which modules: the classes of `GATED_MLPS` (architecture knowledge as data: their projection names) whose
 activation is SiLU and whose gate and up projections can run as one layer (`fusion.incompatibility`). Like
@@ -23,11 +24,13 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from qtool_kernels import gated_planes
+from qtool_kernels.layout import PackedWeight
 from qtool_kernels.mlp import silu_mul
 from qtool_kernels.reference import silu_mul as reference_silu_mul  # [..., 2I] -> [..., I], rounded once
 
 from .fusion import fuse_layers, incompatibility, refuse_state_dict
-from .linear import QuantLinear, fuses_planes, set_submodule
+from .linear import QuantLinear, fuses_planes, prepare_for_cuda, prepared_weight, set_submodule
 
 # transformers class name -> (gate, up, down) attribute names; each computes down(act_fn(gate(x)) * up(x)).
 GATED_MLPS: dict[str, tuple[str, str, str]] = {
@@ -50,10 +53,28 @@ class GatedMLP(nn.Module):
         self.register_state_dict_pre_hook(refuse_state_dict)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if fuses_planes(self.down_proj, x.numel() // x.shape[-1]):  # Inductor: the product and down's int8 planes
+        m = x.numel() // x.shape[-1]
+        if fuses_planes(self.down_proj, m):  # Inductor: the product and down's int8 planes
             return self.down_proj(reference_silu_mul(self.gate_up_proj(x)))
+        if (down := _planes_down(self.down_proj, x, m)) is not None:  # QTOOL_GATED_PLANES
+            gate_up = self.gate_up_proj(x)
+            y = gated_planes.down_linear(gate_up.reshape(m, -1), down, self.down_proj.cuda_bias, torch.ops.qtool_cuda,
+                                         self.down_proj.cuda_prefetch)
+            return self.down_proj(silu_mul(gate_up)) if y is None else y.reshape(*x.shape[:-1], -1)
         gated = getattr(self.gate_up_proj, "forward_gated", None)  # a QuantLinear: W8A8 fuses the product
         return self.down_proj(gated(x) if gated is not None else silu_mul(self.gate_up_proj(x)))
+
+
+def _planes_down(layer: nn.Module, x: torch.Tensor, m: int) -> PackedWeight | None:
+    """The down layer's packed weight where m tokens of x take the planes of silu(gate) * up straight from the gate/up
+    output (qtool_kernels/gated_planes.py, QTOOL_GATED_PLANES), else None: a weight-only QuantLinear on CUDA, no
+    gradient."""
+    if (not gated_planes.GATED_PLANES or not isinstance(layer, QuantLinear) or not x.is_cuda
+            or x.dtype not in (torch.bfloat16, torch.float16) or layer.scheme.input_activations is not None
+            or layer.scheme.weights.binary or (x.requires_grad and torch.is_grad_enabled())):
+        return None
+    packed = prepared_weight(layer) if torch.compiler.is_compiling() else prepare_for_cuda(layer)
+    return packed if packed is not None and gated_planes.route(packed, m) is not None else None
 
 
 def _is_silu(module: nn.Module) -> bool:

@@ -450,6 +450,7 @@ def test_opcheck(kernels):
     torch.library.opcheck(torch.ops.qtool_cuda.wo_planes_gemv.default,
                           (planes, xs, p.qweight, p.scale, p.zero, bias.float(), 128, 1536, torch.bfloat16))
     torch.library.opcheck(torch.ops.qtool_cuda.x_planes.default, (xq, 0, 1))
+    torch.library.opcheck(torch.ops.qtool_cuda.x_planes.default, (x.new_empty(3, 1152).normal_(), 0, 0, 1))  # gated
     natural, xs = torch.ops.qtool_cuda.x_planes(xq, 0, 1)
     w8 = torch.randint(-127, 128, (1536, 576), device="cuda", dtype=torch.int8)
     torch.library.opcheck(torch.ops.qtool_cuda.w8_planes_gemv.default,

@@ -1,7 +1,8 @@
-"""GPU tests of the int8-planes routes prepared in session 37: under torch.compile (kernels/weight_only.py
+"""GPU tests of the int8-planes routes prepared in sessions 37-38: under torch.compile (kernels/weight_only.py
 FUSED_PLANES) the planes as PyTorch ops, which Inductor fuses into the kernel that makes the layer's input, give what
-the CUDA producer gives, inside a compiled QuantLinear and a compiled gated MLP, against float64; and the GEMV on 2-
-and 3-bit codes (LOWBIT_PLANES, csrc/wo_planes_low.cu) against float64 and the ring GEMV."""
+the CUDA producer gives, inside a compiled QuantLinear and a compiled gated MLP, against float64; the GEMV on 2- and
+3-bit codes (LOWBIT_PLANES, csrc/wo_planes_low.cu) against float64 and the ring GEMV; the planes of silu(gate) * up
+from the gate/up output (gated_planes.py) against silu_mul + x_planes and the gated MLP against float64."""
 
 from __future__ import annotations
 
@@ -75,3 +76,47 @@ def test_low_bit_planes_gemv_matches_float64(kernels, bits, group_size):
     planes, xs = kernels.x_planes(torch.randn(1, p.k_padded, device="cuda", dtype=torch.bfloat16))
     with pytest.raises(RuntimeError, match=f"symmetric 2- and 3-bit ones, got {bits}-bit with zero points"):
         kernels.wo_planes_gemv(planes, xs, p.qweight, p.scale, p.zero, None, 128, 200, torch.bfloat16, 0, bits)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gated_x_planes_match_silu_mul_then_x_planes(kernels, dtype):
+    """x_planes' gated form (QTOOL_GATED_PLANES, qtool_kernels/gated_planes.py) against x_planes of silu_mul's
+    output, at the lengths its launch distinguishes and 1-4 tokens: the same scales, high codes within one; the
+    refusals name the value."""
+    for k in (64, 1536, 14336, 32768):
+        for m in (1, 4):
+            gate_up = torch.randn(m, 2 * k, device="cuda", dtype=dtype) * 3
+            planes, xs = kernels.x_planes(gate_up, 0, 0, 1)
+            want, want_s = kernels.x_planes(kernels.silu_mul(gate_up))
+            torch.testing.assert_close(xs, want_s, rtol=1e-6, atol=0)
+            assert planes.shape == (2 * m, k) and (planes[::2].int() - want[::2].int()).abs().max() <= 1, (k, m)
+            assert (planes != want).float().mean() < 0.01, (k, m)
+    with pytest.raises(RuntimeError, match="K <= 32768, got natural=0 and K=32832"):
+        kernels.x_planes(torch.randn(1, 2 * 32832, device="cuda", dtype=dtype), 0, 0, 1)
+    with pytest.raises(RuntimeError, match="got natural=1"):
+        kernels.x_planes(torch.randn(1, 128, device="cuda", dtype=dtype), 0, 1, 1)
+
+
+@pytest.mark.parametrize("bits, group_size", [(4, 128), (4, -1), (3, 128), (2, 64)])
+def test_gated_mlp_on_gated_planes_matches_float64(kernels, bits, group_size, monkeypatch):
+    """A gated MLP whose W4 / W3 / W2 down layer takes the planes of silu(gate) * up from the gate/up output
+    (QTOOL_GATED_PLANES) at 1-4 tokens, eager and with bias, against float64 and against the MLP with the switch off;
+    more tokens and ragged I fall back to silu_mul."""
+    from qtool_kernels import gated_planes
+
+    for inner, tokens in ((1536, (1, 2, 3, 4, 6)), (1000, (1,))):
+        up_qt, up_args, up_dense = random_qtensor(4, 128, True, False, 512, 2 * inner, seed=inner)
+        qt, args, dense = random_qtensor(bits, group_size, True, False, inner, 512, seed=inner + 1)
+        gate_up = QuantLinear.from_qtensor(up_qt, QuantScheme(weights=up_args), bias=None)
+        bias = torch.randn(512, device="cuda")
+        down = QuantLinear.from_qtensor(qt, QuantScheme(weights=args), bias=bias).cuda()
+        mlp = GatedMLP(gate_up.cuda(), down)
+        for m in tokens:
+            x = torch.randn(m, 512, device="cuda", dtype=torch.bfloat16)
+            monkeypatch.setattr(gated_planes, "GATED_PLANES", False)
+            plain = mlp(x)
+            monkeypatch.setattr(gated_planes, "GATED_PLANES", True)
+            out = mlp(x)
+            gu = (x.double() @ up_dense.T).to(torch.bfloat16)
+            ref = reference.silu_mul(gu).double() @ dense.T + bias.double()
+            assert rel_err(out, ref) < 1e-2 and rel_err(out, plain) < 1e-2, (inner, m)

@@ -156,17 +156,22 @@ at::Tensor wo_gemv(const at::Tensor& x, const at::Tensor& qweight, const at::Ten
 }
 
 // x [m, k_padded] -> (planes [2m, k_padded] int8, xscale [m] float32) for wo_planes_gemv (wo_kernels.h, XPlanesProblem).
-std::tuple<at::Tensor, at::Tensor> x_planes(const at::Tensor& x, int64_t pdl, int64_t natural) {
-  TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.is_contiguous() && x.size(1) % kPadK == 0, "x_planes: x must be a "
-              "contiguous CUDA [m, k_padded] tensor with k_padded a multiple of ", kPadK, ", got ", x.sizes(), " on ",
-              x.device());
+// gated: x is a gated MLP's [m, 2 k_padded] = [gate | up] and the planes are those of silu(gate) * up.
+std::tuple<at::Tensor, at::Tensor> x_planes(const at::Tensor& x, int64_t pdl, int64_t natural, int64_t gated) {
+  const int64_t parts = gated ? 2 : 1;
+  TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.is_contiguous() && x.size(1) % (parts * kPadK) == 0, "x_planes: x must "
+              "be a contiguous CUDA [m, ", gated ? "2 * " : "", "k_padded] tensor with k_padded a multiple of ", kPadK,
+              ", got ", x.sizes(), " on ", x.device());
   TORCH_CHECK(reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0, "x_planes: x must be 16-byte aligned");
-  at::Tensor planes = at::empty({2 * x.size(0), x.size(1)}, x.options().dtype(at::kChar));
+  const int64_t k = x.size(1) / parts;
+  TORCH_CHECK(!gated || (!natural && k <= kXPlanesMaxGatedK), "x_planes: the gated form writes plane_slot order for K "
+              "<= ", kXPlanesMaxGatedK, ", got natural=", natural, " and K=", k);
+  at::Tensor planes = at::empty({2 * x.size(0), k}, x.options().dtype(at::kChar));
   at::Tensor xscale = at::empty({x.size(0)}, x.options().dtype(at::kFloat));
   if (x.size(0) == 0) return {planes, xscale};
   const c10::cuda::CUDAGuard guard(x.device());
   launch_x_planes({x.data_ptr(), planes.data_ptr<int8_t>(), xscale.data_ptr<float>(), static_cast<int>(x.size(0)),
-                   static_cast<int>(x.size(1)), scalar_kind(x.scalar_type(), "x_planes"), pdl != 0, natural != 0},
+                   static_cast<int>(k), scalar_kind(x.scalar_type(), "x_planes"), pdl != 0, natural != 0, gated != 0},
                   c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {planes, xscale};
@@ -352,7 +357,7 @@ TORCH_LIBRARY(qtool_cuda, m) {
       "dequant_int(Tensor qweight, Tensor scale, Tensor? zero, int num_bits, int group_size, int out_features, "
       "ScalarType dtype) -> Tensor");
   m.def("silu_mul(Tensor x, int pdl=0) -> Tensor");  // the gated MLP's silu(gate) * up: mlp.h
-  m.def("x_planes(Tensor x, int pdl=0, int natural=0) -> (Tensor, Tensor)");
+  m.def("x_planes(Tensor x, int pdl=0, int natural=0, int gated=0) -> (Tensor, Tensor)");
   m.def(
       "w8_planes_gemv(Tensor planes, Tensor xscale, Tensor w, Tensor wscale, Tensor? bias, ScalarType dtype, "
       "int variant=0) -> Tensor");

@@ -19,7 +19,6 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kVec = 8;  // fp16/bf16 elements per 16-byte access
 
-__device__ inline float silu_times(float g, float u) { return g / (1.0f + expf(-g)) * u; }
 
 // grid (m, ceil(i / (kThreads * kVec))): each thread owns kVec consecutive outputs of one row.
 // Pdl (where the caller asks, p.pdl, or QTOOL_PDL=2; unmeasured): waits for the gate/up GEMV before its first read
@@ -35,15 +34,8 @@ __global__ void __launch_bounds__(kThreads) silu_mul_kernel(const T* __restrict_
   const T* up = gate + inner;
   T* out = y + row * inner;
   if constexpr (Vectorized) {  // inner % kVec == 0 and 16-byte aligned rows: one load per half, one store
-    const uint4 gv = *reinterpret_cast<const uint4*>(gate + col);
-    const uint4 uv = *reinterpret_cast<const uint4*>(up + col);
-    uint4 ov;
-#pragma unroll
-    for (int j = 0; j < kVec / 2; ++j) {  // one 32-bit word = two elements
-      const float2 g = pair_to_float2((&gv.x)[j], T{}), u = pair_to_float2((&uv.x)[j], T{});
-      (&ov.x)[j] = float2_to_pair(silu_times(g.x, u.x), silu_times(g.y, u.y), T{});
-    }
-    *reinterpret_cast<uint4*>(out + col) = ov;
+    *reinterpret_cast<uint4*>(out + col) = silu_times_vec<T>(*reinterpret_cast<const uint4*>(gate + col),
+                                                             *reinterpret_cast<const uint4*>(up + col));
   } else {
     for (int64_t c = col; c < col + kVec && c < inner; ++c)
       store(out + c, silu_times(to_float(gate[c]), to_float(up[c])));

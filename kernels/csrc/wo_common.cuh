@@ -168,6 +168,21 @@ __device__ inline uint32_t float2_to_pair(float lo, float hi, __nv_bfloat16) {
 }
 __device__ inline uint32_t float2_to_pair(float lo, float hi, __half) { return as_u32(__floats2half2_rn(lo, hi)); }
 
+// A gated MLP's SiLU-and-multiply in float32 (silu_mul.cu, and x_planes' gated form in wo_planes.cu).
+__device__ inline float silu_times(float g, float u) { return g / (1.0f + expf(-g)) * u; }
+
+// silu(g) * u of the eight values in each of gate / up, rounded once to T (as silu_mul writes them).
+template <typename T>
+__device__ inline uint4 silu_times_vec(const uint4 gate, const uint4 up) {
+  uint4 out;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const float2 g = pair_to_float2((&gate.x)[j], T{}), u = pair_to_float2((&up.x)[j], T{});
+    (&out.x)[j] = float2_to_pair(silu_times(g.x, u.x), silu_times(g.y, u.y), T{});
+  }
+  return out;
+}
+
 __device__ inline uint32_t float_to_pair(float v, __nv_bfloat16) { return as_u32(__float2bfloat162_rn(v)); }
 __device__ inline uint32_t float_to_pair(float v, __half) { return as_u32(__float2half2_rn(v)); }
 

@@ -146,8 +146,12 @@ struct XPlanesProblem {
   ScalarKind dtype;
   bool pdl;
   bool natural = false;  // bytes in k order (w8_planes_gemv), not plane_slot's
+  bool gated = false;    // x is a gated MLP's [m, 2 k_padded] = [gate | up]: the planes of silu(gate) * up
 };
 void launch_x_planes(const XPlanesProblem& p, cudaStream_t stream);
+// The gated form holds the token in registers (x_planes_kernel, SUBS <= 4; at 4 subtiles, K > 16384, bf16 spills 40
+// bytes at 128 registers: 70B's down projection, unmeasured).
+constexpr int kXPlanesMaxGatedK = 32768;
 
 // w8_planes_gemv (w8_planes.cu; prepared in session 37, unmeasured): y [m, n] = x W^T s_w + bias for int8 weights
 // row-major [n, k] with one scale per row, x as x_planes' planes in k order (natural), 1 <= m <= kPlanesMaxTokens.

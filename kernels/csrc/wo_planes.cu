@@ -134,22 +134,36 @@ __device__ inline void quantize_planes(const uint4* xg, int m, int k_padded, int
 // thread, all loads in flight together), its max reduced in one barrier and its planes written from the registers:
 // the block is one load round trip long at any K up to kXPlanesThreads * 16 * SUBS (the looped form's two passes
 // over x were ~5 us at K = 28672, session 38).
+// GATED: the token is a gated MLP's [gate | up] row (2 k_padded values) and its planes are those of silu(gate) * up
+// rounded to T, the values silu_mul would write: the down projection's input without that kernel.
 constexpr int kXPlanesThreads = 512;
-template <typename T, bool NATURAL, int SUBS>
+template <typename T, bool NATURAL, int SUBS, bool GATED = false>
 __global__ void __launch_bounds__(kXPlanesThreads) x_planes_kernel(const XPlanesProblem p) {
   __shared__ float red[kXPlanesThreads / 32];
   pdl_wait_then_release();
-  const int r = blockIdx.x, subs = p.k_padded / 16;
-  const uint4* xg = opaque(static_cast<const uint4*>(p.x)) + static_cast<size_t>(r) * (p.k_padded / 8);
+  const int r = blockIdx.x, subs = p.k_padded / 16, row_vecs = p.k_padded / 8;
+  const uint4* xg = opaque(static_cast<const uint4*>(p.x)) + static_cast<size_t>(r) * row_vecs * (GATED ? 2 : 1);
   uint4 v[SUBS][2];
+  uint4 up[GATED ? SUBS : 1][2];
   float mx = 0.0f;
 #pragma unroll
   for (int i = 0; i < SUBS; ++i) {
     const int j = threadIdx.x + i * kXPlanesThreads;
-    v[i][0] = v[i][1] = make_uint4(0, 0, 0, 0);
+    v[i][0] = v[i][1] = up[GATED ? i : 0][0] = up[GATED ? i : 0][1] = make_uint4(0, 0, 0, 0);
     if (j < subs) {
       v[i][0] = __ldg(xg + 2 * j);
       v[i][1] = __ldg(xg + 2 * j + 1);
+      if constexpr (GATED) {
+        up[i][0] = __ldg(xg + row_vecs + 2 * j);
+        up[i][1] = __ldg(xg + row_vecs + 2 * j + 1);
+      }
+    }
+  }
+  if constexpr (GATED) {  // past the row (j >= subs) both halves are zero, and so is silu(0) * 0
+#pragma unroll
+    for (int i = 0; i < SUBS; ++i) {
+      v[i][0] = silu_times_vec<T>(v[i][0], up[i][0]);
+      v[i][1] = silu_times_vec<T>(v[i][1], up[i][1]);
     }
   }
 #pragma unroll
@@ -330,6 +344,12 @@ __global__ void __launch_bounds__(kXPlanesThreads) x_planes_looped_kernel(const 
 template <typename T, bool NATURAL>
 void launch_x_planes_typed(const XPlanesProblem& p, cudaStream_t stream) {
   const int subs = p.k_padded / 16, per_thread = (subs + kXPlanesThreads - 1) / kXPlanesThreads;
+  if (p.gated) {  // slot order only (wo_planes_gemv's down projection), K <= 32768 (ops.cpp)
+    auto* gated = per_thread <= 1 ? x_planes_kernel<T, false, 1, true>
+                  : per_thread <= 2 ? x_planes_kernel<T, false, 2, true> : x_planes_kernel<T, false, 4, true>;
+    launch_maybe_pdl(gated, p.pdl, dim3(p.m), dim3(kXPlanesThreads), 0, stream, p);
+    return;
+  }
   auto* kernel = per_thread <= 1 ? x_planes_kernel<T, NATURAL, 1>
                  : per_thread <= 2 ? x_planes_kernel<T, NATURAL, 2>
                  : per_thread <= 4 ? x_planes_kernel<T, NATURAL, 4>
