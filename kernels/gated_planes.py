@@ -20,7 +20,7 @@ import os
 import torch
 
 from .layout import PackedWeight
-from .weight_only import LOW_BITS, PDL_STATIC_WEIGHT, PLANES_PREFETCH, lowbit_planes_route, planes_route
+from .weight_only import LOW_BITS, given_planes_linear, lowbit_planes_route, planes_route
 
 GATED_PLANES = os.environ.get("QTOOL_GATED_PLANES", "0") == "1"
 MAX_K = 32768  # csrc/wo_kernels.h, kXPlanesMaxGatedK: the gated form holds a token in registers
@@ -49,6 +49,4 @@ def down_linear(gate_up: torch.Tensor, w: PackedWeight, bias: torch.Tensor | Non
     if not torch.compiler.is_compiling() and gate_up.data_ptr() % 16:
         gate_up = gate_up.clone()
     planes, xscale = kernels.x_planes(gate_up, 1, 0, 1)
-    return kernels.wo_planes_gemv(planes, xscale, w.qweight, w.scale, w.zero, bias, w.group_size, w.out_features,
-                                  gate_up.dtype, variant + PDL_STATIC_WEIGHT, w.num_bits,
-                                  prefetch if PLANES_PREFETCH else None)
+    return given_planes_linear(planes, xscale, w, bias, kernels, variant, gate_up.dtype, prefetch)

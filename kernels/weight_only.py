@@ -388,9 +388,16 @@ def _planes_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None,
     PyTorch ops, which Inductor fuses into x's producer. PDL where on (csrc/pdl.cuh decides); `prefetch` as the
     ring GEMV's (packed_linear), unless QTOOL_PLANES_PREFETCH=0."""
     planes, xscale = reference.x_planes(x2) if free else kernels.x_planes(x2, 1)
+    return given_planes_linear(planes, xscale, w, bias, kernels, variant, x2.dtype, prefetch)
+
+
+def given_planes_linear(planes: torch.Tensor, xscale: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None,
+                        kernels, variant: int, dtype: torch.dtype,
+                        prefetch: torch.Tensor | None = None) -> torch.Tensor:
+    """wo_planes_gemv on planes [2m, K_pad] and scales [m] however they were made -> [m, N] of `dtype`: launch
+    `variant` for a static weight (PDL), with the prefetch hint unless QTOOL_PLANES_PREFETCH=0."""
     return kernels.wo_planes_gemv(planes, xscale, w.qweight, w.scale, w.zero, bias, w.group_size, w.out_features,
-                                  x2.dtype, variant + PDL_STATIC_WEIGHT, w.num_bits,
-                                  prefetch if PLANES_PREFETCH else None)
+                                  dtype, variant + PDL_STATIC_WEIGHT, w.num_bits, prefetch if PLANES_PREFETCH else None)
 
 
 def _low_bits_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, kernels,

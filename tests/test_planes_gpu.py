@@ -104,6 +104,9 @@ def test_gated_mlp_on_gated_planes_matches_float64(kernels, bits, group_size, mo
     more tokens and ragged I fall back to silu_mul."""
     from qtool_kernels import gated_planes
 
+    taken = []
+    down_linear = gated_planes.down_linear
+    monkeypatch.setattr(gated_planes, "down_linear", lambda *a: taken.append(y := down_linear(*a)) or y)
     for inner, tokens in ((1536, (1, 2, 3, 4, 6)), (1000, (1,))):
         up_qt, up_args, up_dense = random_qtensor(4, 128, True, False, 512, 2 * inner, seed=inner)
         qt, args, dense = random_qtensor(bits, group_size, True, False, inner, 512, seed=inner + 1)
@@ -120,3 +123,5 @@ def test_gated_mlp_on_gated_planes_matches_float64(kernels, bits, group_size, mo
             gu = (x.double() @ up_dense.T).to(torch.bfloat16)
             ref = reference.silu_mul(gu).double() @ dense.T + bias.double()
             assert rel_err(out, ref) < 1e-2 and rel_err(out, plain) < 1e-2, (inner, m)
+    if bits == 4:  # 1536 x 1-4 tokens on the gated planes; 6 tokens and I = 1000 (K_pad 1024) not
+        assert sum(y is not None for y in taken) == 4
