@@ -336,7 +336,9 @@ def _weight_only_path() -> str:
         GEMV_PLANES,
         LOWBIT_PLANES,
         MIXED_MIN_M,
+        PLANES_MAX_M,
         PLANES_ONE_TOKEN_MIN_WEIGHT,
+        PLANES_TILE,
         PLANES_TWO_TOKENS_MIN_N,
         RING_M3_MAX_K,
         STREAM_LONG_K,
@@ -359,7 +361,9 @@ def _weight_only_path() -> str:
              f"{STREAM_SMALL_MAX_N} rows and 32 MiB), 4 for large 8-bit ones; the ring GEMV to 4, to 8 on small 8-bit"
              + ("; 4-bit weights (groups >= 64 or per channel) at 3-4 tokens, at 2 where N > "
                 f"{PLANES_TWO_TOKENS_MIN_N - 1}, at 1 on weights of more than {PLANES_ONE_TOKEN_MIN_WEIGHT - 1} elements, on x_planes + wo_planes_gemv (x as two int8 planes on the "
-                "int8 tensor cores, weight_only.planes_route; QTOOL_GEMV_PLANES=0: off)" if GEMV_PLANES else "")
+                "int8 tensor cores, weight_only.planes_route; QTOOL_GEMV_PLANES=0: off)"
+                + (f", symmetric ones at 5-{PLANES_TILE} tokens too (two or four n-tiles of the mma per weight "
+                   "fragment; QTOOL_PLANES_TILE)" if PLANES_TILE > PLANES_MAX_M else "") if GEMV_PLANES else "")
              + ("; symmetric 2-/3-bit weights (groups >= 64 or per channel) by the same rule on x_planes + "
                 "wo_planes_gemv (weight_only.lowbit_planes_route; QTOOL_LOWBIT_PLANES=0: off)" if LOWBIT_PLANES else "")
              + ")")

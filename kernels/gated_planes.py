@@ -9,8 +9,11 @@ planes-given GEMV measured 2.9-3.7x bf16 against the ring GEMV's 2.2-2.8x (sessi
 columns; 8B down 14336 x 4096: 3.16x against 2.75x). 2- and 3-bit down weights keep the producer-paid rule
 (lowbit_planes_route): W2 on 14336 x 4096 measured 2.70x given against the ring's 3.16x.
 
-Written in session 38 without device time, unmeasured: off unless QTOOL_GATED_PLANES=1 (read once). quantize/mlp.py
-(GatedMLP) calls it.
+Written in session 38 without device time; measured in session 39 (H200, `qtool bench llama-8b --scheme w4a16`, one
+process each) and left off: 437.8 tok/s (2.21x bf16) against 460.7 (2.32x) without at batch 1, 2.23x against 2.27x
+at batch 4. One block per token reading [gate | up] and taking the row's max is a serial chain on one SM where
+silu_mul spreads over the GPU, and the down GEMV's given planes do not pay for it. Off unless QTOOL_GATED_PLANES=1
+(read once); 1-4 tokens. quantize/mlp.py (GatedMLP) calls it.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import os
 import torch
 
 from .layout import PackedWeight
-from .weight_only import LOW_BITS, given_planes_linear, lowbit_planes_route, planes_route
+from .weight_only import LOW_BITS, PLANES_MAX_M, given_planes_linear, lowbit_planes_route, planes_route
 
 GATED_PLANES = os.environ.get("QTOOL_GATED_PLANES", "0") == "1"
 MAX_K = 32768  # csrc/wo_kernels.h, kXPlanesMaxGatedK: the gated form holds a token in registers
@@ -29,7 +32,7 @@ MAX_K = 32768  # csrc/wo_kernels.h, kXPlanesMaxGatedK: the gated form holds a to
 def route(w: PackedWeight, m: int) -> int | None:
     """wo_planes_gemv's launch for m tokens into the down weight `w` with the planes from the gated x_planes, or
     None: switched off, act-order or row-major weights, K past MAX_K, or outside the planes' rules."""
-    if not GATED_PLANES or w.rows is not None or w.perm is not None or w.k_padded > MAX_K:
+    if not GATED_PLANES or w.rows is not None or w.perm is not None or w.k_padded > MAX_K or m > PLANES_MAX_M:
         return None
     if w.num_bits in LOW_BITS:
         return lowbit_planes_route(w, m)

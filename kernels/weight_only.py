@@ -195,6 +195,20 @@ LOWBIT_PLANES = os.environ.get("QTOOL_LOWBIT_PLANES", "1") != "0"
 # without it: 2.25x / 2.16x; not A/B'd in one process). QTOOL_PLANES_PREFETCH=0 (read once) leaves it out.
 PLANES_PREFETCH = os.environ.get("QTOOL_PLANES_PREFETCH", "1") != "0"
 PLANES_MAX_M = 4  # csrc/wo_kernels.h, kPlanesMaxTokens
+# 5-16 tokens of 4-bit weights on the pair (wo_planes_gemv with 2 or 4 n-tiles of the mma per A fragment: the codes
+# read once for all the tokens, each n-tile's B from L2 / L1). Session 39, H200 (BENCHMARKS.md "session 39", graph
+# protocol through QuantLinear against the routes of before: the stream GEMV, wo_gemm, the Hopper mixed-input GEMM):
+# symmetric W4 g128 at 5-8 tokens (two n-tiles) 1.45-2.36x -> 1.76-2.75x on issue 19's six shapes (28672 x 8192 at 8
+# tokens level), the 8B decode at batch 8 1.71x -> 2.06x, with the launch of one stripe per block (dev/planes_ab.py:
+# ahead of two and four stripes but on 8192 x 8192, by 5%); with zero points (a 2-deep ring in 78 registers) 1.88x
+# against 2.27x on 8192 x 28672 at 5 tokens: not routed.
+# Four n-tiles (9-16 tokens) lost on 5 of 6 shapes (8192 x 28672 at 16 tokens 1.73x against 2.25x): B is 4x the code
+# bytes per chunk and L2 runs out (~7.6 TB/s of codes and planes there), so it waits for B staged in shared memory
+# and shared by the rows of a block. PLANES_TILE: the most tokens routed there (QTOOL_PLANES_TILE, read once; 4 or
+# less: off; 16 for A/Bs of the four n-tiles).
+PLANES_TILE = int(os.environ.get("QTOOL_PLANES_TILE", "8"))
+PLANES_TILE_MAX_M = 16  # csrc/wo_kernels.h, kPlanesGivenMaxTokens
+PLANES_TILE_VARIANT = 0  # one stripe per block
 PLANES_MAX_BYTES = 96 << 10  # kPlanesMaxBytes: wo_gemv 4-6's staged planes, 2 * m * (K + 64) bytes
 PLANES_ONE_TOKEN_MIN_WEIGHT = 8192 * 8192 + 1  # K * N from which one token takes the pair
 PLANES_TWO_TOKENS_MIN_N = 4096 + 1  # N from which two tokens do
@@ -203,13 +217,14 @@ PLANES_TWO_TOKENS_MIN_N = 4096 + 1  # N from which two tokens do
 def takes_planes(w: PackedWeight, m: int) -> bool:
     """Whether wo_gemv's variants 4-6 (x quantized in every block) serve m tokens of this weight (csrc/wo_kernels.h,
     planes_take)."""
-    return takes_given_planes(w, m) and w.zero is None and 2 * m * (w.k_padded + 64) <= PLANES_MAX_BYTES
+    return (m <= PLANES_MAX_M and takes_given_planes(w, m) and w.zero is None
+            and 2 * m * (w.k_padded + 64) <= PLANES_MAX_BYTES)
 
 
 def takes_given_planes(w: PackedWeight, m: int) -> bool:
     """Whether wo_planes_gemv serves m tokens of this weight (4-bit, groups >= 64 or per channel; zero points or
-    none)."""
-    return w.num_bits == 4 and (w.group_size <= 0 or w.group_size >= 64) and 1 <= m <= PLANES_MAX_M
+    none; to PLANES_TILE_MAX_M tokens)."""
+    return w.num_bits == 4 and (w.group_size <= 0 or w.group_size >= 64) and 1 <= m <= PLANES_TILE_MAX_M
 
 
 def lowbit_planes_route(w: PackedWeight, m: int, free: bool = False) -> int | None:
@@ -226,6 +241,8 @@ def planes_route(w: PackedWeight, m: int, free: bool = False) -> int | None:
     above, or None where the planes do not serve them. free: the planes cost no kernel of their own (FUSED_PLANES)."""
     if not GEMV_PLANES or not takes_given_planes(w, m):
         return None
+    if m > PLANES_MAX_M:  # the n-tiles, symmetric only (above)
+        return PLANES_TILE_VARIANT if m <= PLANES_TILE and w.zero is None else None
     return _planes_by_shape(w, m, free)
 
 

@@ -474,9 +474,10 @@ def test_w8_planes_fragments_give_the_row_products():
 
 
 def test_planes_route_by_tokens_and_shape(monkeypatch):
-    """x_planes + wo_planes_gemv (weight_only.planes_route, session 37's measured rule): 4-bit weights with groups
-    >= 64 or per channel (zero points or none) at 2-4 tokens, at one token only past 8192 x 8192; two / four stripes per block where
-    that still leaves 448 blocks; nothing else, and nothing under QTOOL_GEMV_PLANES=0. wo_gemv's variants 4-6 (x
+    """x_planes + wo_planes_gemv (weight_only.planes_route, sessions 37 and 39's measured rules): 4-bit weights with
+    groups >= 64 or per channel (zero points or none) at 2-4 tokens, at one token only past 8192 x 8192; two / four
+    stripes per block where that still leaves 448 blocks; symmetric ones at 5-8 tokens (two n-tiles, one stripe per
+    block); nothing else, and nothing under QTOOL_GEMV_PLANES=0. wo_gemv's variants 4-6 (x
     quantized in every block) take what fits their shared memory."""
     def packed(bits, group, symmetric, k=4096, n=64):
         codes, scale, zero, _ = random_weight(64, 64, bits, group, symmetric=symmetric, seed=bits)
@@ -486,7 +487,14 @@ def test_planes_route_by_tokens_and_shape(monkeypatch):
 
     small, wide = packed(4, 128, True, 4096, 4096), packed(4, 128, True, 4096, 14336)
     widest = packed(4, -1, True, 4096, 28672)
-    assert [weight_only.planes_route(small, m) for m in range(6)] == [None, None, None, 0, 0, None]  # 2: N <= 4096
+    assert [weight_only.planes_route(small, m) for m in range(6)] == [None, None, None, 0, 0, 0]  # 2: N <= 4096
+    # 5-8 tokens: two n-tiles, one stripe per block, symmetric only; 9-16 under QTOOL_PLANES_TILE=16
+    assert [weight_only.planes_route(widest, m) for m in (5, 8, 9, 16, 17)] == [0, 0, None, None, None]
+    assert weight_only.planes_route(packed(4, 128, False), 5) is None and not weight_only.takes_planes(small, 5)
+    monkeypatch.setattr(weight_only, "PLANES_TILE", 16)
+    assert [weight_only.planes_route(widest, m) for m in (9, 16, 17)] == [0, 0, None]
+    monkeypatch.setattr(weight_only, "PLANES_TILE", 0)
+    assert weight_only.planes_route(widest, 5) is None and weight_only.planes_route(widest, 4) == 2
     assert weight_only.planes_route(packed(4, 128, True, 4096, 6144), 2) == 0
     assert weight_only.planes_route(packed(4, 64, True, 8192, 8192), 1) is None
     assert weight_only.planes_route(packed(4, 64, True, 28672, 8192), 1) == 0

@@ -180,17 +180,19 @@ def test_given_planes_gemv_matches_float64(kernels, group_size, symmetric, dtype
     """x_planes (one block per token) against its oracle: the same scales, the same codes but where x / s lies
     within a rounding of a half (a high code one apart), x back within s / 508; then wo_planes_gemv on those planes
     (one, two or four stripes per block, plain and with PDL; zero points or none) against float64 and against wo_gemv
-    (its staged planes where symmetric, the ring GEMV where not), on ragged K and N, 1-4 tokens, an outlier and an
-    all-zero token. The refusals name the value."""
+    (its staged planes where symmetric, the ring GEMV where not), on ragged K and N, 1-4 tokens (one n-tile of the
+    mma) and 5-16 (two or four n-tiles, full and partial), an outlier and all-zero tokens (in the first n-tile and in
+    the last). The refusals name the value."""
     for k, n in ((576, 200), (4096, 1536), (14336, 64)):
         qt, _, dense = make_weight(4, group_size, symmetric, False, k, n, k)
         p = pack_weight(qt.values, qt.scale, qt.zero_point, None, 4, group_size)
         bias = torch.randn(n, device="cuda")
-        for m in range(1, 5):
+        for m in (1, 2, 3, 4, 5, 6, 8, 9, 13, 16):
             x = torch.randn(m, k, device="cuda", dtype=dtype)
             x[0, 7] *= 40
-            if m > 1:
-                x[1] = 0
+            x[m - 1, 3] *= 60  # an outlier in the last n-tile's token
+            zeros = [1, m - 2] if m > 4 else [1] if m > 1 else []
+            x[zeros] = 0
             xp = torch.nn.functional.pad(x, (0, p.k_padded - k))
             poison_cache()
             planes, xs = kernels.x_planes(xp)
@@ -203,7 +205,7 @@ def test_given_planes_gemv_matches_float64(kernels, group_size, symmetric, dtype
             assert ((back - xp.float()).abs() <= xs[:, None] * (1 / 508 + 1e-5)).all(), f"k={k} m={m}"
             ref = x.double() @ dense.T + bias.double()
             staged = None
-            if weight_only.takes_planes(p, m) or not symmetric:
+            if m <= 4 and (weight_only.takes_planes(p, m) or not symmetric):
                 staged = kernels.wo_gemv(xp, p.qweight, p.scale, p.zero, bias, 4, p.group_size, n, EPILOGUE, None,
                                          4 if symmetric else 1)
             for variant in (0, 1, 2, 16, 17, 18):
@@ -213,17 +215,17 @@ def test_given_planes_gemv_matches_float64(kernels, group_size, symmetric, dtype
                 assert out.shape == (m, n) and out.dtype == dtype and rel_err(out, ref) < 1e-2, f"k={k} m={m} {variant}"
                 if staged is not None:
                     assert rel_err(out, staged) < 5e-3, f"k={k} m={m} variant={variant}"
-                if m > 1:
-                    torch.testing.assert_close(out[1].float(), bias.to(dtype).float(), rtol=1e-2, atol=1e-2)
+                for z in zeros:
+                    torch.testing.assert_close(out[z].float(), bias.to(dtype).float(), rtol=1e-2, atol=1e-2)
             hinted = kernels.wo_planes_gemv(planes, xs, p.qweight, p.scale, p.zero, bias, p.group_size, n, dtype, 18,
                                             4, p.qweight)  # a weight to pull into L2 after ours: a hint only
             torch.testing.assert_close(hinted, out, rtol=0, atol=0)
     qt, _, _ = make_weight(4, 32, True, False, 576, 200)
     p32 = pack_weight(qt.values, qt.scale, qt.zero_point, None, 4, 32)
-    planes, xs = kernels.x_planes(torch.randn(5, p32.k_padded, device="cuda", dtype=dtype))
+    planes, xs = kernels.x_planes(torch.randn(17, p32.k_padded, device="cuda", dtype=dtype))
     with pytest.raises(RuntimeError, match="groups of >= 64 .* got group_size 32"):
         kernels.wo_planes_gemv(planes[:2], xs[:1], p32.qweight, p32.scale, None, None, 32, 200, dtype, 0)
-    with pytest.raises(RuntimeError, match=r"m <= 4 .* got \[10, 576\]"):
+    with pytest.raises(RuntimeError, match=r"m <= 16 .* got \[34, 576\]"):
         kernels.wo_planes_gemv(planes, xs, p.qweight, p.scale, p.zero, None, p.group_size, 64, dtype, 0)
     with pytest.raises(RuntimeError, match="variant must be 0, 1 or 2 .* got 3"):
         kernels.wo_planes_gemv(planes[:2], xs[:1], p32.qweight, p32.scale, None, None, 32, 200, dtype, 3)

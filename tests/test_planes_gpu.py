@@ -12,7 +12,7 @@ import torch
 from conftest import poison_cache, random_qtensor, rel_err
 from qtool_kernels import reference, weight_only
 from qtool_kernels.layout import EPILOGUE, pack_weight
-from quantize.linear import QuantLinear
+from quantize.linear import QuantLinear, prepare_for_cuda
 from quantize.mlp import GatedMLP
 from quantize.scheme import QuantScheme
 
@@ -71,6 +71,9 @@ def test_low_bit_planes_gemv_matches_float64(kernels, bits, group_size):
                 out = kernels.wo_planes_gemv(planes, xs, p.qweight, p.scale, None, bias, p.group_size, n,
                                              torch.bfloat16, variant, bits)
                 assert rel_err(out, ref) < 1e-2 and rel_err(out, ring) < 5e-3, f"k={k} m={m} variant={variant}"
+    planes, xs = kernels.x_planes(torch.randn(5, p.k_padded, device="cuda", dtype=torch.bfloat16))
+    with pytest.raises(RuntimeError, match=f"4 for 2- and 3-bit.* got \\[10, {p.k_padded}\\].* for {bits}-bit"):
+        kernels.wo_planes_gemv(planes, xs, p.qweight, p.scale, None, None, p.group_size, n, torch.bfloat16, 0, bits)
     qt, _, _ = random_qtensor(bits, 128, False, False, 576, 200)
     p = pack_weight(qt.values, qt.scale, qt.zero_point, None, bits, 128)
     planes, xs = kernels.x_planes(torch.randn(1, p.k_padded, device="cuda", dtype=torch.bfloat16))
@@ -125,3 +128,27 @@ def test_gated_mlp_on_gated_planes_matches_float64(kernels, bits, group_size, mo
             assert rel_err(out, ref) < 1e-2 and rel_err(out, plain) < 1e-2, (inner, m)
     if bits == 4:  # 1536 x 1-4 tokens on the gated planes; 6 tokens and I = 1000 (K_pad 1024) not
         assert sum(y is not None for y in taken) == 4
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_quant_linear_on_planes_tiles_matches_float64(kernels, symmetric, monkeypatch):
+    """QTOOL_PLANES_TILE=16: a symmetric W4 g128 QuantLinear at 5-16 tokens routed to x_planes + wo_planes_gemv with
+    two or four n-tiles per A fragment (weight_only.route says "wo_planes"; with zero points it does not), eager and
+    replayed in a CUDA graph on new inputs, against float64; a 576-column input (K padded to 640)."""
+    monkeypatch.setattr(weight_only, "PLANES_TILE", 16)
+    for k, n in ((4096, 1536), (576, 4096)):
+        qt, args, dense = random_qtensor(4, 128, symmetric, False, k, n, seed=k + symmetric)
+        layer = QuantLinear.from_qtensor(qt, QuantScheme(weights=args), bias=None).cuda()
+        for m in (5, 8, 11, 16):
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            y = layer(x)
+            assert (weight_only.route(prepare_for_cuda(layer), m, torch.bfloat16) == "wo_planes") == symmetric, m
+            assert rel_err(y, x.double() @ dense.T) < 1e-2, (k, n, m)
+        x = torch.randn(12, k, device="cuda", dtype=torch.bfloat16)
+        layer(x)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            y = layer(x)
+        x.copy_(torch.randn_like(x))
+        graph.replay()
+        assert rel_err(y, x.double() @ dense.T) < 1e-2, (k, n, "graph")

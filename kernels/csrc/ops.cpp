@@ -193,9 +193,10 @@ at::Tensor wo_planes_gemv(const at::Tensor& planes, const at::Tensor& xscale, co
   const int64_t m = planes.dim() == 2 ? planes.size(0) / 2 : -1;
   TORCH_CHECK(planes.device() == qweight.device() && planes.scalar_type() == at::kChar && planes.dim() == 2 &&
               planes.size(0) % 2 == 0 && planes.size(1) == w.k_padded && planes.is_contiguous() &&
-              m <= kPlanesMaxTokens, "wo_planes_gemv: planes must be contiguous int8 [2m, k_padded=", w.k_padded,
-              "] with m <= ", kPlanesMaxTokens, " on ", qweight.device(), " (x_planes), got ", planes.sizes(), " ",
-              planes.scalar_type(), " on ", planes.device());
+              m <= (num_bits == 4 ? kPlanesGivenMaxTokens : kPlanesMaxTokens), "wo_planes_gemv: planes must be "
+              "contiguous int8 [2m, k_padded=", w.k_padded, "] with m <= ", kPlanesGivenMaxTokens, " (4-bit; ",
+              kPlanesMaxTokens, " for 2- and 3-bit) on ", qweight.device(), " (x_planes), got ", planes.sizes(), " ",
+              planes.scalar_type(), " on ", planes.device(), " for ", num_bits, "-bit weights");
   TORCH_CHECK(xscale.device() == planes.device() && xscale.scalar_type() == at::kFloat && xscale.dim() == 1 &&
               xscale.size(0) == m && xscale.is_contiguous(), "wo_planes_gemv: xscale must be float32 [m=", m,
               "], got ", xscale.sizes(), " ", xscale.scalar_type());

@@ -19,20 +19,24 @@ __device__ inline void mma_s8_16832(int (&d)[4], const uint32_t (&a)[4], uint32_
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// The end of a planes GEMV block (wo_planes.cu, wo_planes_low.cu): each lane's sums for token t (lanes t < m) of rows
-// g and g + 8 (acc) summed over the WARPS / STRIPES warps of each stripe, then y = sum * scale[m] * unit + bias.
-template <typename T, int WARPS, int STRIPES>
-__device__ inline void store_stripes(const WoProblem& p, const float (&acc)[2], const float* scale, float unit) {
-  constexpr int SWARPS = WARPS / STRIPES;
-  __shared__ float partial[WARPS][kStripeRows][kPlanesMaxTokens];
+// The end of a planes GEMV block (wo_planes.cu, wo_planes_low.cu): each lane's sums for token 4 i + t of n-tile i
+// (tokens < m) of rows g and g + 8 (acc[i]) summed over the WARPS / STRIPES warps of each stripe, then y = sum *
+// scale[token] * unit + bias.
+template <typename T, int WARPS, int STRIPES, int NT>
+__device__ inline void store_stripes(const WoProblem& p, const float (&acc)[NT][2], const float* scale, float unit) {
+  constexpr int SWARPS = WARPS / STRIPES, TOKENS = 4 * NT;
+  __shared__ float partial[WARPS][kStripeRows][TOKENS];
   const int g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
-  if (t < p.m) {
-    partial[threadIdx.x / 32][g][t] = acc[0];
-    partial[threadIdx.x / 32][g + 8][t] = acc[1];
+#pragma unroll
+  for (int i = 0; i < NT; ++i) {
+    if (4 * i + t < p.m) {
+      partial[threadIdx.x / 32][g][4 * i + t] = acc[i][0];
+      partial[threadIdx.x / 32][g + 8][4 * i + t] = acc[i][1];
+    }
   }
   __syncthreads();
-  if (threadIdx.x < STRIPES * p.m * kStripeRows) {
-    const int s = threadIdx.x / (p.m * kStripeRows), m = threadIdx.x / kStripeRows % p.m, r = threadIdx.x % kStripeRows;
+  for (int e = threadIdx.x; e < STRIPES * p.m * kStripeRows; e += WARPS * 32) {
+    const int s = e / (p.m * kStripeRows), m = e / kStripeRows % p.m, r = e % kStripeRows;
     const int n = (blockIdx.x * STRIPES + s) * kStripeRows + r;
     if (n < p.w.n) {
       float v = 0.0f;
@@ -42,6 +46,13 @@ __device__ inline void store_stripes(const WoProblem& p, const float (&acc)[2], 
       store(static_cast<T*>(p.y) + static_cast<size_t>(m) * p.w.n + n, activate(v, p.act));
     }
   }
+}
+
+// One n-tile (m <= 4 tokens): acc[0] / acc[1] for rows g / g + 8.
+template <typename T, int WARPS, int STRIPES>
+__device__ inline void store_stripes(const WoProblem& p, const float (&acc)[2], const float* scale, float unit) {
+  const float tiles[1][2] = {{acc[0], acc[1]}};
+  store_stripes<T, WARPS, STRIPES, 1>(p, tiles, scale, unit);
 }
 
 }  // namespace qtool

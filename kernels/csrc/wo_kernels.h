@@ -112,6 +112,10 @@ void launch_wo_stream(const WoProblem& p, cudaStream_t stream);
 // channel), 1 <= m <= kPlanesMaxTokens, x as two int8 planes on the int8 tensor cores; one 16-row stripe per block
 // (4), two (5) or four (6) sharing the staged planes. wo_planes_gemv: the same with the planes given (p.planes).
 constexpr int kPlanesMaxTokens = 4;
+// wo_planes_gemv (given planes) past 4 tokens: 2 or 4 n-tiles of the mma (4 tokens each) per A fragment, each
+// n-tile's B from L2 / L1 (session 39: two n-tiles routed at 5-8 tokens; four lose to L2 bandwidth, kernels/NOTES.md).
+constexpr int kPlanesGivenMaxTokens = 16;
+constexpr int planes_ntiles(int m) { return m <= 4 ? 1 : m <= 8 ? 2 : 4; }
 constexpr int kPlanesPadBytes = 64;  // plane rows start 16 banks apart: the two planes' B loads do not collide
 constexpr int kPlanesMaxBytes = 96 << 10;  // the staged planes' shared memory, as the ring GEMV's x (kXsMaxBytes)
 

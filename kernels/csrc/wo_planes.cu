@@ -1,6 +1,7 @@
 // wo_gemv variant 4, "planes": the one-token GEMV of symmetric 4-bit weights on the int8 tensor cores, for
-// 1 <= m <= kPlanesMaxTokens tokens. PREPARED IN SESSION 36 WITHOUT A GPU: off unless QTOOL_GEMV_PLANES=1
-// (kernels/weight_only.py), unmeasured.
+// 1 <= m <= kPlanesMaxTokens tokens (variants 4-6 stage x in every block: unrouted since session 37), and
+// wo_planes_gemv, the same on planes given by x_planes (routed at 1-8 tokens, weight_only.planes_route; from 5 tokens
+// with two or four n-tiles of the mma per A fragment, session 39).
 //
 // Why (kernels/NOTES.md, "Session 36"): ncu put the ring GEMV (wo_gemv.cu) at one token at 41-44% of its issue
 // slots and 30-47% of DRAM bandwidth, each warp a chain of ~1,600 instructions at ~13 cycles each, ~22 per 16 x 16
@@ -187,19 +188,30 @@ __global__ void __launch_bounds__(kXPlanesThreads) x_planes_kernel(const XPlanes
   }
 }
 
+// Registers per thread and blocks per SM by n-tiles: the ring holds NT B fragments per slot beside the codes.
+constexpr int planes_min_blocks(int nt) { return nt == 1 ? 4 : nt == 2 ? 3 : 2; }
+constexpr int planes_batch(int nt, bool asym) {
+  return asym && nt > 1 ? 2 : asym || nt == 2 ? kPlanesBatchAsym : kPlanesBatch;
+}
+
 template <typename T,   // activation and output type: __half or __nv_bfloat16
           int WARPS,    // warps per block
           int STRIPES,  // 16-row stripes per block (variant 4: 1; 5: 2; 6: 4, the staged planes shared by more
                         // rows, each stripe's chunks split over WARPS / STRIPES warps)
           bool GIVEN,   // the planes and scales from x_planes (p.planes, p.xscale) instead of staged from x
-          bool ASYM>    // zero points (p.w.zero; GIVEN only), w = s (q - z): A stays 16 q and 16 z times the chunk's
+          bool ASYM,    // zero points (p.w.zero; GIVEN only), w = s (q - z): A stays 16 q and 16 z times the chunk's
                         // sum of x (two more mma) is subtracted
-// 64 registers, four blocks per SM. With zero points the ring is 3 deep: at 4, ptxas spilled 56 bytes, and at 80
-// registers (three blocks) the pair ran 1.9-2.5x bf16 at 1-4 tokens against 1.9-3.1x now (session 37). A/B'd there
-// and dropped: A = q - z per byte ((u | 128) - (z + 8), no borrow), 2-10% slower than the two extra mma.
-__global__ void __launch_bounds__(WARPS * 32, 4 * kPlanesWarps / WARPS) wo_planes_kernel(const WoProblem p) {
+          int NT = 1>   // n-tiles of 4 tokens (GIVEN only): each A fragment feeds NT mma pairs, B of n-tile i is
+                        // plane rows 8 i .. 8 i + 7; 5-8 tokens take 2, 9-16 take 4
+// NT = 1: 64 registers, four blocks per SM. With zero points the ring is 3 deep: at 4, ptxas spilled 56 bytes, and at
+// 80 registers (three blocks) the pair ran 1.9-2.5x bf16 at 1-4 tokens against 1.9-3.1x now (session 37). A/B'd
+// there and dropped: A = q - z per byte ((u | 128) - (z + 8), no borrow), 2-10% slower than the two extra mma.
+// NT = 2 / 4: three / two blocks per SM (80 / 128 registers) for the B fragments in the ring.
+__global__ void __launch_bounds__(WARPS * 32, planes_min_blocks(NT) * kPlanesWarps / WARPS)
+    wo_planes_kernel(const WoProblem p) {
+  static_assert(NT == 1 || GIVEN, "more than 4 tokens only on given planes");
   extern __shared__ uint4 planes_dyn[];
-  __shared__ float scale[kPlanesMaxTokens];
+  __shared__ float scale[4 * NT];
   __shared__ float2 inverse[kPlanesMaxTokens];
   __shared__ float red[WARPS][kPlanesMaxTokens];
   constexpr int SWARPS = WARPS / STRIPES;  // warps per stripe
@@ -216,23 +228,31 @@ __global__ void __launch_bounds__(WARPS * 32, 4 * kPlanesWarps / WARPS) wo_plane
 
   // The ring of wo_gemv.cu: slot u holds chunk c0 + u * WARPS; all slots loaded before any math, each refilled
   // after its math with the same slot of the next pass.
-  constexpr int BATCH = ASYM ? kPlanesBatchAsym : kPlanesBatch;
+  constexpr int BATCH = planes_batch(NT, ASYM);
   uint4 packed[BATCH];
-  uint4 given[GIVEN ? BATCH : 1];  // GIVEN: the B fragments of the slot's chunk, loaded with its codes
+  uint4 given[GIVEN ? BATCH : 1][NT];  // GIVEN: the B fragments of the slot's chunk, loaded with its codes
   float prm[BATCH] = {};
   float zrm[ASYM ? BATCH : 1] = {};
-  // B: column g of the mma is token g / 2's plane g % 2 (columns past 2m read token 0's high plane: never stored).
+  // B: column g of n-tile i is token (8 i + g) / 2's plane g % 2 (columns past 2m read token 0's high plane: never
+  // stored); boff[i]: that plane row's lane t bytes, in 16-byte units.
+  const uint4* gsrc = reinterpret_cast<const uint4*>(p.planes);
+  uint32_t boff[NT];
+#pragma unroll
+  for (int i = 0; i < NT; ++i) boff[i] = (8 * i + g < 2 * p.m ? 8 * i + g : 0) * (p.w.k_padded / 16) + t;
   const int brow = g < 2 * p.m ? g : 0;
-  const uint4* gsrc = reinterpret_cast<const uint4*>(p.planes + static_cast<size_t>(brow) * p.w.k_padded + 16 * t);
   const uint4* next_codes = reinterpret_cast<const uint4*>(p.w.qweight) +
                             (static_cast<size_t>(stripe) * nchunks + warp) * chunk_vecs(4) + lane;  // nchunks 0: unused
   int next_k = warp * kPlanesChunkK;
+  auto load_planes = [&](int u, int k) {  // chunk k / 64's 64 bytes of each plane row at k
+#pragma unroll
+    for (int i = 0; i < NT; ++i) given[u][i] = __ldg(gsrc + boff[i] + k / 16);
+  };
   auto load_next = [&](int u, bool planes_too) {
     if (next_k < nchunks * kPlanesChunkK) {
       packed[u] = load_streaming(next_codes);
       prm[u] = __ldg(par + (static_cast<uint32_t>(next_k) >> p.w.group_shift) * gstride);
       if constexpr (ASYM) zrm[u] = __ldg(zpar + (static_cast<uint32_t>(next_k) >> p.w.group_shift) * gstride);
-      if (GIVEN && planes_too) given[u] = __ldg(gsrc + next_k / 16);  // chunk c's 64 bytes at 64 c
+      if (GIVEN && planes_too) load_planes(u, next_k);
     }
     next_codes += SWARPS * chunk_vecs(4);
     next_k += SWARPS * kPlanesChunkK;
@@ -246,7 +266,7 @@ __global__ void __launch_bounds__(WARPS * 32, 4 * kPlanesWarps / WARPS) wo_plane
 #pragma unroll
     for (int u = 0; u < BATCH; ++u) {
       const int k = (warp + u * SWARPS) * kPlanesChunkK;
-      if (k < nchunks * kPlanesChunkK) given[u] = __ldg(gsrc + k / 16);
+      if (k < nchunks * kPlanesChunkK) load_planes(u, k);
     }
     if (threadIdx.x < p.m) scale[threadIdx.x] = __ldg(p.xscale + threadIdx.x);  // read past the epilogue's barrier
   } else {
@@ -257,34 +277,53 @@ __global__ void __launch_bounds__(WARPS * 32, 4 * kPlanesWarps / WARPS) wo_plane
   const uint4* bsrc = reinterpret_cast<const uint4*>(reinterpret_cast<const uint8_t*>(planes_dyn) +
                                                      brow * plane_row_bytes(p.w.k_padded) + 16 * t);
 
-  float acc[2] = {};  // token t (lanes t < m): rows g, g + 8, in units of 16 s_x
+  float acc[NT][2] = {};  // token 4 i + t of n-tile i: rows g, g + 8, in units of 16 s_x
   for (int c0 = warp; c0 < nchunks; c0 += SWARPS * BATCH) {
 #pragma unroll
     for (int u = 0; u < BATCH; ++u) {
       const int c = c0 + u * SWARPS;
       if (c >= nchunks) break;  // warp-uniform
-      const uint4 bv = GIVEN ? given[u] : bsrc[c * (kPlanesChunkK / 16)];  // subtiles 0..3 of the chunk: 4 bytes each
       const uint32_t w[4] = {packed[u].x, packed[u].y, packed[u].z, packed[u].w};
-      int d[4] = {};
-#pragma unroll
-      for (int tile = 0; tile < 2; ++tile) {  // words 2 tile / 2 tile + 1: k 0..15 / 16..31 of the 16 x 32 tile
+      // A of the 16 x 32 tiles: words 2 tile / 2 tile + 1 are k 0..15 / 16..31 (one n-tile: each tile's A made just
+      // before its mma, as few registers live as the 64-register launch needs)
+      uint32_t a[NT == 1 ? 1 : 2][4];
+      auto make_a = [&](int tile, uint32_t (&dst)[4]) {
         const uint64_t lo = int4_word_s8x16(w[2 * tile]), hi = int4_word_s8x16(w[2 * tile + 1]);
-        const uint32_t a[4] = {static_cast<uint32_t>(lo), static_cast<uint32_t>(lo >> 32), static_cast<uint32_t>(hi),
-                               static_cast<uint32_t>(hi >> 32)};
-        mma_s8_16832(d, a, tile ? bv.z : bv.x, tile ? bv.w : bv.y);
+        dst[0] = static_cast<uint32_t>(lo);
+        dst[1] = static_cast<uint32_t>(lo >> 32);
+        dst[2] = static_cast<uint32_t>(hi);
+        dst[3] = static_cast<uint32_t>(hi >> 32);
+      };
+      if constexpr (NT > 1) {
+        make_a(0, a[0]);
+        make_a(1, a[NT == 1 ? 0 : 1]);
       }
       const float s0 = __shfl_sync(0xffffffffu, prm[u], 0, 4), s1 = __shfl_sync(0xffffffffu, prm[u], 1, 4);
-      acc[0] = fmaf(s0, fmaf(static_cast<float>(d[1]), 1.0f / 254.0f, static_cast<float>(d[0])), acc[0]);
-      acc[1] = fmaf(s1, fmaf(static_cast<float>(d[3]), 1.0f / 254.0f, static_cast<float>(d[2])), acc[1]);
-      if constexpr (ASYM) {  // A was 16 q: subtract 16 z times the chunk's sum of x, which one more mma pair gives
-        const uint32_t sixteens[4] = {0x10101010u, 0x10101010u, 0x10101010u, 0x10101010u};  // 16 in every byte
-        int e[4] = {};  // e[0] / e[1]: 16 x the sum of token t's high / low plane over the chunk (e[2], e[3] alike)
-        mma_s8_16832(e, sixteens, bv.x, bv.y);
-        mma_s8_16832(e, sixteens, bv.z, bv.w);
-        const float sum = fmaf(static_cast<float>(e[1]), 1.0f / 254.0f, static_cast<float>(e[0]));
-        const float z0 = __shfl_sync(0xffffffffu, zrm[u], 0, 4), z1 = __shfl_sync(0xffffffffu, zrm[u], 1, 4);
-        acc[0] = fmaf(-s0 * z0, sum, acc[0]);
-        acc[1] = fmaf(-s1 * z1, sum, acc[1]);
+#pragma unroll
+      for (int i = 0; i < NT; ++i) {
+        const uint4 bv = GIVEN ? given[u][i] : bsrc[c * (kPlanesChunkK / 16)];  // subtiles 0..3: 4 bytes each
+        int d[4] = {};
+        if constexpr (NT == 1) {
+          make_a(0, a[0]);
+          mma_s8_16832(d, a[0], bv.x, bv.y);
+          make_a(1, a[0]);
+          mma_s8_16832(d, a[0], bv.z, bv.w);
+        } else {
+          mma_s8_16832(d, a[0], bv.x, bv.y);
+          mma_s8_16832(d, a[NT == 1 ? 0 : 1], bv.z, bv.w);
+        }
+        acc[i][0] = fmaf(s0, fmaf(static_cast<float>(d[1]), 1.0f / 254.0f, static_cast<float>(d[0])), acc[i][0]);
+        acc[i][1] = fmaf(s1, fmaf(static_cast<float>(d[3]), 1.0f / 254.0f, static_cast<float>(d[2])), acc[i][1]);
+        if constexpr (ASYM) {  // A was 16 q: subtract 16 z times the chunk's sum of x, which one more mma pair gives
+          const uint32_t sixteens[4] = {0x10101010u, 0x10101010u, 0x10101010u, 0x10101010u};  // 16 in every byte
+          int e[4] = {};  // e[0] / e[1]: 16 x the sum of the token's high / low plane over the chunk (e[2], e[3] alike)
+          mma_s8_16832(e, sixteens, bv.x, bv.y);
+          mma_s8_16832(e, sixteens, bv.z, bv.w);
+          const float sum = fmaf(static_cast<float>(e[1]), 1.0f / 254.0f, static_cast<float>(e[0]));
+          const float z0 = __shfl_sync(0xffffffffu, zrm[u], 0, 4), z1 = __shfl_sync(0xffffffffu, zrm[u], 1, 4);
+          acc[i][0] = fmaf(-s0 * z0, sum, acc[i][0]);
+          acc[i][1] = fmaf(-s1 * z1, sum, acc[i][1]);
+        }
       }
       load_next(u, true);
     }
@@ -292,13 +331,13 @@ __global__ void __launch_bounds__(WARPS * 32, 4 * kPlanesWarps / WARPS) wo_plane
 
   prefetch_next_layer(p, WARPS * 32);
 
-  store_stripes<T, WARPS, STRIPES>(p, acc, scale, 1.0f / 16.0f);
+  store_stripes<T, WARPS, STRIPES, NT>(p, acc, scale, 1.0f / 16.0f);
 }
 
-template <typename T, int STRIPES, bool GIVEN, bool ASYM>
+template <typename T, int STRIPES, bool GIVEN, bool ASYM, int NT = 1>
 void launch_typed(const WoProblem& p, cudaStream_t stream) {
   const int smem = GIVEN ? 0 : planes_smem_bytes(p.m, p.w.k_padded);
-  auto* kernel = wo_planes_kernel<T, kPlanesWarps, STRIPES, GIVEN, ASYM>;
+  auto* kernel = wo_planes_kernel<T, kPlanesWarps, STRIPES, GIVEN, ASYM, NT>;
   constexpr int kStaticBytes = kPlanesWarps * (kStripeRows + 1) * kPlanesMaxTokens * 4 + kPlanesMaxTokens * 12;
   if (smem + kStaticBytes > (48 << 10)) cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   const int blocks = (p.w.n_padded / kStripeRows + STRIPES - 1) / STRIPES;
@@ -307,8 +346,22 @@ void launch_typed(const WoProblem& p, cudaStream_t stream) {
 
 template <int STRIPES, bool GIVEN, bool ASYM>
 void launch_dtype(const WoProblem& p, cudaStream_t stream) {
-  p.dtype == ScalarKind::kBFloat16 ? launch_typed<__nv_bfloat16, STRIPES, GIVEN, ASYM>(p, stream)
-                                   : launch_typed<__half, STRIPES, GIVEN, ASYM>(p, stream);
+  const bool bf16 = p.dtype == ScalarKind::kBFloat16;
+  if constexpr (GIVEN) {  // 5-16 tokens: 2 or 4 n-tiles
+    const int nt = planes_ntiles(p.m);
+    if (nt == 2) {
+      bf16 ? launch_typed<__nv_bfloat16, STRIPES, true, ASYM, 2>(p, stream)
+           : launch_typed<__half, STRIPES, true, ASYM, 2>(p, stream);
+      return;
+    }
+    if (nt == 4) {
+      bf16 ? launch_typed<__nv_bfloat16, STRIPES, true, ASYM, 4>(p, stream)
+           : launch_typed<__half, STRIPES, true, ASYM, 4>(p, stream);
+      return;
+    }
+  }
+  bf16 ? launch_typed<__nv_bfloat16, STRIPES, GIVEN, ASYM>(p, stream)
+       : launch_typed<__half, STRIPES, GIVEN, ASYM>(p, stream);
 }
 
 template <bool GIVEN, bool ASYM = false>
