@@ -1,6 +1,6 @@
 """wo_gemv's variants 4, 5 and 6 ("planes", csrc/wo_planes.cu: x as two int8 planes on the int8 tensor cores, one,
 two or four 16-row stripes per block, each block quantizing x) and wo_planes_gemv (the planes given by x_planes: alone,
-"g1/g2/g4", and with x_planes before it in the graph, "p1/p2/p4") against the GEMV that ships at that token count
+"g1/g2/g4", the tile kernel "gT", and with x_planes before it in the graph, "p1/p2/p4/pT") against the GEMV that ships at that token count
 (weight_only.route: the ring or variant 3) and bf16 F.linear, symmetric W4 at 1-4 tokens on issue 19's shapes and the
 fused 8B ones, in one process. Timing as bench_kernels.py (rotating copies past the L2, CUDA-graph replay, median); speedup against bf16 in
 the same process, TB/s = code and scale bytes / time.
@@ -66,7 +66,9 @@ def time_shape(ops, k: int, n: int, group: int, tokens: list[int], bits: int = 4
             line += f"  v{variant} {bf16 / ms:5.2f}x"
             row["rel_diff"] = max(row.get("rel_diff", 0.0), diff)
         planes, xs = ops.x_planes(x)
-        for variant in (0, 1, 2):
+        # 0-2: one, two or four stripes per block (1-16 tokens); 3: the tile kernel (4-bit, 1-32 tokens, sm_90)
+        variants = [v for v in (0, 1, 2) if m <= 16] + ([3] if bits == 4 and m <= 32 else [])
+        for variant in variants:
             def given(variant=variant, x=x, planes=planes, xs=xs):
                 qweight, scale = packed()
                 return ops.wo_planes_gemv(planes, xs, qweight, scale, None, None, p.group_size, n, x.dtype,
@@ -82,8 +84,9 @@ def time_shape(ops, k: int, n: int, group: int, tokens: list[int], bits: int = 4
             if ring_variant is not None:
                 a, b = gemv(x, ring_variant).double(), given().double()
                 row["rel_diff"] = max(row.get("rel_diff", 0.0), ((a - b).norm() / a.norm()).item())
-            row.update({f"g{1 << variant}_speedup": bf16 / g_ms, f"p{1 << variant}_speedup": bf16 / p_ms})
-            line += f"  g{1 << variant} {bf16 / g_ms:5.2f}x p{1 << variant} {bf16 / p_ms:5.2f}x"
+            name = "T" if variant == 3 else str(1 << variant)
+            row.update({f"g{name}_speedup": bf16 / g_ms, f"p{name}_speedup": bf16 / p_ms})
+            line += f"  g{name} {bf16 / g_ms:5.2f}x p{name} {bf16 / p_ms:5.2f}x"
         line += f"  diff {row.get('rel_diff', float('nan')):.1e}"
         rows.append(row)
         print(line, flush=True)

@@ -32,6 +32,7 @@ this module takes tensors and ints only.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -209,6 +210,13 @@ PLANES_MAX_M = 4  # csrc/wo_kernels.h, kPlanesMaxTokens
 PLANES_TILE = int(os.environ.get("QTOOL_PLANES_TILE", "8"))
 PLANES_TILE_MAX_M = 16  # csrc/wo_kernels.h, kPlanesGivenMaxTokens
 PLANES_TILE_VARIANT = 0  # one stripe per block
+# wo_planes_gemv's variant 3 (csrc/wo_planes_tile.cu): the planes staged once per block in shared memory for its 128
+# rows, split-K over a thread block cluster (sm_90), 1-32 tokens of symmetric 4-bit weights: what four n-tiles need
+# (above). Written in session 39 without device time, unmeasured: past PLANES_TILE tokens up to QTOOL_PLANES_GEMM
+# (read once; 0, the default: not routed).
+PLANES_GEMM = int(os.environ.get("QTOOL_PLANES_GEMM", "0"))
+PLANES_GEMM_MAX_M = 32  # csrc/wo_kernels.h, kPlanesTileMaxTokens
+PLANES_GEMM_VARIANT = 3
 PLANES_MAX_BYTES = 96 << 10  # kPlanesMaxBytes: wo_gemv 4-6's staged planes, 2 * m * (K + 64) bytes
 PLANES_ONE_TOKEN_MIN_WEIGHT = 8192 * 8192 + 1  # K * N from which one token takes the pair
 PLANES_TWO_TOKENS_MIN_N = 4096 + 1  # N from which two tokens do
@@ -223,8 +231,8 @@ def takes_planes(w: PackedWeight, m: int) -> bool:
 
 def takes_given_planes(w: PackedWeight, m: int) -> bool:
     """Whether wo_planes_gemv serves m tokens of this weight (4-bit, groups >= 64 or per channel; zero points or
-    none; to PLANES_TILE_MAX_M tokens)."""
-    return w.num_bits == 4 and (w.group_size <= 0 or w.group_size >= 64) and 1 <= m <= PLANES_TILE_MAX_M
+    none; to PLANES_GEMM_MAX_M tokens, past PLANES_TILE_MAX_M on the tile kernel only)."""
+    return w.num_bits == 4 and (w.group_size <= 0 or w.group_size >= 64) and 1 <= m <= PLANES_GEMM_MAX_M
 
 
 def lowbit_planes_route(w: PackedWeight, m: int, free: bool = False) -> int | None:
@@ -241,9 +249,23 @@ def planes_route(w: PackedWeight, m: int, free: bool = False) -> int | None:
     above, or None where the planes do not serve them. free: the planes cost no kernel of their own (FUSED_PLANES)."""
     if not GEMV_PLANES or not takes_given_planes(w, m):
         return None
-    if m > PLANES_MAX_M:  # the n-tiles, symmetric only (above)
-        return PLANES_TILE_VARIANT if m <= PLANES_TILE and w.zero is None else None
-    return _planes_by_shape(w, m, free)
+    if m <= PLANES_MAX_M:
+        return _planes_by_shape(w, m, free)
+    if w.zero is not None:  # the n-tiles and the tile kernel: symmetric only (above)
+        return None
+    if m <= min(PLANES_TILE, PLANES_TILE_MAX_M):
+        return PLANES_TILE_VARIANT
+    return PLANES_GEMM_VARIANT if m <= min(PLANES_GEMM, PLANES_GEMM_MAX_M) and _has_clusters(w.qweight) else None
+
+
+def _has_clusters(t: torch.Tensor) -> bool:
+    """Whether t's device runs thread block clusters (sm_90+: the tile kernel's split-K)."""
+    return t.is_cuda and _capability(t.device.index or 0) >= (9, 0)
+
+
+@functools.cache
+def _capability(index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
 
 
 def _planes_by_shape(w: PackedWeight, m: int, free: bool) -> int | None:

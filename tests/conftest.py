@@ -132,6 +132,18 @@ def poison_cache() -> None:
     del blocks
 
 
+def replayed(layer, x: torch.Tensor) -> torch.Tensor:
+    """layer(x) captured in a CUDA graph (after one eager call, which packs and warms up), x refilled with new
+    random values and the graph replayed: the output the replay wrote, for the new x."""
+    layer(x)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = layer(x)
+    x.copy_(torch.randn_like(x))
+    graph.replay()
+    return y
+
+
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     """Relative Frobenius error of `out` against `ref`, in float64."""
     return ((out.double() - ref.double()).norm() / ref.double().norm()).item()

@@ -495,6 +495,13 @@ def test_planes_route_by_tokens_and_shape(monkeypatch):
     assert [weight_only.planes_route(widest, m) for m in (9, 16, 17)] == [0, 0, None]
     monkeypatch.setattr(weight_only, "PLANES_TILE", 0)
     assert weight_only.planes_route(widest, 5) is None and weight_only.planes_route(widest, 4) == 2
+    # the tile kernel (variant 3, QTOOL_PLANES_GEMM): symmetric, past PLANES_TILE, on devices with clusters only
+    monkeypatch.setattr(weight_only, "PLANES_GEMM", 32)
+    monkeypatch.setattr(weight_only, "_has_clusters", lambda t: True)
+    assert [weight_only.planes_route(widest, m) for m in (4, 5, 32, 33)] == [2, 3, 3, None]
+    assert weight_only.planes_route(packed(4, 128, False, 4096, 28672), 16) is None
+    monkeypatch.setattr(weight_only, "_has_clusters", lambda t: False)
+    assert weight_only.planes_route(widest, 16) is None
     assert weight_only.planes_route(packed(4, 128, True, 4096, 6144), 2) == 0
     assert weight_only.planes_route(packed(4, 64, True, 8192, 8192), 1) is None
     assert weight_only.planes_route(packed(4, 64, True, 28672, 8192), 1) == 0

@@ -10,7 +10,7 @@ import functools
 import pytest
 import torch
 
-from conftest import poison_cache, random_qtensor, rel_err
+from conftest import poison_cache, random_qtensor, rel_err, replayed
 from qtool_kernels import ops, reference, scaled_mm, weight_only
 from qtool_kernels.layout import EPILOGUE, ReferenceOps, dequantize_packed, pack_weight
 from quantize.linear import QuantLinear
@@ -157,12 +157,7 @@ def test_planes_gemv_matches_float64(kernels, group_size, dtype):
         x = torch.randn(m, 4096, device="cuda", dtype=dtype)
         assert rel_err(layer(x), x.double() @ dense.T) < 1e-2, f"QuantLinear m={m}"
     x = torch.randn(3, 4096, device="cuda", dtype=dtype)
-    layer(x)  # packs, warms up
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        y = layer(x)
-    x.copy_(torch.randn_like(x))
-    graph.replay()
+    y = replayed(layer, x)
     assert rel_err(y, x.double() @ dense.T) < 1e-2, "QuantLinear in a CUDA graph"
     qt, _, _ = make_weight(4, 128, False, False, 576, 200)
     p = pack_weight(qt.values, qt.scale, qt.zero_point, None, 4, 128)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import poison_cache, random_qtensor, rel_err
+from conftest import poison_cache, random_qtensor, rel_err, replayed
 from qtool_kernels import reference, weight_only
 from qtool_kernels.layout import EPILOGUE, pack_weight
 from quantize.linear import QuantLinear, prepare_for_cuda
@@ -145,10 +145,71 @@ def test_quant_linear_on_planes_tiles_matches_float64(kernels, symmetric, monkey
             assert (weight_only.route(prepare_for_cuda(layer), m, torch.bfloat16) == "wo_planes") == symmetric, m
             assert rel_err(y, x.double() @ dense.T) < 1e-2, (k, n, m)
         x = torch.randn(12, k, device="cuda", dtype=torch.bfloat16)
-        layer(x)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            y = layer(x)
-        x.copy_(torch.randn_like(x))
-        graph.replay()
+        y = replayed(layer, x)
         assert rel_err(y, x.double() @ dense.T) < 1e-2, (k, n, "graph")
+
+
+needs_clusters = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (9, 0),
+                                    reason="the tile kernel's split-K runs on thread block clusters (sm_90)")
+
+
+@needs_clusters
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("group_size", [64, 128, -1])
+def test_tile_planes_gemv_matches_float64(kernels, group_size, dtype):
+    """wo_planes_gemv variant 3 (csrc/wo_planes_tile.cu: the planes staged per block in shared memory, split-K over a
+    cluster of 1-8 blocks) at 1-32 tokens (two, four and eight n-tiles, full and partial), plain and with PDL, with
+    bias, on ragged K and N (576 / 200: one row block, one split; 14336 x 64: eight splits of 28 chunks; 1024 x 4096:
+    32 row blocks), an outlier and all-zero tokens, against float64 and against the one-stripe launch (<= 16 tokens).
+    Zero points, 3-bit codes and 33 tokens are refused by name."""
+    for k, n in ((576, 200), (4096, 1536), (14336, 64), (1024, 4096)):
+        qt, _, dense = random_qtensor(4, group_size, True, False, k, n, seed=k + n)
+        p = pack_weight(qt.values, qt.scale, qt.zero_point, None, 4, group_size)
+        bias = torch.randn(n, device="cuda")
+        for m in (1, 3, 5, 8, 9, 16, 17, 24, 32):
+            x = torch.randn(m, k, device="cuda", dtype=dtype)
+            x[0, 7] *= 40
+            zeros = [m - 1] + ([1] if m > 2 else [])
+            x[zeros] = 0
+            xp = torch.nn.functional.pad(x, (0, p.k_padded - k))
+            planes, xs = kernels.x_planes(xp)
+            ref = x.double() @ dense.T + bias.double()
+            stripes = (kernels.wo_planes_gemv(planes, xs, p.qweight, p.scale, None, bias, p.group_size, n, dtype, 0)
+                       if m <= 16 else None)
+            for variant in (3, 19):
+                poison_cache()
+                out = kernels.wo_planes_gemv(planes, xs, p.qweight, p.scale, None, bias, p.group_size, n, dtype,
+                                             variant)
+                assert out.shape == (m, n) and out.dtype == dtype and rel_err(out, ref) < 1e-2, (k, n, m, variant)
+                if stripes is not None:
+                    assert rel_err(out, stripes) < 5e-3, (k, n, m, variant)
+                for z in zeros:
+                    torch.testing.assert_close(out[z].float(), bias.to(dtype).float(), rtol=1e-2, atol=1e-2)
+    qa, _, _ = random_qtensor(4, 128, False, False, 576, 200)
+    pa = pack_weight(qa.values, qa.scale, qa.zero_point, None, 4, 128)
+    planes, xs = kernels.x_planes(torch.randn(33, pa.k_padded, device="cuda", dtype=dtype))
+    with pytest.raises(RuntimeError, match="variant 3 .* symmetric 4-bit .* got 4-bit with zero points"):
+        kernels.wo_planes_gemv(planes[:2], xs[:1], pa.qweight, pa.scale, pa.zero, None, 128, 200, dtype, 3)
+    with pytest.raises(RuntimeError, match=rf"32 for the tile kernel.* got \[66, {pa.k_padded}\]"):
+        kernels.wo_planes_gemv(planes, xs, pa.qweight, pa.scale, None, None, 128, 200, dtype, 3)
+    q3, _, _ = random_qtensor(3, 128, True, False, 576, 200)
+    p3 = pack_weight(q3.values, q3.scale, q3.zero_point, None, 3, 128)
+    planes, xs = kernels.x_planes(torch.randn(1, p3.k_padded, device="cuda", dtype=dtype))
+    with pytest.raises(RuntimeError, match="variant 3 .* got 3-bit"):
+        kernels.wo_planes_gemv(planes, xs, p3.qweight, p3.scale, None, None, 128, 200, dtype, 3, 3)
+
+
+@needs_clusters
+def test_quant_linear_on_the_tile_kernel_matches_float64(kernels, monkeypatch):
+    """QTOOL_PLANES_GEMM=32: a symmetric W4 g128 QuantLinear at 9-32 tokens routed to x_planes + the tile kernel
+    (variant 3), eager and replayed in a CUDA graph on new inputs, against float64."""
+    monkeypatch.setattr(weight_only, "PLANES_GEMM", 32)
+    qt, args, dense = random_qtensor(4, 128, True, False, 4096, 1536, seed=3)
+    layer = QuantLinear.from_qtensor(qt, QuantScheme(weights=args), bias=None).cuda()
+    for m in (9, 16, 20, 32):
+        x = torch.randn(m, 4096, device="cuda", dtype=torch.bfloat16)
+        assert weight_only.planes_route(prepare_for_cuda(layer), m) == weight_only.PLANES_GEMM_VARIANT, m
+        assert rel_err(layer(x), x.double() @ dense.T) < 1e-2, m
+    x = torch.randn(24, 4096, device="cuda", dtype=torch.bfloat16)
+    y = replayed(layer, x)
+    assert rel_err(y, x.double() @ dense.T) < 1e-2, "graph"

@@ -188,15 +188,26 @@ at::Tensor wo_planes_gemv(const at::Tensor& planes, const at::Tensor& xscale, co
   const PackedWeightView w = check_weight("wo_planes_gemv", qweight, scale, zero, num_bits, group_size, out_features);
   const bool pdl = variant >= kPdlFlag;
   if (pdl) variant -= kPdlFlag;
-  TORCH_CHECK(variant >= 0 && variant <= 2, "wo_planes_gemv: variant must be 0, 1 or 2 (one, two or four stripes "
-              "per block), plus 16 for a static weight, got ", variant + (pdl ? kPdlFlag : 0));
+  TORCH_CHECK(variant >= 0 && variant <= 3, "wo_planes_gemv: variant must be 0, 1 or 2 (one, two or four stripes "
+              "per block) or 3 (the tile kernel), plus 16 for a static weight, got ", variant + (pdl ? kPdlFlag : 0));
+  const bool tile = variant == 3;
   const int64_t m = planes.dim() == 2 ? planes.size(0) / 2 : -1;
+  const int64_t max_m = tile ? kPlanesTileMaxTokens : num_bits == 4 ? kPlanesGivenMaxTokens : kPlanesMaxTokens;
   TORCH_CHECK(planes.device() == qweight.device() && planes.scalar_type() == at::kChar && planes.dim() == 2 &&
-              planes.size(0) % 2 == 0 && planes.size(1) == w.k_padded && planes.is_contiguous() &&
-              m <= (num_bits == 4 ? kPlanesGivenMaxTokens : kPlanesMaxTokens), "wo_planes_gemv: planes must be "
-              "contiguous int8 [2m, k_padded=", w.k_padded, "] with m <= ", kPlanesGivenMaxTokens, " (4-bit; ",
-              kPlanesMaxTokens, " for 2- and 3-bit) on ", qweight.device(), " (x_planes), got ", planes.sizes(), " ",
+              planes.size(0) % 2 == 0 && planes.size(1) == w.k_padded && planes.is_contiguous() && m <= max_m,
+              "wo_planes_gemv: planes must be contiguous int8 [2m, k_padded=", w.k_padded, "] with m <= ",
+              kPlanesGivenMaxTokens, " (4-bit; ", kPlanesMaxTokens, " for 2- and 3-bit, ", kPlanesTileMaxTokens,
+              " for the tile kernel) on ", qweight.device(), " (x_planes), got ", planes.sizes(), " ",
               planes.scalar_type(), " on ", planes.device(), " for ", num_bits, "-bit weights");
+  int num_sms = 0;
+  if (tile) {
+    int major = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, planes.device().index()));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, planes.device().index()));
+    TORCH_CHECK(num_bits == 4 && !zero.has_value() && major >= 9, "wo_planes_gemv: variant 3 (the tile kernel) takes "
+                "symmetric 4-bit weights on sm_90 or newer, got ", num_bits, "-bit",
+                zero.has_value() ? " with zero points" : "", " on sm_", major, "x");
+  }
   TORCH_CHECK(xscale.device() == planes.device() && xscale.scalar_type() == at::kFloat && xscale.dim() == 1 &&
               xscale.size(0) == m && xscale.is_contiguous(), "wo_planes_gemv: xscale must be float32 [m=", m,
               "], got ", xscale.sizes(), " ", xscale.scalar_type());
@@ -219,7 +230,9 @@ at::Tensor wo_planes_gemv(const at::Tensor& planes, const at::Tensor& xscale, co
     p.prefetch = prefetch->data_ptr();  // the next layer's weight, pulled into L2 after ours (wo_common.cuh)
     p.prefetch_bytes = prefetch_range_bytes(prefetch->numel() * prefetch->element_size());
   }
-  if (num_bits == 4)
+  if (tile)
+    C10_CUDA_CHECK(launch_wo_planes_tile(p, num_sms, c10::cuda::getCurrentCUDAStream()));
+  else if (num_bits == 4)
     launch_wo_planes(p, 1 << variant, c10::cuda::getCurrentCUDAStream());
   else
     launch_wo_planes_low(p, 1 << variant, c10::cuda::getCurrentCUDAStream());

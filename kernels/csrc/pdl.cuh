@@ -50,6 +50,36 @@ inline int pdl_level() {
 
 inline bool pdl_enabled() { return pdl_level() >= 1; }
 
+// kernel<<<grid, block, smem, stream>>>(args...) with blocks (1, cluster_y, 1) forming a thread block cluster
+// where cluster_y > 1 (split-K over a cluster: wo_gemm_v3.cu, wo_planes_tile.cu; sm_90), and with programmatic
+// stream serialization where `pdl` and pdl_enabled().
+template <typename... KArgs, typename... Args>
+cudaError_t launch_cluster_y(void (*kernel)(KArgs...), bool pdl, dim3 grid, dim3 block, int smem, cudaStream_t stream,
+                             int cluster_y, Args&&... args) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  cudaLaunchAttribute attribute[2];
+  int count = 0;
+  if (cluster_y > 1) {
+    attribute[count].id = cudaLaunchAttributeClusterDimension;
+    attribute[count].val.clusterDim.x = 1;
+    attribute[count].val.clusterDim.y = cluster_y;
+    attribute[count].val.clusterDim.z = 1;
+    ++count;
+  }
+  if (pdl && pdl_enabled()) {
+    attribute[count].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute[count].val.programmaticStreamSerializationAllowed = 1;
+    ++count;
+  }
+  config.attrs = attribute;
+  config.numAttrs = count;
+  return cudaLaunchKernelEx(&config, kernel, static_cast<Args&&>(args)...);
+}
+
 // kernel<<<grid, block, smem, stream>>>(args...), with programmatic stream serialization where `pdl` and
 // pdl_enabled().
 template <typename... KArgs, typename... Args>
@@ -59,17 +89,7 @@ void launch_maybe_pdl(void (*kernel)(KArgs...), bool pdl, dim3 grid, dim3 block,
     kernel<<<grid, block, smem, stream>>>(static_cast<Args&&>(args)...);
     return;
   }
-  cudaLaunchConfig_t config = {};
-  config.gridDim = grid;
-  config.blockDim = block;
-  config.dynamicSmemBytes = smem;
-  config.stream = stream;
-  cudaLaunchAttribute attribute[1];
-  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute[0].val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = attribute;
-  config.numAttrs = 1;
-  cudaLaunchKernelEx(&config, kernel, static_cast<Args&&>(args)...);
+  launch_cluster_y(kernel, true, grid, block, smem, stream, 1, static_cast<Args&&>(args)...);
 }
 
 }  // namespace qtool

@@ -20,6 +20,7 @@
 
 #include <cooperative_groups.h>
 
+#include "pdl.cuh"
 #include "wo_common.cuh"
 #include "wo_occupancy.h"
 #include "wo_piece.cuh"
@@ -227,19 +228,8 @@ cudaError_t launch_variant(const WoProblem& p, int variant, int num_sms, bool cl
   const int splits = clusters ? splits_for_variant(tiles_x * slices, npieces, slots, variant) : 1;
   const int pieces_per_split = (npieces + splits - 1) / splits;
 
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(tiles_x, splits, slices);
-  config.blockDim = dim3(kWarps * 32);
-  config.dynamicSmemBytes = smem;
-  config.stream = stream;
-  cudaLaunchAttribute attribute[1];
-  attribute[0].id = cudaLaunchAttributeClusterDimension;
-  attribute[0].val.clusterDim.x = 1;
-  attribute[0].val.clusterDim.y = splits;
-  attribute[0].val.clusterDim.z = 1;
-  config.attrs = attribute;
-  config.numAttrs = splits > 1 ? 1 : 0;
-  return cudaLaunchKernelEx(&config, kernel, p, pieces_per_split);
+  return launch_cluster_y(kernel, false, dim3(tiles_x, splits, slices), dim3(kWarps * 32), smem, stream, splits, p,
+                          pieces_per_split);
 }
 
 template <typename T, int BITS>
