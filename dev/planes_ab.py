@@ -25,8 +25,9 @@ def time_shape(ops, k: int, n: int, group: int, tokens: list[int], bits: int = 4
     import torch.nn.functional as F
     from bench_kernels import Rotation, copies_for, graph_ms
 
+    from qtool_kernels.int8_planes import takes_planes
     from qtool_kernels.layout import EPILOGUE, pack_weight
-    from qtool_kernels.weight_only import PDL_STATIC_WEIGHT, gemv_kind, gemv_variant, takes_planes
+    from qtool_kernels.weight_only import PDL_STATIC_WEIGHT, gemv_kind, gemv_variant
 
     groups = 1 if group <= 0 else -(-k // group)
     top = 1 << (bits - 1)

@@ -331,15 +331,17 @@ def info() -> dict:
 
 def _weight_only_path() -> str:
     from . import sm90  # imports this module
-    from .weight_only import (
-        GEMM_MAX_M,
+    from .int8_planes import (
         GEMV_PLANES,
         LOWBIT_PLANES,
-        MIXED_MIN_M,
         PLANES_MAX_M,
         PLANES_ONE_TOKEN_MIN_WEIGHT,
         PLANES_TILE,
         PLANES_TWO_TOKENS_MIN_N,
+    )
+    from .weight_only import (
+        GEMM_MAX_M,
+        MIXED_MIN_M,
         RING_M3_MAX_K,
         STREAM_LONG_K,
         STREAM_SMALL_MAX_N,
@@ -361,11 +363,11 @@ def _weight_only_path() -> str:
              f"{STREAM_SMALL_MAX_N} rows and 32 MiB), 4 for large 8-bit ones; the ring GEMV to 4, to 8 on small 8-bit"
              + ("; 4-bit weights (groups >= 64 or per channel) at 3-4 tokens, at 2 where N > "
                 f"{PLANES_TWO_TOKENS_MIN_N - 1}, at 1 on weights of more than {PLANES_ONE_TOKEN_MIN_WEIGHT - 1} elements, on x_planes + wo_planes_gemv (x as two int8 planes on the "
-                "int8 tensor cores, weight_only.planes_route; QTOOL_GEMV_PLANES=0: off)"
+                "int8 tensor cores, int8_planes.planes_route; QTOOL_GEMV_PLANES=0: off)"
                 + (f", symmetric ones at 5-{PLANES_TILE} tokens too (two or four n-tiles of the mma per weight "
                    "fragment; QTOOL_PLANES_TILE)" if PLANES_TILE > PLANES_MAX_M else "") if GEMV_PLANES else "")
              + ("; symmetric 2-/3-bit weights (groups >= 64 or per channel) by the same rule on x_planes + "
-                "wo_planes_gemv (weight_only.lowbit_planes_route; QTOOL_LOWBIT_PLANES=0: off)" if LOWBIT_PLANES else "")
+                "wo_planes_gemv (int8_planes.lowbit_planes_route; QTOOL_LOWBIT_PLANES=0: off)" if LOWBIT_PLANES else "")
              + ")")
     rows = ("8-bit symmetric per-channel layers row-major on qtool_cuda w8_gemv (to 4 tokens, 16 on weights of <= "
             "8192 x 8192, 32 on <= 4096 x 6144: weight_only.rows_gemv), then on weights of <= 4096 x 6144 at 33-256 "

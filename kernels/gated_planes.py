@@ -1,7 +1,7 @@
 """A gated MLP's down projection on the int8 planes of silu(gate) * up (x_planes' gated form).
 
 In a decode step the down projection's input is made by `silu_mul` (csrc/silu_mul.cu), and where the down layer runs
-the planes pair (weight_only.planes_route) `x_planes` reads that product back to write its planes: two small kernels,
+the planes pair (int8_planes.planes_route) `x_planes` reads that product back to write its planes: two small kernels,
 each a dependent launch. `x_planes(gu, gated=1)` reads the gate/up output once and writes the planes of the product
 it would have written (silu(gate) * up rounded once to the activation dtype, csrc/wo_planes.cu), so `silu_mul` is not
 launched and the down GEMV gets its planes as if given: one token then takes the pair on every 4-bit shape, where the
@@ -22,8 +22,8 @@ import os
 
 import torch
 
-from .layout import PackedWeight
-from .weight_only import LOW_BITS, PLANES_MAX_M, given_planes_linear, lowbit_planes_route, planes_route
+from .int8_planes import PLANES_MAX_M, given_planes_linear, lowbit_planes_route, planes_route
+from .layout import LOW_BITS, PackedWeight
 
 GATED_PLANES = os.environ.get("QTOOL_GATED_PLANES", "0") == "1"
 MAX_K = 32768  # csrc/wo_kernels.h, kXPlanesMaxGatedK: the gated form holds a token in registers

@@ -45,6 +45,12 @@ KERNEL_BITS = (2, 3, 4, 8)  # code widths the kernel layout stores natively
 LOW_BITS = (2, 3)  # 128-k chunks: 8 subtiles per lane, so at least 32 k per group (4 groups per chunk)
 # The raw ops keep a `str activation` epilogue argument in their C++ schema; qtool only ever passes this.
 EPILOGUE = "none"
+
+# Added to wo_gemv's variant for a prepared (static) weight: the ring GEMV then runs with programmatic dependent
+# launch (csrc/pdl.cuh): its first weight loads overlap the previous kernel's tail. Session 18, H200, one token,
+# graph replay: W4 g128 4096 x 4096 6.0 -> 4.9 us, 8192 x 8192 14.7 -> 13.3, 28672 x 8192 43.5 -> 41.1.
+PDL_STATIC_WEIGHT = 16
+
 KERNEL_DTYPES = (torch.float16, torch.bfloat16)  # the activation dtypes every kernel takes
 
 

@@ -32,16 +32,15 @@ this module takes tensors and ints only.
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
 import torch.nn.functional as F
 
-from . import reference
-from .layout import EPILOGUE, LOW_BITS, PackedWeight, takes_rows_shape
+from . import int8_planes
+from .layout import EPILOGUE, LOW_BITS, PDL_STATIC_WEIGHT, PackedWeight, takes_rows_shape
 from .mixed_mm import mixed_linear
-from .scaled_mm import planes_variant, w8_planes_linear
+from .scaled_mm import w8_planes_linear
 from .split_mm import split_linear
 from .tuning import gemv_pdl, mixed_schedule, plain_schedule
 
@@ -160,123 +159,6 @@ def rows_gemv(w: PackedWeight, m: int, dtype: torch.dtype) -> bool:
     return m <= min(W8_ROWS_MAX_M, 32 if size <= ROWS_SMALL_WEIGHT else 16 if size <= ROWS_MID_WEIGHT else 4)
 
 
-# Added to wo_gemv's variant for a prepared (static) weight: the ring GEMV then runs with programmatic dependent
-# launch (csrc/pdl.cuh): its first weight loads overlap the previous kernel's tail. Session 18, H200, one token,
-# graph replay: W4 g128 4096 x 4096 6.0 -> 4.9 us, 8192 x 8192 14.7 -> 13.3, 28672 x 8192 43.5 -> 41.1.
-PDL_STATIC_WEIGHT = 16
-
-
-# x_planes + wo_planes_gemv (csrc/wo_planes.cu), "planes": 4-bit weights with groups >= 64 (or per channel), with
-# zero points or without, at 1-4 tokens. A producer kernel quantizes x once into two int8 planes (~2^-16 of each
-# token's range) and the GEMV runs on the int8 tensor cores (mma.m16n8k32.s8: 3 instructions per 16 weights for A,
-# where the bf16 fragment takes 16). Session 37, H200 (BENCHMARKS.md "session 37"), the pair against what shipped
-# before: at 3-4 tokens faster on every shape of issue 19's table (8192 x 8192 at 4 tokens 1.82x -> 2.52x bf16,
-# 4096 x 14336 1.53x -> 2.52x; asymmetric 1.73x -> 2.35x / 1.56x -> 2.27x); at 2 tokens where N > 4096 (the ring
-# keeps 4096 x 4096 and 14336 x 4096: 2.61x / 2.51x against the pair's 2.00x / 2.36x); at one token on weights past
-# 8192 x 8192 (4096 x 28672 2.55x -> 3.04x), where the producer's ~2 us is paid back. The variants that quantize x
-# inside every block (wo_gemv 4-6) lost to the pair at 2-4 tokens and to the ring at one: unrouted.
-# QTOOL_GEMV_PLANES=0 (read once) turns the route off.
-GEMV_PLANES = os.environ.get("QTOOL_GEMV_PLANES", "1") != "0"
-# Under torch.compile, a layer whose input comes from a kernel Inductor generates (an RMSNorm, SiLU-and-multiply:
-# QuantLinear.planes_fuse, set by quantize/fusion.py and quantize/mlp.py) gets its planes from PyTorch ops that
-# Inductor fuses into that kernel, so the pair's producer is not launched and 1-2 tokens take the planes on every
-# shape (the GEMV alone: 2.5-3.7x bf16 at one token, session 37). Measured in session 38 (H200, `qtool bench
-# llama-8b --scheme w4a16`, batch 1): slower, 426.3 tok/s (2.14x bf16) against 455.0 (2.28x) without: Inductor's
-# max-and-gather form costs more than the x_planes kernel it replaces. Off unless QTOOL_FUSED_PLANES=1 (read once).
-FUSED_PLANES = os.environ.get("QTOOL_FUSED_PLANES", "0") == "1"
-# Symmetric 2- and 3-bit codes (groups >= 64 or per channel) on the same pair (csrc/wo_planes_low.cu: A from the
-# ring GEMV's nibble words in one shift and one LOP3 per row), by the 4-bit rule (planes_route). Session 38, H200
-# (BENCHMARKS.md "session 38", dev/planes_ab.py, pair against the GEMV that ran): W3 g128 at 3-4 tokens 1.78-2.36x ->
-# 2.16-3.23x bf16 on every shape; at 2 tokens where N > 4096 (8192 x 28672 2.57x -> 3.21x; 4096 x 6144 2.17x ->
-# 2.16x); at one token on weights past 8192 x 8192 (28672 x 8192 2.81x -> 3.11x) while the ring keeps the smaller
-# ones (4096 x 4096 2.69x against the pair's 2.24x); W2 g64 alike. QTOOL_LOWBIT_PLANES=0 (read once): off.
-LOWBIT_PLANES = os.environ.get("QTOOL_LOWBIT_PLANES", "1") != "0"
-# The next layer's weight pulled into L2 by the planes GEMVs too (the ring GEMV's hint, quantize/prefetch.py), as the
-# GEMVs they replace did. Session 38: the 8B W4A16 decode with it 2.28x / 2.18x bf16 at batch 1 / 4 (session 37
-# without it: 2.25x / 2.16x; not A/B'd in one process). QTOOL_PLANES_PREFETCH=0 (read once) leaves it out.
-PLANES_PREFETCH = os.environ.get("QTOOL_PLANES_PREFETCH", "1") != "0"
-PLANES_MAX_M = 4  # csrc/wo_kernels.h, kPlanesMaxTokens
-# 5-16 tokens of 4-bit weights on the pair (wo_planes_gemv with 2 or 4 n-tiles of the mma per A fragment: the codes
-# read once for all the tokens, each n-tile's B from L2 / L1). Session 39, H200 (BENCHMARKS.md "session 39", graph
-# protocol through QuantLinear against the routes of before: the stream GEMV, wo_gemm, the Hopper mixed-input GEMM):
-# symmetric W4 g128 at 5-8 tokens (two n-tiles) 1.45-2.36x -> 1.76-2.75x on issue 19's six shapes (28672 x 8192 at 8
-# tokens level), the 8B decode at batch 8 1.71x -> 2.06x, with the launch of one stripe per block (dev/planes_ab.py:
-# ahead of two and four stripes but on 8192 x 8192, by 5%); with zero points (a 2-deep ring in 78 registers) 1.88x
-# against 2.27x on 8192 x 28672 at 5 tokens: not routed.
-# Four n-tiles (9-16 tokens) lost on 5 of 6 shapes (8192 x 28672 at 16 tokens 1.73x against 2.25x): B is 4x the code
-# bytes per chunk and L2 runs out (~7.6 TB/s of codes and planes there), so it waits for B staged in shared memory
-# and shared by the rows of a block. PLANES_TILE: the most tokens routed there (QTOOL_PLANES_TILE, read once; 4 or
-# less: off; 16 for A/Bs of the four n-tiles).
-PLANES_TILE = int(os.environ.get("QTOOL_PLANES_TILE", "8"))
-PLANES_TILE_MAX_M = 16  # csrc/wo_kernels.h, kPlanesGivenMaxTokens
-PLANES_TILE_VARIANT = 0  # one stripe per block
-# wo_planes_gemv's variant 3 (csrc/wo_planes_tile.cu): the planes staged once per block in shared memory for its 128
-# rows, split-K over a thread block cluster (sm_90), 1-32 tokens of symmetric 4-bit weights: what four n-tiles need
-# (above). Written in session 39 without device time, unmeasured: past PLANES_TILE tokens up to QTOOL_PLANES_GEMM
-# (read once; 0, the default: not routed).
-PLANES_GEMM = int(os.environ.get("QTOOL_PLANES_GEMM", "0"))
-PLANES_GEMM_MAX_M = 32  # csrc/wo_kernels.h, kPlanesTileMaxTokens
-PLANES_GEMM_VARIANT = 3
-PLANES_MAX_BYTES = 96 << 10  # kPlanesMaxBytes: wo_gemv 4-6's staged planes, 2 * m * (K + 64) bytes
-PLANES_ONE_TOKEN_MIN_WEIGHT = 8192 * 8192 + 1  # K * N from which one token takes the pair
-PLANES_TWO_TOKENS_MIN_N = 4096 + 1  # N from which two tokens do
-
-
-def takes_planes(w: PackedWeight, m: int) -> bool:
-    """Whether wo_gemv's variants 4-6 (x quantized in every block) serve m tokens of this weight (csrc/wo_kernels.h,
-    planes_take)."""
-    return (m <= PLANES_MAX_M and takes_given_planes(w, m) and w.zero is None
-            and 2 * m * (w.k_padded + 64) <= PLANES_MAX_BYTES)
-
-
-def takes_given_planes(w: PackedWeight, m: int) -> bool:
-    """Whether wo_planes_gemv serves m tokens of this weight (4-bit, groups >= 64 or per channel; zero points or
-    none; to PLANES_GEMM_MAX_M tokens, past PLANES_TILE_MAX_M on the tile kernel only)."""
-    return w.num_bits == 4 and (w.group_size <= 0 or w.group_size >= 64) and 1 <= m <= PLANES_GEMM_MAX_M
-
-
-def lowbit_planes_route(w: PackedWeight, m: int, free: bool = False) -> int | None:
-    """wo_planes_gemv's variant for m tokens of a 2- or 3-bit weight where LOWBIT_PLANES serves them (symmetric,
-    groups >= 64 or per channel, the 4-bit rule of shapes and tokens), else None."""
-    if (not LOWBIT_PLANES or w.num_bits not in LOW_BITS or w.zero is not None or not 1 <= m <= PLANES_MAX_M
-            or 0 < w.group_size < 64):
-        return None
-    return _planes_by_shape(w, m, free)
-
-
-def planes_route(w: PackedWeight, m: int, free: bool = False) -> int | None:
-    """wo_planes_gemv's variant (0, 1, 2: one, two or four stripes per block) for m tokens by the measured rule
-    above, or None where the planes do not serve them. free: the planes cost no kernel of their own (FUSED_PLANES)."""
-    if not GEMV_PLANES or not takes_given_planes(w, m):
-        return None
-    if m <= PLANES_MAX_M:
-        return _planes_by_shape(w, m, free)
-    if w.zero is not None:  # the n-tiles and the tile kernel: symmetric only (above)
-        return None
-    if m <= min(PLANES_TILE, PLANES_TILE_MAX_M):
-        return PLANES_TILE_VARIANT
-    return PLANES_GEMM_VARIANT if m <= min(PLANES_GEMM, PLANES_GEMM_MAX_M) and _has_clusters(w.qweight) else None
-
-
-def _has_clusters(t: torch.Tensor) -> bool:
-    """Whether t's device runs thread block clusters (sm_90+: the tile kernel's split-K)."""
-    return t.is_cuda and _capability(t.device.index or 0) >= (9, 0)
-
-
-@functools.cache
-def _capability(index: int) -> tuple[int, int]:
-    return torch.cuda.get_device_capability(index)
-
-
-def _planes_by_shape(w: PackedWeight, m: int, free: bool) -> int | None:
-    """The tokens and shapes where the pair pays for its producer (above): the launch variant, or None."""
-    if not free and m == 1 and w.k_padded * w.out_features < PLANES_ONE_TOKEN_MIN_WEIGHT:
-        return None
-    if not free and m == 2 and w.out_features < PLANES_TWO_TOKENS_MIN_N:
-        return None
-    return planes_variant(w.out_features)
-
-
 def gemv_variant(w: PackedWeight) -> int:
     """wo_gemv's `variant` argument (ring GEMV) for this prepared weight: wide where few rows or a long K, else
     lean; plus PDL_STATIC_WEIGHT (packed weights are not written while layers run)."""
@@ -326,8 +208,8 @@ def hopper_route(w: PackedWeight, m: int, dtype: torch.dtype, bits: int | None =
 def route(w: PackedWeight, m: int, dtype: torch.dtype, planes_free: bool = False) -> dict | str:
     """The kernel of `packed_linear` for m tokens of 4- or 8-bit weights: "wo_gemv", a schedule of the Hopper
     GEMM (a dict), "wo_gemm_v3", "wo_gemm" or "dequant"; "wo_gemv_stream" (variant 3); "wo_planes" (x_planes +
-    wo_planes_gemv, planes_route)."""
-    if planes_route(w, m, planes_free) is not None and dtype in (torch.bfloat16, torch.float16):
+    wo_planes_gemv, int8_planes.planes_route)."""
+    if int8_planes.planes_route(w, m, planes_free) is not None and dtype in (torch.bfloat16, torch.float16):
         return "wo_planes"
     if (kind := gemv_kind(w, m)) is not None:
         return "wo_gemv_stream" if kind == "stream" else "wo_gemv"
@@ -357,7 +239,7 @@ def packed_linear(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, k
     bias: [N] float32 (the kernels add it in float32), or None.
     prefetch: a tensor (the next layer's packed weight) the GEMV pulls into L2 after its own weight
     loads; a hint only, ignored by the other kernels.
-    planes_fuse: x comes from a kernel Inductor generates, so under torch.compile with FUSED_PLANES the planes are
+    planes_fuse: x comes from a kernel Inductor generates, so under torch.compile with FUSED_PLANES (int8_planes) the planes are
     PyTorch ops it fuses there (QuantLinear.planes_fuse).
     """
     lead = x.shape[:-1]
@@ -367,7 +249,7 @@ def packed_linear(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, k
         return _rows_linear(x2, w, bias, kernels, prefetch).reshape(*lead, w.out_features)
     args = (w.qweight, w.scale, w.zero)
     meta = (w.num_bits, w.group_size, w.out_features)
-    free = planes_fuse and FUSED_PLANES and torch.compiler.is_compiling()
+    free = planes_fuse and int8_planes.FUSED_PLANES and torch.compiler.is_compiling()
     kernel = None if w.num_bits in LOW_BITS else route(w, m, x2.dtype, free)
     if kernel is None:
         y = _low_bits_linear(x2, w, bias, kernels, prefetch)
@@ -377,7 +259,7 @@ def packed_linear(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, k
         variant = 3 if kernel == "wo_gemv_stream" else gemv_variant(w)
         y = kernels.wo_gemv(x2, *args, bias, *meta, EPILOGUE, prefetch, variant)
     elif kernel == "wo_planes":
-        y = _planes_linear(x2, w, bias, kernels, planes_route(w, m, free), free, prefetch)
+        y = int8_planes.planes_linear(x2, w, bias, kernels, int8_planes.planes_route(w, m, free), free, prefetch)
     elif kernel == "wo_gemm_v3":
         y = kernels.wo_gemm_v3(x2, *args, bias, *meta, EPILOGUE, V3_VARIANT)
     elif kernel == "wo_gemm":
@@ -421,29 +303,12 @@ def _hopper_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None,
     return y if bias is None else y + bias.to(y.dtype)
 
 
-def _planes_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, kernels, variant: int,
-                   free: bool = False, prefetch: torch.Tensor | None = None) -> torch.Tensor:
-    """x2 [m, K_pad] -> [m, N] on x_planes + wo_planes_gemv with launch `variant` (planes_route); `free`: the planes as
-    PyTorch ops, which Inductor fuses into x's producer. PDL where on (csrc/pdl.cuh decides); `prefetch` as the
-    ring GEMV's (packed_linear), unless QTOOL_PLANES_PREFETCH=0."""
-    planes, xscale = reference.x_planes(x2) if free else kernels.x_planes(x2, 1)
-    return given_planes_linear(planes, xscale, w, bias, kernels, variant, x2.dtype, prefetch)
-
-
-def given_planes_linear(planes: torch.Tensor, xscale: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None,
-                        kernels, variant: int, dtype: torch.dtype,
-                        prefetch: torch.Tensor | None = None) -> torch.Tensor:
-    """wo_planes_gemv on planes [2m, K_pad] and scales [m] however they were made -> [m, N] of `dtype`: launch
-    `variant` for a static weight (PDL), with the prefetch hint unless QTOOL_PLANES_PREFETCH=0."""
-    return kernels.wo_planes_gemv(planes, xscale, w.qweight, w.scale, w.zero, bias, w.group_size, w.out_features,
-                                  dtype, variant + PDL_STATIC_WEIGHT, w.num_bits, prefetch if PLANES_PREFETCH else None)
-
-
 def _low_bits_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, kernels,
                      prefetch: torch.Tensor | None) -> torch.Tensor:
     """packed_linear for 2- and 3-bit weights: x2 [m, K_pad] -> [m, N]."""
-    if x2.dtype in (torch.bfloat16, torch.float16) and (variant := lowbit_planes_route(w, x2.shape[0])) is not None:
-        return _planes_linear(x2, w, bias, kernels, variant, prefetch=prefetch)
+    variant = int8_planes.lowbit_planes_route(w, x2.shape[0])
+    if x2.dtype in (torch.bfloat16, torch.float16) and variant is not None:
+        return int8_planes.planes_linear(x2, w, bias, kernels, variant, prefetch=prefetch)
     if (kind := gemv_kind(w, x2.shape[0])) is not None:  # with a Hopper copy or without
         return kernels.wo_gemv(x2, w.qweight, w.scale, w.zero, bias, w.num_bits, w.group_size, w.out_features,
                                EPILOGUE, prefetch, 3 if kind == "stream" else gemv_variant(w))

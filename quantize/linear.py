@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # ops declares torch.ops.qtool.*; scaled_mm registers qtool::scaled_linear's CUDA implementation.
-from qtool_kernels import binary, build, mixed_mm, ops, scaled_mm, weight_only  # noqa: F401
+from qtool_kernels import binary, build, int8_planes, mixed_mm, ops, scaled_mm, weight_only  # noqa: F401
 from qtool_kernels.layout import (
     KERNEL_DTYPES,
     LOW_BITS,
@@ -66,7 +66,7 @@ class QuantLinear(nn.Module):
     cuda_prefetch: torch.Tensor | None = None
     # Whether the kernel that makes this layer's input is one Inductor generates (an RMSNorm before fused q/k/v or
     # gate/up, the gated MLP's product before down: quantize/fusion.py, quantize/mlp.py set it), so that under
-    # torch.compile the input's int8 planes can be fused into it (kernels/weight_only.py, FUSED_PLANES).
+    # torch.compile the input's int8 planes can be fused into it (kernels/int8_planes.py, FUSED_PLANES).
     planes_fuse: bool = False
 
     def __init__(self, in_features: int, out_features: int, scheme: QuantScheme, bias: bool = False,
@@ -343,11 +343,11 @@ def cuda_linear(layer: QuantLinear, x: torch.Tensor) -> torch.Tensor | None:
 
 def fuses_planes(layer: nn.Module, m: int) -> bool:
     """Whether m tokens into `layer` take int8 planes that Inductor fuses into the kernel making its input (under
-    torch.compile, kernels/weight_only.py FUSED_PLANES): the gated MLP then leaves SiLU-and-multiply to Inductor."""
-    if not (weight_only.FUSED_PLANES and torch.compiler.is_compiling() and getattr(layer, "planes_fuse", False)):
+    torch.compile, kernels/int8_planes.py FUSED_PLANES): the gated MLP then leaves SiLU-and-multiply to Inductor."""
+    if not (int8_planes.FUSED_PLANES and torch.compiler.is_compiling() and getattr(layer, "planes_fuse", False)):
         return False
     packed = prepared_weight(layer)
-    return packed is not None and packed.rows is None and weight_only.planes_route(packed, m, free=True) is not None
+    return packed is not None and packed.rows is None and int8_planes.planes_route(packed, m, free=True) is not None
 
 
 # --- 1-bit layers (qtool_kernels.binary) -------------------------------------------------------

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import random_weight, rel_err
-from qtool_kernels import build, layout, reference, scaled_mm, tuning, weight_only
+from qtool_kernels import build, int8_planes, layout, reference, scaled_mm, tuning, weight_only
 from qtool_kernels.layout import PackedWeight, ReferenceOps, UnsupportedLayout, pack_weight
 from quantize.linear import QuantLinear, pack_layer, prepare_for_cuda
 from quantize.primitives import QTensor
@@ -474,7 +474,7 @@ def test_w8_planes_fragments_give_the_row_products():
 
 
 def test_planes_route_by_tokens_and_shape(monkeypatch):
-    """x_planes + wo_planes_gemv (weight_only.planes_route, sessions 37 and 39's measured rules): 4-bit weights with
+    """x_planes + wo_planes_gemv (int8_planes.planes_route, sessions 37 and 39's measured rules): 4-bit weights with
     groups >= 64 or per channel (zero points or none) at 2-4 tokens, at one token only past 8192 x 8192; two / four
     stripes per block where that still leaves 448 blocks; symmetric ones at 5-8 tokens (two n-tiles, one stripe per
     block); nothing else, and nothing under QTOOL_GEMV_PLANES=0. wo_gemv's variants 4-6 (x
@@ -487,40 +487,40 @@ def test_planes_route_by_tokens_and_shape(monkeypatch):
 
     small, wide = packed(4, 128, True, 4096, 4096), packed(4, 128, True, 4096, 14336)
     widest = packed(4, -1, True, 4096, 28672)
-    assert [weight_only.planes_route(small, m) for m in range(6)] == [None, None, None, 0, 0, 0]  # 2: N <= 4096
+    assert [int8_planes.planes_route(small, m) for m in range(6)] == [None, None, None, 0, 0, 0]  # 2: N <= 4096
     # 5-8 tokens: two n-tiles, one stripe per block, symmetric only; 9-16 under QTOOL_PLANES_TILE=16
-    assert [weight_only.planes_route(widest, m) for m in (5, 8, 9, 16, 17)] == [0, 0, None, None, None]
-    assert weight_only.planes_route(packed(4, 128, False), 5) is None and not weight_only.takes_planes(small, 5)
-    monkeypatch.setattr(weight_only, "PLANES_TILE", 16)
-    assert [weight_only.planes_route(widest, m) for m in (9, 16, 17)] == [0, 0, None]
-    monkeypatch.setattr(weight_only, "PLANES_TILE", 0)
-    assert weight_only.planes_route(widest, 5) is None and weight_only.planes_route(widest, 4) == 2
+    assert [int8_planes.planes_route(widest, m) for m in (5, 8, 9, 16, 17)] == [0, 0, None, None, None]
+    assert int8_planes.planes_route(packed(4, 128, False), 5) is None and not int8_planes.takes_planes(small, 5)
+    monkeypatch.setattr(int8_planes, "PLANES_TILE", 16)
+    assert [int8_planes.planes_route(widest, m) for m in (9, 16, 17)] == [0, 0, None]
+    monkeypatch.setattr(int8_planes, "PLANES_TILE", 0)
+    assert int8_planes.planes_route(widest, 5) is None and int8_planes.planes_route(widest, 4) == 2
     # the tile kernel (variant 3, QTOOL_PLANES_GEMM): symmetric, past PLANES_TILE, on devices with clusters only
-    monkeypatch.setattr(weight_only, "PLANES_GEMM", 32)
-    monkeypatch.setattr(weight_only, "_has_clusters", lambda t: True)
-    assert [weight_only.planes_route(widest, m) for m in (4, 5, 32, 33)] == [2, 3, 3, None]
-    assert weight_only.planes_route(packed(4, 128, False, 4096, 28672), 16) is None
-    monkeypatch.setattr(weight_only, "_has_clusters", lambda t: False)
-    assert weight_only.planes_route(widest, 16) is None
-    assert weight_only.planes_route(packed(4, 128, True, 4096, 6144), 2) == 0
-    assert weight_only.planes_route(packed(4, 64, True, 8192, 8192), 1) is None
-    assert weight_only.planes_route(packed(4, 64, True, 28672, 8192), 1) == 0
-    assert weight_only.planes_route(wide, 2) == 1 and weight_only.planes_route(widest, 1) == 2
+    monkeypatch.setattr(int8_planes, "PLANES_GEMM", 32)
+    monkeypatch.setattr(int8_planes, "_has_clusters", lambda t: True)
+    assert [int8_planes.planes_route(widest, m) for m in (4, 5, 32, 33)] == [2, 3, 3, None]
+    assert int8_planes.planes_route(packed(4, 128, False, 4096, 28672), 16) is None
+    monkeypatch.setattr(int8_planes, "_has_clusters", lambda t: False)
+    assert int8_planes.planes_route(widest, 16) is None
+    assert int8_planes.planes_route(packed(4, 128, True, 4096, 6144), 2) == 0
+    assert int8_planes.planes_route(packed(4, 64, True, 8192, 8192), 1) is None
+    assert int8_planes.planes_route(packed(4, 64, True, 28672, 8192), 1) == 0
+    assert int8_planes.planes_route(wide, 2) == 1 and int8_planes.planes_route(widest, 1) == 2
     for other in (packed(4, 32, True), packed(8, -1, True), packed(3, 128, True)):
-        assert weight_only.planes_route(other, 2) is None
+        assert int8_planes.planes_route(other, 2) is None
     asym = packed(4, 128, False)
-    assert weight_only.planes_route(asym, 3) == 0 and not weight_only.takes_planes(asym, 3)  # the staged: symmetric
+    assert int8_planes.planes_route(asym, 3) == 0 and not int8_planes.takes_planes(asym, 3)  # the staged: symmetric
     assert weight_only.route(small, 3, torch.bfloat16) == "wo_planes" != weight_only.route(small, 3, torch.float32)
-    monkeypatch.setattr(weight_only, "GEMV_PLANES", False)
-    assert weight_only.planes_route(small, 3) is None and weight_only.route(small, 3, torch.bfloat16) != "wo_planes"
+    monkeypatch.setattr(int8_planes, "GEMV_PLANES", False)
+    assert int8_planes.planes_route(small, 3) is None and weight_only.route(small, 3, torch.bfloat16) != "wo_planes"
     long_k = packed(4, -1, True, k=14336)
-    assert weight_only.takes_planes(long_k, 3) and not weight_only.takes_planes(long_k, 4)  # 2 * 4 * 14400 > 96 KB
+    assert int8_planes.takes_planes(long_k, 3) and not int8_planes.takes_planes(long_k, 4)  # 2 * 4 * 14400 > 96 KB
     for bits, group in ((3, 128), (2, 64)):  # 2-/3-bit codes (LOWBIT_PLANES): the same rule, symmetric only
         low = [packed(bits, group, True, k, n) for k, n in ((4096, 4096), (4096, 6144), (28672, 8192))]
-        assert [[weight_only.lowbit_planes_route(w, m) for m in range(6)] for w in low] == [
+        assert [[int8_planes.lowbit_planes_route(w, m) for m in range(6)] for w in low] == [
             [None, None, None, 0, 0, None], [None, None, 0, 0, 0, None], [None, 0, 0, 0, 0, None]]
-        assert weight_only.lowbit_planes_route(packed(bits, group, False, 28672, 8192), 3) is None
-        assert weight_only.lowbit_planes_route(packed(bits, 32, True, 28672, 8192), 3) is None
+        assert int8_planes.lowbit_planes_route(packed(bits, group, False, 28672, 8192), 3) is None
+        assert int8_planes.lowbit_planes_route(packed(bits, 32, True, 28672, 8192), 3) is None
 
 
 def test_w8_planes_rule(monkeypatch):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import poison_cache, random_qtensor, rel_err, replayed
-from qtool_kernels import ops, reference, scaled_mm, weight_only
+from qtool_kernels import int8_planes, ops, reference, scaled_mm, weight_only
 from qtool_kernels.layout import EPILOGUE, ReferenceOps, dequantize_packed, pack_weight
 from quantize.linear import QuantLinear
 from quantize.primitives import pack_int
@@ -134,7 +134,7 @@ def test_planes_gemv_matches_float64(kernels, group_size, dtype):
         p = pack_weight(qt.values, qt.scale, qt.zero_point, None, 4, group_size)
         bias = torch.randn(n, device="cuda")
         for m in range(1, 5):
-            if not weight_only.takes_planes(p, m):
+            if not int8_planes.takes_planes(p, m):
                 continue
             x = torch.randn(m, k, device="cuda", dtype=dtype)
             x[0, 7] *= 40  # an outlier: the planes' scale follows each token's max
@@ -200,7 +200,7 @@ def test_given_planes_gemv_matches_float64(kernels, group_size, symmetric, dtype
             assert ((back - xp.float()).abs() <= xs[:, None] * (1 / 508 + 1e-5)).all(), f"k={k} m={m}"
             ref = x.double() @ dense.T + bias.double()
             staged = None
-            if m <= 4 and (weight_only.takes_planes(p, m) or not symmetric):
+            if m <= 4 and (int8_planes.takes_planes(p, m) or not symmetric):
                 staged = kernels.wo_gemv(xp, p.qweight, p.scale, p.zero, bias, 4, p.group_size, n, EPILOGUE, None,
                                          4 if symmetric else 1)
             for variant in (0, 1, 2, 16, 17, 18):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import poison_cache, random_qtensor, rel_err, replayed
-from qtool_kernels import reference, weight_only
+from qtool_kernels import int8_planes, reference, weight_only
 from qtool_kernels.layout import EPILOGUE, pack_weight
 from quantize.linear import QuantLinear, prepare_for_cuda
 from quantize.mlp import GatedMLP
@@ -24,7 +24,7 @@ def test_compiled_planes_match_the_kernel_and_float64(kernels, symmetric, monkey
     """One token into a 4096 x 4096 W4 g128 layer whose input is an RMSNorm's output, compiled with the switch on:
     the planes from PyTorch ops (the code one apart at most where x / s rounds a half) and the layer's output
     against float64; then a compiled gated MLP, whose product Inductor makes, against the eager one."""
-    monkeypatch.setattr(weight_only, "FUSED_PLANES", True)
+    monkeypatch.setattr(int8_planes, "FUSED_PLANES", True)
     torch._dynamo.reset()
     x = torch.randn(1, 4096, device="cuda", dtype=torch.bfloat16)
     x[0, 9] *= 30
@@ -135,7 +135,7 @@ def test_quant_linear_on_planes_tiles_matches_float64(kernels, symmetric, monkey
     """QTOOL_PLANES_TILE=16: a symmetric W4 g128 QuantLinear at 5-16 tokens routed to x_planes + wo_planes_gemv with
     two or four n-tiles per A fragment (weight_only.route says "wo_planes"; with zero points it does not), eager and
     replayed in a CUDA graph on new inputs, against float64; a 576-column input (K padded to 640)."""
-    monkeypatch.setattr(weight_only, "PLANES_TILE", 16)
+    monkeypatch.setattr(int8_planes, "PLANES_TILE", 16)
     for k, n in ((4096, 1536), (576, 4096)):
         qt, args, dense = random_qtensor(4, 128, symmetric, False, k, n, seed=k + symmetric)
         layer = QuantLinear.from_qtensor(qt, QuantScheme(weights=args), bias=None).cuda()
@@ -203,12 +203,12 @@ def test_tile_planes_gemv_matches_float64(kernels, group_size, dtype):
 def test_quant_linear_on_the_tile_kernel_matches_float64(kernels, monkeypatch):
     """QTOOL_PLANES_GEMM=32: a symmetric W4 g128 QuantLinear at 9-32 tokens routed to x_planes + the tile kernel
     (variant 3), eager and replayed in a CUDA graph on new inputs, against float64."""
-    monkeypatch.setattr(weight_only, "PLANES_GEMM", 32)
+    monkeypatch.setattr(int8_planes, "PLANES_GEMM", 32)
     qt, args, dense = random_qtensor(4, 128, True, False, 4096, 1536, seed=3)
     layer = QuantLinear.from_qtensor(qt, QuantScheme(weights=args), bias=None).cuda()
     for m in (9, 16, 20, 32):
         x = torch.randn(m, 4096, device="cuda", dtype=torch.bfloat16)
-        assert weight_only.planes_route(prepare_for_cuda(layer), m) == weight_only.PLANES_GEMM_VARIANT, m
+        assert int8_planes.planes_route(prepare_for_cuda(layer), m) == int8_planes.PLANES_GEMM_VARIANT, m
         assert rel_err(layer(x), x.double() @ dense.T) < 1e-2, m
     x = torch.randn(24, 4096, device="cuda", dtype=torch.bfloat16)
     y = replayed(layer, x)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qtool_kernels import layout, scaled_mm, tuning, weight_only
+from qtool_kernels import int8_planes, layout, scaled_mm, tuning, weight_only
 from qtool_kernels.layout import pack_weight
 
 
@@ -59,7 +59,7 @@ class Recorder:
 
 def test_packed_linear_runs_the_planes_pair():
     """At 2-4 tokens a 4-bit weight (zero points or none) runs x_planes then wo_planes_gemv with its stripes
-    (weight_only.planes_route) and PDL; a 4-bit one with groups of 32 the GEMVs as before."""
+    (int8_planes.planes_route) and PDL; a 4-bit one with groups of 32 the GEMVs as before."""
     recorder = Recorder()
     planes = [("x_planes",), ("wo_planes_gemv", 1)]
     for symmetric, group, want in ((True, -1, planes), (False, 64, planes), (True, 32, [("wo_gemv", 1)])):
@@ -75,7 +75,7 @@ def test_packed_linear_runs_the_planes_pair():
 
 
 def test_fused_planes_under_compile(monkeypatch):
-    """QTOOL_FUSED_PLANES (weight_only.FUSED_PLANES): under torch.compile a layer whose input Inductor makes
+    """QTOOL_FUSED_PLANES (int8_planes.FUSED_PLANES): under torch.compile a layer whose input Inductor makes
     (planes_fuse) takes the planes at 1-2 tokens on any shape, from PyTorch ops (no x_planes kernel), which give the
     kernel's planes within a code; without the switch, the flag or compilation, the measured rule as before."""
     recorder = Recorder()
@@ -84,7 +84,7 @@ def test_fused_planes_under_compile(monkeypatch):
     w = layout.PackedWeight(w.qweight.new_zeros(4096 // 16, 4096 // 64, 32, 4), w.scale, None, None, 4, -1, 4096, 4096)
 
     def calls(m, fuse, compiling, switch):
-        monkeypatch.setattr(weight_only, "FUSED_PLANES", switch)
+        monkeypatch.setattr(int8_planes, "FUSED_PLANES", switch)
         monkeypatch.setattr(torch.compiler, "is_compiling", lambda: compiling)
         recorder.calls.clear()
         weight_only.packed_linear(torch.randn(m, 4096, dtype=torch.bfloat16), w, None, recorder, None, fuse)
@@ -97,7 +97,7 @@ def test_fused_planes_under_compile(monkeypatch):
 
 
 def test_low_bit_planes_only_where_switched_on(monkeypatch):
-    """QTOOL_LOWBIT_PLANES (weight_only.LOWBIT_PLANES, on): symmetric 2- and 3-bit weights with groups >= 64 or per
+    """QTOOL_LOWBIT_PLANES (int8_planes.LOWBIT_PLANES, on): symmetric 2- and 3-bit weights with groups >= 64 or per
     channel run x_planes + wo_planes_gemv with their width by the 4-bit rule (3-4 tokens on every shape, 2 where
     N > 4096, one past 8192 x 8192); switched off, or outside that, the GEMVs."""
     recorder = Recorder()
@@ -116,7 +116,7 @@ def test_low_bit_planes_only_where_switched_on(monkeypatch):
     assert calls(2, 64, 1)[0][0] == "wo_gemv" and calls(3, 128, 2)[0][0] == "wo_gemv"  # a small weight: the ring
     assert calls(2, 32, 3)[0][0] == "wo_gemv" and calls(3, 128, 5)[0][0] == "wo_gemv"
     assert calls(3, 128, 3, symmetric=False)[0][0] == "wo_gemv"
-    monkeypatch.setattr(weight_only, "LOWBIT_PLANES", False)
+    monkeypatch.setattr(int8_planes, "LOWBIT_PLANES", False)
     assert calls(3, 128, 4)[0][0] == "wo_gemv"
 
 
@@ -134,8 +134,8 @@ def test_dispatcher_routes_by_tokens_and_shape(monkeypatch):
         return torch.zeros(x2.shape[0], mixed.w.shape[0], dtype=x2.dtype)
 
     monkeypatch.setattr(weight_only, "mixed_linear", fake_mixed)
-    monkeypatch.setattr(weight_only, "GEMV_PLANES", False)  # the planes' routes: test_planes_route_*
-    monkeypatch.setattr(weight_only, "LOWBIT_PLANES", False)
+    monkeypatch.setattr(int8_planes, "GEMV_PLANES", False)  # the planes' routes: test_planes_route_*
+    monkeypatch.setattr(int8_planes, "LOWBIT_PLANES", False)
     monkeypatch.setattr(tuning, "MIXED", {
         (4, 4096, 4096): {8: "wo_gemm", 64: "k128 t32 v0 s2", 256: "k64 t64 v2 s1", 4096: "dequant"},
         (4, 8192, 28672): {8: "k128 t16 v1 s0", 4096: "k64 t256 v0 s-1"},
@@ -209,7 +209,7 @@ def test_gemv_rule_without_a_hopper_copy(monkeypatch):
     2-16 tokens of small 2-/3-bit and 3-8 of small 4-bit weights on variant 3, small 8-bit weights on the ring GEMV
     to 8; past those wo_gemm (4-, 8-bit) or dequantization + cuBLAS (2-, 3-bit). (With the planes on, symmetric
     4-bit weights at 2-4 tokens take them: test_packed_linear_runs_the_planes_pair.)"""
-    monkeypatch.setattr(weight_only, "GEMV_PLANES", False)
+    monkeypatch.setattr(int8_planes, "GEMV_PLANES", False)
     recorder = Recorder()
 
     def route(bits, m, dtype=torch.bfloat16):

@@ -1,6 +1,6 @@
 // wo_gemv variant 4, "planes": the one-token GEMV of symmetric 4-bit weights on the int8 tensor cores, for
 // 1 <= m <= kPlanesMaxTokens tokens (variants 4-6 stage x in every block: unrouted since session 37), and
-// wo_planes_gemv, the same on planes given by x_planes (routed at 1-8 tokens, weight_only.planes_route; from 5 tokens
+// wo_planes_gemv, the same on planes given by x_planes (routed at 1-8 tokens, int8_planes.planes_route; from 5 tokens
 // with two or four n-tiles of the mma per A fragment, session 39).
 //
 // Why (kernels/NOTES.md, "Session 36"): ncu put the ring GEMV (wo_gemv.cu) at one token at 41-44% of its issue

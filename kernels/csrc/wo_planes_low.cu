@@ -1,6 +1,6 @@
 // wo_planes_gemv for 2- and 3-bit codes: symmetric weights with groups of >= 64 k (or per channel) at 1-4 tokens on
 // the int8 tensor cores, x given as x_planes' planes (plane_slot order, as for 4-bit). Written in session 37 without
-// device time, correct on its first GPU run and routed in session 38 by the 4-bit rule (kernels/weight_only.py,
+// device time, correct on its first GPU run and routed in session 38 by the 4-bit rule (kernels/int8_planes.py,
 // LOWBIT_PLANES: W3 g128 at 3-4 tokens 1.86-2.33x -> 2.31-3.29x bf16, BENCHMARKS.md "session 38").
 //
 // Why (kernels/NOTES.md, "Session 36"): the ring GEMV at one token costs ~22 instructions per 16 x 16 subtile at every

@@ -1,6 +1,6 @@
 // wo_planes_gemv variant 3, "tile": symmetric 4-bit weights times x's int8 planes (x_planes) for 1 <= m <=
 // kPlanesTileMaxTokens tokens, the planes staged once per block in shared memory and read by all its rows.
-// WRITTEN IN SESSION 39 WITHOUT DEVICE TIME: unrouted unless QTOOL_PLANES_GEMM is set (kernels/weight_only.py).
+// WRITTEN IN SESSION 39 WITHOUT DEVICE TIME: unrouted unless QTOOL_PLANES_GEMM is set (kernels/int8_planes.py).
 //
 // Why (kernels/NOTES.md, "Session 39"): wo_planes_gemv with four n-tiles (9-16 tokens) lost because each warp loads
 // its own B fragments (4 x 512 bytes per 512 bytes of codes) from L2, and the L2 ran out (~7.6 TB/s). Here the
