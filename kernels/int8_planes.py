@@ -63,11 +63,12 @@ PLANES_TILE = int(os.environ.get("QTOOL_PLANES_TILE", "8"))
 PLANES_TILE_MAX_M = 16  # csrc/wo_kernels.h, kPlanesGivenMaxTokens
 PLANES_TILE_VARIANT = 0  # one stripe per block
 # wo_planes_gemv's variant 3 (csrc/wo_planes_tile.cu): the planes staged once per block in shared memory for its 128
-# rows, split-K over a thread block cluster (sm_90), 1-32 tokens of symmetric 4-bit weights: what four n-tiles need
+# rows, split-K over a thread block cluster (sm_90), 1-32 tokens of 4-bit weights (16 with zero points): what four n-tiles need
 # (above). Written in session 39 without device time, unmeasured: past PLANES_TILE tokens up to QTOOL_PLANES_GEMM
 # (read once; 0, the default: not routed).
 PLANES_GEMM = int(os.environ.get("QTOOL_PLANES_GEMM", "0"))
 PLANES_GEMM_MAX_M = 32  # csrc/wo_kernels.h, kPlanesTileMaxTokens
+PLANES_GEMM_MAX_ASYM_M = 16  # kPlanesTileMaxAsymTokens: with zero points eight n-tiles spilled
 PLANES_GEMM_VARIANT = 3
 PLANES_MAX_BYTES = 96 << 10  # kPlanesMaxBytes: wo_gemv 4-6's staged planes, 2 * m * (K + 64) bytes
 PLANES_ONE_TOKEN_MIN_WEIGHT = 8192 * 8192 + 1  # K * N from which one token takes the pair
@@ -103,11 +104,10 @@ def planes_route(w: PackedWeight, m: int, free: bool = False) -> int | None:
         return None
     if m <= PLANES_MAX_M:
         return _planes_by_shape(w, m, free)
-    if w.zero is not None:  # the n-tiles and the tile kernel: symmetric only (above)
-        return None
-    if m <= min(PLANES_TILE, PLANES_TILE_MAX_M):
+    if w.zero is None and m <= min(PLANES_TILE, PLANES_TILE_MAX_M):  # the n-tiles: symmetric only (above)
         return PLANES_TILE_VARIANT
-    return PLANES_GEMM_VARIANT if m <= min(PLANES_GEMM, PLANES_GEMM_MAX_M) and _has_clusters(w.qweight) else None
+    top = PLANES_GEMM_MAX_M if w.zero is None else PLANES_GEMM_MAX_ASYM_M
+    return PLANES_GEMM_VARIANT if m <= min(PLANES_GEMM, top) and _has_clusters(w.qweight) else None
 
 
 def _has_clusters(t: torch.Tensor) -> bool:

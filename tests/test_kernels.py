@@ -495,11 +495,12 @@ def test_planes_route_by_tokens_and_shape(monkeypatch):
     assert [int8_planes.planes_route(widest, m) for m in (9, 16, 17)] == [0, 0, None]
     monkeypatch.setattr(int8_planes, "PLANES_TILE", 0)
     assert int8_planes.planes_route(widest, 5) is None and int8_planes.planes_route(widest, 4) == 2
-    # the tile kernel (variant 3, QTOOL_PLANES_GEMM): symmetric, past PLANES_TILE, on devices with clusters only
+    # the tile kernel (variant 3, QTOOL_PLANES_GEMM): past PLANES_TILE, on devices with clusters only
     monkeypatch.setattr(int8_planes, "PLANES_GEMM", 32)
     monkeypatch.setattr(int8_planes, "_has_clusters", lambda t: True)
     assert [int8_planes.planes_route(widest, m) for m in (4, 5, 32, 33)] == [2, 3, 3, None]
-    assert int8_planes.planes_route(packed(4, 128, False, 4096, 28672), 16) is None
+    asym_wide = packed(4, 128, False, 4096, 28672)  # zero points: the tile kernel to 16 tokens, from 5
+    assert [int8_planes.planes_route(asym_wide, m) for m in (4, 5, 16, 17)] == [2, 3, 3, None]
     monkeypatch.setattr(int8_planes, "_has_clusters", lambda t: False)
     assert int8_planes.planes_route(widest, 16) is None
     assert int8_planes.planes_route(packed(4, 128, True, 4096, 6144), 2) == 0

@@ -155,18 +155,19 @@ needs_clusters = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.
 
 @needs_clusters
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("symmetric", [True, False])
 @pytest.mark.parametrize("group_size", [64, 128, -1])
-def test_tile_planes_gemv_matches_float64(kernels, group_size, dtype):
+def test_tile_planes_gemv_matches_float64(kernels, group_size, symmetric, dtype):
     """wo_planes_gemv variant 3 (csrc/wo_planes_tile.cu: the planes staged per block in shared memory, split-K over a
-    cluster of 1-8 blocks) at 1-32 tokens (two, four and eight n-tiles, full and partial), plain and with PDL, with
-    bias, on ragged K and N (576 / 200: one row block, one split; 14336 x 64: eight splits of 28 chunks; 1024 x 4096:
-    32 row blocks), an outlier and all-zero tokens, against float64 and against the one-stripe launch (<= 16 tokens).
-    Zero points, 3-bit codes and 33 tokens are refused by name."""
+    cluster of 1-8 blocks) at 1-32 tokens (two, four and eight n-tiles, full and partial; zero points to 16), plain and
+    with PDL, with bias, on ragged K and N (576 / 200: one row block, one split; 14336 x 64: eight splits of 28
+    chunks; 1024 x 4096: 32 row blocks), an outlier and all-zero tokens, against float64 and against the one-stripe
+    launch (<= 16 tokens). 17 tokens with zero points, 3-bit codes and 33 tokens are refused by name."""
     for k, n in ((576, 200), (4096, 1536), (14336, 64), (1024, 4096)):
-        qt, _, dense = random_qtensor(4, group_size, True, False, k, n, seed=k + n)
+        qt, _, dense = random_qtensor(4, group_size, symmetric, False, k, n, seed=k + n)
         p = pack_weight(qt.values, qt.scale, qt.zero_point, None, 4, group_size)
         bias = torch.randn(n, device="cuda")
-        for m in (1, 3, 5, 8, 9, 16, 17, 24, 32):
+        for m in (1, 3, 5, 8, 9, 16, 17, 24, 32) if symmetric else (1, 5, 8, 9, 13, 16):
             x = torch.randn(m, k, device="cuda", dtype=dtype)
             x[0, 7] *= 40
             zeros = [m - 1] + ([1] if m > 2 else [])
@@ -174,11 +175,11 @@ def test_tile_planes_gemv_matches_float64(kernels, group_size, dtype):
             xp = torch.nn.functional.pad(x, (0, p.k_padded - k))
             planes, xs = kernels.x_planes(xp)
             ref = x.double() @ dense.T + bias.double()
-            stripes = (kernels.wo_planes_gemv(planes, xs, p.qweight, p.scale, None, bias, p.group_size, n, dtype, 0)
+            stripes = (kernels.wo_planes_gemv(planes, xs, p.qweight, p.scale, p.zero, bias, p.group_size, n, dtype, 0)
                        if m <= 16 else None)
             for variant in (3, 19):
                 poison_cache()
-                out = kernels.wo_planes_gemv(planes, xs, p.qweight, p.scale, None, bias, p.group_size, n, dtype,
+                out = kernels.wo_planes_gemv(planes, xs, p.qweight, p.scale, p.zero, bias, p.group_size, n, dtype,
                                              variant)
                 assert out.shape == (m, n) and out.dtype == dtype and rel_err(out, ref) < 1e-2, (k, n, m, variant)
                 if stripes is not None:
@@ -188,8 +189,8 @@ def test_tile_planes_gemv_matches_float64(kernels, group_size, dtype):
     qa, _, _ = random_qtensor(4, 128, False, False, 576, 200)
     pa = pack_weight(qa.values, qa.scale, qa.zero_point, None, 4, 128)
     planes, xs = kernels.x_planes(torch.randn(33, pa.k_padded, device="cuda", dtype=dtype))
-    with pytest.raises(RuntimeError, match="variant 3 .* symmetric 4-bit .* got 4-bit with zero points"):
-        kernels.wo_planes_gemv(planes[:2], xs[:1], pa.qweight, pa.scale, pa.zero, None, 128, 200, dtype, 3)
+    with pytest.raises(RuntimeError, match="variant 3 .* zero points to 16 tokens, got 4-bit with zero points .* 17"):
+        kernels.wo_planes_gemv(planes[:34], xs[:17], pa.qweight, pa.scale, pa.zero, None, 128, 200, dtype, 3)
     with pytest.raises(RuntimeError, match=rf"32 for the tile kernel.* got \[66, {pa.k_padded}\]"):
         kernels.wo_planes_gemv(planes, xs, pa.qweight, pa.scale, None, None, 128, 200, dtype, 3)
     q3, _, _ = random_qtensor(3, 128, True, False, 576, 200)

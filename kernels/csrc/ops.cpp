@@ -204,9 +204,10 @@ at::Tensor wo_planes_gemv(const at::Tensor& planes, const at::Tensor& xscale, co
     int major = 0;
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, planes.device().index()));
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, planes.device().index()));
-    TORCH_CHECK(num_bits == 4 && !zero.has_value() && major >= 9, "wo_planes_gemv: variant 3 (the tile kernel) takes "
-                "symmetric 4-bit weights on sm_90 or newer, got ", num_bits, "-bit",
-                zero.has_value() ? " with zero points" : "", " on sm_", major, "x");
+    TORCH_CHECK(num_bits == 4 && major >= 9 && (!zero.has_value() || m <= kPlanesTileMaxAsymTokens), "wo_planes_gemv: "
+                "variant 3 (the tile kernel) takes 4-bit weights on sm_90 or newer, with zero points to ",
+                kPlanesTileMaxAsymTokens, " tokens, got ", num_bits, "-bit", zero.has_value() ? " with zero points" : "",
+                " on sm_", major, "x at ", m, " tokens");
   }
   TORCH_CHECK(xscale.device() == planes.device() && xscale.scalar_type() == at::kFloat && xscale.dim() == 1 &&
               xscale.size(0) == m && xscale.is_contiguous(), "wo_planes_gemv: xscale must be float32 [m=", m,

@@ -136,9 +136,11 @@ constexpr bool planes_take(int bits, bool symmetric, int group_shift, int m, int
          planes_smem_bytes(m, k_padded) <= kPlanesMaxBytes;
 }
 void launch_wo_planes(const WoProblem& p, int stripes, cudaStream_t stream);  // stripes: 1, 2 or 4 per block
-// wo_planes_gemv variant 3, "tile" (wo_planes_tile.cu; session 39, unmeasured): symmetric 4-bit, 1 <= m <=
-// kPlanesTileMaxTokens, the planes staged in shared memory for the 128 rows of a block, split-K over a cluster (sm_90).
+// wo_planes_gemv variant 3, "tile" (wo_planes_tile.cu; session 39, unmeasured): 4-bit, 1 <= m <=
+// kPlanesTileMaxTokens (kPlanesTileMaxAsymTokens with zero points), the planes staged in shared memory for the 128
+// rows of a block, split-K over a cluster (sm_90).
 constexpr int kPlanesTileMaxTokens = 32;
+constexpr int kPlanesTileMaxAsymTokens = 16;
 cudaError_t launch_wo_planes_tile(const WoProblem& p, int num_sms, cudaStream_t stream);
 // The same with the planes given for symmetric 2- and 3-bit codes, groups >= 64 (wo_planes_low.cu; unmeasured).
 void launch_wo_planes_low(const WoProblem& p, int stripes, cudaStream_t stream);

@@ -1,4 +1,4 @@
-// wo_planes_gemv variant 3, "tile": symmetric 4-bit weights times x's int8 planes (x_planes) for 1 <= m <=
+// wo_planes_gemv variant 3, "tile": 4-bit weights (zero points or none) times x's int8 planes (x_planes) for 1 <= m <=
 // kPlanesTileMaxTokens tokens, the planes staged once per block in shared memory and read by all its rows.
 // WRITTEN IN SESSION 39 WITHOUT DEVICE TIME: unrouted unless QTOOL_PLANES_GEMM is set (kernels/int8_planes.py).
 //
@@ -62,9 +62,13 @@ __device__ inline void copy_stage(const WoProblem& p, uint8_t* dst, int chunk0, 
 }
 
 template <typename T,  // output type: __half or __nv_bfloat16
-          int NT>      // n-tiles of 4 tokens: 2, 4 or 8
-// 8 warps, at most 80 registers: three blocks per SM (24 warps, 96 chunks of codes in flight per SM).
-__global__ void __launch_bounds__(kTileWarps * 32, 3) wo_planes_tile_kernel(const WoProblem p, int chunks_per_split) {
+          int NT,      // n-tiles of 4 tokens: 2, 4 or 8
+          bool ASYM>   // zero points (p.w.zero), w = s (q - z): A stays 16 q and 16 z times the chunk's sum of x (two
+                       // more mma per n-tile, as wo_planes.cu) is subtracted
+// 8 warps, at most 80 registers: three blocks per SM (24 warps, 96 chunks of codes in flight per SM); with zero
+// points two (128 registers).
+__global__ void __launch_bounds__(kTileWarps * 32, ASYM ? 2 : 3)
+    wo_planes_tile_kernel(const WoProblem p, int chunks_per_split) {
   extern __shared__ __align__(16) uint8_t tile_smem[];
   __shared__ float scale[4 * NT];
   constexpr int ROWS = 8 * NT, STAGE = tile_stage_bytes(NT);
@@ -78,16 +82,20 @@ __global__ void __launch_bounds__(kTileWarps * 32, 3) wo_planes_tile_kernel(cons
 
   // Lane t = 0 / 1 of each quad loads the scale of row g / g + 8 per chunk (t = 2, 3 repeat them), as wo_planes.cu.
   const float* par = opaque(p.w.scale + (live ? stripe : 0) * kStripeRows + g + 8 * (t % 2));
+  const float* zpar = ASYM ? opaque(p.w.zero + (live ? stripe : 0) * kStripeRows + g + 8 * (t % 2)) : nullptr;
   const uint32_t gstride = p.w.n_padded;
   uint4 packed[kTileRing];
   float prm[kTileRing] = {};
+  float zrm[ASYM ? kTileRing : 1] = {};
   const uint4* next_codes = reinterpret_cast<const uint4*>(p.w.qweight) +
                             (static_cast<size_t>(live ? stripe : 0) * nchunks + c_beg) * chunk_vecs(4) + lane;
   int next_c = c_beg;
   auto load_next = [&](int u) {
     if (live && next_c < c_end) {
       packed[u] = load_streaming(next_codes);
-      prm[u] = __ldg(par + (static_cast<uint32_t>(next_c * kTileChunkK) >> p.w.group_shift) * gstride);
+      const uint32_t group = static_cast<uint32_t>(next_c * kTileChunkK) >> p.w.group_shift;
+      prm[u] = __ldg(par + group * gstride);
+      if constexpr (ASYM) zrm[u] = __ldg(zpar + group * gstride);
     }
     next_codes += chunk_vecs(4);
     ++next_c;
@@ -129,6 +137,11 @@ __global__ void __launch_bounds__(kTileWarps * 32, 3) wo_planes_tile_kernel(cons
         a[tile][3] = static_cast<uint32_t>(hi >> 32);
       }
       const float s0 = __shfl_sync(0xffffffffu, prm[u], 0, 4), s1 = __shfl_sync(0xffffffffu, prm[u], 1, 4);
+      float sz0 = 0.0f, sz1 = 0.0f;  // s z of rows g, g + 8
+      if constexpr (ASYM) {
+        sz0 = s0 * __shfl_sync(0xffffffffu, zrm[u], 0, 4);
+        sz1 = s1 * __shfl_sync(0xffffffffu, zrm[u], 1, 4);
+      }
       load_next(u);  // the codes are in registers: the slot's next chunk goes out before the math
 #pragma unroll
       for (int i = 0; i < NT; ++i) {
@@ -138,6 +151,15 @@ __global__ void __launch_bounds__(kTileWarps * 32, 3) wo_planes_tile_kernel(cons
         mma_s8_16832(d, a[1], bv.z, bv.w);
         acc[i][0] = fmaf(s0, fmaf(static_cast<float>(d[1]), 1.0f / 254.0f, static_cast<float>(d[0])), acc[i][0]);
         acc[i][1] = fmaf(s1, fmaf(static_cast<float>(d[3]), 1.0f / 254.0f, static_cast<float>(d[2])), acc[i][1]);
+        if constexpr (ASYM) {  // e[0] / e[1]: 16 x the chunk's sum of the token's high / low plane
+          const uint32_t sixteens[4] = {0x10101010u, 0x10101010u, 0x10101010u, 0x10101010u};
+          int e[4] = {};
+          mma_s8_16832(e, sixteens, bv.x, bv.y);
+          mma_s8_16832(e, sixteens, bv.z, bv.w);
+          const float sum = fmaf(static_cast<float>(e[1]), 1.0f / 254.0f, static_cast<float>(e[0]));
+          acc[i][0] = fmaf(-sz0, sum, acc[i][0]);
+          acc[i][1] = fmaf(-sz1, sum, acc[i][1]);
+        }
       }
     }
   }
@@ -195,14 +217,14 @@ int tile_splits(int row_blocks, int nchunks, int num_sms) {
   return splits;
 }
 
-template <typename T, int NT>
+template <typename T, int NT, bool ASYM>
 cudaError_t launch_tile(const WoProblem& p, int num_sms, cudaStream_t stream) {
   const int row_blocks = (p.w.n_padded / kStripeRows + kTileWarps - 1) / kTileWarps;
   const int nchunks = p.w.k_padded / kTileChunkK;
   const int splits = tile_splits(row_blocks, nchunks, num_sms);
   const int per_split = ((nchunks + splits - 1) / splits + kTileRing - 1) / kTileRing * kTileRing;
   const int smem = tile_smem_bytes(NT);
-  auto* kernel = wo_planes_tile_kernel<T, NT>;
+  auto* kernel = wo_planes_tile_kernel<T, NT, ASYM>;
   if (smem + 16 * NT > (48 << 10)) {  // with the static `scale`: past the default 48 KB, opt in
     const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (err != cudaSuccess) return err;
@@ -211,10 +233,20 @@ cudaError_t launch_tile(const WoProblem& p, int num_sms, cudaStream_t stream) {
                           per_split);
 }
 
+template <int NT, bool ASYM>
+cudaError_t launch_dtype(const WoProblem& p, int num_sms, cudaStream_t stream) {
+  return p.dtype == ScalarKind::kBFloat16 ? launch_tile<__nv_bfloat16, NT, ASYM>(p, num_sms, stream)
+                                          : launch_tile<__half, NT, ASYM>(p, num_sms, stream);
+}
+
 template <int NT>
 cudaError_t launch_nt(const WoProblem& p, int num_sms, cudaStream_t stream) {
-  return p.dtype == ScalarKind::kBFloat16 ? launch_tile<__nv_bfloat16, NT>(p, num_sms, stream)
-                                          : launch_tile<__half, NT>(p, num_sms, stream);
+  if constexpr (NT == 8) {  // with zero points eight n-tiles spilled (20 bytes at 128 registers): ops.cpp refuses them
+    return launch_dtype<NT, false>(p, num_sms, stream);
+  } else {
+    return p.w.zero != nullptr ? launch_dtype<NT, true>(p, num_sms, stream)
+                               : launch_dtype<NT, false>(p, num_sms, stream);
+  }
 }
 
 }  // namespace
