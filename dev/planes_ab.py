@@ -45,8 +45,8 @@ def time_shape(ops, k: int, n: int, group: int, tokens: list[int], bits: int = 4
     for m in tokens:
         x = torch.randn(m, p.k_padded, device="cuda", dtype=torch.bfloat16)
         xk = x[:, :k].contiguous()
-        # QTOOL_GEMV_PLANES unset: what ships (the ring's launch, or variant 3 where the rule says "stream"); past
-        # the GEMVs (5-16 tokens: the n-tiles of session 39) against float64 only, bench_kernels.py has the routes
+        # QTOOL_GEMV_PLANES unset: what ships (the ring's launch, or variant 3 where the rule says "stream"); where no
+        # GEMV serves m there is nothing here to time or diff against (bench_kernels.py times the routes there)
         kind = gemv_kind(p, m)
         ring_variant = None if kind is None else 3 if kind == "stream" else gemv_variant(p)
         bf16 = graph_ms(lambda: F.linear(xk, dense()))  # noqa: B023  (timed before the next iteration)

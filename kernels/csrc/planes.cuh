@@ -19,6 +19,32 @@ __device__ inline void mma_s8_16832(int (&d)[4], const uint32_t (&a)[4], uint32_
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// The A registers of one 16 x 32 tile from its two 16-k subtiles as int8 bytes (rows g / g + 8 in each 64-bit half:
+// int4_word_s8x16, low_word_s8).
+__device__ inline void tile_a(uint64_t first, uint64_t second, uint32_t (&a)[4]) {
+  a[0] = static_cast<uint32_t>(first);
+  a[1] = static_cast<uint32_t>(first >> 32);
+  a[2] = static_cast<uint32_t>(second);
+  a[3] = static_cast<uint32_t>(second >> 32);
+}
+
+// acc[r] += s_r (hi + lo / 254): the mma sums d of x's two planes (columns 2t, 2t + 1) recombined for rows g (r = 0,
+// scale s0) and g + 8 (r = 1, s1).
+__device__ inline void fold_planes(const int (&d)[4], float s0, float s1, float (&acc)[2]) {
+  acc[0] = fmaf(s0, fmaf(static_cast<float>(d[1]), 1.0f / 254.0f, static_cast<float>(d[0])), acc[0]);
+  acc[1] = fmaf(s1, fmaf(static_cast<float>(d[3]), 1.0f / 254.0f, static_cast<float>(d[2])), acc[1]);
+}
+
+// 16 x the chunk's sum of x (hi + lo / 254) for the token of this lane's column pair, from the chunk's B fragment:
+// two mma with 16 in every byte of A. With zero points (w = s (q - z), A = 16 q) acc[r] -= s_r z_r times it.
+__device__ inline float chunk_plane_sum(const uint4& bv) {
+  const uint32_t sixteens[4] = {0x10101010u, 0x10101010u, 0x10101010u, 0x10101010u};
+  int e[4] = {};  // e[0] / e[1]: the high / low plane's sum (e[2], e[3] alike)
+  mma_s8_16832(e, sixteens, bv.x, bv.y);
+  mma_s8_16832(e, sixteens, bv.z, bv.w);
+  return fmaf(static_cast<float>(e[1]), 1.0f / 254.0f, static_cast<float>(e[0]));
+}
+
 // The end of a planes GEMV block (wo_planes.cu, wo_planes_low.cu): each lane's sums for token 4 i + t of n-tile i
 // (tokens < m) of rows g and g + 8 (acc[i]) summed over the WARPS / STRIPES warps of each stripe, then y = sum *
 // scale[token] * unit + bias.

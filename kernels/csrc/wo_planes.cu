@@ -284,42 +284,26 @@ __global__ void __launch_bounds__(WARPS * 32, planes_min_blocks(NT) * kPlanesWar
       const int c = c0 + u * SWARPS;
       if (c >= nchunks) break;  // warp-uniform
       const uint32_t w[4] = {packed[u].x, packed[u].y, packed[u].z, packed[u].w};
-      // A of the 16 x 32 tiles: words 2 tile / 2 tile + 1 are k 0..15 / 16..31 (one n-tile: each tile's A made just
-      // before its mma, as few registers live as the 64-register launch needs)
-      uint32_t a[NT == 1 ? 1 : 2][4];
-      auto make_a = [&](int tile, uint32_t (&dst)[4]) {
-        const uint64_t lo = int4_word_s8x16(w[2 * tile]), hi = int4_word_s8x16(w[2 * tile + 1]);
-        dst[0] = static_cast<uint32_t>(lo);
-        dst[1] = static_cast<uint32_t>(lo >> 32);
-        dst[2] = static_cast<uint32_t>(hi);
-        dst[3] = static_cast<uint32_t>(hi >> 32);
-      };
+      // A of the 16 x 32 tiles: words 2 tile / 2 tile + 1 are k 0..15 / 16..31. One n-tile makes each tile's A just
+      // before its mma (as few registers live as the 64-register launch needs); more make both once for all n-tiles.
+      uint32_t a[2][4];
+      auto make_a = [&](int tile) { tile_a(int4_word_s8x16(w[2 * tile]), int4_word_s8x16(w[2 * tile + 1]), a[tile]); };
       if constexpr (NT > 1) {
-        make_a(0, a[0]);
-        make_a(1, a[NT == 1 ? 0 : 1]);
+        make_a(0);
+        make_a(1);
       }
       const float s0 = __shfl_sync(0xffffffffu, prm[u], 0, 4), s1 = __shfl_sync(0xffffffffu, prm[u], 1, 4);
 #pragma unroll
       for (int i = 0; i < NT; ++i) {
         const uint4 bv = GIVEN ? given[u][i] : bsrc[c * (kPlanesChunkK / 16)];  // subtiles 0..3: 4 bytes each
         int d[4] = {};
-        if constexpr (NT == 1) {
-          make_a(0, a[0]);
-          mma_s8_16832(d, a[0], bv.x, bv.y);
-          make_a(1, a[0]);
-          mma_s8_16832(d, a[0], bv.z, bv.w);
-        } else {
-          mma_s8_16832(d, a[0], bv.x, bv.y);
-          mma_s8_16832(d, a[NT == 1 ? 0 : 1], bv.z, bv.w);
-        }
-        acc[i][0] = fmaf(s0, fmaf(static_cast<float>(d[1]), 1.0f / 254.0f, static_cast<float>(d[0])), acc[i][0]);
-        acc[i][1] = fmaf(s1, fmaf(static_cast<float>(d[3]), 1.0f / 254.0f, static_cast<float>(d[2])), acc[i][1]);
-        if constexpr (ASYM) {  // A was 16 q: subtract 16 z times the chunk's sum of x, which one more mma pair gives
-          const uint32_t sixteens[4] = {0x10101010u, 0x10101010u, 0x10101010u, 0x10101010u};  // 16 in every byte
-          int e[4] = {};  // e[0] / e[1]: 16 x the sum of the token's high / low plane over the chunk (e[2], e[3] alike)
-          mma_s8_16832(e, sixteens, bv.x, bv.y);
-          mma_s8_16832(e, sixteens, bv.z, bv.w);
-          const float sum = fmaf(static_cast<float>(e[1]), 1.0f / 254.0f, static_cast<float>(e[0]));
+        if constexpr (NT == 1) make_a(0);
+        mma_s8_16832(d, a[0], bv.x, bv.y);
+        if constexpr (NT == 1) make_a(1);
+        mma_s8_16832(d, a[1], bv.z, bv.w);
+        fold_planes(d, s0, s1, acc[i]);
+        if constexpr (ASYM) {  // A was 16 q: subtract 16 z times the chunk's sum of x
+          const float sum = chunk_plane_sum(bv);
           const float z0 = __shfl_sync(0xffffffffu, zrm[u], 0, 4), z1 = __shfl_sync(0xffffffffu, zrm[u], 1, 4);
           acc[i][0] = fmaf(-s0 * z0, sum, acc[i][0]);
           acc[i][1] = fmaf(-s1 * z1, sum, acc[i][1]);

@@ -81,20 +81,18 @@ __global__ void __launch_bounds__(kWarps * 32, 4) wo_planes_low_kernel(const WoP
       for (int tile = 0; tile < 4; ++tile) {  // subtiles 2 tile, 2 tile + 1
         const uint64_t r0 = low_word_s8<BITS>(low_bit_nibbles<BITS>(w, hw, 2 * tile));
         const uint64_t r1 = low_word_s8<BITS>(low_bit_nibbles<BITS>(w, hw, 2 * tile + 1));
-        const uint32_t a[4] = {static_cast<uint32_t>(r0), static_cast<uint32_t>(r0 >> 32), static_cast<uint32_t>(r1),
-                               static_cast<uint32_t>(r1 >> 32)};
+        uint32_t a[4];
+        tile_a(r0, r1, a);
         const uint4 bv = tile < 2 ? b0[u] : b1[u];
         mma_s8_16832(d, a, tile % 2 ? bv.z : bv.x, tile % 2 ? bv.w : bv.y);
         if (tile == 1 && halves) {  // the first half's group ends here
           const float s0 = __shfl_sync(0xffffffffu, prm[u][0], 0, 4), s1 = __shfl_sync(0xffffffffu, prm[u][0], 1, 4);
-          acc[0] = fmaf(s0, fmaf(static_cast<float>(d[1]), 1.0f / 254.0f, static_cast<float>(d[0])), acc[0]);
-          acc[1] = fmaf(s1, fmaf(static_cast<float>(d[3]), 1.0f / 254.0f, static_cast<float>(d[2])), acc[1]);
+          fold_planes(d, s0, s1, acc);
           d[0] = d[1] = d[2] = d[3] = 0;
         }
       }
       const float s0 = __shfl_sync(0xffffffffu, prm[u][1], 0, 4), s1 = __shfl_sync(0xffffffffu, prm[u][1], 1, 4);
-      acc[0] = fmaf(s0, fmaf(static_cast<float>(d[1]), 1.0f / 254.0f, static_cast<float>(d[0])), acc[0]);
-      acc[1] = fmaf(s1, fmaf(static_cast<float>(d[3]), 1.0f / 254.0f, static_cast<float>(d[2])), acc[1]);
+      fold_planes(d, s0, s1, acc);
       load_codes(u);
       load_planes(u, next);
       next += SWARPS;

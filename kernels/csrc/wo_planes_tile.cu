@@ -129,13 +129,7 @@ __global__ void __launch_bounds__(kTileWarps * 32, ASYM ? 2 : 3)
       const uint32_t w[4] = {packed[u].x, packed[u].y, packed[u].z, packed[u].w};
       uint32_t a[2][4];  // the 16 x 32 tiles of the chunk: words 2 tile / 2 tile + 1
 #pragma unroll
-      for (int tile = 0; tile < 2; ++tile) {
-        const uint64_t lo = int4_word_s8x16(w[2 * tile]), hi = int4_word_s8x16(w[2 * tile + 1]);
-        a[tile][0] = static_cast<uint32_t>(lo);
-        a[tile][1] = static_cast<uint32_t>(lo >> 32);
-        a[tile][2] = static_cast<uint32_t>(hi);
-        a[tile][3] = static_cast<uint32_t>(hi >> 32);
-      }
+      for (int tile = 0; tile < 2; ++tile) tile_a(int4_word_s8x16(w[2 * tile]), int4_word_s8x16(w[2 * tile + 1]), a[tile]);
       const float s0 = __shfl_sync(0xffffffffu, prm[u], 0, 4), s1 = __shfl_sync(0xffffffffu, prm[u], 1, 4);
       float sz0 = 0.0f, sz1 = 0.0f;  // s z of rows g, g + 8
       if constexpr (ASYM) {
@@ -149,14 +143,9 @@ __global__ void __launch_bounds__(kTileWarps * 32, ASYM ? 2 : 3)
         int d[4] = {};
         mma_s8_16832(d, a[0], bv.x, bv.y);
         mma_s8_16832(d, a[1], bv.z, bv.w);
-        acc[i][0] = fmaf(s0, fmaf(static_cast<float>(d[1]), 1.0f / 254.0f, static_cast<float>(d[0])), acc[i][0]);
-        acc[i][1] = fmaf(s1, fmaf(static_cast<float>(d[3]), 1.0f / 254.0f, static_cast<float>(d[2])), acc[i][1]);
-        if constexpr (ASYM) {  // e[0] / e[1]: 16 x the chunk's sum of the token's high / low plane
-          const uint32_t sixteens[4] = {0x10101010u, 0x10101010u, 0x10101010u, 0x10101010u};
-          int e[4] = {};
-          mma_s8_16832(e, sixteens, bv.x, bv.y);
-          mma_s8_16832(e, sixteens, bv.z, bv.w);
-          const float sum = fmaf(static_cast<float>(e[1]), 1.0f / 254.0f, static_cast<float>(e[0]));
+        fold_planes(d, s0, s1, acc[i]);
+        if constexpr (ASYM) {
+          const float sum = chunk_plane_sum(bv);
           acc[i][0] = fmaf(-sz0, sum, acc[i][0]);
           acc[i][1] = fmaf(-sz1, sum, acc[i][1]);
         }
