@@ -222,8 +222,8 @@ def test_given_planes_gemv_matches_float64(kernels, group_size, symmetric, dtype
         kernels.wo_planes_gemv(planes[:2], xs[:1], p32.qweight, p32.scale, None, None, 32, 200, dtype, 0)
     with pytest.raises(RuntimeError, match=r"m <= 16 .* got \[34, 576\]"):
         kernels.wo_planes_gemv(planes, xs, p.qweight, p.scale, p.zero, None, p.group_size, 64, dtype, 0)
-    with pytest.raises(RuntimeError, match="variant must be 0, 1 or 2 .* got 3"):
-        kernels.wo_planes_gemv(planes[:2], xs[:1], p32.qweight, p32.scale, None, None, 32, 200, dtype, 3)
+    with pytest.raises(RuntimeError, match=r"variant must be 0, 1 or 2 .* or 3 \(the tile kernel\).* got 4"):
+        kernels.wo_planes_gemv(planes[:2], xs[:1], p32.qweight, p32.scale, None, None, 32, 200, dtype, 4)
 
 
 @pytest.mark.parametrize("natural", [0, 1])

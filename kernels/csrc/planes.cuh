@@ -35,6 +35,14 @@ __device__ inline void fold_planes(const int (&d)[4], float s0, float s1, float 
   acc[1] = fmaf(s1, fmaf(static_cast<float>(d[3]), 1.0f / 254.0f, static_cast<float>(d[2])), acc[1]);
 }
 
+// acc[r] += s_r (254 hi + lo), then d = 0, with s_r = s / 254 (the tile kernel): one IMAD in place of a conversion
+// and an FFMA. Exact in int32 over a pair of chunks: |254 hi + lo| <= 255 x 127 x 128 x 128 < 2^31.
+__device__ inline void fold_planes254(int (&d)[4], float s0, float s1, float (&acc)[2]) {
+  acc[0] = fmaf(s0, static_cast<float>(d[0] * 254 + d[1]), acc[0]);
+  acc[1] = fmaf(s1, static_cast<float>(d[2] * 254 + d[3]), acc[1]);
+  d[0] = d[1] = d[2] = d[3] = 0;
+}
+
 // 16 x the chunk's sum of x (hi + lo / 254) for the token of this lane's column pair, from the chunk's B fragment:
 // two mma with 16 in every byte of A. With zero points (w = s (q - z), A = 16 q) acc[r] -= s_r z_r times it.
 __device__ inline float chunk_plane_sum(const uint4& bv) {

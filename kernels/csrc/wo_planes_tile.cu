@@ -45,29 +45,30 @@ constexpr int tile_smem_bytes(int nt) {
   return stages > partial ? stages : partial;
 }
 
-// Stage s of the split's planes (chunks c_beg + kTileRing s ...) into slot `dst` by cp.async: 16-byte pieces, plane
-// rows past 2 m and chunks past c_end left as they are (never read into a stored column / never read).
+// Stage s of the split's planes (chunks c_beg + kTileRing s ...) into slot `dst` by cp.async, 16-byte pieces: piece
+// i = threadIdx.x + 256 j lands at 16 i, so each thread keeps one plane row r and quarter q (src_row: the planes at
+// row r, quarter q, chunk c0) and walks chunks c0 + j PER. Plane rows past 2 m and chunks past c_end are left as
+// they are (never read into a stored column / never read). Session 40's ncu: the index arithmetic this replaces
+// was ~40 of the ~200 instructions per chunk and warp at eight n-tiles.
 template <int NT>
-__device__ inline void copy_stage(const WoProblem& p, uint8_t* dst, int chunk0, int c_end) {
-  constexpr int ROWS = 8 * NT, PIECES = kTileRing * ROWS * (kTileChunkK / 16);
-  const int rows = min(2 * p.m, ROWS);
-  for (int i = threadIdx.x; i < PIECES; i += kTileWarps * 32) {
-    const int c = i / (ROWS * 4), r = i / 4 % ROWS, q = i % 4;
-    if (r < rows && chunk0 + c < c_end) {
-      const uint8_t* src = reinterpret_cast<const uint8_t*>(p.planes) + static_cast<size_t>(r) * p.w.k_padded +
-                           static_cast<size_t>(chunk0 + c) * kTileChunkK + 16 * q;
-      cp_async_16(dst + (c * ROWS + r) * kTileChunkK + 16 * q, src, true);
-    }
+__device__ inline void copy_stage(uint8_t* dst, const uint8_t* src_row, bool row_ok, int c0, int chunk0, int c_end) {
+  constexpr int PER = kTileWarps * 32 / (8 * NT * 4);  // chunks one pass of the block covers: 4, 2, 1
+#pragma unroll
+  for (int j = 0; j < kTileRing / PER; ++j) {
+    if (row_ok && chunk0 + c0 + j * PER < c_end)
+      cp_async_16(dst + 16 * (threadIdx.x + kTileWarps * 32 * j), src_row + (chunk0 + j * PER) * kTileChunkK, true);
   }
 }
 
 template <typename T,  // output type: __half or __nv_bfloat16
           int NT,      // n-tiles of 4 tokens: 2, 4 or 8
-          bool ASYM>   // zero points (p.w.zero), w = s (q - z): A stays 16 q and 16 z times the chunk's sum of x (two
+          bool ASYM,   // zero points (p.w.zero), w = s (q - z): A stays 16 q and 16 z times the chunk's sum of x (two
                        // more mma per n-tile, as wo_planes.cu) is subtracted
-// 8 warps, at most 80 registers: three blocks per SM (24 warps, 96 chunks of codes in flight per SM); with zero
-// points two (128 registers).
-__global__ void __launch_bounds__(kTileWarps * 32, ASYM ? 2 : 3)
+          bool PAIR>   // groups of >= 128 (or per channel), no zero points: a pair of chunks shares its scales (c_beg
+                       // is a multiple of kTileRing), so the int32 sums run over the pair and are folded once
+// 8 warps; eight n-tiles or zero points at most 128 registers (two blocks per SM: the n-tiles' accumulators are
+// live at once so their mma overlap), otherwise 80 (three blocks, 24 warps, 96 chunks of codes in flight per SM).
+__global__ void __launch_bounds__(kTileWarps * 32, (ASYM || NT == 8) ? 2 : 3)
     wo_planes_tile_kernel(const WoProblem p, int chunks_per_split) {
   extern __shared__ __align__(16) uint8_t tile_smem[];
   __shared__ float scale[4 * NT];
@@ -105,50 +106,64 @@ __global__ void __launch_bounds__(kTileWarps * 32, ASYM ? 2 : 3)
   pdl_wait_then_release();  // planes, xscale, bias and y only past this point (pdl.cuh)
   if (threadIdx.x < p.m) scale[threadIdx.x] = __ldg(p.xscale + threadIdx.x);
 
+  // This thread's plane row and quarter in every stage copy (copy_stage).
+  const int c0 = threadIdx.x / (ROWS * 4), prow = threadIdx.x / 4 % ROWS;
+  const uint8_t* src_row = reinterpret_cast<const uint8_t*>(p.planes) + static_cast<size_t>(prow) * p.w.k_padded +
+                           c0 * kTileChunkK + 16 * (threadIdx.x % 4);
+  const bool row_ok = prow < 2 * p.m;
   const int nstages = (c_end - c_beg + kTileRing - 1) / kTileRing;
 #pragma unroll
   for (int s = 0; s < kTileStages - 1; ++s) {  // always commit: the group count stays the stage count
-    if (s < nstages) copy_stage<NT>(p, tile_smem + s * STAGE, c_beg + s * kTileRing, c_end);
+    if (s < nstages) copy_stage<NT>(tile_smem + s * STAGE, src_row, row_ok, c0, c_beg + s * kTileRing, c_end);
     cp_async_commit();
   }
 
   float acc[NT][2] = {};  // token 4 i + t of n-tile i: rows g, g + 8, in units of 16 s_x
+  int d[NT][4] = {};      // the int32 sums of the chunk (or pair) not yet folded into acc
+  float s0 = 0.0f, s1 = 0.0f;  // their scales / 254 (fold_planes254)
   // The lane's B bytes in a stage: plane row 8 i + g of chunk u at (u ROWS + 8 i + g) 64 + 16 t.
   const int boff = g * kTileChunkK + 16 * t;
   for (int s = 0; s < nstages; ++s) {
     cp_async_wait<kTileStages - 2>();
     __syncthreads();  // stage s visible to all; every warp is done with stage s - 1, whose slot is refilled next
     if (s + kTileStages - 1 < nstages)
-      copy_stage<NT>(p, tile_smem + (s + kTileStages - 1) % kTileStages * STAGE,
+      copy_stage<NT>(tile_smem + (s + kTileStages - 1) % kTileStages * STAGE, src_row, row_ok, c0,
                      c_beg + (s + kTileStages - 1) * kTileRing, c_end);
     cp_async_commit();
     const uint8_t* stage = tile_smem + s % kTileStages * STAGE + boff;
 #pragma unroll
     for (int u = 0; u < kTileRing; ++u) {
-      if (!live || c_beg + s * kTileRing + u >= c_end) break;  // warp-uniform
-      const uint32_t w[4] = {packed[u].x, packed[u].y, packed[u].z, packed[u].w};
-      uint32_t a[2][4];  // the 16 x 32 tiles of the chunk: words 2 tile / 2 tile + 1
+      if (live && c_beg + s * kTileRing + u < c_end) {  // warp-uniform
+        const uint32_t w[4] = {packed[u].x, packed[u].y, packed[u].z, packed[u].w};
+        uint32_t a[2][4];  // the 16 x 32 tiles of the chunk: words 2 tile / 2 tile + 1
 #pragma unroll
-      for (int tile = 0; tile < 2; ++tile) tile_a(int4_word_s8x16(w[2 * tile]), int4_word_s8x16(w[2 * tile + 1]), a[tile]);
-      const float s0 = __shfl_sync(0xffffffffu, prm[u], 0, 4), s1 = __shfl_sync(0xffffffffu, prm[u], 1, 4);
-      float sz0 = 0.0f, sz1 = 0.0f;  // s z of rows g, g + 8
-      if constexpr (ASYM) {
-        sz0 = s0 * __shfl_sync(0xffffffffu, zrm[u], 0, 4);
-        sz1 = s1 * __shfl_sync(0xffffffffu, zrm[u], 1, 4);
-      }
-      load_next(u);  // the codes are in registers: the slot's next chunk goes out before the math
-#pragma unroll
-      for (int i = 0; i < NT; ++i) {
-        const uint4 bv = *reinterpret_cast<const uint4*>(stage + (u * ROWS + 8 * i) * kTileChunkK);
-        int d[4] = {};
-        mma_s8_16832(d, a[0], bv.x, bv.y);
-        mma_s8_16832(d, a[1], bv.z, bv.w);
-        fold_planes(d, s0, s1, acc[i]);
-        if constexpr (ASYM) {
-          const float sum = chunk_plane_sum(bv);
-          acc[i][0] = fmaf(-sz0, sum, acc[i][0]);
-          acc[i][1] = fmaf(-sz1, sum, acc[i][1]);
+        for (int tile = 0; tile < 2; ++tile)
+          tile_a(int4_word_s8x16(w[2 * tile]), int4_word_s8x16(w[2 * tile + 1]), a[tile]);
+        if (u % 2 == 0 || !PAIR) {  // a pair's second chunk keeps the first one's scales
+          s0 = __shfl_sync(0xffffffffu, prm[u], 0, 4) * (1.0f / 254.0f);
+          s1 = __shfl_sync(0xffffffffu, prm[u], 1, 4) * (1.0f / 254.0f);
         }
+        float sz0 = 0.0f, sz1 = 0.0f;  // s z of rows g, g + 8 (s0 = s / 254)
+        if constexpr (ASYM) {
+          sz0 = 254.0f * s0 * __shfl_sync(0xffffffffu, zrm[u], 0, 4);
+          sz1 = 254.0f * s1 * __shfl_sync(0xffffffffu, zrm[u], 1, 4);
+        }
+        load_next(u);  // the codes are in registers: the slot's next chunk goes out before the math
+#pragma unroll
+        for (int i = 0; i < NT; ++i) {  // independent accumulators: the n-tiles' mma chains overlap
+          const uint4 bv = *reinterpret_cast<const uint4*>(stage + (u * ROWS + 8 * i) * kTileChunkK);
+          mma_s8_16832(d[i], a[0], bv.x, bv.y);
+          mma_s8_16832(d[i], a[1], bv.z, bv.w);
+          if constexpr (ASYM) {
+            const float sum = chunk_plane_sum(bv);
+            acc[i][0] = fmaf(-sz0, sum, acc[i][0]);
+            acc[i][1] = fmaf(-sz1, sum, acc[i][1]);
+          }
+        }
+      }
+      if (u % 2 == 1 || !PAIR) {  // fold (a chunk past c_end added nothing: its zeros fold to nothing)
+#pragma unroll
+        for (int i = 0; i < NT; ++i) fold_planes254(d[i], s0, s1, acc[i]);
       }
     }
   }
@@ -206,14 +221,14 @@ int tile_splits(int row_blocks, int nchunks, int num_sms) {
   return splits;
 }
 
-template <typename T, int NT, bool ASYM>
+template <typename T, int NT, bool ASYM, bool PAIR>
 cudaError_t launch_tile(const WoProblem& p, int num_sms, cudaStream_t stream) {
   const int row_blocks = (p.w.n_padded / kStripeRows + kTileWarps - 1) / kTileWarps;
   const int nchunks = p.w.k_padded / kTileChunkK;
   const int splits = tile_splits(row_blocks, nchunks, num_sms);
   const int per_split = ((nchunks + splits - 1) / splits + kTileRing - 1) / kTileRing * kTileRing;
   const int smem = tile_smem_bytes(NT);
-  auto* kernel = wo_planes_tile_kernel<T, NT, ASYM>;
+  auto* kernel = wo_planes_tile_kernel<T, NT, ASYM, PAIR>;
   if (smem + 16 * NT > (48 << 10)) {  // with the static `scale`: past the default 48 KB, opt in
     const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (err != cudaSuccess) return err;
@@ -222,19 +237,24 @@ cudaError_t launch_tile(const WoProblem& p, int num_sms, cudaStream_t stream) {
                           per_split);
 }
 
-template <int NT, bool ASYM>
+template <int NT, bool ASYM, bool PAIR = false>
 cudaError_t launch_dtype(const WoProblem& p, int num_sms, cudaStream_t stream) {
-  return p.dtype == ScalarKind::kBFloat16 ? launch_tile<__nv_bfloat16, NT, ASYM>(p, num_sms, stream)
-                                          : launch_tile<__half, NT, ASYM>(p, num_sms, stream);
+  return p.dtype == ScalarKind::kBFloat16 ? launch_tile<__nv_bfloat16, NT, ASYM, PAIR>(p, num_sms, stream)
+                                          : launch_tile<__half, NT, ASYM, PAIR>(p, num_sms, stream);
+}
+
+template <int NT>
+cudaError_t launch_sym(const WoProblem& p, int num_sms, cudaStream_t stream) {
+  return p.w.group_shift >= 7 ? launch_dtype<NT, false, true>(p, num_sms, stream)
+                              : launch_dtype<NT, false, false>(p, num_sms, stream);
 }
 
 template <int NT>
 cudaError_t launch_nt(const WoProblem& p, int num_sms, cudaStream_t stream) {
   if constexpr (NT == 8) {  // with zero points eight n-tiles spilled (20 bytes at 128 registers): ops.cpp refuses them
-    return launch_dtype<NT, false>(p, num_sms, stream);
+    return launch_sym<NT>(p, num_sms, stream);
   } else {
-    return p.w.zero != nullptr ? launch_dtype<NT, true>(p, num_sms, stream)
-                               : launch_dtype<NT, false>(p, num_sms, stream);
+    return p.w.zero != nullptr ? launch_dtype<NT, true>(p, num_sms, stream) : launch_sym<NT>(p, num_sms, stream);
   }
 }
 
