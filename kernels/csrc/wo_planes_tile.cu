@@ -1,20 +1,20 @@
 // wo_planes_gemv variant 3, "tile": 4-bit weights (zero points or none) times x's int8 planes (x_planes) for 1 <= m <=
 // kPlanesTileMaxTokens tokens, the planes staged once per block in shared memory and read by all its rows.
-// WRITTEN IN SESSION 39 WITHOUT DEVICE TIME: unrouted unless QTOOL_PLANES_GEMM is set (kernels/int8_planes.py).
+// Unrouted unless QTOOL_PLANES_GEMM is set (kernels/int8_planes.py): kernels/NOTES.md, "Session 40", has its figures.
 //
 // Why (kernels/NOTES.md, "Session 39"): wo_planes_gemv with four n-tiles (9-16 tokens) lost because each warp loads
-// its own B fragments (4 x 512 bytes per 512 bytes of codes) from L2, and the L2 ran out (~7.6 TB/s). Here the
-// structure is wo_gemm_v3's (its weight ring, its cp.async pipeline, its split-K over a cluster) with the planes'
-// arithmetic (wo_planes.cu): 8 warps on 8 stripes of 16 rows walk the same 64-k chunks of one K slice, so the planes
-// of a chunk (2 m rows x 64 bytes) are copied into shared memory once for 128 rows, 1/8 of what the per-warp loads
-// moved at 16 tokens; the codes stream to registers as in the GEMVs (their layout is the A fragment as loaded).
+// its own B fragments (4 x 512 bytes per 512 bytes of codes) from L2, and the L2 ran out (~7.6 TB/s). Here 8 warps
+// on 8 stripes of 16 rows walk the same 64-k chunks of one K slice, so the planes of a chunk (2 m rows x 64 bytes) are
+// copied into shared memory once for 128 rows.
 //   - A block: 8 warps = 8 stripes (warp w: stripe 8 blockIdx.x + w), the chunks [c_beg, c_end) of its split.
-//   - Codes: each lane's ring of kTileRing 16-byte chunks of its stripe, all issued before the PDL wait (static
-//     weights), each slot refilled after its math, as wo_gemv's; the group scales ride along.
-//   - Planes: stages of kTileRing chunks ([chunk][plane row][64 bytes]: a warp's LDS.128 of rows 8 i .. 8 i + 7 is
-//     512 contiguous bytes), kTileStages stages in flight through cp.async, one barrier per stage.
-//   - Math per chunk and n-tile (4 tokens x 2 planes): two mma.m16n8k32.s8 on A from int4_word_s8x16, acc += s_w
-//     (hi + lo / 254), as wo_planes.cu; columns past 2 m read stale bytes into C columns that are never stored.
+//   - Stages of 4 chunks through cp.async, 3-4 in flight: each warp's codes (its stripe's 4 x 512 bytes, the A
+//     fragments as loaded), the block's scales (and zero points) per chunk, and the planes ([chunk][plane row][64
+//     bytes]: a warp's LDS.128 of rows 8 i .. 8 i + 7 is 512 contiguous bytes); one barrier per stage. Session 40's
+//     first version kept the codes in a per-lane register ring of 4 chunks (the GEMVs' way): behind the barrier it
+//     held ~48 KB in flight per SM, and ncu showed long-scoreboard stalls at 30-40% of DRAM bandwidth.
+//   - Math per chunk and n-tile (4 tokens x 2 planes): two mma.m16n8k32.s8 on A from int4_word_s8x16 into int32 sums
+//     of their own (the n-tiles' mma overlap), folded into acc once per chunk, or per pair of chunks where a group
+//     spans both (fold_planes254); columns past 2 m read stale bytes into C columns that are never stored.
 //   - Split-K over a thread block cluster (1, splits, 1): each block writes its float32 partial tile to shared
 //     memory and rank r sums the r-th share over the cluster through distributed shared memory, in rank order
 //     (deterministic), then y = sum * s_x / 16 + bias. One launch, no workspace. sm_90 only (ops.cpp refuses others).
@@ -31,32 +31,65 @@ namespace {
 
 namespace cg = cooperative_groups;
 
-constexpr int kTileWarps = 8;     // = stripes per block: 128 rows
-constexpr int kTileRing = 4;      // chunks per lane in flight, and chunks per stage of the planes
-constexpr int kTileStages = 3;    // stages of the planes in shared memory: two ahead of the one in use
-constexpr int kTileChunkK = 64;   // int4 chunk (wo_kernels.h, chunk_k(4))
+constexpr int kTileWarps = 8;      // = stripes per block: 128 rows
+constexpr int kTileRows = kTileWarps * kStripeRows;
+constexpr int kTileChunks = 4;     // chunks per stage
+constexpr int kTileChunkK = 64;    // int4 chunk (wo_kernels.h, chunk_k(4))
+constexpr int kTileChunkBytes = 512;  // one stripe's chunk of codes: 16 rows x 64 k x 4 bits
 constexpr int kTileMaxSplits = 8;  // portable cluster size
 
-// Bytes of one stage of the planes for NT n-tiles (8 NT plane rows: 4 NT tokens).
-constexpr int tile_stage_bytes(int nt) { return kTileRing * 8 * nt * kTileChunkK; }
-constexpr int tile_smem_bytes(int nt) {
-  const int stages = kTileStages * tile_stage_bytes(nt);
-  const int partial = kTileWarps * kStripeRows * 4 * nt * 4;  // the epilogue's partial tile overlays the stages
+// Stages in flight (two blocks per SM at every NT): four, three with eight n-tiles (their planes are 16 KB a stage).
+constexpr int tile_stages(int nt) { return nt == 8 ? 3 : 4; }
+// One stage: the codes of the block's 8 stripes, the scales (and zero points) of its 128 rows per chunk, the planes
+// of its chunks (8 NT plane rows: 4 NT tokens).
+constexpr int tile_codes_bytes() { return kTileWarps * kTileChunks * kTileChunkBytes; }
+constexpr int tile_params_bytes(bool asym) { return (asym ? 2 : 1) * kTileChunks * kTileRows * 4; }
+constexpr int tile_planes_bytes(int nt) { return kTileChunks * 8 * nt * kTileChunkK; }
+constexpr int tile_stage_bytes(int nt, bool asym) {
+  return tile_codes_bytes() + tile_params_bytes(asym) + tile_planes_bytes(nt);
+}
+constexpr int tile_smem_bytes(int nt, bool asym) {
+  const int stages = tile_stages(nt) * tile_stage_bytes(nt, asym);
+  const int partial = kTileRows * 4 * nt * 4;  // the epilogue's partial tile overlays the stages
   return stages > partial ? stages : partial;
 }
 
-// Stage s of the split's planes (chunks c_beg + kTileRing s ...) into slot `dst` by cp.async, 16-byte pieces: piece
-// i = threadIdx.x + 256 j lands at 16 i, so each thread keeps one plane row r and quarter q (src_row: the planes at
-// row r, quarter q, chunk c0) and walks chunks c0 + j PER. Plane rows past 2 m and chunks past c_end are left as
-// they are (never read into a stored column / never read). Session 40's ncu: the index arithmetic this replaces
-// was ~40 of the ~200 instructions per chunk and warp at eight n-tiles.
-template <int NT>
-__device__ inline void copy_stage(uint8_t* dst, const uint8_t* src_row, bool row_ok, int c0, int chunk0, int c_end) {
-  constexpr int PER = kTileWarps * 32 / (8 * NT * 4);  // chunks one pass of the block covers: 4, 2, 1
+// What one thread copies into every stage by cp.async (16-byte pieces), fixed for the launch:
+//   codes: warp w's stripe, chunk u, lane's 16 bytes -> [w][u][512 bytes], u = 0..3 (the warp's own stripe only);
+//   scales (threads 0-127) / zero points (128-255): chunk u = tid / 32 % 4, rows 4 q .. 4 q + 3 of the block
+//     (q = tid % 32) -> [u][128 floats];
+//   planes: piece i = tid + 256 j of [chunk][plane row][64 bytes] lands at 16 i: one plane row r and quarter per thread.
+// Codes past c_end or of a stripe past n_padded, scales of rows past n_padded, plane rows past 2 m are not copied
+// (never read, or read into columns that are never stored).
+struct TileCopy {
+  const uint4* codes;     // the lane's 16 bytes of chunk c_beg of its warp's stripe
+  const uint8_t* params;  // scales or zero points: rows 4 q.. of the block, group 0
+  const uint8_t* planes;  // plane row r, quarter, chunk c0
+  int params_u, planes_c0;
+  bool live, params_ok, row_ok;
+};
+
+template <int NT, bool ASYM>
+__device__ inline void copy_stage(const WoProblem& p, const TileCopy& cp, uint8_t* dst, int rel, int chunk0, int c_end) {
+  constexpr int PER = kTileWarps * 32 / (8 * NT * 4);  // plane chunks one pass of the block covers: 4, 2, 1
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
 #pragma unroll
-  for (int j = 0; j < kTileRing / PER; ++j) {
-    if (row_ok && chunk0 + c0 + j * PER < c_end)
-      cp_async_16(dst + 16 * (threadIdx.x + kTileWarps * 32 * j), src_row + (chunk0 + j * PER) * kTileChunkK, true);
+  for (int u = 0; u < kTileChunks; ++u) {
+    if (cp.live && chunk0 + u < c_end)
+      cp_async_16(dst + (warp * kTileChunks + u) * kTileChunkBytes + 16 * lane, cp.codes + (rel + u) * chunk_vecs(4),
+                  true);
+  }
+  uint8_t* pdst = dst + tile_codes_bytes();
+  const int pc = chunk0 + cp.params_u;
+  if (cp.params_ok && pc < c_end && (ASYM || threadIdx.x < 128)) {
+    const uint32_t group = static_cast<uint32_t>(pc * kTileChunkK) >> p.w.group_shift;
+    cp_async_16(pdst + 16 * threadIdx.x, cp.params + static_cast<size_t>(group) * p.w.n_padded * 4, true);
+  }
+  uint8_t* qdst = pdst + tile_params_bytes(ASYM);
+#pragma unroll
+  for (int j = 0; j < kTileChunks / PER; ++j) {
+    if (cp.row_ok && chunk0 + cp.planes_c0 + j * PER < c_end)
+      cp_async_16(qdst + 16 * (threadIdx.x + kTileWarps * 32 * j), cp.planes + (chunk0 + j * PER) * kTileChunkK, true);
   }
 }
 
@@ -65,93 +98,86 @@ template <typename T,  // output type: __half or __nv_bfloat16
           bool ASYM,   // zero points (p.w.zero), w = s (q - z): A stays 16 q and 16 z times the chunk's sum of x (two
                        // more mma per n-tile, as wo_planes.cu) is subtracted
           bool PAIR>   // groups of >= 128 (or per channel), no zero points: a pair of chunks shares its scales (c_beg
-                       // is a multiple of kTileRing), so the int32 sums run over the pair and are folded once
-// 8 warps; eight n-tiles or zero points at most 128 registers (two blocks per SM: the n-tiles' accumulators are
-// live at once so their mma overlap), otherwise 80 (three blocks, 24 warps, 96 chunks of codes in flight per SM).
-__global__ void __launch_bounds__(kTileWarps * 32, (ASYM || NT == 8) ? 2 : 3)
+                       // is a multiple of kTileChunks), so the int32 sums run over the pair and are folded once
+// 8 warps, two blocks per SM (shared memory: 88-136 KB a block), at most 128 registers.
+__global__ void __launch_bounds__(kTileWarps * 32, 2)
     wo_planes_tile_kernel(const WoProblem p, int chunks_per_split) {
   extern __shared__ __align__(16) uint8_t tile_smem[];
   __shared__ float scale[4 * NT];
-  constexpr int ROWS = 8 * NT, STAGE = tile_stage_bytes(NT);
+  constexpr int ROWS = 8 * NT, STAGES = tile_stages(NT), STAGE = tile_stage_bytes(NT, ASYM);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int g = lane / 4, t = lane % 4;
   const int stripe = blockIdx.x * kTileWarps + warp;
-  const bool live = stripe < p.w.n_padded / kStripeRows;  // a last block's extra warps copy planes, no math
   const int nchunks = p.w.k_padded / kTileChunkK;
   const int c_beg = min(nchunks, static_cast<int>(blockIdx.y) * chunks_per_split);
   const int c_end = min(nchunks, c_beg + chunks_per_split);
 
-  // Lane t = 0 / 1 of each quad loads the scale of row g / g + 8 per chunk (t = 2, 3 repeat them), as wo_planes.cu.
-  const float* par = opaque(p.w.scale + (live ? stripe : 0) * kStripeRows + g + 8 * (t % 2));
-  const float* zpar = ASYM ? opaque(p.w.zero + (live ? stripe : 0) * kStripeRows + g + 8 * (t % 2)) : nullptr;
-  const uint32_t gstride = p.w.n_padded;
-  uint4 packed[kTileRing];
-  float prm[kTileRing] = {};
-  float zrm[ASYM ? kTileRing : 1] = {};
-  const uint4* next_codes = reinterpret_cast<const uint4*>(p.w.qweight) +
-                            (static_cast<size_t>(live ? stripe : 0) * nchunks + c_beg) * chunk_vecs(4) + lane;
-  int next_c = c_beg;
-  auto load_next = [&](int u) {
-    if (live && next_c < c_end) {
-      packed[u] = load_streaming(next_codes);
-      const uint32_t group = static_cast<uint32_t>(next_c * kTileChunkK) >> p.w.group_shift;
-      prm[u] = __ldg(par + group * gstride);
-      if constexpr (ASYM) zrm[u] = __ldg(zpar + group * gstride);
-    }
-    next_codes += chunk_vecs(4);
-    ++next_c;
-  };
-#pragma unroll
-  for (int u = 0; u < kTileRing; ++u) load_next(u);  // static weights: before the wait
+  TileCopy cp;
+  cp.live = stripe < p.w.n_padded / kStripeRows;  // a last block's extra warps copy planes, no math
+  cp.codes = reinterpret_cast<const uint4*>(p.w.qweight) +
+             (static_cast<size_t>(cp.live ? stripe : 0) * nchunks + c_beg) * chunk_vecs(4) + lane;
+  const int prow0 = blockIdx.x * kTileRows + 4 * (threadIdx.x % 32);
+  cp.params_u = threadIdx.x / 32 % kTileChunks;
+  cp.params_ok = prow0 < p.w.n_padded;
+  cp.params = reinterpret_cast<const uint8_t*>(threadIdx.x < 128 ? p.w.scale : p.w.zero) + 4 * static_cast<size_t>(prow0);
+  const int prow = threadIdx.x / 4 % ROWS;
+  cp.planes_c0 = threadIdx.x / (ROWS * 4);
+  cp.planes = reinterpret_cast<const uint8_t*>(p.planes) + static_cast<size_t>(prow) * p.w.k_padded +
+              cp.planes_c0 * kTileChunkK + 16 * (threadIdx.x % 4);
+  cp.row_ok = prow < 2 * p.m;
+
+  const int nstages = (c_end - c_beg + kTileChunks - 1) / kTileChunks;
+  // Static weights: the codes and scales of the first STAGES - 1 stages go out before the PDL wait; the planes,
+  // written by the kernel before this one, after it. Group s holds stage s's planes (group 0 also every early code).
+  TileCopy weights_only = cp;
+  weights_only.row_ok = false;
+  for (int s = 0; s < STAGES - 1 && s < nstages; ++s)
+    copy_stage<NT, ASYM>(p, weights_only, tile_smem + s * STAGE, s * kTileChunks, c_beg + s * kTileChunks, c_end);
   pdl_wait_then_release();  // planes, xscale, bias and y only past this point (pdl.cuh)
   if (threadIdx.x < p.m) scale[threadIdx.x] = __ldg(p.xscale + threadIdx.x);
-
-  // This thread's plane row and quarter in every stage copy (copy_stage).
-  const int c0 = threadIdx.x / (ROWS * 4), prow = threadIdx.x / 4 % ROWS;
-  const uint8_t* src_row = reinterpret_cast<const uint8_t*>(p.planes) + static_cast<size_t>(prow) * p.w.k_padded +
-                           c0 * kTileChunkK + 16 * (threadIdx.x % 4);
-  const bool row_ok = prow < 2 * p.m;
-  const int nstages = (c_end - c_beg + kTileRing - 1) / kTileRing;
+  {
+    TileCopy planes_only = cp;
+    planes_only.live = planes_only.params_ok = false;
 #pragma unroll
-  for (int s = 0; s < kTileStages - 1; ++s) {  // always commit: the group count stays the stage count
-    if (s < nstages) copy_stage<NT>(tile_smem + s * STAGE, src_row, row_ok, c0, c_beg + s * kTileRing, c_end);
-    cp_async_commit();
+    for (int s = 0; s < STAGES - 1; ++s) {  // always commit: the group count stays the stage count
+      if (s < nstages) copy_stage<NT, ASYM>(p, planes_only, tile_smem + s * STAGE, s * kTileChunks, c_beg + s * kTileChunks, c_end);
+      cp_async_commit();
+    }
   }
 
   float acc[NT][2] = {};  // token 4 i + t of n-tile i: rows g, g + 8, in units of 16 s_x
   int d[NT][4] = {};      // the int32 sums of the chunk (or pair) not yet folded into acc
   float s0 = 0.0f, s1 = 0.0f;  // their scales / 254 (fold_planes254)
-  // The lane's B bytes in a stage: plane row 8 i + g of chunk u at (u ROWS + 8 i + g) 64 + 16 t.
-  const int boff = g * kTileChunkK + 16 * t;
+  const int boff = g * kTileChunkK + 16 * t;  // the lane's B bytes: plane row 8 i + g of chunk u, quarter t
   for (int s = 0; s < nstages; ++s) {
-    cp_async_wait<kTileStages - 2>();
+    cp_async_wait<STAGES - 2>();
     __syncthreads();  // stage s visible to all; every warp is done with stage s - 1, whose slot is refilled next
-    if (s + kTileStages - 1 < nstages)
-      copy_stage<NT>(tile_smem + (s + kTileStages - 1) % kTileStages * STAGE, src_row, row_ok, c0,
-                     c_beg + (s + kTileStages - 1) * kTileRing, c_end);
+    if (s + STAGES - 1 < nstages)
+      copy_stage<NT, ASYM>(p, cp, tile_smem + (s + STAGES - 1) % STAGES * STAGE, (s + STAGES - 1) * kTileChunks,
+                           c_beg + (s + STAGES - 1) * kTileChunks, c_end);
     cp_async_commit();
-    const uint8_t* stage = tile_smem + s % kTileStages * STAGE + boff;
+    const uint8_t* stage = tile_smem + s % STAGES * STAGE;
+    const float* params = reinterpret_cast<const float*>(stage + tile_codes_bytes()) + warp * kStripeRows + g;
+    const uint8_t* bstage = stage + tile_codes_bytes() + tile_params_bytes(ASYM) + boff;
 #pragma unroll
-    for (int u = 0; u < kTileRing; ++u) {
-      if (live && c_beg + s * kTileRing + u < c_end) {  // warp-uniform
-        const uint32_t w[4] = {packed[u].x, packed[u].y, packed[u].z, packed[u].w};
+    for (int u = 0; u < kTileChunks; ++u) {
+      if (cp.live && c_beg + s * kTileChunks + u < c_end) {  // warp-uniform
+        const uint4 w = *reinterpret_cast<const uint4*>(stage + (warp * kTileChunks + u) * kTileChunkBytes + 16 * lane);
         uint32_t a[2][4];  // the 16 x 32 tiles of the chunk: words 2 tile / 2 tile + 1
-#pragma unroll
-        for (int tile = 0; tile < 2; ++tile)
-          tile_a(int4_word_s8x16(w[2 * tile]), int4_word_s8x16(w[2 * tile + 1]), a[tile]);
+        tile_a(int4_word_s8x16(w.x), int4_word_s8x16(w.y), a[0]);
+        tile_a(int4_word_s8x16(w.z), int4_word_s8x16(w.w), a[1]);
         if (u % 2 == 0 || !PAIR) {  // a pair's second chunk keeps the first one's scales
-          s0 = __shfl_sync(0xffffffffu, prm[u], 0, 4) * (1.0f / 254.0f);
-          s1 = __shfl_sync(0xffffffffu, prm[u], 1, 4) * (1.0f / 254.0f);
+          s0 = params[u * kTileRows] * (1.0f / 254.0f);
+          s1 = params[u * kTileRows + 8] * (1.0f / 254.0f);
         }
         float sz0 = 0.0f, sz1 = 0.0f;  // s z of rows g, g + 8 (s0 = s / 254)
         if constexpr (ASYM) {
-          sz0 = 254.0f * s0 * __shfl_sync(0xffffffffu, zrm[u], 0, 4);
-          sz1 = 254.0f * s1 * __shfl_sync(0xffffffffu, zrm[u], 1, 4);
+          sz0 = 254.0f * s0 * params[(kTileChunks + u) * kTileRows];
+          sz1 = 254.0f * s1 * params[(kTileChunks + u) * kTileRows + 8];
         }
-        load_next(u);  // the codes are in registers: the slot's next chunk goes out before the math
 #pragma unroll
         for (int i = 0; i < NT; ++i) {  // independent accumulators: the n-tiles' mma chains overlap
-          const uint4 bv = *reinterpret_cast<const uint4*>(stage + (u * ROWS + 8 * i) * kTileChunkK);
+          const uint4 bv = *reinterpret_cast<const uint4*>(bstage + (u * ROWS + 8 * i) * kTileChunkK);
           mma_s8_16832(d[i], a[0], bv.x, bv.y);
           mma_s8_16832(d[i], a[1], bv.z, bv.w);
           if constexpr (ASYM) {
@@ -217,7 +243,7 @@ __global__ void __launch_bounds__(kTileWarps * 32, (ASYM || NT == 8) ? 2 : 3)
 // at least two stages of chunks; chunks per split a multiple of a stage.
 int tile_splits(int row_blocks, int nchunks, int num_sms) {
   int splits = 1;
-  while (splits < kTileMaxSplits && row_blocks * splits < 2 * num_sms && nchunks >= 4 * kTileRing * splits) splits *= 2;
+  while (splits < kTileMaxSplits && row_blocks * splits < 2 * num_sms && nchunks >= 4 * kTileChunks * splits) splits *= 2;
   return splits;
 }
 
@@ -226,8 +252,8 @@ cudaError_t launch_tile(const WoProblem& p, int num_sms, cudaStream_t stream) {
   const int row_blocks = (p.w.n_padded / kStripeRows + kTileWarps - 1) / kTileWarps;
   const int nchunks = p.w.k_padded / kTileChunkK;
   const int splits = tile_splits(row_blocks, nchunks, num_sms);
-  const int per_split = ((nchunks + splits - 1) / splits + kTileRing - 1) / kTileRing * kTileRing;
-  const int smem = tile_smem_bytes(NT);
+  const int per_split = ((nchunks + splits - 1) / splits + kTileChunks - 1) / kTileChunks * kTileChunks;
+  const int smem = tile_smem_bytes(NT, ASYM);
   auto* kernel = wo_planes_tile_kernel<T, NT, ASYM, PAIR>;
   if (smem + 16 * NT > (48 << 10)) {  // with the static `scale`: past the default 48 KB, opt in
     const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
