@@ -19,6 +19,15 @@ __device__ inline void mma_s8_16832(int (&d)[4], const uint32_t (&a)[4], uint32_
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// D = A B (no accumulator: C is zero, the register-free form).
+__device__ inline void mma_s8_16832_first(int (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%10, %10, %10, %10};"
+      : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "r"(0));
+}
+
 // The A registers of one 16 x 32 tile from its two 16-k subtiles as int8 bytes (rows g / g + 8 in each 64-bit half:
 // int4_word_s8x16, low_word_s8).
 __device__ inline void tile_a(uint64_t first, uint64_t second, uint32_t (&a)[4]) {
@@ -35,12 +44,11 @@ __device__ inline void fold_planes(const int (&d)[4], float s0, float s1, float 
   acc[1] = fmaf(s1, fmaf(static_cast<float>(d[3]), 1.0f / 254.0f, static_cast<float>(d[2])), acc[1]);
 }
 
-// acc[r] += s_r (254 hi + lo), then d = 0, with s_r = s / 254 (the tile kernel): one IMAD in place of a conversion
-// and an FFMA. Exact in int32 over a pair of chunks: |254 hi + lo| <= 255 x 127 x 128 x 128 < 2^31.
-__device__ inline void fold_planes254(int (&d)[4], float s0, float s1, float (&acc)[2]) {
+// acc[r] += s_r (254 hi + lo) with s_r = s / 254 (the tile kernel): one IMAD in place of a conversion and an FFMA.
+// Exact in int32 over a pair of chunks: |254 hi + lo| <= 255 x 127 x 128 x 128 < 2^31.
+__device__ inline void fold_planes254(const int (&d)[4], float s0, float s1, float (&acc)[2]) {
   acc[0] = fmaf(s0, static_cast<float>(d[0] * 254 + d[1]), acc[0]);
   acc[1] = fmaf(s1, static_cast<float>(d[2] * 254 + d[3]), acc[1]);
-  d[0] = d[1] = d[2] = d[3] = 0;
 }
 
 // 16 x the chunk's sum of x (hi + lo / 254) for the token of this lane's column pair, from the chunk's B fragment:

@@ -60,36 +60,39 @@ constexpr int tile_smem_bytes(int nt, bool asym) {
 //     (q = tid % 32) -> [u][128 floats];
 //   planes: piece i = tid + 256 j of [chunk][plane row][64 bytes] lands at 16 i: one plane row r and quarter per thread.
 // Codes past c_end or of a stripe past n_padded, scales of rows past n_padded, plane rows past 2 m are not copied
-// (never read, or read into columns that are never stored).
+// (never read, or read into columns that are never stored). Destinations are offsets in a stage's shared-memory
+// address (computed once: a generic-to-shared conversion per copy cost ~10 instructions under a cluster launch).
 struct TileCopy {
   const uint4* codes;     // the lane's 16 bytes of chunk c_beg of its warp's stripe
   const uint8_t* params;  // scales or zero points: rows 4 q.. of the block, group 0
   const uint8_t* planes;  // plane row r, quarter, chunk c0
+  uint32_t codes_dst, params_dst, planes_dst;
   int params_u, planes_c0;
   bool live, params_ok, row_ok;
 };
 
+__device__ inline void cp_async_shared_16(uint32_t dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src));
+}
+
 template <int NT, bool ASYM>
-__device__ inline void copy_stage(const WoProblem& p, const TileCopy& cp, uint8_t* dst, int rel, int chunk0, int c_end) {
+__device__ inline void copy_stage(const WoProblem& p, const TileCopy& cp, uint32_t slot, int rel, int chunk0,
+                                  int c_end) {
   constexpr int PER = kTileWarps * 32 / (8 * NT * 4);  // plane chunks one pass of the block covers: 4, 2, 1
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
 #pragma unroll
   for (int u = 0; u < kTileChunks; ++u) {
     if (cp.live && chunk0 + u < c_end)
-      cp_async_16(dst + (warp * kTileChunks + u) * kTileChunkBytes + 16 * lane, cp.codes + (rel + u) * chunk_vecs(4),
-                  true);
+      cp_async_shared_16(slot + cp.codes_dst + u * kTileChunkBytes, cp.codes + (rel + u) * chunk_vecs(4));
   }
-  uint8_t* pdst = dst + tile_codes_bytes();
   const int pc = chunk0 + cp.params_u;
-  if (cp.params_ok && pc < c_end && (ASYM || threadIdx.x < 128)) {
+  if (cp.params_ok && pc < c_end) {
     const uint32_t group = static_cast<uint32_t>(pc * kTileChunkK) >> p.w.group_shift;
-    cp_async_16(pdst + 16 * threadIdx.x, cp.params + static_cast<size_t>(group) * p.w.n_padded * 4, true);
+    cp_async_shared_16(slot + cp.params_dst, cp.params + static_cast<size_t>(group) * p.w.n_padded * 4);
   }
-  uint8_t* qdst = pdst + tile_params_bytes(ASYM);
 #pragma unroll
   for (int j = 0; j < kTileChunks / PER; ++j) {
     if (cp.row_ok && chunk0 + cp.planes_c0 + j * PER < c_end)
-      cp_async_16(qdst + 16 * (threadIdx.x + kTileWarps * 32 * j), cp.planes + (chunk0 + j * PER) * kTileChunkK, true);
+      cp_async_shared_16(slot + cp.planes_dst + 16 * kTileWarps * 32 * j, cp.planes + (chunk0 + j * PER) * kTileChunkK);
   }
 }
 
@@ -116,15 +119,19 @@ __global__ void __launch_bounds__(kTileWarps * 32, 2)
   cp.live = stripe < p.w.n_padded / kStripeRows;  // a last block's extra warps copy planes, no math
   cp.codes = reinterpret_cast<const uint4*>(p.w.qweight) +
              (static_cast<size_t>(cp.live ? stripe : 0) * nchunks + c_beg) * chunk_vecs(4) + lane;
+  cp.codes_dst = (warp * kTileChunks) * kTileChunkBytes + 16 * lane;
   const int prow0 = blockIdx.x * kTileRows + 4 * (threadIdx.x % 32);
   cp.params_u = threadIdx.x / 32 % kTileChunks;
-  cp.params_ok = prow0 < p.w.n_padded;
+  cp.params_ok = prow0 < p.w.n_padded && (ASYM || threadIdx.x < 128);
   cp.params = reinterpret_cast<const uint8_t*>(threadIdx.x < 128 ? p.w.scale : p.w.zero) + 4 * static_cast<size_t>(prow0);
+  cp.params_dst = tile_codes_bytes() + 16 * threadIdx.x;
   const int prow = threadIdx.x / 4 % ROWS;
   cp.planes_c0 = threadIdx.x / (ROWS * 4);
   cp.planes = reinterpret_cast<const uint8_t*>(p.planes) + static_cast<size_t>(prow) * p.w.k_padded +
               cp.planes_c0 * kTileChunkK + 16 * (threadIdx.x % 4);
+  cp.planes_dst = tile_codes_bytes() + tile_params_bytes(ASYM) + 16 * threadIdx.x;
   cp.row_ok = prow < 2 * p.m;
+  const uint32_t smem = static_cast<uint32_t>(__cvta_generic_to_shared(tile_smem));
 
   const int nstages = (c_end - c_beg + kTileChunks - 1) / kTileChunks;
   // Static weights: the codes and scales of the first STAGES - 1 stages go out before the PDL wait; the planes,
@@ -132,7 +139,7 @@ __global__ void __launch_bounds__(kTileWarps * 32, 2)
   TileCopy weights_only = cp;
   weights_only.row_ok = false;
   for (int s = 0; s < STAGES - 1 && s < nstages; ++s)
-    copy_stage<NT, ASYM>(p, weights_only, tile_smem + s * STAGE, s * kTileChunks, c_beg + s * kTileChunks, c_end);
+    copy_stage<NT, ASYM>(p, weights_only, smem + s * STAGE, s * kTileChunks, c_beg + s * kTileChunks, c_end);
   pdl_wait_then_release();  // planes, xscale, bias and y only past this point (pdl.cuh)
   if (threadIdx.x < p.m) scale[threadIdx.x] = __ldg(p.xscale + threadIdx.x);
   {
@@ -140,20 +147,20 @@ __global__ void __launch_bounds__(kTileWarps * 32, 2)
     planes_only.live = planes_only.params_ok = false;
 #pragma unroll
     for (int s = 0; s < STAGES - 1; ++s) {  // always commit: the group count stays the stage count
-      if (s < nstages) copy_stage<NT, ASYM>(p, planes_only, tile_smem + s * STAGE, s * kTileChunks, c_beg + s * kTileChunks, c_end);
+      if (s < nstages) copy_stage<NT, ASYM>(p, planes_only, smem + s * STAGE, s * kTileChunks, c_beg + s * kTileChunks, c_end);
       cp_async_commit();
     }
   }
 
   float acc[NT][2] = {};  // token 4 i + t of n-tile i: rows g, g + 8, in units of 16 s_x
-  int d[NT][4] = {};      // the int32 sums of the chunk (or pair) not yet folded into acc
+  int d[NT][4];           // the int32 sums of the chunk (or pair) not yet folded into acc
   float s0 = 0.0f, s1 = 0.0f;  // their scales / 254 (fold_planes254)
   const int boff = g * kTileChunkK + 16 * t;  // the lane's B bytes: plane row 8 i + g of chunk u, quarter t
   for (int s = 0; s < nstages; ++s) {
     cp_async_wait<STAGES - 2>();
     __syncthreads();  // stage s visible to all; every warp is done with stage s - 1, whose slot is refilled next
     if (s + STAGES - 1 < nstages)
-      copy_stage<NT, ASYM>(p, cp, tile_smem + (s + STAGES - 1) % STAGES * STAGE, (s + STAGES - 1) * kTileChunks,
+      copy_stage<NT, ASYM>(p, cp, smem + (s + STAGES - 1) % STAGES * STAGE, (s + STAGES - 1) * kTileChunks,
                            c_beg + (s + STAGES - 1) * kTileChunks, c_end);
     cp_async_commit();
     const uint8_t* stage = tile_smem + s % STAGES * STAGE;
@@ -161,7 +168,8 @@ __global__ void __launch_bounds__(kTileWarps * 32, 2)
     const uint8_t* bstage = stage + tile_codes_bytes() + tile_params_bytes(ASYM) + boff;
 #pragma unroll
     for (int u = 0; u < kTileChunks; ++u) {
-      if (cp.live && c_beg + s * kTileChunks + u < c_end) {  // warp-uniform
+      const int c = c_beg + s * kTileChunks + u;
+      if (cp.live && c < c_end) {  // warp-uniform
         const uint4 w = *reinterpret_cast<const uint4*>(stage + (warp * kTileChunks + u) * kTileChunkBytes + 16 * lane);
         uint32_t a[2][4];  // the 16 x 32 tiles of the chunk: words 2 tile / 2 tile + 1
         tile_a(int4_word_s8x16(w.x), int4_word_s8x16(w.y), a[0]);
@@ -178,7 +186,10 @@ __global__ void __launch_bounds__(kTileWarps * 32, 2)
 #pragma unroll
         for (int i = 0; i < NT; ++i) {  // independent accumulators: the n-tiles' mma chains overlap
           const uint4 bv = *reinterpret_cast<const uint4*>(bstage + (u * ROWS + 8 * i) * kTileChunkK);
-          mma_s8_16832(d[i], a[0], bv.x, bv.y);
+          if (u % 2 == 0 || !PAIR)
+            mma_s8_16832_first(d[i], a[0], bv.x, bv.y);  // a chunk's (or pair's) first sum starts at zero
+          else
+            mma_s8_16832(d[i], a[0], bv.x, bv.y);
           mma_s8_16832(d[i], a[1], bv.z, bv.w);
           if constexpr (ASYM) {
             const float sum = chunk_plane_sum(bv);
@@ -187,7 +198,8 @@ __global__ void __launch_bounds__(kTileWarps * 32, 2)
           }
         }
       }
-      if (u % 2 == 1 || !PAIR) {  // fold (a chunk past c_end added nothing: its zeros fold to nothing)
+      // Fold a chunk's sums, or a pair's after its second chunk (or its first one, where the second is past c_end).
+      if ((u % 2 == 1 || !PAIR) && cp.live && (PAIR ? c - 1 : c) < c_end) {
 #pragma unroll
         for (int i = 0; i < NT; ++i) fold_planes254(d[i], s0, s1, acc[i]);
       }
