@@ -43,5 +43,20 @@ tileab() {
     --json "$OUT/planes_tile.json" 2>&1 | tail -50
 }
 
+tileroutes() {  # the protocol table with the tile kernel routed past 8 tokens (QTOOL_PLANES_GEMM=32) and without
+  for label in on off; do
+    local env="QTOOL_PLANES_GEMM=32"; [ $label = off ] && env="QTOOL_PLANES_GEMM=0"
+    step "protocol table, W4 g128 at 9-32 tokens, $env"
+    env $env timeout -k 10 "${ROUTE_TIMEOUT:-200}" python3 benchmarks/bench_kernels.py \
+      --formats ${ROUTE_FORMATS:-w4a16-g128,w4a16-g128-asym} --tokens ${ROUTE_TOKENS:-9,12,16,24,32} \
+      --json "$OUT/gemm_$label.json" > /tmp/gemm_$label.txt 2>&1
+    echo "exit $?"; tail -${ROUTE_TAIL:-66} /tmp/gemm_$label.txt
+  done
+}
+e2e16() {
+  QTOOL_PLANES_GEMM=16 E2E_TIMEOUT=${E2E_TIMEOUT:-200} bench8b "-gemm16" w4a16 16 128 6
+  E2E_TIMEOUT=${E2E_TIMEOUT:-200} bench8b "-b16" w4a16 16 128 6
+}
+
 for stage in "$@"; do "$stage"; done
 step "done"

@@ -62,10 +62,10 @@ PLANES_MAX_M = 4  # csrc/wo_kernels.h, kPlanesMaxTokens
 PLANES_TILE = int(os.environ.get("QTOOL_PLANES_TILE", "8"))
 PLANES_TILE_MAX_M = 16  # csrc/wo_kernels.h, kPlanesGivenMaxTokens
 PLANES_TILE_VARIANT = 0  # one stripe per block
-# wo_planes_gemv's variant 3 (csrc/wo_planes_tile.cu): the planes staged once per block in shared memory for its 128
-# rows, split-K over a thread block cluster (sm_90), 1-32 tokens of 4-bit weights (16 with zero points): what four n-tiles need
-# (above). Written in session 39 without device time, unmeasured: past PLANES_TILE tokens up to QTOOL_PLANES_GEMM
-# (read once; 0, the default: not routed).
+# wo_planes_gemv's variant 3 (csrc/wo_planes_tile.cu): codes, scales and the planes staged through cp.async for 128
+# rows per block, split-K over a thread block cluster (sm_90), 1-32 tokens of 4-bit weights (16 with zero points).
+# Measured in session 40 against the routes at 9-32 tokens (BENCHMARKS.md "session 40"): it lost on every shape, so
+# it serves past PLANES_TILE tokens up to QTOOL_PLANES_GEMM only where that is set (read once; 0, the default: off).
 PLANES_GEMM = int(os.environ.get("QTOOL_PLANES_GEMM", "0"))
 PLANES_GEMM_MAX_M = 32  # csrc/wo_kernels.h, kPlanesTileMaxTokens
 PLANES_GEMM_MAX_ASYM_M = 16  # kPlanesTileMaxAsymTokens: with zero points eight n-tiles spilled

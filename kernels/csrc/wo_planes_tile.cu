@@ -58,7 +58,7 @@ constexpr int tile_smem_bytes(int nt, bool asym) {
 //   codes: warp w's stripe, chunk u, lane's 16 bytes -> [w][u][512 bytes], u = 0..3 (the warp's own stripe only);
 //   scales (threads 0-127) / zero points (128-255): chunk u = tid / 32 % 4, rows 4 q .. 4 q + 3 of the block
 //     (q = tid % 32) -> [u][128 floats];
-//   planes: piece i = tid + 256 j of [chunk][plane row][64 bytes] lands at 16 i: one plane row r and quarter per thread.
+//   planes: piece i = tid + 256 j of [chunk][plane row][64 bytes] lands at 16 i: one plane row and quarter a thread.
 // Codes past c_end or of a stripe past n_padded, scales of rows past n_padded, plane rows past 2 m are not copied
 // (never read, or read into columns that are never stored). Destinations are offsets in a stage's shared-memory
 // address (computed once: a generic-to-shared conversion per copy cost ~10 instructions under a cluster launch).
@@ -96,25 +96,11 @@ __device__ inline void copy_stage(const WoProblem& p, const TileCopy& cp, uint32
   }
 }
 
-template <typename T,  // output type: __half or __nv_bfloat16
-          int NT,      // n-tiles of 4 tokens: 2, 4 or 8
-          bool ASYM,   // zero points (p.w.zero), w = s (q - z): A stays 16 q and 16 z times the chunk's sum of x (two
-                       // more mma per n-tile, as wo_planes.cu) is subtracted
-          bool PAIR>   // groups of >= 128 (or per channel), no zero points: a pair of chunks shares its scales (c_beg
-                       // is a multiple of kTileChunks), so the int32 sums run over the pair and are folded once
-// 8 warps, two blocks per SM (shared memory: 88-136 KB a block), at most 128 registers.
-__global__ void __launch_bounds__(kTileWarps * 32, 2)
-    wo_planes_tile_kernel(const WoProblem p, int chunks_per_split) {
-  extern __shared__ __align__(16) uint8_t tile_smem[];
-  __shared__ float scale[4 * NT];
-  constexpr int ROWS = 8 * NT, STAGES = tile_stages(NT), STAGE = tile_stage_bytes(NT, ASYM);
+// This thread's TileCopy for the block's split starting at chunk c_beg (warp w: stripe `stripe`).
+template <int NT, bool ASYM>
+__device__ inline TileCopy make_copy(const WoProblem& p, int stripe, int nchunks, int c_beg) {
+  constexpr int ROWS = 8 * NT;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int g = lane / 4, t = lane % 4;
-  const int stripe = blockIdx.x * kTileWarps + warp;
-  const int nchunks = p.w.k_padded / kTileChunkK;
-  const int c_beg = min(nchunks, static_cast<int>(blockIdx.y) * chunks_per_split);
-  const int c_end = min(nchunks, c_beg + chunks_per_split);
-
   TileCopy cp;
   cp.live = stripe < p.w.n_padded / kStripeRows;  // a last block's extra warps copy planes, no math
   cp.codes = reinterpret_cast<const uint4*>(p.w.qweight) +
@@ -123,7 +109,8 @@ __global__ void __launch_bounds__(kTileWarps * 32, 2)
   const int prow0 = blockIdx.x * kTileRows + 4 * (threadIdx.x % 32);
   cp.params_u = threadIdx.x / 32 % kTileChunks;
   cp.params_ok = prow0 < p.w.n_padded && (ASYM || threadIdx.x < 128);
-  cp.params = reinterpret_cast<const uint8_t*>(threadIdx.x < 128 ? p.w.scale : p.w.zero) + 4 * static_cast<size_t>(prow0);
+  cp.params = reinterpret_cast<const uint8_t*>(threadIdx.x < 128 ? p.w.scale : p.w.zero) +
+              4 * static_cast<size_t>(prow0);
   cp.params_dst = tile_codes_bytes() + 16 * threadIdx.x;
   const int prow = threadIdx.x / 4 % ROWS;
   cp.planes_c0 = threadIdx.x / (ROWS * 4);
@@ -131,88 +118,55 @@ __global__ void __launch_bounds__(kTileWarps * 32, 2)
               cp.planes_c0 * kTileChunkK + 16 * (threadIdx.x % 4);
   cp.planes_dst = tile_codes_bytes() + tile_params_bytes(ASYM) + 16 * threadIdx.x;
   cp.row_ok = prow < 2 * p.m;
-  const uint32_t smem = static_cast<uint32_t>(__cvta_generic_to_shared(tile_smem));
+  return cp;
+}
 
-  const int nstages = (c_end - c_beg + kTileChunks - 1) / kTileChunks;
-  // Static weights: the codes and scales of the first STAGES - 1 stages go out before the PDL wait; the planes,
-  // written by the kernel before this one, after it. Group s holds stage s's planes (group 0 also every early code).
-  TileCopy weights_only = cp;
-  weights_only.row_ok = false;
-  for (int s = 0; s < STAGES - 1 && s < nstages; ++s)
-    copy_stage<NT, ASYM>(p, weights_only, smem + s * STAGE, s * kTileChunks, c_beg + s * kTileChunks, c_end);
-  pdl_wait_then_release();  // planes, xscale, bias and y only past this point (pdl.cuh)
-  if (threadIdx.x < p.m) scale[threadIdx.x] = __ldg(p.xscale + threadIdx.x);
-  {
-    TileCopy planes_only = cp;
-    planes_only.live = planes_only.params_ok = false;
+// One chunk's mma (chunk u of a stage, inside the split): A from the warp's codes w, B from the stage's planes
+// (bstage: the lane's bytes of chunk 0, n-tile 0), the scales from `params` (the stage's, at the lane's row g). d[i]
+// starts over at a chunk (or a pair's first chunk), whose scales / 254 go to s0 / s1; zero points' term goes to acc.
+template <int NT, bool ASYM, bool PAIR>
+__device__ inline void chunk_mma(int u, const uint4& w, const float* params, const uint8_t* bstage, int (&d)[NT][4],
+                                 float (&acc)[NT][2], float& s0, float& s1) {
+  constexpr int ROWS = 8 * NT;
+  uint32_t a[2][4];  // the 16 x 32 tiles of the chunk: words 2 tile / 2 tile + 1
+  tile_a(int4_word_s8x16(w.x), int4_word_s8x16(w.y), a[0]);
+  tile_a(int4_word_s8x16(w.z), int4_word_s8x16(w.w), a[1]);
+  if (u % 2 == 0 || !PAIR) {  // a pair's second chunk keeps the first one's scales
+    s0 = params[u * kTileRows] * (1.0f / 254.0f);
+    s1 = params[u * kTileRows + 8] * (1.0f / 254.0f);
+  }
+  float sz0 = 0.0f, sz1 = 0.0f;  // s z of rows g, g + 8 (s0 = s / 254)
+  if constexpr (ASYM) {
+    sz0 = 254.0f * s0 * params[(kTileChunks + u) * kTileRows];
+    sz1 = 254.0f * s1 * params[(kTileChunks + u) * kTileRows + 8];
+  }
 #pragma unroll
-    for (int s = 0; s < STAGES - 1; ++s) {  // always commit: the group count stays the stage count
-      if (s < nstages) copy_stage<NT, ASYM>(p, planes_only, smem + s * STAGE, s * kTileChunks, c_beg + s * kTileChunks, c_end);
-      cp_async_commit();
+  for (int i = 0; i < NT; ++i) {  // independent accumulators: the n-tiles' mma chains overlap
+    const uint4 bv = *reinterpret_cast<const uint4*>(bstage + (u * ROWS + 8 * i) * kTileChunkK);
+    if (u % 2 == 0 || !PAIR)
+      mma_s8_16832_first(d[i], a[0], bv.x, bv.y);  // a chunk's (or pair's) first sum starts at zero
+    else
+      mma_s8_16832(d[i], a[0], bv.x, bv.y);
+    mma_s8_16832(d[i], a[1], bv.z, bv.w);
+    if constexpr (ASYM) {
+      const float sum = chunk_plane_sum(bv);
+      acc[i][0] = fmaf(-sz0, sum, acc[i][0]);
+      acc[i][1] = fmaf(-sz1, sum, acc[i][1]);
     }
   }
+}
 
-  float acc[NT][2] = {};  // token 4 i + t of n-tile i: rows g, g + 8, in units of 16 s_x
-  int d[NT][4];           // the int32 sums of the chunk (or pair) not yet folded into acc
-  float s0 = 0.0f, s1 = 0.0f;  // their scales / 254 (fold_planes254)
-  const int boff = g * kTileChunkK + 16 * t;  // the lane's B bytes: plane row 8 i + g of chunk u, quarter t
-  for (int s = 0; s < nstages; ++s) {
-    cp_async_wait<STAGES - 2>();
-    __syncthreads();  // stage s visible to all; every warp is done with stage s - 1, whose slot is refilled next
-    if (s + STAGES - 1 < nstages)
-      copy_stage<NT, ASYM>(p, cp, smem + (s + STAGES - 1) % STAGES * STAGE, (s + STAGES - 1) * kTileChunks,
-                           c_beg + (s + STAGES - 1) * kTileChunks, c_end);
-    cp_async_commit();
-    const uint8_t* stage = tile_smem + s % STAGES * STAGE;
-    const float* params = reinterpret_cast<const float*>(stage + tile_codes_bytes()) + warp * kStripeRows + g;
-    const uint8_t* bstage = stage + tile_codes_bytes() + tile_params_bytes(ASYM) + boff;
-#pragma unroll
-    for (int u = 0; u < kTileChunks; ++u) {
-      const int c = c_beg + s * kTileChunks + u;
-      if (cp.live && c < c_end) {  // warp-uniform
-        const uint4 w = *reinterpret_cast<const uint4*>(stage + (warp * kTileChunks + u) * kTileChunkBytes + 16 * lane);
-        uint32_t a[2][4];  // the 16 x 32 tiles of the chunk: words 2 tile / 2 tile + 1
-        tile_a(int4_word_s8x16(w.x), int4_word_s8x16(w.y), a[0]);
-        tile_a(int4_word_s8x16(w.z), int4_word_s8x16(w.w), a[1]);
-        if (u % 2 == 0 || !PAIR) {  // a pair's second chunk keeps the first one's scales
-          s0 = params[u * kTileRows] * (1.0f / 254.0f);
-          s1 = params[u * kTileRows + 8] * (1.0f / 254.0f);
-        }
-        float sz0 = 0.0f, sz1 = 0.0f;  // s z of rows g, g + 8 (s0 = s / 254)
-        if constexpr (ASYM) {
-          sz0 = 254.0f * s0 * params[(kTileChunks + u) * kTileRows];
-          sz1 = 254.0f * s1 * params[(kTileChunks + u) * kTileRows + 8];
-        }
-#pragma unroll
-        for (int i = 0; i < NT; ++i) {  // independent accumulators: the n-tiles' mma chains overlap
-          const uint4 bv = *reinterpret_cast<const uint4*>(bstage + (u * ROWS + 8 * i) * kTileChunkK);
-          if (u % 2 == 0 || !PAIR)
-            mma_s8_16832_first(d[i], a[0], bv.x, bv.y);  // a chunk's (or pair's) first sum starts at zero
-          else
-            mma_s8_16832(d[i], a[0], bv.x, bv.y);
-          mma_s8_16832(d[i], a[1], bv.z, bv.w);
-          if constexpr (ASYM) {
-            const float sum = chunk_plane_sum(bv);
-            acc[i][0] = fmaf(-sz0, sum, acc[i][0]);
-            acc[i][1] = fmaf(-sz1, sum, acc[i][1]);
-          }
-        }
-      }
-      // Fold a chunk's sums, or a pair's after its second chunk (or its first one, where the second is past c_end).
-      if ((u % 2 == 1 || !PAIR) && cp.live && (PAIR ? c - 1 : c) < c_end) {
-#pragma unroll
-        for (int i = 0; i < NT; ++i) fold_planes254(d[i], s0, s1, acc[i]);
-      }
-    }
-  }
-
-  if (blockIdx.y == 0) prefetch_next_layer(p, kTileWarps * 32);  // slices by blockIdx.x: once per row block
-
-  // The partial tile [warp][row][token] over the stages, then the cluster's sum.
+// The block's partial tile [warp][row][token] (float32, over the stages: `smem`), then the cluster's sum: rank r of
+// the (1, splits, 1) cluster adds the r-th share of the elements over every rank's tile in rank order (deterministic)
+// and stores y = sum * s_x / 16 + bias for them.
+template <typename T, int NT>
+__device__ inline void store_cluster(const WoProblem& p, const float (&acc)[NT][2], const float* scale, uint8_t* smem) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int g = lane / 4, t = lane % 4;
   cp_async_wait<0>();
   __syncthreads();  // no copies in flight, no warp reading the stages
   constexpr int TOK = 4 * NT;
-  float* partial = reinterpret_cast<float*>(tile_smem);
+  float* partial = reinterpret_cast<float*>(smem);
 #pragma unroll
   for (int i = 0; i < NT; ++i) {
     partial[(warp * kStripeRows + g) * TOK + 4 * i + t] = acc[i][0];
@@ -251,11 +205,88 @@ __global__ void __launch_bounds__(kTileWarps * 32, 2)
 #endif
 }
 
+template <typename T,  // output type: __half or __nv_bfloat16
+          int NT,      // n-tiles of 4 tokens: 2, 4 or 8
+          bool ASYM,   // zero points (p.w.zero), w = s (q - z): A stays 16 q and 16 z times the chunk's sum of x (two
+                       // more mma per n-tile, as wo_planes.cu) is subtracted
+          bool PAIR>   // groups of >= 128 (or per channel), no zero points: a pair of chunks shares its scales (c_beg
+                       // is a multiple of kTileChunks), so the int32 sums run over the pair and are folded once
+// 8 warps, two blocks per SM (shared memory: 88-136 KB a block), at most 128 registers.
+__global__ void __launch_bounds__(kTileWarps * 32, 2)
+    wo_planes_tile_kernel(const WoProblem p, int chunks_per_split) {
+  extern __shared__ __align__(16) uint8_t tile_smem[];
+  __shared__ float scale[4 * NT];
+  constexpr int STAGES = tile_stages(NT), STAGE = tile_stage_bytes(NT, ASYM);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int g = lane / 4, t = lane % 4;
+  const int stripe = blockIdx.x * kTileWarps + warp;
+  const int nchunks = p.w.k_padded / kTileChunkK;
+  const int c_beg = min(nchunks, static_cast<int>(blockIdx.y) * chunks_per_split);
+  const int c_end = min(nchunks, c_beg + chunks_per_split);
+
+  const TileCopy cp = make_copy<NT, ASYM>(p, stripe, nchunks, c_beg);
+  const uint32_t smem = static_cast<uint32_t>(__cvta_generic_to_shared(tile_smem));
+
+  const int nstages = (c_end - c_beg + kTileChunks - 1) / kTileChunks;
+  // Static weights: the codes and scales of the first STAGES - 1 stages go out before the PDL wait; the planes,
+  // written by the kernel before this one, after it. Group s holds stage s's planes (group 0 also every early code).
+  TileCopy weights_only = cp;
+  weights_only.row_ok = false;
+  for (int s = 0; s < STAGES - 1 && s < nstages; ++s)
+    copy_stage<NT, ASYM>(p, weights_only, smem + s * STAGE, s * kTileChunks, c_beg + s * kTileChunks, c_end);
+  pdl_wait_then_release();  // planes, xscale, bias and y only past this point (pdl.cuh)
+  if (threadIdx.x < p.m) scale[threadIdx.x] = __ldg(p.xscale + threadIdx.x);
+  {
+    TileCopy planes_only = cp;
+    planes_only.live = planes_only.params_ok = false;
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {  // always commit: the group count stays the stage count
+      if (s < nstages)
+        copy_stage<NT, ASYM>(p, planes_only, smem + s * STAGE, s * kTileChunks, c_beg + s * kTileChunks, c_end);
+      cp_async_commit();
+    }
+  }
+
+  float acc[NT][2] = {};  // token 4 i + t of n-tile i: rows g, g + 8, in units of 16 s_x
+  int d[NT][4];           // the int32 sums of the chunk (or pair) not yet folded into acc
+  float s0 = 0.0f, s1 = 0.0f;  // their scales / 254 (fold_planes254)
+  const int boff = g * kTileChunkK + 16 * t;  // the lane's B bytes: plane row 8 i + g of chunk u, quarter t
+  for (int s = 0; s < nstages; ++s) {
+    cp_async_wait<STAGES - 2>();
+    __syncthreads();  // stage s visible to all; every warp is done with stage s - 1, whose slot is refilled next
+    if (s + STAGES - 1 < nstages)
+      copy_stage<NT, ASYM>(p, cp, smem + (s + STAGES - 1) % STAGES * STAGE, (s + STAGES - 1) * kTileChunks,
+                           c_beg + (s + STAGES - 1) * kTileChunks, c_end);
+    cp_async_commit();
+    const uint8_t* stage = tile_smem + s % STAGES * STAGE;
+    const float* params = reinterpret_cast<const float*>(stage + tile_codes_bytes()) + warp * kStripeRows + g;
+    const uint8_t* bstage = stage + tile_codes_bytes() + tile_params_bytes(ASYM) + boff;
+#pragma unroll
+    for (int u = 0; u < kTileChunks; ++u) {
+      const int c = c_beg + s * kTileChunks + u;
+      if (cp.live && c < c_end) {  // warp-uniform
+        const uint4 w = *reinterpret_cast<const uint4*>(stage + (warp * kTileChunks + u) * kTileChunkBytes + 16 * lane);
+        chunk_mma<NT, ASYM, PAIR>(u, w, params, bstage, d, acc, s0, s1);
+      }
+      // Fold a chunk's sums, or a pair's after its second chunk (or its first one, where the second is past c_end).
+      if ((u % 2 == 1 || !PAIR) && cp.live && (PAIR ? c - 1 : c) < c_end) {
+#pragma unroll
+        for (int i = 0; i < NT; ++i) fold_planes254(d[i], s0, s1, acc[i]);
+      }
+    }
+  }
+
+  if (blockIdx.y == 0) prefetch_next_layer(p, kTileWarps * 32);  // slices by blockIdx.x: once per row block
+
+  store_cluster<T, NT>(p, acc, scale, tile_smem);
+}
+
 // Splits of K (the cluster's size): the fewest that give every SM two blocks, at most kTileMaxSplits, each split
 // at least two stages of chunks; chunks per split a multiple of a stage.
 int tile_splits(int row_blocks, int nchunks, int num_sms) {
   int splits = 1;
-  while (splits < kTileMaxSplits && row_blocks * splits < 2 * num_sms && nchunks >= 4 * kTileChunks * splits) splits *= 2;
+  while (splits < kTileMaxSplits && row_blocks * splits < 2 * num_sms && nchunks >= 4 * kTileChunks * splits)
+    splits *= 2;
   return splits;
 }
 
@@ -289,7 +320,7 @@ cudaError_t launch_sym(const WoProblem& p, int num_sms, cudaStream_t stream) {
 
 template <int NT>
 cudaError_t launch_nt(const WoProblem& p, int num_sms, cudaStream_t stream) {
-  if constexpr (NT == 8) {  // with zero points eight n-tiles spilled (20 bytes at 128 registers): ops.cpp refuses them
+  if constexpr (NT == 8) {  // zero points to 16 tokens only (ops.cpp refuses more; session 39's version spilled)
     return launch_sym<NT>(p, num_sms, stream);
   } else {
     return p.w.zero != nullptr ? launch_dtype<NT, true>(p, num_sms, stream) : launch_sym<NT>(p, num_sms, stream);

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The next session's first device call, prepared in session 40 (nvidia-h200, carry [".gpu/w8a8", ".gpu/ext"]; on a
+# fresh development machine `bash dev/prebuild_sm90.sh` (~13 min) and `bash dev/prebuild_ext.sh` (~3 min) first).
+#   call 1: bash dev/session41.sh routeprobe routencu        (~4 min)
+# routeprobe  dev/route_probe.py: per shape and token count (W4 g128, issue 19's six shapes, 1-64 tokens) the kernels
+#             one QuantLinear call launches and their device time against the call's time in a CUDA graph, and the
+#             fit time = fixed + bytes / bandwidth per token count (session 40: ~13 us "fixed" at 9-32 tokens)
+# routencu    Nsight Compute over those calls alone (--profile-from-start off) on 8192 x 8192 and 4096 x 4096 at 16
+#             and 64 tokens: duration, DRAM, issue, occupancy, stall reasons per kernel
+cd "$(dirname "$0")/.."
+LOG=session41.log
+source dev/gpu_setup.sh
+
+routeprobe() {
+  step "where the weight-only routes' time goes: kernels per call, graph time, fixed + bytes fit"
+  timeout -k 10 "${PROBE_TIMEOUT:-200}" python3 dev/route_probe.py --tokens ${PROBE_TOKENS:-1,8,16,32,64} \
+    --json "$OUT/route_probe.json" 2>&1 | grep -v "^USDT" | tail -40
+}
+routencu() {
+  step "ncu: the routes' launches at 16 and 64 tokens"
+  timeout -k 10 "${NCU_TIMEOUT:-180}" ncu --profile-from-start off --clock-control none --kernel-name-base demangled \
+    --metrics regex:'smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio',dram__throughput.avg.pct_of_peak_sustained_elapsed,gpu__time_duration.sum,smsp__issue_active.avg.pct_of_peak_sustained_active,sm__warps_active.avg.pct_of_peak_sustained_active,launch__registers_per_thread,launch__grid_size \
+    --csv --page raw python3 dev/route_probe.py --ncu --shapes ${NCU_SHAPES:-8192x8192,4096x4096} --tokens 16,64 \
+    > "$OUT/ncu_route.csv" 2> "$OUT/ncu_route.err"
+  echo "ncu exit $?"; tail -3 "$OUT/ncu_route.err"
+  python3 dev/ncu_stalls.py "$OUT/ncu_route.csv"
+}
+
+for stage in "$@"; do "$stage"; done
+step "done"
