@@ -4,8 +4,8 @@ protocol: what the sum leaves out is launch gaps and serialization), and a fit o
 over the shapes at each token count. Session 40's figures put ~13 us of "fixed" time on the Hopper mixed-input GEMM
 at 9-32 tokens (kernels/NOTES.md): this says which launches hold it.
 
-    python3 dev/route_probe.py [--shapes 4096x4096,8192x8192,...] [--tokens 1,8,16,32,64] [--format w4a16-g128]
-        [--json out.json]
+    python3 dev/route_probe.py [--shapes 4096x4096,8192x8192,...] [--tokens 1,8,16,32,64] [--format w4a16-g128 |
+        --scheme fp8] [--json out.json]
     ncu --profile-from-start off ... python3 dev/route_probe.py --ncu ...   # only the probed calls are profiled
 """
 
@@ -50,25 +50,43 @@ def fit(points: list[tuple[float, float]]) -> tuple[float, float] | None:
     return my - slope * mx, (1.0 / slope if slope > 0 else float("inf"))
 
 
-def probe(shape: str, tokens: list[int], fmt: str, ncu: bool) -> list[dict]:
+def weight_call(shape: str, fmt: str, scheme: str | None):
+    """(call(x) -> y through the route, MB of weight one call reads) for a weight-only format of bench_kernels.py
+    (packed copies) or a W8A8 preset of bench_w8a8.py (QuantLinear copies); copies rotate past the L2."""
     import torch
-    from bench_kernels import ASYMMETRIC, FORMATS, Rotation, graph_ms, packed_copies
+    from bench_kernels import ASYMMETRIC, FORMATS, Rotation, packed_copies
 
     from qtool_kernels import build
     from qtool_kernels.weight_only import packed_linear
 
-    kernels = build.load_extension()
     k, n = (int(v) for v in shape.split("x"))
+    if scheme:
+        from bench_w8a8 import qlayers
+
+        layers = Rotation(qlayers(scheme, torch.randn(n, k, device="cuda", dtype=torch.bfloat16)))
+        first = layers.items[0]
+        mbytes = sum(t.numel() * t.element_size() for t in [*first.parameters(), *first.buffers()]) / 1e6
+        return (lambda x: layers()(x)), mbytes
+    kernels = build.load_extension()
     bits, group = FORMATS[fmt]
     layer = Rotation(packed_copies(bits, group, k, n, layer=True, asym=fmt in ASYMMETRIC))
     p0 = layer.items[0]
     mbytes = (p0.codes_tensor.numel() * p0.codes_tensor.element_size() + p0.scale.numel() * 4) / 1e6
+    return (lambda x: packed_linear(x, layer(), None, kernels)), mbytes
+
+
+def probe(shape: str, tokens: list[int], fmt: str, scheme: str | None, ncu: bool) -> list[dict]:
+    import torch
+    from bench_kernels import graph_ms
+
+    k = int(shape.split("x")[0])
+    route, mbytes = weight_call(shape, fmt, scheme)
     rows = []
     for m in tokens:
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
 
         def call(x=x):
-            return packed_linear(x, layer(), None, kernels)
+            return route(x)
 
         for _ in range(3):
             call()
@@ -94,12 +112,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shapes", default=DEFAULT_SHAPES)
     ap.add_argument("--tokens", default="1,8,16,32,64")
-    ap.add_argument("--format", default="w4a16-g128")
+    ap.add_argument("--format", default="w4a16-g128", help="a weight-only format of benchmarks/bench_kernels.py")
+    ap.add_argument("--scheme", help="a W8A8 preset instead (fp8, w8a8-int8, fp8-block: benchmarks/bench_w8a8.py)")
     ap.add_argument("--ncu", action="store_true", help="profile only the probed calls (ncu --profile-from-start off)")
     ap.add_argument("--json")
     args = ap.parse_args()
     tokens = [int(t) for t in args.tokens.split(",")]
-    rows = [row for shape in args.shapes.split(",") for row in probe(shape, tokens, args.format, args.ncu)]
+    rows = [row for shape in args.shapes.split(",") for row in probe(shape, tokens, args.format, args.scheme, args.ncu)]
     for m in tokens:
         at = [r for r in rows if r["M"] == m]
         for key in ("graph_us", "kernel_us"):

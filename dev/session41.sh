@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The next session's first device call, prepared in session 40 (nvidia-h200, carry [".gpu/w8a8", ".gpu/ext"]; on a
 # fresh development machine `bash dev/prebuild_sm90.sh` (~13 min) and `bash dev/prebuild_ext.sh` (~3 min) first).
-#   call 1: bash dev/session41.sh routeprobe routencu        (~4 min)
+#   call 1: bash dev/session41.sh routeprobe routeprobe8 routencu        (~5 min)
 # routeprobe  dev/route_probe.py: per shape and token count (W4 g128, issue 19's six shapes, 1-64 tokens) the kernels
 #             one QuantLinear call launches and their device time against the call's time in a CUDA graph, and the
 #             fit time = fixed + bytes / bandwidth per token count (session 40: ~13 us "fixed" at 9-32 tokens)
+# routeprobe8 the same for issue 18's W8A8 layers (fp8, w8a8-int8, fp8-block) at 1-64 tokens (M <= 16: 1.35-1.65x,
+#             4096 x 4096 at 64 tokens 0.92x)
 # routencu    Nsight Compute over those calls alone (--profile-from-start off) on 8192 x 8192 and 4096 x 4096 at 16
 #             and 64 tokens: duration, DRAM, issue, occupancy, stall reasons per kernel
 cd "$(dirname "$0")/.."
@@ -15,6 +17,13 @@ routeprobe() {
   step "where the weight-only routes' time goes: kernels per call, graph time, fixed + bytes fit"
   timeout -k 10 "${PROBE_TIMEOUT:-200}" python3 dev/route_probe.py --tokens ${PROBE_TOKENS:-1,8,16,32,64} \
     --json "$OUT/route_probe.json" 2>&1 | grep -v "^USDT" | tail -40
+}
+routeprobe8() {
+  for scheme in ${PROBE_SCHEMES:-fp8 w8a8-int8 fp8-block}; do
+    step "where the W8A8 routes' time goes: $scheme"
+    timeout -k 10 "${PROBE_TIMEOUT:-150}" python3 dev/route_probe.py --scheme $scheme --tokens ${PROBE8_TOKENS:-1,4,16,64} \
+      --json "$OUT/route_probe_$scheme.json" 2>&1 | grep -v "^USDT" | tail -32
+  done
 }
 routencu() {
   step "ncu: the routes' launches at 16 and 64 tokens"
