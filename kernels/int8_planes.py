@@ -61,7 +61,9 @@ PLANES_MAX_M = 4  # csrc/wo_kernels.h, kPlanesMaxTokens
 # less: off; 16 for A/Bs of the four n-tiles).
 PLANES_TILE = int(os.environ.get("QTOOL_PLANES_TILE", "8"))
 PLANES_TILE_MAX_M = 16  # csrc/wo_kernels.h, kPlanesGivenMaxTokens
-PLANES_TILE_VARIANT = 0  # one stripe per block
+# One stripe per block (QTOOL_PLANES_TILE_VARIANT, read once: 1 / 2 for two / four, for A/Bs at 9-16 tokens, where
+# session 40's planes_ab put two stripes ahead on 8192 x 8192: 1.56-1.60x against the route's 1.43-1.44x).
+PLANES_TILE_VARIANT = int(os.environ.get("QTOOL_PLANES_TILE_VARIANT", "0"))
 # wo_planes_gemv's variant 3 (csrc/wo_planes_tile.cu): codes, scales and the planes staged through cp.async for 128
 # rows per block, split-K over a thread block cluster (sm_90), 1-32 tokens of 4-bit weights (16 with zero points).
 # Measured in session 40 against the routes at 9-32 tokens (BENCHMARKS.md "session 40"): it lost on every shape, so
