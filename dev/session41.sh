@@ -2,7 +2,8 @@
 # The next session's first device call, prepared in session 40 (nvidia-h200, carry [".gpu/w8a8", ".gpu/ext"]; on a
 # fresh development machine `bash dev/prebuild_sm90.sh` (~13 min) and `bash dev/prebuild_ext.sh` (~3 min) first).
 #   call 1: bash dev/session41.sh routeprobe routeprobe8 routencu        (~5 min)
-#   call 2: bash dev/session41.sh stripes16                              (~4 min)
+#   call 2: bash dev/session41.sh splitadd                               (~8 min)
+#   call 3: bash dev/session41.sh stripes16                              (~4 min)
 # routeprobe  dev/route_probe.py: per shape and token count (W4 g128, issue 19's six shapes, 1-64 tokens) the kernels
 #             one QuantLinear call launches and their device time against the call's time in a CUDA graph, and the
 #             fit time = fixed + bytes / bandwidth per token count (session 40: ~13 us "fixed" at 9-32 tokens)
@@ -10,6 +11,9 @@
 #             4096 x 4096 at 64 tokens 0.92x)
 # routencu    Nsight Compute over those calls alone (--profile-from-start off) on 8192 x 8192 and 4096 x 4096 at 16
 #             and 64 tokens: duration, DRAM, issue, occupancy, stall reasons per kernel
+# splitadd    CUTLASS split-K's partial sums added in arrival order (QTOOL_GEMM_SPLIT_ADD=any, csrc/sm90/sm90_common.cuh)
+#             against its default chain (split s waits for s - 1): the Hopper GEMMs' GPU tests under it, then the
+#             protocol tables W4 g128 at 9-64 tokens and W8A8 at 16-256 tokens with and without it
 # stripes16   the protocol table, W4 g128 at 9-16 tokens, with the stripes planes GEMV routed there (QTOOL_PLANES_TILE=16,
 #             one or two stripes per block: QTOOL_PLANES_TILE_VARIANT=0 / 1) and without: session 40's planes_ab put
 #             p1 / p2 ahead of the route on 14336 x 4096 and 8192 x 8192 (1.55-1.60x against 1.39-1.44x); session 39
@@ -40,6 +44,20 @@ routencu() {
   python3 dev/ncu_stalls.py "$OUT/ncu_route.csv"
 }
 
+splitadd() {
+  step "the Hopper GEMMs' GPU tests with QTOOL_GEMM_SPLIT_ADD=any"
+  QTOOL_GEMM_SPLIT_ADD=any gputests splitadd_tests "${PT_TIMEOUT:-200}" tests/test_mixed_gpu.py tests/test_w8a8_gpu.py
+  for label in any chain; do
+    local env="QTOOL_GEMM_SPLIT_ADD=$label"
+    step "protocol tables, $env"
+    env $env timeout -k 10 "${ROUTE_TIMEOUT:-150}" python3 benchmarks/bench_kernels.py --formats w4a16-g128 \
+      --tokens 9,16,32,64 --json "$OUT/splitadd_w4_$label.json" > /tmp/splitadd_w4_$label.txt 2>&1
+    echo "exit $?"; tail -26 /tmp/splitadd_w4_$label.txt
+    env $env timeout -k 10 "${ROUTE_TIMEOUT:-150}" python3 benchmarks/bench_w8a8.py --tokens 16,64,256 \
+      --json "$OUT/splitadd_w8a8_$label.json" > /tmp/splitadd_w8a8_$label.txt 2>&1
+    echo "exit $?"; tail -24 /tmp/splitadd_w8a8_$label.txt
+  done
+}
 stripes16() {
   for label in v0 v1 off; do
     local env="QTOOL_PLANES_TILE=16 QTOOL_PLANES_TILE_VARIANT=${label#v}"; [ $label = off ] && env="QTOOL_PLANES_TILE=8"

@@ -115,6 +115,7 @@ struct BlockGemm {
     } else {
       args.scheduler.decomposition_mode = split < 0 ? Mode::StreamK : Mode::DataParallel;
     }
+    set_split_add(args);
   }
 
   static size_t workspace(const BlockMmArgs& p) { return Gemm::get_workspace_size(arguments(p)); }

@@ -128,6 +128,7 @@ struct MixedGemm {
     } else {
       args.scheduler.decomposition_mode = Mode::DataParallel;
     }
+    set_split_add(args);
   }
 
   static size_t workspace(const MixedMmArgs& p) { return Gemm::get_workspace_size(arguments(p)); }

@@ -102,6 +102,7 @@ struct ScaledGemm {
     using Mode = typename Kernel::TileScheduler::DecompositionMode;
     args.scheduler.splits = split;
     args.scheduler.decomposition_mode = split > 1 ? Mode::SplitK : Mode::DataParallel;
+    set_split_add(args);
   }
 
   static size_t workspace(const ScaledMmArgs& p) { return Gemm::get_workspace_size(arguments(p)); }

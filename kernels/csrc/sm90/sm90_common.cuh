@@ -4,6 +4,8 @@
 
 #include <cstddef>
 #include <cstdlib>
+#include <string>
+#include <type_traits>
 
 #include <cuda_runtime.h>
 
@@ -68,6 +70,22 @@ inline bool gemm_pdl() {
     return env != nullptr && env[0] == '1';
   }();
   return on;
+}
+
+// How the splits of a split-K / stream-K tile add up (QTOOL_GEMM_SPLIT_ADD=any turns it on; read once per process).
+// CUTLASS's default, Deterministic, chains them: split s adds its partials into the workspace only after split s - 1
+// did, so a tile of S splits ends S - 1 round trips through L2 after its main loops (session 40: the suspect of the
+// ~13 us floor the mixed-input GEMM keeps on the small layers at 9-64 tokens). Nondeterministic: every split adds
+// (red.global.add) as soon as the first has stored, and the last one waits for all; the fp32 sums then round in
+// arrival order, so outputs can differ in their last bits from run to run. Off: an A/B knob until measured.
+template <class Arguments>
+void set_split_add(Arguments& args) {
+  static const bool any = [] {
+    const char* env = std::getenv("QTOOL_GEMM_SPLIT_ADD");
+    return env != nullptr && std::string(env) == "any";
+  }();
+  using Mode = std::remove_reference_t<decltype(args.scheduler.reduction_mode)>;
+  if (any) args.scheduler.reduction_mode = Mode::Nondeterministic;
 }
 
 // Gemm: a cutlass::gemm::device::GemmUniversalAdapter. Returns nullptr, or why the GEMM did not run. `pdl`: launch
