@@ -70,7 +70,7 @@ PLANES_TILE_VARIANT = int(os.environ.get("QTOOL_PLANES_TILE_VARIANT", "0"))
 # it serves past PLANES_TILE tokens up to QTOOL_PLANES_GEMM only where that is set (read once; 0, the default: off).
 PLANES_GEMM = int(os.environ.get("QTOOL_PLANES_GEMM", "0"))
 PLANES_GEMM_MAX_M = 32  # csrc/wo_kernels.h, kPlanesTileMaxTokens
-PLANES_GEMM_MAX_ASYM_M = 16  # kPlanesTileMaxAsymTokens: with zero points eight n-tiles spilled
+PLANES_GEMM_MAX_ASYM_M = 16  # kPlanesTileMaxAsymTokens: zero points to four n-tiles (eight are not built)
 PLANES_GEMM_VARIANT = 3
 PLANES_MAX_BYTES = 96 << 10  # kPlanesMaxBytes: wo_gemv 4-6's staged planes, 2 * m * (K + 64) bytes
 PLANES_ONE_TOKEN_MIN_WEIGHT = 8192 * 8192 + 1  # K * N from which one token takes the pair

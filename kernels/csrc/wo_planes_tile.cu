@@ -9,8 +9,8 @@
 //   - A block: 8 warps = 8 stripes (warp w: stripe 8 blockIdx.x + w), the chunks [c_beg, c_end) of its split.
 //   - Stages of 4 chunks through cp.async, 3-4 in flight: each warp's codes (its stripe's 4 x 512 bytes, the A
 //     fragments as loaded), the block's scales (and zero points) per chunk, and the planes ([chunk][plane row][64
-//     bytes]: a warp's LDS.128 of rows 8 i .. 8 i + 7 is 512 contiguous bytes); one barrier per stage. Session 40's
-//     first version kept the codes in a per-lane register ring of 4 chunks (the GEMVs' way): behind the barrier it
+//     bytes]: a warp's LDS.128 of rows 8 i .. 8 i + 7 is 512 contiguous bytes); one barrier per stage. Session 39's
+//     version kept the codes in a per-lane register ring of 4 chunks (the GEMVs' way): behind the barrier it
 //     held ~48 KB in flight per SM, and ncu showed long-scoreboard stalls at 30-40% of DRAM bandwidth.
 //   - Math per chunk and n-tile (4 tokens x 2 planes): two mma.m16n8k32.s8 on A from int4_word_s8x16 into int32 sums
 //     of their own (the n-tiles' mma overlap), folded into acc once per chunk, or per pair of chunks where a group
