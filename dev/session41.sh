@@ -1,9 +1,21 @@
 #!/usr/bin/env bash
-# The next session's first device call, prepared in session 40 (nvidia-h200, carry [".gpu/w8a8", ".gpu/ext"]; on a
+# The next session's device calls, prepared in sessions 40 and 41 (nvidia-h200, carry [".gpu/w8a8", ".gpu/ext"]; on a
 # fresh development machine `bash dev/prebuild_sm90.sh` (~13 min) and `bash dev/prebuild_ext.sh` (~3 min) first).
-#   call 1: bash dev/session41.sh routeprobe routeprobe8 routencu        (~5 min)
-#   call 2: bash dev/session41.sh splitadd                               (~8 min)
+#   call 1: bash dev/session41.sh locktests lockab                       (~6 min)
+#   call 1b: LOCK_SCHEMES="fp8 w8a8-int8" bash dev/session41.sh lockab   (~6 min)
+#   call 2: bash dev/session41.sh routeprobe routeprobe8 routencu        (~5 min; under the winner of call 1: e.g.
+#           QTOOL_GEMM_SPLIT_ADD=ordered bash dev/session41.sh ...)
 #   call 3: bash dev/session41.sh stripes16                              (~4 min)
+#   (splitadd: the protocol tables with and without QTOOL_GEMM_SPLIT_ADD=any, session 40's plan, ~8 min)
+# locktests   tests/test_split_locks_gpu.py: the three Hopper libraries' split-K / stream-K and wo_gemm's split-K under
+#             each knob setting (default, QTOOL_GEMM_LOCKS=keep, keep + any, QTOOL_GEMM_SPLIT_ADD=ordered with
+#             QTOOL_WO_SPLIT=ordered), each in a child process with a time limit (a flag left set would hang the
+#             next launch), against float64 and bit-identical across eager calls and graph replays where the adds
+#             run in a fixed order; then the Hopper GEMMs' and wo_gemm's own GPU tests under "ordered"
+# lockab      dev/route_probe.py under each setting (default, keep, ordered, ordered + QTOOL_GEMM_PDL=1, keep + any),
+#             W4 g128 (or the W8A8 presets of LOCK_SCHEMES) at 16 and 64 tokens: the kernels per call (the memset
+#             node should be gone under keep / ordered; PDL may now overlap the GEMM with the kernel before it) and
+#             the graph time; the winner becomes the default (ordered keeps the bits reproducible; any does not)
 # routeprobe  dev/route_probe.py: per shape and token count (W4 g128, issue 19's six shapes, 1-64 tokens) the kernels
 #             one QuantLinear call launches and their device time against the call's time in a CUDA graph, and the
 #             fit time = fixed + bytes / bandwidth per token count (session 40: ~13 us "fixed" at 9-32 tokens)
@@ -56,6 +68,28 @@ splitadd() {
     env $env timeout -k 10 "${ROUTE_TIMEOUT:-150}" python3 benchmarks/bench_w8a8.py --tokens 16,64,256 \
       --json "$OUT/splitadd_w8a8_$label.json" > /tmp/splitadd_w8a8_$label.txt 2>&1
     echo "exit $?"; tail -24 /tmp/splitadd_w8a8_$label.txt
+  done
+}
+locktests() {
+  step "the split reduction under each knob (tests/test_split_locks_gpu.py)"
+  gputests locktests "${PT_TIMEOUT:-420}" tests/test_split_locks_gpu.py
+  step "the Hopper GEMMs' and wo_gemm's GPU tests with QTOOL_GEMM_SPLIT_ADD=ordered QTOOL_WO_SPLIT=ordered"
+  QTOOL_GEMM_SPLIT_ADD=ordered QTOOL_WO_SPLIT=ordered gputests ordered_tests "${PT_TIMEOUT:-240}" \
+    tests/test_mixed_gpu.py tests/test_w8a8_gpu.py tests/test_wo_gemm_gpu.py \
+    -k "schedules or 256_row or every_config or cuda_graph or scaled_mm_gemms or float64 or graph_capture"
+}
+lockab() {  # LOCK_SCHEMES: w4 (W4 g128) and / or W8A8 presets; LOCK_LABELS: the settings
+  for label in ${LOCK_LABELS:-default keep ordered ordered-pdl any}; do
+    local env="QTOOL_GEMM_LOCKS=off"
+    case $label in keep) env="QTOOL_GEMM_LOCKS=keep";; ordered) env="QTOOL_GEMM_SPLIT_ADD=ordered QTOOL_WO_SPLIT=ordered";;
+      ordered-pdl) env="QTOOL_GEMM_SPLIT_ADD=ordered QTOOL_WO_SPLIT=ordered QTOOL_GEMM_PDL=1";;
+      any) env="QTOOL_GEMM_LOCKS=keep QTOOL_GEMM_SPLIT_ADD=any";; esac
+    for scheme in ${LOCK_SCHEMES:-w4}; do
+      local what=(--format w4a16-g128); [ "$scheme" = w4 ] || what=(--scheme "$scheme")
+      step "route probe, $scheme, $env"
+      env $env timeout -k 10 "${PROBE_TIMEOUT:-120}" python3 dev/route_probe.py "${what[@]}" \
+        --tokens ${LOCK_TOKENS:-16,64} --json "$OUT/lockab_${scheme}_$label.json" 2>&1 | grep -v "^USDT" | tail -16
+    done
   done
 }
 stripes16() {

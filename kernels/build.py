@@ -43,7 +43,7 @@ SOURCES = ("ops.cpp", "wo_gemv.cu", "wo_planes.cu", "wo_planes_low.cu", "wo_plan
            "decode_attention.cu", "ops_attention.cpp")
 HEADERS = ("wo_kernels.h", "planes.cuh", "wo_decode.cuh", "wo_common.cuh", "wo_xstage.cuh", "wo_occupancy.h", "wo_piece.cuh",
            "w8a8.h", "w8_decode.cuh", "mlp.h", "sm90/sm90_scaled_mm.h", "w1_kernels.h", "w1_gemv_plan.h", "pdl.cuh",
-           "attention.h", "attention_two_pass.cuh")
+           "attention.h", "attention_two_pass.cuh", "kept_counters.h")
 NAME = "qtool_cuda"
 # The kernels need sm_80+ (bf16 mma.sync, cp.async, ldmatrix). $QTOOL_CUDA_ARCHS="90" (a build option,
 # README "Build options") builds one target, a third of the compile time, where the GPU is known.

@@ -37,7 +37,8 @@ from . import build
 
 SOURCE = build.CSRC / "sm90" / "scaled_mm_sm90.cu"
 HEADER = build.CSRC / "sm90" / "sm90_scaled_mm.h"
-COMMON = build.CSRC / "sm90" / "sm90_common.cuh"  # included by every library's source
+COMMON = (build.CSRC / "sm90" / "sm90_common.cuh",  # included by every library's source
+          build.CSRC / "sm90" / "sm90_scheduler.cuh", build.CSRC / "kept_counters.h")
 # Hidden visibility: only the C entry points (QTOOL_SM90_API) are exported, so one library's copies of CUTLASS's
 # inline host functions never serve another's calls (sm90_scaled_mm.h says what that broke).
 # CUTLASS_ENABLE_GDC_FOR_SM90: the kernels carry the grid-dependency waits that QTOOL_GEMM_PDL=1 launches use.
@@ -62,7 +63,7 @@ class Library:
     def __init__(self, stem: str, source: Path, header: Path, what: str, fallback: str,
                  defines: tuple[str, ...] = (), global_symbols: bool = True) -> None:
         self.stem, self.source, self.what, self.fallback = stem, source, what, fallback
-        self.headers = (header, COMMON)  # what the source includes from csrc/sm90, hashed with it
+        self.headers = (header, *COMMON)  # what the source includes from csrc/sm90, hashed with it
         self.defines, self.mode = list(defines), ctypes.RTLD_GLOBAL if global_symbols else ctypes.RTLD_LOCAL
         self.tried, self.loaded, self.reason = False, False, None
 

@@ -296,13 +296,17 @@ at::Tensor wo_gemm(const at::Tensor& x, const at::Tensor& qweight, const at::Ten
   int num_sms = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, x.device().index()));
   const int splits = wo_gemm_splits(p, num_sms);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   at::Tensor workspace;
   if (splits > 1) {
-    workspace = at::zeros({x.size(0), out_features}, x.options().dtype(at::kFloat));
+    p.split_counters = wo_gemm_counters(wo_gemm_tiles(p), stream);
+    workspace = p.split_counters != nullptr  // slots, each written in full by its split; else zeroed sums
+                    ? at::empty({splits, x.size(0), out_features}, x.options().dtype(at::kFloat))
+                    : at::zeros({x.size(0), out_features}, x.options().dtype(at::kFloat));
     p.workspace = workspace.data_ptr<float>();
   }
   p.y = y.data_ptr();
-  launch_wo_gemm(p, splits, c10::cuda::getCurrentCUDAStream());
+  launch_wo_gemm(p, splits, stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return y;
 }

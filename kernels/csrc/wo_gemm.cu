@@ -18,7 +18,10 @@
 //     so the result is as accurate as dequantizing in float32 (better than the bf16 weights of
 //     the reference) and the scale costs one FMA per accumulator per group, not one per weight.
 #include <cstdint>
+#include <cstdlib>
+#include <string>
 
+#include "kept_counters.h"
 #include "wo_common.cuh"
 
 namespace qtool {
@@ -52,6 +55,49 @@ struct LaneGroup {
     }
   }
 };
+
+// Split-K without a memset or a second kernel (p.split_counters set): each split stores its partial tile (this
+// lane's C fragments) in its own slot of the workspace ([gridDim.y, m, n] float32, not zeroed); the last split of
+// the tile to arrive, counted on a kept per-tile counter that it resets, adds the slots in split order and stores
+// y, so the result has the same bits on every run (the atomicAdd path rounds in arrival order).
+// f(index in y [m, n], the lane's sum, weight row) for each of the lane's C-fragment elements inside y: rows row0
+// (i < 2) / row0 + 8, tokens col0 + 8 nt + i % 2.
+template <int MT, class F>
+__device__ __forceinline__ void each_output(const WoProblem& p, const float (&acc)[MT][4], int row0, int col0, F&& f) {
+#pragma unroll
+  for (int nt = 0; nt < MT; ++nt)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int row = row0 + 8 * (i / 2), tok = col0 + 8 * nt + i % 2;
+      if (row < p.w.n && tok < p.m) f(static_cast<size_t>(tok) * p.w.n + row, acc[nt][i], row);
+    }
+}
+
+template <typename T, int MT>
+__device__ __forceinline__ void store_ordered_splits(const WoProblem& p, const float (&acc)[MT][4], bool active,
+                                                     int row0, int col0) {
+  const size_t plane = static_cast<size_t>(p.m) * p.w.n;
+  auto each = [&](auto&& f) {
+    if (active) each_output<MT>(p, acc, row0, col0, f);
+  };
+  each([&](size_t idx, float v, int) { p.workspace[blockIdx.y * plane + idx] = v; });
+  __shared__ bool last;
+  __syncthreads();  // every warp's partials issued
+  if (threadIdx.x == 0) {
+    __threadfence();  // ... and visible before this split's arrival
+    int* counter = p.split_counters + blockIdx.z * gridDim.x + blockIdx.x;
+    last = atomicAdd(counter, 1) == static_cast<int>(gridDim.y) - 1;
+    if (last) *counter = 0;  // every split of the tile has arrived: zero for the next launch
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  each([&](size_t idx, float, int row) {
+    float sum = 0.0f;
+    for (unsigned s = 0; s < gridDim.y; ++s) sum += __ldcg(p.workspace + s * plane + idx);
+    store(static_cast<T*>(p.y) + idx, activate(sum + bias_at(opaque(p.bias), row), p.act));
+  });
+}
 
 // 64 tokens of int4 in 128 registers (two blocks per SM, no spills); int8's 64-token form takes ~165 (one block):
 // capped at 128 it spilled 52-72 bytes (ptxas, sm_90, session 26).
@@ -215,21 +261,19 @@ __global__ void __launch_bounds__(kWarps * 32, min_blocks<BITS, MT>()) wo_gemm_k
     }
   }
   if constexpr (!PG) flush();
-  if (!active) return;
   const int col0 = tok0 + 2 * (lane % 4);
-#pragma unroll
-  for (int nt = 0; nt < MT; ++nt)
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int row = row0 + 8 * (i / 2), tok = col0 + 8 * nt + i % 2;
-      if (row >= p.w.n || tok >= p.m) continue;
-      const size_t idx = static_cast<size_t>(tok) * p.w.n + row;
-      if (p.workspace != nullptr) {
-        atomicAdd(p.workspace + idx, acc[nt][i]);
-      } else {
-        store(static_cast<T*>(p.y) + idx, activate(acc[nt][i] + bias_at(opaque(p.bias), row), p.act));
-      }
+  if (p.split_counters != nullptr) {
+    store_ordered_splits<T, MT>(p, acc, active, row0, col0);
+    return;
+  }
+  if (!active) return;
+  each_output<MT>(p, acc, row0, col0, [&](size_t idx, float v, int row) {
+    if (p.workspace != nullptr) {
+      atomicAdd(p.workspace + idx, v);
+    } else {
+      store(static_cast<T*>(p.y) + idx, activate(v + bias_at(opaque(p.bias), row), p.act));
     }
+  });
 }
 
 // After split-K: y = act(workspace + bias).
@@ -267,7 +311,7 @@ void launch_typed(const WoProblem& p,     // the problem (workspace set when spl
       default: wo_gemm_kernel<T, BITS, 8, false><<<grid, block, 0, stream>>>(p, pieces_per_split); break;
     }
   }
-  if (p.workspace != nullptr) {
+  if (p.workspace != nullptr && p.split_counters == nullptr) {
     const size_t total = static_cast<size_t>(p.m) * p.w.n;
     finish_split_k<T><<<static_cast<unsigned>((total + 255) / 256), 256, 0, stream>>>(p);
   }
@@ -285,6 +329,23 @@ int wo_gemm_splits(const WoProblem& p, int num_sms) {
   splits = splits < 1 ? 1 : splits > max_splits ? max_splits : splits;
   const int pieces_per_split = (npieces + splits - 1) / splits;
   return (npieces + pieces_per_split - 1) / pieces_per_split;  // no empty splits
+}
+
+// wo_gemm's split-K in one launch (QTOOL_WO_SPLIT=ordered, read once; off: an A/B knob until measured,
+// kernels/NOTES.md "Session 41"): kept tile counters (kept_counters.h), or nullptr when off, when the problem has
+// more tiles than counters, or when they cannot be made now (the caller takes the memset path).
+int* wo_gemm_counters(int tiles, cudaStream_t stream) {
+  static const bool on = [] {
+    const char* env = std::getenv("QTOOL_WO_SPLIT");
+    return env != nullptr && std::string(env) == "ordered";
+  }();
+  static KeptCounters counters(16384);
+  return on && static_cast<size_t>(tiles) <= counters.count() ? counters.get(stream) : nullptr;
+}
+
+int wo_gemm_tiles(const WoProblem& p) {
+  const int tok = tokens_per_block(p.m);
+  return (p.w.n_padded / kStripeRows + kWarps - 1) / kWarps * ((p.m + tok - 1) / tok);
 }
 
 void launch_wo_gemm(const WoProblem& p, int splits, cudaStream_t stream) {

@@ -76,7 +76,8 @@ struct WoProblem {
   PackedWeightView w;  // the weight
   const float* bias;   // [n] float32, or nullptr
   void* y;             // [m, n] output in x's dtype
-  float* workspace;    // [m, n] zeroed float32 for split-K partial sums (wo_gemm), or nullptr
+  float* workspace;    // wo_gemm's split-K partial sums: [m, n] zeroed float32, or [splits, m, n] with
+                       // split_counters; else nullptr
   int m;               // tokens
   ScalarKind dtype;    // dtype of x and y
   Activation act;      // epilogue after the bias
@@ -95,6 +96,10 @@ struct WoProblem {
   // scale ([m] float32); x is unused then. nullptr: the planes kernel stages them from x itself.
   const int8_t* planes = nullptr;
   const float* xscale = nullptr;
+  // wo_gemm only: a counter per output tile (wo_gemm_tiles), zero between launches (each launch leaves them zero):
+  // the splits store their partials in slots and the last one adds them in split order (no memset, no second
+  // kernel, the same bits on every run). nullptr: atomicAdd into the zeroed workspace, then finish_split_k.
+  int* split_counters = nullptr;
 };
 // Added to wo_gemv's variant argument: the weight is static (prepared), PDL allowed.
 constexpr int kPdlFlag = 16;
@@ -183,8 +188,11 @@ void launch_w8_planes(const W8PlanesProblem& p, int stripes, cudaStream_t stream
 
 // Tensor-core kernel for any m (wo_gemm.cu); tokens are processed in slices of up to 64.
 // wo_gemm_splits() is the split-K factor for this problem on `num_sms` SMs: when it is > 1 the
-// caller passes a zeroed workspace and the launcher adds the bias/activation pass.
+// caller passes a zeroed workspace and the launcher adds the bias/activation pass, or the slots and
+// counters of p.split_counters (wo_gemm_tiles() counters).
 int wo_gemm_splits(const WoProblem& p, int num_sms);
+int wo_gemm_tiles(const WoProblem& p);
+int* wo_gemm_counters(int tiles, cudaStream_t stream);  // kept tile counters, or nullptr (wo_gemm.cu)
 void launch_wo_gemm(const WoProblem& p, int splits, cudaStream_t stream);
 
 // v3 tensor-core kernel for small m (wo_gemm_v3.cu): a ring of weight loads per lane, x and the group
