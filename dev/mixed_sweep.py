@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -37,9 +38,14 @@ def tiles_built(ktile: int) -> list[int]:
     return [16, 32, 64, 128] if ktile == 128 else [32, 64, 128, 256]
 
 
+# split-K factors tried where the tiles leave SMs idle; 8 only where the splits meet without CUTLASS's chain
+# (QTOOL_GEMM_SPLIT_ADD=ordered / any: sm90_scheduler.cuh), which the chain made too costly to try
+SPLITS = (2, 4, 8) if os.environ.get("QTOOL_GEMM_SPLIT_ADD") in ("ordered", "any") else (2, 4)
+
+
 def schedules(m: int, n: int, group: int, k_padded: int, sms: int) -> list[dict]:
     """The schedules worth timing at m tokens: the batch's own token tile and the two below it, each ktile and
-    variant that builds them, no split / the default / stream-K, and split-K by 2 or 4 where it fits."""
+    variant that builds them, no split / the default / stream-K, and split-K by SPLITS where it fits."""
     out = []
     for ktile in (64, 128):
         built = tiles_built(ktile)
@@ -54,7 +60,7 @@ def schedules(m: int, n: int, group: int, k_padded: int, sms: int) -> list[dict]
                 except ValueError:
                     continue
                 tiles = -(-n // ROWS[variant]) * -(-m // t)
-                splits = [0, 1, -1] + [s for s in (2, 4) if tiles * s <= 2 * sms and tiles < sms]
+                splits = [0, 1, -1] + [s for s in SPLITS if tiles * s <= 2 * sms and tiles < sms]
                 out += [dict(sched, split=s) for s in splits]
     return out
 

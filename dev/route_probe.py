@@ -5,7 +5,7 @@ over the shapes at each token count. Session 40's figures put ~13 us of "fixed" 
 at 9-32 tokens (kernels/NOTES.md): this says which launches hold it.
 
     python3 dev/route_probe.py [--shapes 4096x4096,8192x8192,...] [--tokens 1,8,16,32,64] [--format w4a16-g128 |
-        --scheme fp8] [--json out.json]
+        --scheme fp8] [--bf16] [--json out.json]
     ncu --profile-from-start off ... python3 dev/route_probe.py --ncu ...   # only the probed calls are profiled
 """
 
@@ -75,12 +75,24 @@ def weight_call(shape: str, fmt: str, scheme: str | None):
     return (lambda x: packed_linear(x, layer(), None, kernels)), mbytes
 
 
-def probe(shape: str, tokens: list[int], fmt: str, scheme: str | None, ncu: bool) -> list[dict]:
+def bf16_call(shape: str):
+    """call(x) -> F.linear over bf16 copies of the weight rotated past the L2 (the protocol's baseline)."""
+    import torch
+    import torch.nn.functional as F
+    from bench_kernels import Rotation, copies_for
+
+    k, n = (int(v) for v in shape.split("x"))
+    dense = Rotation([torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(copies_for(2 * n * k))])
+    return lambda x: F.linear(x, dense())
+
+
+def probe(shape: str, tokens: list[int], fmt: str, scheme: str | None, ncu: bool, bf16: bool = False) -> list[dict]:
     import torch
     from bench_kernels import graph_ms
 
     k = int(shape.split("x")[0])
     route, mbytes = weight_call(shape, fmt, scheme)
+    dense = bf16_call(shape) if bf16 and not ncu else None
     rows = []
     for m in tokens:
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
@@ -102,9 +114,13 @@ def probe(shape: str, tokens: list[int], fmt: str, scheme: str | None, ncu: bool
         graph_us = 1000 * graph_ms(call)
         rows.append({"shape": shape, "M": m, "mbytes": mbytes, "graph_us": graph_us,
                      "kernel_us": sum(us for _, us in launched.values()), "kernels": launched})
+        versus = ""
+        if dense is not None:
+            rows[-1]["bf16_us"] = 1000 * graph_ms(lambda x=x: dense(x))
+            versus = f" (bf16 {rows[-1]['bf16_us']:6.1f} us: {rows[-1]['bf16_us'] / graph_us:4.2f}x)"
         names = "; ".join(f"{name} x{count:g} {us:.1f} us" for name, (count, us) in launched.items())
-        print(f"{shape:>11} M={m:<3} graph {graph_us:6.1f} us  kernels {rows[-1]['kernel_us']:6.1f} us  | {names}",
-              flush=True)
+        print(f"{shape:>11} M={m:<3} graph {graph_us:6.1f} us{versus}  kernels {rows[-1]['kernel_us']:6.1f} us  | "
+              f"{names}", flush=True)
     return rows
 
 
@@ -115,10 +131,12 @@ def main() -> None:
     ap.add_argument("--format", default="w4a16-g128", help="a weight-only format of benchmarks/bench_kernels.py")
     ap.add_argument("--scheme", help="a W8A8 preset instead (fp8, w8a8-int8, fp8-block: benchmarks/bench_w8a8.py)")
     ap.add_argument("--ncu", action="store_true", help="profile only the probed calls (ncu --profile-from-start off)")
+    ap.add_argument("--bf16", action="store_true", help="also time bf16 F.linear in the same run (speedup)")
     ap.add_argument("--json")
     args = ap.parse_args()
     tokens = [int(t) for t in args.tokens.split(",")]
-    rows = [row for shape in args.shapes.split(",") for row in probe(shape, tokens, args.format, args.scheme, args.ncu)]
+    rows = [row for shape in args.shapes.split(",")
+            for row in probe(shape, tokens, args.format, args.scheme, args.ncu, args.bf16)]
     for m in tokens:
         at = [r for r in rows if r["M"] == m]
         for key in ("graph_us", "kernel_us"):

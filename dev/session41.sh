@@ -3,6 +3,7 @@
 # fresh development machine `bash dev/prebuild_sm90.sh` (~13 min) and `bash dev/prebuild_ext.sh` (~3 min) first).
 #   call 1: bash dev/session41.sh locktests lockab                       (~6 min)
 #   call 1b: LOCK_SCHEMES="fp8 w8a8-int8" bash dev/session41.sh lockab   (~6 min)
+#   call 1c: bash dev/session41.sh locksweep                             (~5 min; if ordered won: its best splits)
 #   call 2: bash dev/session41.sh routeprobe routeprobe8 routencu        (~5 min; under the winner of call 1: e.g.
 #           QTOOL_GEMM_SPLIT_ADD=ordered bash dev/session41.sh ...)
 #   call 3: bash dev/session41.sh stripes16                              (~4 min)
@@ -87,10 +88,17 @@ lockab() {  # LOCK_SCHEMES: w4 (W4 g128) and / or W8A8 presets; LOCK_LABELS: the
     for scheme in ${LOCK_SCHEMES:-w4}; do
       local what=(--format w4a16-g128); [ "$scheme" = w4 ] || what=(--scheme "$scheme")
       step "route probe, $scheme, $env"
-      env $env timeout -k 10 "${PROBE_TIMEOUT:-120}" python3 dev/route_probe.py "${what[@]}" \
+      env $env timeout -k 10 "${PROBE_TIMEOUT:-150}" python3 dev/route_probe.py "${what[@]}" --bf16 \
         --tokens ${LOCK_TOKENS:-16,64} --json "$OUT/lockab_${scheme}_$label.json" 2>&1 | grep -v "^USDT" | tail -16
     done
   done
+}
+locksweep() {  # the mixed-input GEMM's schedules re-timed with the ordered adds (split-K by 8 tried as well)
+  step "mixed_sweep under QTOOL_GEMM_SPLIT_ADD=ordered"
+  QTOOL_GEMM_SPLIT_ADD=ordered timeout -k 10 "${SWEEP_TIMEOUT:-300}" python3 dev/mixed_sweep.py --formats w4a16-g128 \
+    --tokens ${SWEEP_TOKENS:-16,64} --shapes ${SWEEP_SHAPES:-4096x4096,14336x4096,8192x8192,28672x8192} \
+    --budget 260 --json "$OUT/locksweep.json" > /tmp/locksweep.txt 2>&1
+  echo "exit $?"; python3 dev/mixed_sweep.py --show "$OUT/locksweep.json" 2>&1 | tail -20
 }
 stripes16() {
   for label in v0 v1 off; do
