@@ -9,7 +9,8 @@ without "big" splits (k tiles not divisible by the split count), stream-K and th
 split shapes (4- and 8-bit, groups and per channel, bias and SiLU), each twice eagerly and twice by replaying one
 CUDA graph, on fresh random inputs. Bounds: relative Frobenius error <= 1e-2 against float64 (as the kernels' own
 tests); every run bit-identical to the first where the setting adds in a fixed order (CUTLASS's chain, ordered;
-wo_gemm only when ordered: its default adds with atomics).
+wo_gemm only when ordered: its default adds with atomics); and where the flags or counters are kept, one eager call
+is one kernel and no memset (the torch profiler's list).
 """
 
 from __future__ import annotations
@@ -38,6 +39,18 @@ def _rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
     return float((y - ref).norm() / ref.norm())
 
 
+def _launches(fn, *args) -> dict[str, int]:
+    """The memsets and kernels one eager call of fn(*args) puts on the GPU (torch profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn(*args)
+        torch.cuda.synchronize()
+    names = [e.name.lower() for e in prof.events() if e.device_type.name == "CUDA"]
+    memsets = sum("memset" in name for name in names)
+    return {"memsets": memsets, "kernels": len(names) - memsets}
+
+
 def _runs(fn, *args) -> list[torch.Tensor]:
     """fn(*args) twice eagerly, then one CUDA graph of it replayed twice (the last call's flags must be zero for
     the next)."""
@@ -52,7 +65,11 @@ def _runs(fn, *args) -> list[torch.Tensor]:
     return outs
 
 
-def _mixed_cases() -> list[tuple[str, list[torch.Tensor], torch.Tensor]]:
+# (name, outputs of four runs, float64 reference, launches of one eager call)
+Case = tuple[str, list[torch.Tensor], torch.Tensor, dict[str, int]]
+
+
+def _mixed_cases() -> list[Case]:
     from qtool_kernels import mixed_mm
     from qtool_kernels.layout import dequantize_packed, pack_weight, unpack_codes
 
@@ -71,11 +88,12 @@ def _mixed_cases() -> list[tuple[str, list[torch.Tensor], torch.Tensor]]:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16, generator=g)
             ref = x.double() @ dequantize_packed(p.qweight, p.scale, p.zero, bits, 128, n, torch.float64)[:, :k].T
             outs = [y[:, :n] for y in _runs(mixed_mm.mixed_linear, x, mixed, split)]
-            cases.append((f"w{bits} k{k} n{n} m{m} split{split}", outs, ref))
+            cases.append((f"w{bits} k{k} n{n} m{m} split{split}", outs, ref,
+                          _launches(mixed_mm.mixed_linear, x, mixed, split)))
     return cases
 
 
-def _w8a8_cases() -> list[tuple[str, list[torch.Tensor], torch.Tensor]]:
+def _w8a8_cases() -> list[Case]:
     from qtool_kernels import block_mm, build, reference, scaled_mm, sm90
 
     kernels = build.load_extension()
@@ -92,24 +110,25 @@ def _w8a8_cases() -> list[tuple[str, list[torch.Tensor], torch.Tensor]]:
             ref = reference.scaled_linear(xq.cpu(), xs.cpu(), w.cpu(), ws.cpu().view(-1, 1), None, 0, 0, 0,
                                           torch.float64)
             xs_flat = xs.reshape(-1).contiguous()
-            outs = _runs(kernels.sm90_scaled_mm, xq, w, xs_flat, ws, None, torch.bfloat16,
-                         scaled_mm.SM90_CONFIGS["split"])
-            cases.append((f"{fmt} split k{k} n{n} m{m}", outs, ref))
+            args = (xq, w, xs_flat, ws, None, torch.bfloat16, scaled_mm.SM90_CONFIGS["split"])
+            outs = _runs(kernels.sm90_scaled_mm, *args)
+            cases.append((f"{fmt} split k{k} n{n} m{m}", outs, ref, _launches(kernels.sm90_scaled_mm, *args)))
     if block_mm.available():
         for config, split in [("block-split", 3), ("block-split", -1), ("block-swap", 4), ("block-swap", 0)]:
-            k, n, m = 4096, 1024, 17
+            k, n, m = 4096, 1024, 20  # rows a multiple of 4: block_linear pads no rows, so the call is the GEMM
             g = torch.Generator(device="cuda").manual_seed(n + m + split)
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16, generator=g)
             w = (torch.randn(n, k, device="cuda", generator=g) * 40).to(torch.float8_e4m3fn)
             ws = torch.rand(n // 128, k // 128, device="cuda", generator=g) / 100 + 1e-3
             xq, xs = kernels.act_quant(x, "e4m3", 128, None)
             ref = reference.scaled_linear(xq.cpu(), xs.cpu(), w.cpu(), ws.cpu(), None, 128, 128, 128, torch.float64)
-            outs = _runs(block_mm.block_linear, xq, xs, w, ws, block_mm.CONFIGS[config], split)
-            cases.append((f"{config} split{split} k{k} n{n} m{m}", outs, ref))
+            args = (xq, xs, w, ws, block_mm.CONFIGS[config], split)
+            outs = _runs(block_mm.block_linear, *args)
+            cases.append((f"{config} split{split} k{k} n{n} m{m}", outs, ref, _launches(block_mm.block_linear, *args)))
     return cases
 
 
-def _wo_gemm_cases() -> list[tuple[str, list[torch.Tensor], torch.Tensor]]:
+def _wo_gemm_cases() -> list[Case]:
     from conftest import random_qtensor
     from qtool_kernels import build
     from qtool_kernels.layout import pack_weight
@@ -124,8 +143,9 @@ def _wo_gemm_cases() -> list[tuple[str, list[torch.Tensor], torch.Tensor]]:
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
         xp = torch.nn.functional.pad(x, (0, p.k_padded - k))
         ref = torch.nn.functional.silu(x.double() @ dense.T + bias.double())
-        outs = _runs(kernels.wo_gemm, xp, p.qweight, p.scale, p.zero, bias, bits, p.group_size, n, "silu")
-        cases.append((f"wo_gemm w{bits} g{group} k{k} n{n} m{m}", outs, ref))
+        args = (xp, p.qweight, p.scale, p.zero, bias, bits, p.group_size, n, "silu")
+        outs = _runs(kernels.wo_gemm, *args)
+        cases.append((f"wo_gemm w{bits} g{group} k{k} n{n} m{m}", outs, ref, _launches(kernels.wo_gemm, *args)))
     return cases
 
 
@@ -134,13 +154,16 @@ def child() -> None:
     fixed order under them."""
     import quantize  # noqa: F401  (the package's import path sets up qtool_kernels)
 
-    cutlass_fixed = os.environ.get("QTOOL_GEMM_SPLIT_ADD") != "any"
-    wo_fixed = os.environ.get("QTOOL_WO_SPLIT") == "ordered"
-    cases = [(c, cutlass_fixed) for c in [*_mixed_cases(), *_w8a8_cases()]]
-    cases += [(c, wo_fixed) for c in _wo_gemm_cases()]
-    for (name, outs, ref), fixed in cases:
+    env = os.environ.get
+    ordered = env("QTOOL_GEMM_SPLIT_ADD") == "ordered"
+    # (fixed order, one launch and no memset expected) for the CUTLASS cases, then for wo_gemm's
+    cutlass = (env("QTOOL_GEMM_SPLIT_ADD") != "any", env("QTOOL_GEMM_LOCKS") == "keep" or ordered)
+    wo = (env("QTOOL_WO_SPLIT") == "ordered",) * 2
+    cases = [(c, cutlass) for c in [*_mixed_cases(), *_w8a8_cases()]] + [(c, wo) for c in _wo_gemm_cases()]
+    for (name, outs, ref, launches), (fixed, single) in cases:
         print(json.dumps({"case": name, "errors": [_rel_err(y, ref) for y in outs], "fixed_order": fixed,
-                          "identical": all(torch.equal(y, outs[0]) for y in outs[1:])}), flush=True)
+                          "identical": all(torch.equal(y, outs[0]) for y in outs[1:]),
+                          "single_launch": single, **launches}), flush=True)
 
 
 @pytest.mark.parametrize("setting", list(SETTINGS))
@@ -157,6 +180,8 @@ def test_split_reduction_under_each_knob(kernels, setting):
         assert max(r["errors"]) <= 1e-2, (setting, r)
         if r["fixed_order"]:
             assert r["identical"], (setting, r)
+        if r["single_launch"]:  # kept flags / counters: no memset, and wo_gemm without its finishing kernel
+            assert r["memsets"] == 0 and r["kernels"] == 1, (setting, r)
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["child"]:
