@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from .layout import chunk_k
+from . import fakes
 
 CSRC = Path(__file__).resolve().parent / "csrc"
 SOURCES = ("ops.cpp", "wo_gemv.cu", "wo_planes.cu", "wo_planes_low.cu", "wo_planes_tile.cu", "w8_planes.cu", "wo_stream.cu", "wo_gemm.cu", "wo_gemm_v3.cu", "dequant.cu", "ops_w8a8.cpp",
@@ -135,85 +135,6 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def _register_fakes() -> None:
-    """Shapes of the raw ops for torch.compile and opcheck (their kernels live in C++)."""
-
-    def wo_linear(x, qweight, scale, zero, bias, num_bits, group_size, out_features, activation, prefetch=None):
-        return x.new_empty(x.shape[0], out_features)
-
-    def wo_gemv(x, qweight, scale, zero, bias, num_bits, group_size, out_features, activation, prefetch=None,
-                variant=0):
-        return x.new_empty(x.shape[0], out_features)
-
-    def wo_gemm_v3(x, qweight, scale, zero, bias, num_bits, group_size, out_features, activation, variant=0):
-        return x.new_empty(x.shape[0], out_features)
-
-    def dequant_int(qweight, scale, zero, num_bits, group_size, out_features, dtype):
-        return qweight.new_empty(out_features, qweight.shape[1] * chunk_k(num_bits), dtype=dtype)
-
-    def act_quant(x, fmt, group_size, static_scale):
-        m, k = x.shape
-        if fmt == "int8x2":  # two planes per row (ops_w8a8.cpp)
-            return x.new_empty(2 * m, k, dtype=torch.int8), x.new_empty(2 * m, 1, dtype=torch.float32)
-        codes = x.new_empty(m, k, dtype=torch.int8 if fmt == "int8" else getattr(
-            torch, {"e4m3": "float8_e4m3fn", "e5m2": "float8_e5m2"}[fmt]))
-        if group_size > 0 and static_scale is None:  # column-major, as ops_w8a8.cpp writes it
-            return codes, x.new_empty_strided((m, -(-k // group_size)), (1, max(m, 1)), dtype=torch.float32)
-        return codes, x.new_empty(m, 1, dtype=torch.float32)
-
-    def w8_gemv(x, w, scale, bias, block_n, block_k, pdl=0, prefetch=None, swiglu=0):
-        return x.new_empty(x.shape[0], w.shape[0] // 2 if swiglu else w.shape[0])
-
-    def sm90_scaled_mm(a, b, a_scale, b_scale, bias, out_dtype, config=0):
-        return a.new_empty(a.shape[0], b.shape[0], dtype=out_dtype)
-
-    def w1_gemv(x, qweight, scale, bias, group_size, out_features):
-        return x.new_empty(x.shape[0], out_features)
-
-    def binarize(x, group_size, k_padded):
-        m, k = x.shape
-        m_padded = max(128, -(-m // 128) * 128)  # csrc/w1_kernels.h, kW1A1PadM
-        groups = 1 if group_size <= 0 else -(-k // group_size)
-        return (x.new_empty(m_padded, k_padded // 32, dtype=torch.int32), x.new_empty(m_padded, dtype=torch.float32),
-                x.new_empty(groups, m_padded, dtype=torch.int32))
-
-    def w1a1_gemm(xbits, xscale, xpopc, wbits, wscale, cterm, bias, m, out_features, group_size, out_dtype):
-        return xbits.new_empty(m, out_features, dtype=out_dtype)
-
-    def silu_mul(x, pdl=0):
-        return x.new_empty(x.shape[0], x.shape[1] // 2)
-
-    def x_planes(x, pdl=0, natural=0, gated=0):
-        k = x.shape[1] // (2 if gated else 1)
-        return x.new_empty(2 * x.shape[0], k, dtype=torch.int8), x.new_empty(x.shape[0], dtype=torch.float32)
-
-    def w8_planes_gemv(planes, xscale, w, wscale, bias, dtype, variant=0):
-        return planes.new_empty(planes.shape[0] // 2, w.shape[0], dtype=dtype)
-
-    def wo_planes_gemv(planes, xscale, qweight, scale, zero, bias, group_size, out_features, dtype, variant=0,
-                       num_bits=4, prefetch=None):
-        return planes.new_empty(planes.shape[0] // 2, out_features, dtype=dtype)
-
-    def decode_attention(q, k, v, mask, scale, splits=0, pdl=0, variant=0):
-        return q.new_empty(q.shape)
-
-    torch.library.register_fake(f"{NAME}::silu_mul")(silu_mul)
-    torch.library.register_fake(f"{NAME}::x_planes")(x_planes)
-    torch.library.register_fake(f"{NAME}::wo_planes_gemv")(wo_planes_gemv)
-    torch.library.register_fake(f"{NAME}::w8_planes_gemv")(w8_planes_gemv)
-    torch.library.register_fake(f"{NAME}::decode_attention")(decode_attention)
-    torch.library.register_fake(f"{NAME}::w1_gemv")(w1_gemv)
-    torch.library.register_fake(f"{NAME}::binarize")(binarize)
-    torch.library.register_fake(f"{NAME}::w1a1_gemm")(w1a1_gemm)
-    torch.library.register_fake(f"{NAME}::act_quant")(act_quant)
-    torch.library.register_fake(f"{NAME}::w8_gemv")(w8_gemv)
-    torch.library.register_fake(f"{NAME}::sm90_scaled_mm")(sm90_scaled_mm)
-    torch.library.register_fake(f"{NAME}::wo_gemv")(wo_gemv)
-    torch.library.register_fake(f"{NAME}::wo_gemm")(wo_linear)
-    torch.library.register_fake(f"{NAME}::wo_gemm_v3")(wo_gemm_v3)
-    torch.library.register_fake(f"{NAME}::dequant_int")(dequant_int)
-
-
 def _compile(directory: Path, verbose: bool) -> None:
     """Build the extension into `directory` unless the library there is newer than every source.
 
@@ -263,7 +184,7 @@ class _Loader:
             except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
                 self.reason = f"building {NAME} in {directory} failed: {_last_line(e)}"
             else:
-                _register_fakes()
+                fakes.register(NAME)
                 self.ops = getattr(torch.ops, NAME)
         if self.ops is None:
             warnings.warn(f"qtool CUDA kernels are not available ({self.reason}); qtool ops use their PyTorch "
