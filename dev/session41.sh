@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The next session's device calls, prepared in sessions 40 and 41 (nvidia-h200, carry [".gpu/w8a8", ".gpu/ext"]; on a
 # fresh development machine `bash dev/prebuild_sm90.sh` (~13 min) and `bash dev/prebuild_ext.sh` (~3 min) first).
-#   call 1: bash dev/session41.sh locktests lockab                       (~6 min)
-#   call 1b: LOCK_SCHEMES="fp8 w8a8-int8" bash dev/session41.sh lockab   (~6 min)
+#   call 1: bash dev/session41.sh locktests lockab                       (~6-7 min; calls back to back: a machine idle
+#           for 30 s is given back, and a fresh one takes minutes to start)
+#   call 1b: LOCK_SCHEMES="fp8 w8a8-int8" LOCK_LABELS="default keep ordered" bash dev/session41.sh lockab  (~5 min)
 #   call 1c: bash dev/session41.sh locksweep                             (~5 min; if ordered won: its best splits)
 #   call 2: bash dev/session41.sh routeprobe routeprobe8 routencu        (~5 min; under the winner of call 1: e.g.
 #           QTOOL_GEMM_SPLIT_ADD=ordered bash dev/session41.sh ...)
@@ -14,7 +15,8 @@
 #             next launch), against float64 and bit-identical across eager calls and graph replays where the adds
 #             run in a fixed order; then the Hopper GEMMs' and wo_gemm's own GPU tests under "ordered"
 # lockab      dev/route_probe.py under each setting (default, keep, ordered, ordered + QTOOL_GEMM_PDL=1, keep + any),
-#             W4 g128 (or the W8A8 presets of LOCK_SCHEMES) at 16 and 64 tokens: the kernels per call (the memset
+#             W4 g128 (or the W8A8 presets of LOCK_SCHEMES) at 16 and 64 tokens on the four shapes whose routes split
+#             there (4096 x 14336 and 8192 x 28672 run unsplit; LOCK_SHAPES): the kernels per call (the memset
 #             node should be gone under keep / ordered; PDL may now overlap the GEMM with the kernel before it) and
 #             the graph time; the winner becomes the default (ordered keeps the bits reproducible; any does not)
 # routeprobe  dev/route_probe.py: per shape and token count (W4 g128, issue 19's six shapes, 1-64 tokens) the kernels
@@ -24,7 +26,7 @@
 #             4096 x 4096 at 64 tokens 0.92x)
 # routencu    Nsight Compute over those calls alone (--profile-from-start off) on 8192 x 8192 and 4096 x 4096 at 16
 #             and 64 tokens: duration, DRAM, issue, occupancy, stall reasons per kernel
-# splitadd    CUTLASS split-K's partial sums added in arrival order (QTOOL_GEMM_SPLIT_ADD=any, csrc/sm90/sm90_common.cuh)
+# splitadd    CUTLASS split-K's partial sums added in arrival order (QTOOL_GEMM_SPLIT_ADD=any, csrc/sm90/sm90_scheduler.cuh)
 #             against its default chain (split s waits for s - 1): the Hopper GEMMs' GPU tests under it, then the
 #             protocol tables W4 g128 at 9-64 tokens and W8A8 at 16-256 tokens with and without it
 # stripes16   the protocol table, W4 g128 at 9-16 tokens, with the stripes planes GEMV routed there (QTOOL_PLANES_TILE=16,
@@ -89,7 +91,8 @@ lockab() {  # LOCK_SCHEMES: w4 (W4 g128) and / or W8A8 presets; LOCK_LABELS: the
       local what=(--format w4a16-g128); [ "$scheme" = w4 ] || what=(--scheme "$scheme")
       step "route probe, $scheme, $env"
       env $env timeout -k 10 "${PROBE_TIMEOUT:-150}" python3 dev/route_probe.py "${what[@]}" --bf16 \
-        --tokens ${LOCK_TOKENS:-16,64} --json "$OUT/lockab_${scheme}_$label.json" 2>&1 | grep -v "^USDT" | tail -16
+        --shapes ${LOCK_SHAPES:-4096x4096,14336x4096,8192x8192,28672x8192} --tokens ${LOCK_TOKENS:-16,64} \
+        --json "$OUT/lockab_${scheme}_$label.json" 2>&1 | grep -v "^USDT" | tail -12
     done
   done
 }
