@@ -56,10 +56,6 @@ struct LaneGroup {
   }
 };
 
-// Split-K without a memset or a second kernel (p.split_counters set): each split stores its partial tile (this
-// lane's C fragments) in its own slot of the workspace ([gridDim.y, m, n] float32, not zeroed); the last split of
-// the tile to arrive, counted on a kept per-tile counter that it resets, adds the slots in split order and stores
-// y, so the result has the same bits on every run (the atomicAdd path rounds in arrival order).
 // f(index in y [m, n], the lane's sum, weight row) for each of the lane's C-fragment elements inside y: rows row0
 // (i < 2) / row0 + 8, tokens col0 + 8 nt + i % 2.
 template <int MT, class F>
@@ -73,6 +69,10 @@ __device__ __forceinline__ void each_output(const WoProblem& p, const float (&ac
     }
 }
 
+// Split-K without a memset or a second kernel (p.split_counters set): each split stores its partial tile (this
+// lane's C fragments) in its own slot of the workspace ([gridDim.y, m, n] float32, not zeroed); the last split of
+// the tile to arrive, counted on a kept per-tile counter that it resets, adds the slots in split order and stores
+// y, so the result has the same bits on every run (the atomicAdd path rounds in arrival order).
 template <typename T, int MT>
 __device__ __forceinline__ void store_ordered_splits(const WoProblem& p, const float (&acc)[MT][4], bool active,
                                                      int row0, int col0) {

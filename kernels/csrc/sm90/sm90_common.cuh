@@ -5,8 +5,6 @@
 
 #include <cstddef>
 #include <cstdlib>
-#include <string>
-#include <type_traits>
 
 #include <cuda_runtime.h>
 
