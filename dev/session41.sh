@@ -8,6 +8,8 @@
 #   call 2: bash dev/session41.sh routeprobe routeprobe8 routencu        (~5 min; under the winner of call 1: e.g.
 #           QTOOL_GEMM_SPLIT_ADD=ordered bash dev/session41.sh ...)
 #   call 3: bash dev/session41.sh stripes16                              (~4 min)
+#   call 4: bash dev/session41.sh ordertests orderab                      (~6 min; session 42's: the tile order and
+#           the 2 x 2 clusters at 1024-8192 tokens)
 #   (splitadd: the protocol tables with and without QTOOL_GEMM_SPLIT_ADD=any, session 40's plan, ~8 min)
 # locktests   tests/test_split_locks_gpu.py: the three Hopper libraries' split-K / stream-K and wo_gemm's split-K under
 #             each knob setting (default, QTOOL_GEMM_LOCKS=keep, keep + any, QTOOL_GEMM_SPLIT_ADD=ordered with
@@ -33,6 +35,13 @@
 #             one or two stripes per block: QTOOL_PLANES_TILE_VARIANT=0 / 1) and without: session 40's planes_ab put
 #             p1 / p2 ahead of the route on 14336 x 4096 and 8192 x 8192 (1.55-1.60x against 1.39-1.44x); session 39
 #             measured one stripe on all shapes (lost on 5 of 6). A win on those shapes becomes a shape rule.
+# ordertests  tests/test_tile_order.py (every Hopper library under five tile orders: bit-identical to the default's,
+#             within 1e-2 of float64), the new 2 x 2-cluster configurations in the every-config tests, and the split
+#             reductions with the tile grid padded to swizzle groups (the kept flags' bound)
+# orderab     dev/order_ab.py: fp8, w8a8-int8, fp8-block and W4 g128 at 1024-8192 tokens on the six shapes, bf16 and
+#             the layer as dispatched under the tile orders h1 (CUTLASS's), h8, m8, n8, plus libqtool_sm90's large /
+#             pingpong / pingpong-2x2 and the block library's block-large / block-large-2x2; a win becomes the
+#             default order (per library or by problem size) and the 2 x 2 tiles enter the W8A8 sweep / routes
 cd "$(dirname "$0")/.."
 LOG=session41.log
 source dev/gpu_setup.sh
@@ -111,6 +120,19 @@ stripes16() {
       --tokens 9,12,16 --json "$OUT/stripes16_$label.json" > /tmp/stripes16_$label.txt 2>&1
     echo "exit $?"; tail -22 /tmp/stripes16_$label.txt
   done
+}
+
+ordertests() {
+  step "the Hopper GEMMs under each tile order, the 2 x 2-cluster configurations"
+  gputests ordertests "${PT_TIMEOUT:-300}" tests/test_tile_order.py tests/test_w8a8_gpu.py tests/test_mixed_gpu.py \
+    -k "every_order or every_config or export or unknown_config"
+  gputests ordertests_locks "${PT_TIMEOUT:-200}" tests/test_split_locks_gpu.py -k swizzled
+}
+orderab() {
+  step "tile order and 2 x 2 clusters at 1024-8192 tokens (dev/order_ab.py)"
+  timeout -k 10 "${ORDER_TIMEOUT:-330}" python3 dev/order_ab.py --schemes ${ORDER_SCHEMES:-fp8,w8a8-int8,fp8-block,w4a16} \
+    --tokens ${ORDER_TOKENS:-1024,4096,8192} --orders ${ORDER_ORDERS:-h1,h8,m8,n8} --rounds ${ORDER_ROUNDS:-2} \
+    --json "$OUT/order_ab.json" 2>&1 | grep -v "^USDT" | tail -80
 }
 
 for stage in "$@"; do "$stage"; done

@@ -67,7 +67,7 @@ def channel_gemms(kind: str, x: torch.Tensor, wq: Rotation, w_scale: torch.Tenso
     for name, config in scaled_mm.SM90_CONFIGS.items():
         # skip what cannot win: 64-row tiles on thousands of tokens, 128-row ones on a few
         if (name == "auto" or (m >= 2048 and name in ("narrow", "skinny")) or (m <= 8 and name in ("large", "split"))
-                or (m < 256 and name == "pingpong")):
+                or (m < 256 and name.startswith("pingpong"))):
             continue
         out[name] = graph_ms(lambda c=config: torch.ops.qtool_cuda.sm90_scaled_mm(
             xq, wq(), xs, w_scale, None, torch.bfloat16, c), reps=10, replays=7)

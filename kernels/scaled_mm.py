@@ -98,13 +98,16 @@ def _sm90_fits(xq: torch.Tensor, wq: torch.Tensor, out_dtype: torch.dtype, measu
 
 
 # libqtool_sm90's tile configurations (csrc/sm90/sm90_scaled_mm.h, config): 0 picks skinny or large by m.
-# 6: skinny tiles in 2-CTA clusters along m (session 24: the fastest in 5 of 60 cells, at 128 tokens).
-SM90_CONFIGS = {"auto": 0, "skinny": 1, "large": 2, "split": 3, "narrow": 4, "pingpong": 5, "skinny-pair": 6}
+# 6: skinny tiles in 2-CTA clusters along m (session 24: the fastest in 5 of 60 cells, at 128 tokens). 7, 8: pingpong
+# and large in 2 x 2 clusters, both operands multicast (session 42, unmeasured: for 1024-8192 tokens, where L2's
+# bandwidth may bind the 2-CTA tiles).
+SM90_CONFIGS = {"auto": 0, "skinny": 1, "large": 2, "split": 3, "narrow": 4, "pingpong": 5, "skinny-pair": 6,
+                "pingpong-2x2": 7, "large-2x2": 8}
 # Added to the configuration: programmatic dependent launch (csrc/sm90/sm90_common.cuh; the GEMM waits for the
 # kernel before, act_quant, ahead of any global access, so any input is safe). Session 19 (H200, graph replay):
 # faster at 32 and 64 tokens on every shape (fp8 8192 x 8192 at 32: 26.0 -> 23.8 us, 4096 x 4096 at 64: 11.0 ->
 # 10.0), mixed to 1.5x slower at 256 (8192 x 28672: 107.9 -> 157.6 us): up to SM90_PDL_MAX_M tokens only.
-SM90_PDL, SM90_PDL_MAX_M = 8, 64
+SM90_PDL, SM90_PDL_MAX_M = 16, 64
 # The same for the fp8-block GEMM (block_mm.PDL), on layers of at most BLOCK_PDL_MAX_K columns. Session 22 (H200,
 # graph replay, `dev/block_pdl_probe.py`): at k = 4096 faster on every shape and batch measured, 16-256 tokens (4096 x
 # 4096 at 64: 11.7 -> 11.0 us; 4096 x 6144 at 64: 13.4 -> 12.4), where act_quant is short and the GEMM's launch a

@@ -199,3 +199,24 @@ def load() -> bool:
 
 def reason() -> str | None:
     return _sm90.reason
+
+
+RASTERS = {"heuristic": 0, "m": 1, "n": 2}  # csrc/sm90/sm90_common.cuh, TileOrder::raster
+
+
+def set_tile_order(swizzle: int = 1, raster: str = "heuristic") -> None:
+    """The order in which every loaded library's persistent schedulers hand out output tiles, from the next call on
+    (csrc/sm90/sm90_common.cuh, TileOrder; QTOOL_GEMM_SWIZZLE / QTOOL_GEMM_RASTER set it at load): `swizzle` tiles
+    (1, 2, 4 or 8) per group, walked along m or n first ("m", "n", or "heuristic": CUTLASS's choice). A CUDA graph
+    keeps the order it was captured with. For A/Bs (dev/order_ab.py); the defaults are CUTLASS's."""
+    if swizzle not in (1, 2, 4, 8):
+        raise ValueError(f"set_tile_order: swizzle={swizzle!r}, expected 1, 2, 4 or 8")
+    if raster not in RASTERS:
+        raise ValueError(f"set_tile_order: raster={raster!r}, expected one of {sorted(RASTERS)}")
+    for lib in ALL:
+        if lib.loaded:  # a handle of its own: the two mixed libraries export the same name
+            setter = ctypes.CDLL(str(lib.path())).qtool_sm90_set_tile_order
+            setter.restype = ctypes.c_char_p
+            err = setter(swizzle, RASTERS[raster])
+            if err is not None:
+                raise RuntimeError(f"{lib.stem}: {err.decode()}")

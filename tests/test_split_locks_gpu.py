@@ -31,6 +31,9 @@ SETTINGS = {
     "keep": {"QTOOL_GEMM_LOCKS": "keep"},
     "keep-any": {"QTOOL_GEMM_LOCKS": "keep", "QTOOL_GEMM_SPLIT_ADD": "any"},
     "ordered": {"QTOOL_GEMM_SPLIT_ADD": "ordered", "QTOOL_WO_SPLIT": "ordered"},
+    # the tile grid padded to whole swizzle groups (csrc/sm90/sm90_common.cuh, TileOrder): more tiles, more flags
+    "ordered-swizzled": {"QTOOL_GEMM_SPLIT_ADD": "ordered", "QTOOL_WO_SPLIT": "ordered", "QTOOL_GEMM_SWIZZLE": "8",
+                         "QTOOL_GEMM_RASTER": "n"},
 }
 
 

@@ -195,13 +195,14 @@ def test_scaled_mm_gemms(kernels, dtype, fmt, m, n, k):
     assert rel_err(y.cpu(), ref) < 1e-2
 
 
-@pytest.mark.parametrize("config", ["skinny", "large", "split", "narrow", "pingpong", "skinny-pair"])
+@pytest.mark.parametrize("config", ["skinny", "large", "split", "narrow", "pingpong", "skinny-pair", "pingpong-2x2",
+                                    "large-2x2"])
 @pytest.mark.parametrize("fmt", ["int8", "e4m3"])
 @pytest.mark.parametrize("m", [1, 17, 130, 700])
 @pytest.mark.parametrize("n, k", [(1536, 576), (4096, 4096), (1000, 2064)])
 def test_sm90_gemm_every_config(kernels, config, fmt, m, n, k):
     """Each tile configuration of libqtool_sm90 (skinny, large, split-K, narrow, large ping-pong, skinny in 2-CTA
-    clusters, thin) at any m, bf16 out, with bias."""
+    clusters, large ping-pong and large in 2 x 2 clusters) at any m, bf16 out, with bias."""
     if torch.cuda.get_device_capability() != (9, 0) or not sm90.load():
         pytest.skip("libqtool_sm90 runs on Hopper")
     g = torch.Generator(device="cuda").manual_seed(m + n + k + len(config))
@@ -230,7 +231,7 @@ def test_sm90_gemm_every_config(kernels, config, fmt, m, n, k):
 @pytest.mark.parametrize("config,split", [("block-skinny", 0), ("block-split", 0), ("block-split", 1),
                                           ("block-split", -1), ("block-split", 3), ("block-large", 0),
                                           ("block-swap", 0), ("block-swap", 1), ("block-swap", -1), ("block-swap", 4),
-                                          ("block-narrow", 0)])
+                                          ("block-narrow", 0), ("block-large-2x2", 0)])
 @pytest.mark.parametrize("m", [1, 17, 130, 700])
 @pytest.mark.parametrize("n, k", [(1536, 512), (4096, 4096), (1000, 2176)])
 def test_sm90_block_gemm_every_config(kernels, config, split, m, n, k):
@@ -260,8 +261,8 @@ def test_sm90_gemm_rejects_unknown_config(kernels):
     if torch.cuda.get_device_capability() != (9, 0) or not sm90.load():
         pytest.skip("libqtool_sm90 runs on Hopper")
     a = torch.zeros(16, 64, device="cuda", dtype=torch.int8)
-    # configurations are 0-6 (the PDL bit is 8): 7 and 16 are none, launched plainly or with PDL
-    for config in (7, 16, 7 + scaled_mm.SM90_PDL):
+    # configurations are 0-8 (the PDL bit is 16): 9, 15 and 32 are none, launched plainly or with PDL
+    for config in (9, 15, 32, 9 + scaled_mm.SM90_PDL):
         with pytest.raises(RuntimeError, match="config must be"):
             torch.ops.qtool_cuda.sm90_scaled_mm(a, a, torch.ones(16, device="cuda"), torch.ones(16, device="cuda"),
                                                 None, torch.bfloat16, config)

@@ -118,7 +118,7 @@ struct BlockGemm {
     set_split_add(args);
   }
 
-  static size_t workspace(const BlockMmArgs& p) { return Gemm::get_workspace_size(arguments(p)); }
+  static size_t workspace(const BlockMmArgs& p) { return workspace_size<Gemm>(arguments(p)); }
 
   static const char* run(const BlockMmArgs& p, cudaStream_t stream) {
     return run_gemm<Gemm>(arguments(p), p.workspace, p.workspace_bytes, stream, (p.config & kBlockConfigPdl) != 0);
@@ -133,6 +133,12 @@ using Swapped = BlockGemm<Shape<_128, _64, _128>, Shape<_1, _1, _1>, false, Stre
 // tiles leave most SMs idle (4096 x 4096 at 64 tokens: 32 of 132; session 20 measured Skinny at 0.78x bf16 there and
 // every split of k slower still).
 using Narrow = BlockGemm<Shape<_64, _64, _128>, Shape<_1, _1, _1>, true, cutlass::gemm::PersistentScheduler, false, 64>;
+// Large in 2 x 2 clusters (session 42, for the A/B): both operands' tiles multicast to two CTAs. Why: with the block
+// scales each consumer warpgroup must hold a 64 x 128 tile's accumulators twice (wgmma's and the promoted sums), so
+// the tile cannot grow past 128 x 128, and at the tensor cores' rate a 128 x 128 x 128 step of Large reads 24 KB
+// from L2 per CTA (its A half-multicast): ~12 TB/s over 132 SMs, above what L2 delivers. 2 x 2 reads 16 KB (4096 x
+// 4096 at 1024 tokens ran 1.25x bf16, ~45% of the FP8 rate, as if bound by ~5.5 TB/s of L2).
+using Large22 = BlockGemm<Shape<_128, _128, _128>, Shape<_2, _2, _1>, false, cutlass::gemm::PersistentScheduler>;
 
 template <class Fn>
 const char* by_config(const BlockMmArgs& p, Fn&& fn) {
@@ -143,7 +149,9 @@ const char* by_config(const BlockMmArgs& p, Fn&& fn) {
     case 2: return fn(Large{});
     case 3: return fn(Swapped{});
     case 4: return fn(Narrow{});
-    default: return "config must be 0 (skinny), 1 (split), 2 (large), 3 (swapped) or 4 (narrow), plus 8 for PDL";
+    case 5: return fn(Large22{});
+    default: return "config must be 0 (skinny), 1 (split), 2 (large), 3 (swapped), 4 (narrow) or 5 (large in 2 x 2 "
+                    "clusters), plus 8 for PDL";
   }
 }
 

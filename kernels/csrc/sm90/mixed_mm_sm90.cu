@@ -131,7 +131,7 @@ struct MixedGemm {
     set_split_add(args);
   }
 
-  static size_t workspace(const MixedMmArgs& p) { return Gemm::get_workspace_size(arguments(p)); }
+  static size_t workspace(const MixedMmArgs& p) { return workspace_size<Gemm>(arguments(p)); }
 
   static const char* run(const MixedMmArgs& p, cudaStream_t stream) {
     return run_gemm<Gemm>(arguments(p), p.workspace, p.workspace_bytes, stream);

@@ -105,7 +105,7 @@ struct ScaledGemm {
     set_split_add(args);
   }
 
-  static size_t workspace(const ScaledMmArgs& p) { return Gemm::get_workspace_size(arguments(p)); }
+  static size_t workspace(const ScaledMmArgs& p) { return workspace_size<Gemm>(arguments(p)); }
 
   static const char* run(const ScaledMmArgs& p, cudaStream_t stream) {
     return run_gemm<Gemm>(arguments(p), p.workspace, p.workspace_bytes, stream, (p.config & kConfigPdl) != 0);
@@ -127,10 +127,10 @@ using Skinny = ScaledGemm<AB, D, Shape<_64, _128, _128>, Shape<_1, _1, _1>,
                           Schedule<AB, cutlass::gemm::KernelTmaWarpSpecializedPingpong,
                                    cutlass::gemm::KernelTmaWarpSpecializedPingpongFP8FastAccum>,
                           cutlass::epilogue::TmaWarpSpecialized, cutlass::gemm::PersistentScheduler>;
-template <class AB, class D>
+template <class AB, class D, class Cluster = Shape<_2, _1, _1>>  // Cluster: config 8's 2 x 2, below
 using Large = ScaledGemm<AB, D, std::conditional_t<std::is_same_v<AB, int8_t>, Shape<_128, _128, _128>,
                                                    Shape<_128, _256, _128>>,
-                         Shape<_2, _1, _1>,
+                         Cluster,
                          Schedule<AB, cutlass::gemm::KernelTmaWarpSpecializedCooperative,
                                   cutlass::gemm::KernelTmaWarpSpecializedCooperativeFP8FastAccum>,
                          cutlass::epilogue::TmaWarpSpecializedCooperative, cutlass::gemm::PersistentScheduler>;
@@ -152,8 +152,8 @@ using Narrow = ScaledGemm<AB, D, Shape<_64, _64, _128>, Shape<_1, _1, _1>,
 // tile, so one's epilogue, with its three scale / bias loads, overlaps the other's math) rather than splitting one
 // 128 x 256 tile as Large does. Written for session 22's sweep: at 1024-8192 tokens Large ran the 8-bit tensor cores
 // at ~62-77% of twice cuBLAS's bf16 rate (fp8 4096 x 4096 at 4096 tokens 1.40x bf16, int8 1.29x).
-template <class AB, class D>
-using LargePingpong = ScaledGemm<AB, D, Shape<_128, _128, _128>, Shape<_2, _1, _1>,
+template <class AB, class D, class Cluster = Shape<_2, _1, _1>>
+using LargePingpong = ScaledGemm<AB, D, Shape<_128, _128, _128>, Cluster,
                                  Schedule<AB, cutlass::gemm::KernelTmaWarpSpecializedPingpong,
                                           cutlass::gemm::KernelTmaWarpSpecializedPingpongFP8FastAccum>,
                                  cutlass::epilogue::TmaWarpSpecialized, cutlass::gemm::PersistentScheduler>;
@@ -166,6 +166,14 @@ using SkinnyPair = ScaledGemm<AB, D, Shape<_64, _128, _128>, Shape<_2, _1, _1>,
                               Schedule<AB, cutlass::gemm::KernelTmaWarpSpecializedPingpong,
                                        cutlass::gemm::KernelTmaWarpSpecializedPingpongFP8FastAccum>,
                               cutlass::epilogue::TmaWarpSpecialized, cutlass::gemm::PersistentScheduler>;
+
+// Configs 7 and 8 (session 42, for the A/B): LargePingpong and Large in 2 x 2 clusters, both operands multicast. At
+// the 8-bit tensor cores' rate a 128 x 128 x 128 step of LargePingpong reads 24 KB from L2 per CTA (the weight tile
+// half-multicast), ~12 TB/s over 132 SMs, and Large's 128 x 256 step 32 KB per twice the math: both above what L2
+// delivers (~5.5-7 TB/s), which may be why both run the tensor cores at 62-77% of twice cuBLAS's bf16 rate. In 2 x 2
+// clusters LargePingpong reads 16 KB per step and Large 24 KB per double step (FP8; int8's Large tile is 128 x 128:
+// 16 KB), at the price of four co-scheduled CTAs.
+using Cluster22 = Shape<_2, _2, _1>;
 
 constexpr int kSkinnyMaxM = 128;
 
@@ -186,8 +194,11 @@ const char* dispatch_m(const ScaledMmArgs& p, cudaStream_t stream, size_t* works
     case 4: return workspace_or_run<Narrow<AB, D>>(p, stream, workspace);
     case 5: return workspace_or_run<LargePingpong<AB, D>>(p, stream, workspace);
     case 6: return workspace_or_run<SkinnyPair<AB, D>>(p, stream, workspace);
-    default: return "config must be 0 (by m), 1 (skinny), 2 (large), 3 (split), 4 (narrow), 5 (large-pingpong) "
-                    "or 6 (skinny-pair)";
+    case 7: return workspace_or_run<LargePingpong<AB, D, Cluster22>>(p, stream, workspace);
+    case 8: return workspace_or_run<Large<AB, D, Cluster22>>(p, stream, workspace);
+    default: return "config must be 0 (by m), 1 (skinny), 2 (large), 3 (split), 4 (narrow), 5 (large-pingpong), "
+                    "6 (skinny-pair), 7 (large-pingpong in 2 x 2 clusters) or 8 (large in 2 x 2 clusters), plus 16 "
+                    "for PDL";
   }
 }
 

@@ -34,10 +34,10 @@ struct ScaledMmArgs {
                           // 3: split (128 x 128 cooperative, k split over the SMs the output tiles leave idle);
                           // 4: narrow (64 x 64 ping-pong: twice the skinny tiles); 5: large ping-pong (128 x 128
                           // tiles, 2-CTA clusters, a tile per consumer warpgroup); 6: skinny-pair (skinny tiles
-                          // in 2-CTA clusters along m, the weight tile multicast);
-                          // plus kConfigPdl: launched with programmatic dependent launch (sm90_common.cuh)
+                          // in 2-CTA clusters along m, the weight tile multicast); 7 / 8: large ping-pong / large
+                          // in 2 x 2 clusters (both operands multicast); plus kConfigPdl: launched with programmatic dependent launch (sm90_common.cuh)
 };
-constexpr int kConfigPdl = 8;
+constexpr int kConfigPdl = 16;
 
 }  // namespace qtool::sm90
 

@@ -85,12 +85,16 @@ class StreamKScheduler : public cutlass::gemm::kernel::detail::PersistentTileSch
     bool ordered = false;  // split-K partials in slots of their own, added by the last split in split order
   };
 
-  // Whether a launch of `problem_shape` keeps its flags in args.locks: every split tile needs one per warpgroup.
+  // Whether a launch of `problem_shape` keeps its flags in args.locks: every split tile needs one per warpgroup, on
+  // the tile grid as the scheduler pads it (to whole clusters, and whole swizzle groups: at most max_swizzle_size).
   template <class ProblemShape>
-  static bool fits(ProblemShape problem_shape) {
+  static bool fits(ProblemShape problem_shape, Arguments const& args) {
     const dim3 tiles = Base::get_tiled_cta_shape_mnl(cute::append<4>(problem_shape, cute::Int<1>{}), TileShape{},
                                                      ClusterShape{});
-    return uint64_t(tiles.x) * tiles.y * tiles.z * kMaxConsumerGroups <= kKeptLocks;
+    const uint64_t swizzle = static_cast<uint64_t>(args.max_swizzle_size > 1 ? args.max_swizzle_size : 1);
+    const uint64_t pad_m = swizzle * cute::size<0>(ClusterShape{}), pad_n = swizzle * cute::size<1>(ClusterShape{});
+    const uint64_t m = (tiles.x + pad_m - 1) / pad_m * pad_m, n = (tiles.y + pad_n - 1) / pad_n * pad_n;
+    return m * n * tiles.z * kMaxConsumerGroups <= kKeptLocks;
   }
 
   template <class ProblemShape>
@@ -102,7 +106,7 @@ class StreamKScheduler : public cutlass::gemm::kernel::detail::PersistentTileSch
     static_cast<BaseParams&>(params) = Base::to_underlying_arguments(
         problem_shape, tile_shape, cluster_shape, hw_info, args, workspace, epilogue_subtile,
         ktile_start_alignment_count);
-    if (args.locks != nullptr && fits(problem_shape)) {
+    if (args.locks != nullptr && fits(problem_shape, args)) {
       params.locks = args.locks;
       params.ordered = args.ordered;
     }
@@ -117,7 +121,7 @@ class StreamKScheduler : public cutlass::gemm::kernel::detail::PersistentTileSch
                                    const uint32_t epilogue_subtile = 1, uint32_t num_accumulator_mtxs = 1) {
     size_t bytes = Base::template get_workspace_size<ProblemShape, ElementAccumulator>(
         args, problem_shape, hw_info, mma_warp_groups, epilogue_subtile, num_accumulator_mtxs);
-    if (args.ordered && args.splits > 2 && fits(problem_shape)) bytes *= static_cast<size_t>(args.splits - 1);
+    if (args.ordered && args.splits > 2 && fits(problem_shape, args)) bytes *= static_cast<size_t>(args.splits - 1);
     return bytes;
   }
 
@@ -128,7 +132,7 @@ class StreamKScheduler : public cutlass::gemm::kernel::detail::PersistentTileSch
                                               cutlass::KernelHardwareInfo const& hw_info, uint32_t mma_warp_groups,
                                               const uint32_t epilogue_subtile = 1, uint32_t num_accumulator_mtxs = 1,
                                               cutlass::CudaHostAdapter* cuda_adapter = nullptr) {
-    if (args.locks != nullptr && fits(problem_shape)) return cutlass::Status::kSuccess;
+    if (args.locks != nullptr && fits(problem_shape, args)) return cutlass::Status::kSuccess;
     return Base::template initialize_workspace<ProblemShape, ElementAccumulator>(
         args, workspace, stream, problem_shape, hw_info, mma_warp_groups, epilogue_subtile, num_accumulator_mtxs,
         cuda_adapter);
