@@ -8,7 +8,7 @@ block-large-2x2). An order is <raster><swizzle>: h1 (CUTLASS's default: its heur
 n8, ... Timing as benchmarks/bench_w8a8.py (rotating copies past the L2, calls in a CUDA graph, median of replays),
 with fewer calls per graph: these sizes are compute-bound and long.
 
-    python3 dev/order_ab.py [--schemes fp8,w8a8-int8,fp8-block,w4a16] [--tokens 1024,4096,8192] [--orders h1,h8,m8,n8]
+    python3 dev/order_ab.py [--schemes fp8-block,fp8,w8a8-int8,w4a16] [--tokens 1024,4096,8192] [--orders h1,h8,m8,n8]
         [--shapes 4096x4096,...] [--rounds 2] [--json order_ab.json]
 """
 
@@ -98,7 +98,7 @@ def show(row: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--schemes", default="fp8,w8a8-int8,fp8-block,w4a16")
+    parser.add_argument("--schemes", default="fp8-block,fp8,w8a8-int8,w4a16")  # the widest gap first
     parser.add_argument("--tokens", default="1024,4096,8192")
     parser.add_argument("--orders", default="h1,h8,m8,n8")
     parser.add_argument("--shapes", help="comma-separated KxN, default bench_w8a8.SHAPES")

@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# The next session's device calls, prepared in sessions 40 and 41 (nvidia-h200, carry [".gpu/w8a8", ".gpu/ext"]; on a
+# The next session's device calls, prepared in sessions 40-42 (nvidia-h200, carry [".gpu/w8a8", ".gpu/ext"]; on a
 # fresh development machine `bash dev/prebuild_sm90.sh` (~13 min) and `bash dev/prebuild_ext.sh` (~3 min) first).
-#   call 1: bash dev/session41.sh locktests lockab                       (~6-7 min; calls back to back: a machine idle
-#           for 30 s is given back, and a fresh one takes minutes to start)
-#   call 1b: LOCK_SCHEMES="fp8 w8a8-int8" LOCK_LABELS="default keep ordered" bash dev/session41.sh lockab  (~5 min)
-#   call 1c: bash dev/session41.sh locksweep                             (~5 min; if ordered won: its best splits)
-#   call 2: bash dev/session41.sh routeprobe routeprobe8 routencu        (~5 min; under the winner of call 1: e.g.
-#           QTOOL_GEMM_SPLIT_ADD=ordered bash dev/session41.sh ...)
-#   call 3: bash dev/session41.sh stripes16                              (~4 min)
-#   call 4: bash dev/session41.sh ordertests orderab                      (~6 min; session 42's: the tile order and
+# Calls back to back: a machine idle for 30 s is given back, and a fresh one takes minutes to start.
+#   call 1: bash dev/session41.sh locktests lockab                       (~6-7 min)
+#   call 2: bash dev/session41.sh ordertests orderab                     (~6 min; session 42's: the tile order and
 #           the 2 x 2 clusters at 1024-8192 tokens)
+#   call 3: LOCK_SCHEMES="fp8 w8a8-int8" LOCK_LABELS="default keep ordered" bash dev/session41.sh lockab  (~5 min)
+#   call 4: bash dev/session41.sh locksweep                             (~5 min; if ordered won: its best splits)
+#   call 5: bash dev/session41.sh routeprobe routeprobe8 routencu        (~5 min; under the winner of call 1: e.g.
+#           QTOOL_GEMM_SPLIT_ADD=ordered bash dev/session41.sh ...)
+#   later: bash dev/session41.sh stripes16                              (~4 min)
 #   (splitadd: the protocol tables with and without QTOOL_GEMM_SPLIT_ADD=any, session 40's plan, ~8 min)
 # locktests   tests/test_split_locks_gpu.py: the three Hopper libraries' split-K / stream-K and wo_gemm's split-K under
 #             each knob setting (default, QTOOL_GEMM_LOCKS=keep, keep + any, QTOOL_GEMM_SPLIT_ADD=ordered with
@@ -130,7 +130,7 @@ ordertests() {
 }
 orderab() {
   step "tile order and 2 x 2 clusters at 1024-8192 tokens (dev/order_ab.py)"
-  timeout -k 10 "${ORDER_TIMEOUT:-330}" python3 dev/order_ab.py --schemes ${ORDER_SCHEMES:-fp8,w8a8-int8,fp8-block,w4a16} \
+  timeout -k 10 "${ORDER_TIMEOUT:-300}" python3 dev/order_ab.py --schemes ${ORDER_SCHEMES:-fp8-block,fp8,w8a8-int8,w4a16} \
     --tokens ${ORDER_TOKENS:-1024,4096,8192} --orders ${ORDER_ORDERS:-h1,h8,m8,n8} --rounds ${ORDER_ROUNDS:-2} \
     --json "$OUT/order_ab.json" 2>&1 | grep -v "^USDT" | tail -80
 }
