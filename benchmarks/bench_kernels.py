@@ -383,7 +383,7 @@ def main() -> None:
         sys.exit(f"the CUDA extension is not available: {build._loader.reason}")
     torch.manual_seed(0)
     name, timer = make_timer()
-    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "timer": name,
+    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "switches": build.switches(), "timer": name,
               "copy_GBps": copy_bandwidth(timer), "rows": [], "gemv_max_m": GEMV_MAX_M}
     shapes, tokens = (SHAPES[:2], TOKENS[:3]) if args.quick else (SHAPES, TOKENS)
     if args.tokens:

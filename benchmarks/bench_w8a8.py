@@ -175,6 +175,7 @@ def main() -> None:
     if args.tokens:
         tokens = [int(t) for t in args.tokens.split(",")]
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
+              "switches": build.switches(),
               "sm90_gemm": sm90.load(), "sm90_reason": sm90.reason(), "w8_gemv_max_m": W8_GEMV_MAX_M,
               "protocol": f"{CALLS} calls per CUDA graph, median of {REPLAYS} replays, copies > {ROTATE_BYTES >> 20} MB",
               "act_quant": act_quant_bandwidth(), "rows": []}

@@ -210,6 +210,12 @@ def available_ops() -> list[str]:
     return [f"{NAME}::{op}" for op in RAW_OPS] if _loader.ops is not None else []
 
 
+def switches() -> dict[str, str]:
+    """The QTOOL_* environment variables this process runs with (README "Speed" lists the switches): a run's JSON
+    records them, so an A/B's two sides say which was which."""
+    return {name: value for name, value in sorted(os.environ.items()) if name.startswith("QTOOL_")}
+
+
 def info() -> dict:
     """What was built, for which GPU and architectures, and which ops run on CUDA kernels."""
     ops = load_extension()
@@ -224,6 +230,7 @@ def info() -> dict:
         "capability": capability,
         "built_for": [f"sm_{a}" for a in ARCHS],
         "build_dir": str(build_dir()),
+        "switches": switches(),
         "ops": available_ops(),
         "cuda_implementations": {
             # Weight-only QuantLinear layers call the qtool_cuda kernels directly (quantize/linear.py);

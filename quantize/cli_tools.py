@@ -166,6 +166,8 @@ def bench(
     """Decode and prefill tokens/s (and peak GPU memory) of a model and optionally a base, in one run."""
     import torch
 
+    from qtool_kernels import build
+
     from .destination import check_output_file
     from .validation import check_device, check_positive
 
@@ -189,6 +191,7 @@ def bench(
     else:
         results = _bench_checkpoints(model, base, (fuse, fuse_baseline), device, dtype_name, attention, opts)
     results["attn_implementation"] = sorted(used_attention)
+    results["switches"] = build.switches()  # the QTOOL_* environment the run had
     if json_out:
         json_out.write_text(json.dumps(results, indent=2))
 

@@ -155,12 +155,14 @@ def test_bench_decode_modes(tiny):
         bench_model(tiny, batch_sizes=(1,), decode_tokens=2, prefill_len=8, decode_mode="beam")
 
 
-def test_bench_cli_quantizes_lm_head_on_request(tmp_path):
-    """`qtool bench --random-weights --scheme ... --quantize-lm-head` on the CPU; the flag needs --scheme."""
+def test_bench_cli_quantizes_lm_head_on_request(tmp_path, monkeypatch):
+    """`qtool bench --random-weights --scheme ... --quantize-lm-head` on the CPU; the flag needs --scheme. The JSON
+    records the run's QTOOL_* switches."""
     from typer.testing import CliRunner
 
     from quantize.cli import app
 
+    monkeypatch.setenv("QTOOL_GEMM_SWIZZLE", "8")
     runner = CliRunner()
     out = tmp_path / "bench.json"
     common = ["bench", "tiny", "--random-weights", "--device", "cpu", "--batch-sizes", "1", "--decode-tokens", "2",
@@ -169,6 +171,7 @@ def test_bench_cli_quantizes_lm_head_on_request(tmp_path):
     assert res.exit_code == 0, res.output
     figures = json.loads(out.read_text())
     assert figures["quantized"]["decode"][0]["new_tokens"] == 2 and "decode_bs1" in figures["ratios"]
+    assert figures["switches"]["QTOOL_GEMM_SWIZZLE"] == "8"
     res = runner.invoke(app, [*common, "--quantize-lm-head"])
     assert res.exit_code == 2 and "--quantize-lm-head" in res.output
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from typer.testing import CliRunner
@@ -110,6 +111,7 @@ def test_kernels_info_and_build_without_gpu(tmp_path):
                                                  "qtool::scaled_linear", "qtool::quantize_activation",
                                                  "qtool::w8a8_linear", "w1a16 QuantLinear",
                                                  "w1a1 QuantLinear", "decode attention"}
+    assert info["switches"] == {k: v for k, v in os.environ.items() if k.startswith("QTOOL_")}
     if not torch.cuda.is_available():
         assert info["available"] is False
         res = run("kernels", "build")
