@@ -3,10 +3,10 @@ and raster) and the tiles in 2 x 2 clusters, timed in one process against bf16 F
 
 For each scheme, shape and M: bf16 F.linear, then under each tile order (interleaved over --rounds) the layer as
 dispatched (QuantLinear: the issues' protocol, activation quantization included) and, for W8A8, the large-m GEMMs by
-name on pre-quantized activations (libqtool_sm90 large / pingpong / pingpong-2x2; libqtool_sm90_block block-large /
-block-large-2x2). An order is <raster><swizzle>: h1 (CUTLASS's default: its heuristic raster, no swizzle), h8, m8,
-n8, ... Timing as benchmarks/bench_w8a8.py (rotating copies past the L2, calls in a CUDA graph, median of replays),
-with fewer calls per graph: these sizes are compute-bound and long.
+name on pre-quantized activations (libqtool_sm90 large / pingpong and both in 2 x 2 clusters; libqtool_sm90_block
+block-large, in 2 x 2 clusters, and both with the promotion overlapped). An order is <raster><swizzle>: h1 (CUTLASS's
+default: its heuristic raster, no swizzle), h8, m8, n8, ... Timing as benchmarks/bench_w8a8.py (rotating copies past
+the L2, calls in a CUDA graph, median of replays), with fewer calls per graph: these sizes are compute-bound and long.
 
     python3 dev/order_ab.py [--schemes fp8-block,fp8,w8a8-int8,w4a16] [--tokens 1024,4096,8192] [--orders h1,h8,m8,n8]
         [--shapes 4096x4096,...] [--rounds 2] [--json order_ab.json]
@@ -33,7 +33,7 @@ RASTER = {"h": "heuristic", "m": "m", "n": "n"}
 # the large-m GEMMs timed by name, per scheme: (library, configuration names)
 PROBES = {"fp8": ("sm90", ("large", "pingpong", "large-2x2", "pingpong-2x2")),
           "w8a8-int8": ("sm90", ("large", "pingpong", "large-2x2", "pingpong-2x2")),
-          "fp8-block": ("block", ("block-large", "block-large-2x2"))}
+          "fp8-block": ("block", ("block-large", "block-large-2x2", "block-large-overlap", "block-large-2x2-overlap"))}
 
 
 def parse_order(text: str) -> tuple[int, str]:

@@ -7,8 +7,9 @@
 Configurations (`CONFIGS`): skinny (64 x 128 ping-pong tiles), split (128 x 128 cooperative tiles, k split over
 the SMs the tiles leave idle), large (128 x 128 in clusters of two), swap (the product transposed: 128 weight
 rows x 64 tokens per tile, split-K), narrow (64 x 64 ping-pong tiles, session 21: twice skinny's CTAs on the
-4096-wide layers; it reads the weight scales per 64 rows, `narrow_scales`) and large-2x2 (large in 2 x 2 clusters,
-session 42, unmeasured: a third less L2 traffic per step at 1024-8192 tokens). Written in session 11 beside cuBLAS's
+4096-wide layers; it reads the weight scales per 64 rows, `narrow_scales`), large-2x2 (large in 2 x 2 clusters,
+session 42, unmeasured: a third less L2 traffic per step at 1024-8192 tokens) and large(-2x2)-overlap (each 128-k
+promotion overlapped with the next k tile's wgmma, csrc/sm90/sm90_block_overlap.cuh; session 42, unmeasured). Written in session 11 beside cuBLAS's
 block-wise GEMM (F.scaled_mm), which ran 32-256 tokens on the 4096-wide layers at 0.71-0.95x bf16; it serves
 a layer only where kernels/tuning.py holds a measured "fp8-block" route naming one of its configurations.
 
@@ -29,7 +30,7 @@ from . import sm90
 BLOCK = 128
 # route names of tuning.W8A8 -> config
 CONFIGS = {"block-skinny": 0, "block-split": 1, "block-large": 2, "block-swap": 3, "block-narrow": 4,
-           "block-large-2x2": 5}
+           "block-large-2x2": 5, "block-large-overlap": 6, "block-large-2x2-overlap": 7}
 NARROW = CONFIGS["block-narrow"]
 NARROW_ROWS = 64  # the narrow tile's weight rows, and its scale granularity
 # Added to a configuration: launched with programmatic dependent launch (csrc/sm90/sm90_block_mm.h), so the GEMM's

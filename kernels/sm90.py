@@ -60,10 +60,11 @@ def cutlass_include() -> Path | None:
 class Library:
     """One of the libraries above: builds and loads once per process; remembers why it could not."""
 
-    def __init__(self, stem: str, source: Path, header: Path, what: str, fallback: str,
+    def __init__(self, stem: str, source: Path, header: Path | tuple[Path, ...], what: str, fallback: str,
                  defines: tuple[str, ...] = (), global_symbols: bool = True) -> None:
         self.stem, self.source, self.what, self.fallback = stem, source, what, fallback
-        self.headers = (header, *COMMON)  # what the source includes from csrc/sm90, hashed with it
+        own = header if isinstance(header, tuple) else (header,)
+        self.headers = (*own, *COMMON)  # what the source includes from csrc/sm90, hashed with it
         self.defines, self.mode = list(defines), ctypes.RTLD_GLOBAL if global_symbols else ctypes.RTLD_LOCAL
         self.tried, self.loaded, self.reason = False, False, None
 
@@ -124,7 +125,8 @@ mixed = Library("libqtool_sm90_mixed", *_MIXED_SOURCES, "W4A16 GEMM", "W4A16 lay
 mixed8 = Library("libqtool_sm90_mixed8", *_MIXED_SOURCES, "W8A16 GEMM", "W8A16 layers use qtool's mma.sync GEMM",
                  ("-DQTOOL_MIXED_BITS=8",), global_symbols=False)
 MIXED = {4: mixed, 8: mixed8}  # code width -> library
-block = Library("libqtool_sm90_block", build.CSRC / "sm90" / "block_mm_sm90.cu", build.CSRC / "sm90" / "sm90_block_mm.h",
+block = Library("libqtool_sm90_block", build.CSRC / "sm90" / "block_mm_sm90.cu",
+                (build.CSRC / "sm90" / "sm90_block_mm.h", build.CSRC / "sm90" / "sm90_block_overlap.cuh"),
                 "FP8 block GEMM", "fp8-block layers use F.scaled_mm block-wise", global_symbols=False)
 ALL = (_sm90, mixed, mixed8, block)  # what `qtool kernels build` and dev/prebuild_sm90.sh compile
 

@@ -76,7 +76,8 @@ def test_w8a8_gemm_in_every_order(kernels, default_order_after, config, fmt):
 
 @gpu
 @pytest.mark.gpu
-@pytest.mark.parametrize("config,split", [("block-large", 0), ("block-large-2x2", 0), ("block-split", 3),
+@pytest.mark.parametrize("config,split", [("block-large", 0), ("block-large-2x2", 0), ("block-large-overlap", 0),
+                                          ("block-large-2x2-overlap", 0), ("block-split", 3),
                                           ("block-split", -1), ("block-swap", 4), ("block-skinny", 0)])
 def test_block_gemm_in_every_order(kernels, default_order_after, config, split):
     from qtool_kernels import block_mm, reference

@@ -231,7 +231,8 @@ def test_sm90_gemm_every_config(kernels, config, fmt, m, n, k):
 @pytest.mark.parametrize("config,split", [("block-skinny", 0), ("block-split", 0), ("block-split", 1),
                                           ("block-split", -1), ("block-split", 3), ("block-large", 0),
                                           ("block-swap", 0), ("block-swap", 1), ("block-swap", -1), ("block-swap", 4),
-                                          ("block-narrow", 0), ("block-large-2x2", 0)])
+                                          ("block-narrow", 0), ("block-large-2x2", 0), ("block-large-overlap", 0),
+                                          ("block-large-2x2-overlap", 0)])
 @pytest.mark.parametrize("m", [1, 17, 130, 700])
 @pytest.mark.parametrize("n, k", [(1536, 512), (4096, 4096), (1000, 2176)])
 def test_sm90_block_gemm_every_config(kernels, config, split, m, n, k):
@@ -255,6 +256,27 @@ def test_sm90_block_gemm_every_config(kernels, config, split, m, n, k):
     y2 = block_mm.block_linear(xq2, xs2, w, ws, block_mm.CONFIGS[config], split, pdl=True)
     ref2 = reference.scaled_linear(xq2.cpu(), xs2.cpu(), w.cpu(), ws.cpu(), None, 128, 128, 128, torch.float64)
     assert rel_err(y2.cpu(), ref2) < 1e-2
+
+
+@pytest.mark.parametrize("k", [128, 256, 384, 2176])  # 1, 2, 3 and 17 k tiles: each tail of the two-tile turns
+@pytest.mark.parametrize("config", ["block-large-overlap", "block-large-2x2-overlap"])
+def test_sm90_block_overlap_same_bits_as_large(kernels, config, k):
+    """The promotion overlapped with the next k tile's wgmma (csrc/sm90/sm90_block_overlap.cuh) changes when each
+    partial tile is folded in, not the arithmetic: the same bits as block-large, and within 1e-2 of float64."""
+    if torch.cuda.get_device_capability() != (9, 0) or not block_mm.available():
+        pytest.skip("libqtool_sm90_block runs on Hopper")
+    g = torch.Generator(device="cuda").manual_seed(k)
+    m, n = 300, 1000
+    x = torch.randn(m, k, device="cuda", generator=g, dtype=torch.bfloat16)
+    w = weight_codes("e4m3", n, k, g)
+    ws = torch.rand(-(-n // 128), k // 128, device="cuda", generator=g) / 100 + 1e-3
+    xq, xs = kernels.act_quant(x, "e4m3", 128, None)
+    poison_cache()
+    y = block_mm.block_linear(xq, xs, w, ws, block_mm.CONFIGS[config])
+    want = block_mm.block_linear(xq, xs, w, ws, block_mm.CONFIGS["block-large"])
+    ref = reference.scaled_linear(xq.cpu(), xs.cpu(), w.cpu(), ws.cpu(), None, 128, 128, 128, torch.float64)
+    assert rel_err(y.cpu(), ref) < 1e-2
+    assert torch.equal(y, want)
 
 
 def test_sm90_gemm_rejects_unknown_config(kernels):

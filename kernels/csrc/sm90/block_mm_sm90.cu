@@ -25,6 +25,7 @@
 #include "cutlass/gemm/kernel/gemm_universal.hpp"
 
 #include "sm90_block_mm.h"
+#include "sm90_block_overlap.cuh"
 #include "sm90_common.cuh"
 
 namespace qtool::sm90 {
@@ -48,7 +49,9 @@ using ScaleConfig = std::conditional_t<
 // Swap: D^T = W . X^T, the weight rows as 128-row tiles and the tokens as a narrow column tile: few tokens then
 // waste no tile rows, and split-K (cooperative kernel, stream-K scheduler) fills the SMs the weight's row tiles
 // leave idle (32 row tiles on a 4096-wide layer). y [m, n] row-major is D^T [n, m] column-major.
-template <class TileShape, class ClusterShape, bool PingPong, class Scheduler, bool Swap = false, int ScaleN = 128>
+// Overlap: CUTLASS's mainloop with each promotion overlapped with the next k tile's wgmma (sm90_block_overlap.cuh).
+template <class TileShape, class ClusterShape, bool PingPong, class Scheduler, bool Swap = false, int ScaleN = 128,
+          bool Overlap = false>
 struct BlockGemm {
   static constexpr int kAlignAB = 16;  // 16 bytes of FP8 codes
   static constexpr int kAlignD = 8;    // 16 bytes of bf16
@@ -63,12 +66,13 @@ struct BlockGemm {
       std::conditional_t<PingPong, cutlass::epilogue::TmaWarpSpecialized,
                          cutlass::epilogue::TmaWarpSpecializedCooperative>>::CollectiveOp;
 
-  using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+  using BuiltMainloop = typename cutlass::gemm::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, E4M3, cute::tuple<cutlass::layout::RowMajor, LayoutSFA>,
       kAlignAB, E4M3, cute::tuple<cutlass::layout::ColumnMajor, LayoutSFB>, kAlignAB, float, TileShape, ClusterShape,
       cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
       std::conditional_t<PingPong, cutlass::gemm::KernelTmaWarpSpecializedPingpongFP8Blockwise,
                          cutlass::gemm::KernelTmaWarpSpecializedCooperativeFP8Blockwise>>::CollectiveOp;
+  using Mainloop = std::conditional_t<Overlap, OverlappedPromotion<BuiltMainloop>, BuiltMainloop>;
 
   using Kernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, Mainloop, Epilogue, Scheduler>;
   using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
@@ -139,6 +143,11 @@ using Narrow = BlockGemm<Shape<_64, _64, _128>, Shape<_1, _1, _1>, true, cutlass
 // from L2 per CTA (its A half-multicast): ~12 TB/s over 132 SMs, above what L2 delivers. 2 x 2 reads 16 KB (4096 x
 // 4096 at 1024 tokens ran 1.25x bf16, ~45% of the FP8 rate, as if bound by ~5.5 TB/s of L2).
 using Large22 = BlockGemm<Shape<_128, _128, _128>, Shape<_2, _2, _1>, false, cutlass::gemm::PersistentScheduler>;
+// Large and Large22 with each k tile's promotion overlapped with the next one's wgmma (session 42, for the A/B).
+using LargeOverlap =
+    BlockGemm<Shape<_128, _128, _128>, Shape<_1, _2, _1>, false, cutlass::gemm::PersistentScheduler, false, 128, true>;
+using Large22Overlap =
+    BlockGemm<Shape<_128, _128, _128>, Shape<_2, _2, _1>, false, cutlass::gemm::PersistentScheduler, false, 128, true>;
 
 template <class Fn>
 const char* by_config(const BlockMmArgs& p, Fn&& fn) {
@@ -150,8 +159,10 @@ const char* by_config(const BlockMmArgs& p, Fn&& fn) {
     case 3: return fn(Swapped{});
     case 4: return fn(Narrow{});
     case 5: return fn(Large22{});
-    default: return "config must be 0 (skinny), 1 (split), 2 (large), 3 (swapped), 4 (narrow) or 5 (large in 2 x 2 "
-                    "clusters), plus 8 for PDL";
+    case 6: return fn(LargeOverlap{});
+    case 7: return fn(Large22Overlap{});
+    default: return "config must be 0 (skinny), 1 (split), 2 (large), 3 (swapped), 4 (narrow), 5 (large in 2 x 2 "
+                    "clusters), 6 / 7 (large / in 2 x 2 clusters with overlapped promotion), plus 8 for PDL";
   }
 }
 
