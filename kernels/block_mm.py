@@ -7,9 +7,9 @@
 Configurations (`CONFIGS`): skinny (64 x 128 ping-pong tiles), split (128 x 128 cooperative tiles, k split over
 the SMs the tiles leave idle), large (128 x 128 in clusters of two), swap (the product transposed: 128 weight
 rows x 64 tokens per tile, split-K), narrow (64 x 64 ping-pong tiles, session 21: twice skinny's CTAs on the
-4096-wide layers; it reads the weight scales per 64 rows, `narrow_scales`), large-2x2 (large in 2 x 2 clusters,
-session 42, unmeasured: a third less L2 traffic per step at 1024-8192 tokens) and large(-2x2)-overlap (each 128-k
-promotion overlapped with the next k tile's wgmma, csrc/sm90/sm90_block_overlap.cuh; session 42, unmeasured). Written in session 11 beside cuBLAS's
+4096-wide layers; it reads the weight scales per 64 rows, `narrow_scales`) and large-2x2 (large in 2 x 2 clusters,
+session 42, unmeasured: a third less L2 traffic per step at 1024-8192 tokens); each also as "...-overlap", with every
+128-k promotion overlapped with the next k tile's wgmma (csrc/sm90/sm90_block_overlap.cuh; session 42, unmeasured). Written in session 11 beside cuBLAS's
 block-wise GEMM (F.scaled_mm), which ran 32-256 tokens on the 4096-wide layers at 0.71-0.95x bf16; it serves
 a layer only where kernels/tuning.py holds a measured "fp8-block" route naming one of its configurations.
 
@@ -29,8 +29,11 @@ from . import sm90
 
 BLOCK = 128
 # route names of tuning.W8A8 -> config
-CONFIGS = {"block-skinny": 0, "block-split": 1, "block-large": 2, "block-swap": 3, "block-narrow": 4,
-           "block-large-2x2": 5, "block-large-overlap": 6, "block-large-2x2-overlap": 7}
+TILES = {"block-skinny": 0, "block-split": 1, "block-large": 2, "block-swap": 3, "block-narrow": 4, "block-large-2x2": 5}
+# Added to a tile configuration: CUTLASS's mainloop with each 128-k promotion overlapped with the next k tile's wgmma
+# (csrc/sm90/sm90_block_overlap.cuh; session 42, unmeasured). Same arithmetic, same bits.
+OVERLAP = 16
+CONFIGS = {**TILES, **{f"{name}-overlap": config + OVERLAP for name, config in TILES.items()}}
 NARROW = CONFIGS["block-narrow"]
 NARROW_ROWS = 64  # the narrow tile's weight rows, and its scale granularity
 # Added to a configuration: launched with programmatic dependent launch (csrc/sm90/sm90_block_mm.h), so the GEMM's
@@ -38,6 +41,11 @@ NARROW_ROWS = 64  # the narrow tile's weight rows, and its scale granularity
 # measured on these kernels (session 19 timed every Hopper GEMM so, QTOOL_GEMM_PDL=1, before the narrow tile:
 # fp8-block moved -6% to +10%).
 PDL = 8
+
+
+def narrow(config: int) -> bool:
+    """Whether `config` (a CONFIGS value, plus PDL or not) is the narrow tile, which reads the scales per 64 rows."""
+    return config & ~(PDL | OVERLAP) == NARROW
 
 
 class _Args(ctypes.Structure):  # csrc/sm90/sm90_block_mm.h, BlockMmArgs
@@ -76,13 +84,13 @@ def _check(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: t
     if x_scale.shape != (m, k // BLOCK) or x_scale.stride() != (1, m) or x_scale.dtype != torch.float32:
         raise ValueError(f"fp8_block_mm: x_scale must be float32 [{m}, {k // BLOCK}] column-major, got "
                          f"{x_scale.dtype} {tuple(x_scale.shape)} strides {x_scale.stride()}")
-    rows = NARROW_ROWS if config & ~PDL == NARROW else BLOCK
+    rows = NARROW_ROWS if narrow(config) else BLOCK
     if w_scale.shape != (-(-n // rows), k // BLOCK) or not w_scale.is_contiguous() or w_scale.dtype != torch.float32:
         raise ValueError(f"fp8_block_mm: w_scale must be contiguous float32 [{-(-n // rows)}, {k // BLOCK}] with "
                          f"config {config}, got {w_scale.dtype} {tuple(w_scale.shape)}")
     if config & ~PDL not in CONFIGS.values():
-        raise ValueError(f"fp8_block_mm: config={config}, expected one of {sorted(CONFIGS.values())}, plus {PDL} "
-                         "for a PDL launch")
+        raise ValueError(f"fp8_block_mm: config={config}, expected one of {sorted(CONFIGS.values())} (tile, plus "
+                         f"{OVERLAP} for the overlapped promotion), plus {PDL} for a PDL launch")
 
 
 def _run(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor, config: int = 0,
@@ -150,6 +158,6 @@ def block_linear(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_sc
     m = xq.shape[0]
     xq_p, sa = pad_rows(xq, x_scale)
     gemm = fp8_block_mm if torch.compiler.is_compiling() else _run  # eager: no custom-op dispatch (host time)
-    ws = narrow_scales(w_scale, wq.shape[0]) if config == NARROW else w_scale.float().contiguous()
+    ws = narrow_scales(w_scale, wq.shape[0]) if narrow(config) else w_scale.float().contiguous()
     y = gemm(xq_p, sa, wq.contiguous(), ws, config + (PDL if pdl else 0), split)
     return y[:m] if xq_p.shape[0] != m else y

@@ -317,10 +317,12 @@ def test_block_mm_rejects_bad_operands_by_name():
         block_mm.fp8_block_mm(xq, xs.contiguous(), wq, ws)
     with pytest.raises(ValueError, match="w_scale"):
         block_mm.fp8_block_mm(xq, xs, wq, torch.ones(2, 2))
-    with pytest.raises(ValueError, match="config=7"):
-        block_mm.fp8_block_mm(xq, xs, wq, ws, 7)
-    with pytest.raises(ValueError, match=r"w_scale must be contiguous float32 \[1, 2\] with config 4"):
-        block_mm.fp8_block_mm(xq, xs, wq, torch.ones(2, 2), block_mm.NARROW)  # 16 rows: one 64-row scale row
+    for config in (7, 6 + block_mm.OVERLAP, 32):  # tiles 0-5, plus OVERLAP, plus PDL
+        with pytest.raises(ValueError, match=f"config={config}"):
+            block_mm.fp8_block_mm(xq, xs, wq, ws, config)
+    for config in (block_mm.NARROW, block_mm.NARROW + block_mm.OVERLAP):  # 16 rows: one 64-row scale row
+        with pytest.raises(ValueError, match=rf"w_scale must be contiguous float32 \[1, 2\] with config {config}"):
+            block_mm.fp8_block_mm(xq, xs, wq, torch.ones(2, 2), config)
 
 
 def test_narrow_scales_repeat_each_block_per_64_rows():

@@ -232,7 +232,9 @@ def test_sm90_gemm_every_config(kernels, config, fmt, m, n, k):
                                           ("block-split", -1), ("block-split", 3), ("block-large", 0),
                                           ("block-swap", 0), ("block-swap", 1), ("block-swap", -1), ("block-swap", 4),
                                           ("block-narrow", 0), ("block-large-2x2", 0), ("block-large-overlap", 0),
-                                          ("block-large-2x2-overlap", 0)])
+                                          ("block-large-2x2-overlap", 0), ("block-skinny-overlap", 0),
+                                          ("block-split-overlap", 3), ("block-split-overlap", -1),
+                                          ("block-swap-overlap", 4), ("block-narrow-overlap", 0)])
 @pytest.mark.parametrize("m", [1, 17, 130, 700])
 @pytest.mark.parametrize("n, k", [(1536, 512), (4096, 4096), (1000, 2176)])
 def test_sm90_block_gemm_every_config(kernels, config, split, m, n, k):
@@ -259,10 +261,13 @@ def test_sm90_block_gemm_every_config(kernels, config, split, m, n, k):
 
 
 @pytest.mark.parametrize("k", [128, 256, 384, 2176])  # 1, 2, 3 and 17 k tiles: each tail of the two-tile turns
-@pytest.mark.parametrize("config", ["block-large-overlap", "block-large-2x2-overlap"])
-def test_sm90_block_overlap_same_bits_as_large(kernels, config, k):
+@pytest.mark.parametrize("tile,split", [("block-large", 0), ("block-large-2x2", 0), ("block-skinny", 0),
+                                        ("block-narrow", 0), ("block-split", 3), ("block-split", -1),
+                                        ("block-swap", 4)])
+def test_sm90_block_overlap_same_bits(kernels, tile, split, k):
     """The promotion overlapped with the next k tile's wgmma (csrc/sm90/sm90_block_overlap.cuh) changes when each
-    partial tile is folded in, not the arithmetic: the same bits as block-large, and within 1e-2 of float64."""
+    partial tile is folded in, not the arithmetic: the same bits as the tile with CUTLASS's mainloop (split-K and
+    stream-K too: their partial sums meet in the same order), and within 1e-2 of float64."""
     if torch.cuda.get_device_capability() != (9, 0) or not block_mm.available():
         pytest.skip("libqtool_sm90_block runs on Hopper")
     g = torch.Generator(device="cuda").manual_seed(k)
@@ -272,8 +277,8 @@ def test_sm90_block_overlap_same_bits_as_large(kernels, config, k):
     ws = torch.rand(-(-n // 128), k // 128, device="cuda", generator=g) / 100 + 1e-3
     xq, xs = kernels.act_quant(x, "e4m3", 128, None)
     poison_cache()
-    y = block_mm.block_linear(xq, xs, w, ws, block_mm.CONFIGS[config])
-    want = block_mm.block_linear(xq, xs, w, ws, block_mm.CONFIGS["block-large"])
+    y = block_mm.block_linear(xq, xs, w, ws, block_mm.CONFIGS[f"{tile}-overlap"], split)
+    want = block_mm.block_linear(xq, xs, w, ws, block_mm.CONFIGS[tile], split)
     ref = reference.scaled_linear(xq.cpu(), xs.cpu(), w.cpu(), ws.cpu(), None, 128, 128, 128, torch.float64)
     assert rel_err(y.cpu(), ref) < 1e-2
     assert torch.equal(y, want)

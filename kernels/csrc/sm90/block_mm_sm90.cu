@@ -129,41 +129,49 @@ struct BlockGemm {
   }
 };
 
-using Skinny = BlockGemm<Shape<_64, _128, _128>, Shape<_1, _1, _1>, true, cutlass::gemm::PersistentScheduler>;
-using Split = BlockGemm<Shape<_128, _128, _128>, Shape<_1, _1, _1>, false, StreamK>;
-using Large = BlockGemm<Shape<_128, _128, _128>, Shape<_1, _2, _1>, false, cutlass::gemm::PersistentScheduler>;
-using Swapped = BlockGemm<Shape<_128, _64, _128>, Shape<_1, _1, _1>, false, StreamK, true>;
+// Each configuration with CUTLASS's mainloop (O = false) or with the promotion overlapped (O = true: the config's
+// kBlockConfigOverlap bit; sm90_block_overlap.cuh, session 42, for the A/B).
+using PersistentScheduler = cutlass::gemm::PersistentScheduler;
+template <bool O>
+using Skinny = BlockGemm<Shape<_64, _128, _128>, Shape<_1, _1, _1>, true, PersistentScheduler, false, 128, O>;
+template <bool O>
+using Split = BlockGemm<Shape<_128, _128, _128>, Shape<_1, _1, _1>, false, StreamK, false, 128, O>;
+template <bool O>
+using Large = BlockGemm<Shape<_128, _128, _128>, Shape<_1, _2, _1>, false, PersistentScheduler, false, 128, O>;
+template <bool O>
+using Swapped = BlockGemm<Shape<_128, _64, _128>, Shape<_1, _1, _1>, false, StreamK, true, 128, O>;
 // 64 x 64 ping-pong tiles, weight scales at 64-row granularity: twice the CTAs of Skinny where the layer's 128-row
 // tiles leave most SMs idle (4096 x 4096 at 64 tokens: 32 of 132; session 20 measured Skinny at 0.78x bf16 there and
 // every split of k slower still).
-using Narrow = BlockGemm<Shape<_64, _64, _128>, Shape<_1, _1, _1>, true, cutlass::gemm::PersistentScheduler, false, 64>;
+template <bool O>
+using Narrow = BlockGemm<Shape<_64, _64, _128>, Shape<_1, _1, _1>, true, PersistentScheduler, false, 64, O>;
 // Large in 2 x 2 clusters (session 42, for the A/B): both operands' tiles multicast to two CTAs. Why: with the block
 // scales each consumer warpgroup must hold a 64 x 128 tile's accumulators twice (wgmma's and the promoted sums), so
 // the tile cannot grow past 128 x 128, and at the tensor cores' rate a 128 x 128 x 128 step of Large reads 24 KB
 // from L2 per CTA (its A half-multicast): ~12 TB/s over 132 SMs, above what L2 delivers. 2 x 2 reads 16 KB (4096 x
 // 4096 at 1024 tokens ran 1.25x bf16, ~45% of the FP8 rate, as if bound by ~5.5 TB/s of L2).
-using Large22 = BlockGemm<Shape<_128, _128, _128>, Shape<_2, _2, _1>, false, cutlass::gemm::PersistentScheduler>;
-// Large and Large22 with each k tile's promotion overlapped with the next one's wgmma (session 42, for the A/B).
-using LargeOverlap =
-    BlockGemm<Shape<_128, _128, _128>, Shape<_1, _2, _1>, false, cutlass::gemm::PersistentScheduler, false, 128, true>;
-using Large22Overlap =
-    BlockGemm<Shape<_128, _128, _128>, Shape<_2, _2, _1>, false, cutlass::gemm::PersistentScheduler, false, 128, true>;
+template <bool O>
+using Large22 = BlockGemm<Shape<_128, _128, _128>, Shape<_2, _2, _1>, false, PersistentScheduler, false, 128, O>;
+
+template <bool O, class Fn>
+const char* by_tile(int tile, Fn&& fn) {
+  switch (tile) {
+    case 0: return fn(Skinny<O>{});
+    case 1: return fn(Split<O>{});
+    case 2: return fn(Large<O>{});
+    case 3: return fn(Swapped<O>{});
+    case 4: return fn(Narrow<O>{});
+    case 5: return fn(Large22<O>{});
+    default: return "config must be 0 (skinny), 1 (split), 2 (large), 3 (swapped), 4 (narrow) or 5 (large in 2 x 2 "
+                    "clusters), plus 8 for PDL and 16 for the overlapped promotion";
+  }
+}
 
 template <class Fn>
 const char* by_config(const BlockMmArgs& p, Fn&& fn) {
   if (p.k % 128 || p.n % 8 || p.m % 4) return "k % 128, n % 8 and m % 4 must be 0";
-  switch (p.config & ~kBlockConfigPdl) {
-    case 0: return fn(Skinny{});
-    case 1: return fn(Split{});
-    case 2: return fn(Large{});
-    case 3: return fn(Swapped{});
-    case 4: return fn(Narrow{});
-    case 5: return fn(Large22{});
-    case 6: return fn(LargeOverlap{});
-    case 7: return fn(Large22Overlap{});
-    default: return "config must be 0 (skinny), 1 (split), 2 (large), 3 (swapped), 4 (narrow), 5 (large in 2 x 2 "
-                    "clusters), 6 / 7 (large / in 2 x 2 clusters with overlapped promotion), plus 8 for PDL";
-  }
+  const int tile = p.config & ~(kBlockConfigPdl | kBlockConfigOverlap);
+  return (p.config & kBlockConfigOverlap) ? by_tile<true>(tile, fn) : by_tile<false>(tile, fn);
 }
 
 }  // namespace

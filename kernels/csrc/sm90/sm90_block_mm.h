@@ -13,6 +13,7 @@
 namespace qtool::sm90 {
 
 constexpr int kBlockConfigPdl = 8;
+constexpr int kBlockConfigOverlap = 16;  // sm90_block_overlap.cuh
 
 struct BlockMmArgs {
   const void* a;          // [m, k] float8_e4m3fn activation codes, row-major, 16-byte aligned
@@ -28,8 +29,8 @@ struct BlockMmArgs {
                           // its tiles leave idle); 2: large (128 x 128 cooperative, clusters of two along n);
                           // 3: swapped (weight rows x tokens in 128 x 64 tiles, split-K like 1); 4: narrow (64 x 64
                           // ping-pong, weight scales per 64 rows); 5: large in 2 x 2 clusters (both operands
-                          // multicast); 6 / 7: 2 / 5 with each promotion overlapped with the next k tile's wgmma
-                          // (sm90_block_overlap.cuh); plus kBlockConfigPdl: launched with programmatic
+                          // multicast); plus kBlockConfigOverlap: each promotion overlapped with the next k tile's
+                          // wgmma (sm90_block_overlap.cuh); plus kBlockConfigPdl: launched with programmatic
                           // serialization (it waits for the kernel before, act_quant, before any global access)
   int split;              // configs 1, 3: 0 fills the SMs, 1 none, s > 1 that many parts, -1 stream-K
 };
