@@ -9,6 +9,8 @@
 #   call 4: bash dev/session41.sh locksweep                             (~5 min; if ordered won: its best splits)
 #   call 5: bash dev/session41.sh routeprobe routeprobe8 routencu        (~5 min; under the winner of call 1: e.g.
 #           QTOOL_GEMM_SPLIT_ADD=ordered bash dev/session41.sh ...)
+#   call 6: bash dev/session41.sh blocksweep                            (~4 min; fp8-block's tiles with and without the
+#           overlapped promotion at 16-1024 tokens: the routes' sweep, `dev/w8a8_sweep.py --emit ... --merge` after)
 #   later: bash dev/session41.sh stripes16                              (~4 min)
 #   (splitadd: the protocol tables with and without QTOOL_GEMM_SPLIT_ADD=any, session 40's plan, ~8 min)
 # locktests   tests/test_split_locks_gpu.py: the three Hopper libraries' split-K / stream-K and wo_gemm's split-K under
@@ -133,6 +135,13 @@ orderab() {
   timeout -k 10 "${ORDER_TIMEOUT:-300}" python3 dev/order_ab.py --schemes ${ORDER_SCHEMES:-fp8-block,fp8,w8a8-int8,w4a16} \
     --tokens ${ORDER_TOKENS:-1024,4096,8192} --orders ${ORDER_ORDERS:-h1,h8,m8,n8} --rounds ${ORDER_ROUNDS:-2} \
     --json "$OUT/order_ab.json" 2>&1 | grep -v "^USDT" | tail -80
+}
+
+blocksweep() {
+  step "fp8-block: every tile with and without the overlapped promotion (dev/w8a8_sweep.py)"
+  timeout -k 10 "${SWEEP_TIMEOUT:-240}" python3 dev/w8a8_sweep.py --kinds fp8-block \
+    --tokens ${SWEEP_TOKENS:-16,32,64,128,256,512,1024} --budget 220 --json "$OUT/blocksweep.json" 2>&1 \
+    | grep -v "^USDT" | tail -45
 }
 
 for stage in "$@"; do "$stage"; done
