@@ -7,11 +7,13 @@
 Configurations (`CONFIGS`): skinny (64 x 128 ping-pong tiles), split (128 x 128 cooperative tiles, k split over
 the SMs the tiles leave idle), large (128 x 128 in clusters of two), swap (the product transposed: 128 weight
 rows x 64 tokens per tile, split-K), narrow (64 x 64 ping-pong tiles, session 21: twice skinny's CTAs on the
-4096-wide layers; it reads the weight scales per 64 rows, `narrow_scales`) and large-2x2 (large in 2 x 2 clusters,
-session 42, unmeasured: a third less L2 traffic per step at 1024-8192 tokens); each also as "...-overlap", with every
-128-k promotion overlapped with the next k tile's wgmma (csrc/sm90/sm90_block_overlap.cuh; session 42, unmeasured). Written in session 11 beside cuBLAS's
-block-wise GEMM (F.scaled_mm), which ran 32-256 tokens on the 4096-wide layers at 0.71-0.95x bf16; it serves
-a layer only where kernels/tuning.py holds a measured "fp8-block" route naming one of its configurations.
+4096-wide layers; it reads the weight scales per 64 rows, `narrow_scales`), large-2x2 and skinny-2x2 (in 2 x 2
+clusters, session 42, unmeasured: less L2 traffic per step at 1024-8192 tokens; skinny's ping-pong hides the
+epilogue, and with the overlapped promotion one warpgroup keeps the tensor cores busy); each also as "...-overlap",
+with every 128-k promotion overlapped with the next k tile's wgmma (csrc/sm90/sm90_block_overlap.cuh; session 42,
+unmeasured). Written in session 11 beside cuBLAS's block-wise GEMM (F.scaled_mm), which ran 32-256 tokens on the
+4096-wide layers at 0.71-0.95x bf16; it serves a layer only where kernels/tuning.py holds a measured "fp8-block"
+route naming one of its configurations.
 
 The call goes through ctypes in a `torch.library.custom_op`, like mixed_mm.py, so CUDA graphs capture it and
 torch.compile treats it as one opaque op.
@@ -29,7 +31,8 @@ from . import sm90
 
 BLOCK = 128
 # route names of tuning.W8A8 -> config
-TILES = {"block-skinny": 0, "block-split": 1, "block-large": 2, "block-swap": 3, "block-narrow": 4, "block-large-2x2": 5}
+TILES = {"block-skinny": 0, "block-split": 1, "block-large": 2, "block-swap": 3, "block-narrow": 4, "block-large-2x2": 5,
+         "block-skinny-2x2": 6}
 # Added to a tile configuration: CUTLASS's mainloop with each 128-k promotion overlapped with the next k tile's wgmma
 # (csrc/sm90/sm90_block_overlap.cuh; session 42, unmeasured). Same arithmetic, same bits.
 OVERLAP = 16
@@ -60,6 +63,8 @@ _functions: list = []
 
 def _entry_points() -> tuple:
     if not _functions:
+        if not available():  # a clear error, not ctypes' "cannot open shared object file"
+            raise RuntimeError(f"fp8_block_mm needs a Hopper GPU and libqtool_sm90_block: {sm90.block.reason or 'no GPU'}")
         lib = ctypes.CDLL(str(sm90.block.path()))  # RTLD_LOCAL
         lib.qtool_sm90_block_workspace.restype = ctypes.c_size_t
         lib.qtool_sm90_block_workspace.argtypes = [ctypes.POINTER(_Args)]

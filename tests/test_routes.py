@@ -317,12 +317,15 @@ def test_block_mm_rejects_bad_operands_by_name():
         block_mm.fp8_block_mm(xq, xs.contiguous(), wq, ws)
     with pytest.raises(ValueError, match="w_scale"):
         block_mm.fp8_block_mm(xq, xs, wq, torch.ones(2, 2))
-    for config in (7, 6 + block_mm.OVERLAP, 32):  # tiles 0-5, plus OVERLAP, plus PDL
+    for config in (7, 7 + block_mm.OVERLAP, 32):  # tiles 0-6, plus OVERLAP, plus PDL
         with pytest.raises(ValueError, match=f"config={config}"):
             block_mm.fp8_block_mm(xq, xs, wq, ws, config)
     for config in (block_mm.NARROW, block_mm.NARROW + block_mm.OVERLAP):  # 16 rows: one 64-row scale row
         with pytest.raises(ValueError, match=rf"w_scale must be contiguous float32 \[1, 2\] with config {config}"):
             block_mm.fp8_block_mm(xq, xs, wq, torch.ones(2, 2), config)
+    if not block_mm.available():  # valid operands where the library cannot run: one line that says why
+        with pytest.raises(RuntimeError, match="needs a Hopper GPU and libqtool_sm90_block"):
+            block_mm.fp8_block_mm(xq, xs, wq, ws, block_mm.CONFIGS["block-large-overlap"])
 
 
 def test_narrow_scales_repeat_each_block_per_64_rows():

@@ -234,7 +234,8 @@ def test_sm90_gemm_every_config(kernels, config, fmt, m, n, k):
                                           ("block-narrow", 0), ("block-large-2x2", 0), ("block-large-overlap", 0),
                                           ("block-large-2x2-overlap", 0), ("block-skinny-overlap", 0),
                                           ("block-split-overlap", 3), ("block-split-overlap", -1),
-                                          ("block-swap-overlap", 4), ("block-narrow-overlap", 0)])
+                                          ("block-swap-overlap", 4), ("block-narrow-overlap", 0),
+                                          ("block-skinny-2x2", 0), ("block-skinny-2x2-overlap", 0)])
 @pytest.mark.parametrize("m", [1, 17, 130, 700])
 @pytest.mark.parametrize("n, k", [(1536, 512), (4096, 4096), (1000, 2176)])
 def test_sm90_block_gemm_every_config(kernels, config, split, m, n, k):
@@ -263,7 +264,7 @@ def test_sm90_block_gemm_every_config(kernels, config, split, m, n, k):
 @pytest.mark.parametrize("k", [128, 256, 384, 2176])  # 1, 2, 3 and 17 k tiles: each tail of the two-tile turns
 @pytest.mark.parametrize("tile,split", [("block-large", 0), ("block-large-2x2", 0), ("block-skinny", 0),
                                         ("block-narrow", 0), ("block-split", 3), ("block-split", -1),
-                                        ("block-swap", 4)])
+                                        ("block-swap", 4), ("block-skinny-2x2", 0)])
 def test_sm90_block_overlap_same_bits(kernels, tile, split, k):
     """The promotion overlapped with the next k tile's wgmma (csrc/sm90/sm90_block_overlap.cuh) changes when each
     partial tile is folded in, not the arithmetic: the same bits as the tile with CUTLASS's mainloop (split-K and

@@ -152,6 +152,11 @@ using Narrow = BlockGemm<Shape<_64, _64, _128>, Shape<_1, _1, _1>, true, Persist
 // 4096 at 1024 tokens ran 1.25x bf16, ~45% of the FP8 rate, as if bound by ~5.5 TB/s of L2).
 template <bool O>
 using Large22 = BlockGemm<Shape<_128, _128, _128>, Shape<_2, _2, _1>, false, PersistentScheduler, false, 128, O>;
+// Skinny in 2 x 2 clusters (session 42, for the sweep): ping-pong runs one warpgroup's mainloop at a time and hides
+// the other's epilogue; with the overlapped promotion that one warpgroup keeps the tensor cores busy by itself, and
+// the clusters bring its L2 traffic per multiply to Large's (12 KB per 64 x 128 x 128 step).
+template <bool O>
+using Skinny22 = BlockGemm<Shape<_64, _128, _128>, Shape<_2, _2, _1>, true, PersistentScheduler, false, 128, O>;
 
 template <bool O, class Fn>
 const char* by_tile(int tile, Fn&& fn) {
@@ -162,8 +167,9 @@ const char* by_tile(int tile, Fn&& fn) {
     case 3: return fn(Swapped<O>{});
     case 4: return fn(Narrow<O>{});
     case 5: return fn(Large22<O>{});
-    default: return "config must be 0 (skinny), 1 (split), 2 (large), 3 (swapped), 4 (narrow) or 5 (large in 2 x 2 "
-                    "clusters), plus 8 for PDL and 16 for the overlapped promotion";
+    case 6: return fn(Skinny22<O>{});
+    default: return "config must be 0 (skinny), 1 (split), 2 (large), 3 (swapped), 4 (narrow), 5 (large in 2 x 2 "
+                    "clusters) or 6 (skinny in 2 x 2 clusters), plus 8 for PDL and 16 for the overlapped promotion";
   }
 }
 

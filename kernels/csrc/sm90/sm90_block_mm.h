@@ -29,7 +29,7 @@ struct BlockMmArgs {
                           // its tiles leave idle); 2: large (128 x 128 cooperative, clusters of two along n);
                           // 3: swapped (weight rows x tokens in 128 x 64 tiles, split-K like 1); 4: narrow (64 x 64
                           // ping-pong, weight scales per 64 rows); 5: large in 2 x 2 clusters (both operands
-                          // multicast); plus kBlockConfigOverlap: each promotion overlapped with the next k tile's
+                          // multicast); 6: skinny in 2 x 2 clusters; plus kBlockConfigOverlap: each promotion overlapped with the next k tile's
                           // wgmma (sm90_block_overlap.cuh); plus kBlockConfigPdl: launched with programmatic
                           // serialization (it waits for the kernel before, act_quant, before any global access)
   int split;              // configs 1, 3: 0 fills the SMs, 1 none, s > 1 that many parts, -1 stream-K
