@@ -119,6 +119,10 @@ def main() -> None:
         for k, n in shapes:
             dense = Rotation([torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(copies(2 * n * k))])
             layers = Rotation(qlayers(scheme, dense.items[0]))
+            warm = torch.randn(1024, k, device="cuda", dtype=torch.bfloat16)
+            for layer in layers.items:  # each copy makes its kernel layouts now, not inside a graph capture
+                layer(warm)
+            torch.cuda.synchronize()
             for m in (int(t) for t in args.tokens.split(",")):
                 rows.append(time_cell(scheme, m, dense, layers, orders, args.rounds))
                 show(rows[-1])
