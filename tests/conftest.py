@@ -144,6 +144,22 @@ def replayed(layer, x: torch.Tensor) -> torch.Tensor:
     return y
 
 
+def host_program(tmp_path_factory, source: str) -> Path:
+    """tests/`source` (a CUDA file of host code that includes the kernels' headers) compiled by nvcc, or a skip
+    without nvcc: the kernels' helpers checked on the CPU."""
+    import shutil
+    import subprocess
+
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("nvcc not installed")
+    root = Path(__file__).resolve().parents[1]
+    exe = tmp_path_factory.mktemp(Path(source).stem) / Path(source).stem
+    subprocess.run([nvcc, "-std=c++17", "-I", str(root / "kernels" / "csrc"), str(root / "tests" / source), "-o",
+                    str(exe)], check=True, capture_output=True)
+    return exe
+
+
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     """Relative Frobenius error of `out` against `ref`, in float64."""
     return ((out.double() - ref.double()).norm() / ref.double().norm()).item()

@@ -4,7 +4,6 @@ the float64 reference. The kernels themselves run in tests/test_binary_gpu.py.""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 import torch
 
 import qtool_kernels.reference as ref
+from conftest import host_program
 from qtool_kernels import binary
 from qtool_kernels.layout import UnsupportedLayout
 from quantize.primitives import pack_int
@@ -141,13 +141,7 @@ OPTIN = {"sm_90": 227 << 10, "sm_80": 163 << 10, "sm_89": 99 << 10}  # cudaDevAt
 @pytest.fixture(scope="module")
 def plan_exe(tmp_path_factory) -> Path:
     """tests/w1_gemv_plan_check.cu compiled (host code only)."""
-    nvcc = shutil.which("nvcc")
-    if nvcc is None:
-        pytest.skip("nvcc not installed")
-    exe = tmp_path_factory.mktemp("w1plan") / "w1_gemv_plan_check"
-    subprocess.run([nvcc, "-std=c++17", "-I", str(ROOT / "kernels" / "csrc"), str(ROOT / "tests" / "w1_gemv_plan_check.cu"),
-                    "-o", str(exe)], check=True, capture_output=True)
-    return exe
+    return host_program(tmp_path_factory, "w1_gemv_plan_check.cu")
 
 
 def gemv_plans(exe, cases):

@@ -4,14 +4,13 @@ the kernels' fragment helpers compiled for the host by nvcc when it is installed
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import random_weight
+from conftest import host_program, random_weight
 from qtool_kernels import int8_planes, layout, reference, weight_only
 from qtool_kernels.layout import PackedWeight, ReferenceOps, pack_weight
 
@@ -21,13 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def host_check(tmp_path_factory):
     """tests/kernels_host_check.cu compiled once (host code only), or a skip without nvcc."""
-    nvcc = shutil.which("nvcc")
-    if nvcc is None:
-        pytest.skip("nvcc not installed")
-    exe = tmp_path_factory.mktemp("host_check") / "host_check"
-    subprocess.run([nvcc, "-std=c++17", "-I", str(ROOT / "kernels" / "csrc"), str(ROOT / "tests" / "kernels_host_check.cu"),
-                    "-o", str(exe)], check=True, capture_output=True)
-    return exe
+    return host_program(tmp_path_factory, "kernels_host_check.cu")
 
 
 def test_host_decode_helpers_match_layout(host_check):
