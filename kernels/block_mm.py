@@ -8,10 +8,10 @@ Configurations (`CONFIGS`): skinny (64 x 128 ping-pong tiles), split (128 x 128 
 the SMs the tiles leave idle), large (128 x 128 in clusters of two), swap (the product transposed: 128 weight
 rows x 64 tokens per tile, split-K), narrow (64 x 64 ping-pong tiles, session 21: twice skinny's CTAs on the
 4096-wide layers; it reads the weight scales per 64 rows, `narrow_scales`), large-2x2 and skinny-2x2 (in 2 x 2
-clusters, session 42, unmeasured: less L2 traffic per step at 1024-8192 tokens; skinny's ping-pong hides the
-epilogue, and with the overlapped promotion one warpgroup keeps the tensor cores busy); each also as "...-overlap",
-with every 128-k promotion overlapped with the next k tile's wgmma (csrc/sm90/sm90_block_overlap.cuh; session 42,
-unmeasured). Written in session 11 beside cuBLAS's block-wise GEMM (F.scaled_mm), which ran 32-256 tokens on the
+clusters, session 42; session 43 measured large-2x2 10-50% slower than large at 1024-8192 tokens); each also as
+"...-overlap", with every 128-k promotion overlapped with the next k tile's wgmma (csrc/sm90/sm90_block_overlap.cuh;
+session 43: block-large 1-10% faster with it at 1024-8192 tokens on all six shapes), and the large and split tiles
+also with a tile order ("-s8", "-n8": scaled_mm.ORDERS). Written in session 11 beside cuBLAS's block-wise GEMM (F.scaled_mm), which ran 32-256 tokens on the
 4096-wide layers at 0.71-0.95x bf16; it serves a layer only where kernels/tuning.py holds a measured "fp8-block"
 route naming one of its configurations.
 
@@ -34,9 +34,14 @@ BLOCK = 128
 TILES = {"block-skinny": 0, "block-split": 1, "block-large": 2, "block-swap": 3, "block-narrow": 4, "block-large-2x2": 5,
          "block-skinny-2x2": 6}
 # Added to a tile configuration: CUTLASS's mainloop with each 128-k promotion overlapped with the next k tile's wgmma
-# (csrc/sm90/sm90_block_overlap.cuh; session 42, unmeasured). Same arithmetic, same bits.
+# (csrc/sm90/sm90_block_overlap.cuh; session 42, measured faster in session 43). Same arithmetic, same bits.
 OVERLAP = 16
-CONFIGS = {**TILES, **{f"{name}-overlap": config + OVERLAP for name, config in TILES.items()}}
+_PROMOTIONS = {**TILES, **{f"{name}-overlap": config + OVERLAP for name, config in TILES.items()}}
+# Added to a configuration: the tile order of that call (scaled_mm.ORDERS), for the tiles of thousands of tokens
+ORDER = 96
+ORDERED_TILES = ("block-large", "block-large-overlap", "block-split", "block-split-overlap")
+CONFIGS = {**_PROMOTIONS, **{f"{name}-{order}": _PROMOTIONS[name] + bits for name in ORDERED_TILES
+                             for order, bits in {"s8": 32, "n8": 96}.items()}}
 NARROW = CONFIGS["block-narrow"]
 NARROW_ROWS = 64  # the narrow tile's weight rows, and its scale granularity
 # Added to a configuration: launched with programmatic dependent launch (csrc/sm90/sm90_block_mm.h), so the GEMM's
@@ -48,7 +53,7 @@ PDL = 8
 
 def narrow(config: int) -> bool:
     """Whether `config` (a CONFIGS value, plus PDL or not) is the narrow tile, which reads the scales per 64 rows."""
-    return config & ~(PDL | OVERLAP) == NARROW
+    return config & ~(PDL | OVERLAP | ORDER) == NARROW
 
 
 class _Args(ctypes.Structure):  # csrc/sm90/sm90_block_mm.h, BlockMmArgs
@@ -95,7 +100,8 @@ def _check(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: t
                          f"config {config}, got {w_scale.dtype} {tuple(w_scale.shape)}")
     if config & ~PDL not in CONFIGS.values():
         raise ValueError(f"fp8_block_mm: config={config}, expected one of {sorted(CONFIGS.values())} (tile, plus "
-                         f"{OVERLAP} for the overlapped promotion), plus {PDL} for a PDL launch")
+                         f"{OVERLAP} for the overlapped promotion, plus 32 / 96 for a tile order), plus {PDL} for a "
+                         "PDL launch")
 
 
 def _run(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor, config: int = 0,

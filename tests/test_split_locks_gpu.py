@@ -1,6 +1,6 @@
 """Split-K reductions under each setting of their knobs: the Hopper GEMMs' (csrc/sm90/sm90_scheduler.cuh:
-QTOOL_GEMM_LOCKS=keep, flags kept zeroed between launches, no memset per call; QTOOL_GEMM_SPLIT_ADD=chain / any /
-ordered) and wo_gemm's (QTOOL_WO_SPLIT=ordered: partials in slots, the last split adds them, one launch). The knobs
+QTOOL_GEMM_SPLIT_ADD=ordered, the default since session 43, or chain / any; QTOOL_GEMM_LOCKS=keep, flags kept zeroed
+between launches, no memset per call, under chain / any) and wo_gemm's (QTOOL_WO_SPLIT=ordered: partials in slots, the last split adds them, one launch). The knobs
 are read once per process, so each setting runs in a child process (this file run as a script), with a time limit:
 a flag or counter left non-zero by one launch would hang (or corrupt) the next one.
 
@@ -27,8 +27,9 @@ import torch
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 SETTINGS = {
-    "default": {},
-    "keep": {"QTOOL_GEMM_LOCKS": "keep"},
+    "default": {},  # the Hopper libraries' ordered adds (session 43), wo_gemm's atomic adds
+    "chain": {"QTOOL_GEMM_SPLIT_ADD": "chain"},
+    "chain-keep": {"QTOOL_GEMM_SPLIT_ADD": "chain", "QTOOL_GEMM_LOCKS": "keep"},
     "keep-any": {"QTOOL_GEMM_LOCKS": "keep", "QTOOL_GEMM_SPLIT_ADD": "any"},
     "ordered": {"QTOOL_GEMM_SPLIT_ADD": "ordered", "QTOOL_WO_SPLIT": "ordered"},
     # the tile grid padded to whole swizzle groups (csrc/sm90/sm90_common.cuh, TileOrder): more tiles, more flags
@@ -158,7 +159,7 @@ def child() -> None:
     import quantize  # noqa: F401  (the package's import path sets up qtool_kernels)
 
     env = os.environ.get
-    ordered = env("QTOOL_GEMM_SPLIT_ADD") == "ordered"
+    ordered = env("QTOOL_GEMM_SPLIT_ADD") not in ("chain", "any")  # ordered unless set otherwise
     # (fixed order, one launch and no memset expected) for the CUTLASS cases, then for wo_gemm's
     cutlass = (env("QTOOL_GEMM_SPLIT_ADD") != "any", env("QTOOL_GEMM_LOCKS") == "keep" or ordered)
     wo = (env("QTOOL_WO_SPLIT") == "ordered",) * 2

@@ -3,7 +3,9 @@ their persistent schedulers, csrc/sm90/sm90_common.cuh) and the 2 x 2-cluster co
 
 An order only changes which CTA computes which output tile and when, never a tile's arithmetic (split-K's partial
 sums still meet in split order), so every order's output must be bit-identical to the default order's; and, like the
-libraries' own tests, within 1e-2 relative (Frobenius) of float64. The shapes leave partial swizzle groups (9 x 24
+libraries' own tests, within 1e-2 relative (Frobenius) of float64. Stream-K is the exception: it divides the k work
+of the padded tile grid among the CTAs, so an order moves its split points (session 43 saw other last bits under a
+swizzle of 2); there each order must only repeat its own bits. The shapes leave partial swizzle groups (9 x 24
 tiles of 128: the grid is padded to whole groups, and the stream-K workspace with it). On CPU only the argument
 checks run.
 """
@@ -33,16 +35,26 @@ def default_order_after():
     sm90.set_tile_order()
 
 
-def same_bits_in_every_order(run, ref: torch.Tensor) -> None:
-    """run() under the default order and each of ORDERS: within 1e-2 of ref (float64), bit-identical to the first;
-    a CUDA graph captured under one order replays the same bits after the order changed."""
+def within_bound(y: torch.Tensor, ref: torch.Tensor) -> None:
+    err = float((y.double().cpu() - ref).norm() / ref.norm())
+    assert torch.isfinite(y).all() and err <= 1e-2, err
+
+
+def same_bits_in_every_order(run, ref: torch.Tensor, stream_k: bool = False) -> None:
+    """run() under the default order and each of ORDERS: within 1e-2 of ref (float64), bit-identical to the first
+    (stream_k: to its own second run); a CUDA graph captured under one order replays the same bits after the order
+    changed."""
     sm90.set_tile_order()
     first = run().clone()
-    err = float((first.double().cpu() - ref).norm() / ref.norm())
-    assert torch.isfinite(first).all() and err <= 1e-2, err
+    within_bound(first, ref)
     for order in ORDERS:
         sm90.set_tile_order(*order)
-        assert torch.equal(run(), first), order
+        y = run().clone()
+        if stream_k:
+            within_bound(y, ref)
+            assert torch.equal(run(), y), order
+        else:
+            assert torch.equal(y, first), order
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         y = run()
@@ -90,7 +102,8 @@ def test_block_gemm_in_every_order(kernels, default_order_after, config, split):
     ws = torch.rand(-(-n // 128), k // 128, device="cuda", generator=g) / 100 + 1e-3
     xq, xs = kernels.act_quant(x, "e4m3", 128, None)
     ref = reference.scaled_linear(xq.cpu(), xs.cpu(), w.cpu(), ws.cpu(), None, 128, 128, 128, torch.float64)
-    same_bits_in_every_order(lambda: block_mm.block_linear(xq, xs, w, ws, block_mm.CONFIGS[config], split), ref)
+    same_bits_in_every_order(lambda: block_mm.block_linear(xq, xs, w, ws, block_mm.CONFIGS[config], split), ref,
+                             stream_k=split < 0)
 
 
 @gpu
@@ -112,4 +125,53 @@ def test_mixed_gemm_in_every_order(kernels, default_order_after, split, ktile, v
     x = torch.randn(m, k, device="cuda", generator=g, dtype=torch.bfloat16)
     ref = x.double().cpu() @ dequantize_packed(p.qweight, p.scale, p.zero, bits, group, n, torch.float64).cpu()[:, :k].T
     same_bits_in_every_order(
-        lambda: mixed_mm.mixed_linear(x, p.mixed, split=split, ktile=ktile, variant=variant)[:, :n], ref)
+        lambda: mixed_mm.mixed_linear(x, p.mixed, split=split, ktile=ktile, variant=variant)[:, :n], ref,
+        stream_k=split < 0)
+
+
+def test_order_configs_are_tiles_plus_order_bits():
+    from qtool_kernels import block_mm, scaled_mm
+
+    for name in scaled_mm.ORDERED_TILES:
+        for order, bits in scaled_mm.ORDERS.items():
+            assert scaled_mm.SM90_CONFIGS[f"{name}-{order}"] == scaled_mm.SM90_TILES[name] + bits
+    for name in block_mm.ORDERED_TILES:
+        assert block_mm.CONFIGS[f"{name}-s8"] & ~block_mm.ORDER == block_mm.CONFIGS[name]
+        assert not block_mm.narrow(block_mm.CONFIGS[f"{name}-n8"])
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("order", ["s8", "n8"])
+def test_order_in_the_configuration(kernels, default_order_after, order):
+    """A configuration's order bits (scaled_mm.ORDERS) set that call's order whatever the process's: the same bits as
+    the tile without them (each order only moves which CTA computes which tile), within 1e-2 of float64."""
+    from qtool_kernels import block_mm, reference, scaled_mm
+
+    assert sm90.load(), sm90.reason()
+    assert block_mm.available(), "libqtool_sm90_block did not build or load"
+    g = torch.Generator(device="cuda").manual_seed(len(order))
+    m, n, k = 2100, 3000, 2048
+    x = torch.randn(m, k, device="cuda", generator=g, dtype=torch.bfloat16)
+    w = (torch.randn(n, k, device="cuda", generator=g) * 40).to(torch.float8_e4m3fn)
+    ws = torch.rand(n, device="cuda", generator=g) / 100 + 1e-3
+    xq, xs = kernels.act_quant(x, "e4m3", 0, None)
+    xs = xs.reshape(-1).contiguous()
+    ref = reference.scaled_linear(xq.cpu(), xs.cpu().view(-1, 1), w.cpu(), ws.cpu().view(-1, 1), None, 0, 0, 0,
+                                  torch.float64)
+    for name in scaled_mm.ORDERED_TILES:
+        def run(c):
+            return torch.ops.qtool_cuda.sm90_scaled_mm(xq, w, xs, ws, None, torch.bfloat16, c)
+        want = run(scaled_mm.SM90_CONFIGS[name])
+        within_bound(want, ref)
+        sm90.set_tile_order(2, "m")  # the process's order: the configuration's bits win
+        assert torch.equal(run(scaled_mm.SM90_CONFIGS[f"{name}-{order}"]), want), name
+        sm90.set_tile_order()
+    bws = torch.rand(-(-n // 128), k // 128, device="cuda", generator=g) / 100 + 1e-3
+    bq, bs = kernels.act_quant(x, "e4m3", 128, None)
+    bref = reference.scaled_linear(bq.cpu(), bs.cpu(), w.cpu(), bws.cpu(), None, 128, 128, 128, torch.float64)
+    for name in block_mm.ORDERED_TILES:
+        want = block_mm.block_linear(bq, bs, w, bws, block_mm.CONFIGS[name], 3 if "split" in name else 0)
+        within_bound(want, bref)
+        got = block_mm.block_linear(bq, bs, w, bws, block_mm.CONFIGS[f"{name}-{order}"], 3 if "split" in name else 0)
+        assert torch.equal(got, want), name

@@ -122,10 +122,11 @@ struct BlockGemm {
     set_split_add(args);
   }
 
-  static size_t workspace(const BlockMmArgs& p) { return workspace_size<Gemm>(arguments(p)); }
+  static size_t workspace(const BlockMmArgs& p) { return workspace_size<Gemm>(arguments(p), p.config); }
 
   static const char* run(const BlockMmArgs& p, cudaStream_t stream) {
-    return run_gemm<Gemm>(arguments(p), p.workspace, p.workspace_bytes, stream, (p.config & kBlockConfigPdl) != 0);
+    return run_gemm<Gemm>(arguments(p), p.workspace, p.workspace_bytes, stream, (p.config & kBlockConfigPdl) != 0,
+                          p.config);
   }
 };
 
@@ -169,14 +170,15 @@ const char* by_tile(int tile, Fn&& fn) {
     case 5: return fn(Large22<O>{});
     case 6: return fn(Skinny22<O>{});
     default: return "config must be 0 (skinny), 1 (split), 2 (large), 3 (swapped), 4 (narrow), 5 (large in 2 x 2 "
-                    "clusters) or 6 (skinny in 2 x 2 clusters), plus 8 for PDL and 16 for the overlapped promotion";
+                    "clusters) or 6 (skinny in 2 x 2 clusters), plus 8 for PDL, 16 for the overlapped promotion, 32 for a "
+                    "swizzle of 8 and 64 for the grid walked along n";
   }
 }
 
 template <class Fn>
 const char* by_config(const BlockMmArgs& p, Fn&& fn) {
   if (p.k % 128 || p.n % 8 || p.m % 4) return "k % 128, n % 8 and m % 4 must be 0";
-  const int tile = p.config & ~(kBlockConfigPdl | kBlockConfigOverlap);
+  const int tile = p.config & ~(kBlockConfigPdl | kBlockConfigOverlap | kConfigOrder);
   return (p.config & kBlockConfigOverlap) ? by_tile<true>(tile, fn) : by_tile<false>(tile, fn);
 }
 

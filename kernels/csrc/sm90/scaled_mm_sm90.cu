@@ -105,10 +105,11 @@ struct ScaledGemm {
     set_split_add(args);
   }
 
-  static size_t workspace(const ScaledMmArgs& p) { return workspace_size<Gemm>(arguments(p)); }
+  static size_t workspace(const ScaledMmArgs& p) { return workspace_size<Gemm>(arguments(p), p.config); }
 
   static const char* run(const ScaledMmArgs& p, cudaStream_t stream) {
-    return run_gemm<Gemm>(arguments(p), p.workspace, p.workspace_bytes, stream, (p.config & kConfigPdl) != 0);
+    return run_gemm<Gemm>(arguments(p), p.workspace, p.workspace_bytes, stream, (p.config & kConfigPdl) != 0,
+                          p.config);
   }
 };
 
@@ -185,7 +186,7 @@ const char* workspace_or_run(const ScaledMmArgs& p, cudaStream_t stream, size_t*
 
 template <class AB, class D>
 const char* dispatch_m(const ScaledMmArgs& p, cudaStream_t stream, size_t* workspace) {
-  switch (p.config & ~kConfigPdl) {
+  switch (p.config & ~(kConfigPdl | kConfigOrder)) {
     case 0: return p.m <= kSkinnyMaxM ? workspace_or_run<Skinny<AB, D>>(p, stream, workspace)
                                       : workspace_or_run<Large<AB, D>>(p, stream, workspace);
     case 1: return workspace_or_run<Skinny<AB, D>>(p, stream, workspace);
@@ -198,7 +199,7 @@ const char* dispatch_m(const ScaledMmArgs& p, cudaStream_t stream, size_t* works
     case 8: return workspace_or_run<Large<AB, D, Cluster22>>(p, stream, workspace);
     default: return "config must be 0 (by m), 1 (skinny), 2 (large), 3 (split), 4 (narrow), 5 (large-pingpong), "
                     "6 (skinny-pair), 7 (large-pingpong in 2 x 2 clusters) or 8 (large in 2 x 2 clusters), plus 16 "
-                    "for PDL";
+                    "for PDL, 32 for a swizzle of 8 and 64 for the grid walked along n";
   }
 }
 

@@ -33,7 +33,7 @@ inline int sm_count() {
 // last tile; a launch without the attribute makes the wait a no-op. With it the GEMM's launch, shared-memory and
 // barrier setup and tensor-map prefetch overlap the tail of the kernel before (session 19: W8A8 up to 14% faster
 // at 32-64 tokens; the mixed-input GEMM unchanged: its split launches follow CUTLASS's memset of the split flags,
-// which PDL cannot overlap; QTOOL_GEMM_LOCKS=keep removes it, sm90_scheduler.cuh). Any input is safe: nothing is
+// which PDL cannot overlap; the kept flags remove it, sm90_scheduler.cuh). Any input is safe: nothing is
 // read before the wait.
 inline bool gemm_pdl() {
   static const bool on = [] {
@@ -73,30 +73,45 @@ inline TileOrder tile_order() {
   return {word & 0xff, word >> 8};
 }
 
-// The tile order on a GEMM's arguments: before its workspace is sized, since the tile grid is padded to whole
-// swizzle groups (the stream-K scheduler's workspace depends on it).
+// Added to a GEMM's configuration (libqtool_sm90's and libqtool_sm90_block's `config`): the tile order of that call,
+// in place of the process's. Session 43 (dev/order_ab.py): a swizzle of 8 was 4-19% faster on the int8 / FP8 GEMMs
+// of most shapes at 8192 tokens and up to 2x slower at 1024, so the order is a measured route (kernels/tuning.py),
+// not a setting.
+constexpr int kConfigSwizzle8 = 32;  // tiles handed out in swizzle groups of 8
+constexpr int kConfigAlongN = 64;    // the tile grid walked along n first
+constexpr int kConfigOrder = kConfigSwizzle8 | kConfigAlongN;
+
+inline TileOrder tile_order(int config) {
+  if ((config & kConfigOrder) == 0) return tile_order();
+  return {(config & kConfigSwizzle8) ? 8 : 1, (config & kConfigAlongN) ? 2 : 0};
+}
+
+// The tile order on a GEMM's arguments (config: its configuration, whose order bits win over the process's): before
+// its workspace is sized, since the tile grid is padded to whole swizzle groups (the stream-K scheduler's workspace
+// depends on it).
 template <class Arguments>
-void set_tile_order(Arguments& args) {
+void set_tile_order(Arguments& args, int config) {
   using Options = std::remove_reference_t<decltype(args.scheduler.raster_order)>;
-  const TileOrder order = tile_order();
+  const TileOrder order = tile_order(config);
   args.scheduler.max_swizzle_size = order.swizzle;
   args.scheduler.raster_order = order.raster == 1 ? Options::AlongM : order.raster == 2 ? Options::AlongN
                                                                                         : Options::Heuristic;
 }
 
 template <class Gemm>
-size_t workspace_size(typename Gemm::Arguments args) {
-  set_tile_order(args);
+size_t workspace_size(typename Gemm::Arguments args, int config = 0) {
+  set_tile_order(args, config);
   return Gemm::get_workspace_size(args);
 }
 
 // Gemm: a cutlass::gemm::device::GemmUniversalAdapter. Returns nullptr, or why the GEMM did not run. `pdl`: launch
 // with programmatic serialization (the caller's choice, as measured; QTOOL_GEMM_PDL=1 turns it on for every call).
+// config: the call's configuration, for its order bits (the same as its workspace was sized with).
 template <class Gemm>
 const char* run_gemm(typename Gemm::Arguments args, void* workspace, size_t workspace_bytes,
-                     cudaStream_t stream, bool pdl = false) {
+                     cudaStream_t stream, bool pdl = false, int config = 0) {
   if constexpr (keeps_locks<decltype(args.scheduler)>::value) args.scheduler.locks = kept_locks(stream);
-  set_tile_order(args);
+  set_tile_order(args, config);
   Gemm gemm;
   if (gemm.can_implement(args) != cutlass::Status::kSuccess) return "CUTLASS cannot implement this problem";
   if (Gemm::get_workspace_size(args) > workspace_bytes) return "workspace too small";

@@ -1,21 +1,24 @@
 // The split-K / stream-K tile scheduler of the Hopper GEMM libraries (`StreamK` in their kernel types): CUTLASS 4.2's
-// PersistentTileSchedulerSm90StreamK, with how the splits of a tile meet made ours (the knobs below; all off by
-// default, A/B knobs until measured on the GPU).
+// PersistentTileSchedulerSm90StreamK, with how the splits of a tile meet made ours.
 //
 // Why: on the small layers at 9-64 tokens every Hopper GEMM sits on a ~10-13 us floor (session 40's fit), and
 // session 12 measured part of it: the mixed-input GEMM at 8 tokens on 4096 x 4096 was a 13.2 us kernel plus the
 // stream-K flags' memset node (0.9 us) and 3.6 us of gaps around it. CUTLASS zeroes the flags with a memset on every
 // call (`initialize_workspace`), a graph node that also keeps the GEMM from overlapping the kernel before it under
 // PDL; and with its default reduction split s of a tile adds its partials only after split s - 1 did (S - 1 waits in
-// a chain after the main loops).
-//   QTOOL_GEMM_LOCKS=keep      the flags live in a buffer per device, zeroed once; the split that finishes a tile
-//                              resets its flag, so no call needs a memset. Two GEMMs of one library running at the
-//                              same time on two streams would share the flags: qtool runs its layers on one stream.
+// a chain after the main loops). Session 43 measured the ordered adds (the default) against CUTLASS's chain: the
+// W4 mixed-input GEMM 4-15% faster at 16 and 64 tokens on 4096 x 4096 - 28672 x 8192 (kernels/ROUTES.md).
+//   QTOOL_GEMM_SPLIT_ADD=ordered (the default; split-K only, stream-K keeps the chain) every split but the last
+//                              stores its partials in a slot of its own, at once; the last waits for all of them and
+//                              adds them in split order: no chain, and the same bits on every run. Workspace: S - 1
+//                              slots per tile, not one. Its flags are kept (below).
+//   QTOOL_GEMM_SPLIT_ADD=chain CUTLASS's Deterministic reduction (the chain above), flags zeroed per call unless
+//                              QTOOL_GEMM_LOCKS=keep.
 //   QTOOL_GEMM_SPLIT_ADD=any   CUTLASS's Nondeterministic reduction: every split adds (red.global.add) once the first
 //                              has stored; the sums round in arrival order (last bits may differ between runs).
-//   QTOOL_GEMM_SPLIT_ADD=ordered (implies keep; split-K only) every split but the last stores its partials in a slot
-//                              of its own, at once; the last waits for all of them and adds them in split order: no
-//                              chain, and the same bits on every run. Workspace: S - 1 slots per tile, not one.
+//   kept flags                 a buffer per device, zeroed once; the split that finishes a tile resets its flag, so
+//                              no call needs a memset. Two GEMMs of one library running at the same time on two
+//                              streams would share the flags: qtool runs its layers on one stream.
 #pragma once
 
 #include <cstddef>
@@ -44,7 +47,7 @@ inline SplitAdd split_add() {  // QTOOL_GEMM_SPLIT_ADD, read once per process
   static const SplitAdd mode = [] {
     const char* env = std::getenv("QTOOL_GEMM_SPLIT_ADD");
     const std::string v = env == nullptr ? "" : env;
-    return v == "any" ? SplitAdd::any : v == "ordered" ? SplitAdd::ordered : SplitAdd::chain;
+    return v == "any" ? SplitAdd::any : v == "chain" ? SplitAdd::chain : SplitAdd::ordered;
   }();
   return mode;
 }
