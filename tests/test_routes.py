@@ -317,7 +317,7 @@ def test_block_mm_rejects_bad_operands_by_name():
         block_mm.fp8_block_mm(xq, xs.contiguous(), wq, ws)
     with pytest.raises(ValueError, match="w_scale"):
         block_mm.fp8_block_mm(xq, xs, wq, torch.ones(2, 2))
-    for config in (7, 7 + block_mm.OVERLAP, 32):  # tiles 0-6, plus OVERLAP, plus PDL
+    for config in (7, 7 + block_mm.OVERLAP, 32):  # tiles 0-6, plus OVERLAP, plus PDL; orders on large / split only
         with pytest.raises(ValueError, match=f"config={config}"):
             block_mm.fp8_block_mm(xq, xs, wq, ws, config)
     for config in (block_mm.NARROW, block_mm.NARROW + block_mm.OVERLAP):  # 16 rows: one 64-row scale row
