@@ -9,6 +9,7 @@
 #           fp8 / int8 with and without an order at 2048-8192, merged into kernels/tuning.py, whose copy comes back)
 #   call 4 (with that tuning.py): bash dev/session43.sh w8a8table w4table  (the protocol tables so routed; issue 19's
 #           W4 cells at 9-64 tokens under the ordered adds)
+#   (what ran: bash dev/session43.sh everything: calls 3 and 4 cut to one)
 cd "$(dirname "$0")/.."
 LOG=session43.log
 ab1() {
@@ -22,7 +23,7 @@ source dev/gpu_setup.sh
 newtests() {
   step "split reductions under each setting (ordered by default), every tile order, the overlapped promotion"
   gputests newtests "${PT_TIMEOUT:-200}" tests/test_split_locks_gpu.py tests/test_tile_order.py tests/test_w8a8_gpu.py \
-    tests/test_mixed_gpu.py -k "knob or order or overlap or every_config or schedules or cuda_graph or 256_row or matches_float64"
+    tests/test_mixed_gpu.py -k "${NEWTESTS_K:-knob or order or overlap or every_config or schedules or cuda_graph or 256_row or matches_float64}"
 }
 blocksweep() {
   step "fp8-block: each tile with and without the overlapped promotion (dev/w8a8_sweep.py), merged into tuning.py"
@@ -50,6 +51,13 @@ w4table() {
   timeout -k 10 "${TABLE_TIMEOUT:-200}" python3 benchmarks/bench_kernels.py --formats w4a16-g128 \
     --tokens ${W4_TOKENS:-9,16,32,64} --json "$OUT/w4_table.json" > /tmp/w4_table.txt 2>&1
   echo "exit $?"; tail -30 /tmp/w4_table.txt
+}
+everything() {  # calls 3 and 4 in one, cut to fit 600 s (two more failed starts left the budget for one call)
+  PT_TIMEOUT=100 NEWTESTS_K="knob or order or overlap_same or unknown_config" newtests
+  SWEEP_TOKENS=1024,2048,4096,8192,16,64,256 SWEEP_TIMEOUT=150 SWEEP_BUDGET=135 blocksweep
+  CHAN_TOKENS=2048,8192 CHAN_TIMEOUT=120 CHAN_BUDGET=105 chansweep
+  TABLE_TOKENS=1024,4096,8192 TABLE_TIMEOUT=110 w8a8table
+  W4_TOKENS=16,64 TABLE_TIMEOUT=70 w4table
 }
 for stage in "$@"; do "$stage"; done
 step "done"
