@@ -38,9 +38,9 @@ def tiles_built(ktile: int) -> list[int]:
     return [16, 32, 64, 128] if ktile == 128 else [32, 64, 128, 256]
 
 
-# split-K factors tried where the tiles leave SMs idle; 8 only where the splits meet without CUTLASS's chain
-# (QTOOL_GEMM_SPLIT_ADD=ordered / any: sm90_scheduler.cuh), which the chain made too costly to try
-SPLITS = (2, 4, 8) if os.environ.get("QTOOL_GEMM_SPLIT_ADD") in ("ordered", "any") else (2, 4)
+# split-K factors tried where the tiles leave SMs idle; 8 only where the splits meet without CUTLASS's chain (the
+# ordered adds, the default since session 43, or any: sm90_scheduler.cuh), which the chain made too costly to try
+SPLITS = (2, 4) if os.environ.get("QTOOL_GEMM_SPLIT_ADD") == "chain" else (2, 4, 8)
 
 
 def schedules(m: int, n: int, group: int, k_padded: int, sms: int) -> list[dict]:
