@@ -157,7 +157,7 @@ def scaled_mm(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale
     if blocks:
         return _blockwise(xq, x_scale, wq, w_scale, bias, x_group_size, w_block_n, w_block_k, out_dtype, route)
     if route in SM90_CONFIGS and _sm90_fits(xq, wq, out_dtype, measured=True):
-        config = SM90_CONFIGS[route] + (SM90_PDL if m <= SM90_PDL_MAX_M else 0)
+        config = sm90.without_padded_order(SM90_CONFIGS[route], m, n) + (SM90_PDL if m <= SM90_PDL_MAX_M else 0)
         return torch.ops.qtool_cuda.sm90_scaled_mm(xq.contiguous(), wq.contiguous(), _vector(x_scale, m),
                                                    _vector(w_scale, n), bias, out_dtype, config)
     if route == "cublas" and (y := torch_scaled_mm(xq, x_scale, wq, w_scale, bias, out_dtype)) is not None:
@@ -207,7 +207,8 @@ def _blockwise(xq, x_scale, wq, w_scale, bias, x_group_size, w_block_n, w_block_
     if not fits:
         return None
     if route in block_mm_sm90.CONFIGS and n % 8 == 0 and block_mm_sm90.available():  # measured faster than cuBLAS
-        y = block_mm_sm90.block_linear(xq, x_scale, wq, w_scale, block_mm_sm90.CONFIGS[route],
+        config = sm90.without_padded_order(block_mm_sm90.CONFIGS[route], xq.shape[0], n)
+        y = block_mm_sm90.block_linear(xq, x_scale, wq, w_scale, config,
                                        pdl=xq.shape[0] <= BLOCK_PDL_MAX_M and k <= BLOCK_PDL_MAX_K)
     else:
         # cuBLAS wants the weight scales' row stride (k / 128 floats) 16-byte aligned: k % 512 == 0.

@@ -222,3 +222,23 @@ def set_tile_order(swizzle: int = 1, raster: str = "heuristic") -> None:
             err = setter(swizzle, RASTERS[raster])
             if err is not None:
                 raise RuntimeError(f"{lib.stem}: {err.decode()}")
+
+
+ORDER_BITS = 96  # a configuration's tile-order bits in both W8A8 libraries (csrc/sm90/sm90_common.cuh: 32 | 64)
+# CUTLASS rounds the tile grid up to swizzle x cluster tiles in both dimensions (tile_scheduler_params.h), and the
+# persistent CTAs run the padding as tiles of zeros. Bounded for every tile the routes order: 128 rows / columns or
+# more, swizzle 8, clusters of at most 2.
+ORDER_PAD = 128 * 8 * 2
+
+
+def without_padded_order(config: int, m: int, n: int) -> int:
+    """`config` without its tile-order bits where the rounding above would add more than 1/16 to the work of an
+    m x n output: a route measured at 2048 tokens also serves 1025-2047, where 9-15 tiles of 128 rows would become
+    16 (session 43: a swizzle of 8 at 1024 tokens ran ~2x slower)."""
+    if not config & ORDER_BITS:
+        return config
+    for extent in (m, n):
+        tiles, padded = -(-extent // 128), -(-extent // ORDER_PAD) * (ORDER_PAD // 128)
+        if padded * 16 > tiles * 17:
+            return config & ~ORDER_BITS
+    return config

@@ -176,3 +176,20 @@ def test_order_in_the_configuration(kernels, default_order_after, order):
         within_bound(want, bref)
         got = block_mm.block_linear(bq, bs, w, bws, block_mm.CONFIGS[f"{name}-{order}"], 3 if "split" in name else 0)
         assert torch.equal(got, want), name
+
+
+def test_order_dropped_where_the_swizzle_would_pad_the_grid():
+    """A route's order bits stay only where rounding the tile grid up to swizzle x cluster tiles adds at most 1/16:
+    the measured batches (2048, 4096, 8192 tokens) on the routed shapes keep them, 1025-2047 tokens (9-15 tiles of 128
+    rows, rounded to 16) and a 1536-wide layer do not; configurations without order bits pass unchanged."""
+    from qtool_kernels import block_mm, scaled_mm
+
+    ordered = scaled_mm.SM90_CONFIGS["pingpong-n8"]
+    for m in (2048, 4096, 6144, 8192):
+        for n in (4096, 6144, 14336, 28672):
+            assert sm90.without_padded_order(ordered, m, n) == ordered
+    for m, n in [(1100, 4096), (1900, 8192), (5000, 4096), (8192, 1536)]:
+        assert sm90.without_padded_order(ordered, m, n) == scaled_mm.SM90_CONFIGS["pingpong"]
+    block = block_mm.CONFIGS["block-large-overlap-s8"]
+    assert sm90.without_padded_order(block, 1500, 4096) == block_mm.CONFIGS["block-large-overlap"]
+    assert sm90.without_padded_order(scaled_mm.SM90_CONFIGS["large"], 1100, 4096) == scaled_mm.SM90_CONFIGS["large"]
