@@ -41,7 +41,7 @@ def weights(kind: str, k: int, n: int) -> Rotation:
 
 def skipped(name: str, m: int) -> bool:
     """Configurations session 43 measured losing: 2 x 2 clusters (to their 1 x 2 tiles at 1024-8192 tokens), and
-    tile orders (scaled_mm.ORDERS) below 2048 tokens (up to 2x slower at 1024)."""
+    tile orders (sm90.ORDERS) below 2048 tokens (up to 2x slower at 1024)."""
     return "2x2" in name or (m < 2048 and name.endswith(("-s8", "-n8")))
 
 

@@ -11,9 +11,9 @@ rows x 64 tokens per tile, split-K), narrow (64 x 64 ping-pong tiles, session 21
 clusters, session 42; session 43 measured large-2x2 10-50% slower than large at 1024-8192 tokens); each also as
 "...-overlap", with every 128-k promotion overlapped with the next k tile's wgmma (csrc/sm90/sm90_block_overlap.cuh;
 session 43: block-large 1-10% faster with it at 1024-8192 tokens on all six shapes), and the large and split tiles
-also with a tile order ("-s8", "-n8": scaled_mm.ORDERS). Written in session 11 beside cuBLAS's block-wise GEMM (F.scaled_mm), which ran 32-256 tokens on the
-4096-wide layers at 0.71-0.95x bf16; it serves a layer only where kernels/tuning.py holds a measured "fp8-block"
-route naming one of its configurations.
+also with a tile order ("-s8", "-n8": sm90.ORDERS). Written in session 11 beside cuBLAS's block-wise GEMM
+(F.scaled_mm), which ran 32-256 tokens on the 4096-wide layers at 0.71-0.95x bf16; it serves a layer only where
+kernels/tuning.py holds a measured "fp8-block" route naming one of its configurations.
 
 The call goes through ctypes in a `torch.library.custom_op`, like mixed_mm.py, so CUDA graphs capture it and
 torch.compile treats it as one opaque op.
@@ -37,11 +37,10 @@ TILES = {"block-skinny": 0, "block-split": 1, "block-large": 2, "block-swap": 3,
 # (csrc/sm90/sm90_block_overlap.cuh; session 42, measured faster in session 43). Same arithmetic, same bits.
 OVERLAP = 16
 _PROMOTIONS = {**TILES, **{f"{name}-overlap": config + OVERLAP for name, config in TILES.items()}}
-# Added to a configuration: the tile order of that call (scaled_mm.ORDERS), for the tiles of thousands of tokens
-ORDER = 96
+# The large and split tiles also with a tile order of their own (sm90.ORDERS), for thousands of tokens
 ORDERED_TILES = ("block-large", "block-large-overlap", "block-split", "block-split-overlap")
 CONFIGS = {**_PROMOTIONS, **{f"{name}-{order}": _PROMOTIONS[name] + bits for name in ORDERED_TILES
-                             for order, bits in {"s8": 32, "n8": 96}.items()}}
+                             for order, bits in sm90.ORDERS.items()}}
 NARROW = CONFIGS["block-narrow"]
 NARROW_ROWS = 64  # the narrow tile's weight rows, and its scale granularity
 # Added to a configuration: launched with programmatic dependent launch (csrc/sm90/sm90_block_mm.h), so the GEMM's
@@ -53,7 +52,7 @@ PDL = 8
 
 def narrow(config: int) -> bool:
     """Whether `config` (a CONFIGS value, plus PDL or not) is the narrow tile, which reads the scales per 64 rows."""
-    return config & ~(PDL | OVERLAP | ORDER) == NARROW
+    return config & ~(PDL | OVERLAP | sm90.ORDER_BITS) == NARROW
 
 
 class _Args(ctypes.Structure):  # csrc/sm90/sm90_block_mm.h, BlockMmArgs

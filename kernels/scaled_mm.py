@@ -103,14 +103,10 @@ def _sm90_fits(xq: torch.Tensor, wq: torch.Tensor, out_dtype: torch.dtype, measu
 # bind the 2-CTA tiles; session 43 measured them 0-40% slower than their 1 x 2 tiles there).
 SM90_TILES = {"auto": 0, "skinny": 1, "large": 2, "split": 3, "narrow": 4, "pingpong": 5, "skinny-pair": 6,
               "pingpong-2x2": 7, "large-2x2": 8}
-# Added to a configuration (both Hopper W8A8 libraries): the order in which that call's persistent scheduler hands out
-# tiles (csrc/sm90/sm90_common.cuh): "s8" a swizzle of 8 along CUTLASS's side, "n8" a swizzle of 8 along n. Session 43
-# (dev/order_ab.py, one process): at 8192 tokens 4-19% faster on most shapes, at 1024 up to 2x slower; so an order is
-# part of a measured route ("pingpong-s8"), for the tiles of thousands of tokens.
-ORDERS = {"s8": 32, "n8": 96}
+# The large tiles also with a tile order of their own (sm90.ORDERS: "pingpong-s8", ...)
 ORDERED_TILES = ("large", "pingpong", "split")
 SM90_CONFIGS = {**SM90_TILES, **{f"{name}-{order}": SM90_TILES[name] + bits for name in ORDERED_TILES
-                                 for order, bits in ORDERS.items()}}
+                                 for order, bits in sm90.ORDERS.items()}}
 # Added to the configuration: programmatic dependent launch (csrc/sm90/sm90_common.cuh; the GEMM waits for the
 # kernel before, act_quant, ahead of any global access, so any input is safe). Session 19 (H200, graph replay):
 # faster at 32 and 64 tokens on every shape (fp8 8192 x 8192 at 32: 26.0 -> 23.8 us, 4096 x 4096 at 64: 11.0 ->

@@ -224,7 +224,12 @@ def set_tile_order(swizzle: int = 1, raster: str = "heuristic") -> None:
                 raise RuntimeError(f"{lib.stem}: {err.decode()}")
 
 
-ORDER_BITS = 96  # a configuration's tile-order bits in both W8A8 libraries (csrc/sm90/sm90_common.cuh: 32 | 64)
+# Added to a configuration of either W8A8 library (csrc/sm90/sm90_common.cuh, kConfigSwizzle8 / kConfigAlongN): the
+# order in which that call's persistent scheduler hands out tiles, "s8" a swizzle of 8 along CUTLASS's side, "n8" a
+# swizzle of 8 along n. Session 43 (dev/order_ab.py, one process): at 8192 tokens 4-19% faster on most shapes, at
+# 1024 up to 2x slower; so an order is part of a measured route ("pingpong-s8"), for the tiles of thousands of tokens.
+ORDERS = {"s8": 32, "n8": 96}
+ORDER_BITS = 96
 # CUTLASS rounds the tile grid up to swizzle x cluster tiles in both dimensions (tile_scheduler_params.h), and the
 # persistent CTAs run the padding as tiles of zeros. Bounded for every tile the routes order: 128 rows / columns or
 # more, swizzle 8, clusters of at most 2.

@@ -134,10 +134,10 @@ def test_order_configs_are_tiles_plus_order_bits():
     from qtool_kernels import block_mm, scaled_mm
 
     for name in scaled_mm.ORDERED_TILES:
-        for order, bits in scaled_mm.ORDERS.items():
+        for order, bits in sm90.ORDERS.items():
             assert scaled_mm.SM90_CONFIGS[f"{name}-{order}"] == scaled_mm.SM90_TILES[name] + bits
     for name in block_mm.ORDERED_TILES:
-        assert block_mm.CONFIGS[f"{name}-s8"] & ~block_mm.ORDER == block_mm.CONFIGS[name]
+        assert block_mm.CONFIGS[f"{name}-s8"] & ~sm90.ORDER_BITS == block_mm.CONFIGS[name]
         assert not block_mm.narrow(block_mm.CONFIGS[f"{name}-n8"])
 
 
@@ -145,7 +145,7 @@ def test_order_configs_are_tiles_plus_order_bits():
 @pytest.mark.gpu
 @pytest.mark.parametrize("order", ["s8", "n8"])
 def test_order_in_the_configuration(kernels, default_order_after, order):
-    """A configuration's order bits (scaled_mm.ORDERS) set that call's order whatever the process's: the same bits as
+    """A configuration's order bits (sm90.ORDERS) set that call's order whatever the process's: the same bits as
     the tile without them (each order only moves which CTA computes which tile), within 1e-2 of float64."""
     from qtool_kernels import block_mm, reference, scaled_mm
 

@@ -291,7 +291,7 @@ def test_sm90_gemm_rejects_unknown_config(kernels):
     a = torch.zeros(16, 64, device="cuda", dtype=torch.int8)
     # configurations are 0-8 (the PDL bit is 16, the order bits 32 and 64): 9, 15 and 128 are none, launched
     # plainly, with PDL or with an order
-    for config in (9, 15, 128, 9 + scaled_mm.SM90_PDL, 9 + scaled_mm.ORDERS["n8"]):
+    for config in (9, 15, 128, 9 + scaled_mm.SM90_PDL, 9 + sm90.ORDERS["n8"]):
         with pytest.raises(RuntimeError, match="config must be"):
             torch.ops.qtool_cuda.sm90_scaled_mm(a, a, torch.ones(16, device="cuda"), torch.ones(16, device="cuda"),
                                                 None, torch.bfloat16, config)
