@@ -40,7 +40,7 @@ ncu_source() {  # ncu_source SHAPE ONLY TAG REGEX (profile_kernels.py --only): -
   step "ncu --set full: $only on $shape"
   timeout -k 10 "${NS_TIMEOUT:-120}" ncu --clock-control none --target-processes all --kernel-name-base demangled \
     --kernel-name regex:"$regex" --launch-skip 1 --launch-count 1 --set full \
-    --import-source yes -f -o "/tmp/$tag" python3 dev/profile_kernels.py --shape "$shape" --only "$only" \
+    --import-source yes -f -o "/tmp/$tag" python3 dev/profile_kernels.py --shape "$shape" --only "$only" ${NS_BITS:+--bits $NS_BITS} \
     > "/tmp/$tag.log" 2>&1
   echo "ncu exit $?"; tail -2 "/tmp/$tag.log"
   ncu --import "/tmp/$tag.ncu-rep" --page details --csv > "$OUT/${tag}_details.csv" 2>&1

@@ -31,10 +31,10 @@ def hopper_schedule(p, mixed, m: int) -> dict:
     return route if isinstance(route, dict) else plain_schedule(m, mixed.group, p.k_padded)
 
 
-def weight_cases(kernels, k: int, n: int) -> dict:
-    """name -> zero-argument callable, one launch each (plus the tensors it closes over)."""
+def weight_cases(kernels, k: int, n: int, widths: tuple[int, ...] = (4, 8, 3, 2)) -> dict:
+    """name -> zero-argument callable, one launch each (plus the tensors it closes over), for the bit widths given."""
     cases = {}
-    for bits, group in ((4, 128), (8, -1), (3, 128), (2, 64)):
+    for bits, group in [(b, g) for b, g in ((4, 128), (8, -1), (3, 128), (2, 64)) if b in widths]:
         lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
         codes = torch.randint(lo, hi + 1, (n, k), device="cuda", dtype=torch.int8)
         groups = 1 if group <= 0 else -(-k // group)
@@ -86,12 +86,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", default="8192x8192", help="KxN")
     parser.add_argument("--only", help="comma-separated substrings of case names to run")
+    parser.add_argument("--bits", default="4,8,3,2", help="the bit widths whose cases are set up (each takes time "
+                        "under ncu)")
     args = parser.parse_args()
     kernels = build.load_extension()
     assert kernels is not None, build._loader.reason
     k, n = (int(v) for v in args.shape.lower().split("x"))
     torch.manual_seed(0)
-    cases = weight_cases(kernels, k, n)
+    cases = weight_cases(kernels, k, n, tuple(int(b) for b in args.bits.split(",")))
     flush = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
     for name, fn in cases.items():
         if args.only and not any(s in name for s in args.only.split(",")):

@@ -29,6 +29,7 @@ from .mixed_mm import check_schedule, takes_ktile
 # H200, session 11 (the fused 8B shapes 4096 x 6144 and 4096 x 28672: session 12), dev/mixed_sweep.py
 # (BENCHMARKS.md); a tuned schedule is kept only where it beat the plain
 # one (the batch's own token tile, 128-row tiles, default split) by more than run-to-run noise (mixed_sweep.margin).
+# 9-64 tokens re-swept in session 44 under the ordered split adds, split-K by 8 tried (never the fastest).
 MIXED: dict[tuple[int, int, int], dict[int, str]] = {
     (4, 4096, 4096): {8: "wo_gemm", 9: "wo_gemm", 16: "wo_gemm", 17: "wo_gemm", 32: "k64 t32 v0 s0", 64: "k128 t64 v0 s0", 128: "k128 t64 v0 s0", 256: "k64 t128 v2 s2", 512: "k64 t128 v2 s1", 1024: "k64 t256 v0 s0", 2048: "k64 t256 v0 s0", 4096: "k64 t256 v0 s0"},
     (4, 4096, 14336): {8: "k128 t16 v0 s1", 9: "wo_gemm", 16: "k128 t16 v1 s2", 17: "k128 t32 v0 s0", 32: "k128 t32 v0 s0", 64: "k128 t64 v0 s0", 128: "k128 t128 v0 s0", 256: "k64 t256 v0 s0", 512: "k64 t256 v0 s0", 1024: "k64 t256 v2 s-1", 2048: "k64 t256 v0 s0", 4096: "k64 t256 v0 s0"},
