@@ -7,7 +7,8 @@ call (dev/route_probe.py's fit over shapes). Session 44's sweep found the mixed-
 tokens as fast with 32 CTAs (256-row tiles, no split) as with 128 (split 4): so the fixed time does not shrink with
 the work per CTA. A sweep over K with N fixed says whether it is per launch (intercept) or per k step (slope,
 shown as the weight bytes it streams per us); over N with K fixed, whether more CTAs cost time. The floor of a graph
-kernel node (a one-element add) and bf16 F.linear are timed in the same run.
+kernel node (a one-element add), bf16 F.linear and the fp8 W8A8 layer as routed (w8_gemv up to 16 tokens, a kernel
+of 20-30 KB of code where the mixed GEMM has 80-107 KB) are timed in the same run.
 
 Three modes of the K sweep say whether the fixed time is a cold cache: "rotated" (the protocol: copies past the
 L2), "resident" (one copy, weights and code stay in the L2: K up to 8192 at N = 8192 is 34 MB of W4), and
@@ -36,6 +37,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from bench_kernels import Rotation, copies_for, graph_ms, packed_copies  # noqa: E402
+from bench_w8a8 import qlayers  # noqa: E402
 
 from qtool_kernels import build, mixed_mm  # noqa: E402
 from qtool_kernels.layout import EPILOGUE  # noqa: E402
@@ -90,7 +92,9 @@ def weight_calls(k: int, n: int, m: int, kernels, mode: str) -> dict:
             stream_streaming(w.w)
         return mixed_mm.mixed_linear(x, w, **s)
 
+    fp8 = Rotation(qlayers("fp8", dense.items[0])[:count])  # the fp8 W8A8 layer as routed (w8_gemv to 16 tokens)
     calls = {"node floor": lambda: one.add_(1), "bf16": lambda: F.linear(x, dense()),
+             "fp8 layer": lambda: fp8()(x[:, :k]),
              "wo_gemm": lambda: kernels.wo_gemm(x, packed().qweight, p0.scale, p0.zero, None, 4, 128, n, EPILOGUE)}
     for label, s in SCHEDULES.items():
         try:
@@ -154,7 +158,8 @@ def sweep(label: str, shapes: list[tuple[int, int]], m: int, kernels, mode: str 
             f"{name} {us:.1f}" if us else f"{name} -" for name, us in rows[-1]["us"].items()), flush=True)
     fits = {}
     for name in rows[0]["us"]:
-        mbytes = [(r["K"] * r["N"] * (2 if name == "bf16" else 0.5 + 4 / 128) / 1e6, r["us"].get(name)) for r in rows]
+        per = 2 if name == "bf16" else 1 if name == "fp8 layer" else 0.5 + 4 / 128  # weight bytes per element
+        mbytes = [(r["K"] * r["N"] * per / 1e6, r["us"].get(name)) for r in rows]
         line = fit(mbytes)
         if line:
             fits[name] = {"fixed_us": line[0], "TB_per_s": 1 / line[1] if line[1] > 0 else None}
