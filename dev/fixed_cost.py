@@ -8,7 +8,7 @@ tokens as fast with 32 CTAs (256-row tiles, no split) as with 128 (split 4): so 
 the work per CTA. A sweep over K with N fixed says whether it is per launch (intercept) or per k step (slope,
 shown as the weight bytes it streams per us); over N with K fixed, whether more CTAs cost time. The floor of a graph
 kernel node (a one-element add), bf16 F.linear and the fp8 W8A8 layer as routed (w8_gemv up to 16 tokens, a kernel
-of 20-30 KB of code where the mixed GEMM has 80-107 KB) are timed in the same run.
+of 11-29 KB of code where the mixed GEMM has 80-107 KB) are timed in the same run.
 
 Three modes of the K sweep say whether the fixed time is a cold cache: "rotated" (the protocol: copies past the
 L2), "resident" (one copy, weights and code stay in the L2: K up to 8192 at N = 8192 is 34 MB of W4), and
