@@ -181,10 +181,13 @@ def main() -> None:
     args = ap.parse_args()
     kernels = build.load_extension()
     ks = [int(k) for k in args.ks.split(",")]
-    result = {"m": args.m, "device": torch.cuda.get_device_name(), "torch": torch.__version__, "k_sweeps": [
-        sweep("K", [(k, args.n) for k in ks if mode != "resident" or k * args.n <= 8192 * 8192], args.m, kernels, mode)
-        for mode in args.modes.split(",")],
-        "n_sweep": sweep("N", [(args.k, int(n)) for n in args.ns.split(",")], args.m, kernels)}
+    result = {"m": args.m, "device": torch.cuda.get_device_name(), "torch": torch.__version__, "k_sweeps": []}
+    for mode in args.modes.split(","):  # written after each sweep: a run cut by its time limit keeps what it measured
+        shapes = [(k, args.n) for k in ks if mode != "resident" or k * args.n <= 8192 * 8192]
+        result["k_sweeps"].append(sweep("K", shapes, args.m, kernels, mode))
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=1))
+    result["n_sweep"] = sweep("N", [(args.k, int(n)) for n in args.ns.split(",")], args.m, kernels)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
 

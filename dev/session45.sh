@@ -17,16 +17,16 @@ source dev/gpu_setup.sh
 
 fixedcost() {  # the K sweep rotated / L2-resident / codes marked streaming, and the N sweep; then with PDL, rotated
   step "fixed cost per call: K and N sweeps at 16 tokens (dev/fixed_cost.py)"
-  timeout -k 10 "${FIXED_TIMEOUT:-170}" python3 dev/fixed_cost.py --m "${FIXED_M:-16}" \
+  timeout -k 10 "${FIXED_TIMEOUT:-150}" python3 dev/fixed_cost.py --m "${FIXED_M:-16}" \
     --json "$OUT/fixed_cost.json" 2>&1 | grep -v "^USDT" | tail -60
   step "the same K sweep with QTOOL_GEMM_PDL=1, rotated"
-  QTOOL_GEMM_PDL=1 timeout -k 10 "${FIXED_TIMEOUT:-90}" python3 dev/fixed_cost.py --m "${FIXED_M:-16}" --modes rotated \
+  QTOOL_GEMM_PDL=1 timeout -k 10 "${FIXED_TIMEOUT:-80}" python3 dev/fixed_cost.py --m "${FIXED_M:-16}" --modes rotated \
     --ns 4096 --json "$OUT/fixed_cost_pdl.json" 2>&1 | grep -v "^USDT" | tail -20
 }
 pdlab() {
   for pdl in 0 1; do
     step "W4 g128 through QuantLinear at 9-64 tokens, QTOOL_GEMM_PDL=$pdl (dev/route_probe.py --bf16)"
-    QTOOL_GEMM_PDL=$pdl timeout -k 10 "${PROBE_TIMEOUT:-120}" python3 dev/route_probe.py --bf16 \
+    QTOOL_GEMM_PDL=$pdl timeout -k 10 "${PROBE_TIMEOUT:-100}" python3 dev/route_probe.py --bf16 \
       --shapes ${PDL_SHAPES:-4096x4096,4096x14336,14336x4096,8192x8192} --tokens ${PDL_TOKENS:-9,16,32,64} \
       --json "$OUT/pdlab_$pdl.json" 2>&1 | grep -v "^USDT" | tail -24
   done
