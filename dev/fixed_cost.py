@@ -14,7 +14,7 @@ Three modes of the K sweep say whether the fixed time is a cold cache: "rotated"
 L2), "resident" (one copy, weights and code stay in the L2: K up to 8192 at N = 8192 is 34 MB of W4), and
 "streaming" (rotated, with each call's codes marked as L2 streaming data through the stream's access policy window,
 so they are evicted before the kernels' code and the activations). The Hopper mixed-input GEMM is 80-107 KB of SASS
-per configuration (the W8A8 GEMMs 20-27 KB, the GEMVs a few KB; cuobjdump -sass of the prebuilt libraries), 40-70 KB
+per configuration (the W8A8 GEMMs 19-27 KB, the GEMVs 11-35 KB; cuobjdump -sass of the prebuilt libraries), 40-70 KB
 of it run once per tile outside the k loop: if its fetch from a cold L2 is the fixed time, "resident" and
 "streaming" show it.
 
