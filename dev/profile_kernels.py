@@ -64,6 +64,10 @@ def weight_cases(kernels, k: int, n: int, widths: tuple[int, ...] = (4, 8, 3, 2)
             cases[f"w{bits} w{bits}_mm k128 M=16"] = lambda x=x, mixed=mixed: mixed_mm.mixed_linear(x, mixed, ktile=128)
             cases[f"w{bits} w{bits}_mm k128 r256 M=16"] = lambda x=x, mixed=mixed: mixed_mm.mixed_linear(
                 x, mixed, ktile=128, variant=1)
+            # unsplit: on 8192 x 8192, 32 CTAs each streaming 1 MB of codes timed level with the default split 4
+            # (128 CTAs, session 44); ncu of both says what holds each
+            cases[f"w{bits} w{bits}_mm k128 r256 s1 M=16"] = lambda x=x, mixed=mixed: mixed_mm.mixed_linear(
+                x, mixed, split=1, ktile=128, variant=1)
             for m in (64, 256):  # the measured route (tuning.py) where issue 19's W4 goals are furthest off
                 xm = torch.randn(m, p.k_padded, device="cuda", dtype=torch.bfloat16)
                 cases[f"w{bits} w{bits}_mm routed M={m}"] = lambda xm=xm, p=p, mixed=mixed: mixed_mm.mixed_linear(

@@ -5,7 +5,7 @@ over the shapes at each token count. Session 40's figures put ~13 us of "fixed" 
 at 9-32 tokens (kernels/NOTES.md): this says which launches hold it.
 
     python3 dev/route_probe.py [--shapes 4096x4096,8192x8192,...] [--tokens 1,8,16,32,64] [--format w4a16-g128 |
-        --scheme fp8] [--bf16] [--json out.json]
+        --scheme fp8] [--bf16] [--prefetch 0,65536,1073741824] [--json out.json]
     ncu --profile-from-start off ... python3 dev/route_probe.py --ncu ...   # only the probed calls are profiled
 """
 
@@ -86,7 +86,26 @@ def bf16_call(shape: str):
     return lambda x: F.linear(x, dense())
 
 
-def probe(shape: str, tokens: list[int], fmt: str, scheme: str | None, ncu: bool, bf16: bool = False) -> list[dict]:
+def prefetch_times(call, caps: list[int]) -> dict[int, float]:
+    """cap -> graph us of call() with the mixed-input GEMM's L2 prefetch at each cap (kernels/sm90.py set_prefetch),
+    interleaved over three rounds, median per cap; the prefetch is off again after."""
+    from bench_kernels import graph_ms
+
+    from qtool_kernels import sm90
+
+    if not any(lib.loaded for lib in sm90.MIXED.values()):
+        raise SystemExit("--prefetch: no mixed-input library is loaded (the route does not take the Hopper GEMM here)")
+    times: dict[int, list[float]] = {cap: [] for cap in caps}
+    for _ in range(3):
+        for cap in caps:
+            sm90.set_prefetch(cap)
+            times[cap].append(1000 * graph_ms(call))
+    sm90.set_prefetch(0)
+    return {cap: statistics.median(t) for cap, t in times.items()}
+
+
+def probe(shape: str, tokens: list[int], fmt: str, scheme: str | None, ncu: bool, bf16: bool = False,
+          caps: list[int] | None = None) -> list[dict]:
     import torch
     from bench_kernels import graph_ms
 
@@ -118,6 +137,9 @@ def probe(shape: str, tokens: list[int], fmt: str, scheme: str | None, ncu: bool
         if dense is not None:
             rows[-1]["bf16_us"] = 1000 * graph_ms(lambda x=x: dense(x))
             versus = f" (bf16 {rows[-1]['bf16_us']:6.1f} us: {rows[-1]['bf16_us'] / graph_us:4.2f}x)"
+        if caps:
+            rows[-1]["prefetch_us"] = prefetch_times(call, caps)
+            versus += " prefetch " + " ".join(f"{cap >> 10}K {us:.1f}" for cap, us in rows[-1]["prefetch_us"].items())
         names = "; ".join(f"{name} x{count:g} {us:.1f} us" for name, (count, us) in launched.items())
         print(f"{shape:>11} M={m:<3} graph {graph_us:6.1f} us{versus}  kernels {rows[-1]['kernel_us']:6.1f} us  | "
               f"{names}", flush=True)
@@ -132,11 +154,14 @@ def main() -> None:
     ap.add_argument("--scheme", help="a W8A8 preset instead (fp8, w8a8-int8, fp8-block: benchmarks/bench_w8a8.py)")
     ap.add_argument("--ncu", action="store_true", help="profile only the probed calls (ncu --profile-from-start off)")
     ap.add_argument("--bf16", action="store_true", help="also time bf16 F.linear in the same run (speedup)")
+    ap.add_argument("--prefetch", help="comma-separated caps in bytes (0: off): also time each call with the "
+                    "mixed-input GEMM's L2 prefetch at each (kernels/sm90.py set_prefetch)")
     ap.add_argument("--json")
     args = ap.parse_args()
     tokens = [int(t) for t in args.tokens.split(",")]
+    caps = [int(c) for c in args.prefetch.split(",")] if args.prefetch else None
     rows = [row for shape in args.shapes.split(",")
-            for row in probe(shape, tokens, args.format, args.scheme, args.ncu, args.bf16)]
+            for row in probe(shape, tokens, args.format, args.scheme, args.ncu, args.bf16, caps)]
     for m in tokens:
         at = [r for r in rows if r["M"] == m]
         for key in ("graph_us", "kernel_us"):

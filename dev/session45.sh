@@ -9,8 +9,18 @@
 #           front of the mixed GEMM (session 19 found PDL useless there behind that node); Nsight Compute on the
 #           256-row mixed GEMM at 16 tokens on 8192 x 8192, the 32-CTA launch session 44 timed level with its
 #           128-CTA split)
-#   call 2: bash dev/session44.sh chansweep4k w8a8table     (~7 min, unchanged: 4096-token tile orders, full W8A8 table)
-#   call 3: bash dev/session41.sh routeprobe8 routencu stripes16
+#   call 2: bash dev/session45.sh prefetchtests prefetchab wopdlab   (~8 min: session 45's L2 prefetch of each CTA's
+#           weights from the mixed GEMM's prologue, before the PDL wait (sm90_scheduler.cuh WeightPrefetch): its
+#           tests (no bit may move; early release keeps dependent reads after the writes), then W4 g128 at 9-64
+#           tokens with caps 0 / 32 KB / 128 KB / all, without PDL, with QTOOL_GEMM_PDL=1, and with PDL and the next
+#           grid released from the prologue (QTOOL_GEMM_EARLY_RELEASE=1); wo_gemm (4096 x 4096 at 9-16 tokens)
+#           with and without PDL (QTOOL_WO_GEMM_PDL=1), with and without its ordered splits)
+#   call 3: bash dev/session44.sh chansweep4k w8a8table     (~7 min, unchanged: 4096-token tile orders, full W8A8 table)
+#   call 4: bash dev/session45.sh earlyw8a8 mm16s1           (~4 min: fp8 / fp8-block at 16 and 64 tokens with and
+#           without early release; ncu of the unsplit 32-CTA launch beside call 1's split one)
+#   call 5: bash dev/session41.sh routeprobe8 routencu stripes16
+# If PDL + early release + a cap wins in call 2: set kernels/mixed_mm.py PDL_MAX_M / EARLY_RELEASE and a default
+# cap, and rerun `bash dev/session44.sh w4table`; if wo_gemm's PDL wins, route it (an op flag, as wo_gemv's kPdlFlag).
 cd "$(dirname "$0")/.."
 LOG=session45.log
 source dev/gpu_setup.sh
@@ -31,8 +41,45 @@ pdlab() {
       --json "$OUT/pdlab_$pdl.json" 2>&1 | grep -v "^USDT" | tail -24
   done
 }
-mm16ncu() {
+mm16ncu() {  # the default split 4 (128 CTAs), which session 44 timed level with the unsplit launch (21.3 / 21.2 us)
   NS_BITS=4 NS_TIMEOUT=${NS_TIMEOUT:-100} ncu_source 8192x8192 "w4 w4_mm k128 r256 M=16" mm16_r256 'device_kernel|cutlass'
+}
+mm16s1() {  # the unsplit one (32 CTAs, 1 MB of codes each): its counters beside mm16ncu's say what holds each
+  NS_BITS=4 NS_TIMEOUT=${NS_TIMEOUT:-100} ncu_source 8192x8192 "w4 w4_mm k128 r256 s1 M=16" mm16_r256s1 'device_kernel|cutlass'
+}
+prefetchtests() {
+  step "the L2 prefetch moves no bit; early release keeps dependent reads after the writes"
+  gputests prefetchtests "${PT_TIMEOUT:-200}" tests/test_prefetch_gpu.py tests/test_split_locks_gpu.py -k \
+    "prefetch or early or default"
+}
+prefetchab() {  # caps in bytes: off, 32 KB, 128 KB, a CTA's whole unit; one process per PDL / early-release setting
+  for setting in 0,0 1,0 1,1; do
+    local pdl=${setting%,*} early=${setting#*,}
+    step "W4 g128 at 9-64 tokens, L2 prefetch caps, QTOOL_GEMM_PDL=$pdl QTOOL_GEMM_EARLY_RELEASE=$early"
+    QTOOL_GEMM_PDL=$pdl QTOOL_GEMM_EARLY_RELEASE=$early timeout -k 10 "${PROBE_TIMEOUT:-120}" python3 \
+      dev/route_probe.py --bf16 --prefetch 0,32768,131072,1073741824 \
+      --shapes ${PDL_SHAPES:-4096x4096,4096x14336,14336x4096,8192x8192} --tokens ${PDL_TOKENS:-9,16,32,64} \
+      --json "$OUT/prefetch_pdl${pdl}_early$early.json" 2>&1 | grep -v "^USDT" | tail -24
+  done
+}
+wopdlab() {  # wo_gemm's routes (4096 x 4096 at 9-16 tokens, 14336 x 4096 at 16): PDL x ordered splits
+  for setting in 0,atomic 1,atomic 0,ordered 1,ordered; do
+    local pdl=${setting%,*} split=${setting#*,}
+    step "W4 g128 on wo_gemm's routes, QTOOL_WO_GEMM_PDL=$pdl QTOOL_WO_SPLIT=$split"
+    QTOOL_WO_GEMM_PDL=$pdl QTOOL_WO_SPLIT=$split timeout -k 10 "${WOPDL_TIMEOUT:-60}" python3 dev/route_probe.py \
+      --bf16 --shapes 4096x4096,14336x4096 --tokens 9,12,16 --json "$OUT/wopdl_${pdl}_$split.json" 2>&1 \
+      | grep -v "^USDT" | tail -8
+  done
+}
+earlyw8a8() {  # the W8A8 routes launch their GEMMs with PDL up to 64 tokens: does releasing early help them too?
+  for early in 0 1; do
+    for scheme in fp8-block fp8; do
+      step "$scheme at 16 / 64 tokens, QTOOL_GEMM_EARLY_RELEASE=$early (dev/route_probe.py --scheme)"
+      QTOOL_GEMM_EARLY_RELEASE=$early timeout -k 10 "${EARLY_TIMEOUT:-60}" python3 dev/route_probe.py --bf16 \
+        --scheme $scheme --shapes 4096x4096,14336x4096,8192x8192 --tokens 16,64 \
+        --json "$OUT/early_${scheme}_$early.json" 2>&1 | grep -v "^USDT" | tail -8
+    done
+  done
 }
 for stage in "$@"; do "$stage"; done
 step "done"

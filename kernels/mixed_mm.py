@@ -73,7 +73,23 @@ class _Args(ctypes.Structure):  # csrc/sm90/sm90_mixed_mm.h, MixedMmArgs
                 ("zero", ctypes.c_void_p), ("y", ctypes.c_void_p), ("workspace", ctypes.c_void_p),
                 ("workspace_bytes", ctypes.c_size_t), ("m", ctypes.c_int), ("n", ctypes.c_int),
                 ("k", ctypes.c_int), ("group", ctypes.c_int), ("split", ctypes.c_int), ("pingpong", ctypes.c_int),
-                ("ktile", ctypes.c_int), ("variant", ctypes.c_int), ("token_tile", ctypes.c_int)]
+                ("ktile", ctypes.c_int), ("variant", ctypes.c_int), ("token_tile", ctypes.c_int),
+                ("launch", ctypes.c_int)]
+
+
+# How a call of up to PDL_MAX_M tokens is launched (MixedMmArgs.launch): with PDL, so its launch and prologue
+# overlap the kernel before, and, where EARLY_RELEASE, releasing the next kernel from its own prologue (split-K /
+# stream-K tiles: csrc/sm90/sm90_scheduler.cuh). Off until measured (dev/session45.sh prefetchab times both with
+# QTOOL_GEMM_PDL / QTOOL_GEMM_EARLY_RELEASE, which turn them on for every call).
+PDL_MAX_M = 0
+EARLY_RELEASE = False
+
+
+def launch_bits(m: int) -> int:
+    """MixedMmArgs.launch for a call of m tokens: bit 0 PDL, bit 1 early release (with PDL only)."""
+    if m > PDL_MAX_M:
+        return 0
+    return 1 | (2 if EARLY_RELEASE else 0)
 
 
 _functions: dict[int, tuple] = {}
@@ -136,7 +152,7 @@ def _run(bits: int, x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zero:
     n = w.shape[0]
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
     args = _Args(w.data_ptr(), x.data_ptr(), scale.data_ptr(), zero.data_ptr(), y.data_ptr(), None, 0, m, n, k, group,
-                 split, pingpong, ktile, variant, token_tile)
+                 split, pingpong, ktile, variant, token_tile, launch_bits(m))
     err = sm90.call(workspace_of, run, args, x.device)
     if err is not None:
         raise RuntimeError(f"w{bits}_mm: {err} (m={m}, n={n}, k={k}, group={group})")

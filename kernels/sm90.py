@@ -224,6 +224,21 @@ def set_tile_order(swizzle: int = 1, raster: str = "heuristic") -> None:
                 raise RuntimeError(f"{lib.stem}: {err.decode()}")
 
 
+PREFETCH_MAX = 1 << 30  # bytes; a cap past a CTA's whole unit prefetches the unit
+
+
+def set_prefetch(nbytes: int = 0) -> None:
+    """Bytes of codes each CTA of the mixed-input GEMM's split-K / stream-K launches prefetches into L2 from its
+    prologue, before its first load and before it waits on the kernel before it under PDL (csrc/sm90/sm90_scheduler.cuh
+    WeightPrefetch; QTOOL_GEMM_PREFETCH sets it at load), from the next call on; 0 turns it off. It moves no result
+    bit. For A/Bs (dev/route_probe.py --prefetch); off by default, unmeasured."""
+    if not isinstance(nbytes, int) or not 0 <= nbytes <= PREFETCH_MAX:
+        raise ValueError(f"set_prefetch: nbytes={nbytes!r}, expected an int in [0, {PREFETCH_MAX}]")
+    for lib in MIXED.values():
+        if lib.loaded:
+            ctypes.CDLL(str(lib.path())).qtool_sm90_set_prefetch(ctypes.c_uint32(nbytes))
+
+
 # Added to a configuration of either W8A8 library (csrc/sm90/sm90_common.cuh, kConfigSwizzle8 / kConfigAlongN): the
 # order in which that call's persistent scheduler hands out tiles, "s8" a swizzle of 8 along CUTLASS's side, "n8" a
 # swizzle of 8 along n. Session 43 (dev/order_ab.py, one process): at 8192 tokens 4-19% faster on most shapes, at

@@ -306,6 +306,7 @@ at::Tensor wo_gemm(const at::Tensor& x, const at::Tensor& qweight, const at::Ten
     p.workspace = workspace.data_ptr<float>();
   }
   p.y = y.data_ptr();
+  p.pdl = wo_gemm_pdl();
   launch_wo_gemm(p, splits, stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return y;

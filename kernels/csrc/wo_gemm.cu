@@ -22,6 +22,7 @@
 #include <string>
 
 #include "kept_counters.h"
+#include "pdl.cuh"
 #include "wo_common.cuh"
 
 namespace qtool {
@@ -241,10 +242,17 @@ __global__ void __launch_bounds__(kWarps * 32, min_blocks<BITS, MT>()) wo_gemm_k
   // every warp has finished with once it is past step i's barrier. Slots alternate by the unrolled parity.
   uint4 w[2][CPP];
   float2 par[2][2] = {};
+  // Launched with PDL (p.pdl, QTOOL_WO_GEMM_PDL=1: static weights only): the first piece's codes and parameters,
+  // which no kernel before writes, are in flight before the wait for that kernel; x, the bias, the workspace and y
+  // only after it.
+  if (p.pdl) {
+    if (piece_begin < piece_end) load(piece_begin, w[0], par[0]);
+    pdl_wait_then_release();
+  }
   if (piece_begin < piece_end) {
     stage(piece_begin, 0);
     cp_async_commit();
-    load(piece_begin, w[0], par[0]);
+    if (!p.pdl) load(piece_begin, w[0], par[0]);
     for (int base = piece_begin; base < piece_end; base += 2) {
 #pragma unroll
       for (int s = 0; s < 2; ++s) {
@@ -296,19 +304,20 @@ void launch_typed(const WoProblem& p,     // the problem (workspace set when spl
   const dim3 grid((p.w.n_padded / kStripeRows + kWarps - 1) / kWarps, (npieces + pieces_per_split - 1) / pieces_per_split,
                   (p.m + tok - 1) / tok);
   const dim3 block(kWarps * 32);
+  auto launch = [&](auto kernel) { launch_maybe_pdl(kernel, p.pdl, grid, block, 0, stream, p, pieces_per_split); };
   if (p.w.group_shift >= 7) {
     switch (tok) {
-      case 8: wo_gemm_kernel<T, BITS, 1, true><<<grid, block, 0, stream>>>(p, pieces_per_split); break;
-      case 16: wo_gemm_kernel<T, BITS, 2, true><<<grid, block, 0, stream>>>(p, pieces_per_split); break;
-      case 32: wo_gemm_kernel<T, BITS, 4, true><<<grid, block, 0, stream>>>(p, pieces_per_split); break;
-      default: wo_gemm_kernel<T, BITS, 8, true><<<grid, block, 0, stream>>>(p, pieces_per_split); break;
+      case 8: launch(wo_gemm_kernel<T, BITS, 1, true>); break;
+      case 16: launch(wo_gemm_kernel<T, BITS, 2, true>); break;
+      case 32: launch(wo_gemm_kernel<T, BITS, 4, true>); break;
+      default: launch(wo_gemm_kernel<T, BITS, 8, true>); break;
     }
   } else {
     switch (tok) {
-      case 8: wo_gemm_kernel<T, BITS, 1, false><<<grid, block, 0, stream>>>(p, pieces_per_split); break;
-      case 16: wo_gemm_kernel<T, BITS, 2, false><<<grid, block, 0, stream>>>(p, pieces_per_split); break;
-      case 32: wo_gemm_kernel<T, BITS, 4, false><<<grid, block, 0, stream>>>(p, pieces_per_split); break;
-      default: wo_gemm_kernel<T, BITS, 8, false><<<grid, block, 0, stream>>>(p, pieces_per_split); break;
+      case 8: launch(wo_gemm_kernel<T, BITS, 1, false>); break;
+      case 16: launch(wo_gemm_kernel<T, BITS, 2, false>); break;
+      case 32: launch(wo_gemm_kernel<T, BITS, 4, false>); break;
+      default: launch(wo_gemm_kernel<T, BITS, 8, false>); break;
     }
   }
   if (p.workspace != nullptr && p.split_counters == nullptr) {
@@ -341,6 +350,17 @@ int* wo_gemm_counters(int tiles, cudaStream_t stream) {
   }();
   static KeptCounters counters(16384);
   return on && static_cast<size_t>(tiles) <= counters.count() ? counters.get(stream) : nullptr;
+}
+
+// QTOOL_WO_GEMM_PDL=1 (read once; an A/B knob until measured, kernels/NOTES.md "Session 45"): wo_gemm launched with
+// programmatic dependent launch, its first weights loaded before the wait (pdl.cuh). Only for weights no kernel
+// writes while in use, which the A/Bs' prepared layers are.
+bool wo_gemm_pdl() {
+  static const bool on = [] {
+    const char* env = std::getenv("QTOOL_WO_GEMM_PDL");
+    return env != nullptr && env[0] == '1' && pdl_enabled();
+  }();
+  return on;
 }
 
 int wo_gemm_tiles(const WoProblem& p) {

@@ -88,9 +88,10 @@ struct WoProblem {
   // wo_gemv only (wo_gemv.cu): 0 the default; 1 "lean": at most 64 registers, so 4 blocks per SM instead
   // of 3, with a ring of 4 chunks per lane instead of 8 (weights with one group per chunk; others run 0).
   int gemv_variant = 0;
-  // wo_gemv's ring GEMV only: launched with programmatic dependent launch (pdl.cuh), so its first weight loads may
-  // run before the kernel before it has finished. Only for weights no kernel writes while they are in use (the
-  // op's variant + kPdlFlag, which kernels/weight_only.py passes for prepared layers).
+  // wo_gemv's ring GEMV and wo_gemm (QTOOL_WO_GEMM_PDL): launched with programmatic dependent launch (pdl.cuh), so
+  // its first weight loads may run before the kernel before it has finished. Only for weights no kernel writes
+  // while they are in use (the GEMV op's variant + kPdlFlag, which kernels/weight_only.py passes for prepared
+  // layers; wo_gemm's knob is an A/B for prepared layers).
   bool pdl = false;
   // wo_planes_gemv only: x as the planes x_planes wrote ([2m, k_padded] int8, plane_slot order) and each token's
   // scale ([m] float32); x is unused then. nullptr: the planes kernel stages them from x itself.
@@ -193,6 +194,7 @@ void launch_w8_planes(const W8PlanesProblem& p, int stripes, cudaStream_t stream
 int wo_gemm_splits(const WoProblem& p, int num_sms);
 int wo_gemm_tiles(const WoProblem& p);
 int* wo_gemm_counters(int tiles, cudaStream_t stream);  // kept tile counters, or nullptr (wo_gemm.cu)
+bool wo_gemm_pdl();  // QTOOL_WO_GEMM_PDL=1: wo_gemm launched with PDL (static weights; wo_gemm.cu)
 void launch_wo_gemm(const WoProblem& p, int splits, cudaStream_t stream);
 
 // v3 tensor-core kernel for small m (wo_gemm_v3.cu): a ring of weight loads per lane, x and the group

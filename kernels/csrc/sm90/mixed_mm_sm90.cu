@@ -10,6 +10,9 @@
 //
 // Built apart from the PyTorch extension, like libqtool_sm90 (kernels/mixed_mm.py).
 #include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
 #include <type_traits>
 
 #include <cuda_runtime.h>
@@ -49,6 +52,35 @@ using RowMajorStride = cutlass::detail::TagToStrideA_t<cutlass::layout::RowMajor
 using ValueOrder = std::conditional_t<QTOOL_MIXED_BITS == 4, Layout<Shape<_2, _4>, Stride<_4, _1>>, Layout<_1>>;
 using ShuffleAtom = decltype(cutlass::compute_memory_reordering_atom<T, Layout<Shape<_1, _1>>, ValueOrder>());
 using ShuffledLayout = decltype(tile_to_shape(ShuffleAtom{}, Layout<Shape<int, int, int>, RowMajorStride>{}));
+
+// Bytes of codes each CTA of a cooperative (split-K / stream-K scheduled) launch prefetches into L2 from its
+// prologue (sm90_scheduler.cuh WeightPrefetch): QTOOL_GEMM_PREFETCH at load, qtool_sm90_set_prefetch later; 0: off.
+inline std::atomic<uint32_t>& prefetch_cap() {
+  static std::atomic<uint32_t> cap([] {
+    const char* env = std::getenv("QTOOL_GEMM_PREFETCH");
+    return env == nullptr ? 0u : static_cast<uint32_t>(std::strtoul(env, nullptr, 10));
+  }());
+  return cap;
+}
+
+// The prefetch of p's weights by CTAs of `tile_rows` rows (off where a pointer is not 16-byte aligned, as
+// cp.async.bulk.prefetch needs).
+inline WeightPrefetch weight_prefetch(const MixedMmArgs& p, int tile_rows) {
+  WeightPrefetch out;
+  auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
+  const uint32_t cap = prefetch_cap().load(std::memory_order_relaxed);
+  if (cap == 0 || !aligned(p.w) || !aligned(p.scale) || (p.zero != nullptr && !aligned(p.zero))) return out;
+  out.codes = static_cast<const char*>(p.w);
+  out.scales = static_cast<const char*>(p.scale);
+  out.zeros = static_cast<const char*>(p.zero);
+  out.row_bytes = 16 * QTOOL_MIXED_BITS / 8;
+  out.column_bytes = static_cast<int64_t>(p.n) * out.row_bytes;
+  out.n = p.n;
+  out.atoms = p.k / 16;
+  out.atoms_per_group = std::max(1, p.group / 16);
+  out.max_runs = static_cast<int>(std::max<uint32_t>(1, cap / static_cast<uint32_t>(tile_rows * out.row_bytes)));
+  return out;
+}
 
 template <class TileShape,     // (weight rows, tokens, k) per CTA
           bool PingPong,       // 64-row tiles, two warpgroups alternating; else 128-row cooperative tiles
@@ -107,7 +139,11 @@ struct MixedGemm {
          static_cast<const T*>(p.zero)},
         {{1.0f, 0.0f}, nullptr, sy, static_cast<T*>(p.y), sy}};
     args.hw_info.sm_count = sm_count();
-    if constexpr (!PingPong) set_split(args, p);
+    if constexpr (!PingPong) {
+      set_split(args, p);
+      args.scheduler.prefetch = weight_prefetch(p, size<0>(TileShape{}));
+      args.scheduler.early_release = (p.launch & 2) != 0;
+    }
     return args;
   }
 
@@ -134,7 +170,7 @@ struct MixedGemm {
   static size_t workspace(const MixedMmArgs& p) { return workspace_size<Gemm>(arguments(p)); }
 
   static const char* run(const MixedMmArgs& p, cudaStream_t stream) {
-    return run_gemm<Gemm>(arguments(p), p.workspace, p.workspace_bytes, stream);
+    return run_gemm<Gemm>(arguments(p), p.workspace, p.workspace_bytes, stream, (p.launch & 1) != 0);
   }
 };
 
@@ -205,6 +241,10 @@ extern "C" size_t qtool_sm90_mixed_workspace(const qtool::sm90::MixedMmArgs* p) 
     return nullptr;
   });
   return bytes;
+}
+
+extern "C" void qtool_sm90_set_prefetch(uint32_t bytes) {
+  qtool::sm90::prefetch_cap().store(bytes, std::memory_order_relaxed);
 }
 
 extern "C" const char* qtool_sm90_mixed_mm(const qtool::sm90::MixedMmArgs* p, cudaStream_t stream) {

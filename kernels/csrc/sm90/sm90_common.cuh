@@ -43,6 +43,17 @@ inline bool gemm_pdl() {
   return on;
 }
 
+// QTOOL_GEMM_EARLY_RELEASE=1 (read once per process; matters only under PDL): the split-K / stream-K kernels release
+// the next grid from their prologue (sm90_scheduler.cuh, initial_work_tile_info). Off: CUTLASS's release after the
+// last tile's MMAs. An A/B (dev/session45.sh prefetchab), unmeasured.
+inline bool gemm_early_release() {
+  static const bool on = [] {
+    const char* env = std::getenv("QTOOL_GEMM_EARLY_RELEASE");
+    return env != nullptr && env[0] == '1';
+  }();
+  return on;
+}
+
 // The order in which the persistent schedulers hand out output tiles (A/B knobs until measured; CUTLASS's defaults
 // when unset). Why: CUTLASS walks the tile grid along its shorter side first, so on 8192 x 28672 at 8192 tokens a
 // wave of 132 tiles covers two columns of 64 tiles and streams all 64 MB of 8-bit activations through the 60 MB L2
@@ -110,7 +121,10 @@ size_t workspace_size(typename Gemm::Arguments args, int config = 0) {
 template <class Gemm>
 const char* run_gemm(typename Gemm::Arguments args, void* workspace, size_t workspace_bytes,
                      cudaStream_t stream, bool pdl = false, int config = 0) {
-  if constexpr (keeps_locks<decltype(args.scheduler)>::value) args.scheduler.locks = kept_locks(stream);
+  if constexpr (keeps_locks<decltype(args.scheduler)>::value) {
+    args.scheduler.locks = kept_locks(stream);
+    args.scheduler.early_release = args.scheduler.early_release || gemm_early_release();
+  }
   set_tile_order(args, config);
   Gemm gemm;
   if (gemm.can_implement(args) != cutlass::Status::kSuccess) return "CUTLASS cannot implement this problem";

@@ -30,6 +30,7 @@
 
 #include <cuda_runtime.h>
 
+#include "cutlass/arch/grid_dependency_control.h"
 #include "cutlass/barrier.h"
 #include "cutlass/block_striped.h"
 #include "cutlass/cutlass.h"
@@ -40,6 +41,33 @@
 namespace qtool::sm90 {
 
 struct StreamK {};
+
+// An L2 prefetch of the weights of each CTA's first unit of work, issued from the kernel's prologue, before its
+// producer waits on the grid before it (griddepcontrol.wait) and before its pipeline's first load. Why: on the small
+// layers at 9-64 tokens the mixed-input GEMM sits on a ~10 us floor that more CTAs do not shorten (session 44), and
+// its pipeline keeps only a few stages of codes in flight per CTA; a prefetch puts a unit's first `cap` bytes in
+// flight at once, and under PDL (QTOOL_GEMM_PDL=1) it overlaps the kernel before. The weights are never written by
+// a kernel before, so reading them early is safe. Off unless QTOOL_GEMM_PREFETCH=<bytes> or
+// qtool_sm90_set_prefetch (the mixed-input libraries: dev/route_probe.py --prefetch times the caps in one process).
+struct WeightPrefetch {
+  const char* codes = nullptr;   // an [n, k] weight's codes in the shuffled layout (mixed_mm_sm90.cu): atoms of 16
+                                 // rows x 16 k, tiled along the rows first, so one atom column of a tile's rows is
+                                 // one contiguous run
+  const char* scales = nullptr;  // [groups, n] 16-bit
+  const char* zeros = nullptr;   // [groups, n] 16-bit, or nullptr
+  int64_t column_bytes = 0;      // bytes from one 16-k atom column to the next: n rows x 16 codes
+  int row_bytes = 0;             // bytes of one row's 16 codes
+  int n = 0;                     // rows
+  int atoms = 0;                 // 16-k atom columns in k
+  int atoms_per_group = 1;       // atom columns per scale group
+  int max_runs = 0;              // atom columns a CTA prefetches (the cap over a whole tile's run); 0: off
+};
+
+CUTLASS_DEVICE void prefetch_l2(const char* address, uint32_t bytes) {  // 16-byte aligned, a multiple of 16
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(address), "r"(bytes) : "memory");
+#endif
+}
 
 enum class SplitAdd { chain, any, ordered };
 
@@ -81,12 +109,37 @@ class StreamKScheduler : public cutlass::gemm::kernel::detail::PersistentTileSch
   struct Arguments : BaseArguments {
     int* locks = nullptr;  // kept_locks(): set by run_gemm, per call
     bool ordered = false;  // QTOOL_GEMM_SPLIT_ADD=ordered (set_split_add)
+    WeightPrefetch prefetch;  // the mixed-input GEMM's, when on
+    bool early_release = false;  // the call's choice, or QTOOL_GEMM_EARLY_RELEASE=1 (run_gemm)
   };
 
   struct Params : BaseParams {
     int* locks = nullptr;  // the kept flags (kKeptLocks ints, zero between launches); nullptr: CUTLASS's fixup
     bool ordered = false;  // split-K partials in slots of their own, added by the last split in split order
+    WeightPrefetch prefetch;
+    bool early_release = false;  // release the next grid (PDL) from the prologue, not after the last tile's MMAs
   };
+
+  StreamKScheduler() = default;
+  // ours_ points into the kernel's parameters (grid constants: no copy to registers or local memory)
+  CUTLASS_DEVICE explicit StreamKScheduler(Params const& params) : Base(params), ours_(&params) {}
+
+  // CUTLASS's first unit of work for this CTA. The kernel asks for it from the prologue, before its producer's
+  // grid-dependency wait, so this is where a CTA can start its weights' prefetch (the producer warpgroup: warp group
+  // 0 of the cooperative kernels) and release the next grid early. Early release (QTOOL_GEMM_EARLY_RELEASE=1, under
+  // PDL): the next kernel's CTAs may take the SMs this grid leaves idle (a persistent grid is never larger than the
+  // SMs, so it is all resident by then) and run their own prologue and prefetch there, while its grid-dependency
+  // wait still holds its first dependent read until this grid has finished and flushed. CUTLASS releases after the
+  // last tile's MMAs, which leaves the epilogue and the teardown to overlap; session 19 saw W8A8 slow down at 256
+  // tokens where a released grid met a multi-tile grid's last wave, so this is an A/B for small grids.
+  CUTLASS_DEVICE WorkTileInfo initial_work_tile_info(ClusterShape cluster_shape) {
+    WorkTileInfo work = Base::initial_work_tile_info(cluster_shape);
+    if (ours_ == nullptr) return work;
+    if (ours_->early_release) cutlass::arch::launch_dependent_grids();
+    const bool producer = threadIdx.x < cutlass::NumThreadsPerWarpGroup;
+    if (ours_->prefetch.max_runs != 0 && producer && work.is_valid()) prefetch(work);
+    return work;
+  }
 
   // Whether a launch of `problem_shape` keeps its flags in args.locks: every split tile needs one per warpgroup, on
   // the tile grid as the scheduler pads it (to whole clusters, and whole swizzle groups: at most max_swizzle_size).
@@ -113,6 +166,8 @@ class StreamKScheduler : public cutlass::gemm::kernel::detail::PersistentTileSch
       params.locks = args.locks;
       params.ordered = args.ordered;
     }
+    params.prefetch = args.prefetch;
+    params.early_release = args.early_release;
     return params;
   }
 
@@ -211,6 +266,32 @@ class StreamKScheduler : public cutlass::gemm::kernel::detail::PersistentTileSch
     Striped::load_add(acc, partials(tile), thread);
   }
 
+  // The L2 prefetch of `work`'s weights (WeightPrefetch), spread over the warpgroup's 128 threads: the tile's rows
+  // for each 16-k atom column from the unit's first k tile on, up to max_runs of them, and the group parameters they
+  // use. Not inlined: the kernel asks for its first work from two places, and one copy of this is enough code.
+  __noinline__ __device__ void prefetch(WorkTileInfo const& work) const {
+    constexpr int kRows = cute::size<0>(TileShape{}), kTileAtoms = cute::size<2>(TileShape{}) / 16;
+    const WeightPrefetch& p = ours_->prefetch;
+    const int r0 = work.M_idx * kRows;
+    if (r0 >= p.n) return;
+    const int rows = p.n - r0 < kRows ? p.n - r0 : kRows;  // a multiple of 16: the shuffled layout's n is
+    const int a0 = work.K_idx * kTileAtoms;
+    const int runs = min(min(static_cast<int>(work.k_tile_count) * kTileAtoms, p.atoms - a0), p.max_runs);
+    const uint32_t run = static_cast<uint32_t>(rows * p.row_bytes);
+    const char* first = p.codes + static_cast<int64_t>(r0) * p.row_bytes + a0 * p.column_bytes;
+#pragma unroll 1
+    for (int a = threadIdx.x; a < runs; a += cutlass::NumThreadsPerWarpGroup) {
+      prefetch_l2(first + a * p.column_bytes, run);
+    }
+    const int g0 = a0 / p.atoms_per_group + static_cast<int>(threadIdx.x), g1 = (a0 + runs - 1) / p.atoms_per_group;
+#pragma unroll 1
+    for (int g = g0; g <= g1; g += cutlass::NumThreadsPerWarpGroup) {
+      const int64_t offset = (static_cast<int64_t>(g) * p.n + r0) * 2;
+      prefetch_l2(p.scales + offset, static_cast<uint32_t>(rows * 2));
+      if (p.zeros != nullptr) prefetch_l2(p.zeros + offset, static_cast<uint32_t>(rows * 2));
+    }
+  }
+
   // Whether `work` (a copy: continue_current_work advances it) is this CTA's last unit of work; only the moment the
   // next grid is released depends on it, never a result. CUTLASS 4.2's own does not compile where the kernels call
   // it (under CUTLASS_ENABLE_GDC_FOR_SM90: its const body binds the member iteration start to a non-const
@@ -221,6 +302,9 @@ class StreamKScheduler : public cutlass::gemm::kernel::detail::PersistentTileSch
     next.advance_to_next_work(advance_count);
     return !next.get_current_work().is_valid();
   }
+
+ private:
+  Params const* ours_ = nullptr;
 };
 
 template <class T, class = void>

@@ -1,0 +1,189 @@
+"""The mixed-input GEMM's L2 prefetch of each CTA's weights (kernels/sm90.py `set_prefetch`,
+csrc/sm90/sm90_scheduler.cuh WeightPrefetch).
+
+A prefetch only moves bytes into L2 ahead of the pipeline's own loads: it must not change a single output bit, at
+any cap (smaller than one 16-k run of a tile's rows, part of a unit, more than the whole unit), in any schedule
+that takes the cooperative scheduler (split-K auto / fixed / uneven, stream-K, none, 256-row tiles, clusters), with
+a ragged row count (the last tile's rows fewer than the tile's) and groups that do not divide the unit's k range.
+Every output is also held to 1e-2 relative (Frobenius) of float64, like the library's own tests.
+
+Early release (QTOOL_GEMM_EARLY_RELEASE=1 under QTOOL_GEMM_PDL=1) lets the next GEMM start before this one has
+written its output; its grid-dependency wait must still hold every read of that output until then: a chain of
+GEMMs, each reading the one before, must give the bits it gives with a synchronize between them. On CPU only the
+argument check runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from qtool_kernels import sm90
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
+                         reason="the CUTLASS GEMMs are for Hopper (sm_90)")
+
+
+def test_set_prefetch_names_bad_values():
+    with pytest.raises(ValueError, match="nbytes=-1"):
+        sm90.set_prefetch(-1)
+    with pytest.raises(ValueError, match="nbytes=2.5"):
+        sm90.set_prefetch(2.5)
+
+
+def test_launch_bits_follow_the_module_settings(monkeypatch):
+    from qtool_kernels import mixed_mm
+
+    assert mixed_mm.launch_bits(16) == 0  # off until measured
+    monkeypatch.setattr(mixed_mm, "PDL_MAX_M", 64)
+    assert (mixed_mm.launch_bits(64), mixed_mm.launch_bits(65)) == (1, 0)
+    monkeypatch.setattr(mixed_mm, "EARLY_RELEASE", True)
+    assert (mixed_mm.launch_bits(1), mixed_mm.launch_bits(65)) == (3, 0)
+
+
+@pytest.fixture
+def prefetch_off_after():
+    yield
+    sm90.set_prefetch(0)
+
+
+# (tokens, split, ktile, variant): the routes' schedules at 9-64 tokens and a large batch
+SCHEDULES = [(16, 0, 128, 1), (16, 1, 128, 1), (16, 4, 128, 0), (9, 3, 64, 0), (64, -1, 64, 0), (64, 0, 64, 2),
+             (300, 0, 64, 0)]
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("m,split,ktile,variant", SCHEDULES)
+@pytest.mark.parametrize("bits,symmetric", [(4, True), (4, False), (8, True)])
+def test_prefetch_moves_no_bit(kernels, prefetch_off_after, m, split, ktile, variant, bits, symmetric):
+    from qtool_kernels import mixed_mm
+    from qtool_kernels.layout import dequantize_packed, pack_weight, unpack_codes
+
+    assert mixed_mm.available(bits), f"the {bits}-bit library did not build or load"
+    g = torch.Generator(device="cuda").manual_seed(m + split + ktile + variant + bits)
+    n, k, group = 2960, 3072, 128  # 2960 rows: the last 128-row tile has 16 (the last 256-row tile 144)
+    lo, hi = -(1 << (bits - 1)), 1 << (bits - 1)
+    codes = torch.randint(lo, hi, (n, k), device="cuda", dtype=torch.int8, generator=g)
+    scale = torch.rand(n, k // group, device="cuda", generator=g) / 50 + 1e-3
+    zero = None if symmetric else torch.randint(lo, hi, (n, k // group), device="cuda", dtype=torch.int8, generator=g)
+    p = pack_weight(codes, scale, zero, None, bits, group)
+    mixed = mixed_mm.pack_mixed(unpack_codes(p.qweight, bits), p.scale, p.zero, p.group_size, bits)
+    x = torch.randn(m, k, device="cuda", generator=g, dtype=torch.bfloat16)
+    ref = x.double() @ dequantize_packed(p.qweight, p.scale, p.zero, bits, group, n, torch.float64)[:, :k].T
+
+    def run(cap: int) -> torch.Tensor:
+        sm90.set_prefetch(cap)
+        y = mixed_mm.mixed_linear(x, mixed, split=split, ktile=ktile, variant=variant)[:, :n].clone()
+        torch.cuda.synchronize()
+        return y
+
+    first = run(0)
+    err = float((first.double() - ref).norm() / ref.norm())
+    assert torch.isfinite(first).all() and err <= 1e-2, err
+    for cap in (256, 24 << 10, sm90.PREFETCH_MAX):
+        assert torch.equal(run(cap), first), cap  # stream-K too: the same schedule, so the same split points
+
+
+# Knobs read once per process (csrc/sm90/sm90_common.cuh): each setting runs the chain in a child process.
+CHAIN_SETTINGS = {
+    "pdl-early": {"QTOOL_GEMM_PDL": "1", "QTOOL_GEMM_EARLY_RELEASE": "1"},
+    "per-call": {"CHAIN_PER_CALL": "1"},  # mixed_mm.PDL_MAX_M / EARLY_RELEASE: the launch bits of each call
+    # wo_gemm under PDL, its first weights loaded before the wait (ordered splits: the same bits on every run)
+    "wo-gemm-pdl": {"QTOOL_WO_GEMM_PDL": "1", "QTOOL_WO_SPLIT": "ordered", "QTOOL_GEMM_PDL": "1"},
+    "pdl-early-prefetch": {"QTOOL_GEMM_PDL": "1", "QTOOL_GEMM_EARLY_RELEASE": "1", "QTOOL_GEMM_PREFETCH": "1073741824"},
+}
+
+
+def chain_layers(k: int, g: torch.Generator) -> list:
+    """Four square layers (4, 8, 4, 8 bits, g128), scaled so that each output stays the size of its input:
+    [(PackedWeight, float64 dense [k, k])]."""
+    from qtool_kernels.layout import dequantize_packed, pack_weight
+
+    layers = []
+    for bits in (4, 8, 4, 8):
+        lo, hi = -(1 << (bits - 1)), 1 << (bits - 1)
+        codes = torch.randint(lo, hi, (k, k), device="cuda", dtype=torch.int8, generator=g)
+        scale = (torch.rand(k, k // 128, device="cuda", generator=g) + 0.5) / (hi * 45)
+        p = pack_weight(codes, scale, None, None, bits, 128)
+        layers.append((p, dequantize_packed(p.qweight, p.scale, p.zero, bits, 128, k, torch.float64)[:, :k]))
+    torch.cuda.synchronize()  # the weights are written before any launch that may read them early
+    return layers
+
+
+def compare_chain(name: str, x: torch.Tensor, steps: list, dense: list) -> None:
+    """Run the steps (each y -> next y) back to back, then with a synchronize between them; print whether the bits
+    match and the error against float64."""
+    def chain(sync: bool) -> torch.Tensor:
+        y = x
+        for step in steps:
+            y = step(y)
+            if sync:
+                torch.cuda.synchronize()
+        return y
+
+    overlapped = chain(False).clone()  # first: on fresh memory, where a read too early finds other bytes
+    torch.cuda.synchronize()
+    serial = chain(True)
+    ref = x.double()
+    for w in dense:
+        ref = ref @ w.T
+    err = float((serial.double() - ref).norm() / ref.norm())
+    print(json.dumps({"chain": name, "m": x.shape[0], "identical": bool(torch.equal(overlapped, serial)),
+                      "error": err}), flush=True)
+
+
+def chain_child() -> None:
+    """Four GEMMs, each reading the one before's output, launched back to back under this process's knobs (PDL, the
+    next grid released from each one's prologue, weights loaded or prefetched before the wait), against the same
+    with a synchronize between them (no overlap possible): the mixed-input GEMM in four schedules, and wo_gemm
+    where QTOOL_WO_GEMM_PDL is set."""
+    import quantize  # noqa: F401  (the package's import path sets up qtool_kernels)
+    from qtool_kernels import build, mixed_mm
+    from qtool_kernels.layout import unpack_codes
+
+    if os.environ.get("CHAIN_PER_CALL") == "1":
+        mixed_mm.PDL_MAX_M, mixed_mm.EARLY_RELEASE = 1 << 30, True
+    k = 2048  # square: each output is the next input
+    g = torch.Generator(device="cuda").manual_seed(45)
+    layers = chain_layers(k, g)
+    dense = [d for _, d in layers]
+    mixed = [mixed_mm.pack_mixed(unpack_codes(p.qweight, p.num_bits), p.scale, p.zero, p.group_size, p.num_bits)
+             for p, _ in layers]
+    torch.cuda.synchronize()
+    schedules = [dict(split=0), dict(split=1, ktile=128, variant=1), dict(split=3), dict(split=-1)]
+    kernels = build.load_extension()
+    for m in (16, 64):
+        x = torch.randn(m, k, device="cuda", generator=g, dtype=torch.bfloat16)
+        compare_chain("mixed", x, [lambda y, w=w, s=s: mixed_mm.mixed_linear(y, w, **s)
+                                   for w, s in zip(mixed, schedules, strict=True)], dense)
+        if os.environ.get("QTOOL_WO_GEMM_PDL") == "1":
+            compare_chain("wo_gemm", x, [lambda y, p=p: kernels.wo_gemm(y, p.qweight, p.scale, p.zero, None,
+                                                                        p.num_bits, p.group_size, k, "none")
+                                         for p, _ in layers], dense)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("setting", list(CHAIN_SETTINGS))
+def test_early_release_keeps_dependent_reads_after_the_writes(kernels, setting):
+    env = {**os.environ, **CHAIN_SETTINGS[setting]}
+    done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "chain"], env=env, capture_output=True,
+                          text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    expected = 4 if "QTOOL_WO_GEMM_PDL" in CHAIN_SETTINGS[setting] else 2
+    assert len(results) == expected, done.stdout[-2000:] + done.stderr[-2000:]
+    for r in results:
+        assert r["identical"] and r["error"] <= 2e-2, (setting, r)  # four bf16 roundings of the chain
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["chain"]:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repository's packages
+    chain_child()
