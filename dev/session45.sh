@@ -16,8 +16,8 @@
 #           grid released from the prologue (QTOOL_GEMM_EARLY_RELEASE=1); wo_gemm (4096 x 4096 at 9-16 tokens)
 #           with and without PDL (QTOOL_WO_GEMM_PDL=1), with and without its ordered splits)
 #   call 3: bash dev/session44.sh chansweep4k w8a8table     (~7 min, unchanged: 4096-token tile orders, full W8A8 table)
-#   call 4: bash dev/session45.sh earlyw8a8 mm16s1           (~4 min: fp8 / fp8-block at 16 and 64 tokens with and
-#           without early release; ncu of the unsplit 32-CTA launch beside call 1's split one)
+#   call 4: bash dev/session45.sh prefetchsan earlyw8a8 mm16s1   (~6 min: memcheck of the prefetch; fp8 / fp8-block at
+#           16 and 64 tokens with and without early release; ncu of the unsplit 32-CTA launch beside call 1's split one)
 #   call 5: bash dev/session41.sh routeprobe8 routencu stripes16
 # If PDL + early release + a cap wins in call 2: set kernels/mixed_mm.py PDL_MAX_M / EARLY_RELEASE and a default
 # cap, and rerun `bash dev/session44.sh w4table`; if wo_gemm's PDL wins, route it (an op flag, as wo_gemv's kPdlFlag).
@@ -70,6 +70,13 @@ wopdlab() {  # wo_gemm's routes (4096 x 4096 at 9-16 tokens, 14336 x 4096 at 16)
       --bf16 --shapes 4096x4096,14336x4096 --tokens 9,12,16 --json "$OUT/wopdl_${pdl}_$split.json" 2>&1 \
       | grep -v "^USDT" | tail -8
   done
+}
+prefetchsan() {  # compute-sanitizer memcheck: the prefetch's addresses (every cap, two schedules, W4 and W8) under PDL
+  step "compute-sanitizer memcheck: the mixed GEMM's L2 prefetch and early release"
+  QTOOL_GEMM_PDL=1 QTOOL_GEMM_EARLY_RELEASE=1 timeout -k 10 "${SAN_TIMEOUT:-150}" compute-sanitizer --tool memcheck \
+    --target-processes all python3 -m pytest -q -m gpu -p no:logging tests/test_prefetch_gpu.py \
+    -k "moves_no_bit and (16-1-128-1 or 9-3-64-0)" > "$OUT/prefetchsan.txt" 2>&1
+  echo "exit $?"; grep -E "ERROR SUMMARY|passed|failed" "$OUT/prefetchsan.txt" | tail -4
 }
 earlyw8a8() {  # the W8A8 routes launch their GEMMs with PDL up to 64 tokens: does releasing early help them too?
   for early in 0 1; do
