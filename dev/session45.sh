@@ -1,26 +1,25 @@
 #!/usr/bin/env bash
-# The next session's device calls (prepared in session 44, whose loans were paused after one call; nvidia-h200, carry
+# The next session's device calls (prepared in sessions 44-45, whose loans were paused; nvidia-h200, carry
 # [".gpu/w8a8", ".gpu/ext"]; on a fresh development machine `bash dev/prebuild_sm90.sh` and `bash dev/prebuild_ext.sh`
-# first). Back to back: a machine idle for 30 s is given back.
-#   call 1: bash dev/session45.sh fixedcost pdlab mm16ncu   (~7 min: where issue 19's ~10 us per small-layer call
-#           goes. The K and N sweeps of dev/fixed_cost.py: weights rotated, L2-resident, or marked as L2
-#           streaming data (is the fixed time the mixed GEMM's 80-107 KB of code fetched cold?), and with PDL; the
-#           W4 g128 cells at 9-64 tokens with QTOOL_GEMM_PDL=1, now that the ordered adds left no memset node in
-#           front of the mixed GEMM (session 19 found PDL useless there behind that node); Nsight Compute on the
-#           256-row mixed GEMM at 16 tokens on 8192 x 8192, the 32-CTA launch session 44 timed level with its
-#           128-CTA split)
-#   call 2: bash dev/session45.sh prefetchtests prefetchab wopdlab   (~8 min: session 45's L2 prefetch of each CTA's
-#           weights from the mixed GEMM's prologue, before the PDL wait (sm90_scheduler.cuh WeightPrefetch): its
-#           tests (no bit may move; early release keeps dependent reads after the writes), then W4 g128 at 9-64
-#           tokens with caps 0 / 32 KB / 128 KB / all, without PDL, with QTOOL_GEMM_PDL=1, and with PDL and the next
-#           grid released from the prologue (QTOOL_GEMM_EARLY_RELEASE=1); wo_gemm (4096 x 4096 at 9-16 tokens)
-#           with and without PDL (QTOOL_WO_GEMM_PDL=1), with and without its ordered splits)
-#   call 3: bash dev/session44.sh chansweep4k w8a8table     (~7 min, unchanged: 4096-token tile orders, full W8A8 table)
-#   call 4: bash dev/session45.sh prefetchsan earlyw8a8 mm16s1   (~6 min: memcheck of the prefetch; fp8 / fp8-block at
-#           16 and 64 tokens with and without early release; ncu of the unsplit 32-CTA launch beside call 1's split one)
-#   call 5: bash dev/session41.sh routeprobe8 routencu stripes16
-# If PDL + early release + a cap wins in call 2: set kernels/mixed_mm.py PDL_MAX_M / EARLY_RELEASE and a default
-# cap, and rerun `bash dev/session44.sh w4table`; if wo_gemm's PDL wins, route it (an op flag, as wo_gemv's kPdlFlag).
+# first). Back to back: a machine idle for 30 s is given back. In order of value; a session's 30 device minutes hold
+# about three calls.
+#   call 1: bash dev/session45.sh prefetchtests prefetchab wopdlab   (~8 min: session 45's attack on the ~10 us floor.
+#           The tests (the L2 prefetch moves no bit; early release keeps dependent reads after the writes; wo_gemm
+#           under PDL), then W4 g128 at 9-64 tokens with prefetch caps 0 / 32 KB / 128 KB / all, without PDL, with
+#           QTOOL_GEMM_PDL=1 (session 19 found PDL useless on the mixed GEMM behind the memset node the ordered adds
+#           removed), and with PDL and the next grid released from the prologue (QTOOL_GEMM_EARLY_RELEASE=1); then
+#           wo_gemm's cells (4096 x 4096 at 9-16 tokens) with and without PDL, with and without its ordered splits)
+#   call 2: bash dev/session45.sh fixedcost mm16ncu mm16s1   (~8 min: where the floor goes. dev/fixed_cost.py's K and
+#           N sweeps with the weights rotated, L2-resident, or marked as L2 streaming data (is it the mixed GEMM's
+#           80-107 KB of code fetched cold?), and with PDL; Nsight Compute on the 256-row mixed GEMM at 16 tokens on
+#           8192 x 8192, split 4 (128 CTAs) and unsplit (32 CTAs), which session 44 timed level)
+#   call 3: if call 1 won: set kernels/mixed_mm.py PDL_MAX_M / EARLY_RELEASE and a default cap (QTOOL_GEMM_PREFETCH
+#           or sm90.set_prefetch at load), route wo_gemm's PDL (an op flag, as wo_gemv's kPdlFlag), then
+#           `bash dev/session44.sh w4table`; else `bash dev/session44.sh chansweep4k w8a8table` (~7 min: 4096-token
+#           tile orders, the full W8A8 table)
+#   later:  bash dev/session45.sh prefetchsan earlyw8a8 pdlab   (memcheck of the prefetch; fp8 / fp8-block at 16 and
+#           64 tokens with and without early release; the W4 cells with QTOOL_GEMM_PDL alone, if call 1 did not run)
+#           bash dev/session41.sh routeprobe8 routencu stripes16
 cd "$(dirname "$0")/.."
 LOG=session45.log
 source dev/gpu_setup.sh
