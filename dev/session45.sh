@@ -9,16 +9,17 @@
 #           QTOOL_GEMM_PDL=1 (session 19 found PDL useless on the mixed GEMM behind the memset node the ordered adds
 #           removed), and with PDL and the next grid released from the prologue (QTOOL_GEMM_EARLY_RELEASE=1); then
 #           wo_gemm's cells (4096 x 4096 at 9-16 tokens) with and without PDL, with and without its ordered splits)
-#   call 2: bash dev/session45.sh fixedcost mm16ncu mm16s1   (~8 min: where the floor goes. dev/fixed_cost.py's K and
-#           N sweeps with the weights rotated, L2-resident, or marked as L2 streaming data (is it the mixed GEMM's
-#           80-107 KB of code fetched cold?), and with PDL; Nsight Compute on the 256-row mixed GEMM at 16 tokens on
-#           8192 x 8192, split 4 (128 CTAs) and unsplit (32 CTAs), which session 44 timed level)
+#   call 2: bash dev/session45.sh w8a8ab fixedcost mm16ncu   (~9 min: the same prefetch and early release on the W8A8
+#           routes at 16-64 tokens (4096 x 4096 at 64 tokens: fp8 1.21x, int8 1.20x, fp8-block 0.90x against 1.4x);
+#           then where the floor goes: dev/fixed_cost.py's K and N sweeps with the weights rotated, L2-resident, or
+#           marked as L2 streaming data (is it the mixed GEMM's 80-107 KB of code fetched cold?), and with PDL;
+#           Nsight Compute on the 256-row mixed GEMM at 16 tokens on 8192 x 8192, split 4 (128 CTAs))
 #   call 3: if call 1 won: set kernels/mixed_mm.py PDL_MAX_M / EARLY_RELEASE and a default cap (QTOOL_GEMM_PREFETCH
 #           or sm90.set_prefetch at load), route wo_gemm's PDL (an op flag, as wo_gemv's kPdlFlag), then
 #           `bash dev/session44.sh w4table`; else `bash dev/session44.sh chansweep4k w8a8table` (~7 min: 4096-token
 #           tile orders, the full W8A8 table)
-#   later:  bash dev/session45.sh prefetchsan earlyw8a8 pdlab   (memcheck of the prefetch; fp8 / fp8-block at 16 and
-#           64 tokens with and without early release; the W4 cells with QTOOL_GEMM_PDL alone, if call 1 did not run)
+#   later:  bash dev/session45.sh prefetchsan mm16s1 pdlab   (memcheck of the prefetch; ncu of the unsplit 32-CTA
+#           launch, which session 44 timed level with the split one; the W4 cells with QTOOL_GEMM_PDL alone)
 #           bash dev/session41.sh routeprobe8 routencu stripes16
 cd "$(dirname "$0")/.."
 LOG=session45.log
@@ -70,20 +71,20 @@ wopdlab() {  # wo_gemm's routes (4096 x 4096 at 9-16 tokens, 14336 x 4096 at 16)
       | grep -v "^USDT" | tail -8
   done
 }
-prefetchsan() {  # compute-sanitizer memcheck: the prefetch's addresses (every cap, two schedules, W4 and W8) under PDL
+prefetchsan() {  # compute-sanitizer memcheck: the prefetch's addresses (every cap, a few schedules of each library)
   step "compute-sanitizer memcheck: the mixed GEMM's L2 prefetch and early release"
   QTOOL_GEMM_PDL=1 QTOOL_GEMM_EARLY_RELEASE=1 timeout -k 10 "${SAN_TIMEOUT:-150}" compute-sanitizer --tool memcheck \
     --target-processes all python3 -m pytest -q -m gpu -p no:logging tests/test_prefetch_gpu.py \
-    -k "moves_no_bit and (16-1-128-1 or 9-3-64-0)" > "$OUT/prefetchsan.txt" 2>&1
+    -k "moves_no_bit and (16-1-128-1-0 or 9-3-64-0-0 or 32-0-64-0-1 or narrow or swap)" > "$OUT/prefetchsan.txt" 2>&1
   echo "exit $?"; grep -E "ERROR SUMMARY|passed|failed" "$OUT/prefetchsan.txt" | tail -4
 }
-earlyw8a8() {  # the W8A8 routes launch their GEMMs with PDL up to 64 tokens: does releasing early help them too?
+w8a8ab() {  # the W8A8 routes (PDL up to 64 tokens): the weights' prefetch caps, with and without early release
   for early in 0 1; do
-    for scheme in fp8-block fp8; do
-      step "$scheme at 16 / 64 tokens, QTOOL_GEMM_EARLY_RELEASE=$early (dev/route_probe.py --scheme)"
-      QTOOL_GEMM_EARLY_RELEASE=$early timeout -k 10 "${EARLY_TIMEOUT:-60}" python3 dev/route_probe.py --bf16 \
-        --scheme $scheme --shapes 4096x4096,14336x4096,8192x8192 --tokens 16,64 \
-        --json "$OUT/early_${scheme}_$early.json" 2>&1 | grep -v "^USDT" | tail -8
+    for scheme in fp8-block fp8 w8a8-int8; do
+      step "$scheme at 16-64 tokens, L2 prefetch caps, QTOOL_GEMM_EARLY_RELEASE=$early (dev/route_probe.py --scheme)"
+      QTOOL_GEMM_EARLY_RELEASE=$early timeout -k 10 "${EARLY_TIMEOUT:-70}" python3 dev/route_probe.py --bf16 \
+        --scheme $scheme --prefetch 0,32768,131072,1073741824 --shapes 4096x4096,14336x4096,8192x8192 \
+        --tokens 16,32,64 --json "$OUT/w8a8ab_${scheme}_$early.json" 2>&1 | grep -v "^USDT" | tail -10
     done
   done
 }

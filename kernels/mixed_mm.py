@@ -78,13 +78,13 @@ class _Args(ctypes.Structure):  # csrc/sm90/sm90_mixed_mm.h, MixedMmArgs
 
 
 # How a call of up to PDL_MAX_M tokens is launched (MixedMmArgs.launch): with PDL, so its launch and prologue
-# overlap the kernel before, and, where EARLY_RELEASE, releasing the next kernel from its own prologue (split-K /
-# stream-K tiles: csrc/sm90/sm90_scheduler.cuh). Off until measured (dev/session45.sh prefetchab times both with
+# overlap the kernel before, and, where EARLY_RELEASE, releasing the next kernel from its own prologue
+# (csrc/sm90/sm90_prefetch.cuh). Off until measured (dev/session45.sh prefetchab times both with
 # QTOOL_GEMM_PDL / QTOOL_GEMM_EARLY_RELEASE, which turn them on for every call).
 PDL_MAX_M = 0
 EARLY_RELEASE = False
-# Bytes of weights each CTA of a split-K / stream-K launch prefetches into L2 from its prologue (sm90.set_prefetch),
-# set when the library loads unless QTOOL_GEMM_PREFETCH is; 0: off until measured.
+# Bytes of weights each CTA prefetches into L2 from its prologue (sm90.set_prefetch, csrc/sm90/sm90_prefetch.cuh), set
+# when this library loads unless QTOOL_GEMM_PREFETCH is; 0: off until measured.
 PREFETCH_BYTES = 0
 
 

@@ -38,7 +38,8 @@ from . import build
 SOURCE = build.CSRC / "sm90" / "scaled_mm_sm90.cu"
 HEADER = build.CSRC / "sm90" / "sm90_scaled_mm.h"
 COMMON = (build.CSRC / "sm90" / "sm90_common.cuh",  # included by every library's source
-          build.CSRC / "sm90" / "sm90_scheduler.cuh", build.CSRC / "kept_counters.h")
+          build.CSRC / "sm90" / "sm90_scheduler.cuh", build.CSRC / "sm90" / "sm90_prefetch.cuh",
+          build.CSRC / "kept_counters.h")
 # Hidden visibility: only the C entry points (QTOOL_SM90_API) are exported, so one library's copies of CUTLASS's
 # inline host functions never serve another's calls (sm90_scaled_mm.h says what that broke).
 # CUTLASS_ENABLE_GDC_FOR_SM90: the kernels carry the grid-dependency waits that QTOOL_GEMM_PDL=1 launches use.
@@ -228,14 +229,14 @@ PREFETCH_MAX = 1 << 30  # bytes; a cap past a CTA's whole unit prefetches the un
 
 
 def set_prefetch(nbytes: int = 0) -> None:
-    """Bytes of codes each CTA of the mixed-input GEMM's split-K / stream-K launches prefetches into L2 from its
-    prologue, before its first load and before it waits on the kernel before it under PDL (csrc/sm90/sm90_scheduler.cuh
-    WeightPrefetch; QTOOL_GEMM_PREFETCH sets it at load), from the next call on; 0 turns it off. It moves no result
-    bit. For A/Bs (dev/route_probe.py --prefetch); off by default, unmeasured."""
+    """Bytes of weights each CTA of every loaded library's GEMMs prefetches into L2 from its prologue, before its
+    first load and before it waits on the kernel before it under PDL (csrc/sm90/sm90_prefetch.cuh; QTOOL_GEMM_PREFETCH
+    sets it at load), from the next call on; 0 turns it off. It moves no result bit. For A/Bs (dev/route_probe.py
+    --prefetch); off by default, unmeasured. A CUDA graph keeps the setting it was captured with."""
     if not isinstance(nbytes, int) or not 0 <= nbytes <= PREFETCH_MAX:
         raise ValueError(f"set_prefetch: nbytes={nbytes!r}, expected an int in [0, {PREFETCH_MAX}]")
-    for lib in MIXED.values():
-        if lib.loaded:
+    for lib in ALL:
+        if lib.loaded:  # a handle of its own: the libraries export the same name
             ctypes.CDLL(str(lib.path())).qtool_sm90_set_prefetch(ctypes.c_uint32(nbytes))
 
 

@@ -1,10 +1,11 @@
-"""The mixed-input GEMM's L2 prefetch of each CTA's weights (kernels/sm90.py `set_prefetch`,
-csrc/sm90/sm90_scheduler.cuh WeightPrefetch).
+"""The Hopper GEMMs' L2 prefetch of each CTA's weights (kernels/sm90.py `set_prefetch`, csrc/sm90/sm90_prefetch.cuh)
+and the early release of the next grid under PDL.
 
 A prefetch only moves bytes into L2 ahead of the pipeline's own loads: it must not change a single output bit, at
-any cap (smaller than one 16-k run of a tile's rows, part of a unit, more than the whole unit), in any schedule
-that takes the cooperative scheduler (split-K auto / fixed / uneven, stream-K, none, 256-row tiles, clusters), with
-a ragged row count (the last tile's rows fewer than the tile's) and groups that do not divide the unit's k range.
+any cap (smaller than one 16-k run of a tile's rows, part of a unit, more than the whole unit), in every schedule
+(split-K auto / fixed / uneven, stream-K, none, 256-row tiles, clusters, ping-pong), with a ragged row count (the
+last tile's rows fewer than the tile's) and groups that do not divide the unit's k range; likewise the W8A8 and FP8
+block GEMMs, whose [n, k] weight rows are CUTLASS's B (or its A, swapped).
 Every output is also held to 1e-2 relative (Frobenius) of float64, like the library's own tests.
 
 Early release (QTOOL_GEMM_EARLY_RELEASE=1 under QTOOL_GEMM_PDL=1) lets the next GEMM start before this one has
@@ -53,21 +54,21 @@ def prefetch_off_after():
     sm90.set_prefetch(0)
 
 
-# (tokens, split, ktile, variant): the routes' schedules at 9-64 tokens and a large batch
-SCHEDULES = [(16, 0, 128, 1), (16, 1, 128, 1), (16, 4, 128, 0), (9, 3, 64, 0), (64, -1, 64, 0), (64, 0, 64, 2),
-             (300, 0, 64, 0)]
+# (tokens, split, ktile, variant, ping-pong): the routes' schedules at 9-64 tokens, ping-pong, a large batch
+SCHEDULES = [(16, 0, 128, 1, 0), (16, 1, 128, 1, 0), (16, 4, 128, 0, 0), (9, 3, 64, 0, 0), (64, -1, 64, 0, 0),
+             (64, 0, 64, 2, 0), (32, 0, 64, 0, 1), (300, 0, 64, 0, 0)]
 
 
 @gpu
 @pytest.mark.gpu
-@pytest.mark.parametrize("m,split,ktile,variant", SCHEDULES)
+@pytest.mark.parametrize("m,split,ktile,variant,pingpong", SCHEDULES)
 @pytest.mark.parametrize("bits,symmetric", [(4, True), (4, False), (8, True)])
-def test_prefetch_moves_no_bit(kernels, prefetch_off_after, m, split, ktile, variant, bits, symmetric):
+def test_prefetch_moves_no_bit(kernels, prefetch_off_after, m, split, ktile, variant, pingpong, bits, symmetric):
     from qtool_kernels import mixed_mm
     from qtool_kernels.layout import dequantize_packed, pack_weight, unpack_codes
 
     assert mixed_mm.available(bits), f"the {bits}-bit library did not build or load"
-    g = torch.Generator(device="cuda").manual_seed(m + split + ktile + variant + bits)
+    g = torch.Generator(device="cuda").manual_seed(m + split + ktile + variant + pingpong + bits)
     n, k, group = 2960, 3072, 128  # 2960 rows: the last 128-row tile has 16 (the last 256-row tile 144)
     lo, hi = -(1 << (bits - 1)), 1 << (bits - 1)
     codes = torch.randint(lo, hi, (n, k), device="cuda", dtype=torch.int8, generator=g)
@@ -80,7 +81,8 @@ def test_prefetch_moves_no_bit(kernels, prefetch_off_after, m, split, ktile, var
 
     def run(cap: int) -> torch.Tensor:
         sm90.set_prefetch(cap)
-        y = mixed_mm.mixed_linear(x, mixed, split=split, ktile=ktile, variant=variant)[:, :n].clone()
+        y = mixed_mm.mixed_linear(x, mixed, split=split, pingpong=pingpong, ktile=ktile, variant=variant)[:, :n]
+        y = y.clone()
         torch.cuda.synchronize()
         return y
 
@@ -89,6 +91,60 @@ def test_prefetch_moves_no_bit(kernels, prefetch_off_after, m, split, ktile, var
     assert torch.isfinite(first).all() and err <= 1e-2, err
     for cap in (256, 24 << 10, sm90.PREFETCH_MAX):
         assert torch.equal(run(cap), first), cap  # stream-K too: the same schedule, so the same split points
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("config", ["skinny", "narrow", "split", "large", "pingpong", "skinny-pair"])
+@pytest.mark.parametrize("fmt", ["int8", "e4m3"])
+def test_w8a8_prefetch_moves_no_bit(kernels, prefetch_off_after, config, fmt):
+    """The W8A8 GEMMs' prefetch (the [n, k] rows of each CTA's first tile): 72 tokens, 3000 rows (ragged tiles)."""
+    from qtool_kernels import reference, scaled_mm
+
+    assert sm90.load(), sm90.reason()
+    g = torch.Generator(device="cuda").manual_seed(len(config) + len(fmt))
+    m, n, k = 72, 3000, 2048
+    x = torch.randn(m, k, device="cuda", generator=g, dtype=torch.bfloat16)
+    w = (torch.randint(-128, 128, (n, k), device="cuda", generator=g, dtype=torch.int8) if fmt == "int8"
+         else (torch.randn(n, k, device="cuda", generator=g) * 40).to(torch.float8_e4m3fn))
+    ws = torch.rand(n, device="cuda", generator=g) / 100 + 1e-3
+    xq, xs = kernels.act_quant(x, fmt, 0, None)
+    xs = xs.reshape(-1).contiguous()
+    ref = reference.scaled_linear(xq.cpu(), xs.cpu().view(-1, 1), w.cpu(), ws.cpu().view(-1, 1), None, 0, 0, 0,
+                                  torch.float64)
+    runs = []
+    for cap in (0, 4096, sm90.PREFETCH_MAX):
+        sm90.set_prefetch(cap)
+        runs.append(torch.ops.qtool_cuda.sm90_scaled_mm(xq, w, xs, ws, None, torch.bfloat16,
+                                                        scaled_mm.SM90_CONFIGS[config]).clone())
+    err = float((runs[0].double().cpu() - ref).norm() / ref.norm())
+    assert torch.isfinite(runs[0]).all() and err <= 1e-2, err
+    assert all(torch.equal(y, runs[0]) for y in runs[1:])
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("config,split", [("block-narrow-overlap", 0), ("block-skinny", 0), ("block-large", 0),
+                                          ("block-split", 3), ("block-swap", 4), ("block-swap", 0)])
+def test_block_prefetch_moves_no_bit(kernels, prefetch_off_after, config, split):
+    """FP8 block GEMMs, the weights as CUTLASS's B or (swapped) its A."""
+    from qtool_kernels import block_mm, reference
+
+    assert block_mm.available(), "libqtool_sm90_block did not build or load"
+    g = torch.Generator(device="cuda").manual_seed(len(config) + split)
+    m, n, k = 40, 3000, 2048
+    x = torch.randn(m, k, device="cuda", generator=g, dtype=torch.bfloat16)
+    w = (torch.randn(n, k, device="cuda", generator=g) * 40).to(torch.float8_e4m3fn)
+    ws = torch.rand(-(-n // 128), k // 128, device="cuda", generator=g) / 100 + 1e-3
+    xq, xs = kernels.act_quant(x, "e4m3", 128, None)
+    ref = reference.scaled_linear(xq.cpu(), xs.cpu(), w.cpu(), ws.cpu(), None, 128, 128, 128, torch.float64)
+    runs = []
+    for cap in (0, 4096, sm90.PREFETCH_MAX):
+        sm90.set_prefetch(cap)
+        runs.append(block_mm.block_linear(xq, xs, w, ws, block_mm.CONFIGS[config], split).clone())
+    err = float((runs[0].double().cpu() - ref).norm() / ref.norm())
+    assert torch.isfinite(runs[0]).all() and err <= 1e-2, err
+    assert all(torch.equal(y, runs[0]) for y in runs[1:])
 
 
 # Knobs read once per process (csrc/sm90/sm90_common.cuh): each setting runs the chain in a child process.

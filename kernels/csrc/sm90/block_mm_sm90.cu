@@ -102,6 +102,8 @@ struct BlockGemm {
         {{1.0f, 0.0f}, nullptr, sd, static_cast<Out*>(p.d), sd}};
     args.hw_info.sm_count = sm_count();
     if constexpr (std::is_same_v<Scheduler, StreamK>) set_split(args, gm, gn, p);
+    // the weights p.b [n, k]: CUTLASS's B, or its A when swapped
+    args.scheduler.knobs.prefetch = row_prefetch(p.b, p.n, p.k, Swap, size<Swap ? 0 : 1>(TileShape{}));
     return args;
   }
 
@@ -132,7 +134,7 @@ struct BlockGemm {
 
 // Each configuration with CUTLASS's mainloop (O = false) or with the promotion overlapped (O = true: the config's
 // kBlockConfigOverlap bit; sm90_block_overlap.cuh, session 42, for the A/B).
-using PersistentScheduler = cutlass::gemm::PersistentScheduler;
+using PersistentScheduler = Persistent;  // CUTLASS's, with our first-work hooks (sm90_scheduler.cuh)
 template <bool O>
 using Skinny = BlockGemm<Shape<_64, _128, _128>, Shape<_1, _1, _1>, true, PersistentScheduler, false, 128, O>;
 template <bool O>

@@ -10,9 +10,7 @@
 //
 // Built apart from the PyTorch extension, like libqtool_sm90 (kernels/mixed_mm.py).
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
-#include <cstdlib>
 #include <type_traits>
 
 #include <cuda_runtime.h>
@@ -53,32 +51,23 @@ using ValueOrder = std::conditional_t<QTOOL_MIXED_BITS == 4, Layout<Shape<_2, _4
 using ShuffleAtom = decltype(cutlass::compute_memory_reordering_atom<T, Layout<Shape<_1, _1>>, ValueOrder>());
 using ShuffledLayout = decltype(tile_to_shape(ShuffleAtom{}, Layout<Shape<int, int, int>, RowMajorStride>{}));
 
-// Bytes of codes each CTA of a cooperative (split-K / stream-K scheduled) launch prefetches into L2 from its
-// prologue (sm90_scheduler.cuh WeightPrefetch): QTOOL_GEMM_PREFETCH at load, qtool_sm90_set_prefetch later; 0: off.
-inline std::atomic<uint32_t>& prefetch_cap() {
-  static std::atomic<uint32_t> cap([] {
-    const char* env = std::getenv("QTOOL_GEMM_PREFETCH");
-    return env == nullptr ? 0u : static_cast<uint32_t>(std::strtoul(env, nullptr, 10));
-  }());
-  return cap;
-}
-
-// The prefetch of p's weights by CTAs of `tile_rows` rows (off where a pointer is not 16-byte aligned, as
-// cp.async.bulk.prefetch needs).
+// The prefetch of p's weights by CTAs of `tile_rows` rows (sm90_prefetch.cuh; off where the cap is 0 or a pointer is
+// not 16-byte aligned, as cp.async.bulk.prefetch needs).
 inline WeightPrefetch weight_prefetch(const MixedMmArgs& p, int tile_rows) {
   WeightPrefetch out;
-  auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
   const uint32_t cap = prefetch_cap().load(std::memory_order_relaxed);
-  if (cap == 0 || !aligned(p.w) || !aligned(p.scale) || (p.zero != nullptr && !aligned(p.zero))) return out;
+  if (cap == 0 || !aligned16(p.w) || !aligned16(p.scale) || (p.zero != nullptr && !aligned16(p.zero))) return out;
+  out.layout = WeightLayout::kShuffled;
+  out.weight_is_a = true;  // the product is computed transposed: the weight rows are the tiles' m
   out.codes = static_cast<const char*>(p.w);
   out.scales = static_cast<const char*>(p.scale);
   out.zeros = static_cast<const char*>(p.zero);
   out.row_bytes = 16 * QTOOL_MIXED_BITS / 8;
   out.column_bytes = static_cast<int64_t>(p.n) * out.row_bytes;
   out.n = p.n;
-  out.atoms = p.k / 16;
+  out.k = p.k;
   out.atoms_per_group = std::max(1, p.group / 16);
-  out.max_runs = static_cast<int>(std::max<uint32_t>(1, cap / static_cast<uint32_t>(tile_rows * out.row_bytes)));
+  out.budget = static_cast<int>(std::max<uint32_t>(1, cap / static_cast<uint32_t>(tile_rows * out.row_bytes)));
   return out;
 }
 
@@ -111,7 +100,7 @@ struct MixedGemm {
   // they fill the SMs.
   using Kernel = cutlass::gemm::kernel::GemmUniversal<
       Shape<int, int, int, int>, Mainloop, Epilogue,
-      std::conditional_t<PingPong, cutlass::gemm::PersistentScheduler, StreamK>>;
+      std::conditional_t<PingPong, Persistent, StreamK>>;
   using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
 
   static typename Gemm::Arguments arguments(const MixedMmArgs& p) {
@@ -139,11 +128,9 @@ struct MixedGemm {
          static_cast<const T*>(p.zero)},
         {{1.0f, 0.0f}, nullptr, sy, static_cast<T*>(p.y), sy}};
     args.hw_info.sm_count = sm_count();
-    if constexpr (!PingPong) {
-      set_split(args, p);
-      args.scheduler.prefetch = weight_prefetch(p, size<0>(TileShape{}));
-      args.scheduler.early_release = (p.launch & 2) != 0;
-    }
+    if constexpr (!PingPong) set_split(args, p);
+    args.scheduler.knobs.prefetch = weight_prefetch(p, size<0>(TileShape{}));
+    args.scheduler.knobs.early_release = (p.launch & 2) != 0;
     return args;
   }
 
@@ -241,10 +228,6 @@ extern "C" size_t qtool_sm90_mixed_workspace(const qtool::sm90::MixedMmArgs* p) 
     return nullptr;
   });
   return bytes;
-}
-
-extern "C" void qtool_sm90_set_prefetch(uint32_t bytes) {
-  qtool::sm90::prefetch_cap().store(bytes, std::memory_order_relaxed);
 }
 
 extern "C" const char* qtool_sm90_mixed_mm(const qtool::sm90::MixedMmArgs* p, cudaStream_t stream) {

@@ -90,6 +90,7 @@ struct ScaledGemm {
         {tree, nullptr, sd, static_cast<ElementD*>(p.d), sd}};
     args.hw_info.sm_count = sm_count();  // else CUTLASS queries the device on every call
     if constexpr (std::is_same_v<Scheduler, StreamK>) set_split(args, p);
+    args.scheduler.knobs.prefetch = row_prefetch(p.b, p.n, p.k, false, size<1>(TileShape{}));  // B: [n, k] weights
     return args;
   }
 
@@ -127,14 +128,14 @@ template <class AB, class D>
 using Skinny = ScaledGemm<AB, D, Shape<_64, _128, _128>, Shape<_1, _1, _1>,
                           Schedule<AB, cutlass::gemm::KernelTmaWarpSpecializedPingpong,
                                    cutlass::gemm::KernelTmaWarpSpecializedPingpongFP8FastAccum>,
-                          cutlass::epilogue::TmaWarpSpecialized, cutlass::gemm::PersistentScheduler>;
+                          cutlass::epilogue::TmaWarpSpecialized, Persistent>;
 template <class AB, class D, class Cluster = Shape<_2, _1, _1>>  // Cluster: config 8's 2 x 2, below
 using Large = ScaledGemm<AB, D, std::conditional_t<std::is_same_v<AB, int8_t>, Shape<_128, _128, _128>,
                                                    Shape<_128, _256, _128>>,
                          Cluster,
                          Schedule<AB, cutlass::gemm::KernelTmaWarpSpecializedCooperative,
                                   cutlass::gemm::KernelTmaWarpSpecializedCooperativeFP8FastAccum>,
-                         cutlass::epilogue::TmaWarpSpecializedCooperative, cutlass::gemm::PersistentScheduler>;
+                         cutlass::epilogue::TmaWarpSpecializedCooperative, Persistent>;
 
 // Measured alternatives for the skinny range (config 3 and 4, chosen per call by kernels/scaled_mm.py): at
 // n = 4096 the skinny tiles are 32 for 132 SMs, so the weight stream runs on a quarter of the GPU.
@@ -147,7 +148,7 @@ template <class AB, class D>
 using Narrow = ScaledGemm<AB, D, Shape<_64, _64, _128>, Shape<_1, _1, _1>,
                           Schedule<AB, cutlass::gemm::KernelTmaWarpSpecializedPingpong,
                                    cutlass::gemm::KernelTmaWarpSpecializedPingpongFP8FastAccum>,
-                          cutlass::epilogue::TmaWarpSpecialized, cutlass::gemm::PersistentScheduler>;
+                          cutlass::epilogue::TmaWarpSpecialized, Persistent>;
 
 // Config 5, for large m: 128 x 128 tiles, a 2-CTA cluster, two consumer warpgroups in ping-pong (each owns a whole
 // tile, so one's epilogue, with its three scale / bias loads, overlaps the other's math) rather than splitting one
@@ -157,7 +158,7 @@ template <class AB, class D, class Cluster = Shape<_2, _1, _1>>
 using LargePingpong = ScaledGemm<AB, D, Shape<_128, _128, _128>, Cluster,
                                  Schedule<AB, cutlass::gemm::KernelTmaWarpSpecializedPingpong,
                                           cutlass::gemm::KernelTmaWarpSpecializedPingpongFP8FastAccum>,
-                                 cutlass::epilogue::TmaWarpSpecialized, cutlass::gemm::PersistentScheduler>;
+                                 cutlass::epilogue::TmaWarpSpecialized, Persistent>;
 
 // Config 6 (session 24): the skinny tile in a 2-CTA cluster along m, so each weight tile is loaded once (TMA multicast)
 // for two 64-row token tiles. The fastest route in 5 of 60 cells at 32-512 tokens (all at 128 tokens, by <= 0.03x:
@@ -166,7 +167,7 @@ template <class AB, class D>
 using SkinnyPair = ScaledGemm<AB, D, Shape<_64, _128, _128>, Shape<_2, _1, _1>,
                               Schedule<AB, cutlass::gemm::KernelTmaWarpSpecializedPingpong,
                                        cutlass::gemm::KernelTmaWarpSpecializedPingpongFP8FastAccum>,
-                              cutlass::epilogue::TmaWarpSpecialized, cutlass::gemm::PersistentScheduler>;
+                              cutlass::epilogue::TmaWarpSpecialized, Persistent>;
 
 // Configs 7 and 8 (session 42, for the A/B): LargePingpong and Large in 2 x 2 clusters, both operands multicast. At
 // the 8-bit tensor cores' rate a 128 x 128 x 128 step of LargePingpong reads 24 KB from L2 per CTA (the weight tile

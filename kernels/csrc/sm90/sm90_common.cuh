@@ -43,9 +43,9 @@ inline bool gemm_pdl() {
   return on;
 }
 
-// QTOOL_GEMM_EARLY_RELEASE=1 (read once per process; matters only under PDL): the split-K / stream-K kernels release
-// the next grid from their prologue (sm90_scheduler.cuh, initial_work_tile_info). Off: CUTLASS's release after the
-// last tile's MMAs. An A/B (dev/session45.sh prefetchab), unmeasured.
+// QTOOL_GEMM_EARLY_RELEASE=1 (read once per process; matters only under PDL): every GEMM on our schedulers releases
+// the next grid from its prologue (sm90_prefetch.cuh, on_first_work). Off: CUTLASS's release after the last tile's
+// MMAs. An A/B (dev/session45.sh prefetchab), unmeasured.
 inline bool gemm_early_release() {
   static const bool on = [] {
     const char* env = std::getenv("QTOOL_GEMM_EARLY_RELEASE");
@@ -121,9 +121,9 @@ size_t workspace_size(typename Gemm::Arguments args, int config = 0) {
 template <class Gemm>
 const char* run_gemm(typename Gemm::Arguments args, void* workspace, size_t workspace_bytes,
                      cudaStream_t stream, bool pdl = false, int config = 0) {
-  if constexpr (keeps_locks<decltype(args.scheduler)>::value) {
-    args.scheduler.locks = kept_locks(stream);
-    args.scheduler.early_release = args.scheduler.early_release || gemm_early_release();
+  if constexpr (keeps_locks<decltype(args.scheduler)>::value) args.scheduler.locks = kept_locks(stream);
+  if constexpr (has_knobs<decltype(args.scheduler)>::value) {
+    args.scheduler.knobs.early_release = args.scheduler.knobs.early_release || gemm_early_release();
   }
   set_tile_order(args, config);
   Gemm gemm;

@@ -4,7 +4,6 @@
 #pragma once
 
 #include <cstddef>
-#include <cstdint>
 
 #include <cuda_runtime_api.h>
 
@@ -34,7 +33,7 @@ struct MixedMmArgs {
   int token_tile;         // tokens per tile: 0 takes the smallest built tile that holds m; t > 0 the smallest that
                           // holds t (more tiles of fewer tokens fill more SMs without splitting k)
   int launch;             // bit 0: launch with PDL (as QTOOL_GEMM_PDL=1 does for every call); bit 1: release the
-                          // next grid from the prologue (split-K / stream-K tiles; as QTOOL_GEMM_EARLY_RELEASE=1)
+                          // next grid from the prologue (as QTOOL_GEMM_EARLY_RELEASE=1; sm90_prefetch.cuh)
 };
 
 }  // namespace qtool::sm90
@@ -42,8 +41,5 @@ struct MixedMmArgs {
 extern "C" {
 QTOOL_SM90_API size_t qtool_sm90_mixed_workspace(const qtool::sm90::MixedMmArgs* p);
 QTOOL_SM90_API const char* qtool_sm90_mixed_mm(const qtool::sm90::MixedMmArgs* p, cudaStream_t stream);
-// Bytes of codes each CTA of a split-K / stream-K launch prefetches into L2 before its first load (0: off; the
-// initial value is QTOOL_GEMM_PREFETCH's). For A/Bs: dev/route_probe.py --prefetch.
-QTOOL_SM90_API void qtool_sm90_set_prefetch(uint32_t bytes);
 QTOOL_SM90_API const char* qtool_sm90_mixed_shuffle(const void* codes, void* out, int n, int k, cudaStream_t stream);
 }

@@ -30,44 +30,17 @@
 
 #include <cuda_runtime.h>
 
-#include "cutlass/arch/grid_dependency_control.h"
 #include "cutlass/barrier.h"
 #include "cutlass/block_striped.h"
 #include "cutlass/cutlass.h"
 #include "cutlass/gemm/kernel/tile_scheduler.hpp"
 #include "cutlass/kernel_hardware_info.h"
 #include "../kept_counters.h"
+#include "sm90_prefetch.cuh"
 
 namespace qtool::sm90 {
 
 struct StreamK {};
-
-// An L2 prefetch of the weights of each CTA's first unit of work, issued from the kernel's prologue, before its
-// producer waits on the grid before it (griddepcontrol.wait) and before its pipeline's first load. Why: on the small
-// layers at 9-64 tokens the mixed-input GEMM sits on a ~10 us floor that more CTAs do not shorten (session 44), and
-// its pipeline keeps only a few stages of codes in flight per CTA; a prefetch puts a unit's first `cap` bytes in
-// flight at once, and under PDL (QTOOL_GEMM_PDL=1) it overlaps the kernel before. The weights are never written by
-// a kernel before, so reading them early is safe. Off unless QTOOL_GEMM_PREFETCH=<bytes> or
-// qtool_sm90_set_prefetch (the mixed-input libraries: dev/route_probe.py --prefetch times the caps in one process).
-struct WeightPrefetch {
-  const char* codes = nullptr;   // an [n, k] weight's codes in the shuffled layout (mixed_mm_sm90.cu): atoms of 16
-                                 // rows x 16 k, tiled along the rows first, so one atom column of a tile's rows is
-                                 // one contiguous run
-  const char* scales = nullptr;  // [groups, n] 16-bit
-  const char* zeros = nullptr;   // [groups, n] 16-bit, or nullptr
-  int64_t column_bytes = 0;      // bytes from one 16-k atom column to the next: n rows x 16 codes
-  int row_bytes = 0;             // bytes of one row's 16 codes
-  int n = 0;                     // rows
-  int atoms = 0;                 // 16-k atom columns in k
-  int atoms_per_group = 1;       // atom columns per scale group
-  int max_runs = 0;              // atom columns a CTA prefetches (the cap over a whole tile's run); 0: off
-};
-
-CUTLASS_DEVICE void prefetch_l2(const char* address, uint32_t bytes) {  // 16-byte aligned, a multiple of 16
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(address), "r"(bytes) : "memory");
-#endif
-}
 
 enum class SplitAdd { chain, any, ordered };
 
@@ -109,35 +82,27 @@ class StreamKScheduler : public cutlass::gemm::kernel::detail::PersistentTileSch
   struct Arguments : BaseArguments {
     int* locks = nullptr;  // kept_locks(): set by run_gemm, per call
     bool ordered = false;  // QTOOL_GEMM_SPLIT_ADD=ordered (set_split_add)
-    WeightPrefetch prefetch;  // the mixed-input GEMM's, when on
-    bool early_release = false;  // the call's choice, or QTOOL_GEMM_EARLY_RELEASE=1 (run_gemm)
+    LaunchKnobs knobs;     // sm90_prefetch.cuh: the caller's prefetch; early release (run_gemm)
   };
 
   struct Params : BaseParams {
     int* locks = nullptr;  // the kept flags (kKeptLocks ints, zero between launches); nullptr: CUTLASS's fixup
     bool ordered = false;  // split-K partials in slots of their own, added by the last split in split order
-    WeightPrefetch prefetch;
-    bool early_release = false;  // release the next grid (PDL) from the prologue, not after the last tile's MMAs
+    LaunchKnobs knobs;
   };
 
   StreamKScheduler() = default;
   // ours_ points into the kernel's parameters (grid constants: no copy to registers or local memory)
   CUTLASS_DEVICE explicit StreamKScheduler(Params const& params) : Base(params), ours_(&params) {}
 
-  // CUTLASS's first unit of work for this CTA. The kernel asks for it from the prologue, before its producer's
-  // grid-dependency wait, so this is where a CTA can start its weights' prefetch (the producer warpgroup: warp group
-  // 0 of the cooperative kernels) and release the next grid early. Early release (QTOOL_GEMM_EARLY_RELEASE=1, under
-  // PDL): the next kernel's CTAs may take the SMs this grid leaves idle (a persistent grid is never larger than the
-  // SMs, so it is all resident by then) and run their own prologue and prefetch there, while its grid-dependency
-  // wait still holds its first dependent read until this grid has finished and flushed. CUTLASS releases after the
-  // last tile's MMAs, which leaves the epilogue and the teardown to overlap; session 19 saw W8A8 slow down at 256
-  // tokens where a released grid met a multi-tile grid's last wave, so this is an A/B for small grids.
+  // CUTLASS's first unit of work for this CTA, asked for from the kernel's prologue before its producer's
+  // grid-dependency wait: where the prefetch and the early release start (sm90_prefetch.cuh, on_first_work).
   CUTLASS_DEVICE WorkTileInfo initial_work_tile_info(ClusterShape cluster_shape) {
     WorkTileInfo work = Base::initial_work_tile_info(cluster_shape);
-    if (ours_ == nullptr) return work;
-    if (ours_->early_release) cutlass::arch::launch_dependent_grids();
-    const bool producer = threadIdx.x < cutlass::NumThreadsPerWarpGroup;
-    if (ours_->prefetch.max_runs != 0 && producer && work.is_valid()) prefetch(work);
+    if (ours_ != nullptr) {
+      on_first_work<TileShape>(ours_->knobs, work.is_valid(), work.M_idx, work.N_idx, work.K_idx,
+                               static_cast<int>(work.k_tile_count));
+    }
     return work;
   }
 
@@ -166,8 +131,7 @@ class StreamKScheduler : public cutlass::gemm::kernel::detail::PersistentTileSch
       params.locks = args.locks;
       params.ordered = args.ordered;
     }
-    params.prefetch = args.prefetch;
-    params.early_release = args.early_release;
+    params.knobs = args.knobs;
     return params;
   }
 
@@ -266,32 +230,6 @@ class StreamKScheduler : public cutlass::gemm::kernel::detail::PersistentTileSch
     Striped::load_add(acc, partials(tile), thread);
   }
 
-  // The L2 prefetch of `work`'s weights (WeightPrefetch), spread over the warpgroup's 128 threads: the tile's rows
-  // for each 16-k atom column from the unit's first k tile on, up to max_runs of them, and the group parameters they
-  // use. Not inlined: the kernel asks for its first work from two places, and one copy of this is enough code.
-  __noinline__ __device__ void prefetch(WorkTileInfo const& work) const {
-    constexpr int kRows = cute::size<0>(TileShape{}), kTileAtoms = cute::size<2>(TileShape{}) / 16;
-    const WeightPrefetch& p = ours_->prefetch;
-    const int r0 = work.M_idx * kRows;
-    if (r0 >= p.n) return;
-    const int rows = p.n - r0 < kRows ? p.n - r0 : kRows;  // a multiple of 16: the shuffled layout's n is
-    const int a0 = work.K_idx * kTileAtoms;
-    const int runs = min(min(static_cast<int>(work.k_tile_count) * kTileAtoms, p.atoms - a0), p.max_runs);
-    const uint32_t run = static_cast<uint32_t>(rows * p.row_bytes);
-    const char* first = p.codes + static_cast<int64_t>(r0) * p.row_bytes + a0 * p.column_bytes;
-#pragma unroll 1
-    for (int a = threadIdx.x; a < runs; a += cutlass::NumThreadsPerWarpGroup) {
-      prefetch_l2(first + a * p.column_bytes, run);
-    }
-    const int g0 = a0 / p.atoms_per_group + static_cast<int>(threadIdx.x), g1 = (a0 + runs - 1) / p.atoms_per_group;
-#pragma unroll 1
-    for (int g = g0; g <= g1; g += cutlass::NumThreadsPerWarpGroup) {
-      const int64_t offset = (static_cast<int64_t>(g) * p.n + r0) * 2;
-      prefetch_l2(p.scales + offset, static_cast<uint32_t>(rows * 2));
-      if (p.zeros != nullptr) prefetch_l2(p.zeros + offset, static_cast<uint32_t>(rows * 2));
-    }
-  }
-
   // Whether `work` (a copy: continue_current_work advances it) is this CTA's last unit of work; only the moment the
   // next grid is released depends on it, never a result. CUTLASS 4.2's own does not compile where the kernels call
   // it (under CUTLASS_ENABLE_GDC_FOR_SM90: its const body binds the member iteration start to a non-const
@@ -306,6 +244,62 @@ class StreamKScheduler : public cutlass::gemm::kernel::detail::PersistentTileSch
  private:
   Params const* ours_ = nullptr;
 };
+
+struct Persistent {};  // the tag of CUTLASS's static persistent scheduler with our first-work hooks
+
+// CUTLASS 4.2's PersistentTileSchedulerSm90 (one whole-k tile per unit of work) with the hooks of sm90_prefetch.cuh
+// on each CTA's first tile: what the ping-pong and cluster tiles of the three libraries name (`Persistent`).
+template <class TileShape, class ClusterShape>
+class PersistentScheduler : public cutlass::gemm::kernel::detail::PersistentTileSchedulerSm90 {
+  using Base = cutlass::gemm::kernel::detail::PersistentTileSchedulerSm90;
+  using BaseParams = typename Base::Params;
+  using BaseArguments = typename Base::Arguments;
+
+ public:
+  using Base::Base;
+  using typename Base::WorkTileInfo;
+
+  struct Arguments : BaseArguments {
+    LaunchKnobs knobs;
+  };
+
+  struct Params : BaseParams {
+    LaunchKnobs knobs;
+  };
+
+  PersistentScheduler() = default;
+  CUTLASS_DEVICE explicit PersistentScheduler(Params const& params) : Base(params), ours_(&params) {}
+
+  template <class ProblemShapeMNKL, class Tile, class Cluster>
+  static Params to_underlying_arguments(ProblemShapeMNKL problem_shape, Tile tile_shape, Cluster cluster_shape,
+                                        cutlass::KernelHardwareInfo const& hw_info, Arguments const& args,
+                                        void* workspace = nullptr, const uint32_t epilogue_subtile = 1,
+                                        uint32_t ktile_start_alignment_count = 1u) {
+    Params params;
+    static_cast<BaseParams&>(params) = Base::to_underlying_arguments(
+        problem_shape, tile_shape, cluster_shape, hw_info, args, workspace, epilogue_subtile,
+        ktile_start_alignment_count);
+    params.knobs = args.knobs;
+    return params;
+  }
+
+  // The ping-pong kernel asks from every warpgroup before its producer's grid-dependency wait (its second consumer
+  // for the CTA's second tile): the first warpgroup, the producer, prefetches the first tile's weights.
+  template <class Cluster>
+  CUTLASS_DEVICE WorkTileInfo initial_work_tile_info(Cluster cluster_shape) {
+    WorkTileInfo work = Base::initial_work_tile_info(cluster_shape);
+    if (ours_ != nullptr) on_first_work<TileShape>(ours_->knobs, work.is_valid(), work.M_idx, work.N_idx, 0, 1 << 24);
+    return work;
+  }
+
+ private:
+  Params const* ours_ = nullptr;
+};
+
+template <class T, class = void>
+struct has_knobs : std::false_type {};
+template <class T>
+struct has_knobs<T, std::void_t<decltype(std::declval<T&>().knobs)>> : std::true_type {};
 
 template <class T, class = void>
 struct keeps_locks : std::false_type {};
@@ -326,4 +320,10 @@ template <class TileShape, class ClusterShape, uint32_t Stages>
 struct cutlass::gemm::kernel::detail::TileSchedulerSelector<qtool::sm90::StreamK, cutlass::arch::Sm90, TileShape,
                                                             ClusterShape, Stages> {
   using Scheduler = qtool::sm90::StreamKScheduler<TileShape, ClusterShape>;
+};
+
+template <class TileShape, class ClusterShape, uint32_t Stages>
+struct cutlass::gemm::kernel::detail::TileSchedulerSelector<qtool::sm90::Persistent, cutlass::arch::Sm90, TileShape,
+                                                            ClusterShape, Stages> {
+  using Scheduler = qtool::sm90::PersistentScheduler<TileShape, ClusterShape>;
 };
