@@ -14,10 +14,10 @@
 #           then where the floor goes: dev/fixed_cost.py's K and N sweeps with the weights rotated, L2-resident, or
 #           marked as L2 streaming data (is it the mixed GEMM's 80-107 KB of code fetched cold?), and with PDL;
 #           Nsight Compute on the 256-row mixed GEMM at 16 tokens on 8192 x 8192, split 4 (128 CTAs))
-#   call 3: if call 1 won: set kernels/mixed_mm.py PDL_MAX_M / EARLY_RELEASE and a default cap (QTOOL_GEMM_PREFETCH
-#           or sm90.set_prefetch at load), route wo_gemm's PDL (an op flag, as wo_gemv's kPdlFlag), then
-#           `bash dev/session44.sh w4table`; else `bash dev/session44.sh chansweep4k w8a8table` (~7 min: 4096-token
-#           tile orders, the full W8A8 table)
+#   call 3: if call 1 won: `E2E_CAP=<the best cap> bash dev/session45.sh e2eknobs` (the 8B decode with the knobs off
+#           and on), set kernels/mixed_mm.py PDL_MAX_M / EARLY_RELEASE / PREFETCH_BYTES, route wo_gemm's PDL (an op
+#           flag, as wo_gemv's kPdlFlag), then `bash dev/session44.sh w4table`; else `bash dev/session44.sh
+#           chansweep4k w8a8table` (~7 min: 4096-token tile orders, the full W8A8 table)
 #   later:  bash dev/session45.sh prefetchsan mm16s1 pdlab   (memcheck of the prefetch; ncu of the unsplit 32-CTA
 #           launch, which session 44 timed level with the split one; the W4 cells with QTOOL_GEMM_PDL alone)
 #           bash dev/session41.sh routeprobe8 routencu stripes16
@@ -87,6 +87,12 @@ w8a8ab() {  # the W8A8 routes (PDL up to 64 tokens): the weights' prefetch caps,
         --tokens 16,32,64 --json "$OUT/w8a8ab_${scheme}_$early.json" 2>&1 | grep -v "^USDT" | tail -10
     done
   done
+}
+e2eknobs() {  # the 8B W4A16 decode (batch 1 and 16) and prefill with the knobs off, then on (mixed GEMM: PDL, early
+  # release, a prefetch cap; wo_gemm under PDL): the model's own kernels around the GEMMs, not the protocol's chain
+  bench8b "" w4a16 "1,16" 2048 14
+  (export QTOOL_GEMM_PDL=1 QTOOL_GEMM_EARLY_RELEASE=1 QTOOL_GEMM_PREFETCH=${E2E_CAP:-131072} QTOOL_WO_GEMM_PDL=1
+   bench8b "-knobs" w4a16 "1,16" 2048 14)
 }
 for stage in "$@"; do "$stage"; done
 step "done"
