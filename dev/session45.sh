@@ -20,6 +20,7 @@
 #           chansweep4k w8a8table` (~7 min: 4096-token tile orders, the full W8A8 table)
 #   later:  bash dev/session45.sh prefetchsan mm16s1 pdlab   (memcheck of the prefetch; ncu of the unsplit 32-CTA
 #           launch, which session 44 timed level with the split one; the W4 cells with QTOOL_GEMM_PDL alone)
+#           bash dev/session45.sh w8a8knobsweep   (if call 2's w8a8ab gained: every W8A8 tile under the knobs)
 #           bash dev/session41.sh routeprobe8 routencu stripes16
 cd "$(dirname "$0")/.."
 LOG=session45.log
@@ -86,6 +87,16 @@ w8a8ab() {  # the W8A8 routes (PDL up to 64 tokens): the weights' prefetch caps,
         --scheme $scheme --prefetch 0,32768,131072,1073741824 --shapes 4096x4096,14336x4096,8192x8192 \
         --tokens 16,32,64 --json "$OUT/w8a8ab_${scheme}_$early.json" 2>&1 | grep -v "^USDT" | tail -10
     done
+  done
+}
+w8a8knobsweep() {  # if w8a8ab showed a gain: every W8A8 configuration at 16-64 tokens under the knobs (and w8_gemv
+  # beside them), so the routes can be re-emitted for them (python3 dev/w8a8_sweep.py --emit ... --merge)
+  for kinds in "fp8,int8" fp8-block; do
+    step "W8A8 sweep at 16-64 tokens under PDL + early release + a ${SWEEP_CAP:-131072}-byte prefetch: $kinds"
+    (export QTOOL_GEMM_PDL=1 QTOOL_GEMM_EARLY_RELEASE=1 QTOOL_GEMM_PREFETCH=${SWEEP_CAP:-131072}
+     timeout -k 10 "${SWEEP_TIMEOUT:-200}" python3 dev/w8a8_sweep.py --tokens 16,32,64 --kinds $kinds --budget 180 \
+       --shapes 4096x4096,4096x14336,14336x4096,8192x8192 --json "$OUT/w8a8knobs_${kinds%%,*}.json" 2>&1 \
+       | grep -v "^USDT" | tail -16)
   done
 }
 e2eknobs() {  # the 8B W4A16 decode (batch 1 and 16) and prefill with the knobs off, then on (mixed GEMM: PDL, early

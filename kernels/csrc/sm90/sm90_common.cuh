@@ -1,7 +1,7 @@
 // What the Hopper GEMM libraries (scaled_mm_sm90.cu, mixed_mm_sm90.cu, block_mm_sm90.cu) share: the SM count
 // (queried once, not by CUTLASS on every call), the order their persistent schedulers hand out tiles in, the checks
-// around one CUTLASS 3.x GEMM launch, and (through sm90_scheduler.cuh) the split-K / stream-K scheduler their
-// cooperative kernels name.
+// around one CUTLASS 3.x GEMM launch, and (through sm90_scheduler.cuh) the schedulers their kernels name: split-K /
+// stream-K, and the static persistent one, both with the first-work hooks of sm90_prefetch.cuh.
 #pragma once
 
 #include <atomic>

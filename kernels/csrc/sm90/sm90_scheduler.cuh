@@ -1,5 +1,6 @@
 // The split-K / stream-K tile scheduler of the Hopper GEMM libraries (`StreamK` in their kernel types): CUTLASS 4.2's
-// PersistentTileSchedulerSm90StreamK, with how the splits of a tile meet made ours.
+// PersistentTileSchedulerSm90StreamK, with how the splits of a tile meet made ours. Below it, `Persistent`: CUTLASS's
+// static persistent scheduler. Both carry the first-work hooks of sm90_prefetch.cuh (prefetch, early release).
 //
 // Why: on the small layers at 9-64 tokens every Hopper GEMM sits on a ~10-13 us floor (session 40's fit), and
 // session 12 measured part of it: the mixed-input GEMM at 8 tokens on 4096 x 4096 was a 13.2 us kernel plus the
