@@ -25,13 +25,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from qtool_kernels import sm90
-
+# qtool_kernels is imported inside the tests: this file also runs as a child script (below), before its path is set.
 gpu = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
                          reason="the CUTLASS GEMMs are for Hopper (sm_90)")
 
 
 def test_set_prefetch_names_bad_values():
+    from qtool_kernels import sm90
+
     with pytest.raises(ValueError, match="nbytes=-1"):
         sm90.set_prefetch(-1)
     with pytest.raises(ValueError, match="nbytes=2.5"):
@@ -49,8 +50,11 @@ def test_launch_bits_follow_the_module_settings(monkeypatch):
 
 
 @pytest.fixture
-def prefetch_off_after():
-    yield
+def sm90():
+    """kernels/sm90.py, its prefetch turned off again after the test."""
+    from qtool_kernels import sm90
+
+    yield sm90
     sm90.set_prefetch(0)
 
 
@@ -63,7 +67,7 @@ SCHEDULES = [(16, 0, 128, 1, 0), (16, 1, 128, 1, 0), (16, 4, 128, 0, 0), (9, 3, 
 @pytest.mark.gpu
 @pytest.mark.parametrize("m,split,ktile,variant,pingpong", SCHEDULES)
 @pytest.mark.parametrize("bits,symmetric", [(4, True), (4, False), (8, True)])
-def test_prefetch_moves_no_bit(kernels, prefetch_off_after, m, split, ktile, variant, pingpong, bits, symmetric):
+def test_prefetch_moves_no_bit(kernels, sm90, m, split, ktile, variant, pingpong, bits, symmetric):
     from qtool_kernels import mixed_mm
     from qtool_kernels.layout import dequantize_packed, pack_weight, unpack_codes
 
@@ -97,7 +101,7 @@ def test_prefetch_moves_no_bit(kernels, prefetch_off_after, m, split, ktile, var
 @pytest.mark.gpu
 @pytest.mark.parametrize("config", ["skinny", "narrow", "split", "large", "pingpong", "skinny-pair"])
 @pytest.mark.parametrize("fmt", ["int8", "e4m3"])
-def test_w8a8_prefetch_moves_no_bit(kernels, prefetch_off_after, config, fmt):
+def test_w8a8_prefetch_moves_no_bit(kernels, sm90, config, fmt):
     """The W8A8 GEMMs' prefetch (the [n, k] rows of each CTA's first tile): 72 tokens, 3000 rows (ragged tiles)."""
     from qtool_kernels import reference, scaled_mm
 
@@ -126,7 +130,7 @@ def test_w8a8_prefetch_moves_no_bit(kernels, prefetch_off_after, config, fmt):
 @pytest.mark.gpu
 @pytest.mark.parametrize("config,split", [("block-narrow-overlap", 0), ("block-skinny", 0), ("block-large", 0),
                                           ("block-split", 3), ("block-swap", 4), ("block-swap", 0)])
-def test_block_prefetch_moves_no_bit(kernels, prefetch_off_after, config, split):
+def test_block_prefetch_moves_no_bit(kernels, sm90, config, split):
     """FP8 block GEMMs, the weights as CUTLASS's B or (swapped) its A."""
     from qtool_kernels import block_mm, reference
 
