@@ -15,7 +15,7 @@
 #           marked as L2 streaming data (is it the mixed GEMM's 80-107 KB of code fetched cold?), and with PDL;
 #           Nsight Compute on the 256-row mixed GEMM at 16 tokens on 8192 x 8192, split 4 (128 CTAs))
 #   call 3: if call 1 won: `E2E_CAP=<the best cap> bash dev/session45.sh e2eknobs` (the 8B decode with the knobs off
-#           and on), set kernels/mixed_mm.py PDL_MAX_M / EARLY_RELEASE / PREFETCH_BYTES, route wo_gemm's PDL (an op
+#           and on), set kernels/mixed_mm.py PDL_MAX_M / EARLY_RELEASE and a default cap, route wo_gemm's PDL (an op
 #           flag, as wo_gemv's kPdlFlag), then `bash dev/session44.sh w4table`; else `bash dev/session44.sh
 #           chansweep4k w8a8table` (~7 min: 4096-token tile orders, the full W8A8 table)
 #   later:  bash dev/session45.sh prefetchsan mm16s1 pdlab   (memcheck of the prefetch; ncu of the unsplit 32-CTA

@@ -83,9 +83,6 @@ class _Args(ctypes.Structure):  # csrc/sm90/sm90_mixed_mm.h, MixedMmArgs
 # QTOOL_GEMM_PDL / QTOOL_GEMM_EARLY_RELEASE, which turn them on for every call).
 PDL_MAX_M = 0
 EARLY_RELEASE = False
-# Bytes of weights each CTA prefetches into L2 from its prologue (sm90.set_prefetch, csrc/sm90/sm90_prefetch.cuh), set
-# when this library loads unless QTOOL_GEMM_PREFETCH is; 0: off until measured.
-PREFETCH_BYTES = 0
 
 
 def launch_bits(m: int) -> int:
@@ -108,8 +105,6 @@ def _entry_points(bits: int) -> tuple:
         lib.qtool_sm90_mixed_shuffle.restype = ctypes.c_char_p
         lib.qtool_sm90_mixed_shuffle.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
                                                  ctypes.c_void_p]
-        if PREFETCH_BYTES and "QTOOL_GEMM_PREFETCH" not in os.environ:
-            lib.qtool_sm90_set_prefetch(ctypes.c_uint32(PREFETCH_BYTES))
         _functions[bits] = (lib.qtool_sm90_mixed_workspace, lib.qtool_sm90_mixed_mm, lib.qtool_sm90_mixed_shuffle)
     return _functions[bits]
 

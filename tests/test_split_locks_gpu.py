@@ -36,7 +36,7 @@ SETTINGS = {
     # the tile grid padded to whole swizzle groups (csrc/sm90/sm90_common.cuh, TileOrder): more tiles, more flags
     "ordered-swizzled": {"QTOOL_GEMM_SPLIT_ADD": "ordered", "QTOOL_WO_SPLIT": "ordered", "QTOOL_GEMM_SWIZZLE": "8",
                          "QTOOL_GEMM_RASTER": "n"},
-    # PDL with the next grid released from the prologue and the mixed GEMM's weights prefetched before the wait
+    # PDL with the next grid released from the prologue and every GEMM's weights prefetched before the wait
     # (session 45's A/B knobs): the same reductions, the same bits
     "pdl-early-prefetch": {"QTOOL_GEMM_PDL": "1", "QTOOL_GEMM_EARLY_RELEASE": "1",
                            "QTOOL_GEMM_PREFETCH": "1073741824"},
