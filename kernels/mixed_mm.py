@@ -79,9 +79,11 @@ class _Args(ctypes.Structure):  # csrc/sm90/sm90_mixed_mm.h, MixedMmArgs
 
 # How a call of up to PDL_MAX_M tokens is launched (MixedMmArgs.launch): with PDL, so its launch and prologue
 # overlap the kernel before, and, where EARLY_RELEASE, releasing the next kernel from its own prologue
-# (csrc/sm90/sm90_prefetch.cuh). Off until measured (dev/session45.sh prefetchab times both with
-# QTOOL_GEMM_PDL / QTOOL_GEMM_EARLY_RELEASE, which turn them on for every call).
-PDL_MAX_M = 0
+# (csrc/sm90/sm90_prefetch.cuh). Session 46 (dev/session45.sh prefetchab, W4 g128 at 9-64 tokens, one process per
+# setting): PDL cut the fitted fixed time per call from 10.8 to 7.2 us at 64 tokens (4096 x 4096 at 64 tokens
+# 14.8 -> 11.3 us, 8192 x 8192 26.5 -> 23.7 us); early release on top moved cells both ways within ~1 us, so it
+# stays off. QTOOL_MIXED_PDL_MAX_M overrides the bound (0: off), for A/Bs.
+PDL_MAX_M = int(os.environ.get("QTOOL_MIXED_PDL_MAX_M", "256"))
 EARLY_RELEASE = False
 
 

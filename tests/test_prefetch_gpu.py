@@ -42,7 +42,9 @@ def test_set_prefetch_names_bad_values():
 def test_launch_bits_follow_the_module_settings(monkeypatch):
     from qtool_kernels import mixed_mm
 
-    assert mixed_mm.launch_bits(16) == 0  # off until measured
+    assert mixed_mm.launch_bits(mixed_mm.PDL_MAX_M + 1) == 0
+    monkeypatch.setattr(mixed_mm, "PDL_MAX_M", 0)  # QTOOL_MIXED_PDL_MAX_M=0: no call under PDL
+    assert mixed_mm.launch_bits(1) == 0
     monkeypatch.setattr(mixed_mm, "PDL_MAX_M", 64)
     assert (mixed_mm.launch_bits(64), mixed_mm.launch_bits(65)) == (1, 0)
     monkeypatch.setattr(mixed_mm, "EARLY_RELEASE", True)

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Session 46's device call after session 45's A/B (H100: the mixed-input GEMM under PDL cut its fixed time per
+# call 10.8 -> 7.2 us; the L2 prefetch lost at every cap; early release and wo_gemm's PDL moved nothing past
+# noise). Carry [".gpu/w8a8", ".gpu/ext"].
+#   bash dev/session46.sh pdltable pdlsweep e2epdl w4table
+cd "$(dirname "$0")/.."
+LOG=session46.log
+source dev/gpu_setup.sh
+GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+echo "device: $GPU"
+
+pdltable() {  # W4 g128 and W8 per channel at 9-256 tokens with the mixed GEMM's PDL off, then on (the default)
+  for bound in 0 256; do
+    step "W4 g128 / W8 per channel at 9-256 tokens, QTOOL_MIXED_PDL_MAX_M=$bound (benchmarks/bench_kernels.py)"
+    QTOOL_MIXED_PDL_MAX_M=$bound timeout -k 10 "${TABLE_TIMEOUT:-120}" python3 benchmarks/bench_kernels.py \
+      --formats w4a16-g128,w8a16-channel --tokens ${PDL_TOKENS:-9,16,32,64,128,256} \
+      --json "$OUT/pdltable_$bound.json" > "/tmp/pdltable_$bound.txt" 2>&1
+    echo "exit $?"; tail -${TABLE_TAIL:-40} "/tmp/pdltable_$bound.txt"
+  done
+}
+pdlsweep() {  # the W4 routes at 9-32 tokens re-swept under PDL (wo_gemm against the GEMM), merged on an H200 only
+  step "W4 g128 schedules at 9-32 tokens under PDL (dev/mixed_sweep.py)"
+  timeout -k 10 "${SWEEP_TIMEOUT:-200}" python3 dev/mixed_sweep.py --formats w4a16-g128 --tokens ${SWEEP_TOKENS:-9,16,32} \
+    --budget "${SWEEP_BUDGET:-170}" --json "$OUT/pdlsweep.json" > /tmp/pdlsweep.txt 2>&1
+  echo "exit $?"; python3 dev/mixed_sweep.py --show "$OUT/pdlsweep.json" 2>&1 | tail -24
+  case "$GPU" in
+    *H200*) python3 dev/mixed_sweep.py --emit "$OUT/pdlsweep.json" --merge && cp kernels/tuning.py "$OUT/tuning.py"
+            git diff --stat kernels/tuning.py ;;
+    *) echo "not merged: routes are tuned on the H200 ($GPU)" ;;
+  esac
+}
+e2epdl() {  # the 8B W4A16 decode, batch 1 and 16, the mixed GEMM's PDL off then on
+  (export QTOOL_MIXED_PDL_MAX_M=0; bench8b "-pdl0" w4a16 "1,16" 128 8)
+  bench8b "-pdl" w4a16 "1,16" 128 8
+}
+w4table() {
+  step "W4 g128 protocol table at 9-64 tokens (benchmarks/bench_kernels.py)"
+  timeout -k 10 "${TABLE_TIMEOUT:-120}" python3 benchmarks/bench_kernels.py --formats w4a16-g128 \
+    --tokens ${W4_TOKENS:-9,16,32,64} --json "$OUT/w4_table.json" > /tmp/w4_table.txt 2>&1
+  echo "exit $?"; tail -30 /tmp/w4_table.txt
+}
+for stage in "$@"; do "$stage"; done
+step "done"
