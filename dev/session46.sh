@@ -29,9 +29,9 @@ pdlsweep() {  # the W4 routes at 9-32 tokens re-swept under PDL (wo_gemm against
     *) echo "not merged: routes are tuned on the H200 ($GPU)" ;;
   esac
 }
-e2epdl() {  # the 8B W4A16 decode, batch 1 and 16, the mixed GEMM's PDL off then on
-  (export QTOOL_MIXED_PDL_MAX_M=0; bench8b "-pdl0" w4a16 "1,16" 128 8)
-  bench8b "-pdl" w4a16 "1,16" 128 8
+e2epdl() {  # the 8B W4A16 decode at batch 16 (batch 1 runs GEMVs only), the mixed GEMM's PDL off then on
+  (export QTOOL_MIXED_PDL_MAX_M=0; bench8b "-pdl0" w4a16 "${E2E_BATCHES:-16}" 128 8)
+  bench8b "-pdl" w4a16 "${E2E_BATCHES:-16}" 128 8
 }
 w4table() {
   step "W4 g128 protocol table at 9-64 tokens (benchmarks/bench_kernels.py)"
