@@ -258,7 +258,7 @@ def info() -> dict:
 
 
 def _weight_only_path() -> str:
-    from . import sm90  # imports this module
+    from . import mixed_mm, sm90  # sm90 imports this module
     from .int8_planes import (
         GEMV_PLANES,
         LOWBIT_PLANES,
@@ -281,7 +281,9 @@ def _weight_only_path() -> str:
         lib = sm90.MIXED[bits]
         return (f"CUTLASS sm90 W{bits}A16 ({lib.stem}) from {MIXED_MIN_M[bits]} tokens, {bits}-bit bf16, with the "
                 "schedule (or wo_gemm, or dequant_int + cuBLAS) measured fastest at the nearest shape and batch "
-                "(tuning.py)" if lib.load() else f"no W{bits}A16 wgmma GEMM ({lib.reason})")
+                f"(tuning.py), launched with PDL to {mixed_mm.PDL_MAX_M} tokens ({mixed_mm.PDL_MAX_M_SMALL} on weights of "
+                f"<= {mixed_mm.PDL_SMALL_WEIGHT} elements; QTOOL_MIXED_PDL_MAX_M)" if lib.load()
+                else f"no W{bits}A16 wgmma GEMM ({lib.reason})")
 
     mixed = f"{mixed_path(4)}; {mixed_path(8)}"
     gemvs = ("qtool_cuda wo_gemv at 1-8 tokens (weight_only.gemv_kind: the ring GEMV at 1, with programmatic dependent "

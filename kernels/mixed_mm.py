@@ -77,19 +77,25 @@ class _Args(ctypes.Structure):  # csrc/sm90/sm90_mixed_mm.h, MixedMmArgs
                 ("launch", ctypes.c_int)]
 
 
-# How a call of up to PDL_MAX_M tokens is launched (MixedMmArgs.launch): with PDL, so its launch and prologue
-# overlap the kernel before, and, where EARLY_RELEASE, releasing the next kernel from its own prologue
-# (csrc/sm90/sm90_prefetch.cuh). Session 46 (dev/session45.sh prefetchab, W4 g128 at 9-64 tokens, one process per
-# setting): PDL cut the fitted fixed time per call from 10.8 to 7.2 us at 64 tokens (4096 x 4096 at 64 tokens
-# 14.8 -> 11.3 us, 8192 x 8192 26.5 -> 23.7 us); early release on top moved cells both ways within ~1 us, so it
-# stays off. QTOOL_MIXED_PDL_MAX_M overrides the bound (0: off), for A/Bs.
-PDL_MAX_M = int(os.environ.get("QTOOL_MIXED_PDL_MAX_M", "256"))
+# Which calls are launched with PDL (MixedMmArgs.launch), so their launch and prologue overlap the kernel before,
+# and, where EARLY_RELEASE, release the next kernel from their own prologue (csrc/sm90/sm90_prefetch.cuh).
+# Session 46 (H100, one process per setting; BENCHMARKS.md): PDL took 1-4 us off every W4 g128 / W8 per-channel
+# cell of the six shapes at 9-128 tokens (4096 x 4096 W4 at 64 tokens 13.9 -> 11.1 us), and at 256 tokens off the
+# four weights of at most 8192 x 8192 (4096 x 4096 W4 0.93x -> 1.08x bf16) but not the two 28672-row ones
+# (three of their four cells slower, by up to 23 us). Early release moved cells both ways within ~1.4 us: off.
+# QTOOL_MIXED_PDL_MAX_M sets both bounds (0: no PDL), for A/Bs.
+_PDL_ENV = os.environ.get("QTOOL_MIXED_PDL_MAX_M")
+PDL_MAX_M = int(_PDL_ENV or 128)  # any weight
+PDL_MAX_M_SMALL = int(_PDL_ENV or 256)  # weights of at most PDL_SMALL_WEIGHT elements
+PDL_SMALL_WEIGHT = 8192 * 8192
 EARLY_RELEASE = False
 
 
-def launch_bits(m: int) -> int:
-    """MixedMmArgs.launch for a call of m tokens: bit 0 PDL, bit 1 early release (with PDL only)."""
-    if m > PDL_MAX_M:
+def launch_bits(m: int, weight_elements: int = 0) -> int:
+    """MixedMmArgs.launch for a call of m tokens on a weight of N x K elements: bit 0 PDL, bit 1 early release
+    (with PDL only)."""
+    small = weight_elements <= PDL_SMALL_WEIGHT
+    if m > (max(PDL_MAX_M, PDL_MAX_M_SMALL) if small else PDL_MAX_M):
         return 0
     return 1 | (2 if EARLY_RELEASE else 0)
 
@@ -154,7 +160,7 @@ def _run(bits: int, x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zero:
     n = w.shape[0]
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
     args = _Args(w.data_ptr(), x.data_ptr(), scale.data_ptr(), zero.data_ptr(), y.data_ptr(), None, 0, m, n, k, group,
-                 split, pingpong, ktile, variant, token_tile, launch_bits(m))
+                 split, pingpong, ktile, variant, token_tile, launch_bits(m, n * k))
     err = sm90.call(workspace_of, run, args, x.device)
     if err is not None:
         raise RuntimeError(f"w{bits}_mm: {err} (m={m}, n={n}, k={k}, group={group})")

@@ -42,13 +42,20 @@ def test_set_prefetch_names_bad_values():
 def test_launch_bits_follow_the_module_settings(monkeypatch):
     from qtool_kernels import mixed_mm
 
-    assert mixed_mm.launch_bits(mixed_mm.PDL_MAX_M + 1) == 0
+    small, large = 4096 * 4096, 28672 * 8192
+    assert mixed_mm.launch_bits(mixed_mm.PDL_MAX_M_SMALL + 1, small) == 0
+    assert mixed_mm.launch_bits(mixed_mm.PDL_MAX_M + 1, large) == 0
+    monkeypatch.setattr(mixed_mm, "PDL_MAX_M", 128)
+    monkeypatch.setattr(mixed_mm, "PDL_MAX_M_SMALL", 256)
+    assert [mixed_mm.launch_bits(m, small) for m in (1, 128, 256, 257)] == [1, 1, 1, 0]
+    assert [mixed_mm.launch_bits(m, large) for m in (1, 128, 129)] == [1, 1, 0]
     monkeypatch.setattr(mixed_mm, "PDL_MAX_M", 0)  # QTOOL_MIXED_PDL_MAX_M=0: no call under PDL
-    assert mixed_mm.launch_bits(1) == 0
+    monkeypatch.setattr(mixed_mm, "PDL_MAX_M_SMALL", 0)
+    assert (mixed_mm.launch_bits(1, small), mixed_mm.launch_bits(1, large)) == (0, 0)
     monkeypatch.setattr(mixed_mm, "PDL_MAX_M", 64)
-    assert (mixed_mm.launch_bits(64), mixed_mm.launch_bits(65)) == (1, 0)
+    assert (mixed_mm.launch_bits(64, large), mixed_mm.launch_bits(65, small)) == (1, 0)
     monkeypatch.setattr(mixed_mm, "EARLY_RELEASE", True)
-    assert (mixed_mm.launch_bits(1), mixed_mm.launch_bits(65)) == (3, 0)
+    assert (mixed_mm.launch_bits(1, large), mixed_mm.launch_bits(65, large)) == (3, 0)
 
 
 @pytest.fixture
