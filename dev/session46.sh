@@ -1,21 +1,43 @@
 #!/usr/bin/env bash
-# Session 46's device call after session 45's A/B (H100: the mixed-input GEMM under PDL cut its fixed time per
+# Session 46's device calls after session 45's A/B (H100: the mixed-input GEMM under PDL cut its fixed time per
 # call 10.8 -> 7.2 us; the L2 prefetch lost at every cap; early release and wo_gemm's PDL moved nothing past
-# noise). Carry [".gpu/w8a8", ".gpu/ext"].
-#   bash dev/session46.sh pdltable pdlsweep e2epdl w4table
+# noise). Session 46 ran `pdltable e2epdl` on an H100 (the e2e cut); the rule that shipped (mixed_mm.PDL_MAX_M 128,
+# PDL_MAX_M_SMALL 256 on weights <= 8192 x 8192) is still to be timed on the H200. Carry [".gpu/w8a8", ".gpu/ext"];
+# nvidia-h200. In order of value, back to back (a machine idle for 30 s is given back):
+#   call 1: bash dev/session46.sh pdltable pdlbig e2epdl   (~7 min: the W4 / W8 protocol table at 9-256 tokens
+#           with the mixed GEMM's PDL off, then as shipped; the 28672-row weights at 128-256 tokens, PDL to 256
+#           against none, alternated three times (session 46's H100 and session 19's W8A8 both lost there); the 8B
+#           W4A16 decode at batch 16 off / on)
+#   call 2: bash dev/session46.sh pdlsweep w4table   (~4 min, H200 only: the W4 routes at 9-32 tokens re-swept under
+#           PDL, wo_gemm against the GEMM, merged into tuning.py; the W4 table with them)
+#   then:   bash dev/session44.sh chansweep4k w8a8table; bash dev/session45.sh w8a8ab fixedcost mm16ncu
 cd "$(dirname "$0")/.."
 LOG=session46.log
 source dev/gpu_setup.sh
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
 echo "device: $GPU"
 
-pdltable() {  # W4 g128 and W8 per channel at 9-256 tokens with the mixed GEMM's PDL off, then on (the default)
-  for bound in 0 256; do
+pdltable() {  # W4 g128 and W8 per channel at 9-256 tokens with the mixed GEMM's PDL off, then as shipped
+  for bound in 0 default; do
     step "W4 g128 / W8 per channel at 9-256 tokens, QTOOL_MIXED_PDL_MAX_M=$bound (benchmarks/bench_kernels.py)"
-    QTOOL_MIXED_PDL_MAX_M=$bound timeout -k 10 "${TABLE_TIMEOUT:-120}" python3 benchmarks/bench_kernels.py \
+    (if [ "$bound" = default ]; then unset QTOOL_MIXED_PDL_MAX_M; else export QTOOL_MIXED_PDL_MAX_M=$bound; fi
+     timeout -k 10 "${TABLE_TIMEOUT:-120}" python3 benchmarks/bench_kernels.py \
       --formats w4a16-g128,w8a16-channel --tokens ${PDL_TOKENS:-9,16,32,64,128,256} \
       --json "$OUT/pdltable_$bound.json" > "/tmp/pdltable_$bound.txt" 2>&1
-    echo "exit $?"; tail -${TABLE_TAIL:-40} "/tmp/pdltable_$bound.txt"
+     echo "exit $?")
+    tail -${TABLE_TAIL:-20} "/tmp/pdltable_$bound.txt"
+  done
+  python3 dev/pdl_compare.py "$OUT/pdltable_0.json" "$OUT/pdltable_default.json"
+}
+pdlbig() {  # the 28672-row weights at 128-256 tokens: PDL to 256 against none, alternated (one process each)
+  step "the 28672-row weights at 128-256 tokens, PDL to 256 tokens against none, three rounds"
+  for round in 1 2 3; do
+    for bound in 0 256; do
+      QTOOL_MIXED_PDL_MAX_M=$bound timeout -k 10 "${BIG_TIMEOUT:-60}" python3 benchmarks/bench_kernels.py \
+        --formats w4a16-g128,w8a16-channel --tokens 128,256 --shapes 8192x28672,28672x8192 \
+        --json "$OUT/pdlbig_${bound}_$round.json" > /dev/null 2>&1
+    done
+    python3 dev/pdl_compare.py "$OUT/pdlbig_0_$round.json" "$OUT/pdlbig_256_$round.json"
   done
 }
 pdlsweep() {  # the W4 routes at 9-32 tokens re-swept under PDL (wo_gemm against the GEMM), merged on an H200 only
