@@ -10,7 +10,8 @@
 #           W4A16 decode at batch 16 off / on)
 #   call 2: bash dev/session46.sh pdlsweep w4table   (~4 min, H200 only: the W4 routes at 9-32 tokens re-swept under
 #           PDL, wo_gemm against the GEMM, merged into tuning.py; the W4 table with them)
-#   then:   bash dev/session44.sh chansweep4k w8a8table; bash dev/session45.sh w8a8ab fixedcost mm16ncu
+#   then:   bash dev/session46.sh w8a8pdl (fp8 / int8 with the W8A8 GEMM's PDL to 256 tokens against 64);
+#           bash dev/session44.sh chansweep4k w8a8table; bash dev/session45.sh w8a8ab fixedcost mm16ncu
 cd "$(dirname "$0")/.."
 LOG=session46.log
 source dev/gpu_setup.sh
@@ -54,6 +55,14 @@ pdlsweep() {  # the W4 routes at 9-32 tokens re-swept under PDL (wo_gemm against
 e2epdl() {  # the 8B W4A16 decode at batch 16 (batch 1 runs GEMVs only), the mixed GEMM's PDL off then on
   (export QTOOL_MIXED_PDL_MAX_M=0; bench8b "-pdl0" w4a16 "${E2E_BATCHES:-16}" 128 8)
   bench8b "-pdl" w4a16 "${E2E_BATCHES:-16}" 128 8
+}
+w8a8pdl() {  # the W8A8 GEMM (fp8, int8; libqtool_sm90) at 64-256 tokens under PDL to 64 tokens (the default), then 256
+  for bound in 64 256; do
+    step "W8A8 at 64-256 tokens, QTOOL_W8A8_PDL_MAX_M=$bound (benchmarks/bench_w8a8.py)"
+    QTOOL_W8A8_PDL_MAX_M=$bound timeout -k 10 "${W8A8_TIMEOUT:-120}" python3 benchmarks/bench_w8a8.py --tokens 64,128,256 \
+      --json "$OUT/w8a8pdl_$bound.json" > "/tmp/w8a8pdl_$bound.txt" 2>&1
+    echo "exit $?"; tail -${TABLE_TAIL:-20} "/tmp/w8a8pdl_$bound.txt"
+  done
 }
 w4table() {
   step "W4 g128 protocol table at 9-64 tokens (benchmarks/bench_kernels.py)"

@@ -111,7 +111,9 @@ SM90_CONFIGS = {**SM90_TILES, **{f"{name}-{order}": SM90_TILES[name] + bits for 
 # kernel before, act_quant, ahead of any global access, so any input is safe). Session 19 (H200, graph replay):
 # faster at 32 and 64 tokens on every shape (fp8 8192 x 8192 at 32: 26.0 -> 23.8 us, 4096 x 4096 at 64: 11.0 ->
 # 10.0), mixed to 1.5x slower at 256 (8192 x 28672: 107.9 -> 157.6 us): up to SM90_PDL_MAX_M tokens only.
-SM90_PDL, SM90_PDL_MAX_M = 16, 64
+# QTOOL_W8A8_PDL_MAX_M overrides the bound for A/Bs (session 46 found the mixed-input GEMM faster under PDL at 128
+# tokens on every shape, which session 19 did not time here).
+SM90_PDL, SM90_PDL_MAX_M = 16, int(os.environ.get("QTOOL_W8A8_PDL_MAX_M") or 64)
 # The same for the fp8-block GEMM (block_mm.PDL), on layers of at most BLOCK_PDL_MAX_K columns. Session 22 (H200,
 # graph replay, `dev/block_pdl_probe.py`): at k = 4096 faster on every shape and batch measured, 16-256 tokens (4096 x
 # 4096 at 64: 11.7 -> 11.0 us; 4096 x 6144 at 64: 13.4 -> 12.4), where act_quant is short and the GEMM's launch a
