@@ -232,7 +232,8 @@ def set_prefetch(nbytes: int = 0) -> None:
     """Bytes of weights each CTA of every loaded library's GEMMs prefetches into L2 from its prologue, before its
     first load and before it waits on the kernel before it under PDL (csrc/sm90/sm90_prefetch.cuh; QTOOL_GEMM_PREFETCH
     sets it at load), from the next call on; 0 turns it off. It moves no result bit. For A/Bs (dev/route_probe.py
-    --prefetch); off by default, unmeasured. A CUDA graph keeps the setting it was captured with."""
+    --prefetch); off by default: session 46 measured the W4 GEMM slower at every cap. A CUDA graph keeps the setting
+    it was captured with."""
     if not isinstance(nbytes, int) or not 0 <= nbytes <= PREFETCH_MAX:
         raise ValueError(f"set_prefetch: nbytes={nbytes!r}, expected an int in [0, {PREFETCH_MAX}]")
     for lib in ALL:

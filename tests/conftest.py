@@ -165,6 +165,25 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
 
 
+def w8a8_problem(act_quant, fmt: str, m: int, n: int, k: int, g: torch.Generator, bias: bool = False):
+    """A random per-token x per-channel W8A8 problem on g's device (fmt "int8" or "e4m3"): xq [m, k], xs [m], w
+    [n, k], ws [n], bias [n] or None, and the float64 reference [m, n] on the CPU. act_quant: the
+    `kernels.act_quant` op (or reference.quantize_activation)."""
+    from qtool_kernels import reference
+
+    dev = g.device
+    x = torch.randn(m, k, device=dev, generator=g, dtype=torch.bfloat16)
+    w = (torch.randint(-128, 128, (n, k), device=dev, generator=g, dtype=torch.int8) if fmt == "int8"
+         else (torch.randn(n, k, device=dev, generator=g) * 40).to(torch.float8_e4m3fn))
+    ws = torch.rand(n, device=dev, generator=g) / 100 + 1e-3
+    b = torch.randn(n, device=dev, generator=g) if bias else None
+    xq, xs = act_quant(x, fmt, 0, None)
+    xs = xs.reshape(-1).contiguous()
+    ref = reference.scaled_linear(xq.cpu(), xs.cpu().view(-1, 1), w.cpu(), ws.cpu().view(-1, 1),
+                                  None if b is None else b.cpu(), 0, 0, 0, torch.float64)
+    return xq, xs, w, ws, b, ref
+
+
 def random_weight(n, k, bits, group_size, symmetric=True, act_order=False, seed=0):
     """Random codes, scales, zero points and (optionally) an act-order g_idx, as a checkpoint stores them."""
     g = torch.Generator().manual_seed(seed)

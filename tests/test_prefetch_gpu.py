@@ -112,19 +112,12 @@ def test_prefetch_moves_no_bit(kernels, sm90, m, split, ktile, variant, pingpong
 @pytest.mark.parametrize("fmt", ["int8", "e4m3"])
 def test_w8a8_prefetch_moves_no_bit(kernels, sm90, config, fmt):
     """The W8A8 GEMMs' prefetch (the [n, k] rows of each CTA's first tile): 72 tokens, 3000 rows (ragged tiles)."""
-    from qtool_kernels import reference, scaled_mm
+    from conftest import w8a8_problem
+    from qtool_kernels import scaled_mm
 
     assert sm90.load(), sm90.reason()
     g = torch.Generator(device="cuda").manual_seed(len(config) + len(fmt))
-    m, n, k = 72, 3000, 2048
-    x = torch.randn(m, k, device="cuda", generator=g, dtype=torch.bfloat16)
-    w = (torch.randint(-128, 128, (n, k), device="cuda", generator=g, dtype=torch.int8) if fmt == "int8"
-         else (torch.randn(n, k, device="cuda", generator=g) * 40).to(torch.float8_e4m3fn))
-    ws = torch.rand(n, device="cuda", generator=g) / 100 + 1e-3
-    xq, xs = kernels.act_quant(x, fmt, 0, None)
-    xs = xs.reshape(-1).contiguous()
-    ref = reference.scaled_linear(xq.cpu(), xs.cpu().view(-1, 1), w.cpu(), ws.cpu().view(-1, 1), None, 0, 0, 0,
-                                  torch.float64)
+    xq, xs, w, ws, _, ref = w8a8_problem(kernels.act_quant, fmt, 72, 3000, 2048, g)
     runs = []
     for cap in (0, 4096, sm90.PREFETCH_MAX):
         sm90.set_prefetch(cap)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import w8a8_problem
 from qtool_kernels import sm90
 
 ORDERS = [(2, "heuristic"), (8, "heuristic"), (8, "m"), (4, "n"), (1, "n")]
@@ -70,19 +71,11 @@ def same_bits_in_every_order(run, ref: torch.Tensor, stream_k: bool = False) -> 
 @pytest.mark.parametrize("config", ["large", "pingpong", "large-2x2", "pingpong-2x2", "split", "skinny"])
 @pytest.mark.parametrize("fmt", ["int8", "e4m3"])
 def test_w8a8_gemm_in_every_order(kernels, default_order_after, config, fmt):
-    from qtool_kernels import reference, scaled_mm
+    from qtool_kernels import scaled_mm
 
     assert sm90.load(), sm90.reason()
     g = torch.Generator(device="cuda").manual_seed(len(config) + len(fmt))
-    m, n, k = 1100, 3000, 2048
-    x = torch.randn(m, k, device="cuda", generator=g, dtype=torch.bfloat16)
-    w = (torch.randint(-128, 128, (n, k), device="cuda", generator=g, dtype=torch.int8) if fmt == "int8"
-         else (torch.randn(n, k, device="cuda", generator=g) * 40).to(torch.float8_e4m3fn))
-    ws, bias = torch.rand(n, device="cuda", generator=g) / 100 + 1e-3, torch.randn(n, device="cuda", generator=g)
-    xq, xs = kernels.act_quant(x, fmt, 0, None)
-    xs = xs.reshape(-1).contiguous()
-    ref = reference.scaled_linear(xq.cpu(), xs.cpu().view(-1, 1), w.cpu(), ws.cpu().view(-1, 1), bias.cpu(), 0, 0, 0,
-                                  torch.float64)
+    xq, xs, w, ws, bias, ref = w8a8_problem(kernels.act_quant, fmt, 1100, 3000, 2048, g, bias=True)
     same_bits_in_every_order(lambda: torch.ops.qtool_cuda.sm90_scaled_mm(
         xq, w, xs, ws, bias, torch.bfloat16, scaled_mm.SM90_CONFIGS[config]), ref)
 
