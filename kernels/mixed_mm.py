@@ -83,6 +83,9 @@ class _Args(ctypes.Structure):  # csrc/sm90/sm90_mixed_mm.h, MixedMmArgs
 # cell of the six shapes at 9-128 tokens (4096 x 4096 W4 at 64 tokens 13.9 -> 11.1 us), and at 256 tokens off the
 # four weights of at most 8192 x 8192 (4096 x 4096 W4 0.93x -> 1.08x bf16) but not the two 28672-row ones
 # (three of their four cells slower, by up to 23 us). Early release moved cells both ways within ~1.4 us: off.
+# Session 47 (H200): the same 1.4-2.9 us off the W4 cells at 32-128 tokens (4096 x 4096 at 64 tokens 0.90x -> 1.14x);
+# on the 28672-row weights at 128-256 tokens, three alternated rounds put PDL level within a noise of up to 40 us
+# there, so the bound of 128 on them is a guard, not a measured loss.
 # QTOOL_MIXED_PDL_MAX_M sets both bounds (0: no PDL), for A/Bs.
 _PDL_ENV = os.environ.get("QTOOL_MIXED_PDL_MAX_M")
 PDL_MAX_M = int(_PDL_ENV or 128)  # any weight
