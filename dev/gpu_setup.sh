@@ -16,7 +16,7 @@ pack_out() {
   [ "$n" -le 8 ] && return 0
   (cd "$OUT" && find . -mindepth 1 -maxdepth 1 ! -name "$LOG" ! -name out.tar.gz -printf '%P\n' > /tmp/pack_list &&
    tar -czf out.tar.gz -T /tmp/pack_list && xargs -d '\n' rm -rf < /tmp/pack_list) &&
-    echo "packed $((n - 1)) files of \$OUT into out.tar.gz ($(du -h "$OUT/out.tar.gz" | cut -f1))"
+    echo "packed \$OUT ($n files with the log) into out.tar.gz ($(du -h "$OUT/out.tar.gz" | cut -f1))"
 }
 trap pack_out EXIT
 
