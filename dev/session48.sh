@@ -9,6 +9,7 @@
 #           re-swept under PDL and merged; then the 8B W4A16 decode at batch 16 on them, prefill 128 to fit)
 #   call 2: bash dev/session48.sh e2e1 wotable         (~8 min: batch 1 and prefill 1 x 2048; issue 19's whole table)
 # Copy $OUT/tuning.py back into kernels/tuning.py after call 1 (`tar -xzf out.tar.gz` first if gpu_setup packed it).
+# Added in session 48: e2elm (batches 1 / 16 with --quantize-lm-head), splitab (W8A16's split route off / on).
 cd "$(dirname "$0")/.."
 LOG=session48.log
 source dev/gpu_setup.sh
@@ -32,6 +33,18 @@ e2e16() {  # the 8B W4A16 decode at batch 16 on the merged routes (prefill 128: 
 }
 e2e1() {  # batch 1 and prefill 1 x 2048
   E2E_TIMEOUT=${E2E_TIMEOUT:-200} bench8b "-bs1" w4a16 1 2048 9
+}
+e2elm() {  # batches 1 and 16 with lm_head quantized too (opt-in --quantize-lm-head; bf16 lm_head: 237 us of the step)
+  E2E_TIMEOUT=${E2E_TIMEOUT:-240} bench8b "-lmhead" w4a16 1,16 128 12 --quantize-lm-head
+}
+splitab() {  # W8A16's two-int8-plane route (weight_only.SPLIT) on against off on its weights, one process each
+  for setting in 0,0,0 33,256,25165824; do
+    step "W8A16 4096 x 4096 / 4096 x 6144 at 33-256 tokens, QTOOL_ROWS_SPLIT=$setting"
+    QTOOL_ROWS_SPLIT=$setting timeout -k 10 "${SPLIT_TIMEOUT:-90}" python3 benchmarks/bench_kernels.py \
+      --formats w8a16-channel --shapes 4096x4096,4096x6144 --tokens 33,64,128,256 \
+      --json "$OUT/splitab_${setting//,/_}.json" > /tmp/splitab.txt 2>&1
+    echo "exit $?"; tail -12 /tmp/splitab.txt
+  done
 }
 for stage in "$@"; do "$stage"; done
 step "done"

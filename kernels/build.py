@@ -271,6 +271,7 @@ def _weight_only_path() -> str:
         GEMM_MAX_M,
         MIXED_MIN_M,
         RING_M3_MAX_K,
+        SPLIT,
         STREAM_LONG_K,
         STREAM_SMALL_MAX_N,
         V3_MAX_M,
@@ -300,9 +301,10 @@ def _weight_only_path() -> str:
                 "wo_planes_gemv (int8_planes.lowbit_planes_route; QTOOL_LOWBIT_PLANES=0: off)" if LOWBIT_PLANES else "")
              + ")")
     rows = ("8-bit symmetric per-channel layers row-major on qtool_cuda w8_gemv (to 4 tokens, 16 on weights of <= "
-            "8192 x 8192, 32 on <= 4096 x 6144: weight_only.rows_gemv), then on weights of <= 4096 x 6144 at 33-256 "
-            "tokens two int8 planes of the activations on the int8 GEMM (split_mm.py, weight_only.SPLIT), then the "
-            "Hopper copy's route")
+            "8192 x 8192, 32 on <= 4096 x 6144: weight_only.rows_gemv), then the Hopper copy's route"
+            + (f" (two int8 planes of the activations on the int8 GEMM at {SPLIT[0]}-{SPLIT[1]} tokens on weights "
+               f"of <= {SPLIT[2]} elements first: split_mm.py, QTOOL_ROWS_SPLIT)" if SPLIT[0] <= SPLIT[1] and
+               SPLIT[1] > 0 else ""))
     return (f"{rows}; {gemvs}; {mixed}; otherwise wo_gemm_v3 ({V3_MIN_M}-{V3_MAX_M} tokens; "
             f"wo_gemm before sm_90), wo_gemm (m <= {GEMM_MAX_M}); dequant_int + cuBLAS; 2-3-bit layers at their "
             "own width in the GEMVs to 8 tokens, then the 4-bit Hopper copy or dequant_int + cuBLAS; groups of 16: "

@@ -11,7 +11,8 @@ Why: on small weights at 33-256 tokens the mixed-input GEMM (int8 -> bf16 in reg
 same codes at W8A8's speed; twice the rows cost a bandwidth-bound int8 GEMM little. Measured (session 23, H200): 4096
 x 4096 at 64-128 tokens 0.65-0.70x -> 0.79x, 4096 x 6144 at 64 0.78x -> 0.88x; slower on larger weights, where the
 mixed-input GEMM already runs 1.0-1.5x, and at 512 tokens (compute-bound: 2m int8 rows take as long as m bf16 rows).
-weight_only.SPLIT routes it where it won.
+weight_only.SPLIT routed it there from session 23; since session 48 it is off by default (the mixed-input GEMM under
+PDL with ordered split adds now wins those cells: 4096 x 4096 at 64 tokens 12.7 against 16.9 us) and kept for A/Bs.
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 
 Dispatch on m = tokens:
   rows layout       8-bit symmetric per-channel weights packed row-major (layout.pack_rows, where takes_rows):
-                    qtool_cuda::w8_gemv up to 4-32 tokens by size (rows_gemv), then on small weights at
-                    33-256 tokens two int8 planes of the activations on the int8 GEMM (split_mm.py, SPLIT),
-                    then the Hopper copy's route; without a copy w8_gemv in slices to 64 tokens, then
+                    qtool_cuda::w8_gemv up to 4-32 tokens by size (rows_gemv), then the Hopper copy's
+                    route (two int8 planes of the activations on the int8 GEMM, split_mm.py, where SPLIT
+                    says: off by default since session 48); without a copy w8_gemv in slices to 64 tokens, then
                     dequantized rows + cuBLAS
   m <= 8            gemv_kind: qtool_cuda::wo_gemv variant 3 ("stream") or the ring GEMV (variants 0-2), by
                     session 15's measured rule (below), or None: the kernels past them
@@ -128,7 +128,13 @@ W8_ROWS_MAX_M = 32
 # weight, where the mixed-input GEMM already ran 1.0-1.5x bf16 at 64 tokens (8192 x 8192: 31.3 -> 33.9 us), and at
 # 512 tokens everywhere. Call 4 (33-256 tokens): 4096 x 6144 20.6 / 20.4 / 24.2 / 31.0 -> 20.4 / 18.3 / 21.9 / 30.2
 # us at 33 / 64 / 128 / 256 (bf16 16.0-21.4), 4096 x 4096 again 18.6 / 20.2 -> 15.8 / 17.7 at 64 / 128.
-# QTOOL_ROWS_SPLIT="FIRST,LAST,MAX_WEIGHT" (read at import) sets it for one process (A/Bs).
+# Off since session 48: the mixed-input GEMM under PDL with ordered split adds (sessions 43-47) overtook it. Issue 19's
+# table (H200) had the layer at 4096 x 4096 and 64 tokens at 16.0 us on this route against 12.1 for the mixed GEMM
+# alone in the same run (bf16 12.6), and the A/B (`dev/session48.sh splitab`, one H100, one process per setting, graph
+# us, off / on) put the Hopper route ahead at every cell: 4096 x 4096 at 33 / 64 / 128 / 256 tokens 13.0 / 12.7 /
+# 15.9 / 19.4 against 19.5 / 16.9 / 18.3 / 23.2, 4096 x 6144 16.3 / 16.3 / 20.0 / 29.5 against 21.3 / 20.4 / 22.8 /
+# 32.6. The route stays for A/Bs: QTOOL_ROWS_SPLIT="FIRST,LAST,MAX_WEIGHT" (read at import; "33,256,25165824" was
+# the default before).
 def _split_setting(raw: str) -> tuple[int, int, int]:
     try:
         first, last, max_weight = (int(v) for v in raw.split(","))
@@ -137,7 +143,7 @@ def _split_setting(raw: str) -> tuple[int, int, int]:
     return first, last, max_weight
 
 
-SPLIT = _split_setting(os.environ.get("QTOOL_ROWS_SPLIT", f"33,256,{4096 * 6144}"))
+SPLIT = _split_setting(os.environ.get("QTOOL_ROWS_SPLIT", "0,0,0"))  # (0, 0, 0): off
 SPLIT_MEASURED = True
 ROWS_SLICES = 2
 ROWS_MID_WEIGHT = 8192 * 8192
