@@ -6,6 +6,10 @@
 # wo_gemm to the Hopper GEMM (each faster alone in the protocol). So:
 #   call 1: bash dev/session49.sh routeab w8table    (~6 min: the two route tables alternated inside the 8B step,
 #           two rounds; W8A16's row at 33-256 tokens with the split route off, on the H200)
+#   call 2: bash dev/session49.sh smallsweep         (~4 min: W4 / W8 on 4096 x 4096 and 4096 x 6144 at 64-256 and
+#           4096 tokens re-swept under PDL and merged; session 48's table had W4 4096 x 4096 at 4096 tokens at 0.88x
+#           with the default schedule 15 us faster than the route, and W8 there at 128-256 tokens below 0.95x)
+# Copy $OUT/tuning.py back into kernels/tuning.py after call 2 (`tar -xzf out.tar.gz` first if gpu_setup packed it).
 cd "$(dirname "$0")/.."
 LOG=session49.log
 source dev/gpu_setup.sh
@@ -28,6 +32,18 @@ w8table() {  # W8A16 at 33-256 tokens with weight_only.SPLIT off (session 48), b
   timeout -k 10 "${W8_TIMEOUT:-120}" python3 benchmarks/bench_kernels.py --formats w8a16-channel \
     --tokens 33,64,128,256 --json "$OUT/w8table.json" > /tmp/w8table.txt 2>&1
   echo "exit $?"; tail -28 /tmp/w8table.txt
+}
+smallsweep() {  # the small weights' routes at 64-256 and 4096 tokens, under PDL (merged on the H200)
+  step "W4 / W8 on 4096 x 4096 and 4096 x 6144 at 64-256 and 4096 tokens (dev/mixed_sweep.py)"
+  timeout -k 10 "${SWEEP_TIMEOUT:-200}" python3 dev/mixed_sweep.py --formats w4a16-g128,w8a16-channel \
+    --shapes 4096x4096,4096x6144 --tokens ${SWEEP_TOKENS:-64,128,256,4096} --budget "${SWEEP_BUDGET:-170}" \
+    --json "$OUT/smallsweep.json" > /tmp/smallsweep.txt 2>&1
+  echo "exit $?"; python3 dev/mixed_sweep.py --show "$OUT/smallsweep.json" 2>&1 | tail -18
+  case "$GPU" in
+    *H200*) python3 dev/mixed_sweep.py --emit "$OUT/smallsweep.json" --merge && cp kernels/tuning.py "$OUT/tuning.py"
+            git diff --stat kernels/tuning.py ;;
+    *) echo "not merged: routes are tuned on the H200 ($GPU)" ;;
+  esac
 }
 for stage in "$@"; do "$stage"; done
 step "done"
