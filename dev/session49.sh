@@ -9,6 +9,8 @@
 #   call 2: bash dev/session49.sh smallsweep         (~4 min: W4 / W8 on 4096 x 4096 and 4096 x 6144 at 64-256 and
 #           4096 tokens re-swept under PDL and merged; session 48's table had W4 4096 x 4096 at 4096 tokens at 0.88x
 #           with the default schedule 15 us faster than the route, and W8 there at 128-256 tokens below 0.95x)
+#   call 3: bash dev/session49.sh e2ew8head          (~4 min: the 8B W4A16 decode with lm_head at 8 bits per channel,
+#           which cost nothing measurable on SmolLM2, where a 4-bit head gave 2.54x at batch 1 but +35% perplexity)
 # Copy $OUT/tuning.py back into kernels/tuning.py after call 2 (`tar -xzf out.tar.gz` first if gpu_setup packed it).
 cd "$(dirname "$0")/.."
 LOG=session49.log
@@ -44,6 +46,9 @@ smallsweep() {  # the small weights' routes at 64-256 and 4096 tokens, under PDL
             git diff --stat kernels/tuning.py ;;
     *) echo "not merged: routes are tuned on the H200 ($GPU)" ;;
   esac
+}
+e2ew8head() {  # batches 1 and 16, lm_head W8 per channel (qtool bench --lm-head-scheme w8a16)
+  E2E_TIMEOUT=${E2E_TIMEOUT:-240} bench8b "-w8head" w4a16 1,16 128 12 --quantize-lm-head --lm-head-scheme w8a16
 }
 for stage in "$@"; do "$stage"; done
 step "done"

@@ -33,6 +33,7 @@ from .cli_options import (
     FormatOpt,
     GpusOpt,
     GroupSizeOpt,
+    LmHeadOpt,
     MethodOpt,
     ModelArg,
     MoEAllExpertsOpt,
@@ -103,6 +104,7 @@ def quantize(
     compute_dtype: ComputeDtypeOpt = "float32",
     gpus: GpusOpt = None,
     moe_calibrate_all_experts: MoEAllExpertsOpt = False,
+    quantize_lm_head: LmHeadOpt = False,
 ) -> None:
     """Quantize MODEL layer by layer and write a packed safetensors checkpoint.
 
@@ -121,7 +123,7 @@ def quantize(
     check_range("--damp", damp, low=0)
     values = (damp, act_order, static_groups, true_sequential, clip, duo_scaling, alpha, weights_method)
     settings = {name: v for name, v in zip(SETTING_OPTIONS.values(), values, strict=True) if v is not None}
-    plan = _choose_recipe(recipe, method, scheme, bits, group_size, symmetric, settings)
+    plan = _choose_recipe(recipe, method, scheme, bits, group_size, symmetric, settings, quantize_lm_head)
     data = partial(_calibration, dataset=dataset, dataset_config=dataset_config, split=split,
                    text_column=text_column, num_samples=num_samples, seq_len=seq_len, seed=seed, batch_size=batch_size)
     result = quantize_to_directory(model, output, plan, calibration=data, calibration_stats=calibration,
@@ -158,16 +160,18 @@ def _start_processes(device: str | None, gpus: int | None) -> tuple[Collective, 
 
 
 def _choose_recipe(recipe: Path | None, method: str | None, scheme: str | None, bits: int | None,
-                   group_size: int | None, symmetric: bool | None, settings: dict) -> Recipe:
+                   group_size: int | None, symmetric: bool | None, settings: dict, lm_head: bool = False) -> Recipe:
     """The recipe file, which then must be the only source of method, scheme and settings; else a
-    one-entry recipe from the options."""
+    one-entry recipe from the options (lm_head: quantize lm_head too)."""
     from .recipe import Recipe
 
     if recipe is None:
-        return single_recipe(method or "rtn", scheme, bits, group_size, symmetric, settings)
+        plan = single_recipe(method or "rtn", scheme, bits, group_size, symmetric, settings)
+        return plan.with_lm_head() if lm_head else plan
     given = [opt for opt, value in (("--method", method), ("--scheme", scheme), ("--bits", bits),
                                     ("--group-size", group_size), ("--symmetric/--asymmetric", symmetric))
              if value is not None] + [o for o, n in SETTING_OPTIONS.items() if n in settings]
+    given += ["--quantize-lm-head"] * lm_head
     if given:
         raise ValueError(f"{given[0]} does not apply with --recipe: set it in the recipe {recipe}")
     return Recipe.load(recipe)

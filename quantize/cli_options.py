@@ -57,6 +57,9 @@ SchemeOpt = Annotated[str | None, typer.Option(help="Named preset, e.g. w4a16, w
 RecipeOpt = Annotated[Path | None, typer.Option(help="YAML recipe (configs/*.yaml), instead of --method, --scheme "
                                                      "and the weight and method options.")]
 BitsOpt = Annotated[int | None, typer.Option(help="Weight bits (1-8; 1: binary) of integer weight-only schemes.")]
+LmHeadOpt = Annotated[bool, typer.Option("--quantize-lm-head", help="Quantize lm_head too, round to nearest with the "
+                                          "run's scheme (a tied head is untied first). Off by default: every logit "
+                                          "goes through it. README: what it costs and buys.")]
 GroupSizeOpt = Annotated[int | None, typer.Option("--group-size", help="Inputs per scale of integer weight-only "
                                                   "schemes; -1 = one scale per output channel.")]
 SymmetricOpt = Annotated[bool | None, typer.Option("--symmetric/--asymmetric", help="Zero points or not "

@@ -142,6 +142,8 @@ def bench(
     scheme: Annotated[str | None, typer.Option(help="With --random-weights: quantize with this preset (RTN).")] = None,
     quantize_lm_head: Annotated[bool, typer.Option("--quantize-lm-head", help="With --scheme: quantize lm_head too "
                                                    "(presets leave it in the original precision).")] = False,
+    lm_head_scheme: Annotated[str | None, typer.Option("--lm-head-scheme", help="With --quantize-lm-head: lm_head's "
+                                                     "preset (default: --scheme's), e.g. w8a16.")] = None,
     batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Decode batch sizes, comma-separated.")] = "1,16",
     decode_tokens: Annotated[int, typer.Option("--decode-tokens")] = 64,
     prefill_len: Annotated[int, typer.Option("--prefill-len")] = 2048,
@@ -179,6 +181,8 @@ def bench(
     if quantize_lm_head and (scheme is None or not random_weights):
         raise ValueError("--quantize-lm-head applies to --random-weights --scheme runs; a checkpoint's lm_head "
                          "is whatever its recipe made it")
+    if lm_head_scheme is not None and not quantize_lm_head:
+        raise ValueError(f"--lm-head-scheme {lm_head_scheme} applies with --quantize-lm-head")
     sizes = _batch_sizes(batch_sizes)
     opts = dict(batch_sizes=sizes, decode_tokens=decode_tokens, prefill_len=prefill_len, decode_mode=decode_mode,
                 profile=profile)
@@ -186,7 +190,8 @@ def bench(
     used_attention = set()
     attention = _attention_setter(attn_implementation, prefill_len + decode_tokens, used_attention)
     if random_weights:
-        results = _bench_random_weights(model, scheme, quantize_lm_head, (fuse, fuse_baseline), device,
+        head = (lm_head_scheme or scheme) if quantize_lm_head else None
+        results = _bench_random_weights(model, scheme, head, (fuse, fuse_baseline), device,
                                         getattr(torch, dtype_name), attention, opts)
     else:
         results = _bench_checkpoints(model, base, (fuse, fuse_baseline), device, dtype_name, attention, opts)
@@ -244,16 +249,13 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
-def _bench_random_weights(config: str, scheme: str | None, quantize_lm_head: bool, fuse: tuple[bool, bool],
+def _bench_random_weights(config: str, scheme: str | None, lm_head: str | None, fuse: tuple[bool, bool],
                           device: str, dtype, attention, opts: dict) -> dict:
     """`qtool bench --random-weights`: the float model of `config`, then (with a scheme) its RTN quantization.
-    fuse: (--fuse, --fuse-baseline)."""
-    from dataclasses import replace
-
+    lm_head: the preset lm_head is quantized with (None: left in the original precision); fuse: (--fuse,
+    --fuse-baseline)."""
     from .bench import bench_model, compare, print_bench
     from .quantizer import quantize_model
-    from .recipe import Recipe
-    from .scheme import preset
     from .shapes import random_model
 
     label = f"{config} {str(dtype).removeprefix('torch.')}"
@@ -266,13 +268,27 @@ def _bench_random_weights(config: str, scheme: str | None, quantize_lm_head: boo
     if fuse[1]:  # a fused model does not quantize: the same random weights again (random_model's fixed seed)
         del base_model
         base_model = attention(random_model(config, dtype=dtype, device=device))
-    chosen = replace(preset(scheme), ignore=()) if quantize_lm_head else preset(scheme)
-    quantize_model(base_model, Recipe.single(chosen, "rtn"), device=device, progress=False)
+    quantize_model(base_model, bench_plan(scheme, lm_head), device=device, progress=False)
     fused = _fuse(base_model, fuse, f"{config} {scheme}")
     q_result = bench_model(base_model, **opts)
     print_bench(q_result, f"{config} {scheme}", baseline=base_result, console=console)
     return {"base": base_result.to_dict(), "quantized": q_result.to_dict(),
             "ratios": compare(base_result, q_result), "base_fused": base_fused, **fused}
+
+
+def bench_plan(scheme: str, lm_head: str | None):
+    """The recipe of `qtool bench --random-weights --scheme`: RTN with the preset `scheme`, and lm_head with the
+    preset `lm_head` (None: lm_head left in the original precision, as every preset leaves it)."""
+    from dataclasses import replace
+
+    from .recipe import Recipe, RecipeEntry
+    from .scheme import LM_HEAD, preset
+
+    plan = Recipe.single(preset(scheme), "rtn")
+    if lm_head is None:
+        return plan
+    head = RecipeEntry(replace(preset(lm_head), targets=(LM_HEAD,), ignore=()), "rtn")
+    return Recipe((head, *plan.entries))  # the head's entry first: the first matching entry wins
 
 
 def _fuse(model, fuse: tuple[bool, bool], label: str) -> dict:

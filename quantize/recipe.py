@@ -27,7 +27,7 @@ from typing import Any
 import torch.nn as nn
 import yaml
 
-from .scheme import QuantScheme, SchemeError, preset
+from .scheme import LM_HEAD, QuantScheme, SchemeError, preset
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,13 @@ class Recipe:
         if not out:
             raise SchemeError("the recipe matches no Linear layer of this model; check its targets")
         return out
+
+    def with_lm_head(self) -> Recipe:
+        """This recipe with lm_head quantized too: the default LM_HEAD pattern dropped from every ignore list (any
+        other pattern stays). The layers outside the decoder blocks get round-to-nearest weights (pipeline.py)."""
+        entries = tuple(replace(e, scheme=replace(e.scheme, ignore=_without_lm_head(e.scheme.ignore)))
+                        for e in self.entries)
+        return Recipe(entries, _without_lm_head(self.ignore))
 
     @property
     def methods(self) -> list[str]:
@@ -111,3 +118,7 @@ class Recipe:
         if not isinstance(data, dict):
             raise SchemeError(f"recipe {path} must be a mapping with 'entries'")
         return cls.from_dict(data)
+
+
+def _without_lm_head(patterns: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(p for p in patterns if p != LM_HEAD)

@@ -160,6 +160,11 @@ class QuantArgs:
         return cls(**d)
 
 
+# The output projection is left in the original precision by default (llm-compressor's recipes do the same): it is
+# one layer, but every logit goes through it. `qtool quantize --quantize-lm-head` drops this pattern.
+LM_HEAD = r"(^|\.)lm_head$"
+
+
 @dataclass(frozen=True)
 class QuantScheme:
     """How a set of linear layers is quantized.
@@ -173,7 +178,7 @@ class QuantScheme:
     weights: QuantArgs
     input_activations: QuantArgs | None = None
     targets: tuple[str, ...] = (r".*",)
-    ignore: tuple[str, ...] = (r"(^|\.)lm_head$",)
+    ignore: tuple[str, ...] = (LM_HEAD,)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "targets", tuple(self.targets))

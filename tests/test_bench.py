@@ -174,6 +174,22 @@ def test_bench_cli_quantizes_lm_head_on_request(tmp_path, monkeypatch):
     assert figures["switches"]["QTOOL_GEMM_SWIZZLE"] == "8"
     res = runner.invoke(app, [*common, "--quantize-lm-head"])
     assert res.exit_code == 2 and "--quantize-lm-head" in res.output
+    res = runner.invoke(app, [*common, "--scheme", "w4a16", "--lm-head-scheme", "w8a16"])
+    assert res.exit_code == 2 and "--lm-head-scheme w8a16 applies with --quantize-lm-head" in res.output
+
+
+def test_bench_plan_quantizes_lm_head_with_its_own_preset():
+    """--quantize-lm-head --lm-head-scheme: the head takes its preset, every other linear --scheme's; without it the
+    head stays float."""
+    from conftest import tiny_llama
+    from quantize.cli_tools import bench_plan
+
+    model = tiny_llama()
+    mixed = bench_plan("w4a16", "w8a16").assign(model)
+    assert mixed["lm_head"].scheme.weights.num_bits == 8
+    assert {e.scheme.weights.num_bits for name, e in mixed.items() if name != "lm_head"} == {4}
+    assert "lm_head" not in bench_plan("w4a16", None).assign(model)
+    assert bench_plan("w4a16", "w4a16").assign(model)["lm_head"].scheme.weights.num_bits == 4
 
 
 def test_bench_cli_attention_implementation(tmp_path):

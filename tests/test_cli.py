@@ -57,6 +57,7 @@ def test_quantize_then_inspect(tiny_model_dir, tmp_path, extra):
     (["--group-size", "0"], "group size must be a positive number of inputs, or -1 for per channel; got 0"),
     (["--recipe", "configs/w4a16-rtn.yaml", "--group-size", "32"], "--group-size does not apply with --recipe"),
     (["--recipe", "configs/w4a16-rtn.yaml", "--method", "gptq"], "--method does not apply with --recipe"),
+    (["--recipe", "configs/w4a16-rtn.yaml", "--quantize-lm-head"], "--quantize-lm-head does not apply with --recipe"),
 ])
 def test_bad_input_is_one_line_exit_2(tiny_model_dir, tmp_path, args, fragment):
     res = run("quantize", tiny_model_dir, "--output", tmp_path / "q", *args)
@@ -64,6 +65,32 @@ def test_bad_input_is_one_line_exit_2(tiny_model_dir, tmp_path, args, fragment):
     assert fragment in res.output
     assert "Traceback" not in res.output
     assert not (tmp_path / "q").exists()
+
+
+def test_quantize_lm_head(tiny_model_dir, tmp_path):
+    """--quantize-lm-head: the head becomes a QuantLinear of the run's scheme (round to nearest), the tied embedding
+    stays the source's float weight, and the logits move by no more than that rounding."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from quantize import load_checkpoint
+    from quantize.linear import QuantLinear
+
+    res = run("quantize", tiny_model_dir, "--output", tmp_path / "q", "--bits", "4", "--group-size", "32",
+              "--quantize-lm-head")
+    assert res.exit_code == 0, res.output
+    assert run("inspect", tmp_path / "q", "--json", tmp_path / "i.json").exit_code == 0
+    assert json.loads((tmp_path / "i.json").read_text())["quantized_layers"] == 15  # 14 + lm_head
+    source = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model, _ = load_checkpoint(tmp_path / "q")
+    assert isinstance(model.lm_head, QuantLinear)
+    torch.testing.assert_close(model.model.embed_tokens.weight, source.model.embed_tokens.weight)
+    # every weight on its group's 4-bit grid, within half a step (max |w| / 7 per group of 32) of the source
+    w, deq = source.lm_head.weight.double(), model.lm_head.dequantize_weight(torch.float64)
+    step = w.abs().unflatten(1, (-1, 32)).amax(-1, keepdim=True).div(7).expand(-1, -1, 32).flatten(1)
+    assert not torch.equal(deq, w) and ((deq - w).abs() <= step / 2 + 1e-6).all()
+    hidden = torch.randn(3, source.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(model.lm_head(hidden).double(), hidden.double() @ deq.T, rtol=1e-4, atol=1e-5)
 
 
 def test_missing_model_and_existing_output(tiny_model_dir, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,9 @@ def test_recipe_runs(path, wide_model_dir, tmp_path):
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     _, qconfig = load_checkpoint(tmp_path / "q")
-    assert len(qconfig.module_schemes()) == 14
+    schemes = qconfig.module_schemes()
+    head = not any(re.search(i, "lm_head") for i in recipe.ignore) and any(e.matches("lm_head") for e in recipe.entries)
+    assert len(schemes) == 14 + head and ("lm_head" in schemes) == head
 
 
 def test_mixed_recipe_keeps_fragile_layers_at_8_bits(tiny_model_dir, tmp_path):
