@@ -12,7 +12,8 @@ same codes at W8A8's speed; twice the rows cost a bandwidth-bound int8 GEMM litt
 x 4096 at 64-128 tokens 0.65-0.70x -> 0.79x, 4096 x 6144 at 64 0.78x -> 0.88x; slower on larger weights, where the
 mixed-input GEMM already runs 1.0-1.5x, and at 512 tokens (compute-bound: 2m int8 rows take as long as m bf16 rows).
 weight_only.SPLIT routed it there from session 23; since session 48 it is off by default (the mixed-input GEMM under
-PDL with ordered split adds now wins those cells: 4096 x 4096 at 64 tokens 12.7 against 16.9 us) and kept for A/Bs.
+PDL with ordered split adds now wins those cells: 4096 x 4096 at 64 tokens 12.7 against 16.9 us in the H100 A/B)
+and kept for A/Bs.
 """
 
 from __future__ import annotations

@@ -68,8 +68,9 @@ def test_bad_input_is_one_line_exit_2(tiny_model_dir, tmp_path, args, fragment):
 
 
 def test_quantize_lm_head(tiny_model_dir, tmp_path):
-    """--quantize-lm-head: the head becomes a QuantLinear of the run's scheme (round to nearest), the tied embedding
-    stays the source's float weight, and the logits move by no more than that rounding."""
+    """--quantize-lm-head: the head becomes a QuantLinear of the run's scheme (round to nearest: every weight within
+    half a grid step of the source), the tied embedding stays the source's float weight, and the head computes with
+    the rounded weights."""
     import torch
     from transformers import AutoModelForCausalLM
 
