@@ -29,6 +29,39 @@ routeab() {  # tuning.py before session 47's merge (33da1e9) against this one, a
   done
   cp /tmp/tuning_now.py kernels/tuning.py
 }
+route16ab() {  # which of the four fused 8B lines (reverted one at a time to 33da1e9) costs the batch-16 step
+  cp kernels/tuning.py /tmp/tuning_now.py
+  git show 33da1e9:kernels/tuning.py > /tmp/tuning_before.py
+  for variant in ${AB_VARIANTS:-now before qkv o gateup down}; do
+    python3 - "$variant" <<'PY'
+import sys
+lines = {"qkv": "(4, 4096, 6144)", "o": "(4, 4096, 4096)", "gateup": "(4, 4096, 28672)", "down": "(4, 14336, 4096)"}
+variant = sys.argv[1]
+now, before = open("/tmp/tuning_now.py").read(), open("/tmp/tuning_before.py").read()
+if variant == "before":
+    now = before
+elif variant in lines:
+    key = "    " + lines[variant] + ":"
+    old = next(line for line in now.splitlines() if line.startswith(key))
+    new = next(line for line in before.splitlines() if line.startswith(key))
+    now = now.replace(old, new)
+open("kernels/tuning.py", "w").write(now)
+PY
+    E2E_TIMEOUT=${E2E_TIMEOUT:-110} bench8b "-bs16-$variant" w4a16 16 128 6
+  done
+  cp /tmp/tuning_now.py kernels/tuning.py
+}
+fixab() {  # the 9-16-token fix against it plus 33da1e9's 32-token q/k/v and gate/up routes, batches 16 and 32
+  cp kernels/tuning.py /tmp/tuning_fix.py
+  for round in 1 2; do
+    for variant in fix fix32; do
+      cp /tmp/tuning_fix.py kernels/tuning.py
+      [ "$variant" = fix32 ] && python3 dev/setroutes.py "4,4096,6144:32=wo_gemm" "4,4096,28672:32=k128 t32 v1 s0"
+      E2E_TIMEOUT=${E2E_TIMEOUT:-110} bench8b "-$variant$round" w4a16 16,32 128 9
+    done
+  done
+  cp /tmp/tuning_fix.py kernels/tuning.py
+}
 w8table() {  # W8A16 at 33-256 tokens with weight_only.SPLIT off (session 48), bf16 in the same run
   step "W8A16 at 33-256 tokens, the split route off"
   timeout -k 10 "${W8_TIMEOUT:-120}" python3 benchmarks/bench_kernels.py --formats w8a16-channel \
