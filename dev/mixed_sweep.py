@@ -5,6 +5,13 @@ bf16 F.linear, the dispatcher, wo_gemm and dequant + cuBLAS: the data kernels/tu
     python3 dev/mixed_sweep.py --formats w4a16-g128 --tokens 64,128,256 --json sweep.json [--budget 250]
     python3 dev/mixed_sweep.py --show sweep.json          # the best schedule per cell, from a saved run
     python3 dev/mixed_sweep.py --emit sweep4.json sweep8.json   # kernels/tuning.py's SCHEDULES entries
+    python3 dev/mixed_sweep.py --after norm ...           # each call after an add + RMSNorm, as in the model
+
+--after norm times every call behind the kernel that feeds the layer in a decode step: Inductor's add + RMSNorm,
+compiled with the step's options (PDL on Hopper), its output the layer's input. Back to back (the default, issue
+19's protocol), each GEMM's prologue overlaps the previous GEMM's tail under PDL; session 49 found three schedules
+that won at 16 tokens that way and lost 5% of the 8B batch-16 step. Timings then include the norm (`pre`, timed
+alone beside them); speedups are shown on the layer's share (time - pre), the ranking is the same.
 
 Results are written after every cell, so a run cut by its time limit keeps what it measured.
 """
@@ -13,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import json
 import os
 import sys
@@ -69,27 +77,44 @@ def name(s: dict) -> str:
     return f"k{s['ktile']}/t{s['token_tile'] or 'm'}/v{s['variant']}/s{s['split']}"
 
 
-def time_cell(fmt: str, m: int, dense: Rotation, packed: Rotation, kernels, sms: int) -> dict:
-    """One (format, shape, M) cell: bf16, the dispatcher, wo_gemm / dequant + cuBLAS and every schedule."""
+@functools.cache  # one compile per (m, k)
+def add_rmsnorm(m: int, k: int):
+    """x [m, k] -> RMSNorm(x + residual) [m, k]: the kernel before q/k/v and gate/up in a decode step, compiled as
+    `qtool bench` compiles the step (less its CUDA graphs: the sweep captures its own)."""
+    from quantize.bench import decode_compile_options
+
+    residual = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    weight = torch.rand(k, device="cuda", dtype=torch.bfloat16) + 0.5
+    options = {key: v for key, v in decode_compile_options().items() if key != "triton.cudagraphs"}
+    return torch.compile(lambda x: F.rms_norm(x + residual, (k,), weight, 1e-5), options=options)
+
+
+def time_cell(fmt: str, m: int, dense: Rotation, packed: Rotation, kernels, sms: int, after: str = "none") -> dict:
+    """One (format, shape, M) cell: bf16, the dispatcher, wo_gemm / dequant + cuBLAS and every schedule; with
+    after="norm" each call behind add_rmsnorm (module docstring), whose time alone is the row's "pre"."""
     bits, _ = FORMATS[fmt]
     p0 = packed.items[0]
     n, k = p0.out_features, p0.in_features
-    x = torch.randn(m, p0.k_padded, device="cuda", dtype=torch.bfloat16)
-    row = {"format": fmt, "K": k, "N": n, "M": m, "bf16": graph_ms(lambda: F.linear(x, dense())),
-           "auto": graph_ms(lambda: packed_linear(x, packed(), None, kernels)), "kernels": {}}
+    x0 = torch.randn(m, p0.k_padded, device="cuda", dtype=torch.bfloat16)
+    norm = add_rmsnorm(m, p0.k_padded) if after == "norm" else None
+    x = (lambda: norm(x0)) if norm else (lambda: x0)
+    row = {"format": fmt, "K": k, "N": n, "M": m, "after": after, "pre": graph_ms(x) if norm else 0.0,
+           "bf16": graph_ms(lambda: F.linear(x(), dense())),
+           "auto": graph_ms(lambda: packed_linear(x(), packed(), None, kernels)), "kernels": {}}
     if m <= 64:
         row["kernels"]["wo_gemm"] = graph_ms(lambda: kernels.wo_gemm(
-            x, packed().qweight, p0.scale, p0.zero, None, bits, p0.group_size, n, EPILOGUE))
+            x(), packed().qweight, p0.scale, p0.zero, None, bits, p0.group_size, n, EPILOGUE))
     if m >= 128:
-        row["kernels"]["dequant+cublas"] = graph_ms(lambda: F.linear(x, kernels.dequant_int(
-            packed().qweight, p0.scale, p0.zero, bits, p0.group_size, n, x.dtype)))
+        row["kernels"]["dequant+cublas"] = graph_ms(lambda: F.linear(x(), kernels.dequant_int(
+            packed().qweight, p0.scale, p0.zero, bits, p0.group_size, n, x0.dtype)))
     for s in schedules(m, p0.mixed.w.shape[0], p0.mixed.group, p0.k_padded, sms):
-        row["kernels"][name(s)] = graph_ms(lambda s=s: mixed_mm.mixed_linear(x, packed().mixed, **s), reps=10,
+        row["kernels"][name(s)] = graph_ms(lambda s=s: mixed_mm.mixed_linear(x(), packed().mixed, **s), reps=10,
                                            replays=7)
     return row
 
 
-def sweep_case(fmt: str, k: int, n: int, tokens: list[int], kernels, deadline: float) -> list[dict]:
+def sweep_case(fmt: str, k: int, n: int, tokens: list[int], kernels, deadline: float,
+               after: str = "none") -> list[dict]:
     bits, group_size = FORMATS[fmt]
     dense = Rotation([torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(copies_for(2 * n * k))])
     packed = Rotation(packed_copies(bits, group_size, k, n, asym=fmt in ASYMMETRIC))
@@ -99,19 +124,22 @@ def sweep_case(fmt: str, k: int, n: int, tokens: list[int], kernels, deadline: f
         if time.monotonic() > deadline:
             print(f"{fmt} {k}x{n}: time budget spent before M={m}")
             break
-        rows.append(time_cell(fmt, m, dense, packed, kernels, sms))
+        rows.append(time_cell(fmt, m, dense, packed, kernels, sms, after))
         show_row(rows[-1])
     return rows
 
 
 def show_row(row: dict) -> None:
-    timed = {key: v for key, v in row["kernels"].items() if v}
+    """One line per cell; with a predecessor (--after) the times are the layer's share, total - pre."""
+    pre = row.get("pre") or 0.0
+    timed = {key: v - pre for key, v in row["kernels"].items() if v}
     best = min(timed, key=timed.get)
     mixed = {key: v for key, v in timed.items() if key.startswith("k")}
     top = sorted(mixed, key=mixed.get)[:3]
-    bf16 = row["bf16"]
-    print(f"{row['format']} {row['K']}x{row['N']} M={row['M']}: bf16 {bf16 * 1e3:.1f} us, dispatcher "
-          f"{bf16 / row['auto']:.2f}x, best {best} {bf16 / timed[best]:.2f}x ({timed[best] * 1e3:.1f} us); "
+    bf16 = row["bf16"] - pre
+    after = f" (after {row['after']}: {pre * 1e3:.1f} us taken out)" if pre else ""
+    print(f"{row['format']} {row['K']}x{row['N']} M={row['M']}{after}: bf16 {bf16 * 1e3:.1f} us, dispatcher "
+          f"{bf16 / (row['auto'] - pre):.2f}x, best {best} {bf16 / timed[best]:.2f}x ({timed[best] * 1e3:.1f} us); "
           + ", ".join(f"{key} {bf16 / mixed[key]:.2f}x" for key in top), flush=True)
 
 
@@ -125,7 +153,8 @@ def best_route(row: dict) -> str:
     """The fastest of a cell's timings as a kernels/tuning.py route: "wo_gemm", "dequant", or a
     schedule "k<ktile> t<token tile> v<variant> s<split>" with the token tile written out. A tuned schedule
     must beat the plain one (the batch's own token tile, 128-row tiles, the default split) by `margin`."""
-    timed = {key: v for key, v in row["kernels"].items() if v}
+    pre = row.get("pre") or 0.0
+    timed = {key: v - pre for key, v in row["kernels"].items() if v}
     best = min(timed, key=timed.get)
     plain = min((key for key in ("k64/tm/v0/s0", "k128/tm/v0/s0") if key in timed), key=timed.get, default=None)
     if plain is not None and best.startswith("k") and timed[best] > (1 - margin(row['M'])) * timed[plain]:
@@ -184,6 +213,8 @@ def main() -> None:
     parser.add_argument("--show", type=Path, help="print the best schedules of a saved sweep and exit")
     parser.add_argument("--emit", type=Path, nargs="+", help="print SCHEDULES entries from saved sweeps and exit")
     parser.add_argument("--merge", action="store_true", help="with --emit: also write them into kernels/tuning.py")
+    parser.add_argument("--after", choices=("none", "norm"), default="none",
+                        help="norm: each call behind an add + RMSNorm kernel, as in a decode step (docstring)")
     args = parser.parse_args()
     if args.emit:
         return emit(args.emit, args.merge)
@@ -201,7 +232,7 @@ def main() -> None:
     cases = [(f, k, n) for f in formats for k, n in shapes]
     for i, (fmt, k, n) in enumerate(cases):
         left = args.budget - (time.monotonic() - start)
-        rows += sweep_case(fmt, k, n, tokens, kernels, time.monotonic() + left / (len(cases) - i))
+        rows += sweep_case(fmt, k, n, tokens, kernels, time.monotonic() + left / (len(cases) - i), args.after)
         if args.json:
             args.json.write_text(json.dumps(rows, indent=1))
         torch.cuda.empty_cache()

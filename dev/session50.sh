@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The next session's device calls (prepared in session 49; nvidia-h200, carry [".gpu/w8a8", ".gpu/ext"]; on a fresh
+# development machine `bash dev/prebuild_sm90.sh` and `bash dev/prebuild_ext.sh` first). Back to back: a machine idle
+# for 30 s is given back. Session 49 got only H100s: it put W4's four fused 8B layers back on their session-46
+# routes at 9-16 tokens (batch-16 step +5% on the H100) and timed the 8-bit lm_head there (2.72x at batch 1).
+#   call 1: bash dev/session50.sh e2e e2ew8head          (~6 min: the 8B W4A16 at batches 1 / 16 / 32 on the H200
+#           with the bf16 head, then with the 8-bit head: the figures issue 19's goals are judged on)
+#   call 2: bash dev/session50.sh profile normcheck       (~5 min: the batch-1 and batch-16 steps by kernel, to see
+#           which Inductor kernels the rotary and cache write are; the fused 8B shapes at 9-32 tokens swept behind
+#           an add + RMSNorm, to check that protocol ranks the routes as the model did in session 49)
+#   call 3: bash dev/session50.sh smallsweep              (~4 min: W4 / W8 on 4096 x 4096 and 4096 x 6144 at 64-256
+#           and 4096 tokens, behind the norm where call 2 validated it, merged on the H200)
+# Copy $OUT/tuning.py back into kernels/tuning.py after call 3 (`tar -xzf out.tar.gz` first if gpu_setup packed it).
+cd "$(dirname "$0")/.."
+LOG=session50.log
+source dev/gpu_setup.sh
+GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+echo "device: $GPU"
+
+e2e() {  # main's routes (session 49's fix at 9-16 tokens), the bf16 head
+  E2E_TIMEOUT=${E2E_TIMEOUT:-240} bench8b "-b1-16-32" w4a16 1,16,32 128 12
+}
+e2ew8head() {  # lm_head W8 per channel (qtool bench --lm-head-scheme w8a16); session 49 needed > 240 s on the H100
+  E2E_TIMEOUT=${E2E_TIMEOUT:-400} bench8b "-w8head" w4a16 1,16 128 12 --quantize-lm-head --lm-head-scheme w8a16
+}
+profile() {  # kernels of single-token steps, batch 1 and 16 (dev/decode_profile.py)
+  for batch in 1 16; do
+    step "8B W4A16 decode step by kernel, batch $batch"
+    timeout -k 10 "${PROFILE_TIMEOUT:-120}" python3 dev/decode_profile.py --scheme w4a16 --batch "$batch" --top 40 \
+      --json "$OUT/profile_w4_b$batch.json" > "/tmp/profile_b$batch.txt" 2>&1
+    echo "exit $?"; tail -48 "/tmp/profile_b$batch.txt"
+  done
+}
+normcheck() {  # session 49's four fused layers at 9-32 tokens, back to back and behind the norm
+  for after in none norm; do
+    step "W4 fused 8B shapes at 9-32 tokens, after=$after"
+    timeout -k 10 "${NORMCHECK_TIMEOUT:-100}" python3 dev/mixed_sweep.py --formats w4a16-g128 --after "$after" \
+      --shapes 4096x6144,4096x4096,4096x28672,14336x4096 --tokens 9,16,32 --budget 85 \
+      --json "$OUT/normcheck_$after.json" > "/tmp/normcheck_$after.txt" 2>&1
+    echo "exit $?"; python3 dev/mixed_sweep.py --show "$OUT/normcheck_$after.json" 2>&1 | tail -12
+    python3 dev/mixed_sweep.py --emit "$OUT/normcheck_$after.json"
+  done
+}
+smallsweep() {  # the small weights' routes at 64-256 and 4096 tokens (merged on the H200)
+  step "W4 / W8 on 4096 x 4096 and 4096 x 6144 at 64-256 and 4096 tokens, after=${SWEEP_AFTER:-norm}"
+  timeout -k 10 "${SWEEP_TIMEOUT:-200}" python3 dev/mixed_sweep.py --formats w4a16-g128,w8a16-channel \
+    --shapes 4096x4096,4096x6144 --tokens ${SWEEP_TOKENS:-64,128,256,4096} --budget "${SWEEP_BUDGET:-170}" \
+    --after "${SWEEP_AFTER:-norm}" --json "$OUT/smallsweep.json" > /tmp/smallsweep.txt 2>&1
+  echo "exit $?"; python3 dev/mixed_sweep.py --show "$OUT/smallsweep.json" 2>&1 | tail -18
+  case "$GPU" in
+    *H200*) python3 dev/mixed_sweep.py --emit "$OUT/smallsweep.json" --merge && cp kernels/tuning.py "$OUT/tuning.py"
+            git diff --stat kernels/tuning.py ;;
+    *) echo "not merged: routes are tuned on the H200 ($GPU)" ;;
+  esac
+}
+for stage in "$@"; do "$stage"; done
+step "done"
