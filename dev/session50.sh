@@ -10,6 +10,10 @@
 #           an add + RMSNorm, to check that protocol ranks the routes as the model did in session 49)
 #   call 3: bash dev/session50.sh smallsweep              (~4 min: W4 / W8 on 4096 x 4096 and 4096 x 6144 at 64-256
 #           and 4096 tokens, behind the norm where call 2 validated it, merged on the H200)
+#   call 4: bash dev/session50.sh ropetests ropeab       (~6 min: the rotary-and-write attention, new in session 49
+#           and never run on a GPU: its GPU tests, then the 8B W4A16 decode at batches 1 and 16 without it, with it
+#           on PyTorch ops + the kernel, and with it in the kernel; run it first if call 1 shows the batch-1 goal
+#           still short)
 # Copy $OUT/tuning.py back into kernels/tuning.py after call 3 (`tar -xzf out.tar.gz` first if gpu_setup packed it).
 cd "$(dirname "$0")/.."
 LOG=session50.log
@@ -52,6 +56,19 @@ smallsweep() {  # the small weights' routes at 64-256 and 4096 tokens (merged on
             git diff --stat kernels/tuning.py ;;
     *) echo "not merged: routes are tuned on the H200 ($GPU)" ;;
   esac
+}
+ropetests() {  # quantize/rotary.py and the two-pass kernel's rotary-and-write mode against their references
+  step "rotary-and-write attention: GPU tests"
+  timeout -k 10 "${ROPETEST_TIMEOUT:-240}" python3 -m pytest -q -x tests/test_rotary.py tests/test_decode_attention.py \
+    tests/test_attention.py > /tmp/ropetests.txt 2>&1
+  echo "exit $?"; tail -15 /tmp/ropetests.txt
+}
+ropeab() {  # the 8B decode without / with the rotary and cache write in the attention (PyTorch ops, then kernel)
+  for setting in "0 1" "1 0" "1 1"; do
+    set -- $setting
+    QTOOL_ROPE_ATTENTION=$1 QTOOL_ROPE_KERNEL=$2 E2E_TIMEOUT=${E2E_TIMEOUT:-200} \
+      bench8b "-rope$1$2" w4a16 1,16 128 12
+  done
 }
 for stage in "$@"; do "$stage"; done
 step "done"

@@ -9,11 +9,14 @@ even where the cache holds values that are not finite there; a sequence with eve
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from . import build
 from .layout import KERNEL_DTYPES
 from .reference import decode_attention as reference  # the CPU path and the test oracle
+from .reference import rotate
 
 HEAD_DIMS = (64, 128)  # what the kernel takes
 MAX_GROUP = 16  # query heads per KV head (csrc/attention.h, kDecodeAttentionMaxGroup)
@@ -25,6 +28,9 @@ PDL = True
 # dev/attn_probe.py) timed it 4-10% faster than the online one at every batch and length (batch 1, 161 positions
 # 7.1 against 7.7 us; cuDNN's SDPA 16.5). A/B runs set it per process (dev/prefetch_sweep.py --attention).
 VARIANT = 2
+# rope_decode_attention on the kernel that also rotates and writes the new rows (the two-pass kernel in its
+# rotary-and-write mode); QTOOL_ROPE_KERNEL=0: PyTorch ops for those, then the kernel (an A/B; unmeasured yet)
+ROPE_KERNEL = os.environ.get("QTOOL_ROPE_KERNEL", "1") != "0"
 
 
 def preferred(batch: int, kv_heads: int, length: int) -> bool:
@@ -77,3 +83,38 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
 def _run(q, k, v, mask, scale: float, splits: int, variant: int | None) -> torch.Tensor:
     return torch.ops.qtool_cuda.decode_attention(q, k, v, mask, float(scale), int(splits), int(PDL),
                                                  VARIANT if variant is None else int(variant))
+
+
+
+
+def rope_supported(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                   slot: torch.Tensor, mask: torch.Tensor | None, heads: int) -> bool:
+    """Whether the rotary-and-write kernel takes these tensors (shapes as in reference.rope_decode_attention)."""
+    if not (qkv.is_cuda and qkv.dim() == 2 and k.dim() == 4 and qkv.stride(1) == 1):
+        return False
+    batch, kv_heads, dim = qkv.shape[0], k.shape[1], k.shape[3]
+    if qkv.shape[1] != (heads + 2 * kv_heads) * dim or slot.dtype != torch.int64 or slot.numel() != 1:
+        return False
+    if any(t.shape != (batch, dim) or t.dtype != qkv.dtype or t.stride(1) != 1 for t in (cos, sin)):
+        return False
+    q = qkv[:, :heads * dim].view(batch, heads, dim)  # what the attention reads, for the shared checks
+    return cos.stride() == sin.stride() and slot.device == qkv.device and supported(q, k, v, mask)
+
+
+def rope_decode_attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                          slot: torch.Tensor, mask: torch.Tensor | None, scale: float, heads: int) -> torch.Tensor:
+    """Rotary, cache write and attention for one token (shapes and result as reference.rope_decode_attention, the
+    test oracle; slot must be a row of the cache). With ROPE_KERNEL, the two-pass kernel does all three where it
+    takes the tensors (`rope_supported`): the query rows rotated as they are staged, the new key rotated and both
+    new rows written by the block whose piece holds them. Otherwise q and k are rotated and the rows written by
+    PyTorch ops (in a compiled step one Inductor kernel where transformers' step has its rotary and cache-write
+    kernels), then `decode_attention`."""
+    loaded = build.loaded() if torch.compiler.is_compiling() else build.load_extension()
+    if ROPE_KERNEL and rope_supported(qkv, cos, sin, k, v, slot, mask, heads) and loaded:
+        return torch.ops.qtool_cuda.rope_decode_attention(qkv, cos, sin, k, v, slot, mask, float(scale), int(heads),
+                                                          0, int(PDL))
+    batch, kv_heads, _, dim = k.shape
+    q, k_new, v_new = qkv.view(batch, heads + 2 * kv_heads, dim).split((heads, kv_heads, kv_heads), dim=1)
+    k.index_copy_(2, slot, rotate(k_new, cos, sin)[:, :, None, :])
+    v.index_copy_(2, slot, v_new[:, :, None, :])
+    return decode_attention(rotate(q, cos, sin), k, v, mask, scale)

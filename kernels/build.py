@@ -251,7 +251,9 @@ def info() -> dict:
             if ops is not None else "reference",
             # quantize/attention.py's decode attention (one query token, grouped KV heads; a compiled decode step)
             "decode attention": ("qtool_cuda decode_attention (the two-pass kernel) where attention.preferred, "
-                                 "else SDPA on the packed query (QTOOL_DECODE_ATTENTION=sdpa: SDPA everywhere)")
+                                 "else SDPA on the packed query (QTOOL_DECODE_ATTENTION=sdpa: SDPA everywhere); "
+                                 "with QTOOL_ROPE_ATTENTION=1 the rotary and cache write too (rope_decode_attention, "
+                                 "QTOOL_ROPE_KERNEL=0: as PyTorch ops before the kernel)")
             if ops is not None else "SDPA on the packed query",
         },
     }

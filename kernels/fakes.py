@@ -83,6 +83,10 @@ def decode_attention(q, k, v, mask, scale, splits=0, pdl=0, variant=0):
     return q.new_empty(q.shape)
 
 
+def rope_decode_attention(qkv, cos, sin, k, v, slot, mask, scale, heads, splits=0, pdl=0):
+    return qkv.new_empty(qkv.shape[0], heads, k.shape[-1])  # (k and v: written in place)
+
+
 # op name -> its fake (wo_gemm returns what every weight-only linear op returns)
 FAKES = {
     "silu_mul": silu_mul,
@@ -90,6 +94,7 @@ FAKES = {
     "wo_planes_gemv": wo_planes_gemv,
     "w8_planes_gemv": w8_planes_gemv,
     "decode_attention": decode_attention,
+    "rope_decode_attention": rope_decode_attention,
     "w1_gemv": w1_gemv,
     "binarize": binarize,
     "w1a1_gemm": w1a1_gemm,

@@ -251,3 +251,32 @@ def decode_attention(
     if mask is not None:  # every position masked: zeros, not softmax's NaN
         weights = torch.where(mask.any(-1)[:, None, None, None], weights, 0.0)
     return torch.einsum("bjgl,bjld->bjgd", weights, values).reshape(batch, heads, v.shape[-1]).to(q.dtype)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding of x [B, heads, D] by cos, sin [B, D] (transformers' rotate_half convention: the first and
+    second halves of D pair up), in float32, rounded once to x's dtype."""
+    xf, c, s = x.float(), cos.float()[:, None, :], sin.float()[:, None, :]
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-xf[..., half:], xf[..., :half]), dim=-1)
+    return (xf * c + rotated * s).to(x.dtype)
+
+
+def rope_decode_attention(
+    qkv: torch.Tensor,  # [B, (H + 2 KV) * D]: one token's fused q/k/v projection, before the rotary embedding
+    cos: torch.Tensor,  # [B, D]: the rotary embedding of the token's position (transformers' rotary module output)
+    sin: torch.Tensor,  # [B, D]
+    k_cache: torch.Tensor,  # [B, KV, L, D]: row `slot` is written here
+    v_cache: torch.Tensor,  # [B, KV, L, D]: row `slot` is written here
+    slot: torch.Tensor,  # [1] int64: the cache row of this token, the same for every sequence (a static cache)
+    mask: torch.Tensor | None,  # [B, L] bool, True = attend (row `slot` included); None: every position
+    scale: float,
+    heads: int,  # H
+) -> torch.Tensor:  # [B, H, D] in qkv's dtype
+    """One decode step's attention from the unrotated projection: q and k rotated (`rotate`), k and v written into
+    the caches at `slot`, then `decode_attention` over the caches."""
+    batch, kv_heads, _, dim = k_cache.shape
+    q, k, v = qkv.view(batch, heads + 2 * kv_heads, dim).split((heads, kv_heads, kv_heads), dim=1)
+    k_cache.index_copy_(2, slot, rotate(k, cos, sin)[:, :, None, :])
+    v_cache.index_copy_(2, slot, v[:, :, None, :])
+    return decode_attention(rotate(q, cos, sin), k_cache, v_cache, mask, scale)

@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+from .rotary import take_step
+
 NAME = "qtool_sdpa"
 # Where the packed query meets qtool's decode attention kernel (qtool_kernels/attention.py): "kernel" runs it on CUDA
 # where it takes the shapes and was measured faster, "sdpa" keeps SDPA (cuDNN's flash kernel on Hopper) everywhere.
@@ -47,6 +49,9 @@ def decode_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, 
                      is_causal: bool | None = None, **kwargs) -> tuple[torch.Tensor, None]:
     """Attention output [B, 1, H, D] for query [B, H, 1, D] over key, value [B, KV, L, D] (H a multiple of KV) and
     a mask [B, 1, 1, L] or None; transformers' SDPA attention for everything else (the module docstring)."""
+    step = take_step(module)
+    if step is not None:  # this layer left its rotary and cache write to the attention (quantize/rotary.py)
+        return _rope_attention(step, key, value, attention_mask, scaling, query.shape), None
     batch, heads, q_len, dim = query.shape
     groups = getattr(module, "num_key_value_groups", 1)
     special = any(kwargs.get(k) is not None for k in _SPECIAL)
@@ -79,6 +84,27 @@ def _kernel_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     out = attention.kernel_attention(q, key, value, flat_mask, scale)  # (never builds the extension from here)
     return None if out is None else out.reshape(query.shape[0], 1, query.shape[1], value.shape[-1])
+
+
+def _rope_attention(step: tuple, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
+                    scaling: float | None, query_shape: torch.Size) -> torch.Tensor:
+    """[B, 1, H, D] from the step's raw q/k/v, rotary and cache row (rotary.take_step) over the caches key, value
+    [B, KV, L, D] (row `slot` not yet written) and a mask [B, 1, 1, L] (bool, or additive with 0 where attended)."""
+    from qtool_kernels import attention
+
+    qkv, cos, sin, slot = step
+    batch, heads, _, dim = query_shape
+    flat = None
+    if mask is not None:
+        if mask.dim() != 4 or mask.shape[1:3] != (1, 1) or mask.shape[-1] != key.shape[2]:
+            raise ValueError(f"rotary-and-write attention takes a mask [B, 1, 1, {key.shape[2]}], got "
+                             f"{tuple(mask.shape)}")
+        flat = mask[:, 0, 0, :] if mask.dtype == torch.bool else mask[:, 0, 0, :] == 0
+        flat = flat.expand(batch, key.shape[2])
+    scale = scaling if scaling is not None else dim ** -0.5
+    cos, sin = cos.expand(batch, -1), sin.expand(batch, -1)  # one position for the batch: stride 0
+    out = attention.rope_decode_attention(qkv, cos, sin, key, value, slot, flat, scale, heads)
+    return out.reshape(batch, 1, heads, value.shape[-1])
 
 
 def register() -> None:

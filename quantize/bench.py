@@ -35,6 +35,7 @@ from transformers import StaticCache
 
 from .compat import CACHE_KWARG
 from .prefetch import link_weight_prefetch
+from .rotary import defer_cache_writes, state_of
 
 
 @dataclass
@@ -288,6 +289,9 @@ def _decode_loop_fn(model: nn.Module, prompt: torch.Tensor, new_tokens: int,
     batch, prompt_len = prompt.shape
     device = prompt.device
     cache = StaticCache(config=model.config, max_cache_len=prompt_len + new_tokens)
+    rope = state_of(model)
+    if rope is not None:  # rotary.install ran (QTOOL_ROPE_ATTENTION): the attention writes the decode rows
+        defer_cache_writes(cache, rope)
     # No fullgraph, so a model with an untraceable corner still runs (a graph break splits the graph
     # instead of failing).
     step = torch.compile(_next_token, options=decode_compile_options()) if compiled else _next_token

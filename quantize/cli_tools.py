@@ -298,6 +298,7 @@ def _fuse(model, fuse: tuple[bool, bool], label: str) -> dict:
     if not fuse[0]:
         return {"fused_groups": None, "fused_mlps": None, "fused_norms": None, "decode_attention": None}
     from . import attention as decode_attention
+    from . import rotary
     from .attention import use_decode_attention
     from .fusion import fuse_projections
     from .linear import QuantLinear
@@ -310,12 +311,15 @@ def _fuse(model, fuse: tuple[bool, bool], label: str) -> dict:
     groups = mlps + fuse_projections(model)
     norms = fuse_norms(model)
     attention = use_decode_attention(model)
+    rope = attention and rotary.ENABLED and rotary.install(model) is not None
     console.print(f"{label}: fused {groups} projection groups (q/k/v, gate/up; {mlps} MLPs with one SiLU-and-"
                   f"multiply kernel) and {norms} RMSNorms into one kernel each"
                   + (f", decode attention on the KV heads (no copies of the cache; {decode_attention.BACKEND})"
                      if attention else "")
+                  + (", the rotary and cache write inside it" if rope else "")
                   + " (--no-fuse: transformers' modules)")
     return {"fused_groups": groups, "fused_mlps": mlps, "fused_norms": norms, "decode_attention": attention,
+            "rope_attention": rope,  # QTOOL_ROPE_ATTENTION
             "attention_backend": decode_attention.BACKEND if attention else None}  # QTOOL_DECODE_ATTENTION
 
 

@@ -61,6 +61,9 @@ class _FusedGroup:
         self.layer = layer
         self.sizes = sizes
         self.pending: tuple[torch.Tensor, tuple[torch.Tensor | None, ...]] | None = None
+        # quantize/rotary.py: the whole output kept for the attention (which clears it), where keep_output is set
+        self.keep_output = False
+        self.output: torch.Tensor | None = None
 
 
 class FusedHead(nn.Module):
@@ -75,8 +78,11 @@ class FusedHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [..., K] -> [..., N_0], a view of the fused output [..., N]."""
-        head, *tails = self.fused(x).split(self.group.sizes, dim=-1)
+        out = self.fused(x)
+        head, *tails = out.split(self.group.sizes, dim=-1)
         self.group.pending = (x, tuple(tails))
+        if self.group.keep_output:
+            self.group.output = out
         return head
 
     def extra_repr(self) -> str:

@@ -24,6 +24,14 @@ struct DecodeAttentionProblem {
   ScalarKind dtype;
   bool pdl = false;  // wait for the kernel before in the stream on the device, let the next launch at once (pdl.cuh)
   int variant = 0;   // 1 online softmax, 2 two passes (attention_two_pass.cuh); 0 the default (decode_attention.cu)
+  // Rotary-and-write mode (rope_decode_attention; the two-pass kernel only), where cos is set: q points at the raw
+  // q/k/v projection [batch, (heads + 2 kv_heads) * dim] (q_head = dim), the query rows are rotated by cos / sin
+  // [batch, dim] ((b, d) at b * rope_batch + d) as they are staged, and the block whose piece holds cache row *slot
+  // rotates the new key, writes it and the new value into k / v there, and stages both without reading them back.
+  const void* cos = nullptr;
+  const void* sin = nullptr;
+  const int64_t* slot = nullptr;
+  int64_t rope_batch = 0;
 };
 
 constexpr int kDecodeAttentionMaxGroup = 16;  // query heads per KV head the kernels take

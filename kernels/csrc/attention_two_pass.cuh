@@ -81,25 +81,53 @@ struct Piece {
   float* stats;                      // [GMax][2] max and total of each query row
   bool* attend;                      // [count] the mask
 
-  // The piece's keys and values in one burst of cp.async, its mask and the query rows meanwhile.
+  // The piece's keys and values in one burst of cp.async, its mask and the query rows meanwhile. In rotary-and-write
+  // mode (p.cos set) the query rows are rotated, and the new token's row (if in this piece) is not copied but
+  // computed here from the projection, written to the cache and staged (the caller's __syncthreads publishes it).
   __device__ void stage(int tid) const {
     constexpr int kPieces = D * static_cast<int>(sizeof(T)) / 16, kPer = 16 / static_cast<int>(sizeof(T));
     const T* kg = static_cast<const T*>(p.k) + b * p.kv_batch + head * p.kv_head + first * p.kv_pos;
     const T* vg = static_cast<const T*>(p.v) + b * p.kv_batch + head * p.kv_head + first * p.kv_pos;
+    const int64_t fresh = p.cos != nullptr ? *p.slot - first : -1;  // the new row, when in [0, count)
     for (int i = tid; i < count * kPieces; i += kThreads) {
       const int row = i / kPieces, col = (i % kPieces) * kPer;
+      if (row == fresh) continue;
       cp_async_16(ks + row * S::kRowK + col, kg + row * p.kv_pos + col, true);
       cp_async_16(vs + row * D + col, vg + row * p.kv_pos + col, true);
     }
     cp_async_commit();
     if (tid < count) attend[tid] = p.mask == nullptr || p.mask[b * p.mask_batch + (first + tid) * p.mask_pos];
     const T* q = static_cast<const T*>(p.q) + b * p.q_batch;
+    const T* cs = p.cos != nullptr ? static_cast<const T*>(p.cos) + b * p.rope_batch : nullptr;
+    const T* sn = p.cos != nullptr ? static_cast<const T*>(p.sin) + b * p.rope_batch : nullptr;
     for (int i = tid; i < GMax * D; i += kThreads) {
-      const int g = i / D;
-      qs[i] = g < group ? to_float(q[(head * group + g) * p.q_head + i % D]) : 0.f;
+      const int g = i / D, d = i % D;
+      const T* row = q + (head * group + g) * p.q_head;
+      qs[i] = g >= group ? 0.f : p.cos == nullptr ? to_float(row[d]) : rounded(rotated(row, cs, sn, d));
+    }
+    if (fresh >= 0 && fresh < count && tid < D) {  // k at q's head (heads + head), v at (heads + kv_heads + head)
+      const T* k_new = q + (p.heads + head) * p.q_head;
+      const T* v_new = q + (p.heads + p.kv_heads + head) * p.q_head;
+      T* k_row = const_cast<T*>(kg) + fresh * p.kv_pos;
+      T* v_row = const_cast<T*>(vg) + fresh * p.kv_pos;
+      const float k_rot = rotated(k_new, cs, sn, tid);
+      store(ks + fresh * S::kRowK + tid, k_rot);
+      store(k_row + tid, k_rot);
+      vs[fresh * D + tid] = v_new[tid];
+      v_row[tid] = v_new[tid];
     }
     cp_async_wait<0>();
   }
+
+  // Element d of x [D] rotated (transformers' rotate_half pairing: d with d +- D / 2), in float32 as the reference
+  // computes it (two products, then the sum, each rounded: no fused multiply-add).
+  __device__ __forceinline__ static float rotated(const T* x, const T* cs, const T* sn, int d) {
+    const float pair = d < D / 2 ? -to_float(x[d + D / 2]) : to_float(x[d - D / 2]);
+    return __fadd_rn(__fmul_rn(to_float(x[d]), to_float(cs[d])), __fmul_rn(pair, to_float(sn[d])));
+  }
+
+  // v rounded to T, as a float (the reference rounds the rotated query to the activations' dtype).
+  __device__ __forceinline__ static float rounded(float v) { return pair_to_float2(float2_to_pair(v, 0.f, T{}), T{}).x; }
 
   // A) the scores (times scale * log2 e) of every position for every query row, -inf where masked.
   __device__ void scores(int tid) const {

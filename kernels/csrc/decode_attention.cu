@@ -262,7 +262,7 @@ cudaError_t launch_online(const DecodeAttentionProblem& p, int chunk, cudaStream
 template <typename T, int D, int GMax>
 cudaError_t launch_group(const DecodeAttentionProblem& p, cudaStream_t stream) {
   const int chunk = static_cast<int>((p.length + p.splits - 1) / p.splits);
-  const bool two = (p.variant != 0 ? p.variant : kernel_choice()) == 2;
+  const bool two = p.cos != nullptr || (p.variant != 0 ? p.variant : kernel_choice()) == 2;  // rotary: two-pass only
   const cudaError_t err =
       two ? launch_two_pass<T, D, GMax>(p, chunk, stream) : launch_online<T, D, GMax>(p, chunk, stream);
   if (err != cudaSuccess) return err;

@@ -1,0 +1,148 @@
+"""The rotary embedding and the KV-cache write inside the decode attention: one launch per layer and step where a
+compiled transformers step runs the rotary of q and k, the cache write and the attention as separate kernels.
+
+Why: in the 8B W4A16 decode step at batch 1, the rotary + cache-write kernels took 150-220 us of a ~2.2 ms step
+(kernels/NOTES.md, sessions 30 and 32), the largest piece outside the GEMVs, lm_head and attention.
+
+How, without forking transformers' model code (three hooks, each a public object qtool already owns or may wrap):
+- the fused q/k/v projection (quantize/fusion.py) keeps its output [B, 1, (H + 2 KV) D], before any rotation, on
+  its group (`_FusedGroup.output`) for the attention to take;
+- the model's rotary module is wrapped (`RotaryStash`) to keep the step's (cos, sin) [B, 1, D] on a shared state;
+- each static cache layer is switched to `DeferredLayer`, whose update for one token returns the cache buffers
+  without writing them and leaves the row (`slot`) to write on the shared state.
+The attention function (quantize/attention.py) then finds the pending step for its layer and runs
+`rope_decode_attention` on the raw projection: rotate q and k, write k and v at `slot`, attend. transformers'
+own rotation of q and k becomes dead code in the compiled graph (nothing reads it), so Inductor drops it.
+
+The write is never skipped: once a layer deferred it, the attention runs the fused op, whose CPU path (and the
+fallback where the CUDA kernel does not take the shapes) is the PyTorch reference, writing the rows as
+transformers would. Prefill (more than one token) and every cache other than a static one keep transformers'
+path. Architectures: those whose attention rotates the raw projections (`ARCHITECTURES`); Qwen3 normalizes q and
+k per head before the rotation and is not one of them.
+
+Numerics: the rotation in float32 rounded once, as Inductor computes transformers' formula; eagerly transformers
+rounds each product (at most one unit in the last place apart).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+from torch import nn
+
+from .fusion import FusedHead
+
+# `qtool bench` installs it where QTOOL_ROPE_ATTENTION=1: off until the CUDA kernel is built and measured (the
+# reference path under Inductor is correct but no faster)
+ENABLED = os.environ.get("QTOOL_ROPE_ATTENTION", "0") == "1"
+# attention classes whose forward rotates q and k straight from q_proj / k_proj (no per-head norm, full rotary)
+ARCHITECTURES = ("LlamaAttention", "MistralAttention", "Qwen2Attention")
+
+
+class StepState:
+    """What the hooks of one model share within a forward pass: the rotary output and the rows to write."""
+
+    def __init__(self) -> None:
+        self.cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.slots: dict[int, torch.Tensor] = {}  # layer index -> [1] int64 cache row
+
+
+class RotaryStash(nn.Module):
+    """Wraps a model's rotary module: returns its (cos, sin) and keeps them on the state."""
+
+    def __init__(self, inner: nn.Module, state: StepState) -> None:
+        super().__init__()
+        self.inner = inner
+        self.state = state
+
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cos, sin = self.inner(x, position_ids)
+        self.state.cos_sin = (cos, sin)
+        return cos, sin
+
+
+@functools.cache
+def deferred_layer_class() -> type:
+    """transformers' StaticLayer with an update that leaves one token's write to the attention (module docstring):
+    one class, so a compiled step guards on a single type."""
+    from transformers.cache_utils import StaticLayer
+
+    class DeferredLayer(StaticLayer):
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+            if key_states.shape[-2] != 1 or not self.is_initialized:  # prefill, first use: transformers' write
+                return super().update(key_states, value_states, *args, **kwargs)
+            if hasattr(self, "cumulative_length"):  # transformers >= 5.17 counts the rows itself
+                slot = self.cumulative_length.reshape(1).clone()
+                self.cumulative_length.add_(1)
+            else:  # 5.0: the caller's cache_kwargs name the row
+                cache_kwargs = args[0] if args else kwargs.get("cache_kwargs")
+                slot = cache_kwargs["cache_position"].reshape(1)
+            self.qtool_state.slots[self.qtool_index] = slot
+            return self.keys, self.values
+
+    return DeferredLayer
+
+
+def defer_cache_writes(cache, state: StepState) -> int:
+    """Switch each static layer of `cache` (a transformers StaticCache) to deferred writes; how many were."""
+    from transformers.cache_utils import StaticLayer
+
+    count = 0
+    for index, layer in enumerate(getattr(cache, "layers", [])):
+        if type(layer) is StaticLayer:
+            layer.__class__ = deferred_layer_class()
+            layer.qtool_state, layer.qtool_index = state, index
+            count += 1
+    return count
+
+
+def install(model: nn.Module) -> StepState | None:
+    """Prepare `model` (fused q/k/v, qtool's decode attention) for rotary-and-write in the attention: wrap its rotary
+    module and mark each attention that qualifies; the state to hand `defer_cache_writes`, or None (nothing changed)
+    where the model has no single rotary module or no qualifying attention."""
+    owner = next((m for m in model.modules() if isinstance(getattr(m, "rotary_emb", None), nn.Module)), None)
+    if owner is None:
+        return None
+    state = StepState()
+    marked = 0
+    for module in model.modules():
+        q_proj = getattr(module, "q_proj", None)
+        if type(module).__name__ in ARCHITECTURES and isinstance(q_proj, FusedHead) and _qualifies(module, q_proj):
+            q_proj.group.keep_output = True
+            module.qtool_rope = state
+            marked += 1
+    if not marked:
+        return None
+    owner.rotary_emb = RotaryStash(owner.rotary_emb, state)
+    return state
+
+
+def state_of(model: nn.Module) -> StepState | None:
+    """The state `install` left on `model` (its rotary module's stash), or None where it did not run."""
+    return next((m.state for m in model.modules() if isinstance(m, RotaryStash)), None)
+
+
+def _qualifies(module: nn.Module, q_proj: FusedHead) -> bool:
+    """Whether the fused group is exactly [q | k | v] with the attention's head counts."""
+    config = module.config
+    dim = getattr(module, "head_dim", None)
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    return dim is not None and q_proj.group.sizes == (heads * dim, kv_heads * dim, kv_heads * dim)
+
+
+def take_step(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """(qkv [B, (H + 2 KV) D], cos [B, D], sin [B, D], slot [1]) where this attention's layer deferred its write in
+    this step, taken off the state; else None."""
+    state = getattr(module, "qtool_rope", None)
+    if state is None or module.layer_idx not in state.slots:
+        return None
+    slot = state.slots.pop(module.layer_idx)
+    group = module.q_proj.group
+    qkv, group.output = group.output, None
+    if qkv is None or state.cos_sin is None:  # a caller that skipped the fused q/k/v or the rotary module
+        raise RuntimeError(f"layer {module.layer_idx} deferred its cache write, but its q/k/v projection or the "
+                           "rotary embedding of this step was not seen (quantize/rotary.py)")
+    cos, sin = state.cos_sin
+    return qkv.reshape(qkv.shape[0], -1), cos[:, -1], sin[:, -1], slot

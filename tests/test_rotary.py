@@ -1,0 +1,170 @@
+"""The rotary embedding and cache write inside the decode attention (quantize/rotary.py): the reference against
+transformers' rotation and write, and a model's decode logits and caches with it against without it, eager and
+compiled."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import StaticCache
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+import qtool_kernels.attention as kernel_attention
+from qtool_kernels import reference
+from quantize.attention import use_decode_attention
+from quantize.compat import CACHE_KWARG
+from quantize.fusion import fuse_projections
+from quantize.rotary import defer_cache_writes, install, state_of
+from quantize.shapes import TINY, random_model
+
+
+def test_reference_equals_transformers_rotation_and_write():
+    """Fresh random q/k/v, positions and caches (float32): q and k rotated as apply_rotary_pos_emb rotates them
+    (within 1e-6), k and v written at the slot and nowhere else, the output decode_attention's on those."""
+    gen = torch.Generator().manual_seed(7)
+    batch, heads, kv_heads, dim, length, slot = 2, 8, 2, 16, 12, 5
+    qkv = torch.randn(batch, (heads + 2 * kv_heads) * dim, generator=gen)
+    angle = torch.rand(batch, 1, dim // 2, generator=gen) * 6
+    cos, sin = torch.cat((angle, angle), -1).cos(), torch.cat((angle, angle), -1).sin()  # [B, 1, D]
+    k_cache = torch.randn(batch, kv_heads, length, dim, generator=gen)
+    v_cache = torch.randn(batch, kv_heads, length, dim, generator=gen)
+    mask = torch.arange(length)[None, :].expand(batch, length) <= slot
+    k_before, v_before = k_cache.clone(), v_cache.clone()
+    out = reference.rope_decode_attention(qkv, cos[:, 0], sin[:, 0], k_cache, v_cache, torch.tensor([slot]), mask,
+                                          dim ** -0.5, heads)
+    q, k, v = qkv.view(batch, heads + 2 * kv_heads, dim).split((heads, kv_heads, kv_heads), dim=1)
+    q_rot, k_rot = apply_rotary_pos_emb(q[:, :, None], k[:, :, None], cos, sin)
+    torch.testing.assert_close(k_cache[:, :, slot], k_rot[:, :, 0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(v_cache[:, :, slot], v)
+    others = torch.arange(length) != slot
+    assert torch.equal(k_cache[:, :, others], k_before[:, :, others])
+    assert torch.equal(v_cache[:, :, others], v_before[:, :, others])
+    expected = reference.decode_attention(q_rot[:, :, 0], k_cache, v_cache, mask, dim ** -0.5)
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+
+
+def _rope_inputs(batch, heads, kv_heads, dim, length, slot, device, dtype, seed):
+    """Fresh (qkv, cos, sin, k_cache, v_cache) in `dtype` on `device`, a mask attending to rows <= slot."""
+    gen = torch.Generator().manual_seed(seed)
+    qkv = torch.randn(batch, (heads + 2 * kv_heads) * dim, generator=gen)
+    angle = torch.rand(batch, dim // 2, generator=gen) * 6
+    cos, sin = torch.cat((angle, angle), -1).cos(), torch.cat((angle, angle), -1).sin()
+    k_cache = torch.randn(batch, kv_heads, length, dim, generator=gen)
+    v_cache = torch.randn(batch, kv_heads, length, dim, generator=gen)
+    mask = (torch.arange(length)[None, :] <= slot).expand(batch, length)
+    return [t.to(device, dtype) for t in (qkv, cos, sin, k_cache, v_cache)], mask.to(device)
+
+
+def _check_against_reference(tensors, mask, slot, heads, tol):
+    """rope_decode_attention on `tensors` against the reference on float32 copies: output and both caches."""
+    dim = tensors[3].shape[-1]
+    ref = [t.float() for t in tensors]
+    args = (torch.tensor([slot], device=mask.device), mask, dim ** -0.5, heads)
+    got = kernel_attention.rope_decode_attention(*tensors, *args)
+    expected = reference.rope_decode_attention(*ref, *args)
+    torch.testing.assert_close(got.float(), expected, rtol=tol, atol=tol)
+    torch.testing.assert_close(tensors[3].float(), ref[3], rtol=tol, atol=tol)
+    torch.testing.assert_close(tensors[4].float(), ref[4], rtol=0, atol=0)  # v: copied, not computed
+
+
+def test_dispatching_op_equals_reference_on_cpu():
+    """The CPU path (PyTorch ops, then decode_attention's reference) against the reference: float32, within 1e-6."""
+    tensors, mask = _rope_inputs(2, 32, 8, 128, 40, 17, "cpu", torch.float32, 11)
+    _check_against_reference(tensors, mask, 17, 32, 1e-6)
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@needs_cuda
+@pytest.mark.parametrize("kernel", [True, False])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("batch, heads, kv_heads, dim, length, slot", [
+    (1, 32, 8, 128, 40, 17),    # one piece, four query rows per KV head (tensor-core scores)
+    (16, 32, 8, 128, 161, 160),  # the 8B decode at batch 16, the last row
+    (2, 32, 8, 128, 700, 600),  # pieces: the row in a later one
+    (3, 24, 2, 64, 300, 0),     # twelve rows per KV head (scores by FMA), the first row
+    (2, 16, 2, 64, 129, 128),   # eight rows, the row alone in its piece
+])
+def test_rope_kernel_equals_reference(batch, heads, kv_heads, dim, length, slot, dtype, kernel, monkeypatch):
+    """The rotary-and-write kernel (kernel=True) and the PyTorch-ops path before decode_attention's kernel, on fresh
+    inputs, against the reference in float32: outputs and written key rows within 2e-2 (the rotated q and k rounded
+    to the dtype, the output rounded once), the value row exact, every other row untouched."""
+    monkeypatch.setattr(kernel_attention, "ROPE_KERNEL", kernel)
+    tensors, mask = _rope_inputs(batch, heads, kv_heads, dim, length, slot, "cuda", dtype, slot + length)
+    before = [t.clone() for t in tensors[3:]]
+    _check_against_reference(tensors, mask, slot, heads, 2e-2)
+    others = torch.arange(length, device="cuda") != slot
+    for cache, old in zip(tensors[3:], before, strict=True):
+        assert torch.equal(cache[:, :, others], old[:, :, others])
+
+
+def _prepared(seed: int, heads: int = 4, kv_heads: int = 2):
+    """(plain, rope): the same random float32 model with fused q/k/v and qtool's decode attention, the second with
+    the rotary and cache write moved into the attention."""
+    model = random_model(dict(TINY, num_attention_heads=heads, num_key_value_heads=kv_heads, hidden_size=16 * heads),
+                         dtype=torch.float32, seed=seed)
+    fuse_projections(model)
+    assert use_decode_attention(model)
+    rope = copy.deepcopy(model)
+    assert install(rope) is not None
+    return model, rope
+
+
+def _decode(model, prompt: torch.Tensor, steps: int, step_fn=None) -> tuple[torch.Tensor, StaticCache]:
+    """Logits [steps + 1, B, V] of a prefill of `prompt` and `steps` single-token steps (fixed inputs), and the
+    cache; rows deferred to the attention where the model was prepared by `install`."""
+    batch, length = prompt.shape
+    cache = StaticCache(config=model.config, max_cache_len=length + steps)
+    state = state_of(model)
+    if state is not None:
+        assert defer_cache_writes(cache, state) == model.config.num_hidden_layers
+
+    def forward(ids, positions):
+        return model(input_ids=ids, **{CACHE_KWARG: cache}, cache_position=positions, use_cache=True).logits[:, -1]
+
+    step = step_fn(forward) if step_fn else forward
+    with torch.no_grad():
+        out = [forward(prompt, torch.arange(length))]
+        for i in range(steps):
+            out.append(step(prompt[:, i % length:i % length + 1], torch.tensor([length + i])))
+    return torch.stack(out), cache
+
+
+@pytest.mark.parametrize("heads, kv_heads", [(4, 2), (8, 2)])
+def test_decode_logits_and_cache_equal_without(heads, kv_heads, monkeypatch):
+    """Batch 2, five steps: logits within 1e-5 of the same model's without the fusion, every cache row within 1e-5,
+    and every decode step of every layer through rope_decode_attention."""
+    plain, rope = _prepared(heads, heads, kv_heads)
+    prompt = torch.randint(0, 256, (2, 7), generator=torch.Generator().manual_seed(heads))
+    expected, cache_plain = _decode(plain, prompt, 5)
+    calls = []
+    inner = kernel_attention.rope_decode_attention
+    monkeypatch.setattr(kernel_attention, "rope_decode_attention", lambda *a: calls.append(1) or inner(*a))
+    got, cache_rope = _decode(rope, prompt, 5)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert len(calls) == 5 * rope.config.num_hidden_layers
+    for a, b in zip(cache_plain.layers, cache_rope.layers, strict=True):
+        torch.testing.assert_close(b.keys, a.keys, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(b.values, a.values, rtol=1e-5, atol=1e-5)
+
+
+def test_compiled_step_equals_eager():
+    """The deferred write, the stashes and the fused attention trace in one graph (fullgraph, aot_eager) and give
+    the eager logits of the model without the fusion."""
+    plain, rope = _prepared(3)
+    prompt = torch.randint(0, 256, (1, 6), generator=torch.Generator().manual_seed(3))
+    expected, _ = _decode(plain, prompt, 3)
+    torch._dynamo.reset()
+    got, _ = _decode(rope, prompt, 3, lambda f: torch.compile(f, backend="aot_eager", fullgraph=True))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_not_installed_without_fused_projections():
+    """No fused q/k/v, nothing to read the raw projection from: install changes nothing."""
+    model = random_model("tiny", dtype=torch.float32)
+    use_decode_attention(model)
+    rotary = model.model.rotary_emb
+    assert install(model) is None and model.model.rotary_emb is rotary
