@@ -109,8 +109,8 @@ def rope_decode_attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tenso
     new rows written by the block whose piece holds them. Otherwise q and k are rotated and the rows written by
     PyTorch ops (in a compiled step one Inductor kernel where transformers' step has its rotary and cache-write
     kernels), then `decode_attention`."""
-    loaded = build.loaded() if torch.compiler.is_compiling() else build.load_extension()
-    if ROPE_KERNEL and rope_supported(qkv, cos, sin, k, v, slot, mask, heads) and loaded:
+    if ROPE_KERNEL and rope_supported(qkv, cos, sin, k, v, slot, mask, heads) and (
+            build.loaded() if torch.compiler.is_compiling() else build.load_extension()):
         return torch.ops.qtool_cuda.rope_decode_attention(qkv, cos, sin, k, v, slot, mask, float(scale), int(heads),
                                                           0, int(PDL))
     batch, kv_heads, _, dim = k.shape
