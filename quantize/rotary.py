@@ -136,11 +136,13 @@ def take_step(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     """(qkv [B, (H + 2 KV) D], cos [B, D], sin [B, D], slot [1]) where this attention's layer deferred its write in
     this step, taken off the state; else None."""
     state = getattr(module, "qtool_rope", None)
-    if state is None or module.layer_idx not in state.slots:
+    if state is None:
+        return None
+    group = module.q_proj.group
+    qkv, group.output = group.output, None  # taken on every path: a prefill's projection is not held past its layer
+    if module.layer_idx not in state.slots:
         return None
     slot = state.slots.pop(module.layer_idx)
-    group = module.q_proj.group
-    qkv, group.output = group.output, None
     if qkv is None or state.cos_sin is None:  # a caller that skipped the fused q/k/v or the rotary module
         raise RuntimeError(f"layer {module.layer_idx} deferred its cache write, but its q/k/v projection or the "
                            "rotary embedding of this step was not seen (quantize/rotary.py)")

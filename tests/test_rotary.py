@@ -86,7 +86,7 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
     (16, 32, 8, 128, 161, 160),  # the 8B decode at batch 16, the last row
     (2, 32, 8, 128, 700, 600),  # pieces: the row in a later one
     (3, 24, 2, 64, 300, 0),     # twelve rows per KV head (scores by FMA), the first row
-    (2, 16, 2, 64, 129, 128),   # eight rows, the row alone in its piece
+    (2, 16, 2, 64, 129, 128),   # eight rows per KV head, the last row of a 129-row piece
 ])
 def test_rope_kernel_equals_reference(batch, heads, kv_heads, dim, length, slot, dtype, kernel, monkeypatch):
     """The rotary-and-write kernel (kernel=True) and the PyTorch-ops path before decode_attention's kernel, on fresh
@@ -160,6 +160,15 @@ def test_compiled_step_equals_eager():
     torch._dynamo.reset()
     got, _ = _decode(rope, prompt, 3, lambda f: torch.compile(f, backend="aot_eager", fullgraph=True))
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_prefill_projection_not_held():
+    """A prefill runs transformers' path, and no layer holds its q/k/v projection afterwards (25 MB a layer at the 8B's
+    2048 tokens)."""
+    _, rope = _prepared(5)
+    _decode(rope, torch.randint(0, 256, (1, 9), generator=torch.Generator().manual_seed(5)), 0)
+    groups = [m.q_proj.group for m in rope.modules() if hasattr(m, "qtool_rope")]
+    assert groups and all(g.keep_output and g.output is None for g in groups)
 
 
 def test_not_installed_without_fused_projections():
