@@ -162,6 +162,34 @@ def test_compiled_step_equals_eager():
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
+@torch.library.custom_op("qtool_test::rope_decode_attention", mutates_args=("k", "v"))
+def _mutating_op(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                 slot: torch.Tensor, mask: torch.Tensor | None, scale: float, heads: int) -> torch.Tensor:
+    """A stand-in with the CUDA op's schema (k and v written in place) and the reference inside."""
+    _mutating_op.calls += 1
+    return reference.rope_decode_attention(qkv, cos, sin, k, v, slot, mask, scale, heads)
+
+
+@_mutating_op.register_fake
+def _(qkv, cos, sin, k, v, slot, mask, scale, heads):
+    return qkv.new_empty(qkv.shape[0], heads, k.shape[-1])
+
+
+def test_inductor_step_with_the_mutating_op_equals_eager(monkeypatch):
+    """Compiled by Inductor with an op that writes the caches in place, as qtool_cuda::rope_decode_attention does:
+    the logits of the model without the fusion within 1e-5, the op run once per layer and step (not traced away,
+    its in-place writes kept: the later steps read them)."""
+    plain, rope = _prepared(4)
+    prompt = torch.randint(0, 256, (1, 6), generator=torch.Generator().manual_seed(4))
+    expected, _ = _decode(plain, prompt, 3)
+    _mutating_op.calls = 0
+    monkeypatch.setattr(kernel_attention, "rope_decode_attention", lambda *args: _mutating_op(*args))
+    torch._dynamo.reset()
+    got, _ = _decode(rope, prompt, 3, lambda f: torch.compile(f, fullgraph=True))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert _mutating_op.calls == 3 * rope.config.num_hidden_layers
+
+
 def test_prefill_projection_not_held():
     """A prefill runs transformers' path, and no layer holds its q/k/v projection afterwards (25 MB a layer at the 8B's
     2048 tokens)."""
