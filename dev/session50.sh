@@ -10,7 +10,7 @@
 #           an add + RMSNorm, to check that protocol ranks the routes as the model did in session 49)
 #   call 3: bash dev/session50.sh smallsweep              (~4 min: W4 / W8 on 4096 x 4096 and 4096 x 6144 at 64-256
 #           and 4096 tokens, behind the norm where call 2 validated it, merged on the H200)
-#   call 4: bash dev/session50.sh ropetests ropeab       (~6 min: the rotary-and-write attention, new in session 49
+#   call 4: bash dev/session50.sh ropetests ropeab       (~8 min, compute-sanitizer included: the rotary-and-write attention, new in session 49
 #           and never run on a GPU: its GPU tests, then the 8B W4A16 decode at batches 1 and 16 without it, with it
 #           on PyTorch ops + the kernel, and with it in the kernel; run it first if call 1 shows the batch-1 goal
 #           still short)
@@ -62,6 +62,12 @@ ropetests() {  # quantize/rotary.py and the two-pass kernel's rotary-and-write m
   timeout -k 10 "${ROPETEST_TIMEOUT:-240}" python3 -m pytest -q -x tests/test_rotary.py tests/test_decode_attention.py \
     tests/test_attention.py > /tmp/ropetests.txt 2>&1
   echo "exit $?"; tail -15 /tmp/ropetests.txt
+  for tool in memcheck racecheck; do
+    step "compute-sanitizer $tool: decode attention, both modes (dev/san_attention.py)"
+    timeout -k 10 "${SAN_TIMEOUT:-150}" compute-sanitizer --tool "$tool" --print-limit 20 python3 dev/san_attention.py \
+      > "/tmp/san_$tool.txt" 2>&1
+    echo "exit $?"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|launches done" "/tmp/san_$tool.txt" | tail -4
+  done
 }
 ropeab() {  # the 8B decode without / with the rotary and cache write in the attention (PyTorch ops, then kernel)
   for setting in "0 1" "1 0" "1 1"; do
