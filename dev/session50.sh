@@ -5,16 +5,16 @@
 # routes at 9-16 tokens (batch-16 step +5% on the H100) and timed the 8-bit lm_head there (2.72x at batch 1).
 #   call 1: bash dev/session50.sh e2e e2ew8head          (~6 min: the 8B W4A16 at batches 1 / 16 / 32 on the H200
 #           with the bf16 head, then with the 8-bit head: the figures issue 19's goals are judged on)
-#   call 2: bash dev/session50.sh profile normcheck       (~5 min: the batch-1 and batch-16 steps by kernel, to see
-#           which Inductor kernels the rotary and cache write are; the fused 8B shapes at 9-32 tokens swept behind
+#   call 2: bash dev/session50.sh ropetests ropeab       (~8 min: the rotary-and-write attention, new in session 49 and
+#           never run on a GPU: its GPU tests and compute-sanitizer, then the 8B W4A16 decode at batches 1 and 16
+#           without it, with it on PyTorch ops + the kernel, and with it in the kernel)
+#   call 3: bash dev/session50.sh profile normcheck       (~5 min: the batch-1 and batch-16 steps by kernel, with the
+#           winner of call 2 set (QTOOL_ROPE_ATTENTION=1 if it won); the fused 8B shapes at 9-32 tokens swept behind
 #           an add + RMSNorm, to check that protocol ranks the routes as the model did in session 49)
-#   call 3: bash dev/session50.sh smallsweep              (~4 min: W4 / W8 on 4096 x 4096 and 4096 x 6144 at 64-256
-#           and 4096 tokens, behind the norm where call 2 validated it, merged on the H200)
-#   call 4: bash dev/session50.sh ropetests ropeab       (~8 min, compute-sanitizer included: the rotary-and-write attention, new in session 49
-#           and never run on a GPU: its GPU tests, then the 8B W4A16 decode at batches 1 and 16 without it, with it
-#           on PyTorch ops + the kernel, and with it in the kernel; run it first if call 1 shows the batch-1 goal
-#           still short)
-# Copy $OUT/tuning.py back into kernels/tuning.py after call 3 (`tar -xzf out.tar.gz` first if gpu_setup packed it).
+#   call 4: bash dev/session50.sh smallsweep              (~4 min: W4 / W8 on 4096 x 4096 and 4096 x 6144 at 64-256
+#           and 4096 tokens, behind the norm where call 3 validated it, merged on the H200)
+# The prebuilt extension in .gpu/ext is session 49's (stamp a5baaf27f7e96fd9d914, with the rotary-and-write mode).
+# Copy $OUT/tuning.py back into kernels/tuning.py after call 4 (`tar -xzf out.tar.gz` first if gpu_setup packed it).
 cd "$(dirname "$0")/.."
 LOG=session50.log
 source dev/gpu_setup.sh
