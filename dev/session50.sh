@@ -35,11 +35,12 @@ profile() {  # kernels of single-token steps, batch 1 and 16 (dev/decode_profile
     echo "exit $?"; tail -48 "/tmp/profile_b$batch.txt"
   done
 }
-normcheck() {  # session 49's four fused layers at 9-32 tokens, back to back and behind the norm
+normcheck() {  # session 49's four fused layers at 16 and 32 tokens, back to back and behind the norm (the model
+  # preferred wo_gemm / k128 t16 v1 s0 at 16, the sweep back to back the GEMM: does the norm protocol agree?)
   for after in none norm; do
     step "W4 fused 8B shapes at 9-32 tokens, after=$after"
-    timeout -k 10 "${NORMCHECK_TIMEOUT:-100}" python3 dev/mixed_sweep.py --formats w4a16-g128 --after "$after" \
-      --shapes 4096x6144,4096x4096,4096x28672,14336x4096 --tokens 9,16,32 --budget 85 \
+    timeout -k 10 "${NORMCHECK_TIMEOUT:-110}" python3 dev/mixed_sweep.py --formats w4a16-g128 --after "$after" \
+      --shapes 4096x6144,4096x4096,4096x28672,14336x4096 --tokens ${NORMCHECK_TOKENS:-16,32} --budget 95 \
       --json "$OUT/normcheck_$after.json" > "/tmp/normcheck_$after.txt" 2>&1
     echo "exit $?"; python3 dev/mixed_sweep.py --show "$OUT/normcheck_$after.json" 2>&1 | tail -12
     python3 dev/mixed_sweep.py --emit "$OUT/normcheck_$after.json"
