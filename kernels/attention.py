@@ -101,20 +101,39 @@ def rope_supported(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k: t
     return cos.stride() == sin.stride() and slot.device == qkv.device and supported(q, k, v, mask)
 
 
-def rope_decode_attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                          slot: torch.Tensor, mask: torch.Tensor | None, scale: float, heads: int) -> torch.Tensor:
-    """Rotary, cache write and attention for one token (shapes and result as reference.rope_decode_attention, the
-    test oracle; slot must be a row of the cache). With ROPE_KERNEL, the two-pass kernel does all three where it
-    takes the tensors (`rope_supported`): the query rows rotated as they are staged, the new key rotated and both
-    new rows written by the block whose piece holds them. Otherwise q and k are rotated and the rows written by
-    PyTorch ops (in a compiled step one Inductor kernel where transformers' step has its rotary and cache-write
-    kernels), then `decode_attention`."""
-    if ROPE_KERNEL and rope_supported(qkv, cos, sin, k, v, slot, mask, heads) and (
-            build.loaded() if torch.compiler.is_compiling() else build.load_extension()):
-        return torch.ops.qtool_cuda.rope_decode_attention(qkv, cos, sin, k, v, slot, mask, float(scale), int(heads),
-                                                          0, int(PDL))
+
+def rope_kernel_attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                          slot: torch.Tensor, mask: torch.Tensor | None, scale: float, heads: int) -> torch.Tensor | None:
+    """The rotary-and-write kernel's output (shapes as in reference.rope_decode_attention; slot must be a row of the
+    cache): the query rows rotated as they are staged, the new key rotated and both new rows written by the block
+    whose piece holds them. None (nothing written) where ROPE_KERNEL is off, the kernel does not take the tensors
+    or the extension is not loaded (it never builds it): for callers with their own fallback."""
+    if not (ROPE_KERNEL and build.loaded() and rope_supported(qkv, cos, sin, k, v, slot, mask, heads)):
+        return None
+    return torch.ops.qtool_cuda.rope_decode_attention(qkv, cos, sin, k, v, slot, mask, float(scale), int(heads), 0,
+                                                      int(PDL))
+
+
+def rotate_and_write(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     slot: torch.Tensor, heads: int) -> torch.Tensor:
+    """The rotated query [B, H, D], with the rotated key and the value written into k and v at `slot`, by PyTorch
+    ops (in a compiled step one Inductor kernel, where transformers' step has its rotary and cache-write kernels).
+    Shapes as in reference.rope_decode_attention."""
     batch, kv_heads, _, dim = k.shape
     q, k_new, v_new = qkv.view(batch, heads + 2 * kv_heads, dim).split((heads, kv_heads, kv_heads), dim=1)
     k.index_copy_(2, slot, rotate(k_new, cos, sin)[:, :, None, :])
     v.index_copy_(2, slot, v_new[:, :, None, :])
-    return decode_attention(rotate(q, cos, sin), k, v, mask, scale)
+    return rotate(q, cos, sin)
+
+
+def rope_decode_attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                          slot: torch.Tensor, mask: torch.Tensor | None, scale: float, heads: int) -> torch.Tensor:
+    """Rotary, cache write and attention for one token (shapes and result as reference.rope_decode_attention, the
+    test oracle): `rope_kernel_attention` where it runs (building the extension on first eager use), else
+    `rotate_and_write`, then `decode_attention`."""
+    if not torch.compiler.is_compiling() and rope_supported(qkv, cos, sin, k, v, slot, mask, heads):
+        build.load_extension()  # eagerly, built on first use as decode_attention builds it
+    out = rope_kernel_attention(qkv, cos, sin, k, v, slot, mask, scale, heads)
+    if out is not None:
+        return out
+    return decode_attention(rotate_and_write(qkv, cos, sin, k, v, slot, heads), k, v, mask, scale)

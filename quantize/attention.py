@@ -51,7 +51,9 @@ def decode_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, 
     a mask [B, 1, 1, L] or None; transformers' SDPA attention for everything else (the module docstring)."""
     step = take_step(module)
     if step is not None:  # this layer left its rotary and cache write to the attention (quantize/rotary.py)
-        return _rope_attention(step, key, value, attention_mask, scaling, query.shape), None
+        out, query = _rope_attention(step, key, value, attention_mask, scaling, query.shape)
+        if out is not None:
+            return out, None
     batch, heads, q_len, dim = query.shape
     groups = getattr(module, "num_key_value_groups", 1)
     special = any(kwargs.get(k) is not None for k in _SPECIAL)
@@ -87,24 +89,25 @@ def _kernel_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
 
 
 def _rope_attention(step: tuple, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
-                    scaling: float | None, query_shape: torch.Size) -> torch.Tensor:
-    """[B, 1, H, D] from the step's raw q/k/v, rotary and cache row (rotary.take_step) over the caches key, value
-    [B, KV, L, D] (row `slot` not yet written) and a mask [B, 1, 1, L] (bool, or additive with 0 where attended)."""
+                    scaling: float | None, query_shape: torch.Size) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The step's raw q/k/v, rotary and cache row (rotary.take_step) over the caches key, value [B, KV, L, D], whose
+    row `slot` is not yet written: (output [B, 1, H, D], None) from the rotary-and-write kernel where the attention
+    kernel is preferred and takes the tensors, else (None, the rotated query [B, H, 1, D]) with the row written,
+    for the plain path to attend."""
     from qtool_kernels import attention
 
     qkv, cos, sin, slot = step
     batch, heads, _, dim = query_shape
-    flat = None
-    if mask is not None:
-        if mask.dim() != 4 or mask.shape[1:3] != (1, 1) or mask.shape[-1] != key.shape[2]:
-            raise ValueError(f"rotary-and-write attention takes a mask [B, 1, 1, {key.shape[2]}], got "
-                             f"{tuple(mask.shape)}")
-        flat = mask[:, 0, 0, :] if mask.dtype == torch.bool else mask[:, 0, 0, :] == 0
-        flat = flat.expand(batch, key.shape[2])
-    scale = scaling if scaling is not None else dim ** -0.5
     cos, sin = cos.expand(batch, -1), sin.expand(batch, -1)  # one position for the batch: stride 0
-    out = attention.rope_decode_attention(qkv, cos, sin, key, value, slot, flat, scale, heads)
-    return out.reshape(batch, 1, heads, value.shape[-1])
+    shared_bool = mask is None or (mask.dtype == torch.bool and mask.dim() == 4 and mask.shape[1:3] == (1, 1)
+                                   and mask.shape[-1] == key.shape[2])
+    if BACKEND == "kernel" and shared_bool and attention.preferred(batch, key.shape[1], key.shape[2]):
+        flat = None if mask is None else mask[:, 0, 0, :].expand(batch, key.shape[2])
+        scale = scaling if scaling is not None else dim ** -0.5
+        out = attention.rope_kernel_attention(qkv, cos, sin, key, value, slot, flat, scale, heads)
+        if out is not None:
+            return out.reshape(batch, 1, heads, value.shape[-1]), None
+    return None, attention.rotate_and_write(qkv, cos, sin, key, value, slot, heads)[:, :, None, :]
 
 
 def register() -> None:

@@ -136,13 +136,13 @@ def _decode(model, prompt: torch.Tensor, steps: int, step_fn=None) -> tuple[torc
 @pytest.mark.parametrize("heads, kv_heads", [(4, 2), (8, 2)])
 def test_decode_logits_and_cache_equal_without(heads, kv_heads, monkeypatch):
     """Batch 2, five steps: logits within 1e-5 of the same model's without the fusion, every cache row within 1e-5,
-    and every decode step of every layer through rope_decode_attention."""
+    and every decode step of every layer through the rotation and write of the attention."""
     plain, rope = _prepared(heads, heads, kv_heads)
     prompt = torch.randint(0, 256, (2, 7), generator=torch.Generator().manual_seed(heads))
     expected, cache_plain = _decode(plain, prompt, 5)
     calls = []
-    inner = kernel_attention.rope_decode_attention
-    monkeypatch.setattr(kernel_attention, "rope_decode_attention", lambda *a: calls.append(1) or inner(*a))
+    inner = kernel_attention.rotate_and_write  # the CPU path: the rotation and write, then the plain attention
+    monkeypatch.setattr(kernel_attention, "rotate_and_write", lambda *a: calls.append(1) or inner(*a))
     got, cache_rope = _decode(rope, prompt, 5)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert len(calls) == 5 * rope.config.num_hidden_layers
@@ -183,7 +183,7 @@ def test_inductor_step_with_the_mutating_op_equals_eager(monkeypatch):
     prompt = torch.randint(0, 256, (1, 6), generator=torch.Generator().manual_seed(4))
     expected, _ = _decode(plain, prompt, 3)
     _mutating_op.calls = 0
-    monkeypatch.setattr(kernel_attention, "rope_decode_attention", lambda *args: _mutating_op(*args))
+    monkeypatch.setattr(kernel_attention, "rope_kernel_attention", lambda *args: _mutating_op(*args))
     torch._dynamo.reset()
     got, _ = _decode(rope, prompt, 3, lambda f: torch.compile(f, fullgraph=True))
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
