@@ -10,13 +10,14 @@ How, without forking transformers' model code (three hooks, each a public object
 - the model's rotary module is wrapped (`RotaryStash`) to keep the step's (cos, sin) [B, 1, D] on a shared state;
 - each static cache layer is switched to `DeferredLayer`, whose update for one token returns the cache buffers
   without writing them and leaves the row (`slot`) to write on the shared state.
-The attention function (quantize/attention.py) then finds the pending step for its layer and runs
-`rope_decode_attention` on the raw projection: rotate q and k, write k and v at `slot`, attend. transformers'
-own rotation of q and k becomes dead code in the compiled graph (nothing reads it), so Inductor drops it.
+The attention function (quantize/attention.py) then finds the pending step for its layer and, where qtool's
+attention kernel runs, calls its rotary-and-write mode on the raw projection (`qtool_cuda::rope_decode_attention`:
+rotate q and k, write k and v at `slot`, attend, in one launch). transformers' own rotation of q and k becomes dead
+code in the compiled graph (nothing reads it), so Inductor drops it (checked on the CPU: tests/test_rotary.py).
 
-The write is never skipped: once a layer deferred it, the attention runs the fused op, whose CPU path (and the
-fallback where the CUDA kernel does not take the shapes) is the PyTorch reference, writing the rows as
-transformers would. Prefill (more than one token) and every cache other than a static one keep transformers'
+The write is never skipped: once a layer deferred it, the attention either runs that kernel or rotates and writes
+with PyTorch ops (`rotate_and_write`: on the CPU, where the kernel does not take the tensors, with
+QTOOL_ROPE_KERNEL=0) before attending as usual. Prefill (more than one token) and every cache other than a static one keep transformers'
 path. Architectures: those whose attention rotates the raw projections (`ARCHITECTURES`); Qwen3 normalizes q and
 k per head before the rotation and is not one of them.
 
@@ -34,8 +35,8 @@ from torch import nn
 
 from .fusion import FusedHead
 
-# `qtool bench` installs it where QTOOL_ROPE_ATTENTION=1: off until the CUDA kernel is built and measured (the
-# reference path under Inductor is correct but no faster)
+# `qtool bench` installs it where QTOOL_ROPE_ATTENTION=1: off until measured on a GPU (built in session 49 without
+# one; dev/session50.sh ropetests ropeab)
 ENABLED = os.environ.get("QTOOL_ROPE_ATTENTION", "0") == "1"
 # attention classes whose forward rotates q and k straight from q_proj / k_proj (no per-head norm, full rotary)
 ARCHITECTURES = ("LlamaAttention", "MistralAttention", "Qwen2Attention")
