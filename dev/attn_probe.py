@@ -6,6 +6,11 @@ baseline's), and qtool's kernels (online softmax, two passes) at the default and
 the cache (copies rotated past the L2, as a layer's cache is in a decode step), CUDA-graph replay, microseconds.
 
     python3 dev/attn_probe.py [--batches 1,16] [--lengths 161,512,2048,8192] [--json out.json]
+    python3 dev/attn_probe.py --rope --splits 0 --variants 2   # + the rotary-and-write mode (session 49)
+
+--rope also times the kernel's rotary-and-write mode (`rope_kernel_attention`: q rotated as staged, the new key
+rotated and both new rows written) and the same work as an Inductor-compiled `rotate_and_write` before the kernel,
+on the same caches, against the plain kernel: what the mode adds to the attention.
 """
 
 from __future__ import annotations
@@ -38,7 +43,27 @@ def caches(batch: int, length: int) -> tuple[Rotation, int]:
     return Rotation(items), count
 
 
-def time_case(batch: int, length: int, splits: list[int], variants: list[int]) -> dict:
+def rope_calls(batch: int, length: int, rot: Rotation, scale: float) -> dict:
+    """The rotary-and-write kernel and compiled PyTorch ops + the kernel, over the rotating caches (row length - 2)."""
+    qkv = torch.randn(batch, (HEADS + 2 * KV_HEADS) * DIM, device="cuda", dtype=torch.bfloat16)
+    angle = torch.rand(batch, DIM // 2, device="cuda") * 6
+    cos = torch.cat((angle, angle), -1).cos().to(torch.bfloat16)
+    sin = torch.cat((angle, angle), -1).sin().to(torch.bfloat16)
+    slot = torch.tensor([length - 2], device="cuda")
+    write = torch.compile(attention.rotate_and_write)
+
+    def kernel():
+        k, v, mask = rot()
+        return attention.rope_kernel_attention(qkv, cos, sin, k, v, slot, mask, scale, HEADS)
+
+    def ops():
+        k, v, mask = rot()
+        return attention.decode_attention(write(qkv, cos, sin, k, v, slot, HEADS), k, v, mask, scale)
+
+    return {"rope_kernel": kernel, "rope_ops_then_kernel": ops}
+
+
+def time_case(batch: int, length: int, splits: list[int], variants: list[int], rope: bool = False) -> dict:
     rot, count = caches(batch, length)
     q = torch.randn(batch, HEADS, DIM, device="cuda", dtype=torch.bfloat16)
     scale = DIM**-0.5
@@ -60,6 +85,8 @@ def time_case(batch: int, length: int, splits: list[int], variants: list[int]) -
         for s in splits:
             calls[f"qtool_v{var}_s{s}"] = lambda s=s, var=var: attention.decode_attention(q, *rot(), scale, splits=s,
                                                                                           variant=var)
+    if rope:
+        calls.update(rope_calls(batch, length, rot, scale))
     us = {}
     for _ in range(2):  # alternate, so that drift shows as spread
         for name, call in calls.items():
@@ -81,6 +108,7 @@ def main() -> None:
     parser.add_argument("--lengths", default="161,512,2048,8192")
     parser.add_argument("--splits", default="0,1,2,4,8,16")
     parser.add_argument("--variants", default="1,2", help="the kernels: 1 online softmax, 2 two passes")
+    parser.add_argument("--rope", action="store_true", help="also the rotary-and-write mode (docstring)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     build.load_extension()
@@ -88,7 +116,7 @@ def main() -> None:
     for b in (int(x) for x in args.batches.split(",")):
         for length in (int(x) for x in args.lengths.split(",")):
             rows.append(time_case(b, length, [int(s) for s in args.splits.split(",")],
-                                  [int(v) for v in args.variants.split(",")]))
+                                  [int(v) for v in args.variants.split(",")], args.rope))
             torch.cuda.empty_cache()
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

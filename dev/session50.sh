@@ -5,7 +5,7 @@
 # routes at 9-16 tokens (batch-16 step +5% on the H100) and timed the 8-bit lm_head there (2.72x at batch 1).
 #   call 1: bash dev/session50.sh e2e e2ew8head          (~6 min: the 8B W4A16 at batches 1 / 16 / 32 on the H200
 #           with the bf16 head, then with the 8-bit head: the figures issue 19's goals are judged on)
-#   call 2: bash dev/session50.sh ropetests ropeab       (~8 min: the rotary-and-write attention, new in session 49 and
+#   call 2: bash dev/session50.sh ropetests ropeprobe ropeab   (~9 min: the rotary-and-write attention, new in session 49 and
 #           never run on a GPU: its GPU tests and compute-sanitizer, then the 8B W4A16 decode at batches 1 and 16
 #           without it, with it on PyTorch ops + the kernel, and with it in the kernel)
 #   call 3: bash dev/session50.sh profile normcheck       (~5 min: the batch-1 and batch-16 steps by kernel, with the
@@ -69,6 +69,12 @@ ropetests() {  # quantize/rotary.py and the two-pass kernel's rotary-and-write m
       > "/tmp/san_$tool.txt" 2>&1
     echo "exit $?"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|launches done" "/tmp/san_$tool.txt" | tail -4
   done
+}
+ropeprobe() {  # what the rotary-and-write mode adds to the attention kernel, against the ops before it
+  step "decode attention: plain kernel, rotary-and-write kernel, compiled ops + kernel (dev/attn_probe.py --rope)"
+  timeout -k 10 "${PROBE_TIMEOUT:-120}" python3 dev/attn_probe.py --rope --batches 1,16 --lengths 48,161,600 \
+    --splits 0 --variants 2 --json "$OUT/attn_rope.json" > /tmp/attn_rope.txt 2>&1
+  echo "exit $?"; tail -8 /tmp/attn_rope.txt
 }
 ropeab() {  # the 8B decode without / with the rotary and cache write in the attention (PyTorch ops, then kernel)
   for setting in "0 1" "1 0" "1 1"; do
