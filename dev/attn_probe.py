@@ -60,6 +60,8 @@ def rope_calls(batch: int, length: int, rot: Rotation, scale: float) -> dict:
         k, v, mask = rot()
         return attention.decode_attention(write(qkv, cos, sin, k, v, slot, HEADS), k, v, mask, scale)
 
+    if kernel() is None:
+        raise SystemExit("the rotary-and-write kernel does not take the probe's tensors (rope_supported)")
     return {"rope_kernel": kernel, "rope_ops_then_kernel": ops}
 
 
