@@ -11,8 +11,9 @@
 #   call 3: bash dev/session50.sh profile normcheck       (~5 min: the batch-1 and batch-16 steps by kernel, with the
 #           winner of call 2 set (QTOOL_ROPE_ATTENTION=1 if it won); the fused 8B shapes at 9-32 tokens swept behind
 #           an add + RMSNorm, to check that protocol ranks the routes as the model did in session 49)
-#   call 4: bash dev/session50.sh smallsweep              (~4 min: W4 / W8 on 4096 x 4096 and 4096 x 6144 at 64-256
-#           and 4096 tokens, behind the norm where call 3 validated it, merged on the H200)
+#   call 4: bash dev/session50.sh smallsweep widesweep    (~7 min: W4 / W8 on 4096 x 4096 and 4096 x 6144 at 64-256
+#           and 4096 tokens, then the five larger shapes at 128-256, behind the norm where call 3 validated it
+#           (SWEEP_AFTER=none where it did not), merged on the H200)
 # The prebuilt extension in .gpu/ext is session 49's (stamp a5baaf27f7e96fd9d914, with the rotary-and-write mode).
 # Copy $OUT/tuning.py back into kernels/tuning.py after call 4 (`tar -xzf out.tar.gz` first if gpu_setup packed it).
 cd "$(dirname "$0")/.."
@@ -46,17 +47,20 @@ normcheck() {  # session 49's four fused layers at 16 and 32 tokens, back to bac
     python3 dev/mixed_sweep.py --emit "$OUT/normcheck_$after.json"
   done
 }
-smallsweep() {  # the small weights' routes at 64-256 and 4096 tokens (merged on the H200)
-  step "W4 / W8 on 4096 x 4096 and 4096 x 6144 at 64-256 and 4096 tokens, after=${SWEEP_AFTER:-norm}"
+sweep_shapes() {  # sweep_shapes SHAPES NAME: W4 / W8 routes at $SWEEP_TOKENS behind $SWEEP_AFTER, merged on the H200
+  step "W4 / W8 on $1 at $SWEEP_TOKENS tokens, after=${SWEEP_AFTER:-norm}"
   timeout -k 10 "${SWEEP_TIMEOUT:-200}" python3 dev/mixed_sweep.py --formats w4a16-g128,w8a16-channel \
-    --shapes 4096x4096,4096x6144 --tokens ${SWEEP_TOKENS:-64,128,256,4096} --budget "${SWEEP_BUDGET:-170}" \
-    --after "${SWEEP_AFTER:-norm}" --json "$OUT/smallsweep.json" > /tmp/smallsweep.txt 2>&1
-  echo "exit $?"; python3 dev/mixed_sweep.py --show "$OUT/smallsweep.json" 2>&1 | tail -18
+    --shapes "$1" --tokens "$SWEEP_TOKENS" --budget "${SWEEP_BUDGET:-170}" \
+    --after "${SWEEP_AFTER:-norm}" --json "$OUT/$2.json" > "/tmp/$2.txt" 2>&1
+  echo "exit $?"; python3 dev/mixed_sweep.py --show "$OUT/$2.json" 2>&1 | tail -20
   case "$GPU" in
-    *H200*) python3 dev/mixed_sweep.py --emit "$OUT/smallsweep.json" --merge && cp kernels/tuning.py "$OUT/tuning.py"
+    *H200*) python3 dev/mixed_sweep.py --emit "$OUT/$2.json" --merge && cp kernels/tuning.py "$OUT/tuning.py"
             git diff --stat kernels/tuning.py ;;
     *) echo "not merged: routes are tuned on the H200 ($GPU)" ;;
   esac
+}
+smallsweep() {  # the small weights' routes at 64-256 and 4096 tokens
+  SWEEP_TOKENS=${SWEEP_TOKENS:-64,128,256,4096} sweep_shapes 4096x4096,4096x6144 smallsweep
 }
 ropetests() {  # quantize/rotary.py and the two-pass kernel's rotary-and-write mode against their references
   step "rotary-and-write attention: GPU tests"
@@ -82,6 +86,10 @@ ropeab() {  # the 8B decode without / with the rotary and cache write in the att
     QTOOL_ROPE_ATTENTION=$1 QTOOL_ROPE_KERNEL=$2 E2E_TIMEOUT=${E2E_TIMEOUT:-200} \
       bench8b "-rope$1$2" w4a16 1,16 128 12
   done
+}
+widesweep() {  # the larger shapes at 128-256 tokens, where session 48's table had W4 at 0.94-0.99x at 256 and W8
+  # 28672 x 8192 at 0.95x (session 49, H100); merged on the H200
+  SWEEP_TOKENS=${SWEEP_TOKENS:-128,256} sweep_shapes 8192x8192,8192x28672,28672x8192,4096x14336,14336x4096 widesweep
 }
 for stage in "$@"; do "$stage"; done
 step "done"
