@@ -5,6 +5,7 @@ compiled."""
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -205,3 +206,27 @@ def test_not_installed_without_fused_projections():
     use_decode_attention(model)
     rotary = model.model.rotary_emb
     assert install(model) is None and model.model.rotary_emb is rotary
+
+
+def test_bench_cli_with_the_rotary_in_the_attention(tmp_path, monkeypatch):
+    """`qtool bench --random-weights --scheme w8a16` with QTOOL_ROPE_ATTENTION on the CPU: the quantized model's decode
+    steps take the rotation and write of the attention (every layer, every step after the first token) and the JSON
+    says so; the bf16 baseline (not fused) does not."""
+    from typer.testing import CliRunner
+
+    import quantize.rotary as rotary
+    from quantize.cli import app
+
+    monkeypatch.setattr(rotary, "ENABLED", True)
+    calls = []
+    inner = kernel_attention.rotate_and_write
+    monkeypatch.setattr(kernel_attention, "rotate_and_write", lambda *a: calls.append(1) or inner(*a))
+    out = tmp_path / "bench.json"
+    res = CliRunner().invoke(app, ["bench", "tiny", "--random-weights", "--device", "cpu", "--scheme", "w8a16",
+                                   "--batch-sizes", "2", "--decode-tokens", "3", "--prefill-len", "8",
+                                   "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    figures = json.loads(out.read_text())
+    assert figures["rope_attention"] is True and not figures["base_fused"].get("rope_attention")
+    assert figures["quantized"]["decode"][0]["tokens_per_s"] > 0
+    assert calls and len(calls) % (2 * TINY["num_hidden_layers"]) == 0  # 2 single-token steps per decode, 2 layers
