@@ -3,19 +3,21 @@
 # development machine `bash dev/prebuild_sm90.sh` and `bash dev/prebuild_ext.sh` first). Back to back: a machine idle
 # for 30 s is given back. Session 49 got only H100s: it put W4's four fused 8B layers back on their session-46
 # routes at 9-16 tokens (batch-16 step +5% on the H100) and timed the 8-bit lm_head there (2.72x at batch 1).
-#   call 1: bash dev/session50.sh e2e e2ew8head          (~6 min: the 8B W4A16 at batches 1 / 16 / 32 on the H200
-#           with the bf16 head, then with the 8-bit head: the figures issue 19's goals are judged on)
-#   call 2: bash dev/session50.sh ropetests ropeprobe ropeab   (~9 min: the rotary-and-write attention, new in session 49 and
-#           never run on a GPU: its GPU tests and compute-sanitizer, then the 8B W4A16 decode at batches 1 and 16
-#           without it, with it on PyTorch ops + the kernel, and with it in the kernel)
-#   call 3: bash dev/session50.sh profile normcheck       (~5 min: the batch-1 and batch-16 steps by kernel, with the
-#           winner of call 2 set (QTOOL_ROPE_ATTENTION=1 if it won); the fused 8B shapes at 9-32 tokens swept behind
-#           an add + RMSNorm, to check that protocol ranks the routes as the model did in session 49)
-#   call 4: bash dev/session50.sh smallsweep widesweep    (~7 min: W4 / W8 on 4096 x 4096 and 4096 x 6144 at 64-256
-#           and 4096 tokens, then the five larger shapes at 128-256, behind the norm where call 3 validated it
+#   call 1: bash dev/session50.sh e2e                      (~6 min on a fresh machine: the 8B W4A16 at batches 1 / 16 /
+#           32 on the H200, bf16 head: the figures issue 19's goals are judged on; session 49's batch-16 fix)
+#   call 2: bash dev/session50.sh ropetests ropeprobe      (~6 min: the rotary-and-write attention, new in session 49
+#           and never run on a GPU: its GPU tests, compute-sanitizer, and what the mode adds to the kernel)
+#   call 3: bash dev/session50.sh ropeab e2ew8head         (~8 min: the 8B decode at batches 1 and 16 without it,
+#           with it on PyTorch ops + the kernel, with it in the kernel; then the 8-bit lm_head)
+#   call 4: bash dev/session50.sh profile normcheck        (~5 min: the batch-1 and batch-16 steps by kernel, with
+#           QTOOL_ROPE_ATTENTION=1 exported if call 3 had it win; the fused 8B shapes at 16 and 32 tokens swept
+#           behind an add + RMSNorm, to check that protocol ranks the routes as the model did in session 49)
+#   call 5: bash dev/session50.sh smallsweep widesweep     (~7 min: W4 / W8 on 4096 x 4096 and 4096 x 6144 at 64-256
+#           and 4096 tokens, then the five larger shapes at 128-256, behind the norm where call 4 validated it
 #           (SWEEP_AFTER=none where it did not), merged on the H200)
+# In priority order: 30 device minutes may not reach call 5.
 # The prebuilt extension in .gpu/ext is session 49's (stamp a5baaf27f7e96fd9d914, with the rotary-and-write mode).
-# Copy $OUT/tuning.py back into kernels/tuning.py after call 4 (`tar -xzf out.tar.gz` first if gpu_setup packed it).
+# Copy $OUT/tuning.py back into kernels/tuning.py after call 5 (`tar -xzf out.tar.gz` first if gpu_setup packed it).
 cd "$(dirname "$0")/.."
 LOG=session50.log
 source dev/gpu_setup.sh
@@ -23,7 +25,7 @@ GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
 echo "device: $GPU"
 
 e2e() {  # main's routes (session 49's fix at 9-16 tokens), the bf16 head
-  E2E_TIMEOUT=${E2E_TIMEOUT:-240} bench8b "-b1-16-32" w4a16 1,16,32 128 12
+  E2E_TIMEOUT=${E2E_TIMEOUT:-420} bench8b "-b1-16-32" w4a16 1,16,32 128 12
 }
 e2ew8head() {  # lm_head W8 per channel (qtool bench --lm-head-scheme w8a16); session 49 needed > 240 s on the H100
   E2E_TIMEOUT=${E2E_TIMEOUT:-400} bench8b "-w8head" w4a16 1,16 128 12 --quantize-lm-head --lm-head-scheme w8a16
