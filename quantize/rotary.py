@@ -78,8 +78,11 @@ def deferred_layer_class() -> type:
                 slot = self.cumulative_length.reshape(1).clone()
                 self.cumulative_length.add_(1)
             else:  # 5.0: the caller's cache_kwargs name the row
-                cache_kwargs = args[0] if args else kwargs.get("cache_kwargs")
-                slot = cache_kwargs["cache_position"].reshape(1)
+                cache_kwargs = args[0] if args and isinstance(args[0], dict) else kwargs.get("cache_kwargs")
+                position = cache_kwargs.get("cache_position") if isinstance(cache_kwargs, dict) else None
+                if position is None:  # a release that names the row another way: transformers' own write
+                    return super().update(key_states, value_states, *args, **kwargs)
+                slot = position.reshape(1)
             self.qtool_state.slots[self.qtool_index] = slot
             return self.keys, self.values
 
