@@ -15,8 +15,8 @@ import torch
 
 from . import build
 from .layout import KERNEL_DTYPES
+from .reference import causal_mask, rotate
 from .reference import decode_attention as reference  # the CPU path and the test oracle
-from .reference import rotate
 
 HEAD_DIMS = (64, 128)  # what the kernel takes
 MAX_GROUP = 16  # query heads per KV head (csrc/attention.h, kDecodeAttentionMaxGroup)
@@ -136,4 +136,5 @@ def rope_decode_attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tenso
     out = rope_kernel_attention(qkv, cos, sin, k, v, slot, mask, scale, heads)
     if out is not None:
         return out
-    return decode_attention(rotate_and_write(qkv, cos, sin, k, v, slot, heads), k, v, mask, scale)
+    q = rotate_and_write(qkv, cos, sin, k, v, slot, heads)
+    return decode_attention(q, k, v, causal_mask(mask, slot, k.shape[0], k.shape[2]), scale)

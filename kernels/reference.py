@@ -269,14 +269,21 @@ def rope_decode_attention(
     k_cache: torch.Tensor,  # [B, KV, L, D]: row `slot` is written here
     v_cache: torch.Tensor,  # [B, KV, L, D]: row `slot` is written here
     slot: torch.Tensor,  # [1] int64: the cache row of this token, the same for every sequence (a static cache)
-    mask: torch.Tensor | None,  # [B, L] bool, True = attend (row `slot` included); None: every position
+    mask: torch.Tensor | None,  # [B, L] bool, True = attend (row `slot` included); None: every row up to `slot`
     scale: float,
     heads: int,  # H
 ) -> torch.Tensor:  # [B, H, D] in qkv's dtype
     """One decode step's attention from the unrotated projection: q and k rotated (`rotate`), k and v written into
-    the caches at `slot`, then `decode_attention` over the caches."""
-    batch, kv_heads, _, dim = k_cache.shape
+    the caches at `slot`, then `decode_attention` over the caches. Rows after `slot` (a static cache's future
+    positions) are not attended, whatever the mask says."""
+    batch, kv_heads, length, dim = k_cache.shape
     q, k, v = qkv.view(batch, heads + 2 * kv_heads, dim).split((heads, kv_heads, kv_heads), dim=1)
     k_cache.index_copy_(2, slot, rotate(k, cos, sin)[:, :, None, :])
     v_cache.index_copy_(2, slot, v[:, :, None, :])
-    return decode_attention(rotate(q, cos, sin), k_cache, v_cache, mask, scale)
+    return decode_attention(rotate(q, cos, sin), k_cache, v_cache, causal_mask(mask, slot, batch, length), scale)
+
+
+def causal_mask(mask: torch.Tensor | None, slot: torch.Tensor, batch: int, length: int) -> torch.Tensor:
+    """[B, L] bool: `mask` (None: every row) and the rows up to `slot` [1]."""
+    upto = (torch.arange(length, device=slot.device) <= slot)[None, :].expand(batch, length)
+    return upto if mask is None else mask & upto

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from .rotary import take_step
+from .rotary import PendingStep, take_step
 
 NAME = "qtool_sdpa"
 # Where the packed query meets qtool's decode attention kernel (qtool_kernels/attention.py): "kernel" runs it on CUDA
@@ -51,7 +51,7 @@ def decode_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, 
     a mask [B, 1, 1, L] or None; transformers' SDPA attention for everything else (the module docstring)."""
     step = take_step(module)
     if step is not None:  # this layer left its rotary and cache write to the attention (quantize/rotary.py)
-        out, query = _rope_attention(step, key, value, attention_mask, scaling, query.shape)
+        out, query, attention_mask = _rope_attention(step, key, value, attention_mask, scaling, query.shape)
         if out is not None:
             return out, None
     batch, heads, q_len, dim = query.shape
@@ -88,26 +88,30 @@ def _kernel_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     return None if out is None else out.reshape(query.shape[0], 1, query.shape[1], value.shape[-1])
 
 
-def _rope_attention(step: tuple, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
-                    scaling: float | None, query_shape: torch.Size) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """The step's raw q/k/v, rotary and cache row (rotary.take_step) over the caches key, value [B, KV, L, D], whose
-    row `slot` is not yet written: (output [B, 1, H, D], None) from the rotary-and-write kernel where the attention
-    kernel is preferred and takes the tensors, else (None, the rotated query [B, H, 1, D]) with the row written,
-    for the plain path to attend."""
+def _rope_attention(step: PendingStep, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
+                    scaling: float | None, query_shape: torch.Size) -> tuple:
+    """A layer's deferred step (rotary.take_step) over the caches key, value [B, KV, L, D], whose row `step.slot` is
+    not yet written, and transformers' mask [B, 1, 1, L] (ignored where step.causal_only):
+    (output [B, 1, H, D], None, None) from the rotary-and-write kernel where the attention kernel is preferred and
+    takes the tensors; else (None, rotated query [B, H, 1, D], mask) with the row written, for the plain path."""
     from qtool_kernels import attention
 
-    qkv, cos, sin, slot = step
     batch, heads, _, dim = query_shape
-    cos, sin = cos.expand(batch, -1), sin.expand(batch, -1)  # one position for the batch: stride 0
+    length = key.shape[2]
+    cos, sin = step.cos.expand(batch, -1), step.sin.expand(batch, -1)  # one position for the batch: stride 0
+    mask = None if step.causal_only else mask
     shared_bool = mask is None or (mask.dtype == torch.bool and mask.dim() == 4 and mask.shape[1:3] == (1, 1)
-                                   and mask.shape[-1] == key.shape[2])
-    if BACKEND == "kernel" and shared_bool and attention.preferred(batch, key.shape[1], key.shape[2]):
-        flat = None if mask is None else mask[:, 0, 0, :].expand(batch, key.shape[2])
+                                   and mask.shape[-1] == length)
+    if BACKEND == "kernel" and shared_bool and attention.preferred(batch, key.shape[1], length):
+        flat = None if mask is None else mask[:, 0, 0, :].expand(batch, length)
         scale = scaling if scaling is not None else dim ** -0.5
-        out = attention.rope_kernel_attention(qkv, cos, sin, key, value, slot, flat, scale, heads)
-        if out is not None:
-            return out.reshape(batch, 1, heads, value.shape[-1]), None
-    return None, attention.rotate_and_write(qkv, cos, sin, key, value, slot, heads)[:, :, None, :]
+        out = attention.rope_kernel_attention(step.qkv, cos, sin, key, value, step.slot, flat, scale, heads)
+        if out is not None:  # (rows after the slot bounded by the kernel)
+            return out.reshape(batch, 1, heads, value.shape[-1]), None, None
+    query = attention.rotate_and_write(step.qkv, cos, sin, key, value, step.slot, heads)[:, :, None, :]
+    if mask is None:  # the rows up to the slot, which transformers' mask would have said
+        mask = attention.causal_mask(None, step.slot, batch, length)[:, None, None, :]
+    return None, query, mask
 
 
 def register() -> None:

@@ -292,6 +292,7 @@ def _decode_loop_fn(model: nn.Module, prompt: torch.Tensor, new_tokens: int,
     rope = state_of(model)
     if rope is not None:  # rotary.install ran (QTOOL_ROPE_ATTENTION): the attention writes the decode rows
         defer_cache_writes(cache, rope)
+        rope.causal_only = True  # the loop passes no attention mask: no padding
     # No fullgraph, so a model with an untraceable corner still runs (a graph break splits the graph
     # instead of failing).
     step = torch.compile(_next_token, options=decode_compile_options()) if compiled else _next_token

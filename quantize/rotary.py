@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -43,11 +44,26 @@ ARCHITECTURES = ("LlamaAttention", "MistralAttention", "Qwen2Attention")
 
 
 class StepState:
-    """What the hooks of one model share within a forward pass: the rotary output and the rows to write."""
+    """What the hooks of one model share within a forward pass: the rotary output and the rows to write.
+
+    causal_only: set by a caller that passes no attention mask (no padding, as `qtool bench`'s loop): each sequence
+    attends to every row up to the new one, so the attention ignores transformers' mask (whose computation then
+    drops out of a compiled step) and the kernel bounds the rows by the slot."""
 
     def __init__(self) -> None:
         self.cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None
         self.slots: dict[int, torch.Tensor] = {}  # layer index -> [1] int64 cache row
+        self.causal_only = False
+
+
+class PendingStep(NamedTuple):
+    """One layer's deferred step, for the attention (`take_step`)."""
+
+    qkv: torch.Tensor  # [B, (H + 2 KV) D]: the raw projection
+    cos: torch.Tensor  # [B or 1, D]
+    sin: torch.Tensor  # [B or 1, D]
+    slot: torch.Tensor  # [1] int64: the cache row to write
+    causal_only: bool  # StepState.causal_only
 
 
 class RotaryStash(nn.Module):
@@ -136,9 +152,9 @@ def _qualifies(module: nn.Module, q_proj: FusedHead) -> bool:
     return dim is not None and q_proj.group.sizes == (heads * dim, kv_heads * dim, kv_heads * dim)
 
 
-def take_step(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """(qkv [B, (H + 2 KV) D], cos [B, D], sin [B, D], slot [1]) where this attention's layer deferred its write in
-    this step, taken off the state; else None."""
+def take_step(module: nn.Module) -> PendingStep | None:
+    """This attention's pending step where its layer deferred the write in this step, taken off the state; else
+    None."""
     state = getattr(module, "qtool_rope", None)
     if state is None:
         return None
@@ -151,4 +167,4 @@ def take_step(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
         raise RuntimeError(f"layer {module.layer_idx} deferred its cache write, but its q/k/v projection or the "
                            "rotary embedding of this step was not seen (quantize/rotary.py)")
     cos, sin = state.cos_sin
-    return qkv.reshape(qkv.shape[0], -1), cos[:, -1], sin[:, -1], slot
+    return PendingStep(qkv.reshape(qkv.shape[0], -1), cos[:, -1], sin[:, -1], slot, state.causal_only)

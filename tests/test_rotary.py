@@ -46,6 +46,19 @@ def test_reference_equals_transformers_rotation_and_write():
     torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
 
 
+def test_reference_attends_no_row_after_the_slot():
+    """Without a mask the reference attends to the rows up to the slot, as with that mask given; rows after it (a
+    static cache's future) change nothing."""
+    tensors, mask = _rope_inputs(2, 8, 2, 16, 12, 5, "cpu", torch.float32, 3)
+    args = (torch.tensor([5]), None, 0.25, 8)
+    out = reference.rope_decode_attention(*[t.clone() for t in tensors], *args)
+    with_mask = reference.rope_decode_attention(*[t.clone() for t in tensors], torch.tensor([5]), mask, 0.25, 8)
+    tensors[3][:, :, 6:] = 1e4  # future rows: anything
+    future = reference.rope_decode_attention(*tensors, *args)
+    torch.testing.assert_close(out, with_mask, rtol=0, atol=0)
+    torch.testing.assert_close(future, out, rtol=0, atol=0)
+
+
 def _rope_inputs(batch, heads, kv_heads, dim, length, slot, device, dtype, seed):
     """Fresh (qkv, cos, sin, k_cache, v_cache) in `dtype` on `device`, a mask attending to rows <= slot."""
     gen = torch.Generator().manual_seed(seed)
@@ -62,7 +75,7 @@ def _check_against_reference(tensors, mask, slot, heads, tol):
     """rope_decode_attention on `tensors` against the reference on float32 copies: output and both caches."""
     dim = tensors[3].shape[-1]
     ref = [t.float() for t in tensors]
-    args = (torch.tensor([slot], device=mask.device), mask, dim ** -0.5, heads)
+    args = (torch.tensor([slot], device=tensors[0].device), mask, dim ** -0.5, heads)
     got = kernel_attention.rope_decode_attention(*tensors, *args)
     expected = reference.rope_decode_attention(*ref, *args)
     torch.testing.assert_close(got.float(), expected, rtol=tol, atol=tol)
@@ -89,14 +102,15 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
     (3, 24, 2, 64, 300, 0),     # twelve rows per KV head (scores by FMA), the first row
     (2, 16, 2, 64, 129, 128),   # eight rows per KV head, the last row of a 129-row piece
 ])
-def test_rope_kernel_equals_reference(batch, heads, kv_heads, dim, length, slot, dtype, kernel, monkeypatch):
+@pytest.mark.parametrize("masked", [True, False])
+def test_rope_kernel_equals_reference(batch, heads, kv_heads, dim, length, slot, dtype, kernel, masked, monkeypatch):
     """The rotary-and-write kernel (kernel=True) and the PyTorch-ops path before decode_attention's kernel, on fresh
-    inputs, against the reference in float32: outputs and written key rows within 2e-2 (the rotated q and k rounded
+    inputs, with the mask or without (the rows up to the slot), against the reference in float32: outputs and written key rows within 2e-2 (the rotated q and k rounded
     to the dtype, the output rounded once), the value row exact, every other row untouched."""
     monkeypatch.setattr(kernel_attention, "ROPE_KERNEL", kernel)
     tensors, mask = _rope_inputs(batch, heads, kv_heads, dim, length, slot, "cuda", dtype, slot + length)
     before = [t.clone() for t in tensors[3:]]
-    _check_against_reference(tensors, mask, slot, heads, 2e-2)
+    _check_against_reference(tensors, mask if masked else None, slot, heads, 2e-2)
     others = torch.arange(length, device="cuda") != slot
     for cache, old in zip(tensors[3:], before, strict=True):
         assert torch.equal(cache[:, :, others], old[:, :, others])
@@ -134,11 +148,13 @@ def _decode(model, prompt: torch.Tensor, steps: int, step_fn=None) -> tuple[torc
     return torch.stack(out), cache
 
 
+@pytest.mark.parametrize("causal_only", [False, True])
 @pytest.mark.parametrize("heads, kv_heads", [(4, 2), (8, 2)])
-def test_decode_logits_and_cache_equal_without(heads, kv_heads, monkeypatch):
+def test_decode_logits_and_cache_equal_without(heads, kv_heads, causal_only, monkeypatch):
     """Batch 2, five steps: logits within 1e-5 of the same model's without the fusion, every cache row within 1e-5,
     and every decode step of every layer through the rotation and write of the attention."""
     plain, rope = _prepared(heads, heads, kv_heads)
+    state_of(rope).causal_only = causal_only  # True: transformers' mask ignored, the rows bounded by the slot
     prompt = torch.randint(0, 256, (2, 7), generator=torch.Generator().manual_seed(heads))
     expected, cache_plain = _decode(plain, prompt, 5)
     calls = []
@@ -181,6 +197,7 @@ def test_inductor_step_with_the_mutating_op_equals_eager(monkeypatch):
     the logits of the model without the fusion within 1e-5, the op run once per layer and step (not traced away,
     its in-place writes kept: the later steps read them)."""
     plain, rope = _prepared(4)
+    state_of(rope).causal_only = True  # as qtool bench sets it: the op gets no mask
     prompt = torch.randint(0, 256, (1, 6), generator=torch.Generator().manual_seed(4))
     expected, _ = _decode(plain, prompt, 3)
     _mutating_op.calls = 0

@@ -89,6 +89,7 @@ struct Piece {
     const T* kg = static_cast<const T*>(p.k) + b * p.kv_batch + head * p.kv_head + first * p.kv_pos;
     const T* vg = static_cast<const T*>(p.v) + b * p.kv_batch + head * p.kv_head + first * p.kv_pos;
     const int64_t fresh = p.cos != nullptr ? *p.slot - first : -1;  // the new row, when in [0, count)
+    const int64_t fresh_or_all = p.cos != nullptr ? fresh : count;  // the last row to attend
     for (int i = tid; i < count * kPieces; i += kThreads) {
       const int row = i / kPieces, col = (i % kPieces) * kPer;
       if (row == fresh) continue;
@@ -96,7 +97,8 @@ struct Piece {
       cp_async_16(vs + row * D + col, vg + row * p.kv_pos + col, true);
     }
     cp_async_commit();
-    if (tid < count) attend[tid] = p.mask == nullptr || p.mask[b * p.mask_batch + (first + tid) * p.mask_pos];
+    if (tid < count)  // (rotary-and-write mode: rows after the new one are a static cache's future, never attended)
+      attend[tid] = (p.mask == nullptr || p.mask[b * p.mask_batch + (first + tid) * p.mask_pos]) && tid <= fresh_or_all;
     const T* q = static_cast<const T*>(p.q) + b * p.q_batch;
     const T* cs = p.cos != nullptr ? static_cast<const T*>(p.cos) + b * p.rope_batch : nullptr;
     const T* sn = p.cos != nullptr ? static_cast<const T*>(p.sin) + b * p.rope_batch : nullptr;
