@@ -16,7 +16,7 @@
 #           and 4096 tokens, then the five larger shapes at 128-256, behind the norm where call 4 validated it
 #           (SWEEP_AFTER=none where it did not), merged on the H200)
 # In priority order: 30 device minutes may not reach call 5.
-# The prebuilt extension in .gpu/ext is session 49's (stamp 1f8dd4fd8577b7c52d63, with the rotary-and-write mode).
+# The prebuilt extension in .gpu/ext is session 49's (stamp 811ba85d084cc0455051, with the rotary-and-write mode).
 # Copy $OUT/tuning.py back into kernels/tuning.py after call 5 (`tar -xzf out.tar.gz` first if gpu_setup packed it).
 cd "$(dirname "$0")/.."
 LOG=session50.log

@@ -85,8 +85,6 @@ def _run(q, k, v, mask, scale: float, splits: int, variant: int | None) -> torch
                                                  VARIANT if variant is None else int(variant))
 
 
-
-
 def rope_supported(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                    slot: torch.Tensor, mask: torch.Tensor | None, heads: int) -> bool:
     """Whether the rotary-and-write kernel takes these tensors (shapes as in reference.rope_decode_attention)."""
@@ -101,9 +99,9 @@ def rope_supported(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k: t
     return cos.stride() == sin.stride() and slot.device == qkv.device and supported(q, k, v, mask)
 
 
-
 def rope_kernel_attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                          slot: torch.Tensor, mask: torch.Tensor | None, scale: float, heads: int) -> torch.Tensor | None:
+                          slot: torch.Tensor, mask: torch.Tensor | None, scale: float,
+                          heads: int) -> torch.Tensor | None:
     """The rotary-and-write kernel's output (shapes as in reference.rope_decode_attention; slot must be a row of the
     cache): the query rows rotated as they are staged, the new key rotated and both new rows written by the block
     whose piece holds them. None (nothing written) where ROPE_KERNEL is off, the kernel does not take the tensors

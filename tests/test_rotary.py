@@ -105,8 +105,9 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 @pytest.mark.parametrize("masked", [True, False])
 def test_rope_kernel_equals_reference(batch, heads, kv_heads, dim, length, slot, dtype, kernel, masked, monkeypatch):
     """The rotary-and-write kernel (kernel=True) and the PyTorch-ops path before decode_attention's kernel, on fresh
-    inputs, with the mask or without (the rows up to the slot), against the reference in float32: outputs and written key rows within 2e-2 (the rotated q and k rounded
-    to the dtype, the output rounded once), the value row exact, every other row untouched."""
+    inputs, with the mask or without (the rows up to the slot), against the reference in float32: outputs and
+    written key rows within 2e-2 (the rotated q and k rounded to the dtype, the output rounded once), the value row
+    exact, every other row untouched."""
     monkeypatch.setattr(kernel_attention, "ROPE_KERNEL", kernel)
     tensors, mask = _rope_inputs(batch, heads, kv_heads, dim, length, slot, "cuda", dtype, slot + length)
     before = [t.clone() for t in tensors[3:]]

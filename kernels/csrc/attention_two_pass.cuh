@@ -97,8 +97,10 @@ struct Piece {
       cp_async_16(vs + row * D + col, vg + row * p.kv_pos + col, true);
     }
     cp_async_commit();
-    if (tid < count)  // (rotary-and-write mode: rows after the new one are a static cache's future, never attended)
-      attend[tid] = (p.mask == nullptr || p.mask[b * p.mask_batch + (first + tid) * p.mask_pos]) && tid <= fresh_or_all;
+    if (tid < count) {  // (rotary-and-write mode: rows after the new one are a static cache's future, not attended)
+      const bool given = p.mask == nullptr || p.mask[b * p.mask_batch + (first + tid) * p.mask_pos];
+      attend[tid] = given && tid <= fresh_or_all;
+    }
     const T* q = static_cast<const T*>(p.q) + b * p.q_batch;
     const T* cs = p.cos != nullptr ? static_cast<const T*>(p.cos) + b * p.rope_batch : nullptr;
     const T* sn = p.cos != nullptr ? static_cast<const T*>(p.sin) + b * p.rope_batch : nullptr;
@@ -129,7 +131,9 @@ struct Piece {
   }
 
   // v rounded to T, as a float (the reference rounds the rotated query to the activations' dtype).
-  __device__ __forceinline__ static float rounded(float v) { return pair_to_float2(float2_to_pair(v, 0.f, T{}), T{}).x; }
+  __device__ __forceinline__ static float rounded(float v) {
+    return pair_to_float2(float2_to_pair(v, 0.f, T{}), T{}).x;
+  }
 
   // A) the scores (times scale * log2 e) of every position for every query row, -inf where masked.
   __device__ void scores(int tid) const {

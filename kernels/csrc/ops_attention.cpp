@@ -75,7 +75,8 @@ at::Tensor launch(DecodeAttentionProblem& p, const at::Tensor& like, int64_t hea
   at::Tensor out = at::empty({batch, heads, dim}, like.options());
   at::Tensor partial;
   if (p.splits > 1) {
-    partial = at::empty({batch * kv_heads * p.splits * (heads / kv_heads) * (dim + 2)}, like.options().dtype(at::kFloat));
+    partial = at::empty({batch * kv_heads * p.splits * (heads / kv_heads) * (dim + 2)},
+                        like.options().dtype(at::kFloat));
     p.partial = partial.data_ptr<float>();
   } else {
     p.partial = nullptr;
