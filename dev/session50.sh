@@ -25,7 +25,7 @@ GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
 echo "device: $GPU"
 
 e2e() {  # main's routes (session 49's fix at 9-16 tokens), the bf16 head
-  E2E_TIMEOUT=${E2E_TIMEOUT:-420} bench8b "-b1-16-32" w4a16 1,16,32 128 12
+  E2E_TIMEOUT=${E2E_TIMEOUT:-420} bench8b "-b1-16-32" w4a16 1,16,32 128 18
 }
 e2ew8head() {  # lm_head W8 per channel (qtool bench --lm-head-scheme w8a16); session 49 needed > 240 s on the H100
   E2E_TIMEOUT=${E2E_TIMEOUT:-400} bench8b "-w8head" w4a16 1,16 128 12 --quantize-lm-head --lm-head-scheme w8a16
