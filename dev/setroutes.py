@@ -1,31 +1,19 @@
-"""Set W4/W8 mixed-input routes in kernels/tuning.py for an A/B on the device.
+"""Set W4/W8 mixed-input routes in kernels/tuning.py for an A/B on the device (mixed_sweep.merge_entries writes them).
 
     python3 dev/setroutes.py "4,4096,6144:9=wo_gemm;16=wo_gemm" "4,14336,4096:16=k128 t16 v0 s0"
 
-Each argument names a MIXED key (codes, K, N) and the batches to set; the line is rewritten in place.
+Each argument names a MIXED key (codes, K, N) and the batches to set; the row's other cells stay.
 """
-import ast
 import sys
 
-PATH = "kernels/tuning.py"
+from mixed_sweep import merge_entries
 
 
-def set_routes(text: str, spec: str) -> str:
+def parse(spec: str) -> tuple[tuple[int, ...], dict[int, str]]:
     key, entries = spec.split(":", 1)
-    prefix = "    " + repr(tuple(int(v) for v in key.split(","))) + ":"
-    old = next((line for line in text.splitlines() if line.startswith(prefix)), None)
-    if old is None:
-        raise SystemExit(f"no MIXED line for {key!r} in {PATH}")
-    table = ast.literal_eval(old[len(prefix):].strip().rstrip(","))
-    for entry in entries.split(";"):
-        m, route = entry.split("=")
-        table[int(m)] = route
-    body = ", ".join(f'{m}: "{r}"' for m, r in sorted(table.items()))
-    return text.replace(old, f"{prefix} {{{body}}},")
+    cells = dict(entry.split("=") for entry in entries.split(";"))
+    return tuple(int(v) for v in key.split(",")), {int(m): route for m, route in cells.items()}
 
 
 if __name__ == "__main__":
-    text = open(PATH).read()
-    for spec in sys.argv[1:]:
-        text = set_routes(text, spec)
-    open(PATH, "w").write(text)
+    merge_entries(dict(parse(spec) for spec in sys.argv[1:]), "MIXED")

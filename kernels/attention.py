@@ -15,7 +15,7 @@ import torch
 
 from . import build
 from .layout import KERNEL_DTYPES
-from .reference import causal_mask, rotate
+from .reference import causal_mask, rotate_and_write
 from .reference import decode_attention as reference  # the CPU path and the test oracle
 
 HEAD_DIMS = (64, 128)  # what the kernel takes
@@ -110,18 +110,6 @@ def rope_kernel_attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tenso
         return None
     return torch.ops.qtool_cuda.rope_decode_attention(qkv, cos, sin, k, v, slot, mask, float(scale), int(heads), 0,
                                                       int(PDL))
-
-
-def rotate_and_write(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                     slot: torch.Tensor, heads: int) -> torch.Tensor:
-    """The rotated query [B, H, D], with the rotated key and the value written into k and v at `slot`, by PyTorch
-    ops (in a compiled step one Inductor kernel, where transformers' step has its rotary and cache-write kernels).
-    Shapes as in reference.rope_decode_attention."""
-    batch, kv_heads, _, dim = k.shape
-    q, k_new, v_new = qkv.view(batch, heads + 2 * kv_heads, dim).split((heads, kv_heads, kv_heads), dim=1)
-    k.index_copy_(2, slot, rotate(k_new, cos, sin)[:, :, None, :])
-    v.index_copy_(2, slot, v_new[:, :, None, :])
-    return rotate(q, cos, sin)
 
 
 def rope_decode_attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

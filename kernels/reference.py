@@ -276,11 +276,20 @@ def rope_decode_attention(
     """One decode step's attention from the unrotated projection: q and k rotated (`rotate`), k and v written into
     the caches at `slot`, then `decode_attention` over the caches. Rows after `slot` (a static cache's future
     positions) are not attended, whatever the mask says."""
-    batch, kv_heads, length, dim = k_cache.shape
+    q = rotate_and_write(qkv, cos, sin, k_cache, v_cache, slot, heads)
+    return decode_attention(q, k_cache, v_cache, causal_mask(mask, slot, q.shape[0], k_cache.shape[2]), scale)
+
+
+def rotate_and_write(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor,
+                     v_cache: torch.Tensor, slot: torch.Tensor, heads: int) -> torch.Tensor:
+    """The rotated query [B, H, D], with the rotated key and the value written into the caches at `slot` (shapes as
+    in rope_decode_attention). Also the CUDA path where the rotary-and-write kernel does not run: in a compiled step
+    one Inductor kernel, where transformers' step has its rotary and cache-write kernels."""
+    batch, kv_heads, _, dim = k_cache.shape
     q, k, v = qkv.view(batch, heads + 2 * kv_heads, dim).split((heads, kv_heads, kv_heads), dim=1)
     k_cache.index_copy_(2, slot, rotate(k, cos, sin)[:, :, None, :])
     v_cache.index_copy_(2, slot, v[:, :, None, :])
-    return decode_attention(rotate(q, cos, sin), k_cache, v_cache, causal_mask(mask, slot, batch, length), scale)
+    return rotate(q, cos, sin)
 
 
 def causal_mask(mask: torch.Tensor | None, slot: torch.Tensor, batch: int, length: int) -> torch.Tensor:

@@ -77,15 +77,22 @@ def _kernel_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     [B, 1, 1, L] or None; None where the kernel does not take them (a float mask, another head size)."""
     from qtool_kernels import attention
 
-    if mask is not None and (mask.dtype != torch.bool or mask.shape[-1] != key.shape[2]):
-        return None
-    if not attention.preferred(query.shape[0], key.shape[1], key.shape[2]):
+    takes, flat_mask = _kernel_mask(mask, query.shape[0], key.shape[2])
+    if not takes or not attention.preferred(query.shape[0], key.shape[1], key.shape[2]):
         return None
     q = query[:, :, 0, :]  # [B, H, D], a view
-    flat_mask = None if mask is None else mask[:, 0, 0, :].expand(query.shape[0], key.shape[2])
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     out = attention.kernel_attention(q, key, value, flat_mask, scale)  # (never builds the extension from here)
     return None if out is None else out.reshape(query.shape[0], 1, query.shape[1], value.shape[-1])
+
+
+def _kernel_mask(mask: torch.Tensor | None, batch: int, length: int) -> tuple[bool, torch.Tensor | None]:
+    """(whether qtool's kernel takes `mask`, its [B, L] view): a bool [B, 1, 1, L] mask or None does."""
+    if mask is None:
+        return True, None
+    if mask.dtype != torch.bool or mask.dim() != 4 or mask.shape[1:3] != (1, 1) or mask.shape[-1] != length:
+        return False, None
+    return True, mask[:, 0, 0, :].expand(batch, length)
 
 
 def _rope_attention(step: PendingStep, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
@@ -100,10 +107,8 @@ def _rope_attention(step: PendingStep, key: torch.Tensor, value: torch.Tensor, m
     length = key.shape[2]
     cos, sin = step.cos.expand(batch, -1), step.sin.expand(batch, -1)  # one position for the batch: stride 0
     mask = None if step.causal_only else mask
-    shared_bool = mask is None or (mask.dtype == torch.bool and mask.dim() == 4 and mask.shape[1:3] == (1, 1)
-                                   and mask.shape[-1] == length)
-    if BACKEND == "kernel" and shared_bool and attention.preferred(batch, key.shape[1], length):
-        flat = None if mask is None else mask[:, 0, 0, :].expand(batch, length)
+    takes, flat = _kernel_mask(mask, batch, length)
+    if BACKEND == "kernel" and takes and attention.preferred(batch, key.shape[1], length):
         scale = scaling if scaling is not None else dim ** -0.5
         out = attention.rope_kernel_attention(step.qkv, cos, sin, key, value, step.slot, flat, scale, heads)
         if out is not None:  # (rows after the slot bounded by the kernel)
