@@ -29,12 +29,11 @@ import sys
 from pathlib import Path
 
 import torch
-from transformers import StaticCache
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from bench_kernels import Rotation, graph_ms  # noqa: E402
 
-from quantize.bench import _next_token, decode_compile_options
+from quantize.bench import _next_token, decode_compile_options, loop_cache
 from quantize.cli_tools import _fuse
 from quantize.quantizer import quantize_model
 from quantize.recipe import Recipe
@@ -52,7 +51,7 @@ def short_name(name: str) -> str:
 def steps(model, batch: int, prompt_len: int, count: int):
     """A closure running `count` compiled single-token steps after a prefill of `prompt_len` random tokens."""
     device = torch.device("cuda")
-    cache = StaticCache(config=model.config, max_cache_len=prompt_len + count + 1)
+    cache = loop_cache(model, prompt_len + count + 1)  # as `qtool bench`'s loop: rotary and write in the attention
     step = torch.compile(_next_token, options=decode_compile_options())
     prompt = torch.randint(0, model.config.vocab_size, (batch, prompt_len), device=device)
 

@@ -93,5 +93,21 @@ widesweep() {  # the larger shapes at 128-256 tokens, where session 48's table h
   # 28672 x 8192 at 0.95x (session 49, H100); merged on the H200
   SWEEP_TOKENS=${SWEEP_TOKENS:-128,256} sweep_shapes 8192x8192,8192x28672,28672x8192,4096x14336,14336x4096 widesweep
 }
+ropeab2() {  # off / in the kernel, alternated twice (session 50's call 4)
+  for round in 1 2; do for setting in "0 1" "1 1"; do
+    set -- $setting
+    QTOOL_ROPE_ATTENTION=$1 QTOOL_ROPE_KERNEL=$2 E2E_TIMEOUT=150 bench8b "-ab$round-rope$1" w4a16 1,16 128 12
+  done; done
+}
+profilerope() {  # decode profiles with the mode off / on (session 50's calls 4-5 ran them before decode_profile.py
+  # took bench.loop_cache, so their "on" was transformers' write)
+  for setting in "0 1" "1 1" "1 16"; do
+    set -- $setting
+    step "8B W4A16 decode step by kernel, batch $2, QTOOL_ROPE_ATTENTION=$1"
+    QTOOL_ROPE_ATTENTION=$1 timeout -k 10 100 python3 dev/decode_profile.py --scheme w4a16 --batch "$2" --top 30 \
+      --json "$OUT/profile_w4_b$2_rope$1.json" > /tmp/p.txt 2>&1
+    echo "exit $?"; grep -v Warn /tmp/p.txt | tail -32
+  done
+}
 for stage in "$@"; do "$stage"; done
 step "done"

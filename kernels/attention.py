@@ -29,8 +29,12 @@ PDL = True
 # 7.1 against 7.7 us; cuDNN's SDPA 16.5). A/B runs set it per process (dev/prefetch_sweep.py --attention).
 VARIANT = 2
 # rope_decode_attention on the kernel that also rotates and writes the new rows (the two-pass kernel in its
-# rotary-and-write mode); QTOOL_ROPE_KERNEL=0: PyTorch ops for those, then the kernel (an A/B; unmeasured yet)
+# rotary-and-write mode); QTOOL_ROPE_KERNEL=0: PyTorch ops for those, then the kernel (an A/B)
 ROPE_KERNEL = os.environ.get("QTOOL_ROPE_KERNEL", "1") != "0"
+# The model's decode step takes that mode from this batch up (quantize/attention.py), PyTorch ops below it. Session 50
+# (H100, 8B W4A16, two alternated A/Bs): batch 16 steps 4624-4631 -> 4802-4807 tokens/s with the mode (PyTorch ops:
+# 4670); batch 1 385-390 -> 382-384 (ops: 390). Batches 2-15 and 32+ not yet measured.
+ROPE_MIN_BATCH = int(os.environ.get("QTOOL_ROPE_MIN_BATCH", "16"))
 
 
 def preferred(batch: int, kv_heads: int, length: int) -> bool:

@@ -252,8 +252,9 @@ def info() -> dict:
             # quantize/attention.py's decode attention (one query token, grouped KV heads; a compiled decode step)
             "decode attention": ("qtool_cuda decode_attention (the two-pass kernel) where attention.preferred, "
                                  "else SDPA on the packed query (QTOOL_DECODE_ATTENTION=sdpa: SDPA everywhere); "
-                                 "with QTOOL_ROPE_ATTENTION=1 the rotary and cache write too (rope_decode_attention, "
-                                 "QTOOL_ROPE_KERNEL=0: as PyTorch ops before the kernel)")
+                                 "in qtool bench the rotary and cache write too (QTOOL_ROPE_ATTENTION=0: not): in "
+                                 "rope_decode_attention from batch QTOOL_ROPE_MIN_BATCH (16), as PyTorch ops before "
+                                 "the kernel below it and with QTOOL_ROPE_KERNEL=0")
             if ops is not None else "SDPA on the packed query",
         },
     }

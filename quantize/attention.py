@@ -99,8 +99,8 @@ def _rope_attention(step: PendingStep, key: torch.Tensor, value: torch.Tensor, m
                     scaling: float | None, query_shape: torch.Size) -> tuple:
     """A layer's deferred step (rotary.take_step) over the caches key, value [B, KV, L, D], whose row `step.slot` is
     not yet written, and transformers' mask [B, 1, 1, L] (ignored where step.causal_only):
-    (output [B, 1, H, D], None, None) from the rotary-and-write kernel where the attention kernel is preferred and
-    takes the tensors; else (None, rotated query [B, H, 1, D], mask) with the row written, for the plain path."""
+    (output [B, 1, H, D], None, None) from the rotary-and-write kernel where the attention kernel is preferred, takes
+    the tensors and the batch reaches attention.ROPE_MIN_BATCH; else (None, rotated query [B, H, 1, D], mask) with the row written, for the plain path."""
     from qtool_kernels import attention
 
     batch, heads, _, dim = query_shape
@@ -108,7 +108,8 @@ def _rope_attention(step: PendingStep, key: torch.Tensor, value: torch.Tensor, m
     cos, sin = step.cos.expand(batch, -1), step.sin.expand(batch, -1)  # one position for the batch: stride 0
     mask = None if step.causal_only else mask
     takes, flat = _kernel_mask(mask, batch, length)
-    if BACKEND == "kernel" and takes and attention.preferred(batch, key.shape[1], length):
+    if (BACKEND == "kernel" and takes and batch >= attention.ROPE_MIN_BATCH
+            and attention.preferred(batch, key.shape[1], length)):
         scale = scaling if scaling is not None else dim ** -0.5
         out = attention.rope_kernel_attention(step.qkv, cos, sin, key, value, step.slot, flat, scale, heads)
         if out is not None:  # (rows after the slot bounded by the kernel)

@@ -278,6 +278,17 @@ def decode_compile_options() -> dict[str, bool]:
     return options
 
 
+def loop_cache(model: nn.Module, length: int) -> StaticCache:
+    """The static cache of `length` rows for gpt-fast's loop over `model`; where rotary.install ran
+    (QTOOL_ROPE_ATTENTION), its layers defer the decode rows' writes to the attention."""
+    cache = StaticCache(config=model.config, max_cache_len=length)
+    rope = state_of(model)
+    if rope is not None:
+        defer_cache_writes(cache, rope)
+        rope.causal_only = True  # the loop passes no attention mask: no padding
+    return cache
+
+
 def _decode_loop_fn(model: nn.Module, prompt: torch.Tensor, new_tokens: int,
                     compiled: bool) -> Callable[[], torch.Tensor]:
     """A closure decoding `new_tokens` greedy tokens per row with gpt-fast's loop (module docstring);
@@ -288,11 +299,7 @@ def _decode_loop_fn(model: nn.Module, prompt: torch.Tensor, new_tokens: int,
     """
     batch, prompt_len = prompt.shape
     device = prompt.device
-    cache = StaticCache(config=model.config, max_cache_len=prompt_len + new_tokens)
-    rope = state_of(model)
-    if rope is not None:  # rotary.install ran (QTOOL_ROPE_ATTENTION): the attention writes the decode rows
-        defer_cache_writes(cache, rope)
-        rope.causal_only = True  # the loop passes no attention mask: no padding
+    cache = loop_cache(model, prompt_len + new_tokens)
     # No fullgraph, so a model with an untraceable corner still runs (a graph break splits the graph
     # instead of failing).
     step = torch.compile(_next_token, options=decode_compile_options()) if compiled else _next_token

@@ -3,6 +3,9 @@ compiled transformers step runs the rotary of q and k, the cache write and the a
 
 Why: in the 8B W4A16 decode step at batch 1, the rotary + cache-write kernels took 150-220 us of a ~2.2 ms step
 (kernels/NOTES.md, sessions 30 and 32), the largest piece outside the GEMVs, lm_head and attention.
+Measured (session 50, H100, `qtool bench`): the batch-16 step gained 3.7%, the batch-1 step nothing (1% lost on
+the kernel's mode, none on PyTorch ops): under PDL those kernels' spans overlap their neighbours, so little of the
+150-220 us was on the step's critical path at batch 1.
 
 How, without forking transformers' model code (three hooks, each a public object qtool already owns or may wrap):
 - the fused q/k/v projection (quantize/fusion.py) keeps its output [B, 1, (H + 2 KV) D], before any rotation, on
@@ -16,8 +19,8 @@ rotate q and k, write k and v at `slot`, attend, in one launch). transformers' o
 code in the compiled graph (nothing reads it), so Inductor drops it (checked on the CPU: tests/test_rotary.py).
 
 The write is never skipped: once a layer deferred it, the attention either runs that kernel or rotates and writes
-with PyTorch ops (`rotate_and_write`: on the CPU, where the kernel does not take the tensors, with
-QTOOL_ROPE_KERNEL=0) before attending as usual. Prefill (more than one token) and every cache other than a static
+with PyTorch ops (`rotate_and_write`: on the CPU, where the kernel does not take the tensors, below
+kernels/attention.py ROPE_MIN_BATCH, with QTOOL_ROPE_KERNEL=0) before attending as usual. Prefill (more than one token) and every cache other than a static
 one keep transformers' path. Architectures: those whose attention rotates the raw projections (`ARCHITECTURES`);
 Qwen3 normalizes q and k per head before the rotation and is not one of them.
 
@@ -36,9 +39,9 @@ from torch import nn
 
 from .fusion import FusedHead
 
-# `qtool bench` installs it where QTOOL_ROPE_ATTENTION=1: off until measured on a GPU (built in session 49 without
-# one; dev/session50.sh ropetests ropeab)
-ENABLED = os.environ.get("QTOOL_ROPE_ATTENTION", "0") == "1"
+# `qtool bench` installs it unless QTOOL_ROPE_ATTENTION=0. Session 50 (H100, 8B W4A16; kernels/attention.py
+# ROPE_MIN_BATCH): the batch-16 step +3.7% on the kernel's mode, the batch-1 step unchanged on PyTorch ops.
+ENABLED = os.environ.get("QTOOL_ROPE_ATTENTION", "1") != "0"
 # attention classes whose forward rotates q and k straight from q_proj / k_proj (no per-head norm, full rotary)
 ARCHITECTURES = ("LlamaAttention", "MistralAttention", "Qwen2Attention")
 
