@@ -18,11 +18,14 @@
 # In priority order: 30 device minutes may not reach call 5.
 # The prebuilt extension in .gpu/ext is session 49's (stamp 811ba85d084cc0455051, with the rotary-and-write mode).
 # Copy $OUT/tuning.py back into kernels/tuning.py after call 5 (`tar -xzf out.tar.gz` first if gpu_setup packed it).
-cd "$(dirname "$0")/.."
-LOG=session50.log
-source dev/gpu_setup.sh
-GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
-echo "device: $GPU"
+# dev/session51.sh sources this file for its functions: only a direct run sets up and runs the stages.
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+  cd "$(dirname "$0")/.."
+  LOG=session50.log
+  source dev/gpu_setup.sh
+  GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+  echo "device: $GPU"
+fi
 
 e2e() {  # main's routes (session 49's fix at 9-16 tokens), the bf16 head
   E2E_TIMEOUT=${E2E_TIMEOUT:-420} bench8b "-b1-16-32" w4a16 1,16,32 128 18
@@ -109,5 +112,7 @@ profilerope() {  # decode profiles with the mode off / on (session 50's calls 4-
     echo "exit $?"; grep -v Warn /tmp/p.txt | tail -32
   done
 }
-for stage in "$@"; do "$stage"; done
-step "done"
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+  for stage in "$@"; do "$stage"; done
+  step "done"
+fi

@@ -33,6 +33,7 @@ from rich.table import Table
 from torch import nn
 from transformers import StaticCache
 
+from . import rotary
 from .compat import CACHE_KWARG
 from .prefetch import link_weight_prefetch
 from .rotary import defer_cache_writes, state_of
@@ -280,10 +281,11 @@ def decode_compile_options() -> dict[str, bool]:
 
 def loop_cache(model: nn.Module, length: int) -> StaticCache:
     """The static cache of `length` rows for gpt-fast's loop over `model`; where rotary.install ran
-    (QTOOL_ROPE_ATTENTION), its layers defer the decode rows' writes to the attention."""
+    (QTOOL_ROPE_ATTENTION) and rotary.ENABLED still holds (an in-process A/B may clear it), its layers defer the
+    decode rows' writes to the attention."""
     cache = StaticCache(config=model.config, max_cache_len=length)
     rope = state_of(model)
-    if rope is not None:
+    if rope is not None and rotary.ENABLED:
         defer_cache_writes(cache, rope)
         rope.causal_only = True  # the loop passes no attention mask: no padding
     return cache

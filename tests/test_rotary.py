@@ -153,7 +153,8 @@ def _decode(model, prompt: torch.Tensor, steps: int, step_fn=None) -> tuple[torc
 @pytest.mark.parametrize("heads, kv_heads", [(4, 2), (8, 2)])
 def test_decode_logits_and_cache_equal_without(heads, kv_heads, causal_only, monkeypatch):
     """Batch 2, five steps: logits within 1e-5 of the same model's without the fusion, every cache row within 1e-5,
-    and every decode step of every layer through the rotation and write of the attention."""
+    every layer's row count as transformers' (one foreach add per step), and every decode step of every layer
+    through the rotation and write of the attention."""
     plain, rope = _prepared(heads, heads, kv_heads)
     state_of(rope).causal_only = causal_only  # True: transformers' mask ignored, the rows bounded by the slot
     prompt = torch.randint(0, 256, (2, 7), generator=torch.Generator().manual_seed(heads))
@@ -167,6 +168,8 @@ def test_decode_logits_and_cache_equal_without(heads, kv_heads, causal_only, mon
     for a, b in zip(cache_plain.layers, cache_rope.layers, strict=True):
         torch.testing.assert_close(b.keys, a.keys, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(b.values, a.values, rtol=1e-5, atol=1e-5)
+        if hasattr(a, "cumulative_length"):  # every layer's count advanced once per step, as transformers' own
+            assert int(b.cumulative_length) == int(a.cumulative_length) == 7 + 5
 
 
 def test_compiled_step_equals_eager():

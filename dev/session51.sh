@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The next session's device calls (prepared in session 50; nvidia-h200, carry [".gpu/w8a8", ".gpu/ext"]; on a fresh
+# development machine `bash dev/prebuild_sm90.sh` and `bash dev/prebuild_ext.sh` first). Back to back: a machine idle
+# for 30 s is given back. Sessions 49-50 got only H100s. Session 50 turned the rotary-and-write attention on in
+# `qtool bench`, on the kernel from batch 16 (kernels/attention.py ROPE_MIN_BATCH; batch 16 +3.7%, batch 1 -1% on the
+# kernel, so PyTorch ops there), and added dev/step_ab.py: variants of one quantized model timed in one process.
+#   call 1: bash dev/session51.sh e2e ropebatch     (~9 min; e2e only runs on an H200, where issue 19's 8B goals are
+#           judged (session 48: 2.32x / 1.81x); then the mode's batch threshold: off / from 16 / from 1, at batches
+#           1, 4, 8, 16, 32, alternated twice in one process)
+#   call 2: bash dev/session51.sh profilerope downab (~6 min: the step's kernels with the mode on (decode_profile.py
+#           now takes bench.loop_cache); down at 9-16 tokens on wo_gemm (the model's A/B, session 49) against the
+#           GEMM the norm-protocol sweep picks (session 50), in the 8B step)
+#   call 3: bash dev/session51.sh smallsweep widesweep (~7 min: dev/session50.sh's sweeps behind the norm, merged on
+#           the H200 only; copy $OUT/tuning.py back into kernels/tuning.py)
+# In priority order: 30 device minutes reach about three full calls.
+cd "$(dirname "$0")/.."
+LOG=session51.log
+source dev/gpu_setup.sh
+GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+echo "device: $GPU"
+source dev/session50.sh  # its functions (profilerope, smallsweep, widesweep, bench8b's callers); e2e redefined below
+
+e2e() {  # the 8B W4A16 at batches 1 / 16 / 32, bf16 head, on the H200 only (the H100's were measured in session 50)
+  case "$GPU" in
+    *H200*) E2E_TIMEOUT=${E2E_TIMEOUT:-300} bench8b "-b1-16-32" w4a16 1,16,32 128 18 ;;
+    *) echo "e2e skipped: session 50 measured the H100 ($GPU)" ;;
+  esac
+}
+stepab() {  # stepab NAME BATCHES [--variant ...]: dev/step_ab.py, JSON to $OUT/NAME.json
+  local name=$1 batches=$2; shift 2
+  step "8B W4A16 decode steps, variants in one process: $name"
+  timeout -k 10 "${AB_TIMEOUT:-500}" python3 dev/step_ab.py --scheme w4a16 --batches "$batches" --rounds 2 \
+    --json "$OUT/$name.json" "$@" > "/tmp/$name.txt" 2>&1
+  echo "exit $?"; grep -E "^round|bf16:" "/tmp/$name.txt"; python3 dev/step_ab.py --show "$OUT/$name.json" | tail -12
+}
+ropebatch() {  # where the rotary-and-write kernel mode starts to pay
+  stepab ropebatch 1,4,8,16,32 --variant from16 --variant from1 'qtool_kernels.attention.ROPE_MIN_BATCH=1' \
+    --variant off 'quantize.rotary.ENABLED=False'
+}
+downab() {  # down (14336 x 4096) at 9-16 tokens: wo_gemm (main) against the Hopper GEMM the norm sweep picked
+  AB_TIMEOUT=${AB_TIMEOUT:-240} stepab downab 16 --variant main --variant down-gemm \
+    'qtool_kernels.tuning.MIXED[(4, 14336, 4096)][9]="k128 t16 v0 s0"' \
+    'qtool_kernels.tuning.MIXED[(4, 14336, 4096)][16]="k128 t16 v0 s0"'
+}
+for stage in "$@"; do "$stage"; done
+step "done"
