@@ -320,7 +320,16 @@ def _fuse(model, fuse: tuple[bool, bool], label: str) -> dict:
                   + " (--no-fuse: transformers' modules)")
     return {"fused_groups": groups, "fused_mlps": mlps, "fused_norms": norms, "decode_attention": attention,
             "rope_attention": rope,  # QTOOL_ROPE_ATTENTION
+            "rope_kernel_min_batch": _rope_min_batch() if rope else None,  # the kernel's mode from this batch
             "attention_backend": decode_attention.BACKEND if attention else None}  # QTOOL_DECODE_ATTENTION
+
+
+def _rope_min_batch() -> int | None:
+    """The batch from which the rotary-and-write kernel mode runs (kernels/attention.py), None where the kernel
+    mode is off (QTOOL_ROPE_KERNEL=0)."""
+    from qtool_kernels import attention
+
+    return attention.ROPE_MIN_BATCH if attention.ROPE_KERNEL else None
 
 
 kernels_app = typer.Typer(no_args_is_help=True, cls=CommandGroup, rich_markup_mode=None, help="The bundled CUDA kernels extension.")
