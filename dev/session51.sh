@@ -4,15 +4,19 @@
 # for 30 s is given back. Sessions 49-50 got only H100s. Session 50 turned the rotary-and-write attention on in
 # `qtool bench`, on the kernel from batch 16 (kernels/attention.py ROPE_MIN_BATCH; batch 16 +3.7%, batch 1 -1% on the
 # kernel, so PyTorch ops there), and added dev/step_ab.py: variants of one quantized model timed in one process.
-#   call 1: bash dev/session51.sh e2e ropebatch     (~9 min; e2e only runs on an H200, where issue 19's 8B goals are
-#           judged (session 48: 2.32x / 1.81x); then the mode's batch threshold: off / from 16 / from 1, at batches
-#           1, 4, 8, 16, 32, alternated twice in one process)
-#   call 2: bash dev/session51.sh profilerope downab (~6 min: the step's kernels with the mode on (decode_profile.py
-#           now takes bench.loop_cache); down at 9-16 tokens on wo_gemm (the model's A/B, session 49) against the
-#           GEMM the norm-protocol sweep picks (session 50), in the 8B step)
-#   call 3: bash dev/session51.sh smallsweep widesweep (~7 min: dev/session50.sh's sweeps behind the norm, merged on
-#           the H200 only; copy $OUT/tuning.py back into kernels/tuning.py)
-# In priority order: 30 device minutes reach about three full calls.
+#   call 1: bash dev/session51.sh ropetests ropeprobe e2e   (~4 min, +4 on an H200: the rotary-and-write kernel's
+#           staging reordered in session 50 (copies issued before the slot is read: the batch-1 loss's suspect), its
+#           GPU tests, compute-sanitizer and probe again; e2e only on an H200, where issue 19's 8B goals are judged)
+#   call 2: bash dev/session51.sh ropebatch                  (~7 min: off / kernel from 16 / kernel from 1 at batches
+#           1, 4, 16, 32, alternated twice in one process (dev/step_ab.py); also the first run of the foreach row
+#           count (rotary._advance))
+#   call 3: bash dev/session51.sh profilerope downab         (~6 min: the step's kernels with the mode on
+#           (decode_profile.py now takes bench.loop_cache); down at 9-16 tokens on wo_gemm (the model's A/B, session
+#           49) against the GEMM the norm-protocol sweep picks (session 50), in the 8B step)
+#   call 4: bash dev/session51.sh smallsweep widesweep       (~7 min: dev/session50.sh's sweeps behind the norm,
+#           merged on the H200 only; copy $OUT/tuning.py back into kernels/tuning.py)
+# In priority order: 30 device minutes reach about three or four full calls. If call 2 has the kernel mode win at
+# batch 1 too, set ROPE_MIN_BATCH (kernels/attention.py) to the smallest batch where it won.
 cd "$(dirname "$0")/.."
 LOG=session51.log
 source dev/gpu_setup.sh
@@ -34,7 +38,7 @@ stepab() {  # stepab NAME BATCHES [--variant ...]: dev/step_ab.py, JSON to $OUT/
   echo "exit $?"; grep -E "^round|bf16:" "/tmp/$name.txt"; python3 dev/step_ab.py --show "$OUT/$name.json" | tail -12
 }
 ropebatch() {  # where the rotary-and-write kernel mode starts to pay
-  stepab ropebatch 1,4,8,16,32 --variant from16 --variant from1 'qtool_kernels.attention.ROPE_MIN_BATCH=1' \
+  stepab ropebatch 1,4,16,32 --variant from16 --variant from1 'qtool_kernels.attention.ROPE_MIN_BATCH=1' \
     --variant off 'quantize.rotary.ENABLED=False'
 }
 downab() {  # down (14336 x 4096) at 9-16 tokens: wo_gemm (main) against the Hopper GEMM the norm sweep picked

@@ -82,21 +82,22 @@ struct Piece {
   bool* attend;                      // [count] the mask
 
   // The piece's keys and values in one burst of cp.async, its mask and the query rows meanwhile. In rotary-and-write
-  // mode (p.cos set) the query rows are rotated, and the new token's row (if in this piece) is not copied but
-  // computed here from the projection, written to the cache and staged (the caller's __syncthreads publishes it).
+  // mode (p.cos set) the query rows are rotated, and the new token's row (if in this piece) is computed here from the
+  // projection and written to the cache and, once every copy has landed, over its stale copy in shared memory (the
+  // caller's __syncthreads publishes it). The copies are issued before the slot is read: waiting for that load
+  // first put one memory latency in front of them, on the step's critical path at batch 1 (session 50).
   __device__ void stage(int tid) const {
     constexpr int kPieces = D * static_cast<int>(sizeof(T)) / 16, kPer = 16 / static_cast<int>(sizeof(T));
     const T* kg = static_cast<const T*>(p.k) + b * p.kv_batch + head * p.kv_head + first * p.kv_pos;
     const T* vg = static_cast<const T*>(p.v) + b * p.kv_batch + head * p.kv_head + first * p.kv_pos;
-    const int64_t fresh = p.cos != nullptr ? *p.slot - first : -1;  // the new row, when in [0, count)
-    const int64_t fresh_or_all = p.cos != nullptr ? fresh : count;  // the last row to attend
     for (int i = tid; i < count * kPieces; i += kThreads) {
       const int row = i / kPieces, col = (i % kPieces) * kPer;
-      if (row == fresh) continue;
       cp_async_16(ks + row * S::kRowK + col, kg + row * p.kv_pos + col, true);
       cp_async_16(vs + row * D + col, vg + row * p.kv_pos + col, true);
     }
     cp_async_commit();
+    const int64_t fresh = p.cos != nullptr ? *p.slot - first : -1;  // the new row, when in [0, count)
+    const int64_t fresh_or_all = p.cos != nullptr ? fresh : count;  // the last row to attend
     if (tid < count) {  // (rotary-and-write mode: rows after the new one are a static cache's future, not attended)
       const bool given = p.mask == nullptr || p.mask[b * p.mask_batch + (first + tid) * p.mask_pos];
       attend[tid] = given && tid <= fresh_or_all;
@@ -109,18 +110,21 @@ struct Piece {
       const T* row = q + (head * group + g) * p.q_head;
       qs[i] = g >= group ? 0.f : p.cos == nullptr ? to_float(row[d]) : rounded(rotated(row, cs, sn, d));
     }
-    if (fresh >= 0 && fresh < count && tid < D) {  // k at q's head (heads + head), v at (heads + kv_heads + head)
-      const T* k_new = q + (p.heads + head) * p.q_head;
-      const T* v_new = q + (p.heads + p.kv_heads + head) * p.q_head;
-      T* k_row = const_cast<T*>(kg) + fresh * p.kv_pos;
-      T* v_row = const_cast<T*>(vg) + fresh * p.kv_pos;
-      const float k_rot = rotated(k_new, cs, sn, tid);
-      store(ks + fresh * S::kRowK + tid, k_rot);
-      store(k_row + tid, k_rot);
-      vs[fresh * D + tid] = v_new[tid];
-      v_row[tid] = v_new[tid];
+    const bool writes = fresh >= 0 && fresh < count && tid < D;
+    const T* k_new = q + (p.heads + head) * p.q_head;  // k at q's head (heads + head), v at (heads + kv_heads + head)
+    const T* v_new = q + (p.heads + p.kv_heads + head) * p.q_head;
+    if (writes) {  // to the cache now: these loads also bring the row into L1 for the copy below
+      store(const_cast<T*>(kg) + fresh * p.kv_pos + tid, rotated(k_new, cs, sn, tid));
+      const_cast<T*>(vg)[fresh * p.kv_pos + tid] = v_new[tid];
     }
     cp_async_wait<0>();
+    if (p.cos != nullptr) {  // (the same for the whole block)
+      __syncthreads();  // every thread's copies have landed, the new row's stale one included
+      if (writes) {  // recomputed from L1, not held in registers across the barrier (the GMax = 16 instances spilled)
+        store(ks + fresh * S::kRowK + tid, rotated(k_new, cs, sn, tid));
+        vs[fresh * D + tid] = v_new[tid];
+      }
+    }
   }
 
   // Element d of x [D] rotated (transformers' rotate_half pairing: d with d +- D / 2), in float32 as the reference
