@@ -10,11 +10,12 @@
 #   call 2: bash dev/session51.sh ropebatch                  (~7 min: off / kernel from 16 / kernel from 1 at batches
 #           1, 4, 16, 32, alternated twice in one process (dev/step_ab.py); also the first run of the foreach row
 #           count (rotary._advance))
-#   call 3: bash dev/session51.sh wosplitab downab           (~7 min, both at batch 16: wo_gemm, which runs q/k/v, o
+#   call 3: bash dev/session51.sh wosplitab downab           (~8 min, both at batch 16: wo_gemm, which runs q/k/v, o
 #           and down there, launches 3 kernels per call (at::zeros of its split-K sums, the GEMM, finish_split_k): 97
-#           ATen fills and 96 finish kernels per step in session 50's profile. Its one-launch ordered splits
-#           (QTOOL_WO_SPLIT=ordered) and PDL (QTOOL_WO_GEMM_PDL=1) lost at the layer (session 46) but were never
-#           timed in the model. Then down at 9-16 tokens on wo_gemm against the GEMM the norm-protocol sweep picks)
+#           ATen fills and 96 finish kernels per step in session 50's profile. The split tests, then the step with
+#           kept sums (QTOOL_WO_SPLIT=kept, new: no fill), with PDL on top (QTOOL_WO_GEMM_PDL=1), and the one-launch
+#           ordered splits with PDL (both lost at the layer in session 46, never timed in the model). Then down at
+#           9-16 tokens on wo_gemm against the GEMM the norm-protocol sweep picks)
 #   call 4: bash dev/session51.sh profilerope smallsweep     (~7 min: the step's kernels with the mode on
 #           (decode_profile.py now takes bench.loop_cache); the small shapes swept behind the norm, merged on the
 #           H200 only (copy $OUT/tuning.py back into kernels/tuning.py); widesweep after it if time is left)
@@ -44,11 +45,19 @@ ropebatch() {  # where the rotary-and-write kernel mode starts to pay
   stepab ropebatch 1,4,16,32 --variant from16 --variant from1 'qtool_kernels.attention.ROPE_MIN_BATCH=1' \
     --variant off 'quantize.rotary.ENABLED=False'
 }
-wosplitab() {  # wo_gemm's split-K in one launch, with and without PDL, in the 8B batch-16 step (one process each:
-  # the switches are read once in C++)
-  E2E_TIMEOUT=${E2E_TIMEOUT:-110} bench8b "-wo-default" w4a16 16 128 8
-  QTOOL_WO_SPLIT=ordered E2E_TIMEOUT=${E2E_TIMEOUT:-110} bench8b "-wo-ordered" w4a16 16 128 8
-  QTOOL_WO_SPLIT=ordered QTOOL_WO_GEMM_PDL=1 E2E_TIMEOUT=${E2E_TIMEOUT:-110} bench8b "-wo-ordered-pdl" w4a16 16 128 8
+wosplitab() {  # wo_gemm's split-K without the per-call at::zeros (kept sums, session 50) or in one launch (ordered),
+  # with and without PDL, in the 8B batch-16 step (one process each: the switches are read once in C++); first the
+  # split tests of those settings
+  step "split-K tests under each knob (tests/test_split_locks_gpu.py)"
+  timeout -k 10 200 python3 -m pytest -q tests/test_split_locks_gpu.py -k "wo-kept" \
+    > /tmp/splittests.txt 2>&1
+  echo "exit $?"; tail -3 /tmp/splittests.txt
+  for setting in "default " "kept QTOOL_WO_SPLIT=kept" "kept-pdl QTOOL_WO_SPLIT=kept QTOOL_WO_GEMM_PDL=1" \
+                 "ordered-pdl QTOOL_WO_SPLIT=ordered QTOOL_WO_GEMM_PDL=1"; do
+    set -- $setting
+    local label=$1; shift
+    (if [ $# -gt 0 ]; then export "$@"; fi; E2E_TIMEOUT=${E2E_TIMEOUT:-110} bench8b "-wo-$label" w4a16 16 128 8)
+  done
 }
 downab() {  # down (14336 x 4096) at 9-16 tokens: wo_gemm (main) against the Hopper GEMM the norm sweep picked
   AB_TIMEOUT=${AB_TIMEOUT:-240} stepab downab 16 --variant main --variant down-gemm \

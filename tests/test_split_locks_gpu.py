@@ -1,7 +1,7 @@
 """Split-K reductions under each setting of their knobs: the Hopper GEMMs' (csrc/sm90/sm90_scheduler.cuh:
 QTOOL_GEMM_SPLIT_ADD=ordered, the default since session 43, or chain / any; QTOOL_GEMM_LOCKS=keep, flags kept zeroed
 between launches, no memset per call, under chain / any) and wo_gemm's (QTOOL_WO_SPLIT=ordered: partials in slots,
-the last split adds them, one launch). The knobs are read once per process, so each setting runs in a child
+the last split adds them, one launch; =kept: the atomic adds into sums kept zero between launches). The knobs are read once per process, so each setting runs in a child
 process (this file run as a script), with a time limit: a flag or counter left non-zero by one launch would hang (or
 corrupt) the next one.
 
@@ -33,6 +33,10 @@ SETTINGS = {
     "chain-keep": {"QTOOL_GEMM_SPLIT_ADD": "chain", "QTOOL_GEMM_LOCKS": "keep"},
     "keep-any": {"QTOOL_GEMM_LOCKS": "keep", "QTOOL_GEMM_SPLIT_ADD": "any"},
     "ordered": {"QTOOL_GEMM_SPLIT_ADD": "ordered", "QTOOL_WO_SPLIT": "ordered"},
+    # wo_gemm's atomic adds into kept sums that finish_split_k leaves zero (no at::zeros per call), plain and
+    # under PDL (session 50's A/B knobs)
+    "wo-kept": {"QTOOL_WO_SPLIT": "kept"},
+    "wo-kept-pdl": {"QTOOL_WO_SPLIT": "kept", "QTOOL_WO_GEMM_PDL": "1"},
     # the tile grid padded to whole swizzle groups (csrc/sm90/sm90_common.cuh, TileOrder): more tiles, more flags
     "ordered-swizzled": {"QTOOL_GEMM_SPLIT_ADD": "ordered", "QTOOL_WO_SPLIT": "ordered", "QTOOL_GEMM_SWIZZLE": "8",
                          "QTOOL_GEMM_RASTER": "n"},
@@ -49,7 +53,8 @@ def _rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def _launches(fn, *args) -> dict[str, int]:
-    """The memsets and kernels one eager call of fn(*args) puts on the GPU (torch profiler)."""
+    """The memsets, kernels and ATen fills (at::zeros) one eager call of fn(*args) puts on the GPU (torch
+    profiler)."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -57,7 +62,8 @@ def _launches(fn, *args) -> dict[str, int]:
         torch.cuda.synchronize()
     names = [e.name.lower() for e in prof.events() if e.device_type.name == "CUDA"]
     memsets = sum("memset" in name for name in names)
-    return {"memsets": memsets, "kernels": len(names) - memsets}
+    fills = sum("fill" in name or "elementwise" in name for name in names)
+    return {"memsets": memsets, "kernels": len(names) - memsets, "fills": fills}
 
 
 def _runs(fn, *args) -> list[torch.Tensor]:
@@ -168,11 +174,13 @@ def child() -> None:
     # (fixed order, one launch and no memset expected) for the CUTLASS cases, then for wo_gemm's
     cutlass = (env("QTOOL_GEMM_SPLIT_ADD") != "any", env("QTOOL_GEMM_LOCKS") == "keep" or ordered)
     wo = (env("QTOOL_WO_SPLIT") == "ordered",) * 2
-    cases = [(c, cutlass) for c in [*_mixed_cases(), *_w8a8_cases()]] + [(c, wo) for c in _wo_gemm_cases()]
-    for (name, outs, ref, launches), (fixed, single) in cases:
+    kept = env("QTOOL_WO_SPLIT") in ("ordered", "kept")  # no at::zeros before wo_gemm's launch
+    cases = ([(c, (*cutlass, cutlass[1])) for c in [*_mixed_cases(), *_w8a8_cases()]]
+             + [(c, (*wo, kept)) for c in _wo_gemm_cases()])
+    for (name, outs, ref, launches), (fixed, single, no_fill) in cases:
         print(json.dumps({"case": name, "errors": [_rel_err(y, ref) for y in outs], "fixed_order": fixed,
                           "identical": all(torch.equal(y, outs[0]) for y in outs[1:]),
-                          "single_launch": single, **launches}), flush=True)
+                          "single_launch": single, "no_fill": no_fill, **launches}), flush=True)
 
 
 @pytest.mark.parametrize("setting", list(SETTINGS))
@@ -191,6 +199,8 @@ def test_split_reduction_under_each_knob(kernels, setting):
             assert r["identical"], (setting, r)
         if r["single_launch"]:  # kept flags / counters: no memset, and wo_gemm without its finishing kernel
             assert r["memsets"] == 0 and r["kernels"] == 1, (setting, r)
+        if r["no_fill"]:  # wo_gemm's kept sums (or slots): nothing zeroed per call
+            assert r["memsets"] == 0 and r["fills"] == 0 and r["kernels"] <= 2, (setting, r)
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["child"]:

@@ -300,10 +300,15 @@ at::Tensor wo_gemm(const at::Tensor& x, const at::Tensor& qweight, const at::Ten
   at::Tensor workspace;
   if (splits > 1) {
     p.split_counters = wo_gemm_counters(wo_gemm_tiles(p), stream);
-    workspace = p.split_counters != nullptr  // slots, each written in full by its split; else zeroed sums
-                    ? at::empty({splits, x.size(0), out_features}, x.options().dtype(at::kFloat))
-                    : at::zeros({x.size(0), out_features}, x.options().dtype(at::kFloat));
-    p.workspace = workspace.data_ptr<float>();
+    p.workspace = p.split_counters == nullptr ? wo_gemm_kept_sums(static_cast<size_t>(p.m) * out_features, stream)
+                                              : nullptr;
+    p.kept_sums = p.workspace != nullptr;
+    if (!p.kept_sums) {
+      workspace = p.split_counters != nullptr  // slots, each written in full by its split; else zeroed sums
+                      ? at::empty({splits, x.size(0), out_features}, x.options().dtype(at::kFloat))
+                      : at::zeros({x.size(0), out_features}, x.options().dtype(at::kFloat));
+      p.workspace = workspace.data_ptr<float>();
+    }
   }
   p.y = y.data_ptr();
   p.pdl = wo_gemm_pdl();

@@ -284,13 +284,15 @@ __global__ void __launch_bounds__(kWarps * 32, min_blocks<BITS, MT>()) wo_gemm_k
   });
 }
 
-// After split-K: y = act(workspace + bias).
+// After split-K: y = act(workspace + bias); kept sums are left zero for the next launch.
 template <typename T>  // output type
 __global__ void finish_split_k(const WoProblem p) {  // the problem whose workspace holds the sums
   const size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= static_cast<size_t>(p.m) * p.w.n) return;
   const int n = static_cast<int>(i % p.w.n);
-  store(static_cast<T*>(p.y) + i, activate(p.workspace[i] + bias_at(p.bias, n), p.act));
+  const float sum = p.workspace[i];
+  if (p.kept_sums) p.workspace[i] = 0.f;
+  store(static_cast<T*>(p.y) + i, activate(sum + bias_at(p.bias, n), p.act));
 }
 
 template <typename T,    // activation and output type
@@ -350,6 +352,21 @@ int* wo_gemm_counters(int tiles, cudaStream_t stream) {
   }();
   static KeptCounters counters(16384);
   return on && static_cast<size_t>(tiles) <= counters.count() ? counters.get(stream) : nullptr;
+}
+
+// wo_gemm's atomic split-K without the per-call at::zeros (QTOOL_WO_SPLIT=kept, read once; an A/B knob until
+// measured, kernels/NOTES.md "Session 50"): one float32 buffer per device, zeroed once and left zero by
+// finish_split_k, for [m, n] sums of up to kKeptSums floats; nullptr when off, for larger problems, or when it
+// cannot be made now (the caller takes the at::zeros path). The counters' buffer is reused for it: zero int bits
+// are float +0.0.
+float* wo_gemm_kept_sums(size_t count, cudaStream_t stream) {
+  constexpr size_t kKeptSums = size_t{1} << 21;  // 8 MB: 64 tokens of a 28672-row weight fit
+  static const bool on = [] {
+    const char* env = std::getenv("QTOOL_WO_SPLIT");
+    return env != nullptr && std::string(env) == "kept";
+  }();
+  static KeptCounters sums(kKeptSums);
+  return on && count <= kKeptSums ? reinterpret_cast<float*>(sums.get(stream)) : nullptr;
 }
 
 // QTOOL_WO_GEMM_PDL=1 (read once; an A/B knob until measured, kernels/NOTES.md "Session 45"): wo_gemm launched with

@@ -101,6 +101,9 @@ struct WoProblem {
   // the splits store their partials in slots and the last one adds them in split order (no memset, no second
   // kernel, the same bits on every run). nullptr: atomicAdd into the zeroed workspace, then finish_split_k.
   int* split_counters = nullptr;
+  // wo_gemm only, with the atomic adds: the workspace is the kept sums (wo_gemm_kept_sums), zero between launches,
+  // so finish_split_k zeroes each sum it reads (no at::zeros node before the launch).
+  bool kept_sums = false;
 };
 // Added to wo_gemv's variant argument: the weight is static (prepared), PDL allowed.
 constexpr int kPdlFlag = 16;
@@ -194,6 +197,7 @@ void launch_w8_planes(const W8PlanesProblem& p, int stripes, cudaStream_t stream
 int wo_gemm_splits(const WoProblem& p, int num_sms);
 int wo_gemm_tiles(const WoProblem& p);
 int* wo_gemm_counters(int tiles, cudaStream_t stream);  // kept tile counters, or nullptr (wo_gemm.cu)
+float* wo_gemm_kept_sums(size_t count, cudaStream_t stream);  // kept zeroed sums, or nullptr (wo_gemm.cu)
 bool wo_gemm_pdl();  // QTOOL_WO_GEMM_PDL=1: wo_gemm launched with PDL (static weights; wo_gemm.cu)
 void launch_wo_gemm(const WoProblem& p, int splits, cudaStream_t stream);
 
