@@ -13,9 +13,9 @@
 #   call 3: bash dev/session51.sh wosplitab downab           (~8 min, both at batch 16: wo_gemm, which runs q/k/v, o
 #           and down there, launches 3 kernels per call (at::zeros of its split-K sums, the GEMM, finish_split_k): 97
 #           ATen fills and 96 finish kernels per step in session 50's profile. The split tests, then the step with
-#           kept sums (QTOOL_WO_SPLIT=kept, new: no fill), with PDL on top (QTOOL_WO_GEMM_PDL=1), and the one-launch
-#           ordered splits with PDL (both lost at the layer in session 46, never timed in the model). Then down at
-#           9-16 tokens on wo_gemm against the GEMM the norm-protocol sweep picks)
+#           kept sums (QTOOL_WO_SPLIT=kept, new: no fill), fused (new: kept sums, the last split finishing, one
+#           launch), fused with PDL (QTOOL_WO_GEMM_PDL=1; the ordered splits and PDL lost at the layer in session
+#           46, never timed in the model). Then down at 9-16 tokens on wo_gemm against the GEMM the norm sweep picks)
 #   call 4: bash dev/session51.sh profilerope smallsweep     (~7 min: the step's kernels with the mode on
 #           (decode_profile.py now takes bench.loop_cache); the small shapes swept behind the norm, merged on the
 #           H200 only (copy $OUT/tuning.py back into kernels/tuning.py); widesweep after it if time is left)
@@ -49,11 +49,11 @@ wosplitab() {  # wo_gemm's split-K without the per-call at::zeros (kept sums, se
   # with and without PDL, in the 8B batch-16 step (one process each: the switches are read once in C++); first the
   # split tests of those settings
   step "split-K tests under each knob (tests/test_split_locks_gpu.py)"
-  timeout -k 10 200 python3 -m pytest -q tests/test_split_locks_gpu.py -k "wo-kept" \
+  timeout -k 10 200 python3 -m pytest -q tests/test_split_locks_gpu.py -k "wo-kept or wo-fused" \
     > /tmp/splittests.txt 2>&1
   echo "exit $?"; tail -3 /tmp/splittests.txt
-  for setting in "default " "kept QTOOL_WO_SPLIT=kept" "kept-pdl QTOOL_WO_SPLIT=kept QTOOL_WO_GEMM_PDL=1" \
-                 "ordered-pdl QTOOL_WO_SPLIT=ordered QTOOL_WO_GEMM_PDL=1"; do
+  for setting in "default " "kept QTOOL_WO_SPLIT=kept" "fused QTOOL_WO_SPLIT=fused" \
+                 "fused-pdl QTOOL_WO_SPLIT=fused QTOOL_WO_GEMM_PDL=1"; do
     set -- $setting
     local label=$1; shift
     (if [ $# -gt 0 ]; then export "$@"; fi; E2E_TIMEOUT=${E2E_TIMEOUT:-110} bench8b "-wo-$label" w4a16 16 128 8)

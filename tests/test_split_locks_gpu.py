@@ -1,7 +1,8 @@
 """Split-K reductions under each setting of their knobs: the Hopper GEMMs' (csrc/sm90/sm90_scheduler.cuh:
 QTOOL_GEMM_SPLIT_ADD=ordered, the default since session 43, or chain / any; QTOOL_GEMM_LOCKS=keep, flags kept zeroed
 between launches, no memset per call, under chain / any) and wo_gemm's (QTOOL_WO_SPLIT=ordered: partials in slots,
-the last split adds them, one launch; =kept: the atomic adds into sums kept zero between launches). The knobs are read once per process, so each setting runs in a child
+the last split adds them, one launch; =kept: the atomic adds into sums kept zero between launches; =fused: those,
+and the last split of a tile finishes it). The knobs are read once per process, so each setting runs in a child
 process (this file run as a script), with a time limit: a flag or counter left non-zero by one launch would hang (or
 corrupt) the next one.
 
@@ -37,6 +38,9 @@ SETTINGS = {
     # under PDL (session 50's A/B knobs)
     "wo-kept": {"QTOOL_WO_SPLIT": "kept"},
     "wo-kept-pdl": {"QTOOL_WO_SPLIT": "kept", "QTOOL_WO_GEMM_PDL": "1"},
+    # ... and the last split of each tile finishing it (one launch, atomic adds)
+    "wo-fused": {"QTOOL_WO_SPLIT": "fused"},
+    "wo-fused-pdl": {"QTOOL_WO_SPLIT": "fused", "QTOOL_WO_GEMM_PDL": "1"},
     # the tile grid padded to whole swizzle groups (csrc/sm90/sm90_common.cuh, TileOrder): more tiles, more flags
     "ordered-swizzled": {"QTOOL_GEMM_SPLIT_ADD": "ordered", "QTOOL_WO_SPLIT": "ordered", "QTOOL_GEMM_SWIZZLE": "8",
                          "QTOOL_GEMM_RASTER": "n"},
@@ -173,8 +177,9 @@ def child() -> None:
     ordered = env("QTOOL_GEMM_SPLIT_ADD") not in ("chain", "any")  # ordered unless set otherwise
     # (fixed order, one launch and no memset expected) for the CUTLASS cases, then for wo_gemm's
     cutlass = (env("QTOOL_GEMM_SPLIT_ADD") != "any", env("QTOOL_GEMM_LOCKS") == "keep" or ordered)
-    wo = (env("QTOOL_WO_SPLIT") == "ordered",) * 2
-    kept = env("QTOOL_WO_SPLIT") in ("ordered", "kept")  # no at::zeros before wo_gemm's launch
+    mode = env("QTOOL_WO_SPLIT")
+    wo = (mode == "ordered", mode in ("ordered", "fused"))  # (fixed order, one launch)
+    kept = mode in ("ordered", "kept", "fused")  # no at::zeros before wo_gemm's launch
     cases = ([(c, (*cutlass, cutlass[1])) for c in [*_mixed_cases(), *_w8a8_cases()]]
              + [(c, (*wo, kept)) for c in _wo_gemm_cases()])
     for (name, outs, ref, launches), (fixed, single, no_fill) in cases:

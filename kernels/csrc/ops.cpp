@@ -299,9 +299,10 @@ at::Tensor wo_gemm(const at::Tensor& x, const at::Tensor& qweight, const at::Ten
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   at::Tensor workspace;
   if (splits > 1) {
+    // (QTOOL_WO_SPLIT) ordered: counters and slots; kept: kept sums and finish_split_k; fused: counters and kept
+    // sums, one launch; a part that cannot be had falls back (fused without sums runs ordered)
     p.split_counters = wo_gemm_counters(wo_gemm_tiles(p), stream);
-    p.workspace = p.split_counters == nullptr ? wo_gemm_kept_sums(static_cast<size_t>(p.m) * out_features, stream)
-                                              : nullptr;
+    p.workspace = wo_gemm_kept_sums(static_cast<size_t>(p.m) * out_features, stream);
     p.kept_sums = p.workspace != nullptr;
     if (!p.kept_sums) {
       workspace = p.split_counters != nullptr  // slots, each written in full by its split; else zeroed sums

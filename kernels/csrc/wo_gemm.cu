@@ -70,18 +70,25 @@ __device__ __forceinline__ void each_output(const WoProblem& p, const float (&ac
     }
 }
 
-// Split-K without a memset or a second kernel (p.split_counters set): each split stores its partial tile (this
-// lane's C fragments) in its own slot of the workspace ([gridDim.y, m, n] float32, not zeroed); the last split of
-// the tile to arrive, counted on a kept per-tile counter that it resets, adds the slots in split order and stores
-// y, so the result has the same bits on every run (the atomicAdd path rounds in arrival order).
+// Split-K without a memset or a second kernel (p.split_counters set), the last split of a tile to arrive (counted
+// on a kept per-tile counter that it resets) storing y:
+// - ordered (p.kept_sums unset): each split stores its partial tile (this lane's C fragments) in its own slot of
+//   the workspace ([gridDim.y, m, n] float32, not zeroed); the last adds the slots in split order, so the result
+//   has the same bits on every run (the atomicAdd paths round in arrival order);
+// - fused (p.kept_sums set, QTOOL_WO_SPLIT=fused): each split adds its partials into the kept sums ([m, n], zero
+//   between launches) with atomics; the last reads each sum once and leaves it zero.
 template <typename T, int MT>
-__device__ __forceinline__ void store_ordered_splits(const WoProblem& p, const float (&acc)[MT][4], bool active,
-                                                     int row0, int col0) {
+__device__ __forceinline__ void store_split_last(const WoProblem& p, const float (&acc)[MT][4], bool active,
+                                                 int row0, int col0) {
   const size_t plane = static_cast<size_t>(p.m) * p.w.n;
   auto each = [&](auto&& f) {
     if (active) each_output<MT>(p, acc, row0, col0, f);
   };
-  each([&](size_t idx, float v, int) { p.workspace[blockIdx.y * plane + idx] = v; });
+  if (p.kept_sums) {
+    each([&](size_t idx, float v, int) { atomicAdd(p.workspace + idx, v); });
+  } else {
+    each([&](size_t idx, float v, int) { p.workspace[blockIdx.y * plane + idx] = v; });
+  }
   __shared__ bool last;
   __syncthreads();  // every warp's partials issued
   if (threadIdx.x == 0) {
@@ -95,7 +102,12 @@ __device__ __forceinline__ void store_ordered_splits(const WoProblem& p, const f
   __threadfence();
   each([&](size_t idx, float, int row) {
     float sum = 0.0f;
-    for (unsigned s = 0; s < gridDim.y; ++s) sum += __ldcg(p.workspace + s * plane + idx);
+    if (p.kept_sums) {
+      sum = __ldcg(p.workspace + idx);
+      p.workspace[idx] = 0.0f;
+    } else {
+      for (unsigned s = 0; s < gridDim.y; ++s) sum += __ldcg(p.workspace + s * plane + idx);
+    }
     store(static_cast<T*>(p.y) + idx, activate(sum + bias_at(opaque(p.bias), row), p.act));
   });
 }
@@ -271,7 +283,7 @@ __global__ void __launch_bounds__(kWarps * 32, min_blocks<BITS, MT>()) wo_gemm_k
   if constexpr (!PG) flush();
   const int col0 = tok0 + 2 * (lane % 4);
   if (p.split_counters != nullptr) {
-    store_ordered_splits<T, MT>(p, acc, active, row0, col0);
+    store_split_last<T, MT>(p, acc, active, row0, col0);
     return;
   }
   if (!active) return;
@@ -342,29 +354,33 @@ int wo_gemm_splits(const WoProblem& p, int num_sms) {
   return (npieces + pieces_per_split - 1) / pieces_per_split;  // no empty splits
 }
 
+// QTOOL_WO_SPLIT, read once: "" (atomic adds into at::zeros sums, then finish_split_k), "ordered", "kept" or
+// "fused" (wo_gemm_counters, wo_gemm_kept_sums).
+const std::string& wo_split_mode() {
+  static const std::string mode = [] {
+    const char* env = std::getenv("QTOOL_WO_SPLIT");
+    return std::string(env != nullptr ? env : "");
+  }();
+  return mode;
+}
+
 // wo_gemm's split-K in one launch (QTOOL_WO_SPLIT=ordered, read once; off: an A/B knob until measured,
 // kernels/NOTES.md "Session 41"): kept tile counters (kept_counters.h), or nullptr when off, when the problem has
 // more tiles than counters, or when they cannot be made now (the caller takes the memset path).
 int* wo_gemm_counters(int tiles, cudaStream_t stream) {
-  static const bool on = [] {
-    const char* env = std::getenv("QTOOL_WO_SPLIT");
-    return env != nullptr && std::string(env) == "ordered";
-  }();
+  static const bool on = wo_split_mode() == "ordered" || wo_split_mode() == "fused";
   static KeptCounters counters(16384);
   return on && static_cast<size_t>(tiles) <= counters.count() ? counters.get(stream) : nullptr;
 }
 
-// wo_gemm's atomic split-K without the per-call at::zeros (QTOOL_WO_SPLIT=kept, read once; an A/B knob until
-// measured, kernels/NOTES.md "Session 50"): one float32 buffer per device, zeroed once and left zero by
-// finish_split_k, for [m, n] sums of up to kKeptSums floats; nullptr when off, for larger problems, or when it
+// wo_gemm's atomic split-K without the per-call at::zeros (QTOOL_WO_SPLIT=kept or fused; A/B knobs until measured,
+// kernels/NOTES.md "Session 50"): one float32 buffer per device, zeroed once and left zero by finish_split_k (or,
+// fused, by the last split of each tile), for [m, n] sums of up to kKeptSums floats; nullptr when off, for larger problems, or when it
 // cannot be made now (the caller takes the at::zeros path). The counters' buffer is reused for it: zero int bits
 // are float +0.0.
 float* wo_gemm_kept_sums(size_t count, cudaStream_t stream) {
   constexpr size_t kKeptSums = size_t{1} << 21;  // 8 MB: 64 tokens of a 28672-row weight fit
-  static const bool on = [] {
-    const char* env = std::getenv("QTOOL_WO_SPLIT");
-    return env != nullptr && std::string(env) == "kept";
-  }();
+  static const bool on = wo_split_mode() == "kept" || wo_split_mode() == "fused";
   static KeptCounters sums(kKeptSums);
   return on && count <= kKeptSums ? reinterpret_cast<float*>(sums.get(stream)) : nullptr;
 }

@@ -20,6 +20,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include <cuda_runtime_api.h>
 
@@ -102,7 +103,8 @@ struct WoProblem {
   // kernel, the same bits on every run). nullptr: atomicAdd into the zeroed workspace, then finish_split_k.
   int* split_counters = nullptr;
   // wo_gemm only, with the atomic adds: the workspace is the kept sums (wo_gemm_kept_sums), zero between launches,
-  // so finish_split_k zeroes each sum it reads (no at::zeros node before the launch).
+  // so finish_split_k (or with split_counters, the last split of each tile) zeroes each sum it reads (no at::zeros
+  // node before the launch).
   bool kept_sums = false;
 };
 // Added to wo_gemv's variant argument: the weight is static (prepared), PDL allowed.
@@ -198,6 +200,7 @@ int wo_gemm_splits(const WoProblem& p, int num_sms);
 int wo_gemm_tiles(const WoProblem& p);
 int* wo_gemm_counters(int tiles, cudaStream_t stream);  // kept tile counters, or nullptr (wo_gemm.cu)
 float* wo_gemm_kept_sums(size_t count, cudaStream_t stream);  // kept zeroed sums, or nullptr (wo_gemm.cu)
+const std::string& wo_split_mode();  // QTOOL_WO_SPLIT: "", "ordered", "kept" or "fused" (wo_gemm.cu)
 bool wo_gemm_pdl();  // QTOOL_WO_GEMM_PDL=1: wo_gemm launched with PDL (static weights; wo_gemm.cu)
 void launch_wo_gemm(const WoProblem& p, int splits, cudaStream_t stream);
 
