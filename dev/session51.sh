@@ -15,7 +15,8 @@
 #           ATen fills and 96 finish kernels per step in session 50's profile. The split tests, then the step with
 #           kept sums (QTOOL_WO_SPLIT=kept, new: no fill), fused (new: kept sums, the last split finishing, one
 #           launch), fused with PDL (QTOOL_WO_GEMM_PDL=1; the ordered splits and PDL lost at the layer in session
-#           46, never timed in the model). Then down at 9-16 tokens on wo_gemm against the GEMM the norm sweep picks)
+#           46, never timed in the model). Then down at 9-16 tokens on wo_gemm against the GEMM the norm sweep picks, and Inductor's
+#           combo kernels)
 #   call 4: bash dev/session51.sh profilerope smallsweep     (~7 min: the step's kernels with the mode on
 #           (decode_profile.py now takes bench.loop_cache); the small shapes swept behind the norm, merged on the
 #           H200 only (copy $OUT/tuning.py back into kernels/tuning.py); widesweep after it if time is left)
@@ -62,9 +63,11 @@ wosplitab() {  # wo_gemm's split-K without the per-call at::zeros (kept sums, se
   done
 }
 downab() {  # down (14336 x 4096) at 9-16 tokens: wo_gemm (main) against the Hopper GEMM the norm sweep picked
-  AB_TIMEOUT=${AB_TIMEOUT:-240} stepab downab 16 --variant main --variant down-gemm \
+  # and Inductor's combo kernels (independent small kernels launched as one: QTOOL_INDUCTOR_COMBO, new)
+  AB_TIMEOUT=${AB_TIMEOUT:-300} stepab downab 1,16 --variant main --variant down-gemm \
     'qtool_kernels.tuning.MIXED[(4, 14336, 4096)][9]="k128 t16 v0 s0"' \
-    'qtool_kernels.tuning.MIXED[(4, 14336, 4096)][16]="k128 t16 v0 s0"'
+    'qtool_kernels.tuning.MIXED[(4, 14336, 4096)][16]="k128 t16 v0 s0"' \
+    --variant combo 'quantize.bench.INDUCTOR_COMBO=True'
 }
 for stage in "$@"; do "$stage"; done
 step "done"

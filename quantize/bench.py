@@ -260,6 +260,9 @@ def _decode_fn(model: nn.Module, prompt: torch.Tensor, new_tokens: int, compiled
     return run
 
 
+INDUCTOR_COMBO = os.environ.get("QTOOL_INDUCTOR_COMBO", "0") == "1"  # decode_compile_options
+
+
 def decode_compile_options() -> dict[str, bool]:
     """Inductor options for a decode step: "reduce-overhead" mode (CUDA graphs) plus Inductor's Triton kernels
     launched with programmatic dependent launch on Hopper and newer (Inductor emits it nowhere else).
@@ -270,12 +273,16 @@ def decode_compile_options() -> dict[str, bool]:
     case each waits for its inputs and releases the next grid after its first loads. Session 24 (H200, 8B W4A16,
     one step's wall time): 2775 -> 2497 us (360 -> 400 tokens/s). The same options compile the bf16 baseline, so
     `qtool bench` compares like with like; it gains as much (182 -> 199 tokens/s: its cuBLAS GEMVs are followed by
-    Inductor's kernels too), and W8A8 models least (~2%). QTOOL_INDUCTOR_PDL=0 turns it off (A/Bs)."""
+    Inductor's kernels too), and W8A8 models least (~2%). QTOOL_INDUCTOR_PDL=0 turns it off (A/Bs).
+    INDUCTOR_COMBO (QTOOL_INDUCTOR_COMBO=1, an A/B knob since session 50): Inductor's combo kernels, independent small
+    kernels (the per-layer row counts, masks) launched as one."""
     import torch._inductor.config as inductor_config
 
     options = {"triton.cudagraphs": True}
     if os.environ.get("QTOOL_INDUCTOR_PDL", "1") != "0" and hasattr(inductor_config.triton, "enable_pdl"):
         options["triton.enable_pdl"] = True
+    if INDUCTOR_COMBO and hasattr(inductor_config, "combo_kernels"):
+        options["combo_kernels"] = True
     return options
 
 
