@@ -10,16 +10,17 @@
 #   call 2: bash dev/session51.sh ropebatch                  (~7 min: off / kernel from 16 / kernel from 1 at batches
 #           1, 4, 16, 32, alternated twice in one process (dev/step_ab.py); also the first run of the foreach row
 #           count (rotary._advance))
-#   call 3: bash dev/session51.sh wosplitab downab           (~8 min, both at batch 16: wo_gemm, which runs q/k/v, o
-#           and down there, launches 3 kernels per call (at::zeros of its split-K sums, the GEMM, finish_split_k): 97
-#           ATen fills and 96 finish kernels per step in session 50's profile. The split tests, then the step with
-#           kept sums (QTOOL_WO_SPLIT=kept, new: no fill), fused (new: kept sums, the last split finishing, one
-#           launch), fused with PDL (QTOOL_WO_GEMM_PDL=1; the ordered splits and PDL lost at the layer in session
-#           46, never timed in the model). Then down at 9-16 tokens on wo_gemm against the GEMM the norm sweep picks, and Inductor's
-#           combo kernels)
-#   call 4: bash dev/session51.sh profilerope smallsweep     (~7 min: the step's kernels with the mode on
-#           (decode_profile.py now takes bench.loop_cache); the small shapes swept behind the norm, merged on the
-#           H200 only (copy $OUT/tuning.py back into kernels/tuning.py); widesweep after it if time is left)
+#   call 3: bash dev/session51.sh wosplitab                  (~6 min at batch 16: wo_gemm, which runs q/k/v, o and
+#           down there, launches 3 kernels per call (at::zeros of its split-K sums, the GEMM, finish_split_k): 97 ATen
+#           fills and 96 finish kernels per step in session 50's profile. The split tests, then the step with kept
+#           sums (QTOOL_WO_SPLIT=kept, new: no fill), fused (new: kept sums, the last split finishing, one launch),
+#           fused with PDL (QTOOL_WO_GEMM_PDL=1; the ordered splits and PDL lost at the layer in session 46, never
+#           timed in the model))
+#   call 4: bash dev/session51.sh downab profilerope         (~9 min: at batches 1 and 16, down at 9-16 tokens on
+#           wo_gemm against the GEMM the norm sweep picks, and Inductor's combo kernels; then the step's kernels
+#           with the mode on (decode_profile.py now takes bench.loop_cache))
+#   call 5: bash dev/session51.sh smallsweep                 (~4 min: the small shapes swept behind the norm, merged on
+#           the H200 only (copy $OUT/tuning.py back into kernels/tuning.py); widesweep after it if time is left)
 # The prebuilt extension in .gpu/ext is session 50's last (stamp a5344026e93c60211a35: the reordered rope staging,
 # wo_gemm's kept / fused split-K); rebuild it (`bash dev/prebuild_ext.sh`) after any kernels/csrc change.
 # In priority order: 30 device minutes reach about three or four full calls. If call 2 has the kernel mode win at
