@@ -100,7 +100,8 @@ def _rope_attention(step: PendingStep, key: torch.Tensor, value: torch.Tensor, m
     """A layer's deferred step (rotary.take_step) over the caches key, value [B, KV, L, D], whose row `step.slot` is
     not yet written, and transformers' mask [B, 1, 1, L] (ignored where step.causal_only):
     (output [B, 1, H, D], None, None) from the rotary-and-write kernel where the attention kernel is preferred, takes
-    the tensors and the batch reaches attention.ROPE_MIN_BATCH; else (None, rotated query [B, H, 1, D], mask) with the row written, for the plain path."""
+    the tensors and the batch reaches attention.ROPE_MIN_BATCH; else (None, rotated query [B, H, 1, D], mask) with
+    the row written, for the plain path."""
     from qtool_kernels import attention
 
     batch, heads, _, dim = query_shape

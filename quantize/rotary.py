@@ -20,8 +20,8 @@ code in the compiled graph (nothing reads it), so Inductor drops it (checked on 
 
 The write is never skipped: once a layer deferred it, the attention either runs that kernel or rotates and writes
 with PyTorch ops (`rotate_and_write`: on the CPU, where the kernel does not take the tensors, below
-kernels/attention.py ROPE_MIN_BATCH, with QTOOL_ROPE_KERNEL=0) before attending as usual. Prefill (more than one token) and every cache other than a static
-one keep transformers' path. Architectures: those whose attention rotates the raw projections (`ARCHITECTURES`);
+kernels/attention.py ROPE_MIN_BATCH, with QTOOL_ROPE_KERNEL=0) before attending as usual. Prefill (more than one
+token) and every cache other than a static one keep transformers' path. Architectures: those whose attention rotates the raw projections (`ARCHITECTURES`);
 Qwen3 normalizes q and k per head before the rotation and is not one of them.
 
 Numerics: the rotation in float32 rounded once, as Inductor computes transformers' formula; eagerly transformers
