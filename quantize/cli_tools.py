@@ -197,6 +197,8 @@ def bench(
         results = _bench_checkpoints(model, base, (fuse, fuse_baseline), device, dtype_name, attention, opts)
     results["attn_implementation"] = sorted(used_attention)
     results["switches"] = build.switches()  # the QTOOL_* environment the run had
+    # which card: ratios differ between an H100 and an H200 (sessions 49-50 asked for one and got the other)
+    results["gpu"] = torch.cuda.get_device_name(device) if device.startswith("cuda") else None
     if json_out:
         json_out.write_text(json.dumps(results, indent=2))
 

@@ -285,5 +285,6 @@ def test_bench_cli_with_the_rotary_in_the_attention(tmp_path, monkeypatch):
     figures = json.loads(out.read_text())
     assert figures["rope_attention"] is True and not figures["base_fused"].get("rope_attention")
     assert figures["rope_kernel_min_batch"] == kernel_attention.ROPE_MIN_BATCH
+    assert figures["gpu"] is None  # the card is named on CUDA runs only
     assert figures["quantized"]["decode"][0]["tokens_per_s"] > 0
     assert calls and len(calls) % (2 * TINY["num_hidden_layers"]) == 0  # 2 single-token steps per decode, 2 layers
