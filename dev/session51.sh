@@ -21,7 +21,7 @@
 #           with the mode on (decode_profile.py now takes bench.loop_cache))
 #   call 5: bash dev/session51.sh smallsweep                 (~4 min: the small shapes swept behind the norm, merged on
 #           the H200 only (copy $OUT/tuning.py back into kernels/tuning.py); widesweep after it if time is left)
-# The prebuilt extension in .gpu/ext is session 50's last (stamp a5344026e93c60211a35: the reordered rope staging,
+# The prebuilt extension in .gpu/ext is session 50's last (stamp b7cab0dd16352d839f58: the reordered rope staging,
 # wo_gemm's kept / fused split-K); rebuild it (`bash dev/prebuild_ext.sh`) after any kernels/csrc change.
 # In priority order: 30 device minutes reach about three or four full calls. If call 2 has the kernel mode win at
 # batch 1 too, set ROPE_MIN_BATCH (kernels/attention.py) to the smallest batch where it won.

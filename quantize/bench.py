@@ -36,7 +36,6 @@ from transformers import StaticCache
 from . import rotary
 from .compat import CACHE_KWARG
 from .prefetch import link_weight_prefetch
-from .rotary import defer_cache_writes, state_of
 
 
 @dataclass
@@ -291,9 +290,9 @@ def loop_cache(model: nn.Module, length: int) -> StaticCache:
     (QTOOL_ROPE_ATTENTION) and rotary.ENABLED still holds (an in-process A/B may clear it), its layers defer the
     decode rows' writes to the attention."""
     cache = StaticCache(config=model.config, max_cache_len=length)
-    rope = state_of(model)
+    rope = rotary.state_of(model)
     if rope is not None and rotary.ENABLED:
-        defer_cache_writes(cache, rope)
+        rotary.defer_cache_writes(cache, rope)
         rope.causal_only = True  # the loop passes no attention mask: no padding
     return cache
 

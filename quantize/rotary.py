@@ -21,8 +21,8 @@ code in the compiled graph (nothing reads it), so Inductor drops it (checked on 
 The write is never skipped: once a layer deferred it, the attention either runs that kernel or rotates and writes
 with PyTorch ops (`rotate_and_write`: on the CPU, where the kernel does not take the tensors, below
 kernels/attention.py ROPE_MIN_BATCH, with QTOOL_ROPE_KERNEL=0) before attending as usual. Prefill (more than one
-token) and every cache other than a static one keep transformers' path. Architectures: those whose attention rotates the raw projections (`ARCHITECTURES`);
-Qwen3 normalizes q and k per head before the rotation and is not one of them.
+token) and every cache other than a static one keep transformers' path. Architectures: those whose attention rotates
+the raw projections (`ARCHITECTURES`); Qwen3 normalizes q and k per head before the rotation and is not one of them.
 
 Numerics: the rotation in float32 rounded once, as Inductor computes transformers' formula; eagerly transformers
 rounds each product (at most one unit in the last place apart).
@@ -57,7 +57,6 @@ class StepState:
         self.cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None
         self.slots: dict[int, torch.Tensor] = {}  # layer index -> [1] int64 cache row
         self.causal_only = False
-        self.layers: list = []  # the cache layers that defer (defer_cache_writes)
         self.step_slot: torch.Tensor | None = None  # [1] int64: this step's row, read once by its first layer
         self.pending = 0  # deferring layers yet to update in this step (0: the next update starts a step)
 
@@ -113,11 +112,12 @@ def deferred_layer_class() -> type:
 
 def _advance(state: StepState, layer) -> torch.Tensor:
     """The step's cache row [1] for `layer`. The step's first deferring layer reads it from its own count and
-    advances every initialized deferring layer's count in one foreach add: one kernel per step where a count read
-    and advanced per layer was one tiny kernel per layer in the compiled step (session 50's profile: 32 at ~1.4 us).
-    transformers advances every layer's count once per forward pass, so they agree."""
+    advances the count of every initialized deferring layer of its cache (`qtool_peers`) in one foreach add: one
+    kernel per step where a count read and advanced per layer was one tiny kernel per layer in the compiled step
+    (session 50's profile: 32 at ~1.4 us). transformers advances every layer's count once per forward pass, so they
+    agree."""
     if state.pending == 0:
-        ready = [other for other in state.layers if other.is_initialized]
+        ready = [other for other in layer.qtool_peers if other.is_initialized]
         state.step_slot = layer.cumulative_length.reshape(1).clone()
         torch._foreach_add_([other.cumulative_length for other in ready], 1)
         state.pending = len(ready)
@@ -129,13 +129,14 @@ def defer_cache_writes(cache, state: StepState) -> int:
     """Switch each static layer of `cache` (a transformers StaticCache) to deferred writes; how many were."""
     from transformers.cache_utils import StaticLayer
 
-    state.layers, state.pending = [], 0
+    peers = []  # shared by the cache's deferring layers: whose counts a step advances (_advance)
     for index, layer in enumerate(getattr(cache, "layers", [])):
         if type(layer) is StaticLayer:
             layer.__class__ = deferred_layer_class()
-            layer.qtool_state, layer.qtool_index = state, index
-            state.layers.append(layer)
-    return len(state.layers)
+            layer.qtool_state, layer.qtool_index, layer.qtool_peers = state, index, peers
+            peers.append(layer)
+    state.pending = 0
+    return len(peers)
 
 
 def install(model: nn.Module) -> StepState | None:

@@ -247,6 +247,24 @@ def test_left_padded_batch_equals_without(monkeypatch):
     assert len(calls) == steps * rope.config.num_hidden_layers and all(calls)  # cos: a row per sequence, not one
 
 
+def test_each_cache_advances_its_own_counts():
+    """Two caches deferred on one model (qtool bench makes one per batch size): a step on the first advances the row
+    count of each of its layers once, and none of the second's."""
+    _, rope = _prepared(5)
+    state = state_of(rope)
+    first, second = (StaticCache(config=rope.config, max_cache_len=8) for _ in range(2))
+    for cache in (first, second):  # the second deferred last
+        assert defer_cache_writes(cache, state) == rope.config.num_hidden_layers
+    prompt = torch.randint(0, 256, (1, 4), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        rope(input_ids=prompt, **{CACHE_KWARG: first}, cache_position=torch.arange(4), use_cache=True)
+        rope(input_ids=prompt[:, :1], **{CACHE_KWARG: first}, cache_position=torch.tensor([4]), use_cache=True)
+    if not hasattr(first.layers[0], "cumulative_length"):
+        pytest.skip("this transformers release names the row in cache_kwargs (no counts)")
+    assert [int(layer.cumulative_length) for layer in first.layers] == [5] * rope.config.num_hidden_layers
+    assert [int(layer.cumulative_length) for layer in second.layers] == [0] * rope.config.num_hidden_layers
+
+
 def test_prefill_projection_not_held():
     """A prefill runs transformers' path, and no layer holds its q/k/v projection afterwards (25 MB a layer at the 8B's
     2048 tokens)."""

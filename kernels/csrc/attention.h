@@ -27,7 +27,7 @@ struct DecodeAttentionProblem {
   // Rotary-and-write mode (rope_decode_attention; the two-pass kernel only), where cos is set: q points at the raw
   // q/k/v projection [batch, (heads + 2 kv_heads) * dim] (q_head = dim), the query rows are rotated by cos / sin
   // [batch, dim] ((b, d) at b * rope_batch + d) as they are staged, and the block whose piece holds cache row *slot
-  // rotates the new key, writes it and the new value into k / v there, and stages both without reading them back.
+  // rotates the new key, writes it and the new value into k / v there, and stages both over their stale copies.
   // Rows after *slot (a static cache's future positions) are not attended, with or without a mask.
   const void* cos = nullptr;
   const void* sin = nullptr;

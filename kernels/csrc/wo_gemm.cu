@@ -356,7 +356,7 @@ int wo_gemm_splits(const WoProblem& p, int num_sms) {
 
 // QTOOL_WO_SPLIT, read once: "" (atomic adds into at::zeros sums, then finish_split_k), "ordered", "kept" or
 // "fused" (wo_gemm_counters, wo_gemm_kept_sums).
-const std::string& wo_split_mode() {
+static const std::string& wo_split_mode() {
   static const std::string mode = [] {
     const char* env = std::getenv("QTOOL_WO_SPLIT");
     return std::string(env != nullptr ? env : "");
@@ -364,8 +364,8 @@ const std::string& wo_split_mode() {
   return mode;
 }
 
-// wo_gemm's split-K in one launch (QTOOL_WO_SPLIT=ordered, read once; off: an A/B knob until measured,
-// kernels/NOTES.md "Session 41"): kept tile counters (kept_counters.h), or nullptr when off, when the problem has
+// wo_gemm's split-K in one launch (QTOOL_WO_SPLIT=ordered or fused; A/B knobs until measured, kernels/NOTES.md
+// "Session 41", "Session 50"): kept tile counters (kept_counters.h), or nullptr when off, when the problem has
 // more tiles than counters, or when they cannot be made now (the caller takes the memset path).
 int* wo_gemm_counters(int tiles, cudaStream_t stream) {
   static const bool on = wo_split_mode() == "ordered" || wo_split_mode() == "fused";
@@ -375,9 +375,9 @@ int* wo_gemm_counters(int tiles, cudaStream_t stream) {
 
 // wo_gemm's atomic split-K without the per-call at::zeros (QTOOL_WO_SPLIT=kept or fused; A/B knobs until measured,
 // kernels/NOTES.md "Session 50"): one float32 buffer per device, zeroed once and left zero by finish_split_k (or,
-// fused, by the last split of each tile), for [m, n] sums of up to kKeptSums floats; nullptr when off, for larger problems, or when it
-// cannot be made now (the caller takes the at::zeros path). The counters' buffer is reused for it: zero int bits
-// are float +0.0.
+// fused, by the last split of each tile), for [m, n] sums of up to kKeptSums floats; nullptr when off, for larger
+// problems, or when it cannot be made now (the caller takes the at::zeros path). The counters' class holds it: zero
+// int bits are float +0.0.
 float* wo_gemm_kept_sums(size_t count, cudaStream_t stream) {
   constexpr size_t kKeptSums = size_t{1} << 21;  // 8 MB: 64 tokens of a 28672-row weight fit
   static const bool on = wo_split_mode() == "kept" || wo_split_mode() == "fused";

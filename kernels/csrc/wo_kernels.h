@@ -20,7 +20,6 @@
 #pragma once
 
 #include <cstdint>
-#include <string>
 
 #include <cuda_runtime_api.h>
 
@@ -200,7 +199,6 @@ int wo_gemm_splits(const WoProblem& p, int num_sms);
 int wo_gemm_tiles(const WoProblem& p);
 int* wo_gemm_counters(int tiles, cudaStream_t stream);  // kept tile counters, or nullptr (wo_gemm.cu)
 float* wo_gemm_kept_sums(size_t count, cudaStream_t stream);  // kept zeroed sums, or nullptr (wo_gemm.cu)
-const std::string& wo_split_mode();  // QTOOL_WO_SPLIT: "", "ordered", "kept" or "fused" (wo_gemm.cu)
 bool wo_gemm_pdl();  // QTOOL_WO_GEMM_PDL=1: wo_gemm launched with PDL (static weights; wo_gemm.cu)
 void launch_wo_gemm(const WoProblem& p, int splits, cudaStream_t stream);
 
