@@ -10,19 +10,20 @@
 #   call 2: bash dev/session51.sh ropebatch                  (~7 min: off / kernel from 16 / kernel from 1 at batches
 #           1, 4, 16, 32, alternated twice in one process (dev/step_ab.py); also the first run of the foreach row
 #           count (rotary._advance))
-#   call 3: bash dev/session51.sh wosplitab                  (~6 min at batch 16: wo_gemm, which runs q/k/v, o and
+#   call 3: bash dev/session51.sh wosplitab                  (~5 min at batch 16: wo_gemm, which runs q/k/v, o and
 #           down there, launches 3 kernels per call (at::zeros of its split-K sums, the GEMM, finish_split_k): 97 ATen
 #           fills and 96 finish kernels per step in session 50's profile. The split tests, then the step with kept
 #           sums (QTOOL_WO_SPLIT=kept, new: no fill), fused (new: kept sums, the last split finishing, one launch),
 #           fused with PDL (QTOOL_WO_GEMM_PDL=1; the ordered splits and PDL lost at the layer in session 46, never
-#           timed in the model))
+#           timed in the model), alternated in one process (dev/step_ab.py; the switches reloaded per variant))
 #   call 4: bash dev/session51.sh downab profilerope         (~9 min: at batches 1 and 16, down at 9-16 tokens on
 #           wo_gemm against the GEMM the norm sweep picks, and Inductor's combo kernels; then the step's kernels
 #           with the mode on (decode_profile.py now takes bench.loop_cache))
 #   call 5: bash dev/session51.sh smallsweep                 (~4 min: the small shapes swept behind the norm, merged on
 #           the H200 only (copy $OUT/tuning.py back into kernels/tuning.py); widesweep after it if time is left)
-# The prebuilt extension in .gpu/ext is session 50's last (stamp b7cab0dd16352d839f58: the reordered rope staging,
-# wo_gemm's kept / fused split-K); rebuild it (`bash dev/prebuild_ext.sh`) after any kernels/csrc change.
+# The prebuilt extension in .gpu/ext is session 51's (stamp 6e1b213797606e3337f0: session 50's reordered rope staging
+# and wo_gemm's kept / fused split-K, session 51's qtool_cuda::reload_switches); rebuild it (`bash
+# dev/prebuild_ext.sh`) after any kernels/csrc change. Session 51 got no device time (loans paused).
 # In priority order: 30 device minutes reach about three or four full calls. If call 2 has the kernel mode win at
 # batch 1 too, set ROPE_MIN_BATCH (kernels/attention.py) to the smallest batch where it won.
 cd "$(dirname "$0")/.."
@@ -49,19 +50,18 @@ ropebatch() {  # where the rotary-and-write kernel mode starts to pay
   stepab ropebatch 1,4,16,32 --variant from16 --variant from1 'qtool_kernels.attention.ROPE_MIN_BATCH=1' \
     --variant off 'quantize.rotary.ENABLED=False'
 }
-wosplitab() {  # wo_gemm's split-K without the per-call at::zeros (kept sums, session 50) or in one launch (ordered),
-  # with and without PDL, in the 8B batch-16 step (one process each: the switches are read once in C++); first the
-  # split tests of those settings
+wosplitab() {  # wo_gemm's split-K without the per-call at::zeros (kept sums, session 50) or in one launch (fused),
+  # with and without PDL, alternated in the 8B step in one process (the extension reads QTOOL_WO_SPLIT and
+  # QTOOL_WO_GEMM_PDL again before each variant's compile: build.reload_switches, session 51); first the split tests
+  # of those settings and the in-process reload's test
   step "split-K tests under each knob (tests/test_split_locks_gpu.py)"
-  timeout -k 10 200 python3 -m pytest -q tests/test_split_locks_gpu.py -k "wo-kept or wo-fused" \
+  timeout -k 10 200 python3 -m pytest -q tests/test_split_locks_gpu.py -k "wo-kept or wo-fused or reload" \
     > /tmp/splittests.txt 2>&1
   echo "exit $?"; tail -3 /tmp/splittests.txt
-  for setting in "default " "kept QTOOL_WO_SPLIT=kept" "fused QTOOL_WO_SPLIT=fused" \
-                 "fused-pdl QTOOL_WO_SPLIT=fused QTOOL_WO_GEMM_PDL=1"; do
-    set -- $setting
-    local label=$1; shift
-    (if [ $# -gt 0 ]; then export "$@"; fi; E2E_TIMEOUT=${E2E_TIMEOUT:-110} bench8b "-wo-$label" w4a16 16 128 8)
-  done
+  AB_TIMEOUT=${AB_TIMEOUT:-420} stepab wosplitab 16 --variant default \
+    --variant kept 'os.environ["QTOOL_WO_SPLIT"]="kept"' \
+    --variant fused 'os.environ["QTOOL_WO_SPLIT"]="fused"' \
+    --variant fused-pdl 'os.environ["QTOOL_WO_SPLIT"]="fused"' 'os.environ["QTOOL_WO_GEMM_PDL"]="1"'
 }
 downab() {  # down (14336 x 4096) at 9-16 tokens: wo_gemm (main) against the Hopper GEMM the norm sweep picked
   # and Inductor's combo kernels (independent small kernels launched as one: QTOOL_INDUCTOR_COMBO, new)

@@ -12,6 +12,8 @@ decodes, not a process with its own model build, quantization and bf16 baseline 
 A setting is `module.path.ATTR[key]...=value`, keys and value Python literals; each is undone after its variant.
 Only what is read while tracing or at call time can vary: `quantize.rotary.ENABLED` (read by bench.loop_cache)
 can turn the rotary-and-write mode off, not on where QTOOL_ROPE_ATTENTION=0 kept it from being installed.
+`os.environ["QTOOL_WO_SPLIT"]="kept"` and `os.environ["QTOOL_WO_GEMM_PDL"]="1"` work too: the extension reads
+those two again before each variant's compile (build.reload_switches); its other switches are read once.
 """
 
 from __future__ import annotations
@@ -23,13 +25,14 @@ import importlib
 import json
 import re
 import statistics
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from rich.console import Console
 from rich.table import Table
 
-from qtool_kernels import tuning
+from qtool_kernels import build, tuning
 from quantize.bench import bench_model
 from quantize.cli_tools import _fuse, bench_plan
 from quantize.quantizer import quantize_model
@@ -66,7 +69,7 @@ class Setting:
             setattr(self.owner, self.attr, self.value)
             return
         container = self._container()
-        self.old = container.get(self.keys[-1], MISSING) if isinstance(container, dict) else container[self.keys[-1]]
+        self.old = container.get(self.keys[-1], MISSING) if isinstance(container, Mapping) else container[self.keys[-1]]
         container[self.keys[-1]] = self.value
 
     def undo(self) -> None:
@@ -96,7 +99,9 @@ def _resolve(path: str) -> tuple[object, str]:
 
 
 def fresh_compile_state() -> None:
-    """Forget compiled steps and memoized routes, so the next decode traces under the current settings."""
+    """Forget compiled steps and memoized routes, so the next decode traces (and its graphs capture) under the
+    current settings, the extension's reloadable switches included."""
+    build.reload_switches()
     tuning.clear_cache()
     torch._dynamo.reset()
     gc.collect()

@@ -200,6 +200,13 @@ def load_extension(verbose: bool = False):
     return _loader.load(verbose)
 
 
+def reload_switches() -> None:
+    """Have the extension read wo_gemm's A/B switches (QTOOL_WO_SPLIT, QTOOL_WO_GEMM_PDL) from os.environ again,
+    which it otherwise reads once per process (dev/step_ab.py's variants); a no-op where it is not loaded."""
+    if _loader.ops is not None and hasattr(_loader.ops, "reload_switches"):
+        _loader.ops.reload_switches()
+
+
 def loaded() -> bool:
     """Whether the extension is loaded already (never builds: what code under torch.compile may ask)."""
     return _loader.ops is not None

@@ -208,6 +208,29 @@ def test_split_reduction_under_each_knob(kernels, setting):
             assert r["memsets"] == 0 and r["fills"] == 0 and r["kernels"] <= 2, (setting, r)
 
 
+
+def test_wo_switches_reload_in_process(kernels, monkeypatch):
+    """build.reload_switches (dev/step_ab.py's env variants): wo_gemm follows QTOOL_WO_SPLIT set after its first
+    call, in both directions, with the same bound; the process's own setting is restored at the end."""
+    from qtool_kernels import build
+
+    before = os.environ.get("QTOOL_WO_SPLIT")
+    # (setting, kernels of one eager call, ATen fills): the default's fill, GEMM and finish; kept: no fill; fused:
+    # the GEMM alone; then the default again
+    expected = [("", 3, 1), ("fused", 1, 0), ("kept", 2, 0), ("", 3, 1)]
+    try:
+        for mode, launches, fills in expected:
+            monkeypatch.setenv("QTOOL_WO_SPLIT", mode)
+            build.reload_switches()
+            (name, outs, ref, counted), = [c for c in _wo_gemm_cases() if " m16" in c[0]]
+            assert max(_rel_err(y, ref) for y in outs) <= 1e-2, (mode, name)
+            assert (counted["kernels"], counted["fills"], counted["memsets"]) == (launches, fills, 0), (mode, counted)
+    finally:
+        monkeypatch.undo()
+        build.reload_switches()
+        assert os.environ.get("QTOOL_WO_SPLIT") == before
+
+
 if __name__ == "__main__" and sys.argv[1:] == ["child"]:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repository's packages
     child()

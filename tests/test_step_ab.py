@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -38,6 +39,20 @@ def test_settings_apply_and_undo(step_ab):
     for setting in reversed(settings):
         setting.undo()
     assert tuning.MIXED == table and attention.ROPE_MIN_BATCH == min_batch
+
+
+def test_environment_settings_apply_and_undo(step_ab, monkeypatch):
+    """os.environ is a Mapping, not a dict: a variable missing before is removed again, a set one restored."""
+    monkeypatch.delenv("QTOOL_WO_SPLIT", raising=False)
+    monkeypatch.setenv("QTOOL_WO_GEMM_PDL", "0")
+    split, pdl = (step_ab.Setting(f'os.environ["{name}"]="{value}"')
+                  for name, value in (("QTOOL_WO_SPLIT", "kept"), ("QTOOL_WO_GEMM_PDL", "1")))
+    split.apply()
+    pdl.apply()
+    assert os.environ["QTOOL_WO_SPLIT"] == "kept" and os.environ["QTOOL_WO_GEMM_PDL"] == "1"
+    pdl.undo()
+    split.undo()
+    assert "QTOOL_WO_SPLIT" not in os.environ and os.environ["QTOOL_WO_GEMM_PDL"] == "0"
 
 
 @pytest.mark.parametrize("text, message", [

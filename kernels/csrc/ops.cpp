@@ -390,6 +390,8 @@ TORCH_LIBRARY(qtool_cuda, m) {
   m.def(
       "wo_planes_gemv(Tensor planes, Tensor xscale, Tensor qweight, Tensor scale, Tensor? zero, Tensor? bias, "
       "int group_size, int out_features, ScalarType dtype, int variant=0, int num_bits=4, Tensor? prefetch=None) -> Tensor");
+  // wo_gemm's switches (QTOOL_WO_SPLIT, QTOOL_WO_GEMM_PDL) read again: dev/step_ab.py's variants in one process
+  m.def("reload_switches() -> ()", [] { qtool::reload_wo_switches(c10::cuda::getCurrentCUDAStream()); });
 }
 
 TORCH_LIBRARY_IMPL(qtool_cuda, CUDA, m) {

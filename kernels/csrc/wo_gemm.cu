@@ -17,6 +17,7 @@
 //     float32 scale of the lane's row is applied: acc += scale * group_sum. Scales stay float32,
 //     so the result is as accurate as dequantizing in float32 (better than the bf16 weights of
 //     the reference) and the scale costs one FMA per accumulator per group, not one per weight.
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <string>
@@ -354,46 +355,69 @@ int wo_gemm_splits(const WoProblem& p, int num_sms) {
   return (npieces + pieces_per_split - 1) / pieces_per_split;  // no empty splits
 }
 
-// QTOOL_WO_SPLIT, read once: "" (atomic adds into at::zeros sums, then finish_split_k), "ordered", "kept" or
-// "fused" (wo_gemm_counters, wo_gemm_kept_sums).
-static const std::string& wo_split_mode() {
-  static const std::string mode = [] {
-    const char* env = std::getenv("QTOOL_WO_SPLIT");
-    return std::string(env != nullptr ? env : "");
-  }();
+// wo_gemm's two A/B switches, read from the environment on first use and again by reload_wo_switches (the op
+// qtool_cuda::reload_switches: dev/step_ab.py alternates them in one process, each variant recompiled and its
+// graphs captured again). QTOOL_WO_SPLIT: "" (atomic adds into at::zeros sums, then finish_split_k), "ordered"
+// (kept tile counters, slots added in split order by the last split: one launch), "kept" (atomic adds into kept
+// zeroed sums, then finish_split_k: no fill) or "fused" (kept sums and counters, the last split finishes: one
+// launch). QTOOL_WO_GEMM_PDL=1: launched with programmatic dependent launch, its first weights loaded before the
+// wait (pdl.cuh); only for weights no kernel writes while in use, which the A/Bs' prepared layers are.
+enum WoSplitMode : int { kSplitAtomic = 0, kSplitOrdered, kSplitKept, kSplitFused, kSplitUnread = -1 };
+static std::atomic<int> wo_split{kSplitUnread};
+static std::atomic<int> wo_pdl{-1};
+static KeptCounters wo_counters(16384);
+constexpr size_t kKeptSums = size_t{1} << 21;  // 8 MB of float sums: 64 tokens of a 28672-row weight fit
+static KeptCounters wo_sums(kKeptSums);  // the counters' class: zero int bits are float +0.0
+
+static int read_split_mode() {
+  const char* env = std::getenv("QTOOL_WO_SPLIT");
+  const std::string mode = env != nullptr ? env : "";
+  return mode == "ordered" ? kSplitOrdered : mode == "kept" ? kSplitKept : mode == "fused" ? kSplitFused
+                                                                                           : kSplitAtomic;
+}
+
+static int split_mode() {
+  int mode = wo_split.load(std::memory_order_relaxed);
+  if (mode == kSplitUnread) {
+    mode = read_split_mode();
+    wo_split.store(mode, std::memory_order_relaxed);
+  }
   return mode;
 }
 
-// wo_gemm's split-K in one launch (QTOOL_WO_SPLIT=ordered or fused; A/B knobs until measured, kernels/NOTES.md
-// "Session 41", "Session 50"): kept tile counters (kept_counters.h), or nullptr when off, when the problem has
-// more tiles than counters, or when they cannot be made now (the caller takes the memset path).
+void reload_wo_switches(cudaStream_t stream) {
+  wo_split.store(read_split_mode(), std::memory_order_relaxed);
+  wo_pdl.store(-1, std::memory_order_relaxed);
+  // made now, outside any graph capture: a first use inside one gets nullptr and would run the fallback path
+  if (split_mode() == kSplitOrdered || split_mode() == kSplitFused) wo_counters.get(stream);
+  if (split_mode() == kSplitKept || split_mode() == kSplitFused) wo_sums.get(stream);
+}
+
+// wo_gemm's split-K in one launch (ordered or fused; kernels/NOTES.md "Session 41", "Session 50"): the kept tile
+// counters (kept_counters.h), or nullptr when off, when the problem has more tiles than counters, or when they
+// cannot be made now (the caller takes the memset path).
 int* wo_gemm_counters(int tiles, cudaStream_t stream) {
-  static const bool on = wo_split_mode() == "ordered" || wo_split_mode() == "fused";
-  static KeptCounters counters(16384);
-  return on && static_cast<size_t>(tiles) <= counters.count() ? counters.get(stream) : nullptr;
+  const bool on = split_mode() == kSplitOrdered || split_mode() == kSplitFused;
+  return on && static_cast<size_t>(tiles) <= wo_counters.count() ? wo_counters.get(stream) : nullptr;
 }
 
-// wo_gemm's atomic split-K without the per-call at::zeros (QTOOL_WO_SPLIT=kept or fused; A/B knobs until measured,
-// kernels/NOTES.md "Session 50"): one float32 buffer per device, zeroed once and left zero by finish_split_k (or,
-// fused, by the last split of each tile), for [m, n] sums of up to kKeptSums floats; nullptr when off, for larger
-// problems, or when it cannot be made now (the caller takes the at::zeros path). The counters' class holds it: zero
-// int bits are float +0.0.
+// wo_gemm's atomic split-K without the per-call at::zeros (kept or fused; kernels/NOTES.md "Session 50"): one
+// float32 buffer per device, zeroed once and left zero by finish_split_k (or, fused, by the last split of each
+// tile), for [m, n] sums of up to kKeptSums floats; nullptr when off, for larger problems, or when it cannot be
+// made now (the caller takes the at::zeros path).
 float* wo_gemm_kept_sums(size_t count, cudaStream_t stream) {
-  constexpr size_t kKeptSums = size_t{1} << 21;  // 8 MB: 64 tokens of a 28672-row weight fit
-  static const bool on = wo_split_mode() == "kept" || wo_split_mode() == "fused";
-  static KeptCounters sums(kKeptSums);
-  return on && count <= kKeptSums ? reinterpret_cast<float*>(sums.get(stream)) : nullptr;
+  const bool on = split_mode() == kSplitKept || split_mode() == kSplitFused;
+  return on && count <= kKeptSums ? reinterpret_cast<float*>(wo_sums.get(stream)) : nullptr;
 }
 
-// QTOOL_WO_GEMM_PDL=1 (read once; an A/B knob until measured, kernels/NOTES.md "Session 45"): wo_gemm launched with
-// programmatic dependent launch, its first weights loaded before the wait (pdl.cuh). Only for weights no kernel
-// writes while in use, which the A/Bs' prepared layers are.
 bool wo_gemm_pdl() {
-  static const bool on = [] {
+  int on = wo_pdl.load(std::memory_order_relaxed);
+  if (on < 0) {
     const char* env = std::getenv("QTOOL_WO_GEMM_PDL");
-    return env != nullptr && env[0] == '1' && pdl_enabled();
-  }();
-  return on;
+    on = env != nullptr && env[0] == '1' && pdl_enabled();
+    wo_pdl.store(on, std::memory_order_relaxed);
+  }
+  return on != 0;
 }
 
 int wo_gemm_tiles(const WoProblem& p) {

@@ -200,6 +200,7 @@ int wo_gemm_tiles(const WoProblem& p);
 int* wo_gemm_counters(int tiles, cudaStream_t stream);  // kept tile counters, or nullptr (wo_gemm.cu)
 float* wo_gemm_kept_sums(size_t count, cudaStream_t stream);  // kept zeroed sums, or nullptr (wo_gemm.cu)
 bool wo_gemm_pdl();  // QTOOL_WO_GEMM_PDL=1: wo_gemm launched with PDL (static weights; wo_gemm.cu)
+void reload_wo_switches(cudaStream_t stream);  // QTOOL_WO_SPLIT / QTOOL_WO_GEMM_PDL read again (wo_gemm.cu)
 void launch_wo_gemm(const WoProblem& p, int splits, cudaStream_t stream);
 
 // v3 tensor-core kernel for small m (wo_gemm_v3.cu): a ring of weight loads per lane, x and the group
