@@ -7,7 +7,12 @@
 #   call 1: bash dev/session51.sh ropetests ropeprobe e2e   (~4 min, +4 on an H200: the rotary-and-write kernel's
 #           staging reordered in session 50 (copies issued before the slot is read: the batch-1 loss's suspect), its
 #           GPU tests, compute-sanitizer and probe again; e2e only on an H200, where issue 19's 8B goals are judged)
-#   call 2: bash dev/session51.sh ropebatch                  (~7 min: off / kernel from 16 / kernel from 1 at batches
+#   call 2: bash dev/session51.sh normtests normab          (~6 min, new in session 51: the decoder layer's residual
+#           add, RMSNorm and the GEMV's x_planes as one kernel (csrc/norm_planes.cu) through an Inductor graph pass
+#           (kernels/norm_planes.py, QTOOL_NORM_PLANES / int8_planes.NORM_PLANES): 64 launches fewer per 8B step at
+#           1-8 tokens and q/k/v on the planes GEMV at one token. Tests, sanitizer, then main / norm-planes at batches
+#           1, 4, 8 alternated (dev/step_ab.py). If it wins, default NORM_PLANES on (int8_planes.py))
+#   call 2b: bash dev/session51.sh ropebatch                  (~7 min: off / kernel from 16 / kernel from 1 at batches
 #           1, 4, 16, 32, alternated twice in one process (dev/step_ab.py); also the first run of the foreach row
 #           count (rotary._advance))
 #   call 3: bash dev/session51.sh wosplitab                  (~5 min at batch 16: wo_gemm, which runs q/k/v, o and
@@ -62,6 +67,23 @@ wosplitab() {  # wo_gemm's split-K without the per-call at::zeros (kept sums, se
     --variant kept 'os.environ["QTOOL_WO_SPLIT"]="kept"' \
     --variant fused 'os.environ["QTOOL_WO_SPLIT"]="fused"' \
     --variant fused-pdl 'os.environ["QTOOL_WO_SPLIT"]="fused"' 'os.environ["QTOOL_WO_GEMM_PDL"]="1"'
+}
+normtests() {  # session 51's norm_planes (csrc/norm_planes.cu) and its graph pass (kernels/norm_planes.py): GPU tests,
+  # compute-sanitizer, and the CPU tests of the pass on the device's torch
+  step "norm_planes: GPU tests (tests/test_norm_planes_gpu.py tests/test_norm_planes.py)"
+  timeout -k 10 "${NORMTEST_TIMEOUT:-240}" python3 -m pytest -q tests/test_norm_planes_gpu.py tests/test_norm_planes.py \
+    -p no:logging > /tmp/normtests.txt 2>&1
+  echo "exit $?"; grep -vE "^DEBUG" /tmp/normtests.txt | tail -15
+  for tool in memcheck racecheck; do
+    step "compute-sanitizer $tool: norm_planes (dev/san_norm_planes.py)"
+    timeout -k 10 "${SAN_TIMEOUT:-150}" compute-sanitizer --tool "$tool" --print-limit 20 \
+      python3 dev/san_norm_planes.py > "/tmp/san_norm_$tool.txt" 2>&1
+    echo "exit $?"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|launches done" "/tmp/san_norm_$tool.txt" | tail -4
+  done
+}
+normab() {  # the 8B step at 1-8 tokens with the residual add, RMSNorm and x_planes in one kernel (NORM_PLANES: q/k/v
+  # then takes the planes too), against main, alternated in one process
+  stepab normab 1,4,8 --variant main --variant norm-planes 'qtool_kernels.int8_planes.NORM_PLANES=True'
 }
 downab() {  # down (14336 x 4096) at 9-16 tokens: wo_gemm (main) against the Hopper GEMM the norm sweep picked
   # and Inductor's combo kernels (independent small kernels launched as one: QTOOL_INDUCTOR_COMBO, new)

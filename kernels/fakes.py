@@ -70,6 +70,12 @@ def x_planes(x, pdl=0, natural=0, gated=0):
     return x.new_empty(2 * x.shape[0], k, dtype=torch.int8), x.new_empty(x.shape[0], dtype=torch.float32)
 
 
+def norm_planes(x, residual, weight, eps, pdl=0, natural=0):
+    m, k = x.shape
+    return (x.new_empty(m, k) if residual is not None else x.new_empty(0),
+            x.new_empty(2 * m, k, dtype=torch.int8), x.new_empty(m, dtype=torch.float32))
+
+
 def w8_planes_gemv(planes, xscale, w, wscale, bias, dtype, variant=0):
     return planes.new_empty(planes.shape[0] // 2, w.shape[0], dtype=dtype)
 
@@ -91,6 +97,7 @@ def rope_decode_attention(qkv, cos, sin, k, v, slot, mask, scale, heads, splits=
 FAKES = {
     "silu_mul": silu_mul,
     "x_planes": x_planes,
+    "norm_planes": norm_planes,
     "wo_planes_gemv": wo_planes_gemv,
     "w8_planes_gemv": w8_planes_gemv,
     "decode_attention": decode_attention,

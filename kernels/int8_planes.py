@@ -36,6 +36,12 @@ GEMV_PLANES = os.environ.get("QTOOL_GEMV_PLANES", "1") != "0"
 # llama-8b --scheme w4a16`, batch 1): slower, 426.3 tok/s (2.14x bf16) against 455.0 (2.28x) without: Inductor's
 # max-and-gather form costs more than the x_planes kernel it replaces. Off unless QTOOL_FUSED_PLANES=1 (read once).
 FUSED_PLANES = os.environ.get("QTOOL_FUSED_PLANES", "0") == "1"
+# The layers whose input is an RMSNorm's (QuantLinear.norm_input: fused q/k/v, gate/up) count their planes as free
+# under torch.compile, and norm_planes.py's graph pass folds the residual add, the norm and x_planes into one of our
+# kernels (csrc/norm_planes.cu): 64 launches fewer per 8B step at 1-8 tokens, and 1-2 tokens take the planes on every
+# shape. Session 51 (no device time): off until timed in the 8B step (QTOOL_NORM_PLANES=1; read at trace time, so
+# dev/step_ab.py can vary it as `qtool_kernels.int8_planes.NORM_PLANES=True`).
+NORM_PLANES = os.environ.get("QTOOL_NORM_PLANES", "0") == "1"
 # Symmetric 2- and 3-bit codes (groups >= 64 or per channel) on the same pair (csrc/wo_planes_low.cu: A from the
 # ring GEMV's nibble words in one shift and one LOP3 per row), by the 4-bit rule (planes_route). Session 38, H200
 # (BENCHMARKS.md "session 38", dev/planes_ab.py, pair against the GEMV that ran): W3 g128 at 3-4 tokens 1.78-2.36x ->
@@ -133,10 +139,11 @@ def _planes_by_shape(w: PackedWeight, m: int, free: bool) -> int | None:
 
 def planes_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, kernels, variant: int,
                    free: bool = False, prefetch: torch.Tensor | None = None) -> torch.Tensor:
-    """x2 [m, K_pad] -> [m, N] on x_planes + wo_planes_gemv with launch `variant` (planes_route); `free`: the planes as
-    PyTorch ops, which Inductor fuses into x's producer. PDL where on (csrc/pdl.cuh decides); `prefetch` as the
+    """x2 [m, K_pad] -> [m, N] on x_planes + wo_planes_gemv with launch `variant` (planes_route); `free` with
+    FUSED_PLANES: the planes as PyTorch ops, which Inductor fuses into x's producer (with NORM_PLANES: x_planes, which
+    norm_planes.py's pass folds into the norm before it). PDL where on (csrc/pdl.cuh decides); `prefetch` as the
     ring GEMV's (packed_linear), unless QTOOL_PLANES_PREFETCH=0."""
-    planes, xscale = reference.x_planes(x2) if free else kernels.x_planes(x2, 1)
+    planes, xscale = reference.x_planes(x2) if free and FUSED_PLANES else kernels.x_planes(x2, 1)
     return given_planes_linear(planes, xscale, w, bias, kernels, variant, x2.dtype, prefetch)
 
 

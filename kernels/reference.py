@@ -141,6 +141,18 @@ def x_planes(x: torch.Tensor, natural: bool = False) -> tuple[torch.Tensor, torc
     return rows[:, plane_sources(x.shape[1], x.device)], s  # a gather: under torch.compile it fuses into the producer
 
 
+def norm_planes(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float,
+                natural: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The norm_planes kernel's outputs for x [m, K] (and residual [m, K]), weight [K] of x's dtype: (s = residual + x
+    rounded to x's dtype, [0] without residual; x_planes of n = rms_norm(s) * weight rounded once), as the graph
+    it replaces computes them (F.rms_norm decomposed: float32 products, one rounding)."""
+    s = x if residual is None else (residual.float() + x.float()).to(x.dtype)
+    sf = s.float()
+    n = (sf * torch.rsqrt(sf.pow(2).mean(-1, keepdim=True) + eps) * weight.float()).to(x.dtype)
+    planes, xscale = x_planes(n, natural)
+    return (s if residual is not None else x.new_empty(0)), planes, xscale
+
+
 def planes_to_x(planes: torch.Tensor, xscale: torch.Tensor, natural: bool = False) -> torch.Tensor:
     """x_planes' inverse: planes [2m, K] int8 and scales [m] -> x [m, K] float32 (within s / 508 of the x they came
     from)."""

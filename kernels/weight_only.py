@@ -239,7 +239,8 @@ def _kernel_input(x2: torch.Tensor, w: PackedWeight) -> torch.Tensor:
 
 
 def packed_linear(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, kernels,
-                  prefetch: torch.Tensor | None = None, planes_fuse: bool = False) -> torch.Tensor:
+                  prefetch: torch.Tensor | None = None, planes_fuse: bool = False,
+                  norm_input: bool = False) -> torch.Tensor:
     """x @ W^T + bias for x [..., K] -> [..., N]; `kernels` is torch.ops.qtool_cuda or layout.ReferenceOps.
 
     bias: [N] float32 (the kernels add it in float32), or None.
@@ -247,6 +248,8 @@ def packed_linear(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, k
     loads; a hint only, ignored by the other kernels.
     planes_fuse: x comes from a kernel Inductor generates, so under torch.compile with FUSED_PLANES (int8_planes) the planes are
     PyTorch ops it fuses there (QuantLinear.planes_fuse).
+    norm_input: x is an RMSNorm's output, so under torch.compile with NORM_PLANES the planes come from that norm's
+    kernel (qtool_kernels.norm_planes rewrites the graph) and cost no launch of their own.
     """
     lead = x.shape[:-1]
     x2 = _kernel_input(x.reshape(-1, x.shape[-1]), w)
@@ -255,10 +258,11 @@ def packed_linear(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, k
         return _rows_linear(x2, w, bias, kernels, prefetch).reshape(*lead, w.out_features)
     args = (w.qweight, w.scale, w.zero)
     meta = (w.num_bits, w.group_size, w.out_features)
-    free = planes_fuse and int8_planes.FUSED_PLANES and torch.compiler.is_compiling()
+    free = torch.compiler.is_compiling() and (planes_fuse and int8_planes.FUSED_PLANES
+                                              or norm_input and int8_planes.NORM_PLANES)
     kernel = None if w.num_bits in LOW_BITS else route(w, m, x2.dtype, free)
     if kernel is None:
-        y = _low_bits_linear(x2, w, bias, kernels, prefetch)
+        y = _low_bits_linear(x2, w, bias, kernels, prefetch, free)
     elif isinstance(kernel, dict):
         y = _hopper_linear(x2, w, bias, kernel)
     elif kernel in ("wo_gemv", "wo_gemv_stream"):
@@ -310,11 +314,11 @@ def _hopper_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None,
 
 
 def _low_bits_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, kernels,
-                     prefetch: torch.Tensor | None) -> torch.Tensor:
-    """packed_linear for 2- and 3-bit weights: x2 [m, K_pad] -> [m, N]."""
-    variant = int8_planes.lowbit_planes_route(w, x2.shape[0])
+                     prefetch: torch.Tensor | None, free: bool = False) -> torch.Tensor:
+    """packed_linear for 2- and 3-bit weights: x2 [m, K_pad] -> [m, N]; free as packed_linear's."""
+    variant = int8_planes.lowbit_planes_route(w, x2.shape[0], free)
     if x2.dtype in (torch.bfloat16, torch.float16) and variant is not None:
-        return int8_planes.planes_linear(x2, w, bias, kernels, variant, prefetch=prefetch)
+        return int8_planes.planes_linear(x2, w, bias, kernels, variant, free, prefetch)
     if (kind := gemv_kind(w, x2.shape[0])) is not None:  # with a Hopper copy or without
         return kernels.wo_gemv(x2, w.qweight, w.scale, w.zero, bias, w.num_bits, w.group_size, w.out_features,
                                EPILOGUE, prefetch, 3 if kind == "stream" else gemv_variant(w))

@@ -262,7 +262,7 @@ def _decode_fn(model: nn.Module, prompt: torch.Tensor, new_tokens: int, compiled
 INDUCTOR_COMBO = os.environ.get("QTOOL_INDUCTOR_COMBO", "0") == "1"  # decode_compile_options
 
 
-def decode_compile_options() -> dict[str, bool]:
+def decode_compile_options() -> dict:
     """Inductor options for a decode step: "reduce-overhead" mode (CUDA graphs) plus Inductor's Triton kernels
     launched with programmatic dependent launch on Hopper and newer (Inductor emits it nowhere else).
 
@@ -274,14 +274,19 @@ def decode_compile_options() -> dict[str, bool]:
     `qtool bench` compares like with like; it gains as much (182 -> 199 tokens/s: its cuBLAS GEMVs are followed by
     Inductor's kernels too), and W8A8 models least (~2%). QTOOL_INDUCTOR_PDL=0 turns it off (A/Bs).
     INDUCTOR_COMBO (QTOOL_INDUCTOR_COMBO=1, an A/B knob since session 50): Inductor's combo kernels, independent small
-    kernels (the per-layer row counts, masks) launched as one."""
+    kernels (the per-layer row counts, masks) launched as one. NORM_PLANES (qtool_kernels/int8_planes.py): the
+    graph pass that folds the residual add, RMSNorm and x_planes into one of our kernels (norm_planes.py)."""
     import torch._inductor.config as inductor_config
+
+    from qtool_kernels import build, int8_planes, norm_planes
 
     options = {"triton.cudagraphs": True}
     if os.environ.get("QTOOL_INDUCTOR_PDL", "1") != "0" and hasattr(inductor_config.triton, "enable_pdl"):
         options["triton.enable_pdl"] = True
     if INDUCTOR_COMBO and hasattr(inductor_config, "combo_kernels"):
         options["combo_kernels"] = True
+    if int8_planes.NORM_PLANES and build.loaded():
+        options["post_grad_custom_pre_pass"] = norm_planes.make_pass()
     return options
 
 

@@ -222,7 +222,7 @@ def fuse_group(block: nn.Module, names: tuple[str, ...]) -> bool:
         return False
     fused = fuse_layers(members)
     if isinstance(fused, QuantLinear):
-        fused.planes_fuse = True  # its input comes from an RMSNorm (q/k/v, gate/up): QuantLinear.planes_fuse
+        fused.planes_fuse = fused.norm_input = True  # its input is an RMSNorm's (q/k/v, gate/up): QuantLinear
     group = _FusedGroup(fused, tuple(m.out_features for m in members))
     set_submodule(block, names[0], FusedHead(group))
     for i, name in enumerate(names[1:]):

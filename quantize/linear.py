@@ -68,6 +68,8 @@ class QuantLinear(nn.Module):
     # gate/up, the gated MLP's product before down: quantize/fusion.py, quantize/mlp.py set it), so that under
     # torch.compile the input's int8 planes can be fused into it (kernels/int8_planes.py, FUSED_PLANES).
     planes_fuse: bool = False
+    # That kernel is an RMSNorm (q/k/v, gate/up): qtool_kernels.norm_planes can then make the planes in it.
+    norm_input: bool = False
 
     def __init__(self, in_features: int, out_features: int, scheme: QuantScheme, bias: bool = False,
                  dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> None:
@@ -338,7 +340,8 @@ def cuda_linear(layer: QuantLinear, x: torch.Tensor) -> torch.Tensor | None:
     packed = prepared_weight(layer) if torch.compiler.is_compiling() else prepare_for_cuda(layer)
     if packed is None:
         return None
-    return packed_linear(x, packed, layer.cuda_bias, torch.ops.qtool_cuda, layer.cuda_prefetch, layer.planes_fuse)
+    return packed_linear(x, packed, layer.cuda_bias, torch.ops.qtool_cuda, layer.cuda_prefetch, layer.planes_fuse,
+                         layer.norm_input)
 
 
 def fuses_planes(layer: nn.Module, m: int) -> bool:

@@ -97,6 +97,8 @@ def fuse_mlps(model: nn.Module) -> int:
         for layer in (gate_up, down):  # inputs from an RMSNorm and from the product: kernels Inductor generates
             if isinstance(layer, QuantLinear):
                 layer.planes_fuse = True
+        if isinstance(gate_up, QuantLinear):
+            gate_up.norm_input = True
         set_submodule(model, name, GatedMLP(gate_up, down))
         count += 1
     return count

@@ -171,16 +171,22 @@ __device__ inline uint32_t float2_to_pair(float lo, float hi, __half) { return a
 // A gated MLP's SiLU-and-multiply in float32 (silu_mul.cu, and x_planes' gated form in wo_planes.cu).
 __device__ inline float silu_times(float g, float u) { return g / (1.0f + expf(-g)) * u; }
 
-// silu(g) * u of the eight values in each of gate / up, rounded once to T (as silu_mul writes them).
-template <typename T>
-__device__ inline uint4 silu_times_vec(const uint4 gate, const uint4 up) {
+// f(a_i, b_i) in float32 for the eight values of two vectors of T, each rounded once to T.
+template <typename T, class F>
+__device__ inline uint4 zip_vec(const uint4 a, const uint4 b, F&& f) {
   uint4 out;
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
-    const float2 g = pair_to_float2((&gate.x)[j], T{}), u = pair_to_float2((&up.x)[j], T{});
-    (&out.x)[j] = float2_to_pair(silu_times(g.x, u.x), silu_times(g.y, u.y), T{});
+    const float2 x = pair_to_float2((&a.x)[j], T{}), y = pair_to_float2((&b.x)[j], T{});
+    (&out.x)[j] = float2_to_pair(f(x.x, y.x), f(x.y, y.y), T{});
   }
   return out;
+}
+
+// silu(g) * u of the eight values in each of gate / up, rounded once to T (as silu_mul writes them).
+template <typename T>
+__device__ inline uint4 silu_times_vec(const uint4 gate, const uint4 up) {
+  return zip_vec<T>(gate, up, silu_times);
 }
 
 __device__ inline uint32_t float_to_pair(float v, __nv_bfloat16) { return as_u32(__float2bfloat162_rn(v)); }

@@ -169,6 +169,25 @@ struct XPlanesProblem {
   bool gated = false;    // x is a gated MLP's [m, 2 k_padded] = [gate | up]: the planes of silu(gate) * up
 };
 void launch_x_planes(const XPlanesProblem& p, cudaStream_t stream);
+// norm_planes (norm_planes.cu): x [m, k] (plus residual [m, k] when given: sum = T(residual + x) written) ->
+// the planes [2m, k] and scales [m] of n = T(rms_norm(sum) * weight), as x_planes would write them for n.
+struct NormPlanesProblem {
+  const void* x;         // [m, k] of dtype
+  const void* residual;  // [m, k] or nullptr (then the norm is of x, and sum is not written)
+  const void* weight;    // [k] of dtype
+  void* sum;             // [m, k]: residual + x, the layer's next residual (with residual only)
+  int8_t* planes;
+  float* xscale;
+  int m;
+  int k;  // a multiple of kPadK, at most kNormPlanesMaxK
+  float eps;
+  ScalarKind dtype;
+  bool pdl;
+  bool natural;
+};
+void launch_norm_planes(const NormPlanesProblem& p, cudaStream_t stream);
+constexpr int kNormPlanesMaxK = 32768;  // 512 threads x 4 subtiles of 16 in registers
+
 // The gated form holds the token in registers (x_planes_kernel, SUBS <= 4; at 4 subtiles, K > 16384, bf16 spills 40
 // bytes at 128 registers: 70B's down projection, unmeasured).
 constexpr int kXPlanesMaxGatedK = 32768;

@@ -1,0 +1,133 @@
+"""The residual add and RMSNorm before a 4-bit GEMV, and that GEMV's int8 planes, as one kernel in the compiled
+decode step: an Inductor graph pass (the model's code is not forked).
+
+Why: at 1-8 tokens the 4-bit GEMVs take x as two int8 planes (int8_planes.py), written by x_planes, a launch of its
+own per projection input. In a Llama-style layer that input is `rms_norm(residual + out) * weight`, which Inductor
+computes in one kernel of its own just before: two launches where one can do both (csrc/norm_planes.cu), 64 per 8B
+step. The planes then cost nothing, so 1-2 tokens take them on every shape (int8_planes._planes_by_shape, `free`).
+
+How: transformers' decoder layer adds the residual in Python, calls the norm module (quantize/norms.py: F.rms_norm)
+and the fused q/k/v or gate/up QuantLinear, whose planes route calls qtool_cuda.x_planes on the normalized rows. The
+pattern below is traced from that same code (F.rms_norm under Inductor's decompositions, so it follows each torch
+release's form of the norm) and is replaced by qtool_cuda.norm_planes, which also returns the sum for the residual.
+Without the add (the first layer's norm reads the embedding) the norm alone is folded. Where nothing matches (another
+norm, a pad before x_planes), x_planes stays: slower, never wrong.
+
+On when int8_planes.NORM_PLANES is set (QTOOL_NORM_PLANES=1): quantize/bench.py's decode compile options carry the
+pass, and the layers with QuantLinear.norm_input count their planes as free.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+EPS_PLACEHOLDER = 2.0**-16  # traced as itself (exact in float32), then matched as any epsilon
+
+
+def _search_with_residual(ops, flat: bool):
+    def search(residual, x, weight, eps):
+        s = residual + x
+        n = F.rms_norm(s, (s.shape[-1],), weight, eps)
+        planes, xscale = ops.x_planes(n if flat else n.reshape(-1, n.shape[-1]), 1)
+        return s, planes, xscale
+    return search
+
+
+def _replace_with_residual(ops):
+    def replace(residual, x, weight, eps):
+        k = x.shape[-1]
+        s, planes, xscale = ops.norm_planes(x.reshape(-1, k), residual.reshape(-1, k), weight, eps, 1)
+        return s.view(x.shape), planes, xscale
+    return replace
+
+
+def _search_norm(ops, flat: bool):
+    def search(x, weight, eps):
+        n = F.rms_norm(x, (x.shape[-1],), weight, eps)
+        return ops.x_planes(n if flat else n.reshape(-1, n.shape[-1]), 1)
+    return search
+
+
+def _replace_norm(ops):
+    def replace(x, weight, eps):
+        _, planes, xscale = ops.norm_planes(x.reshape(-1, x.shape[-1]), None, weight, eps, 1)
+        return planes, xscale
+    return replace
+
+
+def _fits(match) -> bool:
+    """Whether the kernel takes the matched rows: float16 / bfloat16, K a multiple of 64 up to 32768
+    (csrc/wo_kernels.h, kNormPlanesMaxK), the weight of the same dtype."""
+    x, weight = match.kwargs["x"].meta.get("val"), match.kwargs["weight"].meta.get("val")
+    if x is None or weight is None:
+        return False
+    k = x.shape[-1]
+    return (x.dtype in (torch.bfloat16, torch.float16) and weight.dtype == x.dtype and isinstance(k, int)
+            and 0 < k <= 32768 and k % 64 == 0)
+
+
+def _tracer(reshape: bool):
+    """fwd_only, with the in-place epsilon add of some releases' rms_norm decomposition made functional, as
+    Inductor's own graphs have it by the time the pass runs; `reshape`: the rows' view before x_planes as the
+    aten.reshape the pre-pass graph can still hold (the trace makes it a view)."""
+    from torch._inductor.pattern_matcher import fwd_only
+
+    def trace(fn, args, **kwargs):
+        gm = fwd_only(fn, args, **kwargs)
+        for node in gm.graph.nodes:
+            if node.target is torch.ops.aten.add_.Scalar:
+                node.target = torch.ops.aten.add.Scalar
+            elif reshape and node.target is torch.ops.aten.view.default:
+                node.target = torch.ops.aten.reshape.default
+        gm.recompile()
+        return gm
+    return trace
+
+
+@functools.cache
+def pattern_passes(ops, device: str) -> tuple:
+    """Two PatternMatcherPasses for `ops` (a namespace with x_planes and norm_planes as qtool_cuda's; tests pass
+    stand-ins), traced on `device`: with the residual add first, then the norm alone."""
+    from torch._inductor.pattern_matcher import PatternMatcherPass, register_replacement
+
+    with_residual, norm_only = PatternMatcherPass(), PatternMatcherPass()
+    # rows [B, T, K] viewed (or reshaped) to [m, K] before x_planes, or [m, K] already; dtypes and sizes match any
+    for flat, reshape in ((False, False), (False, True), (True, False)):
+        shape = (4, 128) if flat else (2, 2, 128)
+        x = [torch.randn(shape, dtype=torch.bfloat16, device=device) for _ in range(2)]
+        weight = torch.randn(128, dtype=torch.bfloat16, device=device)
+        register_replacement(_search_with_residual(ops, flat), _replace_with_residual(ops), [*x, weight],
+                             _tracer(reshape), [with_residual], extra_check=_fits,
+                             scalar_workaround={"eps": EPS_PLACEHOLDER})
+        register_replacement(_search_norm(ops, flat), _replace_norm(ops), [x[0], weight], _tracer(reshape),
+                             [norm_only], extra_check=_fits, scalar_workaround={"eps": EPS_PLACEHOLDER})
+    return with_residual, norm_only
+
+
+def make_pass(ops=None, device: str = "cuda"):
+    """The post-grad graph pass for torch.compile's options (`post_grad_custom_pre_pass`): qtool_cuda's ops unless
+    `ops` is given. A CustomGraphPass, so Inductor's FX graph cache keys on this file. The patterns are traced here,
+    before any compile (tracing runs the search code on small real tensors)."""
+    from torch._inductor.custom_graph_pass import CustomGraphPass
+
+    passes = pattern_passes(ops if ops is not None else torch.ops.qtool_cuda, device)
+
+    class NormPlanesPass(CustomGraphPass):
+        """Rewrites add -> rms_norm -> x_planes (and rms_norm -> x_planes) into norm_planes; counts its rewrites."""
+
+        def __init__(self) -> None:
+            self.rewrites = 0
+
+        def __call__(self, graph: torch.fx.Graph) -> None:
+            for patterns in passes:
+                self.rewrites += patterns.apply(graph)
+
+        def uuid(self) -> bytes:
+            return hashlib.sha256(Path(__file__).read_bytes()).digest()
+
+    return NormPlanesPass()
