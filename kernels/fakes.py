@@ -82,7 +82,8 @@ def w8_planes_gemv(planes, xscale, w, wscale, bias, dtype, variant=0):
 
 def wo_planes_gemv(planes, xscale, qweight, scale, zero, bias, group_size, out_features, dtype, variant=0,
                    num_bits=4, prefetch=None):
-    return planes.new_empty(planes.shape[0] // 2, out_features, dtype=dtype)
+    gated = variant >= 32  # csrc/wo_kernels.h kGatedFlag: silu(gate) * up of interleaved rows, half the width
+    return planes.new_empty(planes.shape[0] // 2, out_features // 2 if gated else out_features, dtype=dtype)
 
 
 def decode_attention(q, k, v, mask, scale, splits=0, pdl=0, variant=0):

@@ -54,6 +54,7 @@ LOWBIT_PLANES = os.environ.get("QTOOL_LOWBIT_PLANES", "1") != "0"
 # without it: 2.25x / 2.16x; not A/B'd in one process). QTOOL_PLANES_PREFETCH=0 (read once) leaves it out.
 PLANES_PREFETCH = os.environ.get("QTOOL_PLANES_PREFETCH", "1") != "0"
 PLANES_MAX_M = 4  # csrc/wo_kernels.h, kPlanesMaxTokens
+GATED_FLAG = 32  # csrc/wo_kernels.h, kGatedFlag: wo_planes_gemv's variant for interleaved gate / up rows
 # 5-16 tokens of 4-bit weights on the pair (wo_planes_gemv with 2 or 4 n-tiles of the mma per A fragment: the codes
 # read once for all the tokens, each n-tile's B from L2 / L1). Session 39, H200 (BENCHMARKS.md "session 39", graph
 # protocol through QuantLinear against the routes of before: the stream GEMV, wo_gemm, the Hopper mixed-input GEMM):
@@ -138,19 +139,21 @@ def _planes_by_shape(w: PackedWeight, m: int, free: bool) -> int | None:
 
 
 def planes_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, kernels, variant: int,
-                   free: bool = False, prefetch: torch.Tensor | None = None) -> torch.Tensor:
+                  free: bool = False, prefetch: torch.Tensor | None = None, gated: bool = False) -> torch.Tensor:
     """x2 [m, K_pad] -> [m, N] on x_planes + wo_planes_gemv with launch `variant` (planes_route); `free` with
     FUSED_PLANES: the planes as PyTorch ops, which Inductor fuses into x's producer (with NORM_PLANES: x_planes, which
     norm_planes.py's pass folds into the norm before it). PDL where on (csrc/pdl.cuh decides); `prefetch` as the
-    ring GEMV's (packed_linear), unless QTOOL_PLANES_PREFETCH=0."""
+    ring GEMV's (packed_linear), unless QTOOL_PLANES_PREFETCH=0; `gated` as given_planes_linear's."""
     planes, xscale = reference.x_planes(x2) if free and FUSED_PLANES else kernels.x_planes(x2, 1)
-    return given_planes_linear(planes, xscale, w, bias, kernels, variant, x2.dtype, prefetch)
+    return given_planes_linear(planes, xscale, w, bias, kernels, variant, x2.dtype, prefetch, gated)
 
 
 def given_planes_linear(planes: torch.Tensor, xscale: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None,
                         kernels, variant: int, dtype: torch.dtype,
-                        prefetch: torch.Tensor | None = None) -> torch.Tensor:
+                        prefetch: torch.Tensor | None = None, gated: bool = False) -> torch.Tensor:
     """wo_planes_gemv on planes [2m, K_pad] and scales [m] however they were made -> [m, N] of `dtype`: launch
-    `variant` for a static weight (PDL), with the prefetch hint unless QTOOL_PLANES_PREFETCH=0."""
+    `variant` for a static weight (PDL), with the prefetch hint unless QTOOL_PLANES_PREFETCH=0. gated: w's rows are
+    a gated MLP's gate / up interleaved by 8 and the GEMV writes silu(gate) * up, [m, N / 2] (GATED_FLAG)."""
     return kernels.wo_planes_gemv(planes, xscale, w.qweight, w.scale, w.zero, bias, w.group_size, w.out_features,
-                                  dtype, variant + PDL_STATIC_WEIGHT, w.num_bits, prefetch if PLANES_PREFETCH else None)
+                                  dtype, variant + PDL_STATIC_WEIGHT + (GATED_FLAG if gated else 0), w.num_bits,
+                                  prefetch if PLANES_PREFETCH else None)

@@ -8,6 +8,8 @@ gate/up projection's output.
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from . import build
@@ -23,24 +25,32 @@ from .reference import silu_mul as reference_silu_mul  # x [..., 2I] -> [..., I]
 # 369.7 vs 362.3 tok/s at batch 1, 3996 vs 3974 at 16.
 COMPILED_KERNEL = True
 PDL = True
+# A weight-only gated MLP's gate/up rows interleaved by 8 (quantize/mlp.py), so that the int8-planes GEMV (1-8 tokens
+# of 4-bit weights on the 8B) writes silu(gate) * up from its epilogue (csrc/planes.cuh, store_stripes): no silu_mul
+# launch between gate/up and down; other routes run silu_mul on the interleaved output. Session 51 (no device time):
+# off until timed in the 8B step (QTOOL_GATED_EPILOGUE=1, read when the MLPs are fused).
+GATED_EPILOGUE = os.environ.get("QTOOL_GATED_EPILOGUE", "0") == "1"
 
 
-def silu_mul(x: torch.Tensor) -> torch.Tensor:
+def silu_mul(x: torch.Tensor, interleaved: bool = False) -> torch.Tensor:
     """x [..., 2I] -> [..., I]: the CUDA kernel for fp16/bf16 CUDA tensors in eager mode (and under torch.compile
-    with COMPILED_KERNEL), else the reference (which torch.compile fuses into one kernel by itself)."""
-    if x.shape[-1] % 2:
-        raise ValueError(f"silu_mul: the last dimension holds gate and up halves, so it must be even; got {x.shape[-1]}")
+    with COMPILED_KERNEL), else the reference (which torch.compile fuses into one kernel by itself). interleaved:
+    x's gate and up alternate by 8 columns (GATED_EPILOGUE's layout), so the last dimension is a multiple of 16."""
+    if x.shape[-1] % (16 if interleaved else 2):
+        need = "a multiple of 16 (gate and up by 8 columns)" if interleaved else "even (gate and up halves)"
+        raise ValueError(f"silu_mul: the last dimension must be {need}; got {x.shape[-1]}")
+    flags = int(PDL) | (2 if interleaved else 0)  # the op's pdl argument: bit 1, the interleaved layout
     if torch.compiler.is_compiling():
         if not (COMPILED_KERNEL and x.is_cuda and x.dtype in KERNEL_DTYPES and build.loaded()):
-            return reference_silu_mul(x)
+            return reference_silu_mul(x, interleaved)
         x2 = x.reshape(-1, x.shape[-1]).contiguous()  # (a no-op for a layer's output)
-        return torch.ops.qtool_cuda.silu_mul(x2, int(PDL)).reshape(*x.shape[:-1], x.shape[-1] // 2)
+        return torch.ops.qtool_cuda.silu_mul(x2, flags).reshape(*x.shape[:-1], x.shape[-1] // 2)
     if not x.is_cuda or x.dtype not in KERNEL_DTYPES:
-        return reference_silu_mul(x)
+        return reference_silu_mul(x, interleaved)
     ops = build.load_extension()
     if ops is None:
-        return reference_silu_mul(x)
+        return reference_silu_mul(x, interleaved)
     x2 = x.reshape(-1, x.shape[-1])
-    if x2.stride(-1) != 1:
+    if x2.stride(-1) != 1 or (interleaved and (x2.stride(0) % 8 or x2.data_ptr() % 16)):
         x2 = x2.contiguous()
-    return ops.silu_mul(x2, int(PDL)).reshape(*x.shape[:-1], x.shape[-1] // 2)
+    return ops.silu_mul(x2, flags).reshape(*x.shape[:-1], x.shape[-1] // 2)

@@ -210,9 +210,12 @@ def w8a8_linear(
     return scaled_linear(xq, xs, weight, weight_scale, bias, group, block_n, block_k, x.dtype)
 
 
-def silu_mul(y: torch.Tensor) -> torch.Tensor:
+def silu_mul(y: torch.Tensor, interleaved: bool = False) -> torch.Tensor:
     """A gated MLP's SiLU-and-multiply: y [..., 2I] = [gate | up] -> silu(gate) * up [..., I], in float32, rounded
-    once to y's dtype."""
+    once to y's dtype. interleaved: y's gate and up alternate by 8 columns ([g 8 | u 8] per 16, quantize/mlp.py)."""
+    if interleaved:
+        gate, up = y.float().unflatten(-1, (-1, 2, 8)).unbind(-2)
+        return (F.silu(gate) * up).flatten(-2).to(y.dtype)
     gate, up = y.float().chunk(2, dim=-1)
     return (F.silu(gate) * up).to(y.dtype)
 

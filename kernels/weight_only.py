@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from . import int8_planes
 from .layout import EPILOGUE, LOW_BITS, PDL_STATIC_WEIGHT, PackedWeight, takes_rows_shape
 from .mixed_mm import mixed_linear
+from .mlp import silu_mul
 from .scaled_mm import w8_planes_linear
 from .split_mm import split_linear
 from .tuning import gemv_pdl, mixed_schedule, plain_schedule
@@ -240,7 +241,7 @@ def _kernel_input(x2: torch.Tensor, w: PackedWeight) -> torch.Tensor:
 
 def packed_linear(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, kernels,
                   prefetch: torch.Tensor | None = None, planes_fuse: bool = False,
-                  norm_input: bool = False) -> torch.Tensor:
+                  norm_input: bool = False, gated: bool = False) -> torch.Tensor:
     """x @ W^T + bias for x [..., K] -> [..., N]; `kernels` is torch.ops.qtool_cuda or layout.ReferenceOps.
 
     bias: [N] float32 (the kernels add it in float32), or None.
@@ -250,17 +251,23 @@ def packed_linear(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, k
     PyTorch ops it fuses there (QuantLinear.planes_fuse).
     norm_input: x is an RMSNorm's output, so under torch.compile with NORM_PLANES the planes come from that norm's
     kernel (qtool_kernels.norm_planes rewrites the graph) and cost no launch of their own.
+    gated: w's rows are a gated MLP's gate / up interleaved by 8 (quantize/mlp.py); returns silu(gate) * up
+    [..., N / 2], from the planes GEMV's epilogue where the planes run, else through silu_mul.
     """
     lead = x.shape[:-1]
     x2 = _kernel_input(x.reshape(-1, x.shape[-1]), w)
     m = x2.shape[0]
     if w.rows is not None:
-        return _rows_linear(x2, w, bias, kernels, prefetch).reshape(*lead, w.out_features)
+        y = _rows_linear(x2, w, bias, kernels, prefetch)
+        return (silu_mul(y, interleaved=True) if gated else y).reshape(*lead, y.shape[-1] // (2 if gated else 1))
     args = (w.qweight, w.scale, w.zero)
     meta = (w.num_bits, w.group_size, w.out_features)
     free = torch.compiler.is_compiling() and (planes_fuse and int8_planes.FUSED_PLANES
                                               or norm_input and int8_planes.NORM_PLANES)
     kernel = None if w.num_bits in LOW_BITS else route(w, m, x2.dtype, free)
+    if gated and (variant := _gated_planes_variant(w, m, x2.dtype, kernel, free)) is not None:
+        y = int8_planes.planes_linear(x2, w, bias, kernels, variant, free, prefetch, gated=True)
+        return y.reshape(*lead, w.out_features // 2)
     if kernel is None:
         y = _low_bits_linear(x2, w, bias, kernels, prefetch, free)
     elif isinstance(kernel, dict):
@@ -276,7 +283,21 @@ def packed_linear(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, k
         y = kernels.wo_gemm(x2, *args, bias, *meta, EPILOGUE)
     else:
         y = _dequant_linear(x2, w, bias, kernels)
+    if gated:
+        return silu_mul(y, interleaved=True).reshape(*lead, w.out_features // 2)
     return y.reshape(*lead, w.out_features)
+
+
+def _gated_planes_variant(w: PackedWeight, m: int, dtype: torch.dtype, kernel, free: bool) -> int | None:
+    """The planes GEMV's launch variant where m tokens of this (gate / up interleaved) weight run on it and its
+    epilogue can write the product (not the tile kernel), else None."""
+    if dtype not in (torch.bfloat16, torch.float16):
+        return None
+    if w.num_bits in LOW_BITS:
+        variant = int8_planes.lowbit_planes_route(w, m, free)
+    else:
+        variant = int8_planes.planes_route(w, m, free) if kernel == "wo_planes" else None
+    return variant if variant is not None and variant != int8_planes.PLANES_GEMM_VARIANT else None
 
 
 def _rows_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, kernels,

@@ -330,18 +330,18 @@ def prepared_weight(layer: QuantLinear) -> PackedWeight | None:
                         layer.cuda_rows)
 
 
-def cuda_linear(layer: QuantLinear, x: torch.Tensor) -> torch.Tensor | None:
-    """The layer's forward on the CUDA kernels for x [..., K] -> [..., N], or None when they cannot
-    serve this layer and input."""
+def cuda_linear(layer: QuantLinear, x: torch.Tensor, gated: bool = False) -> torch.Tensor | None:
+    """The layer's forward on the CUDA kernels for x [..., K] -> [..., N] (gated: silu(gate) * up [..., N / 2] of
+    interleaved gate / up rows, quantize/mlp.py), or None when they cannot serve this layer and input."""
     if not x.is_cuda or x.dtype not in KERNEL_DTYPES:
         return None
     if layer.scheme.weights.binary:
-        return binary_cuda_linear(layer, x)
+        return None if gated else binary_cuda_linear(layer, x)
     packed = prepared_weight(layer) if torch.compiler.is_compiling() else prepare_for_cuda(layer)
     if packed is None:
         return None
     return packed_linear(x, packed, layer.cuda_bias, torch.ops.qtool_cuda, layer.cuda_prefetch, layer.planes_fuse,
-                         layer.norm_input)
+                         layer.norm_input, gated)
 
 
 def fuses_planes(layer: nn.Module, m: int) -> bool:

@@ -11,6 +11,9 @@ the product itself (`QuantLinear.forward_gated`): in its GEMV's epilogue at up t
 tokens (per-channel int8 and E4M3 codes, `scaled_mm.SWIGLU_CODES`), so a batch-1 decode step has one kernel fewer
 per block. With QTOOL_GATED_PLANES=1 (unmeasured, off) a weight-only down layer that runs the int8 planes pair takes
 the planes of the product straight from the gate/up output (qtool_kernels/gated_planes.py), without `silu_mul`.
+With QTOOL_GATED_EPILOGUE=1 (qtool_kernels/mlp.py, unmeasured, off) a weight-only gate/up layer's rows are
+interleaved by 8 when fused (`interleave_gate_up`), so the int8-planes GEMV writes silu(gate) * up from its epilogue
+(1-8 tokens of 4-bit weights on the 8B) and other kernels' outputs go through `silu_mul`'s interleaved form.
 
 Which modules: the classes of `GATED_MLPS` (architecture knowledge as data: their projection names) whose
 activation is SiLU and whose gate and up projections can run as one layer (`fusion.incompatibility`). Like
@@ -26,11 +29,20 @@ import torch.nn as nn
 
 from qtool_kernels import gated_planes
 from qtool_kernels.layout import PackedWeight
-from qtool_kernels.mlp import silu_mul
+from qtool_kernels.mlp import GATED_EPILOGUE, silu_mul
 from qtool_kernels.reference import silu_mul as reference_silu_mul  # [..., 2I] -> [..., I], rounded once
 
 from .fusion import fuse_layers, incompatibility, refuse_state_dict
-from .linear import QuantLinear, fuses_planes, prepare_for_cuda, prepared_weight, set_submodule
+from .linear import (
+    QuantLinear,
+    cuda_linear,
+    fuses_planes,
+    kernel_args,
+    prepare_for_cuda,
+    prepared_weight,
+    set_submodule,
+)
+from .scheme import Strategy
 
 # transformers class name -> (gate, up, down) attribute names; each computes down(act_fn(gate(x)) * up(x)).
 GATED_MLPS: dict[str, tuple[str, str, str]] = {
@@ -44,15 +56,19 @@ GATED_MLPS: dict[str, tuple[str, str, str]] = {
 
 
 class GatedMLP(nn.Module):
-    """y [..., H] = down(silu_mul(gate_up(x [..., H]))), gate_up [..., 2I] the gate rows then the up rows."""
+    """y [..., H] = down(silu_mul(gate_up(x [..., H]))), gate_up [..., 2I] the gate rows then the up rows, or
+    (interleaved, interleave_gate_up) 8 gate rows then their 8 up rows per 16."""
 
-    def __init__(self, gate_up: QuantLinear | nn.Linear, down: nn.Module) -> None:
+    def __init__(self, gate_up: QuantLinear | nn.Linear, down: nn.Module, interleaved: bool = False) -> None:
         super().__init__()
         self.gate_up_proj = gate_up
         self.down_proj = down
+        self.interleaved = interleaved
         self.register_state_dict_pre_hook(refuse_state_dict)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.interleaved:
+            return self.down_proj(_interleaved_product(self.gate_up_proj, x))
         m = x.numel() // x.shape[-1]
         if fuses_planes(self.down_proj, m):  # Inductor: the product and down's int8 planes
             return self.down_proj(reference_silu_mul(self.gate_up_proj(x)))
@@ -77,6 +93,30 @@ def _planes_down(layer: nn.Module, x: torch.Tensor, m: int) -> PackedWeight | No
     return packed if packed is not None and gated_planes.route(packed, m) is not None else None
 
 
+def interleave_gate_up(layer: QuantLinear) -> bool:
+    """Reorder a fused [gate; up] layer's rows in place as 8 gate rows, then those 8 rows' up rows, per 16
+    (GATED_EPILOGUE: a planes GEMV lane holds rows g and g + 8, so its epilogue can write silu(gate) * up). False, and
+    the layer unchanged, unless it is a weight-only integer layer with scales per row or group and 16 | N."""
+    n, weights = layer.out_features, layer.scheme.weights
+    if (layer.scheme.input_activations is not None or weights.binary or n % 16 or kernel_args(layer.scheme) is None
+            or weights.strategy not in (Strategy.CHANNEL, Strategy.GROUP)):
+        return False
+    order = torch.arange(n).view(2, n // 16, 8).transpose(0, 1).reshape(-1)  # new row r is old row order[r]
+    for name in ("weight_packed", "weight", "weight_scale", "weight_zero_point", "bias"):
+        t = getattr(layer, name, None)
+        if isinstance(t, torch.Tensor) and t.dim() and t.shape[0] == n:
+            t.data = t.data[order.to(t.device)]
+    return True
+
+
+def _interleaved_product(layer: QuantLinear, x: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up [..., I] of an interleaved gate / up layer: the CUDA kernels (the planes GEMV's epilogue where
+    the planes run) or the layer's forward and the reference."""
+    if x.is_cuda and not (x.requires_grad and torch.is_grad_enabled()) and (y := cuda_linear(layer, x, True)) is not None:
+        return y
+    return silu_mul(layer(x), interleaved=True)
+
+
 def _is_silu(module: nn.Module) -> bool:
     act = getattr(module, "act_fn", None)
     return isinstance(act, nn.SiLU) or type(act).__name__ == "SiLUActivation"
@@ -99,6 +139,7 @@ def fuse_mlps(model: nn.Module) -> int:
                 layer.planes_fuse = True
         if isinstance(gate_up, QuantLinear):
             gate_up.norm_input = True
-        set_submodule(model, name, GatedMLP(gate_up, down))
+        interleaved = GATED_EPILOGUE and isinstance(gate_up, QuantLinear) and interleave_gate_up(gate_up)
+        set_submodule(model, name, GatedMLP(gate_up, down, interleaved))
         count += 1
     return count

@@ -81,3 +81,56 @@ def test_compiled_llama_rewrites_every_norm_before_planes(kernels, monkeypatch):
         torch._dynamo.reset()
     assert graph_pass.rewrites == 4
     assert rel_err(compiled, eager) < 2e-2
+
+
+@pytest.mark.parametrize("bits, symmetric", [(4, True), (4, False), (3, True)])
+def test_gated_planes_epilogue_equals_gemv_then_silu_mul(kernels, bits, symmetric):
+    """wo_planes_gemv with the gated flag (32) on interleaved gate / up rows, against the plain launch followed by the
+    interleaved silu_mul kernel: the same bits, at 1-8 tokens (one and two n-tiles, symmetric 4-bit) and every
+    stripe count; and that silu_mul kernel against the reference, bit for bit."""
+    from conftest import random_qtensor
+    from qtool_kernels.layout import pack_weight
+
+    k, n = 4096, 1024 + 32
+    qt, _, _ = random_qtensor(bits, 128, symmetric, False, k, n, seed=bits + symmetric)
+    p = pack_weight(qt.values, qt.scale, qt.zero_point, None, bits, 128)
+    for m in range(1, 9 if bits == 4 and symmetric else 5):
+        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        planes, xscale = kernels.x_planes(x, 1)
+        for variant in (0, 1, 2):
+            args = (planes, xscale, p.qweight, p.scale, p.zero, None, p.group_size, n, torch.bfloat16)
+            y = kernels.wo_planes_gemv(*args, variant + 16, bits)
+            gated = kernels.wo_planes_gemv(*args, variant + 16 + 32, bits)
+            product = kernels.silu_mul(y, 2)
+            assert torch.equal(gated, product), (m, variant)
+            assert torch.equal(product, reference.silu_mul(y, interleaved=True)), (m, variant)
+    with pytest.raises(RuntimeError, match="plus 32 for interleaved gate/up rows"):
+        kernels.wo_planes_gemv(*args[:7], 1000, torch.bfloat16, 48, bits)
+
+
+def test_interleaved_mlp_on_cuda_matches_halves(kernels, monkeypatch):
+    """A W4A16 Llama (hidden 256) with its MLPs fused as halves and interleaved (GATED_EPILOGUE): at 3 tokens (the
+    planes route on every shape, the product from the GEMV's epilogue) and at 16 (silu_mul on the interleaved
+    output), eager and compiled, the same logits within 1e-3."""
+    import copy
+
+    from quantize import mlp as gated_mlp
+    from quantize.cli_tools import bench_plan
+    from quantize.quantizer import quantize_model
+    from quantize.shapes import TINY, random_model
+
+    model = random_model({**TINY, "hidden_size": 256, "intermediate_size": 512}, dtype=torch.bfloat16, device="cuda")
+    quantize_model(model, bench_plan("w4a16", None), device="cuda", progress=False)
+    halves, interleaved = model, copy.deepcopy(model)
+    gated_mlp.fuse_mlps(halves)
+    monkeypatch.setattr(gated_mlp, "GATED_EPILOGUE", True)
+    gated_mlp.fuse_mlps(interleaved)
+    with torch.no_grad():
+        for tokens in (3, 16):
+            ids = torch.arange(1, tokens + 1, device="cuda")[None]
+            want = halves(ids, use_cache=False).logits
+            assert rel_err(interleaved(ids, use_cache=False).logits, want) < 1e-3, tokens
+            torch._dynamo.reset()
+            compiled = torch.compile(lambda t: interleaved(t, use_cache=False).logits)(ids)
+            torch._dynamo.reset()
+            assert rel_err(compiled, want) < 1e-3, tokens

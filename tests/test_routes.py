@@ -48,9 +48,10 @@ class Recorder:
             if name == "x_planes":
                 return torch.zeros(2 * x.shape[0], x.shape[1], dtype=torch.int8), torch.ones(x.shape[0])
             if name == "wo_planes_gemv":  # (planes, xscale, qweight, scale, zero, bias, group, n, dtype, variant, bits)
-                assert args[8] >= weight_only.PDL_STATIC_WEIGHT, args[8]
-                self.calls[-1] += (args[8] % weight_only.PDL_STATIC_WEIGHT,)
-                return torch.zeros(x.shape[0] // 2, args[6], dtype=args[7])
+                gated = args[8] >= int8_planes.GATED_FLAG  # silu(gate) * up of interleaved rows: half the width
+                assert args[8] % int8_planes.GATED_FLAG >= weight_only.PDL_STATIC_WEIGHT, args[8]
+                self.calls[-1] += (args[8] % weight_only.PDL_STATIC_WEIGHT,) + (("gated",) if gated else ())
+                return torch.zeros(x.shape[0] // 2, args[6] // (2 if gated else 1), dtype=args[7])
             if name == "dequant_int":  # (qweight, scale, zero, bits, group, n, dtype): dense [n, K_pad]
                 return torch.zeros(args[4], x.shape[1] * layout.chunk_k(args[2]), dtype=args[5])
             return torch.zeros(x.shape[0], args[6], dtype=x.dtype)

@@ -155,28 +155,6 @@ at::Tensor wo_gemv(const at::Tensor& x, const at::Tensor& qweight, const at::Ten
   return y;
 }
 
-// x [m, k_padded] -> (planes [2m, k_padded] int8, xscale [m] float32) for wo_planes_gemv (wo_kernels.h, XPlanesProblem).
-// gated: x is a gated MLP's [m, 2 k_padded] = [gate | up] and the planes are those of silu(gate) * up.
-std::tuple<at::Tensor, at::Tensor> x_planes(const at::Tensor& x, int64_t pdl, int64_t natural, int64_t gated) {
-  const int64_t parts = gated ? 2 : 1;
-  TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.is_contiguous() && x.size(1) % (parts * kPadK) == 0, "x_planes: x must "
-              "be a contiguous CUDA [m, ", gated ? "2 * " : "", "k_padded] tensor with k_padded a multiple of ", kPadK,
-              ", got ", x.sizes(), " on ", x.device());
-  TORCH_CHECK(reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0, "x_planes: x must be 16-byte aligned");
-  const int64_t k = x.size(1) / parts;
-  TORCH_CHECK(!gated || (!natural && k <= kXPlanesMaxGatedK), "x_planes: the gated form writes plane_slot order for K "
-              "<= ", kXPlanesMaxGatedK, ", got natural=", natural, " and K=", k);
-  at::Tensor planes = at::empty({2 * x.size(0), k}, x.options().dtype(at::kChar));
-  at::Tensor xscale = at::empty({x.size(0)}, x.options().dtype(at::kFloat));
-  if (x.size(0) == 0) return {planes, xscale};
-  const c10::cuda::CUDAGuard guard(x.device());
-  launch_x_planes({x.data_ptr(), planes.data_ptr<int8_t>(), xscale.data_ptr<float>(), static_cast<int>(x.size(0)),
-                   static_cast<int>(k), scalar_kind(x.scalar_type(), "x_planes"), pdl != 0, natural != 0, gated != 0},
-                  c10::cuda::getCurrentCUDAStream());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return {planes, xscale};
-}
-
 // y [m, out_features] of `dtype` = x W^T + bias with x given as x_planes' planes and scales (wo_planes.cu, GIVEN).
 at::Tensor wo_planes_gemv(const at::Tensor& planes, const at::Tensor& xscale, const at::Tensor& qweight,
                           const at::Tensor& scale, const std::optional<at::Tensor>& zero,
@@ -186,10 +164,15 @@ at::Tensor wo_planes_gemv(const at::Tensor& planes, const at::Tensor& xscale, co
   TORCH_CHECK(num_bits == 4 || ((num_bits == 2 || num_bits == 3) && !zero.has_value()), "wo_planes_gemv: 4-bit "
               "weights, or symmetric 2- and 3-bit ones, got ", num_bits, "-bit", zero.has_value() ? " with zero points" : "");
   const PackedWeightView w = check_weight("wo_planes_gemv", qweight, scale, zero, num_bits, group_size, out_features);
+  const int64_t given = variant;
+  const bool gated = variant >= kGatedFlag;  // interleaved gate/up rows: y = silu(gate) * up (planes.cuh)
+  if (gated) variant -= kGatedFlag;
   const bool pdl = variant >= kPdlFlag;
   if (pdl) variant -= kPdlFlag;
-  TORCH_CHECK(variant >= 0 && variant <= 3, "wo_planes_gemv: variant must be 0, 1 or 2 (one, two or four stripes "
-              "per block) or 3 (the tile kernel), plus 16 for a static weight, got ", variant + (pdl ? kPdlFlag : 0));
+  TORCH_CHECK(variant >= 0 && variant <= 3 && (!gated || (variant != 3 && out_features % 16 == 0)), "wo_planes_gemv: "
+              "variant must be 0, 1 or 2 (one, two or four stripes per block) or 3 (the tile kernel), plus 16 for a "
+              "static weight, plus 32 for interleaved gate/up rows (not on 3; out_features a multiple of 16), got ",
+              given, " with out_features ", out_features);
   const bool tile = variant == 3;
   const int64_t m = planes.dim() == 2 ? planes.size(0) / 2 : -1;
   const int64_t max_m = tile ? kPlanesTileMaxTokens : num_bits == 4 ? kPlanesGivenMaxTokens : kPlanesMaxTokens;
@@ -219,11 +202,12 @@ at::Tensor wo_planes_gemv(const at::Tensor& planes, const at::Tensor& xscale, co
                 "wo_planes_gemv: bias must be [out_features=", w.n, "], got ", bias->sizes());
     bias_f32 = bias->to(at::kFloat).contiguous();
   }
-  at::Tensor y = at::empty({m, out_features}, planes.options().dtype(dtype));
+  at::Tensor y = at::empty({m, gated ? out_features / 2 : out_features}, planes.options().dtype(dtype));
   if (m == 0) return y;
   const c10::cuda::CUDAGuard guard(planes.device());
   WoProblem p{nullptr, w, bias.has_value() ? bias_f32.data_ptr<float>() : nullptr, y.data_ptr(), nullptr,
               static_cast<int>(m), scalar_kind(dtype, "wo_planes_gemv"), Activation::kNone};
+  p.gated_out = gated;
   p.planes = planes.data_ptr<int8_t>();
   p.xscale = xscale.data_ptr<float>();
   p.pdl = pdl;
@@ -354,15 +338,20 @@ at::Tensor dequant_int(const at::Tensor& qweight, const at::Tensor& scale, const
 
 }  // namespace
 
+// pdl: bit 0 the PDL twin; bit 1 (2) x's gate / up interleaved by 8 (quantize/mlp.py), [g 8 | u 8] per 16 columns.
 at::Tensor silu_mul(const at::Tensor& x, int64_t pdl) {
   TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.stride(1) == 1, "silu_mul: x must be a CUDA [m, 2i] tensor with "
               "unit column stride, got ", x.sizes(), " with strides ", x.strides());
-  TORCH_CHECK(x.size(1) % 2 == 0, "silu_mul: the last dimension must be even (gate | up), got ", x.size(1));
+  const bool interleaved = (pdl & 2) != 0;
+  TORCH_CHECK(x.size(1) % (interleaved ? 16 : 2) == 0 && (!interleaved || (x.stride(0) % 8 == 0 &&
+              reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0)), "silu_mul: the last dimension must be ",
+              interleaved ? "a multiple of 16 (gate / up interleaved by 8; rows 16-byte aligned)" : "even (gate | up)",
+              ", got ", x.sizes(), " with strides ", x.strides());
   const ScalarKind kind = scalar_kind(x.scalar_type(), "silu_mul");
   at::Tensor y = at::empty({x.size(0), x.size(1) / 2}, x.options());
   const c10::cuda::CUDAGuard guard(x.device());
-  launch_silu_mul({x.data_ptr(), y.data_ptr(), x.size(0), x.size(1) / 2, x.stride(0), kind, pdl != 0},
-                  c10::cuda::getCurrentCUDAStream());
+  launch_silu_mul({x.data_ptr(), y.data_ptr(), x.size(0), x.size(1) / 2, x.stride(0), kind, (pdl & 1) != 0,
+                   interleaved}, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return y;
 }
@@ -383,7 +372,6 @@ TORCH_LIBRARY(qtool_cuda, m) {
       "dequant_int(Tensor qweight, Tensor scale, Tensor? zero, int num_bits, int group_size, int out_features, "
       "ScalarType dtype) -> Tensor");
   m.def("silu_mul(Tensor x, int pdl=0) -> Tensor");  // the gated MLP's silu(gate) * up: mlp.h
-  m.def("x_planes(Tensor x, int pdl=0, int natural=0, int gated=0) -> (Tensor, Tensor)");
   m.def(
       "w8_planes_gemv(Tensor planes, Tensor xscale, Tensor w, Tensor wscale, Tensor? bias, ScalarType dtype, "
       "int variant=0) -> Tensor");
@@ -400,7 +388,6 @@ TORCH_LIBRARY_IMPL(qtool_cuda, CUDA, m) {
   m.impl("wo_gemm_v3", &qtool::wo_gemm_v3);
   m.impl("dequant_int", &qtool::dequant_int);
   m.impl("silu_mul", &qtool::silu_mul);
-  m.impl("x_planes", &qtool::x_planes);
   m.impl("wo_planes_gemv", &qtool::wo_planes_gemv);
   m.impl("w8_planes_gemv", &qtool::w8_planes_gemv);
 }

@@ -63,7 +63,9 @@ __device__ inline float chunk_plane_sum(const uint4& bv) {
 
 // The end of a planes GEMV block (wo_planes.cu, wo_planes_low.cu): each lane's sums for token 4 i + t of n-tile i
 // (tokens < m) of rows g and g + 8 (acc[i]) summed over the WARPS / STRIPES warps of each stripe, then y = sum *
-// scale[token] * unit + bias.
+// scale[token] * unit + bias. With p.gated_out (a gated MLP's gate/up rows interleaved by 8, quantize/mlp.py) each
+// stripe's rows r and r + 8 are gate and up of one product: y [m, n / 2] = silu(g) * u, g and u rounded to T first
+// (as the GEMV's output would be, then silu_mul: the same bits as the two kernels).
 template <typename T, int WARPS, int STRIPES, int NT>
 __device__ inline void store_stripes(const WoProblem& p, const float (&acc)[NT][2], const float* scale, float unit) {
   constexpr int SWARPS = WARPS / STRIPES, TOKENS = 4 * NT;
@@ -77,16 +79,27 @@ __device__ inline void store_stripes(const WoProblem& p, const float (&acc)[NT][
     }
   }
   __syncthreads();
+  auto row_sum = [&](int s, int m, int r, int n) {
+    float v = 0.0f;
+#pragma unroll
+    for (int i = 0; i < SWARPS; ++i) v += partial[s * SWARPS + i][r][m];
+    return v * (scale[m] * unit) + bias_at(opaque(p.bias), n);
+  };
+  if (p.gated_out) {  // (n a multiple of 16: every stripe whole)
+    for (int e = threadIdx.x; e < STRIPES * p.m * 8; e += WARPS * 32) {
+      const int s = e / (p.m * 8), m = e / 8 % p.m, r = e % 8;
+      const int n = (blockIdx.x * STRIPES + s) * kStripeRows + r;
+      if (n < p.w.n) {
+        const float g = round_to<T>(row_sum(s, m, r, n)), u = round_to<T>(row_sum(s, m, r + 8, n + 8));
+        store(static_cast<T*>(p.y) + static_cast<size_t>(m) * (p.w.n / 2) + n / 16 * 8 + r, silu_times(g, u));
+      }
+    }
+    return;
+  }
   for (int e = threadIdx.x; e < STRIPES * p.m * kStripeRows; e += WARPS * 32) {
     const int s = e / (p.m * kStripeRows), m = e / kStripeRows % p.m, r = e % kStripeRows;
     const int n = (blockIdx.x * STRIPES + s) * kStripeRows + r;
-    if (n < p.w.n) {
-      float v = 0.0f;
-#pragma unroll
-      for (int i = 0; i < SWARPS; ++i) v += partial[s * SWARPS + i][r][m];
-      v = v * (scale[m] * unit) + bias_at(opaque(p.bias), n);
-      store(static_cast<T*>(p.y) + static_cast<size_t>(m) * p.w.n + n, activate(v, p.act));
-    }
+    if (n < p.w.n) store(static_cast<T*>(p.y) + static_cast<size_t>(m) * p.w.n + n, activate(row_sum(s, m, r, n), p.act));
   }
 }
 

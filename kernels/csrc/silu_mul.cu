@@ -23,15 +23,18 @@ constexpr int kVec = 8;  // fp16/bf16 elements per 16-byte access
 // grid (m, ceil(i / (kThreads * kVec))): each thread owns kVec consecutive outputs of one row.
 // Pdl (where the caller asks, p.pdl, or QTOOL_PDL=2; unmeasured): waits for the gate/up GEMV before its first read
 // and lets the down projection's GEMV launch at once, so that GEMV's first weight loads overlap this kernel (pdl.cuh).
-template <typename T, bool Vectorized, bool Pdl = false>
+// Interleaved (x's gate and up by 8 columns, [g 8 | u 8] per 16: quantize/mlp.py): the kVec outputs from col are
+// gate columns 2 col .. + 7 and up columns 2 col + 8 .. + 15 (col a multiple of kVec = 8; vectorized only).
+template <typename T, bool Vectorized, bool Pdl = false, bool Interleaved = false>
 __global__ void __launch_bounds__(kThreads) silu_mul_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t inner,
                                                             int64_t x_row_stride) {
+  static_assert(Vectorized || !Interleaved, "the interleaved layout is read in vectors of 8");
   if constexpr (Pdl) pdl_wait_then_release();
   const int64_t row = blockIdx.x;
   const int64_t col = (static_cast<int64_t>(blockIdx.y) * kThreads + threadIdx.x) * kVec;
   if (col >= inner) return;
-  const T* gate = x + row * x_row_stride;
-  const T* up = gate + inner;
+  const T* gate = x + row * x_row_stride + (Interleaved ? col : 0);  // (interleaved: gate column 2 col is col + col)
+  const T* up = Interleaved ? gate + kVec : gate + inner;
   T* out = y + row * inner;
   if constexpr (Vectorized) {  // inner % kVec == 0 and 16-byte aligned rows: one load per half, one store
     *reinterpret_cast<uint4*>(out + col) = silu_times_vec<T>(*reinterpret_cast<const uint4*>(gate + col),
@@ -49,7 +52,10 @@ void launch(const SiluMulProblem& p, cudaStream_t stream) {
   T* y = static_cast<T*>(p.y);
   const bool aligned = p.inner % kVec == 0 && p.x_row_stride % kVec == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
                        reinterpret_cast<uintptr_t>(y) % 16 == 0;
-  if (aligned && (p.pdl || pdl_level() >= 2))
+  if (p.interleaved) {  // (inner % kVec == 0: ops.cpp); x and y from the allocator, aligned
+    launch_maybe_pdl(silu_mul_kernel<T, true, true, true>, p.pdl || pdl_level() >= 2, grid, dim3(kThreads), 0, stream,
+                     x, y, p.inner, p.x_row_stride);
+  } else if (aligned && (p.pdl || pdl_level() >= 2))
     launch_maybe_pdl(silu_mul_kernel<T, true, true>, true, grid, dim3(kThreads), 0, stream, x, y, p.inner,
                      p.x_row_stride);
   else if (aligned)

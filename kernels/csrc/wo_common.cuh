@@ -171,6 +171,12 @@ __device__ inline uint32_t float2_to_pair(float lo, float hi, __half) { return a
 // A gated MLP's SiLU-and-multiply in float32 (silu_mul.cu, and x_planes' gated form in wo_planes.cu).
 __device__ inline float silu_times(float g, float u) { return g / (1.0f + expf(-g)) * u; }
 
+// v rounded to T, as a float.
+template <typename T>
+__device__ inline float round_to(float v) {
+  return pair_to_float2(float2_to_pair(v, 0.0f, T{}), T{}).x;
+}
+
 // f(a_i, b_i) in float32 for the eight values of two vectors of T, each rounded once to T.
 template <typename T, class F>
 __device__ inline uint4 zip_vec(const uint4 a, const uint4 b, F&& f) {

@@ -105,9 +105,14 @@ struct WoProblem {
   // so finish_split_k (or with split_counters, the last split of each tile) zeroes each sum it reads (no at::zeros
   // node before the launch).
   bool kept_sums = false;
+  // wo_planes_gemv only (planes.cuh, store_stripes): the rows are a gated MLP's gate/up interleaved by 8 (each
+  // stripe 8 gate rows, then their 8 up rows: quantize/mlp.py) and y [m, n / 2] = silu(gate) * up.
+  bool gated_out = false;
 };
 // Added to wo_gemv's variant argument: the weight is static (prepared), PDL allowed.
 constexpr int kPdlFlag = 16;
+// Added to wo_planes_gemv's variant: the rows are interleaved gate/up, y = silu(gate) * up (WoProblem::gated_out).
+constexpr int kGatedFlag = 32;
 
 // Tensor-core GEMV for 1 <= m <= kMaxGemvTokens (wo_gemv.cu): one 16-row stripe per block, x staged in
 // shared memory, a ring of loads (gemv_variant 0, 1, 2).
