@@ -31,9 +31,9 @@
 #   call 6: bash dev/session51.sh smallsweep                 (~4 min: the small shapes swept behind the norm, merged on
 #           the H200 only (copy $OUT/tuning.py back into kernels/tuning.py); widesweep after it if time is left)
 # The prebuilt extension in .gpu/ext is session 51's (stamp 81865394d23923771a4e: session 50's reordered rope staging
-# and wo_gemm's kept / fused split-K, session 51's norm_planes, gated planes epilogue and reload_switches); rebuild it (`bash
-# dev/prebuild_ext.sh`) after any kernels/csrc change. In priority order: 30 device minutes reach about four or five
-# of these calls.
+# and wo_gemm's kept / fused split-K, session 51's norm_planes, gated planes epilogue and reload_switches); rebuild
+# it (`bash dev/prebuild_ext.sh`) after any kernels/csrc change. In priority order: 30 device minutes reach about
+# four or five of these calls.
 cd "$(dirname "$0")/.."
 LOG=session51.log
 source dev/gpu_setup.sh
