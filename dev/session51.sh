@@ -74,8 +74,8 @@ wosplitab() {  # wo_gemm's split-K without the per-call at::zeros (kept sums, se
 normtests() {  # session 51's norm_planes (csrc/norm_planes.cu) and its graph pass (kernels/norm_planes.py): GPU tests,
   # compute-sanitizer, and the CPU tests of the pass on the device's torch
   step "norm_planes: GPU tests (tests/test_norm_planes_gpu.py tests/test_norm_planes.py)"
-  timeout -k 10 "${NORMTEST_TIMEOUT:-240}" python3 -m pytest -q tests/test_norm_planes_gpu.py tests/test_norm_planes.py \
-    tests/test_gated_epilogue.py tests/test_mlp.py -p no:logging > /tmp/normtests.txt 2>&1
+  timeout -k 10 "${NORMTEST_TIMEOUT:-240}" python3 -m pytest -q tests/test_norm_planes_gpu.py \
+    tests/test_norm_planes.py tests/test_gated_epilogue.py tests/test_mlp.py -p no:logging > /tmp/normtests.txt 2>&1
   echo "exit $?"; grep -vE "^DEBUG" /tmp/normtests.txt | tail -15
   for tool in memcheck racecheck; do
     step "compute-sanitizer $tool: norm_planes (dev/san_norm_planes.py)"
