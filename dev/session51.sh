@@ -8,23 +8,25 @@
 #   call 1: bash dev/session51.sh ropetests ropeprobe e2e   (~4 min, +4 on an H200: the rotary-and-write kernel's
 #           staging reordered in session 50 (copies issued before the slot is read: the batch-1 loss's suspect), its
 #           GPU tests, compute-sanitizer and probe again; e2e only on an H200, where issue 19's 8B goals are judged)
-#   call 2: bash dev/session51.sh normtests normab gatedab  (~9 min, session 51's two levers for batches 1-8: (a) the
+#   call 2: bash dev/session51.sh normtests normab          (~7 min, session 51's two levers for batches 1-8: (a) the
 #           decoder layer's residual add, RMSNorm and the GEMV's x_planes as one kernel (csrc/norm_planes.cu) through
 #           an Inductor graph pass (kernels/norm_planes.py, QTOOL_NORM_PLANES / int8_planes.NORM_PLANES): 64 launches
 #           fewer per 8B step and q/k/v on the planes GEMV at one token; (b) gate/up rows interleaved by 8 so the
 #           planes GEMV writes silu(gate) * up (QTOOL_GATED_EPILOGUE, qtool_kernels/mlp.py): 32 silu_mul launches
-#           fewer. Tests, sanitizer, then main / norm-planes at batches 1, 4, 8 alternated (dev/step_ab.py), and the
-#           same in a process with (b). Default on whatever wins (int8_planes.NORM_PLANES, mlp.GATED_EPILOGUE))
-#   call 3: bash dev/session51.sh ropebatch                  (~7 min: off / kernel from 16 / kernel from 1 at batches
+#           fewer. The tests of both, sanitizer, then main / norm-planes at batches 1, 4, 8 alternated
+#           (dev/step_ab.py). Default on whatever wins (int8_planes.NORM_PLANES, mlp.GATED_EPILOGUE))
+#   call 3: bash dev/session51.sh gatedab wosplitab         (~9 min: (b) with and without (a) in a process of its
+#           own (interleaving happens when the MLPs are fused): compare with normab's rows, each beside its bf16.
+#           Then batch 16: wo_gemm, which runs q/k/v, o and down there, launches 3 kernels per call (at::zeros of its
+#           split-K sums, the GEMM, finish_split_k): 97 ATen fills and 96 finish kernels per step in session 50's
+#           profile. The split tests, then the step with kept sums (QTOOL_WO_SPLIT=kept: no fill), fused (kept sums,
+#           the last split finishing, one launch), fused with PDL (QTOOL_WO_GEMM_PDL=1; the ordered splits and PDL
+#           lost at the layer in session 46, never timed in the model), alternated in one process (the switches
+#           reloaded per variant: build.reload_switches, session 51))
+#   call 4: bash dev/session51.sh ropebatch                  (~7 min: off / kernel from 16 / kernel from 1 at batches
 #           1, 4, 16, 32, alternated twice in one process (dev/step_ab.py); also the first run of the foreach row
 #           count (rotary._advance). If the kernel mode wins at batch 1 too, set ROPE_MIN_BATCH (kernels/attention.py)
 #           to the smallest batch where it won)
-#   call 4: bash dev/session51.sh wosplitab                  (~5 min at batch 16: wo_gemm, which runs q/k/v, o and
-#           down there, launches 3 kernels per call (at::zeros of its split-K sums, the GEMM, finish_split_k): 97 ATen
-#           fills and 96 finish kernels per step in session 50's profile. The split tests, then the step with kept
-#           sums (QTOOL_WO_SPLIT=kept: no fill), fused (kept sums, the last split finishing, one launch), fused with
-#           PDL (QTOOL_WO_GEMM_PDL=1; the ordered splits and PDL lost at the layer in session 46, never timed in the
-#           model), alternated in one process (the switches reloaded per variant: build.reload_switches, session 51))
 #   call 5: bash dev/session51.sh downab profilerope         (~9 min: at batches 1 and 16, down at 9-16 tokens on
 #           wo_gemm against the GEMM the norm sweep picks, and Inductor's combo kernels; then the step's kernels
 #           with the mode on (decode_profile.py now takes bench.loop_cache))
@@ -66,7 +68,7 @@ wosplitab() {  # wo_gemm's split-K without the per-call at::zeros (kept sums, se
   timeout -k 10 200 python3 -m pytest -q tests/test_split_locks_gpu.py -k "wo-kept or wo-fused or reload" \
     > /tmp/splittests.txt 2>&1
   echo "exit $?"; tail -3 /tmp/splittests.txt
-  AB_TIMEOUT=${AB_TIMEOUT:-420} stepab wosplitab 16 --variant default \
+  AB_TIMEOUT=${AB_TIMEOUT:-300} stepab wosplitab 16 --variant default \
     --variant kept 'os.environ["QTOOL_WO_SPLIT"]="kept"' \
     --variant fused 'os.environ["QTOOL_WO_SPLIT"]="fused"' \
     --variant fused-pdl 'os.environ["QTOOL_WO_SPLIT"]="fused"' 'os.environ["QTOOL_WO_GEMM_PDL"]="1"'
@@ -86,12 +88,14 @@ normtests() {  # session 51's norm_planes (csrc/norm_planes.cu) and its graph pa
 }
 normab() {  # the 8B step at 1-8 tokens with the residual add, RMSNorm and x_planes in one kernel (NORM_PLANES: q/k/v
   # then takes the planes too), against main, alternated in one process
-  stepab normab 1,4,8 --variant main --variant norm-planes 'qtool_kernels.int8_planes.NORM_PLANES=True'
+  AB_TIMEOUT=${AB_TIMEOUT:-330} stepab normab 1,4,8 --variant main --variant norm-planes \
+    'qtool_kernels.int8_planes.NORM_PLANES=True'
 }
 gatedab() {  # the same A/B in a process whose gated MLPs are interleaved (QTOOL_GATED_EPILOGUE=1, session 51: the
   # planes GEMV of gate/up writes silu(gate) * up from its epilogue, no silu_mul launch at 1-8 tokens); fused at model
   # build, so a process of its own: compare its rows with normab's (each has its bf16 beside it)
-  (export QTOOL_GATED_EPILOGUE=1; stepab gatedab 1,4,8 --variant gated --variant gated-norm-planes \
+  (export QTOOL_GATED_EPILOGUE=1 AB_TIMEOUT=${AB_TIMEOUT:-270}; stepab gatedab 1,4,8 --variant gated \
+    --variant gated-norm-planes \
     'qtool_kernels.int8_planes.NORM_PLANES=True')
 }
 downab() {  # down (14336 x 4096) at 9-16 tokens: wo_gemm (main) against the Hopper GEMM the norm sweep picked
