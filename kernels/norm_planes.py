@@ -41,7 +41,8 @@ def _search_with_residual(ops, flat: bool):
 def _replace_with_residual(ops):
     def replace(residual, x, weight, eps):
         k = x.shape[-1]
-        s, planes, xscale = ops.norm_planes(x.reshape(-1, k), residual.reshape(-1, k), weight, eps, 1)
+        s, planes, xscale = ops.norm_planes(x.reshape(-1, k).contiguous(), residual.reshape(-1, k).contiguous(),
+                                            weight.contiguous(), eps, 1)
         return s.view(x.shape), planes, xscale
     return replace
 
@@ -55,20 +56,27 @@ def _search_norm(ops, flat: bool):
 
 def _replace_norm(ops):
     def replace(x, weight, eps):
-        _, planes, xscale = ops.norm_planes(x.reshape(-1, x.shape[-1]), None, weight, eps, 1)
+        _, planes, xscale = ops.norm_planes(x.reshape(-1, x.shape[-1]).contiguous(), None, weight.contiguous(), eps, 1)
         return planes, xscale
     return replace
 
 
 def _fits(match) -> bool:
     """Whether the kernel takes the matched rows: float16 / bfloat16, K a multiple of 64 up to 32768
-    (csrc/wo_kernels.h, kNormPlanesMaxK), the weight of the same dtype."""
-    x, weight = match.kwargs["x"].meta.get("val"), match.kwargs["weight"].meta.get("val")
-    if x is None or weight is None:
+    (csrc/wo_kernels.h, kNormPlanesMaxK), the weight [K] and the residual (x's shape, no broadcast) of x's dtype,
+    rows starting 16-byte aligned."""
+    def val(name: str):
+        node = match.kwargs.get(name)
+        return node.meta.get("val") if node is not None else None
+
+    x, weight = val("x"), val("weight")
+    residual = val("residual") if "residual" in match.kwargs else x
+    if x is None or weight is None or residual is None:
         return False
     k = x.shape[-1]
-    return (x.dtype in (torch.bfloat16, torch.float16) and weight.dtype == x.dtype and isinstance(k, int)
-            and 0 < k <= 32768 and k % 64 == 0)
+    return (x.dtype in (torch.bfloat16, torch.float16) and isinstance(k, int) and 0 < k <= 32768 and k % 64 == 0
+            and weight.dtype == x.dtype and tuple(weight.shape) == (k,)
+            and all(t.dtype == x.dtype and t.shape == x.shape and t.storage_offset() % 8 == 0 for t in (x, residual)))
 
 
 def _tracer(reshape: bool):

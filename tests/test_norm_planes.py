@@ -23,9 +23,13 @@ def _x_planes(x: Tensor, pdl: int = 0, natural: int = 0, gated: int = 0) -> tupl
     return reference.x_planes(x, bool(natural))
 
 
+CALLS: list[bool] = []  # per call of the norm_planes stand-in: whether it was given the residual
+
+
 @torch.library.custom_op("qtool_npt::norm_planes", mutates_args=())
 def _norm_planes(x: Tensor, residual: Tensor | None, weight: Tensor, eps: float, pdl: int = 0,
                  natural: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+    CALLS.append(residual is not None)
     s, planes, xscale = reference.norm_planes(x, residual, weight, eps, bool(natural))
     return s.clone(), planes, xscale  # (an output may not alias an input: s is x itself without residual)
 
@@ -69,9 +73,10 @@ def test_pass_folds_add_norm_and_planes(dtype, with_add):
     """One rewrite per layer; the sum exact and the reconstructed rows within the planes' bound (s / 508) plus one
     unit of the norm's rounding (the reference rounds once, the eager CPU norm may differ by a unit) of eager's."""
     args = _inputs(dtype=dtype, seed=1 + with_add)
+    CALLS.clear()
     (s2, y), rewrites = _compiled(_layer, *args, with_add=with_add)
     want_s2, want_y = _layer(*args, with_add=with_add)
-    assert rewrites == 1
+    assert rewrites == 1 and CALLS == [with_add]
     torch.testing.assert_close(s2, want_s2, rtol=0, atol=0)
     unit = 2.0**-7 if dtype == torch.bfloat16 else 2.0**-10
     bound = float(want_y.abs().max()) * unit + 1e-3
@@ -93,6 +98,18 @@ def test_pass_leaves_what_the_kernel_cannot_take():
     args = _inputs(k=96, seed=4)
     (_, y), rewrites = _compiled(_layer, *args)
     assert rewrites == 0 and torch.isfinite(y).all()
+
+
+def test_pass_leaves_a_broadcast_add_to_inductor():
+    """A residual of one row added to two (a broadcast the kernel does not do): only the norm and the planes are
+    folded (one rewrite, the norm-alone pattern), the add stays Inductor's; eager's results."""
+    residual, out, weight = _inputs(seed=6)
+    CALLS.clear()
+    (s2, y), rewrites = _compiled(_layer, residual[:1], out, weight)
+    want_s2, want_y = _layer(residual[:1], out, weight)
+    assert rewrites == 1 and CALLS == [False]
+    torch.testing.assert_close(s2, want_s2, rtol=0, atol=0)
+    assert float((y - want_y).abs().max()) <= float(want_y.abs().max()) * 2.0**-7 + 1e-3
 
 
 def test_reference_norm_planes_matches_its_parts():
