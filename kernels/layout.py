@@ -303,10 +303,21 @@ class ReferenceOps:
     @staticmethod
     def wo_planes_gemv(planes, xscale, qweight, scale, zero, bias, group_size, out_features, dtype, variant=0,
                        num_bits=4, prefetch=None):
-        """y of `dtype` from x as x_planes gave it; `variant` is the launch's shape."""
+        """y of `dtype` from x as x_planes gave it; `variant` is the launch's shape, plus 32 (int8_planes.GATED_FLAG)
+        for interleaved gate / up rows: silu(gate) * up of y."""
         w = dequantize_packed(qweight, scale, zero, num_bits, group_size, out_features)
         y = reference.planes_to_x(planes, xscale) @ w.T
-        return (y if bias is None else y + bias.float()).to(dtype)
+        y = (y if bias is None else y + bias.float()).to(dtype)
+        return reference.silu_mul(y, interleaved=True) if variant >= 32 else y
+
+    @staticmethod
+    def norm_planes(x, residual, weight, eps, pdl=0, natural=0):
+        return reference.norm_planes(x, residual, weight, eps, bool(natural))
+
+    @staticmethod
+    def silu_mul(x, pdl=0):
+        """`pdl` bit 1: x's gate and up interleaved by 8 columns (bit 0, PDL, is a launch hint)."""
+        return reference.silu_mul(x, interleaved=bool(pdl & 2))
 
     @staticmethod
     def dequant_int(qweight, scale, zero, num_bits, group_size, out_features, dtype):

@@ -18,8 +18,9 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 @pytest.mark.parametrize("k", [576, 4096, 14336, 28672])
 def test_kernel_matches_reference(kernels, dtype, k):
     """The sum bit for bit; the scales within two units of the norm's rounding (the largest |n| may round the other
-    way: the sum of squares adds in another order); the planes' rows within s / 508 plus one such unit of the
-    reference's n, and at most 1% of their bytes different."""
+    way: the sum of squares adds in another order); the planes' rows within s / 508 of each side plus one unit of
+    the norm's rounding of the reference's n; where a row's scale is the reference's, at most 1% of its bytes
+    different (an element whose n rounds the other way)."""
     unit = 2.0**-8 if dtype == torch.bfloat16 else 2.0**-11
     for m in (1, 3, 16):
         g = torch.Generator(device="cuda").manual_seed(k + m)
@@ -36,9 +37,10 @@ def test_kernel_matches_reference(kernels, dtype, k):
                 torch.testing.assert_close(xscale, want_scale, rtol=2 * unit, atol=0, msg=case)
                 got = reference.planes_to_x(planes, xscale, bool(natural))
                 n = reference.planes_to_x(want_planes, want_scale, bool(natural))  # n within s / 508
-                bound = want_scale[:, None] * (2 / 508) + n.abs() * 2 * unit
+                bound = want_scale[:, None] * (2.1 / 508) + n.abs() * 2 * unit
                 assert ((got - n).abs() <= bound).all(), case
-                assert (planes != want_planes).float().mean() < 0.01, case
+                same = (xscale == want_scale).repeat_interleave(2)  # planes rows 2r, 2r + 1: token r's
+                assert (planes[same] != want_planes[same]).float().mean().nan_to_num() < 0.01, case
 
 
 def test_refuses_bad_rows_by_name(kernels):
@@ -105,7 +107,7 @@ def test_gated_planes_epilogue_equals_gemv_then_silu_mul(kernels, bits, symmetri
             assert torch.equal(gated, product), (m, variant)
             assert torch.equal(product, reference.silu_mul(y, interleaved=True)), (m, variant)
     with pytest.raises(RuntimeError, match="plus 32 for interleaved gate/up rows"):
-        kernels.wo_planes_gemv(*args[:7], 1000, torch.bfloat16, 48, bits)
+        kernels.wo_planes_gemv(*args, 3 + 16 + 32, bits)  # the tile kernel has no gated epilogue
 
 
 def test_interleaved_mlp_on_cuda_matches_halves(kernels, monkeypatch):
