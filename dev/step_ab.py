@@ -32,7 +32,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from qtool_kernels import build, tuning
+from qtool_kernels import build, norm_planes, tuning
 from quantize.bench import bench_model
 from quantize.cli_tools import _fuse, bench_plan
 from quantize.quantizer import quantize_model
@@ -131,6 +131,7 @@ def run(args: argparse.Namespace, console: Console) -> dict:
         for name, settings in variants:
             for setting in settings:
                 setting.apply()
+            rewrites = norm_planes.REWRITES[0]
             try:
                 fresh_compile_state()
                 rates = step_rates(model, args.batches, args.decode_tokens, args.device)
@@ -139,7 +140,11 @@ def run(args: argparse.Namespace, console: Console) -> dict:
                     setting.undo()
             for batch, rate in rates.items():
                 figures["variants"][name]["steps"].setdefault(str(batch), []).append(rate)
-            console.print(f"round {round_ + 1} {name}: " + ", ".join(f"b{b} {r:.1f}" for b, r in rates.items()))
+            # norms folded by QTOOL_NORM_PLANES' pass in this variant's compiles (0: the lever did not act)
+            figures["variants"][name]["norm_planes_rewrites"] = norm_planes.REWRITES[0] - rewrites
+            folded = figures["variants"][name]["norm_planes_rewrites"]
+            console.print(f"round {round_ + 1} {name}: " + ", ".join(f"b{b} {r:.1f}" for b, r in rates.items())
+                          + (f" (norm_planes: {folded} norms folded)" if folded else ""))
             if args.json:  # after every run, so a call cut by its limit keeps what it measured
                 args.json.write_text(json.dumps(figures, indent=2))
     return figures

@@ -27,6 +27,10 @@ import torch
 import torch.nn.functional as F
 
 EPS_PLACEHOLDER = 2.0**-16  # traced as itself (exact in float32), then matched as any epsilon
+# Rewrites made by every pass of this process (`qtool bench` and dev/step_ab.py record it: an A/B whose model made
+# none measured nothing of this lever). Counts compiles, not cached graphs: quantize/bench.py turns Inductor's FX
+# graph cache off where the pass is on.
+REWRITES = [0]
 
 
 def _search_with_residual(ops, flat: bool):
@@ -133,7 +137,9 @@ def make_pass(ops=None, device: str = "cuda"):
 
         def __call__(self, graph: torch.fx.Graph) -> None:
             for patterns in passes:
-                self.rewrites += patterns.apply(graph)
+                made = patterns.apply(graph)
+                self.rewrites += made
+                REWRITES[0] += made
 
         def uuid(self) -> bytes:
             return hashlib.sha256(Path(__file__).read_bytes()).digest()

@@ -285,8 +285,8 @@ def decode_compile_options() -> dict:
         options["triton.enable_pdl"] = True
     if INDUCTOR_COMBO and hasattr(inductor_config, "combo_kernels"):
         options["combo_kernels"] = True
-    if int8_planes.NORM_PLANES and build.loaded():
-        options["post_grad_custom_pre_pass"] = norm_planes.make_pass()
+    if int8_planes.NORM_PLANES and build.loaded():  # (a cached graph would skip the pass and its count)
+        options.update(post_grad_custom_pre_pass=norm_planes.make_pass(), fx_graph_cache=False)
     return options
 
 

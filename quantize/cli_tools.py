@@ -168,7 +168,7 @@ def bench(
     """Decode and prefill tokens/s (and peak GPU memory) of a model and optionally a base, in one run."""
     import torch
 
-    from qtool_kernels import build
+    from qtool_kernels import build, norm_planes
 
     from .destination import check_output_file
     from .validation import check_device, check_positive
@@ -197,6 +197,7 @@ def bench(
         results = _bench_checkpoints(model, base, (fuse, fuse_baseline), device, dtype_name, attention, opts)
     results["attn_implementation"] = sorted(used_attention)
     results["switches"] = build.switches()  # the QTOOL_* environment the run had
+    results["norm_planes_rewrites"] = norm_planes.REWRITES[0]  # QTOOL_NORM_PLANES' graph pass: norms folded
     # which card: ratios differ between an H100 and an H200 (sessions 49-50 asked for one and got the other)
     results["gpu"] = torch.cuda.get_device_name(device) if device.startswith("cuda") else None
     if json_out:
