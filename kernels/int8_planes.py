@@ -37,11 +37,13 @@ GEMV_PLANES = os.environ.get("QTOOL_GEMV_PLANES", "1") != "0"
 # max-and-gather form costs more than the x_planes kernel it replaces. Off unless QTOOL_FUSED_PLANES=1 (read once).
 FUSED_PLANES = os.environ.get("QTOOL_FUSED_PLANES", "0") == "1"
 # The layers whose input is an RMSNorm's (QuantLinear.norm_input: fused q/k/v, gate/up) count their planes as free
-# under torch.compile, and norm_planes.py's graph pass folds the residual add, the norm and x_planes into one of our
-# kernels (csrc/norm_planes.cu): 64 launches fewer per 8B step at 1-8 tokens, and 1-2 tokens take the planes on every
-# shape. Session 51 (no device time): off until timed in the 8B step (QTOOL_NORM_PLANES=1; read at trace time, so
-# dev/step_ab.py can vary it as `qtool_kernels.int8_planes.NORM_PLANES=True`).
-NORM_PLANES = os.environ.get("QTOOL_NORM_PLANES", "0") == "1"
+# under torch.compile where norm_planes.py's graph pass is in use (qtool bench's decode steps), which folds the
+# residual add, the norm and x_planes into one of our kernels (csrc/norm_planes.cu): 64 launches fewer per 8B step at
+# 1-8 tokens, and 1-2 tokens take the planes on every shape. Session 51 (H100, 8B W4A16 decode steps, dev/step_ab.py
+# in one process, bf16 158.2 / 613.8 / 1176.7 tok/s): batch 1 394.1 -> 401.5 tok/s, 4 1449 -> 1494, 8 2769 -> 2837;
+# with the gated epilogue (mlp.GATED_EPILOGUE) 407.8 -> 419.0, 1507 -> 1562, 2795 -> 2867. QTOOL_NORM_PLANES=0
+# (read at trace time, so dev/step_ab.py can vary it as `qtool_kernels.int8_planes.NORM_PLANES=False`): off.
+NORM_PLANES = os.environ.get("QTOOL_NORM_PLANES", "1") != "0"
 # Symmetric 2- and 3-bit codes (groups >= 64 or per channel) on the same pair (csrc/wo_planes_low.cu: A from the
 # ring GEMV's nibble words in one shift and one LOP3 per row), by the 4-bit rule (planes_route). Session 38, H200
 # (BENCHMARKS.md "session 38", dev/planes_ab.py, pair against the GEMV that ran): W3 g128 at 3-4 tokens 1.78-2.36x ->

@@ -13,8 +13,9 @@ release's form of the norm) and is replaced by qtool_cuda.norm_planes, which als
 Without the add (the first layer's norm reads the embedding) the norm alone is folded. Where nothing matches (another
 norm, a pad before x_planes), x_planes stays: slower, never wrong.
 
-On when int8_planes.NORM_PLANES is set (QTOOL_NORM_PLANES=1): quantize/bench.py's decode compile options carry the
-pass, and the layers with QuantLinear.norm_input count their planes as free.
+On by default since session 51's A/B (int8_planes.NORM_PLANES; QTOOL_NORM_PLANES=0: off): quantize/bench.py's decode
+compile options carry the pass, and while one is in use (IN_USE) the layers with QuantLinear.norm_input count their
+planes as free.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ EPS_PLACEHOLDER = 2.0**-16  # traced as itself (exact in float32), then matched 
 # none measured nothing of this lever). Counts compiles, not cached graphs: quantize/bench.py turns Inductor's FX
 # graph cache off where the pass is on.
 REWRITES = [0]
+# Whether a pass was made in this process (make_pass): only then do weight_only's routes count a norm's planes as
+# free. A model compiled without the pass (torch.compile outside `qtool bench`) keeps the measured rule, where x_planes
+# is a launch of its own.
+IN_USE = [False]
 
 
 def _search_with_residual(ops, flat: bool):
@@ -128,6 +133,7 @@ def make_pass(ops=None, device: str = "cuda"):
     from torch._inductor.custom_graph_pass import CustomGraphPass
 
     passes = pattern_passes(ops if ops is not None else torch.ops.qtool_cuda, device)
+    IN_USE[0] = True
 
     class NormPlanesPass(CustomGraphPass):
         """Rewrites add -> rms_norm -> x_planes (and rms_norm -> x_planes) into norm_planes; counts its rewrites."""

@@ -37,7 +37,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from . import int8_planes
+from . import int8_planes, norm_planes
 from .layout import EPILOGUE, LOW_BITS, PDL_STATIC_WEIGHT, PackedWeight, takes_rows_shape
 from .mixed_mm import mixed_linear
 from .mlp import silu_mul
@@ -263,7 +263,7 @@ def packed_linear(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, k
     args = (w.qweight, w.scale, w.zero)
     meta = (w.num_bits, w.group_size, w.out_features)
     free = torch.compiler.is_compiling() and (planes_fuse and int8_planes.FUSED_PLANES
-                                              or norm_input and int8_planes.NORM_PLANES)
+                                              or norm_input and int8_planes.NORM_PLANES and norm_planes.IN_USE[0])
     kernel = None if w.num_bits in LOW_BITS else route(w, m, x2.dtype, free)
     if gated and (variant := _gated_planes_variant(w, m, x2.dtype, kernel, free)) is not None:
         y = int8_planes.planes_linear(x2, w, bias, kernels, variant, free, prefetch, gated=True)

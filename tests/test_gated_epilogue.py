@@ -46,6 +46,7 @@ def test_interleaved_mlp_matches_halves(scheme, monkeypatch):
     reordered together), and the same logits (the rows' order changes no dot product)."""
     model = _tiny_mlp(scheme)
     halves, interleaved = model, copy.deepcopy(model)
+    monkeypatch.setattr(gated_mlp, "GATED_EPILOGUE", False)
     gated_mlp.fuse_mlps(halves)
     monkeypatch.setattr(gated_mlp, "GATED_EPILOGUE", True)
     assert gated_mlp.fuse_mlps(interleaved) == model.config.num_hidden_layers

@@ -39,6 +39,14 @@ _norm_planes.register_fake(fakes.norm_planes)
 OPS = torch.ops.qtool_npt
 
 
+@pytest.fixture(autouse=True)
+def _pass_use_restored():
+    """make_pass marks a pass in use for the process (norm_planes.IN_USE): put the mark back for the tests after."""
+    before = norm_planes.IN_USE[0]
+    yield
+    norm_planes.IN_USE[0] = before
+
+
 def _layer(residual, out, weight, with_add=True, keep_norm=False):
     """A decoder layer's tail as transformers and QuantLinear write it: the add, the norm module's F.rms_norm, the
     rows reshaped to [m, K] and their planes (a stand-in GEMV consumes them)."""
@@ -126,15 +134,16 @@ def test_reference_norm_planes_matches_its_parts():
 
 
 def test_route_takes_free_planes_with_norm_input(monkeypatch):
-    """NORM_PLANES: under torch.compile a layer whose input is an RMSNorm's (norm_input) takes x_planes +
-    wo_planes_gemv at one token on 4096 x 4096, where the measured rule keeps the ring GEMV (the pass then folds
-    x_planes into the norm); without the switch, the flag or compilation, the ring GEMV."""
+    """NORM_PLANES: under torch.compile, with the pass in use, a layer whose input is an RMSNorm's (norm_input) takes
+    x_planes + wo_planes_gemv at one token on 4096 x 4096, where the measured rule keeps the ring GEMV (the pass then
+    folds x_planes into the norm); without the switch, the flag, compilation or a pass, the ring GEMV."""
     recorder = Recorder()
     w = pack_weight(torch.zeros(16, 64, dtype=torch.int8), torch.ones(16, 1), None, None, 4, -1)
     w = layout.PackedWeight(w.qweight.new_zeros(4096 // 16, 4096 // 64, 32, 4), w.scale, None, None, 4, -1, 4096, 4096)
 
-    def calls(norm_input, compiling, switch):
+    def calls(norm_input, compiling, switch, in_use=True):
         monkeypatch.setattr(int8_planes, "NORM_PLANES", switch)
+        monkeypatch.setattr(norm_planes, "IN_USE", [in_use])
         monkeypatch.setattr(torch.compiler, "is_compiling", lambda: compiling)
         recorder.calls.clear()
         weight_only.packed_linear(torch.randn(1, 4096, dtype=torch.bfloat16), w, None, recorder, None, False,
@@ -142,7 +151,7 @@ def test_route_takes_free_planes_with_norm_input(monkeypatch):
         return recorder.calls
 
     assert calls(True, True, True) == [("x_planes",), ("wo_planes_gemv", 0)]
-    for args in ((False, True, True), (True, False, True), (True, True, False)):
+    for args in ((False, True, True), (True, False, True), (True, True, False), (True, True, True, False)):
         assert calls(*args) == [("wo_gemv", 2)], args
 
 
