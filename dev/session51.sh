@@ -1,35 +1,27 @@
 #!/usr/bin/env bash
-# The next session's device calls (prepared in sessions 50-51; nvidia-h200, carry [".gpu/w8a8", ".gpu/ext"]; on a
-# fresh development machine `bash dev/prebuild_sm90.sh` and `bash dev/prebuild_ext.sh` first). Back to back: a
-# machine idle for 30 s is given back. Sessions 49-50 got only H100s; session 51 got none (loans paused). Session 50
-# turned the rotary-and-write attention on in `qtool bench`, on the kernel from batch 16 (kernels/attention.py
-# ROPE_MIN_BATCH; batch 16 +3.7%, batch 1 -1% on the kernel, so PyTorch ops there), and added dev/step_ab.py:
-# variants of one quantized model timed in one process.
-#   call 1: bash dev/session51.sh ropetests ropeprobe e2e   (~4 min, +4 on an H200: the rotary-and-write kernel's
-#           staging reordered in session 50 (copies issued before the slot is read: the batch-1 loss's suspect), its
-#           GPU tests, compute-sanitizer and probe again; e2e only on an H200, where issue 19's 8B goals are judged)
-#   call 2: bash dev/session51.sh normtests normab          (~7 min, session 51's two levers for batches 1-8: (a) the
-#           decoder layer's residual add, RMSNorm and the GEMV's x_planes as one kernel (csrc/norm_planes.cu) through
-#           an Inductor graph pass (kernels/norm_planes.py, QTOOL_NORM_PLANES / int8_planes.NORM_PLANES): 64 launches
-#           fewer per 8B step and q/k/v on the planes GEMV at one token; (b) gate/up rows interleaved by 8 so the
-#           planes GEMV writes silu(gate) * up (QTOOL_GATED_EPILOGUE, qtool_kernels/mlp.py): 32 silu_mul launches
-#           fewer. The tests of both, sanitizer, then main / norm-planes at batches 1, 4, 8 alternated
-#           (dev/step_ab.py). Default on whatever wins (int8_planes.NORM_PLANES, mlp.GATED_EPILOGUE))
-#   call 3: bash dev/session51.sh gatedab wosplitab         (~9 min: (b) with and without (a) in a process of its
-#           own (interleaving happens when the MLPs are fused): compare with normab's rows, each beside its bf16.
-#           Then batch 16: wo_gemm, which runs q/k/v, o and down there, launches 3 kernels per call (at::zeros of its
-#           split-K sums, the GEMM, finish_split_k): 97 ATen fills and 96 finish kernels per step in session 50's
-#           profile. The split tests, then the step with kept sums (QTOOL_WO_SPLIT=kept: no fill), fused (kept sums,
-#           the last split finishing, one launch), fused with PDL (QTOOL_WO_GEMM_PDL=1; the ordered splits and PDL
-#           lost at the layer in session 46, never timed in the model), alternated in one process (the switches
-#           reloaded per variant: build.reload_switches, session 51))
-#   call 4: bash dev/session51.sh ropebatch                  (~7 min: off / kernel from 16 / kernel from 1 at batches
+# The device calls prepared in sessions 50-51 (nvidia-h200, carry [".gpu/w8a8", ".gpu/ext"]; on a fresh development
+# machine `bash dev/prebuild_sm90.sh` and `bash dev/prebuild_ext.sh` first). Back to back: a machine idle for 30 s is
+# given back. Sessions 49-51 got only H100s. Session 51 ran `ropetests normtests`, `normab` and `gatedab` on an H100
+# (BENCHMARKS.md "H100, 2026-12-05 session 51"): the norm_planes pass and the gated planes epilogue won at batches
+# 1 / 4 / 8 (2.49x -> 2.65x at batch 1) and are on by default; the rope staging's tests and sanitizer passed.
+# Left, in priority order (each call within the 10-minute limit):
+#   call 1: bash dev/session51.sh e2e ropeprobe              (~8 min on an H200: issue 19's 8B goals judged there,
+#           now with both levers on; e2e is skipped on an H100, where session 51 measured the levers)
+#   call 2: bash dev/session51.sh wosplitab                  (~5 min at batch 16: wo_gemm, which runs q/k/v, o and
+#           down there, launches 3 kernels per call (at::zeros of its split-K sums, the GEMM, finish_split_k): 97 ATen
+#           fills and 96 finish kernels per step in session 50's profile. The split tests (session 51 saw the
+#           wo_gemm cases right, without CUTLASS), then kept sums (QTOOL_WO_SPLIT=kept: no fill), fused (kept sums,
+#           the last split finishing, one launch), fused with PDL (QTOOL_WO_GEMM_PDL=1), alternated in one process
+#           (the switches reloaded per variant: build.reload_switches). Make the winner the default (wo_gemm.cu))
+#   call 3: bash dev/session51.sh ropebatch                  (~7 min: off / kernel from 16 / kernel from 1 at batches
 #           1, 4, 16, 32, alternated twice in one process (dev/step_ab.py); also the first run of the foreach row
 #           count (rotary._advance). If the kernel mode wins at batch 1 too, set ROPE_MIN_BATCH (kernels/attention.py)
 #           to the smallest batch where it won)
+#   call 4: bash dev/session51.sh normab gatedab             (~9 min: session 51's two levers on the H200, each
+#           against itself off: main / NORM_PLANES=False in one process, then QTOOL_GATED_EPILOGUE=0 in another)
 #   call 5: bash dev/session51.sh downab profilerope         (~9 min: at batches 1 and 16, down at 9-16 tokens on
 #           wo_gemm against the GEMM the norm sweep picks, and Inductor's combo kernels; then the step's kernels
-#           with the mode on (decode_profile.py now takes bench.loop_cache))
+#           with the mode on (decode_profile.py takes bench.loop_cache))
 #   call 6: bash dev/session51.sh smallsweep                 (~4 min: the small shapes swept behind the norm, merged on
 #           the H200 only (copy $OUT/tuning.py back into kernels/tuning.py); widesweep after it if time is left)
 # The prebuilt extension in .gpu/ext is session 51's (stamp 81865394d23923771a4e: session 50's reordered rope staging
@@ -86,17 +78,16 @@ normtests() {  # session 51's norm_planes (csrc/norm_planes.cu) and its graph pa
     echo "exit $?"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|launches done" "/tmp/san_norm_$tool.txt" | tail -4
   done
 }
-normab() {  # the 8B step at 1-8 tokens with the residual add, RMSNorm and x_planes in one kernel (NORM_PLANES: q/k/v
-  # then takes the planes too), against main, alternated in one process
-  AB_TIMEOUT=${AB_TIMEOUT:-330} stepab normab 1,4,8 --variant main --variant norm-planes \
-    'qtool_kernels.int8_planes.NORM_PLANES=True'
+normab() {  # the 8B step at 1-8 tokens with and without the norm_planes pass (on by default since session 51: the
+  # residual add, RMSNorm and x_planes in one kernel; q/k/v on the planes at one token), alternated in one process
+  AB_TIMEOUT=${AB_TIMEOUT:-270} stepab normab 1,4,8 --variant main --variant no-norm-planes \
+    'qtool_kernels.int8_planes.NORM_PLANES=False'
 }
-gatedab() {  # the same A/B in a process whose gated MLPs are interleaved (QTOOL_GATED_EPILOGUE=1, session 51: the
-  # planes GEMV of gate/up writes silu(gate) * up from its epilogue, no silu_mul launch at 1-8 tokens); fused at model
-  # build, so a process of its own: compare its rows with normab's (each has its bf16 beside it)
-  (export QTOOL_GATED_EPILOGUE=1 AB_TIMEOUT=${AB_TIMEOUT:-270}; stepab gatedab 1,4,8 --variant gated \
-    --variant gated-norm-planes \
-    'qtool_kernels.int8_planes.NORM_PLANES=True')
+gatedab() {  # the same A/B in a process whose gated MLPs are halves (QTOOL_GATED_EPILOGUE=0; interleaved, the default
+  # since session 51, the planes GEMV of gate/up writes silu(gate) * up itself): interleaving happens when the MLPs
+  # are fused, so a process of its own; compare its rows with normab's (each has its bf16 beside it)
+  (export QTOOL_GATED_EPILOGUE=0 AB_TIMEOUT=${AB_TIMEOUT:-270}; stepab gatedab 1,4,8 --variant halves \
+    --variant halves-no-norm-planes 'qtool_kernels.int8_planes.NORM_PLANES=False')
 }
 downab() {  # down (14336 x 4096) at 9-16 tokens: wo_gemm (main) against the Hopper GEMM the norm sweep picked
   # and Inductor's combo kernels (independent small kernels launched as one: QTOOL_INDUCTOR_COMBO, new)
