@@ -188,3 +188,21 @@ def test_pass_rewrites_every_norm_of_a_fused_llama(monkeypatch):
         compiled, rewrites = _compiled(lambda t: model(t, use_cache=False).logits, ids)
     assert rewrites == 2 * model.config.num_hidden_layers
     assert float((compiled.float() - eager).norm() / eager.norm()) < 2e-2
+
+
+def test_bench_runs_on_without_the_pass_where_it_cannot_be_made(monkeypatch):
+    """A torch whose pattern API the pass cannot use: qtool bench's compile options leave it out with a warning that
+    says why, and the routes do not count the planes as free (no pass in use)."""
+    from qtool_kernels import build
+    from quantize import bench
+
+    def broken(*args, **kwargs):
+        raise TypeError("register_replacement() got an unexpected keyword argument 'scalar_workaround'")
+
+    monkeypatch.setattr(build, "loaded", lambda: True)
+    monkeypatch.setattr(norm_planes, "make_pass", broken)
+    monkeypatch.setattr(norm_planes, "IN_USE", [False])
+    with pytest.warns(RuntimeWarning, match="norm_planes graph pass is off: TypeError"):
+        options = bench.decode_compile_options()
+    assert "post_grad_custom_pre_pass" not in options and not norm_planes.IN_USE[0]
+
