@@ -11,9 +11,11 @@ the product itself (`QuantLinear.forward_gated`): in its GEMV's epilogue at up t
 tokens (per-channel int8 and E4M3 codes, `scaled_mm.SWIGLU_CODES`), so a batch-1 decode step has one kernel fewer
 per block. With QTOOL_GATED_PLANES=1 (unmeasured, off) a weight-only down layer that runs the int8 planes pair takes
 the planes of the product straight from the gate/up output (qtool_kernels/gated_planes.py), without `silu_mul`.
-With QTOOL_GATED_EPILOGUE=1 (qtool_kernels/mlp.py, unmeasured, off) a weight-only gate/up layer's rows are
-interleaved by 8 when fused (`interleave_gate_up`), so the int8-planes GEMV writes silu(gate) * up from its epilogue
-(1-8 tokens of 4-bit weights on the 8B) and other kernels' outputs go through `silu_mul`'s interleaved form.
+By default (qtool_kernels/mlp.py GATED_EPILOGUE, measured in session 51; QTOOL_GATED_EPILOGUE=0: off) a weight-only
+gate/up layer's rows are interleaved by 8 when fused (`interleave_gate_up`), so the int8-planes GEMV writes
+silu(gate) * up from its epilogue (1-8 tokens of 4-bit weights on the 8B) and other kernels' outputs go through
+`silu_mul`'s interleaved form. The two opt-in A/B knobs that read the halves (QTOOL_GATED_PLANES,
+QTOOL_FUSED_PLANES) keep the halves when set.
 
 Which modules: the classes of `GATED_MLPS` (architecture knowledge as data: their projection names) whose
 activation is SiLU and whose gate and up projections can run as one layer (`fusion.incompatibility`). Like
@@ -27,7 +29,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from qtool_kernels import gated_planes
+from qtool_kernels import gated_planes, int8_planes
 from qtool_kernels.layout import PackedWeight
 from qtool_kernels.mlp import GATED_EPILOGUE, silu_mul
 from qtool_kernels.reference import silu_mul as reference_silu_mul  # [..., 2I] -> [..., I], rounded once
@@ -112,7 +114,8 @@ def interleave_gate_up(layer: QuantLinear) -> bool:
 def _interleaved_product(layer: QuantLinear, x: torch.Tensor) -> torch.Tensor:
     """silu(gate) * up [..., I] of an interleaved gate / up layer: the CUDA kernels (the planes GEMV's epilogue where
     the planes run) or the layer's forward and the reference."""
-    if x.is_cuda and not (x.requires_grad and torch.is_grad_enabled()) and (y := cuda_linear(layer, x, True)) is not None:
+    needs_grad = x.requires_grad and torch.is_grad_enabled()  # (the CUDA kernels have no backward)
+    if x.is_cuda and not needs_grad and (y := cuda_linear(layer, x, gated=True)) is not None:
         return y
     return silu_mul(layer(x), interleaved=True)
 
@@ -139,7 +142,8 @@ def fuse_mlps(model: nn.Module) -> int:
                 layer.planes_fuse = True
         if isinstance(gate_up, QuantLinear):
             gate_up.norm_input = True
-        interleaved = GATED_EPILOGUE and isinstance(gate_up, QuantLinear) and interleave_gate_up(gate_up)
+        halves = gated_planes.GATED_PLANES or int8_planes.FUSED_PLANES  # their paths read [gate | up]
+        interleaved = GATED_EPILOGUE and not halves and isinstance(gate_up, QuantLinear) and interleave_gate_up(gate_up)
         set_submodule(model, name, GatedMLP(gate_up, down, interleaved))
         count += 1
     return count

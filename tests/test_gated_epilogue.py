@@ -56,6 +56,20 @@ def test_interleaved_mlp_matches_halves(scheme, monkeypatch):
         torch.testing.assert_close(interleaved(ids).logits, halves(ids).logits, rtol=1e-5, atol=1e-5)
 
 
+def test_halves_kept_for_the_knobs_that_read_them(monkeypatch):
+    """QTOOL_GATED_PLANES / QTOOL_FUSED_PLANES read [gate | up]: with either set, fuse_mlps keeps the halves."""
+    from qtool_kernels import gated_planes, int8_planes
+
+    model = _tiny_mlp("w8a16")
+    monkeypatch.setattr(gated_mlp, "GATED_EPILOGUE", True)
+    for module, name in ((gated_planes, "GATED_PLANES"), (int8_planes, "FUSED_PLANES")):
+        fused = copy.deepcopy(model)
+        monkeypatch.setattr(module, name, True)
+        gated_mlp.fuse_mlps(fused)
+        monkeypatch.setattr(module, name, False)
+        assert not any(m.interleaved for m in fused.modules() if isinstance(m, gated_mlp.GatedMLP)), name
+
+
 def test_interleave_refuses_what_it_cannot_reorder():
     """A W8A8 layer (its own SwiGLU epilogue reads halves) stays as it was."""
     model = _tiny_mlp("w8a8-int8")
