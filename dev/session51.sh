@@ -65,6 +65,12 @@ wosplitab() {  # wo_gemm's split-K without the per-call at::zeros (kept sums, se
     --variant fused 'os.environ["QTOOL_WO_SPLIT"]="fused"' \
     --variant fused-pdl 'os.environ["QTOOL_WO_SPLIT"]="fused"' 'os.environ["QTOOL_WO_GEMM_PDL"]="1"'
 }
+h200ab() {  # session 52's one-call plan: the 8B step at batches 1 and 16 against bf16 (issue 19's goals, both of
+  # session 51's levers on) with wo_gemm's split-K as shipped, fused and kept, alternated in one process
+  AB_TIMEOUT=${AB_TIMEOUT:-540} stepab h200ab 1,16 --variant main \
+    --variant fused 'os.environ["QTOOL_WO_SPLIT"]="fused"' \
+    --variant kept 'os.environ["QTOOL_WO_SPLIT"]="kept"'
+}
 normtests() {  # session 51's norm_planes (csrc/norm_planes.cu) and its graph pass (kernels/norm_planes.py): GPU tests,
   # compute-sanitizer, and the CPU tests of the pass on the device's torch
   step "norm_planes: GPU tests (tests/test_norm_planes_gpu.py tests/test_norm_planes.py)"
@@ -96,5 +102,7 @@ downab() {  # down (14336 x 4096) at 9-16 tokens: wo_gemm (main) against the Hop
     'qtool_kernels.tuning.MIXED[(4, 14336, 4096)][16]="k128 t16 v0 s0"' \
     --variant combo 'quantize.bench.INDUCTOR_COMBO=True'
 }
-for stage in "$@"; do "$stage"; done
-step "done"
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then  # dev/session52.sh sources this file for its functions
+  for stage in "$@"; do "$stage"; done
+  step "done"
+fi
