@@ -4,15 +4,14 @@
 # given back. Sessions 49-51 got only H100s. Session 51 ran `ropetests normtests`, `normab` and `gatedab` on an H100
 # (BENCHMARKS.md "H100, 2026-12-05 session 51"): the norm_planes pass and the gated planes epilogue won at batches
 # 1 / 4 / 8 (2.49x -> 2.65x at batch 1) and are on by default; the rope staging's tests and sanitizer passed.
-# Left, in priority order (each call within the 10-minute limit):
+# Session 52 got one H100 call (`h200ab`: wo_gemm's kept split sums won at batch 16 and are the default now; fused
+# lost 15%). Left, in priority order (each call within the 10-minute limit; wosplitab is done):
+#   call 0: bash dev/session51.sh b16check                   (~5 min, any card: batch 16 under qtool bench, with and
+#           without the interleaved gate/up, against session 50's 2.15x (H100))
 #   call 1: bash dev/session51.sh e2e ropeprobe              (~8 min on an H200: issue 19's 8B goals judged there,
 #           now with both levers on; e2e is skipped on an H100, where session 51 measured the levers)
-#   call 2: bash dev/session51.sh wosplitab                  (~5 min at batch 16: wo_gemm, which runs q/k/v, o and
-#           down there, launches 3 kernels per call (at::zeros of its split-K sums, the GEMM, finish_split_k): 97 ATen
-#           fills and 96 finish kernels per step in session 50's profile. The split tests (session 51 saw the
-#           wo_gemm cases right, without CUTLASS), then kept sums (QTOOL_WO_SPLIT=kept: no fill), fused (kept sums,
-#           the last split finishing, one launch), fused with PDL (QTOOL_WO_GEMM_PDL=1), alternated in one process
-#           (the switches reloaded per variant: build.reload_switches). Make the winner the default (wo_gemm.cu))
+#   call 2: bash dev/session51.sh splittests ropebatch       (~9 min: every split-K test under session 52's new
+#           default, wo_gemm's kept sums, and each knob; then ropebatch, call 3 below)
 #   call 3: bash dev/session51.sh ropebatch                  (~7 min: off / kernel from 16 / kernel from 1 at batches
 #           1, 4, 16, 32, alternated twice in one process (dev/step_ab.py); also the first run of the foreach row
 #           count (rotary._advance). If the kernel mode wins at batch 1 too, set ROPE_MIN_BATCH (kernels/attention.py)
@@ -24,10 +23,10 @@
 #           with the mode on (decode_profile.py takes bench.loop_cache))
 #   call 6: bash dev/session51.sh smallsweep                 (~4 min: the small shapes swept behind the norm, merged on
 #           the H200 only (copy $OUT/tuning.py back into kernels/tuning.py); widesweep after it if time is left)
-# The prebuilt extension in .gpu/ext is session 51's (stamp 81865394d23923771a4e: session 50's reordered rope staging
-# and wo_gemm's kept / fused split-K, session 51's norm_planes, gated planes epilogue and reload_switches); rebuild
-# it (`bash dev/prebuild_ext.sh`) after any kernels/csrc change. In priority order: 30 device minutes reach about
-# four or five of these calls.
+# The prebuilt extension in .gpu/ext is session 52's (stamp 90877339d7410f9479b2: session 50's reordered rope staging
+# and wo_gemm's kept (the default since session 52) / fused split-K, session 51's norm_planes, gated planes epilogue
+# and reload_switches); rebuild it (`bash dev/prebuild_ext.sh`) after any kernels/csrc change. In priority order: 30
+# device minutes reach about four or five of these calls.
 cd "$(dirname "$0")/.."
 LOG=session51.log
 source dev/gpu_setup.sh
@@ -64,6 +63,16 @@ wosplitab() {  # wo_gemm's split-K without the per-call at::zeros (kept sums, se
     --variant kept 'os.environ["QTOOL_WO_SPLIT"]="kept"' \
     --variant fused 'os.environ["QTOOL_WO_SPLIT"]="fused"' \
     --variant fused-pdl 'os.environ["QTOOL_WO_SPLIT"]="fused"' 'os.environ["QTOOL_WO_GEMM_PDL"]="1"'
+}
+splittests() {  # tests/test_split_locks_gpu.py whole: each knob in a child process, the default now kept sums
+  step "split-K tests under every knob (tests/test_split_locks_gpu.py)"
+  timeout -k 10 "${SPLIT_TIMEOUT:-300}" python3 -m pytest -q tests/test_split_locks_gpu.py > /tmp/splitall.txt 2>&1
+  echo "exit $?"; tail -5 /tmp/splitall.txt
+}
+b16check() {  # batch 16 as session 50 measured it (qtool bench, prefill 128): default, then with the gate/up halves
+  # (QTOOL_GATED_EPILOGUE=0: silu_mul's plain form); session 52's step_ab had batch 16 at 2.05-2.07x (prefill 16)
+  E2E_TIMEOUT=${E2E_TIMEOUT:-200} bench8b "-b16" w4a16 16 128 10
+  QTOOL_GATED_EPILOGUE=0 E2E_TIMEOUT=${E2E_TIMEOUT:-200} bench8b "-b16-halves" w4a16 16 128 10
 }
 h200ab() {  # session 52's one-call plan: the 8B step at batches 1 and 16 against bf16 (issue 19's goals, both of
   # session 51's levers on) with wo_gemm's split-K as shipped, fused and kept, alternated in one process

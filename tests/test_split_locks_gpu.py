@@ -1,8 +1,8 @@
 """Split-K reductions under each setting of their knobs: the Hopper GEMMs' (csrc/sm90/sm90_scheduler.cuh:
 QTOOL_GEMM_SPLIT_ADD=ordered, the default since session 43, or chain / any; QTOOL_GEMM_LOCKS=keep, flags kept zeroed
 between launches, no memset per call, under chain / any) and wo_gemm's (QTOOL_WO_SPLIT=ordered: partials in slots,
-the last split adds them, one launch; =kept: the atomic adds into sums kept zero between launches; =fused: those,
-and the last split of a tile finishes it). The knobs are read once per process, so each setting runs in a child
+the last split adds them, one launch; =kept, the default since session 52: the atomic adds into sums kept zero
+between launches; =atomic: into sums zeroed per call; =fused: kept sums, and the last split of a tile finishes it). The knobs are read once per process, so each setting runs in a child
 process (this file run as a script), with a time limit: a flag or counter left non-zero by one launch would hang (or
 corrupt) the next one.
 
@@ -29,13 +29,14 @@ import torch
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 SETTINGS = {
-    "default": {},  # the Hopper libraries' ordered adds (session 43), wo_gemm's atomic adds
+    "default": {},  # the Hopper libraries' ordered adds (session 43), wo_gemm's atomic adds into kept sums
+    "wo-atomic": {"QTOOL_WO_SPLIT": "atomic"},  # wo_gemm's atomic adds into sums zeroed per call (before session 52)
     "chain": {"QTOOL_GEMM_SPLIT_ADD": "chain"},
     "chain-keep": {"QTOOL_GEMM_SPLIT_ADD": "chain", "QTOOL_GEMM_LOCKS": "keep"},
     "keep-any": {"QTOOL_GEMM_LOCKS": "keep", "QTOOL_GEMM_SPLIT_ADD": "any"},
     "ordered": {"QTOOL_GEMM_SPLIT_ADD": "ordered", "QTOOL_WO_SPLIT": "ordered"},
-    # wo_gemm's atomic adds into kept sums that finish_split_k leaves zero (no at::zeros per call), plain and
-    # under PDL (session 50's A/B knobs)
+    # wo_gemm's atomic adds into kept sums that finish_split_k leaves zero (no at::zeros per call: the default),
+    # named and under PDL (session 50's A/B knobs)
     "wo-kept": {"QTOOL_WO_SPLIT": "kept"},
     "wo-kept-pdl": {"QTOOL_WO_SPLIT": "kept", "QTOOL_WO_GEMM_PDL": "1"},
     # ... and the last split of each tile finishing it (one launch, atomic adds)
@@ -179,7 +180,7 @@ def child() -> None:
     cutlass = (env("QTOOL_GEMM_SPLIT_ADD") != "any", env("QTOOL_GEMM_LOCKS") == "keep" or ordered)
     mode = env("QTOOL_WO_SPLIT")
     wo = (mode == "ordered", mode in ("ordered", "fused"))  # (fixed order, one launch)
-    kept = mode in ("ordered", "kept", "fused")  # no at::zeros before wo_gemm's launch
+    kept = mode != "atomic"  # no at::zeros before wo_gemm's launch (kept sums unless QTOOL_WO_SPLIT=atomic)
     cases = ([(c, (*cutlass, cutlass[1])) for c in [*_mixed_cases(), *_w8a8_cases()]]
              + [(c, (*wo, kept)) for c in _wo_gemm_cases()])
     for (name, outs, ref, launches), (fixed, single, no_fill) in cases:
@@ -215,9 +216,9 @@ def test_wo_switches_reload_in_process(kernels, monkeypatch):
     from qtool_kernels import build
 
     before = os.environ.get("QTOOL_WO_SPLIT")
-    # (setting, kernels of one eager call, ATen fills): the default's fill, GEMM and finish; kept: no fill; fused:
-    # the GEMM alone; then the default again
-    expected = [("", 3, 1), ("fused", 1, 0), ("kept", 2, 0), ("", 3, 1)]
+    # (setting, kernels of one eager call, ATen fills): the default (kept sums) GEMM and finish; atomic: a fill, the
+    # GEMM and the finish; fused: the GEMM alone; then the default again
+    expected = [("", 2, 0), ("atomic", 3, 1), ("fused", 1, 0), ("kept", 2, 0), ("", 2, 0)]
     try:
         for mode, launches, fills in expected:
             monkeypatch.setenv("QTOOL_WO_SPLIT", mode)

@@ -357,11 +357,14 @@ int wo_gemm_splits(const WoProblem& p, int num_sms) {
 
 // wo_gemm's two A/B switches, read from the environment on first use and again by reload_wo_switches (the op
 // qtool_cuda::reload_switches: dev/step_ab.py alternates them in one process, each variant recompiled and its
-// graphs captured again). QTOOL_WO_SPLIT: "" (atomic adds into at::zeros sums, then finish_split_k), "ordered"
-// (kept tile counters, slots added in split order by the last split: one launch), "kept" (atomic adds into kept
-// zeroed sums, then finish_split_k: no fill) or "fused" (kept sums and counters, the last split finishes: one
-// launch). QTOOL_WO_GEMM_PDL=1: launched with programmatic dependent launch, its first weights loaded before the
-// wait (pdl.cuh); only for weights no kernel writes while in use, which the A/Bs' prepared layers are.
+// graphs captured again). QTOOL_WO_SPLIT: "kept" or unset (atomic adds into kept zeroed sums, then
+// finish_split_k: no fill; the default since session 52, whose 8B step at batch 16 ran 1.3% faster with it on an
+// H100), "atomic" (atomic adds into at::zeros sums, then finish_split_k: a fill per call), "ordered" (kept tile
+// counters, slots added in split order by the last split: one launch) or "fused" (kept sums and counters, the last
+// split finishes: one launch; 15% slower at batch 16 in the same A/B). Kept sums are one buffer per device: two
+// streams must not run split wo_gemm calls at the same time (qtool runs its layers on one stream; the Hopper GEMMs'
+// kept flags ask the same). QTOOL_WO_GEMM_PDL=1: launched with programmatic dependent launch, its first weights
+// loaded before the wait (pdl.cuh); only for weights no kernel writes while in use, which the A/Bs' layers are.
 enum WoSplitMode : int { kSplitAtomic = 0, kSplitOrdered, kSplitKept, kSplitFused, kSplitUnread = -1 };
 static std::atomic<int> wo_split{kSplitUnread};
 static std::atomic<int> wo_pdl{-1};
@@ -372,8 +375,8 @@ static KeptCounters wo_sums(kKeptSums);  // the counters' class: zero int bits a
 static int read_split_mode() {
   const char* env = std::getenv("QTOOL_WO_SPLIT");
   const std::string mode = env != nullptr ? env : "";
-  return mode == "ordered" ? kSplitOrdered : mode == "kept" ? kSplitKept : mode == "fused" ? kSplitFused
-                                                                                           : kSplitAtomic;
+  return mode == "ordered" ? kSplitOrdered : mode == "atomic" ? kSplitAtomic : mode == "fused" ? kSplitFused
+                                                                                             : kSplitKept;
 }
 
 static int split_mode() {
