@@ -5,13 +5,14 @@
 # (BENCHMARKS.md "H100, 2026-12-05 session 51"): the norm_planes pass and the gated planes epilogue won at batches
 # 1 / 4 / 8 (2.49x -> 2.65x at batch 1) and are on by default; the rope staging's tests and sanitizer passed.
 # Session 52 got one H100 call (`h200ab`: wo_gemm's kept split sums won at batch 16 and are the default now; fused
-# lost 15%). Left, in priority order (each call within the 10-minute limit; wosplitab is done):
+# lost 15%). Left, in priority order (each call within the 10-minute limit; wosplitab is done, removed):
 #   call 0: bash dev/session51.sh b16check                   (~5 min, any card: batch 16 under qtool bench, with and
 #           without the interleaved gate/up, against session 50's 2.15x (H100))
 #   call 1: bash dev/session51.sh e2e ropeprobe              (~8 min on an H200: issue 19's 8B goals judged there,
 #           now with both levers on; e2e is skipped on an H100, where session 51 measured the levers)
-#   call 2: bash dev/session51.sh splittests ropebatch       (~9 min: every split-K test under session 52's new
-#           default, wo_gemm's kept sums, and each knob; then ropebatch, call 3 below)
+#   call 2: bash dev/session51.sh splittests h200ab          (~9 min: every split-K test under session 52's new
+#           default, wo_gemm's kept sums, and each knob; then a second round of kept against atomic at batches 1 / 16
+#           (session 52's was one round), on an H200 also issue 19's 8B ratios in step_ab's harness)
 #   call 3: bash dev/session51.sh ropebatch                  (~7 min: off / kernel from 16 / kernel from 1 at batches
 #           1, 4, 16, 32, alternated twice in one process (dev/step_ab.py); also the first run of the foreach row
 #           count (rotary._advance). If the kernel mode wins at batch 1 too, set ROPE_MIN_BATCH (kernels/attention.py)
@@ -51,19 +52,6 @@ ropebatch() {  # where the rotary-and-write kernel mode starts to pay
   stepab ropebatch 1,4,16,32 --variant from16 --variant from1 'qtool_kernels.attention.ROPE_MIN_BATCH=1' \
     --variant off 'quantize.rotary.ENABLED=False'
 }
-wosplitab() {  # wo_gemm's split-K without the per-call at::zeros (kept sums, session 50) or in one launch (fused),
-  # with and without PDL, alternated in the 8B step in one process (the extension reads QTOOL_WO_SPLIT and
-  # QTOOL_WO_GEMM_PDL again before each variant's compile: build.reload_switches, session 51); first the split tests
-  # of those settings and the in-process reload's test
-  step "split-K tests under each knob (tests/test_split_locks_gpu.py)"
-  timeout -k 10 200 python3 -m pytest -q tests/test_split_locks_gpu.py -k "wo-kept or wo-fused or reload" \
-    > /tmp/splittests.txt 2>&1
-  echo "exit $?"; tail -3 /tmp/splittests.txt
-  AB_TIMEOUT=${AB_TIMEOUT:-300} stepab wosplitab 16 --variant default \
-    --variant kept 'os.environ["QTOOL_WO_SPLIT"]="kept"' \
-    --variant fused 'os.environ["QTOOL_WO_SPLIT"]="fused"' \
-    --variant fused-pdl 'os.environ["QTOOL_WO_SPLIT"]="fused"' 'os.environ["QTOOL_WO_GEMM_PDL"]="1"'
-}
 splittests() {  # tests/test_split_locks_gpu.py whole: each knob in a child process, the default now kept sums
   step "split-K tests under every knob (tests/test_split_locks_gpu.py)"
   timeout -k 10 "${SPLIT_TIMEOUT:-300}" python3 -m pytest -q tests/test_split_locks_gpu.py > /tmp/splitall.txt 2>&1
@@ -74,11 +62,11 @@ b16check() {  # batch 16 as session 50 measured it (qtool bench, prefill 128): d
   E2E_TIMEOUT=${E2E_TIMEOUT:-200} bench8b "-b16" w4a16 16 128 10
   QTOOL_GATED_EPILOGUE=0 E2E_TIMEOUT=${E2E_TIMEOUT:-200} bench8b "-b16-halves" w4a16 16 128 10
 }
-h200ab() {  # session 52's one-call plan: the 8B step at batches 1 and 16 against bf16 (issue 19's goals, both of
-  # session 51's levers on) with wo_gemm's split-K as shipped, fused and kept, alternated in one process
+h200ab() {  # the 8B step at batches 1 and 16 against bf16 (issue 19's goals, session 51's levers on), wo_gemm's
+  # split-K as shipped (kept sums since session 52) against the per-call fill (atomic), alternated in one process.
+  # Session 52 ran it with `fused` too (15% slower at batch 16, dropped) and the then-default atomic as main
   AB_TIMEOUT=${AB_TIMEOUT:-540} stepab h200ab 1,16 --variant main \
-    --variant fused 'os.environ["QTOOL_WO_SPLIT"]="fused"' \
-    --variant kept 'os.environ["QTOOL_WO_SPLIT"]="kept"'
+    --variant atomic 'os.environ["QTOOL_WO_SPLIT"]="atomic"'
 }
 normtests() {  # session 51's norm_planes (csrc/norm_planes.cu) and its graph pass (kernels/norm_planes.py): GPU tests,
   # compute-sanitizer, and the CPU tests of the pass on the device's torch
@@ -111,7 +99,7 @@ downab() {  # down (14336 x 4096) at 9-16 tokens: wo_gemm (main) against the Hop
     'qtool_kernels.tuning.MIXED[(4, 14336, 4096)][16]="k128 t16 v0 s0"' \
     --variant combo 'quantize.bench.INDUCTOR_COMBO=True'
 }
-if [ "${BASH_SOURCE[0]}" = "$0" ]; then  # dev/session52.sh sources this file for its functions
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then  # run, not sourced (a later session's script may source it)
   for stage in "$@"; do "$stage"; done
   step "done"
 fi

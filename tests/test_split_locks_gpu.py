@@ -2,9 +2,9 @@
 QTOOL_GEMM_SPLIT_ADD=ordered, the default since session 43, or chain / any; QTOOL_GEMM_LOCKS=keep, flags kept zeroed
 between launches, no memset per call, under chain / any) and wo_gemm's (QTOOL_WO_SPLIT=ordered: partials in slots,
 the last split adds them, one launch; =kept, the default since session 52: the atomic adds into sums kept zero
-between launches; =atomic: into sums zeroed per call; =fused: kept sums, and the last split of a tile finishes it). The knobs are read once per process, so each setting runs in a child
-process (this file run as a script), with a time limit: a flag or counter left non-zero by one launch would hang (or
-corrupt) the next one.
+between launches; =atomic: into sums zeroed per call; =fused: kept sums, and the last split of a tile finishes it).
+The knobs are read once per process, so each setting runs in a child process (this file run as a script), with a time
+limit: a flag or counter left non-zero by one launch would hang (or corrupt) the next one.
 
 Each child runs, for the three Hopper libraries (mixed-input W4 / W8, W8A8 int8 / FP8, FP8 block), split-K with and
 without "big" splits (k tiles not divisible by the split count), stream-K and the automatic split, and wo_gemm at

@@ -37,7 +37,7 @@ def test_matches_float64(kernels):
 
 
 def test_split_inside_graph_capture(kernels):
-    """A split call captured in a CUDA graph (its workspace memset and finishing kernel inside the graph): replays
+    """A split call captured in a CUDA graph (its split sums and finishing kernel inside the graph): replays
     match an eager call."""
     qt, _, _ = random_qtensor(4, 128, True, False, 4096, 200, seed=3)
     p = pack_weight(qt.values, qt.scale, qt.zero_point, None, 4, 128)
