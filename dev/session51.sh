@@ -49,7 +49,7 @@ stepab() {  # stepab NAME BATCHES [--variant ...]: dev/step_ab.py, JSON to $OUT/
   echo "exit $?"; grep -E "^round|bf16:" "/tmp/$name.txt"; python3 dev/step_ab.py --show "$OUT/$name.json" | tail -12
 }
 ropebatch() {  # where the rotary-and-write kernel mode starts to pay
-  stepab ropebatch 1,4,16,32 --variant from16 --variant from1 'qtool_kernels.attention.ROPE_MIN_BATCH=1' \
+  stepab ropebatch "${ROPE_BATCHES:-1,4,16,32}" --variant from16 --variant from1 'qtool_kernels.attention.ROPE_MIN_BATCH=1' \
     --variant off 'quantize.rotary.ENABLED=False'
 }
 splittests() {  # tests/test_split_locks_gpu.py whole: each knob in a child process, the default now kept sums
