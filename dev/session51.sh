@@ -35,10 +35,17 @@ GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
 echo "device: $GPU"
 source dev/session50.sh  # its functions (profilerope, smallsweep, widesweep, bench8b's callers); e2e redefined below
 
-e2e() {  # the 8B W4A16 at batches 1 / 16 / 32, bf16 head, on the H200 only (the H100's were measured in session 50)
+e2e() {  # the 8B W4A16 at batches 1 / 16 / 32 (E2E_BATCHES), bf16 head, on the H200 only (session 50 measured the H100)
+  local b=${E2E_BATCHES:-1,16,32}
   case "$GPU" in
-    *H200*) E2E_TIMEOUT=${E2E_TIMEOUT:-300} bench8b "-b1-16-32" w4a16 1,16,32 128 18 ;;
+    *H200*) E2E_TIMEOUT=${E2E_TIMEOUT:-300} bench8b "-b${b//,/-}" w4a16 "$b" 128 18 ;;
     *) echo "e2e skipped: session 50 measured the H100 ($GPU)" ;;
+  esac
+}
+h200first() {  # session 53: issue 19's 8B goals at batches 1 / 16 where the card is an H200, else down's A/B
+  case "$GPU" in
+    *H200*) E2E_BATCHES=1,16 E2E_TIMEOUT=${E2E_TIMEOUT:-280} e2e ;;
+    *) AB_TIMEOUT=${AB_TIMEOUT:-280} downab ;;
   esac
 }
 stepab() {  # stepab NAME BATCHES [--variant ...]: dev/step_ab.py, JSON to $OUT/NAME.json
