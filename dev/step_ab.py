@@ -109,9 +109,12 @@ def fresh_compile_state() -> None:
         torch.cuda.empty_cache()
 
 
-def step_rates(model, batches: list[int], decode_tokens: int, device: str) -> dict[int, float]:
-    """Steady single-token step tokens/s per batch (bench_model's loop: compiled on CUDA, eager elsewhere)."""
-    result = bench_model(model, batch_sizes=batches, decode_tokens=decode_tokens, prefill_len=16, device=device)
+def step_rates(model, batches: list[int], decode_tokens: int, device: str, prefill_len: int = 16) -> dict[int, float]:
+    """Steady single-token step tokens/s per batch (bench_model's loop: compiled on CUDA, eager elsewhere), after a
+    prefill of prefill_len positions (16 by default: the A/Bs' own; `qtool bench`'s figures use 128, and the steps
+    attend over that many more positions: session 53 had batch 16 at 2.07x here, 2.17x there)."""
+    result = bench_model(model, batch_sizes=batches, decode_tokens=decode_tokens, prefill_len=prefill_len,
+                         device=device)
     return {d.batch_size: d.step_tokens_per_s or d.tokens_per_s for d in result.decode}
 
 
@@ -121,9 +124,10 @@ def run(args: argparse.Namespace, console: Console) -> dict:
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
     model = random_model(args.config, dtype=dtype, device=args.device)
     figures = {"config": args.config, "scheme": args.scheme, "device": args.device, "rounds": args.rounds,
+               "prefill_len": args.prefill_len,
                "variants": {name: {"settings": [s.text for s in settings], "steps": {}} for name, settings in variants}}
     if args.baseline:
-        figures["bf16"] = step_rates(model, args.batches, args.decode_tokens, args.device)
+        figures["bf16"] = step_rates(model, args.batches, args.decode_tokens, args.device, args.prefill_len)
         console.print(f"bf16: {figures['bf16']}")
     quantize_model(model, bench_plan(args.scheme, args.lm_head_scheme), device=args.device, progress=False)
     figures["fused"] = _fuse(model, (True, False), f"{args.config} {args.scheme}")
@@ -134,7 +138,7 @@ def run(args: argparse.Namespace, console: Console) -> dict:
             rewrites = norm_planes.REWRITES[0]
             try:
                 fresh_compile_state()
-                rates = step_rates(model, args.batches, args.decode_tokens, args.device)
+                rates = step_rates(model, args.batches, args.decode_tokens, args.device, args.prefill_len)
             finally:
                 for setting in reversed(settings):
                     setting.undo()
@@ -179,6 +183,7 @@ def main() -> None:
     parser.add_argument("--lm-head-scheme", default=None, help="quantize lm_head with this preset too")
     parser.add_argument("--batches", default="1,16")
     parser.add_argument("--decode-tokens", type=int, default=32)
+    parser.add_argument("--prefill-len", type=int, default=16, help="positions before the steps (qtool bench: 128)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--variant", nargs="+", action="append", metavar=("NAME", "SETTING"))
     parser.add_argument("--no-baseline", dest="baseline", action="store_false")
