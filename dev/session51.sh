@@ -5,25 +5,18 @@
 # (BENCHMARKS.md "H100, 2026-12-05 session 51"): the norm_planes pass and the gated planes epilogue won at batches
 # 1 / 4 / 8 (2.49x -> 2.65x at batch 1) and are on by default; the rope staging's tests and sanitizer passed.
 # Session 52 got one H100 call (`h200ab`: wo_gemm's kept split sums won at batch 16 and are the default now; fused
-# lost 15%). Left, in priority order (each call within the 10-minute limit; wosplitab is done, removed):
-#   call 0: bash dev/session51.sh b16check                   (~5 min, any card: batch 16 under qtool bench, with and
-#           without the interleaved gate/up, against session 50's 2.15x (H100))
-#   call 1: bash dev/session51.sh e2e ropeprobe              (~8 min on an H200: issue 19's 8B goals judged there,
-#           now with both levers on; e2e is skipped on an H100, where session 51 measured the levers)
-#   call 2: bash dev/session51.sh splittests h200ab          (~9 min: every split-K test under session 52's new
-#           default, wo_gemm's kept sums, and each knob; then a second round of kept against atomic at batches 1 / 16
-#           (session 52's was one round), on an H200 also issue 19's 8B ratios in step_ab's harness)
-#   call 3: bash dev/session51.sh ropebatch                  (~7 min: off / kernel from 16 / kernel from 1 at batches
-#           1, 4, 16, 32, alternated twice in one process (dev/step_ab.py); also the first run of the foreach row
-#           count (rotary._advance). If the kernel mode wins at batch 1 too, set ROPE_MIN_BATCH (kernels/attention.py)
-#           to the smallest batch where it won)
-#   call 4: bash dev/session51.sh normab gatedab             (~9 min: session 51's two levers on the H200, each
-#           against itself off: main / NORM_PLANES=False in one process, then QTOOL_GATED_EPILOGUE=0 in another)
-#   call 5: bash dev/session51.sh downab profilerope         (~9 min: at batches 1 and 16, down at 9-16 tokens on
-#           wo_gemm against the GEMM the norm sweep picks, and Inductor's combo kernels; then the step's kernels
-#           with the mode on (decode_profile.py takes bench.loop_cache))
-#   call 6: bash dev/session51.sh smallsweep                 (~4 min: the small shapes swept behind the norm, merged on
-#           the H200 only (copy $OUT/tuning.py back into kernels/tuning.py); widesweep after it if time is left)
+# lost 15%). Session 53 (H100s only) ran `b16check` (2.17x under qtool bench: no regression), `splittests` (13
+# passed), `ropebatch` (the kernel mode from batch 1 lost 0.3-0.6% at batches 1 / 4: the threshold stays 16) and
+# one round of `downab` (down on the Hopper GEMM +0.6% at batch 16: level, the route stays). Left, in priority order
+# (each call within the 10-minute limit):
+#   call 1: bash dev/session51.sh h200first                  (~5 min: on an H200 issue 19's 8B goals at batches 1 / 16
+#           with every lever of sessions 50-53 on; on an H100 Inductor's combo kernels against main (comboab))
+#   call 2: bash dev/session51.sh normab gatedab             (~9 min, H200: session 51's two levers, each against
+#           itself off: main / NORM_PLANES=False in one process, then QTOOL_GATED_EPILOGUE=0 in another)
+#   call 3: bash dev/session51.sh smallsweep                 (~4 min, H200 only for the merge: the small shapes swept
+#           behind the norm, W4 4096 x 4096 at 4096 tokens (the 0.88x cell) among them; copy $OUT/tuning.py back
+#           into kernels/tuning.py); widesweep after it if time is left
+#   call 4: bash dev/session51.sh profilerope                (~5 min, any card: the step's kernels at batches 1 / 16)
 # The prebuilt extension in .gpu/ext is session 52's (stamp 90877339d7410f9479b2: session 50's reordered rope staging
 # and wo_gemm's kept (the default since session 52) / fused split-K, session 51's norm_planes, gated planes epilogue
 # and reload_switches); rebuild it (`bash dev/prebuild_ext.sh`) after any kernels/csrc change. In priority order: 30
@@ -42,10 +35,10 @@ e2e() {  # the 8B W4A16 at batches 1 / 16 / 32 (E2E_BATCHES), bf16 head, on the 
     *) echo "e2e skipped: session 50 measured the H100 ($GPU)" ;;
   esac
 }
-h200first() {  # session 53: issue 19's 8B goals at batches 1 / 16 where the card is an H200, else down's A/B
+h200first() {  # issue 19's 8B goals at batches 1 / 16 where the card is an H200, else the combo kernels' A/B
   case "$GPU" in
     *H200*) E2E_BATCHES=1,16 E2E_TIMEOUT=${E2E_TIMEOUT:-280} e2e ;;
-    *) AB_TIMEOUT=${AB_TIMEOUT:-280} downab ;;
+    *) AB_TIMEOUT=${AB_TIMEOUT:-280} comboab ;;
   esac
 }
 stepab() {  # stepab NAME BATCHES [--variant ...]: dev/step_ab.py, JSON to $OUT/NAME.json
@@ -105,6 +98,10 @@ downab() {  # down (14336 x 4096) at 9-16 tokens: wo_gemm (main) against the Hop
     'qtool_kernels.tuning.MIXED[(4, 14336, 4096)][9]="k128 t16 v0 s0"' \
     'qtool_kernels.tuning.MIXED[(4, 14336, 4096)][16]="k128 t16 v0 s0"' \
     --variant combo 'quantize.bench.INDUCTOR_COMBO=True'
+}
+comboab() {  # Inductor's combo kernels (independent small kernels launched as one, QTOOL_INDUCTOR_COMBO) in the step;
+  # session 53's downab ran out of time before its combo variant
+  AB_TIMEOUT=${AB_TIMEOUT:-280} stepab comboab 1,16 --variant main --variant combo 'quantize.bench.INDUCTOR_COMBO=True'
 }
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then  # run, not sourced (a later session's script may source it)
   for stage in "$@"; do "$stage"; done
