@@ -49,8 +49,8 @@ stepab() {  # stepab NAME BATCHES [--variant ...]: dev/step_ab.py, JSON to $OUT/
   echo "exit $?"; grep -E "^round|bf16:" "/tmp/$name.txt"; python3 dev/step_ab.py --show "$OUT/$name.json" | tail -12
 }
 ropebatch() {  # where the rotary-and-write kernel mode starts to pay
-  stepab ropebatch "${ROPE_BATCHES:-1,4,16,32}" --variant from16 --variant from1 'qtool_kernels.attention.ROPE_MIN_BATCH=1' \
-    --variant off 'quantize.rotary.ENABLED=False'
+  stepab ropebatch "${ROPE_BATCHES:-1,4,16,32}" --variant from16 \
+    --variant from1 'qtool_kernels.attention.ROPE_MIN_BATCH=1' --variant off 'quantize.rotary.ENABLED=False'
 }
 splittests() {  # tests/test_split_locks_gpu.py whole: each knob in a child process, the default now kept sums
   step "split-K tests under every knob (tests/test_split_locks_gpu.py)"
@@ -93,14 +93,12 @@ gatedab() {  # the same A/B in a process whose gated MLPs are halves (QTOOL_GATE
     --variant halves-no-norm-planes 'qtool_kernels.int8_planes.NORM_PLANES=False')
 }
 downab() {  # down (14336 x 4096) at 9-16 tokens: wo_gemm (main) against the Hopper GEMM the norm sweep picked
-  # and Inductor's combo kernels (independent small kernels launched as one: QTOOL_INDUCTOR_COMBO, new)
   AB_TIMEOUT=${AB_TIMEOUT:-300} stepab downab 1,16 --variant main --variant down-gemm \
     'qtool_kernels.tuning.MIXED[(4, 14336, 4096)][9]="k128 t16 v0 s0"' \
-    'qtool_kernels.tuning.MIXED[(4, 14336, 4096)][16]="k128 t16 v0 s0"' \
-    --variant combo 'quantize.bench.INDUCTOR_COMBO=True'
+    'qtool_kernels.tuning.MIXED[(4, 14336, 4096)][16]="k128 t16 v0 s0"'
 }
-comboab() {  # Inductor's combo kernels (independent small kernels launched as one, QTOOL_INDUCTOR_COMBO) in the step;
-  # session 53's downab ran out of time before its combo variant
+comboab() {  # Inductor's combo kernels (independent small kernels launched as one, QTOOL_INDUCTOR_COMBO) in the step
+  # (session 53's downab carried them as a third variant and ran out of time before it)
   AB_TIMEOUT=${AB_TIMEOUT:-280} stepab comboab 1,16 --variant main --variant combo 'quantize.bench.INDUCTOR_COMBO=True'
 }
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then  # run, not sourced (a later session's script may source it)

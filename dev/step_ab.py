@@ -112,7 +112,7 @@ def fresh_compile_state() -> None:
 def step_rates(model, batches: list[int], decode_tokens: int, device: str, prefill_len: int = 16) -> dict[int, float]:
     """Steady single-token step tokens/s per batch (bench_model's loop: compiled on CUDA, eager elsewhere), after a
     prefill of prefill_len positions (16 by default: the A/Bs' own; `qtool bench`'s figures use 128, and the steps
-    attend over that many more positions: session 53 had batch 16 at 2.07x here, 2.17x there)."""
+    attend over that many more positions: session 52 had batch 16 at 2.07x here, session 53 2.17x there)."""
     result = bench_model(model, batch_sizes=batches, decode_tokens=decode_tokens, prefill_len=prefill_len,
                          device=device)
     return {d.batch_size: d.step_tokens_per_s or d.tokens_per_s for d in result.decode}
