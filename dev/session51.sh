@@ -7,16 +7,20 @@
 # Session 52 got one H100 call (`h200ab`: wo_gemm's kept split sums won at batch 16 and are the default now; fused
 # lost 15%). Session 53 (H100s only) ran `b16check` (2.17x under qtool bench: no regression), `splittests` (13
 # passed), `ropebatch` (the kernel mode from batch 1 lost 0.3-0.6% at batches 1 / 4: the threshold stays 16) and
-# one round of `downab` (down on the Hopper GEMM +0.6% at batch 16: level, the route stays). Left, in priority order
-# (each call within the 10-minute limit):
-#   call 1: bash dev/session51.sh h200first                  (~5 min: on an H200 issue 19's 8B goals at batches 1 / 16
-#           with every lever of sessions 50-53 on; on an H100 Inductor's combo kernels against main (comboab))
-#   call 2: bash dev/session51.sh normab gatedab             (~9 min, H200: session 51's two levers, each against
-#           itself off: main / NORM_PLANES=False in one process, then QTOOL_GATED_EPILOGUE=0 in another)
-#   call 3: bash dev/session51.sh smallsweep                 (~4 min, H200 only for the merge: the small shapes swept
+# one round of `downab` (down on the Hopper GEMM +0.6% at batch 16: level, the route stays). Session 54 (nine
+# refused starts, then one H100) ran `comboab` twice (Inductor's combo kernels: batch 1 407.3 -> 424.8 tokens/s,
+# batch 16 level; on by default since) and qtool bench at batch 1 with them (2.70x). Left, in priority order (each
+# call within the 10-minute limit):
+#   call 1: bash dev/session51.sh first55                    (~7 min: the combo kernels' GPU tests; on an H200 issue
+#           19's 8B goals at batches 1 / 16 with every lever of sessions 50-54 on; on an H100 batch 16 under qtool
+#           bench with the combo kernels)
+#   call 2: bash dev/session51.sh smallsweep                 (~4 min, H200 only for the merge: the small shapes swept
 #           behind the norm, W4 4096 x 4096 at 4096 tokens (the 0.88x cell) among them; copy $OUT/tuning.py back
-#           into kernels/tuning.py); widesweep after it if time is left
-#   call 4: bash dev/session51.sh profilerope                (~5 min, any card: the step's kernels at batches 1 / 16)
+#           into kernels/tuning.py at once, so that call 3 runs on the merged routes)
+#   call 3: bash dev/session51.sh wotable                    (~6 min: issue 19's whole table, the first since session
+#           48, on the merged routes)
+#   call 4: bash dev/session51.sh normab gatedab             (~9 min, H200: session 51's two levers, each against
+#           itself off); then profilerope (~5 min, any card: the step's kernels at batches 1 / 16)
 # The prebuilt extension in .gpu/ext is session 52's (stamp 90877339d7410f9479b2: session 50's reordered rope staging
 # and wo_gemm's kept (the default since session 52) / fused split-K, session 51's norm_planes, gated planes epilogue
 # and reload_switches); rebuild it (`bash dev/prebuild_ext.sh`) after any kernels/csrc change. In priority order: 30
@@ -97,9 +101,25 @@ downab() {  # down (14336 x 4096) at 9-16 tokens: wo_gemm (main) against the Hop
     'qtool_kernels.tuning.MIXED[(4, 14336, 4096)][9]="k128 t16 v0 s0"' \
     'qtool_kernels.tuning.MIXED[(4, 14336, 4096)][16]="k128 t16 v0 s0"'
 }
-comboab() {  # Inductor's combo kernels (independent small kernels launched as one, QTOOL_INDUCTOR_COMBO) in the step
-  # (session 53's downab carried them as a third variant and ran out of time before it)
-  AB_TIMEOUT=${AB_TIMEOUT:-280} stepab comboab 1,16 --variant main --variant combo 'quantize.bench.INDUCTOR_COMBO=True'
+comboab() {  # Inductor's combo kernels (independent small kernels launched as one) in the step: session 54 ran it
+  # (H100) with them off in main (batch 1 407.3 -> 424.8 tokens/s, batch 16 level); on by default since, so `no-combo`
+  AB_TIMEOUT=${AB_TIMEOUT:-280} stepab comboab 1,16 --variant main --variant no-combo \
+    'quantize.bench.INDUCTOR_COMBO=False'
+}
+combotests() {  # Inductor's combo kernels (on by default since session 54) and PDL, each against itself off: the decode
+  # step's logits on a fused 4-layer model, three schemes (tests/test_fusion.py)
+  step "decode step with Inductor's options against each off (tests/test_fusion.py -k inductor_options)"
+  timeout -k 10 "${COMBOTEST_TIMEOUT:-240}" python3 -m pytest -q tests/test_fusion.py -k inductor_options \
+    -p no:logging > /tmp/combotests.txt 2>&1
+  echo "exit $?"; tail -6 /tmp/combotests.txt
+}
+first55() {  # the next session's first call: the combo tests, then issue 19's 8B goals on an H200 (on an H100 batch
+  # 16 under qtool bench with the combo kernels: session 54 measured batch 1 there)
+  combotests
+  case "$GPU" in
+    *H200*) h200first ;;
+    *) E2E_TIMEOUT=${E2E_TIMEOUT:-200} bench8b "-b16-combo" w4a16 16 128 10 ;;
+  esac
 }
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then  # run, not sourced (a later session's script may source it)
   for stage in "$@"; do "$stage"; done

@@ -246,13 +246,15 @@ def test_fused_decode_on_cuda_graphs_matches_unfused():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("knob", ["pdl", "combo"])
 @pytest.mark.parametrize("name", ["w4a16", "w8a8-int8", "fp8"])
-def test_decode_with_inductor_pdl_matches_without(monkeypatch, name):
+def test_decode_with_inductor_options_matches_without(monkeypatch, name, knob):
     """qtool bench's decode step (bench.decode_compile_options: CUDA graphs, Inductor's kernels launched with
-    programmatic dependent launch, next to qtool's PDL kernels) gives the logits it gives with Inductor's kernels
-    launched plainly, on a fully fused 4-layer SmolLM2-shaped model (q/k/v, gate/up + SiLU-and-multiply, RMSNorm,
-    decode attention), steps fed fixed tokens. A missing wait in the chain of early launches would read another
-    step's activations. Not bit for bit: each compile autotunes Inductor's reductions anew, another block size sums
+    programmatic dependent launch next to qtool's PDL kernels, and Inductor's combo kernels) gives the logits it gives
+    with each of those two knobs off, on a fully fused 4-layer SmolLM2-shaped model (q/k/v, gate/up +
+    SiLU-and-multiply, RMSNorm, decode attention), steps fed fixed tokens. A missing wait in the chain of early
+    launches would read another step's activations; a combo kernel that mixed up its sub-kernels' buffers would
+    write one tensor's values into another. Not bit for bit: each compile autotunes Inductor's reductions anew, another block size sums
     in another order, and W8A8's activation codes round on the difference (session 24's first form of this test
     compared greedy tokens, and a near tie flipped a random model's token one step apart in two of three schemes)."""
     from quantize.attention import use_decode_attention
@@ -279,13 +281,16 @@ def test_decode_with_inductor_pdl_matches_without(monkeypatch, name):
         return torch.stack([compiled(prompt[:, i % 16:i % 16 + 1], torch.tensor([16 + i], device="cuda")).clone()
                             for i in range(24)])
 
+    from quantize import bench
+
     logits = {}
     with torch.no_grad():
-        for pdl in ("0", "1"):
-            monkeypatch.setenv("QTOOL_INDUCTOR_PDL", pdl)
+        for on in ("0", "1"):
+            monkeypatch.setenv("QTOOL_INDUCTOR_PDL", on if knob == "pdl" else "1")
+            monkeypatch.setattr(bench, "INDUCTOR_COMBO", on == "1" or knob != "combo")
             torch._dynamo.reset()
             compiled = torch.compile(step, options=decode_compile_options())
-            logits[pdl] = [decode(compiled) for _ in range(3)]  # warm-up, capture, replays
+            logits[on] = [decode(compiled) for _ in range(3)]  # warm-up, capture, replays
     # Bounds from the norms: activation codes that round the other way move the logits by a few percent (int8,
     # session 25: the largest by 2%; FP8, whose codes carry 3 mantissa bits, session 26: 3.2% of the norm over 24
     # steps); another step's activations would move all of them by ~100% (a difference as large as the logits).
