@@ -254,9 +254,11 @@ def test_decode_with_inductor_options_matches_without(monkeypatch, name, knob):
     with each of those two knobs off, on a fully fused 4-layer SmolLM2-shaped model (q/k/v, gate/up +
     SiLU-and-multiply, RMSNorm, decode attention), steps fed fixed tokens. A missing wait in the chain of early
     launches would read another step's activations; a combo kernel that mixed up its sub-kernels' buffers would
-    write one tensor's values into another. Not bit for bit: each compile autotunes Inductor's reductions anew, another block size sums
-    in another order, and W8A8's activation codes round on the difference (session 24's first form of this test
-    compared greedy tokens, and a near tie flipped a random model's token one step apart in two of three schemes)."""
+    write one tensor's values into another. Not bit for bit: each compile autotunes Inductor's reductions anew,
+    another block size sums in another order, and W8A8's activation codes round on the difference (session 24's
+    first form of this test compared greedy tokens, and a near tie flipped a random model's token one step apart in
+    two of three schemes)."""
+    from quantize import bench
     from quantize.attention import use_decode_attention
     from quantize.bench import decode_compile_options
     from quantize.shapes import SMOLLM2_135M
@@ -280,8 +282,6 @@ def test_decode_with_inductor_options_matches_without(monkeypatch, name, knob):
         step(prompt, torch.arange(16, device="cuda"))
         return torch.stack([compiled(prompt[:, i % 16:i % 16 + 1], torch.tensor([16 + i], device="cuda")).clone()
                             for i in range(24)])
-
-    from quantize import bench
 
     logits = {}
     with torch.no_grad():
