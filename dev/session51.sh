@@ -106,10 +106,10 @@ comboab() {  # Inductor's combo kernels (independent small kernels launched as o
   AB_TIMEOUT=${AB_TIMEOUT:-280} stepab comboab 1,16 --variant main --variant no-combo \
     'quantize.bench.INDUCTOR_COMBO=False'
 }
-combotests() {  # Inductor's combo kernels (on by default since session 54) and PDL, each against itself off: the decode
-  # step's logits on a fused 4-layer model, three schemes (tests/test_fusion.py)
-  step "decode step with Inductor's options against each off (tests/test_fusion.py -k inductor_options)"
-  timeout -k 10 "${COMBOTEST_TIMEOUT:-240}" python3 -m pytest -q tests/test_fusion.py -k inductor_options \
+combotests() {  # Inductor's combo kernels (on by default since session 54) against them off: the decode step's logits
+  # on a fused 4-layer model, three schemes (tests/test_fusion.py; its PDL half passed in earlier sessions)
+  step "decode step with the combo kernels against without (tests/test_fusion.py -k 'inductor_options and combo')"
+  timeout -k 10 "${COMBOTEST_TIMEOUT:-240}" python3 -m pytest -q tests/test_fusion.py -k "inductor_options and combo" \
     -p no:logging > /tmp/combotests.txt 2>&1
   echo "exit $?"; tail -6 /tmp/combotests.txt
 }

@@ -268,10 +268,9 @@ def decode_compile_options() -> dict:
     graphs, and Inductor's Triton kernels launched with programmatic dependent launch on Hopper, so that they release
     the next grid (qtool's GEMVs, which load weights before waiting) after their first loads, not at their exit
     (session 24, H200, 8B W4A16 step: 2775 -> 2497 us; QTOOL_INDUCTOR_PDL=0: off). INDUCTOR_COMBO: Inductor's combo
-    kernels, independent small Inductor kernels of the step launched as one (session 54, H100,
-    8B W4A16 steps: batch 1 407.3 -> 424.8 tokens/s, batch 16 level; QTOOL_INDUCTOR_COMBO=0: off). NORM_PLANES
-    (qtool_kernels/int8_planes.py): the graph pass that folds the residual add, RMSNorm and x_planes into one of our
-    kernels (norm_planes.py)."""
+    kernels, the step's independent small kernels launched as one (session 54, H100, 8B W4A16 steps: batch 1 407.3
+    -> 424.8 tokens/s, batch 16 level; QTOOL_INDUCTOR_COMBO=0: off). NORM_PLANES (qtool_kernels/int8_planes.py): the
+    graph pass that folds the residual add, RMSNorm and x_planes into one of our kernels (norm_planes.py)."""
     import torch._inductor.config as inductor_config
 
     from qtool_kernels import build, int8_planes, norm_planes
