@@ -4,8 +4,9 @@
 
 Protocol (issue 18): for every (scheme, K x N, M), one QuantLinear per weight copy, copies rotated so
 that together they exceed the L2 many times (weights stream from HBM); 20 calls captured in one CUDA
-graph, the median of 20 replays, per call. bf16 F.linear is timed the same way in the same run;
-speedup = bf16 time / qtool time. Anchors timed beside ours, with the same protocol (torch's own
+graph, the median of 20 replays, per call. bf16 F.linear is timed the same way in the same run, every
+variant's graph replayed in turn (bench_kernels.interleaved_graph_ms: one after another, the GPU's clocks
+favoured whichever ran first); speedup = bf16 time / qtool time. Anchors timed beside ours, with the same protocol (torch's own
 building blocks, what a user could assemble without qtool):
   scaled_mm+compile  FP8 row-wise torch._scaled_mm with a torch.compile'd per-token quantization
   blockwise_gemm     F.scaled_mm block-wise (1x128 x 128x128) on pre-quantized activations (GEMM only)
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from bench_kernels import Rotation, graph_ms  # this folder is on sys.path when run as a script
+from bench_kernels import Rotation, graph_ms, interleaved_graph_ms  # on sys.path when run as a script
 
 from qtool_kernels import build, scaled_mm, sm90
 from qtool_kernels.scaled_mm import W8_GEMV_MAX_M
@@ -72,7 +73,7 @@ def _fp8_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def anchors(x: torch.Tensor, fp8: Rotation, fp8_scale: torch.Tensor, blocks: Rotation, block_scale: torch.Tensor,
             int8: Rotation, int8_scale: torch.Tensor) -> dict:
-    """Torch's own building blocks on the same weights (see module docstring)."""
+    """Torch's own building blocks on the same weights (see module docstring): name -> a call to time."""
     m, k = x.shape
     ws = fp8_scale.reshape(1, -1)
 
@@ -80,19 +81,19 @@ def anchors(x: torch.Tensor, fp8: Rotation, fp8_scale: torch.Tensor, blocks: Rot
         xq, s = _fp8_per_token(x)
         return torch._scaled_mm(xq, fp8().t(), scale_a=s, scale_b=ws, out_dtype=torch.bfloat16)
 
-    out = {"scaled_mm+compile": graph_us(fp8_rowwise)}
+    out = {"scaled_mm+compile": fp8_rowwise}
     if k % 512 == 0 and hasattr(F, "scaled_mm"):
         xq = x.to(torch.float8_e4m3fn)
         xs = torch.ones(m, k // 128, device=x.device)
-        out["blockwise_gemm"] = graph_us(lambda: scaled_mm.block_mm(xq, xs, blocks(), block_scale))
+        out["blockwise_gemm"] = lambda: scaled_mm.block_mm(xq, xs, blocks(), block_scale)
     # qtool's fused quantization feeding torch's GEMMs: where these beat the CUTLASS path, dispatch to them.
     fp8_scale_col, int8_scale_col = fp8_scale.reshape(-1, 1), int8_scale.reshape(-1, 1)
-    out["fp8_act_quant+scaled_mm"] = graph_us(lambda: scaled_mm.torch_scaled_mm(
-        *torch.ops.qtool_cuda.act_quant(x, "e4m3", 0, None), fp8(), fp8_scale_col, None, x.dtype))
-    out["int8_act_quant+int_mm"] = graph_us(lambda: scaled_mm.torch_scaled_mm(
-        *torch.ops.qtool_cuda.act_quant(x, "int8", 0, None), int8(), int8_scale_col, None, x.dtype))
+    out["fp8_act_quant+scaled_mm"] = lambda: scaled_mm.torch_scaled_mm(
+        *torch.ops.qtool_cuda.act_quant(x, "e4m3", 0, None), fp8(), fp8_scale_col, None, x.dtype)
+    out["int8_act_quant+int_mm"] = lambda: scaled_mm.torch_scaled_mm(
+        *torch.ops.qtool_cuda.act_quant(x, "int8", 0, None), int8(), int8_scale_col, None, x.dtype)
     xi = torch.randint(-127, 128, (max(m, 17), k), device=x.device, dtype=torch.int8)
-    out["int_mm_gemm"] = graph_us(lambda: torch._int_mm(xi, int8().t()))
+    out["int_mm_gemm"] = lambda: torch._int_mm(xi, int8().t())
     return out
 
 
@@ -109,16 +110,17 @@ def bench_shape(k: int, n: int, tokens: list[int], schemes: list[str]) -> list[d
     rows = []
     for m in tokens:
         x = torch.randn(m, k, device="cuda", generator=g, dtype=torch.bfloat16)
-        row = {"K": k, "N": n, "M": m, "bf16_us": graph_us(lambda x=x: F.linear(x, dense()))}
-        for name, rot in layers.items():
-            row[f"{name}_us"] = graph_us(lambda rot=rot, x=x: rot()(x))
+        calls = {"bf16": lambda x=x: F.linear(x, dense())}
+        calls.update({name: (lambda rot=rot, x=x: rot()(x)) for name, rot in layers.items()})
         if fp8_rows is not None and int8_rows is not None and block_items is not None:
             fp8_scale = layers["fp8"].items[0].weight_scale.reshape(-1).contiguous()
             bscale = block_items[0].weight_scale
             int8_scale = layers["w8a8-int8"].items[0].weight_scale.reshape(-1).contiguous()
-            for key, us in anchors(x, fp8_rows, fp8_scale, Rotation([b.weight for b in block_items]), bscale,
-                                   int8_rows, int8_scale).items():
-                row[f"{key}_us"] = us
+            calls.update(anchors(x, fp8_rows, fp8_scale, Rotation([b.weight for b in block_items]), bscale,
+                                 int8_rows, int8_scale))
+        # every variant's graph replayed in turn, so all see the same clocks (bench_kernels.interleaved_graph_ms)
+        times = interleaved_graph_ms(calls, reps=CALLS, replays=REPLAYS)
+        row = {"K": k, "N": n, "M": m, **{f"{key}_us": None if ms is None else ms * 1e3 for key, ms in times.items()}}
         for key in list(row):
             if key.endswith("_us") and key != "bf16_us" and row[key] and row["bf16_us"]:
                 row[key.replace("_us", "_x")] = row["bf16_us"] / row[key]
