@@ -83,6 +83,12 @@ wotable() {
     --json "$OUT/wo_table.json" > /tmp/wo_table.txt 2>&1
   echo "exit $?"; tail -70 /tmp/wo_table.txt
 }
+w8a8all() {  # issue 18's table: every W8A8 scheme, shape and M of the issue, torch's anchors beside them
+  step "W8A8: every scheme, shape and M"
+  timeout -k 15 "${W8A8_TIMEOUT:-300}" python3 benchmarks/bench_w8a8.py \
+    --tokens 1,2,4,8,16,32,64,128,256,512,1024,4096,8192 --json "$OUT/w8a8_table.json" > /tmp/w8a8_table.txt 2>&1
+  echo "exit $?"; tail -40 /tmp/w8a8_table.txt
+}
 asymtable() {  # issue 19 asks W4 g128 sym and asym: the asymmetric format alone (zero points per row and group)
   step "weight-only: W4 g128 asymmetric, every shape"
   timeout -k 15 "${ASYM_TIMEOUT:-200}" python3 benchmarks/bench_kernels.py \
