@@ -1,5 +1,6 @@
 """Every schedule of the Hopper mixed-input GEMM (ktile, token tile, row tiles / clusters, split) at each
-(format, shape, M), timed like benchmarks/bench_kernels.py (rotating weight copies, CUDA-graph replay) beside
+(format, shape, M), timed like benchmarks/bench_kernels.py (rotating weight copies, CUDA-graph replay, every
+variant's graph replayed in turn since session 55) beside
 bf16 F.linear, the dispatcher, wo_gemm and dequant + cuBLAS: the data kernels/tuning.py is written from.
 
     python3 dev/mixed_sweep.py --formats w4a16-g128 --tokens 64,128,256 --json sweep.json [--budget 250]
@@ -31,7 +32,15 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from bench_kernels import ASYMMETRIC, FORMATS, SHAPES, Rotation, copies_for, graph_ms, packed_copies  # noqa: E402
+from bench_kernels import (  # noqa: E402
+    ASYMMETRIC,
+    FORMATS,
+    SHAPES,
+    Rotation,
+    copies_for,
+    interleaved_graph_ms,
+    packed_copies,
+)
 
 from qtool_kernels import build, mixed_mm  # noqa: E402
 from qtool_kernels.layout import EPILOGUE  # noqa: E402
@@ -98,18 +107,22 @@ def time_cell(fmt: str, m: int, dense: Rotation, packed: Rotation, kernels, sms:
     x0 = torch.randn(m, p0.k_padded, device="cuda", dtype=torch.bfloat16)
     norm = add_rmsnorm(m, p0.k_padded) if after == "norm" else None
     x = (lambda: norm(x0)) if norm else (lambda: x0)
-    row = {"format": fmt, "K": k, "N": n, "M": m, "after": after, "pre": graph_ms(x) if norm else 0.0,
-           "bf16": graph_ms(lambda: F.linear(x(), dense())),
-           "auto": graph_ms(lambda: packed_linear(x(), packed(), None, kernels)), "kernels": {}}
+    calls = {"bf16": lambda: F.linear(x(), dense()), "auto": lambda: packed_linear(x(), packed(), None, kernels)}
+    if norm:
+        calls["pre"] = x
     if m <= 64:
-        row["kernels"]["wo_gemm"] = graph_ms(lambda: kernels.wo_gemm(
-            x(), packed().qweight, p0.scale, p0.zero, None, bits, p0.group_size, n, EPILOGUE))
+        calls["wo_gemm"] = lambda: kernels.wo_gemm(
+            x(), packed().qweight, p0.scale, p0.zero, None, bits, p0.group_size, n, EPILOGUE)
     if m >= 128:
-        row["kernels"]["dequant+cublas"] = graph_ms(lambda: F.linear(x(), kernels.dequant_int(
-            packed().qweight, p0.scale, p0.zero, bits, p0.group_size, n, x0.dtype)))
+        calls["dequant+cublas"] = lambda: F.linear(x(), kernels.dequant_int(
+            packed().qweight, p0.scale, p0.zero, bits, p0.group_size, n, x0.dtype))
     for s in schedules(m, p0.mixed.w.shape[0], p0.mixed.group, p0.k_padded, sms):
-        row["kernels"][name(s)] = graph_ms(lambda s=s: mixed_mm.mixed_linear(x(), packed().mixed, **s), reps=10,
-                                           replays=7)
+        calls[name(s)] = lambda s=s: mixed_mm.mixed_linear(x(), packed().mixed, **s)
+    # every graph replayed in turn: timed one after another, a schedule inherited the clocks of the one before
+    # (session 55, dev/layer_gap.py)
+    times = interleaved_graph_ms(calls, reps=10, replays=8)
+    row = {"format": fmt, "K": k, "N": n, "M": m, "after": after, "pre": times.pop("pre", 0.0),
+           "bf16": times.pop("bf16"), "auto": times.pop("auto"), "kernels": times}
     return row
 
 

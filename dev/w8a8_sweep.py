@@ -2,7 +2,7 @@
 shape, M), on pre-quantized activations, beside bf16 F.linear, the W8A8 layer as dispatched (activation
 quantization included), the w8_gemv and cuBLAS row-wise FP8 (`torch._scaled_mm`); for `fp8-block`, the block GEMM's
 configurations (kernels/block_mm.py) beside cuBLAS's block-wise one: the data of kernels/tuning.py's W8A8 table.
-Timing as benchmarks/bench_w8a8.py (rotating copies, CUDA-graph replay).
+Timing as benchmarks/bench_w8a8.py (rotating copies, CUDA-graph replay, every variant's graph replayed in turn).
 
     python3 dev/w8a8_sweep.py --tokens 16,32,64,128,256,512 --json w8a8_sweep.json [--budget 150] [--kinds fp8-block]
     python3 dev/w8a8_sweep.py --emit w8a8_sweep.json ... [--merge]  # tuning.W8A8 entries from saved sweeps
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from bench_kernels import Rotation, graph_ms  # noqa: E402
+from bench_kernels import Rotation, interleaved_graph_ms  # noqa: E402
 from bench_w8a8 import SHAPES, copies  # noqa: E402
 from mixed_sweep import merge_entries, print_entries  # noqa: E402  (this folder is on sys.path when run as a script)
 
@@ -46,28 +46,29 @@ def skipped(name: str, m: int) -> bool:
 
 
 def block_gemms(x: torch.Tensor, wq: Rotation, n: int) -> dict:
-    """fp8-block: cuBLAS's block-wise GEMM and each block_mm configuration on x's 1 x 128 codes, and w8_gemv."""
+    """fp8-block: cuBLAS's block-wise GEMM and each block_mm configuration on x's 1 x 128 codes, and w8_gemv;
+    name -> a call to time."""
     k = x.shape[1]
     w_scale = torch.rand(-(-n // 128), k // 128, device="cuda") / 100
     xq, xs = scaled_mm.quantize_activation_cuda(x, "e4m3", 128, None)
-    out = {"cublas": graph_ms(lambda: scaled_mm.block_mm(xq, xs, wq(), w_scale), reps=10, replays=7)}
+    out = {"cublas": lambda: scaled_mm.block_mm(xq, xs, wq(), w_scale)}
     for name, config in block_mm.CONFIGS.items():
         if skipped(name, x.shape[0]):
             continue
-        out[name] = graph_ms(lambda c=config: block_mm.block_linear(xq, xs, wq(), w_scale, c), reps=10, replays=7)
+        out[name] = lambda c=config: block_mm.block_linear(xq, xs, wq(), w_scale, c)
     if SPLITS:  # other k splits of the split-K configurations (the default fills the SMs, >= 4 k tiles each)
         for name in ("block-split", "block-swap"):
             for s in SPLITS:
-                out[f"{name}/{s}"] = graph_ms(
-                    lambda c=block_mm.CONFIGS[name], s=s: block_mm.block_linear(xq, xs, wq(), w_scale, c, s),
-                    reps=10, replays=7)
+                out[f"{name}/{s}"] = \
+                    lambda c=block_mm.CONFIGS[name], s=s: block_mm.block_linear(xq, xs, wq(), w_scale, c, s)
     if x.shape[0] <= scaled_mm.W8_GEMV_KERNEL_MAX_M:
-        out["w8_gemv (bf16 x)"] = graph_ms(lambda: torch.ops.qtool_cuda.w8_gemv(x, wq(), w_scale, None, 128, 128))
+        out["w8_gemv (bf16 x)"] = lambda: torch.ops.qtool_cuda.w8_gemv(x, wq(), w_scale, None, 128, 128)
     return out
 
 
 def channel_gemms(kind: str, x: torch.Tensor, wq: Rotation, w_scale: torch.Tensor) -> dict:
-    """fp8 / int8 per channel: each libqtool_sm90 configuration on x's per-token codes, cuBLAS (FP8), w8_gemv."""
+    """fp8 / int8 per channel: each libqtool_sm90 configuration on x's per-token codes, cuBLAS (FP8), w8_gemv;
+    name -> a call to time."""
     m, fmt = x.shape[0], "int8" if kind == "int8" else "e4m3"
     xq, xs = scaled_mm.quantize_activation_cuda(x, fmt, 0, None)
     xs = xs.reshape(-1).contiguous()
@@ -77,13 +78,13 @@ def channel_gemms(kind: str, x: torch.Tensor, wq: Rotation, w_scale: torch.Tenso
         if (name == "auto" or skipped(name, m) or (m >= 2048 and name in ("narrow", "skinny"))
                 or (m <= 8 and name in ("large", "split")) or (m < 256 and name.startswith("pingpong"))):
             continue
-        out[name] = graph_ms(lambda c=config: torch.ops.qtool_cuda.sm90_scaled_mm(
-            xq, wq(), xs, w_scale, None, torch.bfloat16, c), reps=10, replays=7)
+        out[name] = lambda c=config: torch.ops.qtool_cuda.sm90_scaled_mm(
+            xq, wq(), xs, w_scale, None, torch.bfloat16, c)
     if kind == "fp8":
-        out["cublas"] = graph_ms(lambda: torch._scaled_mm(xq, wq().t(), xs.view(-1, 1), w_scale.view(1, -1),
-                                                          out_dtype=torch.bfloat16))
+        out["cublas"] = lambda: torch._scaled_mm(xq, wq().t(), xs.view(-1, 1), w_scale.view(1, -1),
+                                                 out_dtype=torch.bfloat16)
     if m <= scaled_mm.W8_GEMV_KERNEL_MAX_M:
-        out["w8_gemv (bf16 x)"] = graph_ms(lambda: torch.ops.qtool_cuda.w8_gemv(x, wq(), w_scale, None, 0, 0))
+        out["w8_gemv (bf16 x)"] = lambda: torch.ops.qtool_cuda.w8_gemv(x, wq(), w_scale, None, 0, 0)
     return out
 
 
@@ -92,14 +93,20 @@ def time_cell(kind: str, m: int, dense: Rotation, wq: Rotation) -> dict:
     n, k = dense.items[0].shape
     fmt, group = ("int8" if kind == "int8" else "e4m3"), (128 if kind == "fp8-block" else 0)
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-    row = {"kind": kind, "K": k, "N": n, "M": m, "bf16": graph_ms(lambda: F.linear(x, dense())),
-           "act_quant": graph_ms(lambda: scaled_mm.quantize_activation_cuda(x, fmt, group, None))}
+    calls = {"bf16": lambda: F.linear(x, dense()),
+             "act_quant": lambda: scaled_mm.quantize_activation_cuda(x, fmt, group, None)}
     if kind == "fp8-block":
-        row["gemm"] = block_gemms(x, wq, n)
-        return row
-    w_scale = torch.rand(n, device="cuda") / 100
-    row["layer"] = graph_ms(lambda: ops.w8a8_linear(x, wq(), w_scale, None, None, fmt, 0, 0, 0))
-    row["gemm"] = channel_gemms(kind, x, wq, w_scale)
+        gemms = block_gemms(x, wq, n)
+    else:
+        w_scale = torch.rand(n, device="cuda") / 100
+        calls["layer"] = lambda: ops.w8a8_linear(x, wq(), w_scale, None, None, fmt, 0, 0, 0)
+        gemms = channel_gemms(kind, x, wq, w_scale)
+    # every graph replayed in turn: timed one after another, a GEMM inherited the clocks of the one before
+    # (session 55, dev/layer_gap.py)
+    times = interleaved_graph_ms({**calls, **{f"gemm:{key}": call for key, call in gemms.items()}},
+                                 reps=10, replays=8)
+    row = {"kind": kind, "K": k, "N": n, "M": m, **{key: times[key] for key in calls}}
+    row["gemm"] = {key[5:]: t for key, t in times.items() if key.startswith("gemm:")}
     return row
 
 
