@@ -179,15 +179,28 @@ def best_route(row: dict) -> str:
     return f"{ktile} t{own if tile == 'tm' else tile[1:]} {variant} {split}"
 
 
-def emit(paths: list[Path], merge: bool = False) -> None:
+def emit(paths: list[Path], merge: bool = False, card: str | None = None) -> None:
     table: dict = {}
     for path in paths:
         for row in json.loads(path.read_text()):
             bits = FORMATS[row["format"]][0]
             table.setdefault((bits, row["K"], row["N"]), {})[row["M"]] = best_route(row)
     print_entries(table)
-    if merge:  # cell by cell into kernels/tuning.py's MIXED table
-        merge_entries(table, "MIXED")
+    if merge:  # cell by cell into kernels/tuning.py's MIXED table of the card swept
+        merge_entries(table, card_table("mixed", card))
+
+
+def card_table(table: str, card: str | None) -> str:
+    """The name in kernels/tuning.py of `table` ("mixed" / "w8a8") for `card` (default: the running one, as
+    tuning.card picks it): MIXED / W8A8 for the H200, the card's own cells (tuning.CARD_TABLES) otherwise."""
+    from qtool_kernels import tuning
+
+    card = card or tuning.card()
+    if card == "H200":
+        return table.upper()
+    if card not in tuning.CARD_TABLES:
+        raise SystemExit(f"--card must be one of {', '.join(tuning.CARDS)}; got {card!r}")
+    return tuning.CARD_TABLES[card][table]
 
 
 def print_entries(table: dict) -> None:
@@ -226,11 +239,12 @@ def main() -> None:
     parser.add_argument("--show", type=Path, help="print the best schedules of a saved sweep and exit")
     parser.add_argument("--emit", type=Path, nargs="+", help="print SCHEDULES entries from saved sweeps and exit")
     parser.add_argument("--merge", action="store_true", help="with --emit: also write them into kernels/tuning.py")
+    parser.add_argument("--card", help="with --merge: the card swept (H200, H100; default: this machine's GPU)")
     parser.add_argument("--after", choices=("none", "norm"), default="none",
                         help="norm: each call behind an add + RMSNorm kernel, as in a decode step (docstring)")
     args = parser.parse_args()
     if args.emit:
-        return emit(args.emit, args.merge)
+        return emit(args.emit, args.merge, args.card)
     if args.show:
         for row in json.loads(args.show.read_text()):
             show_row(row)

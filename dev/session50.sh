@@ -52,17 +52,15 @@ normcheck() {  # session 49's four fused layers at 16 and 32 tokens, back to bac
     python3 dev/mixed_sweep.py --emit "$OUT/normcheck_$after.json"
   done
 }
-sweep_shapes() {  # sweep_shapes SHAPES NAME: W4 / W8 routes at $SWEEP_TOKENS behind $SWEEP_AFTER, merged on the H200
+sweep_shapes() {  # sweep_shapes SHAPES NAME: W4 / W8 routes at $SWEEP_TOKENS behind $SWEEP_AFTER, merged for the card
   step "W4 / W8 on $1 at $SWEEP_TOKENS tokens, after=${SWEEP_AFTER:-norm}"
   timeout -k 10 "${SWEEP_TIMEOUT:-200}" python3 dev/mixed_sweep.py --formats w4a16-g128,w8a16-channel \
     --shapes "$1" --tokens "$SWEEP_TOKENS" --budget "${SWEEP_BUDGET:-170}" \
     --after "${SWEEP_AFTER:-norm}" --json "$OUT/$2.json" > "/tmp/$2.txt" 2>&1
   echo "exit $?"; python3 dev/mixed_sweep.py --show "$OUT/$2.json" 2>&1 | tail -20
-  case "$GPU" in
-    *H200*) python3 dev/mixed_sweep.py --emit "$OUT/$2.json" --merge && cp kernels/tuning.py "$OUT/tuning.py"
-            git diff --stat kernels/tuning.py ;;
-    *) echo "not merged: routes are tuned on the H200 ($GPU)" ;;
-  esac
+  # merged into the card's own table (tuning.MIXED on an H200, MIXED_H100 on an H100: session 55)
+  python3 dev/mixed_sweep.py --emit "$OUT/$2.json" --merge && cp kernels/tuning.py "$OUT/tuning.py"
+  git diff --stat kernels/tuning.py
 }
 smallsweep() {  # the small weights' routes at 64-256 and 4096 tokens
   SWEEP_TOKENS=${SWEEP_TOKENS:-64,128,256,4096} sweep_shapes 4096x4096,4096x6144 smallsweep

@@ -2,11 +2,12 @@
 
     python3 dev/setroutes.py "4,4096,6144:9=wo_gemm;16=wo_gemm" "4,14336,4096:16=k128 t16 v0 s0"
 
-Each argument names a MIXED key (codes, K, N) and the batches to set; the row's other cells stay.
+Each argument names a MIXED key (codes, K, N) and the batches to set; the row's other cells stay. They go into the
+running card's table (MIXED on an H200 or without a GPU, MIXED_H100 on an H100), where they take effect.
 """
 import sys
 
-from mixed_sweep import merge_entries
+from mixed_sweep import card_table, merge_entries
 
 
 def parse(spec: str) -> tuple[tuple[int, ...], dict[int, str]]:
@@ -16,4 +17,4 @@ def parse(spec: str) -> tuple[tuple[int, ...], dict[int, str]]:
 
 
 if __name__ == "__main__":
-    merge_entries(dict(parse(spec) for spec in sys.argv[1:]), "MIXED")
+    merge_entries(dict(parse(spec) for spec in sys.argv[1:]), card_table("mixed", None))  # this card's table

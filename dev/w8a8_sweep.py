@@ -5,7 +5,7 @@ configurations (kernels/block_mm.py) beside cuBLAS's block-wise one: the data of
 Timing as benchmarks/bench_w8a8.py (rotating copies, CUDA-graph replay, every variant's graph replayed in turn).
 
     python3 dev/w8a8_sweep.py --tokens 16,32,64,128,256,512 --json w8a8_sweep.json [--budget 150] [--kinds fp8-block]
-    python3 dev/w8a8_sweep.py --emit w8a8_sweep.json ... [--merge]  # tuning.W8A8 entries from saved sweeps
+    python3 dev/w8a8_sweep.py --emit w8a8_sweep.json ... [--merge [--card H100]]  # tuning.W8A8 entries
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from bench_kernels import Rotation, interleaved_graph_ms  # noqa: E402
 from bench_w8a8 import SHAPES, copies  # noqa: E402
-from mixed_sweep import merge_entries, print_entries  # noqa: E402  (this folder is on sys.path when run as a script)
+from mixed_sweep import card_table, merge_entries, print_entries  # noqa: E402  (this folder is on sys.path when run as a script)
 
 from qtool_kernels import block_mm, build, ops, scaled_mm, sm90  # noqa: E402
 
@@ -141,14 +141,14 @@ def best_route(row: dict) -> str:
     return "gemv" if best.startswith("w8_gemv") else best
 
 
-def emit(paths: list[Path], merge: bool = False) -> None:
+def emit(paths: list[Path], merge: bool = False, card: str | None = None) -> None:
     table: dict = {}
     for path in paths:
         for row in json.loads(path.read_text()):
             table.setdefault((row["kind"], row["K"], row["N"]), {})[row["M"]] = best_route(row)
     print_entries(table)
     if merge:  # so that one device call can sweep, route by the result and measure the layers routed so
-        merge_entries(table, "W8A8")
+        merge_entries(table, card_table("w8a8", card))
 
 
 def main() -> None:
@@ -160,9 +160,10 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=150.0)
     parser.add_argument("--emit", type=Path, nargs="+", help="print tuning.W8A8 entries from saved sweeps and exit")
     parser.add_argument("--merge", action="store_true", help="with --emit: also write them into kernels/tuning.py")
+    parser.add_argument("--card", help="with --merge: the card swept (H200, H100; default: this machine's GPU)")
     args = parser.parse_args()
     if args.emit:
-        return emit(args.emit, args.merge)
+        return emit(args.emit, args.merge, args.card)
     if build.load_extension() is None:
         sys.exit(f"the CUDA extension is not available: {build._loader.reason}")
     if not sm90.load():

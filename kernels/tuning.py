@@ -10,9 +10,11 @@ bf16, where 128-token tiles split 2 ways run 0.81x; W8A8 took 256 tokens to the 
 skinny ones run 1.25x). So `dev/mixed_sweep.py` and `dev/w8a8_sweep.py` timed every schedule at each measured
 shape and batch on the H200, and the tables below hold the winners.
 
-A weight of another shape takes the routes of the measured shape nearest in log(K) and log(N); a batch between
-measured ones takes the route of the next larger one measured (a token tile that holds the batch); past the
-largest, the mixed GEMM takes the route of the largest, and W8A8 (also below the smallest) its built-in rules.
+Another card takes the H200's routes, except where it has cells of its own (MIXED_H100, W8A8_H100: swept on that
+card, cell over cell; `card` says which card applies). A weight of another shape takes the routes of the measured
+shape nearest in log(K) and log(N); a batch between measured ones takes the route of the next larger one measured
+(a token tile that holds the batch); past the largest, the mixed GEMM takes the route of the largest, and W8A8
+(also below the smallest) its built-in rules.
 """
 
 from __future__ import annotations
@@ -101,11 +103,54 @@ W8A8: dict[tuple[str, int, int], dict[int, str]] = {
 }
 
 
+# Cells measured on another card, over the tables above (the H200's): a row holds that card's winners at the batches
+# swept there; its other batches, and the shapes it has no row for, keep the H200's. The sweeps' --merge writes
+# here when they run on that card (dev/mixed_sweep.py, dev/w8a8_sweep.py). The H100 shares the H200's 132 SMs and
+# sm_90 but has less bandwidth (3.35 against 4.8 TB/s) and hits its power limit sooner under compute-bound GEMMs.
+MIXED_H100: dict[tuple[int, int, int], dict[int, str]] = {
+}
+W8A8_H100: dict[tuple[str, int, int], dict[int, str]] = {
+}
+CARD_TABLES = {"H100": {"mixed": "MIXED_H100", "w8a8": "W8A8_H100"}}  # card -> table -> its cells' module name
+CARDS = ("H200", *CARD_TABLES)
+_card: list[str] = []  # the card chosen, once per process
+
+
+def card() -> str:
+    """The card whose cells apply: QTOOL_TUNING_CARD where set ("H200": the H200's tables alone), else the first
+    of CARD_TABLES that the GPU's name holds, else "H200"."""
+    if not _card:
+        chosen = os.environ.get("QTOOL_TUNING_CARD")
+        if chosen is None:
+            name = torch.cuda.get_device_name() if torch.cuda.is_available() else ""
+            chosen = next((c for c in CARD_TABLES if c in name), "H200")
+        if chosen not in CARDS:
+            raise ValueError(f"QTOOL_TUNING_CARD must be one of {', '.join(CARDS)}; got {chosen!r}")
+        _card.append(chosen)
+    return _card[0]
+
+
 def _table(name: str) -> dict:
-    return MIXED if name == "mixed" else W8A8  # read at call time, so tests can replace a table
+    """The table "mixed" or "w8a8" for this card: the H200's with the card's cells over it. Read at call time
+    (from the memoizing callers), so tests can replace a table."""
+    base = MIXED if name == "mixed" else W8A8
+    cells = globals()[CARD_TABLES[card()][name]] if card() in CARD_TABLES else {}
+    if not cells:
+        return base
+    return {shape: {**base.get(shape, {}), **cells.get(shape, {})} for shape in {**base, **cells}}
+
+
+@torch.compiler.assume_constant_result  # like _ranked_shapes: traced once, kept as a constant
+def _row(table: str, shape: tuple) -> tuple:
+    """((batch, route), ...) of one measured shape, by batch."""
+    key = (table, shape)
+    if key not in _rows:
+        _rows[key] = tuple(sorted(_table(table)[shape].items()))
+    return _rows[key]
 
 
 _nearest: dict[tuple, tuple] = {}  # (kind, k, n, table) -> ((shape, first, last batch), ...)
+_rows: dict[tuple, tuple] = {}  # (table, shape) -> _row's answer
 _looked_up: dict[tuple, str | None] = {}  # lookup's arguments -> its answer
 _schedules: dict[tuple, dict | str] = {}  # (bits, k_padded, n, m, group) -> mixed_schedule's answer
 SCHEDULES_MAX = 4096  # answers kept per memo (a distinct batch size per shape each; an eager prefill of many
@@ -139,8 +184,9 @@ def _nearest_shape(kind: int | str, k: int, n: int, m: int, table: str) -> tuple
 
 
 def clear_cache() -> None:
-    """Forget the nearest shapes and the schedules found so far (after a table is replaced)."""
+    """Forget the nearest shapes, rows and schedules found so far (after a table is replaced; the card stays)."""
     _nearest.clear()
+    _rows.clear()
     _looked_up.clear()
     _schedules.clear()
 
@@ -163,11 +209,10 @@ def _lookup(table: str, kind: int | str, k: int, n: int, m: int, within: bool) -
     shape = _nearest_shape(kind, k, n, m, table)
     if shape is None:
         return None
-    cells = _table(table)[shape]
-    if within and not min(cells) <= m <= max(cells):
+    cells = _row(table, shape)
+    if within and not cells[0][0] <= m <= cells[-1][0]:
         return None
-    at = next((cm for cm in sorted(cells) if cm >= m), max(cells))
-    return cells[at]
+    return next((route for cm, route in cells if cm >= m), cells[-1][1])
 
 
 def parse(route: str) -> dict | str:

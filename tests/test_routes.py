@@ -11,6 +11,15 @@ from qtool_kernels import int8_planes, layout, scaled_mm, tuning, weight_only
 from qtool_kernels.layout import pack_weight
 
 
+@pytest.fixture(autouse=True)
+def h200_tables(monkeypatch):
+    """These tests replace and read the H200's tables: no card's cells over them, on whatever card runs them."""
+    monkeypatch.setattr(tuning, "_card", ["H200"])
+    tuning.clear_cache()
+    yield
+    tuning.clear_cache()
+
+
 def test_mixed_ktile_rules():
     """128-k stages only where built (<= 128 tokens, cooperative) and where scales change at tile edges."""
     from qtool_kernels import mixed_mm
@@ -265,11 +274,15 @@ def test_route_memos_answer_as_the_tables_walked_and_forget_with_clear_cache(mon
 
 
 def test_measured_schedules_are_valid():
-    """Every route in kernels/tuning.py parses, and each schedule is one the libraries build at the batch
-    it was measured at (group 128, and per channel for 8 bits); W8A8 routes name a kernel that takes them."""
+    """Every route in kernels/tuning.py (the H200's tables and each card's cells) parses, and each schedule is one
+    the libraries build at the batch it was measured at (group 128, and per channel for 8 bits); W8A8 routes name
+    a kernel that takes them."""
     from qtool_kernels import mixed_mm
 
-    for (bits, k, n), cells in tuning.MIXED.items():
+    cards = tuning.CARD_TABLES.values()
+    mixed = [*tuning.MIXED.items(), *(row for names in cards for row in getattr(tuning, names["mixed"]).items())]
+    w8a8 = [*tuning.W8A8.items(), *(row for names in cards for row in getattr(tuning, names["w8a8"]).items())]
+    for (bits, k, n), cells in mixed:
         assert bits in (4, 8) and k % 64 == 0 and n % 64 == 0
         for m, text in cells.items():
             route = tuning.parse(text)
@@ -281,7 +294,7 @@ def test_measured_schedules_are_valid():
                 assert route in ("wo_gemm", "dequant") and (route != "wo_gemm" or m <= 64)
     from qtool_kernels import block_mm
 
-    for (codes, k, n), cells in tuning.W8A8.items():
+    for (codes, k, n), cells in w8a8:
         assert codes in ("fp8", "int8", "fp8-block") and k % 16 == 0 and n % 8 == 0
         for m, route in cells.items():
             names = block_mm.CONFIGS if codes == "fp8-block" else scaled_mm.SM90_CONFIGS

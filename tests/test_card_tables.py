@@ -1,0 +1,114 @@
+"""CPU tests of kernels/tuning.py's cells per card: which card applies (QTOOL_TUNING_CARD, the GPU's name), a card's
+cells over the H200's tables, and the sweeps writing a card's cells into a copy of tuning.py."""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from qtool_kernels import tuning
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def fresh_card(monkeypatch):
+    """tuning.card() chooses again (it keeps its choice per process); the memos start empty and end so."""
+    monkeypatch.setattr(tuning, "_card", [])
+    tuning.clear_cache()
+    yield
+    tuning.clear_cache()
+
+
+def test_card_follows_the_switch_then_the_gpu_name(fresh_card, monkeypatch):
+    monkeypatch.setenv("QTOOL_TUNING_CARD", "H100")
+    assert tuning.card() == "H100"
+    monkeypatch.setenv("QTOOL_TUNING_CARD", "H200")
+    assert tuning.card() == "H100"  # chosen once per process
+    monkeypatch.setattr(tuning, "_card", [])
+    assert tuning.card() == "H200"
+    monkeypatch.delenv("QTOOL_TUNING_CARD")
+    for name, want in (("NVIDIA H100 80GB HBM3", "H100"), ("NVIDIA H200", "H200"), ("NVIDIA A100-SXM4-80GB", "H200")):
+        monkeypatch.setattr(tuning, "_card", [])
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda name=name: name)
+        assert tuning.card() == want, name
+
+
+def test_an_unknown_card_is_named(fresh_card, monkeypatch):
+    monkeypatch.setenv("QTOOL_TUNING_CARD", "B200")
+    with pytest.raises(ValueError, match="'B200'"):
+        tuning.card()
+
+
+def test_a_cards_cells_replace_the_h200s_at_their_batches_only(fresh_card, monkeypatch):
+    monkeypatch.setattr(tuning, "W8A8", {("fp8-block", 28672, 8192): {64: "block-narrow-overlap",
+                                                                       8192: "block-large-overlap-n8"},
+                                         ("fp8", 4096, 4096): {16: "gemv", 4096: "pingpong"}})
+    monkeypatch.setattr(tuning, "W8A8_H100", {("fp8-block", 28672, 8192): {8192: "cublas"},
+                                              ("int8", 8192, 8192): {256: "skinny"}})
+    monkeypatch.setenv("QTOOL_TUNING_CARD", "H200")
+    assert tuning.lookup("w8a8", "fp8-block", 28672, 8192, 8192) == "block-large-overlap-n8"
+    assert tuning.lookup("w8a8", "int8", 8192, 8192, 256) is None  # no int8 row on the H200
+    monkeypatch.setattr(tuning, "_card", ["H100"])
+    tuning.clear_cache()
+    assert tuning.lookup("w8a8", "fp8-block", 28672, 8192, 8192) == "cublas"
+    assert tuning.lookup("w8a8", "fp8-block", 28672, 8192, 64) == "block-narrow-overlap"  # the H200's cell
+    assert tuning.lookup("w8a8", "fp8", 4096, 4096, 4096) == "pingpong"  # a shape the card has no row for
+    assert tuning.lookup("w8a8", "int8", 8192, 8192, 256) == "skinny"  # a shape only the card measured
+    assert tuning.lookup("w8a8", "int8", 8192, 8192, 512, within=True) is None
+
+
+def test_a_cards_mixed_cells_reach_the_schedule(fresh_card, monkeypatch):
+    monkeypatch.setattr(tuning, "_card", ["H100"])
+    monkeypatch.setattr(tuning, "MIXED_H100", {(4, 28672, 8192): {256: "k64 t128 v2 s-1"}})
+    tuning.clear_cache()
+    assert tuning.mixed_schedule(4, 28672, 8192, 256, 128) == {"ktile": 64, "token_tile": 128, "variant": 2,
+                                                                "split": -1}
+    assert tuning.mixed_schedule(4, 28672, 8192, 128, 128) == tuning.parse(tuning.MIXED[(4, 28672, 8192)][128])
+
+
+def test_card_lookup_traces_under_compile(fresh_card, monkeypatch):
+    """The merged row is a constant to torch.compile, as the nearest shape is: one graph, eager's answer."""
+    monkeypatch.setattr(tuning, "_card", ["H100"])
+    monkeypatch.setattr(tuning, "MIXED_H100", {(4, 4096, 4096): {64: "k64 t64 v0 s0"}})
+    tuning.clear_cache()
+
+    def scaled(x):
+        route = tuning.lookup("mixed", 4, 4096, x.shape[1], x.shape[0])
+        return x * (2 if route == "k64 t64 v0 s0" else 3)
+
+    x = torch.ones(64, 4096)
+    assert torch.equal(torch.compile(scaled, fullgraph=True)(x), scaled(x))
+    assert scaled(x)[0, 0] == 2
+
+
+def test_sweeps_merge_into_the_card_swept(tmp_path, monkeypatch):
+    """dev/mixed_sweep.py's merge writes an H100 sweep into MIXED_H100 and an H200 one into MIXED, cell by cell,
+    and the file still holds valid tables; an unknown --card is named."""
+    sys.path.insert(0, str(ROOT / "dev"))
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import mixed_sweep
+    finally:
+        sys.path[:2] = []
+    copy = tmp_path / "tuning.py"
+    shutil.copy(ROOT / "kernels" / "tuning.py", copy)
+    h100 = mixed_sweep.card_table("mixed", "H100")
+    assert h100 == "MIXED_H100" and mixed_sweep.card_table("w8a8", "H200") == "W8A8"
+    mixed_sweep.merge_entries({(4, 28672, 8192): {256: "k64 t128 v2 s-1"}}, h100, copy)
+    mixed_sweep.merge_entries({(4, 28672, 8192): {512: "k64 t128 v2 s-1"}}, h100, copy)
+    mixed_sweep.merge_entries({(4, 4096, 4096): {64: "k64 t64 v0 s0"}}, "MIXED", copy)
+    tables = {node.target.id: ast.literal_eval(node.value) for node in ast.parse(copy.read_text()).body
+              if isinstance(node, ast.AnnAssign) and node.target.id in ("MIXED", "MIXED_H100", "W8A8_H100")}
+    assert tables["MIXED_H100"] == {(4, 28672, 8192): {256: "k64 t128 v2 s-1", 512: "k64 t128 v2 s-1"}}
+    assert tables["MIXED"][(4, 4096, 4096)][64] == "k64 t64 v0 s0"
+    assert tables["MIXED"][(4, 28672, 8192)] == tuning.MIXED[(4, 28672, 8192)]  # the H200's row untouched
+    assert tables["W8A8_H100"] == tuning.W8A8_H100
+    with pytest.raises(SystemExit, match="'B200'"):
+        mixed_sweep.card_table("mixed", "B200")
