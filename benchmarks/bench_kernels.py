@@ -142,11 +142,8 @@ def interleaved_graph_ms(calls: dict, reps: int = 20, replays: int = 10) -> dict
         except (RuntimeError, NotImplementedError, ValueError) as err:  # a path this GPU/PyTorch lacks
             print(f"graph capture failed ({name}): {str(err).splitlines()[0]}")
     times: dict[str, list[float]] = {name: [] for name in graphs}
-    names = list(graphs)
     for i in range(replays):
-        shift = i // 2 % len(names) if names else 0
-        order = names[shift:] + names[:shift]
-        for name in (order if i % 2 == 0 else order[::-1]):
+        for name in replay_order(list(graphs), i):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             graphs[name].replay()
@@ -154,6 +151,14 @@ def interleaved_graph_ms(calls: dict, reps: int = 20, replays: int = 10) -> dict
             torch.cuda.synchronize()
             times[name].append(start.elapsed_time(end) / reps)
     return {name: statistics.median(times[name]) if times.get(name) else None for name in calls}
+
+
+def replay_order(names: list, i: int) -> list:
+    """The order of replay i: rotated by i // 2, reversed on odd i. Over 2 * len(names) replays each name takes
+    each place equally often (two names: ABBA)."""
+    shift = i // 2 % len(names) if names else 0
+    order = names[shift:] + names[:shift]
+    return order if i % 2 == 0 else order[::-1]
 
 
 class Rotation:

@@ -1,5 +1,6 @@
 """CPU tests of kernels/tuning.py's cells per card: which card applies (QTOOL_TUNING_CARD, the GPU's name), a card's
-cells over the H200's tables, and the sweeps writing a card's cells into a copy of tuning.py."""
+cells over the H200's tables, the sweeps writing a card's cells into a copy of tuning.py, and the replay order the
+protocol benchmarks and sweeps time their variants in."""
 
 from __future__ import annotations
 
@@ -112,3 +113,23 @@ def test_sweeps_merge_into_the_card_swept(tmp_path, monkeypatch):
     assert tables["W8A8_H100"] == tuning.W8A8_H100
     with pytest.raises(SystemExit, match="'B200'"):
         mixed_sweep.card_table("mixed", "B200")
+
+
+def test_interleaved_replays_give_every_variant_every_place():
+    """The protocol benchmarks' replay order (bench_kernels.replay_order): over 2 x len(names) replays each variant
+    runs in each place equally often, so none always follows the bf16 GEMM."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from bench_kernels import replay_order
+    finally:
+        sys.path.pop(0)
+    assert [replay_order(["bf16", "qtool"], i) for i in range(4)] == [
+        ["bf16", "qtool"], ["qtool", "bf16"], ["qtool", "bf16"], ["bf16", "qtool"]]
+    for count in (3, 4, 5):
+        names = [f"v{j}" for j in range(count)]
+        orders = [replay_order(names, i) for i in range(2 * count)]
+        assert all(sorted(order) == names for order in orders)
+        for place in range(count):
+            assert sorted(order[place] for order in orders) == sorted(names * 2)
+    assert replay_order([], 3) == []
+
