@@ -5,7 +5,7 @@
 Protocol (issue 18): for every (scheme, K x N, M), one QuantLinear per weight copy, copies rotated so
 that together they exceed the L2 many times (weights stream from HBM); 20 calls captured in one CUDA
 graph, the median of 20 replays, per call. bf16 F.linear is timed the same way in the same run, every
-variant's graph replayed in turn (bench_kernels.interleaved_graph_ms: one after another, the GPU's clocks
+variant's graph replayed in turn (replay.interleaved_graph_ms: one after another, the GPU's clocks
 favoured whichever ran first); speedup = bf16 time / qtool time. Anchors timed beside ours, with the same protocol (torch's own
 building blocks, what a user could assemble without qtool):
   scaled_mm+compile  FP8 row-wise torch._scaled_mm with a torch.compile'd per-token quantization
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from bench_kernels import Rotation, graph_ms, interleaved_graph_ms  # on sys.path when run as a script
+from replay import Rotation, graph_ms, interleaved_graph_ms  # on sys.path when run as a script
 
 from qtool_kernels import build, scaled_mm, sm90
 from qtool_kernels.scaled_mm import W8_GEMV_MAX_M
@@ -118,7 +118,7 @@ def bench_shape(k: int, n: int, tokens: list[int], schemes: list[str]) -> list[d
             int8_scale = layers["w8a8-int8"].items[0].weight_scale.reshape(-1).contiguous()
             calls.update(anchors(x, fp8_rows, fp8_scale, Rotation([b.weight for b in block_items]), bscale,
                                  int8_rows, int8_scale))
-        # every variant's graph replayed in turn, so all see the same clocks (bench_kernels.interleaved_graph_ms)
+        # every variant's graph replayed in turn, so all see the same clocks (replay.interleaved_graph_ms)
         times = interleaved_graph_ms(calls, reps=CALLS, replays=REPLAYS)
         row = {"K": k, "N": n, "M": m, **{f"{key}_us": None if ms is None else ms * 1e3 for key, ms in times.items()}}
         for key in list(row):

@@ -2,7 +2,7 @@
 # The device calls prepared in session 55 (carry [".gpu/w8a8", ".gpu/ext"]; on a fresh development machine
 # `bash dev/prebuild_sm90.sh` and `bash dev/prebuild_ext.sh` first). Back to back: a machine idle for 30 s is given
 # back. Session 55 (H100 only) found the protocol's order biased the compute-bound cells: both tables and both sweeps
-# now replay every variant's graph in turn (bench_kernels.interleaved_graph_ms). Routes measured on a card now land
+# now replay every variant's graph in turn (benchmarks/replay.py). Routes measured on a card now land
 # in that card's own cells (tuning.MIXED_H100 / W8A8_H100 on an H100, tuning.MIXED / W8A8 on an H200), so every
 # sweep below merges whichever card comes; copy $OUT/tuning.py back into kernels/tuning.py at once. In priority order:
 #   call 1: bash dev/session55.sh first56        (~6 min: on an H200 issue 19's 8B goals at batches 1 / 16, with

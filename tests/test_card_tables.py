@@ -116,11 +116,11 @@ def test_sweeps_merge_into_the_card_swept(tmp_path, monkeypatch):
 
 
 def test_interleaved_replays_give_every_variant_every_place():
-    """The protocol benchmarks' replay order (bench_kernels.replay_order): over 2 x len(names) replays each variant
+    """The protocol benchmarks' replay order (benchmarks/replay.py): over 2 x len(names) replays each variant
     runs in each place equally often, so none always follows the bf16 GEMM."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
-        from bench_kernels import replay_order
+        from replay import replay_order
     finally:
         sys.path.pop(0)
     assert [replay_order(["bf16", "qtool"], i) for i in range(4)] == [
