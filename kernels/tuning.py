@@ -106,7 +106,7 @@ W8A8: dict[tuple[str, int, int], dict[int, str]] = {
 # Cells measured on another card, over the tables above (the H200's): a row holds that card's winners at the batches
 # swept there; its other batches, and the shapes it has no row for, keep the H200's. The sweeps' --merge writes
 # here when they run on that card (dev/mixed_sweep.py, dev/w8a8_sweep.py). The H100 shares the H200's 132 SMs and
-# sm_90 but has less bandwidth (3.35 against 4.8 TB/s) and hits its power limit sooner under compute-bound GEMMs.
+# sm_90 but copies at 3.0 TB/s against 4.3 (measured) and slows its clocks under compute-bound GEMMs (session 55).
 MIXED_H100: dict[tuple[int, int, int], dict[int, str]] = {
 }
 W8A8_H100: dict[tuple[str, int, int], dict[int, str]] = {
