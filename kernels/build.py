@@ -238,6 +238,7 @@ def info() -> dict:
         "built_for": [f"sm_{a}" for a in ARCHS],
         "build_dir": str(build_dir()),
         "switches": switches(),
+        "routes_measured_on": _routes_card() if cuda else None,
         "ops": available_ops(),
         "cuda_implementations": {
             # Weight-only QuantLinear layers call the qtool_cuda kernels directly (quantize/linear.py);
@@ -265,6 +266,18 @@ def info() -> dict:
             if ops is not None else "SDPA on the packed query",
         },
     }
+
+
+def _routes_card() -> str:
+    """Whose measured routes the Hopper GEMMs take here (tuning.card): the H200's tables, and this card's cells."""
+    from . import tuning
+
+    card = tuning.card()
+    names = tuning.CARD_TABLES.get(card, {})
+    cells = sum(len(row) for name in names.values() for row in getattr(tuning, name).values())
+    if card == "H200":
+        return "H200 (kernels/tuning.py's tables)"
+    return f"{card}: the H200's tables with {cells} cells measured on the {card} over them"
 
 
 def _weight_only_path() -> str:

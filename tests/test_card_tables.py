@@ -89,6 +89,17 @@ def test_card_lookup_traces_under_compile(fresh_card, monkeypatch):
     assert scaled(x)[0, 0] == 2
 
 
+def test_kernels_info_says_whose_routes_apply(fresh_card, monkeypatch):
+    from qtool_kernels import build
+
+    monkeypatch.setattr(tuning, "_card", ["H200"])
+    assert build._routes_card().startswith("H200")
+    monkeypatch.setattr(tuning, "_card", ["H100"])
+    monkeypatch.setattr(tuning, "W8A8_H100", {("fp8-block", 28672, 8192): {4096: "cublas", 8192: "cublas"}})
+    monkeypatch.setattr(tuning, "MIXED_H100", {(4, 4096, 4096): {64: "k64 t64 v0 s0"}})
+    assert build._routes_card() == "H100: the H200's tables with 3 cells measured on the H100 over them"
+
+
 def test_sweeps_merge_into_the_card_swept(tmp_path, monkeypatch):
     """dev/mixed_sweep.py's merge writes an H100 sweep into MIXED_H100 and an H200 one into MIXED, cell by cell,
     and the file still holds valid tables; an unknown --card is named."""
