@@ -9,9 +9,10 @@ next to the device-to-device copy bandwidth measured here, and the time of each 
 wo_gemm, dequant_int + cuBLAS) to tune GEMV_MAX_M and GEMM_MAX_M. Timing: triton.testing.do_bench when
 triton imports, else CUDA events; weights rotate over enough copies that they cannot sit in L2, and L2 is
 flushed before each timed call. The graph columns time 20 calls captured in one CUDA graph (rotating
-weights, no flush; bf16 and the layer replayed in turn, `interleaved_graph_ms`): GPU time without the per-call
-launch and dispatch cost, the issues' protocol, which the bar's ok / MISS judges where it was measured (the eager column holds the host's dispatch: ~30-60 us per call on the
-Hopper GEMM's routes, so small layers at 16-32 tokens read 0.66x eager where the graph gives 1.4x).
+weights, no flush; bf16 and the layer replayed in turn, replay.interleaved_graph_ms): GPU time without the
+per-call launch and dispatch cost, the issues' protocol, which the bar's ok / MISS judges where it was measured
+(the eager column holds the host's dispatch: ~30-60 us per call on the Hopper GEMM's routes, so small layers at
+16-32 tokens read 0.66x eager where the graph gives 1.4x).
 """
 
 from __future__ import annotations

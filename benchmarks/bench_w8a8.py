@@ -6,8 +6,8 @@ Protocol (issue 18): for every (scheme, K x N, M), one QuantLinear per weight co
 that together they exceed the L2 many times (weights stream from HBM); 20 calls captured in one CUDA
 graph, the median of 20 replays, per call. bf16 F.linear is timed the same way in the same run, every
 variant's graph replayed in turn (replay.interleaved_graph_ms: one after another, the GPU's clocks
-favoured whichever ran first); speedup = bf16 time / qtool time. Anchors timed beside ours, with the same protocol (torch's own
-building blocks, what a user could assemble without qtool):
+favoured whichever ran first); speedup = bf16 time / qtool time. Anchors timed beside ours, with the same
+protocol (torch's own building blocks, what a user could assemble without qtool):
   scaled_mm+compile  FP8 row-wise torch._scaled_mm with a torch.compile'd per-token quantization
   blockwise_gemm     F.scaled_mm block-wise (1x128 x 128x128) on pre-quantized activations (GEMM only)
   int_mm_gemm        torch._int_mm on pre-quantized activations (GEMM only, no scaling)

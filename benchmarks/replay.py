@@ -31,28 +31,14 @@ def graph_ms(call, reps: int = 20, replays: int = 10) -> float | None:
     """Median time per call of `reps` calls captured in one CUDA graph: GPU time with the CPU's launch
     and dispatch cost taken out (a decode step under CUDA graphs sees this). None if capture fails.
     `call` rotates its weights, so the captured calls read `reps` different copies."""
-    try:
-        graph = capture(call, reps)
-    except (RuntimeError, NotImplementedError, ValueError) as err:  # a path this GPU/PyTorch lacks
-        print(f"graph capture failed: {str(err).splitlines()[0]}")
-        return None
-    times = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / reps)
-    return statistics.median(times)
+    return interleaved_graph_ms({"call": call}, reps, replays)["call"]
 
 
 def interleaved_graph_ms(calls: dict, reps: int = 20, replays: int = 10) -> dict:
-    """name -> median time per call, as `graph_ms`, of every call's graph replayed in turn: replay i runs the
-    graphs in an order rotated by i // 2 and reversed on odd i (two calls: ABBA), so each sees the same clocks. Timed one after another,
-    a layer measured right after cuBLAS's bf16 GEMM read up to 10% slow on the H100's compute-bound cells
-    (session 55, dev/layer_gap.py: its own schedule alone, timed later, ran at the bf16 GEMM's speed). None for
-    a call whose capture fails."""
+    """name -> median time per call, as `graph_ms`, of every call's graph replayed in turn (`replay_order`), so
+    each sees the same clocks. Timed one after another, a layer measured right after cuBLAS's bf16 GEMM read up to
+    10% slow on the H100's compute-bound cells (session 55, dev/layer_gap.py: its own schedule alone, timed later,
+    ran at the bf16 GEMM's speed). None for a call whose capture fails."""
     graphs = {}
     for name, call in calls.items():
         try:

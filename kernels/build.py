@@ -273,10 +273,9 @@ def _routes_card() -> str:
     from . import tuning
 
     card = tuning.card()
-    names = tuning.CARD_TABLES.get(card, {})
-    cells = sum(len(row) for name in names.values() for row in getattr(tuning, name).values())
-    if card == "H200":
-        return "H200 (kernels/tuning.py's tables)"
+    if card not in tuning.CARD_TABLES:
+        return f"{card} (kernels/tuning.py's tables)"
+    cells = sum(len(row) for name in tuning.CARD_TABLES[card].values() for row in getattr(tuning, name).values())
     return f"{card}: the H200's tables with {cells} cells measured on the {card} over them"
 
 
