@@ -51,6 +51,18 @@ def variants(k: int, n: int, m: int, bits: int, packed, dense, kernels) -> tuple
     return route, calls
 
 
+def cell_weights(cell: str) -> tuple:
+    """"w4:KxN:M" -> (format, K, N, M, bits, bf16 copies, packed copies), each rotated past the L2."""
+    import torch
+    from bench_kernels import Rotation, copies_for, packed_copies
+
+    fmt, shape, m = cell.split(":")
+    k, n, m = *map(int, shape.split("x")), int(m)
+    bits, group = (4, 128) if fmt == "w4" else (8, -1)
+    dense = Rotation([torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(copies_for(2 * n * k))])
+    return fmt, k, n, m, bits, dense, Rotation(packed_copies(bits, group, k, n))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cells", default=DEFAULT_CELLS)
@@ -58,7 +70,7 @@ def main() -> None:
     parser.add_argument("--json")
     args = parser.parse_args()
     import torch
-    from bench_kernels import Rotation, copies_for, graph_ms, packed_copies
+    from bench_kernels import graph_ms
 
     from qtool_kernels import build
 
@@ -66,11 +78,7 @@ def main() -> None:
     out = []
     print(f"device: {torch.cuda.get_device_name()}")
     for cell in args.cells.split(","):
-        fmt, shape, m = cell.split(":")
-        k, n, m = *map(int, shape.split("x")), int(m)
-        bits, group = (4, 128) if fmt == "w4" else (8, -1)
-        dense = Rotation([torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(copies_for(2 * n * k))])
-        packed = Rotation(packed_copies(bits, group, k, n))
+        fmt, k, n, m, bits, dense, packed = cell_weights(cell)
         route, calls = variants(k, n, m, bits, packed, dense, kernels)
         times: dict[str, list[float]] = {name: [] for name in calls}
         for r in range(args.rounds):

@@ -162,13 +162,17 @@ def margin(m: int) -> float:
     return 0.02 if m <= 128 else 0.05
 
 
-def best_route(row: dict) -> str:
+def best_route(row: dict) -> str | None:
     """The fastest of a cell's timings as a kernels/tuning.py route: "wo_gemm", "dequant", or a
     schedule "k<ktile> t<token tile> v<variant> s<split>" with the token tile written out. A tuned schedule
-    must beat the plain one (the batch's own token tile, 128-row tiles, the default split) by `margin`."""
+    must beat the plain one (the batch's own token tile, 128-row tiles, the default split) by `margin`, and
+    any route must beat the dispatcher's own by `margin`, else None: the cell keeps its route. (Session 56's H100
+    sweep swapped ties on 4096 x 4096 for the plain schedule, which the table then timed 7-20% slower.)"""
     pre = row.get("pre") or 0.0
     timed = {key: v - pre for key, v in row["kernels"].items() if v}
     best = min(timed, key=timed.get)
+    if row.get("auto") and timed[best] > (1 - margin(row["M"])) * (row["auto"] - pre):
+        return None
     plain = min((key for key in ("k64/tm/v0/s0", "k128/tm/v0/s0") if key in timed), key=timed.get, default=None)
     if plain is not None and best.startswith("k") and timed[best] > (1 - margin(row['M'])) * timed[plain]:
         best = plain
@@ -184,7 +188,9 @@ def emit(paths: list[Path], merge: bool = False, card: str | None = None) -> Non
     for path in paths:
         for row in json.loads(path.read_text()):
             bits = FORMATS[row["format"]][0]
-            table.setdefault((bits, row["K"], row["N"]), {})[row["M"]] = best_route(row)
+            route = best_route(row)
+            if route is not None:
+                table.setdefault((bits, row["K"], row["N"]), {})[row["M"]] = route
     print_entries(table)
     if merge:  # cell by cell into kernels/tuning.py's MIXED table of the card swept
         merge_entries(table, card_table("mixed", card))
@@ -215,18 +221,26 @@ def entry_line(key: tuple, cells: dict) -> str:
 
 def merge_entries(table: dict, name: str, path: Path = TUNING) -> None:
     """Write {(kind, K, N): {M: route}} into kernels/tuning.py's table `name` in place, cell by cell: a measured
-    cell replaces the old one, the row's other cells stay; a new shape is appended to the table."""
+    cell replaces the old one, the row's other cells stay; a new shape is appended to the table. A card's cells
+    (MIXED_H100, ...) keep only routes that differ from the H200's table: a cell measured back to the H200's route
+    is removed, and a row left empty with it."""
+    from qtool_kernels import tuning
+
+    base = None if name in ("MIXED", "W8A8") else tuning.MIXED if name.startswith("MIXED") else tuning.W8A8
     lines = path.read_text().splitlines(keepends=True)
     start = next(i for i, line in enumerate(lines) if line.startswith(f"{name}: dict"))
     end = next(i for i in range(start, len(lines)) if lines[i].startswith("}"))
-    left = dict(table)
-    for i in range(start + 1, end):
-        key_text, _, cells_text = lines[i].strip().rstrip(",").partition(": ")
-        key = ast.literal_eval(key_text)
-        if key in left:
-            lines[i] = entry_line(key, {**ast.literal_eval(cells_text), **left.pop(key)})
-    lines[end:end] = [entry_line(key, cells) for key, cells in sorted(left.items())]
-    path.write_text("".join(lines))
+    rows = {}  # the table's rows in file order, then the new shapes sorted
+    for line in lines[start + 1:end]:
+        key_text, _, cells_text = line.strip().rstrip(",").partition(": ")
+        rows[ast.literal_eval(key_text)] = ast.literal_eval(cells_text)
+    rows.update({key: {} for key in sorted(set(table) - set(rows))})
+    for key, cells in table.items():
+        rows[key] = {**rows[key], **cells}
+    if base is not None:
+        rows = {key: {m: r for m, r in cells.items() if base.get(key, {}).get(m) != r} for key, cells in rows.items()}
+    body = [entry_line(key, cells) for key, cells in rows.items() if cells]
+    path.write_text("".join(lines[:start + 1] + body + lines[end:]))
 
 
 def main() -> None:

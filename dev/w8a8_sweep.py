@@ -133,11 +133,17 @@ def show_row(row: dict) -> None:
           + f" (best {best})", flush=True)
 
 
-def best_route(row: dict) -> str:
-    """The fastest of a cell's GEMMs (each with the activation quantization it needs) as a tuning.W8A8 route."""
+MARGIN = 0.03  # what a route must gain over the layer as dispatched to replace its route (noise below it)
+
+
+def best_route(row: dict) -> str | None:
+    """The fastest of a cell's GEMMs (each with the activation quantization it needs) as a tuning.W8A8 route, or
+    None where the layer as dispatched (fp8 / int8) is within MARGIN of it: the cell keeps its route."""
     aq = row["act_quant"] or 0.0
     gemm = {key: v + (0 if key.startswith("w8_gemv") else aq) for key, v in row["gemm"].items() if v and "/" not in key}
     best = min(gemm, key=gemm.get)  # (the "/split" probes are not routes)
+    if row.get("layer") and gemm[best] > (1 - MARGIN) * row["layer"]:
+        return None
     return "gemv" if best.startswith("w8_gemv") else best
 
 
@@ -145,7 +151,9 @@ def emit(paths: list[Path], merge: bool = False, card: str | None = None) -> Non
     table: dict = {}
     for path in paths:
         for row in json.loads(path.read_text()):
-            table.setdefault((row["kind"], row["K"], row["N"]), {})[row["M"]] = best_route(row)
+            route = best_route(row)
+            if route is not None:
+                table.setdefault((row["kind"], row["K"], row["N"]), {})[row["M"]] = route
     print_entries(table)
     if merge:  # so that one device call can sweep, route by the result and measure the layers routed so
         merge_entries(table, card_table("w8a8", card))

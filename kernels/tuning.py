@@ -107,9 +107,29 @@ W8A8: dict[tuple[str, int, int], dict[int, str]] = {
 # swept there; its other batches, and the shapes it has no row for, keep the H200's. The sweeps' --merge writes
 # here when they run on that card (dev/mixed_sweep.py, dev/w8a8_sweep.py). The H100 shares the H200's 132 SMs and
 # sm_90 but copies at 3.0 TB/s against 4.3 (measured) and slows its clocks under compute-bound GEMMs (session 55).
+# Session 56's H100 cells: the sweeps' winners by their margin over the layer as dispatched, the mixed-input ones
+# kept only where dev/card_ab.py timed them >= 4% faster than the H200's route under the protocol (identical routes
+# read up to 3-5% apart there; the sweep behind a norm and the protocol disagreed on W8 4096 x 4096 at 128 tokens).
 MIXED_H100: dict[tuple[int, int, int], dict[int, str]] = {
+    (4, 8192, 28672): {128: "k128 t128 v0 s-1"},
+    (8, 8192, 28672): {128: "k128 t128 v0 s-1", 256: "k64 t256 v2 s-1"},
 }
 W8A8_H100: dict[tuple[str, int, int], dict[int, str]] = {
+    ('fp8', 4096, 4096): {1024: "large"},
+    ('fp8', 4096, 14336): {8192: "large-s8"},
+    ('fp8', 8192, 8192): {4096: "pingpong-n8"},
+    ('fp8', 14336, 4096): {8192: "pingpong"},
+    ('fp8-block', 4096, 4096): {1024: "cublas"},
+    ('fp8-block', 4096, 14336): {16: "gemv", 1024: "block-split-overlap", 8192: "block-large-overlap"},
+    ('fp8-block', 8192, 8192): {4: "block-narrow-overlap", 8: "block-narrow-overlap", 4096: "block-large-overlap", 8192: "block-split-overlap-n8"},
+    ('fp8-block', 8192, 28672): {4: "block-skinny-overlap", 8: "block-skinny-overlap", 1024: "block-split-overlap", 4096: "block-large-overlap", 8192: "cublas"},
+    ('fp8-block', 14336, 4096): {4096: "block-split-overlap-s8", 8192: "block-large-overlap"},
+    ('fp8-block', 28672, 8192): {1: "block-swap", 2: "block-narrow", 4: "block-swap-overlap", 8: "block-narrow", 16: "block-narrow-overlap", 1024: "block-split-overlap", 4096: "block-large-overlap", 8192: "cublas"},
+    ('int8', 4096, 4096): {1024: "split"},
+    ('int8', 8192, 8192): {1024: "split", 4096: "pingpong-n8"},
+    ('int8', 8192, 28672): {4096: "split-n8", 8192: "split-n8"},
+    ('int8', 14336, 4096): {1024: "split"},
+    ('int8', 28672, 8192): {4096: "split-n8", 8192: "split-s8"},
 }
 CARD_TABLES = {"H100": {"mixed": "MIXED_H100", "w8a8": "W8A8_H100"}}  # card -> table -> its cells' module name
 CARDS = ("H200", *CARD_TABLES)

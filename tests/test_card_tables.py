@@ -100,15 +100,22 @@ def test_kernels_info_says_whose_routes_apply(fresh_card, monkeypatch):
     assert build._routes_card() == "H100: the H200's tables with 3 cells measured on the H100 over them"
 
 
-def test_sweeps_merge_into_the_card_swept(tmp_path, monkeypatch):
-    """dev/mixed_sweep.py's merge writes an H100 sweep into MIXED_H100 and an H200 one into MIXED, cell by cell,
-    and the file still holds valid tables; an unknown --card is named."""
+def sweeps():
+    """dev/mixed_sweep.py and dev/w8a8_sweep.py as modules (dev/ and benchmarks/ on the path while importing)."""
     sys.path.insert(0, str(ROOT / "dev"))
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         import mixed_sweep
+        import w8a8_sweep
     finally:
         sys.path[:2] = []
+    return mixed_sweep, w8a8_sweep
+
+
+def test_sweeps_merge_into_the_card_swept(tmp_path, monkeypatch):
+    """dev/mixed_sweep.py's merge writes an H100 sweep into MIXED_H100 and an H200 one into MIXED, cell by cell,
+    and the file still holds valid tables; an unknown --card is named."""
+    mixed_sweep, _ = sweeps()
     copy = tmp_path / "tuning.py"
     shutil.copy(ROOT / "kernels" / "tuning.py", copy)
     h100 = mixed_sweep.card_table("mixed", "H100")
@@ -116,9 +123,13 @@ def test_sweeps_merge_into_the_card_swept(tmp_path, monkeypatch):
     mixed_sweep.merge_entries({(4, 28672, 8192): {256: "k64 t128 v2 s-1"}}, h100, copy)
     mixed_sweep.merge_entries({(4, 28672, 8192): {512: "k64 t128 v2 s-1"}}, h100, copy)
     mixed_sweep.merge_entries({(4, 4096, 4096): {64: "k64 t64 v0 s0"}}, "MIXED", copy)
+    # a card's cell measured back to the H200's route goes, and its row with it when that was its last cell
+    first, cells = next(iter(tuning.MIXED_H100.items()))
+    mixed_sweep.merge_entries({first: {m: tuning.MIXED[first][m] for m in cells}}, h100, copy)
     tables = {node.target.id: ast.literal_eval(node.value) for node in ast.parse(copy.read_text()).body
               if isinstance(node, ast.AnnAssign) and node.target.id in ("MIXED", "MIXED_H100", "W8A8_H100")}
-    assert tables["MIXED_H100"] == {(4, 28672, 8192): {256: "k64 t128 v2 s-1", 512: "k64 t128 v2 s-1"}}
+    expected = {key: row for key, row in tuning.MIXED_H100.items() if key != first}
+    assert tables["MIXED_H100"] == {**expected, (4, 28672, 8192): {256: "k64 t128 v2 s-1", 512: "k64 t128 v2 s-1"}}
     assert tables["MIXED"][(4, 4096, 4096)][64] == "k64 t64 v0 s0"
     assert tables["MIXED"][(4, 28672, 8192)] == tuning.MIXED[(4, 28672, 8192)]  # the H200's row untouched
     assert tables["W8A8_H100"] == tuning.W8A8_H100
@@ -144,3 +155,23 @@ def test_interleaved_replays_give_every_variant_every_place():
             assert sorted(order[place] for order in orders) == sorted(names * 2)
     assert replay_order([], 3) == []
 
+
+
+def test_sweeps_keep_a_route_unless_another_beats_it_by_the_margin():
+    """A sweep writes a cell only where some route beat the layer as dispatched by the margin in the same run: the
+    H100 sweep of session 56 swapped ties for plain schedules that the protocol then timed 9-16% slower."""
+    mixed_sweep, w8a8_sweep = sweeps()
+    plain, tuned = "k64/tm/v0/s0", "k64/t128/v2/s2"
+    row = {"M": 256, "pre": 0.0, "auto": 1.00, "kernels": {plain: 0.99, tuned: 0.98}}
+    assert mixed_sweep.best_route(row) is None  # 2% faster than the dispatcher: below the 5% margin at 256 tokens
+    row["kernels"][tuned] = 0.90
+    assert mixed_sweep.best_route(row) == "k64 t128 v2 s2"
+    row["auto"] = 0.91  # a route 1% off the dispatcher's time is no reason to change it
+    assert mixed_sweep.best_route(row) is None
+    cell = {"act_quant": 0.1, "layer": 1.0, "gemm": {"large": 0.88, "w8_gemv (bf16 x)": 1.5}}
+    assert w8a8_sweep.best_route(cell) is None  # 0.98 with the quantization: within 3% of the layer
+    cell["gemm"]["large"] = 0.8
+    assert w8a8_sweep.best_route(cell) == "large"
+    del cell["layer"]  # fp8-block's rows time no layer: the fastest GEMM wins
+    cell["gemm"]["large"] = 0.95
+    assert w8a8_sweep.best_route(cell) == "large"
