@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# The device calls of session 56 (carry [".gpu/w8a8", ".gpu/ext"]; the extension in .gpu/ext is rebuilt for
-# act_quant.cu's grouped kernel: `bash dev/prebuild_ext.sh`). Session 56's first three calls (H100) ran session 55's
-# w8sweep, wosweep and tables (BENCHMARKS.md "H100, 2026-12-06 session 56"). The sweeps now keep a cell's route
-# unless another beats it by the margin in the same run (dev/mixed_sweep.py, dev/w8a8_sweep.py: best_route).
-#   call 4: bash dev/session56.sh check         (~6 min: act_quant's 1 x 128 groups four per thread, tested and
-#           timed against a copy; the weight-only routes of the H200's tables, the H100's cells and session 56's
-#           unfiltered sweep (dev/s56_unfiltered_cells.py) A/B'd in one process; fp8-block at 1024-8192 tokens). Ran
-#           (call 4) but for cardab, which failed to read the third table.
-#   call 5: bash dev/session56.sh check2        (~5 min: the tests again on the A/B build, act_quant's groups four
-#           per thread against one in alternating processes, and cardab)
+# The device calls of session 56 (carry [".gpu/w8a8", ".gpu/ext"]). Session 56 (H100 only) ran session 55's w8sweep,
+# wosweep and tables, then these (BENCHMARKS.md "H100, 2026-12-06 session 56"):
+#   check    act_quant's grouped kernel changed to four groups per thread (.gpu/ext rebuilt for it), its GPU tests
+#            and dev/act_quant_probe.py; cardab failed there to read the third table
+#   check2   the tests again, act_quant four groups vs one per thread (QTOOL_ACT_QUANT_SLOTS=1) in alternating
+#            processes (four lost at 16-1024 tokens: reverted, so aqab needs that build back), and dev/card_ab.py:
+#            the H200's routes, the H100's cells and session 56's unfiltered sweep (dev/s56_unfiltered_cells.py)
+#            in one process, which chose the H100's mixed cells
+# Next, on an H200 (still owed since session 48): `bash dev/session55.sh first56` (issue 19's 8B goals at batches
+# 1 / 16), then `tables`. On an H100: nothing queued; any route change goes through cardab first.
 cd "$(dirname "$0")/.."
 source dev/session51.sh  # gpu_setup.sh (the log: $OUT/session51.log), session 50-51 functions
 
