@@ -8,7 +8,9 @@
 #            the H200's routes, the H100's cells and session 56's unfiltered sweep (dev/s56_unfiltered_cells.py)
 #            in one process, which chose the H100's mixed cells
 # Next, on an H200 (still owed since session 48): `bash dev/session55.sh first56` (issue 19's 8B goals at batches
-# 1 / 16), then `tables`. On an H100: nothing queued; any route change goes through cardab first.
+# 1 / 16), then `tables`. On any card: `bash dev/session56.sh gap` (~2 min, prepared, never run: why fp8-block
+# 4096 x 4096 at 64 tokens reads 0.99x in the table and 1.29x in the sweep; kernels/NOTES.md "Session 56"). Any
+# route change goes through cardab (or the gap probe) first.
 cd "$(dirname "$0")/.."
 source dev/session51.sh  # gpu_setup.sh (the log: $OUT/session51.log), session 50-51 functions
 
@@ -41,6 +43,10 @@ aqab() {  # the grouped act_quant against session 55's (QTOOL_ACT_QUANT_SLOTS=1)
         --json "$OUT/aq_s${slots}_r$round.json" 2>&1 | grep -v "^USDT" | grep -v "^device"
     done
   done
+}
+gap() {  # the fp8-block layer: QuantLinear, the op, the sweep's weights, act_quant + GEMM with / without PDL
+  step "fp8-block layer vs its parts (dev/w8a8_gap.py)"
+  timeout -k 10 "${GAP_TIMEOUT:-180}" python3 dev/w8a8_gap.py --json "$OUT/w8a8_gap.json" 2>&1 | grep -v "^USDT"
 }
 check() { aqtests; aqprobe; cardab; blocklarge; }
 check2() { AQ_TIMEOUT=100 aqtests; aqab; cardab; }
