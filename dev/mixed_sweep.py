@@ -167,7 +167,7 @@ def best_route(row: dict) -> str | None:
     schedule "k<ktile> t<token tile> v<variant> s<split>" with the token tile written out. A tuned schedule
     must beat the plain one (the batch's own token tile, 128-row tiles, the default split) by `margin`, and
     any route must beat the dispatcher's own by `margin`, else None: the cell keeps its route. (Session 56's H100
-    sweep swapped ties on 4096 x 4096 for the plain schedule, which the table then timed 7-20% slower.)"""
+    sweep swapped ties on 4096 x 4096 for the plain schedule, 9-16% slower in one process: dev/card_ab.py.)"""
     pre = row.get("pre") or 0.0
     timed = {key: v - pre for key, v in row["kernels"].items() if v}
     best = min(timed, key=timed.get)
