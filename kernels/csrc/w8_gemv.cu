@@ -53,7 +53,8 @@ constexpr int kTwoStripesMinN = 16384;
 //   2: no 16-warp blocks (session 13 measured them: 4096 x 4096 1.23x -> 1.62x bf16, 14336 x 4096 1.08x -> 1.50x
 //      at one token; no change elsewhere).
 //  16: 16-warp blocks up to 8192 rows instead of kWideMaxN (session 14's decode profile: q/k/v of 6144 rows, 384
-//      8-warp blocks, streamed 2.5 TB/s where gate/up reached 3.5). Not yet measured.
+//      8-warp blocks, streamed 2.5 TB/s where gate/up reached 3.5). Lost in session 15 (H200, 1-16 tokens: int8
+//      4096 x 6144 1.49x -> 1.38x at one token, fp8 8192 x 8192 1.62x -> 1.56x).
 //  64: block scales (fp8-block) at 9-16 tokens on the lean variant at every k, not only k <= kLeanBlockedMaxK.
 // 128: block scales for FP8 codes and bf16 activations as before session 28 (kBlockAcc / the lean variant), not
 //      folded into the decode (kBlockFold).
