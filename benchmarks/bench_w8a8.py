@@ -118,6 +118,9 @@ def bench_shape(k: int, n: int, tokens: list[int], schemes: list[str]) -> list[d
             int8_scale = layers["w8a8-int8"].items[0].weight_scale.reshape(-1).contiguous()
             calls.update(anchors(x, fp8_rows, fp8_scale, Rotation([b.weight for b in block_items]), bscale,
                                  int8_rows, int8_scale))
+        for rot in layers.values():  # an eager forward on every copy before capture, as a model's warm-up runs:
+            for layer in rot.items:  # a first call may prepare a layout (the narrow tile's scales), which a graph
+                layer(x)             # captured first would redo on every replay (session 57, dev/capture_probe.py)
         # every variant's graph replayed in turn, so all see the same clocks (replay.interleaved_graph_ms)
         times = interleaved_graph_ms(calls, reps=CALLS, replays=REPLAYS)
         row = {"K": k, "N": n, "M": m, **{f"{key}_us": None if ms is None else ms * 1e3 for key, ms in times.items()}}

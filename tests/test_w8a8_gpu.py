@@ -348,3 +348,28 @@ def test_w8a8_op_opcheck(kernels):
     for m in (4, 20):
         torch.library.opcheck(torch.ops.qtool.w8a8_linear.default, (x[:m], w, ws, None, None, "int8", 0, 0, 0))
     torch.library.opcheck(torch.ops.qtool.quantize_activation.default, (x, "e4m3", 128, None))
+
+
+def test_narrow_scales_first_met_under_capture(kernels):
+    """A narrow-tile call captured before any eager call on these scales, then an eager call before the graph's
+    first replay: the expanded scales a capture makes are recorded, not written, so the eager call must not find
+    them cached (it read unwritten memory until session 57), and the graph must still be right when replayed."""
+    if torch.cuda.get_device_capability() != (9, 0) or not block_mm.available():
+        pytest.skip("libqtool_sm90_block runs on Hopper")
+    g = torch.Generator(device="cuda").manual_seed(57)
+    m, n, k = 64, 1000, 512
+    x = torch.randn(m, k, device="cuda", generator=g, dtype=torch.bfloat16)
+    w = weight_codes("e4m3", n, k, g)
+    ws = torch.rand(-(-n // 128), k // 128, device="cuda", generator=g) / 100 + 1e-3
+    xq, xs = kernels.act_quant(x, "e4m3", 128, None)
+    ref = reference.scaled_linear(xq.cpu(), xs.cpu(), w.cpu(), ws.cpu(), None, 128, 128, 128, torch.float64)
+    config = block_mm.CONFIGS["block-narrow-overlap"]
+    torch.cuda.synchronize()
+    poison_cache()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y_graph = block_mm.block_linear(xq, xs, w, ws, config)
+    y_eager = block_mm.block_linear(xq, xs, w, ws, config)
+    assert rel_err(y_eager.cpu(), ref) < 1e-2
+    graph.replay()
+    assert rel_err(y_graph.cpu(), ref) < 1e-2
