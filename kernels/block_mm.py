@@ -27,7 +27,7 @@ import weakref
 import torch
 import torch.nn.functional as F
 
-from . import sm90
+from . import build, sm90
 
 BLOCK = 128
 # route names of tuning.W8A8 -> config
@@ -156,7 +156,7 @@ def narrow_scales(w_scale: torch.Tensor, n: int) -> torch.Tensor:
     key = id(w_scale)
     hit = _narrow.get(key)
     if hit is None or hit[0]() is not w_scale or hit[1] != w_scale._version:
-        if torch.cuda.is_current_stream_capturing():
+        if build.capturing():
             # Under capture the expansion is recorded, not run: cached, it would be unwritten memory until the
             # graph's first replay (an eager call in between read it), so such a graph expands on every replay.
             # Run one eager forward before capturing, as for the weight-only layouts (quantize/linear.py).

@@ -212,6 +212,12 @@ def loaded() -> bool:
     return _loader.ops is not None
 
 
+def capturing() -> bool:
+    """Whether the current CUDA stream is capturing a graph, where work is recorded, not run: a layout prepared
+    once and kept must not be made then (False without CUDA)."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
 def available_ops() -> list[str]:
     """Names of the loaded raw kernel ops (empty when the extension is not loaded)."""
     return [f"{NAME}::{op}" for op in RAW_OPS] if _loader.ops is not None else []

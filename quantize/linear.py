@@ -280,13 +280,18 @@ def prepare_for_cuda(layer: QuantLinear) -> PackedWeight | None:
     The checkpoint buffers are untouched and state_dict() is unchanged; the repack is redone when a
     checkpoint buffer changes (load_state_dict, .to()). None when the kernels are not available or
     cannot take this layer's scheme, in which case the layer runs the reference op.
-    Under torch.compile the layout an eager forward prepared is used as is (run one eager forward first).
+    Under torch.compile the layout an eager forward prepared is used as is (run one eager forward first); inside a
+    CUDA graph capture a layer that has none refuses (RuntimeError).
     """
     if build.load_extension() is None:
         return None
     key = _source_key(layer)
     if getattr(layer, "_cuda_layout_key", None) == key:
         return layer._cuda_packed  # built from these buffers at the key's time (prepared_weight costs ~5 us a call)
+    if build.capturing():  # the repack would be recorded, not run, and kept: unwritten memory for eager calls
+        raise RuntimeError(f"QuantLinear({layer.in_features} -> {layer.out_features}) met its weights first inside a "
+                           "CUDA graph capture; run one eager forward before capturing (it prepares the kernel "
+                           "layout once)")
     packed = pack_layer(layer)
     bias = None if packed is None or layer.bias is None else layer.bias.detach().float()
     tensors = (None,) * 6 if packed is None else (packed.qweight, packed.scale, packed.zero, packed.perm, bias,

@@ -219,6 +219,22 @@ def test_prepared_layout_is_kept_until_a_source_changes(monkeypatch):
     assert layer._cuda_packed is None and prepare_for_cuda(layer) is not third
 
 
+def test_prepare_refuses_a_first_call_inside_a_graph_capture(monkeypatch):
+    """A layer whose kernel layout is not yet made refuses inside a CUDA graph capture, which would record the
+    repack without running it and keep unwritten memory; prepared by an eager call first, the capture uses it."""
+    monkeypatch.setattr(build, "load_extension", lambda: object())
+    codes, scale, zero, _ = random_weight(32, 256, 4, 64, False, act_order=False)
+    args = QuantArgs(num_bits=4, symmetric=False, strategy=Strategy.GROUP, group_size=64)
+    layer = QuantLinear.from_qtensor(QTensor(codes, scale, zero, args), QuantScheme(weights=args))
+    monkeypatch.setattr(build, "capturing", lambda: True)
+    with pytest.raises(RuntimeError, match=r"QuantLinear\(256 -> 32\).*eager forward"):
+        prepare_for_cuda(layer)
+    monkeypatch.setattr(build, "capturing", lambda: False)
+    packed = prepare_for_cuda(layer)
+    monkeypatch.setattr(build, "capturing", lambda: True)
+    assert packed is not None and prepare_for_cuda(layer) is packed
+
+
 @pytest.mark.parametrize("bits,group_size", [(2, 64), (3, 128), (3, -1), (2, 32), (3, 16), (2, 16), (5, 32),
                                              (6, -1), (7, 64)])
 @pytest.mark.parametrize("symmetric", [True, False])

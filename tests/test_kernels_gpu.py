@@ -300,6 +300,24 @@ def test_quantlinear_repacks_after_load_state_dict(kernels):
     assert rel_err(layer(x), x.double() @ dense2.T) < 1e-2
 
 
+def test_quantlinear_first_call_inside_a_graph_capture(kernels):
+    """A layer met first inside a CUDA graph capture refuses with a message (the repack would be recorded, not run,
+    and kept as unwritten memory); after one eager forward the captured graph replays the right output."""
+    qt, args, dense = make_weight(4, 128, True, False, 576, 1536)
+    layer = QuantLinear.from_qtensor(qt, QuantScheme(weights=args))
+    x = torch.randn(16, 576, device="cuda", dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="eager forward"):
+        with torch.cuda.graph(torch.cuda.CUDAGraph()):
+            layer(x)
+    layer(x)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = layer(x)
+    x.copy_(torch.randn_like(x))
+    graph.replay()
+    assert rel_err(y, x.double() @ dense.T) < 1e-2
+
+
 def test_quantlinear_under_torch_compile(kernels):
     qt, args, dense = make_weight(4, 128, False, True, 576, 1536)
     layer = QuantLinear.from_qtensor(qt, QuantScheme(weights=args))

@@ -355,6 +355,22 @@ def test_narrow_scales_repeat_each_block_per_64_rows():
     assert torch.equal(block_mm.narrow_scales(ws, 300)[4], torch.tensor([8.0, 10]))
 
 
+def test_narrow_scales_not_kept_from_a_graph_capture(monkeypatch):
+    """Met first inside a CUDA graph capture, the narrow scales are made for that call and not kept (a capture
+    records the expansion without running it); the next eager call makes and keeps them."""
+    from qtool_kernels import block_mm, build
+
+    ws = torch.arange(6.0).reshape(3, 2)
+    monkeypatch.setattr(build, "capturing", lambda: True)
+    first = block_mm.narrow_scales(ws, 300)
+    assert block_mm.narrow_scales(ws, 300) is not first and id(ws) not in block_mm._narrow
+    monkeypatch.setattr(build, "capturing", lambda: False)
+    kept = block_mm.narrow_scales(ws, 300)
+    assert torch.equal(kept, first) and block_mm.narrow_scales(ws, 300) is kept
+    monkeypatch.setattr(build, "capturing", lambda: True)
+    assert block_mm.narrow_scales(ws, 300) is kept  # kept before the capture: the graph reads it
+
+
 def test_w8a8_routes_stay_within_measured_batches(monkeypatch):
     """W8A8 takes a measured route only on Hopper (where libqtool_sm90, which the table measured, runs) and inside
     the measured batches of the nearest shape (elsewhere the rules of kernels/scaled_mm.py), and the route of the
