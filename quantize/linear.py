@@ -274,6 +274,13 @@ def _source_key(layer: QuantLinear) -> tuple:
     return tuple(key)
 
 
+def refuse_capture(layer: QuantLinear) -> None:
+    """A layout made inside a CUDA graph capture is recorded, not run: kept, it is unwritten memory to eager calls."""
+    if build.capturing():
+        raise RuntimeError(f"QuantLinear({layer.in_features} -> {layer.out_features}) met its weights first inside a "
+                           "CUDA graph capture; run one eager forward before capturing (it prepares the kernel layout)")
+
+
 def prepare_for_cuda(layer: QuantLinear) -> PackedWeight | None:
     """Repack `layer` into the kernel layout once and keep it as non-persistent buffers.
 
@@ -288,10 +295,7 @@ def prepare_for_cuda(layer: QuantLinear) -> PackedWeight | None:
     key = _source_key(layer)
     if getattr(layer, "_cuda_layout_key", None) == key:
         return layer._cuda_packed  # built from these buffers at the key's time (prepared_weight costs ~5 us a call)
-    if build.capturing():  # the repack would be recorded, not run, and kept: unwritten memory for eager calls
-        raise RuntimeError(f"QuantLinear({layer.in_features} -> {layer.out_features}) met its weights first inside a "
-                           "CUDA graph capture; run one eager forward before capturing (it prepares the kernel "
-                           "layout once)")
+    refuse_capture(layer)
     packed = pack_layer(layer)
     bias = None if packed is None or layer.bias is None else layer.bias.detach().float()
     tensors = (None,) * 6 if packed is None else (packed.qweight, packed.scale, packed.zero, packed.perm, bias,
@@ -368,6 +372,7 @@ def _prepare_binary(layer: QuantLinear) -> binary.GemvWeight | binary.GemmWeight
     non-persistent buffers and rebuilt when a checkpoint buffer changes, as `prepare_for_cuda` does."""
     w1a1 = layer.scheme.input_activations is not None
     if not torch.compiler.is_compiling() and getattr(layer, "_cuda_binary_key", None) != (key := _source_key(layer)):
+        refuse_capture(layer)
         args = (layer.weight_packed, layer.weight_scale, layer.scheme.weights.kernel_group_size, layer.in_features)
         try:
             packed = binary.pack_gemm(*args) if w1a1 else binary.pack_gemv(*args)

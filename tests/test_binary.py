@@ -61,6 +61,24 @@ def test_quant_linear_w1a16_matches_dequantized_matmul():
     torch.testing.assert_close(layer(x), x @ qt.dequantize().T)
 
 
+@pytest.mark.parametrize("name", ["w1a16", "w1a1"])
+def test_binary_layout_refused_inside_a_graph_capture(monkeypatch, name):
+    """A 1-bit layer's kernel layout is made on its first CUDA call; met first inside a CUDA graph capture it
+    refuses (the packing would be recorded, not run), and made eagerly it is what a capture then reads."""
+    from qtool_kernels import build
+    from quantize.linear import _prepare_binary
+
+    scheme = preset(name)
+    layer = QuantLinear.from_qtensor(quantize_weight(torch.randn(32, 256), scheme.weights), scheme)
+    monkeypatch.setattr(build, "capturing", lambda: True)
+    with pytest.raises(RuntimeError, match=r"QuantLinear\(256 -> 32\).*eager forward"):
+        _prepare_binary(layer)
+    monkeypatch.setattr(build, "capturing", lambda: False)
+    packed = _prepare_binary(layer)
+    monkeypatch.setattr(build, "capturing", lambda: True)
+    assert packed is not None and torch.equal(_prepare_binary(layer).scale, packed.scale)
+
+
 def test_w1a1_binarizes_activations_per_token():
     torch.manual_seed(0)
     w, x = torch.randn(16, 64), torch.randn(5, 64)
