@@ -31,5 +31,23 @@ clocks() {  # issue 18's large-m limit: SM clock and power under each GEMM run b
     timeout -k 10 120 python3 dev/clock_probe.py --shape "$shape" --json "$OUT/clock_$shape.json" 2>&1 | grep -v "^USDT"
   done
 }
+foldtests() {  # w8_gemv's GPU tests, then the block-scaled ones under switch 256 (64 registers, four blocks per SM)
+  step "w8_gemv GPU tests, default and QTOOL_W8_GEMV=256"
+  gputests foldtests "${FT_TIMEOUT:-150}" tests/test_w8a8_gpu.py -k "w8_gemv"
+  QTOOL_W8_GEMV=256 gputests foldtests256 "${FT_TIMEOUT:-150}" tests/test_w8a8_gpu.py -k "w8_gemv and block"
+}
+foldab() {  # switch 256 against the default: the raw op (dev/gemv_probe.py), then the layers (bench_w8a8.py), ABAB
+  step "w8_gemv: QTOOL_W8_GEMV=0 / 256 / 16 (dev/gemv_probe.py, one child each)"
+  timeout -k 10 "${FP_TIMEOUT:-200}" python3 dev/gemv_probe.py --switches 0,256,16 --tokens 1,4,8 \
+    --json "$OUT/foldprobe.json" 2>&1 | grep -v "^USDT" | grep -E "^fp8-block|^kind|failed"
+  for round in 1 2; do
+    for sw in 0 256; do
+      step "bench_w8a8 at 1-8 tokens, QTOOL_W8_GEMV=$sw, round $round"
+      QTOOL_W8_GEMV=$sw timeout -k 10 120 python3 benchmarks/bench_w8a8.py --tokens 1,2,4,8 \
+        --json "$OUT/fold_${sw}_r$round.json" > "/tmp/fold_${sw}_r$round.txt" 2>&1
+      echo "exit $?"; grep -E "^fp8-block " "/tmp/fold_${sw}_r$round.txt"
+    done
+  done
+}
 for stage in "$@"; do "$stage"; done
 step "done"

@@ -58,6 +58,9 @@ constexpr int kTwoStripesMinN = 16384;
 //  64: block scales (fp8-block) at 9-16 tokens on the lean variant at every k, not only k <= kLeanBlockedMaxK.
 // 128: block scales for FP8 codes and bf16 activations as before session 28 (kBlockAcc / the lean variant), not
 //      folded into the decode (kBlockFold).
+// 256: folded block scales at 1-8 tokens on 8-warp blocks in 64 registers, four blocks per SM (else 80, three): an
+//      8192-row layer's 512 blocks then fit one wave of 528 slots, where three per SM leave a tail (session 57's
+//      H100 table: fp8-block 8192 x 8192 at 1-8 tokens 1.53-1.61x bf16 against fp8's 1.75-1.77x on the same kernel).
 // Session 14's A/B made two former switches the defaults ("lean" register budgets where they cost no spills) and
 // withdrew a third (one stripe at every n: -5-17% at <= 8 tokens on 28672 rows): kernels/NOTES.md "Session 14".
 // Session 30 withdrew two more, more warps per SM with fewer tiles in flight each (kernels/NOTES.md "Session 30"):
@@ -101,8 +104,9 @@ __device__ inline void scale_sums(float (&acc)[S][TT][4], float by) {
 // each), its own instantiation so that the two-stripe kernel of large layers keeps its registers.
 enum Scales : int { kChannel = 0, kBlockAcc = 1, kBlockFold = 2, kBlockFoldGated = 3 };
 
-template <int TokenTiles, int Sc, int kStripes, int Warps, bool Lean>
+template <int TokenTiles, int Sc, int kStripes, int Warps, bool Lean, int Budget>
 __host__ __device__ constexpr int min_blocks() {  // __launch_bounds__'s blocks per SM (lean budgets); 0: unset
+  if (Budget) return Budget;  // a launch's own (switch 256)
   if (Sc == kBlockFoldGated) return 2;  // 128 registers (160 unbounded; 20-26 bytes of spill)
   if (!Lean || kStripes != 1) return 0;
   if (Sc == kBlockFold)  // 64 / 85 registers; at two token tiles 64 (two tiles in flight, unroll_tiles)
@@ -115,8 +119,8 @@ __host__ __device__ constexpr int min_blocks() {  // __launch_bounds__'s blocks 
 // out before griddepcontrol.wait and their x loads after it (pdl.cuh); the loop is otherwise the same. Session 18's first try, L2 prefetches of those
 // tiles before the wait, made the kernel 5-30% slower even without PDL.
 template <typename T, CodeFormat F, int TokenTiles, int Sc, int kStripes, int Warps, bool Lean = false,
-          bool Pdl = false>
-__global__ void __launch_bounds__(Warps * 32, (min_blocks<TokenTiles, Sc, kStripes, Warps, Lean>()))
+          bool Pdl = false, int Budget = 0>
+__global__ void __launch_bounds__(Warps * 32, (min_blocks<TokenTiles, Sc, kStripes, Warps, Lean, Budget>()))
     w8_gemv(W8GemvProblem p) {
   constexpr bool Blocked = Sc != kChannel, kFold = Sc == kBlockFold || Sc == kBlockFoldGated;
   constexpr int kScaleStripes = Sc == kBlockFoldGated ? kStripes : 1;  // restores per tile
@@ -323,15 +327,15 @@ __global__ void __launch_bounds__(Warps * 32, (min_blocks<TokenTiles, Sc, kStrip
 // One variant's launch; its Pdl twin (bf16, up to 16 tokens: the A/B's cases, so that the build does not grow by
 // more), launched with programmatic serialization, where the caller asks for it (p.pdl: static weights, and the
 // shapes where session 19 measured it faster, scaled_mm.W8_GEMV_PDL) or QTOOL_PDL=2 (every call: the A/B).
-template <typename T, CodeFormat F, int TokenTiles, int Sc, int Stripes, int Warps, bool Lean>
+template <typename T, CodeFormat F, int TokenTiles, int Sc, int Stripes, int Warps, bool Lean, int Budget = 0>
 void launch_one(const W8GemvProblem& p, unsigned blocks, cudaStream_t stream) {
   if constexpr (TokenTiles <= 2 && std::is_same_v<T, __nv_bfloat16>) {
     if (pdl_level() >= 2 || (p.pdl && pdl_enabled())) {
-      return launch_maybe_pdl(w8_gemv<T, F, TokenTiles, Sc, Stripes, Warps, Lean, true>, true, dim3(blocks),
-                              dim3(Warps * 32), 0, stream, p);
+      return launch_maybe_pdl(w8_gemv<T, F, TokenTiles, Sc, Stripes, Warps, Lean, true, Budget>, true,
+                              dim3(blocks), dim3(Warps * 32), 0, stream, p);
     }
   }
-  w8_gemv<T, F, TokenTiles, Sc, Stripes, Warps, Lean><<<blocks, Warps * 32, 0, stream>>>(p);
+  w8_gemv<T, F, TokenTiles, Sc, Stripes, Warps, Lean, false, Budget><<<blocks, Warps * 32, 0, stream>>>(p);
 }
 
 // The per-channel launch shapes, which the folded block scales share (the same registers).
@@ -344,6 +348,10 @@ void launch_channel_shapes(const W8GemvProblem& p, unsigned blocks, int switches
     // SM alone (two waves of 256 blocks)
     constexpr bool kLean = Sc == kBlockFold;  // bounded: 2 or 3 blocks per SM (80 registers unbounded)
     if (wide) return launch_one<T, F, 1, Sc, 1, kWideWarps, kLean>(p, blocks, stream);
+    if constexpr (Sc == kBlockFold) {
+      // not for the PDL twin, which spills 58 bytes in 64 registers
+      if ((switches & 256) && !p.pdl) return launch_one<T, F, 1, Sc, 1, kWarps, kLean, 4>(p, blocks, stream);
+    }
     return launch_one<T, F, 1, Sc, 1, kWarps, kLean>(p, blocks, stream);
   }
   else if constexpr (Stripes == 1 && TokenTiles == 2) {  // 64 registers: 9-16 tokens 1.1-1.4x -> 1.4-1.65x bf16
