@@ -49,5 +49,10 @@ foldab() {  # switch 256 against the default: the raw op (dev/gemv_probe.py), th
     done
   done
 }
+foldprobe() {  # the default (four blocks per SM where that makes one wave) against switch 256 (always three)
+  step "w8_gemv: QTOOL_W8_GEMV=0 / 256 (dev/gemv_probe.py, one child each)"
+  timeout -k 10 "${FP_TIMEOUT:-150}" python3 dev/gemv_probe.py --switches 0,256 --tokens 1,4,8 \
+    --json "$OUT/foldprobe2.json" 2>&1 | grep -v "^USDT" | grep -E "^fp8-block|^kind|failed"
+}
 for stage in "$@"; do "$stage"; done
 step "done"

@@ -110,6 +110,9 @@ W8A8: dict[tuple[str, int, int], dict[int, str]] = {
 # Session 56's H100 cells: the sweeps' winners by their margin over the layer as dispatched, the mixed-input ones
 # kept only where dev/card_ab.py timed them >= 4% faster than the H200's route under the protocol (identical routes
 # read up to 3-5% apart there; the sweep behind a norm and the protocol disagreed on W8 4096 x 4096 at 128 tokens).
+# Session 57: fp8-block's GEMV at 1-8 tokens on 8192-row layers runs four blocks per SM (w8_gemv.cu,
+# fold_blocks_per_sm; raw 1.77-1.94x bf16 where it ran 1.51-1.56x), so those layers' block-GEMM cells at 1-8 tokens
+# went back to it (the H200's route, or "gemv" where the H200's is block-swap).
 MIXED_H100: dict[tuple[int, int, int], dict[int, str]] = {
     (4, 8192, 28672): {128: "k128 t128 v0 s-1"},
     (8, 8192, 28672): {128: "k128 t128 v0 s-1", 256: "k64 t256 v2 s-1"},
@@ -121,10 +124,10 @@ W8A8_H100: dict[tuple[str, int, int], dict[int, str]] = {
     ('fp8', 14336, 4096): {8192: "pingpong"},
     ('fp8-block', 4096, 4096): {1024: "cublas"},
     ('fp8-block', 4096, 14336): {16: "gemv", 1024: "block-split-overlap", 8192: "block-large-overlap"},
-    ('fp8-block', 8192, 8192): {4: "block-narrow-overlap", 8: "block-narrow-overlap", 4096: "block-large-overlap", 8192: "block-split-overlap-n8"},
+    ('fp8-block', 8192, 8192): {4096: "block-large-overlap", 8192: "block-split-overlap-n8"},
     ('fp8-block', 8192, 28672): {4: "block-skinny-overlap", 8: "block-skinny-overlap", 1024: "block-split-overlap", 4096: "block-large-overlap", 8192: "cublas"},
     ('fp8-block', 14336, 4096): {4096: "block-split-overlap-s8", 8192: "block-large-overlap"},
-    ('fp8-block', 28672, 8192): {1: "block-swap", 2: "block-narrow", 4: "block-swap-overlap", 8: "block-narrow", 16: "block-narrow-overlap", 1024: "block-split-overlap", 4096: "block-large-overlap", 8192: "cublas"},
+    ('fp8-block', 28672, 8192): {4: "gemv", 8: "gemv", 16: "block-narrow-overlap", 1024: "block-split-overlap", 4096: "block-large-overlap", 8192: "cublas"},
     ('int8', 4096, 4096): {1024: "split"},
     ('int8', 8192, 8192): {1024: "split", 4096: "pingpong-n8"},
     ('int8', 8192, 28672): {4096: "split-n8", 8192: "split-n8"},

@@ -83,10 +83,11 @@ def weight_codes(fmt: str, n: int, k: int, g: torch.Generator) -> torch.Tensor:
 @pytest.mark.parametrize("fmt", ["int8", "e4m3", "e5m2"])
 @pytest.mark.parametrize("scales", ["channel", "tensor", "block"])
 @pytest.mark.parametrize("m", [1, 2, 7, 8, 9, 16, 17, 32])
-@pytest.mark.parametrize("n, k", [(1536, 576), (100, 4096), (4096, 1040), (6008, 1040), (16400, 1040)])
+@pytest.mark.parametrize("n, k", [(1536, 576), (100, 4096), (4096, 1040), (6008, 1040), (8200, 1040), (16400, 1040)])
 def test_w8_gemv(kernels, dtype, fmt, scales, m, n, k):
     """w8_gemv's launch shapes against float64: 16-warp blocks (<= 4096 rows), 8-warp blocks of one stripe (6008
-    rows, a ragged last block) and of two (16400 rows), at one to four token tiles."""
+    rows, a ragged last block; 8200: 513 blocks, where folded block scales take four blocks per SM on 132 SMs) and of
+    two (16400 rows), at one to four token tiles."""
     g = torch.Generator(device="cuda").manual_seed(m + n + k)
     w = weight_codes(fmt, n, k, g)
     if scales == "block":

@@ -58,9 +58,8 @@ constexpr int kTwoStripesMinN = 16384;
 //  64: block scales (fp8-block) at 9-16 tokens on the lean variant at every k, not only k <= kLeanBlockedMaxK.
 // 128: block scales for FP8 codes and bf16 activations as before session 28 (kBlockAcc / the lean variant), not
 //      folded into the decode (kBlockFold).
-// 256: folded block scales at 1-8 tokens on 8-warp blocks in 64 registers, four blocks per SM (else 80, three): an
-//      8192-row layer's 512 blocks then fit one wave of 528 slots, where three per SM leave a tail (session 57's
-//      H100 table: fp8-block 8192 x 8192 at 1-8 tokens 1.53-1.61x bf16 against fp8's 1.75-1.77x on the same kernel).
+// 256: folded block scales at 1-8 tokens on 8-warp blocks always in 80 registers, three blocks per SM, as before
+//      session 57 (fold_blocks_per_sm).
 // Session 14's A/B made two former switches the defaults ("lean" register budgets where they cost no spills) and
 // withdrew a third (one stripe at every n: -5-17% at <= 8 tokens on 28672 rows): kernels/NOTES.md "Session 14".
 // Session 30 withdrew two more, more warps per SM with fewer tiles in flight each (kernels/NOTES.md "Session 30"):
@@ -338,6 +337,19 @@ void launch_one(const W8GemvProblem& p, unsigned blocks, cudaStream_t stream) {
   w8_gemv<T, F, TokenTiles, Sc, Stripes, Warps, Lean, false, Budget><<<blocks, Warps * 32, 0, stream>>>(p);
 }
 
+// Folded block scales at 1-8 tokens on 8-warp blocks: 80 registers and three blocks per SM, or 64 and four where
+// only four put every block in one wave (8192 rows: 512 blocks, 396 slots at three on 132 SMs, 528 at four).
+// Session 57 (H100, dev/gemv_probe.py, raw w8_gemv): 8192 x 8192 1.51-1.56x -> 1.77-1.78x bf16, 28672 x 8192
+// 1.52-1.54x -> 1.93-1.94x at 1-8 tokens; where three already fit one wave (4096 x 6144) four lost 5%, and where
+// neither does (4096 x 14336) 1-4%. The PDL twin keeps three: it spills 58 bytes in 64 registers.
+int fold_blocks_per_sm(const W8GemvProblem& p, unsigned blocks, int switches) {
+  int device = 0, sms = 0;
+  if ((switches & 256) || p.pdl || cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
+    return 3;
+  return blocks > 3u * sms && blocks <= 4u * sms ? 4 : 3;
+}
+
 // The per-channel launch shapes, which the folded block scales share (the same registers).
 template <typename T, CodeFormat F, int TokenTiles, int Stripes, int Sc>
 void launch_channel_shapes(const W8GemvProblem& p, unsigned blocks, int switches, int wide_max_n,
@@ -349,8 +361,8 @@ void launch_channel_shapes(const W8GemvProblem& p, unsigned blocks, int switches
     constexpr bool kLean = Sc == kBlockFold;  // bounded: 2 or 3 blocks per SM (80 registers unbounded)
     if (wide) return launch_one<T, F, 1, Sc, 1, kWideWarps, kLean>(p, blocks, stream);
     if constexpr (Sc == kBlockFold) {
-      // not for the PDL twin, which spills 58 bytes in 64 registers
-      if ((switches & 256) && !p.pdl) return launch_one<T, F, 1, Sc, 1, kWarps, kLean, 4>(p, blocks, stream);
+      if (fold_blocks_per_sm(p, blocks, switches) == 4)
+        return launch_one<T, F, 1, Sc, 1, kWarps, kLean, 4>(p, blocks, stream);
     }
     return launch_one<T, F, 1, Sc, 1, kWarps, kLean>(p, blocks, stream);
   }
