@@ -54,5 +54,11 @@ foldprobe() {  # the default (four blocks per SM where that makes one wave) agai
   timeout -k 10 "${FP_TIMEOUT:-150}" python3 dev/gemv_probe.py --switches 0,256 --tokens 1,4,8 \
     --json "$OUT/foldprobe2.json" 2>&1 | grep -v "^USDT" | grep -E "^fp8-block|^kind|failed"
 }
+smalltable() {  # issue 18's table at 1-16 tokens on the final routes (what the fold change touches)
+  step "W8A8 at 1-16 tokens (benchmarks/bench_w8a8.py)"
+  timeout -k 10 "${ST_TIMEOUT:-120}" python3 benchmarks/bench_w8a8.py --tokens 1,2,4,8,16 \
+    --json "$OUT/w8a8_small.json" > /tmp/w8a8_small.txt 2>&1
+  echo "exit $?"; grep -E "^(fp8|w8a8-int8|fp8-block) " /tmp/w8a8_small.txt
+}
 for stage in "$@"; do "$stage"; done
 step "done"
