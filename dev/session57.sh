@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
-# The device calls of session 57 (carry [".gpu/w8a8", ".gpu/ext"]; H100s again). Call 1 ran `session56.sh gap`,
-# call 2 `dev/capture_probe.py`: an fp8-block layer on the narrow tile read 14.7 us in the first graph captured on
-# fresh copies and 11.4 us once every copy had been called (block_mm.narrow_scales expanded the scales inside the
-# graph, and cached memory that only a replay writes). Then:
-#   fixtests  the capture fix's GPU test and the narrow tile's tests
-#   w8a8all   issue 18's whole table with every copy warmed eagerly before capture (benchmarks/bench_w8a8.py)
+# The device calls of session 57 (carry [".gpu/w8a8", ".gpu/ext"]; H100s only, the ninth session without an H200;
+# BENCHMARKS.md "H100, 2026-12-06 session 57"). Call 1 ran `session56.sh gap`, call 2 `dev/capture_probe.py`: an
+# fp8-block layer on the narrow tile read 14.7 us in the first graph captured on fresh copies and 11.4 us once every
+# copy had been called (block_mm.narrow_scales expanded the scales inside the graph, and kept memory that only a
+# replay writes). Then:
+#   fixtests w8a8all        the capture fix's GPU test; issue 18's table with every copy warmed before capture
+#   oldfix gpufiles         the new test on session 56's block_mm.py (fails, as it must); five GPU test files
+#   clocks                  dev/clock_probe.py: every large GEMM runs at the 700 W limit (the large-m ceiling)
+#   foldtests foldab        w8_gemv's folded block scales in 64 registers (four blocks per SM), tested and timed
+#   foldtests foldprobe smalltable   the final rule (four where that makes one wave), issue 18 at 1-16 tokens
+# Next (session 58), on an H200: `bash dev/session55.sh first56` (issue 19's 8B goals at batches 1 / 16, owed since
+# session 48), then `bash dev/session55.sh tables` (both whole tables on the H200, with this session's w8_gemv rule
+# and bench fix); then re-sweep fp8-block 28672 x 8192 at 4-8 tokens on the H200 (`W8_TOKENS=1,2,4,8,16 W8_KINDS=
+# fp8-block bash dev/session55.sh w8sweep`: its table routes them to block-swap, chosen against the slow GEMV).
 cd "$(dirname "$0")/.."
 LOG=session57.log
 source dev/gpu_setup.sh
