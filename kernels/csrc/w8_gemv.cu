@@ -105,7 +105,7 @@ enum Scales : int { kChannel = 0, kBlockAcc = 1, kBlockFold = 2, kBlockFoldGated
 
 template <int TokenTiles, int Sc, int kStripes, int Warps, bool Lean, int Budget>
 __host__ __device__ constexpr int min_blocks() {  // __launch_bounds__'s blocks per SM (lean budgets); 0: unset
-  if (Budget) return Budget;  // a launch's own (switch 256)
+  if (Budget) return Budget;  // a launch's own (fold_blocks_per_sm)
   if (Sc == kBlockFoldGated) return 2;  // 128 registers (160 unbounded; 20-26 bytes of spill)
   if (!Lean || kStripes != 1) return 0;
   if (Sc == kBlockFold)  // 64 / 85 registers; at two token tiles 64 (two tiles in flight, unroll_tiles)
