@@ -45,6 +45,12 @@ def interleaved_graph_ms(calls: dict, reps: int = 20, replays: int = 10) -> dict
             graphs[name] = capture(call, reps)
         except (RuntimeError, NotImplementedError, ValueError) as err:  # a path this GPU/PyTorch lacks
             print(f"graph capture failed ({name}): {str(err).splitlines()[0]}")
+    times = replay_graphs(graphs, reps, replays)
+    return {name: times.get(name) for name in calls}
+
+
+def replay_graphs(graphs: dict, reps: int = 20, replays: int = 10) -> dict:
+    """name -> median ms per call of captured graphs (each of `reps` calls), replayed in turn (`replay_order`)."""
     times: dict[str, list[float]] = {name: [] for name in graphs}
     for i in range(replays):
         for name in replay_order(list(graphs), i):
@@ -54,7 +60,7 @@ def interleaved_graph_ms(calls: dict, reps: int = 20, replays: int = 10) -> dict
             end.record()
             torch.cuda.synchronize()
             times[name].append(start.elapsed_time(end) / reps)
-    return {name: statistics.median(times[name]) if times.get(name) else None for name in calls}
+    return {name: statistics.median(t) if t else None for name, t in times.items()}
 
 
 def replay_order(names: list, i: int) -> list:

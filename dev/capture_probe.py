@@ -21,13 +21,15 @@ DEFAULT_CELLS = ("fp8-block:4096x4096:64,fp8-block:4096x4096:128,fp8-block:4096x
                  "fp8-block:14336x4096:256,fp8-block:4096x14336:256,fp8:4096x4096:64,w8a8-int8:4096x4096:64")
 
 
-def variants(scheme: str, k: int, n: int, m: int) -> dict:
+def variants(scheme: str, k: int, n: int, m: int) -> tuple[str | None, dict]:
+    """(the layer's route, name -> a call); each call reads the next rotated copy."""
     import torch
     import torch.nn.functional as F
     from bench_w8a8 import copies, qlayers
     from replay import Rotation
+    from w8a8_gap import route_parts
 
-    from qtool_kernels import block_mm, scaled_mm, sm90
+    from qtool_kernels import scaled_mm
 
     w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / math.sqrt(k)
     dense = Rotation([w] + [w.clone() for _ in range(copies(2 * n * k) - 1)])
@@ -38,14 +40,8 @@ def variants(scheme: str, k: int, n: int, m: int) -> dict:
     for name in ("l1", "l2", "l3"):
         calls[name] = lambda: layers()(x)
     route = scaled_mm.w8a8_route(m, n, k, scheme)
-    if scheme == "fp8-block" and route in block_mm.CONFIGS:
-        config = sm90.without_padded_order(block_mm.CONFIGS[route], m, n)
-        for name, pdl in (("p0", False), ("p1", True)):
-            def parts(pdl=pdl):
-                layer = layers()
-                xq, xs = scaled_mm.quantize_activation_cuda(x, "e4m3", 128, None)
-                return block_mm.block_linear(xq, xs, layer.weight, layer.weight_scale, config, pdl=pdl)
-            calls[name] = parts
+    if scheme == "fp8-block":
+        calls.update(route_parts(layers, x, route, ("p0", "p1")))
     calls["l4"] = calls["l1"]
     calls["lx"] = lambda: layers()(x2)
     return route, calls
@@ -57,23 +53,14 @@ def main() -> None:
     parser.add_argument("--json")
     args = parser.parse_args()
     import torch
-    from replay import capture, replay_order
+    from replay import capture, replay_graphs
 
     from qtool_kernels import build
 
     build.load_extension()
 
-    def replay(graphs: dict, rounds: int = 12) -> dict:
-        times = {name: [] for name in graphs}
-        for i in range(rounds):
-            for name in replay_order(list(graphs), i):
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                graphs[name].replay()
-                end.record()
-                torch.cuda.synchronize()
-                times[name].append(start.elapsed_time(end) / 20 * 1e3)
-        return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+    def replay(graphs: dict) -> dict:  # name -> median us per call
+        return {name: 1e3 * ms for name, ms in replay_graphs(graphs, reps=20, replays=12).items()}
 
     out = []
     print(f"device: {torch.cuda.get_device_name()}")

@@ -21,6 +21,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 DEFAULT_CELLS = "4096x4096:32,4096x4096:64,4096x4096:128,4096x4096:256,14336x4096:64,8192x8192:64"
 
 
+def route_parts(layers, x, route: str | None, names: tuple[str, str]) -> dict:
+    """An fp8-block route's two parts as scaled_mm._blockwise runs them, act_quant then the block GEMM, launched
+    plainly (names[0]) and with PDL (names[1]); empty where the route is not a block GEMM. layers: a Rotation of
+    QuantLinear copies; x [m, k]."""
+    from qtool_kernels import block_mm, scaled_mm, sm90
+
+    if route not in block_mm.CONFIGS:
+        return {}
+    config = sm90.without_padded_order(block_mm.CONFIGS[route], x.shape[0], layers.items[0].out_features)
+
+    def parts(pdl: bool):
+        layer = layers()
+        xq, xs = scaled_mm.quantize_activation_cuda(x, "e4m3", 128, None)
+        return block_mm.block_linear(xq, xs, layer.weight, layer.weight_scale, config, pdl=pdl)
+
+    return {names[0]: lambda: parts(False), names[1]: lambda: parts(True)}
+
+
 def variants(k: int, n: int, m: int) -> tuple[str | None, dict]:
     """(the layer's route, name -> a call); each call reads the next rotated copy."""
     import torch
@@ -28,7 +46,7 @@ def variants(k: int, n: int, m: int) -> tuple[str | None, dict]:
     from bench_w8a8 import copies, qlayers
     from replay import Rotation
 
-    from qtool_kernels import block_mm, ops, scaled_mm, sm90
+    from qtool_kernels import ops, scaled_mm
 
     w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / math.sqrt(k)
     dense = Rotation([w] + [w.clone() for _ in range(copies(2 * n * k) - 1)])
@@ -44,14 +62,7 @@ def variants(k: int, n: int, m: int) -> tuple[str | None, dict]:
 
     calls = {"bf16": lambda: F.linear(x, dense()), "layer": lambda: layers()(x), "op": op_on_layer,
              "op_random": lambda: ops.w8a8_linear(x, codes(), random_scale, None, None, "e4m3", 128, 128, 128)}
-    if route in block_mm.CONFIGS:  # as scaled_mm._blockwise runs it
-        config = sm90.without_padded_order(block_mm.CONFIGS[route], m, n)
-        for name, pdl in (("parts", False), ("parts_pdl", True)):
-            def parts(pdl=pdl):
-                layer = layers()
-                xq, xs = scaled_mm.quantize_activation_cuda(x, "e4m3", 128, None)
-                return block_mm.block_linear(xq, xs, layer.weight, layer.weight_scale, config, pdl=pdl)
-            calls[name] = parts
+    calls.update(route_parts(layers, x, route, ("parts", "parts_pdl")))
     calls["layer_last"] = calls["layer"]  # the layer again, last in each round's order
     return route, calls
 

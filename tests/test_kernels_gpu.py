@@ -10,7 +10,7 @@ import functools
 import pytest
 import torch
 
-from conftest import poison_cache, random_qtensor, rel_err
+from conftest import poison_cache, random_qtensor, rel_err, replayed
 from qtool_kernels import ops, reference, scaled_mm, weight_only
 from qtool_kernels.layout import EPILOGUE, ReferenceOps, dequantize_packed, pack_weight
 from quantize.linear import QuantLinear
@@ -309,12 +309,7 @@ def test_quantlinear_first_call_inside_a_graph_capture(kernels):
     with pytest.raises(RuntimeError, match="eager forward"):
         with torch.cuda.graph(torch.cuda.CUDAGraph()):
             layer(x)
-    layer(x)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        y = layer(x)
-    x.copy_(torch.randn_like(x))
-    graph.replay()
+    y = replayed(layer, x)  # after one eager call
     assert rel_err(y, x.double() @ dense.T) < 1e-2
 
 
