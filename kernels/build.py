@@ -38,12 +38,12 @@ import torch
 from . import fakes
 
 CSRC = Path(__file__).resolve().parent / "csrc"
-SOURCES = ("ops.cpp", "wo_gemv.cu", "wo_planes.cu", "wo_planes_low.cu", "wo_planes_tile.cu", "w8_planes.cu", "wo_stream.cu", "wo_gemm.cu", "wo_gemm_v3.cu", "dequant.cu", "ops_w8a8.cpp",
+SOURCES = ("ops.cpp", "wo_gemv.cu", "wo_planes.cu", "wo_planes_low.cu", "wo_planes_tile.cu", "wo_split.cu", "w8_planes.cu", "wo_stream.cu", "wo_gemm.cu", "wo_gemm_v3.cu", "dequant.cu", "ops_w8a8.cpp",
            "act_quant.cu", "w8_gemv.cu", "ops_w1.cpp", "w1_gemv.cu", "binarize.cu", "w1a1.cu", "silu_mul.cu",
            "decode_attention.cu", "ops_attention.cpp", "norm_planes.cu", "ops_planes.cpp")
 HEADERS = ("wo_kernels.h", "planes.cuh", "wo_decode.cuh", "wo_common.cuh", "wo_xstage.cuh", "wo_occupancy.h", "wo_piece.cuh",
            "w8a8.h", "w8_decode.cuh", "mlp.h", "sm90/sm90_scaled_mm.h", "w1_kernels.h", "w1_gemv_plan.h", "pdl.cuh",
-           "attention.h", "attention_two_pass.cuh", "kept_counters.h", "x_planes.cuh")
+           "attention.h", "attention_two_pass.cuh", "kept_counters.h", "x_planes.cuh", "cluster_sum.cuh")
 NAME = "qtool_cuda"
 # The kernels need sm_80+ (bf16 mma.sync, cp.async, ldmatrix). $QTOOL_CUDA_ARCHS="90" (a build option,
 # README "Build options") builds one target, a third of the compile time, where the GPU is known.

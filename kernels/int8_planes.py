@@ -81,6 +81,16 @@ PLANES_GEMM = int(os.environ.get("QTOOL_PLANES_GEMM", "0"))
 PLANES_GEMM_MAX_M = 32  # csrc/wo_kernels.h, kPlanesTileMaxTokens
 PLANES_GEMM_MAX_ASYM_M = 16  # kPlanesTileMaxAsymTokens: zero points to four n-tiles (eight are not built)
 PLANES_GEMM_VARIANT = 3
+# wo_gemv variant 7, "split" (csrc/wo_split.cu): 4-bit weights (groups >= 64 or per channel; zero points to 16
+# tokens) at SPLIT_MIN_M..SPLIT_MAX_M tokens, each block quantizing its K slice of x into planes in shared memory for
+# its 8 stripes, split-K over a cluster (sm_90). Session 58 wrote it for issue 19's 9-32-token cells (kernels/NOTES.md
+# "Session 58"); QTOOL_SPLIT_GEMV=N (read once; 0, the default: off) routes it up to N tokens, from QTOOL_SPLIT_MIN
+# (9: past the two-n-tile planes GEMV).
+SPLIT_VARIANT = 7  # csrc/wo_kernels.h, kSplitVariant
+SPLITS_UNIT = 32  # kSplitsUnit: wo_gemv's variant + 32 s forces s splits of K
+SPLIT_MAX_TOKENS, SPLIT_MAX_ASYM_TOKENS = 32, 16  # kSplitMaxTokens, kSplitMaxAsymTokens
+SPLIT_MAX_M = int(os.environ.get("QTOOL_SPLIT_GEMV", "0"))
+SPLIT_MIN_M = int(os.environ.get("QTOOL_SPLIT_MIN", "9"))
 PLANES_MAX_BYTES = 96 << 10  # kPlanesMaxBytes: wo_gemv 4-6's staged planes, 2 * m * (K + 64) bytes
 PLANES_ONE_TOKEN_MIN_WEIGHT = 8192 * 8192 + 1  # K * N from which one token takes the pair
 PLANES_TWO_TOKENS_MIN_N = 4096 + 1  # N from which two tokens do
@@ -159,3 +169,11 @@ def given_planes_linear(planes: torch.Tensor, xscale: torch.Tensor, w: PackedWei
     return kernels.wo_planes_gemv(planes, xscale, w.qweight, w.scale, w.zero, bias, w.group_size, w.out_features,
                                   dtype, variant + PDL_STATIC_WEIGHT + (GATED_FLAG if gated else 0), w.num_bits,
                                   prefetch if PLANES_PREFETCH else None)
+
+
+def takes_split(w: PackedWeight, m: int, dtype: torch.dtype) -> bool:
+    """Whether m tokens of this weight run on wo_gemv's split variant (SPLIT_MAX_M above): 4-bit, groups >= 64 or
+    per channel, zero points to SPLIT_MAX_ASYM_TOKENS, 16-bit activations, a CUDA device with clusters."""
+    top = min(SPLIT_MAX_M, SPLIT_MAX_TOKENS if w.zero is None else SPLIT_MAX_ASYM_TOKENS)
+    return (SPLIT_MIN_M <= m <= top and w.num_bits == 4 and (w.group_size <= 0 or w.group_size >= 64)
+            and dtype in (torch.bfloat16, torch.float16) and _has_clusters(w.qweight))

@@ -215,9 +215,11 @@ def hopper_route(w: PackedWeight, m: int, dtype: torch.dtype, bits: int | None =
 def route(w: PackedWeight, m: int, dtype: torch.dtype, planes_free: bool = False) -> dict | str:
     """The kernel of `packed_linear` for m tokens of 4- or 8-bit weights: "wo_gemv", a schedule of the Hopper
     GEMM (a dict), "wo_gemm_v3", "wo_gemm" or "dequant"; "wo_gemv_stream" (variant 3); "wo_planes" (x_planes +
-    wo_planes_gemv, int8_planes.planes_route)."""
+    wo_planes_gemv, int8_planes.planes_route); "wo_split" (variant 7, int8_planes.takes_split)."""
     if int8_planes.planes_route(w, m, planes_free) is not None and dtype in (torch.bfloat16, torch.float16):
         return "wo_planes"
+    if int8_planes.takes_split(w, m, dtype):
+        return "wo_split"
     if (kind := gemv_kind(w, m)) is not None:
         return "wo_gemv_stream" if kind == "stream" else "wo_gemv"
     if (hopper := hopper_route(w, m, dtype)) is not None:
@@ -275,6 +277,8 @@ def packed_linear(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, k
     elif kernel in ("wo_gemv", "wo_gemv_stream"):
         variant = 3 if kernel == "wo_gemv_stream" else gemv_variant(w)
         y = kernels.wo_gemv(x2, *args, bias, *meta, EPILOGUE, prefetch, variant)
+    elif kernel == "wo_split":
+        y = kernels.wo_gemv(x2, *args, bias, *meta, EPILOGUE, prefetch, int8_planes.SPLIT_VARIANT + PDL_STATIC_WEIGHT)
     elif kernel == "wo_planes":
         y = int8_planes.planes_linear(x2, w, bias, kernels, int8_planes.planes_route(w, m, free), free, prefetch)
     elif kernel == "wo_gemm_v3":

@@ -39,8 +39,8 @@ def test_mixed_ktile_rules():
 
 class Recorder:
     """Stands in for torch.ops.qtool_cuda: records each call as (op,) or, for wo_gemv, (op, launch variant), and
-    returns zeros of the op's output shape. The ring GEMV's variants (0-2) must come with the static-weight flag
-    (programmatic dependent launch for prepared layers), variant 3 without it."""
+    returns zeros of the op's output shape. The ring GEMV's variants (0-2) and the split one (7) must come with the
+    static-weight flag (programmatic dependent launch for prepared layers), variant 3 without it."""
 
     def __init__(self):
         self.calls = []
@@ -50,7 +50,7 @@ class Recorder:
             if name == "wo_gemv":
                 variant = args[-1]
                 pdl = variant >= weight_only.PDL_STATIC_WEIGHT
-                assert pdl == (variant % weight_only.PDL_STATIC_WEIGHT < 3), variant
+                assert pdl == (variant % weight_only.PDL_STATIC_WEIGHT in (0, 1, 2, int8_planes.SPLIT_VARIANT)), variant
                 self.calls.append((name, variant % weight_only.PDL_STATIC_WEIGHT))
             else:
                 self.calls.append((name,))
@@ -128,6 +128,38 @@ def test_low_bit_planes_only_where_switched_on(monkeypatch):
     assert calls(3, 128, 3, symmetric=False)[0][0] == "wo_gemv"
     monkeypatch.setattr(int8_planes, "LOWBIT_PLANES", False)
     assert calls(3, 128, 4)[0][0] == "wo_gemv"
+
+
+def test_split_variant_only_where_switched_on(monkeypatch):
+    """QTOOL_SPLIT_GEMV (int8_planes.SPLIT_MAX_M, off by default): 4-bit weights with groups >= 64 or per channel at
+    SPLIT_MIN_M..SPLIT_MAX_M tokens (zero points to 16) run wo_gemv's variant 7 where the device has clusters; 3-bit
+    codes, groups of 32, fp32 activations, 8 tokens (the planes pair) and devices without clusters do not."""
+    recorder = Recorder()
+    monkeypatch.setattr(int8_planes, "_has_clusters", lambda t: True)
+
+    def first(m, bits=4, group=128, symmetric=True, dtype=torch.bfloat16):
+        codes = torch.zeros(16, 64, dtype=torch.int8)
+        groups = 1 if group < 0 else -(-64 // group)
+        w = pack_weight(codes, torch.ones(16, groups), None if symmetric else torch.zeros(16, groups, dtype=torch.int8),
+                        None, bits, group)
+        groups = 1 if group < 0 else 4096 // group
+        w = layout.PackedWeight(w.qweight.new_zeros(4096 // 16, 4096 // layout.chunk_k(bits), w.qweight.shape[2], 4),
+                                torch.ones(groups, 4096), None if symmetric else torch.zeros(groups, 4096), None, bits,
+                                group, 4096, 4096)
+        recorder.calls.clear()
+        weight_only.packed_linear(torch.zeros(m, 4096, dtype=dtype), w, None, recorder)
+        return recorder.calls[0]
+
+    split = ("wo_gemv", int8_planes.SPLIT_VARIANT)
+    assert first(16) != split
+    monkeypatch.setattr(int8_planes, "SPLIT_MAX_M", 32)
+    for m in (9, 16, 32):
+        assert first(m) == split == first(m, group=-1) == first(m, group=64), m
+    assert first(16, symmetric=False) == split != first(17, symmetric=False)
+    assert first(8) == ("x_planes",) and first(33) != split
+    assert first(16, bits=3) != split and first(16, group=32) != split and first(16, dtype=torch.float32) != split
+    monkeypatch.setattr(int8_planes, "_has_clusters", lambda t: False)
+    assert first(16) != split
 
 
 def test_dispatcher_routes_by_tokens_and_shape(monkeypatch):

@@ -114,20 +114,39 @@ WoProblem make_problem(const char* op, const at::Tensor& x, const PackedWeightVi
 }
 
 
+// What variant 7 (wo_split.cu) takes: 4-bit codes, groups >= 64, sm_90 (clusters), the slice's planes within the
+// device's shared memory.
+void check_split(const at::Tensor& x, const PackedWeightView& w, int splits, int64_t group_size) {
+  int major = 0, sms = 0, optin = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, x.device().index()));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, x.device().index()));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, x.device().index()));
+  const int smem = wo_split_smem_bytes(std::max<int>(x.size(0), 1), w.k_padded, w.n_padded, w.zero != nullptr,
+                                       splits, sms);
+  TORCH_CHECK(w.num_bits == 4 && w.group_shift >= 6 && major >= 9 && smem <= optin, "wo_gemv: variant 7 (split) "
+              "takes 4-bit weights with groups of >= 64 (or per channel) on sm_90 or newer, its K slice's planes "
+              "within the block's shared memory (", optin, " bytes), got ", w.num_bits, "-bit, group_size ",
+              group_size, " on sm_", major, "x, ", smem, " bytes for x ", x.sizes(), " and k_padded ", w.k_padded);
+}
+
 at::Tensor wo_gemv(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scale,
                    const std::optional<at::Tensor>& zero, const std::optional<at::Tensor>& bias, int64_t num_bits,
                    int64_t group_size, int64_t out_features, const std::string& activation,
                    const std::optional<at::Tensor>& prefetch, int64_t variant) {
   const PackedWeightView w = check_weight("wo_gemv", qweight, scale, zero, num_bits, group_size, out_features);
+  const int64_t given = variant, splits = variant / kSplitsUnit;  // + kSplitsUnit s: forced splits (split only)
+  variant %= kSplitsUnit;
   const bool pdl = variant >= kPdlFlag;  // + kPdlFlag: a static weight (wo_kernels.h)
   if (pdl) variant -= kPdlFlag;
-  TORCH_CHECK(variant >= 0 && variant <= 6, "wo_gemv: variant must be 0 (default), 1 (lean), 2 (wide), 3 (stream), "
-              "4, 5 or 6 (planes: one, two or four stripes per block), plus 16 for a static weight, got ",
-              variant + (pdl ? kPdlFlag : 0));
+  const bool split = variant == kSplitVariant;
+  TORCH_CHECK(variant >= 0 && variant <= kSplitVariant && splits <= 8 && (split || splits == 0), "wo_gemv: variant "
+              "must be 0 (default), 1 (lean), 2 (wide), 3 (stream), 4, 5 or 6 (planes: one, two or four stripes per "
+              "block) or 7 (split; + ", kSplitsUnit, " s for s <= 8 splits), plus 16 for a static weight, got ", given);
   at::Tensor bias_f32;
   WoProblem p = make_problem("wo_gemv", x, w, qweight, bias, bias_f32, activation);
-  const bool planes = variant >= 4;
-  const int max_tokens = variant == 3 ? kMaxStreamTokens : planes ? kPlanesMaxTokens : kMaxGemvTokens;
+  const bool planes = variant >= 4 && !split;
+  const int max_tokens = split ? (w.zero ? kSplitMaxAsymTokens : kSplitMaxTokens) : variant == 3 ? kMaxStreamTokens
+                         : planes ? kPlanesMaxTokens : kMaxGemvTokens;
   TORCH_CHECK(p.m <= max_tokens, "wo_gemv: at most ", max_tokens, " tokens with variant ", variant, ", got x ",
               x.sizes());
   TORCH_CHECK(!planes || planes_take(w.num_bits, w.zero == nullptr, w.group_shift, std::max(p.m, 1), w.k_padded),
@@ -135,6 +154,7 @@ at::Tensor wo_gemv(const at::Tensor& x, const at::Tensor& qweight, const at::Ten
               "at most ", kPlanesMaxBytes, " bytes of staged planes (2 * m * (K + ", kPlanesPadBytes, ")), got ",
               w.num_bits, "-bit, ", w.zero == nullptr ? "symmetric" : "asymmetric", ", group_size ", group_size,
               ", x ", x.sizes());
+  if (split) check_split(x, w, static_cast<int>(splits), group_size);
   at::Tensor y = at::empty({x.size(0), out_features}, x.options());
   if (p.m == 0) return y;
   const c10::cuda::CUDAGuard guard(x.device());
@@ -145,7 +165,9 @@ at::Tensor wo_gemv(const at::Tensor& x, const at::Tensor& qweight, const at::Ten
   }
   p.gemv_variant = static_cast<int>(variant);
   p.pdl = pdl;
-  if (variant == 3)
+  if (split)
+    C10_CUDA_CHECK(launch_wo_split(p, static_cast<int>(splits), c10::cuda::getCurrentCUDAStream()));
+  else if (variant == 3)
     launch_wo_stream(p, c10::cuda::getCurrentCUDAStream());
   else if (planes)
     launch_wo_planes(p, 1 << (variant - 4), c10::cuda::getCurrentCUDAStream());

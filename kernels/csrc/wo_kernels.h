@@ -157,6 +157,16 @@ void launch_wo_planes(const WoProblem& p, int stripes, cudaStream_t stream);  //
 constexpr int kPlanesTileMaxTokens = 32;
 constexpr int kPlanesTileMaxAsymTokens = 16;
 cudaError_t launch_wo_planes_tile(const WoProblem& p, int num_sms, cudaStream_t stream);
+// wo_gemv variant 7, "split" (wo_split.cu): 4-bit weights with groups >= 64 (or per channel), 1 <= m <=
+// kSplitMaxTokens (kSplitMaxAsymTokens with zero points), x quantized to int8 planes per K slice inside each block,
+// split-K over a cluster (sm_90). wo_gemv's variant + kSplitsUnit * s forces s splits (A/Bs; 0: the plan's).
+constexpr int kSplitVariant = 7;
+constexpr int kSplitMaxTokens = 32;
+constexpr int kSplitMaxAsymTokens = 16;
+constexpr int kSplitsUnit = 32;
+cudaError_t launch_wo_split(const WoProblem& p, int forced_splits, cudaStream_t stream);
+// Dynamic shared memory of that launch (the op refuses what the device cannot give).
+int wo_split_smem_bytes(int m, int k_padded, int n_padded, bool asym, int forced_splits, int num_sms);
 // The same with the planes given for symmetric 2- and 3-bit codes, groups >= 64 (wo_planes_low.cu; unmeasured).
 void launch_wo_planes_low(const WoProblem& p, int stripes, cudaStream_t stream);
 

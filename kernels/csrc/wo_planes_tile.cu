@@ -20,16 +20,13 @@
 //     (deterministic), then y = sum * s_x / 16 + bias. One launch, no workspace. sm_90 only (ops.cpp refuses others).
 #include <cstdint>
 
-#include <cooperative_groups.h>
-
+#include "cluster_sum.cuh"
 #include "pdl.cuh"
 #include "planes.cuh"
 #include "wo_common.cuh"
 
 namespace qtool {
 namespace {
-
-namespace cg = cooperative_groups;
 
 constexpr int kTileWarps = 8;      // = stripes per block: 128 rows
 constexpr int kTileRows = kTileWarps * kStripeRows;
@@ -156,9 +153,8 @@ __device__ inline void chunk_mma(int u, const uint4& w, const float* params, con
   }
 }
 
-// The block's partial tile [warp][row][token] (float32, over the stages: `smem`), then the cluster's sum: rank r of
-// the (1, splits, 1) cluster adds the r-th share of the elements over every rank's tile in rank order (deterministic)
-// and stores y = sum * s_x / 16 + bias for them.
+// The block's partial tile [warp][row][token] (float32, over the stages: `smem`), then the cluster's sum
+// (cluster_sum.cuh): y = sum * s_x / 16 + bias.
 template <typename T, int NT>
 __device__ inline void store_cluster(const WoProblem& p, const float (&acc)[NT][2], const float* scale, uint8_t* smem) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -172,37 +168,7 @@ __device__ inline void store_cluster(const WoProblem& p, const float (&acc)[NT][
     partial[(warp * kStripeRows + g) * TOK + 4 * i + t] = acc[i][0];
     partial[(warp * kStripeRows + g + 8) * TOK + 4 * i + t] = acc[i][1];
   }
-  const int splits = gridDim.y, rank = blockIdx.y;  // the cluster spans blockIdx.y
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  cg::cluster_group cluster = cg::this_cluster();
-  if (splits > 1)
-    cluster.sync();
-  else
-    __syncthreads();
-#else
-  __syncthreads();  // one split: the launcher never splits without clusters
-#endif
-  const int elems = kTileWarps * kStripeRows * p.m;  // (row of the block, token)
-  const int e_beg = elems * rank / splits, e_end = elems * (rank + 1) / splits;
-  for (int e = e_beg + static_cast<int>(threadIdx.x); e < e_end; e += kTileWarps * 32) {
-    const int row = e / p.m, tok = e % p.m;
-    float sum = 0.0f;
-    for (int src = 0; src < splits; ++src) {
-      const float* part = partial;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-      if (splits > 1) part = cluster.map_shared_rank(partial, src);
-#endif
-      sum += part[row * TOK + tok];
-    }
-    const int n = blockIdx.x * kTileWarps * kStripeRows + row;
-    if (n < p.w.n) {
-      const float v = sum * (scale[tok] * (1.0f / 16.0f)) + bias_at(opaque(p.bias), n);
-      store(static_cast<T*>(p.y) + static_cast<size_t>(tok) * p.w.n + n, activate(v, p.act));
-    }
-  }
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  if (splits > 1) cluster.sync();  // no block leaves while another still reads its partial
-#endif
+  cluster_sum_store<T>(p, partial, kTileWarps * kStripeRows, TOK, scale, 1.0f / 16.0f);
 }
 
 template <typename T,  // output type: __half or __nv_bfloat16

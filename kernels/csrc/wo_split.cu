@@ -1,0 +1,293 @@
+// wo_gemv variant 7, "split": 4-bit weights (zero points or none, groups >= 64 or per channel) times x for 1 <= m <=
+// kSplitMaxTokens tokens (kSplitMaxAsymTokens with zero points), split-K over a thread block cluster, x quantized to
+// two int8 planes inside each block. For issue 19's 9-32-token cells on the 4096- and 8192-wide shapes.
+//
+// Why (kernels/NOTES.md, "Session 48" and "Session 58"): at 16 tokens every kernel we had sat on ~5-8 us of fixed
+// time per call. The mixed-input GEMM's is its own latency chain; the one-stripe planes GEMV (wo_planes.cu, four
+// n-tiles) reads B from L2 at 4x the code bytes; the tile kernel (wo_planes_tile.cu) staged codes and planes per
+// stage behind one barrier per stage, so its warps could never run ahead of the slowest. Here each half is done the
+// way that measured well:
+//   - A block: 8 warps on 8 stripes (128 rows), one K slice (chunks [c_beg, c_end)) of split blockIdx.y.
+//   - Before the PDL wait each warp fills a register ring with its stripe's first codes and scales (the GEMVs' way).
+//   - After it, the block quantizes its slice of x into two int8 planes in shared memory (x = s hi + s / 254 lo, s
+//     = the token's max over the slice / 127: no x_planes launch before it, and a scale at least as fine as the
+//     row's), then one barrier.
+//   - Then every warp walks its own chunks free-running: codes from its ring, B from shared memory (shared by the
+//     block's 8 stripes; plane rows 64 bytes apart mod 128, so a warp's loads are conflict free), NT n-tiles of
+//     mma.m16n8k32.s8 per chunk, int32 sums folded once per chunk (per pair of chunks where a group spans both).
+//   - The partial tile, already scaled by its slice's token scales, is summed over the cluster in rank order
+//     (cluster_sum.cuh): one launch, no workspace, the same bits on every run.
+#include <cstdint>
+#include <cstdlib>
+
+#include "cluster_sum.cuh"
+#include "pdl.cuh"
+#include "planes.cuh"
+#include "wo_common.cuh"
+#include "x_planes.cuh"
+
+namespace qtool {
+namespace {
+
+constexpr int kSplitWarps = 8;  // = stripes per block
+constexpr int kSplitRows = kSplitWarps * kStripeRows;
+constexpr int kSplitChunkK = 64;  // int4 chunk (wo_kernels.h, chunk_k(4))
+constexpr int kSplitBatch = 4;    // chunks per lane in flight (even: a pair's two chunks are slots u, u + 1)
+constexpr int kSplitMaxSplits = 8;  // the portable cluster size
+constexpr int kSplitSmemTarget = 64 << 10;  // planes per block that keep three blocks on an SM
+// QTOOL_SPLIT_PHASES (read once; A/Bs of where the time goes, wrong outputs): 1 skips the staging of x, 2 the
+// cluster's sum (rank 0's partial is stored), 4 the mma (the codes are still loaded).
+constexpr int kSkipStage = 1, kSkipSum = 2, kSkipMma = 4;
+
+// Blocks per SM the launch is built for: three (<= 85 registers), two at eight n-tiles and at four with zero points
+// (in 80 registers that spilled 136 bytes).
+constexpr int split_min_blocks(int nt, bool asym) { return nt == 8 || (asym && nt == 4) ? 2 : 3; }
+// Bytes between plane rows for a slice of `chunks`: 64 mod 128, so that each quarter-warp's B load (rows g, g + 1 of
+// an n-tile, 16 bytes at lane t) covers 128 distinct bytes.
+constexpr int split_row_bytes(int chunks) { return (chunks | 1) * kSplitChunkK; }
+constexpr int split_smem_bytes(int nt, int chunks) {
+  const int planes = 8 * nt * split_row_bytes(chunks), partial = kSplitRows * 4 * nt * 4;  // partial overlays them
+  return planes > partial ? planes : partial;
+}
+
+// The block's slice of x (tokens < m, chunks [c_beg, c_end)) as two int8 planes at `planes` (rows 2r / 2r + 1: token
+// r's high / low plane, row_bytes apart, plane_slot order from the slice's first chunk) and each token's scale over
+// the slice in scale[r]. TPR threads per token, each on subtiles j0, j0 + TPR, ...: the first kSplitHeld of them
+// loaded once into registers, any past them read again (L1) for the planes; the max shuffled among the token's
+// threads. Ends with the barrier after which the planes are the block's.
+constexpr int kSplitHeld = 2;
+template <typename T, int NT>
+__device__ inline void stage_slice(const WoProblem& p, int c_beg, int c_end, uint8_t* planes, int row_bytes,
+                                   float* scale) {
+  constexpr int TPR = kSplitWarps * 32 / (4 * NT);  // 32, 16 or 8: a token's threads sit in one warp
+  const int r = threadIdx.x / TPR, j0 = threadIdx.x % TPR;
+  const int subs = p.m > r ? 4 * (c_end - c_beg) : 0;  // a token past m stages nothing
+  const uint4* xg = opaque(static_cast<const uint4*>(p.x)) + static_cast<size_t>(subs ? r : 0) * (p.w.k_padded / 8) +
+                    c_beg * (kSplitChunkK / 8);
+  uint4 v[kSplitHeld][2];
+  float mx = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kSplitHeld; ++i) {
+    const int j = j0 + i * TPR;
+    if (j < subs) {
+      v[i][0] = __ldg(xg + 2 * j);
+      v[i][1] = __ldg(xg + 2 * j + 1);
+      mx = vec_absmax<T>(v[i][1], vec_absmax<T>(v[i][0], mx));
+    }
+  }
+  for (int j = j0 + kSplitHeld * TPR; j < subs; j += TPR)
+    mx = vec_absmax<T>(__ldg(xg + 2 * j + 1), vec_absmax<T>(__ldg(xg + 2 * j), mx));
+#pragma unroll
+  for (int off = TPR / 2; off > 0; off /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+  float2 inverse;
+  const float s = token_scale(mx, inverse);
+  if (subs > 0 && j0 == 0) scale[r] = s;
+  uint8_t* dst = planes + 2 * r * row_bytes;
+#pragma unroll
+  for (int i = 0; i < kSplitHeld; ++i) {
+    const int j = j0 + i * TPR;
+    if (j < subs) store_subtile<T, false>(v[i][0], v[i][1], s, inverse, dst + plane_slot(16 * j), row_bytes);
+  }
+  for (int j = j0 + kSplitHeld * TPR; j < subs; j += TPR)
+    store_subtile<T, false>(__ldg(xg + 2 * j), __ldg(xg + 2 * j + 1), s, inverse, dst + plane_slot(16 * j), row_bytes);
+  __syncthreads();
+}
+
+template <typename T,  // activation and output type: __half or __nv_bfloat16
+          int NT,      // n-tiles of 4 tokens: 2 (<= 8 tokens), 4 (<= 16) or 8 (<= 32)
+          bool ASYM,   // zero points (p.w.zero), w = s (q - z): A stays 16 q and 16 z times the chunk's sum of x (two
+                       // more mma per n-tile, as wo_planes.cu) is subtracted
+          bool PAIR>   // groups of >= 128 (or per channel), no zero points: a pair of chunks shares its scales (each
+                       // split starts at an even chunk), so the int32 sums run over the pair and are folded once
+__global__ void __launch_bounds__(kSplitWarps * 32, split_min_blocks(NT, ASYM))
+    wo_split_kernel(const WoProblem p, int chunks_per_split, int phases) {
+  extern __shared__ __align__(16) uint8_t split_smem[];
+  __shared__ float scale[4 * NT];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int g = lane / 4, t = lane % 4;
+  const int stripe = blockIdx.x * kSplitWarps + warp;
+  const bool live = stripe < p.w.n_padded / kStripeRows;  // a last block's extra warps stage x, no math
+  const int nchunks = p.w.k_padded / kSplitChunkK;
+  const int c_beg = min(nchunks, static_cast<int>(blockIdx.y) * chunks_per_split);
+  const int c_end = min(nchunks, c_beg + chunks_per_split);
+  const int mine = live ? c_end - c_beg : 0;  // the warp's chunks
+  const int row_bytes = split_row_bytes(chunks_per_split);
+
+  // The ring: slot u holds chunk c0 + u of the slice; lanes t = 0 / 1 of each quad load row g / g + 8's scale.
+  const size_t row0 = static_cast<size_t>(live ? stripe : 0) * kStripeRows + g + 8 * (t % 2);
+  const float* par = opaque(p.w.scale + row0);
+  const float* zpar = ASYM ? opaque(p.w.zero + row0) : nullptr;
+  const uint4* codes = reinterpret_cast<const uint4*>(p.w.qweight) +
+                       (static_cast<size_t>(live ? stripe : 0) * nchunks + c_beg) * chunk_vecs(4) + lane;
+  uint4 packed[kSplitBatch];
+  float prm[kSplitBatch] = {};
+  float zrm[ASYM ? kSplitBatch : 1] = {};
+  auto load = [&](int u, int c) {
+    if (c < mine) {
+      packed[u] = load_streaming(codes + c * chunk_vecs(4));
+      const uint32_t group = static_cast<uint32_t>((c_beg + c) * kSplitChunkK) >> p.w.group_shift;
+      prm[u] = __ldg(par + group * p.w.n_padded);
+      if constexpr (ASYM) zrm[u] = __ldg(zpar + group * p.w.n_padded);
+    }
+  };
+#pragma unroll
+  for (int u = 0; u < kSplitBatch; ++u) load(u, u);  // static weights: before the wait
+  pdl_wait_then_release();  // x, bias and y only past this point (pdl.cuh)
+  if (phases & kSkipStage) {  // phase A/B (QTOOL_SPLIT_PHASES): planes left as they are, scales 1
+    if (threadIdx.x < 4 * NT) scale[threadIdx.x] = 1.0f;
+    __syncthreads();
+  } else {
+    stage_slice<T, NT>(p, c_beg, c_end, split_smem, row_bytes, scale);
+  }
+
+  // B: column g of n-tile i is token (8 i + g) / 2's plane g % 2; columns past 2m read row 0 (never stored).
+  uint32_t boff[NT];
+#pragma unroll
+  for (int i = 0; i < NT; ++i) boff[i] = (8 * i + g < 2 * p.m ? 8 * i + g : 0) * row_bytes + 16 * t;
+
+  float acc[NT][2] = {};  // token 4 i + t of n-tile i: rows g, g + 8, in units of 16 s_x
+  int d[NT][4];           // the int32 sums of the chunk (or pair) not yet folded into acc
+  float s0 = 0.0f, s1 = 0.0f;  // their scales / 254 (fold_planes254)
+  for (int c0 = 0; c0 < mine; c0 += kSplitBatch) {
+#pragma unroll
+    for (int u = 0; u < kSplitBatch; ++u) {
+      const int c = c0 + u;
+      if (c >= mine) break;  // warp-uniform
+      const bool first = !PAIR || u % 2 == 0;  // c0 is even: c's parity is u's
+      uint32_t a[2][4];  // the chunk's 16 x 32 tiles: words 2 tile / 2 tile + 1
+      tile_a(int4_word_s8x16(packed[u].x), int4_word_s8x16(packed[u].y), a[0]);
+      tile_a(int4_word_s8x16(packed[u].z), int4_word_s8x16(packed[u].w), a[1]);
+      if (first) {
+        s0 = __shfl_sync(0xffffffffu, prm[u], 0, 4) * (1.0f / 254.0f);
+        s1 = __shfl_sync(0xffffffffu, prm[u], 1, 4) * (1.0f / 254.0f);
+      }
+      float sz0 = 0.0f, sz1 = 0.0f;  // s z of rows g, g + 8
+      if constexpr (ASYM) {
+        sz0 = 254.0f * s0 * __shfl_sync(0xffffffffu, zrm[u], 0, 4);
+        sz1 = 254.0f * s1 * __shfl_sync(0xffffffffu, zrm[u], 1, 4);
+      }
+      if (phases & kSkipMma) {  // phase A/B: keep the loads live, no math
+        acc[0][0] += __int_as_float((a[0][0] ^ a[1][3]) & 0x3f);
+        load(u, c + kSplitBatch);
+        continue;
+      }
+#pragma unroll
+      for (int i = 0; i < NT; ++i) {  // independent sums: the n-tiles' mma chains overlap
+        const uint4 bv = *reinterpret_cast<const uint4*>(split_smem + boff[i] + c * kSplitChunkK);
+        if (first)
+          mma_s8_16832_first(d[i], a[0], bv.x, bv.y);
+        else
+          mma_s8_16832(d[i], a[0], bv.x, bv.y);
+        mma_s8_16832(d[i], a[1], bv.z, bv.w);
+        if constexpr (ASYM) {
+          const float sum = chunk_plane_sum(bv);
+          acc[i][0] = fmaf(-sz0, sum, acc[i][0]);
+          acc[i][1] = fmaf(-sz1, sum, acc[i][1]);
+        }
+      }
+      load(u, c + kSplitBatch);
+      if (!PAIR || u % 2 == 1 || c + 1 == mine) {  // a chunk's sums, or a pair's (or a last odd chunk's)
+#pragma unroll
+        for (int i = 0; i < NT; ++i) fold_planes254(d[i], s0, s1, acc[i]);
+      }
+    }
+  }
+
+  if (blockIdx.y == 0) prefetch_next_layer(p, kSplitWarps * 32);  // slices by blockIdx.x: once per row block
+
+  __syncthreads();  // every warp is done with the planes, which the partial tile overlays
+  constexpr int TOK = 4 * NT;
+  float* partial = reinterpret_cast<float*>(split_smem);
+#pragma unroll
+  for (int i = 0; i < NT; ++i) {
+    const int tok = 4 * i + t;
+    const float unit = tok < p.m ? scale[tok] * (1.0f / 16.0f) : 0.0f;  // this slice's s_x
+    partial[(warp * kStripeRows + g) * TOK + tok] = acc[i][0] * unit;
+    partial[(warp * kStripeRows + g + 8) * TOK + tok] = acc[i][1] * unit;
+  }
+  if (phases & kSkipSum) {  // phase A/B: rank 0's partial alone, no cluster barrier
+    __syncthreads();
+    if (blockIdx.y == 0) {
+      for (int e = threadIdx.x; e < kSplitRows * p.m; e += blockDim.x) {
+        const int n = blockIdx.x * kSplitRows + e / p.m;
+        if (n < p.w.n) store(static_cast<T*>(p.y) + static_cast<size_t>(e % p.m) * p.w.n + n, partial[e / p.m * TOK + e % p.m]);
+      }
+    }
+    return;
+  }
+  cluster_sum_store<T>(p, partial, kSplitRows, TOK, nullptr, 1.0f);
+}
+
+// Splits of K (the cluster's size): `forced` where given (A/Bs), else the fewest, up to kSplitMaxSplits, that put
+// split_min_blocks(nt, asym) blocks on every SM with the planes within kSplitSmemTarget, each split >= two chunks.
+// Chunks per split are even (PAIR) and no split is empty.
+void split_plan(int row_blocks, int nchunks, int num_sms, int nt, bool asym, int forced, int& splits, int& chunks) {
+  auto per_split = [&](int s) { return ((nchunks + s - 1) / s + 1) / 2 * 2; };
+  splits = forced;
+  if (splits <= 0) {
+    splits = 1;
+    while (splits < kSplitMaxSplits && nchunks >= 4 * splits &&
+           (row_blocks * splits < split_min_blocks(nt, asym) * num_sms ||
+            split_smem_bytes(nt, per_split(splits)) > kSplitSmemTarget))
+      splits *= 2;
+  }
+  chunks = per_split(splits);
+  splits = (nchunks + chunks - 1) / chunks;
+}
+
+template <typename T, int NT, bool ASYM, bool PAIR>
+cudaError_t launch_split(const WoProblem& p, int num_sms, int forced, cudaStream_t stream) {
+  const int row_blocks = (p.w.n_padded / kStripeRows + kSplitWarps - 1) / kSplitWarps;
+  int splits = 1, chunks = 0;
+  split_plan(row_blocks, p.w.k_padded / kSplitChunkK, num_sms, NT, ASYM, forced, splits, chunks);
+  const int smem = split_smem_bytes(NT, chunks);
+  auto* kernel = wo_split_kernel<T, NT, ASYM, PAIR>;
+  if (smem + 16 * NT > (48 << 10)) {  // with the static `scale`: past the default 48 KB, opt in
+    const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (err != cudaSuccess) return err;
+  }
+  static const int phases = [] {
+    const char* v = std::getenv("QTOOL_SPLIT_PHASES");
+    return v == nullptr ? 0 : std::atoi(v);
+  }();
+  return launch_cluster_y(kernel, p.pdl, dim3(row_blocks, splits), dim3(kSplitWarps * 32), smem, stream,
+                          phases & kSkipSum ? 1 : splits, p, chunks, phases);
+}
+
+template <int NT, bool ASYM, bool PAIR = false>
+cudaError_t launch_dtype(const WoProblem& p, int num_sms, int forced, cudaStream_t stream) {
+  return p.dtype == ScalarKind::kBFloat16 ? launch_split<__nv_bfloat16, NT, ASYM, PAIR>(p, num_sms, forced, stream)
+                                          : launch_split<__half, NT, ASYM, PAIR>(p, num_sms, forced, stream);
+}
+
+template <int NT>
+cudaError_t launch_nt(const WoProblem& p, int num_sms, int forced, cudaStream_t stream) {
+  if (p.w.zero != nullptr) {
+    if constexpr (NT <= 4) return launch_dtype<NT, true>(p, num_sms, forced, stream);
+    return cudaErrorInvalidValue;  // zero points to 16 tokens (ops.cpp refuses more)
+  }
+  return p.w.group_shift >= 7 ? launch_dtype<NT, false, true>(p, num_sms, forced, stream)
+                              : launch_dtype<NT, false, false>(p, num_sms, forced, stream);
+}
+
+}  // namespace
+
+cudaError_t launch_wo_split(const WoProblem& p, int forced_splits, cudaStream_t stream) {
+  int device = 0, num_sms = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device);
+  if (err != cudaSuccess) return err;
+  return p.m <= 8 ? launch_nt<2>(p, num_sms, forced_splits, stream)
+         : p.m <= 16 ? launch_nt<4>(p, num_sms, forced_splits, stream)
+                     : launch_nt<8>(p, num_sms, forced_splits, stream);
+}
+
+int wo_split_smem_bytes(int m, int k_padded, int n_padded, bool asym, int forced_splits, int num_sms) {
+  const int nt = m <= 8 ? 2 : m <= 16 ? 4 : 8;
+  int splits = 1, chunks = 0;
+  split_plan((n_padded / kStripeRows + kSplitWarps - 1) / kSplitWarps, k_padded / kSplitChunkK, num_sms, nt, asym,
+             forced_splits, splits, chunks);
+  return split_smem_bytes(nt, chunks);
+}
+
+}  // namespace qtool
