@@ -4,7 +4,9 @@
 #   splittests splitab     the variant's GPU tests (and the tile kernel's, whose cluster sum moved to cluster_sum.cuh),
 #                          then dev/split_ab.py: the variant (the plan's splits, forced 2 / 4 / 8) against the route and
 #                          bf16 at 5-32 tokens on issue 19's shapes and the 8B's fused ones, graphs replayed in turn
-#   phases                 where its time goes (QTOOL_SPLIT_PHASES: staging, the cluster's sum, the mma left out)
+#   (call 3, on the first version, one block per row block: where its time went, each phase left out in turn
+#   (QTOOL_SPLIT_PHASES, since removed): staging, the cluster's sum and the mma each cost as much as the weight's
+#   streaming, one after another in a single wave; so the variant became persistent over row blocks)
 cd "$(dirname "$0")/.."
 LOG=session58.log
 source dev/gpu_setup.sh
@@ -18,14 +20,6 @@ splitab() {
   step "split variant against the route and bf16 (dev/split_ab.py)"
   timeout -k 10 "${SA_TIMEOUT:-240}" python3 dev/split_ab.py --tokens "${SA_TOKENS:-5,8,9,12,16,24,32}" \
     ${SA_SHAPES:+--shapes $SA_SHAPES} ${SA_ASYM:+--asym} --json "$OUT/split_ab${SA_TAG:-}.json" 2>&1 | grep -v "^USDT"
-}
-phases() {  # where the split variant's time goes: QTOOL_SPLIT_PHASES 0 / 1 (no staging) / 2 (no cluster sum) / 4 (no
-  # mma) / 7 (none of them), each in its own process (read once), on four shapes at 9 and 16 tokens
-  for ph in 0 1 2 4 7; do
-    step "split variant, QTOOL_SPLIT_PHASES=$ph"
-    QTOOL_SPLIT_PHASES=$ph timeout -k 10 90 python3 dev/split_ab.py --tokens 9,16 \
-      --shapes "${PH_SHAPES:-4096x4096,4096x14336,8192x8192,4096x28672}" --json "$OUT/phases_$ph.json" 2>&1 | grep -v "^USDT"
-  done
 }
 for stage in "$@"; do "$stage"; done
 step "done"

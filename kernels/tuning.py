@@ -92,9 +92,9 @@ W8A8: dict[tuple[str, int, int], dict[int, str]] = {
     ('fp8-block', 4096, 4096): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "gemv", 17: "gemv", 32: "gemv", 64: "block-narrow-overlap", 128: "block-narrow-overlap", 256: "block-skinny-overlap", 512: "cublas", 1024: "block-large-overlap", 2048: "block-large-overlap", 4096: "block-large-overlap", 8192: "block-large-overlap"},
     ('fp8-block', 4096, 14336): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 12: "gemv", 16: "block-skinny-overlap", 17: "block-swap", 32: "block-skinny-overlap", 64: "block-skinny-overlap", 128: "cublas", 256: "block-large-overlap", 512: "block-large-overlap", 1024: "block-large-overlap", 2048: "block-large-overlap", 4096: "block-large-overlap", 8192: "block-large-overlap-s8"},
     ('fp8-block', 8192, 8192): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "gemv", 17: "block-skinny", 32: "block-narrow-overlap", 64: "block-narrow-overlap", 128: "block-skinny-overlap", 256: "block-split-overlap", 512: "block-split-overlap", 1024: "block-split-overlap", 2048: "block-split-overlap", 4096: "cublas", 8192: "cublas"},
-    ('fp8-block', 8192, 28672): {1: "gemv", 2: "gemv", 4: "gemv", 8: "block-swap", 16: "block-skinny-overlap", 17: "block-swap", 32: "block-skinny-overlap", 64: "block-skinny-overlap", 128: "cublas", 256: "block-split-overlap", 512: "block-split-overlap", 1024: "block-split", 2048: "block-split-overlap", 4096: "block-split-overlap-s8", 8192: "block-large-overlap-s8"},
+    ('fp8-block', 8192, 28672): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "block-skinny-overlap", 17: "block-swap", 32: "block-skinny-overlap", 64: "block-skinny-overlap", 128: "cublas", 256: "block-split-overlap", 512: "block-split-overlap", 1024: "block-split", 2048: "block-split-overlap", 4096: "block-split-overlap-s8", 8192: "block-large-overlap-s8"},
     ('fp8-block', 14336, 4096): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "gemv", 17: "gemv", 32: "block-swap-overlap", 64: "block-narrow-overlap", 128: "block-narrow-overlap", 256: "block-skinny-overlap", 512: "block-split-overlap", 1024: "block-split-overlap", 2048: "block-split-overlap", 4096: "cublas", 8192: "cublas"},
-    ('fp8-block', 28672, 8192): {1: "gemv", 2: "gemv", 4: "block-swap", 8: "block-swap", 16: "block-swap-overlap", 17: "block-swap", 32: "block-swap", 64: "block-narrow-overlap", 128: "block-skinny-overlap", 256: "block-split-overlap", 512: "block-split-overlap", 1024: "cublas", 2048: "cublas", 4096: "block-split-overlap-s8", 8192: "block-large-overlap-n8"},
+    ('fp8-block', 28672, 8192): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "block-swap-overlap", 17: "block-swap", 32: "block-swap", 64: "block-narrow-overlap", 128: "block-skinny-overlap", 256: "block-split-overlap", 512: "block-split-overlap", 1024: "cublas", 2048: "cublas", 4096: "block-split-overlap-s8", 8192: "block-large-overlap-n8"},
     ('fp8', 4096, 6144): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "gemv", 17: "gemv", 32: "skinny", 64: "narrow", 128: "skinny-pair", 256: "cublas", 512: "skinny", 1024: "cublas", 2048: "large", 4096: "large", 8192: "large"},
     ('fp8', 4096, 28672): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "skinny", 32: "skinny", 64: "skinny", 128: "cublas", 256: "skinny", 512: "cublas", 1024: "cublas", 2048: "large", 4096: "large", 8192: "large"},
     ('int8', 4096, 6144): {1: "gemv", 2: "gemv", 4: "gemv", 8: "gemv", 16: "gemv", 17: "gemv", 32: "skinny", 64: "narrow", 128: "skinny", 256: "large", 512: "skinny", 1024: "large", 2048: "large", 4096: "large", 8192: "large"},
@@ -116,6 +116,10 @@ W8A8: dict[tuple[str, int, int], dict[int, str]] = {
 MIXED_H100: dict[tuple[int, int, int], dict[int, str]] = {
     (4, 8192, 28672): {128: "k128 t128 v0 s-1"},
     (8, 8192, 28672): {128: "k128 t128 v0 s-1", 256: "k64 t256 v2 s-1"},
+    (8, 4096, 4096): {128: "k64 t128 v2 s0"},
+    (8, 4096, 6144): {128: "k128 t128 v0 s0"},
+    (8, 8192, 8192): {128: "k64 t128 v2 s-1"},
+    (8, 14336, 4096): {128: "k64 t128 v0 s0"},
 }
 W8A8_H100: dict[tuple[str, int, int], dict[int, str]] = {
     ('fp8', 4096, 4096): {1024: "large"},

@@ -68,10 +68,6 @@ struct TileCopy {
   bool live, params_ok, row_ok;
 };
 
-__device__ inline void cp_async_shared_16(uint32_t dst, const void* src) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src));
-}
-
 template <int NT, bool ASYM>
 __device__ inline void copy_stage(const WoProblem& p, const TileCopy& cp, uint32_t slot, int rel, int chunk0,
                                   int c_end) {

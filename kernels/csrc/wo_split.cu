@@ -8,17 +8,20 @@
 // stage behind one barrier per stage, so its warps could never run ahead of the slowest. Here each half is done the
 // way that measured well:
 //   - A block: 8 warps on 8 stripes (128 rows), one K slice (chunks [c_beg, c_end)) of split blockIdx.y.
-//   - Before the PDL wait each warp fills a register ring with its stripe's first codes and scales (the GEMVs' way).
-//   - After it, the block quantizes its slice of x into two int8 planes in shared memory (x = s hi + s / 254 lo, s
-//     = the token's max over the slice / 127: no x_planes launch before it, and a scale at least as fine as the
+//   - Before the PDL wait each warp starts its ring: kSplitDepth chunks of its stripe's codes copied into shared
+//     memory by cp.async (the registers of a ring that deep would cost the occupancy), its scales in registers.
+//   - After the wait, the block quantizes its slice of x into two int8 planes in shared memory (x = s hi + s / 254
+//     lo, s = the token's max over the slice / 127: no x_planes launch before it, and a scale at least as fine as the
 //     row's), then one barrier.
-//   - Then every warp walks its own chunks free-running: codes from its ring, B from shared memory (shared by the
-//     block's 8 stripes; plane rows 64 bytes apart mod 128, so a warp's loads are conflict free), NT n-tiles of
-//     mma.m16n8k32.s8 per chunk, int32 sums folded once per chunk (per pair of chunks where a group spans both).
-//   - The partial tile, already scaled by its slice's token scales, is summed over the cluster in rank order
+//   - Then every warp walks its own chunks free-running (no barrier: each lane reads back only the bytes it copied):
+//     B from shared memory (shared by the block's 8 stripes; plane rows 64 bytes apart mod 128, so a warp's loads are
+//     conflict free), NT n-tiles of mma.m16n8k32.s8 per chunk, int32 sums folded once per chunk (per pair of chunks
+//     where a group spans both).
+//   - The partial tile, scaled by its slice's token scales, is summed over the cluster in rank order
 //     (cluster_sum.cuh): one launch, no workspace, the same bits on every run.
+// Session 58 measured the first version (a 4-deep register ring) phase by phase (kernels/NOTES.md): staging, the
+// mma and the cluster's sum each cost about as much as streaming the codes, one after another in the one wave.
 #include <cstdint>
-#include <cstdlib>
 
 #include "cluster_sum.cuh"
 #include "pdl.cuh"
@@ -32,22 +35,21 @@ namespace {
 constexpr int kSplitWarps = 8;  // = stripes per block
 constexpr int kSplitRows = kSplitWarps * kStripeRows;
 constexpr int kSplitChunkK = 64;  // int4 chunk (wo_kernels.h, chunk_k(4))
-constexpr int kSplitBatch = 4;    // chunks per lane in flight (even: a pair's two chunks are slots u, u + 1)
-constexpr int kSplitMaxSplits = 8;  // the portable cluster size
-constexpr int kSplitSmemTarget = 64 << 10;  // planes per block that keep three blocks on an SM
-// QTOOL_SPLIT_PHASES (read once; A/Bs of where the time goes, wrong outputs): 1 skips the staging of x, 2 the
-// cluster's sum (rank 0's partial is stored), 4 the mma (the codes are still loaded).
-constexpr int kSkipStage = 1, kSkipSum = 2, kSkipMma = 4;
+constexpr int kSplitDepth = 8;    // chunks per warp in flight (even: a pair's two chunks are slots u, u + 1)
 
 // Blocks per SM the launch is built for: three (<= 85 registers), two at eight n-tiles and at four with zero points
 // (in 80 registers that spilled 136 bytes).
 constexpr int split_min_blocks(int nt, bool asym) { return nt == 8 || (asym && nt == 4) ? 2 : 3; }
+// Shared memory per block within which split_min_blocks blocks fit on an SM (228 KB, 1 KB reserved per block).
+constexpr int split_smem_target(int nt, bool asym) { return (228 << 10) / split_min_blocks(nt, asym) - (2 << 10); }
 // Bytes between plane rows for a slice of `chunks`: 64 mod 128, so that each quarter-warp's B load (rows g, g + 1 of
 // an n-tile, 16 bytes at lane t) covers 128 distinct bytes.
 constexpr int split_row_bytes(int chunks) { return (chunks | 1) * kSplitChunkK; }
+// Shared memory: the slice's planes (8 NT rows; after the main loop the partial tile [kSplitRows][4 NT] float32
+// overlays them), then each warp's ring of kSplitDepth chunks of codes.
 constexpr int split_smem_bytes(int nt, int chunks) {
-  const int planes = 8 * nt * split_row_bytes(chunks), partial = kSplitRows * 4 * nt * 4;  // partial overlays them
-  return planes > partial ? planes : partial;
+  const int planes = 8 * nt * split_row_bytes(chunks), partial = kSplitRows * 4 * nt * 4;
+  return (planes > partial ? planes : partial) + kSplitWarps * kSplitDepth * 512;
 }
 
 // The block's slice of x (tokens < m, chunks [c_beg, c_end)) as two int8 planes at `planes` (rows 2r / 2r + 1: token
@@ -100,7 +102,7 @@ template <typename T,  // activation and output type: __half or __nv_bfloat16
           bool PAIR>   // groups of >= 128 (or per channel), no zero points: a pair of chunks shares its scales (each
                        // split starts at an even chunk), so the int32 sums run over the pair and are folded once
 __global__ void __launch_bounds__(kSplitWarps * 32, split_min_blocks(NT, ASYM))
-    wo_split_kernel(const WoProblem p, int chunks_per_split, int phases) {
+    wo_split_kernel(const WoProblem p, int chunks_per_split) {  // a multiple of kSplitDepth (split_plan)
   extern __shared__ __align__(16) uint8_t split_smem[];
   __shared__ float scale[4 * NT];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -113,32 +115,33 @@ __global__ void __launch_bounds__(kSplitWarps * 32, split_min_blocks(NT, ASYM))
   const int mine = live ? c_end - c_beg : 0;  // the warp's chunks
   const int row_bytes = split_row_bytes(chunks_per_split);
 
-  // The ring: slot u holds chunk c0 + u of the slice; lanes t = 0 / 1 of each quad load row g / g + 8's scale.
+  // The ring: kSplitDepth slots of 512 bytes per warp in shared memory after the planes, filled by cp.async (each lane
+  // its own 16 bytes, which only it reads: no barrier), slot u holding chunk c0 + u; one commit group per slot
+  // refill, copy or none, so that waiting for all but kSplitDepth - 1 groups means the oldest slot has landed. The
+  // scales ride a register ring beside it (lanes t = 0 / 1 of each quad: row g / g + 8's).
+  const uint32_t ring = static_cast<uint32_t>(__cvta_generic_to_shared(split_smem)) + 8 * NT * row_bytes +
+                        (warp * kSplitDepth * 32 + lane) * 16;
+  const uint8_t* ring_ptr = split_smem + 8 * NT * row_bytes + (warp * kSplitDepth * 32 + lane) * 16;
   const size_t row0 = static_cast<size_t>(live ? stripe : 0) * kStripeRows + g + 8 * (t % 2);
   const float* par = opaque(p.w.scale + row0);
   const float* zpar = ASYM ? opaque(p.w.zero + row0) : nullptr;
   const uint4* codes = reinterpret_cast<const uint4*>(p.w.qweight) +
                        (static_cast<size_t>(live ? stripe : 0) * nchunks + c_beg) * chunk_vecs(4) + lane;
-  uint4 packed[kSplitBatch];
-  float prm[kSplitBatch] = {};
-  float zrm[ASYM ? kSplitBatch : 1] = {};
-  auto load = [&](int u, int c) {
+  float prm[kSplitDepth] = {};
+  float zrm[ASYM ? kSplitDepth : 1] = {};
+  auto issue = [&](int u, int c) {
     if (c < mine) {
-      packed[u] = load_streaming(codes + c * chunk_vecs(4));
+      cp_async_shared_16(ring + u * 512, codes + c * chunk_vecs(4));
       const uint32_t group = static_cast<uint32_t>((c_beg + c) * kSplitChunkK) >> p.w.group_shift;
       prm[u] = __ldg(par + group * p.w.n_padded);
       if constexpr (ASYM) zrm[u] = __ldg(zpar + group * p.w.n_padded);
     }
+    cp_async_commit();
   };
 #pragma unroll
-  for (int u = 0; u < kSplitBatch; ++u) load(u, u);  // static weights: before the wait
+  for (int u = 0; u < kSplitDepth; ++u) issue(u, u);  // static weights: before the wait
   pdl_wait_then_release();  // x, bias and y only past this point (pdl.cuh)
-  if (phases & kSkipStage) {  // phase A/B (QTOOL_SPLIT_PHASES): planes left as they are, scales 1
-    if (threadIdx.x < 4 * NT) scale[threadIdx.x] = 1.0f;
-    __syncthreads();
-  } else {
-    stage_slice<T, NT>(p, c_beg, c_end, split_smem, row_bytes, scale);
-  }
+  stage_slice<T, NT>(p, c_beg, c_end, split_smem, row_bytes, scale);
 
   // B: column g of n-tile i is token (8 i + g) / 2's plane g % 2; columns past 2m read row 0 (never stored).
   uint32_t boff[NT];
@@ -148,15 +151,17 @@ __global__ void __launch_bounds__(kSplitWarps * 32, split_min_blocks(NT, ASYM))
   float acc[NT][2] = {};  // token 4 i + t of n-tile i: rows g, g + 8, in units of 16 s_x
   int d[NT][4];           // the int32 sums of the chunk (or pair) not yet folded into acc
   float s0 = 0.0f, s1 = 0.0f;  // their scales / 254 (fold_planes254)
-  for (int c0 = 0; c0 < mine; c0 += kSplitBatch) {
+  for (int c0 = 0; c0 < mine; c0 += kSplitDepth) {
 #pragma unroll
-    for (int u = 0; u < kSplitBatch; ++u) {
+    for (int u = 0; u < kSplitDepth; ++u) {
       const int c = c0 + u;
       if (c >= mine) break;  // warp-uniform
+      cp_async_wait<kSplitDepth - 1>();  // slot u (chunk c) landed
+      const uint4 w = *reinterpret_cast<const uint4*>(ring_ptr + u * 512);
       const bool first = !PAIR || u % 2 == 0;  // c0 is even: c's parity is u's
       uint32_t a[2][4];  // the chunk's 16 x 32 tiles: words 2 tile / 2 tile + 1
-      tile_a(int4_word_s8x16(packed[u].x), int4_word_s8x16(packed[u].y), a[0]);
-      tile_a(int4_word_s8x16(packed[u].z), int4_word_s8x16(packed[u].w), a[1]);
+      tile_a(int4_word_s8x16(w.x), int4_word_s8x16(w.y), a[0]);
+      tile_a(int4_word_s8x16(w.z), int4_word_s8x16(w.w), a[1]);
       if (first) {
         s0 = __shfl_sync(0xffffffffu, prm[u], 0, 4) * (1.0f / 254.0f);
         s1 = __shfl_sync(0xffffffffu, prm[u], 1, 4) * (1.0f / 254.0f);
@@ -166,11 +171,7 @@ __global__ void __launch_bounds__(kSplitWarps * 32, split_min_blocks(NT, ASYM))
         sz0 = 254.0f * s0 * __shfl_sync(0xffffffffu, zrm[u], 0, 4);
         sz1 = 254.0f * s1 * __shfl_sync(0xffffffffu, zrm[u], 1, 4);
       }
-      if (phases & kSkipMma) {  // phase A/B: keep the loads live, no math
-        acc[0][0] += __int_as_float((a[0][0] ^ a[1][3]) & 0x3f);
-        load(u, c + kSplitBatch);
-        continue;
-      }
+      issue(u, c + kSplitDepth);  // slot u's bytes are in registers: refill it
 #pragma unroll
       for (int i = 0; i < NT; ++i) {  // independent sums: the n-tiles' mma chains overlap
         const uint4 bv = *reinterpret_cast<const uint4*>(split_smem + boff[i] + c * kSplitChunkK);
@@ -185,13 +186,13 @@ __global__ void __launch_bounds__(kSplitWarps * 32, split_min_blocks(NT, ASYM))
           acc[i][1] = fmaf(-sz1, sum, acc[i][1]);
         }
       }
-      load(u, c + kSplitBatch);
       if (!PAIR || u % 2 == 1 || c + 1 == mine) {  // a chunk's sums, or a pair's (or a last odd chunk's)
 #pragma unroll
         for (int i = 0; i < NT; ++i) fold_planes254(d[i], s0, s1, acc[i]);
       }
     }
   }
+  cp_async_wait<0>();  // (the refills past the slice copy nothing; no group stays open at exit)
 
   if (blockIdx.y == 0) prefetch_next_layer(p, kSplitWarps * 32);  // slices by blockIdx.x: once per row block
 
@@ -205,30 +206,20 @@ __global__ void __launch_bounds__(kSplitWarps * 32, split_min_blocks(NT, ASYM))
     partial[(warp * kStripeRows + g) * TOK + tok] = acc[i][0] * unit;
     partial[(warp * kStripeRows + g + 8) * TOK + tok] = acc[i][1] * unit;
   }
-  if (phases & kSkipSum) {  // phase A/B: rank 0's partial alone, no cluster barrier
-    __syncthreads();
-    if (blockIdx.y == 0) {
-      for (int e = threadIdx.x; e < kSplitRows * p.m; e += blockDim.x) {
-        const int n = blockIdx.x * kSplitRows + e / p.m;
-        if (n < p.w.n) store(static_cast<T*>(p.y) + static_cast<size_t>(e % p.m) * p.w.n + n, partial[e / p.m * TOK + e % p.m]);
-      }
-    }
-    return;
-  }
   cluster_sum_store<T>(p, partial, kSplitRows, TOK, nullptr, 1.0f);
 }
 
-// Splits of K (the cluster's size): `forced` where given (A/Bs), else the fewest, up to kSplitMaxSplits, that put
-// split_min_blocks(nt, asym) blocks on every SM with the planes within kSplitSmemTarget, each split >= two chunks.
-// Chunks per split are even (PAIR) and no split is empty.
+// Splits of K (the cluster's size, at most kClusterMaxSplits): `forced` where given (A/Bs), else the fewest that put
+// split_min_blocks blocks on every SM with the block's shared memory within split_smem_target, each split at least
+// kSplitDepth chunks. Chunks per split: a multiple of kSplitDepth (even, for PAIR); no split empty.
 void split_plan(int row_blocks, int nchunks, int num_sms, int nt, bool asym, int forced, int& splits, int& chunks) {
-  auto per_split = [&](int s) { return ((nchunks + s - 1) / s + 1) / 2 * 2; };
+  auto per_split = [&](int s) { return ((nchunks + s - 1) / s + kSplitDepth - 1) / kSplitDepth * kSplitDepth; };
   splits = forced;
   if (splits <= 0) {
     splits = 1;
-    while (splits < kSplitMaxSplits && nchunks >= 4 * splits &&
+    while (splits < kClusterMaxSplits && nchunks >= 2 * kSplitDepth * splits &&
            (row_blocks * splits < split_min_blocks(nt, asym) * num_sms ||
-            split_smem_bytes(nt, per_split(splits)) > kSplitSmemTarget))
+            split_smem_bytes(nt, per_split(splits)) > split_smem_target(nt, asym)))
       splits *= 2;
   }
   chunks = per_split(splits);
@@ -246,12 +237,8 @@ cudaError_t launch_split(const WoProblem& p, int num_sms, int forced, cudaStream
     const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (err != cudaSuccess) return err;
   }
-  static const int phases = [] {
-    const char* v = std::getenv("QTOOL_SPLIT_PHASES");
-    return v == nullptr ? 0 : std::atoi(v);
-  }();
-  return launch_cluster_y(kernel, p.pdl, dim3(row_blocks, splits), dim3(kSplitWarps * 32), smem, stream,
-                          phases & kSkipSum ? 1 : splits, p, chunks, phases);
+  return launch_cluster_y(kernel, p.pdl, dim3(row_blocks, splits), dim3(kSplitWarps * 32), smem, stream, splits, p,
+                          chunks);
 }
 
 template <int NT, bool ASYM, bool PAIR = false>
@@ -270,6 +257,8 @@ cudaError_t launch_nt(const WoProblem& p, int num_sms, int forced, cudaStream_t 
                               : launch_dtype<NT, false, false>(p, num_sms, forced, stream);
 }
 
+int split_ntiles(int m) { return m <= 8 ? 2 : m <= 16 ? 4 : 8; }
+
 }  // namespace
 
 cudaError_t launch_wo_split(const WoProblem& p, int forced_splits, cudaStream_t stream) {
@@ -277,13 +266,14 @@ cudaError_t launch_wo_split(const WoProblem& p, int forced_splits, cudaStream_t 
   cudaError_t err = cudaGetDevice(&device);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device);
   if (err != cudaSuccess) return err;
-  return p.m <= 8 ? launch_nt<2>(p, num_sms, forced_splits, stream)
-         : p.m <= 16 ? launch_nt<4>(p, num_sms, forced_splits, stream)
-                     : launch_nt<8>(p, num_sms, forced_splits, stream);
+  const int nt = split_ntiles(p.m);
+  return nt == 2 ? launch_nt<2>(p, num_sms, forced_splits, stream)
+         : nt == 4 ? launch_nt<4>(p, num_sms, forced_splits, stream)
+                   : launch_nt<8>(p, num_sms, forced_splits, stream);
 }
 
 int wo_split_smem_bytes(int m, int k_padded, int n_padded, bool asym, int forced_splits, int num_sms) {
-  const int nt = m <= 8 ? 2 : m <= 16 ? 4 : 8;
+  const int nt = split_ntiles(m);
   int splits = 1, chunks = 0;
   split_plan((n_padded / kStripeRows + kSplitWarps - 1) / kSplitWarps, k_padded / kSplitChunkK, num_sms, nt, asym,
              forced_splits, splits, chunks);
