@@ -1,12 +1,21 @@
 #!/usr/bin/env bash
-# The device calls of session 58 (carry [".gpu/w8a8", ".gpu/ext"]): wo_gemv's split variant (csrc/wo_split.cu), new
-# this session, for issue 19's 9-32-token cells. In order:
+# The device calls of session 58 (carry [".gpu/w8a8", ".gpu/ext"]; BENCHMARKS.md "H200 and H100, 2026-12-06 session
+# 58"). Calls 2-5 measured wo_gemv's split variant (csrc/wo_split.cu), new this session, for issue 19's 9-32-token
+# cells; it lost to the routes on five of six shapes and runs on 4096 x 4096 at 9-16 tokens only:
 #   splittests splitab     the variant's GPU tests (and the tile kernel's, whose cluster sum moved to cluster_sum.cuh),
-#                          then dev/split_ab.py: the variant (the plan's splits, forced 2 / 4 / 8) against the route and
-#                          bf16 at 5-32 tokens on issue 19's shapes and the 8B's fused ones, graphs replayed in turn
-#   (call 3, on the first version, one block per row block: where its time went, each phase left out in turn
-#   (QTOOL_SPLIT_PHASES, since removed): staging, the cluster's sum and the mma each cost as much as the weight's
-#   streaming, one after another in a single wave; so the variant became persistent over row blocks)
+#                          then dev/split_ab.py: the variant (the plan's splits, forced 2 / 4 / 8) against the route,
+#                          the one-stripe planes GEMV and bf16 at 5-32 tokens, graphs replayed in turn (SA_SHAPES,
+#                          SA_TOKENS, SA_ASYM=1 for zero points)
+#   (call 3, on the first version: where its time went, each phase left out in turn (QTOOL_SPLIT_PHASES, since
+#   removed): staging, the cluster's sum and the mma each cost about as much as the weight's streaming, one after
+#   another in a single wave)
+# Calls 6-9 ran on an H200: `bash dev/session55.sh first56 tables` (issue 19's 8B goals: batch 1 2.53x, met; batch 16
+# 1.94x; both whole tables), the fp8-block sweep at 1-16 tokens and issue 18 at 1-16 tokens on its cells. Call 10 (an
+# H100): `bash dev/session55.sh wosweep`. Calls 11-12 (H100): the committed variant's tests and A/B, then 1124 GPU
+# tests with its 4096 x 4096 rule on.
+# Next: on an H200, `bash dev/session55.sh tables` after any route change; issue 19's batch 16 (1.94x against 2.0x)
+# and the 9-64-token W4 cells are what is open (kernels/NOTES.md "Session 58": a warp-specialized split GEMV is the
+# lead the phase measurement gives).
 cd "$(dirname "$0")/.."
 LOG=session58.log
 source dev/gpu_setup.sh

@@ -82,14 +82,16 @@ PLANES_GEMM_MAX_M = 32  # csrc/wo_kernels.h, kPlanesTileMaxTokens
 PLANES_GEMM_MAX_ASYM_M = 16  # kPlanesTileMaxAsymTokens: zero points to four n-tiles (eight are not built)
 PLANES_GEMM_VARIANT = 3
 # wo_gemv variant 7, "split" (csrc/wo_split.cu): 4-bit weights (groups >= 64 or per channel; zero points to 16
-# tokens) at SPLIT_MIN_M..SPLIT_MAX_M tokens, each block quantizing its K slice of x into planes in shared memory for
-# its 8 stripes, split-K over a cluster (sm_90). Session 58 wrote it for issue 19's 9-32-token cells (kernels/NOTES.md
-# "Session 58"); QTOOL_SPLIT_GEMV=N (read once; 0, the default: off) routes it up to N tokens, from QTOOL_SPLIT_MIN
-# (9: past the two-n-tile planes GEMV).
+# tokens), each block quantizing its K slice of x into planes in shared memory for its 8 stripes, split-K over a
+# cluster (sm_90). Session 58 (kernels/NOTES.md "Session 58", dev/split_ab.py, one process against the routes): it
+# lost 10-40% on five of issue 19's six shapes at 9-32 tokens and won on 4096 x 4096 at 9-16 (H100 1.73 / 1.64x
+# against wo_gemm's 1.64 / 1.50x, H200 1.47 / 1.37x against 1.43 / 1.31x), so symmetric layers of that size take it
+# there (split_by_shape). QTOOL_SPLIT_GEMV=N (read once) routes every shape to it at QTOOL_SPLIT_MIN (9) to N tokens,
+# for A/Bs; 0: off.
 SPLIT_VARIANT = 7  # csrc/wo_kernels.h, kSplitVariant
 SPLITS_UNIT = 32  # kSplitsUnit: wo_gemv's variant + 32 s forces s splits of K
 SPLIT_MAX_TOKENS, SPLIT_MAX_ASYM_TOKENS = 32, 16  # kSplitMaxTokens, kSplitMaxAsymTokens
-SPLIT_MAX_M = int(os.environ.get("QTOOL_SPLIT_GEMV", "0"))
+SPLIT_MAX_M = None if os.environ.get("QTOOL_SPLIT_GEMV") is None else int(os.environ["QTOOL_SPLIT_GEMV"])
 SPLIT_MIN_M = int(os.environ.get("QTOOL_SPLIT_MIN", "9"))
 PLANES_MAX_BYTES = 96 << 10  # kPlanesMaxBytes: wo_gemv 4-6's staged planes, 2 * m * (K + 64) bytes
 PLANES_ONE_TOKEN_MIN_WEIGHT = 8192 * 8192 + 1  # K * N from which one token takes the pair
@@ -172,8 +174,19 @@ def given_planes_linear(planes: torch.Tensor, xscale: torch.Tensor, w: PackedWei
 
 
 def takes_split(w: PackedWeight, m: int, dtype: torch.dtype) -> bool:
-    """Whether m tokens of this weight run on wo_gemv's split variant (SPLIT_MAX_M above): 4-bit, groups >= 64 or
-    per channel, zero points to SPLIT_MAX_ASYM_TOKENS, 16-bit activations, a CUDA device with clusters."""
-    top = min(SPLIT_MAX_M, SPLIT_MAX_TOKENS if w.zero is None else SPLIT_MAX_ASYM_TOKENS)
-    return (SPLIT_MIN_M <= m <= top and w.num_bits == 4 and (w.group_size <= 0 or w.group_size >= 64)
+    """Whether m tokens of this weight run on wo_gemv's split variant: by the measured rule (split_by_shape), or as
+    QTOOL_SPLIT_GEMV says (SPLIT_MAX_M); 4-bit, groups >= 64 or per channel, zero points to SPLIT_MAX_ASYM_TOKENS,
+    16-bit activations, a CUDA device with clusters."""
+    if SPLIT_MAX_M is None:
+        chosen = split_by_shape(w, m)
+    else:
+        chosen = SPLIT_MIN_M <= m <= min(SPLIT_MAX_M, SPLIT_MAX_TOKENS if w.zero is None else SPLIT_MAX_ASYM_TOKENS)
+    return (chosen and w.num_bits == 4 and (w.group_size <= 0 or w.group_size >= 64)
             and dtype in (torch.bfloat16, torch.float16) and _has_clusters(w.qweight))
+
+
+def split_by_shape(w: PackedWeight, m: int) -> bool:
+    """The measured cells (above): symmetric 4096 x 4096-sized weights (K, N <= 4096, at least 4096 x 4096 elements)
+    at 9-16 tokens."""
+    return (w.zero is None and 9 <= m <= 16 and w.k_padded <= 4096 and w.out_features <= 4096
+            and w.k_padded * w.out_features >= 4096 * 4096)

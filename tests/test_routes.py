@@ -130,31 +130,36 @@ def test_low_bit_planes_only_where_switched_on(monkeypatch):
     assert calls(3, 128, 4)[0][0] == "wo_gemv"
 
 
-def test_split_variant_only_where_switched_on(monkeypatch):
-    """QTOOL_SPLIT_GEMV (int8_planes.SPLIT_MAX_M, off by default): 4-bit weights with groups >= 64 or per channel at
-    SPLIT_MIN_M..SPLIT_MAX_M tokens (zero points to 16) run wo_gemv's variant 7 where the device has clusters; 3-bit
-    codes, groups of 32, fp32 activations, 8 tokens (the planes pair) and devices without clusters do not."""
+def test_split_variant_by_the_measured_rule_or_the_switch(monkeypatch):
+    """wo_gemv's variant 7 (int8_planes.takes_split) where the device has clusters: by default symmetric 4-bit weights
+    of 4096 x 4096 (groups >= 64 or per channel) at 9-16 tokens, the cells session 58 measured it faster on; with
+    QTOOL_SPLIT_GEMV=N (SPLIT_MAX_M) every shape at SPLIT_MIN_M..N tokens, zero points to 16; 0: nowhere. 3-bit codes,
+    groups of 32, fp32 activations, 8 tokens (the planes pair) and devices without clusters never."""
     recorder = Recorder()
     monkeypatch.setattr(int8_planes, "_has_clusters", lambda t: True)
 
-    def first(m, bits=4, group=128, symmetric=True, dtype=torch.bfloat16):
+    def first(m, bits=4, group=128, symmetric=True, dtype=torch.bfloat16, n=4096):
         codes = torch.zeros(16, 64, dtype=torch.int8)
         groups = 1 if group < 0 else -(-64 // group)
         w = pack_weight(codes, torch.ones(16, groups), None if symmetric else torch.zeros(16, groups, dtype=torch.int8),
                         None, bits, group)
         groups = 1 if group < 0 else 4096 // group
-        w = layout.PackedWeight(w.qweight.new_zeros(4096 // 16, 4096 // layout.chunk_k(bits), w.qweight.shape[2], 4),
-                                torch.ones(groups, 4096), None if symmetric else torch.zeros(groups, 4096), None, bits,
-                                group, 4096, 4096)
+        w = layout.PackedWeight(w.qweight.new_zeros(n // 16, 4096 // layout.chunk_k(bits), w.qweight.shape[2], 4),
+                                torch.ones(groups, n), None if symmetric else torch.zeros(groups, n), None, bits,
+                                group, 4096, n)
         recorder.calls.clear()
         weight_only.packed_linear(torch.zeros(m, 4096, dtype=dtype), w, None, recorder)
         return recorder.calls[0]
 
     split = ("wo_gemv", int8_planes.SPLIT_VARIANT)
+    monkeypatch.setattr(int8_planes, "SPLIT_MAX_M", None)
+    assert first(9) == first(16) == first(16, group=-1) == first(12, group=64) == split
+    assert split not in (first(17), first(16, symmetric=False), first(16, n=6144), first(16, n=2048))
+    monkeypatch.setattr(int8_planes, "SPLIT_MAX_M", 0)
     assert first(16) != split
     monkeypatch.setattr(int8_planes, "SPLIT_MAX_M", 32)
     for m in (9, 16, 32):
-        assert first(m) == split == first(m, group=-1) == first(m, group=64), m
+        assert first(m) == split == first(m, n=6144), m
     assert first(16, symmetric=False) == split != first(17, symmetric=False)
     assert first(8) == ("x_planes",) and first(33) != split
     assert first(16, bits=3) != split and first(16, group=32) != split and first(16, dtype=torch.float32) != split

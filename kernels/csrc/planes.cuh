@@ -61,6 +61,24 @@ __device__ inline float chunk_plane_sum(const uint4& bv) {
   return fmaf(static_cast<float>(e[1]), 1.0f / 254.0f, static_cast<float>(e[0]));
 }
 
+// One 64-k chunk's two mma for one n-tile into its int32 sums d (started over where `first`) from A tiles a (k 0..31
+// / 32..63) and the n-tile's B fragment bv; with zero points (A = 16 q) acc[r] -= s z times the chunk's sum of x
+// (sz0 / sz1: rows g / g + 8). wo_planes_tile.cu and wo_split.cu.
+template <bool ASYM>
+__device__ inline void chunk_ntile_mma(bool first, const uint32_t (&a)[2][4], const uint4& bv, float sz0, float sz1,
+                                       int (&d)[4], float (&acc)[2]) {
+  if (first)
+    mma_s8_16832_first(d, a[0], bv.x, bv.y);  // a chunk's (or pair's) first sum starts at zero
+  else
+    mma_s8_16832(d, a[0], bv.x, bv.y);
+  mma_s8_16832(d, a[1], bv.z, bv.w);
+  if constexpr (ASYM) {
+    const float sum = chunk_plane_sum(bv);
+    acc[0] = fmaf(-sz0, sum, acc[0]);
+    acc[1] = fmaf(-sz1, sum, acc[1]);
+  }
+}
+
 // The end of a planes GEMV block (wo_planes.cu, wo_planes_low.cu): each lane's sums for token 4 i + t of n-tile i
 // (tokens < m) of rows g and g + 8 (acc[i]) summed over the WARPS / STRIPES warps of each stripe, then y = sum *
 // scale[token] * unit + bias. With p.gated_out (a gated MLP's gate/up rows interleaved by 8, quantize/mlp.py) each

@@ -136,16 +136,7 @@ __device__ inline void chunk_mma(int u, const uint4& w, const float* params, con
 #pragma unroll
   for (int i = 0; i < NT; ++i) {  // independent accumulators: the n-tiles' mma chains overlap
     const uint4 bv = *reinterpret_cast<const uint4*>(bstage + (u * ROWS + 8 * i) * kTileChunkK);
-    if (u % 2 == 0 || !PAIR)
-      mma_s8_16832_first(d[i], a[0], bv.x, bv.y);  // a chunk's (or pair's) first sum starts at zero
-    else
-      mma_s8_16832(d[i], a[0], bv.x, bv.y);
-    mma_s8_16832(d[i], a[1], bv.z, bv.w);
-    if constexpr (ASYM) {
-      const float sum = chunk_plane_sum(bv);
-      acc[i][0] = fmaf(-sz0, sum, acc[i][0]);
-      acc[i][1] = fmaf(-sz1, sum, acc[i][1]);
-    }
+    chunk_ntile_mma<ASYM>(u % 2 == 0 || !PAIR, a, bv, sz0, sz1, d[i], acc[i]);
   }
 }
 

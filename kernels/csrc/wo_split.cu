@@ -1,6 +1,7 @@
 // wo_gemv variant 7, "split": 4-bit weights (zero points or none, groups >= 64 or per channel) times x for 1 <= m <=
 // kSplitMaxTokens tokens (kSplitMaxAsymTokens with zero points), split-K over a thread block cluster, x quantized to
-// two int8 planes inside each block. For issue 19's 9-32-token cells on the 4096- and 8192-wide shapes.
+// two int8 planes inside each block. Written for issue 19's 9-32-token cells; routed where it measured faster, 4096 x
+// 4096 at 9-16 tokens (kernels/int8_planes.py, split_by_shape).
 //
 // Why (kernels/NOTES.md, "Session 48" and "Session 58"): at 16 tokens every kernel we had sat on ~5-8 us of fixed
 // time per call. The mixed-input GEMM's is its own latency chain; the one-stripe planes GEMV (wo_planes.cu, four
@@ -95,6 +96,37 @@ __device__ inline void stage_slice(const WoProblem& p, int c_beg, int c_end, uin
   __syncthreads();
 }
 
+// One chunk's mma for every n-tile: A from the chunk's codes w (the wo layout's 16 x 32 tiles, words 2 tile / 2 tile
+// + 1), B from the slice's planes (bchunk: the chunk's first byte of plane row 0; boff: the lane's row and quarter
+// per n-tile). `first`: d[i] starts over (a chunk's, or a pair's, first sums); sz0 / sz1: s z of rows g / g + 8.
+template <int NT, bool ASYM>
+__device__ inline void chunk_mma(bool first, const uint4& w, const uint8_t* bchunk, const uint32_t (&boff)[NT],
+                                 float sz0, float sz1, int (&d)[NT][4], float (&acc)[NT][2]) {
+  uint32_t a[2][4];
+  tile_a(int4_word_s8x16(w.x), int4_word_s8x16(w.y), a[0]);
+  tile_a(int4_word_s8x16(w.z), int4_word_s8x16(w.w), a[1]);
+#pragma unroll
+  for (int i = 0; i < NT; ++i)  // independent sums: the n-tiles' mma chains overlap
+    chunk_ntile_mma<ASYM>(first, a, *reinterpret_cast<const uint4*>(bchunk + boff[i]), sz0, sz1, d[i], acc[i]);
+}
+
+// The block's partial tile [row][token] (float32 at `partial`), each lane's sums times its slice's s_x / 16, then the
+// cluster's sum in rank order (cluster_sum.cuh): y = sum + bias.
+template <typename T, int NT>
+__device__ inline void store_split(const WoProblem& p, const float (&acc)[NT][2], const float* scale, float* partial) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int g = lane / 4, t = lane % 4;
+  constexpr int TOK = 4 * NT;
+#pragma unroll
+  for (int i = 0; i < NT; ++i) {
+    const int tok = 4 * i + t;
+    const float unit = tok < p.m ? scale[tok] * (1.0f / 16.0f) : 0.0f;
+    partial[(warp * kStripeRows + g) * TOK + tok] = acc[i][0] * unit;
+    partial[(warp * kStripeRows + g + 8) * TOK + tok] = acc[i][1] * unit;
+  }
+  cluster_sum_store<T>(p, partial, kSplitRows, TOK, nullptr, 1.0f);
+}
+
 template <typename T,  // activation and output type: __half or __nv_bfloat16
           int NT,      // n-tiles of 4 tokens: 2 (<= 8 tokens), 4 (<= 16) or 8 (<= 32)
           bool ASYM,   // zero points (p.w.zero), w = s (q - z): A stays 16 q and 16 z times the chunk's sum of x (two
@@ -159,9 +191,6 @@ __global__ void __launch_bounds__(kSplitWarps * 32, split_min_blocks(NT, ASYM))
       cp_async_wait<kSplitDepth - 1>();  // slot u (chunk c) landed
       const uint4 w = *reinterpret_cast<const uint4*>(ring_ptr + u * 512);
       const bool first = !PAIR || u % 2 == 0;  // c0 is even: c's parity is u's
-      uint32_t a[2][4];  // the chunk's 16 x 32 tiles: words 2 tile / 2 tile + 1
-      tile_a(int4_word_s8x16(w.x), int4_word_s8x16(w.y), a[0]);
-      tile_a(int4_word_s8x16(w.z), int4_word_s8x16(w.w), a[1]);
       if (first) {
         s0 = __shfl_sync(0xffffffffu, prm[u], 0, 4) * (1.0f / 254.0f);
         s1 = __shfl_sync(0xffffffffu, prm[u], 1, 4) * (1.0f / 254.0f);
@@ -172,20 +201,7 @@ __global__ void __launch_bounds__(kSplitWarps * 32, split_min_blocks(NT, ASYM))
         sz1 = 254.0f * s1 * __shfl_sync(0xffffffffu, zrm[u], 1, 4);
       }
       issue(u, c + kSplitDepth);  // slot u's bytes are in registers: refill it
-#pragma unroll
-      for (int i = 0; i < NT; ++i) {  // independent sums: the n-tiles' mma chains overlap
-        const uint4 bv = *reinterpret_cast<const uint4*>(split_smem + boff[i] + c * kSplitChunkK);
-        if (first)
-          mma_s8_16832_first(d[i], a[0], bv.x, bv.y);
-        else
-          mma_s8_16832(d[i], a[0], bv.x, bv.y);
-        mma_s8_16832(d[i], a[1], bv.z, bv.w);
-        if constexpr (ASYM) {
-          const float sum = chunk_plane_sum(bv);
-          acc[i][0] = fmaf(-sz0, sum, acc[i][0]);
-          acc[i][1] = fmaf(-sz1, sum, acc[i][1]);
-        }
-      }
+      chunk_mma<NT, ASYM>(first, w, split_smem + c * kSplitChunkK, boff, sz0, sz1, d, acc);
       if (!PAIR || u % 2 == 1 || c + 1 == mine) {  // a chunk's sums, or a pair's (or a last odd chunk's)
 #pragma unroll
         for (int i = 0; i < NT; ++i) fold_planes254(d[i], s0, s1, acc[i]);
@@ -197,16 +213,7 @@ __global__ void __launch_bounds__(kSplitWarps * 32, split_min_blocks(NT, ASYM))
   if (blockIdx.y == 0) prefetch_next_layer(p, kSplitWarps * 32);  // slices by blockIdx.x: once per row block
 
   __syncthreads();  // every warp is done with the planes, which the partial tile overlays
-  constexpr int TOK = 4 * NT;
-  float* partial = reinterpret_cast<float*>(split_smem);
-#pragma unroll
-  for (int i = 0; i < NT; ++i) {
-    const int tok = 4 * i + t;
-    const float unit = tok < p.m ? scale[tok] * (1.0f / 16.0f) : 0.0f;  // this slice's s_x
-    partial[(warp * kStripeRows + g) * TOK + tok] = acc[i][0] * unit;
-    partial[(warp * kStripeRows + g + 8) * TOK + tok] = acc[i][1] * unit;
-  }
-  cluster_sum_store<T>(p, partial, kSplitRows, TOK, nullptr, 1.0f);
+  store_split<T, NT>(p, acc, scale, reinterpret_cast<float*>(split_smem));
 }
 
 // Splits of K (the cluster's size, at most kClusterMaxSplits): `forced` where given (A/Bs), else the fewest that put
