@@ -13,7 +13,8 @@
 # 1.94x; both whole tables), the fp8-block sweep at 1-16 tokens and issue 18 at 1-16 tokens on its cells. Call 10 (an
 # H100): `bash dev/session55.sh wosweep`. Calls 11-12 (H100): the committed variant's tests and A/B, then 1124 GPU
 # tests with its 4096 x 4096 rule on.
-# Next: on an H200, `bash dev/session55.sh tables` after any route change; issue 19's batch 16 (1.94x against 2.0x)
+# Next: `bash dev/session58.sh san` (compute-sanitizer on the split variant: not run this session, the device time was
+# spent). On an H200, `bash dev/session55.sh tables` after any route change; issue 19's batch 16 (1.94x against 2.0x)
 # and the 9-64-token W4 cells are what is open (kernels/NOTES.md "Session 58": a warp-specialized split GEMV is the
 # lead the phase measurement gives).
 cd "$(dirname "$0")/.."
@@ -29,6 +30,14 @@ splitab() {
   step "split variant against the route and bf16 (dev/split_ab.py)"
   timeout -k 10 "${SA_TIMEOUT:-240}" python3 dev/split_ab.py --tokens "${SA_TOKENS:-5,8,9,12,16,24,32}" \
     ${SA_SHAPES:+--shapes $SA_SHAPES} ${SA_ASYM:+--asym} --json "$OUT/split_ab${SA_TAG:-}.json" 2>&1 | grep -v "^USDT"
+}
+san() {  # compute-sanitizer memcheck and racecheck on the split variant (dev/san_split.py), prepared for the next call
+  for tool in memcheck racecheck; do
+    step "compute-sanitizer $tool: the split variant (dev/san_split.py)"
+    timeout -k 10 "${SAN_TIMEOUT:-150}" compute-sanitizer --tool "$tool" --print-limit 20 \
+      python3 dev/san_split.py > "/tmp/san_split_$tool.txt" 2>&1
+    echo "exit $?"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|launches done" "/tmp/san_split_$tool.txt" | tail -4
+  done
 }
 for stage in "$@"; do "$stage"; done
 step "done"
