@@ -40,6 +40,16 @@ gputests() {  # gputests NAME SECONDS PYTEST_ARGS...: GPU tests within a time li
   summarize "$OUT/$name.txt"
 }
 
+sanitize() {  # sanitize TAG SCRIPT: compute-sanitizer memcheck and racecheck on a script of eager launches (dev/san_*.py)
+  local tag=$1 script=$2
+  for tool in memcheck racecheck; do
+    step "compute-sanitizer $tool: $tag ($script)"
+    timeout -k 10 "${SAN_TIMEOUT:-150}" compute-sanitizer --tool "$tool" --print-limit 20 python3 "$script" \
+      > "/tmp/san_${tag}_$tool.txt" 2>&1
+    echo "exit $?"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|launches done" "/tmp/san_${tag}_$tool.txt" | tail -4
+  done
+}
+
 pdltest() {  # the Inductor-PDL decode test (qtool bench's decode compile options against Inductor's plain launches)
   step "Inductor-PDL decode test"
   gputests pdltest "${PT_TIMEOUT:-150}" tests/test_fusion.py -k inductor_pdl

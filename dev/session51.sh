@@ -78,12 +78,7 @@ normtests() {  # session 51's norm_planes (csrc/norm_planes.cu) and its graph pa
   timeout -k 10 "${NORMTEST_TIMEOUT:-240}" python3 -m pytest -q tests/test_norm_planes_gpu.py \
     tests/test_norm_planes.py tests/test_gated_epilogue.py tests/test_mlp.py -p no:logging > /tmp/normtests.txt 2>&1
   echo "exit $?"; grep -vE "^DEBUG" /tmp/normtests.txt | tail -15
-  for tool in memcheck racecheck; do
-    step "compute-sanitizer $tool: norm_planes (dev/san_norm_planes.py)"
-    timeout -k 10 "${SAN_TIMEOUT:-150}" compute-sanitizer --tool "$tool" --print-limit 20 \
-      python3 dev/san_norm_planes.py > "/tmp/san_norm_$tool.txt" 2>&1
-    echo "exit $?"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|launches done" "/tmp/san_norm_$tool.txt" | tail -4
-  done
+  sanitize norm dev/san_norm_planes.py
 }
 normab() {  # the 8B step at 1-8 tokens with and without the norm_planes pass (on by default since session 51: the
   # residual add, RMSNorm and x_planes in one kernel; q/k/v on the planes at one token), alternated in one process

@@ -32,12 +32,7 @@ splitab() {
     ${SA_SHAPES:+--shapes $SA_SHAPES} ${SA_ASYM:+--asym} --json "$OUT/split_ab${SA_TAG:-}.json" 2>&1 | grep -v "^USDT"
 }
 san() {  # compute-sanitizer memcheck and racecheck on the split variant (dev/san_split.py), prepared for the next call
-  for tool in memcheck racecheck; do
-    step "compute-sanitizer $tool: the split variant (dev/san_split.py)"
-    timeout -k 10 "${SAN_TIMEOUT:-150}" compute-sanitizer --tool "$tool" --print-limit 20 \
-      python3 dev/san_split.py > "/tmp/san_split_$tool.txt" 2>&1
-    echo "exit $?"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|launches done" "/tmp/san_split_$tool.txt" | tail -4
-  done
+  sanitize split dev/san_split.py
 }
 for stage in "$@"; do "$stage"; done
 step "done"
