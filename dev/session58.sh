@@ -13,8 +13,8 @@
 # 1.94x; both whole tables), the fp8-block sweep at 1-16 tokens and issue 18 at 1-16 tokens on its cells. Call 10 (an
 # H100): `bash dev/session55.sh wosweep`. Calls 11-12 (H100): the committed variant's tests and A/B, then 1124 GPU
 # tests with its 4096 x 4096 rule on.
-# Next: `bash dev/session58.sh san` (compute-sanitizer on the split variant: not run this session, the device time was
-# spent). On an H200, `bash dev/session55.sh tables` after any route change; issue 19's batch 16 (1.94x against 2.0x)
+# Next: `bash dev/session58.sh san ncusplit` (compute-sanitizer on the split variant, then Nsight Compute on it at 16
+# tokens: neither run this session, the device time was spent). On an H200, `bash dev/session55.sh tables` after any route change; issue 19's batch 16 (1.94x against 2.0x)
 # and the 9-64-token W4 cells are what is open (kernels/NOTES.md "Session 58": a warp-specialized split GEMV is the
 # lead the phase measurement gives).
 cd "$(dirname "$0")/.."
@@ -33,6 +33,18 @@ splitab() {
 }
 san() {  # compute-sanitizer memcheck and racecheck on the split variant (dev/san_split.py), prepared for the next call
   sanitize split dev/san_split.py
+}
+ncusplit() {  # Nsight Compute on the split variant's first launch (dev/split_ab.py's check, eager) at 16 tokens:
+  # where its time goes beyond streaming the codes (kernels/NOTES.md "Session 58")
+  local shape=${NCU_SHAPE:-8192x8192}
+  step "ncu --set full: wo_split_kernel on $shape at 16 tokens"
+  timeout -k 10 "${NCU_TIMEOUT:-200}" ncu --clock-control none --kernel-name-base demangled \
+    --kernel-name regex:wo_split_kernel --launch-count 1 --set full -f -o /tmp/split_ncu \
+    python3 dev/split_ab.py --shapes "$shape" --tokens 16 > /tmp/split_ncu.log 2>&1
+  echo "ncu exit $?"; tail -2 /tmp/split_ncu.log
+  ncu --import /tmp/split_ncu.ncu-rep --page details --csv > "$OUT/split_ncu_details.csv" 2>&1
+  grep -E '"(Duration|DRAM Throughput|Achieved Occupancy|Registers Per Thread|Issue Slots Busy|Waves Per SM)"' \
+    "$OUT/split_ncu_details.csv" | awk -F'","' '{print $13 ": " $15}' | head -8
 }
 for stage in "$@"; do "$stage"; done
 step "done"
