@@ -219,3 +219,23 @@ def random_qtensor(bits, group_size, symmetric, act_order, k, n, seed=0, device=
                      group_size=group_size if group_size > 0 else None, actorder=act_order)
     qt = QTensor(codes, scale, zero, args, g_idx)
     return qt, args, qt.dequantize(torch.float64)
+
+
+def cluster_w4_problems(group_size, symmetric, dtype, device="cuda"):
+    """W4 problems for the kernels that split K over a cluster (the tile and split planes kernels): ragged K and N
+    (576 x 200: one row block, a short last g128 group; 4096 x 1536; 14336 x 64: eight splits of 28 chunks; 1024 x
+    4096: 32 row blocks), at 1-32 tokens (1-16 with zero points), each x with an outlier and all-zero tokens.
+    Yields (k, n, p, bias, xp, zeros, ref): the packed weight, a float32 bias [n], x padded to K_pad, the zero rows
+    and the float64 reference [m, n]."""
+    from qtool_kernels.layout import pack_weight
+
+    for k, n in ((576, 200), (4096, 1536), (14336, 64), (1024, 4096)):
+        qt, _, dense = random_qtensor(4, group_size, symmetric, False, k, n, seed=k + n, device=device)
+        p = pack_weight(qt.values, qt.scale, qt.zero_point, None, 4, group_size)
+        bias = torch.randn(n, device=device)
+        for m in (1, 3, 5, 8, 9, 16, 17, 24, 32) if symmetric else (1, 5, 8, 9, 13, 16):
+            x = torch.randn(m, k, device=device, dtype=dtype)
+            x[0, 7] *= 40
+            zeros = [m - 1] + ([1] if m > 2 else [])
+            x[zeros] = 0
+            yield k, n, p, bias, torch.nn.functional.pad(x, (0, p.k_padded - k)), zeros, x.double() @ dense.T + bias.double()

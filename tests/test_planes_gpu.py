@@ -13,7 +13,7 @@ import functools
 import pytest
 import torch
 
-from conftest import poison_cache, random_qtensor, rel_err, replayed
+from conftest import cluster_w4_problems, poison_cache, random_qtensor, rel_err, replayed
 from qtool_kernels import int8_planes, reference, weight_only
 from qtool_kernels.layout import EPILOGUE, pack_weight
 from quantize.linear import QuantLinear, prepare_for_cuda
@@ -170,29 +170,19 @@ def test_tile_planes_gemv_matches_float64(kernels, group_size, symmetric, dtype)
     with PDL, with bias, on ragged K and N (576 / 200: one row block, one split; 14336 x 64: eight splits of 28
     chunks; 1024 x 4096: 32 row blocks), an outlier and all-zero tokens, against float64 and against the one-stripe
     launch (<= 16 tokens). 17 tokens with zero points, 3-bit codes and 33 tokens are refused by name."""
-    for k, n in ((576, 200), (4096, 1536), (14336, 64), (1024, 4096)):
-        qt, _, dense = random_qtensor(4, group_size, symmetric, False, k, n, seed=k + n)
-        p = pack_weight(qt.values, qt.scale, qt.zero_point, None, 4, group_size)
-        bias = torch.randn(n, device="cuda")
-        for m in (1, 3, 5, 8, 9, 16, 17, 24, 32) if symmetric else (1, 5, 8, 9, 13, 16):
-            x = torch.randn(m, k, device="cuda", dtype=dtype)
-            x[0, 7] *= 40
-            zeros = [m - 1] + ([1] if m > 2 else [])
-            x[zeros] = 0
-            xp = torch.nn.functional.pad(x, (0, p.k_padded - k))
-            planes, xs = kernels.x_planes(xp)
-            ref = x.double() @ dense.T + bias.double()
-            stripes = (kernels.wo_planes_gemv(planes, xs, p.qweight, p.scale, p.zero, bias, p.group_size, n, dtype, 0)
-                       if m <= 16 else None)
-            for variant in (3, 19):
-                poison_cache()
-                out = kernels.wo_planes_gemv(planes, xs, p.qweight, p.scale, p.zero, bias, p.group_size, n, dtype,
-                                             variant)
-                assert out.shape == (m, n) and out.dtype == dtype and rel_err(out, ref) < 1e-2, (k, n, m, variant)
-                if stripes is not None:
-                    assert rel_err(out, stripes) < 5e-3, (k, n, m, variant)
-                for z in zeros:
-                    torch.testing.assert_close(out[z].float(), bias.to(dtype).float(), rtol=1e-2, atol=1e-2)
+    for k, n, p, bias, xp, zeros, ref in cluster_w4_problems(group_size, symmetric, dtype):
+        m = xp.shape[0]
+        planes, xs = kernels.x_planes(xp)
+        stripes = (kernels.wo_planes_gemv(planes, xs, p.qweight, p.scale, p.zero, bias, p.group_size, n, dtype, 0)
+                   if m <= 16 else None)
+        for variant in (3, 19):
+            poison_cache()
+            out = kernels.wo_planes_gemv(planes, xs, p.qweight, p.scale, p.zero, bias, p.group_size, n, dtype, variant)
+            assert out.shape == (m, n) and out.dtype == dtype and rel_err(out, ref) < 1e-2, (k, n, m, variant)
+            if stripes is not None:
+                assert rel_err(out, stripes) < 5e-3, (k, n, m, variant)
+            for z in zeros:
+                torch.testing.assert_close(out[z].float(), bias.to(dtype).float(), rtol=1e-2, atol=1e-2)
     qa, _, _ = random_qtensor(4, 128, False, False, 576, 200)
     pa = pack_weight(qa.values, qa.scale, qa.zero_point, None, 4, 128)
     planes, xs = kernels.x_planes(torch.randn(33, pa.k_padded, device="cuda", dtype=dtype))

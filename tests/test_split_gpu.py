@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import poison_cache, random_qtensor, rel_err, replayed
+from conftest import cluster_w4_problems, poison_cache, random_qtensor, rel_err, replayed
 from qtool_kernels import int8_planes, weight_only
 from qtool_kernels.layout import EPILOGUE, PDL_STATIC_WEIGHT, pack_weight
 from quantize.linear import QuantLinear, prepare_for_cuda
@@ -33,25 +33,16 @@ def test_split_gemv_matches_float64(kernels, group_size, symmetric, dtype):
     group of 64; 14336 x 64: eight splits of 28 chunks; 4096 x 1536; 1024 x 4096: 32 row blocks), an outlier and
     all-zero tokens, against float64 (the planes are ~2^-16 of each slice's range: far inside the output's
     rounding). Every output element is written (the cache is poisoned with NaN first)."""
-    for k, n in ((576, 200), (4096, 1536), (14336, 64), (1024, 4096)):
-        qt, _, dense = random_qtensor(4, group_size, symmetric, False, k, n, seed=k + n)
-        p = pack_weight(qt.values, qt.scale, qt.zero_point, None, 4, group_size)
-        bias = torch.randn(n, device="cuda")
-        for m in (1, 3, 5, 8, 9, 16, 17, 24, 32) if symmetric else (1, 5, 8, 9, 13, 16):
-            x = torch.randn(m, k, device="cuda", dtype=dtype)
-            x[0, 7] *= 40
-            zeros = [m - 1] + ([1] if m > 2 else [])
-            x[zeros] = 0
-            xp = torch.nn.functional.pad(x, (0, p.k_padded - k))
-            ref = x.double() @ dense.T + bias.double()
-            forced = (1, 3, 8) if k <= 1024 else (3, 8) if k <= 4096 else (8,)  # whose slices fit shared memory
-            for variant in (SPLIT, SPLIT + PDL_STATIC_WEIGHT) + tuple(SPLIT + 32 * s for s in forced):
-                poison_cache()
-                out = split_gemv(kernels, xp, p, bias, n, variant)
-                assert out.shape == (m, n) and out.dtype == dtype, (k, n, m, variant)
-                assert rel_err(out, ref) < 1e-2, (k, n, m, variant, rel_err(out, ref))
-                for z in zeros:
-                    torch.testing.assert_close(out[z].float(), bias.to(dtype).float(), rtol=1e-2, atol=1e-2)
+    for k, n, p, bias, xp, zeros, ref in cluster_w4_problems(group_size, symmetric, dtype):
+        m = xp.shape[0]
+        forced = (1, 3, 8) if k <= 1024 else (3, 8) if k <= 4096 else (8,)  # whose slices fit shared memory
+        for variant in (SPLIT, SPLIT + PDL_STATIC_WEIGHT) + tuple(SPLIT + 32 * s for s in forced):
+            poison_cache()
+            out = split_gemv(kernels, xp, p, bias, n, variant)
+            assert out.shape == (m, n) and out.dtype == dtype, (k, n, m, variant)
+            assert rel_err(out, ref) < 1e-2, (k, n, m, variant, rel_err(out, ref))
+            for z in zeros:
+                torch.testing.assert_close(out[z].float(), bias.to(dtype).float(), rtol=1e-2, atol=1e-2)
 
 
 def test_split_gemv_is_deterministic_and_refuses_by_name(kernels):

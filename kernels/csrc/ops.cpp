@@ -115,8 +115,8 @@ WoProblem make_problem(const char* op, const at::Tensor& x, const PackedWeightVi
 
 
 // What variant 7 (wo_split.cu) takes: 4-bit codes, groups >= 64, sm_90 (clusters), the slice's planes within the
-// device's shared memory.
-void check_split(const at::Tensor& x, const PackedWeightView& w, int splits, int64_t group_size) {
+// device's shared memory. Returns the device's SM count (the launch's plan).
+int check_split(const at::Tensor& x, const PackedWeightView& w, int splits, int64_t group_size) {
   int major = 0, sms = 0, optin = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, x.device().index()));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, x.device().index()));
@@ -127,6 +127,7 @@ void check_split(const at::Tensor& x, const PackedWeightView& w, int splits, int
               "takes 4-bit weights with groups of >= 64 (or per channel) on sm_90 or newer, its K slice's planes "
               "within the block's shared memory (", optin, " bytes), got ", w.num_bits, "-bit, group_size ",
               group_size, " on sm_", major, "x, ", smem, " bytes for x ", x.sizes(), " and k_padded ", w.k_padded);
+  return sms;
 }
 
 at::Tensor wo_gemv(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scale,
@@ -154,7 +155,7 @@ at::Tensor wo_gemv(const at::Tensor& x, const at::Tensor& qweight, const at::Ten
               "at most ", kPlanesMaxBytes, " bytes of staged planes (2 * m * (K + ", kPlanesPadBytes, ")), got ",
               w.num_bits, "-bit, ", w.zero == nullptr ? "symmetric" : "asymmetric", ", group_size ", group_size,
               ", x ", x.sizes());
-  if (split) check_split(x, w, static_cast<int>(splits), group_size);
+  const int num_sms = split ? check_split(x, w, static_cast<int>(splits), group_size) : 0;
   at::Tensor y = at::empty({x.size(0), out_features}, x.options());
   if (p.m == 0) return y;
   const c10::cuda::CUDAGuard guard(x.device());
@@ -166,7 +167,7 @@ at::Tensor wo_gemv(const at::Tensor& x, const at::Tensor& qweight, const at::Ten
   p.gemv_variant = static_cast<int>(variant);
   p.pdl = pdl;
   if (split)
-    C10_CUDA_CHECK(launch_wo_split(p, static_cast<int>(splits), c10::cuda::getCurrentCUDAStream()));
+    C10_CUDA_CHECK(launch_wo_split(p, static_cast<int>(splits), num_sms, c10::cuda::getCurrentCUDAStream()));
   else if (variant == 3)
     launch_wo_stream(p, c10::cuda::getCurrentCUDAStream());
   else if (planes)

@@ -164,7 +164,7 @@ constexpr int kSplitVariant = 7;
 constexpr int kSplitMaxTokens = 32;
 constexpr int kSplitMaxAsymTokens = 16;
 constexpr int kSplitsUnit = 32;
-cudaError_t launch_wo_split(const WoProblem& p, int forced_splits, cudaStream_t stream);
+cudaError_t launch_wo_split(const WoProblem& p, int forced_splits, int num_sms, cudaStream_t stream);
 // Dynamic shared memory of that launch (the op refuses what the device cannot give).
 int wo_split_smem_bytes(int m, int k_padded, int n_padded, bool asym, int forced_splits, int num_sms);
 // The same with the planes given for symmetric 2- and 3-bit codes, groups >= 64 (wo_planes_low.cu; unmeasured).

@@ -268,11 +268,7 @@ int split_ntiles(int m) { return m <= 8 ? 2 : m <= 16 ? 4 : 8; }
 
 }  // namespace
 
-cudaError_t launch_wo_split(const WoProblem& p, int forced_splits, cudaStream_t stream) {
-  int device = 0, num_sms = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device);
-  if (err != cudaSuccess) return err;
+cudaError_t launch_wo_split(const WoProblem& p, int forced_splits, int num_sms, cudaStream_t stream) {
   const int nt = split_ntiles(p.m);
   return nt == 2 ? launch_nt<2>(p, num_sms, forced_splits, stream)
          : nt == 4 ? launch_nt<4>(p, num_sms, forced_splits, stream)
