@@ -13,8 +13,9 @@
 # 1.94x; both whole tables), the fp8-block sweep at 1-16 tokens and issue 18 at 1-16 tokens on its cells. Call 10 (an
 # H100): `bash dev/session55.sh wosweep`. Calls 11-12 (H100): the committed variant's tests and A/B, then 1124 GPU
 # tests with its 4096 x 4096 rule on.
-# Next: `bash dev/session58.sh san ncusplit` (compute-sanitizer on the split variant, then Nsight Compute on it at 16
-# tokens: neither run this session, the device time was spent). On an H200, `bash dev/session55.sh tables` after any route change; issue 19's batch 16 (1.94x against 2.0x)
+# Next: `bash dev/session58.sh splittests san ncusplit` (the review's last commit, ea9ef9a, changed the split and tile
+# kernels' launch and cluster sum without a GPU run: same registers per ptxas; then compute-sanitizer on the split
+# variant and Nsight Compute on it at 16 tokens, neither run this session: the device time was spent). On an H200, `bash dev/session55.sh tables` after any route change; issue 19's batch 16 (1.94x against 2.0x)
 # and the 9-64-token W4 cells are what is open (kernels/NOTES.md "Session 58": a warp-specialized split GEMV is the
 # lead the phase measurement gives).
 cd "$(dirname "$0")/.."
