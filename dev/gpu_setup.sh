@@ -46,7 +46,9 @@ sanitize() {  # sanitize TAG SCRIPT: compute-sanitizer memcheck and racecheck on
     step "compute-sanitizer $tool: $tag ($script)"
     timeout -k 10 "${SAN_TIMEOUT:-150}" compute-sanitizer --tool "$tool" --print-limit 20 python3 "$script" \
       > "/tmp/san_${tag}_$tool.txt" 2>&1
-    echo "exit $?"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|launches done" "/tmp/san_${tag}_$tool.txt" | tail -4
+    local rc=$?
+    echo "exit $rc"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|launches done" "/tmp/san_${tag}_$tool.txt" | tail -4
+    [ "$rc" = 0 ] || grep -v "^=========" "/tmp/san_${tag}_$tool.txt" | tail -6  # the script's own failure, if any
   done
 }
 

@@ -15,7 +15,7 @@ VENV=${VENV:-/tmp/v211}
 OUTDIR=${OUTDIR:-.gpu/ext}
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda-13.0} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 export QTOOL_CUDA_ARCHS=${QTOOL_CUDA_ARCHS:-90} MAX_JOBS=${MAX_JOBS:-2} PYTHONPATH=$PWD
-export QTOOL_KERNELS_CACHE=/tmp/qtool_prebuild_cache
+export QTOOL_KERNELS_CACHE=${PREBUILD_CACHE:-/tmp/qtool_prebuild_cache}  # another for a QTOOL_NVCC_EXTRA build
 mkdir -p "$OUTDIR"
 if [ ! -x "$VENV/bin/python" ]; then  # the device image's torch, with its CUDA libraries (~75 s from the registry)
   "${PY312:-/root/.pyenv/versions/3.12.1/bin/python}" -m venv "$VENV"

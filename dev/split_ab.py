@@ -1,6 +1,6 @@
 """wo_gemv's split variant (csrc/wo_split.cu) against the route that ships and bf16 F.linear, W4 g128 at 5-32 tokens
 on issue 19's shapes and the 8B's fused ones, every variant's graph replayed in turn (benchmarks/replay.py) in one
-process: the plan's splits and forced ones (2, 4, 8). A correctness check against the dequantized weight in float64
+process: the plan's splits and every forced count (1-8). A correctness check against the dequantized weight in float64
 runs before any timing. Speedup against bf16 in the same process.
 
     python3 dev/split_ab.py [--tokens 5,8,9,12,16,24,32] [--asym] [--shapes 4096x4096,...] [--json out.json]
@@ -17,6 +17,7 @@ HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parents[1] / "benchmarks"))
 sys.path.insert(0, str(HERE.parents[1]))
 
+FORCED = (1, 2, 3, 4, 5, 6, 7, 8)  # every cluster size: the plan's choice (session 59) is one of them
 SHAPES = "4096x4096,4096x14336,14336x4096,8192x8192,8192x28672,28672x8192,4096x6144,4096x28672"
 
 
@@ -73,7 +74,7 @@ def time_shape(ops, k: int, n: int, tokens: list[int], asym: bool) -> list[dict]
         if m <= 16:
             calls["planes"] = planes
         calls["split"] = split(0)
-        for s in (2, 4, 8):
+        for s in FORCED:
             calls[f"s{s}"] = split(SPLITS_UNIT * s)
         ms = interleaved_graph_ms(calls)
         bf16 = ms["bf16"]

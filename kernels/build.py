@@ -55,6 +55,7 @@ NVCC_FLAGS = [
     "--expt-relaxed-constexpr",
     *(f"-gencode=arch=compute_{a},code=sm_{a}" for a in ARCHS),
     f"-gencode=arch=compute_{ARCHS[-1]},code=compute_{ARCHS[-1]}",  # PTX for newer GPUs
+    *os.environ.get("QTOOL_NVCC_EXTRA", "").split(),  # a build option for A/Bs of a compile-time switch (-D...)
 ]
 RAW_OPS = ("wo_gemv", "wo_gemm", "wo_gemm_v3", "dequant_int", "act_quant", "w8_gemv", "sm90_scaled_mm", "w1_gemv",
            "binarize", "w1a1_gemm", "silu_mul", "decode_attention")

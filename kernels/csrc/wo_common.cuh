@@ -13,11 +13,24 @@
 
 namespace qtool {
 
+// The L2 prefetch size the weight loads ask for (QTOOL_L2_PREFETCH: 0 none, 128 or 256 bytes around each load; a
+// build option, -DQTOOL_L2_PREFETCH=256 through QTOOL_NVCC_EXTRA, for session 59's A/B of whole-line DRAM reads).
+#ifndef QTOOL_L2_PREFETCH
+#define QTOOL_L2_PREFETCH 0
+#endif
+#if QTOOL_L2_PREFETCH == 256
+#define QTOOL_L2_HINT ".L2::256B"
+#elif QTOOL_L2_PREFETCH == 128
+#define QTOOL_L2_HINT ".L2::128B"
+#else
+#define QTOOL_L2_HINT ""
+#endif
+
 // Weights are read exactly once per kernel: load them past L1 so they do not evict the
 // activations, which every warp re-reads.
 __device__ inline uint4 load_streaming(const uint4* ptr) {  // 16-byte aligned global address
   uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+  asm volatile("ld.global.nc.L1::no_allocate" QTOOL_L2_HINT ".v4.u32 {%0, %1, %2, %3}, [%4];"
                : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
                : "l"(ptr));
   return v;
@@ -46,7 +59,7 @@ __device__ inline void prefetch_l1(const void* ptr) { asm volatile("prefetch.glo
 // The 8-byte twin of load_streaming, for the high-bit plane of 3-bit chunks.
 __device__ inline uint2 load_streaming(const uint2* ptr) {  // 8-byte aligned global address
   uint2 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(ptr));
+  asm volatile("ld.global.nc.L1::no_allocate" QTOOL_L2_HINT ".v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(ptr));
   return v;
 }
 
@@ -92,7 +105,7 @@ __device__ inline void cp_async_16(void* smem,        // 16-byte aligned shared 
 // The same to a shared-memory address already converted (__cvta_generic_to_shared, once per kernel: the conversion
 // costs ~10 instructions per copy under a cluster launch), always valid.
 __device__ inline void cp_async_shared_16(uint32_t dst, const void* src) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src));
+  asm volatile("cp.async.cg.shared.global" QTOOL_L2_HINT " [%0], [%1], 16;" ::"r"(dst), "l"(src));
 }
 
 __device__ inline void cp_async_commit() { asm volatile("cp.async.commit_group;"); }

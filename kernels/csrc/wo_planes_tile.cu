@@ -47,7 +47,7 @@ constexpr int tile_stage_bytes(int nt, bool asym) {
 }
 constexpr int tile_smem_bytes(int nt, bool asym) {
   const int stages = tile_stages(nt) * tile_stage_bytes(nt, asym);
-  const int partial = kTileRows * 4 * nt * 4;  // the epilogue's partial tile overlays the stages
+  const int partial = kTileRows * cluster_tok_stride(4 * nt) * 4;  // the epilogue's partial tile overlays the stages
   return stages > partial ? stages : partial;
 }
 
@@ -148,7 +148,7 @@ __device__ inline void store_cluster(const WoProblem& p, const float (&acc)[NT][
   const int g = lane / 4, t = lane % 4;
   cp_async_wait<0>();
   __syncthreads();  // no copies in flight, no warp reading the stages
-  constexpr int TOK = 4 * NT;
+  constexpr int TOK = cluster_tok_stride(4 * NT);
   float* partial = reinterpret_cast<float*>(smem);
 #pragma unroll
   for (int i = 0; i < NT; ++i) {

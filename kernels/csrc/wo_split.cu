@@ -23,6 +23,10 @@
 // Session 58 measured the first version (a 4-deep register ring) phase by phase (kernels/NOTES.md): staging, the
 // mma and the cluster's sum each cost about as much as streaming the codes, one after another in the one wave.
 #include <cstdint>
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <tuple>
 
 #include "cluster_sum.cuh"
 #include "pdl.cuh"
@@ -38,18 +42,16 @@ constexpr int kSplitRows = kSplitWarps * kStripeRows;
 constexpr int kSplitChunkK = 64;  // int4 chunk (wo_kernels.h, chunk_k(4))
 constexpr int kSplitDepth = 8;    // chunks per warp in flight (even: a pair's two chunks are slots u, u + 1)
 
-// Blocks per SM the launch is built for: three (<= 85 registers), two at eight n-tiles and at four with zero points
-// (in 80 registers that spilled 136 bytes).
+// Blocks per SM the registers are bounded for: three (<= 85 registers), two at eight n-tiles and at four with zero
+// points (in 80 registers that spilled 136 bytes).
 constexpr int split_min_blocks(int nt, bool asym) { return nt == 8 || (asym && nt == 4) ? 2 : 3; }
-// Shared memory per block within which split_min_blocks blocks fit on an SM (228 KB, 1 KB reserved per block).
-constexpr int split_smem_target(int nt, bool asym) { return (228 << 10) / split_min_blocks(nt, asym) - (2 << 10); }
 // Bytes between plane rows for a slice of `chunks`: 64 mod 128, so that each quarter-warp's B load (rows g, g + 1 of
 // an n-tile, 16 bytes at lane t) covers 128 distinct bytes.
 constexpr int split_row_bytes(int chunks) { return (chunks | 1) * kSplitChunkK; }
 // Shared memory: the slice's planes (8 NT rows; after the main loop the partial tile [kSplitRows][4 NT] float32
 // overlays them), then each warp's ring of kSplitDepth chunks of codes.
 constexpr int split_smem_bytes(int nt, int chunks) {
-  const int planes = 8 * nt * split_row_bytes(chunks), partial = kSplitRows * 4 * nt * 4;
+  const int planes = 8 * nt * split_row_bytes(chunks), partial = kSplitRows * cluster_tok_stride(4 * nt) * 4;
   return (planes > partial ? planes : partial) + kSplitWarps * kSplitDepth * 512;
 }
 
@@ -116,7 +118,7 @@ template <typename T, int NT>
 __device__ inline void store_split(const WoProblem& p, const float (&acc)[NT][2], const float* scale, float* partial) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int g = lane / 4, t = lane % 4;
-  constexpr int TOK = 4 * NT;
+  constexpr int TOK = cluster_tok_stride(4 * NT);
 #pragma unroll
   for (int i = 0; i < NT; ++i) {
     const int tok = 4 * i + t;
@@ -134,7 +136,7 @@ template <typename T,  // activation and output type: __half or __nv_bfloat16
           bool PAIR>   // groups of >= 128 (or per channel), no zero points: a pair of chunks shares its scales (each
                        // split starts at an even chunk), so the int32 sums run over the pair and are folded once
 __global__ void __launch_bounds__(kSplitWarps * 32, split_min_blocks(NT, ASYM))
-    wo_split_kernel(const WoProblem p, int chunks_per_split) {  // a multiple of kSplitDepth (split_plan)
+    wo_split_kernel(const WoProblem p, int chunks_per_split) {  // even (split_chunks)
   extern __shared__ __align__(16) uint8_t split_smem[];
   __shared__ float scale[4 * NT];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -216,36 +218,110 @@ __global__ void __launch_bounds__(kSplitWarps * 32, split_min_blocks(NT, ASYM))
   store_split<T, NT>(p, acc, scale, reinterpret_cast<float*>(split_smem));
 }
 
-// Splits of K (the cluster's size, at most kClusterMaxSplits): `forced` where given (A/Bs), else the fewest that put
-// split_min_blocks blocks on every SM with the block's shared memory within split_smem_target, each split at least
-// kSplitDepth chunks. Chunks per split: a multiple of kSplitDepth (even, for PAIR); no split empty.
-void split_plan(int row_blocks, int nchunks, int num_sms, int nt, bool asym, int forced, int& splits, int& chunks) {
-  auto per_split = [&](int s) { return ((nchunks + s - 1) / s + kSplitDepth - 1) / kSplitDepth * kSplitDepth; };
-  splits = forced;
-  if (splits <= 0) {
-    splits = 1;
-    while (splits < kClusterMaxSplits && nchunks >= 2 * kSplitDepth * splits &&
-           (row_blocks * splits < split_min_blocks(nt, asym) * num_sms ||
-            split_smem_bytes(nt, per_split(splits)) > split_smem_target(nt, asym)))
-      splits *= 2;
+// Chunks per split for `splits` splits of nchunks: even (PAIR: every split starts at an even chunk); the last split
+// may be shorter, and fewer splits may result (ceil(nchunks / chunks)).
+int split_chunks(int nchunks, int splits) { return ((nchunks + splits - 1) / splits + 1) / 2 * 2; }
+
+// Clusters of `splits` blocks of `kernel` (smem bytes of dynamic shared memory each) resident on the device at once
+// (cudaOccupancyMaxActiveClusters; blocks per SM times SMs for one split): a wave of the grid's row blocks. Cached
+// per (kernel, smem, splits); 0 where the block does not fit.
+int resident_clusters(const void* kernel, int smem, int splits, int num_sms) {
+  static std::mutex mutex;
+  static std::map<std::tuple<const void*, int, int>, int> cache;
+  const std::lock_guard<std::mutex> lock(mutex);
+  const auto key = std::make_tuple(kernel, smem, splits);
+  const auto found = cache.find(key);
+  if (found != cache.end()) return found->second;
+  int count = 0;
+  cudaError_t err = cudaSuccess;
+  if (splits == 1) {
+    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&count, kernel, kSplitWarps * 32, smem);
+    count *= num_sms;
+  } else {
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(1, splits);
+    config.blockDim = dim3(kSplitWarps * 32);
+    config.dynamicSmemBytes = smem;
+    cudaLaunchAttribute cluster = {};
+    cluster.id = cudaLaunchAttributeClusterDimension;
+    cluster.val.clusterDim.x = 1;
+    cluster.val.clusterDim.y = splits;
+    cluster.val.clusterDim.z = 1;
+    config.attrs = &cluster;
+    config.numAttrs = 1;
+    err = cudaOccupancyMaxActiveClusters(&count, kernel, &config);
   }
-  chunks = per_split(splits);
-  splits = (nchunks + chunks - 1) / chunks;
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();  // a configuration that cannot launch: not a plan, not a sticky error
+    count = 0;
+  }
+  cache.emplace(key, count);
+  return count;
+}
+
+// A block's fixed time (staging x, the cluster's sum, launch and drain) in units of one chunk's streaming: the plan's
+// cost of a wave is (chunks per split + kSplitBlockChunks). Session 59's first guess; QTOOL_SPLIT_BLOCK_CHUNKS
+// overrides it for A/Bs (read once).
+constexpr int kSplitBlockChunks = 8;
+int split_block_chunks() {
+  static const int value = [] {
+    const char* env = std::getenv("QTOOL_SPLIT_BLOCK_CHUNKS");
+    return env != nullptr && *env != '\0' ? std::atoi(env) : kSplitBlockChunks;
+  }();
+  return value;
+}
+
+// Splits of K (the cluster's size, at most kClusterMaxSplits) and chunks per split: `forced` where given (A/Bs), else
+// the split count of least cost, waves x (chunks + split_block_chunks()), where a wave is the clusters the device
+// holds at once with that plan's shared memory (resident_clusters). Session 59 (Nsight Compute, H100, 8192 x 8192
+// at 16 tokens): the former plan (the fewest power-of-two splits that filled three blocks per SM) launched 64
+// clusters of 8 where 45 fit at once, and the SMs sat idle 28% of the kernel's time in the second wave.
+// `smem_of(chunks)`: the block's shared memory; `kernel`: the instantiation launched.
+template <typename SmemOf>
+void split_plan(const void* kernel, int row_blocks, int nchunks, int num_sms, int forced, SmemOf smem_of, int& splits,
+                int& chunks) {
+  if (forced > 0) {
+    chunks = split_chunks(nchunks, forced);
+    splits = (nchunks + chunks - 1) / chunks;
+    return;
+  }
+  long best = -1;
+  for (int s = 1; s <= kClusterMaxSplits; ++s) {
+    const int c = split_chunks(nchunks, s), real = (nchunks + c - 1) / c;
+    if (real != s) continue;  // the same plan as a smaller s
+    const int resident = resident_clusters(kernel, smem_of(c), s, num_sms);
+    if (resident <= 0) continue;
+    const long cost = static_cast<long>((row_blocks + resident - 1) / resident) * (c + split_block_chunks());
+    if (best < 0 || cost < best) {
+      best = cost;
+      splits = s;
+      chunks = c;
+    }
+  }
+  if (best < 0) {  // nothing fits (check_split refuses this first): the most splits, for the error to name
+    chunks = split_chunks(nchunks, kClusterMaxSplits);
+    splits = (nchunks + chunks - 1) / chunks;
+  }
 }
 
 template <typename T, int NT, bool ASYM, bool PAIR>
 cudaError_t launch_split(const WoProblem& p, int num_sms, int forced, cudaStream_t stream) {
   const int row_blocks = (p.w.n_padded / kStripeRows + kSplitWarps - 1) / kSplitWarps;
-  int splits = 1, chunks = 0;
-  split_plan(row_blocks, p.w.k_padded / kSplitChunkK, num_sms, NT, ASYM, forced, splits, chunks);
-  const int smem = split_smem_bytes(NT, chunks);
   auto* kernel = wo_split_kernel<T, NT, ASYM, PAIR>;
-  if (smem + 16 * NT > (48 << 10)) {  // with the static `scale`: past the default 48 KB, opt in
-    const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-    if (err != cudaSuccess) return err;
-  }
-  return launch_cluster_y(kernel, p.pdl, dim3(row_blocks, splits), dim3(kSplitWarps * 32), smem, stream, splits, p,
-                          chunks);
+  static const cudaError_t opted = [kernel] {  // the device's most, once: the plan's occupancy queries see it too
+    int device = 0, optin = 0;
+    cudaError_t err = cudaGetDevice(&device);
+    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+    if (err == cudaSuccess)
+      err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, optin - 16 * NT);
+    return err;
+  }();
+  if (opted != cudaSuccess) return opted;
+  int splits = 1, chunks = 0;
+  split_plan(reinterpret_cast<const void*>(kernel), row_blocks, p.w.k_padded / kSplitChunkK, num_sms, forced,
+             [](int c) { return split_smem_bytes(NT, c); }, splits, chunks);
+  return launch_cluster_y(kernel, p.pdl, dim3(row_blocks, splits), dim3(kSplitWarps * 32), split_smem_bytes(NT, chunks),
+                          stream, splits, p, chunks);
 }
 
 template <int NT, bool ASYM, bool PAIR = false>
@@ -276,11 +352,11 @@ cudaError_t launch_wo_split(const WoProblem& p, int forced_splits, int num_sms, 
 }
 
 int wo_split_smem_bytes(int m, int k_padded, int n_padded, bool asym, int forced_splits, int num_sms) {
-  const int nt = split_ntiles(m);
-  int splits = 1, chunks = 0;
-  split_plan((n_padded / kStripeRows + kSplitWarps - 1) / kSplitWarps, k_padded / kSplitChunkK, num_sms, nt, asym,
-             forced_splits, splits, chunks);
-  return split_smem_bytes(nt, chunks);
+  // forced: that plan's; else the least any plan needs (the most splits), which the plan's choice never exceeds
+  (void)n_padded, (void)asym, (void)num_sms;
+  const int nchunks = k_padded / kSplitChunkK;
+  const int nt = split_ntiles(m);  // + the static token scales
+  return split_smem_bytes(nt, split_chunks(nchunks, forced_splits > 0 ? forced_splits : kClusterMaxSplits)) + 16 * nt;
 }
 
 }  // namespace qtool

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The device calls of session 59 (carry [".gpu/w8a8", ".gpu/ext"]; BENCHMARKS.md "session 59"). Call 1 ran
+# `bash dev/session58.sh splittests san ncusplit`: Nsight Compute found the split variant's plan (64 clusters of 8
+# on 8192 x 8192 at 16 tokens) past the 45 clusters the device holds at once, so the SMs idled 28% of its time in a
+# second wave; wo_split.cu's plan now counts resident clusters (cudaOccupancyMaxActiveClusters).
+#   splittests   the split variant's GPU tests (every forced cluster size), the tile kernel's (shared cluster sum)
+#   splitab      dev/split_ab.py at 9 / 16 / 32 tokens: the plan against every forced split count, the route, bf16
+#   san          compute-sanitizer memcheck and racecheck on the split variant (dev/san_split.py)
+cd "$(dirname "$0")/.."
+LOG=session59.log
+source dev/gpu_setup.sh
+echo "device: $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
+
+splittests() {
+  step "split variant GPU tests; the tile kernel's"
+  gputests splittests "${ST_TIMEOUT:-200}" tests/test_split_gpu.py tests/test_planes_gpu.py -k "split or tile"
+}
+splitab() {
+  step "split variant: the plan and every forced split count against the route and bf16 (dev/split_ab.py)"
+  timeout -k 10 "${SA_TIMEOUT:-300}" python3 dev/split_ab.py --tokens "${SA_TOKENS:-9,16,32}" \
+    ${SA_SHAPES:+--shapes $SA_SHAPES} ${SA_ASYM:+--asym} --json "$OUT/split_ab${SA_TAG:-}.json" 2>&1 | grep -v "^USDT"
+}
+san() {
+  sanitize split dev/san_split.py
+}
+l2ab() {  # the weight loads' L2 prefetch hint (wo_common.cuh, QTOOL_L2_PREFETCH): the default build (.gpu/ext) against
+  # one with -DQTOOL_L2_PREFETCH=${L2_SIZE:-256} (.gpu/ext256, its own kernel cache), each process's ratios to bf16
+  local extra="-DQTOOL_L2_PREFETCH=${L2_SIZE:-256}" cache=/tmp/qc_l2
+  step "L2 prefetch A/B: the default build against $extra (separate processes)"
+  QTOOL_KERNELS_CACHE=$cache QTOOL_NVCC_EXTRA=$extra python3 - <<'PY'
+import shutil
+from pathlib import Path
+import quantize  # noqa: F401
+from qtool_kernels import build, sm90
+print(build.install_prebuilt(Path(".gpu/ext256")))
+for lib in sm90.ALL:  # the Hopper libraries do not read the switch: the same files in the second cache
+    pre = Path(".gpu/w8a8") / lib.path().name
+    if pre.is_file():
+        lib.path().parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(pre, lib.path())
+PY
+  for tag in a b a2; do
+    local env=()
+    [ "$tag" = b ] && env=(QTOOL_KERNELS_CACHE=$cache QTOOL_NVCC_EXTRA=$extra)
+    env "${env[@]}" timeout -k 10 "${L2_TIMEOUT:-150}" python3 benchmarks/bench_kernels.py       --formats "${L2_FORMATS:-w4a16-g128,w8a16-channel}" --tokens "${L2_TOKENS:-1,16}"       --json "$OUT/l2_wo_$tag.json" > "/tmp/l2_wo_$tag.txt" 2>&1
+    echo "$tag weight-only exit $?"; grep -E "^\|" "/tmp/l2_wo_$tag.txt" | tail -14
+    [ "$tag" = a2 ] && continue
+    env "${env[@]}" timeout -k 10 "${L2_TIMEOUT:-150}" python3 benchmarks/bench_w8a8.py --tokens "${L2_W8_TOKENS:-1,16}"       --json "$OUT/l2_w8a8_$tag.json" > "/tmp/l2_w8a8_$tag.txt" 2>&1
+    echo "$tag w8a8 exit $?"; tail -3 "/tmp/l2_w8a8_$tag.txt"
+  done
+}
+for stage in "$@"; do "$stage"; done
+step "done"
