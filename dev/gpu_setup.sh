@@ -52,6 +52,14 @@ sanitize() {  # sanitize TAG SCRIPT: compute-sanitizer memcheck and racecheck on
   done
 }
 
+splittests() {  # wo_gemv's split variant (csrc/wo_split.cu) and the tile kernel, which shares its cluster sum
+  step "split variant GPU tests; the tile kernel's"
+  gputests splittests "${ST_TIMEOUT:-200}" tests/test_split_gpu.py tests/test_planes_gpu.py -k "split or tile"
+}
+san() {  # compute-sanitizer memcheck and racecheck on the split variant
+  sanitize split dev/san_split.py
+}
+
 pdltest() {  # the Inductor-PDL decode test (qtool bench's decode compile options against Inductor's plain launches)
   step "Inductor-PDL decode test"
   gputests pdltest "${PT_TIMEOUT:-150}" tests/test_fusion.py -k inductor_pdl

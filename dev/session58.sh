@@ -23,10 +23,6 @@ LOG=session58.log
 source dev/gpu_setup.sh
 echo "device: $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
 
-splittests() {
-  step "split variant GPU tests; the tile kernel's"
-  gputests splittests "${ST_TIMEOUT:-200}" tests/test_split_gpu.py tests/test_planes_gpu.py -k "split or tile"
-}
 splitab() {
   step "split variant against the route and bf16 (dev/split_ab.py)"
   timeout -k 10 "${SA_TIMEOUT:-240}" python3 dev/split_ab.py --tokens "${SA_TOKENS:-5,8,9,12,16,24,32}" \

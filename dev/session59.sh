@@ -11,17 +11,10 @@ LOG=session59.log
 source dev/gpu_setup.sh
 echo "device: $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
 
-splittests() {
-  step "split variant GPU tests; the tile kernel's"
-  gputests splittests "${ST_TIMEOUT:-200}" tests/test_split_gpu.py tests/test_planes_gpu.py -k "split or tile"
-}
 splitab() {
   step "split variant: the plan and every forced split count against the route and bf16 (dev/split_ab.py)"
   timeout -k 10 "${SA_TIMEOUT:-300}" python3 dev/split_ab.py --tokens "${SA_TOKENS:-9,16,32}" \
     ${SA_SHAPES:+--shapes $SA_SHAPES} ${SA_ASYM:+--asym} --json "$OUT/split_ab${SA_TAG:-}.json" 2>&1 | grep -v "^USDT"
-}
-san() {
-  sanitize split dev/san_split.py
 }
 l2ab() {  # the weight loads' L2 prefetch hint (wo_common.cuh, QTOOL_L2_PREFETCH): the default build (.gpu/ext) against
   # one with -DQTOOL_L2_PREFETCH=${L2_SIZE:-256} (.gpu/ext256, its own kernel cache), each process's ratios to bf16
