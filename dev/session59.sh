@@ -42,5 +42,21 @@ PY
     echo "$tag w8a8 exit $?"; tail -3 "/tmp/l2_w8a8_$tag.txt"
   done
 }
+kerneltests() {  # every GPU test of a kernel that reads weights through load_streaming / cp_async_shared_16
+  gputests kerneltests "${KT_TIMEOUT:-260}" tests/test_kernels_gpu.py tests/test_w8a8_gpu.py tests/test_planes_gpu.py \
+    tests/test_split_gpu.py tests/test_lowbit_gpu.py tests/test_wo_stream_gpu.py tests/test_wo_gemm_gpu.py \
+    tests/test_mixed_gpu.py tests/test_norm_planes_gpu.py tests/test_prefetch_gpu.py tests/test_routes.py
+}
+decodecells() {  # issue 18 at 1-16 tokens and issue 19's W8 / W4 decode columns, with the hint on
+  step "W8A8 at 1-16 tokens"
+  timeout -k 10 "${DC_TIMEOUT:-150}" python3 benchmarks/bench_w8a8.py --tokens 1,2,4,8,16 \
+    --json "$OUT/w8a8_decode.json" > /tmp/w8a8_decode.txt 2>&1
+  echo "exit $?"; tail -3 /tmp/w8a8_decode.txt
+  step "weight-only W8 / W4 at 1, 4, 16 tokens"
+  timeout -k 10 "${DC_TIMEOUT:-150}" python3 benchmarks/bench_kernels.py --formats w8a16-channel,w4a16-g128 \
+    --tokens 1,4,16 --json "$OUT/wo_decode.json" > /tmp/wo_decode.txt 2>&1
+  echo "exit $?"
+}
+e2efp8() { bench8b "" fp8 1,16 128 6; }  # issue 18 end to end, the w8_gemv layers with the hint
 for stage in "$@"; do "$stage"; done
 step "done"
