@@ -224,12 +224,12 @@ int split_chunks(int nchunks, int splits) { return ((nchunks + splits - 1) / spl
 
 // Clusters of `splits` blocks of `kernel` (smem bytes of dynamic shared memory each) resident on the device at once
 // (cudaOccupancyMaxActiveClusters; blocks per SM times SMs for one split): a wave of the grid's row blocks. Cached
-// per (kernel, smem, splits); 0 where the block does not fit.
+// per (kernel, smem, splits, SMs: the device's size); 0 where the block does not fit.
 int resident_clusters(const void* kernel, int smem, int splits, int num_sms) {
   static std::mutex mutex;
-  static std::map<std::tuple<const void*, int, int>, int> cache;
+  static std::map<std::tuple<const void*, int, int, int>, int> cache;
   const std::lock_guard<std::mutex> lock(mutex);
-  const auto key = std::make_tuple(kernel, smem, splits);
+  const auto key = std::make_tuple(kernel, smem, splits, num_sms);
   const auto found = cache.find(key);
   if (found != cache.end()) return found->second;
   int count = 0;
