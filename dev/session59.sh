@@ -43,9 +43,11 @@ PY
   done
 }
 kerneltests() {  # every GPU test of a kernel that reads weights through load_streaming / cp_async_shared_16
-  gputests kerneltests "${KT_TIMEOUT:-260}" tests/test_kernels_gpu.py tests/test_w8a8_gpu.py tests/test_planes_gpu.py \
-    tests/test_split_gpu.py tests/test_lowbit_gpu.py tests/test_wo_stream_gpu.py tests/test_wo_gemm_gpu.py \
-    tests/test_mixed_gpu.py tests/test_norm_planes_gpu.py tests/test_prefetch_gpu.py tests/test_routes.py
+  # shellcheck disable=SC2086  # KT_FILES: a word list
+  gputests kerneltests "${KT_TIMEOUT:-260}" ${KT_FILES:-tests/test_kernels_gpu.py tests/test_w8a8_gpu.py \
+    tests/test_planes_gpu.py tests/test_split_gpu.py tests/test_lowbit_gpu.py tests/test_wo_stream_gpu.py \
+    tests/test_wo_gemm_gpu.py tests/test_mixed_gpu.py tests/test_norm_planes_gpu.py tests/test_prefetch_gpu.py \
+    tests/test_routes.py}
 }
 decodecells() {  # issue 18 at 1-16 tokens and issue 19's W8 / W4 decode columns, with the hint on
   step "W8A8 at 1-16 tokens"
