@@ -67,8 +67,9 @@ def test_token_limits_name_the_variant(kernels):
         kernels.wo_gemv(torch.randn(33, p.k_padded, device="cuda", dtype=torch.bfloat16), *args, 3)
     with pytest.raises(RuntimeError, match="at most 8 tokens with variant 0"):
         kernels.wo_gemv(torch.randn(9, p.k_padded, device="cuda", dtype=torch.bfloat16), *args, 0)
-    with pytest.raises(RuntimeError, match="variant must be 0 .* got 7"):  # 4-6: the planes (test_kernels_gpu.py)
-        kernels.wo_gemv(torch.randn(1, p.k_padded, device="cuda", dtype=torch.bfloat16), *args, 7)
+    # 4-6: the planes (test_kernels_gpu.py), 7: the split variant (test_split_gpu.py, since session 58)
+    with pytest.raises(RuntimeError, match="variant must be 0 .* got 8"):
+        kernels.wo_gemv(torch.randn(1, p.k_padded, device="cuda", dtype=torch.bfloat16), *args, 8)
 
 
 FORCED_CHECK = """
