@@ -4,6 +4,7 @@
 # wo_stream.cu used; CI compiles nothing). nvcc from the `nvidia-cuda-nvcc` wheel or a CUDA toolkit.
 #   bash dev/compile_check.sh                 # sm_90, every source, 2 jobs
 #   ARCHS="80 90" bash dev/compile_check.sh w8_gemv ops_w8a8
+#   QTOOL_NVCC_EXTRA=-DQTOOL_SPLIT_DEPTH=16 bash dev/compile_check.sh wo_split   # a compile-time switch's registers
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ARCHS=${ARCHS:-90}
@@ -22,7 +23,7 @@ compile() {
   if [ -f "kernels/csrc/$f.cu" ]; then
     nvcc -std=c++17 -O3 -lineinfo --expt-relaxed-constexpr -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ \
       -D__CUDA_NO_BFLOAT16_CONVERSIONS__ -D__CUDA_NO_HALF2_OPERATORS__ "${gencode[@]}" -Xptxas -v -Xcompiler -fPIC \
-      -Ikernels/csrc -c "kernels/csrc/$f.cu" -o "$OUTDIR/$f.o" > "$OUTDIR/$f.log" 2>&1
+      ${QTOOL_NVCC_EXTRA:-} -Ikernels/csrc -c "kernels/csrc/$f.cu" -o "$OUTDIR/$f.o" > "$OUTDIR/$f.log" 2>&1
   else
     g++ -std=c++20 -O1 -fPIC -D_GLIBCXX_USE_CXX11_ABI=1 -I"$TI" -I"$TI/torch/csrc/api/include" -I"$CUDA_INC" \
       -I/tmp/qtool_shim -Ikernels/csrc -c "kernels/csrc/$f.cpp" -o "$OUTDIR/$f.o" > "$OUTDIR/$f.log" 2>&1
