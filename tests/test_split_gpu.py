@@ -29,10 +29,10 @@ def split_gemv(kernels, x, p, bias, n, variant=SPLIT):
 @pytest.mark.parametrize("group_size", [64, 128, -1])
 def test_split_gemv_matches_float64(kernels, group_size, symmetric, dtype):
     """Variant 7 at 1-32 tokens (two, four and eight n-tiles, full and partial; zero points to 16), the plan's splits,
-    forced ones (1-8 but 2 and 4; 3, 5, 6, 7 leave a shorter last split; where the slice fits shared memory) and with PDL, with bias, on ragged K and N (576 x 200: one row block, a last g128
-    group of 64; 14336 x 64: eight splits of 28 chunks; 4096 x 1536; 1024 x 4096: 32 row blocks), an outlier and
-    all-zero tokens, against float64 (the planes are ~2^-16 of each slice's range: far inside the output's
-    rounding). Every output element is written (the cache is poisoned with NaN first)."""
+    forced ones (1, 3, 5, 6, 7, 8; the uneven ones leave a shorter last split; where the slice fits shared memory)
+    and with PDL, with bias, on ragged K and N (576 x 200: one row block, a last g128 group of 64; 14336 x 64: eight
+    splits of 28 chunks; 4096 x 1536; 1024 x 4096: 32 row blocks), an outlier and all-zero tokens, against float64
+    (the planes are ~2^-16 of each slice's range: far inside the output's rounding). Every output element is written (the cache is poisoned with NaN first)."""
     for k, n, p, bias, xp, zeros, ref in cluster_w4_problems(group_size, symmetric, dtype):
         m = xp.shape[0]
         forced = (1, 3, 5, 6, 7, 8) if k <= 1024 else (3, 5, 6, 7, 8) if k <= 4096 else (8,)  # slices that fit

@@ -19,8 +19,8 @@ constexpr int cluster_tok_stride(int tokens) { return tokens | 1; }
 // partial [rows][tok_stride] float32 at the same shared-memory offset in every block of the (1, splits, 1) cluster:
 // rank r (blockIdx.y; the cluster spans gridDim.y) sums the r-th share of the (row, token < p.m) elements over every
 // rank's tile, in rank order (row-major, so that a warp's reads of another block's tile are contiguous: token-major
-// order, whose stores to y coalesce, ran 8192 x 8192 at 16 tokens on 8 splits 1.7x slower in session 59), and stores y = sum * (scale ? scale[token] : 1) * unit + bias for the rows of block row
-// blockIdx.x that are < p.w.n. Every thread of every block calls it after writing its tile (it holds the cluster's
+// order, whose stores to y coalesce, ran 8192 x 8192 at 16 tokens on 8 splits 1.6x slower in session 59), and
+// stores y = sum * (scale ? scale[token] : 1) * unit + bias for the rows of block row blockIdx.x that are < p.w.n. Every thread of every block calls it after writing its tile (it holds the cluster's
 // barriers: none reads a tile before it is written, no block leaves while another still reads its tile).
 template <typename T>
 __device__ inline void cluster_sum_store(const WoProblem& p, const float* partial, int rows, int tok_stride,
