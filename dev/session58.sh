@@ -34,11 +34,11 @@ ncusplit() {  # Nsight Compute on the split variant's first launch (dev/split_ab
   step "ncu --set full: wo_split_kernel on $shape at 16 tokens"
   timeout -k 10 "${NCU_TIMEOUT:-200}" ncu --clock-control none --kernel-name-base demangled \
     --kernel-name regex:wo_split_kernel --launch-count 1 --set full --import-source yes -f -o /tmp/split_ncu \
-    python3 dev/split_ab.py --shapes "$shape" --tokens 16 > /tmp/split_ncu.log 2>&1
+    python3 dev/split_ab.py --shapes "$shape" --tokens 16 ${NCU_SPLITS:+--check-splits $NCU_SPLITS} > /tmp/split_ncu.log 2>&1
   echo "ncu exit $?"; tail -2 /tmp/split_ncu.log
   ncu --import /tmp/split_ncu.ncu-rep --page details --csv > "$OUT/split_ncu_details.csv" 2>&1
-  # the stall reasons per SASS line (session 59's next question: where one block per SM waits in the streaming loop;
-  # QTOOL_SPLIT_BLOCK_CHUNKS=1000 makes the plan take the fewest waves, two splits on 8192 x 8192)
+  # the stall reasons per SASS line (session 59's next question: where one block per SM waits in the streaming loop:
+  # NCU_SPLITS=2 profiles two splits, the variant's best count on 8192 x 8192)
   ncu --import /tmp/split_ncu.ncu-rep --page source --csv --print-source sass > "$OUT/split_ncu_sass.csv" 2>&1
   grep -E '"(Duration|DRAM Throughput|Achieved Occupancy|Registers Per Thread|Issue Slots Busy|Waves Per SM)"' \
     "$OUT/split_ncu_details.csv" | awk -F'","' '{print $13 ": " $15}' | head -8

@@ -8,7 +8,7 @@
 #   san          compute-sanitizer memcheck and racecheck on the split variant (dev/san_split.py)
 #   l2ab         call 4: the L2 prefetch hint, two builds; kerneltests / decodecells / e2efp8: calls 5-6
 #   depthab      prepared, not run: the split variant's ring 16 chunks deep against 8, two builds
-# Also prepared: QTOOL_SPLIT_BLOCK_CHUNKS=1000 bash dev/session58.sh ncusplit (Nsight Compute with the SASS page on
+# Also prepared: NCU_SPLITS=2 bash dev/session58.sh ncusplit (Nsight Compute with the SASS page on
 # the variant at its best count on 8192 x 8192, two splits, one block per SM: where its streaming waits)
 cd "$(dirname "$0")/.."
 LOG=session59.log

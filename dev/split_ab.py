@@ -21,20 +21,22 @@ FORCED = (1, 2, 3, 4, 5, 6, 7, 8)  # every cluster size: the plan's choice (sess
 SHAPES = "4096x4096,4096x14336,14336x4096,8192x8192,8192x28672,28672x8192,4096x6144,4096x28672"
 
 
-def check(ops, p, n: int, m: int) -> float:
-    """Relative error of the split variant against float64 on the dequantized weight."""
+def check(ops, p, n: int, m: int, splits: int = 0) -> float:
+    """Relative error of the split variant (the plan's splits, or `splits` forced) against float64 on the
+    dequantized weight: the first launch, which `ncu --launch-count 1` profiles (dev/session58.sh ncusplit)."""
     import torch
 
-    from qtool_kernels.int8_planes import SPLIT_VARIANT
+    from qtool_kernels.int8_planes import SPLIT_VARIANT, SPLITS_UNIT
     from qtool_kernels.layout import EPILOGUE, dequantize_packed
 
     x = torch.randn(m, p.k_padded, device="cuda", dtype=torch.bfloat16)
-    y = ops.wo_gemv(x, p.qweight, p.scale, p.zero, None, 4, p.group_size, n, EPILOGUE, None, SPLIT_VARIANT)
+    y = ops.wo_gemv(x, p.qweight, p.scale, p.zero, None, 4, p.group_size, n, EPILOGUE, None,
+                    SPLIT_VARIANT + SPLITS_UNIT * splits)
     ref = x.double() @ dequantize_packed(p.qweight, p.scale, p.zero, 4, p.group_size, n).double().T
     return ((y.double() - ref).norm() / ref.norm()).item()
 
 
-def time_shape(ops, k: int, n: int, tokens: list[int], asym: bool) -> list[dict]:
+def time_shape(ops, k: int, n: int, tokens: list[int], asym: bool, check_splits: int = 0) -> list[dict]:
     import torch
     import torch.nn.functional as F
     from bench_kernels import Rotation, copies_for, packed_copies
@@ -47,7 +49,7 @@ def time_shape(ops, k: int, n: int, tokens: list[int], asym: bool) -> list[dict]
     packed = Rotation(packed_copies(4, 128, k, n, layer=True, asym=asym))
     dense = Rotation([torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(copies_for(2 * n * k))])
     p0 = packed.items[0]
-    err = check(ops, p0, n, 16)
+    err = check(ops, p0, n, 16, check_splits)
     rows = []
     for m in tokens:
         if asym and m > 16:
@@ -94,6 +96,7 @@ def main() -> None:
     parser.add_argument("--shapes", default=SHAPES)
     parser.add_argument("--asym", action="store_true", help="zero points too (to 16 tokens)")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--check-splits", type=int, default=0, help="the check's launch forced to this many splits")
     args = parser.parse_args()
     import torch
 
@@ -106,7 +109,7 @@ def main() -> None:
     for shape in args.shapes.split(","):
         k, n = (int(v) for v in shape.split("x"))
         for asym in (False, True) if args.asym else (False,):
-            rows += time_shape(ops, k, n, tokens, asym)
+            rows += time_shape(ops, k, n, tokens, asym, args.check_splits)
             torch.cuda.empty_cache()
     if args.json:
         Path(args.json).write_text(json.dumps({"device": torch.cuda.get_device_name(), "rows": rows}, indent=1))
