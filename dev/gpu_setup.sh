@@ -56,6 +56,11 @@ splittests() {  # wo_gemv's split variant (csrc/wo_split.cu) and the tile kernel
   step "split variant GPU tests; the tile kernel's"
   gputests splittests "${ST_TIMEOUT:-200}" tests/test_split_gpu.py tests/test_planes_gpu.py -k "split or tile"
 }
+splitab() {  # dev/split_ab.py: the split variant (the plan, every forced count) against the route and bf16
+  step "split variant: the plan and every forced split count against the route and bf16 (dev/split_ab.py)"
+  timeout -k 10 "${SA_TIMEOUT:-300}" python3 dev/split_ab.py --tokens "${SA_TOKENS:-9,16,32}" \
+    ${SA_SHAPES:+--shapes $SA_SHAPES} ${SA_ASYM:+--asym} --json "$OUT/split_ab${SA_TAG:-}.json" 2>&1 | grep -v "^USDT"
+}
 san() {  # compute-sanitizer memcheck and racecheck on the split variant
   sanitize split dev/san_split.py
 }

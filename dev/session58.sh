@@ -21,13 +21,9 @@
 cd "$(dirname "$0")/.."
 LOG=session58.log
 source dev/gpu_setup.sh
+SA_TOKENS=${SA_TOKENS:-5,8,9,12,16,24,32}  # this session's splitab default (gpu_setup.sh)
 echo "device: $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
 
-splitab() {
-  step "split variant against the route and bf16 (dev/split_ab.py)"
-  timeout -k 10 "${SA_TIMEOUT:-240}" python3 dev/split_ab.py --tokens "${SA_TOKENS:-5,8,9,12,16,24,32}" \
-    ${SA_SHAPES:+--shapes $SA_SHAPES} ${SA_ASYM:+--asym} --json "$OUT/split_ab${SA_TAG:-}.json" 2>&1 | grep -v "^USDT"
-}
 ncusplit() {  # Nsight Compute on the split variant's first launch (dev/split_ab.py's check, eager) at 16 tokens:
   # where its time goes beyond streaming the codes (kernels/NOTES.md "Session 58")
   local shape=${NCU_SHAPE:-8192x8192}

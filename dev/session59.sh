@@ -15,11 +15,6 @@ LOG=session59.log
 source dev/gpu_setup.sh
 echo "device: $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
 
-splitab() {
-  step "split variant: the plan and every forced split count against the route and bf16 (dev/split_ab.py)"
-  timeout -k 10 "${SA_TIMEOUT:-300}" python3 dev/split_ab.py --tokens "${SA_TOKENS:-9,16,32}" \
-    ${SA_SHAPES:+--shapes $SA_SHAPES} ${SA_ASYM:+--asym} --json "$OUT/split_ab${SA_TAG:-}.json" 2>&1 | grep -v "^USDT"
-}
 second_build() {  # second_build CACHE EXTRA DIR: a prebuilt extension built with QTOOL_NVCC_EXTRA=EXTRA (dev/prebuild_ext.sh
   # with PREBUILD_CACHE and OUTDIR=DIR) installed in its own kernel cache, beside the same Hopper libraries
   QTOOL_KERNELS_CACHE=$1 QTOOL_NVCC_EXTRA=$2 python3 - "$3" <<'PY'

@@ -27,6 +27,7 @@
 #include <map>
 #include <mutex>
 #include <tuple>
+#include <utility>
 
 #include "cluster_sum.cuh"
 #include "pdl.cuh"
@@ -229,15 +230,9 @@ __global__ void __launch_bounds__(kSplitWarps * 32, split_min_blocks(NT, ASYM))
 int split_chunks(int nchunks, int splits) { return ((nchunks + splits - 1) / splits + 1) / 2 * 2; }
 
 // Clusters of `splits` blocks of `kernel` (smem bytes of dynamic shared memory each) resident on the device at once
-// (cudaOccupancyMaxActiveClusters; blocks per SM times SMs for one split): a wave of the grid's row blocks. Cached
-// per (kernel, smem, splits, SMs: the device's size); 0 where the block does not fit.
+// (cudaOccupancyMaxActiveClusters; blocks per SM times SMs for one split): a wave of the grid's row blocks; 0 where
+// the block does not fit. Queried once per shape (split_plan caches the plan, not these).
 int resident_clusters(const void* kernel, int smem, int splits, int num_sms) {
-  static std::mutex mutex;
-  static std::map<std::tuple<const void*, int, int, int>, int> cache;
-  const std::lock_guard<std::mutex> lock(mutex);
-  const auto key = std::make_tuple(kernel, smem, splits, num_sms);
-  const auto found = cache.find(key);
-  if (found != cache.end()) return found->second;
   int count = 0;
   cudaError_t err = cudaSuccess;
   if (splits == 1) {
@@ -261,7 +256,6 @@ int resident_clusters(const void* kernel, int smem, int splits, int num_sms) {
     (void)cudaGetLastError();  // a configuration that cannot launch: not a plan, not a sticky error
     count = 0;
   }
-  cache.emplace(key, count);
   return count;
 }
 
@@ -282,16 +276,12 @@ int split_block_chunks() {
 // holds at once with that plan's shared memory (resident_clusters). Session 59 (Nsight Compute, H100, 8192 x 8192
 // at 16 tokens): the former plan (the fewest power-of-two splits that filled three blocks per SM) launched 64
 // clusters of 8 where 45 fit at once, and the SMs sat idle 28% of the kernel's time in the second wave.
-// `smem_of(chunks)`: the block's shared memory; `kernel`: the instantiation launched.
+// `smem_of(chunks)`: the block's shared memory; `kernel`: the instantiation launched. search_plan is the search (up to
+// eight occupancy queries), split_plan the cached entry point (one lookup per launch).
 template <typename SmemOf>
-void split_plan(const void* kernel, int row_blocks, int nchunks, int num_sms, int forced, SmemOf smem_of, int& splits,
-                int& chunks) {
-  if (forced > 0) {
-    chunks = split_chunks(nchunks, forced);
-    splits = (nchunks + chunks - 1) / chunks;
-    return;
-  }
+std::pair<int, int> search_plan(const void* kernel, int row_blocks, int nchunks, int num_sms, SmemOf smem_of) {
   long best = -1;
+  std::pair<int, int> plan(0, 0);  // (splits, chunks)
   for (int s = 1; s <= kClusterMaxSplits; ++s) {
     const int c = split_chunks(nchunks, s), real = (nchunks + c - 1) / c;
     if (real != s) continue;  // the same plan as a smaller s
@@ -300,14 +290,34 @@ void split_plan(const void* kernel, int row_blocks, int nchunks, int num_sms, in
     const long cost = static_cast<long>((row_blocks + resident - 1) / resident) * (c + split_block_chunks());
     if (best < 0 || cost < best) {
       best = cost;
-      splits = s;
-      chunks = c;
+      plan = {s, c};
     }
   }
   if (best < 0) {  // nothing fits (check_split refuses this first): the most splits, for the error to name
-    chunks = split_chunks(nchunks, kClusterMaxSplits);
-    splits = (nchunks + chunks - 1) / chunks;
+    const int c = split_chunks(nchunks, kClusterMaxSplits);
+    plan = {(nchunks + c - 1) / c, c};
   }
+  return plan;
+}
+
+template <typename SmemOf>
+void split_plan(const void* kernel, int row_blocks, int nchunks, int num_sms, int forced, SmemOf smem_of, int& splits,
+                int& chunks) {
+  if (forced > 0) {
+    chunks = split_chunks(nchunks, forced);
+    splits = (nchunks + chunks - 1) / chunks;
+    return;
+  }
+  // One lookup per launch: the plan per (kernel, shape, SMs), searched on the shape's first call.
+  static std::mutex mutex;
+  static std::map<std::tuple<const void*, int, int, int>, std::pair<int, int>> plans;
+  const std::lock_guard<std::mutex> lock(mutex);
+  const auto key = std::make_tuple(kernel, row_blocks, nchunks, num_sms);
+  auto found = plans.find(key);
+  if (found == plans.end())
+    found = plans.emplace(key, search_plan(kernel, row_blocks, nchunks, num_sms, smem_of)).first;
+  splits = found->second.first;
+  chunks = found->second.second;
 }
 
 template <typename T, int NT, bool ASYM, bool PAIR>
