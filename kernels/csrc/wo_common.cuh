@@ -15,8 +15,8 @@ namespace qtool {
 
 // The L2 prefetch size the weight loads ask for: 256 bytes around each load (0 none, 128; a build option through
 // QTOOL_NVCC_EXTRA=-DQTOOL_L2_PREFETCH=0 for A/Bs). Session 59 (H100, two builds, each process's ratios to bf16):
-// w8_gemv +1-5% on every W8A16 and W8A8 cell it runs at 1-16 tokens (fp8 8192 x 28672 at one token 1.89x -> 1.97x,
-// int8 28672 x 8192 at 16 tokens 1.75x -> 1.89x); the 4-bit GEMVs and the split variant within +-1%.
+// w8_gemv +1-5% on every W8A16 and W8A8 cell it runs at 1 and 16 tokens, the A/B's (fp8 8192 x 28672 at one token
+// 1.89x -> 1.97x, int8 28672 x 8192 at 16 tokens 1.75x -> 1.89x); the 4-bit GEMVs and the split variant within +-1%.
 #ifndef QTOOL_L2_PREFETCH
 #define QTOOL_L2_PREFETCH 256
 #endif
