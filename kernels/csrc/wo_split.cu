@@ -38,7 +38,14 @@
 namespace qtool {
 namespace {
 
-constexpr int kSplitWarps = 8;  // = stripes per block
+// Warps (= stripes) per block: 8, or 16 as a build option (QTOOL_NVCC_EXTRA=-DQTOOL_SPLIT_WARPS=16) for session 60's
+// A/B: at its best split count the variant ran one block of 8 warps per SM, two warps per scheduler to cover each
+// chunk's chain of shared-memory loads and mma, and a block's staging of x served only 8 stripes.
+#ifndef QTOOL_SPLIT_WARPS
+#define QTOOL_SPLIT_WARPS 8
+#endif
+constexpr int kSplitWarps = QTOOL_SPLIT_WARPS;  // = stripes per block
+static_assert(kSplitWarps == 8 || kSplitWarps == 16, "QTOOL_SPLIT_WARPS: 8 or 16");
 constexpr int kSplitRows = kSplitWarps * kStripeRows;
 constexpr int kSplitChunkK = 64;  // int4 chunk (wo_kernels.h, chunk_k(4))
 // Chunks per warp in flight (even: a pair's two chunks are slots u, u + 1): 8 (32 KB of codes per block). A build
@@ -51,7 +58,10 @@ constexpr int kSplitDepth = QTOOL_SPLIT_DEPTH;
 
 // Blocks per SM the registers are bounded for: three (<= 85 registers), two at eight n-tiles and at four with zero
 // points (in 80 registers that spilled 136 bytes).
-constexpr int split_min_blocks(int nt, bool asym) { return nt == 8 || (asym && nt == 4) ? 2 : 3; }
+// Sixteen warps: one block per SM (<= 128 registers).
+constexpr int split_min_blocks(int nt, bool asym) {
+  return kSplitWarps == 16 ? 1 : nt == 8 || (asym && nt == 4) ? 2 : 3;
+}
 // Bytes between plane rows for a slice of `chunks`: 64 mod 128, so that each quarter-warp's B load (rows g, g + 1 of
 // an n-tile, 16 bytes at lane t) covers 128 distinct bytes.
 constexpr int split_row_bytes(int chunks) { return (chunks | 1) * kSplitChunkK; }
@@ -71,7 +81,8 @@ constexpr int kSplitHeld = 2;
 template <typename T, int NT>
 __device__ inline void stage_slice(const WoProblem& p, int c_beg, int c_end, uint8_t* planes, int row_bytes,
                                    float* scale) {
-  constexpr int TPR = kSplitWarps * 32 / (4 * NT);  // 32, 16 or 8: a token's threads sit in one warp
+  // 32, 16 or 8: a token's threads sit in one warp (sixteen warps at two n-tiles: rows past 4 NT stage nothing)
+  constexpr int TPR = kSplitWarps * 32 / (4 * NT) < 32 ? kSplitWarps * 32 / (4 * NT) : 32;
   const int r = threadIdx.x / TPR, j0 = threadIdx.x % TPR;
   const int subs = p.m > r ? 4 * (c_end - c_beg) : 0;  // a token past m stages nothing
   const uint4* xg = opaque(static_cast<const uint4*>(p.x)) + static_cast<size_t>(subs ? r : 0) * (p.w.k_padded / 8) +
