@@ -28,5 +28,22 @@ splitabc() {
       ${ABC_SHAPES:+--shapes $ABC_SHAPES} --json "$OUT/abc_$tag.json" 2>&1 | grep -v "^USDT\|graph capture failed"
   done
 }
+routed() {  # call 2: the 16-warp block by default (8 on 4096 x 4096-sized weights) and its routes (split_by_shape):
+  # the split and route tests, dev/split_ab.py at 9 / 12 / 16 tokens, the 8B W4A16 decode at batch 16
+  step "split variant and route tests"
+  gputests routed "${RT_TIMEOUT:-120}" tests/test_split_gpu.py tests/test_routes.py tests/test_wo_stream_gpu.py
+  SA_TOKENS=${SA_TOKENS:-9,12,16} SA_SHAPES=${SA_SHAPES:-4096x4096,4096x6144,4096x14336,14336x4096,8192x8192} splitab
+  unrollab
+  E2E_TIMEOUT=${E2E_TIMEOUT:-150} bench8b _b16 w4a16 16 128 8
+}
+unrollab() {  # the staging loops unrolled (.gpu/extB: -DQTOOL_SPLIT_STAGE_UNROLL=4), dev/split_ab.py in its own
+  # process at the same cells as routed's splitab (the default build's figures)
+  local extra="-DQTOOL_SPLIT_STAGE_UNROLL=${STAGE_UNROLL:-4}"
+  step "split variant with $extra (its own process)"
+  second_build /tmp/qc_unroll "$extra" .gpu/extB
+  QTOOL_KERNELS_CACHE=/tmp/qc_unroll QTOOL_NVCC_EXTRA=$extra timeout -k 10 "${UA_TIMEOUT:-120}" python3 dev/split_ab.py \
+    --tokens "${SA_TOKENS:-9,12,16}" --shapes "${SA_SHAPES:-4096x4096,4096x6144,4096x14336,14336x4096,8192x8192}" \
+    --json "$OUT/unroll_b.json" 2>&1 | grep -v "^USDT\|graph capture failed"
+}
 for stage in "${stages[@]}"; do "$stage"; done
 step "done"

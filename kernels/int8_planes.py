@@ -82,12 +82,15 @@ PLANES_GEMM_MAX_M = 32  # csrc/wo_kernels.h, kPlanesTileMaxTokens
 PLANES_GEMM_MAX_ASYM_M = 16  # kPlanesTileMaxAsymTokens: zero points to four n-tiles (eight are not built)
 PLANES_GEMM_VARIANT = 3
 # wo_gemv variant 7, "split" (csrc/wo_split.cu): 4-bit weights (groups >= 64 or per channel; zero points to 16
-# tokens), each block quantizing its K slice of x into planes in shared memory for its 8 stripes, split-K over a
-# cluster (sm_90). Session 58 (kernels/NOTES.md "Session 58", dev/split_ab.py, one process against the routes): it
-# lost 10-40% on five of issue 19's six shapes at 9-32 tokens and won on 4096 x 4096 at 9-16 (H100 1.73 / 1.64x
-# against wo_gemm's 1.64 / 1.50x, H200 1.47 / 1.37x against 1.43 / 1.31x), so symmetric layers of that size take it
-# there (split_by_shape). QTOOL_SPLIT_GEMV=N (read once) routes every shape to it at QTOOL_SPLIT_MIN (9) to N tokens,
-# for A/Bs; 0: off.
+# tokens), each block quantizing its K slice of x into planes in shared memory for its 8 or 16 stripes, split-K over
+# a cluster (sm_90). Session 58 (kernels/NOTES.md "Session 58", dev/split_ab.py, one process against the routes): with
+# 8 stripes per block it won on 4096 x 4096 at 9-16 tokens only (H200 1.47 / 1.37x against 1.43 / 1.31x). Session 60
+# (H100): 16 stripes per block won at 9-16 tokens on 4096 x 6144 (1.86 / 1.77x against wo_gemm's 1.68 / 1.61x), 14336
+# x 4096 (2.35 / 2.25x against 2.18 / 2.14x) and 4096 x 14336 at 9-12 (2.38 / 2.34x against the Hopper GEMM's 2.17 /
+# 2.18x; level at 16), and lost on 8192 x 8192, 8192 x 28672 and 28672 x 8192 at 16 (2.08x against 2.32x), with zero
+# points (1.53-1.74x against 2.12-2.27x) and past 16 tokens: symmetric layers of the winning sizes take it at 9-16
+# (split_by_shape). QTOOL_SPLIT_GEMV=N (read once) routes every shape to it at QTOOL_SPLIT_MIN (9) to N tokens, for
+# A/Bs; 0: off.
 SPLIT_VARIANT = 7  # csrc/wo_kernels.h, kSplitVariant
 SPLITS_UNIT = 32  # kSplitsUnit: wo_gemv's variant + 32 s forces s splits of K
 SPLIT_MAX_TOKENS, SPLIT_MAX_ASYM_TOKENS = 32, 16  # kSplitMaxTokens, kSplitMaxAsymTokens
@@ -186,7 +189,9 @@ def takes_split(w: PackedWeight, m: int, dtype: torch.dtype) -> bool:
 
 
 def split_by_shape(w: PackedWeight, m: int) -> bool:
-    """The measured cells (above): symmetric 4096 x 4096-sized weights (K, N <= 4096, at least 4096 x 4096 elements)
-    at 9-16 tokens."""
-    return (w.zero is None and 9 <= m <= 16 and w.k_padded <= 4096 and w.out_features <= 4096
-            and w.k_padded * w.out_features >= 4096 * 4096)
+    """The measured cells (above): symmetric weights of at least 4096 x 4096 elements with K <= 4096 and N <= 14336,
+    or N <= 4096 and K <= 14336 (4096 x 4096, 4096 x 6144, 4096 x 14336, 14336 x 4096), at 9-16 tokens."""
+    k, n = w.k_padded, w.out_features
+    wide_n = k <= 4096 and n <= 14336
+    tall_k = n <= 4096 and k <= 14336
+    return w.zero is None and 9 <= m <= 16 and k * n >= 4096 * 4096 and (wide_n or tall_k)

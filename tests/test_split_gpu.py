@@ -57,7 +57,7 @@ def test_split_gemv_is_deterministic_and_refuses_by_name(kernels):
         split_gemv(kernels, torch.randn(33, 4096, device="cuda", dtype=torch.bfloat16), p, None, 1024)
     with pytest.raises(RuntimeError, match="s <= 8 splits.*got 295"):
         split_gemv(kernels, x, p, None, 1024, SPLIT + 9 * 32)
-    with pytest.raises(RuntimeError, match=r"within the block's shared memory .* got 4-bit, group_size 128 .* 299136 bytes"):
+    with pytest.raises(RuntimeError, match=r"within the block's shared memory .* got 4-bit, group_size 128 .* 331904 bytes"):
         split_gemv(kernels, torch.randn(32, 4096, device="cuda", dtype=torch.bfloat16), p, None, 1024, SPLIT + 32)
     qa, _, _ = random_qtensor(4, 128, False, False, 576, 200)
     pa = pack_weight(qa.values, qa.scale, qa.zero_point, None, 4, 128)

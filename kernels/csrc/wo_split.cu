@@ -1,21 +1,23 @@
 // wo_gemv variant 7, "split": 4-bit weights (zero points or none, groups >= 64 or per channel) times x for 1 <= m <=
 // kSplitMaxTokens tokens (kSplitMaxAsymTokens with zero points), split-K over a thread block cluster, x quantized to
-// two int8 planes inside each block. Written for issue 19's 9-32-token cells; routed where it measured faster, 4096 x
-// 4096 at 9-16 tokens (kernels/int8_planes.py, split_by_shape).
+// two int8 planes inside each block. Written for issue 19's 9-32-token cells; routed where it measured faster:
+// symmetric weights of K <= 4096 and N <= 14336, or N <= 4096 and K <= 14336, at 9-16 tokens (kernels/int8_planes.py,
+// split_by_shape; session 60).
 //
 // Why (kernels/NOTES.md, "Session 48" and "Session 58"): at 16 tokens every kernel we had sat on ~5-8 us of fixed
 // time per call. The mixed-input GEMM's is its own latency chain; the one-stripe planes GEMV (wo_planes.cu, four
 // n-tiles) reads B from L2 at 4x the code bytes; the tile kernel (wo_planes_tile.cu) staged codes and planes per
 // stage behind one barrier per stage, so its warps could never run ahead of the slowest. Here each half is done the
 // way that measured well:
-//   - A block: 8 warps on 8 stripes (128 rows), one K slice (chunks [c_beg, c_end)) of split blockIdx.y.
+//   - A block: W warps on W stripes (16 W rows; W = 16, or 8 on 4096 x 4096-sized weights at 9-16 tokens), one K
+//     slice (chunks [c_beg, c_end)) of split blockIdx.y.
 //   - Before the PDL wait each warp starts its ring: kSplitDepth chunks of its stripe's codes copied into shared
 //     memory by cp.async (the registers of a ring that deep would cost the occupancy), its scales in registers.
 //   - After the wait, the block quantizes its slice of x into two int8 planes in shared memory (x = s hi + s / 254
 //     lo, s = the token's max over the slice / 127: no x_planes launch before it, and a scale at least as fine as the
 //     row's), then one barrier.
 //   - Then every warp walks its own chunks free-running (no barrier: each lane reads back only the bytes it copied):
-//     B from shared memory (shared by the block's 8 stripes; plane rows 64 bytes apart mod 128, so a warp's loads are
+//     B from shared memory (shared by the block's W stripes; plane rows 64 bytes apart mod 128, so a warp's loads are
 //     conflict free), NT n-tiles of mma.m16n8k32.s8 per chunk, int32 sums folded once per chunk (per pair of chunks
 //     where a group spans both).
 //   - The partial tile, scaled by its slice's token scales, is summed over the cluster in rank order
@@ -38,15 +40,13 @@
 namespace qtool {
 namespace {
 
-// Warps (= stripes) per block: 8, or 16 as a build option (QTOOL_NVCC_EXTRA=-DQTOOL_SPLIT_WARPS=16) for session 60's
-// A/B: at its best split count the variant ran one block of 8 warps per SM, two warps per scheduler to cover each
-// chunk's chain of shared-memory loads and mma, and a block's staging of x served only 8 stripes.
-#ifndef QTOOL_SPLIT_WARPS
-#define QTOOL_SPLIT_WARPS 8
-#endif
-constexpr int kSplitWarps = QTOOL_SPLIT_WARPS;  // = stripes per block
-static_assert(kSplitWarps == 8 || kSplitWarps == 16, "QTOOL_SPLIT_WARPS: 8 or 16");
-constexpr int kSplitRows = kSplitWarps * kStripeRows;
+// Warps (= stripes) per block, W: 16 (one block per SM, one staging of x for 256 rows), or 8 where the weight is
+// 4096 x 4096-sized and symmetric at 9-16 tokens (split_warps). Session 60 (H100, dev/split_ab.py, two builds): at
+// its best split count the 8-warp block ran one block per SM, two warps per scheduler to cover each chunk's chain of
+// shared-memory loads and mma, its staging of x serving 8 stripes; 16 warps took 4096 x 6144 at 16 tokens 1.61x ->
+// 1.77x, 14336 x 4096 1.96x -> 2.25x, 8192 x 8192 1.77x -> 2.08x, and lost only on 4096 x 4096 (1.67x -> 1.59x,
+// 16 row blocks for 132 SMs).
+constexpr int kSplitWarpsWide = 16, kSplitWarpsNarrow = 8;
 constexpr int kSplitChunkK = 64;  // int4 chunk (wo_kernels.h, chunk_k(4))
 // Chunks per warp in flight (even: a pair's two chunks are slots u, u + 1): 8 (32 KB of codes per block). A build
 // option (QTOOL_NVCC_EXTRA=-DQTOOL_SPLIT_DEPTH=16) for the A/B session 59 prepared: at its best split count the
@@ -59,17 +59,15 @@ constexpr int kSplitDepth = QTOOL_SPLIT_DEPTH;
 // Blocks per SM the registers are bounded for: three (<= 85 registers), two at eight n-tiles and at four with zero
 // points (in 80 registers that spilled 136 bytes).
 // Sixteen warps: one block per SM (<= 128 registers).
-constexpr int split_min_blocks(int nt, bool asym) {
-  return kSplitWarps == 16 ? 1 : nt == 8 || (asym && nt == 4) ? 2 : 3;
-}
+constexpr int split_min_blocks(int w, int nt, bool asym) { return w == 16 ? 1 : nt == 8 || (asym && nt == 4) ? 2 : 3; }
 // Bytes between plane rows for a slice of `chunks`: 64 mod 128, so that each quarter-warp's B load (rows g, g + 1 of
 // an n-tile, 16 bytes at lane t) covers 128 distinct bytes.
 constexpr int split_row_bytes(int chunks) { return (chunks | 1) * kSplitChunkK; }
-// Shared memory: the slice's planes (8 NT rows; after the main loop the partial tile [kSplitRows][4 NT] float32
+// Shared memory: the slice's planes (8 NT rows; after the main loop the partial tile [16 W rows][4 NT] float32
 // overlays them), then each warp's ring of kSplitDepth chunks of codes.
-constexpr int split_smem_bytes(int nt, int chunks) {
-  const int planes = 8 * nt * split_row_bytes(chunks), partial = kSplitRows * cluster_tok_stride(4 * nt) * 4;
-  return (planes > partial ? planes : partial) + kSplitWarps * kSplitDepth * 512;
+constexpr int split_smem_bytes(int w, int nt, int chunks) {
+  const int planes = 8 * nt * split_row_bytes(chunks), partial = w * kStripeRows * cluster_tok_stride(4 * nt) * 4;
+  return (planes > partial ? planes : partial) + w * kSplitDepth * 512;
 }
 
 // The block's slice of x (tokens < m, chunks [c_beg, c_end)) as two int8 planes at `planes` (rows 2r / 2r + 1: token
@@ -78,11 +76,25 @@ constexpr int split_smem_bytes(int nt, int chunks) {
 // loaded once into registers, any past them read again (L1) for the planes; the max shuffled among the token's
 // threads. Ends with the barrier after which the planes are the block's.
 constexpr int kSplitHeld = 2;
-template <typename T, int NT>
+// The staging loops past the held subtiles unrolled QTOOL_SPLIT_STAGE_UNROLL times (a build option; 0: the compiler's
+// choice). Session 60's Nsight Compute (8192 x 8192 at 16 tokens, 8 warps, two splits) found 23% of the warps'
+// stall samples on those loops' loads of x (long scoreboard), each thread's 14 subtiles past the held two read one
+// after another.
+#ifndef QTOOL_SPLIT_STAGE_UNROLL
+#define QTOOL_SPLIT_STAGE_UNROLL 0
+#endif
+#define QTOOL_PRAGMA(x) _Pragma(#x)
+#define QTOOL_UNROLL(n) QTOOL_PRAGMA(unroll n)
+#if QTOOL_SPLIT_STAGE_UNROLL > 0
+#define QTOOL_STAGE_UNROLL QTOOL_UNROLL(QTOOL_SPLIT_STAGE_UNROLL)
+#else
+#define QTOOL_STAGE_UNROLL
+#endif
+template <typename T, int W, int NT>
 __device__ inline void stage_slice(const WoProblem& p, int c_beg, int c_end, uint8_t* planes, int row_bytes,
                                    float* scale) {
   // 32, 16 or 8: a token's threads sit in one warp (sixteen warps at two n-tiles: rows past 4 NT stage nothing)
-  constexpr int TPR = kSplitWarps * 32 / (4 * NT) < 32 ? kSplitWarps * 32 / (4 * NT) : 32;
+  constexpr int TPR = W * 32 / (4 * NT) < 32 ? W * 32 / (4 * NT) : 32;
   const int r = threadIdx.x / TPR, j0 = threadIdx.x % TPR;
   const int subs = p.m > r ? 4 * (c_end - c_beg) : 0;  // a token past m stages nothing
   const uint4* xg = opaque(static_cast<const uint4*>(p.x)) + static_cast<size_t>(subs ? r : 0) * (p.w.k_padded / 8) +
@@ -98,6 +110,7 @@ __device__ inline void stage_slice(const WoProblem& p, int c_beg, int c_end, uin
       mx = vec_absmax<T>(v[i][1], vec_absmax<T>(v[i][0], mx));
     }
   }
+  QTOOL_STAGE_UNROLL
   for (int j = j0 + kSplitHeld * TPR; j < subs; j += TPR)
     mx = vec_absmax<T>(__ldg(xg + 2 * j + 1), vec_absmax<T>(__ldg(xg + 2 * j), mx));
 #pragma unroll
@@ -111,6 +124,7 @@ __device__ inline void stage_slice(const WoProblem& p, int c_beg, int c_end, uin
     const int j = j0 + i * TPR;
     if (j < subs) store_subtile<T, false>(v[i][0], v[i][1], s, inverse, dst + plane_slot(16 * j), row_bytes);
   }
+  QTOOL_STAGE_UNROLL
   for (int j = j0 + kSplitHeld * TPR; j < subs; j += TPR)
     store_subtile<T, false>(__ldg(xg + 2 * j), __ldg(xg + 2 * j + 1), s, inverse, dst + plane_slot(16 * j), row_bytes);
   __syncthreads();
@@ -132,7 +146,7 @@ __device__ inline void chunk_mma(bool first, const uint4& w, const uint8_t* bchu
 
 // The block's partial tile [row][token] (float32 at `partial`), each lane's sums times its slice's s_x / 16, then the
 // cluster's sum in rank order (cluster_sum.cuh): y = sum + bias.
-template <typename T, int NT>
+template <typename T, int W, int NT>
 __device__ inline void store_split(const WoProblem& p, const float (&acc)[NT][2], const float* scale, float* partial) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int g = lane / 4, t = lane % 4;
@@ -144,22 +158,23 @@ __device__ inline void store_split(const WoProblem& p, const float (&acc)[NT][2]
     partial[(warp * kStripeRows + g) * TOK + tok] = acc[i][0] * unit;
     partial[(warp * kStripeRows + g + 8) * TOK + tok] = acc[i][1] * unit;
   }
-  cluster_sum_store<T>(p, partial, kSplitRows, TOK, nullptr, 1.0f);
+  cluster_sum_store<T>(p, partial, W * kStripeRows, TOK, nullptr, 1.0f);
 }
 
 template <typename T,  // activation and output type: __half or __nv_bfloat16
+          int W,       // warps = stripes per block: 16 or 8
           int NT,      // n-tiles of 4 tokens: 2 (<= 8 tokens), 4 (<= 16) or 8 (<= 32)
           bool ASYM,   // zero points (p.w.zero), w = s (q - z): A stays 16 q and 16 z times the chunk's sum of x (two
                        // more mma per n-tile, as wo_planes.cu) is subtracted
           bool PAIR>   // groups of >= 128 (or per channel), no zero points: a pair of chunks shares its scales (each
                        // split starts at an even chunk), so the int32 sums run over the pair and are folded once
-__global__ void __launch_bounds__(kSplitWarps * 32, split_min_blocks(NT, ASYM))
+__global__ void __launch_bounds__(W * 32, split_min_blocks(W, NT, ASYM))
     wo_split_kernel(const WoProblem p, int chunks_per_split) {  // even (split_chunks)
   extern __shared__ __align__(16) uint8_t split_smem[];
   __shared__ float scale[4 * NT];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int g = lane / 4, t = lane % 4;
-  const int stripe = blockIdx.x * kSplitWarps + warp;
+  const int stripe = blockIdx.x * W + warp;
   const bool live = stripe < p.w.n_padded / kStripeRows;  // a last block's extra warps stage x, no math
   const int nchunks = p.w.k_padded / kSplitChunkK;
   const int c_beg = min(nchunks, static_cast<int>(blockIdx.y) * chunks_per_split);
@@ -193,7 +208,7 @@ __global__ void __launch_bounds__(kSplitWarps * 32, split_min_blocks(NT, ASYM))
 #pragma unroll
   for (int u = 0; u < kSplitDepth; ++u) issue(u, u);  // static weights: before the wait
   pdl_wait_then_release();  // x, bias and y only past this point (pdl.cuh)
-  stage_slice<T, NT>(p, c_beg, c_end, split_smem, row_bytes, scale);
+  stage_slice<T, W, NT>(p, c_beg, c_end, split_smem, row_bytes, scale);
 
   // B: column g of n-tile i is token (8 i + g) / 2's plane g % 2; columns past 2m read row 0 (never stored).
   uint32_t boff[NT];
@@ -230,29 +245,29 @@ __global__ void __launch_bounds__(kSplitWarps * 32, split_min_blocks(NT, ASYM))
   }
   cp_async_wait<0>();  // (the refills past the slice copy nothing; no group stays open at exit)
 
-  if (blockIdx.y == 0) prefetch_next_layer(p, kSplitWarps * 32);  // slices by blockIdx.x: once per row block
+  if (blockIdx.y == 0) prefetch_next_layer(p, W * 32);  // slices by blockIdx.x: once per row block
 
   __syncthreads();  // every warp is done with the planes, which the partial tile overlays
-  store_split<T, NT>(p, acc, scale, reinterpret_cast<float*>(split_smem));
+  store_split<T, W, NT>(p, acc, scale, reinterpret_cast<float*>(split_smem));
 }
 
 // Chunks per split for `splits` splits of nchunks: even (PAIR: every split starts at an even chunk); the last split
 // may be shorter, and fewer splits may result (ceil(nchunks / chunks)).
 int split_chunks(int nchunks, int splits) { return ((nchunks + splits - 1) / splits + 1) / 2 * 2; }
 
-// Clusters of `splits` blocks of `kernel` (smem bytes of dynamic shared memory each) resident on the device at once
+// Clusters of `splits` blocks of `kernel` (`threads` threads and smem bytes of dynamic shared memory each) resident on the device at once
 // (cudaOccupancyMaxActiveClusters; blocks per SM times SMs for one split): a wave of the grid's row blocks; 0 where
 // the block does not fit. Queried once per shape (split_plan caches the plan, not these).
-int resident_clusters(const void* kernel, int smem, int splits, int num_sms) {
+int resident_clusters(const void* kernel, int threads, int smem, int splits, int num_sms) {
   int count = 0;
   cudaError_t err = cudaSuccess;
   if (splits == 1) {
-    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&count, kernel, kSplitWarps * 32, smem);
+    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&count, kernel, threads, smem);
     count *= num_sms;
   } else {
     cudaLaunchConfig_t config = {};
     config.gridDim = dim3(1, splits);
-    config.blockDim = dim3(kSplitWarps * 32);
+    config.blockDim = dim3(threads);
     config.dynamicSmemBytes = smem;
     cudaLaunchAttribute cluster = {};
     cluster.id = cudaLaunchAttributeClusterDimension;
@@ -290,13 +305,14 @@ int split_block_chunks() {
 // `smem_of(chunks)`: the block's shared memory; `kernel`: the instantiation launched. search_plan is the search (up to
 // eight occupancy queries), split_plan the cached entry point (one lookup per launch).
 template <typename SmemOf>
-std::pair<int, int> search_plan(const void* kernel, int row_blocks, int nchunks, int num_sms, SmemOf smem_of) {
+std::pair<int, int> search_plan(const void* kernel, int threads, int row_blocks, int nchunks, int num_sms,
+                                SmemOf smem_of) {
   long best = -1;
   std::pair<int, int> plan(0, 0);  // (splits, chunks)
   for (int s = 1; s <= kClusterMaxSplits; ++s) {
     const int c = split_chunks(nchunks, s), real = (nchunks + c - 1) / c;
     if (real != s) continue;  // the same plan as a smaller s
-    const int resident = resident_clusters(kernel, smem_of(c), s, num_sms);
+    const int resident = resident_clusters(kernel, threads, smem_of(c), s, num_sms);
     if (resident <= 0) continue;
     const long cost = static_cast<long>((row_blocks + resident - 1) / resident) * (c + split_block_chunks());
     if (best < 0 || cost < best) {
@@ -312,8 +328,8 @@ std::pair<int, int> search_plan(const void* kernel, int row_blocks, int nchunks,
 }
 
 template <typename SmemOf>
-void split_plan(const void* kernel, int row_blocks, int nchunks, int num_sms, int forced, SmemOf smem_of, int& splits,
-                int& chunks) {
+void split_plan(const void* kernel, int threads, int row_blocks, int nchunks, int num_sms, int forced, SmemOf smem_of,
+                int& splits, int& chunks) {
   if (forced > 0) {
     chunks = split_chunks(nchunks, forced);
     splits = (nchunks + chunks - 1) / chunks;
@@ -326,15 +342,15 @@ void split_plan(const void* kernel, int row_blocks, int nchunks, int num_sms, in
   const auto key = std::make_tuple(kernel, row_blocks, nchunks, num_sms);
   auto found = plans.find(key);
   if (found == plans.end())
-    found = plans.emplace(key, search_plan(kernel, row_blocks, nchunks, num_sms, smem_of)).first;
+    found = plans.emplace(key, search_plan(kernel, threads, row_blocks, nchunks, num_sms, smem_of)).first;
   splits = found->second.first;
   chunks = found->second.second;
 }
 
-template <typename T, int NT, bool ASYM, bool PAIR>
+template <typename T, int W, int NT, bool ASYM, bool PAIR>
 cudaError_t launch_split(const WoProblem& p, int num_sms, int forced, cudaStream_t stream) {
-  const int row_blocks = (p.w.n_padded / kStripeRows + kSplitWarps - 1) / kSplitWarps;
-  auto* kernel = wo_split_kernel<T, NT, ASYM, PAIR>;
+  const int row_blocks = (p.w.n_padded / kStripeRows + W - 1) / W;
+  auto* kernel = wo_split_kernel<T, W, NT, ASYM, PAIR>;
   static const cudaError_t opted = [kernel] {  // the device's most, once: the plan's occupancy queries see it too
     int device = 0, optin = 0;
     cudaError_t err = cudaGetDevice(&device);
@@ -345,26 +361,37 @@ cudaError_t launch_split(const WoProblem& p, int num_sms, int forced, cudaStream
   }();
   if (opted != cudaSuccess) return opted;
   int splits = 1, chunks = 0;
-  split_plan(reinterpret_cast<const void*>(kernel), row_blocks, p.w.k_padded / kSplitChunkK, num_sms, forced,
-             [](int c) { return split_smem_bytes(NT, c); }, splits, chunks);
-  return launch_cluster_y(kernel, p.pdl, dim3(row_blocks, splits), dim3(kSplitWarps * 32), split_smem_bytes(NT, chunks),
+  split_plan(reinterpret_cast<const void*>(kernel), W * 32, row_blocks, p.w.k_padded / kSplitChunkK, num_sms, forced,
+             [](int c) { return split_smem_bytes(W, NT, c); }, splits, chunks);
+  return launch_cluster_y(kernel, p.pdl, dim3(row_blocks, splits), dim3(W * 32), split_smem_bytes(W, NT, chunks),
                           stream, splits, p, chunks);
 }
 
-template <int NT, bool ASYM, bool PAIR = false>
+// Warps per block (above): 8 for symmetric 4096 x 4096-sized weights at 9-16 tokens, the one class where 16 lost.
+bool split_narrow(int nt, bool asym, int k_padded, int n_padded) {
+  return nt == 4 && !asym && k_padded <= 4096 && n_padded <= 4096;
+}
+
+template <int W, int NT, bool ASYM, bool PAIR = false>
 cudaError_t launch_dtype(const WoProblem& p, int num_sms, int forced, cudaStream_t stream) {
-  return p.dtype == ScalarKind::kBFloat16 ? launch_split<__nv_bfloat16, NT, ASYM, PAIR>(p, num_sms, forced, stream)
-                                          : launch_split<__half, NT, ASYM, PAIR>(p, num_sms, forced, stream);
+  return p.dtype == ScalarKind::kBFloat16 ? launch_split<__nv_bfloat16, W, NT, ASYM, PAIR>(p, num_sms, forced, stream)
+                                          : launch_split<__half, W, NT, ASYM, PAIR>(p, num_sms, forced, stream);
 }
 
 template <int NT>
 cudaError_t launch_nt(const WoProblem& p, int num_sms, int forced, cudaStream_t stream) {
   if (p.w.zero != nullptr) {
-    if constexpr (NT <= 4) return launch_dtype<NT, true>(p, num_sms, forced, stream);
+    if constexpr (NT <= 4) return launch_dtype<kSplitWarpsWide, NT, true>(p, num_sms, forced, stream);
     return cudaErrorInvalidValue;  // zero points to 16 tokens (ops.cpp refuses more)
   }
-  return p.w.group_shift >= 7 ? launch_dtype<NT, false, true>(p, num_sms, forced, stream)
-                              : launch_dtype<NT, false, false>(p, num_sms, forced, stream);
+  const bool pair = p.w.group_shift >= 7;
+  if constexpr (NT == 4) {  // the narrow block only here: four more instantiations, not sixteen
+    if (split_narrow(NT, false, p.w.k_padded, p.w.n_padded))
+      return pair ? launch_dtype<kSplitWarpsNarrow, NT, false, true>(p, num_sms, forced, stream)
+                  : launch_dtype<kSplitWarpsNarrow, NT, false, false>(p, num_sms, forced, stream);
+  }
+  return pair ? launch_dtype<kSplitWarpsWide, NT, false, true>(p, num_sms, forced, stream)
+              : launch_dtype<kSplitWarpsWide, NT, false, false>(p, num_sms, forced, stream);
 }
 
 int split_ntiles(int m) { return m <= 8 ? 2 : m <= 16 ? 4 : 8; }
@@ -380,10 +407,12 @@ cudaError_t launch_wo_split(const WoProblem& p, int forced_splits, int num_sms, 
 
 int wo_split_smem_bytes(int m, int k_padded, int n_padded, bool asym, int forced_splits, int num_sms) {
   // forced: that plan's; else the least any plan needs (the most splits), which the plan's choice never exceeds
-  (void)n_padded, (void)asym, (void)num_sms;
+  (void)num_sms;
   const int nchunks = k_padded / kSplitChunkK;
   const int nt = split_ntiles(m);  // + the static token scales
-  return split_smem_bytes(nt, split_chunks(nchunks, forced_splits > 0 ? forced_splits : kClusterMaxSplits)) + 16 * nt;
+  const int w = split_narrow(nt, asym, k_padded, n_padded) ? kSplitWarpsNarrow : kSplitWarpsWide;
+  return split_smem_bytes(w, nt, split_chunks(nchunks, forced_splits > 0 ? forced_splits : kClusterMaxSplits)) +
+         16 * nt;
 }
 
 }  // namespace qtool
