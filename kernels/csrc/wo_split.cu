@@ -1,8 +1,8 @@
 // wo_gemv variant 7, "split": 4-bit weights (zero points or none, groups >= 64 or per channel) times x for 1 <= m <=
 // kSplitMaxTokens tokens (kSplitMaxAsymTokens with zero points), split-K over a thread block cluster, x quantized to
 // two int8 planes inside each block. Written for issue 19's 9-32-token cells; routed where it measured faster:
-// symmetric weights of K <= 4096 and N <= 14336, or N <= 4096 and K <= 14336, at 9-16 tokens (kernels/int8_planes.py,
-// split_by_shape; session 60).
+// symmetric weights of K <= 4096 and N <= 6144 (14336 to 12 tokens), or N <= 4096 and K <= 14336, at 9-16 tokens
+// (kernels/int8_planes.py, split_by_shape; session 60).
 //
 // Why (kernels/NOTES.md, "Session 48" and "Session 58"): at 16 tokens every kernel we had sat on ~5-8 us of fixed
 // time per call. The mixed-input GEMM's is its own latency chain; the one-stripe planes GEMV (wo_planes.cu, four
@@ -76,20 +76,6 @@ constexpr int split_smem_bytes(int w, int nt, int chunks) {
 // loaded once into registers, any past them read again (L1) for the planes; the max shuffled among the token's
 // threads. Ends with the barrier after which the planes are the block's.
 constexpr int kSplitHeld = 2;
-// The staging loops past the held subtiles unrolled QTOOL_SPLIT_STAGE_UNROLL times (a build option; 0: the compiler's
-// choice). Session 60's Nsight Compute (8192 x 8192 at 16 tokens, 8 warps, two splits) found 23% of the warps'
-// stall samples on those loops' loads of x (long scoreboard), each thread's 14 subtiles past the held two read one
-// after another.
-#ifndef QTOOL_SPLIT_STAGE_UNROLL
-#define QTOOL_SPLIT_STAGE_UNROLL 0
-#endif
-#define QTOOL_PRAGMA(x) _Pragma(#x)
-#define QTOOL_UNROLL(n) QTOOL_PRAGMA(unroll n)
-#if QTOOL_SPLIT_STAGE_UNROLL > 0
-#define QTOOL_STAGE_UNROLL QTOOL_UNROLL(QTOOL_SPLIT_STAGE_UNROLL)
-#else
-#define QTOOL_STAGE_UNROLL
-#endif
 template <typename T, int W, int NT>
 __device__ inline void stage_slice(const WoProblem& p, int c_beg, int c_end, uint8_t* planes, int row_bytes,
                                    float* scale) {
@@ -110,7 +96,6 @@ __device__ inline void stage_slice(const WoProblem& p, int c_beg, int c_end, uin
       mx = vec_absmax<T>(v[i][1], vec_absmax<T>(v[i][0], mx));
     }
   }
-  QTOOL_STAGE_UNROLL
   for (int j = j0 + kSplitHeld * TPR; j < subs; j += TPR)
     mx = vec_absmax<T>(__ldg(xg + 2 * j + 1), vec_absmax<T>(__ldg(xg + 2 * j), mx));
 #pragma unroll
@@ -124,7 +109,6 @@ __device__ inline void stage_slice(const WoProblem& p, int c_beg, int c_end, uin
     const int j = j0 + i * TPR;
     if (j < subs) store_subtile<T, false>(v[i][0], v[i][1], s, inverse, dst + plane_slot(16 * j), row_bytes);
   }
-  QTOOL_STAGE_UNROLL
   for (int j = j0 + kSplitHeld * TPR; j < subs; j += TPR)
     store_subtile<T, false>(__ldg(xg + 2 * j), __ldg(xg + 2 * j + 1), s, inverse, dst + plane_slot(16 * j), row_bytes);
   __syncthreads();
