@@ -8,7 +8,11 @@
 # Build b / c with PREBUILD_CACHE=/tmp/qtool_prebuild_cacheB (C) OUTDIR=.gpu/extB (C) QTOOL_NVCC_EXTRA=... bash
 # dev/prebuild_ext.sh. To stay within the 64 MiB a call carries, move the CUTLASS wheel and the W8 Hopper libraries
 # (libqtool_sm90_mixed8-*, libqtool_sm90_block-*) out of .gpu/w8a8 for these calls: split_ab.py needs only the W4 one.
-#   splitabc     dev/split_ab.py in each build (ABC_TOKENS, ABC_SHAPES)
+#   splitabc     dev/split_ab.py in each build (ABC_TOKENS, ABC_SHAPES): call 1. Build c won; its 16 warps are the
+#                default since (QTOOL_SPLIT_WARPS is gone: the warp count is a template parameter), so to repeat it
+#                check out 8522976 first.
+#   routed       call 3: the split and route tests, dev/split_ab.py at 9 / 12 / 16 tokens, the 8B at batch 16 (call 3
+#                also ran a build with the staging loops unrolled, -DQTOOL_SPLIT_STAGE_UNROLL=4: level, removed)
 # Also, from session 59: decodecells (an H200's W8 / W4 decode cells), kerneltests (KT_FILES), and
 # NCU_SPLITS=2 bash dev/session58.sh ncusplit.
 cd "$(dirname "$0")/.."
@@ -33,17 +37,7 @@ routed() {  # call 2: the 16-warp block by default (8 on 4096 x 4096-sized weigh
   step "split variant and route tests"
   gputests routed "${RT_TIMEOUT:-120}" tests/test_split_gpu.py tests/test_routes.py tests/test_wo_stream_gpu.py
   SA_TOKENS=${SA_TOKENS:-9,12,16} SA_SHAPES=${SA_SHAPES:-4096x4096,4096x6144,4096x14336,14336x4096,8192x8192} splitab
-  unrollab
   E2E_TIMEOUT=${E2E_TIMEOUT:-150} bench8b _b16 w4a16 16 128 8
-}
-unrollab() {  # the staging loops unrolled (.gpu/extB: -DQTOOL_SPLIT_STAGE_UNROLL=4), dev/split_ab.py in its own
-  # process at the same cells as routed's splitab (the default build's figures)
-  local extra="-DQTOOL_SPLIT_STAGE_UNROLL=${STAGE_UNROLL:-4}"
-  step "split variant with $extra (its own process)"
-  second_build /tmp/qc_unroll "$extra" .gpu/extB
-  QTOOL_KERNELS_CACHE=/tmp/qc_unroll QTOOL_NVCC_EXTRA=$extra timeout -k 10 "${UA_TIMEOUT:-120}" python3 dev/split_ab.py \
-    --tokens "${SA_TOKENS:-9,12,16}" --shapes "${SA_SHAPES:-4096x4096,4096x6144,4096x14336,14336x4096,8192x8192}" \
-    --json "$OUT/unroll_b.json" 2>&1 | grep -v "^USDT\|graph capture failed"
 }
 for stage in "${stages[@]}"; do "$stage"; done
 step "done"
