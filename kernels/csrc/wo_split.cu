@@ -48,9 +48,9 @@ namespace {
 // 16 row blocks for 132 SMs).
 constexpr int kSplitWarpsWide = 16, kSplitWarpsNarrow = 8;
 constexpr int kSplitChunkK = 64;  // int4 chunk (wo_kernels.h, chunk_k(4))
-// Chunks per warp in flight (even: a pair's two chunks are slots u, u + 1): 8 (32 KB of codes per block). A build
-// option (QTOOL_NVCC_EXTRA=-DQTOOL_SPLIT_DEPTH=16) for the A/B session 59 prepared: at its best split count the
-// variant streamed 8192 x 8192 at 16 tokens at ~1.3 TB/s with one block (32 KB in flight) per SM.
+// Chunks per warp in flight (even: a pair's two chunks are slots u, u + 1): 8 (4 KB of codes per warp). A build
+// option (QTOOL_NVCC_EXTRA=-DQTOOL_SPLIT_DEPTH=16): session 60 measured 16 deep 10-30% slower on every shape (with
+// 8 warps per block: its shared memory cost blocks and splits).
 #ifndef QTOOL_SPLIT_DEPTH
 #define QTOOL_SPLIT_DEPTH 8
 #endif
