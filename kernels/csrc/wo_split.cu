@@ -41,7 +41,7 @@ namespace qtool {
 namespace {
 
 // Warps (= stripes) per block, W: 16 (one block per SM, one staging of x for 256 rows), or 8 where the weight is
-// 4096 x 4096-sized and symmetric at 9-16 tokens (split_warps). Session 60 (H100, dev/split_ab.py, two builds): at
+// 4096 x 4096-sized and symmetric at 9-16 tokens (split_narrow). Session 60 (H100, dev/split_ab.py, three builds): at
 // its best split count the 8-warp block ran one block per SM, two warps per scheduler to cover each chunk's chain of
 // shared-memory loads and mma, its staging of x serving 8 stripes; 16 warps took 4096 x 6144 at 16 tokens 1.61x ->
 // 1.77x, 14336 x 4096 1.96x -> 2.25x, 8192 x 8192 1.77x -> 2.08x, and lost only on 4096 x 4096 (1.67x -> 1.59x,
