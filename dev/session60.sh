@@ -11,6 +11,7 @@
 #   splitabc     dev/split_ab.py in each build (ABC_TOKENS, ABC_SHAPES): call 1. Build c won; its 16 warps are the
 #                default since (QTOOL_SPLIT_WARPS is gone: the warp count is a template parameter), so to repeat it
 #                check out 8522976 first.
+#   scaleab      prepared (not run): the scales on the cp.async ring against the default (QTOOL_SPLIT_SCALE_RING)
 #   routed       call 3: the split and route tests, dev/split_ab.py at 9 / 12 / 16 tokens, the 8B at batch 16 (call 3
 #                also ran a build with the staging loops unrolled, -DQTOOL_SPLIT_STAGE_UNROLL=4: level, removed)
 # Also, from session 59: decodecells (an H200's W8 / W4 decode cells), kerneltests (KT_FILES), and
@@ -38,6 +39,21 @@ routed() {  # call 2: the 16-warp block by default (8 on 4096 x 4096-sized weigh
   gputests routed "${RT_TIMEOUT:-120}" tests/test_split_gpu.py tests/test_routes.py tests/test_wo_stream_gpu.py
   SA_TOKENS=${SA_TOKENS:-9,12,16} SA_SHAPES=${SA_SHAPES:-4096x4096,4096x6144,4096x14336,14336x4096,8192x8192} splitab
   E2E_TIMEOUT=${E2E_TIMEOUT:-150} bench8b _b16 w4a16 16 128 8
+}
+scaleab() {  # prepared for session 61: the scales on the cp.async ring (-DQTOOL_SPLIT_SCALE_RING=1, .gpu/extB built with
+  # PREBUILD_CACHE=/tmp/qtool_prebuild_cacheB OUTDIR=.gpu/extB QTOOL_NVCC_EXTRA=-DQTOOL_SPLIT_SCALE_RING=1 bash
+  # dev/prebuild_ext.sh) against the default, each in its own process, the split variant's GPU tests in both
+  local extra="-DQTOOL_SPLIT_SCALE_RING=1" shapes=${SA_SHAPES:-4096x4096,4096x6144,4096x14336,14336x4096,8192x8192,8192x28672}
+  step "split variant: scales on the cp.async ring ($extra) against the default, separate processes"
+  second_build /tmp/qc_scale "$extra" .gpu/extB
+  QTOOL_KERNELS_CACHE=/tmp/qc_scale QTOOL_NVCC_EXTRA=$extra gputests scaletests "${ST_TIMEOUT:-120}" \
+    tests/test_split_gpu.py -k "not refuses"
+  for tag in a b; do
+    local env=()
+    [ "$tag" = b ] && env=(QTOOL_KERNELS_CACHE=/tmp/qc_scale QTOOL_NVCC_EXTRA=$extra)
+    env "${env[@]}" timeout -k 10 "${SA_TIMEOUT:-120}" python3 dev/split_ab.py --tokens "${SA_TOKENS:-9,16}" \
+      --shapes "$shapes" --json "$OUT/scale_$tag.json" 2>&1 | grep -v "^USDT\|graph capture failed"
+  done
 }
 for stage in "${stages[@]}"; do "$stage"; done
 step "done"

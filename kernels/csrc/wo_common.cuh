@@ -110,6 +110,11 @@ __device__ inline void cp_async_shared_16(uint32_t dst, const void* src) {
   asm volatile("cp.async.cg.shared.global" QTOOL_L2_HINT " [%0], [%1], 16;" ::"r"(dst), "l"(src));
 }
 
+// 4 bytes (cp.async's .ca form: the only one below 16 bytes); the reader is the copying thread after cp_async_wait.
+__device__ inline void cp_async_shared_4(uint32_t dst, const void* src) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(dst), "l"(src));
+}
+
 __device__ inline void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
 
 template <int N>  // groups allowed to stay in flight

@@ -55,6 +55,15 @@ constexpr int kSplitChunkK = 64;  // int4 chunk (wo_kernels.h, chunk_k(4))
 #define QTOOL_SPLIT_DEPTH 8
 #endif
 constexpr int kSplitDepth = QTOOL_SPLIT_DEPTH;
+// The scales' ring (a build option, QTOOL_NVCC_EXTRA=-DQTOOL_SPLIT_SCALE_RING=1; prepared in session 60, not yet run on
+// a GPU): each slot's scales copied by cp.async into shared memory with its codes (lanes t = 0 / 1 of each quad, 4
+// bytes each, 64 bytes per warp and slot) instead of a register __ldg. Session 60's Nsight Compute put the largest
+// single stall line (13% of the samples, 8 warps per block) on the shuffle of a pair's scales waiting for that __ldg.
+#ifndef QTOOL_SPLIT_SCALE_RING
+#define QTOOL_SPLIT_SCALE_RING 0
+#endif
+constexpr bool kSplitScaleRing = QTOOL_SPLIT_SCALE_RING != 0;
+constexpr int kSplitScaleSlot = kSplitScaleRing ? 64 : 0;  // bytes per warp and slot
 
 // Blocks per SM the registers are bounded for: three (<= 85 registers), two at eight n-tiles and at four with zero
 // points (in 80 registers that spilled 136 bytes).
@@ -67,7 +76,7 @@ constexpr int split_row_bytes(int chunks) { return (chunks | 1) * kSplitChunkK; 
 // overlays them), then each warp's ring of kSplitDepth chunks of codes.
 constexpr int split_smem_bytes(int w, int nt, int chunks) {
   const int planes = 8 * nt * split_row_bytes(chunks), partial = w * kStripeRows * cluster_tok_stride(4 * nt) * 4;
-  return (planes > partial ? planes : partial) + w * kSplitDepth * 512;
+  return (planes > partial ? planes : partial) + w * kSplitDepth * (512 + kSplitScaleSlot);
 }
 
 // The block's slice of x (tokens < m, chunks [c_beg, c_end)) as two int8 planes at `planes` (rows 2r / 2r + 1: token
@@ -178,13 +187,21 @@ __global__ void __launch_bounds__(W * 32, split_min_blocks(W, NT, ASYM))
   const float* zpar = ASYM ? opaque(p.w.zero + row0) : nullptr;
   const uint4* codes = reinterpret_cast<const uint4*>(p.w.qweight) +
                        (static_cast<size_t>(live ? stripe : 0) * nchunks + c_beg) * chunk_vecs(4) + lane;
-  float prm[kSplitDepth] = {};
+  // With kSplitScaleRing: lane t < 2's scale of slot u at its own 4 bytes of the warp's slot after the code ring.
+  const int scale_at = 8 * NT * row_bytes + W * kSplitDepth * 512 + (warp * kSplitDepth * 16 + 2 * g + t % 2) * 4;
+  float prm[kSplitScaleRing ? 1 : kSplitDepth] = {};
   float zrm[ASYM ? kSplitDepth : 1] = {};
   auto issue = [&](int u, int c) {
     if (c < mine) {
       cp_async_shared_16(ring + u * 512, codes + c * chunk_vecs(4));
       const uint32_t group = static_cast<uint32_t>((c_beg + c) * kSplitChunkK) >> p.w.group_shift;
-      prm[u] = __ldg(par + group * p.w.n_padded);
+      if constexpr (kSplitScaleRing) {
+        if (t < 2)
+          cp_async_shared_4(static_cast<uint32_t>(__cvta_generic_to_shared(split_smem)) + scale_at + u * 64,
+                            par + group * p.w.n_padded);
+      } else {
+        prm[u] = __ldg(par + group * p.w.n_padded);
+      }
       if constexpr (ASYM) zrm[u] = __ldg(zpar + group * p.w.n_padded);
     }
     cp_async_commit();
@@ -211,8 +228,13 @@ __global__ void __launch_bounds__(W * 32, split_min_blocks(W, NT, ASYM))
       const uint4 w = *reinterpret_cast<const uint4*>(ring_ptr + u * 512);
       const bool first = !PAIR || u % 2 == 0;  // c0 is even: c's parity is u's
       if (first) {
-        s0 = __shfl_sync(0xffffffffu, prm[u], 0, 4) * (1.0f / 254.0f);
-        s1 = __shfl_sync(0xffffffffu, prm[u], 1, 4) * (1.0f / 254.0f);
+        float own = 0.0f;  // this lane's scale of slot u (lanes t = 0 / 1: rows g / g + 8)
+        if constexpr (kSplitScaleRing)
+          own = t < 2 ? *reinterpret_cast<const float*>(split_smem + scale_at + u * 64) : 0.0f;
+        else
+          own = prm[u];
+        s0 = __shfl_sync(0xffffffffu, own, 0, 4) * (1.0f / 254.0f);
+        s1 = __shfl_sync(0xffffffffu, own, 1, 4) * (1.0f / 254.0f);
       }
       float sz0 = 0.0f, sz1 = 0.0f;  // s z of rows g, g + 8
       if constexpr (ASYM) {
