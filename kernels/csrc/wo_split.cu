@@ -261,9 +261,9 @@ __global__ void __launch_bounds__(W * 32, split_min_blocks(W, NT, ASYM))
 // may be shorter, and fewer splits may result (ceil(nchunks / chunks)).
 int split_chunks(int nchunks, int splits) { return ((nchunks + splits - 1) / splits + 1) / 2 * 2; }
 
-// Clusters of `splits` blocks of `kernel` (`threads` threads and smem bytes of dynamic shared memory each) resident on the device at once
-// (cudaOccupancyMaxActiveClusters; blocks per SM times SMs for one split): a wave of the grid's row blocks; 0 where
-// the block does not fit. Queried once per shape (split_plan caches the plan, not these).
+// Clusters of `splits` blocks of `kernel` (`threads` threads and smem bytes of dynamic shared memory each) resident on
+// the device at once (cudaOccupancyMaxActiveClusters; blocks per SM times SMs for one split): a wave of the grid's row
+// blocks; 0 where the block does not fit. Queried once per shape (split_plan caches the plan, not these).
 int resident_clusters(const void* kernel, int threads, int smem, int splits, int num_sms) {
   int count = 0;
   cudaError_t err = cudaSuccess;
