@@ -12,7 +12,8 @@
 //   - A block: W warps on W stripes (16 W rows; W = 16, or 8 on 4096 x 4096-sized weights at 9-16 tokens), one K
 //     slice (chunks [c_beg, c_end)) of split blockIdx.y.
 //   - Before the PDL wait each warp starts its ring: kSplitDepth chunks of its stripe's codes copied into shared
-//     memory by cp.async (the registers of a ring that deep would cost the occupancy), its scales in registers.
+//     memory by cp.async (the registers of a ring that deep would cost the occupancy), its scales in registers (in
+//     shared memory beside the codes in the narrow block: split_scale_ring).
 //   - After the wait, the block quantizes its slice of x into two int8 planes in shared memory (x = s hi + s / 254
 //     lo, s = the token's max over the slice / 127: no x_planes launch before it, and a scale at least as fine as the
 //     row's), then one barrier.
@@ -55,15 +56,21 @@ constexpr int kSplitChunkK = 64;  // int4 chunk (wo_kernels.h, chunk_k(4))
 #define QTOOL_SPLIT_DEPTH 8
 #endif
 constexpr int kSplitDepth = QTOOL_SPLIT_DEPTH;
-// The scales' ring (a build option, QTOOL_NVCC_EXTRA=-DQTOOL_SPLIT_SCALE_RING=1; prepared in session 60, not yet run on
-// a GPU): each slot's scales copied by cp.async into shared memory with its codes (lanes t = 0 / 1 of each quad, 4
-// bytes each, 64 bytes per warp and slot) instead of a register __ldg. Session 60's Nsight Compute put the largest
-// single stall line (13% of the samples, 8 warps per block) on the shuffle of a pair's scales waiting for that __ldg.
+// The scales' ring: each slot's scales copied by cp.async into shared memory with its codes (lanes t = 0 / 1 of each
+// quad, 4 bytes each, 64 bytes per warp and slot) instead of a register __ldg, in the narrow block only (a build
+// option, QTOOL_NVCC_EXTRA=-DQTOOL_SPLIT_SCALE_RING=N: 0 never, 1 every block, 2 the narrow block, the default).
+// Session 60's Nsight Compute put the largest single stall line (13% of the samples, 8 warps per block) on the shuffle
+// of a pair's scales waiting for that __ldg. Session 61 (H100, dev/session61.sh ringabc: one process per build, twice):
+// 4096 x 4096 (the narrow block, 8 chunks per warp) 9.5 -> 8.9 us at 9 tokens, 10.1 -> 9.6 at 16; with 16 warps level
+// on K = 4096 and 3-7% slower where K >= 8192 (37-64 chunks per warp: one more shared load per chunk in the steady
+// state).
 #ifndef QTOOL_SPLIT_SCALE_RING
-#define QTOOL_SPLIT_SCALE_RING 0
+#define QTOOL_SPLIT_SCALE_RING 2
 #endif
-constexpr bool kSplitScaleRing = QTOOL_SPLIT_SCALE_RING != 0;
-constexpr int kSplitScaleSlot = kSplitScaleRing ? 64 : 0;  // bytes per warp and slot
+constexpr bool split_scale_ring(int w) {
+  return QTOOL_SPLIT_SCALE_RING == 1 || (QTOOL_SPLIT_SCALE_RING == 2 && w == kSplitWarpsNarrow);
+}
+constexpr int split_scale_slot(int w) { return split_scale_ring(w) ? 64 : 0; }  // bytes per warp and slot
 
 // Blocks per SM the registers are bounded for: three (<= 85 registers), two at eight n-tiles and at four with zero
 // points (in 80 registers that spilled 136 bytes).
@@ -76,7 +83,7 @@ constexpr int split_row_bytes(int chunks) { return (chunks | 1) * kSplitChunkK; 
 // overlays them), then each warp's ring of kSplitDepth chunks of codes.
 constexpr int split_smem_bytes(int w, int nt, int chunks) {
   const int planes = 8 * nt * split_row_bytes(chunks), partial = w * kStripeRows * cluster_tok_stride(4 * nt) * 4;
-  return (planes > partial ? planes : partial) + w * kSplitDepth * (512 + kSplitScaleSlot);
+  return (planes > partial ? planes : partial) + w * kSplitDepth * (512 + split_scale_slot(w));
 }
 
 // The block's slice of x (tokens < m, chunks [c_beg, c_end)) as two int8 planes at `planes` (rows 2r / 2r + 1: token
@@ -178,7 +185,7 @@ __global__ void __launch_bounds__(W * 32, split_min_blocks(W, NT, ASYM))
   // The ring: kSplitDepth slots of 512 bytes per warp in shared memory after the planes, filled by cp.async (each lane
   // its own 16 bytes, which only it reads: no barrier), slot u holding chunk c0 + u; one commit group per slot
   // refill, copy or none, so that waiting for all but kSplitDepth - 1 groups means the oldest slot has landed. The
-  // scales ride a register ring beside it (lanes t = 0 / 1 of each quad: row g / g + 8's).
+  // scales ride a register ring beside it (lanes t = 0 / 1 of each quad: row g / g + 8's), or the shared one.
   const uint32_t ring = static_cast<uint32_t>(__cvta_generic_to_shared(split_smem)) + 8 * NT * row_bytes +
                         (warp * kSplitDepth * 32 + lane) * 16;
   const uint8_t* ring_ptr = split_smem + 8 * NT * row_bytes + (warp * kSplitDepth * 32 + lane) * 16;
@@ -187,15 +194,16 @@ __global__ void __launch_bounds__(W * 32, split_min_blocks(W, NT, ASYM))
   const float* zpar = ASYM ? opaque(p.w.zero + row0) : nullptr;
   const uint4* codes = reinterpret_cast<const uint4*>(p.w.qweight) +
                        (static_cast<size_t>(live ? stripe : 0) * nchunks + c_beg) * chunk_vecs(4) + lane;
-  // With kSplitScaleRing: lane t < 2's scale of slot u at its own 4 bytes of the warp's slot after the code ring.
+  constexpr bool kScaleRing = split_scale_ring(W);
+  // With kScaleRing: lane t < 2's scale of slot u at its own 4 bytes of the warp's slot after the code ring.
   const int scale_at = 8 * NT * row_bytes + W * kSplitDepth * 512 + (warp * kSplitDepth * 16 + 2 * g + t % 2) * 4;
-  float prm[kSplitScaleRing ? 1 : kSplitDepth] = {};
+  float prm[kScaleRing ? 1 : kSplitDepth] = {};
   float zrm[ASYM ? kSplitDepth : 1] = {};
   auto issue = [&](int u, int c) {
     if (c < mine) {
       cp_async_shared_16(ring + u * 512, codes + c * chunk_vecs(4));
       const uint32_t group = static_cast<uint32_t>((c_beg + c) * kSplitChunkK) >> p.w.group_shift;
-      if constexpr (kSplitScaleRing) {
+      if constexpr (kScaleRing) {
         if (t < 2)
           cp_async_shared_4(static_cast<uint32_t>(__cvta_generic_to_shared(split_smem)) + scale_at + u * 64,
                             par + group * p.w.n_padded);
@@ -229,7 +237,7 @@ __global__ void __launch_bounds__(W * 32, split_min_blocks(W, NT, ASYM))
       const bool first = !PAIR || u % 2 == 0;  // c0 is even: c's parity is u's
       if (first) {
         float own = 0.0f;  // this lane's scale of slot u (lanes t = 0 / 1: rows g / g + 8)
-        if constexpr (kSplitScaleRing)
+        if constexpr (kScaleRing)
           own = t < 2 ? *reinterpret_cast<const float*>(split_smem + scale_at + u * 64) : 0.0f;
         else
           own = prm[u];
