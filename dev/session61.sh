@@ -10,7 +10,8 @@
 #   h200      an H200's issue-19 figures: the 8B at batches 1 / 16 (dev/session55.sh first56), the split routes at
 #             9 / 12 / 16 tokens (dev/session60.sh splitab), the W8 / W4 decode cells (decodecells); carry
 #             [".gpu/w8a8", ".gpu/ext"] (every Hopper library prebuilt: the CUTLASS wheel may stay out).
-#   h100      where an H100 comes instead: the split, stream and planes kernels' GPU tests, the 8B at batch 16.
+#   h100      where an H100 comes instead (call 3): the split, stream and planes kernels' GPU tests, the 8B at batch 16.
+#   h100table W4 / W8 at 1-256 tokens on the committed routes (bench_kernels.py; an H100's fallback for h200).
 cd "$(dirname "$0")/.."
 s61_stages=("$@")
 set --
@@ -30,6 +31,12 @@ h100() {  # where an H100 comes instead: the committed default's kernel tests, t
   KT_TIMEOUT=${KT_TIMEOUT:-200} KT_FILES="tests/test_split_gpu.py tests/test_wo_stream_gpu.py tests/test_planes_gpu.py \
     tests/test_routes.py" kerneltests
   E2E_TIMEOUT=${E2E_TIMEOUT:-150} bench8b _b16 w4a16 16 128 8
+}
+h100table() {  # issue 19's W4 / W8 columns at 1-256 tokens on the routes as committed (the split at 9-16)
+  step "weight-only W4 / W8 at 1-256 tokens"
+  timeout -k 15 "${TABLE_TIMEOUT:-300}" python3 benchmarks/bench_kernels.py --formats w4a16-g128,w8a16-channel \
+    --tokens 1,9,12,16,32,64,128,256 --json "$OUT/wo_table.json" > /tmp/wo_table.txt 2>&1
+  echo "exit $?"; grep -E "^\\|" /tmp/wo_table.txt | tail -16
 }
 for stage in "${s61_stages[@]}"; do "$stage"; done
 step "done"
