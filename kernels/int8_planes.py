@@ -87,10 +87,10 @@ PLANES_GEMM_VARIANT = 3
 # 8 stripes per block it won on 4096 x 4096 at 9-16 tokens only (H200 1.47 / 1.37x against 1.43 / 1.31x). Session 60
 # (H100): 16 stripes per block won at 9-16 tokens on 4096 x 6144 (1.86 / 1.77x against wo_gemm's 1.68 / 1.61x), 14336
 # x 4096 (2.35 / 2.25x against 2.18 / 2.14x) and 4096 x 14336 at 9-12 (2.38 / 2.34x against the Hopper GEMM's 2.17 /
-# 2.18x; at 16 2.15-2.20x against 2.22-2.23x: not routed there), and lost on 8192 x 8192, 8192 x 28672 and 28672 x 8192 at 16 (2.08x against 2.32x), with zero
-# points (1.53-1.74x against 2.12-2.27x) and past 16 tokens: symmetric layers of the winning sizes take it at 9-16
-# (split_by_shape). QTOOL_SPLIT_GEMV=N (read once) routes every shape to it at QTOOL_SPLIT_MIN (9) to N tokens, for
-# A/Bs; 0: off.
+# 2.18x; at 16 2.15-2.20x against 2.22-2.23x: not routed there), and lost on 8192 x 8192, 8192 x 28672 and 28672
+# x 8192 at 16 (2.08x against 2.32x), with zero points (1.53-1.74x against 2.12-2.27x) and past 16 tokens: symmetric
+# layers of the winning sizes take it at 9-16 (split_by_shape). QTOOL_SPLIT_GEMV=N (read once) routes every shape to
+# it at QTOOL_SPLIT_MIN (9) to N tokens, for A/Bs; 0: off.
 SPLIT_VARIANT = 7  # csrc/wo_kernels.h, kSplitVariant
 SPLITS_UNIT = 32  # kSplitsUnit: wo_gemv's variant + 32 s forces s splits of K
 SPLIT_MAX_TOKENS, SPLIT_MAX_ASYM_TOKENS = 32, 16  # kSplitMaxTokens, kSplitMaxAsymTokens

@@ -132,31 +132,32 @@ def test_low_bit_planes_only_where_switched_on(monkeypatch):
 
 def test_split_variant_by_the_measured_rule_or_the_switch(monkeypatch):
     """wo_gemv's variant 7 (int8_planes.takes_split) where the device has clusters: by default symmetric 4-bit weights
-    (groups >= 64 or per channel) of 4096 x 4096 and 4096 x 6144 at 9-16 tokens, 4096 x 14336 at 9-12, the cells
-    sessions 58 and 60 measured it faster on; with
-    QTOOL_SPLIT_GEMV=N (SPLIT_MAX_M) every shape at SPLIT_MIN_M..N tokens, zero points to 16; 0: nowhere. 3-bit codes,
+    (groups >= 64 or per channel) of 4096 x 4096, 4096 x 6144 and 14336 x 4096 at 9-16 tokens, 4096 x 14336 at
+    9-12, the cells sessions 58 and 60 measured it faster on; with QTOOL_SPLIT_GEMV=N (SPLIT_MAX_M) every shape at SPLIT_MIN_M..N tokens, zero points to 16; 0: nowhere. 3-bit codes,
     groups of 32, fp32 activations, 8 tokens (the planes pair) and devices without clusters never."""
     recorder = Recorder()
     monkeypatch.setattr(int8_planes, "_has_clusters", lambda t: True)
 
-    def first(m, bits=4, group=128, symmetric=True, dtype=torch.bfloat16, n=4096):
+    def first(m, bits=4, group=128, symmetric=True, dtype=torch.bfloat16, n=4096, k=4096):
         codes = torch.zeros(16, 64, dtype=torch.int8)
         groups = 1 if group < 0 else -(-64 // group)
         w = pack_weight(codes, torch.ones(16, groups), None if symmetric else torch.zeros(16, groups, dtype=torch.int8),
                         None, bits, group)
-        groups = 1 if group < 0 else 4096 // group
-        w = layout.PackedWeight(w.qweight.new_zeros(n // 16, 4096 // layout.chunk_k(bits), w.qweight.shape[2], 4),
+        groups = 1 if group < 0 else k // group
+        w = layout.PackedWeight(w.qweight.new_zeros(n // 16, k // layout.chunk_k(bits), w.qweight.shape[2], 4),
                                 torch.ones(groups, n), None if symmetric else torch.zeros(groups, n), None, bits,
-                                group, 4096, n)
+                                group, k, n)
         recorder.calls.clear()
-        weight_only.packed_linear(torch.zeros(m, 4096, dtype=dtype), w, None, recorder)
+        weight_only.packed_linear(torch.zeros(m, k, dtype=dtype), w, None, recorder)
         return recorder.calls[0]
 
     split = ("wo_gemv", int8_planes.SPLIT_VARIANT)
     monkeypatch.setattr(int8_planes, "SPLIT_MAX_M", None)
     assert first(9) == first(16) == first(16, group=-1) == first(12, group=64) == split
     assert first(16, n=6144) == first(9, n=14336) == first(12, n=14336) == split
-    assert split not in (first(17), first(16, symmetric=False), first(16, n=14336), first(9, n=16384), first(16, n=2048))
+    assert first(9, k=14336) == first(16, k=14336) == split
+    assert split not in (first(17), first(16, symmetric=False), first(16, n=14336), first(9, n=16384),
+                         first(16, n=2048), first(16, k=16384), first(16, k=8192, n=8192))
     monkeypatch.setattr(int8_planes, "SPLIT_MAX_M", 0)
     assert first(16) != split
     monkeypatch.setattr(int8_planes, "SPLIT_MAX_M", 32)
