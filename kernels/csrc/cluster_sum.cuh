@@ -81,4 +81,76 @@ __device__ inline void cluster_sum_store(const WoProblem& p, const float* partia
 #endif
 }
 
+// The push form (wo_split.cu's build option QTOOL_SPLIT_CLUSTER_PUSH): each block stores its partial values straight
+// into the owner rank's receive buffer (recv: floats at the same offset in every block, its own region, at least
+// splits * push_share(rows * m, splits)) and the cluster meets once. The pull form above meets twice (its tiles
+// overlay memory still in use, and no block may leave while another reads its tile); here the receive buffer is free
+// from the start, a remote store does not wait for a reply, and nobody reads another block's memory, so no block waits
+// at the exit. Element e = token * rows + row (token-major: the owner's stores to y coalesce; its reads are local),
+// owned by rank e / share at slot [sender rank][e - owner * share].
+__device__ inline int push_share(int elems, int splits) { return (elems + splits - 1) / splits; }
+
+// Every thread at the kernel's start: the arrive of the barrier that push_ready completes (a block may store into
+// another's shared memory only once that block has started: the CUDA guide's rule for distributed shared memory).
+__device__ inline void cluster_push_begin() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (gridDim.y > 1) asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
+#endif
+}
+
+// Every thread, before its first cluster_push (long after every block's begin: it seldom waits).
+__device__ inline void cluster_push_ready() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (gridDim.y > 1) asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");
+#endif
+}
+
+// This block's partial value v of (row < rows, token < m) into its owner's receive buffer.
+__device__ inline void cluster_push(float* recv, int rows, int m, int row, int tok, float v) {
+  const int splits = gridDim.y, share = push_share(rows * m, splits);
+  const int e = tok * rows + row, owner = e / share;
+  float* dst = recv;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (splits > 1) dst = cooperative_groups::this_cluster().map_shared_rank(recv, owner);
+#endif
+  dst[static_cast<int>(blockIdx.y) * share + (e - owner * share)] = v;
+}
+
+// After every thread's pushes: the one barrier (release / acquire), then rank r sums its share over the senders in
+// rank order (the pull form's order and arithmetic: the same bits) and stores y = sum + bias for the rows of block row
+// blockIdx.x that are < p.w.n. No barrier at the exit: nothing reads this block's memory after the one above.
+template <typename T>
+__device__ inline void cluster_push_sum_store(const WoProblem& p, const float* recv, int rows) {
+  const int splits = gridDim.y, rank = blockIdx.y;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (splits > 1) {
+    asm volatile("barrier.cluster.arrive.aligned;\n" ::: "memory");  // .release by default
+    asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");    // .acquire by default
+  } else {
+    __syncthreads();
+  }
+#else
+  __syncthreads();
+#endif
+  const int elems = rows * p.m, share = push_share(elems, splits);
+  const int e_beg = rank * share, e_end = min(elems, e_beg + share);
+  for (int e = e_beg + static_cast<int>(threadIdx.x); e < e_end; e += blockDim.x) {
+    float parts[kClusterMaxSplits];
+#pragma unroll
+    for (int src = 0; src < kClusterMaxSplits; ++src) {
+      if (src < splits) parts[src] = recv[src * share + (e - e_beg)];
+    }
+    float sum = 0.0f;
+#pragma unroll
+    for (int src = 0; src < kClusterMaxSplits; ++src) {
+      if (src < splits) sum += parts[src];  // in rank order
+    }
+    const int tok = e / rows, n = blockIdx.x * rows + e % rows;
+    if (n < p.w.n) {
+      const float v = sum + bias_at(opaque(p.bias), n);  // the pull form's sum * (1 * 1): the same bits
+      store(static_cast<T*>(p.y) + static_cast<size_t>(tok) * p.w.n + n, activate(v, p.act));
+    }
+  }
+}
+
 }  // namespace qtool
