@@ -1,6 +1,6 @@
-// Resident blocks per SM of a kernel at a given dynamic shared memory size, asked of the runtime once
-// per (kernel, bytes, device) and cached: wo_gemm_v3's split-K planner sizes its grid to the resident
-// slots, and the occupancy query costs microseconds of CPU per call.
+// Occupancy asked of the runtime for the split-K planners: resident blocks per SM of a kernel at a given dynamic shared
+// memory size, once per (kernel, bytes, device) and cached (wo_gemm_v3 sizes its grid to the resident slots, and the
+// query costs microseconds of CPU per call), and resident clusters (wo_split's plan).
 #pragma once
 
 #include <map>
@@ -27,6 +27,36 @@ inline int blocks_per_sm(const void* kernel,  // a __global__ function
     it = cache.emplace(key, blocks < 1 ? 1 : blocks).first;
   }
   return it->second;
+}
+
+// Clusters of `splits` blocks of `kernel` (`threads` threads and smem bytes of dynamic shared memory each) resident on
+// the device at once (cudaOccupancyMaxActiveClusters; blocks per SM times SMs for one split): a wave of the grid's row
+// blocks; 0 where the block does not fit. Queried once per shape (split_plan caches the plan, not these).
+inline int resident_clusters(const void* kernel, int threads, int smem, int splits, int num_sms) {
+  int count = 0;
+  cudaError_t err = cudaSuccess;
+  if (splits == 1) {
+    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&count, kernel, threads, smem);
+    count *= num_sms;
+  } else {
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(1, splits);
+    config.blockDim = dim3(threads);
+    config.dynamicSmemBytes = smem;
+    cudaLaunchAttribute cluster = {};
+    cluster.id = cudaLaunchAttributeClusterDimension;
+    cluster.val.clusterDim.x = 1;
+    cluster.val.clusterDim.y = splits;
+    cluster.val.clusterDim.z = 1;
+    config.attrs = &cluster;
+    config.numAttrs = 1;
+    err = cudaOccupancyMaxActiveClusters(&count, kernel, &config);
+  }
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();  // a configuration that cannot launch: not a plan, not a sticky error
+    count = 0;
+  }
+  return count;
 }
 
 }  // namespace qtool

@@ -36,6 +36,7 @@
 #include "pdl.cuh"
 #include "planes.cuh"
 #include "wo_common.cuh"
+#include "wo_occupancy.h"
 #include "x_planes.cuh"
 
 namespace qtool {
@@ -307,36 +308,6 @@ __global__ void __launch_bounds__(W * 32, split_min_blocks(W, NT, ASYM))
 // Chunks per split for `splits` splits of nchunks: even (PAIR: every split starts at an even chunk); the last split
 // may be shorter, and fewer splits may result (ceil(nchunks / chunks)).
 int split_chunks(int nchunks, int splits) { return ((nchunks + splits - 1) / splits + 1) / 2 * 2; }
-
-// Clusters of `splits` blocks of `kernel` (`threads` threads and smem bytes of dynamic shared memory each) resident on
-// the device at once (cudaOccupancyMaxActiveClusters; blocks per SM times SMs for one split): a wave of the grid's row
-// blocks; 0 where the block does not fit. Queried once per shape (split_plan caches the plan, not these).
-int resident_clusters(const void* kernel, int threads, int smem, int splits, int num_sms) {
-  int count = 0;
-  cudaError_t err = cudaSuccess;
-  if (splits == 1) {
-    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&count, kernel, threads, smem);
-    count *= num_sms;
-  } else {
-    cudaLaunchConfig_t config = {};
-    config.gridDim = dim3(1, splits);
-    config.blockDim = dim3(threads);
-    config.dynamicSmemBytes = smem;
-    cudaLaunchAttribute cluster = {};
-    cluster.id = cudaLaunchAttributeClusterDimension;
-    cluster.val.clusterDim.x = 1;
-    cluster.val.clusterDim.y = splits;
-    cluster.val.clusterDim.z = 1;
-    config.attrs = &cluster;
-    config.numAttrs = 1;
-    err = cudaOccupancyMaxActiveClusters(&count, kernel, &config);
-  }
-  if (err != cudaSuccess) {
-    (void)cudaGetLastError();  // a configuration that cannot launch: not a plan, not a sticky error
-    count = 0;
-  }
-  return count;
-}
 
 // A block's fixed time (staging x, the cluster's sum, launch and drain) in units of one chunk's streaming: the plan's
 // cost of a wave is (chunks per split + kSplitBlockChunks). Session 59's first guess; QTOOL_SPLIT_BLOCK_CHUNKS
