@@ -1,18 +1,25 @@
 #!/usr/bin/env bash
 # The device calls of session 62 (BENCHMARKS.md "session 62"). The split W4 GEMV's cluster sum (cluster_sum.cuh), the
 # narrow block's latency chain that session 61's Nsight Compute found (22% of the stall samples on the two cluster
-# barriers). Three builds, each timed in its own process (dev/split_ab.py):
-#   a  the default (the pull form: every block leaves its tile, the cluster meets, each rank reads its share of every
-#      tile, the cluster meets again before anyone leaves)
-#   b  .gpu/extB: -DQTOOL_CLUSTER_RELAXED_EXIT=1 (the exit barrier's arrive relaxed; session 61's prepared option)
-#   c  .gpu/extC: -DQTOOL_SPLIT_CLUSTER_PUSH=1 (the push form: values stored into their owners' receive buffers, one
-#      barrier, no remote loads, no exit barrier)
-# Build b / c: PREBUILD_CACHE=/tmp/qtool_prebuild_cacheB (C) OUTDIR=.gpu/extB (C) QTOOL_NVCC_EXTRA=... bash
-# dev/prebuild_ext.sh. Carry [".gpu/w8a8", ".gpu/ext", ".gpu/extB", ".gpu/extC"] with libqtool_sm90_mixed8-* and
-# libqtool_sm90_block-* moved out of .gpu/w8a8 (64 MiB; split_ab.py and the split tests need only the W4 library).
-#   clusterab  the split and tile tests on b and c, then dev/split_ab.py in a, b, c (SA_TOKENS, SA_SHAPES)
-#   pushsan    compute-sanitizer memcheck and racecheck on c (dev/san_split.py)
-#   h200       on an H200: dev/session61.sh's h200 stage (carry [".gpu/w8a8", ".gpu/ext"] then)
+# barriers).
+#   clusterab  call 1 (an H100; at dd017aa, carry [".gpu/w8a8", ".gpu/ext", ".gpu/extB", ".gpu/extC"] with
+#              libqtool_sm90_mixed8-* and libqtool_sm90_block-* moved out of .gpu/w8a8 for the 64 MiB): three builds,
+#              each timed in its own process by dev/split_ab.py, after the split and tile tests on b and c:
+#                a  the pull form then (every block leaves its tile, the cluster meets, each rank reads its share of
+#                   every tile, the cluster meets again before any block leaves)
+#                b  .gpu/extB, -DQTOOL_CLUSTER_RELAXED_EXIT=1: the exit barrier's arrive relaxed. It won (3-9%) and
+#                   is the code since; the option is gone
+#                c  .gpu/extC, -DQTOOL_SPLIT_CLUSTER_PUSH=1: a push form (values stored into their owners' receive
+#                   buffers, one barrier, no remote loads, no exit barrier). Between a and b: removed (to repeat it,
+#                   check out dd017aa)
+#              Build b / c: PREBUILD_CACHE=/tmp/qtool_prebuild_cacheB (C) OUTDIR=.gpu/extB (C) QTOOL_NVCC_EXTRA=...
+#              bash dev/prebuild_ext.sh.
+#   pushsan    call 1 too: compute-sanitizer on c (0 errors, 0 hazards up to san_split.py's one-split launch at 32
+#              tokens, which c's receive buffer took past the shared memory)
+#   relaxed    call 2 (carry [".gpu/w8a8", ".gpu/ext"]): the committed relaxed exit barrier's GPU tests (split, tile,
+#              routes), compute-sanitizer memcheck and racecheck, dev/split_ab.py at 9 / 12 / 16 tokens, the 8B
+#              W4A16 at batch 16, issue 19's W4 / W8 columns at 1-256 tokens (dev/session61.sh h100table)
+#   h200       on an H200: dev/session61.sh's h200 stage
 cd "$(dirname "$0")/.."
 s62_stages=("$@")
 set --
@@ -41,6 +48,17 @@ clusterab() {
 pushsan() {
   second_build /tmp/qc_c "$C_EXTRA" .gpu/extC
   QTOOL_KERNELS_CACHE=/tmp/qc_c QTOOL_NVCC_EXTRA=$C_EXTRA sanitize push dev/san_split.py
+}
+relaxed() {
+  KT_TIMEOUT=${KT_TIMEOUT:-150} KT_FILES="tests/test_split_gpu.py tests/test_planes_gpu.py tests/test_routes.py" \
+    kerneltests
+  sanitize split dev/san_split.py
+  SA_TOKENS=9,12,16 SA_SHAPES=4096x4096,4096x6144,4096x14336,14336x4096,8192x8192 SA_TIMEOUT=${SA_TIMEOUT:-120} splitab
+  E2E_TIMEOUT=${E2E_TIMEOUT:-150} bench8b _b16 w4a16 16 128 8
+  step "weight-only W4 / W8 at 1-256 tokens"  # dev/session61.sh h100table, in this process's log
+  timeout -k 15 "${TABLE_TIMEOUT:-300}" python3 benchmarks/bench_kernels.py --formats w4a16-g128,w8a16-channel \
+    --tokens 1,9,12,16,32,64,128,256 --json "$OUT/wo_table.json" > /tmp/wo_table.txt 2>&1
+  echo "exit $?"; grep -E "^\\|" /tmp/wo_table.txt | tail -16
 }
 h200() { bash dev/session61.sh h200; }
 for stage in "${s62_stages[@]}"; do "$stage"; done

@@ -72,16 +72,6 @@ constexpr bool split_scale_ring(int w) {
   return QTOOL_SPLIT_SCALE_RING == 1 || (QTOOL_SPLIT_SCALE_RING == 2 && w == kSplitWarpsNarrow);
 }
 constexpr int split_scale_slot(int w) { return split_scale_ring(w) ? 64 : 0; }  // bytes per warp and slot
-// The cluster's sum in its push form (cluster_sum.cuh: one cluster barrier instead of two, no remote loads), a build
-// option (QTOOL_NVCC_EXTRA=-DQTOOL_SPLIT_CLUSTER_PUSH=1) for an A/B: Nsight Compute (session 61, the narrow block) put
-// 22% of the stall samples on the pull form's two barriers. Its receive buffer is a region of its own after the ring.
-#ifndef QTOOL_SPLIT_CLUSTER_PUSH
-#define QTOOL_SPLIT_CLUSTER_PUSH 0
-#endif
-constexpr bool kSplitPush = QTOOL_SPLIT_CLUSTER_PUSH != 0;
-constexpr int split_recv_floats(int w, int nt) {  // >= splits * push_share(rows * m, splits)
-  return kSplitPush ? w * kStripeRows * 4 * nt + kClusterMaxSplits : 0;
-}
 
 // Blocks per SM the registers are bounded for: three (<= 85 registers), two at eight n-tiles and at four with zero
 // points (in 80 registers that spilled 136 bytes).
@@ -92,13 +82,8 @@ constexpr int split_min_blocks(int w, int nt, bool asym) { return w == 16 ? 1 : 
 constexpr int split_row_bytes(int chunks) { return (chunks | 1) * kSplitChunkK; }
 // Shared memory: the slice's planes (8 NT rows; after the main loop the partial tile [16 W rows][4 NT] float32
 // overlays them), then each warp's ring of kSplitDepth chunks of codes.
-// (The push form: the planes, the ring, then the receive buffer; no overlay.)
-constexpr int split_recv_at(int w, int nt, int chunks) {
-  return 8 * nt * split_row_bytes(chunks) + w * kSplitDepth * (512 + split_scale_slot(w));
-}
 constexpr int split_smem_bytes(int w, int nt, int chunks) {
   const int planes = 8 * nt * split_row_bytes(chunks), partial = w * kStripeRows * cluster_tok_stride(4 * nt) * 4;
-  if (kSplitPush) return split_recv_at(w, nt, chunks) + 4 * split_recv_floats(w, nt);
   return (planes > partial ? planes : partial) + w * kSplitDepth * (512 + split_scale_slot(w));
 }
 
@@ -177,25 +162,6 @@ __device__ inline void store_split(const WoProblem& p, const float (&acc)[NT][2]
   cluster_sum_store<T>(p, partial, W * kStripeRows, TOK, nullptr, 1.0f);
 }
 
-// The push form of store_split (kSplitPush): each lane's values straight into their owners' receive buffers (recv,
-// split_recv_at), then the cluster's one barrier and sum (cluster_sum.cuh).
-template <typename T, int W, int NT>
-__device__ inline void push_split(const WoProblem& p, const float (&acc)[NT][2], const float* scale, float* recv) {
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int g = lane / 4, t = lane % 4;
-  cluster_push_ready();
-#pragma unroll
-  for (int i = 0; i < NT; ++i) {
-    const int tok = 4 * i + t;
-    if (tok < p.m) {
-      const float unit = scale[tok] * (1.0f / 16.0f);
-      cluster_push(recv, W * kStripeRows, p.m, warp * kStripeRows + g, tok, acc[i][0] * unit);
-      cluster_push(recv, W * kStripeRows, p.m, warp * kStripeRows + g + 8, tok, acc[i][1] * unit);
-    }
-  }
-  cluster_push_sum_store<T>(p, recv, W * kStripeRows);
-}
-
 template <typename T,  // activation and output type: __half or __nv_bfloat16
           int W,       // warps = stripes per block: 16 or 8
           int NT,      // n-tiles of 4 tokens: 2 (<= 8 tokens), 4 (<= 16) or 8 (<= 32)
@@ -216,7 +182,6 @@ __global__ void __launch_bounds__(W * 32, split_min_blocks(W, NT, ASYM))
   const int c_end = min(nchunks, c_beg + chunks_per_split);
   const int mine = live ? c_end - c_beg : 0;  // the warp's chunks
   const int row_bytes = split_row_bytes(chunks_per_split);
-  if constexpr (kSplitPush) cluster_push_begin();
 
   // The ring: kSplitDepth slots of 512 bytes per warp in shared memory after the planes, filled by cp.async (each lane
   // its own 16 bytes, which only it reads: no barrier), slot u holding chunk c0 + u; one commit group per slot
@@ -297,12 +262,8 @@ __global__ void __launch_bounds__(W * 32, split_min_blocks(W, NT, ASYM))
 
   if (blockIdx.y == 0) prefetch_next_layer(p, W * 32);  // slices by blockIdx.x: once per row block
 
-  if constexpr (kSplitPush) {
-    push_split<T, W, NT>(p, acc, scale, reinterpret_cast<float*>(split_smem + split_recv_at(W, NT, chunks_per_split)));
-  } else {
-    __syncthreads();  // every warp is done with the planes, which the partial tile overlays
-    store_split<T, W, NT>(p, acc, scale, reinterpret_cast<float*>(split_smem));
-  }
+  __syncthreads();  // every warp is done with the planes, which the partial tile overlays
+  store_split<T, W, NT>(p, acc, scale, reinterpret_cast<float*>(split_smem));
 }
 
 // Chunks per split for `splits` splits of nchunks: even (PAIR: every split starts at an even chunk); the last split
