@@ -18,7 +18,8 @@
 #              tokens, which c's receive buffer took past the shared memory)
 #   relaxed    call 2 (carry [".gpu/w8a8", ".gpu/ext"]): the committed relaxed exit barrier's GPU tests (split, tile,
 #              routes), compute-sanitizer memcheck and racecheck, dev/split_ab.py at 9 / 12 / 16 tokens, the 8B
-#              W4A16 at batch 16, issue 19's W4 / W8 columns at 1-256 tokens (dev/session61.sh h100table)
+#              W4A16 at batch 16
+#   table      issue 19's W4 / W8 columns at 1-256 tokens (dev/session61.sh h100table, in this process's log)
 #   h200       on an H200: dev/session61.sh's h200 stage
 cd "$(dirname "$0")/.."
 s62_stages=("$@")
@@ -55,6 +56,8 @@ relaxed() {
   sanitize split dev/san_split.py
   SA_TOKENS=9,12,16 SA_SHAPES=4096x4096,4096x6144,4096x14336,14336x4096,8192x8192 SA_TIMEOUT=${SA_TIMEOUT:-120} splitab
   E2E_TIMEOUT=${E2E_TIMEOUT:-150} bench8b _b16 w4a16 16 128 8
+}
+table() {
   step "weight-only W4 / W8 at 1-256 tokens"  # dev/session61.sh h100table, in this process's log
   timeout -k 15 "${TABLE_TIMEOUT:-300}" python3 benchmarks/bench_kernels.py --formats w4a16-g128,w8a16-channel \
     --tokens 1,9,12,16,32,64,128,256 --json "$OUT/wo_table.json" > /tmp/wo_table.txt 2>&1
