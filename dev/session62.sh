@@ -57,6 +57,7 @@ relaxed() {
   SA_TOKENS=9,12,16 SA_SHAPES=4096x4096,4096x6144,4096x14336,14336x4096,8192x8192 SA_TIMEOUT=${SA_TIMEOUT:-120} splitab
   [ -n "${SKIP_E2E:-}" ] || E2E_TIMEOUT=${E2E_TIMEOUT:-150} bench8b _b16 w4a16 16 128 8
 }
+e2e() { E2E_TIMEOUT=${E2E_TIMEOUT:-150} bench8b _b16 w4a16 16 128 8; }  # call 3: the 8B W4A16 at batch 16
 table() {
   step "weight-only W4 / W8 at 1-256 tokens"  # dev/session61.sh h100table, in this process's log
   timeout -k 15 "${TABLE_TIMEOUT:-300}" python3 benchmarks/bench_kernels.py --formats w4a16-g128,w8a16-channel \
