@@ -21,6 +21,9 @@
 #              W4A16 at batch 16
 #   table      issue 19's W4 / W8 columns at 1-256 tokens (dev/session61.sh h100table, in this process's log)
 #   h200       on an H200: dev/session61.sh's h200 stage
+#   ncu32      prepared: Nsight Compute on the split variant at 32 tokens (4096 x 4096, the 16-warp block with eight
+#              n-tiles: 14.7 us against 9.0 at 16 tokens), caches flushed, with the stall summary; carry
+#              [".gpu/w8a8", ".gpu/ext"]
 cd "$(dirname "$0")/.."
 s62_stages=("$@")
 set --
@@ -65,5 +68,6 @@ table() {
   echo "exit $?"; grep -E "^\\|" /tmp/wo_table.txt | tail -16
 }
 h200() { bash dev/session61.sh h200; }
+ncu32() { NCU_TOKENS=32 NCU_SHAPES=${NCU_SHAPES:-4096x4096} bash dev/session61.sh ncuwarm; }
 for stage in "${s62_stages[@]}"; do "$stage"; done
 step "done"
