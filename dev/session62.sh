@@ -21,6 +21,10 @@
 #              W4A16 at batch 16
 #   table      issue 19's W4 / W8 columns at 1-256 tokens (dev/session61.sh h100table, in this process's log)
 #   h200       on an H200: dev/session61.sh's h200 stage
+#   narrow32   prepared: the narrow (8-warp) block at 17-32 tokens too (.gpu/extB built with PREBUILD_CACHE=
+#              /tmp/qtool_prebuild_cacheB OUTDIR=.gpu/extB QTOOL_NVCC_EXTRA=-DQTOOL_SPLIT_NARROW32=1 bash
+#              dev/prebuild_ext.sh) against the default, each in its own process, the split tests on it first; carry
+#              [".gpu/w8a8", ".gpu/ext", ".gpu/extB"]
 #   ncu32      prepared: Nsight Compute on the split variant at 32 tokens (4096 x 4096, the 16-warp block with eight
 #              n-tiles: 14.7 us against 9.0 at 16 tokens), caches flushed, with the stall summary; carry
 #              [".gpu/w8a8", ".gpu/ext"]
@@ -68,6 +72,20 @@ table() {
   echo "exit $?"; grep -E "^\\|" /tmp/wo_table.txt | tail -16
 }
 h200() { bash dev/session61.sh h200; }
+narrow32() {
+  local extra=-DQTOOL_SPLIT_NARROW32=1
+  second_build /tmp/qc_n32 "$extra" .gpu/extB
+  QTOOL_KERNELS_CACHE=/tmp/qc_n32 QTOOL_NVCC_EXTRA=$extra gputests narrow32tests "${NT_TIMEOUT:-120}" \
+    tests/test_split_gpu.py
+  for tag in a b; do
+    local env=()
+    [ "$tag" = b ] && env=(QTOOL_KERNELS_CACHE=/tmp/qc_n32 QTOOL_NVCC_EXTRA=$extra)
+    step "build $tag ${env[*]}"
+    env "${env[@]}" timeout -k 10 "${SA_TIMEOUT:-120}" python3 dev/split_ab.py --tokens "${SA_TOKENS:-16,24,32}" \
+      --shapes "${SA_SHAPES:-4096x4096,4096x2048,2048x4096}" --json "$OUT/narrow32_$tag.json" 2>&1 \
+      | grep -v "^USDT\|graph capture failed"
+  done
+}
 ncu32() { NCU_TOKENS=32 NCU_SHAPES=${NCU_SHAPES:-4096x4096} bash dev/session61.sh ncuwarm; }
 for stage in "${s62_stages[@]}"; do "$stage"; done
 step "done"

@@ -353,8 +353,14 @@ cudaError_t launch_split(const WoProblem& p, int num_sms, int forced, cudaStream
 }
 
 // Warps per block (above): 8 for symmetric 4096 x 4096-sized weights at 9-16 tokens, the one class where 16 lost.
+// A build option for an A/B (QTOOL_NVCC_EXTRA=-DQTOOL_SPLIT_NARROW32=1; four more instantiations): the same at 17-32
+// tokens, where the 16-warp block runs 4096 x 4096 in 16 row blocks, 14.7 us against 9.0 at 16 tokens (session 62).
+#ifndef QTOOL_SPLIT_NARROW32
+#define QTOOL_SPLIT_NARROW32 0
+#endif
+constexpr bool kSplitNarrow32 = QTOOL_SPLIT_NARROW32 != 0;
 bool split_narrow(int nt, bool asym, int k_padded, int n_padded) {
-  return nt == 4 && !asym && k_padded <= 4096 && n_padded <= 4096;
+  return (nt == 4 || (kSplitNarrow32 && nt == 8)) && !asym && k_padded <= 4096 && n_padded <= 4096;
 }
 
 template <int W, int NT, bool ASYM, bool PAIR = false>
@@ -370,7 +376,7 @@ cudaError_t launch_nt(const WoProblem& p, int num_sms, int forced, cudaStream_t 
     return cudaErrorInvalidValue;  // zero points to 16 tokens (ops.cpp refuses more)
   }
   const bool pair = p.w.group_shift >= 7;
-  if constexpr (NT == 4) {  // the narrow block only here: four more instantiations, not sixteen
+  if constexpr (NT == 4 || (kSplitNarrow32 && NT == 8)) {  // the narrow block only here: four more instantiations
     if (split_narrow(NT, false, p.w.k_padded, p.w.n_padded))
       return pair ? launch_dtype<kSplitWarpsNarrow, NT, false, true>(p, num_sms, forced, stream)
                   : launch_dtype<kSplitWarpsNarrow, NT, false, false>(p, num_sms, forced, stream);
