@@ -34,6 +34,14 @@ set --
 source dev/session60.sh  # gpu_setup.sh, second_build, splitab, decodecells, kerneltests
 B_EXTRA=-DQTOOL_CLUSTER_RELAXED_EXIT=1
 C_EXTRA=-DQTOOL_SPLIT_CLUSTER_PUSH=1
+split_ab_in() {  # split_ab_in TAG CACHE EXTRA TOKENS SHAPES NAME: dev/split_ab.py in its own process on the build
+  # installed in CACHE with QTOOL_NVCC_EXTRA=EXTRA (second_build; both empty: the default), to $OUT/NAME_TAG.json
+  local env=()
+  [ -n "$2" ] && env=(QTOOL_KERNELS_CACHE=$2 QTOOL_NVCC_EXTRA=$3)
+  step "build $1 ${env[*]}"
+  env "${env[@]}" timeout -k 10 "${SA_TIMEOUT:-120}" python3 dev/split_ab.py --tokens "$4" --shapes "$5" \
+    --json "$OUT/$6_$1.json" 2>&1 | grep -v "^USDT\|graph capture failed"
+}
 clusterab() {
   second_build /tmp/qc_b "$B_EXTRA" .gpu/extB
   second_build /tmp/qc_c "$C_EXTRA" .gpu/extC
@@ -43,15 +51,10 @@ clusterab() {
   step "split and tile tests: build b ($B_EXTRA)"
   QTOOL_KERNELS_CACHE=/tmp/qc_b QTOOL_NVCC_EXTRA=$B_EXTRA gputests exittests "${CT_TIMEOUT:-120}" \
     tests/test_split_gpu.py tests/test_planes_gpu.py -k "split or tile"
-  for tag in a b c; do
-    local env=()
-    [ "$tag" = b ] && env=(QTOOL_KERNELS_CACHE=/tmp/qc_b QTOOL_NVCC_EXTRA=$B_EXTRA)
-    [ "$tag" = c ] && env=(QTOOL_KERNELS_CACHE=/tmp/qc_c QTOOL_NVCC_EXTRA=$C_EXTRA)
-    step "build $tag ${env[*]}"
-    env "${env[@]}" timeout -k 10 "${SA_TIMEOUT:-120}" python3 dev/split_ab.py --tokens "${SA_TOKENS:-9,16}" \
-      --shapes "${SA_SHAPES:-4096x4096,4096x6144,14336x4096,8192x8192}" --json "$OUT/cluster_$tag.json" 2>&1 \
-      | grep -v "^USDT\|graph capture failed"
-  done
+  local tokens=${SA_TOKENS:-9,16} shapes=${SA_SHAPES:-4096x4096,4096x6144,14336x4096,8192x8192}
+  split_ab_in a "" "" "$tokens" "$shapes" cluster
+  split_ab_in b /tmp/qc_b "$B_EXTRA" "$tokens" "$shapes" cluster
+  split_ab_in c /tmp/qc_c "$C_EXTRA" "$tokens" "$shapes" cluster
 }
 pushsan() {
   second_build /tmp/qc_c "$C_EXTRA" .gpu/extC
@@ -77,14 +80,9 @@ narrow32() {
   second_build /tmp/qc_n32 "$extra" .gpu/extB
   QTOOL_KERNELS_CACHE=/tmp/qc_n32 QTOOL_NVCC_EXTRA=$extra gputests narrow32tests "${NT_TIMEOUT:-120}" \
     tests/test_split_gpu.py
-  for tag in a b; do
-    local env=()
-    [ "$tag" = b ] && env=(QTOOL_KERNELS_CACHE=/tmp/qc_n32 QTOOL_NVCC_EXTRA=$extra)
-    step "build $tag ${env[*]}"
-    env "${env[@]}" timeout -k 10 "${SA_TIMEOUT:-120}" python3 dev/split_ab.py --tokens "${SA_TOKENS:-16,24,32}" \
-      --shapes "${SA_SHAPES:-4096x4096,4096x2048,2048x4096}" --json "$OUT/narrow32_$tag.json" 2>&1 \
-      | grep -v "^USDT\|graph capture failed"
-  done
+  local tokens=${SA_TOKENS:-16,24,32} shapes=${SA_SHAPES:-4096x4096,4096x2048,2048x4096}
+  split_ab_in a "" "" "$tokens" "$shapes" narrow32
+  split_ab_in b /tmp/qc_n32 "$extra" "$tokens" "$shapes" narrow32
 }
 ncu32() { NCU_TOKENS=32 NCU_SHAPES=${NCU_SHAPES:-4096x4096} bash dev/session61.sh ncuwarm; }
 for stage in "${s62_stages[@]}"; do "$stage"; done

@@ -133,8 +133,9 @@ def test_low_bit_planes_only_where_switched_on(monkeypatch):
 def test_split_variant_by_the_measured_rule_or_the_switch(monkeypatch):
     """wo_gemv's variant 7 (int8_planes.takes_split) where the device has clusters: by default symmetric 4-bit weights
     (groups >= 64 or per channel) of 4096 x 4096, 4096 x 6144 and 14336 x 4096 at 9-16 tokens, 4096 x 14336 at
-    9-12, the cells sessions 58 and 60 measured it faster on; with QTOOL_SPLIT_GEMV=N (SPLIT_MAX_M) every shape at SPLIT_MIN_M..N tokens, zero points to 16; 0: nowhere. 3-bit codes,
-    groups of 32, fp32 activations, 8 tokens (the planes pair) and devices without clusters never."""
+    9-12, the cells sessions 58 and 60 measured it faster on; with QTOOL_SPLIT_GEMV=N (SPLIT_MAX_M) every shape at
+    SPLIT_MIN_M..N tokens, zero points to 16; 0: nowhere. 3-bit codes, groups of 32, fp32 activations, 8 tokens (the
+    planes pair) and devices without clusters never."""
     recorder = Recorder()
     monkeypatch.setattr(int8_planes, "_has_clusters", lambda t: True)
 
