@@ -139,6 +139,11 @@ if [ -d .gpu/ext ]; then  # the extension built here beforehand (dev/prebuild_ex
     python3 -c "import quantize; from qtool_kernels import build; (build.build_dir() / 'qtool_cuda.so').unlink(missing_ok=True)"
   fi
 fi
+# The Hopper libraries travel xz-packed (dev/prebuild_sm90.sh: 32 MB -> 3 MB of the 64 MiB a call carries)
+python3 -c 'import lzma, pathlib
+for packed in pathlib.Path(".gpu/w8a8").glob("*.so.xz"):
+    target = packed.with_suffix("")
+    if not target.exists(): target.write_bytes(lzma.decompress(packed.read_bytes()))'
 mkdir -p /tmp/cutlass && (cd /tmp/cutlass && python3 -m zipfile -e "$OLDPWD"/.gpu/w8a8/nvidia_cutlass-*.whl . )
 export QTOOL_CUTLASS_INCLUDE=/tmp/cutlass/cutlass_library/source/include
 python3 - <<'PY'

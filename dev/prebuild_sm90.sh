@@ -25,10 +25,14 @@ libs=$(python3 -c 'import quantize
 from qtool_kernels import sm90
 for lib in sm90.ALL: print(lib.path().name, lib.source, " ".join(lib.defines))')
 while read -r name src defines; do
-  [ -f ".gpu/w8a8/$name" ] && { echo "have $name"; continue; }
+  [ -f ".gpu/w8a8/$name" ] || [ -f ".gpu/w8a8/$name.xz" ] && { echo "have $name"; continue; }
   echo "building $name"
   # shellcheck disable=SC2086  # FLAGS and defines are word lists
   nvcc $FLAGS $defines -I"$QTOOL_CUTLASS_INCLUDE" -I"$QTOOL_CUTLASS_INCLUDE/../tools/util/include" "${CURAND[@]}" -I"$(dirname "$src")" "$src" \
     -o ".gpu/w8a8/$name.tmp" && mv ".gpu/w8a8/$name.tmp" ".gpu/w8a8/$name"
 done <<< "$libs"  # one at a time: a CUTLASS library's cicc takes several GB, two at once swapped 24 GB
+# packed for the carry (32 MB -> 3 MB); dev/gpu_setup.sh unpacks them on the device
+python3 -c 'import lzma, pathlib
+for lib in pathlib.Path(".gpu/w8a8").glob("*.so"):
+    lib.with_name(lib.name + ".xz").write_bytes(lzma.compress(lib.read_bytes(), preset=6)); lib.unlink()'
 ls -la .gpu/w8a8
