@@ -21,7 +21,8 @@
 #              W4A16 at batch 16
 #   table      issue 19's W4 / W8 columns at 1-256 tokens (dev/session61.sh h100table, in this process's log)
 #   h200       on an H200: dev/session61.sh's h200 stage
-#   narrow32   prepared: the narrow (8-warp) block at 17-32 tokens too (.gpu/extB built with PREBUILD_CACHE=
+#   narrow32   run in session 63 (dev/session63.sh call 1; lost, the option removed: check out 6f551bc to repeat it):
+#              the narrow (8-warp) block at 17-32 tokens too (.gpu/extB built with PREBUILD_CACHE=
 #              /tmp/qtool_prebuild_cacheB OUTDIR=.gpu/extB QTOOL_NVCC_EXTRA=-DQTOOL_SPLIT_NARROW32=1 bash
 #              dev/prebuild_ext.sh) against the default, each in its own process, the split tests on it first; carry
 #              [".gpu/w8a8", ".gpu/ext", ".gpu/extB"]

@@ -52,7 +52,10 @@ constexpr int kSplitWarpsWide = 16, kSplitWarpsNarrow = 8;
 constexpr int kSplitChunkK = 64;  // int4 chunk (wo_kernels.h, chunk_k(4))
 // Chunks per warp in flight (even: a pair's two chunks are slots u, u + 1): 8 (4 KB of codes per warp). A build
 // option (QTOOL_NVCC_EXTRA=-DQTOOL_SPLIT_DEPTH=16): session 60 measured 16 deep 10-30% slower on every shape (with
-// 8 warps per block: its shared memory cost blocks and splits).
+// 8 warps per block: its shared memory cost blocks and splits). The ring in registers instead (the 16-warp block,
+// 4 or 8 chunks deep: no shared-memory round trip per chunk; session 63, H100, a build option since removed) ran
+// 14-33% slower at 9-16 tokens (4096 x 6144 2.01 -> 1.61x, 14336 x 4096 2.43 -> 1.77x, 8192 x 8192 2.31 -> 1.65x
+// at 9 tokens): the cp.async ring keeps each warp's copies in flight without holding registers for them.
 #ifndef QTOOL_SPLIT_DEPTH
 #define QTOOL_SPLIT_DEPTH 8
 #endif
@@ -72,18 +75,6 @@ constexpr bool split_scale_ring(int w) {
   return QTOOL_SPLIT_SCALE_RING == 1 || (QTOOL_SPLIT_SCALE_RING == 2 && w == kSplitWarpsNarrow);
 }
 constexpr int split_scale_slot(int w) { return split_scale_ring(w) ? 64 : 0; }  // bytes per warp and slot
-// The codes' ring in registers in the 16-warp block, QTOOL_SPLIT_REG_RING chunks deep (a build option,
-// QTOOL_NVCC_EXTRA=-DQTOOL_SPLIT_REG_RING=4; 0, the default: the cp.async ring in every block). Why it may pay:
-// with the cp.async ring each chunk crosses shared memory twice (the copy's store, the lane's load back) beside the
-// NT B loads, and session 61 measured one extra shared load per chunk 3-7% slower on the long-K shapes; the 16-warp
-// block runs one block per SM with 128 registers a thread, room a register ring of 4 (16 registers) may fit.
-#ifndef QTOOL_SPLIT_REG_RING
-#define QTOOL_SPLIT_REG_RING 0
-#endif
-constexpr bool split_reg_ring(int w) { return QTOOL_SPLIT_REG_RING > 0 && w == kSplitWarpsWide; }
-static_assert(QTOOL_SPLIT_REG_RING % 2 == 0, "a pair's two chunks are slots u, u + 1");
-// Chunks in flight per warp: the register ring's depth, else kSplitDepth.
-constexpr int split_depth(int w) { return split_reg_ring(w) ? QTOOL_SPLIT_REG_RING : kSplitDepth; }
 
 // Blocks per SM the registers are bounded for: three (<= 85 registers), two at eight n-tiles and at four with zero
 // points (in 80 registers that spilled 136 bytes).
@@ -96,7 +87,7 @@ constexpr int split_row_bytes(int chunks) { return (chunks | 1) * kSplitChunkK; 
 // overlays them), then each warp's ring of kSplitDepth chunks of codes.
 constexpr int split_smem_bytes(int w, int nt, int chunks) {
   const int planes = 8 * nt * split_row_bytes(chunks), partial = w * kStripeRows * cluster_tok_stride(4 * nt) * 4;
-  return (planes > partial ? planes : partial) + (split_reg_ring(w) ? 0 : w * kSplitDepth * (512 + split_scale_slot(w)));
+  return (planes > partial ? planes : partial) + w * kSplitDepth * (512 + split_scale_slot(w));
 }
 
 // The block's slice of x (tokens < m, chunks [c_beg, c_end)) as two int8 planes at `planes` (rows 2r / 2r + 1: token
@@ -207,20 +198,14 @@ __global__ void __launch_bounds__(W * 32, split_min_blocks(W, NT, ASYM))
   const float* zpar = ASYM ? opaque(p.w.zero + row0) : nullptr;
   const uint4* codes = reinterpret_cast<const uint4*>(p.w.qweight) +
                        (static_cast<size_t>(live ? stripe : 0) * nchunks + c_beg) * chunk_vecs(4) + lane;
-  constexpr bool kScaleRing = split_scale_ring(W), kRegRing = split_reg_ring(W);
-  static_assert(!(kScaleRing && kRegRing), "the scales' shared ring rides the codes' cp.async ring");
-  constexpr int D = split_depth(W);  // slots of the ring
-  uint4 wr[kRegRing ? D : 1];        // the register ring's slots
+  constexpr bool kScaleRing = split_scale_ring(W);
   // With kScaleRing: lane t < 2's scale of slot u at its own 4 bytes of the warp's slot after the code ring.
   const int scale_at = 8 * NT * row_bytes + W * kSplitDepth * 512 + (warp * kSplitDepth * 16 + 2 * g + t % 2) * 4;
-  float prm[kScaleRing ? 1 : D] = {};
-  float zrm[ASYM ? D : 1] = {};
+  float prm[kScaleRing ? 1 : kSplitDepth] = {};
+  float zrm[ASYM ? kSplitDepth : 1] = {};
   auto issue = [&](int u, int c) {
     if (c < mine) {
-      if constexpr (kRegRing)
-        wr[u] = load_streaming(codes + c * chunk_vecs(4));
-      else
-        cp_async_shared_16(ring + u * 512, codes + c * chunk_vecs(4));
+      cp_async_shared_16(ring + u * 512, codes + c * chunk_vecs(4));
       const uint32_t group = static_cast<uint32_t>((c_beg + c) * kSplitChunkK) >> p.w.group_shift;
       if constexpr (kScaleRing) {
         if (t < 2)
@@ -231,10 +216,10 @@ __global__ void __launch_bounds__(W * 32, split_min_blocks(W, NT, ASYM))
       }
       if constexpr (ASYM) zrm[u] = __ldg(zpar + group * p.w.n_padded);
     }
-    if constexpr (!kRegRing) cp_async_commit();
+    cp_async_commit();
   };
 #pragma unroll
-  for (int u = 0; u < D; ++u) issue(u, u);  // static weights: before the wait
+  for (int u = 0; u < kSplitDepth; ++u) issue(u, u);  // static weights: before the wait
   pdl_wait_then_release();  // x, bias and y only past this point (pdl.cuh)
   stage_slice<T, W, NT>(p, c_beg, c_end, split_smem, row_bytes, scale);
 
@@ -246,13 +231,13 @@ __global__ void __launch_bounds__(W * 32, split_min_blocks(W, NT, ASYM))
   float acc[NT][2] = {};  // token 4 i + t of n-tile i: rows g, g + 8, in units of 16 s_x
   int d[NT][4];           // the int32 sums of the chunk (or pair) not yet folded into acc
   float s0 = 0.0f, s1 = 0.0f;  // their scales / 254 (fold_planes254)
-  for (int c0 = 0; c0 < mine; c0 += D) {
+  for (int c0 = 0; c0 < mine; c0 += kSplitDepth) {
 #pragma unroll
-    for (int u = 0; u < D; ++u) {
+    for (int u = 0; u < kSplitDepth; ++u) {
       const int c = c0 + u;
       if (c >= mine) break;  // warp-uniform
-      if constexpr (!kRegRing) cp_async_wait<D - 1>();  // slot u (chunk c) landed
-      const uint4 w = kRegRing ? wr[u] : *reinterpret_cast<const uint4*>(ring_ptr + u * 512);
+      cp_async_wait<kSplitDepth - 1>();  // slot u (chunk c) landed
+      const uint4 w = *reinterpret_cast<const uint4*>(ring_ptr + u * 512);
       const bool first = !PAIR || u % 2 == 0;  // c0 is even: c's parity is u's
       if (first) {
         float own = 0.0f;  // this lane's scale of slot u (lanes t = 0 / 1: rows g / g + 8)
@@ -268,7 +253,7 @@ __global__ void __launch_bounds__(W * 32, split_min_blocks(W, NT, ASYM))
         sz0 = 254.0f * s0 * __shfl_sync(0xffffffffu, zrm[u], 0, 4);
         sz1 = 254.0f * s1 * __shfl_sync(0xffffffffu, zrm[u], 1, 4);
       }
-      issue(u, c + D);  // slot u's bytes are in registers: refill it
+      issue(u, c + kSplitDepth);  // slot u's bytes are in registers: refill it
       chunk_mma<NT, ASYM>(first, w, split_smem + c * kSplitChunkK, boff, sz0, sz1, d, acc);
       if (!PAIR || u % 2 == 1 || c + 1 == mine) {  // a chunk's sums, or a pair's (or a last odd chunk's)
 #pragma unroll
@@ -276,7 +261,7 @@ __global__ void __launch_bounds__(W * 32, split_min_blocks(W, NT, ASYM))
       }
     }
   }
-  if constexpr (!kRegRing) cp_async_wait<0>();  // (the refills past the slice copy nothing; no group stays open)
+  cp_async_wait<0>();  // (the refills past the slice copy nothing; no group stays open at exit)
 
   if (blockIdx.y == 0) prefetch_next_layer(p, W * 32);  // slices by blockIdx.x: once per row block
 
@@ -371,14 +356,10 @@ cudaError_t launch_split(const WoProblem& p, int num_sms, int forced, cudaStream
 }
 
 // Warps per block (above): 8 for symmetric 4096 x 4096-sized weights at 9-16 tokens, the one class where 16 lost.
-// A build option for an A/B (QTOOL_NVCC_EXTRA=-DQTOOL_SPLIT_NARROW32=1; four more instantiations): the same at 17-32
-// tokens, where the 16-warp block runs 4096 x 4096 in 16 row blocks, 14.7 us against 9.0 at 16 tokens (session 62).
-#ifndef QTOOL_SPLIT_NARROW32
-#define QTOOL_SPLIT_NARROW32 0
-#endif
-constexpr bool kSplitNarrow32 = QTOOL_SPLIT_NARROW32 != 0;
+// At 17-32 tokens the narrow block lost too (session 63, H100, a build option since removed: 4096 x 4096 at 24 / 32
+// tokens 1.02 / 0.99x against the 16-warp block's 1.09 / 1.01x; both far behind the mixed GEMM's 1.42 / 1.45x).
 bool split_narrow(int nt, bool asym, int k_padded, int n_padded) {
-  return (nt == 4 || (kSplitNarrow32 && nt == 8)) && !asym && k_padded <= 4096 && n_padded <= 4096;
+  return nt == 4 && !asym && k_padded <= 4096 && n_padded <= 4096;
 }
 
 template <int W, int NT, bool ASYM, bool PAIR = false>
@@ -394,7 +375,7 @@ cudaError_t launch_nt(const WoProblem& p, int num_sms, int forced, cudaStream_t 
     return cudaErrorInvalidValue;  // zero points to 16 tokens (ops.cpp refuses more)
   }
   const bool pair = p.w.group_shift >= 7;
-  if constexpr (NT == 4 || (kSplitNarrow32 && NT == 8)) {  // the narrow block only here: four more instantiations
+  if constexpr (NT == 4) {  // the narrow block only here: four more instantiations, not sixteen
     if (split_narrow(NT, false, p.w.k_padded, p.w.n_padded))
       return pair ? launch_dtype<kSplitWarpsNarrow, NT, false, true>(p, num_sms, forced, stream)
                   : launch_dtype<kSplitWarpsNarrow, NT, false, false>(p, num_sms, forced, stream);
