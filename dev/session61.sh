@@ -45,14 +45,15 @@ h100table() {  # issue 19's W4 / W8 columns at 1-256 tokens on the routes as com
 }
 ncuwarm() {  # calls 6-7: Nsight Compute on the split variant at 16 tokens, the 7th launch of dev/split_ab.py (past the
   # check's), NCU_CACHE=all (ncu's default: caches flushed before the replay, call 6) or none (call 7: the weight and x
-  # in the L2, as one copy re-launched leaves them); the stall summary by dev/ncu_sass_top.py
+  # in the L2, as one copy re-launched leaves them); the stall summary by dev/ncu_sass_top.py. NCU_SKIP (6): launches
+  # skipped; NCU_ARGS: more arguments of dev/split_ab.py (session 63: NCU_SKIP=0 NCU_ARGS="--check-tokens 32", the plan's)
   local shape
   for shape in ${NCU_SHAPES:-4096x4096 14336x4096}; do
     step "ncu --set full --cache-control ${NCU_CACHE:-all}: wo_split_kernel on $shape at ${NCU_TOKENS:-16} tokens"
     timeout -k 10 "${NCU_TIMEOUT:-100}" ncu --cache-control "${NCU_CACHE:-all}" --clock-control none \
-      --kernel-name-base demangled --kernel-name regex:wo_split_kernel --launch-skip 6 --launch-count 1 --set full \
+      --kernel-name-base demangled --kernel-name regex:wo_split_kernel --launch-skip "${NCU_SKIP:-6}" --launch-count 1 --set full \
       --import-source yes -f -o "/tmp/ncu_$shape" python3 dev/split_ab.py --shapes "$shape" \
-      --tokens "${NCU_TOKENS:-16}" > "/tmp/ncu_$shape.log" 2>&1
+      --tokens "${NCU_TOKENS:-16}" ${NCU_ARGS:-} > "/tmp/ncu_$shape.log" 2>&1
     echo "ncu exit $?"
     ncu --import "/tmp/ncu_$shape.ncu-rep" --page source --csv --print-source sass > "$OUT/sass_$shape.csv" 2>&1
     ncu --import "/tmp/ncu_$shape.ncu-rep" --page details --csv > "$OUT/details_$shape.csv" 2>&1

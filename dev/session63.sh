@@ -8,7 +8,8 @@
 #          the split variant at 32 tokens, caches flushed). Both options lost and are removed from wo_split.cu: to
 #          repeat them, check out 6f551bc.
 #   auto     now: on an H200, issue 19's 8B goals and decode cells (dev/session62.sh's h200, the first H200 figures
-#            since session 58); on an H100, ncu32 with the L2 warm (NCU_CACHE=none) beside call 1's flushed profile.
+#            since session 58); on an H100, ncu32plan: the profile of the plan's launch at 32 tokens
+#            (call 1's was of a forced 2-way split), caches flushed and warm.
 #            Carry [".gpu/w8a8", ".gpu/ext"].
 #   tables   issue 18's and 19's whole tables (dev/session55.sh tables; on an H200)
 cd "$(dirname "$0")/.."
@@ -24,10 +25,18 @@ regring() {  # call 1: the 16-warp block's codes ring in registers (extC 4 deep,
   second_build /tmp/qc_rr8 -DQTOOL_SPLIT_REG_RING=8 .gpu/extD
   split_ab_in d /tmp/qc_rr8 -DQTOOL_SPLIT_REG_RING=8 "$tokens" "$shapes" regring
 }
+ncu32plan() {  # call 1's profile took the 7th launch, a forced 2-way split: the plan's launch now (the check's, first),
+  # with the caches flushed and with the weight and x warm in the L2
+  local cache
+  for cache in all none; do
+    NCU_CACHE=$cache NCU_SKIP=0 NCU_ARGS="--check-tokens 32" ncu32
+    for f in details sass; do mv "$OUT/${f}_4096x4096.csv" "$OUT/${f}_plan32_$cache.csv" 2>/dev/null; done
+  done
+}
 auto() {
   case "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)" in
     *H200*) h200 ;;
-    *) NCU_CACHE=none ncu32 ;;
+    *) ncu32plan ;;
   esac
 }
 tables() { bash dev/session55.sh tables; }

@@ -36,7 +36,8 @@ def check(ops, p, n: int, m: int, splits: int = 0) -> float:
     return ((y.double() - ref).norm() / ref.norm()).item()
 
 
-def time_shape(ops, k: int, n: int, tokens: list[int], asym: bool, check_splits: int = 0) -> list[dict]:
+def time_shape(ops, k: int, n: int, tokens: list[int], asym: bool, check_splits: int = 0,
+               check_tokens: int = 16) -> list[dict]:
     import torch
     import torch.nn.functional as F
     from bench_kernels import Rotation, copies_for, packed_copies
@@ -49,7 +50,7 @@ def time_shape(ops, k: int, n: int, tokens: list[int], asym: bool, check_splits:
     packed = Rotation(packed_copies(4, 128, k, n, layer=True, asym=asym))
     dense = Rotation([torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(copies_for(2 * n * k))])
     p0 = packed.items[0]
-    err = check(ops, p0, n, 16, check_splits)
+    err = check(ops, p0, n, check_tokens, check_splits)
     rows = []
     for m in tokens:
         if asym and m > 16:
@@ -97,6 +98,8 @@ def main() -> None:
     parser.add_argument("--asym", action="store_true", help="zero points too (to 16 tokens)")
     parser.add_argument("--json", default=None)
     parser.add_argument("--check-splits", type=int, default=0, help="the check's launch forced to this many splits")
+    parser.add_argument("--check-tokens", type=int, default=16,
+                        help="the check's tokens (its launch is the first: `ncu --launch-skip 0` profiles the plan's)")
     args = parser.parse_args()
     import torch
 
@@ -109,7 +112,7 @@ def main() -> None:
     for shape in args.shapes.split(","):
         k, n = (int(v) for v in shape.split("x"))
         for asym in (False, True) if args.asym else (False,):
-            rows += time_shape(ops, k, n, tokens, asym, args.check_splits)
+            rows += time_shape(ops, k, n, tokens, asym, args.check_splits, args.check_tokens)
             torch.cuda.empty_cache()
     if args.json:
         Path(args.json).write_text(json.dumps({"device": torch.cuda.get_device_name(), "rows": rows}, indent=1))
