@@ -7,8 +7,8 @@
 #          -DQTOOL_SPLIT_REG_RING=4 / 8, PREBUILD_CACHE=/tmp/qtool_prebuild_cacheC / D) and ncu32 (Nsight Compute on
 #          the split variant at 32 tokens, caches flushed). Both options lost and are removed from wo_split.cu: to
 #          repeat them, check out 6f551bc.
-#   auto     now: on an H200, issue 19's 8B goals and decode cells (dev/session62.sh's h200, the first H200 figures
-#            since session 58); on an H100, ncu32plan: the profile of the plan's launch at 32 tokens
+#   auto     now: on an H200, issue 19's 8B goals at batches 1 / 16, then issue 18's and 19's decode cells (the first
+#            H200 figures since session 58; dev/session62.sh's h200 less its split A/B, for this session's budget); on an H100, ncu32plan: the profile of the plan's launch at 32 tokens
 #            (call 1's was of a forced 2-way split), caches flushed and warm.
 #            Carry [".gpu/w8a8", ".gpu/ext"].
 #   tables   issue 18's and 19's whole tables (dev/session55.sh tables; on an H200)
@@ -35,7 +35,7 @@ ncu32plan() {  # call 1's profile took the 7th launch, a forced 2-way split: the
 }
 auto() {
   case "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)" in
-    *H200*) h200 ;;
+    *H200*) E2E_TIMEOUT=${E2E_TIMEOUT:-240} bash dev/session55.sh first56; DC_TIMEOUT=${DC_TIMEOUT:-90} decodecells ;;
     *) ncu32plan ;;
   esac
 }
