@@ -8,8 +8,8 @@
 #          the split variant at 32 tokens, caches flushed). Both options lost and are removed from wo_split.cu: to
 #          repeat them, check out 6f551bc.
 #   auto     now: on an H200, issue 19's 8B goals at batches 1 / 16, then issue 18's and 19's decode cells (the first
-#            H200 figures since session 58; dev/session62.sh's h200 less its split A/B, for this session's budget); on an H100, ncu32plan: the profile of the plan's launch at 32 tokens
-#            (call 1's was of a forced 2-way split), caches flushed and warm.
+#            H200 figures since session 58; dev/session62.sh's h200 less its split A/B, for this session's budget); on an H100, smallsplit, then ncu32plan: the profile of the plan's
+#            launch at 32 tokens (call 1's was of a forced 2-way split), caches flushed and warm.
 #            Carry [".gpu/w8a8", ".gpu/ext"].
 #   tables   issue 18's and 19's whole tables (dev/session55.sh tables; on an H200)
 cd "$(dirname "$0")/.."
@@ -33,10 +33,16 @@ ncu32plan() {  # call 1's profile took the 7th launch, a forced 2-way split: the
     for f in details sass; do mv "$OUT/${f}_4096x4096.csv" "$OUT/${f}_plan32_$cache.csv" 2>/dev/null; done
   done
 }
+smallsplit() {  # call 1 had the split variant 31-40% ahead of the route on 4096 x 2048 / 2048 x 4096 at 16 tokens
+  # (1.63 / 1.34x against wo_gemm's 1.24 / 0.96x; split_by_shape takes only weights of >= 4096 x 4096): the smaller
+  # models' shapes (1-3B: hidden 2048-3072) at 9-16 tokens, for the rule
+  SA_TOKENS=9,12,16 SA_SHAPES=${SMALL_SHAPES:-2048x2048,2048x3072,2048x4096,4096x2048,2048x16384,8192x2048,3072x3072} \
+    SA_TAG=_small SA_TIMEOUT=${SA_TIMEOUT:-150} splitab
+}
 auto() {
   case "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)" in
     *H200*) E2E_TIMEOUT=${E2E_TIMEOUT:-240} bash dev/session55.sh first56; DC_TIMEOUT=${DC_TIMEOUT:-90} decodecells ;;
-    *) ncu32plan ;;
+    *) smallsplit; ncu32plan ;;
   esac
 }
 tables() { bash dev/session55.sh tables; }
