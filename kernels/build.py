@@ -328,8 +328,9 @@ def _weight_only_path() -> str:
                    "fragment; QTOOL_PLANES_TILE)" if PLANES_TILE > PLANES_MAX_M else "") if GEMV_PLANES else "")
              + ("; symmetric 2-/3-bit weights (groups >= 64 or per channel) by the same rule on x_planes + "
                 "wo_planes_gemv (int8_planes.lowbit_planes_route; QTOOL_LOWBIT_PLANES=0: off)" if LOWBIT_PLANES else "")
-             + "; symmetric 4-bit weights of K <= 4096 and N <= 6144 (N <= 14336 to 12 tokens) or N <= 4096 and K <= "
-               "14336 (at least 4096 x 4096) at 9-16 tokens on sm_90 on wo_gemv's split variant (x's planes made per "
+             + "; symmetric 4-bit weights of K <= 4096 and N <= 6144 (N <= 14336 to 12 tokens; N <= 16384 where K <= "
+               "2048) or N <= 4096 and K <= 14336 (at least 2048 x 2048) at 9-16 tokens on sm_90 on wo_gemv's split "
+               "variant (x's planes made per "
                "K slice, split-K over a cluster; int8_planes.takes_split, QTOOL_SPLIT_GEMV)"
              + ")")
     rows = ("8-bit symmetric per-channel layers row-major on qtool_cuda w8_gemv (to 4 tokens, 16 on weights of <= "

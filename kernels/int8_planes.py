@@ -89,8 +89,11 @@ PLANES_GEMM_VARIANT = 3
 # x 4096 (2.35 / 2.25x against 2.18 / 2.14x) and 4096 x 14336 at 9-12 (2.38 / 2.34x against the Hopper GEMM's 2.17 /
 # 2.18x; at 16 2.15-2.20x against 2.22-2.23x: not routed there), and lost on 8192 x 8192, 8192 x 28672 and 28672
 # x 8192 at 16 (2.08x against 2.32x), with zero points (1.53-1.74x against 2.12-2.27x) and past 16 tokens: symmetric
-# layers of the winning sizes take it at 9-16 (split_by_shape). QTOOL_SPLIT_GEMV=N (read once) routes every shape to
-# it at QTOOL_SPLIT_MIN (9) to N tokens, for A/Bs; 0: off.
+# layers of the winning sizes take it at 9-16 (split_by_shape). Session 63 (H100) timed the 1-3B models' shapes, which
+# the rule had left to wo_gemm at 0.78-1.33x: the split variant ran 1.20-1.81x on 2048 x 2048 ... 4096 x 2048 and
+# 3072 x 3072 at 9-16 tokens, 1.83-2.06x on 2048 x 16384 against the Hopper GEMM's 1.79-1.80x, so the rule's floor
+# is 2048 x 2048 now and K <= 2048 takes N to 16384. QTOOL_SPLIT_GEMV=N (read once) routes every shape to it at
+# QTOOL_SPLIT_MIN (9) to N tokens, for A/Bs; 0: off.
 SPLIT_VARIANT = 7  # csrc/wo_kernels.h, kSplitVariant
 SPLITS_UNIT = 32  # kSplitsUnit: wo_gemv's variant + 32 s forces s splits of K
 SPLIT_MAX_TOKENS, SPLIT_MAX_ASYM_TOKENS = 32, 16  # kSplitMaxTokens, kSplitMaxAsymTokens
@@ -189,10 +192,10 @@ def takes_split(w: PackedWeight, m: int, dtype: torch.dtype) -> bool:
 
 
 def split_by_shape(w: PackedWeight, m: int) -> bool:
-    """The measured cells (above): symmetric weights of at least 4096 x 4096 elements with K <= 4096 and N <= 6144
-    (N <= 14336 to 12 tokens), or N <= 4096 and K <= 14336 (4096 x 4096, 4096 x 6144, 4096 x 14336, 14336 x 4096), at
-    9-16 tokens."""
+    """The measured cells (above): symmetric weights of at least 2048 x 2048 elements with K <= 4096 and N <= 6144
+    (N <= 14336 to 12 tokens; N <= 16384 where K <= 2048), or N <= 4096 and K <= 14336 (2048 x 2048 ... 4096 x 4096,
+    3072 x 3072, 4096 x 6144, 4096 x 14336, 14336 x 4096, 8192 x 2048, 2048 x 16384), at 9-16 tokens."""
     k, n = w.k_padded, w.out_features
-    wide_n = k <= 4096 and (n <= 6144 or (n <= 14336 and m <= 12))
+    wide_n = (k <= 4096 and (n <= 6144 or (n <= 14336 and m <= 12))) or (k <= 2048 and n <= 16384)
     tall_k = n <= 4096 and k <= 14336
-    return w.zero is None and 9 <= m <= 16 and k * n >= 4096 * 4096 and (wide_n or tall_k)
+    return w.zero is None and 9 <= m <= 16 and k * n >= 2048 * 2048 and (wide_n or tall_k)
