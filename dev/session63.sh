@@ -8,8 +8,7 @@
 #          the split variant at 32 tokens, caches flushed). Both options lost and are removed from wo_split.cu: to
 #          repeat them, check out 6f551bc.
 #   auto     now: on an H200, issue 19's 8B goals at batches 1 / 16, then issue 18's and 19's decode cells (the first
-#            H200 figures since session 58; dev/session62.sh's h200 less its split A/B, for this session's budget); on an H100, smallsplit, then ncu32plan: the profile of the plan's
-#            launch at 32 tokens (call 1's was of a forced 2-way split), caches flushed and warm.
+#            H200 figures since session 58; dev/session62.sh's h200 less its split A/B, for this session's budget); on an H100 (call 2 ran smallsplit and ncu32plan there), small1b.
 #            Carry [".gpu/w8a8", ".gpu/ext"].
 #   tables   issue 18's and 19's whole tables (dev/session55.sh tables; on an H200)
 cd "$(dirname "$0")/.."
@@ -39,10 +38,21 @@ smallsplit() {  # call 1 had the split variant 31-40% ahead of the route on 4096
   SA_TOKENS=9,12,16 SA_SHAPES=${SMALL_SHAPES:-2048x2048,2048x3072,2048x4096,4096x2048,2048x16384,8192x2048,3072x3072} \
     SA_TAG=_small SA_TIMEOUT=${SA_TIMEOUT:-150} splitab
 }
+small1b() {  # the 1B's W4A16 decode at batch 16 under the new rule, and with the split variant nowhere
+  # (QTOOL_SPLIT_GEMV=0: its 8192 x 2048 down projection too, which the old rule already gave it)
+  local tag env
+  for tag in rule off; do
+    env=(); [ "$tag" = off ] && env=(QTOOL_SPLIT_GEMV=0)
+    step "1B W4A16 at batch 16 ($tag ${env[*]})"
+    env "${env[@]}" timeout -k 15 "${E2E_TIMEOUT:-150}" python3 -m quantize bench llama-1b --random-weights --scheme w4a16 \
+      --decode-tokens 32 --batch-sizes 16 --prefill-len 128 --json "$OUT/e2e-1b-$tag.json" > "/tmp/e2e-1b-$tag.txt" 2>&1
+    echo "exit $?"; tail -8 "/tmp/e2e-1b-$tag.txt"
+  done
+}
 auto() {
   case "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)" in
     *H200*) E2E_TIMEOUT=${E2E_TIMEOUT:-240} bash dev/session55.sh first56; DC_TIMEOUT=${DC_TIMEOUT:-90} decodecells ;;
-    *) smallsplit; ncu32plan ;;
+    *) small1b ;;
   esac
 }
 tables() { bash dev/session55.sh tables; }

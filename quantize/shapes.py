@@ -34,6 +34,12 @@ LLAMA_8B = {
 LLAMA_70B = {**LLAMA_8B, "hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 80,
              "num_attention_heads": 64, "num_key_value_heads": 8}
 
+# Llama-3.2-1B's shapes (hidden 2048, intermediate 8192, 16 blocks, 32 heads of 64, 8 KV heads, tied embeddings;
+# rotary without the long-context scaling, which changes no shape): the small models served at batch, whose layers
+# (2048 x 3072 fused q/k/v, 2048 x 2048, 2048 x 16384 fused gate/up, 8192 x 2048) sit below the 8B's.
+LLAMA_1B = {**LLAMA_8B, "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
+            "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64, "tie_word_embeddings": True}
+
 # Qwen3-30B-A3B's shapes (config.json on the hub): 48 blocks of attention plus 128 experts, 8 per token,
 # each 2048 -> 768 -> 2048; `--layers` keeps a few blocks (one is 1.2 GB of experts in bf16).
 QWEN3_MOE_30B_A3B = {
@@ -93,7 +99,7 @@ SMOLLM2_135M = {
     "tie_word_embeddings": True,
 }
 
-CONFIGS: dict[str, dict] = {"llama-8b": LLAMA_8B, "llama-70b": LLAMA_70B, "smollm2-135m": SMOLLM2_135M,
+CONFIGS: dict[str, dict] = {"llama-8b": LLAMA_8B, "llama-70b": LLAMA_70B, "llama-1b": LLAMA_1B, "smollm2-135m": SMOLLM2_135M,
                             "qwen3-moe-30b-a3b": QWEN3_MOE_30B_A3B, "tiny": TINY, "tiny-moe": TINY_MOE}
 
 
