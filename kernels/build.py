@@ -330,8 +330,8 @@ def _weight_only_path() -> str:
                 "wo_planes_gemv (int8_planes.lowbit_planes_route; QTOOL_LOWBIT_PLANES=0: off)" if LOWBIT_PLANES else "")
              + "; symmetric 4-bit weights of K <= 4096 and N <= 6144 (N <= 14336 to 12 tokens; N <= 16384 where K <= "
                "2048) or N <= 4096 and K <= 14336 (at least 2048 x 2048) at 9-16 tokens on sm_90 on wo_gemv's split "
-               "variant (x's planes made per "
-               "K slice, split-K over a cluster; int8_planes.takes_split, QTOOL_SPLIT_GEMV)"
+               "variant (x's planes made per K slice, split-K over a cluster; int8_planes.takes_split, "
+               "QTOOL_SPLIT_GEMV)"
              + ")")
     rows = ("8-bit symmetric per-channel layers row-major on qtool_cuda w8_gemv (to 4 tokens, 16 on weights of <= "
             "8192 x 8192, 32 on <= 4096 x 6144: weight_only.rows_gemv), then the Hopper copy's route"
