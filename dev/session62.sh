@@ -19,7 +19,7 @@
 #   relaxed    call 2 (carry [".gpu/w8a8", ".gpu/ext"]): the committed relaxed exit barrier's GPU tests (split, tile,
 #              routes), compute-sanitizer memcheck and racecheck, dev/split_ab.py at 9 / 12 / 16 tokens, the 8B
 #              W4A16 at batch 16
-#   table      issue 19's W4 / W8 columns at 1-256 tokens (dev/session61.sh h100table, in this process's log)
+#   table      issue 19's W4 / W8 columns at 1-256 tokens (dev/session61.sh h100table)
 #   h200       on an H200: dev/session61.sh's h200 stage
 #   narrow32   run in session 63 (dev/session63.sh call 1; lost, the option removed: check out 6f551bc to repeat it):
 #              the narrow (8-warp) block at 17-32 tokens too (.gpu/extB built with PREBUILD_CACHE=
@@ -69,12 +69,7 @@ relaxed() {
   [ -n "${SKIP_E2E:-}" ] || E2E_TIMEOUT=${E2E_TIMEOUT:-150} bench8b _b16 w4a16 16 128 8
 }
 e2e() { E2E_TIMEOUT=${E2E_TIMEOUT:-150} bench8b _b16 w4a16 16 128 8; }  # call 3: the 8B W4A16 at batch 16
-table() {
-  step "weight-only W4 / W8 at 1-256 tokens"  # dev/session61.sh h100table, in this process's log
-  timeout -k 15 "${TABLE_TIMEOUT:-300}" python3 benchmarks/bench_kernels.py --formats w4a16-g128,w8a16-channel \
-    --tokens 1,9,12,16,32,64,128,256 --json "$OUT/wo_table.json" > /tmp/wo_table.txt 2>&1
-  echo "exit $?"; grep -E "^\\|" /tmp/wo_table.txt | tail -16
-}
+table() { bash dev/session61.sh h100table; }  # (call 4 ran the same commands inline, in this process's log)
 h200() { bash dev/session61.sh h200; }
 narrow32() {
   local extra=-DQTOOL_SPLIT_NARROW32=1
