@@ -8,6 +8,8 @@
                                           QTOOL_MIXED_BITS=8
   libqtool_sm90_block  block_mm_sm90.cu   FP8 GEMM with 1 x 128 activation and 128 x 128 weight-block
                                           scales (fp8-block); kernels/block_mm.py calls it through ctypes
+  libqtool_sm90_wgmma  wo_wgmma_sm90.cu   W4A16 at 9-128 tokens on wgmma from the kernel layout, no CUTLASS;
+                                          kernels/warpgroup_mm.py calls it through ctypes
 
 Each is a plain shared library with a C entry point, compiled by nvcc for sm_90a and loaded with
 ctypes (RTLD_GLOBAL for libqtool_sm90, whose entry point ops_w8a8.cpp looks up by name; the others
@@ -62,8 +64,9 @@ class Library:
     """One of the libraries above: builds and loads once per process; remembers why it could not."""
 
     def __init__(self, stem: str, source: Path, header: Path | tuple[Path, ...], what: str, fallback: str,
-                 defines: tuple[str, ...] = (), global_symbols: bool = True) -> None:
+                 defines: tuple[str, ...] = (), global_symbols: bool = True, cutlass: bool = True) -> None:
         self.stem, self.source, self.what, self.fallback = stem, source, what, fallback
+        self.cutlass = cutlass  # whether the source includes CUTLASS's headers
         own = header if isinstance(header, tuple) else (header,)
         self.headers = (*own, *COMMON)  # what the source includes from csrc/sm90, hashed with it
         self.defines, self.mode = list(defines), ctypes.RTLD_GLOBAL if global_symbols else ctypes.RTLD_LOCAL
@@ -80,7 +83,7 @@ class Library:
             return "the qtool CUDA extension is not available"
         if torch.cuda.get_device_capability() != (9, 0):
             return "the GPU is not a Hopper (sm_90)"
-        if cutlass_include() is None and not self.path().is_file():
+        if self.cutlass and cutlass_include() is None and not self.path().is_file():
             return "CUTLASS headers not found (pip install --no-deps nvidia-cutlass, or set QTOOL_CUTLASS_INCLUDE)"
         return None
 
@@ -108,9 +111,12 @@ class Library:
 
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        include = cutlass_include()
-        util = include.parent / "tools" / "util" / "include"  # cutlass/util/*.hpp, beside the headers in the package
-        cmd = [str(Path(CUDA_HOME) / "bin" / "nvcc"), *FLAGS, *self.defines, f"-I{include}", f"-I{util}",
+        includes = []
+        if self.cutlass:
+            include = cutlass_include()
+            util = include.parent / "tools" / "util" / "include"  # cutlass/util/*.hpp, beside the package's headers
+            includes = [f"-I{include}", f"-I{util}"]
+        cmd = [str(Path(CUDA_HOME) / "bin" / "nvcc"), *FLAGS, *self.defines, *includes,
                f"-I{self.source.parent}", str(self.source), "-o", str(tmp)]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
@@ -129,7 +135,10 @@ MIXED = {4: mixed, 8: mixed8}  # code width -> library
 block = Library("libqtool_sm90_block", build.CSRC / "sm90" / "block_mm_sm90.cu",
                 (build.CSRC / "sm90" / "sm90_block_mm.h", build.CSRC / "sm90" / "sm90_block_overlap.cuh"),
                 "FP8 block GEMM", "fp8-block layers use F.scaled_mm block-wise", global_symbols=False)
-ALL = (_sm90, mixed, mixed8, block)  # what `qtool kernels build` and dev/prebuild_sm90.sh compile
+wgmma = Library("libqtool_sm90_wgmma", build.CSRC / "sm90" / "wo_wgmma_sm90.cu",
+                (build.CSRC / "sm90" / "wgmma_ops.cuh", build.CSRC / "pdl.cuh"), "W4A16 wgmma GEMM",
+                "W4A16 layers at 9-128 tokens take the other routes", global_symbols=False, cutlass=False)
+ALL = (_sm90, mixed, mixed8, block, wgmma)  # what `qtool kernels build` and dev/prebuild_sm90.sh compile
 
 
 # A CUTLASS library's nvcc (cicc) takes several GB: two at once swapped a 24 GB machine (dev/prebuild_sm90.sh).

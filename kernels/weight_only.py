@@ -37,7 +37,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from . import int8_planes, norm_planes
+from . import int8_planes, norm_planes, warpgroup_mm
 from .layout import EPILOGUE, LOW_BITS, PDL_STATIC_WEIGHT, PackedWeight, takes_rows_shape
 from .mixed_mm import mixed_linear
 from .mlp import silu_mul
@@ -55,6 +55,9 @@ GEMM_MAX_M = 64
 # Past the GEMV, a weight with a Hopper copy takes the measured route of tuning.py (the Hopper GEMM's
 # best schedule, wo_gemm or dequantization + cuBLAS).
 MIXED_MIN_M = {4: 5, 8: 5}
+# 4-bit weights at these tokens (inclusive) take the wgmma kernel (warpgroup_mm.py) where it applies, ahead of the
+# Hopper copy's routes. QTOOL_WGMMA_TOKENS="lo,hi" ("0,0": off, the default until measured on the device).
+WGMMA_TOKENS = tuple(int(v) for v in os.environ.get("QTOOL_WGMMA_TOKENS", "0,0").split(","))
 # Without a copy: small weights run wo_gemm rather than wo_gemm_v3 up to SMALL_GEMM_MAX_M tokens (2-40% faster
 # on 4096 x 4096 up to 32 tokens, H200).
 SMALL_WEIGHT = 4096 * 4096
@@ -215,13 +218,16 @@ def hopper_route(w: PackedWeight, m: int, dtype: torch.dtype, bits: int | None =
 def route(w: PackedWeight, m: int, dtype: torch.dtype, planes_free: bool = False) -> dict | str:
     """The kernel of `packed_linear` for m tokens of 4- or 8-bit weights: "wo_gemv", a schedule of the Hopper
     GEMM (a dict), "wo_gemm_v3", "wo_gemm" or "dequant"; "wo_gemv_stream" (variant 3); "wo_planes" (x_planes +
-    wo_planes_gemv, int8_planes.planes_route); "wo_split" (variant 7, int8_planes.takes_split)."""
+    wo_planes_gemv, int8_planes.planes_route); "wo_split" (variant 7, int8_planes.takes_split); "wo_wgmma"
+    (warpgroup_mm.py, WGMMA_TOKENS)."""
     if int8_planes.planes_route(w, m, planes_free) is not None and dtype in (torch.bfloat16, torch.float16):
         return "wo_planes"
     if int8_planes.takes_split(w, m, dtype):
         return "wo_split"
     if (kind := gemv_kind(w, m)) is not None:
         return "wo_gemv_stream" if kind == "stream" else "wo_gemv"
+    if WGMMA_TOKENS[0] <= m <= WGMMA_TOKENS[1] and warpgroup_mm.takes(w, m, dtype) and warpgroup_mm.available():
+        return "wo_wgmma"
     if (hopper := hopper_route(w, m, dtype)) is not None:
         return hopper
     if V3_MIN_M <= m <= V3_MAX_M and not _small(w, m):
@@ -281,6 +287,8 @@ def packed_linear(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, k
         y = kernels.wo_gemv(x2, *args, bias, *meta, EPILOGUE, prefetch, int8_planes.SPLIT_VARIANT + PDL_STATIC_WEIGHT)
     elif kernel == "wo_planes":
         y = int8_planes.planes_linear(x2, w, bias, kernels, int8_planes.planes_route(w, m, free), free, prefetch)
+    elif kernel == "wo_wgmma":
+        y = warpgroup_mm.wgmma_linear(x2, w, bias)
     elif kernel == "wo_gemm_v3":
         y = kernels.wo_gemm_v3(x2, *args, bias, *meta, EPILOGUE, V3_VARIANT)
     elif kernel == "wo_gemm":

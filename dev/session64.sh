@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The device calls of session 64 (BENCHMARKS.md "session 64"): the wgmma W4A16 kernel (csrc/sm90/wo_wgmma_sm90.cu,
+# kernels/warpgroup_mm.py) for 9-128 tokens, tested and timed against the routes; then the owed H200 figures.
+#   bash dev/session64.sh wgtests wgab      carry [".gpu/w8a8", ".gpu/ext"]
+#   wgtests  tests/test_wgmma_gpu.py (every schedule against float64)
+#   wgab     dev/wgmma_ab.py: the plan and forced schedules against the route, the mixed GEMM and bf16
+#            (WA_SHAPES, WA_TOKENS, WA_TIMEOUT, WA_ASYM, WA_FORCED=0 for the plan only)
+#   wgsan    compute-sanitizer memcheck and racecheck (dev/san_wgmma.py)
+#   wgroute  the rule on (QTOOL_WGMMA_TOKENS) through QuantLinear: the routes' GPU tests, then issue 19's W4 cells
+#   auto     dev/session63.sh auto (H200: 8B goals at batches 1 / 16 and the decode cells; H100: small1b)
+cd "$(dirname "$0")/.."
+s64_stages=("$@")
+set --
+LOG=${LOG:-session64.log}
+source dev/gpu_setup.sh
+wgtests() {
+  step "wgmma W4A16 kernel: GPU tests"
+  gputests wgtests "${WT_TIMEOUT:-150}" tests/test_wgmma_gpu.py tests/test_wgmma_plan.py
+}
+wgab() {
+  step "wgmma W4A16 kernel against the route, the mixed GEMM and bf16 (dev/wgmma_ab.py)"
+  local forced=()
+  [ "${WA_FORCED:-1}" = 0 ] && forced=(--no-forced)
+  timeout -k 10 "${WA_TIMEOUT:-300}" python3 dev/wgmma_ab.py --tokens "${WA_TOKENS:-16,32,64,128}" \
+    ${WA_SHAPES:+--shapes $WA_SHAPES} ${WA_ASYM:+--asym} "${forced[@]}" --json "$OUT/wgmma_ab${WA_TAG:-}.json" 2>&1 \
+    | grep -v "^USDT"
+}
+wgdiag() {  # the error's pattern on one warpgroup (dev/wgmma_diag.py), for a kernel that fails its tests
+  step "wgmma kernel diagnosis"
+  timeout -k 10 90 python3 dev/wgmma_diag.py 2>&1 | tail -20
+}
+wgsan() {  # compute-sanitizer memcheck and racecheck on the wgmma kernel
+  sanitize wgmma dev/san_wgmma.py
+}
+wgroute() {
+  step "the wgmma rule through the dispatcher: routes' tests, then W4 g128 at 9-128 tokens"
+  QTOOL_WGMMA_TOKENS=${WGMMA_TOKENS:-9,128} gputests wgroute "${WR_TIMEOUT:-120}" tests/test_routes.py tests/test_wgmma_gpu.py
+  QTOOL_WGMMA_TOKENS=${WGMMA_TOKENS:-9,128} timeout -k 15 "${WR_TABLE_TIMEOUT:-200}" python3 benchmarks/bench_kernels.py \
+    --formats w4a16-g128,w4a16-g128-asym --tokens 16,32,64,128 --json "$OUT/wgroute_table.json" > /tmp/wgroute.txt 2>&1
+  echo "exit $?"; tail -30 /tmp/wgroute.txt
+}
+auto() {
+  bash dev/session63.sh auto
+}
+for s in "${s64_stages[@]}"; do "$s"; done

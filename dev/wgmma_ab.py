@@ -1,0 +1,111 @@
+"""The wgmma W4A16 kernel (kernels/warpgroup_mm.py, csrc/sm90/wo_wgmma_sm90.cu) against the route that ships, the
+CUTLASS mixed-input GEMM's default schedule and bf16 F.linear, W4 g128 at 9-128 tokens, every call's graph replayed in
+turn in one process (benchmarks/replay.py): the plan's schedule and forced ones (warpgroups x split). Each schedule is
+checked against float64 on the dequantized weight before any timing. Speedup against bf16 in the same process.
+
+    python3 dev/wgmma_ab.py [--tokens 16,32,64,128] [--shapes 4096x4096,...] [--asym] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve()
+sys.path.insert(0, str(HERE.parents[1] / "benchmarks"))
+sys.path.insert(0, str(HERE.parents[1]))
+
+SHAPES = "4096x4096,4096x14336,14336x4096,8192x8192,8192x28672,28672x8192"
+FORCED = ((2, 1), (2, 2), (2, 4), (2, 8), (1, 1), (1, 2), (1, 4))  # (warpgroups, split)
+
+
+def rel_err(p, m: int, schedule) -> float:
+    import torch
+
+    from qtool_kernels import warpgroup_mm
+    from qtool_kernels.layout import dequantize_packed
+
+    x = torch.randn(m, p.k_padded, device="cuda", dtype=torch.bfloat16)
+    y = warpgroup_mm.wgmma_linear(x, p, None, schedule)
+    ref = x.double() @ dequantize_packed(p.qweight, p.scale, p.zero, 4, p.group_size, p.out_features).double().T
+    return ((y.double() - ref).norm() / ref.norm()).item()
+
+
+def time_shape(ops, k: int, n: int, tokens: list[int], asym: bool, forced: bool) -> list[dict]:
+    import torch
+    import torch.nn.functional as F
+    from bench_kernels import Rotation, copies_for, packed_copies
+    from replay import interleaved_graph_ms
+
+    from qtool_kernels import mixed_mm, warpgroup_mm
+    from qtool_kernels.weight_only import packed_linear, route
+
+    packed = Rotation(packed_copies(4, 128, k, n, layer=True, asym=asym))
+    dense = Rotation([torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(copies_for(2 * n * k))])
+    p0 = packed.items[0]
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    rows = []
+    for m in tokens:
+        tile = next(t for t in warpgroup_mm.TILES if t >= m)
+        schedules = {"wgmma": warpgroup_mm.plan(m, p0.qweight.shape[0] * 16, p0.k_padded, sms)}
+        if forced:
+            for wg, split in FORCED:
+                schedules[f"w{wg}s{split}"] = warpgroup_mm.Plan(tile, wg, split)
+        errs = {name: rel_err(p0, m, s) for name, s in schedules.items()}
+        x = torch.randn(m, p0.k_padded, device="cuda", dtype=torch.bfloat16)
+        xk = x[:, :k].contiguous()
+        r = route(p0, m, x.dtype)
+        calls = {"bf16": lambda: F.linear(xk, dense()),  # noqa: B023
+                 "route": lambda: packed_linear(x, packed(), None, ops)}  # noqa: B023
+        if p0.mixed is not None:
+            calls["mixed"] = lambda: mixed_mm.mixed_linear(x, packed().mixed)  # noqa: B023
+
+        def wgmma(schedule):
+            return lambda: warpgroup_mm.wgmma_linear(x, packed(), None, schedule)  # noqa: B023
+
+        for name, s in schedules.items():
+            calls[name] = wgmma(s)
+        ms = interleaved_graph_ms(calls)
+        bf16 = ms["bf16"]
+        row = {"K": k, "N": n, "M": m, "asym": asym, "route": r if isinstance(r, str) else "hopper " + str(r),
+               "plan": vars(schedules["wgmma"]), "err": errs,
+               "us": {name: None if t is None else t * 1e3 for name, t in ms.items()},
+               "speedup": {name: None if not t else bf16 / t for name, t in ms.items() if name != "bf16"}}
+        rows.append(row)
+        cells = "  ".join(f"{name} {v:5.2f}x" for name, v in row["speedup"].items() if v)
+        print(f"{k:>5} x {n:<5} M={m:<3} {'asym' if asym else 'sym '} bf16 {bf16 * 1e3:6.1f} us  {cells}"
+              f"  [{row['route']}; plan {schedules['wgmma']}] err max {max(errs.values()):.1e}", flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", default="16,24,32,48,64,96,128")
+    parser.add_argument("--shapes", default=SHAPES)
+    parser.add_argument("--asym", action="store_true", help="zero points too")
+    parser.add_argument("--no-forced", action="store_true", help="the plan's schedule only")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    import torch
+
+    from qtool_kernels import build, warpgroup_mm
+
+    ops = build.load_extension()
+    print("device:", torch.cuda.get_device_name(), "torch", torch.__version__, flush=True)
+    assert warpgroup_mm.available(), f"libqtool_sm90_wgmma: {warpgroup_mm.sm90.wgmma.reason}"
+    tokens = [int(t) for t in args.tokens.split(",")]
+    rows = []
+    for shape in args.shapes.split(","):
+        k, n = (int(v) for v in shape.split("x"))
+        for asym in (False, True) if args.asym else (False,):
+            rows += time_shape(ops, k, n, tokens, asym, not args.no_forced)
+            torch.cuda.empty_cache()
+            if args.json:  # after every shape: a call cut off by its time limit keeps what it measured
+                Path(args.json).write_text(json.dumps({"device": torch.cuda.get_device_name(), "rows": rows},
+                                                      indent=1))
+
+
+if __name__ == "__main__":
+    main()

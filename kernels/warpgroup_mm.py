@@ -1,0 +1,142 @@
+"""W4A16 at 9-128 tokens on Hopper's wgmma, read straight from the kernel layout: libqtool_sm90_wgmma
+(csrc/sm90/wo_wgmma_sm90.cu) behind `qtool_cuda_wgmma::w4_mm`.
+
+The weights are wgmma's A operand from registers: each lane's 16-byte word of the int4 kernel layout
+(layout.py, the A fragments of mma.m16n8k16, which wgmma repeats per warp of a warpgroup) goes through a
+lane-private cp.async ring in shared memory into registers, is converted to bf16 ((q - z) * s, one rounding)
+and multiplied against the activations (B: up to 128 tokens x 64 k per stage, a producer warp's cp.async
+ring in wgmma's 128-byte swizzle). No second copy of the weight (the CUTLASS mixed-input GEMM of
+mixed_mm.py keeps one in its shuffled layout), split-K over a thread block cluster reduced through
+distributed shared memory, PDL.
+
+A call's schedule is a `Plan`: the token tile (16 / 32 / 64 / 128: the wgmma's n, so m <= tile), 64-row
+warpgroups per CTA (1 or 2) and the split of K (1-8, the cluster). `plan` fills the SMs with one CTA each;
+QTOOL_WGMMA_PLAN="tile,warpgroups,split" forces one (A/Bs). Numerics: float32 sums of bf16 products, the
+weight rounded once to bf16 (relative error <= 2^-9 of each weight), bf16 output.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from dataclasses import dataclass
+
+import torch
+
+from . import sm90
+from .layout import PackedWeight
+
+TILES = (16, 32, 64, 128)  # token tiles (the wgmma's n)
+MAX_SPLIT = 8  # the portable cluster size
+CHUNK_K = 64  # k per lane's 16-byte word: groups must be multiples of it
+
+
+@dataclass(frozen=True)
+class Plan:
+    tile: int  # tokens per CTA: m <= tile
+    warpgroups: int  # 64 weight rows each
+    split: int  # CTAs along K, one cluster
+
+
+class _Args(ctypes.Structure):  # csrc/sm90/wo_wgmma_sm90.cu, Args
+    _fields_ = [("qweight", ctypes.c_void_p), ("scale", ctypes.c_void_p), ("zero", ctypes.c_void_p),
+                ("bias", ctypes.c_void_p), ("x", ctypes.c_void_p), ("y", ctypes.c_void_p),
+                ("m", ctypes.c_int), ("n", ctypes.c_int), ("n_pad", ctypes.c_int), ("k", ctypes.c_int),
+                ("k_pad", ctypes.c_int), ("group", ctypes.c_int), ("tile", ctypes.c_int),
+                ("warpgroups", ctypes.c_int), ("split", ctypes.c_int), ("launch", ctypes.c_int)]
+
+
+_entry: list = []
+
+
+def _function():
+    if not _entry:
+        lib = ctypes.CDLL(str(sm90.wgmma.path()))
+        lib.qtool_sm90_wgmma_w4.restype = ctypes.c_char_p
+        lib.qtool_sm90_wgmma_w4.argtypes = [ctypes.POINTER(_Args), ctypes.c_void_p]
+        _entry.append(lib.qtool_sm90_wgmma_w4)
+    return _entry[0]
+
+
+def available() -> bool:
+    """Whether the kernel can run here (a Hopper GPU and its library built or buildable)."""
+    return torch.cuda.is_available() and sm90.wgmma.load()
+
+
+def takes(w: PackedWeight, m: int, dtype: torch.dtype) -> bool:
+    """Whether m tokens of `dtype` on this packed weight fit the kernel: 4-bit codes in the kernel layout, bf16,
+    groups a multiple of 64 (or per channel), 1 <= m <= 128."""
+    return (w.num_bits == 4 and w.qweight is not None and dtype == torch.bfloat16 and 1 <= m <= TILES[-1]
+            and (w.group_size <= 0 or w.group_size % CHUNK_K == 0))
+
+
+def parse_plan(text: str) -> Plan | None:
+    """QTOOL_WGMMA_PLAN's value ("" for none) -> a Plan."""
+    if not text.strip():
+        return None
+    try:
+        tile, warpgroups, split = (int(v) for v in text.replace(" ", "").split(","))
+    except ValueError:
+        raise ValueError(f"QTOOL_WGMMA_PLAN={text!r}: expected 'tile,warpgroups,split', e.g. '64,2,4'") from None
+    if tile not in TILES or warpgroups not in (1, 2) or not 1 <= split <= MAX_SPLIT:
+        raise ValueError(f"QTOOL_WGMMA_PLAN={text!r}: tile in {TILES}, warpgroups 1 or 2, split 1..{MAX_SPLIT}")
+    return Plan(tile, warpgroups, split)
+
+
+FORCED = parse_plan(os.environ.get("QTOOL_WGMMA_PLAN", ""))
+
+
+def plan(m: int, n_pad: int, k_pad: int, sms: int) -> Plan:
+    """The smallest token tile holding m, two warpgroups (128 rows) per CTA, and the split of K that brings the
+    CTAs nearest to one per SM while each split keeps at least 8 chunks (512 k)."""
+    if FORCED is not None:
+        return FORCED
+    tile = next(t for t in TILES if t >= m)
+    row_tiles = -(-n_pad // 128)
+    split = max(1, min(MAX_SPLIT, sms // row_tiles, k_pad // CHUNK_K // 8))
+    return Plan(tile, 2, split)
+
+
+def _run(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None,
+         bias: torch.Tensor | None, n: int, group: int, tile: int, warpgroups: int, split: int) -> torch.Tensor:
+    m, k = x.shape
+    n_pad, k_pad = qweight.shape[0] * 16, qweight.shape[1] * CHUNK_K
+    y = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    args = _Args(qweight.data_ptr(), scale.data_ptr(), None if zero is None else zero.data_ptr(),
+                 None if bias is None else bias.data_ptr(), x.data_ptr(), y.data_ptr(), m, n, n_pad, k, k_pad,
+                 group if group > 0 else k_pad, tile, warpgroups, split, 1)
+    err = _function()(ctypes.byref(args), torch.cuda.current_stream(x.device).cuda_stream)
+    if err is not None:
+        raise RuntimeError(f"wgmma w4_mm: {err.decode()} (m={m}, n={n}, k={k}, group={group}, tile={tile}, "
+                           f"warpgroups={warpgroups}, split={split})")
+    return y
+
+
+@torch.library.custom_op("qtool_cuda_wgmma::w4_mm", mutates_args=())
+def w4_mm(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None,
+          bias: torch.Tensor | None, n: int, group: int, tile: int, warpgroups: int, split: int) -> torch.Tensor:
+    """y [m, n] bf16 = x [m, K] bf16 . dequant(qweight)^T (+ bias float32 [n]); qweight int32 [N_pad / 16,
+    K_pad / 64, 32, 4] (the int4 kernel layout), scale / zero float32 [G, N_pad]; group: k per scale (<= 0:
+    per channel); the schedule as in `Plan`."""
+    return _run(x, qweight, scale, zero, bias, n, group, tile, warpgroups, split)
+
+
+@w4_mm.register_fake
+def _(x, qweight, scale, zero, bias, n, group, tile, warpgroups, split):
+    return x.new_empty(x.shape[0], n)
+
+
+_SMS: dict[int, int] = {}
+
+
+def wgmma_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None,
+                 schedule: Plan | None = None) -> torch.Tensor:
+    """x2 [m, K_pad] bf16, contiguous -> [m, out_features] bf16 (+ bias float32)."""
+    device = x2.device.index if x2.device.index is not None else torch.cuda.current_device()
+    if device not in _SMS:
+        _SMS[device] = torch.cuda.get_device_properties(device).multi_processor_count
+    s = schedule or plan(x2.shape[0], w.qweight.shape[0] * 16, w.k_padded, _SMS[device])
+    args = (x2, w.qweight, w.scale, w.zero, bias, w.out_features, w.group_size, s.tile, s.warpgroups, s.split)
+    if not torch.compiler.is_compiling():  # eager: the ctypes call without the custom op's dispatch (host time)
+        return _run(*args)
+    return torch.ops.qtool_cuda_wgmma.w4_mm(*args)

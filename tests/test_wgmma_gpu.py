@@ -1,0 +1,73 @@
+"""The wgmma W4A16 kernel (kernels/warpgroup_mm.py, csrc/sm90/wo_wgmma_sm90.cu) against float64 on fresh random
+weights: symmetric and asymmetric, groups of 64 and 128, per channel, a ragged last group (K = 576 at g128), N not a
+multiple of the 128-row CTA (nor of 64), every token tile with m from 1 to 128 (rows of the tile left empty), one or
+two warpgroups, split-K from 1 to 8 (uneven chunk counts per split), and a bias.
+
+Bound: relative Frobenius error <= 1e-2 against x . dequant(W)^T + bias in float64 (the bf16 weight after one
+rounding and the bf16 output give ~3e-3), as the other weight-only GEMMs are held to.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import poison_cache, rel_err
+from qtool_kernels import warpgroup_mm
+from qtool_kernels.layout import PackedWeight, dequantize_packed, pack_weight
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+
+@pytest.fixture(scope="module")
+def hopper(kernels):
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("wgmma is Hopper's (sm_90a)")
+    assert warpgroup_mm.available(), f"libqtool_sm90_wgmma: {warpgroup_mm.sm90.wgmma.reason}"
+    return kernels
+
+
+def random_weight(n: int, k: int, group: int, symmetric: bool, seed: int) -> PackedWeight:
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    groups = 1 if group <= 0 else -(-k // group)
+    codes = torch.randint(-8, 8, (n, k), device="cuda", dtype=torch.int8, generator=g)
+    scale = torch.rand(n, groups, device="cuda", generator=g) / 50 + 1e-3
+    zero = None if symmetric else torch.randint(-8, 8, (n, groups), device="cuda", dtype=torch.int8, generator=g)
+    return pack_weight(codes, scale, zero, None, 4, group)
+
+
+def reference(x: torch.Tensor, p: PackedWeight, bias: torch.Tensor | None) -> torch.Tensor:
+    w = dequantize_packed(p.qweight, p.scale, p.zero, 4, p.group_size, p.out_features, torch.float64)
+    y = x.double() @ w[:, :x.shape[1]].T
+    return y if bias is None else y + bias.double()
+
+
+SHAPES = [(4096, 4096, 128, True), (4096, 1000, 128, False), (576, 1536, 128, False), (1024, 776, 64, True),
+          (2048, 512, -1, False)]
+
+
+@pytest.mark.parametrize("k,n,group,symmetric", SHAPES)
+@pytest.mark.parametrize("m", [1, 9, 16, 17, 32, 33, 64, 100, 128])
+def test_plan_matches_float64(hopper, k, n, group, symmetric, m):
+    p = random_weight(n, k, group, symmetric, seed=k + n + m)
+    assert warpgroup_mm.takes(p, m, torch.bfloat16)
+    x = torch.randn(m, p.k_padded, device="cuda", dtype=torch.bfloat16)
+    x[:, k:] = 0  # the kernel layout's padding columns, as packed_linear pads them
+    poison_cache()
+    y = warpgroup_mm.wgmma_linear(x, p, None)
+    assert y.shape == (m, n) and y.dtype == torch.bfloat16
+    assert torch.isfinite(y).all()
+    assert rel_err(y, reference(x, p, None)) <= 1e-2
+
+
+@pytest.mark.parametrize("warpgroups", [1, 2])
+@pytest.mark.parametrize("split", [1, 3, 8])
+@pytest.mark.parametrize("tile,m", [(16, 5), (32, 32), (64, 40), (128, 128)])
+def test_every_schedule_matches_float64(hopper, warpgroups, split, tile, m):
+    k, n = 1600, 1000  # 25 chunks: uneven over 3 and 8 splits; 1000 rows: partial 64- and 128-row tiles
+    p = random_weight(n, k, 64, False, seed=split * 100 + tile + warpgroups)
+    bias = torch.randn(n, device="cuda")
+    x = torch.randn(m, p.k_padded, device="cuda", dtype=torch.bfloat16)
+    y = warpgroup_mm.wgmma_linear(x, p, bias, warpgroup_mm.Plan(tile, warpgroups, split))
+    assert rel_err(y, reference(x, p, bias)) <= 1e-2
+
