@@ -10,7 +10,7 @@ mixed_mm.py keeps one in its shuffled layout), split-K over a thread block clust
 distributed shared memory, PDL.
 
 A call's schedule is a `Plan`: the token tile (16 / 32 / 64 / 128: the wgmma's n, so m <= tile), 64-row
-warpgroups per CTA (1 or 2) and the split of K (1-8, the cluster). `plan` fills the SMs with one CTA each;
+warpgroups per CTA (1, 2 or 4: each CTA reads its tokens' activations once for all its rows) and the split of K (1-8, the cluster). `plan` fills the SMs with one CTA each;
 QTOOL_WGMMA_PLAN="tile,warpgroups,split" forces one (A/Bs). Numerics: float32 sums of bf16 products, the
 weight rounded once to bf16 (relative error <= 2^-9 of each weight), bf16 output.
 """
@@ -27,6 +27,7 @@ from . import sm90
 from .layout import PackedWeight
 
 TILES = (16, 32, 64, 128)  # token tiles (the wgmma's n)
+WARPGROUPS = (1, 2, 4)  # 64 weight rows each per CTA; 4 not at tile 128 (its accumulators leave too few registers)
 MAX_SPLIT = 8  # the portable cluster size
 CHUNK_K = 64  # k per lane's 16-byte word: groups must be multiples of it
 
@@ -34,7 +35,7 @@ CHUNK_K = 64  # k per lane's 16-byte word: groups must be multiples of it
 @dataclass(frozen=True)
 class Plan:
     tile: int  # tokens per CTA: m <= tile
-    warpgroups: int  # 64 weight rows each
+    warpgroups: int  # 64 weight rows each: 1, 2 or 4
     split: int  # CTAs along K, one cluster
 
 
@@ -78,8 +79,9 @@ def parse_plan(text: str) -> Plan | None:
         tile, warpgroups, split = (int(v) for v in text.replace(" ", "").split(","))
     except ValueError:
         raise ValueError(f"QTOOL_WGMMA_PLAN={text!r}: expected 'tile,warpgroups,split', e.g. '64,2,4'") from None
-    if tile not in TILES or warpgroups not in (1, 2) or not 1 <= split <= MAX_SPLIT:
-        raise ValueError(f"QTOOL_WGMMA_PLAN={text!r}: tile in {TILES}, warpgroups 1 or 2, split 1..{MAX_SPLIT}")
+    if tile not in TILES or warpgroups not in WARPGROUPS or not 1 <= split <= MAX_SPLIT or (tile, warpgroups) == (128, 4):
+        raise ValueError(f"QTOOL_WGMMA_PLAN={text!r}: tile in {TILES}, warpgroups in {WARPGROUPS} (not 4 at tile 128), "
+                         f"split 1..{MAX_SPLIT}")
     return Plan(tile, warpgroups, split)
 
 

@@ -20,7 +20,7 @@ def test_plan_fills_the_sms():
 def test_parse_plan_names_the_bad_value():
     assert warpgroup_mm.parse_plan("64,1,8") == warpgroup_mm.Plan(64, 1, 8)
     assert warpgroup_mm.parse_plan(" ") is None
-    for bad in ("48,2,1", "64,3,1", "64,2,9", "64,2"):
+    for bad in ("48,2,1", "64,3,1", "64,2,9", "64,2", "128,4,1"):
         with pytest.raises(ValueError, match="QTOOL_WGMMA_PLAN"):
             warpgroup_mm.parse_plan(bad)
 

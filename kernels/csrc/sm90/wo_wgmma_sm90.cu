@@ -28,7 +28,10 @@
 namespace qtool::wgmma {
 
 constexpr int kChunkK = 64;  // k per lane's 16-byte word of int4 codes (a chunk of the kernel layout)
-constexpr int kDepth = 16;   // chunks of codes each consumer lane has in flight (LaneRing)
+// Chunks of codes each consumer lane has in flight (LaneRing): 16 (256 bytes a lane) for one or two warpgroups,
+// 8 for four, whose 512 lanes would otherwise take 192-256 KB of shared memory.
+template <int WG>
+constexpr int kDepth = WG == 4 ? 8 : 16;
 constexpr int kMaxSplit = 8; // the portable cluster size
 constexpr int kRingSmem = 64 * 1024;  // bytes of activation stages per CTA
 
@@ -40,7 +43,7 @@ struct Args {  // mirrored by kernels/warpgroup_mm.py, _Args
   const void* x;        // bf16 [m, k] row-major
   void* y;              // bf16 [m, n] row-major
   int m, n, n_pad, k, k_pad, group;  // group: k per scale (a multiple of 64), k_pad per channel
-  int tile, warpgroups, split, launch;  // tokens per CTA (16 / 32 / 64 / 128), 64-row warpgroups, splits, bit 0 PDL
+  int tile, warpgroups, split, launch;  // tokens per CTA (16 / 32 / 64 / 128), 64-row warpgroups (1, 2, 4), splits, bit 0 PDL
 };
 
 __device__ inline uint32_t smem_u32(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
@@ -164,10 +167,10 @@ template <int WG, bool kAsym>
 struct LaneRing {
   static constexpr int kLanes = WG * 128;
   static constexpr int kScaleBytes = kAsym ? 16 : 8;  // (s r0, s r0 + 8[, z r0, z r0 + 8]) float32
-  static constexpr int kBytes = kDepth * kLanes * (16 + kScaleBytes);
+  static constexpr int kBytes = kDepth<WG> * kLanes * (16 + kScaleBytes);
   __device__ static uint32_t codes(uint32_t base, int slot, int tid) { return base + (slot * kLanes + tid) * 16; }
   __device__ static uint32_t scales(uint32_t base, int slot, int tid) {
-    return base + kDepth * kLanes * 16 + (slot * kLanes + tid) * kScaleBytes;
+    return base + kDepth<WG> * kLanes * 16 + (slot * kLanes + tid) * kScaleBytes;
   }
 };
 
@@ -177,7 +180,7 @@ __device__ inline void issue(const Args& p, uint32_t base, int tid, const uint4*
                              int r0, bool live) {
   using L = LaneRing<WG, kAsym>;
   if (live && c < chunks) {
-    const int slot = c % kDepth;
+    const int slot = c % kDepth<WG>;
     cp_async16(L::codes(base, slot, tid), codes + c * 32, 16);
     const int64_t at = static_cast<int64_t>((c_beg + c) * kChunkK / p.group) * p.n_pad + r0;
     const uint32_t s = L::scales(base, slot, tid);
@@ -202,7 +205,7 @@ __device__ void consume(const Args& p, uint32_t ring, uint32_t lanes, uint32_t f
   const int r0 = stripe * 16 + lane / 4;
   const uint4* codes = static_cast<const uint4*>(p.qweight) +
                        (static_cast<int64_t>(stripe) * (p.k_pad / kChunkK) + c_beg) * 32 + lane;
-  for (int c = 0; c < kDepth - 1; ++c) issue<WG, kAsym>(p, lanes, tid, codes, c, c_beg, chunks, r0, live);
+  for (int c = 0; c < kDepth<WG> - 1; ++c) issue<WG, kAsym>(p, lanes, tid, codes, c, c_beg, chunks, r0, live);
   pdl_wait();
   uint32_t a[2][16];
   for (int c0 = 0; c0 < chunks; c0 += 2) {
@@ -210,9 +213,9 @@ __device__ void consume(const Args& p, uint32_t ring, uint32_t lanes, uint32_t f
     for (int j = 0; j < 2; ++j) {  // two chunks per trip: a[] double-buffered by static index
       const int c = c0 + j;
       if (c < chunks) {
-        issue<WG, kAsym>(p, lanes, tid, codes, c + kDepth - 1, c_beg, chunks, r0, live);
-        asm volatile("cp.async.wait_group %0;" ::"n"(kDepth - 1) : "memory");  // chunk c's group has landed
-        const int slot = c % kDepth;
+        issue<WG, kAsym>(p, lanes, tid, codes, c + kDepth<WG> - 1, c_beg, chunks, r0, live);
+        asm volatile("cp.async.wait_group %0;" ::"n"(kDepth<WG> - 1) : "memory");  // chunk c's group has landed
+        const int slot = c % kDepth<WG>;
         const uint4 w = lds128(L::codes(lanes, slot, tid));
         float4 sz = make_float4(0.f, 0.f, 0.f, 0.f);
         const uint32_t at = L::scales(lanes, slot, tid);
@@ -299,16 +302,23 @@ __device__ void store(const Args& p, float* part, const float (&acc)[T / 2], boo
   if (split > 1) cluster.sync();  // no CTA leaves while another reads its tile
 }
 
+// Shared memory: the activation stages, then the lanes' rings; after the mainloop the partial tile takes it from the
+// start (every copy landed, every wgmma read its stage); then the barriers.
+template <int T, int WG, bool kAsym>
+struct SmemPlan {
+  static constexpr int kMainloop = Stages<T>::kCount * Stages<T>::kBytes + LaneRing<WG, kAsym>::kBytes;
+  static constexpr int kTile = T * (WG * 64 + 4) * 4;
+  static constexpr int kData = kMainloop > kTile ? kMainloop : kTile;
+};
+
 template <int T, int WG, bool kAsym>
 __global__ void __launch_bounds__(WG * 128 + 32, 1) w4_wgmma_kernel(const Args p) {
-  constexpr int S = Stages<T>::kCount;
-  constexpr int kTileBytes = T * (WG * 64 + 4) * 4;
-  constexpr int kData = S * Stages<T>::kBytes > kTileBytes ? S * Stages<T>::kBytes : kTileBytes;
-  constexpr int kLanes = LaneRing<WG, kAsym>::kBytes;
+  constexpr int kData = SmemPlan<T, WG, kAsym>::kData;
   extern __shared__ __align__(16) uint8_t smem_raw[];
   const uint32_t raw = smem_u32(smem_raw);
   const uint32_t ring = (raw + 1023) & ~1023u;  // the swizzle's atoms are 1024-byte aligned
-  const uint32_t lanes = ring + kData, full = lanes + kLanes, empty = full + 8 * S;
+  constexpr int S = Stages<T>::kCount;
+  const uint32_t lanes = ring + S * Stages<T>::kBytes, full = ring + kData, empty = full + 8 * S;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int chunks_total = p.k_pad / kChunkK, split = gridDim.y, rank = blockIdx.y;
   const int c_beg = chunks_total * rank / split, chunks = chunks_total * (rank + 1) / split - c_beg;
@@ -338,10 +348,7 @@ __global__ void __launch_bounds__(WG * 128 + 32, 1) w4_wgmma_kernel(const Args p
 
 template <int T, int WG, bool kAsym>
 const char* launch(const Args& p, cudaStream_t stream) {
-  constexpr int S = Stages<T>::kCount;
-  constexpr int kTileBytes = T * (WG * 64 + 4) * 4;
-  constexpr int kData = S * Stages<T>::kBytes > kTileBytes ? S * Stages<T>::kBytes : kTileBytes;
-  constexpr int kSmem = 1024 + kData + LaneRing<WG, kAsym>::kBytes + 16 * S;
+  constexpr int kSmem = 1024 + SmemPlan<T, WG, kAsym>::kData + 16 * Stages<T>::kCount;
   static_assert(kSmem <= 227 * 1024, "shared memory past the SM's 227 KB");
   auto kernel = w4_wgmma_kernel<T, WG, kAsym>;
   static const cudaError_t attr = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
@@ -363,7 +370,9 @@ const char* launch_tile(const Args& p, cudaStream_t stream) {
     case 16: return launch_zero<16, WG>(p, stream);
     case 32: return launch_zero<32, WG>(p, stream);
     case 64: return launch_zero<64, WG>(p, stream);
-    case 128: return launch_zero<128, WG>(p, stream);
+    case 128:  // 64 accumulators a thread: four warpgroups' 544 threads leave 120 registers, and ptxas serializes
+      if constexpr (WG == 4) return "tile 128 takes one or two warpgroups";
+      else return launch_zero<128, WG>(p, stream);
     default: return "tile must be 16, 32, 64 or 128 tokens";
   }
 }
@@ -383,6 +392,7 @@ QTOOL_WGMMA_API const char* qtool_sm90_wgmma_w4(const qtool::wgmma::Args* p, cud
   switch (p->warpgroups) {
     case 1: return launch_tile<1>(*p, stream);
     case 2: return launch_tile<2>(*p, stream);
-    default: return "warpgroups must be 1 or 2";
+    case 4: return launch_tile<4>(*p, stream);
+    default: return "warpgroups must be 1, 2 or 4";
   }
 }
