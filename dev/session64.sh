@@ -27,7 +27,9 @@ wgab() {
 }
 wgdiag() {  # the error's pattern on one warpgroup (dev/wgmma_diag.py), for a kernel that fails its tests
   step "wgmma kernel diagnosis"
-  timeout -k 10 90 python3 dev/wgmma_diag.py 2>&1 | tail -20
+  timeout -k 10 90 python3 dev/wgmma_diag.py 2>&1 | tail -12
+  echo "--- QTOOL_WGMMA_FENCE=producer"
+  QTOOL_WGMMA_FENCE=producer timeout -k 10 90 python3 dev/wgmma_diag.py 2>&1 | tail -12
 }
 wgsan() {  # compute-sanitizer memcheck and racecheck on the wgmma kernel
   sanitize wgmma dev/san_wgmma.py

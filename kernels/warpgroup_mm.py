@@ -86,6 +86,10 @@ def parse_plan(text: str) -> Plan | None:
 
 
 FORCED = parse_plan(os.environ.get("QTOOL_WGMMA_PLAN", ""))
+# Who makes the producer's cp.async copies visible to wgmma (the async proxy): each consumer with a proxy fence after
+# the stage's barrier (the default), or, with QTOOL_WGMMA_FENCE=producer, the producer after waiting for its copies
+# (serializes the producer's stages; an A/B and a fallback).
+PRODUCER_FENCE = os.environ.get("QTOOL_WGMMA_FENCE", "consumer") == "producer"
 
 
 def plan(m: int, n_pad: int, k_pad: int, sms: int) -> Plan:
@@ -106,7 +110,7 @@ def _run(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, zero: torc
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
     args = _Args(qweight.data_ptr(), scale.data_ptr(), None if zero is None else zero.data_ptr(),
                  None if bias is None else bias.data_ptr(), x.data_ptr(), y.data_ptr(), m, n, n_pad, k, k_pad,
-                 group if group > 0 else k_pad, tile, warpgroups, split, 1)
+                 group if group > 0 else k_pad, tile, warpgroups, split, 1 | (2 if PRODUCER_FENCE else 0))
     err = _function()(ctypes.byref(args), torch.cuda.current_stream(x.device).cuda_stream)
     if err is not None:
         raise RuntimeError(f"wgmma w4_mm: {err.decode()} (m={m}, n={n}, k={k}, group={group}, tile={tile}, "

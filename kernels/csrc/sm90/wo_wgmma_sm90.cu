@@ -43,7 +43,8 @@ struct Args {  // mirrored by kernels/warpgroup_mm.py, _Args
   const void* x;        // bf16 [m, k] row-major
   void* y;              // bf16 [m, n] row-major
   int m, n, n_pad, k, k_pad, group;  // group: k per scale (a multiple of 64), k_pad per channel
-  int tile, warpgroups, split, launch;  // tokens per CTA (16 / 32 / 64 / 128), 64-row warpgroups (1, 2, 4), splits, bit 0 PDL
+  int tile, warpgroups, split, launch;  // tokens per CTA (16 / 32 / 64 / 128), 64-row warpgroups (1, 2, 4), splits;
+  // launch: bit 0 PDL, bit 1 the producer's own fence (QTOOL_WGMMA_FENCE=producer: an A/B of the consumers' fence)
 };
 
 __device__ inline uint32_t smem_u32(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
@@ -155,7 +156,13 @@ __device__ void produce(const Args& p, uint32_t ring, uint32_t full, uint32_t em
       const bool in = t < p.m && k < p.k;
       cp_async16(stage + t * 128 + ((q ^ (t & 7)) << 4), in ? x + static_cast<int64_t>(t) * p.k + k : x, in ? 16 : 0);
     }
-    cp_async_arrive(full + 8 * s);
+    if (p.launch & 2) {  // the stage's copies waited for and fenced into the async proxy by their issuer
+      asm volatile("cp.async.wait_all;" ::: "memory");
+      fence_async_smem();
+      mbar_arrive(full + 8 * s);
+    } else {
+      cp_async_arrive(full + 8 * s);
+    }
   }
 }
 
