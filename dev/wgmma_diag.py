@@ -30,14 +30,16 @@ def main() -> None:
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     y, ref = run(codes, x)
     err = (y - ref).abs()
-    print("random 64x64, 16 tokens: max err", err.max().item(), "ref max", ref.abs().max().item())
+    ok = err.max().item() <= 1e-2 * ref.abs().max().item()  # bf16 output: ~2^-9 relative
+    print("random 64x64, 16 tokens: max err", err.max().item(), "ref max", ref.abs().max().item(),
+          "RESULT", "ok" if ok else "wrong")
     print(" by row % 16:", [round(v, 2) for v in err.amax(0).view(4, 16).amax(0).tolist()])
     print(" by token:", [round(v, 2) for v in err.amax(1).tolist()])
     for t, kk in ((0, 0), (1, 0), (0, 1), (0, 8), (3, 17), (9, 63)):
         xs = torch.zeros(m, k, device="cuda", dtype=torch.bfloat16)
         xs[t, kk] = 1
         ys, refs = run(codes, xs)
-        bad = (ys - refs).abs() > 1e-3
+        bad = (ys - refs).abs() > 1e-2 * refs.abs().max().clamp(min=1)
         where = bad.nonzero()[:6].tolist()
         found = {}
         if bad.any():  # which (token, k) of x the kernel read in place of (t, kk): match the output column
