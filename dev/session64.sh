@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The device calls of session 64 (BENCHMARKS.md "session 64"): the wgmma W4A16 kernel (csrc/sm90/wo_wgmma_sm90.cu,
 # kernels/warpgroup_mm.py) for 9-128 tokens, tested and timed against the routes; then the owed H200 figures.
-#   bash dev/session64.sh wgtests wgab      carry [".gpu/w8a8", ".gpu/ext"]
+#   bash dev/session64.sh first             carry [".gpu/w8a8", ".gpu/ext"] (no machine came in session 64)
+#   first    wgtests, wgdiag, then wgab on four shapes at 16-128 tokens (~420 s)
+#   wgdiag   dev/wgmma_diag.py: the error's pattern on one warpgroup (and with the producer's fence where wrong)
 #   wgtests  tests/test_wgmma_gpu.py (every schedule against float64)
 #   wgab     dev/wgmma_ab.py: the plan and forced schedules against the route, the mixed GEMM and bf16
 #            (WA_SHAPES, WA_TOKENS, WA_TIMEOUT, WA_ASYM, WA_FORCED=0 for the plan only)
@@ -46,5 +48,10 @@ wgroute() {
 }
 auto() {
   bash dev/session63.sh auto
+}
+first() {  # the next session's first call (~420 s): the kernel's tests, its error's pattern, the A/B on four shapes
+  WT_TIMEOUT=${WT_TIMEOUT:-120} wgtests
+  wgdiag
+  WA_SHAPES=${WA_SHAPES:-4096x4096,4096x14336,14336x4096,8192x8192} WA_TIMEOUT=${WA_TIMEOUT:-220} wgab
 }
 for s in "${s64_stages[@]}"; do "$s"; done

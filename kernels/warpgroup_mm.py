@@ -3,7 +3,7 @@
 
 The weights are wgmma's A operand from registers: each lane's 16-byte word of the int4 kernel layout
 (layout.py, the A fragments of mma.m16n8k16, which wgmma repeats per warp of a warpgroup) goes through a
-lane-private cp.async ring in shared memory into registers, is converted to bf16 ((q - z) * s, one rounding)
+lane-private cp.async ring in shared memory into registers, is converted to bf16 ((q - z) * s)
 and multiplied against the activations (B: up to 128 tokens x 64 k per stage, a producer warp's cp.async
 ring in wgmma's 128-byte swizzle). No second copy of the weight (the CUTLASS mixed-input GEMM of
 mixed_mm.py keeps one in its shuffled layout), split-K over a thread block cluster reduced through
@@ -12,7 +12,8 @@ distributed shared memory, PDL.
 A call's schedule is a `Plan`: the token tile (16 / 32 / 64 / 128: the wgmma's n, so m <= tile), 64-row
 warpgroups per CTA (1, 2 or 4: each CTA reads its tokens' activations once for all its rows) and the split of K (1-8, the cluster). `plan` fills the SMs with one CTA each;
 QTOOL_WGMMA_PLAN="tile,warpgroups,split" forces one (A/Bs). Numerics: float32 sums of bf16 products, the
-weight rounded once to bf16 (relative error <= 2^-9 of each weight), bf16 output.
+scale and the product (q - z) * s each rounded to bf16 (relative error <= 2^-8 of each weight, as the Hopper
+GEMM's bf16 scales give), bf16 output.
 """
 
 from __future__ import annotations

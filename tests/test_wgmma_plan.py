@@ -32,3 +32,44 @@ def test_takes(bits, group, m, dtype, ok):
     codes = torch.randint(-8, 8, (64, 256), dtype=torch.int8)
     p = pack_weight(codes, torch.rand(64, 1 if group < 0 else 256 // group), None, None, bits, group)
     assert warpgroup_mm.takes(p, m, dtype) is ok
+
+
+def kernel_dequant(p) -> torch.Tensor:
+    """The kernel's conversion (csrc/sm90/wo_wgmma_sm90.cu, dequant) emulated: register p of lane l, word j of a
+    chunk holds nibbles p (element 0) and p + 4 (element 1) of row l // 4 + 8 (p % 2) at k = 16 j + 2 (l % 4) +
+    8 (p // 2) + h; 0x4300 | u is the bf16 128 + u, minus 136 + z exactly, times the bf16 scale rounded once."""
+    stripes, chunks = p.qweight.shape[:2]
+    words = p.qweight.to(torch.int64) & 0xFFFFFFFF  # [stripes, chunks, 32 lanes, 4 words]
+    out = torch.zeros(stripes * 16, chunks * 64, dtype=torch.bfloat16)
+    lane = torch.arange(32).view(1, 1, 32, 1)
+    j = torch.arange(4).view(1, 1, 1, 4)
+    stripe = torch.arange(stripes).view(-1, 1, 1, 1)
+    chunk = torch.arange(chunks).view(1, -1, 1, 1)
+    group = torch.arange(chunks * 64) // (p.group_size if p.group_size > 0 else chunks * 64)
+    for reg in range(4):
+        for h in range(2):
+            u = (words >> (4 * reg + 16 * h)) & 0xF
+            row = (stripe * 16 + lane // 4 + 8 * (reg % 2)).expand_as(u)
+            k = (chunk * 64 + 16 * j + 2 * (lane % 4) + 8 * (reg // 2) + h).expand_as(u)
+            scale = p.scale[group[k], row].to(torch.bfloat16)
+            zero = torch.zeros(()) if p.zero is None else p.zero[group[k], row]
+            t = (128 + u).to(torch.bfloat16) - (136 + zero).to(torch.bfloat16)  # exact small integers
+            out[row, k] = t * scale
+    return out
+
+
+@pytest.mark.parametrize("group,symmetric", [(128, True), (64, False), (-1, False)])
+def test_kernel_conversion_matches_the_layout(group, symmetric):
+    """The kernel reads the GEMVs' int4 layout as wgmma's register A: its extraction gives every code where
+    `dequantize_packed` has it, within the bf16 roundings of the scale and of the product (2^-8 relative, bounded
+    by 2^-7 here); a code read from the wrong place is off by a quantization step."""
+    from qtool_kernels.layout import dequantize_packed
+
+    n, k = 48, 576  # a ragged last group at g128
+    groups = 1 if group < 0 else -(-k // group)
+    codes = torch.randint(-8, 8, (n, k), dtype=torch.int8)
+    zero = None if symmetric else torch.randint(-8, 8, (n, groups), dtype=torch.int8)
+    p = pack_weight(codes, torch.rand(n, groups) / 50 + 1e-3, zero, None, 4, group)
+    ref = dequantize_packed(p.qweight, p.scale, p.zero, 4, p.group_size, n)
+    got = kernel_dequant(p)[:n].float()
+    assert torch.allclose(got, ref, rtol=2**-7, atol=0)

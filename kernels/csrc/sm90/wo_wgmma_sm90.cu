@@ -3,10 +3,11 @@
 // Why (kernels/NOTES.md, sessions 48 and 63): at 17-128 tokens the planes kernels (mma.sync, 16-row warp tiles) are a
 // latency chain, and CUTLASS's mixed-input GEMM pays ~5-7 us of fixed time per call for staging the weights through
 // shared memory with TMA. Here the product is computed transposed, Y^T [n, m] = W [n, k] . X^T [k, m]:
-//   - A = the weights, 64 rows per warpgroup: each lane loads its 16-byte word of a 64-k chunk of the int4 kernel
-//     layout (kernels/layout.py: already the A fragments of mma.m16n8k16, which wgmma's register A repeats per warp),
-//     kDepth chunks ahead (cp.async into a lane-private ring in shared memory), converts them in registers to bf16 ((q - z) * s: one exact subtraction, one rounding) and
-//     hands them to wgmma. No shared memory, no copy of the weight beside the GEMVs' one.
+//   - A = the weights, 64 rows per warpgroup: each lane copies its 16-byte word of a 64-k chunk of the int4 kernel
+//     layout (kernels/layout.py: already the A fragments of mma.m16n8k16, which wgmma's register A repeats per warp)
+//     and its rows' scales kDepth chunks ahead with cp.async into a lane-private ring in shared memory (LaneRing),
+//     converts them in registers to bf16 ((q - z) * s: one exact subtraction, one rounding) and hands them to wgmma.
+//     No copy of the weight beside the GEMVs' one.
 //   - B = the activations, up to 128 tokens x 64 k per stage, copied by one producer warp with cp.async into the
 //     128-byte-swizzled k-major layout wgmma's descriptor reads, in a ring of stages with full / empty mbarriers.
 //   - Split-K over a (1, split, 1) thread block cluster: each CTA leaves its float32 partial tile in its shared
