@@ -87,6 +87,17 @@ def parse_plan(text: str) -> Plan | None:
 
 
 FORCED = parse_plan(os.environ.get("QTOOL_WGMMA_PLAN", ""))
+
+
+def parse_tokens(text: str) -> tuple[int, int]:
+    """QTOOL_WGMMA_TOKENS's value -> (lo, hi), the tokens (inclusive) the dispatcher routes here; "0,0": none."""
+    try:
+        lo, hi = (int(v) for v in text.replace(" ", "").split(","))
+    except ValueError:
+        raise ValueError(f"QTOOL_WGMMA_TOKENS={text!r}: expected 'lo,hi', e.g. '17,128' ('0,0': off)") from None
+    if not (0 <= lo <= hi <= TILES[-1]):
+        raise ValueError(f"QTOOL_WGMMA_TOKENS={text!r}: need 0 <= lo <= hi <= {TILES[-1]}")
+    return lo, hi
 # Who makes the producer's cp.async copies visible to wgmma (the async proxy): each consumer with a proxy fence after
 # the stage's barrier (the default), or, with QTOOL_WGMMA_FENCE=producer, the producer after waiting for its copies
 # (serializes the producer's stages; an A/B and a fallback).

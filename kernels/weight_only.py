@@ -57,7 +57,7 @@ GEMM_MAX_M = 64
 MIXED_MIN_M = {4: 5, 8: 5}
 # 4-bit weights at these tokens (inclusive) take the wgmma kernel (warpgroup_mm.py) where it applies, ahead of the
 # Hopper copy's routes. QTOOL_WGMMA_TOKENS="lo,hi" ("0,0": off, the default until measured on the device).
-WGMMA_TOKENS = tuple(int(v) for v in os.environ.get("QTOOL_WGMMA_TOKENS", "0,0").split(","))
+WGMMA_TOKENS = warpgroup_mm.parse_tokens(os.environ.get("QTOOL_WGMMA_TOKENS", "0,0"))
 # Without a copy: small weights run wo_gemm rather than wo_gemm_v3 up to SMALL_GEMM_MAX_M tokens (2-40% faster
 # on 4096 x 4096 up to 32 tokens, H200).
 SMALL_WEIGHT = 4096 * 4096

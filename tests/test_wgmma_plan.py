@@ -25,6 +25,14 @@ def test_parse_plan_names_the_bad_value():
             warpgroup_mm.parse_plan(bad)
 
 
+def test_parse_tokens_names_the_bad_value():
+    assert warpgroup_mm.parse_tokens("17, 128") == (17, 128)
+    assert warpgroup_mm.parse_tokens("0,0") == (0, 0)
+    for bad in ("17", "a,b", "64,32", "1,256"):
+        with pytest.raises(ValueError, match="QTOOL_WGMMA_TOKENS"):
+            warpgroup_mm.parse_tokens(bad)
+
+
 @pytest.mark.parametrize("bits,group,m,dtype,ok", [(4, 128, 64, torch.bfloat16, True), (4, -1, 1, torch.bfloat16, True),
                                                    (4, 32, 64, torch.bfloat16, False), (8, 128, 64, torch.bfloat16, False),
                                                    (4, 128, 129, torch.bfloat16, False), (4, 128, 64, torch.float16, False)])
@@ -73,3 +81,19 @@ def test_kernel_conversion_matches_the_layout(group, symmetric):
     ref = dequantize_packed(p.qweight, p.scale, p.zero, 4, p.group_size, n)
     got = kernel_dequant(p)[:n].float()
     assert torch.allclose(got, ref, rtol=2**-7, atol=0)
+
+
+def test_route_takes_it_where_switched_on(monkeypatch):
+    """The dispatcher's order: the GEMVs and the split variant first, then the wgmma kernel in its token range, then
+    the Hopper copy's routes."""
+    from qtool_kernels import weight_only
+
+    p = pack_weight(torch.randint(-8, 8, (2048, 2048), dtype=torch.int8), torch.rand(2048, 16), None, None, 4, 128)
+    monkeypatch.setattr(warpgroup_mm, "available", lambda: True)
+    monkeypatch.setattr(weight_only, "WGMMA_TOKENS", (0, 0))
+    assert weight_only.route(p, 64, torch.bfloat16) != "wo_wgmma"
+    monkeypatch.setattr(weight_only, "WGMMA_TOKENS", (17, 128))
+    assert weight_only.route(p, 64, torch.bfloat16) == "wo_wgmma"
+    assert weight_only.route(p, 129, torch.bfloat16) != "wo_wgmma"
+    assert weight_only.route(p, 64, torch.float16) != "wo_wgmma"
+    assert weight_only.route(p, 1, torch.bfloat16) != "wo_wgmma"
