@@ -144,16 +144,11 @@ def _(x, qweight, scale, zero, bias, n, group, tile, warpgroups, split):
     return x.new_empty(x.shape[0], n)
 
 
-_SMS: dict[int, int] = {}
-
-
 def wgmma_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None,
                  schedule: Plan | None = None) -> torch.Tensor:
     """x2 [m, K_pad] bf16, contiguous -> [m, out_features] bf16 (+ bias float32)."""
-    device = x2.device.index if x2.device.index is not None else torch.cuda.current_device()
-    if device not in _SMS:
-        _SMS[device] = torch.cuda.get_device_properties(device).multi_processor_count
-    s = schedule or plan(x2.shape[0], w.qweight.shape[0] * 16, w.k_padded, _SMS[device])
+    sms = torch.cuda.get_device_properties(x2.device).multi_processor_count  # cached by torch
+    s = schedule or plan(x2.shape[0], w.qweight.shape[0] * 16, w.k_padded, sms)
     args = (x2, w.qweight, w.scale, w.zero, bias, w.out_features, w.group_size, s.tile, s.warpgroups, s.split)
     if not torch.compiler.is_compiling():  # eager: the ctypes call without the custom op's dispatch (host time)
         return _run(*args)
