@@ -3,6 +3,7 @@
 # kernels/warpgroup_mm.py) for 9-128 tokens, tested and timed against the routes; then the owed H200 figures.
 #   bash dev/session64.sh first             carry [".gpu/w8a8", ".gpu/ext"] (no machine came in session 64)
 #   first    wgtests, wgdiag, then wgab on four shapes at 16-128 tokens (~420 s)
+#   short    first on less device time: two shapes (~270 s)
 #   wgdiag   dev/wgmma_diag.py: the error's pattern on one warpgroup (and with the producer's fence where wrong)
 #   wgtests  tests/test_wgmma_gpu.py (every schedule against float64)
 #   wgab     dev/wgmma_ab.py: the plan and forced schedules against the route, the mixed GEMM and bf16
@@ -53,5 +54,10 @@ first() {  # the next session's first call (~420 s): the kernel's tests, its err
   WT_TIMEOUT=${WT_TIMEOUT:-120} wgtests
   wgdiag
   WA_SHAPES=${WA_SHAPES:-4096x4096,4096x14336,14336x4096,8192x8192} WA_TIMEOUT=${WA_TIMEOUT:-220} wgab
+}
+short() {  # first on less device time (~270 s): the tests, the diagnosis, the A/B on two shapes
+  WT_TIMEOUT=100 wgtests
+  wgdiag
+  WA_SHAPES=${WA_SHAPES:-4096x4096,8192x8192} WA_TIMEOUT=${WA_TIMEOUT:-120} wgab
 }
 for s in "${s64_stages[@]}"; do "$s"; done
