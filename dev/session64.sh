@@ -4,6 +4,8 @@
 #   bash dev/session64.sh first             carry [".gpu/w8a8", ".gpu/ext"] (no machine came in session 64)
 #   first    wgtests, wgdiag, then wgab on four shapes at 16-128 tokens (~420 s)
 #   short    first on less device time: two shapes (~270 s)
+#   both     short for the 4-bit and the 8-bit rows paths: both kernels' tests, W4 and W8 A/Bs on 4096 x 4096 (~320 s)
+#   wg8ab    dev/wgmma8_ab.py: w8_mm on int8 / E4M3 rows against the W8A16 and W8A8 routes and bf16 (W8_SHAPES)
 #   wgdiag   dev/wgmma_diag.py: the error's pattern on one warpgroup (and with the producer's fence where wrong)
 #   wgtests  tests/test_wgmma_gpu.py (every schedule against float64)
 #   wgab     dev/wgmma_ab.py: the plan and forced schedules against the route, the mixed GEMM and bf16
@@ -18,7 +20,12 @@ LOG=${LOG:-session64.log}
 source dev/gpu_setup.sh
 wgtests() {
   step "wgmma W4A16 kernel: GPU tests"
-  gputests wgtests "${WT_TIMEOUT:-150}" tests/test_wgmma_gpu.py tests/test_wgmma_plan.py
+  gputests wgtests "${WT_TIMEOUT:-150}" tests/test_wgmma_gpu.py tests/test_wgmma_plan.py tests/test_wgmma_rows_gpu.py
+}
+wg8ab() {
+  step "wgmma kernel on 8-bit rows against the W8A16 / W8A8 routes and bf16 (dev/wgmma8_ab.py)"
+  timeout -k 10 "${W8_TIMEOUT:-200}" python3 dev/wgmma8_ab.py --tokens "${W8_TOKENS:-16,32,64,128}" \
+    --shapes "${W8_SHAPES:-4096x4096,8192x8192}" --json "$OUT/wgmma8_ab.json" 2>&1 | grep -v "^USDT"
 }
 wgab() {
   step "wgmma W4A16 kernel against the route, the mixed GEMM and bf16 (dev/wgmma_ab.py)"
@@ -59,5 +66,11 @@ short() {  # first on less device time (~270 s): the tests, the diagnosis, the A
   WT_TIMEOUT=100 wgtests
   wgdiag
   WA_SHAPES=${WA_SHAPES:-4096x4096,8192x8192} WA_TIMEOUT=${WA_TIMEOUT:-120} wgab
+}
+both() {  # both paths on little device time (~320 s)
+  WT_TIMEOUT=130 wgtests
+  wgdiag
+  WA_SHAPES=4096x4096,8192x8192 WA_TOKENS=16,32,64,128 WA_TIMEOUT=80 wgab
+  W8_SHAPES=4096x4096 W8_TIMEOUT=70 wg8ab
 }
 for s in "${s64_stages[@]}"; do "$s"; done

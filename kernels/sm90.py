@@ -8,7 +8,8 @@
                                           QTOOL_MIXED_BITS=8
   libqtool_sm90_block  block_mm_sm90.cu   FP8 GEMM with 1 x 128 activation and 128 x 128 weight-block
                                           scales (fp8-block); kernels/block_mm.py calls it through ctypes
-  libqtool_sm90_wgmma  wo_wgmma_sm90.cu   W4A16 at 9-128 tokens on wgmma from the kernel layout, no CUTLASS;
+  libqtool_sm90_wgmma  wo_wgmma_sm90.cu   W4A16 (the kernel layout) and 8-bit rows (int8 / E4M3) with 16-bit
+                                          activations at 9-128 tokens on wgmma, no CUTLASS;
                                           kernels/warpgroup_mm.py calls it through ctypes
 
 Each is a plain shared library with a C entry point, compiled by nvcc for sm_90a and loaded with
@@ -136,8 +137,9 @@ block = Library("libqtool_sm90_block", build.CSRC / "sm90" / "block_mm_sm90.cu",
                 (build.CSRC / "sm90" / "sm90_block_mm.h", build.CSRC / "sm90" / "sm90_block_overlap.cuh"),
                 "FP8 block GEMM", "fp8-block layers use F.scaled_mm block-wise", global_symbols=False)
 wgmma = Library("libqtool_sm90_wgmma", build.CSRC / "sm90" / "wo_wgmma_sm90.cu",
-                (build.CSRC / "sm90" / "wgmma_ops.cuh", build.CSRC / "pdl.cuh"), "W4A16 wgmma GEMM",
-                "W4A16 layers at 9-128 tokens take the other routes", global_symbols=False, cutlass=False)
+                tuple(build.CSRC / "sm90" / f"wgmma_{part}.cuh" for part in ("ops", "async", "weights"))
+                + (build.CSRC / "pdl.cuh",), "weight-only wgmma GEMM",
+                "W4A16 / 8-bit layers at 9-128 tokens take the other routes", global_symbols=False, cutlass=False)
 ALL = (_sm90, mixed, mixed8, block, wgmma)  # what `qtool kernels build` and dev/prebuild_sm90.sh compile
 
 

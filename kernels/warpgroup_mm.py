@@ -1,5 +1,7 @@
-"""W4A16 at 9-128 tokens on Hopper's wgmma, read straight from the kernel layout: libqtool_sm90_wgmma
-(csrc/sm90/wo_wgmma_sm90.cu) behind `qtool_cuda_wgmma::w4_mm`.
+"""Weight-only GEMMs at 9-128 tokens on Hopper's wgmma, the weights read straight from their own layout:
+libqtool_sm90_wgmma (csrc/sm90/wo_wgmma_sm90.cu) behind `qtool_cuda_wgmma::w4_mm` (the 4-bit kernel layout) and
+`qtool_cuda_wgmma::w8_mm` (8-bit codes row-major, int8 or FP8 E4M3, per-channel or per-tensor scales: W8A16's
+`pack_rows` weights and the W8A8 layers' own, run with 16-bit activations as w8_gemv runs them below 17 tokens).
 
 The weights are wgmma's A operand from registers: each lane's 16-byte word of the int4 kernel layout
 (layout.py, the A fragments of mma.m16n8k16, which wgmma repeats per warp of a warpgroup) goes through a
@@ -45,7 +47,11 @@ class _Args(ctypes.Structure):  # csrc/sm90/wo_wgmma_sm90.cu, Args
                 ("bias", ctypes.c_void_p), ("x", ctypes.c_void_p), ("y", ctypes.c_void_p),
                 ("m", ctypes.c_int), ("n", ctypes.c_int), ("n_pad", ctypes.c_int), ("k", ctypes.c_int),
                 ("k_pad", ctypes.c_int), ("group", ctypes.c_int), ("tile", ctypes.c_int),
-                ("warpgroups", ctypes.c_int), ("split", ctypes.c_int), ("launch", ctypes.c_int)]
+                ("warpgroups", ctypes.c_int), ("split", ctypes.c_int), ("launch", ctypes.c_int),
+                ("kind", ctypes.c_int), ("scale_stride", ctypes.c_int)]
+
+
+ROWS_KINDS = {torch.int8: 1, torch.float8_e4m3fn: 2}  # 8-bit row-major codes -> the kernel's `kind` (0: 4-bit)
 
 
 _entry: list = []
@@ -54,9 +60,9 @@ _entry: list = []
 def _function():
     if not _entry:
         lib = ctypes.CDLL(str(sm90.wgmma.path()))
-        lib.qtool_sm90_wgmma_w4.restype = ctypes.c_char_p
-        lib.qtool_sm90_wgmma_w4.argtypes = [ctypes.POINTER(_Args), ctypes.c_void_p]
-        _entry.append(lib.qtool_sm90_wgmma_w4)
+        lib.qtool_sm90_wgmma_mm.restype = ctypes.c_char_p
+        lib.qtool_sm90_wgmma_mm.argtypes = [ctypes.POINTER(_Args), ctypes.c_void_p]
+        _entry.append(lib.qtool_sm90_wgmma_mm)
     return _entry[0]
 
 
@@ -70,6 +76,13 @@ def takes(w: PackedWeight, m: int, dtype: torch.dtype) -> bool:
     groups a multiple of 64 (or per channel), 1 <= m <= 128."""
     return (w.num_bits == 4 and w.qweight is not None and dtype == torch.bfloat16 and 1 <= m <= TILES[-1]
             and (w.group_size <= 0 or w.group_size % CHUNK_K == 0))
+
+
+def takes_rows(weight: torch.Tensor, scale: torch.Tensor, m: int, dtype: torch.dtype) -> bool:
+    """Whether m tokens of `dtype` fit the kernel on 8-bit row-major codes: weight int8 / float8_e4m3fn [N, K],
+    contiguous, K % 16 == 0; scale one per output channel or one per tensor (no blocks); bf16; 1 <= m <= 128."""
+    return (weight.dtype in ROWS_KINDS and weight.dim() == 2 and weight.is_contiguous() and weight.shape[1] % 16 == 0
+            and scale.numel() in (1, weight.shape[0]) and dtype == torch.bfloat16 and 1 <= m <= TILES[-1])
 
 
 def parse_plan(text: str) -> Plan | None:
@@ -89,15 +102,28 @@ def parse_plan(text: str) -> Plan | None:
 FORCED = parse_plan(os.environ.get("QTOOL_WGMMA_PLAN", ""))
 
 
-def parse_tokens(text: str) -> tuple[int, int]:
-    """QTOOL_WGMMA_TOKENS's value -> (lo, hi), the tokens (inclusive) the dispatcher routes here; "0,0": none."""
+def parse_tokens(text: str, name: str = "QTOOL_WGMMA_TOKENS") -> tuple[int, int]:
+    """The value of the switch `name` -> (lo, hi), the tokens (inclusive) the dispatcher routes here; "0,0": none."""
     try:
         lo, hi = (int(v) for v in text.replace(" ", "").split(","))
     except ValueError:
-        raise ValueError(f"QTOOL_WGMMA_TOKENS={text!r}: expected 'lo,hi', e.g. '17,128' ('0,0': off)") from None
+        raise ValueError(f"{name}={text!r}: expected 'lo,hi', e.g. '17,128' ('0,0': off)") from None
     if not (0 <= lo <= hi <= TILES[-1]):
-        raise ValueError(f"QTOOL_WGMMA_TOKENS={text!r}: need 0 <= lo <= hi <= {TILES[-1]}")
+        raise ValueError(f"{name}={text!r}: need 0 <= lo <= hi <= {TILES[-1]}")
     return lo, hi
+
+
+# 8-bit row-major layers (W8A16 `pack_rows`, W8A8 int8 / E4M3 per channel or tensor) at these tokens (inclusive)
+# take w8_mm with 16-bit activations (weight_only._rows_linear, scaled_mm.w8a8_linear_cuda), after w8_gemv's tokens.
+# QTOOL_WGMMA_W8_TOKENS="lo,hi" ("0,0": off, the default until measured on the device).
+W8_TOKENS = parse_tokens(os.environ.get("QTOOL_WGMMA_W8_TOKENS", "0,0"), "QTOOL_WGMMA_W8_TOKENS")
+
+
+def routes_rows(weight: torch.Tensor, scale: torch.Tensor, m: int, dtype: torch.dtype) -> bool:
+    """Whether the dispatchers send m tokens on these 8-bit rows here (W8_TOKENS, `takes_rows`, available)."""
+    return W8_TOKENS[0] <= m <= W8_TOKENS[1] and takes_rows(weight, scale, m, dtype) and available()
+
+
 # Who makes the producer's cp.async copies visible to wgmma (the async proxy): each consumer with a proxy fence after
 # the stage's barrier (the default), or, with QTOOL_WGMMA_FENCE=producer, the producer after waiting for its copies
 # (serializes the producer's stages; an A/B and a fallback).
@@ -115,19 +141,31 @@ def plan(m: int, n_pad: int, k_pad: int, sms: int) -> Plan:
     return Plan(tile, 2, split)
 
 
-def _run(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None,
-         bias: torch.Tensor | None, n: int, group: int, tile: int, warpgroups: int, split: int) -> torch.Tensor:
+def _run(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None,
+         bias: torch.Tensor | None, n: int, n_pad: int, k_pad: int, group: int, kind: int, scale_stride: int,
+         tile: int, warpgroups: int, split: int) -> torch.Tensor:
     m, k = x.shape
-    n_pad, k_pad = qweight.shape[0] * 16, qweight.shape[1] * CHUNK_K
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
-    args = _Args(qweight.data_ptr(), scale.data_ptr(), None if zero is None else zero.data_ptr(),
+    args = _Args(weight.data_ptr(), scale.data_ptr(), None if zero is None else zero.data_ptr(),
                  None if bias is None else bias.data_ptr(), x.data_ptr(), y.data_ptr(), m, n, n_pad, k, k_pad,
-                 group if group > 0 else k_pad, tile, warpgroups, split, 1 | (2 if PRODUCER_FENCE else 0))
+                 group, tile, warpgroups, split, 1 | (2 if PRODUCER_FENCE else 0), kind, scale_stride)
     err = _function()(ctypes.byref(args), torch.cuda.current_stream(x.device).cuda_stream)
     if err is not None:
-        raise RuntimeError(f"wgmma w4_mm: {err.decode()} (m={m}, n={n}, k={k}, group={group}, tile={tile}, "
-                           f"warpgroups={warpgroups}, split={split})")
+        raise RuntimeError(f"wgmma {'w4' if kind == 0 else 'w8'}_mm: {err.decode()} (m={m}, n={n}, k={k}, "
+                           f"group={group}, tile={tile}, warpgroups={warpgroups}, split={split})")
     return y
+
+
+def _run_w4(x, qweight, scale, zero, bias, n, group, tile, warpgroups, split) -> torch.Tensor:
+    k_pad = qweight.shape[1] * CHUNK_K
+    return _run(x, qweight, scale, zero, bias, n, qweight.shape[0] * 16, k_pad, group if group > 0 else k_pad, 0, 1,
+                tile, warpgroups, split)
+
+
+def _run_w8(x, weight, scale, bias, tile, warpgroups, split) -> torch.Tensor:
+    n, k = weight.shape
+    return _run(x, weight, scale, None, bias, n, -(-n // 16) * 16, -(-k // CHUNK_K) * CHUNK_K, 0,
+                ROWS_KINDS[weight.dtype], int(scale.numel() != 1), tile, warpgroups, split)
 
 
 @torch.library.custom_op("qtool_cuda_wgmma::w4_mm", mutates_args=())
@@ -136,12 +174,25 @@ def w4_mm(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, zero: tor
     """y [m, n] bf16 = x [m, K] bf16 . dequant(qweight)^T (+ bias float32 [n]); qweight int32 [N_pad / 16,
     K_pad / 64, 32, 4] (the int4 kernel layout), scale / zero float32 [G, N_pad]; group: k per scale (<= 0:
     per channel); the schedule as in `Plan`."""
-    return _run(x, qweight, scale, zero, bias, n, group, tile, warpgroups, split)
+    return _run_w4(x, qweight, scale, zero, bias, n, group, tile, warpgroups, split)
 
 
 @w4_mm.register_fake
 def _(x, qweight, scale, zero, bias, n, group, tile, warpgroups, split):
     return x.new_empty(x.shape[0], n)
+
+
+@torch.library.custom_op("qtool_cuda_wgmma::w8_mm", mutates_args=())
+def w8_mm(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, tile: int,
+          warpgroups: int, split: int) -> torch.Tensor:
+    """y [m, N] bf16 = x [m, K] bf16 . (weight * scale)^T (+ bias float32 [N]); weight int8 / float8_e4m3fn [N, K]
+    row-major (K % 16 == 0), scale float32 [N] or [1], contiguous; the schedule as in `Plan`."""
+    return _run_w8(x, weight, scale, bias, tile, warpgroups, split)
+
+
+@w8_mm.register_fake
+def _(x, weight, scale, bias, tile, warpgroups, split):
+    return x.new_empty(x.shape[0], weight.shape[0])
 
 
 def wgmma_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None,
@@ -151,5 +202,24 @@ def wgmma_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None,
     s = schedule or plan(x2.shape[0], w.qweight.shape[0] * 16, w.k_padded, sms)
     args = (x2, w.qweight, w.scale, w.zero, bias, w.out_features, w.group_size, s.tile, s.warpgroups, s.split)
     if not torch.compiler.is_compiling():  # eager: the ctypes call without the custom op's dispatch (host time)
-        return _run(*args)
+        return _run_w4(*args)
     return torch.ops.qtool_cuda_wgmma.w4_mm(*args)
+
+
+def rows_linear(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
+                schedule: Plan | None = None) -> torch.Tensor:
+    """x2 [m, K] bf16 times 8-bit codes weight [N, K] (`takes_rows`) scaled per channel (scale [N], [N, 1], [1, N])
+    or per tensor ([1]) -> [m, N] bf16 (+ bias [N], added in float32)."""
+    n, k = weight.shape
+    sms = torch.cuda.get_device_properties(x2.device).multi_processor_count
+    s = schedule or plan(x2.shape[0], -(-n // 16) * 16, -(-k // CHUNK_K) * CHUNK_K, sms)
+    x2 = x2.contiguous()
+    if not torch.compiler.is_compiling() and x2.data_ptr() % 16:
+        x2 = x2.clone()
+    scale = scale.reshape(-1)
+    scale = scale if scale.dtype == torch.float32 and scale.is_contiguous() else scale.float().contiguous()
+    bias = None if bias is None else bias if bias.dtype == torch.float32 else bias.float()
+    args = (x2, weight, scale, bias, s.tile, s.warpgroups, s.split)
+    if not torch.compiler.is_compiling():
+        return _run_w8(*args)
+    return torch.ops.qtool_cuda_wgmma.w8_mm(*args)

@@ -2,7 +2,8 @@
 
 Dispatch on m = tokens:
   rows layout       8-bit symmetric per-channel weights packed row-major (layout.pack_rows, where takes_rows):
-                    qtool_cuda::w8_gemv up to 4-32 tokens by size (rows_gemv), then the Hopper copy's
+                    qtool_cuda::w8_gemv up to 4-32 tokens by size (rows_gemv), then qtool_cuda_wgmma::w8_mm at
+                    QTOOL_WGMMA_W8_TOKENS (warpgroup_mm.py; off by default until measured), then the Hopper copy's
                     route (two int8 planes of the activations on the int8 GEMM, split_mm.py, where SPLIT
                     says: off by default since session 48); without a copy w8_gemv in slices to 64 tokens, then
                     dequantized rows + cuBLAS
@@ -320,6 +321,8 @@ def _rows_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, k
         if kernels is torch.ops.qtool_cuda and (y := w8_planes_linear(x2, w.rows, w.scale, bias, True)) is not None:
             return y  # QTOOL_W8_PLANES (scaled_mm.py)
         return kernels.w8_gemv(x2, w.rows, w.scale.view(-1), bias, 0, 0, int(gemv_pdl(m, *w.rows.shape)), prefetch)
+    if warpgroup_mm.routes_rows(w.rows, w.scale, m, x2.dtype):  # QTOOL_WGMMA_W8_TOKENS
+        return warpgroup_mm.rows_linear(x2, w.rows, w.scale, bias)
     first, last, max_weight = SPLIT
     if (first <= m <= last and w.out_features * w.k_padded <= max_weight
             and (y := split_linear(x2, w.rows, w.scale, bias, SPLIT_MEASURED)) is not None):
