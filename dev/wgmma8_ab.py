@@ -1,8 +1,9 @@
 """The wgmma kernel on 8-bit rows (warpgroup_mm.w8_mm) against the routes that ship and bf16 F.linear at 9-128 tokens:
 a W8A16 per-channel layer (packed_linear: w8_gemv / the Hopper copy's route), W8A8 int8 and FP8 per-channel layers
-(scaled_mm.w8a8_linear_cuda: w8_gemv, or the activations' quantization + the W8A8 GEMM), and w8_mm's plan (and forced
-schedules) on the same int8 / E4M3 codes. Every call's graph replayed in turn in one process (benchmarks/replay.py);
-each w8_mm schedule checked against float64 first. Speedup against bf16 in the same process.
+and fp8-block (scaled_mm.w8a8_linear_cuda: w8_gemv, or the activations' quantization + the W8A8 GEMM), and w8_mm's
+plan (and forced schedules) on the same int8 / E4M3 codes and block scales. Every call's graph replayed in turn in
+one process (benchmarks/replay.py); each w8_mm schedule checked against float64 first. Speedup against bf16 in the
+same process.
 
     python3 dev/wgmma8_ab.py [--tokens 16,32,64,128] [--shapes 4096x4096,...] [--json out.json]
 """
@@ -22,11 +23,15 @@ SHAPES = "4096x4096,4096x14336,14336x4096,8192x8192,8192x28672,28672x8192"
 FORCED = ((2, 1), (2, 4), (1, 4), (4, 2))  # (warpgroups, split)
 
 
-def codes(n: int, k: int, fp8: bool, count: int):
+def codes(n: int, k: int, fp8: bool, count: int, blocks: bool = False):
     import torch
 
     out = []
     for _ in range(count):
+        if blocks:
+            w = (torch.randn(n, k, device="cuda") * 50).clamp(-448, 448).to(torch.float8_e4m3fn)
+            out.append((w, torch.rand(-(-n // 128), -(-k // 128), device="cuda") / 100 + 1e-4))
+            continue
         if fp8:
             w = (torch.randn(n, k, device="cuda") * 50).clamp(-448, 448).to(torch.float8_e4m3fn)
         else:
@@ -57,6 +62,7 @@ def time_shape(ops, k: int, n: int, tokens: list[int], forced: bool) -> list[dic
 
     count = copies_for(n * k)
     i8, f8 = Rotation(codes(n, k, False, count)), Rotation(codes(n, k, True, count))
+    f8b = Rotation(codes(n, k, True, count, blocks=True))
     w8a16 = Rotation(packed_copies(8, -1, k, n, layer=True))
     dense = Rotation([torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(copies_for(2 * n * k))])
     sms = torch.cuda.get_device_properties(0).multi_processor_count
@@ -72,7 +78,9 @@ def time_shape(ops, k: int, n: int, tokens: list[int], forced: bool) -> list[dic
         calls = {"bf16": lambda: F.linear(x, dense()),  # noqa: B023
                  "w8a16 route": lambda: packed_linear(x, w8a16(), None, ops),  # noqa: B023
                  "int8 route": lambda: scaled_mm.w8a8_linear_cuda(x, *i8(), None, None, "int8", 0, 0, 0, 1),  # noqa: B023
-                 "fp8 route": lambda: scaled_mm.w8a8_linear_cuda(x, *f8(), None, None, "e4m3", 0, 0, 0, 1)}  # noqa: B023
+                 "fp8 route": lambda: scaled_mm.w8a8_linear_cuda(x, *f8(), None, None, "e4m3", 0, 0, 0, 1),  # noqa: B023
+                 "fp8-block route": lambda: scaled_mm.w8a8_linear_cuda(  # noqa: B023
+                     x, *f8b(), None, None, "e4m3", 128, 128, 128, 1)}  # noqa: B023
 
         def wg8(pair, schedule):
             return lambda: warpgroup_mm.rows_linear(x, *pair(), None, schedule)  # noqa: B023
@@ -80,6 +88,7 @@ def time_shape(ops, k: int, n: int, tokens: list[int], forced: bool) -> list[dic
         for name, s in schedules.items():
             calls[f"{name} int8"] = wg8(i8, s)
         calls["wg8 e4m3"] = wg8(f8, schedules["wg8"])
+        calls["wg8 blocks"] = lambda: warpgroup_mm.rows_linear(x, *f8b(), None, blocks=True)  # noqa: B023
         ms = interleaved_graph_ms(calls)
         bf16 = ms["bf16"]
         row = {"K": k, "N": n, "M": m, "plan": vars(schedules["wg8"]), "err": errs,

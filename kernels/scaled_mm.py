@@ -7,7 +7,7 @@ the nearest measured shape and the next measured batch; outside the measured bat
                       quantization (at these m the weight bytes set the time; more accurate too); a measured
                       route may take it up to W8_GEMV_KERNEL_MAX_M
   QTOOL_WGMMA_W8_TOKENS  qtool_cuda_wgmma::w8_mm (warpgroup_mm.py): the same, on wgmma, for per-channel or
-                      per-tensor int8 / E4M3 weights (off by default until measured)
+                      per-tensor int8 / E4M3 weights and E4M3 128 x 128 blocks (off by default until measured)
   otherwise           qtool_cuda::act_quant (one fused pass), then `scaled_mm` below, on the measured
                       libqtool_sm90 tile configuration (or cuBLAS where that measured faster)
 On CPU, and for float32 activations, every op runs its reference (kernels/reference.py).
@@ -369,8 +369,9 @@ def w8a8_linear_cuda(x, weight, weight_scale, bias, input_scale, fmt, act_group_
     if takes_gemv(m, route) and (y := _w8_gemv(x, weight, weight_scale, bias, block_n, block_k,
                                                bool(static_weight), prefetch)) is not None:
         return y
-    if block_n == 0 and warpgroup_mm.routes_rows(weight, weight_scale, m, x.dtype):  # QTOOL_WGMMA_W8_TOKENS
-        return warpgroup_mm.rows_linear(x, weight, weight_scale, bias)
+    blocks = (block_n, block_k) == (warpgroup_mm.BLOCK,) * 2
+    if (block_n == 0 or blocks) and warpgroup_mm.routes_rows(weight, weight_scale, m, x.dtype, blocks):
+        return warpgroup_mm.rows_linear(x, weight, weight_scale, bias, blocks=blocks)  # QTOOL_WGMMA_W8_TOKENS
     xq, xs = quantize_activation_cuda(x, fmt, act_group_size, input_scale)
     group = act_group_size if input_scale is None else 0
     y = scaled_mm(xq, xs, weight, weight_scale, bias, group, block_n, block_k, x.dtype, route)

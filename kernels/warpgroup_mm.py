@@ -1,7 +1,8 @@
 """Weight-only GEMMs at 9-128 tokens on Hopper's wgmma, the weights read straight from their own layout:
 libqtool_sm90_wgmma (csrc/sm90/wo_wgmma_sm90.cu) behind `qtool_cuda_wgmma::w4_mm` (the 4-bit kernel layout) and
-`qtool_cuda_wgmma::w8_mm` (8-bit codes row-major, int8 or FP8 E4M3, per-channel or per-tensor scales: W8A16's
-`pack_rows` weights and the W8A8 layers' own, run with 16-bit activations as w8_gemv runs them below 17 tokens).
+`qtool_cuda_wgmma::w8_mm` (8-bit codes row-major, int8 or FP8 E4M3, per-channel or per-tensor scales, or E4M3 with
+128 x 128 block scales: W8A16's `pack_rows` weights and the W8A8 layers' own, run with 16-bit activations as w8_gemv
+runs them below 17 tokens).
 
 The weights are wgmma's A operand from registers: each lane's 16-byte word of the int4 kernel layout
 (layout.py, the A fragments of mma.m16n8k16, which wgmma repeats per warp of a warpgroup) goes through a
@@ -52,6 +53,7 @@ class _Args(ctypes.Structure):  # csrc/sm90/wo_wgmma_sm90.cu, Args
 
 
 ROWS_KINDS = {torch.int8: 1, torch.float8_e4m3fn: 2}  # 8-bit row-major codes -> the kernel's `kind` (0: 4-bit)
+BLOCKS_KIND, BLOCK = 3, 128  # E4M3 codes with a float32 scale per 128 x 128 block (fp8-block)
 
 
 _entry: list = []
@@ -78,11 +80,17 @@ def takes(w: PackedWeight, m: int, dtype: torch.dtype) -> bool:
             and (w.group_size <= 0 or w.group_size % CHUNK_K == 0))
 
 
-def takes_rows(weight: torch.Tensor, scale: torch.Tensor, m: int, dtype: torch.dtype) -> bool:
+def takes_rows(weight: torch.Tensor, scale: torch.Tensor, m: int, dtype: torch.dtype, blocks: bool = False) -> bool:
     """Whether m tokens of `dtype` fit the kernel on 8-bit row-major codes: weight int8 / float8_e4m3fn [N, K],
-    contiguous, K % 16 == 0; scale one per output channel or one per tensor (no blocks); bf16; 1 <= m <= 128."""
-    return (weight.dtype in ROWS_KINDS and weight.dim() == 2 and weight.is_contiguous() and weight.shape[1] % 16 == 0
-            and scale.numel() in (1, weight.shape[0]) and dtype == torch.bfloat16 and 1 <= m <= TILES[-1])
+    contiguous, K % 16 == 0; scale one per output channel or one per tensor, or with `blocks` (E4M3 only) one per
+    128 x 128 block [ceil(N / 128), ceil(K / 128)]; bf16; 1 <= m <= 128."""
+    if not (weight.dtype in ROWS_KINDS and weight.dim() == 2 and weight.is_contiguous() and weight.shape[1] % 16 == 0
+            and dtype == torch.bfloat16 and 1 <= m <= TILES[-1]):
+        return False
+    n, k = weight.shape
+    if blocks:
+        return weight.dtype == torch.float8_e4m3fn and tuple(scale.shape) == (-(-n // BLOCK), -(-k // BLOCK))
+    return scale.numel() in (1, n)
 
 
 def parse_plan(text: str) -> Plan | None:
@@ -119,9 +127,9 @@ def parse_tokens(text: str, name: str = "QTOOL_WGMMA_TOKENS") -> tuple[int, int]
 W8_TOKENS = parse_tokens(os.environ.get("QTOOL_WGMMA_W8_TOKENS", "0,0"), "QTOOL_WGMMA_W8_TOKENS")
 
 
-def routes_rows(weight: torch.Tensor, scale: torch.Tensor, m: int, dtype: torch.dtype) -> bool:
+def routes_rows(weight: torch.Tensor, scale: torch.Tensor, m: int, dtype: torch.dtype, blocks: bool = False) -> bool:
     """Whether the dispatchers send m tokens on these 8-bit rows here (W8_TOKENS, `takes_rows`, available)."""
-    return W8_TOKENS[0] <= m <= W8_TOKENS[1] and takes_rows(weight, scale, m, dtype) and available()
+    return W8_TOKENS[0] <= m <= W8_TOKENS[1] and takes_rows(weight, scale, m, dtype, blocks) and available()
 
 
 # Who makes the producer's cp.async copies visible to wgmma (the async proxy): each consumer with a proxy fence after
@@ -164,8 +172,10 @@ def _run_w4(x, qweight, scale, zero, bias, n, group, tile, warpgroups, split) ->
 
 def _run_w8(x, weight, scale, bias, tile, warpgroups, split) -> torch.Tensor:
     n, k = weight.shape
+    blocks = scale.dim() == 2  # [ceil(N / 128), ceil(K / 128)]: fp8-block; else [N] or [1]
     return _run(x, weight, scale, None, bias, n, -(-n // 16) * 16, -(-k // CHUNK_K) * CHUNK_K, 0,
-                ROWS_KINDS[weight.dtype], int(scale.numel() != 1), tile, warpgroups, split)
+                BLOCKS_KIND if blocks else ROWS_KINDS[weight.dtype], scale.shape[1] if blocks else int(scale.numel() != 1),
+                tile, warpgroups, split)
 
 
 @torch.library.custom_op("qtool_cuda_wgmma::w4_mm", mutates_args=())
@@ -186,7 +196,8 @@ def _(x, qweight, scale, zero, bias, n, group, tile, warpgroups, split):
 def w8_mm(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, tile: int,
           warpgroups: int, split: int) -> torch.Tensor:
     """y [m, N] bf16 = x [m, K] bf16 . (weight * scale)^T (+ bias float32 [N]); weight int8 / float8_e4m3fn [N, K]
-    row-major (K % 16 == 0), scale float32 [N] or [1], contiguous; the schedule as in `Plan`."""
+    row-major (K % 16 == 0), scale float32 [N] or [1], or for E4M3 [ceil(N / 128), ceil(K / 128)] (one per 128 x 128
+    block), contiguous; the schedule as in `Plan`."""
     return _run_w8(x, weight, scale, bias, tile, warpgroups, split)
 
 
@@ -207,16 +218,17 @@ def wgmma_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None,
 
 
 def rows_linear(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
-                schedule: Plan | None = None) -> torch.Tensor:
+                schedule: Plan | None = None, blocks: bool = False) -> torch.Tensor:
     """x2 [m, K] bf16 times 8-bit codes weight [N, K] (`takes_rows`) scaled per channel (scale [N], [N, 1], [1, N])
-    or per tensor ([1]) -> [m, N] bf16 (+ bias [N], added in float32)."""
+    or per tensor ([1]), or with `blocks` per 128 x 128 block ([ceil(N / 128), ceil(K / 128)]) -> [m, N] bf16
+    (+ bias [N], added in float32)."""
     n, k = weight.shape
     sms = torch.cuda.get_device_properties(x2.device).multi_processor_count
     s = schedule or plan(x2.shape[0], -(-n // 16) * 16, -(-k // CHUNK_K) * CHUNK_K, sms)
     x2 = x2.contiguous()
     if not torch.compiler.is_compiling() and x2.data_ptr() % 16:
         x2 = x2.clone()
-    scale = scale.reshape(-1)
+    scale = scale if blocks else scale.reshape(-1)
     scale = scale if scale.dtype == torch.float32 and scale.is_contiguous() else scale.float().contiguous()
     bias = None if bias is None else bias if bias.dtype == torch.float32 else bias.float()
     args = (x2, weight, scale, bias, s.tile, s.warpgroups, s.split)

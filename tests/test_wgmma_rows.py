@@ -24,22 +24,26 @@ def bf16_pair(word: int) -> torch.Tensor:
     return torch.tensor([word & 0xFFFF, word >> 16], dtype=torch.int32).to(torch.int16).view(torch.bfloat16)
 
 
-def codes_to_bf16(e: int, hi: bool, fp8: bool) -> torch.Tensor:
-    """codes_to_bf16<W>: two codes of the word e -> their bf16 pair (float32 here, exact)."""
+def codes_to_bf16(e: int, hi: bool, fp8: bool, block_scale: float | None = None) -> torch.Tensor:
+    """codes_to_bf16<W>: two codes of the word e -> their bf16 pair (float32 here, exact; times the block's bf16
+    scale, rounded once, for fp8-block)."""
     if not fp8:
         v = prmt(e, 0, 0x4342 if hi else 0x4140)
         low, sub = lop3_ea(v, 0x007F007F, 0x43004300), lop3_ea(v, 0x00800080, 0x43004300)
         return (bf16_pair(low) - bf16_pair(sub)).float()  # bf16 arithmetic, as __hsub2
     v = prmt(e, 0, 0x3424 if hi else 0x1404)
     bits = lop3_ea(v >> 4, 0x07F007F0, v & 0x80008000)
-    return (bf16_pair(bits) * bf16_pair(0x7B807B80)).float()  # times 2^120, as __hmul2
+    pair = bf16_pair(bits) * bf16_pair(0x7B807B80)  # times 2^120, as __hmul2
+    if block_scale is not None:
+        pair = pair * torch.tensor(block_scale).to(torch.bfloat16)
+    return pair.float()
 
 
 def words(row: bytes) -> list[int]:
     return [int.from_bytes(row[4 * i:4 * i + 4], "little") for i in range(4)]
 
 
-def rows_to_a(tile: torch.Tensor, fp8: bool) -> torch.Tensor:
+def rows_to_a(tile: torch.Tensor, fp8: bool, block_scale: float | None = None) -> torch.Tensor:
     """tile uint8 [16, 64] (a warp's rows, one chunk) -> a [32 lanes, 16 registers, 2] float32, by the kernel's
     steps: each lane's 16 bytes of rows r, r + 8 at k 16 q, the prmt regrouping, the buffer, ldmatrix."""
     buffer = {}
@@ -56,7 +60,7 @@ def rows_to_a(tile: torch.Tensor, fp8: bool) -> torch.Tensor:
             e0 = buffer[(0, j, ((lane // 4) ^ (2 * j)) & 7)][lane % 4]
             e1 = buffer[(1, j, ((lane // 4) ^ (2 * j)) & 7)][lane % 4]
             for p, (e, hi) in enumerate(((e0, False), (e1, False), (e0, True), (e1, True))):
-                a[lane, 4 * j + p] = codes_to_bf16(e, hi, fp8)
+                a[lane, 4 * j + p] = codes_to_bf16(e, hi, fp8, block_scale)
     return a
 
 
@@ -87,6 +91,23 @@ def test_e4m3_rows_reach_the_fragments_exactly():
     tile = tile[torch.randperm(tile.numel(), generator=g)].view(16, 64)  # every code, subnormals and -0 included
     expected = fragment(tile.view(torch.float8_e4m3fn).float())
     assert torch.equal(rows_to_a(tile, fp8=True), expected)
+
+
+def test_e4m3_block_scale_rounds_once():
+    tile = torch.randint(0, 0x7F, (16, 64), generator=torch.Generator().manual_seed(2), dtype=torch.int32)
+    tile = tile.to(torch.uint8)  # positive codes; the sign is the test above's
+    scale = 0.0123
+    expected = (tile.view(torch.float8_e4m3fn).float() * torch.tensor(scale).bfloat16().float()).bfloat16().float()
+    assert torch.equal(rows_to_a(tile, fp8=True, block_scale=scale), fragment(expected))
+
+
+@pytest.mark.parametrize("blocks,dtype,scale,ok", [(True, torch.float8_e4m3fn, (8, 5), True),
+                                                   (True, torch.int8, (8, 5), False),
+                                                   (True, torch.float8_e4m3fn, (1000, 1), False),
+                                                   (False, torch.float8_e4m3fn, (8, 5), False)])
+def test_takes_rows_with_blocks(blocks, dtype, scale, ok):
+    weight = torch.zeros(1000, 576, dtype=dtype)  # blocks: ceil(1000 / 128) x ceil(576 / 128) = 8 x 5
+    assert warpgroup_mm.takes_rows(weight, torch.ones(scale), 64, torch.bfloat16, blocks) is ok
 
 
 @pytest.mark.parametrize("dtype,shape,scale,m,ok", [

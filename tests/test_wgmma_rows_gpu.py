@@ -1,8 +1,8 @@
 """The wgmma kernel on 8-bit row-major codes (warpgroup_mm.w8_mm: int8 and FP8 E4M3, per-channel and per-tensor
 scales, bf16 activations) against float64 on fresh random weights: K a multiple of 16 but not of 64 (a partial last
 chunk), N not a multiple of 16 (rows past N zero-filled) nor of the CTA's rows, every token tile with m from 1 to
-128, one, two or four warpgroups, split-K from 1 to 8, a bias; E4M3 with every code (subnormals included); and the
-two dispatchers (W8A16 rows layers, W8A8 layers) sending their tokens here when QTOOL_WGMMA_W8_TOKENS says so.
+128, one, two or four warpgroups, split-K from 1 to 8, a bias; E4M3 with every code (subnormals included) and with
+128 x 128 block scales (fp8-block, ragged last blocks); and the two dispatchers (W8A16 rows layers, W8A8 layers) sending their tokens here when QTOOL_WGMMA_W8_TOKENS says so.
 
 Bound: relative Frobenius error <= 1e-2 against x . (codes * scale)^T + bias in float64 (the codes are exact in bf16;
 the bf16 output gives ~3e-3), as the other weight-only GEMMs are held to.
@@ -27,7 +27,7 @@ def hopper(kernels):
     return kernels
 
 
-def random_rows(n: int, k: int, dtype: torch.dtype, per_tensor: bool, seed: int):
+def random_rows(n: int, k: int, dtype: torch.dtype, per_tensor: bool, seed: int, blocks: bool = False):
     g = torch.Generator(device="cuda").manual_seed(seed)
     if dtype == torch.int8:
         weight = torch.randint(-128, 128, (n, k), device="cuda", dtype=torch.int8, generator=g)
@@ -35,12 +35,16 @@ def random_rows(n: int, k: int, dtype: torch.dtype, per_tensor: bool, seed: int)
         codes = torch.randint(0, 254, (n, k), device="cuda", dtype=torch.int32, generator=g)
         codes = codes + (codes >= 127).int()  # skip 0x7F
         weight = codes.to(torch.uint8).view(torch.float8_e4m3fn)
-    scale = torch.rand(1 if per_tensor else n, device="cuda", generator=g) / 100 + 1e-4
-    return weight, scale
+    shape = (-(-n // 128), -(-k // 128)) if blocks else (1 if per_tensor else n,)
+    return weight, torch.rand(shape, device="cuda", generator=g) / 100 + 1e-4
 
 
 def reference(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    w = weight.double() * scale.double().reshape(-1, 1)
+    if scale.dim() == 2:  # 128 x 128 blocks
+        n, k = weight.shape
+        w = weight.double() * scale.double().repeat_interleave(128, 0)[:n].repeat_interleave(128, 1)[:, :k]
+    else:
+        w = weight.double() * scale.double().reshape(-1, 1)
     y = x.double() @ w.T
     return y if bias is None else y + bias.double()
 
@@ -59,6 +63,16 @@ def test_plan_matches_float64(hopper, dtype, k, n, per_tensor, m):
     assert rel_err(y, reference(x, weight, scale, None)) <= 1e-2
 
 
+@pytest.mark.parametrize("k,n", [(4096, 4096), (1040, 776)])
+@pytest.mark.parametrize("m", [9, 32, 64, 128])
+def test_blocks_match_float64(hopper, k, n, m):
+    weight, scale = random_rows(n, k, torch.float8_e4m3fn, False, seed=k + m, blocks=True)
+    assert warpgroup_mm.takes_rows(weight, scale, m, torch.bfloat16, blocks=True)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    y = warpgroup_mm.rows_linear(x, weight, scale, None, blocks=True)
+    assert rel_err(y, reference(x, weight, scale, None)) <= 1e-2
+
+
 @pytest.mark.parametrize("warpgroups", [1, 2, 4])
 @pytest.mark.parametrize("split", [1, 3, 8])
 @pytest.mark.parametrize("tile,m", [(16, 5), (32, 32), (64, 40), (128, 128)])
@@ -74,16 +88,19 @@ def test_every_schedule_matches_float64(hopper, warpgroups, split, tile, m, dtyp
     assert rel_err(y, reference(x, weight, scale, bias)) <= 1e-2
 
 
-@pytest.mark.parametrize("dtype", [torch.int8, torch.float8_e4m3fn])
-def test_w8a8_layers_route_here_when_switched_on(hopper, monkeypatch, dtype):
+@pytest.mark.parametrize("dtype,blocks", [(torch.int8, False), (torch.float8_e4m3fn, False),
+                                          (torch.float8_e4m3fn, True)])
+def test_w8a8_layers_route_here_when_switched_on(hopper, monkeypatch, dtype, blocks):
     monkeypatch.setattr(warpgroup_mm, "W8_TOKENS", (17, 128))
     calls = []
     real = warpgroup_mm.rows_linear
     monkeypatch.setattr(warpgroup_mm, "rows_linear", lambda *a, **kw: calls.append(1) or real(*a, **kw))
-    weight, scale = random_rows(1024, 2048, dtype, False, seed=7)
+    weight, scale = random_rows(1024, 2048, dtype, False, seed=7, blocks=blocks)
     x = torch.randn(48, 2048, device="cuda", dtype=torch.bfloat16)
     fmt = "int8" if dtype == torch.int8 else "e4m3"
-    y = scaled_mm.w8a8_linear_cuda(x, weight, scale.reshape(-1, 1), None, None, fmt, 0, 0, 0)
+    block = 128 if blocks else 0
+    y = scaled_mm.w8a8_linear_cuda(x, weight, scale if blocks else scale.reshape(-1, 1), None, None, fmt, block,
+                                   block, block)
     assert calls == [1]
     assert rel_err(y, reference(x, weight, scale, None)) <= 1e-2
 

@@ -13,8 +13,9 @@ namespace qtool::wgmma {
 
 // Weight kinds (a kernel template argument): 4-bit codes of the kernel layout (kernels/layout.py), symmetric or
 // with zero points, scaled per group in the mainloop; 8-bit codes row-major (layout.pack_rows, the W8A8 layers'
-// weight), int8 or FP8 E4M3, scaled per channel (or per tensor) after the sum.
-enum Kind : int { kW4 = 0, kW4Asym = 1, kI8Rows = 2, kE4m3Rows = 3 };
+// weight), int8 or FP8 E4M3, scaled per channel (or per tensor) after the sum, or E4M3 with a scale per 128 x 128
+// block (fp8-block), applied to A in the mainloop (a warpgroup's 64 rows lie in one block row).
+enum Kind : int { kW4 = 0, kW4Asym = 1, kI8Rows = 2, kE4m3Rows = 3, kE4m3Blocks = 4 };
 template <int W>
 constexpr bool kRows = W >= kI8Rows;
 
@@ -53,7 +54,7 @@ __device__ inline uint32_t lop3_ea(uint32_t a, uint32_t b, uint32_t c) {  // (a 
 // so one bf16 subtraction gives b. E4M3 s eeee mmm: moved to the bf16 fields (sign at bit 15, eeeemmm at bits
 // 4..10) it reads as the number times 2^-120, subnormals included, and one bf16 multiply by 2^120 is exact.
 template <int W>
-__device__ inline uint32_t codes_to_bf16(uint32_t e, bool hi) {
+__device__ inline uint32_t codes_to_bf16(uint32_t e, bool hi, __nv_bfloat162 block_scale) {
   __nv_bfloat162 r;
   if constexpr (W == kI8Rows) {
     const uint32_t v = prmt(e, 0, hi ? 0x4342 : 0x4140);  // byte i at bits 16 i .. 16 i + 7
@@ -64,6 +65,7 @@ __device__ inline uint32_t codes_to_bf16(uint32_t e, bool hi) {
     const uint32_t bits = lop3_ea(v >> 4, 0x07F007F0, v & 0x80008000);
     const uint32_t two120 = 0x7B807B80;
     r = __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&bits), *reinterpret_cast<const __nv_bfloat162*>(&two120));
+    if constexpr (W == kE4m3Blocks) r = __hmul2(r, block_scale);  // the block's bf16 scale: one rounding
   }
   return *reinterpret_cast<const uint32_t*>(&r);
 }
@@ -75,7 +77,8 @@ __device__ inline uint32_t codes_to_bf16(uint32_t e, bool hi) {
 // within each quad). Buffer: [half][step][row] of 16 bytes, rows XOR-swizzled by 2 step so that the stores and the
 // ldmatrix reads both fall in distinct banks.
 template <int W>
-__device__ inline void rows_to_a(const uint4& w0, const uint4& w1, uint32_t xpose, int lane, uint32_t (&a)[16]) {
+__device__ inline void rows_to_a(const uint4& w0, const uint4& w1, uint32_t xpose, int lane, __nv_bfloat162 block_scale,
+                                 uint32_t (&a)[16]) {
   const int q = lane % 4, r = lane / 4;
   const uint32_t at = xpose + q * 128 + ((r ^ (2 * q)) & 7) * 16;
   __syncwarp();  // every lane's ldmatrix of the previous chunk has read the buffer
@@ -90,10 +93,10 @@ __device__ inline void rows_to_a(const uint4& w0, const uint4& w1, uint32_t xpos
   ldmatrix_x4(from + 512, e1);
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
-    a[4 * j] = codes_to_bf16<W>(e0[j], false);
-    a[4 * j + 1] = codes_to_bf16<W>(e1[j], false);
-    a[4 * j + 2] = codes_to_bf16<W>(e0[j], true);
-    a[4 * j + 3] = codes_to_bf16<W>(e1[j], true);
+    a[4 * j] = codes_to_bf16<W>(e0[j], false, block_scale);
+    a[4 * j + 1] = codes_to_bf16<W>(e1[j], false, block_scale);
+    a[4 * j + 2] = codes_to_bf16<W>(e0[j], true, block_scale);
+    a[4 * j + 3] = codes_to_bf16<W>(e1[j], true, block_scale);
   }
 }
 

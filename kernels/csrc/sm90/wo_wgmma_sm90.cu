@@ -43,7 +43,7 @@ constexpr int kRingSmem = 64 * 1024;  // bytes of activation stages per CTA
 
 struct Args {  // mirrored by kernels/warpgroup_mm.py, _Args
   const void* qweight;  // int32 [n_pad / 16, k_pad / 64, 32, 4]; 8-bit kinds: int8 / e4m3 [n, k] row-major
-  const float* scale;   // [G, n_pad]; 8-bit kinds: [n] (scale_stride 1) or [1] (scale_stride 0)
+  const float* scale;   // [G, n_pad]; 8-bit rows: [n] (scale_stride 1) or [1] (0); blocks: [n / 128, scale_stride]
   const float* zero;    // [G, n_pad] signed-domain zero points, or null (symmetric)
   const float* bias;    // [n] or null
   const void* x;        // bf16 [m, k] row-major
@@ -51,7 +51,7 @@ struct Args {  // mirrored by kernels/warpgroup_mm.py, _Args
   int m, n, n_pad, k, k_pad, group;  // group: k per scale (a multiple of 64), k_pad per channel
   int tile, warpgroups, split, launch;  // tokens per CTA (16 / 32 / 64 / 128), 64-row warpgroups (1, 2, 4), splits;
   // launch: bit 0 PDL, bit 1 the producer's own fence (QTOOL_WGMMA_FENCE=producer: an A/B of the consumers' fence)
-  int kind, scale_stride;  // kind: 0 the 4-bit kernel layout, 1 int8 rows, 2 e4m3 rows
+  int kind, scale_stride;  // kind: 0 the 4-bit kernel layout, 1 int8 rows, 2 e4m3 rows, 3 e4m3 128 x 128 blocks
 };
 
 template <int T>
@@ -104,7 +104,8 @@ template <int WG, int W>
 struct LaneRing {
   static constexpr int kLanes = WG * 128, kDepthW = kDepth<WG, W>;
   static constexpr int kCodeBytes = kRows<W> ? 32 : 16;
-  static constexpr int kScaleBytes = kRows<W> ? 0 : W == kW4Asym ? 16 : 8;  // (s r0, s r0 + 8[, z r0, z r0 + 8])
+  // (s r0, s r0 + 8[, z r0, z r0 + 8]); the block's scale; none for per-channel rows (applied after the sum)
+  static constexpr int kScaleBytes = W == kE4m3Blocks ? 4 : kRows<W> ? 0 : W == kW4Asym ? 16 : 8;
   static constexpr int kRingBytes = kDepthW * kLanes * (kCodeBytes + kScaleBytes);
   static constexpr int kBytes = kRingBytes + (kRows<W> ? WG * 4 * 1024 : 0);
   __device__ static uint32_t codes(uint32_t base, int slot, int tid) {
@@ -138,6 +139,8 @@ __device__ inline void issue(const Args& p, uint32_t base, int tid, const LaneSo
       const bool in0 = src.row0 != nullptr && k < p.k, in8 = src.row8 != nullptr && k < p.k;
       cp_async16(at, in0 ? src.row0 + k : p.qweight, in0 ? 16 : 0);
       cp_async16(at + 16, in8 ? src.row8 + k : p.qweight, in8 ? 16 : 0);
+      if constexpr (W == kE4m3Blocks)  // the warpgroup's block row (64 rows in one 128), the chunk's block column
+        cp_async4(L::scales(base, slot, tid), p.scale + (r0 / 128) * p.scale_stride + (k - src.k_lane) / 128);
     } else {
       cp_async16(at, src.codes + c * 32, 16);
       const int64_t g = static_cast<int64_t>((c_beg + c) * kChunkK / p.group) * p.n_pad + r0;
@@ -175,7 +178,9 @@ __device__ inline void load_a(uint32_t lanes, int slot, int tid, uint32_t (&a)[1
   using L = LaneRing<WG, W>;
   const uint32_t at = L::codes(lanes, slot, tid);
   if constexpr (kRows<W>) {
-    rows_to_a<W>(lds128(at), lds128(at + 16), L::xpose(lanes, tid), tid % 32, a);
+    __nv_bfloat162 block_scale = __float2bfloat162_rn(1.0f);
+    if constexpr (W == kE4m3Blocks) block_scale = __float2bfloat162_rn(lds32f(L::scales(lanes, slot, tid)));
+    rows_to_a<W>(lds128(at), lds128(at + 16), L::xpose(lanes, tid), tid % 32, block_scale, a);
   } else {
     float4 sz = make_float4(0.f, 0.f, 0.f, 0.f);
     const uint32_t s = L::scales(lanes, slot, tid);
@@ -281,7 +286,7 @@ __device__ void store(const Args& p, float* part, const float (&acc)[T / 2], boo
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       if (n + i >= p.n) continue;
-      const float scaled = kRows<W> ? v[i] * p.scale[p.scale_stride * (n + i)] : v[i];
+      const float scaled = kRows<W> && W != kE4m3Blocks ? v[i] * p.scale[p.scale_stride * (n + i)] : v[i];
       y[static_cast<int64_t>(t) * p.n + n + i] = __float2bfloat16(scaled + (p.bias ? p.bias[n + i] : 0.f));
     }
   }
@@ -351,7 +356,8 @@ const char* launch_kind(const Args& p, cudaStream_t stream) {
     case 0: return p.zero != nullptr ? launch<T, WG, kW4Asym>(p, stream) : launch<T, WG, kW4>(p, stream);
     case 1: return launch<T, WG, kI8Rows>(p, stream);
     case 2: return launch<T, WG, kE4m3Rows>(p, stream);
-    default: return "kind must be 0 (4-bit layout), 1 (int8 rows) or 2 (e4m3 rows)";
+    case 3: return launch<T, WG, kE4m3Blocks>(p, stream);
+    default: return "kind must be 0 (4-bit layout), 1 (int8 rows), 2 (e4m3 rows) or 3 (e4m3 blocks)";
   }
 }
 
@@ -378,8 +384,9 @@ QTOOL_WGMMA_API const char* qtool_sm90_wgmma_mm(const qtool::wgmma::Args* p, cud
   if (p->k_pad % kChunkK || p->k > p->k_pad || p->k_pad - p->k >= kChunkK) return "k_pad must be k rounded up to 64";
   if (p->k % (rows ? 16 : 8)) return rows ? "k must be a multiple of 16 (8-bit rows)" : "k must be a multiple of 8";
   if (!rows && (p->group % kChunkK || p->group <= 0)) return "group must be a positive multiple of 64";
-  if (rows && (p->zero != nullptr || p->scale_stride < 0 || p->scale_stride > 1))
+  if (rows && (p->zero != nullptr || p->scale_stride < 0 || (p->kind < 3 && p->scale_stride > 1)))
     return "8-bit rows take no zero points and a scale stride of 0 or 1";
+  if (p->kind == 3 && p->scale_stride != (p->k + 127) / 128) return "block scales need a stride of ceil(k / 128)";
   if (p->split < 1 || p->split > kMaxSplit || p->split > p->k_pad / kChunkK) return "split must be in 1 .. 8";
   if (p->n_pad % 16 || p->n > p->n_pad || p->n_pad - p->n >= 16) return "n_pad must be n rounded up to 16";
   if (reinterpret_cast<uintptr_t>(p->x) % 16 || reinterpret_cast<uintptr_t>(p->qweight) % 16)
