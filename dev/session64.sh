@@ -5,6 +5,7 @@
 #   first    wgtests, wgdiag, then wgab on four shapes at 16-128 tokens (~420 s)
 #   short    first on less device time: two shapes (~270 s)
 #   both     short for the 4-bit and the 8-bit rows paths: both kernels' tests, W4 and W8 A/Bs on 4096 x 4096 (~320 s)
+#   tiny     both on the least device time (~200 s)
 #   wg8ab    dev/wgmma8_ab.py: w8_mm on int8 / E4M3 rows against the W8A16 and W8A8 routes and bf16 (W8_SHAPES)
 #   wgdiag   dev/wgmma_diag.py: the error's pattern on one warpgroup (and with the producer's fence where wrong)
 #   wgtests  tests/test_wgmma_gpu.py (every schedule against float64)
@@ -72,5 +73,10 @@ both() {  # both paths on little device time (~320 s)
   wgdiag
   WA_SHAPES=4096x4096,8192x8192 WA_TOKENS=16,32,64,128 WA_TIMEOUT=80 wgab
   W8_SHAPES=4096x4096 W8_TIMEOUT=70 wg8ab
+}
+tiny() {  # both on the least device time (~200 s): the tests, the plans only on 4096 x 4096
+  WT_TIMEOUT=100 wgtests
+  WA_SHAPES=4096x4096 WA_TOKENS=16,32,64,128 WA_FORCED=0 WA_TIMEOUT=40 wgab
+  W8_SHAPES=4096x4096 W8_TOKENS=32,64,128 W8_TIMEOUT=45 wg8ab
 }
 for s in "${s64_stages[@]}"; do "$s"; done
