@@ -1,6 +1,7 @@
 // Weight-only GEMMs for 9-128 tokens on Hopper's wgmma, the weights read straight from their own layout into registers:
-// W4A16 from the 4-bit kernel layout, and 8-bit codes (int8 or FP8 E4M3, per-channel scales) row-major, which
-// serves W8A16 and the W8A8 layers at these tokens with 16-bit activations (as w8_gemv does below them).
+// W4A16 from the 4-bit kernel layout, and 8-bit codes row-major (int8 or FP8 E4M3 with per-channel or per-tensor
+// scales, or E4M3 with 128 x 128 block scales), which serves W8A16 and the W8A8 layers at these tokens with 16-bit
+// activations (as w8_gemv does below them).
 //
 // Why (kernels/NOTES.md, sessions 48 and 63): at 17-128 tokens the planes kernels (mma.sync, 16-row warp tiles) are a
 // latency chain, and CUTLASS's mixed-input GEMM pays ~5-7 us of fixed time per call for staging the weights through
