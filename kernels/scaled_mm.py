@@ -7,7 +7,7 @@ the nearest measured shape and the next measured batch; outside the measured bat
                       quantization (at these m the weight bytes set the time; more accurate too); a measured
                       route may take it up to W8_GEMV_KERNEL_MAX_M
   QTOOL_WGMMA_W8_TOKENS  qtool_cuda_wgmma::w8_mm (warpgroup_mm.py): the same, on wgmma, for per-channel or
-                      per-tensor int8 / E4M3 weights and E4M3 128 x 128 blocks (off by default until measured)
+                      per-tensor int8 / E4M3 / E5M2 weights and E4M3 128 x 128 blocks (off by default until measured)
   otherwise           qtool_cuda::act_quant (one fused pass), then `scaled_mm` below, on the measured
                       libqtool_sm90 tile configuration (or cuBLAS where that measured faster)
 On CPU, and for float32 activations, every op runs its reference (kernels/reference.py).

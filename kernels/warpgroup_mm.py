@@ -1,8 +1,8 @@
 """Weight-only GEMMs at 9-128 tokens on Hopper's wgmma, the weights read straight from their own layout:
 libqtool_sm90_wgmma (csrc/sm90/wo_wgmma_sm90.cu) behind `qtool_cuda_wgmma::w4_mm` (the 4-bit kernel layout) and
-`qtool_cuda_wgmma::w8_mm` (8-bit codes row-major, int8 or FP8 E4M3, per-channel or per-tensor scales, or E4M3 with
-128 x 128 block scales: W8A16's `pack_rows` weights and the W8A8 layers' own, run with 16-bit activations as w8_gemv
-runs them below 17 tokens).
+`qtool_cuda_wgmma::w8_mm` (8-bit codes row-major, int8, FP8 E4M3 or E5M2, per-channel or per-tensor scales, or
+E4M3 with 128 x 128 block scales: W8A16's `pack_rows` weights and the W8A8 layers' own, run with 16-bit activations
+as w8_gemv runs them below 17 tokens).
 
 The weights are wgmma's A operand from registers: each lane's 16-byte word of the int4 kernel layout
 (layout.py, the A fragments of mma.m16n8k16, which wgmma repeats per warp of a warpgroup) goes through a
@@ -52,7 +52,8 @@ class _Args(ctypes.Structure):  # csrc/sm90/wo_wgmma_sm90.cu, Args
                 ("kind", ctypes.c_int), ("scale_stride", ctypes.c_int)]
 
 
-ROWS_KINDS = {torch.int8: 1, torch.float8_e4m3fn: 2}  # 8-bit row-major codes -> the kernel's `kind` (0: 4-bit)
+# 8-bit row-major codes -> the kernel's `kind` (0: 4-bit)
+ROWS_KINDS = {torch.int8: 1, torch.float8_e4m3fn: 2, torch.float8_e5m2: 4}
 BLOCKS_KIND, BLOCK = 3, 128  # E4M3 codes with a float32 scale per 128 x 128 block (fp8-block)
 
 
@@ -81,7 +82,7 @@ def takes(w: PackedWeight, m: int, dtype: torch.dtype) -> bool:
 
 
 def takes_rows(weight: torch.Tensor, scale: torch.Tensor, m: int, dtype: torch.dtype, blocks: bool = False) -> bool:
-    """Whether m tokens of `dtype` fit the kernel on 8-bit row-major codes: weight int8 / float8_e4m3fn [N, K],
+    """Whether m tokens of `dtype` fit the kernel on 8-bit row-major codes: weight int8 / float8_e4m3fn / e5m2 [N, K],
     contiguous, K % 16 == 0; scale one per output channel or one per tensor, or with `blocks` (E4M3 only) one per
     128 x 128 block [ceil(N / 128), ceil(K / 128)]; bf16; 1 <= m <= 128."""
     if not (weight.dtype in ROWS_KINDS and weight.dim() == 2 and weight.is_contiguous() and weight.shape[1] % 16 == 0
@@ -195,7 +196,7 @@ def _(x, qweight, scale, zero, bias, n, group, tile, warpgroups, split):
 @torch.library.custom_op("qtool_cuda_wgmma::w8_mm", mutates_args=())
 def w8_mm(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, tile: int,
           warpgroups: int, split: int) -> torch.Tensor:
-    """y [m, N] bf16 = x [m, K] bf16 . (weight * scale)^T (+ bias float32 [N]); weight int8 / float8_e4m3fn [N, K]
+    """y [m, N] bf16 = x [m, K] bf16 . (weight * scale)^T (+ bias float32 [N]); weight int8 / float8 [N, K]
     row-major (K % 16 == 0), scale float32 [N] or [1], or for E4M3 [ceil(N / 128), ceil(K / 128)] (one per 128 x 128
     block), contiguous; the schedule as in `Plan`."""
     return _run_w8(x, weight, scale, bias, tile, warpgroups, split)

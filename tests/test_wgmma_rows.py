@@ -1,5 +1,5 @@
 """The wgmma kernel's 8-bit rows path without a GPU: its byte moves (prmt, the warp's transposition buffer, ldmatrix)
-and its int8 / E4M3 -> bf16 conversions (csrc/sm90/wgmma_weights.cuh, rows_to_a), emulated step by step on a
+and its int8 / E4M3 / E5M2 -> bf16 conversions (csrc/sm90/wgmma_weights.cuh, rows_to_a), emulated step by step on a
 16-row x 64-k tile, must put in every lane's A registers exactly the weights wgmma's fragment layout asks for."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def bf16_pair(word: int) -> torch.Tensor:
     return torch.tensor([word & 0xFFFF, word >> 16], dtype=torch.int32).to(torch.int16).view(torch.bfloat16)
 
 
-def codes_to_bf16(e: int, hi: bool, fp8: bool, block_scale: float | None = None) -> torch.Tensor:
+def codes_to_bf16(e: int, hi: bool, fp8: bool | str, block_scale: float | None = None) -> torch.Tensor:
     """codes_to_bf16<W>: two codes of the word e -> their bf16 pair (float32 here, exact; times the block's bf16
     scale, rounded once, for fp8-block)."""
     if not fp8:
@@ -32,8 +32,9 @@ def codes_to_bf16(e: int, hi: bool, fp8: bool, block_scale: float | None = None)
         low, sub = lop3_ea(v, 0x007F007F, 0x43004300), lop3_ea(v, 0x00800080, 0x43004300)
         return (bf16_pair(low) - bf16_pair(sub)).float()  # bf16 arithmetic, as __hsub2
     v = prmt(e, 0, 0x3424 if hi else 0x1404)
-    bits = lop3_ea(v >> 4, 0x07F007F0, v & 0x80008000)
-    pair = bf16_pair(bits) * bf16_pair(0x7B807B80)  # times 2^120, as __hmul2
+    e5m2 = fp8 == "e5m2"
+    bits = lop3_ea(v >> (3 if e5m2 else 4), 0x0FE00FE0 if e5m2 else 0x07F007F0, v & 0x80008000)
+    pair = bf16_pair(bits) * bf16_pair(0x77807780 if e5m2 else 0x7B807B80)  # times 2^112 / 2^120, as __hmul2
     if block_scale is not None:
         pair = pair * torch.tensor(block_scale).to(torch.bfloat16)
     return pair.float()
@@ -43,7 +44,7 @@ def words(row: bytes) -> list[int]:
     return [int.from_bytes(row[4 * i:4 * i + 4], "little") for i in range(4)]
 
 
-def rows_to_a(tile: torch.Tensor, fp8: bool, block_scale: float | None = None) -> torch.Tensor:
+def rows_to_a(tile: torch.Tensor, fp8: bool | str, block_scale: float | None = None) -> torch.Tensor:
     """tile uint8 [16, 64] (a warp's rows, one chunk) -> a [32 lanes, 16 registers, 2] float32, by the kernel's
     steps: each lane's 16 bytes of rows r, r + 8 at k 16 q, the prmt regrouping, the buffer, ldmatrix."""
     buffer = {}
@@ -83,14 +84,16 @@ def test_int8_rows_reach_the_fragments_exactly():
     assert torch.equal(rows_to_a(codes.view(torch.uint8), fp8=False), fragment(codes.float()))
 
 
-def test_e4m3_rows_reach_the_fragments_exactly():
+@pytest.mark.parametrize("fmt,dtype,finite", [("e4m3", torch.float8_e4m3fn, lambda b: (b & 0x7F) != 0x7F),
+                                              ("e5m2", torch.float8_e5m2, lambda b: (b & 0x7C) != 0x7C)])
+def test_fp8_rows_reach_the_fragments_exactly(fmt, dtype, finite):
     every = torch.arange(256, dtype=torch.int32).to(torch.uint8)
-    every = every[(every & 0x7F) != 0x7F]  # E4M3 has no infinity; 0x7F / 0xFF are NaN, never a weight
+    every = every[finite(every)]  # no NaN (nor E5M2's infinities): never a weight
     g = torch.Generator().manual_seed(1)
     tile = torch.cat([every, every[torch.randint(0, every.numel(), (16 * 64 - every.numel(),), generator=g)]])
     tile = tile[torch.randperm(tile.numel(), generator=g)].view(16, 64)  # every code, subnormals and -0 included
-    expected = fragment(tile.view(torch.float8_e4m3fn).float())
-    assert torch.equal(rows_to_a(tile, fp8=True), expected)
+    expected = fragment(tile.view(dtype).float())
+    assert torch.equal(rows_to_a(tile, fp8=fmt if fmt == "e5m2" else True), expected)
 
 
 def test_e4m3_block_scale_rounds_once():
@@ -112,7 +115,7 @@ def test_takes_rows_with_blocks(blocks, dtype, scale, ok):
 
 @pytest.mark.parametrize("dtype,shape,scale,m,ok", [
     (torch.int8, (4096, 4096), (4096, 1), 64, True), (torch.float8_e4m3fn, (1000, 576), (1,), 17, True),
-    (torch.float8_e5m2, (64, 64), (64,), 32, False), (torch.int8, (64, 72), (64,), 32, False),
+    (torch.float8_e5m2, (64, 64), (64,), 32, True), (torch.int8, (64, 72), (64,), 32, False),
     (torch.int8, (64, 64), (2, 1), 32, False), (torch.int8, (64, 64), (64,), 129, False)])
 def test_takes_rows(dtype, shape, scale, m, ok):
     weight = torch.zeros(shape, dtype=dtype)

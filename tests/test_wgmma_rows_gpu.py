@@ -1,4 +1,4 @@
-"""The wgmma kernel on 8-bit row-major codes (warpgroup_mm.w8_mm: int8 and FP8 E4M3, per-channel and per-tensor
+"""The wgmma kernel on 8-bit row-major codes (warpgroup_mm.w8_mm: int8, FP8 E4M3 and E5M2, per-channel and per-tensor
 scales, bf16 activations) against float64 on fresh random weights: K a multiple of 16 but not of 64 (a partial last
 chunk), N not a multiple of 16 (rows past N zero-filled) nor of the CTA's rows, every token tile with m from 1 to
 128, one, two or four warpgroups, split-K from 1 to 8, a bias; E4M3 with every code (subnormals included) and with
@@ -31,10 +31,14 @@ def random_rows(n: int, k: int, dtype: torch.dtype, per_tensor: bool, seed: int,
     g = torch.Generator(device="cuda").manual_seed(seed)
     if dtype == torch.int8:
         weight = torch.randint(-128, 128, (n, k), device="cuda", dtype=torch.int8, generator=g)
-    else:  # every E4M3 code but NaN, uniformly: subnormals, zeros of both signs, +-448
+    elif dtype == torch.float8_e4m3fn:  # every E4M3 code but NaN, uniformly: subnormals, zeros of both signs, +-448
         codes = torch.randint(0, 254, (n, k), device="cuda", dtype=torch.int32, generator=g)
         codes = codes + (codes >= 127).int()  # skip 0x7F
         weight = codes.to(torch.uint8).view(torch.float8_e4m3fn)
+    else:  # every finite E5M2 code, uniformly (0x7C-0x7F and 0xFC-0xFF are infinities and NaN)
+        codes = torch.randint(0, 248, (n, k), device="cuda", dtype=torch.int32, generator=g)
+        codes = codes + 4 * (codes >= 124).int()
+        weight = codes.to(torch.uint8).view(torch.float8_e5m2)
     shape = (-(-n // 128), -(-k // 128)) if blocks else (1 if per_tensor else n,)
     return weight, torch.rand(shape, device="cuda", generator=g) / 100 + 1e-4
 
@@ -49,7 +53,7 @@ def reference(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: 
     return y if bias is None else y + bias.double()
 
 
-@pytest.mark.parametrize("dtype", [torch.int8, torch.float8_e4m3fn])
+@pytest.mark.parametrize("dtype", [torch.int8, torch.float8_e4m3fn, torch.float8_e5m2])
 @pytest.mark.parametrize("k,n,per_tensor", [(4096, 4096, False), (576, 1000, True), (1040, 776, False)])
 @pytest.mark.parametrize("m", [1, 9, 16, 17, 33, 64, 100, 128])
 def test_plan_matches_float64(hopper, dtype, k, n, per_tensor, m):

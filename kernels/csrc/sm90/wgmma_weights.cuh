@@ -13,9 +13,9 @@ namespace qtool::wgmma {
 
 // Weight kinds (a kernel template argument): 4-bit codes of the kernel layout (kernels/layout.py), symmetric or
 // with zero points, scaled per group in the mainloop; 8-bit codes row-major (layout.pack_rows, the W8A8 layers'
-// weight), int8 or FP8 E4M3, scaled per channel (or per tensor) after the sum, or E4M3 with a scale per 128 x 128
-// block (fp8-block), applied to A in the mainloop (a warpgroup's 64 rows lie in one block row).
-enum Kind : int { kW4 = 0, kW4Asym = 1, kI8Rows = 2, kE4m3Rows = 3, kE4m3Blocks = 4 };
+// weight), int8, FP8 E4M3 or E5M2, scaled per channel (or per tensor) after the sum, or E4M3 with a scale per
+// 128 x 128 block (fp8-block), applied to A in the mainloop (a warpgroup's 64 rows lie in one block row).
+enum Kind : int { kW4 = 0, kW4Asym = 1, kI8Rows = 2, kE4m3Rows = 3, kE4m3Blocks = 4, kE5m2Rows = 5 };
 template <int W>
 constexpr bool kRows = W >= kI8Rows;
 
@@ -52,7 +52,8 @@ __device__ inline uint32_t lop3_ea(uint32_t a, uint32_t b, uint32_t c) {  // (a 
 // Two 8-bit codes (bytes 0, 1 of `e` for hi = false, bytes 2, 3 for hi = true) -> a bf16 pair, exactly.
 // int8 b = v - 128 b7 (v its low 7 bits): the bf16 0x4300 | v is 128 + v, and 0x4300 | (b & 0x80) is 128 + 128 b7,
 // so one bf16 subtraction gives b. E4M3 s eeee mmm: moved to the bf16 fields (sign at bit 15, eeeemmm at bits
-// 4..10) it reads as the number times 2^-120, subnormals included, and one bf16 multiply by 2^120 is exact.
+// 4..10) it reads as the number times 2^-120, subnormals included, and one bf16 multiply by 2^120 is exact; E5M2
+// s eeeee mm likewise (eeeeemm at bits 5..11, times 2^112).
 template <int W>
 __device__ inline uint32_t codes_to_bf16(uint32_t e, bool hi, __nv_bfloat162 block_scale) {
   __nv_bfloat162 r;
@@ -62,9 +63,10 @@ __device__ inline uint32_t codes_to_bf16(uint32_t e, bool hi, __nv_bfloat162 blo
     r = __hsub2(*reinterpret_cast<const __nv_bfloat162*>(&low), *reinterpret_cast<const __nv_bfloat162*>(&sub));
   } else {
     const uint32_t v = prmt(e, 0, hi ? 0x3424 : 0x1404);  // byte i at bits 16 i + 8 .. 16 i + 15
-    const uint32_t bits = lop3_ea(v >> 4, 0x07F007F0, v & 0x80008000);
-    const uint32_t two120 = 0x7B807B80;
-    r = __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&bits), *reinterpret_cast<const __nv_bfloat162*>(&two120));
+    constexpr bool e5m2 = W == kE5m2Rows;
+    const uint32_t bits = lop3_ea(v >> (e5m2 ? 3 : 4), e5m2 ? 0x0FE00FE0 : 0x07F007F0, v & 0x80008000);
+    const uint32_t rebias = e5m2 ? 0x77807780 : 0x7B807B80;  // 2^112, 2^120
+    r = __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&bits), *reinterpret_cast<const __nv_bfloat162*>(&rebias));
     if constexpr (W == kE4m3Blocks) r = __hmul2(r, block_scale);  // the block's bf16 scale: one rounding
   }
   return *reinterpret_cast<const uint32_t*>(&r);

@@ -1,6 +1,6 @@
 // Weight-only GEMMs for 9-128 tokens on Hopper's wgmma, the weights read straight from their own layout into registers:
-// W4A16 from the 4-bit kernel layout, and 8-bit codes row-major (int8 or FP8 E4M3 with per-channel or per-tensor
-// scales, or E4M3 with 128 x 128 block scales), which serves W8A16 and the W8A8 layers at these tokens with 16-bit
+// W4A16 from the 4-bit kernel layout, and 8-bit codes row-major (int8, FP8 E4M3 or E5M2 with per-channel or
+// per-tensor scales, or E4M3 with 128 x 128 block scales), which serves W8A16 and the W8A8 layers at these tokens with 16-bit
 // activations (as w8_gemv does below them).
 //
 // Why (kernels/NOTES.md, sessions 48 and 63): at 17-128 tokens the planes kernels (mma.sync, 16-row warp tiles) are a
@@ -52,7 +52,8 @@ struct Args {  // mirrored by kernels/warpgroup_mm.py, _Args
   int m, n, n_pad, k, k_pad, group;  // group: k per scale (a multiple of 64), k_pad per channel
   int tile, warpgroups, split, launch;  // tokens per CTA (16 / 32 / 64 / 128), 64-row warpgroups (1, 2, 4), splits;
   // launch: bit 0 PDL, bit 1 the producer's own fence (QTOOL_WGMMA_FENCE=producer: an A/B of the consumers' fence)
-  int kind, scale_stride;  // kind: 0 the 4-bit kernel layout, 1 int8 rows, 2 e4m3 rows, 3 e4m3 128 x 128 blocks
+  int kind, scale_stride;  // kind: 0 the 4-bit kernel layout, 1 int8 rows, 2 e4m3 rows, 3 e4m3 128 x 128 blocks,
+                           // 4 e5m2 rows
 };
 
 template <int T>
@@ -358,7 +359,8 @@ const char* launch_kind(const Args& p, cudaStream_t stream) {
     case 1: return launch<T, WG, kI8Rows>(p, stream);
     case 2: return launch<T, WG, kE4m3Rows>(p, stream);
     case 3: return launch<T, WG, kE4m3Blocks>(p, stream);
-    default: return "kind must be 0 (4-bit layout), 1 (int8 rows), 2 (e4m3 rows) or 3 (e4m3 blocks)";
+    case 4: return launch<T, WG, kE5m2Rows>(p, stream);
+    default: return "kind must be 0 (4-bit layout), 1 (int8 rows), 2 (e4m3 rows), 3 (e4m3 blocks) or 4 (e5m2 rows)";
   }
 }
 
@@ -385,7 +387,7 @@ QTOOL_WGMMA_API const char* qtool_sm90_wgmma_mm(const qtool::wgmma::Args* p, cud
   if (p->k_pad % kChunkK || p->k > p->k_pad || p->k_pad - p->k >= kChunkK) return "k_pad must be k rounded up to 64";
   if (p->k % (rows ? 16 : 8)) return rows ? "k must be a multiple of 16 (8-bit rows)" : "k must be a multiple of 8";
   if (!rows && (p->group % kChunkK || p->group <= 0)) return "group must be a positive multiple of 64";
-  if (rows && (p->zero != nullptr || p->scale_stride < 0 || (p->kind < 3 && p->scale_stride > 1)))
+  if (rows && (p->zero != nullptr || p->scale_stride < 0 || (p->kind != 3 && p->scale_stride > 1)))
     return "8-bit rows take no zero points and a scale stride of 0 or 1";
   if (p->kind == 3 && p->scale_stride != (p->k + 127) / 128) return "block scales need a stride of ceil(k / 128)";
   if (p->split < 1 || p->split > kMaxSplit || p->split > p->k_pad / kChunkK) return "split must be in 1 .. 8";
