@@ -122,8 +122,9 @@ def parse_tokens(text: str, name: str = "QTOOL_WGMMA_TOKENS") -> tuple[int, int]
     return lo, hi
 
 
-# 8-bit row-major layers (W8A16 `pack_rows`, W8A8 int8 / E4M3 per channel or tensor) at these tokens (inclusive)
-# take w8_mm with 16-bit activations (weight_only._rows_linear, scaled_mm.w8a8_linear_cuda), after w8_gemv's tokens.
+# 8-bit row-major layers (W8A16 `pack_rows`; W8A8 int8 / E4M3 / E5M2 per channel or tensor, fp8-block) at these tokens
+# (inclusive) take w8_mm with 16-bit activations (weight_only._rows_linear, scaled_mm.w8a8_linear_cuda), after
+# w8_gemv's tokens.
 # QTOOL_WGMMA_W8_TOKENS="lo,hi" ("0,0": off, the default until measured on the device).
 W8_TOKENS = parse_tokens(os.environ.get("QTOOL_WGMMA_W8_TOKENS", "0,0"), "QTOOL_WGMMA_W8_TOKENS")
 
