@@ -124,6 +124,17 @@ def kernels():
     return ops
 
 
+@pytest.fixture(scope="module")
+def hopper(kernels):
+    """`kernels` on a Hopper GPU with libqtool_sm90_wgmma (the wgmma kernel's tests); skips elsewhere."""
+    from qtool_kernels import warpgroup_mm
+
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("wgmma is Hopper's (sm_90a)")
+    assert warpgroup_mm.available(), f"libqtool_sm90_wgmma: {warpgroup_mm.sm90.wgmma.reason}"
+    return kernels
+
+
 def poison_cache() -> None:
     """Fill free blocks of both caching-allocator pools with NaN (0xFF bytes) before an op allocates,
     so an output element a kernel fails to write fails the test."""

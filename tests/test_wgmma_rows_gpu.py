@@ -19,14 +19,6 @@ from qtool_kernels import scaled_mm, warpgroup_mm
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
-@pytest.fixture(scope="module")
-def hopper(kernels):
-    if torch.cuda.get_device_capability() != (9, 0):
-        pytest.skip("wgmma is Hopper's (sm_90a)")
-    assert warpgroup_mm.available(), f"libqtool_sm90_wgmma: {warpgroup_mm.sm90.wgmma.reason}"
-    return kernels
-
-
 def random_rows(n: int, k: int, dtype: torch.dtype, per_tensor: bool, seed: int, blocks: bool = False):
     g = torch.Generator(device="cuda").manual_seed(seed)
     if dtype == torch.int8:
