@@ -20,7 +20,7 @@ sys.path.insert(0, str(HERE.parents[1] / "benchmarks"))
 sys.path.insert(0, str(HERE.parents[1]))
 
 SHAPES = "4096x4096,4096x14336,14336x4096,8192x8192,8192x28672,28672x8192"
-FORCED = ((2, 1), (2, 4), (1, 4), (4, 2))  # (warpgroups, split)
+FORCED = ((2, 1), (2, 4), (1, 4), (4, 2), (1, 2), (2, 2), (4, 4))  # (warpgroups, split)
 
 
 def codes(n: int, k: int, fp8: bool, count: int, blocks: bool = False):
@@ -69,7 +69,8 @@ def time_shape(ops, k: int, n: int, tokens: list[int], forced: bool) -> list[dic
     rows = []
     for m in tokens:
         tile = next(t for t in warpgroup_mm.TILES if t >= m)
-        schedules = {"wg8": warpgroup_mm.plan(m, -(-n // 16) * 16, -(-k // 64) * 64, sms)}
+        schedules = {"wg8": warpgroup_mm.plan(m, -(-n // 16) * 16, -(-k // 64) * 64, sms,
+                                              warpgroup_mm.device_capacity(0, 1))}
         if forced:
             schedules.update({f"w{wg}s{s}": warpgroup_mm.Plan(tile, wg, s) for wg, s in FORCED if (tile, wg) != (128, 4)})
         errs = {f"{name} {kind}": rel_err(*pair.items[0], m, s)

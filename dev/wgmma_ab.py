@@ -18,7 +18,7 @@ sys.path.insert(0, str(HERE.parents[1] / "benchmarks"))
 sys.path.insert(0, str(HERE.parents[1]))
 
 SHAPES = "4096x4096,4096x14336,14336x4096,8192x8192,8192x28672,28672x8192"
-FORCED = ((2, 1), (2, 2), (2, 4), (2, 8), (1, 1), (1, 2), (4, 1), (4, 2), (4, 4), (4, 8))  # (warpgroups, split)
+FORCED = tuple((wg, split) for wg in (1, 2, 4) for split in (1, 2, 3, 4, 6, 8))  # (warpgroups, split)
 
 
 def rel_err(p, m: int, schedule) -> float:
@@ -49,12 +49,16 @@ def time_shape(ops, k: int, n: int, tokens: list[int], asym: bool, forced: bool)
     rows = []
     for m in tokens:
         tile = next(t for t in warpgroup_mm.TILES if t >= m)
-        schedules = {"wgmma": warpgroup_mm.plan(m, p0.qweight.shape[0] * 16, p0.k_padded, sms)}
+        capacity = warpgroup_mm.device_capacity(0, 0, asym)
+        n_pad = p0.qweight.shape[0] * 16
+        schedules = {"wgmma": warpgroup_mm.plan(m, n_pad, p0.k_padded, sms, capacity)}
         if forced:
             for wg, split in FORCED:
-                if (tile, wg) == (128, 4):
+                if (tile, wg) == (128, 4) or p0.k_padded // 64 < 4 * split:
                     continue
-                schedules[f"w{wg}s{split}"] = warpgroup_mm.Plan(tile, wg, split)
+                row_tiles = -(-n_pad // (64 * wg))
+                waves = -(-row_tiles // capacity(tile, wg, split))  # '*': more than one wave
+                schedules[f"w{wg}s{split}{'*' * (waves - 1)}"] = warpgroup_mm.Plan(tile, wg, split)
         errs = {name: rel_err(p0, m, s) for name, s in schedules.items()}
         x = torch.randn(m, p0.k_padded, device="cuda", dtype=torch.bfloat16)
         xk = x[:, :k].contiguous()

@@ -22,7 +22,9 @@ GEMM's bf16 scales give), bf16 output.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -60,13 +62,32 @@ BLOCKS_KIND, BLOCK = 3, 128  # E4M3 codes with a float32 scale per 128 x 128 blo
 _entry: list = []
 
 
-def _function():
+def _library():
     if not _entry:
         lib = ctypes.CDLL(str(sm90.wgmma.path()))
         lib.qtool_sm90_wgmma_mm.restype = ctypes.c_char_p
         lib.qtool_sm90_wgmma_mm.argtypes = [ctypes.POINTER(_Args), ctypes.c_void_p]
-        _entry.append(lib.qtool_sm90_wgmma_mm)
+        lib.qtool_sm90_wgmma_clusters.restype = ctypes.c_char_p
+        lib.qtool_sm90_wgmma_clusters.argtypes = [ctypes.POINTER(_Args), ctypes.POINTER(ctypes.c_int)]
+        _entry.append(lib)
     return _entry[0]
+
+
+def _function():
+    return _library().qtool_sm90_wgmma_mm
+
+
+@functools.cache
+def max_clusters(device: int, tile: int, warpgroups: int, split: int, kind: int = 0, asym: bool = False) -> int:
+    """How many (1, split, 1) clusters of the kernel with this schedule and weight kind GPU `device` holds at once
+    (cudaOccupancyMaxActiveClusters: SMs, CTAs per SM, and GPCs, which a cluster may not straddle)."""
+    args = _Args(tile=tile, warpgroups=warpgroups, split=split, kind=kind, zero=1 if asym else None)
+    count = ctypes.c_int(0)
+    with torch.cuda.device(device):
+        err = _library().qtool_sm90_wgmma_clusters(ctypes.byref(args), ctypes.byref(count))
+    if err is not None:
+        raise RuntimeError(f"wgmma clusters (tile={tile}, warpgroups={warpgroups}, split={split}): {err.decode()}")
+    return count.value
 
 
 def available() -> bool:
@@ -140,15 +161,35 @@ def routes_rows(weight: torch.Tensor, scale: torch.Tensor, m: int, dtype: torch.
 PRODUCER_FENCE = os.environ.get("QTOOL_WGMMA_FENCE", "consumer") == "producer"
 
 
-def plan(m: int, n_pad: int, k_pad: int, sms: int) -> Plan:
-    """The smallest token tile holding m, two warpgroups (128 rows) per CTA, and the split of K that brings the
-    CTAs nearest to one per SM while each split keeps at least 8 chunks (512 k)."""
+MIN_SPLIT_CHUNKS = 8  # chunks (512 k) each split keeps at least: below, the prologue and the cluster's sum dominate
+
+
+def plan(m: int, n_pad: int, k_pad: int, sms: int, capacity: Callable[[int, int, int], int] | None = None) -> Plan:
+    """The smallest token tile holding m; of the (warpgroups, split) whose grid fits in one wave (`capacity(tile,
+    warpgroups, split)`: clusters the GPU holds at once; by default one CTA an SM), the one that spreads over the
+    most SMs, then runs the most warpgroups at once (the mainloop is a latency chain per warpgroup), then reads
+    the activations the fewest times (more rows a CTA). Each split keeps MIN_SPLIT_CHUNKS chunks."""
     if FORCED is not None:
         return FORCED
     tile = next(t for t in TILES if t >= m)
-    row_tiles = -(-n_pad // 128)
-    split = max(1, min(MAX_SPLIT, sms // row_tiles, k_pad // CHUNK_K // 8))
-    return Plan(tile, 2, split)
+    capacity = capacity or (lambda t, wg, split: sms // split)
+    best, best_score = Plan(tile, 2 if tile == 128 else 4, 1), None  # none fits: the fewest CTAs
+    for wg in WARPGROUPS:
+        if (tile, wg) == (128, 4):
+            continue
+        row_tiles = -(-n_pad // (64 * wg))
+        for split in range(1, min(MAX_SPLIT, max(1, k_pad // CHUNK_K // MIN_SPLIT_CHUNKS)) + 1):
+            if row_tiles > capacity(tile, wg, split):
+                continue  # a second wave: its clusters wait for the first's
+            score = (min(row_tiles * split, sms), row_tiles * split * wg, wg)
+            if best_score is None or score > best_score:
+                best, best_score = Plan(tile, wg, split), score
+    return best
+
+
+def device_capacity(device: int, kind: int = 0, asym: bool = False) -> Callable[[int, int, int], int]:
+    """`plan`'s capacity on GPU `device` for this weight kind, measured by the occupancy API."""
+    return lambda tile, wg, split: max_clusters(device, tile, wg, split, kind, asym)
 
 
 def _run(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None,
@@ -212,7 +253,8 @@ def wgmma_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None,
                  schedule: Plan | None = None) -> torch.Tensor:
     """x2 [m, K_pad] bf16, contiguous -> [m, out_features] bf16 (+ bias float32)."""
     sms = torch.cuda.get_device_properties(x2.device).multi_processor_count  # cached by torch
-    s = schedule or plan(x2.shape[0], w.qweight.shape[0] * 16, w.k_padded, sms)
+    s = schedule or plan(x2.shape[0], w.qweight.shape[0] * 16, w.k_padded, sms,
+                         device_capacity(x2.device.index or 0, 0, w.zero is not None))
     args = (x2, w.qweight, w.scale, w.zero, bias, w.out_features, w.group_size, s.tile, s.warpgroups, s.split)
     if not torch.compiler.is_compiling():  # eager: the ctypes call without the custom op's dispatch (host time)
         return _run_w4(*args)
@@ -226,7 +268,9 @@ def rows_linear(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bia
     (+ bias [N], added in float32)."""
     n, k = weight.shape
     sms = torch.cuda.get_device_properties(x2.device).multi_processor_count
-    s = schedule or plan(x2.shape[0], -(-n // 16) * 16, -(-k // CHUNK_K) * CHUNK_K, sms)
+    kind = BLOCKS_KIND if blocks else ROWS_KINDS.get(weight.dtype, 1)
+    s = schedule or plan(x2.shape[0], -(-n // 16) * 16, -(-k // CHUNK_K) * CHUNK_K, sms,
+                         device_capacity(x2.device.index or 0, kind))
     x2 = x2.contiguous()
     if not torch.compiler.is_compiling() and x2.data_ptr() % 16:
         x2 = x2.clone()

@@ -9,12 +9,31 @@ from qtool_kernels import warpgroup_mm
 from qtool_kernels.layout import pack_weight
 
 
-def test_plan_fills_the_sms():
-    plan = warpgroup_mm.plan(64, 4096, 4096, 132)
-    assert (plan.tile, plan.warpgroups, plan.split) == (64, 2, 4)  # 32 row tiles x 4 splits = 128 CTAs
-    assert warpgroup_mm.plan(17, 28672, 8192, 132) == warpgroup_mm.Plan(32, 2, 1)  # 224 row tiles: no split
+def one_wave(plan, n_pad, capacity):
+    return -(-n_pad // (64 * plan.warpgroups)) <= capacity(plan.tile, plan.warpgroups, plan.split)
+
+
+def test_plan_fills_the_sms_in_one_wave():
+    plan = warpgroup_mm.plan(64, 4096, 4096, 132)  # one CTA an SM: 16 row tiles of 4 warpgroups x 8 splits
+    assert plan == warpgroup_mm.Plan(64, 4, 8)
+    assert warpgroup_mm.plan(17, 28672, 8192, 132) == warpgroup_mm.Plan(32, 4, 1)  # 112 row tiles: no split
     assert warpgroup_mm.plan(128, 1024, 256, 132).split == 1  # 4 chunks: no split below 8 chunks each
-    assert warpgroup_mm.plan(9, 4096, 14336, 132) == warpgroup_mm.Plan(16, 2, 4)
+    assert warpgroup_mm.plan(128, 1024, 8192, 132).warpgroups <= 2  # tile 128 takes one or two
+
+
+def test_plan_keeps_clusters_within_what_the_gpu_holds():
+    """Session 66: 32 clusters of 4 where the GPCs hold 30 ran as two waves; the plan must not choose it."""
+    def capacity(tile, wg, split):  # two CTAs an SM below four warpgroups, clusters lost to GPC edges
+        per_sm = 2 if wg < 4 else 1
+        return {1: 132, 2: 66, 3: 42, 4: 30, 5: 24, 6: 20, 7: 16, 8: 14}[split] * per_sm
+
+    for m, n_pad, k_pad in ((16, 4096, 4096), (64, 8192, 8192), (128, 14336, 4096), (32, 4096, 14336)):
+        plan = warpgroup_mm.plan(m, n_pad, k_pad, 132, capacity)
+        assert one_wave(plan, n_pad, capacity), plan
+        assert k_pad // 64 // plan.split >= warpgroup_mm.MIN_SPLIT_CHUNKS or plan.split == 1
+        assert plan.tile == next(t for t in warpgroup_mm.TILES if t >= m)
+    none_fit = warpgroup_mm.plan(16, 65536, 4096, 132, lambda t, wg, s: 8)
+    assert none_fit == warpgroup_mm.Plan(16, 4, 1)  # more row tiles than any wave: the fewest CTAs
 
 
 def test_parse_plan_names_the_bad_value():

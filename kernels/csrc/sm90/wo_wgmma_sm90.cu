@@ -27,34 +27,11 @@
 #include "../pdl.cuh"
 #include "wgmma_async.cuh"
 #include "wgmma_ops.cuh"
-#include "wgmma_weights.cuh"
+#include "wgmma_lanes.cuh"
 
 #define QTOOL_WGMMA_API extern "C" __attribute__((visibility("default")))
 
 namespace qtool::wgmma {
-
-constexpr int kChunkK = 64;  // k per chunk: a lane's 16-byte word of int4 codes, 16 bytes of two rows of 8-bit codes
-// Chunks of codes each consumer lane has in flight (LaneRing): 16 (256 bytes a lane) for 4 bits on one or two
-// warpgroups; 8 for four warpgroups, whose 512 lanes would otherwise take 192-256 KB of shared memory, and for 8 bits
-// (32 bytes a chunk: the same bytes in flight).
-template <int WG, int W>
-constexpr int kDepth = WG == 4 || kRows<W> ? 8 : 16;
-constexpr int kMaxSplit = 8; // the portable cluster size
-constexpr int kRingSmem = 64 * 1024;  // bytes of activation stages per CTA
-
-struct Args {  // mirrored by kernels/warpgroup_mm.py, _Args
-  const void* qweight;  // int32 [n_pad / 16, k_pad / 64, 32, 4]; 8-bit kinds: int8 / e4m3 [n, k] row-major
-  const float* scale;   // [G, n_pad]; 8-bit rows: [n] (scale_stride 1) or [1] (0); blocks: [n / 128, scale_stride]
-  const float* zero;    // [G, n_pad] signed-domain zero points, or null (symmetric)
-  const float* bias;    // [n] or null
-  const void* x;        // bf16 [m, k] row-major
-  void* y;              // bf16 [m, n] row-major
-  int m, n, n_pad, k, k_pad, group;  // group: k per scale (a multiple of 64), k_pad per channel
-  int tile, warpgroups, split, launch;  // tokens per CTA (16 / 32 / 64 / 128), 64-row warpgroups (1, 2, 4), splits;
-  // launch: bit 0 PDL, bit 1 the producer's own fence (QTOOL_WGMMA_FENCE=producer: an A/B of the consumers' fence)
-  int kind, scale_stride;  // kind: 0 the 4-bit kernel layout, 1 int8 rows, 2 e4m3 rows, 3 e4m3 128 x 128 blocks,
-                           // 4 e5m2 rows
-};
 
 template <int T>
 __device__ inline void mma(float (&d)[T / 2], const uint32_t (&a)[4], uint64_t desc) {
@@ -67,7 +44,7 @@ __device__ inline void mma(float (&d)[T / 2], const uint32_t (&a)[4], uint64_t d
 template <int T>
 struct Stages {  // the activation ring: T tokens x 64 k of bf16 per stage
   static constexpr int kBytes = T * kChunkK * 2;
-  static constexpr int kCount = kRingSmem / kBytes < 16 ? kRingSmem / kBytes : 16;
+  static constexpr int kCount = kRingSmem / kBytes < 4 ? 4 : kRingSmem / kBytes > 8 ? 8 : kRingSmem / kBytes;
 };
 
 // The producer warp: x's chunks [c_beg, c_beg + chunks) into the ring, rows >= m and columns >= k zero-filled.
@@ -96,108 +73,6 @@ __device__ void produce(const Args& p, uint32_t ring, uint32_t full, uint32_t em
   }
 }
 
-// Each consumer lane's private ring in shared memory: its codes (the 4-bit layout's 16-byte word, or 16 bytes of
-// each of its two rows of 8-bit codes) and, for 4 bits, its rows' scales (and zero points) for kDepth chunks, copied
-// with cp.async so that many loads are in flight without holding registers (a ring of 8 in registers took ~250 of
-// them and serialized the wgmmas; session 63 measured the same for the split GEMV). Lane-private: a lane's
-// cp.async.wait_group is all the synchronization its slots need. 8-bit kinds add each warp's 1 KB transposition
-// buffer (wgmma_weights.cuh, rows_to_a) after the ring.
-template <int WG, int W>
-struct LaneRing {
-  static constexpr int kLanes = WG * 128, kDepthW = kDepth<WG, W>;
-  static constexpr int kCodeBytes = kRows<W> ? 32 : 16;
-  // (s r0, s r0 + 8[, z r0, z r0 + 8]); the block's scale; none for per-channel rows (applied after the sum)
-  static constexpr int kScaleBytes = W == kE4m3Blocks ? 4 : kRows<W> ? 0 : W == kW4Asym ? 16 : 8;
-  static constexpr int kRingBytes = kDepthW * kLanes * (kCodeBytes + kScaleBytes);
-  static constexpr int kBytes = kRingBytes + (kRows<W> ? WG * 4 * 1024 : 0);
-  __device__ static uint32_t codes(uint32_t base, int slot, int tid) {
-    return base + (slot * kLanes + tid) * kCodeBytes;
-  }
-  __device__ static uint32_t scales(uint32_t base, int slot, int tid) {
-    return base + kDepthW * kLanes * kCodeBytes + (slot * kLanes + tid) * kScaleBytes;
-  }
-  __device__ static uint32_t xpose(uint32_t base, int tid) { return base + kRingBytes + (tid / 32) * 1024; }
-};
-
-// Where a consumer lane's codes come from: the 4-bit layout's words (`codes`, the lane's word of chunk 0) or the
-// rows r0 and r0 + 8 of 8-bit codes at k 16 (lane % 4) of each chunk (`row0`, `row8`: null past n).
-struct LaneSource {
-  const uint4* codes;
-  const uint8_t* row0;
-  const uint8_t* row8;
-  int k_lane;  // the lane's k offset in a chunk (8-bit kinds)
-};
-
-// Issue chunk c's copies into its slot (an empty group past the end, so that the waits count alike).
-template <int WG, int W>
-__device__ inline void issue(const Args& p, uint32_t base, int tid, const LaneSource& src, int c, int c_beg,
-                             int chunks, int r0, bool live) {
-  using L = LaneRing<WG, W>;
-  if (live && c < chunks) {
-    const int slot = c % L::kDepthW;
-    const uint32_t at = L::codes(base, slot, tid);
-    if constexpr (kRows<W>) {  // 16 bytes of each row, zero past k or n (k % 16 == 0: all or nothing)
-      const int k = (c_beg + c) * kChunkK + src.k_lane;
-      const bool in0 = src.row0 != nullptr && k < p.k, in8 = src.row8 != nullptr && k < p.k;
-      cp_async16(at, in0 ? src.row0 + k : p.qweight, in0 ? 16 : 0);
-      cp_async16(at + 16, in8 ? src.row8 + k : p.qweight, in8 ? 16 : 0);
-      if constexpr (W == kE4m3Blocks)  // the warpgroup's block row (64 rows in one 128), the chunk's block column
-        cp_async4(L::scales(base, slot, tid), p.scale + (r0 / 128) * p.scale_stride + (k - src.k_lane) / 128);
-    } else {
-      cp_async16(at, src.codes + c * 32, 16);
-      const int64_t g = static_cast<int64_t>((c_beg + c) * kChunkK / p.group) * p.n_pad + r0;
-      const uint32_t s = L::scales(base, slot, tid);
-      cp_async4(s, p.scale + g);
-      cp_async4(s + 4, p.scale + g + 8);
-      if constexpr (W == kW4Asym) {
-        cp_async4(s + 8, p.zero + g);
-        cp_async4(s + 12, p.zero + g + 8);
-      }
-    }
-  }
-  asm volatile("cp.async.commit_group;" ::: "memory");
-}
-
-template <int W>
-__device__ inline LaneSource lane_source(const Args& p, int stripe, int c_beg, int lane) {
-  LaneSource src{};
-  if constexpr (kRows<W>) {
-    const int r0 = stripe * 16 + lane / 4;
-    const uint8_t* rows = static_cast<const uint8_t*>(p.qweight);
-    src.row0 = r0 < p.n ? rows + static_cast<int64_t>(r0) * p.k : nullptr;
-    src.row8 = r0 + 8 < p.n ? rows + static_cast<int64_t>(r0 + 8) * p.k : nullptr;
-    src.k_lane = 16 * (lane % 4);
-  } else {
-    src.codes = static_cast<const uint4*>(p.qweight) +
-                (static_cast<int64_t>(stripe) * (p.k_pad / kChunkK) + c_beg) * 32 + lane;
-  }
-  return src;
-}
-
-// Chunk `slot`'s codes (and scales) from the lane's ring -> the 16 A registers.
-template <int WG, int W>
-__device__ inline void load_a(uint32_t lanes, int slot, int tid, uint32_t (&a)[16]) {
-  using L = LaneRing<WG, W>;
-  const uint32_t at = L::codes(lanes, slot, tid);
-  if constexpr (kRows<W>) {
-    __nv_bfloat162 block_scale = __float2bfloat162_rn(1.0f);
-    if constexpr (W == kE4m3Blocks) block_scale = __float2bfloat162_rn(lds32f(L::scales(lanes, slot, tid)));
-    rows_to_a<W>(lds128(at), lds128(at + 16), L::xpose(lanes, tid), tid % 32, block_scale, a);
-  } else {
-    float4 sz = make_float4(0.f, 0.f, 0.f, 0.f);
-    const uint32_t s = L::scales(lanes, slot, tid);
-    if constexpr (W == kW4Asym) {
-      sz = lds128f(s);
-    } else {
-      const float2 s2 = lds64f(s);
-      sz.x = s2.x;
-      sz.y = s2.y;
-    }
-    dequant(lds128(at), __float2bfloat162_rn(sz.x), __float2bfloat162_rn(sz.y), __float2bfloat162_rn(136.0f + sz.z),
-            __float2bfloat162_rn(136.0f + sz.w), a);
-  }
-}
-
 // A consumer warpgroup: 64 rows (stripes 4 wg .. 4 wg + 3 of the CTA's tile) over the CTA's chunks.
 template <int T, int WG, int W>
 __device__ void consume(const Args& p, uint32_t ring, uint32_t lanes, uint32_t full, uint32_t empty, int c_beg,
@@ -207,7 +82,9 @@ __device__ void consume(const Args& p, uint32_t ring, uint32_t lanes, uint32_t f
   const bool live = stripe * 16 < p.n_pad;
   const int r0 = stripe * 16 + lane / 4;
   const LaneSource src = lane_source<W>(p, stripe, c_beg, lane);
-  for (int c = 0; c < D - 1; ++c) issue<WG, W>(p, lanes, tid, src, c, c_beg, chunks, r0, live);
+  GroupCursor group(p, c_beg, r0);
+#pragma unroll
+  for (int c = 0; c < D - 1; ++c) issue<WG, W>(p, lanes, tid, src, group, c, c_beg, chunks, r0, live);
   pdl_wait();
   uint32_t a[2][16];
   for (int c0 = 0; c0 < chunks; c0 += 2) {
@@ -215,7 +92,7 @@ __device__ void consume(const Args& p, uint32_t ring, uint32_t lanes, uint32_t f
     for (int j = 0; j < 2; ++j) {  // two chunks per trip: a[] double-buffered by static index
       const int c = c0 + j;
       if (c < chunks) {
-        issue<WG, W>(p, lanes, tid, src, c + D - 1, c_beg, chunks, r0, live);
+        issue<WG, W>(p, lanes, tid, src, group, c + D - 1, c_beg, chunks, r0, live);
         asm volatile("cp.async.wait_group %0;" ::"n"(D - 1) : "memory");  // chunk c's group has landed
         load_a<WG, W>(lanes, c % D, tid, a[j]);
         const int s = c % S;
@@ -339,41 +216,69 @@ __global__ void __launch_bounds__(WG * 128 + 32, 1) wo_wgmma_kernel(const Args p
   store<T, WG, W>(p, reinterpret_cast<float*>(smem_raw + (ring - raw)), acc, consumer, warp / 4, warp % 4, lane);
 }
 
+// Launch the kernel p selects, or with `clusters` set, only count how many of its (1, split, 1) clusters the GPU
+// holds at once (the plan keeps a call's grid within one wave: session 66's ncu found 32 clusters of 4 where 30 fit,
+// and the two left over ran as a second wave, doubling the call).
 template <int T, int WG, int W>
-const char* launch(const Args& p, cudaStream_t stream) {
+const char* launch(const Args& p, cudaStream_t stream, int* clusters) {
   constexpr int kSmem = 1024 + SmemPlan<T, WG, W>::kData + 16 * Stages<T>::kCount;
   static_assert(kSmem <= 227 * 1024, "shared memory past the SM's 227 KB");
   auto kernel = wo_wgmma_kernel<T, WG, W>;
   static const cudaError_t attr = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (attr != cudaSuccess) return cudaGetErrorString(attr);
-  const dim3 grid((p.n_pad + WG * 64 - 1) / (WG * 64), p.split);
-  const cudaError_t err =
-      launch_cluster_y(kernel, (p.launch & 1) != 0, grid, dim3(WG * 128 + 32), kSmem, stream, p.split, p);
+  const dim3 grid((p.n_pad + WG * 64 - 1) / (WG * 64), p.split), block(WG * 128 + 32);
+  cudaError_t err;
+  if (clusters != nullptr) {
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(1, p.split);  // one cluster: the count does not depend on the grid
+    config.blockDim = block;
+    config.dynamicSmemBytes = kSmem;
+    cudaLaunchAttribute cluster;
+    cluster.id = cudaLaunchAttributeClusterDimension;
+    cluster.val.clusterDim.x = 1;
+    cluster.val.clusterDim.y = p.split;
+    cluster.val.clusterDim.z = 1;
+    config.attrs = &cluster;
+    config.numAttrs = 1;
+    err = cudaOccupancyMaxActiveClusters(clusters, kernel, &config);
+  } else {
+    err = launch_cluster_y(kernel, (p.launch & 1) != 0, grid, block, kSmem, stream, p.split, p);
+  }
   return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
 }
 
 template <int T, int WG>
-const char* launch_kind(const Args& p, cudaStream_t stream) {
+const char* launch_kind(const Args& p, cudaStream_t stream, int* clusters) {
   switch (p.kind) {
-    case 0: return p.zero != nullptr ? launch<T, WG, kW4Asym>(p, stream) : launch<T, WG, kW4>(p, stream);
-    case 1: return launch<T, WG, kI8Rows>(p, stream);
-    case 2: return launch<T, WG, kE4m3Rows>(p, stream);
-    case 3: return launch<T, WG, kE4m3Blocks>(p, stream);
-    case 4: return launch<T, WG, kE5m2Rows>(p, stream);
+    case 0:
+      return p.zero != nullptr ? launch<T, WG, kW4Asym>(p, stream, clusters) : launch<T, WG, kW4>(p, stream, clusters);
+    case 1: return launch<T, WG, kI8Rows>(p, stream, clusters);
+    case 2: return launch<T, WG, kE4m3Rows>(p, stream, clusters);
+    case 3: return launch<T, WG, kE4m3Blocks>(p, stream, clusters);
+    case 4: return launch<T, WG, kE5m2Rows>(p, stream, clusters);
     default: return "kind must be 0 (4-bit layout), 1 (int8 rows), 2 (e4m3 rows), 3 (e4m3 blocks) or 4 (e5m2 rows)";
   }
 }
 
 template <int WG>
-const char* launch_tile(const Args& p, cudaStream_t stream) {
+const char* launch_tile(const Args& p, cudaStream_t stream, int* clusters) {
   switch (p.tile) {
-    case 16: return launch_kind<16, WG>(p, stream);
-    case 32: return launch_kind<32, WG>(p, stream);
-    case 64: return launch_kind<64, WG>(p, stream);
+    case 16: return launch_kind<16, WG>(p, stream, clusters);
+    case 32: return launch_kind<32, WG>(p, stream, clusters);
+    case 64: return launch_kind<64, WG>(p, stream, clusters);
     case 128:  // 64 accumulators a thread: four warpgroups' 544 threads leave 120 registers, and ptxas serializes
       if constexpr (WG == 4) return "tile 128 takes one or two warpgroups";
-      else return launch_kind<128, WG>(p, stream);
+      else return launch_kind<128, WG>(p, stream, clusters);
     default: return "tile must be 16, 32, 64 or 128 tokens";
+  }
+}
+
+const char* launch_warpgroups(const Args& p, cudaStream_t stream, int* clusters) {
+  switch (p.warpgroups) {
+    case 1: return launch_tile<1>(p, stream, clusters);
+    case 2: return launch_tile<2>(p, stream, clusters);
+    case 4: return launch_tile<4>(p, stream, clusters);
+    default: return "warpgroups must be 1, 2 or 4";
   }
 }
 
@@ -394,10 +299,12 @@ QTOOL_WGMMA_API const char* qtool_sm90_wgmma_mm(const qtool::wgmma::Args* p, cud
   if (p->n_pad % 16 || p->n > p->n_pad || p->n_pad - p->n >= 16) return "n_pad must be n rounded up to 16";
   if (reinterpret_cast<uintptr_t>(p->x) % 16 || reinterpret_cast<uintptr_t>(p->qweight) % 16)
     return "x and qweight must be 16-byte aligned";
-  switch (p->warpgroups) {
-    case 1: return launch_tile<1>(*p, stream);
-    case 2: return launch_tile<2>(*p, stream);
-    case 4: return launch_tile<4>(*p, stream);
-    default: return "warpgroups must be 1, 2 or 4";
-  }
+  return launch_warpgroups(*p, stream, nullptr);
+}
+
+// How many (1, split, 1) clusters of the kernel p selects (tile, warpgroups, split, kind, zero) the GPU holds at
+// once, into *clusters: nullptr, or the error.
+QTOOL_WGMMA_API const char* qtool_sm90_wgmma_clusters(const qtool::wgmma::Args* p, int* clusters) {
+  if (p->split < 1 || p->split > qtool::wgmma::kMaxSplit) return "split must be in 1 .. 8";
+  return qtool::wgmma::launch_warpgroups(*p, nullptr, clusters);
 }
