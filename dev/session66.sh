@@ -49,6 +49,13 @@ grid() {  # the new kernel (depth 8, one wave, no division): its tests, capaciti
   W8_SHAPES=4096x4096,8192x8192 W8_TIMEOUT=80 wg8ab
   ncu_wg wg4k16 --shape 4096x4096 --tokens 16
 }
+gridsmall() {  # grid on less device time (~120 s): two shapes
+  WT_TIMEOUT=100 wgtests
+  capacity
+  WA_SHAPES=4096x4096,8192x8192 WA_TOKENS=16,32,64,128 WA_TIMEOUT=90 wgab
+  W8_SHAPES=4096x4096 W8_TIMEOUT=45 wg8ab
+  NS_TIMEOUT=60 ncu_wg wg4k16 --shape 4096x4096 --tokens 16
+}
 for s in "${s66_stages[@]}"; do
   if declare -F "$s" > /dev/null; then "$s"; else bash dev/session64.sh "$s"; fi
 done
