@@ -35,8 +35,7 @@ def main() -> None:
     for _ in range(3):
         call()
     torch.cuda.synchronize()
-    print("plan", s or warpgroup_mm.plan(a.tokens, -(-n // 16) * 16, -(-k // 64) * 64,
-                                         torch.cuda.get_device_properties(0).multi_processor_count))
+    print("plan", s or warpgroup_mm.device_plan(a.tokens, -(-n // 16) * 16, -(-k // 64) * 64, 0, int(a.rows)))
 
 
 if __name__ == "__main__":

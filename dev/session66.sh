@@ -56,6 +56,11 @@ gridsmall() {  # grid on less device time (~120 s): two shapes
   W8_SHAPES=4096x4096 W8_TIMEOUT=45 wg8ab
   NS_TIMEOUT=60 ncu_wg wg4k16 --shape 4096x4096 --tokens 16
 }
+gridtiny() {  # the least device time (~60 s): the tests, capacities, the grid on 4096 x 4096
+  WT_TIMEOUT=60 wgtests
+  capacity
+  WA_SHAPES=4096x4096 WA_TOKENS=16,32,64,128 WA_TIMEOUT=50 wgab
+}
 for s in "${s66_stages[@]}"; do
   if declare -F "$s" > /dev/null; then "$s"; else bash dev/session64.sh "$s"; fi
 done

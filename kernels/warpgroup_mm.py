@@ -25,7 +25,7 @@ import ctypes
 import functools
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 import torch
 
@@ -192,10 +192,20 @@ def device_capacity(device: int, kind: int = 0, asym: bool = False) -> Callable[
     return lambda tile, wg, split: max_clusters(device, tile, wg, split, kind, asym)
 
 
+@functools.lru_cache(maxsize=4096)
+def device_plan(m: int, n_pad: int, k_pad: int, device: int, kind: int = 0, asym: bool = False) -> Plan:
+    """`plan` on GPU `device` (its SMs, its clusters' capacity), once per shape and m: a call's host time stays a
+    dictionary lookup. Run inside the ops (not while torch.compile traces: the capacity is a ctypes call)."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return plan(m, n_pad, k_pad, sms, device_capacity(device, kind, asym))
+
+
 def _run(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None,
          bias: torch.Tensor | None, n: int, n_pad: int, k_pad: int, group: int, kind: int, scale_stride: int,
          tile: int, warpgroups: int, split: int) -> torch.Tensor:
     m, k = x.shape
+    if tile == 0:  # the plan's schedule
+        tile, warpgroups, split = astuple(device_plan(m, n_pad, k_pad, x.device.index or 0, kind, zero is not None))
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
     args = _Args(weight.data_ptr(), scale.data_ptr(), None if zero is None else zero.data_ptr(),
                  None if bias is None else bias.data_ptr(), x.data_ptr(), y.data_ptr(), m, n, n_pad, k, k_pad,
@@ -226,7 +236,7 @@ def w4_mm(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, zero: tor
           bias: torch.Tensor | None, n: int, group: int, tile: int, warpgroups: int, split: int) -> torch.Tensor:
     """y [m, n] bf16 = x [m, K] bf16 . dequant(qweight)^T (+ bias float32 [n]); qweight int32 [N_pad / 16,
     K_pad / 64, 32, 4] (the int4 kernel layout), scale / zero float32 [G, N_pad]; group: k per scale (<= 0:
-    per channel); the schedule as in `Plan`."""
+    per channel); the schedule as in `Plan` (tile 0: the plan's, `device_plan`)."""
     return _run_w4(x, qweight, scale, zero, bias, n, group, tile, warpgroups, split)
 
 
@@ -240,7 +250,7 @@ def w8_mm(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torc
           warpgroups: int, split: int) -> torch.Tensor:
     """y [m, N] bf16 = x [m, K] bf16 . (weight * scale)^T (+ bias float32 [N]); weight int8 / float8 [N, K]
     row-major (K % 16 == 0), scale float32 [N] or [1], or for E4M3 [ceil(N / 128), ceil(K / 128)] (one per 128 x 128
-    block), contiguous; the schedule as in `Plan`."""
+    block), contiguous; the schedule as in `Plan` (tile 0: the plan's, `device_plan`)."""
     return _run_w8(x, weight, scale, bias, tile, warpgroups, split)
 
 
@@ -251,10 +261,8 @@ def _(x, weight, scale, bias, tile, warpgroups, split):
 
 def wgmma_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None,
                  schedule: Plan | None = None) -> torch.Tensor:
-    """x2 [m, K_pad] bf16, contiguous -> [m, out_features] bf16 (+ bias float32)."""
-    sms = torch.cuda.get_device_properties(x2.device).multi_processor_count  # cached by torch
-    s = schedule or plan(x2.shape[0], w.qweight.shape[0] * 16, w.k_padded, sms,
-                         device_capacity(x2.device.index or 0, 0, w.zero is not None))
+    """x2 [m, K_pad] bf16, contiguous -> [m, out_features] bf16 (+ bias float32); `schedule` None: the plan's."""
+    s = schedule or Plan(0, 0, 0)
     args = (x2, w.qweight, w.scale, w.zero, bias, w.out_features, w.group_size, s.tile, s.warpgroups, s.split)
     if not torch.compiler.is_compiling():  # eager: the ctypes call without the custom op's dispatch (host time)
         return _run_w4(*args)
@@ -266,11 +274,7 @@ def rows_linear(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bia
     """x2 [m, K] bf16 times 8-bit codes weight [N, K] (`takes_rows`) scaled per channel (scale [N], [N, 1], [1, N])
     or per tensor ([1]), or with `blocks` per 128 x 128 block ([ceil(N / 128), ceil(K / 128)]) -> [m, N] bf16
     (+ bias [N], added in float32)."""
-    n, k = weight.shape
-    sms = torch.cuda.get_device_properties(x2.device).multi_processor_count
-    kind = BLOCKS_KIND if blocks else ROWS_KINDS.get(weight.dtype, 1)
-    s = schedule or plan(x2.shape[0], -(-n // 16) * 16, -(-k // CHUNK_K) * CHUNK_K, sms,
-                         device_capacity(x2.device.index or 0, kind))
+    s = schedule or Plan(0, 0, 0)  # the plan's, chosen in the op
     x2 = x2.contiguous()
     if not torch.compiler.is_compiling() and x2.data_ptr() % 16:
         x2 = x2.clone()

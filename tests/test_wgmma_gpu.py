@@ -65,3 +65,21 @@ def test_every_schedule_matches_float64(hopper, warpgroups, split, tile, m):
     y = warpgroup_mm.wgmma_linear(x, p, bias, warpgroup_mm.Plan(tile, warpgroups, split))
     assert rel_err(y, reference(x, p, bias)) <= 1e-2
 
+
+
+def test_device_plan_fits_one_wave(hopper):
+    """The occupancy API's cluster counts: positive, fewer for larger clusters, and the plan's grid within them."""
+    for tile in warpgroup_mm.TILES:
+        counts = [warpgroup_mm.max_clusters(0, tile, 1, split) for split in (1, 2, 4, 8)]
+        assert all(c > 0 for c in counts) and counts == sorted(counts, reverse=True), counts
+    for m, n_pad, k_pad in ((16, 4096, 4096), (64, 8192, 8192), (128, 14336, 4096), (32, 4096, 14336)):
+        plan = warpgroup_mm.device_plan(m, n_pad, k_pad, 0)
+        assert -(-n_pad // (64 * plan.warpgroups)) <= warpgroup_mm.max_clusters(0, *vars(plan).values()), plan
+
+
+def test_compiled_call_plans_inside_the_op(hopper):
+    """Under torch.compile the schedule is chosen inside the custom op (tile 0), not while tracing."""
+    p = random_weight(1024, 2048, 128, True, seed=7)
+    x = torch.randn(24, p.k_padded, device="cuda", dtype=torch.bfloat16)
+    compiled = torch.compile(lambda t: warpgroup_mm.wgmma_linear(t, p, None), fullgraph=True)
+    assert rel_err(compiled(x), reference(x, p, None)) <= 1e-2
