@@ -13,7 +13,9 @@ mixed_mm.py keeps one in its shuffled layout), split-K over a thread block clust
 distributed shared memory, PDL.
 
 A call's schedule is a `Plan`: the token tile (16 / 32 / 64 / 128: the wgmma's n, so m <= tile), 64-row
-warpgroups per CTA (1, 2 or 4: each CTA reads its tokens' activations once for all its rows) and the split of K (1-8, the cluster). `plan` fills the SMs with one CTA each;
+warpgroups per CTA (1, 2 or 4: each CTA reads its tokens' activations once for all its rows) and the split of K
+(1-8, the cluster). `plan` keeps the grid within one wave of clusters (the occupancy API's count) and spreads it
+over the SMs;
 QTOOL_WGMMA_PLAN="tile,warpgroups,split" forces one (A/Bs). Numerics: float32 sums of bf16 products, the
 scale and the product (q - z) * s each rounded to bf16 (relative error <= 2^-8 of each weight, as the Hopper
 GEMM's bf16 scales give), bf16 output.
