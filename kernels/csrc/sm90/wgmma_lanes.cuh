@@ -15,7 +15,6 @@ constexpr int kChunkK = 64;  // k per chunk: a lane's 16-byte word of int4 codes
 // (ncu, H100): a depth of 16 took 96 KB a CTA of two warpgroups and left one CTA, 9 warps, on an SM, whose loop is a
 // latency chain (2.2 warps a scheduler, 0.4 issued a cycle); at 8 two or more CTAs share an SM with the same bytes
 // in flight per SM (>= 64 KB: ~25 KB cover HBM's latency at an SM's share of its bandwidth).
-template <int WG, int W>
 constexpr int kDepth = 8;
 constexpr int kMaxSplit = 8; // the portable cluster size
 constexpr int kRingSmem = 32 * 1024;  // bytes of activation stages per CTA (4-8 stages)
@@ -42,17 +41,17 @@ struct Args {  // mirrored by kernels/warpgroup_mm.py, _Args
 // buffer (wgmma_weights.cuh, rows_to_a) after the ring.
 template <int WG, int W>
 struct LaneRing {
-  static constexpr int kLanes = WG * 128, kDepthW = kDepth<WG, W>;
+  static constexpr int kLanes = WG * 128;
   static constexpr int kCodeBytes = kRows<W> ? 32 : 16;
   // (s r0, s r0 + 8[, z r0, z r0 + 8]); the block's scale; none for per-channel rows (applied after the sum)
   static constexpr int kScaleBytes = W == kE4m3Blocks ? 4 : kRows<W> ? 0 : W == kW4Asym ? 16 : 8;
-  static constexpr int kRingBytes = kDepthW * kLanes * (kCodeBytes + kScaleBytes);
+  static constexpr int kRingBytes = kDepth * kLanes * (kCodeBytes + kScaleBytes);
   static constexpr int kBytes = kRingBytes + (kRows<W> ? WG * 4 * 1024 : 0);
   __device__ static uint32_t codes(uint32_t base, int slot, int tid) {
     return base + (slot * kLanes + tid) * kCodeBytes;
   }
   __device__ static uint32_t scales(uint32_t base, int slot, int tid) {
-    return base + kDepthW * kLanes * kCodeBytes + (slot * kLanes + tid) * kScaleBytes;
+    return base + kDepth * kLanes * kCodeBytes + (slot * kLanes + tid) * kScaleBytes;
   }
   __device__ static uint32_t xpose(uint32_t base, int tid) { return base + kRingBytes + (tid / 32) * 1024; }
 };
@@ -91,7 +90,7 @@ __device__ inline void issue(const Args& p, uint32_t base, int tid, const LaneSo
                              int c_beg, int chunks, int r0, bool live) {
   using L = LaneRing<WG, W>;
   if (live && c < chunks) {
-    const int slot = c % L::kDepthW;
+    const int slot = c % kDepth;
     const uint32_t at = L::codes(base, slot, tid);
     if constexpr (kRows<W>) {  // 16 bytes of each row, zero past k or n (k % 16 == 0: all or nothing)
       const int k = (c_beg + c) * kChunkK + src.k_lane;

@@ -77,7 +77,7 @@ __device__ void produce(const Args& p, uint32_t ring, uint32_t full, uint32_t em
 template <int T, int WG, int W>
 __device__ void consume(const Args& p, uint32_t ring, uint32_t lanes, uint32_t full, uint32_t empty, int c_beg,
                         int chunks, int stripe, int tid, float (&acc)[T / 2]) {
-  constexpr int S = Stages<T>::kCount, D = LaneRing<WG, W>::kDepthW;
+  constexpr int S = Stages<T>::kCount, D = kDepth;
   const int lane = tid % 32;
   const bool live = stripe * 16 < p.n_pad;
   const int r0 = stripe * 16 + lane / 4;
