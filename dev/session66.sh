@@ -32,6 +32,10 @@ wgncu() {
   ncu_wg wg4k64 --shape 4096x4096 --tokens 64
   ncu_wg wgi8k32 --shape 4096x4096 --tokens 32 --rows
 }
+wgncu2() {  # the larger token counts, where the kernel trails the routes most
+  ncu_wg wg4k128 --shape 4096x4096 --tokens 128
+  ncu_wg wg8k64 --shape 8192x8192 --tokens 64
+}
 capacity() {  # the clusters the GPU holds at once per schedule (the plan's one-wave rule)
   step "wgmma clusters per schedule"
   python3 -c "

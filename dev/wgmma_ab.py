@@ -4,6 +4,10 @@ turn in one process (benchmarks/replay.py): the plan's schedule and forced ones 
 checked against float64 on the dequantized weight before any timing. Speedup against bf16 in the same process.
 
     python3 dev/wgmma_ab.py [--tokens 16,32,64,128] [--shapes 4096x4096,...] [--asym] [--json out.json]
+                            [--pipes "4,1 8,2 ..."]
+
+--pipes: the activation ring's (stages, producer warps) to sweep (warpgroup_mm.PIPE); each pipe's plan and its
+one-wave forced schedules, named "s8p2 w1s3" (the default pipe's columns keep their names).
 """
 
 from __future__ import annotations
@@ -21,6 +25,19 @@ SHAPES = "4096x4096,4096x14336,14336x4096,8192x8192,8192x28672,28672x8192"
 FORCED = tuple((wg, split) for wg in (1, 2, 4) for split in (1, 2, 3, 4, 6, 8))  # (warpgroups, split)
 
 
+def with_pipe(pipe, fn):
+    """fn, run (and captured) with warpgroup_mm.PIPE = pipe."""
+    from qtool_kernels import warpgroup_mm
+
+    def call():
+        saved, warpgroup_mm.PIPE = warpgroup_mm.PIPE, pipe
+        try:
+            return fn()
+        finally:
+            warpgroup_mm.PIPE = saved
+    return call
+
+
 def rel_err(p, m: int, schedule) -> float:
     import torch
 
@@ -33,7 +50,41 @@ def rel_err(p, m: int, schedule) -> float:
     return ((y.double() - ref).norm() / ref.norm()).item()
 
 
-def time_shape(ops, k: int, n: int, tokens: list[int], asym: bool, forced: bool) -> list[dict]:
+def pipe_schedules(m: int, n_pad: int, k_pad: int, asym: bool, pipes, forced: bool) -> dict:
+    """{name: (pipe, Plan)}: each pipe's plan, and with `forced` its schedules that fit in one wave."""
+    import torch
+
+    from qtool_kernels import warpgroup_mm
+
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    tile = next(t for t in warpgroup_mm.TILES if t >= m)
+    out = {}
+    for pipe in pipes:
+        tag = "" if pipe == (0, 0) else f"s{pipe[0]}p{pipe[1]} "
+        measured = warpgroup_mm.device_capacity(0, 0, asym, pipe)
+
+        def capacity(t, wg, split, measured=measured):  # 0: the schedule does not launch (shared memory)
+            try:
+                return measured(t, wg, split)
+            except RuntimeError:
+                return 0
+        out[f"{tag}wgmma"] = (pipe, warpgroup_mm.plan(m, n_pad, k_pad, sms, capacity))
+        if not forced:
+            continue
+        for wg, split in FORCED:
+            if (tile, wg) == (128, 4) or k_pad // 64 < 4 * split:
+                continue
+            row_tiles = -(-n_pad // (64 * wg))
+            if capacity(tile, wg, split) == 0:
+                continue
+            waves = -(-row_tiles // capacity(tile, wg, split))  # '*': more than one wave
+            if tag and waves > 1:
+                continue
+            out[f"{tag}w{wg}s{split}{'*' * (waves - 1)}"] = (pipe, warpgroup_mm.Plan(tile, wg, split))
+    return out
+
+
+def time_shape(ops, k: int, n: int, tokens: list[int], asym: bool, forced: bool, pipes=((0, 0),)) -> list[dict]:
     import torch
     import torch.nn.functional as F
     from bench_kernels import Rotation, copies_for, packed_copies
@@ -45,21 +96,12 @@ def time_shape(ops, k: int, n: int, tokens: list[int], asym: bool, forced: bool)
     packed = Rotation(packed_copies(4, 128, k, n, layer=True, asym=asym))
     dense = Rotation([torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(copies_for(2 * n * k))])
     p0 = packed.items[0]
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
     rows = []
     for m in tokens:
-        tile = next(t for t in warpgroup_mm.TILES if t >= m)
-        capacity = warpgroup_mm.device_capacity(0, 0, asym)
         n_pad = p0.qweight.shape[0] * 16
-        schedules = {"wgmma": warpgroup_mm.plan(m, n_pad, p0.k_padded, sms, capacity)}
-        if forced:
-            for wg, split in FORCED:
-                if (tile, wg) == (128, 4) or p0.k_padded // 64 < 4 * split:
-                    continue
-                row_tiles = -(-n_pad // (64 * wg))
-                waves = -(-row_tiles // capacity(tile, wg, split))  # '*': more than one wave
-                schedules[f"w{wg}s{split}{'*' * (waves - 1)}"] = warpgroup_mm.Plan(tile, wg, split)
-        errs = {name: rel_err(p0, m, s) for name, s in schedules.items()}
+        schedules = pipe_schedules(m, n_pad, p0.k_padded, asym, pipes, forced)
+        errs = {name: with_pipe(pipe, lambda s=s: rel_err(p0, m, s))()  # noqa: B023
+                for name, (pipe, s) in schedules.items()}
         x = torch.randn(m, p0.k_padded, device="cuda", dtype=torch.bfloat16)
         xk = x[:, :k].contiguous()
         r = route(p0, m, x.dtype)
@@ -68,21 +110,22 @@ def time_shape(ops, k: int, n: int, tokens: list[int], asym: bool, forced: bool)
         if p0.mixed is not None:
             calls["mixed"] = lambda: mixed_mm.mixed_linear(x, packed().mixed)  # noqa: B023
 
-        def wgmma(schedule):
-            return lambda: warpgroup_mm.wgmma_linear(x, packed(), None, schedule)  # noqa: B023
+        def wgmma(pipe, schedule):
+            return with_pipe(pipe, lambda: warpgroup_mm.wgmma_linear(x, packed(), None, schedule))  # noqa: B023
 
-        for name, s in schedules.items():
-            calls[name] = wgmma(s)
+        for name, (pipe, s) in schedules.items():
+            calls[name] = wgmma(pipe, s)
+        plan = schedules.get("wgmma", next(iter(schedules.values())))[1]
         ms = interleaved_graph_ms(calls)
         bf16 = ms["bf16"]
         row = {"K": k, "N": n, "M": m, "asym": asym, "route": r if isinstance(r, str) else "hopper " + str(r),
-               "plan": vars(schedules["wgmma"]), "err": errs,
+               "plan": vars(plan), "err": errs,
                "us": {name: None if t is None else t * 1e3 for name, t in ms.items()},
                "speedup": {name: None if not t else bf16 / t for name, t in ms.items() if name != "bf16"}}
         rows.append(row)
         cells = "  ".join(f"{name} {v:5.2f}x" for name, v in row["speedup"].items() if v)
         print(f"{k:>5} x {n:<5} M={m:<3} {'asym' if asym else 'sym '} bf16 {bf16 * 1e3:6.1f} us  {cells}"
-              f"  [{row['route']}; plan {schedules['wgmma']}] err max {max(errs.values()):.1e}", flush=True)
+              f"  [{row['route']}; plan {plan}] err max {max(errs.values()):.1e}", flush=True)
     return rows
 
 
@@ -93,6 +136,7 @@ def main() -> None:
     parser.add_argument("--asym", action="store_true", help="zero points too")
     parser.add_argument("--no-forced", action="store_true", help="the plan's schedule only")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--pipes", default="0,0", help="(stages,producers) pairs, space-separated; 0,0: default")
     args = parser.parse_args()
     import torch
 
@@ -102,11 +146,12 @@ def main() -> None:
     print("device:", torch.cuda.get_device_name(), "torch", torch.__version__, flush=True)
     assert warpgroup_mm.available(), f"libqtool_sm90_wgmma: {warpgroup_mm.sm90.wgmma.reason}"
     tokens = [int(t) for t in args.tokens.split(",")]
+    pipes = [warpgroup_mm.parse_pipe(p) for p in args.pipes.split()]
     rows = []
     for shape in args.shapes.split(","):
         k, n = (int(v) for v in shape.split("x"))
         for asym in (False, True) if args.asym else (False,):
-            rows += time_shape(ops, k, n, tokens, asym, not args.no_forced)
+            rows += time_shape(ops, k, n, tokens, asym, not args.no_forced, pipes)
             torch.cuda.empty_cache()
             if args.json:  # after every shape: a call cut off by its time limit keeps what it measured
                 Path(args.json).write_text(json.dumps({"device": torch.cuda.get_device_name(), "rows": rows},

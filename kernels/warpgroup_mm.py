@@ -7,8 +7,8 @@ as w8_gemv runs them below 17 tokens).
 The weights are wgmma's A operand from registers: each lane's 16-byte word of the int4 kernel layout
 (layout.py, the A fragments of mma.m16n8k16, which wgmma repeats per warp of a warpgroup) goes through a
 lane-private cp.async ring in shared memory into registers, is converted to bf16 ((q - z) * s)
-and multiplied against the activations (B: up to 128 tokens x 64 k per stage, a producer warp's cp.async
-ring in wgmma's 128-byte swizzle). No second copy of the weight (the CUTLASS mixed-input GEMM of
+and multiplied against the activations (B: up to 128 tokens x 64 k per stage, a ring of TMA copies in
+wgmma's 128-byte swizzle; QTOOL_WGMMA_PIPE="stages,producers" sets its depth, or cp.async warps for A/Bs). No second copy of the weight (the CUTLASS mixed-input GEMM of
 mixed_mm.py keeps one in its shuffled layout), split-K over a thread block cluster reduced through
 distributed shared memory, PDL.
 
@@ -53,7 +53,8 @@ class _Args(ctypes.Structure):  # csrc/sm90/wo_wgmma_sm90.cu, Args
                 ("m", ctypes.c_int), ("n", ctypes.c_int), ("n_pad", ctypes.c_int), ("k", ctypes.c_int),
                 ("k_pad", ctypes.c_int), ("group", ctypes.c_int), ("tile", ctypes.c_int),
                 ("warpgroups", ctypes.c_int), ("split", ctypes.c_int), ("launch", ctypes.c_int),
-                ("kind", ctypes.c_int), ("scale_stride", ctypes.c_int)]
+                ("kind", ctypes.c_int), ("scale_stride", ctypes.c_int), ("stages", ctypes.c_int),
+                ("producers", ctypes.c_int)]
 
 
 # 8-bit row-major codes -> the kernel's `kind` (0: 4-bit)
@@ -79,11 +80,30 @@ def _function():
     return _library().qtool_sm90_wgmma_mm
 
 
+def parse_pipe(text: str) -> tuple[int, int]:
+    """QTOOL_WGMMA_PIPE's value "stages,producers" -> the activation ring's stages (2-16; 0: 32 KB of them) and its
+    producer: 0 one thread's TMA copy a stage, 1-4 warps of cp.async."""
+    try:
+        stages, producers = (int(v) for v in text.replace(" ", "").split(","))
+    except ValueError:
+        raise ValueError(f"QTOOL_WGMMA_PIPE={text!r}: expected 'stages,producers', e.g. '8,2' ('0,0': default)") from None
+    if stages not in (0, *range(2, 17)) or not 0 <= producers <= 4:
+        raise ValueError(f"QTOOL_WGMMA_PIPE={text!r}: stages 0 or 2..16, producers 0..4")
+    return stages, producers
+
+
+# The activation ring's (stages, producers) for every call; dev/wgmma_ab.py sets it between captures (A/Bs).
+PIPE = parse_pipe(os.environ.get("QTOOL_WGMMA_PIPE", "0,0"))
+
+
 @functools.cache
-def max_clusters(device: int, tile: int, warpgroups: int, split: int, kind: int = 0, asym: bool = False) -> int:
-    """How many (1, split, 1) clusters of the kernel with this schedule and weight kind GPU `device` holds at once
-    (cudaOccupancyMaxActiveClusters: SMs, CTAs per SM, and GPCs, which a cluster may not straddle)."""
-    args = _Args(tile=tile, warpgroups=warpgroups, split=split, kind=kind, zero=1 if asym else None)
+def max_clusters(device: int, tile: int, warpgroups: int, split: int, kind: int = 0, asym: bool = False,
+                 pipe: tuple[int, int] = (0, 0)) -> int:
+    """How many (1, split, 1) clusters of the kernel with this schedule, weight kind and `pipe` (stages, producers)
+    GPU `device` holds at once (cudaOccupancyMaxActiveClusters: SMs, CTAs per SM, and GPCs, which a cluster may not
+    straddle)."""
+    args = _Args(tile=tile, warpgroups=warpgroups, split=split, kind=kind, zero=1 if asym else None, stages=pipe[0],
+                 producers=pipe[1])
     count = ctypes.c_int(0)
     with torch.cuda.device(device):
         err = _library().qtool_sm90_wgmma_clusters(ctypes.byref(args), ctypes.byref(count))
@@ -189,17 +209,19 @@ def plan(m: int, n_pad: int, k_pad: int, sms: int, capacity: Callable[[int, int,
     return best
 
 
-def device_capacity(device: int, kind: int = 0, asym: bool = False) -> Callable[[int, int, int], int]:
-    """`plan`'s capacity on GPU `device` for this weight kind, measured by the occupancy API."""
-    return lambda tile, wg, split: max_clusters(device, tile, wg, split, kind, asym)
+def device_capacity(device: int, kind: int = 0, asym: bool = False,
+                    pipe: tuple[int, int] = (0, 0)) -> Callable[[int, int, int], int]:
+    """`plan`'s capacity on GPU `device` for this weight kind and pipe, measured by the occupancy API."""
+    return lambda tile, wg, split: max_clusters(device, tile, wg, split, kind, asym, pipe)
 
 
 @functools.lru_cache(maxsize=4096)
-def device_plan(m: int, n_pad: int, k_pad: int, device: int, kind: int = 0, asym: bool = False) -> Plan:
+def device_plan(m: int, n_pad: int, k_pad: int, device: int, kind: int = 0, asym: bool = False,
+                pipe: tuple[int, int] = (0, 0)) -> Plan:
     """`plan` on GPU `device` (its SMs, its clusters' capacity), once per shape and m: a call's host time stays a
     dictionary lookup. Run inside the ops (not while torch.compile traces: the capacity is a ctypes call)."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return plan(m, n_pad, k_pad, sms, device_capacity(device, kind, asym))
+    return plan(m, n_pad, k_pad, sms, device_capacity(device, kind, asym, pipe))
 
 
 def _run(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None,
@@ -207,11 +229,12 @@ def _run(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, zero: torch
          tile: int, warpgroups: int, split: int) -> torch.Tensor:
     m, k = x.shape
     if tile == 0:  # the plan's schedule
-        tile, warpgroups, split = astuple(device_plan(m, n_pad, k_pad, x.device.index or 0, kind, zero is not None))
+        tile, warpgroups, split = astuple(device_plan(m, n_pad, k_pad, x.device.index or 0, kind, zero is not None,
+                                                      PIPE))
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
     args = _Args(weight.data_ptr(), scale.data_ptr(), None if zero is None else zero.data_ptr(),
                  None if bias is None else bias.data_ptr(), x.data_ptr(), y.data_ptr(), m, n, n_pad, k, k_pad,
-                 group, tile, warpgroups, split, 1 | (2 if PRODUCER_FENCE else 0), kind, scale_stride)
+                 group, tile, warpgroups, split, 1 | (2 if PRODUCER_FENCE else 0), kind, scale_stride, *PIPE)
     err = _function()(ctypes.byref(args), torch.cuda.current_stream(x.device).cuda_stream)
     if err is not None:
         raise RuntimeError(f"wgmma {'w4' if kind == 0 else 'w8'}_mm: {err.decode()} (m={m}, n={n}, k={k}, "

@@ -59,6 +59,19 @@ __device__ inline void wgmma_wait() {
 }
 __device__ inline void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 
+// The tensor memory accelerator: arm `bar` for `bytes` of transactions (this thread's arrival), and copy the box at
+// (c0, c1) (innermost coordinate first) of the tensor `map` describes into shared memory at `dst`, completing on `bar`.
+__device__ inline void mbar_arrive_expect_tx(uint32_t bar, int bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ inline void tma_load_2d(uint32_t dst, const void* map, int c0, int c1, uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];" ::"r"(
+          dst),
+      "l"(map), "r"(c0), "r"(c1), "r"(bar)
+      : "memory");
+}
+
 // cp.async writes through the generic proxy; wgmma reads shared memory through the async proxy.
 __device__ inline void fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
 

@@ -17,7 +17,8 @@ constexpr int kChunkK = 64;  // k per chunk: a lane's 16-byte word of int4 codes
 // in flight per SM (>= 64 KB: ~25 KB cover HBM's latency at an SM's share of its bandwidth).
 constexpr int kDepth = 8;
 constexpr int kMaxSplit = 8; // the portable cluster size
-constexpr int kRingSmem = 32 * 1024;  // bytes of activation stages per CTA (4-8 stages)
+constexpr int kRingSmem = 32 * 1024;  // bytes of activation stages per CTA by default (4-8 stages)
+constexpr int kMaxStages = 16;
 
 struct Args {  // mirrored by kernels/warpgroup_mm.py, _Args
   const void* qweight;  // int32 [n_pad / 16, k_pad / 64, 32, 4]; 8-bit kinds: int8 / e4m3 [n, k] row-major
@@ -31,6 +32,8 @@ struct Args {  // mirrored by kernels/warpgroup_mm.py, _Args
   // launch: bit 0 PDL, bit 1 the producer's own fence (QTOOL_WGMMA_FENCE=producer: an A/B of the consumers' fence)
   int kind, scale_stride;  // kind: 0 the 4-bit kernel layout, 1 int8 rows, 2 e4m3 rows, 3 e4m3 128 x 128 blocks,
                            // 4 e5m2 rows
+  int stages, producers;   // activation stages (2 .. 16; 0: kRingSmem's worth); producers 0: one thread's TMA copy
+                           // a stage (the tensor map below), 1 .. 4: warps of cp.async
 };
 
 // Each consumer lane's private ring in shared memory: its codes (the 4-bit layout's 16-byte word, or 16 bytes of

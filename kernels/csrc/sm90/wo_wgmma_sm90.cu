@@ -11,14 +11,18 @@
 //     rows of 8-bit codes) and, for 4 bits, its rows' scales, kDepth chunks ahead with cp.async into a lane-private
 //     ring in shared memory (LaneRing), converts them in registers to bf16 (wgmma_weights.cuh) and hands them to
 //     wgmma. No copy of the weight beside the GEMVs' one.
-//   - B = the activations, up to 128 tokens x 64 k per stage, copied by one producer warp with cp.async into the
-//     128-byte-swizzled k-major layout wgmma's descriptor reads, in a ring of stages with full / empty mbarriers.
+//   - B = the activations, up to 128 tokens x 64 k per stage, copied by one thread's TMA (a tensor map built per
+//     launch) into the 128-byte-swizzled k-major layout wgmma's descriptor reads, in a ring of stages with full /
+//     empty mbarriers (session 67: a producer warp's cp.async was the bottleneck at 64-128 tokens; TMA ran 4096 x
+//     4096 at 128 tokens 0.65x -> 1.1x bf16). 1-4 producer warps of cp.async remain for A/Bs (Args.producers).
 //   - Split-K over a (1, split, 1) thread block cluster: each CTA leaves its float32 partial tile in its shared
 //     memory and the cluster sums them in rank order through distributed shared memory (deterministic; one launch).
 //   - PDL: the weight ring is issued before griddepcontrol.wait, so the first DRAM round trips overlap the kernel
 //     before.
 // Compiled for sm_90a (wgmma) in its own library (kernels/sm90.py), called through ctypes (kernels/warpgroup_mm.py).
 #include <cooperative_groups.h>
+#include <cuda.h>  // CUtensorMap
+#include <cudaTypedefs.h>  // its encoder's signature (called through the runtime's driver entry point)
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -44,21 +48,48 @@ __device__ inline void mma(float (&d)[T / 2], const uint32_t (&a)[4], uint64_t d
 template <int T>
 struct Stages {  // the activation ring: T tokens x 64 k of bf16 per stage
   static constexpr int kBytes = T * kChunkK * 2;
-  static constexpr int kCount = kRingSmem / kBytes < 4 ? 4 : kRingSmem / kBytes > 8 ? 8 : kRingSmem / kBytes;
+  static constexpr int kDefault = kRingSmem / kBytes < 4 ? 4 : kRingSmem / kBytes > 8 ? 8 : kRingSmem / kBytes;
+  static constexpr int kMaxProducers = 4;
+  __host__ __device__ static int count(const Args& p) { return p.stages > 0 ? p.stages : kDefault; }
+  __host__ __device__ static int producers(const Args& p) { return p.producers > 0 ? p.producers : 1; }
 };
 
-// The producer warp: x's chunks [c_beg, c_beg + chunks) into the ring, rows >= m and columns >= k zero-filled.
+// A ring position: the stage and its mbarrier parity, advanced chunk by chunk (no division by a runtime count).
+struct Cursor {
+  int stage = 0, parity = 0;
+  const int count;
+  __device__ explicit Cursor(int stages) : count(stages) {}
+  __device__ void advance() {
+    if (++stage == count) {
+      stage = 0;
+      parity ^= 1;
+    }
+  }
+};
+
+// The producer: x's chunks [c_beg, c_beg + chunks) into the ring, rows >= m and columns >= k zero-filled, by one
+// thread's TMA copy a stage (p.producers 0; the tensor map's box is T tokens x 64 k in the 128-byte swizzle) or
+// by `producers` warps of cp.async (`pw` this warp). Session 67 (ncu, 128 tokens): one warp's 32 cp.async a lane
+// per stage starved the consumers (their waits on `full` were a third of the samples; 2 and 4 warps ran 1.6x, 2.6x).
 template <int T>
-__device__ void produce(const Args& p, uint32_t ring, uint32_t full, uint32_t empty, int c_beg, int chunks, int lane) {
-  constexpr int S = Stages<T>::kCount;
+__device__ void produce(const Args& p, const CUtensorMap* x_map, uint32_t ring, uint32_t full, uint32_t empty,
+                        int c_beg, int chunks, int lane, int pw) {
+  const int producers = Stages<T>::producers(p);
+  const bool tma = p.producers == 0;
+  if (tma && (pw != 0 || lane != 0)) return;  // one thread issues; the warp meets again at the __syncthreads after
   const __nv_bfloat16* x = static_cast<const __nv_bfloat16*>(p.x);
-  for (int c = 0; c < chunks; ++c) {
-    const int s = c % S, use = c / S;
-    if (use > 0) mbar_wait(empty + 8 * s, (use - 1) & 1);
+  Cursor at(Stages<T>::count(p));
+  for (int c = 0; c < chunks; ++c, at.advance()) {
+    const int s = at.stage;
+    if (c >= at.count) mbar_wait(empty + 8 * s, at.parity ^ 1);
     const int k0 = (c_beg + c) * kChunkK;
     const uint32_t stage = ring + s * Stages<T>::kBytes;
-#pragma unroll
-    for (int i = lane; i < T * 8; i += 32) {  // 16-byte pieces: token t, piece q of its 128 bytes
+    if (tma) {  // the whole box's bytes count, the zero-filled ones too
+      mbar_arrive_expect_tx(full + 8 * s, Stages<T>::kBytes);
+      tma_load_2d(stage, x_map, k0, 0, full + 8 * s);
+      continue;
+    }
+    for (int i = pw * 32 + lane; i < T * 8; i += 32 * producers) {  // 16-byte pieces: token t, piece q of its 128 B
       const int t = i >> 3, q = i & 7, k = k0 + 8 * q;
       const bool in = t < p.m && k < p.k;
       cp_async16(stage + t * 128 + ((q ^ (t & 7)) << 4), in ? x + static_cast<int64_t>(t) * p.k + k : x, in ? 16 : 0);
@@ -77,7 +108,7 @@ __device__ void produce(const Args& p, uint32_t ring, uint32_t full, uint32_t em
 template <int T, int WG, int W>
 __device__ void consume(const Args& p, uint32_t ring, uint32_t lanes, uint32_t full, uint32_t empty, int c_beg,
                         int chunks, int stripe, int tid, float (&acc)[T / 2]) {
-  constexpr int S = Stages<T>::kCount, D = kDepth;
+  constexpr int D = kDepth;
   const int lane = tid % 32;
   const bool live = stripe * 16 < p.n_pad;
   const int r0 = stripe * 16 + lane / 4;
@@ -87,6 +118,8 @@ __device__ void consume(const Args& p, uint32_t ring, uint32_t lanes, uint32_t f
   for (int c = 0; c < D - 1; ++c) issue<WG, W>(p, lanes, tid, src, group, c, c_beg, chunks, r0, live);
   pdl_wait();
   uint32_t a[2][16];
+  Cursor at(Stages<T>::count(p));
+  int last = 0;  // the previous chunk's stage
   for (int c0 = 0; c0 < chunks; c0 += 2) {
 #pragma unroll
     for (int j = 0; j < 2; ++j) {  // two chunks per trip: a[] double-buffered by static index
@@ -95,8 +128,8 @@ __device__ void consume(const Args& p, uint32_t ring, uint32_t lanes, uint32_t f
         issue<WG, W>(p, lanes, tid, src, group, c + D - 1, c_beg, chunks, r0, live);
         asm volatile("cp.async.wait_group %0;" ::"n"(D - 1) : "memory");  // chunk c's group has landed
         load_a<WG, W>(lanes, c % D, tid, a[j]);
-        const int s = c % S;
-        mbar_wait(full + 8 * s, (c / S) & 1);
+        const int s = at.stage;
+        mbar_wait(full + 8 * s, at.parity);
         fence_async_smem();
         wgmma_fence();
         const uint32_t stage = ring + s * Stages<T>::kBytes;
@@ -107,7 +140,9 @@ __device__ void consume(const Args& p, uint32_t ring, uint32_t lanes, uint32_t f
         }
         wgmma_commit();
         wgmma_wait<1>();  // chunk c - 1 done: its stage and its A registers are free
-        if (c > 0 && lane == 0) mbar_arrive(empty + 8 * ((c - 1) % S));
+        if (c > 0 && lane == 0) mbar_arrive(empty + 8 * last);
+        last = s;
+        at.advance();
       }
     }
   }
@@ -180,25 +215,28 @@ __device__ void store(const Args& p, float* part, const float (&acc)[T / 2], boo
 // start (every copy landed, every wgmma read its stage); then the barriers.
 template <int T, int WG, int W>
 struct SmemPlan {
-  static constexpr int kMainloop = Stages<T>::kCount * Stages<T>::kBytes + LaneRing<WG, W>::kBytes;
   static constexpr int kTile = T * (WG * 64 + 4) * 4;
-  static constexpr int kData = kMainloop > kTile ? kMainloop : kTile;
+  __host__ __device__ static int data(const Args& p) {
+    const int mainloop = Stages<T>::count(p) * Stages<T>::kBytes + LaneRing<WG, W>::kBytes;
+    return mainloop > kTile ? mainloop : kTile;
+  }
+  static int bytes(const Args& p) { return 1024 + data(p) + 16 * Stages<T>::count(p); }  // + alignment, barriers
 };
 
 template <int T, int WG, int W>
-__global__ void __launch_bounds__(WG * 128 + 32, 1) wo_wgmma_kernel(const Args p) {
-  constexpr int kData = SmemPlan<T, WG, W>::kData;
+__global__ void __launch_bounds__(WG * 128 + 32 * Stages<T>::kMaxProducers, 1)
+    wo_wgmma_kernel(const Args p, const __grid_constant__ CUtensorMap x_map) {
   extern __shared__ __align__(16) uint8_t smem_raw[];
   const uint32_t raw = smem_u32(smem_raw);
   const uint32_t ring = (raw + 1023) & ~1023u;  // the swizzle's atoms are 1024-byte aligned
-  constexpr int S = Stages<T>::kCount;
-  const uint32_t lanes = ring + S * Stages<T>::kBytes, full = ring + kData, empty = full + 8 * S;
+  const int S = Stages<T>::count(p);
+  const uint32_t lanes = ring + S * Stages<T>::kBytes, full = ring + SmemPlan<T, WG, W>::data(p), empty = full + 8 * S;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int chunks_total = p.k_pad / kChunkK, split = gridDim.y, rank = blockIdx.y;
   const int c_beg = chunks_total * rank / split, chunks = chunks_total * (rank + 1) / split - c_beg;
   if (threadIdx.x == 0) {
     for (int s = 0; s < S; ++s) {
-      mbar_init(full + 8 * s, 32);
+      mbar_init(full + 8 * s, p.producers == 0 ? 1 : 32 * p.producers);
       mbar_init(empty + 8 * s, WG * 4);
     }
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
@@ -213,11 +251,32 @@ __global__ void __launch_bounds__(WG * 128 + 32, 1) wo_wgmma_kernel(const Args p
                       static_cast<int>(threadIdx.x), acc);
   } else {
     pdl_wait();
-    produce<T>(p, ring, full, empty, c_beg, chunks, lane);
+    produce<T>(p, &x_map, ring, full, empty, c_beg, chunks, lane, warp - WG * 4);
   }
   pdl_release();
   __syncthreads();  // every wgmma has read its stage: the ring becomes the partial tile
   store<T, WG, W>(p, reinterpret_cast<float*>(smem_raw + (ring - raw)), acc, consumer, warp / 4, warp % 4, lane);
+}
+
+// x [m, k] bf16 as TMA sees it: boxes of T tokens x 64 k (128 bytes, the swizzle's row), zero past m and k.
+inline const char* encode_x(const Args& p, int tile, CUtensorMap* map) {
+  static PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult found;
+    const cudaError_t err = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault,
+                                                             &found);
+    return err == cudaSuccess && found == cudaDriverEntryPointSuccess
+               ? reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn)
+               : nullptr;
+  }();
+  if (encode == nullptr) return "the driver has no cuTensorMapEncodeTiled (TMA)";
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(p.k), static_cast<cuuint64_t>(p.m)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(p.k) * 2};  // bytes between tokens: k % 8 == 0
+  const cuuint32_t box[2] = {kChunkK, static_cast<cuuint32_t>(tile)}, unit[2] = {1, 1};
+  const CUresult r = encode(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void*>(p.x), dims, strides, box, unit,
+                            CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS ? nullptr : "cuTensorMapEncodeTiled refused x's tensor map";
 }
 
 // Launch the kernel p selects, or with `clusters` set, only count how many of its (1, split, 1) clusters the GPU
@@ -225,18 +284,21 @@ __global__ void __launch_bounds__(WG * 128 + 32, 1) wo_wgmma_kernel(const Args p
 // and the two left over ran as a second wave, doubling the call).
 template <int T, int WG, int W>
 const char* launch(const Args& p, cudaStream_t stream, int* clusters) {
-  constexpr int kSmem = 1024 + SmemPlan<T, WG, W>::kData + 16 * Stages<T>::kCount;
-  static_assert(kSmem <= 227 * 1024, "shared memory past the SM's 227 KB");
+  constexpr int kMaxSmem = 227 * 1024;
+  if (p.stages < 0 || p.stages == 1 || p.stages > kMaxStages) return "stages must be 0 (the default) or 2 .. 16";
+  if (p.producers < 0 || p.producers > Stages<T>::kMaxProducers) return "producers must be 0 (one) or 1 .. 4";
+  const int smem = SmemPlan<T, WG, W>::bytes(p);
+  if (smem > kMaxSmem) return "the stages and the lanes' rings need more than the SM's 227 KB of shared memory";
   auto kernel = wo_wgmma_kernel<T, WG, W>;
-  static const cudaError_t attr = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  static const cudaError_t attr = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem);
   if (attr != cudaSuccess) return cudaGetErrorString(attr);
-  const dim3 grid((p.n_pad + WG * 64 - 1) / (WG * 64), p.split), block(WG * 128 + 32);
+  const dim3 grid((p.n_pad + WG * 64 - 1) / (WG * 64), p.split), block(WG * 128 + 32 * Stages<T>::producers(p));
   cudaError_t err;
   if (clusters != nullptr) {
     cudaLaunchConfig_t config = {};
     config.gridDim = dim3(1, p.split);  // one cluster: the count does not depend on the grid
     config.blockDim = block;
-    config.dynamicSmemBytes = kSmem;
+    config.dynamicSmemBytes = smem;
     cudaLaunchAttribute cluster;
     cluster.id = cudaLaunchAttributeClusterDimension;
     cluster.val.clusterDim.x = 1;
@@ -246,7 +308,11 @@ const char* launch(const Args& p, cudaStream_t stream, int* clusters) {
     config.numAttrs = 1;
     err = cudaOccupancyMaxActiveClusters(clusters, kernel, &config);
   } else {
-    err = launch_cluster_y(kernel, (p.launch & 1) != 0, grid, block, kSmem, stream, p.split, p);
+    alignas(64) CUtensorMap x_map = {};
+    if (p.producers == 0) {
+      if (const char* why = encode_x(p, T, &x_map)) return why;
+    }
+    err = launch_cluster_y(kernel, (p.launch & 1) != 0, grid, block, smem, stream, p.split, p, x_map);
   }
   return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
 }

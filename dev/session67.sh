@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The device calls of session 67 (BENCHMARKS.md "session 67"): the wgmma weight-only kernel's activation ring.
+# Session 67's first call (dev/session66.sh grid, ncu) found the consumers at 64-128 tokens waiting on the producer
+# warp's stages (a third of the samples); the ring's stages and producer warps became runtime (QTOOL_WGMMA_PIPE).
+#   bash dev/session67.sh pipes           carry [".gpu/w8a8", ".gpu/ext"]
+#   pipes    the wgmma GPU tests, then W4 g128 on 4096 x 4096 and 8192 x 8192 at 16-128 tokens: each pipe's plan and
+#            one-wave schedules against the route and bf16 (dev/wgmma_ab.py --pipes)
+#   later stages: dev/session66.sh's (grid, wgncu2, capacity), dev/session64.sh's (wgsan, wgroute, ...)
+cd "$(dirname "$0")/.."
+s67_stages=("$@")
+set --
+LOG=${LOG:-session67.log}
+source dev/gpu_setup.sh
+eval "$(sed -n '/^wgtests()/,/^}/p;/^wgab()/,/^}/p' dev/session64.sh)"
+PIPES=${PIPES:-"0,0 4,2 4,4 8,1 8,2 8,4 12,2"}
+pipes() {
+  WT_TIMEOUT=150 wgtests
+  step "wgmma pipes (stages,producers): $PIPES"
+  timeout -k 10 "${WP_TIMEOUT:-240}" python3 dev/wgmma_ab.py --tokens "${WP_TOKENS:-16,32,64,128}" \
+    --shapes "${WP_SHAPES:-4096x4096,8192x8192,14336x4096}" --pipes "$PIPES" --json "$OUT/wgmma_pipes.json" 2>&1 \
+    | grep -v "^USDT"
+}
+for s in "${s67_stages[@]}"; do
+  if declare -F "$s" > /dev/null; then "$s"; else bash dev/session66.sh "$s"; fi
+done
