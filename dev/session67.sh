@@ -20,6 +20,26 @@ pipes() {
     --shapes "${WP_SHAPES:-4096x4096,8192x8192,14336x4096}" --pipes "$PIPES" --json "$OUT/wgmma_pipes.json" 2>&1 \
     | grep -v "^USDT"
 }
+depth() {  # the lane rings' depth (kDepth, compile-time): variant libraries built here into .gpu/variants
+  # (nvcc ... -DQTOOL_WGMMA_DEPTH=16 -o .gpu/variants/wgmma_d16.so; carry ".gpu/variants"), each tested, then timed
+  local shapes=${WD_SHAPES:-4096x4096,8192x8192,14336x4096,4096x14336}
+  step "wgmma depth 8 (the library)"
+  timeout -k 10 "${WD_TIMEOUT:-100}" python3 dev/wgmma_ab.py --tokens 16,32,64,128 --shapes "$shapes" \
+    --json "$OUT/wgmma_d8.json" 2>&1 | grep -v "^USDT"
+  for lib in .gpu/variants/wgmma_d*.so; do
+    local tag; tag=$(basename "$lib" .so)
+    step "wgmma variant $tag: tests, then timed"
+    QTOOL_WGMMA_LIBRARY=$PWD/$lib gputests "$tag" 60 tests/test_wgmma_gpu.py
+    QTOOL_WGMMA_LIBRARY=$PWD/$lib timeout -k 10 "${WD_TIMEOUT:-100}" python3 dev/wgmma_ab.py --tokens 16,32,64,128 \
+      --shapes "$shapes" --json "$OUT/$tag.json" 2>&1 | grep -v "^USDT"
+  done
+}
+tmancu() {  # the TMA kernel's profile where it trails the route or bf16's bound most
+  eval "$(sed -n '/^ncu_wg()/,/^}/p' dev/session66.sh)"
+  NS_TIMEOUT=60 ncu_wg tma4k128 --shape 4096x4096 --tokens 128 --schedule 128,1,2
+  NS_TIMEOUT=60 ncu_wg tma4k32 --shape 4096x4096 --tokens 32 --schedule 32,1,6
+  NS_TIMEOUT=60 ncu_wg tma8k16 --shape 8192x8192 --tokens 16 --schedule 16,1,2
+}
 for s in "${s67_stages[@]}"; do
   if declare -F "$s" > /dev/null; then "$s"; else bash dev/session66.sh "$s"; fi
 done

@@ -243,8 +243,9 @@ def _lookup(table: str, kind: int | str, k: int, n: int, m: int, within: bool) -
 
 
 def parse(route: str) -> dict | str:
-    """A mixed route: "k128 t64 v0 s-1" -> mixed_linear's keyword arguments; "wo_gemm", "dequant" as they are."""
-    if route in ("wo_gemm", "dequant"):
+    """A mixed route: "k128 t64 v0 s-1" -> mixed_linear's keyword arguments; "wo_gemm", "dequant" and the wgmma
+    kernel's "wgmma" (its plan) or "wgmma w1 s6" (warpgroups, split: warpgroup_mm.route_plan) as they are."""
+    if route in ("wo_gemm", "dequant") or route.split()[0] == "wgmma":
         return route
     parts = {p[0]: int(p[1:]) for p in route.split()}
     return {"ktile": parts["k"], "token_tile": parts["t"], "variant": parts["v"], "split": parts["s"]}

@@ -67,7 +67,8 @@ _entry: list = []
 
 def _library():
     if not _entry:
-        lib = ctypes.CDLL(str(sm90.wgmma.path()))
+        # QTOOL_WGMMA_LIBRARY: a variant build of the same source (an A/B of compile-time constants, dev/)
+        lib = ctypes.CDLL(os.environ.get("QTOOL_WGMMA_LIBRARY") or str(sm90.wgmma.path()))
         lib.qtool_sm90_wgmma_mm.restype = ctypes.c_char_p
         lib.qtool_sm90_wgmma_mm.argtypes = [ctypes.POINTER(_Args), ctypes.c_void_p]
         lib.qtool_sm90_wgmma_clusters.restype = ctypes.c_char_p
@@ -152,6 +153,21 @@ def parse_plan(text: str) -> Plan | None:
 
 
 FORCED = parse_plan(os.environ.get("QTOOL_WGMMA_PLAN", ""))
+
+
+def route_plan(route: str, m: int, k_pad: int) -> Plan | None:
+    """A measured route of tuning.py naming this kernel -> the schedule for m tokens: "wgmma" None (the plan's),
+    "wgmma w1 s6" one warpgroup, split 6 (at most one split per 64-k chunk), the token tile holding m."""
+    words = route.split()
+    if words[0] != "wgmma" or len(words) not in (1, 3) or m > TILES[-1]:
+        raise ValueError(f"not a wgmma route for {m} tokens: {route!r}")
+    if len(words) == 1:
+        return None
+    wg, split = int(words[1].removeprefix("w")), int(words[2].removeprefix("s"))
+    tile = next(t for t in TILES if t >= m)
+    if wg not in WARPGROUPS or (tile, wg) == (128, 4) or not 1 <= split <= MAX_SPLIT:
+        raise ValueError(f"wgmma route {route!r}: warpgroups in {WARPGROUPS} (not 4 at 128 tokens), split 1..8")
+    return Plan(tile, wg, min(split, k_pad // CHUNK_K))
 
 
 def parse_tokens(text: str, name: str = "QTOOL_WGMMA_TOKENS") -> tuple[int, int]:

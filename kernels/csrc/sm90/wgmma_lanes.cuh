@@ -15,7 +15,10 @@ constexpr int kChunkK = 64;  // k per chunk: a lane's 16-byte word of int4 codes
 // (ncu, H100): a depth of 16 took 96 KB a CTA of two warpgroups and left one CTA, 9 warps, on an SM, whose loop is a
 // latency chain (2.2 warps a scheduler, 0.4 issued a cycle); at 8 two or more CTAs share an SM with the same bytes
 // in flight per SM (>= 64 KB: ~25 KB cover HBM's latency at an SM's share of its bandwidth).
-constexpr int kDepth = 8;
+#ifndef QTOOL_WGMMA_DEPTH  // -DQTOOL_WGMMA_DEPTH=16: a variant library for A/Bs (dev/session67.sh depth)
+#define QTOOL_WGMMA_DEPTH 8
+#endif
+constexpr int kDepth = QTOOL_WGMMA_DEPTH;
 constexpr int kMaxSplit = 8; // the portable cluster size
 constexpr int kRingSmem = 32 * 1024;  // bytes of activation stages per CTA by default (4-8 stages)
 constexpr int kMaxStages = 16;
