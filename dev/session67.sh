@@ -40,6 +40,11 @@ tmancu() {  # the TMA kernel's profile where it trails the route or bf16's bound
   NS_TIMEOUT=60 ncu_wg tma4k32 --shape 4096x4096 --tokens 32 --schedule 32,1,6
   NS_TIMEOUT=60 ncu_wg tma8k16 --shape 8192x8192 --tokens 16 --schedule 16,1,2
 }
+h200() {  # the H200's wgmma cells (every schedule on the 8B shapes) and issue 19's whole table (owed since session 58)
+  WA_SHAPES=4096x4096,4096x6144,14336x4096,4096x14336,8192x8192,4096x28672 WA_TOKENS=16,32,64,128 \
+    WA_TIMEOUT=${WA_TIMEOUT:-130} wgab > /dev/null
+  TABLE_TIMEOUT=${TABLE_TIMEOUT:-330} wotable
+}
 for s in "${s67_stages[@]}"; do
   if declare -F "$s" > /dev/null; then "$s"; else bash dev/session66.sh "$s"; fi
 done
