@@ -41,7 +41,7 @@ wgdiag() {  # the error's pattern on one warpgroup (dev/wgmma_diag.py), for a ke
   timeout -k 10 90 python3 dev/wgmma_diag.py > /tmp/wgdiag.txt 2>&1
   tail -12 /tmp/wgdiag.txt
   if ! grep -q "RESULT ok" /tmp/wgdiag.txt; then  # wrong: does the producer's own fence change it?
-    echo "--- QTOOL_WGMMA_FENCE=producer"
+    echo "--- QTOOL_WGMMA_FENCE=producer (gone since session 67: TMA feeds the stages)"
     QTOOL_WGMMA_FENCE=producer timeout -k 10 90 python3 dev/wgmma_diag.py 2>&1 | tail -12
   fi
 }

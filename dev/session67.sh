@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The device calls of session 67 (BENCHMARKS.md "session 67"): the wgmma weight-only kernel's activation ring.
 # Session 67's first call (dev/session66.sh grid, ncu) found the consumers at 64-128 tokens waiting on the producer
-# warp's stages (a third of the samples); the ring's stages and producer warps became runtime (QTOOL_WGMMA_PIPE).
-#   bash dev/session67.sh pipes           carry [".gpu/w8a8", ".gpu/ext"]
-#   pipes    the wgmma GPU tests, then W4 g128 on 4096 x 4096 and 8192 x 8192 at 16-128 tokens: each pipe's plan and
-#            one-wave schedules against the route and bf16 (dev/wgmma_ab.py --pipes)
+# warp's stages (a third of the samples); TMA replaced it (the producer warps' A/B: commit a954ba8's dev/wgmma_ab.py).
+#   bash dev/session67.sh stages          carry [".gpu/w8a8", ".gpu/ext"]
+#   stages   the wgmma GPU tests, then W4 g128 on 4096 x 4096 and 8192 x 8192 at 16-128 tokens: each stage count's
+#            plan and one-wave schedules against the route and bf16 (dev/wgmma_ab.py --stages)
+#   depth, tmancu, h200, routecheck: below
 #   later stages: dev/session66.sh's (grid, wgncu2, capacity), dev/session64.sh's (wgsan, wgroute, ...)
 cd "$(dirname "$0")/.."
 s67_stages=("$@")
@@ -12,13 +13,14 @@ set --
 LOG=${LOG:-session67.log}
 source dev/gpu_setup.sh
 eval "$(sed -n '/^wgtests()/,/^}/p;/^wgab()/,/^}/p' dev/session64.sh)"
-PIPES=${PIPES:-"0,0 4,2 4,4 8,1 8,2 8,4 12,2"}
-pipes() {
+STAGE_COUNTS=${STAGE_COUNTS:-"0 4 8 12"}
+stages() {  # the tests, then each stage count's plan and one-wave schedules (session 67 ran "pipes": stages x
+  # cp.async producer warps, at commit a954ba8)
   WT_TIMEOUT=150 wgtests
-  step "wgmma pipes (stages,producers): $PIPES"
+  step "wgmma stage counts: $STAGE_COUNTS"
   timeout -k 10 "${WP_TIMEOUT:-240}" python3 dev/wgmma_ab.py --tokens "${WP_TOKENS:-16,32,64,128}" \
-    --shapes "${WP_SHAPES:-4096x4096,8192x8192,14336x4096}" --pipes "$PIPES" --json "$OUT/wgmma_pipes.json" 2>&1 \
-    | grep -v "^USDT"
+    --shapes "${WP_SHAPES:-4096x4096,8192x8192,14336x4096}" --stages "$STAGE_COUNTS" --json "$OUT/wgmma_stages.json" \
+    2>&1 | grep -v "^USDT"
 }
 depth() {  # the lane rings' depth (kDepth, compile-time): variant libraries built here into .gpu/variants
   # (nvcc ... -DQTOOL_WGMMA_DEPTH=16 -o .gpu/variants/wgmma_d16.so; carry ".gpu/variants"), each tested, then timed
@@ -44,6 +46,10 @@ h200() {  # the H200's wgmma cells (every schedule on the 8B shapes) and issue 1
   WA_SHAPES=4096x4096,4096x6144,14336x4096,4096x14336,8192x8192,4096x28672 WA_TOKENS=16,32,64,128 \
     WA_TIMEOUT=${WA_TIMEOUT:-130} wgab > /dev/null
   TABLE_TIMEOUT=${TABLE_TIMEOUT:-330} wotable
+}
+routecheck() {  # the measured wgmma cells through the dispatcher (QuantLinear), W4 g128
+  timeout -k 10 200 python3 benchmarks/bench_kernels.py --formats w4a16-g128 --shapes 4096x4096,4096x6144 \
+    --tokens 16,32,64,128 --json "$OUT/routecheck.json" > /tmp/rc.txt 2>&1; echo "exit $?"; tail -14 /tmp/rc.txt
 }
 for s in "${s67_stages[@]}"; do
   if declare -F "$s" > /dev/null; then "$s"; else bash dev/session66.sh "$s"; fi

@@ -4,10 +4,10 @@ turn in one process (benchmarks/replay.py): the plan's schedule and forced ones 
 checked against float64 on the dequantized weight before any timing. Speedup against bf16 in the same process.
 
     python3 dev/wgmma_ab.py [--tokens 16,32,64,128] [--shapes 4096x4096,...] [--asym] [--json out.json]
-                            [--pipes "4,1 8,2 ..."]
+                            [--stages "0 4 8"]
 
---pipes: the activation ring's (stages, producer warps) to sweep (warpgroup_mm.PIPE); each pipe's plan and its
-one-wave forced schedules, named "s8p2 w1s3" (the default pipe's columns keep their names).
+--stages: the activation ring's stage counts to sweep (warpgroup_mm.STAGES); each count's plan and its one-wave
+forced schedules, named "s8 w1s3" (the default's, 0, keep their names).
 """
 
 from __future__ import annotations
@@ -25,16 +25,16 @@ SHAPES = "4096x4096,4096x14336,14336x4096,8192x8192,8192x28672,28672x8192"
 FORCED = tuple((wg, split) for wg in (1, 2, 4) for split in (1, 2, 3, 4, 6, 8))  # (warpgroups, split)
 
 
-def with_pipe(pipe, fn):
-    """fn, run (and captured) with warpgroup_mm.PIPE = pipe."""
+def with_stages(stages, fn):
+    """fn, run (and captured) with warpgroup_mm.STAGES = stages."""
     from qtool_kernels import warpgroup_mm
 
     def call():
-        saved, warpgroup_mm.PIPE = warpgroup_mm.PIPE, pipe
+        saved, warpgroup_mm.STAGES = warpgroup_mm.STAGES, stages
         try:
             return fn()
         finally:
-            warpgroup_mm.PIPE = saved
+            warpgroup_mm.STAGES = saved
     return call
 
 
@@ -50,8 +50,8 @@ def rel_err(p, m: int, schedule) -> float:
     return ((y.double() - ref).norm() / ref.norm()).item()
 
 
-def pipe_schedules(m: int, n_pad: int, k_pad: int, asym: bool, pipes, forced: bool) -> dict:
-    """{name: (pipe, Plan)}: each pipe's plan, and with `forced` its schedules that fit in one wave."""
+def stage_schedules(m: int, n_pad: int, k_pad: int, asym: bool, counts, forced: bool) -> dict:
+    """{name: (stages, Plan)}: each stage count's plan, and with `forced` its schedules that fit in one wave."""
     import torch
 
     from qtool_kernels import warpgroup_mm
@@ -59,16 +59,16 @@ def pipe_schedules(m: int, n_pad: int, k_pad: int, asym: bool, pipes, forced: bo
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     tile = next(t for t in warpgroup_mm.TILES if t >= m)
     out = {}
-    for pipe in pipes:
-        tag = "" if pipe == (0, 0) else f"s{pipe[0]}p{pipe[1]} "
-        measured = warpgroup_mm.device_capacity(0, 0, asym, pipe)
+    for stages in counts:
+        tag = "" if stages == 0 else f"s{stages} "
+        measured = warpgroup_mm.device_capacity(0, 0, asym, stages)
 
         def capacity(t, wg, split, measured=measured):  # 0: the schedule does not launch (shared memory)
             try:
                 return measured(t, wg, split)
             except RuntimeError:
                 return 0
-        out[f"{tag}wgmma"] = (pipe, warpgroup_mm.plan(m, n_pad, k_pad, sms, capacity))
+        out[f"{tag}wgmma"] = (stages, warpgroup_mm.plan(m, n_pad, k_pad, sms, capacity))
         if not forced:
             continue
         for wg, split in FORCED:
@@ -80,11 +80,11 @@ def pipe_schedules(m: int, n_pad: int, k_pad: int, asym: bool, pipes, forced: bo
             waves = -(-row_tiles // capacity(tile, wg, split))  # '*': more than one wave
             if tag and waves > 1:
                 continue
-            out[f"{tag}w{wg}s{split}{'*' * (waves - 1)}"] = (pipe, warpgroup_mm.Plan(tile, wg, split))
+            out[f"{tag}w{wg}s{split}{'*' * (waves - 1)}"] = (stages, warpgroup_mm.Plan(tile, wg, split))
     return out
 
 
-def time_shape(ops, k: int, n: int, tokens: list[int], asym: bool, forced: bool, pipes=((0, 0),)) -> list[dict]:
+def time_shape(ops, k: int, n: int, tokens: list[int], asym: bool, forced: bool, counts=(0,)) -> list[dict]:
     import torch
     import torch.nn.functional as F
     from bench_kernels import Rotation, copies_for, packed_copies
@@ -99,9 +99,9 @@ def time_shape(ops, k: int, n: int, tokens: list[int], asym: bool, forced: bool,
     rows = []
     for m in tokens:
         n_pad = p0.qweight.shape[0] * 16
-        schedules = pipe_schedules(m, n_pad, p0.k_padded, asym, pipes, forced)
-        errs = {name: with_pipe(pipe, lambda s=s: rel_err(p0, m, s))()  # noqa: B023
-                for name, (pipe, s) in schedules.items()}
+        schedules = stage_schedules(m, n_pad, p0.k_padded, asym, counts, forced)
+        errs = {name: with_stages(stages, lambda s=s: rel_err(p0, m, s))()  # noqa: B023
+                for name, (stages, s) in schedules.items()}
         x = torch.randn(m, p0.k_padded, device="cuda", dtype=torch.bfloat16)
         xk = x[:, :k].contiguous()
         r = route(p0, m, x.dtype)
@@ -110,11 +110,11 @@ def time_shape(ops, k: int, n: int, tokens: list[int], asym: bool, forced: bool,
         if p0.mixed is not None:
             calls["mixed"] = lambda: mixed_mm.mixed_linear(x, packed().mixed)  # noqa: B023
 
-        def wgmma(pipe, schedule):
-            return with_pipe(pipe, lambda: warpgroup_mm.wgmma_linear(x, packed(), None, schedule))  # noqa: B023
+        def wgmma(stages, schedule):
+            return with_stages(stages, lambda: warpgroup_mm.wgmma_linear(x, packed(), None, schedule))  # noqa: B023
 
-        for name, (pipe, s) in schedules.items():
-            calls[name] = wgmma(pipe, s)
+        for name, (stages, s) in schedules.items():
+            calls[name] = wgmma(stages, s)
         plan = schedules.get("wgmma", next(iter(schedules.values())))[1]
         ms = interleaved_graph_ms(calls)
         bf16 = ms["bf16"]
@@ -136,7 +136,7 @@ def main() -> None:
     parser.add_argument("--asym", action="store_true", help="zero points too")
     parser.add_argument("--no-forced", action="store_true", help="the plan's schedule only")
     parser.add_argument("--json", default=None)
-    parser.add_argument("--pipes", default="0,0", help="(stages,producers) pairs, space-separated; 0,0: default")
+    parser.add_argument("--stages", default="0", help="stage counts, space-separated; 0: the default")
     args = parser.parse_args()
     import torch
 
@@ -146,12 +146,12 @@ def main() -> None:
     print("device:", torch.cuda.get_device_name(), "torch", torch.__version__, flush=True)
     assert warpgroup_mm.available(), f"libqtool_sm90_wgmma: {warpgroup_mm.sm90.wgmma.reason}"
     tokens = [int(t) for t in args.tokens.split(",")]
-    pipes = [warpgroup_mm.parse_pipe(p) for p in args.pipes.split()]
+    counts = [warpgroup_mm.parse_stages(c) for c in args.stages.split()]
     rows = []
     for shape in args.shapes.split(","):
         k, n = (int(v) for v in shape.split("x"))
         for asym in (False, True) if args.asym else (False,):
-            rows += time_shape(ops, k, n, tokens, asym, not args.no_forced, pipes)
+            rows += time_shape(ops, k, n, tokens, asym, not args.no_forced, counts)
             torch.cuda.empty_cache()
             if args.json:  # after every shape: a call cut off by its time limit keeps what it measured
                 Path(args.json).write_text(json.dumps({"device": torch.cuda.get_device_name(), "rows": rows},

@@ -113,7 +113,13 @@ W8A8: dict[tuple[str, int, int], dict[int, str]] = {
 # Session 57: fp8-block's GEMV at 1-8 tokens on 8192-row layers runs four blocks per SM (w8_gemv.cu,
 # fold_blocks_per_sm; raw 1.77-1.94x bf16 where it ran 1.51-1.56x), so those layers' block-GEMM cells at 1-8 tokens
 # went back to it (the H200's route, or "gemv" where the H200's is block-swap).
+# Session 67: the wgmma kernel (warpgroup_mm.py, activations by TMA) where it beat the route by >= 4% in three runs
+# of dev/wgmma_ab.py (4096 x 4096 at 32 tokens 1.50-1.52x bf16 against 1.43-1.44x, at 128 1.12-1.15x against
+# 1.06-1.08x) or one (4096 x 6144 at 32 tokens 1.80x against 1.63x); at 16 tokens these layers take the split GEMV
+# ahead of any table (weight_only.route), and elsewhere the routes lead it (BENCHMARKS.md "session 67").
 MIXED_H100: dict[tuple[int, int, int], dict[int, str]] = {
+    (4, 4096, 4096): {32: "wgmma w2 s7", 128: "wgmma w1 s2"},
+    (4, 4096, 6144): {32: "wgmma w2 s4"},
     (4, 8192, 28672): {128: "k128 t128 v0 s-1"},
     (8, 8192, 28672): {128: "k128 t128 v0 s-1", 256: "k64 t256 v2 s-1"},
     (8, 4096, 4096): {128: "k64 t128 v2 s0"},

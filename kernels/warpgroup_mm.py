@@ -8,7 +8,7 @@ The weights are wgmma's A operand from registers: each lane's 16-byte word of th
 (layout.py, the A fragments of mma.m16n8k16, which wgmma repeats per warp of a warpgroup) goes through a
 lane-private cp.async ring in shared memory into registers, is converted to bf16 ((q - z) * s)
 and multiplied against the activations (B: up to 128 tokens x 64 k per stage, a ring of TMA copies in
-wgmma's 128-byte swizzle; QTOOL_WGMMA_PIPE="stages,producers" sets its depth, or cp.async warps for A/Bs). No second copy of the weight (the CUTLASS mixed-input GEMM of
+wgmma's 128-byte swizzle; QTOOL_WGMMA_STAGES sets its depth). No second copy of the weight (the CUTLASS mixed-input GEMM of
 mixed_mm.py keeps one in its shuffled layout), split-K over a thread block cluster reduced through
 distributed shared memory, PDL.
 
@@ -53,8 +53,7 @@ class _Args(ctypes.Structure):  # csrc/sm90/wo_wgmma_sm90.cu, Args
                 ("m", ctypes.c_int), ("n", ctypes.c_int), ("n_pad", ctypes.c_int), ("k", ctypes.c_int),
                 ("k_pad", ctypes.c_int), ("group", ctypes.c_int), ("tile", ctypes.c_int),
                 ("warpgroups", ctypes.c_int), ("split", ctypes.c_int), ("launch", ctypes.c_int),
-                ("kind", ctypes.c_int), ("scale_stride", ctypes.c_int), ("stages", ctypes.c_int),
-                ("producers", ctypes.c_int)]
+                ("kind", ctypes.c_int), ("scale_stride", ctypes.c_int), ("stages", ctypes.c_int)]
 
 
 # 8-bit row-major codes -> the kernel's `kind` (0: 4-bit)
@@ -81,30 +80,28 @@ def _function():
     return _library().qtool_sm90_wgmma_mm
 
 
-def parse_pipe(text: str) -> tuple[int, int]:
-    """QTOOL_WGMMA_PIPE's value "stages,producers" -> the activation ring's stages (2-16; 0: 32 KB of them) and its
-    producer: 0 one thread's TMA copy a stage, 1-4 warps of cp.async."""
+def parse_stages(text: str) -> int:
+    """QTOOL_WGMMA_STAGES's value -> the activation ring's stages: 2-16, or 0 for 32 KB of them (4-8)."""
     try:
-        stages, producers = (int(v) for v in text.replace(" ", "").split(","))
+        stages = int(text)
     except ValueError:
-        raise ValueError(f"QTOOL_WGMMA_PIPE={text!r}: expected 'stages,producers', e.g. '8,2' ('0,0': default)") from None
-    if stages not in (0, *range(2, 17)) or not 0 <= producers <= 4:
-        raise ValueError(f"QTOOL_WGMMA_PIPE={text!r}: stages 0 or 2..16, producers 0..4")
-    return stages, producers
+        raise ValueError(f"QTOOL_WGMMA_STAGES={text!r}: expected an integer, 0 or 2..16") from None
+    if stages not in (0, *range(2, 17)):
+        raise ValueError(f"QTOOL_WGMMA_STAGES={text!r}: 0 (the default) or 2..16")
+    return stages
 
 
-# The activation ring's (stages, producers) for every call; dev/wgmma_ab.py sets it between captures (A/Bs).
-PIPE = parse_pipe(os.environ.get("QTOOL_WGMMA_PIPE", "0,0"))
+# The activation ring's stages for every call (session 67: 4, 8 and 12 ran alike once TMA fed them); dev/wgmma_ab.py
+# sets it between captures (A/Bs).
+STAGES = parse_stages(os.environ.get("QTOOL_WGMMA_STAGES", "0"))
 
 
 @functools.cache
 def max_clusters(device: int, tile: int, warpgroups: int, split: int, kind: int = 0, asym: bool = False,
-                 pipe: tuple[int, int] = (0, 0)) -> int:
-    """How many (1, split, 1) clusters of the kernel with this schedule, weight kind and `pipe` (stages, producers)
-    GPU `device` holds at once (cudaOccupancyMaxActiveClusters: SMs, CTAs per SM, and GPCs, which a cluster may not
-    straddle)."""
-    args = _Args(tile=tile, warpgroups=warpgroups, split=split, kind=kind, zero=1 if asym else None, stages=pipe[0],
-                 producers=pipe[1])
+                 stages: int = 0) -> int:
+    """How many (1, split, 1) clusters of the kernel with this schedule, weight kind and stage count GPU `device`
+    holds at once (cudaOccupancyMaxActiveClusters: SMs, CTAs per SM, and GPCs, which a cluster may not straddle)."""
+    args = _Args(tile=tile, warpgroups=warpgroups, split=split, kind=kind, zero=1 if asym else None, stages=stages)
     count = ctypes.c_int(0)
     with torch.cuda.device(device):
         err = _library().qtool_sm90_wgmma_clusters(ctypes.byref(args), ctypes.byref(count))
@@ -193,12 +190,6 @@ def routes_rows(weight: torch.Tensor, scale: torch.Tensor, m: int, dtype: torch.
     return W8_TOKENS[0] <= m <= W8_TOKENS[1] and takes_rows(weight, scale, m, dtype, blocks) and available()
 
 
-# Who makes the producer's cp.async copies visible to wgmma (the async proxy): each consumer with a proxy fence after
-# the stage's barrier (the default), or, with QTOOL_WGMMA_FENCE=producer, the producer after waiting for its copies
-# (serializes the producer's stages; an A/B and a fallback).
-PRODUCER_FENCE = os.environ.get("QTOOL_WGMMA_FENCE", "consumer") == "producer"
-
-
 MIN_SPLIT_CHUNKS = 8  # chunks (512 k) each split keeps at least: below, the prologue and the cluster's sum dominate
 
 
@@ -226,18 +217,18 @@ def plan(m: int, n_pad: int, k_pad: int, sms: int, capacity: Callable[[int, int,
 
 
 def device_capacity(device: int, kind: int = 0, asym: bool = False,
-                    pipe: tuple[int, int] = (0, 0)) -> Callable[[int, int, int], int]:
-    """`plan`'s capacity on GPU `device` for this weight kind and pipe, measured by the occupancy API."""
-    return lambda tile, wg, split: max_clusters(device, tile, wg, split, kind, asym, pipe)
+                    stages: int = 0) -> Callable[[int, int, int], int]:
+    """`plan`'s capacity on GPU `device` for this weight kind and stage count, measured by the occupancy API."""
+    return lambda tile, wg, split: max_clusters(device, tile, wg, split, kind, asym, stages)
 
 
 @functools.lru_cache(maxsize=4096)
 def device_plan(m: int, n_pad: int, k_pad: int, device: int, kind: int = 0, asym: bool = False,
-                pipe: tuple[int, int] = (0, 0)) -> Plan:
+                stages: int = 0) -> Plan:
     """`plan` on GPU `device` (its SMs, its clusters' capacity), once per shape and m: a call's host time stays a
     dictionary lookup. Run inside the ops (not while torch.compile traces: the capacity is a ctypes call)."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return plan(m, n_pad, k_pad, sms, device_capacity(device, kind, asym, pipe))
+    return plan(m, n_pad, k_pad, sms, device_capacity(device, kind, asym, stages))
 
 
 def _run(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None,
@@ -246,11 +237,11 @@ def _run(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, zero: torch
     m, k = x.shape
     if tile == 0:  # the plan's schedule
         tile, warpgroups, split = astuple(device_plan(m, n_pad, k_pad, x.device.index or 0, kind, zero is not None,
-                                                      PIPE))
+                                                      STAGES))
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
     args = _Args(weight.data_ptr(), scale.data_ptr(), None if zero is None else zero.data_ptr(),
                  None if bias is None else bias.data_ptr(), x.data_ptr(), y.data_ptr(), m, n, n_pad, k, k_pad,
-                 group, tile, warpgroups, split, 1 | (2 if PRODUCER_FENCE else 0), kind, scale_stride, *PIPE)
+                 group, tile, warpgroups, split, 1, kind, scale_stride, STAGES)
     err = _function()(ctypes.byref(args), torch.cuda.current_stream(x.device).cuda_stream)
     if err is not None:
         raise RuntimeError(f"wgmma {'w4' if kind == 0 else 'w8'}_mm: {err.decode()} (m={m}, n={n}, k={k}, "

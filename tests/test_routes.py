@@ -321,7 +321,7 @@ def test_measured_schedules_are_valid():
     """Every route in kernels/tuning.py (the H200's tables and each card's cells) parses, and each schedule is one
     the libraries build at the batch it was measured at (group 128, and per channel for 8 bits); W8A8 routes name
     a kernel that takes them."""
-    from qtool_kernels import mixed_mm
+    from qtool_kernels import mixed_mm, warpgroup_mm
 
     cards = tuning.CARD_TABLES.values()
     mixed = [*tuning.MIXED.items(), *(row for names in cards for row in getattr(tuning, names["mixed"]).items())]
@@ -334,6 +334,9 @@ def test_measured_schedules_are_valid():
                 mixed_mm.check_schedule(m, 128 if bits == 4 else k, k, 0, route["ktile"], route["variant"],
                                         route["token_tile"])
                 assert route["split"] >= -1
+            elif route.startswith("wgmma"):  # the wgmma kernel: 4 bits, a schedule it takes at that batch
+                assert bits == 4 and m <= warpgroup_mm.TILES[-1]
+                warpgroup_mm.route_plan(route, m, k)
             else:
                 assert route in ("wo_gemm", "dequant") and (route != "wo_gemm" or m <= 64)
     from qtool_kernels import block_mm

@@ -32,11 +32,10 @@ struct Args {  // mirrored by kernels/warpgroup_mm.py, _Args
   void* y;              // bf16 [m, n] row-major
   int m, n, n_pad, k, k_pad, group;  // group: k per scale (a multiple of 64), k_pad per channel
   int tile, warpgroups, split, launch;  // tokens per CTA (16 / 32 / 64 / 128), 64-row warpgroups (1, 2, 4), splits;
-  // launch: bit 0 PDL, bit 1 the producer's own fence (QTOOL_WGMMA_FENCE=producer: an A/B of the consumers' fence)
+  // launch: bit 0 PDL
   int kind, scale_stride;  // kind: 0 the 4-bit kernel layout, 1 int8 rows, 2 e4m3 rows, 3 e4m3 128 x 128 blocks,
                            // 4 e5m2 rows
-  int stages, producers;   // activation stages (2 .. 16; 0: kRingSmem's worth); producers 0: one thread's TMA copy
-                           // a stage (the tensor map below), 1 .. 4: warps of cp.async
+  int stages;              // activation stages (2 .. 16; 0: kRingSmem's worth)
 };
 
 // Each consumer lane's private ring in shared memory: its codes (the 4-bit layout's 16-byte word, or 16 bytes of

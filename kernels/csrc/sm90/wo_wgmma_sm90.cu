@@ -14,7 +14,7 @@
 //   - B = the activations, up to 128 tokens x 64 k per stage, copied by one thread's TMA (a tensor map built per
 //     launch) into the 128-byte-swizzled k-major layout wgmma's descriptor reads, in a ring of stages with full /
 //     empty mbarriers (session 67: a producer warp's cp.async was the bottleneck at 64-128 tokens; TMA ran 4096 x
-//     4096 at 128 tokens 0.65x -> 1.1x bf16). 1-4 producer warps of cp.async remain for A/Bs (Args.producers).
+//     4096 at 128 tokens 0.65x -> 1.1x bf16).
 //   - Split-K over a (1, split, 1) thread block cluster: each CTA leaves its float32 partial tile in its shared
 //     memory and the cluster sums them in rank order through distributed shared memory (deterministic; one launch).
 //   - PDL: the weight ring is issued before griddepcontrol.wait, so the first DRAM round trips overlap the kernel
@@ -49,9 +49,7 @@ template <int T>
 struct Stages {  // the activation ring: T tokens x 64 k of bf16 per stage
   static constexpr int kBytes = T * kChunkK * 2;
   static constexpr int kDefault = kRingSmem / kBytes < 4 ? 4 : kRingSmem / kBytes > 8 ? 8 : kRingSmem / kBytes;
-  static constexpr int kMaxProducers = 4;
   __host__ __device__ static int count(const Args& p) { return p.stages > 0 ? p.stages : kDefault; }
-  __host__ __device__ static int producers(const Args& p) { return p.producers > 0 ? p.producers : 1; }
 };
 
 // A ring position: the stage and its mbarrier parity, advanced chunk by chunk (no division by a runtime count).
@@ -67,40 +65,19 @@ struct Cursor {
   }
 };
 
-// The producer: x's chunks [c_beg, c_beg + chunks) into the ring, rows >= m and columns >= k zero-filled, by one
-// thread's TMA copy a stage (p.producers 0; the tensor map's box is T tokens x 64 k in the 128-byte swizzle) or
-// by `producers` warps of cp.async (`pw` this warp). Session 67 (ncu, 128 tokens): one warp's 32 cp.async a lane
-// per stage starved the consumers (their waits on `full` were a third of the samples; 2 and 4 warps ran 1.6x, 2.6x).
+// The producer (one thread): x's chunks [c_beg, c_beg + chunks) into the ring by TMA, the tensor map's box T tokens
+// x 64 k in the 128-byte swizzle, rows >= m and columns >= k zero-filled. Session 67: a warp of cp.async (32 a lane
+// per stage at 128 tokens) starved the consumers, whose waits on `full` were a third of the samples; four warps of
+// it ran 2.6x faster and TMA faster still (4096 x 4096 at 128 tokens 0.58x -> 1.08x bf16, BENCHMARKS.md).
 template <int T>
 __device__ void produce(const Args& p, const CUtensorMap* x_map, uint32_t ring, uint32_t full, uint32_t empty,
-                        int c_beg, int chunks, int lane, int pw) {
-  const int producers = Stages<T>::producers(p);
-  const bool tma = p.producers == 0;
-  if (tma && (pw != 0 || lane != 0)) return;  // one thread issues; the warp meets again at the __syncthreads after
-  const __nv_bfloat16* x = static_cast<const __nv_bfloat16*>(p.x);
+                        int c_beg, int chunks) {
   Cursor at(Stages<T>::count(p));
   for (int c = 0; c < chunks; ++c, at.advance()) {
     const int s = at.stage;
     if (c >= at.count) mbar_wait(empty + 8 * s, at.parity ^ 1);
-    const int k0 = (c_beg + c) * kChunkK;
-    const uint32_t stage = ring + s * Stages<T>::kBytes;
-    if (tma) {  // the whole box's bytes count, the zero-filled ones too
-      mbar_arrive_expect_tx(full + 8 * s, Stages<T>::kBytes);
-      tma_load_2d(stage, x_map, k0, 0, full + 8 * s);
-      continue;
-    }
-    for (int i = pw * 32 + lane; i < T * 8; i += 32 * producers) {  // 16-byte pieces: token t, piece q of its 128 B
-      const int t = i >> 3, q = i & 7, k = k0 + 8 * q;
-      const bool in = t < p.m && k < p.k;
-      cp_async16(stage + t * 128 + ((q ^ (t & 7)) << 4), in ? x + static_cast<int64_t>(t) * p.k + k : x, in ? 16 : 0);
-    }
-    if (p.launch & 2) {  // the stage's copies waited for and fenced into the async proxy by their issuer
-      asm volatile("cp.async.wait_all;" ::: "memory");
-      fence_async_smem();
-      mbar_arrive(full + 8 * s);
-    } else {
-      cp_async_arrive(full + 8 * s);
-    }
+    mbar_arrive_expect_tx(full + 8 * s, Stages<T>::kBytes);  // the whole box's bytes, the zero-filled ones too
+    tma_load_2d(ring + s * Stages<T>::kBytes, x_map, (c_beg + c) * kChunkK, 0, full + 8 * s);
   }
 }
 
@@ -129,8 +106,7 @@ __device__ void consume(const Args& p, uint32_t ring, uint32_t lanes, uint32_t f
         asm volatile("cp.async.wait_group %0;" ::"n"(D - 1) : "memory");  // chunk c's group has landed
         load_a<WG, W>(lanes, c % D, tid, a[j]);
         const int s = at.stage;
-        mbar_wait(full + 8 * s, at.parity);
-        fence_async_smem();
+        mbar_wait(full + 8 * s, at.parity);  // the stage's TMA bytes landed (async proxy, as wgmma reads: no fence)
         wgmma_fence();
         const uint32_t stage = ring + s * Stages<T>::kBytes;
 #pragma unroll
@@ -224,7 +200,7 @@ struct SmemPlan {
 };
 
 template <int T, int WG, int W>
-__global__ void __launch_bounds__(WG * 128 + 32 * Stages<T>::kMaxProducers, 1)
+__global__ void __launch_bounds__(WG * 128 + 32, 1)
     wo_wgmma_kernel(const Args p, const __grid_constant__ CUtensorMap x_map) {
   extern __shared__ __align__(16) uint8_t smem_raw[];
   const uint32_t raw = smem_u32(smem_raw);
@@ -236,7 +212,7 @@ __global__ void __launch_bounds__(WG * 128 + 32 * Stages<T>::kMaxProducers, 1)
   const int c_beg = chunks_total * rank / split, chunks = chunks_total * (rank + 1) / split - c_beg;
   if (threadIdx.x == 0) {
     for (int s = 0; s < S; ++s) {
-      mbar_init(full + 8 * s, p.producers == 0 ? 1 : 32 * p.producers);
+      mbar_init(full + 8 * s, 1);
       mbar_init(empty + 8 * s, WG * 4);
     }
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
@@ -249,9 +225,9 @@ __global__ void __launch_bounds__(WG * 128 + 32 * Stages<T>::kMaxProducers, 1)
   if (consumer) {
     consume<T, WG, W>(p, ring, lanes, full, empty, c_beg, chunks, blockIdx.x * WG * 4 + warp,
                       static_cast<int>(threadIdx.x), acc);
-  } else {
+  } else if (lane == 0) {  // the producer warp's other lanes wait at the __syncthreads below
     pdl_wait();
-    produce<T>(p, &x_map, ring, full, empty, c_beg, chunks, lane, warp - WG * 4);
+    produce<T>(p, &x_map, ring, full, empty, c_beg, chunks);
   }
   pdl_release();
   __syncthreads();  // every wgmma has read its stage: the ring becomes the partial tile
@@ -286,13 +262,12 @@ template <int T, int WG, int W>
 const char* launch(const Args& p, cudaStream_t stream, int* clusters) {
   constexpr int kMaxSmem = 227 * 1024;
   if (p.stages < 0 || p.stages == 1 || p.stages > kMaxStages) return "stages must be 0 (the default) or 2 .. 16";
-  if (p.producers < 0 || p.producers > Stages<T>::kMaxProducers) return "producers must be 0 (one) or 1 .. 4";
   const int smem = SmemPlan<T, WG, W>::bytes(p);
   if (smem > kMaxSmem) return "the stages and the lanes' rings need more than the SM's 227 KB of shared memory";
   auto kernel = wo_wgmma_kernel<T, WG, W>;
   static const cudaError_t attr = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem);
   if (attr != cudaSuccess) return cudaGetErrorString(attr);
-  const dim3 grid((p.n_pad + WG * 64 - 1) / (WG * 64), p.split), block(WG * 128 + 32 * Stages<T>::producers(p));
+  const dim3 grid((p.n_pad + WG * 64 - 1) / (WG * 64), p.split), block(WG * 128 + 32);
   cudaError_t err;
   if (clusters != nullptr) {
     cudaLaunchConfig_t config = {};
@@ -309,9 +284,7 @@ const char* launch(const Args& p, cudaStream_t stream, int* clusters) {
     err = cudaOccupancyMaxActiveClusters(clusters, kernel, &config);
   } else {
     alignas(64) CUtensorMap x_map = {};
-    if (p.producers == 0) {
-      if (const char* why = encode_x(p, T, &x_map)) return why;
-    }
+    if (const char* why = encode_x(p, T, &x_map)) return why;
     err = launch_cluster_y(kernel, (p.launch & 1) != 0, grid, block, smem, stream, p.split, p, x_map);
   }
   return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
