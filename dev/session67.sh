@@ -51,6 +51,17 @@ routecheck() {  # the measured wgmma cells through the dispatcher (QuantLinear),
   timeout -k 10 200 python3 benchmarks/bench_kernels.py --formats w4a16-g128 --shapes 4096x4096,4096x6144 \
     --tokens 16,32,64,128 --json "$OUT/routecheck.json" > /tmp/rc.txt 2>&1; echo "exit $?"; tail -14 /tmp/rc.txt
 }
+final() {  # the TMA-only kernel: its tests, then the plan and schedules on two shapes against the route
+  WT_TIMEOUT=90 wgtests
+  WA_SHAPES=4096x4096,8192x8192 WA_TOKENS=16,32,64,128 WA_TIMEOUT=60 wgab > /dev/null
+  python3 - "$OUT/wgmma_ab.json" <<'PY'
+import json, sys
+for r in json.load(open(sys.argv[1]))["rows"]:
+    sp = r["speedup"]
+    best = max((v, k) for k, v in sp.items() if v and k not in ("route", "mixed") and "*" not in k)
+    print(r["K"], r["N"], r["M"], "route %.2f plan %.2f best %s %.2f" % (sp["route"], sp["wgmma"], best[1], best[0]))
+PY
+}
 for s in "${s67_stages[@]}"; do
   if declare -F "$s" > /dev/null; then "$s"; else bash dev/session66.sh "$s"; fi
 done
