@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qtool_kernels import warpgroup_mm
+from qtool_kernels import int8_planes, layout, tuning, warpgroup_mm, weight_only
 from qtool_kernels.layout import pack_weight
 
 
@@ -116,3 +116,43 @@ def test_route_takes_it_where_switched_on(monkeypatch):
     assert weight_only.route(p, 129, torch.bfloat16) != "wo_wgmma"
     assert weight_only.route(p, 64, torch.float16) != "wo_wgmma"
     assert weight_only.route(p, 1, torch.bfloat16) != "wo_wgmma"
+
+
+def test_measured_wgmma_routes(monkeypatch):
+    """A tuning cell naming the wgmma kernel ("wgmma", "wgmma w1 s6") runs it with that schedule where it runs (a
+    Hopper GPU, 4-bit codes in the kernel layout, groups of 64k), else the plain Hopper schedule; malformed routes
+    are refused by name."""
+    from qtool_kernels import mixed_mm
+
+    assert tuning.parse("wgmma w1 s6") == "wgmma w1 s6" and tuning.parse("wgmma") == "wgmma"
+    assert warpgroup_mm.route_plan("wgmma", 20, 4096) is None
+    assert warpgroup_mm.route_plan("wgmma w1 s6", 20, 4096) == warpgroup_mm.Plan(32, 1, 6)
+    assert warpgroup_mm.route_plan("wgmma w2 s8", 128, 256) == warpgroup_mm.Plan(128, 2, 4)  # 4 chunks: 4 splits
+    for bad in ("wgmma w4 s2", "wgmma w3 s2", "wgmma w1 s9", "wgmma w1"):
+        with pytest.raises(ValueError, match="wgmma"):
+            warpgroup_mm.route_plan(bad, 100, 4096)
+
+    calls = []
+    monkeypatch.setattr(weight_only, "mixed_linear", lambda x2, mixed, **kw: calls.append(("mixed", kw)) or
+                        torch.zeros(x2.shape[0], mixed.w.shape[0], dtype=x2.dtype))
+    monkeypatch.setattr(warpgroup_mm, "wgmma_linear", lambda x2, w, bias, plan: calls.append(("wgmma", plan)) or
+                        torch.zeros(x2.shape[0], w.out_features, dtype=x2.dtype))
+    monkeypatch.setattr(int8_planes, "GEMV_PLANES", False)
+    monkeypatch.setattr(tuning, "MIXED", {(4, 4096, 4096): {8: "wo_gemm", 32: "wgmma w1 s6", 64: "wgmma"}})
+    tuning.clear_cache()
+    k = n = 4096
+    codes = torch.zeros(n, k, dtype=torch.int8)
+    w = pack_weight(codes, torch.ones(n, k // 128), None, None, 4, 128)
+    w.mixed = mixed_mm.MixedWeight(torch.zeros(n, 1, dtype=torch.uint8), torch.ones(1, n), torch.zeros(1, n), 128)
+    try:
+        for runs in (True, False):
+            monkeypatch.setattr(warpgroup_mm, "available", lambda runs=runs: runs)
+            calls.clear()
+            weight_only.packed_linear(torch.zeros(20, k, dtype=torch.bfloat16), w, None, layout.ReferenceOps)
+            weight_only.packed_linear(torch.zeros(40, k, dtype=torch.bfloat16), w, None, layout.ReferenceOps)
+            if runs:
+                assert calls == [("wgmma", warpgroup_mm.Plan(32, 1, 6)), ("wgmma", None)]
+            else:
+                assert [c[0] for c in calls] == ["mixed", "mixed"] and calls[0][1]["token_tile"] == 0
+    finally:
+        tuning.clear_cache()
