@@ -21,10 +21,6 @@ __device__ inline void mbar_wait(uint32_t bar, int parity) {
 __device__ inline void mbar_arrive(uint32_t bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
 }
-// Arrives on `bar` once this lane's earlier cp.async copies have landed (the barrier counts 32 such arrivals).
-__device__ inline void cp_async_arrive(uint32_t bar) {
-  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(bar) : "memory");
-}
 __device__ inline void cp_async16(uint32_t dst, const void* src, int bytes) {  // bytes < 16: the rest zero-filled
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
 }
@@ -71,9 +67,6 @@ __device__ inline void tma_load_2d(uint32_t dst, const void* map, int c0, int c1
       "l"(map), "r"(c0), "r"(c1), "r"(bar)
       : "memory");
 }
-
-// cp.async writes through the generic proxy; wgmma reads shared memory through the async proxy.
-__device__ inline void fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
 
 // Shared-memory descriptor of a k-major B tile in the 128-byte swizzle: rows of 64 bf16 (128 bytes), 8-row atoms
 // 1024 bytes apart (the stride byte offset); the leading offset is unused in this mode. `addr` 1024-aligned but
