@@ -310,7 +310,8 @@ def _weight_only_path() -> str:
     def mixed_path(bits: int) -> str:
         lib = sm90.MIXED[bits]
         return (f"CUTLASS sm90 W{bits}A16 ({lib.stem}) from {MIXED_MIN_M[bits]} tokens, {bits}-bit bf16, with the "
-                "schedule (or wo_gemm, or dequant_int + cuBLAS) measured fastest at the nearest shape and batch "
+                "schedule (or wo_gemm, or dequant_int + cuBLAS, or for 4 bits the wgmma kernel of "
+                "libqtool_sm90_wgmma where a cell names it) measured fastest at the nearest shape and batch "
                 f"(tuning.py), launched with PDL to {mixed_mm.PDL_MAX_M} tokens ({mixed_mm.PDL_MAX_M_SMALL} on weights of "
                 f"<= {mixed_mm.PDL_SMALL_WEIGHT} elements; QTOOL_MIXED_PDL_MAX_M)" if lib.load()
                 else f"no W{bits}A16 wgmma GEMM ({lib.reason})")
