@@ -45,6 +45,7 @@ tmancu() {  # the TMA kernel's profile where it trails the route or bf16's bound
 h200() {  # the H200's wgmma cells (every schedule on the 8B shapes) and issue 19's whole table (owed since session 58)
   WA_SHAPES=4096x4096,4096x6144,14336x4096,4096x14336,8192x8192,4096x28672 WA_TOKENS=16,32,64,128 \
     WA_TIMEOUT=${WA_TIMEOUT:-130} wgab > /dev/null
+  python3 dev/wgmma_cells.py "$OUT/wgmma_ab.json"  # the cells it leads (here: --merge them into kernels/tuning.py)
   TABLE_TIMEOUT=${TABLE_TIMEOUT:-330} wotable
 }
 routecheck() {  # the measured wgmma cells through the dispatcher (QuantLinear), W4 g128

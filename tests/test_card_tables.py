@@ -175,3 +175,24 @@ def test_sweeps_keep_a_route_unless_another_beats_it_by_the_margin():
     del cell["layer"]  # fp8-block's rows time no layer: the fastest GEMM wins
     cell["gemm"]["large"] = 0.95
     assert w8a8_sweep.best_route(cell) == "large"
+
+
+def test_wgmma_cells_from_an_ab_run(capsys):
+    """dev/wgmma_cells.py keeps a schedule (the plan's included) only where it leads the route by the margin, and never
+    over a GEMV route (those run before any table) or the kernel itself."""
+    sys.path.insert(0, str(ROOT / "dev"))
+    try:
+        import wgmma_cells
+    finally:
+        sys.path[:1] = []
+    hopper = "hopper {'ktile': 64}"
+    rows = [
+        {"K": 4096, "N": 4096, "M": 32, "route": hopper, "plan": {"tile": 32, "warpgroups": 2, "split": 7},
+         "speedup": {"route": 1.44, "wgmma": 1.52, "w1s6": 1.49, "w1s8*": 1.60}},
+        {"K": 4096, "N": 4096, "M": 128, "route": hopper, "speedup": {"route": 1.08, "w1s2": 1.15, "w2s2k2": 1.10}},
+        {"K": 8192, "N": 8192, "M": 64, "route": hopper, "speedup": {"route": 2.04, "w2s2": 2.08}},
+        {"K": 4096, "N": 4096, "M": 16, "route": "wo_split", "speedup": {"route": 1.85, "w1s6": 1.95}},
+    ]
+    assert wgmma_cells.cells(rows, 0.04) == {(4, 4096, 4096): {32: "wgmma w2 s7", 128: "wgmma w1 s2"}}
+    assert wgmma_cells.cells(rows, 0.10) == {}
+    assert "1.52x against the route's 1.44x" in capsys.readouterr().out
