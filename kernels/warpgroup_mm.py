@@ -47,7 +47,7 @@ class Plan:
     split: int  # CTAs along K, one cluster
 
 
-class _Args(ctypes.Structure):  # csrc/sm90/wo_wgmma_sm90.cu, Args
+class _Args(ctypes.Structure):  # csrc/sm90/wgmma_lanes.cuh, Args (tests/test_abi_mirrors.py)
     _fields_ = [("qweight", ctypes.c_void_p), ("scale", ctypes.c_void_p), ("zero", ctypes.c_void_p),
                 ("bias", ctypes.c_void_p), ("x", ctypes.c_void_p), ("y", ctypes.c_void_p),
                 ("m", ctypes.c_int), ("n", ctypes.c_int), ("n_pad", ctypes.c_int), ("k", ctypes.c_int),
