@@ -152,6 +152,12 @@ def parse_plan(text: str) -> Plan | None:
 FORCED = parse_plan(os.environ.get("QTOOL_WGMMA_PLAN", ""))
 
 
+def names_kernel(route) -> bool:
+    """Whether a measured route of tuning.py (a string, or a schedule dict of the mixed GEMM) names this kernel."""
+    return isinstance(route, str) and route.split()[0] == "wgmma"
+
+
+@functools.lru_cache(maxsize=4096)  # on every eager call's path: parsed once per route, batch and weight
 def route_plan(route: str, m: int, k_pad: int) -> Plan | None:
     """A measured route of tuning.py naming this kernel -> the schedule for m tokens: "wgmma" None (the plan's),
     "wgmma w1 s6" one warpgroup, split 6 (at most one split per 64-k chunk), the token tile holding m."""

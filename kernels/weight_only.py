@@ -230,8 +230,7 @@ def route(w: PackedWeight, m: int, dtype: torch.dtype, planes_free: bool = False
     if WGMMA_TOKENS[0] <= m <= WGMMA_TOKENS[1] and warpgroup_mm.takes(w, m, dtype) and warpgroup_mm.available():
         return "wo_wgmma"
     if (hopper := hopper_route(w, m, dtype)) is not None:
-        if isinstance(hopper, str) and hopper.startswith("wgmma") and not (
-                warpgroup_mm.takes(w, m, dtype) and warpgroup_mm.available()):
+        if warpgroup_mm.names_kernel(hopper) and not (warpgroup_mm.takes(w, m, dtype) and warpgroup_mm.available()):
             return plain_schedule(m, w.mixed.group, w.k_padded)  # measured there, but not runnable here
         return hopper
     if V3_MIN_M <= m <= V3_MAX_M and not _small(w, m):
@@ -293,7 +292,7 @@ def packed_linear(x: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None, k
         y = int8_planes.planes_linear(x2, w, bias, kernels, int8_planes.planes_route(w, m, free), free, prefetch)
     elif kernel == "wo_wgmma":
         y = warpgroup_mm.wgmma_linear(x2, w, bias)
-    elif kernel.startswith("wgmma"):  # a measured route (tuning.py) naming the wgmma kernel's schedule
+    elif warpgroup_mm.names_kernel(kernel):  # a measured route (tuning.py) naming the wgmma kernel's schedule
         y = warpgroup_mm.wgmma_linear(x2, w, bias, warpgroup_mm.route_plan(kernel, m, w.k_padded))
     elif kernel == "wo_gemm_v3":
         y = kernels.wo_gemm_v3(x2, *args, bias, *meta, EPILOGUE, V3_VARIANT)
@@ -378,6 +377,6 @@ def _copy_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None,
     hopper = hopper_route(w, m, x2.dtype, bits)
     if isinstance(hopper, dict):
         return _hopper_linear(x2, w, bias, hopper)
-    if hopper == "wo_gemm" or (isinstance(hopper, str) and hopper.startswith("wgmma")):  # 4-bit layout kernels
+    if hopper == "wo_gemm" or warpgroup_mm.names_kernel(hopper):  # kernels of the 4-bit layout only
         return _hopper_linear(x2, w, bias, plain_schedule(m, w.mixed.group, w.k_padded))
     return None
