@@ -94,12 +94,12 @@ __device__ void consume(const Args& p, uint32_t ring, uint32_t lanes, uint32_t f
 #pragma unroll
   for (int c = 0; c < D - 1; ++c) issue<WG, W>(p, lanes, tid, src, group, c, c_beg, chunks, r0, live);
   pdl_wait();
-  uint32_t a[2][16];
+  constexpr int L = kLead;
+  uint32_t a[L + 1][16];
   Cursor at(Stages<T>::count(p));
-  int last = 0;  // the previous chunk's stage
-  for (int c0 = 0; c0 < chunks; c0 += 2) {
+  for (int c0 = 0; c0 < chunks; c0 += L + 1) {
 #pragma unroll
-    for (int j = 0; j < 2; ++j) {  // two chunks per trip: a[] double-buffered by static index
+    for (int j = 0; j <= L; ++j) {  // L + 1 chunks per trip: a[] indexed statically
       const int c = c0 + j;
       if (c < chunks) {
         issue<WG, W>(p, lanes, tid, src, group, c + D - 1, c_beg, chunks, r0, live);
@@ -115,9 +115,8 @@ __device__ void consume(const Args& p, uint32_t ring, uint32_t lanes, uint32_t f
           mma<T>(acc, step, b_desc(stage + 32 * kk));
         }
         wgmma_commit();
-        wgmma_wait<1>();  // chunk c - 1 done: its stage and its A registers are free
-        if (c > 0 && lane == 0) mbar_arrive(empty + 8 * last);
-        last = s;
+        wgmma_wait<L>();  // chunk c - L done: its stage and its A registers are free
+        if (c >= L && lane == 0) mbar_arrive(empty + 8 * (s >= L ? s - L : s - L + at.count));
         at.advance();
       }
     }
@@ -262,6 +261,7 @@ template <int T, int WG, int W>
 const char* launch(const Args& p, cudaStream_t stream, int* clusters) {
   constexpr int kMaxSmem = 227 * 1024;
   if (p.stages < 0 || p.stages == 1 || p.stages > kMaxStages) return "stages must be 0 (the default) or 2 .. 16";
+  if (p.stages != 0 && p.stages <= kLead) return "stages must exceed the HGMMA lead (QTOOL_WGMMA_LEAD)";
   const int smem = SmemPlan<T, WG, W>::bytes(p);
   if (smem > kMaxSmem) return "the stages and the lanes' rings need more than the SM's 227 KB of shared memory";
   auto kernel = wo_wgmma_kernel<T, WG, W>;
