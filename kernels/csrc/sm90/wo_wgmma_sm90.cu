@@ -108,11 +108,13 @@ __device__ void consume(const Args& p, uint32_t ring, uint32_t lanes, uint32_t f
         const int s = at.stage;
         mbar_wait(full + 8 * s, at.parity);  // the stage's TMA bytes landed (async proxy, as wgmma reads: no fence)
         wgmma_fence();
-        const uint32_t stage = ring + s * Stages<T>::kBytes;
+        // the k16 steps' descriptors: the stage's plus 32 bytes a step in the address field (bits 0-13, in 16-byte
+        // units, no carry: shared memory ends below 2^18), one add each instead of a descriptor built per step
+        const uint64_t desc = b_desc(ring + s * Stages<T>::kBytes);
 #pragma unroll
         for (int kk = 0; kk < 4; ++kk) {
           const uint32_t step[4] = {a[j][4 * kk], a[j][4 * kk + 1], a[j][4 * kk + 2], a[j][4 * kk + 3]};
-          mma<T>(acc, step, b_desc(stage + 32 * kk));
+          mma<T>(acc, step, desc + 2 * kk);
         }
         wgmma_commit();
         wgmma_wait<L>();  // chunk c - L done: its stage and its A registers are free
