@@ -7,6 +7,7 @@
 #            on an H100: issue 18's end to end on this card, never measured on one (8B fp8 and w8a8-int8, batches
 #            1 / 16, prefill 1 x 2048)
 #   variants  the library and each .gpu/variants/wgmma_*.so (carry it): tests, then every schedule on three shapes
+#   adaptive68  on an H200 dev/session67.sh h200, on an H100 variants and ncu128
 #   ncu128    Nsight Compute on main's kernel, 4096 x 4096 at 128 tokens (w1s2)
 #   later stages: dev/session67.sh's
 cd "$(dirname "$0")/.."
@@ -42,6 +43,12 @@ PY
 ncu128() {  # main's kernel (no fence a chunk since session 67's last call) where it trails most: 4096 x 4096, 128
   eval "$(sed -n '/^ncu_wg()/,/^}/p' dev/session66.sh)"
   NS_TIMEOUT=70 ncu_wg k4k128 --shape 4096x4096 --tokens 128 --schedule 128,1,2
+}
+adaptive68() {  # an H200 takes what sessions 59-68 owe it; an H100 the variants' A/B and the profile
+  case "$GPU" in
+    *H200*) WA_TIMEOUT=110 TABLE_TIMEOUT=300 bash dev/session67.sh h200 ;;
+    *) variants; ncu128 ;;
+  esac
 }
 first68() {
   case "$GPU" in
