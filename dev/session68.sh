@@ -44,10 +44,20 @@ ncu128() {  # main's kernel (no fence a chunk since session 67's last call) wher
   eval "$(sed -n '/^ncu_wg()/,/^}/p' dev/session66.sh)"
   NS_TIMEOUT=70 ncu_wg k4k128 --shape 4096x4096 --tokens 128 --schedule 128,1,2
 }
-adaptive68() {  # an H200 takes what sessions 59-68 owe it; an H100 the variants' A/B and the profile
+h200short() {  # what fits the session's last minutes on an H200: the wgmma cells on the two shapes they lead on
+  # the H100, then W4 g128 and W8 per channel at issue 19's batches on every shape
+  eval "$(sed -n '/^wgab()/,/^}/p' dev/session64.sh)"
+  WA_SHAPES=4096x4096,4096x6144 WA_TOKENS=16,32,64,128 WA_TIMEOUT=80 wgab > /dev/null
+  python3 dev/wgmma_cells.py "$OUT/wgmma_ab.json"
+  step "issue 19: W4 g128 and W8 per channel, every shape"
+  timeout -k 15 170 python3 benchmarks/bench_kernels.py --formats w4a16-g128,w8a16-channel \
+    --tokens 1,16,32,64,128,256 --json "$OUT/wo_table.json" > /tmp/wo_table.txt 2>&1
+  echo "exit $?"; tail -30 /tmp/wo_table.txt
+}
+adaptive68() {  # an H200 takes some of what sessions 59-68 owe it; an H100 the variants' A/B and the profile
   case "$GPU" in
-    *H200*) WA_TIMEOUT=110 TABLE_TIMEOUT=300 bash dev/session67.sh h200 ;;
-    *) variants; ncu128 ;;
+    *H200*) h200short ;;
+    *) WV_SHAPES=4096x4096,8192x8192 variants; ncu128 ;;
   esac
 }
 first68() {
