@@ -20,7 +20,8 @@ e2e18() {  # issue 18's end-to-end figures for SCHEMES on this card
   E2E_TIMEOUT=${E2E_TIMEOUT:-250} bench8b "" "${SCHEMES:-fp8 w8a8-int8}" 1,16 2048 14
 }
 variants() {  # the library and each variant build in .gpu/variants (carry it): tests, then W4 g128's schedules
-  # (lead2: nvcc ... -DQTOOL_WGMMA_LEAD=2 -o .gpu/variants/wgmma_lead2.so, the HGMMAs queued two chunks deep)
+  # (lead2, on branch wgmma-lead: nvcc ... -DQTOOL_WGMMA_LEAD=2 -o .gpu/variants/wgmma_lead2.so, the HGMMAs queued
+  # two chunks deep; kernels/NOTES.md "Session 68")
   local lib tag
   for lib in "" .gpu/variants/wgmma_*.so; do
     [ -n "$lib" ] && [ ! -f "$lib" ] && continue

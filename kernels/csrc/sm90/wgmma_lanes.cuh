@@ -19,13 +19,6 @@ constexpr int kChunkK = 64;  // k per chunk: a lane's 16-byte word of int4 codes
 #define QTOOL_WGMMA_DEPTH 8
 #endif
 constexpr int kDepth = QTOOL_WGMMA_DEPTH;
-// Chunks of HGMMAs a consumer warpgroup keeps in flight while it converts the next chunk's weights (1: the stage and
-// A registers of chunk c - 1 are freed once chunk c is issued). -DQTOOL_WGMMA_LEAD=2: a variant library for the A/B
-// (session 68), the tensor cores queued two chunks deep.
-#ifndef QTOOL_WGMMA_LEAD
-#define QTOOL_WGMMA_LEAD 1
-#endif
-constexpr int kLead = QTOOL_WGMMA_LEAD;
 constexpr int kMaxSplit = 8; // the portable cluster size
 constexpr int kRingSmem = 32 * 1024;  // bytes of activation stages per CTA by default (4-8 stages)
 constexpr int kMaxStages = 16;

@@ -94,12 +94,12 @@ __device__ void consume(const Args& p, uint32_t ring, uint32_t lanes, uint32_t f
 #pragma unroll
   for (int c = 0; c < D - 1; ++c) issue<WG, W>(p, lanes, tid, src, group, c, c_beg, chunks, r0, live);
   pdl_wait();
-  constexpr int L = kLead;
-  uint32_t a[L + 1][16];
+  uint32_t a[2][16];
   Cursor at(Stages<T>::count(p));
-  for (int c0 = 0; c0 < chunks; c0 += L + 1) {
+  int last = 0;  // the previous chunk's stage
+  for (int c0 = 0; c0 < chunks; c0 += 2) {
 #pragma unroll
-    for (int j = 0; j <= L; ++j) {  // L + 1 chunks per trip: a[] indexed statically
+    for (int j = 0; j < 2; ++j) {  // two chunks per trip: a[] double-buffered by static index
       const int c = c0 + j;
       if (c < chunks) {
         issue<WG, W>(p, lanes, tid, src, group, c + D - 1, c_beg, chunks, r0, live);
@@ -108,17 +108,16 @@ __device__ void consume(const Args& p, uint32_t ring, uint32_t lanes, uint32_t f
         const int s = at.stage;
         mbar_wait(full + 8 * s, at.parity);  // the stage's TMA bytes landed (async proxy, as wgmma reads: no fence)
         wgmma_fence();
-        // the k16 steps' descriptors: the stage's plus 32 bytes a step in the address field (bits 0-13, in 16-byte
-        // units, no carry: shared memory ends below 2^18), one add each instead of a descriptor built per step
-        const uint64_t desc = b_desc(ring + s * Stages<T>::kBytes);
+        const uint32_t stage = ring + s * Stages<T>::kBytes;
 #pragma unroll
         for (int kk = 0; kk < 4; ++kk) {
           const uint32_t step[4] = {a[j][4 * kk], a[j][4 * kk + 1], a[j][4 * kk + 2], a[j][4 * kk + 3]};
-          mma<T>(acc, step, desc + 2 * kk);
+          mma<T>(acc, step, b_desc(stage + 32 * kk));
         }
         wgmma_commit();
-        wgmma_wait<L>();  // chunk c - L done: its stage and its A registers are free
-        if (c >= L && lane == 0) mbar_arrive(empty + 8 * (s >= L ? s - L : s - L + at.count));
+        wgmma_wait<1>();  // chunk c - 1 done: its stage and its A registers are free
+        if (c > 0 && lane == 0) mbar_arrive(empty + 8 * last);
+        last = s;
         at.advance();
       }
     }
@@ -263,7 +262,6 @@ template <int T, int WG, int W>
 const char* launch(const Args& p, cudaStream_t stream, int* clusters) {
   constexpr int kMaxSmem = 227 * 1024;
   if (p.stages < 0 || p.stages == 1 || p.stages > kMaxStages) return "stages must be 0 (the default) or 2 .. 16";
-  if (p.stages != 0 && p.stages <= kLead) return "stages must exceed the HGMMA lead (QTOOL_WGMMA_LEAD)";
   const int smem = SmemPlan<T, WG, W>::bytes(p);
   if (smem > kMaxSmem) return "the stages and the lanes' rings need more than the SM's 227 KB of shared memory";
   auto kernel = wo_wgmma_kernel<T, WG, W>;
