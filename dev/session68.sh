@@ -7,7 +7,8 @@
 #            on an H100: issue 18's end to end on this card, never measured on one (8B fp8 and w8a8-int8, batches
 #            1 / 16, prefill 1 x 2048)
 #   variants  the library and each .gpu/variants/wgmma_*.so (carry it): tests, then every schedule on three shapes
-#   adaptive68  on an H200 dev/session67.sh h200, on an H100 variants and ncu128
+#   adaptive68  on an H200 h200short (the wgmma cells on two shapes, W4 / W8 at 1-256 tokens), on an H100 variants
+#            (two shapes) and ncu128; the call session 68 could not get
 #   ncu128    Nsight Compute on main's kernel, 4096 x 4096 at 128 tokens (w1s2)
 #   later stages: dev/session67.sh's
 cd "$(dirname "$0")/.."
