@@ -19,11 +19,11 @@ HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parents[1]))
 
-SCHEDULE = re.compile(r"w(\d)s(\d)(?:k(\d))?")  # one-wave forced schedules; '*' marks more than one wave
+SCHEDULE = re.compile(r"w(\d)s(\d)")  # one-wave forced schedules; '*' marks more than one wave
 
 
 def cells(rows: list[dict], margin: float) -> dict:
-    """{(4, K, N): {M: "wgmma wX sY[ kZ]"}} where the best schedule leads the route by `margin`."""
+    """{(4, K, N): {M: "wgmma wX sY"}} where the best schedule leads the route by `margin`."""
     out: dict = {}
     for row in rows:
         speedup, route = row["speedup"], str(row.get("route", ""))
@@ -32,15 +32,14 @@ def cells(rows: list[dict], margin: float) -> dict:
         named = {name: v for name, v in speedup.items() if v and SCHEDULE.fullmatch(name)}
         plan = row.get("plan") or {}
         if speedup.get("wgmma") and plan:  # the plan's schedule, named as the forced ones are
-            kg = plan.get("kgroups", 1)
-            named.setdefault(f"w{plan['warpgroups']}s{plan['split']}" + (f"k{kg}" if kg > 1 else ""), speedup["wgmma"])
+            named.setdefault(f"w{plan['warpgroups']}s{plan['split']}", speedup["wgmma"])
         if not named:
             continue
         name = max(named, key=named.get)
         if named[name] < (1 + margin) * speedup["route"]:
             continue
-        wg, split, kg = SCHEDULE.fullmatch(name).groups()
-        text = f"wgmma w{wg} s{split}" + (f" k{kg}" if kg and kg != "1" else "")
+        wg, split = SCHEDULE.fullmatch(name).groups()
+        text = f"wgmma w{wg} s{split}"
         out.setdefault((4, row["K"], row["N"]), {})[row["M"]] = text
         print(f"{row['K']} x {row['N']} M={row['M']}: {text} {named[name]:.2f}x against the route's "
               f"{speedup['route']:.2f}x ({route})")
