@@ -9,6 +9,7 @@
 #   variants  the library and each .gpu/variants/wgmma_*.so (carry it): tests, then every schedule on three shapes
 #   adaptive68  on an H200 h200short (the wgmma cells on two shapes, W4 / W8 at 1-256 tokens), on an H100 variants
 #            (two shapes) and ncu128; the call session 68 could not get
+#   tall      branch wgmma-tall: its tests, then the tall tile's schedules beside the others (~250 s)
 #   ncu128    Nsight Compute on main's kernel, 4096 x 4096 at 128 tokens (w1s2)
 #   later stages: dev/session67.sh's
 cd "$(dirname "$0")/.."
@@ -45,6 +46,22 @@ PY
 ncu128() {  # main's kernel (no fence a chunk since session 67's last call) where it trails most: 4096 x 4096, 128
   eval "$(sed -n '/^ncu_wg()/,/^}/p' dev/session66.sh)"
   NS_TIMEOUT=70 ncu_wg k4k128 --shape 4096x4096 --tokens 128 --schedule 128,1,2
+}
+tall() {  # branch wgmma-tall: the GPU tests (the tall tile's among them), then every schedule with the tall tile's
+  # one-wave ones ("w1s2t") on the shapes where the kernel trails the route at 16-64 tokens
+  step "wgmma tall tile: tests, then every schedule"
+  gputests tests_tall "${WT_TIMEOUT:-120}" tests/test_wgmma_gpu.py tests/test_wgmma_plan.py
+  timeout -k 10 "${WV_TIMEOUT:-200}" python3 dev/wgmma_ab.py --tall --tokens "${WV_TOKENS:-16,32,64}" \
+    --shapes "${WV_SHAPES:-4096x4096,8192x8192,4096x14336,14336x4096}" --json "$OUT/ab_tall.json" > /dev/null 2>&1
+  python3 - "$OUT/ab_tall.json" <<'PY'
+import json, sys
+for r in json.load(open(sys.argv[1]))["rows"]:
+    sp = r["speedup"]
+    top = sorted(((v, k) for k, v in sp.items() if v and k not in ("route", "mixed") and "*" not in k), reverse=True)
+    tall = max(((v, k) for k, v in sp.items() if v and k.endswith("t")), default=(0, "-"))
+    print(r["K"], r["N"], r["M"], "route %.2f plan %.2f" % (sp["route"], sp["wgmma"]),
+          " ".join("%s %.2f" % (k, v) for v, k in top[:4]), "| tall best %s %.2f" % (tall[1], tall[0]))
+PY
 }
 h200short() {  # what fits the session's last minutes on an H200: the wgmma cells on the two shapes they lead on
   # the H100, then W4 g128 and W8 per channel at issue 19's batches on every shape

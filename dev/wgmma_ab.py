@@ -4,10 +4,11 @@ turn in one process (benchmarks/replay.py): the plan's schedule and forced ones 
 checked against float64 on the dequantized weight before any timing. Speedup against bf16 in the same process.
 
     python3 dev/wgmma_ab.py [--tokens 16,32,64,128] [--shapes 4096x4096,...] [--asym] [--json out.json]
-                            [--stages "0 4 8"]
+                            [--stages "0 4 8"] [--tall]
 
 --stages: the activation ring's stage counts to sweep (warpgroup_mm.STAGES); each count's plan and its one-wave
-forced schedules, named "s8 w1s3" (the default's, 0, keep their names).
+forced schedules, named "s8 w1s3" (the default's, 0, keep their names). --tall: the tall tile's one-wave schedules
+too ("w1s2t": 128 rows a warpgroup, each warp two stripes; 4-bit, tiles <= 64 tokens, 1-2 warpgroups).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ sys.path.insert(0, str(HERE.parents[1]))
 
 SHAPES = "4096x4096,4096x14336,14336x4096,8192x8192,8192x28672,28672x8192"
 FORCED = tuple((wg, split) for wg in (1, 2, 4) for split in (1, 2, 3, 4, 6, 8))  # (warpgroups, split)
+TALL = False  # --tall: the tall tile's schedules too
 
 
 def with_stages(stages, fn):
@@ -81,6 +83,13 @@ def stage_schedules(m: int, n_pad: int, k_pad: int, asym: bool, counts, forced: 
             if tag and waves > 1:
                 continue
             out[f"{tag}w{wg}s{split}{'*' * (waves - 1)}"] = (stages, warpgroup_mm.Plan(tile, wg, split))
+            if TALL and not tag and warpgroup_mm.takes_tall(tile, wg):  # 128 rows a warpgroup: half the row tiles
+                try:
+                    tall_cap = warpgroup_mm.max_clusters(0, tile, wg, split, 0, asym, stages, True)
+                except RuntimeError:
+                    continue
+                if tall_cap and -(-n_pad // (128 * wg)) <= tall_cap:  # one wave only
+                    out[f"w{wg}s{split}t"] = (stages, warpgroup_mm.Plan(tile, wg, split, True))
     return out
 
 
@@ -137,6 +146,7 @@ def main() -> None:
     parser.add_argument("--no-forced", action="store_true", help="the plan's schedule only")
     parser.add_argument("--json", default=None)
     parser.add_argument("--stages", default="0", help="stage counts, space-separated; 0: the default")
+    parser.add_argument("--tall", action="store_true", help="also the tall tile's one-wave schedules ('w1s2t')")
     args = parser.parse_args()
     import torch
 
@@ -147,6 +157,8 @@ def main() -> None:
     assert warpgroup_mm.available(), f"libqtool_sm90_wgmma: {warpgroup_mm.sm90.wgmma.reason}"
     tokens = [int(t) for t in args.tokens.split(",")]
     counts = [warpgroup_mm.parse_stages(c) for c in args.stages.split()]
+    global TALL
+    TALL = args.tall
     rows = []
     for shape in args.shapes.split(","):
         k, n = (int(v) for v in shape.split("x"))

@@ -66,6 +66,28 @@ def test_every_schedule_matches_float64(hopper, warpgroups, split, tile, m):
     assert rel_err(y, reference(x, p, bias)) <= 1e-2
 
 
+@pytest.mark.parametrize("warpgroups", [1, 2])
+@pytest.mark.parametrize("split", [1, 3])
+@pytest.mark.parametrize("tile,m", [(16, 5), (32, 32), (64, 40)])
+@pytest.mark.parametrize("group,symmetric", [(64, False), (128, True), (-1, True)])
+def test_tall_tile_matches_float64(hopper, warpgroups, split, tile, m, group, symmetric):
+    """128 rows a warpgroup (each warp its stripe and the one 64 rows below): N = 1000 leaves the last CTA's second
+    stripes partly and wholly past the weight; K = 1600 splits unevenly."""
+    k, n = 1600, 1000
+    p = random_weight(n, k, group, symmetric, seed=split * 100 + tile + warpgroups + 7)
+    bias = torch.randn(n, device="cuda")
+    x = torch.randn(m, p.k_padded, device="cuda", dtype=torch.bfloat16)
+    y = warpgroup_mm.wgmma_linear(x, p, bias, warpgroup_mm.Plan(tile, warpgroups, split, True))
+    assert rel_err(y, reference(x, p, bias)) <= 1e-2
+
+
+def test_tall_tile_refuses_what_it_lacks(hopper):
+    p = random_weight(512, 1024, 128, True, seed=3)
+    x = torch.randn(100, p.k_padded, device="cuda", dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="tall tile"):
+        warpgroup_mm.wgmma_linear(x, p, None, warpgroup_mm.Plan(128, 1, 1, True))
+
+
 @pytest.mark.parametrize("stages", [2, 3, 8, 16])
 @pytest.mark.parametrize("tile,m,warpgroups", [(16, 16, 4), (64, 50, 1), (128, 128, 2)])
 def test_every_stage_count_matches_float64(hopper, monkeypatch, stages, tile, m, warpgroups):
@@ -90,7 +112,8 @@ def test_device_plan_fits_one_wave(hopper):
         assert all(c > 0 for c in counts) and counts == sorted(counts, reverse=True), counts
     for m, n_pad, k_pad in ((16, 4096, 4096), (64, 8192, 8192), (128, 14336, 4096), (32, 4096, 14336)):
         plan = warpgroup_mm.device_plan(m, n_pad, k_pad, 0)
-        assert -(-n_pad // (64 * plan.warpgroups)) <= warpgroup_mm.max_clusters(0, *vars(plan).values()), plan
+        assert -(-n_pad // (64 * plan.warpgroups)) <= warpgroup_mm.max_clusters(
+            0, plan.tile, plan.warpgroups, plan.split), plan
 
 
 def test_compiled_call_plans_inside_the_op(hopper):

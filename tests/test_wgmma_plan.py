@@ -128,7 +128,9 @@ def test_measured_wgmma_routes(monkeypatch):
     assert warpgroup_mm.route_plan("wgmma", 20, 4096) is None
     assert warpgroup_mm.route_plan("wgmma w1 s6", 20, 4096) == warpgroup_mm.Plan(32, 1, 6)
     assert warpgroup_mm.route_plan("wgmma w2 s8", 128, 256) == warpgroup_mm.Plan(128, 2, 4)  # 4 chunks: 4 splits
-    for bad in ("wgmma w4 s2", "wgmma w3 s2", "wgmma w1 s9", "wgmma w1"):
+    assert warpgroup_mm.route_plan("wgmma w2 s4 tall", 20, 4096) == warpgroup_mm.Plan(32, 2, 4, True)
+    for bad in ("wgmma w4 s2", "wgmma w3 s2", "wgmma w1 s9", "wgmma w1", "wgmma w1 s2 tal", "wgmma w1 s2 tall",
+                "wgmma w4 s2 tall"):
         with pytest.raises(ValueError, match="wgmma"):
             warpgroup_mm.route_plan(bad, 100, 4096)
 

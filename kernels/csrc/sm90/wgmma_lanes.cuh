@@ -32,7 +32,7 @@ struct Args {  // mirrored by kernels/warpgroup_mm.py, _Args
   void* y;              // bf16 [m, n] row-major
   int m, n, n_pad, k, k_pad, group;  // group: k per scale (a multiple of 64), k_pad per channel
   int tile, warpgroups, split, launch;  // tokens per CTA (16 / 32 / 64 / 128), 64-row warpgroups (1, 2, 4), splits;
-  // launch: bit 0 PDL
+  // launch: bit 0 PDL, bit 1 the tall tile (128 rows a warpgroup; 4-bit, tiles <= 64, 1-2 warpgroups)
   int kind, scale_stride;  // kind: 0 the 4-bit kernel layout, 1 int8 rows, 2 e4m3 rows, 3 e4m3 128 x 128 blocks,
                            // 4 e5m2 rows
   int stages;              // activation stages (2 .. 16; 0: kRingSmem's worth)
@@ -89,7 +89,9 @@ struct GroupCursor {
   }
 };
 
-// Issue chunk c's copies into its slot (an empty group past the end, so that the waits count alike).
+// Issue chunk c's copies into its slot; the caller commits them as one group (an empty one past the end, so that
+// the waits count alike). WG: the ring's warpgroups of lanes (a tall tile's second stripes are lanes tid + 128 WG of a
+// ring twice as wide).
 template <int WG, int W>
 __device__ inline void issue(const Args& p, uint32_t base, int tid, const LaneSource& src, GroupCursor& group, int c,
                              int c_beg, int chunks, int r0, bool live) {
@@ -117,8 +119,8 @@ __device__ inline void issue(const Args& p, uint32_t base, int tid, const LaneSo
       }
     }
   }
-  asm volatile("cp.async.commit_group;" ::: "memory");
 }
+__device__ inline void commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 
 template <int W>
 __device__ inline LaneSource lane_source(const Args& p, int stripe, int c_beg, int lane) {

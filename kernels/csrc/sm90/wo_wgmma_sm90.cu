@@ -81,20 +81,27 @@ __device__ void produce(const Args& p, const CUtensorMap* x_map, uint32_t ring, 
   }
 }
 
-// A consumer warpgroup: 64 rows (stripes 4 wg .. 4 wg + 3 of the CTA's tile) over the CTA's chunks.
-template <int T, int WG, int W>
+// A consumer warpgroup: 64 rows (stripes 4 wg .. 4 wg + 3 of the CTA's tile), or with Tall 128 (each warp its
+// stripe and the one 4 below it: two m64 HGMMAs a k16 step on one B descriptor, so a chunk's issue, waits,
+// descriptors and loop serve twice the weights), over the CTA's chunks.
+template <int T, int WG, int W, bool Tall>
 __device__ void consume(const Args& p, uint32_t ring, uint32_t lanes, uint32_t full, uint32_t empty, int c_beg,
-                        int chunks, int stripe, int tid, float (&acc)[T / 2]) {
-  constexpr int D = kDepth;
+                        int chunks, int stripe, int tid, float (&acc)[T / 2], float (&acc1)[Tall ? T / 2 : 1]) {
+  constexpr int D = kDepth, RW = Tall ? 2 * WG : WG;  // RW: the lanes' ring's width in warpgroups
   const int lane = tid % 32;
-  const bool live = stripe * 16 < p.n_pad;
-  const int r0 = stripe * 16 + lane / 4;
+  const bool live = stripe * 16 < p.n_pad, live1 = Tall && (stripe + 4) * 16 < p.n_pad;
+  const int r0 = stripe * 16 + lane / 4, r1 = r0 + 64;
   const LaneSource src = lane_source<W>(p, stripe, c_beg, lane);
-  GroupCursor group(p, c_beg, r0);
+  const LaneSource src1 = Tall ? lane_source<W>(p, stripe + 4, c_beg, lane) : src;
+  GroupCursor group(p, c_beg, r0), group1(p, c_beg, r1);
 #pragma unroll
-  for (int c = 0; c < D - 1; ++c) issue<WG, W>(p, lanes, tid, src, group, c, c_beg, chunks, r0, live);
+  for (int c = 0; c < D - 1; ++c) {
+    issue<RW, W>(p, lanes, tid, src, group, c, c_beg, chunks, r0, live);
+    if constexpr (Tall) issue<RW, W>(p, lanes, tid + WG * 128, src1, group1, c, c_beg, chunks, r1, live1);
+    commit();
+  }
   pdl_wait();
-  uint32_t a[2][16];
+  uint32_t a[2][16], b[Tall ? 2 : 1][16];
   Cursor at(Stages<T>::count(p));
   int last = 0;  // the previous chunk's stage
   for (int c0 = 0; c0 < chunks; c0 += 2) {
@@ -102,9 +109,12 @@ __device__ void consume(const Args& p, uint32_t ring, uint32_t lanes, uint32_t f
     for (int j = 0; j < 2; ++j) {  // two chunks per trip: a[] double-buffered by static index
       const int c = c0 + j;
       if (c < chunks) {
-        issue<WG, W>(p, lanes, tid, src, group, c + D - 1, c_beg, chunks, r0, live);
+        issue<RW, W>(p, lanes, tid, src, group, c + D - 1, c_beg, chunks, r0, live);
+        if constexpr (Tall) issue<RW, W>(p, lanes, tid + WG * 128, src1, group1, c + D - 1, c_beg, chunks, r1, live1);
+        commit();
         asm volatile("cp.async.wait_group %0;" ::"n"(D - 1) : "memory");  // chunk c's group has landed
-        load_a<WG, W>(lanes, c % D, tid, a[j]);
+        load_a<RW, W>(lanes, c % D, tid, a[j]);
+        if constexpr (Tall) load_a<RW, W>(lanes, c % D, tid + WG * 128, b[j]);
         const int s = at.stage;
         mbar_wait(full + 8 * s, at.parity);  // the stage's TMA bytes landed (async proxy, as wgmma reads: no fence)
         wgmma_fence();
@@ -113,6 +123,10 @@ __device__ void consume(const Args& p, uint32_t ring, uint32_t lanes, uint32_t f
         for (int kk = 0; kk < 4; ++kk) {
           const uint32_t step[4] = {a[j][4 * kk], a[j][4 * kk + 1], a[j][4 * kk + 2], a[j][4 * kk + 3]};
           mma<T>(acc, step, b_desc(stage + 32 * kk));
+          if constexpr (Tall) {
+            const uint32_t step1[4] = {b[j][4 * kk], b[j][4 * kk + 1], b[j][4 * kk + 2], b[j][4 * kk + 3]};
+            mma<T>(acc1, step1, b_desc(stage + 32 * kk));
+          }
         }
         wgmma_commit();
         wgmma_wait<1>();  // chunk c - 1 done: its stage and its A registers are free
@@ -128,20 +142,27 @@ __device__ void consume(const Args& p, uint32_t ring, uint32_t lanes, uint32_t f
 
 // After the mainloop: the CTA's partial tile into shared memory, the cluster's sum in rank order, y stored
 // (8-bit kinds: times the channel's scale).
-template <int T, int WG, int W>
-__device__ void store(const Args& p, float* part, const float (&acc)[T / 2], bool consumer, int wg, int warp,
-                      int lane) {
-  constexpr int R = WG * 64, kPitch = R + 4;  // +4: the tile's stores fall in distinct banks
-  if (consumer) {
-    const int r = 64 * wg + 16 * warp + lane / 4;
+template <int T, int WG, int W, bool Tall>
+__device__ inline void store_acc(float* part, const float (&acc)[T / 2], int r) {  // a warp's 16 rows x T tokens
+  constexpr int kPitch = WG * 64 * (Tall ? 2 : 1) + 4;  // +4: the tile's stores fall in distinct banks
 #pragma unroll
-    for (int i = 0; i < T / 8; ++i) {
-      const int t = 8 * i + 2 * (lane % 4);
-      part[t * kPitch + r] = acc[4 * i];
-      part[(t + 1) * kPitch + r] = acc[4 * i + 1];
-      part[t * kPitch + r + 8] = acc[4 * i + 2];
-      part[(t + 1) * kPitch + r + 8] = acc[4 * i + 3];
-    }
+  for (int i = 0; i < T / 8; ++i) {
+    const int t = 8 * i + 2 * (threadIdx.x % 32 % 4);
+    part[t * kPitch + r] = acc[4 * i];
+    part[(t + 1) * kPitch + r] = acc[4 * i + 1];
+    part[t * kPitch + r + 8] = acc[4 * i + 2];
+    part[(t + 1) * kPitch + r + 8] = acc[4 * i + 3];
+  }
+}
+
+template <int T, int WG, int W, bool Tall>
+__device__ void store(const Args& p, float* part, const float (&acc)[T / 2], const float (&acc1)[Tall ? T / 2 : 1],
+                      bool consumer, int wg, int warp, int lane) {
+  constexpr int R = WG * 64 * (Tall ? 2 : 1), kPitch = R + 4;
+  if (consumer) {
+    const int r = (Tall ? 128 : 64) * wg + 16 * warp + lane / 4;
+    store_acc<T, WG, W, Tall>(part, acc, r);
+    if constexpr (Tall) store_acc<T, WG, W, Tall>(part, acc1, r + 64);
   }
   const int split = gridDim.y, rank = blockIdx.y;
   cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
@@ -189,24 +210,25 @@ __device__ void store(const Args& p, float* part, const float (&acc)[T / 2], boo
 
 // Shared memory: the activation stages, then the lanes' rings; after the mainloop the partial tile takes it from the
 // start (every copy landed, every wgmma read its stage); then the barriers.
-template <int T, int WG, int W>
+template <int T, int WG, int W, bool Tall>
 struct SmemPlan {
-  static constexpr int kTile = T * (WG * 64 + 4) * 4;
+  static constexpr int kTile = T * (WG * 64 * (Tall ? 2 : 1) + 4) * 4;
   __host__ __device__ static int data(const Args& p) {
-    const int mainloop = Stages<T>::count(p) * Stages<T>::kBytes + LaneRing<WG, W>::kBytes;
+    const int mainloop = Stages<T>::count(p) * Stages<T>::kBytes + LaneRing<Tall ? 2 * WG : WG, W>::kBytes;
     return mainloop > kTile ? mainloop : kTile;
   }
   static int bytes(const Args& p) { return 1024 + data(p) + 16 * Stages<T>::count(p); }  // + alignment, barriers
 };
 
-template <int T, int WG, int W>
+template <int T, int WG, int W, bool Tall>
 __global__ void __launch_bounds__(WG * 128 + 32, 1)
     wo_wgmma_kernel(const Args p, const __grid_constant__ CUtensorMap x_map) {
   extern __shared__ __align__(16) uint8_t smem_raw[];
   const uint32_t raw = smem_u32(smem_raw);
   const uint32_t ring = (raw + 1023) & ~1023u;  // the swizzle's atoms are 1024-byte aligned
   const int S = Stages<T>::count(p);
-  const uint32_t lanes = ring + S * Stages<T>::kBytes, full = ring + SmemPlan<T, WG, W>::data(p), empty = full + 8 * S;
+  const uint32_t lanes = ring + S * Stages<T>::kBytes, full = ring + SmemPlan<T, WG, W, Tall>::data(p),
+                 empty = full + 8 * S;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int chunks_total = p.k_pad / kChunkK, split = gridDim.y, rank = blockIdx.y;
   const int c_beg = chunks_total * rank / split, chunks = chunks_total * (rank + 1) / split - c_beg;
@@ -218,20 +240,24 @@ __global__ void __launch_bounds__(WG * 128 + 32, 1)
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
   }
   __syncthreads();
-  float acc[T / 2];
+  float acc[T / 2], acc1[Tall ? T / 2 : 1];
 #pragma unroll
   for (int i = 0; i < T / 2; ++i) acc[i] = 0.0f;
+#pragma unroll
+  for (int i = 0; i < (Tall ? T / 2 : 1); ++i) acc1[i] = 0.0f;
   const bool consumer = warp < WG * 4;
-  if (consumer) {
-    consume<T, WG, W>(p, ring, lanes, full, empty, c_beg, chunks, blockIdx.x * WG * 4 + warp,
-                      static_cast<int>(threadIdx.x), acc);
+  if (consumer) {  // Tall: warpgroup wg's stripes 8 wg + w and 8 wg + w + 4 of the CTA's 8 WG
+    const int stripe = Tall ? blockIdx.x * WG * 8 + 8 * (warp / 4) + warp % 4 : blockIdx.x * WG * 4 + warp;
+    consume<T, WG, W, Tall>(p, ring, lanes, full, empty, c_beg, chunks, stripe, static_cast<int>(threadIdx.x), acc,
+                            acc1);
   } else if (lane == 0) {  // the producer warp's other lanes wait at the __syncthreads below
     pdl_wait();
     produce<T>(p, &x_map, ring, full, empty, c_beg, chunks);
   }
   pdl_release();
   __syncthreads();  // every wgmma has read its stage: the ring becomes the partial tile
-  store<T, WG, W>(p, reinterpret_cast<float*>(smem_raw + (ring - raw)), acc, consumer, warp / 4, warp % 4, lane);
+  store<T, WG, W, Tall>(p, reinterpret_cast<float*>(smem_raw + (ring - raw)), acc, acc1, consumer, warp / 4, warp % 4,
+                        lane);
 }
 
 // x [m, k] bf16 as TMA sees it: boxes of T tokens x 64 k (128 bytes, the swizzle's row), zero past m and k.
@@ -258,16 +284,16 @@ inline const char* encode_x(const Args& p, int tile, CUtensorMap* map) {
 // Launch the kernel p selects, or with `clusters` set, only count how many of its (1, split, 1) clusters the GPU
 // holds at once (the plan keeps a call's grid within one wave: session 66's ncu found 32 clusters of 4 where 30 fit,
 // and the two left over ran as a second wave, doubling the call).
-template <int T, int WG, int W>
+template <int T, int WG, int W, bool Tall = false>
 const char* launch(const Args& p, cudaStream_t stream, int* clusters) {
-  constexpr int kMaxSmem = 227 * 1024;
+  constexpr int kMaxSmem = 227 * 1024, R = WG * 64 * (Tall ? 2 : 1);
   if (p.stages < 0 || p.stages == 1 || p.stages > kMaxStages) return "stages must be 0 (the default) or 2 .. 16";
-  const int smem = SmemPlan<T, WG, W>::bytes(p);
+  const int smem = SmemPlan<T, WG, W, Tall>::bytes(p);
   if (smem > kMaxSmem) return "the stages and the lanes' rings need more than the SM's 227 KB of shared memory";
-  auto kernel = wo_wgmma_kernel<T, WG, W>;
+  auto kernel = wo_wgmma_kernel<T, WG, W, Tall>;
   static const cudaError_t attr = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem);
   if (attr != cudaSuccess) return cudaGetErrorString(attr);
-  const dim3 grid((p.n_pad + WG * 64 - 1) / (WG * 64), p.split), block(WG * 128 + 32);
+  const dim3 grid((p.n_pad + R - 1) / R, p.split), block(WG * 128 + 32);
   cudaError_t err;
   if (clusters != nullptr) {
     cudaLaunchConfig_t config = {};
@@ -290,8 +316,21 @@ const char* launch(const Args& p, cudaStream_t stream, int* clusters) {
   return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
 }
 
+// launch bit 1: the tall tile (128 rows a warpgroup), 4-bit weights at tiles of <= 64 tokens on 1 or 2 warpgroups
+// (its A registers and two accumulators leave four warpgroups too few registers)
+template <int T, int WG>
+const char* launch_tall(const Args& p, cudaStream_t stream, int* clusters) {
+  if constexpr (T <= 64 && WG <= 2) {
+    if (p.kind == 0)
+      return p.zero != nullptr ? launch<T, WG, kW4Asym, true>(p, stream, clusters)
+                               : launch<T, WG, kW4, true>(p, stream, clusters);
+  }
+  return "the tall tile takes 4-bit weights, tiles of <= 64 tokens and 1 or 2 warpgroups";
+}
+
 template <int T, int WG>
 const char* launch_kind(const Args& p, cudaStream_t stream, int* clusters) {
+  if (p.launch & 2) return launch_tall<T, WG>(p, stream, clusters);
   switch (p.kind) {
     case 0:
       return p.zero != nullptr ? launch<T, WG, kW4Asym>(p, stream, clusters) : launch<T, WG, kW4>(p, stream, clusters);
