@@ -19,7 +19,7 @@ HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parents[1]))
 
-SCHEDULE = re.compile(r"w(\d)s(\d)(t?)")  # "t": the tall tile  # one-wave forced schedules; '*' marks more than one wave
+SCHEDULE = re.compile(r"w(\d)s(\d)(t?)")  # one-wave forced schedules ("t": the tall tile)
 
 
 def cells(rows: list[dict], margin: float) -> dict:
