@@ -2,6 +2,7 @@
 # The device calls of session 70 (BENCHMARKS.md "session 70"): branch wgmma-tall measured, and the wgmma-lead
 # variant (.gpu/variants/wgmma_lead2.so, built from branch wgmma-lead) timed beside it in the same call.
 #   bash dev/session70.sh first70        carry [".gpu/w8a8", ".gpu/ext", ".gpu/variants"]
+#   bash dev/session70.sh second70       carry [".gpu/w8a8", ".gpu/ext"] (main with the tall tile merged)
 cd "$(dirname "$0")/.."
 s70_stages=("$@")
 set --
@@ -22,6 +23,33 @@ for r in json.load(open(sys.argv[1]))["rows"]:
     print(r["K"], r["N"], r["M"], "route %.2f plan %.2f" % (sp["route"], sp["wgmma"]),
           " ".join("%s %.2f" % (k, v) for v, k in top[:4]))
 PY
+}
+abtable() {  # print a dev/wgmma_ab.py JSON: route, plan, split GEMV, the best schedules
+  python3 - "$1" <<'PY'
+import json, sys
+for r in json.load(open(sys.argv[1]))["rows"]:
+    sp = r["speedup"]
+    top = sorted(((v, k) for k, v in sp.items() if v and k not in ("route", "mixed", "split") and "*" not in k),
+                 reverse=True)
+    print(r["K"], r["N"], r["M"], "asym" if r["asym"] else "sym", "route %.2f (%s) plan %.2f split %s" % (
+        sp["route"], r["route"], sp["wgmma"], "%.2f" % sp["split"] if sp.get("split") else "-"),
+        " ".join("%s %.2f" % (k, v) for v, k in top[:4]))
+PY
+}
+second70() {  # main with the tall tile merged: its cells against the split GEMV at 9-16 tokens, asym at 16, then
+  # issue 19's table through the dispatcher and the profile of the kernel at 128 tokens
+  echo "GPU $GPU"
+  step "wgmma GPU tests, the routes"; gputests tests_wg 120 tests/test_wgmma_gpu.py tests/test_wgmma_plan.py tests/test_routes.py
+  step "tall cells against the split GEMV, 9-16 tokens"
+  timeout -k 10 120 python3 dev/wgmma_ab.py --tall --tokens 9,12,16 --shapes 4096x4096,4096x6144,3072x3072 \
+    --json "$OUT/ab_split.json" > /dev/null 2>&1; abtable "$OUT/ab_split.json"
+  timeout -k 10 60 python3 dev/wgmma_ab.py --tall --asym --tokens 16 --shapes 4096x4096,4096x14336 \
+    --json "$OUT/ab_asym.json" > /dev/null 2>&1; abtable "$OUT/ab_asym.json"
+  step "issue 19: W4 g128 sym / asym and W8 per channel, every shape"
+  timeout -k 15 220 python3 benchmarks/bench_kernels.py --formats w4a16-g128,w4a16-g128-asym,w8a16-channel \
+    --tokens 1,16,32,64,128,256 --json "$OUT/wo_table.json" > /tmp/wo_table.txt 2>&1
+  echo "exit $?"; tail -45 /tmp/wo_table.txt
+  bash dev/session68.sh ncu128
 }
 first70() {
   echo "GPU $GPU"

@@ -93,13 +93,21 @@ def stage_schedules(m: int, n_pad: int, k_pad: int, asym: bool, counts, forced: 
     return out
 
 
+def split_gemv(ops, x, w):
+    """wo_gemv's split variant on x [m, k_padded], as weight_only.packed_linear launches it for "wo_split"."""
+    from qtool_kernels import int8_planes, weight_only
+
+    return ops.wo_gemv(x, w.qweight, w.scale, w.zero, None, w.num_bits, w.group_size, w.out_features,
+                       weight_only.EPILOGUE, None, int8_planes.SPLIT_VARIANT + weight_only.PDL_STATIC_WEIGHT)
+
+
 def time_shape(ops, k: int, n: int, tokens: list[int], asym: bool, forced: bool, counts=(0,)) -> list[dict]:
     import torch
     import torch.nn.functional as F
     from bench_kernels import Rotation, copies_for, packed_copies
     from replay import interleaved_graph_ms
 
-    from qtool_kernels import mixed_mm, warpgroup_mm
+    from qtool_kernels import int8_planes, mixed_mm, warpgroup_mm
     from qtool_kernels.weight_only import packed_linear, route
 
     packed = Rotation(packed_copies(4, 128, k, n, layer=True, asym=asym))
@@ -118,6 +126,8 @@ def time_shape(ops, k: int, n: int, tokens: list[int], asym: bool, forced: bool,
                  "route": lambda: packed_linear(x, packed(), None, ops)}  # noqa: B023
         if p0.mixed is not None:
             calls["mixed"] = lambda: mixed_mm.mixed_linear(x, packed().mixed)  # noqa: B023
+        if int8_planes.takes_split(p0, m, x.dtype):  # the split GEMV, which a wgmma cell displaces (session 70)
+            calls["split"] = lambda: split_gemv(ops, x, packed())  # noqa: B023
 
         def wgmma(stages, schedule):
             return with_stages(stages, lambda: warpgroup_mm.wgmma_linear(x, packed(), None, schedule))  # noqa: B023

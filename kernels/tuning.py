@@ -118,7 +118,7 @@ W8A8: dict[tuple[str, int, int], dict[int, str]] = {
 # 1.06-1.08x) or one (4096 x 6144 at 32 tokens 1.80x against 1.63x); at 16 tokens these layers take the split GEMV
 # ahead of any table (weight_only.route), and elsewhere the routes lead it (BENCHMARKS.md "session 67").
 MIXED_H100: dict[tuple[int, int, int], dict[int, str]] = {
-    (4, 4096, 4096): {32: "wgmma w2 s7", 128: "wgmma w1 s2"},
+    (4, 4096, 4096): {16: "wgmma w1 s8 tall", 32: "wgmma w2 s7", 128: "wgmma w1 s2"},
     (4, 4096, 6144): {32: "wgmma w2 s4"},
     (4, 8192, 28672): {128: "k128 t128 v0 s-1"},
     (8, 8192, 28672): {128: "k128 t128 v0 s-1", 256: "k64 t256 v2 s-1"},
@@ -126,6 +126,7 @@ MIXED_H100: dict[tuple[int, int, int], dict[int, str]] = {
     (8, 4096, 6144): {128: "k128 t128 v0 s0"},
     (8, 8192, 8192): {128: "k64 t128 v2 s-1"},
     (8, 14336, 4096): {128: "k64 t128 v0 s0"},
+    (4, 4096, 14336): {16: "wgmma w1 s3 tall"},
 }
 W8A8_H100: dict[tuple[str, int, int], dict[int, str]] = {
     ('fp8', 4096, 4096): {1024: "large"},

@@ -216,6 +216,16 @@ def hopper_route(w: PackedWeight, m: int, dtype: torch.dtype, bits: int | None =
     return mixed_schedule(bits or w.mixed.bits, w.k_padded, w.out_features, m, w.mixed.group)
 
 
+def _wgmma_cell(w: PackedWeight, m: int, dtype: torch.dtype) -> str | None:
+    """A measured cell naming the wgmma kernel where the split GEMV would run (session 70: the tall tile 4096 x 4096
+    at 16 tokens 2.06x bf16 against the split GEMV's 1.79x, H100); None elsewhere. The sweeps write such cells only
+    where they led the split GEMV (dev/wgmma_cells.py)."""
+    hopper = hopper_route(w, m, dtype)
+    if warpgroup_mm.names_kernel(hopper) and warpgroup_mm.takes(w, m, dtype) and warpgroup_mm.available():
+        return hopper
+    return None
+
+
 def route(w: PackedWeight, m: int, dtype: torch.dtype, planes_free: bool = False) -> dict | str:
     """The kernel of `packed_linear` for m tokens of 4- or 8-bit weights: "wo_gemv", a schedule of the Hopper
     GEMM (a dict), "wo_gemm_v3", "wo_gemm" or "dequant"; "wo_gemv_stream" (variant 3); "wo_planes" (x_planes +
@@ -224,7 +234,7 @@ def route(w: PackedWeight, m: int, dtype: torch.dtype, planes_free: bool = False
     if int8_planes.planes_route(w, m, planes_free) is not None and dtype in (torch.bfloat16, torch.float16):
         return "wo_planes"
     if int8_planes.takes_split(w, m, dtype):
-        return "wo_split"
+        return _wgmma_cell(w, m, dtype) or "wo_split"
     if (kind := gemv_kind(w, m)) is not None:
         return "wo_gemv_stream" if kind == "stream" else "wo_gemv"
     if WGMMA_TOKENS[0] <= m <= WGMMA_TOKENS[1] and warpgroup_mm.takes(w, m, dtype) and warpgroup_mm.available():

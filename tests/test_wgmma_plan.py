@@ -158,3 +158,31 @@ def test_measured_wgmma_routes(monkeypatch):
                 assert [c[0] for c in calls] == ["mixed", "mixed"] and calls[0][1]["token_tile"] == 0
     finally:
         tuning.clear_cache()
+
+
+def test_a_measured_wgmma_cell_displaces_the_split_gemv(monkeypatch):
+    """Where the split GEMV would run (int8_planes.takes_split: 9-16 tokens), a cell naming the wgmma kernel runs
+    the kernel instead (session 70: the tall tile led the split GEMV on 4096 x 4096 at 16 tokens); a cell naming
+    another route, or a GPU the kernel cannot run on, leaves the split GEMV."""
+    from qtool_kernels import mixed_mm
+
+    k = n = 4096
+    w = pack_weight(torch.zeros(n, k, dtype=torch.int8), torch.ones(n, k // 128), None, None, 4, 128)
+    w.mixed = mixed_mm.MixedWeight(torch.zeros(n, 1, dtype=torch.uint8), torch.ones(1, n), torch.zeros(1, n), 128)
+    monkeypatch.setattr(int8_planes, "_has_clusters", lambda t: True)
+    monkeypatch.setattr(int8_planes, "SPLIT_MAX_M", None)
+    monkeypatch.setattr(int8_planes, "GEMV_PLANES", False)
+    monkeypatch.setattr(warpgroup_mm, "available", lambda: True)
+    monkeypatch.setattr(tuning, "_card", ["H200"])  # the table below alone, no card's cells over it
+    try:
+        for cell, expect in (("wgmma w1 s8 tall", "wgmma w1 s8 tall"), ("wo_gemm", "wo_split")):
+            monkeypatch.setattr(tuning, "MIXED", {(4, k, n): {8: "wo_gemm", 16: cell, 32: "wgmma w2 s7"}})
+            tuning.clear_cache()
+            assert [weight_only.route(w, m, torch.bfloat16) for m in (9, 12, 16)] == [expect] * 3, cell
+            assert weight_only.route(w, 17, torch.bfloat16) == "wgmma w2 s7"  # past the split GEMV: the table
+        monkeypatch.setattr(tuning, "MIXED", {(4, k, n): {16: "wgmma w1 s8 tall"}})
+        tuning.clear_cache()
+        monkeypatch.setattr(warpgroup_mm, "available", lambda: False)
+        assert weight_only.route(w, 16, torch.bfloat16) == "wo_split"
+    finally:
+        tuning.clear_cache()
