@@ -3,6 +3,7 @@
 # variant (.gpu/variants/wgmma_lead2.so, built from branch wgmma-lead) timed beside it in the same call.
 #   bash dev/session70.sh first70        carry [".gpu/w8a8", ".gpu/ext", ".gpu/variants"]
 #   bash dev/session70.sh second70       carry [".gpu/w8a8", ".gpu/ext"] (main with the tall tile merged)
+#   bash dev/session70.sh check70        the cells merged after second70, through the dispatcher
 cd "$(dirname "$0")/.."
 s70_stages=("$@")
 set --
@@ -46,10 +47,17 @@ second70() {  # main with the tall tile merged: its cells against the split GEMV
   timeout -k 10 60 python3 dev/wgmma_ab.py --tall --asym --tokens 16 --shapes 4096x4096,4096x14336 \
     --json "$OUT/ab_asym.json" > /dev/null 2>&1; abtable "$OUT/ab_asym.json"
   step "issue 19: W4 g128 sym / asym and W8 per channel, every shape"
-  timeout -k 15 220 python3 benchmarks/bench_kernels.py --formats w4a16-g128,w4a16-g128-asym,w8a16-channel \
+  timeout -k 15 "${S70_TABLE_TIMEOUT:-220}" python3 benchmarks/bench_kernels.py --formats w4a16-g128,w4a16-g128-asym,w8a16-channel \
     --tokens 1,16,32,64,128,256 --json "$OUT/wo_table.json" > /tmp/wo_table.txt 2>&1
   echo "exit $?"; tail -45 /tmp/wo_table.txt
-  bash dev/session68.sh ncu128
+  [ -n "${S70_NCU:-}" ] && bash dev/session68.sh ncu128
+}
+check70() {  # the merged cells through the dispatcher: zero points on the plan, 4096 x 6144 / 3072 x 3072 at 9-16
+  echo "GPU $GPU"
+  timeout -k 10 60 python3 dev/wgmma_ab.py --no-forced --asym --tokens 16 --shapes 4096x4096,4096x14336 \
+    --json "$OUT/check_asym.json" > /dev/null 2>&1; abtable "$OUT/check_asym.json"
+  timeout -k 10 80 python3 dev/wgmma_ab.py --no-forced --tokens 9,16 --shapes 4096x6144,3072x3072,4096x4096 \
+    --json "$OUT/check_sym.json" > /dev/null 2>&1; abtable "$OUT/check_sym.json"
 }
 first70() {
   echo "GPU $GPU"

@@ -332,7 +332,7 @@ def _weight_only_path() -> str:
              + "; symmetric 4-bit weights of K <= 4096 and N <= 6144 (N <= 14336 to 12 tokens; N <= 16384 where K <= "
                "2048) or N <= 4096 and K <= 14336 (at least 2048 x 2048) at 9-16 tokens on sm_90 on wo_gemv's split "
                "variant (x's planes made per K slice, split-K over a cluster; int8_planes.takes_split, "
-               "QTOOL_SPLIT_GEMV)"
+               "QTOOL_SPLIT_GEMV), unless a measured cell names the wgmma kernel there (weight_only._wgmma_cell)"
              + ")")
     rows = ("8-bit symmetric per-channel layers row-major on qtool_cuda w8_gemv (to 4 tokens, 16 on weights of <= "
             "8192 x 8192, 32 on <= 4096 x 6144: weight_only.rows_gemv), then the Hopper copy's route"

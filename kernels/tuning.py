@@ -117,9 +117,12 @@ W8A8: dict[tuple[str, int, int], dict[int, str]] = {
 # of dev/wgmma_ab.py (4096 x 4096 at 32 tokens 1.50-1.52x bf16 against 1.43-1.44x, at 128 1.12-1.15x against
 # 1.06-1.08x) or one (4096 x 6144 at 32 tokens 1.80x against 1.63x); at 16 tokens these layers take the split GEMV
 # ahead of any table (weight_only.route), and elsewhere the routes lead it (BENCHMARKS.md "session 67").
+# Session 70: the tall tile ("... tall", 128 rows a warpgroup) at 9-16 tokens, where it led the split GEMV by 6-15%
+# (4096 x 4096, 4096 x 6144; 3072 x 3072 the 64-row tile) and CUTLASS by 10% (4096 x 14336 at 16); a wgmma cell now
+# displaces the split GEMV (weight_only._wgmma_cell). Symmetric weights only: warpgroup_mm.for_weight.
 MIXED_H100: dict[tuple[int, int, int], dict[int, str]] = {
-    (4, 4096, 4096): {16: "wgmma w1 s8 tall", 32: "wgmma w2 s7", 128: "wgmma w1 s2"},
-    (4, 4096, 6144): {32: "wgmma w2 s4"},
+    (4, 4096, 4096): {9: "wgmma w1 s8 tall", 16: "wgmma w1 s8 tall", 32: "wgmma w2 s7", 128: "wgmma w1 s2"},
+    (4, 4096, 6144): {9: "wgmma w1 s6 tall", 12: "wgmma w1 s6 tall", 16: "wgmma w1 s6 tall", 32: "wgmma w2 s4"},
     (4, 8192, 28672): {128: "k128 t128 v0 s-1"},
     (8, 8192, 28672): {128: "k128 t128 v0 s-1", 256: "k64 t256 v2 s-1"},
     (8, 4096, 4096): {128: "k64 t128 v2 s0"},
@@ -127,6 +130,7 @@ MIXED_H100: dict[tuple[int, int, int], dict[int, str]] = {
     (8, 8192, 8192): {128: "k64 t128 v2 s-1"},
     (8, 14336, 4096): {128: "k64 t128 v0 s0"},
     (4, 4096, 14336): {16: "wgmma w1 s3 tall"},
+    (4, 3072, 3072): {9: "wgmma w1 s8", 16: "wgmma w1 s8"},
 }
 W8A8_H100: dict[tuple[str, int, int], dict[int, str]] = {
     ('fp8', 4096, 4096): {1024: "large"},

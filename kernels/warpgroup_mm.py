@@ -164,6 +164,13 @@ def names_kernel(route) -> bool:
     return isinstance(route, str) and route.split()[0] == "wgmma"
 
 
+def for_weight(route: str, asymmetric: bool) -> str:
+    """A measured route naming this kernel, for a weight with or without zero points: the tall tile's cells hold for
+    symmetric weights only (session 70, H100: with zero points it ran 1.24-1.30x bf16 at 16 tokens where the plan ran
+    1.69-1.83x, its lane rings twice as wide), so an asymmetric weight takes the plan ("wgmma") there."""
+    return "wgmma" if asymmetric and route.endswith(" tall") else route
+
+
 @functools.lru_cache(maxsize=4096)  # on every eager call's path: parsed once per route, batch and weight
 def route_plan(route: str, m: int, k_pad: int) -> Plan | None:
     """A measured route of tuning.py naming this kernel -> the schedule for m tokens: "wgmma" None (the plan's),

@@ -217,12 +217,12 @@ def hopper_route(w: PackedWeight, m: int, dtype: torch.dtype, bits: int | None =
 
 
 def _wgmma_cell(w: PackedWeight, m: int, dtype: torch.dtype) -> str | None:
-    """A measured cell naming the wgmma kernel where the split GEMV would run (session 70: the tall tile 4096 x 4096
-    at 16 tokens 2.06x bf16 against the split GEMV's 1.79x, H100); None elsewhere. The sweeps write such cells only
-    where they led the split GEMV (dev/wgmma_cells.py)."""
+    """A measured cell naming the wgmma kernel where the split GEMV would run (session 70, H100: the tall tile on
+    4096 x 4096 at 9-16 tokens 2.06-2.16x bf16 against the split GEMV's 1.79-2.02x); None elsewhere. The sweeps write
+    such cells only where they led the split GEMV (dev/wgmma_cells.py)."""
     hopper = hopper_route(w, m, dtype)
     if warpgroup_mm.names_kernel(hopper) and warpgroup_mm.takes(w, m, dtype) and warpgroup_mm.available():
-        return hopper
+        return warpgroup_mm.for_weight(hopper, w.zero is not None)
     return None
 
 
@@ -240,8 +240,10 @@ def route(w: PackedWeight, m: int, dtype: torch.dtype, planes_free: bool = False
     if WGMMA_TOKENS[0] <= m <= WGMMA_TOKENS[1] and warpgroup_mm.takes(w, m, dtype) and warpgroup_mm.available():
         return "wo_wgmma"
     if (hopper := hopper_route(w, m, dtype)) is not None:
-        if warpgroup_mm.names_kernel(hopper) and not (warpgroup_mm.takes(w, m, dtype) and warpgroup_mm.available()):
-            return plain_schedule(m, w.mixed.group, w.k_padded)  # measured there, but not runnable here
+        if warpgroup_mm.names_kernel(hopper):
+            if not (warpgroup_mm.takes(w, m, dtype) and warpgroup_mm.available()):
+                return plain_schedule(m, w.mixed.group, w.k_padded)  # measured there, but not runnable here
+            return warpgroup_mm.for_weight(hopper, w.zero is not None)
         return hopper
     if V3_MIN_M <= m <= V3_MAX_M and not _small(w, m):
         return "wo_gemm_v3"

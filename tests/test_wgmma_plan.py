@@ -163,7 +163,8 @@ def test_measured_wgmma_routes(monkeypatch):
 def test_a_measured_wgmma_cell_displaces_the_split_gemv(monkeypatch):
     """Where the split GEMV would run (int8_planes.takes_split: 9-16 tokens), a cell naming the wgmma kernel runs
     the kernel instead (session 70: the tall tile led the split GEMV on 4096 x 4096 at 16 tokens); a cell naming
-    another route, or a GPU the kernel cannot run on, leaves the split GEMV."""
+    another route, or a GPU the kernel cannot run on, leaves the split GEMV; a weight with zero points takes the
+    kernel's plan where a cell names the tall tile."""
     from qtool_kernels import mixed_mm
 
     k = n = 4096
@@ -180,8 +181,14 @@ def test_a_measured_wgmma_cell_displaces_the_split_gemv(monkeypatch):
             tuning.clear_cache()
             assert [weight_only.route(w, m, torch.bfloat16) for m in (9, 12, 16)] == [expect] * 3, cell
             assert weight_only.route(w, 17, torch.bfloat16) == "wgmma w2 s7"  # past the split GEMV: the table
-        monkeypatch.setattr(tuning, "MIXED", {(4, k, n): {16: "wgmma w1 s8 tall"}})
+        monkeypatch.setattr(tuning, "MIXED", {(4, k, n): {16: "wgmma w1 s8 tall", 32: "wgmma w2 s4 tall"}})
         tuning.clear_cache()
+        # zero points: the tall tile's cells give way to the kernel's plan (warpgroup_mm.for_weight)
+        asym = pack_weight(torch.zeros(n, k, dtype=torch.int8), torch.ones(n, k // 128),
+                           torch.zeros(n, k // 128, dtype=torch.int8), None, 4, 128)
+        asym.mixed = w.mixed
+        assert weight_only.route(asym, 16, torch.bfloat16) == weight_only.route(asym, 32, torch.bfloat16) == "wgmma"
+        assert weight_only.route(w, 32, torch.bfloat16) == "wgmma w2 s4 tall"
         monkeypatch.setattr(warpgroup_mm, "available", lambda: False)
         assert weight_only.route(w, 16, torch.bfloat16) == "wo_split"
     finally:
