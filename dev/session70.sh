@@ -10,21 +10,6 @@ set --
 LOG=${LOG:-session70.log}
 source dev/gpu_setup.sh
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
-lead() {  # the lead-2 variant: its tests, then every schedule on two shapes
-  local lib=.gpu/variants/wgmma_lead2.so
-  step "wgmma lead 2: tests, then every schedule"
-  QTOOL_WGMMA_LIBRARY=$PWD/$lib gputests tests_lead2 "${WT_TIMEOUT:-90}" tests/test_wgmma_gpu.py -k "not tall"
-  QTOOL_WGMMA_LIBRARY=$PWD/$lib timeout -k 10 "${WV_TIMEOUT:-120}" python3 dev/wgmma_ab.py \
-    --tokens 16,32,64,128 --shapes 4096x4096,8192x8192 --json "$OUT/ab_lead2.json" > /dev/null 2>&1
-  python3 - "$OUT/ab_lead2.json" <<'PY'
-import json, sys
-for r in json.load(open(sys.argv[1]))["rows"]:
-    sp = r["speedup"]
-    top = sorted(((v, k) for k, v in sp.items() if v and k not in ("route", "mixed") and "*" not in k), reverse=True)
-    print(r["K"], r["N"], r["M"], "route %.2f plan %.2f" % (sp["route"], sp["wgmma"]),
-          " ".join("%s %.2f" % (k, v) for v, k in top[:4]))
-PY
-}
 abtable() {  # print a dev/wgmma_ab.py JSON: route, plan, split GEMV, the best schedules
   python3 - "$1" <<'PY'
 import json, sys
@@ -36,6 +21,14 @@ for r in json.load(open(sys.argv[1]))["rows"]:
         sp["route"], r["route"], sp["wgmma"], "%.2f" % sp["split"] if sp.get("split") else "-"),
         " ".join("%s %.2f" % (k, v) for v, k in top[:4]))
 PY
+}
+lead() {  # the lead-2 variant: its tests, then every schedule on two shapes
+  local lib=.gpu/variants/wgmma_lead2.so
+  step "wgmma lead 2: tests, then every schedule"
+  QTOOL_WGMMA_LIBRARY=$PWD/$lib gputests tests_lead2 "${WT_TIMEOUT:-90}" tests/test_wgmma_gpu.py -k "not tall"
+  QTOOL_WGMMA_LIBRARY=$PWD/$lib timeout -k 10 "${WV_TIMEOUT:-120}" python3 dev/wgmma_ab.py \
+    --tokens 16,32,64,128 --shapes 4096x4096,8192x8192 --json "$OUT/ab_lead2.json" > /dev/null 2>&1
+  abtable "$OUT/ab_lead2.json"
 }
 second70() {  # main with the tall tile merged: its cells against the split GEMV at 9-16 tokens, asym at 16, then
   # issue 19's table through the dispatcher and the profile of the kernel at 128 tokens

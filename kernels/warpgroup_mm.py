@@ -165,9 +165,11 @@ def names_kernel(route) -> bool:
 
 
 def for_weight(route: str, asymmetric: bool) -> str:
-    """A measured route naming this kernel, for a weight with or without zero points: the tall tile's cells hold for
-    symmetric weights only (session 70, H100: with zero points it ran 1.24-1.30x bf16 at 16 tokens where the plan ran
-    1.69-1.83x, its lane rings twice as wide), so an asymmetric weight takes the plan ("wgmma") there."""
+    """A measured route naming this kernel, for a weight with or without zero points. The tall tile's cells were
+    measured on symmetric weights, and zero points double its lane rings: the cells' schedules then no longer fit one
+    wave (session 70, H100: dev/wgmma_ab.py's occupancy filter dropped `w1s8t` and `w1s3t` for asymmetric weights,
+    which ran 1.24-1.30x bf16 at 16 tokens where the plan ran 1.69-1.83x), so an asymmetric weight takes the plan
+    ("wgmma") there. A wave check per call would need the occupancy query, a ctypes call, on the traced route."""
     return "wgmma" if asymmetric and route.endswith(" tall") else route
 
 

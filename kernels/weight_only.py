@@ -216,11 +216,11 @@ def hopper_route(w: PackedWeight, m: int, dtype: torch.dtype, bits: int | None =
     return mixed_schedule(bits or w.mixed.bits, w.k_padded, w.out_features, m, w.mixed.group)
 
 
-def _wgmma_cell(w: PackedWeight, m: int, dtype: torch.dtype) -> str | None:
-    """A measured cell naming the wgmma kernel where the split GEMV would run (session 70, H100: the tall tile on
-    4096 x 4096 at 9-16 tokens 2.06-2.16x bf16 against the split GEMV's 1.79-2.02x); None elsewhere. The sweeps write
-    such cells only where they led the split GEMV (dev/wgmma_cells.py)."""
-    hopper = hopper_route(w, m, dtype)
+def _wgmma_cell(w: PackedWeight, m: int, dtype: torch.dtype, hopper: dict | str | None) -> str | None:
+    """The measured route `hopper` (hopper_route's) where it names the wgmma kernel and the kernel runs here, made fit
+    for this weight (warpgroup_mm.for_weight); None elsewhere. Ahead of the split GEMV too: the sweeps write such
+    cells at its tokens only where they led it (session 70, H100: the tall tile on 4096 x 4096 at 9-16 tokens
+    2.14-2.16x bf16 against the split GEMV's 1.87-2.02x; dev/wgmma_cells.py)."""
     if warpgroup_mm.names_kernel(hopper) and warpgroup_mm.takes(w, m, dtype) and warpgroup_mm.available():
         return warpgroup_mm.for_weight(hopper, w.zero is not None)
     return None
@@ -234,16 +234,14 @@ def route(w: PackedWeight, m: int, dtype: torch.dtype, planes_free: bool = False
     if int8_planes.planes_route(w, m, planes_free) is not None and dtype in (torch.bfloat16, torch.float16):
         return "wo_planes"
     if int8_planes.takes_split(w, m, dtype):
-        return _wgmma_cell(w, m, dtype) or "wo_split"
+        return _wgmma_cell(w, m, dtype, hopper_route(w, m, dtype)) or "wo_split"
     if (kind := gemv_kind(w, m)) is not None:
         return "wo_gemv_stream" if kind == "stream" else "wo_gemv"
     if WGMMA_TOKENS[0] <= m <= WGMMA_TOKENS[1] and warpgroup_mm.takes(w, m, dtype) and warpgroup_mm.available():
         return "wo_wgmma"
     if (hopper := hopper_route(w, m, dtype)) is not None:
-        if warpgroup_mm.names_kernel(hopper):
-            if not (warpgroup_mm.takes(w, m, dtype) and warpgroup_mm.available()):
-                return plain_schedule(m, w.mixed.group, w.k_padded)  # measured there, but not runnable here
-            return warpgroup_mm.for_weight(hopper, w.zero is not None)
+        if warpgroup_mm.names_kernel(hopper):  # measured there; where the kernel cannot run, the plain schedule
+            return _wgmma_cell(w, m, dtype, hopper) or plain_schedule(m, w.mixed.group, w.k_padded)
         return hopper
     if V3_MIN_M <= m <= V3_MAX_M and not _small(w, m):
         return "wo_gemm_v3"
