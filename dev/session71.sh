@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The device calls of session 71 (BENCHMARKS.md "session 71"); carry [".gpu/w8a8", ".gpu/ext"].
+#   bash dev/session71.sh first71    on an H200: the wgmma tests, then every schedule (tall ones too) on issue 19's
+#                                    shapes at 9-128 tokens, merged as the H200's cells ($OUT/tuning.py: copy it
+#                                    into kernels/tuning.py); on an H100: session 70's check and the tall tile on
+#                                    zero points, printed
+#   bash dev/session71.sh wo71       issue 19's table through the dispatcher (after first71's cells are merged)
+#   bash dev/session71.sh w8a8all    issue 18's table
+cd "$(dirname "$0")/.."
+s71_stages=("$@")
+set --
+LOG=${LOG:-session71.log}
+source dev/gpu_setup.sh
+eval "$(sed -n '/^wgtests()/,/^}/p;/^wgab()/,/^}/p' dev/session64.sh)"
+GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+merge() {  # $1: a dev/wgmma_ab.py JSON; its cells into kernels/tuning.py for this card, a copy to $OUT
+  python3 dev/wgmma_cells.py "$1" --merge && cp kernels/tuning.py "$OUT/tuning.py"
+  git diff --stat kernels/tuning.py
+}
+first71() {
+  echo "GPU $GPU"
+  case "$GPU" in
+    *H200*)
+      WT_TIMEOUT=100 wgtests
+      step "every schedule, tall too, issue 19's shapes at 9-128 tokens"
+      timeout -k 10 "${F71_TIMEOUT:-300}" python3 dev/wgmma_ab.py --tall --tokens 9,16,32,64,128 \
+        --shapes 4096x4096,4096x6144,14336x4096,4096x14336,8192x8192,4096x28672,8192x28672,28672x8192 \
+        --json "$OUT/ab_h200.json" 2>&1 | grep -v "^USDT" | tail -60
+      merge "$OUT/ab_h200.json" ;;
+    *)
+      bash dev/session70.sh check70
+      step "tall schedules on zero points, 16-64 tokens"
+      timeout -k 10 150 python3 dev/wgmma_ab.py --tall --asym --tokens 16,32,64 \
+        --shapes 4096x4096,4096x6144,4096x14336,8192x8192 --json "$OUT/ab_asym.json" 2>&1 | grep -v "^USDT" | tail -30
+      ;;  # printed, not merged: a cell holds for both, measured on symmetric weights (warpgroup_mm.for_weight)
+  esac
+}
+wo71() {  # issue 19's table: W4 g128 sym / asym, W8 per channel, W3, W2
+  step "issue 19: every weight-only format, shape and M"
+  timeout -k 15 "${WO_TIMEOUT:-420}" python3 benchmarks/bench_kernels.py \
+    --formats w4a16-g128,w4a16-g128-asym,w8a16-channel,w3a16-g128,w2a16-g64 --tokens 1,16,32,64,128,256,4096 \
+    --json "$OUT/wo_table.json" > /tmp/wo_table.txt 2>&1
+  echo "exit $?"; tail -80 /tmp/wo_table.txt
+}
+for s in "${s71_stages[@]}"; do
+  if declare -F "$s" > /dev/null; then "$s"; else bash dev/session55.sh "$s"; fi
+done
