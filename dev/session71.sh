@@ -4,6 +4,9 @@
 #                                    shapes at 9-128 tokens, merged as the H200's cells ($OUT/tuning.py: copy it
 #                                    into kernels/tuning.py); on an H100: session 70's check and the tall tile on
 #                                    zero points, printed
+#   bash dev/session71.sh post71     the variant library of branch wgmma-post (g128 scales after the MMA at <= 32
+#                                    tokens; carry ".gpu/variants/wgmma_post.so" too): its tests, then its schedules
+#                                    against the library's at 9-32 tokens
 #   bash dev/session71.sh wo71       issue 19's table through the dispatcher (after first71's cells are merged)
 #   bash dev/session71.sh w8a8all    issue 18's table
 cd "$(dirname "$0")/.."
@@ -12,6 +15,7 @@ set --
 LOG=${LOG:-session71.log}
 source dev/gpu_setup.sh
 eval "$(sed -n '/^wgtests()/,/^}/p;/^wgab()/,/^}/p' dev/session64.sh)"
+eval "$(sed -n '/^abtable()/,/^}/p' dev/session70.sh)"
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
 merge() {  # $1: a dev/wgmma_ab.py JSON; its cells into kernels/tuning.py for this card, a copy to $OUT
   python3 dev/wgmma_cells.py "$1" --merge && cp kernels/tuning.py "$OUT/tuning.py"
@@ -34,6 +38,17 @@ first71() {
         --shapes 4096x4096,4096x6144,4096x14336,8192x8192 --json "$OUT/ab_asym.json" 2>&1 | grep -v "^USDT" | tail -30
       ;;  # printed, not merged: a cell holds for both, measured on symmetric weights (warpgroup_mm.for_weight)
   esac
+}
+post71() {
+  local lib=$PWD/.gpu/variants/wgmma_post.so shapes=4096x4096,4096x6144,8192x8192,4096x14336
+  echo "GPU $GPU"
+  step "wgmma post-scale variant: tests"
+  QTOOL_WGMMA_LIBRARY=$lib gputests tests_post 150 tests/test_wgmma_gpu.py
+  step "the variant's schedules, then the library's, 9-32 tokens"
+  QTOOL_WGMMA_LIBRARY=$lib timeout -k 10 120 python3 dev/wgmma_ab.py --tall --tokens 9,16,32 --shapes $shapes \
+    --json "$OUT/ab_post.json" > /dev/null 2>&1; abtable "$OUT/ab_post.json"
+  timeout -k 10 120 python3 dev/wgmma_ab.py --tall --tokens 9,16,32 --shapes $shapes \
+    --json "$OUT/ab_lib.json" > /dev/null 2>&1; abtable "$OUT/ab_lib.json"
 }
 wo71() {  # issue 19's table: W4 g128 sym / asym, W8 per channel, W3, W2
   step "issue 19: every weight-only format, shape and M"
