@@ -40,15 +40,24 @@ first71() {
   esac
 }
 post71() {
-  local lib=$PWD/.gpu/variants/wgmma_post.so shapes=4096x4096,4096x6144,8192x8192,4096x14336
+  local lib=$PWD/.gpu/variants/wgmma_post.so shapes=${P71_SHAPES:-4096x4096,4096x6144,8192x8192,4096x14336}
   echo "GPU $GPU"
   step "wgmma post-scale variant: tests"
-  QTOOL_WGMMA_LIBRARY=$lib gputests tests_post 150 tests/test_wgmma_gpu.py
+  QTOOL_WGMMA_LIBRARY=$lib gputests tests_post "${P71_TT:-150}" tests/test_wgmma_gpu.py -k "${P71_K:-}"
   step "the variant's schedules, then the library's, 9-32 tokens"
   QTOOL_WGMMA_LIBRARY=$lib timeout -k 10 120 python3 dev/wgmma_ab.py --tall --tokens 9,16,32 --shapes $shapes \
     --json "$OUT/ab_post.json" > /dev/null 2>&1; abtable "$OUT/ab_post.json"
   timeout -k 10 120 python3 dev/wgmma_ab.py --tall --tokens 9,16,32 --shapes $shapes \
     --json "$OUT/ab_lib.json" > /dev/null 2>&1; abtable "$OUT/ab_lib.json"
+}
+one71() {  # the least device time: the variant's A/B, then on an H200 its own cells
+  P71_TT=90 P71_K="g128 or plan or tall" P71_SHAPES=4096x4096,8192x8192,4096x14336 post71
+  case "$GPU" in *H200*)
+    step "every schedule, tall too, the 8B shapes at 9-128 tokens"
+    timeout -k 10 200 python3 dev/wgmma_ab.py --tall --tokens 9,16,32,64,128 \
+      --shapes 4096x4096,4096x6144,14336x4096,4096x14336,8192x8192,4096x28672 --json "$OUT/ab_h200.json" > /dev/null 2>&1
+    abtable "$OUT/ab_h200.json"; merge "$OUT/ab_h200.json" ;;
+  esac
 }
 wo71() {  # issue 19's table: W4 g128 sym / asym, W8 per channel, W3, W2
   step "issue 19: every weight-only format, shape and M"
