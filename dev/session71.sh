@@ -45,9 +45,9 @@ post71() {
   step "wgmma post-scale variant: tests"
   QTOOL_WGMMA_LIBRARY=$lib gputests tests_post "${P71_TT:-150}" tests/test_wgmma_gpu.py -k "${P71_K:-}"
   step "the variant's schedules, then the library's, 9-32 tokens"
-  QTOOL_WGMMA_LIBRARY=$lib timeout -k 10 120 python3 dev/wgmma_ab.py --tall --tokens 9,16,32 --shapes $shapes \
+  QTOOL_WGMMA_LIBRARY=$lib timeout -k 10 120 python3 dev/wgmma_ab.py --tall --tokens "${P71_TOKENS:-9,16,32}" --shapes $shapes \
     --json "$OUT/ab_post.json" > /dev/null 2>&1; abtable "$OUT/ab_post.json"
-  timeout -k 10 120 python3 dev/wgmma_ab.py --tall --tokens 9,16,32 --shapes $shapes \
+  timeout -k 10 120 python3 dev/wgmma_ab.py --tall --tokens "${P71_TOKENS:-9,16,32}" --shapes $shapes \
     --json "$OUT/ab_lib.json" > /dev/null 2>&1; abtable "$OUT/ab_lib.json"
 }
 one71() {  # the least device time: the variant's A/B, then on an H200 its own cells
@@ -58,6 +58,9 @@ one71() {  # the least device time: the variant's A/B, then on an H200 its own c
       --shapes 4096x4096,4096x6144,14336x4096,4096x14336,8192x8192,4096x28672 --json "$OUT/ab_h200.json" > /dev/null 2>&1
     abtable "$OUT/ab_h200.json"; merge "$OUT/ab_h200.json" ;;
   esac
+}
+tiny71() {  # the variant's tests on g128 and its A/B on two shapes at 16 / 32 tokens (~150 s)
+  P71_TT=80 P71_K="g128" P71_SHAPES=4096x4096,8192x8192 P71_TOKENS=16,32 post71
 }
 wo71() {  # issue 19's table: W4 g128 sym / asym, W8 per channel, W3, W2
   step "issue 19: every weight-only format, shape and M"
