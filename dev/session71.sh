@@ -7,6 +7,9 @@
 #   bash dev/session71.sh post71     the variant library of branch wgmma-post (g128 scales after the MMA at <= 32
 #                                    tokens; carry ".gpu/variants/wgmma_post.so" too): its tests, then its schedules
 #                                    against the library's at 9-32 tokens
+#   bash dev/session71.sh post72     post71 on every shape of issue 19 at 9-32 tokens, then the cells the variant
+#                                    would take ($OUT/tuning_post.py: its cells merged over this card's; session 71's
+#                                    A/B found some of main's cells two waves under the variant)
 #   bash dev/session71.sh wo71       issue 19's table through the dispatcher (after first71's cells are merged)
 #   bash dev/session71.sh w8a8all    issue 18's table
 cd "$(dirname "$0")/.."
@@ -61,6 +64,13 @@ one71() {  # the least device time: the variant's A/B, then on an H200 its own c
 }
 tiny71() {  # the variant's tests on g128 and its A/B on two shapes at 16 / 32 tokens (~150 s)
   P71_TT=80 P71_K="g128" P71_SHAPES=4096x4096,8192x8192 P71_TOKENS=16,32 post71
+}
+post72() {
+  P71_SHAPES=4096x4096,4096x6144,14336x4096,4096x14336,8192x8192,4096x28672,3072x3072 P71_TOKENS=9,16,32 post71
+  step "the variant's cells (merged into a copy: \$OUT/tuning_post.py)"
+  cp kernels/tuning.py /tmp/tuning_main.py
+  python3 dev/wgmma_cells.py "$OUT/ab_post.json" --merge && cp kernels/tuning.py "$OUT/tuning_post.py"
+  cp /tmp/tuning_main.py kernels/tuning.py
 }
 wo71() {  # issue 19's table: W4 g128 sym / asym, W8 per channel, W3, W2
   step "issue 19: every weight-only format, shape and M"
