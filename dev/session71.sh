@@ -48,9 +48,9 @@ post71() {
   step "wgmma post-scale variant: tests"
   QTOOL_WGMMA_LIBRARY=$lib gputests tests_post "${P71_TT:-150}" tests/test_wgmma_gpu.py -k "${P71_K:-}"
   step "the variant's schedules, then the library's, 9-32 tokens"
-  QTOOL_WGMMA_LIBRARY=$lib timeout -k 10 120 python3 dev/wgmma_ab.py --tall --tokens "${P71_TOKENS:-9,16,32}" --shapes $shapes \
+  QTOOL_WGMMA_LIBRARY=$lib timeout -k 10 "${P71_AT:-120}" python3 dev/wgmma_ab.py --tall --tokens "${P71_TOKENS:-9,16,32}" --shapes $shapes \
     --json "$OUT/ab_post.json" > /dev/null 2>&1; abtable "$OUT/ab_post.json"
-  timeout -k 10 120 python3 dev/wgmma_ab.py --tall --tokens "${P71_TOKENS:-9,16,32}" --shapes $shapes \
+  timeout -k 10 "${P71_AT:-120}" python3 dev/wgmma_ab.py --tall --tokens "${P71_TOKENS:-9,16,32}" --shapes $shapes \
     --json "$OUT/ab_lib.json" > /dev/null 2>&1; abtable "$OUT/ab_lib.json"
 }
 one71() {  # the least device time: the variant's A/B, then on an H200 its own cells
@@ -66,7 +66,7 @@ tiny71() {  # the variant's tests on g128 and its A/B on two shapes at 16 / 32 t
   P71_TT=80 P71_K="g128" P71_SHAPES=4096x4096,8192x8192 P71_TOKENS=16,32 post71
 }
 post72() {
-  P71_SHAPES=4096x4096,4096x6144,14336x4096,4096x14336,8192x8192,4096x28672,3072x3072 P71_TOKENS=9,16,32 post71
+  P71_AT=240 P71_SHAPES=4096x4096,4096x6144,14336x4096,4096x14336,8192x8192,4096x28672,3072x3072 P71_TOKENS=9,16,32 post71
   step "the variant's cells (merged into a copy: \$OUT/tuning_post.py)"
   cp kernels/tuning.py /tmp/tuning_main.py
   python3 dev/wgmma_cells.py "$OUT/ab_post.json" --merge && cp kernels/tuning.py "$OUT/tuning_post.py"
