@@ -10,6 +10,7 @@
 #   bash dev/session71.sh post72     post71 on every shape of issue 19 at 9-32 tokens, then the cells the variant
 #                                    would take ($OUT/tuning_post.py: its cells merged over this card's; session 71's
 #                                    A/B found some of main's cells two waves under the variant)
+#   bash dev/session71.sh postsan    compute-sanitizer on the variant
 #   bash dev/session71.sh wo71       issue 19's table through the dispatcher (after first71's cells are merged)
 #   bash dev/session71.sh w8a8all    issue 18's table
 cd "$(dirname "$0")/.."
@@ -71,6 +72,10 @@ post72() {
   cp kernels/tuning.py /tmp/tuning_main.py
   python3 dev/wgmma_cells.py "$OUT/ab_post.json" --merge && cp kernels/tuning.py "$OUT/tuning_post.py"
   cp /tmp/tuning_main.py kernels/tuning.py
+}
+postsan() {  # compute-sanitizer memcheck and racecheck on the variant (dev/san_wgmma.py: g128 at K = 1024 takes
+  # its group loop; ~300 s)
+  QTOOL_WGMMA_LIBRARY=$PWD/.gpu/variants/wgmma_post.so sanitize wgpost dev/san_wgmma.py
 }
 wo71() {  # issue 19's table: W4 g128 sym / asym, W8 per channel, W3, W2
   step "issue 19: every weight-only format, shape and M"
