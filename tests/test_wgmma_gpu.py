@@ -86,9 +86,9 @@ def test_tall_tile_matches_float64(hopper, warpgroups, split, tile, m, group, sy
 @pytest.mark.parametrize("tile,m", [(16, 9), (32, 32)])
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_g128_schedules_match_float64(hopper, warpgroups, tall, k, split, tile, m, symmetric):
-    """g128 on an even count of chunks, where a library built with QTOOL_WGMMA_POST=1 scales the groups after the
-    MMA at <= 32 tokens and cuts K at whole groups: K = 1664 (13 groups) splits unevenly over 3 and 8; K = 256 (2
-    groups) over 3 leaves a CTA no chunk. Every library must pass."""
+    """g128 on an even count of chunks, the case where branch wgmma-post's variant library scales the groups after
+    the MMA at <= 32 tokens and cuts K at whole groups: K = 1664 (13 groups) splits unevenly over 3 and 8; K = 256
+    (2 groups) over 3 leaves a CTA no chunk. Every build of the kernel must pass."""
     n = 1000
     p = random_weight(n, k, 128, symmetric, seed=k + split * 100 + tile + warpgroups + tall)
     bias = torch.randn(n, device="cuda")
