@@ -81,6 +81,22 @@ def test_tall_tile_matches_float64(hopper, warpgroups, split, tile, m, group, sy
     assert rel_err(y, reference(x, p, bias)) <= 1e-2
 
 
+@pytest.mark.parametrize("warpgroups,tall", [(1, False), (2, False), (1, True)])
+@pytest.mark.parametrize("k,split", [(1664, 1), (1664, 3), (1664, 8), (256, 3)])
+@pytest.mark.parametrize("tile,m", [(16, 9), (32, 32)])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_g128_schedules_match_float64(hopper, warpgroups, tall, k, split, tile, m, symmetric):
+    """g128 on an even count of chunks, where a library built with QTOOL_WGMMA_POST=1 scales the groups after the
+    MMA at <= 32 tokens and cuts K at whole groups: K = 1664 (13 groups) splits unevenly over 3 and 8; K = 256 (2
+    groups) over 3 leaves a CTA no chunk. Every library must pass."""
+    n = 1000
+    p = random_weight(n, k, 128, symmetric, seed=k + split * 100 + tile + warpgroups + tall)
+    bias = torch.randn(n, device="cuda")
+    x = torch.randn(m, p.k_padded, device="cuda", dtype=torch.bfloat16)
+    y = warpgroup_mm.wgmma_linear(x, p, bias, warpgroup_mm.Plan(tile, warpgroups, split, tall))
+    assert rel_err(y, reference(x, p, bias)) <= 1e-2
+
+
 def test_tall_tile_refuses_what_it_lacks(hopper):
     p = random_weight(512, 1024, 128, True, seed=3)
     x = torch.randn(100, p.k_padded, device="cuda", dtype=torch.bfloat16)

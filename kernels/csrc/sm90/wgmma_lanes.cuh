@@ -138,8 +138,9 @@ __device__ inline LaneSource lane_source(const Args& p, int stripe, int c_beg, i
   return src;
 }
 
-// Chunk `slot`'s codes (and scales) from the lane's ring -> the 16 A registers.
-template <int WG, int W>
+// Chunk `slot`'s codes (and scales) from the lane's ring -> the 16 A registers; Post (4 bits): the codes q - z
+// unscaled, the group's scales applied after the MMA (group_scales).
+template <int WG, int W, bool Post = false>
 __device__ inline void load_a(uint32_t lanes, int slot, int tid, uint32_t (&a)[16]) {
   using L = LaneRing<WG, W>;
   const uint32_t at = L::codes(lanes, slot, tid);
@@ -147,6 +148,9 @@ __device__ inline void load_a(uint32_t lanes, int slot, int tid, uint32_t (&a)[1
     __nv_bfloat162 block_scale = __float2bfloat162_rn(1.0f);
     if constexpr (W == kE4m3Blocks) block_scale = __float2bfloat162_rn(lds32f(L::scales(lanes, slot, tid)));
     rows_to_a<W>(lds128(at), lds128(at + 16), L::xpose(lanes, tid), tid % 32, block_scale, a);
+  } else if constexpr (Post) {
+    const float2 z = W == kW4Asym ? lds64f(L::scales(lanes, slot, tid) + 8) : make_float2(0.f, 0.f);
+    dequant<false>(lds128(at), {}, {}, __float2bfloat162_rn(136.0f + z.x), __float2bfloat162_rn(136.0f + z.y), a);
   } else {
     float4 sz = make_float4(0.f, 0.f, 0.f, 0.f);
     const uint32_t s = L::scales(lanes, slot, tid);
@@ -160,6 +164,12 @@ __device__ inline void load_a(uint32_t lanes, int slot, int tid, uint32_t (&a)[1
     dequant(lds128(at), __float2bfloat162_rn(sz.x), __float2bfloat162_rn(sz.y), __float2bfloat162_rn(136.0f + sz.z),
             __float2bfloat162_rn(136.0f + sz.w), a);
   }
+}
+
+// Chunk `slot`'s scales of the lane's rows r0 and r0 + 8 (4 bits), float32.
+template <int WG, int W>
+__device__ inline float2 group_scales(uint32_t lanes, int slot, int tid) {
+  return lds64f(LaneRing<WG, W>::scales(lanes, slot, tid));
 }
 
 }  // namespace qtool::wgmma
