@@ -45,14 +45,14 @@ __device__ inline void mma_chunk(float (&d)[T / 2], float (&d1)[Tall ? T / 2 : 1
   }
 }
 
-// Whether a kernel scales its 4-bit groups after the MMA: the variant library, at <= 32 tokens on 1-2 warpgroups
-// (16 tokens on one for the tall tile: two stripes' two sets each), where the registers hold the second set (ptxas
-// serialized the wgmmas of T16 x 4 warpgroups, T32 x 4 and tall T16 x 2: C7511 / C7512, too few registers); and
-// whether a call's groups take it (g128 on an even count of chunks: the CTAs' K ranges are then cut at whole groups,
-// wo_wgmma_kernel).
+// Whether a kernel scales its 4-bit groups after the MMA: the variant library, at <= 32 tokens on 1-2 warpgroups,
+// not the tall tile; and whether a call's groups take it (g128 on an even count of chunks: the CTAs' K ranges are then
+// cut at whole groups, wo_wgmma_kernel). Four warpgroups at 16-32 tokens and the tall tile's two at 16 have too few
+// registers for the second set (ptxas serialized their wgmmas: C7511 / C7512); the tall tile's one at 16 took 231-240
+// registers (120-126 without), left its cells' schedules two waves and ran 4096 x 4096 at 16 tokens 1.13x bf16
+// against 2.19x (session 71, H100).
 template <int T, int WG, int W, bool Tall>
-constexpr bool kPostScale = QTOOL_WGMMA_POST && (W == kW4 || W == kW4Asym) &&
-                            (Tall ? T == 16 && WG == 1 : T <= 32 && WG <= 2);
+constexpr bool kPostScale = QTOOL_WGMMA_POST && (W == kW4 || W == kW4Asym) && !Tall && T <= 32 && WG <= 2;
 __host__ __device__ inline bool post_groups(int group, int k_pad) {
   return group == 2 * kChunkK && (k_pad / kChunkK) % 2 == 0;
 }
