@@ -111,6 +111,25 @@ __device__ void mainloop_post(Consumer<T, WG, W, Tall>& k, float (&acc)[T / 2], 
   sums.template fold_into<1>(acc, acc1, in1);
 }
 
+// The chunks in order, each chunk's wgmmas into acc (Unscaled: the 4-bit codes q - z, a per-channel weight's scales
+// applied after the loop).
+template <bool Unscaled, int T, int WG, int W, bool Tall>
+__device__ void mainloop(Consumer<T, WG, W, Tall>& k, float (&acc)[T / 2], float (&acc1)[Tall ? T / 2 : 1]) {
+  uint32_t a[2][16], b[Tall ? 2 : 1][16];
+  for (int c0 = 0; c0 < k.chunks; c0 += 2) {
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {  // two chunks per trip: a[] double-buffered by static index
+      const int c = c0 + j;
+      if (c < k.chunks) {
+        const uint32_t stage = k.template prepare<Unscaled>(c, a[j], b[Tall ? j : 0]);
+        mma_chunk<T, Tall>(acc, acc1, a[j], b[Tall ? j : 0], stage, 1);
+        k.retire(c);
+      }
+    }
+  }
+  wgmma_wait<0>();
+}
+
 template <int T, int WG, int W, bool Tall>
 __device__ void consume(const Args& p, uint32_t ring, uint32_t lanes, uint32_t full, uint32_t empty, int c_beg,
                         int chunks, int stripe, int tid, float (&acc)[T / 2], float (&acc1)[Tall ? T / 2 : 1]) {
@@ -125,19 +144,18 @@ __device__ void consume(const Args& p, uint32_t ring, uint32_t lanes, uint32_t f
       return;
     }
   }
-  uint32_t a[2][16], b[Tall ? 2 : 1][16];
-  for (int c0 = 0; c0 < chunks; c0 += 2) {
-#pragma unroll
-    for (int j = 0; j < 2; ++j) {  // two chunks per trip: a[] double-buffered by static index
-      const int c = c0 + j;
-      if (c < chunks) {
-        const uint32_t stage = k.template prepare<false>(c, a[j], b[Tall ? j : 0]);
-        mma_chunk<T, Tall>(acc, acc1, a[j], b[Tall ? j : 0], stage, 1);
-        k.retire(c);
-      }
+  if constexpr (kChannelPost<W>) {
+    if (p.group >= p.k_pad && chunks > 0) {  // per channel: one group, its scales after the loop (any schedule)
+      mainloop<true>(k, acc, acc1);
+      constexpr int RW = Consumer<T, WG, W, Tall>::RW;
+      const int slot = (chunks - 1) % kDepth;  // the last chunk's slot: no copy lands there after it
+      scale_rows<T>(acc, group_scales<RW, W>(lanes, slot, tid));
+      if constexpr (Tall) scale_rows<T>(acc1, group_scales<RW, W>(lanes, slot, tid + WG * 128));
+      asm volatile("cp.async.wait_all;" ::: "memory");
+      return;
     }
   }
-  wgmma_wait<0>();
+  mainloop<false>(k, acc, acc1);
   asm volatile("cp.async.wait_all;" ::: "memory");  // the empty groups past the end
 }
 

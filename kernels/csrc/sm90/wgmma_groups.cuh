@@ -1,10 +1,11 @@
-// The 4-bit weights' group scales after the MMA (wo_wgmma_sm90.cu, consume): at <= 32 tokens a chunk's conversion is
-// the mainloop's chain (session 67's SASS: ~220 instructions a warp a chunk), and of each bf16 pair's lop3, HSUB2 and
-// HMUL2 the multiply by the group's scale (with the scales' F2F conversions) can move out of it. The wgmma then sums
-// the codes q - z (exact in bf16 for symmetric weights) times the activations into float32 partial sums a group,
-// and those are scaled in float32 into the stripe's accumulator: T / 2 FFMAs a thread a group in place of 16 HMUL2 a
-// chunk. Two sets of partial sums alternate group by group, so that the set of the group just ended is scaled while
-// the next group's wgmmas run (the mainloop keeps one chunk's wgmmas in flight: wgmma_wait<1>).
+// The 4-bit weights' scales after the MMA (wgmma_consumer.cuh): at <= 32 tokens a chunk's conversion is the
+// mainloop's chain (session 67's SASS: ~220 instructions a warp a chunk), and of each bf16 pair's lop3, HSUB2 and HMUL2
+// the multiply by the group's scale (with the scales' F2F conversions) can move out of it. The wgmma then sums the
+// codes q - z (exact in bf16 for symmetric weights) times the activations into float32 partial sums a group, and
+// those are scaled in float32 into the stripe's accumulator: T / 2 FFMAs a thread a group in place of 16 HMUL2 a
+// chunk. g128: two sets of partial sums alternate group by group, a set folded behind wgmma_wait<0> once the next
+// group's first chunk is converted (so the conversion still overlaps the wgmmas before it). Per channel: one group,
+// the scales applied once after the loop, on every schedule.
 // Built with -DQTOOL_WGMMA_POST=1 (a variant library for A/Bs, dev/wgmma_ab.py under QTOOL_WGMMA_LIBRARY).
 #pragma once
 #include <cuda_bf16.h>
@@ -63,6 +64,16 @@ __device__ inline void fold(float (&acc)[T / 2], const float (&g)[T / 2], float2
 #pragma unroll
   for (int i = 0; i < T / 2; ++i) acc[i] = fmaf(g[i], i % 4 < 2 ? s.x : s.y, acc[i]);
 }
+template <int T>
+__device__ inline void scale_rows(float (&acc)[T / 2], float2 s) {  // acc *= s, rows as fold's
+#pragma unroll
+  for (int i = 0; i < T / 2; ++i) acc[i] *= i % 4 < 2 ? s.x : s.y;
+}
+
+// Whether a kernel applies a per-channel 4-bit weight's scales after its loop (the variant library): one group, so
+// nothing to fold in the loop, no second set, any schedule.
+template <int W>
+constexpr bool kChannelPost = QTOOL_WGMMA_POST && (W == kW4 || W == kW4Asym);
 
 // A stripe's (with Tall, two stripes') partial sums of two groups, set 0 and set 1, and their scales; the mainloop
 // names the sets statically (a runtime set index branched around the wgmmas, and ptxas serialized them: C7520).
