@@ -130,27 +130,26 @@ __device__ void mainloop(Consumer<T, WG, W, Tall>& k, float (&acc)[T / 2], float
   wgmma_wait<0>();
 }
 
-template <int T, int WG, int W, bool Tall>
+// A warpgroup's chunks; Post (the post-scale form, kHasPost): g128 groups scaled after the MMA, a per-channel
+// weight's scales once after the loop, other groups as the plain kernel.
+template <int T, int WG, int W, bool Tall, bool Post>
 __device__ void consume(const Args& p, uint32_t ring, uint32_t lanes, uint32_t full, uint32_t empty, int c_beg,
                         int chunks, int stripe, int tid, float (&acc)[T / 2], float (&acc1)[Tall ? T / 2 : 1]) {
   Consumer<T, WG, W, Tall> k(p, ring, lanes, full, empty, c_beg, chunks, stripe, tid);
 #pragma unroll
   for (int c = 0; c < kDepth - 1; ++c) k.issue_chunk(c);
   pdl_wait();
-  if constexpr (kPostScale<T, WG, W, Tall>) {
+  if constexpr (Post) {
+    static_assert(kHasPost<T, WG, W, Tall>, "the post-scale form: 4-bit, <= 32 tokens, 1-2 warpgroups, not tall");
     if (post_groups(p.group, p.k_pad)) {
       mainloop_post(k, acc, acc1);
       asm volatile("cp.async.wait_all;" ::: "memory");  // the empty groups past the end
       return;
     }
-  }
-  if constexpr (kChannelPost<W>) {
-    if (p.group >= p.k_pad && chunks > 0) {  // per channel: one group, its scales after the loop (any schedule)
+    if (p.group >= p.k_pad && chunks > 0) {  // per channel: one group, its scales after the loop
       mainloop<true>(k, acc, acc1);
-      constexpr int RW = Consumer<T, WG, W, Tall>::RW;
       const int slot = (chunks - 1) % kDepth;  // the last chunk's slot: no copy lands there after it
-      scale_rows<T>(acc, group_scales<RW, W>(lanes, slot, tid));
-      if constexpr (Tall) scale_rows<T>(acc1, group_scales<RW, W>(lanes, slot, tid + WG * 128));
+      scale_rows<T>(acc, group_scales<WG, W>(lanes, slot, tid));
       asm volatile("cp.async.wait_all;" ::: "memory");
       return;
     }

@@ -6,7 +6,8 @@
 // chunk. g128: two sets of partial sums alternate group by group, a set folded behind wgmma_wait<0> once the next
 // group's first chunk is converted (so the conversion still overlaps the wgmmas before it). Per channel: one group,
 // the scales applied once after the loop, on every schedule.
-// Built with -DQTOOL_WGMMA_POST=1 (a variant library for A/Bs, dev/wgmma_ab.py under QTOOL_WGMMA_LIBRARY).
+// A kernel of its own (`Post`, launch bit 2): the routes name it where it measured faster ("wgmma w1 s2 post",
+// kernels/tuning.py), since its registers (127-156 against 76-80) change which schedules fit one wave.
 #pragma once
 #include <cuda_bf16.h>
 
@@ -15,10 +16,6 @@
 #include "wgmma_async.cuh"
 #include "wgmma_lanes.cuh"
 #include "wgmma_ops.cuh"
-
-#ifndef QTOOL_WGMMA_POST
-#define QTOOL_WGMMA_POST 0
-#endif
 
 namespace qtool::wgmma {
 
@@ -46,14 +43,14 @@ __device__ inline void mma_chunk(float (&d)[T / 2], float (&d1)[Tall ? T / 2 : 1
   }
 }
 
-// Whether a kernel scales its 4-bit groups after the MMA: the variant library, at <= 32 tokens on 1-2 warpgroups,
-// not the tall tile; and whether a call's groups take it (g128 on an even count of chunks: the CTAs' K ranges are then
-// cut at whole groups, wo_wgmma_kernel). Four warpgroups at 16-32 tokens and the tall tile's two at 16 have too few
-// registers for the second set (ptxas serialized their wgmmas: C7511 / C7512); the tall tile's one at 16 took 231-240
-// registers (120-126 without), left its cells' schedules two waves and ran 4096 x 4096 at 16 tokens 1.13x bf16
-// against 2.19x (session 71, H100).
+// Which kernels have the post-scale form: 4-bit weights at <= 32 tokens on 1-2 warpgroups, not the tall tile; and
+// whether a call's groups take its group loop (g128 on an even count of chunks: the CTAs' K ranges are then cut at
+// whole groups, wo_wgmma_kernel; per-channel weights take the scales after the loop, other groups the mainloop's).
+// Four warpgroups at 16-32 tokens and the tall tile's two at 16 have too few registers for the second set (ptxas
+// serialized their wgmmas: C7511 / C7512); the tall tile's one at 16 took 231-240 registers (120-126 without), left
+// its cells' schedules two waves and ran 4096 x 4096 at 16 tokens 1.13x bf16 against 2.19x (session 71, H100).
 template <int T, int WG, int W, bool Tall>
-constexpr bool kPostScale = QTOOL_WGMMA_POST && (W == kW4 || W == kW4Asym) && !Tall && T <= 32 && WG <= 2;
+constexpr bool kHasPost = (W == kW4 || W == kW4Asym) && !Tall && T <= 32 && WG <= 2;
 __host__ __device__ inline bool post_groups(int group, int k_pad) {
   return group == 2 * kChunkK && (k_pad / kChunkK) % 2 == 0;
 }
@@ -69,11 +66,6 @@ __device__ inline void scale_rows(float (&acc)[T / 2], float2 s) {  // acc *= s,
 #pragma unroll
   for (int i = 0; i < T / 2; ++i) acc[i] *= i % 4 < 2 ? s.x : s.y;
 }
-
-// Whether a kernel applies a per-channel 4-bit weight's scales after its loop (the variant library): one group, so
-// nothing to fold in the loop, no second set, any schedule.
-template <int W>
-constexpr bool kChannelPost = QTOOL_WGMMA_POST && (W == kW4 || W == kW4Asym);
 
 // A stripe's (with Tall, two stripes') partial sums of two groups, set 0 and set 1, and their scales; the mainloop
 // names the sets statically (a runtime set index branched around the wgmmas, and ptxas serialized them: C7520).

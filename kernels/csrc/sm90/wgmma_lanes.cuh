@@ -33,6 +33,8 @@ struct Args {  // mirrored by kernels/warpgroup_mm.py, _Args
   int m, n, n_pad, k, k_pad, group;  // group: k per scale (a multiple of 64), k_pad per channel
   int tile, warpgroups, split, launch;  // tokens per CTA (16 / 32 / 64 / 128), 64-row warpgroups (1, 2, 4), splits;
   // launch: bit 0 PDL, bit 1 the tall tile (128 rows a warpgroup; 4-bit, tiles <= 64, 1-2 warpgroups)
+  // bit 2 the post-scale form (4-bit scales applied to float32 partial sums after the MMA, wgmma_groups.cuh; tiles
+  // <= 32, 1-2 warpgroups, not tall)
   int kind, scale_stride;  // kind: 0 the 4-bit kernel layout, 1 int8 rows, 2 e4m3 rows, 3 e4m3 128 x 128 blocks,
                            // 4 e5m2 rows
   int stages;              // activation stages (2 .. 16; 0: kRingSmem's worth)

@@ -132,7 +132,7 @@ struct SmemPlan {
   static int bytes(const Args& p) { return 1024 + data(p) + 16 * Stages<T>::count(p); }  // + alignment, barriers
 };
 
-template <int T, int WG, int W, bool Tall>
+template <int T, int WG, int W, bool Tall, bool Post>
 __global__ void __launch_bounds__(WG * 128 + 32, 1)
     wo_wgmma_kernel(const Args p, const __grid_constant__ CUtensorMap x_map) {
   extern __shared__ __align__(16) uint8_t smem_raw[];
@@ -144,7 +144,7 @@ __global__ void __launch_bounds__(WG * 128 + 32, 1)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int chunks_total = p.k_pad / kChunkK, split = gridDim.y, rank = blockIdx.y;
   // K cut at whole g128 groups where the groups are scaled after the MMA (wgmma_groups.cuh), else at chunks
-  const int unit = kPostScale<T, WG, W, Tall> && post_groups(p.group, p.k_pad) ? 2 : 1, units = chunks_total / unit;
+  const int unit = Post && post_groups(p.group, p.k_pad) ? 2 : 1, units = chunks_total / unit;
   const int c_beg = unit * (units * rank / split), chunks = unit * (units * (rank + 1) / split) - c_beg;
   if (threadIdx.x == 0) {
     for (int s = 0; s < S; ++s) {
@@ -162,7 +162,7 @@ __global__ void __launch_bounds__(WG * 128 + 32, 1)
   const bool consumer = warp < WG * 4;
   if (consumer) {  // Tall: warpgroup wg's stripes 8 wg + w and 8 wg + w + 4 of the CTA's 8 WG
     const int stripe = Tall ? blockIdx.x * WG * 8 + 8 * (warp / 4) + warp % 4 : blockIdx.x * WG * 4 + warp;
-    consume<T, WG, W, Tall>(p, ring, lanes, full, empty, c_beg, chunks, stripe, static_cast<int>(threadIdx.x), acc,
+    consume<T, WG, W, Tall, Post>(p, ring, lanes, full, empty, c_beg, chunks, stripe, static_cast<int>(threadIdx.x), acc,
                             acc1);
   } else if (lane == 0) {  // the producer warp's other lanes wait at the __syncthreads below
     pdl_wait();
@@ -198,13 +198,13 @@ inline const char* encode_x(const Args& p, int tile, CUtensorMap* map) {
 // Launch the kernel p selects, or with `clusters` set, only count how many of its (1, split, 1) clusters the GPU
 // holds at once (the plan keeps a call's grid within one wave: session 66's ncu found 32 clusters of 4 where 30 fit,
 // and the two left over ran as a second wave, doubling the call).
-template <int T, int WG, int W, bool Tall = false>
+template <int T, int WG, int W, bool Tall = false, bool Post = false>
 const char* launch(const Args& p, cudaStream_t stream, int* clusters) {
   constexpr int kMaxSmem = 227 * 1024, R = WG * 64 * (Tall ? 2 : 1);
   if (p.stages < 0 || p.stages == 1 || p.stages > kMaxStages) return "stages must be 0 (the default) or 2 .. 16";
   const int smem = SmemPlan<T, WG, W, Tall>::bytes(p);
   if (smem > kMaxSmem) return "the stages and the lanes' rings need more than the SM's 227 KB of shared memory";
-  auto kernel = wo_wgmma_kernel<T, WG, W, Tall>;
+  auto kernel = wo_wgmma_kernel<T, WG, W, Tall, Post>;
   static const cudaError_t attr = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem);
   if (attr != cudaSuccess) return cudaGetErrorString(attr);
   const dim3 grid((p.n_pad + R - 1) / R, p.split), block(WG * 128 + 32);
@@ -242,8 +242,20 @@ const char* launch_tall(const Args& p, cudaStream_t stream, int* clusters) {
   return "the tall tile takes 4-bit weights, tiles of <= 64 tokens and 1 or 2 warpgroups";
 }
 
+// launch bit 2: the post-scale form (wgmma_groups.cuh), 4-bit weights at tiles of <= 32 tokens on 1 or 2 warpgroups
+template <int T, int WG>
+const char* launch_post(const Args& p, cudaStream_t stream, int* clusters) {
+  if constexpr (kHasPost<T, WG, kW4, false>) {
+    if (p.kind == 0 && !(p.launch & 2))
+      return p.zero != nullptr ? launch<T, WG, kW4Asym, false, true>(p, stream, clusters)
+                               : launch<T, WG, kW4, false, true>(p, stream, clusters);
+  }
+  return "the post-scale form takes 4-bit weights, tiles of <= 32 tokens, 1 or 2 warpgroups and not the tall tile";
+}
+
 template <int T, int WG>
 const char* launch_kind(const Args& p, cudaStream_t stream, int* clusters) {
+  if (p.launch & 4) return launch_post<T, WG>(p, stream, clusters);
   if (p.launch & 2) return launch_tall<T, WG>(p, stream, clusters);
   switch (p.kind) {
     case 0:
