@@ -4,11 +4,12 @@ turn in one process (benchmarks/replay.py): the plan's schedule and forced ones 
 checked against float64 on the dequantized weight before any timing. Speedup against bf16 in the same process.
 
     python3 dev/wgmma_ab.py [--tokens 16,32,64,128] [--shapes 4096x4096,...] [--asym] [--json out.json]
-                            [--stages "0 4 8"] [--tall]
+                            [--stages "0 4 8"] [--tall] [--post]
 
 --stages: the activation ring's stage counts to sweep (warpgroup_mm.STAGES); each count's plan and its one-wave
 forced schedules, named "s8 w1s3" (the default's, 0, keep their names). --tall: the tall tile's one-wave schedules
-too ("w1s2t": 128 rows a warpgroup, each warp two stripes; 4-bit, tiles <= 64 tokens, 1-2 warpgroups).
+too ("w1s2t": 128 rows a warpgroup, each warp two stripes; 4-bit, tiles <= 64 tokens, 1-2 warpgroups). --post: the
+post-scale form's one-wave schedules too ("w1s2p": g128 scales after the MMA; tiles <= 32 tokens, 1-2 warpgroups).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ sys.path.insert(0, str(HERE.parents[1]))
 SHAPES = "4096x4096,4096x14336,14336x4096,8192x8192,8192x28672,28672x8192"
 FORCED = tuple((wg, split) for wg in (1, 2, 4) for split in (1, 2, 3, 4, 6, 8))  # (warpgroups, split)
 TALL = False  # --tall: the tall tile's schedules too
+POST = False  # --post: the post-scale form's schedules too
 
 
 def with_stages(stages, fn):
@@ -83,13 +85,27 @@ def stage_schedules(m: int, n_pad: int, k_pad: int, asym: bool, counts, forced: 
             if tag and waves > 1:
                 continue
             out[f"{tag}w{wg}s{split}{'*' * (waves - 1)}"] = (stages, warpgroup_mm.Plan(tile, wg, split))
-            if TALL and not tag and warpgroup_mm.takes_tall(tile, wg):  # 128 rows a warpgroup: half the row tiles
-                try:
-                    tall_cap = warpgroup_mm.max_clusters(0, tile, wg, split, 0, asym, stages, True)
-                except RuntimeError:
-                    continue
-                if tall_cap and -(-n_pad // (128 * wg)) <= tall_cap:  # one wave only
-                    out[f"w{wg}s{split}t"] = (stages, warpgroup_mm.Plan(tile, wg, split, True))
+            if not tag:
+                out.update(form_schedules(tile, wg, split, n_pad, asym))
+    return out
+
+
+def form_schedules(tile: int, wg: int, split: int, n_pad: int, asym: bool) -> dict:
+    """{name: (0, Plan)}: the tall tile's ("w1s2t", with --tall) and the post-scale form's ("w1s2p", with --post)
+    schedule for (tile, wg, split), where the kernel exists and its grid fits one wave."""
+    from qtool_kernels import warpgroup_mm
+
+    out = {}
+    for on, takes, suffix, rows in ((TALL, warpgroup_mm.takes_tall, "t", 128), (POST, warpgroup_mm.takes_post, "p", 64)):
+        if not on or not takes(tile, wg):
+            continue
+        tall, post = suffix == "t", suffix == "p"
+        try:
+            cap = warpgroup_mm.max_clusters(0, tile, wg, split, 0, asym, 0, tall, post)
+        except RuntimeError:
+            continue
+        if cap and -(-n_pad // (rows * wg)) <= cap:  # one wave only
+            out[f"w{wg}s{split}{suffix}"] = (0, warpgroup_mm.Plan(tile, wg, split, tall, post))
     return out
 
 
@@ -157,6 +173,7 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     parser.add_argument("--stages", default="0", help="stage counts, space-separated; 0: the default")
     parser.add_argument("--tall", action="store_true", help="also the tall tile's one-wave schedules ('w1s2t')")
+    parser.add_argument("--post", action="store_true", help="also the post-scale form's one-wave schedules ('w1s2p')")
     args = parser.parse_args()
     import torch
 
@@ -167,8 +184,8 @@ def main() -> None:
     assert warpgroup_mm.available(), f"libqtool_sm90_wgmma: {warpgroup_mm.sm90.wgmma.reason}"
     tokens = [int(t) for t in args.tokens.split(",")]
     counts = [warpgroup_mm.parse_stages(c) for c in args.stages.split()]
-    global TALL
-    TALL = args.tall
+    global TALL, POST
+    TALL, POST = args.tall, args.post
     rows = []
     for shape in args.shapes.split(","):
         k, n = (int(v) for v in shape.split("x"))

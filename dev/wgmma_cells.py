@@ -20,11 +20,12 @@ HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parents[1]))
 
-SCHEDULE = re.compile(r"w(\d)s(\d)(t?)")  # one-wave forced schedules ("t": the tall tile)
+SCHEDULE = re.compile(r"w(\d)s(\d)([tp]?)")  # one-wave forced schedules ("t": the tall tile, "p": the post-scale form)
+FORMS = {"": "", "t": " tall", "p": " post"}
 
 
 def cells(rows: list[dict], margin: float) -> dict:
-    """{(4, K, N): {M: "wgmma wX sY[ tall]"}} where the best schedule leads the route by `margin`."""
+    """{(4, K, N): {M: "wgmma wX sY[ tall| post]"}} where the best schedule leads the route by `margin`."""
     out: dict = {}
     for row in rows:
         speedup, route = row["speedup"], str(row.get("route", ""))
@@ -40,8 +41,8 @@ def cells(rows: list[dict], margin: float) -> dict:
         name = max(named, key=named.get)
         if named[name] < (1 + margin) * speedup["route"]:
             continue
-        wg, split, tall = SCHEDULE.fullmatch(name).groups()
-        text = f"wgmma w{wg} s{split}" + (" tall" if tall else "")
+        wg, split, form = SCHEDULE.fullmatch(name).groups()
+        text = f"wgmma w{wg} s{split}{FORMS[form]}"
         out.setdefault((4, row["K"], row["N"]), {})[row["M"]] = text
         print(f"{row['K']} x {row['N']} M={row['M']}: {text} {named[name]:.2f}x against the route's "
               f"{speedup['route']:.2f}x ({route})")

@@ -18,7 +18,10 @@ warpgroups per CTA (1, 2 or 4: each CTA reads its tokens' activations once for a
 over the SMs;
 QTOOL_WGMMA_PLAN="tile,warpgroups,split" forces one (A/Bs). Numerics: float32 sums of bf16 products, the
 scale and the product (q - z) * s each rounded to bf16 (relative error <= 2^-8 of each weight, as the Hopper
-GEMM's bf16 scales give), bf16 output.
+GEMM's bf16 scales give), bf16 output. Two forms a measured route may name (kernels/tuning.py): the tall tile (128
+rows a warpgroup) and the post-scale form (at <= 32 tokens the wgmma sums the codes q - z, exact for symmetric
+weights, and each g128 group's float32 partial sums take its float32 scale after it; ~130-156 registers
+against ~80, so the one-wave schedules differ).
 """
 
 from __future__ import annotations
@@ -46,11 +49,23 @@ class Plan:
     warpgroups: int  # 64 weight rows each: 1, 2 or 4 (128 each when tall)
     split: int  # CTAs along K, one cluster
     tall: bool = False  # 128 rows a warpgroup (each warp two stripes): 4-bit, tile <= 64, 1 or 2 warpgroups
+    post: bool = False  # the post-scale form: g128 / per-channel scales after the MMA; 4-bit, tile <= 32, 1-2 wgs
 
 
 def takes_tall(tile: int, warpgroups: int) -> bool:
     """Whether the tall tile has a kernel for this schedule (4-bit weights)."""
     return tile <= 64 and warpgroups <= 2
+
+
+def takes_post(tile: int, warpgroups: int) -> bool:
+    """Whether the post-scale form has a kernel for this schedule (4-bit weights; csrc/sm90/wgmma_groups.cuh: the
+    wgmma sums the codes q - z, each g128 group's float32 partial sums are scaled after it, two sets alternating)."""
+    return tile <= 32 and warpgroups <= 2
+
+
+def launch_bits(tall: bool = False, post: bool = False) -> int:
+    """Args.launch without PDL (bit 0): bit 1 the tall tile, bit 2 the post-scale form."""
+    return 2 * tall + 4 * post
 
 
 class _Args(ctypes.Structure):  # csrc/sm90/wgmma_lanes.cuh, Args (tests/test_abi_mirrors.py)
@@ -104,11 +119,11 @@ STAGES = parse_stages(os.environ.get("QTOOL_WGMMA_STAGES", "0"))
 
 @functools.cache
 def max_clusters(device: int, tile: int, warpgroups: int, split: int, kind: int = 0, asym: bool = False,
-                 stages: int = 0, tall: bool = False) -> int:
+                 stages: int = 0, tall: bool = False, post: bool = False) -> int:
     """How many (1, split, 1) clusters of the kernel with this schedule, weight kind and stage count GPU `device`
     holds at once (cudaOccupancyMaxActiveClusters: SMs, CTAs per SM, and GPCs, which a cluster may not straddle)."""
     args = _Args(tile=tile, warpgroups=warpgroups, split=split, kind=kind, zero=1 if asym else None, stages=stages,
-                 launch=2 if tall else 0)
+                 launch=launch_bits(tall, post))
     count = ctypes.c_int(0)
     with torch.cuda.device(device):
         err = _library().qtool_sm90_wgmma_clusters(ctypes.byref(args), ctypes.byref(count))
@@ -177,19 +192,22 @@ def for_weight(route: str, asymmetric: bool) -> str:
 def route_plan(route: str, m: int, k_pad: int) -> Plan | None:
     """A measured route of tuning.py naming this kernel -> the schedule for m tokens: "wgmma" None (the plan's),
     "wgmma w1 s6" one warpgroup, split 6 (at most one split per 64-k chunk), the token tile holding m; "wgmma w1 s6
-    tall" the tall tile."""
+    tall" the tall tile, "wgmma w1 s2 post" the post-scale form."""
     words = route.split()
-    if words[0] != "wgmma" or len(words) not in (1, 3, 4) or m > TILES[-1] or words[3:] not in ([], ["tall"]):
+    if words[0] != "wgmma" or len(words) not in (1, 3, 4) or m > TILES[-1] or words[3:] not in ([], ["tall"], ["post"]):
         raise ValueError(f"not a wgmma route for {m} tokens: {route!r}")
     if len(words) == 1:
         return None
-    wg, split, tall = int(words[1].removeprefix("w")), int(words[2].removeprefix("s")), len(words) == 4
+    wg, split = int(words[1].removeprefix("w")), int(words[2].removeprefix("s"))
+    tall, post = words[3:] == ["tall"], words[3:] == ["post"]
     tile = next(t for t in TILES if t >= m)
     if wg not in WARPGROUPS or (tile, wg) == (128, 4) or not 1 <= split <= MAX_SPLIT:
         raise ValueError(f"wgmma route {route!r}: warpgroups in {WARPGROUPS} (not 4 at 128 tokens), split 1..8")
     if tall and not takes_tall(tile, wg):
         raise ValueError(f"wgmma route {route!r}: the tall tile takes <= 64 tokens and 1 or 2 warpgroups")
-    return Plan(tile, wg, min(split, k_pad // CHUNK_K), tall)
+    if post and not takes_post(tile, wg):
+        raise ValueError(f"wgmma route {route!r}: the post-scale form takes <= 32 tokens and 1 or 2 warpgroups")
+    return Plan(tile, wg, min(split, k_pad // CHUNK_K), tall, post)
 
 
 def parse_tokens(text: str, name: str = "QTOOL_WGMMA_TOKENS") -> tuple[int, int]:
@@ -242,9 +260,9 @@ def plan(m: int, n_pad: int, k_pad: int, sms: int, capacity: Callable[[int, int,
 
 
 def device_capacity(device: int, kind: int = 0, asym: bool = False, stages: int = 0,
-                    tall: bool = False) -> Callable[[int, int, int], int]:
-    """`plan`'s capacity on GPU `device` for this weight kind and stage count, measured by the occupancy API."""
-    return lambda tile, wg, split: max_clusters(device, tile, wg, split, kind, asym, stages, tall)
+                    tall: bool = False, post: bool = False) -> Callable[[int, int, int], int]:
+    """`plan`'s capacity on GPU `device` for this weight kind, stage count and form, by the occupancy API."""
+    return lambda tile, wg, split: max_clusters(device, tile, wg, split, kind, asym, stages, tall, post)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -258,26 +276,26 @@ def device_plan(m: int, n_pad: int, k_pad: int, device: int, kind: int = 0, asym
 
 def _run(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None,
          bias: torch.Tensor | None, n: int, n_pad: int, k_pad: int, group: int, kind: int, scale_stride: int,
-         tile: int, warpgroups: int, split: int, tall: bool = False) -> torch.Tensor:
+         tile: int, warpgroups: int, split: int, tall: bool = False, post: bool = False) -> torch.Tensor:
     m, k = x.shape
     if tile == 0:  # the plan's schedule
-        tile, warpgroups, split, tall = astuple(device_plan(m, n_pad, k_pad, x.device.index or 0, kind,
+        tile, warpgroups, split, tall, post = astuple(device_plan(m, n_pad, k_pad, x.device.index or 0, kind,
                                                             zero is not None, STAGES))
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
     args = _Args(weight.data_ptr(), scale.data_ptr(), None if zero is None else zero.data_ptr(),
                  None if bias is None else bias.data_ptr(), x.data_ptr(), y.data_ptr(), m, n, n_pad, k, k_pad,
-                 group, tile, warpgroups, split, 3 if tall else 1, kind, scale_stride, STAGES)
+                 group, tile, warpgroups, split, 1 | launch_bits(tall, post), kind, scale_stride, STAGES)
     err = _function()(ctypes.byref(args), torch.cuda.current_stream(x.device).cuda_stream)
     if err is not None:
         raise RuntimeError(f"wgmma {'w4' if kind == 0 else 'w8'}_mm: {err.decode()} (m={m}, n={n}, k={k}, "
-                           f"group={group}, tile={tile}, warpgroups={warpgroups}, split={split}, tall={tall})")
+                           f"group={group}, tile={tile}, warpgroups={warpgroups}, split={split}, tall={tall}, post={post})")
     return y
 
 
-def _run_w4(x, qweight, scale, zero, bias, n, group, tile, warpgroups, split, tall=False) -> torch.Tensor:
+def _run_w4(x, qweight, scale, zero, bias, n, group, tile, warpgroups, split, tall=False, post=False) -> torch.Tensor:
     k_pad = qweight.shape[1] * CHUNK_K
     return _run(x, qweight, scale, zero, bias, n, qweight.shape[0] * 16, k_pad, group if group > 0 else k_pad, 0, 1,
-                tile, warpgroups, split, tall)
+                tile, warpgroups, split, tall, post)
 
 
 def _run_w8(x, weight, scale, bias, tile, warpgroups, split) -> torch.Tensor:
@@ -291,15 +309,15 @@ def _run_w8(x, weight, scale, bias, tile, warpgroups, split) -> torch.Tensor:
 @torch.library.custom_op("qtool_cuda_wgmma::w4_mm", mutates_args=())
 def w4_mm(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None,
           bias: torch.Tensor | None, n: int, group: int, tile: int, warpgroups: int, split: int,
-          tall: bool = False) -> torch.Tensor:
+          tall: bool = False, post: bool = False) -> torch.Tensor:
     """y [m, n] bf16 = x [m, K] bf16 . dequant(qweight)^T (+ bias float32 [n]); qweight int32 [N_pad / 16,
     K_pad / 64, 32, 4] (the int4 kernel layout), scale / zero float32 [G, N_pad]; group: k per scale (<= 0:
     per channel); the schedule as in `Plan` (tile 0: the plan's, `device_plan`)."""
-    return _run_w4(x, qweight, scale, zero, bias, n, group, tile, warpgroups, split, tall)
+    return _run_w4(x, qweight, scale, zero, bias, n, group, tile, warpgroups, split, tall, post)
 
 
 @w4_mm.register_fake
-def _(x, qweight, scale, zero, bias, n, group, tile, warpgroups, split, tall=False):
+def _(x, qweight, scale, zero, bias, n, group, tile, warpgroups, split, tall=False, post=False):
     return x.new_empty(x.shape[0], n)
 
 
@@ -321,7 +339,8 @@ def wgmma_linear(x2: torch.Tensor, w: PackedWeight, bias: torch.Tensor | None,
                  schedule: Plan | None = None) -> torch.Tensor:
     """x2 [m, K_pad] bf16, contiguous -> [m, out_features] bf16 (+ bias float32); `schedule` None: the plan's."""
     s = schedule or Plan(0, 0, 0)
-    args = (x2, w.qweight, w.scale, w.zero, bias, w.out_features, w.group_size, s.tile, s.warpgroups, s.split, s.tall)
+    args = (x2, w.qweight, w.scale, w.zero, bias, w.out_features, w.group_size, s.tile, s.warpgroups, s.split, s.tall,
+            s.post)
     if not torch.compiler.is_compiling():  # eager: the ctypes call without the custom op's dispatch (host time)
         return _run_w4(*args)
     return torch.ops.qtool_cuda_wgmma.w4_mm(*args)

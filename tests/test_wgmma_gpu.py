@@ -81,20 +81,34 @@ def test_tall_tile_matches_float64(hopper, warpgroups, split, tile, m, group, sy
     assert rel_err(y, reference(x, p, bias)) <= 1e-2
 
 
-@pytest.mark.parametrize("warpgroups,tall", [(1, False), (2, False), (1, True)])
+@pytest.mark.parametrize("warpgroups,tall,post", [(1, False, False), (2, False, False), (1, True, False),
+                                                  (1, False, True), (2, False, True)])
 @pytest.mark.parametrize("k,split", [(1664, 1), (1664, 3), (1664, 8), (256, 3)])
 @pytest.mark.parametrize("tile,m", [(16, 9), (32, 32)])
 @pytest.mark.parametrize("symmetric", [True, False])
-def test_g128_schedules_match_float64(hopper, warpgroups, tall, k, split, tile, m, symmetric):
-    """g128 on an even count of chunks, the case where branch wgmma-post's variant library scales the groups after
-    the MMA at <= 32 tokens and cuts K at whole groups: K = 1664 (13 groups) splits unevenly over 3 and 8; K = 256
-    (2 groups) over 3 leaves a CTA no chunk. Every build of the kernel must pass."""
+def test_g128_schedules_match_float64(hopper, warpgroups, tall, post, k, split, tile, m, symmetric):
+    """g128 on an even count of chunks, where the post-scale form scales the groups after the MMA (two sets of
+    partial sums alternating group by group) and cuts K at whole groups: K = 1664 (13 groups: the last group's set
+    is folded after the loop) splits unevenly over 3 and 8; K = 256 (2 groups) over 3 leaves a CTA no chunk."""
     n = 1000
-    p = random_weight(n, k, 128, symmetric, seed=k + split * 100 + tile + warpgroups + tall)
+    p = random_weight(n, k, 128, symmetric, seed=k + split * 100 + tile + warpgroups + tall + 2 * post)
     bias = torch.randn(n, device="cuda")
     x = torch.randn(m, p.k_padded, device="cuda", dtype=torch.bfloat16)
-    y = warpgroup_mm.wgmma_linear(x, p, bias, warpgroup_mm.Plan(tile, warpgroups, split, tall))
+    y = warpgroup_mm.wgmma_linear(x, p, bias, warpgroup_mm.Plan(tile, warpgroups, split, tall, post))
     assert rel_err(y, reference(x, p, bias)) <= 1e-2
+
+
+@pytest.mark.parametrize("group,k", [(-1, 1664), (64, 1600), (128, 1600), (256, 1792)])
+@pytest.mark.parametrize("tile,m,warpgroups", [(16, 16, 1), (32, 20, 2)])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_post_form_other_groups_match_float64(hopper, group, k, tile, m, warpgroups, symmetric):
+    """The post-scale form on what its group loop does not take: per channel (the scales once after the loop), g64,
+    g128 on an odd count of chunks (25) and g256 (the plain mainloop inside the form's kernel), split 3."""
+    n = 1000
+    p = random_weight(n, k, group, symmetric, seed=k + group + tile + 5 * symmetric)
+    x = torch.randn(m, p.k_padded, device="cuda", dtype=torch.bfloat16)
+    y = warpgroup_mm.wgmma_linear(x, p, None, warpgroup_mm.Plan(tile, warpgroups, 3, post=True))
+    assert rel_err(y, reference(x, p, None)) <= 1e-2
 
 
 def test_tall_tile_refuses_what_it_lacks(hopper):
@@ -102,6 +116,10 @@ def test_tall_tile_refuses_what_it_lacks(hopper):
     x = torch.randn(100, p.k_padded, device="cuda", dtype=torch.bfloat16)
     with pytest.raises(RuntimeError, match="tall tile"):
         warpgroup_mm.wgmma_linear(x, p, None, warpgroup_mm.Plan(128, 1, 1, True))
+    for plan in (warpgroup_mm.Plan(128, 1, 1, post=True), warpgroup_mm.Plan(32, 4, 1, post=True),
+                 warpgroup_mm.Plan(32, 1, 1, True, True)):
+        with pytest.raises(RuntimeError, match="post-scale form"):
+            warpgroup_mm.wgmma_linear(x[:32] if plan.tile == 32 else x, p, None, plan)
 
 
 @pytest.mark.parametrize("stages", [2, 3, 8, 16])

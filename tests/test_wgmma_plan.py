@@ -129,8 +129,10 @@ def test_measured_wgmma_routes(monkeypatch):
     assert warpgroup_mm.route_plan("wgmma w1 s6", 20, 4096) == warpgroup_mm.Plan(32, 1, 6)
     assert warpgroup_mm.route_plan("wgmma w2 s8", 128, 256) == warpgroup_mm.Plan(128, 2, 4)  # 4 chunks: 4 splits
     assert warpgroup_mm.route_plan("wgmma w2 s4 tall", 20, 4096) == warpgroup_mm.Plan(32, 2, 4, True)
+    assert warpgroup_mm.route_plan("wgmma w1 s3 post", 9, 4096) == warpgroup_mm.Plan(16, 1, 3, post=True)
+    assert tuning.parse("wgmma w2 s2 post") == "wgmma w2 s2 post"
     for bad in ("wgmma w4 s2", "wgmma w3 s2", "wgmma w1 s9", "wgmma w1", "wgmma w1 s2 tal", "wgmma w1 s2 tall",
-                "wgmma w4 s2 tall"):
+                "wgmma w4 s2 tall", "wgmma w1 s2 post", "wgmma w4 s2 post", "wgmma w1 s2 tall post"):
         with pytest.raises(ValueError, match="wgmma"):
             warpgroup_mm.route_plan(bad, 100, 4096)
 

@@ -33,6 +33,8 @@ struct Args {  // mirrored by kernels/warpgroup_mm.py, _Args
   int m, n, n_pad, k, k_pad, group;  // group: k per scale (a multiple of 64), k_pad per channel
   int tile, warpgroups, split, launch;  // tokens per CTA (16 / 32 / 64 / 128), 64-row warpgroups (1, 2, 4), splits;
   // launch: bit 0 PDL, bit 1 the tall tile (128 rows a warpgroup; 4-bit, tiles <= 64, 1-2 warpgroups)
+  // bit 2 the post-scale form (4-bit scales applied to float32 partial sums after the MMA, wgmma_groups.cuh; tiles
+  // <= 32, 1-2 warpgroups, not tall)
   int kind, scale_stride;  // kind: 0 the 4-bit kernel layout, 1 int8 rows, 2 e4m3 rows, 3 e4m3 128 x 128 blocks,
                            // 4 e5m2 rows
   int stages;              // activation stages (2 .. 16; 0: kRingSmem's worth)
@@ -138,8 +140,9 @@ __device__ inline LaneSource lane_source(const Args& p, int stripe, int c_beg, i
   return src;
 }
 
-// Chunk `slot`'s codes (and scales) from the lane's ring -> the 16 A registers.
-template <int WG, int W>
+// Chunk `slot`'s codes (and scales) from the lane's ring -> the 16 A registers; Post (4 bits): the codes q - z
+// unscaled, the group's scales applied after the MMA (group_scales).
+template <int WG, int W, bool Post = false>
 __device__ inline void load_a(uint32_t lanes, int slot, int tid, uint32_t (&a)[16]) {
   using L = LaneRing<WG, W>;
   const uint32_t at = L::codes(lanes, slot, tid);
@@ -147,6 +150,9 @@ __device__ inline void load_a(uint32_t lanes, int slot, int tid, uint32_t (&a)[1
     __nv_bfloat162 block_scale = __float2bfloat162_rn(1.0f);
     if constexpr (W == kE4m3Blocks) block_scale = __float2bfloat162_rn(lds32f(L::scales(lanes, slot, tid)));
     rows_to_a<W>(lds128(at), lds128(at + 16), L::xpose(lanes, tid), tid % 32, block_scale, a);
+  } else if constexpr (Post) {
+    const float2 z = W == kW4Asym ? lds64f(L::scales(lanes, slot, tid) + 8) : make_float2(0.f, 0.f);
+    dequant<false>(lds128(at), {}, {}, __float2bfloat162_rn(136.0f + z.x), __float2bfloat162_rn(136.0f + z.y), a);
   } else {
     float4 sz = make_float4(0.f, 0.f, 0.f, 0.f);
     const uint32_t s = L::scales(lanes, slot, tid);
@@ -160,6 +166,12 @@ __device__ inline void load_a(uint32_t lanes, int slot, int tid, uint32_t (&a)[1
     dequant(lds128(at), __float2bfloat162_rn(sz.x), __float2bfloat162_rn(sz.y), __float2bfloat162_rn(136.0f + sz.z),
             __float2bfloat162_rn(136.0f + sz.w), a);
   }
+}
+
+// Chunk `slot`'s scales of the lane's rows r0 and r0 + 8 (4 bits), float32.
+template <int WG, int W>
+__device__ inline float2 group_scales(uint32_t lanes, int slot, int tid) {
+  return lds64f(LaneRing<WG, W>::scales(lanes, slot, tid));
 }
 
 }  // namespace qtool::wgmma

@@ -21,7 +21,9 @@ constexpr bool kRows = W >= kI8Rows;
 
 // One chunk's 16-byte word of the 4-bit kernel layout -> the 16 A registers. Word j holds step j; nibble p + 4h
 // the element h of register p. 0x4300 | u is the bf16 128 + u, so v - (136 + z) is the exact small integer q - z
-// (u = q + 8) and one multiply by the bf16 scale rounds once.
+// (u = q + 8) and one multiply by the bf16 scale rounds once; Scaled false: the codes q - z alone (exact for
+// symmetric weights), the group's scale applied to its float32 partial sums after the MMA (the post-scale form, wgmma_groups.cuh).
+template <bool Scaled = true>
 __device__ inline void dequant(const uint4& w, __nv_bfloat162 s0, __nv_bfloat162 s8, __nv_bfloat162 z0,
                                __nv_bfloat162 z8, uint32_t (&a)[16]) {
   const uint32_t words[4] = {w.x, w.y, w.z, w.w};
@@ -32,7 +34,7 @@ __device__ inline void dequant(const uint4& w, __nv_bfloat162 s0, __nv_bfloat162
       uint32_t v;
       asm("lop3.b32 %0, %1, 0x000F000F, 0x43004300, 0xEA;" : "=r"(v) : "r"(words[j] >> (4 * p)));
       const __nv_bfloat162 t = __hsub2(*reinterpret_cast<const __nv_bfloat162*>(&v), p % 2 ? z8 : z0);
-      const __nv_bfloat162 r = __hmul2(t, p % 2 ? s8 : s0);
+      const __nv_bfloat162 r = Scaled ? __hmul2(t, p % 2 ? s8 : s0) : t;
       a[4 * j + p] = *reinterpret_cast<const uint32_t*>(&r);
     }
   }

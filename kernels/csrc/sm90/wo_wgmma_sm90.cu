@@ -30,40 +30,11 @@
 
 #include "../pdl.cuh"
 #include "wgmma_async.cuh"
-#include "wgmma_ops.cuh"
-#include "wgmma_lanes.cuh"
+#include "wgmma_consumer.cuh"
 
 #define QTOOL_WGMMA_API extern "C" __attribute__((visibility("default")))
 
 namespace qtool::wgmma {
-
-template <int T>
-__device__ inline void mma(float (&d)[T / 2], const uint32_t (&a)[4], uint64_t desc) {
-  if constexpr (T == 16) mma_m64n16(d, a, desc);
-  if constexpr (T == 32) mma_m64n32(d, a, desc);
-  if constexpr (T == 64) mma_m64n64(d, a, desc);
-  if constexpr (T == 128) mma_m64n128(d, a, desc);
-}
-
-template <int T>
-struct Stages {  // the activation ring: T tokens x 64 k of bf16 per stage
-  static constexpr int kBytes = T * kChunkK * 2;
-  static constexpr int kDefault = kRingSmem / kBytes < 4 ? 4 : kRingSmem / kBytes > 8 ? 8 : kRingSmem / kBytes;
-  __host__ __device__ static int count(const Args& p) { return p.stages > 0 ? p.stages : kDefault; }
-};
-
-// A ring position: the stage and its mbarrier parity, advanced chunk by chunk (no division by a runtime count).
-struct Cursor {
-  int stage = 0, parity = 0;
-  const int count;
-  __device__ explicit Cursor(int stages) : count(stages) {}
-  __device__ void advance() {
-    if (++stage == count) {
-      stage = 0;
-      parity ^= 1;
-    }
-  }
-};
 
 // The producer (one thread): x's chunks [c_beg, c_beg + chunks) into the ring by TMA, the tensor map's box T tokens
 // x 64 k in the 128-byte swizzle, rows >= m and columns >= k zero-filled. Session 67: a warp of cp.async (32 a lane
@@ -79,65 +50,6 @@ __device__ void produce(const Args& p, const CUtensorMap* x_map, uint32_t ring, 
     mbar_arrive_expect_tx(full + 8 * s, Stages<T>::kBytes);  // the whole box's bytes, the zero-filled ones too
     tma_load_2d(ring + s * Stages<T>::kBytes, x_map, (c_beg + c) * kChunkK, 0, full + 8 * s);
   }
-}
-
-// A consumer warpgroup: 64 rows (stripes 4 wg .. 4 wg + 3 of the CTA's tile), or with Tall 128 (each warp its
-// stripe and the one 4 below it: two m64 HGMMAs a k16 step on one B descriptor, so a chunk's issue, waits,
-// descriptors and loop serve twice the weights), over the CTA's chunks.
-template <int T, int WG, int W, bool Tall>
-__device__ void consume(const Args& p, uint32_t ring, uint32_t lanes, uint32_t full, uint32_t empty, int c_beg,
-                        int chunks, int stripe, int tid, float (&acc)[T / 2], float (&acc1)[Tall ? T / 2 : 1]) {
-  constexpr int D = kDepth, RW = Tall ? 2 * WG : WG;  // RW: the lanes' ring's width in warpgroups
-  const int lane = tid % 32;
-  const bool live = stripe * 16 < p.n_pad, live1 = Tall && (stripe + 4) * 16 < p.n_pad;
-  const int r0 = stripe * 16 + lane / 4, r1 = r0 + 64;
-  const LaneSource src = lane_source<W>(p, stripe, c_beg, lane);
-  const LaneSource src1 = Tall ? lane_source<W>(p, stripe + 4, c_beg, lane) : src;
-  GroupCursor group(p, c_beg, r0), group1(p, c_beg, r1);
-#pragma unroll
-  for (int c = 0; c < D - 1; ++c) {
-    issue<RW, W>(p, lanes, tid, src, group, c, c_beg, chunks, r0, live);
-    if constexpr (Tall) issue<RW, W>(p, lanes, tid + WG * 128, src1, group1, c, c_beg, chunks, r1, live1);
-    commit();
-  }
-  pdl_wait();
-  uint32_t a[2][16], b[Tall ? 2 : 1][16];
-  Cursor at(Stages<T>::count(p));
-  int last = 0;  // the previous chunk's stage
-  for (int c0 = 0; c0 < chunks; c0 += 2) {
-#pragma unroll
-    for (int j = 0; j < 2; ++j) {  // two chunks per trip: a[] double-buffered by static index
-      const int c = c0 + j;
-      if (c < chunks) {
-        issue<RW, W>(p, lanes, tid, src, group, c + D - 1, c_beg, chunks, r0, live);
-        if constexpr (Tall) issue<RW, W>(p, lanes, tid + WG * 128, src1, group1, c + D - 1, c_beg, chunks, r1, live1);
-        commit();
-        asm volatile("cp.async.wait_group %0;" ::"n"(D - 1) : "memory");  // chunk c's group has landed
-        load_a<RW, W>(lanes, c % D, tid, a[j]);
-        if constexpr (Tall) load_a<RW, W>(lanes, c % D, tid + WG * 128, b[j]);
-        const int s = at.stage;
-        mbar_wait(full + 8 * s, at.parity);  // the stage's TMA bytes landed (async proxy, as wgmma reads: no fence)
-        wgmma_fence();
-        const uint32_t stage = ring + s * Stages<T>::kBytes;
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk) {
-          const uint32_t step[4] = {a[j][4 * kk], a[j][4 * kk + 1], a[j][4 * kk + 2], a[j][4 * kk + 3]};
-          mma<T>(acc, step, b_desc(stage + 32 * kk));
-          if constexpr (Tall) {
-            const uint32_t step1[4] = {b[j][4 * kk], b[j][4 * kk + 1], b[j][4 * kk + 2], b[j][4 * kk + 3]};
-            mma<T>(acc1, step1, b_desc(stage + 32 * kk));
-          }
-        }
-        wgmma_commit();
-        wgmma_wait<1>();  // chunk c - 1 done: its stage and its A registers are free
-        if (c > 0 && lane == 0) mbar_arrive(empty + 8 * last);
-        last = s;
-        at.advance();
-      }
-    }
-  }
-  wgmma_wait<0>();
-  asm volatile("cp.async.wait_all;" ::: "memory");  // the empty groups past the end
 }
 
 // After the mainloop: the CTA's partial tile into shared memory, the cluster's sum in rank order, y stored
@@ -220,7 +132,7 @@ struct SmemPlan {
   static int bytes(const Args& p) { return 1024 + data(p) + 16 * Stages<T>::count(p); }  // + alignment, barriers
 };
 
-template <int T, int WG, int W, bool Tall>
+template <int T, int WG, int W, bool Tall, bool Post>
 __global__ void __launch_bounds__(WG * 128 + 32, 1)
     wo_wgmma_kernel(const Args p, const __grid_constant__ CUtensorMap x_map) {
   extern __shared__ __align__(16) uint8_t smem_raw[];
@@ -231,7 +143,9 @@ __global__ void __launch_bounds__(WG * 128 + 32, 1)
                  empty = full + 8 * S;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int chunks_total = p.k_pad / kChunkK, split = gridDim.y, rank = blockIdx.y;
-  const int c_beg = chunks_total * rank / split, chunks = chunks_total * (rank + 1) / split - c_beg;
+  // K cut at whole g128 groups where the groups are scaled after the MMA (wgmma_groups.cuh), else at chunks
+  const int unit = Post && post_groups(p.group, p.k_pad) ? 2 : 1, units = chunks_total / unit;
+  const int c_beg = unit * (units * rank / split), chunks = unit * (units * (rank + 1) / split) - c_beg;
   if (threadIdx.x == 0) {
     for (int s = 0; s < S; ++s) {
       mbar_init(full + 8 * s, 1);
@@ -248,7 +162,7 @@ __global__ void __launch_bounds__(WG * 128 + 32, 1)
   const bool consumer = warp < WG * 4;
   if (consumer) {  // Tall: warpgroup wg's stripes 8 wg + w and 8 wg + w + 4 of the CTA's 8 WG
     const int stripe = Tall ? blockIdx.x * WG * 8 + 8 * (warp / 4) + warp % 4 : blockIdx.x * WG * 4 + warp;
-    consume<T, WG, W, Tall>(p, ring, lanes, full, empty, c_beg, chunks, stripe, static_cast<int>(threadIdx.x), acc,
+    consume<T, WG, W, Tall, Post>(p, ring, lanes, full, empty, c_beg, chunks, stripe, static_cast<int>(threadIdx.x), acc,
                             acc1);
   } else if (lane == 0) {  // the producer warp's other lanes wait at the __syncthreads below
     pdl_wait();
@@ -284,13 +198,13 @@ inline const char* encode_x(const Args& p, int tile, CUtensorMap* map) {
 // Launch the kernel p selects, or with `clusters` set, only count how many of its (1, split, 1) clusters the GPU
 // holds at once (the plan keeps a call's grid within one wave: session 66's ncu found 32 clusters of 4 where 30 fit,
 // and the two left over ran as a second wave, doubling the call).
-template <int T, int WG, int W, bool Tall = false>
+template <int T, int WG, int W, bool Tall = false, bool Post = false>
 const char* launch(const Args& p, cudaStream_t stream, int* clusters) {
   constexpr int kMaxSmem = 227 * 1024, R = WG * 64 * (Tall ? 2 : 1);
   if (p.stages < 0 || p.stages == 1 || p.stages > kMaxStages) return "stages must be 0 (the default) or 2 .. 16";
   const int smem = SmemPlan<T, WG, W, Tall>::bytes(p);
   if (smem > kMaxSmem) return "the stages and the lanes' rings need more than the SM's 227 KB of shared memory";
-  auto kernel = wo_wgmma_kernel<T, WG, W, Tall>;
+  auto kernel = wo_wgmma_kernel<T, WG, W, Tall, Post>;
   static const cudaError_t attr = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem);
   if (attr != cudaSuccess) return cudaGetErrorString(attr);
   const dim3 grid((p.n_pad + R - 1) / R, p.split), block(WG * 128 + 32);
@@ -328,8 +242,20 @@ const char* launch_tall(const Args& p, cudaStream_t stream, int* clusters) {
   return "the tall tile takes 4-bit weights, tiles of <= 64 tokens and 1 or 2 warpgroups";
 }
 
+// launch bit 2: the post-scale form (wgmma_groups.cuh), 4-bit weights at tiles of <= 32 tokens on 1 or 2 warpgroups
+template <int T, int WG>
+const char* launch_post(const Args& p, cudaStream_t stream, int* clusters) {
+  if constexpr (kHasPost<T, WG, kW4, false>) {
+    if (p.kind == 0 && !(p.launch & 2))
+      return p.zero != nullptr ? launch<T, WG, kW4Asym, false, true>(p, stream, clusters)
+                               : launch<T, WG, kW4, false, true>(p, stream, clusters);
+  }
+  return "the post-scale form takes 4-bit weights, tiles of <= 32 tokens, 1 or 2 warpgroups and not the tall tile";
+}
+
 template <int T, int WG>
 const char* launch_kind(const Args& p, cudaStream_t stream, int* clusters) {
+  if (p.launch & 4) return launch_post<T, WG>(p, stream, clusters);
   if (p.launch & 2) return launch_tall<T, WG>(p, stream, clusters);
   switch (p.kind) {
     case 0:
