@@ -33,10 +33,12 @@ def main() -> None:
                 for warpgroups, split in ((1, 1), (2, 1), (2, 8), (1, 3), (4, 2)):
                     if (tile, warpgroups) == (128, 4):
                         continue
-                    y = warpgroup_mm.wgmma_linear(x, p, bias, warpgroup_mm.Plan(tile, warpgroups, split))
-                    err = ((y.double() - ref).norm() / ref.norm()).item()
-                    assert err < 1e-2, (k, n, symmetric, m, tile, warpgroups, split, err)
-                    launches += 1
+                    for post in (False, True) if warpgroup_mm.takes_post(tile, warpgroups) else (False,):
+                        plan = warpgroup_mm.Plan(tile, warpgroups, split, post=post)
+                        y = warpgroup_mm.wgmma_linear(x, p, bias, plan)
+                        err = ((y.double() - ref).norm() / ref.norm()).item()
+                        assert err < 1e-2, (k, n, symmetric, m, plan, err)
+                        launches += 1
     torch.cuda.synchronize()
     print(f"{launches} launches done, every output within 1e-2 of float64")
 

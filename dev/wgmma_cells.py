@@ -2,8 +2,9 @@
 ("wXsY", or the plan's), kept where it beats the route `QuantLinear` took by `--margin` (session 67 kept >= 4%), as
 `"wgmma wX sY"` cells of kernels/tuning.py's table for the card the run was on (MIXED for an H200, MIXED_H100 for an
 H100; `dev/mixed_sweep.py`'s merge, cell by cell). Rows whose route was a GEMV (`wo_gemv`, the planes: they run before
-any table, weight_only.route) or already the kernel are skipped; the split GEMV (`wo_split`) gives way to a cell
-naming this kernel (weight_only._wgmma_cell, session 70), so its rows count.
+any table, weight_only.route) are skipped; the split GEMV (`wo_split`) gives way to a cell naming this kernel
+(weight_only._wgmma_cell, session 70), so its rows count, and so does a cell of the kernel's own ("wgmma w2 s7"),
+which another schedule or form replaces where it leads by the margin (session 72: the post-scale form).
 
     python3 dev/wgmma_cells.py wgmma_ab.json [--margin 0.04] [--card H100|H200] [--merge]
 """
@@ -29,9 +30,9 @@ def cells(rows: list[dict], margin: float) -> dict:
     out: dict = {}
     for row in rows:
         speedup, route = row["speedup"], str(row.get("route", ""))
-        if not speedup.get("route") or not route.startswith("hopper") and route not in ("wo_gemm", "dequant",
-                                                                                       "wo_split"):
-            continue  # a GEMV route (ahead of the tables) or the kernel itself
+        if not speedup.get("route") or not route.startswith(("hopper", "wgmma")) and route not in (
+                "wo_gemm", "dequant", "wo_split"):
+            continue  # a GEMV route (ahead of the tables)
         named = {name: v for name, v in speedup.items() if v and SCHEDULE.fullmatch(name)}
         plan = row.get("plan") or {}
         if speedup.get("wgmma") and plan:  # the plan's schedule, named as the forced ones are
