@@ -1,6 +1,7 @@
 """A few eager launches of the wgmma W4A16 kernel (csrc/sm90/wo_wgmma_sm90.cu), for compute-sanitizer: every token
 tile, one, two and four warpgroups, one split and eight (cluster sums through distributed shared memory), zero points, a
-ragged shape (576 x 200: a partial row tile, a short last group) and a bias; each output checked against float64 so
+ragged shape (576 x 200: a partial row tile, a short last group), a bias, and at <= 32 tokens the post-scale form
+(K = 1024: its group loop; 576: the plain loop in its kernel); each output checked against float64 so
 a launch that ran is also a launch that was right."""
 from __future__ import annotations
 
