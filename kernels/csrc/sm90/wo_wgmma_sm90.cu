@@ -132,8 +132,15 @@ struct SmemPlan {
   static int bytes(const Args& p) { return 1024 + data(p) + 16 * Stages<T>::count(p); }  // + alignment, barriers
 };
 
+// CTAs an SM must hold (__launch_bounds__'s minimum, which caps the registers): the post-scale form's two sets of
+// partial sums took 148 registers at 32 tokens on one warpgroup where ptxas was free (two CTAs an SM); held to 136
+// three fit, at 128 and the wgmmas stay asynchronous. Caps that would fit one more CTA elsewhere (16 tokens: 102 on
+// one warpgroup, 113 on two) left ptxas at 79 registers with the wgmmas serialized (C7512). The plain kernels: none.
+template <int T, int WG, bool Post>
+constexpr int kMinBlocks = Post && T == 32 && WG == 1 ? 3 : 1;
+
 template <int T, int WG, int W, bool Tall, bool Post>
-__global__ void __launch_bounds__(WG * 128 + 32, 1)
+__global__ void __launch_bounds__(WG * 128 + 32, (kMinBlocks<T, WG, Post>))
     wo_wgmma_kernel(const Args p, const __grid_constant__ CUtensorMap x_map) {
   extern __shared__ __align__(16) uint8_t smem_raw[];
   const uint32_t raw = smem_u32(smem_raw);
