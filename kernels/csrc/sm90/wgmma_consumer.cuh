@@ -15,6 +15,7 @@ namespace qtool::wgmma {
 template <int T>
 struct Stages {  // the activation ring: T tokens x 64 k of bf16 per stage
   static constexpr int kBytes = T * kChunkK * 2;
+  static_assert(kBytes % 1024 == 0, "stages 1024-byte aligned: the swizzle's atoms, and mma_chunk's descriptor steps");
   static constexpr int kDefault = kRingSmem / kBytes < 4 ? 4 : kRingSmem / kBytes > 8 ? 8 : kRingSmem / kBytes;
   __host__ __device__ static int count(const Args& p) { return p.stages > 0 ? p.stages : kDefault; }
 };

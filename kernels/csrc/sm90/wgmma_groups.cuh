@@ -32,13 +32,16 @@ __device__ inline void mma(float (&d)[T / 2], const uint32_t (&a)[4], uint64_t d
 template <int T, bool Tall>
 __device__ inline void mma_chunk(float (&d)[T / 2], float (&d1)[Tall ? T / 2 : 1], const uint32_t (&a)[16],
                                  const uint32_t (&b)[16], uint32_t stage, int accumulate) {
+  // step kk's descriptor is the stage's plus 2 kk: the stage is 1024-byte aligned, so its start field (address / 16)
+  // takes the 32 kk bytes without a carry (one descriptor a chunk, not four)
+  const uint64_t desc = b_desc(stage);
 #pragma unroll
   for (int kk = 0; kk < 4; ++kk) {
     const uint32_t step[4] = {a[4 * kk], a[4 * kk + 1], a[4 * kk + 2], a[4 * kk + 3]};
-    mma<T>(d, step, b_desc(stage + 32 * kk), kk == 0 ? accumulate : 1);
+    mma<T>(d, step, desc + 2 * kk, kk == 0 ? accumulate : 1);
     if constexpr (Tall) {
       const uint32_t step1[4] = {b[4 * kk], b[4 * kk + 1], b[4 * kk + 2], b[4 * kk + 3]};
-      mma<T>(d1, step1, b_desc(stage + 32 * kk), kk == 0 ? accumulate : 1);
+      mma<T>(d1, step1, desc + 2 * kk, kk == 0 ? accumulate : 1);
     }
   }
 }
