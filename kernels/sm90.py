@@ -137,7 +137,8 @@ block = Library("libqtool_sm90_block", build.CSRC / "sm90" / "block_mm_sm90.cu",
                 (build.CSRC / "sm90" / "sm90_block_mm.h", build.CSRC / "sm90" / "sm90_block_overlap.cuh"),
                 "FP8 block GEMM", "fp8-block layers use F.scaled_mm block-wise", global_symbols=False)
 wgmma = Library("libqtool_sm90_wgmma", build.CSRC / "sm90" / "wo_wgmma_sm90.cu",
-                tuple(build.CSRC / "sm90" / f"wgmma_{part}.cuh" for part in ("ops", "async", "weights", "lanes"))
+                tuple(build.CSRC / "sm90" / f"wgmma_{part}.cuh"
+                      for part in ("ops", "async", "weights", "lanes", "groups", "consumer"))
                 + (build.CSRC / "pdl.cuh",), "weight-only wgmma GEMM",
                 "W4A16 / 8-bit layers at 9-128 tokens take the other routes", global_symbols=False, cutlass=False)
 ALL = (_sm90, mixed, mixed8, block, wgmma)  # what `qtool kernels build` and dev/prebuild_sm90.sh compile
