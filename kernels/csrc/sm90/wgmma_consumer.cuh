@@ -82,34 +82,33 @@ struct Consumer {
 
 // The group scales after the MMA (g128: a group is two chunks, the CTA's first chunk opens one): four chunks a
 // trip, chunks 0-1 into set 0 and 2-3 into set 1, each set's first wgmma starting afresh; a group's set is folded
-// when the next group's first chunk is converted, after its wgmmas are done.
-template <int T, int WG, int W, bool Tall>
-__device__ void mainloop_post(Consumer<T, WG, W, Tall>& k, float (&acc)[T / 2], float (&acc1)[Tall ? T / 2 : 1]) {
-  constexpr int RW = Consumer<T, WG, W, Tall>::RW;
-  uint32_t a[2][16], b[Tall ? 2 : 1][16];
-  GroupSums<T, Tall> sums;
+// when the next group's first chunk is converted, after its wgmmas are done. 64-row stripes only (kHasPost).
+template <int T, int WG, int W>
+__device__ void mainloop_post(Consumer<T, WG, W, false>& k, float (&acc)[T / 2]) {
+  uint32_t a[2][16], unused[1][16];
+  float unused_sums[1];
+  GroupSums<T> sums;
   for (int c0 = 0; c0 < k.chunks; c0 += 4) {
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       const int c = c0 + j, set = j / 2;
       if (c < k.chunks) {
-        const uint32_t stage = k.template prepare<true>(c, a[j % 2], b[Tall ? j % 2 : 0]);
+        const uint32_t stage = k.template prepare<true>(c, a[j % 2], unused[0]);
         if (j % 2 == 0) {  // a group opens: the one before folded (zero scales before the first), its scales
           wgmma_wait<0>();  // not wait<1> after this chunk's wgmmas: ptxas serialized them all then (C7514)
-          if (j == 0) sums.template fold_into<1>(acc, acc1);
-          else sums.template fold_into<0>(acc, acc1);
-          sums.s[set] = group_scales<RW, W>(k.lanes, c % kDepth, k.tid);
-          if constexpr (Tall) sums.s1[set] = group_scales<RW, W>(k.lanes, c % kDepth, k.tid + WG * 128);
+          if (j == 0) sums.template fold_into<1>(acc);
+          else sums.template fold_into<0>(acc);
+          sums.s[set] = group_scales<WG, W>(k.lanes, c % kDepth, k.tid);
         }
-        mma_chunk<T, Tall>(sums.g[set], sums.h[set], a[j % 2], b[Tall ? j % 2 : 0], stage, j % 2);
+        mma_chunk<T, false>(sums.g[set], unused_sums, a[j % 2], unused[0], stage, j % 2);
         k.retire(c);
       }
     }
   }
   wgmma_wait<0>();
   const float in1 = (k.chunks - 1) / 2 % 2;  // the last group's set, folded branch-free
-  sums.template fold_into<0>(acc, acc1, 1.0f - in1);
-  sums.template fold_into<1>(acc, acc1, in1);
+  sums.template fold_into<0>(acc, 1.0f - in1);
+  sums.template fold_into<1>(acc, in1);
 }
 
 // The chunks in order, each chunk's wgmmas into acc (Unscaled: the 4-bit codes q - z, a per-channel weight's scales
@@ -143,7 +142,7 @@ __device__ void consume(const Args& p, uint32_t ring, uint32_t lanes, uint32_t f
   if constexpr (Post) {
     static_assert(kHasPost<T, WG, W, Tall>, "the post-scale form: 4-bit, <= 32 tokens, 1-2 warpgroups, not tall");
     if (post_groups(p.group, p.k_pad)) {
-      mainloop_post(k, acc, acc1);
+      mainloop_post(k, acc);
       asm volatile("cp.async.wait_all;" ::: "memory");  // the empty groups past the end
       return;
     }

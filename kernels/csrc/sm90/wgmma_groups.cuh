@@ -5,7 +5,7 @@
 // those are scaled in float32 into the stripe's accumulator: T / 2 FFMAs a thread a group in place of 16 HMUL2 a
 // chunk. g128: two sets of partial sums alternate group by group, a set folded behind wgmma_wait<0> once the next
 // group's first chunk is converted (so the conversion still overlaps the wgmmas before it). Per channel: one group,
-// the scales applied once after the loop, on every schedule.
+// the scales applied once after the loop.
 // A kernel of its own (`Post`, launch bit 2): the routes name it where it measured faster ("wgmma w1 s2 post",
 // kernels/tuning.py), since its registers (127-156 against 76-80) change which schedules fit one wave.
 #pragma once
@@ -70,18 +70,15 @@ __device__ inline void scale_rows(float (&acc)[T / 2], float2 s) {  // acc *= s,
   for (int i = 0; i < T / 2; ++i) acc[i] *= i % 4 < 2 ? s.x : s.y;
 }
 
-// A stripe's (with Tall, two stripes') partial sums of two groups, set 0 and set 1, and their scales; the mainloop
-// names the sets statically (a runtime set index branched around the wgmmas, and ptxas serialized them: C7520).
-template <int T, bool Tall>
+// A stripe's partial sums of two groups, set 0 and set 1, and their scales; the mainloop names the sets statically
+// (a runtime set index branched around the wgmmas, and ptxas serialized them: C7520).
+template <int T>
 struct GroupSums {
-  static constexpr int kT1 = Tall ? T / 2 : 1;
-  float g[2][T / 2] = {}, h[2][kT1] = {};  // stripe 0's sets (g) and the tall tile's stripe 1's (h)
-  float2 s[2] = {}, s1[2] = {};            // zero until a group fills the set: folding it adds nothing
-  // set `set` into the accumulators, its scales times `keep` (0 or 1)
+  float g[2][T / 2] = {};
+  float2 s[2] = {};  // zero until a group fills the set: folding it adds nothing
   template <int Set>
-  __device__ void fold_into(float (&acc)[T / 2], float (&acc1)[kT1], float keep = 1.0f) {
+  __device__ void fold_into(float (&acc)[T / 2], float keep = 1.0f) {  // set Set, its scales times keep (0 or 1)
     fold<T>(acc, g[Set], make_float2(s[Set].x * keep, s[Set].y * keep));
-    if constexpr (Tall) fold<T>(acc1, h[Set], make_float2(s1[Set].x * keep, s1[Set].y * keep));
   }
 };
 
