@@ -179,13 +179,30 @@ def names_kernel(route) -> bool:
     return isinstance(route, str) and route.split()[0] == "wgmma"
 
 
-def for_weight(route: str, asymmetric: bool) -> str:
-    """A measured route naming this kernel, for a weight with or without zero points. The tall tile's cells were
-    measured on symmetric weights, and zero points double its lane rings: the cells' schedules then no longer fit one
-    wave (session 70, H100: dev/wgmma_ab.py's occupancy filter dropped `w1s8t` and `w1s3t` for asymmetric weights,
-    which ran 1.24-1.30x bf16 at 16 tokens where the plan ran 1.69-1.83x), so an asymmetric weight takes the plan
-    ("wgmma") there. A wave check per call would need the occupancy query, a ctypes call, on the traced route."""
-    return "wgmma" if asymmetric and route.endswith(" tall") else route
+def for_weight(route: str, asymmetric: bool, m: int | None = None) -> str:
+    """A measured route naming this kernel, made fit for a weight with or without zero points and (given m) for m
+    tokens. The tall tile's cells were measured on symmetric weights, and zero points double its lane rings: the
+    cells' schedules then no longer fit one wave (session 70, H100: dev/wgmma_ab.py's occupancy filter dropped `w1s8t`
+    and `w1s3t` for asymmetric weights, which ran 1.24-1.30x bf16 at 16 tokens where the plan ran 1.69-1.83x), so an
+    asymmetric weight takes the plan ("wgmma") there. The post-scale form's occupancy is set by its registers, the same
+    with zero points, so its cells hold for both. A form whose kernel lacks m's token tile (a cell met past its row's
+    last batch) gives way to the same schedule's plain kernel, and a schedule the tile lacks to the plan: the route
+    stays one `route_plan` accepts. A wave check per call would need the occupancy query, a ctypes call, on the
+    traced route."""
+    words = route.split()
+    if len(words) != 4 and len(words) != 3:
+        return route
+    if words[3:] == ["tall"] and asymmetric:
+        return "wgmma"
+    tile = None if m is None else next((t for t in TILES if t >= m), None)
+    if tile is None:
+        return route
+    wg = int(words[1].removeprefix("w"))
+    if (tile, wg) == (128, 4):
+        return "wgmma"
+    if words[3:] == ["tall"] and not takes_tall(tile, wg) or words[3:] == ["post"] and not takes_post(tile, wg):
+        return " ".join(words[:3])
+    return route
 
 
 @functools.lru_cache(maxsize=4096)  # on every eager call's path: parsed once per route, batch and weight

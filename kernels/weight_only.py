@@ -222,7 +222,7 @@ def _wgmma_cell(w: PackedWeight, m: int, dtype: torch.dtype, hopper: dict | str 
     cells at its tokens only where they led it (session 70, H100: the tall tile on 4096 x 4096 at 9-16 tokens
     2.14-2.16x bf16 against the split GEMV's 1.87-2.02x; dev/wgmma_cells.py)."""
     if warpgroup_mm.names_kernel(hopper) and warpgroup_mm.takes(w, m, dtype) and warpgroup_mm.available():
-        return warpgroup_mm.for_weight(hopper, w.zero is not None)
+        return warpgroup_mm.for_weight(hopper, w.zero is not None, m)
     return None
 
 

@@ -83,13 +83,14 @@ def test_tall_tile_matches_float64(hopper, warpgroups, split, tile, m, group, sy
 
 @pytest.mark.parametrize("warpgroups,tall,post", [(1, False, False), (2, False, False), (1, True, False),
                                                   (1, False, True), (2, False, True)])
-@pytest.mark.parametrize("k,split", [(1664, 1), (1664, 3), (1664, 8), (256, 3)])
+@pytest.mark.parametrize("k,split", [(1664, 1), (1664, 3), (1664, 8), (256, 3), (1000, 3)])
 @pytest.mark.parametrize("tile,m", [(16, 9), (32, 32)])
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_g128_schedules_match_float64(hopper, warpgroups, tall, post, k, split, tile, m, symmetric):
     """g128 on an even count of chunks, where the post-scale form scales the groups after the MMA (two sets of
     partial sums alternating group by group) and cuts K at whole groups: K = 1664 (13 groups: the last group's set
-    is folded after the loop) splits unevenly over 3 and 8; K = 256 (2 groups) over 3 leaves a CTA no chunk."""
+    is folded after the loop) splits unevenly over 3 and 8; K = 256 (2 groups) over 3 leaves the form's third CTA no
+    chunk; K = 1000 (16 chunks, the last group short, k_pad 1024 zero-filled)."""
     n = 1000
     p = random_weight(n, k, 128, symmetric, seed=k + split * 100 + tile + warpgroups + tall + 2 * post)
     bias = torch.randn(n, device="cuda")

@@ -166,7 +166,7 @@ def test_a_measured_wgmma_cell_displaces_the_split_gemv(monkeypatch):
     """Where the split GEMV would run (int8_planes.takes_split: 9-16 tokens), a cell naming the wgmma kernel runs
     the kernel instead (session 70: the tall tile led the split GEMV on 4096 x 4096 at 16 tokens); a cell naming
     another route, or a GPU the kernel cannot run on, leaves the split GEMV; a weight with zero points takes the
-    kernel's plan where a cell names the tall tile."""
+    kernel's plan where a cell names the tall tile; a form met past its tokens gives way to its plain schedule."""
     from qtool_kernels import mixed_mm
 
     k = n = 4096
@@ -191,7 +191,25 @@ def test_a_measured_wgmma_cell_displaces_the_split_gemv(monkeypatch):
         asym.mixed = w.mixed
         assert weight_only.route(asym, 16, torch.bfloat16) == weight_only.route(asym, 32, torch.bfloat16) == "wgmma"
         assert weight_only.route(w, 32, torch.bfloat16) == "wgmma w2 s4 tall"
+        # past the row's last batch the last cell serves: a form whose kernel lacks the tile gives way to its plain one
+        assert weight_only.route(w, 100, torch.bfloat16) == "wgmma w2 s4"
+        monkeypatch.setattr(tuning, "MIXED", {(4, k, n): {16: "wgmma w1 s3 post", 32: "wgmma w2 s2 post"}})
+        tuning.clear_cache()
+        assert weight_only.route(asym, 16, torch.bfloat16) == "wgmma w1 s3 post"  # zero points: the form's cells hold
+        assert weight_only.route(w, 40, torch.bfloat16) == "wgmma w2 s2"
         monkeypatch.setattr(warpgroup_mm, "available", lambda: False)
         assert weight_only.route(w, 16, torch.bfloat16) == "wo_split"
     finally:
         tuning.clear_cache()
+
+
+def test_for_weight_fits_the_route_to_the_weight_and_batch():
+    """warpgroup_mm.for_weight: every route it returns is one route_plan accepts for that batch."""
+    cases = [("wgmma w1 s3 post", False, 16, "wgmma w1 s3 post"), ("wgmma w1 s3 post", True, 32, "wgmma w1 s3 post"),
+             ("wgmma w1 s3 post", False, 40, "wgmma w1 s3"), ("wgmma w2 s4 tall", False, 64, "wgmma w2 s4 tall"),
+             ("wgmma w1 s8 tall", False, 100, "wgmma w1 s8"), ("wgmma w1 s8 tall", True, 16, "wgmma"),
+             ("wgmma w4 s2", False, 100, "wgmma"), ("wgmma w4 s2", False, 64, "wgmma w4 s2"), ("wgmma", True, 9, "wgmma")]
+    for route, asym, m, expect in cases:
+        got = warpgroup_mm.for_weight(route, asym, m)
+        assert got == expect, (route, asym, m)
+        warpgroup_mm.route_plan(got, m, 4096)  # raises where it would not run

@@ -6,7 +6,7 @@
 // chunk. g128: two sets of partial sums alternate group by group, a set folded behind wgmma_wait<0> once the next
 // group's first chunk is converted (so the conversion still overlaps the wgmmas before it). Per channel: one group,
 // the scales applied once after the loop.
-// A kernel of its own (`Post`, launch bit 2): the routes name it where it measured faster ("wgmma w1 s2 post",
+// A kernel of its own (`Post`, launch bit 2) that a route names where it measures faster ("wgmma w1 s2 post" in
 // kernels/tuning.py), since its registers (127-156 against 76-80) change which schedules fit one wave.
 #pragma once
 #include <cuda_bf16.h>

@@ -134,8 +134,9 @@ struct SmemPlan {
 
 // CTAs an SM must hold (__launch_bounds__'s minimum, which caps the registers): the post-scale form's two sets of
 // partial sums took 148 registers at 32 tokens on one warpgroup where ptxas was free (two CTAs an SM); held to 136
-// three fit, at 128 and the wgmmas stay asynchronous. Caps that would fit one more CTA elsewhere (16 tokens: 102 on
-// one warpgroup, 113 on two) left ptxas at 79 registers with the wgmmas serialized (C7512). The plain kernels: none.
+// three fit, at 128 and the wgmmas stay asynchronous (zero points too). Caps that would fit one more CTA elsewhere
+// (16 tokens: 102 for four of one warpgroup, 113 for two of two; __maxnreg__(104) alike) left ptxas at 79 registers
+// with the wgmmas serialized (C7512). The plain kernels: none.
 template <int T, int WG, bool Post>
 constexpr int kMinBlocks = Post && T == 32 && WG == 1 ? 3 : 1;
 
