@@ -190,7 +190,7 @@ def for_weight(route: str, asymmetric: bool, m: int | None = None) -> str:
     stays one `route_plan` accepts. A wave check per call would need the occupancy query, a ctypes call, on the
     traced route."""
     words = route.split()
-    if len(words) != 4 and len(words) != 3:
+    if len(words) not in (3, 4):
         return route
     if words[3:] == ["tall"] and asymmetric:
         return "wgmma"

@@ -143,18 +143,16 @@ __device__ void consume(const Args& p, uint32_t ring, uint32_t lanes, uint32_t f
     static_assert(kHasPost<T, WG, W, Tall>, "the post-scale form: 4-bit, <= 32 tokens, 1-2 warpgroups, not tall");
     if (post_groups(p.group, p.k_pad)) {
       mainloop_post(k, acc);
-      asm volatile("cp.async.wait_all;" ::: "memory");  // the empty groups past the end
-      return;
-    }
-    if (p.group >= p.k_pad && chunks > 0) {  // per channel: one group, its scales after the loop
+    } else if (p.group >= p.k_pad && chunks > 0) {  // per channel: one group, its scales after the loop
       mainloop<true>(k, acc, acc1);
       const int slot = (chunks - 1) % kDepth;  // the last chunk's slot: no copy lands there after it
       scale_rows<T>(acc, group_scales<WG, W>(lanes, slot, tid));
-      asm volatile("cp.async.wait_all;" ::: "memory");
-      return;
+    } else {
+      mainloop<false>(k, acc, acc1);
     }
+  } else {
+    mainloop<false>(k, acc, acc1);
   }
-  mainloop<false>(k, acc, acc1);
   asm volatile("cp.async.wait_all;" ::: "memory");  // the empty groups past the end
 }
 

@@ -22,7 +22,8 @@ constexpr bool kRows = W >= kI8Rows;
 // One chunk's 16-byte word of the 4-bit kernel layout -> the 16 A registers. Word j holds step j; nibble p + 4h
 // the element h of register p. 0x4300 | u is the bf16 128 + u, so v - (136 + z) is the exact small integer q - z
 // (u = q + 8) and one multiply by the bf16 scale rounds once; Scaled false: the codes q - z alone (exact for
-// symmetric weights), the group's scale applied to its float32 partial sums after the MMA (the post-scale form, wgmma_groups.cuh).
+// symmetric weights), the group's scale applied to its float32 partial sums after the MMA (the post-scale form,
+// wgmma_groups.cuh).
 template <bool Scaled = true>
 __device__ inline void dequant(const uint4& w, __nv_bfloat162 s0, __nv_bfloat162 s8, __nv_bfloat162 z0,
                                __nv_bfloat162 z8, uint32_t (&a)[16]) {

@@ -170,8 +170,8 @@ __global__ void __launch_bounds__(WG * 128 + 32, (kMinBlocks<T, WG, Post>))
   const bool consumer = warp < WG * 4;
   if (consumer) {  // Tall: warpgroup wg's stripes 8 wg + w and 8 wg + w + 4 of the CTA's 8 WG
     const int stripe = Tall ? blockIdx.x * WG * 8 + 8 * (warp / 4) + warp % 4 : blockIdx.x * WG * 4 + warp;
-    consume<T, WG, W, Tall, Post>(p, ring, lanes, full, empty, c_beg, chunks, stripe, static_cast<int>(threadIdx.x), acc,
-                            acc1);
+    consume<T, WG, W, Tall, Post>(p, ring, lanes, full, empty, c_beg, chunks, stripe, static_cast<int>(threadIdx.x),
+                                  acc, acc1);
   } else if (lane == 0) {  // the producer warp's other lanes wait at the __syncthreads below
     pdl_wait();
     produce<T>(p, &x_map, ring, full, empty, c_beg, chunks);
