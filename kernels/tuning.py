@@ -122,7 +122,7 @@ W8A8: dict[tuple[str, int, int], dict[int, str]] = {
 # displaces the split GEMV (weight_only._wgmma_cell). Symmetric weights only: warpgroup_mm.for_weight.
 MIXED_H100: dict[tuple[int, int, int], dict[int, str]] = {
     (4, 4096, 4096): {9: "wgmma w1 s8 tall", 16: "wgmma w1 s8 tall", 32: "wgmma w2 s7", 128: "wgmma w1 s2"},
-    (4, 4096, 6144): {9: "wgmma w1 s6 tall", 12: "wgmma w1 s6 tall", 16: "wgmma w1 s6 tall", 32: "wgmma w2 s4"},
+    (4, 4096, 6144): {9: "wgmma w1 s6 tall", 12: "wgmma w1 s6 tall", 16: "wgmma w1 s6 tall", 32: "wgmma w1 s4 tall"},
     (4, 8192, 28672): {128: "k128 t128 v0 s-1"},
     (8, 8192, 28672): {128: "k128 t128 v0 s-1", 256: "k64 t256 v2 s-1"},
     (8, 4096, 4096): {128: "k64 t128 v2 s0"},
@@ -131,6 +131,7 @@ MIXED_H100: dict[tuple[int, int, int], dict[int, str]] = {
     (8, 14336, 4096): {128: "k64 t128 v0 s0"},
     (4, 4096, 14336): {16: "wgmma w1 s3 tall"},
     (4, 3072, 3072): {9: "wgmma w1 s8", 16: "wgmma w1 s8"},
+    (4, 8192, 8192): {9: "wgmma w2 s2 post", 16: "wgmma w2 s2 post"},
 }
 W8A8_H100: dict[tuple[str, int, int], dict[int, str]] = {
     ('fp8', 4096, 4096): {1024: "large"},
