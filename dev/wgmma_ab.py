@@ -42,6 +42,23 @@ def with_stages(stages, fn):
     return call
 
 
+def h200_cell(k_pad: int, n: int, m: int) -> str | None:
+    """The H200 table's CUTLASS schedule for m tokens of a 4-bit [n, k_pad] weight ("k128 t16 v1 s4"), the route a
+    card's wgmma cell displaces; None where the table names no schedule there."""
+    from qtool_kernels import tuning
+
+    saved = list(tuning._card)
+    tuning._card[:] = ["H200"]
+    tuning.clear_cache()
+    try:
+        route = tuning.lookup("mixed", 4, k_pad, n, m)
+    finally:
+        tuning._card[:] = saved
+        tuning.clear_cache()
+    route = None if route is None else route.partition(tuning.ZERO_ROUTE)[0]
+    return route if route is not None and isinstance(tuning.parse(route), dict) else None
+
+
 def rel_err(p, m: int, schedule) -> float:
     import torch
 
@@ -123,7 +140,7 @@ def time_shape(ops, k: int, n: int, tokens: list[int], asym: bool, forced: bool,
     from bench_kernels import Rotation, copies_for, packed_copies
     from replay import interleaved_graph_ms
 
-    from qtool_kernels import int8_planes, mixed_mm, warpgroup_mm
+    from qtool_kernels import int8_planes, mixed_mm, tuning, warpgroup_mm
     from qtool_kernels.weight_only import packed_linear, route
 
     packed = Rotation(packed_copies(4, 128, k, n, layer=True, asym=asym))
@@ -140,8 +157,12 @@ def time_shape(ops, k: int, n: int, tokens: list[int], asym: bool, forced: bool,
         r = route(p0, m, x.dtype)
         calls = {"bf16": lambda: F.linear(xk, dense()),  # noqa: B023
                  "route": lambda: packed_linear(x, packed(), None, ops)}  # noqa: B023
+        table = h200_cell(p0.k_padded, n, m)
         if p0.mixed is not None:
             calls["mixed"] = lambda: mixed_mm.mixed_linear(x, packed().mixed)  # noqa: B023
+            if table is not None:  # the CUTLASS schedule this kernel's cells displace: a zero-point cell's candidate
+                fitted = tuning.fit(tuning.parse(table), m, p0.mixed.group, p0.k_padded)
+                calls["table"] = lambda: mixed_mm.mixed_linear(x, packed().mixed, **fitted)  # noqa: B023
         if int8_planes.takes_split(p0, m, x.dtype):  # the split GEMV, which a wgmma cell displaces (session 70)
             calls["split"] = lambda: split_gemv(ops, x, packed())  # noqa: B023
 
@@ -154,7 +175,7 @@ def time_shape(ops, k: int, n: int, tokens: list[int], asym: bool, forced: bool,
         ms = interleaved_graph_ms(calls)
         bf16 = ms["bf16"]
         row = {"K": k, "N": n, "M": m, "asym": asym, "route": r if isinstance(r, str) else "hopper " + str(r),
-               "plan": vars(plan), "err": errs,
+               "table": table, "plan": vars(plan), "err": errs,
                "us": {name: None if t is None else t * 1e3 for name, t in ms.items()},
                "speedup": {name: None if not t else bf16 / t for name, t in ms.items() if name != "bf16"}}
         rows.append(row)

@@ -4,7 +4,10 @@
 H100; `dev/mixed_sweep.py`'s merge, cell by cell). Rows whose route was a GEMV (`wo_gemv`, the planes: they run before
 any table, weight_only.route) are skipped; the split GEMV (`wo_split`) gives way to a cell naming this kernel
 (weight_only._wgmma_cell, session 70), so its rows count, and so does a cell of the kernel's own ("wgmma w2 s7"),
-which another schedule or form replaces where it leads by the margin (session 72: the post-scale form).
+which another schedule or form replaces where it leads by the margin (session 72: the post-scale form). Rows with
+zero points (`--asym`) add a route for such weights to a cell, "A | B" (tuning.ZERO_ROUTE): their best schedule,
+of this kernel or CUTLASS's ("table": the H200 table's, which a card's cell displaced), where it leads their route
+by the margin (session 73: the post-scale form's cell lost 7-9% to CUTLASS on 8192 x 8192 with zero points).
 
     python3 dev/wgmma_cells.py wgmma_ab.json [--margin 0.04] [--card H100|H200] [--merge]
 """
@@ -25,28 +28,64 @@ SCHEDULE = re.compile(r"w(\d)s(\d)([tp]?)")  # one-wave forced schedules ("t": t
 FORMS = {"": "", "t": " tall", "p": " post"}
 
 
-def cells(rows: list[dict], margin: float) -> dict:
-    """{(4, K, N): {M: "wgmma wX sY[ tall| post]"}} where the best schedule leads the route by `margin`."""
+def takes_table(row: dict) -> bool:
+    """Whether the row's layer took a table's route (its cells can change it), not a GEMV ahead of the tables."""
+    route = str(row.get("route", ""))
+    return bool(row["speedup"].get("route")) and (route.startswith(("hopper", "wgmma")) or route in (
+        "wo_gemm", "dequant", "wo_split"))
+
+
+def schedules(row: dict, zero: bool) -> dict:
+    """{cell text: speedup} of the row's one-wave schedules and the plan's; with `zero` (a row with zero points) also
+    the CUTLASS schedules timed there ("mixed": the default one, "table": the H200 table's), and not the tall tile's
+    (warpgroup_mm.for_weight gives zero points the plan there)."""
+    speedup, named = row["speedup"], {}
+    for name, v in speedup.items():
+        if v and (match := SCHEDULE.fullmatch(name)) and not (zero and match[3] == "t"):
+            named[f"wgmma w{match[1]} s{match[2]}{FORMS[match[3]]}"] = v
+    plan = row.get("plan") or {}
+    if speedup.get("wgmma") and plan:  # the plan's schedule, named as the forced ones are
+        named.setdefault(f"wgmma w{plan['warpgroups']} s{plan['split']}", speedup["wgmma"])
+    if zero and speedup.get("mixed"):
+        named["k64 t0 v0 s0"] = speedup["mixed"]
+    if zero and speedup.get("table") and row.get("table"):
+        named[row["table"]] = speedup["table"]
+    return named
+
+
+def cells(rows: list[dict], margin: float, zero: bool = False) -> dict:
+    """{(4, K, N): {M: "wgmma wX sY[ tall| post]"}} where the best schedule of the rows without zero points leads
+    the route by `margin`; with `zero`, the rows with zero points' best schedule where it does."""
     out: dict = {}
     for row in rows:
-        speedup, route = row["speedup"], str(row.get("route", ""))
-        if not speedup.get("route") or not route.startswith(("hopper", "wgmma")) and route not in (
-                "wo_gemm", "dequant", "wo_split"):
-            continue  # a GEMV route (ahead of the tables)
-        named = {name: v for name, v in speedup.items() if v and SCHEDULE.fullmatch(name)}
-        plan = row.get("plan") or {}
-        if speedup.get("wgmma") and plan:  # the plan's schedule, named as the forced ones are
-            named.setdefault(f"w{plan['warpgroups']}s{plan['split']}", speedup["wgmma"])
+        if bool(row.get("asym")) != zero or not takes_table(row):
+            continue
+        named = schedules(row, zero)
         if not named:
             continue
-        name = max(named, key=named.get)
-        if named[name] < (1 + margin) * speedup["route"]:
+        text = max(named, key=named.get)
+        if named[text] < (1 + margin) * row["speedup"]["route"]:
             continue
-        wg, split, form = SCHEDULE.fullmatch(name).groups()
-        text = f"wgmma w{wg} s{split}{FORMS[form]}"
         out.setdefault((4, row["K"], row["N"]), {})[row["M"]] = text
-        print(f"{row['K']} x {row['N']} M={row['M']}: {text} {named[name]:.2f}x against the route's "
-              f"{speedup['route']:.2f}x ({route})")
+        print(f"{row['K']} x {row['N']} M={row['M']}{' zero points' if zero else ''}: {text} {named[text]:.2f}x "
+              f"against the route's {row['speedup']['route']:.2f}x ({row['route']})")
+    return out
+
+
+def with_zero_routes(found: dict, zero: dict, card: str) -> dict:
+    """`found` (cells for symmetric weights) with `zero`'s routes for weights with zero points added to each cell as
+    "A | B" (tuning.ZERO_ROUTE); A is found's cell at that batch, else the card's table's route there."""
+    from qtool_kernels import tuning
+
+    tuning._card[:] = [card]
+    tuning.clear_cache()
+    out = {key: dict(row) for key, row in found.items()}
+    for key, row in zero.items():
+        for m, text in row.items():
+            symmetric = out.get(key, {}).get(m) or (tuning.lookup("mixed", *key, m) or "").partition(
+                tuning.ZERO_ROUTE)[0]
+            if symmetric and symmetric != text:
+                out.setdefault(key, {})[m] = f"{symmetric}{tuning.ZERO_ROUTE}{text}"
     return out
 
 
@@ -59,7 +98,7 @@ def main() -> None:
     args = parser.parse_args()
     run = json.loads(args.json.read_text())
     card = args.card or ("H200" if "H200" in run.get("device", "") else "H100")
-    found = cells(run["rows"], args.margin)
+    found = with_zero_routes(cells(run["rows"], args.margin), cells(run["rows"], args.margin, zero=True), card)
     if not found:
         print("no cell leads the route by the margin")
         return

@@ -191,7 +191,7 @@ def _row(table: str, shape: tuple) -> tuple:
 _nearest: dict[tuple, tuple] = {}  # (kind, k, n, table) -> ((shape, first, last batch), ...)
 _rows: dict[tuple, tuple] = {}  # (table, shape) -> _row's answer
 _looked_up: dict[tuple, str | None] = {}  # lookup's arguments -> its answer
-_schedules: dict[tuple, dict | str] = {}  # (bits, k_padded, n, m, group) -> mixed_schedule's answer
+_schedules: dict[tuple, dict | str] = {}  # (bits, k_padded, n, m, group, zero) -> mixed_schedule's answer
 SCHEDULES_MAX = 4096  # answers kept per memo (a distinct batch size per shape each; an eager prefill of many
 # lengths adds): past it the memo starts over
 
@@ -263,10 +263,19 @@ def parse(route: str) -> dict | str:
     return {"ktile": parts["k"], "token_tile": parts["t"], "variant": parts["v"], "split": parts["s"]}
 
 
-def measured_route(bits: int, k: int, n: int, m: int) -> dict | str | None:
-    """The mixed route for m tokens of a bits-wide K x N weight, parsed; None where nothing was measured."""
+ZERO_ROUTE = " | "  # a mixed cell "A | B": A for symmetric weights, B for weights with zero points, measured apart
+
+
+def measured_route(bits: int, k: int, n: int, m: int, zero: bool = False) -> dict | str | None:
+    """The mixed route for m tokens of a bits-wide K x N weight (`zero`: with zero points), parsed; None where
+    nothing was measured. A cell's route after ZERO_ROUTE serves weights with zero points: session 73 (H100) timed
+    the post-scale form's cell on 8192 x 8192 at 9-16 tokens 2.30x bf16 on symmetric weights and 1.88-1.92x with
+    zero points, where a CUTLASS schedule ran 2.06x."""
     route = lookup("mixed", bits, k, n, m)
-    return None if route is None else parse(route)
+    if route is None:
+        return None
+    symmetric, _, asymmetric = route.partition(ZERO_ROUTE)
+    return parse(asymmetric if zero and asymmetric else symmetric)
 
 
 def plain_schedule(m: int, group: int, k_padded: int) -> dict:
@@ -287,15 +296,16 @@ def fit(schedule: dict, m: int, group: int, k_padded: int) -> dict:
         return {"ktile": 64, "token_tile": max(32, schedule["token_tile"]), "variant": 0, "split": schedule["split"]}
 
 
-def mixed_schedule(bits: int, k_padded: int, n: int, m: int, group: int) -> dict | str:
-    """The Hopper copy's route for m tokens of a bits-wide [n, k_padded] weight with `group`: the measured route
-    fitted to the weight (`fit`), "wo_gemm" / "dequant" as measured, or the plain schedule where nothing was. Kept
-    per argument tuple: an eager call otherwise walks the table, parses and checks the schedule each time (~7 us of
-    the dispatcher's host time at 16-256 tokens; dev/route_cost.py). Callers must not change the returned dict."""
-    key = (bits, k_padded, n, m, group)
+def mixed_schedule(bits: int, k_padded: int, n: int, m: int, group: int, zero: bool = False) -> dict | str:
+    """The Hopper copy's route for m tokens of a bits-wide [n, k_padded] weight with `group` (`zero`: with zero
+    points): the measured route fitted to the weight (`fit`), "wo_gemm" / "dequant" as measured, or the plain
+    schedule where nothing was. Kept per argument tuple: an eager call otherwise walks the table, parses and checks
+    the schedule each time (~7 us of the dispatcher's host time at 16-256 tokens; dev/route_cost.py). Callers must
+    not change the returned dict."""
+    key = (bits, k_padded, n, m, group, zero)
     found = None if torch.compiler.is_compiling() else _schedules.get(key)
     if found is None:
-        route = measured_route(bits, k_padded, n, m)
+        route = measured_route(bits, k_padded, n, m, zero)
         if route is None:
             found = plain_schedule(m, group, k_padded)
         else:

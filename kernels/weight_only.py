@@ -213,7 +213,7 @@ def hopper_route(w: PackedWeight, m: int, dtype: torch.dtype, bits: int | None =
     bits: the table to read (the copy's width by default)."""
     if w.mixed is None or dtype != torch.bfloat16 or m < MIXED_MIN_M[w.mixed.bits]:
         return None
-    return mixed_schedule(bits or w.mixed.bits, w.k_padded, w.out_features, m, w.mixed.group)
+    return mixed_schedule(bits or w.mixed.bits, w.k_padded, w.out_features, m, w.mixed.group, w.zero is not None)
 
 
 def _wgmma_cell(w: PackedWeight, m: int, dtype: torch.dtype, hopper: dict | str | None) -> str | None:

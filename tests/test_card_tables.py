@@ -204,3 +204,54 @@ def test_wgmma_cells_from_an_ab_run(capsys):
                                              (4, 4096, 6144): {32: "wgmma w1 s3 post"}}
     assert wgmma_cells.cells(rows, 0.10) == {}
     assert "1.52x against the route's 1.44x" in capsys.readouterr().out
+
+
+def test_a_cell_can_route_weights_with_zero_points_apart(fresh_card, monkeypatch):
+    """A cell "A | B" gives symmetric weights A and weights with zero points B (tuning.ZERO_ROUTE); a cell without
+    the mark serves both; the memo keeps the two apart."""
+    monkeypatch.setattr(tuning, "_card", ["H100"])
+    monkeypatch.setattr(tuning, "MIXED_H100", {(4, 8192, 8192): {16: "wgmma w2 s2 post | k128 t16 v1 s4",
+                                                                  32: "wgmma w2 s2"}})
+    tuning.clear_cache()
+    assert tuning.mixed_schedule(4, 8192, 8192, 16, 128) == "wgmma w2 s2 post"
+    assert tuning.mixed_schedule(4, 8192, 8192, 16, 128, zero=True) == {"ktile": 128, "token_tile": 16,
+                                                                         "variant": 1, "split": 4}
+    assert tuning.mixed_schedule(4, 8192, 8192, 16, 128) == "wgmma w2 s2 post"  # not the memo's other answer
+    assert tuning.measured_route(4, 8192, 8192, 32, zero=True) == tuning.measured_route(4, 8192, 8192, 32)
+
+
+def test_every_cell_parses_for_both_kinds_of_weight():
+    """Each table's cells, both halves of an "A | B" one, are routes `parse` takes."""
+    for table in (tuning.MIXED, tuning.MIXED_H100):
+        for cells in table.values():
+            for route in cells.values():
+                for half in route.split(tuning.ZERO_ROUTE):
+                    parsed = tuning.parse(half)
+                    assert isinstance(parsed, dict) or parsed.split()[0] in ("wgmma", "wo_gemm", "dequant"), route
+
+
+def test_wgmma_cells_add_routes_for_zero_points(fresh_card, monkeypatch, capsys):
+    """Rows with zero points add a route for such weights where their best schedule (this kernel's, or CUTLASS's:
+    the default "mixed", the H200 table's "table"; never the tall tile, which such weights do not take) leads their
+    route by the margin; the symmetric half is the run's own cell, else the card's table's route."""
+    sys.path.insert(0, str(ROOT / "dev"))
+    try:
+        import wgmma_cells
+    finally:
+        sys.path[:1] = []
+    monkeypatch.setattr(tuning, "MIXED_H100", {(4, 8192, 8192): {9: "wgmma w2 s2 post"}})
+    post = "wgmma w2 s2 post"
+    rows = [
+        {"K": 8192, "N": 8192, "M": 9, "asym": True, "route": post, "table": "k128 t16 v1 s4",
+         "speedup": {"route": 1.90, "mixed": 2.06, "table": 2.20, "w2s2p": 1.90, "w1s8t": 2.50}},
+        {"K": 8192, "N": 8192, "M": 16, "asym": True, "route": post, "speedup": {"route": 1.90, "mixed": 2.06}},
+        {"K": 8192, "N": 8192, "M": 16, "asym": False, "route": "hopper {}", "speedup": {"route": 2.1, "w2s2p": 2.3}},
+        {"K": 4096, "N": 4096, "M": 32, "asym": True, "route": "wgmma w2 s7", "speedup": {"route": 1.47, "mixed": 1.43}},
+        {"K": 4096, "N": 4096, "M": 4, "asym": True, "route": "wo_gemv", "speedup": {"route": 1.5, "mixed": 2.0}},
+    ]
+    zero = wgmma_cells.cells(rows, 0.04, zero=True)
+    assert zero == {(4, 8192, 8192): {9: "k128 t16 v1 s4", 16: "k64 t0 v0 s0"}}
+    assert wgmma_cells.cells(rows, 0.04) == {(4, 8192, 8192): {16: post}}
+    merged = wgmma_cells.with_zero_routes(wgmma_cells.cells(rows, 0.04), zero, "H100")
+    assert merged == {(4, 8192, 8192): {9: f"{post} | k128 t16 v1 s4", 16: f"{post} | k64 t0 v0 s0"}}
+    assert "zero points: k128 t16 v1 s4 2.20x against the route's 1.90x" in capsys.readouterr().out
