@@ -131,7 +131,8 @@ MIXED_H100: dict[tuple[int, int, int], dict[int, str]] = {
     (8, 14336, 4096): {128: "k64 t128 v0 s0"},
     (4, 4096, 14336): {16: "wgmma w1 s3 tall"},
     (4, 3072, 3072): {9: "wgmma w1 s8", 16: "wgmma w1 s8"},
-    (4, 8192, 8192): {9: "wgmma w2 s2 post", 16: "wgmma w2 s2 post"},
+    (4, 8192, 8192): {9: "wgmma w2 s2 post | k64 t0 v0 s0", 16: "wgmma w2 s2 post | k64 t0 v0 s0"},
+    (4, 14336, 4096): {16: "wo_gemm | k64 t0 v0 s0"},
 }
 W8A8_H100: dict[tuple[str, int, int], dict[int, str]] = {
     ('fp8', 4096, 4096): {1024: "large"},
