@@ -257,7 +257,10 @@ def _lookup(table: str, kind: int | str, k: int, n: int, m: int, within: bool) -
 
 def parse(route: str) -> dict | str:
     """A mixed route: "k128 t64 v0 s-1" -> mixed_linear's keyword arguments; "wo_gemm", "dequant" and the wgmma
-    kernel's "wgmma" (its plan) or "wgmma w1 s6" (warpgroups, split: warpgroup_mm.route_plan) as they are."""
+    kernel's "wgmma" (its plan) or "wgmma w1 s6" (warpgroups, split: warpgroup_mm.route_plan) as they are. One
+    route: a cell's two (ZERO_ROUTE) are chosen between first (measured_route)."""
+    if ZERO_ROUTE in route:
+        raise ValueError(f"two routes, for weights without and with zero points: choose one first; got {route!r}")
     if route in ("wo_gemm", "dequant") or route.split()[0] == "wgmma":
         return route
     parts = {p[0]: int(p[1:]) for p in route.split()}

@@ -220,16 +220,6 @@ def test_a_cell_can_route_weights_with_zero_points_apart(fresh_card, monkeypatch
     assert tuning.measured_route(4, 8192, 8192, 32, zero=True) == tuning.measured_route(4, 8192, 8192, 32)
 
 
-def test_every_cell_parses_for_both_kinds_of_weight():
-    """Each table's cells, both halves of an "A | B" one, are routes `parse` takes."""
-    for table in (tuning.MIXED, tuning.MIXED_H100):
-        for cells in table.values():
-            for route in cells.values():
-                for half in route.split(tuning.ZERO_ROUTE):
-                    parsed = tuning.parse(half)
-                    assert isinstance(parsed, dict) or parsed.split()[0] in ("wgmma", "wo_gemm", "dequant"), route
-
-
 def test_wgmma_cells_add_routes_for_zero_points(fresh_card, monkeypatch, capsys):
     """Rows with zero points add a route for such weights where their best schedule (this kernel's, or CUTLASS's:
     the default "mixed", the H200 table's "table"; never the tall tile, which such weights do not take) leads their
@@ -255,3 +245,8 @@ def test_wgmma_cells_add_routes_for_zero_points(fresh_card, monkeypatch, capsys)
     merged = wgmma_cells.with_zero_routes(wgmma_cells.cells(rows, 0.04), zero, "H100")
     assert merged == {(4, 8192, 8192): {9: f"{post} | k128 t16 v1 s4", 16: f"{post} | k64 t0 v0 s0"}}
     assert "zero points: k128 t16 v1 s4 2.20x against the route's 1.90x" in capsys.readouterr().out
+
+
+def test_parse_refuses_a_cell_of_two_routes():
+    with pytest.raises(ValueError, match="zero points"):
+        tuning.parse("wgmma w2 s2 post | k64 t0 v0 s0")

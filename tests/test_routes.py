@@ -326,19 +326,20 @@ def test_measured_schedules_are_valid():
     cards = tuning.CARD_TABLES.values()
     mixed = [*tuning.MIXED.items(), *(row for names in cards for row in getattr(tuning, names["mixed"]).items())]
     w8a8 = [*tuning.W8A8.items(), *(row for names in cards for row in getattr(tuning, names["w8a8"]).items())]
-    for (bits, k, n), cells in mixed:
+    halves = [(key, m, half) for key, cells in mixed for m, text in cells.items()  # "A | B": both routes
+              for half in text.split(tuning.ZERO_ROUTE)]
+    for (bits, k, n), m, text in halves:
         assert bits in (4, 8) and k % 64 == 0 and n % 64 == 0
-        for m, text in cells.items():
-            route = tuning.parse(text)
-            if isinstance(route, dict):
-                mixed_mm.check_schedule(m, 128 if bits == 4 else k, k, 0, route["ktile"], route["variant"],
-                                        route["token_tile"])
-                assert route["split"] >= -1
-            elif route.startswith("wgmma"):  # the wgmma kernel: 4 bits, a schedule it takes at that batch
-                assert bits == 4 and m <= warpgroup_mm.TILES[-1]
-                warpgroup_mm.route_plan(route, m, k)
-            else:
-                assert route in ("wo_gemm", "dequant") and (route != "wo_gemm" or m <= 64)
+        route = tuning.parse(text)
+        if isinstance(route, dict):
+            mixed_mm.check_schedule(m, 128 if bits == 4 else k, k, 0, route["ktile"], route["variant"],
+                                    route["token_tile"])
+            assert route["split"] >= -1
+        elif route.startswith("wgmma"):  # the wgmma kernel: 4 bits, a schedule it takes at that batch
+            assert bits == 4 and m <= warpgroup_mm.TILES[-1]
+            warpgroup_mm.route_plan(route, m, k)
+        else:
+            assert route in ("wo_gemm", "dequant") and (route != "wo_gemm" or m <= 64)
     from qtool_kernels import block_mm
 
     for (codes, k, n), cells in w8a8:
