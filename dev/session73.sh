@@ -4,6 +4,9 @@
 #                                  9-32 tokens, the H200 table's CUTLASS schedule timed beside them; merged as this
 #                                  card's cells, "A | B" where zero points want another route ($OUT/tuning.py: copy
 #                                  it into kernels/tuning.py); then the same A/B again on the merged table
+#   bash dev/session73.sh ptrs73   branch wgmma-ptrs's library (carry ".gpu/variants/wgmma_ptrs.so" too: build it on
+#                                  the branch with dev/variant_lib.sh): the wgmma GPU tests on it, the A/B of both
+#                                  libraries twice in turn (every schedule, 16 / 32 tokens), their ratio, sanitizer
 #   other stages: dev/session72.sh's (first72, postsan), then session71's and session55's
 cd "$(dirname "$0")/.."
 s73_stages=("$@")
@@ -26,6 +29,23 @@ asym73() {
     --shapes "$SHAPES73" --json "$OUT/ab_asym2.json" > "$OUT/ab_asym2.txt" 2>&1
   echo "exit $?"
   abtable "$OUT/ab_asym2.json"; python3 dev/wgmma_cells.py "$OUT/ab_asym2.json"
+}
+ptrs73() {
+  local lib=$PWD/.gpu/variants/wgmma_ptrs.so shapes=${P73_SHAPES:-4096x4096,4096x6144,4096x14336,8192x8192}
+  step "wgmma-ptrs: the wgmma GPU tests on the branch's library"
+  QTOOL_WGMMA_LIBRARY=$lib gputests tests_ptrs "${P73_TT:-150}" tests/test_wgmma_gpu.py
+  for run in 1 2; do
+    for which in main ptrs; do
+      step "A/B $run: $which's library, 16-32 tokens"
+      if [ "$which" = ptrs ]; then export QTOOL_WGMMA_LIBRARY=$lib; else unset QTOOL_WGMMA_LIBRARY; fi
+      timeout -k 10 "${P73_AT:-90}" python3 dev/wgmma_ab.py --tall --post --tokens 16,32 --shapes "$shapes" \
+        --json "$OUT/ab_${which}_$run.json" > "$OUT/ab_${which}_$run.txt" 2>&1
+      echo "exit $?"
+    done
+  done
+  unset QTOOL_WGMMA_LIBRARY
+  python3 dev/lib_ab.py --a "$OUT"/ab_main_*.json --b "$OUT"/ab_ptrs_*.json
+  QTOOL_WGMMA_LIBRARY=$lib sanitize wgptrs dev/san_wgmma.py
 }
 for s in "${s73_stages[@]}"; do
   if declare -F "$s" > /dev/null; then "$s"; else bash dev/session72.sh "$s"; fi
