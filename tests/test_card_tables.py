@@ -250,3 +250,20 @@ def test_wgmma_cells_add_routes_for_zero_points(fresh_card, monkeypatch, capsys)
 def test_parse_refuses_a_cell_of_two_routes():
     with pytest.raises(ValueError, match="zero points"):
         tuning.parse("wgmma w2 s2 post | k64 t0 v0 s0")
+
+
+def test_hopper_route_passes_the_weights_zero_points(fresh_card, monkeypatch):
+    """weight_only.hopper_route reads a two-route cell's second route for a weight with zero points."""
+    from types import SimpleNamespace
+
+    from qtool_kernels import weight_only
+
+    monkeypatch.setattr(tuning, "_card", ["H100"])
+    monkeypatch.setattr(tuning, "MIXED_H100", {(4, 8192, 8192): {16: "wgmma w2 s2 post | k128 t16 v1 s0"}})
+    tuning.clear_cache()
+    mixed = SimpleNamespace(bits=4, group=128)
+    symmetric = SimpleNamespace(mixed=mixed, k_padded=8192, out_features=8192, zero=None)
+    asymmetric = SimpleNamespace(mixed=mixed, k_padded=8192, out_features=8192, zero=torch.zeros(64, 8192))
+    assert weight_only.hopper_route(symmetric, 16, torch.bfloat16) == "wgmma w2 s2 post"
+    assert weight_only.hopper_route(asymmetric, 16, torch.bfloat16) == {"ktile": 128, "token_tile": 16, "variant": 1,
+                                                                         "split": 0}
