@@ -42,9 +42,9 @@ def with_stages(stages, fn):
     return call
 
 
-def h200_cell(k_pad: int, n: int, m: int) -> str | None:
-    """The H200 table's CUTLASS schedule for m tokens of a 4-bit [n, k_pad] weight ("k128 t16 v1 s4"), the route a
-    card's wgmma cell displaces; None where the table names no schedule there."""
+def h200_cell(k_pad: int, n: int, m: int, zero: bool = False) -> str | None:
+    """The H200 table's CUTLASS schedule for m tokens of a 4-bit [n, k_pad] weight ("k128 t16 v1 s4"; `zero`: with
+    zero points), the route a card's wgmma cell displaces; None where the table names no schedule there."""
     from qtool_kernels import tuning
 
     saved = list(tuning._card)
@@ -55,7 +55,9 @@ def h200_cell(k_pad: int, n: int, m: int) -> str | None:
     finally:
         tuning._card[:] = saved
         tuning.clear_cache()
-    route = None if route is None else route.partition(tuning.ZERO_ROUTE)[0]
+    if route is not None:
+        symmetric, _, asymmetric = route.partition(tuning.ZERO_ROUTE)
+        route = asymmetric if zero and asymmetric else symmetric
     return route if route is not None and isinstance(tuning.parse(route), dict) else None
 
 
@@ -157,7 +159,7 @@ def time_shape(ops, k: int, n: int, tokens: list[int], asym: bool, forced: bool,
         r = route(p0, m, x.dtype)
         calls = {"bf16": lambda: F.linear(xk, dense()),  # noqa: B023
                  "route": lambda: packed_linear(x, packed(), None, ops)}  # noqa: B023
-        table = h200_cell(p0.k_padded, n, m)
+        table = h200_cell(p0.k_padded, n, m, asym)
         if p0.mixed is not None:
             calls["mixed"] = lambda: mixed_mm.mixed_linear(x, packed().mixed)  # noqa: B023
             if table is not None:  # the CUTLASS schedule this kernel's cells displace: a zero-point cell's candidate

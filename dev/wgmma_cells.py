@@ -58,8 +58,8 @@ def cells(rows: list[dict], margin: float, zero: bool = False) -> dict:
     the route by `margin`; with `zero`, the rows with zero points' best schedule where it does."""
     out: dict = {}
     for row in rows:
-        if bool(row.get("asym")) != zero or not takes_table(row):
-            continue
+        if bool(row.get("asym")) != zero or not takes_table(row) or zero and row["route"] == "wo_split":
+            continue  # (the split GEMV, ahead of the tables, gives way to a cell of this kernel only: symmetric)
         named = schedules(row, zero)
         if not named:
             continue
@@ -73,19 +73,26 @@ def cells(rows: list[dict], margin: float, zero: bool = False) -> dict:
 
 
 def with_zero_routes(found: dict, zero: dict, card: str) -> dict:
-    """`found` (cells for symmetric weights) with `zero`'s routes for weights with zero points added to each cell as
-    "A | B" (tuning.ZERO_ROUTE); A is found's cell at that batch, else the card's table's route there."""
+    """The cells to write: `found`'s (for symmetric weights) and `zero`'s (for weights with zero points) at each batch
+    either measured, as "A | B" (tuning.ZERO_ROUTE) where the two differ, else "A". The half a run did not measure
+    stays the card's table's: a new A keeps the cell's B, a new B goes with the cell's A (a cell whose B is measured
+    equal to its A drops the B)."""
     from qtool_kernels import tuning
 
     tuning._card[:] = [card]
     tuning.clear_cache()
-    out = {key: dict(row) for key, row in found.items()}
-    for key, row in zero.items():
-        for m, text in row.items():
-            symmetric = out.get(key, {}).get(m) or (tuning.lookup("mixed", *key, m) or "").partition(
-                tuning.ZERO_ROUTE)[0]
-            if symmetric and symmetric != text:
-                out.setdefault(key, {})[m] = f"{symmetric}{tuning.ZERO_ROUTE}{text}"
+    out: dict = {}
+    for key in {*found, *zero}:
+        for m in {*found.get(key, {}), *zero.get(key, {})}:
+            current = tuning.lookup("mixed", *key, m) or ""
+            old_a, _, old_b = current.partition(tuning.ZERO_ROUTE)
+            a = found.get(key, {}).get(m) or old_a
+            b = zero.get(key, {}).get(m) or old_b
+            if not a:
+                continue
+            cell = a if not b or b == a else f"{a}{tuning.ZERO_ROUTE}{b}"
+            if cell != current:
+                out.setdefault(key, {})[m] = cell
     return out
 
 

@@ -245,6 +245,14 @@ def test_wgmma_cells_add_routes_for_zero_points(fresh_card, monkeypatch, capsys)
     merged = wgmma_cells.with_zero_routes(wgmma_cells.cells(rows, 0.04), zero, "H100")
     assert merged == {(4, 8192, 8192): {9: f"{post} | k128 t16 v1 s4", 16: f"{post} | k64 t0 v0 s0"}}
     assert "zero points: k128 t16 v1 s4 2.20x against the route's 1.90x" in capsys.readouterr().out
+    # the half a run did not measure stays the table's; a B measured equal to A drops it
+    key = (4, 8192, 8192)
+    monkeypatch.setattr(tuning, "MIXED_H100", {key: {16: f"{post} | k128 t16 v1 s0"}})
+    assert wgmma_cells.with_zero_routes({key: {16: "wgmma w1 s8"}}, {}, "H100") == {
+        key: {16: "wgmma w1 s8 | k128 t16 v1 s0"}}
+    assert wgmma_cells.with_zero_routes({}, {key: {16: "k64 t0 v0 s0"}}, "H100") == {key: {16: f"{post} | k64 t0 v0 s0"}}
+    assert wgmma_cells.with_zero_routes({}, {key: {16: post}}, "H100") == {key: {16: post}}
+    assert wgmma_cells.with_zero_routes({key: {16: post}}, {}, "H100") == {}  # nothing new
 
 
 def test_parse_refuses_a_cell_of_two_routes():
