@@ -55,9 +55,7 @@ def h200_cell(k_pad: int, n: int, m: int, zero: bool = False) -> str | None:
     finally:
         tuning._card[:] = saved
         tuning.clear_cache()
-    if route is not None:
-        symmetric, _, asymmetric = route.partition(tuning.ZERO_ROUTE)
-        route = asymmetric if zero and asymmetric else symmetric
+    route = None if route is None else tuning.route_for(route, zero)
     return route if route is not None and isinstance(tuning.parse(route), dict) else None
 
 

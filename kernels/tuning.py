@@ -273,16 +273,19 @@ def parse(route: str) -> dict | str:
 ZERO_ROUTE = " | "  # a mixed cell "A | B": A for symmetric weights, B for weights with zero points, measured apart
 
 
+def route_for(cell: str, zero: bool) -> str:
+    """A mixed cell's route for a weight without (`zero` False) or with zero points: "A | B" -> A or B; "A" -> A."""
+    symmetric, _, asymmetric = cell.partition(ZERO_ROUTE)
+    return asymmetric if zero and asymmetric else symmetric
+
+
 def measured_route(bits: int, k: int, n: int, m: int, zero: bool = False) -> dict | str | None:
     """The mixed route for m tokens of a bits-wide K x N weight (`zero`: with zero points), parsed; None where
     nothing was measured. A cell's route after ZERO_ROUTE serves weights with zero points: session 73 (H100) timed
     the post-scale form's cell on 8192 x 8192 at 9-16 tokens 2.30x bf16 on symmetric weights and 1.88-1.92x with
     zero points, where a CUTLASS schedule ran 2.06x."""
     route = lookup("mixed", bits, k, n, m)
-    if route is None:
-        return None
-    symmetric, _, asymmetric = route.partition(ZERO_ROUTE)
-    return parse(asymmetric if zero and asymmetric else symmetric)
+    return None if route is None else parse(route_for(route, zero))
 
 
 def plain_schedule(m: int, group: int, k_padded: int) -> dict:
