@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The device calls of session 74 (BENCHMARKS.md "Session 74"); carry [".gpu/w8a8", ".gpu/ext", ".gpu/variants",
 # ".gpu/lanes", ".gpu/lanes_lib"]:
-#   .gpu/variants/wgmma_ptrs.so   branch wgmma-ptrs's library (dev/variant_lib.sh on the branch), main's Python
-#   .gpu/lanes                    branch wgmma-lanes's tree (git archive), its library prebuilt under its own name in
+#   .gpu/variants/wgmma_ptrs.so   dev/wgmma_ptrs.patch's library (a variant of main's: main's Python loads it)
+#   .gpu/lanes                    main with dev/wgmma_lanes.patch applied, its library prebuilt under its own name in
 #                                 .gpu/lanes_lib (an Args change: it runs with its own Python, not as a variant)
+# all three made by `PATH=/work/venv/bin:$PATH bash dev/prepare74.sh` (after dev/prebuild_sm90.sh)
 #   bash dev/session74.sh lanes74  the branch's wgmma GPU tests (4-bit and 8-bit rows) and the sanitizer on it
 #   bash dev/session74.sh ab74     one round of the A/B: main, ptrs, lanes in turn, every schedule (tall, post)
 #                                  with and without zero points at 16 tokens; AB74_ROUND names the round's files;
