@@ -5,10 +5,10 @@
 #   .gpu/lanes                    main with dev/wgmma_lanes.patch applied, its library prebuilt under its own name in
 #                                 .gpu/lanes_lib (an Args change: it runs with its own Python, not as a variant)
 # all three made by `PATH=/work/venv/bin:$PATH bash dev/prepare74.sh` (after dev/prebuild_sm90.sh)
-#   bash dev/session74.sh lanes74  the branch's wgmma GPU tests (4-bit and 8-bit rows) and the sanitizer on it
+#   bash dev/session74.sh lanes74  the patched tree's wgmma GPU tests (4-bit and 8-bit rows) and the sanitizer on it
 #   bash dev/session74.sh ab74     one round of the A/B: main, ptrs, lanes in turn, every schedule (tall, post)
-#                                  with and without zero points at 16 tokens; AB74_ROUND names the round's files;
-#                                  after the second round, dev/lib_ab.py of each pair over both rounds
+#                                  with and without zero points at 16 tokens; AB74_ROUND names the round's files,
+#                                  dev/lib_ab.py compares each pair on this call's round (both rounds' JSONs: here)
 #   other stages: dev/session73.sh's (asym73, ptrs73), then 72's, 71's and 55's
 cd "$(dirname "$0")/.."
 s74_stages=("$@")
@@ -33,16 +33,14 @@ lanes74() {
   (cd "$LANES" && PYTHONPATH=$LANES sanitize wglanes dev/san_wgmma.py)
 }
 ab_one() {  # ab_one NAME: one wgmma_ab.py run of main (NAME main), the ptrs variant or the lanes tree
-  local name=$1 json=$OUT/ab_$1_${AB74_ROUND:-1}.json
+  local name=$1 json=$OUT/ab_$1_${AB74_ROUND:-1}.json dir=$PWD lib=
   step "A/B round ${AB74_ROUND:-1}: $name"
   case $name in
-    main) timeout -k 10 "${AB74_T:-110}" python3 dev/wgmma_ab.py --asym --tall --post --tokens 16 --shapes "$SHAPES74" \
-            --json "$json" > "${json%.json}.txt" 2>&1 ;;
-    ptrs) QTOOL_WGMMA_LIBRARY=$PWD/.gpu/variants/wgmma_ptrs.so timeout -k 10 "${AB74_T:-110}" python3 dev/wgmma_ab.py \
-            --asym --tall --post --tokens 16 --shapes "$SHAPES74" --json "$json" > "${json%.json}.txt" 2>&1 ;;
-    lanes) (cd "$LANES" && PYTHONPATH=$LANES timeout -k 10 "${AB74_T:-110}" python3 dev/wgmma_ab.py --asym --tall --post \
-            --tokens 16 --shapes "$SHAPES74" --json "$json" > "${json%.json}.txt" 2>&1) ;;
+    ptrs) lib=$PWD/.gpu/variants/wgmma_ptrs.so ;;
+    lanes) dir=$LANES ;;
   esac
+  (cd "$dir" && PYTHONPATH=$dir QTOOL_WGMMA_LIBRARY=$lib timeout -k 10 "${AB74_T:-110}" python3 dev/wgmma_ab.py \
+    --asym --tall --post --tokens 16 --shapes "$SHAPES74" --json "$json" > "${json%.json}.txt" 2>&1)
   echo "exit $?"
 }
 ab74() {
